@@ -1,0 +1,711 @@
+"""Ingest image-text pairs into a lake, losing nothing.
+
+Three kinds of source, each turned into a stream of :class:`Candidate` (a pair not yet read):
+
+* a **folder** of images with same-stem caption sidecars (``cat.jpg`` + ``cat.txt`` or ``cat.json``);
+* a **manifest** (CSV/TSV, Parquet, JSONL) with an image path column and a caption column;
+* **WebDataset** tar shards as img2dataset writes them (``key.jpg`` + ``key.txt`` / ``key.json``).
+
+Each candidate is read and probed in a thread pool (file reads, hashing and Pillow decoding release
+the GIL) by :func:`make_row`, a pure function that never raises: every problem becomes a reason code
+in ``ingest_flags`` (see :data:`lakecurate.schema.REASONS`). Rows are committed in batches, so memory
+stays bounded and a killed run keeps what it committed; ids are ``blake2b(source, key)``, so running
+the same ingest again skips what is already there.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+import warnings
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
+
+if TYPE_CHECKING:
+    from lakecurate.lake import Lake
+
+IMAGE_EXTS = {
+    ".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".avif", ".heic", ".heif", ".jp2", ".ico",
+}  # fmt: skip
+SIDECAR_EXTS = {".txt", ".json"}
+IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename", "file_name", "filepath", "url", "image_url")
+CAPTION_COLUMNS = ("caption", "text", "txt", "alt", "title", "description")
+JSON_CAPTION_KEYS = ("caption", "text", "txt", "alt", "title")
+MANIFEST_EXTS = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson"}
+
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Limits and parallelism of one ingest. Defaults suit web-scale image-text data."""
+
+    max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own bomb limit
+    max_bytes: int = 64 * 2**20
+    max_caption_chars: int = 2000
+    # "header": parse the header and check the end-of-image marker (cheap, catches truncation);
+    # "decode": also decode (JPEG at 1/8 scale), catching corrupt data at ~5x the cost.
+    verify: str = "header"
+    workers: int = min(8, os.cpu_count() or 1)  # more threads than cores only add contention
+    batch_rows: int = 512
+    commit_rows: int = 32_768
+    commit_bytes: int = 512 * 2**20
+
+
+@dataclass
+class Candidate:
+    """One pair before it is read: where its image and caption are, and what is already known."""
+
+    source: str
+    key: str
+    path: str | None = None  # image file to read in a worker
+    data: bytes | None = None  # image bytes already in hand (tar members)
+    image_uri: str | None = None
+    caption: bytes | str | None = None  # raw caption (.txt bytes, manifest cell)
+    sidecar_json: bytes | None = None  # raw JSON sidecar
+    meta: dict[str, Any] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did. ``flags`` counts every reason code among the written rows."""
+
+    lake: str
+    source: str
+    kind: str
+    seen: int = 0
+    written: int = 0
+    skipped_existing: int = 0
+    status: Counter = field(default_factory=Counter)
+    flags: Counter = field(default_factory=Counter)
+    ignored_files: list[str] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def reason_rows(self) -> list[tuple[str, str, int]]:
+        """(reason, severity, count) rows, most severe and most frequent first."""
+        rows = [(r, REASONS[r][0], n) for r, n in self.flags.items()]
+        return sorted(rows, key=lambda t: (t[1] != "error", -t[2], t[0]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lake": self.lake,
+            "source": self.source,
+            "kind": self.kind,
+            "seen": self.seen,
+            "written": self.written,
+            "skipped_existing": self.skipped_existing,
+            "status": dict(self.status),
+            "flags": dict(self.flags),
+            "ignored_files": self.ignored_files,
+            "versions": self.versions,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --------------------------------------------------------------------------- pure per-pair work
+def pair_id(source: str, key: str) -> str:
+    """Stable id of a pair: 16 hex chars of blake2b over its source and key."""
+    return hashlib.blake2b(f"{source}\x00{key}".encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def decode_caption(raw: bytes | str | None, max_chars: int) -> tuple[str | None, list[str]]:
+    """Caption text and flags. Undecodable bytes are replaced (and flagged), never dropped."""
+    if raw is None:
+        return None, ["caption_missing"]
+    flags = []
+    if isinstance(raw, bytes):
+        raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", errors="replace")
+            flags.append("caption_not_utf8")
+    else:
+        text = raw
+    text = text.strip()
+    if not text:
+        flags.append("caption_empty")
+    elif len(text) > max_chars:
+        flags.append("caption_too_long")
+    return text, flags
+
+
+def truncated_trailer(data: bytes, fmt: str | None) -> bool:
+    """True when a JPEG/PNG/WebP/GIF lacks its end marker: the file was cut short.
+
+    Looks only at the last few KiB, so it costs nothing next to reading the file. (Inside JPEG
+    entropy-coded data 0xFF is always stuffed, so FF D9 appears only as a real marker.)
+    """
+    tail = data[-4096:]
+    if fmt == "JPEG":
+        return b"\xff\xd9" not in tail
+    if fmt == "PNG":
+        return b"IEND" not in tail
+    if fmt == "WEBP" and data[:4] == b"RIFF":
+        return int.from_bytes(data[4:8], "little") + 8 > len(data)
+    if fmt == "GIF":
+        return b"\x3b" not in tail[-64:]
+    return False
+
+
+def probe_image(data: bytes, max_pixels: int, verify: str = "header") -> tuple[dict[str, Any], list[str], str]:
+    """Read an image's header (size, format, mode) and check that it is whole.
+
+    Returns ``(info, flags, detail)``. The header gives width and height without a decode and the
+    end-of-image marker shows truncation; ``verify="decode"`` also decodes the image (JPEG at 1/8
+    scale) to catch corrupt data, at about five times the cost.
+    """
+    if not data:
+        return {}, ["file_empty"], "0 bytes"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        return {}, ["decompression_bomb"], str(exc)
+    except UnidentifiedImageError:
+        known = data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+        return {}, ["image_corrupt" if known else "image_unsupported"], "Pillow cannot identify the bytes"
+    except Exception as exc:  # Pillow raises many types (SyntaxError, struct.error, ...) on bad headers
+        return {}, ["image_corrupt"], f"{type(exc).__name__}: {exc}"
+
+    width, height = im.size
+    info = {"width": width, "height": height, "format": im.format, "mode": im.mode}
+    flags: list[str] = []
+    if width * height > max_pixels:
+        return info, ["decompression_bomb"], f"{width}x{height} = {width * height} pixels > {max_pixels}"
+    if im.mode == "CMYK":
+        flags.append("image_cmyk")
+    if im.mode in _HIGH_BIT_MODES or (im.format == "PNG" and len(data) > 24 and data[24] == 16):
+        flags.append("image_16bit")
+    if im.mode in ("P", "PA"):
+        flags.append("image_palette")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        flags.append("image_alpha")
+    detail = ""
+    try:
+        if getattr(im, "is_animated", False):
+            flags.append("image_animated")
+            im.seek(0)
+        if truncated_trailer(data, im.format):
+            flags.append("image_truncated")
+            detail = "no end-of-image marker"
+        elif verify == "decode":
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
+            im.load()
+    except Exception as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        flags.append("image_truncated" if "truncated" in str(exc) else "image_corrupt")
+        detail = msg
+    return info, flags, detail
+
+
+def _read_file(path: str, max_bytes: int) -> tuple[bytes | None, str | None, str]:
+    try:
+        size = os.stat(path).st_size
+        if size > max_bytes:
+            return None, "file_too_large", f"{size} bytes > {max_bytes}"
+        with open(path, "rb") as f:
+            return f.read(), None, ""
+    except FileNotFoundError:
+        return None, "file_missing", f"{path} does not exist"
+    except OSError as exc:
+        return None, "file_unreadable", f"{type(exc).__name__}: {exc}"
+
+
+def _parse_sidecar(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    try:
+        obj = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError as exc:
+        return None, f"invalid JSON sidecar: {exc}"
+    return (obj, "") if isinstance(obj, dict) else (None, "JSON sidecar is not an object")
+
+
+def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]:
+    """Read, hash and probe one candidate into a row of the pairs table. Never raises."""
+    flags = list(c.flags)
+    notes = list(c.notes)
+    meta = dict(c.meta)
+    caption_raw = c.caption
+    if c.sidecar_json is not None:
+        obj, why = _parse_sidecar(c.sidecar_json)
+        if obj is None:
+            flags.append("sidecar_invalid")
+            notes.append(why)
+        else:
+            if caption_raw is None:
+                caption_raw = next((obj[k] for k in JSON_CAPTION_KEYS if isinstance(obj.get(k), str)), None)
+            meta.update(obj)
+    caption, cap_flags = decode_caption(caption_raw, opts.max_caption_chars)
+    flags += cap_flags
+
+    data = c.data
+    if data is None and c.path is not None and not flags_block_read(flags):
+        data, flag, why = _read_file(c.path, opts.max_bytes)
+        if flag:
+            flags.append(flag)
+            notes.append(why)
+    info: dict[str, Any] = {}
+    if data is not None:
+        info, img_flags, why = probe_image(data, opts.max_pixels, opts.verify)
+        flags += img_flags
+        if why:
+            notes.append(why)
+
+    flags = list(dict.fromkeys(flags))  # unique, in order of discovery
+    status = severity(flags)
+    error = None
+    if flags:
+        worst = next((f for f in flags if REASONS[f][0] == "error"), flags[0])
+        error = f"{worst}: {REASONS[worst][1]}" + (f" ({'; '.join(n for n in notes if n)})" if any(notes) else "")
+    return {
+        "id": pair_id(c.source, c.key),
+        "image": data,
+        "caption": caption,
+        "source": c.source,
+        "key": c.key,
+        "image_uri": c.image_uri,
+        "width": info.get("width"),
+        "height": info.get("height"),
+        "format": info.get("format"),
+        "mode": info.get("mode"),
+        "byte_size": len(data) if data is not None else None,
+        "content_hash": hashlib.sha256(data).hexdigest() if data is not None else None,
+        "meta": json.dumps(meta, ensure_ascii=False, default=str, sort_keys=True) if meta else None,
+        "ingest_status": status,
+        "ingest_flags": flags,
+        "ingest_error": error,
+        "ingested_at": now,
+    }
+
+
+def flags_block_read(flags: list[str]) -> bool:
+    """True when a flag found before reading means the image must not be read at all."""
+    return any(f in ("path_outside_root", "remote_uri", "image_path_missing", "image_missing") for f in flags)
+
+
+# --------------------------------------------------------------------------- sources
+def _inside(path: str, root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def iter_folder(root: str, ignored: list[str]) -> Iterator[Candidate]:
+    """Pairs of a folder: files grouped by (directory, stem); .txt/.json sidecars give captions."""
+    root = os.path.realpath(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if os.path.islink(os.path.join(dirpath, d)):
+                ignored.append(os.path.relpath(os.path.join(dirpath, d), root) + "/ (symlinked folder)")
+        groups: dict[str, dict[str, list[str]]] = {}
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            stem, ext = os.path.splitext(name)
+            kind = "sidecar" if ext.lower() in SIDECAR_EXTS else "image" if ext.lower() in IMAGE_EXTS else "other"
+            groups.setdefault(stem, {"sidecar": [], "image": [], "other": []})[kind].append(name)
+        for stem, g in groups.items():
+            sidecars = {os.path.splitext(n)[1].lower(): os.path.join(dirpath, n) for n in g["sidecar"]}
+            images = g["image"] + (g["other"] if sidecars else [])
+            if not sidecars:
+                ignored += [os.path.relpath(os.path.join(dirpath, n), root) for n in g["other"]]
+            txt, js = sidecars.get(".txt"), sidecars.get(".json")
+            if not images and not sidecars:
+                continue
+            if not images:
+                key = os.path.relpath(os.path.join(dirpath, stem), root)
+                yield _folder_candidate(root, key, None, txt, js, ["image_missing"])
+            for name in images:
+                path = os.path.join(dirpath, name)
+                key = os.path.relpath(path, root)
+                flags = [] if _inside(path, root) else ["path_outside_root"]
+                yield _folder_candidate(root, key, path, txt, js, flags)
+
+
+def _folder_candidate(root: str, key: str, path: str | None, txt: str | None, js: str | None, flags: list[str]) -> Candidate:
+    c = Candidate(source=root, key=key.replace(os.sep, "/"), path=path, image_uri=path, flags=list(flags))
+    for side in (txt, js):
+        if side and not _inside(side, root):
+            c.flags.append("path_outside_root")
+            c.notes.append(f"sidecar {side} escapes {root}")
+    if "path_outside_root" in c.flags:
+        c.notes.append(f"{path} resolves outside {root}")
+        return c
+    try:
+        if txt:
+            c.caption = _read_small(txt)
+        if js:
+            c.sidecar_json = _read_small(js)
+    except OSError as exc:
+        c.flags.append("sidecar_invalid")
+        c.notes.append(f"cannot read sidecar: {exc}")
+    return c
+
+
+def _read_small(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _pick(names: list[str], wanted: str | None, choices: tuple[str, ...], what: str, path: str, opt: str) -> str | None:
+    if wanted:
+        if wanted not in names:
+            raise IngestError(f"{path}: no column '{wanted}' (columns: {', '.join(names)}); fix {opt}")
+        return wanted
+    lower = {n.lower(): n for n in names}
+    for c in choices:
+        if c in lower:
+            return lower[c]
+    if what == "caption":
+        return None
+    raise IngestError(f"{path}: cannot tell which column holds the {what} (columns: {', '.join(names)}); pass {opt} NAME")
+
+
+class IngestError(Exception):
+    """The source as a whole cannot be ingested (not one bad pair: those become flagged rows)."""
+
+
+def _manifest_rows(path: str) -> Iterator[dict[str, Any] | Exception]:
+    """Rows of a manifest as dicts (bytes or str values); a bad JSON line yields its exception."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            yield from batch.to_pylist()
+    elif ext in (".jsonl", ".ndjson"):
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    yield obj if isinstance(obj, dict) else ValueError(f"line {lineno} is not a JSON object")
+                except ValueError as exc:
+                    yield ValueError(f"line {lineno}: {exc}")
+    else:
+        import pyarrow.csv as pcsv
+
+        delimiter = "\t" if ext == ".tsv" else ","
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f, delimiter=delimiter), None)
+        if not header:
+            raise IngestError(f"{path}: the manifest is empty (no header row)")
+        # Read every column as bytes: a caption that is not UTF-8 is flagged on its row, not fatal.
+        reader = pcsv.open_csv(
+            path,
+            read_options=pcsv.ReadOptions(block_size=1 << 22),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(column_types={h: pa.binary() for h in header}),
+        )
+        for batch in reader:
+            yield from batch.to_pylist()
+
+
+def iter_manifest(
+    path: str,
+    root: str | None = None,
+    image_col: str | None = None,
+    caption_col: str | None = None,
+    key_col: str | None = None,
+    image_dir: str | None = None,
+) -> Iterator[Candidate]:
+    """Pairs of a CSV/TSV/Parquet/JSONL manifest.
+
+    Relative image paths resolve against ``image_dir`` (default: the manifest's folder). Paths that
+    resolve outside ``root`` (default: ``image_dir``) are flagged ``path_outside_root`` and not read.
+    """
+    path = os.path.realpath(path)
+    base = os.path.realpath(image_dir or os.path.dirname(path))
+    root = os.path.realpath(root or base)
+    cols: tuple[str | None, str | None] | None = None
+    for rowno, row in enumerate(_manifest_rows(path), 1):
+        if isinstance(row, Exception):
+            yield Candidate(source=path, key=f"row{rowno}", flags=["image_path_missing"], notes=[str(row)])
+            continue
+        if cols is None:
+            names = list(row)
+            cols = (
+                _pick(names, image_col, IMAGE_COLUMNS, "image path", path, "--image-col"),
+                _pick(names, caption_col, CAPTION_COLUMNS, "caption", path, "--caption-col"),
+            )
+            if key_col and key_col not in names:
+                raise IngestError(f"{path}: no column '{key_col}' (columns: {', '.join(names)}); fix --key-col")
+        icol, ccol = cols
+        value = _text(row.get(icol))
+        key = _text(row.get(key_col)) if key_col else value
+        extra = {k: _text(v) for k, v in row.items() if k not in (icol, ccol, key_col) and v is not None}
+        c = Candidate(source=path, key=key or f"row{rowno}", caption=row.get(ccol) if ccol else None, meta=extra)
+        c.meta["manifest_row"] = rowno
+        if not value:
+            c.flags.append("image_path_missing")
+            c.notes.append(f"row {rowno}: empty '{icol}'")
+        elif "://" in value and not value.startswith("file://"):
+            c.flags.append("remote_uri")
+            c.image_uri = value
+        else:
+            value = value.removeprefix("file://")
+            full = os.path.normpath(os.path.join(base, value))
+            c.image_uri = full
+            if _inside(full, root):
+                c.path = full
+            else:
+                c.flags.append("path_outside_root")
+                c.notes.append(f"row {rowno}: {value} resolves outside {root}; pass --root to allow it")
+        yield c
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    return str(v)
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Tar shards named by a folder, one file, a glob, or brace notation (``shard-{000..009}.tar``)."""
+    if os.path.isdir(spec):
+        return sorted(glob.glob(os.path.join(spec, "**", "*.tar"), recursive=True))
+    if "{" in spec:
+        try:
+            from braceexpand import braceexpand
+        except ImportError:
+            raise IngestError(f"'{spec}': brace notation needs the braceexpand package (pip install braceexpand)") from None
+        return [p for pat in braceexpand(spec) for p in sorted(glob.glob(pat)) or [pat]]
+    if any(ch in spec for ch in "*?["):
+        return sorted(glob.glob(spec))
+    return [spec]
+
+
+def iter_webdataset(shards: list[str]) -> Iterator[Candidate]:
+    """Pairs of WebDataset shards, streamed member by member (key = name up to the first dot)."""
+    for shard in shards:
+        shard = os.path.realpath(shard)
+        sample: dict[str, bytes] = {}
+        current: str | None = None
+        try:
+            with tarfile.open(shard, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    dirname, base = os.path.split(member.name)
+                    if base.startswith("."):
+                        continue
+                    stem, _, ext = base.partition(".")
+                    key = f"{dirname}/{stem}" if dirname else stem
+                    if key != current and current is not None:
+                        yield _tar_candidate(shard, current, sample)
+                        sample = {}
+                    current = key
+                    f = tar.extractfile(member)
+                    sample[ext.lower()] = f.read() if f else b""
+        except FileNotFoundError:
+            yield Candidate(source=shard, key="", image_uri=shard, flags=["file_missing"], notes=[f"{shard} does not exist"])
+            continue
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            if current is not None:
+                yield _tar_candidate(shard, current, sample)
+            yield Candidate(
+                source=shard,
+                key=f"__tar_error__/{current or ''}",
+                image_uri=shard,
+                flags=["tar_corrupt"],
+                notes=[f"{type(exc).__name__}: {exc}; samples after '{current}' were not read"],
+            )
+            continue
+        if current is not None:
+            yield _tar_candidate(shard, current, sample)
+
+
+def _tar_candidate(shard: str, key: str, sample: dict[str, bytes]) -> Candidate:
+    img_ext = next((e for e in sample if "." + e in IMAGE_EXTS), None)
+    others = [e for e in sample if e not in ("txt", "json") and e != img_ext]
+    c = Candidate(source=shard, key=key, caption=sample.get("txt"), sidecar_json=sample.get("json"))
+    if img_ext is None and others:  # an unknown extension next to a caption is treated as the image
+        img_ext = others.pop(0)
+    if others:
+        c.meta["other_members"] = sorted(others)
+    if img_ext is None:
+        c.flags.append("image_missing")
+        c.notes.append(f"sample '{key}' has no image member ({', '.join(sorted(sample))})")
+    else:
+        c.data = sample[img_ext]
+        c.image_uri = f"{shard}#{key}.{img_ext}"
+    return c
+
+
+# --------------------------------------------------------------------------- driver
+def detect_kind(source: str) -> str:
+    """'folder', 'manifest' or 'webdataset', from the path."""
+    if os.path.isdir(source):
+        has_tar = bool(glob.glob(os.path.join(source, "*.tar")))
+        has_img = any(os.path.splitext(n)[1].lower() in IMAGE_EXTS for n in os.listdir(source))
+        return "webdataset" if has_tar and not has_img else "folder"
+    ext = os.path.splitext(source)[1].lower()
+    if ext == ".tar" or "{" in source:
+        return "webdataset"
+    if ext in MANIFEST_EXTS:
+        return "manifest"
+    if not os.path.exists(source):
+        raise IngestError(f"source '{source}' does not exist")
+    raise IngestError(
+        f"cannot tell what '{source}' is: expected a folder, a manifest ({', '.join(sorted(MANIFEST_EXTS))}) "
+        "or .tar shards; pass --kind"
+    )
+
+
+def _bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, window: int) -> Iterator[Any]:
+    """Ordered parallel map holding at most ``window`` items in flight (bounded memory)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _commit_chunks(batches: Iterator[pa.RecordBatch], max_rows: int, max_bytes: int) -> Iterator[Iterator[pa.RecordBatch]]:
+    """Split a stream of batches into consecutive sub-streams of about ``max_rows``/``max_bytes``,
+    one per commit, without holding more than one batch at a time."""
+    it = iter(batches)
+    for head in it:
+
+        def chunk(first: pa.RecordBatch = head) -> Iterator[pa.RecordBatch]:
+            rows = nbytes = 0
+            batch: pa.RecordBatch | None = first
+            while batch is not None:
+                yield batch
+                rows += batch.num_rows
+                nbytes += batch.nbytes
+                if rows >= max_rows or nbytes >= max_bytes:
+                    return
+                batch = next(it, None)
+
+        yield chunk()
+
+
+def _rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=PAIRS_SCHEMA)
+
+
+def ingest(
+    lake: "Lake",
+    source: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    mode: str = "append",
+    root: str | None = None,
+    image_col: str | None = None,
+    caption_col: str | None = None,
+    key_col: str | None = None,
+    image_dir: str | None = None,
+    options: IngestOptions | None = None,
+    progress: bool | None = None,
+) -> IngestReport:
+    """Ingest ``source`` into ``lake``; returns an :class:`IngestReport`.
+
+    ``mode="append"`` skips pairs whose id is already in the lake (idempotent re-runs);
+    ``mode="overwrite"`` makes a new version holding only this source (old versions remain until
+    ``lakecurate cleanup``). Bad pairs become rows with flags; only an unusable *source* raises.
+
+    Example::
+
+        report = Lake.create("lake").ingest("photos/")   # photos/cat.jpg + photos/cat.txt ...
+        print(report.written, dict(report.flags))
+    """
+    if mode not in ("append", "overwrite"):
+        raise IngestError(f"mode must be 'append' or 'overwrite', not '{mode}'")
+    opts = options or IngestOptions()
+    src = os.fspath(source)
+    kind = kind or detect_kind(src)
+    report = IngestReport(lake=lake.uri, source=src, kind=kind)
+    if kind == "folder":
+        if not os.path.isdir(src):
+            raise IngestError(f"'{src}' is not a folder")
+        sources = [os.path.realpath(src)]
+        candidates: Iterable[Candidate] = iter_folder(src, report.ignored_files)
+    elif kind == "manifest":
+        if not os.path.isfile(src):
+            raise IngestError(f"manifest '{src}' does not exist")
+        sources = [os.path.realpath(src)]
+        candidates = iter_manifest(src, root, image_col, caption_col, key_col, image_dir)
+    elif kind == "webdataset":
+        shards = expand_shards(src)
+        if not shards:
+            raise IngestError(f"no .tar shards match '{src}'")
+        sources = [os.path.realpath(s) for s in shards]
+        candidates = iter_webdataset(shards)
+    else:
+        raise IngestError(f"unknown kind '{kind}': use folder, manifest or webdataset")
+
+    existing = lake.existing_ids(sources) if mode == "append" else set()
+    now = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    seen_keys: Counter = Counter()
+
+    def fresh() -> Iterator[Candidate]:
+        for c in candidates:
+            report.seen += 1
+            seen_keys[(c.source, c.key)] += 1
+            n = seen_keys[(c.source, c.key)]
+            if n > 1:  # same key twice in one source: keep both rows, tell them apart
+                c.flags.append("duplicate_key")
+                c.notes.append(f"key '{c.key}' seen {n} times")
+                c.key = f"{c.key}#{n}"
+            if pair_id(c.source, c.key) in existing:
+                report.skipped_existing += 1
+                continue
+            yield c
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        rows: list[dict[str, Any]] = []
+        for row in _bounded_map(lambda c: make_row(c, opts, now), fresh(), opts.workers, 4 * opts.workers):
+            rows.append(row)
+            report.written += 1
+            report.status[row["ingest_status"]] += 1
+            report.flags.update(row["ingest_flags"])
+            bar.update(1)
+            if len(rows) >= opts.batch_rows:
+                yield _rows_to_batch(rows)
+                rows = []
+        if rows:
+            yield _rows_to_batch(rows)
+
+    bar = tqdm(desc=f"ingest {kind}", unit="img", disable=(not progress) if progress is not None else None)
+    try:
+        for chunk in _commit_chunks(batches(), opts.commit_rows, opts.commit_bytes):
+            reader = pa.RecordBatchReader.from_batches(PAIRS_SCHEMA, chunk)
+            report.versions.append(lake.append(reader, overwrite=(mode == "overwrite" and not report.versions)))
+        if mode == "overwrite" and not report.versions:  # nothing to write: still replace the contents
+            report.versions.append(lake.append(PAIRS_SCHEMA.empty_table(), overwrite=True))
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,100 @@
+"""The pairs table: its schema and the ingest reason codes.
+
+One row is one image-text pair as it arrived. Rows are never deleted by curation; later stages add
+columns (scores, groups, keep flags) next to these.
+
+Image bytes live in a Lance *blob* column: scans of captions and metadata never touch them, and
+``Lake.read_images`` fetches the bytes of chosen rows directly. ``scripts/bench_storage.py`` measures
+the choice against a plain binary column (see ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TABLE = "pairs"
+
+# ``lance-encoding:blob`` on a large_binary field makes Lance store the values out of line (blob v2);
+# the arrow field stays a plain large_binary for writers, so batches are built with pa.array(bytes).
+BLOB_META = {"lance-encoding:blob": "true"}
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image", pa.large_binary(), metadata=BLOB_META),
+        pa.field("caption", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("image_uri", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("format", pa.string()),
+        pa.field("mode", pa.string()),
+        pa.field("byte_size", pa.int64()),
+        pa.field("content_hash", pa.string()),
+        pa.field("meta", pa.string()),
+        pa.field("ingest_status", pa.string(), nullable=False),
+        pa.field("ingest_flags", pa.list_(pa.string())),
+        pa.field("ingest_error", pa.string()),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={"lakecurate.table": TABLE, "lakecurate.schema_version": "1"},
+)
+
+# Column documentation, printed by `lakecurate info --schema` and kept in the README.
+COLUMN_DOCS = {
+    "id": "stable row id: 16 hex chars of blake2b(source, key); re-ingesting the same source adds nothing",
+    "image": "encoded image bytes as found (Lance blob column; null when the file could not be read)",
+    "caption": "caption text (UTF-8, stripped; null when missing)",
+    "source": "where the pair came from: folder, manifest file or tar shard (absolute path or URI)",
+    "key": "the pair's key inside its source (relative path, manifest key, or WebDataset sample key)",
+    "image_uri": "the image's own location (file path, or shard.tar#member)",
+    "width": "pixel width read from the image header (no full decode)",
+    "height": "pixel height read from the image header",
+    "format": "image format as detected from the bytes (JPEG, PNG, WEBP, GIF, ...)",
+    "mode": "PIL mode of the stored image (RGB, L, CMYK, P, RGBA, I;16, ...)",
+    "byte_size": "size of the image bytes",
+    "content_hash": "sha256 of the image bytes (hex)",
+    "meta": "JSON of extra fields: JSON sidecar keys, extra manifest columns",
+    "ingest_status": "ok | warning (usable, but see flags) | error (image unusable)",
+    "ingest_flags": "machine-readable reason codes, see REASONS",
+    "ingest_error": "human-readable message for the most severe flag",
+    "ingested_at": "when the row was written (UTC)",
+}
+
+# Reason code -> (severity, meaning). "error" means the image cannot be used for training;
+# "warning" means the row is usable but a person or a later stage may want to look.
+REASONS: dict[str, tuple[str, str]] = {
+    "file_missing": ("error", "the image file does not exist"),
+    "file_unreadable": ("error", "the image file exists but could not be read (permissions, I/O error)"),
+    "file_empty": ("error", "the image file is zero bytes"),
+    "file_too_large": ("error", "the image file is larger than --max-bytes; bytes not stored"),
+    "path_outside_root": ("error", "the image path escapes the source root; not read"),
+    "remote_uri": ("error", "the image is a remote URL; download it first (e.g. with img2dataset)"),
+    "image_path_missing": ("error", "the manifest row has no image path"),
+    "image_missing": ("error", "a caption sidecar has no image next to it"),
+    "image_unsupported": ("error", "the bytes are not an image format Pillow can read"),
+    "image_corrupt": ("error", "the image header or data is corrupt"),
+    "image_truncated": ("error", "the image data ends early"),
+    "decompression_bomb": ("error", "the image declares more pixels than --max-pixels; not decoded"),
+    "tar_corrupt": ("error", "the WebDataset shard could not be read past this point"),
+    "image_cmyk": ("warning", "CMYK image; convert to RGB before use"),
+    "image_16bit": ("warning", "16-bit or float image; values need rescaling before use"),
+    "image_palette": ("warning", "palette (P-mode) image"),
+    "image_alpha": ("warning", "image has an alpha channel / transparency"),
+    "image_animated": ("warning", "animated image with several frames; the first frame is used"),
+    "caption_missing": ("warning", "no caption (no sidecar, or no caption field)"),
+    "caption_empty": ("warning", "the caption is empty or only whitespace"),
+    "caption_not_utf8": ("warning", "the caption is not valid UTF-8; undecodable bytes were replaced"),
+    "caption_too_long": ("warning", "the caption is longer than --max-caption-chars (kept whole)"),
+    "sidecar_invalid": ("warning", "the JSON sidecar could not be parsed"),
+    "duplicate_key": ("warning", "the same key appeared earlier in this source; stored under key#N"),
+}
+
+
+def severity(flags: list[str]) -> str:
+    """The row status for a list of reason codes: error > warning > ok."""
+    levels = {REASONS[f][0] for f in flags}
+    if "error" in levels:
+        return "error"
+    return "warning" if levels else "ok"

@@ -1,0 +1,140 @@
+"""Ingest throughput on real photos, and the storage choice for the image column.
+
+Replicates ../shared/data/flickr8k (800 JPEGs) to >= 10k images and measures, in one run:
+
+1. a floor: reading every file and hashing it in the same thread pool (no probing, no Lance);
+2. `lakecurate ingest` of a folder (hard-linked copies + .txt sidecars) and of a CSV manifest,
+   in images/s and as a ratio to the floor (default header verify, then --verify decode);
+3. the image column as a Lance blob column versus a plain large_binary column: write time,
+   a caption-only scan, and reading every image back.
+
+    python scripts/bench_ingest.py [--data ../shared/data/flickr8k] [--copies 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+
+from lakecurate import Lake
+from lakecurate.ingest import IngestOptions
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def build_sources(data: Path, work: Path, copies: int) -> tuple[Path, Path, list[Path]]:
+    images = sorted((data / "images").glob("*.jpg"))
+    captions: dict[str, str] = {}
+    with open(data / "captions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            captions.setdefault(row["image"], row["caption"])
+    folder = work / "folder"
+    files = []
+    for c in range(copies):
+        d = folder / f"copy{c:02d}"
+        d.mkdir(parents=True)
+        for img in images:
+            dst = d / img.name
+            try:
+                os.link(img, dst)
+            except OSError:
+                shutil.copyfile(img, dst)
+            (d / (img.stem + ".txt")).write_text(captions.get(img.name, ""))
+            files.append(dst)
+    manifest = work / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uid", "image", "caption"])
+        for c in range(copies):
+            for img in images:
+                w.writerow([f"{c}/{img.name}", f"folder/copy{c:02d}/{img.name}", captions.get(img.name, "")])
+    return folder, manifest, files
+
+
+def floor(files: list[Path], workers: int) -> float:
+    def read_hash(p: Path) -> int:
+        with open(p, "rb") as f:
+            data = f.read()
+        hashlib.sha256(data).digest()
+        return len(data)
+
+    with ThreadPoolExecutor(workers) as pool:
+        sec, _ = timed(lambda: sum(pool.map(read_hash, files, chunksize=64)))
+    return sec
+
+
+def storage(files: list[Path], work: Path) -> list[tuple[str, float, float, float]]:
+    blobs = [p.read_bytes() for p in files]
+    caps = pa.array([f"caption {i}" for i in range(len(blobs))])
+    out = []
+    for name, field in [
+        ("blob", pa.field("image", pa.large_binary(), metadata={"lance-encoding:blob": "true"})),
+        ("binary", pa.field("image", pa.large_binary())),
+    ]:
+        schema = pa.schema([pa.field("caption", pa.string()), field])
+        table = pa.Table.from_arrays([caps, pa.array(blobs, pa.large_binary())], schema=schema)
+        uri = str(work / f"{name}.lance")
+        w, _ = timed(lambda: lance.write_dataset(table, uri, schema=schema, max_rows_per_file=32768))
+        ds = lance.dataset(uri)
+        scan = min(timed(lambda: ds.to_table(columns=["caption"]))[0] for _ in range(5))
+        if name == "blob":
+            read, _ = timed(lambda: ds.read_blobs("image", indices=list(range(len(blobs)))))
+        else:
+            read, _ = timed(lambda: sum(b.num_rows for b in ds.to_batches(columns=["image"])))
+        out.append((name, w, scan, read))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"))
+    ap.add_argument("--copies", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=IngestOptions().workers)
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not (data / "images").is_dir():
+        sys.exit(f"no data at {data}: pass --data PATH to a flickr8k folder (images/ + captions.csv)")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        work = Path(tmp)
+        folder, manifest, files = build_sources(data, work, args.copies)
+        n = len(files)
+        mb = sum(p.stat().st_size for p in files) / 2**20
+        print(f"{n} images, {mb:.0f} MiB, {os.cpu_count()} cores, {args.workers} reader threads")
+        floor(files[:2000], args.workers)  # warm the page cache the same way for every contender
+        base = floor(files, args.workers)
+        print(f"floor  read+sha256 only      {n / base:8.0f} img/s")
+        opts = IngestOptions(workers=args.workers)
+        for label, src, kw in [("folder", folder, {}), ("manifest", manifest, {"key_col": "uid"})]:
+            lake = Lake.create(work / f"lake-{label}")
+            sec, rep = timed(lambda: lake.ingest(src, options=opts, progress=False, **kw))
+            assert rep.written == n and lake.count() == n, rep.to_dict()
+            print(f"ingest {label:<8} (default)       {n / sec:8.0f} img/s   ratio to floor {base / sec:5.2f}")
+            sec2, rep2 = timed(lambda: lake.ingest(src, options=opts, progress=False, **kw))
+            assert rep2.written == 0
+            print(f"re-ingest {label:<8} (no-op)   {n / sec2:8.0f} img/s")
+        lake = Lake.create(work / "lake-decode")
+        sec, _ = timed(lambda: lake.ingest(manifest, key_col="uid", progress=False,
+                                           options=IngestOptions(workers=args.workers, verify="decode")))
+        print(f"ingest manifest (--verify decode) {n / sec:5.0f} img/s   ratio to floor {base / sec:5.2f}")
+        print("\nimage column storage   write s   caption scan ms   read all images s")
+        for name, w, scan, read in storage(files, work):
+            print(f"{name:<22} {w:7.2f}   {scan * 1000:15.1f}   {read:17.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Shared fixtures: temporary lakes, image factories, and the ../shared data (skipped when absent)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lakecurate import Lake
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO / "sample_data"
+SHARED = Path(os.environ.get("LAKECURATE_SHARED", REPO.parent / "shared"))
+FLICKR = SHARED / "data" / "flickr8k"
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    return Lake.create(tmp_path / "lake")
+
+
+@pytest.fixture(scope="session")
+def flickr8k() -> Path:
+    """../shared/data/flickr8k (images/ + captions.csv); skips the test when it is absent."""
+    if not (FLICKR / "captions.csv").is_file():
+        pytest.skip(f"shared data not found at {FLICKR}")
+    return FLICKR
+
+
+def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (64, 48), mode: str = "RGB", color=(200, 30, 60), **save) -> bytes:
+    """A small real image encoded in memory."""
+    im = Image.new(mode, size, color)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **save)
+    return buf.getvalue()

@@ -1,0 +1,60 @@
+"""The lake: open/create, SQL, info, versions, and that LanceDB and Lance open it unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lance
+import lancedb
+import pytest
+
+from lakecurate import Lake, LakeError
+
+from .conftest import SAMPLE_DATA
+
+
+@pytest.fixture
+def sample_lake(lake: Lake) -> Lake:
+    lake.ingest(SAMPLE_DATA, progress=False)
+    return lake
+
+
+def test_open_missing_lake_says_how_to_create(tmp_path: Path):
+    with pytest.raises(LakeError, match=r"no lake at .*lakecurate ingest"):
+        Lake.open(tmp_path / "nope")
+    Lake.create(tmp_path / "l")
+    with pytest.raises(LakeError, match="already exists"):
+        Lake.create(tmp_path / "l", exist_ok=False)
+    assert Lake.open(tmp_path / "l").count() == 0
+
+
+def test_sql_matches_pandas(sample_lake: Lake):
+    df = sample_lake.to_pandas(["ingest_status", "width", "format"])
+    got = sample_lake.sql("SELECT ingest_status, COUNT(*) AS n FROM pairs GROUP BY ingest_status ORDER BY ingest_status")
+    want = df.groupby("ingest_status").size()
+    assert dict(zip(got["ingest_status"], got["n"])) == want.to_dict()
+    wide = sample_lake.sql("SELECT COUNT(*) AS n FROM pairs WHERE width >= 300 AND format = 'JPEG'")["n"][0]
+    assert wide == int(((df["width"] >= 300) & (df["format"] == "JPEG")).sum()) > 0
+    with pytest.raises(LakeError, match="SQL failed"):
+        sample_lake.sql("SELECT nope FROM pairs")
+
+
+def test_lancedb_and_lance_open_the_table_unchanged(sample_lake: Lake):
+    db = lancedb.connect(sample_lake.uri)
+    tbl = db.open_table("pairs")
+    assert tbl.count_rows() == sample_lake.count()
+    got = tbl.search().where("key = 'coffee.jpg'").select(["caption"]).to_pandas()
+    assert got["caption"][0] == (SAMPLE_DATA / "coffee.txt").read_text().strip()
+    assert lance.dataset(str(Path(sample_lake.uri) / "pairs.lance")).count_rows() == sample_lake.count()
+
+
+def test_info_versions_tags_and_time_travel(sample_lake: Lake):
+    v = sample_lake.version
+    sample_lake.tag("raw")
+    info = sample_lake.info()
+    assert info["rows"] == sample_lake.count() and info["tags"] == {"raw": v}
+    assert {c["name"] for c in info["columns"]} >= {"id", "image", "caption", "content_hash", "ingest_flags"}
+    assert sum(info["status_counts"].values()) == info["rows"]
+    assert sample_lake.dataset("raw").count_rows() == info["rows"]
+    stats = sample_lake.cleanup()
+    assert stats["old_versions"] == 0  # nothing old enough: tagged and recent versions stay
