@@ -17,13 +17,14 @@ from lakecurate.lake import Lake, LakeError
 
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors a user can fix into a one-line message and exit code 1, not a traceback."""
+    from lakecurate.encoders import EncoderError
     from lakecurate.ingest import IngestError
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (LakeError, IngestError) as exc:
+        except (LakeError, IngestError, EncoderError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
@@ -114,6 +115,86 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, image_dir: str |
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_ingest_report(report)
+
+
+# --------------------------------------------------------------------------- embed
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--model/--pretrained/--checkpoint/--name, shared by every command that loads an encoder."""
+    for opt in reversed([
+        click.option("--model", default="offline", show_default=True,
+                     help="offline | tiny-random (tests; meaningless) | an open_clip architecture (ViT-B-32, or ViT-B-32:TAG)."),
+        click.option("--pretrained", help="open_clip pretrained tag (default: laion2b_s34b_b79k where it exists)."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False), help="Local weights file for the architecture."),
+        click.option("--name", help="Column prefix (default: from the model, e.g. clip_vitb32_laion2b)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def explain_encoder(spec_arch: str, meaningless: bool) -> None:
+    if meaningless:
+        click.echo("note: tiny-random is randomly initialised: its embeddings and scores are meaningless (for tests).", err=True)
+    elif spec_arch.startswith("offline"):
+        click.echo("note: using the offline encoder (EfficientNet-Lite0 + MiniLM with trained projection heads), "
+                   "a small model with weaker semantics than CLIP; use --model ViT-B-32 where CLIP weights are available.",
+                   err=True)
+
+
+@main.command()
+@lake_argument
+@model_options
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, help="Decode processes (default: half the cores; 0 decodes in this process).")
+@click.option("--recompute", is_flag=True, help="Drop and recompute these columns (e.g. after changing the config).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_friendly_errors
+def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None, device: str,
+          precision: str, batch_size: int, workers: int | None, recompute: bool, as_json: bool) -> None:
+    """Add image/text embedding and alignment-score columns to LAKE (only rows that lack them).
+
+    Columns: PREFIX_image, PREFIX_text (L2-normalised float16 vectors), PREFIX_score (cosine) and
+    PREFIX_error (why a row has none). Only the new columns' bytes are written; re-running is a
+    no-op; rows appended later are the next run's only work; a killed run resumes.
+
+    Example: lakecurate embed ./lake --model offline
+    """
+    from lakecurate.encoders import resolve
+
+    spec = resolve(model, pretrained, checkpoint, name)
+    explain_encoder(spec.arch, spec.meaningless)
+    rep = Lake.open(lake).embed(model, pretrained=pretrained, checkpoint=checkpoint, name=name, device=device,
+                                precision=precision, batch_size=batch_size, workers=workers, recompute=recompute)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    rate = rep.rows_embedded / rep.seconds if rep.seconds else 0.0
+    click.echo(f"embedded {rep.rows_embedded} rows in {rep.fragments_done} fragments ({rate:.1f} rows/s); "
+               f"{rep.rows_resumed} resumed from a checkpoint; {rep.errors} without embedding (see {rep.columns['error']}); "
+               f"columns: {', '.join(rep.columns.values())}")
+
+
+@main.command()
+@lake_argument
+@click.argument("query")
+@click.option("-k", default=10, show_default=True, help="How many pairs.")
+@click.option("--prefix", help="Which embedding columns (default: the only ones).")
+@click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
+              help="Compare with the pairs' image vectors or caption vectors.")
+@click.option("--where", help="SQL filter applied before the search, e.g. \"ingest_status = 'ok'\".")
+@click.option("--json", "as_json", is_flag=True)
+@_friendly_errors
+def search(lake: str, query: str, k: int, prefix: str | None, target: str, where: str | None, as_json: bool) -> None:
+    """Find the pairs nearest to QUERY: a text, or the path of an image file.
+
+    Example: lakecurate search ./lake "a cat looking to the side" -k 5
+    """
+    df = Lake.open(lake).search(query, k, prefix=prefix, target=target, where=where)
+    if as_json:
+        click.echo(df.to_json(orient="records"))
+    else:
+        click.echo(df.to_string(index=False, max_colwidth=70) if len(df) else "(no rows)")
 
 
 # --------------------------------------------------------------------------- inspect

@@ -16,6 +16,7 @@ the same ingest again skips what is already there.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import hashlib
 import io
@@ -308,8 +309,19 @@ def flags_block_read(flags: list[str]) -> bool:
 
 
 # --------------------------------------------------------------------------- sources
+@functools.lru_cache(maxsize=4096)
+def _realdir(path: str) -> str:
+    return os.path.realpath(path)
+
+
 def _inside(path: str, root: str) -> bool:
-    real = os.path.realpath(path)
+    """Whether ``path`` (symlinks resolved) lies under the real path ``root``.
+
+    Folder realpaths are cached (a manifest names thousands of files in a few folders); only the
+    file itself is checked for being a link on each call.
+    """
+    head, tail = os.path.split(path)
+    real = os.path.realpath(path) if os.path.islink(path) else os.path.join(_realdir(head), tail)
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
@@ -612,7 +624,10 @@ def _commit_chunks(batches: Iterator[pa.RecordBatch], max_rows: int, max_bytes: 
 
 
 def _rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=PAIRS_SCHEMA)
+    # column by column: several times faster than from_pylist on dicts holding image bytes
+    return pa.RecordBatch.from_arrays(
+        [pa.array([r[f.name] for r in rows], f.type) for f in PAIRS_SCHEMA], schema=PAIRS_SCHEMA
+    )
 
 
 def ingest(

@@ -222,6 +222,21 @@ class Lake:
 
         return ingest(self, source, **options)
 
+    def embed(self, model: str = "offline", **options: Any) -> Any:
+        """Add embedding and score columns; see :func:`lakecurate.embed.embed`."""
+        from lakecurate.embed import embed
+
+        return embed(self, model, **options)
+
+    def search(self, query: Any, k: int = 10, **options: Any) -> pd.DataFrame:
+        """Nearest pairs to a text or an image; see :func:`lakecurate.search.search`.
+
+        Example: ``lake.search("a dog on a beach", k=5)``
+        """
+        from lakecurate.search import search
+
+        return search(self, query, k, **options)
+
     # ----------------------------------------------------------------- versions
     def tag(self, name: str, version: int | None = None) -> None:
         """Name a version (default: the latest) so it can be reopened later; ~1 ms, metadata only."""

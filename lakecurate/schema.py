@@ -20,11 +20,11 @@ BLOB_META = {"lance-encoding:blob": "true"}
 
 PAIRS_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
+        pa.field("id", pa.string()),
         pa.field("image", pa.large_binary(), metadata=BLOB_META),
         pa.field("caption", pa.string()),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("key", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("key", pa.string()),
         pa.field("image_uri", pa.string()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
@@ -33,10 +33,10 @@ PAIRS_SCHEMA = pa.schema(
         pa.field("byte_size", pa.int64()),
         pa.field("content_hash", pa.string()),
         pa.field("meta", pa.string()),
-        pa.field("ingest_status", pa.string(), nullable=False),
+        pa.field("ingest_status", pa.string()),
         pa.field("ingest_flags", pa.list_(pa.string())),
         pa.field("ingest_error", pa.string()),
-        pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
     ],
     metadata={"lakecurate.table": TABLE, "lakecurate.schema_version": "1"},
 )

@@ -11,6 +11,10 @@ from PIL import Image
 
 from lakecurate import Lake
 
+# Tests never reach a model hub: loading weights by name must fail fast (and clearly) instead.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
 SHARED = Path(os.environ.get("LAKECURATE_SHARED", REPO.parent / "shared"))
@@ -36,3 +40,12 @@ def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (64, 48), mode: str =
     buf = io.BytesIO()
     im.save(buf, fmt, **save)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sample_lake_embedded(tmp_path_factory) -> Lake:
+    """sample_data ingested and embedded once with the tiny random (meaningless) encoder."""
+    lake = Lake.create(tmp_path_factory.mktemp("embedded") / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    return lake

@@ -1,0 +1,212 @@
+"""Derived columns, added safely: declare, then fill fragment by fragment.
+
+This is the one place where stages write columns. The pattern (measured in issues 3 and 9):
+
+1. **declare** the new fields as all-null columns (``add_columns`` with bare fields): metadata only,
+   no data file is touched, and each field carries its provenance in its metadata;
+2. **fill** one fragment at a time: write a data file holding only the new columns for the
+   fragment's physical rows, then commit ``LanceOperation.DataReplacement``. Image bytes and every
+   other column are never rewritten;
+3. on a commit conflict, re-commit the *same file* at a fresh read version (appends, deletes and
+   other columns' replacements do not invalidate it); if the fragment is gone (compaction), the work
+   is dropped and the next run recomputes the new fragment.
+
+A fragment that has a data file for a column is done; rows appended later land in new fragments,
+which read as null until the next incremental run fills them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lance
+import lance.fragment
+import pyarrow as pa
+import pyarrow.ipc
+from lance.commit import CommitConflictError
+
+from lakecurate.lake import LakeError, retry_on_conflict
+
+if TYPE_CHECKING:
+    from lakecurate.lake import Lake
+
+PROVENANCE_KEY = "lakecurate.provenance"
+
+
+def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str], table_version: int) -> dict[str, Any]:
+    """The provenance record stored on every derived field: what made it, from what, when."""
+    from lakecurate import __version__
+
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return {
+        "stage": stage,
+        "config": config,
+        "config_hash": config_hash,
+        "source_columns": list(source_columns),
+        "table_version": table_version,
+        "tool_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def field_provenance(field: pa.Field) -> dict[str, Any] | None:
+    raw = (field.metadata or {}).get(PROVENANCE_KEY.encode())
+    return json.loads(raw) if raw else None
+
+
+def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False) -> bool:
+    """Make sure ``fields`` exist with provenance ``prov``. Metadata-only; returns True if it added them.
+
+    The same config again is a no-op. A column that exists with another config is an error naming
+    the two ways out (another name, or ``recompute``, which drops and re-declares the columns).
+    """
+    ds = lake.dataset()
+    names = [f.name for f in fields]
+    present = [n for n in names if n in ds.schema.names]
+    if present and recompute:
+        ds.drop_columns(present)
+        ds = lake.dataset()
+        present = []
+    for name in present:
+        old = field_provenance(ds.schema.field(name))
+        if old is None:
+            raise LakeError(f"column '{name}' exists in lake '{lake.uri}' but was not made by lakecurate; pick another --name")
+        if old["config_hash"] != prov["config_hash"]:
+            raise LakeError(
+                f"column '{name}' in lake '{lake.uri}' was made with another config "
+                f"({old['config_hash']}: {json.dumps(old['config'], sort_keys=True)[:200]}); "
+                "use --name to write new columns beside it, or --recompute to replace it"
+            )
+    missing = [f for f in fields if f.name not in present]
+    if len(missing) not in (0, len(fields)):
+        raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with --recompute to rebuild them")
+    if not missing:
+        return False
+    meta = {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
+    declared = [f.with_nullable(True).with_metadata({**(f.metadata or {}), **meta}) for f in missing]
+
+    def add() -> bool:
+        current = lake.dataset()
+        if all(f.name in current.schema.names for f in declared):
+            return False  # another process declared them first
+        current.add_columns(declared)
+        return True
+
+    return retry_on_conflict(add)
+
+
+def _field_ids(ds: lance.LanceDataset, name: str) -> set[int]:
+    out, stack = set(), [ds.lance_schema.field(name)]
+    while stack:
+        f = stack.pop()
+        out.add(f.id())
+        stack.extend(f.children())
+    return out
+
+
+def has_data(ds: lance.LanceDataset, frag: lance.LanceFragment, column: str) -> bool:
+    """Whether ``frag`` has a data file backing ``column`` (manifest only; no data is read)."""
+    ids = _field_ids(ds, column)
+    return any(ids & set(df.fields) for df in frag.metadata.files)
+
+
+def fragments_to_fill(ds: lance.LanceDataset, column: str) -> list[lance.LanceFragment]:
+    """Fragments whose rows have no value for ``column`` yet: what an incremental run computes."""
+    return [f for f in ds.get_fragments() if not has_data(ds, f, column)]
+
+
+def fill_fragment(lake: "Lake", fragment_id: int, table: pa.Table) -> int | None:
+    """Write ``table`` (declared columns, one row per *physical* row of the fragment) as the
+    fragment's data for those columns and commit it. Returns the new version, or None when the
+    fragment no longer exists (compacted away) or another writer already filled these columns.
+    """
+    ds = lake.dataset()
+    frag = ds.get_fragment(fragment_id)
+    if frag is None:
+        return None
+    if table.num_rows != frag.physical_rows:  # Lance does not check this at commit: a mismatch breaks reads
+        raise ValueError(f"fragment {fragment_id} has {frag.physical_rows} rows, got {table.num_rows}")
+    schema = pa.schema([ds.schema.field(n) for n in table.column_names])
+    table = table.cast(schema)
+    written = lance.fragment.write_fragments(
+        table,
+        ds,
+        schema=schema,
+        mode="append",
+        data_storage_version=ds.data_storage_version,
+        max_rows_per_file=table.num_rows + 1,
+        storage_options=lake.storage_options,
+    )
+    if len(written) != 1 or len(written[0].files) != 1:
+        raise RuntimeError(f"expected one data file for fragment {fragment_id}, got {written}")
+    data_file = written[0].files[0]
+    op = lance.LanceOperation.DataReplacement([lance.LanceOperation.DataReplacementGroup(fragment_id, data_file)])
+    first = table.column_names[0]
+
+    def commit() -> int | None:
+        current = lake.dataset()
+        frag_now = current.get_fragment(fragment_id)
+        if frag_now is None or frag_now.physical_rows != table.num_rows:
+            return None  # compacted or rewritten meanwhile: recompute on the next run
+        if has_data(current, frag_now, first) and not has_data(ds, frag, first):
+            return None  # a concurrent run filled it first; ours is an identical recomputation
+        try:
+            return lance.LanceDataset.commit(
+                lake.table_uri, op, read_version=current.version, storage_options=lake.storage_options
+            ).version
+        except OSError as exc:
+            if "not found" in str(exc).lower() and not isinstance(exc, CommitConflictError):
+                return None
+            raise
+
+    return retry_on_conflict(commit)
+
+
+class Checkpoint:
+    """Finished batches of one fragment, kept on local disk until the fragment's commit lands.
+
+    A killed run resumes from here, so it recomputes at most the batches in flight. The folder
+    name includes the fragment's live row count and deletion file, so a fragment that changed
+    meanwhile starts afresh.
+    """
+
+    def __init__(self, lake: "Lake", key: str):
+        if "://" in lake.uri:
+            base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lakecurate" / "checkpoints"
+            base = base / hashlib.sha256(lake.uri.encode()).hexdigest()[:16]
+        else:
+            base = Path(lake.uri) / "_lakecurate" / "checkpoints"
+        self.root = base / key
+
+    def _dir(self, frag: lance.LanceFragment) -> Path:
+        d = frag.metadata.deletion_file
+        tag = f"d{d.id}-{d.read_version}" if d is not None else "d0"
+        return self.root / f"f{frag.fragment_id}-r{frag.count_rows()}-{tag}"
+
+    def load(self, frag: lance.LanceFragment) -> dict[int, pa.Table]:
+        """Saved batches of ``frag`` by logical start offset."""
+        d = self._dir(frag)
+        out = {}
+        for p in sorted(d.glob("*.arrow")) if d.is_dir() else []:
+            with pa.ipc.open_file(p) as reader:
+                out[int(p.stem)] = reader.read_all()
+        return out
+
+    def save(self, frag: lance.LanceFragment, start: int, table: pa.Table) -> None:
+        d = self._dir(frag)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f"{start:010d}.tmp"
+        with pa.ipc.new_file(tmp, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, d / f"{start:010d}.arrow")  # atomic: a kill never leaves half a batch
+
+    def drop(self, frag: lance.LanceFragment | None = None) -> None:
+        target = self._dir(frag) if frag is not None else self.root
+        shutil.rmtree(target, ignore_errors=True)

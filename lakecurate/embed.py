@@ -1,0 +1,282 @@
+"""The embed stage: image and text embeddings and their cosine score, added as columns.
+
+``embed(lake, "offline")`` adds ``{prefix}_image`` and ``{prefix}_text`` (L2-normalised,
+fixed_size_list<float16>), ``{prefix}_score`` (cosine, float32) and ``{prefix}_error`` (why a row has
+no embedding: undecodable image, missing caption). Columns are filled per fragment through
+:mod:`lakecurate.columns`, so image bytes are never rewritten, a re-run with the same config does
+nothing, rows appended later are the only work of the next run, and a killed run resumes from its
+last finished batch.
+
+Decoding and preprocessing run in spawned worker processes (a torch ``DataLoader``; Lance is not
+fork-safe) that read image blobs straight from the lake, so the model in the main process is never
+waiting on JPEG decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from lakecurate import columns
+from lakecurate.encoders import Encoder, column_names, resolve
+
+if TYPE_CHECKING:
+    from lakecurate.lake import Lake
+
+MAX_DECODE_PIXELS = 89_478_485  # Pillow's own bomb limit: larger images are not decoded here
+
+
+@dataclass
+class EmbedReport:
+    lake: str
+    model: str
+    columns: dict[str, str]
+    fragments_total: int = 0
+    fragments_done: int = 0
+    rows_embedded: int = 0
+    rows_resumed: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    versions: list[int] = field(default_factory=list)
+    meaningless: bool = False
+    indexed: bool = False
+    model_load_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_workers() -> int:
+    """Decode processes: half the cores (the model uses the rest), at least one, at most eight."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+# --------------------------------------------------------------------------- worker side
+def decode_image(data: bytes | None) -> tuple[Any, str | None]:
+    """Bytes -> RGB PIL image, or (None, reason). Animated: first frame; CMYK/16-bit/palette: converted."""
+    from PIL import Image
+
+    if data is None:
+        return None, "image_missing"
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.width * im.height > MAX_DECODE_PIXELS:
+            return None, f"image_too_large: {im.width}x{im.height}"
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im, dtype=np.float32)
+            span = float(arr.max() - arr.min()) or 1.0
+            im = Image.fromarray(((arr - arr.min()) * (255.0 / span)).astype(np.uint8))
+        return im.convert("RGB"), None
+    except Exception as exc:  # Pillow raises many types on bad data
+        return None, f"image_undecodable: {type(exc).__name__}: {exc}"[:300]
+
+
+class _Batches:
+    """Map-style dataset over (fragment id, logical offset, limit) items; runs in worker processes."""
+
+    def __init__(self, table_uri: str, version: int, storage_options: dict | None, transforms: tuple, items: list):
+        self.table_uri, self.version, self.storage_options = table_uri, version, storage_options
+        self.transforms, self.items = transforms, items
+        self._ds = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import lance
+        import torch
+
+        if self._ds is None:
+            self._ds = lance.dataset(self.table_uri, version=self.version, storage_options=self.storage_options)
+        preprocess, tokenize = self.transforms
+        fid, start, limit = self.items[i]
+        tbl = self._ds.get_fragment(fid).to_table(columns=["caption"], with_row_address=True, offset=start, limit=limit)
+        addrs = tbl.column("_rowaddr").to_pylist()
+        blobs = [b for _, b in self._ds.read_blobs("image", addresses=addrs, preserve_order=True)] if addrs else []
+        pixels, errors = [], []
+        for data in blobs:
+            im, err = decode_image(data)
+            errors.append(err)
+            if im is not None:
+                pixels.append(preprocess(im))
+        captions = tbl.column("caption").to_pylist()
+        return {
+            "fid": fid,
+            "start": start,
+            "offsets": np.asarray(addrs, dtype=np.int64) & 0xFFFFFFFF,
+            "pixels": torch.stack(pixels) if pixels else None,
+            "image_errors": errors,
+            "has_caption": [c is not None for c in captions],
+            "tokens": tokenize([c or "" for c in captions]) if captions else None,
+        }
+
+
+# --------------------------------------------------------------------------- main side
+def embed_batch(enc: Encoder, item: dict[str, Any], dim: int) -> pa.Table:
+    """Run the model on one decoded batch: a table of offsets, embeddings, score and error."""
+    n = len(item["offsets"])
+    img = np.zeros((n, dim), dtype=np.float32)
+    img_ok = np.array([e is None for e in item["image_errors"]], dtype=bool)
+    if item["pixels"] is not None:
+        img[img_ok] = enc.encode_image_tensors(item["pixels"]).numpy()
+    txt = enc.encode_text_tokens(item["tokens"]).numpy() if n else np.zeros((0, dim), np.float32)
+    txt_ok = np.asarray(item["has_caption"], dtype=bool)
+    score = (img * txt).sum(axis=1)
+    errors = [e if e else (None if t else "caption_missing") for e, t in zip(item["image_errors"], txt_ok)]
+    return pa.table(
+        {
+            "offset": pa.array(item["offsets"], pa.int64()),
+            "image": _vectors(img, img_ok),
+            "text": _vectors(txt, txt_ok),
+            "score": pa.array(score.astype(np.float32), mask=~(img_ok & txt_ok)),
+            "error": pa.array(errors, pa.string()),
+        }
+    )
+
+
+def _vectors(arr: np.ndarray, valid: np.ndarray) -> pa.Array:
+    flat = pa.array(arr.astype(np.float16).ravel(), pa.float16())
+    return pa.FixedSizeListArray.from_arrays(flat, arr.shape[1], mask=pa.array(~valid))
+
+
+def assemble(parts: list[pa.Table], physical_rows: int, names: dict[str, str], dim: int) -> pa.Table:
+    """Batches (by live-row offset) -> one table over the fragment's physical rows; deleted rows null."""
+    t = pa.concat_tables(parts) if parts else None
+    order = np.full(physical_rows, -1, dtype=np.int64)
+    if t is not None and t.num_rows:
+        order[t.column("offset").to_numpy()] = np.arange(t.num_rows)
+    idx = pa.array(order, mask=order < 0)
+    out = {}
+    for key in ("image", "text", "score", "error"):
+        col = t.column(key).combine_chunks() if t is not None else pa.nulls(0)
+        out[names[key]] = col.take(idx) if t is not None else pa.nulls(physical_rows)
+    return pa.table(out)
+
+
+def embed(
+    lake: "Lake",
+    model: str = "offline",
+    *,
+    pretrained: str | None = None,
+    checkpoint: str | None = None,
+    name: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 64,
+    workers: int | None = None,
+    recompute: bool = False,
+    progress: bool | None = None,
+    max_fragments: int | None = None,
+    index_min_rows: int | None = None,
+) -> EmbedReport:
+    """Add image/text embedding and alignment-score columns for every row that lacks them.
+
+    Example::
+
+        report = lake.embed("offline")             # columns offline_image, offline_text, offline_score
+        lake.sql("SELECT key, offline_score FROM pairs ORDER BY offline_score LIMIT 5")
+    """
+    import torch
+
+    spec = resolve(model, pretrained, checkpoint, name)
+    names = column_names(spec.prefix)
+    dim = spec.embed_dim()
+    ds = lake.dataset()
+    config = {**spec.config(), "precision": precision, "dim": dim, "storage": "float16"}
+    prov = columns.provenance("embed", config, ["image", "caption"], ds.version)
+    vec = pa.list_(pa.float16(), dim)
+    fields = [
+        pa.field(names["image"], vec),
+        pa.field(names["text"], vec),
+        pa.field(names["score"], pa.float32()),
+        pa.field(names["error"], pa.string()),
+    ]
+    report = EmbedReport(lake=lake.uri, model=spec.arch, columns=names, meaningless=spec.meaningless)
+    ckpt = columns.Checkpoint(lake, f"embed-{spec.prefix}-{prov['config_hash']}")
+    t0 = time.perf_counter()
+
+    # What to compute is known before any weights load (a column not yet declared is all to do),
+    # so decode workers start while the model loads.
+    todo = ds.get_fragments() if names["score"] not in ds.schema.names or recompute else columns.fragments_to_fill(ds, names["score"])
+    report.fragments_total = len(todo)
+    if max_fragments is not None:
+        todo = todo[:max_fragments]
+    saved: dict[int, dict[int, pa.Table]] = {}
+    items: list[tuple[int, int, int]] = []
+    remaining: dict[int, int] = {}
+    frags = {f.fragment_id: f for f in todo}
+    for frag in todo:
+        saved[frag.fragment_id] = {} if recompute else ckpt.load(frag)
+        live = frag.count_rows()
+        starts = [s for s in range(0, live, batch_size) if s not in saved[frag.fragment_id]]
+        report.rows_resumed += sum(t.num_rows for t in saved[frag.fragment_id].values())
+        items += [(frag.fragment_id, s, min(batch_size, live - s)) for s in starts]
+        remaining[frag.fragment_id] = len(starts)
+
+    n_workers = default_workers() if workers is None else workers
+    loader = iter(
+        torch.utils.data.DataLoader(
+            _Batches(lake.table_uri, ds.version, lake.storage_options, spec.build_transforms(), items),
+            batch_size=None,
+            shuffle=False,
+            num_workers=n_workers if items else 0,
+            multiprocessing_context="spawn" if n_workers and items else None,
+            prefetch_factor=4 if n_workers and items else None,
+        )
+    )
+    t_load = time.perf_counter()
+    enc = Encoder(spec, device=device, precision=precision)
+    report.model_load_seconds = time.perf_counter() - t_load
+    columns.declare(lake, fields, prov, recompute=recompute)
+    if recompute:  # the columns were just re-declared: every fragment is to do, with fresh field ids
+        ckpt.drop()
+    if not todo:
+        ckpt.drop()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    done_parts: dict[int, list[pa.Table]] = defaultdict(list)
+    total_rows = sum(f.count_rows() for f in todo)
+    bar = tqdm(total=total_rows, initial=report.rows_resumed, desc=f"embed {spec.prefix}", unit="img",
+               disable=(not progress) if progress is not None else None)
+
+    def finish(fid: int) -> None:
+        frag = frags[fid]
+        parts = list(saved[fid].values()) + done_parts.pop(fid, [])
+        table = assemble(parts, frag.physical_rows, names, dim)
+        version = columns.fill_fragment(lake, fid, table)
+        if version is not None:
+            report.versions.append(version)
+            report.fragments_done += 1
+        ckpt.drop(frag)
+
+    try:
+        for fid in [f for f, n in remaining.items() if n == 0]:
+            finish(fid)  # everything was in the checkpoint already
+        for item in loader:
+            part = embed_batch(enc, item, dim)
+            fid = item["fid"]
+            ckpt.save(frags[fid], item["start"], part)
+            done_parts[fid].append(part)
+            report.rows_embedded += part.num_rows
+            report.errors += part.num_rows - part.column("error").null_count
+            bar.update(part.num_rows)
+            remaining[fid] -= 1
+            if remaining[fid] == 0:
+                finish(fid)
+    finally:
+        bar.close()
+    report.errors += sum(t.num_rows - t.column("error").null_count for s in saved.values() for t in s.values())
+    from lakecurate.search import INDEX_MIN_ROWS, ensure_index
+
+    report.indexed = ensure_index(lake, spec.prefix, INDEX_MIN_ROWS if index_min_rows is None else index_min_rows)
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,265 @@
+"""The encoder registry: one place that turns a model name into image and text towers.
+
+Two families share one interface, so `embed`, dedup, filters and clustering cannot tell them apart:
+
+* **open_clip** models by architecture and pretrained tag (``ViT-B-32`` + ``laion2b_s34b_b79k``, or
+  ``ViT-B-32:openai``), or by a local checkpoint file (``--checkpoint PATH``). Weights load through
+  open_clip's normal path: its cache, then the hub.
+* **offline**: frozen ImageNet EfficientNet-Lite0 + frozen all-MiniLM-L6-v2, joined by small
+  projection heads trained on Flickr8k (``lakecurate[offline]``). Weaker than CLIP, but real
+  semantics with no hub access (see :mod:`lakecurate.offline`).
+
+``tiny-random`` is a tiny, randomly initialised open_clip architecture for tests: its embeddings
+are **meaningless**; it exists so the whole path runs offline in seconds.
+
+An :class:`EncoderSpec` is small and picklable: decode workers rebuild the image transform and the
+tokenizer from it, while the model itself lives only in the main process (:class:`Encoder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+TINY_RANDOM = "lakecurate-tiny-random-MEANINGLESS"
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+ALIASES = {"vitb32": "ViT-B-32", "vitb16": "ViT-B-16", "vitl14": "ViT-L-14", "tiny-random": TINY_RANDOM}
+# Preferred pretrained tag when only an architecture is named (open_clip lists the rest).
+PREFERRED_TAGS = ("laion2b_s34b_b79k", "datacomp_xl_s13b_b90k", "laion2b_s32b_b82k", "openai")
+
+
+class EncoderError(Exception):
+    """The encoder cannot be had as asked; the message lists what to do instead."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder is (for provenance and columns), without loading any weights."""
+
+    family: str  # "open_clip" | "offline"
+    arch: str
+    pretrained: str | None = None  # open_clip tag, or a checkpoint path
+    prefix: str = ""  # column prefix: f"{prefix}_image", f"{prefix}_text", ...
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> dict[str, Any]:
+        cfg = asdict(self)
+        if self.pretrained and os.path.isfile(self.pretrained):
+            cfg["checkpoint_bytes"] = os.path.getsize(self.pretrained)
+        return cfg
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def meaningless(self) -> bool:
+        return self.arch == TINY_RANDOM
+
+    def build_transforms(self) -> tuple[Callable[[Any], Any], Callable[[list[str]], Any]]:
+        """(image -> tensor, list of captions -> tokens): what decode workers need, no weights."""
+        if self.family == "offline":
+            from lakecurate import offline
+
+            return offline.image_transform(), offline.text_tokenizer()
+        import dataclasses
+
+        import open_clip
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        # The same config open_clip's factory derives (size from the model config, mean/std/resize
+        # from the pretrained tag), without building a model: workers start in a blink.
+        _register_configs()
+        cfg = {"size": open_clip.get_model_config(self.arch)["vision_cfg"]["image_size"]}
+        if self.pretrained and not os.path.isfile(self.pretrained):
+            tag = open_clip.get_pretrained_cfg(self.arch, self.pretrained) or {}
+            names = {f.name for f in dataclasses.fields(PreprocessCfg)} - {"size"}
+            cfg.update({k: v for k, v in tag.items() if k in names})
+        return image_transform_v2(PreprocessCfg(**cfg), is_train=False), open_clip.get_tokenizer(self.arch)
+
+    def embed_dim(self) -> int:
+        """Width of the embeddings, known without loading weights."""
+        if self.family == "offline":
+            from lakecurate import offline
+
+            return offline.EMBED_DIM
+        import open_clip
+
+        _register_configs()
+        return int(open_clip.get_model_config(self.arch)["embed_dim"])
+
+
+def column_names(prefix: str) -> dict[str, str]:
+    """The one place column names of an encoder are built: image/text embeddings, score, error."""
+    return {k: f"{prefix}_{k}" for k in ("image", "text", "score", "error")}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+_registered = False
+
+
+def _register_configs() -> None:
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+
+
+def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = None, name: str | None = None) -> EncoderSpec:
+    """Turn what a user typed into an :class:`EncoderSpec` (no weights are loaded).
+
+    ``model``: ``offline``, ``tiny-random``, an open_clip architecture (``ViT-B-32``, alias ``vitb32``),
+    optionally with ``:TAG``. ``checkpoint``: a local weights file for that architecture.
+    ``name`` overrides the column prefix.
+    """
+    if model == "offline":
+        from lakecurate import offline
+
+        return EncoderSpec("offline", offline.ARCH, offline.heads_path_str(), name or "offline", offline.spec_extra())
+    import open_clip
+
+    _register_configs()
+    if ":" in model and pretrained is None:
+        model, pretrained = model.split(":", 1)
+    arch = ALIASES.get(model.lower(), ALIASES.get(model, model))
+    known = open_clip.list_models()
+    if arch not in known:
+        close = [m for m in known if _slug(model) in _slug(m)][:8]
+        raise EncoderError(
+            f"unknown model '{model}'. Use 'offline' (pip install lakecurate[offline]), 'tiny-random' (tests), "
+            f"or an open_clip architecture{': ' + ', '.join(close) if close else ' (open_clip.list_models())'}"
+        )
+    if checkpoint:
+        if not os.path.isfile(checkpoint):
+            raise EncoderError(f"checkpoint '{checkpoint}' does not exist")
+        return EncoderSpec("open_clip", arch, os.path.abspath(checkpoint), name or f"clip_{_slug(arch)}_ckpt")
+    if arch == TINY_RANDOM:
+        return EncoderSpec("open_clip", arch, None, name or "clip_tinyrandom")
+    if pretrained == "random":  # random weights of a real architecture: for timing, never for curation
+        return EncoderSpec("open_clip", arch, None, name or f"clip_{_slug(arch)}_random")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained is None:
+        pretrained = next((t for t in PREFERRED_TAGS if t in tags), tags[0] if tags else None)
+    if pretrained is None or pretrained not in tags:
+        raise EncoderError(
+            f"no pretrained weights '{pretrained}' for {arch}; known tags: {', '.join(tags) or 'none'}; "
+            "or pass --checkpoint PATH"
+        )
+    return EncoderSpec("open_clip", arch, pretrained, name or f"clip_{_slug(arch)}_{pretrained.split('_')[0]}")
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EncoderError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+class Encoder:
+    """A loaded encoder: L2-normalised float32 embeddings for image tensors and caption tokens."""
+
+    def __init__(self, spec: EncoderSpec, device: str = "auto", precision: str = "fp32"):
+        import torch
+
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise EncoderError(f"precision must be fp32, bf16 or fp16, not '{precision}'")
+        self.spec = spec
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device == "cpu":
+            raise EncoderError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
+        self.precision = precision
+        self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        torch.manual_seed(0)  # tiny-random and any head without weights are deterministic
+        if spec.family == "offline":
+            from lakecurate import offline
+
+            self.model = offline.load_model(spec)
+        else:
+            self.model, self.open_clip_preprocess = _load_open_clip(spec)
+        self.model = self.model.to(self.device).eval()
+        self.dim = int(self.encode_texts(["a"]).shape[1])
+
+    def _run(self, fn: Callable[[], Any]) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            if self._autocast_dtype is not None:
+                with torch.autocast(self.device, dtype=self._autocast_dtype):
+                    out = fn()
+            else:
+                out = fn()
+            return torch.nn.functional.normalize(out.float(), dim=-1).cpu()
+
+    def encode_image_tensors(self, pixels: Any) -> Any:
+        return self._run(lambda: self.model.encode_image(pixels.to(self.device)))
+
+    def encode_text_tokens(self, tokens: Any) -> Any:
+        if isinstance(tokens, dict):
+            tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        else:
+            tokens = tokens.to(self.device)
+        return self._run(lambda: self.model.encode_text(tokens))
+
+    # conveniences for queries and tests (the embed stage uses workers instead)
+    def encode_texts(self, texts: list[str]) -> Any:
+        _, tokenize = self.transforms()
+        return self.encode_text_tokens(tokenize(texts))
+
+    def encode_images(self, images: list[Any]) -> Any:
+        import torch
+
+        preprocess, _ = self.transforms()
+        return self.encode_image_tensors(torch.stack([preprocess(im.convert("RGB")) for im in images]))
+
+    def transforms(self) -> tuple[Callable[[Any], Any], Callable[[list[str]], Any]]:
+        """(image transform, tokenizer): picklable, so decode workers get them without a model."""
+        if not hasattr(self, "_tf"):
+            self._tf = self.spec.build_transforms()
+        return self._tf
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Any:
+    """open_clip logs a warning whenever it initialises randomly; for tiny-random that is the point."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _load_open_clip(spec: EncoderSpec) -> tuple[Any, Any]:
+    """(model, eval image transform) through open_clip's own factory."""
+    import open_clip
+
+    _register_configs()
+    if spec.pretrained is None:
+        with _quiet_logs():
+            model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
+        return model, preprocess
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=spec.pretrained)
+        return model, preprocess
+    except Exception as exc:  # hub unreachable, cache empty, bad checkpoint: all end the same way
+        raise EncoderError(
+            f"cannot load weights '{spec.pretrained}' for {spec.arch}: {type(exc).__name__}: {str(exc)[:200]}. "
+            "Options: pass a local file with --checkpoint PATH; put the weights in open_clip's cache "
+            "(HF_HOME) on a machine with access; or use --model offline (pip install 'lakecurate[offline]'), "
+            "a small offline encoder with weaker semantics"
+        ) from None

