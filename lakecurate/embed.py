@@ -7,17 +7,21 @@ no embedding: undecodable image, missing caption). Columns are filled per fragme
 nothing, rows appended later are the only work of the next run, and a killed run resumes from its
 last finished batch.
 
-Decoding and preprocessing run in spawned worker processes (a torch ``DataLoader``; Lance is not
-fork-safe) that read image blobs straight from the lake, so the model in the main process is never
-waiting on JPEG decoding.
+Decoding and preprocessing run in spawned worker processes (Lance is not fork-safe) that read image
+blobs straight from the lake and import only lance, Pillow and numpy, so they start while the model
+loads and the model in the main process is never waiting on JPEG decoding.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import multiprocessing
 import os
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,44 +83,64 @@ def decode_image(data: bytes | None) -> tuple[Any, str | None]:
         return None, f"image_undecodable: {type(exc).__name__}: {exc}"[:300]
 
 
-class _Batches:
-    """Map-style dataset over (fragment id, logical offset, limit) items; runs in worker processes."""
+_WORKER: dict[str, Any] = {}
 
-    def __init__(self, table_uri: str, version: int, storage_options: dict | None, transforms: tuple, items: list):
-        self.table_uri, self.version, self.storage_options = table_uri, version, storage_options
-        self.transforms, self.items = transforms, items
-        self._ds = None
 
-    def __len__(self) -> int:
-        return len(self.items)
+def _init_reader(table_uri: str, version: int, storage_options: dict | None, transform: Any) -> None:
+    import lance
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        import lance
-        import torch
+    _WORKER["ds"] = lance.dataset(table_uri, version=version, storage_options=storage_options)
+    _WORKER["transform"] = transform
 
-        if self._ds is None:
-            self._ds = lance.dataset(self.table_uri, version=self.version, storage_options=self.storage_options)
-        preprocess, tokenize = self.transforms
-        fid, start, limit = self.items[i]
-        tbl = self._ds.get_fragment(fid).to_table(columns=["caption"], with_row_address=True, offset=start, limit=limit)
-        addrs = tbl.column("_rowaddr").to_pylist()
-        blobs = [b for _, b in self._ds.read_blobs("image", addresses=addrs, preserve_order=True)] if addrs else []
-        pixels, errors = [], []
-        for data in blobs:
-            im, err = decode_image(data)
-            errors.append(err)
-            if im is not None:
-                pixels.append(preprocess(im))
-        captions = tbl.column("caption").to_pylist()
-        return {
-            "fid": fid,
-            "start": start,
-            "offsets": np.asarray(addrs, dtype=np.int64) & 0xFFFFFFFF,
-            "pixels": torch.stack(pixels) if pixels else None,
-            "image_errors": errors,
-            "has_caption": [c is not None for c in captions],
-            "tokens": tokenize([c or "" for c in captions]) if captions else None,
-        }
+
+def read_batch(item: tuple[int, int, int]) -> dict[str, Any]:
+    """Read one batch of a fragment (captions + image blobs) and decode/preprocess its images.
+
+    Runs in a spawned worker process (imports only lance, Pillow and numpy), or inline.
+    """
+    ds, transform = _WORKER["ds"], _WORKER["transform"]
+    fid, start, limit = item
+    tbl = ds.get_fragment(fid).to_table(columns=["caption"], with_row_address=True, offset=start, limit=limit)
+    addrs = tbl.column("_rowaddr").to_pylist()
+    blobs = [b for _, b in ds.read_blobs("image", addresses=addrs, preserve_order=True)] if addrs else []
+    pixels, errors = [], []
+    for data in blobs:
+        im, err = decode_image(data)
+        if im is not None:
+            try:
+                pixels.append(transform(im))
+            except Exception as exc:  # a transform failing on an odd image is that row's problem only
+                im, err = None, f"image_undecodable: {type(exc).__name__}: {exc}"[:300]
+        errors.append(err)
+    return {
+        "fid": fid,
+        "start": start,
+        "offsets": np.asarray(addrs, dtype=np.int64) & 0xFFFFFFFF,
+        "pixels": np.stack(pixels) if pixels else None,
+        "image_errors": errors,
+        "captions": tbl.column("caption").to_pylist(),
+    }
+
+
+def read_batches(items: list, init_args: tuple, workers: int) -> Iterator[dict[str, Any]]:
+    """Decoded batches in order; with ``workers`` > 0, read ahead by spawned processes."""
+    if workers <= 0 or not items:
+        _init_reader(*init_args)
+        for item in items:
+            yield read_batch(item)
+        return
+    ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=init_args) as pool:
+        pending: deque = deque()
+        todo = iter(items)
+        for item in itertools.islice(todo, 2 * workers + 1):
+            pending.append(pool.submit(read_batch, item))
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(read_batch, nxt))
+            yield result
 
 
 # --------------------------------------------------------------------------- main side
@@ -127,8 +151,9 @@ def embed_batch(enc: Encoder, item: dict[str, Any], dim: int) -> pa.Table:
     img_ok = np.array([e is None for e in item["image_errors"]], dtype=bool)
     if item["pixels"] is not None:
         img[img_ok] = enc.encode_image_tensors(item["pixels"]).numpy()
-    txt = enc.encode_text_tokens(item["tokens"]).numpy() if n else np.zeros((0, dim), np.float32)
-    txt_ok = np.asarray(item["has_caption"], dtype=bool)
+    captions = item["captions"]
+    txt = enc.encode_texts([c or "" for c in captions]).numpy() if n else np.zeros((0, dim), np.float32)
+    txt_ok = np.asarray([c is not None for c in captions], dtype=bool)
     score = (img * txt).sum(axis=1)
     errors = [e if e else (None if t else "caption_missing") for e, t in zip(item["image_errors"], txt_ok)]
     return pa.table(
@@ -161,6 +186,32 @@ def assemble(parts: list[pa.Table], physical_rows: int, names: dict[str, str], d
     return pa.table(out)
 
 
+def _started(gen: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Run a generator up to its first yield in a thread, so its process pool spins up at once."""
+    import threading
+    import queue
+
+    q: queue.Queue = queue.Queue(maxsize=2)
+    done = object()
+
+    def pump() -> None:
+        try:
+            for x in gen:
+                q.put(x)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+        q.put(done)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        x = q.get()
+        if x is done:
+            return
+        if isinstance(x, BaseException):
+            raise x
+        yield x
+
+
 def embed(
     lake: "Lake",
     model: str = "offline",
@@ -184,8 +235,6 @@ def embed(
         report = lake.embed("offline")             # columns offline_image, offline_text, offline_score
         lake.sql("SELECT key, offline_score FROM pairs ORDER BY offline_score LIMIT 5")
     """
-    import torch
-
     spec = resolve(model, pretrained, checkpoint, name)
     names = column_names(spec.prefix)
     dim = spec.embed_dim()
@@ -222,16 +271,10 @@ def embed(
         remaining[frag.fragment_id] = len(starts)
 
     n_workers = default_workers() if workers is None else workers
-    loader = iter(
-        torch.utils.data.DataLoader(
-            _Batches(lake.table_uri, ds.version, lake.storage_options, spec.build_transforms(), items),
-            batch_size=None,
-            shuffle=False,
-            num_workers=n_workers if items else 0,
-            multiprocessing_context="spawn" if n_workers and items else None,
-            prefetch_factor=4 if n_workers and items else None,
-        )
-    )
+    transform, _ = spec.build_transforms()
+    loader = read_batches(items, (lake.table_uri, ds.version, lake.storage_options, transform), n_workers)
+    if n_workers and items:
+        loader = _started(loader)  # spawn the readers now: they start while the model loads
     t_load = time.perf_counter()
     enc = Encoder(spec, device=device, precision=precision)
     report.model_load_seconds = time.perf_counter() - t_load

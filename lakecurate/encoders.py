@@ -63,7 +63,8 @@ class EncoderSpec:
         return self.arch == TINY_RANDOM
 
     def build_transforms(self) -> tuple[Callable[[Any], Any], Callable[[list[str]], Any]]:
-        """(image -> tensor, list of captions -> tokens): what decode workers need, no weights."""
+        """(image -> float32 CHW array, list of captions -> tokens). The image transform is what
+        decode workers run; tokenizing happens beside the model."""
         if self.family == "offline":
             from lakecurate import offline
 
@@ -81,7 +82,11 @@ class EncoderSpec:
             tag = open_clip.get_pretrained_cfg(self.arch, self.pretrained) or {}
             names = {f.name for f in dataclasses.fields(PreprocessCfg)} - {"size"}
             cfg.update({k: v for k, v in tag.items() if k in names})
-        return image_transform_v2(PreprocessCfg(**cfg), is_train=False), open_clip.get_tokenizer(self.arch)
+        pp = PreprocessCfg(**cfg)
+        tokenizer = open_clip.get_tokenizer(self.arch)
+        if isinstance(pp.size, int) and pp.resize_mode in ("shortest", "squash") and pp.interpolation in ("bicubic", "bilinear"):
+            return ImageTransform(pp.size, tuple(pp.mean), tuple(pp.std), pp.interpolation, pp.resize_mode), tokenizer
+        return _NumpyOut(image_transform_v2(pp, is_train=False)), tokenizer
 
     def embed_dim(self) -> int:
         """Width of the embeddings, known without loading weights."""
@@ -93,6 +98,42 @@ class EncoderSpec:
 
         _register_configs()
         return int(open_clip.get_model_config(self.arch)["embed_dim"])
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Eval preprocessing in PIL + numpy: resize (shortest side, or squash), centre crop, scale,
+    normalise -> float32 CHW. Equal to open_clip's/torchvision's eval transform for these modes
+    (tested), but picklable without importing torch, so decode workers start in about a second."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def __call__(self, im: Any) -> Any:
+        import numpy as np
+        from PIL import Image
+
+        resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[self.interpolation]
+        im = im.convert("RGB")
+        w, h = im.size
+        if self.resize_mode == "squash":
+            im = im.resize((self.size, self.size), resample)
+        else:  # shortest side to `size`, as torchvision.transforms.Resize(int)
+            if w <= h:
+                nw, nh = self.size, int(self.size * h / w)
+            else:
+                nw, nh = int(self.size * w / h), self.size
+            if (nw, nh) != (w, h):
+                im = im.resize((nw, nh), resample)
+            top = int(round((nh - self.size) / 2.0))
+            left = int(round((nw - self.size) / 2.0))
+            im = im.crop((left, top, left + self.size, top + self.size))
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def column_names(prefix: str) -> dict[str, str]:
@@ -159,6 +200,16 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
     return EncoderSpec("open_clip", arch, pretrained, name or f"clip_{_slug(arch)}_{pretrained.split('_')[0]}")
 
 
+class _NumpyOut:
+    """Wraps a torchvision transform (the rare modes ImageTransform does not cover) to give numpy."""
+
+    def __init__(self, transform: Any):
+        self.transform = transform
+
+    def __call__(self, im: Any) -> Any:
+        return self.transform(im).numpy()
+
+
 def resolve_device(device: str = "auto") -> str:
     import torch
 
@@ -205,6 +256,10 @@ class Encoder:
             return torch.nn.functional.normalize(out.float(), dim=-1).cpu()
 
     def encode_image_tensors(self, pixels: Any) -> Any:
+        import torch
+
+        if not isinstance(pixels, torch.Tensor):
+            pixels = torch.from_numpy(pixels)
         return self._run(lambda: self.model.encode_image(pixels.to(self.device)))
 
     def encode_text_tokens(self, tokens: Any) -> Any:
@@ -220,10 +275,10 @@ class Encoder:
         return self.encode_text_tokens(tokenize(texts))
 
     def encode_images(self, images: list[Any]) -> Any:
-        import torch
+        import numpy as np
 
         preprocess, _ = self.transforms()
-        return self.encode_image_tensors(torch.stack([preprocess(im.convert("RGB")) for im in images]))
+        return self.encode_image_tensors(np.stack([preprocess(im.convert("RGB")) for im in images]))
 
     def transforms(self) -> tuple[Callable[[Any], Any], Callable[[list[str]], Any]]:
         """(image transform, tokenizer): picklable, so decode workers get them without a model."""

@@ -62,16 +62,10 @@ def spec_extra() -> dict[str, Any]:
 
 
 def image_transform() -> Any:
-    from torchvision import transforms
+    """Resize the shorter side to 224 (bicubic), centre-crop 224, ImageNet normalisation."""
+    from lakecurate.encoders import ImageTransform
 
-    return transforms.Compose(
-        [
-            transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
+    return ImageTransform(224, MEAN, STD, "bicubic", "shortest")
 
 
 class _Tokenizer:

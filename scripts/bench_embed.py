@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import lance
+import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
@@ -68,7 +69,7 @@ def main() -> None:
         # 1. bare model on pre-decoded tensors
         preprocess, tokenize = enc.transforms()
         df = lake.to_pandas(["image", "caption"])
-        pixels = torch.stack([preprocess(decode_image(b)[0]) for b in df["image"]])
+        pixels = torch.from_numpy(np.stack([preprocess(decode_image(b)[0]) for b in df["image"]]))
         tokens = tokenize(df["caption"].tolist())
         enc.encode_image_tensors(pixels[:8])  # warm-up
         t0 = time.perf_counter()

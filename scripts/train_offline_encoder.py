@@ -49,7 +49,7 @@ def image_feats(model, paths: list[Path], flip: bool = False, batch: int = 32) -
         ims = [Image.open(p).convert("RGB") for p in paths[i : i + batch]]
         if flip:
             ims = [ImageOps.mirror(im) for im in ims]
-        out.append(model.image_features(torch.stack([tf(im) for im in ims])))
+        out.append(model.image_features(torch.from_numpy(np.stack([tf(im) for im in ims]))))
     return torch.cat(out)
 
 

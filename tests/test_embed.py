@@ -211,5 +211,7 @@ def test_worker_transform_matches_open_clip_factory():
     enc = Encoder(resolve("tiny-random"), device="cpu")
     mine, _ = enc.spec.build_transforms()
     with Image.open(SAMPLE_DATA / "coffee.jpg") as im:
-        assert np.array_equal(mine(im.convert("RGB")).numpy(), enc.open_clip_preprocess(im.convert("RGB")).numpy())
+        assert np.allclose(mine(im.convert("RGB")), enc.open_clip_preprocess(im.convert("RGB")).numpy(), atol=1e-6)
+        tall = im.convert("RGB").resize((50, 130))  # portrait: the other branch of shortest-side resize
+        assert np.allclose(mine(tall), enc.open_clip_preprocess(tall).numpy(), atol=1e-6)
     assert enc.dim == enc.spec.embed_dim() == 32

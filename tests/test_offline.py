@@ -39,6 +39,17 @@ def test_shipped_heads_are_small_and_recorded():
     assert hashlib.sha256(offline.HEADS.read_bytes()).hexdigest() == RECORD["heads_sha256"]
 
 
+def test_image_transform_matches_torchvision(flickr8k: Path):
+    from torchvision import transforms
+
+    ref = transforms.Compose([
+        transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(offline.MEAN, offline.STD),
+    ])
+    with Image.open(flickr8k / "images" / HELD_OUT[0]) as im:
+        assert np.allclose(offline.image_transform()(im.convert("RGB")), ref(im.convert("RGB")).numpy(), atol=1e-5)
+
+
 @pytest.mark.slow
 def test_true_captions_beat_swapped_on_held_out_photos(tmp_path: Path, flickr8k: Path):
     """Through the whole path (ingest -> embed): true captions outscore swapped ones, AUROC >= 0.85."""
