@@ -280,12 +280,16 @@ def cleanup(lake: str, older_than_days: float) -> None:
 @main.command()
 @click.option("--lake", "lake_uri", default="demo-lake", show_default=True, type=click.Path(file_okay=False))
 @click.option("--source", default="sample_data", show_default=True, type=click.Path(exists=False))
+@click.option("--model", default="offline", show_default=True,
+              help="Encoder for the embedding step (e.g. ViT-B-32 where CLIP weights are available).")
 @_friendly_errors
-def demo(lake_uri: str, source: str) -> None:
+def demo(lake_uri: str, source: str, model: str) -> None:
     """Run the pipeline on the bundled sample data and show what it found.
 
     Example: lakecurate demo --lake ./demo-lake --source sample_data
     """
+    from lakecurate.encoders import EncoderError, resolve
+
     if not os.path.isdir(source):
         raise click.ClickException(
             f"'{source}' is not a folder; run this from the lakecurate checkout or pass --source PATH"
@@ -296,6 +300,25 @@ def demo(lake_uri: str, source: str) -> None:
     click.echo("\n== flagged pairs")
     df = lake.sql("SELECT key, ingest_status, ingest_error FROM pairs WHERE ingest_status <> 'ok' ORDER BY key")
     click.echo(df.to_string(index=False, max_colwidth=70) if len(df) else "(none)")
+
+    click.echo(f"\n== embed ({model})")
+    try:
+        spec = resolve(model)
+        explain_encoder(spec.arch, spec.meaningless)
+        rep = lake.embed(model)
+    except EncoderError as exc:
+        click.echo(f"skipped: {exc}")
+    else:
+        score = rep.columns["score"]
+        click.echo(f"embedded {rep.rows_embedded} rows ({rep.rows_embedded / max(rep.seconds, 1e-9):.1f} rows/s); "
+                   f"{rep.errors} without embedding")
+        click.echo("\nlowest image-caption alignment (candidates for a mismatched caption):")
+        low = lake.sql(f"SELECT key, ROUND({score}, 3) AS score, caption FROM pairs "
+                       f"WHERE {score} IS NOT NULL ORDER BY {score} LIMIT 4")
+        click.echo(low.to_string(index=False, max_colwidth=60))
+        click.echo("\nsearch 'a cat':")
+        hits = lake.search("a cat", k=3, prefix=spec.prefix)
+        click.echo(hits[["key", "similarity"]].round(3).to_string(index=False))
     click.echo("\n== lake")
     d = lake.info()
     click.echo(f"{d['rows']} rows, version {d['version']}, columns: {', '.join(c['name'] for c in d['columns'])}")

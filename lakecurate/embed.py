@@ -270,7 +270,9 @@ def embed(
         items += [(frag.fragment_id, s, min(batch_size, live - s)) for s in starts]
         remaining[frag.fragment_id] = len(starts)
 
-    n_workers = default_workers() if workers is None else workers
+    if workers is None:  # spawning readers pays off only when there is more than a few batches of work
+        workers = default_workers() if len(items) > 4 else 0
+    n_workers = workers
     transform, _ = spec.build_transforms()
     loader = read_batches(items, (lake.table_uri, ds.version, lake.storage_options, transform), n_workers)
     if n_workers and items:

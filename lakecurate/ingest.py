@@ -83,6 +83,8 @@ class Candidate:
     image_uri: str | None = None
     caption: bytes | str | None = None  # raw caption (.txt bytes, manifest cell)
     sidecar_json: bytes | None = None  # raw JSON sidecar
+    caption_path: str | None = None  # .txt / .json sidecars, read in a worker like the image
+    json_path: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -250,9 +252,17 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
     flags = list(c.flags)
     notes = list(c.notes)
     meta = dict(c.meta)
-    caption_raw = c.caption
-    if c.sidecar_json is not None:
-        obj, why = _parse_sidecar(c.sidecar_json)
+    caption_raw, sidecar_json = c.caption, c.sidecar_json
+    try:
+        if c.caption_path:
+            caption_raw = _read_small(c.caption_path)
+        if c.json_path:
+            sidecar_json = _read_small(c.json_path)
+    except OSError as exc:
+        flags.append("sidecar_invalid")
+        notes.append(f"cannot read sidecar: {exc}")
+    if sidecar_json is not None:
+        obj, why = _parse_sidecar(sidecar_json)
         if obj is None:
             flags.append("sidecar_invalid")
             notes.append(why)
@@ -367,14 +377,7 @@ def _folder_candidate(root: str, key: str, path: str | None, txt: str | None, js
     if "path_outside_root" in c.flags:
         c.notes.append(f"{path} resolves outside {root}")
         return c
-    try:
-        if txt:
-            c.caption = _read_small(txt)
-        if js:
-            c.sidecar_json = _read_small(js)
-    except OSError as exc:
-        c.flags.append("sidecar_invalid")
-        c.notes.append(f"cannot read sidecar: {exc}")
+    c.caption_path, c.json_path = txt, js
     return c
 
 
