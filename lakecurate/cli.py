@@ -217,9 +217,22 @@ def info(lake: str, as_json: bool) -> None:
     click.echo("tags: " + (", ".join(f"{k}=v{v}" for k, v in d["tags"].items()) or "-"))
     click.echo("")
     _echo_table(
-        [{"column": c["name"], "type": c["type"],
-          "about": c["doc"] or (json.dumps(c["provenance"]) if c["provenance"] else "")} for c in d["columns"]]
+        [{"column": c["name"], "type": c["type"], "about": c["doc"] or _provenance_line(c["provenance"])}
+         for c in d["columns"]]
     )
+    if any(c["provenance"] for c in d["columns"]):
+        click.echo("\n(full provenance: lakecurate info LAKE --json)")
+
+
+def _provenance_line(prov: dict[str, Any] | None) -> str:
+    if not prov:
+        return ""
+    cfg = prov.get("config", {})
+    what = cfg.get("arch") or cfg.get("name") or ""
+    if cfg.get("pretrained") and not str(cfg["pretrained"]).endswith(".pt"):
+        what += f":{cfg['pretrained']}"
+    return (f"{prov['stage']}: {what} (config {prov['config_hash']}) from {', '.join(prov['source_columns'])} "
+            f"at v{prov['table_version']}, lakecurate {prov['tool_version']}")
 
 
 @main.command()
