@@ -1,0 +1,546 @@
+"""Near-duplicate pairs and groups: pure numpy in, numpy out (no lake, no columns).
+
+The dedup stage reads an embedding or hash column, calls these, and writes the group ids.
+
+| function | finds |
+| --- | --- |
+| `semantic_pairs` | pairs with cosine >= threshold: k-means partition + exact blocked matmuls per cluster |
+| `hamming_pairs` | pairs of uint64 perceptual hashes within a Hamming distance: multi-index hashing |
+| `components` | a group id per row from pairs (connected components) |
+| `exact_pairs_bruteforce` | the exact O(N^2) cosine self-join (baseline for tests and benchmarks) |
+
+Pairs come back as three arrays `(i, j, value)` with `i < j`, sorted by `(i, j)`, each pair once.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+# Rows of one task, rows per matmul, columns gathered at once: together they bound a worker's
+# memory (~(2048 + 16384) x d float32 + a 256 x 16384 score block) whatever the cluster sizes.
+_TASK_ROWS = 2048
+_SUB_ROWS = 256
+_COL_BLOCK = 16384
+_ASSIGN_CHUNK = 16384
+# k-means on 16 rows per centroid, 6 iterations: better centroids only balance the clusters a
+# little better (the pairs found do not depend on them), and training is ~k^2 work.
+_KMEANS_PPC = 16
+_KMEANS_ITER = 6
+# Pairs generated at once when hashing: bounds memory when a bucket holds many hashes.
+_PAIR_CHUNK = 1 << 22
+# Band keys sorted by one task: bounds memory (~50 bytes a key) whatever the number of hashes.
+_KEYS_PER_TASK = 1 << 22
+
+
+def _empty(value_dtype: type = np.float32) -> Pairs:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, value_dtype)
+
+
+def _sorted_pairs(i: np.ndarray, j: np.ndarray, v: np.ndarray) -> Pairs:
+    """(min, max, v) sorted by (i, j): the order must not depend on thread scheduling."""
+    a, b = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    order = np.lexsort((b, a))
+    return a[order], b[order], v[order]
+
+
+def _workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def _one_blas_thread_per_worker() -> Iterator[int]:
+    """Yield how many worker threads to use, with BLAS limited to one thread each.
+
+    Many small matmuls on a multi-threaded BLAS spend their time in thread handoffs (10x slower
+    on a busy 2-core machine); one BLAS thread per Python worker keeps every core busy instead
+    (numpy releases the GIL in matmul, comparisons and casts). Without threadpoolctl, run serially.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield 1
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield _workers()
+
+
+def _run(tasks: list, fn: Callable, progress: bool, desc: str) -> list:
+    """fn over tasks on worker threads, started in the order given; results in that order."""
+    with _one_blas_thread_per_worker() as workers:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(tasks), desc=desc, unit="task")
+        out: list = [None] * len(tasks)
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {pool.submit(fn, t): k for k, t in enumerate(tasks)}
+            for fut, k in futures.items():
+                out[k] = fut.result()
+                if bar is not None:
+                    bar.update()
+        if bar is not None:
+            bar.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Cosine pairs
+
+
+def _check_vectors(vectors: np.ndarray) -> np.ndarray:
+    x = np.asarray(vectors)
+    if x.ndim != 2 or x.dtype not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"vectors must be a 2-D float array (N x d), got {x.dtype} with shape {x.shape}")
+    if len(x):
+        sample = np.asarray(x[:: max(1, len(x) // 1000)], dtype=np.float32)
+        norms = np.linalg.norm(sample, axis=1)
+        if not np.isfinite(norms).all() or np.abs(norms - 1).max() > 1e-2:
+            raise ValueError(
+                f"vectors are not L2-normalised (norms {norms.min():.3g}..{norms.max():.3g} in a sample); "
+                "normalise them first: v / np.linalg.norm(v, axis=1, keepdims=True)")
+    return x
+
+
+def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: float) -> Pairs:
+    """Pairs (p, q) of positions in `rows`, r0 <= p < r1, p < q, with dot(x[rows[p]], x[rows[q]]) >= threshold.
+
+    The upper triangle is computed in _SUB_ROWS strips: that skips most of the lower half
+    without making the matmuls small; columns are gathered _COL_BLOCK at a time.
+    """
+    out_p, out_q, out_v = [], [], []
+    # The first column block starts at r0, so it also holds the left rows (r1 - r0 <= _COL_BLOCK).
+    first = np.asarray(x[rows[r0 : r0 + _COL_BLOCK]], dtype=np.float32)
+    left = first[: r1 - r0]
+    for c0 in range(r0, len(rows), _COL_BLOCK):
+        right = first if c0 == r0 else np.asarray(x[rows[c0 : c0 + _COL_BLOCK]], dtype=np.float32)
+        c1 = c0 + len(right)
+        for s0 in range(r0, r1, _SUB_ROWS):
+            s1 = min(s0 + _SUB_ROWS, r1)
+            q0 = max(c0, s0)  # columns before the strip's first row were paired by earlier strips
+            if q0 >= c1:
+                continue
+            scores = left[s0 - r0 : s1 - r0] @ right[q0 - c0 :].T
+            hit = np.flatnonzero(scores >= threshold)  # flat: 2-D nonzero is ~8x slower
+            if not len(hit):
+                continue
+            p, q = np.divmod(hit, c1 - q0)
+            p += s0
+            q += q0
+            upper = q > p
+            out_p.append(p[upper])
+            out_q.append(q[upper])
+            out_v.append(scores.ravel()[hit[upper]])
+    if not out_p:
+        return _empty()
+    return np.concatenate(out_p), np.concatenate(out_q), np.concatenate(out_v)
+
+
+def exact_pairs_bruteforce(vectors: np.ndarray, threshold: float = 0.95, *, progress: bool = False) -> Pairs:
+    """All pairs with cosine >= threshold by an exact blocked self-join: O(N^2 d), the baseline.
+
+    >>> v = np.eye(3, dtype=np.float32); v[2] = v[1]
+    >>> exact_pairs_bruteforce(v, 0.9)
+    (array([1]), array([2]), array([1.], dtype=float32))
+    """
+    x = _check_vectors(vectors)
+    n = len(x)
+    rows = np.arange(n)
+    tasks = [(r0, min(r0 + _TASK_ROWS, n)) for r0 in range(0, n, _TASK_ROWS)]
+    parts = _run(tasks, lambda t: _join_block(x, rows, t[0], t[1], threshold), progress, "exact pairs")
+    if not parts:
+        return _empty()
+    return _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+
+
+def default_clusters(n: int) -> int:
+    """k-means clusters for n rows: 4 sqrt(n), at most n / 32 (clusters of 32 rows or more).
+
+    Assigning rows costs ~n k pca_dims and joining clusters ~n (n / k) assign d; with 64 of 512
+    dimensions and assign=4, k ~ 4-6 sqrt(n) balances the two (measured: scripts/bench_dedup.py).
+
+    >>> default_clusters(1_000_000)
+    4000
+    """
+    return int(max(1, min(round(4 * np.sqrt(n)), n // 32)))
+
+
+def _pca(sample: np.ndarray, dims: int | None) -> np.ndarray | None:
+    """Top principal axes (d x dims) of a sample, or None to keep all dimensions."""
+    d = sample.shape[1]
+    if dims is None or dims >= d:
+        return None
+    centered = sample - sample.mean(0)
+    _, vecs = np.linalg.eigh(centered.T @ centered)  # ascending eigenvalues
+    return np.ascontiguousarray(vecs[:, ::-1][:, :dims], dtype=np.float32)
+
+
+def _assign(x: np.ndarray, centroids: np.ndarray, axes: np.ndarray | None, m: int, radius: float) -> np.ndarray:
+    """Clusters of each row (N x m, -1 = none): the nearest centroid first, then the next nearest
+    ones whose bisector with the nearest lies within `radius` of the row."""
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(centroids)
+    out = np.empty((len(x), m), np.int32)
+
+    def chunk(s: int) -> None:
+        faiss.omp_set_num_threads(1)  # per calling thread: the pool already uses every core
+        z = np.asarray(x[s : s + _ASSIGN_CHUNK], dtype=np.float32)
+        if axes is not None:
+            z = z @ axes
+        dist, near = index.search(np.ascontiguousarray(z), m)
+        if m > 1:
+            # Distance from the row to the bisector of (nearest, other): (|z-o|^2 - |z-p|^2) / 2|o-p|.
+            gap = np.linalg.norm(centroids[near[:, 1:]] - centroids[near[:, :1]], axis=2)
+            to_bisector = (dist[:, 1:] - dist[:, :1]) / (2 * np.maximum(gap, 1e-12))
+            near[:, 1:][(to_bisector > radius) | (near[:, 1:] < 0)] = -1
+        out[s : s + len(near)] = near
+
+    _run(list(range(0, len(x), _ASSIGN_CHUNK)), chunk, False, "")
+    return out
+
+
+def semantic_pairs(
+    vectors: np.ndarray,
+    threshold: float = 0.95,
+    *,
+    n_clusters: int | None = None,
+    assign: int = 4,
+    seed: int = 0,
+    pca_dims: int | None = 64,
+    progress: bool = False,
+) -> Pairs:
+    """Pairs of rows with cosine >= threshold among L2-normalised vectors (float16 or float32).
+
+    SemDeDup-style (Abbas et al. 2023): faiss k-means (``n_clusters``, default 4 sqrt(N),
+    trained on a sample) splits the rows, and each cluster is joined exactly by blocked float32
+    matmuls. A row belongs to its nearest centroid's cluster and is copied into up to
+    ``assign - 1`` next nearest ones, so that pairs split by a boundary are still found; but
+    only when it lies within r = sqrt(2 (1 - threshold)) of the bisector between the two
+    centroids, since a partner is at most r away (the ClusterJoin bound, Das Sarma et al.
+    2014). So ``assign >= n_clusters`` is exact, and a smaller ``assign`` misses a pair only
+    when neither row's cluster is among the other's ``assign`` nearest. Copies are compared with
+    a cluster's own rows, not with each other; a pair met in two clusters is returned once.
+
+    k-means and assignment run on the top ``pca_dims`` principal axes (None: all of them): a
+    projection only shrinks distances, so the bound still holds, and assigning is d / pca_dims
+    cheaper. Work grows as ~N^1.5 (k-means, assignment and joins), 100k -> 1M rows cost ~15x.
+
+    Returns ``(i, j, cosine)``: int64, int64, float32 arrays with i < j, sorted by (i, j).
+    Memory stays bounded (big clusters are joined in blocks) apart from the result itself: a
+    set of s identical rows yields s (s - 1) / 2 pairs.
+
+    >>> rng = np.random.default_rng(0)
+    >>> v = rng.standard_normal((1000, 64)).astype(np.float32)
+    >>> v[10] = v[3] + 0.05 * v[10]  # a near copy of row 3
+    >>> v /= np.linalg.norm(v, axis=1, keepdims=True)
+    >>> i, j, cos = semantic_pairs(v, 0.95)
+    >>> i.tolist(), j.tolist(), bool(cos[0] > 0.99)
+    ([3], [10], True)
+    """
+    x = _check_vectors(vectors)
+    if assign < 1:
+        raise ValueError(f"assign must be at least 1 (clusters a row joins), got {assign}")
+    n, d = x.shape
+    if n < 2:
+        return _empty()
+    k = max(1, min(n_clusters or default_clusters(n), n))
+    if k == 1:
+        return exact_pairs_bruteforce(x, threshold, progress=progress)
+    import faiss
+
+    # Train on a sample: the bound holds for any centroids, so better k-means mostly balances
+    # the clusters (less work) rather than finding more pairs.
+    rng = np.random.default_rng(seed)
+    n_train = min(n, _KMEANS_PPC * k)
+    sample_rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
+    sample = np.asarray(x[sample_rows], dtype=np.float32)
+    axes = _pca(sample, pca_dims)
+    if axes is not None:
+        sample = sample @ axes
+    km = faiss.Kmeans(sample.shape[1], k, niter=_KMEANS_ITER, seed=seed, max_points_per_centroid=_KMEANS_PPC,
+                      min_points_per_centroid=1, verbose=False)
+    km.train(np.ascontiguousarray(sample))
+    # fp16 storage and rounding: allow norms up to ~1.001 in the partner radius.
+    radius = float(np.sqrt(max(2 * (1 - threshold), 0) + 4e-3))
+    clusters = _assign(x, km.centroids, axes, min(assign, k), radius)
+
+    # Members of each cluster: its own rows first (they are the left sides), then the copies.
+    m = clusters.shape[1]
+    flat = clusters.ravel()
+    keep = flat >= 0
+    row_of = np.repeat(np.arange(n), m)[keep]
+    key = flat[keep].astype(np.int64) * 2 + (np.tile(np.arange(m), n)[keep] > 0)
+    order = np.argsort(key, kind="stable")
+    members, key = row_of[order], key[order]
+    starts = np.searchsorted(key, np.arange(k + 1) * 2)
+    own_end = np.searchsorted(key, np.arange(k) * 2 + 1)
+    primary = clusters[:, 0]
+
+    def join(task: tuple[int, int, int]) -> Pairs:
+        c, r0, r1 = task
+        rows = members[starts[c] : starts[c + 1]]
+        p, q, v = _join_block(x, rows, r0, r1, threshold)
+        a, b = rows[p], rows[q]
+        # A pair (own row a, copy b) is also met in b's own cluster when a was copied there;
+        # keep it only in the lower-numbered of the two clusters.
+        copied = q >= own_end[c] - starts[c]
+        if copied.any() and m > 1:
+            pb = primary[b]
+            seen = copied & (pb < c) & (clusters[a, 1:] == pb[:, None]).any(1)
+            a, b, v = a[~seen], b[~seen], v[~seen]
+        return a, b, v
+
+    tasks = [(c, r0, min(r0 + _TASK_ROWS, own_end[c] - starts[c]))
+             for c in range(k) if starts[c + 1] - starts[c] > 1
+             for r0 in range(0, own_end[c] - starts[c], _TASK_ROWS)]
+    tasks.sort(key=lambda t: -(t[2] - t[1]) * (starts[t[0] + 1] - starts[t[0]] - t[1]))
+    parts = _run(tasks, join, progress, "semantic pairs")
+    if not parts:
+        return _empty()
+    return _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hamming pairs
+
+
+def _upper_pairs(end: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (p, q) with lo <= p < hi and p < q < end[p]: the pairs inside groups of a sorted array."""
+    pos = np.arange(lo, hi)
+    count = end[lo:hi] - pos - 1
+    left = np.repeat(pos, count)
+    first = np.cumsum(count) - count
+    right = left + 1 + np.arange(len(left)) - np.repeat(first, count)
+    return left, right
+
+
+def _chunks_of_pairs(end: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Split positions into ranges that each generate about _PAIR_CHUNK group pairs."""
+    count = np.cumsum(end - np.arange(len(end)) - 1)
+    lo = 0
+    while lo < len(end):
+        base = count[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(count, base + _PAIR_CHUNK, side="right")))
+        yield lo, min(hi, len(end))
+        lo = hi
+
+
+def _group_end(sorted_keys: np.ndarray) -> np.ndarray:
+    """For each position of a sorted array, the end of its run of equal keys."""
+    new = np.flatnonzero(np.diff(sorted_keys)) + 1
+    bounds = np.concatenate([new, [len(sorted_keys)]])
+    return np.repeat(bounds, np.diff(np.concatenate([[0], bounds])))
+
+
+def _bands(bits: int, n_bands: int) -> list[tuple[int, int]]:
+    """(shift, width) of n_bands contiguous bands covering the bits, widths as equal as possible."""
+    widths = [bits // n_bands + (b < bits % n_bands) for b in range(n_bands)]
+    return [(sum(widths[:b]), w) for b, w in enumerate(widths)]
+
+
+def _n_bands(t: int, radius: int) -> int:
+    """Fewest bands such that a pair within t differs in <= radius bits in some band (pigeonhole:
+    B bands each differing in > radius bits make > B (radius + 1) bits). At least 2 bands, so
+    that a band key fits in the 32 bits it is packed into."""
+    return max(2, -(-(t + 1) // (radius + 1)))
+
+
+def _plan(n: int, t: int) -> int | None:
+    """The band radius (0 or 2) that costs least for n distinct hashes, or None for brute force.
+
+    Radius 0 is exact band equality: one key per band and hash, t + 1 bands. Radius 2 keys each
+    band by itself and its w one-bit flips (two bands within 2 bits share a key), so
+    ceil((t + 1) / 3) bands suffice: wider bands, far fewer random collisions, more keys.
+    """
+    def cost(radius: int) -> float:
+        bands = _n_bands(t, radius)
+        w = 64 / bands
+        keys = bands * n * (1 + w if radius else 1)
+        # random pairs sharing a key, times the keys they share (1 + w if equal, 2 if 1-2 bits apart)
+        share = (1 + 3 * w + w * (w - 1)) / 2**w if radius else 1 / 2**w
+        return keys * 20 + bands * n * n / 2 * share * 10  # ~ns per key sorted / pair checked
+    best = min((0, 2), key=cost)
+    return best if cost(best) < n * n / 2 * 10 else None
+
+
+def _near_unique(h: np.ndarray, t: int, band_radius: int | None | Literal["auto"] = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (u, v), u < v, of *distinct* hashes within distance t, each found once.
+
+    band_radius: 0 or 2 (see _plan), None for brute force, "auto" to let _plan choose.
+    """
+    n = len(h)
+    u_out, v_out = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    if n < 2 or t == 0:  # distinct hashes are never at distance 0
+        return u_out[0], v_out[0]
+    radius = _plan(n, t) if band_radius == "auto" else band_radius
+    if radius is None or t >= 64:
+        end = np.full(n, n)
+
+        def check_all(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+            p, q = _upper_pairs(end, *span)
+            ok = np.bitwise_count(h[p] ^ h[q]) <= t
+            return p[ok], q[ok]
+
+        for p, q in _run(list(_chunks_of_pairs(end)), check_all, False, ""):
+            u_out.append(p)
+            v_out.append(q)
+        return np.concatenate(u_out), np.concatenate(v_out)
+
+    bands = _bands(64, _n_bands(t, radius))
+    ids = np.arange(n, dtype=np.uint64)
+    n_keys = n * (1 + (64 // len(bands) if radius else 0))
+    # Split each band's keys by their top bits so that one task sorts at most ~_KEYS_PER_TASK.
+    part_bits = max(0, int(np.ceil(np.log2(max(1, n_keys / _KEYS_PER_TASK)))))
+
+    def band_part(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        b, part = task
+        shift, width = bands[b]
+        mask = np.uint64((1 << width) - 1)
+        value = (h >> np.uint64(shift)) & mask
+        top = np.uint64(max(0, width - part_bits))
+        packed = []
+        for f in [0] + ([1 << f for f in range(width)] if radius else []):
+            key = value ^ np.uint64(f)
+            mine = slice(None) if part_bits == 0 else (key >> top) == np.uint64(part)
+            # (key, hash index) packed in one uint64: np.sort is several times faster than argsort.
+            packed.append((key[mine] << np.uint64(32)) | ids[mine])
+        packed = np.concatenate(packed)
+        packed.sort()
+        keys = packed >> np.uint64(32)
+        rows = (packed & np.uint64(0xFFFFFFFF)).view(np.int64)
+        hs = h[rows]  # hashes in key order: the checks below read nearby memory
+        end = _group_end(keys)
+        found_u, found_v = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        for lo, hi in _chunks_of_pairs(end):
+            p, q = _upper_pairs(end, lo, hi)  # pairs sharing a key
+            diff = hs[p] ^ hs[q]
+            ok = np.bitwise_count(diff) <= t
+            p, q, diff = p[ok], q[ok], diff[ok]
+            # Keep each pair once: in the first band where it is within the radius, and there
+            # under the smallest of the keys it shares.
+            first = np.ones(len(p), bool)
+            for s_, w_ in bands[:b]:
+                first &= np.bitwise_count((diff >> np.uint64(s_)) & np.uint64((1 << w_) - 1)) > radius
+            if radius:
+                ub = (hs[p] >> np.uint64(shift)) & mask
+                bd = (diff >> np.uint64(shift)) & mask
+                low = bd & (~bd + np.uint64(1))  # lowest differing bit, 0 if the bands are equal
+                high = bd ^ low  # the other differing bit, if any
+                # Equal bands share every key: the smallest is ub minus its top bit (or 0).
+                top_bit = np.where(ub > 0, np.uint64(1) << (np.frexp(ub.astype(np.float64))[1] - 1).astype(np.uint64), 0)
+                # 1 bit apart they share {u, v}; 2 bits apart {u ^ low, u ^ high}.
+                smallest = np.where(bd == 0, ub ^ top_bit, np.where(high == 0, np.minimum(ub, ub ^ low),
+                                                                     np.minimum(ub ^ low, ub ^ high)))
+                first &= keys[p] == smallest
+            found_u.append(rows[p[first]])
+            found_v.append(rows[q[first]])
+        return np.concatenate(found_u), np.concatenate(found_v)
+
+    tasks = [(b, part) for b in range(len(bands)) for part in range(1 << part_bits)]
+    for u_, v_ in _run(tasks, band_part, False, ""):
+        u_out.append(u_)
+        v_out.append(v_)
+    u, v = np.concatenate(u_out), np.concatenate(v_out)
+    return np.minimum(u, v), np.maximum(u, v)
+
+
+def hamming_pairs(
+    hashes: np.ndarray,
+    max_distance: int = 8,
+    *,
+    identical: Literal["all", "first"] = "all",
+    band_radius: int | None = None,
+) -> Pairs:
+    """Pairs of rows whose 64-bit hashes (e.g. pHash) differ in at most max_distance bits.
+
+    Multi-index hashing (Norouzi et al. 2012): the 64 bits are cut into bands so that, by the
+    pigeonhole principle, a pair within distance t agrees on one band up to ``band_radius`` bits;
+    pairs that share a band key are candidates, checked with an exact popcount. ``band_radius=0``
+    is the classic t + 1 bands compared exactly; 2 uses ceil((t + 1) / 3) wider bands, each also
+    keyed by its one-bit flips; None picks the cheapest for this N and t (2 from a few thousand
+    distinct hashes; a plain all-pairs scan when t is too large for bands to prune).
+
+    Repeated hashes are searched once: the result is expanded to rows afterwards. With
+    ``identical="all"`` every pair of rows is returned (s identical rows give s (s - 1) / 2
+    pairs); ``"first"`` returns fewer pairs with the same connected components: each repeat
+    linked to the first row with its hash, and one pair per pair of distinct near hashes.
+
+    Returns ``(i, j, distance)``: int64, int64, uint8 arrays with i < j, sorted by (i, j).
+
+    >>> h = np.array([0b1011, 0b1011, 0b0011, 1 << 40], dtype=np.uint64)
+    >>> i, j, dist = hamming_pairs(h, max_distance=1)
+    >>> i.tolist(), j.tolist(), dist.tolist()
+    ([0, 0, 1], [1, 2, 2], [0, 1, 1])
+    """
+    h = np.asarray(hashes)
+    if h.ndim != 1 or h.dtype not in (np.uint64, np.int64):
+        raise ValueError(f"hashes must be a 1-D uint64 array, got {h.dtype} with shape {h.shape}")
+    if band_radius not in (None, 0, 2):
+        raise ValueError(f"band_radius must be 0, 2 or None, got {band_radius!r}")
+    if identical not in ("all", "first"):
+        raise ValueError(f"identical must be 'all' or 'first', got {identical!r}")
+    h = h.view(np.uint64)
+    t = int(max_distance)
+    if t < 0:
+        return _empty(np.uint8)
+    values, first_row, inverse = np.unique(h, return_index=True, return_inverse=True)
+    u, v = _near_unique(values, t, "auto" if band_radius is None else band_radius)
+    # Rows of each distinct hash, contiguous: by_value[starts[x]:starts[x + 1]] (ascending rows).
+    by_value = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(values)))])
+    if identical == "first":
+        repeat = np.flatnonzero(first_row[inverse] != np.arange(len(h)))
+        i = np.concatenate([first_row[inverse[repeat]], first_row[u]])
+        j = np.concatenate([repeat, first_row[v]])
+    else:
+        # Rows sharing a hash: all pairs within each run of by_value.
+        run_end = starts[1:][inverse[by_value]]
+        same = [_upper_pairs(run_end, lo, hi) for lo, hi in _chunks_of_pairs(run_end)]
+        ii = [by_value[p] for p, _ in same]
+        jj = [by_value[q] for _, q in same]
+        # Distinct near hashes: every row of one with every row of the other.
+        size_u, size_v = np.diff(starts)[u], np.diff(starts)[v]
+        pair_of = np.repeat(np.arange(len(u)), size_u * size_v)
+        offset = np.arange(len(pair_of)) - np.repeat(np.cumsum(size_u * size_v) - size_u * size_v, size_u * size_v)
+        ii.append(by_value[starts[u][pair_of] + offset // size_v[pair_of]])
+        jj.append(by_value[starts[v][pair_of] + offset % size_v[pair_of]])
+        i, j = np.concatenate(ii), np.concatenate(jj)
+    dist = np.bitwise_count(h[i] ^ h[j]).astype(np.uint8)
+    return _sorted_pairs(i, j, dist)
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Group id per row: the smallest row index in its connected component.
+
+    A row with no pair is its own group (its id is its own index), so ``group != np.arange(n)``
+    marks the rows that duplicate an earlier one.
+
+    >>> components(5, np.array([3, 1]), np.array([4, 3])).tolist()
+    [0, 1, 2, 1, 1]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    if len(i) != len(j):
+        raise ValueError(f"i and j differ in length: {len(i)} != {len(j)}")
+    if len(i) and (min(i.min(), j.min()) < 0 or max(i.max(), j.max()) >= n):
+        raise ValueError(f"pair indices must lie in [0, {n})")
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    # The first row carrying each label is the smallest row of that component.
+    _, first = np.unique(label, return_index=True)
+    return first[label]

@@ -1,0 +1,223 @@
+"""Near-duplicate pairs and groups (lakecurate.neardup): checked against brute force."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from lakecurate import neardup
+from lakecurate.neardup import components, exact_pairs_bruteforce, hamming_pairs, semantic_pairs
+
+
+def _with_cosine(x: np.ndarray, cos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors at exactly these cosines to the rows of x (along random orthogonal directions)."""
+    u = rng.standard_normal(x.shape).astype(np.float32)
+    u -= (u * x).sum(1, keepdims=True) * x
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return cos[:, None] * x + np.sqrt(1 - cos[:, None] ** 2) * u
+
+
+def clustered(n: int = 12_000, d: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Topic clusters (same-topic cosine ~0.7) with planted near duplicates at cosine 0.95-0.996
+    and hard negatives at 0.90-0.949; returns (vectors, planted pairs)."""
+    rng = np.random.default_rng(seed)
+    n_dup, n_neg = n // 10, n // 10
+    n_base = n - n_dup - n_neg
+    centers = rng.standard_normal((n // 200, d)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    base = 0.85 * centers[rng.integers(0, len(centers), n_base)]
+    base += 0.55 * rng.standard_normal((n_base, d)).astype(np.float32) / np.sqrt(d)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    src, neg = rng.integers(0, n_base, n_dup), rng.integers(0, n_base, n_neg)
+    dups = _with_cosine(base[src], rng.uniform(0.95, 0.996, n_dup).astype(np.float32), rng)
+    negs = _with_cosine(base[neg], rng.uniform(0.90, 0.949, n_neg).astype(np.float32), rng)
+    order = rng.permutation(n)  # planted rows spread over the array, not at its end
+    x = np.concatenate([base, dups, negs]).astype(np.float32)[order]
+    where = np.argsort(order)
+    planted = np.sort(where[np.stack([src, n_base + np.arange(n_dup)], 1)], axis=1)
+    return x, planted
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return clustered()
+
+
+@pytest.fixture(scope="module")
+def truth(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return exact_pairs_bruteforce(data[0], 0.95)
+
+
+def keys(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    return i * n + j
+
+
+def recall(found: tuple, truth: tuple, n: int) -> float:
+    return float(np.isin(keys(truth[0], truth[1], n), keys(found[0], found[1], n)).mean())
+
+
+def test_exact_bruteforce_matches_the_full_matrix(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((700, 16)).astype(np.float32)
+    x[rng.integers(0, 700, 300)] = x[rng.integers(0, 700, 300)] + 0.1 * rng.standard_normal((300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    full = x @ x.T
+    ei, ej = np.nonzero(np.triu(full >= 0.9, k=1))
+    # Tiny blocks: strips, column blocks and tasks all cross each other.
+    monkeypatch.setattr(neardup, "_TASK_ROWS", 64)
+    monkeypatch.setattr(neardup, "_SUB_ROWS", 16)
+    monkeypatch.setattr(neardup, "_COL_BLOCK", 100)
+    i, j, cos = exact_pairs_bruteforce(x, 0.9)
+    assert len(ei) > 100
+    assert np.array_equal(i, ei) and np.array_equal(j, ej)
+    np.testing.assert_allclose(cos, full[i, j], atol=1e-5)
+
+
+def test_semantic_recall_against_brute_force(data, truth):
+    x, planted = data
+    i, j, cos = semantic_pairs(x, 0.95)
+    n = len(x)
+    assert len(truth[0]) >= len(planted)  # every planted pair, plus a few the topics made
+    assert recall((i, j), truth, n) >= 0.99
+    assert recall((i, j), (planted[:, 0], planted[:, 1]), n) >= 0.99
+    # no pair below the threshold (hard negatives at 0.90-0.949 stay out), each pair once, sorted
+    exact = (x[i] * x[j]).sum(1)
+    assert exact.min() >= 0.95 - 1e-5
+    np.testing.assert_allclose(cos, exact, atol=1e-5)
+    assert (i < j).all()
+    k = keys(i, j, n)
+    assert (np.diff(k) > 0).all()
+
+
+def test_copies_find_pairs_split_by_clusters(data, truth):
+    x = data[0]
+    one = recall(semantic_pairs(x, 0.95, assign=1), truth, len(x))
+    four = recall(semantic_pairs(x, 0.95, assign=4), truth, len(x))
+    assert one < 0.97 < 0.99 <= four
+
+
+def bridges(per: int = 300, n_pairs: int = 40, d: int = 8, seed: int = 0) -> np.ndarray:
+    """8 clusters around a circle, then n_pairs near pairs (cosine 0.955-0.99) straddling the
+    boundary between neighbouring clusters, apart along the line between the centres: the worst
+    case for copies (each row ~0.1-0.15 from the bisector). The pairs are the last 2 n_pairs rows."""
+    rng = np.random.default_rng(seed)
+
+    def at(theta: np.ndarray, noise: float) -> np.ndarray:
+        v = np.zeros((len(theta), d), np.float32)
+        v[:, 0], v[:, 1] = np.cos(theta), np.sin(theta)
+        v[:, 2:] = noise * rng.standard_normal((len(theta), d - 2))
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    rows = [at(2 * np.pi * c / 8 + 0.12 * rng.standard_normal(per), 0.3) for c in range(8)]
+    mid = 2 * np.pi * (rng.integers(0, 8, n_pairs) + 0.5) / 8
+    half = np.arccos(rng.uniform(0.955, 0.99, n_pairs)) / 2
+    return np.concatenate(rows + [at(mid - half, 0.0), at(mid + half, 0.0)])
+
+
+@pytest.mark.parametrize("pca_dims", [2, None])
+def test_assigning_every_cluster_is_exact(pca_dims):
+    """The bisector bound only drops clusters that cannot hold a partner (a radius 3x too
+    small misses 3-8% of the boundary pairs here)."""
+    x = bridges()
+    n = len(x)
+    across = (np.arange(n - 80, n - 40), np.arange(n - 40, n))
+    ti, tj, tcos = exact_pairs_bruteforce(x, 0.95)
+    assert recall(semantic_pairs(x, 0.95, n_clusters=8, assign=1, pca_dims=pca_dims), across, n) < 0.9
+    i, j, cos = semantic_pairs(x, 0.95, n_clusters=8, assign=8, pca_dims=pca_dims)
+    assert np.array_equal(i, ti) and np.array_equal(j, tj)
+    np.testing.assert_allclose(cos, tcos, atol=1e-6)
+
+
+def test_semantic_float16_and_blocked_big_clusters(data, monkeypatch):
+    x = data[0][:5000]
+    truth16 = exact_pairs_bruteforce(x.astype(np.float16), 0.95)
+    assert len(truth16[0]) > 50
+    monkeypatch.setattr(neardup, "_TASK_ROWS", 64)
+    monkeypatch.setattr(neardup, "_SUB_ROWS", 32)
+    monkeypatch.setattr(neardup, "_COL_BLOCK", 200)
+    i, j, _ = semantic_pairs(x.astype(np.float16), 0.95, n_clusters=8)  # ~600 rows a cluster
+    assert recall((i, j), truth16, len(x)) >= 0.99
+    assert len(set(zip(i.tolist(), j.tolist()))) == len(i)
+
+
+def test_semantic_small_and_invalid_inputs():
+    for n in (0, 1):
+        i, j, cos = semantic_pairs(np.ones((n, 4), np.float32) / 2)
+        assert len(i) == len(j) == len(cos) == 0
+    two = np.array([[1, 0], [1, 0]], np.float32)
+    assert [a.tolist() for a in semantic_pairs(two)] == [[0], [1], [1.0]]
+    with pytest.raises(ValueError, match="not L2-normalised"):
+        semantic_pairs(np.full((10, 4), 3.0, np.float32))
+    with pytest.raises(ValueError, match="2-D float array"):
+        semantic_pairs(np.zeros(10, np.float32))
+
+
+def brute_hamming(h: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    d = np.bitwise_count(h[:, None] ^ h[None, :])
+    return np.nonzero(np.triu(d <= t, k=1))
+
+
+@pytest.fixture(scope="module")
+def hashes() -> np.ndarray:
+    """Random hashes, near copies at 0-10 flipped bits, and a bucket of 300 identical hashes."""
+    rng = np.random.default_rng(2)
+    n = 2500
+    h = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    src, dst = rng.integers(0, n, 600), rng.integers(0, n, 600)
+    for s, d, f in zip(src, dst, rng.integers(0, 11, 600)):
+        h[d] = h[s] ^ np.uint64(sum(1 << int(b) for b in rng.choice(64, f, replace=False)))
+    h[1000:1300] = h[7]
+    h[1300:1310] = h[7] ^ np.uint64(1 << 63)  # next to the big bucket
+    return h
+
+
+@pytest.mark.parametrize("t", [0, 1, 3, 8, 13, 24])  # 24: too wide for bands, a plain scan
+@pytest.mark.parametrize("band_radius", [None, 0, 2])
+def test_hamming_equals_brute_force(hashes, t, band_radius):
+    bi, bj = brute_hamming(hashes, t)
+    i, j, dist = hamming_pairs(hashes, t, band_radius=band_radius)
+    assert len(bi) > 300 * 299 // 2
+    assert np.array_equal(i, bi) and np.array_equal(j, bj)
+    assert np.array_equal(dist, np.bitwise_count(hashes[i] ^ hashes[j]))
+
+
+def test_hamming_in_small_chunks_and_partitions(hashes, monkeypatch):
+    monkeypatch.setattr(neardup, "_KEYS_PER_TASK", 3000)  # several key partitions per band
+    monkeypatch.setattr(neardup, "_PAIR_CHUNK", 500)  # the big bucket spans many chunks
+    bi, bj = brute_hamming(hashes, 8)
+    i, j, _ = hamming_pairs(hashes, 8)
+    assert np.array_equal(i, bi) and np.array_equal(j, bj)
+
+
+def test_hamming_first_links_repeats_with_the_same_groups(hashes):
+    i, j, _ = hamming_pairs(hashes, 8, identical="first")
+    bi, bj = brute_hamming(hashes, 8)
+    assert len(i) < len(hashes)  # the 300-row bucket alone has 44,850 pairs
+    assert np.array_equal(components(len(hashes), i, j), components(len(hashes), bi, bj))
+    repeats = j[(j >= 1000) & (j < 1300)]
+    assert np.array_equal(np.unique(repeats), np.arange(1000, 1300))
+    assert (i[np.isin(j, repeats)] == 7).all()  # each repeat linked to the first row of its hash
+
+
+def test_hamming_inputs():
+    signed = np.array([-1, -1, 5], np.int64)  # int64 columns are read as their bits
+    assert [a.tolist() for a in hamming_pairs(signed, 0)] == [[0], [1], [0]]
+    assert len(hamming_pairs(np.empty(0, np.uint64))[0]) == 0
+    with pytest.raises(ValueError, match="uint64"):
+        hamming_pairs(np.zeros(3, np.float64))
+    with pytest.raises(ValueError, match="band_radius"):
+        hamming_pairs(np.zeros(3, np.uint64), band_radius=1)
+
+
+def test_components_literal():
+    i, j = np.array([1, 4, 6, 2]), np.array([4, 6, 9, 3])
+    assert components(10, i, j).tolist() == [0, 1, 2, 2, 1, 5, 1, 7, 8, 1]
+    assert components(3, np.array([], np.int64), np.array([], np.int64)).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        components(3, np.array([0]), np.array([3]))
+
+
+def test_docstring_examples():
+    assert doctest.testmod(neardup).failed == 0
