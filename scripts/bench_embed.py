@@ -18,7 +18,6 @@ the same).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,6 @@ import lance
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
 
 from lakecurate import Lake
 from lakecurate.embed import decode_image, default_workers

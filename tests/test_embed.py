@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -164,7 +163,6 @@ def test_registry_errors_name_the_options(monkeypatch):
 
 
 def test_checkpoint_file_loads_like_pretrained(tmp_path: Path):
-    import open_clip
     import torch
 
     enc = Encoder(resolve("tiny-random"), device="cpu")
