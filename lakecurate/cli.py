@@ -197,6 +197,64 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
         click.echo(df.to_string(index=False, max_colwidth=70) if len(df) else "(no rows)")
 
 
+# --------------------------------------------------------------------------- dedup
+def _methods(value: str) -> list[str]:
+    from lakecurate.dedup import METHODS
+
+    out = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in out if m not in (*METHODS, "all")]
+    if bad or not out:
+        raise click.BadParameter(f"{', '.join(bad) or value!r}: choose from {', '.join(METHODS)} or all (comma-separated)")
+    return out
+
+
+@main.command()
+@lake_argument
+@click.option("--method", "method", default="exact,phash,semantic", show_default=True,
+              help="Comma-separated: exact, phash, semantic, caption, or all.")
+@click.option("--embedding", help="Embedding columns for semantic/caption dedup and the keep rule's score "
+              "(default: the lake's only embedding).")
+@click.option("--phash-distance", type=int, default=8, show_default=True, help="Max differing bits of 64 for phash links.")
+@click.option("--no-flips", is_flag=True, help="Do not link mirror images.")
+@click.option("--semantic-threshold", type=float, help="Image cosine for semantic links (default: per model, 0.95 CLIP, 0.85 offline).")
+@click.option("--confirm-cosine", type=float, help="Lower image cosine that links when the hashes are within "
+              "--confirm-distance bits (default: per model, 0.85 CLIP, 0.70 offline).")
+@click.option("--confirm-distance", type=int, default=16, show_default=True)
+@click.option("--caption-threshold", type=float, default=0.98, show_default=True, help="Caption cosine for caption links.")
+@click.option("--keep-from", default="exact,phash,semantic", show_default=True,
+              help="Methods whose groups decide dup_keep (caption duplicates are reported only, unless listed).")
+@click.option("--workers", type=int, help="Hashing processes (default: every core).")
+@click.option("--recompute", is_flag=True, help="Drop and recompute the chosen methods' columns (e.g. new thresholds).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_friendly_errors
+def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool,
+          semantic_threshold: float | None, confirm_cosine: float | None, confirm_distance: int,
+          caption_threshold: float, keep_from: str, workers: int | None, recompute: bool, as_json: bool) -> None:
+    """Find duplicate groups in LAKE and mark one member of each to keep (rows are never deleted).
+
+    Writes dup_exact_group, dup_pair_group, dup_phash_group, dup_semantic_group, dup_caption_group
+    (the id of the member each group keeps) and dup_group, dup_group_size, dup_keep, dup_reason
+    ("METHOD:KEPT_ID"). Kept: highest alignment score, then most pixels, then earliest ingested.
+    Re-running checks only rows added since the last run against all the others.
+
+    Example: lakecurate dedup ./lake --method all
+    """
+    rep = Lake.open(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
+                                semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
+                                confirm_distance=confirm_distance, caption_threshold=caption_threshold,
+                                keep_from=_methods(keep_from), workers=workers, recompute=recompute)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2, default=str))
+        return
+    _echo_table([{"method": m.method, "rows": m.rows, "new rows": m.new_rows, "links": m.pairs, "groups": m.groups,
+                  "duplicates": m.duplicates, "fragments written": m.fragments_written, "seconds": f"{m.seconds:.1f}"}
+                 for m in rep.methods])
+    click.echo(f"\nkeep: {rep.kept} of {rep.rows} rows; {rep.dropped} marked dup_keep = false "
+               f"(groups from {', '.join(rep.keep_from)}); {rep.hashed} images hashed; {rep.seconds:.1f} s")
+    if rep.dropped:
+        click.echo(f"see them: lakecurate sql {lake} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
+
+
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @lake_argument

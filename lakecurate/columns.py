@@ -61,7 +61,8 @@ def field_provenance(field: pa.Field) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False) -> bool:
+def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False,
+            fix: str = "use --name to write new columns beside it, or --recompute to replace it") -> bool:
     """Make sure ``fields`` exist with provenance ``prov``. Metadata-only; returns True if it added them.
 
     The same config again is a no-op. A column that exists with another config is an error naming
@@ -81,8 +82,7 @@ def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, r
         if old["config_hash"] != prov["config_hash"]:
             raise LakeError(
                 f"column '{name}' in lake '{lake.uri}' was made with another config "
-                f"({old['config_hash']}: {json.dumps(old['config'], sort_keys=True)[:200]}); "
-                "use --name to write new columns beside it, or --recompute to replace it"
+                f"({old['config_hash']}: {json.dumps(old['config'], sort_keys=True)[:200]}); {fix}"
             )
     missing = [f for f in fields if f.name not in present]
     if len(missing) not in (0, len(fields)):
@@ -127,39 +127,64 @@ def fill_fragment(lake: "Lake", fragment_id: int, table: pa.Table) -> int | None
     fragment's data for those columns and commit it. Returns the new version, or None when the
     fragment no longer exists (compacted away) or another writer already filled these columns.
     """
-    ds = lake.dataset()
-    frag = ds.get_fragment(fragment_id)
-    if frag is None:
+    return fill_fragments(lake, {fragment_id: table}, first_fill_only=True)
+
+
+def fill_fragments(lake: "Lake", tables: dict[int, pa.Table], *, first_fill_only: bool = False) -> int | None:
+    """Write each fragment's ``table`` (the same declared columns for every fragment, one row per
+    physical row) and commit them all in **one** ``DataReplacement``: one new version, atomic.
+
+    Fragments that already hold data for these columns get it replaced (Lance requires the new file
+    to have exactly the columns of the old one, so a stage always writes the same column set
+    together). Fragments gone or rewritten meanwhile are left out (the next run recomputes them);
+    with ``first_fill_only`` a fragment that another writer filled first is left out too.
+    Returns the new version, or None when nothing was committed.
+    """
+    if not tables:
         return None
-    if table.num_rows != frag.physical_rows:  # Lance does not check this at commit: a mismatch breaks reads
-        raise ValueError(f"fragment {fragment_id} has {frag.physical_rows} rows, got {table.num_rows}")
-    schema = pa.schema([ds.schema.field(n) for n in table.column_names])
-    table = table.cast(schema)
-    written = lance.fragment.write_fragments(
-        table,
-        ds,
-        schema=schema,
-        mode="append",
-        data_storage_version=ds.data_storage_version,
-        max_rows_per_file=table.num_rows + 1,
-        storage_options=lake.storage_options,
-    )
-    if len(written) != 1 or len(written[0].files) != 1:
-        raise RuntimeError(f"expected one data file for fragment {fragment_id}, got {written}")
-    data_file = written[0].files[0]
-    op = lance.LanceOperation.DataReplacement([lance.LanceOperation.DataReplacementGroup(fragment_id, data_file)])
-    first = table.column_names[0]
+    ds = lake.dataset()
+    names = next(iter(tables.values())).column_names
+    schema = pa.schema([ds.schema.field(n) for n in names])
+    files: dict[int, Any] = {}
+    before: dict[int, bool] = {}
+    for fid, table in tables.items():
+        frag = ds.get_fragment(fid)
+        if frag is None:
+            continue
+        if table.column_names != names:
+            raise ValueError(f"every fragment must get the same columns: {table.column_names} != {names}")
+        if table.num_rows != frag.physical_rows:  # Lance does not check this at commit: a mismatch breaks reads
+            raise ValueError(f"fragment {fid} has {frag.physical_rows} rows, got {table.num_rows}")
+        written = lance.fragment.write_fragments(
+            table.cast(schema),
+            ds,
+            schema=schema,
+            mode="append",
+            data_storage_version=ds.data_storage_version,
+            max_rows_per_file=table.num_rows + 1,
+            storage_options=lake.storage_options,
+        )
+        if len(written) != 1 or len(written[0].files) != 1:
+            raise RuntimeError(f"expected one data file for fragment {fid}, got {written}")
+        files[fid] = written[0].files[0]
+        before[fid] = has_data(ds, frag, names[0])
 
     def commit() -> int | None:
         current = lake.dataset()
-        frag_now = current.get_fragment(fragment_id)
-        if frag_now is None or frag_now.physical_rows != table.num_rows:
-            return None  # compacted or rewritten meanwhile: recompute on the next run
-        if has_data(current, frag_now, first) and not has_data(ds, frag, first):
-            return None  # a concurrent run filled it first; ours is an identical recomputation
+        groups = []
+        for fid, data_file in files.items():
+            frag_now = current.get_fragment(fid)
+            if frag_now is None or frag_now.physical_rows != tables[fid].num_rows:
+                continue  # compacted or rewritten meanwhile: recompute on the next run
+            if first_fill_only and has_data(current, frag_now, names[0]) and not before[fid]:
+                continue  # a concurrent run filled it first; ours is an identical recomputation
+            groups.append(lance.LanceOperation.DataReplacementGroup(fid, data_file))
+        if not groups:
+            return None
         try:
             return lance.LanceDataset.commit(
-                lake.table_uri, op, read_version=current.version, storage_options=lake.storage_options
+                lake.table_uri, lance.LanceOperation.DataReplacement(groups), read_version=current.version,
+                storage_options=lake.storage_options,
             ).version
         except OSError as exc:
             if "not found" in str(exc).lower() and not isinstance(exc, CommitConflictError):

@@ -228,6 +228,12 @@ class Lake:
 
         return embed(self, model, **options)
 
+    def dedup(self, methods: Any = ("exact", "phash", "semantic"), **options: Any) -> Any:
+        """Duplicate groups and ``dup_keep``/``dup_reason`` columns; see :func:`lakecurate.dedup.dedup`."""
+        from lakecurate.dedup import dedup
+
+        return dedup(self, [methods] if isinstance(methods, str) else list(methods), **options)
+
     def search(self, query: Any, k: int = 10, **options: Any) -> pd.DataFrame:
         """Nearest pairs to a text or an image; see :func:`lakecurate.search.search`.
 

@@ -217,6 +217,7 @@ def semantic_pairs(
     seed: int = 0,
     pca_dims: int | None = 64,
     progress: bool = False,
+    new: np.ndarray | None = None,
 ) -> Pairs:
     """Pairs of rows with cosine >= threshold among L2-normalised vectors (float16 or float32).
 
@@ -233,6 +234,10 @@ def semantic_pairs(
     k-means and assignment run on the top ``pca_dims`` principal axes (None: all of them): a
     projection only shrinks distances, so the bound still holds, and assigning is d / pca_dims
     cheaper. Work grows as ~N^1.5 (k-means, assignment, joins): 100k -> 1M rows took 14-18x.
+
+    ``new`` (a boolean mask over the rows) asks only for pairs with at least one new row: each
+    cluster's new members are joined with all its members, so appending m rows to N costs about
+    m / N of a full join, plus the k-means and the assignment of every row (incremental dedup).
 
     Returns ``(i, j, cosine)``: int64, int64, float32 arrays with i < j, sorted by (i, j).
     Memory stays bounded (big clusters are joined in blocks) apart from the result itself: a
@@ -254,7 +259,11 @@ def semantic_pairs(
         return _empty()
     k = max(1, min(n_clusters or default_clusters(n), n))
     if k == 1:
-        return exact_pairs_bruteforce(x, threshold, progress=progress)
+        i, j, v = exact_pairs_bruteforce(x, threshold, progress=progress)
+        if new is not None:
+            fresh = np.asarray(new, bool)
+            i, j, v = (a[fresh[i] | fresh[j]] for a in (i, j, v))
+        return i, j, v
     import faiss
 
     # Train on a sample: the bound holds for any centroids, so better k-means mostly balances
@@ -284,6 +293,8 @@ def semantic_pairs(
     starts = np.searchsorted(key, np.arange(k + 1) * 2)
     own_end = np.searchsorted(key, np.arange(k) * 2 + 1)
     primary = clusters[:, 0]
+    if new is not None:
+        return _join_new(x, np.asarray(new, bool), members, starts, k, threshold, progress)
 
     def join(task: tuple[int, int, int]) -> Pairs:
         c, r0, r1 = task
@@ -307,6 +318,38 @@ def semantic_pairs(
     if not parts:
         return _empty()
     return _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+
+
+def _join_new(x: np.ndarray, new: np.ndarray, members: np.ndarray, starts: np.ndarray, k: int,
+              threshold: float, progress: bool) -> Pairs:
+    """Pairs with at least one new row: per cluster, its new members (own rows and copies) come
+    first, so the upper triangle of their rows covers new-new once and new-old; a pair met in
+    two clusters is returned once."""
+    if len(new) != len(x):
+        raise ValueError(f"new must be a boolean mask over the {len(x)} rows, got {len(new)} values")
+    rows_of: dict[int, np.ndarray] = {}
+    n_new: dict[int, int] = {}
+    for c in range(k):
+        rows = members[starts[c] : starts[c + 1]]
+        fresh = new[rows]
+        if fresh.any() and len(rows) > 1:
+            rows_of[c] = np.concatenate([rows[fresh], rows[~fresh]])
+            n_new[c] = int(fresh.sum())
+    tasks = [(c, r0, min(r0 + _TASK_ROWS, n_new[c])) for c in rows_of for r0 in range(0, n_new[c], _TASK_ROWS)]
+
+    def join(task: tuple[int, int, int]) -> Pairs:
+        c, r0, r1 = task
+        rows = rows_of[c]
+        p, q, v = _join_block(x, rows, r0, r1, threshold)
+        return rows[p], rows[q], v
+
+    parts = _run(tasks, join, progress, "semantic pairs (new rows)")
+    if not parts:
+        return _empty()
+    i, j, v = _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], v[first]
 
 
 # ---------------------------------------------------------------------------------------------

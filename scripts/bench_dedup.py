@@ -15,9 +15,15 @@ For each N, in one run:
    (0-8 bits flipped) and a bucket of 1,000 identical hashes; checked to equal brute force on all
    pairs of 2,000 rows (half of them planted copies); the brute-force baseline is timed on a
    random --hash-subset and extrapolated by (N / subset)^2; the classic plan of t + 1 exact bands
-   is timed against the default plan on the first --classic-n hashes.
+   is timed against the default plan on the first --classic-n hashes;
+   (2b. incremental: semantic_pairs(new=mask) for --new-frac of the rows, timed against the full
+   run, and checked against a full run's pairs that touch a new row;)
+5. perceptual hashing on real photos (--photos, default ../shared/data/flickr8k/images): img/s on
+   one core for lakecurate's hash (JPEG draft decode), the same hash after a full-size decode
+   (baseline) and imagehash.phash when installed; then compute_phash end to end on a lake.
 
     python scripts/bench_dedup.py --n 100000 1000000 [--assign 4] [--hash-n 1000000]
+    python scripts/bench_dedup.py --n --hash-n 0          # perceptual hashing only
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import os
 import platform
 import threading
+from pathlib import Path
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -137,28 +144,41 @@ def bench_semantic(n: int, args: argparse.Namespace, rng: np.random.Generator) -
     gen_s = time.perf_counter() - t0
     # fp16 storage moves a few planted pairs just below the threshold: they are not duplicates.
     cos = (x[planted[:, 0]].astype(np.float32) * x[planted[:, 1]].astype(np.float32)).sum(1)
-    planted = planted[cos >= THRESHOLD]
+    planted = planted[cos >= args.threshold]
     sample = np.sort(rng.choice(n, min(n, args.queries), replace=False))
-    qi, qj = exact_partners(x, sample, THRESHOLD)
+    qi, qj = exact_partners(x, sample, args.threshold)
     print(f"\nN = {n:,}: {x.shape[1]}-d float16 ({x.nbytes / 2**30:.2f} GiB, made in {gen_s:.0f}s), "
-          f"{len(planted):,} planted pairs >= {THRESHOLD}, {len(qi):,} exact pairs of {len(sample):,} sampled rows")
+          f"{len(planted):,} planted pairs >= {args.threshold}, {len(qi):,} exact pairs of {len(sample):,} sampled rows")
     print(f"  clusters (default 4 sqrt N): {default_clusters(n):,}")
     out = {}
     for assign in args.assign:
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            i, j, _ = semantic_pairs(x, THRESHOLD, assign=assign, seed=args.seed)
+            i, j, _ = semantic_pairs(x, args.threshold, assign=assign, seed=args.seed)
             sec = time.perf_counter() - t0
         found = i * n + j
         out[assign] = sec
         print(f"  semantic_pairs assign={assign}   {sec:7.1f} s   peak +{mem.extra_mb:5.0f} MiB   "
               f"{len(i):,} pairs   recall planted {share(found, planted[:, 0] * n + planted[:, 1]):.5f}   "
               f"recall vs exact (sampled rows) {share(found, qi * n + qj):.5f}")
+    if args.new_frac:
+        # Incremental dedup: only pairs touching the newest rows, against the full run's pairs.
+        assign = max(args.assign)
+        new = np.zeros(n, bool)
+        new[rng.choice(n, max(1, round(n * args.new_frac)), replace=False)] = True
+        t0 = time.perf_counter()
+        ni, nj, _ = semantic_pairs(x, args.threshold, assign=assign, seed=args.seed, new=new)
+        sec_new = time.perf_counter() - t0
+        fi, fj, _ = semantic_pairs(x, args.threshold, assign=assign, seed=args.seed + 1)
+        touching = new[fi] | new[fj]
+        print(f"  semantic_pairs new= ({new.sum():,} new rows, {args.new_frac:.0%})   {sec_new:7.1f} s   "
+              f"ratio to the full run {sec_new / out[assign]:.3f}   {len(ni):,} pairs; pairs of a full run "
+              f"touching new rows found: {share(ni * n + nj, fi[touching] * n + fj[touching]):.5f}")
     exact = {}
     sub = min(n, args.subset_exact)
     rows = np.sort(rng.choice(n, sub, replace=False))
     t0 = time.perf_counter()
-    exact_pairs_bruteforce(x[rows], THRESHOLD)
+    exact_pairs_bruteforce(x[rows], args.threshold)
     sub_s = time.perf_counter() - t0
     exact["extrapolated"] = sub_s * (n / sub) ** 2
     print(f"  exact self-join, {sub:,}-row random subset   {sub_s:7.1f} s   "
@@ -166,7 +186,7 @@ def bench_semantic(n: int, args: argparse.Namespace, rng: np.random.Generator) -
     if n <= args.full_exact:
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            exact_pairs_bruteforce(x, THRESHOLD)
+            exact_pairs_bruteforce(x, args.threshold)
             exact["measured"] = time.perf_counter() - t0
         print(f"  exact self-join, all {n:,} rows (measured)   {exact['measured']:7.1f} s   peak +{mem.extra_mb:5.0f} MiB")
     base = exact.get("measured", exact["extrapolated"])
@@ -235,6 +255,74 @@ def bench_hamming(n: int, args: argparse.Namespace, rng: np.random.Generator) ->
           f"ratio default / classic {took[None] / took[0]:.3f}")
 
 
+def full_decode_phash(blobs: list[bytes]) -> np.ndarray:
+    """Baseline: the same DCT hash after a full-size decode (no JPEG draft mode)."""
+    import io
+
+    from PIL import Image
+
+    from lakecurate.dedup import phash_pixels
+
+    grays = []
+    for b in blobs:
+        with Image.open(io.BytesIO(b)) as im:
+            grays.append(np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=np.float32))
+    return phash_pixels(np.stack(grays))[0]
+
+
+def bench_phash(photos: Path, repeat: int) -> None:
+    """Perceptual hashing throughput on real photos, one core, bytes already in memory; plus the
+    stage end to end (compute_phash on a lake: blob reads, spawned workers, commits)."""
+    import shutil
+    import tempfile
+
+    from lakecurate import Lake
+    from lakecurate.dedup import compute_phash, phash_bytes
+
+    files = sorted(photos.glob("*.jpg"))
+    blobs = [f.read_bytes() for f in files]
+    print(f"\nperceptual hash: {len(blobs)} photos from {photos} (mostly 500x375 JPEG), one core, best of {repeat}")
+    rates = {}
+    ours = phash_bytes(blobs)[0]
+    runs = {"lakecurate phash_bytes (JPEG draft decode)": lambda: phash_bytes(blobs),
+            "same hash after a full-size decode": lambda: full_decode_phash(blobs)}
+    try:
+        import imagehash
+        from PIL import Image
+        import io
+
+        runs["imagehash.phash (full decode, scipy DCT)"] = lambda: [imagehash.phash(Image.open(io.BytesIO(b))) for b in blobs]
+    except ImportError:
+        print("  (imagehash not installed: pip install imagehash to compare with it)")
+    for name, fn in runs.items():
+        best = min(_timed(fn) for _ in range(repeat))
+        rates[name] = len(blobs) / best
+        print(f"  {name:45s} {rates[name]:7.0f} img/s")
+    base = rates["same hash after a full-size decode"]
+    for name, rate in rates.items():
+        print(f"  ratio {name} / full-size decode   {rate / base:.2f}")
+    full = full_decode_phash(blobs)
+    same = np.bitwise_count(ours ^ full)
+    print(f"  draft vs full decode hashes: median {np.median(same):.0f} bits apart, max {same.max()}")
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        lake = Lake.create(tmp / "lake")
+        lake.ingest(photos, progress=False)
+        t0 = time.perf_counter()
+        n = compute_phash(lake, progress=False)
+        sec = time.perf_counter() - t0
+        print(f"  compute_phash on a lake ({len(os.sched_getaffinity(0))} worker processes, incl. spawn and commit): "
+              f"{n} rows in {sec:.1f} s = {n / sec:.0f} img/s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, nargs="*", default=[100_000, 1_000_000], help="sizes for semantic_pairs (none: skip)")
@@ -246,6 +334,11 @@ def main() -> None:
     ap.add_argument("--hash-subset", type=int, default=20_000)
     ap.add_argument("--classic-n", type=int, default=200_000, help="hashes for the classic 9-band plan")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threshold", type=float, default=THRESHOLD, help="cosine threshold for semantic_pairs")
+    ap.add_argument("--new-frac", type=float, default=0.01, help="share of rows that are new in the incremental run (0: skip)")
+    ap.add_argument("--photos", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/data/flickr8k/images",
+                    help="folder of JPEGs for the perceptual-hash throughput (skipped when absent)")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed + 1)
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, numpy {np.__version__}, "
@@ -261,6 +354,10 @@ def main() -> None:
                       f"time x{sec / times[n0][assign]:5.1f} for N x{n / n0:g}")
     if args.hash_n:
         bench_hamming(args.hash_n, args, rng)
+    if args.photos.is_dir():
+        bench_phash(args.photos, args.repeat)
+    else:
+        print(f"\nperceptual hash: skipped, no photos at {args.photos}")
 
 
 if __name__ == "__main__":

@@ -221,3 +221,19 @@ def test_components_literal():
 
 def test_docstring_examples():
     assert doctest.testmod(neardup).failed == 0
+
+
+@pytest.mark.parametrize("n_clusters", [1, 8])
+def test_semantic_new_rows_only(data, n_clusters):
+    """With a mask of new rows, exactly the pairs touching a new row come back (incremental dedup)."""
+    x = data[0]
+    rng = np.random.default_rng(1)
+    new = rng.random(len(x)) < 0.2
+    i, j, v = semantic_pairs(x[:3000], 0.95, n_clusters=n_clusters, assign=8, new=new[:3000])  # assign >= k: exact
+    ti, tj, _ = exact_pairs_bruteforce(x[:3000], 0.95)
+    new = new[:3000]
+    touching = new[ti] | new[tj]
+    assert 10 < touching.sum() < len(ti)  # some pairs touch new rows, some do not
+    assert set(zip(i.tolist(), j.tolist())) == set(zip(ti[touching].tolist(), tj[touching].tolist()))
+    assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # each pair once
+    assert (i < j).all() and (v >= 0.95).all()

@@ -1,0 +1,324 @@
+"""The dedup stage: hashes, group rules, columns, incremental runs; planted Flickr8k duplicates."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageEnhance, ImageOps
+
+from lakecurate import Lake, LakeError
+from lakecurate.cli import main
+from lakecurate.columns import field_provenance
+from lakecurate.dedup import best_of_groups, equal_value_pairs, keep_rank, phash_bytes, phash_pixels
+from lakecurate.plant import plant_duplicates, true_pairs
+
+from .conftest import SAMPLE_DATA
+
+COPIES = {"chelsea_copy": "chelsea", "coffee_small_q40": "coffee", "astronaut_flip": "astronaut", "camera_bright": "camera"}
+
+
+def jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def hamming(a: int, b: int) -> int:
+    return bin(int(a) ^ int(b)).count("1")
+
+
+def stem(key: str) -> str:
+    return Path(key).stem
+
+
+# --------------------------------------------------------------------------- pure parts
+def test_phash_survives_edits_and_separates_photos():
+    photos = {p.stem: p.read_bytes() for p in SAMPLE_DATA.glob("*.jpg") if "_" not in p.stem}
+    with Image.open(SAMPLE_DATA / "coffee.jpg") as im:
+        im.load()
+        w, h = im.size
+        edits = {
+            "q30": jpeg(im, quality=30),
+            "quarter": jpeg(im.resize((w // 4, h // 4))),
+            "double": jpeg(im.resize((w * 2, h * 2))),
+            "darker": jpeg(ImageEnhance.Brightness(im).enhance(0.8)),
+            "brighter": jpeg(ImageEnhance.Brightness(im).enhance(1.2)),
+            "png": (lambda b: (im.save(b, "PNG"), b.getvalue())[1])(io.BytesIO()),
+        }
+        mirror = jpeg(ImageOps.mirror(im))
+    h0, hf0, _ = phash_bytes([photos["coffee"]])
+    hs, _, valid = phash_bytes(list(edits.values()))
+    assert valid.all()
+    distances = {name: hamming(h0[0], x) for name, x in zip(edits, hs)}
+    assert max(distances.values()) <= 8, distances
+    hm, _, _ = phash_bytes([mirror])
+    assert hamming(hf0[0], hm[0]) <= 4  # the mirror hash predicts the mirrored image's hash
+    assert hamming(h0[0], hm[0]) > 8  # ... which the plain hash does not match
+    others, _, _ = phash_bytes([v for k, v in photos.items() if k != "coffee"])
+    assert min(hamming(h0[0], x) for x in others) > 12
+
+
+def test_phash_bad_inputs_and_modes():
+    rgba = Image.new("RGBA", (40, 30), (10, 200, 30, 128))
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    h, hf, valid = phash_bytes([None, b"", b"not an image", buf.getvalue(), jpeg(Image.new("L", (3, 2)))])
+    assert valid.tolist() == [False, False, False, True, True]
+    assert h.dtype == np.uint64 and hf.dtype == np.uint64
+    g = np.random.default_rng(1).random((3, 32, 32)).astype(np.float32)
+    a, _ = phash_pixels(g)
+    b, _ = phash_pixels(g * 1.3 + 10)  # brightness and contrast: same bits
+    assert (a == b).all()
+
+
+def test_keep_rank_rule():
+    score = np.array([0.30, 0.30, np.nan, 0.31, 0.30])
+    pixels = np.array([100, 400, 10_000, 1, 400])
+    ingested = np.array([5, 5, 1, 9, 2])
+    ids = np.array(["e", "d", "c", "b", "a"])
+    # score first (NaN last), then pixels, then earliest ingested, then id
+    assert np.argsort(keep_rank(score, pixels, ingested, ids)).tolist() == [3, 4, 1, 0, 2]
+    assert np.argsort(keep_rank(score, pixels, np.array([5, 5, 1, 9, 5]), ids)).tolist() == [3, 4, 1, 0, 2]
+    assert np.argsort(keep_rank(np.full(5, np.nan), np.ones(5), np.zeros(5), ids)).tolist() == [4, 3, 2, 1, 0]
+
+
+def test_groups_literal():
+    i, j = equal_value_pairs(np.array(["x", None, "y", "x", "x"], dtype=object), np.array([True, False, True, True, True]))
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 3), (0, 4)]
+    assert best_of_groups(np.array([-1, -1]), np.array([0, 1])).tolist() == [-1, -1]
+
+
+# --------------------------------------------------------------------------- on a lake
+def sample_lake(tmp_path: Path, exclude: tuple[str, ...] = ()) -> Lake:
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in SAMPLE_DATA.iterdir():
+        if p.suffix != ".md" and p.stem not in exclude:
+            shutil.copy(p, src / p.name)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    return lake
+
+
+def by_key(lake: Lake, cols: list[str]) -> dict:
+    df = lake.to_pandas(["key", *cols])
+    df["key"] = df["key"].map(stem)
+    df = df.astype(object).where(df.notna(), None)  # nulls as None, whatever the dtype
+    return df.set_index("key").to_dict("index")
+
+
+def data_files(lake: Lake) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (Path(lake.table_uri) / "data").iterdir()}
+
+
+def test_sample_data_groups_keep_and_reasons(sample_lake_embedded: Lake, tmp_path: Path):
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    before = data_files(lake)
+    rep = lake.dedup(["exact", "phash"], workers=0, progress=False)
+    rows = by_key(lake, ["id", "dup_exact_group", "dup_pair_group", "dup_phash_group", "dup_group", "dup_group_size",
+                         "dup_keep", "dup_reason", "clip_tinyrandom_score", "phash"])
+    assert rows["chelsea_copy"]["dup_exact_group"] == rows["chelsea"]["dup_exact_group"]
+    assert rows["chelsea_copy"]["dup_pair_group"] == rows["chelsea"]["dup_pair_group"]  # same caption too
+    # sample_data's planted copies, plus three files that are re-encodes of a photo (README)
+    expected = [{"chelsea", "chelsea_copy", "chelsea_mismatch"}, {"coffee", "coffee_small_q40"},
+                {"astronaut", "astronaut_flip"}, {"camera", "camera_bright"}, {"horse", "horse_no_caption"},
+                {"hubble_deep_field", "hubble_palette"}]
+    found = {}
+    for key, r in rows.items():
+        if r["dup_group"] is not None:
+            found.setdefault(r["dup_group"], set()).add(key)
+    assert sorted(map(sorted, found.values())) == sorted(map(sorted, expected))
+    for group in expected:
+        members = [rows[k] for k in group]
+        kept = [r for r in members if r["dup_keep"]]
+        assert len(kept) == 1 and kept[0]["id"] == members[0]["dup_group"]
+        assert all(r["dup_group_size"] == len(group) for r in members)
+        best = max(-9 if r["clip_tinyrandom_score"] is None else r["clip_tinyrandom_score"] for r in members)
+        assert kept[0]["clip_tinyrandom_score"] == best  # the keep rule: highest alignment score
+        for r in members:
+            if not r["dup_keep"]:
+                method = "exact" if r["dup_exact_group"] == kept[0]["dup_exact_group"] else "phash"
+                assert r["dup_reason"] == f"{method}:{kept[0]['id']}"
+    assert all(r["dup_keep"] and r["dup_reason"] is None and r["dup_group_size"] == 1
+               for k, r in rows.items() if not any(k in g for g in expected))
+    assert rows["notes_not_an_image"]["phash"] is None and rows["notes_not_an_image"]["dup_phash_group"] is None
+    assert rep.dropped == sum(not r["dup_keep"] for r in rows.values()) == 7
+    # only new files: no existing data file was rewritten
+    after = data_files(lake)
+    assert all(after[name] == size for name, size in before.items())
+    prov = field_provenance(lake.dataset().schema.field("dup_phash_group"))
+    assert prov["stage"] == "dedup" and prov["config"]["max_distance"] == 8
+    # the same run again: nothing written, no new version
+    version = lake.version
+    again = lake.dedup(["exact", "phash"], workers=0, progress=False)
+    assert lake.version == version and again.fragments_written == 0 and again.hashed == 0
+    assert again.dropped == rep.dropped
+    # SQL sees the columns
+    df = lake.sql("SELECT dup_reason FROM pairs WHERE NOT dup_keep")
+    assert len(df) == rep.dropped
+
+
+def test_config_change_needs_recompute(sample_lake_embedded: Lake, tmp_path: Path):
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["phash"], workers=0, progress=False)
+    with pytest.raises(LakeError, match="--recompute"):
+        lake.dedup(["phash"], phash_distance=3, workers=0, progress=False)
+    loose = lake.dedup(["phash"], phash_distance=30, recompute=True, workers=0, progress=False)
+    assert field_provenance(lake.dataset().schema.field("dup_phash_group"))["config"]["max_distance"] == 30
+    assert loose.dropped > 4  # at 30 bits distinct photos link too
+    # keep_from changes the final columns (a derived view), not the groups
+    only_exact = lake.dedup(["exact"], keep_from=["exact"], workers=0, progress=False)
+    assert only_exact.dropped == 1
+    assert field_provenance(lake.dataset().schema.field("dup_keep"))["config"]["keep_from"] == ["exact"]
+
+
+def test_exact_pairs_and_no_embeddings(lake: Lake, tmp_path: Path):
+    lake.ingest(SAMPLE_DATA, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", other / "cat.jpg")
+    (other / "cat.txt").write_text("my cat on the sofa")
+    lake.ingest(other, progress=False)
+    with pytest.raises(LakeError, match="lakecurate embed"):
+        lake.dedup(["semantic"], progress=False)
+    rep = lake.dedup(["exact"], progress=False)  # exact needs no embedding; no score: kept by pixels, then time
+    rows = by_key(lake, ["id", "dup_exact_group", "dup_pair_group", "dup_keep", "dup_reason"])
+    trio = [rows[k] for k in ("chelsea", "chelsea_copy", "cat")]
+    assert len({r["dup_exact_group"] for r in trio}) == 1
+    assert rows["chelsea"]["dup_pair_group"] == rows["chelsea_copy"]["dup_pair_group"] != rows["cat"]["dup_pair_group"]
+    assert rep.dropped == 2 and rows["cat"]["dup_keep"] is False  # ingested last
+    assert rows["cat"]["dup_reason"] == f"exact:{trio[0]['dup_exact_group']}"
+
+
+def test_incremental_run_checks_only_new_rows(sample_lake_embedded: Lake, tmp_path: Path):
+    lake = sample_lake(tmp_path, exclude=tuple(COPIES))
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    first = lake.dedup("all", semantic_threshold=0.995, workers=0, progress=False)  # tiny-random: all alike
+    assert first.rows == 24
+    old_files = data_files(lake)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name in COPIES:
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", extra / f"{name}.jpg")
+        shutil.copy(SAMPLE_DATA / f"{name}.txt", extra / f"{name}.txt")
+    lake.ingest(extra, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    second = lake.dedup("all", semantic_threshold=0.995, workers=0, progress=False)
+    assert second.hashed == len(COPIES)
+    assert all(m.new_rows == len(COPIES) for m in second.methods)
+    assert all(old_files[name] == size for name, size in data_files(lake).items() if name in old_files)
+    incremental = by_key(lake, ["dup_group", "dup_keep", "dup_semantic_group", "dup_caption_group"])
+    for copy, original in COPIES.items():
+        assert incremental[copy]["dup_group"] == incremental[original]["dup_group"] is not None
+    # the same answer as grouping everything from scratch
+    fresh = Lake.open(shutil.copytree(lake.uri, tmp_path / "fresh"))
+    fresh.dedup("all", semantic_threshold=0.995, recompute=True, workers=0, progress=False)
+    assert by_key(fresh, ["dup_group", "dup_keep", "dup_semantic_group", "dup_caption_group"]) == incremental
+
+
+def test_deleted_rows_and_new_fragments(tmp_path: Path):
+    lake = sample_lake(tmp_path)
+    lake.dataset().delete("key LIKE '%coffee.jpg'")
+    rep = lake.dedup(["exact", "phash"], workers=0, progress=False)
+    rows = by_key(lake, ["dup_keep", "dup_group"])
+    assert "coffee" not in rows and rows["coffee_small_q40"]["dup_group"] is None
+    assert rep.rows == len(rows)
+
+
+def test_cli_dedup(sample_lake_embedded: Lake, tmp_path: Path):
+    uri = str(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    runner = CliRunner()
+    res = runner.invoke(main, ["dedup", uri, "--method", "exact,phash", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "keep: " in res.output and "phash" in res.output and "dup_keep = false" in res.output
+    res = runner.invoke(main, ["dedup", uri, "--method", "exact,bogus"])
+    assert res.exit_code == 2 and "choose from exact, phash, semantic, caption" in res.output
+    res = runner.invoke(main, ["dedup", uri, "--method", "phash", "--phash-distance", "2"])
+    assert res.exit_code == 1 and "--recompute" in res.output and "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- planted Flickr8k duplicates
+@pytest.fixture(scope="module")
+def planted_lake(flickr8k: Path, tmp_path_factory) -> tuple[Lake, list, list]:
+    """All 800 photos plus planted copies of 120 (seed 1; the thresholds were chosen on seed 0),
+    ingested, embedded (offline) and deduplicated in two steps: the second half arrives later."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    captions: dict[str, str] = {}
+    with open(flickr8k / "captions.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            captions.setdefault(Path(row["image"]).stem, row["caption"])
+    root = tmp_path_factory.mktemp("planted")
+    planted = plant_duplicates(sorted((flickr8k / "images").glob("*.jpg")), captions, root / "all", n_originals=120, seed=1)
+    halves = [root / "a", root / "b"]
+    for h in halves:
+        h.mkdir()
+    for k, p in enumerate(planted):  # every other file arrives later, copies and originals alike
+        for ext in (".jpg", ".txt"):
+            shutil.move(root / "all" / f"{p.key}{ext}", halves[k % 2] / f"{p.key}{ext}")
+    lake = Lake.create(root / "lake")
+    reports = []
+    for h in halves:
+        lake.ingest(h, progress=False)
+        lake.embed("offline", progress=False)
+        reports.append(lake.dedup("all", progress=False))
+    return lake, planted, reports
+
+
+def pair_scores(lake: Lake, planted: list, column: str) -> tuple[float, float]:
+    df = lake.to_pandas(["key", column]).dropna()
+    groups = df.groupby(column)["key"].apply(lambda keys: sorted(stem(k) for k in keys))
+    found = {p for g in groups if len(g) > 1 for p in itertools.combinations(g, 2)}
+    truth = true_pairs(planted)
+    return len(truth & found) / len(truth), len(truth & found) / max(1, len(found))
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_planted_duplicates_recall_and_precision(planted_lake):
+    lake, planted, reports = planted_lake
+    recall, precision = pair_scores(lake, planted, "dup_group")  # exact + phash + semantic
+    assert recall >= 0.97 and precision >= 0.99, (recall, precision)
+    rows = by_key(lake, ["dup_exact_group"])
+    exact = [p for p in planted if p.edit == "exact"]
+    assert len(exact) >= 20
+    assert all(rows[p.key]["dup_exact_group"] == rows[p.original]["dup_exact_group"] for p in exact)  # exact recall 1.0
+    exact_recall, exact_precision = pair_scores(lake, [p for p in planted if p.edit in ("exact", "original")], "dup_exact_group")
+    assert exact_recall == 1.0 and exact_precision == 1.0
+    # each method alone is precise, and the combination finds more than either
+    for column in ("dup_phash_group", "dup_semantic_group"):
+        r, p = pair_scores(lake, planted, column)
+        assert p >= 0.99 and r < recall, (column, r, p)
+    assert reports[1].methods[2].new_rows == len(planted) // 2  # semantic: only the second half was new
+
+
+def linked(rows: dict, column: str) -> set[tuple[str, str]]:
+    groups: dict[str, list[str]] = {}
+    for key, r in rows.items():
+        if r[column] is not None:
+            groups.setdefault(r[column], []).append(key)
+    return {p for g in groups.values() for p in itertools.combinations(sorted(g), 2)}
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_planted_incremental_equals_from_scratch(planted_lake, tmp_path: Path):
+    """Exact methods give the same groups; semantic ones differ only by the approximation of
+    k-means partitions (the two runs cluster different row sets): <= 1% of linked pairs."""
+    lake, _, _ = planted_lake
+    cols = ["dup_exact_group", "dup_pair_group", "dup_phash_group", "dup_semantic_group", "dup_caption_group", "dup_group"]
+    incremental = by_key(lake, cols)
+    fresh = Lake.open(shutil.copytree(lake.uri, tmp_path / "fresh"))
+    fresh.dedup("all", recompute=True, progress=False)
+    scratch = by_key(fresh, cols)
+    for column in ("dup_exact_group", "dup_pair_group", "dup_phash_group"):
+        assert {k: r[column] for k, r in scratch.items()} == {k: r[column] for k, r in incremental.items()}, column
+    for column in ("dup_semantic_group", "dup_caption_group", "dup_group"):
+        a, b = linked(incremental, column), linked(scratch, column)
+        assert len(a ^ b) <= 0.01 * len(a | b), (column, len(a ^ b), len(a | b))
