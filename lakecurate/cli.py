@@ -255,6 +255,37 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
         click.echo(f"see them: lakecurate sql {lake} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
 
 
+# --------------------------------------------------------------------------- curate
+@main.command()
+@lake_argument
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_friendly_errors
+def curate(lake: str, recipe: str, as_json: bool) -> None:
+    """Apply the filter RECIPE (TOML) to LAKE: keep / drop_reason columns and a tag of the result.
+
+    Computes the caption and image signals and dedup groups the recipe needs (embeddings must
+    exist), marks each row keep or drops it with the first failing step's reason, and tags the
+    version NAME-HASH-vVERSION so the exact set can be reopened. Same recipe again: no work.
+    Filters: ingest_error, duplicate, caption_missing, caption_length, caption_filename,
+    caption_url, caption_boilerplate, caption_repeat, caption_nonprintable, language,
+    image_size, aspect, blur, low_information, grayscale, pii, alignment.
+
+    Example: lakecurate curate ./lake recipes/basic.toml
+    """
+    rep = Lake.open(lake).curate(recipe)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    rows = [{"step": reason, "dropped": n, "share": f"{n / rep.rows:.1%}" if rep.rows else "-"} for reason, n in rep.dropped.items()]
+    rows.append({"step": "kept", "dropped": rep.kept, "share": f"{rep.kept / rep.rows:.1%}" if rep.rows else "-"})
+    _echo_table(rows, ["step", "dropped", "share"])
+    how = "nothing to do (same recipe, lake unchanged)" if rep.nothing_to_do else (
+        f"computed: {', '.join(rep.computed) or 'no new signals'}; {rep.fragments_written} fragments written")
+    click.echo(f"\nrecipe {rep.recipe} ({rep.recipe_hash}): {how}; tag {rep.tag} (version {rep.version}) in {rep.seconds:.1f} s")
+    click.echo(f"reopen: lakecurate sql {lake} \"SELECT key, caption FROM pairs WHERE keep\" --version {rep.tag}")
+
+
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @lake_argument

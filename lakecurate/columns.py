@@ -194,6 +194,44 @@ def fill_fragments(lake: "Lake", tables: dict[int, pa.Table], *, first_fill_only
     return retry_on_conflict(commit)
 
 
+def write_changed(lake: "Lake", tbl: pa.Table, new: dict[str, pa.Array]) -> tuple[int, int | None]:
+    """Write the columns ``new`` (arrays aligned with ``tbl``'s live rows, which carry ``_rowaddr``
+    and, where stored already, the old values) for every fragment where a value differs from the
+    stored one or nothing is stored yet; all in one commit. Returns (fragments written, version).
+
+    This is how a stage with a global fit step (dedup groups, recipe decisions) rewrites only what
+    changed: unchanged fragments keep their files, and a re-run that changes nothing commits nothing.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    names = list(new)
+    ds = lake.dataset()
+    addr = tbl.column("_rowaddr").to_numpy()
+    fid_of = (addr >> 32).astype(np.int64)
+    changed = np.zeros(len(addr), bool)
+    for name in names:
+        old = tbl.column(name) if name in tbl.column_names else pa.nulls(len(addr), new[name].type)
+        same = pc.fill_null(pc.equal(old, new[name]), False).to_numpy(zero_copy_only=False)
+        both_null = pc.is_null(old).to_numpy(zero_copy_only=False) & pc.is_null(new[name]).to_numpy(zero_copy_only=False)
+        changed |= ~(same | both_null)
+    unfilled = {f.fragment_id for f in ds.get_fragments() if not has_data(ds, f, names[0])}
+    # Fragments never written get a file too, so that has_data() tells what an earlier run covered.
+    todo = set(np.unique(fid_of[changed]).tolist()) | (unfilled & set(np.unique(fid_of).tolist()))
+    tables = {}
+    for fid in sorted(todo):
+        frag = ds.get_fragment(fid)
+        if frag is None:
+            continue
+        rows = np.flatnonzero(fid_of == fid)
+        order = np.full(frag.physical_rows, -1, np.int64)
+        order[addr[rows] & 0xFFFFFFFF] = rows
+        idx = pa.array(order, mask=order < 0)
+        tables[fid] = pa.table({n: new[n].take(idx) for n in names})
+    version = fill_fragments(lake, tables)
+    return (len(tables) if version is not None else 0), version
+
+
 class Checkpoint:
     """Finished batches of one fragment, kept on local disk until the fragment's commit lands.
 

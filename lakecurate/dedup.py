@@ -22,8 +22,9 @@ may well share "a dog runs on the grass") are joined into ``dup_group`` (id of t
 of methods does). **The keep rule**: highest alignment score (``<embedding>_score``), then most
 pixels, then earliest ingested, then smallest id; rows without a score rank after rows with one.
 
-Perceptual hashes are computed once per row into ``phash``/``phash_flip`` (uint64) by spawned
-workers that decode JPEGs at reduced size; k-means and joins come from :mod:`lakecurate.neardup`.
+Perceptual hashes are computed once per row into ``phash``/``phash_flip`` (uint64) with the other
+image signals (:mod:`lakecurate.signals`: one reduced-size decode per image, in spawned workers);
+k-means and joins come from :mod:`lakecurate.neardup`.
 
 **Incremental**: a row is new for a method when its group value is null. A later run hashes only
 the new rows, joins only new rows against the rest for semantic methods (``semantic_pairs(new=)``),
@@ -34,23 +35,19 @@ for all changed fragments in one commit.
 
 from __future__ import annotations
 
-import io
-import multiprocessing
-import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
 from lakecurate import columns
 from lakecurate.lake import LakeError
 from lakecurate.neardup import components, hamming_pairs, semantic_pairs
+from lakecurate.signals import compute_image_signals
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -70,8 +67,6 @@ SEMANTIC_THRESHOLDS = {"offline": 0.85, "open_clip": 0.95}
 CONFIRM_COSINES = {"offline": 0.70, "open_clip": 0.85}
 PHASH_COLUMNS = ("phash", "phash_flip")
 FINAL_COLUMNS = ("dup_group", "dup_group_size", "dup_keep", "dup_reason")
-HASH_BATCH = 256
-_HASH_SIZE, _DCT_SIZE = 8, 32
 
 
 def group_columns(method: str) -> tuple[str, ...]:
@@ -79,153 +74,6 @@ def group_columns(method: str) -> tuple[str, ...]:
     if method not in METHODS:
         raise ValueError(f"unknown dedup method {method!r}; choose from {', '.join(METHODS)} or all")
     return ("dup_exact_group", "dup_pair_group") if method == "exact" else (f"dup_{method}_group",)
-
-
-# --------------------------------------------------------------------------- perceptual hash
-def _dct_matrix(n: int) -> np.ndarray:
-    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
-    return np.cos(np.pi * (2 * i + 1) * k / (2 * n)).astype(np.float32)
-
-
-_DCT = _dct_matrix(_DCT_SIZE)
-_BITS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64))  # first coefficient -> highest bit
-# Mirroring an image left-right multiplies horizontal frequency k by (-1)^k.
-_MIRROR = np.where(np.arange(_HASH_SIZE) % 2, -1.0, 1.0).astype(np.float32)
-
-
-def phash_pixels(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """pHash of B grayscale 32x32 images (B x 32 x 32) and of their mirror images: two uint64 arrays.
-
-    The 2-D DCT's top-left 8 x 8 coefficients, each bit set when above their median (the pHash of
-    imagehash/Zauner 2010). The mirror's hash comes from the same DCT with odd horizontal
-    frequencies negated, so flips cost no second decode.
-
-    >>> g = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
-    >>> h, hf = phash_pixels(g)
-    >>> bool(h[0] == phash_pixels(g[:, :, ::-1].copy())[1][0])  # the mirror's hash = the hash of the mirror
-    True
-    """
-    x = np.asarray(gray, dtype=np.float32)
-    low = (_DCT[:_HASH_SIZE] @ x @ _DCT[:_HASH_SIZE].T).reshape(len(x), -1)
-    mirrored = (low.reshape(-1, _HASH_SIZE, _HASH_SIZE) * _MIRROR).reshape(len(x), -1)
-
-    def pack(c: np.ndarray) -> np.ndarray:
-        bits = c > np.median(c, axis=1, keepdims=True)
-        return (bits.astype(np.uint64) * _BITS).sum(axis=1, dtype=np.uint64)
-
-    return pack(low), pack(mirrored)
-
-
-def load_gray(data: bytes | None) -> np.ndarray | None:
-    """Image bytes -> 32 x 32 float32 grayscale, decoding JPEGs at reduced size; None if undecodable."""
-    from PIL import Image
-
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("L", (4 * _DCT_SIZE, 4 * _DCT_SIZE))  # JPEG: decode at 1/2..1/8 scale, >= 128 px
-            im.seek(0)
-            g = im.convert("L").resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BOX)
-            return np.asarray(g, dtype=np.float32)
-    except Exception:  # Pillow raises many types on bad data; the row just gets no hash
-        return None
-
-
-def phash_bytes(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(phash, phash_flip, valid) for a list of encoded images."""
-    grays = [load_gray(b) for b in blobs]
-    valid = np.array([g is not None for g in grays], dtype=bool)
-    h = np.zeros(len(blobs), np.uint64)
-    hf = np.zeros(len(blobs), np.uint64)
-    if valid.any():
-        h[valid], hf[valid] = phash_pixels(np.stack([g for g in grays if g is not None]))
-    return h, hf, valid
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_hasher(table_uri: str, version: int, storage_options: dict | None) -> None:
-    import lance
-
-    _WORKER["ds"] = lance.dataset(table_uri, version=version, storage_options=storage_options)
-
-
-def _hash_batch(item: tuple[int, int, int]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Hash one batch of a fragment's live rows (runs in a spawned worker or inline)."""
-    ds = _WORKER["ds"]
-    fid, start, limit = item
-    tbl = ds.get_fragment(fid).to_table(columns=["id"], with_row_address=True, offset=start, limit=limit)
-    addrs = tbl.column("_rowaddr").to_pylist()
-    blobs = [b for _, b in ds.read_blobs("image", addresses=addrs, preserve_order=True)] if addrs else []
-    h, hf, valid = phash_bytes(blobs)
-    return fid, np.asarray(addrs, np.int64) & 0xFFFFFFFF, h, hf, valid
-
-
-def _physical(frag_rows: int, offsets: np.ndarray, arrays: dict[str, pa.Array]) -> pa.Table:
-    """Values at live-row offsets -> a table over all physical rows (deleted rows null)."""
-    order = np.full(frag_rows, -1, np.int64)
-    order[offsets] = np.arange(len(offsets))
-    idx = pa.array(order, mask=order < 0)
-    return pa.table({name: arr.take(idx) for name, arr in arrays.items()})
-
-
-def compute_phash(lake: "Lake", *, workers: int | None = None, progress: bool | None = None,
-                  recompute: bool = False) -> int:
-    """Fill ``phash``/``phash_flip`` for every fragment that lacks them; returns rows hashed.
-
-    One commit per fragment, so a killed run loses at most the fragment in flight.
-    """
-    ds = lake.dataset()
-    config = {"hash": "dct-phash", "dct": _DCT_SIZE, "bits": _HASH_SIZE**2, "resample": "box", "draft": "L"}
-    prov = columns.provenance("dedup-phash", config, ["image"], ds.version)
-    columns.declare(lake, [pa.field(n, pa.uint64()) for n in PHASH_COLUMNS], prov, recompute=recompute)
-    ds = lake.dataset()
-    todo = columns.fragments_to_fill(ds, "phash")
-    items = [(f.fragment_id, s, min(HASH_BATCH, n - s)) for f in todo for n in [f.count_rows()]
-             for s in range(0, n, HASH_BATCH)]
-    if not items:
-        return 0
-    if workers is None:
-        workers = max(1, min(8, os.cpu_count() or 1)) if len(items) > 8 else 0
-    init = (lake.table_uri, ds.version, lake.storage_options)
-    remaining = {f.fragment_id: 0 for f in todo}
-    for fid, _, _ in items:
-        remaining[fid] += 1
-    parts: dict[int, list] = {fid: [] for fid in remaining}
-    frags = {f.fragment_id: f for f in todo}
-    total = sum(n for _, _, n in items)
-    bar = tqdm(total=total, desc="phash", unit="img", disable=(not progress) if progress is not None else None)
-    done = 0
-
-    def results():
-        if workers <= 0:
-            _init_hasher(*init)
-            yield from map(_hash_batch, items)
-            return
-        ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_hasher, initargs=init) as pool:
-            yield from pool.map(_hash_batch, items, chunksize=2)
-
-    try:
-        for fid, offsets, h, hf, valid in results():
-            parts[fid].append((offsets, h, hf, valid))
-            bar.update(len(offsets))
-            done += len(offsets)
-            remaining[fid] -= 1
-            if remaining[fid] == 0:
-                got = parts.pop(fid)
-                offsets = np.concatenate([p[0] for p in got])
-                valid = np.concatenate([p[3] for p in got])
-                arrays = {
-                    "phash": pa.array(np.concatenate([p[1] for p in got]), pa.uint64(), mask=~valid),
-                    "phash_flip": pa.array(np.concatenate([p[2] for p in got]), pa.uint64(), mask=~valid),
-                }
-                columns.fill_fragment(lake, fid, _physical(frags[fid].physical_rows, offsets, arrays))
-    finally:
-        bar.close()
-    return done
 
 
 # --------------------------------------------------------------------------- groups (pure)
@@ -349,35 +197,10 @@ def _str_array(values: np.ndarray, valid: np.ndarray) -> pa.Array:
 
 
 def _write_changed(lake: "Lake", tbl: pa.Table, new: dict[str, pa.Array], report: DedupReport) -> int:
-    """Write the columns in ``new`` (aligned with ``tbl``'s live rows) for every fragment where any
-    value differs from what is stored (or nothing is stored); one commit. Returns fragments written."""
-    names = list(new)
-    ds = lake.dataset()
-    addr = tbl.column("_rowaddr").to_numpy()
-    fid_of = (addr >> 32).astype(np.int64)
-    changed = np.zeros(len(addr), bool)
-    for name in names:
-        old = tbl.column(name) if name in tbl.column_names else pa.nulls(len(addr), new[name].type)
-        same = pc.fill_null(pc.equal(old, new[name]), False).to_numpy(zero_copy_only=False)
-        both_null = (pc.is_null(old).to_numpy(zero_copy_only=False) & pc.is_null(new[name]).to_numpy(zero_copy_only=False))
-        changed |= ~(same | both_null)
-    unfilled = {f.fragment_id for f in ds.get_fragments() if not columns.has_data(ds, f, names[0])}
-    todo = set(np.unique(fid_of[changed]).tolist())
-    # Fragments never written get a file too, so that has_data() tells what an earlier run covered.
-    todo |= unfilled & set(np.unique(fid_of).tolist())
-    tables = {}
-    for fid in sorted(todo):
-        rows = np.flatnonzero(fid_of == fid)
-        frag = ds.get_fragment(fid)
-        if frag is None:
-            continue
-        offsets = addr[rows] & 0xFFFFFFFF
-        idx = pa.array(rows)
-        tables[fid] = _physical(frag.physical_rows, offsets, {n: new[n].take(idx) for n in names})
-    version = columns.fill_fragments(lake, tables)
+    written, version = columns.write_changed(lake, tbl, new)
     if version is not None:
         report.versions.append(version)
-    return len(tables) if version is not None else 0
+    return written
 
 
 def dedup(
@@ -423,6 +246,11 @@ def dedup(
     }
     if emb is not None:
         family = emb_prov["config"].get("family", "open_clip")
+        if "MEANINGLESS" in str(emb_prov["config"].get("arch")) and semantic_threshold is None and \
+                {"semantic", "caption"} & set(methods):
+            raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: its similarities are "
+                            "meaningless, so semantic dedup would link unrelated pairs; embed with a real model, "
+                            "or pass --semantic-threshold to do it anyway (tests)")
         thr = semantic_threshold if semantic_threshold is not None else SEMANTIC_THRESHOLDS.get(family, 0.95)
         confirm = confirm_cosine if confirm_cosine is not None else CONFIRM_COSINES.get(family, 0.85)
         configs["semantic"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"], "threshold": float(thr),
@@ -432,7 +260,7 @@ def dedup(
                               "threshold": float(caption_threshold)}
 
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes
-        report.hashed = compute_phash(lake, workers=workers, progress=progress)
+        report.hashed = compute_image_signals(lake, workers=workers, progress=progress)
 
     # Declare each method's columns (metadata only; a changed config is an error unless recompute).
     for m in methods:

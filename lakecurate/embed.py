@@ -188,8 +188,8 @@ def assemble(parts: list[pa.Table], physical_rows: int, names: dict[str, str], d
 
 def _started(gen: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Run a generator up to its first yield in a thread, so its process pool spins up at once."""
-    import threading
     import queue
+    import threading
 
     q: queue.Queue = queue.Queue(maxsize=2)
     done = object()

@@ -234,6 +234,12 @@ class Lake:
 
         return dedup(self, [methods] if isinstance(methods, str) else list(methods), **options)
 
+    def curate(self, recipe: Any, **options: Any) -> Any:
+        """Apply a filter recipe (TOML path or dict): ``keep``/``drop_reason`` + a tag; see :func:`lakecurate.curate.curate`."""
+        from lakecurate.curate import curate
+
+        return curate(self, recipe, **options)
+
     def search(self, query: Any, k: int = 10, **options: Any) -> pd.DataFrame:
         """Nearest pairs to a text or an image; see :func:`lakecurate.search.search`.
 

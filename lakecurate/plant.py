@@ -1,5 +1,8 @@
 """Planted defects: labelled test sets built in code from real photos, for tests and benchmarks.
 
+``plant_junk`` writes clean pairs plus planted junk (swapped and file-name captions, tiny and
+strip-shaped crops, blurred photos, captions with e-mail addresses or phone numbers) with its truth.
+
 ``plant_duplicates`` takes real photos (e.g. ``../shared/data/flickr8k``) and writes an image folder
 with caption sidecars in which some photos have exact copies and near copies (re-encoded, resized,
 cropped, brightened or darkened, flipped, overlaid with a line of text), while every other photo is a
@@ -128,3 +131,103 @@ def true_pairs(planted: Sequence[Planted]) -> set[tuple[str, str]]:
     for p in planted:
         by_original.setdefault(p.original, []).append(p.key)
     return {(a, b) for keys in by_original.values() for a in keys for b in keys if a < b}
+
+
+JUNK_KINDS = ("swapped", "filename", "tiny", "aspect", "blurred", "pii")
+_FILENAMES = ("IMG_{n:04d}.JPG", "DSC{n:05d}.jpg", "photo_{n}.png", "P{n:07d}.JPG", "image-{n}.jpeg", "Screenshot {n}.png")
+_PII = ("contact me at {user}@example.com", "call {phone} for prints", "{user}.smith@mail.example.org took this",
+        "whatsapp {phone}", "bookings: {user}@photos.example.net / {phone}")
+
+
+def _fake_phone(rng: random.Random) -> str:
+    return rng.choice(["+1 (555) {a}-{b}", "555-{a}-{b}", "+44 20 7946 {b}", "(555) {a} {b}", "+49 30 {a}{b}"]).format(
+        a=rng.randint(100, 999), b=rng.randint(1000, 9999))
+
+
+def plant_junk(
+    photos: Sequence[Path],
+    captions: dict[str, str],
+    out_dir: str | Path,
+    *,
+    per_kind: int = 40,
+    seed: int = 0,
+    swap_pool: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """Write clean pairs and planted junk to ``out_dir`` (JPEG + .txt); returns key -> kind
+    ("clean" or one of ``JUNK_KINDS``). Every photo is used once, so junk and clean rows never share
+    an image: ``per_kind`` photos per junk kind, the rest clean with their own caption.
+
+    swapped: another photo's caption; filename: a camera file name as caption; tiny: a crop of
+    16-48 px; aspect: a strip 5-10 times as wide as high (or high as wide); blurred: Gaussian blur
+    of radius 2.5-5 px; pii: the true caption plus an e-mail address or phone number (fictional).
+
+    ``swap_pool`` (photo stems) puts the swapped pairs and, after them, the clean pairs first on
+    those photos: e.g. photos an encoder was not trained on, so that its alignment score is judged
+    on unseen photos only (swapped captions also come from the pool).
+    """
+    from PIL import ImageFilter
+
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = sorted(photos)
+    order = photos[:]
+    rng.shuffle(order)
+    stems = [p.stem for p in photos]
+    plan: list[tuple[Path, str]] = []
+    if swap_pool is not None:
+        pool = set(swap_pool)
+        stems = [s for s in stems if s in pool]
+        inside = [p for p in order if p.stem in pool]
+        plan = [(p, "swapped") for p in inside[:per_kind]] + [(p, "clean") for p in inside[per_kind:]]
+        order = [p for p in order if p.stem not in pool]
+    kinds_left = [k for k in JUNK_KINDS if swap_pool is None or k != "swapped"]
+    plan += [(p, kinds_left[k // per_kind] if k < per_kind * len(kinds_left) else "clean") for k, p in enumerate(order)]
+    kinds: dict[str, str] = {}
+    for path, kind in plan:
+        caption = captions.get(path.stem, "")
+        data = path.read_bytes()
+        if kind == "swapped":
+            caption = captions[rng.choice([s for s in stems if s != path.stem and captions.get(s)])]
+        elif kind == "filename":
+            caption = rng.choice(_FILENAMES).format(n=rng.randint(1, 99999))
+        elif kind == "pii":
+            caption = f"{caption} {rng.choice(_PII).format(user=rng.choice(['anna', 'li.wei', 'jdoe']), phone=_fake_phone(rng))}"
+        elif kind in ("tiny", "aspect", "blurred"):
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                if kind == "tiny":
+                    s = rng.randint(16, 48)
+                    im = im.resize((s, max(8, round(s * h / w))))
+                elif kind == "aspect":
+                    ratio = rng.uniform(5, 10)
+                    if rng.random() < 0.5:
+                        sh = max(8, round(w / ratio))
+                        y0 = rng.randint(0, h - sh)
+                        im = im.crop((0, y0, w, y0 + sh))
+                    else:
+                        sw = max(8, round(h / ratio))
+                        x0 = rng.randint(0, w - sw)
+                        im = im.crop((x0, 0, x0 + sw, h))
+                else:
+                    im = im.filter(ImageFilter.GaussianBlur(rng.uniform(2.5, 5)))
+                buf = io.BytesIO()
+                im.save(buf, "JPEG", quality=90)
+                data = buf.getvalue()
+        key = f"{path.stem}__{kind}"
+        (out / f"{key}.jpg").write_bytes(data)
+        (out / f"{key}.txt").write_text(caption, encoding="utf-8")
+        kinds[key] = kind
+    return kinds
+
+
+def first_captions(captions_csv: str | Path) -> dict[str, str]:
+    """photo stem -> its first caption, from a Flickr8k-style ``image,caption`` CSV."""
+    import csv
+
+    out: dict[str, str] = {}
+    with open(captions_csv, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(Path(row["image"]).stem, row["caption"])
+    return out

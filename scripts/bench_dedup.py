@@ -19,8 +19,9 @@ For each N, in one run:
    (2b. incremental: semantic_pairs(new=mask) for --new-frac of the rows, timed against the full
    run, and checked against a full run's pairs that touch a new row;)
 5. perceptual hashing on real photos (--photos, default ../shared/data/flickr8k/images): img/s on
-   one core for lakecurate's hash (JPEG draft decode), the same hash after a full-size decode
-   (baseline) and imagehash.phash when installed; then compute_phash end to end on a lake.
+   one core for lakecurate's image signals (hash + sharpness, entropy, colourfulness from one
+   reduced JPEG decode), the hash alone after a full-size decode
+   (baseline) and imagehash.phash when installed; then compute_image_signals end to end on a lake.
 
     python scripts/bench_dedup.py --n 100000 1000000 [--assign 4] [--hash-n 1000000]
     python scripts/bench_dedup.py --n --hash-n 0          # perceptual hashing only
@@ -32,14 +33,19 @@ import argparse
 import os
 import platform
 import threading
-from pathlib import Path
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import faiss
 import numpy as np
 
-from lakecurate.neardup import default_clusters, exact_pairs_bruteforce, hamming_pairs, semantic_pairs
+from lakecurate.neardup import (
+    default_clusters,
+    exact_pairs_bruteforce,
+    hamming_pairs,
+    semantic_pairs,
+)
 
 THRESHOLD = 0.95
 
@@ -261,7 +267,7 @@ def full_decode_phash(blobs: list[bytes]) -> np.ndarray:
 
     from PIL import Image
 
-    from lakecurate.dedup import phash_pixels
+    from lakecurate.signals import phash_pixels
 
     grays = []
     for b in blobs:
@@ -272,24 +278,25 @@ def full_decode_phash(blobs: list[bytes]) -> np.ndarray:
 
 def bench_phash(photos: Path, repeat: int) -> None:
     """Perceptual hashing throughput on real photos, one core, bytes already in memory; plus the
-    stage end to end (compute_phash on a lake: blob reads, spawned workers, commits)."""
+    stage end to end (compute_image_signals on a lake: blob reads, spawned workers, commits)."""
     import shutil
     import tempfile
 
     from lakecurate import Lake
-    from lakecurate.dedup import compute_phash, phash_bytes
+    from lakecurate.signals import compute_image_signals, phash_bytes
 
     files = sorted(photos.glob("*.jpg"))
     blobs = [f.read_bytes() for f in files]
     print(f"\nperceptual hash: {len(blobs)} photos from {photos} (mostly 500x375 JPEG), one core, best of {repeat}")
     rates = {}
     ours = phash_bytes(blobs)[0]
-    runs = {"lakecurate phash_bytes (JPEG draft decode)": lambda: phash_bytes(blobs),
-            "same hash after a full-size decode": lambda: full_decode_phash(blobs)}
+    runs = {"lakecurate image signals (hash+3 measures)": lambda: phash_bytes(blobs),
+            "hash only, after a full-size decode": lambda: full_decode_phash(blobs)}
     try:
+        import io
+
         import imagehash
         from PIL import Image
-        import io
 
         runs["imagehash.phash (full decode, scipy DCT)"] = lambda: [imagehash.phash(Image.open(io.BytesIO(b))) for b in blobs]
     except ImportError:
@@ -298,7 +305,7 @@ def bench_phash(photos: Path, repeat: int) -> None:
         best = min(_timed(fn) for _ in range(repeat))
         rates[name] = len(blobs) / best
         print(f"  {name:45s} {rates[name]:7.0f} img/s")
-    base = rates["same hash after a full-size decode"]
+    base = rates["hash only, after a full-size decode"]
     for name, rate in rates.items():
         print(f"  ratio {name} / full-size decode   {rate / base:.2f}")
     full = full_decode_phash(blobs)
@@ -309,9 +316,9 @@ def bench_phash(photos: Path, repeat: int) -> None:
         lake = Lake.create(tmp / "lake")
         lake.ingest(photos, progress=False)
         t0 = time.perf_counter()
-        n = compute_phash(lake, progress=False)
+        n = compute_image_signals(lake, progress=False)
         sec = time.perf_counter() - t0
-        print(f"  compute_phash on a lake ({len(os.sched_getaffinity(0))} worker processes, incl. spawn and commit): "
+        print(f"  compute_image_signals on a lake ({len(os.sched_getaffinity(0))} worker processes, incl. spawn and commit): "
               f"{n} rows in {sec:.1f} s = {n / sec:.0f} img/s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

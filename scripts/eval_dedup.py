@@ -12,7 +12,6 @@ photos arrive in two halves, as in tests/test_dedup.py.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lakecurate import Lake
-from lakecurate.plant import plant_duplicates, true_pairs
+from lakecurate.plant import first_captions, plant_duplicates, true_pairs
 
 
 def main() -> None:
@@ -31,10 +30,7 @@ def main() -> None:
     ap.add_argument("--originals", type=int, default=120)
     ap.add_argument("--incremental", action="store_true")
     args = ap.parse_args()
-    captions: dict[str, str] = {}
-    with open(args.data / "captions.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            captions.setdefault(Path(row["image"]).stem, row["caption"])
+    captions = first_captions(args.data / "captions.csv")
     tmp = Path(tempfile.mkdtemp())
     try:
         planted = plant_duplicates(sorted((args.data / "images").glob("*.jpg")), captions, tmp / "all",

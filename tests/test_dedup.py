@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 import shutil
@@ -16,8 +15,9 @@ from PIL import Image, ImageEnhance, ImageOps
 from lakecurate import Lake, LakeError
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
-from lakecurate.dedup import best_of_groups, equal_value_pairs, keep_rank, phash_bytes, phash_pixels
-from lakecurate.plant import plant_duplicates, true_pairs
+from lakecurate.dedup import best_of_groups, equal_value_pairs, keep_rank
+from lakecurate.plant import first_captions, plant_duplicates, true_pairs
+from lakecurate.signals import phash_bytes, phash_pixels
 
 from .conftest import SAMPLE_DATA
 
@@ -250,10 +250,7 @@ def planted_lake(flickr8k: Path, tmp_path_factory) -> tuple[Lake, list, list]:
     """All 800 photos plus planted copies of 120 (seed 1; the thresholds were chosen on seed 0),
     ingested, embedded (offline) and deduplicated in two steps: the second half arrives later."""
     pytest.importorskip("efficientnet_lite_pytorch")
-    captions: dict[str, str] = {}
-    with open(flickr8k / "captions.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            captions.setdefault(Path(row["image"]).stem, row["caption"])
+    captions = first_captions(flickr8k / "captions.csv")
     root = tmp_path_factory.mktemp("planted")
     planted = plant_duplicates(sorted((flickr8k / "images").glob("*.jpg")), captions, root / "all", n_originals=120, seed=1)
     halves = [root / "a", root / "b"]

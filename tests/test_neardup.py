@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from lakecurate import neardup
-from lakecurate.neardup import components, exact_pairs_bruteforce, hamming_pairs, semantic_pairs
+from lakecurate.neardup import (
+    components,
+    exact_pairs_bruteforce,
+    hamming_pairs,
+    semantic_pairs,
+)
 
 
 def _with_cosine(x: np.ndarray, cos: np.ndarray, rng: np.random.Generator) -> np.ndarray:

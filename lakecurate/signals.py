@@ -1,0 +1,402 @@
+"""Per-row signals as columns: caption text checks, privacy, and image features from one decode.
+
+Every function here that takes a batch is pure (values in, arrays out) and is tested on literals;
+``compute_caption_signals`` and ``compute_image_signals`` fill the columns per fragment through
+:mod:`lakecurate.columns` (only rows that lack them; a re-run is a no-op).
+
+Caption signals (from the ``caption`` column, no decode):
+
+| column | meaning |
+| --- | --- |
+| ``cap_words``, ``cap_chars`` | words (whitespace-separated) and characters |
+| ``cap_filename`` | the caption is a file name (``IMG_1234.JPG``, ``DSC00012``, ``photo.png``) |
+| ``cap_url`` | the caption contains a URL or a bare domain |
+| ``cap_boilerplate`` | stock/alt-text boilerplate ("image may contain", "stock photo", "untitled") |
+| ``cap_max_repeat`` | the longest run of one repeated character ("!!!!!!!!" -> 8) |
+| ``cap_nonprintable`` | control, format, private-use and replacement characters |
+| ``cap_emails``, ``cap_phones`` | e-mail addresses and phone numbers found (privacy) |
+| ``cap_lang``, ``cap_lang_prob`` | language (ISO 639-1) and its probability, from ``py3langid`` |
+
+Image signals (one reduced-size decode per image, in spawned workers):
+
+| column | meaning |
+| --- | --- |
+| ``phash``, ``phash_flip`` | 64-bit DCT perceptual hash of the image and of its mirror image (dedup) |
+| ``img_sharpness`` | variance of the Laplacian of the grayscale image at <= 128 px short side (blur: low) |
+| ``img_entropy`` | Shannon entropy of the grayscale histogram, bits (near-uniform images: low) |
+| ``img_colorfulness`` | Hasler & Suesstrunk colourfulness (grayscale images: ~0) |
+
+Width, height and aspect ratio come from the ingest columns (image header), so need no decode.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import re
+import unicodedata
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from lakecurate import columns
+
+if TYPE_CHECKING:
+    from lakecurate.lake import Lake
+
+# --------------------------------------------------------------------------- caption signals
+_EXT = r"(?:jpe?g|png|gif|webp|bmp|tiff?|heic|avif)"
+_FILENAME = re.compile(
+    rf"^\s*(?:[\w\-. ()\[\]]{{0,80}}\.{_EXT}|(?:img|dsc|dscn|dscf|dcim|pxl|mvimg|p|gopr|sam|wp|screenshot)[\s_-]?\d[\d_\- ]*)\s*$",
+    re.IGNORECASE)
+_URL = re.compile(r"(?:https?://|www\.)\S+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|co|uk|de|fr|info|biz|ru|cn)\b(?:/\S*)?",
+                  re.IGNORECASE)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}", re.IGNORECASE)
+# A run of digits with phone punctuation: 7-15 digits in all (E.164 allows 15), checked below.
+_PHONE = re.compile(r"(?<![\w@.])\+?\(?\d[\d\s().\-]{5,}\d(?![\w@])")
+BOILERPLATE = (
+    "image may contain", "may contain:", "stock photo", "stock image", "stock picture", "royalty free", "royalty-free",
+    "click here", "click to enlarge", "no description", "no caption", "untitled", "image not found",
+    "image unavailable", "placeholder", "thumbnail", "default image", "alt text", "all rights reserved",
+    "shutterstock", "getty images", "istock", "alamy", "dreamstime", "123rf", "depositphotos", "free download",
+    "download free", "lorem ipsum", "insert image", "enter image description",
+)
+_BOILERPLATE = re.compile("|".join(re.escape(b) for b in BOILERPLATE), re.IGNORECASE)
+_REPEAT = re.compile(r"(.)\1+", re.DOTALL)
+
+
+def phone_numbers(text: str) -> list[str]:
+    """Phone-number-like runs in ``text``: 7 to 15 digits with phone punctuation, not a date or
+    a plain number with thousands separators.
+
+    >>> phone_numbers("call +1 (555) 123-4567 or 555.987.6543, not 2012 or 1,000,000")
+    ['+1 (555) 123-4567', '555.987.6543']
+    """
+    out = []
+    for m in _PHONE.finditer(text):
+        s = m.group().strip(" .-/")
+        digits = sum(c.isdigit() for c in s)
+        if not 7 <= digits <= 15:
+            continue
+        if re.fullmatch(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}", s):  # a date
+            continue
+        out.append(s)
+    return out
+
+
+def redact(text: str | None) -> str | None:
+    """The caption with e-mail addresses and phone numbers replaced by [email] and [phone].
+
+    >>> redact("mail anna@example.com or call +44 20 7946 0000!")
+    'mail [email] or call [phone]!'
+    """
+    if text is None:
+        return None
+    text = _EMAIL.sub("[email]", text)
+    for p in sorted(phone_numbers(text), key=len, reverse=True):
+        text = text.replace(p, "[phone]")
+    return text
+
+
+def _nonprintable(text: str) -> int:
+    return sum(1 for c in text if (unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Cn") and c not in "\t\n\r")
+               or c == "\ufffd")
+
+
+_LANGID: Any = None
+
+
+def _language(texts: Sequence[str]) -> tuple[list[str | None], list[float | None]]:
+    global _LANGID
+    try:
+        from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+    except ImportError:  # the signal is optional: without the library the column stays null
+        return [None] * len(texts), [None] * len(texts)
+    if _LANGID is None:
+        _LANGID = LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
+    langs, probs = [], []
+    for t in texts:
+        if t and t.strip():
+            lang, p = _LANGID.classify(t)
+            langs.append(lang)
+            probs.append(float(p))
+        else:
+            langs.append(None)
+            probs.append(None)
+    return langs, probs
+
+
+CAPTION_FIELDS = [
+    pa.field("cap_words", pa.int32()), pa.field("cap_chars", pa.int32()), pa.field("cap_filename", pa.bool_()),
+    pa.field("cap_url", pa.bool_()), pa.field("cap_boilerplate", pa.bool_()), pa.field("cap_max_repeat", pa.int32()),
+    pa.field("cap_nonprintable", pa.int32()), pa.field("cap_emails", pa.int32()), pa.field("cap_phones", pa.int32()),
+    pa.field("cap_lang", pa.string()), pa.field("cap_lang_prob", pa.float32()),
+]
+
+
+def caption_signals(captions: Sequence[str | None]) -> pa.Table:
+    """Caption signals for a batch of captions (null caption: null signals).
+
+    >>> t = caption_signals(["IMG_1234.JPG", "a dog!!!!!!! see www.dogs.com", None])
+    >>> t.column("cap_filename").to_pylist(), t.column("cap_url").to_pylist(), t.column("cap_max_repeat").to_pylist()
+    ([True, False, None], [False, True, None], [1, 7, None])
+    """
+    cols: dict[str, list] = {f.name: [] for f in CAPTION_FIELDS}
+    for c in captions:
+        if c is None:
+            for name in cols:
+                if name not in ("cap_lang", "cap_lang_prob"):
+                    cols[name].append(None)
+            continue
+        cols["cap_words"].append(len(c.split()))
+        cols["cap_chars"].append(len(c))
+        cols["cap_filename"].append(bool(_FILENAME.match(c)))
+        cols["cap_url"].append(bool(_URL.search(_EMAIL.sub(" ", c))) and not _FILENAME.match(c))  # an e-mail is not a URL
+        cols["cap_boilerplate"].append(bool(_BOILERPLATE.search(c)))
+        cols["cap_max_repeat"].append(max((len(m.group()) for m in _REPEAT.finditer(c)), default=1 if c else 0))
+        cols["cap_nonprintable"].append(_nonprintable(c))
+        cols["cap_emails"].append(len(_EMAIL.findall(c)))
+        cols["cap_phones"].append(len(phone_numbers(_EMAIL.sub(" ", c))))
+    cols["cap_lang"], cols["cap_lang_prob"] = _language([c or "" for c in captions])
+    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in CAPTION_FIELDS})
+
+
+# --------------------------------------------------------------------------- image signals
+_HASH_SIZE, _DCT_SIZE, _WORK_SIDE = 8, 32, 128
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    return np.cos(np.pi * (2 * i + 1) * k / (2 * n)).astype(np.float32)
+
+
+_DCT = _dct_matrix(_DCT_SIZE)
+_BITS = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)  # first coefficient -> highest bit
+# Mirroring an image left-right multiplies horizontal frequency k by (-1)^k.
+_MIRROR = np.where(np.arange(_HASH_SIZE) % 2, -1.0, 1.0).astype(np.float32)
+
+
+def phash_pixels(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pHash of B grayscale 32x32 images (B x 32 x 32) and of their mirror images: two uint64 arrays.
+
+    The 2-D DCT's top-left 8 x 8 coefficients, each bit set when above their median (the pHash of
+    imagehash/Zauner 2010). The mirror's hash comes from the same DCT with odd horizontal
+    frequencies negated, so flips cost no second decode.
+
+    >>> g = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    >>> h, hf = phash_pixels(g)
+    >>> bool(h[0] == phash_pixels(g[:, :, ::-1].copy())[1][0])  # the mirror's hash = the hash of the mirror
+    True
+    """
+    x = np.asarray(gray, dtype=np.float32)
+    low = (_DCT[:_HASH_SIZE] @ x @ _DCT[:_HASH_SIZE].T).reshape(len(x), -1)
+    mirrored = (low.reshape(-1, _HASH_SIZE, _HASH_SIZE) * _MIRROR).reshape(len(x), -1)
+
+    def pack(c: np.ndarray) -> np.ndarray:
+        bits = c > np.median(c, axis=1, keepdims=True)
+        return (bits.astype(np.uint64) * _BITS).sum(axis=1, dtype=np.uint64)
+
+    return pack(low), pack(mirrored)
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian (Pech-Pacheco et al. 2000): low for blurred images.
+
+    >>> flat = np.full((20, 20), 128.0); edges = np.tile([0.0, 255.0], (20, 10))
+    >>> sharpness(flat), sharpness(edges) > 1000
+    (0.0, True)
+    """
+    g = np.asarray(gray, dtype=np.float32)
+    if g.shape[0] < 3 or g.shape[1] < 3:
+        return 0.0
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def entropy(gray: np.ndarray) -> float:
+    """Shannon entropy (bits) of the 256-bin histogram: 0 for a uniform image, <= 8."""
+    counts = np.bincount(np.asarray(gray, dtype=np.uint8).ravel(), minlength=256)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def colorfulness(rgb: np.ndarray) -> float:
+    """Hasler & Suesstrunk (2003) colourfulness: ~0 for grayscale, ~15 dull, >= 50 vivid."""
+    r, g, b = (np.asarray(rgb[..., k], dtype=np.float32) for k in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+IMAGE_FIELDS = [
+    pa.field("phash", pa.uint64()), pa.field("phash_flip", pa.uint64()), pa.field("img_sharpness", pa.float32()),
+    pa.field("img_entropy", pa.float32()), pa.field("img_colorfulness", pa.float32()),
+]
+
+
+def image_signals_one(data: bytes | None) -> tuple[np.ndarray, np.ndarray, float, float, float] | None:
+    """(32x32 gray for the hash, 0, sharpness, entropy, colourfulness) of one encoded image, or None."""
+    from PIL import Image
+
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (_WORK_SIDE, _WORK_SIDE))  # JPEG: decode at 1/2..1/8 scale, >= 128 px
+            im.seek(0)
+            rgb = im.convert("RGB")
+            w, h = rgb.size
+            scale = _WORK_SIDE / min(w, h)
+            if scale < 1:  # the same working resolution for every image: sharpness depends on scale
+                rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+            gray = rgb.convert("L")
+            small = np.asarray(gray.resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BOX), dtype=np.float32)
+            g = np.asarray(gray)
+            # colourfulness is a statistic of the whole image: every other pixel gives the same figure, 4x cheaper
+            return small, np.zeros(0), sharpness(g), entropy(g), colorfulness(np.asarray(rgb)[::2, ::2])
+    except Exception:  # Pillow raises many types on bad data; the row just gets no signals
+        return None
+
+
+def image_signals(blobs: Sequence[bytes | None]) -> pa.Table:
+    """Image signals for a batch of encoded images (undecodable: null)."""
+    got = [image_signals_one(b) for b in blobs]
+    valid = np.array([g is not None for g in got], dtype=bool)
+    h = np.zeros(len(blobs), np.uint64)
+    hf = np.zeros(len(blobs), np.uint64)
+    if valid.any():
+        h[valid], hf[valid] = phash_pixels(np.stack([g[0] for g in got if g is not None]))
+    mask = ~valid
+
+    def floats(k: int) -> pa.Array:
+        return pa.array(np.array([g[k] if g is not None else 0.0 for g in got], np.float32), pa.float32(), mask=mask)
+
+    return pa.table({"phash": pa.array(h, pa.uint64(), mask=mask), "phash_flip": pa.array(hf, pa.uint64(), mask=mask),
+                     "img_sharpness": floats(2), "img_entropy": floats(3), "img_colorfulness": floats(4)})
+
+
+def phash_bytes(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(phash, phash_flip, valid) for a list of encoded images."""
+    t = image_signals(blobs)
+    valid = ~np.asarray(t.column("phash").is_null().to_numpy(zero_copy_only=False), bool)
+    return (t.column("phash").fill_null(0).to_numpy(), t.column("phash_flip").fill_null(0).to_numpy(), valid)
+
+
+# --------------------------------------------------------------------------- filling the columns
+IMAGE_BATCH = 256
+_WORKER: dict[str, Any] = {}
+
+
+def _init_reader(table_uri: str, version: int, storage_options: dict | None) -> None:
+    import lance
+
+    _WORKER["ds"] = lance.dataset(table_uri, version=version, storage_options=storage_options)
+
+
+def _image_batch(item: tuple[int, int, int]) -> tuple[int, np.ndarray, pa.Table]:
+    """Signals of one batch of a fragment's live rows (runs in a spawned worker or inline)."""
+    ds = _WORKER["ds"]
+    fid, start, limit = item
+    tbl = ds.get_fragment(fid).to_table(columns=["id"], with_row_address=True, offset=start, limit=limit)
+    addrs = tbl.column("_rowaddr").to_pylist()
+    blobs = [b for _, b in ds.read_blobs("image", addresses=addrs, preserve_order=True)] if addrs else []
+    return fid, np.asarray(addrs, np.int64) & 0xFFFFFFFF, image_signals(blobs)
+
+
+def physical(frag_rows: int, offsets: np.ndarray, table: pa.Table) -> pa.Table:
+    """Rows at live-row offsets -> a table over all physical rows of the fragment (deleted rows null)."""
+    order = np.full(frag_rows, -1, np.int64)
+    order[offsets] = np.arange(len(offsets))
+    return table.take(pa.array(order, mask=order < 0))
+
+
+def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress: bool | None = None) -> int:
+    """Fill the image signal columns for every fragment that lacks them; returns rows decoded.
+
+    One commit per fragment, so a killed run loses at most the fragment in flight.
+    """
+    ds = lake.dataset()
+    config = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side", "hash": "dct-phash 32->8x8",
+              "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}
+    prov = columns.provenance("signals-image", config, ["image"], ds.version)
+    columns.declare(lake, IMAGE_FIELDS, prov)
+    ds = lake.dataset()
+    todo = columns.fragments_to_fill(ds, IMAGE_FIELDS[0].name)
+    items = [(f.fragment_id, s, min(IMAGE_BATCH, n - s)) for f in todo for n in [f.count_rows()]
+             for s in range(0, n, IMAGE_BATCH)]
+    if not items:
+        return 0
+    if workers is None:
+        workers = max(1, min(8, os.cpu_count() or 1)) if len(items) > 8 else 0
+    init = (lake.table_uri, ds.version, lake.storage_options)
+    remaining = {f.fragment_id: 0 for f in todo}
+    for fid, _, _ in items:
+        remaining[fid] += 1
+    parts: dict[int, list] = {fid: [] for fid in remaining}
+    frags = {f.fragment_id: f for f in todo}
+    bar = tqdm(total=sum(n for _, _, n in items), desc="image signals", unit="img",
+               disable=(not progress) if progress is not None else None)
+    done = 0
+
+    def results():
+        if workers <= 0:
+            _init_reader(*init)
+            yield from map(_image_batch, items)
+            return
+        ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=init) as pool:
+            yield from pool.map(_image_batch, items, chunksize=2)
+
+    try:
+        for fid, offsets, table in results():
+            parts[fid].append((offsets, table))
+            bar.update(len(offsets))
+            done += len(offsets)
+            remaining[fid] -= 1
+            if remaining[fid] == 0:
+                got = parts.pop(fid)
+                offsets = np.concatenate([p[0] for p in got])
+                table = pa.concat_tables([p[1] for p in got])
+                columns.fill_fragment(lake, fid, physical(frags[fid].physical_rows, offsets, table))
+    finally:
+        bar.close()
+    return done
+
+
+def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> int:
+    """Fill the caption signal columns for every fragment that lacks them; returns rows read."""
+    ds = lake.dataset()
+    config = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
+              "email": _EMAIL.pattern, "phone": _PHONE.pattern, "language": "py3langid norm_probs"}
+    prov = columns.provenance("signals-caption", config, ["caption"], ds.version)
+    columns.declare(lake, CAPTION_FIELDS, prov)
+    ds = lake.dataset()
+    done = 0
+    todo = columns.fragments_to_fill(ds, CAPTION_FIELDS[0].name)
+    for frag in tqdm(todo, desc="caption signals", unit="fragment", disable=(not progress) if progress is not None else None):
+        tbl = frag.to_table(columns=["caption"], with_row_address=True)
+        offsets = tbl.column("_rowaddr").to_numpy() & 0xFFFFFFFF
+        signals = caption_signals(tbl.column("caption").to_pylist())
+        columns.fill_fragment(lake, frag.fragment_id, physical(frag.physical_rows, offsets, signals))
+        done += tbl.num_rows
+    return done
+
+
+def compute_redacted(lake: "Lake", column: str = "caption_redacted") -> int:
+    """Add ``caption_redacted`` (e-mails and phone numbers replaced); ``caption`` is never modified."""
+    ds = lake.dataset()
+    prov = columns.provenance("signals-redact", {"email": _EMAIL.pattern, "phone": _PHONE.pattern}, ["caption"], ds.version)
+    columns.declare(lake, [pa.field(column, pa.string())], prov)
+    ds = lake.dataset()
+    done = 0
+    for frag in columns.fragments_to_fill(ds, column):
+        tbl = frag.to_table(columns=["caption"], with_row_address=True)
+        offsets = tbl.column("_rowaddr").to_numpy() & 0xFFFFFFFF
+        red = pa.table({column: pa.array([redact(c) for c in tbl.column("caption").to_pylist()], pa.string())})
+        columns.fill_fragment(lake, frag.fragment_id, physical(frag.physical_rows, offsets, red))
+        done += tbl.num_rows
+    return done
