@@ -283,9 +283,8 @@ def dedup(
     report.rows = n
     ids = np.asarray(tbl.column("id").to_numpy(zero_copy_only=False), dtype=object)
     id_index = {v: k for k, v in enumerate(ids)}
-    score = (tbl.column(f"{emb}_score").to_numpy(zero_copy_only=False).astype(np.float64)
-             if emb is not None else np.full(n, np.nan))
-    score = np.where(np.equal(score, None), np.nan, score).astype(np.float64) if score.dtype == object else score
+    score = (pc.fill_null(pc.cast(tbl.column(f"{emb}_score"), pa.float64()), float("nan")).to_numpy()
+             if emb is not None else np.full(n, np.nan))  # no score: ranks after every scored row
     pixels = (pc.fill_null(pc.multiply(pc.cast(tbl.column("width"), pa.int64()), pc.cast(tbl.column("height"), pa.int64())), 0)
               .to_numpy())
     ingested = pc.fill_null(pc.cast(tbl.column("ingested_at"), pa.int64()), 0).to_numpy()
