@@ -286,6 +286,99 @@ def curate(lake: str, recipe: str, as_json: bool) -> None:
     click.echo(f"reopen: lakecurate sql {lake} \"SELECT key, caption FROM pairs WHERE keep\" --version {rep.tag}")
 
 
+# --------------------------------------------------------------------------- concepts and export
+@main.command()
+@lake_argument
+@click.option("-k", "k", type=int, help="Concepts (default: sqrt of the embedded rows, 2..4096).")
+@click.option("--embedding", help="Embedding columns to cluster (default: the lake's only embedding).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--recompute", is_flag=True, help="Replace concepts made with other settings.")
+@_friendly_errors
+def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recompute: bool) -> None:
+    """Cluster LAKE's image embeddings into concepts: concept and concept_dist columns.
+
+    Example: lakecurate cluster ./lake -k 100
+    """
+    rep = Lake.open(lake).cluster(k, embedding=embedding, seed=seed, recompute=recompute)
+    sizes = sorted((c["size"] for c in rep.concepts), reverse=True)
+    click.echo(f"{rep.k} concepts over {rep.rows} rows in {rep.seconds:.1f} s; sizes: largest {sizes[:5]}, "
+               f"smallest {sizes[-5:]}")
+
+
+@main.command()
+@lake_argument
+@click.option("--target", type=float, default=0.5, show_default=True, help="Rows to keep: a fraction (<= 1) or a count.")
+@click.option("--temperature", type=float, default=0.5, show_default=True,
+              help="Softmax temperature over concept complexity: lower prunes simple concepts harder.")
+@click.option("--rule", type=click.Choice(["far", "random"]), default="far", show_default=True,
+              help="Inside a concept keep the rows farthest from the centroid first, or at random.")
+@click.option("--max-repeats", type=int, default=1, show_default=True, help="Up-sample small complex concepts up to this many times.")
+@click.option("--where", help="Candidate rows (SQL; default: keep, when a recipe ran).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report, with the per-concept table, as JSON.")
+@_friendly_errors
+def rebalance(lake: str, target: float, temperature: float, rule: str, max_repeats: int, where: str | None, seed: int,
+              as_json: bool) -> None:
+    """Keep fewer rows of dense, simple concepts and more of rare, complex ones (never deletes).
+
+    Writes rebalance_keep, sample_weight and repeats, and prints the per-concept table (size,
+    spread, isolation, complexity, budget, kept).
+
+    Example: lakecurate rebalance ./lake --target 0.5 --max-repeats 3
+    """
+    rep = Lake.open(lake).rebalance(int(target) if target > 1 else target, temperature=temperature, rule=rule,
+                                    max_repeats=max_repeats, where=where, seed=seed)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2, default=float))
+        return
+    rows = sorted(rep.concepts, key=lambda c: -c["size"])
+    _echo_table(rows[:10] + (rows[-5:] if len(rows) > 15 else rows[10:]),
+                ["concept", "size", "spread", "isolation", "complexity", "budget", "kept", "repeats"])
+    click.echo(f"\nkept {rep.kept} of {rep.rows} candidate rows ({rep.exported_rows} samples with repeats) "
+               f"over {rep.k} concepts in {rep.seconds:.1f} s")
+
+
+@main.command()
+@lake_argument
+@click.option("--mode", type=click.Choice(["interleave", "random", "curriculum"]), default="interleave", show_default=True)
+@click.option("--score", help="Curriculum column (prefix '-' for descending), e.g. offline_score.")
+@click.option("--shard-size", type=int, default=10_000, show_default=True)
+@click.option("--where", help="Rows to order (default: rebalance_keep, else keep, else all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly_errors
+def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: str | None, seed: int) -> None:
+    """Write a training order (seq_order) and shard assignment (seq_shard) for LAKE's chosen rows.
+
+    Example: lakecurate sequence ./lake --mode interleave
+    """
+    out = Lake.open(lake).sequence(mode, score=score, shard_size=shard_size, where=where, seed=seed)
+    click.echo(f"ordered {out['rows']} rows ({out['mode']}, where {out['where']}) into {out['shards']} shards")
+
+
+@main.command("export")
+@lake_argument
+@click.argument("dest", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["webdataset", "parquet", "lance"]), default="webdataset", show_default=True)
+@click.option("--version", "at_version", help="Export the lake as of this version or tag (e.g. a recipe's tag).")
+@click.option("--where", help="Rows to export (default: rebalance_keep, else keep, else usable images).")
+@click.option("--caption", default="caption", show_default=True, help="Caption column, e.g. caption_redacted.")
+@click.option("--no-repeats", is_flag=True, help="Write each row once even when it has repeats.")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="WebDataset samples per shard.")
+@click.option("--overwrite", is_flag=True)
+@_friendly_errors
+def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: str | None, caption: str,
+               no_repeats: bool, shard_size: int, overwrite: bool) -> None:
+    """Export the chosen rows of LAKE to DEST for training, in order and with repeats, plus a manifest.
+
+    Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted
+    """
+    version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
+    rep = Lake.open(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
+                                 shard_size=shard_size, overwrite=overwrite)
+    click.echo(f"exported {rep.samples} samples ({rep.rows} pairs) from version {rep.version} where {rep.where} "
+               f"to {rep.dest} ({rep.format}, {len(rep.files)} files, {rep.bytes / 2**20:.1f} MiB) in {rep.seconds:.1f} s")
+
+
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @lake_argument

@@ -240,6 +240,30 @@ class Lake:
 
         return curate(self, recipe, **options)
 
+    def cluster(self, k: int | None = None, **options: Any) -> Any:
+        """k-means concepts: ``concept``/``concept_dist`` columns; see :func:`lakecurate.concepts.cluster`."""
+        from lakecurate.concepts import cluster
+
+        return cluster(self, k, **options)
+
+    def rebalance(self, target: float | int = 0.5, **options: Any) -> Any:
+        """Per-concept budgets: ``rebalance_keep``/``sample_weight``/``repeats``; see :func:`lakecurate.concepts.rebalance`."""
+        from lakecurate.concepts import rebalance
+
+        return rebalance(self, target, **options)
+
+    def sequence(self, mode: str = "interleave", **options: Any) -> Any:
+        """A training order: ``seq_order``/``seq_shard``; see :func:`lakecurate.concepts.sequence`."""
+        from lakecurate.concepts import sequence
+
+        return sequence(self, mode, **options)
+
+    def export(self, dest: str | os.PathLike, format: str = "webdataset", **options: Any) -> Any:
+        """WebDataset / Parquet / Lance export of the chosen rows; see :func:`lakecurate.export.export`."""
+        from lakecurate.export import export
+
+        return export(self, dest, format, **options)
+
     def search(self, query: Any, k: int = 10, **options: Any) -> pd.DataFrame:
         """Nearest pairs to a text or an image; see :func:`lakecurate.search.search`.
 

@@ -231,3 +231,43 @@ def first_captions(captions_csv: str | Path) -> dict[str, str]:
         for row in csv.DictReader(f):
             out.setdefault(Path(row["image"]).stem, row["caption"])
     return out
+
+
+def plant_skew(
+    photos: Sequence[Path],
+    captions: dict[str, str],
+    out_dir: str | Path,
+    *,
+    dominant: int = 2,
+    copies: int = 100,
+    seed: int = 0,
+) -> dict[str, str]:
+    """A skewed concept mix: every photo once, plus ``copies`` near copies (one or two ``EDITS``
+    each) of each of ``dominant`` photos, so that one concept dominates. Returns key -> "dominant"
+    (the chosen photos and their copies) or "other"."""
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = sorted(photos)
+    chosen = set(rng.sample([p.stem for p in photos], dominant))
+    labels: dict[str, str] = {}
+    for path in photos:
+        kind = "dominant" if path.stem in chosen else "other"
+        (out / f"{path.stem}.jpg").write_bytes(path.read_bytes())
+        (out / f"{path.stem}.txt").write_text(captions.get(path.stem, ""), encoding="utf-8")
+        labels[path.stem] = kind
+        if kind != "dominant":
+            continue
+        with Image.open(path) as src:
+            src.load()
+            for c in range(copies):
+                im = src
+                for e in rng.sample(EDITS, rng.randint(1, 2)):
+                    im = edit_image(im, e, rng)
+                buf = io.BytesIO()
+                im.convert("RGB").save(buf, "JPEG", quality=rng.randint(75, 95))
+                key = f"{path.stem}__copy{c:03d}"
+                (out / f"{key}.jpg").write_bytes(buf.getvalue())
+                (out / f"{key}.txt").write_text(captions.get(path.stem, ""), encoding="utf-8")
+                labels[key] = "dominant"
+    return labels

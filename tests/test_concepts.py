@@ -1,0 +1,175 @@
+"""Concepts, rebalancing, sequencing and export: literal checks, round trips, a skewed Flickr8k mix."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError
+from lakecurate.cli import main
+from lakecurate.columns import field_provenance
+from lakecurate.concepts import budgets, complexity
+from lakecurate.plant import first_captions, plant_skew
+
+
+def test_budgets_literal():
+    sizes = np.array([100, 10, 10, 0])
+    b = budgets(sizes, np.array([0.01, 0.2, 0.2, 0.0]), 60, 0.5)
+    assert b.tolist() == [40, 10, 10, 0] and b.sum() == 60  # rare, complex concepts capped at their size
+    even = budgets(np.array([50, 50]), np.array([0.3, 0.3]), 50, 0.5)
+    assert even.tolist() == [25, 25]
+    colder = budgets(np.array([50, 50]), np.array([0.1, 0.3]), 40, 0.1)
+    warmer = budgets(np.array([50, 50]), np.array([0.1, 0.3]), 40, 10.0)
+    assert colder[0] < warmer[0] <= 20  # lower temperature prunes the simple concept harder
+    assert budgets(np.array([5, 5]), np.array([1.0, 1.0]), 100, 0.5).tolist() == [5, 5]  # target above the size
+
+
+def test_complexity_literal():
+    tight = np.array([[1, 0], [0.999, 0.045], [0.999, -0.045]], np.float32)
+    loose = np.array([[0, 1], [0.6, 0.8], [-0.6, 0.8]], np.float32)
+    x = np.concatenate([tight, loose])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t = complexity(x, np.array([0, 0, 0, 1, 1, 1]), 2)
+    assert t["size"].tolist() == [3, 3]
+    assert t.loc[0, "spread"] < t.loc[1, "spread"] and t.loc[0, "complexity"] < t.loc[1, "complexity"]
+    assert t.loc[0, "isolation"] == pytest.approx(t.loc[1, "isolation"])
+
+
+@pytest.fixture
+def lake3(sample_lake_embedded: Lake, tmp_path: Path) -> Lake:
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.cluster(4)
+    lake.rebalance(0.6, max_repeats=3, temperature=0.2)
+    lake.sequence("interleave")
+    return lake
+
+
+def test_columns_and_provenance(lake3: Lake):
+    df = lake3.to_pandas(["concept", "concept_dist", "rebalance_keep", "sample_weight", "repeats", "seq_order",
+                          "clip_tinyrandom_image"])
+    has_vec = df["clip_tinyrandom_image"].notna()
+    assert df.loc[has_vec, "concept"].between(0, 3).all() and df.loc[~has_vec, "concept"].isna().all()
+    assert (df.loc[has_vec, "concept_dist"] >= -1e-5).all()
+    kept = df["rebalance_keep"]
+    assert kept.sum() == round(0.6 * has_vec.sum())
+    assert df.loc[kept, "repeats"].between(1, 3).all() and df.loc[~kept, "repeats"].isna().all()
+    assert sorted(df.loc[kept, "seq_order"].astype(int)) == list(range(int(kept.sum())))
+    # interleave: the first rows of the order come from different concepts
+    first = df[kept].sort_values("seq_order")["concept"].tolist()
+    n_concepts = len(set(first))
+    assert len(set(first[:n_concepts])) == n_concepts
+    prov = field_provenance(lake3.dataset().schema.field("rebalance_keep"))
+    assert prov["stage"] == "rebalance" and prov["config"]["target"] == 0.6
+    assert lake3.count() == 28  # nothing deleted
+
+
+def read_wds(folder: Path) -> list[dict]:
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in folder.glob("shard-*.tar"))
+    return list(wds.WebDataset(shards, shardshuffle=False))
+
+
+def expected(lake: Lake) -> list[tuple[str, int, bytes]]:
+    """(id, copy, image bytes) in export order: seq_order, then copies spread after all first copies."""
+    df = lake.to_pandas(["id", "seq_order", "repeats", "image"], where="rebalance_keep").sort_values("seq_order")
+    out = []
+    for r in range(int(df["repeats"].max())):
+        out += [(i, r, img) for i, reps, img in zip(df["id"], df["repeats"], df["image"]) if reps > r]
+    return out
+
+
+def test_webdataset_round_trip(lake3: Lake, tmp_path: Path):
+    rep = lake3.export(tmp_path / "wds", "webdataset", shard_size=5)
+    want = expected(lake3)
+    got = read_wds(tmp_path / "wds")
+    assert rep.samples == len(want) == len(got) and rep.shards == -(-len(want) // 5)
+    for (i, r, img), sample in zip(want, got):
+        meta = json.loads(sample["json"])
+        assert (meta["id"], meta["copy"]) == (i, r)
+        image = next(v for k, v in sample.items() if k in ("jpg", "png", "gif", "webp", "bmp", "tiff"))
+        assert image == img
+        assert isinstance(sample["txt"], bytes)
+    manifest = json.loads((tmp_path / "wds" / "manifest.json").read_text())
+    assert manifest["samples"] == len(want) and manifest["version"] == lake3.version
+    assert manifest["rebalance"]["target"] == 0.6 and manifest["source_lake"] == lake3.uri
+    with pytest.raises(LakeError, match="not empty"):
+        lake3.export(tmp_path / "wds", "webdataset")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "lance"])
+def test_table_round_trips(lake3: Lake, tmp_path: Path, fmt: str):
+    dest = tmp_path / f"out.{fmt}"
+    rep = lake3.export(dest, fmt)
+    tbl = pq.read_table(dest) if fmt == "parquet" else lance.dataset(str(dest)).to_table()
+    want = expected(lake3)
+    assert tbl.num_rows == rep.samples == len(want)
+    assert list(zip(tbl.column("id").to_pylist(), tbl.column("copy").to_pylist())) == [(i, r) for i, r, _ in want]
+    assert tbl.column("image").to_pylist() == [img for _, _, img in want]
+    manifest = json.loads(Path(f"{dest}.manifest.json").read_text())
+    assert manifest["format"] == fmt and manifest["samples"] == len(want)
+
+
+def test_export_version_where_and_errors(lake3: Lake, tmp_path: Path):
+    lake3.tag("balanced")
+    version = lake3.version
+    lake3.rebalance(0.3, temperature=0.2)  # a later decision; the tag still exports the first one
+    rep = lake3.export(tmp_path / "a.parquet", "parquet", version="balanced", repeats=False)
+    assert rep.version == version and rep.samples == rep.rows
+    rep = lake3.export(tmp_path / "b.parquet", "parquet", where="ingest_status = 'ok'")
+    assert rep.rows == lake3.count("ingest_status = 'ok'")
+    with pytest.raises(LakeError, match="--where"):
+        lake3.export(tmp_path / "c.parquet", "parquet", where="no_such_column > 1")
+    with pytest.raises(LakeError, match="unknown export format"):
+        lake3.export(tmp_path / "d", "csv")
+
+
+def test_cli_concepts(sample_lake_embedded: Lake, tmp_path: Path):
+    uri = str(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    runner = CliRunner()
+    for args in (["cluster", uri, "-k", "3"], ["rebalance", uri, "--target", "0.5"], ["sequence", uri, "--mode", "random"],
+                 ["export", uri, str(tmp_path / "wds")]):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 0, (args, res.output)
+    assert "concept" in runner.invoke(main, ["rebalance", uri, "--target", "0.5"]).output
+    assert len(list((tmp_path / "wds").glob("shard-*.tar"))) == 1
+    with tarfile.open(next((tmp_path / "wds").glob("shard-*.tar"))) as tar:
+        names = tar.getnames()
+    assert names[0].endswith((".jpg", ".png")) and names[1].endswith(".txt") and names[2].endswith(".json")
+    res = runner.invoke(main, ["sequence", uri, "--mode", "curriculum"])
+    assert res.exit_code == 1 and "--score" in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_skewed_mix_rebalances(flickr8k: Path, tmp_path: Path):
+    """One concept made dominant by 2 x 100 near copies among 300 photos: after rebalancing to half
+    the rows its share falls at least 2x, and >= 90% of the rarest concepts' rows survive."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    photos = sorted((flickr8k / "images").glob("*.jpg"))[:300]
+    labels = plant_skew(photos, first_captions(flickr8k / "captions.csv"), tmp_path / "src", dominant=2, copies=100, seed=0)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(tmp_path / "src", progress=False)
+    lake.embed("offline", progress=False)
+    lake.cluster()
+    rep = lake.rebalance(0.5)
+    df = lake.to_pandas(["key", "concept", "rebalance_keep"])
+    df["dominant"] = [labels[Path(k).stem] == "dominant" for k in df["key"]]
+    before = df["dominant"].mean()
+    after = df.loc[df["rebalance_keep"], "dominant"].mean()
+    assert rep.kept == round(0.5 * len(df))
+    assert after <= before / 2, (before, after)
+    sizes = df.groupby("concept").size().sort_values()
+    rare = sizes.index[np.cumsum(sizes.to_numpy()) <= 0.1 * len(df)]
+    assert len(rare) >= 3
+    survived = df.loc[df["concept"].isin(rare), "rebalance_keep"].mean()
+    assert survived >= 0.9, (survived, sizes.head(10).to_dict())
