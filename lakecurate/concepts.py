@@ -78,6 +78,12 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> tuple[np.nd
     return km.centroids, assign[:, 0].astype(np.int32)
 
 
+def centroid_distance(x: np.ndarray, centroids: np.ndarray, label: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Cosine distance of each row to its centroid, in chunks (never an N x d gather)."""
+    return np.concatenate([1 - np.einsum("ij,ij->i", x[s : s + chunk], centroids[label[s : s + chunk]])
+                           for s in range(0, len(x), chunk)]) if len(x) else np.zeros(0, np.float32)
+
+
 def complexity(x: np.ndarray, label: np.ndarray, k: int) -> pd.DataFrame:
     """Per concept: size, spread (mean cosine distance to the centroid), isolation (cosine distance
     from the centroid to the nearest other centroid) and complexity = spread x isolation."""
@@ -88,8 +94,7 @@ def complexity(x: np.ndarray, label: np.ndarray, k: int) -> pd.DataFrame:
     member = csr_matrix((np.ones(len(label), np.float32), (label, np.arange(len(label)))), shape=(k, len(label)))
     sums = np.asarray(member @ x, dtype=np.float64)
     cent = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    dist = np.concatenate([1 - np.einsum("ij,ij->i", x[s : s + 65536], cent[label[s : s + 65536]])
-                           for s in range(0, len(x), 65536)]) if len(x) else np.zeros(0)
+    dist = centroid_distance(x, cent, label)
     spread = np.bincount(label, weights=dist, minlength=k) / np.maximum(sizes, 1)
     sim = cent @ cent.T
     np.fill_diagonal(sim, -np.inf)
@@ -192,7 +197,7 @@ def cluster(lake: "Lake", k: int | None = None, *, embedding: str | None = None,
     label = np.full(len(x), -1, np.int32)
     label[valid] = assign
     dist = np.full(len(x), np.nan, np.float32)
-    dist[valid] = 1 - np.einsum("ij,ij->i", x[valid], cent[assign])
+    dist[valid] = centroid_distance(x[valid], cent, assign)
     prov = columns.provenance("concepts", {"embedding": emb, "k": k, "seed": seed, "algorithm": "faiss spherical k-means"},
                               [f"{emb}_image"], ds.version)
     fields = [pa.field("concept", pa.int32()), pa.field("concept_dist", pa.float32())]

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from lakecurate.concepts import budgets, complexity, default_k, kmeans
+from lakecurate.concepts import budgets, centroid_distance, complexity, default_k, kmeans
 
 
 class PeakRSS:
@@ -96,7 +96,7 @@ def main() -> None:
             t0 = time.perf_counter()
             table = complexity(x, label, k)
             quota = budgets(table["size"].to_numpy(), table["complexity"].to_numpy(), n // 2, 0.5)
-            dist = 1 - np.einsum("ij,ij->i", x, cent[label])
+            dist = centroid_distance(x, cent, label)
             order = np.lexsort((-dist, label))
             starts = np.searchsorted(label[order], np.arange(k))
             keep = np.zeros(n, bool)
