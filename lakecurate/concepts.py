@@ -113,10 +113,7 @@ def budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, temperature
     [40, 10, 10]
     """
     sizes = np.asarray(sizes, np.int64)
-    c = np.asarray(complexity_, np.float64)
-    c = c / (c[sizes > 0].mean() or 1.0)
-    w = np.exp((c - c[sizes > 0].max()) / max(temperature, 1e-6))
-    w[sizes == 0] = 0
+    w = _softmax_weights(sizes, complexity_, temperature)
     target = int(min(target, sizes.sum()))
     out = np.zeros(len(sizes), np.float64)
     free = sizes > 0
@@ -144,12 +141,17 @@ def budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, temperature
 
 def raw_budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, temperature: float) -> np.ndarray:
     """The uncapped softmax budgets (what each concept *would* get): the up-sampling signal."""
-    sizes = np.asarray(sizes, np.int64)
+    w = _softmax_weights(np.asarray(sizes, np.int64), complexity_, temperature)
+    return target * w / w.sum()
+
+
+def _softmax_weights(sizes: np.ndarray, complexity_: np.ndarray, temperature: float) -> np.ndarray:
+    """exp(complexity / mean complexity / temperature), 0 for empty concepts (max-shifted: no overflow)."""
     c = np.asarray(complexity_, np.float64)
     c = c / (c[sizes > 0].mean() or 1.0)
     w = np.exp((c - c[sizes > 0].max()) / max(temperature, 1e-6))
     w[sizes == 0] = 0
-    return target * w / w.sum()
+    return w
 
 
 # --------------------------------------------------------------------------- stages
