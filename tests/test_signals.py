@@ -94,8 +94,8 @@ def test_image_signals_on_photos():
 def test_docstring_examples():
     import doctest
 
-    from lakecurate import dedup, signals
+    from lakecurate import concepts, dedup, signals
 
-    for module in (signals, dedup):
+    for module in (signals, dedup, concepts):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
