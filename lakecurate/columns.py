@@ -102,6 +102,22 @@ def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, r
     return retry_on_conflict(add)
 
 
+def config_changed(lake: "Lake", column: str, prov: dict[str, Any]) -> bool:
+    """Whether ``column`` exists with provenance of another config than ``prov``."""
+    ds = lake.dataset()
+    old = field_provenance(ds.schema.field(column)) if column in ds.schema.names else None
+    return old is not None and old["config_hash"] != prov["config_hash"]
+
+
+def declare_view(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any]) -> bool:
+    """Declare columns that are a *decision* recomputed on every run (dedup's keep, a recipe's
+    keep, rebalancing, an order): another config replaces them (a metadata-only drop and re-add;
+    tags keep earlier results). Returns True when they were replaced, so the caller rewrites all."""
+    changed = config_changed(lake, fields[0].name, prov)
+    declare(lake, fields, prov, recompute=changed)
+    return changed
+
+
 def _field_ids(ds: lance.LanceDataset, name: str) -> set[int]:
     out, stack = set(), [ds.lance_schema.field(name)]
     while stack:

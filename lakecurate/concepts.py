@@ -203,9 +203,9 @@ def cluster(lake: "Lake", k: int | None = None, *, embedding: str | None = None,
     prov = columns.provenance("concepts", {"embedding": emb, "k": k, "seed": seed, "algorithm": "faiss spherical k-means"},
                               [f"{emb}_image"], ds.version)
     fields = [pa.field("concept", pa.int32()), pa.field("concept_dist", pa.float32())]
-    old = columns.field_provenance(ds.schema.field("concept")) if "concept" in ds.schema.names else None
-    replace = old is not None and old["config_hash"] != prov["config_hash"]
+    replace = columns.config_changed(lake, "concept", prov)
     if replace and not recompute:
+        old = columns.field_provenance(ds.schema.field("concept"))
         raise LakeError(f"lake '{lake.uri}' has concepts made with another config ({old['config']}); "
                         "pass --recompute to replace them")
     columns.declare(lake, fields, prov, recompute=replace)
@@ -296,10 +296,7 @@ def rebalance(
                                             "max_repeats": max_repeats, "where": where, "seed": seed},
                               ["concept", "concept_dist", f"{emb}_image"], ds.version)
     fields = [pa.field("rebalance_keep", pa.bool_()), pa.field("sample_weight", pa.float32()), pa.field("repeats", pa.int32())]
-    old = columns.field_provenance(ds.schema.field("rebalance_keep")) if "rebalance_keep" in ds.schema.names else None
-    replace = old is not None and old["config_hash"] != prov["config_hash"]
-    columns.declare(lake, fields, prov, recompute=replace)  # a new decision replaces the old (tags keep history)
-    if replace:
+    if columns.declare_view(lake, fields, prov):  # a new decision replaces the old (tags keep history)
         tbl = tbl.drop_columns([c for c in ("rebalance_keep", "sample_weight", "repeats") if c in tbl.column_names])
     _, version = columns.write_changed(lake, tbl, {
         "rebalance_keep": pa.array(keep, pa.bool_()),
@@ -365,10 +362,7 @@ def sequence(lake: "Lake", mode: str = "interleave", *, seed: int = 0, score: st
     prov = columns.provenance("sequence", {"mode": mode, "seed": seed, "score": score, "where": where,
                                            "shard_size": shard_size}, [c for c in cols if c != "id"], ds.version)
     fields = [pa.field("seq_order", pa.int64()), pa.field("seq_shard", pa.int32())]
-    old = columns.field_provenance(ds.schema.field("seq_order")) if "seq_order" in names else None
-    replace = old is not None and old["config_hash"] != prov["config_hash"]
-    columns.declare(lake, fields, prov, recompute=replace)
-    if replace:
+    if columns.declare_view(lake, fields, prov):
         tbl = tbl.drop_columns([c for c in ("seq_order", "seq_shard") if c in tbl.column_names])
     mask = order < 0
     columns.write_changed(lake, tbl, {"seq_order": pa.array(order, pa.int64(), mask=mask),

@@ -338,7 +338,7 @@ def dedup(
         [c for m in use for c in group_columns(m)[:1]], lake.version)
     final_fields = [pa.field("dup_group", pa.string()), pa.field("dup_group_size", pa.int32()),
                     pa.field("dup_keep", pa.bool_()), pa.field("dup_reason", pa.string())]
-    _declare_final(lake, final_fields, final_prov)
+    columns.declare_view(lake, final_fields, final_prov)  # derived from the group columns: recomputed each run
     grouped = size > 1
     new_final = {
         "dup_group": _str_array(ids[final], grouped),
@@ -359,13 +359,6 @@ def _sources(method: str, emb: str | None) -> list[str]:
     return {"exact": ["content_hash", "caption"], "phash": list(PHASH_COLUMNS),
             "semantic": [f"{emb}_image", *PHASH_COLUMNS], "caption": [f"{emb}_text"]}[method]
 
-
-def _declare_final(lake: "Lake", fields: list[pa.Field], prov: dict[str, Any]) -> None:
-    """The final columns are a function of the group columns, recomputed on every run: when the
-    methods they combine change, their provenance is replaced (a metadata-only drop and re-add)."""
-    ds = lake.dataset()
-    old = columns.field_provenance(ds.schema.field("dup_keep")) if "dup_keep" in ds.schema.names else None
-    columns.declare(lake, fields, prov, recompute=old is not None and old["config_hash"] != prov["config_hash"])
 
 
 def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,

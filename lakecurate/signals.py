@@ -238,8 +238,8 @@ IMAGE_FIELDS = [
 ]
 
 
-def image_signals_one(data: bytes | None) -> tuple[np.ndarray, np.ndarray, float, float, float] | None:
-    """(32x32 gray for the hash, 0, sharpness, entropy, colourfulness) of one encoded image, or None."""
+def image_signals_one(data: bytes | None) -> tuple[np.ndarray, float, float, float] | None:
+    """(32x32 gray for the hash, sharpness, entropy, colourfulness) of one encoded image, or None."""
     from PIL import Image
 
     if not data:
@@ -257,7 +257,7 @@ def image_signals_one(data: bytes | None) -> tuple[np.ndarray, np.ndarray, float
             small = np.asarray(gray.resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BOX), dtype=np.float32)
             g = np.asarray(gray)
             # colourfulness is a statistic of the whole image: every other pixel gives the same figure, 4x cheaper
-            return small, np.zeros(0), sharpness(g), entropy(g), colorfulness(np.asarray(rgb)[::2, ::2])
+            return small, sharpness(g), entropy(g), colorfulness(np.asarray(rgb)[::2, ::2])
     except Exception:  # Pillow raises many types on bad data; the row just gets no signals
         return None
 
@@ -276,7 +276,7 @@ def image_signals(blobs: Sequence[bytes | None]) -> pa.Table:
         return pa.array(np.array([g[k] if g is not None else 0.0 for g in got], np.float32), pa.float32(), mask=mask)
 
     return pa.table({"phash": pa.array(h, pa.uint64(), mask=mask), "phash_flip": pa.array(hf, pa.uint64(), mask=mask),
-                     "img_sharpness": floats(2), "img_entropy": floats(3), "img_colorfulness": floats(4)})
+                     "img_sharpness": floats(1), "img_entropy": floats(2), "img_colorfulness": floats(3)})
 
 
 def phash_bytes(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -367,36 +367,32 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
     return done
 
 
-def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> int:
-    """Fill the caption signal columns for every fragment that lacks them; returns rows read."""
-    ds = lake.dataset()
-    config = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
-              "email": _EMAIL.pattern, "phone": _PHONE.pattern, "language": "py3langid norm_probs"}
-    prov = columns.provenance("signals-caption", config, ["caption"], ds.version)
-    columns.declare(lake, CAPTION_FIELDS, prov)
+def _fill_from_captions(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Any,
+                        progress: bool | None, desc: str) -> int:
+    """Declare ``fields`` and fill every fragment lacking them with ``fn(captions) -> pa.Table``."""
+    columns.declare(lake, fields, prov)
     ds = lake.dataset()
     done = 0
-    todo = columns.fragments_to_fill(ds, CAPTION_FIELDS[0].name)
-    for frag in tqdm(todo, desc="caption signals", unit="fragment", disable=(not progress) if progress is not None else None):
+    todo = columns.fragments_to_fill(ds, fields[0].name)
+    for frag in tqdm(todo, desc=desc, unit="fragment", disable=(not progress) if progress is not None else None):
         tbl = frag.to_table(columns=["caption"], with_row_address=True)
         offsets = tbl.column("_rowaddr").to_numpy() & 0xFFFFFFFF
-        signals = caption_signals(tbl.column("caption").to_pylist())
-        columns.fill_fragment(lake, frag.fragment_id, physical(frag.physical_rows, offsets, signals))
+        columns.fill_fragment(lake, frag.fragment_id, physical(frag.physical_rows, offsets, fn(tbl.column("caption").to_pylist())))
         done += tbl.num_rows
     return done
+
+
+def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> int:
+    """Fill the caption signal columns for every fragment that lacks them; returns rows read."""
+    config = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
+              "email": _EMAIL.pattern, "phone": _PHONE.pattern, "language": "py3langid norm_probs"}
+    prov = columns.provenance("signals-caption", config, ["caption"], lake.version)
+    return _fill_from_captions(lake, CAPTION_FIELDS, prov, caption_signals, progress, "caption signals")
 
 
 def compute_redacted(lake: "Lake", column: str = "caption_redacted") -> int:
     """Add ``caption_redacted`` (e-mails and phone numbers replaced); ``caption`` is never modified."""
-    ds = lake.dataset()
-    prov = columns.provenance("signals-redact", {"email": _EMAIL.pattern, "phone": _PHONE.pattern}, ["caption"], ds.version)
-    columns.declare(lake, [pa.field(column, pa.string())], prov)
-    ds = lake.dataset()
-    done = 0
-    for frag in columns.fragments_to_fill(ds, column):
-        tbl = frag.to_table(columns=["caption"], with_row_address=True)
-        offsets = tbl.column("_rowaddr").to_numpy() & 0xFFFFFFFF
-        red = pa.table({column: pa.array([redact(c) for c in tbl.column("caption").to_pylist()], pa.string())})
-        columns.fill_fragment(lake, frag.fragment_id, physical(frag.physical_rows, offsets, red))
-        done += tbl.num_rows
-    return done
+    prov = columns.provenance("signals-redact", {"email": _EMAIL.pattern, "phone": _PHONE.pattern}, ["caption"], lake.version)
+    return _fill_from_captions(lake, [pa.field(column, pa.string())], prov,
+                               lambda caps: pa.table({column: pa.array([redact(c) for c in caps], pa.string())}),
+                               False, "redact")

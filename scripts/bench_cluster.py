@@ -14,41 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
 
 import numpy as np
 
+from _measure import PeakRSS  # scripts/ is on sys.path when a script runs
+
 from lakecurate.concepts import budgets, centroid_distance, complexity, default_k, kmeans
-
-
-class PeakRSS:
-    def __init__(self, every: float = 0.02):
-        self.every, self._stop = every, threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, self.rss())
-
-    def __enter__(self) -> "PeakRSS":
-        self.start = self.peak = self.rss()
-        self._t = threading.Thread(target=self._poll, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self.rss())
-
-    @property
-    def extra_mb(self) -> float:
-        return (self.peak - self.start) / 2**20
 
 
 def make(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,13 +32,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from _measure import PeakRSS  # scripts/ is on sys.path when a script runs
 
 from lakecurate.neardup import (
     default_clusters,
@@ -48,37 +49,6 @@ from lakecurate.neardup import (
 )
 
 THRESHOLD = 0.95
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled by a thread (includes faiss)."""
-
-    def __init__(self, every: float = 0.02):
-        self.every, self.peak, self._stop = every, 0, threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, self.rss())
-
-    def __enter__(self) -> "PeakRSS":
-        self.start = self.peak = self.rss()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
-
-    @property
-    def extra_mb(self) -> float:
-        return (self.peak - self.start) / 2**20
 
 
 def with_cosine(x: np.ndarray, cos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
