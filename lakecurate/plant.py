@@ -35,6 +35,12 @@ class Planted:
     edit: str  # "original", "exact", or the near-copy edits joined by "+"
 
 
+def write_pair(out: Path, key: str, image: bytes, caption: str) -> None:
+    """One pair in the folder layout ingest reads: KEY.jpg and its caption sidecar KEY.txt."""
+    (out / f"{key}.jpg").write_bytes(image)
+    (out / f"{key}.txt").write_text(caption, encoding="utf-8")
+
+
 def _jpeg(im: Image.Image, quality: int) -> Image.Image:
     buf = io.BytesIO()
     im.convert("RGB").save(buf, "JPEG", quality=quality)
@@ -96,8 +102,7 @@ def plant_duplicates(
     edit_cycle = 0
 
     def write(key: str, data: bytes, caption: str, original: str, edit: str) -> None:
-        (out / f"{key}.jpg").write_bytes(data)
-        (out / f"{key}.txt").write_text(caption, encoding="utf-8")
+        write_pair(out, key, data, caption)
         planted.append(Planted(key, original, edit))
 
     for path in photos:
@@ -216,8 +221,7 @@ def plant_junk(
                 im.save(buf, "JPEG", quality=90)
                 data = buf.getvalue()
         key = f"{path.stem}__{kind}"
-        (out / f"{key}.jpg").write_bytes(data)
-        (out / f"{key}.txt").write_text(caption, encoding="utf-8")
+        write_pair(out, key, data, caption)
         kinds[key] = kind
     return kinds
 
@@ -253,8 +257,7 @@ def plant_skew(
     labels: dict[str, str] = {}
     for path in photos:
         kind = "dominant" if path.stem in chosen else "other"
-        (out / f"{path.stem}.jpg").write_bytes(path.read_bytes())
-        (out / f"{path.stem}.txt").write_text(captions.get(path.stem, ""), encoding="utf-8")
+        write_pair(out, path.stem, path.read_bytes(), captions.get(path.stem, ""))
         labels[path.stem] = kind
         if kind != "dominant":
             continue
@@ -267,7 +270,6 @@ def plant_skew(
                 buf = io.BytesIO()
                 im.convert("RGB").save(buf, "JPEG", quality=rng.randint(75, 95))
                 key = f"{path.stem}__copy{c:03d}"
-                (out / f"{key}.jpg").write_bytes(buf.getvalue())
-                (out / f"{key}.txt").write_text(captions.get(path.stem, ""), encoding="utf-8")
+                write_pair(out, key, buf.getvalue(), captions.get(path.stem, ""))
                 labels[key] = "dominant"
     return labels
