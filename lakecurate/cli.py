@@ -8,10 +8,12 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 
+from lakecurate.columns import describe_provenance
 from lakecurate.lake import Lake, LakeError
 
 
@@ -379,6 +381,66 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
                f"to {rep.dest} ({rep.format}, {len(rep.files)} files, {rep.bytes / 2**20:.1f} MiB) in {rep.seconds:.1f} s")
 
 
+@main.command()
+@lake_argument
+@click.option("--eval-set", required=True, type=click.Path(exists=True),
+              help="Clean pairs disjoint from the lake: a folder, manifest or WebDataset shards.")
+@click.option("--view", help="A tag (its curated rows) or a SQL condition (default: rebalance_keep, else keep).")
+@click.option("--baseline", default="random", show_default=True,
+              help="'random' (rows of the whole lake, same size) or another tag / SQL condition.")
+@click.option("--seeds", type=int, default=3, show_default=True)
+@click.option("--steps", type=int, default=300, show_default=True, help="Training steps for every arm (the budget).")
+@click.option("--embedding", help="Embedding prefix when the lake has several.")
+@click.option("--no-record", is_flag=True, help="Do not append the result to LAKE/evaluations.lance.")
+@_friendly_errors
+def evaluate(lake: str, eval_set: str, view: str | None, baseline: str, seeds: int, steps: int,
+             embedding: str | None, no_record: bool) -> None:
+    """Train a small proxy (contrastive heads on frozen embeddings) on a curated view and on a baseline
+    of the same size; report retrieval R@1/5/10 and swapped-caption AUROC on EVAL_SET, over seeds.
+
+    Example: lakecurate evaluate ./lake --eval-set clean_eval/captions.csv --seeds 3
+    """
+    res = Lake.open(lake).evaluate(view, eval_set=eval_set, baseline=baseline, seeds=seeds, steps=steps,
+                                   embedding=embedding, record=not no_record)
+    click.echo(f"view '{res.view}' ({res.rows['view']} rows) vs baseline '{res.baseline}' ({res.rows['baseline']} rows) "
+               f"at version {res.version}; eval set {res.eval_images} images / {res.eval_captions} captions; "
+               f"{len(res.seeds)} seeds x {res.steps} steps, {res.seconds:.0f} s")
+    t = res.table()
+    rows = [{"arm": r["arm"], "rows": r["rows"],
+             **{m: f"{r[m]:.3f}±{r[m + ' spread'] / 2:.3f}" for m in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@5", "swapped_auroc")}}
+            for r in t.to_dict("records")]
+    click.echo("")
+    _echo_table(rows)
+    d = res.difference("t2i_R@5")
+    verdict = "larger than" if abs(d["difference"]) > d["spread"] else "within"
+    click.echo(f"\nt2i_R@5: view - baseline = {d['difference']:+.3f}, {verdict} the spread across seeds ({d['spread']:.3f})"
+               + ("" if no_record else f"; recorded as {res.eval_id} in {res.lake}/evaluations.lance"))
+
+
+@main.command("report")
+@lake_argument
+@click.argument("out", type=click.Path(dir_okay=False), default="report.html")
+@click.option("--version", "at_version", help="Report the lake as of this version or tag.")
+@click.option("--sample-rows", type=int, default=100_000, show_default=True, help="Rows sampled for the plots.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the report in a browser when written.")
+@_friendly_errors
+def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, open_browser: bool) -> None:
+    """Write one self-contained HTML report of LAKE to OUT: counts per stage and reason, duplicate
+    groups, low-alignment and rejected pairs, concept galleries, histograms, flagged inputs.
+
+    Example: lakecurate report ./lake report.html
+    """
+    version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
+    rep = Lake.open(lake).report(out, version=version, sample_rows=sample_rows)
+    empty = f"; no data yet for: {', '.join(rep.empty_sections)}" if rep.empty_sections else ""
+    click.echo(f"wrote {rep.path} ({rep.bytes / 2**10:.0f} KiB, {rep.thumbnails} thumbnails) for version {rep.version} "
+               f"({rep.rows} rows) in {rep.seconds:.1f} s{empty}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(Path(rep.path).resolve().as_uri())
+
+
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @lake_argument
@@ -399,22 +461,11 @@ def info(lake: str, as_json: bool) -> None:
     click.echo("tags: " + (", ".join(f"{k}=v{v}" for k, v in d["tags"].items()) or "-"))
     click.echo("")
     _echo_table(
-        [{"column": c["name"], "type": c["type"], "about": c["doc"] or _provenance_line(c["provenance"])}
+        [{"column": c["name"], "type": c["type"], "about": c["doc"] or describe_provenance(c["provenance"])}
          for c in d["columns"]]
     )
     if any(c["provenance"] for c in d["columns"]):
         click.echo("\n(full provenance: lakecurate info LAKE --json)")
-
-
-def _provenance_line(prov: dict[str, Any] | None) -> str:
-    if not prov:
-        return ""
-    cfg = prov.get("config", {})
-    what = cfg.get("arch") or cfg.get("name") or ""
-    if cfg.get("pretrained") and not str(cfg["pretrained"]).endswith(".pt"):
-        what += f":{cfg['pretrained']}"
-    return (f"{prov['stage']}: {what} (config {prov['config_hash']}) from {', '.join(prov['source_columns'])} "
-            f"at v{prov['table_version']}, lakecurate {prov['tool_version']}")
 
 
 @main.command()
@@ -514,6 +565,15 @@ def demo(lake_uri: str, source: str, model: str) -> None:
         click.echo("\nsearch 'a cat':")
         hits = lake.search("a cat", k=3, prefix=spec.prefix)
         click.echo(hits[["key", "similarity"]].round(3).to_string(index=False))
+        click.echo("\n== curate (built-in recipe 'basic': dedup, caption, image, privacy and alignment filters)")
+        cur = lake.curate("basic", progress=False)
+        click.echo(f"kept {cur.kept} of {cur.rows}; dropped: "
+                   + ", ".join(f"{r} {n}" for r, n in cur.dropped.items() if n) + f"; tag {cur.tag}")
+        lake.cluster(min(4, max(2, cur.kept // 3)))
+        reb = lake.rebalance(0.6)
+        click.echo(f"rebalanced: {reb.kept} of {reb.rows} kept across {reb.k} concepts")
+    rep = lake.report(os.path.join(lake_uri, "report.html"))
+    click.echo(f"\n== report: {rep.path} ({rep.bytes / 2**10:.0f} KiB; open it in a browser)")
     click.echo("\n== lake")
     d = lake.info()
     click.echo(f"{d['rows']} rows, version {d['version']}, columns: {', '.join(c['name'] for c in d['columns'])}")

@@ -61,6 +61,18 @@ def field_provenance(field: pa.Field) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+def describe_provenance(prov: dict[str, Any] | None) -> str:
+    """One line saying what made a column, for ``lakecurate info`` and the report."""
+    if not prov:
+        return ""
+    cfg = prov.get("config", {})
+    what = cfg.get("arch") or cfg.get("name") or (cfg.get("recipe") or {}).get("name") or ""
+    if cfg.get("pretrained") and not str(cfg["pretrained"]).endswith(".pt"):
+        what += f":{cfg['pretrained']}"
+    return (f"{prov['stage']}: {what} (config {prov['config_hash']}) from {', '.join(prov['source_columns'])} "
+            f"at v{prov['table_version']}, lakecurate {prov['tool_version']}").replace(":  (", ": (")
+
+
 def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False,
             fix: str = "use --name to write new columns beside it, or --recompute to replace it") -> bool:
     """Make sure ``fields`` exist with provenance ``prov``. Metadata-only; returns True if it added them.

@@ -30,7 +30,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from lakecurate import columns
-from lakecurate.encoders import Encoder, column_names, resolve
+from lakecurate.encoders import Encoder, EncoderSpec, column_names, resolve
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -214,7 +214,7 @@ def _started(gen: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 def embed(
     lake: "Lake",
-    model: str = "offline",
+    model: "str | EncoderSpec" = "offline",
     *,
     pretrained: str | None = None,
     checkpoint: str | None = None,
@@ -235,7 +235,7 @@ def embed(
         report = lake.embed("offline")             # columns offline_image, offline_text, offline_score
         lake.sql("SELECT key, offline_score FROM pairs ORDER BY offline_score LIMIT 5")
     """
-    spec = resolve(model, pretrained, checkpoint, name)
+    spec = model if isinstance(model, EncoderSpec) else resolve(model, pretrained, checkpoint, name)
     names = column_names(spec.prefix)
     dim = spec.embed_dim()
     ds = lake.dataset()

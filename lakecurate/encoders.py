@@ -157,6 +157,11 @@ def _register_configs() -> None:
         _registered = True
 
 
+def spec_from_provenance(prov: dict[str, Any]) -> EncoderSpec:
+    """The encoder that made an embed column, rebuilt from the column's provenance."""
+    return EncoderSpec(**{k: prov["config"][k] for k in ("family", "arch", "pretrained", "prefix", "extra")})
+
+
 def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = None, name: str | None = None) -> EncoderSpec:
     """Turn what a user typed into an :class:`EncoderSpec` (no weights are loaded).
 

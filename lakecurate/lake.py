@@ -159,20 +159,19 @@ class Lake:
         return [b for _, b in got]
 
     # ----------------------------------------------------------------- queries
-    def sql(self, query: str, version: int | str | None = None) -> pd.DataFrame:
+    def sql(self, query: str, version: int | str | None = None, *, with_row_id: bool = False) -> pd.DataFrame:
         """Run SQL (DataFusion, through Lance) against the ``pairs`` table and return pandas.
 
         Example: ``lake.sql("SELECT format, COUNT(*) AS n FROM pairs GROUP BY format")``.
         The ``image`` column holds blob descriptors in SQL results; use :meth:`read_images` for bytes.
+        ``with_row_id`` makes the ``_rowid`` column selectable (what ``dataset().read_blobs`` takes).
         """
         ds = self.dataset(version)
         try:
-            batches = ds.sql(query).table_name(TABLE).build().to_batch_records()
+            table = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader().read_all()
         except Exception as exc:  # DataFusion reports planning errors as plain exceptions
             raise LakeError(f"SQL failed on lake '{self.uri}': {exc}".strip()) from None
-        if not batches:
-            return pd.DataFrame()
-        return pa.Table.from_batches(batches).to_pandas()
+        return table.to_pandas()  # no rows: an empty frame that still has the query's columns
 
     # ----------------------------------------------------------------- writes
     def append(self, data: pa.Table | pa.RecordBatchReader, *, overwrite: bool = False) -> int:
@@ -263,6 +262,18 @@ class Lake:
         from lakecurate.export import export
 
         return export(self, dest, format, **options)
+
+    def evaluate(self, view: str | None = None, **options: Any) -> Any:
+        """Train a proxy on a curated view and on a random view of the same size; see :func:`lakecurate.evaluate.evaluate`."""
+        from lakecurate.evaluate import evaluate
+
+        return evaluate(self, view, **options)
+
+    def report(self, out: str | os.PathLike, **options: Any) -> Any:
+        """Write the HTML curation report (thumbnails, counts, plots); see :func:`lakecurate.report.report`."""
+        from lakecurate.report import report
+
+        return report(self, out, **options)
 
     def search(self, query: Any, k: int = 10, **options: Any) -> pd.DataFrame:
         """Nearest pairs to a text or an image; see :func:`lakecurate.search.search`.

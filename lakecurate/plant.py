@@ -261,15 +261,89 @@ def plant_skew(
         labels[path.stem] = kind
         if kind != "dominant":
             continue
-        with Image.open(path) as src:
-            src.load()
-            for c in range(copies):
-                im = src
-                for e in rng.sample(EDITS, rng.randint(1, 2)):
-                    im = edit_image(im, e, rng)
-                buf = io.BytesIO()
-                im.convert("RGB").save(buf, "JPEG", quality=rng.randint(75, 95))
-                key = f"{path.stem}__copy{c:03d}"
-                write_pair(out, key, buf.getvalue(), captions.get(path.stem, ""))
-                labels[key] = "dominant"
+        for key in write_near_copies(out, path, captions.get(path.stem, ""), copies, rng, "copy"):
+            labels[key] = "dominant"
     return labels
+
+
+def write_near_copies(out: Path, path: Path, caption: str, copies: int, rng: random.Random, name: str) -> list[str]:
+    """``copies`` near copies of the photo at ``path`` (one or two ``EDITS`` each, re-encoded as
+    JPEG), written as ``<stem>__<name>NNN`` with ``caption``; returns their keys."""
+    keys = []
+    with Image.open(path) as src:
+        src.load()
+        for c in range(copies):
+            im = src
+            for e in rng.sample(EDITS, rng.randint(1, 2)):
+                im = edit_image(im, e, rng)
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, "JPEG", quality=rng.randint(75, 95))
+            key = f"{path.stem}__{name}{c:03d}"
+            write_pair(out, key, buf.getvalue(), caption)
+            keys.append(key)
+    return keys
+
+
+def plant_noisy_pool(
+    photos: Sequence[Path],
+    captions: dict[str, str],
+    out_dir: str | Path,
+    *,
+    swapped: float = 0.25,
+    filename: float = 0.1,
+    floods: int = 4,
+    copies: int = 60,
+    seed: int = 0,
+) -> dict[str, str]:
+    """A noisy training pool: every photo once with its caption, except a share with another
+    photo's caption (``swapped``) or a camera file name (``filename``), plus ``copies`` near copies
+    of each of ``floods`` photos (captioned like their original). Returns key -> "clean",
+    "swapped", "filename" or "flood" (the flooded originals are "clean")."""
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = sorted(photos)
+    order = photos[:]
+    rng.shuffle(order)
+    n_swap, n_file = round(swapped * len(photos)), round(filename * len(photos))
+    kind_of = {p.stem: "swapped" for p in order[:n_swap]}
+    kind_of.update({p.stem: "filename" for p in order[n_swap : n_swap + n_file]})
+    flooded = {p.stem for p in order[n_swap + n_file : n_swap + n_file + floods]}
+    stems = [p.stem for p in photos if captions.get(p.stem)]
+    labels: dict[str, str] = {}
+    for path in photos:
+        kind = kind_of.get(path.stem, "clean")
+        caption = captions.get(path.stem, "")
+        if kind == "swapped":
+            caption = captions[rng.choice([s for s in stems if s != path.stem])]
+        elif kind == "filename":
+            caption = rng.choice(_FILENAMES).format(n=rng.randint(1, 99999))
+        write_pair(out, path.stem, path.read_bytes(), caption)
+        labels[path.stem] = kind
+        if path.stem not in flooded:
+            continue
+        for key in write_near_copies(out, path, caption, copies, rng, "flood"):
+            labels[key] = "flood"
+    return labels
+
+
+def write_eval_set(photos: Sequence[Path], captions_csv: str | Path, out_dir: str | Path) -> int:
+    """A clean evaluation set: ``photos`` copied to ``out_dir/images`` and a ``captions.csv``
+    manifest (image, caption) with every caption of each photo. Returns the number of captions."""
+    import csv
+    import shutil
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    wanted = {p.name: p for p in photos}
+    n = 0
+    with open(captions_csv, newline="", encoding="utf-8") as f, open(out / "captions.csv", "w", newline="", encoding="utf-8") as g:
+        w = csv.writer(g)
+        w.writerow(["image", "caption"])
+        for row in csv.DictReader(f):
+            if row["image"] in wanted:
+                w.writerow([f"images/{row['image']}", row["caption"]])
+                n += 1
+    for name, path in wanted.items():
+        shutil.copyfile(path, out / "images" / name)
+    return n

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from lakecurate.columns import field_provenance
-from lakecurate.encoders import Encoder, EncoderSpec, column_names
+from lakecurate.encoders import Encoder, column_names, spec_from_provenance
 from lakecurate.lake import LakeError
 
 if TYPE_CHECKING:
@@ -40,8 +40,7 @@ def encoder_for(prov: dict[str, Any], device: str = "auto") -> Encoder:
     """The encoder that made a column (cached per config)."""
     key = prov["config_hash"]
     if key not in _ENCODERS:
-        cfg = {k: prov["config"][k] for k in ("family", "arch", "pretrained", "prefix", "extra")}
-        _ENCODERS[key] = Encoder(EncoderSpec(**cfg), device=device, precision=prov["config"].get("precision", "fp32"))
+        _ENCODERS[key] = Encoder(spec_from_provenance(prov), device=device, precision=prov["config"].get("precision", "fp32"))
     return _ENCODERS[key]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 
 import numpy as np
 import pytest
@@ -223,9 +222,6 @@ def test_components_literal():
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         components(3, np.array([0]), np.array([3]))
 
-
-def test_docstring_examples():
-    assert doctest.testmod(neardup).failed == 0
 
 
 @pytest.mark.parametrize("n_clusters", [1, 8])

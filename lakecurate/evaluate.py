@@ -1,0 +1,393 @@
+"""Prove it: train a small proxy model on a curated view and on a baseline of the same size.
+
+The protocol is DataComp's in miniature: a fixed training budget, only the data varies. The proxy
+is a pair of linear contrastive heads (image and text, ``dim`` outputs, random init) trained with
+CLIP's symmetric InfoNCE loss on the lake's frozen embeddings of the chosen rows; the same
+number of steps and batch size for every arm. It is scored on a clean evaluation set that is
+disjoint from the lake by image content hash: image->text and text->image recall at 1/5/10 and
+the AUROC of true versus swapped captions. Every arm is repeated over ``seeds`` seeds (a new
+random baseline draw, initialisation and batch order each), so a difference can be told from noise.
+
+The evaluation set is ingested and embedded (with the encoder that made the lake's embeddings) into
+its own small lake under ``LAKE/eval_sets/``, kept for the next evaluation. Results are appended to
+the table ``LAKE/evaluations.lance`` (one row per arm and seed) and shown in the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakecurate.columns import field_provenance
+from lakecurate.lake import LakeError, retry_on_conflict
+
+if TYPE_CHECKING:
+    from lakecurate.lake import Lake
+
+EVAL_TABLE = "evaluations"
+METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "swapped_auroc"]
+
+
+@dataclass
+class EvalSet:
+    """Unit embeddings of a clean evaluation set: unique images, captions, caption -> image."""
+
+    image: np.ndarray
+    text: np.ndarray
+    text_image: np.ndarray
+    hashes: list[str]
+
+
+@dataclass
+class EvalResult:
+    lake: str
+    version: int
+    view: str
+    baseline: str
+    embedding: str
+    eval_set: str
+    eval_images: int
+    eval_captions: int
+    rows: dict[str, int] = field(default_factory=dict)           # arm -> training rows
+    pool_rows: int = 0
+    steps: int = 0
+    seeds: list[int] = field(default_factory=list)
+    metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # arm -> metric -> per seed
+    eval_id: str = ""
+    seconds: float = 0.0
+
+    def table(self) -> pd.DataFrame:
+        """Mean and spread (max - min over seeds) of each metric, one row per arm."""
+        out = []
+        for arm, m in self.metrics.items():
+            row: dict[str, Any] = {"arm": arm, "rows": self.rows.get(arm, 0)}
+            for k in METRICS:
+                v = np.asarray(m[k])
+                row[k] = float(v.mean())
+                row[f"{k} spread"] = float(v.max() - v.min())
+            out.append(row)
+        return pd.DataFrame(out)
+
+    def difference(self, metric: str = "t2i_R@5") -> dict[str, float]:
+        """Mean difference view - baseline on ``metric``, and the larger of the two spreads."""
+        a, b = np.asarray(self.metrics["view"][metric]), np.asarray(self.metrics["baseline"][metric])
+        return {"metric": metric, "view": float(a.mean()), "baseline": float(b.mean()),
+                "difference": float(a.mean() - b.mean()), "spread": float(max(np.ptp(a), np.ptp(b)))}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- pure parts
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half).
+
+    >>> auroc(np.array([0.9, 0.8]), np.array([0.1, 0.8]))
+    0.875
+    """
+    scores = np.concatenate([pos, neg])
+    _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]  # average rank of each tie
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def retrieval_metrics(image: np.ndarray, text: np.ndarray, text_image: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Recall@1/5/10 both ways and swapped-caption AUROC for unit embeddings.
+
+    ``text_image[j]`` is the image of caption ``j``. Image->text counts a hit when any of the
+    image's captions is in the top k.
+
+    >>> e = np.eye(3)
+    >>> retrieval_metrics(e, e, np.arange(3))["t2i_R@1"]
+    1.0
+    """
+    sim = text @ image.T  # captions x images
+    own = sim[np.arange(len(text_image)), text_image]
+    t2i_rank = (sim > own[:, None]).sum(1)
+    # rank of each caption among all captions for its own image; an image's rank is its best caption's
+    col = sim.T  # images x captions
+    cap_rank = (col[text_image] > own[:, None]).sum(1)
+    i2t_rank = np.full(image.shape[0], np.iinfo(np.int64).max)
+    np.minimum.at(i2t_rank, text_image, cap_rank)
+    rng = np.random.default_rng(seed)
+    other = (text_image + rng.integers(1, image.shape[0], len(text_image))) % image.shape[0]
+    out = {}
+    for k in (1, 5, 10):
+        out[f"i2t_R@{k}"] = float((i2t_rank < k).mean())
+    for k in (1, 5, 10):
+        out[f"t2i_R@{k}"] = float((t2i_rank < k).mean())
+    out["swapped_auroc"] = auroc(own, sim[np.arange(len(text_image)), other])
+    return out
+
+
+def train_heads(img: np.ndarray, txt: np.ndarray, *, dim: int = 128, steps: int = 300, batch: int = 256,
+                lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Linear image and text heads trained with symmetric InfoNCE on paired rows; returns (W_img, W_txt).
+
+    The budget is fixed by ``steps`` x ``batch``, whatever the number of rows, as in DataComp.
+    """
+    import torch
+
+    if len(img) < 2:
+        raise LakeError("a proxy model needs at least 2 training rows")
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    d = img.shape[1]
+    w_i = torch.nn.Parameter(torch.randn(d, dim, generator=g) / np.sqrt(d))
+    w_t = torch.nn.Parameter(torch.randn(d, dim, generator=g) / np.sqrt(d))
+    scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
+    opt = torch.optim.AdamW([w_i, w_t, scale], lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    xi, xt = torch.from_numpy(img.astype(np.float32)), torch.from_numpy(txt.astype(np.float32))
+    b = min(batch, len(img))
+    for _ in range(steps):
+        rows = torch.from_numpy(rng.choice(len(img), b, replace=False))
+        a = torch.nn.functional.normalize(xi[rows] @ w_i, dim=-1)
+        t = torch.nn.functional.normalize(xt[rows] @ w_t, dim=-1)
+        logits = scale.exp().clamp(max=100) * a @ t.T
+        labels = torch.arange(b)
+        loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return w_i.detach().numpy(), w_t.detach().numpy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def score_heads(ev: EvalSet, w_img: np.ndarray | None, w_txt: np.ndarray | None) -> dict[str, float]:
+    """Metrics of the heads on the evaluation set (no heads: the frozen embeddings themselves)."""
+    image = ev.image if w_img is None else _unit(ev.image @ w_img)
+    text = ev.text if w_txt is None else _unit(ev.text @ w_txt)
+    return retrieval_metrics(image, text, ev.text_image)
+
+
+# --------------------------------------------------------------------------- the lake side
+def _vectors(tbl: pa.Table, name: str) -> np.ndarray:
+    col = tbl.column(name).combine_chunks()
+    return np.asarray(col.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(col), -1)
+
+
+def _selection(lake: "Lake", view: str | None) -> tuple[int | str | None, str, str]:
+    """(version, where, label) of a view: a tag (its curated rows), a SQL condition, or the default."""
+    ds = lake.dataset()
+    version: int | str | None = None
+    label = view or ""
+    if view and view in ds.tags.list():
+        version, ds = view, lake.dataset(view)
+        view = None
+    if view:
+        return version, view, label
+    names = ds.schema.names
+    where = "rebalance_keep" if "rebalance_keep" in names else ("keep" if "keep" in names else None)
+    if where is None:
+        raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
+                        f"run: lakecurate curate {lake.uri} basic, or pass --view 'SQL condition'")
+    return version, where, label or where
+
+
+def _embedding_of(ds: Any, embedding: str | None) -> tuple[str, dict[str, Any]]:
+    from lakecurate.search import embedding_prefixes
+
+    found = embedding_prefixes(ds)
+    if embedding:
+        if embedding not in found:
+            raise LakeError(f"no embedding '{embedding}'; there are: {', '.join(found) or 'none'}")
+        return embedding, found[embedding]
+    if not found:
+        raise LakeError("the lake has no embeddings; run: lakecurate embed LAKE")
+    if len(found) > 1:
+        raise LakeError(f"the lake has several embeddings ({', '.join(found)}); pass --embedding NAME")
+    name = next(iter(found))
+    return name, found[name]
+
+
+def fingerprint(path: str) -> str:
+    """A hash of a path and what is there now (names, sizes, modification times): the cache key of
+    an embedded evaluation set, so an edited set is embedded afresh."""
+    h = hashlib.blake2b(path.encode(), digest_size=6)
+    files = [Path(path)] if os.path.isfile(path) else sorted(p for p in Path(path).rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def load_eval_set(lake: "Lake", path: str | os.PathLike, prov: dict[str, Any], *, progress: bool | None = None) -> tuple[EvalSet, "Lake"]:
+    """Ingest and embed the evaluation set into ``LAKE/eval_sets/<name>-<fingerprint>`` (kept for next time)."""
+    from lakecurate.encoders import spec_from_provenance
+    from lakecurate.lake import Lake
+
+    src = os.path.abspath(os.fspath(path))
+    if not os.path.exists(src):
+        raise LakeError(f"evaluation set '{path}' does not exist; pass a folder, manifest or WebDataset shards")
+    tag = fingerprint(src)
+    side = Lake.create(os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}"))
+    side.ingest(src, progress=False)
+    spec = spec_from_provenance(prov)
+    side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress)
+    names = {k: f"{spec.prefix}_{k}" for k in ("image", "text")}
+    tbl = side.dataset().to_table(columns=["content_hash", names["image"], names["text"]],
+                                  filter=f"{names['image']} IS NOT NULL AND {names['text']} IS NOT NULL")
+    if tbl.num_rows < 2:
+        raise LakeError(f"evaluation set '{path}' has fewer than 2 usable pairs after ingest and embedding")
+    hashes = tbl.column("content_hash").to_pylist()
+    uniq, first, text_image = np.unique(np.array(hashes), return_index=True, return_inverse=True)
+    img = _vectors(tbl, names["image"])[first]
+    return EvalSet(_unit(img), _unit(_vectors(tbl, names["text"])), text_image.astype(np.int64), uniq.tolist()), side
+
+
+def evaluate(
+    lake: "Lake",
+    view: str | None = None,
+    *,
+    eval_set: str | os.PathLike,
+    baseline: str = "random",
+    seeds: int = 3,
+    steps: int = 300,
+    batch: int = 256,
+    dim: int = 128,
+    embedding: str | None = None,
+    record: bool = True,
+    progress: bool | None = None,
+) -> EvalResult:
+    """Train the proxy on ``view`` and on ``baseline`` (same size, same budget) and score both.
+
+    ``view``: a tag (its ``rebalance_keep``/``keep`` rows), a SQL condition, or None for the lake's
+    current curated view. ``baseline``: "random" (as many rows drawn at random from every embedded
+    row of the lake, a new draw per seed) or another view.
+
+    Example::
+
+        res = lake.evaluate(eval_set="clean_eval/")         # curated view vs random, 3 seeds
+        res.table()                                           # mean and spread per arm
+        res.difference("t2i_R@5")                             # {'difference': ..., 'spread': ...}
+    """
+    t0 = time.perf_counter()
+    version, where, label = _selection(lake, view)
+    ds = lake.dataset(version)
+    emb, prov = _embedding_of(ds, embedding)
+    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress)
+
+    pool = ds.to_table(columns=["id", f"{emb}_image", f"{emb}_text"],
+                       filter=f"{emb}_image IS NOT NULL AND {emb}_text IS NOT NULL")
+    overlap = set(ev.hashes) & set(ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist())
+    if overlap:
+        raise LakeError(f"{len(overlap)} evaluation images are also in lake '{lake.uri}' (same content hash), "
+                        "so the evaluation would not be held out; remove them from the evaluation set or the lake")
+    ids = pool.column("id")
+    x_img, x_txt = _vectors(pool, f"{emb}_image"), _vectors(pool, f"{emb}_text")
+
+    def rows_of(at: int | str | None, condition: str) -> np.ndarray:
+        try:
+            sel = lake.dataset(at).to_table(columns=["id"], filter=condition).column("id")
+        except Exception as exc:  # a bad SQL condition is a user error
+            raise LakeError(f"view '{condition}' is not a tag of lake '{lake.uri}' nor a valid SQL condition: {exc}") from None
+        return np.flatnonzero(pc.is_in(ids, value_set=sel).to_numpy(zero_copy_only=False))
+
+    chosen = rows_of(version, where)
+    if len(chosen) < 2:
+        raise LakeError(f"view '{label}' selects {len(chosen)} embedded rows; a proxy needs at least 2")
+    other = None if baseline == "random" else rows_of(*_selection(lake, baseline)[:2])
+    res = EvalResult(lake=str(lake.uri), version=ds.version, view=label, baseline=baseline, embedding=emb,
+                     eval_set=os.path.abspath(os.fspath(eval_set)), eval_images=len(ev.hashes),
+                     eval_captions=len(ev.text_image), pool_rows=len(ids), steps=steps,
+                     seeds=list(range(seeds)), eval_id=uuid.uuid4().hex[:12])
+    res.rows = {"view": len(chosen), "baseline": len(chosen) if other is None else len(other)}
+    res.metrics = {arm: {k: [] for k in METRICS} for arm in ("view", "baseline")}
+    for seed in range(seeds):
+        rng = np.random.default_rng(10_000 + seed)
+        base = rng.choice(len(ids), len(chosen), replace=False) if other is None else other
+        for arm, rows in (("view", chosen), ("baseline", base)):
+            w_i, w_t = train_heads(x_img[rows], x_txt[rows], dim=dim, steps=steps, batch=batch, seed=seed)
+            for k, v in score_heads(ev, w_i, w_t).items():
+                res.metrics[arm][k].append(v)
+    frozen = score_heads(ev, None, None)
+    res.metrics["frozen encoder"] = {k: [v] for k, v in frozen.items()}
+    res.seconds = time.perf_counter() - t0
+    if record:
+        record_result(lake, res, recipe=_recipe_of(ds))
+    return res
+
+
+def _recipe_of(ds: Any) -> str | None:
+    if "keep" not in ds.schema.names:
+        return None
+    prov = field_provenance(ds.schema.field("keep")) or {}
+    cfg = prov.get("config", {})
+    return f"{cfg.get('recipe', {}).get('name')}-{cfg.get('hash')}" if cfg else None
+
+
+def record_result(lake: "Lake", res: EvalResult, recipe: str | None) -> None:
+    """Append one row per arm and seed to ``LAKE/evaluations.lance``."""
+    import lance
+
+    now = datetime.now(timezone.utc)
+    rows = []
+    for arm, m in res.metrics.items():
+        for i in range(len(m[METRICS[0]])):
+            rows.append({
+                "eval_id": res.eval_id, "evaluated_at": now, "lake_version": res.version, "view": res.view,
+                "baseline": res.baseline, "arm": arm, "seed": i if arm != "frozen encoder" else None,
+                "rows": res.rows.get(arm), "pool_rows": res.pool_rows, "recipe": recipe, "embedding": res.embedding,
+                "eval_set": res.eval_set, "eval_images": res.eval_images, "eval_captions": res.eval_captions,
+                "steps": res.steps, **{k: m[k][i] for k in METRICS},
+            })
+    tbl = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
+    uri = os.path.join(str(lake.uri), f"{EVAL_TABLE}.lance")
+
+    def write() -> None:
+        exists = True
+        try:
+            lance.dataset(uri, storage_options=lake.storage_options)
+        except (ValueError, OSError, FileNotFoundError):
+            exists = False
+        lance.write_dataset(tbl, uri, mode="append" if exists else "create", storage_options=lake.storage_options)
+
+    retry_on_conflict(write)
+
+
+def evaluations(lake: "Lake") -> pd.DataFrame:
+    """Every recorded evaluation of the lake (empty when there is none)."""
+    import lance
+
+    try:
+        ds = lance.dataset(os.path.join(str(lake.uri), f"{EVAL_TABLE}.lance"), storage_options=lake.storage_options)
+    except (ValueError, OSError, FileNotFoundError):
+        return pd.DataFrame(columns=EVAL_SCHEMA.names)
+    return ds.to_table().to_pandas()
+
+
+EVAL_SCHEMA = pa.schema([
+    pa.field("eval_id", pa.string()),
+    pa.field("evaluated_at", pa.timestamp("us", tz="UTC")),
+    pa.field("lake_version", pa.int64()),
+    pa.field("view", pa.string()),
+    pa.field("baseline", pa.string()),
+    pa.field("arm", pa.string()),
+    pa.field("seed", pa.int32()),
+    pa.field("rows", pa.int64()),
+    pa.field("pool_rows", pa.int64()),
+    pa.field("recipe", pa.string()),
+    pa.field("embedding", pa.string()),
+    pa.field("eval_set", pa.string()),
+    pa.field("eval_images", pa.int64()),
+    pa.field("eval_captions", pa.int64()),
+    pa.field("steps", pa.int64()),
+    *[pa.field(k, pa.float64()) for k in METRICS],
+], metadata={"lakecurate.table": EVAL_TABLE, "doc": json.dumps("one row per evaluation arm and seed")})

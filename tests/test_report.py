@@ -1,0 +1,214 @@
+"""The HTML report: structure and counts against SQL, thumbnails, empty sections, a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from lakecurate import Lake
+from lakecurate.cli import main
+from lakecurate.report import SECTIONS
+
+
+RECIPE = {"name": "report-test", "step": [
+    {"filter": "ingest_error"}, {"filter": "caption_missing"}, {"filter": "caption_filename"},
+    {"filter": "pii"}, {"filter": "duplicate"}, {"filter": "alignment", "min_percentile": 20}]}
+
+
+class Page(HTMLParser):
+    """The elements a test looks at: sections, elements with data-* attributes, images, links."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.sections: dict[str, dict[str, str]] = {}
+        self.data: list[tuple[str, dict[str, str]]] = []
+        self.imgs: list[str] = []
+        self.refs: list[str] = []
+        self.tags: set[str] = set()
+        self.current: str | None = None
+        self.per_section: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        self.tags.add(tag)
+        if tag == "section":
+            self.sections[a["id"]] = a
+            self.current = a["id"]
+        if any(k.startswith("data-") for k in a):
+            self.data.append((tag, a))
+            self.per_section.setdefault(self.current or "", []).append((tag, a))
+        if tag == "img":
+            self.imgs.append(a["src"])
+        for k in ("src", "href"):
+            if k in a:
+                self.refs.append(a[k])
+
+    def attrs(self, section: str, key: str) -> list[dict[str, str]]:
+        return [a for _, a in self.per_section.get(section, []) if key in a]
+
+
+def decode(uri: str) -> Image.Image:
+    head, b64 = uri.split(",", 1)
+    im = Image.open(io.BytesIO(base64.b64decode(b64)))
+    im.load()
+    return im
+
+
+@pytest.fixture(scope="module")
+def curated(sample_lake_embedded: Lake, tmp_path_factory) -> Lake:
+    """sample_data through the whole pipeline: ingest, embed, dedup, recipe, concepts, rebalance."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path_factory.mktemp("report") / "lake"))
+    lake.dedup(["exact", "phash"], progress=False)
+    lake.curate(RECIPE, progress=False)
+    lake.cluster(4)
+    lake.rebalance(0.6, max_repeats=3, temperature=0.2)
+    return lake
+
+
+@pytest.fixture(scope="module")
+def report_page(curated: Lake, tmp_path_factory) -> tuple[Path, Page, object]:
+    out = tmp_path_factory.mktemp("html") / "report.html"
+    rep = curated.report(out)
+    return out, Page(out.read_text()), rep
+
+
+def test_sections_and_counts_match_sql(curated: Lake, report_page):
+    out, page, rep = report_page
+    assert list(page.sections) == list(SECTIONS)
+    assert rep.empty_sections == ["evaluations"]  # tests/test_evaluate.py fills that one
+    assert all(a["data-empty"] == "false" for n, a in page.sections.items() if n != "evaluations")
+    assert int(page.attrs("summary", "data-count")[0]["data-count"]) == curated.count() == rep.rows
+    n_cols = len(curated.dataset().schema.names)
+    assert any(a["data-count"] == str(n_cols) for a in page.attrs("summary", "data-count"))
+
+    # dropped per recipe reason, as SQL counts them
+    sql = curated.sql("SELECT drop_reason, count(*) AS n FROM pairs WHERE drop_reason IS NOT NULL GROUP BY drop_reason")
+    expected = dict(zip(sql["drop_reason"], sql["n"]))
+    shown = {a["data-reason"]: int(a["data-count"]) for a in page.attrs("funnel", "data-reason")
+             if a["data-stage"].startswith("curate")}
+    assert shown == expected and sum(shown.values()) == curated.count("NOT keep")
+    rejected = {a["data-reason"]: int(a["data-count"]) for a in page.attrs("rejected", "data-reason")}
+    assert rejected == expected
+    ingest = {a["data-reason"]: int(a["data-count"]) for a in page.attrs("funnel", "data-reason") if a["data-stage"] == "ingest"}
+    assert sum(ingest.values()) == curated.count("ingest_status = 'error'") == 2
+
+    # duplicate groups: how many, their sizes, one kept member each
+    groups = curated.sql("SELECT dup_group, count(*) AS n FROM pairs WHERE dup_group IS NOT NULL "
+                         "GROUP BY dup_group HAVING count(*) > 1")
+    sizes = dict(zip(groups["dup_group"], groups["n"]))
+    assert int(page.attrs("duplicates", "data-groups")[0]["data-groups"]) == len(sizes) > 0
+    strips = page.attrs("duplicates", "data-group")
+    assert {a["data-group"]: int(a["data-size"]) for a in strips} == sizes
+
+    # concepts: size before and kept after rebalancing
+    c = curated.sql("SELECT concept, count(*) AS n, sum(CASE WHEN rebalance_keep THEN 1 ELSE 0 END) AS kept "
+                    "FROM pairs WHERE concept IS NOT NULL GROUP BY concept")
+    want = {str(k): (int(n), int(kept)) for k, n, kept in zip(c["concept"], c["n"], c["kept"])}
+    got = {a["data-concept"]: (int(a["data-size"]), int(a["data-kept"])) for a in page.attrs("concepts", "data-concept")}
+    assert got == want
+    assert int(page.attrs("flagged", "data-count")[0]["data-count"]) == curated.count("ingest_status <> 'ok'")
+
+
+def test_kept_member_marked_and_thumbnails_real(report_page):
+    out, page, rep = report_page
+    html = out.read_text()
+    dup_section = html.split('<section id="duplicates"')[1].split("</section>")[0]
+    strips = dup_section.split('class="strip dup-group"')[1:]
+    assert strips and all(s.count('class="badge kept"') == 1 for s in strips)
+    thumbs = [s for s in page.imgs if s.startswith("data:image/jpeg")]
+    assert len(thumbs) >= 20 and rep.thumbnails >= 20
+    sizes = [decode(s).size for s in thumbs]
+    assert max(max(s) for s in sizes) <= 112 and min(max(s) for s in sizes) >= 32
+    plots = [s for s in page.imgs if s.startswith("data:image/png")]
+    assert len(plots) == 4  # concept sizes + alignment, image size and caption length histograms
+    assert all(decode(p).size[0] > 200 for p in plots)
+    assert "no image" in html  # rows whose bytes do not decode get a placeholder, not a broken image
+    # self-contained: every image is inline, every link stays in the page
+    assert all(r.startswith(("data:", "#")) for r in page.refs), [r for r in page.refs if not r.startswith(("data:", "#"))]
+    assert rep.bytes < 2_000_000
+
+
+def test_empty_lake_sections_say_what_to_run(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (64, 48), (20, 120, 200)).save(src / "a.jpg")
+    (src / "a.txt").write_text("a blue square")
+    (src / "b.jpg").write_bytes(b"not an image")
+    (src / "b.txt").write_text("<script>alert('x')</script> & friends")  # shown with the flagged row
+    lake = Lake.create(tmp_path / "lake")
+    empty = lake.report(tmp_path / "zero.html")  # no rows at all
+    assert empty.rows == 0
+    lake.ingest(src, progress=False)
+    rep = lake.report(tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    page = Page(html)
+    assert set(rep.empty_sections) == {"duplicates", "alignment", "rejected", "concepts", "evaluations"}
+    for name in rep.empty_sections:
+        assert page.sections[name]["data-empty"] == "true"
+    for command in ("dedup", "embed", "cluster", "evaluate"):
+        assert f"lakecurate {command}" in html
+    assert "script" not in page.tags and "&lt;script&gt;" in html  # captions are escaped
+    assert int(page.attrs("flagged", "data-count")[0]["data-count"]) == 1
+
+
+def test_version_tag_and_sampling(curated: Lake, tmp_path: Path):
+    tag = next(t for t in curated.dataset().tags.list() if t.startswith("report-test-"))
+    at_tag = curated.report(tmp_path / "tag.html", version=tag)
+    assert at_tag.version == curated.dataset(tag).version < curated.version
+    page = Page((tmp_path / "tag.html").read_text())
+    assert page.sections["concepts"]["data-empty"] == "true"  # clustering came after the tag
+    a = curated.report(tmp_path / "a.html", sample_rows=10, seed=3)
+    curated.report(tmp_path / "b.html", sample_rows=10, seed=3)
+    assert a.sampled_rows == 10 and "random sample of 10 of" in (tmp_path / "a.html").read_text()
+    strip = lambda p: re.sub(r"generated [0-9: -]+", "", p.read_text())  # noqa: E731
+    assert strip(tmp_path / "a.html") == strip(tmp_path / "b.html")  # a seeded sample: the same page
+
+
+def test_cli_report(curated: Lake, tmp_path: Path):
+    out = tmp_path / "cli.html"
+    res = CliRunner().invoke(main, ["report", curated.uri, str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out}" in res.output and out.stat().st_size > 10_000
+    res = CliRunner().invoke(main, ["report", curated.uri, str(out), "--version", "no-such-tag"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.mark.slow
+def test_renders_in_headless_chromium(report_page, tmp_path: Path):
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("LAKECURATE_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed but LAKECURATE_REQUIRE_BROWSER is set (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    out, page, rep = report_page
+    shot = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400", f"--screenshot={shot}",
+           out.resolve().as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    im = np.asarray(Image.open(shot).convert("RGB"))
+    assert im.shape[:2] == (2400, 1280)
+    assert im.std() > 20  # not a blank page
+    # photos were decoded and painted: a text-only page has a few hundred colours, photos thousands
+    colours = len(np.unique(im.reshape(-1, 3) // 4, axis=0))
+    assert colours > 3000, colours
