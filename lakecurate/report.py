@@ -238,24 +238,22 @@ class _Builder:
 
     # ------------------------------------------------------------------ sections
     def summary(self) -> dict[str, Any]:
-        info = self.lake.info()
         ds = self.ds
-        versions = ds.versions()
-        cols = [{"name": c["name"], "type": c["type"], "provenance": describe_provenance(c["provenance"])}
-                for c in info["columns"]] if self.version == info["version"] else \
-               [{"name": f.name, "type": "blob" if f.name == "image" else str(f.type),
+        versions = {v["version"]: v for v in ds.versions()}
+        cols = [{"name": f.name, "type": "blob" if f.name == "image" else str(f.type),
                  "provenance": describe_provenance(field_provenance(f))} for f in ds.schema]
         stages: dict[str, int] = {}
         for c in cols:
             stage = c["provenance"].split(":")[0] if c["provenance"] else "ingest"
             stages[stage] = stages.get(stage, 0) + 1
         tags = sorted(((n, t["version"]) for n, t in ds.tags.list().items()), key=lambda x: x[1])
+        status = self.sql("SELECT ingest_status AS s, count(*) AS n FROM pairs GROUP BY s ORDER BY s")
+        shown = versions.get(self.version)
         return {
-            "uri": self.uri, "rows": self.rows, "version": self.version, "latest": info["version"],
+            "uri": self.uri, "rows": self.rows, "version": self.version, "latest": self.lake.version,
             "n_versions": len(versions), "fragments": len(ds.get_fragments()),
-            "last_commit": versions[-1]["timestamp"].isoformat(timespec="seconds") if versions else "",
-            "columns": cols, "stages": stages, "tags": tags, "status": info["status_counts"] if self.version == info["version"] else
-            dict(zip(*self.sql("SELECT ingest_status AS s, count(*) AS n FROM pairs GROUP BY s")[["s", "n"]].T.values)),
+            "last_commit": shown["timestamp"].isoformat(timespec="seconds") if shown else "",
+            "columns": cols, "stages": stages, "tags": tags, "status": dict(zip(status["s"], map(int, status["n"]))),
         }
 
     def funnel(self) -> dict[str, Any]:
