@@ -44,25 +44,15 @@ def default_k(n: int) -> int:
 
 
 def _embedding(lake: "Lake", embedding: str | None) -> str:
-    from lakecurate.search import embedding_prefixes
+    from lakecurate.search import pick_embedding
 
-    found = embedding_prefixes(lake.dataset())
-    if embedding is not None and embedding not in found:
-        raise LakeError(f"no embedding '{embedding}' in lake '{lake.uri}'; there are: {', '.join(found) or 'none'}")
-    if embedding is None:
-        if not found:
-            raise LakeError(f"concepts need image embeddings and lake '{lake.uri}' has none; run: lakecurate embed {lake.uri}")
-        if len(found) > 1:
-            raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); pass --embedding NAME")
-        embedding = next(iter(found))
-    return embedding
+    return pick_embedding(lake, lake.dataset(), embedding, need="concepts cluster the image embeddings")[0]
 
 
 def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    arr = col.combine_chunks()
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
-    x = np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, arr.type.list_size)
-    return x, valid
+    from lakecurate.search import embedding_matrix
+
+    return embedding_matrix(col)
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -326,20 +326,10 @@ class CurateReport:
 
 
 def _embedding(lake: "Lake", recipe: Recipe) -> tuple[str, dict]:
-    from lakecurate.search import embedding_prefixes
+    from lakecurate.search import pick_embedding
 
-    found = embedding_prefixes(lake.dataset())
-    if recipe.embedding:
-        if recipe.embedding not in found:
-            raise LakeError(f"recipe {recipe.source} uses embedding '{recipe.embedding}', not in lake '{lake.uri}'"
-                            f" (there are: {', '.join(found) or 'none'}); run: lakecurate embed {lake.uri} --name {recipe.embedding}")
-        return recipe.embedding, found[recipe.embedding]
-    if not found:
-        raise LakeError(f"the alignment step needs embeddings and lake '{lake.uri}' has none; run: lakecurate embed {lake.uri}")
-    if len(found) > 1:
-        raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); set embedding = \"...\" in the recipe")
-    name = next(iter(found))
-    return name, found[name]
+    return pick_embedding(lake, lake.dataset(), recipe.embedding, need="the alignment step needs them",
+                          option=f'embedding = "..." in recipe {recipe.source}')
 
 
 def _existing_tag(lake: "Lake", prefix: str) -> str | None:

@@ -161,30 +161,16 @@ class DedupReport:
 
 
 def _pick_embedding(lake: "Lake", ds: Any, embedding: str | None, needed: bool) -> tuple[str | None, dict | None]:
-    from lakecurate.search import embedding_prefixes
+    from lakecurate.search import pick_embedding
 
-    found = embedding_prefixes(ds)
-    if embedding is not None:
-        if embedding not in found:
-            raise LakeError(f"no embedding '{embedding}' in lake '{lake.uri}'; there are: {', '.join(found) or 'none'}"
-                            + ("" if found else f"; run: lakecurate embed {lake.uri}"))
-        return embedding, found[embedding]
-    if len(found) > 1:
-        raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); pass --embedding NAME")
-    if found:
-        name = next(iter(found))
-        return name, found[name]
-    if needed:
-        raise LakeError(f"semantic and caption dedup need embeddings, and lake '{lake.uri}' has none; "
-                        f"run: lakecurate embed {lake.uri}  (or use --method exact,phash)")
-    return None, None
+    need = "semantic and caption dedup need them; or use --method exact,phash" if needed else None
+    return pick_embedding(lake, ds, embedding, need=need)
 
 
 def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    arr = col.combine_chunks()
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
-    d = arr.type.list_size
-    x = np.asarray(arr.values.to_numpy(zero_copy_only=False)).reshape(-1, d)
+    from lakecurate.search import embedding_matrix
+
+    x, valid = embedding_matrix(col, dtype=None)  # stored float16: half the memory of float32
     if not valid.all():
         x = x.copy()
         x[~valid] = 0

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from lakecurate.columns import field_provenance
 from lakecurate.lake import LakeError, retry_on_conflict
+from lakecurate.search import embedding_matrix, pick_embedding
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -179,8 +180,7 @@ def score_heads(ev: EvalSet, w_img: np.ndarray | None, w_txt: np.ndarray | None)
 
 # --------------------------------------------------------------------------- the lake side
 def _vectors(tbl: pa.Table, name: str) -> np.ndarray:
-    col = tbl.column(name).combine_chunks()
-    return np.asarray(col.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(col), -1)
+    return embedding_matrix(tbl.column(name))[0]
 
 
 def _selection(lake: "Lake", view: str | None) -> tuple[int | str | None, str, str]:
@@ -199,22 +199,6 @@ def _selection(lake: "Lake", view: str | None) -> tuple[int | str | None, str, s
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
                         f"run: lakecurate curate {lake.uri} basic, or pass --view 'SQL condition'")
     return version, where, label or where
-
-
-def _embedding_of(ds: Any, embedding: str | None) -> tuple[str, dict[str, Any]]:
-    from lakecurate.search import embedding_prefixes
-
-    found = embedding_prefixes(ds)
-    if embedding:
-        if embedding not in found:
-            raise LakeError(f"no embedding '{embedding}'; there are: {', '.join(found) or 'none'}")
-        return embedding, found[embedding]
-    if not found:
-        raise LakeError("the lake has no embeddings; run: lakecurate embed LAKE")
-    if len(found) > 1:
-        raise LakeError(f"the lake has several embeddings ({', '.join(found)}); pass --embedding NAME")
-    name = next(iter(found))
-    return name, found[name]
 
 
 def fingerprint(path: str) -> str:
@@ -281,7 +265,7 @@ def evaluate(
     t0 = time.perf_counter()
     version, where, label = _selection(lake, view)
     ds = lake.dataset(version)
-    emb, prov = _embedding_of(ds, embedding)
+    emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
     ev, _side = load_eval_set(lake, eval_set, prov, progress=progress)
 
     pool = ds.to_table(columns=["id", f"{emb}_image", f"{emb}_text"],
@@ -352,25 +336,26 @@ def record_result(lake: "Lake", res: EvalResult, recipe: str | None) -> None:
     uri = os.path.join(str(lake.uri), f"{EVAL_TABLE}.lance")
 
     def write() -> None:
-        exists = True
-        try:
-            lance.dataset(uri, storage_options=lake.storage_options)
-        except (ValueError, OSError, FileNotFoundError):
-            exists = False
-        lance.write_dataset(tbl, uri, mode="append" if exists else "create", storage_options=lake.storage_options)
+        mode = "create" if _open_table(lake) is None else "append"
+        lance.write_dataset(tbl, uri, mode=mode, storage_options=lake.storage_options)
 
     retry_on_conflict(write)
 
 
 def evaluations(lake: "Lake") -> pd.DataFrame:
     """Every recorded evaluation of the lake (empty when there is none)."""
+    ds = _open_table(lake)
+    return pd.DataFrame(columns=EVAL_SCHEMA.names) if ds is None else ds.to_table().to_pandas()
+
+
+def _open_table(lake: "Lake") -> Any:
+    """``LAKE/evaluations.lance`` as a dataset, or None before the first evaluation."""
     import lance
 
     try:
-        ds = lance.dataset(os.path.join(str(lake.uri), f"{EVAL_TABLE}.lance"), storage_options=lake.storage_options)
+        return lance.dataset(os.path.join(str(lake.uri), f"{EVAL_TABLE}.lance"), storage_options=lake.storage_options)
     except (ValueError, OSError, FileNotFoundError):
-        return pd.DataFrame(columns=EVAL_SCHEMA.names)
-    return ds.to_table().to_pandas()
+        return None
 
 
 EVAL_SCHEMA = pa.schema([

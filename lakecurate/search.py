@@ -10,7 +10,9 @@ import io
 import os
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from lakecurate.columns import field_provenance
 from lakecurate.encoders import Encoder, column_names, spec_from_provenance
@@ -44,17 +46,36 @@ def encoder_for(prov: dict[str, Any], device: str = "auto") -> Encoder:
     return _ENCODERS[key]
 
 
-def _pick_prefix(lake: "Lake", ds: "lance.LanceDataset", prefix: str | None) -> tuple[str, dict[str, Any]]:
+def pick_embedding(lake: "Lake", ds: "lance.LanceDataset", name: str | None = None, *, need: str | None = "",
+                   option: str = "--embedding NAME") -> tuple[str | None, dict[str, Any] | None]:
+    """The embed columns' prefix to use and its provenance: ``name`` when given, else the lake's only one.
+
+    Several embeddings and no ``name`` is an error naming ``option``. No embedding at all is an
+    error saying what needs one (``need``), or (None, None) when ``need`` is None (optional).
+    """
     found = embedding_prefixes(ds)
-    if not found:
-        raise LakeError(f"lake '{lake.uri}' has no embedding columns; run: lakecurate embed {lake.uri}")
-    if prefix is None:
-        if len(found) > 1:
-            raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); pass prefix=...")
-        prefix = next(iter(found))
-    if prefix not in found:
-        raise LakeError(f"no embedding '{prefix}' in lake '{lake.uri}'; there are: {', '.join(found)}")
-    return prefix, found[prefix]
+    if name is not None:
+        if name not in found:
+            raise LakeError(f"no embedding '{name}' in lake '{lake.uri}'; there are: {', '.join(found) or 'none'}"
+                            + ("" if found else f"; run: lakecurate embed {lake.uri}"))
+        return name, found[name]
+    if len(found) > 1:
+        raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); pass {option}")
+    if found:
+        name = next(iter(found))
+        return name, found[name]
+    if need is None:
+        return None, None
+    raise LakeError(f"lake '{lake.uri}' has no embedding columns; run: lakecurate embed {lake.uri}" + (f" ({need})" if need else ""))
+
+
+def embedding_matrix(col: "pa.ChunkedArray | pa.Array", dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x d matrix, valid mask) of a fixed-size-list embedding column; null rows read as zeros.
+    ``dtype=None`` keeps the stored type (float16 halves the memory of a large lake)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
+    x = np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, arr.type.list_size)
+    return x, valid
 
 
 def query_vector(enc: Encoder, query: Any) -> Any:
@@ -86,7 +107,7 @@ def search(
     Returns id, key, caption (or ``columns``) and ``similarity`` (cosine), best first.
     """
     ds = lake.dataset()
-    prefix, prov = _pick_prefix(lake, ds, prefix)
+    prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option="prefix=...")
     col = column_names(prefix)[target]
     vec = query_vector(encoder_for(prov), query)
     nearest = {"column": col, "q": vec, "k": k, "metric": "cosine"}

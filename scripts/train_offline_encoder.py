@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from lakecurate import offline
+from lakecurate.evaluate import retrieval_metrics
 
 HEAD_KEYS = ("image_head", "text_head", "bridge_gate", "logit_scale", "class_text")
 
@@ -61,35 +62,13 @@ def text_feats(model, texts: list[str], batch: int = 128) -> torch.Tensor:
     return torch.cat([model.text_features(tok(texts[i : i + batch])) for i in range(0, len(texts), batch)])
 
 
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    scores = np.concatenate([pos, neg])
-    ranks = scores.argsort().argsort() + 1.0
-    # average ranks of ties
-    _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    ranks = (sums / counts)[inv]
-    r_pos = ranks[: len(pos)].sum()
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def evaluate(model, img_f: torch.Tensor, txt_f: torch.Tensor, txt_img: np.ndarray, seed: int) -> dict[str, float]:
     """R@k for text->image and true-vs-swapped AUROC on held-out features."""
     with torch.no_grad():
-        im = torch.nn.functional.normalize(model.project_image(img_f), dim=-1)
-        tx = torch.nn.functional.normalize(model.text_head(txt_f), dim=-1)
-        sim = (tx @ im.T).numpy()
-    ranks = (sim > sim[np.arange(len(txt_img)), txt_img][:, None]).sum(1)
-    rng = np.random.default_rng(seed)
-    other = (txt_img + rng.integers(1, im.shape[0], len(txt_img))) % im.shape[0]
-    pos = sim[np.arange(len(txt_img)), txt_img]
-    neg = sim[np.arange(len(txt_img)), other]
-    return {
-        "t2i_R@1": float((ranks < 1).mean()),
-        "t2i_R@5": float((ranks < 5).mean()),
-        "t2i_R@10": float((ranks < 10).mean()),
-        "swapped_auroc": auroc(pos, neg),
-    }
+        im = torch.nn.functional.normalize(model.project_image(img_f), dim=-1).numpy()
+        tx = torch.nn.functional.normalize(model.text_head(txt_f), dim=-1).numpy()
+    m = retrieval_metrics(im, tx, txt_img, seed)
+    return {k: m[k] for k in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "swapped_auroc")}
 
 
 def train(model, img_f: torch.Tensor, txt_f: torch.Tensor, txt_img: np.ndarray, n_img: int, steps: int,
