@@ -50,12 +50,22 @@ def _echo_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="lakecurate")
-def main() -> None:
+@click.option("--branch", envvar="LAKECURATE_BRANCH", metavar="NAME",
+              help="Work on this branch of the lake (default: main; env LAKECURATE_BRANCH). "
+                   "Make one with: lakecurate branch create LAKE NAME")
+def main(branch: str | None) -> None:
     """Curate image-text training data on a Lance data lake.
 
     A LAKE is a folder (or object-store URI) holding the Lance table `pairs`; LanceDB opens it too:
     lancedb.connect(LAKE).open_table("pairs").
     """
+
+
+def open_lake(uri: str, *, create: bool = False) -> Lake:
+    """The lake at ``uri`` on the branch given by ``lakecurate --branch`` (main by default)."""
+    ctx = click.get_current_context(silent=True)
+    branch = ctx.find_root().params.get("branch") if ctx is not None else None
+    return (Lake.create if create else Lake.open)(uri, branch=branch)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -110,7 +120,7 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, image_dir: str |
     from lakecurate.ingest import IngestOptions
 
     opts = replace(IngestOptions(), **{k: v for k, v in limits.items() if v is not None})
-    report = Lake.create(lake).ingest(source, kind=kind, mode=mode, root=root, image_col=image_col,
+    report = open_lake(lake, create=True).ingest(source, kind=kind, mode=mode, root=root, image_col=image_col,
                                       caption_col=caption_col, key_col=key_col, image_dir=image_dir,
                                       options=opts)
     if as_json:
@@ -120,6 +130,12 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, image_dir: str |
 
 
 # --------------------------------------------------------------------------- embed
+engine_option = click.option(
+    "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="Where fragments are computed: this process, or Ray tasks (RAY_ADDRESS names a cluster; "
+         "else a local Ray). Commits are the same either way.")
+
+
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--model/--pretrained/--checkpoint/--name, shared by every command that loads an encoder."""
     for opt in reversed([
@@ -150,10 +166,11 @@ def explain_encoder(spec_arch: str, meaningless: bool) -> None:
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, help="Decode processes (default: half the cores; 0 decodes in this process).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute these columns (e.g. after changing the config).")
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_friendly_errors
 def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None, device: str,
-          precision: str, batch_size: int, workers: int | None, recompute: bool, as_json: bool) -> None:
+          precision: str, batch_size: int, workers: int | None, recompute: bool, engine: str, as_json: bool) -> None:
     """Add image/text embedding and alignment-score columns to LAKE (only rows that lack them).
 
     Columns: PREFIX_image, PREFIX_text (L2-normalised float16 vectors), PREFIX_score (cosine) and
@@ -166,8 +183,9 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
 
     spec = resolve(model, pretrained, checkpoint, name)
     explain_encoder(spec.arch, spec.meaningless)
-    rep = Lake.open(lake).embed(model, pretrained=pretrained, checkpoint=checkpoint, name=name, device=device,
-                                precision=precision, batch_size=batch_size, workers=workers, recompute=recompute)
+    rep = open_lake(lake).embed(model, pretrained=pretrained, checkpoint=checkpoint, name=name, device=device,
+                                precision=precision, batch_size=batch_size, workers=workers, recompute=recompute,
+                                engine=engine)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))
         return
@@ -192,7 +210,7 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
 
     Example: lakecurate search ./lake "a cat looking to the side" -k 5
     """
-    df = Lake.open(lake).search(query, k, prefix=prefix, target=target, where=where)
+    df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where)
     if as_json:
         click.echo(df.to_json(orient="records"))
     else:
@@ -241,7 +259,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 
     Example: lakecurate dedup ./lake --method all
     """
-    rep = Lake.open(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
+    rep = open_lake(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
                                 semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,
                                 keep_from=_methods(keep_from), workers=workers, recompute=recompute)
@@ -275,7 +293,7 @@ def curate(lake: str, recipe: str, as_json: bool) -> None:
 
     Example: lakecurate curate ./lake recipes/basic.toml
     """
-    rep = Lake.open(lake).curate(recipe)
+    rep = open_lake(lake).curate(recipe)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))
         return
@@ -301,7 +319,7 @@ def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recomput
 
     Example: lakecurate cluster ./lake -k 100
     """
-    rep = Lake.open(lake).cluster(k, embedding=embedding, seed=seed, recompute=recompute)
+    rep = open_lake(lake).cluster(k, embedding=embedding, seed=seed, recompute=recompute)
     sizes = sorted((c["size"] for c in rep.concepts), reverse=True)
     click.echo(f"{rep.k} concepts over {rep.rows} rows in {rep.seconds:.1f} s; sizes: largest {sizes[:5]}, "
                f"smallest {sizes[-5:]}")
@@ -328,7 +346,7 @@ def rebalance(lake: str, target: float, temperature: float, rule: str, max_repea
 
     Example: lakecurate rebalance ./lake --target 0.5 --max-repeats 3
     """
-    rep = Lake.open(lake).rebalance(int(target) if target > 1 else target, temperature=temperature, rule=rule,
+    rep = open_lake(lake).rebalance(int(target) if target > 1 else target, temperature=temperature, rule=rule,
                                     max_repeats=max_repeats, where=where, seed=seed)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2, default=float))
@@ -353,7 +371,7 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
 
     Example: lakecurate sequence ./lake --mode interleave
     """
-    out = Lake.open(lake).sequence(mode, score=score, shard_size=shard_size, where=where, seed=seed)
+    out = open_lake(lake).sequence(mode, score=score, shard_size=shard_size, where=where, seed=seed)
     click.echo(f"ordered {out['rows']} rows ({out['mode']}, where {out['where']}) into {out['shards']} shards")
 
 
@@ -375,7 +393,7 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
     Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted
     """
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
-    rep = Lake.open(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
+    rep = open_lake(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
                                  shard_size=shard_size, overwrite=overwrite)
     click.echo(f"exported {rep.samples} samples ({rep.rows} pairs) from version {rep.version} where {rep.where} "
                f"to {rep.dest} ({rep.format}, {len(rep.files)} files, {rep.bytes / 2**20:.1f} MiB) in {rep.seconds:.1f} s")
@@ -400,7 +418,7 @@ def evaluate(lake: str, eval_set: str, view: str | None, baseline: str, seeds: i
 
     Example: lakecurate evaluate ./lake --eval-set clean_eval/captions.csv --seeds 3
     """
-    res = Lake.open(lake).evaluate(view, eval_set=eval_set, baseline=baseline, seeds=seeds, steps=steps,
+    res = open_lake(lake).evaluate(view, eval_set=eval_set, baseline=baseline, seeds=seeds, steps=steps,
                                    embedding=embedding, record=not no_record)
     click.echo(f"view '{res.view}' ({res.rows['view']} rows) vs baseline '{res.baseline}' ({res.rows['baseline']} rows) "
                f"at version {res.version}; eval set {res.eval_images} images / {res.eval_captions} captions; "
@@ -431,7 +449,7 @@ def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, op
     Example: lakecurate report ./lake report.html
     """
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
-    rep = Lake.open(lake).report(out, version=version, sample_rows=sample_rows)
+    rep = open_lake(lake).report(out, version=version, sample_rows=sample_rows)
     empty = f"; no data yet for: {', '.join(rep.empty_sections)}" if rep.empty_sections else ""
     click.echo(f"wrote {rep.path} ({rep.bytes / 2**10:.0f} KiB, {rep.thumbnails} thumbnails) for version {rep.version} "
                f"({rep.rows} rows) in {rep.seconds:.1f} s{empty}")
@@ -439,6 +457,89 @@ def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, op
         import webbrowser
 
         webbrowser.open(Path(rep.path).resolve().as_uri())
+
+
+# --------------------------------------------------------------------------- features
+@main.group()
+def feature() -> None:
+    """User-defined feature columns: a Python function over a batch of columns, one commit per fragment.
+
+    Example: lakecurate feature add ./lake cap_chars --udf my_features:cap_chars --input caption
+    """
+
+
+def _param(values: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw  # a bare word is a string
+    return out
+
+
+@feature.command("add")
+@lake_argument
+@click.argument("name")
+@click.option("--udf", required=True, metavar="MODULE:FUNCTION",
+              help="The function: module:function (importable or in the working directory) or path/file.py:function.")
+@click.option("--input", "inputs", multiple=True, metavar="COL",
+              help="Column the function reads (repeat; default: what @feature(inputs=...) declares). image arrives as bytes.")
+@click.option("--type", "out_type", help="Arrow type of the column, e.g. int32, float32, string, bool "
+                                         "(default: @feature(type=...), else inferred from the first rows).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the function (JSON or text; repeat).")
+@click.option("--batch-size", type=int, default=4096, show_default=True)
+@engine_option
+@click.option("--recompute", is_flag=True, help="Replace the column (e.g. after changing the function).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_friendly_errors
+def feature_add(lake: str, name: str, udf: str, inputs: tuple[str, ...], out_type: str | None, params: tuple[str, ...],
+                batch_size: int, engine: str, recompute: bool, as_json: bool) -> None:
+    """Add the column NAME to LAKE, computed by a Python function per fragment (only rows lacking it).
+
+    The function takes a pyarrow RecordBatch of its input columns and returns an array (column NAME)
+    or a dict of arrays (columns NAME_KEY). Safe beside other writers: each fragment is one commit,
+    retried on conflict; re-running fills only rows appended since (or a killed run's rest).
+
+    Example: lakecurate feature add ./lake caption_chars --udf my_features:caption_chars --input caption
+    """
+    rep = open_lake(lake).add_feature(name, udf, inputs=list(inputs) or None, type=out_type, params=_param(params),
+                                      engine=engine, batch_size=batch_size, recompute=recompute)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    click.echo(f"feature {name}: {rep.rows} rows in {rep.fragments} fragments ({rep.seconds:.1f} s, engine {engine}); "
+               f"columns: {', '.join(rep.columns)}")
+
+
+@feature.command("list")
+@lake_argument
+@_friendly_errors
+def feature_list(lake: str) -> None:
+    """List the feature columns of LAKE: function, inputs, config and rows still missing a value.
+
+    Example: lakecurate feature list ./lake
+    """
+    from lakecurate.features import list_features
+
+    _echo_table(list_features(open_lake(lake)))
+
+
+@feature.command("drop")
+@lake_argument
+@click.argument("name")
+@_friendly_errors
+def feature_drop(lake: str, name: str) -> None:
+    """Drop the column(s) of feature NAME (metadata only; older versions and tags still have them).
+
+    Example: lakecurate feature drop ./lake caption_chars
+    """
+    from lakecurate.features import drop_feature
+
+    click.echo(f"dropped {', '.join(drop_feature(open_lake(lake), name))}")
 
 
 # --------------------------------------------------------------------------- inspect
@@ -451,7 +552,7 @@ def info(lake: str, as_json: bool) -> None:
 
     Example: lakecurate info ./lake
     """
-    d = Lake.open(lake).info()
+    d = open_lake(lake).info()
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return
@@ -480,7 +581,7 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None) -> None:
     Example: lakecurate sql ./lake "SELECT ingest_status, COUNT(*) AS n FROM pairs GROUP BY 1"
     """
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
-    df = Lake.open(lake).sql(query, version=version)
+    df = open_lake(lake).sql(query, version=version)
     if fmt == "json":
         click.echo(df.to_json(orient="records", date_format="iso", default_handler=str))
     elif fmt == "csv":
@@ -496,15 +597,129 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None) -> None:
 @lake_argument
 @click.argument("name")
 @click.option("--version", "at_version", type=int, help="Version to tag (default: latest).")
+@click.option("--delete", is_flag=True, help="Delete the tag NAME instead.")
 @_friendly_errors
-def tag(lake: str, name: str, at_version: int | None) -> None:
-    """Name a version of LAKE so it can be reopened later (metadata only).
+def tag(lake: str, name: str, at_version: int | None, delete: bool) -> None:
+    """Name a version of LAKE (of --branch) so it can be reopened later (metadata only).
 
     Example: lakecurate tag ./lake before-dedup
     """
-    the_lake = Lake.open(lake)
+    the_lake = open_lake(lake)
+    if delete:
+        the_lake.delete_tag(name)
+        click.echo(f"deleted tag '{name}'")
+        return
     the_lake.tag(name, at_version)
     click.echo(f"tagged version {at_version or the_lake.version} of {the_lake.uri} as '{name}'")
+
+
+@main.group()
+def branch() -> None:
+    """Branches: experiment on the lake without touching main (metadata only; data files are shared).
+
+    Example: lakecurate branch create ./lake strict && lakecurate --branch strict curate ./lake strict.toml
+    """
+
+
+@branch.command("create")
+@lake_argument
+@click.argument("name")
+@click.option("--from", "source", help="Version, tag or branch:version to start from (default: the latest).")
+@_friendly_errors
+def branch_create(lake: str, name: str, source: str | None) -> None:
+    """Create branch NAME of LAKE; then work on it with: lakecurate --branch NAME COMMAND LAKE ...
+
+    Example: lakecurate branch create ./lake strict-captions --from curated-v1
+    """
+    new = open_lake(lake).create_branch(name, source)
+    click.echo(f"created branch '{name}' at version {new.version}; use: lakecurate --branch {name} ... {lake}")
+
+
+@branch.command("list")
+@lake_argument
+@_friendly_errors
+def branch_list(lake: str) -> None:
+    """List the branches of LAKE with where they started and their latest version.
+
+    Example: lakecurate branch list ./lake
+    """
+    the_lake = Lake.open(lake)
+    rows = [{"branch": "main", "from": "", "version": the_lake.version}]
+    for name, meta in sorted(the_lake.branches().items()):
+        rows.append({"branch": name, "from": f"{meta.get('parent_branch') or 'main'}:{meta.get('parent_version')}",
+                     "version": Lake.open(lake, branch=name).version})
+    _echo_table(rows)
+
+
+@branch.command("delete")
+@lake_argument
+@click.argument("name")
+@_friendly_errors
+def branch_delete(lake: str, name: str) -> None:
+    """Delete branch NAME of LAKE (main and its files are untouched).
+
+    Example: lakecurate branch delete ./lake strict-captions
+    """
+    Lake.open(lake).delete_branch(name)
+    click.echo(f"deleted branch '{name}'")
+
+
+@main.command()
+@lake_argument
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--where", help="SQL condition of the view on both sides (default: each side's rebalance_keep or keep).")
+@click.option("--where-b", help="Another condition for B.")
+@click.option("--show", type=int, default=10, show_default=True, help="Example ids to list per side.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_friendly_errors
+def diff(lake: str, a: str, b: str | None, where: str | None, where_b: str | None, show: int, as_json: bool) -> None:
+    """Compare the curated views of two versions A and B of LAKE (numbers, tags, branches, branch:N):
+    rows added and removed, counted per reason. B defaults to the latest version.
+
+    Example: lakecurate diff ./lake curated-v1 strict-captions
+    """
+    d = open_lake(lake).diff(a, b, where=where, where_b=where_b, examples=show)
+    if as_json:
+        click.echo(json.dumps(d.to_dict(), indent=2))
+        return
+    click.echo(f"A = {d.a} (v{d.version_a}, {d.where_a or 'all rows'}): {d.rows_a} rows")
+    click.echo(f"B = {d.b} (v{d.version_b}, {d.where_b or 'all rows'}): {d.rows_b} rows")
+    click.echo(f"in both {d.in_both}; only in B (added) {d.added}; only in A (removed) {d.removed}")
+    for title, by, ids in (("removed: why B leaves them out", d.removed_by, d.removed_ids),
+                           ("added: why A left them out", d.added_by, d.added_ids)):
+        if by:
+            click.echo(f"\n{title}")
+            _echo_table([{"reason": r, "rows": n} for r, n in by.items()])
+            click.echo("e.g. " + ", ".join(ids[:show]))
+
+
+@main.command()
+@lake_argument
+@click.argument("version")
+@_friendly_errors
+def restore(lake: str, version: str) -> None:
+    """Go back: make VERSION (a number or tag) of LAKE the latest, as a new commit (nothing is lost;
+    later versions stay readable, so a restore can itself be undone).
+
+    Example: lakecurate restore ./lake before-dedup
+    """
+    the_lake = open_lake(lake)
+    before = the_lake.version
+    new = the_lake.restore(version)
+    click.echo(f"restored {version} as version {new} of {the_lake.branch or 'main'} (undo: lakecurate restore {lake} {before})")
+
+
+@main.command()
+@lake_argument
+@click.option("-n", "limit", type=int, default=20, show_default=True, help="How many versions.")
+@_friendly_errors
+def log(lake: str, limit: int) -> None:
+    """Show the latest versions of LAKE (or of --branch): time, operation, rows and tags.
+
+    Example: lakecurate log ./lake -n 10
+    """
+    _echo_table(open_lake(lake).history(limit))
 
 
 @main.command()
@@ -518,7 +733,7 @@ def cleanup(lake: str, older_than_days: float) -> None:
 
     Example: lakecurate cleanup ./lake --older-than-days 0
     """
-    stats = Lake.open(lake).cleanup(timedelta(days=older_than_days))
+    stats = open_lake(lake).cleanup(timedelta(days=older_than_days))
     click.echo(f"removed {stats['old_versions']} old versions, {stats['bytes_removed']} bytes")
 
 

@@ -66,7 +66,7 @@ def describe_provenance(prov: dict[str, Any] | None) -> str:
     if not prov:
         return ""
     cfg = prov.get("config", {})
-    what = cfg.get("arch") or cfg.get("name") or (cfg.get("recipe") or {}).get("name") or ""
+    what = prov.get("udf") or cfg.get("arch") or cfg.get("name") or (cfg.get("recipe") or {}).get("name") or ""
     if cfg.get("pretrained") and not str(cfg["pretrained"]).endswith(".pt"):
         what += f":{cfg['pretrained']}"
     return (f"{prov['stage']}: {what} (config {prov['config_hash']}) from {', '.join(prov['source_columns'])} "
@@ -260,6 +260,107 @@ def write_changed(lake: "Lake", tbl: pa.Table, new: dict[str, pa.Array]) -> tupl
     return (len(tables) if version is not None else 0), version
 
 
+def physical(frag_rows: int, offsets: Any, table: pa.Table) -> pa.Table:
+    """Rows at live-row offsets -> a table over all physical rows of the fragment (deleted rows null)."""
+    import numpy as np
+
+    order = np.full(frag_rows, -1, np.int64)
+    order[np.asarray(offsets, np.int64)] = np.arange(len(offsets))
+    return table.take(pa.array(order, mask=order < 0))
+
+
+# A per-batch function: an Arrow batch of the input columns (live rows) -> a table of the declared columns.
+BatchFn = Any
+
+
+def compute_fragment(ds: lance.LanceDataset, fragment_id: int, inputs: Sequence[str], fn: BatchFn,
+                     names: Sequence[str], batch_size: int = 4096, where: str = "") -> tuple[pa.Table, int]:
+    """Run ``fn`` over the live rows of one fragment, batch by batch, and lay the result out over its
+    physical rows (what :func:`fill_fragment` takes). Returns (table, live rows).
+
+    ``image`` among ``inputs`` arrives as bytes. ``fn`` returning the wrong number of rows, or other
+    columns than ``names``, is a :class:`LakeError` naming the fragment and rows.
+    """
+    frag = ds.get_fragment(fragment_id)
+    parts, offsets, start = [], [], 0
+    for batch in frag.to_batches(columns=list(inputs), with_row_address=True, batch_size=batch_size,
+                                 blob_handling="all_binary"):
+        addr = batch.column("_rowaddr").to_numpy()
+        data = batch.drop_columns(["_rowaddr"]) if hasattr(batch, "drop_columns") else batch.select(list(inputs))
+        where_rows = f"{where}fragment {fragment_id} rows {start}-{start + batch.num_rows - 1}"
+        try:
+            out = fn(data)
+        except LakeError:
+            raise
+        except Exception as exc:
+            raise LakeError(f"{where_rows}: {type(exc).__name__}: {exc}") from exc
+        if out.num_rows != batch.num_rows or list(out.column_names) != list(names):
+            raise LakeError(f"{where_rows}: expected {batch.num_rows} rows of {list(names)}, "
+                            f"got {out.num_rows} rows of {list(out.column_names)}")
+        parts.append(out)
+        offsets.append(addr & 0xFFFFFFFF)
+        start += batch.num_rows
+    import numpy as np
+
+    if not parts:  # every row deleted: the fragment still gets a file (all null) so it counts as done
+        schema = pa.schema([ds.schema.field(n) for n in names])
+        return pa.table({n: pa.nulls(frag.physical_rows, schema.field(n).type) for n in names}), 0
+    table = pa.concat_tables([t.cast(parts[0].schema) for t in parts])
+    return physical(frag.physical_rows, np.concatenate(offsets), table), table.num_rows
+
+
+def _fill_one(lake: "Lake", version: int, fragment_id: int, inputs: Sequence[str], fn: BatchFn,
+              names: Sequence[str], batch_size: int, where: str) -> tuple[int, int, int | None]:
+    """Compute and commit one fragment: (fragment id, live rows, new version or None)."""
+    ds = lance.dataset(lake.table_uri, version=version, storage_options=lake.storage_options)
+    table, rows = compute_fragment(ds, fragment_id, inputs, fn, names, batch_size, where)
+    schema = pa.schema([ds.schema.field(n) for n in names])
+    return fragment_id, rows, fill_fragment(lake, fragment_id, table.cast(schema))
+
+
+def fill_by_fragment(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], fn: BatchFn,
+                     inputs: Sequence[str], *, engine: str = "local", batch_size: int = 4096,
+                     recompute: bool = False, progress: bool | None = None, desc: str = "",
+                     fix: str | None = None) -> dict[str, Any]:
+    """Declare ``fields`` and fill every fragment that lacks them with ``fn`` (batch -> table of the
+    fields): the one loop behind user-defined features and the per-row built-in stages.
+
+    One commit per fragment (a killed run keeps its finished fragments; the next run does the rest,
+    and rows appended meanwhile), each retried on conflict. ``engine="ray"`` runs the fragments as
+    Ray tasks (see :mod:`lakecurate.engines`) that commit the same way.
+    Returns {"fragments": filled, "rows": live rows computed, "versions": [...]}.
+    """
+    from tqdm.auto import tqdm
+
+    declare(lake, fields, prov, recompute=recompute, **({"fix": fix} if fix else {}))
+    ds = lake.dataset()
+    names = [f.name for f in fields]
+    todo = [f.fragment_id for f in fragments_to_fill(ds, names[0])]
+    where = f"{desc or names[0]} on lake '{lake.uri}' " if desc else ""
+    out: dict[str, Any] = {"fragments": 0, "rows": 0, "versions": []}
+    bar = tqdm(total=len(todo), desc=desc or names[0], unit="fragment",
+               disable=(not progress) if progress is not None else None)
+    args = (inputs, fn, names, batch_size, where)
+    if engine == "local":
+        results: Any = (_fill_one(lake, ds.version, fid, *args) for fid in todo)
+    elif engine == "ray":
+        from lakecurate.engines import ray_map
+
+        results = ray_map(_fill_one, [(lake, ds.version, fid, *args) for fid in todo])
+    else:
+        raise LakeError(f"unknown engine {engine!r}; use 'local' or 'ray'")
+    try:
+        for _fid, rows, version in results:
+            out["rows"] += rows
+            if version is not None:
+                out["fragments"] += 1
+                out["versions"].append(version)
+            bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
 class Checkpoint:
     """Finished batches of one fragment, kept on local disk until the fragment's commit lands.
 
@@ -274,7 +375,8 @@ class Checkpoint:
             base = base / hashlib.sha256(lake.uri.encode()).hexdigest()[:16]
         else:
             base = Path(lake.uri) / "_lakecurate" / "checkpoints"
-        self.root = base / key
+        # A branch has fragments of its own under the same numbers: keep its checkpoints apart.
+        self.root = base / (f"branch-{lake.branch}" if getattr(lake, "branch", None) else "") / key
 
     def _dir(self, frag: lance.LanceFragment) -> Path:
         d = frag.metadata.deletion_file

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from lakecurate import columns
 from lakecurate.lake import LakeError
+from lakecurate.schema import default_view
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -313,7 +314,7 @@ def sequence(lake: "Lake", mode: str = "interleave", *, seed: int = 0, score: st
     ds = lake.dataset()
     names = ds.schema.names
     if where is None:
-        where = "rebalance_keep" if "rebalance_keep" in names else ("keep" if "keep" in names else None)
+        where = default_view(names)
     if mode not in ("random", "curriculum", "interleave"):
         raise LakeError(f"unknown order {mode!r}; choose random, curriculum or interleave")
     if mode == "interleave" and "concept" not in names:

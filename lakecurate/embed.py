@@ -18,6 +18,7 @@ import io
 import itertools
 import multiprocessing
 import os
+import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
@@ -80,7 +81,8 @@ def decode_image(data: bytes | None) -> tuple[Any, str | None]:
             im = Image.fromarray(((arr - arr.min()) * (255.0 / span)).astype(np.uint8))
         return im.convert("RGB"), None
     except Exception as exc:  # Pillow raises many types on bad data
-        return None, f"image_undecodable: {type(exc).__name__}: {exc}"[:300]
+        # Pillow names the buffer's memory address; drop it so the same bytes give the same message.
+        return None, re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", f"image_undecodable: {type(exc).__name__}: {exc}")[:300]
 
 
 _WORKER: dict[str, Any] = {}
@@ -227,6 +229,7 @@ def embed(
     progress: bool | None = None,
     max_fragments: int | None = None,
     index_min_rows: int | None = None,
+    engine: str = "local",
 ) -> EmbedReport:
     """Add image/text embedding and alignment-score columns for every row that lacks them.
 
@@ -234,7 +237,15 @@ def embed(
 
         report = lake.embed("offline")             # columns offline_image, offline_text, offline_score
         lake.sql("SELECT key, offline_score FROM pairs ORDER BY offline_score LIMIT 5")
+
+    ``engine="ray"`` embeds the fragments on a Ray cluster instead: one actor per CPU loads the
+    model once and embeds and commits whole fragments (the same per-fragment commits; a killed run
+    keeps finished fragments, not batches).
     """
+    if engine not in ("local", "ray"):
+        from lakecurate.lake import LakeError
+
+        raise LakeError(f"unknown engine {engine!r}; use 'local' or 'ray'")
     spec = model if isinstance(model, EncoderSpec) else resolve(model, pretrained, checkpoint, name)
     names = column_names(spec.prefix)
     dim = spec.embed_dim()
@@ -277,6 +288,10 @@ def embed(
         ckpt.drop()
         report.seconds = time.perf_counter() - t0
         return report  # no model load for a no-op
+    if engine == "ray":
+        columns.declare(lake, fields, prov, recompute=recompute)
+        return _embed_on_ray(lake, spec, (device, precision, batch_size, names, dim), [f.fragment_id for f in todo],
+                             report, progress, t0, index_min_rows)
     n_workers = workers
     transform, _ = spec.build_transforms()
     loader = read_batches(items, (lake.table_uri, ds.version, lake.storage_options, transform), n_workers)
@@ -327,6 +342,49 @@ def embed(
     report.errors += sum(t.num_rows - t.column("error").null_count for s in saved.values() for t in s.values())
     from lakecurate.search import INDEX_MIN_ROWS, ensure_index
 
+    report.indexed = ensure_index(lake, spec.prefix, INDEX_MIN_ROWS if index_min_rows is None else index_min_rows)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+class FragmentEmbedder:
+    """Embeds and commits whole fragments with a model loaded once (a Ray actor, or in-process)."""
+
+    def __init__(self, spec: EncoderSpec, device: str, precision: str, batch_size: int, names: dict[str, str], dim: int):
+        self.enc = Encoder(spec, device=device, precision=precision)
+        self.transform, _ = spec.build_transforms()
+        self.batch_size, self.names, self.dim = batch_size, names, dim
+
+    def run(self, lake: "Lake", version: int, fid: int) -> tuple[int, int, int, int | None]:
+        """(fragment id, rows embedded, rows with an error, new version or None)."""
+        _init_reader(lake.table_uri, version, lake.storage_options, self.transform)
+        frag = _WORKER["ds"].get_fragment(fid)
+        live = frag.count_rows()
+        parts = [embed_batch(self.enc, read_batch((fid, s, min(self.batch_size, live - s))), self.dim)
+                 for s in range(0, live, self.batch_size)]
+        errors = sum(t.num_rows - t.column("error").null_count for t in parts)
+        return fid, live, errors, columns.fill_fragment(lake, fid, assemble(parts, frag.physical_rows, self.names, self.dim))
+
+
+def _embed_on_ray(lake: "Lake", spec: EncoderSpec, setup: tuple, fids: list[int], report: EmbedReport,
+                  progress: bool | None, t0: float, index_min_rows: int | None) -> EmbedReport:
+    from lakecurate.engines import ray_actor_map
+    from lakecurate.search import INDEX_MIN_ROWS, ensure_index
+
+    version = lake.dataset().version
+    bar = tqdm(total=len(fids), desc=f"embed {spec.prefix} (ray)", unit="fragment",
+               disable=(not progress) if progress is not None else None)
+    try:
+        for _fid, rows, errors, new in ray_actor_map(FragmentEmbedder, (spec, *setup), "run",
+                                                     [(lake, version, fid) for fid in fids]):
+            report.rows_embedded += rows
+            report.errors += errors
+            if new is not None:
+                report.versions.append(new)
+                report.fragments_done += 1
+            bar.update(1)
+    finally:
+        bar.close()
     report.indexed = ensure_index(lake, spec.prefix, INDEX_MIN_ROWS if index_min_rows is None else index_min_rows)
     report.seconds = time.perf_counter() - t0
     return report

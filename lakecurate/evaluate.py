@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from lakecurate.columns import field_provenance
 from lakecurate.lake import LakeError, retry_on_conflict
+from lakecurate.schema import default_view
 from lakecurate.search import embedding_matrix, pick_embedding
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def _selection(lake: "Lake", view: str | None) -> tuple[int | str | None, str, s
     if view:
         return version, view, label
     names = ds.schema.names
-    where = "rebalance_keep" if "rebalance_keep" in names else ("keep" if "keep" in names else None)
+    where = default_view(names)
     if where is None:
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
                         f"run: lakecurate curate {lake.uri} basic, or pass --view 'SQL condition'")

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from lakecurate import columns
 from lakecurate.lake import LakeError
+from lakecurate.schema import default_view
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -67,7 +68,7 @@ def plan(lake: "Lake", *, where: str | None = None, version: int | str | None = 
     ds = lake.dataset(version)
     names = ds.schema.names
     if where is None:
-        where = next((w for w in ("rebalance_keep", "keep") if w in names), "ingest_status != 'error'")
+        where = default_view(names) or "ingest_status != 'error'"
     if caption not in names:
         raise LakeError(f"no column '{caption}' in lake '{lake.uri}' to export as the caption")
     cols = list(dict.fromkeys(META + [caption] + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -48,36 +49,64 @@ def _join(uri: str, name: str) -> str:
     return os.path.join(uri, name)
 
 
-def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 8, base_delay: float = 0.05) -> T:
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is a commit that lost a race and can be redone at a fresh version.
+
+    Lance raises ``CommitConflictError`` for most operations, but a losing compaction
+    (``Rewrite``) raises a plain ``OSError`` whose message says "Retryable commit conflict".
+    """
+    return isinstance(exc, CommitConflictError) or (
+        isinstance(exc, OSError) and "retryable commit conflict" in str(exc).lower())
+
+
+def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 12, base_delay: float = 0.05,
+                      max_delay: float = 2.0) -> T:
     """Run ``fn`` (one Lance commit) again after a commit conflict, with jittered exponential backoff.
 
     ``fn`` must be safe to repeat: it should re-open the dataset at its latest version and commit
-    work that is already computed, so a retry costs a manifest read, not a recomputation.
+    work that is already computed, so a retry costs a manifest read, not a recomputation. The
+    delays (50 ms doubling, at most 2 s, 12 tries, ~12 s in all) outlast a table with a handful of
+    writers committing every fragment.
     """
     for attempt in range(attempts):
         try:
             return fn()
-        except CommitConflictError:
-            if attempt == attempts - 1:
+        except OSError as exc:
+            if not is_conflict(exc) or attempt == attempts - 1:
                 raise
-            time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
+            time.sleep(min(max_delay, base_delay * (2**attempt)) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class Lake:
     """A Lance data lake of image-text pairs. Use :meth:`create` or :meth:`open`."""
 
-    def __init__(self, uri: str | os.PathLike, storage_options: dict[str, str] | None = None):
+    def __init__(self, uri: str | os.PathLike, storage_options: dict[str, str] | None = None, *,
+                 branch: str | None = None):
         uri = os.fspath(uri)
         self.uri = uri if "://" in uri else os.path.abspath(uri)
         self.storage_options = storage_options
-        self.table_uri = _join(self.uri, f"{TABLE}.lance")
+        self.main_uri = _join(self.uri, f"{TABLE}.lance")
+        if branch is not None and not BRANCH_RE.match(branch):
+            raise LakeError(f"branch name {branch!r} is not valid; use letters, digits, '.', '_' and '-'")
+        self.branch = branch if branch not in (None, "main") else None
+        # A Lance branch is a table of its own under tree/<name> that shares main's data files, so
+        # every stage works on it unchanged through this one path.
+        self.table_uri = self.main_uri if self.branch is None else _join(self.main_uri, f"tree/{self.branch}")
+
+    def __repr__(self) -> str:
+        return f"Lake({self.uri!r}{', branch=' + repr(self.branch) if self.branch else ''})"
 
     # ----------------------------------------------------------------- open / create
     @classmethod
     def create(cls, uri: str | os.PathLike, *, exist_ok: bool = True, **kw: Any) -> "Lake":
         """Create an empty lake (or open it if it exists and ``exist_ok``)."""
         lake = cls(uri, **kw)
+        if lake.branch is not None:
+            return cls.open(uri, **kw)  # branches are made with create_branch, never implicitly
         if lake.exists():
             if not exist_ok:
                 raise LakeError(f"lake '{lake.uri}' already exists; open it with Lake.open")
@@ -95,8 +124,17 @@ class Lake:
 
     @classmethod
     def open(cls, uri: str | os.PathLike, **kw: Any) -> "Lake":
-        """Open an existing lake; fails with a hint if there is none at ``uri``."""
+        """Open an existing lake (``branch=`` for one of its branches); fails with a hint if absent."""
         lake = cls(uri, **kw)
+        if lake.branch is not None:
+            main = cls(uri, storage_options=lake.storage_options)
+            if not main.exists():
+                raise LakeError(f"no lake at '{lake.uri}'; create one with: lakecurate ingest {uri} SOURCE")
+            names = sorted(main.branches())
+            if lake.branch not in names:
+                raise LakeError(f"lake '{lake.uri}' has no branch '{lake.branch}' (branches: {', '.join(names) or 'none'}); "
+                                f"create it with: lakecurate branch create {uri} {lake.branch}")
+            return lake
         if not lake.exists():
             raise LakeError(
                 f"no lake at '{lake.uri}' (expected a Lance table at '{lake.table_uri}'); "
@@ -113,8 +151,29 @@ class Lake:
 
     # ----------------------------------------------------------------- access
     def dataset(self, version: int | str | None = None) -> lance.LanceDataset:
-        """The pairs table at its latest version (or at ``version``: a number or a tag)."""
+        """The pairs table at its latest version, or at ``version``: a number (on this lake's branch),
+        a tag, a branch name (its latest version) or ``branch:number``."""
+        if isinstance(version, str) and version.isdigit():
+            version = int(version)
+        if isinstance(version, str):
+            uri, number = self._ref(version)
+            return lance.dataset(uri, version=number, storage_options=self.storage_options)
         return lance.dataset(self.table_uri, version=version, storage_options=self.storage_options)
+
+    def _ref(self, ref: str) -> tuple[str, int | str | None]:
+        """(table uri, version or tag) of a version reference given as text."""
+        ds = lance.dataset(self.table_uri, storage_options=self.storage_options)
+        tags = ds.tags.list()
+        if ref in tags:
+            return self.table_uri, ref
+        name, _, number = ref.partition(":")
+        branches = ds.branches.list()
+        if (name == "main" or name in branches) and (not number or number.isdigit()):
+            uri = self.main_uri if name == "main" else _join(self.main_uri, f"tree/{name}")
+            return uri, int(number) if number else None
+        raise LakeError(f"'{ref}' is not a version, tag or branch of lake '{self.uri}' "
+                        f"(tags: {', '.join(sorted(tags)) or 'none'}; branches: main{''.join(', ' + b for b in sorted(branches))}); "
+                        f"see: lakecurate log {self.uri}")
 
     @property
     def version(self) -> int:
@@ -275,6 +334,12 @@ class Lake:
 
         return report(self, out, **options)
 
+    def add_feature(self, name: str, fn: Any, **options: Any) -> Any:
+        """Add a user-defined feature column computed per fragment; see :func:`lakecurate.features.add_feature`."""
+        from lakecurate.features import add_feature
+
+        return add_feature(self, name, fn, **options)
+
     def search(self, query: Any, k: int = 10, **options: Any) -> pd.DataFrame:
         """Nearest pairs to a text or an image; see :func:`lakecurate.search.search`.
 
@@ -286,9 +351,104 @@ class Lake:
 
     # ----------------------------------------------------------------- versions
     def tag(self, name: str, version: int | None = None) -> None:
-        """Name a version (default: the latest) so it can be reopened later; ~1 ms, metadata only."""
+        """Name a version (default: the latest) so it can be reopened later; ~1 ms, metadata only.
+
+        On a branch the tag points at the branch's version; ``lake.dataset(name)`` reopens it.
+        """
         ds = self.dataset()
-        ds.tags.create(name, version if version is not None else ds.version)
+        ds.tags.create(name, (self.branch, version if version is not None else ds.version) if self.branch
+                       else (version if version is not None else ds.version))
+
+    def branches(self) -> dict[str, dict[str, Any]]:
+        """Branches of the lake: name -> {parent_branch, parent_version, ...} (``main`` is implied)."""
+        return dict(lance.dataset(self.main_uri, storage_options=self.storage_options).branches.list())
+
+    def create_branch(self, name: str, source: int | str | None = None) -> "Lake":
+        """Start a branch at ``source`` (a version of this lake's branch, a tag, or None: the latest)
+        and return the lake opened on it. Metadata only: the branch shares every data file, and new
+        columns, appends and curation on it leave main untouched.
+
+        Example::
+
+            exp = lake.create_branch("exp-strict")
+            exp.curate("strict")            # main's keep column is unchanged
+        """
+        if not BRANCH_RE.match(name) or name == "main":
+            raise LakeError(f"branch name {name!r} is not valid; use letters, digits, '.', '_' and '-' (not 'main')")
+        if name in self.branches():
+            raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with --branch {name}")
+        if isinstance(source, str) and not source.isdigit():
+            uri, number = self._ref(source)
+            ref: Any = number if uri == self.table_uri else (uri.rsplit("/tree/", 1)[1] if "/tree/" in uri else None, number)
+        else:
+            ref = int(source) if source is not None else None
+        if self.branch and isinstance(ref, int):
+            ref = (self.branch, ref)
+        self.dataset().create_branch(name, ref)
+        return Lake(self.uri, self.storage_options, branch=name)
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch; the data files it shares with main stay (main's versions reference them)."""
+        if name not in self.branches():
+            raise LakeError(f"lake '{self.uri}' has no branch '{name}'")
+        ds = lance.dataset(self.main_uri, storage_options=self.storage_options)
+        tags = sorted(t for t, meta in ds.tags.list().items() if meta.get("branch") == name)
+        if tags:  # Lance refuses too; say which tags and how to drop them
+            raise LakeError(f"branch '{name}' of lake '{self.uri}' is referenced by tags {', '.join(tags)}; "
+                            f"delete them first: lakecurate tag {self.uri} TAG --delete")
+        ds.branches.delete(name)
+
+    def delete_tag(self, name: str) -> None:
+        """Delete a tag (the version it named stays; cleanup may then remove its files)."""
+        ds = self.dataset()
+        if name not in ds.tags.list():
+            raise LakeError(f"lake '{self.uri}' has no tag '{name}'")
+        ds.tags.delete(name)
+
+    def restore(self, version: int | str) -> int:
+        """Go back: make the state of ``version`` (a number or tag of this branch) the latest version.
+
+        Nothing is lost: this is a new commit, and every version after ``version`` stays readable.
+        Returns the new version number.
+        """
+        old = self.dataset(version)
+        if isinstance(version, str) and not version.isdigit():
+            tag = old.tags.list().get(version)
+            name = tag.get("branch") if tag else version.partition(":")[0]
+            branch = None if name in (None, "main") else name
+        else:
+            branch = self.branch
+        if branch != self.branch:
+            raise LakeError(f"'{version}' belongs to another branch than {self.branch or 'main'}; restore works "
+                            f"within a branch (open the lake with --branch to restore there)")
+        old.restore()
+        return self.version
+
+    def history(self, limit: int | None = 20) -> list[dict[str, Any]]:
+        """The latest versions of this branch, newest first: number, time, operation, rows, tags."""
+        ds = self.dataset()
+        versions = ds.versions()[::-1][:limit]
+        ops: dict[int, str] = {}
+        try:
+            txs = ds.get_transactions(len(versions))
+        except Exception:  # older formats may lack transaction files; the log still lists versions
+            txs = []
+        for v, tx in zip(versions, txs):
+            if tx is not None:
+                ops[v["version"]] = type(tx.operation).__name__
+        tags: dict[int, list[str]] = {}
+        for name, t in ds.tags.list().items():
+            if t.get("branch") == self.branch:
+                tags.setdefault(t["version"], []).append(name)
+        return [{"version": v["version"], "time": _iso(v["timestamp"]), "operation": ops.get(v["version"], ""),
+                 "rows": int(v["metadata"].get("total_rows", 0)) - int(v["metadata"].get("total_deletion_file_rows", 0)),
+                 "tags": ", ".join(sorted(tags.get(v["version"], [])))} for v in versions]
+
+    def diff(self, a: int | str, b: int | str | None = None, **options: Any) -> Any:
+        """Rows added/removed between two curated views, per reason; see :func:`lakecurate.compare.diff`."""
+        from lakecurate.compare import diff
+
+        return diff(self, a, b, **options)
 
     def cleanup(self, older_than: timedelta = timedelta(days=7)) -> dict[str, int]:
         """Delete files only referenced by untagged versions older than ``older_than``.

@@ -19,9 +19,13 @@ import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Near-copy edits and their parameter ranges (the issue's list): each copy gets one edit, and one in
 # three copies gets a second one on top (e.g. a crop that is then re-encoded at quality 40).
@@ -347,3 +351,26 @@ def write_eval_set(photos: Sequence[Path], captions_csv: str | Path, out_dir: st
     for name, path in wanted.items():
         shutil.copyfile(path, out / "images" / name)
     return n
+
+
+def synthetic_pairs(start: int, n: int, image: bytes | None = None) -> "pa.Table":
+    """``n`` rows of the pairs schema (ids ``p{start:07d}``...) with captions of varying length (every
+    17th null) and one tiny JPEG as every image: for tests and benchmarks of writes and features that
+    need no real photos."""
+    import pyarrow as pa
+
+    from lakecurate.schema import PAIRS_SCHEMA
+
+    if image is None:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 30, 60)).save(buf, "JPEG")
+        image = buf.getvalue()
+    ids = [f"p{i:07d}" for i in range(start, start + n)]
+    data = {f.name: pa.nulls(n, f.type) for f in PAIRS_SCHEMA}
+    data.update({
+        "id": pa.array(ids), "key": pa.array(ids), "source": pa.array(["synthetic"] * n),
+        "image": pa.array([image] * n, pa.large_binary()),
+        "caption": pa.array([None if i % 17 == 5 else "word " * (i % 11) + f"pair {i}" for i in range(start, start + n)]),
+        "ingest_status": pa.array(["ok"] * n),
+    })
+    return pa.table(data, schema=PAIRS_SCHEMA)

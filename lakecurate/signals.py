@@ -307,13 +307,6 @@ def _image_batch(item: tuple[int, int, int]) -> tuple[int, np.ndarray, pa.Table]
     return fid, np.asarray(addrs, np.int64) & 0xFFFFFFFF, image_signals(blobs)
 
 
-def physical(frag_rows: int, offsets: np.ndarray, table: pa.Table) -> pa.Table:
-    """Rows at live-row offsets -> a table over all physical rows of the fragment (deleted rows null)."""
-    order = np.full(frag_rows, -1, np.int64)
-    order[offsets] = np.arange(len(offsets))
-    return table.take(pa.array(order, mask=order < 0))
-
-
 def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress: bool | None = None) -> int:
     """Fill the image signal columns for every fragment that lacks them; returns rows decoded.
 
@@ -361,7 +354,7 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
                 got = parts.pop(fid)
                 offsets = np.concatenate([p[0] for p in got])
                 table = pa.concat_tables([p[1] for p in got])
-                columns.fill_fragment(lake, fid, physical(frags[fid].physical_rows, offsets, table))
+                columns.fill_fragment(lake, fid, columns.physical(frags[fid].physical_rows, offsets, table))
     finally:
         bar.close()
     return done
@@ -370,16 +363,17 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
 def _fill_from_captions(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Any,
                         progress: bool | None, desc: str) -> int:
     """Declare ``fields`` and fill every fragment lacking them with ``fn(captions) -> pa.Table``."""
-    columns.declare(lake, fields, prov)
-    ds = lake.dataset()
-    done = 0
-    todo = columns.fragments_to_fill(ds, fields[0].name)
-    for frag in tqdm(todo, desc=desc, unit="fragment", disable=(not progress) if progress is not None else None):
-        tbl = frag.to_table(columns=["caption"], with_row_address=True)
-        offsets = tbl.column("_rowaddr").to_numpy() & 0xFFFFFFFF
-        columns.fill_fragment(lake, frag.fragment_id, physical(frag.physical_rows, offsets, fn(tbl.column("caption").to_pylist())))
-        done += tbl.num_rows
-    return done
+    return columns.fill_by_fragment(lake, fields, prov, _OnCaptions(fn), ["caption"], progress=progress, desc=desc)["rows"]
+
+
+class _OnCaptions:
+    """A batch function over the caption column (a class, not a closure, so it pickles for Ray)."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.Table:
+        return self.fn(batch.column("caption").to_pylist())
 
 
 def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> int:
@@ -393,6 +387,12 @@ def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> in
 def compute_redacted(lake: "Lake", column: str = "caption_redacted") -> int:
     """Add ``caption_redacted`` (e-mails and phone numbers replaced); ``caption`` is never modified."""
     prov = columns.provenance("signals-redact", {"email": _EMAIL.pattern, "phone": _PHONE.pattern}, ["caption"], lake.version)
-    return _fill_from_captions(lake, [pa.field(column, pa.string())], prov,
-                               lambda caps: pa.table({column: pa.array([redact(c) for c in caps], pa.string())}),
-                               False, "redact")
+    return _fill_from_captions(lake, [pa.field(column, pa.string())], prov, _Redacted(column), False, "redact")
+
+
+class _Redacted:
+    def __init__(self, column: str):
+        self.column = column
+
+    def __call__(self, captions: Sequence[str | None]) -> pa.Table:
+        return pa.table({self.column: pa.array([redact(c) for c in captions], pa.string())})

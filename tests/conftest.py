@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from lakecurate import Lake
+from lakecurate.plant import synthetic_pairs as pair_rows  # noqa: F401 (rows for write/feature tests)
 
 # Tests never reach a model hub: loading weights by name must fail fast (and clearly) instead.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -49,3 +50,4 @@ def sample_lake_embedded(tmp_path_factory) -> Lake:
     lake.ingest(SAMPLE_DATA, progress=False)
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     return lake
+

@@ -1,0 +1,113 @@
+"""Compare two curated views: which rows one keeps that the other does not, and why.
+
+A view is a version of the lake (a number, a tag, a branch or ``branch:number``) and a SQL condition
+(default: its curated view, ``rebalance_keep`` or ``keep``). Rows are matched by ``id``. Each row
+that one view has and the other lacks is explained by the other version's own columns, in the order
+a row meets them: the recipe's ``drop_reason``, then rebalancing, then deduplication, then an ingest
+error; or the row does not exist in that version (appended later, or the version was restored).
+
+Example::
+
+    d = lake.diff("strict-v1", "exp-strict")          # a tag vs a branch's latest version
+    d.removed_by                                       # {"recipe: low_alignment": 41, "rebalance": 7}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from lakecurate.lake import LakeError
+from lakecurate.schema import default_view
+
+if TYPE_CHECKING:
+    from lakecurate.lake import Lake
+
+REASON_COLUMNS = ("ingest_status", "drop_reason", "rebalance_keep", "dup_keep", "dup_reason")
+
+
+@dataclass
+class ViewDiff:
+    a: str
+    b: str
+    version_a: int
+    version_b: int
+    where_a: str | None
+    where_b: str | None
+    rows_a: int = 0
+    rows_b: int = 0
+    in_both: int = 0
+    added: int = 0
+    removed: int = 0
+    added_by: dict[str, int] = field(default_factory=dict)
+    removed_by: dict[str, int] = field(default_factory=dict)
+    added_ids: list[str] = field(default_factory=list)
+    removed_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def why_excluded(df: pd.DataFrame) -> pd.Series:
+    """Why each row of ``df`` (a version's reason columns) is outside that version's view."""
+    reason = pd.Series("outside the view's condition", index=df.index, dtype=object)
+    if "ingest_status" in df:
+        reason[df["ingest_status"] == "error"] = "ingest error"
+    if "dup_keep" in df:
+        dup = df["dup_keep"].eq(False)
+        what = df["dup_reason"].fillna("duplicate") if "dup_reason" in df else "duplicate"
+        reason[dup] = ("duplicate: " + what)[dup] if isinstance(what, pd.Series) else "duplicate"
+    if "rebalance_keep" in df:
+        reason[df["rebalance_keep"].eq(False)] = "rebalance"
+    if "drop_reason" in df:
+        dropped = df["drop_reason"].notna()
+        reason[dropped] = "recipe: " + df.loc[dropped, "drop_reason"].astype(str)
+    return reason
+
+
+def _side(lake: "Lake", ref: str | int, where: str | None) -> tuple[Any, pd.DataFrame, str | None]:
+    ds = lake.dataset(ref)
+    names = ds.schema.names
+    where = where or default_view(names)
+    cols = ["id"] + [c for c in REASON_COLUMNS if c in names]
+    tbl = ds.to_table(columns=cols).to_pandas()
+    if where:
+        try:
+            inside = set(ds.to_table(columns=["id"], filter=where).column("id").to_pylist())
+        except Exception as exc:
+            raise LakeError(f"cannot select rows with {where!r} at '{ref}' of lake '{lake.uri}': {exc}") from None
+        tbl["_in"] = tbl["id"].isin(inside)
+    else:
+        tbl["_in"] = tbl["ingest_status"] != "error" if "ingest_status" in tbl else True
+    return ds, tbl.set_index("id"), where
+
+
+def diff(lake: "Lake", a: str | int, b: str | int | None = None, *, where: str | None = None,
+         where_b: str | None = None, examples: int = 20) -> ViewDiff:
+    """Rows in ``b``'s view but not ``a``'s (added) and in ``a``'s but not ``b``'s (removed), with
+    counts per reason. ``b`` defaults to the lake's latest version; ``where`` applies to both sides
+    unless ``where_b`` is given."""
+    b = lake.version if b is None else b
+    ds_a, ta, wa = _side(lake, a, where)
+    ds_b, tb, wb = _side(lake, b, where_b or where)
+    in_a, in_b = set(ta.index[ta["_in"]]), set(tb.index[tb["_in"]])
+    added = sorted(in_b - in_a)
+    removed = sorted(in_a - in_b)
+    out = ViewDiff(a=str(a), b=str(b), version_a=ds_a.version, version_b=ds_b.version, where_a=wa, where_b=wb,
+                   rows_a=len(in_a), rows_b=len(in_b), in_both=len(in_a & in_b), added=len(added),
+                   removed=len(removed), added_ids=added[:examples], removed_ids=removed[:examples])
+    out.added_by = _reasons(ta, added, f"not in {a} (added later)")
+    out.removed_by = _reasons(tb, removed, f"not in {b}")
+    return out
+
+
+def _reasons(other: pd.DataFrame, ids: list[str], absent: str) -> dict[str, int]:
+    """Counts of why ``other`` (the side that lacks them) does not have ``ids`` in its view."""
+    present = [i for i in ids if i in other.index]
+    counts = why_excluded(other.loc[present]).value_counts() if present else pd.Series(dtype=int)
+    res = {str(k): int(v) for k, v in counts.items()}
+    if len(present) < len(ids):
+        res[absent] = len(ids) - len(present)
+    return dict(sorted(res.items(), key=lambda kv: (-kv[1], kv[0])))

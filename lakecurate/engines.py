@@ -1,0 +1,101 @@
+"""Where per-fragment work runs: in this process ("local") or as tasks on a Ray cluster ("ray").
+
+A stage hands over a picklable function and one argument tuple per fragment; every task computes
+its fragment *and commits it* (``columns.fill_fragment``: one ``DataReplacement`` per fragment,
+retried on conflict), exactly as the local engine does. So a run on Ray is as safe beside other
+writers as a local one, and a failed or killed run keeps the fragments that were committed.
+
+Why not ``lance_ray.add_columns``: it commits one ``Merge`` over every fragment at the version it
+read, which conflicts with any append or other column landing meanwhile, and it refuses columns
+that already exist, so it cannot fill only the new fragments (docs/research/shared_tables.md).
+
+The cluster: ``RAY_ADDRESS`` (or ``address=``) names one; otherwise a local Ray is started with
+the machine's cores (``LAKECURATE_RAY_CPUS`` caps them, e.g. 2 in tests).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from lakecurate.lake import LakeError
+
+
+def ray_init(address: str | None = None) -> Any:
+    """Connect to Ray (or start a local one) once per process; the module, or a clear error."""
+    try:
+        import ray
+    except ImportError:
+        raise LakeError("the ray engine needs Ray: pip install 'lakecurate[ray]' (or use --engine local)") from None
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from this tool
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            kw["address"] = address
+        else:
+            cpus = os.environ.get("LAKECURATE_RAY_CPUS")
+            kw["num_cpus"] = int(cpus) if cpus else None
+        # Workers must import what the driver imports (lakecurate, a user's UDF module): pass the
+        # driver's import path on, so a UDF in the working directory resolves there too.
+        path = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)
+        kw["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+        import warnings
+
+        with warnings.catch_warnings():  # Ray starts its processes by fork+exec; Lance's fork warning is moot
+            warnings.filterwarnings("ignore", message="lance is not fork-safe")
+            ray.init(**kw)
+    return ray
+
+
+def ray_map(fn: Callable[..., Any], calls: Sequence[tuple], *, address: str | None = None,
+            num_cpus: float = 1) -> Iterator[Any]:
+    """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks; results as they finish.
+
+    At most twice the cluster's CPUs are in flight, so a lake of 100k fragments does not queue
+    100k tasks at once. The first task that fails raises here (its exception, e.g. a
+    ``LakeError`` naming the fragment); tasks already committed stay committed.
+    """
+    if not calls:
+        return
+    ray = ray_init(address)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
+    todo = iter(calls)
+    pending = [remote.remote(*args) for _, args in zip(range(window), todo)]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            result = ray.get(done[0])
+        except Exception as exc:  # a RayTaskError wraps the task's own exception: raise that one
+            for ref in pending:
+                ray.cancel(ref)
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else exc) from None
+        nxt = next(todo, None)
+        if nxt is not None:
+            pending.append(remote.remote(*nxt))
+        yield result
+
+
+def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *, actors: int | None = None,
+                  address: str | None = None, num_cpus: float = 1) -> Iterator[Any]:
+    """Like :func:`ray_map`, but through a pool of ``cls(*init)`` actors, each built once: for work
+    with a costly set-up such as loading a model. Results as they finish."""
+    if not calls:
+        return
+    ray = ray_init(address)
+    from ray.util import ActorPool
+
+    n = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
+    n = min(n, len(calls))
+    remote_cls = ray.remote(num_cpus=num_cpus)(cls)
+    pool = ActorPool([remote_cls.remote(*init) for _ in range(n)])
+    try:
+        for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), list(calls)):
+            yield result
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)
+        raise (cause if isinstance(cause, Exception) else exc) from None

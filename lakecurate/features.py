@@ -1,0 +1,298 @@
+"""User-defined features: a Python function over a batch of columns becomes a column of the lake.
+
+Example (``my_features.py``)::
+
+    import pyarrow.compute as pc
+    from lakecurate import feature
+
+    @feature(inputs=["caption"], type="int32")
+    def caption_chars(batch):
+        return pc.utf8_length(batch["caption"])
+
+then ``lakecurate feature add LAKE caption_chars --udf my_features:caption_chars`` (or
+``lake.add_feature("caption_chars", caption_chars)``). The function gets an Arrow ``RecordBatch``
+of its input columns (``image`` as bytes) and returns an array (one column, ``NAME``) or a dict /
+table of arrays (several columns, ``NAME_<key>``). It runs per fragment through
+:func:`lakecurate.columns.fill_by_fragment`, the loop the built-in caption stages use too: only the
+new column's bytes are written, one commit per fragment, retried when another writer commits first;
+a re-run fills only fragments that lack it (new rows, or a killed run's rest). Provenance records
+the function's name, a hash of its source, its inputs and parameters, so a changed function is
+refused until ``--recompute`` (or a new name) instead of mixing two versions in one column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from lakecurate import columns
+from lakecurate.lake import LakeError
+
+if TYPE_CHECKING:
+    from lakecurate.lake import Lake
+
+STAGE = "feature"
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,120}$")
+
+
+@dataclass
+class FeatureReport:
+    lake: str
+    feature: str
+    columns: list[str]
+    inputs: list[str]
+    engine: str
+    fragments: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    versions: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def feature(inputs: Sequence[str], type: Any = None) -> Callable[[Callable], Callable]:
+    """Mark a function as a feature: its input columns and (optionally) its output type(s), so
+    ``lakecurate feature add ... --udf module:function`` needs no more options."""
+    def mark(fn: Callable) -> Callable:
+        fn.lakecurate_inputs = list(inputs)  # type: ignore[attr-defined]
+        fn.lakecurate_type = type  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def load_udf(spec: str) -> Callable:
+    """``module:function`` (importable, or from the working directory) or ``path/file.py:function``."""
+    mod_name, sep, attr = spec.rpartition(":")
+    if not sep or not mod_name or not attr:
+        raise LakeError(f"--udf {spec!r} must look like module:function or path/to/file.py:function")
+    try:
+        if mod_name.endswith(".py") or os.sep in mod_name:
+            path = os.path.abspath(mod_name)
+            if not os.path.isfile(path):
+                raise LakeError(f"--udf {spec!r}: no file {path}")
+            name = "lakecurate_udf_" + hashlib.blake2b(path.encode(), digest_size=4).hexdigest()
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+            sys.modules[name] = module
+            mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            if os.getcwd() not in sys.path:  # like `python -m`: a module in the working directory
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(mod_name)
+    except LakeError:
+        raise
+    except Exception as exc:
+        raise LakeError(f"--udf {spec!r}: cannot import {mod_name}: {type(exc).__name__}: {exc}") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise LakeError(f"--udf {spec!r}: {mod_name} has no {attr!r}")
+    if not callable(fn):
+        raise LakeError(f"--udf {spec!r}: {attr} is not a function")
+    return fn  # type: ignore[return-value]
+
+
+def parse_type(t: Any) -> pa.DataType:
+    """A pyarrow type, or its name: int32, float32, string, bool, ..., or list<float16>[512]."""
+    if isinstance(t, pa.DataType):
+        return t
+    text = str(t).strip()
+    if text.startswith("list<") and "]" in text:  # fixed-size list, e.g. list<float32>[8]
+        inner, size = text[5:].split(">[")
+        return pa.list_(parse_type(inner), int(size.rstrip("]")))
+    try:
+        return pa.type_for_alias(text)
+    except ValueError:
+        raise LakeError(f"unknown type {t!r}; use a pyarrow type name such as int32, float32, string, bool") from None
+
+
+def source_hash(fn: Callable) -> str:
+    """A hash of the function's source (its bytecode when the source is not available)."""
+    target = getattr(fn, "__wrapped__", fn)
+    try:
+        text = inspect.getsource(target).encode()
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        text = code.co_code + repr(code.co_consts).encode() if code is not None else repr(target).encode()
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def udf_name(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+class BatchUdf:
+    """The user's function made uniform: batch -> table of the declared column names and types.
+    A class (not a closure) so it pickles to Ray workers."""
+
+    def __init__(self, fn: Callable, name: str, params: dict[str, Any], types: dict[str, pa.DataType] | None):
+        self.fn, self.name, self.params, self.types = fn, name, params, types
+
+    def raw(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        out = self.fn(batch, **self.params)
+        if isinstance(out, (pa.Table, pa.RecordBatch)):
+            return {f"{self.name}_{k}": out.column(k) for k in out.column_names}
+        if isinstance(out, dict):
+            if not out:
+                raise ValueError("the function returned an empty dict")
+            return {f"{self.name}_{k}": v for k, v in out.items()}
+        return {self.name: out}
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.Table:
+        arrays = {}
+        for col, values in self.raw(batch).items():
+            want = self.types.get(col) if self.types else None
+            arrays[col] = _to_arrow(values, want, col)
+        return pa.table(arrays)
+
+
+def _to_arrow(values: Any, want: pa.DataType | None, col: str) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, np.ndarray) and values.ndim == 2:  # a vector per row
+        flat = pa.array(values.ravel())
+        values = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    if not isinstance(values, pa.Array):  # NaN from numpy means missing (from_pandas), not a number to store
+        values = pa.array(values, from_pandas=True)
+    arr = values
+    if want is not None and arr.type != want:
+        try:
+            arr = arr.cast(want)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"column {col}: cannot store {arr.type} as {want}: {exc}") from None
+    return arr
+
+
+def _types(fn: Callable, name: str, type: Any) -> dict[str, pa.DataType] | None:
+    t = type if type is not None else getattr(fn, "lakecurate_type", None)
+    if t is None:
+        return None
+    if isinstance(t, dict):
+        return {f"{name}_{k}": parse_type(v) for k, v in t.items()}
+    return {name: parse_type(t)}
+
+
+def _infer(lake: "Lake", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.DataType]:
+    """Output types from a run on a few rows (when the function does not declare them)."""
+    ds = lake.dataset()
+    sample = ds.to_table(columns=list(inputs), limit=16, blob_handling="all_binary") if ds.count_rows() else None
+    if sample is None or sample.num_rows == 0:
+        raise LakeError(f"cannot infer the type of feature '{udf.name}' on an empty lake; give type= (--type)")
+    try:
+        out = udf(sample.to_batches()[0] if sample.num_rows else sample)
+    except Exception as exc:
+        raise LakeError(f"feature '{udf.name}' failed on the first rows of lake '{lake.uri}': {type(exc).__name__}: {exc}") from exc
+    types = {}
+    for f in out.schema:
+        if pa.types.is_null(f.type):
+            raise LakeError(f"feature column '{f.name}' is all null on the first rows; give its type (--type)")
+        types[f.name] = pa.list_(f.type.value_type, f.type.list_size) if pa.types.is_fixed_size_list(f.type) else f.type
+    return types
+
+
+def add_feature(
+    lake: "Lake",
+    name: str,
+    fn: Callable | str,
+    *,
+    inputs: Sequence[str] | None = None,
+    type: Any = None,
+    params: dict[str, Any] | None = None,
+    engine: str = "local",
+    batch_size: int = 4096,
+    recompute: bool = False,
+    progress: bool | None = None,
+) -> FeatureReport:
+    """Add (or complete) the feature column(s) ``name`` computed by ``fn`` from ``inputs``.
+
+    Example::
+
+        def caption_words(batch):
+            return [len((c or "").split()) for c in batch["caption"].to_pylist()]
+
+        lake.add_feature("caption_words", caption_words, inputs=["caption"], type="int32")
+        lake.sql("SELECT caption_words, count(*) FROM pairs GROUP BY caption_words")
+    """
+    t0 = time.perf_counter()
+    spec = fn if isinstance(fn, str) else None
+    func = load_udf(fn) if isinstance(fn, str) else fn
+    if not NAME_RE.match(name):
+        raise LakeError(f"feature name {name!r} is not a valid column name; use letters, digits and '_'")
+    inputs = list(inputs if inputs is not None else getattr(func, "lakecurate_inputs", []) or [])
+    if not inputs:
+        raise LakeError(f"feature '{name}': say which columns it reads (inputs=[...], --input COL, or @feature(inputs=...))")
+    ds = lake.dataset()
+    missing = [c for c in inputs if c not in ds.schema.names]
+    if missing:
+        raise LakeError(f"feature '{name}' reads {missing}, which lake '{lake.uri}' does not have "
+                        f"(columns: {', '.join(ds.schema.names)})")
+    params = dict(params or {})
+    udf = BatchUdf(func, name, params, _types(func, name, type))
+    types = udf.types or _infer(lake, udf, inputs)
+    udf.types = types
+    # The config (and so its hash) is what the column's values depend on: the function's source, not
+    # the name it was imported by, so `--udf mod:fn` and lake.add_feature(name, fn) agree.
+    config = {"feature": name, "source_sha256": source_hash(func), "inputs": inputs, "params": params,
+              "types": {k: str(v) for k, v in types.items()}}
+    prov = {**columns.provenance(STAGE, config, inputs, ds.version), "udf": spec or udf_name(func)}
+    fields = [pa.field(col, t) for col, t in types.items()]
+    for f in fields:
+        if f.name in ds.schema.names and columns.field_provenance(ds.schema.field(f.name)) is None:
+            raise LakeError(f"column '{f.name}' is part of lake '{lake.uri}' itself; pick another feature name")
+    out = columns.fill_by_fragment(
+        lake, fields, prov, udf, inputs, engine=engine, batch_size=batch_size, recompute=recompute,
+        progress=progress, desc=f"feature {name}",
+        fix="the function, its inputs or its parameters changed since; use another name, or --recompute to replace it",
+    )
+    return FeatureReport(lake=lake.uri, feature=name, columns=list(types), inputs=inputs, engine=engine,
+                         fragments=out["fragments"], rows=out["rows"], seconds=time.perf_counter() - t0,
+                         versions=out["versions"])
+
+
+def list_features(lake: "Lake") -> list[dict[str, Any]]:
+    """Every feature column: what made it, from what, and how many rows still lack it."""
+    ds = lake.dataset()
+    rows = []
+    for f in ds.schema:
+        prov = columns.field_provenance(f)
+        if not prov or prov.get("stage") != STAGE:
+            continue
+        todo = columns.fragments_to_fill(ds, f.name)
+        rows.append({"column": f.name, "type": str(f.type), "udf": prov.get("udf", ""),
+                     "inputs": ", ".join(prov["config"]["inputs"]), "config": prov["config_hash"],
+                     "since_version": prov["table_version"], "rows_missing": sum(fr.count_rows() for fr in todo)})
+    return rows
+
+
+def drop_feature(lake: "Lake", name: str) -> list[str]:
+    """Drop a feature's column(s) (metadata only: older versions still have them). Returns the names."""
+    ds = lake.dataset()
+    cols = [f.name for f in ds.schema if (columns.field_provenance(f) or {}).get("stage") == STAGE
+            and columns.field_provenance(f)["config"].get("feature") == name]
+    if not cols:
+        raise LakeError(f"lake '{lake.uri}' has no feature '{name}'; see: lakecurate feature list {lake.uri}")
+    from lakecurate.lake import retry_on_conflict
+
+    def drop() -> None:
+        current = lake.dataset()
+        present = [c for c in cols if c in current.schema.names]
+        if present:
+            current.drop_columns(present)
+
+    retry_on_conflict(drop)
+    return cols

@@ -1,0 +1,181 @@
+"""User-defined features: per-fragment columns from a Python function, resumable, with provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError, columns, feature
+from lakecurate.cli import main
+from lakecurate.features import BatchUdf, load_udf, source_hash
+
+from .conftest import SAMPLE_DATA, pair_rows
+
+
+@feature(inputs=["caption"], type="int32")
+def caption_chars(batch: pa.RecordBatch) -> pa.Array:
+    return pc.utf8_length(batch["caption"])
+
+
+def word_stats(batch: pa.RecordBatch, scale: float = 1.0) -> dict:
+    words = [len((c or "").split()) for c in batch["caption"].to_pylist()]
+    return {"n": words, "scaled": np.asarray(words, np.float32) * scale}
+
+
+def data_files(lake: Lake) -> dict[str, int]:
+    root = Path(lake.table_uri) / "data"
+    return {p.name: p.stat().st_size for p in root.glob("*.lance")}
+
+
+@pytest.fixture
+def multi(tmp_path: Path) -> Lake:
+    """4 fragments of synthetic rows, one with deleted rows."""
+    lake = Lake.create(tmp_path / "lake")
+    for f in range(4):
+        lake.append(pair_rows(f * 30, 30))
+    lake.dataset().delete("id IN ('p0000031', 'p0000032')")
+    return lake
+
+
+def test_values_only_new_bytes_and_provenance(multi: Lake):
+    before = data_files(multi)
+    rep = multi.add_feature("chars", caption_chars, progress=False)
+    assert (rep.fragments, rep.rows, rep.columns) == (4, 118, ["chars"])
+    after = data_files(multi)
+    assert {k: v for k, v in after.items() if k in before} == before  # no existing file touched
+    assert len(after) - len(before) == 4                               # one small file per fragment
+    tbl = multi.dataset().to_table(columns=["caption", "chars"])
+    assert tbl.column("chars").to_pylist() == [None if c is None else len(c) for c in tbl.column("caption").to_pylist()]
+    prov = columns.field_provenance(multi.dataset().schema.field("chars"))
+    assert prov["stage"] == "feature" and prov["udf"].endswith("test_features:caption_chars")
+    assert prov["config"]["inputs"] == ["caption"] and prov["config"]["source_sha256"] == source_hash(caption_chars)
+    assert multi.add_feature("chars", caption_chars, progress=False).fragments == 0  # a re-run is a no-op
+    assert data_files(multi) == after
+
+
+def test_incremental_after_append_and_resume_after_a_failure(multi: Lake):
+    multi.add_feature("chars", caption_chars, progress=False)
+    multi.append(pair_rows(1000, 7))
+    rep = multi.add_feature("chars", caption_chars, progress=False)
+    assert (rep.fragments, rep.rows) == (1, 7)
+    calls = []
+
+    def flaky(batch):  # fails on the third fragment: the first two stay committed
+        calls.append(batch.num_rows)
+        if len(calls) == 3:
+            raise ValueError("boom")
+        return pc.utf8_length(batch["caption"])
+
+    with pytest.raises(LakeError, match=r"feature flaky on lake .* fragment \d+ rows 0-\d+: ValueError: boom"):
+        multi.add_feature("flaky", flaky, inputs=["caption"], type="int32", progress=False)
+    ds = multi.dataset()
+    assert len(columns.fragments_to_fill(ds, "flaky")) == 3
+    rep = multi.add_feature("flaky", flaky, inputs=["caption"], type="int32", progress=False)
+    assert rep.fragments == 3 and not columns.fragments_to_fill(multi.dataset(), "flaky")
+
+
+def test_several_columns_params_vectors_and_inferred_types(multi: Lake):
+    rep = multi.add_feature("words", word_stats, inputs=["caption"], params={"scale": 0.5}, progress=False)
+    assert rep.columns == ["words_n", "words_scaled"]
+    schema = multi.dataset().schema
+    assert schema.field("words_n").type == pa.int64() and schema.field("words_scaled").type == pa.float32()
+    df = multi.to_pandas(["caption", "words_n", "words_scaled"])
+    assert (df["words_scaled"] == df["words_n"] * 0.5).all()
+
+    def vec(batch):
+        n = pc.utf8_length(batch["caption"]).to_numpy(zero_copy_only=False)
+        return np.stack([np.nan_to_num(n), np.ones(len(n))], axis=1).astype(np.float32)
+
+    multi.add_feature("vec", vec, inputs=["caption"], progress=False)
+    assert multi.dataset().schema.field("vec").type == pa.list_(pa.float32(), 2)
+
+    def size(batch):  # image arrives as bytes
+        return [len(b) for b in batch["image"].to_pylist()]
+
+    multi.add_feature("img_bytes", size, inputs=["image"], type="int64", progress=False)
+    assert set(multi.to_pandas(["img_bytes"])["img_bytes"]) == {len(pair_rows(0, 1).column("image")[0].as_py())}
+
+
+def test_changed_function_is_refused_until_recompute(multi: Lake):
+    multi.add_feature("w", word_stats, inputs=["caption"], progress=False)
+    with pytest.raises(LakeError, match="made with another config.*--recompute"):
+        multi.add_feature("w", word_stats, inputs=["caption"], params={"scale": 2.0}, progress=False)
+    rep = multi.add_feature("w", word_stats, inputs=["caption"], params={"scale": 2.0}, recompute=True, progress=False)
+    assert rep.fragments == 4
+    df = multi.to_pandas(["w_n", "w_scaled"])
+    assert (df["w_scaled"] == df["w_n"] * 2.0).all()
+
+
+def test_clear_errors(multi: Lake):
+    with pytest.raises(LakeError, match="reads \\['nope'\\], which lake .* does not have"):
+        multi.add_feature("x", caption_chars, inputs=["nope"], progress=False)
+    with pytest.raises(LakeError, match="say which columns it reads"):
+        multi.add_feature("x", lambda b: b, progress=False)
+    with pytest.raises(LakeError, match="expected 30 rows of \\['short'\\], got 1 rows"):
+        multi.add_feature("short", lambda b: [1], inputs=["caption"], type="int32", progress=False)
+    with pytest.raises(LakeError, match="part of lake .* itself"):
+        multi.add_feature("caption", caption_chars, progress=False)
+    with pytest.raises(LakeError, match="not a valid column name"):
+        multi.add_feature("bad name", caption_chars, progress=False)
+    with pytest.raises(LakeError, match="unknown type 'int33'"):
+        multi.add_feature("t", caption_chars, type="int33", progress=False)
+    with pytest.raises(LakeError, match="unknown engine"):
+        multi.add_feature("t", caption_chars, engine="spark", progress=False)
+
+
+def test_load_udf_forms(tmp_path: Path, monkeypatch):
+    (tmp_path / "team_feats.py").write_text("def f(batch):\n    return [1] * batch.num_rows\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_udf("team_feats:f")(pa.record_batch({"a": [1, 2]})) == [1, 1]  # found in the working dir
+    assert load_udf(f"{tmp_path / 'team_feats.py'}:f")(pa.record_batch({"a": [1]})) == [1]
+    with pytest.raises(LakeError, match="must look like module:function"):
+        load_udf("team_feats")
+    with pytest.raises(LakeError, match="has no 'g'"):
+        load_udf("team_feats:g")
+    with pytest.raises(LakeError, match="cannot import no_such_mod"):
+        load_udf("no_such_mod:f")
+
+
+def test_batch_udf_pickles_and_matches():
+    import pickle
+
+    udf = BatchUdf(word_stats, "w", {"scale": 3.0}, None)
+    batch = pa.record_batch({"caption": ["a b", None, "c"]})
+    assert pickle.loads(pickle.dumps(udf))(batch).equals(udf(batch))
+    assert udf(batch).column("w_scaled").to_pylist() == [6.0, 0.0, 3.0]
+
+
+def test_cli_feature_add_list_drop(tmp_path: Path, monkeypatch):
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    (tmp_path / "my_features.py").write_text(
+        "import pyarrow.compute as pc\n"
+        "def longer_than(batch, n=10):\n"
+        "    return pc.greater(pc.utf8_length(batch['caption']), n)\n")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner()
+    out = r.invoke(main, ["feature", "add", lake.uri, "long", "--udf", "my_features:longer_than", "--input", "caption",
+                          "--param", "n=40", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["rows"] == 28
+    tbl = lake.dataset().to_table(columns=["caption", "long"])
+    assert tbl.column("long").to_pylist() == [None if c is None else len(c) > 40 for c in tbl.column("caption").to_pylist()]
+    out = r.invoke(main, ["feature", "list", lake.uri])
+    assert "long" in out.output and "my_features:longer_than" in out.output and "bool" in out.output
+    out = r.invoke(main, ["info", lake.uri])
+    assert "feature: my_features:longer_than" in out.output
+    out = r.invoke(main, ["feature", "add", lake.uri, "long", "--udf", "my_features:longer_than", "--input", "caption",
+                          "--param", "n=5"])
+    assert out.exit_code == 1 and "--recompute" in out.output and "Traceback" not in out.output
+    out = r.invoke(main, ["feature", "add", lake.uri, "x", "--udf", "my_features:nope", "--input", "caption"])
+    assert out.exit_code == 1 and "has no 'nope'" in out.output
+    out = r.invoke(main, ["feature", "drop", lake.uri, "long"])
+    assert out.exit_code == 0 and "long" not in lake.dataset().schema.names
+    assert os.path.isdir(lake.table_uri)

@@ -1,0 +1,72 @@
+"""--engine ray: the same columns as the local engine, on a local Ray with 2 CPUs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lakecurate import Lake, LakeError, columns
+
+from .conftest import SAMPLE_DATA, pair_rows
+from .test_features import caption_chars, word_stats
+
+if os.environ.get("LAKECURATE_REQUIRE_RAY"):
+    import ray  # CI: a missing Ray is a failure, not a skip
+else:
+    ray = pytest.importorskip("ray", reason="install lakecurate[ray] for the Ray engine tests")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    os.environ["LAKECURATE_RAY_CPUS"] = "2"
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_feature_on_ray_equals_local(tmp_path: Path):
+    lake = Lake.create(tmp_path / "lake")
+    for f in range(5):
+        lake.append(pair_rows(f * 40, 40))
+    lake.dataset().delete("id = 'p0000041'")
+    for engine in ("local", "ray"):
+        rep = lake.add_feature(f"chars_{engine}", caption_chars, engine=engine, progress=False)
+        assert (rep.fragments, rep.rows) == (5, 199)
+        lake.add_feature(f"w_{engine}", word_stats, inputs=["caption"], params={"scale": 0.25}, engine=engine,
+                         batch_size=16, progress=False)
+    tbl = lake.dataset().to_table()
+    for a, b in (("chars_local", "chars_ray"), ("w_local_n", "w_ray_n"), ("w_local_scaled", "w_ray_scaled")):
+        assert tbl.column(a).equals(tbl.column(b)), a
+    lake.append(pair_rows(1000, 9))  # rows added later: the next ray run fills only them
+    rep = lake.add_feature("chars_ray", caption_chars, engine="ray", progress=False)
+    assert (rep.fragments, rep.rows) == (1, 9)
+    assert not columns.fragments_to_fill(lake.dataset(), "chars_ray")
+
+
+def test_failure_in_a_ray_task_is_the_same_clear_error(tmp_path: Path):
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 10))
+    with pytest.raises(LakeError, match="fragment 0 rows 0-9: ZeroDivisionError"):
+        lake.add_feature("bad", lambda b: [1 / 0] * b.num_rows, inputs=["caption"], type="float32", engine="ray",
+                         progress=False)
+
+
+def test_embed_on_ray_equals_local(tmp_path: Path):
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("tiny-random", name="loc", workers=0, progress=False)
+    rep = lake.embed("tiny-random", name="ray", engine="ray", progress=False)
+    assert rep.fragments_done == len(lake.dataset().get_fragments()) and rep.rows_embedded == 28
+    df = lake.to_pandas(["loc_image", "ray_image", "loc_text", "ray_text", "loc_score", "ray_score", "loc_error", "ray_error"])
+    assert df["loc_error"].fillna("").tolist() == df["ray_error"].fillna("").tolist()
+    for kind in ("image", "text"):
+        ok = df[f"loc_{kind}"].notna()
+        assert ok.sum() > 20 and df[f"ray_{kind}"].notna().tolist() == ok.tolist()
+        a = np.stack(df.loc[ok, f"loc_{kind}"]).astype(np.float32)
+        b = np.stack(df.loc[ok, f"ray_{kind}"]).astype(np.float32)
+        assert np.abs(a - b).max() < 2e-3  # float16 storage; the same model on the same rows
+    assert np.allclose(df["loc_score"].dropna(), df["ray_score"].dropna(), atol=2e-3)

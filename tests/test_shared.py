@@ -1,0 +1,244 @@
+"""Shared tables: many writers at once (features + appends, also with a kill -9), branches, diff, restore."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError, columns
+from lakecurate.cli import main
+
+from .conftest import REPO, SAMPLE_DATA, pair_rows
+from .writers import add_features, expected, feature_specs
+
+FRAGMENTS, ROWS = 8, 25          # the starting lake: 8 fragments of 25 rows
+APPENDS, APPEND_ROWS = 5, 20     # the appender: 5 commits of 20 rows while the features run
+
+
+def fresh_lake(path: Path) -> Lake:
+    lake = Lake.create(path)
+    for f in range(FRAGMENTS):
+        lake.append(pair_rows(f * ROWS, ROWS))
+    return lake
+
+
+def start(args: list[str], uri: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.writers", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def check_complete(lake: Lake, writers: range, total_rows: int) -> None:
+    """Every feature column on every row with the right value; the exact rows, each once."""
+    ds = lake.dataset()
+    names = [n for i in writers for n, _ in feature_specs(i)]
+    assert set(names) <= set(ds.schema.names)
+    tbl = ds.to_table(columns=["id", "caption", *names])
+    ids = tbl.column("id").to_pylist()
+    assert len(ids) == total_rows == len(set(ids))
+    assert set(ids) == {f"p{i:07d}" for i in range(total_rows)}
+    captions = tbl.column("caption").to_pylist()
+    for i in writers:
+        for name, k in feature_specs(i):
+            assert tbl.column(name).to_pylist() == [expected(c, k) for c in captions], name
+            assert not columns.fragments_to_fill(ds, name), f"{name}: a fragment has no file"
+
+
+@pytest.mark.slow
+def test_four_feature_writers_and_an_appender_five_rounds(tmp_path: Path):
+    """4 processes x 2 columns + 1 appending process, racing from one start time, on a fresh lake each
+    round: all exit cleanly; after one more incremental run every column is on every row, correctly."""
+    for rnd in range(5):
+        lake = fresh_lake(tmp_path / f"round{rnd}")
+        Path(lake.uri + ".start").write_text(str(time.time() + 4.0))  # every child is imported by then
+        procs = [start(["features", lake.uri, str(i), "0.01"], lake.uri) for i in range(4)]
+        procs.append(start(["append", lake.uri, str(FRAGMENTS * ROWS), str(APPENDS), str(APPEND_ROWS)], lake.uri))
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0, f"round {rnd}: writer {p.args[3:]} failed:\n{err[-3000:]}"
+            assert "Traceback" not in err, err[-3000:]
+        total = FRAGMENTS * ROWS + APPENDS * APPEND_ROWS
+        assert lake.count() == total
+        for i in range(4):  # the next incremental run fills the rows appended after each feature ran
+            add_features(lake, i, 0.01)
+        check_complete(lake, range(4), total)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_feature_writer_midway(tmp_path: Path):
+    """SIGKILL lands while a writer is between fragment commits (and another process appends): the
+    finished fragments stay, the rerun does the rest, nothing is duplicated or lost."""
+    lake = fresh_lake(tmp_path / "lake")
+    Path(lake.uri + ".start").write_text(str(time.time() + 3.0))
+    victim = start(["features", lake.uri, "0", "0.1"], lake.uri)  # 0.1 s per 20-row batch: 0.2 s per fragment
+    other = start(["features", lake.uri, "1", "0.01"], lake.uri)
+    appender = start(["append", lake.uri, str(FRAGMENTS * ROWS), str(APPENDS), str(APPEND_ROWS)], lake.uri)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the victim has committed some fragments of f0a, not all
+        ds = lake.dataset()
+        if "f0a" in ds.schema.names and len(columns.fragments_to_fill(ds, "f0a")) < FRAGMENTS - 2:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    for p in (other, appender):
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-3000:]
+    ds = lake.dataset()
+    assert 0 < len([f for f in ds.get_fragments() if columns.has_data(ds, f, "f0a")]) < len(ds.get_fragments())
+    total = FRAGMENTS * ROWS + APPENDS * APPEND_ROWS
+    assert lake.count() == total
+    add_features(lake, 0, 0.1)  # the same config as the killed run (delay is one of its parameters)
+    add_features(lake, 1, 0.01)
+    check_complete(lake, range(2), total)
+
+
+def test_concurrent_declares_are_retried(tmp_path: Path):
+    """Two declares at the same read version conflict in Lance; ours rebases and both columns land."""
+    import pyarrow as pa
+
+    lake = fresh_lake(tmp_path / "lake")
+    stale = lake.dataset()
+    prov = columns.provenance("test", {"x": 1}, ["caption"], stale.version)
+    columns.declare(lake, [pa.field("a", pa.int32())], prov)  # lands first
+    # A commit made at the stale version, as a racing process would: Lance refuses it...
+    with pytest.raises(OSError, match="(?i)conflict|preempted"):
+        lance_commit_merge_at(lake, stale.version, pa.field("b", pa.int32()))
+    # ...and declare() (which reads the latest version on every try) adds it.
+    assert columns.declare(lake, [pa.field("b", pa.int32())], prov)
+    assert {"a", "b"} <= set(lake.dataset().schema.names)
+
+
+def lance_commit_merge_at(lake: Lake, version: int, field) -> None:
+    import lance
+
+    old = lance.dataset(lake.table_uri, version=version)
+    old.add_columns([field])
+
+
+def test_retry_on_conflict_covers_a_losing_compaction():
+    """Compaction that loses a race raises a plain OSError saying "Retryable commit conflict"."""
+    from lakecurate.lake import is_conflict, retry_on_conflict
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("Retryable commit conflict for version 7: This Rewrite transaction was preempted")
+        return "done"
+
+    assert retry_on_conflict(flaky, base_delay=0.001) == "done" and len(calls) == 3
+    assert not is_conflict(OSError("No such file"))
+    with pytest.raises(OSError, match="No such file"):
+        retry_on_conflict(lambda: (_ for _ in ()).throw(OSError("No such file")))
+
+
+# --------------------------------------------------------------------------- branches, diff, restore
+STRICT = """
+name = "strict"
+[[step]]
+filter = "caption_length"
+min_words = 6
+"""
+
+
+@pytest.fixture
+def curated(tmp_path: Path) -> Lake:
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.curate({"name": "loose", "step": [{"filter": "caption_length", "min_words": 2}]}, progress=False)
+    lake.tag("loose")
+    return lake
+
+
+def test_branch_is_isolated_and_diff_explains_every_row(curated: Lake, tmp_path: Path):
+    main_before = curated.sql("SELECT id, keep, drop_reason FROM pairs ORDER BY id")
+    v_main = curated.version
+    exp = curated.create_branch("strict")
+    assert exp.version == v_main and exp.count() == curated.count()
+    (tmp_path / "strict.toml").write_text(STRICT)
+    exp.curate(str(tmp_path / "strict.toml"), progress=False)
+    exp.add_feature("cap_len", lambda b: [len(c or "") for c in b["caption"].to_pylist()], inputs=["caption"],
+                    type="int32", progress=False)
+    exp.append(pair_rows(0, 3))
+    # main: same version, same columns, same decisions
+    assert curated.version == v_main and "cap_len" not in curated.dataset().schema.names
+    assert curated.sql("SELECT id, keep, drop_reason FROM pairs ORDER BY id").equals(main_before)
+    assert exp.count() == curated.count() + 3
+
+    d = curated.diff("loose", "strict")
+    kept_a = set(curated.sql("SELECT id FROM pairs WHERE keep")["id"])
+    kept_b = set(exp.sql("SELECT id FROM pairs WHERE keep")["id"])
+    assert (d.rows_a, d.rows_b) == (len(kept_a), len(kept_b))
+    assert d.removed == len(kept_a - kept_b) > 0 and d.added == len(kept_b - kept_a)
+    b_reasons = exp.sql("SELECT id, drop_reason FROM pairs").set_index("id")["drop_reason"]
+    want = {}
+    for i in kept_a - kept_b:
+        r = "recipe: " + b_reasons[i]
+        want[r] = want.get(r, 0) + 1
+    assert d.removed_by == dict(sorted(want.items(), key=lambda kv: (-kv[1], kv[0])))
+    # the 3 appended rows are kept by nothing on B (no keep value yet) and absent on A: not "added"
+    assert sum(d.added_by.values()) == d.added
+
+
+def test_tags_on_a_branch_and_refs(curated: Lake):
+    exp = curated.create_branch("exp")
+    exp.append(pair_rows(0, 2))
+    exp.tag("exp-snapshot")
+    assert curated.dataset("exp-snapshot").count_rows() == curated.count() + 2
+    assert curated.dataset("exp").count_rows() == curated.count() + 2
+    assert curated.dataset(f"main:{curated.version}").count_rows() == curated.count()
+    with pytest.raises(LakeError, match="not a version, tag or branch.*branches: main, exp"):
+        curated.dataset("nope")
+    with pytest.raises(LakeError, match="has no branch 'typo'.*branches: exp"):
+        Lake.open(curated.uri, branch="typo")
+    with pytest.raises(LakeError, match="already has a branch"):
+        curated.create_branch("exp")
+    with pytest.raises(LakeError, match="referenced by tags exp-snapshot"):
+        curated.delete_branch("exp")
+    curated.delete_tag("exp-snapshot")
+    curated.delete_branch("exp")
+    assert curated.branches() == {} and curated.count() == 28
+
+
+def test_restore_any_version_and_undo(curated: Lake):
+    first = curated.history(None)[-1]["version"]
+    n_versions = len(curated.history(None))
+    rows_now = curated.count()
+    latest = curated.version
+    v = curated.restore(first)                  # the empty table of Lake.create
+    assert v == latest + 1 and curated.count() == 0
+    assert len(curated.history(None)) == n_versions + 1  # a new commit: nothing is lost
+    curated.restore(latest)
+    assert curated.count() == rows_now and "keep" in curated.dataset().schema.names
+    assert curated.history(3)[0]["operation"] == "Restore"
+
+
+def test_cli_team_workflow(curated: Lake, tmp_path: Path):
+    r = CliRunner()
+    udf = tmp_path / "feats.py"
+    udf.write_text("def words(batch):\n    return [len((c or '').split()) for c in batch['caption'].to_pylist()]\n")
+    out = r.invoke(main, ["branch", "create", curated.uri, "mine", "--from", "loose"])
+    assert out.exit_code == 0, out.output
+    out = r.invoke(main, ["--branch", "mine", "feature", "add", curated.uri, "words", "--udf", f"{udf}:words",
+                          "--input", "caption", "--type", "int32"])
+    assert out.exit_code == 0 and "28 rows in 1 fragments" in out.output, out.output
+    assert "words" not in curated.dataset().schema.names
+    assert "words" in Lake.open(curated.uri, branch="mine").dataset().schema.names
+    out = r.invoke(main, ["branch", "list", curated.uri])
+    assert "mine" in out.output and f"main:{curated.dataset('loose').version}" in out.output
+    out = r.invoke(main, ["--branch", "mine", "log", curated.uri, "-n", "3"])
+    assert out.exit_code == 0 and "DataReplacement" in out.output and "Merge" in out.output
+    out = r.invoke(main, ["diff", curated.uri, "loose", "mine"])
+    assert out.exit_code == 0 and "only in A (removed) 0" in out.output, out.output
+    out = r.invoke(main, ["--branch", "nope", "info", curated.uri])
+    assert out.exit_code == 1 and "has no branch 'nope'" in out.output and "Traceback" not in out.output
+    out = r.invoke(main, ["restore", curated.uri, "1"])
+    assert out.exit_code == 0 and "undo: lakecurate restore" in out.output and curated.count() == 0
