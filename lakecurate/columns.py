@@ -84,7 +84,13 @@ def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, r
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
     if present and recompute:
-        ds.drop_columns(present)
+        def drop() -> None:  # metadata only; retried like every commit on a shared table
+            current = lake.dataset()
+            gone = [n for n in present if n in current.schema.names]
+            if gone:
+                current.drop_columns(gone)
+
+        retry_on_conflict(drop)
         ds = lake.dataset()
         present = []
     for name in present:

@@ -444,6 +444,39 @@ class Lake:
                  "rows": int(v["metadata"].get("total_rows", 0)) - int(v["metadata"].get("total_deletion_file_rows", 0)),
                  "tags": ", ".join(sorted(tags.get(v["version"], [])))} for v in versions]
 
+    def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
+        """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.
+
+        Only fragments that hold every derived column are merged. A fragment that still lacks a
+        column reads it as null; merging it would store those nulls, and the rows would then look
+        computed and never be filled. (So do not run Lance's or LanceDB's own compaction on a lake
+        whose columns are still being filled.) Retried on conflict, like every commit; rows and
+        values are unchanged. Returns fragments before/after and how many were left for later.
+        """
+        from lance.optimize import Compaction
+
+        from lakecurate.columns import field_provenance, has_data
+
+        def complete_ids(ds: lance.LanceDataset) -> tuple[set[int], int]:
+            derived = [f.name for f in ds.schema if field_provenance(f)]
+            frags = ds.get_fragments()
+            ok = {f.fragment_id for f in frags if all(has_data(ds, f, c) for c in derived)}
+            return ok, len(frags) - len(ok)
+
+        def run() -> tuple[int, int]:
+            ds = self.dataset()
+            ok, incomplete = complete_ids(ds)
+            excluded = [f.fragment_id for f in ds.get_fragments() if f.fragment_id not in ok]
+            plan = Compaction.plan(ds, {"target_rows_per_fragment": target_rows, "excluded_fragment_ids": excluded})
+            if plan.num_tasks():
+                Compaction.commit(ds, [task.execute(ds) for task in plan.tasks])
+            return plan.num_tasks(), incomplete
+
+        before = len(self.dataset().get_fragments())
+        _, incomplete = retry_on_conflict(run)
+        return {"fragments_before": before, "fragments_after": len(self.dataset().get_fragments()),
+                "left_incomplete": incomplete, "version": self.version}
+
     def diff(self, a: int | str, b: int | str | None = None, **options: Any) -> Any:
         """Rows added/removed between two curated views, per reason; see :func:`lakecurate.compare.diff`."""
         from lakecurate.compare import diff

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +15,7 @@ from lakecurate.columns import field_provenance
 from lakecurate.encoders import Encoder, EncoderError, column_names, resolve
 
 from .conftest import SAMPLE_DATA, image_bytes
+from .writers import kill_9_when, spawn
 
 COLS = column_names("clip_tinyrandom")
 
@@ -102,28 +99,11 @@ def test_spawned_workers_give_the_same_vectors(lake: Lake, sample_lake_embedded:
     assert np.allclose(a[COLS["score"]].fillna(9), b[COLS["score"]].fillna(9), atol=1e-6)
 
 
-CHILD = """
-import sys, time
-import lakecurate.embed as emb
-from lakecurate import Lake
-real = emb.embed_batch
-def slow(enc, item, dim):
-    time.sleep(0.3)
-    return real(enc, item, dim)
-emb.embed_batch = slow
-Lake.open(sys.argv[1]).embed("tiny-random", workers=0, batch_size=4, progress=False)
-"""
-
-
 def test_kill_9_mid_embed_resumes_from_checkpoint(lake: Lake, sample_lake_embedded: Lake):
     lake.ingest(SAMPLE_DATA, progress=False)
     ckpt = Path(lake.uri) / "_lakecurate" / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, lake.uri])
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None and len(list(ckpt.glob("*/*/*.arrow"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = spawn("embed-slow", lake.uri)
+    kill_9_when(proc, lambda: len(list(ckpt.glob("*/*/*.arrow"))) >= 3)
     saved = len(list(ckpt.glob("*/*/*.arrow")))
     assert saved >= 3
     rep = lake.embed("tiny-random", workers=0, batch_size=4, progress=False)

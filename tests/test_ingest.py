@@ -6,12 +6,8 @@ import hashlib
 import io
 import json
 import os
-import signal
 import struct
-import subprocess
-import sys
 import tarfile
-import time
 import zlib
 from pathlib import Path
 
@@ -35,6 +31,7 @@ from lakecurate.ingest import (
 from lakecurate.schema import REASONS
 
 from .conftest import SAMPLE_DATA, image_bytes
+from .writers import kill_9_when, spawn
 
 
 def noise_jpeg(w: int = 120, h: int = 90, seed: int = 0, quality: int = 90) -> bytes:
@@ -163,32 +160,14 @@ def test_images_round_trip_and_scans_skip_image_bytes(lake: Lake):
     assert "blob" in str(field.type)
 
 
-CHILD = """
-import sys, time
-import lakecurate.ingest as ing
-from lakecurate import Lake
-real = ing.make_row
-def slow(c, o, now):
-    time.sleep(0.02)
-    return real(c, o, now)
-ing.make_row = slow
-Lake.create(sys.argv[1]).ingest(sys.argv[2], options=ing.IngestOptions(batch_rows=5, commit_rows=10, workers=2),
-                                progress=False)
-"""
-
-
 def test_kill_9_mid_ingest_then_resume_adds_each_pair_once(lake: Lake, tmp_path: Path):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(120):
         (src / f"{i:03d}.jpg").write_bytes(image_bytes(color=(i, 2 * i, 3 * i)))
         (src / f"{i:03d}.txt").write_text(f"pair {i}")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, lake.uri, str(src)])
-    deadline = time.time() + 60
-    while lake.count() < 20 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = spawn("ingest-slow", lake.uri, str(src))
+    kill_9_when(proc, lambda: lake.count() >= 20, timeout=60)
     committed = lake.count()
     assert 0 < committed < 120 and committed % 10 == 0  # whole commits only, nothing half-written
     rep = lake.ingest(src, options=IngestOptions(batch_rows=5, commit_rows=10), progress=False)

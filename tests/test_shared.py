@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +12,8 @@ from click.testing import CliRunner
 from lakecurate import Lake, LakeError, columns
 from lakecurate.cli import main
 
-from .conftest import REPO, SAMPLE_DATA, pair_rows
-from .writers import add_features, expected, feature_specs
+from .conftest import SAMPLE_DATA, pair_rows
+from .writers import add_features, expected, feature_specs, kill_9_when, spawn
 
 FRAGMENTS, ROWS = 8, 25          # the starting lake: 8 fragments of 25 rows
 APPENDS, APPEND_ROWS = 5, 20     # the appender: 5 commits of 20 rows while the features run
@@ -26,11 +24,6 @@ def fresh_lake(path: Path) -> Lake:
     for f in range(FRAGMENTS):
         lake.append(pair_rows(f * ROWS, ROWS))
     return lake
-
-
-def start(args: list[str], uri: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.writers", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def check_complete(lake: Lake, writers: range, total_rows: int) -> None:
@@ -51,13 +44,16 @@ def check_complete(lake: Lake, writers: range, total_rows: int) -> None:
 
 @pytest.mark.slow
 def test_four_feature_writers_and_an_appender_five_rounds(tmp_path: Path):
-    """4 processes x 2 columns + 1 appending process, racing from one start time, on a fresh lake each
-    round: all exit cleanly; after one more incremental run every column is on every row, correctly."""
+    """4 processes x 2 columns + 1 appending process + 1 compacting, racing from one start time, on a
+    fresh lake each round: all exit cleanly; after one more incremental run every column is on every
+    row, correctly."""
+    compactions = 0
     for rnd in range(5):
         lake = fresh_lake(tmp_path / f"round{rnd}")
         Path(lake.uri + ".start").write_text(str(time.time() + 4.0))  # every child is imported by then
-        procs = [start(["features", lake.uri, str(i), "0.01"], lake.uri) for i in range(4)]
-        procs.append(start(["append", lake.uri, str(FRAGMENTS * ROWS), str(APPENDS), str(APPEND_ROWS)], lake.uri))
+        procs = [spawn("features", lake.uri, str(i), "0.01") for i in range(4)]
+        procs.append(spawn("append", lake.uri, str(FRAGMENTS * ROWS), str(APPENDS), str(APPEND_ROWS)))
+        procs.append(spawn("compact", lake.uri, "4"))  # and someone compacting meanwhile
         for p in procs:
             out, err = p.communicate(timeout=240)
             assert p.returncode == 0, f"round {rnd}: writer {p.args[3:]} failed:\n{err[-3000:]}"
@@ -67,6 +63,8 @@ def test_four_feature_writers_and_an_appender_five_rounds(tmp_path: Path):
         for i in range(4):  # the next incremental run fills the rows appended after each feature ran
             add_features(lake, i, 0.01)
         check_complete(lake, range(4), total)
+        compactions += sum(h["operation"] == "Rewrite" for h in lake.history(None))
+    assert compactions > 0  # the compactor did merge fragments while the others wrote
 
 
 @pytest.mark.slow
@@ -75,17 +73,15 @@ def test_kill_9_of_a_feature_writer_midway(tmp_path: Path):
     finished fragments stay, the rerun does the rest, nothing is duplicated or lost."""
     lake = fresh_lake(tmp_path / "lake")
     Path(lake.uri + ".start").write_text(str(time.time() + 3.0))
-    victim = start(["features", lake.uri, "0", "0.1"], lake.uri)  # 0.1 s per 20-row batch: 0.2 s per fragment
-    other = start(["features", lake.uri, "1", "0.01"], lake.uri)
-    appender = start(["append", lake.uri, str(FRAGMENTS * ROWS), str(APPENDS), str(APPEND_ROWS)], lake.uri)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the victim has committed some fragments of f0a, not all
+    victim = spawn("features", lake.uri, "0", "0.1")  # 0.1 s per 20-row batch: 0.2 s per fragment
+    other = spawn("features", lake.uri, "1", "0.01")
+    appender = spawn("append", lake.uri, str(FRAGMENTS * ROWS), str(APPENDS), str(APPEND_ROWS))
+
+    def some_committed() -> bool:  # the victim has committed some fragments of f0a, not all
         ds = lake.dataset()
-        if "f0a" in ds.schema.names and len(columns.fragments_to_fill(ds, "f0a")) < FRAGMENTS - 2:
-            break
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+        return "f0a" in ds.schema.names and len(columns.fragments_to_fill(ds, "f0a")) < FRAGMENTS - 2
+
+    kill_9_when(victim, some_committed, timeout=120)
     assert victim.returncode == -signal.SIGKILL
     for p in (other, appender):
         _, err = p.communicate(timeout=240)
@@ -242,3 +238,21 @@ def test_cli_team_workflow(curated: Lake, tmp_path: Path):
     assert out.exit_code == 1 and "has no branch 'nope'" in out.output and "Traceback" not in out.output
     out = r.invoke(main, ["restore", curated.uri, "1"])
     assert out.exit_code == 0 and "undo: lakecurate restore" in out.output and curated.count() == 0
+
+
+def test_compact_merges_only_complete_fragments(tmp_path: Path):
+    lake = fresh_lake(tmp_path / "lake")
+    add_features(lake, 0, 0.0)
+    lake.append(pair_rows(FRAGMENTS * ROWS, 10))
+    lake.append(pair_rows(FRAGMENTS * ROWS + 10, 10))
+    images = lake.read_images(["p0000003", "p0000170"])
+    r = lake.compact()
+    assert (r["fragments_before"], r["fragments_after"], r["left_incomplete"]) == (FRAGMENTS + 2, 3, 2)
+    ds = lake.dataset()
+    assert len(columns.fragments_to_fill(ds, "f0a")) == 2   # the appended rows still read as "to do"
+    add_features(lake, 0, 0.0)
+    check_complete(lake, range(1), FRAGMENTS * ROWS + 20)
+    assert lake.read_images(["p0000003", "p0000170"]) == images and all(images)
+    out = CliRunner().invoke(main, ["compact", lake.uri])
+    assert out.exit_code == 0 and "fragments 3 -> 1" in out.output, out.output
+    check_complete(lake, range(1), FRAGMENTS * ROWS + 20)

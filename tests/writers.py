@@ -2,20 +2,28 @@
 
 Each waits until the shared start time in ``LAKE.start`` (so all of them race), then:
 - ``features LAKE I``: adds the two features ``f{I}a`` and ``f{I}b`` (``scaled_len`` with k = 10*I+1, 10*I+2);
-- ``append LAKE START ROUNDS N``: appends ROUNDS batches of N synthetic rows, ids from START.
+- ``append LAKE START ROUNDS N``: appends ROUNDS batches of N synthetic rows, ids from START;
+- ``compact LAKE ROUNDS``: compacts the lake ROUNDS times, 0.4 s apart;
+- ``ingest-slow LAKE SRC`` / ``embed-slow LAKE``: ingest or embed with a sleep per row / batch, so a
+  SIGKILL lands mid-run (the kill -9 tests of test_ingest and test_embed).
+
+``spawn`` starts one; ``kill_9_when`` kills it once a condition on the lake holds.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
 from lakecurate import Lake
 
-from .conftest import pair_rows
+from .conftest import REPO, pair_rows
 
 
 def scaled_len(batch: pa.RecordBatch, k: int = 1, delay: float = 0.0) -> pa.Array:
@@ -38,6 +46,47 @@ def add_features(lake: Lake, i: int, delay: float, batch_size: int = 20) -> None
                          batch_size=batch_size, progress=False)
 
 
+def spawn(*args: str) -> subprocess.Popen:
+    """``python -m tests.writers ARGS`` from the repo root, its output captured."""
+    return subprocess.Popen([sys.executable, "-m", "tests.writers", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_9_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 90) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` (polled every 50 ms), or at ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+def _slow_ingest(uri: str, src: str) -> None:
+    import lakecurate.ingest as ing
+
+    real = ing.make_row
+
+    def slow(c, o, now):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+        return real(c, o, now)
+
+    ing.make_row = slow
+    Lake.create(uri).ingest(src, options=ing.IngestOptions(batch_rows=5, commit_rows=10, workers=2), progress=False)
+
+
+def _slow_embed(uri: str) -> None:
+    import lakecurate.embed as emb
+
+    real = emb.embed_batch
+
+    def slow(enc, item, dim):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        return real(enc, item, dim)
+
+    emb.embed_batch = slow
+    Lake.open(uri).embed("tiny-random", workers=0, batch_size=4, progress=False)
+
+
 def _wait(uri: str) -> None:
     start = Path(uri + ".start")
     if start.exists():
@@ -46,7 +95,11 @@ def _wait(uri: str) -> None:
 
 def main(argv: list[str]) -> None:
     mode, uri = argv[0], argv[1]
+    if mode == "ingest-slow":
+        return _slow_ingest(uri, argv[2])
     lake = Lake.open(uri)
+    if mode == "embed-slow":
+        return _slow_embed(uri)
     _wait(uri)
     if mode == "features":
         add_features(lake, int(argv[2]), float(argv[3]) if len(argv) > 3 else 0.01)
@@ -55,6 +108,10 @@ def main(argv: list[str]) -> None:
         for r in range(rounds):
             lake.append(pair_rows(start + r * n, n))
             time.sleep(0.05)
+    elif mode == "compact":
+        for _ in range(int(argv[2])):
+            time.sleep(0.4)
+            lake.compact()
     else:
         raise SystemExit(f"unknown mode {mode}")
 
