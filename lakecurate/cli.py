@@ -560,6 +560,7 @@ def info(lake: str, as_json: bool) -> None:
                f"({d['n_versions']} versions, last commit {d['last_commit']}), {d['fragments']} fragments")
     click.echo("status: " + (", ".join(f"{k} {v}" for k, v in sorted(d["status_counts"].items())) or "-"))
     click.echo("tags: " + (", ".join(f"{k}=v{v}" for k, v in d["tags"].items()) or "-"))
+    click.echo(f"branch: {d['branch']}; branches: " + ", ".join(["main", *d["branches"]]))
     click.echo("")
     _echo_table(
         [{"column": c["name"], "type": c["type"], "about": c["doc"] or describe_provenance(c["provenance"])}

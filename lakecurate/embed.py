@@ -371,12 +371,17 @@ def _embed_on_ray(lake: "Lake", spec: EncoderSpec, setup: tuple, fids: list[int]
     from lakecurate.engines import ray_actor_map
     from lakecurate.search import INDEX_MIN_ROWS, ensure_index
 
+    from lakecurate.engines import ray_init
+
     version = lake.dataset().version
+    device = setup[0]
+    # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.
+    gpus = device == "cuda" or (device == "auto" and bool(ray_init().cluster_resources().get("GPU")))
     bar = tqdm(total=len(fids), desc=f"embed {spec.prefix} (ray)", unit="fragment",
                disable=(not progress) if progress is not None else None)
     try:
         for _fid, rows, errors, new in ray_actor_map(FragmentEmbedder, (spec, *setup), "run",
-                                                     [(lake, version, fid) for fid in fids]):
+                                                     [(lake, version, fid) for fid in fids], gpus=gpus):
             report.rows_embedded += rows
             report.errors += errors
             if new is not None:

@@ -81,17 +81,21 @@ def ray_map(fn: Callable[..., Any], calls: Sequence[tuple], *, address: str | No
 
 
 def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *, actors: int | None = None,
-                  address: str | None = None, num_cpus: float = 1) -> Iterator[Any]:
+                  address: str | None = None, num_cpus: float = 1, gpus: bool = False) -> Iterator[Any]:
     """Like :func:`ray_map`, but through a pool of ``cls(*init)`` actors, each built once: for work
-    with a costly set-up such as loading a model. Results as they finish."""
+    with a costly set-up such as loading a model. With ``gpus``, one actor per GPU of the cluster
+    (each reserving it). Results as they finish."""
     if not calls:
         return
     ray = ray_init(address)
     from ray.util import ActorPool
 
-    n = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
+    res = ray.cluster_resources()
+    if gpus and not res.get("GPU"):
+        raise LakeError("--device cuda with --engine ray, but the Ray cluster has no GPUs; use --device cpu or auto")
+    n = actors or max(1, int(res.get("GPU", 0)) if gpus else int(res.get("CPU", 1) // num_cpus))
     n = min(n, len(calls))
-    remote_cls = ray.remote(num_cpus=num_cpus)(cls)
+    remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=1 if gpus else 0)(cls)
     pool = ActorPool([remote_cls.remote(*init) for _ in range(n)])
     try:
         for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), list(calls)):

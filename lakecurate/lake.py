@@ -520,6 +520,8 @@ class Lake:
             "status_counts": {s["values"]: s["counts"] for s in status.to_pylist()},
             "columns": columns,
             "tags": tags,
+            "branch": self.branch or "main",
+            "branches": sorted(self.branches()),
         }
 
 
