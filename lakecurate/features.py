@@ -194,7 +194,7 @@ def _infer(lake: "Lake", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.D
     if sample is None or sample.num_rows == 0:
         raise LakeError(f"cannot infer the type of feature '{udf.name}' on an empty lake; give type= (--type)")
     try:
-        out = udf(sample.to_batches()[0] if sample.num_rows else sample)
+        out = udf(sample.combine_chunks().to_batches()[0])
     except Exception as exc:
         raise LakeError(f"feature '{udf.name}' failed on the first rows of lake '{lake.uri}': {type(exc).__name__}: {exc}") from exc
     types = {}

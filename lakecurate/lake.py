@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from lakecurate.ingest import IngestReport
 
 T = TypeVar("T")
+log = logging.getLogger("lakecurate")
 
 # Rows per data file. Fragments of 20-50k rows keep per-fragment work (embedding, features) in
 # useful units without creating thousands of small files.
@@ -74,8 +76,14 @@ def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 12, base_delay: fl
         except OSError as exc:
             if not is_conflict(exc) or attempt == attempts - 1:
                 raise
+            CONFLICTS_RETRIED[0] += 1
+            log.debug("commit conflict, retry %d: %s", attempt + 1, str(exc).splitlines()[0][:200])
             time.sleep(min(max_delay, base_delay * (2**attempt)) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+# Commits redone after a conflict in this process (for tests and benchmarks of shared tables).
+CONFLICTS_RETRIED = [0]
 
 
 BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -114,6 +114,9 @@ def main(argv: list[str]) -> None:
             lake.compact()
     else:
         raise SystemExit(f"unknown mode {mode}")
+    from lakecurate.lake import CONFLICTS_RETRIED
+
+    print(f"conflicts retried: {CONFLICTS_RETRIED[0]}")
 
 
 if __name__ == "__main__":  # run as `python -m tests.writers`: use the importable module's functions
