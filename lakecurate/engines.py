@@ -50,6 +50,17 @@ def ray_init(address: str | None = None) -> Any:
     return ray
 
 
+def _ship_file_udfs(ray: Any) -> None:
+    """Functions loaded from a file (``--udf path/file.py:fn``) live in a module workers cannot
+    import: send them by value instead of by name."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith(FILE_UDF_PREFIX) and module is not None:
+            ray.cloudpickle.register_pickle_by_value(module)
+
+
+FILE_UDF_PREFIX = "lakecurate_udf_"
+
+
 def ray_map(fn: Callable[..., Any], calls: Sequence[tuple], *, address: str | None = None,
             num_cpus: float = 1) -> Iterator[Any]:
     """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks; results as they finish.
@@ -61,6 +72,7 @@ def ray_map(fn: Callable[..., Any], calls: Sequence[tuple], *, address: str | No
     if not calls:
         return
     ray = ray_init(address)
+    _ship_file_udfs(ray)
     remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
     todo = iter(calls)
@@ -69,11 +81,10 @@ def ray_map(fn: Callable[..., Any], calls: Sequence[tuple], *, address: str | No
         done, pending = ray.wait(pending, num_returns=1)
         try:
             result = ray.get(done[0])
-        except Exception as exc:  # a RayTaskError wraps the task's own exception: raise that one
+        except Exception as exc:
             for ref in pending:
                 ray.cancel(ref)
-            cause = getattr(exc, "cause", None)
-            raise (cause if isinstance(cause, Exception) else exc) from None
+            raise _task_error(exc) from None
         nxt = next(todo, None)
         if nxt is not None:
             pending.append(remote.remote(*nxt))
@@ -101,5 +112,21 @@ def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *
         for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), list(calls)):
             yield result
     except Exception as exc:
-        cause = getattr(exc, "cause", None)
-        raise (cause if isinstance(cause, Exception) else exc) from None
+        raise _task_error(exc) from None
+
+
+def _task_error(exc: Exception) -> Exception:
+    """The task's own exception out of Ray's wrapper (a LakeError names the fragment), or, when
+    Ray itself failed (a worker died, a function could not be unpickled), a LakeError saying so."""
+    from ray.exceptions import RayError, RayTaskError
+
+    err: Exception = exc
+    while isinstance(err, RayTaskError) and isinstance(getattr(err, "cause", None), Exception):
+        err = err.cause
+    if not isinstance(err, RayError):
+        return err  # the task's own exception
+    cause = getattr(err, "cause", None)
+    what = cause if isinstance(cause, Exception) else err
+    first = f"{type(what).__name__}: {str(what).strip().splitlines()[0][:300] if str(what).strip() else ''}"
+    return LakeError(f"the ray engine failed: {first}; fragments already committed are kept, "
+                     f"run the command again to do the rest (or use --engine local)")

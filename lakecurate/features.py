@@ -84,7 +84,7 @@ def load_udf(spec: str) -> Callable:
             path = os.path.abspath(mod_name)
             if not os.path.isfile(path):
                 raise LakeError(f"--udf {spec!r}: no file {path}")
-            name = "lakecurate_udf_" + hashlib.blake2b(path.encode(), digest_size=4).hexdigest()
+            name = "lakecurate_udf_" + hashlib.blake2b(path.encode(), digest_size=4).hexdigest()  # engines.FILE_UDF_PREFIX
             mod_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
             sys.modules[name] = module

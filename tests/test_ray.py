@@ -55,6 +55,13 @@ def test_failure_in_a_ray_task_is_the_same_clear_error(tmp_path: Path):
                          progress=False)
 
 
+def test_a_worker_that_dies_is_a_clear_error(tmp_path: Path):
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 10))
+    with pytest.raises(LakeError, match="the ray engine failed: .*run the command again"):
+        lake.add_feature("dies", lambda b: os._exit(3), inputs=["caption"], type="int32", engine="ray", progress=False)
+
+
 def test_embed_on_ray_equals_local(tmp_path: Path):
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(SAMPLE_DATA, progress=False)
@@ -70,3 +77,21 @@ def test_embed_on_ray_equals_local(tmp_path: Path):
         b = np.stack(df.loc[ok, f"ray_{kind}"]).astype(np.float32)
         assert np.abs(a - b).max() < 2e-3  # float16 storage; the same model on the same rows
     assert np.allclose(df["loc_score"].dropna(), df["ray_score"].dropna(), atol=2e-3)
+
+
+def test_cli_udf_from_a_file_runs_on_ray(tmp_path: Path):
+    """A function loaded from a file path is not importable by workers: it is shipped by value."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 30))
+    udf = tmp_path / "elsewhere" / "feats.py"
+    udf.parent.mkdir()
+    udf.write_text("def words(batch):\n    return [len((c or '').split()) for c in batch['caption'].to_pylist()]\n")
+    out = CliRunner().invoke(main, ["feature", "add", lake.uri, "words", "--udf", f"{udf}:words", "--input", "caption",
+                                    "--type", "int32", "--engine", "ray"])
+    assert out.exit_code == 0, out.output
+    tbl = lake.dataset().to_table(columns=["caption", "words"])
+    assert tbl.column("words").to_pylist() == [len((c or "").split()) for c in tbl.column("caption").to_pylist()]
