@@ -2,9 +2,9 @@
 
 A view is a version of the lake (a number, a tag, a branch or ``branch:number``) and a SQL condition
 (default: its curated view, ``rebalance_keep`` or ``keep``). Rows are matched by ``id``. Each row
-that one view has and the other lacks is explained by the other version's own columns, in the order
-a row meets them: the recipe's ``drop_reason``, then rebalancing, then deduplication, then an ingest
-error; or the row does not exist in that version (appended later, or the version was restored).
+that one view has and the other lacks is explained by the other version's own columns: the first
+stage that dropped it there (see :func:`why_excluded`), or the row does not exist in that version
+(appended later, or the version was restored).
 
 Example::
 
@@ -51,16 +51,19 @@ class ViewDiff:
 
 
 def why_excluded(df: pd.DataFrame) -> pd.Series:
-    """Why each row of ``df`` (a version's reason columns) is outside that version's view."""
+    """Why each row of ``df`` (a version's reason columns) is outside that version's view: the
+    first stage that dropped it. A recipe's ``drop_reason`` already names its first failed step
+    (ingest errors and duplicates included when the recipe checks them); without one, an ingest
+    error comes first, then deduplication, then rebalancing."""
     reason = pd.Series("outside the view's condition", index=df.index, dtype=object)
-    if "ingest_status" in df:
-        reason[df["ingest_status"] == "error"] = "ingest error"
+    if "rebalance_keep" in df:  # assigned from the last stage to the first: the first one wins
+        reason[df["rebalance_keep"].eq(False)] = "rebalance"
     if "dup_keep" in df:
         dup = df["dup_keep"].eq(False)
-        what = df["dup_reason"].fillna("duplicate") if "dup_reason" in df else "duplicate"
-        reason[dup] = ("duplicate: " + what)[dup] if isinstance(what, pd.Series) else "duplicate"
-    if "rebalance_keep" in df:
-        reason[df["rebalance_keep"].eq(False)] = "rebalance"
+        what = df["dup_reason"].fillna("duplicate") if "dup_reason" in df else pd.Series("duplicate", index=df.index)
+        reason[dup] = "duplicate: " + what[dup]
+    if "ingest_status" in df:
+        reason[df["ingest_status"] == "error"] = "ingest error"
     if "drop_reason" in df:
         dropped = df["drop_reason"].notna()
         reason[dropped] = "recipe: " + df.loc[dropped, "drop_reason"].astype(str)

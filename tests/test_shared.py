@@ -259,3 +259,20 @@ def test_compact_merges_only_complete_fragments(tmp_path: Path):
     out = CliRunner().invoke(main, ["compact", lake.uri])
     assert out.exit_code == 0 and "fragments 3 -> 1" in out.output, out.output
     check_complete(lake, range(1), FRAGMENTS * ROWS + 20)
+
+
+def test_why_excluded_follows_the_order_a_row_meets_the_stages():
+    import pandas as pd
+
+    from lakecurate.compare import why_excluded
+
+    df = pd.DataFrame({
+        "ingest_status": ["ok", "ok", "ok", "error", "ok", "error"],
+        "dup_keep": [True, False, True, True, True, None],
+        "dup_reason": [None, "phash", None, None, None, None],
+        "rebalance_keep": [False, False, True, True, True, False],
+        "drop_reason": [None, None, None, None, None, "ingest_error"],
+    })
+    assert why_excluded(df).tolist() == ["rebalance", "duplicate: phash", "outside the view's condition",
+                                         "ingest error", "outside the view's condition", "recipe: ingest_error"]
+    assert why_excluded(df.drop(columns=["dup_reason"])).tolist()[1] == "duplicate: duplicate"
