@@ -338,23 +338,23 @@ def fill_by_fragment(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, A
     """
     from tqdm.auto import tqdm
 
-    declare(lake, fields, prov, recompute=recompute, **({"fix": fix} if fix else {}))
+    if engine not in ("local", "ray"):  # before declaring anything
+        raise LakeError(f"unknown engine {engine!r}; use 'local' or 'ray'")
+    added = declare(lake, fields, prov, recompute=recompute, **({"fix": fix} if fix else {}))
     ds = lake.dataset()
     names = [f.name for f in fields]
     todo = [f.fragment_id for f in fragments_to_fill(ds, names[0])]
-    where = f"{desc or names[0]} on lake '{lake.uri}' " if desc else ""
+    where = f"{desc} on lake '{lake.uri}' " if desc else ""
     out: dict[str, Any] = {"fragments": 0, "rows": 0, "versions": []}
     bar = tqdm(total=len(todo), desc=desc or names[0], unit="fragment",
                disable=(not progress) if progress is not None else None)
     args = (inputs, fn, names, batch_size, where)
     if engine == "local":
         results: Any = (_fill_one(lake, ds.version, fid, *args) for fid in todo)
-    elif engine == "ray":
+    else:
         from lakecurate.engines import ray_map
 
         results = ray_map(_fill_one, [(lake, ds.version, fid, *args) for fid in todo])
-    else:
-        raise LakeError(f"unknown engine {engine!r}; use 'local' or 'ray'")
     try:
         for _fid, rows, version in results:
             out["rows"] += rows
@@ -362,9 +362,27 @@ def fill_by_fragment(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, A
                 out["fragments"] += 1
                 out["versions"].append(version)
             bar.update(1)
+    except BaseException:
+        if added:
+            _undeclare_if_empty(lake, names)  # a first run that failed before any fill leaves no column
+        raise
     finally:
         bar.close()
     return out
+
+
+def _undeclare_if_empty(lake: "Lake", names: Sequence[str]) -> None:
+    """Drop ``names`` if no fragment holds data for them (metadata only; retried on conflict)."""
+    def drop() -> None:
+        ds = lake.dataset()
+        present = [n for n in names if n in ds.schema.names]
+        if present and not any(has_data(ds, f, present[0]) for f in ds.get_fragments()):
+            ds.drop_columns(present)
+
+    try:
+        retry_on_conflict(drop)
+    except OSError:
+        pass  # best effort: the error being raised is the one to report
 
 
 class Checkpoint:
