@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import lance
 import lance.fragment
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 from lance.commit import CommitConflictError
@@ -236,7 +237,6 @@ def write_changed(lake: "Lake", tbl: pa.Table, new: dict[str, pa.Array]) -> tupl
     This is how a stage with a global fit step (dedup groups, recipe decisions) rewrites only what
     changed: unchanged fragments keep their files, and a re-run that changes nothing commits nothing.
     """
-    import numpy as np
     import pyarrow.compute as pc
 
     names = list(new)
@@ -268,8 +268,6 @@ def write_changed(lake: "Lake", tbl: pa.Table, new: dict[str, pa.Array]) -> tupl
 
 def physical(frag_rows: int, offsets: Any, table: pa.Table) -> pa.Table:
     """Rows at live-row offsets -> a table over all physical rows of the fragment (deleted rows null)."""
-    import numpy as np
-
     order = np.full(frag_rows, -1, np.int64)
     order[np.asarray(offsets, np.int64)] = np.arange(len(offsets))
     return table.take(pa.array(order, mask=order < 0))
@@ -292,7 +290,7 @@ def compute_fragment(ds: lance.LanceDataset, fragment_id: int, inputs: Sequence[
     for batch in frag.to_batches(columns=list(inputs), with_row_address=True, batch_size=batch_size,
                                  blob_handling="all_binary"):
         addr = batch.column("_rowaddr").to_numpy()
-        data = batch.drop_columns(["_rowaddr"]) if hasattr(batch, "drop_columns") else batch.select(list(inputs))
+        data = batch.drop_columns(["_rowaddr"])
         where_rows = f"{where}fragment {fragment_id} rows {start}-{start + batch.num_rows - 1}"
         try:
             out = fn(data)
@@ -306,8 +304,6 @@ def compute_fragment(ds: lance.LanceDataset, fragment_id: int, inputs: Sequence[
         parts.append(out)
         offsets.append(addr & 0xFFFFFFFF)
         start += batch.num_rows
-    import numpy as np
-
     if not parts:  # every row deleted: the fragment still gets a file (all null) so it counts as done
         schema = pa.schema([ds.schema.field(n) for n in names])
         return pa.table({n: pa.nulls(frag.physical_rows, schema.field(n).type) for n in names}), 0
@@ -338,8 +334,9 @@ def fill_by_fragment(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, A
     """
     from tqdm.auto import tqdm
 
-    if engine not in ("local", "ray"):  # before declaring anything
-        raise LakeError(f"unknown engine {engine!r}; use 'local' or 'ray'")
+    from lakecurate.engines import check_engine
+
+    check_engine(engine)  # before declaring anything
     added = declare(lake, fields, prov, recompute=recompute, **({"fix": fix} if fix else {}))
     ds = lake.dataset()
     names = [f.name for f in fields]

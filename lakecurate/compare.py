@@ -74,16 +74,14 @@ def _side(lake: "Lake", ref: str | int, where: str | None) -> tuple[Any, pd.Data
     ds = lake.dataset(ref)
     names = ds.schema.names
     where = where or default_view(names)
-    cols = ["id"] + [c for c in REASON_COLUMNS if c in names]
-    tbl = ds.to_table(columns=cols).to_pandas()
-    if where:
-        try:
-            inside = set(ds.to_table(columns=["id"], filter=where).column("id").to_pylist())
-        except Exception as exc:
-            raise LakeError(f"cannot select rows with {where!r} at '{ref}' of lake '{lake.uri}': {exc}") from None
-        tbl["_in"] = tbl["id"].isin(inside)
-    else:
-        tbl["_in"] = tbl["ingest_status"] != "error" if "ingest_status" in tbl else True
+    # One scan: the view's condition is computed as a column beside the reason columns.
+    cols = {c: c for c in ["id", *REASON_COLUMNS] if c in names}
+    inside = where or ("ingest_status != 'error'" if "ingest_status" in names else "true")
+    try:
+        tbl = ds.to_table(columns={**cols, "_in": inside}).to_pandas()
+    except Exception as exc:
+        raise LakeError(f"cannot select rows with {where!r} at '{ref}' of lake '{lake.uri}': {exc}") from None
+    tbl["_in"] = tbl["_in"].fillna(False).astype(bool)  # a null condition leaves the row out, as a filter does
     return ds, tbl.set_index("id"), where
 
 

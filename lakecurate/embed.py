@@ -176,16 +176,12 @@ def _vectors(arr: np.ndarray, valid: np.ndarray) -> pa.Array:
 
 def assemble(parts: list[pa.Table], physical_rows: int, names: dict[str, str], dim: int) -> pa.Table:
     """Batches (by live-row offset) -> one table over the fragment's physical rows; deleted rows null."""
-    t = pa.concat_tables(parts) if parts else None
-    order = np.full(physical_rows, -1, dtype=np.int64)
-    if t is not None and t.num_rows:
-        order[t.column("offset").to_numpy()] = np.arange(t.num_rows)
-    idx = pa.array(order, mask=order < 0)
-    out = {}
-    for key in ("image", "text", "score", "error"):
-        col = t.column(key).combine_chunks() if t is not None else pa.nulls(0)
-        out[names[key]] = col.take(idx) if t is not None else pa.nulls(physical_rows)
-    return pa.table(out)
+    keys = ("image", "text", "score", "error")
+    if not parts:
+        return pa.table({names[k]: pa.nulls(physical_rows) for k in keys})
+    t = pa.concat_tables(parts)
+    values = t.select(list(keys)).rename_columns([names[k] for k in keys])
+    return columns.physical(physical_rows, t.column("offset").to_numpy(), values)
 
 
 def _started(gen: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -242,10 +238,9 @@ def embed(
     model once and embeds and commits whole fragments (the same per-fragment commits; a killed run
     keeps finished fragments, not batches).
     """
-    if engine not in ("local", "ray"):
-        from lakecurate.lake import LakeError
+    from lakecurate.engines import check_engine
 
-        raise LakeError(f"unknown engine {engine!r}; use 'local' or 'ray'")
+    check_engine(engine)
     spec = model if isinstance(model, EncoderSpec) else resolve(model, pretrained, checkpoint, name)
     names = column_names(spec.prefix)
     dim = spec.embed_dim()
@@ -290,8 +285,8 @@ def embed(
         return report  # no model load for a no-op
     if engine == "ray":
         columns.declare(lake, fields, prov, recompute=recompute)
-        return _embed_on_ray(lake, spec, (device, precision, batch_size, names, dim), [f.fragment_id for f in todo],
-                             report, progress, t0, index_min_rows)
+        return _embed_on_ray(lake, spec, [f.fragment_id for f in todo], report, progress, t0, index_min_rows,
+                             device=device, precision=precision, batch_size=batch_size, names=names, dim=dim)
     n_workers = workers
     transform, _ = spec.build_transforms()
     loader = read_batches(items, (lake.table_uri, ds.version, lake.storage_options, transform), n_workers)
@@ -366,21 +361,19 @@ class FragmentEmbedder:
         return fid, live, errors, columns.fill_fragment(lake, fid, assemble(parts, frag.physical_rows, self.names, self.dim))
 
 
-def _embed_on_ray(lake: "Lake", spec: EncoderSpec, setup: tuple, fids: list[int], report: EmbedReport,
-                  progress: bool | None, t0: float, index_min_rows: int | None) -> EmbedReport:
-    from lakecurate.engines import ray_actor_map
+def _embed_on_ray(lake: "Lake", spec: EncoderSpec, fids: list[int], report: EmbedReport, progress: bool | None,
+                  t0: float, index_min_rows: int | None, *, device: str, precision: str, batch_size: int,
+                  names: dict[str, str], dim: int) -> EmbedReport:
+    from lakecurate.engines import ray_actor_map, ray_init
     from lakecurate.search import INDEX_MIN_ROWS, ensure_index
 
-    from lakecurate.engines import ray_init
-
     version = lake.dataset().version
-    device = setup[0]
     # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.
     gpus = device == "cuda" or (device == "auto" and bool(ray_init().cluster_resources().get("GPU")))
     bar = tqdm(total=len(fids), desc=f"embed {spec.prefix} (ray)", unit="fragment",
                disable=(not progress) if progress is not None else None)
     try:
-        for _fid, rows, errors, new in ray_actor_map(FragmentEmbedder, (spec, *setup), "run",
+        for _fid, rows, errors, new in ray_actor_map(FragmentEmbedder, (spec, device, precision, batch_size, names, dim), "run",
                                                      [(lake, version, fid) for fid in fids], gpus=gpus):
             report.rows_embedded += rows
             report.errors += errors

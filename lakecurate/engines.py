@@ -23,6 +23,15 @@ from typing import Any
 from lakecurate.lake import LakeError
 
 
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str) -> None:
+    """Refuse an unknown engine name, before a stage declares or computes anything."""
+    if engine not in ENGINES:
+        raise LakeError(f"unknown engine {engine!r}; use {' or '.join(repr(e) for e in ENGINES)}")
+
+
 def ray_init(address: str | None = None) -> Any:
     """Connect to Ray (or start a local one) once per process; the module, or a clear error."""
     try:

@@ -103,7 +103,10 @@ class Lake:
         self.branch = branch if branch not in (None, "main") else None
         # A Lance branch is a table of its own under tree/<name> that shares main's data files, so
         # every stage works on it unchanged through this one path.
-        self.table_uri = self.main_uri if self.branch is None else _join(self.main_uri, f"tree/{self.branch}")
+        self.table_uri = self._branch_uri(self.branch)
+
+    def _branch_uri(self, branch: str | None) -> str:
+        return self.main_uri if branch is None else _join(self.main_uri, f"tree/{branch}")
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r}{', branch=' + repr(self.branch) if self.branch else ''})"
@@ -164,21 +167,22 @@ class Lake:
         if isinstance(version, str) and version.isdigit():
             version = int(version)
         if isinstance(version, str):
-            uri, number = self._ref(version)
+            branch, number = self._ref(version)
+            uri = self.table_uri if isinstance(number, str) else self._branch_uri(branch)  # Lance resolves tags itself
             return lance.dataset(uri, version=number, storage_options=self.storage_options)
         return lance.dataset(self.table_uri, version=version, storage_options=self.storage_options)
 
-    def _ref(self, ref: str) -> tuple[str, int | str | None]:
-        """(table uri, version or tag) of a version reference given as text."""
+    def _ref(self, ref: str) -> tuple[str | None, int | str | None]:
+        """(branch, None for main; then a version number, a tag, or None for the branch's latest) of a
+        version reference given as text: a tag, a branch name or ``branch:number``."""
         ds = lance.dataset(self.table_uri, storage_options=self.storage_options)
         tags = ds.tags.list()
         if ref in tags:
-            return self.table_uri, ref
+            return tags[ref].get("branch"), ref
         name, _, number = ref.partition(":")
         branches = ds.branches.list()
         if (name == "main" or name in branches) and (not number or number.isdigit()):
-            uri = self.main_uri if name == "main" else _join(self.main_uri, f"tree/{name}")
-            return uri, int(number) if number else None
+            return (None if name == "main" else name), int(number) if number else None
         raise LakeError(f"'{ref}' is not a version, tag or branch of lake '{self.uri}' "
                         f"(tags: {', '.join(sorted(tags)) or 'none'}; branches: main{''.join(', ' + b for b in sorted(branches))}); "
                         f"see: lakecurate log {self.uri}")
@@ -386,12 +390,10 @@ class Lake:
         if name in self.branches():
             raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with --branch {name}")
         if isinstance(source, str) and not source.isdigit():
-            uri, number = self._ref(source)
-            ref: Any = number if uri == self.table_uri else (uri.rsplit("/tree/", 1)[1] if "/tree/" in uri else None, number)
+            branch, number = self._ref(source)
+            ref: Any = number if isinstance(number, str) else (branch, number)
         else:
-            ref = int(source) if source is not None else None
-        if self.branch and isinstance(ref, int):
-            ref = (self.branch, ref)
+            ref = (self.branch, int(source) if source is not None else None)
         self.dataset().create_branch(name, ref)
         return Lake(self.uri, self.storage_options, branch=name)
 
@@ -420,12 +422,7 @@ class Lake:
         Returns the new version number.
         """
         old = self.dataset(version)
-        if isinstance(version, str) and not version.isdigit():
-            tag = old.tags.list().get(version)
-            name = tag.get("branch") if tag else version.partition(":")[0]
-            branch = None if name in (None, "main") else name
-        else:
-            branch = self.branch
+        branch = self._ref(version)[0] if isinstance(version, str) and not version.isdigit() else self.branch
         if branch != self.branch:
             raise LakeError(f"'{version}' belongs to another branch than {self.branch or 'main'}; restore works "
                             f"within a branch (open the lake with --branch to restore there)")
@@ -465,23 +462,17 @@ class Lake:
 
         from lakecurate.columns import field_provenance, has_data
 
-        def complete_ids(ds: lance.LanceDataset) -> tuple[set[int], int]:
-            derived = [f.name for f in ds.schema if field_provenance(f)]
-            frags = ds.get_fragments()
-            ok = {f.fragment_id for f in frags if all(has_data(ds, f, c) for c in derived)}
-            return ok, len(frags) - len(ok)
-
-        def run() -> tuple[int, int]:
+        def run() -> int:
             ds = self.dataset()
-            ok, incomplete = complete_ids(ds)
-            excluded = [f.fragment_id for f in ds.get_fragments() if f.fragment_id not in ok]
+            derived = [f.name for f in ds.schema if field_provenance(f)]
+            excluded = [f.fragment_id for f in ds.get_fragments() if not all(has_data(ds, f, c) for c in derived)]
             plan = Compaction.plan(ds, {"target_rows_per_fragment": target_rows, "excluded_fragment_ids": excluded})
             if plan.num_tasks():
                 Compaction.commit(ds, [task.execute(ds) for task in plan.tasks])
-            return plan.num_tasks(), incomplete
+            return len(excluded)
 
         before = len(self.dataset().get_fragments())
-        _, incomplete = retry_on_conflict(run)
+        incomplete = retry_on_conflict(run)
         return {"fragments_before": before, "fragments_after": len(self.dataset().get_fragments()),
                 "left_incomplete": incomplete, "version": self.version}
 

@@ -363,17 +363,8 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
 def _fill_from_captions(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Any,
                         progress: bool | None, desc: str) -> int:
     """Declare ``fields`` and fill every fragment lacking them with ``fn(captions) -> pa.Table``."""
-    return columns.fill_by_fragment(lake, fields, prov, _OnCaptions(fn), ["caption"], progress=progress, desc=desc)["rows"]
-
-
-class _OnCaptions:
-    """A batch function over the caption column (a class, not a closure, so it pickles for Ray)."""
-
-    def __init__(self, fn: Any):
-        self.fn = fn
-
-    def __call__(self, batch: pa.RecordBatch) -> pa.Table:
-        return self.fn(batch.column("caption").to_pylist())
+    return columns.fill_by_fragment(lake, fields, prov, lambda batch: fn(batch.column("caption").to_pylist()),
+                                    ["caption"], progress=progress, desc=desc)["rows"]
 
 
 def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> int:
@@ -387,12 +378,6 @@ def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> in
 def compute_redacted(lake: "Lake", column: str = "caption_redacted") -> int:
     """Add ``caption_redacted`` (e-mails and phone numbers replaced); ``caption`` is never modified."""
     prov = columns.provenance("signals-redact", {"email": _EMAIL.pattern, "phone": _PHONE.pattern}, ["caption"], lake.version)
-    return _fill_from_captions(lake, [pa.field(column, pa.string())], prov, _Redacted(column), False, "redact")
-
-
-class _Redacted:
-    def __init__(self, column: str):
-        self.column = column
-
-    def __call__(self, captions: Sequence[str | None]) -> pa.Table:
-        return pa.table({self.column: pa.array([redact(c) for c in captions], pa.string())})
+    return _fill_from_captions(lake, [pa.field(column, pa.string())], prov,
+                               lambda caps: pa.table({column: pa.array([redact(c) for c in caps], pa.string())}),
+                               False, "redact")
