@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import math
+import numbers
 import os
 import sys
 from collections.abc import Callable
@@ -28,11 +31,86 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (LakeError, IngestError, EncoderError) as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            # A full disk is the user's to fix, and safe to retry: every commit is atomic, so what
+            # was committed before the failed write is intact and a re-run resumes from it.
+            if exc.errno != errno.ENOSPC and "no space left on device" not in str(exc).lower():
+                raise
+            where = exc.filename or kwargs.get("dest") or kwargs.get("lake") or kwargs.get("lake_uri") or "the lake"
+            raise click.ClickException(f"no space left on device while writing {where}; free space and re-run: "
+                                       f"committed work is kept") from None
 
     return wrapper
 
 
+def _plain(value: Any) -> Any:
+    """``value`` made of JSON types: numpy values as Python ones, NaN/inf as null (JSON has none)."""
+    import dataclasses
+
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # a numpy scalar or array
+        return _plain(value.tolist())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` (a dict, a list, a report with ``to_dict``, a DataFrame) as JSON: the one
+    emitter behind every ``--json``."""
+    import pandas as pd  # already loaded with the lake
+
+    if isinstance(value, pd.DataFrame):  # one object per row
+        value = json.loads(value.to_json(orient="records", date_format="iso", default_handler=str))
+    elif hasattr(value, "to_dict"):
+        value = value.to_dict()
+    click.echo(json.dumps(_plain(value), indent=2, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (click's range checks let nan through)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+class TargetType(click.ParamType):
+    """A row budget: a fraction of the candidates in (0, 1] (1 = all of them), or a whole count > 1."""
+
+    name = "FRACTION|COUNT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | int:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            f = float(value)
+        else:
+            try:
+                f = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a number: give a fraction in (0, 1] or a whole count of rows > 1", param, ctx)
+        if not math.isfinite(f) or f <= 0 or (f > 1 and not f.is_integer()):
+            self.fail(f"{value!r} is neither a fraction in (0, 1] nor a whole count of rows > 1", param, ctx)
+        return f if f <= 1 else int(f)
+
+
 lake_argument = click.argument("lake", type=click.Path(file_okay=False))
+
+
+def _cell(value: Any) -> str:
+    """A table cell: floats to 4 decimals (a float32 read back prints 0.4713999927043915)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return str(round(float(value), 4))
+    return str(value)
 
 
 def _echo_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
@@ -40,7 +118,7 @@ def _echo_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
         click.echo("(no rows)")
         return
     columns = columns or list(rows[0])
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     click.echo("  ".join("-" * w for w in widths))
@@ -48,17 +126,47 @@ def _echo_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _OneLineUsageError(click.UsageError):
+    """A bad option or argument, shown as one line (click would add the usage and a hint above it)."""
+
+    def __init__(self, original: click.UsageError):
+        super().__init__(original.format_message(), original.ctx)
+        self.exit_code = original.exit_code
+
+    def show(self, file: Any = None) -> None:
+        hint = f" (see: {self.ctx.command_path} --help)" if self.ctx is not None else ""
+        click.echo(f"Error: {self.format_message()}{hint}", err=True)
+
+
+class _Group(click.Group):
+    """The command group: usage errors of every command are one line on stderr, exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if isinstance(exc, _OneLineUsageError):
+                raise
+            raise _OneLineUsageError(exc) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="lakecurate")
 @click.option("--branch", envvar="LAKECURATE_BRANCH", metavar="NAME",
               help="Work on this branch of the lake (default: main; env LAKECURATE_BRANCH). "
                    "Make one with: lakecurate branch create LAKE NAME")
-def main(branch: str | None) -> None:
+@click.option("--progress/--no-progress", default=None, envvar="LAKECURATE_PROGRESS",
+              help="Show progress: a bar on a terminal, else a log line on stderr every 10 s and at the end "
+                   "(default: a bar on a terminal, else lines only for runs over 10 s; env LAKECURATE_PROGRESS=1/0).")
+def main(branch: str | None, progress: bool | None) -> None:
     """Curate image-text training data on a Lance data lake.
 
     A LAKE is a folder (or object-store URI) holding the Lance table `pairs`; LanceDB opens it too:
     lancedb.connect(LAKE).open_table("pairs").
     """
+    from lakecurate.progress import set_default
+
+    set_default(progress)  # every stage's bar follows it unless the command passes progress= itself
 
 
 def open_lake(uri: str, *, create: bool = False) -> Lake:
@@ -75,8 +183,17 @@ def print_ingest_report(report: Any) -> None:
     click.echo(
         f"ingested {d['written']} new pairs from {d['kind']} '{d['source']}' in {d['seconds']:.1f}s "
         f"({rate:.0f} pairs/s); {d['skipped_existing']} already in the lake; "
-        f"status: " + ", ".join(f"{k} {v}" for k, v in sorted(d["status"].items()))
+        f"status: " + (", ".join(f"{k} {v}" for k, v in sorted(d["status"].items())) or "nothing written")
     )
+    if d["replaced"]:
+        click.echo(f"replaced {d['replaced']} error rows in place (same ids; their derived columns are computed by the next runs)")
+    if d["skipped_errors"]:
+        click.echo(f"{d['skipped_errors']} of them errors: re-run with --retry-errors to read those pairs again "
+                   f"(after fixing the cause, e.g. --image-dir)")
+    if d["content_present"]:
+        click.echo(f"{d['content_present']} new pairs hold images already in the lake under another source or key "
+                   f"(same content_hash): a pair is identified by source + key, so moved or renamed files are new "
+                   f"pairs; dedup groups them")
     rows = [{"reason": r, "severity": s, "rows": n} for r, s, n in report.reason_rows()]
     if rows:
         click.echo("")
@@ -92,37 +209,47 @@ def print_ingest_report(report: Any) -> None:
 @click.option("--kind", type=click.Choice(["folder", "manifest", "webdataset"]), help="Default: detected from SOURCE.")
 @click.option("--mode", type=click.Choice(["append", "overwrite"]), default="append", show_default=True,
               help="append skips pairs already in the lake; overwrite makes a version holding only SOURCE.")
+@click.option("--retry-errors", is_flag=True,
+              help="Re-read the pairs of SOURCE whose rows have ingest_status 'error' and replace those rows (same id).")
 @click.option("--image-dir", help="Manifest only: folder that relative image paths resolve against (default: the manifest's folder).")
 @click.option("--root", help="Manifest only: image paths must stay inside this folder (default: the image dir).")
 @click.option("--image-col", help="Manifest column with the image path (default: detected).")
 @click.option("--caption-col", help="Manifest column with the caption (default: detected).")
 @click.option("--key-col", help="Manifest column with a unique key (default: the image path).")
-@click.option("--max-pixels", type=int, help="Images declaring more pixels are flagged decompression_bomb, not decoded.")
-@click.option("--max-bytes", type=int, help="Larger files are flagged file_too_large, not stored.")
-@click.option("--max-caption-chars", type=int, help="Longer captions are flagged caption_too_long (kept whole).")
+@click.option("--max-pixels", type=click.IntRange(min=1), help="Images declaring more pixels are flagged decompression_bomb, not decoded.")
+@click.option("--max-bytes", type=click.IntRange(min=1), help="Larger files are flagged file_too_large, not stored.")
+@click.option("--max-caption-chars", type=click.IntRange(min=1), help="Longer captions are flagged caption_too_long (kept whole).")
 @click.option("--verify", type=click.Choice(["header", "decode"]),
               help="header (default): header + end marker; decode: also decode, to catch corrupt data (slower).")
-@click.option("--workers", type=int, help="Reader threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--workers", type=click.IntRange(min=1), help="Reader threads.")
+@json_option
 @_friendly_errors
-def ingest(lake: str, source: str, kind: str | None, mode: str, image_dir: str | None, root: str | None, image_col: str | None,
-           caption_col: str | None, key_col: str | None, as_json: bool, **limits: Any) -> None:
+def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bool, image_dir: str | None,
+           root: str | None, image_col: str | None, caption_col: str | None, key_col: str | None, as_json: bool,
+           **limits: Any) -> None:
     """Ingest image-text pairs from SOURCE into LAKE (created if missing).
 
-    SOURCE is a folder of images with .txt/.json caption sidecars, a CSV/TSV/Parquet/JSONL manifest,
-    or WebDataset .tar shards (a folder of them, a glob, or shard-{000..009}.tar). Bad inputs become
-    rows flagged with a reason; re-running adds nothing new.
+    SOURCE is a folder of images with .txt/.json caption sidecars, a CSV/TSV/Parquet/Arrow/JSONL
+    manifest (a Parquet/Arrow image column may hold the bytes), or WebDataset .tar shards (a folder of
+    them, a glob, or shard-{000..009}.tar). Bad inputs become rows flagged with a reason; re-running
+    adds nothing new; --retry-errors re-reads the rows that failed.
 
     Example: lakecurate ingest ./lake sample_data/
     """
     from dataclasses import replace
 
-    from lakecurate.ingest import IngestOptions
+    from lakecurate.ingest import IngestError, IngestOptions, check_options, open_source
 
     opts = replace(IngestOptions(), **{k: v for k, v in limits.items() if v is not None})
-    report = open_lake(lake, create=True).ingest(source, kind=kind, mode=mode, root=root, image_col=image_col,
-                                      caption_col=caption_col, key_col=key_col, image_dir=image_dir,
-                                      options=opts)
+    if retry_errors and mode != "append":
+        raise IngestError("--retry-errors replaces error rows of an appended source; drop --mode overwrite")
+    # An unusable source or option fails here, before the lake is created.
+    check_options(opts)
+    open_source(source, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
+                image_dir=image_dir)
+    report = open_lake(lake, create=True).ingest(source, kind=kind, mode=mode, retry_errors=retry_errors, root=root,
+                                                 image_col=image_col, caption_col=caption_col, key_col=key_col,
+                                                 image_dir=image_dir, options=opts)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -163,11 +290,11 @@ def explain_encoder(spec_arch: str, meaningless: bool) -> None:
 @model_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, help="Decode processes (default: half the cores; 0 decodes in this process).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores; 0 decodes in this process).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute these columns (e.g. after changing the config).")
 @engine_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 @_friendly_errors
 def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None, device: str,
           precision: str, batch_size: int, workers: int | None, recompute: bool, engine: str, as_json: bool) -> None:
@@ -181,13 +308,14 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
     """
     from lakecurate.encoders import resolve
 
+    the_lake = open_lake(lake)  # a missing lake is the one error line, before any note
     spec = resolve(model, pretrained, checkpoint, name)
     explain_encoder(spec.arch, spec.meaningless)
-    rep = open_lake(lake).embed(model, pretrained=pretrained, checkpoint=checkpoint, name=name, device=device,
+    rep = the_lake.embed(model, pretrained=pretrained, checkpoint=checkpoint, name=name, device=device,
                                 precision=precision, batch_size=batch_size, workers=workers, recompute=recompute,
                                 engine=engine)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
+        echo_json(rep)
         return
     rate = rep.rows_embedded / rep.seconds if rep.seconds else 0.0
     click.echo(f"embedded {rep.rows_embedded} rows in {rep.fragments_done} fragments ({rate:.1f} rows/s); "
@@ -198,12 +326,12 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
 @main.command()
 @lake_argument
 @click.argument("query")
-@click.option("-k", default=10, show_default=True, help="How many pairs.")
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="How many pairs.")
 @click.option("--prefix", help="Which embedding columns (default: the only ones).")
 @click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="Compare with the pairs' image vectors or caption vectors.")
 @click.option("--where", help="SQL filter applied before the search, e.g. \"ingest_status = 'ok'\".")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @_friendly_errors
 def search(lake: str, query: str, k: int, prefix: str | None, target: str, where: str | None, as_json: bool) -> None:
     """Find the pairs nearest to QUERY: a text, or the path of an image file.
@@ -212,7 +340,7 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
     """
     df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where)
     if as_json:
-        click.echo(df.to_json(orient="records"))
+        echo_json(df)
     else:
         click.echo(df.to_string(index=False, max_colwidth=70) if len(df) else "(no rows)")
 
@@ -234,18 +362,18 @@ def _methods(value: str) -> list[str]:
               help="Comma-separated: exact, phash, semantic, caption, or all.")
 @click.option("--embedding", help="Embedding columns for semantic/caption dedup and the keep rule's score "
               "(default: the lake's only embedding).")
-@click.option("--phash-distance", type=int, default=8, show_default=True, help="Max differing bits of 64 for phash links.")
+@click.option("--phash-distance", type=click.IntRange(0, 64), default=8, show_default=True, help="Max differing bits of 64 for phash links.")
 @click.option("--no-flips", is_flag=True, help="Do not link mirror images.")
-@click.option("--semantic-threshold", type=float, help="Image cosine for semantic links (default: per model, 0.95 CLIP, 0.85 offline).")
-@click.option("--confirm-cosine", type=float, help="Lower image cosine that links when the hashes are within "
+@click.option("--semantic-threshold", type=FiniteFloat(-1, 1), help="Image cosine for semantic links (default: per model, 0.95 CLIP, 0.85 offline).")
+@click.option("--confirm-cosine", type=FiniteFloat(-1, 1), help="Lower image cosine that links when the hashes are within "
               "--confirm-distance bits (default: per model, 0.85 CLIP, 0.70 offline).")
-@click.option("--confirm-distance", type=int, default=16, show_default=True)
-@click.option("--caption-threshold", type=float, default=0.98, show_default=True, help="Caption cosine for caption links.")
+@click.option("--confirm-distance", type=click.IntRange(0, 64), default=16, show_default=True)
+@click.option("--caption-threshold", type=FiniteFloat(-1, 1), default=0.98, show_default=True, help="Caption cosine for caption links.")
 @click.option("--keep-from", default="exact,phash,semantic", show_default=True,
               help="Methods whose groups decide dup_keep (caption duplicates are reported only, unless listed).")
-@click.option("--workers", type=int, help="Hashing processes (default: every core).")
+@click.option("--workers", type=click.IntRange(min=0), help="Hashing processes (default: every core; 0 hashes in this process).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute the chosen methods' columns (e.g. new thresholds).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 @_friendly_errors
 def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool,
           semantic_threshold: float | None, confirm_cosine: float | None, confirm_distance: int,
@@ -264,7 +392,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,
                                 keep_from=_methods(keep_from), workers=workers, recompute=recompute)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2, default=str))
+        echo_json(rep)
         return
     _echo_table([{"method": m.method, "rows": m.rows, "new rows": m.new_rows, "links": m.pairs, "groups": m.groups,
                   "duplicates": m.duplicates, "fragments written": m.fragments_written, "seconds": f"{m.seconds:.1f}"}
@@ -279,7 +407,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 @main.command()
 @lake_argument
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 @_friendly_errors
 def curate(lake: str, recipe: str, as_json: bool) -> None:
     """Apply the filter RECIPE (TOML) to LAKE: keep / drop_reason columns and a tag of the result.
@@ -298,8 +426,11 @@ def curate(lake: str, recipe: str, as_json: bool) -> None:
         click.echo(json.dumps(rep.to_dict(), indent=2))
         return
     rows = [{"step": reason, "dropped": n, "share": f"{n / rep.rows:.1%}" if rep.rows else "-"} for reason, n in rep.dropped.items()]
-    rows.append({"step": "kept", "dropped": rep.kept, "share": f"{rep.kept / rep.rows:.1%}" if rep.rows else "-"})
     _echo_table(rows, ["step", "dropped", "share"])
+    # kept is not a drop: its own line, not a row under "dropped"
+    click.echo(f"kept {rep.kept} of {rep.rows} rows" + (f" ({rep.kept / rep.rows:.1%})" if rep.rows else ""))
+    if rep.unjudged:
+        click.echo(f"{rep.unjudged} rows arrived while this ran: left undecided (not kept); run curate again to judge them")
     how = "nothing to do (same recipe, lake unchanged)" if rep.nothing_to_do else (
         f"computed: {', '.join(rep.computed) or 'no new signals'}; {rep.fragments_written} fragments written")
     click.echo(f"\nrecipe {rep.recipe} ({rep.recipe_hash}): {how}; tag {rep.tag} (version {rep.version}) in {rep.seconds:.1f} s")
@@ -309,17 +440,21 @@ def curate(lake: str, recipe: str, as_json: bool) -> None:
 # --------------------------------------------------------------------------- concepts and export
 @main.command()
 @lake_argument
-@click.option("-k", "k", type=int, help="Concepts (default: sqrt of the embedded rows, 2..4096).")
+@click.option("-k", "k", type=click.IntRange(min=1), help="Concepts (default: sqrt of the embedded rows, 2..4096).")
 @click.option("--embedding", help="Embedding columns to cluster (default: the lake's only embedding).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--recompute", is_flag=True, help="Replace concepts made with other settings.")
+@json_option
 @_friendly_errors
-def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recompute: bool) -> None:
+def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recompute: bool, as_json: bool) -> None:
     """Cluster LAKE's image embeddings into concepts: concept and concept_dist columns.
 
     Example: lakecurate cluster ./lake -k 100
     """
     rep = open_lake(lake).cluster(k, embedding=embedding, seed=seed, recompute=recompute)
+    if as_json:
+        echo_json(rep)
+        return
     sizes = sorted((c["size"] for c in rep.concepts), reverse=True)
     click.echo(f"{rep.k} concepts over {rep.rows} rows in {rep.seconds:.1f} s; sizes: largest {sizes[:5]}, "
                f"smallest {sizes[-5:]}")
@@ -327,17 +462,18 @@ def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recomput
 
 @main.command()
 @lake_argument
-@click.option("--target", type=float, default=0.5, show_default=True, help="Rows to keep: a fraction (<= 1) or a count.")
-@click.option("--temperature", type=float, default=0.5, show_default=True,
+@click.option("--target", type=TargetType(), default=0.5, show_default=True,
+              help="Rows to keep: a fraction of the candidates in (0, 1] (1 = all), or a whole count of rows > 1.")
+@click.option("--temperature", type=FiniteFloat(min=0, min_open=True), default=0.5, show_default=True,
               help="Softmax temperature over concept complexity: lower prunes simple concepts harder.")
 @click.option("--rule", type=click.Choice(["far", "random"]), default="far", show_default=True,
               help="Inside a concept keep the rows farthest from the centroid first, or at random.")
-@click.option("--max-repeats", type=int, default=1, show_default=True, help="Up-sample small complex concepts up to this many times.")
+@click.option("--max-repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Up-sample small complex concepts up to this many times.")
 @click.option("--where", help="Candidate rows (SQL; default: keep, when a recipe ran).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the report, with the per-concept table, as JSON.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
 @_friendly_errors
-def rebalance(lake: str, target: float, temperature: float, rule: str, max_repeats: int, where: str | None, seed: int,
+def rebalance(lake: str, target: float | int, temperature: float, rule: str, max_repeats: int, where: str | None, seed: int,
               as_json: bool) -> None:
     """Keep fewer rows of dense, simple concepts and more of rare, complex ones (never deletes).
 
@@ -346,10 +482,10 @@ def rebalance(lake: str, target: float, temperature: float, rule: str, max_repea
 
     Example: lakecurate rebalance ./lake --target 0.5 --max-repeats 3
     """
-    rep = open_lake(lake).rebalance(int(target) if target > 1 else target, temperature=temperature, rule=rule,
+    rep = open_lake(lake).rebalance(target, temperature=temperature, rule=rule,
                                     max_repeats=max_repeats, where=where, seed=seed)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2, default=float))
+        echo_json(rep)
         return
     rows = sorted(rep.concepts, key=lambda c: -c["size"])
     _echo_table(rows[:10] + (rows[-5:] if len(rows) > 15 else rows[10:]),
@@ -362,16 +498,20 @@ def rebalance(lake: str, target: float, temperature: float, rule: str, max_repea
 @lake_argument
 @click.option("--mode", type=click.Choice(["interleave", "random", "curriculum"]), default="interleave", show_default=True)
 @click.option("--score", help="Curriculum column (prefix '-' for descending), e.g. offline_score.")
-@click.option("--shard-size", type=int, default=10_000, show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--where", help="Rows to order (default: rebalance_keep, else keep, else all).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
 @_friendly_errors
-def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: str | None, seed: int) -> None:
+def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: str | None, seed: int, as_json: bool) -> None:
     """Write a training order (seq_order) and shard assignment (seq_shard) for LAKE's chosen rows.
 
     Example: lakecurate sequence ./lake --mode interleave
     """
     out = open_lake(lake).sequence(mode, score=score, shard_size=shard_size, where=where, seed=seed)
+    if as_json:
+        echo_json(out)
+        return
     click.echo(f"ordered {out['rows']} rows ({out['mode']}, where {out['where']}) into {out['shards']} shards")
 
 
@@ -383,11 +523,14 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
 @click.option("--where", help="Rows to export (default: rebalance_keep, else keep, else usable images).")
 @click.option("--caption", default="caption", show_default=True, help="Caption column, e.g. caption_redacted.")
 @click.option("--no-repeats", is_flag=True, help="Write each row once even when it has repeats.")
-@click.option("--shard-size", type=int, default=1000, show_default=True, help="WebDataset samples per shard.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="WebDataset samples per shard (default: the --shard-size `sequence` used, so shard i holds "
+                   "seq_shard i; else 1000).")
 @click.option("--overwrite", is_flag=True)
+@json_option
 @_friendly_errors
 def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: str | None, caption: str,
-               no_repeats: bool, shard_size: int, overwrite: bool) -> None:
+               no_repeats: bool, shard_size: int | None, overwrite: bool, as_json: bool) -> None:
     """Export the chosen rows of LAKE to DEST for training, in order and with repeats, plus a manifest.
 
     Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted
@@ -395,6 +538,9 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     rep = open_lake(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
                                  shard_size=shard_size, overwrite=overwrite)
+    if as_json:
+        echo_json(rep)
+        return
     click.echo(f"exported {rep.samples} samples ({rep.rows} pairs) from version {rep.version} where {rep.where} "
                f"to {rep.dest} ({rep.format}, {len(rep.files)} files, {rep.bytes / 2**20:.1f} MiB) in {rep.seconds:.1f} s")
 
@@ -406,20 +552,27 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
 @click.option("--view", help="A tag (its curated rows) or a SQL condition (default: rebalance_keep, else keep).")
 @click.option("--baseline", default="random", show_default=True,
               help="'random' (rows of the whole lake, same size) or another tag / SQL condition.")
-@click.option("--seeds", type=int, default=3, show_default=True)
-@click.option("--steps", type=int, default=300, show_default=True, help="Training steps for every arm (the budget).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Training steps for every arm (the budget).")
 @click.option("--embedding", help="Embedding prefix when the lake has several.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Folder the evaluation set's image paths must stay inside (default: the manifest's folder); "
+                   "needed when a manifest holds absolute paths elsewhere.")
 @click.option("--no-record", is_flag=True, help="Do not append the result to LAKE/evaluations.lance.")
+@json_option
 @_friendly_errors
 def evaluate(lake: str, eval_set: str, view: str | None, baseline: str, seeds: int, steps: int,
-             embedding: str | None, no_record: bool) -> None:
+             embedding: str | None, root: str | None, no_record: bool, as_json: bool) -> None:
     """Train a small proxy (contrastive heads on frozen embeddings) on a curated view and on a baseline
     of the same size; report retrieval R@1/5/10 and swapped-caption AUROC on EVAL_SET, over seeds.
 
     Example: lakecurate evaluate ./lake --eval-set clean_eval/captions.csv --seeds 3
     """
     res = open_lake(lake).evaluate(view, eval_set=eval_set, baseline=baseline, seeds=seeds, steps=steps,
-                                   embedding=embedding, record=not no_record)
+                                   embedding=embedding, record=not no_record, root=root)
+    if as_json:
+        echo_json({**res.to_dict(), "table": res.table().to_dict("records"), "t2i_R@5": res.difference("t2i_R@5")})
+        return
     click.echo(f"view '{res.view}' ({res.rows['view']} rows) vs baseline '{res.baseline}' ({res.rows['baseline']} rows) "
                f"at version {res.version}; eval set {res.eval_images} images / {res.eval_captions} captions; "
                f"{len(res.seeds)} seeds x {res.steps} steps, {res.seconds:.0f} s")
@@ -439,10 +592,11 @@ def evaluate(lake: str, eval_set: str, view: str | None, baseline: str, seeds: i
 @lake_argument
 @click.argument("out", type=click.Path(dir_okay=False), default="report.html")
 @click.option("--version", "at_version", help="Report the lake as of this version or tag.")
-@click.option("--sample-rows", type=int, default=100_000, show_default=True, help="Rows sampled for the plots.")
+@click.option("--sample-rows", type=click.IntRange(min=1), default=100_000, show_default=True, help="Rows sampled for the plots.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a browser when written.")
+@json_option
 @_friendly_errors
-def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, open_browser: bool) -> None:
+def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, open_browser: bool, as_json: bool) -> None:
     """Write one self-contained HTML report of LAKE to OUT: counts per stage and reason, duplicate
     groups, low-alignment and rejected pairs, concept galleries, histograms, flagged inputs.
 
@@ -451,8 +605,11 @@ def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, op
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     rep = open_lake(lake).report(out, version=version, sample_rows=sample_rows)
     empty = f"; no data yet for: {', '.join(rep.empty_sections)}" if rep.empty_sections else ""
-    click.echo(f"wrote {rep.path} ({rep.bytes / 2**10:.0f} KiB, {rep.thumbnails} thumbnails) for version {rep.version} "
-               f"({rep.rows} rows) in {rep.seconds:.1f} s{empty}")
+    if as_json:
+        echo_json(rep)
+    else:
+        click.echo(f"wrote {rep.path} ({rep.bytes / 2**10:.0f} KiB, {rep.thumbnails} thumbnails) for version {rep.version} "
+                   f"({rep.rows} rows) in {rep.seconds:.1f} s{empty}")
     if open_browser:
         import webbrowser
 
@@ -491,10 +648,10 @@ def _param(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--type", "out_type", help="Arrow type of the column, e.g. int32, float32, string, bool "
                                          "(default: @feature(type=...), else inferred from the first rows).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the function (JSON or text; repeat).")
-@click.option("--batch-size", type=int, default=4096, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True)
 @engine_option
 @click.option("--recompute", is_flag=True, help="Replace the column (e.g. after changing the function).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 @_friendly_errors
 def feature_add(lake: str, name: str, udf: str, inputs: tuple[str, ...], out_type: str | None, params: tuple[str, ...],
                 batch_size: int, engine: str, recompute: bool, as_json: bool) -> None:
@@ -509,7 +666,7 @@ def feature_add(lake: str, name: str, udf: str, inputs: tuple[str, ...], out_typ
     rep = open_lake(lake).add_feature(name, udf, inputs=list(inputs) or None, type=out_type, params=_param(params),
                                       engine=engine, batch_size=batch_size, recompute=recompute)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
+        echo_json(rep)
         return
     click.echo(f"feature {name}: {rep.rows} rows in {rep.fragments} fragments ({rep.seconds:.1f} s, engine {engine}); "
                f"columns: {', '.join(rep.columns)}")
@@ -517,35 +674,45 @@ def feature_add(lake: str, name: str, udf: str, inputs: tuple[str, ...], out_typ
 
 @feature.command("list")
 @lake_argument
+@json_option
 @_friendly_errors
-def feature_list(lake: str) -> None:
+def feature_list(lake: str, as_json: bool) -> None:
     """List the feature columns of LAKE: function, inputs, config and rows still missing a value.
 
     Example: lakecurate feature list ./lake
     """
     from lakecurate.features import list_features
 
-    _echo_table(list_features(open_lake(lake)))
+    rows = list_features(open_lake(lake))
+    if as_json:
+        echo_json(rows)
+    else:
+        _echo_table(rows)
 
 
 @feature.command("drop")
 @lake_argument
 @click.argument("name")
+@json_option
 @_friendly_errors
-def feature_drop(lake: str, name: str) -> None:
+def feature_drop(lake: str, name: str, as_json: bool) -> None:
     """Drop the column(s) of feature NAME (metadata only; older versions and tags still have them).
 
     Example: lakecurate feature drop ./lake caption_chars
     """
     from lakecurate.features import drop_feature
 
-    click.echo(f"dropped {', '.join(drop_feature(open_lake(lake), name))}")
+    dropped = drop_feature(open_lake(lake), name)
+    if as_json:
+        echo_json({"dropped": list(dropped)})
+    else:
+        click.echo(f"dropped {', '.join(dropped)}")
 
 
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @lake_argument
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option
 @_friendly_errors
 def info(lake: str, as_json: bool) -> None:
     """Show rows, columns (with provenance), versions and tags of LAKE.
@@ -554,7 +721,7 @@ def info(lake: str, as_json: bool) -> None:
     """
     d = open_lake(lake).info()
     if as_json:
-        click.echo(json.dumps(d, indent=2, default=str))
+        echo_json(d)
         return
     click.echo(f"lake {d['uri']}  table {d['table']}: {d['rows']} rows, version {d['version']} "
                f"({d['n_versions']} versions, last commit {d['last_commit']}), {d['fragments']} fragments")
@@ -587,10 +754,12 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None) -> None:
         click.echo(df.to_json(orient="records", date_format="iso", default_handler=str))
     elif fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
-    else:
+    elif not len(df):
+        click.echo("(no rows)")
+    else:  # a null is NULL in every column (pandas would show NaN in numeric ones, None in others)
         with __import__("pandas").option_context("display.max_rows", 200, "display.width", 200,
                                                   "display.max_colwidth", 60):
-            click.echo(df.to_string(index=False) if len(df.columns) else "(no rows)")
+            click.echo(df.astype(object).where(df.notna(), "NULL").to_string(index=False))
 
 
 # --------------------------------------------------------------------------- versions
@@ -599,8 +768,9 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None) -> None:
 @click.argument("name")
 @click.option("--version", "at_version", type=int, help="Version to tag (default: latest).")
 @click.option("--delete", is_flag=True, help="Delete the tag NAME instead.")
+@json_option
 @_friendly_errors
-def tag(lake: str, name: str, at_version: int | None, delete: bool) -> None:
+def tag(lake: str, name: str, at_version: int | None, delete: bool, as_json: bool) -> None:
     """Name a version of LAKE (of --branch) so it can be reopened later (metadata only).
 
     Example: lakecurate tag ./lake before-dedup
@@ -608,10 +778,17 @@ def tag(lake: str, name: str, at_version: int | None, delete: bool) -> None:
     the_lake = open_lake(lake)
     if delete:
         the_lake.delete_tag(name)
-        click.echo(f"deleted tag '{name}'")
+        if as_json:
+            echo_json({"deleted": name})
+        else:
+            click.echo(f"deleted tag '{name}'")
         return
     the_lake.tag(name, at_version)
-    click.echo(f"tagged version {at_version or the_lake.version} of {the_lake.uri} as '{name}'")
+    version = at_version or the_lake.version
+    if as_json:
+        echo_json({"tag": name, "version": version, "branch": the_lake.branch or "main", "lake": the_lake.uri})
+    else:
+        click.echo(f"tagged version {version} of {the_lake.uri} as '{name}'")
 
 
 @main.group()
@@ -626,20 +803,25 @@ def branch() -> None:
 @lake_argument
 @click.argument("name")
 @click.option("--from", "source", help="Version, tag or branch:version to start from (default: the latest).")
+@json_option
 @_friendly_errors
-def branch_create(lake: str, name: str, source: str | None) -> None:
+def branch_create(lake: str, name: str, source: str | None, as_json: bool) -> None:
     """Create branch NAME of LAKE; then work on it with: lakecurate --branch NAME COMMAND LAKE ...
 
     Example: lakecurate branch create ./lake strict-captions --from curated-v1
     """
     new = open_lake(lake).create_branch(name, source)
+    if as_json:
+        echo_json({"branch": name, "version": new.version, "from": source})
+        return
     click.echo(f"created branch '{name}' at version {new.version}; use: lakecurate --branch {name} ... {lake}")
 
 
 @branch.command("list")
 @lake_argument
+@json_option
 @_friendly_errors
-def branch_list(lake: str) -> None:
+def branch_list(lake: str, as_json: bool) -> None:
     """List the branches of LAKE with where they started and their latest version.
 
     Example: lakecurate branch list ./lake
@@ -649,20 +831,27 @@ def branch_list(lake: str) -> None:
     for name, meta in sorted(the_lake.branches().items()):
         rows.append({"branch": name, "from": f"{meta.get('parent_branch') or 'main'}:{meta.get('parent_version')}",
                      "version": Lake.open(lake, branch=name).version})
-    _echo_table(rows)
+    if as_json:
+        echo_json(rows)
+    else:
+        _echo_table(rows)
 
 
 @branch.command("delete")
 @lake_argument
 @click.argument("name")
+@json_option
 @_friendly_errors
-def branch_delete(lake: str, name: str) -> None:
+def branch_delete(lake: str, name: str, as_json: bool) -> None:
     """Delete branch NAME of LAKE (main and its files are untouched).
 
     Example: lakecurate branch delete ./lake strict-captions
     """
     Lake.open(lake).delete_branch(name)
-    click.echo(f"deleted branch '{name}'")
+    if as_json:
+        echo_json({"deleted": name})
+    else:
+        click.echo(f"deleted branch '{name}'")
 
 
 @main.command()
@@ -671,8 +860,8 @@ def branch_delete(lake: str, name: str) -> None:
 @click.argument("b", required=False)
 @click.option("--where", help="SQL condition of the view on both sides (default: each side's rebalance_keep or keep).")
 @click.option("--where-b", help="Another condition for B.")
-@click.option("--show", type=int, default=10, show_default=True, help="Example ids to list per side.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--show", type=click.IntRange(min=0), default=10, show_default=True, help="Example ids to list per side.")
+@json_option
 @_friendly_errors
 def diff(lake: str, a: str, b: str | None, where: str | None, where_b: str | None, show: int, as_json: bool) -> None:
     """Compare the curated views of two versions A and B of LAKE (numbers, tags, branches, branch:N):
@@ -682,7 +871,7 @@ def diff(lake: str, a: str, b: str | None, where: str | None, where_b: str | Non
     """
     d = open_lake(lake).diff(a, b, where=where, where_b=where_b, examples=show)
     if as_json:
-        click.echo(json.dumps(d.to_dict(), indent=2))
+        echo_json(d)
         return
     click.echo(f"A = {d.a} (v{d.version_a}, {d.where_a or 'all rows'}): {d.rows_a} rows")
     click.echo(f"B = {d.b} (v{d.version_b}, {d.where_b or 'all rows'}): {d.rows_b} rows")
@@ -698,8 +887,9 @@ def diff(lake: str, a: str, b: str | None, where: str | None, where_b: str | Non
 @main.command()
 @lake_argument
 @click.argument("version")
+@json_option
 @_friendly_errors
-def restore(lake: str, version: str) -> None:
+def restore(lake: str, version: str, as_json: bool) -> None:
     """Go back: make VERSION (a number or tag) of LAKE the latest, as a new commit (nothing is lost;
     later versions stay readable, so a restore can itself be undone).
 
@@ -708,26 +898,35 @@ def restore(lake: str, version: str) -> None:
     the_lake = open_lake(lake)
     before = the_lake.version
     new = the_lake.restore(version)
+    if as_json:
+        echo_json({"restored": version, "version": new, "previous": before, "branch": the_lake.branch or "main"})
+        return
     click.echo(f"restored {version} as version {new} of {the_lake.branch or 'main'} (undo: lakecurate restore {lake} {before})")
 
 
 @main.command()
 @lake_argument
-@click.option("-n", "limit", type=int, default=20, show_default=True, help="How many versions.")
+@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many versions.")
+@json_option
 @_friendly_errors
-def log(lake: str, limit: int) -> None:
+def log(lake: str, limit: int, as_json: bool) -> None:
     """Show the latest versions of LAKE (or of --branch): time, operation, rows and tags.
 
     Example: lakecurate log ./lake -n 10
     """
-    _echo_table(open_lake(lake).history(limit))
+    rows = open_lake(lake).history(limit)
+    if as_json:
+        echo_json(rows)
+    else:
+        _echo_table(rows)
 
 
 @main.command()
 @lake_argument
-@click.option("--target-rows", type=int, default=32_768, show_default=True, help="Rows per fragment to aim at.")
+@click.option("--target-rows", type=click.IntRange(min=1), default=32_768, show_default=True, help="Rows per fragment to aim at.")
+@json_option
 @_friendly_errors
-def compact(lake: str, target_rows: int) -> None:
+def compact(lake: str, target_rows: int, as_json: bool) -> None:
     """Merge the small fragments that many appends leave into larger ones (rows and values unchanged).
 
     Fragments still missing a derived column are left alone until it is filled: merging them would
@@ -736,26 +935,47 @@ def compact(lake: str, target_rows: int) -> None:
     Example: lakecurate compact ./lake
     """
     r = open_lake(lake).compact(target_rows)
+    if as_json:
+        echo_json(r)
+        return
     click.echo(f"fragments {r['fragments_before']} -> {r['fragments_after']} (version {r['version']}); "
                f"{r['left_incomplete']} left as they are until their columns are filled")
 
 
 @main.command()
 @lake_argument
-@click.option("--older-than-days", type=float, default=7.0, show_default=True)
+@click.option("--older-than-days", type=FiniteFloat(min=0), default=7.0, show_default=True,
+              help="Remove untagged versions older than this (0: every untagged one but the latest).")
+@json_option
 @_friendly_errors
-def cleanup(lake: str, older_than_days: float) -> None:
-    """Reclaim disk space: delete files that only old, untagged versions use.
+def cleanup(lake: str, older_than_days: float, as_json: bool) -> None:
+    """Reclaim disk space: delete old, untagged versions and the files only they use.
 
-    Overwrites and compactions keep old files for time travel until this runs.
+    Tagged versions (each recipe's tag), branches and the latest version stay readable. Overwrites
+    and compactions keep old files for time travel until this runs.
 
     Example: lakecurate cleanup ./lake --older-than-days 0
     """
     stats = open_lake(lake).cleanup(timedelta(days=older_than_days))
+    if as_json:
+        echo_json(stats)
+        return
     click.echo(f"removed {stats['old_versions']} old versions, {stats['bytes_removed']} bytes")
 
 
 # --------------------------------------------------------------------------- demo
+def planted_defects(source: str, defect: str) -> list[str]:
+    """Files that SOURCE/README.md lists with ``defect`` in its table of planted defects
+    (rows like: | `chelsea_mismatch.jpg` | a cat photo captioned as a rocket launch (mismatched caption) |)."""
+    import re
+
+    readme = Path(source) / "README.md"
+    if not readme.is_file():
+        return []
+    rows = re.findall(r"^\|\s*`([^`]+)`\s*\|([^|\n]*)\|\s*$", readme.read_text(errors="replace"), re.M)
+    return [name for name, what in rows if defect in what]
+
+
 @main.command()
 @click.option("--lake", "lake_uri", default="demo-lake", show_default=True, type=click.Path(file_okay=False))
 @click.option("--source", default="sample_data", show_default=True, type=click.Path(exists=False))
@@ -795,6 +1015,15 @@ def demo(lake_uri: str, source: str, model: str) -> None:
         low = lake.sql(f"SELECT key, ROUND({score}, 3) AS score, caption FROM pairs "
                        f"WHERE {score} IS NOT NULL ORDER BY {score} LIMIT 4")
         click.echo(low.to_string(index=False, max_colwidth=60))
+        planted = planted_defects(source, "mismatched caption")
+        if planted:  # where the documented mismatch ranks: a small encoder need not put it last
+            ranked = lake.sql(f"SELECT key, ROUND({score}, 3) AS score FROM pairs WHERE {score} IS NOT NULL ORDER BY {score}")
+            keys = ranked["key"].tolist()
+            for key in planted:
+                if key in keys:
+                    i = keys.index(key)
+                    click.echo(f"the planted mismatched caption ({key}, see {os.path.join(source, 'README.md')}) ranks "
+                               f"{i + 1} of {len(keys)} from the lowest (score {float(ranked['score'].iloc[i]):.3f})")
         click.echo("\nsearch 'a cat':")
         hits = lake.search("a cat", k=3, prefix=spec.prefix)
         click.echo(hits[["key", "similarity"]].round(3).to_string(index=False))
@@ -802,6 +1031,11 @@ def demo(lake_uri: str, source: str, model: str) -> None:
         cur = lake.curate("basic", progress=False)
         click.echo(f"kept {cur.kept} of {cur.rows}; dropped: "
                    + ", ".join(f"{r} {n}" for r, n in cur.dropped.items() if n) + f"; tag {cur.tag}")
+        if planted:
+            fate = lake.sql("SELECT key, keep, drop_reason FROM pairs WHERE key IN ("
+                            + ", ".join("'" + k.replace("'", "''") + "'" for k in planted) + ")")
+            for row in fate.itertuples():
+                click.echo(f"{row.key}: " + ("kept" if row.keep else f"dropped ({row.drop_reason})"))
         lake.cluster(min(4, max(2, cur.kept // 3)))
         reb = lake.rebalance(0.6)
         click.echo(f"rebalanced: {reb.kept} of {reb.rows} kept across {reb.k} concepts")

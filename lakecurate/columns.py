@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     from lakecurate.lake import Lake
 
 PROVENANCE_KEY = "lakecurate.provenance"
+# The provenance record's format: bumped when its keys change meaning. Records written before the
+# key existed read as format 1; a newer format is refused by stages (an older lakecurate cannot
+# tell whether its config comparison still holds) and shown as far as it can be by info/report.
+PROVENANCE_FORMAT = 1
+PROVENANCE_REQUIRED = ("stage", "config", "config_hash")
 
 
 def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str], table_version: int) -> dict[str, Any]:
@@ -47,6 +52,7 @@ def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str]
 
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return {
+        "format": PROVENANCE_FORMAT,
         "stage": stage,
         "config": config,
         "config_hash": config_hash,
@@ -57,21 +63,100 @@ def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str]
     }
 
 
-def field_provenance(field: pa.Field) -> dict[str, Any] | None:
+def field_provenance(field: pa.Field, *, strict: bool = True) -> dict[str, Any] | None:
+    """The provenance record of ``field`` (None for a column lakecurate did not derive).
+
+    ``strict`` (for stages, which compare configs and rebuild encoders from it): a record of a newer
+    format, unreadable, or without ``stage``/``config``/``config_hash`` is a :class:`LakeError`
+    naming the column. ``strict=False`` (for info and the report) returns what can be read.
+
+    >>> field_provenance(pa.field("x", pa.int32(), metadata={PROVENANCE_KEY: '{"stage": "feature"}'}), strict=False)
+    {'stage': 'feature', 'format': 1}
+    """
     raw = (field.metadata or {}).get(PROVENANCE_KEY.encode())
-    return json.loads(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        prov = json.loads(raw)
+    except ValueError:
+        prov = None
+    if not isinstance(prov, dict):
+        if strict:
+            raise LakeError(f"column '{field.name}' has unreadable provenance; re-make it with the stage's --recompute, "
+                            "or restore a version from before it")
+        return {"unreadable": raw.decode(errors="replace")[:200]}
+    prov.setdefault("format", 1)
+    if not strict:
+        return prov
+    fmt = prov["format"]
+    if not isinstance(fmt, int) or fmt > PROVENANCE_FORMAT:
+        raise LakeError(f"column '{field.name}' was written by a newer lakecurate (provenance format {fmt}, "
+                        f"this one reads {PROVENANCE_FORMAT}); upgrade lakecurate")
+    missing = [k for k in PROVENANCE_REQUIRED if k not in prov]
+    if missing or not isinstance(prov["config"], dict):
+        raise LakeError(f"column '{field.name}' has provenance without {', '.join(missing) or 'a config'}: it was not "
+                        "written by a compatible lakecurate; re-make it with the stage's --recompute, or restore a "
+                        "version from before it")
+    return prov
 
 
 def describe_provenance(prov: dict[str, Any] | None) -> str:
-    """One line saying what made a column, for ``lakecurate info`` and the report."""
+    """One line saying what made a column, for ``lakecurate info`` and the report (whatever is known)."""
     if not prov:
         return ""
-    cfg = prov.get("config", {})
-    what = prov.get("udf") or cfg.get("arch") or cfg.get("name") or (cfg.get("recipe") or {}).get("name") or ""
+    if "unreadable" in prov:
+        return "provenance unreadable"
+    cfg = prov.get("config") if isinstance(prov.get("config"), dict) else {}
+    recipe = cfg.get("recipe") if isinstance(cfg.get("recipe"), dict) else {}
+    what = str(prov.get("udf") or cfg.get("arch") or cfg.get("name") or recipe.get("name") or "")
     if cfg.get("pretrained") and not str(cfg["pretrained"]).endswith(".pt"):
         what += f":{cfg['pretrained']}"
-    return (f"{prov['stage']}: {what} (config {prov['config_hash']}) from {', '.join(prov['source_columns'])} "
-            f"at v{prov['table_version']}, lakecurate {prov['tool_version']}").replace(":  (", ": (")
+    parts = [f"{prov.get('stage', '?')}: {what}".rstrip()]
+    if prov.get("config_hash"):
+        parts.append(f"(config {prov['config_hash']})")
+    if prov.get("source_columns"):
+        parts.append(f"from {', '.join(map(str, prov['source_columns']))}")
+    if prov.get("table_version") is not None:
+        parts.append(f"at v{prov['table_version']},")
+    if prov.get("tool_version"):
+        parts.append(f"lakecurate {prov['tool_version']}")
+    fmt = prov.get("format", 1)
+    if not isinstance(fmt, int) or fmt > PROVENANCE_FORMAT:
+        parts.append(f"(provenance format {fmt}: newer than this lakecurate)")
+    return " ".join(parts).rstrip(",")
+
+
+def _type_family(t: pa.DataType) -> str:
+    """What a stage relies on in a column's type: text, whole numbers, bytes (the image column reads
+    back as Lance's blob extension type), a list, a time; widths and offsets may differ."""
+    for family, test in (("text", lambda: pa.types.is_string(t) or pa.types.is_large_string(t)),
+                         ("integer", lambda: pa.types.is_integer(t)),
+                         ("bytes", lambda: pa.types.is_binary(t) or pa.types.is_large_binary(t) or "blob" in str(t)),
+                         ("list", lambda: pa.types.is_list(t) or pa.types.is_large_list(t)),
+                         ("time", lambda: pa.types.is_timestamp(t))):
+        if test():
+            return family
+    return str(t)
+
+
+def check_table(lake: "Lake", ds: lance.LanceDataset | None = None) -> None:
+    """Refuse, before anything is written, a table that is not a lakecurate ``pairs`` table (other
+    columns, other types) or was written by a newer lakecurate: one :class:`LakeError` line."""
+    from lakecurate.schema import PAIRS_SCHEMA
+
+    ds = ds if ds is not None else lake.dataset()
+    schema = ds.schema
+    version = (schema.metadata or {}).get(b"lakecurate.schema_version", b"1").decode(errors="replace")
+    if not version.isdigit() or int(version) > int(PAIRS_SCHEMA.metadata[b"lakecurate.schema_version"]):
+        raise LakeError(f"lake '{lake.uri}' was written by a newer lakecurate (table schema {version}); upgrade lakecurate")
+    missing = [f.name for f in PAIRS_SCHEMA if f.name not in schema.names]
+    if missing:
+        raise LakeError(f"'{lake.table_uri}' is not a lakecurate table: missing columns {', '.join(missing)}")
+    for want in PAIRS_SCHEMA:
+        got = schema.field(want.name).type
+        if _type_family(got) != _type_family(want.type):
+            raise LakeError(f"'{lake.table_uri}' is not a lakecurate table: column '{want.name}' is {got}, "
+                            f"lakecurate needs {want.type}")
 
 
 def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False,
@@ -82,6 +167,7 @@ def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, r
     the two ways out (another name, or ``recompute``, which drops and re-declares the columns).
     """
     ds = lake.dataset()
+    check_table(lake, ds)  # a foreign or newer table: refused before the first write of any stage
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
     if present and recompute:
@@ -332,7 +418,7 @@ def fill_by_fragment(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, A
     Ray tasks (see :mod:`lakecurate.engines`) that commit the same way.
     Returns {"fragments": filled, "rows": live rows computed, "versions": [...]}.
     """
-    from tqdm.auto import tqdm
+    from lakecurate.progress import progress_bar
 
     from lakecurate.engines import check_engine
 
@@ -343,8 +429,7 @@ def fill_by_fragment(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, A
     todo = [f.fragment_id for f in fragments_to_fill(ds, names[0])]
     where = f"{desc} on lake '{lake.uri}' " if desc else ""
     out: dict[str, Any] = {"fragments": 0, "rows": 0, "versions": []}
-    bar = tqdm(total=len(todo), desc=desc or names[0], unit="fragment",
-               disable=(not progress) if progress is not None else None)
+    bar = progress_bar(total=len(todo), desc=desc or names[0], unit="fragment", progress=progress)
     args = (inputs, fn, names, batch_size, where)
     if engine == "local":
         results: Any = (_fill_one(lake, ds.version, fid, *args) for fid in todo)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from lakecurate.lake import LakeError
 from lakecurate.schema import default_view
+from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -91,6 +92,8 @@ def diff(lake: "Lake", a: str | int, b: str | int | None = None, *, where: str |
     counts per reason. ``b`` defaults to the lake's latest version; ``where`` applies to both sides
     unless ``where_b`` is given."""
     b = lake.version if b is None else b
+    check_where(where, "--where", lake.dataset(a))  # one condition each, on the columns of its side
+    check_where(where_b, "--where-b", lake.dataset(b))
     ds_a, ta, wa = _side(lake, a, where)
     ds_b, tb, wb = _side(lake, b, where_b or where)
     in_a, in_b = set(ta.index[ta["_in"]]), set(tb.index[tb["_in"]])

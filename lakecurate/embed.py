@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from lakecurate import columns
-from lakecurate.encoders import Encoder, EncoderSpec, column_names, resolve
+from lakecurate.encoders import MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, exif_upright, resolve
+from lakecurate.progress import progress_bar
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -75,6 +75,7 @@ def decode_image(data: bytes | None) -> tuple[Any, str | None]:
         im = Image.open(io.BytesIO(data))
         if im.width * im.height > MAX_DECODE_PIXELS:
             return None, f"image_too_large: {im.width}x{im.height}"
+        im = exif_upright(im)  # as the photo is seen: a sideways phone picture is embedded upright
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(im, dtype=np.float32)
             span = float(arr.max() - arr.min()) or 1.0
@@ -88,9 +89,14 @@ def decode_image(data: bytes | None) -> tuple[Any, str | None]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_reader(table_uri: str, version: int, storage_options: dict | None, transform: Any) -> None:
+def _init_reader(table_uri: str, version: int, storage_options: dict | None, transform: Any,
+                 worker: bool = False) -> None:
     import lance
 
+    if worker:  # a spawned decode process: it must not outlive an embed that was killed
+        from lakecurate.engines import die_with_parent
+
+        die_with_parent()
     _WORKER["ds"] = lance.dataset(table_uri, version=version, storage_options=storage_options)
     _WORKER["transform"] = transform
 
@@ -120,7 +126,8 @@ def read_batch(item: tuple[int, int, int]) -> dict[str, Any]:
         "offsets": np.asarray(addrs, dtype=np.int64) & 0xFFFFFFFF,
         "pixels": np.stack(pixels) if pixels else None,
         "image_errors": errors,
-        "captions": tbl.column("caption").to_pylist(),
+        # only the head reaches the tokenizer (encoders.MAX_TEXT_CHARS); no need to ship the rest
+        "captions": [c if c is None else c[:MAX_TEXT_CHARS] for c in tbl.column("caption").to_pylist()],
     }
 
 
@@ -132,7 +139,7 @@ def read_batches(items: list, init_args: tuple, workers: int) -> Iterator[dict[s
             yield read_batch(item)
         return
     ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=init_args) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init_args, True)) as pool:
         pending: deque = deque()
         todo = iter(items)
         for item in itertools.islice(todo, 2 * workers + 1):
@@ -184,30 +191,90 @@ def assemble(parts: list[pa.Table], physical_rows: int, names: dict[str, str], d
     return columns.physical(physical_rows, t.column("offset").to_numpy(), values)
 
 
-def _started(gen: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Run a generator up to its first yield in a thread, so its process pool spins up at once."""
-    import queue
-    import threading
+class _Prefetched:
+    """Runs a generator in a thread from the moment it is made (so its process pool spins up while
+    the model loads), handing its items over through a short queue.
 
-    q: queue.Queue = queue.Queue(maxsize=2)
-    done = object()
+    ``close()`` (the consumer failed: a full disk, a bad commit, a model that would not load) stops
+    the thread and closes the generator, which shuts its pool down: the error surfaces, no worker
+    lingers.
+    """
 
-    def pump() -> None:
+    def __init__(self, gen: Iterator[dict[str, Any]]):
+        import queue
+        import threading
+
+        self._gen, self._q, self._stop = gen, queue.Queue(maxsize=2), threading.Event()
+        self._done = object()
+        threading.Thread(target=self._pump, daemon=True, name="embed-prefetch").start()
+
+    def _put(self, x: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(x, timeout=0.2)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _pump(self) -> None:
         try:
-            for x in gen:
-                q.put(x)
+            for x in self._gen:
+                if not self._put(x):
+                    break
         except BaseException as exc:  # re-raised in the consumer
-            q.put(exc)
-        q.put(done)
+            self._put(exc)
+        finally:
+            close = getattr(self._gen, "close", None)
+            if close is not None:
+                close()  # the pool's with-block exits: its workers are shut down
+        self._put(self._done)
 
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        x = q.get()
-        if x is done:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            x = self._q.get()
+            if x is self._done:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _close(loader: Any) -> None:
+    close = getattr(loader, "close", None)
+    if close is not None:
+        close()
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_options(*, batch_size: int, workers: int | None, precision: str, device: str,
+                  max_fragments: int | None = None, index_min_rows: int | None = None) -> None:
+    """Refuse bad options before anything is declared: ``batch_size=-4`` once marked fragments as
+    embedded with nothing in them. One :class:`LakeError` line naming the option."""
+    from lakecurate.lake import LakeError
+
+    def whole(value: Any, name: str, low: int, none_ok: bool = False) -> None:
+        if value is None and none_ok:
             return
-        if isinstance(x, BaseException):
-            raise x
-        yield x
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise LakeError(f"{name} must be a whole number >= {low}, not {value!r}")
+
+    whole(batch_size, "--batch-size", 1)
+    whole(workers, "--workers", 0, none_ok=True)
+    whole(max_fragments, "max_fragments", 0, none_ok=True)
+    whole(index_min_rows, "index_min_rows", 0, none_ok=True)
+    if precision not in PRECISIONS:
+        raise LakeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise LakeError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {device!r}")
 
 
 def embed(
@@ -241,10 +308,13 @@ def embed(
     from lakecurate.engines import check_engine
 
     check_engine(engine)
+    check_options(batch_size=batch_size, workers=workers, precision=precision, device=device,
+                  max_fragments=max_fragments, index_min_rows=index_min_rows)
     spec = model if isinstance(model, EncoderSpec) else resolve(model, pretrained, checkpoint, name)
     names = column_names(spec.prefix)
     dim = spec.embed_dim()
     ds = lake.dataset()
+    columns.check_table(lake, ds)  # a foreign or newer table: refused before workers read it
     config = {**spec.config(), "precision": precision, "dim": dim, "storage": "float16"}
     prov = columns.provenance("embed", config, ["image", "caption"], ds.version)
     vec = pa.list_(pa.float16(), dim)
@@ -291,11 +361,15 @@ def embed(
     transform, _ = spec.build_transforms()
     loader = read_batches(items, (lake.table_uri, ds.version, lake.storage_options, transform), n_workers)
     if n_workers and items:
-        loader = _started(loader)  # spawn the readers now: they start while the model loads
-    t_load = time.perf_counter()
-    enc = Encoder(spec, device=device, precision=precision)
-    report.model_load_seconds = time.perf_counter() - t_load
-    columns.declare(lake, fields, prov, recompute=recompute)
+        loader = _Prefetched(loader)  # spawn the readers now: they start while the model loads
+    try:
+        t_load = time.perf_counter()
+        enc = Encoder(spec, device=device, precision=precision)
+        report.model_load_seconds = time.perf_counter() - t_load
+        columns.declare(lake, fields, prov, recompute=recompute)
+    except BaseException:
+        _close(loader)  # no worker outlives a model that would not load or a refused declare
+        raise
     if recompute:  # the columns were just re-declared: every fragment is to do, with fresh field ids
         ckpt.drop()
     if not todo:
@@ -305,8 +379,8 @@ def embed(
 
     done_parts: dict[int, list[pa.Table]] = defaultdict(list)
     total_rows = sum(f.count_rows() for f in todo)
-    bar = tqdm(total=total_rows, initial=report.rows_resumed, desc=f"embed {spec.prefix}", unit="img",
-               disable=(not progress) if progress is not None else None)
+    bar = progress_bar(total=total_rows, initial=report.rows_resumed, desc=f"embed {spec.prefix}", unit="img",
+                       progress=progress)
 
     def finish(fid: int) -> None:
         frag = frags[fid]
@@ -334,6 +408,7 @@ def embed(
                 finish(fid)
     finally:
         bar.close()
+        _close(loader)  # on an error: stop the decode workers now
     report.errors += sum(t.num_rows - t.column("error").null_count for s in saved.values() for t in s.values())
     from lakecurate.search import INDEX_MIN_ROWS, ensure_index
 
@@ -370,8 +445,7 @@ def _embed_on_ray(lake: "Lake", spec: EncoderSpec, fids: list[int], report: Embe
     version = lake.dataset().version
     # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.
     gpus = device == "cuda" or (device == "auto" and bool(ray_init().cluster_resources().get("GPU")))
-    bar = tqdm(total=len(fids), desc=f"embed {spec.prefix} (ray)", unit="fragment",
-               disable=(not progress) if progress is not None else None)
+    bar = progress_bar(total=len(fids), desc=f"embed {spec.prefix} (ray)", unit="fragment", progress=progress)
     try:
         for _fid, rows, errors, new in ray_actor_map(FragmentEmbedder, (spec, device, precision, batch_size, names, dim), "run",
                                                      [(lake, version, fid) for fid in fids], gpus=gpus):

@@ -33,6 +33,10 @@ _CONFIG_DIR = Path(__file__).parent / "model_configs"
 ALIASES = {"vitb32": "ViT-B-32", "vitb16": "ViT-B-16", "vitl14": "ViT-L-14", "tiny-random": TINY_RANDOM}
 # Preferred pretrained tag when only an architecture is named (open_clip lists the rest).
 PREFERRED_TAGS = ("laion2b_s34b_b79k", "datacomp_xl_s13b_b90k", "laion2b_s32b_b82k", "openai")
+# Characters of a caption the tokenizer sees. The text towers read the first 77 (CLIP) or 64 (MiniLM)
+# tokens, far fewer than 4096 characters, but tokenizers clean and split the whole string first:
+# a 20 MB caption took 25 s and 4 GB. The caption itself stays whole in the lake.
+MAX_TEXT_CHARS = 4096
 
 
 class EncoderError(Exception):
@@ -68,7 +72,7 @@ class EncoderSpec:
         if self.family == "offline":
             from lakecurate import offline
 
-            return offline.image_transform(), offline.text_tokenizer()
+            return offline.image_transform(), CappedTokenizer(offline.text_tokenizer())
         import dataclasses
 
         import open_clip
@@ -83,7 +87,7 @@ class EncoderSpec:
             names = {f.name for f in dataclasses.fields(PreprocessCfg)} - {"size"}
             cfg.update({k: v for k, v in tag.items() if k in names})
         pp = PreprocessCfg(**cfg)
-        tokenizer = open_clip.get_tokenizer(self.arch)
+        tokenizer = CappedTokenizer(open_clip.get_tokenizer(self.arch))
         if isinstance(pp.size, int) and pp.resize_mode in ("shortest", "squash") and pp.interpolation in ("bicubic", "bilinear"):
             return ImageTransform(pp.size, tuple(pp.mean), tuple(pp.std), pp.interpolation, pp.resize_mode), tokenizer
         return _NumpyOut(image_transform_v2(pp, is_train=False)), tokenizer
@@ -136,6 +140,43 @@ class ImageTransform:
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+class CappedTokenizer:
+    """A tokenizer that sees at most ``max_chars`` characters of each text (see MAX_TEXT_CHARS).
+
+    >>> CappedTokenizer(lambda texts: [len(t) for t in texts], 3)(["abcdef", "ab"])
+    [3, 2]
+    """
+
+    def __init__(self, tokenizer: Callable[..., Any], max_chars: int = MAX_TEXT_CHARS):
+        self.tokenizer, self.max_chars = tokenizer, max_chars
+
+    def __call__(self, texts: "str | list[str]", *args: Any, **kwargs: Any) -> Any:
+        texts = [texts] if isinstance(texts, str) else texts
+        return self.tokenizer([t[: self.max_chars] for t in texts], *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # context_length, vocab_size, ... of the wrapped tokenizer
+        if name in ("tokenizer", "max_chars"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)
+
+
+def exif_upright(im: Any) -> Any:
+    """``im`` turned as its EXIF orientation tag says (a phone photo taken sideways stands up), as a
+    viewer shows it; unchanged without a tag. Works on a ``draft()``-reduced JPEG too."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block: the pixels are still usable as stored
+        return im
+    if orientation in (None, 1) or not isinstance(orientation, int) or not 2 <= orientation <= 8:
+        return im
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        return im
+
+
 def column_names(prefix: str) -> dict[str, str]:
     """The one place column names of an encoder are built: image/text embeddings, score, error."""
     return {k: f"{prefix}_{k}" for k in ("image", "text", "score", "error")}
@@ -159,7 +200,13 @@ def _register_configs() -> None:
 
 def spec_from_provenance(prov: dict[str, Any]) -> EncoderSpec:
     """The encoder that made an embed column, rebuilt from the column's provenance."""
-    return EncoderSpec(**{k: prov["config"][k] for k in ("family", "arch", "pretrained", "prefix", "extra")})
+    cfg = prov.get("config") or {}
+    keys = ("family", "arch", "pretrained", "prefix", "extra")
+    missing = [k for k in keys if k not in cfg]
+    if missing:
+        raise EncoderError(f"the provenance of embedding '{cfg.get('prefix', '?')}' lacks {', '.join(missing)}: "
+                           "it was not made by this lakecurate's embed stage; re-embed with --recompute")
+    return EncoderSpec(**{k: cfg[k] for k in keys})
 
 
 def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = None, name: str | None = None) -> EncoderSpec:
@@ -283,7 +330,7 @@ class Encoder:
         import numpy as np
 
         preprocess, _ = self.transforms()
-        return self.encode_image_tensors(np.stack([preprocess(im.convert("RGB")) for im in images]))
+        return self.encode_image_tensors(np.stack([preprocess(exif_upright(im).convert("RGB")) for im in images]))
 
     def transforms(self) -> tuple[Callable[[Any], Any], Callable[[list[str]], Any]]:
         """(image transform, tokenizer): picklable, so decode workers get them without a model."""

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from lakecurate.columns import field_provenance
 from lakecurate.lake import LakeError, retry_on_conflict
 from lakecurate.schema import default_view
+from lakecurate.sqlcheck import check_where
 from lakecurate.search import embedding_matrix, pick_embedding
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ def _vectors(tbl: pa.Table, name: str) -> np.ndarray:
     return embedding_matrix(tbl.column(name))[0]
 
 
-def _selection(lake: "Lake", view: str | None) -> tuple[int | str | None, str, str]:
+def _selection(lake: "Lake", view: str | None, option: str = "--view") -> tuple[int | str | None, str, str]:
     """(version, where, label) of a view: a tag (its curated rows), a SQL condition, or the default."""
     ds = lake.dataset()
     version: int | str | None = None
@@ -193,7 +194,8 @@ def _selection(lake: "Lake", view: str | None) -> tuple[int | str | None, str, s
         version, ds = view, lake.dataset(view)
         view = None
     if view:
-        return version, view, label
+        lead = f"{option} '{view}' is not a tag of lake '{lake.uri}' nor a valid SQL condition"
+        return version, check_where(view, option, ds, lead=lead), label
     names = ds.schema.names
     where = default_view(names)
     if where is None:
@@ -213,8 +215,11 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
-def load_eval_set(lake: "Lake", path: str | os.PathLike, prov: dict[str, Any], *, progress: bool | None = None) -> tuple[EvalSet, "Lake"]:
-    """Ingest and embed the evaluation set into ``LAKE/eval_sets/<name>-<fingerprint>`` (kept for next time)."""
+def load_eval_set(lake: "Lake", path: str | os.PathLike, prov: dict[str, Any], *, progress: bool | None = None,
+                  root: str | os.PathLike | None = None) -> tuple[EvalSet, "Lake"]:
+    """Ingest and embed the evaluation set into ``LAKE/eval_sets/<name>-<fingerprint>`` (kept for next time).
+
+    ``root``: the folder a manifest's image paths must stay inside (default: the manifest's folder)."""
     from lakecurate.encoders import spec_from_provenance
     from lakecurate.lake import Lake
 
@@ -222,19 +227,36 @@ def load_eval_set(lake: "Lake", path: str | os.PathLike, prov: dict[str, Any], *
     if not os.path.exists(src):
         raise LakeError(f"evaluation set '{path}' does not exist; pass a folder, manifest or WebDataset shards")
     tag = fingerprint(src)
+    if root is not None:  # another root admits other images: its own cached set
+        root = os.path.realpath(os.fspath(root))
+        tag += "-" + hashlib.blake2b(root.encode(), digest_size=3).hexdigest()
     side = Lake.create(os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}"))
-    side.ingest(src, progress=False)
+    side.ingest(src, progress=False, **({"root": root} if root is not None else {}))
     spec = spec_from_provenance(prov)
     side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress)
     names = {k: f"{spec.prefix}_{k}" for k in ("image", "text")}
     tbl = side.dataset().to_table(columns=["content_hash", names["image"], names["text"]],
                                   filter=f"{names['image']} IS NOT NULL AND {names['text']} IS NOT NULL")
     if tbl.num_rows < 2:
-        raise LakeError(f"evaluation set '{path}' has fewer than 2 usable pairs after ingest and embedding")
+        raise LakeError(f"evaluation set '{path}' has {tbl.num_rows} usable pairs after ingest and embedding "
+                        f"(a proxy needs 2){_refused(side)}")
     hashes = tbl.column("content_hash").to_pylist()
     uniq, first, text_image = np.unique(np.array(hashes), return_index=True, return_inverse=True)
     img = _vectors(tbl, names["image"])[first]
     return EvalSet(_unit(img), _unit(_vectors(tbl, names["text"])), text_image.astype(np.int64), uniq.tolist()), side
+
+
+def _refused(side: "Lake") -> str:
+    """What ingest refused in an evaluation set, per reason with example paths, and the fix."""
+    tbl = side.dataset().to_table(columns=["key", "image_uri", "ingest_flags"], filter="ingest_status = 'error'")
+    if not tbl.num_rows:
+        return ""
+    by: dict[str, list[str]] = {}
+    for key, uri, flags in zip(*(tbl.column(c).to_pylist() for c in ("key", "image_uri", "ingest_flags"))):
+        by.setdefault((flags or ["error"])[0], []).append(uri or key)
+    parts = [f"{reason} {len(items)} (e.g. {', '.join(items[:2])})" for reason, items in sorted(by.items())]
+    hint = "; pass --root with the folder that holds the images" if "path_outside_root" in by else ""
+    return f"; {tbl.num_rows} rows refused at ingest: {'; '.join(parts)}{hint}"
 
 
 def evaluate(
@@ -250,12 +272,14 @@ def evaluate(
     embedding: str | None = None,
     record: bool = True,
     progress: bool | None = None,
+    root: str | os.PathLike | None = None,
 ) -> EvalResult:
     """Train the proxy on ``view`` and on ``baseline`` (same size, same budget) and score both.
 
     ``view``: a tag (its ``rebalance_keep``/``keep`` rows), a SQL condition, or None for the lake's
     current curated view. ``baseline``: "random" (as many rows drawn at random from every embedded
-    row of the lake, a new draw per seed) or another view.
+    row of the lake, a new draw per seed) or another view. ``root``: the folder the evaluation
+    manifest's image paths must stay inside (default: the manifest's folder).
 
     Example::
 
@@ -264,10 +288,14 @@ def evaluate(
         res.difference("t2i_R@5")                             # {'difference': ..., 'spread': ...}
     """
     t0 = time.perf_counter()
+    if seeds < 1 or steps < 1:
+        raise LakeError(f"seeds = {seeds}, steps = {steps}: each must be at least 1")
     version, where, label = _selection(lake, view)
+    if baseline != "random":  # a bad baseline condition is refused before the eval set is cached
+        _selection(lake, baseline, "--baseline")
     ds = lake.dataset(version)
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
-    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress)
+    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root)
 
     pool = ds.to_table(columns=["id", f"{emb}_image", f"{emb}_text"],
                        filter=f"{emb}_image IS NOT NULL AND {emb}_text IS NOT NULL")
@@ -288,7 +316,7 @@ def evaluate(
     chosen = rows_of(version, where)
     if len(chosen) < 2:
         raise LakeError(f"view '{label}' selects {len(chosen)} embedded rows; a proxy needs at least 2")
-    other = None if baseline == "random" else rows_of(*_selection(lake, baseline)[:2])
+    other = None if baseline == "random" else rows_of(*_selection(lake, baseline, "--baseline")[:2])
     res = EvalResult(lake=str(lake.uri), version=ds.version, view=label, baseline=baseline, embedding=emb,
                      eval_set=os.path.abspath(os.fspath(eval_set)), eval_images=len(ev.hashes),
                      eval_captions=len(ev.text_image), pool_rows=len(ids), steps=steps,

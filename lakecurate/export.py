@@ -3,12 +3,19 @@
 Every writer gets the same rows in the same order (``plan``): the rows chosen by ``where``
 (default ``rebalance_keep``, else ``keep``, else every row whose image is usable), ordered by
 ``seq_order`` when the lake has one (else table order), each row written ``repeats`` times when the
-lake has that column (copy r of every row comes after all copies r - 1, so repeats are spread over
-the export rather than bunched). Image bytes are exported as stored, never re-encoded.
+lake has that column (a row's copies evenly spaced through the export, :func:`spread_copies`).
+Image bytes are exported as stored, never re-encoded. WebDataset shards hold ``--shard-size``
+samples, by default the sequence's shard size, so without repeats shard i holds the rows whose
+``seq_shard`` is i; every key of a sample's ``.json`` has one JSON type in every sample (a missing
+value is written as its type's placeholder, listed in the manifest), as Hugging Face ``datasets``
+needs.
 
 Each export carries a manifest (``manifest.json`` in a WebDataset folder, ``DEST.manifest.json``
 beside a Parquet file or Lance table): source lake and version, the selection, the recipe and
-rebalance provenance, counts.
+rebalance provenance, counts, the files written. An export is written into a hidden sibling folder
+and moved into place when complete; ``overwrite`` replaces exactly the files an earlier export's
+manifest lists (other files are left alone) and refuses a destination that holds no such export.
+A destination inside the lake (its table, a branch) is refused.
 
     lakecurate export ./lake out/ --format webdataset --version basic-1a2b3c4d-v12
 """
@@ -17,7 +24,12 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
+import os
+import posixpath
+import shutil
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,6 +43,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.lake import LakeError
 from lakecurate.schema import default_view
+from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -40,6 +53,7 @@ _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
 META = ["id", "source", "key", "width", "height", "format", "content_hash"]
 OPTIONAL = ["concept", "sample_weight", "dup_group", "drop_reason"]
 CHUNK = 512
+SHARD_SIZE = 1000  # WebDataset samples per shard when the lake has no sequence
 
 
 @dataclass
@@ -67,6 +81,7 @@ def plan(lake: "Lake", *, where: str | None = None, version: int | str | None = 
     The table has one row per *sample* (a row with repeats 3 appears 3 times)."""
     ds = lake.dataset(version)
     names = ds.schema.names
+    where = check_where(where, "--where", ds)
     if where is None:
         where = default_view(names) or "ingest_status != 'error'"
     if caption not in names:
@@ -85,14 +100,28 @@ def plan(lake: "Lake", *, where: str | None = None, version: int | str | None = 
     tbl = tbl.take(pa.array(order))
     reps = (pc.fill_null(tbl.column("repeats"), 1).to_numpy() if repeats and "repeats" in tbl.column_names
             else np.ones(tbl.num_rows, np.int64))
-    reps = np.maximum(reps, 1)
-    take, copy = [], []
-    for r in range(int(reps.max(initial=1))):  # copy r of every row after all copies r - 1
-        rows = np.flatnonzero(reps > r)
-        take.append(rows)
-        copy.append(np.full(len(rows), r))
-    idx = np.concatenate(take) if take else np.zeros(0, np.int64)
-    return ds, tbl.take(pa.array(idx)), (np.concatenate(copy) if copy else np.zeros(0, np.int64)), where
+    idx, copy = spread_copies(reps)
+    return ds, tbl.take(pa.array(idx)), copy, where
+
+
+def spread_copies(reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The samples for rows in order 0..n-1 where row p is written ``reps[p]`` times: (row, copy) per sample.
+
+    Copy r of the row at position p goes to position (p / n + r) / k of the export (k = its repeats):
+    a row's copies are evenly spaced, one in each k-th of the export at the row's place in the order,
+    so up-sampled rows are seen throughout an epoch (appending all second copies after all first
+    ones put every repeat in the last batches, from the few concepts that were up-sampled).
+
+    >>> [r.tolist() for r in spread_copies(np.array([1, 2, 1, 1]))]
+    [[0, 1, 2, 1, 3], [0, 0, 0, 1, 0]]
+    """
+    reps = np.maximum(np.asarray(reps, np.int64), 1)
+    n = len(reps)
+    row = np.repeat(np.arange(n), reps)
+    copy = np.arange(len(row)) - np.repeat(np.cumsum(reps) - reps, reps)
+    key = (row + copy * n) / reps[row]
+    order = np.lexsort((row, copy, key))  # by position; on a tie first copies first, then by row
+    return row[order], copy[order]
 
 
 def _chunks(ds: Any, tbl: pa.Table) -> Iterator[tuple[pa.Table, list[bytes | None]]]:
@@ -118,10 +147,123 @@ def _manifest(lake: "Lake", ds: Any, fmt: str, where: str | None, tbl: pa.Table,
     }
 
 
+def _location(uri: str) -> tuple[str, str]:
+    """(scheme, normalized path) of a local path or object-store URI, to compare locations: local
+    paths resolved (symlinks, '..'), URIs with '//', '.' and '..' folded (``s3://b/x//y/`` -> /b/x/y)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return "file", os.path.realpath(uri)
+    if scheme.lower() == "file":
+        return "file", os.path.realpath(rest)
+    return scheme.lower(), posixpath.normpath("/" + rest.strip("/"))
+
+
+def overlaps(dest: str, lake_uri: str) -> bool:
+    """Whether ``dest`` is the lake folder, inside it (its table, a branch under ``tree/``), or holds it.
+
+    >>> overlaps("s3://b/lake//pairs.lance/", "s3://b/lake"), overlaps("s3://b/lake2", "s3://b/lake")
+    (True, False)
+    """
+    (s1, a), (s2, b) = _location(dest), _location(lake_uri)
+    if s1 != s2:
+        return False
+    common = posixpath.commonpath([a, b]) if s1 != "file" else os.path.commonpath([a, b])
+    return common in (a, b)
+
+
+def _manifest_path(dest: Path, fmt: str) -> Path:
+    return dest / "manifest.json" if fmt == "webdataset" else Path(f"{dest}.manifest.json")
+
+
+def _previous_export(dest: Path, fmt: str) -> list[Path] | None:
+    """The files an earlier lakecurate export in ``fmt`` wrote at ``dest`` (from its manifest), or None."""
+    path = _manifest_path(dest, fmt)
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or old.get("format") != fmt or "source_lake" not in old:
+        return None
+    if fmt != "webdataset":
+        return [path, dest]
+    # Plain file names only: a manifest naming '../x' never makes overwrite delete outside DEST.
+    names = [n for n in old.get("shards") or [] if isinstance(n, str) and n not in ("", ".", "..") and n == Path(n).name]
+    return [path] + [dest / n for n in names]
+
+
+def _check_dest(lake: "Lake", dest: str | os.PathLike, fmt: str, overwrite: bool) -> tuple[Path, list[Path] | None]:
+    """(local destination, files of the earlier export that ``overwrite`` replaces): every refusal
+    happens here, before the lake is read or anything is written."""
+    uri = os.fspath(dest)
+    if overlaps(uri, lake.uri):
+        raise LakeError(f"export destination '{uri}' is inside lake '{lake.uri}' (or holds it); "
+                        "choose a destination outside the lake folder")
+    if "://" in uri and not uri.lower().startswith("file://"):
+        raise LakeError(f"export writes to a local path, not '{uri}'; export to a folder and copy it to object storage")
+    path = Path(uri[len("file://"):] if uri.lower().startswith("file://") else uri)
+    if fmt == "webdataset" and path.is_file():
+        raise LakeError(f"'{path}' is a file; a WebDataset export needs a folder")
+    if fmt == "parquet" and path.is_dir():
+        raise LakeError(f"'{path}' is a folder; a Parquet export needs a file name, e.g. {path / 'curated.parquet'}")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return path, None
+    if not overwrite:
+        raise LakeError(f"'{path}' exists and is not empty; choose another destination or pass --overwrite")
+    previous = _previous_export(path, fmt)
+    if previous is None:
+        raise LakeError(f"'{path}' is not an earlier lakecurate {fmt} export (no {_manifest_path(path, fmt).name} "
+                        "naming its files); --overwrite replaces only such an export: choose a new or empty destination")
+    return path, previous
+
+
+def _check_shard_size(shard_size: Any) -> int | None:
+    whole = isinstance(shard_size, numbers.Integral) or (isinstance(shard_size, float) and shard_size.is_integer())
+    if shard_size is not None and (isinstance(shard_size, bool) or not whole or shard_size < 1):
+        raise LakeError(f"invalid --shard-size {shard_size!r}: expected an integer >= 1")
+    return None if shard_size is None else int(shard_size)
+
+
+def sequence_shard_size(ds: Any) -> int | None:
+    """The shard size ``sequence`` recorded with ``seq_order`` (what ``seq_shard`` counts), if any."""
+    prov = columns.field_provenance(ds.schema.field("seq_order")) if "seq_order" in ds.schema.names else None
+    size = ((prov or {}).get("config") or {}).get("shard_size")
+    return int(size) if isinstance(size, int) and size >= 1 else None
+
+
+def json_ready(part: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
+    """``part`` with each null replaced by one placeholder per column type, and the placeholders used.
+
+    Every key of a sample's ``.json`` then has one JSON type in every sample: Hugging Face
+    ``datasets`` infers the types from the first samples and fails on a string where it saw null.
+    Placeholders: '' for text, -1 for integers (no concept, unknown size), false for flags,
+    ``sample_weight`` 1.0 (no up-weighting) and -1.0 for other floats (the lowest cosine score).
+    """
+    out, used = [], {}
+    for name, col in zip(part.column_names, part.columns):
+        t = col.type
+        fill: Any = None
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            fill = ""
+        elif pa.types.is_signed_integer(t):
+            fill = -1
+        elif pa.types.is_boolean(t):
+            fill = False
+        elif pa.types.is_floating(t):
+            fill = 1.0 if name == "sample_weight" else -1.0
+        if fill is not None and col.null_count:
+            col = pc.fill_null(col, pa.scalar(fill, t))
+            used[name] = fill
+        out.append(col)
+    return pa.table(out, names=part.column_names), used
+
+
 def export(lake: "Lake", dest: str | Path, format: str = "webdataset", *, where: str | None = None,
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
-           shard_size: int = 1000, overwrite: bool = False) -> ExportReport:
+           shard_size: int | None = None, overwrite: bool = False) -> ExportReport:
     """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet or Lance.
+
+    ``shard_size``: WebDataset samples per shard; default the shard size of the lake's sequence
+    (``lakecurate sequence --shard-size``), else 1000.
 
     Example::
 
@@ -129,82 +271,128 @@ def export(lake: "Lake", dest: str | Path, format: str = "webdataset", *, where:
         lake.export("curated.parquet", "parquet", version="basic-1a2b3c4d-v12")
     """
     t0 = time.perf_counter()
+    check_where(where, "--where", lake.dataset(version))  # before the destination is touched
     if format not in FORMATS:
         raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
-    dest = Path(dest)
-    if dest.exists() and not overwrite and (dest.is_file() or any(dest.iterdir())):
-        raise LakeError(f"'{dest}' exists and is not empty; choose another destination or pass --overwrite")
+    shard_size = _check_shard_size(shard_size)
+    dest, previous = _check_dest(lake, dest, format, overwrite)
     ds, tbl, copy, where = plan(lake, where=where, version=version, repeats=repeats, caption=caption)
+    shard_size = shard_size or sequence_shard_size(ds) or SHARD_SIZE
     report = ExportReport(lake=lake.uri, dest=str(dest), format=format, version=ds.version, where=where,
                           samples=tbl.num_rows)
     manifest = _manifest(lake, ds, format, where, tbl, copy)
     report.rows = manifest["rows"]
     keys = [f"{k:09d}" for k in range(tbl.num_rows)]  # order in the export: webdataset sorts by key within a shard
     meta_cols = [c for c in tbl.column_names if c not in ("_rowid", "seq_order", caption)]
-    if format == "webdataset":
-        dest.mkdir(parents=True, exist_ok=True)
-        writer, shard, pos = None, -1, 0
-        try:
-            for part, blobs in _chunks(ds, tbl):
-                meta = part.select(meta_cols).to_pylist()
-                caps = part.column(caption).to_pylist()
-                for m, cap, img in zip(meta, caps, blobs):
-                    if pos % shard_size == 0:
-                        if writer is not None:
-                            writer.close()
-                        shard += 1
-                        name = dest / f"shard-{shard:06d}.tar"
-                        report.files.append(name.name)
-                        writer = tarfile.open(name, "w")
-                    key = keys[pos]
-                    m["copy"] = int(copy[pos])
-                    ext = _EXT.get(m.get("format") or "", "bin")
-                    for suffix, data in ((ext, img or b""), ("txt", (cap or "").encode()),
-                                         ("json", json.dumps(m, default=str, sort_keys=True).encode())):
-                        info = tarfile.TarInfo(f"{key}.{suffix}")
-                        info.size, info.mtime, info.mode = len(data), 0, 0o644
-                        writer.addfile(info, io.BytesIO(data))
-                    pos += 1
-        finally:
-            if writer is not None:
-                writer.close()
-        report.shards = shard + 1
-        (dest / "manifest.json").write_text(json.dumps({**manifest, "shards": report.files}, indent=2, default=str))
-    else:
-        def batches() -> Iterator[pa.RecordBatch]:
-            pos = 0
-            for part, blobs in _chunks(ds, tbl):
-                out = part.select(meta_cols).append_column("caption", part.column(caption).cast(pa.string()))
-                out = out.append_column("image", pa.array(blobs, pa.large_binary()))
-                out = out.append_column("copy", pa.array(copy[pos : pos + part.num_rows], pa.int32()))
-                out = out.append_column("export_key", pa.array(keys[pos : pos + part.num_rows], pa.string()))
-                pos += part.num_rows
-                yield from out.to_batches()
-
-        gen = batches()
-        head = next(gen, None)
-        if head is None:
-            raise LakeError(f"no rows to export from lake '{lake.uri}' with --where {where!r}")
-        schema = head.schema.with_metadata({"lakecurate.manifest": json.dumps(manifest, default=str)})
-
-        def all_batches() -> Iterator[pa.RecordBatch]:
-            yield head
-            yield from gen
-
-        reader = pa.RecordBatchReader.from_batches(schema, (b.replace_schema_metadata(schema.metadata) for b in all_batches()))
-        if format == "parquet":
-            import pyarrow.parquet as pq
-
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with pq.ParquetWriter(dest, schema) as w:
-                for b in reader:
-                    w.write_batch(b)
+    # Written into a hidden sibling folder (same file system) and moved into place when complete:
+    # a failed or killed export never leaves a half-written one at DEST.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    out = stage / dest.name
+    try:
+        if format == "webdataset":
+            out.mkdir()
+            manifest["shard_size"] = shard_size
+            manifest["json_placeholders"] = _write_shards(ds, tbl, copy, out, keys, meta_cols, caption, shard_size, report)
+            report.shards = len(report.files)
+            manifest["shards"] = report.files
         else:
-            import lance
-
-            lance.write_dataset(reader, str(dest), mode="overwrite" if overwrite else "create")
-        report.files.append(dest.name)
-        Path(f"{dest}.manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    report.bytes = sum(p.stat().st_size for p in ([dest] if dest.is_file() else dest.rglob("*")) if p.is_file())
+            _write_table(ds, tbl, copy, out, keys, meta_cols, caption, format, manifest, lake, where)
+            report.files.append(dest.name)
+        staged_manifest = stage / f"{dest.name}.manifest.json"  # never the name of the export itself
+        staged_manifest.write_text(json.dumps(manifest, indent=2, default=str))
+        report.bytes = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file())
+        _swap(out, staged_manifest, dest, format, previous, stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
+                  caption: str, shard_size: int, report: ExportReport) -> dict[str, Any]:
+    """WebDataset shards of ``shard_size`` samples into ``out``; returns the json placeholders used."""
+    writer, shard, pos, placeholders = None, -1, 0, {}
+    try:
+        for part, blobs in _chunks(ds, tbl):
+            fmts = part.column("format").to_pylist()
+            filled, used = json_ready(part.select(meta_cols))
+            placeholders.update(used)
+            meta = filled.to_pylist()
+            caps = part.column(caption).to_pylist()
+            for m, fmt, cap, img in zip(meta, fmts, caps, blobs):
+                if pos % shard_size == 0:
+                    if writer is not None:
+                        writer.close()
+                    shard += 1
+                    name = out / f"shard-{shard:06d}.tar"
+                    report.files.append(name.name)
+                    writer = tarfile.open(name, "w")
+                key = keys[pos]
+                m["copy"] = int(copy[pos])
+                ext = _EXT.get(fmt or "", "bin")
+                for suffix, data in ((ext, img or b""), ("txt", (cap or "").encode()),
+                                     ("json", json.dumps(m, default=str, sort_keys=True).encode())):
+                    info = tarfile.TarInfo(f"{key}.{suffix}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    writer.addfile(info, io.BytesIO(data))
+                pos += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    return placeholders
+
+
+def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
+                 caption: str, fmt: str, manifest: dict[str, Any], lake: "Lake", where: str | None) -> None:
+    """One Parquet file or Lance table at ``out``, the manifest also in its schema metadata."""
+    def batches() -> Iterator[pa.RecordBatch]:
+        pos = 0
+        for part, blobs in _chunks(ds, tbl):
+            rows = part.select(meta_cols).append_column("caption", part.column(caption).cast(pa.string()))
+            rows = rows.append_column("image", pa.array(blobs, pa.large_binary()))
+            rows = rows.append_column("copy", pa.array(copy[pos : pos + part.num_rows], pa.int32()))
+            rows = rows.append_column("export_key", pa.array(keys[pos : pos + part.num_rows], pa.string()))
+            pos += part.num_rows
+            yield from rows.to_batches()
+
+    gen = batches()
+    head = next(gen, None)
+    if head is None:
+        raise LakeError(f"no rows to export from lake '{lake.uri}' with --where {where!r}")
+    schema = head.schema.with_metadata({"lakecurate.manifest": json.dumps(manifest, default=str)})
+
+    def all_batches() -> Iterator[pa.RecordBatch]:
+        yield head
+        yield from gen
+
+    reader = pa.RecordBatchReader.from_batches(schema, (b.replace_schema_metadata(schema.metadata) for b in all_batches()))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetWriter(out, schema) as w:
+            for b in reader:
+                w.write_batch(b)
+    else:
+        import lance
+
+        lance.write_dataset(reader, str(out), mode="create")
+
+
+def _swap(out: Path, manifest: Path, dest: Path, fmt: str, previous: list[Path] | None, stage: Path) -> None:
+    """Move a complete export from ``stage`` to ``dest``, replacing only what the earlier export's
+    manifest lists. Its manifest goes first and the new one last, so DEST never holds a manifest
+    naming files that are not there."""
+    for old in previous or []:  # the manifest first, then the earlier shards
+        if old != dest and old.is_file():  # an earlier Parquet file is replaced below in one rename
+            old.unlink()
+    if fmt == "webdataset":
+        dest.mkdir(exist_ok=True)
+        for shard in sorted(out.iterdir()):
+            os.replace(shard, dest / shard.name)
+    elif fmt == "lance" and dest.is_dir() and any(dest.iterdir()):
+        os.replace(dest, stage / "previous")  # the earlier export's table, removed with the stage
+        os.replace(out, dest)
+    else:
+        os.replace(out, dest)  # a file, or a table onto an empty folder: one atomic rename
+    os.replace(manifest, _manifest_path(dest, fmt))

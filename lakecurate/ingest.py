@@ -16,6 +16,7 @@ the same ingest again skips what is already there.
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import glob
 import hashlib
@@ -34,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
+from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ SIDECAR_EXTS = {".txt", ".json"}
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename", "file_name", "filepath", "url", "image_url")
 CAPTION_COLUMNS = ("caption", "text", "txt", "alt", "title", "description")
 JSON_CAPTION_KEYS = ("caption", "text", "txt", "alt", "title")
-MANIFEST_EXTS = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson"}
+_ARROW_EXTS = {".arrow", ".feather", ".ipc"}  # Arrow IPC files/streams (Hugging Face datasets.save_to_disk)
+MANIFEST_EXTS = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson"} | _ARROW_EXTS
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
@@ -88,6 +90,7 @@ class Candidate:
     meta: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sidecar_refused: bool = False  # a sidecar escaped the root and was not read: no caption_missing flag
 
 
 @dataclass
@@ -100,6 +103,9 @@ class IngestReport:
     seen: int = 0
     written: int = 0
     skipped_existing: int = 0
+    skipped_errors: int = 0  # of skipped_existing: rows whose ingest_status is 'error' (see retry_errors)
+    replaced: int = 0  # error rows replaced in place by retry_errors
+    content_present: int = 0  # new pairs whose image bytes (content_hash) were already in the lake
     status: Counter = field(default_factory=Counter)
     flags: Counter = field(default_factory=Counter)
     ignored_files: list[str] = field(default_factory=list)
@@ -119,6 +125,9 @@ class IngestReport:
             "seen": self.seen,
             "written": self.written,
             "skipped_existing": self.skipped_existing,
+            "skipped_errors": self.skipped_errors,
+            "replaced": self.replaced,
+            "content_present": self.content_present,
             "status": dict(self.status),
             "flags": dict(self.flags),
             "ignored_files": self.ignored_files,
@@ -173,6 +182,15 @@ def truncated_trailer(data: bytes, fmt: str | None) -> bool:
     return False
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright, 6 = turned 90 degrees clockwise to view, ...); 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block says nothing about orientation
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def probe_image(data: bytes, max_pixels: int, verify: str = "header") -> tuple[dict[str, Any], list[str], str]:
     """Read an image's header (size, format, mode) and check that it is whole.
 
@@ -196,6 +214,8 @@ def probe_image(data: bytes, max_pixels: int, verify: str = "header") -> tuple[d
 
     width, height = im.size
     info = {"width": width, "height": height, "format": im.format, "mode": im.mode}
+    if (turn := exif_orientation(im)) != 1:  # embed and signals read the image turned upright (H5)
+        info["orientation"] = turn
     flags: list[str] = []
     if width * height > max_pixels:
         return info, ["decompression_bomb"], f"{width}x{height} = {width * height} pixels > {max_pixels}"
@@ -244,6 +264,8 @@ def _parse_sidecar(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         obj = json.loads(raw.decode("utf-8", errors="replace"))
     except ValueError as exc:
         return None, f"invalid JSON sidecar: {exc}"
+    except RecursionError:  # json raises it past ~1000 levels of nesting: a bad sidecar, not a crash
+        return None, "invalid JSON sidecar: nested too deeply"
     return (obj, "") if isinstance(obj, dict) else (None, "JSON sidecar is not an object")
 
 
@@ -271,6 +293,8 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
                 caption_raw = next((obj[k] for k in JSON_CAPTION_KEYS if isinstance(obj.get(k), str)), None)
             meta.update(obj)
     caption, cap_flags = decode_caption(caption_raw, opts.max_caption_chars)
+    if c.sidecar_refused and caption_raw is None:  # path_outside_root already says why there is none
+        cap_flags = [f for f in cap_flags if f != "caption_missing"]
     flags += cap_flags
 
     data = c.data
@@ -285,12 +309,21 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
         flags += img_flags
         if why:
             notes.append(why)
+        if info.get("orientation", 1) != 1:  # recorded; embed and signals read the image upright
+            flags.append("exif_rotated")
+            meta["exif_orientation"] = info["orientation"]
 
+    try:
+        meta_json = json.dumps(meta, ensure_ascii=False, default=str, sort_keys=True) if meta else None
+    except (ValueError, RecursionError) as exc:  # a circular or absurdly deep value: keep the row, drop the meta
+        meta_json = None
+        flags.append("sidecar_invalid")
+        notes.append(f"metadata not stored: {type(exc).__name__}")
     flags = list(dict.fromkeys(flags))  # unique, in order of discovery
     status = severity(flags)
     error = None
-    if flags:
-        worst = next((f for f in flags if REASONS[f][0] == "error"), flags[0])
+    if status != "ok":  # an "info" flag alone (exif_rotated) is not a problem to report
+        worst = next((f for f in flags if REASONS[f][0] == "error"), next(f for f in flags if REASONS[f][0] != "info"))
         error = f"{worst}: {REASONS[worst][1]}" + (f" ({'; '.join(n for n in notes if n)})" if any(notes) else "")
     return {
         "id": pair_id(c.source, c.key),
@@ -305,7 +338,7 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
         "mode": info.get("mode"),
         "byte_size": len(data) if data is not None else None,
         "content_hash": hashlib.sha256(data).hexdigest() if data is not None else None,
-        "meta": json.dumps(meta, ensure_ascii=False, default=str, sort_keys=True) if meta else None,
+        "meta": meta_json,
         "ingest_status": status,
         "ingest_flags": flags,
         "ingest_error": error,
@@ -370,14 +403,19 @@ def iter_folder(root: str, ignored: list[str]) -> Iterator[Candidate]:
 
 def _folder_candidate(root: str, key: str, path: str | None, txt: str | None, js: str | None, flags: list[str]) -> Candidate:
     c = Candidate(source=root, key=key.replace(os.sep, "/"), path=path, image_uri=path, flags=list(flags))
+    if "path_outside_root" in c.flags:
+        c.notes.append(f"{path} resolves outside {root}")
+    # Sidecars inside the root are read even when the image escapes it (the caption is still this
+    # pair's); a sidecar that escapes is never read.
+    inside = []
     for side in (txt, js):
         if side and not _inside(side, root):
             c.flags.append("path_outside_root")
             c.notes.append(f"sidecar {side} escapes {root}")
-    if "path_outside_root" in c.flags:
-        c.notes.append(f"{path} resolves outside {root}")
-        return c
-    c.caption_path, c.json_path = txt, js
+            c.sidecar_refused = True
+            side = None
+        inside.append(side)
+    c.caption_path, c.json_path = inside
     return c
 
 
@@ -404,13 +442,74 @@ class IngestError(Exception):
     """The source as a whole cannot be ingested (not one bad pair: those become flagged rows)."""
 
 
-def _manifest_rows(path: str) -> Iterator[dict[str, Any] | Exception]:
-    """Rows of a manifest as dicts (bytes or str values); a bad JSON line yields its exception."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".parquet", ".pq"):
+def _arrow_batches(path: str, columns: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet or Arrow IPC (file or stream, as ``datasets.save_to_disk`` writes)
+    manifest; small batches when a column may hold image bytes, so memory stays bounded."""
+    rows = 128 if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_struct(t)
+                      for t in columns.values()) else 4096
+    if os.path.splitext(path)[1].lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=rows)
+        return
+    for batch in _open_ipc(path):
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
+
+
+def _open_ipc(path: str) -> Iterable[pa.RecordBatch]:
+    import pyarrow.ipc as ipc
+
+    try:
+        f = ipc.open_file(path)
+        return (f.get_batch(i) for i in range(f.num_record_batches))
+    except pa.ArrowInvalid:
+        return ipc.open_stream(path)
+
+
+def _manifest_columns(path: str) -> tuple[list[str], dict[str, pa.DataType]]:
+    """Column names of a manifest, and their Arrow types where the format has them (Parquet, Arrow).
+    Read before anything is written, so a manifest that cannot be used fails at once."""
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(path)
+        elif ext in _ARROW_EXTS:
+            import pyarrow.ipc as ipc
+
+            try:
+                schema = ipc.open_file(path).schema
+            except pa.ArrowInvalid:
+                schema = ipc.open_stream(path).schema
+        elif ext in (".jsonl", ".ndjson"):
+            with open(path, "rb") as f:
+                for line in f:
+                    try:
+                        obj = json.loads(line) if line.strip() else None
+                    except (ValueError, RecursionError):
+                        continue
+                    if isinstance(obj, dict):
+                        return list(obj), {}
+            return [], {}
+        else:
+            with open(path, newline="", encoding="utf-8", errors="replace") as f:
+                header = next(csv.reader(f, delimiter="\t" if ext == ".tsv" else ","), None)
+            if not header:
+                raise IngestError(f"{path}: the manifest is empty (no header row)")
+            return header, {}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IngestError(f"{path}: cannot read the manifest ({str(exc).splitlines()[0][:200]}); "
+                          "check that it is a whole Parquet/Arrow/CSV/JSONL file") from None
+    return schema.names, {f.name: f.type for f in schema}
+
+
+def _manifest_rows(path: str, columns: dict[str, pa.DataType]) -> Iterator[dict[str, Any] | Exception]:
+    """Rows of a manifest as dicts (bytes or str values); a bad JSON line yields its exception."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".parquet", ".pq") or ext in _ARROW_EXTS:
+        for batch in _arrow_batches(path, columns):
             yield from batch.to_pylist()
     elif ext in (".jsonl", ".ndjson"):
         with open(path, "rb") as f:
@@ -422,14 +521,14 @@ def _manifest_rows(path: str) -> Iterator[dict[str, Any] | Exception]:
                     yield obj if isinstance(obj, dict) else ValueError(f"line {lineno} is not a JSON object")
                 except ValueError as exc:
                     yield ValueError(f"line {lineno}: {exc}")
+                except RecursionError:  # nesting past Python's limit: one bad line, not a crash
+                    yield ValueError(f"line {lineno}: JSON nested too deeply")
     else:
         import pyarrow.csv as pcsv
 
         delimiter = "\t" if ext == ".tsv" else ","
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            header = next(csv.reader(f, delimiter=delimiter), None)
-        if not header:
-            raise IngestError(f"{path}: the manifest is empty (no header row)")
+            header = next(csv.reader(f, delimiter=delimiter), None) or []
         # Read every column as bytes: a caption that is not UTF-8 is flagged on its row, not fatal.
         reader = pcsv.open_csv(
             path,
@@ -441,6 +540,16 @@ def _manifest_rows(path: str) -> Iterator[dict[str, Any] | Exception]:
             yield from batch.to_pylist()
 
 
+def _holds_bytes(t: pa.DataType | None) -> bool:
+    """Whether a Parquet/Arrow image column holds the image itself (raw bytes, or a Hugging Face
+    ``Image`` struct ``{bytes, path}``) rather than a path."""
+    if t is None:
+        return False
+    if pa.types.is_struct(t):
+        return t.get_field_index("bytes") >= 0
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
 def iter_manifest(
     path: str,
     root: str | None = None,
@@ -449,39 +558,62 @@ def iter_manifest(
     key_col: str | None = None,
     image_dir: str | None = None,
 ) -> Iterator[Candidate]:
-    """Pairs of a CSV/TSV/Parquet/JSONL manifest.
+    """Pairs of a CSV/TSV/Parquet/Arrow/JSONL manifest.
 
     Relative image paths resolve against ``image_dir`` (default: the manifest's folder). Paths that
     resolve outside ``root`` (default: ``image_dir``) are flagged ``path_outside_root`` and not read.
+    A Parquet/Arrow image column may hold the image bytes themselves (binary, or a Hugging Face
+    ``Image`` struct ``{bytes, path}``); such a row's key is ``key_col``, else the struct's ``path``,
+    else ``rowN``. The columns are checked when this is called (an unusable manifest raises
+    :class:`IngestError` before anything is written); the rows stream as they are read.
     """
     path = os.path.realpath(path)
     base = os.path.realpath(image_dir or os.path.dirname(path))
     root = os.path.realpath(root or base)
-    cols: tuple[str | None, str | None] | None = None
-    for rowno, row in enumerate(_manifest_rows(path), 1):
+    names, types = _manifest_columns(path)
+    icol = ccol = None
+    if names:  # a JSONL without one valid object has no columns: every line becomes a flagged row
+        icol = _pick(names, image_col, IMAGE_COLUMNS, "image path", path, "--image-col")
+        ccol = _pick(names, caption_col, CAPTION_COLUMNS, "caption", path, "--caption-col")
+        if key_col and key_col not in names:
+            raise IngestError(f"{path}: no column '{key_col}' (columns: {', '.join(names)}); fix --key-col")
+    return _manifest_candidates(path, base, root, icol, ccol, key_col, types)
+
+
+def _manifest_candidates(path: str, base: str, root: str, icol: str | None, ccol: str | None, key_col: str | None,
+                         types: dict[str, pa.DataType]) -> Iterator[Candidate]:
+    in_cell = _holds_bytes(types.get(icol)) if icol else False
+    # Parquet/Arrow binary or struct columns other than the image may hold bytes: left out of meta
+    binary = {k for k, t in types.items() if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_struct(t)}
+    for rowno, row in enumerate(_manifest_rows(path, types), 1):
         if isinstance(row, Exception):
             yield Candidate(source=path, key=f"row{rowno}", flags=["image_path_missing"], notes=[str(row)])
             continue
-        if cols is None:
-            names = list(row)
-            cols = (
-                _pick(names, image_col, IMAGE_COLUMNS, "image path", path, "--image-col"),
-                _pick(names, caption_col, CAPTION_COLUMNS, "caption", path, "--caption-col"),
-            )
-            if key_col and key_col not in names:
-                raise IngestError(f"{path}: no column '{key_col}' (columns: {', '.join(names)}); fix --key-col")
-        icol, ccol = cols
-        value = _text(row.get(icol))
+        cell = row.get(icol) if icol else None
+        data = None
+        if isinstance(cell, dict):  # Hugging Face Image: bytes, or a path when the bytes are absent
+            data, value = cell.get("bytes"), _text(cell.get("path"))
+        elif in_cell:
+            data, value = cell, None
+        else:
+            value = _text(cell)
         key = _text(row.get(key_col)) if key_col else value
-        extra = {k: _text(v) for k, v in row.items() if k not in (icol, ccol, key_col) and v is not None}
+        extra = {k: m for k, v in row.items()
+                 if k not in (icol, ccol, key_col) and (m := _meta_value(v) if k in binary else _text(v)) is not None}
         c = Candidate(source=path, key=key or f"row{rowno}", caption=row.get(ccol) if ccol else None, meta=extra)
         c.meta["manifest_row"] = rowno
-        if not value:
+        if data is not None:
+            c.data = bytes(data)
+            c.image_uri = f"{path}#row{rowno}"
+        elif not value:
             c.flags.append("image_path_missing")
             c.notes.append(f"row {rowno}: empty '{icol}'")
         elif "://" in value and not value.startswith("file://"):
             c.flags.append("remote_uri")
             c.image_uri = value
+        elif "\x00" in value:  # no file can have this name (and os calls raise ValueError on it)
+            c.flags.append("image_path_missing")
+            c.notes.append(f"row {rowno}: '{icol}' holds a NUL byte, not a path")
         else:
             value = value.removeprefix("file://")
             full = os.path.normpath(os.path.join(base, value))
@@ -492,6 +624,16 @@ def iter_manifest(
                 c.flags.append("path_outside_root")
                 c.notes.append(f"row {rowno}: {value} resolves outside {root}; pass --root to allow it")
         yield c
+
+
+def _meta_value(v: Any) -> str | None:
+    """A binary or struct Parquet/Arrow cell as text for ``meta``; None (left out) when empty or when
+    it holds data rather than short text (another image column, say)."""
+    if isinstance(v, dict):
+        v = json.dumps(v, default=lambda b: None)  # bytes inside a struct are data, not metadata
+    if isinstance(v, bytes) and (len(v) > 4096 or b"\x00" in v):
+        return None
+    return _text(v)
 
 
 def _text(v: Any) -> str | None:
@@ -561,6 +703,9 @@ def _tar_candidate(shard: str, key: str, sample: dict[str, bytes]) -> Candidate:
     img_ext = next((e for e in sample if "." + e in IMAGE_EXTS), None)
     others = [e for e in sample if e not in ("txt", "json") and e != img_ext]
     c = Candidate(source=shard, key=key, caption=sample.get("txt"), sidecar_json=sample.get("json"))
+    if key.startswith("/") or ".." in key.split("/"):  # tar permits such names; they must never become paths
+        c.flags.append("member_name_unsafe")
+        c.notes.append(f"member name '{key}' is absolute or climbs with '..'")
     if img_ext is None and others:  # an unknown extension next to a caption is treated as the image
         img_ext = others.pop(0)
     if others:
@@ -577,6 +722,8 @@ def _tar_candidate(shard: str, key: str, sample: dict[str, bytes]) -> Candidate:
 # --------------------------------------------------------------------------- driver
 def detect_kind(source: str) -> str:
     """'folder', 'manifest' or 'webdataset', from the path."""
+    if _hf_arrow_files(source):
+        return "manifest"
     if os.path.isdir(source):
         has_tar = bool(glob.glob(os.path.join(source, "*.tar")))
         has_img = any(os.path.splitext(n)[1].lower() in IMAGE_EXTS for n in os.listdir(source))
@@ -592,6 +739,18 @@ def detect_kind(source: str) -> str:
         f"cannot tell what '{source}' is: expected a folder, a manifest ({', '.join(sorted(MANIFEST_EXTS))}) "
         "or .tar shards; pass --kind"
     )
+
+
+def _hf_arrow_files(path: str) -> list[str]:
+    """The Arrow files of a folder written by Hugging Face ``datasets.save_to_disk`` (it holds a
+    ``state.json`` naming them), else []."""
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        names = [d["filename"] for d in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return []
+    return [os.path.join(path, n) for n in names]
 
 
 def _bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, window: int) -> Iterator[Any]:
@@ -633,12 +792,169 @@ def _rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     )
 
 
+@dataclass
+class SourcePlan:
+    """A checked source: its kind, the ``source`` values its rows get, and how to list its pairs."""
+
+    kind: str
+    sources: list[str]
+    candidates: Callable[[list[str]], Iterator[Candidate]]  # (ignored files list) -> pairs, in a stable order
+
+
+def open_source(
+    source: str | os.PathLike,
+    kind: str | None = None,
+    *,
+    root: str | None = None,
+    image_col: str | None = None,
+    caption_col: str | None = None,
+    key_col: str | None = None,
+    image_dir: str | None = None,
+) -> SourcePlan:
+    """Check that ``source`` can be ingested (it exists; a manifest's columns are found) before
+    anything is written, and say how to list its pairs. Raises :class:`IngestError` otherwise."""
+    src = os.fspath(source)
+    kind = kind or detect_kind(src)
+    if kind == "folder":
+        if not os.path.isdir(src):
+            raise IngestError(f"'{src}' is not a folder")
+        return SourcePlan(kind, [os.path.realpath(src)], lambda ignored: iter_folder(src, ignored))
+    if kind == "manifest" and (files := _hf_arrow_files(src)):  # each Arrow file is a source of its own
+        for f in files:
+            iter_manifest(f, root, image_col, caption_col, key_col, image_dir)
+        return SourcePlan(kind, [os.path.realpath(f) for f in files], lambda ignored: (
+            c for f in files for c in iter_manifest(f, root, image_col, caption_col, key_col, image_dir)))
+    if kind == "manifest":
+        if not os.path.isfile(src):
+            raise IngestError(f"manifest '{src}' does not exist")
+        iter_manifest(src, root, image_col, caption_col, key_col, image_dir)  # checks the columns now
+        return SourcePlan(kind, [os.path.realpath(src)],
+                          lambda ignored: iter_manifest(src, root, image_col, caption_col, key_col, image_dir))
+    if kind == "webdataset":
+        shards = expand_shards(src)
+        if not shards:
+            raise IngestError(f"no .tar shards match '{src}'")
+        return SourcePlan(kind, [os.path.realpath(s) for s in shards], lambda ignored: iter_webdataset(shards))
+    raise IngestError(f"unknown kind '{kind}': use folder, manifest or webdataset")
+
+
+def check_options(opts: IngestOptions) -> None:
+    """Refuse limits that make no sense, before anything is written."""
+    for name in ("max_pixels", "max_bytes", "max_caption_chars", "workers", "batch_rows", "commit_rows", "commit_bytes"):
+        if getattr(opts, name) < 1:
+            raise IngestError(f"{name.replace('_', '-')} must be at least 1, not {getattr(opts, name)}")
+    if opts.verify not in ("header", "decode"):
+        raise IngestError(f"verify must be 'header' or 'decode', not '{opts.verify}'")
+
+
+class _Claims:
+    """Ids of the source's rows in the lake, kept current at every commit.
+
+    Read once at the start, then, right before each commit, only the fragments added since (by other
+    writers, e.g. a second ingest of the same source) are scanned. With :meth:`Lake.append`'s guard
+    this makes "none of these ids is in the lake" and the commit one atomic step. This run's own
+    commits are not scanned (its keys are unique), so memory holds only what others wrote.
+    """
+
+    def __init__(self, lake: "Lake", sources: list[str], where: str | None):
+        self.lake, self.sources, self.where = lake, sources, where
+        ds = lake.dataset()
+        self.checked = {f.fragment_id for f in ds.get_fragments()}
+        self.ids = lake.existing_ids(sources, where=where, ds=ds)
+
+    def refresh(self, ds: Any) -> None:
+        new = [f.fragment_id for f in ds.get_fragments() if f.fragment_id not in self.checked]
+        if new:
+            self.ids |= self.lake.existing_ids(self.sources, where=self.where, ds=ds, fragment_ids=new)
+            self.checked.update(new)
+
+    def committed(self, version: int) -> None:
+        """Our commit landed as ``version``: its new fragments are ours, or fragments that commits
+        landing since our guard ran rewrote (compaction) or appended without a guard (no ingest
+        does): none holds another ingest's pairs, which would have failed our commit."""
+        self.checked.update(f.fragment_id for f in self.lake.dataset(version).get_fragments())
+
+
+class _ContentIndex:
+    """The content hashes already in the lake (64-bit prefixes, sorted: 8 bytes a row), to count new
+    pairs whose image is already there under another source or key."""
+
+    def __init__(self, lake: "Lake"):
+        import numpy as np
+
+        parts = []
+        for batch in lake.dataset().to_batches(columns=["content_hash"], filter="content_hash IS NOT NULL"):
+            hexes = batch.column("content_hash").to_pylist()
+            parts.append(np.frombuffer(bytes.fromhex("".join(h[:16] for h in hexes)), dtype=">u8"))
+        self.prefixes = np.unique(np.concatenate(parts)) if parts else np.empty(0, ">u8")
+
+    def count(self, hashes: list[str]) -> int:
+        import numpy as np
+
+        if not hashes or not len(self.prefixes):
+            return 0
+        q = np.frombuffer(bytes.fromhex("".join(h[:16] for h in hashes)), dtype=">u8")
+        pos = np.minimum(np.searchsorted(self.prefixes, q), len(self.prefixes) - 1)
+        return int((self.prefixes[pos] == q).sum())
+
+
+@dataclass
+class _Chunk:
+    """What one commit holds, counted as its batches stream past; merged into the report only once
+    the commit has landed."""
+
+    ids: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    status: Counter = field(default_factory=Counter)
+    flags: Counter = field(default_factory=Counter)
+
+    def track(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+
+        for b in batches:
+            self.ids += b.column("id").to_pylist()
+            self.hashes += [h for h in b.column("content_hash").to_pylist() if h is not None]
+            self.status.update(b.column("ingest_status").to_pylist())
+            self.flags.update(pc.list_flatten(b.column("ingest_flags")).to_pylist())
+            yield b
+
+
+def _unique_key(c: Candidate, used: set[tuple[str, str]], counts: Counter) -> None:
+    """Give a key seen before in this source a new, unused ``key#N`` (flagged ``duplicate_key``).
+
+    N skips every key already taken, renamed or not, so keys ``a, a, a#2`` give ``a, a#2, a#2#2``.
+    The order of a source is stable, so a re-run renames the same way (ids stay the same).
+    """
+    k = (c.source, c.key)
+    counts[k] += 1
+    if k in used:
+        n = max(counts[k], 2)
+        while (c.source, f"{c.key}#{n}") in used:
+            n += 1
+        c.flags.append("duplicate_key")
+        c.notes.append(f"key '{c.key}' seen {counts[k]} times; stored as '{c.key}#{n}'")
+        c.key = f"{c.key}#{n}"
+    used.add((c.source, c.key))
+
+
+def _no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk, as Python (errno) or Lance (the message) reports it."""
+    return isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "no space left on device" in str(exc).lower()
+                                         or "os error 28" in str(exc))
+
+
+# A pass ends with chunks dropped only when another writer committed some of their pairs first;
+# the next pass adds what is still missing. More passes than this mean something else is wrong.
+MAX_PASSES = 8
+
+
 def ingest(
     lake: "Lake",
     source: str | os.PathLike,
     *,
     kind: str | None = None,
     mode: str = "append",
+    retry_errors: bool = False,
     root: str | None = None,
     image_col: str | None = None,
     caption_col: str | None = None,
@@ -649,9 +965,13 @@ def ingest(
 ) -> IngestReport:
     """Ingest ``source`` into ``lake``; returns an :class:`IngestReport`.
 
-    ``mode="append"`` skips pairs whose id is already in the lake (idempotent re-runs);
-    ``mode="overwrite"`` makes a new version holding only this source (old versions remain until
-    ``lakecurate cleanup``). Bad pairs become rows with flags; only an unusable *source* raises.
+    A pair's id is ``blake2b(source, key)``: ``mode="append"`` skips pairs whose id is already in the
+    lake (idempotent re-runs, and several ingests of one source at once add each pair once);
+    ``retry_errors=True`` re-reads the pairs whose row has ``ingest_status = 'error'`` and replaces
+    those rows in the same commit (same id; the new row has no derived columns yet, so the next
+    embed/signals/curate runs compute them). ``mode="overwrite"`` makes a new version holding only
+    this source (old versions remain until ``lakecurate cleanup``). Bad pairs become rows with
+    flags; only an unusable *source* raises, before anything is written.
 
     Example::
 
@@ -660,70 +980,112 @@ def ingest(
     """
     if mode not in ("append", "overwrite"):
         raise IngestError(f"mode must be 'append' or 'overwrite', not '{mode}'")
+    if retry_errors and mode != "append":
+        raise IngestError("--retry-errors replaces error rows of an appended source; it cannot be used with --mode overwrite")
     opts = options or IngestOptions()
+    check_options(opts)
     src = os.fspath(source)
-    kind = kind or detect_kind(src)
-    report = IngestReport(lake=lake.uri, source=src, kind=kind)
-    if kind == "folder":
-        if not os.path.isdir(src):
-            raise IngestError(f"'{src}' is not a folder")
-        sources = [os.path.realpath(src)]
-        candidates: Iterable[Candidate] = iter_folder(src, report.ignored_files)
-    elif kind == "manifest":
-        if not os.path.isfile(src):
-            raise IngestError(f"manifest '{src}' does not exist")
-        sources = [os.path.realpath(src)]
-        candidates = iter_manifest(src, root, image_col, caption_col, key_col, image_dir)
-    elif kind == "webdataset":
-        shards = expand_shards(src)
-        if not shards:
-            raise IngestError(f"no .tar shards match '{src}'")
-        sources = [os.path.realpath(s) for s in shards]
-        candidates = iter_webdataset(shards)
-    else:
-        raise IngestError(f"unknown kind '{kind}': use folder, manifest or webdataset")
-
-    existing = lake.existing_ids(sources) if mode == "append" else set()
+    plan = open_source(src, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
+                       image_dir=image_dir)
+    report = IngestReport(lake=lake.uri, source=src, kind=plan.kind)
+    appending = mode == "append"
+    # Ids to skip: every id of this source, or with retry_errors every id whose row is not an error.
+    skip_where = "ingest_status <> 'error'" if retry_errors else None
+    errors = lake.existing_ids(plan.sources, where="ingest_status = 'error'") if appending else set()
+    content: _ContentIndex | None = None  # read before the first commit, only if there is one
+    done: set[str] = set()  # with retry_errors: ids replaced by this run (a row may be an error again)
     now = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    seen_keys: Counter = Counter()
 
-    def fresh() -> Iterator[Candidate]:
-        for c in candidates:
-            report.seen += 1
-            seen_keys[(c.source, c.key)] += 1
-            n = seen_keys[(c.source, c.key)]
-            if n > 1:  # same key twice in one source: keep both rows, tell them apart
-                c.flags.append("duplicate_key")
-                c.notes.append(f"key '{c.key}' seen {n} times")
-                c.key = f"{c.key}#{n}"
-            if pair_id(c.source, c.key) in existing:
-                report.skipped_existing += 1
-                continue
-            yield c
+    def one_pass(first: bool) -> int:
+        """Ingest what is missing; returns how many chunks were dropped because another writer
+        committed some of their pairs first."""
+        nonlocal content
+        used: set[tuple[str, str]] = set()
+        counts: Counter = Counter()
+        # Read again on a later pass (it then holds ours too). An overwrite starts without: the table it
+        # replaces does not count, and its first commit is the Overwrite itself.
+        claims = _Claims(lake, plan.sources, skip_where) if appending or report.versions else None
+        candidates = plan.candidates(report.ignored_files if first else [])
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        rows: list[dict[str, Any]] = []
-        for row in _bounded_map(lambda c: make_row(c, opts, now), fresh(), opts.workers, 4 * opts.workers):
-            rows.append(row)
-            report.written += 1
-            report.status[row["ingest_status"]] += 1
-            report.flags.update(row["ingest_flags"])
-            bar.update(1)
-            if len(rows) >= opts.batch_rows:
+        def fresh() -> Iterator[Candidate]:
+            for c in candidates:
+                if first:
+                    report.seen += 1
+                _unique_key(c, used, counts)
+                cid = pair_id(c.source, c.key)
+                if cid in done or (claims is not None and cid in claims.ids):
+                    if first and cid in errors:
+                        report.skipped_errors += 1
+                    continue
+                yield c
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            rows: list[dict[str, Any]] = []
+            for row in _bounded_map(lambda c: make_row(c, opts, now), fresh(), opts.workers, 4 * opts.workers):
+                rows.append(row)
+                bar.update(1)
+                if len(rows) >= opts.batch_rows:
+                    yield _rows_to_batch(rows)
+                    rows = []
+            if rows:
                 yield _rows_to_batch(rows)
-                rows = []
-        if rows:
-            yield _rows_to_batch(rows)
 
-    bar = tqdm(desc=f"ingest {kind}", unit="img", disable=(not progress) if progress is not None else None)
-    try:
+        dropped = 0
         for chunk in _commit_chunks(batches(), opts.commit_rows, opts.commit_bytes):
-            reader = pa.RecordBatchReader.from_batches(PAIRS_SCHEMA, chunk)
-            report.versions.append(lake.append(reader, overwrite=(mode == "overwrite" and not report.versions)))
+            acc = _Chunk()
+            reader = pa.RecordBatchReader.from_batches(PAIRS_SCHEMA, acc.track(chunk))
+
+            def guard(ds: Any, acc: _Chunk = acc) -> bool | str:
+                # runs after the chunk's files are written (acc is complete), at the version committed on
+                claims.refresh(ds)
+                if not claims.ids.isdisjoint(acc.ids):
+                    return False  # another writer committed some of these pairs first: the next pass redoes the rest
+                replaced = sorted(errors.intersection(acc.ids)) if retry_errors else []
+                if not replaced:
+                    return True
+                return "ingest_status = 'error' AND id IN (" + ", ".join(f"'{i}'" for i in replaced) + ")"
+
+            if appending and content is None:  # (an overwrite replaces what it would compare with)
+                content = _ContentIndex(lake)
+            if claims is not None:
+                version = lake.append(reader, guard=guard)
+            else:  # overwrite: the first commit replaces the table
+                version = lake.append(reader, overwrite=True)
+            if version is None:
+                dropped += 1
+                continue
+            report.versions.append(version)
+            if claims is None:  # after the Overwrite, later commits are guarded like appends
+                claims = _Claims(lake, plan.sources, None)
+            claims.committed(version)
+            report.written += len(acc.ids)
+            report.status.update(acc.status)
+            report.flags.update(acc.flags)
+            report.content_present += content.count(acc.hashes) if content is not None else 0
+            if retry_errors:
+                report.replaced += len(errors.intersection(acc.ids))
+                done.update(acc.ids)
+        return dropped
+
+    bar = progress_bar(desc=f"ingest {plan.kind}", unit="img", progress=progress)
+    try:
+        for n in range(MAX_PASSES):
+            if not one_pass(first=(n == 0)):
+                break
+        else:
+            raise IngestError(f"lake '{lake.uri}': another ingest of '{src}' kept committing the same pairs first "
+                              f"({MAX_PASSES} passes); run the same command again to add what is missing")
         if mode == "overwrite" and not report.versions:  # nothing to write: still replace the contents
             report.versions.append(lake.append(PAIRS_SCHEMA.empty_table(), overwrite=True))
+    except OSError as exc:
+        if not _no_space(exc):
+            raise
+        raise IngestError(f"no space left on the device holding lake '{lake.uri}' after {report.written} new pairs; "
+                          f"the lake is intact (every commit is whole): free space, then run the same command "
+                          f"again to add the rest") from None
     finally:
         bar.close()
+    report.skipped_existing = report.seen - report.written
     report.seconds = time.perf_counter() - t0
     return report

@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -28,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 from lance.commit import CommitConflictError
 
+from lakecurate.errors import LakeError
 from lakecurate.schema import COLUMN_DOCS, PAIRS_SCHEMA, TABLE
 
 if TYPE_CHECKING:
@@ -39,10 +39,6 @@ log = logging.getLogger("lakecurate")
 # Rows per data file. Fragments of 20-50k rows keep per-fragment work (embedding, features) in
 # useful units without creating thousands of small files.
 ROWS_PER_FILE = 32_768
-
-
-class LakeError(Exception):
-    """A problem the user can fix; the message says what and how."""
 
 
 def _join(uri: str, name: str) -> str:
@@ -84,6 +80,27 @@ def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 12, base_delay: fl
 
 # Commits redone after a conflict in this process (for tests and benchmarks of shared tables).
 CONFLICTS_RETRIED = [0]
+
+# A fragment id that no version ever has (ids count up from 0); see Lake.append(guard=...).
+GUARD_FRAGMENT_ID = 2**32 - 1
+
+
+def _deletions(ds: lance.LanceDataset, where: str) -> tuple[list[Any], list[int]]:
+    """(fragments with the rows matching ``where`` deleted, ids of fragments left empty) at ``ds``,
+    ready for one Update commit. Deletion files are written now; a commit that loses a race
+    leaves them unreferenced (``cleanup`` removes them)."""
+    addrs = ds.to_table(columns=["id"], filter=where, with_row_address=True).column("_rowaddr").to_pylist()
+    offsets: dict[int, list[int]] = {}
+    for a in addrs:
+        offsets.setdefault(a >> 32, []).append(a & 0xFFFFFFFF)
+    updated, removed = [], []
+    for fid, offs in sorted(offsets.items()):
+        frag = ds.get_fragment(fid).delete_rows(offs)
+        if frag is None:
+            removed.append(fid)
+        else:
+            updated.append(frag)
+    return updated, removed
 
 
 BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -169,8 +186,31 @@ class Lake:
         if isinstance(version, str):
             branch, number = self._ref(version)
             uri = self.table_uri if isinstance(number, str) else self._branch_uri(branch)  # Lance resolves tags itself
+            return self._open_version(uri, number, branch)
+        return self._open_version(self.table_uri, version, self.branch)
+
+    def _open_version(self, uri: str, number: int | str | None, branch: str | None) -> lance.LanceDataset:
+        """``lance.dataset`` at ``number``; a number that is not a version is a LakeError naming the versions."""
+        if isinstance(number, int) and number < 1:  # Lance numbers versions from 1 (and takes no negatives)
+            raise LakeError(self._no_version(uri, number, branch))
+        try:
             return lance.dataset(uri, version=number, storage_options=self.storage_options)
-        return lance.dataset(self.table_uri, version=version, storage_options=self.storage_options)
+        except (ValueError, OSError) as exc:
+            if not isinstance(number, int) or "not found" not in str(exc).lower():
+                raise
+            raise LakeError(self._no_version(uri, number, branch)) from None
+
+    def _no_version(self, uri: str, number: int, branch: str | None) -> str:
+        numbers = [v["version"] for v in lance.dataset(uri, storage_options=self.storage_options).versions()]
+        spans: list[list[int]] = []  # runs of consecutive numbers: cleanup leaves gaps
+        for n in sorted(numbers):
+            if spans and n == spans[-1][1] + 1:
+                spans[-1][1] = n
+            else:
+                spans.append([n, n])
+        have = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans) or "none"
+        return (f"version {number} is not a version of lake '{self.uri}' (branch {branch or 'main'} has versions {have}); "
+                f"see: lakecurate log {self.uri}")
 
     def _ref(self, ref: str) -> tuple[str | None, int | str | None]:
         """(branch, None for main; then a version number, a tag, or None for the branch's latest) of a
@@ -192,13 +232,20 @@ class Lake:
         return self.dataset().version
 
     def count(self, where: str | None = None) -> int:
-        return self.dataset().count_rows(filter=where)
+        """Rows (those matching the SQL condition ``where``, when given)."""
+        from lakecurate.sqlcheck import check_where
+
+        ds = self.dataset()
+        return ds.count_rows(filter=check_where(where, "where", ds))
 
     def to_pandas(
         self, columns: Sequence[str] | None = None, where: str | None = None, limit: int | None = None
     ) -> pd.DataFrame:
         """Rows as pandas. Image bytes are not read unless ``image`` is asked for by name."""
+        from lakecurate.sqlcheck import check_where
+
         ds = self.dataset()
+        where = check_where(where, "where", ds)
         if columns is None:
             columns = [n for n in ds.schema.names if n != "image"]
         if "image" in columns:
@@ -236,22 +283,35 @@ class Lake:
         Example: ``lake.sql("SELECT format, COUNT(*) AS n FROM pairs GROUP BY format")``.
         The ``image`` column holds blob descriptors in SQL results; use :meth:`read_images` for bytes.
         ``with_row_id`` makes the ``_rowid`` column selectable (what ``dataset().read_blobs`` takes).
+        Only one read-only SELECT/WITH over ``pairs`` runs: DataFusion would also run ``COPY ... TO``
+        (writing any file) or ``CREATE EXTERNAL TABLE`` (reading any), so anything else is refused
+        (:func:`lakecurate.sqlcheck.check_query`).
         """
+        from lakecurate.sqlcheck import check_query, clean_message
+
+        check_query(query)
         ds = self.dataset(version)
         try:
             table = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader().read_all()
         except Exception as exc:  # DataFusion reports planning errors as plain exceptions
-            raise LakeError(f"SQL failed on lake '{self.uri}': {exc}".strip()) from None
+            raise LakeError(f"SQL failed on lake '{self.uri}': {clean_message(exc)}") from None
         return table.to_pandas()  # no rows: an empty frame that still has the query's columns
 
     # ----------------------------------------------------------------- writes
-    def append(self, data: pa.Table | pa.RecordBatchReader, *, overwrite: bool = False) -> int:
+    def append(self, data: pa.Table | pa.RecordBatchReader, *, overwrite: bool = False,
+               guard: Callable[[lance.LanceDataset], bool | str] | None = None) -> int | None:
         """Append rows in one atomic commit and return the new version.
 
         ``data`` may be a stream (``pa.RecordBatchReader``): data files are written while it is
         consumed, so producing and writing overlap. The commit retries on conflicts without
         rewriting the files. ``overwrite`` makes a new version holding only ``data``; older versions
         stay readable (and their files on disk) until :meth:`cleanup`.
+
+        ``guard(ds)`` makes check-then-commit atomic among guarded appends (what keeps ingest's ids
+        unique): it runs on the fresh version ``ds`` right before each commit attempt, after the data
+        files are written. It returns False to drop the commit (the result is then None), True to
+        commit, or a SQL condition: the rows of ``ds`` matching it are deleted in the same commit, so
+        a replaced row is never visible twice.
         """
         frags = lance.fragment.write_fragments(
             data,
@@ -262,29 +322,48 @@ class Lake:
             storage_options=self.storage_options,
         )
 
-        def commit() -> int:
-            read_version = self.dataset().version
-            op = (
-                lance.LanceOperation.Overwrite(PAIRS_SCHEMA, frags)
-                if overwrite
-                else lance.LanceOperation.Append(frags)
-            )
-            ds = lance.LanceDataset.commit(
-                self.table_uri, op, read_version=read_version, storage_options=self.storage_options
-            )
-            return ds.version
+        def commit() -> int | None:
+            ds = self.dataset()
+            if overwrite:
+                op: Any = lance.LanceOperation.Overwrite(PAIRS_SCHEMA, frags)
+            elif guard is None:
+                op = lance.LanceOperation.Append(frags)
+            else:
+                verdict = guard(ds)
+                if verdict is False:
+                    return None
+                updated, removed = _deletions(ds, verdict) if isinstance(verdict, str) else ([], [])
+                # An Append rebases over any concurrent Append, so a check made before it can be stale
+                # by the time it lands. Guarded appends commit as an Update that also "removes"
+                # GUARD_FRAGMENT_ID, a fragment no version has: Lance sees two of them touch the same
+                # fragment and fails the later one with a retryable conflict, and its guard then
+                # re-runs on the newer version. Other commits (appends, column fills) rebase as before.
+                op = lance.LanceOperation.Update(removed_fragment_ids=[*removed, GUARD_FRAGMENT_ID],
+                                                 updated_fragments=updated, new_fragments=frags)
+            return lance.LanceDataset.commit(
+                self.table_uri, op, read_version=ds.version, storage_options=self.storage_options
+            ).version
 
         return retry_on_conflict(commit)
 
-    def existing_ids(self, sources: Sequence[str] | None = None) -> set[str]:
-        """Ids already in the lake (only those from ``sources`` when given): what re-ingest skips."""
-        ds = self.dataset()
-        where = None
+    def existing_ids(self, sources: Sequence[str] | None = None, *, where: str | None = None,
+                     ds: lance.LanceDataset | None = None, fragment_ids: Sequence[int] | None = None) -> set[str]:
+        """Ids already in the lake (only those from ``sources`` when given, and matching the SQL
+        ``where``): what re-ingest skips. ``ds`` and ``fragment_ids`` narrow the scan to some fragments
+        of one version (how ingest re-checks only the fragments other writers added)."""
+        ds = ds or self.dataset()
+        conds = []
         if sources is not None:
             if not sources:
                 return set()
-            where = "source IN (" + ", ".join("'" + s.replace("'", "''") + "'" for s in sources) + ")"
-        return set(ds.to_table(columns=["id"], filter=where).column("id").to_pylist())
+            conds.append("source IN (" + ", ".join("'" + s.replace("'", "''") + "'" for s in sources) + ")")
+        if where:
+            conds.append(f"({where})")
+        frags = None if fragment_ids is None else [ds.get_fragment(i) for i in fragment_ids]
+        if frags == []:
+            return set()
+        tbl = ds.scanner(columns=["id"], filter=" AND ".join(conds) or None, fragments=frags).to_table()
+        return set(tbl.column("id").to_pylist())
 
     def ingest(self, source: str | os.PathLike, **options: Any) -> "IngestReport":
         """Ingest a folder, manifest or WebDataset shards; see :func:`lakecurate.ingest.ingest`."""
@@ -367,9 +446,16 @@ class Lake:
 
         On a branch the tag points at the branch's version; ``lake.dataset(name)`` reopens it.
         """
+        if not BRANCH_RE.match(name) or name.isdigit():  # a number would read as a version number
+            raise LakeError(f"tag name {name!r} is not valid; use up to 100 letters, digits, '.', '_' and '-', "
+                            f"not only digits")
         ds = self.dataset()
-        ds.tags.create(name, (self.branch, version if version is not None else ds.version) if self.branch
-                       else (version if version is not None else ds.version))
+        tags = ds.tags.list()
+        if name in tags:
+            raise LakeError(f"lake '{self.uri}' already has a tag '{name}' (version {tags[name]['version']}); "
+                            f"pick another name, or delete it first: lakecurate tag {self.uri} {name} --delete")
+        number = self.dataset(version).version if version is not None else ds.version  # LakeError if not a version
+        ds.tags.create(name, (self.branch, number) if self.branch else number)
 
     def branches(self) -> dict[str, dict[str, Any]]:
         """Branches of the lake: name -> {parent_branch, parent_version, ...} (``main`` is implied)."""
@@ -393,7 +479,7 @@ class Lake:
             branch, number = self._ref(source)
             ref: Any = number if isinstance(number, str) else (branch, number)
         else:
-            ref = (self.branch, int(source) if source is not None else None)
+            ref = (self.branch, self.dataset(int(source)).version if source is not None else None)  # LakeError if not a version
         self.dataset().create_branch(name, ref)
         return Lake(self.uri, self.storage_options, branch=name)
 
@@ -431,14 +517,15 @@ class Lake:
 
     def history(self, limit: int | None = 20) -> list[dict[str, Any]]:
         """The latest versions of this branch, newest first: number, time, operation, rows, tags."""
+        if limit is not None and limit < 0:
+            raise LakeError(f"a log of {limit} versions: give a count >= 0 (or None for all)")
         ds = self.dataset()
         versions = ds.versions()[::-1][:limit]
+        # Each version's transaction is read alone: Lance's batch read stops at the first gap that
+        # cleanup leaves and fails whole on one transaction it cannot parse (another tool's index).
         ops: dict[int, str] = {}
-        try:
-            txs = ds.get_transactions(len(versions))
-        except Exception:  # older formats may lack transaction files; the log still lists versions
-            txs = []
-        for v, tx in zip(versions, txs):
+        for v in versions:
+            tx = self._transaction(ds, v["version"])
             if tx is not None:
                 ops[v["version"]] = type(tx.operation).__name__
         tags: dict[int, list[str]] = {}
@@ -446,8 +533,16 @@ class Lake:
             if t.get("branch") == self.branch:
                 tags.setdefault(t["version"], []).append(name)
         return [{"version": v["version"], "time": _iso(v["timestamp"]), "operation": ops.get(v["version"], ""),
-                 "rows": int(v["metadata"].get("total_rows", 0)) - int(v["metadata"].get("total_deletion_file_rows", 0)),
+                 "rows": int(v["metadata"].get("total_rows", 0)),  # live rows: deleted ones are not counted
                  "tags": ", ".join(sorted(tags.get(v["version"], [])))} for v in versions]
+
+    @staticmethod
+    def _transaction(ds: lance.LanceDataset, version: int) -> Any:
+        """The transaction that made ``version``, or None where it cannot be read."""
+        try:
+            return ds.checkout_version(version).get_transactions(1)[0]
+        except Exception:  # noqa: BLE001 - the log shows an empty operation rather than failing
+            return None
 
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.
@@ -483,28 +578,25 @@ class Lake:
         return diff(self, a, b, **options)
 
     def cleanup(self, older_than: timedelta = timedelta(days=7)) -> dict[str, int]:
-        """Delete files only referenced by untagged versions older than ``older_than``.
+        """Delete untagged versions older than ``older_than`` and the files only they use.
 
-        Overwrites and compactions keep the old files (time travel) until this runs.
+        Tagged versions and the latest stay readable. Overwrites and compactions keep the old files
+        (time travel) until this runs.
         """
-        stats = self.dataset().cleanup_old_versions(older_than=older_than)
+        # Tagged versions are kept (each recipe's tag is a curated set); Lance would refuse the whole
+        # cleanup when a tagged version is old enough, so it is told to skip them instead.
+        stats = self.dataset().cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)
         return {"bytes_removed": stats.bytes_removed, "old_versions": stats.old_versions}
 
     def info(self) -> dict[str, Any]:
         """Rows, columns (with provenance of derived columns), versions and tags."""
         ds = self.dataset()
-        columns = []
-        for field in ds.schema:
-            meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
-            prov = meta.get("lakecurate.provenance")
-            columns.append(
-                {
-                    "name": field.name,
-                    "type": "blob" if field.name == "image" else str(field.type),
+        from lakecurate.columns import field_provenance
+
+        columns = [{"name": field.name, "type": "blob" if field.name == "image" else str(field.type),
                     "doc": COLUMN_DOCS.get(field.name, ""),
-                    "provenance": json.loads(prov) if prov else None,
-                }
-            )
+                    "provenance": field_provenance(field, strict=False)}  # what can be read, never a KeyError
+                   for field in ds.schema]
         status = ds.to_table(columns=["ingest_status"]).column("ingest_status").value_counts()
         tags = {name: t["version"] for name, t in ds.tags.list().items()}
         versions = ds.versions()

@@ -76,9 +76,9 @@ def _run(tasks: list, fn: Callable, progress: bool, desc: str) -> list:
     with _one_blas_thread_per_worker() as workers:
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from lakecurate.progress import progress_bar
 
-            bar = tqdm(total=len(tasks), desc=desc, unit="task")
+            bar = progress_bar(total=len(tasks), desc=desc, unit="task", progress=progress)
         out: list = [None] * len(tasks)
         with ThreadPoolExecutor(workers) as pool:
             futures = {pool.submit(fn, t): k for k, t in enumerate(tasks)}

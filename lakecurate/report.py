@@ -25,7 +25,6 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from lakecurate.columns import describe_provenance, field_provenance
-from lakecurate.search import embedding_prefixes
 
 if TYPE_CHECKING:
     import lance
@@ -194,10 +193,14 @@ class _Builder:
         return self.lake.sql(query, version=self.version, with_row_id=with_row_id)
 
     def prov(self, name: str) -> dict[str, Any] | None:
-        return field_provenance(self.ds.schema.field(name)) if name in self.names else None
+        """What can be read of a column's provenance: the report shows a lake whatever its columns hold."""
+        prov = field_provenance(self.ds.schema.field(name), strict=False) if name in self.names else None
+        return {**prov, "config": {}} if prov is not None and not isinstance(prov.get("config"), dict) else prov
 
     def _score_column(self) -> tuple[str | None, str | None]:
-        found = embedding_prefixes(self.ds)
+        # search.embedding_prefixes, leniently: a column with odd provenance is shown, not fatal
+        found = {n[: -len("_score")]: p for n in self.names if n.endswith("_score")
+                 and (p := self.prov(n)) and p.get("stage") == "embed"}
         if not found:
             return None, None
         curate = self.prov("keep") or {}
@@ -229,7 +232,7 @@ class _Builder:
             out.append({
                 "src": self.thumbs[row["_rowid"]],
                 "key": row.get("key", ""),
-                "caption": row.get("caption") if isinstance(row.get("caption"), str) else "(no caption)",
+                "caption": shown_caption(row.get("caption")),
                 "note": note(row) if note else "",
                 "badge": text,
                 "kind": text if text in ("kept", "warning") else "drop",
@@ -241,7 +244,7 @@ class _Builder:
         ds = self.ds
         versions = {v["version"]: v for v in ds.versions()}
         cols = [{"name": f.name, "type": "blob" if f.name == "image" else str(f.type),
-                 "provenance": describe_provenance(field_provenance(f))} for f in ds.schema]
+                 "provenance": describe_provenance(field_provenance(f, strict=False))} for f in ds.schema]
         stages: dict[str, int] = {}
         for c in cols:
             stage = c["provenance"].split(":")[0] if c["provenance"] else "ingest"
@@ -433,6 +436,20 @@ class _Builder:
                 "total": int(counts["n"].sum()) if len(counts) else 0}
 
 
+CAPTION_SHOWN = 300  # characters of a caption on a card: a 20 MB caption made a 62 MB report
+
+
+def shown_caption(caption: Any, limit: int = CAPTION_SHOWN) -> str:
+    """A caption as a card shows it: at most ``limit`` characters, then an ellipsis and the full length.
+
+    >>> shown_caption("a" * 5, 3), shown_caption(None)
+    ('aaa… (5 characters)', '(no caption)')
+    """
+    if not isinstance(caption, str):
+        return "(no caption)"
+    return caption if len(caption) <= limit else f"{caption[:limit]}… ({len(caption):,} characters)"
+
+
 def _value_counts(arr: Any) -> dict[str, int]:
     return {d["values"]: int(d["counts"]) for d in pc.value_counts(arr).to_pylist() if d["values"] is not None}
 
@@ -463,6 +480,10 @@ def report(
     """
     import jinja2
 
+    from lakecurate.lake import LakeError
+
+    if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
+        raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")
     t0 = time.perf_counter()
     b = _Builder(lake, version, sample_rows=sample_rows, thumb_px=thumb_px, seed=seed, max_groups=max_groups,
                  per_group=per_group, n_low=n_low, per_reason=per_reason, n_concepts=n_concepts,

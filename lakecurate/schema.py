@@ -63,7 +63,8 @@ COLUMN_DOCS = {
 }
 
 # Reason code -> (severity, meaning). "error" means the image cannot be used for training;
-# "warning" means the row is usable but a person or a later stage may want to look.
+# "warning" means the row is usable but a person or a later stage may want to look; "info" is a
+# fact worth keeping that leaves the row ok.
 REASONS: dict[str, tuple[str, str]] = {
     "file_missing": ("error", "the image file does not exist"),
     "file_unreadable": ("error", "the image file exists but could not be read (permissions, I/O error)"),
@@ -89,12 +90,14 @@ REASONS: dict[str, tuple[str, str]] = {
     "caption_too_long": ("warning", "the caption is longer than --max-caption-chars (kept whole)"),
     "sidecar_invalid": ("warning", "the JSON sidecar could not be parsed"),
     "duplicate_key": ("warning", "the same key appeared earlier in this source; stored under key#N"),
+    "exif_rotated": ("info", "the EXIF orientation tag turns the image; embed and signals read it upright"),
+    "member_name_unsafe": ("warning", "the tar member name is absolute or climbs with '..'; kept as the key, never used as a path"),
 }
 
 
 def severity(flags: list[str]) -> str:
     """The row status for a list of reason codes: error > warning > ok."""
-    levels = {REASONS[f][0] for f in flags}
+    levels = {REASONS[f][0] for f in flags} - {"info"}
     if "error" in levels:
         return "error"
     return "warning" if levels else "ok"

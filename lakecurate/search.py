@@ -17,6 +17,7 @@ import pyarrow as pa
 from lakecurate.columns import field_provenance
 from lakecurate.encoders import Encoder, column_names, spec_from_provenance
 from lakecurate.lake import LakeError
+from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
     import lance
@@ -87,8 +88,13 @@ def query_vector(enc: Encoder, query: Any) -> Any:
     if isinstance(query, (bytes, bytearray)):
         return enc.encode_images([Image.open(io.BytesIO(query))])[0].numpy()
     if isinstance(query, os.PathLike) or (isinstance(query, str) and os.path.isfile(query)):
-        with Image.open(query) as im:
-            return enc.encode_images([im.convert("RGB")])[0].numpy()
+        try:
+            with Image.open(query) as im:
+                rgb = im.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+            raise LakeError(f"query '{os.fspath(query)}' is a file but not an image Pillow can read "
+                            f"({type(exc).__name__}); pass an image file, or a text query that is not a file name") from None
+        return enc.encode_images([rgb])[0].numpy()
     return enc.encode_texts([str(query)])[0].numpy()
 
 
@@ -106,7 +112,10 @@ def search(
 
     Returns id, key, caption (or ``columns``) and ``similarity`` (cosine), best first.
     """
+    if k < 1:  # Lance would raise on k = 0 only after the encoder is loaded
+        raise LakeError(f"k = {k}: ask for at least 1 nearest pair")
     ds = lake.dataset()
+    where = check_where(where, "--where", ds)
     prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option="prefix=...")
     col = column_names(prefix)[target]
     vec = query_vector(encoder_for(prov), query)

@@ -17,6 +17,9 @@ Caption signals (from the ``caption`` column, no decode):
 | ``cap_emails``, ``cap_phones`` | e-mail addresses and phone numbers found (privacy) |
 | ``cap_lang``, ``cap_lang_prob`` | language (ISO 639-1) and its probability, from ``py3langid`` |
 
+Words and characters count the whole caption; the other caption signals read its first
+``SIGNAL_CHARS`` (4096) characters, so a hostile 20 MB caption costs what a long one does.
+
 Image signals (one reduced-size decode per image, in spawned workers):
 
 | column | meaning |
@@ -42,9 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from lakecurate import columns
+from lakecurate.encoders import exif_upright
+from lakecurate.progress import progress_bar
 
 if TYPE_CHECKING:
     from lakecurate.lake import Lake
@@ -68,6 +72,13 @@ BOILERPLATE = (
 )
 _BOILERPLATE = re.compile("|".join(re.escape(b) for b in BOILERPLATE), re.IGNORECASE)
 _REPEAT = re.compile(r"(.)\1+", re.DOTALL)
+# Caption signals other than the counts of characters and words read the first SIGNAL_CHARS
+# characters: some patterns (e-mail, bare domain) are quadratic on long runs without a match
+# (100,000 characters of "a." took 164 s), and real captions are far shorter.
+SIGNAL_CHARS = 4096
+# Redaction must cover the whole text: a longer caption is redacted in pieces of about this size,
+# cut only where no e-mail or phone number can span the cut (see _pieces).
+REDACT_PIECE = 4096
 
 
 def phone_numbers(text: str) -> list[str]:
@@ -97,10 +108,49 @@ def redact(text: str | None) -> str | None:
     """
     if text is None:
         return None
-    text = _EMAIL.sub("[email]", text)
-    for p in sorted(phone_numbers(text), key=len, reverse=True):
-        text = text.replace(p, "[phone]")
+    if len(text) > REDACT_PIECE:  # linear time on huge captions: piece by piece
+        return "".join(_redact_piece(p) for p in _pieces(text, REDACT_PIECE))
+    return _redact_piece(text)
+
+
+def _redact_piece(text: str) -> str:
+    if "@" in text:  # no "@", no e-mail: skips the pattern's slow scan of long words
+        text = _EMAIL.sub("[email]", text)
+    if any(c.isdigit() for c in text):
+        for p in sorted(phone_numbers(text), key=len, reverse=True):
+            text = text.replace(p, "[phone]")
     return text
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of about ``size`` characters, each cut at whitespace that follows a
+    letter: e-mails hold no whitespace and phone numbers end in a digit, so none spans a cut. Text
+    with no such place for ``2 * size`` characters (not prose) is cut there regardless."""
+    out, start, n = [], 0, len(text)
+    cut = re.compile(r"(?<=[^\W\d_])\s")
+    while n - start > size:
+        m = cut.search(text, start + size, min(n, start + 2 * size))
+        end = m.start() if m else min(n, start + 2 * size)
+        out.append(text[start:end])
+        start = end
+    out.append(text[start:])
+    return out
+
+
+def count_words(text: str, chunk: int = 1 << 20) -> int:
+    """``len(text.split())`` without holding every word of a huge caption in memory at once.
+
+    >>> count_words("a bc  d ", chunk=3), len("a bc  d ".split())
+    (3, 3)
+    """
+    n, in_word = 0, False
+    for i in range(0, len(text), chunk):
+        part = text[i:i + chunk]
+        n += len(part.split())
+        if in_word and not part[0].isspace():
+            n -= 1  # a word cut by the chunk boundary was counted twice
+        in_word = not part[-1].isspace()
+    return n
 
 
 def _nonprintable(text: str) -> int:
@@ -147,22 +197,28 @@ def caption_signals(captions: Sequence[str | None]) -> pa.Table:
     ([True, False, None], [False, True, None], [1, 7, None])
     """
     cols: dict[str, list] = {f.name: [] for f in CAPTION_FIELDS}
-    for c in captions:
-        if c is None:
+    heads = []
+    for full in captions:
+        if full is None:
             for name in cols:
                 if name not in ("cap_lang", "cap_lang_prob"):
                     cols[name].append(None)
+            heads.append(None)
             continue
-        cols["cap_words"].append(len(c.split()))
-        cols["cap_chars"].append(len(c))
+        # counts over the whole caption; the patterns read its head (SIGNAL_CHARS)
+        c = full[:SIGNAL_CHARS]
+        heads.append(c)
+        cols["cap_words"].append(count_words(full))
+        cols["cap_chars"].append(len(full))
         cols["cap_filename"].append(bool(_FILENAME.match(c)))
-        cols["cap_url"].append(bool(_URL.search(_EMAIL.sub(" ", c))) and not _FILENAME.match(c))  # an e-mail is not a URL
+        no_mail = _EMAIL.sub(" ", c) if "@" in c else c  # no "@", no e-mail: skip the pattern's slow scan
+        cols["cap_url"].append(bool(_URL.search(no_mail)) and not _FILENAME.match(c))  # an e-mail is not a URL
         cols["cap_boilerplate"].append(bool(_BOILERPLATE.search(c)))
         cols["cap_max_repeat"].append(max((len(m.group()) for m in _REPEAT.finditer(c)), default=1 if c else 0))
         cols["cap_nonprintable"].append(_nonprintable(c))
-        cols["cap_emails"].append(len(_EMAIL.findall(c)))
-        cols["cap_phones"].append(len(phone_numbers(_EMAIL.sub(" ", c))))
-    cols["cap_lang"], cols["cap_lang_prob"] = _language([c or "" for c in captions])
+        cols["cap_emails"].append(len(_EMAIL.findall(c)) if "@" in c else 0)
+        cols["cap_phones"].append(len(phone_numbers(no_mail)))
+    cols["cap_lang"], cols["cap_lang_prob"] = _language([c or "" for c in heads])
     return pa.table({f.name: pa.array(cols[f.name], f.type) for f in CAPTION_FIELDS})
 
 
@@ -248,7 +304,7 @@ def image_signals_one(data: bytes | None) -> tuple[np.ndarray, float, float, flo
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (_WORK_SIDE, _WORK_SIDE))  # JPEG: decode at 1/2..1/8 scale, >= 128 px
             im.seek(0)
-            rgb = im.convert("RGB")
+            rgb = exif_upright(im).convert("RGB")  # hashed as seen: a sideways-tagged photo equals its upright twin
             w, h = rgb.size
             scale = _WORK_SIDE / min(w, h)
             if scale < 1:  # the same working resolution for every image: sharpness depends on scale
@@ -291,8 +347,13 @@ IMAGE_BATCH = 256
 _WORKER: dict[str, Any] = {}
 
 
-def _init_reader(table_uri: str, version: int, storage_options: dict | None) -> None:
+def _init_reader(table_uri: str, version: int, storage_options: dict | None, worker: bool = False) -> None:
     import lance
+
+    if worker:  # a spawned process: it must not outlive a run that was killed
+        from lakecurate.engines import die_with_parent
+
+        die_with_parent()
 
     _WORKER["ds"] = lance.dataset(table_uri, version=version, storage_options=storage_options)
 
@@ -312,6 +373,10 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
 
     One commit per fragment, so a killed run loses at most the fragment in flight.
     """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        from lakecurate.lake import LakeError
+
+        raise LakeError(f"--workers must be a whole number >= 0, not {workers!r}")
     ds = lake.dataset()
     config = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side", "hash": "dct-phash 32->8x8",
               "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}
@@ -331,8 +396,7 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
         remaining[fid] += 1
     parts: dict[int, list] = {fid: [] for fid in remaining}
     frags = {f.fragment_id: f for f in todo}
-    bar = tqdm(total=sum(n for _, _, n in items), desc="image signals", unit="img",
-               disable=(not progress) if progress is not None else None)
+    bar = progress_bar(total=sum(n for _, _, n in items), desc="image signals", unit="img", progress=progress)
     done = 0
 
     def results():
@@ -341,7 +405,7 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
             yield from map(_image_batch, items)
             return
         ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=init) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init, True)) as pool:
             yield from pool.map(_image_batch, items, chunksize=2)
 
     try:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
+import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
-from lakecurate.cli import main
+from lakecurate import Lake
+from lakecurate.cli import TargetType, main
 
 from .conftest import REPO, SAMPLE_DATA
 
@@ -43,8 +48,9 @@ def test_user_errors_are_one_line_messages(runner: CliRunner, tmp_path: Path):
     assert res.exit_code == 1 and "no lake at" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, ["ingest", str(tmp_path / "l"), str(tmp_path / "nothing.xyz")])
     assert res.exit_code == 1 and "does not exist" in res.output
+    Lake.create(tmp_path / "l")  # a failed ingest leaves no lake behind, so make one for the SQL error
     res = runner.invoke(main, ["sql", str(tmp_path / "l"), "SELEC"])
-    assert res.exit_code == 1 and "SQL failed" in res.output
+    assert res.exit_code == 1 and res.output.startswith("Error: SQL") and res.output.count("\n") == 1
 
 
 def test_demo_runs_on_sample_data(runner: CliRunner, tmp_path: Path, monkeypatch):
@@ -52,6 +58,14 @@ def test_demo_runs_on_sample_data(runner: CliRunner, tmp_path: Path, monkeypatch
     res = runner.invoke(main, ["demo", "--lake", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
     assert "gravel_truncated.jpg" in res.output and "28 rows" in res.output
+    # the README's claim: the demo says where the planted mismatched caption ranks, truthfully
+    m = re.search(r"planted mismatched caption \((\S+), see .*\) ranks (\d+) of (\d+) from the lowest", res.output)
+    assert m and m.group(1) == "chelsea_mismatch.jpg", res.output
+    lake = Lake.open(tmp_path / "demo")
+    score = next(c for c in lake.dataset().schema.names if c.endswith("_score") and c != "keep")
+    keys = lake.sql(f"SELECT key FROM pairs WHERE {score} IS NOT NULL ORDER BY {score}")["key"].tolist()
+    assert int(m.group(2)) == keys.index("chelsea_mismatch.jpg") + 1 and int(m.group(3)) == len(keys)
+    assert re.search(r"^chelsea_mismatch\.jpg: (kept|dropped \(\w+\))$", res.output, re.M), res.output
 
 
 def test_every_command_has_an_example_and_is_in_the_readme(runner: CliRunner):
@@ -59,3 +73,113 @@ def test_every_command_has_an_example_and_is_in_the_readme(runner: CliRunner):
     for name, cmd in main.commands.items():
         assert "Example: lakecurate " + name in (cmd.help or ""), f"'{name}' help has no example"
         assert f"lakecurate {name}" in readme, f"'{name}' is not documented in README.md"
+
+
+# --------------------------------------------------------------------------- issue 16: --json, numbers, demo
+def _leaf_commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+    out = {}
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out.update(_leaf_commands(cmd, f"{prefix}{name} "))
+        else:
+            out[prefix + name] = cmd
+    return out
+
+
+def test_every_command_has_json():
+    lacking = [name for name, cmd in _leaf_commands(main).items()
+               if name not in ("sql", "demo") and "--json" not in {o for p in cmd.params for o in p.opts}]
+    assert not lacking, f"no --json on: {', '.join(lacking)}"
+
+
+@pytest.fixture
+def curated(sample_lake_embedded, tmp_path: Path) -> str:
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate({"name": "t", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"}]}, progress=False)
+    return lake.uri
+
+
+def test_json_outputs_parse_and_carry_the_text_outputs_facts(runner: CliRunner, curated: str, tmp_path: Path):
+    def run(*args: str):
+        res = runner.invoke(main, [*args, "--json"])
+        assert res.exit_code == 0, (args, res.output)
+        return json.loads(res.stdout)
+
+    assert run("cluster", curated, "-k", "2")["k"] == 2
+    reb = run("rebalance", curated, "--target", "0.5")
+    assert reb["kept"] == Lake.open(curated).count("rebalance_keep") and len(reb["concepts"]) == 2
+    seq = run("sequence", curated, "--shard-size", "3")
+    assert seq["rows"] == reb["kept"] and seq["shards"] == -(-seq["rows"] // 3)
+    exp = run("export", curated, str(tmp_path / "out"), "--format", "parquet")
+    assert exp["rows"] == reb["kept"] and exp["format"] == "parquet"
+    rep = run("report", curated, str(tmp_path / "r.html"), "--sample-rows", "10")
+    assert Path(rep["path"]).is_file() and rep["rows"] == 28
+    tag = run("tag", curated, "mine")
+    assert tag == {"tag": "mine", "version": Lake.open(curated).version, "branch": "main", "lake": curated}
+    log = run("log", curated, "-n", "3")
+    assert len(log) == 3 and log[0]["version"] == tag["version"] and "mine" in log[0]["tags"] and log[0]["operation"]
+    assert run("branch", "create", curated, "exp")["branch"] == "exp"
+    assert [b["branch"] for b in run("branch", "list", curated)] == ["main", "exp"]
+    assert run("feature", "list", curated) == []
+    before = Lake.open(curated).version
+    res = run("restore", curated, "mine")
+    assert res["previous"] == before and res["version"] == before + 1 and res["restored"] == "mine"
+    assert set(run("compact", curated)) >= {"fragments_before", "fragments_after"}
+    assert run("cleanup", curated)["old_versions"] == 0  # nothing older than 7 days
+    assert run("diff", curated, "mine")["rows_a"] >= 0
+    assert run("info", curated)["rows"] == 28
+    assert len(run("search", curated, "cat", "-k", "2")) == 2
+    assert run("embed", curated, "--model", "tiny-random", "--workers", "0")["rows_embedded"] == 0  # nothing new
+    assert run("dedup", curated, "--method", "exact", "--workers", "0")["rows"] == 28
+
+
+def test_target_is_a_fraction_or_a_whole_count():
+    t = TargetType()
+    assert t.convert("0.5", None, None) == 0.5 and isinstance(t.convert("1", None, None), float)
+    assert t.convert("200", None, None) == 200 and isinstance(t.convert("200", None, None), int)
+    for bad in ("1.5", "0", "-3", "nan", "inf", "half"):
+        with pytest.raises(click.BadParameter):
+            t.convert(bad, None, None)
+
+
+def test_tables_round_floats(runner: CliRunner, curated: str):
+    runner.invoke(main, ["cluster", curated, "-k", "2"])
+    res = runner.invoke(main, ["rebalance", curated, "--target", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert "isolation" in res.output and not re.search(r"\d\.\d{5,}", res.output), res.output
+
+
+def test_evaluate_names_refused_paths_and_takes_root(runner: CliRunner, curated: str, tmp_path: Path):
+    images, manifest = tmp_path / "images", tmp_path / "manifest"
+    images.mkdir()
+    manifest.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["image,caption"]
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(images / f"e{i}.png")
+        lines.append(f"{images / f'e{i}.png'},a noisy test picture number {i}")
+    (manifest / "captions.csv").write_text("\n".join(lines) + "\n")  # absolute paths outside its folder
+    args = ["evaluate", curated, "--eval-set", str(manifest / "captions.csv"), "--seeds", "1", "--steps", "3", "--no-record"]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "path_outside_root 4" in res.stderr and str(images / "e0.png") in res.stderr and "--root" in res.stderr
+    res = runner.invoke(main, [*args, "--root", str(images), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["eval_images"] == 4 and {r["arm"] for r in out["table"]} == {"view", "baseline", "frozen encoder"}
+
+
+def test_library_refuses_the_same_numbers(curated: str, tmp_path: Path):
+    """The CLI's ranges hold for library callers too, as LakeErrors raised before any work."""
+    from lakecurate import LakeError
+
+    lake = Lake.open(curated)
+    with pytest.raises(LakeError, match="sample at least 1 row"):
+        lake.report(tmp_path / "r.html", sample_rows=-1)
+    assert not (tmp_path / "r.html").exists()
+    with pytest.raises(LakeError, match="at least 1 nearest pair"):
+        lake.search("cat", k=0)
+    with pytest.raises(LakeError, match="each must be at least 1"):
+        lake.evaluate(eval_set=tmp_path, seeds=0)
+    with pytest.raises(LakeError, match="not an image Pillow can read"):
+        lake.search(SAMPLE_DATA / "notes_not_an_image.jpg", k=1)

@@ -17,6 +17,7 @@ from lakecurate import Lake, LakeError
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
 from lakecurate.concepts import budgets, complexity
+from lakecurate.export import spread_copies
 from lakecurate.plant import first_captions, plant_skew
 
 
@@ -79,12 +80,10 @@ def read_wds(folder: Path) -> list[dict]:
 
 
 def expected(lake: Lake) -> list[tuple[str, int, bytes]]:
-    """(id, copy, image bytes) in export order: seq_order, then copies spread after all first copies."""
+    """(id, copy, image bytes) in export order: seq_order, each row's copies spread (tested in test_export)."""
     df = lake.to_pandas(["id", "seq_order", "repeats", "image"], where="rebalance_keep").sort_values("seq_order")
-    out = []
-    for r in range(int(df["repeats"].max())):
-        out += [(i, r, img) for i, reps, img in zip(df["id"], df["repeats"], df["image"]) if reps > r]
-    return out
+    rows, copies = spread_copies(df["repeats"].to_numpy())
+    return [(df["id"].iloc[p], int(r), df["image"].iloc[p]) for p, r in zip(rows, copies)]
 
 
 def test_webdataset_round_trip(lake3: Lake, tmp_path: Path):
@@ -172,3 +171,51 @@ def test_skewed_mix_rebalances(flickr8k: Path, tmp_path: Path):
     assert len(rare) >= 3
     survived = df.loc[df["concept"].isin(rare), "rebalance_keep"].mean()
     assert survived >= 0.9, (survived, sizes.head(10).to_dict())
+
+
+@pytest.fixture(scope="module")
+def clustered(sample_lake_embedded: Lake, tmp_path_factory) -> Lake:
+    """A lake with concepts and a rebalance, for checks that must leave it unchanged."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path_factory.mktemp("checks") / "lake"))
+    lake.cluster(4)
+    lake.rebalance(0.6)
+    return lake
+
+
+@pytest.mark.parametrize("stage, options, option", [
+    ("cluster", {"k": -3, "recompute": True}, "-k"),
+    ("cluster", {"k": 0}, "-k"),
+    ("cluster", {"k": 2.5}, "-k"),
+    ("cluster", {"k": 4, "seed": -1}, "--seed"),
+    ("rebalance", {"target": 0}, "--target"),
+    ("rebalance", {"target": -0.5}, "--target"),
+    ("rebalance", {"target": 1.5}, "--target"),
+    ("rebalance", {"target": float("nan")}, "--target"),
+    ("rebalance", {"target": float("inf")}, "--target"),
+    ("rebalance", {"target": True}, "--target"),
+    ("rebalance", {"target": 0.001}, "--target"),  # rounds to 0 of the 26 candidates
+    ("rebalance", {"target": 27}, "--target"),  # more rows than candidates
+    ("rebalance", {"temperature": 0}, "--temperature"),
+    ("rebalance", {"temperature": float("nan")}, "--temperature"),
+    ("rebalance", {"max_repeats": -2}, "--max-repeats"),
+    ("rebalance", {"max_repeats": 0}, "--max-repeats"),
+    ("rebalance", {"seed": -1}, "--seed"),
+    ("rebalance", {"where": "id = 'none'"}, "no candidate rows"),
+    ("sequence", {"shard_size": 0}, "--shard-size"),
+    ("sequence", {"shard_size": -5}, "--shard-size"),
+    ("sequence", {"shard_size": 2.5}, "--shard-size"),
+    ("sequence", {"seed": -1}, "--seed"),
+])
+def test_bad_numbers_are_refused_before_any_write(clustered: Lake, stage: str, options: dict, option: str):
+    version = clustered.version
+    with pytest.raises(LakeError, match=option) as err:
+        getattr(clustered, stage)(**options)
+    assert "\n" not in str(err.value)
+    assert clustered.version == version  # nothing declared or written
+
+
+def test_target_fraction_or_count(clustered: Lake, tmp_path: Path):
+    lake = Lake.open(shutil.copytree(clustered.uri, tmp_path / "lake"))
+    n = lake.rebalance(1.0).rows
+    assert lake.rebalance(1.0).kept == n and lake.rebalance(1).kept == 1  # a float 1.0 is all, an int 1 one row
+    assert lake.rebalance(5.0).kept == 5 and lake.rebalance(np.int64(6)).kept == 6  # whole floats count rows

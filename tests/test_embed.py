@@ -193,3 +193,235 @@ def test_worker_transform_matches_open_clip_factory():
         tall = im.convert("RGB").resize((50, 130))  # portrait: the other branch of shortest-side resize
         assert np.allclose(mine(tall), enc.open_clip_preprocess(tall).numpy(), atol=1e-6)
     assert enc.dim == enc.spec.embed_dim() == 32
+
+
+# --------------------------------------------------------------------------- hardening (issue 16)
+def _lake_with_captions(lake: Lake, captions: list[str | None]) -> Lake:
+    """A lake of synthetic rows (one small real photo each) with these captions."""
+    import pyarrow as pa
+
+    from .conftest import pair_rows
+
+    rows = pair_rows(0, len(captions), image=(SAMPLE_DATA / "coffee.jpg").read_bytes())
+    rows = rows.set_column(rows.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string()))
+    lake.append(rows)
+    return lake
+
+
+def test_huge_caption_is_cut_before_the_tokenizer_and_the_report(lake: Lake, monkeypatch, tmp_path: Path):
+    import open_clip
+
+    from lakecurate import encoders
+
+    cap = getattr(encoders, "MAX_TEXT_CHARS", 4096)
+    seen: list[int] = []
+    real = open_clip.get_tokenizer
+
+    def spying(*a, **kw):  # the tokenizer the embed stage builds, recording what it is given
+        tok = real(*a, **kw)
+
+        def call(texts, *args, **kwargs):
+            seen.extend(len(t) for t in ([texts] if isinstance(texts, str) else texts))
+            return tok(texts, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", spying)
+    head = "a red coffee cup on a wooden table " * 20
+    huge = head + "more words " * 600_000  # ~7 MB
+    _lake_with_captions(lake, [huge, huge[:cap], "a small dog"])
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    assert seen and max(seen) <= cap  # the tokenizer never saw the whole caption
+    df = lake.to_pandas(["caption", COLS["text"]])
+    assert len(df["caption"][0]) == len(huge)  # the lake keeps the caption whole
+    assert np.array_equal(np.asarray(df[COLS["text"]][0]), np.asarray(df[COLS["text"]][1]))
+    out = tmp_path / "r.html"
+    lake.report(out, sample_rows=100)
+    assert out.stat().st_size < 2_000_000 and "characters)" in out.read_text()
+
+
+def test_bad_embed_options_are_refused_before_any_write(lake: Lake):
+    _lake_with_captions(lake, ["a cup", "a dog"])
+    version = lake.version
+    for bad in [{"batch_size": -4}, {"batch_size": 0}, {"workers": -1}, {"precision": "fp8"}, {"device": "gpu"}]:
+        with pytest.raises(LakeError, match="batch-size|workers|precision|device"):
+            lake.embed("tiny-random", progress=False, **{"workers": 0, **bad})
+    assert lake.version == version and COLS["score"] not in lake.dataset().schema.names
+    assert lake.embed("tiny-random", workers=0, progress=False).rows_embedded == 2
+
+
+def _one_line_error(res) -> str:
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    # tiny-random's notice that its scores are meaningless is not part of the error
+    lines = [line for line in res.stderr.strip().splitlines() if not line.startswith("note: ")]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def test_a_foreign_table_is_refused_before_any_write(tmp_path: Path):
+    import lance
+    import pyarrow as pa
+
+    uri = tmp_path / "lake"
+    lance.write_dataset(pa.table({"a": [1, 2, 3], "b": ["x", "y", "z"]}), uri / "pairs.lance")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[[steps]]\nfilter = "caption_length"\nmin_words = 1\n')
+    runner = CliRunner()
+    for args in (["embed", str(uri), "--model", "offline", "--workers", "0"], ["curate", str(uri), str(recipe)]):
+        res = runner.invoke(main, args)
+        assert "not a lakecurate table: missing columns id, image, caption" in _one_line_error(res)
+        assert lance.dataset(uri / "pairs.lance").version == 1, args
+
+
+def test_provenance_without_config_hash_or_of_a_newer_format(tmp_path: Path):
+    import lance
+
+    from lakecurate.columns import PROVENANCE_KEY
+
+    runner = CliRunner()
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[[steps]]\nfilter = "caption_length"\nmin_words = 1\n')
+    assert runner.invoke(main, ["curate", lake.uri, str(recipe)]).exit_code == 0
+    ds = lance.dataset(lake.table_uri)
+    assert field_provenance(ds.schema.field("keep")).get("format") == 1  # new records say their format
+    for col in ("keep", COLS["score"]):
+        prov = json.loads(ds.schema.field(col).metadata[PROVENANCE_KEY.encode()])
+        del prov["config_hash"]  # as an unknown or older writer may leave it
+        prov.pop("format", None)
+        ds.update_field_metadata({col: {PROVENANCE_KEY: json.dumps(prov)}}, replace=True)
+    version = lake.version
+    res = runner.invoke(main, ["info", lake.uri])
+    assert res.exit_code == 0 and "curate:" in res.output, res.output  # what is known is shown
+    assert runner.invoke(main, ["report", lake.uri, str(tmp_path / "r.html")]).exit_code == 0
+    recipe.write_text(recipe.read_text().replace("min_words = 1", "min_words = 2"))
+    assert "provenance without config_hash" in _one_line_error(runner.invoke(main, ["curate", lake.uri, str(recipe)]))
+    assert lake.version == version
+    # a newer lakecurate's record: one line saying to upgrade
+    ds = lance.dataset(lake.table_uri)
+    prov = {**json.loads(ds.schema.field(COLS["text"]).metadata[PROVENANCE_KEY.encode()]), "format": 2}
+    ds.update_field_metadata({COLS["text"]: {PROVENANCE_KEY: json.dumps(prov)}}, replace=True)
+    version = lake.version
+    res = runner.invoke(main, ["embed", lake.uri, "--model", "tiny-random", "--workers", "0"])
+    assert "newer lakecurate (provenance format 2" in _one_line_error(res) and lake.version == version
+
+
+def _exif_twins(fmt: str) -> tuple[bytes, bytes, bytes]:
+    """(stored sideways + EXIF orientation 6, the same photo turned upright, sideways without the tag)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(SAMPLE_DATA / "astronaut.jpg") as im:
+        upright = im.convert("RGB").resize((96, 128))
+    sideways = upright.rotate(90, expand=True)  # orientation 6: turn 90 degrees clockwise to view
+    exif = Image.Exif()
+    exif[0x0112] = 6
+
+    def enc(img, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}), **kw)
+        return buf.getvalue()
+
+    return enc(sideways, exif=exif), enc(upright), enc(sideways)
+
+
+def test_exif_orientation_is_applied_where_pixels_are_read():
+    from lakecurate.embed import decode_image
+    from lakecurate.ingest import probe_image
+
+    enc = Encoder(resolve("tiny-random"), device="cpu")
+    transform, _ = enc.spec.build_transforms()
+    for fmt, tol in (("PNG", 1e-6), ("JPEG", 0.15)):
+        tagged, twin, untagged = _exif_twins(fmt)
+        px = [transform(decode_image(b)[0]) for b in (tagged, twin, untagged)]
+        assert np.abs(px[0] - px[1]).mean() < tol < np.abs(px[2] - px[1]).mean(), fmt
+        e = enc.encode_image_tensors(np.stack(px)).numpy()
+        assert float(e[0] @ e[1]) > 0.999
+    info, flags, _ = probe_image(tagged, 10**8)
+    assert info["orientation"] == 6 and info["width"] == 128  # recorded; the header size is as stored
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) multiprocessing workers whose parent is ``pid``, from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in (d / "cmdline").read_bytes():
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_decode_workers_die_with_a_killed_embed(lake: Lake):
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    lake.ingest(SAMPLE_DATA, progress=False)
+    script = ("import sys, time, lakecurate.embed as e\n"
+              "real = e.embed_batch\n"
+              "e.embed_batch = lambda *a: (time.sleep(0.5), real(*a))[1]\n"
+              "from lakecurate import Lake\n"
+              "Lake.open(sys.argv[1]).embed('tiny-random', workers=2, batch_size=2, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, lake.uri], cwd=REPO)
+    ckpt = Path(lake.uri) / "_lakecurate" / "checkpoints"
+    deadline, workers = time.time() + 90, []
+    while time.time() < deadline and proc.poll() is None:
+        workers = _children(proc.pid)
+        if len(workers) >= 2 and list(ckpt.glob("*/*/*.arrow")):
+            break
+        time.sleep(0.1)
+    assert len(workers) >= 2, "the embed did not start its decode workers"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)]
+
+
+def test_a_failed_write_stops_the_decode_workers(lake: Lake, monkeypatch):
+    import errno
+    import os
+    import time
+
+    from lakecurate import columns
+
+    lake.ingest(SAMPLE_DATA, progress=False)
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(columns.Checkpoint, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        lake.embed("tiny-random", workers=2, batch_size=2, progress=False)
+    deadline = time.time() + 10
+    while time.time() < deadline and _children(os.getpid()):
+        time.sleep(0.1)
+    assert not _children(os.getpid())
+    assert COLS["score"] not in lake.dataset().schema.names or not lake.to_pandas([COLS["score"]])[COLS["score"]].notna().any()
+    # the readers start while the model loads; a model that will not load stops them too
+    with pytest.raises(EncoderError, match="fp16 needs a GPU"):
+        lake.embed("tiny-random", workers=2, batch_size=2, device="cpu", precision="fp16", progress=False)
+    deadline = time.time() + 10
+    while time.time() < deadline and _children(os.getpid()):
+        time.sleep(0.1)
+    assert not _children(os.getpid())

@@ -103,3 +103,19 @@ def test_label_bridge_gives_semantics_beyond_flickr(encoder: Encoder):
     texts = encoder.encode_texts(list(queries)).numpy()
     assert [names[i] for i in (texts @ images.T).argmax(1)] == list(queries.values())
     assert float(encoder.model.bridge_gate.detach()) > 0
+
+
+def test_the_text_tower_tokenizes_a_bounded_head_of_huge_captions(encoder: Encoder, monkeypatch):
+    seen: list[int] = []
+    real = offline._Tokenizer.__call__
+
+    def spying(self, texts):
+        seen.extend(len(t) for t in texts)
+        return real(self, texts)
+
+    monkeypatch.setattr(offline._Tokenizer, "__call__", spying)
+    head = "two dogs run across a snowy field toward a red ball " * 40
+    huge = head + "and keep running " * 500_000  # ~8.5 MB
+    emb = encoder.encode_texts([huge, head]).numpy()
+    assert max(seen) < 10_000  # MiniLM reads 64 tokens; a 20 MB caption took 25 s and 4 GB whole
+    assert np.allclose(emb[0], emb[1], atol=1e-5)  # the head decides the embedding either way

@@ -89,3 +89,105 @@ def test_image_signals_on_photos():
     assert t["img_entropy"][0] > 5
     assert t["phash"][3] is None and t["img_sharpness"][4] is None
     assert bin(t["phash"][0] ^ t["phash"][1]).count("1") <= 8  # blur barely moves the hash
+
+
+# --------------------------------------------------------------------------- hardening (issue 16)
+class _Bounded:
+    """A compiled pattern that refuses inputs longer than ``limit`` (some patterns are quadratic)."""
+
+    def __init__(self, pattern, limit: int):
+        self.pattern_obj, self.limit, self.longest = pattern, limit, 0
+
+    def _check(self, text: str) -> None:
+        self.longest = max(self.longest, len(text))
+        assert len(text) <= self.limit, f"{self.pattern_obj.pattern[:30]} given {len(text)} characters"
+
+    def search(self, text, *a):
+        self._check(text)
+        return self.pattern_obj.search(text, *a)
+
+    def finditer(self, text, *a):
+        self._check(text)
+        return self.pattern_obj.finditer(text, *a)
+
+    def findall(self, text, *a):
+        self._check(text)
+        return self.pattern_obj.findall(text, *a)
+
+    def sub(self, repl, text, *a):
+        self._check(text)
+        return self.pattern_obj.sub(repl, text, *a)
+
+    def __getattr__(self, name):
+        return getattr(self.pattern_obj, name)
+
+
+def _bound_patterns(monkeypatch, limit: int) -> None:
+    import lakecurate.signals as sig
+
+    for name in ("_EMAIL", "_URL", "_PHONE", "_REPEAT", "_BOILERPLATE"):
+        monkeypatch.setattr(sig, name, _Bounded(getattr(sig, name), limit))
+
+
+def test_huge_captions_cost_what_long_ones_do(monkeypatch):
+    # 100,000 characters of "a." took 164 s in caption_signals and 15 s in redact (quadratic patterns)
+    _bound_patterns(monkeypatch, 10_000)
+    prose = "Call +44 20 7946 0000 or mail anna@example.com about the red bike at bikes.com. " * 3000  # ~200 kB
+    huge = prose + "a." * 500_000 + " x"
+    t = caption_signals([huge, "a dog"]).to_pydict()
+    assert t["cap_chars"] == [len(huge), 5] and t["cap_words"] == [len(huge.split()), 2]  # counts: whole caption
+    assert t["cap_emails"][0] >= 1 and t["cap_phones"][0] >= 1 and t["cap_url"][0] is True
+    red = redact(huge)  # redaction covers the whole text, piece by piece
+    assert red.count("[email]") == 3000 and red.count("[phone]") == 3000 and "anna@" not in red
+    assert red.endswith("a." * 10 + " x") and len(red) == len(huge) - 3000 * (len("anna@example.com") - 7 + len("+44 20 7946 0000") - 7)
+
+
+def test_redact_in_pieces_equals_redact_whole():
+    from lakecurate.signals import _EMAIL
+
+    text = "".join(f"row {i}: mail u{i}@ex.org, call 555-{i:03d}-0101 (x{i}) today. " for i in range(600))
+
+    def whole(t: str) -> str:  # the one-pass definition, fine on prose
+        t = _EMAIL.sub("[email]", t)
+        for p in sorted(phone_numbers(t), key=len, reverse=True):
+            t = t.replace(p, "[phone]")
+        return t
+
+    assert len(text) > 20_000 and redact(text) == whole(text)
+
+
+def _oriented(fmt: str) -> tuple[bytes, bytes, bytes]:
+    """(stored sideways + EXIF orientation 6, the same photo upright, sideways without the tag)."""
+    with Image.open(SAMPLE_DATA / "astronaut.jpg") as im:
+        upright = im.convert("RGB").resize((192, 256))
+    sideways = upright.rotate(90, expand=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+
+    def enc(img: Image.Image, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}), **kw)
+        return buf.getvalue()
+
+    return enc(sideways, exif=exif), enc(upright), enc(sideways)
+
+
+@pytest.mark.parametrize("fmt, bits", [("PNG", 0), ("JPEG", 4)])
+def test_exif_orientation_is_applied_before_hashing(fmt, bits):
+    tagged, twin, untagged = _oriented(fmt)
+    h = image_signals([tagged, twin, untagged]).column("phash").to_numpy()
+    dist = [bin(int(h[0]) ^ int(h[1])).count("1"), bin(int(h[2]) ^ int(h[1])).count("1")]
+    assert dist[0] <= bits < 12 <= dist[1], dist  # the tagged photo hashes as its upright twin
+
+
+def test_image_signal_options_are_checked_before_any_write(lake):
+    from lakecurate import LakeError
+    from lakecurate.signals import compute_image_signals
+
+    from .conftest import pair_rows
+
+    lake.append(pair_rows(0, 3))
+    version = lake.version
+    with pytest.raises(LakeError, match="--workers"):
+        compute_image_signals(lake, workers=-2)
+    assert lake.version == version

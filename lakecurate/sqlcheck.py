@@ -1,0 +1,164 @@
+"""SQL a user hands in, checked before Lance runs it: a read-only query, or one row condition.
+
+DataFusion, behind ``Lake.sql``, also runs ``COPY ... TO`` (writes any file) and ``CREATE EXTERNAL
+TABLE`` (reads any file), and a Lance filter is pasted into ``SELECT ... WHERE <filter>``, so text
+after the condition (``width > 400 height > 400``, ``keep LIMIT 1``) changes what it means. Both are
+parsed here with sqlglot (a real SQL parser, not patterns) and refused unless they are exactly one
+SELECT/WITH over the ``pairs`` table, or exactly one condition. Comments are refused in both, so the
+text that is checked and the text that runs cannot be read differently.
+
+Example::
+
+    check_query("SELECT format, count(*) AS n FROM pairs GROUP BY format")   # returns the query
+    check_where("width > 400 AND height > 400", "--where", lake.dataset())  # and the condition
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lakecurate.errors import LakeError
+from lakecurate.schema import TABLE
+
+# Where Lance's Rust sources were built: it ends many messages (", /home/runner/.../scanner.rs:839:33").
+_SOURCE_LOCATION = re.compile(r",?\s*(?:/|[A-Za-z]:\\)\S*\.rs:\d+:\d+")
+
+_dialect: Any = None
+
+
+def clean_message(exc: BaseException | str) -> str:
+    """An engine error as one line, without the build paths of Lance's sources."""
+    text = _SOURCE_LOCATION.sub("", str(exc))
+    return " ".join(text.split()).rstrip(" ,")
+
+
+def _parser() -> Any:
+    """sqlglot (imported on first use: ~0.15 s the CLI need not pay) with DataFusion's quoting.
+
+    DataFusion reads SQL much as Postgres does (``::`` casts, ``~`` regex match, ``E''`` strings,
+    nested comments) and, like Lance's filters, also takes `backquoted` column names.
+    """
+    global _dialect
+    if _dialect is None:
+        import logging
+
+        from sqlglot.dialects.postgres import Postgres
+
+        logging.getLogger("sqlglot").setLevel(logging.ERROR)  # it warns about what it parses loosely
+
+        class DataFusion(Postgres):
+            class Tokenizer(Postgres.Tokenizer):
+                IDENTIFIERS = ['"', "`"]
+
+        _dialect = DataFusion()
+    return _dialect
+
+
+def _parse(text: str, what: str, *, semicolon: bool) -> list[Any]:
+    """Statements of ``text``; a LakeError ``what: reason`` for text sqlglot cannot read, with
+    comments, or with a ';' (a trailing one is allowed when ``semicolon``)."""
+    import sqlglot.errors
+    from sqlglot.tokens import TokenType
+
+    dialect = _parser()
+    try:
+        tokens = dialect.tokenize(text)
+        if any(t.comments for t in tokens):
+            raise LakeError(f"{what}: comments (-- or /* */) are not accepted; remove them")
+        if any(t.token_type == TokenType.SEMICOLON for t in (tokens[:-1] if semicolon else tokens)):
+            raise LakeError(f"{what}: ';' separates statements; give exactly one")
+        statements = [s for s in dialect.parse(text) if s is not None]
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as exc:
+        errors = getattr(exc, "errors", None)
+        if errors:
+            e = errors[0]
+            raise LakeError(f"{what}: {e['description'].lower()} at column {e['col']} "
+                            f"(near {(e['highlight'] or '').strip()!r})") from None
+        raise LakeError(f"{what}: cannot parse it ({clean_message(exc).splitlines()[0][:120]})") from None
+    return statements
+
+
+def check_query(query: str) -> str:
+    """``query`` unchanged if it is one read-only SELECT (or WITH ... SELECT, or a UNION of them)
+    whose tables are all ``pairs`` or names of its own WITH clauses; else a one-line LakeError.
+
+    Refused: any other statement (COPY, CREATE EXTERNAL TABLE, INSERT, SET, EXPLAIN, ...), more than
+    one statement, SELECT INTO, table functions (``read_parquet(...)``, ``range(...)``) and tables
+    of other names (files, ``information_schema``).
+    """
+    from sqlglot import exp
+
+    what = f"SQL refused (only one read-only SELECT or WITH query over the table {TABLE} runs)"
+    statements = _parse(query, what, semicolon=True)
+    if len(statements) != 1:
+        raise LakeError(f"{what}: found {len(statements)} statements; give exactly one")
+    (stmt,) = statements
+    if not isinstance(stmt, (exp.Select, exp.SetOperation, exp.Subquery)):
+        raise LakeError(f"{what}: {_kind(stmt)} statements are not allowed")
+    forbidden = (exp.DDL, exp.DML, exp.Command, exp.Into, exp.Set, exp.Pragma, exp.Use, exp.Describe,
+                 exp.Transaction, exp.Commit, exp.Rollback, exp.Cache, exp.Uncache, exp.LoadData,
+                 exp.Refresh, exp.Kill, exp.Drop, exp.Alter, exp.Grant, exp.Revoke, exp.Analyze,
+                 exp.Show, exp.Declare, exp.Lateral, exp.TableFromRows)
+    ctes = {cte.alias_or_name.lower() for cte in stmt.find_all(exp.CTE)}
+    for node in stmt.walk():
+        if isinstance(node, exp.Into):
+            raise LakeError(f"{what}: SELECT INTO is not allowed")
+        if isinstance(node, forbidden):
+            raise LakeError(f"{what}: {_kind(node)} is not allowed")
+        if isinstance(node, exp.Table):
+            if not isinstance(node.this, exp.Identifier):
+                fn = node.this.name if isinstance(node.this, exp.Anonymous) else node.this.sql_name()
+                raise LakeError(f"{what}: table functions such as {fn.lower()}(...) are not allowed; "
+                                f"query the table {TABLE}")
+            if node.args.get("db") or node.args.get("catalog") or node.name.lower() not in {TABLE, *ctes}:
+                raise LakeError(f"{what}: table {node.sql(dialect=_parser())[:60]!r} is not allowed; "
+                                f"query the table {TABLE}")
+    return query
+
+
+def _kind(node: Any) -> str:
+    """What a statement is, for a message: ``COPY``, ``CREATE``, ``EXPLAIN`` (sqlglot's Command)."""
+    from sqlglot import exp
+
+    if isinstance(node, exp.Command):
+        return str(node.this).upper()
+    return type(node).__name__.upper()
+
+
+def check_where(where: str | None, option: str = "--where", ds: Any = None, *, lead: str | None = None) -> str | None:
+    """``where`` unchanged if it is exactly one SQL condition on the lake's columns; else a
+    one-line LakeError naming ``option`` and the text.
+
+    Refused: trailing text (``width > 400 height > 400``, ``keep LIMIT 1``), several statements
+    (``keep; DROP TABLE pairs``), comments, subqueries, and values that are plainly not conditions
+    (``width + 1``, ``'x'``). With ``ds`` (a Lance dataset), unknown columns and non-boolean
+    results are refused too, by planning the filter on it (no rows are read). ``lead`` replaces the
+    start of the message ("--where 'x' is not one SQL condition").
+    """
+    from sqlglot import exp
+
+    if where is None or not where.strip():
+        return where
+    what = lead or f"{option} {where!r} is not one SQL condition"
+    hint = "; write one condition, e.g. \"width > 400 AND height > 400\""
+    statements = _parse(where, what, semicolon=False)
+    if len(statements) != 1:
+        raise LakeError(f"{what}: found {len(statements)} parts{hint}")
+    (cond,) = statements
+    for node in cond.walk():
+        if isinstance(node, (exp.Query, exp.DDL, exp.DML, exp.Command, exp.Table, exp.Set)):
+            raise LakeError(f"{what}: a {_kind(node) if not isinstance(node, exp.Query) else 'subquery'} "
+                            f"is not allowed in a condition{hint}")
+        if isinstance(node, (exp.Star, exp.Alias, exp.Placeholder, exp.Parameter)):
+            raise LakeError(f"{what}: {node.sql(dialect=_parser())[:40]!r} has no place in a condition{hint}")
+    arithmetic = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod, exp.Neg, exp.DPipe, exp.Literal)
+    if not isinstance(cond, exp.Condition) or isinstance(cond, arithmetic):
+        raise LakeError(f"{what}: it is a value, not true or false{hint}")
+    if ds is not None:
+        try:  # planning checks column names and that the result is boolean; no data is read
+            ds.scanner(columns=[], with_row_id=True, filter=where, limit=0).explain_plan()
+        except Exception as exc:  # Lance reports bad filters as ValueError/OSError with build paths
+            raise LakeError(f"{lead or f'{option} {where!r} cannot select rows'}: {clean_message(exc)}") from None
+    return where
+

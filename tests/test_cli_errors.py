@@ -1,0 +1,194 @@
+"""Every command, every class of bad input: exit code != 0, one error line, no traceback, and the
+lake exactly as it was (no version, tag or branch added; a missing lake is not created).
+
+One parametrized test (img2dataset style): a case is the command line (``{lake}``: a small curated
+lake with an embedding, concepts and a tag; ``{tmp}``: a scratch folder; ``{out}``: an output
+path of this case; ``{missing}``: a path with no lake) and the class of bad input it stands for.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lance
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from lakecurate import Lake
+from lakecurate.cli import main
+
+from .conftest import SAMPLE_DATA
+
+TAG = "t-tag"
+NOT_IMAGE = str(SAMPLE_DATA / "notes_not_an_image.jpg")
+
+# (class of bad input, command line)
+CASES = [
+    # numbers outside their range: refused by the option's click type before the lake is opened
+    ("number", "embed {lake} --model tiny-random --batch-size -4"),
+    ("number", "embed {lake} --model tiny-random --workers -1"),
+    ("number", "search {lake} cat -k 0"),
+    ("number", "dedup {lake} --phash-distance 65"),
+    ("number", "dedup {lake} --semantic-threshold nan"),
+    ("number", "cluster {lake} -k -3 --recompute"),
+    ("number", "cluster {lake} --seed -1"),
+    ("number", "rebalance {lake} --target 1.5"),
+    ("number", "rebalance {lake} --target nan"),
+    ("number", "rebalance {lake} --target 0"),
+    ("number", "rebalance {lake} --target -3"),
+    ("number", "rebalance {lake} --temperature 0"),
+    ("number", "rebalance {lake} --temperature inf"),
+    ("number", "rebalance {lake} --max-repeats -2"),
+    ("number", "sequence {lake} --shard-size 0"),
+    ("number", "export {lake} {out} --shard-size -5"),
+    ("number", "log {lake} -n -1"),
+    ("number", "report {lake} {out}.html --sample-rows -1"),
+    ("number", "compact {lake} --target-rows 0"),
+    ("number", "cleanup {lake} --older-than-days -1"),
+    ("number", "cleanup {lake} --older-than-days nan"),
+    ("number", "diff {lake} " + TAG + " --show -1"),
+    ("number", "evaluate {lake} --eval-set {tmp} --seeds 0"),
+    ("number", "evaluate {lake} --eval-set {tmp} --steps -1"),
+    ("number", "feature add {lake} f --udf m:f --batch-size 0"),
+    ("number", "ingest {lake} {sample} --max-pixels -1"),       # H1
+    ("number", "ingest {lake} {sample} --max-caption-chars -1"),  # H1
+    # a version that is not one
+    ("version", "restore {lake} 9999"),
+    ("version", "restore {lake} no-such-tag"),
+    ("version", "diff {lake} 9999"),
+    ("version", "diff {lake} 1 9999"),
+    ("version", "sql {lake} 'SELECT COUNT(*) FROM pairs' --version 9999"),
+    ("version", "export {lake} {out} --version 9999"),
+    ("version", "report {lake} {out}.html --version 9999"),
+    ("version", "tag {lake} new-tag --version 9999"),
+    ("version", "branch create {lake} b1 --from 9999"),
+    ("version", "--branch no-such-branch info {lake}"),
+    # no lake there
+    *[("missing lake", cmd) for cmd in (
+        "info {missing}", "log {missing}", "sql {missing} 'SELECT 1'", "embed {missing} --model tiny-random",
+        "search {missing} cat", "dedup {missing}", "curate {missing} basic", "cluster {missing}",
+        "rebalance {missing}", "sequence {missing}", "export {missing} {out}", "report {missing} {out}.html",
+        "tag {missing} x", "restore {missing} 1", "diff {missing} 1", "compact {missing}", "cleanup {missing}",
+        "branch list {missing}", "branch create {missing} b", "feature list {missing}",
+        "evaluate {missing} --eval-set {tmp}")],
+    # tag names
+    ("tag name", "tag {lake} 'bad name'"),
+    ("tag name", "tag {lake} 123"),
+    ("tag name", "tag {lake} " + TAG),
+    ("tag name", "tag {lake} no-such-tag --delete"),
+    # search with a file that is not an image
+    ("search file", "search {lake} " + NOT_IMAGE),
+    # bad --where / SQL (H2)
+    ("where", "search {lake} cat --where 'no_such_column > 1'"),
+    ("where", "rebalance {lake} --where 'keep; DROP TABLE pairs'"),
+    ("where", "sequence {lake} --where 'width > 1 height > 1'"),
+    ("where", "export {lake} {out} --where 'keep LIMIT 1'"),
+    ("where", "diff {lake} " + TAG + " --where 'keep -- comment'"),
+    ("where", "evaluate {lake} --eval-set {tmp} --view 'no_such_column > 1'"),
+    ("sql", "sql {lake} \"COPY (SELECT 1) TO '{out}.csv'\""),
+    # recipes with type errors (H3)
+    ("recipe", "curate {lake} {tmp}/words.toml"),
+    ("recipe", "curate {lake} {tmp}/lang.toml"),
+    ("recipe", "curate {lake} {tmp}/pct.toml"),
+    # ingest bad inputs (H1) and export into the lake (H6)
+    ("ingest", "ingest {lake} {tmp}/no-such-source"),
+    ("ingest", "ingest {lake} {tmp}/rows.csv --image-col no_such_column"),
+    ("export", "export {lake} {lake}/pairs.lance --format lance --overwrite"),
+]
+
+RECIPES = {
+    "words.toml": 'name = "w"\n[[step]]\nfilter = "caption_length"\nmin_words = "three"\n',
+    "lang.toml": 'name = "l"\n[[step]]\nfilter = "language"\nkeep = "en"\n',
+    "pct.toml": 'name = "p"\n[[step]]\nfilter = "alignment"\nmin_percentile = 150\n',
+}
+
+
+@pytest.fixture(scope="module")
+def bad_env(sample_lake_embedded: Lake, tmp_path_factory) -> dict[str, str]:
+    """A curated lake (recipe tag, concepts, a tag of its own) and a scratch folder with bad recipes."""
+    base = tmp_path_factory.mktemp("bad")
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, base / "lake"))
+    lake.curate({"name": "t", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"}]}, progress=False)
+    lake.cluster(2)
+    lake.tag(TAG)
+    tmp = base / "scratch"
+    tmp.mkdir()
+    for name, text in RECIPES.items():
+        (tmp / name).write_text(text)
+    (tmp / "rows.csv").write_text("image,caption\nx.jpg,a cat\n")
+    return {"lake": lake.uri, "tmp": str(tmp), "missing": str(base / "missing"), "sample": str(SAMPLE_DATA)}
+
+
+def _state(uri: str) -> tuple:
+    """Everything a failed command must leave as it was: versions, tags and branches."""
+    ds = lance.dataset(str(Path(uri) / "pairs.lance"))
+    return ([v["version"] for v in ds.versions()], sorted(ds.tags.list()), sorted(ds.branches.list()))
+
+
+def _one_error_line(res) -> None:
+    assert res.exit_code not in (0, None), res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, res.stderr
+    # the one line is all of stderr (usage errors, exit code 2, included), but notes printed before the work began
+    rest = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith("note:")]
+    assert rest == errors, res.stderr
+
+
+@pytest.mark.parametrize("i, kind, command", [(i, k, c) for i, (k, c) in enumerate(CASES)],
+                         ids=[f"{k}: {c.split(' {')[0]} {i}" for i, (k, c) in enumerate(CASES)])
+def test_bad_input_is_one_line_and_changes_nothing(bad_env: dict[str, str], i: int, kind: str, command: str):
+    # outputs and missing lakes are per case, so one case that writes cannot fail the others
+    paths = {"out": f"{bad_env['tmp']}/out-{i}", "missing": f"{bad_env['missing']}-{i}"}
+    args = shlex.split(command.format(**{**bad_env, **paths}))
+    before = _state(bad_env["lake"])
+    res = CliRunner().invoke(main, args)
+    _one_error_line(res)
+    assert _state(bad_env["lake"]) == before, f"{kind}: the lake changed"
+    assert not Path(paths["missing"]).exists(), "a missing lake was created"
+    assert not any(Path(paths["out"] + ext).exists() for ext in ("", ".html", ".csv")), "an output was written"
+
+
+@pytest.mark.parametrize("message", [OSError(errno.ENOSPC, "No space left on device", "/lake/pairs.lance/data/x.lance"),
+                                     OSError("LanceError(IO): Generic LocalFileSystem error: No space left on device (os error 28)")])
+@pytest.mark.parametrize("command", ["ingest", "embed", "export"])
+def test_full_disk_is_one_line(bad_env: dict[str, str], monkeypatch, command: str, message: OSError):
+    """ENOSPC (raised by Python with an errno, or by Lance as text) is one line saying what to do."""
+    def full(*args, **kwargs):
+        raise message
+
+    monkeypatch.setattr(Lake, command, full)  # the write fails as a full disk makes it fail
+    args = {"ingest": ["ingest", bad_env["lake"], bad_env["sample"]],
+            "embed": ["embed", bad_env["lake"], "--model", "tiny-random"],
+            "export": ["export", bad_env["lake"], bad_env["tmp"] + "/full"]}[command]
+    res = CliRunner().invoke(main, args)
+    _one_error_line(res)
+    assert "no space left on device while writing" in res.stderr and "committed work is kept" in res.stderr
+
+
+def test_search_with_an_image_file_still_works(bad_env: dict[str, str], tmp_path: Path):
+    """The non-image refusal does not catch real images."""
+    img = tmp_path / "q.png"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(img)
+    res = CliRunner().invoke(main, ["search", bad_env["lake"], str(img), "-k", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert io.StringIO(res.stdout).read().count('"similarity"') == 2
+
+
+@pytest.mark.parametrize("args", [["restore", "{lake}", "9999"], ["tag", "{lake}", "bad name"]])
+def test_a_real_process_prints_one_line(bad_env: dict[str, str], args: list[str]):
+    """Outside CliRunner too: the installed entry point's stderr is the one line, exit code 1."""
+    before = _state(bad_env["lake"])
+    proc = subprocess.run([sys.executable, "-m", "lakecurate.cli", *(a.format(**bad_env) for a in args)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("Error: "), proc.stderr
+    assert _state(bad_env["lake"]) == before

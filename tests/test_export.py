@@ -1,0 +1,225 @@
+"""Export: destinations (never in the lake; --overwrite replaces exactly the earlier export), option
+checks, repeats spread through the order, shards as the sequence cut them, json types stable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lakecurate import Lake, LakeError
+from lakecurate.export import FORMATS, overlaps, spread_copies
+from lakecurate.plant import synthetic_pairs
+
+
+@pytest.fixture(scope="module")
+def seq_lake(sample_lake_embedded: Lake, tmp_path_factory) -> Lake:
+    """Concepts, a rebalance with repeats and an interleaved order cut into shards of 7 rows.
+    Shared by the tests of this module, which only read it."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path_factory.mktemp("export") / "lake"))
+    lake.cluster(4)
+    lake.rebalance(0.8, max_repeats=3, temperature=0.2)  # 21 rows, 33 samples with repeats
+    lake.sequence("interleave", shard_size=7)
+    return lake
+
+
+def dest_for(tmp_path: Path, fmt: str, name: str = "out") -> Path:
+    return tmp_path / (f"{name}.parquet" if fmt == "parquet" else name)
+
+
+def read_json(folder: Path, shards: list[str] | None = None) -> list[list[dict]]:
+    """The .json of every sample, per shard (shards in name order, members in tar order)."""
+    out = []
+    for tar in sorted(folder.glob("shard-*.tar")) if shards is None else [folder / s for s in shards]:
+        with tarfile.open(tar) as t:
+            out.append([json.loads(t.extractfile(m).read()) for m in t.getmembers() if m.name.endswith(".json")])
+    return out
+
+
+def exported_rows(dest: Path, fmt: str) -> list[tuple[str, int]]:
+    """(id, copy) of every sample in export order."""
+    if fmt == "webdataset":
+        return [(m["id"], m["copy"]) for shard in read_json(dest) for m in shard]
+    tbl = pq.read_table(dest) if fmt == "parquet" else lance.dataset(str(dest)).to_table()
+    return list(zip(tbl.column("id").to_pylist(), tbl.column("copy").to_pylist()))
+
+
+# --------------------------------------------------------------------------- destinations
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_refuses_destinations_inside_the_lake(seq_lake: Lake, tmp_path: Path, fmt: str):
+    root = Path(seq_lake.uri)
+    (tmp_path / "link").symlink_to(root)  # the same folder reached through a symlink
+    version, rows = seq_lake.version, seq_lake.count()
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for dest in (root / "pairs.lance", root, root / "pairs.lance" / "tree" / "b1", root / "sub" / "out",
+                 tmp_path / "link" / "pairs.lance", root.parent):
+        with pytest.raises(LakeError, match="inside lake") as err:
+            seq_lake.export(dest, fmt, overwrite=True)
+        assert "\n" not in str(err.value)
+    assert seq_lake.version == version and seq_lake.count() == rows
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written in the lake
+
+
+def test_overlaps_local_paths_and_uris(tmp_path: Path):
+    assert overlaps("s3://bucket/lake//pairs.lance/", "s3://bucket/lake")
+    assert overlaps("s3://bucket/other/../lake/pairs.lance/tree/b1", "s3://bucket/lake/")
+    assert overlaps("S3://bucket/lake", "s3://bucket/lake") and overlaps("s3://bucket", "s3://bucket/lake")
+    assert not overlaps("s3://bucket/lake2", "s3://bucket/lake") and not overlaps("gs://bucket/lake/x", "s3://bucket/lake")
+    assert overlaps(f"file://{tmp_path}/lake/x", str(tmp_path / "lake"))
+    assert overlaps(str(tmp_path / "lake" / ".." / "lake" / "x"), str(tmp_path / "lake"))
+    assert not overlaps(str(tmp_path / "lake-out"), str(tmp_path / "lake"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_overwrite_replaces_exactly_the_earlier_export(seq_lake: Lake, tmp_path: Path, fmt: str):
+    dest = dest_for(tmp_path, fmt)
+    first = seq_lake.export(dest, fmt, shard_size=2)
+    if fmt == "webdataset":
+        (dest / "README.txt").write_text("mine")  # not written by the export: overwrite keeps it
+        assert len(first.files) > 3
+    second = seq_lake.export(dest, fmt, shard_size=5, repeats=False, overwrite=True)
+    assert second.samples < first.samples
+    got = exported_rows(dest, fmt)
+    assert len(got) == second.samples and all(copy == 0 for _, copy in got)
+    if fmt == "webdataset":
+        manifest = json.loads((dest / "manifest.json").read_text())
+        on_disk = sorted(p.name for p in dest.iterdir())
+        assert on_disk == sorted(manifest["shards"] + ["README.txt", "manifest.json"])  # no stale shard
+        assert manifest["samples"] == second.samples and len(manifest["shards"]) == -(-second.samples // 5)
+    else:
+        manifest = json.loads(Path(f"{dest}.manifest.json").read_text())
+        assert manifest["samples"] == second.samples
+    if fmt == "lance":
+        assert len(lance.dataset(str(dest)).versions()) == 1  # a fresh table, not the old one's next version
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [dest.name] + ([f"{dest.name}.manifest.json"] if fmt != "webdataset" else []))  # no staging folder left
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_overwrite_refuses_what_no_export_wrote(seq_lake: Lake, tmp_path: Path, fmt: str):
+    dest = dest_for(tmp_path, fmt)
+    if fmt == "parquet":
+        pq.write_table(pa.table({"x": [1, 2]}), dest)
+    else:
+        dest.mkdir()
+        (dest / "precious.txt").write_text("keep me")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(LakeError, match="not an earlier lakecurate") as err:
+        seq_lake.export(dest, fmt, overwrite=True)
+    assert str(dest) in str(err.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_bad_shard_size_is_refused_before_writing(seq_lake: Lake, tmp_path: Path, bad):
+    with pytest.raises(LakeError, match="--shard-size"):
+        seq_lake.export(tmp_path / "wds", "webdataset", shard_size=bad)
+    assert not (tmp_path / "wds").exists() and list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- order and shards
+def check_spread(reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows, copies = spread_copies(reps)
+    m = len(rows)
+    assert m == reps.sum() and sorted(rows.tolist()) == sorted(np.repeat(np.arange(len(reps)), reps).tolist())
+    positions = defaultdict(list)
+    for pos, (row, copy) in enumerate(zip(rows, copies)):
+        positions[row].append((pos, copy))
+    for row, seen in positions.items():
+        assert [c for _, c in seen] == list(range(reps[row]))  # copy 0 first, then 1, ...
+        gaps = np.diff([p for p, _ in seen])
+        assert (gaps >= m / (2 * reps[row])).all(), (row, seen)  # a row's copies are far apart
+    return rows, copies
+
+
+def test_repeats_are_spread_through_the_order():
+    # The issue's export: 386 rows, 30 of them (two small concepts, spread over the order) up-sampled 2x.
+    reps = np.ones(386, np.int64)
+    reps[np.arange(30) * 12] = 2
+    rows, copies = check_spread(reps)
+    repeat_at = np.flatnonzero(copies > 0)
+    assert not (copies[-len(repeat_at):] > 0).all()  # the last positions are not all repeats
+    assert repeat_at.max() - repeat_at.min() > len(rows) / 3
+    tail = copies[-len(rows) // 10 :]
+    assert (tail > 0).mean() < 0.5
+    # Random repeats 1..3: every row's copies evenly apart, first copies keep the sequence's order.
+    reps = np.random.default_rng(0).integers(1, 4, 500)
+    rows, copies = check_spread(reps)
+    first = rows[copies == 0]
+    assert (first[reps[first] == 1] == np.sort(first[reps[first] == 1])).all()
+
+
+def test_export_spreads_repeats_and_follows_the_sequence(seq_lake: Lake, tmp_path: Path):
+    df = seq_lake.to_pandas(["id", "seq_order", "repeats"], where="rebalance_keep").sort_values("seq_order")
+    assert (df["repeats"] > 1).any()
+    seq_lake.export(tmp_path / "out.parquet", "parquet")
+    got = exported_rows(tmp_path / "out.parquet", "parquet")
+    assert len(got) == df["repeats"].sum()
+    pos = defaultdict(list)
+    for p, (i, _) in enumerate(got):
+        pos[i].append(p)
+    reps = dict(zip(df["id"], df["repeats"]))
+    for i, ps in pos.items():
+        assert len(ps) == reps[i] and (np.diff(ps) >= len(got) / (2 * reps[i])).all()
+    assert [i for i, c in got if c == 0 and reps[i] == 1] == [i for i in df["id"] if reps[i] == 1]
+    n_repeats = sum(c > 0 for _, c in got)
+    assert not all(c > 0 for _, c in got[-n_repeats:])  # the repeats are not the last samples
+
+
+def test_shards_follow_the_sequence_shard_size(seq_lake: Lake, tmp_path: Path):
+    rep = seq_lake.export(tmp_path / "wds", "webdataset", repeats=False)
+    df = seq_lake.to_pandas(["id", "seq_shard"], where="rebalance_keep")
+    want = [sorted(g["id"]) for _, g in sorted(df.groupby("seq_shard"))]
+    got = [sorted(m["id"] for m in shard) for shard in read_json(tmp_path / "wds", rep.files)]
+    assert len(want) > 1 and got == want  # shard i holds the rows the sequence put in shard i
+    assert json.loads((tmp_path / "wds" / "manifest.json").read_text())["shard_size"] == 7
+    rep = seq_lake.export(tmp_path / "wds5", "webdataset", repeats=False, shard_size=5)  # an explicit size wins
+    assert [len(s) for s in read_json(tmp_path / "wds5", rep.files)][:-1] == [5] * (rep.shards - 1)
+
+
+# --------------------------------------------------------------------------- json types
+@pytest.fixture
+def gappy_lake(lake: Lake) -> Lake:
+    """40 rows whose content_hash, width and height are null in the first 25 and set later."""
+    tbl = synthetic_pairs(0, 40)
+    for name, later in (("content_hash", [f"h{i}" for i in range(15)]), ("width", list(range(15))), ("height", [8] * 15)):
+        values = pa.array([None] * 25 + later, tbl.schema.field(name).type)
+        tbl = tbl.set_column(tbl.schema.get_field_index(name), name, values)
+    lake.append(tbl)
+    return lake
+
+
+def test_json_keys_keep_one_type(gappy_lake: Lake, tmp_path: Path):
+    rep = gappy_lake.export(tmp_path / "wds", "webdataset", shard_size=8)
+    samples = [m for shard in read_json(tmp_path / "wds", rep.files) for m in shard]
+    assert len(samples) == 40 and rep.shards == 5
+    keys = set(samples[0])
+    assert {"content_hash", "width", "height", "copy"} <= keys
+    for key in keys:
+        types = {type(m[key]).__name__ for m in samples if key in m}
+        assert len(types) == 1 and "NoneType" not in types, (key, types)
+    assert all(set(m) == keys for m in samples)
+    manifest = json.loads((tmp_path / "wds" / "manifest.json").read_text())
+    assert manifest["json_placeholders"]["content_hash"] == "" and manifest["json_placeholders"]["width"] == -1
+
+
+def test_json_loads_in_hf_datasets(gappy_lake: Lake, tmp_path: Path):
+    datasets = pytest.importorskip("datasets")
+    rep = gappy_lake.export(tmp_path / "wds", "webdataset", shard_size=8)
+    ds = datasets.load_dataset("webdataset", data_files=[str(tmp_path / "wds" / f) for f in rep.files], split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == 40 and ds[39]["json"]["content_hash"] == "h14"
+
+
+def test_export_leaves_no_staging_folder_on_failure(seq_lake: Lake, tmp_path: Path):
+    with pytest.raises(LakeError, match="no rows"):
+        seq_lake.export(tmp_path / "x.parquet", "parquet", where="id = 'none'")
+    assert list(tmp_path.iterdir()) == []

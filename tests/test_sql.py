@@ -1,0 +1,201 @@
+"""SQL a user hands in: `lakecurate sql` runs only read-only queries over `pairs`, and every `--where`
+is exactly one condition, refused in one line before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError
+from lakecurate.cli import main
+
+from .conftest import SAMPLE_DATA
+
+
+@pytest.fixture
+def small(lake: Lake) -> Lake:
+    lake.ingest(SAMPLE_DATA, progress=False)
+    return lake
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory) -> Lake:
+    """sample_data embedded (tiny random encoder) and clustered: what rebalance, sequence and search need."""
+    lake = Lake.create(tmp_path_factory.mktemp("sql") / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    lake.cluster(3)
+    return lake
+
+
+def one_line_refusal(res, *needles: str) -> str:
+    """The CLI result is a refusal: exit != 0, one stderr line naming ``needles``, no traceback."""
+    assert res.exit_code not in (0, None) and isinstance(res.exception, SystemExit), res.output
+    assert "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- lakecurate sql
+def test_copy_to_refused_and_nothing_written(small: Lake, tmp_path: Path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    version, rows = small.version, small.count()
+    with pytest.raises(LakeError, match="COPY"):
+        small.sql(f"COPY (SELECT key FROM pairs) TO '{victim}' STORED AS CSV")
+    assert victim.read_text() == "keep me"
+    # aimed at the lake's own manifests (this destroyed the lake before)
+    versions = Path(small.uri) / "pairs.lance" / "_versions"
+    before = sorted(p.name for p in versions.iterdir())
+    res = CliRunner().invoke(main, ["sql", small.uri, f"COPY (SELECT key FROM pairs) TO '{versions}/' STORED AS CSV"])
+    one_line_refusal(res, "COPY", "not allowed")
+    assert sorted(p.name for p in versions.iterdir()) == before
+    again = Lake.open(small.uri)
+    assert (again.version, again.count()) == (version, rows)
+
+
+def test_external_tables_and_table_functions_refused(small: Lake, tmp_path: Path):
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")  # a file DataFusion reads without complaint
+    for query in (f"CREATE EXTERNAL TABLE t (a INT, b INT) STORED AS CSV LOCATION '{other}'",
+                  "SELECT * FROM range(3)",
+                  f"SELECT * FROM read_csv('{other}')",
+                  f"SELECT key FROM pairs WHERE key IN (SELECT key FROM read_parquet('{other}'))",
+                  f"SELECT * FROM '{other}'",
+                  "SELECT * FROM information_schema.tables",
+                  "SELECT key INTO copied FROM pairs",
+                  "EXPLAIN SELECT key FROM pairs",
+                  "SET datafusion.execution.batch_size = 1"):
+        with pytest.raises(LakeError, match="not allowed") as err:
+            small.sql(query)
+        assert "\n" not in str(err.value)
+
+
+def test_several_statements_and_comments_refused(small: Lake):
+    with pytest.raises(LakeError, match="give exactly one"):
+        small.sql("SELECT count(*) AS n FROM pairs; SELECT 1")
+    with pytest.raises(LakeError, match="comments"):
+        small.sql("SELECT count(*) AS n FROM pairs -- a note")
+
+
+def test_read_only_queries_still_run(small: Lake):
+    df = small.to_pandas(["key", "width", "ingest_status"])
+    got = small.sql("SELECT ingest_status, count(*) AS n FROM pairs GROUP BY ingest_status ORDER BY n DESC, ingest_status")
+    assert dict(zip(got["ingest_status"], got["n"])) == df.groupby("ingest_status").size().to_dict()
+    assert list(got["n"]) == sorted(got["n"], reverse=True)
+    with_cte = small.sql("WITH wide AS (SELECT key, width FROM pairs WHERE width >= 300) "
+                         "SELECT count(*) AS n, max(width) AS w FROM wide;")
+    assert with_cte["n"][0] == int((df["width"] >= 300).sum()) and with_cte["w"][0] == df["width"].max()
+    union = small.sql("SELECT `key` FROM pairs WHERE width < 100 UNION ALL SELECT \"key\" FROM pairs WHERE width >= 100")
+    assert sorted(union["key"]) == sorted(df["key"][df["width"].notna()])
+    nested = small.sql("SELECT count(*) AS n FROM (SELECT key FROM pairs p ORDER BY key LIMIT 5) t")
+    assert nested["n"][0] == 5
+
+
+def test_sql_errors_are_one_line_without_build_paths(small: Lake):
+    from lakecurate.sqlcheck import clean_message
+
+    with pytest.raises(LakeError) as err:
+        small.sql("SELECT no_such_column FROM pairs")
+    msg = str(err.value)
+    assert "no_such_column" in msg and ".rs:" not in msg and "\n" not in msg
+    assert clean_message("Invalid user input: bad, /home/runner/work/lance/lance/rust/lance/src/dataset/sql.rs:308:17") \
+        == "Invalid user input: bad"
+
+
+def test_cli_sql_shows_null_consistently(small: Lake):
+    query = "SELECT key, CASE WHEN width >= 300 THEN width END AS w, CASE WHEN width >= 300 THEN key END AS k FROM pairs ORDER BY key"
+    df = small.sql(query)
+    narrow = int(df["w"].isna().sum())
+    assert 0 < narrow < len(df)
+    res = CliRunner().invoke(main, ["sql", small.uri, query])
+    assert res.exit_code == 0, res.output
+    assert "NaN" not in res.output and "None" not in res.output
+    assert res.output.count("NULL") == 2 * narrow
+    res = CliRunner().invoke(main, ["sql", small.uri, query, "--format", "json"])
+    rows = json.loads(res.stdout)
+    assert sum(r["w"] is None and r["k"] is None for r in rows) == narrow
+
+
+# ----------------------------------------------------------------------------- --where
+BAD_WHERE = ["width > 400 height > 400", "width > 1; DROP TABLE pairs", "width > 1 LIMIT 1", "width > 1 -- note",
+             "width + 1"]
+
+
+@pytest.mark.parametrize("where", BAD_WHERE)
+def test_check_where_refuses_all_but_one_condition(where: str):
+    from lakecurate.sqlcheck import check_where
+
+    with pytest.raises(LakeError, match=r"--where .* is not one SQL condition") as err:
+        check_where(where)
+    assert where in str(err.value) and "\n" not in str(err.value)
+
+
+def test_check_where_accepts_conditions_and_checks_columns(small: Lake):
+    from lakecurate.sqlcheck import check_query, check_where
+
+    ds = small.dataset()
+    for where in ("width > 400 AND height > 400", "`width` > 1", "caption LIKE '%dog%' OR NOT (width < 3)",
+                  "format IN ('JPEG', 'PNG')", "caption IS NOT NULL", "regexp_like(caption, 'a+')",
+                  "caption NOT LIKE '%; --%'", None, ""):
+        assert check_where(where, "--where", ds) == where
+    with pytest.raises(LakeError, match=r"--where-b 'nope > 1' cannot select rows: .*nope"):
+        check_where("nope > 1", "--where-b", ds)
+    with pytest.raises(LakeError, match="boolean"):
+        check_where("width", "--where", ds)
+    with pytest.raises(LakeError, match="subquery"):
+        check_where("id IN (SELECT id FROM pairs)")
+    assert check_query("SELECT 1") == "SELECT 1"
+
+
+def test_lake_count_and_to_pandas_refuse_trailing_text(small: Lake):
+    wide = small.count("width > 400 AND height > 400")
+    assert wide == len(small.to_pandas(["key"], where="width > 400 AND height > 400"))
+    with pytest.raises(LakeError, match="where 'width > 400 height > 400' is not one SQL condition"):
+        small.count("width > 400 height > 400")
+    with pytest.raises(LakeError, match="is not one SQL condition"):
+        small.to_pandas(["key"], where="width > 1 LIMIT 1")
+
+
+COMMANDS = {
+    "export": lambda lake, tmp, where: ["export", lake, str(tmp / "out"), "--format", "parquet", "--where", where],
+    "rebalance": lambda lake, tmp, where: ["rebalance", lake, "--where", where],
+    "sequence": lambda lake, tmp, where: ["sequence", lake, "--mode", "random", "--where", where],
+    "search": lambda lake, tmp, where: ["search", lake, "a horse", "--where", where],
+    "diff": lambda lake, tmp, where: ["diff", lake, "1", "--where", where],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_cli_bad_where_is_one_line_and_writes_nothing(clustered: Lake, tmp_path: Path, command: str):
+    runner = CliRunner()
+    version = clustered.version
+    for where in [*BAD_WHERE, "no_such_column > 1"]:
+        res = runner.invoke(main, COMMANDS[command](clustered.uri, tmp_path, where))
+        line = one_line_refusal(res, "--where", repr(where))
+        if where in BAD_WHERE:
+            assert "is not one SQL condition" in line
+        assert Lake.open(clustered.uri).version == version
+        assert not (tmp_path / "out").exists()
+
+
+def test_cli_good_where_still_works(clustered: Lake, tmp_path: Path):
+    runner = CliRunner()
+    where = "width >= 300 AND ingest_status = 'ok'"
+    want = clustered.count(where)
+    assert 0 < want < clustered.count()
+    res = runner.invoke(main, ["export", clustered.uri, str(tmp_path / "x.parquet"), "--format", "parquet", "--where", where])
+    assert res.exit_code == 0, res.output
+    assert f"({want} pairs)" in res.output
+    res = runner.invoke(main, ["search", clustered.uri, "a horse", "-k", "50", "--where", where, "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)) == want
+    res = runner.invoke(main, ["sequence", clustered.uri, "--mode", "random", "--where", where])
+    assert res.exit_code == 0, res.output
+    assert clustered.count("seq_order IS NOT NULL") == want
