@@ -251,7 +251,7 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bo
                                                  image_col=image_col, caption_col=caption_col, key_col=key_col,
                                                  image_dir=image_dir, options=opts)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        echo_json(report)
     else:
         print_ingest_report(report)
 
@@ -423,7 +423,7 @@ def curate(lake: str, recipe: str, as_json: bool) -> None:
     """
     rep = open_lake(lake).curate(recipe)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
+        echo_json(rep)
         return
     rows = [{"step": reason, "dropped": n, "share": f"{n / rep.rows:.1%}" if rep.rows else "-"} for reason, n in rep.dropped.items()]
     _echo_table(rows, ["step", "dropped", "share"])
