@@ -139,7 +139,8 @@ def read_batches(items: list, init_args: tuple, workers: int) -> Iterator[dict[s
             yield read_batch(item)
         return
     ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init_args, True)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init_args, True))
+    try:
         pending: deque = deque()
         todo = iter(items)
         for item in itertools.islice(todo, 2 * workers + 1):
@@ -150,6 +151,10 @@ def read_batches(items: list, init_args: tuple, workers: int) -> Iterator[dict[s
             if nxt is not None:
                 pending.append(pool.submit(read_batch, nxt))
             yield result
+    finally:
+        # Closed early (the consumer failed): batches not started are cancelled rather than decoded
+        # for nobody, so the workers exit as soon as the ones in hand are done.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- main side
@@ -206,7 +211,8 @@ class _Prefetched:
 
         self._gen, self._q, self._stop = gen, queue.Queue(maxsize=2), threading.Event()
         self._done = object()
-        threading.Thread(target=self._pump, daemon=True, name="embed-prefetch").start()
+        self._thread = threading.Thread(target=self._pump, daemon=True, name="embed-prefetch")
+        self._thread.start()
 
     def _put(self, x: Any) -> bool:
         import queue
@@ -242,7 +248,10 @@ class _Prefetched:
             yield x
 
     def close(self) -> None:
+        """Stop, and wait until the pool is shut down (at most the batch a worker has in hand): the
+        caller's error surfaces with no worker left, even one the pump was still starting."""
         self._stop.set()
+        self._thread.join(timeout=120)
 
 
 def _close(loader: Any) -> None:
