@@ -98,7 +98,11 @@ class TargetType(click.ParamType):
                 f = float(str(value).strip())
             except ValueError:
                 self.fail(f"{value!r} is not a number: give a fraction in (0, 1] or a whole count of rows > 1", param, ctx)
-        if not math.isfinite(f) or f <= 0 or (f > 1 and not f.is_integer()):
+        from lakecurate.options import target
+
+        try:
+            target(f)  # the library's own rule, checked here before the lake is opened
+        except LakeError:
             self.fail(f"{value!r} is neither a fraction in (0, 1] nor a whole count of rows > 1", param, ctx)
         return f if f <= 1 else int(f)
 

@@ -18,8 +18,6 @@ field metadata, only changed fragments rewritten, one commit per column family.
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,8 @@ import pyarrow.compute as pc
 
 from lakecurate import columns
 from lakecurate.lake import LakeError
+from lakecurate.options import positive, whole
+from lakecurate.options import target as check_target
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
@@ -57,44 +57,6 @@ def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     from lakecurate.search import embedding_matrix
 
     return embedding_matrix(col)
-
-
-# --------------------------------------------------------------------------- option checks
-# Every numeric option is checked before a stage reads or declares anything, so a bad value fails
-# in one line with the lake untouched (a k of -3 once re-fitted one concept; a shard size of 0
-# wrote columns and then crashed).
-def check_int(option: str, value: Any, low: int = 1) -> int:
-    """``value`` as an int >= ``low`` (a whole float such as ``1e4`` is accepted), else a LakeError.
-
-    >>> check_int("--shard-size", 1e4)
-    10000
-    """
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not whole or value < low:
-        raise LakeError(f"invalid {option} {value!r}: expected an integer >= {low}")
-    return int(value)
-
-
-def check_positive(option: str, value: Any) -> float:
-    """``value`` as a finite float > 0, else a LakeError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise LakeError(f"invalid {option} {value!r}: expected a finite number > 0")
-    return float(value)
-
-
-def check_target(target: Any) -> float | int:
-    """A rebalance target: a fraction of the candidates in (0, 1] (a float) or a row count >= 1.
-
-    A float above 1 counts rows only when it is whole (``--target 300`` arrives from the CLI as
-    300.0); ``1.5`` is neither a fraction nor a count, and nan, inf and values <= 0 are refused.
-    """
-    if isinstance(target, bool) or not isinstance(target, numbers.Real) or not math.isfinite(target) or target <= 0:
-        raise LakeError(f"invalid --target {target!r}: expected a fraction in (0, 1] or a row count >= 1")
-    if isinstance(target, numbers.Integral):
-        return int(target)
-    if target > 1 and not float(target).is_integer():
-        raise LakeError(f"invalid --target {target!r}: a fraction must be in (0, 1], a row count a whole number")
-    return float(target)
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -218,8 +180,8 @@ def cluster(lake: "Lake", k: int | None = None, *, embedding: str | None = None,
     """
     t0 = time.perf_counter()
     if k is not None:
-        k = check_int("-k", k, 1)
-    seed = check_int("--seed", seed, 0)
+        k = whole("-k", k, 1)
+    seed = whole("--seed", seed, 0)
     emb = _embedding(lake, embedding)
     ds = lake.dataset()
     tbl = ds.to_table(columns=[f"{emb}_image"] + [c for c in ("concept", "concept_dist") if c in ds.schema.names],
@@ -269,7 +231,7 @@ def rebalance(
     seed: int = 0,
 ) -> ConceptReport:
     """Keep ``target`` rows (a fraction of the candidates in (0, 1], or a count >= 1; see
-    :func:`check_target`), fewer from dense simple concepts and more from complex ones:
+    :func:`lakecurate.options.target`), fewer from dense simple concepts and more from complex ones:
     ``rebalance_keep``, ``sample_weight``, ``repeats``.
 
     Candidates are the rows matching ``where`` (default: ``keep`` when a recipe ran, else every
@@ -285,9 +247,9 @@ def rebalance(
     if rule not in ("far", "random"):
         raise LakeError(f"unknown keep rule {rule!r}; choose far or random")
     target = check_target(target)
-    temperature = check_positive("--temperature", temperature)
-    max_repeats = check_int("--max-repeats", max_repeats, 1)
-    seed = check_int("--seed", seed, 0)
+    temperature = positive("--temperature", temperature)
+    max_repeats = whole("--max-repeats", max_repeats, 1)
+    seed = whole("--seed", seed, 0)
     ds = lake.dataset()
     where = check_where(where, "--where", ds)
     if "concept" not in ds.schema.names:
@@ -368,8 +330,8 @@ def sequence(lake: "Lake", mode: str = "interleave", *, seed: int = 0, score: st
     """
     if mode not in ("random", "curriculum", "interleave"):
         raise LakeError(f"unknown order {mode!r}; choose random, curriculum or interleave")
-    shard_size = check_int("--shard-size", shard_size, 1)
-    seed = check_int("--seed", seed, 0)
+    shard_size = whole("--shard-size", shard_size, 1)
+    seed = whole("--seed", seed, 0)
     ds = lake.dataset()
     names = ds.schema.names
     where = check_where(where, "--where", ds)

@@ -269,17 +269,12 @@ def check_options(*, batch_size: int, workers: int | None, precision: str, devic
     """Refuse bad options before anything is declared: ``batch_size=-4`` once marked fragments as
     embedded with nothing in them. One :class:`LakeError` line naming the option."""
     from lakecurate.lake import LakeError
+    from lakecurate.options import whole
 
-    def whole(value: Any, name: str, low: int, none_ok: bool = False) -> None:
-        if value is None and none_ok:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise LakeError(f"{name} must be a whole number >= {low}, not {value!r}")
-
-    whole(batch_size, "--batch-size", 1)
-    whole(workers, "--workers", 0, none_ok=True)
-    whole(max_fragments, "max_fragments", 0, none_ok=True)
-    whole(index_min_rows, "index_min_rows", 0, none_ok=True)
+    whole("--batch-size", batch_size, 1)
+    whole("--workers", workers, 0, none_ok=True)
+    whole("max_fragments", max_fragments, 0, none_ok=True)
+    whole("index_min_rows", index_min_rows, 0, none_ok=True)
     if precision not in PRECISIONS:
         raise LakeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):

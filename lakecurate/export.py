@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import numbers
 import os
 import posixpath
 import shutil
@@ -42,6 +41,7 @@ import pyarrow.compute as pc
 
 from lakecurate import columns
 from lakecurate.lake import LakeError
+from lakecurate.options import whole
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
@@ -216,13 +216,6 @@ def _check_dest(lake: "Lake", dest: str | os.PathLike, fmt: str, overwrite: bool
     return path, previous
 
 
-def _check_shard_size(shard_size: Any) -> int | None:
-    whole = isinstance(shard_size, numbers.Integral) or (isinstance(shard_size, float) and shard_size.is_integer())
-    if shard_size is not None and (isinstance(shard_size, bool) or not whole or shard_size < 1):
-        raise LakeError(f"invalid --shard-size {shard_size!r}: expected an integer >= 1")
-    return None if shard_size is None else int(shard_size)
-
-
 def sequence_shard_size(ds: Any) -> int | None:
     """The shard size ``sequence`` recorded with ``seq_order`` (what ``seq_shard`` counts), if any."""
     prov = columns.field_provenance(ds.schema.field("seq_order")) if "seq_order" in ds.schema.names else None
@@ -274,7 +267,7 @@ def export(lake: "Lake", dest: str | Path, format: str = "webdataset", *, where:
     check_where(where, "--where", lake.dataset(version))  # before the destination is touched
     if format not in FORMATS:
         raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
-    shard_size = _check_shard_size(shard_size)
+    shard_size = whole("--shard-size", shard_size, 1, none_ok=True)
     dest, previous = _check_dest(lake, dest, format, overwrite)
     ds, tbl, copy, where = plan(lake, where=where, version=version, repeats=repeats, caption=caption)
     shard_size = shard_size or sequence_shard_size(ds) or SHARD_SIZE

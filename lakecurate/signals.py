@@ -373,10 +373,9 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
 
     One commit per fragment, so a killed run loses at most the fragment in flight.
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        from lakecurate.lake import LakeError
+    from lakecurate.options import whole
 
-        raise LakeError(f"--workers must be a whole number >= 0, not {workers!r}")
+    whole("--workers", workers, 0, none_ok=True)
     ds = lake.dataset()
     config = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side", "hash": "dct-phash 32->8x8",
               "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}

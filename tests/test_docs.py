@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["concepts", "dedup", "evaluate", "neardup", "report", "signals"]
+MODULES = ["columns", "concepts", "dedup", "evaluate", "neardup", "options", "report", "signals"]
 
 
 @pytest.mark.parametrize("name", MODULES)
