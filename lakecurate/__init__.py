@@ -9,19 +9,15 @@ Example::
 """
 
 import os
-from importlib.metadata import PackageNotFoundError, version
 
 # Lance logs a warning on every DataReplacement commit ("not stable yet"): that operation is how
 # lakecurate writes columns (see columns.py), so the warning says nothing to a user. Errors still show;
 # set LANCE_LOG=warn (before importing lakecurate) to see warnings again.
 os.environ.setdefault("LANCE_LOG", "error")
 
+from lakecurate._version import __version__
+from lakecurate.errors import LakeError
 from lakecurate.features import feature
-from lakecurate.lake import Lake, LakeError
-
-try:
-    __version__ = version("lakecurate")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+local"
+from lakecurate.lake import Lake
 
 __all__ = ["Lake", "LakeError", "__version__", "feature"]

@@ -33,10 +33,11 @@ import pyarrow as pa
 import pyarrow.ipc
 from lance.commit import CommitConflictError
 
-from lakecurate.lake import LakeError, retry_on_conflict
+from lakecurate.errors import LakeError
+from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 PROVENANCE_KEY = "lakecurate.provenance"
 # The provenance record's format: bumped when its keys change meaning. Records written before the
@@ -48,7 +49,7 @@ PROVENANCE_REQUIRED = ("stage", "config", "config_hash")
 
 def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str], table_version: int) -> dict[str, Any]:
     """The provenance record stored on every derived field: what made it, from what, when."""
-    from lakecurate import __version__
+    from lakecurate._version import __version__
 
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return {
@@ -139,7 +140,7 @@ def _type_family(t: pa.DataType) -> str:
     return str(t)
 
 
-def check_table(lake: "Lake", ds: lance.LanceDataset | None = None) -> None:
+def check_table(lake: "Store", ds: lance.LanceDataset | None = None) -> None:
     """Refuse, before anything is written, a table that is not a lakecurate ``pairs`` table (other
     columns, other types) or was written by a newer lakecurate: one :class:`LakeError` line."""
     from lakecurate.schema import PAIRS_SCHEMA
@@ -159,7 +160,7 @@ def check_table(lake: "Lake", ds: lance.LanceDataset | None = None) -> None:
                             f"lakecurate needs {want.type}")
 
 
-def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False,
+def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False,
             fix: str = "use --name to write new columns beside it, or --recompute to replace it") -> bool:
     """Make sure ``fields`` exist with provenance ``prov``. Metadata-only; returns True if it added them.
 
@@ -207,14 +208,14 @@ def declare(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], *, r
     return retry_on_conflict(add)
 
 
-def config_changed(lake: "Lake", column: str, prov: dict[str, Any]) -> bool:
+def config_changed(lake: "Store", column: str, prov: dict[str, Any]) -> bool:
     """Whether ``column`` exists with provenance of another config than ``prov``."""
     ds = lake.dataset()
     old = field_provenance(ds.schema.field(column)) if column in ds.schema.names else None
     return old is not None and old["config_hash"] != prov["config_hash"]
 
 
-def declare_view(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any]) -> bool:
+def declare_view(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any]) -> bool:
     """Declare columns that are a *decision* recomputed on every run (dedup's keep, a recipe's
     keep, rebalancing, an order): another config replaces them (a metadata-only drop and re-add;
     tags keep earlier results). Returns True when they were replaced, so the caller rewrites all."""
@@ -243,7 +244,7 @@ def fragments_to_fill(ds: lance.LanceDataset, column: str) -> list[lance.LanceFr
     return [f for f in ds.get_fragments() if not has_data(ds, f, column)]
 
 
-def fill_fragment(lake: "Lake", fragment_id: int, table: pa.Table) -> int | None:
+def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table) -> int | None:
     """Write ``table`` (declared columns, one row per *physical* row of the fragment) as the
     fragment's data for those columns and commit it. Returns the new version, or None when the
     fragment no longer exists (compacted away) or another writer already filled these columns.
@@ -251,7 +252,7 @@ def fill_fragment(lake: "Lake", fragment_id: int, table: pa.Table) -> int | None
     return fill_fragments(lake, {fragment_id: table}, first_fill_only=True)
 
 
-def fill_fragments(lake: "Lake", tables: dict[int, pa.Table], *, first_fill_only: bool = False) -> int | None:
+def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_only: bool = False) -> int | None:
     """Write each fragment's ``table`` (the same declared columns for every fragment, one row per
     physical row) and commit them all in **one** ``DataReplacement``: one new version, atomic.
 
@@ -315,7 +316,7 @@ def fill_fragments(lake: "Lake", tables: dict[int, pa.Table], *, first_fill_only
     return retry_on_conflict(commit)
 
 
-def write_changed(lake: "Lake", tbl: pa.Table, new: dict[str, pa.Array]) -> tuple[int, int | None]:
+def write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array]) -> tuple[int, int | None]:
     """Write the columns ``new`` (arrays aligned with ``tbl``'s live rows, which carry ``_rowaddr``
     and, where stored already, the old values) for every fragment where a value differs from the
     stored one or nothing is stored yet; all in one commit. Returns (fragments written, version).
@@ -397,7 +398,7 @@ def compute_fragment(ds: lance.LanceDataset, fragment_id: int, inputs: Sequence[
     return physical(frag.physical_rows, np.concatenate(offsets), table), table.num_rows
 
 
-def _fill_one(lake: "Lake", version: int, fragment_id: int, inputs: Sequence[str], fn: BatchFn,
+def _fill_one(lake: "Store", version: int, fragment_id: int, inputs: Sequence[str], fn: BatchFn,
               names: Sequence[str], batch_size: int, where: str) -> tuple[int, int, int | None]:
     """Compute and commit one fragment: (fragment id, live rows, new version or None)."""
     ds = lance.dataset(lake.table_uri, version=version, storage_options=lake.storage_options)
@@ -406,7 +407,7 @@ def _fill_one(lake: "Lake", version: int, fragment_id: int, inputs: Sequence[str
     return fragment_id, rows, fill_fragment(lake, fragment_id, table.cast(schema))
 
 
-def fill_by_fragment(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], fn: BatchFn,
+def fill_by_fragment(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], fn: BatchFn,
                      inputs: Sequence[str], *, engine: str = "local", batch_size: int = 4096,
                      recompute: bool = False, progress: bool | None = None, desc: str = "",
                      fix: str | None = None) -> dict[str, Any]:
@@ -453,7 +454,7 @@ def fill_by_fragment(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, A
     return out
 
 
-def _undeclare_if_empty(lake: "Lake", names: Sequence[str]) -> None:
+def _undeclare_if_empty(lake: "Store", names: Sequence[str]) -> None:
     """Drop ``names`` if no fragment holds data for them (metadata only; retried on conflict)."""
     def drop() -> None:
         ds = lake.dataset()
@@ -475,7 +476,7 @@ class Checkpoint:
     meanwhile starts afresh.
     """
 
-    def __init__(self, lake: "Lake", key: str):
+    def __init__(self, lake: "Store", key: str):
         if "://" in lake.uri:
             base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lakecurate" / "checkpoints"
             base = base / hashlib.sha256(lake.uri.encode()).hexdigest()[:16]
@@ -509,3 +510,12 @@ class Checkpoint:
     def drop(self, frag: lance.LanceFragment | None = None) -> None:
         target = self._dir(frag) if frag is not None else self.root
         shutil.rmtree(target, ignore_errors=True)
+
+
+def embedding_matrix(col: "pa.ChunkedArray | pa.Array", dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x d matrix, valid mask) of a fixed-size-list embedding column; null rows read as zeros.
+    ``dtype=None`` keeps the stored type (float16 halves the memory of a large lake)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
+    x = np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, arr.type.list_size)
+    return x, valid

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from lakecurate.lake import LakeError
+from lakecurate.errors import LakeError
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 REASON_COLUMNS = ("ingest_status", "drop_reason", "rebalance_keep", "dup_keep", "dup_reason")
 
@@ -71,7 +71,7 @@ def why_excluded(df: pd.DataFrame) -> pd.Series:
     return reason
 
 
-def _side(lake: "Lake", ref: str | int, where: str | None) -> tuple[Any, pd.DataFrame, str | None]:
+def _side(lake: "Store", ref: str | int, where: str | None) -> tuple[Any, pd.DataFrame, str | None]:
     ds = lake.dataset(ref)
     names = ds.schema.names
     where = where or default_view(names)
@@ -86,7 +86,7 @@ def _side(lake: "Lake", ref: str | int, where: str | None) -> tuple[Any, pd.Data
     return ds, tbl.set_index("id"), where
 
 
-def diff(lake: "Lake", a: str | int, b: str | int | None = None, *, where: str | None = None,
+def diff(lake: "Store", a: str | int, b: str | int | None = None, *, where: str | None = None,
          where_b: str | None = None, examples: int = 20) -> ViewDiff:
     """Rows in ``b``'s view but not ``a``'s (added) and in ``a``'s but not ``b``'s (removed), with
     counts per reason. ``b`` defaults to the lake's latest version; ``where`` applies to both sides

@@ -28,14 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
-from lakecurate.lake import LakeError
+from lakecurate.errors import LakeError
 from lakecurate.options import positive, whole
 from lakecurate.options import target as check_target
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 
 def default_k(n: int) -> int:
@@ -47,14 +47,14 @@ def default_k(n: int) -> int:
     return int(max(2, min(4096, round(np.sqrt(n)))))
 
 
-def _embedding(lake: "Lake", embedding: str | None) -> str:
-    from lakecurate.search import pick_embedding
+def _embedding(lake: "Store", embedding: str | None) -> str:
+    from lakecurate.names import pick_embedding
 
     return pick_embedding(lake, lake.dataset(), embedding, need="concepts cluster the image embeddings")[0]
 
 
 def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    from lakecurate.search import embedding_matrix
+    from lakecurate.columns import embedding_matrix
 
     return embedding_matrix(col)
 
@@ -166,7 +166,7 @@ class ConceptReport:
         return asdict(self)
 
 
-def cluster(lake: "Lake", k: int | None = None, *, embedding: str | None = None, seed: int = 0,
+def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None, seed: int = 0,
             recompute: bool = False) -> ConceptReport:
     """k-means concepts of the image embeddings: ``concept`` and ``concept_dist`` columns.
 
@@ -220,7 +220,7 @@ def cluster(lake: "Lake", k: int | None = None, *, embedding: str | None = None,
 
 
 def rebalance(
-    lake: "Lake",
+    lake: "Store",
     target: float | int = 0.5,
     *,
     temperature: float = 0.5,
@@ -318,7 +318,7 @@ def rebalance(
     return report
 
 
-def sequence(lake: "Lake", mode: str = "interleave", *, seed: int = 0, score: str | None = None,
+def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: str | None = None,
              where: str | None = None, shard_size: int = 10_000) -> dict[str, Any]:
     """Write ``seq_order`` (0.. over the selected rows, null elsewhere) and ``seq_shard``.
 

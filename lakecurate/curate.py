@@ -49,14 +49,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lakecurate import columns, signals
-from lakecurate.lake import LakeError
+from lakecurate import columns
+from lakecurate.encoders import meaningless
+from lakecurate.errors import LakeError
+from lakecurate.names import Produce
 from lakecurate.schema import PAIRS_SCHEMA
 
 if TYPE_CHECKING:
     import lance
 
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 CAPTION = "caption signals"
 IMAGE = "image signals"
@@ -398,14 +400,14 @@ class CurateReport:
         return asdict(self)
 
 
-def _embedding(lake: "Lake", recipe: Recipe) -> tuple[str, dict]:
-    from lakecurate.search import pick_embedding
+def _embedding(lake: "Store", recipe: Recipe) -> tuple[str, dict]:
+    from lakecurate.names import pick_embedding
 
     return pick_embedding(lake, lake.dataset(), recipe.embedding, need="the alignment step needs them",
                           option=f'embedding = "..." in recipe {recipe.source}')
 
 
-def _embed_command(lake: "Lake", prefix: str, prov: dict[str, Any]) -> str:
+def _embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
     """The ``lakecurate embed`` command that fills the ``prefix`` columns, rebuilt from their provenance."""
     from lakecurate.encoders import TINY_RANDOM
 
@@ -422,7 +424,7 @@ def _embed_command(lake: "Lake", prefix: str, prov: dict[str, Any]) -> str:
     return f"lakecurate embed {lake.uri} --model {model}" + ("" if prefix == default else f" --name {prefix}")
 
 
-def _check_embedded(lake: "Lake", prefix: str, prov: dict[str, Any]) -> None:
+def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any]) -> None:
     """Scores need a model, so curate cannot make them: live rows without one (fragments ``embed``
     has not filled) are named, and curate stops before it writes anything."""
     todo = columns.fragments_to_fill(lake.dataset(), f"{prefix}_score")
@@ -438,27 +440,48 @@ def _check_embedded(lake: "Lake", prefix: str, prov: dict[str, Any]) -> None:
                     f"step needs one; run: {_embed_command(lake, prefix, prov)}, then curate again")
 
 
-def _compute_inputs(lake: "Lake", rec: Recipe, needs: set[str], emb: str | None, progress: bool | None) -> list[str]:
-    """Compute the signals the steps read and the lake lacks (incremental: only unfilled fragments)."""
+def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None, progress: bool | None,
+                    produce: Produce | None) -> list[str]:
+    """Have the signals the steps read and the lake lacks computed (incremental: only unfilled fragments).
+
+    Curate never runs another stage: it names the stage that produces what it needs, and ``produce``
+    (the facade's or the pipeline's) runs it. Without ``produce``, a missing input is an error that
+    names the stage to run."""
+    produce = produce or _no_producer(lake)
     computed = []
-    if CAPTION in needs and signals.compute_caption_signals(lake, progress=progress):
+    if CAPTION in needs and produce("caption_signals", progress=progress):
         computed.append(CAPTION)
-    if IMAGE in needs and signals.compute_image_signals(lake, progress=progress):
+    if IMAGE in needs and produce("image_signals", progress=progress):
         computed.append(IMAGE)
     if DEDUP in needs:
         ds = lake.dataset()
         if "dup_keep" not in ds.schema.names or columns.fragments_to_fill(ds, "dup_keep"):
-            from lakecurate.search import embedding_prefixes
+            from lakecurate.names import embedding_prefixes
 
             found = embedding_prefixes(ds)
             use = emb if emb is not None else (next(iter(found)) if len(found) == 1 else None)
             # Semantic dedup only with a real encoder: a random test model's similarities mean nothing.
-            semantic = use is not None and "MEANINGLESS" not in str(found[use]["config"].get("arch"))
-            lake.dedup(["exact", "phash", "semantic"] if semantic else ["exact", "phash"], embedding=use, progress=progress)
+            semantic = use is not None and not meaningless(found[use])
+            produce("dedup", methods=["exact", "phash", "semantic"] if semantic else ["exact", "phash"], embedding=use,
+                    progress=progress)
             computed.append(DEDUP)
-    if rec.redact and signals.compute_redacted(lake):
+    if rec.redact and produce("redact"):
         computed.append("caption_redacted")
     return computed
+
+
+def _no_producer(lake: "Store") -> Produce:
+    """A ``produce`` for a bare store: it produces nothing, so a missing input is named with its stage."""
+    from lakecurate.names import PRODUCERS
+
+    def produce(stage: str, **_: Any) -> int:
+        column = PRODUCERS[stage]
+        ds = lake.dataset()
+        if column in ds.schema.names and not columns.fragments_to_fill(ds, column):
+            return 0
+        raise LakeError(f"curate needs the {stage} stage's column '{column}' on lake '{lake.uri}'; "
+                        f"run curate through Lake.curate (or lakecurate curate), which computes it")
+    return produce
 
 
 def _unfilled(ds: "lance.LanceDataset", names: set[str]) -> set[int]:
@@ -471,7 +494,7 @@ def _unfilled(ds: "lance.LanceDataset", names: set[str]) -> set[int]:
     return out
 
 
-def _declare(lake: "Lake", fields: list[pa.Field], prov: dict[str, Any]) -> None:
+def _declare(lake: "Store", fields: list[pa.Field], prov: dict[str, Any]) -> None:
     """Declare keep/drop_reason with ``prov``, replacing another recipe's (metadata only)."""
     for attempt in range(ATTEMPTS):
         try:
@@ -483,7 +506,7 @@ def _declare(lake: "Lake", fields: list[pa.Field], prov: dict[str, Any]) -> None
                 raise
 
 
-def _disagreement(lake: "Lake", version: int, prov: dict[str, Any], addr: np.ndarray, keep: np.ndarray,
+def _disagreement(lake: "Store", version: int, prov: dict[str, Any], addr: np.ndarray, keep: np.ndarray,
                   reason: np.ndarray) -> str | None:
     """None when ``version`` holds this run's provenance on ``keep`` and exactly its decisions (rows
     at ``addr``; every other row undecided), else what differs: another writer interleaved."""
@@ -505,7 +528,7 @@ def _disagreement(lake: "Lake", version: int, prov: dict[str, Any], addr: np.nda
     return f"at version {version}, {int(differ.sum())} rows hold other decisions" if differ.any() else None
 
 
-def _tag(lake: "Lake", name: str, version: int) -> None:
+def _tag(lake: "Store", name: str, version: int) -> None:
     try:
         lake.tag(name, version)
     except (OSError, ValueError):
@@ -514,7 +537,7 @@ def _tag(lake: "Lake", name: str, version: int) -> None:
             raise
 
 
-def _already_done(lake: "Lake", rec: Recipe, prefix: str) -> tuple[str, "lance.LanceDataset"] | None:
+def _already_done(lake: "Store", rec: Recipe, prefix: str) -> tuple[str, "lance.LanceDataset"] | None:
     """This recipe's tag when the lake has not changed since: the tag is at the latest version, whose
     keep column is this recipe's, and every live row there has a decision."""
     ds = lake.dataset()
@@ -527,7 +550,8 @@ def _already_done(lake: "Lake", rec: Recipe, prefix: str) -> tuple[str, "lance.L
     return tag, ds
 
 
-def curate(lake: "Lake", recipe: str | Path | Mapping[str, Any], *, progress: bool | None = None) -> CurateReport:
+def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: bool | None = None,
+           produce: Produce | None = None) -> CurateReport:
     """Apply a recipe: compute missing signals, write ``keep``/``drop_reason``, tag the version.
 
     Every decision is made on one version of the lake; rows appended meanwhile keep a null ``keep``
@@ -559,7 +583,7 @@ def curate(lake: "Lake", recipe: str | Path | Mapping[str, Any], *, progress: bo
     emb, emb_prov = _embedding(lake, rec) if EMBEDDING in needs or (DEDUP in needs and rec.embedding) else (None, None)
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
-    report.computed = _compute_inputs(lake, rec, needs, emb, progress)
+    report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce)
     inputs = {c for s in rec.steps for c in FILTERS[s.filter].columns if c not in PAIRS_SCHEMA.names}
     if emb is not None and EMBEDDING in needs:
         inputs.add(f"{emb}_score")
@@ -568,7 +592,7 @@ def curate(lake: "Lake", recipe: str | Path | Mapping[str, Any], *, progress: bo
     for attempt in range(ATTEMPTS):
         if attempt:  # another curate interleaved: let it finish, then decide again on a fresh version
             time.sleep(random.uniform(0.1, 0.5) * attempt)
-            report.computed += [c for c in _compute_inputs(lake, rec, needs, emb, progress) if c not in report.computed]
+            report.computed += [c for c in _compute_inputs(lake, rec, needs, emb, progress, produce) if c not in report.computed]
         ds = lake.dataset()  # this round's decisions are all made on this one version
         read = {"id"} | {c for s in rec.steps for c in FILTERS[s.filter].columns} | ({f"{emb}_score"} if emb else set())
         read |= {c for c in ("keep", "drop_reason") if c in ds.schema.names}

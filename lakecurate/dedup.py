@@ -45,12 +45,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
-from lakecurate.lake import LakeError
+from lakecurate.errors import LakeError
 from lakecurate.neardup import components, hamming_pairs, semantic_pairs
-from lakecurate.signals import compute_image_signals
+from lakecurate.encoders import meaningless
+from lakecurate.names import Produce
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 METHODS = ("exact", "phash", "semantic", "caption")
 DEFAULT_METHODS = ("exact", "phash", "semantic")
@@ -160,15 +161,15 @@ class DedupReport:
         return asdict(self)
 
 
-def _pick_embedding(lake: "Lake", ds: Any, embedding: str | None, needed: bool) -> tuple[str | None, dict | None]:
-    from lakecurate.search import pick_embedding
+def _pick_embedding(lake: "Store", ds: Any, embedding: str | None, needed: bool) -> tuple[str | None, dict | None]:
+    from lakecurate.names import pick_embedding
 
     need = "semantic and caption dedup need them; or use --method exact,phash" if needed else None
     return pick_embedding(lake, ds, embedding, need=need)
 
 
 def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    from lakecurate.search import embedding_matrix
+    from lakecurate.columns import embedding_matrix
 
     x, valid = embedding_matrix(col, dtype=None)  # stored float16: half the memory of float32
     if not valid.all():
@@ -182,15 +183,26 @@ def _str_array(values: np.ndarray, valid: np.ndarray) -> pa.Array:
     return pa.array(values, pa.string(), mask=~valid)
 
 
-def _write_changed(lake: "Lake", tbl: pa.Table, new: dict[str, pa.Array], report: DedupReport) -> int:
+def _write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array], report: DedupReport) -> int:
     written, version = columns.write_changed(lake, tbl, new)
     if version is not None:
         report.versions.append(version)
     return written
 
 
+def _no_hashes(lake: "Store") -> Produce:
+    """Without a producer (a bare store), the image hashes must already be there."""
+    def produce(stage: str, **_: Any) -> int:
+        ds = lake.dataset()
+        if "phash" in ds.schema.names and not columns.fragments_to_fill(ds, "phash"):
+            return 0
+        raise LakeError(f"dedup needs the image signals (phash) of lake '{lake.uri}'; "
+                        f"run dedup through Lake.dedup (or lakecurate dedup), which computes them")
+    return produce
+
+
 def dedup(
-    lake: "Lake",
+    lake: "Store",
     methods: Sequence[str] = DEFAULT_METHODS,
     *,
     embedding: str | None = None,
@@ -204,6 +216,7 @@ def dedup(
     recompute: bool = False,
     workers: int | None = None,
     progress: bool | None = None,
+    produce: Produce | None = None,
 ) -> DedupReport:
     """Find duplicate groups with ``methods`` and write group columns plus ``dup_keep``/``dup_reason``.
 
@@ -232,7 +245,7 @@ def dedup(
     }
     if emb is not None:
         family = emb_prov["config"].get("family", "open_clip")
-        if "MEANINGLESS" in str(emb_prov["config"].get("arch")) and semantic_threshold is None and \
+        if meaningless(emb_prov) and semantic_threshold is None and \
                 {"semantic", "caption"} & set(methods):
             raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: its similarities are "
                             "meaningless, so semantic dedup would link unrelated pairs; embed with a real model, "
@@ -246,7 +259,8 @@ def dedup(
                               "threshold": float(caption_threshold)}
 
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes
-        report.hashed = compute_image_signals(lake, workers=workers, progress=progress)
+        # dedup does not run the image signals stage itself: it asks for its hash columns.
+        report.hashed = (produce or _no_hashes(lake))("image_signals", workers=workers, progress=progress)
 
     # Declare each method's columns (metadata only; a changed config is an error unless recompute).
     for m in methods:

@@ -14,7 +14,6 @@ loads and the model in the main process is never waiting on JPEG decoding.
 
 from __future__ import annotations
 
-import io
 import itertools
 import multiprocessing
 import os
@@ -30,13 +29,13 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns
-from lakecurate.encoders import MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, exif_upright, resolve
+from lakecurate.encoders import MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve
+from lakecurate.images import MAX_DECODE_PIXELS, decode_image  # noqa: F401 - decode_image: also imported from here
 from lakecurate.progress import progress_bar
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
-MAX_DECODE_PIXELS = 89_478_485  # Pillow's own bomb limit: larger images are not decoded here
 
 
 @dataclass
@@ -65,27 +64,6 @@ def default_workers() -> int:
 
 
 # --------------------------------------------------------------------------- worker side
-def decode_image(data: bytes | None) -> tuple[Any, str | None]:
-    """Bytes -> RGB PIL image, or (None, reason). Animated: first frame; CMYK/16-bit/palette: converted."""
-    from PIL import Image
-
-    if data is None:
-        return None, "image_missing"
-    try:
-        im = Image.open(io.BytesIO(data))
-        if im.width * im.height > MAX_DECODE_PIXELS:
-            return None, f"image_too_large: {im.width}x{im.height}"
-        im = exif_upright(im)  # as the photo is seen: a sideways phone picture is embedded upright
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(im, dtype=np.float32)
-            span = float(arr.max() - arr.min()) or 1.0
-            im = Image.fromarray(((arr - arr.min()) * (255.0 / span)).astype(np.uint8))
-        return im.convert("RGB"), None
-    except Exception as exc:  # Pillow raises many types on bad data
-        # Pillow names the buffer's memory address; drop it so the same bytes give the same message.
-        return None, re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", f"image_undecodable: {type(exc).__name__}: {exc}")[:300]
-
-
 _WORKER: dict[str, Any] = {}
 
 
@@ -268,7 +246,7 @@ def check_options(*, batch_size: int, workers: int | None, precision: str, devic
                   max_fragments: int | None = None, index_min_rows: int | None = None) -> None:
     """Refuse bad options before anything is declared: ``batch_size=-4`` once marked fragments as
     embedded with nothing in them. One :class:`LakeError` line naming the option."""
-    from lakecurate.lake import LakeError
+    from lakecurate.errors import LakeError
     from lakecurate.options import whole
 
     whole("--batch-size", batch_size, 1)
@@ -282,7 +260,7 @@ def check_options(*, batch_size: int, workers: int | None, precision: str, devic
 
 
 def embed(
-    lake: "Lake",
+    lake: "Store",
     model: "str | EncoderSpec" = "offline",
     *,
     pretrained: str | None = None,
@@ -414,9 +392,8 @@ def embed(
         bar.close()
         _close(loader)  # on an error: stop the decode workers now
     report.errors += sum(t.num_rows - t.column("error").null_count for s in saved.values() for t in s.values())
-    from lakecurate.search import INDEX_MIN_ROWS, ensure_index
 
-    report.indexed = ensure_index(lake, spec.prefix, INDEX_MIN_ROWS if index_min_rows is None else index_min_rows)
+    report.indexed = lake.ensure_vector_index(names["image"], *(() if index_min_rows is None else (index_min_rows,)))
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -429,7 +406,7 @@ class FragmentEmbedder:
         self.transform, _ = spec.build_transforms()
         self.batch_size, self.names, self.dim = batch_size, names, dim
 
-    def run(self, lake: "Lake", version: int, fid: int) -> tuple[int, int, int, int | None]:
+    def run(self, lake: "Store", version: int, fid: int) -> tuple[int, int, int, int | None]:
         """(fragment id, rows embedded, rows with an error, new version or None)."""
         _init_reader(lake.table_uri, version, lake.storage_options, self.transform)
         frag = _WORKER["ds"].get_fragment(fid)
@@ -440,11 +417,10 @@ class FragmentEmbedder:
         return fid, live, errors, columns.fill_fragment(lake, fid, assemble(parts, frag.physical_rows, self.names, self.dim))
 
 
-def _embed_on_ray(lake: "Lake", spec: EncoderSpec, fids: list[int], report: EmbedReport, progress: bool | None,
+def _embed_on_ray(lake: "Store", spec: EncoderSpec, fids: list[int], report: EmbedReport, progress: bool | None,
                   t0: float, index_min_rows: int | None, *, device: str, precision: str, batch_size: int,
                   names: dict[str, str], dim: int) -> EmbedReport:
     from lakecurate.engines import ray_actor_map, ray_init
-    from lakecurate.search import INDEX_MIN_ROWS, ensure_index
 
     version = lake.dataset().version
     # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.
@@ -461,6 +437,6 @@ def _embed_on_ray(lake: "Lake", spec: EncoderSpec, fids: list[int], report: Embe
             bar.update(1)
     finally:
         bar.close()
-    report.indexed = ensure_index(lake, spec.prefix, INDEX_MIN_ROWS if index_min_rows is None else index_min_rows)
+    report.indexed = lake.ensure_vector_index(names["image"], *(() if index_min_rows is None else (index_min_rows,)))
     report.seconds = time.perf_counter() - t0
     return report

@@ -28,6 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from lakecurate.errors import EncoderError
+from lakecurate.images import ImageTransform, exif_upright  # noqa: F401 - re-exported
+from lakecurate.names import embedding_columns as column_names  # noqa: F401 - the older name
+
 TINY_RANDOM = "lakecurate-tiny-random-MEANINGLESS"
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 ALIASES = {"vitb32": "ViT-B-32", "vitb16": "ViT-B-16", "vitl14": "ViT-L-14", "tiny-random": TINY_RANDOM}
@@ -37,10 +41,6 @@ PREFERRED_TAGS = ("laion2b_s34b_b79k", "datacomp_xl_s13b_b90k", "laion2b_s32b_b8
 # tokens, far fewer than 4096 characters, but tokenizers clean and split the whole string first:
 # a 20 MB caption took 25 s and 4 GB. The caption itself stays whole in the lake.
 MAX_TEXT_CHARS = 4096
-
-
-class EncoderError(Exception):
-    """The encoder cannot be had as asked; the message lists what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -104,42 +104,6 @@ class EncoderSpec:
         return int(open_clip.get_model_config(self.arch)["embed_dim"])
 
 
-@dataclass(frozen=True)
-class ImageTransform:
-    """Eval preprocessing in PIL + numpy: resize (shortest side, or squash), centre crop, scale,
-    normalise -> float32 CHW. Equal to open_clip's/torchvision's eval transform for these modes
-    (tested), but picklable without importing torch, so decode workers start in about a second."""
-
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-
-    def __call__(self, im: Any) -> Any:
-        import numpy as np
-        from PIL import Image
-
-        resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[self.interpolation]
-        im = im.convert("RGB")
-        w, h = im.size
-        if self.resize_mode == "squash":
-            im = im.resize((self.size, self.size), resample)
-        else:  # shortest side to `size`, as torchvision.transforms.Resize(int)
-            if w <= h:
-                nw, nh = self.size, int(self.size * h / w)
-            else:
-                nw, nh = int(self.size * w / h), self.size
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), resample)
-            top = int(round((nh - self.size) / 2.0))
-            left = int(round((nw - self.size) / 2.0))
-            im = im.crop((left, top, left + self.size, top + self.size))
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
 class CappedTokenizer:
     """A tokenizer that sees at most ``max_chars`` characters of each text (see MAX_TEXT_CHARS).
 
@@ -160,28 +124,6 @@ class CappedTokenizer:
         return getattr(self.tokenizer, name)
 
 
-def exif_upright(im: Any) -> Any:
-    """``im`` turned as its EXIF orientation tag says (a phone photo taken sideways stands up), as a
-    viewer shows it; unchanged without a tag. Works on a ``draft()``-reduced JPEG too."""
-    from PIL import ImageOps
-
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # a malformed EXIF block: the pixels are still usable as stored
-        return im
-    if orientation in (None, 1) or not isinstance(orientation, int) or not 2 <= orientation <= 8:
-        return im
-    try:
-        return ImageOps.exif_transpose(im)
-    except Exception:
-        return im
-
-
-def column_names(prefix: str) -> dict[str, str]:
-    """The one place column names of an encoder are built: image/text embeddings, score, error."""
-    return {k: f"{prefix}_{k}" for k in ("image", "text", "score", "error")}
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
@@ -196,6 +138,12 @@ def _register_configs() -> None:
 
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
+
+
+def meaningless(prov: dict[str, Any]) -> bool:
+    """Whether an embed column's provenance names a randomly initialised test model (its similarities
+    and scores mean nothing)."""
+    return (prov.get("config") or {}).get("arch") == TINY_RANDOM
 
 
 def spec_from_provenance(prov: dict[str, Any]) -> EncoderSpec:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from lakecurate.lake import LakeError
+from lakecurate.errors import LakeError
 
 
 ENGINES = ("local", "ray")

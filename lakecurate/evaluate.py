@@ -31,13 +31,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate.columns import field_provenance
-from lakecurate.lake import LakeError, retry_on_conflict
+from lakecurate.errors import LakeError
+from lakecurate.store import retry_on_conflict
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
-from lakecurate.search import embedding_matrix, pick_embedding
+from lakecurate.columns import embedding_matrix
+from lakecurate.names import pick_embedding
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 EVAL_TABLE = "evaluations"
 METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "swapped_auroc"]
@@ -185,7 +187,7 @@ def _vectors(tbl: pa.Table, name: str) -> np.ndarray:
     return embedding_matrix(tbl.column(name))[0]
 
 
-def _selection(lake: "Lake", view: str | None, option: str = "--view") -> tuple[int | str | None, str, str]:
+def _selection(lake: "Store", view: str | None, option: str = "--view") -> tuple[int | str | None, str, str]:
     """(version, where, label) of a view: a tag (its curated rows), a SQL condition, or the default."""
     ds = lake.dataset()
     version: int | str | None = None
@@ -215,13 +217,12 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
-def load_eval_set(lake: "Lake", path: str | os.PathLike, prov: dict[str, Any], *, progress: bool | None = None,
-                  root: str | os.PathLike | None = None) -> tuple[EvalSet, "Lake"]:
+def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], *, progress: bool | None = None,
+                  root: str | os.PathLike | None = None) -> tuple[EvalSet, "Store"]:
     """Ingest and embed the evaluation set into ``LAKE/eval_sets/<name>-<fingerprint>`` (kept for next time).
 
     ``root``: the folder a manifest's image paths must stay inside (default: the manifest's folder)."""
     from lakecurate.encoders import spec_from_provenance
-    from lakecurate.lake import Lake
 
     src = os.path.abspath(os.fspath(path))
     if not os.path.exists(src):
@@ -230,7 +231,8 @@ def load_eval_set(lake: "Lake", path: str | os.PathLike, prov: dict[str, Any], *
     if root is not None:  # another root admits other images: its own cached set
         root = os.path.realpath(os.fspath(root))
         tag += "-" + hashlib.blake2b(root.encode(), digest_size=3).hexdigest()
-    side = Lake.create(os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}"))
+    # The lake's own class (the facade) makes the side lake, so this view imports no stage.
+    side = type(lake).create(os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}"))
     side.ingest(src, progress=False, **({"root": root} if root is not None else {}))
     spec = spec_from_provenance(prov)
     side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress)
@@ -246,7 +248,7 @@ def load_eval_set(lake: "Lake", path: str | os.PathLike, prov: dict[str, Any], *
     return EvalSet(_unit(img), _unit(_vectors(tbl, names["text"])), text_image.astype(np.int64), uniq.tolist()), side
 
 
-def _refused(side: "Lake") -> str:
+def _refused(side: "Store") -> str:
     """What ingest refused in an evaluation set, per reason with example paths, and the fix."""
     tbl = side.dataset().to_table(columns=["key", "image_uri", "ingest_flags"], filter="ingest_status = 'error'")
     if not tbl.num_rows:
@@ -260,7 +262,7 @@ def _refused(side: "Lake") -> str:
 
 
 def evaluate(
-    lake: "Lake",
+    lake: "Store",
     view: str | None = None,
     *,
     eval_set: str | os.PathLike,
@@ -346,7 +348,7 @@ def _recipe_of(ds: Any) -> str | None:
     return f"{cfg.get('recipe', {}).get('name')}-{cfg.get('hash')}" if cfg else None
 
 
-def record_result(lake: "Lake", res: EvalResult, recipe: str | None) -> None:
+def record_result(lake: "Store", res: EvalResult, recipe: str | None) -> None:
     """Append one row per arm and seed to ``LAKE/evaluations.lance``."""
     import lance
 
@@ -371,13 +373,13 @@ def record_result(lake: "Lake", res: EvalResult, recipe: str | None) -> None:
     retry_on_conflict(write)
 
 
-def evaluations(lake: "Lake") -> pd.DataFrame:
+def evaluations(lake: "Store") -> pd.DataFrame:
     """Every recorded evaluation of the lake (empty when there is none)."""
     ds = _open_table(lake)
     return pd.DataFrame(columns=EVAL_SCHEMA.names) if ds is None else ds.to_table().to_pandas()
 
 
-def _open_table(lake: "Lake") -> Any:
+def _open_table(lake: "Store") -> Any:
     """``LAKE/evaluations.lance`` as a dataset, or None before the first evaluation."""
     import lance
 

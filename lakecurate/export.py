@@ -40,13 +40,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
-from lakecurate.lake import LakeError
+from lakecurate.errors import LakeError
 from lakecurate.options import whole
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 FORMATS = ("webdataset", "parquet", "lance")
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpg"}
@@ -74,7 +74,7 @@ class ExportReport:
         return asdict(self)
 
 
-def plan(lake: "Lake", *, where: str | None = None, version: int | str | None = None, repeats: bool = True,
+def plan(lake: "Store", *, where: str | None = None, version: int | str | None = None, repeats: bool = True,
          caption: str = "caption") -> tuple[Any, pa.Table, np.ndarray, str | None]:
     """(dataset, metadata table of the chosen rows in export order, copy index per sample, where).
 
@@ -132,7 +132,7 @@ def _chunks(ds: Any, tbl: pa.Table) -> Iterator[tuple[pa.Table, list[bytes | Non
         yield tbl.slice(s, CHUNK), blobs
 
 
-def _manifest(lake: "Lake", ds: Any, fmt: str, where: str | None, tbl: pa.Table, copy: np.ndarray) -> dict[str, Any]:
+def _manifest(lake: "Store", ds: Any, fmt: str, where: str | None, tbl: pa.Table, copy: np.ndarray) -> dict[str, Any]:
     def prov(col: str) -> Any:
         return columns.field_provenance(ds.schema.field(col)) if col in ds.schema.names else None
 
@@ -191,7 +191,7 @@ def _previous_export(dest: Path, fmt: str) -> list[Path] | None:
     return [path] + [dest / n for n in names]
 
 
-def _check_dest(lake: "Lake", dest: str | os.PathLike, fmt: str, overwrite: bool) -> tuple[Path, list[Path] | None]:
+def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: bool) -> tuple[Path, list[Path] | None]:
     """(local destination, files of the earlier export that ``overwrite`` replaces): every refusal
     happens here, before the lake is read or anything is written."""
     uri = os.fspath(dest)
@@ -250,7 +250,7 @@ def json_ready(part: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     return pa.table(out, names=part.column_names), used
 
 
-def export(lake: "Lake", dest: str | Path, format: str = "webdataset", *, where: str | None = None,
+def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where: str | None = None,
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
            shard_size: int | None = None, overwrite: bool = False) -> ExportReport:
     """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet or Lance.
@@ -337,7 +337,7 @@ def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: lis
 
 
 def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
-                 caption: str, fmt: str, manifest: dict[str, Any], lake: "Lake", where: str | None) -> None:
+                 caption: str, fmt: str, manifest: dict[str, Any], lake: "Store", where: str | None) -> None:
     """One Parquet file or Lance table at ``out``, the manifest also in its schema metadata."""
     def batches() -> Iterator[pa.RecordBatch]:
         pos = 0

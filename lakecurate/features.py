@@ -38,10 +38,10 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns
-from lakecurate.lake import LakeError
+from lakecurate.errors import LakeError
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 STAGE = "feature"
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,120}$")
@@ -187,7 +187,7 @@ def _types(fn: Callable, name: str, type: Any) -> dict[str, pa.DataType] | None:
     return {name: parse_type(t)}
 
 
-def _infer(lake: "Lake", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.DataType]:
+def _infer(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.DataType]:
     """Output types from a run on a few rows (when the function does not declare them)."""
     ds = lake.dataset()
     sample = ds.to_table(columns=list(inputs), limit=16, blob_handling="all_binary") if ds.count_rows() else None
@@ -206,7 +206,7 @@ def _infer(lake: "Lake", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.D
 
 
 def add_feature(
-    lake: "Lake",
+    lake: "Store",
     name: str,
     fn: Callable | str,
     *,
@@ -264,7 +264,7 @@ def add_feature(
                          versions=out["versions"])
 
 
-def list_features(lake: "Lake") -> list[dict[str, Any]]:
+def list_features(lake: "Store") -> list[dict[str, Any]]:
     """Every feature column: what made it, from what, and how many rows still lack it."""
     ds = lake.dataset()
     rows = []
@@ -279,14 +279,14 @@ def list_features(lake: "Lake") -> list[dict[str, Any]]:
     return rows
 
 
-def drop_feature(lake: "Lake", name: str) -> list[str]:
+def drop_feature(lake: "Store", name: str) -> list[str]:
     """Drop a feature's column(s) (metadata only: older versions still have them). Returns the names."""
     ds = lake.dataset()
     cols = [f.name for f in ds.schema if (columns.field_provenance(f) or {}).get("stage") == STAGE
             and columns.field_provenance(f)["config"].get("feature") == name]
     if not cols:
         raise LakeError(f"lake '{lake.uri}' has no feature '{name}'; see: lakecurate feature list {lake.uri}")
-    from lakecurate.lake import retry_on_conflict
+    from lakecurate.store import retry_on_conflict
 
     def drop() -> None:
         current = lake.dataset()

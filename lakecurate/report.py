@@ -29,11 +29,11 @@ from lakecurate.columns import describe_provenance, field_provenance
 if TYPE_CHECKING:
     import lance
 
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 TEMPLATE = "report.html.j2"
 SECTIONS = {
-    "summary": "Lake",
+    "summary": "Store",
     "funnel": "Kept and dropped, per stage and reason",
     "duplicates": "Duplicate groups",
     "alignment": "Lowest image-caption alignment",
@@ -173,7 +173,7 @@ def _concept_bars(table: pd.DataFrame) -> str:
 class _Builder:
     """Reads what the report shows from one version of the lake."""
 
-    def __init__(self, lake: "Lake", version: int | str | None, *, sample_rows: int, thumb_px: int, seed: int,
+    def __init__(self, lake: "Store", version: int | str | None, *, sample_rows: int, thumb_px: int, seed: int,
                  max_groups: int, per_group: int, n_low: int, per_reason: int, n_concepts: int, per_concept: int,
                  n_flagged: int):
         self.lake, self.ds = lake, lake.dataset(version)
@@ -455,7 +455,7 @@ def _value_counts(arr: Any) -> dict[str, int]:
 
 
 def report(
-    lake: "Lake",
+    lake: "Store",
     out: str | Path,
     *,
     version: int | str | None = None,
@@ -480,7 +480,7 @@ def report(
     """
     import jinja2
 
-    from lakecurate.lake import LakeError
+    from lakecurate.errors import LakeError
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
         raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")

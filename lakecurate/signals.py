@@ -47,11 +47,11 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns
-from lakecurate.encoders import exif_upright
+from lakecurate.images import exif_upright
 from lakecurate.progress import progress_bar
 
 if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+    from lakecurate.store import Store
 
 # --------------------------------------------------------------------------- caption signals
 _EXT = r"(?:jpe?g|png|gif|webp|bmp|tiff?|heic|avif)"
@@ -368,7 +368,7 @@ def _image_batch(item: tuple[int, int, int]) -> tuple[int, np.ndarray, pa.Table]
     return fid, np.asarray(addrs, np.int64) & 0xFFFFFFFF, image_signals(blobs)
 
 
-def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress: bool | None = None) -> int:
+def compute_image_signals(lake: "Store", *, workers: int | None = None, progress: bool | None = None) -> int:
     """Fill the image signal columns for every fragment that lacks them; returns rows decoded.
 
     One commit per fragment, so a killed run loses at most the fragment in flight.
@@ -423,14 +423,14 @@ def compute_image_signals(lake: "Lake", *, workers: int | None = None, progress:
     return done
 
 
-def _fill_from_captions(lake: "Lake", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Any,
+def _fill_from_captions(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Any,
                         progress: bool | None, desc: str) -> int:
     """Declare ``fields`` and fill every fragment lacking them with ``fn(captions) -> pa.Table``."""
     return columns.fill_by_fragment(lake, fields, prov, lambda batch: fn(batch.column("caption").to_pylist()),
                                     ["caption"], progress=progress, desc=desc)["rows"]
 
 
-def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> int:
+def compute_caption_signals(lake: "Store", *, progress: bool | None = None) -> int:
     """Fill the caption signal columns for every fragment that lacks them; returns rows read."""
     config = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
               "email": _EMAIL.pattern, "phone": _PHONE.pattern, "language": "py3langid norm_probs"}
@@ -438,7 +438,7 @@ def compute_caption_signals(lake: "Lake", *, progress: bool | None = None) -> in
     return _fill_from_captions(lake, CAPTION_FIELDS, prov, caption_signals, progress, "caption signals")
 
 
-def compute_redacted(lake: "Lake", column: str = "caption_redacted") -> int:
+def compute_redacted(lake: "Store", column: str = "caption_redacted") -> int:
     """Add ``caption_redacted`` (e-mails and phone numbers replaced); ``caption`` is never modified."""
     prov = columns.provenance("signals-redact", {"email": _EMAIL.pattern, "phone": _PHONE.pattern}, ["caption"], lake.version)
     return _fill_from_captions(lake, [pa.field(column, pa.string())], prov,

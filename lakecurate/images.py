@@ -1,0 +1,89 @@
+"""Image decoding shared by every stage that looks at pixels (ground floor: Pillow and numpy only).
+
+Decode workers import this module, not torch or open_clip, so they start in about a second.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAX_DECODE_PIXELS = 89_478_485  # Pillow's own bomb limit: larger images are not decoded here
+
+
+def exif_upright(im: Any) -> Any:
+    """``im`` turned as its EXIF orientation tag says (a phone photo taken sideways stands up), as a
+    viewer shows it; unchanged without a tag. Works on a ``draft()``-reduced JPEG too."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block: the pixels are still usable as stored
+        return im
+    if orientation in (None, 1) or not isinstance(orientation, int) or not 2 <= orientation <= 8:
+        return im
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        return im
+
+
+def decode_image(data: bytes | None) -> tuple[Any, str | None]:
+    """Bytes -> RGB PIL image, or (None, reason). Animated: first frame; CMYK/16-bit/palette: converted."""
+    from PIL import Image
+
+    if data is None:
+        return None, "image_missing"
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.width * im.height > MAX_DECODE_PIXELS:
+            return None, f"image_too_large: {im.width}x{im.height}"
+        im = exif_upright(im)  # as the photo is seen: a sideways phone picture is embedded upright
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im, dtype=np.float32)
+            span = float(arr.max() - arr.min()) or 1.0
+            im = Image.fromarray(((arr - arr.min()) * (255.0 / span)).astype(np.uint8))
+        return im.convert("RGB"), None
+    except Exception as exc:  # Pillow raises many types on bad data
+        # Pillow names the buffer's memory address; drop it so the same bytes give the same message.
+        return None, re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", f"image_undecodable: {type(exc).__name__}: {exc}")[:300]
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Eval preprocessing in PIL + numpy: resize (shortest side, or squash), centre crop, scale,
+    normalise -> float32 CHW. Equal to open_clip's/torchvision's eval transform for these modes
+    (tested), but picklable without importing torch, so decode workers start in about a second."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def __call__(self, im: Any) -> Any:
+        import numpy as np
+        from PIL import Image
+
+        resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[self.interpolation]
+        im = im.convert("RGB")
+        w, h = im.size
+        if self.resize_mode == "squash":
+            im = im.resize((self.size, self.size), resample)
+        else:  # shortest side to `size`, as torchvision.transforms.Resize(int)
+            if w <= h:
+                nw, nh = self.size, int(self.size * h / w)
+            else:
+                nw, nh = int(self.size * w / h), self.size
+            if (nw, nh) != (w, h):
+                im = im.resize((nw, nh), resample)
+            top = int(round((nh - self.size) / 2.0))
+            left = int(round((nw - self.size) / 2.0))
+            im = im.crop((left, top, left + self.size, top + self.size))
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))

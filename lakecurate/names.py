@@ -1,0 +1,101 @@
+"""The vocabulary: column names built in one place, and the registry of decision columns.
+
+Ground floor (imports only ``errors`` and ``columns``' provenance reader). Every module that needs a
+derived column's name asks here instead of formatting it:
+
+>>> embedding_columns("offline")["score"]
+'offline_score'
+>>> [d.column for d in DECISIONS]
+['dup_keep', 'keep', 'rebalance_keep']
+>>> decision("keep").reason
+'drop_reason'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lakecurate.columns import field_provenance
+from lakecurate.errors import LakeError
+
+if TYPE_CHECKING:
+    import lance
+
+    from lakecurate.store import Store
+
+# A stage that needs another stage's columns asks for them by the producer's name; the caller (the
+# Lake facade or the pipeline) runs that producer. ``produce(stage, **options) -> rows computed``.
+Produce = Callable[..., int]
+# Producer stage -> one column it writes (filled means the stage is done for that fragment).
+PRODUCERS = {"caption_signals": "cap_words", "image_signals": "phash", "redact": "caption_redacted", "dedup": "dup_keep"}
+
+EMBEDDING_PARTS = ("image", "text", "score", "error")
+
+
+def embedding_columns(prefix: str) -> dict[str, str]:
+    """The embed stage's columns for an encoder prefix: image/text embeddings, score, error."""
+    return {k: f"{prefix}_{k}" for k in EMBEDDING_PARTS}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A keep/drop column: the stage that writes it, its reason column, and what it means."""
+
+    column: str
+    reason: str | None
+    stage: str
+    doc: str
+
+
+# In pipeline order: a later decision builds on the earlier ones (curate's filters read dup_keep;
+# rebalance chooses among rows with keep).
+DECISIONS = (
+    Decision("dup_keep", "dup_reason", "dedup", "false for every member of a duplicate group but its best one"),
+    Decision("keep", "drop_reason", "curate", "the recipe's filters (and dedup) passed"),
+    Decision("rebalance_keep", None, "rebalance", "kept by concept rebalancing among the curated rows"),
+)
+# The decisions that define a curated view (dedup alone does not: curate reads it).
+VIEW_DECISIONS = ("rebalance_keep", "keep")
+
+
+def decision(column: str) -> Decision:
+    """The registry entry of a decision column."""
+    for d in DECISIONS:
+        if d.column == column:
+            return d
+    raise KeyError(column)
+
+
+def embedding_prefixes(ds: "lance.LanceDataset") -> dict[str, dict[str, Any]]:
+    """Prefixes of the embed stage's columns in this table, with their provenance."""
+    out = {}
+    for field in ds.schema:
+        prov = field_provenance(field)
+        if prov and prov["stage"] == "embed" and field.name.endswith("_score"):
+            out[field.name[: -len("_score")]] = prov
+    return out
+
+
+def pick_embedding(lake: "Store", ds: "lance.LanceDataset", name: str | None = None, *, need: str | None = "",
+                   option: str = "--embedding NAME") -> tuple[str | None, dict[str, Any] | None]:
+    """The embed columns' prefix to use and its provenance: ``name`` when given, else the lake's only one.
+
+    Several embeddings and no ``name`` is an error naming ``option``. No embedding at all is an
+    error saying what needs one (``need``), or (None, None) when ``need`` is None (optional).
+    """
+    found = embedding_prefixes(ds)
+    if name is not None:
+        if name not in found:
+            raise LakeError(f"no embedding '{name}' in lake '{lake.uri}'; there are: {', '.join(found) or 'none'}"
+                            + ("" if found else f"; run: lakecurate embed {lake.uri}"))
+        return name, found[name]
+    if len(found) > 1:
+        raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); pass {option}")
+    if found:
+        name = next(iter(found))
+        return name, found[name]
+    if need is None:
+        return None, None
+    raise LakeError(f"lake '{lake.uri}' has no embedding columns; run: lakecurate embed {lake.uri}" + (f" ({need})" if need else ""))
