@@ -73,6 +73,9 @@ def echo_json(value: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+allow_stale_option = click.option(
+    "--allow-stale", is_flag=True,
+    help="Go on when a decision this reads is stale (a stage upstream re-ran after it); warns instead of refusing.")
 
 
 class FiniteFloat(click.FloatRange):
@@ -475,10 +478,11 @@ def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recomput
 @click.option("--max-repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Up-sample small complex concepts up to this many times.")
 @click.option("--where", help="Candidate rows (SQL; default: keep, when a recipe ran).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@allow_stale_option
 @json_option
 @_friendly_errors
 def rebalance(lake: str, target: float | int, temperature: float, rule: str, max_repeats: int, where: str | None, seed: int,
-              as_json: bool) -> None:
+              allow_stale: bool, as_json: bool) -> None:
     """Keep fewer rows of dense, simple concepts and more of rare, complex ones (never deletes).
 
     Writes rebalance_keep, sample_weight and repeats, and prints the per-concept table (size,
@@ -487,7 +491,9 @@ def rebalance(lake: str, target: float | int, temperature: float, rule: str, max
     Example: lakecurate rebalance ./lake --target 0.5 --max-repeats 3
     """
     rep = open_lake(lake).rebalance(target, temperature=temperature, rule=rule,
-                                    max_repeats=max_repeats, where=where, seed=seed)
+                                    max_repeats=max_repeats, where=where, seed=seed, allow_stale=allow_stale)
+    for note in rep.stale:
+        click.echo(f"warning: rebalanced with --allow-stale: {note}", err=True)
     if as_json:
         echo_json(rep)
         return
@@ -505,14 +511,16 @@ def rebalance(lake: str, target: float | int, temperature: float, rule: str, max
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--where", help="Rows to order (default: rebalance_keep, else keep, else all).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@allow_stale_option
 @json_option
 @_friendly_errors
-def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: str | None, seed: int, as_json: bool) -> None:
+def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: str | None, seed: int, allow_stale: bool,
+             as_json: bool) -> None:
     """Write a training order (seq_order) and shard assignment (seq_shard) for LAKE's chosen rows.
 
     Example: lakecurate sequence ./lake --mode interleave
     """
-    out = open_lake(lake).sequence(mode, score=score, shard_size=shard_size, where=where, seed=seed)
+    out = open_lake(lake).sequence(mode, score=score, shard_size=shard_size, where=where, seed=seed, allow_stale=allow_stale)
     if as_json:
         echo_json(out)
         return
@@ -531,17 +539,20 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
               help="WebDataset samples per shard (default: the --shard-size `sequence` used, so shard i holds "
                    "seq_shard i; else 1000).")
 @click.option("--overwrite", is_flag=True)
+@allow_stale_option
 @json_option
 @_friendly_errors
 def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: str | None, caption: str,
-               no_repeats: bool, shard_size: int | None, overwrite: bool, as_json: bool) -> None:
+               no_repeats: bool, shard_size: int | None, overwrite: bool, allow_stale: bool, as_json: bool) -> None:
     """Export the chosen rows of LAKE to DEST for training, in order and with repeats, plus a manifest.
 
     Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted
     """
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     rep = open_lake(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
-                                 shard_size=shard_size, overwrite=overwrite)
+                                 shard_size=shard_size, overwrite=overwrite, allow_stale=allow_stale)
+    for note in rep.stale:
+        click.echo(f"warning: exported with --allow-stale: {note}", err=True)
     if as_json:
         echo_json(rep)
         return
@@ -563,17 +574,18 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
               help="Folder the evaluation set's image paths must stay inside (default: the manifest's folder); "
                    "needed when a manifest holds absolute paths elsewhere.")
 @click.option("--no-record", is_flag=True, help="Do not append the result to LAKE/evaluations.lance.")
+@allow_stale_option
 @json_option
 @_friendly_errors
 def evaluate(lake: str, eval_set: str, view: str | None, baseline: str, seeds: int, steps: int,
-             embedding: str | None, root: str | None, no_record: bool, as_json: bool) -> None:
+             embedding: str | None, root: str | None, no_record: bool, allow_stale: bool, as_json: bool) -> None:
     """Train a small proxy (contrastive heads on frozen embeddings) on a curated view and on a baseline
     of the same size; report retrieval R@1/5/10 and swapped-caption AUROC on EVAL_SET, over seeds.
 
     Example: lakecurate evaluate ./lake --eval-set clean_eval/captions.csv --seeds 3
     """
     res = open_lake(lake).evaluate(view, eval_set=eval_set, baseline=baseline, seeds=seeds, steps=steps,
-                                   embedding=embedding, record=not no_record, root=root)
+                                   embedding=embedding, record=not no_record, root=root, allow_stale=allow_stale)
     if as_json:
         echo_json({**res.to_dict(), "table": res.table().to_dict("records"), "t2i_R@5": res.difference("t2i_R@5")})
         return
@@ -609,6 +621,8 @@ def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, op
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     rep = open_lake(lake).report(out, version=version, sample_rows=sample_rows)
     empty = f"; no data yet for: {', '.join(rep.empty_sections)}" if rep.empty_sections else ""
+    for note in rep.stale:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         echo_json(rep)
     else:
@@ -714,6 +728,33 @@ def feature_drop(lake: str, name: str, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- inspect
+@main.command()
+@lake_argument
+@click.option("--version", "at_version", help="The graph as of this version or tag (default: the latest).")
+@json_option
+@_friendly_errors
+def status(lake: str, at_version: str | None, as_json: bool) -> None:
+    """Show the stage graph of LAKE: each stage's columns, current / stale / incomplete / behind, why,
+    and the command that brings it up to date. Exit code 0 either way; --json for scripts.
+
+    Example: lakecurate status ./lake
+    """
+    d = open_lake(lake).status(int(at_version) if at_version and at_version.isdigit() else at_version)
+    if as_json:
+        echo_json(d)
+        return
+    click.echo(f"lake {d['uri']} (branch {d['branch']}) at version {d['version']}")
+    if not d["stages"]:
+        click.echo("no derived columns yet; next: lakecurate embed " + d["uri"])
+        return
+    _echo_table([{"stage": s["stage"], "columns": ", ".join(s["columns"][:3]) + (", ..." if len(s["columns"]) > 3 else ""),
+                  "state": s["state"], "why": s["reasons"][0] if s["reasons"] else ""} for s in d["stages"]])
+    todo = [s for s in d["stages"] if s["state"] != "current"]
+    for s in todo:
+        click.echo(f"{s['stage']}: {s['fix']}")
+    click.echo(f"curated view: {d['view'] or 'none yet'}" + "".join(f"\n  note: {n}" for n in d["view_notes"]))
+
+
 @main.command()
 @lake_argument
 @json_option
@@ -862,7 +903,8 @@ def branch_delete(lake: str, name: str, as_json: bool) -> None:
 @lake_argument
 @click.argument("a")
 @click.argument("b", required=False)
-@click.option("--where", help="SQL condition of the view on both sides (default: each side's rebalance_keep or keep).")
+@click.option("--where", help="SQL condition of the view on both sides (default: each side's latest current "
+              "decision: rebalance_keep, or keep when rebalancing is stale).")
 @click.option("--where-b", help="Another condition for B.")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True, help="Example ids to list per side.")
 @json_option
@@ -880,6 +922,8 @@ def diff(lake: str, a: str, b: str | None, where: str | None, where_b: str | Non
     click.echo(f"A = {d.a} (v{d.version_a}, {d.where_a or 'all rows'}): {d.rows_a} rows")
     click.echo(f"B = {d.b} (v{d.version_b}, {d.where_b or 'all rows'}): {d.rows_b} rows")
     click.echo(f"in both {d.in_both}; only in B (added) {d.added}; only in A (removed) {d.removed}")
+    for note in d.notes:
+        click.echo(f"note: {note}", err=True)
     for title, by, ids in (("removed: why B leaves them out", d.removed_by, d.removed_ids),
                            ("added: why A left them out", d.added_by, d.added_ids)):
         if by:
@@ -980,6 +1024,41 @@ def planted_defects(source: str, defect: str) -> list[str]:
     return [name for name, what in rows if defect in what]
 
 
+def _step_line(res: Any) -> None:
+    """One line per pipeline step, as it finishes (also off a terminal)."""
+    took = f" in {res.seconds:.1f} s" if res.action == "ran" else ""
+    made = f", versions {res.versions[0]}-{res.versions[-1]}" if len(res.versions) > 1 else (
+        f", version {res.versions[0]}" if res.versions else "")
+    click.echo(f"{res.step:<10} {res.action:<9} {res.why}{took}{made}", err=True)
+
+
+@main.command("run")
+@lake_argument
+@click.argument("pipeline")
+@click.option("--dry-run", is_flag=True, help="Only say which steps would run, and why.")
+@json_option
+@_friendly_errors
+def run_cmd(lake: str, pipeline: str, dry_run: bool, as_json: bool) -> None:
+    """Run the steps of PIPELINE (a TOML file, or a shipped name such as 'demo') on LAKE: only those
+    whose columns are missing or stale, in order (ingest, embed, dedup, curate, cluster, rebalance,
+    sequence, export, report). A second run of an unchanged pipeline writes nothing.
+
+    Example: lakecurate run ./lake pipeline.toml
+    """
+    from lakecurate.pipeline import load_pipeline
+
+    uri = os.path.abspath(lake) if "://" not in lake else lake
+    pipe = load_pipeline(pipeline, lake_uri=uri)  # every option checked before the lake is touched
+    target = open_lake(lake, create="ingest" in pipe.steps)
+    rep = target.run(pipe, dry_run=dry_run, on_step=None if as_json else _step_line)
+    if as_json:
+        echo_json(rep)
+        return
+    click.echo(f"{'would run' if dry_run else 'ran'} {len(rep.ran) if not dry_run else sum(s.action == 'would run' for s in rep.steps)} "
+               f"of {len(rep.steps)} steps; lake {rep.lake} version {rep.version_before} -> {rep.version_after} "
+               f"in {rep.seconds:.1f} s")
+
+
 @main.command()
 @click.option("--lake", "lake_uri", default="demo-lake", show_default=True, type=click.Path(file_okay=False))
 @click.option("--source", default="sample_data", show_default=True, type=click.Path(exists=False))
@@ -987,35 +1066,41 @@ def planted_defects(source: str, defect: str) -> list[str]:
               help="Encoder for the embedding step (e.g. ViT-B-32 where CLIP weights are available).")
 @_friendly_errors
 def demo(lake_uri: str, source: str, model: str) -> None:
-    """Run the pipeline on the bundled sample data and show what it found.
+    """Run the shipped demo pipeline (lakecurate/pipelines/demo.toml) on the bundled sample data and
+    show what it found. The same as: lakecurate run LAKE demo.
 
     Example: lakecurate demo --lake ./demo-lake --source sample_data
     """
     from lakecurate.encoders import EncoderError, resolve
+    from lakecurate.pipeline import load_pipeline
 
     if not os.path.isdir(source):
         raise click.ClickException(
             f"'{source}' is not a folder; run this from the lakecurate checkout or pass --source PATH"
         )
     lake = Lake.create(lake_uri)
-    click.echo(f"== ingest {source} -> {lake.uri}")
-    print_ingest_report(lake.ingest(source))
+    overrides: dict[str, dict[str, Any]] = {"ingest": {"sources": [os.path.abspath(source)]}}
+    try:
+        spec = resolve(model)
+    except EncoderError as exc:  # no such encoder here: the demo still ingests and reports
+        click.echo(f"embed skipped: {exc}")
+        spec = None
+    pipe = load_pipeline("demo", lake_uri=lake.uri, overrides={**overrides, "embed": {"model": model}})
+    if spec is None:
+        pipe.steps = {k: v for k, v in pipe.steps.items() if k in ("ingest", "report")}
+    else:
+        explain_encoder(spec.arch, spec.meaningless)
+    click.echo(f"== run pipeline {pipe.source} on {lake.uri}")
+    rep = lake.run(pipe, on_step=_step_line)
+    ingest = next((s for s in rep.steps if s.step == "ingest" and s.action == "ran"), None)
+    if ingest is not None:
+        click.echo(f"ingested {ingest.result.get('written', 0)} rows from {source}")
     click.echo("\n== flagged pairs")
     df = lake.sql("SELECT key, ingest_status, ingest_error FROM pairs WHERE ingest_status <> 'ok' ORDER BY key")
     click.echo(df.to_string(index=False, max_colwidth=70) if len(df) else "(none)")
-
-    click.echo(f"\n== embed ({model})")
-    try:
-        spec = resolve(model)
-        explain_encoder(spec.arch, spec.meaningless)
-        rep = lake.embed(model)
-    except EncoderError as exc:
-        click.echo(f"skipped: {exc}")
-    else:
-        score = rep.columns["score"]
-        click.echo(f"embedded {rep.rows_embedded} rows ({rep.rows_embedded / max(rep.seconds, 1e-9):.1f} rows/s); "
-                   f"{rep.errors} without embedding")
-        click.echo("\nlowest image-caption alignment (candidates for a mismatched caption):")
+    if spec is not None:
+        score = f"{spec.prefix}_score"
+        click.echo(f"\n== embed ({model}): lowest image-caption alignment (candidates for a mismatched caption)")
         low = lake.sql(f"SELECT key, ROUND({score}, 3) AS score, caption FROM pairs "
                        f"WHERE {score} IS NOT NULL ORDER BY {score} LIMIT 4")
         click.echo(low.to_string(index=False, max_colwidth=60))
@@ -1031,24 +1116,22 @@ def demo(lake_uri: str, source: str, model: str) -> None:
         click.echo("\nsearch 'a cat':")
         hits = lake.search("a cat", k=3, prefix=spec.prefix)
         click.echo(hits[["key", "similarity"]].round(3).to_string(index=False))
-        click.echo("\n== curate (built-in recipe 'basic': dedup, caption, image, privacy and alignment filters)")
-        cur = lake.curate("basic", progress=False)
-        click.echo(f"kept {cur.kept} of {cur.rows}; dropped: "
-                   + ", ".join(f"{r} {n}" for r, n in cur.dropped.items() if n) + f"; tag {cur.tag}")
+        by = lake.sql("SELECT drop_reason, count(*) AS n FROM pairs GROUP BY drop_reason ORDER BY n DESC, drop_reason")
+        kept = int(by.loc[by["drop_reason"].isna(), "n"].sum())
+        click.echo(f"\n== curate (built-in recipe 'basic'): kept {kept} of {int(by['n'].sum())}; dropped: "
+                   + ", ".join(f"{r} {int(n)}" for r, n in zip(by["drop_reason"], by["n"]) if isinstance(r, str)))
         if planted:
             fate = lake.sql("SELECT key, keep, drop_reason FROM pairs WHERE key IN ("
                             + ", ".join("'" + k.replace("'", "''") + "'" for k in planted) + ")")
             for row in fate.itertuples():
                 click.echo(f"{row.key}: " + ("kept" if row.keep else f"dropped ({row.drop_reason})"))
-        lake.cluster(min(4, max(2, cur.kept // 3)))
-        reb = lake.rebalance(0.6)
-        click.echo(f"rebalanced: {reb.kept} of {reb.rows} kept across {reb.k} concepts")
-    rep = lake.report(os.path.join(lake_uri, "report.html"))
-    click.echo(f"\n== report: {rep.path} ({rep.bytes / 2**10:.0f} KiB; open it in a browser)")
+        reb = lake.sql("SELECT count(*) AS n FROM pairs WHERE rebalance_keep")
+        click.echo(f"rebalanced: {int(reb['n'][0])} kept")
+    click.echo(f"\n== report: {os.path.join(lake.uri, 'report.html')} (open it in a browser)")
     click.echo("\n== lake")
     d = lake.info()
     click.echo(f"{d['rows']} rows, version {d['version']}, columns: {', '.join(c['name'] for c in d['columns'])}")
-    click.echo(f"\nnext: lakecurate sql {lake_uri} \"SELECT format, COUNT(*) AS n FROM pairs GROUP BY format\"")
+    click.echo(f"\nnext: lakecurate status {lake_uri}; lakecurate run {lake_uri} demo (again: nothing to do)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,9 @@
 """Compare two curated views: which rows one keeps that the other does not, and why.
 
 A view is a version of the lake (a number, a tag, a branch or ``branch:number``) and a SQL condition
-(default: its curated view, ``rebalance_keep`` or ``keep``). Rows are matched by ``id``. Each row
+(default: its *effective* curated view, the latest decision column that is current: ``rebalance_keep``,
+or ``keep`` when rebalancing is stale because a recipe re-ran after it; see
+:func:`lakecurate.graph.effective_view`). Rows are matched by ``id``. Each row
 that one view has and the other lacks is explained by the other version's own columns: the first
 stage that dropped it there (see :func:`why_excluded`), or the row does not exist in that version
 (appended later, or the version was restored).
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from lakecurate.errors import LakeError
-from lakecurate.schema import default_view
+from lakecurate.graph import effective_view
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class ViewDiff:
     removed_by: dict[str, int] = field(default_factory=dict)
     added_ids: list[str] = field(default_factory=list)
     removed_ids: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # decision columns skipped as stale, per side
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,19 +74,24 @@ def why_excluded(df: pd.DataFrame) -> pd.Series:
     return reason
 
 
-def _side(lake: "Store", ref: str | int, where: str | None) -> tuple[Any, pd.DataFrame, str | None]:
+def _side(lake: "Store", ref: str | int, where: str | None) -> tuple[Any, pd.DataFrame, str | None, list[str]]:
     ds = lake.dataset(ref)
     names = ds.schema.names
-    where = where or default_view(names)
-    # One scan: the view's condition is computed as a column beside the reason columns.
-    cols = {c: c for c in ["id", *REASON_COLUMNS] if c in names}
+    notes: list[str] = []
+    if not where:
+        where, notes = effective_view(lake, ds)
+        notes = [f"{ref}: {n}" for n in notes]
+    # One scan: the view's condition is computed as a column beside the reason columns. A stale
+    # rebalance_keep outside the view explains nothing.
+    skip = {"rebalance_keep"} if where == "keep" else set()
+    cols = {c: c for c in ["id", *REASON_COLUMNS] if c in names and c not in skip}
     inside = where or ("ingest_status != 'error'" if "ingest_status" in names else "true")
     try:
         tbl = ds.to_table(columns={**cols, "_in": inside}).to_pandas()
     except Exception as exc:
         raise LakeError(f"cannot select rows with {where!r} at '{ref}' of lake '{lake.uri}': {exc}") from None
     tbl["_in"] = tbl["_in"].fillna(False).astype(bool)  # a null condition leaves the row out, as a filter does
-    return ds, tbl.set_index("id"), where
+    return ds, tbl.set_index("id"), where, notes
 
 
 def diff(lake: "Store", a: str | int, b: str | int | None = None, *, where: str | None = None,
@@ -94,14 +102,15 @@ def diff(lake: "Store", a: str | int, b: str | int | None = None, *, where: str 
     b = lake.version if b is None else b
     check_where(where, "--where", lake.dataset(a))  # one condition each, on the columns of its side
     check_where(where_b, "--where-b", lake.dataset(b))
-    ds_a, ta, wa = _side(lake, a, where)
-    ds_b, tb, wb = _side(lake, b, where_b or where)
+    ds_a, ta, wa, notes_a = _side(lake, a, where)
+    ds_b, tb, wb, notes_b = _side(lake, b, where_b or where)
     in_a, in_b = set(ta.index[ta["_in"]]), set(tb.index[tb["_in"]])
     added = sorted(in_b - in_a)
     removed = sorted(in_a - in_b)
     out = ViewDiff(a=str(a), b=str(b), version_a=ds_a.version, version_b=ds_b.version, where_a=wa, where_b=wb,
                    rows_a=len(in_a), rows_b=len(in_b), in_both=len(in_a & in_b), added=len(added),
-                   removed=len(removed), added_ids=added[:examples], removed_ids=removed[:examples])
+                   removed=len(removed), added_ids=added[:examples], removed_ids=removed[:examples],
+                   notes=notes_a + notes_b)
     out.added_by = _reasons(ta, added, f"not in {a} (added later)")
     out.removed_by = _reasons(tb, removed, f"not in {b}")
     return out

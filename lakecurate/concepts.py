@@ -31,6 +31,7 @@ from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.options import positive, whole
 from lakecurate.options import target as check_target
+from lakecurate.graph import check_current, where_columns, write_decisions
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
@@ -161,6 +162,7 @@ class ConceptReport:
     concepts: list[dict[str, Any]] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    stale: list[str] = field(default_factory=list)  # inputs that were not current (run with allow_stale)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,10 +210,10 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     columns.declare(lake, fields, prov, recompute=replace)
     if replace:
         tbl = tbl.drop_columns(["concept", "concept_dist"])
-    _, version = columns.write_changed(lake, tbl, {
+    _, version = write_decisions(lake, tbl, {
         "concept": pa.array(label, pa.int32(), mask=label < 0),
         "concept_dist": pa.array(dist, pa.float32(), mask=np.isnan(dist)),
-    })
+    }, sources=prov["source_columns"], read_version=ds.version)
     report.versions += [version] if version is not None else []
     sizes = np.bincount(assign, minlength=k)
     report.concepts = [{"concept": c, "size": int(s)} for c, s in enumerate(sizes)]
@@ -229,6 +231,7 @@ def rebalance(
     where: str | None = None,
     embedding: str | None = None,
     seed: int = 0,
+    allow_stale: bool = False,
 ) -> ConceptReport:
     """Keep ``target`` rows (a fraction of the candidates in (0, 1], or a count >= 1; see
     :func:`lakecurate.options.target`), fewer from dense simple concepts and more from complex ones:
@@ -257,6 +260,8 @@ def rebalance(
     emb = embedding or columns.field_provenance(ds.schema.field("concept"))["config"]["embedding"]
     if where is None and "keep" in ds.schema.names:
         where = "keep"
+    # Choosing among stale decisions would rebalance what the curator no longer decided.
+    report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
     cand_tbl = ds.to_table(columns=["id"], filter=where, with_row_address=True) if where else None
     cols = ["concept", "concept_dist", f"{emb}_image"] + [c for c in ("rebalance_keep", "sample_weight", "repeats")
                                                           if c in ds.schema.names]
@@ -276,7 +281,7 @@ def rebalance(
     if goal < 1 or goal > n:
         raise LakeError(f"--target {target} keeps {goal} rows, outside 1..{n} candidate rows; pass a fraction in (0, 1] "
                         f"or a count up to {n}")
-    report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal)
+    report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal, stale=report_stale)
     table = complexity(x[rows], label[rows], k) if n else pd.DataFrame()
     keep = np.zeros(len(label), bool)
     weight = np.zeros(len(label), np.float32)
@@ -301,15 +306,17 @@ def rebalance(
         table["repeats"] = pd.Series(repeats[keep]).groupby(label[keep]).max().reindex(range(k), fill_value=0).to_numpy()
     prov = columns.provenance("rebalance", {"target": target, "temperature": temperature, "rule": rule,
                                             "max_repeats": max_repeats, "where": where, "seed": seed},
-                              ["concept", "concept_dist", f"{emb}_image"], ds.version)
+                              # the view it chose among is an input too: a new recipe makes this stale
+                              ["concept", "concept_dist", f"{emb}_image", *where_columns(where, ds.schema.names)],
+                              ds.version)
     fields = [pa.field("rebalance_keep", pa.bool_()), pa.field("sample_weight", pa.float32()), pa.field("repeats", pa.int32())]
     if columns.declare_view(lake, fields, prov):  # a new decision replaces the old (tags keep history)
         tbl = tbl.drop_columns([c for c in ("rebalance_keep", "sample_weight", "repeats") if c in tbl.column_names])
-    _, version = columns.write_changed(lake, tbl, {
+    _, version = write_decisions(lake, tbl, {
         "rebalance_keep": pa.array(keep, pa.bool_()),
         "sample_weight": pa.array(weight, pa.float32(), mask=~keep),
         "repeats": pa.array(repeats, pa.int32(), mask=~keep),
-    })
+    }, sources=prov["source_columns"], read_version=ds.version)
     report.versions += [version] if version is not None else []
     report.kept = int(keep.sum())
     report.exported_rows = int(repeats.sum())
@@ -319,7 +326,7 @@ def rebalance(
 
 
 def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: str | None = None,
-             where: str | None = None, shard_size: int = 10_000) -> dict[str, Any]:
+             where: str | None = None, shard_size: int = 10_000, allow_stale: bool = False) -> dict[str, Any]:
     """Write ``seq_order`` (0.. over the selected rows, null elsewhere) and ``seq_shard``.
 
     ``mode``: "random" (seeded shuffle), "curriculum" (ascending ``score`` column: easy first when
@@ -337,6 +344,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     where = check_where(where, "--where", ds)
     if where is None:
         where = default_view(names)
+    check_current(lake, ds, where_columns(where, names), what="sequence", allow_stale=allow_stale)
     if mode == "interleave" and "concept" not in names:
         raise LakeError(f"interleaving needs concepts; run: lakecurate cluster {lake.uri}")
     desc = bool(score and score.startswith("-"))
@@ -371,11 +379,14 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     order = np.full(tbl.num_rows, -1, np.int64)
     order[ranked] = np.arange(len(ranked))
     prov = columns.provenance("sequence", {"mode": mode, "seed": seed, "score": score, "where": where,
-                                           "shard_size": shard_size}, [c for c in cols if c != "id"], ds.version)
+                                           "shard_size": shard_size},
+                              [c for c in cols if c not in ("id", "seq_order", "seq_shard")] + where_columns(where, names),
+                              ds.version)
     fields = [pa.field("seq_order", pa.int64()), pa.field("seq_shard", pa.int32())]
     if columns.declare_view(lake, fields, prov):
         tbl = tbl.drop_columns([c for c in ("seq_order", "seq_shard") if c in tbl.column_names])
     mask = order < 0
-    columns.write_changed(lake, tbl, {"seq_order": pa.array(order, pa.int64(), mask=mask),
-                                      "seq_shard": pa.array((order // shard_size).astype(np.int32), pa.int32(), mask=mask)})
+    write_decisions(lake, tbl, {"seq_order": pa.array(order, pa.int64(), mask=mask),
+                                "seq_shard": pa.array((order // shard_size).astype(np.int32), pa.int32(), mask=mask)},
+                    sources=prov["source_columns"], read_version=ds.version)
     return {"mode": mode, "rows": int(len(ranked)), "shards": int(-(-len(ranked) // shard_size)), "where": where}

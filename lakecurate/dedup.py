@@ -48,6 +48,7 @@ from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.neardup import components, hamming_pairs, semantic_pairs
 from lakecurate.encoders import meaningless
+from lakecurate.graph import write_decisions
 from lakecurate.names import Produce
 
 if TYPE_CHECKING:
@@ -183,8 +184,9 @@ def _str_array(values: np.ndarray, valid: np.ndarray) -> pa.Array:
     return pa.array(values, pa.string(), mask=~valid)
 
 
-def _write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array], report: DedupReport) -> int:
-    written, version = columns.write_changed(lake, tbl, new)
+def _write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array], report: DedupReport,
+                   sources: list[str], read_version: int) -> int:
+    written, version = write_decisions(lake, tbl, new, sources=sources, read_version=read_version)
     if version is not None:
         report.versions.append(version)
     return written
@@ -312,7 +314,7 @@ def dedup(
                 pairs = equal_value_pairs(key, valid)
                 pair_best = best_of_groups(linked_groups(n, [pairs], valid), rank)
                 new_cols["dup_pair_group"] = _str_array(ids[np.maximum(pair_best, 0)], pair_best >= 0)
-            mr.fragments_written = _write_changed(lake, tbl, new_cols, report)
+            mr.fragments_written = _write_changed(lake, tbl, new_cols, report, _sources(m, emb), ds.version)
             report.fragments_written += mr.fragments_written
         mr.rows = int((best >= 0).sum())
         sizes = np.bincount(best[best >= 0], minlength=n)
@@ -348,7 +350,7 @@ def dedup(
     }
     if any(c not in tbl.column_names for c in FINAL_COLUMNS):
         tbl = tbl.drop_columns([c for c in FINAL_COLUMNS if c in tbl.column_names])
-    report.fragments_written += _write_changed(lake, tbl, new_final, report)
+    report.fragments_written += _write_changed(lake, tbl, new_final, report, final_prov["source_columns"], ds.version)
     report.kept = int(keep.sum())
     report.dropped = int(n - keep.sum())
     report.seconds = time.perf_counter() - t_start

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from lakecurate.columns import field_provenance
 from lakecurate.errors import LakeError
 from lakecurate.store import retry_on_conflict
+from lakecurate.graph import check_current, where_columns
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 from lakecurate.columns import embedding_matrix
@@ -187,8 +188,11 @@ def _vectors(tbl: pa.Table, name: str) -> np.ndarray:
     return embedding_matrix(tbl.column(name))[0]
 
 
-def _selection(lake: "Store", view: str | None, option: str = "--view") -> tuple[int | str | None, str, str]:
-    """(version, where, label) of a view: a tag (its curated rows), a SQL condition, or the default."""
+def _selection(lake: "Store", view: str | None, option: str = "--view", *,
+               allow_stale: bool = False) -> tuple[int | str | None, str, str]:
+    """(version, where, label) of a view: a tag (its curated rows), a SQL condition, or the default.
+    Its decision columns must be current (or ``allow_stale``): a proxy trained on stale decisions
+    proves nothing about the curator's."""
     ds = lake.dataset()
     version: int | str | None = None
     label = view or ""
@@ -197,12 +201,15 @@ def _selection(lake: "Store", view: str | None, option: str = "--view") -> tuple
         view = None
     if view:
         lead = f"{option} '{view}' is not a tag of lake '{lake.uri}' nor a valid SQL condition"
-        return version, check_where(view, option, ds, lead=lead), label
+        where = check_where(view, option, ds, lead=lead)
+        check_current(lake, ds, where_columns(where, ds.schema.names), what="evaluate", allow_stale=allow_stale)
+        return version, where, label
     names = ds.schema.names
     where = default_view(names)
     if where is None:
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
                         f"run: lakecurate curate {lake.uri} basic, or pass --view 'SQL condition'")
+    check_current(lake, ds, where_columns(where, names), what="evaluate", allow_stale=allow_stale)
     return version, where, label or where
 
 
@@ -275,6 +282,7 @@ def evaluate(
     record: bool = True,
     progress: bool | None = None,
     root: str | os.PathLike | None = None,
+    allow_stale: bool = False,
 ) -> EvalResult:
     """Train the proxy on ``view`` and on ``baseline`` (same size, same budget) and score both.
 
@@ -292,9 +300,9 @@ def evaluate(
     t0 = time.perf_counter()
     if seeds < 1 or steps < 1:
         raise LakeError(f"seeds = {seeds}, steps = {steps}: each must be at least 1")
-    version, where, label = _selection(lake, view)
+    version, where, label = _selection(lake, view, allow_stale=allow_stale)
     if baseline != "random":  # a bad baseline condition is refused before the eval set is cached
-        _selection(lake, baseline, "--baseline")
+        _selection(lake, baseline, "--baseline", allow_stale=allow_stale)
     ds = lake.dataset(version)
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
     ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root)

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.options import whole
+from lakecurate.graph import check_current, where_columns
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
@@ -69,21 +70,27 @@ class ExportReport:
     bytes: int = 0
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stale: list[str] = field(default_factory=list)  # what was not current (exported with allow_stale)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def plan(lake: "Store", *, where: str | None = None, version: int | str | None = None, repeats: bool = True,
-         caption: str = "caption") -> tuple[Any, pa.Table, np.ndarray, str | None]:
-    """(dataset, metadata table of the chosen rows in export order, copy index per sample, where).
+         caption: str = "caption", allow_stale: bool = False) -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
+    """(dataset, metadata table of the chosen rows in export order, copy index per sample, where,
+    stale warnings).
 
-    The table has one row per *sample* (a row with repeats 3 appears 3 times)."""
+    The table has one row per *sample* (a row with repeats 3 appears 3 times). The decisions the
+    selection and order read must be current (:func:`lakecurate.graph.check_current`): a stale one
+    is an error naming the stage to re-run, unless ``allow_stale`` (then it is a warning)."""
     ds = lake.dataset(version)
     names = ds.schema.names
     where = check_where(where, "--where", ds)
     if where is None:
         where = default_view(names) or "ingest_status != 'error'"
+    used = where_columns(where, names) + [c for c in ("seq_order", "repeats" if repeats else "") if c in names]
+    warnings = check_current(lake, ds, used, what="export", allow_stale=allow_stale)
     if caption not in names:
         raise LakeError(f"no column '{caption}' in lake '{lake.uri}' to export as the caption")
     cols = list(dict.fromkeys(META + [caption] + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))
@@ -101,7 +108,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     reps = (pc.fill_null(tbl.column("repeats"), 1).to_numpy() if repeats and "repeats" in tbl.column_names
             else np.ones(tbl.num_rows, np.int64))
     idx, copy = spread_copies(reps)
-    return ds, tbl.take(pa.array(idx)), copy, where
+    return ds, tbl.take(pa.array(idx)), copy, where, warnings
 
 
 def spread_copies(reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,11 +259,13 @@ def json_ready(part: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
 
 def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where: str | None = None,
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
-           shard_size: int | None = None, overwrite: bool = False) -> ExportReport:
+           shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False) -> ExportReport:
     """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet or Lance.
 
     ``shard_size``: WebDataset samples per shard; default the shard size of the lake's sequence
-    (``lakecurate sequence --shard-size``), else 1000.
+    (``lakecurate sequence --shard-size``), else 1000. Decisions that are stale (a stage re-ran
+    upstream of them) are refused; ``allow_stale`` exports anyway and records the warnings in the
+    manifest (``stale``).
 
     Example::
 
@@ -269,11 +278,14 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     shard_size = whole("--shard-size", shard_size, 1, none_ok=True)
     dest, previous = _check_dest(lake, dest, format, overwrite)
-    ds, tbl, copy, where = plan(lake, where=where, version=version, repeats=repeats, caption=caption)
+    ds, tbl, copy, where, stale = plan(lake, where=where, version=version, repeats=repeats, caption=caption,
+                                       allow_stale=allow_stale)
     shard_size = shard_size or sequence_shard_size(ds) or SHARD_SIZE
     report = ExportReport(lake=lake.uri, dest=str(dest), format=format, version=ds.version, where=where,
                           samples=tbl.num_rows)
     manifest = _manifest(lake, ds, format, where, tbl, copy)
+    manifest["allow_stale"], manifest["stale"] = allow_stale, stale
+    report.stale = stale
     report.rows = manifest["rows"]
     keys = [f"{k:09d}" for k in range(tbl.num_rows)]  # order in the export: webdataset sorts by key within a shard
     meta_cols = [c for c in tbl.column_names if c not in ("_rowid", "seq_order", caption)]

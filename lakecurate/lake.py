@@ -132,6 +132,35 @@ class Lake(Store):
 
         return search(self, query, k, **options)
 
+    def run(self, pipeline: Any, **options: Any) -> Any:
+        """Run a pipeline file (or shipped name, or dict): only the steps that are missing or stale, in
+        order; see :func:`lakecurate.pipeline.run`.
+
+        Example::
+
+            lake.run("pipeline.toml").ran        # ['ingest', 'embed', 'curate', ...]; again: []
+        """
+        from lakecurate.pipeline import run
+
+        return run(self, pipeline, **options)
+
+    def status(self, version: int | str | None = None) -> dict[str, Any]:
+        """The stage graph at ``version`` (default: the latest): every stage's columns, whether they are
+        current, stale (an input was rewritten after them), incomplete (rows without values) or
+        behind (built on a stage that is not current), why, and the command that brings them up to
+        date; plus the effective curated view. See :mod:`lakecurate.graph`.
+
+        Example::
+
+            lake.status()["stages"][-1]      # {'stage': 'rebalance', 'state': 'stale', 'reasons': [...], ...}
+        """
+        from lakecurate import graph
+
+        ds = self.dataset(version)
+        view, notes = graph.effective_view(self, ds)
+        return {"uri": self.uri, "branch": self.branch or "main", "version": ds.version,
+                "stages": [s.to_dict() for s in graph.states(self, ds)], "view": view, "view_notes": notes}
+
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from lakecurate import graph
 from lakecurate.columns import describe_provenance, field_provenance
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class ReportResult:
     thumbnails: int
     empty_sections: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stale: list[str] = field(default_factory=list)  # decisions not current at this version (shown as a warning)
 
 
 def _q(value: str) -> str:
@@ -187,6 +189,11 @@ class _Builder:
         self.embedding, self.score = self._score_column()
         self.sample = self._sample()
         self.uri = lake.uri
+        # Decisions a stage upstream has rewritten since: the funnel leaves them out and the page says so.
+        self.not_current = [s for s in graph.states(lake, self.ds) if s.state in ("stale", "behind")]
+        self.stale_columns = {c for s in self.not_current for c in s.node.columns}
+        self.stale = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}) is {s.state}: {s.reasons[0]}; re-run: {s.fix}"
+                      for s in self.not_current]
 
     # ------------------------------------------------------------------ helpers
     def sql(self, query: str, *, with_row_id: bool = False) -> pd.DataFrame:
@@ -284,7 +291,7 @@ class _Builder:
             steps.append((f"kept by recipe '{recipe.get('name', '?')}' (curate)", kept))
             for r in sorted(by, key=lambda r: order.index(r) if r in order else len(order)):
                 reasons.append({"stage": f"curate: {recipe.get('name', '?')}", "reason": r, "rows": by[r]})
-        if "rebalance_keep" in self.names:
+        if "rebalance_keep" in self.names and "rebalance_keep" not in self.stale_columns:
             r = self.sql("SELECT count(*) AS n, sum(repeats) AS shown FROM pairs WHERE rebalance_keep")
             kept, shown = int(r["n"][0]), r["shown"][0]
             cand_where = (self.prov("rebalance_keep") or {}).get("config", {}).get("where")
@@ -495,7 +502,7 @@ def report(
     html = env.get_template(TEMPLATE).render(
         title=title or f"lakecurate report: {Path(str(lake.uri)).name}", sections=SECTIONS, d=data, uri=lake.uri,
         version=b.version, rows=b.rows, sampled=len(b.sample), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-        cmd_lake=json.dumps(str(lake.uri))[1:-1],
+        cmd_lake=json.dumps(str(lake.uri))[1:-1], stale=b.stale,
     )
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -504,4 +511,4 @@ def report(
     tmp.replace(path)  # a reader never sees half a report
     return ReportResult(path=str(path), bytes=path.stat().st_size, version=b.version, rows=b.rows,
                         sampled_rows=len(b.sample), thumbnails=len(b.thumbs), empty_sections=empty,
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, stale=b.stale)

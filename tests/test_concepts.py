@@ -123,8 +123,15 @@ def test_export_version_where_and_errors(lake3: Lake, tmp_path: Path):
     lake3.rebalance(0.3, temperature=0.2)  # a later decision; the tag still exports the first one
     rep = lake3.export(tmp_path / "a.parquet", "parquet", version="balanced", repeats=False)
     assert rep.version == version and rep.samples == rep.rows
-    rep = lake3.export(tmp_path / "b.parquet", "parquet", where="ingest_status = 'ok'")
+    # The latest order was made for the first rebalancing: exporting in it is refused, naming the fix...
+    with pytest.raises(LakeError, match=r"sequence \(seq_order, seq_shard\) is stale: rebalance_keep .*lakecurate sequence"):
+        lake3.export(tmp_path / "b.parquet", "parquet", where="ingest_status = 'ok'")
+    assert not (tmp_path / "b.parquet").exists()
+    # ...unless asked for, and then the manifest says so.
+    rep = lake3.export(tmp_path / "b.parquet", "parquet", where="ingest_status = 'ok'", allow_stale=True)
     assert rep.rows == lake3.count("ingest_status = 'ok'")
+    manifest = json.loads((tmp_path / "b.parquet.manifest.json").read_text())
+    assert manifest["allow_stale"] is True and "sequence" in manifest["stale"][0]
     with pytest.raises(LakeError, match="--where"):
         lake3.export(tmp_path / "c.parquet", "parquet", where="no_such_column > 1")
     with pytest.raises(LakeError, match="unknown export format"):

@@ -1,0 +1,459 @@
+"""The stage graph: which derived columns are current, stale or incomplete, and why (ground floor).
+
+Every derived column carries provenance (stage, config, source columns). The columns one stage run
+wrote with one config form a *node*; its inputs are its source columns, which are base columns or
+other nodes' outputs. From the lake's own commit log (which commit wrote which column in which
+fragment, and which version that writer had read), a node is
+
+* **current**: none of its inputs was written after the node read them;
+* **stale**: an input was rewritten after (a new recipe rewrote ``keep`` after rebalance chose
+  among the old ``keep``): its values are not what running its stage now would give;
+* **incomplete**: rows exist that the node has no value for (a per-row stage, e.g. embed, after
+  an ingest; a global stage's new rows show up as its inputs being newer, so as stale);
+* and a node whose input node is stale or incomplete is **behind** through it (named).
+
+Per-row stages (embed, signals, features) are judged per fragment: new rows make them incomplete,
+not stale. Global stages (dedup, curate, concepts, rebalance, sequence) see every row, so any newer
+input makes them stale; they record the version they read in their columns' metadata
+(``lakecurate.computed``), so a run that changed no value still counts as a run.
+
+Example::
+
+    for s in graph.states(lake, lake.dataset()):
+        print(s.node.stage, s.state, s.reasons)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lakecurate.columns import field_provenance
+from lakecurate.errors import LakeError
+from lakecurate.store import retry_on_conflict
+
+if TYPE_CHECKING:
+    import lance
+
+    from lakecurate.store import Store
+
+PER_ROW = ("embed", "signals-caption", "signals-image", "signals-redact", "feature")
+GLOBAL = ("dedup", "curate", "concepts", "rebalance", "sequence")
+# The version a global stage read, stored beside (not inside) the provenance: the provenance and
+# its config hash stay as they were, and a recompute drops the marker with the column.
+COMPUTED_KEY = "lakecurate.computed"
+# Pipeline order of the stages, for display and for "run this and everything after it".
+ORDER = ("embed", "feature", "signals-caption", "signals-image", "signals-redact", "dedup", "curate", "concepts",
+         "rebalance", "sequence")
+
+Write = tuple[int, int]  # (version that committed the data, version its writer had read)
+
+
+@dataclass
+class Node:
+    """The columns one stage run wrote with one config, and the columns it read."""
+
+    stage: str
+    columns: list[str]
+    sources: list[str]
+    prov: dict[str, Any]
+
+    @property
+    def per_row(self) -> bool:
+        return self.stage not in GLOBAL
+
+
+@dataclass
+class NodeState:
+    node: Node
+    state: str  # current | stale | incomplete | behind
+    reasons: list[str] = field(default_factory=list)
+    rows_missing: int = 0
+    computed_from: int | None = None  # the version the node's values were computed from (global stages)
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.node.stage, "columns": self.node.columns, "sources": self.node.sources,
+                "config_hash": self.node.prov.get("config_hash"), "state": self.state, "reasons": self.reasons,
+                "rows_missing": self.rows_missing, "computed_from": self.computed_from, "fix": self.fix}
+
+
+def where_columns(where: str | None, names: Iterable[str]) -> list[str]:
+    """The columns of ``names`` a SQL condition mentions (words compared to the schema, so no parser
+    is needed for a condition that already ran)."""
+    import re
+
+    if not where:
+        return []
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", where))
+    return [n for n in names if n in words]
+
+
+def nodes(ds: "lance.LanceDataset") -> list[Node]:
+    """The derived-column nodes of a table version, in pipeline order."""
+    groups: dict[str, Node] = {}
+    names = ds.schema.names
+    for f in ds.schema:
+        prov = field_provenance(f, strict=False)
+        if not prov or not prov.get("stage"):
+            continue
+        key = json.dumps([prov.get("stage"), prov.get("config_hash"), prov.get("source_columns")], sort_keys=True)
+        if key not in groups:
+            sources = list(prov.get("source_columns") or [])
+            # rebalance and sequence chose among the rows of a view ("where"); lakes made before the
+            # view was recorded as a source still name it in the config.
+            view = (prov.get("config") or {}).get("where")
+            sources += [c for c in where_columns(view, names) if c not in sources]
+            groups[key] = Node(prov["stage"], [], sources, prov)
+        groups[key].columns.append(f.name)
+    out = list(groups.values())
+    for n in out:  # a stage that reads its own previous values (to write only changes) is not its own input
+        n.sources = [s for s in n.sources if s not in n.columns]
+    out.sort(key=lambda n: ORDER.index(n.stage) if n.stage in ORDER else len(ORDER))
+    return out
+
+
+# ----------------------------------------------------------------------------- the commit log
+def _field_names(ds: "lance.LanceDataset") -> dict[int, str]:
+    """Field id -> top-level column name (nested ids map to their column)."""
+    out: dict[int, str] = {}
+    for name in ds.schema.names:
+        stack = [ds.lance_schema.field(name)]
+        while stack:
+            f = stack.pop()
+            out[f.id()] = name
+            stack.extend(f.children())
+    return out
+
+
+def _file_fields(frag: Any) -> set[int]:
+    return {i for df in frag.files for i in df.fields}
+
+
+def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) -> list[tuple[int, Any, list[int]]]:
+    """(version, transaction, fragment ids) of every readable version up to ``upto`` of the branch
+    ``uri_ds`` is on, preceded by its parent branch's history up to where the branch was made."""
+    out: list[tuple[int, Any, list[int]]] = []
+    for v in uri_ds.versions():
+        n = v["version"]
+        if n > upto:
+            continue
+        try:
+            at = uri_ds.checkout_version(n)
+            tx = at.get_transactions(1)[0]
+            frags = [f.fragment_id for f in at.get_fragments()]
+        except Exception:  # noqa: BLE001 - cleaned up or unreadable: unknown writes (see last_writes)
+            tx, frags = None, []
+        out.append((n, tx, frags))
+    if out and out[0][1] is not None and type(out[0][1].operation).__name__ == "Clone":
+        # A branch starts with a Clone of its parent at some version: its history is the parent's.
+        parent = _parent(ds, uri_ds)
+        if parent is not None:
+            pds, pversion = parent
+            return _history(ds, pds, pversion) + out[1:]
+    return out
+
+
+def _parent(ds: "lance.LanceDataset", branch_ds: "lance.LanceDataset") -> tuple["lance.LanceDataset", int] | None:
+    import lance
+
+    uri = branch_ds.uri.rstrip("/")
+    if "/tree/" not in uri:
+        return None
+    main_uri, name = uri.split("/tree/", 1)
+    main = lance.dataset(main_uri)
+    info = main.branches.list().get(name)
+    if not info:
+        return None
+    parent_branch, parent_version = info.get("parent_branch"), info.get("parent_version")
+    pds = main if not parent_branch else lance.dataset(f"{main_uri}/tree/{parent_branch}")
+    return pds, int(parent_version)
+
+
+def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
+    """Column -> fragment id -> (version, read version) of the last commit that wrote that column's
+    values in that fragment, from the commit log of ``ds``'s branch up to ``ds.version``.
+
+    Column fills (``DataReplacement``) write the fields of their new files; appends, overwrites and
+    updates write every field of their new fragments; deleting rows counts as writing the fragment's
+    columns; compaction moves values without changing them (the new fragment keeps the latest write
+    of the fragments it merged); a restore goes back to the writes of the version it restores.
+    Versions whose log is gone (cleanup) contribute nothing: their columns read as written before
+    anything that follows.
+    """
+    ids = _field_names(ds)
+    state: dict[int, dict[int, Write]] = {}  # field id -> fragment -> write
+    snapshots: dict[int, dict[int, dict[int, Write]]] = {}
+
+    def put(fields: Iterable[int], frag: int, w: Write) -> None:
+        for f in fields:
+            state.setdefault(f, {})[frag] = w
+
+    before: set[int] = set()
+    for version, tx, frag_ids in _history(ds, ds, ds.version):
+        # A transaction's new fragments have no ids yet (Lance numbers them at commit, in order):
+        # they are the ids this version has and the one before did not.
+        created = iter(sorted(set(frag_ids) - before))
+        if tx is not None:
+            op, w = tx.operation, (version, tx.read_version)
+            kind = type(op).__name__
+            if kind == "Overwrite":
+                state = {}
+                for frag in op.fragments:
+                    put(_file_fields(frag), next(created, -1), w)
+            elif kind == "Append":
+                for frag in op.fragments:
+                    put(_file_fields(frag), next(created, -1), w)
+            elif kind == "Update":
+                for frag in op.updated_fragments:
+                    put(_file_fields(frag), frag.id, w)
+                for frag in op.new_fragments:
+                    put(_file_fields(frag), next(created, -1), w)
+                for fid in op.removed_fragment_ids:
+                    for per in state.values():
+                        per.pop(fid, None)
+            elif kind == "Delete":
+                for frag in op.updated_fragments:
+                    put(_file_fields(frag), frag.id, w)
+            elif kind == "DataReplacement":
+                for r in op.replacements:
+                    put(r.new_file.fields, r.fragment_id, w)
+            elif kind == "Rewrite":
+                for group in op.groups:
+                    old = [frag.id for frag in group.old_fragments]
+                    new_ids = [next(created, -1) for _ in group.new_fragments]
+                    for f, per in state.items():
+                        writes = [per.pop(o) for o in old if o in per]
+                        if writes:
+                            for new in new_ids:
+                                per[new] = max(writes)
+            elif kind == "Restore":
+                state = {f: dict(per) for f, per in snapshots.get(op.version, {}).items()}
+        snapshots[version] = {f: dict(per) for f, per in state.items()}
+        before = set(frag_ids)
+    out: dict[str, dict[int, Write]] = {}
+    for f, per in state.items():
+        name = ids.get(f)
+        if name is not None:
+            dest = out.setdefault(name, {})
+            for frag, w in per.items():
+                dest[frag] = max(dest.get(frag, w), w)
+    return out
+
+
+# ----------------------------------------------------------------------------- states
+def computed_marker(ds: "lance.LanceDataset", node: Node) -> int | None:
+    """The version a global node's last run read (its metadata marker), if recorded."""
+    got = []
+    for name in node.columns:
+        meta = ds.schema.field(name).metadata or {}
+        raw = meta.get(COMPUTED_KEY.encode())
+        if raw:
+            try:
+                got.append(int(json.loads(raw)["read_version"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+    return min(got) if len(got) == len(node.columns) else None
+
+
+def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeState]:
+    """The state of every node of ``ds`` (default: the lake's latest version), in pipeline order."""
+    ds = ds if ds is not None else lake.dataset()
+    writes = last_writes(ds)
+    frags = {f.fragment_id: f for f in ds.get_fragments()}
+    all_nodes = nodes(ds)
+    producer = {c: n for n in all_nodes for c in n.columns}
+    out: list[NodeState] = []
+    by_node: dict[int, NodeState] = {}
+    for node in all_nodes:
+        st = NodeState(node, "current")
+        if node.per_row:
+            _per_row(node, writes, frags, st)
+        else:
+            _global(ds, node, writes, st)
+        for src in node.sources:  # a node built on a node that is not current is behind through it
+            up = producer.get(src)
+            if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \
+                    and st.state == "current":
+                st.state = "behind"
+                st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
+        st.fix = fix_command(lake, node)
+        by_node[id(node)] = st
+        out.append(st)
+    return out
+
+
+def _per_row(node: Node, writes: dict[str, dict[int, Write]], frags: dict[int, Any], st: NodeState) -> None:
+    """Per fragment: rows without the node's values are missing; a value whose input was written
+    after it is stale."""
+    stale: dict[str, int] = {}
+    for fid, frag in frags.items():
+        mine = [writes.get(c, {}).get(fid) for c in node.columns]
+        if any(w is None for w in mine):
+            st.rows_missing += frag.count_rows()
+            continue
+        read = min(w[1] for w in mine)
+        for src in node.sources:
+            w = writes.get(src, {}).get(fid)
+            if w is not None and w[0] > read:
+                stale[src] = max(stale.get(src, 0), w[0])
+    if stale:
+        st.state = "stale"
+        st.reasons += [f"{src} was rewritten at version {v} after {node.stage} computed from it" for src, v in sorted(stale.items())]
+    elif st.rows_missing:
+        st.state = "incomplete"
+        st.reasons.append(f"{st.rows_missing} rows have no {node.columns[0]} yet")
+
+
+def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], st: NodeState) -> None:
+    """A global node read the whole table at one version: any input written after it is newer."""
+    data = [w for c in node.columns for w in writes.get(c, {}).values()]
+    marker = computed_marker(ds, node)
+    candidates = [r for r in ([max(w[1] for w in data)] if data else []) + ([marker] if marker is not None else [])]
+    read = max(candidates) if candidates else node.prov.get("table_version")
+    st.computed_from = read
+    if read is None:
+        return
+    newer = {}
+    for src in node.sources:
+        latest = max((w[0] for w in writes.get(src, {}).values()), default=None)
+        if latest is not None and latest > read:
+            newer[src] = latest
+    if newer:
+        st.state = "stale"
+        st.reasons += [f"{src} was written at version {v}, after {node.stage} read version {read}"
+                       for src, v in sorted(newer.items())]
+
+
+def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int) -> int | None:
+    """Record that a global stage's run read ``read_version`` when that run changed no value but its
+    columns would otherwise look stale: an input was written after what they record (their last
+    data write or marker) and not after ``read_version``. Metadata only; a re-run of a current stage
+    commits nothing. Returns the new version, or None when nothing needed recording."""
+    value = json.dumps({"read_version": int(read_version)})
+
+    def commit() -> int | None:
+        ds = lake.dataset()
+        present = [c for c in columns if c in ds.schema.names]
+        if not present:
+            return None
+        writes = last_writes(ds)
+        data_read = max((w[1] for c in present for w in writes.get(c, {}).values()), default=-1)
+        marker = computed_marker(ds, Node("", present, [], {}))
+        recorded = max(data_read, marker if marker is not None else -1)
+        newer = [w[0] for c in sources for w in writes.get(c, {}).values() if recorded < w[0] <= read_version]
+        if not newer:
+            return None
+        ds.update_field_metadata({c: {COMPUTED_KEY: value} for c in present})
+        return ds.version
+
+    return retry_on_conflict(commit)
+
+
+# ----------------------------------------------------------------------------- what to run
+def fix_command(lake: "Store", node: Node) -> str:
+    """The command that recomputes ``node``, rebuilt from its provenance."""
+    cfg = node.prov.get("config") or {}
+    uri = lake.uri
+    branch = f" --branch {lake.branch}" if getattr(lake, "branch", None) else ""
+    head = f"lakecurate{branch}"
+    if node.stage == "embed":
+        return embed_command(lake, cfg.get("prefix") or node.columns[0].rsplit("_", 1)[0], node.prov)
+    if node.stage == "curate":
+        return f"{head} curate {uri} {cfg.get('source') or 'RECIPE'}"
+    if node.stage == "dedup":
+        return f"{head} dedup {uri}"
+    if node.stage == "concepts":
+        return f"{head} cluster {uri} --k {cfg.get('k')} --seed {cfg.get('seed', 0)}"
+    if node.stage == "rebalance":
+        return (f"{head} rebalance {uri} --target {cfg.get('target')} --temperature {cfg.get('temperature')} "
+                f"--rule {cfg.get('rule')} --max-repeats {cfg.get('max_repeats')} --seed {cfg.get('seed', 0)}")
+    if node.stage == "sequence":
+        return f"{head} sequence {uri} --mode {cfg.get('mode')} --shard-size {cfg.get('shard_size')} --seed {cfg.get('seed', 0)}"
+    if node.stage == "feature":
+        return f"{head} feature add {uri} {node.columns[0]} --udf {node.prov.get('udf', 'MODULE:FUNCTION')}"
+    return f"{head} run {uri} PIPELINE.toml"  # signals: computed on demand by the stages that read them
+
+
+def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
+    """The ``lakecurate embed`` command that fills the ``prefix`` columns, rebuilt from their provenance."""
+    import os
+
+    cfg = prov.get("config", {})
+    arch, pretrained = cfg.get("arch"), cfg.get("pretrained")
+    if cfg.get("family") == "offline":
+        model, default = "offline", "offline"
+    elif str(arch).endswith("-MEANINGLESS"):  # the tiny random test model (encoders.TINY_RANDOM)
+        model, default = "tiny-random", "clip_tinyrandom"
+    elif pretrained and (os.sep in pretrained or pretrained.endswith(".pt")):  # a local checkpoint file
+        model, default = f"{arch} --checkpoint {pretrained}", None
+    else:
+        model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
+    return f"lakecurate embed {lake.uri} --model {model}" + ("" if prefix == default else f" --name {prefix}")
+
+
+def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str]) -> list[NodeState]:
+    """The nodes behind ``columns`` (the columns themselves and, through their sources, every node
+    they were computed from) that are not current."""
+    all_states = states(lake, ds)
+    producer = {c: s for s in all_states for c in s.node.columns}
+    todo, seen, bad = list(columns), set(), []
+    while todo:
+        c = todo.pop()
+        s = producer.get(c)
+        if s is None or id(s) in seen:
+            continue
+        seen.add(id(s))
+        if s.state in ("stale", "incomplete"):
+            bad.append(s)
+        todo += s.node.sources
+    bad.sort(key=lambda s: ORDER.index(s.node.stage) if s.node.stage in ORDER else len(ORDER))
+    return bad
+
+
+def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str], *, what: str,
+                  allow_stale: bool = False, incomplete_ok: bool = True) -> list[str]:
+    """Refuse (LakeError) to let ``what`` use ``columns`` when a node behind them is stale; with
+    ``allow_stale``, return the problems as warnings instead. A node that is only incomplete (new
+    rows not computed yet) is a warning unless ``incomplete_ok`` is False."""
+    bad = not_current(lake, ds, columns)
+    msgs = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}{', ...' if len(s.node.columns) > 3 else ''}) is "
+            f"{s.state}: {s.reasons[0]}" for s in bad]
+    blocking = [s for s in bad if s.state == "stale" or not incomplete_ok]
+    if blocking and not allow_stale:
+        first = blocking[0]
+        raise LakeError(f"{what} would use stale decisions on lake '{lake.uri}': {msgs[bad.index(first)]}; "
+                        f"re-run it: {first.fix} (or pass --allow-stale)")
+    return msgs
+
+
+def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None, list[str]]:
+    """The curated view a person means: the latest decision column (``rebalance_keep``, then
+    ``keep``) that is current, with notes on the later ones skipped as stale. When none is current,
+    the earliest present one, with its problem noted (the caller decides whether that is an error).
+    None before any curation."""
+    from lakecurate.names import VIEW_DECISIONS
+
+    present = [c for c in VIEW_DECISIONS if c in ds.schema.names]
+    notes: list[str] = []
+    for col in present:
+        bad = [s for s in not_current(lake, ds, [col]) if s.state == "stale"]
+        if not bad:
+            return col, notes
+        notes.append(f"{col} skipped: {bad[0].node.stage} is stale ({bad[0].reasons[0]}); re-run: {bad[0].fix}")
+    return (present[-1] if present else None), notes
+
+
+def write_decisions(lake: "Store", tbl: Any, new: dict[str, Any], *, sources: Sequence[str],
+                    read_version: int) -> tuple[int, int | None]:
+    """The one write of a global stage (dedup, curate, concepts, rebalance, sequence): the fragments
+    whose values changed, in one commit (:func:`lakecurate.columns.write_changed`), then the marker
+    when nothing changed but the columns would look stale. Returns (fragments written, new version
+    or None)."""
+    from lakecurate.columns import write_changed
+
+    written, version = write_changed(lake, tbl, new)
+    marked = mark_computed(lake, list(new), sources, read_version)
+    return written, marked if marked is not None else version

@@ -1,0 +1,373 @@
+"""``lakecurate run LAKE pipeline.toml``: one file lists the stages and their options; the run does
+only what is missing or stale, in dependency order, like ``make``.
+
+A pipeline file has one table per step, in any order; the steps always run in this order::
+
+    ingest -> embed -> dedup -> curate -> cluster -> rebalance -> sequence -> export -> report
+
+Example (``pipeline.toml``; relative paths are relative to the file, ``{lake}`` is the lake's path)::
+
+    [ingest]
+    sources = ["photos/"]          # any `lakecurate ingest` option too: kind, image_dir, ...
+    [embed]
+    model = "offline"
+    [curate]
+    recipe = "basic"               # a shipped recipe name or a TOML path
+    [cluster]
+    k = 8
+    [rebalance]
+    target = 0.5
+    [export]
+    dest = "{lake}-shards"
+    format = "webdataset"
+
+Whether a step must run is read from the lake itself, never from side files: a stage whose columns
+are missing, whose provenance holds another config than the file asks for, or that the stage graph
+(:mod:`lakecurate.graph`) finds stale or incomplete runs; a current one is skipped. Ingest always
+looks (it adds only pairs it has not seen). Export and report run when their output is missing or
+older than the lake's latest version. So a second run of an unchanged file writes nothing, and
+changing a recipe threshold re-runs curate and what depends on it (rebalance, sequence, export),
+not embed. Every option of every step is checked before the first step runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lakecurate import graph
+from lakecurate.errors import LakeError
+from lakecurate.names import embedding_columns
+
+if TYPE_CHECKING:
+    from lakecurate.lake import Lake
+
+STEPS = ("ingest", "embed", "dedup", "curate", "cluster", "rebalance", "sequence", "export", "report")
+SHIPPED = Path(__file__).parent / "pipelines"
+# Options the runner owns (it passes them itself), so a file may not set them.
+_OWN = {"lake", "progress", "produce", "version", "options"}
+_PATHS = {"ingest": ("sources", "root", "image_dir"), "export": ("dest",), "report": ("out",), "curate": ("recipe",),
+          "embed": ("checkpoint",)}
+
+
+@dataclass
+class StepResult:
+    step: str
+    action: str  # "ran" | "skipped"
+    why: str
+    seconds: float = 0.0
+    versions: list[int] = field(default_factory=list)  # versions this step committed
+    result: Any = None  # the stage's own report (as a dict)
+
+
+@dataclass
+class RunReport:
+    lake: str
+    pipeline: str
+    version_before: int
+    version_after: int
+    steps: list[StepResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ran(self) -> list[str]:
+        return [s.step for s in self.steps if s.action == "ran"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ran": self.ran}
+
+
+@dataclass
+class Pipeline:
+    name: str
+    source: str
+    steps: dict[str, dict[str, Any]]
+
+
+def _stage_functions() -> dict[str, Callable[..., Any]]:
+    from lakecurate import concepts, curate, dedup, embed, export, ingest, report
+
+    return {"ingest": ingest.ingest, "embed": embed.embed, "dedup": dedup.dedup, "curate": curate.curate,
+            "cluster": concepts.cluster, "rebalance": concepts.rebalance, "sequence": concepts.sequence,
+            "export": export.export, "report": report.report}
+
+
+def load_pipeline(spec: str | os.PathLike | Mapping[str, Any], *, lake_uri: str = "",
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Pipeline:
+    """Read and check a pipeline: a TOML path, a shipped name (``demo``) or a dict. Paths in it are
+    made absolute (relative to the file; ``{lake}`` is the lake's path). ``overrides`` replace
+    options per step (how ``lakecurate demo --source`` changes the shipped file)."""
+    if isinstance(spec, Mapping):
+        raw, source, base = dict(spec), "<dict>", Path.cwd()
+    else:
+        path = Path(spec)
+        if not path.is_file() and (SHIPPED / f"{spec}.toml").is_file():
+            path = SHIPPED / f"{spec}.toml"
+        if not path.is_file():
+            shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.toml")))
+            raise LakeError(f"pipeline '{spec}' is not a file (shipped pipelines: {shipped})")
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise LakeError(f"pipeline {path}: not valid TOML ({exc})") from None
+        source, base = str(path), path.resolve().parent
+    name = str(raw.pop("name", Path(source).stem))
+    unknown = sorted(set(raw) - set(STEPS))
+    if unknown:
+        raise LakeError(f"pipeline {source}: unknown step(s) {', '.join(unknown)}; steps are: {', '.join(STEPS)}")
+    steps: dict[str, dict[str, Any]] = {}
+    for step in STEPS:
+        if step not in raw and step not in (overrides or {}):
+            continue
+        opts = raw.get(step, {})
+        if not isinstance(opts, dict):
+            raise LakeError(f"pipeline {source}: [{step}] must be a table of options, got {type(opts).__name__}")
+        opts = {**opts, **((overrides or {}).get(step) or {})}
+        steps[step] = _check_step(source, step, opts, base, lake_uri)
+    if not steps:
+        raise LakeError(f"pipeline {source} has no steps; add tables such as [ingest], [embed], [curate]")
+    return Pipeline(name, source, steps)
+
+
+def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_uri: str) -> dict[str, Any]:
+    """Unknown keys and the options that can be checked without the lake, refused with the file and step."""
+    fn = _stage_functions()[step]
+    params = [p for p in list(inspect.signature(fn).parameters)[1:] if p not in _OWN]
+    valid = (set(params) - {"source"}) | {"sources"} if step == "ingest" else set(params)
+    unknown = sorted(set(opts) - valid)
+    where = f"pipeline {source}, [{step}]"
+    if unknown:
+        raise LakeError(f"{where}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    opts = dict(opts)
+    for key in _PATHS.get(step, ()):
+        if key in opts and opts[key] is not None:
+            opts[key] = _path(opts[key], base, lake_uri, keep_names=(step == "curate"))
+    try:
+        _check_values(step, opts)
+    except LakeError as exc:
+        raise LakeError(f"{where}: {exc}") from None
+    return opts
+
+
+def _path(value: Any, base: Path, lake_uri: str, *, keep_names: bool = False) -> Any:
+    if isinstance(value, list):
+        return [_path(v, base, lake_uri, keep_names=keep_names) for v in value]
+    text = str(value).replace("{lake}", lake_uri)
+    if "://" in text or os.path.isabs(text):
+        return text
+    if keep_names and not text.endswith(".toml"):  # a shipped recipe by name
+        return text
+    return str((base / text).resolve())
+
+
+def _check_values(step: str, opts: dict[str, Any]) -> None:
+    """Values a stage would only check once it runs (after earlier steps wrote): checked first."""
+    from lakecurate import options
+
+    if step == "ingest":
+        sources = opts.get("sources")
+        if not sources or not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise LakeError("sources must be a list of folders, manifests or shard patterns")
+    elif step == "embed":
+        from lakecurate.encoders import resolve
+
+        if "model" not in opts:
+            raise LakeError("say which model: model = \"offline\" (or an open_clip name)")
+        resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
+    elif step == "dedup":
+        from lakecurate.dedup import METHODS
+
+        methods = opts.get("methods", ["exact", "phash", "semantic"])
+        bad = [m for m in (methods if isinstance(methods, list) else [methods]) if m not in (*METHODS, "all")]
+        if bad:
+            raise LakeError(f"unknown dedup method(s) {', '.join(map(str, bad))}; choose from {', '.join(METHODS)}")
+    elif step == "curate":
+        from lakecurate.curate import load_recipe
+
+        if "recipe" not in opts:
+            raise LakeError("say which recipe: recipe = \"basic\" (or a TOML path)")
+        load_recipe(opts["recipe"])
+    elif step == "cluster":
+        if opts.get("k") is not None:
+            options.whole("k", opts["k"], 2)
+    elif step == "rebalance":
+        options.target(opts.get("target", 0.5))
+    elif step == "sequence":
+        if opts.get("mode", "interleave") not in ("random", "curriculum", "interleave"):
+            raise LakeError(f"unknown order {opts.get('mode')!r}; choose random, curriculum or interleave")
+    elif step == "export":
+        from lakecurate.export import FORMATS
+
+        if "dest" not in opts:
+            raise LakeError("say where: dest = \"{lake}-shards\"")
+        if opts.get("format", "webdataset") not in FORMATS:
+            raise LakeError(f"unknown export format {opts.get('format')!r}; choose from {', '.join(FORMATS)}")
+    elif step == "report":
+        if "out" not in opts:
+            raise LakeError("say where: out = \"{lake}/report.html\"")
+
+
+# ----------------------------------------------------------------------------- is a step current?
+def _node_state(lake: "Lake", ds: Any, column: str) -> graph.NodeState | None:
+    return next((s for s in graph.states(lake, ds) if column in s.node.columns), None)
+
+
+def _prov_config(ds: Any, column: str) -> dict[str, Any] | None:
+    from lakecurate.columns import field_provenance
+
+    if column not in ds.schema.names:
+        return None
+    return (field_provenance(ds.schema.field(column), strict=False) or {}).get("config") or {}
+
+
+def _stale_why(st: graph.NodeState | None) -> str | None:
+    if st is None:
+        return "its columns are missing"
+    if st.state != "current":
+        return f"{st.state}: {st.reasons[0]}" if st.reasons else st.state
+    return None
+
+
+def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
+    """Why ``step`` must run with ``opts`` on the lake as it is now; None when it is current."""
+    ds = lake.dataset()
+    if step == "ingest":
+        return "ingest adds the pairs it has not seen"
+    if step == "embed":
+        from lakecurate.encoders import resolve
+
+        spec = resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
+        score = embedding_columns(spec.prefix)["score"]
+        if opts.get("recompute"):
+            return "recompute asked for"
+        return _stale_why(_node_state(lake, ds, score))
+    if step == "dedup":
+        from lakecurate.dedup import METHODS, group_columns
+
+        methods = opts.get("methods", ["exact", "phash", "semantic"])
+        methods = list(METHODS) if "all" in methods else methods
+        missing = [m for m in methods if group_columns(m)[0] not in ds.schema.names]
+        if missing:
+            return f"no {', '.join(missing)} groups yet"
+        want = {"phash": ("max_distance", "phash_distance"), "semantic": ("threshold", "semantic_threshold"),
+                "caption": ("threshold", "caption_threshold")}
+        for m, (key, opt) in want.items():
+            if m in methods and opt in opts and (_prov_config(ds, group_columns(m)[0]) or {}).get(key) != opts[opt]:
+                return f"{opt} changed"
+        return _stale_why(_node_state(lake, ds, "dup_keep")) or next(
+            (f"{m} groups: {_stale_why(_node_state(lake, ds, group_columns(m)[0]))}" for m in methods
+             if _stale_why(_node_state(lake, ds, group_columns(m)[0]))), None)
+    if step == "curate":
+        from lakecurate.curate import load_recipe
+
+        rec = load_recipe(opts["recipe"])
+        cfg = _prov_config(ds, "keep")
+        if cfg is None:
+            return "no keep column yet"
+        if cfg.get("hash") != rec.hash:
+            return f"the recipe changed (lake has {cfg.get('hash')}, file gives {rec.hash})"
+        return _stale_why(_node_state(lake, ds, "keep")) or (
+            f"{n} rows have no decision" if (n := ds.count_rows(filter="keep IS NULL")) else None)
+    if step == "cluster":
+        cfg = _prov_config(ds, "concept")
+        if cfg is None:
+            return "no concepts yet"
+        for key in ("k", "seed", "embedding"):
+            if key in opts and opts[key] is not None and cfg.get(key) != opts[key]:
+                return f"{key} changed ({cfg.get(key)} -> {opts[key]})"
+        return _stale_why(_node_state(lake, ds, "concept"))
+    if step in ("rebalance", "sequence"):
+        col = "rebalance_keep" if step == "rebalance" else "seq_order"
+        cfg = _prov_config(ds, col)
+        if cfg is None:
+            return f"no {col} yet"
+        defaults = {p.name: p.default for p in inspect.signature(_stage_functions()[step]).parameters.values()
+                    if p.default is not inspect.Parameter.empty}
+        for key in ("target", "temperature", "rule", "max_repeats", "seed", "mode", "score", "shard_size"):
+            if key in cfg:
+                want = opts.get(key, defaults.get(key))
+                if want != cfg[key]:
+                    return f"{key} changed ({cfg[key]} -> {want})"
+        if opts.get("where") is not None and opts["where"] != cfg.get("where"):
+            return f"where changed ({cfg.get('where')} -> {opts['where']})"
+        return _stale_why(_node_state(lake, ds, col))
+    if step == "export":
+        manifest = Path(f"{opts['dest']}.manifest.json")
+        if not manifest.is_file():
+            return "not exported yet"
+        try:
+            old = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            return "its manifest cannot be read"
+        if old.get("version") != ds.version or old.get("source_lake") != lake.uri:
+            return f"the lake is at version {ds.version}, the export is of version {old.get('version')}"
+        if old.get("format") != opts.get("format", "webdataset"):
+            return "format changed"
+        return None
+    if step == "report":
+        out = Path(opts["out"])
+        if not out.is_file():
+            return "no report yet"
+        if f"version {ds.version} " not in out.read_text(errors="replace")[:20_000]:
+            return f"the report is not of version {ds.version}"
+        return None
+    raise ValueError(step)
+
+
+# ----------------------------------------------------------------------------- run
+def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *, dry_run: bool = False,
+        progress: bool | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        on_step: Callable[[StepResult], None] | None = None) -> RunReport:
+    """Run the steps of a pipeline that are missing or stale, in order; see the module doc.
+    ``dry_run`` only says what would run (and why)."""
+    t0 = time.perf_counter()
+    pipe = spec if isinstance(spec, Pipeline) else load_pipeline(spec, lake_uri=lake.uri, overrides=overrides)
+    before = lake.version
+    rep = RunReport(lake=lake.uri, pipeline=pipe.source, version_before=before, version_after=before)
+    fns = {name: getattr(lake, name) for name in STEPS}
+    for step, opts in pipe.steps.items():
+        why = why_run(lake, step, opts)
+        res = StepResult(step, "skipped" if why is None else ("would run" if dry_run else "ran"), why or "current")
+        if why is not None and not dry_run:
+            t = time.perf_counter()
+            v = lake.version
+            out = _call(fns[step], step, opts, progress)
+            res.seconds = time.perf_counter() - t
+            res.result = out.to_dict() if hasattr(out, "to_dict") else out
+            res.versions = sorted(h["version"] for h in lake.history(None) if h["version"] > v)
+            if step == "ingest" and not res.versions:
+                res.action, res.why = "skipped", "no new pairs"
+        rep.steps.append(res)
+        if on_step is not None:
+            on_step(res)
+    rep.version_after = lake.version
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+def _call(fn: Callable[..., Any], step: str, opts: dict[str, Any], progress: bool | None) -> Any:
+    opts = dict(opts)
+    if step in ("ingest", "embed", "dedup", "curate"):
+        opts.setdefault("progress", progress)
+    if step == "ingest":
+        reports = [fn(src, **{k: v for k, v in opts.items() if k != "sources"}) for src in opts["sources"]]
+        return reports[0] if len(reports) == 1 else {"sources": [r.to_dict() if hasattr(r, "to_dict") else r for r in reports]}
+    if step == "export":
+        return fn(opts.pop("dest"), opts.pop("format", "webdataset"), overwrite=opts.pop("overwrite", True), **opts)
+    if step == "report":
+        return fn(opts.pop("out"), **opts)
+    first = {"embed": "model", "dedup": "methods", "curate": "recipe", "cluster": "k", "rebalance": "target",
+             "sequence": "mode"}[step]
+    if first in opts:
+        return fn(opts.pop(first), **opts)
+    return fn(**opts)

@@ -1,0 +1,252 @@
+"""The stage graph (current / stale / incomplete), what refuses stale decisions, and `lakecurate run`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lance
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError, graph
+from lakecurate.cli import main
+from lakecurate.pipeline import load_pipeline
+
+from .conftest import SAMPLE_DATA, pair_rows
+
+STRICT = {"name": "strict", "step": [{"filter": "ingest_error"}, {"filter": "caption_length", "min_words": 8, "max_words": 100}]}
+LOOSE = {"name": "loose", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"}]}
+
+
+@pytest.fixture
+def rebalanced(sample_lake_embedded: Lake, tmp_path: Path) -> Lake:
+    """sample_data embedded, curated with a loose recipe, clustered and rebalanced, tagged curated-v1."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate(LOOSE, progress=False)
+    lake.cluster(k=3)
+    lake.rebalance(0.7)
+    lake.tag("curated-v1")
+    return lake
+
+
+def states(lake: Lake) -> dict[str, str]:
+    return {s.node.columns[0]: s.state for s in graph.states(lake)}
+
+
+# ----------------------------------------------------------------------------- the graph
+def test_graph_current_then_stale_after_a_new_recipe(rebalanced: Lake):
+    assert set(states(rebalanced).values()) == {"current"}
+    rebalanced.curate(STRICT, progress=False)
+    st = {s.node.columns[0]: s for s in graph.states(rebalanced)}
+    assert st["keep"].state == "current"
+    assert st["rebalance_keep"].state == "stale"
+    assert "keep was written at version" in st["rebalance_keep"].reasons[0]
+    assert st["rebalance_keep"].fix.startswith("lakecurate rebalance ") and "--target 0.7" in st["rebalance_keep"].fix
+    assert st["concept"].state == "current"  # concepts read only the embeddings
+
+
+def test_new_rows_make_per_row_stages_incomplete_and_global_ones_stale(rebalanced: Lake, tmp_path: Path):
+    src = tmp_path / "more"
+    src.mkdir()
+    for f in sorted(SAMPLE_DATA.glob("brick*"))[:2]:
+        shutil.copy(f, src / f.name)
+    rebalanced.ingest(src, progress=False)
+    st = states(rebalanced)
+    assert st["clip_tinyrandom_image"] == "incomplete"
+    assert st["keep"] == "stale"  # curate saw every row (its caption signals read captions); now there are more
+    assert st["concept"] == "behind"  # it reads only embeddings, and embed has not seen the new rows
+    # the export of the latest version is refused, naming the first stale stage behind it
+    with pytest.raises(LakeError, match=r"export would use stale decisions.*re-run it: lakecurate "):
+        rebalanced.export(tmp_path / "x.parquet", "parquet")
+    # the tagged version is still a consistent curated set
+    rep = rebalanced.export(tmp_path / "x.parquet", "parquet", version="curated-v1")
+    assert rep.rows > 0 and rep.stale == []
+
+
+def test_a_rerun_that_changes_nothing_is_recorded_once(rebalanced: Lake):
+    """rebalance re-run after keep was rewritten with the same values: no data changes, so a marker
+    (metadata only) records what it read; a further run commits nothing."""
+    v = rebalanced.version
+    rebalanced.curate(LOOSE | {"name": "loose2"}, progress=False)  # same decisions, new provenance
+    assert states(rebalanced)["rebalance_keep"] == "stale"
+    rebalanced.rebalance(0.7)
+    assert states(rebalanced)["rebalance_keep"] == "current"
+    after = rebalanced.version
+    assert after > v
+    rebalanced.rebalance(0.7)
+    assert rebalanced.version == after
+
+
+def cap_len(batch):
+    return pc.utf8_length(batch["caption"])
+
+
+def test_last_writes_follow_compaction_and_restore(lake: Lake):
+    for i in range(3):
+        lake.append(pair_rows(i * 5, 5))
+    lake.add_feature("cap_len", cap_len, inputs=["caption"], type="int32")
+    before = graph.last_writes(lake.dataset())
+    assert len(before["cap_len"]) == 3
+    filled = max(w[0] for w in before["cap_len"].values())
+    lake.compact()
+    after = graph.last_writes(lake.dataset())
+    assert len(lake.dataset().get_fragments()) == 1 and len(after["cap_len"]) == 1
+    assert max(w[0] for w in after["cap_len"].values()) == filled  # moved, not rewritten
+    assert states(lake)["cap_len"] == "current"
+    lake.restore(filled)
+    assert len(graph.last_writes(lake.dataset())["cap_len"]) == 3
+
+
+# ----------------------------------------------------------------------------- the stale export (the issue's case)
+def test_stale_export_is_refused_and_diff_compares_the_effective_view(rebalanced: Lake, tmp_path: Path):
+    uri = rebalanced.uri
+    runner = CliRunner()
+    strict = tmp_path / "strict.toml"
+    strict.write_text('name = "strict"\n[[step]]\nfilter = "ingest_error"\n'
+                      '[[step]]\nfilter = "caption_length"\nmin_words = 8\nmax_words = 100\n')
+    assert runner.invoke(main, ["branch", "create", uri, "strict"]).exit_code == 0
+    res = runner.invoke(main, ["--branch", "strict", "curate", uri, str(strict)])
+    assert res.exit_code == 0, res.output
+    branch = Lake.open(uri, branch="strict")
+    removed = branch.count("rebalance_keep AND NOT keep")
+    assert removed > 0  # the new recipe drops rows the old rebalancing kept
+
+    # export of the branch is refused, with the stage to re-run...
+    res = runner.invoke(main, ["--branch", "strict", "export", uri, str(tmp_path / "out.parquet"), "--format", "parquet"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "rebalance" in res.output and "is stale" in res.output and "--allow-stale" in res.output
+    assert not (tmp_path / "out.parquet").exists()
+    # ...and diff compares the effective views: main's rebalance_keep, the branch's keep
+    res = runner.invoke(main, ["diff", uri, "curated-v1", "strict", "--json"])
+    d = json.loads(res.output)
+    assert d["where_a"] == "rebalance_keep" and d["where_b"] == "keep"
+    old = set(rebalanced.to_pandas(["id"], where="rebalance_keep")["id"])
+    new = set(branch.to_pandas(["id"], where="keep")["id"])
+    assert d["removed"] == len(old - new) > 0 and d["added"] == len(new - old)
+    assert set(d["removed_by"]) <= {"recipe: caption_length", "recipe: ingest_error"}, d["removed_by"]
+    assert sum(d["removed_by"].values()) == d["removed"]
+    assert any("rebalance_keep skipped" in n for n in d["notes"])
+
+    # with --allow-stale it exports and the manifest says so
+    res = runner.invoke(main, ["--branch", "strict", "export", uri, str(tmp_path / "stale.parquet"), "--format",
+                               "parquet", "--allow-stale"])
+    assert res.exit_code == 0 and "warning" in res.output
+    manifest = json.loads((tmp_path / "stale.parquet.manifest.json").read_text())
+    assert manifest["allow_stale"] is True and "rebalance" in manifest["stale"][0]
+
+    # `lakecurate run` with the new recipe re-runs rebalance; then every exported row has keep
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(f'[curate]\nrecipe = "{strict}"\n[cluster]\nk = 3\n[rebalance]\ntarget = 0.7\n'
+                    f'[export]\ndest = "{tmp_path / "out.parquet"}"\nformat = "parquet"\n')
+    res = runner.invoke(main, ["--branch", "strict", "run", uri, str(pipe), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["ran"] == ["rebalance", "export"]
+    ids = pq.read_table(tmp_path / "out.parquet").column("id").to_pylist()
+    kept = set(branch.to_pandas(["id"], where="keep")["id"])
+    assert ids and set(ids) <= kept
+    assert Lake.open(uri).dataset().version == rebalanced.version  # main untouched
+
+
+def test_report_and_rebalance_name_stale_decisions(rebalanced: Lake, tmp_path: Path):
+    rebalanced.sequence("random")
+    rebalanced.curate(STRICT, progress=False)
+    rep = rebalanced.report(tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert rep.stale and 'id="stale"' in html and "kept by rebalancing" not in html
+    assert any(s.startswith("rebalance") for s in rep.stale) and any(s.startswith("sequence") for s in rep.stale)
+    with pytest.raises(LakeError, match="sequence would use stale decisions"):
+        rebalanced.sequence("random", where="rebalance_keep")
+    assert rebalanced.sequence("random", where="rebalance_keep", allow_stale=True)["rows"] > 0
+
+
+def test_status_command(rebalanced: Lake):
+    rebalanced.curate(STRICT, progress=False)
+    runner = CliRunner()
+    res = runner.invoke(main, ["status", rebalanced.uri])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("rebalance "))
+    assert "stale" in line and "keep was written" in line
+    assert "rebalance: lakecurate rebalance" in res.output and "curated view: keep" in res.output
+    d = json.loads(runner.invoke(main, ["status", rebalanced.uri, "--json"]).output)
+    by = {s["stage"]: s for s in d["stages"]}
+    assert by["rebalance"]["state"] == "stale" and by["curate"]["state"] == "current" and d["view"] == "keep"
+    d = json.loads(runner.invoke(main, ["status", rebalanced.uri, "--version", "curated-v1", "--json"]).output)
+    assert {s["state"] for s in d["stages"]} == {"current"} and d["view"] == "rebalance_keep"
+
+
+# ----------------------------------------------------------------------------- lakecurate run
+def _pipeline(tmp_path: Path, min_words: int) -> Path:
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'name = "r"\n[[step]]\nfilter = "ingest_error"\n[[step]]\nfilter = "caption_length"\n'
+                      f'min_words = {min_words}\nmax_words = 100\n')
+    pipe = tmp_path / "pipeline.toml"
+    pipe.write_text(f'[ingest]\nsources = ["{SAMPLE_DATA}"]\n[embed]\nmodel = "tiny-random"\nworkers = 0\n'
+                    f'[curate]\nrecipe = "recipe.toml"\n[cluster]\nk = 3\n[rebalance]\ntarget = 0.6\n'
+                    f'[sequence]\nmode = "random"\n[export]\ndest = "{{lake}}-export"\nformat = "parquet"\n')
+    return pipe
+
+
+def test_run_twice_does_nothing_and_a_threshold_reruns_only_what_follows(tmp_path: Path):
+    pipe = _pipeline(tmp_path, 3)
+    lake = Lake.create(tmp_path / "lake")
+    first = lake.run(pipe, progress=False)
+    assert first.ran == ["ingest", "embed", "curate", "cluster", "rebalance", "sequence", "export"]
+    v = lake.version
+    again = lake.run(pipe, progress=False)
+    assert again.ran == [] and lake.version == v  # no new version
+    assert {s.why for s in again.steps} == {"current", "no new pairs"}
+
+    kept = lake.count("keep")
+    _pipeline(tmp_path, 9)  # one threshold of the recipe changes
+    third = lake.run(pipe, progress=False)
+    assert lake.count("keep") < kept
+    assert third.ran == ["curate", "rebalance", "sequence", "export"]
+    ds = lake.dataset()
+    new_versions = range(v + 1, ds.version + 1)
+    touched = set()
+    for n in new_versions:
+        tx = ds.checkout_version(n).get_transactions(1)[0]
+        assert type(tx.operation).__name__ in ("DataReplacement", "Merge", "Project", "UpdateConfig"), tx.operation
+        if type(tx.operation).__name__ == "DataReplacement":
+            names = graph._field_names(ds)
+            touched |= {names[f] for r in tx.operation.replacements for f in r.new_file.fields}
+    assert touched <= {"keep", "drop_reason", "rebalance_keep", "sample_weight", "repeats", "seq_order", "seq_shard"}
+    assert "keep" in touched
+    writes = graph.last_writes(ds)
+    assert max(w[0] for w in writes["clip_tinyrandom_image"].values()) <= v  # embed did not run
+    assert max(w[0] for w in writes["concept"].values()) <= v  # nor cluster
+    assert lake.run(pipe, progress=False).ran == []
+
+
+def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
+    runner = CliRunner()
+    cases = {
+        '[ingest]\nsources = ["x"]\n[embedd]\nmodel = "offline"\n': "unknown step(s) embedd",
+        '[embed]\nmodel = "offline"\nbatchsize = 3\n': "unknown option(s) batchsize",
+        '[embed]\nmodel = "no-such-model"\n': "[embed]",
+        '[curate]\nrecipe = "no-such-recipe"\n': "[curate]",
+        '[rebalance]\ntarget = -2\n': "[rebalance]",
+        '[ingest]\nsources = "sample_data"\n': "sources must be a list",
+        '[export]\ndest = "x"\nformat = "csv"\n': "unknown export format",
+        '[embed\n': "not valid TOML",
+    }
+    for text, msg in cases.items():
+        pipe = tmp_path / "p.toml"
+        pipe.write_text(text)
+        res = runner.invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
+        assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, (text, res.output)
+        assert not (tmp_path / "lake").exists()  # nothing written, not even an empty lake
+    with pytest.raises(LakeError, match="shipped pipelines: demo"):
+        load_pipeline("nope")
+
+
+def test_dry_run_says_what_would_run(tmp_path: Path):
+    pipe = _pipeline(tmp_path, 3)
+    lake = Lake.create(tmp_path / "lake")
+    rep = lake.run(pipe, dry_run=True)
+    assert lake.version == 1 and {s.action for s in rep.steps} == {"would run"}
+    assert lance.dataset(lake.table_uri).count_rows() == 0
