@@ -29,9 +29,10 @@ import pyarrow.compute as pc
 
 from lakecurate import columns
 from lakecurate.errors import LakeError
+from lakecurate.graph import check_current, where_columns, write_decisions
+from lakecurate.names import embedding_columns
 from lakecurate.options import positive, whole
 from lakecurate.options import target as check_target
-from lakecurate.graph import check_current, where_columns, write_decisions
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
@@ -186,9 +187,9 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     seed = whole("--seed", seed, 0)
     emb = _embedding(lake, embedding)
     ds = lake.dataset()
-    tbl = ds.to_table(columns=[f"{emb}_image"] + [c for c in ("concept", "concept_dist") if c in ds.schema.names],
+    tbl = ds.to_table(columns=[embedding_columns(emb)["image"]] + [c for c in ("concept", "concept_dist") if c in ds.schema.names],
                       with_row_address=True)
-    x, valid = _vectors(tbl.column(f"{emb}_image"))
+    x, valid = _vectors(tbl.column(embedding_columns(emb)["image"]))
     n_valid = int(valid.sum())
     k = int(k or default_k(n_valid))
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
@@ -200,7 +201,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     dist = np.full(len(x), np.nan, np.float32)
     dist[valid] = centroid_distance(x[valid], cent, assign)
     prov = columns.provenance("concepts", {"embedding": emb, "k": k, "seed": seed, "algorithm": "faiss spherical k-means"},
-                              [f"{emb}_image"], ds.version)
+                              [embedding_columns(emb)["image"]], ds.version)
     fields = [pa.field("concept", pa.int32()), pa.field("concept_dist", pa.float32())]
     replace = columns.config_changed(lake, "concept", prov)
     if replace and not recompute:
@@ -263,14 +264,14 @@ def rebalance(
     # Choosing among stale decisions would rebalance what the curator no longer decided.
     report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
     cand_tbl = ds.to_table(columns=["id"], filter=where, with_row_address=True) if where else None
-    cols = ["concept", "concept_dist", f"{emb}_image"] + [c for c in ("rebalance_keep", "sample_weight", "repeats")
+    cols = ["concept", "concept_dist", embedding_columns(emb)["image"]] + [c for c in ("rebalance_keep", "sample_weight", "repeats")
                                                           if c in ds.schema.names]
     tbl = ds.to_table(columns=cols, with_row_address=True)
     label = pc.fill_null(tbl.column("concept"), -1).to_numpy()
     candidate = label >= 0
     if cand_tbl is not None:
         candidate &= np.isin(tbl.column("_rowaddr").to_numpy(), cand_tbl.column("_rowaddr").to_numpy())
-    x, _ = _vectors(tbl.column(f"{emb}_image"))
+    x, _ = _vectors(tbl.column(embedding_columns(emb)["image"]))
     k = int(label.max()) + 1 if candidate.any() else 0
     rows = np.flatnonzero(candidate)
     n = len(rows)
@@ -307,7 +308,7 @@ def rebalance(
     prov = columns.provenance("rebalance", {"target": target, "temperature": temperature, "rule": rule,
                                             "max_repeats": max_repeats, "where": where, "seed": seed},
                               # the view it chose among is an input too: a new recipe makes this stale
-                              ["concept", "concept_dist", f"{emb}_image", *where_columns(where, ds.schema.names)],
+                              ["concept", "concept_dist", embedding_columns(emb)["image"], *where_columns(where, ds.schema.names)],
                               ds.version)
     fields = [pa.field("rebalance_keep", pa.bool_()), pa.field("sample_weight", pa.float32()), pa.field("repeats", pa.int32())]
     if columns.declare_view(lake, fields, prov):  # a new decision replaces the old (tags keep history)

@@ -52,7 +52,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
-from lakecurate.names import Produce
+from lakecurate.names import Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 
 if TYPE_CHECKING:
@@ -427,7 +427,7 @@ def _embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
 def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any]) -> None:
     """Scores need a model, so curate cannot make them: live rows without one (fragments ``embed``
     has not filled) are named, and curate stops before it writes anything."""
-    todo = columns.fragments_to_fill(lake.dataset(), f"{prefix}_score")
+    todo = columns.fragments_to_fill(lake.dataset(), embedding_columns(prefix)["score"])
     missing = sum(f.count_rows() for f in todo)
     if not missing:
         return
@@ -586,7 +586,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce)
     inputs = {c for s in rec.steps for c in FILTERS[s.filter].columns if c not in PAIRS_SCHEMA.names}
     if emb is not None and EMBEDDING in needs:
-        inputs.add(f"{emb}_score")
+        inputs.add(embedding_columns(emb)["score"])
     fields = [pa.field("keep", pa.bool_()), pa.field("drop_reason", pa.string())]
     problem = None
     for attempt in range(ATTEMPTS):
@@ -594,7 +594,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
             time.sleep(random.uniform(0.1, 0.5) * attempt)
             report.computed += [c for c in _compute_inputs(lake, rec, needs, emb, progress, produce) if c not in report.computed]
         ds = lake.dataset()  # this round's decisions are all made on this one version
-        read = {"id"} | {c for s in rec.steps for c in FILTERS[s.filter].columns} | ({f"{emb}_score"} if emb else set())
+        read = {"id"} | {c for s in rec.steps for c in FILTERS[s.filter].columns} | ({embedding_columns(emb)["score"]} if emb else set())
         read |= {c for c in ("keep", "drop_reason") if c in ds.schema.names}
         tbl = ds.to_table(columns=sorted(read), with_row_address=True)
         # Rows that arrived after the signals were computed are left undecided (null keep: not kept).
@@ -603,7 +603,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
             tbl = tbl.filter(pa.array(~np.isin(tbl.column("_rowaddr").to_numpy() >> 32, np.fromiter(late, np.int64))))
         df = tbl.drop_columns(["_rowaddr"]).to_pandas()
         if emb is not None:
-            df["__score"] = df[f"{emb}_score"]
+            df["__score"] = df[embedding_columns(emb)["score"]]
         n = len(df)
         reason = np.full(n, None, dtype=object)
         alive = np.ones(n, bool)

@@ -45,11 +45,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
-from lakecurate.errors import LakeError
-from lakecurate.neardup import components, hamming_pairs, semantic_pairs
 from lakecurate.encoders import meaningless
+from lakecurate.errors import LakeError
 from lakecurate.graph import write_decisions
-from lakecurate.names import Produce
+from lakecurate.names import Produce, embedding_columns
+from lakecurate.neardup import components, hamming_pairs, semantic_pairs
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -278,14 +278,14 @@ def dedup(
     if {"phash", "semantic"} & set(methods):
         read += list(PHASH_COLUMNS)
     if emb is not None:
-        read += [f"{emb}_score"] + ([f"{emb}_image"] if "semantic" in methods else []) \
-            + ([f"{emb}_text"] if "caption" in methods else [])
+        read += [embedding_columns(emb)["score"]] + ([embedding_columns(emb)["image"]] if "semantic" in methods else []) \
+            + ([embedding_columns(emb)["text"]] if "caption" in methods else [])
     tbl = ds.to_table(columns=list(dict.fromkeys(read)), with_row_address=True)
     n = tbl.num_rows
     report.rows = n
     ids = np.asarray(tbl.column("id").to_numpy(zero_copy_only=False), dtype=object)
     id_index = {v: k for k, v in enumerate(ids)}
-    score = (pc.fill_null(pc.cast(tbl.column(f"{emb}_score"), pa.float64()), float("nan")).to_numpy()
+    score = (pc.fill_null(pc.cast(tbl.column(embedding_columns(emb)["score"]), pa.float64()), float("nan")).to_numpy()
              if emb is not None else np.full(n, np.nan))  # no score: ranks after every scored row
     pixels = (pc.fill_null(pc.multiply(pc.cast(tbl.column("width"), pa.int64()), pc.cast(tbl.column("height"), pa.int64())), 0)
               .to_numpy())
@@ -335,7 +335,7 @@ def dedup(
         how = next((m for m in use if labels[m][r] >= 0 and labels[m][r] == labels[m][k]), "linked")
         reason[r] = f"{how}:{ids[k]}"
     final_prov = columns.provenance(
-        "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": f"{emb}_score" if emb else None,
+        "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": embedding_columns(emb)["score"] if emb else None,
                   "methods": {m: configs.get(m) for m in use}},
         [c for m in use for c in group_columns(m)[:1]], lake.version)
     final_fields = [pa.field("dup_group", pa.string()), pa.field("dup_group_size", pa.int32()),
@@ -359,7 +359,7 @@ def dedup(
 
 def _sources(method: str, emb: str | None) -> list[str]:
     return {"exact": ["content_hash", "caption"], "phash": list(PHASH_COLUMNS),
-            "semantic": [f"{emb}_image", *PHASH_COLUMNS], "caption": [f"{emb}_text"]}[method]
+            "semantic": [embedding_columns(emb)["image"], *PHASH_COLUMNS], "caption": [embedding_columns(emb)["text"]]}[method]
 
 
 
@@ -384,7 +384,7 @@ def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str
         i, j = rows[i % len(rows)], rows[j % len(rows)]
         mr.pairs = int((i != j).sum())
         return linked_groups(n, [(i, j)], eligible)
-    col = f"{emb}_image" if method == "semantic" else f"{emb}_text"
+    col = embedding_columns(emb)["image"] if method == "semantic" else embedding_columns(emb)["text"]
     x, eligible = _vectors(tbl.column(col))
     new = eligible & (stored_rows < 0)
     mr.new_rows = int(new.sum())

@@ -30,14 +30,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakecurate.columns import field_provenance
+from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.errors import LakeError
-from lakecurate.store import retry_on_conflict
 from lakecurate.graph import check_current, where_columns
+from lakecurate.names import embedding_columns, pick_embedding
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
-from lakecurate.columns import embedding_matrix
-from lakecurate.names import pick_embedding
+from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -243,7 +242,7 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
     side.ingest(src, progress=False, **({"root": root} if root is not None else {}))
     spec = spec_from_provenance(prov)
     side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress)
-    names = {k: f"{spec.prefix}_{k}" for k in ("image", "text")}
+    names = embedding_columns(spec.prefix)
     tbl = side.dataset().to_table(columns=["content_hash", names["image"], names["text"]],
                                   filter=f"{names['image']} IS NOT NULL AND {names['text']} IS NOT NULL")
     if tbl.num_rows < 2:
@@ -307,14 +306,14 @@ def evaluate(
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
     ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root)
 
-    pool = ds.to_table(columns=["id", f"{emb}_image", f"{emb}_text"],
+    pool = ds.to_table(columns=["id", embedding_columns(emb)["image"], embedding_columns(emb)["text"]],
                        filter=f"{emb}_image IS NOT NULL AND {emb}_text IS NOT NULL")
     overlap = set(ev.hashes) & set(ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist())
     if overlap:
         raise LakeError(f"{len(overlap)} evaluation images are also in lake '{lake.uri}' (same content hash), "
                         "so the evaluation would not be held out; remove them from the evaluation set or the lake")
     ids = pool.column("id")
-    x_img, x_txt = _vectors(pool, f"{emb}_image"), _vectors(pool, f"{emb}_text")
+    x_img, x_txt = _vectors(pool, embedding_columns(emb)["image"]), _vectors(pool, embedding_columns(emb)["text"])
 
     def rows_of(at: int | str | None, condition: str) -> np.ndarray:
         try:

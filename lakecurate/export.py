@@ -41,8 +41,9 @@ import pyarrow.compute as pc
 
 from lakecurate import columns
 from lakecurate.errors import LakeError
-from lakecurate.options import whole
 from lakecurate.graph import check_current, where_columns
+from lakecurate.names import embedding_columns, embedding_prefixes
+from lakecurate.options import whole
 from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
@@ -94,8 +95,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     if caption not in names:
         raise LakeError(f"no column '{caption}' in lake '{lake.uri}' to export as the caption")
     cols = list(dict.fromkeys(META + [caption] + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))
-    emb = [n[: -len("_score")] for n in names if n.endswith("_score") and columns.field_provenance(ds.schema.field(n))]
-    cols += [f"{e}_score" for e in emb]
+    cols += [embedding_columns(e)["score"] for e in embedding_prefixes(ds)]
     try:
         tbl = ds.to_table(columns=cols, filter=where, with_row_id=True)
     except Exception as exc:  # a bad filter is the user's to fix

@@ -39,14 +39,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lakecurate import graph
 from lakecurate.errors import LakeError
 from lakecurate.names import embedding_columns
 
-if TYPE_CHECKING:
-    from lakecurate.lake import Lake
+# The steps run through a ``lakecurate.lake.Lake`` (its stage methods pass producers to the stages
+# that ask for columns); it is typed loosely here because the facade imports this module.
+Lake = Any
 
 STEPS = ("ingest", "embed", "dedup", "curate", "cluster", "rebalance", "sequence", "export", "report")
 SHIPPED = Path(__file__).parent / "pipelines"

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from lakecurate import graph
 from lakecurate.columns import describe_provenance, field_provenance
+from lakecurate.names import embedding_columns
 
 if TYPE_CHECKING:
     import lance
@@ -213,7 +214,7 @@ class _Builder:
         curate = self.prov("keep") or {}
         emb = (curate.get("config", {}).get("recipe", {}) or {}).get("embedding")
         emb = emb if emb in found else sorted(found)[0]
-        return emb, f"{emb}_score"
+        return emb, embedding_columns(emb)["score"]
 
     def _sample(self) -> pd.DataFrame:
         cols = [c for c in ("width", "height", "caption", "byte_size", self.score) if c and c in self.names]
