@@ -1049,7 +1049,11 @@ def run_cmd(lake: str, pipeline: str, dry_run: bool, as_json: bool) -> None:
 
     uri = os.path.abspath(lake) if "://" not in lake else lake
     pipe = load_pipeline(pipeline, lake_uri=uri)  # every option checked before the lake is touched
-    target = open_lake(lake, create="ingest" in pipe.steps)
+    if dry_run:  # says what would run; creates nothing
+        ctx = click.get_current_context(silent=True)
+        target = Lake(lake, branch=ctx.find_root().params.get("branch") if ctx is not None else None)
+    else:
+        target = open_lake(lake, create="ingest" in pipe.steps)
     rep = target.run(pipe, dry_run=dry_run, on_step=None if as_json else _step_line)
     if as_json:
         echo_json(rep)
@@ -1099,7 +1103,9 @@ def demo(lake_uri: str, source: str, model: str) -> None:
     df = lake.sql("SELECT key, ingest_status, ingest_error FROM pairs WHERE ingest_status <> 'ok' ORDER BY key")
     click.echo(df.to_string(index=False, max_colwidth=70) if len(df) else "(none)")
     if spec is not None:
-        score = f"{spec.prefix}_score"
+        from lakecurate.names import embedding_columns
+
+        score = embedding_columns(spec.prefix)["score"]
         click.echo(f"\n== embed ({model}): lowest image-caption alignment (candidates for a mismatched caption)")
         low = lake.sql(f"SELECT key, ROUND({score}, 3) AS score, caption FROM pairs "
                        f"WHERE {score} IS NOT NULL ORDER BY {score} LIMIT 4")

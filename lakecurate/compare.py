@@ -23,12 +23,14 @@ import pandas as pd
 
 from lakecurate.errors import LakeError
 from lakecurate.graph import effective_view
+from lakecurate.names import DECISIONS
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
 
-REASON_COLUMNS = ("ingest_status", "drop_reason", "rebalance_keep", "dup_keep", "dup_reason")
+# What explains a row's absence: ingest status, then every decision and its reason column.
+REASON_COLUMNS = ("ingest_status", *(c for d in DECISIONS for c in (d.column, d.reason) if c))
 
 
 @dataclass

@@ -30,10 +30,9 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns, write_decisions
-from lakecurate.names import embedding_columns
+from lakecurate.names import default_view, embedding_columns
 from lakecurate.options import positive, whole
 from lakecurate.options import target as check_target
-from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:

@@ -33,8 +33,7 @@ import pyarrow.compute as pc
 from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns
-from lakecurate.names import embedding_columns, pick_embedding
-from lakecurate.schema import default_view
+from lakecurate.names import default_view, embedding_columns, pick_embedding
 from lakecurate.sqlcheck import check_where
 from lakecurate.store import retry_on_conflict
 

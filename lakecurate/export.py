@@ -42,9 +42,8 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns
-from lakecurate.names import embedding_columns, embedding_prefixes
+from lakecurate.names import default_view, embedding_columns, embedding_prefixes
 from lakecurate.options import whole
-from lakecurate.schema import default_view
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:

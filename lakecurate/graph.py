@@ -172,7 +172,22 @@ def _parent(ds: "lance.LanceDataset", branch_ds: "lance.LanceDataset") -> tuple[
     return pds, int(parent_version)
 
 
+# The log up to a version never changes, so its reading is kept per (table, version): status,
+# export and diff each ask several questions of one version.
+_WRITES: dict[tuple[str, int], dict[str, dict[int, Write]]] = {}
+
+
 def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
+    """See :func:`_last_writes`; cached per table version (a few entries)."""
+    key = (ds.uri, ds.version)
+    if key not in _WRITES:
+        if len(_WRITES) > 16:
+            _WRITES.pop(next(iter(_WRITES)))
+        _WRITES[key] = _last_writes(ds)
+    return {c: dict(per) for c, per in _WRITES[key].items()}
+
+
+def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
     """Column -> fragment id -> (version, read version) of the last commit that wrote that column's
     values in that fragment, from the commit log of ``ds``'s branch up to ``ds.version``.
 

@@ -56,8 +56,19 @@ DECISIONS = (
     Decision("keep", "drop_reason", "curate", "the recipe's filters (and dedup) passed"),
     Decision("rebalance_keep", None, "rebalance", "kept by concept rebalancing among the curated rows"),
 )
-# The decisions that define a curated view (dedup alone does not: curate reads it).
-VIEW_DECISIONS = ("rebalance_keep", "keep")
+# The decisions that define a curated view, latest first (dedup alone does not: curate reads it).
+VIEW_DECISIONS = tuple(d.column for d in reversed(DECISIONS) if d.stage != "dedup")
+
+
+def default_view(names: "list[str] | tuple[str, ...]") -> str | None:
+    """The lake's curated view as a SQL condition: the latest decision column present
+    (``rebalance_keep`` after rebalancing, else a recipe's ``keep``), or None before curation.
+    Whether it is current is :func:`lakecurate.graph.effective_view`'s question.
+
+    >>> default_view(["id", "keep", "rebalance_keep"]), default_view(["id"])
+    ('rebalance_keep', None)
+    """
+    return next((w for w in VIEW_DECISIONS if w in names), None)
 
 
 def decision(column: str) -> Decision:

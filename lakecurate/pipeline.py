@@ -333,11 +333,15 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
     ``dry_run`` only says what would run (and why)."""
     t0 = time.perf_counter()
     pipe = spec if isinstance(spec, Pipeline) else load_pipeline(spec, lake_uri=lake.uri, overrides=overrides)
-    before = lake.version
+    exists = lake.exists()
+    if not exists and not dry_run:
+        raise LakeError(f"no lake at '{lake.uri}'; create it with Lake.create (lakecurate run creates it when the "
+                        f"pipeline has an [ingest] step)")
+    before = lake.version if exists else 0
     rep = RunReport(lake=lake.uri, pipeline=pipe.source, version_before=before, version_after=before)
     fns = {name: getattr(lake, name) for name in STEPS}
     for step, opts in pipe.steps.items():
-        why = why_run(lake, step, opts)
+        why = why_run(lake, step, opts) if exists else "no lake yet"
         res = StepResult(step, "skipped" if why is None else ("would run" if dry_run else "ran"), why or "current")
         if why is not None and not dry_run:
             t = time.perf_counter()
@@ -351,7 +355,7 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
         rep.steps.append(res)
         if on_step is not None:
             on_step(res)
-    rep.version_after = lake.version
+    rep.version_after = lake.version if exists else 0
     rep.seconds = time.perf_counter() - t0
     return rep
 

@@ -102,8 +102,3 @@ def severity(flags: list[str]) -> str:
         return "error"
     return "warning" if levels else "ok"
 
-
-def default_view(names: "list[str] | tuple[str, ...]") -> str | None:
-    """The lake's curated view as a SQL condition: the latest decision column present
-    (``rebalance_keep`` after rebalancing, else a recipe's ``keep``), or None before curation."""
-    return next((w for w in ("rebalance_keep", "keep") if w in names), None)

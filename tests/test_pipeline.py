@@ -242,6 +242,11 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         assert not (tmp_path / "lake").exists()  # nothing written, not even an empty lake
     with pytest.raises(LakeError, match="shipped pipelines: demo"):
         load_pipeline("nope")
+    res = runner.invoke(main, ["status", str(tmp_path / "nolake")])
+    assert res.exit_code == 1 and "no lake at" in res.output and res.output.count("\n") == 1
+    res = runner.invoke(main, ["run", str(tmp_path / "nolake"), "demo", "--dry-run"])
+    assert res.exit_code == 0 and "would run" in res.output and "no lake yet" in res.output
+    assert not (tmp_path / "nolake").exists()  # a dry run creates nothing
 
 
 def test_dry_run_says_what_would_run(tmp_path: Path):
