@@ -52,6 +52,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
+from lakecurate.graph import write_decisions
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 
@@ -625,8 +626,9 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         _declare(lake, fields, prov)
         if not pinned or pinned.get("config_hash") != prov["config_hash"]:  # not ours: rewrite every fragment
             tbl = tbl.drop_columns([c for c in ("keep", "drop_reason") if c in tbl.column_names])
-        written, version = columns.write_changed(lake, tbl, {"keep": pa.array(alive, pa.bool_()),
-                                                             "drop_reason": pa.array(reason, pa.string())})
+        written, version = write_decisions(lake, tbl, {"keep": pa.array(alive, pa.bool_()),
+                                                        "drop_reason": pa.array(reason, pa.string())},
+                                           sources=prov["source_columns"], read_version=ds.version)
         report.fragments_written += written
         version = version if version is not None else ds.version  # nothing changed: the read version is ours
         problem = _disagreement(lake, version, prov, tbl.column("_rowaddr").to_numpy(), alive, reason)

@@ -132,10 +132,14 @@ def _file_fields(frag: Any) -> set[int]:
     return {i for df in frag.files for i in df.fields}
 
 
-def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) -> list[tuple[int, Any, list[int]]]:
-    """(version, transaction, fragment ids) of every readable version up to ``upto`` of the branch
-    ``uri_ds`` is on, preceded by its parent branch's history up to where the branch was made."""
-    out: list[tuple[int, Any, list[int]]] = []
+_RESHAPING = {"Overwrite", "Append", "Update", "Delete", "Rewrite", "Restore", "Clone"}
+
+
+def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) -> list[tuple[int, Any, list[int] | None]]:
+    """(version, transaction, fragment ids or None when unchanged) of every readable version up to
+    ``upto`` of the branch ``uri_ds`` is on, preceded by its parent branch's history up to where the
+    branch was made."""
+    out: list[tuple[int, Any, list[int] | None]] = []
     for v in uri_ds.versions():
         n = v["version"]
         if n > upto:
@@ -143,9 +147,10 @@ def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) 
         try:
             at = uri_ds.checkout_version(n)
             tx = at.get_transactions(1)[0]
-            frags = [f.fragment_id for f in at.get_fragments()]
+            # Only commits that add or remove fragments change the list (reading it costs a manifest scan).
+            frags = [f.fragment_id for f in at.get_fragments()] if type(tx.operation).__name__ in _RESHAPING else None
         except Exception:  # noqa: BLE001 - cleaned up or unreadable: unknown writes (see last_writes)
-            tx, frags = None, []
+            tx, frags = None, None
         out.append((n, tx, frags))
     if out and out[0][1] is not None and type(out[0][1].operation).__name__ == "Clone":
         # A branch starts with a Clone of its parent at some version: its history is the parent's.
@@ -210,7 +215,7 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
     for version, tx, frag_ids in _history(ds, ds, ds.version):
         # A transaction's new fragments have no ids yet (Lance numbers them at commit, in order):
         # they are the ids this version has and the one before did not.
-        created = iter(sorted(set(frag_ids) - before))
+        created = iter(sorted(set(frag_ids) - before) if frag_ids is not None else [])
         if tx is not None:
             op, w = tx.operation, (version, tx.read_version)
             kind = type(op).__name__
@@ -247,7 +252,8 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
             elif kind == "Restore":
                 state = {f: dict(per) for f, per in snapshots.get(op.version, {}).items()}
         snapshots[version] = {f: dict(per) for f, per in state.items()}
-        before = set(frag_ids)
+        if frag_ids is not None:
+            before = set(frag_ids)
     out: dict[str, dict[int, Write]] = {}
     for f, per in state.items():
         name = ids.get(f)
