@@ -1,9 +1,10 @@
-"""Where per-fragment work runs: in this process ("local") or as tasks on a Ray cluster ("ray").
+"""Where per-fragment work runs: in this process ("local") or on Ray actors ("ray").
 
-A stage hands over a picklable function and one argument tuple per fragment; every task computes
-its fragment *and commits it* (``columns.fill_fragment``: one ``DataReplacement`` per fragment,
-retried on conflict), exactly as the local engine does. So a run on Ray is as safe beside other
-writers as a local one, and a failed or killed run keeps the fragments that were committed.
+The runner (:mod:`lakecurate.runner`) hands over a picklable worker class and one argument tuple
+per fragment; every actor computes its fragment *and commits it* (``columns.fill_fragment``: one
+``DataReplacement`` per fragment, retried on conflict), exactly as the local engine does. So a run
+on Ray is as safe beside other writers as a local one, and a failed or killed run keeps the
+fragments that were committed.
 
 Why not ``lance_ray.add_columns``: it commits one ``Merge`` over every fragment at the version it
 read, which conflicts with any append or other column landing meanwhile, and it refuses columns
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lakecurate.errors import LakeError
@@ -98,44 +99,17 @@ def _ship_file_udfs(ray: Any) -> None:
 FILE_UDF_PREFIX = "lakecurate_udf_"
 
 
-def ray_map(fn: Callable[..., Any], calls: Sequence[tuple], *, address: str | None = None,
-            num_cpus: float = 1) -> Iterator[Any]:
-    """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks; results as they finish.
-
-    At most twice the cluster's CPUs are in flight, so a lake of 100k fragments does not queue
-    100k tasks at once. The first task that fails raises here (its exception, e.g. a
-    ``LakeError`` naming the fragment); tasks already committed stay committed.
-    """
+def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *, actors: int | None = None,
+                  address: str | None = None, num_cpus: float = 1, gpus: bool = False) -> Iterator[Any]:
+    """``method(*args)`` for every ``args`` in ``calls`` through a pool of ``cls(*init)`` actors,
+    each built once (a stage's ``setup()``: a model loaded once per actor); results as they finish.
+    One actor per CPU, or with ``gpus`` one per GPU of the cluster (each reserving it). The first
+    call that fails raises here (its exception, e.g. a ``LakeError`` naming the fragment); what
+    was committed stays committed."""
     if not calls:
         return
     ray = ray_init(address)
     _ship_file_udfs(ray)
-    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
-    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
-    todo = iter(calls)
-    pending = [remote.remote(*args) for _, args in zip(range(window), todo)]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        try:
-            result = ray.get(done[0])
-        except Exception as exc:
-            for ref in pending:
-                ray.cancel(ref)
-            raise _task_error(exc) from None
-        nxt = next(todo, None)
-        if nxt is not None:
-            pending.append(remote.remote(*nxt))
-        yield result
-
-
-def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *, actors: int | None = None,
-                  address: str | None = None, num_cpus: float = 1, gpus: bool = False) -> Iterator[Any]:
-    """Like :func:`ray_map`, but through a pool of ``cls(*init)`` actors, each built once: for work
-    with a costly set-up such as loading a model. With ``gpus``, one actor per GPU of the cluster
-    (each reserving it). Results as they finish."""
-    if not calls:
-        return
-    ray = ray_init(address)
     from ray.util import ActorPool
 
     res = ray.cluster_resources()

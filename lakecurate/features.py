@@ -12,10 +12,10 @@ Example (``my_features.py``)::
 then ``lakecurate feature add LAKE caption_chars --udf my_features:caption_chars`` (or
 ``lake.add_feature("caption_chars", caption_chars)``). The function gets an Arrow ``RecordBatch``
 of its input columns (``image`` as bytes) and returns an array (one column, ``NAME``) or a dict /
-table of arrays (several columns, ``NAME_<key>``). It runs per fragment through
-:func:`lakecurate.columns.fill_by_fragment`, the loop the built-in caption stages use too: only the
-new column's bytes are written, one commit per fragment, retried when another writer commits first;
-a re-run fills only fragments that lack it (new rows, or a killed run's rest). Provenance records
+table of arrays (several columns, ``NAME_<key>``). It runs as a stage on
+:mod:`lakecurate.runner`, like the built-in stages: only the new column's bytes are written, one
+commit per fragment, retried when another writer commits first, finished batches checkpointed; a
+re-run fills only fragments that lack it (new rows, or a killed run's rest). Provenance records
 the function's name, a hash of its source, its inputs and parameters, so a changed function is
 refused until ``--recompute`` (or a new name) instead of mixing two versions in one column.
 """
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from lakecurate import columns
+from lakecurate import columns, runner
 from lakecurate.errors import LakeError
 
 if TYPE_CHECKING:
@@ -249,19 +249,19 @@ def add_feature(
     # the name it was imported by, so `--udf mod:fn` and lake.add_feature(name, fn) agree.
     config = {"feature": name, "source_sha256": source_hash(func), "inputs": inputs, "params": params,
               "types": {k: str(v) for k, v in types.items()}}
-    prov = {**columns.provenance(STAGE, config, inputs, ds.version), "udf": spec or udf_name(func)}
     fields = [pa.field(col, t) for col, t in types.items()]
     for f in fields:
         if f.name in ds.schema.names and columns.field_provenance(ds.schema.field(f.name)) is None:
             raise LakeError(f"column '{f.name}' is part of lake '{lake.uri}' itself; pick another feature name")
-    out = columns.fill_by_fragment(
-        lake, fields, prov, udf, inputs, engine=engine, batch_size=batch_size, recompute=recompute,
-        progress=progress, desc=f"feature {name}",
+    stage = runner.RowStage(
+        STAGE, fields, config, inputs, batch=runner.OnColumns(udf), batch_size=batch_size,
+        extra={"udf": spec or udf_name(func)}, desc=f"feature {name}",
         fix="the function, its inputs or its parameters changed since; use another name, or --recompute to replace it",
     )
+    out = runner.run(lake, stage, engine=engine, recompute=recompute, progress=progress)
     return FeatureReport(lake=lake.uri, feature=name, columns=list(types), inputs=inputs, engine=engine,
-                         fragments=out["fragments"], rows=out["rows"], seconds=time.perf_counter() - t0,
-                         versions=out["versions"])
+                         fragments=out.fragments, rows=out.rows + out.rows_resumed, seconds=time.perf_counter() - t0,
+                         versions=out.versions)
 
 
 def list_features(lake: "Store") -> list[dict[str, Any]]:

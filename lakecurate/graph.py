@@ -212,7 +212,11 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
             state.setdefault(f, {})[frag] = w
 
     before: set[int] = set()
-    for version, tx, frag_ids in _history(ds, ds, ds.version):
+    history = _history(ds, ds, ds.version)
+    # Only the versions a later restore goes back to need their writes remembered.
+    restored = {tx.operation.version for _, tx, _ in history
+                if tx is not None and type(tx.operation).__name__ == "Restore"}
+    for version, tx, frag_ids in history:
         # A transaction's new fragments have no ids yet (Lance numbers them at commit, in order):
         # they are the ids this version has and the one before did not.
         created = iter(sorted(set(frag_ids) - before) if frag_ids is not None else [])
@@ -251,7 +255,8 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
                                 per[new] = max(writes)
             elif kind == "Restore":
                 state = {f: dict(per) for f, per in snapshots.get(op.version, {}).items()}
-        snapshots[version] = {f: dict(per) for f, per in state.items()}
+        if version in restored:
+            snapshots[version] = {f: dict(per) for f, per in state.items()}
         if frag_ids is not None:
             before = set(frag_ids)
     out: dict[str, dict[int, Write]] = {}

@@ -1,8 +1,9 @@
 """Per-row signals as columns: caption text checks, privacy, and image features from one decode.
 
-Every function here that takes a batch is pure (values in, arrays out) and is tested on literals;
-``compute_caption_signals`` and ``compute_image_signals`` fill the columns per fragment through
-:mod:`lakecurate.columns` (only rows that lack them; a re-run is a no-op).
+Every function here that takes a batch is pure (values in, arrays out) and is tested on literals.
+The stages are :class:`lakecurate.runner.RowStage` specs (``IMAGE_STAGE``, ``CAPTION_STAGE``,
+``redact_stage``) that ``compute_*`` run on :mod:`lakecurate.runner`: only rows that lack the
+columns, one commit per fragment, resume after a kill, a re-run is a no-op; ``engine="ray"`` too.
 
 Caption signals (from the ``caption`` column, no decode):
 
@@ -35,20 +36,17 @@ Width, height and aspect ratio come from the ingest columns (image header), so n
 from __future__ import annotations
 
 import io
-import multiprocessing
-import os
 import re
 import unicodedata
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from lakecurate import columns
+from lakecurate import runner
 from lakecurate.images import exif_upright
-from lakecurate.progress import progress_bar
+from lakecurate.runner import Rows, RowStage
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -342,105 +340,66 @@ def phash_bytes(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, 
     return (t.column("phash").fill_null(0).to_numpy(), t.column("phash_flip").fill_null(0).to_numpy(), valid)
 
 
-# --------------------------------------------------------------------------- filling the columns
+# --------------------------------------------------------------------------- the stages (on lakecurate.runner)
 IMAGE_BATCH = 256
-_WORKER: dict[str, Any] = {}
+IMAGE_CONFIG = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side", "hash": "dct-phash 32->8x8",
+                "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}
+CAPTION_CONFIG = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
+                  "email": _EMAIL.pattern, "phone": _PHONE.pattern, "language": "py3langid norm_probs"}
+REDACT_CONFIG = {"email": _EMAIL.pattern, "phone": _PHONE.pattern}
 
 
-def _init_reader(table_uri: str, version: int, storage_options: dict | None, worker: bool = False) -> None:
-    import lance
-
-    if worker:  # a spawned process: it must not outlive a run that was killed
-        from lakecurate.engines import die_with_parent
-
-        die_with_parent()
-
-    _WORKER["ds"] = lance.dataset(table_uri, version=version, storage_options=storage_options)
+def image_batch(state: Any, rows: Rows) -> pa.Table:
+    """The image signals stage's batch: the signals were computed by the readers (``image_signals``
+    on the blobs, where the decode runs), so this only hands them on."""
+    return rows.images
 
 
-def _image_batch(item: tuple[int, int, int]) -> tuple[int, np.ndarray, pa.Table]:
-    """Signals of one batch of a fragment's live rows (runs in a spawned worker or inline)."""
-    ds = _WORKER["ds"]
-    fid, start, limit = item
-    tbl = ds.get_fragment(fid).to_table(columns=["id"], with_row_address=True, offset=start, limit=limit)
-    addrs = tbl.column("_rowaddr").to_pylist()
-    blobs = [b for _, b in ds.read_blobs("image", addresses=addrs, preserve_order=True)] if addrs else []
-    return fid, np.asarray(addrs, np.int64) & 0xFFFFFFFF, image_signals(blobs)
+def caption_batch(state: Any, rows: Rows) -> pa.Table:
+    """The caption signals stage's batch: :func:`caption_signals` of the ``caption`` column."""
+    return caption_signals(rows.columns.column("caption").to_pylist())
 
 
-def compute_image_signals(lake: "Store", *, workers: int | None = None, progress: bool | None = None) -> int:
+class RedactBatch:
+    """The redaction stage's batch: ``caption`` with e-mails and phone numbers replaced, as ``column``."""
+
+    def __init__(self, column: str):
+        self.column = column
+
+    def __call__(self, state: Any, rows: Rows) -> pa.Table:
+        caps = rows.columns.column("caption").to_pylist()
+        return pa.table({self.column: pa.array([redact(c) for c in caps], pa.string())})
+
+
+IMAGE_STAGE = RowStage("signals-image", IMAGE_FIELDS, IMAGE_CONFIG, ["image"], batch=image_batch, image=image_signals,
+                       batch_size=IMAGE_BATCH, readers_do_all=True, desc="image signals", unit="img")
+CAPTION_STAGE = RowStage("signals-caption", CAPTION_FIELDS, CAPTION_CONFIG, ["caption"], batch=caption_batch,
+                         desc="caption signals")
+
+
+def redact_stage(column: str = "caption_redacted") -> RowStage:
+    return RowStage("signals-redact", [pa.field(column, pa.string())], REDACT_CONFIG, ["caption"],
+                    batch=RedactBatch(column), desc="redact")
+
+
+def compute_image_signals(lake: "Store", *, workers: int | None = None, progress: bool | None = None,
+                          engine: str = "local") -> int:
     """Fill the image signal columns for every fragment that lacks them; returns rows decoded.
 
-    One commit per fragment, so a killed run loses at most the fragment in flight.
+    The reduced decode runs in spawned reader processes (``workers``; None: one per core, up to 8,
+    when there are more than a few batches). A killed run resumes from its last finished batch.
     """
-    from lakecurate.options import whole
-
-    whole("--workers", workers, 0, none_ok=True)
-    ds = lake.dataset()
-    config = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side", "hash": "dct-phash 32->8x8",
-              "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}
-    prov = columns.provenance("signals-image", config, ["image"], ds.version)
-    columns.declare(lake, IMAGE_FIELDS, prov)
-    ds = lake.dataset()
-    todo = columns.fragments_to_fill(ds, IMAGE_FIELDS[0].name)
-    items = [(f.fragment_id, s, min(IMAGE_BATCH, n - s)) for f in todo for n in [f.count_rows()]
-             for s in range(0, n, IMAGE_BATCH)]
-    if not items:
-        return 0
-    if workers is None:
-        workers = max(1, min(8, os.cpu_count() or 1)) if len(items) > 8 else 0
-    init = (lake.table_uri, ds.version, lake.storage_options)
-    remaining = {f.fragment_id: 0 for f in todo}
-    for fid, _, _ in items:
-        remaining[fid] += 1
-    parts: dict[int, list] = {fid: [] for fid in remaining}
-    frags = {f.fragment_id: f for f in todo}
-    bar = progress_bar(total=sum(n for _, _, n in items), desc="image signals", unit="img", progress=progress)
-    done = 0
-
-    def results():
-        if workers <= 0:
-            _init_reader(*init)
-            yield from map(_image_batch, items)
-            return
-        ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init, True)) as pool:
-            yield from pool.map(_image_batch, items, chunksize=2)
-
-    try:
-        for fid, offsets, table in results():
-            parts[fid].append((offsets, table))
-            bar.update(len(offsets))
-            done += len(offsets)
-            remaining[fid] -= 1
-            if remaining[fid] == 0:
-                got = parts.pop(fid)
-                offsets = np.concatenate([p[0] for p in got])
-                table = pa.concat_tables([p[1] for p in got])
-                columns.fill_fragment(lake, fid, columns.physical(frags[fid].physical_rows, offsets, table))
-    finally:
-        bar.close()
-    return done
+    rep = runner.run(lake, IMAGE_STAGE, engine=engine, workers=workers, progress=progress)
+    return rep.rows + rep.rows_resumed
 
 
-def _fill_from_captions(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Any,
-                        progress: bool | None, desc: str) -> int:
-    """Declare ``fields`` and fill every fragment lacking them with ``fn(captions) -> pa.Table``."""
-    return columns.fill_by_fragment(lake, fields, prov, lambda batch: fn(batch.column("caption").to_pylist()),
-                                    ["caption"], progress=progress, desc=desc)["rows"]
-
-
-def compute_caption_signals(lake: "Store", *, progress: bool | None = None) -> int:
+def compute_caption_signals(lake: "Store", *, progress: bool | None = None, engine: str = "local") -> int:
     """Fill the caption signal columns for every fragment that lacks them; returns rows read."""
-    config = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
-              "email": _EMAIL.pattern, "phone": _PHONE.pattern, "language": "py3langid norm_probs"}
-    prov = columns.provenance("signals-caption", config, ["caption"], lake.version)
-    return _fill_from_captions(lake, CAPTION_FIELDS, prov, caption_signals, progress, "caption signals")
+    rep = runner.run(lake, CAPTION_STAGE, engine=engine, progress=progress)
+    return rep.rows + rep.rows_resumed
 
 
-def compute_redacted(lake: "Store", column: str = "caption_redacted") -> int:
+def compute_redacted(lake: "Store", column: str = "caption_redacted", *, engine: str = "local") -> int:
     """Add ``caption_redacted`` (e-mails and phone numbers replaced); ``caption`` is never modified."""
-    prov = columns.provenance("signals-redact", {"email": _EMAIL.pattern, "phone": _PHONE.pattern}, ["caption"], lake.version)
-    return _fill_from_captions(lake, [pa.field(column, pa.string())], prov,
-                               lambda caps: pa.table({column: pa.array([redact(c) for c in caps], pa.string())}),
-                               False, "redact")
+    rep = runner.run(lake, redact_stage(column), engine=engine, progress=False)
+    return rep.rows + rep.rows_resumed

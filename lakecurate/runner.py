@@ -1,0 +1,493 @@
+"""The one stage runner: a per-row stage is a spec; the runner owns everything else.
+
+A stage (embed, image and caption signals, redaction, a user feature) is a :class:`RowStage`: the
+fields it writes, its config (-> provenance), the columns it reads, a ``setup()`` run once per
+process or Ray actor (load a model), an optional ``image(blobs)`` run in the reader processes
+(decode, preprocess), and a pure ``batch(state, rows) -> pa.Table``. :func:`run` then:
+
+1. declares the fields (metadata only; same config: no-op; ``recompute``: drop and re-declare);
+2. picks the fragments that have no data file for them (new rows, a killed run's rest);
+3. reads each fragment in batches of live rows, in spawned reader processes (Lance is not
+   fork-safe; they die with their parent) when the stage decodes images, inline otherwise;
+4. runs ``batch`` and keeps every finished batch in a checkpoint (``columns.Checkpoint``) until
+   its fragment commits, so a ``kill -9`` loses at most the batches in flight;
+5. commits each fragment alone (``columns.fill_fragment``: ``DataReplacement``, retried on
+   conflict) and reports progress.
+
+``engine="ray"``: a pool of Ray actors, each running ``setup()`` once, reads, computes,
+checkpoints and commits whole fragments the same way.
+
+Example::
+
+    stage = RowStage("caption-length", [pa.field("cap_len", pa.int32())], {"v": 1}, ["caption"],
+                     batch=lambda state, rows: pa.table({"cap_len": pc.utf8_length(rows.columns["caption"])}))
+    run(lake, stage)
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import lance
+import numpy as np
+import pyarrow as pa
+
+from lakecurate import columns
+from lakecurate.errors import LakeError
+
+if TYPE_CHECKING:
+    from lakecurate.store import Store
+
+IMAGE = "image"
+
+
+@dataclass
+class Rows:
+    """One batch of a fragment's live rows, as a stage's ``batch()`` gets it."""
+
+    columns: pa.RecordBatch  # the input columns (``image`` as bytes, unless the stage decodes it)
+    images: Any = None       # what the stage's ``image(blobs)`` made of these rows' images, if it has one
+    fragment: int = -1
+    start: int = 0           # live-row offset of the first row in its fragment
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # physical offsets
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.offsets)
+
+
+@dataclass
+class RowStage:
+    """A per-row stage: what it writes, from what, and its pure per-batch function.
+
+    ``batch(state, rows)`` returns a table of exactly ``fields`` (names, one row per input row);
+    ``state`` is what ``setup()`` returned (None without one). ``image``, when given, is a picklable
+    function of a batch's encoded images (``list[bytes | None]``) run in the reader processes; its
+    result arrives as ``rows.images`` and ``image`` is then not among ``rows.columns``.
+    Provenance is ``columns.provenance(name, config, sources or inputs, version)`` plus ``extra``.
+    """
+
+    name: str
+    fields: list[pa.Field]
+    config: dict[str, Any]
+    inputs: list[str]
+    batch: Callable[[Any, Rows], pa.Table]
+    setup: Callable[[], Any] | None = None
+    image: Callable[[list], Any] | None = None
+    batch_size: int = 4096
+    readers_do_all: bool = False  # the work is all in ``image()``: as many readers as cores, not half
+    sources: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    desc: str = ""
+    unit: str = "row"
+    fix: str | None = None  # the declare error's way out, when it is not the default
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def checkpoint_key(self) -> str:
+        """Its checkpoint folder: by config, so another config never resumes from these batches."""
+        return f"{self.name}-{self.names[0]}-{self.provenance(0)['config_hash']}"
+
+    def provenance(self, version: int) -> dict[str, Any]:
+        return {**columns.provenance(self.name, self.config, self.sources or self.inputs, version), **self.extra}
+
+
+@dataclass
+class RunReport:
+    """What :func:`run` did. ``counts``: non-null values per field over the rows computed and resumed."""
+
+    fragments_total: int = 0
+    fragments: int = 0
+    rows: int = 0
+    rows_resumed: int = 0
+    versions: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    setup_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def default_workers(all_cores: bool = False) -> int:
+    """Reader processes: half the cores (the stage's own work uses the rest), one to eight; every
+    core for a stage whose work the readers do."""
+    return max(1, min(8, (os.cpu_count() or 2) // (1 if all_cores else 2)))
+
+
+# --------------------------------------------------------------------------- reading (any process)
+_READER: dict[str, Any] = {}
+
+
+def _init_reader(table_uri: str, version: int, storage_options: dict | None, stage: RowStage,
+                 worker: bool = False) -> None:
+    if worker:  # a spawned reader: it must not outlive a run that was killed
+        from lakecurate.engines import die_with_parent
+
+        die_with_parent()
+    _READER["ds"] = lance.dataset(table_uri, version=version, storage_options=storage_options)
+    _READER["stage"] = stage
+
+
+def _read(item: tuple[int, int, int]) -> Rows:
+    """Read one batch ``(fragment, start, limit)`` of live rows; decode its images if the stage does."""
+    ds, stage = _READER["ds"], _READER["stage"]
+    fid, start, limit = item
+    decode = stage.image is not None and IMAGE in stage.inputs
+    cols = [c for c in stage.inputs if not (decode and c == IMAGE)]
+    tbl = ds.get_fragment(fid).to_table(columns=cols, with_row_address=True, offset=start, limit=limit,
+                                        blob_handling="all_binary")
+    addrs = tbl.column("_rowaddr").to_numpy()
+    images = None
+    if decode:
+        blobs = [b for _, b in ds.read_blobs(IMAGE, addresses=addrs.tolist(), preserve_order=True)] if len(addrs) else []
+        images = stage.image(blobs)
+    data = tbl.drop_columns(["_rowaddr"])
+    batch = pa.RecordBatch.from_arrays([data.column(c).combine_chunks() for c in data.column_names], schema=data.schema)
+    return Rows(batch, images, fid, start, addrs.astype(np.int64) & 0xFFFFFFFF)
+
+
+def _compute(stage: RowStage, state: Any, rows: Rows, where: str) -> pa.Table:
+    """``stage.batch`` on one batch, checked: a failure or a wrong shape is a LakeError naming the rows."""
+    at = f"{where}fragment {rows.fragment} rows {rows.start}-{rows.start + rows.num_rows - 1}"
+    try:
+        out = stage.batch(state, rows)
+    except LakeError:
+        raise
+    except Exception as exc:
+        raise LakeError(f"{at}: {type(exc).__name__}: {exc}") from exc
+    if out.num_rows != rows.num_rows or list(out.column_names) != stage.names:
+        raise LakeError(f"{at}: expected {rows.num_rows} rows of {stage.names}, "
+                        f"got {out.num_rows} rows of {list(out.column_names)}")
+    return out.append_column("_offset", pa.array(rows.offsets, pa.int64()))
+
+
+def _assemble(ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage, parts: Sequence[pa.Table]) -> pa.Table:
+    """Batches (by live-row offset) -> one table of the fields over the fragment's physical rows."""
+    schema = pa.schema([ds.schema.field(n) for n in stage.names])
+    if not parts:  # every row deleted: the fragment still gets a file (all null) so it counts as done
+        return pa.table({f.name: pa.nulls(frag.physical_rows, f.type) for f in schema})
+    t = pa.concat_tables([p.cast(pa.schema([*schema, pa.field("_offset", pa.int64())])) for p in parts])
+    return columns.physical(frag.physical_rows, t.column("_offset").to_numpy(), t.drop_columns(["_offset"]))
+
+
+def _count(report: RunReport, part: pa.Table) -> None:
+    for name in part.column_names:
+        if name != "_offset":
+            report.counts[name] = report.counts.get(name, 0) + part.num_rows - part.column(name).null_count
+
+
+def _batches(frag: lance.LanceFragment, size: int, saved: dict[int, pa.Table]) -> list[tuple[int, int, int]]:
+    """The batches ``(fragment, start, rows)`` of live rows that no saved batch covers. The gaps
+    are cut anew, so a run resumed with another batch size neither repeats nor skips a row."""
+    live, pos, out = frag.count_rows(), 0, []
+    for start, end in [*sorted((s, s + t.num_rows) for s, t in saved.items()), (live, live)]:
+        out += [(frag.fragment_id, b, min(size, start - b)) for b in range(pos, start, size)]
+        pos = max(pos, end)
+    return out
+
+
+# --------------------------------------------------------------------------- the local engine
+def _reader_pool(items: list, init: tuple, workers: int) -> Iterator[Rows]:
+    """Batches in order; with ``workers`` > 0 read ahead by spawned processes."""
+    if workers <= 0 or not items:
+        _init_reader(*init)
+        for item in items:
+            yield _read(item)
+        return
+    ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init, True))
+    try:
+        pending: deque = deque()
+        todo = iter(items)
+        for item in itertools.islice(todo, 2 * workers + 1):
+            pending.append(pool.submit(_read, item))
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(_read, nxt))
+            yield result
+    finally:
+        # Closed early (the consumer failed): batches not started are cancelled rather than read
+        # for nobody, so the readers exit as soon as the ones in hand are done.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Prefetched:
+    """Runs a generator in a thread from the moment it is made (so its reader pool spins up while
+    ``setup()`` loads a model), handing items over through a short queue. ``close()`` stops the
+    thread and closes the generator, which shuts its pool down: no reader outlives a failure."""
+
+    def __init__(self, gen: Iterator[Any]):
+        import queue
+        import threading
+
+        self._gen, self._q, self._stop = gen, queue.Queue(maxsize=2), threading.Event()
+        self._done = object()
+        self._thread = threading.Thread(target=self._pump, daemon=True, name="runner-prefetch")
+        self._thread.start()
+
+    def _put(self, x: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(x, timeout=0.2)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _pump(self) -> None:
+        try:
+            for x in self._gen:
+                if not self._put(x):
+                    break
+        except BaseException as exc:  # re-raised in the consumer
+            self._put(exc)
+        finally:
+            close = getattr(self._gen, "close", None)
+            if close is not None:
+                close()  # the pool's finally runs: its readers are shut down
+        self._put(self._done)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            x = self._q.get()
+            if x is self._done:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+
+    def close(self) -> None:
+        """Stop, and wait until the pool is shut down (at most the batch a reader has in hand)."""
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+
+def _close(loader: Any) -> None:
+    close = getattr(loader, "close", None)
+    if close is not None:
+        close()
+
+
+def _commit(lake: "Store", ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage,
+            parts: Sequence[pa.Table], ckpt: columns.Checkpoint, report: RunReport) -> None:
+    version = columns.fill_fragment(lake, frag.fragment_id, _assemble(ds, frag, stage, parts))
+    if version is not None:
+        report.versions.append(version)
+        report.fragments += 1
+    ckpt.drop(frag)
+
+
+def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
+               ckpt: columns.Checkpoint, report: RunReport, workers: int | None, progress: bool | None,
+               where: str) -> None:
+    from lakecurate.progress import progress_bar
+
+    saved = {f.fragment_id: ckpt.load(f) for f in todo}
+    items = [it for f in todo for it in _batches(f, stage.batch_size, saved[f.fragment_id])]
+    remaining = defaultdict(int)
+    for fid, _, _ in items:
+        remaining[fid] += 1
+    if workers is None:  # spawning readers pays off only for stages that decode, with a few batches of work
+        workers = default_workers(stage.readers_do_all) if stage.image is not None and len(items) > 4 else 0
+    loader: Any = _reader_pool(items, (lake.table_uri, ds.version, lake.storage_options, stage), workers)
+    if workers and items:
+        loader = _Prefetched(loader)  # the readers start now, while setup() loads a model
+    try:
+        t = time.perf_counter()
+        state = stage.setup() if stage.setup is not None and items else None
+        report.setup_seconds = time.perf_counter() - t
+    except BaseException:
+        _close(loader)  # no reader outlives a model that would not load
+        raise
+    frags = {f.fragment_id: f for f in todo}
+    parts: dict[int, list[pa.Table]] = {fid: list(s.values()) for fid, s in saved.items()}
+    for s in saved.values():
+        for t in s.values():
+            report.rows_resumed += t.num_rows
+            _count(report, t)
+    bar = progress_bar(total=sum(f.count_rows() for f in todo), initial=report.rows_resumed,
+                       desc=stage.desc or stage.names[0], unit=stage.unit, progress=progress)
+    writer = _Writer()
+    try:
+        for fid in [f for f in frags if remaining[f] == 0]:  # all in the checkpoint already
+            writer.submit(_commit, lake, ds, frags[fid], stage, parts.pop(fid), ckpt, report)
+        for rows in loader:
+            part = _compute(stage, state, rows, where)
+            fid = rows.fragment
+            remaining[fid] -= 1
+            if remaining[fid]:  # the last batch of a fragment is committed at once: no need to keep it
+                writer.submit(ckpt.save, frags[fid], rows.start, part)
+            parts[fid].append(part)
+            report.rows += part.num_rows
+            _count(report, part)
+            bar.update(part.num_rows)
+            if remaining[fid] == 0:
+                writer.submit(_commit, lake, ds, frags[fid], stage, parts.pop(fid), ckpt, report)
+        writer.wait()
+    finally:
+        writer.close()  # a failure: what was handed over is still saved and committed
+        bar.close()
+        _close(loader)  # on an error: stop the readers now
+
+
+class _Writer:
+    """Checkpoint saves and fragment commits, in order, in one background thread: the next batch is
+    computed while the last one is written (a commit takes as long as computing a small fragment).
+    A failed write surfaces at the next ``submit`` or at ``wait``; at most ``depth`` writes wait."""
+
+    def __init__(self, depth: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.pending, self.depth = ThreadPoolExecutor(1, thread_name_prefix="runner-writer"), deque(), depth
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        while self.pending and (self.pending[0].done() or len(self.pending) >= self.depth):
+            self.pending.popleft().result()  # raises the write's error here
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+# --------------------------------------------------------------------------- the ray engine
+class FragmentWorker:
+    """Reads, computes, checkpoints and commits whole fragments with ``setup()`` run once (a Ray
+    actor); ``run(fragment)`` returns what it did as a :class:`RunReport` of that fragment."""
+
+    def __init__(self, stage: RowStage, lake: "Store", version: int, where: str):
+        self.stage, self.lake, self.where = stage, lake, where
+        t = time.perf_counter()
+        self.state = stage.setup() if stage.setup is not None else None
+        self.setup_seconds = time.perf_counter() - t
+        _init_reader(lake.table_uri, version, lake.storage_options, stage)
+        self.ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
+
+    def run(self, fid: int) -> RunReport:
+        ds, stage = _READER["ds"], self.stage
+        frag = ds.get_fragment(fid)
+        out = RunReport(setup_seconds=self.setup_seconds)
+        saved = self.ckpt.load(frag)
+        parts = list(saved.values())
+        for t in parts:
+            out.rows_resumed += t.num_rows
+            _count(out, t)
+        items = _batches(frag, stage.batch_size, saved)
+        for i, item in enumerate(items):
+            part = _compute(stage, self.state, _read(item), self.where)
+            if i < len(items) - 1:
+                self.ckpt.save(frag, item[1], part)
+            parts.append(part)
+            out.rows += part.num_rows
+            _count(out, part)
+        _commit(self.lake, ds, frag, stage, parts, self.ckpt, out)
+        return out
+
+
+def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
+             report: RunReport, progress: bool | None, where: str, gpus: bool) -> None:
+    from lakecurate.engines import ray_actor_map
+    from lakecurate.progress import progress_bar
+
+    bar = progress_bar(total=sum(f.count_rows() for f in todo), desc=f"{stage.desc or stage.names[0]} (ray)",
+                       unit=stage.unit, progress=progress)
+    try:
+        for part in ray_actor_map(FragmentWorker, (stage, lake, ds.version, where), "run",
+                                  [(f.fragment_id,) for f in todo], gpus=gpus):
+            report.fragments += part.fragments
+            report.versions += part.versions
+            report.rows += part.rows
+            report.rows_resumed += part.rows_resumed
+            report.setup_seconds = max(report.setup_seconds, part.setup_seconds)
+            for k, v in part.counts.items():
+                report.counts[k] = report.counts.get(k, 0) + v
+            bar.update(part.rows + part.rows_resumed)
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------- the entry point
+def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int | None = None,
+        recompute: bool = False, progress: bool | None = None, max_fragments: int | None = None,
+        gpus: bool = False) -> RunReport:
+    """Declare ``stage``'s fields and fill every fragment that lacks them; see the module doc.
+
+    ``workers``: reader processes for the local engine (None: some when the stage decodes images
+    and there are a few batches; 0: read inline). ``gpus``: Ray actors reserve a GPU each.
+    A first run that fails before any fragment is committed leaves no declared column behind.
+    """
+    from lakecurate.engines import check_engine
+    from lakecurate.options import whole
+
+    check_engine(engine)  # before declaring anything
+    whole("--batch-size", stage.batch_size, 1)
+    whole("--workers", workers, 0, none_ok=True)
+    t0 = time.perf_counter()
+    report = RunReport()
+    ds = lake.dataset()
+    prov = stage.provenance(ds.version)
+    added = columns.declare(lake, stage.fields, prov, recompute=recompute, **({"fix": stage.fix} if stage.fix else {}))
+    ds = lake.dataset()
+    ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
+    if recompute:  # recomputing: batches saved by an earlier run are not to be reused
+        ckpt.drop()
+    todo = columns.fragments_to_fill(ds, stage.names[0])
+    report.fragments_total = len(todo)
+    if max_fragments is not None:
+        todo = todo[:max_fragments]
+    where = f"{stage.desc} on lake '{lake.uri}' " if stage.desc else ""
+    try:
+        if not todo:
+            ckpt.drop()
+        elif engine == "ray":
+            _run_ray(lake, stage, ds, todo, report, progress, where, gpus)
+        else:
+            _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where)
+    except BaseException:
+        if added:
+            columns._undeclare_if_empty(lake, stage.names)  # a first run that failed before any fill leaves no column
+        raise
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def fill_by_fragment(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Callable[[pa.RecordBatch], pa.Table],
+                     inputs: Sequence[str], *, engine: str = "local", batch_size: int = 4096,
+                     recompute: bool = False, progress: bool | None = None, desc: str = "",
+                     fix: str | None = None) -> dict[str, Any]:
+    """``fn`` (a batch of ``inputs`` -> a table of ``fields``) as a stage with provenance ``prov``
+    (the former ``columns.fill_by_fragment``). Returns {"fragments", "rows", "versions"}."""
+    extra = {k: v for k, v in prov.items() if k not in ("stage", "config", "config_hash", "source_columns",
+                                                        "table_version", "tool_version", "created_at", "format")}
+    stage = RowStage(prov["stage"], list(fields), prov["config"], list(inputs), batch=OnColumns(fn),
+                     batch_size=batch_size, sources=list(prov.get("source_columns") or inputs), extra=extra,
+                     desc=desc, fix=fix)
+    rep = run(lake, stage, engine=engine, recompute=recompute, progress=progress)
+    return {"fragments": rep.fragments, "rows": rep.rows + rep.rows_resumed, "versions": rep.versions}
+
+
+class OnColumns:
+    """A function of the input columns alone (``fn(record_batch) -> table``) as a stage's ``batch``
+    (a class, not a closure: it pickles to Ray actors)."""
+
+    def __init__(self, fn: Callable[[pa.RecordBatch], pa.Table]):
+        self.fn = fn
+
+    def __call__(self, state: Any, rows: Rows) -> pa.Table:
+        return self.fn(rows.columns)

@@ -1,0 +1,190 @@
+"""The one stage runner: kill -9 during every runner stage resumes and ends equal to a clean run;
+each stage's ``batch()`` is pure and runs without a lake."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from lakecurate import Lake, LakeError, columns, runner
+from lakecurate.runner import Rows, RowStage
+
+from .conftest import REPO, SAMPLE_DATA, pair_rows
+from .writers import kill_9_when
+
+
+def caption_len(batch: pa.RecordBatch) -> pa.Array:
+    """A user feature for the kill test (imported by the child process too)."""
+    return pa.array([None if c is None else len(c) for c in batch["caption"].to_pylist()], pa.int32())
+
+
+# stage -> (the call that runs it, in the child and here; a column it writes)
+CALLS = {
+    "embed": ("lake.embed('tiny-random', batch_size=BATCH, progress=False)", "clip_tinyrandom_score"),
+    "image": ("signals.compute_image_signals(lake, progress=False)", "img_sharpness"),
+    "caption": ("signals.compute_caption_signals(lake, progress=False)", "cap_words"),
+    "feature": ("lake.add_feature('clen', caption_len, inputs=['caption'], type='int32', batch_size=BATCH, "
+                "progress=False)", "clen"),
+}
+
+# The child slows every batch down (the runner's one compute call) and runs with batches of 4 rows,
+# so that a SIGKILL lands after some batches are checkpointed and before the stage ends.
+CHILD = """
+import dataclasses, sys, time
+from lakecurate import Lake, runner, signals
+from tests.test_runner import caption_len
+BATCH = 4
+real = runner._compute
+def slow(*a):
+    time.sleep(0.3)
+    return real(*a)
+runner._compute = slow
+signals.IMAGE_STAGE = dataclasses.replace(signals.IMAGE_STAGE, batch_size=BATCH)
+signals.CAPTION_STAGE = dataclasses.replace(signals.CAPTION_STAGE, batch_size=BATCH)
+lake = Lake.open(sys.argv[1])
+{call}
+"""
+
+
+def three_fragments(root: Path) -> Lake:
+    """sample_data (bad images and captions included) plus two fragments of other photos; a deleted row."""
+    lake = Lake.create(root)
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.append(pair_rows(0, 12, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
+    lake.append(pair_rows(100, 12, image=(SAMPLE_DATA / "rocket.jpg").read_bytes()))
+    lake.dataset().delete("id = 'p0000003'")
+    return lake
+
+
+def derived(lake: Lake) -> pa.Table:
+    """Every column a stage wrote, by id."""
+    names = [f.name for f in lake.dataset().schema if columns.field_provenance(f, strict=False)]
+    return lake.dataset().to_table(columns=["id", *names]).sort_by("id")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(CALLS))
+def test_kill_9_mid_stage_resumes_and_equals_a_clean_run(tmp_path: Path, stage: str, monkeypatch):
+    from lakecurate import signals  # noqa: F401 - the calls name it
+
+    call, column = CALLS[stage]
+    lake = three_fragments(tmp_path / "lake")
+    shutil.copytree(lake.uri, tmp_path / "clean")
+    clean = Lake.open(tmp_path / "clean")
+    rows = lake.count()
+
+    ckpt = Path(lake.uri) / "_lakecurate" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(call=call), lake.uri], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_9_when(proc, lambda: len(list(ckpt.glob("*/*/*.arrow"))) >= 2, timeout=120)
+    assert proc.returncode == -9, "the stage ended before it was killed"
+    saved = sum(pa.ipc.open_file(p).read_all().num_rows for p in ckpt.glob("*/*/*.arrow"))
+    ds = lake.dataset()
+    unfilled = columns.fragments_to_fill(ds, column)
+    assert saved >= 8 and unfilled, "killed after at least two batches, before the end"
+
+    computed = []
+    real = runner._compute
+
+    def counting(stage_, state, rows_, where):  # what the re-run computes (not what it resumes)
+        computed.append(rows_.num_rows)
+        return real(stage_, state, rows_, where)
+
+    monkeypatch.setattr(runner, "_compute", counting)
+    env = {"lake": lake, "signals": signals, "caption_len": caption_len, "BATCH": 64}  # resumed with another batch size
+    eval(call, env)
+    assert sum(computed) == sum(f.count_rows() for f in unfilled) - saved  # finished batches were not recomputed
+    assert not list(ckpt.glob("*/*/*.arrow")) and not columns.fragments_to_fill(lake.dataset(), column)
+    monkeypatch.setattr(runner, "_compute", real)
+
+    eval(call, {**env, "lake": clean})
+    got, want = derived(lake), derived(clean)
+    assert got.num_rows == rows and len(set(got.column("id").to_pylist())) == rows  # no row lost or duplicated
+    assert got.column_names == want.column_names and column in got.column_names
+    for name in got.column_names:
+        assert got.column(name).equals(want.column(name)), name
+
+
+# --------------------------------------------------------------------------- batch() without a lake
+def test_embed_batch_is_pure():
+    from lakecurate.embed import Preprocess, embed_stage
+    from lakecurate.encoders import resolve
+
+    stage = embed_stage(resolve("tiny-random"), device="cpu")
+    enc = stage.setup()
+    images = Preprocess(resolve("tiny-random").build_transforms()[0])(
+        [(SAMPLE_DATA / "coffee.jpg").read_bytes(), b"junk", None])
+    rows = Rows(pa.record_batch({"caption": ["a cup", "x", None]}), images)
+    out = stage.batch(enc, rows)
+    assert out.column_names == stage.names and out.num_rows == 3
+    err = out.column("clip_tinyrandom_error").to_pylist()
+    assert err[0] is None and err[1].startswith("image_undecodable") and err[2] == "image_missing"
+    assert out.column("clip_tinyrandom_score").null_count == 2
+    assert stage.batch(enc, rows).equals(out)  # the same rows, the same values
+
+
+def test_signal_and_feature_batches_are_pure():
+    from lakecurate import signals
+    from lakecurate.features import BatchUdf
+
+    caps = pa.record_batch({"caption": ["IMG_1234.JPG", "mail anna@example.com", None]})
+    out = signals.CAPTION_STAGE.batch(None, Rows(caps))
+    assert out.column_names == signals.CAPTION_STAGE.names
+    assert out.column("cap_filename").to_pylist() == [True, False, None]
+    red = signals.redact_stage("r").batch(None, Rows(caps))
+    assert red.column("r").to_pylist() == ["IMG_1234.JPG", "mail [email]", None]
+    blobs = [(SAMPLE_DATA / "coffee.jpg").read_bytes(), None]
+    img = signals.IMAGE_STAGE.batch(None, Rows(pa.record_batch({}), signals.IMAGE_STAGE.image(blobs)))
+    assert img.column_names == signals.IMAGE_STAGE.names and img.column("phash").null_count == 1
+    feat = runner.OnColumns(BatchUdf(caption_len, "clen", {}, {"clen": pa.int32()}))
+    assert feat(None, Rows(caps)).column("clen").to_pylist() == [12, 21, None]
+
+
+def test_a_new_stage_on_the_runner(tmp_path: Path):
+    """A stage is a spec: declared with provenance, filled per fragment, a re-run does nothing,
+    a wrong batch is a LakeError naming the rows, and a failed first run leaves no column."""
+    lake = Lake.create(tmp_path / "lake")
+    for f in range(3):
+        lake.append(pair_rows(f * 10, 10))
+
+    def words(state, rows):
+        return pa.table({"nwords": pa.array([len((c or "").split()) * state for c in rows.columns["caption"].to_pylist()],
+                                            pa.int32())})
+
+    stage = RowStage("words", [pa.field("nwords", pa.int32())], {"v": 1}, ["caption"], batch=words,
+                     setup=lambda: 2, batch_size=4)
+    rep = runner.run(lake, stage, progress=False)
+    assert (rep.fragments_total, rep.fragments, rep.rows, rep.counts["nwords"]) == (3, 3, 30, 30)
+    tbl = lake.dataset().to_table(columns=["caption", "nwords"])
+    assert tbl.column("nwords").to_pylist() == [2 * len((c or "").split()) for c in tbl.column("caption").to_pylist()]
+    assert columns.field_provenance(lake.dataset().schema.field("nwords"))["stage"] == "words"
+    v = lake.version
+    assert runner.run(lake, stage, progress=False).rows == 0 and lake.version == v
+    bad = RowStage("bad", [pa.field("b", pa.int32())], {}, ["caption"], batch=lambda s, r: pa.table({"b": [1]}))
+    with pytest.raises(LakeError, match=r"fragment 0 rows 0-9: expected 10 rows of \['b'\], got 1"):
+        runner.run(lake, bad, progress=False)
+    assert "b" not in lake.dataset().schema.names
+
+
+def test_resume_with_another_batch_size_covers_every_row_once():
+    """Saved batches of 4 rows, resumed with batches of 64: only the gaps are computed."""
+    class Frag:
+        fragment_id = 7
+
+        def count_rows(self):
+            return 30
+
+    saved = {0: pa.table({"x": [0] * 4}), 4: pa.table({"x": [0] * 4}), 12: pa.table({"x": [0] * 4})}
+    todo = runner._batches(Frag(), 64, saved)
+    assert todo == [(7, 8, 4), (7, 16, 14)]
+    covered = sorted([r for s, t in saved.items() for r in range(s, s + t.num_rows)]
+                     + [r for _, s, n in todo for r in range(s, s + n)])
+    assert covered == list(range(30))
+    assert runner._batches(Frag(), 8, {}) == [(7, 0, 8), (7, 8, 8), (7, 16, 8), (7, 24, 6)]
+    assert np.array_equal(Rows(pa.record_batch({}), offsets=np.arange(3)).num_rows, 3)
