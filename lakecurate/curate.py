@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -52,7 +51,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
-from lakecurate.graph import write_decisions
+from lakecurate.graph import embed_command, write_decisions
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 
@@ -408,23 +407,6 @@ def _embedding(lake: "Store", recipe: Recipe) -> tuple[str, dict]:
                           option=f'embedding = "..." in recipe {recipe.source}')
 
 
-def _embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
-    """The ``lakecurate embed`` command that fills the ``prefix`` columns, rebuilt from their provenance."""
-    from lakecurate.encoders import TINY_RANDOM
-
-    cfg = prov.get("config", {})
-    arch, pretrained = cfg.get("arch"), cfg.get("pretrained")
-    if cfg.get("family") == "offline":
-        model, default = "offline", "offline"
-    elif arch == TINY_RANDOM:
-        model, default = "tiny-random", "clip_tinyrandom"
-    elif pretrained and (os.sep in pretrained or pretrained.endswith(".pt")):  # a local checkpoint file
-        model, default = f"{arch} --checkpoint {pretrained}", None
-    else:
-        model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
-    return f"lakecurate embed {lake.uri} --model {model}" + ("" if prefix == default else f" --name {prefix}")
-
-
 def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any]) -> None:
     """Scores need a model, so curate cannot make them: live rows without one (fragments ``embed``
     has not filled) are named, and curate stops before it writes anything."""
@@ -438,7 +420,7 @@ def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any]) -> None:
             first += frag.to_table(columns=["id", "key"], limit=3 - len(first)).to_pylist()
     rows = ", ".join(f"{r['id']} ({r['key']})" for r in first) + (", ..." if missing > len(first) else "")
     raise LakeError(f"{missing} rows of lake '{lake.uri}' have no {prefix} score yet ({rows}) and the alignment "
-                    f"step needs one; run: {_embed_command(lake, prefix, prov)}, then curate again")
+                    f"step needs one; run: {embed_command(lake, prefix, prov)}, then curate again")
 
 
 def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None, progress: bool | None,

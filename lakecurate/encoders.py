@@ -30,9 +30,9 @@ from typing import Any, Callable
 
 from lakecurate.errors import EncoderError
 from lakecurate.images import ImageTransform, exif_upright  # noqa: F401 - re-exported
+from lakecurate.names import TINY_RANDOM
 from lakecurate.names import embedding_columns as column_names  # noqa: F401 - the older name
 
-TINY_RANDOM = "lakecurate-tiny-random-MEANINGLESS"
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 ALIASES = {"vitb32": "ViT-B-32", "vitb16": "ViT-B-16", "vitl14": "ViT-L-14", "tiny-random": TINY_RANDOM}
 # Preferred pretrained tag when only an architecture is named (open_clip lists the rest).

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import field_provenance
 from lakecurate.errors import LakeError
+from lakecurate.names import TINY_RANDOM
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -411,7 +412,7 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
     arch, pretrained = cfg.get("arch"), cfg.get("pretrained")
     if cfg.get("family") == "offline":
         model, default = "offline", "offline"
-    elif str(arch).endswith("-MEANINGLESS"):  # the tiny random test model (encoders.TINY_RANDOM)
+    elif arch == TINY_RANDOM:
         model, default = "tiny-random", "clip_tinyrandom"
     elif pretrained and (os.sep in pretrained or pretrained.endswith(".pt")):  # a local checkpoint file
         model, default = f"{arch} --checkpoint {pretrained}", None

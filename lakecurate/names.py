@@ -31,6 +31,11 @@ Produce = Callable[..., int]
 # Producer stage -> one column it writes (filled means the stage is done for that fragment).
 PRODUCERS = {"caption_signals": "cap_words", "image_signals": "phash", "redact": "caption_redacted", "dedup": "dup_keep"}
 
+# The architecture name of the tiny, randomly initialised test encoder (``--model tiny-random``):
+# its embeddings and scores mean nothing (lakecurate.encoders builds it; stages and the graph test
+# provenance against this name, never a substring).
+TINY_RANDOM = "lakecurate-tiny-random-MEANINGLESS"
+
 EMBEDDING_PARTS = ("image", "text", "score", "error")
 
 

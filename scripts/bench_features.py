@@ -66,12 +66,24 @@ def main() -> None:
     ap.add_argument("--work", type=int, default=200, help="sha256 rounds per caption (the feature's cost)")
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--ray-cpus", type=int, default=2)
+    ap.add_argument("--local-only", action="store_true", help="only bare vs local, --repeat times (the overhead alone)")
+    ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     params = {"work": args.work}
     with tempfile.TemporaryDirectory() as tmp:
         lake = build(Path(tmp) / "lake", args.n, args.fragments)
         n = lake.count()
         captions = lake.dataset().to_table(columns=["caption"]).to_batches()
+        if args.local_only:
+            for i in range(args.repeat):
+                t = time.perf_counter()
+                for b in captions:
+                    digest(b, args.work)
+                bare = time.perf_counter() - t
+                local = lake.add_feature(f"f{i}", digest, inputs=["caption"], type="int64", params=params,
+                                         progress=False).seconds
+                print(f"bare {bare:.2f} s, local engine {local:.2f} s, local/bare {local / bare:.3f} (time ratio)")
+            return
         t = time.perf_counter()
         for b in captions:
             digest(b, args.work)
