@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 # Near-copy edits and their parameter ranges (the issue's list): each copy gets one edit, and one in
 # three copies gets a second one on top (e.g. a crop that is then re-encoded at quality 40).
 EDITS = ("jpeg", "resize", "crop", "brightness", "flip", "text")
+# The copies plain hashing and embeddings miss (issue 17): a heavy crop (25-35% of each side gone),
+# a quarter or half turn, bars to another aspect ratio, the photo framed inside a larger page with
+# UI-like content, and an overlay covering up to 20% of it.
+HARD_EDITS = ("crop_heavy", "rotate", "letterbox", "pillarbox", "frame", "overlay")
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,63 @@ def edit_image(im: Image.Image, edit: str, rng: random.Random) -> Image.Image:
         draw.text((w // 20, y), rng.choice(["SALE 50% OFF", "© example.com", "holiday 2012", "www.photos.net"]),
                   fill=rng.choice([(255, 255, 255), (0, 0, 0), (255, 220, 0)]), font_size=max(10, h // 14))
         return out
-    raise ValueError(f"unknown edit {edit!r}; choose from {EDITS}")
+    if edit in HARD_EDITS:
+        return _hard_edit(im, edit, rng)
+    raise ValueError(f"unknown edit {edit!r}; choose from {EDITS + HARD_EDITS}")
+
+
+def _pad(im: Image.Image, size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """``im`` centred on a canvas of ``size`` filled with one uniform colour (black, white or gray)."""
+    canvas = Image.new("RGB", size, rng.choice([(0, 0, 0), (255, 255, 255), (128, 128, 128)]))
+    canvas.paste(im, ((size[0] - im.width) // 2, (size[1] - im.height) // 2))
+    return canvas
+
+
+def _hard_edit(im: Image.Image, edit: str, rng: random.Random) -> Image.Image:
+    w, h = im.size
+    if edit == "crop_heavy":
+        keep = rng.uniform(0.65, 0.75)  # 25-35% of each side's length removed
+        cw, ch = round(w * keep), round(h * keep)
+        x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        return im.crop((x0, y0, x0 + cw, y0 + ch))
+    if edit == "rotate":
+        return im.transpose(rng.choice([Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270]))
+    if edit == "letterbox":  # bars above and below: a taller frame (square or 4:5 portrait)
+        tall = max(h + 2, round(w * rng.choice([1.0, 1.25])))
+        return _pad(im, (w, tall), rng)
+    if edit == "pillarbox":  # bars left and right: a wider frame (16:9 or 2:1)
+        wide = max(w + 2, round(h * rng.choice([16 / 9, 2.0])))
+        return _pad(im, (wide, h), rng)
+    if edit == "frame":  # a page 1.3-1.8x the photo's size: header bar, text lines, buttons, the photo
+        f = rng.uniform(1.3, 1.8)
+        cw, ch = round(w * f), round(h * f)
+        page = Image.new("RGB", (cw, ch), rng.choice([(250, 250, 250), (238, 240, 244), (30, 32, 36)]))
+        draw = ImageDraw.Draw(page)
+        bar = max(12, ch // 12)
+        draw.rectangle((0, 0, cw, bar), fill=rng.choice([(24, 119, 242), (200, 30, 40), (60, 60, 60)]))
+        draw.text((bar // 2, bar // 4), rng.choice(["Home  Shop  About", "photos.example.com", "My album"]),
+                  fill=(255, 255, 255), font_size=max(8, bar // 2))
+        x0, y0 = rng.randint(0, cw - w), rng.randint(bar, max(bar, ch - h))
+        page.paste(im, (x0, y0))
+        ink = (90, 90, 90) if page.getpixel((0, ch - 1))[0] > 128 else (200, 200, 200)
+        for _ in range(rng.randint(3, 6)):  # text lines and a button beside or under the photo
+            tx, ty = rng.randint(0, cw - 20), rng.randint(bar, ch - 10)
+            if not (x0 <= tx <= x0 + w and y0 <= ty <= y0 + h):
+                draw.text((tx, ty), rng.choice(["Add to cart", "$24.99", "Share", "12 comments", "Buy now"]),
+                          fill=ink, font_size=max(8, ch // 30))
+        return page
+    if edit == "overlay":  # a banner or logo block over 8-20% of the photo, with text on it
+        area = rng.uniform(0.08, 0.20) * w * h
+        bw = min(w, round((area * rng.uniform(1.5, 4.0)) ** 0.5))
+        bh = min(h, max(1, round(area / max(1, bw))))
+        x0, y0 = rng.randint(0, w - bw), rng.randint(0, h - bh)
+        out = im.copy()
+        draw = ImageDraw.Draw(out)
+        draw.rectangle((x0, y0, x0 + bw, y0 + bh), fill=rng.choice([(255, 255, 255), (0, 0, 0), (230, 40, 40)]))
+        draw.text((x0 + 4, y0 + 2), rng.choice(["LIMITED OFFER", "© stock", "NEW"]), fill=(128, 128, 128),
+                  font_size=max(8, bh // 3))
+        return out
+    raise ValueError(edit)
 
 
 def plant_duplicates(
@@ -88,14 +148,19 @@ def plant_duplicates(
     exact_per_original: float = 0.3,
     near_per_original: tuple[int, int] = (1, 3),
     seed: int = 0,
+    edits: Sequence[str] = EDITS,
 ) -> list[Planted]:
     """Write every photo plus planted copies of ``n_originals`` of them to ``out_dir`` (JPEG + .txt).
 
     Each chosen original gets an exact byte copy with probability ``exact_per_original`` and
     ``near_per_original`` near copies (one or two edits each, every edit in ``EDITS`` used in turn).
     Copies keep the original's caption half of the time and get another photo's caption otherwise
-    (so caption-based methods cannot find them for free). Returns one ``Planted`` per written file.
+    (so caption-based methods cannot find them for free). ``edits``: the kinds used in turn
+    (``EDITS``, ``HARD_EDITS`` or both). Returns one ``Planted`` per written file.
     """
+    unknown = [e for e in edits if e not in EDITS + HARD_EDITS]
+    if unknown or not edits:
+        raise ValueError(f"unknown edits {unknown}; choose from {EDITS + HARD_EDITS}")
     rng = random.Random(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,17 +185,17 @@ def plant_duplicates(
         with Image.open(path) as src:
             src.load()
             for c in range(rng.randint(*near_per_original)):
-                edits = [EDITS[edit_cycle % len(EDITS)]]
+                done = [edits[edit_cycle % len(edits)]]
                 edit_cycle += 1
-                if rng.random() < 1 / 3:
-                    edits.append(rng.choice([e for e in EDITS if e != edits[0]]))
+                if rng.random() < 1 / 3:  # a second edit on top: one of the easy kinds
+                    done.append(rng.choice([e for e in EDITS if e != done[0]]))
                 im = src
-                for e in edits:
+                for e in done:
                     im = edit_image(im, e, rng)
                 buf = io.BytesIO()
                 im.convert("RGB").save(buf, "JPEG", quality=rng.randint(75, 95))
                 caption = captions.get(stem, "") if rng.random() < 0.5 else captions.get(rng.choice(stems), "")
-                write(f"{stem}__near{c}", buf.getvalue(), caption, stem, "+".join(edits))
+                write(f"{stem}__near{c}", buf.getvalue(), caption, stem, "+".join(done))
     return planted
 
 

@@ -4,9 +4,11 @@ Builds the planted set from Flickr8k (``lakecurate.plant``: exact copies and nea
 JPEG re-encoding, resizing, cropping, brightness, mirroring and overlaid text; every other photo is
 a distinct hard negative), ingests it, embeds it with the offline encoder, runs ``dedup --method
 all`` and prints pair recall/precision per group column and recall per edit. With --incremental the
-photos arrive in two halves, as in tests/test_dedup.py.
+photos arrive in two halves, as in tests/test_dedup.py. ``--edits hard`` plants the copies issue 17
+is about instead (heavy crops, quarter/half turns, letterbox/pillarbox bars, framing in a page,
+overlays; ``lakecurate.plant.HARD_EDITS``), ``--edits all`` both kinds.
 
-    python scripts/eval_dedup.py --data ../shared/data/flickr8k --seed 1 [--incremental]
+    python scripts/eval_dedup.py --data ../shared/data/flickr8k --seed 1 [--incremental] [--edits hard]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lakecurate import Lake
-from lakecurate.plant import first_captions, plant_duplicates, true_pairs
+from lakecurate.plant import EDITS, HARD_EDITS, first_captions, plant_duplicates, true_pairs
 
 
 def main() -> None:
@@ -29,12 +31,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--originals", type=int, default=120)
     ap.add_argument("--incremental", action="store_true")
+    ap.add_argument("--edits", choices=["easy", "hard", "all"], default="easy")
     args = ap.parse_args()
     captions = first_captions(args.data / "captions.csv")
     tmp = Path(tempfile.mkdtemp())
     try:
         planted = plant_duplicates(sorted((args.data / "images").glob("*.jpg")), captions, tmp / "all",
-                                   n_originals=args.originals, seed=args.seed)
+                                   n_originals=args.originals, seed=args.seed,
+                                   edits={"easy": EDITS, "hard": HARD_EDITS, "all": EDITS + HARD_EDITS}[args.edits])
         truth = true_pairs(planted)
         print(f"{len(planted)} images: {sum(p.edit == 'original' for p in planted)} photos, "
               f"{sum(p.edit == 'exact' for p in planted)} exact copies, "
