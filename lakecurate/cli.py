@@ -376,15 +376,19 @@ def _methods(value: str) -> list[str]:
               "--confirm-distance bits (default: per model, 0.85 CLIP, 0.70 offline).")
 @click.option("--confirm-distance", type=click.IntRange(0, 64), default=16, show_default=True)
 @click.option("--caption-threshold", type=FiniteFloat(-1, 1), default=0.98, show_default=True, help="Caption cosine for caption links.")
-@click.option("--keep-from", default="exact,phash,semantic", show_default=True,
-              help="Methods whose groups decide dup_keep (caption duplicates are reported only, unless listed).")
+@click.option("--keep-from", default="exact,phash,semantic,copy", show_default=True,
+              help="Methods whose groups decide dup_keep, among those computed (caption duplicates are reported "
+                   "only, unless listed).")
+@click.option("--copy-distance", type=click.IntRange(0, 64), default=6, show_default=True,
+              help="Max differing bits of 64 for copy links (any of 8 turned/mirrored hashes against any of 8).")
 @click.option("--workers", type=click.IntRange(min=0), help="Hashing processes (default: every core; 0 hashes in this process).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute the chosen methods' columns (e.g. new thresholds).")
 @json_option
 @_friendly_errors
 def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool,
           semantic_threshold: float | None, confirm_cosine: float | None, confirm_distance: int,
-          caption_threshold: float, keep_from: str, workers: int | None, recompute: bool, as_json: bool) -> None:
+          caption_threshold: float, keep_from: str, copy_distance: int, workers: int | None, recompute: bool,
+          as_json: bool) -> None:
     """Find duplicate groups in LAKE and mark one member of each to keep (rows are never deleted).
 
     Writes dup_exact_group, dup_pair_group, dup_phash_group, dup_semantic_group, dup_caption_group
@@ -397,7 +401,8 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
     rep = open_lake(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
                                 semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,
-                                keep_from=_methods(keep_from), workers=workers, recompute=recompute)
+                                keep_from=_methods(keep_from), copy_distance=copy_distance, workers=workers,
+                                recompute=recompute)
     if as_json:
         echo_json(rep)
         return

@@ -9,12 +9,13 @@ Methods (each writes its own group column; rows are never deleted):
 | phash | ``dup_phash_group`` | 64-bit DCT perceptual hashes differ in <= ``phash_distance`` bits, also against the mirrored image's hash (``flips``) | 10 bits |
 | semantic | ``dup_semantic_group`` | image embeddings have cosine >= ``semantic_threshold`` (SemDeDup), or >= ``confirm_cosine`` with hashes within ``confirm_distance`` bits | per model, see ``SEMANTIC_THRESHOLDS`` |
 | caption | ``dup_caption_group`` | caption embeddings have cosine >= ``caption_threshold`` | 0.98 |
+| copy | ``dup_copy_group`` | one of the 8 hashes of the bar-trimmed image turned by 0/90/180/270 degrees and mirrored (``copy_hashes``) is within ``copy_distance`` bits of one of the other's: rotated, letterboxed, pillarboxed and bordered copies | 6 bits |
 
 A group column holds the ``id`` of the member that group keeps (a row alone holds its own id;
 null: the row has no signal for that method, e.g. an undecodable image). Groups are the connected
 components of the links, so a chain a~b~c is one group.
 
-Then the groups of the ``keep_from`` methods (default: exact, phash, semantic; caption
+Then the groups of the ``keep_from`` methods (default: exact, phash, semantic and copy, those computed; caption
 near-duplicates are reported but do not drop rows unless asked, because two different photos
 may well share "a dog runs on the grass") are joined into ``dup_group`` (id of the kept member),
 ``dup_group_size``, ``dup_keep`` and ``dup_reason`` ("phash:<kept id>": the first method, in
@@ -48,16 +49,20 @@ from lakecurate import columns
 from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
 from lakecurate.graph import write_decisions
-from lakecurate.names import Produce, embedding_columns
+from lakecurate.names import PRODUCERS, Produce, embedding_columns
 from lakecurate.neardup import components, hamming_pairs, semantic_pairs
+from lakecurate.options import whole
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
 
-METHODS = ("exact", "phash", "semantic", "caption")
+METHODS = ("exact", "phash", "semantic", "caption", "copy")
 DEFAULT_METHODS = ("exact", "phash", "semantic")
-DEFAULT_KEEP_FROM = ("exact", "phash", "semantic")
+DEFAULT_KEEP_FROM = ("exact", "phash", "semantic", "copy")  # those computed
 PHASH_DISTANCE = 8
+# The copy method compares 8 hashes a row with 8 of every other (64 chances against phash's 4), so
+# it links at fewer differing bits to keep the same false-link rate (docs/benchmarks.md, issue 17).
+COPY_DISTANCE = 6
 CAPTION_THRESHOLD = 0.98
 CONFIRM_DISTANCE = 16
 # Cosine of image embeddings above which two images are near duplicates, and the lower cosine at
@@ -196,10 +201,11 @@ def _no_hashes(lake: "Store") -> Produce:
     """Without a producer (a bare store), the image hashes must already be there."""
     def produce(stage: str, **_: Any) -> int:
         ds = lake.dataset()
-        if "phash" in ds.schema.names and not columns.fragments_to_fill(ds, "phash"):
+        column = PRODUCERS[stage]
+        if column in ds.schema.names and not columns.fragments_to_fill(ds, column):
             return 0
-        raise LakeError(f"dedup needs the image signals (phash) of lake '{lake.uri}'; "
-                        f"run dedup through Lake.dedup (or lakecurate dedup), which computes them")
+        raise LakeError(f"dedup needs the {stage} stage's column '{column}' on lake '{lake.uri}'; "
+                        f"run dedup through Lake.dedup (or lakecurate dedup), which computes it")
     return produce
 
 
@@ -210,6 +216,7 @@ def dedup(
     embedding: str | None = None,
     phash_distance: int = PHASH_DISTANCE,
     flips: bool = True,
+    copy_distance: int = COPY_DISTANCE,
     semantic_threshold: float | None = None,
     caption_threshold: float = CAPTION_THRESHOLD,
     confirm_cosine: float | None = None,
@@ -228,6 +235,7 @@ def dedup(
         lake.sql("SELECT dup_reason, count(*) AS n FROM pairs WHERE NOT dup_keep GROUP BY dup_reason")
     """
     t_start = time.perf_counter()
+    copy_distance = whole("copy_distance", copy_distance, 0)
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
     for m in methods:
         group_columns(m)  # validates
@@ -244,6 +252,7 @@ def dedup(
     configs: dict[str, dict[str, Any]] = {
         "exact": {"on": ["content_hash", "caption"]},
         "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash"},
+        "copy": {"max_distance": int(copy_distance), "hash": "copy_hashes"},
     }
     if emb is not None:
         family = emb_prov["config"].get("family", "open_clip")
@@ -263,6 +272,9 @@ def dedup(
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes
         # dedup does not run the image signals stage itself: it asks for its hash columns.
         report.hashed = (produce or _no_hashes(lake))("image_signals", workers=workers, progress=progress)
+    if "copy" in methods:  # the same new rows again, for their copy hashes: counted once
+        report.hashed = max(report.hashed, (produce or _no_hashes(lake))("copy_signals", workers=workers,
+                                                                          progress=progress))
 
     # Declare each method's columns (metadata only; a changed config is an error unless recompute).
     for m in methods:
@@ -277,6 +289,8 @@ def dedup(
     read += [c for c in FINAL_COLUMNS if c in ds.schema.names]
     if {"phash", "semantic"} & set(methods):
         read += list(PHASH_COLUMNS)
+    if "copy" in methods:
+        read.append("copy_hashes")
     if emb is not None:
         read += [embedding_columns(emb)["score"]] + ([embedding_columns(emb)["image"]] if "semantic" in methods else []) \
             + ([embedding_columns(emb)["text"]] if "caption" in methods else [])
@@ -358,7 +372,7 @@ def dedup(
 
 
 def _sources(method: str, emb: str | None) -> list[str]:
-    return {"exact": ["content_hash", "caption"], "phash": list(PHASH_COLUMNS),
+    return {"exact": ["content_hash", "caption"], "phash": list(PHASH_COLUMNS), "copy": ["copy_hashes"],
             "semantic": [embedding_columns(emb)["image"], *PHASH_COLUMNS], "caption": [embedding_columns(emb)["text"]]}[method]
 
 
@@ -384,6 +398,20 @@ def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str
         i, j = rows[i % len(rows)], rows[j % len(rows)]
         mr.pairs = int((i != j).sum())
         return linked_groups(n, [(i, j)], eligible)
+    if method == "copy":
+        col = tbl.column("copy_hashes")
+        eligible = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+        mr.new_rows = int((eligible & (stored_rows < 0)).sum())
+        rows = np.flatnonzero(eligible)
+        flat = col.combine_chunks()  # a fixed-size list stores 8 values per slot, null slots too
+        values = np.asarray(flat.values.fill_null(0).to_numpy(), np.uint64)
+        hashes = values[flat.offset * 8:(flat.offset + len(flat)) * 8].reshape(-1, 8)
+        # Every variant of every row in one Hamming search; v // 8 maps a variant back to its row.
+        i, j, _ = hamming_pairs(hashes[rows].reshape(-1), config["max_distance"], identical="first")
+        i, j = rows[i // 8], rows[j // 8]
+        keep = i != j
+        mr.pairs = int(keep.sum())
+        return linked_groups(n, [(i[keep], j[keep])], eligible)
     col = embedding_columns(emb)["image"] if method == "semantic" else embedding_columns(emb)["text"]
     x, eligible = _vectors(tbl.column(col))
     new = eligible & (stored_rows < 0)

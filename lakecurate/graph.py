@@ -40,13 +40,13 @@ if TYPE_CHECKING:
 
     from lakecurate.store import Store
 
-PER_ROW = ("embed", "signals-caption", "signals-image", "signals-redact", "feature")
+PER_ROW = ("embed", "signals-caption", "signals-image", "signals-copy", "signals-redact", "feature")
 GLOBAL = ("dedup", "curate", "concepts", "rebalance", "sequence")
 # The version a global stage read, stored beside (not inside) the provenance: the provenance and
 # its config hash stay as they were, and a recompute drops the marker with the column.
 COMPUTED_KEY = "lakecurate.computed"
 # Pipeline order of the stages, for display and for "run this and everything after it".
-ORDER = ("embed", "feature", "signals-caption", "signals-image", "signals-redact", "dedup", "curate", "concepts",
+ORDER = ("embed", "feature", "signals-caption", "signals-image", "signals-copy", "signals-redact", "dedup", "curate", "concepts",
          "rebalance", "sequence")
 
 Write = tuple[int, int]  # (version that committed the data, version its writer had read)

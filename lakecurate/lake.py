@@ -74,6 +74,8 @@ class Lake(Store):
             return signals.compute_caption_signals(self, progress=progress)
         if stage == "image_signals":
             return signals.compute_image_signals(self, workers=workers, progress=progress)
+        if stage == "copy_signals":
+            return signals.compute_copy_hashes(self, workers=workers, progress=progress)
         if stage == "redact":
             return signals.compute_redacted(self)
         if stage == "dedup":

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 # Lake facade or the pipeline) runs that producer. ``produce(stage, **options) -> rows computed``.
 Produce = Callable[..., int]
 # Producer stage -> one column it writes (filled means the stage is done for that fragment).
-PRODUCERS = {"caption_signals": "cap_words", "image_signals": "phash", "redact": "caption_redacted", "dedup": "dup_keep"}
+PRODUCERS = {"caption_signals": "cap_words", "image_signals": "phash", "copy_signals": "copy_hashes",
+             "redact": "caption_redacted", "dedup": "dup_keep"}
 
 # The architecture name of the tiny, randomly initialised test encoder (``--model tiny-random``):
 # its embeddings and scores mean nothing (lakecurate.encoders builds it; stages and the graph test

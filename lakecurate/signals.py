@@ -333,6 +333,74 @@ def image_signals(blobs: Sequence[bytes | None]) -> pa.Table:
                      "img_sharpness": floats(1), "img_entropy": floats(2), "img_colorfulness": floats(3)})
 
 
+def trim_borders(gray: np.ndarray, tol: float = 4.0, max_share: float = 0.45) -> np.ndarray:
+    """``gray`` without the uniform bars along its edges (letterbox, pillarbox, a plain border): the
+    leading rows/columns on each side whose pixels are one colour (std <= ``tol``) and the colour of
+    that side's first line, at most ``max_share`` of the side each. A copy with bars and its original
+    then hash alike.
+
+    >>> g = np.full((30, 30), 255.0); g[5:25, 3:27] = np.arange(480).reshape(20, 24) % 7 * 30
+    >>> trim_borders(g).shape
+    (20, 24)
+    """
+    g = np.asarray(gray, np.float32)
+
+    def lead(lines: np.ndarray) -> int:
+        mean, std = lines.mean(axis=1), lines.std(axis=1)
+        ok = (std <= tol) & (np.abs(mean - mean[0]) <= tol)
+        n = len(ok) if ok.all() else int(np.argmin(ok))
+        return min(n, int(max_share * len(ok)))
+
+    h, w = g.shape
+    top, bottom, left, right = lead(g), lead(g[::-1]), lead(g.T), lead(g.T[::-1])
+    if h - top - bottom < 8 or w - left - right < 8:  # a blank or nearly blank image: keep it whole
+        return gray
+    return gray[top:h - bottom, left:w - right]
+
+
+def copy_gray(data: bytes | None) -> np.ndarray | None:
+    """The 32x32 gray the copy hashes are taken from: reduced decode, EXIF upright, bars trimmed."""
+    from PIL import Image
+
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (_WORK_SIDE, _WORK_SIDE))
+            im.seek(0)
+            gray = exif_upright(im).convert("L")
+            w, h = gray.size
+            scale = _WORK_SIDE / min(w, h)
+            if scale < 1:
+                gray = gray.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+            trimmed = trim_borders(np.asarray(gray, np.float32))
+            return np.asarray(Image.fromarray(trimmed.astype(np.uint8)).resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BOX),
+                              dtype=np.float32)
+    except Exception:  # undecodable: no hashes
+        return None
+
+
+def copy_hashes(blobs: Sequence[bytes | None]) -> pa.Table:
+    """``copy_hashes``: 8 pHashes per image, of the bar-trimmed image turned by 0, 90, 180 and 270
+    degrees, each with its mirror; a turned, mirrored or letterboxed copy shares one with its original."""
+    got = [copy_gray(b) for b in blobs]
+    valid = np.array([g is not None for g in got], bool)
+    out = np.zeros((len(blobs), 8), np.uint64)
+    if valid.any():
+        small = np.stack([g for g in got if g is not None])
+        for k in range(4):
+            h, hf = phash_pixels(np.ascontiguousarray(np.rot90(small, k, axes=(1, 2))))
+            out[valid, 2 * k], out[valid, 2 * k + 1] = h, hf
+    values = pa.array(out.reshape(-1), pa.uint64())
+    arr = pa.FixedSizeListArray.from_arrays(values, 8)
+    if not valid.all():
+        arr = pa.array(arr.to_pylist(), COPY_FIELDS[0].type, mask=~valid)
+    return pa.table({"copy_hashes": arr})
+
+
+COPY_FIELDS = [pa.field("copy_hashes", pa.list_(pa.uint64(), 8))]
+
+
 def phash_bytes(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(phash, phash_flip, valid) for a list of encoded images."""
     t = image_signals(blobs)
@@ -347,6 +415,8 @@ IMAGE_CONFIG = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px s
 CAPTION_CONFIG = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
                   "email": _EMAIL.pattern, "phone": _PHONE.pattern, "language": "py3langid norm_probs"}
 REDACT_CONFIG = {"email": _EMAIL.pattern, "phone": _PHONE.pattern}
+COPY_CONFIG = {"decode": f"draft gray >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side",
+               "trim": "uniform edge lines, std <= 4, <= 45% per side", "hash": "dct-phash 32->8x8 of 4 turns x mirror"}
 
 
 def image_batch(state: Any, rows: Rows) -> pa.Table:
@@ -373,6 +443,8 @@ class RedactBatch:
 
 IMAGE_STAGE = RowStage("signals-image", IMAGE_FIELDS, IMAGE_CONFIG, ["image"], batch=image_batch, image=image_signals,
                        batch_size=IMAGE_BATCH, readers_do_all=True, desc="image signals", unit="img")
+COPY_STAGE = RowStage("signals-copy", COPY_FIELDS, COPY_CONFIG, ["image"], batch=image_batch, image=copy_hashes,
+                      batch_size=IMAGE_BATCH, readers_do_all=True, desc="copy hashes", unit="img")
 CAPTION_STAGE = RowStage("signals-caption", CAPTION_FIELDS, CAPTION_CONFIG, ["caption"], batch=caption_batch,
                          desc="caption signals")
 
@@ -390,6 +462,13 @@ def compute_image_signals(lake: "Store", *, workers: int | None = None, progress
     when there are more than a few batches). A killed run resumes from its last finished batch.
     """
     rep = runner.run(lake, IMAGE_STAGE, engine=engine, workers=workers, progress=progress)
+    return rep.rows + rep.rows_resumed
+
+
+def compute_copy_hashes(lake: "Store", *, workers: int | None = None, progress: bool | None = None,
+                        engine: str = "local") -> int:
+    """Fill ``copy_hashes`` (dedup's ``copy`` method) for every fragment that lacks it; returns rows decoded."""
+    rep = runner.run(lake, COPY_STAGE, engine=engine, workers=workers, progress=progress)
     return rep.rows + rep.rows_resumed
 
 

@@ -59,7 +59,8 @@ def main() -> None:
             rep = lake.dedup("all", progress=False)
             print(f"dedup over {rep.rows} rows: {time.perf_counter() - t0:.2f} s; new rows per method: "
                   + ", ".join(f"{m.method} {m.new_rows}" for m in rep.methods))
-        cols = ["dup_exact_group", "dup_pair_group", "dup_phash_group", "dup_semantic_group", "dup_caption_group", "dup_group"]
+        cols = ["dup_exact_group", "dup_pair_group", "dup_phash_group", "dup_semantic_group", "dup_caption_group",
+                "dup_copy_group", "dup_group"]
         df = lake.to_pandas(["key", *cols])
         df["key"] = df["key"].map(lambda k: Path(k).stem)
         edit = {p.key: p.edit for p in planted}
@@ -71,8 +72,8 @@ def main() -> None:
             found_by[col] = found
             hit = len(truth & found)
             print(f"{col:20s} {hit / len(truth):7.3f} {hit / max(1, len(found)):9.3f} {len(found):12d}")
-        print("\nrecall per edit (pairs of a copy and its original), phash / semantic / combined:")
-        per = defaultdict(lambda: [0, 0, 0, 0])
+        print("\nrecall per edit (pairs of a copy and its original), phash / semantic / copy / combined:")
+        per = defaultdict(lambda: [0, 0, 0, 0, 0])
         for p in planted:
             if p.edit == "original":
                 continue
@@ -81,9 +82,10 @@ def main() -> None:
             row[0] += 1
             row[1] += pair in found_by["dup_phash_group"]
             row[2] += pair in found_by["dup_semantic_group"]
-            row[3] += pair in found_by["dup_group"]
-        for name, (n, a, b, c) in sorted(per.items()):
-            print(f"  {name:12s} n={n:3d}   {a / n:.2f} / {b / n:.2f} / {c / n:.2f}")
+            row[3] += pair in found_by["dup_copy_group"]
+            row[4] += pair in found_by["dup_group"]
+        for name, (n, a, b, c, d) in sorted(per.items()):
+            print(f"  {name:12s} n={n:3d}   {a / n:.2f} / {b / n:.2f} / {c / n:.2f} / {d / n:.2f}")
         misses = [(a, b, edit[b] if edit[b] != "original" else edit[a]) for a, b in truth - found_by["dup_group"]]
         print(f"missed pairs: {misses[:10]}")
     finally:

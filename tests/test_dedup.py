@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import random
 import shutil
 from pathlib import Path
 
@@ -319,3 +320,61 @@ def test_planted_incremental_equals_from_scratch(planted_lake, tmp_path: Path):
     for column in ("dup_semantic_group", "dup_caption_group", "dup_group"):
         a, b = linked(incremental, column), linked(scratch, column)
         assert len(a ^ b) <= 0.01 * len(a | b), (column, len(a ^ b), len(a | b))
+
+
+# --------------------------------------------------------------------------- issue 17: copy hashes
+def _jpeg_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_copy_hashes_survive_turns_mirrors_and_bars():
+    from lakecurate.plant import edit_image
+    from lakecurate.signals import copy_hashes
+
+    # Photos; a repeating texture (brick.jpg) or a page of text is where a 64-bit DCT hash is unstable
+    # under resampling, and is left to the semantic method.
+    photos = ["coffee.jpg", "rocket.jpg", "astronaut.jpg", "hubble_deep_field.jpg", "chelsea.jpg", "clock.jpg"]
+    rows, owner = [], []
+    for k, name in enumerate(photos):
+        with Image.open(SAMPLE_DATA / name) as im:
+            im = im.convert("RGB")
+            for v in [im, im.transpose(Image.Transpose.ROTATE_90), im.transpose(Image.Transpose.ROTATE_270),
+                      ImageOps.mirror(im.transpose(Image.Transpose.ROTATE_180)),
+                      edit_image(im, "letterbox", random.Random(k)), edit_image(im, "pillarbox", random.Random(k))]:
+                rows.append(_jpeg_bytes(v))
+                owner.append(k)
+    h = np.array(copy_hashes(rows).column("copy_hashes").to_pylist(), dtype=np.uint64)
+    dist = np.array([[min(int(np.bitwise_count(a ^ b)) for b in h[j]) for j in range(len(h))] for a in h[:, 0]])
+    owner = np.array(owner)
+    first = np.array([np.flatnonzero(owner == o)[0] for o in owner])
+    to_original = dist[first, np.arange(len(owner))]
+    assert to_original.max() <= 8, to_original  # every copy within the method's default distance of its photo
+    assert dist[~np.equal.outer(owner, owner)].min() > 8  # and no two different photos
+
+
+def test_dedup_copy_method_groups_turned_and_barred_copies(lake: Lake, tmp_path: Path):
+    from lakecurate.plant import edit_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    photos = ["coffee.jpg", "rocket.jpg", "astronaut.jpg", "chelsea.jpg"]
+    for k, name in enumerate(photos):
+        with Image.open(SAMPLE_DATA / name) as im:
+            im = im.convert("RGB")
+            (src / f"p{k}.jpg").write_bytes(_jpeg_bytes(im))
+            (src / f"p{k}_rot.jpg").write_bytes(_jpeg_bytes(im.transpose(Image.Transpose.ROTATE_90)))
+            (src / f"p{k}_box.jpg").write_bytes(_jpeg_bytes(edit_image(im, "letterbox", random.Random(k))))
+    lake.ingest(src, progress=False)
+    before = lake.dedup(["exact", "phash"], progress=False)
+    assert before.kept > len(photos)  # plain hashes miss the turned copies
+    rep = lake.dedup(["copy"], progress=False)
+    df = lake.to_pandas(["key", "dup_copy_group", "dup_group", "dup_reason"])
+    df["photo"] = df["key"].str.extract(r"^(p\d)")[0]
+    assert df.groupby("photo")["dup_group"].nunique().eq(1).all()  # each photo's copies: one group
+    assert df["dup_group"].nunique() == len(photos)  # and different photos apart
+    assert rep.kept == len(photos)
+    assert df["dup_reason"].dropna().str.startswith("copy:").any()
+    prov = lake.info()["columns"]
+    assert any(c["name"] == "copy_hashes" and c["provenance"]["stage"] == "signals-copy" for c in prov)
