@@ -51,7 +51,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
-from lakecurate.graph import embed_command, write_decisions
+from lakecurate.graph import embed_command, no_producer, write_decisions
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 
@@ -430,7 +430,7 @@ def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None
     Curate never runs another stage: it names the stage that produces what it needs, and ``produce``
     (the facade's or the pipeline's) runs it. Without ``produce``, a missing input is an error that
     names the stage to run."""
-    produce = produce or _no_producer(lake)
+    produce = produce or no_producer(lake, "curate")
     computed = []
     if CAPTION in needs and produce("caption_signals", progress=progress):
         computed.append(CAPTION)
@@ -451,20 +451,6 @@ def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None
     if rec.redact and produce("redact"):
         computed.append("caption_redacted")
     return computed
-
-
-def _no_producer(lake: "Store") -> Produce:
-    """A ``produce`` for a bare store: it produces nothing, so a missing input is named with its stage."""
-    from lakecurate.names import PRODUCERS
-
-    def produce(stage: str, **_: Any) -> int:
-        column = PRODUCERS[stage]
-        ds = lake.dataset()
-        if column in ds.schema.names and not columns.fragments_to_fill(ds, column):
-            return 0
-        raise LakeError(f"curate needs the {stage} stage's column '{column}' on lake '{lake.uri}'; "
-                        f"run curate through Lake.curate (or lakecurate curate), which computes it")
-    return produce
 
 
 def _unfilled(ds: "lance.LanceDataset", names: set[str]) -> set[int]:

@@ -48,8 +48,8 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
-from lakecurate.graph import write_decisions
-from lakecurate.names import PRODUCERS, Produce, embedding_columns
+from lakecurate.graph import no_producer, write_decisions
+from lakecurate.names import Produce, embedding_columns
 from lakecurate.neardup import components, hamming_pairs, semantic_pairs
 from lakecurate.options import whole
 
@@ -197,18 +197,6 @@ def _write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array], repor
     return written
 
 
-def _no_hashes(lake: "Store") -> Produce:
-    """Without a producer (a bare store), the image hashes must already be there."""
-    def produce(stage: str, **_: Any) -> int:
-        ds = lake.dataset()
-        column = PRODUCERS[stage]
-        if column in ds.schema.names and not columns.fragments_to_fill(ds, column):
-            return 0
-        raise LakeError(f"dedup needs the {stage} stage's column '{column}' on lake '{lake.uri}'; "
-                        f"run dedup through Lake.dedup (or lakecurate dedup), which computes it")
-    return produce
-
-
 def dedup(
     lake: "Store",
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -269,12 +257,11 @@ def dedup(
         configs["caption"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
                               "threshold": float(caption_threshold)}
 
+    produce = produce or no_producer(lake, "dedup")  # dedup runs no stage itself: it asks for their columns
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes
-        # dedup does not run the image signals stage itself: it asks for its hash columns.
-        report.hashed = (produce or _no_hashes(lake))("image_signals", workers=workers, progress=progress)
+        report.hashed = produce("image_signals", workers=workers, progress=progress)
     if "copy" in methods:  # the same new rows again, for their copy hashes: counted once
-        report.hashed = max(report.hashed, (produce or _no_hashes(lake))("copy_signals", workers=workers,
-                                                                          progress=progress))
+        report.hashed = max(report.hashed, produce("copy_signals", workers=workers, progress=progress))
 
     # Declare each method's columns (metadata only; a changed config is an error unless recompute).
     for m in methods:

@@ -30,9 +30,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import field_provenance
+from lakecurate.columns import field_provenance, fragments_to_fill
 from lakecurate.errors import LakeError
-from lakecurate.names import TINY_RANDOM
+from lakecurate.names import PRODUCERS, TINY_RANDOM, Produce
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -471,6 +471,19 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
             return col, notes
         notes.append(f"{col} skipped: {bad[0].node.stage} is stale ({bad[0].reasons[0]}); re-run: {bad[0].fix}")
     return (present[-1] if present else None), notes
+
+
+def no_producer(lake: "Store", consumer: str) -> Produce:
+    """The ``produce`` a stage gets on a bare store: it runs nothing, so an input another stage
+    makes must already be filled, or the error names that stage and the way to have it made."""
+    def produce(stage: str, **_: Any) -> int:
+        column = PRODUCERS[stage]
+        ds = lake.dataset()
+        if column in ds.schema.names and not fragments_to_fill(ds, column):
+            return 0
+        raise LakeError(f"{consumer} needs the {stage} stage's column '{column}' on lake '{lake.uri}'; run {consumer} "
+                        f"through Lake.{consumer} (or lakecurate {consumer}), which computes it")
+    return produce
 
 
 def write_decisions(lake: "Store", tbl: Any, new: dict[str, Any], *, sources: Sequence[str],

@@ -219,10 +219,6 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- is a step current?
-def _node_state(lake: "Lake", ds: Any, column: str) -> graph.NodeState | None:
-    return next((s for s in graph.states(lake, ds) if column in s.node.columns), None)
-
-
 def _prov_config(ds: Any, column: str) -> dict[str, Any] | None:
     from lakecurate.columns import field_provenance
 
@@ -241,9 +237,10 @@ def _stale_why(st: graph.NodeState | None) -> str | None:
 
 def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
     """Why ``step`` must run with ``opts`` on the lake as it is now; None when it is current."""
-    ds = lake.dataset()
     if step == "ingest":
         return "ingest adds the pairs it has not seen"
+    ds = lake.dataset()
+    by_column = {c: s for s in graph.states(lake, ds) for c in s.node.columns}
     if step == "embed":
         from lakecurate.encoders import resolve
 
@@ -251,7 +248,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
         score = embedding_columns(spec.prefix)["score"]
         if opts.get("recompute"):
             return "recompute asked for"
-        return _stale_why(_node_state(lake, ds, score))
+        return _stale_why(by_column.get(score))
     if step == "dedup":
         from lakecurate.dedup import METHODS, group_columns
 
@@ -265,9 +262,8 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
         for m, (key, opt) in want.items():
             if m in methods and opt in opts and (_prov_config(ds, group_columns(m)[0]) or {}).get(key) != opts[opt]:
                 return f"{opt} changed"
-        return _stale_why(_node_state(lake, ds, "dup_keep")) or next(
-            (f"{m} groups: {_stale_why(_node_state(lake, ds, group_columns(m)[0]))}" for m in methods
-             if _stale_why(_node_state(lake, ds, group_columns(m)[0]))), None)
+        why = [_stale_why(by_column.get(c)) for c in ["dup_keep", *(group_columns(m)[0] for m in methods)]]
+        return next((w for w in why if w), None)
     if step == "curate":
         from lakecurate.curate import load_recipe
 
@@ -277,7 +273,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             return "no keep column yet"
         if cfg.get("hash") != rec.hash:
             return f"the recipe changed (lake has {cfg.get('hash')}, file gives {rec.hash})"
-        return _stale_why(_node_state(lake, ds, "keep")) or (
+        return _stale_why(by_column.get("keep")) or (
             f"{n} rows have no decision" if (n := ds.count_rows(filter="keep IS NULL")) else None)
     if step == "cluster":
         cfg = _prov_config(ds, "concept")
@@ -286,7 +282,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
         for key in ("k", "seed", "embedding"):
             if key in opts and opts[key] is not None and cfg.get(key) != opts[key]:
                 return f"{key} changed ({cfg.get(key)} -> {opts[key]})"
-        return _stale_why(_node_state(lake, ds, "concept"))
+        return _stale_why(by_column.get("concept"))
     if step in ("rebalance", "sequence"):
         col = "rebalance_keep" if step == "rebalance" else "seq_order"
         cfg = _prov_config(ds, col)
@@ -301,7 +297,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
                     return f"{key} changed ({cfg[key]} -> {want})"
         if opts.get("where") is not None and opts["where"] != cfg.get("where"):
             return f"where changed ({cfg.get('where')} -> {opts['where']})"
-        return _stale_why(_node_state(lake, ds, col))
+        return _stale_why(by_column.get(col))
     if step == "export":
         manifest = Path(f"{opts['dest']}.manifest.json")
         if not manifest.is_file():

@@ -14,10 +14,10 @@ import pandas as pd
 
 from lakecurate.columns import embedding_matrix  # noqa: F401 - re-exported for older callers
 from lakecurate.encoders import Encoder, spec_from_provenance
-from lakecurate.names import embedding_columns, embedding_prefixes, pick_embedding  # noqa: F401
-from lakecurate.store import INDEX_MIN_ROWS  # noqa: F401 - re-exported
 from lakecurate.errors import LakeError
+from lakecurate.names import embedding_columns, embedding_prefixes, pick_embedding  # noqa: F401
 from lakecurate.sqlcheck import check_where
+from lakecurate.store import INDEX_MIN_ROWS  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
 

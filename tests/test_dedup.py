@@ -16,7 +16,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from lakecurate import Lake, LakeError
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
-from lakecurate.dedup import best_of_groups, equal_value_pairs, keep_rank
+from lakecurate.dedup import COPY_DISTANCE, best_of_groups, equal_value_pairs, keep_rank
 from lakecurate.plant import first_captions, plant_duplicates, true_pairs
 from lakecurate.signals import phash_bytes, phash_pixels
 
@@ -350,8 +350,8 @@ def test_copy_hashes_survive_turns_mirrors_and_bars():
     owner = np.array(owner)
     first = np.array([np.flatnonzero(owner == o)[0] for o in owner])
     to_original = dist[first, np.arange(len(owner))]
-    assert to_original.max() <= 8, to_original  # every copy within the method's default distance of its photo
-    assert dist[~np.equal.outer(owner, owner)].min() > 8  # and no two different photos
+    assert to_original.max() <= COPY_DISTANCE, to_original  # every copy within the method's distance of its photo
+    assert dist[~np.equal.outer(owner, owner)].min() > COPY_DISTANCE  # and no two different photos
 
 
 def test_dedup_copy_method_groups_turned_and_barred_copies(lake: Lake, tmp_path: Path):
