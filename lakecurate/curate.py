@@ -594,9 +594,13 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         _declare(lake, fields, prov)
         if not pinned or pinned.get("config_hash") != prov["config_hash"]:  # not ours: rewrite every fragment
             tbl = tbl.drop_columns([c for c in ("keep", "drop_reason") if c in tbl.column_names])
-        written, version = write_decisions(lake, tbl, {"keep": pa.array(alive, pa.bool_()),
-                                                        "drop_reason": pa.array(reason, pa.string())},
-                                           sources=prov["source_columns"], read_version=ds.version)
+        try:
+            written, version = write_decisions(lake, tbl, {"keep": pa.array(alive, pa.bool_()),
+                                                            "drop_reason": pa.array(reason, pa.string())},
+                                               sources=prov["source_columns"], read_version=ds.version)
+        except KeyError:  # another curate dropped keep/drop_reason to declare its own recipe's: decide again
+            problem = "another curate replaced keep/drop_reason while this one wrote"
+            continue
         report.fragments_written += written
         version = version if version is not None else ds.version  # nothing changed: the read version is ours
         problem = _disagreement(lake, version, prov, tbl.column("_rowaddr").to_numpy(), alive, reason)

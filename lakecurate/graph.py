@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import field_provenance, fragments_to_fill
+from lakecurate.columns import field_provenance, fragments_to_fill, has_data
 from lakecurate.errors import LakeError
 from lakecurate.names import PRODUCERS, TINY_RANDOM, Produce
 from lakecurate.store import retry_on_conflict
@@ -297,7 +297,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
     for node in all_nodes:
         st = NodeState(node, "current")
         if node.per_row:
-            _per_row(node, writes, frags, st)
+            _per_row(ds, node, writes, frags, st)
         else:
             _global(ds, node, writes, st)
         for src in node.sources:  # a node built on a node that is not current is behind through it
@@ -312,12 +312,14 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
     return out
 
 
-def _per_row(node: Node, writes: dict[str, dict[int, Write]], frags: dict[int, Any], st: NodeState) -> None:
+def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], frags: dict[int, Any],
+             st: NodeState) -> None:
     """Per fragment: rows without the node's values are missing; a value whose input was written
-    after it is stale."""
+    after it is stale. A value whose commit is no longer in the log (``cleanup`` removed it) counts
+    as written at the start."""
     stale: dict[str, int] = {}
     for fid, frag in frags.items():
-        mine = [writes.get(c, {}).get(fid) for c in node.columns]
+        mine = [writes.get(c, {}).get(fid) or ((0, 0) if has_data(ds, frag, c) else None) for c in node.columns]
         if any(w is None for w in mine):
             st.rows_missing += frag.count_rows()
             continue

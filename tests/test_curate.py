@@ -445,3 +445,24 @@ def test_planted_junk_each_filter(junk_lake):
 
 if __name__ == "__main__":  # `python -m tests.test_curate curate LAKE RECIPE_JSON`: one racing curate process
     _curate_process(*sys.argv[2:])
+
+
+def test_keep_replaced_by_another_curate_mid_write_is_decided_again(sample_lake_embedded: Lake, tmp_path: Path,
+                                                                   monkeypatch):
+    """Another curate process declaring its own recipe drops keep/drop_reason (then adds them back):
+    a write that lands in that gap decides again instead of failing with a KeyError."""
+    from lakecurate import columns as columns_mod
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate({"name": "a", "step": [{"filter": "ingest_error"}]}, progress=False)
+    real, calls = columns_mod.fill_fragments, []
+
+    def racing(lake_, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the other process's drop lands after this run checked, before it writes
+            lake_.dataset().drop_columns(["keep", "drop_reason"])
+        return real(lake_, *args, **kwargs)
+
+    monkeypatch.setattr(columns_mod, "fill_fragments", racing)
+    rep = lake.curate({"name": "b", "step": [{"filter": "caption_missing"}]}, progress=False)
+    assert len(calls) == 2 and rep.kept == lake.count("keep") and lake.count("keep IS NULL") == 0

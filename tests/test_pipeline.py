@@ -67,6 +67,22 @@ def test_new_rows_make_per_row_stages_incomplete_and_global_ones_stale(rebalance
     assert rep.rows > 0 and rep.stale == []
 
 
+def test_states_survive_cleanup_of_old_versions(rebalanced: Lake):
+    """Cleanup removes the commits that wrote the columns: they count as written at the start, so
+    nothing turns incomplete or stale, and a new recipe still makes rebalancing stale."""
+    from datetime import timedelta
+
+    rebalanced.delete_tag("curated-v1")
+    for tag in list(rebalanced.dataset().tags.list()):
+        rebalanced.delete_tag(tag)
+    removed = rebalanced.cleanup(older_than=timedelta(0))
+    assert removed["old_versions"] > 0 and len(rebalanced.dataset().versions()) == 1
+    graph._WRITES.clear()  # as a new process sees it: the log has one version
+    assert set(states(rebalanced).values()) == {"current"}
+    rebalanced.curate(STRICT, progress=False)
+    assert states(rebalanced)["rebalance_keep"] == "stale"
+
+
 def test_a_rerun_that_changes_nothing_is_recorded_once(rebalanced: Lake):
     """rebalance re-run after keep was rewritten with the same values: no data changes, so a marker
     (metadata only) records what it read; a further run commits nothing."""
