@@ -423,10 +423,12 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
     return f"lakecurate embed {lake.uri} --model {model}" + ("" if prefix == default else f" --name {prefix}")
 
 
-def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str]) -> list[NodeState]:
+def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],
+                all_states: list[NodeState] | None = None) -> list[NodeState]:
     """The nodes behind ``columns`` (the columns themselves and, through their sources, every node
-    they were computed from) that are not current."""
-    all_states = states(lake, ds)
+    they were computed from) that are not current. ``all_states``: :func:`states` of ``ds``, when
+    the caller has them already."""
+    all_states = states(lake, ds) if all_states is None else all_states
     producer = {c: s for s in all_states for c in s.node.columns}
     todo, seen, bad = list(columns), set(), []
     while todo:
@@ -466,9 +468,10 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
     from lakecurate.names import VIEW_DECISIONS
 
     present = [c for c in VIEW_DECISIONS if c in ds.schema.names]
+    all_states = states(lake, ds) if present else []  # one reading of the graph for every candidate
     notes: list[str] = []
     for col in present:
-        bad = [s for s in not_current(lake, ds, [col]) if s.state == "stale"]
+        bad = [s for s in not_current(lake, ds, [col], all_states) if s.state == "stale"]
         if not bad:
             return col, notes
         notes.append(f"{col} skipped: {bad[0].node.stage} is stale ({bad[0].reasons[0]}); re-run: {bad[0].fix}")
