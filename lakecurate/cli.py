@@ -365,8 +365,8 @@ def _methods(value: str) -> list[str]:
 
 @main.command()
 @lake_argument
-@click.option("--method", "method", default="exact,phash,semantic", show_default=True,
-              help="Comma-separated: exact, phash, semantic, caption, or all.")
+@click.option("--method", "method", default="exact,phash,semantic,copy", show_default=True,
+              help="Comma-separated: exact, phash, semantic, caption, copy, verify, or all.")
 @click.option("--embedding", help="Embedding columns for semantic/caption dedup and the keep rule's score "
               "(default: the lake's only embedding).")
 @click.option("--phash-distance", type=click.IntRange(0, 64), default=8, show_default=True, help="Max differing bits of 64 for phash links.")
@@ -376,24 +376,33 @@ def _methods(value: str) -> list[str]:
               "--confirm-distance bits (default: per model, 0.85 CLIP, 0.70 offline).")
 @click.option("--confirm-distance", type=click.IntRange(0, 64), default=16, show_default=True)
 @click.option("--caption-threshold", type=FiniteFloat(-1, 1), default=0.98, show_default=True, help="Caption cosine for caption links.")
-@click.option("--keep-from", default="exact,phash,semantic,copy", show_default=True,
+@click.option("--keep-from", default="exact,phash,semantic,copy,verify", show_default=True,
               help="Methods whose groups decide dup_keep, among those computed (caption duplicates are reported "
                    "only, unless listed).")
 @click.option("--copy-distance", type=click.IntRange(0, 64), default=6, show_default=True,
               help="Max differing bits of 64 for copy links (any of 8 turned/mirrored hashes against any of 8).")
+@click.option("--verify-neighbors", type=click.IntRange(min=1), default=5, show_default=True,
+              help="verify: each new row's nearest image embeddings that are candidate copies.")
+@click.option("--verify-cosine", type=FiniteFloat(-1, 1), help="verify: lowest cosine of a candidate "
+              "(default: per model, 0.7 CLIP, 0.4 offline).")
+@click.option("--verify-inliers", type=click.IntRange(min=4), default=50, show_default=True,
+              help="verify: keypoints that must agree on one transform for a verified copy.")
 @click.option("--workers", type=click.IntRange(min=0), help="Hashing processes (default: every core; 0 hashes in this process).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute the chosen methods' columns (e.g. new thresholds).")
 @json_option
 @_friendly_errors
 def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool,
           semantic_threshold: float | None, confirm_cosine: float | None, confirm_distance: int,
-          caption_threshold: float, keep_from: str, copy_distance: int, workers: int | None, recompute: bool,
-          as_json: bool) -> None:
+          caption_threshold: float, keep_from: str, copy_distance: int, verify_neighbors: int,
+          verify_cosine: float | None, verify_inliers: int, workers: int | None, recompute: bool, as_json: bool) -> None:
     """Find duplicate groups in LAKE and mark one member of each to keep (rows are never deleted).
 
-    Writes dup_exact_group, dup_pair_group, dup_phash_group, dup_semantic_group, dup_caption_group
-    (the id of the member each group keeps) and dup_group, dup_group_size, dup_keep, dup_reason
-    ("METHOD:KEPT_ID"). Kept: highest alignment score, then most pixels, then earliest ingested.
+    Writes dup_exact_group, dup_pair_group, dup_phash_group, dup_semantic_group, dup_caption_group,
+    dup_copy_group, dup_verify_group (the id of the member each group keeps) and dup_group,
+    dup_group_size, dup_keep, dup_reason ("METHOD:KEPT_ID"). Kept: highest alignment score, then most
+    pixels, then earliest ingested. Every link found is a row of the dup_pairs table (method, score,
+    detail): why two rows are one group. copy and verify find turned, letterboxed, heavily cropped
+    and framed copies (verify: local features on candidate pairs; needs an embedding).
     Re-running checks only rows added since the last run against all the others.
 
     Example: lakecurate dedup ./lake --method all
@@ -401,8 +410,9 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
     rep = open_lake(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
                                 semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,
-                                keep_from=_methods(keep_from), copy_distance=copy_distance, workers=workers,
-                                recompute=recompute)
+                                keep_from=_methods(keep_from), copy_distance=copy_distance,
+                                verify_neighbors=verify_neighbors, verify_cosine=verify_cosine,
+                                verify_inliers=verify_inliers, workers=workers, recompute=recompute)
     if as_json:
         echo_json(rep)
         return

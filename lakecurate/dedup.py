@@ -10,17 +10,24 @@ Methods (each writes its own group column; rows are never deleted):
 | semantic | ``dup_semantic_group`` | image embeddings have cosine >= ``semantic_threshold`` (SemDeDup), or >= ``confirm_cosine`` with hashes within ``confirm_distance`` bits | per model, see ``SEMANTIC_THRESHOLDS`` |
 | caption | ``dup_caption_group`` | caption embeddings have cosine >= ``caption_threshold`` | 0.98 |
 | copy | ``dup_copy_group`` | one of the 8 hashes of the bar-trimmed image turned by 0/90/180/270 degrees and mirrored (``copy_hashes``) is within ``copy_distance`` bits of one of the other's: rotated, letterboxed, pillarboxed and bordered copies | 6 bits |
+| verify | ``dup_verify_group`` | one is among the other's ``verify_neighbors`` nearest image embeddings at cosine >= ``verify_cosine`` (a candidate), the pair is not linked by another method already, and >= ``verify_inliers`` ORB keypoints agree on one similarity transform (:mod:`lakecurate.verify`): heavy crops, photos framed in a page, overlays, turned and mirrored copies | 5 neighbours, 25 inliers |
 
 A group column holds the ``id`` of the member that group keeps (a row alone holds its own id;
 null: the row has no signal for that method, e.g. an undecodable image). Groups are the connected
 components of the links, so a chain a~b~c is one group.
 
-Then the groups of the ``keep_from`` methods (default: exact, phash, semantic and copy, those computed; caption
+Then the groups of the ``keep_from`` methods (default: exact, phash, semantic, copy and verify, those computed; caption
 near-duplicates are reported but do not drop rows unless asked, because two different photos
 may well share "a dog runs on the grass") are joined into ``dup_group`` (id of the kept member),
 ``dup_group_size``, ``dup_keep`` and ``dup_reason`` ("phash:<kept id>": the first method, in
 ``keep_from`` order, that puts the row with the kept member; "linked:<kept id>" when only a chain
-of methods does). **The keep rule**: highest alignment score (``<embedding>_score``), then most
+of methods does; "verify:<kept id> (143 inliers)": the most inliers of the row's verified pairs).
+
+**The evidence**: every link a run finds is a row of the lake's ``dup_pairs`` table (``a``, ``b``,
+``method``, ``score``: differing bits, cosine or inliers, ``detail``, ``version``), so a person (and
+the report) can see why two rows are one group: ``lakecurate.Lake(...).dup_pairs()``, or
+``lancedb.connect(LAKE).open_table("dup_pairs")``. Methods computed from scratch (exact, phash, copy,
+or any method with ``recompute``) replace their rows; incremental runs add theirs. **The keep rule**: highest alignment score (``<embedding>_score``), then most
 pixels, then earliest ingested, then smallest id; rows without a score rank after rows with one.
 
 Perceptual hashes are computed once per row into ``phash``/``phash_flip`` (uint64) with the other
@@ -50,15 +57,19 @@ from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
 from lakecurate.graph import no_producer, write_decisions
 from lakecurate.names import Produce, embedding_columns
-from lakecurate.neardup import components, hamming_pairs, semantic_pairs
+from lakecurate.neardup import components, hamming_pairs, knn_pairs, semantic_pairs
 from lakecurate.options import whole
+from lakecurate.verify import CONFIG as VERIFY_CONFIG
+from lakecurate.verify import MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from lakecurate.store import Store
 
-METHODS = ("exact", "phash", "semantic", "caption", "copy")
-DEFAULT_METHODS = ("exact", "phash", "semantic")
-DEFAULT_KEEP_FROM = ("exact", "phash", "semantic", "copy")  # those computed
+METHODS = ("exact", "phash", "semantic", "caption", "copy", "verify")  # verify last: it skips pairs the others link
+DEFAULT_METHODS = ("exact", "phash", "semantic", "copy")  # verify: opt-in (an embedding, ~3x the time)
+DEFAULT_KEEP_FROM = ("exact", "phash", "semantic", "copy", "verify")  # those computed
 PHASH_DISTANCE = 8
 # The copy method compares 8 hashes a row with 8 of every other (64 chances against phash's 4), so
 # it links at fewer differing bits to keep the same false-link rate (docs/benchmarks.md, issue 17).
@@ -72,8 +83,15 @@ CONFIRM_DISTANCE = 16
 # eps 0.05 ~ cosine 0.95; the confirm cosine 0.85 is a guess here (no CLIP weights on this machine).
 SEMANTIC_THRESHOLDS = {"offline": 0.85, "open_clip": 0.95}
 CONFIRM_COSINES = {"offline": 0.70, "open_clip": 0.85}
+# Verification candidates: each row's nearest image embeddings above a loose cosine. offline: on
+# planted hard copies (docs/benchmarks.md) heavy crops, framed and turned copies sit at 0.4-0.8 and
+# among the 5 nearest; open_clip: 0.7 is a guess (no CLIP weights on this machine).
+VERIFY_NEIGHBORS = 5
+VERIFY_COSINES = {"offline": 0.4, "open_clip": 0.7}
 PHASH_COLUMNS = ("phash", "phash_flip")
+EVIDENCE_TABLE = "dup_pairs"
 FINAL_COLUMNS = ("dup_group", "dup_group_size", "dup_keep", "dup_reason")
+Evidence = tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]  # a method's links: rows i < j, score, detail
 
 
 def group_columns(method: str) -> tuple[str, ...]:
@@ -148,6 +166,11 @@ class MethodReport:
     duplicates: int = 0  # rows in such groups that are not their group's kept member
     fragments_written: int = 0
     seconds: float = 0.0
+    candidates: int = 0  # verify: candidate pairs checked (not linked by another method already)
+    keypoint_rows: int = 0  # verify: rows in a candidate pair (their features were needed)
+    keypoints_computed: int = 0  # verify: of those, computed now (the rest came from the cache)
+    keypoint_seconds: float = 0.0  # verify: reading the cache and computing the missing keypoints
+    match_seconds: float = 0.0  # verify: matching the candidate pairs
 
 
 @dataclass
@@ -170,7 +193,7 @@ class DedupReport:
 def _pick_embedding(lake: "Store", ds: Any, embedding: str | None, needed: bool) -> tuple[str | None, dict | None]:
     from lakecurate.names import pick_embedding
 
-    need = "semantic and caption dedup need them; or use --method exact,phash" if needed else None
+    need = "semantic, caption and verify dedup need them; or use --method exact,phash,copy" if needed else None
     return pick_embedding(lake, ds, embedding, need=need)
 
 
@@ -210,6 +233,9 @@ def dedup(
     confirm_cosine: float | None = None,
     confirm_distance: int = CONFIRM_DISTANCE,
     keep_from: Sequence[str] | None = None,
+    verify_inliers: int = MIN_INLIERS,
+    verify_neighbors: int = VERIFY_NEIGHBORS,
+    verify_cosine: float | None = None,
     recompute: bool = False,
     workers: int | None = None,
     progress: bool | None = None,
@@ -224,6 +250,10 @@ def dedup(
     """
     t_start = time.perf_counter()
     copy_distance = whole("copy_distance", copy_distance, 0)
+    verify_inliers = whole("verify_inliers", verify_inliers, 4)  # RANSAC needs a few points to mean anything
+    verify_neighbors = whole("verify_neighbors", verify_neighbors, 1)
+    if verify_cosine is not None and not -1.0 <= float(verify_cosine) <= 1.0:
+        raise LakeError(f"verify_cosine must be a cosine between -1 and 1, got {verify_cosine}")
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
     for m in methods:
         group_columns(m)  # validates
@@ -235,7 +265,7 @@ def dedup(
     if ds.count_rows() == 0:
         report.seconds = time.perf_counter() - t_start
         return report
-    emb, emb_prov = _pick_embedding(lake, ds, embedding, needed=bool({"semantic", "caption"} & set(methods)))
+    emb, emb_prov = _pick_embedding(lake, ds, embedding, needed=bool({"semantic", "caption", "verify"} & set(methods)))
 
     configs: dict[str, dict[str, Any]] = {
         "exact": {"on": ["content_hash", "caption"]},
@@ -256,6 +286,11 @@ def dedup(
                                "flips": bool(flips)}
         configs["caption"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
                               "threshold": float(caption_threshold)}
+        vcos = verify_cosine if verify_cosine is not None else VERIFY_COSINES.get(family, 0.7)
+        configs["verify"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
+                             "neighbors": verify_neighbors, "min_cosine": float(vcos), "min_inliers": verify_inliers,
+                             "features": VERIFY_CONFIG, "ratio": RATIO, "ransac_px": RANSAC_PX,
+                             "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE}
 
     produce = produce or no_producer(lake, "dedup")  # dedup runs no stage itself: it asks for their columns
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes
@@ -271,7 +306,7 @@ def dedup(
 
     ds = lake.dataset()
     present = [m for m in METHODS if all(c in ds.schema.names for c in group_columns(m))]
-    read = ["id", "content_hash", "caption", "width", "height", "ingested_at"]
+    read = ["id", "content_hash", "caption", "width", "height", "ingested_at", "ingest_status"]
     read += [c for m in present for c in group_columns(m)]
     read += [c for c in FINAL_COLUMNS if c in ds.schema.names]
     if {"phash", "semantic"} & set(methods):
@@ -279,7 +314,7 @@ def dedup(
     if "copy" in methods:
         read.append("copy_hashes")
     if emb is not None:
-        read += [embedding_columns(emb)["score"]] + ([embedding_columns(emb)["image"]] if "semantic" in methods else []) \
+        read += [embedding_columns(emb)["score"]] + ([embedding_columns(emb)["image"]] if {"semantic", "verify"} & set(methods) else []) \
             + ([embedding_columns(emb)["text"]] if "caption" in methods else [])
     tbl = ds.to_table(columns=list(dict.fromkeys(read)), with_row_address=True)
     n = tbl.num_rows
@@ -294,6 +329,8 @@ def dedup(
     rank = keep_rank(score, pixels, ingested, ids.astype(str))
 
     labels: dict[str, np.ndarray] = {}  # method -> row of its group's best member (-1: no signal)
+    evidence: dict[str, Evidence] = {}  # method -> the links this run found
+    replaced: set[str] = set()  # methods whose evidence this run replaces (computed from scratch)
     for m in present:
         mr = MethodReport(method=m, config=configs.get(m, {}))
         t0 = time.perf_counter()
@@ -302,8 +339,10 @@ def dedup(
         if m not in methods:  # computed by an earlier run: take its groups as they are
             eligible = stored_rows >= 0
             label = linked_groups(n, [(np.arange(n)[eligible], stored_rows[eligible])], eligible)
+        elif m == "verify":
+            label, evidence[m] = _verify_groups(lake, tbl, emb, configs[m], stored_rows, labels, mr, workers, progress)
         else:
-            label = _method_groups(m, tbl, emb, configs[m], stored_rows, mr, progress)
+            label, evidence[m] = _method_groups(m, tbl, emb, configs[m], stored_rows, mr, progress)
         best = best_of_groups(label, rank)
         labels[m] = best
         if m in methods:
@@ -318,6 +357,8 @@ def dedup(
             mr.fragments_written = _write_changed(lake, tbl, new_cols, report, _sources(m, emb), ds.version)
             report.fragments_written += mr.fragments_written
         mr.rows = int((best >= 0).sum())
+        if m in methods and (recompute or m in ("exact", "phash", "copy") or mr.new_rows == mr.rows):
+            replaced.add(m)  # every link of the method was found in this run
         sizes = np.bincount(best[best >= 0], minlength=n)
         mr.groups = int((sizes > 1).sum())
         mr.duplicates = int(((best >= 0) & (best != np.arange(n))).sum())
@@ -330,11 +371,13 @@ def dedup(
     final = best_of_groups(linked_groups(n, links, np.ones(n, bool)), rank)
     keep = final == np.arange(n)
     size = np.bincount(final, minlength=n)[final]
+    linked_pairs = _merged_evidence(lake, ids, evidence, replaced, ds.version) if evidence or replaced else None
+    inliers = _most_inliers(linked_pairs) if "verify" in use else {}
     reason = np.full(n, None, dtype=object)
     for r in np.flatnonzero(~keep):
         k = final[r]
         how = next((m for m in use if labels[m][r] >= 0 and labels[m][r] == labels[m][k]), "linked")
-        reason[r] = f"{how}:{ids[k]}"
+        reason[r] = f"{how}:{ids[k]}" + (f" ({inliers[ids[r]]} inliers)" if how == "verify" and ids[r] in inliers else "")
     final_prov = columns.provenance(
         "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": embedding_columns(emb)["score"] if emb else None,
                   "methods": {m: configs.get(m) for m in use}},
@@ -352,21 +395,82 @@ def dedup(
     if any(c not in tbl.column_names for c in FINAL_COLUMNS):
         tbl = tbl.drop_columns([c for c in FINAL_COLUMNS if c in tbl.column_names])
     report.fragments_written += _write_changed(lake, tbl, new_final, report, final_prov["source_columns"], ds.version)
+    if linked_pairs is not None:  # after the decision it explains has landed
+        lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")
     report.kept = int(keep.sum())
     report.dropped = int(n - keep.sum())
     report.seconds = time.perf_counter() - t_start
     return report
 
 
+EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string()), pa.field("method", pa.string()),
+                             pa.field("score", pa.float64()), pa.field("detail", pa.string()),
+                             pa.field("version", pa.int64())])
+
+
+def _merged_evidence(lake: "Store", ids: np.ndarray, evidence: dict[str, Evidence], replaced: set[str],
+                     version: int) -> pa.Table:
+    """The ``dup_pairs`` table after this run: the stored links of methods this run did not
+    recompute, plus this run's (a pair found again keeps this run's row)."""
+    parts = []
+    for m, (i, j, score, detail) in evidence.items():
+        a, b = ids[i].astype(str), ids[j].astype(str)
+        swap = a > b
+        lo, hi = np.where(swap, b, a), np.where(swap, a, b)
+        parts.append(pa.table({"a": pa.array(lo, pa.string()), "b": pa.array(hi, pa.string()),
+                               "method": pa.array([m] * len(lo), pa.string()),
+                               "score": pa.array(score, pa.float64(), mask=np.isnan(score)),
+                               "detail": pa.array(detail, pa.string()),
+                               "version": pa.array(np.full(len(lo), version), pa.int64())}, schema=EVIDENCE_SCHEMA))
+    new = pa.concat_tables(parts) if parts else EVIDENCE_SCHEMA.empty_table()
+    old_ds = lake.side_dataset(EVIDENCE_TABLE)
+    if old_ds is None:
+        return new
+    old = old_ds.to_table().cast(EVIDENCE_SCHEMA)
+    drop = pc.is_in(old.column("method"), pa.array(sorted(replaced), pa.string()))
+    fresh = pc.binary_join_element_wise(new.column("a"), new.column("b"), new.column("method"), "\x00")
+    key = pc.binary_join_element_wise(old.column("a"), old.column("b"), old.column("method"), "\x00")
+    drop = pc.or_(drop, pc.is_in(key, fresh))
+    return pa.concat_tables([old.filter(pc.invert(drop)), new])
+
+
+def dup_pairs(lake: "Store", ids: Sequence[str] | None = None) -> "pd.DataFrame":
+    """Why rows are one group: every link the dedup runs found (``a`` < ``b`` ids, ``method``,
+    ``score``: differing bits for phash/copy, cosine for semantic/caption, inliers for verify, null
+    for exact; ``detail`` in words; ``version``: the lake version the run read), or only the links
+    touching ``ids``. Empty (same columns) before the first dedup."""
+    ds = lake.side_dataset(EVIDENCE_TABLE)
+    if ds is None:
+        return EVIDENCE_SCHEMA.empty_table().to_pandas()
+    tbl = ds.to_table().cast(EVIDENCE_SCHEMA)
+    if ids is not None:
+        want = pa.array(list(ids), pa.string())
+        tbl = tbl.filter(pc.or_(pc.is_in(tbl.column("a"), want), pc.is_in(tbl.column("b"), want)))
+    return tbl.to_pandas()
+
+
+def _most_inliers(links: pa.Table | None) -> dict[str, int]:
+    """Row id -> the most inliers of its verified pairs."""
+    if links is None or not links.num_rows:
+        return {}
+    v = links.filter(pc.equal(links.column("method"), "verify"))
+    out: dict[str, int] = {}
+    for a, b, s in zip(v.column("a").to_pylist(), v.column("b").to_pylist(), v.column("score").to_pylist()):
+        for r in (a, b):
+            out[r] = max(out.get(r, 0), int(s))
+    return out
+
+
 def _sources(method: str, emb: str | None) -> list[str]:
     return {"exact": ["content_hash", "caption"], "phash": list(PHASH_COLUMNS), "copy": ["copy_hashes"],
+            "verify": [embedding_columns(emb)["image"], "content_hash"],
             "semantic": [embedding_columns(emb)["image"], *PHASH_COLUMNS], "caption": [embedding_columns(emb)["text"]]}[method]
 
 
 
 def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,
-                   mr: MethodReport, progress: bool | None) -> np.ndarray:
-    """Group label per row for one method: stored groups merged with this run's links."""
+                   mr: MethodReport, progress: bool | None) -> tuple[np.ndarray, Evidence]:
+    """Group label per row for one method (stored groups merged with this run's links), and the links."""
     n = tbl.num_rows
     if method == "exact":
         hashes = np.asarray(tbl.column("content_hash").to_numpy(zero_copy_only=False), dtype=object)
@@ -374,17 +478,17 @@ def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str
         mr.new_rows = int((eligible & (stored_rows < 0)).sum())
         pairs = equal_value_pairs(hashes, eligible)  # O(N): always from scratch, nothing to merge
         mr.pairs = len(pairs[0])
-        return linked_groups(n, [pairs], eligible)
+        return linked_groups(n, [pairs], eligible), _links(*pairs, np.full(len(pairs[0]), np.nan), "same image bytes")
     if method == "phash":
         h, h_flip, eligible = _hashes(tbl)
         mr.new_rows = int((eligible & (stored_rows < 0)).sum())
         rows = np.flatnonzero(eligible)
         values = np.concatenate([h[rows], h_flip[rows]]) if config["flips"] else h[rows]
         # Mirror hashes against every hash find mirrored copies; i % n maps them back to rows.
-        i, j, _ = hamming_pairs(values, config["max_distance"], identical="first")
+        i, j, d = hamming_pairs(values, config["max_distance"], identical="first")
         i, j = rows[i % len(rows)], rows[j % len(rows)]
         mr.pairs = int((i != j).sum())
-        return linked_groups(n, [(i, j)], eligible)
+        return linked_groups(n, [(i, j)], eligible), _links(i, j, d, "{:.0f} of 64 bits differ")
     if method == "copy":
         col = tbl.column("copy_hashes")
         eligible = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
@@ -394,18 +498,16 @@ def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str
         values = np.asarray(flat.values.fill_null(0).to_numpy(), np.uint64)
         hashes = values[flat.offset * 8:(flat.offset + len(flat)) * 8].reshape(-1, 8)
         # Every variant of every row in one Hamming search; v // 8 maps a variant back to its row.
-        i, j, _ = hamming_pairs(hashes[rows].reshape(-1), config["max_distance"], identical="first")
+        i, j, d = hamming_pairs(hashes[rows].reshape(-1), config["max_distance"], identical="first")
         i, j = rows[i // 8], rows[j // 8]
         keep = i != j
         mr.pairs = int(keep.sum())
-        return linked_groups(n, [(i[keep], j[keep])], eligible)
+        return (linked_groups(n, [(i[keep], j[keep])], eligible),
+                _links(i, j, d, "{:.0f} of 64 bits differ (turned/mirrored/bar-trimmed hashes)"))
     col = embedding_columns(emb)["image"] if method == "semantic" else embedding_columns(emb)["text"]
     x, eligible = _vectors(tbl.column(col))
-    new = eligible & (stored_rows < 0)
-    mr.new_rows = int(new.sum())
-    rows = np.flatnonzero(eligible)
-    old = np.flatnonzero(eligible & (stored_rows >= 0))
-    pairs = [(old, stored_rows[old])]
+    new, rows, pairs = _stored(eligible, stored_rows, mr)
+    found = _no_links()
     if mr.new_rows:
         only_new = None if mr.new_rows == len(rows) else new[rows]
         low = config.get("confirm_cosine", config["threshold"])
@@ -420,7 +522,80 @@ def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str
             strong |= hashed[i] & hashed[j] & (dist <= config["confirm_distance"])
         pairs.append((i[strong], j[strong]))
         mr.pairs = int(strong.sum())
-    return linked_groups(n, pairs, eligible)
+        found = _links(i[strong], j[strong], cos[strong], "cosine {:.3f}", smaller_is_closer=False)
+    return linked_groups(n, pairs, eligible), found
+
+
+def _stored(eligible: np.ndarray, stored_rows: np.ndarray, mr: MethodReport) -> tuple[np.ndarray, np.ndarray, list]:
+    """(new rows: eligible without a stored group, eligible row numbers, the stored groups as links)."""
+    new = eligible & (stored_rows < 0)
+    mr.new_rows = int(new.sum())
+    old = np.flatnonzero(eligible & (stored_rows >= 0))
+    return new, np.flatnonzero(eligible), [(old, stored_rows[old])]
+
+
+def _no_links() -> Evidence:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), []
+
+
+def _links(i: np.ndarray, j: np.ndarray, score: np.ndarray, detail: str, *, smaller_is_closer: bool = True) -> Evidence:
+    """Each linked pair once (i < j, i != j) with its closest score, and a detail made from it."""
+    i, j, score = np.asarray(i, np.int64), np.asarray(j, np.int64), np.asarray(score, np.float64)
+    a, b = np.minimum(i, j), np.maximum(i, j)
+    keep = a != b
+    a, b, score = a[keep], b[keep], score[keep]
+    order = np.lexsort((score if smaller_is_closer else -score, b, a))
+    a, b, score = a[order], b[order], score[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    a, b, score = a[first], b[first], score[first]
+    return a, b, score, [detail.format(v) if "{" in detail else detail for v in score]
+
+
+def _verify_groups(lake: "Store", tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,
+                   labels: dict[str, np.ndarray], mr: MethodReport, workers: int | None,
+                   progress: bool | None) -> tuple[np.ndarray, Evidence]:
+    """Verified copies: candidate pairs (each new row's nearest image embeddings) that no other
+    method links already, checked with local features (:mod:`lakecurate.verify`)."""
+    from lakecurate.verify import KeypointCache, accepted, match_pairs
+
+    n = tbl.num_rows
+    x, eligible = _vectors(tbl.column(embedding_columns(emb)["image"]))
+    status = np.asarray(tbl.column("ingest_status").to_numpy(zero_copy_only=False), dtype=object)
+    eligible &= status != "error"  # no image to look at
+    new, rows, pairs = _stored(eligible, stored_rows, mr)
+    none = _no_links()
+    if not mr.new_rows or len(rows) < 2:
+        return linked_groups(n, pairs, eligible), none
+    only_new = None if mr.new_rows == len(rows) else new[rows]
+    i, j, _ = knn_pairs(x[rows], config["neighbors"], config["min_cosine"], new=only_new)
+    i, j = rows[i], rows[j]
+    # Pairs another image method links already need no second look.
+    linked = np.zeros(len(i), bool)
+    for m, best in labels.items():
+        if m != "caption":
+            linked |= (best[i] >= 0) & (best[i] == best[j])
+    i, j = i[~linked], j[~linked]
+    mr.candidates = len(i)
+    if not len(i):
+        return linked_groups(n, pairs, eligible), none
+    need = np.unique(np.concatenate([i, j]))
+    ids = tbl.column("id").to_pylist()
+    hashes = tbl.column("content_hash").to_pylist()
+    addrs = tbl.column("_rowaddr").to_pylist()
+    feats, cache = KeypointCache(lake).load([ids[r] for r in need], [hashes[r] for r in need],
+                                            [addrs[r] for r in need], workers=workers, progress=progress)
+    mr.keypoint_rows, mr.keypoints_computed, mr.keypoint_seconds = cache.needed, cache.computed, cache.seconds
+    t0 = time.perf_counter()
+    matches = match_pairs(dict(zip(need.tolist(), feats)), i, j, enough=config["min_inliers"], progress=progress)
+    mr.match_seconds = time.perf_counter() - t0
+    ok = np.array([accepted(m, config["min_inliers"]) for m in matches], bool)
+    mr.pairs = int(ok.sum())
+    pairs.append((i[ok], j[ok]))
+    good = [m for m, k in zip(matches, ok) if k]
+    a, b = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
+    found = (a, b, np.array([m.inliers for m in good], np.float64), [m.describe() for m in good])
+    return linked_groups(n, pairs, eligible), found
 
 
 def _hashes(tbl: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -53,11 +53,18 @@ class Lake(Store):
 
         return embed(self, model, **options)
 
-    def dedup(self, methods: Any = ("exact", "phash", "semantic"), **options: Any) -> Any:
+    def dedup(self, methods: Any = ("exact", "phash", "semantic", "copy"), **options: Any) -> Any:
         """Duplicate groups and ``dup_keep``/``dup_reason`` columns; see :func:`lakecurate.dedup.dedup`."""
         from lakecurate.dedup import dedup
 
         return dedup(self, [methods] if isinstance(methods, str) else list(methods), produce=self._produce, **options)
+
+    def dup_pairs(self, ids: Any = None) -> Any:
+        """The links dedup found (``dup_pairs``: a, b, method, score, detail, version) as pandas, all
+        of them or those touching ``ids``; see :func:`lakecurate.dedup.dup_pairs`."""
+        from lakecurate.dedup import dup_pairs
+
+        return dup_pairs(self, ids)
 
     def curate(self, recipe: Any, **options: Any) -> Any:
         """Apply a filter recipe (TOML path or dict): ``keep``/``drop_reason`` + a tag; see :func:`lakecurate.curate.curate`."""

@@ -5,6 +5,7 @@ The dedup stage reads an embedding or hash column, calls these, and writes the g
 | function | finds |
 | --- | --- |
 | `semantic_pairs` | pairs with cosine >= threshold: k-means partition + exact blocked matmuls per cluster |
+| `knn_pairs` | each row's k nearest rows above a cosine floor (candidates for verification): faiss, exact or IVF |
 | `hamming_pairs` | pairs of uint64 perceptual hashes within a Hamming distance: multi-index hashing |
 | `components` | a group id per row from pairs (connected components) |
 | `exact_pairs_bruteforce` | the exact O(N^2) cosine self-join (baseline for tests and benchmarks) |
@@ -318,6 +319,89 @@ def semantic_pairs(
     if not parts:
         return _empty()
     return _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+
+
+# Up to this many rows the k nearest are found exactly (a flat inner-product scan); above it an IVF
+# index (4 sqrt(N) lists, KNN_NPROBE searched) keeps the work ~N^1.5.
+KNN_EXACT_MAX = 200_000
+KNN_NPROBE = 16
+
+
+def knn_pairs(
+    vectors: np.ndarray,
+    k: int,
+    min_cosine: float = -1.0,
+    *,
+    new: np.ndarray | None = None,
+    exact_max: int = KNN_EXACT_MAX,
+    nprobe: int = KNN_NPROBE,
+    seed: int = 0,
+) -> Pairs:
+    """Pairs of each row with its ``k`` nearest other rows whose cosine is >= ``min_cosine``
+    (L2-normalised vectors): the candidate pairs of a search that then checks each pair closely
+    (geometric verification), where a fixed threshold would give too many or too few per row.
+
+    Up to ``exact_max`` rows the search is exact (faiss flat inner product); above, an IVF index
+    with 4 sqrt(N) lists and ``nprobe`` of them searched (approximate: a true neighbour in an
+    unsearched list is missed). ``new`` (a boolean mask) asks only for each new row's k nearest
+    among all rows, so appending m rows costs ~m/N of a full search. (A full search also pairs an
+    old row with a new row that is among the old row's k nearest but not the other way round;
+    looking for those would mean searching every old row again.)
+
+    Returns ``(i, j, cosine)`` with i < j, sorted, each pair once.
+
+    >>> v = np.eye(4, dtype=np.float32); v[1] = [0.8, 0.6, 0, 0]
+    >>> i, j, cos = knn_pairs(v, 1, 0.5)
+    >>> i.tolist(), j.tolist()
+    ([0], [1])
+    """
+    import faiss
+
+    x = _check_vectors(vectors)
+    if k < 1:
+        raise ValueError(f"k must be at least 1 (neighbours per row), got {k}")
+    n, d = x.shape
+    if n < 2:
+        return _empty()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    fresh = np.ones(n, bool) if new is None else np.asarray(new, bool)
+    if len(fresh) != n:
+        raise ValueError(f"new must be a boolean mask over the {n} rows, got {len(fresh)} values")
+
+    def index_of(rows: np.ndarray) -> "faiss.Index":
+        if len(rows) <= exact_max:
+            index = faiss.IndexFlatIP(d)
+        else:
+            lists = max(1, min(int(4 * np.sqrt(len(rows))), len(rows) // 39))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(seed)
+            train = rows[np.sort(rng.choice(len(rows), min(len(rows), 64 * lists), replace=False))]
+            index.train(x[train])
+            index.nprobe = nprobe
+        for s in range(0, len(rows), 1 << 16):
+            index.add(x[rows[s:s + (1 << 16)]])
+        return index
+
+    def search(index: "faiss.Index", base: np.ndarray, queries: np.ndarray, kk: int) -> Pairs:
+        out_i, out_j, out_v = [], [], []
+        for s in range(0, len(queries), 1 << 14):
+            q = queries[s:s + (1 << 14)]
+            cos, nb = index.search(x[q], kk)
+            rows = np.repeat(q, kk)
+            cos, nb = cos.ravel(), nb.ravel()
+            ok = nb >= 0
+            rows, cos, other = rows[ok], cos[ok], base[nb[ok]]
+            ok = (other != rows) & (cos >= min_cosine)
+            out_i.append(rows[ok]); out_j.append(other[ok]); out_v.append(cos[ok])
+        if not out_i:
+            return _empty()
+        return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v).astype(np.float32)
+
+    every = np.arange(n)
+    i, j, v = _sorted_pairs(*search(index_of(every), every, np.flatnonzero(fresh), min(k + 1, n)))
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], v[first]
 
 
 def _join_new(x: np.ndarray, new: np.ndarray, members: np.ndarray, starts: np.ndarray, k: int,

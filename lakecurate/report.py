@@ -318,13 +318,35 @@ class _Builder:
             score = f", {self.score} AS score" if self.score else ""
             members = self.sql(f"SELECT _rowid, id, key, caption, dup_group, dup_keep, dup_reason, width, height{score} "
                                f"FROM pairs WHERE dup_group IN ({', '.join(map(_q, top['dup_group']))})", with_row_id=True)
+            links = self._links(members)
             for g, n in zip(top["dup_group"], top["n"]):
                 m = members[members["dup_group"] == g].sort_values(["dup_keep", "id"], ascending=[False, True])
                 method = next((r.split(":")[0] for r in m["dup_reason"] if isinstance(r, str)), "")
                 groups.append({"group": g, "size": int(n), "method": method, "shown": min(len(m), self.per_group),
                                "cards": self.cards(m.head(self.per_group), note=self._note,
-                                                   badge=lambda r: "kept" if r["dup_keep"] else "dropped")})
+                                                   badge=lambda r: "kept" if r["dup_keep"] else "dropped"),
+                               "why": links.get(g, [])[: self.per_group]})
         return {"groups": int(stats["groups"][0] or 0), "rows": int(stats["rows"][0] or 0), "top": groups}
+
+    def _links(self, members: pd.DataFrame) -> dict[str, list[str]]:
+        """Group -> the links that made it (``dup_pairs``: method and evidence, e.g. "143 inliers"),
+        strongest evidence first, as lines a person reads beside the thumbnails."""
+        from lakecurate.dedup import dup_pairs
+
+        links = dup_pairs(self.lake, members["id"].tolist())
+        if links.empty:
+            return {}
+        group_of = dict(zip(members["id"], members["dup_group"]))
+        name = {i: Path(str(k)).name for i, k in zip(members["id"], members["key"])}
+        out: dict[str, list[str]] = {}
+        order = {"exact": 0, "phash": 1, "copy": 2, "verify": 3, "semantic": 4, "caption": 5}
+        links = links[links["method"] != "caption"]  # reported, but they do not make groups by default
+        for a, b, method, detail in sorted(zip(links["a"], links["b"], links["method"], links["detail"]),
+                                           key=lambda r: order.get(r[2], 9)):
+            g = group_of.get(a)
+            if g is not None and g == group_of.get(b):
+                out.setdefault(g, []).append(f"{name[a]} ~ {name[b]}: {method}, {detail}")
+        return out
 
     def _note(self, row: dict[str, Any]) -> str:
         parts = []

@@ -155,6 +155,13 @@ def _read(item: tuple[int, int, int]) -> Rows:
     return Rows(batch, images, fid, start, addrs.astype(np.int64) & 0xFFFFFFFF)
 
 
+def _read_rows(addresses: tuple[int, ...]) -> Rows:
+    """The images of the rows at these row addresses (any fragments), through the stage's ``image()``."""
+    ds, stage = _READER["ds"], _READER["stage"]
+    blobs = [b for _, b in ds.read_blobs(IMAGE, addresses=list(addresses), preserve_order=True)] if addresses else []
+    return Rows(pa.RecordBatch.from_pydict({}), stage.image(blobs), -1, 0, np.asarray(addresses, np.int64))
+
+
 def _compute(stage: RowStage, state: Any, rows: Rows, where: str) -> pa.Table:
     """``stage.batch`` on one batch, checked: a failure or a wrong shape is a LakeError naming the rows."""
     at = f"{where}fragment {rows.fragment} rows {rows.start}-{rows.start + rows.num_rows - 1}"
@@ -196,12 +203,12 @@ def _batches(frag: lance.LanceFragment, size: int, saved: dict[int, pa.Table]) -
 
 
 # --------------------------------------------------------------------------- the local engine
-def _reader_pool(items: list, init: tuple, workers: int) -> Iterator[Rows]:
+def _reader_pool(items: list, init: tuple, workers: int, read: Callable[[Any], Rows] = _read) -> Iterator[Rows]:
     """Batches in order; with ``workers`` > 0 read ahead by spawned processes."""
     if workers <= 0 or not items:
         _init_reader(*init)
         for item in items:
-            yield _read(item)
+            yield read(item)
         return
     ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init, True))
@@ -209,12 +216,12 @@ def _reader_pool(items: list, init: tuple, workers: int) -> Iterator[Rows]:
         pending: deque = deque()
         todo = iter(items)
         for item in itertools.islice(todo, 2 * workers + 1):
-            pending.append(pool.submit(_read, item))
+            pending.append(pool.submit(read, item))
         while pending:
             result = pending.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(_read, nxt))
+                pending.append(pool.submit(read, nxt))
             yield result
     finally:
         # Closed early (the consumer failed): batches not started are cancelled rather than read
@@ -465,6 +472,33 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         raise
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def map_images(lake: "Store", stage: RowStage, addresses: Sequence[int], *, workers: int | None = None,
+               progress: bool | None = None) -> Iterator[Rows]:
+    """``stage.image`` over the images of some rows (row addresses, any fragments), computed in the
+    runner's spawned reader processes, in batches of ``stage.batch_size``; yields each batch as
+    :class:`Rows` (``offsets``: the batch's row addresses; ``images``: what ``image()`` made) in
+    order. Nothing is written: the caller keeps what it needs (a cache of keypoints for some rows).
+    """
+    from lakecurate.options import whole
+    from lakecurate.progress import progress_bar
+
+    whole("--workers", workers, 0, none_ok=True)
+    addrs = [int(a) for a in addresses]
+    items = [tuple(addrs[s:s + stage.batch_size]) for s in range(0, len(addrs), stage.batch_size)]
+    if workers is None:
+        workers = default_workers(stage.readers_do_all) if len(items) > 1 else 0
+    ds = lake.dataset()
+    loader = _reader_pool(items, (lake.table_uri, ds.version, lake.storage_options, stage), workers, _read_rows)
+    bar = progress_bar(total=len(addrs), desc=stage.desc or stage.name, unit=stage.unit, progress=progress)
+    try:
+        for rows in loader:
+            bar.update(rows.num_rows)
+            yield rows
+    finally:
+        bar.close()
+        _close(loader)
 
 
 def fill_by_fragment(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Callable[[pa.RecordBatch], pa.Table],

@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import lance
@@ -365,6 +366,42 @@ class Store:
         tbl = ds.scanner(columns=["id"], filter=" AND ".join(conds) or None, fragments=frags).to_table()
         return set(tbl.column("id").to_pylist())
 
+    # ----------------------------------------------------------------- side tables
+    def side_uri(self, name: str, *, per_branch: bool = True) -> str:
+        """A table beside ``pairs`` in the lake (``LAKE/<name>.lance``; LanceDB lists it too). With
+        ``per_branch`` a branch gets its own (``<name>-<branch>``): what describes a branch's rows."""
+        return _join(self.uri, f"{name}-{self.branch}.lance" if per_branch and self.branch else f"{name}.lance")
+
+    def side_dataset(self, name: str, *, per_branch: bool = True) -> lance.LanceDataset | None:
+        """The side table ``name`` at its latest version, or None when there is none yet."""
+        try:
+            return lance.dataset(self.side_uri(name, per_branch=per_branch), storage_options=self.storage_options)
+        except (ValueError, OSError, FileNotFoundError):
+            return None
+
+    def write_side(self, name: str, data: pa.Table, *, mode: str = "append", per_branch: bool = True) -> int:
+        """Append ``data`` to the side table ``name`` (created on first use) or, with ``mode="overwrite"``,
+        replace its rows by a new version (old versions stay readable). One atomic commit, retried when
+        another writer's commit lands first. Returns the side table's new version."""
+        if mode not in ("append", "overwrite"):
+            raise ValueError(f"mode must be 'append' or 'overwrite', not {mode!r}")
+        uri = self.side_uri(name, per_branch=per_branch)
+
+        def commit() -> int:
+            exists = self.side_dataset(name, per_branch=per_branch) is not None
+            return lance.write_dataset(data, uri, mode=mode if exists else "create",
+                                       storage_options=self.storage_options).version
+
+        def racing_create() -> int:
+            try:
+                return commit()
+            except OSError as exc:  # two first writers: the loser's create finds the table, and appends
+                if "already exists" in str(exc).lower() or is_conflict(exc):
+                    raise CommitConflictError(str(exc)) from exc
+                raise
+
+        return retry_on_conflict(racing_create)
+
     # ----------------------------------------------------------------- versions
     def tag(self, name: str, version: int | None = None) -> None:
         """Name a version (default: the latest) so it can be reopened later; ~1 ms, metadata only.
@@ -490,7 +527,16 @@ class Store:
         # Tagged versions are kept (each recipe's tag is a curated set); Lance would refuse the whole
         # cleanup when a tagged version is old enough, so it is told to skip them instead.
         stats = self.dataset().cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)
-        return {"bytes_removed": stats.bytes_removed, "old_versions": stats.old_versions}
+        out = {"bytes_removed": stats.bytes_removed, "old_versions": stats.old_versions}
+        if "://" not in self.uri:  # the side tables beside pairs (dup_pairs is rewritten by every dedup)
+            for path in sorted(Path(self.uri).glob("*.lance")):
+                if path.name == f"{TABLE}.lance":
+                    continue
+                side = lance.dataset(str(path)).cleanup_old_versions(older_than=older_than,
+                                                                     error_if_tagged_old_versions=False)
+                out["bytes_removed"] += side.bytes_removed
+                out["old_versions"] += side.old_versions
+        return out
 
 def _iso(ts: datetime) -> str:
     return ts.isoformat(timespec="seconds")

@@ -21,10 +21,19 @@ For each N, in one run:
 5. perceptual hashing on real photos (--photos, default ../shared/data/flickr8k/images): img/s on
    one core for lakecurate's image signals (hash + sharpness, entropy, colourfulness from one
    reduced JPEG decode), the hash alone after a full-size decode
-   (baseline) and imagehash.phash when installed; then compute_image_signals end to end on a lake.
+   (baseline) and imagehash.phash when installed; then compute_image_signals end to end on a lake;
+6. copy verification (--verify-n rows, 0: skip; issue 17): a lake of real photos with planted
+   copies (the 800 Flickr8k photos, or with --verify-set quarters each photo's 4 quarters as
+   distinct pictures, plus copies of them made with every easy and hard edit until there are
+   --verify-n rows), embedded with the offline encoder; then, side by side on copies of that lake, `dedup --method all` without
+   verify (baseline), with verify, and the baseline again (noise). Prints the ratio, keypoint
+   rows/s, candidate pairs/s, the share of rows that needed keypoints, recall/precision of both,
+   the incremental cost of 10% new rows, and the projected verify cost at 1M rows (keypoints and
+   pairs scale with the rows; the candidate search is timed with --knn-n random vectors).
 
     python scripts/bench_dedup.py --n 100000 1000000 [--assign 4] [--hash-n 1000000]
     python scripts/bench_dedup.py --n --hash-n 0          # perceptual hashing only
+    python scripts/bench_dedup.py --n --hash-n 0 --no-phash --verify-n 10000 --knn-n 1000000   # verification only
 """
 
 from __future__ import annotations
@@ -294,6 +303,160 @@ def bench_phash(photos: Path, repeat: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def plant_pictures(photos: Path, out: Path, n_rows: int, seed: int, kind: str = "photos") -> dict[str, str]:
+    """Distinct pictures, then copies of random ones (one edit of EDITS + HARD_EDITS in turn, a
+    third with a second easy edit) until there are ``n_rows`` images. ``kind`` "photos": every
+    Flickr8k photo once (800: at 10,000 rows 92% of the rows are copies); "quarters": each photo's
+    4 quarters as distinct pictures (about a third of the rows, as many photos as that takes).
+    Returns key -> the picture it shows."""
+    import io
+    import random
+
+    from PIL import Image
+
+    from lakecurate.plant import EDITS, HARD_EDITS, edit_image, first_captions, write_pair
+
+    rng = random.Random(seed)
+    captions = first_captions(photos.parent / "captions.csv") if (photos.parent / "captions.csv").exists() else {}
+    out.mkdir(parents=True, exist_ok=True)
+    owner, tiles = {}, []
+    files = sorted(photos.glob("*.jpg"))
+    if kind == "quarters":
+        files = files[: max(1, round(n_rows * 0.32 / 4))]  # about a third of the rows distinct
+    for path in files:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            cuts = [(0, 0, w // 2, h // 2), (w // 2, 0, w, h // 2), (0, h // 2, w // 2, h), (w // 2, h // 2, w, h)] \
+                if kind == "quarters" else [(0, 0, w, h)]
+            for q, box in enumerate(cuts):
+                tile = im.crop(box)
+                key = f"{path.stem}_q{q}" if kind == "quarters" else path.stem
+                buf = io.BytesIO()
+                tile.save(buf, "JPEG", quality=90)
+                write_pair(out, key, buf.getvalue(), captions.get(path.stem, ""))
+                owner[key] = key
+                tiles.append((key, tile, captions.get(path.stem, "")))
+    edits = EDITS + HARD_EDITS
+    for c in range(max(0, n_rows - len(owner))):
+        key, tile, caption = tiles[rng.randrange(len(tiles))]
+        im = edit_image(tile, edits[c % len(edits)], rng)
+        if rng.random() < 1 / 3:
+            im = edit_image(im, rng.choice(EDITS), rng)
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, "JPEG", quality=rng.randint(75, 95))
+        write_pair(out, f"{key}__c{c}", buf.getvalue(), caption)
+        owner[f"{key}__c{c}"] = key
+    return owner
+
+
+def _pair_scores(lake, owner: dict[str, str]) -> tuple[float, float]:
+    import itertools
+
+    df = lake.to_pandas(["key", "dup_group"]).dropna(subset=["dup_group"])
+    df["key"] = df["key"].map(lambda k: Path(k).stem)
+    found = {p for g in df.groupby("dup_group")["key"].apply(sorted) if len(g) > 1 for p in itertools.combinations(g, 2)}
+    by: dict[str, list[str]] = {}
+    for k, o in owner.items():
+        by.setdefault(o, []).append(k)
+    truth = {tuple(sorted(p)) for ks in by.values() for p in itertools.combinations(ks, 2)}
+    hit = len(truth & found)
+    return hit / max(1, len(truth)), hit / max(1, len(found))
+
+
+def bench_verify(photos: Path, n_rows: int, knn_n: int, seed: int, kind: str) -> None:
+    """Issue 17's cost: dedup with and without verification, side by side, on one planted lake;
+    then the same lake built in two parts (90% + 10%) to time an incremental run."""
+    import random
+    import shutil
+    import tempfile
+
+    from lakecurate import Lake
+    from lakecurate.dedup import METHODS
+    from lakecurate.neardup import knn_pairs
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        t0 = time.perf_counter()
+        owner = plant_pictures(photos, tmp / "src", n_rows, seed, kind)
+        later = set(random.Random(seed).sample(sorted(owner), len(owner) // 10))  # the 10% that arrive later
+        (tmp / "a").mkdir()
+        (tmp / "b").mkdir()
+        for key in owner:
+            for ext in (".jpg", ".txt"):
+                shutil.move(tmp / "src" / f"{key}{ext}", tmp / ("b" if key in later else "a") / f"{key}{ext}")
+        first = Lake.create(tmp / "first")
+        first.ingest(tmp / "a", progress=False)
+        first.embed("offline", progress=False)
+        full = Lake.open(shutil.copytree(first.uri, tmp / "full"))
+        full.ingest(tmp / "b", progress=False)
+        full.embed("offline", progress=False)
+        what = "quarters of Flickr8k photos" if kind == "quarters" else "Flickr8k photos"
+        print(f"\ncopy verification: {len(owner):,} images ({len(set(owner.values())):,} distinct {what} + planted "
+              f"copies of them), ingested and embedded in {time.perf_counter() - t0:.0f} s")
+        without = [m for m in METHODS if m != "verify"]
+        runs = {}
+        for name, methods in (("without verify", without), ("with verify", list(METHODS)), ("without verify, again", without)):
+            lake = Lake.open(shutil.copytree(full.uri, tmp / name.replace(" ", "_").replace(",", "")))
+            t = time.perf_counter()
+            rep = lake.dedup(methods, progress=False)
+            sec = time.perf_counter() - t
+            recall, precision = _pair_scores(lake, owner)
+            runs[name] = (sec, rep, lake)
+            print(f"  dedup {name:24s} {sec:7.1f} s   pair recall {recall:.3f} precision {precision:.4f}")
+        sec, rep, lake = runs["with verify"]
+        baseline = (runs["without verify"][0] + runs["without verify, again"][0]) / 2
+        v = next(m for m in rep.methods if m.method == "verify")
+        print(f"  ratio with / without verify: {sec / baseline:.2f} (baseline: mean of the two runs, "
+              f"{runs['without verify'][0]:.1f} and {runs['without verify, again'][0]:.1f} s)")
+        print(f"  verify: {v.candidates:,} candidate pairs ({v.candidates / rep.rows:.2f} per row), {v.keypoint_rows:,} rows "
+              f"needed keypoints ({v.keypoint_rows / rep.rows:.0%} of rows), {v.pairs:,} verified; {v.seconds:.1f} s in all "
+              f"(keypoints {v.keypoint_seconds:.1f} s, matching {v.match_seconds:.1f} s)")
+        kp_rate = v.keypoints_computed / v.keypoint_seconds if v.keypoint_seconds else float("nan")
+        pair_rate = v.candidates / v.match_seconds if v.match_seconds else float("nan")
+        print(f"  keypoints {kp_rate:,.0f} rows/s (decode + ORB on the image and its mirror, {len(os.sched_getaffinity(0))} "
+              f"reader processes, incl. spawn and cache commits); matching {pair_rate:,.0f} candidate pairs/s")
+        cache = lake.side_dataset("dup_keypoints", per_branch=False)
+        cache_bytes = sum(f.stat().st_size for f in Path(cache.uri).rglob("*") if f.is_file())
+        print(f"  keypoint cache: {cache_bytes / 2**20:.0f} MiB for {cache.count_rows():,} rows "
+              f"({cache_bytes / max(1, cache.count_rows()) / 1024:.1f} KiB a row)")
+
+        # Incremental: the first 90% deduplicated with verify, then the last 10% arrive.
+        inc = first
+        inc.dedup(list(METHODS), progress=False)
+        inc.ingest(tmp / "b", progress=False)
+        inc.embed("offline", progress=False)
+        t = time.perf_counter()
+        rep2 = inc.dedup(list(METHODS), progress=False)
+        v2 = next(m for m in rep2.methods if m.method == "verify")
+        recall, precision = _pair_scores(inc, owner)
+        print(f"  incremental, {v2.new_rows:,} new rows of {rep2.rows:,}: dedup {time.perf_counter() - t:.1f} s "
+              f"(pair recall {recall:.3f} precision {precision:.4f}); verify {v2.candidates:,} candidate pairs, keypoints "
+              f"for {v2.keypoint_rows:,} rows of which {v2.keypoints_computed:,} computed; {v2.seconds:.1f} s")
+
+        # The projection to 1M rows: keypoints and pairs grow with the rows; the candidate search is timed.
+        share, per_row = v.keypoint_rows / rep.rows, v.candidates / rep.rows
+        kp_1m, pairs_1m = 1e6 * share / kp_rate, 1e6 * per_row / pair_rate
+        knn_s = float("nan")
+        if knn_n:
+            rng = np.random.default_rng(seed)
+            x = np.empty((knn_n, 256), np.float32)
+            for s0 in range(0, knn_n, 1 << 16):
+                x[s0:s0 + (1 << 16)] = rng.standard_normal((min(1 << 16, knn_n - s0), 256), dtype=np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            t = time.perf_counter()
+            knn_pairs(x, 5, 0.4)
+            took = time.perf_counter() - t
+            knn_s = took * (1e6 / knn_n) ** 1.5
+            print(f"  knn_pairs (k=5, cosine >= 0.4) on {knn_n:,} random 256-d vectors: {took:.1f} s")
+        print(f"  projected verify cost at 1M rows on this machine: keypoints {kp_1m / 60:.0f} min "
+              f"({share:.0%} of rows), matching {pairs_1m / 60:.0f} min ({per_row:.2f} pairs a row), "
+              f"candidate search {knn_s / 60:.1f} min; keypoint cache "
+              f"{cache_bytes / max(1, cache.count_rows()) * 1e6 * share / 2**30:.0f} GiB")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -316,6 +479,11 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/data/flickr8k/images",
                     help="folder of JPEGs for the perceptual-hash throughput (skipped when absent)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-phash", action="store_true", help="skip the perceptual-hash throughput (section 5)")
+    ap.add_argument("--verify-n", type=int, default=10_000, help="rows of the copy-verification lake (0: skip)")
+    ap.add_argument("--verify-set", choices=["photos", "quarters"], default="photos",
+                    help="distinct pictures of the verification lake: the 800 photos, or their 3,200 quarters")
+    ap.add_argument("--knn-n", type=int, default=1_000_000, help="random vectors to time the verify candidate search on (0: skip)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed + 1)
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, numpy {np.__version__}, "
@@ -331,10 +499,13 @@ def main() -> None:
                       f"time x{sec / times[n0][assign]:5.1f} for N x{n / n0:g}")
     if args.hash_n:
         bench_hamming(args.hash_n, args, rng)
-    if args.photos.is_dir():
+    if not args.photos.is_dir():
+        print(f"\nperceptual hash and copy verification: skipped, no photos at {args.photos}")
+        return
+    if not args.no_phash:
         bench_phash(args.photos, args.repeat)
-    else:
-        print(f"\nperceptual hash: skipped, no photos at {args.photos}")
+    if args.verify_n:
+        bench_verify(args.photos, args.verify_n, args.knn_n, args.seed, args.verify_set)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--originals", type=int, default=120)
     ap.add_argument("--incremental", action="store_true")
     ap.add_argument("--edits", choices=["easy", "hard", "all"], default="easy")
+    ap.add_argument("--verify-neighbors", type=int, default=None, help="dedup's verify_neighbors (default: its own)")
+    ap.add_argument("--verify-cosine", type=float, default=None, help="dedup's verify_cosine (default: per model)")
+    ap.add_argument("--verify-inliers", type=int, default=None, help="dedup's verify_inliers (default: its own)")
     args = ap.parse_args()
     captions = first_captions(args.data / "captions.csv")
     tmp = Path(tempfile.mkdtemp())
@@ -56,11 +59,17 @@ def main() -> None:
             lake.ingest(d, progress=False)
             lake.embed("offline", progress=False)
             t0 = time.perf_counter()
-            rep = lake.dedup("all", progress=False)
+            options = {k: v for k, v in (("verify_neighbors", args.verify_neighbors), ("verify_cosine", args.verify_cosine),
+                                         ("verify_inliers", args.verify_inliers)) if v is not None}
+            rep = lake.dedup("all", progress=False, **options)
             print(f"dedup over {rep.rows} rows: {time.perf_counter() - t0:.2f} s; new rows per method: "
                   + ", ".join(f"{m.method} {m.new_rows}" for m in rep.methods))
+            v = next((m for m in rep.methods if m.method == "verify"), None)
+            if v is not None:
+                print(f"  verify: {v.candidates} candidate pairs, {v.keypoint_rows} rows needed keypoints "
+                      f"({v.keypoints_computed} computed), {v.pairs} verified, {v.seconds:.2f} s")
         cols = ["dup_exact_group", "dup_pair_group", "dup_phash_group", "dup_semantic_group", "dup_caption_group",
-                "dup_copy_group", "dup_group"]
+                "dup_copy_group", "dup_verify_group", "dup_group"]
         df = lake.to_pandas(["key", *cols])
         df["key"] = df["key"].map(lambda k: Path(k).stem)
         edit = {p.key: p.edit for p in planted}
@@ -72,8 +81,8 @@ def main() -> None:
             found_by[col] = found
             hit = len(truth & found)
             print(f"{col:20s} {hit / len(truth):7.3f} {hit / max(1, len(found)):9.3f} {len(found):12d}")
-        print("\nrecall per edit (pairs of a copy and its original), phash / semantic / copy / combined:")
-        per = defaultdict(lambda: [0, 0, 0, 0, 0])
+        print("\nrecall per edit (pairs of a copy and its original), phash / semantic / copy / verify / combined:")
+        per = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
         for p in planted:
             if p.edit == "original":
                 continue
@@ -83,11 +92,22 @@ def main() -> None:
             row[1] += pair in found_by["dup_phash_group"]
             row[2] += pair in found_by["dup_semantic_group"]
             row[3] += pair in found_by["dup_copy_group"]
-            row[4] += pair in found_by["dup_group"]
-        for name, (n, a, b, c, d) in sorted(per.items()):
-            print(f"  {name:12s} n={n:3d}   {a / n:.2f} / {b / n:.2f} / {c / n:.2f} / {d / n:.2f}")
+            row[4] += pair in found_by["dup_verify_group"]
+            row[5] += pair in found_by["dup_group"]
+        for name, (n, *hits) in sorted(per.items()):
+            print(f"  {name:12s} n={n:3d}   " + " / ".join(f"{h / n:.2f}" for h in hits))
         misses = [(a, b, edit[b] if edit[b] != "original" else edit[a]) for a, b in truth - found_by["dup_group"]]
         print(f"missed pairs: {misses[:10]}")
+        links = lake.dup_pairs()
+        ik = lake.to_pandas(["id", "key"])
+        key_of = dict(zip(ik["id"], ik["key"]))
+        orig = {p.key: p.original for p in planted}
+        wrong = [(m, Path(key_of[a]).stem, Path(key_of[b]).stem, d) for a, b, m, d in
+                 zip(links["a"], links["b"], links["method"], links["detail"])
+                 if m != "caption" and orig[Path(key_of[a]).stem] != orig[Path(key_of[b]).stem]]
+        print(f"false links (dup_pairs, not caption): {len(wrong)}")
+        for w in wrong[:20]:
+            print("  ", *w)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

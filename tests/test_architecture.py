@@ -20,7 +20,7 @@ PKG = Path(lakecurate.__file__).parent
 FLOORS = {
     "ground": {"errors", "_version", "schema", "options", "progress", "sqlcheck", "store", "columns", "names",
                "images", "engines", "runner", "graph"},
-    "algo": {"neardup"},
+    "algo": {"neardup", "verify"},
     "models": {"encoders", "offline"},
     "stages": {"ingest", "embed", "signals", "dedup", "curate", "concepts", "features", "export", "plant"},
     "views": {"search", "compare", "evaluate", "report"},

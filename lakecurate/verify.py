@@ -1,0 +1,338 @@
+"""Geometric verification of candidate copies: local features, a ratio test, RANSAC (algo floor).
+
+The classic copy-detection check (as in DISC21 baselines and fastdup's verification): two images
+are copies when many local features of one map onto the other under one similarity transform
+(scale, rotation, shift). A heavy crop, a photo framed inside a page, a turned or mirrored copy and
+an overlay over a fifth of the picture all keep hundreds of such features; two different photos of
+the same subject (a dog on grass) keep a handful that agree by chance, and two shots of one scene
+seconds apart some tens at most (measured: docs/benchmarks.md, issue 17).
+
+* :func:`extract`: ORB keypoints (OpenCV, ``FEATURES`` per image) of the image decoded at most
+  ``SIDE`` pixels on its long side, and of its mirror (so a mirrored copy is verified too);
+* :func:`match`: the ratio test (Lowe) on Hamming distances, then a RANSAC similarity transform;
+  :func:`accepted` keeps a match with >= ``MIN_INLIERS`` inliers whose scale is within ``SCALES``
+  and whose rotation is within ``TURN_TOLERANCE`` degrees of a quarter turn;
+* :class:`KeypointCache`: features are computed only for rows in a candidate pair, in the runner's
+  reader processes, and kept in the lake's ``dup_keypoints`` table (by row id, image hash and
+  config), so an incremental run computes them only for rows it has not seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from lakecurate.images import MAX_DECODE_PIXELS, exif_upright
+from lakecurate.runner import RowStage, map_images
+
+if TYPE_CHECKING:
+    from lakecurate.store import Store
+
+SIDE = 320           # long side of the decode the features are found on
+FEATURES = 500       # ORB keypoints per image (and as many on its mirror)
+RATIO = 0.8          # Lowe's ratio test: best match clearly better than the second best
+RANSAC_PX = 4.0      # reprojection error (pixels at SIDE) under which a match is an inlier
+MIN_INLIERS = 50     # inliers for a verified copy (distinct photos: <= 11; two shots of one scene: up to 42)
+SCALES = (0.2, 5.0)  # the copy is 1/5 to 5x the size of the other (a crop or a framed photo)
+FEW_MATCHES = 20     # fewer ratio-test matches than this one way round: the other way is not tried
+TURN_TOLERANCE = 10.0  # degrees from 0/90/180/270: copies are turned in quarter turns, if at all
+CONFIG = {"features": "orb", "score": "fast", "n": FEATURES, "side": SIDE, "mirror": True, "v": 1}
+CACHE_TABLE = "dup_keypoints"
+_DESC = 32  # bytes per ORB descriptor
+
+
+@dataclass
+class Features:
+    """Keypoint positions (N x 2 float32, pixels of the reduced image) and ORB descriptors
+    (N x 32 uint8) of an image and of its mirror; N is 0 for an image that could not be decoded."""
+
+    xy: np.ndarray
+    desc: np.ndarray
+    xy_m: np.ndarray
+    desc_m: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.xy)
+
+
+@dataclass
+class Match:
+    inliers: int = 0
+    scale: float = 0.0
+    angle: float = 0.0  # degrees, counter-clockwise
+    mirrored: bool = False
+    matched: int = 0  # descriptor matches that passed the ratio test (RANSAC's input)
+
+    def describe(self) -> str:
+        turn = round(self.angle / 90) * 90 % 360
+        return (f"{self.inliers} inliers, scale {self.scale:.2f}" + (f", turned {turn}" if turn else "")
+                + (", mirrored" if self.mirrored else ""))
+
+
+_EMPTY = Features(np.zeros((0, 2), np.float32), np.zeros((0, _DESC), np.uint8),
+                  np.zeros((0, 2), np.float32), np.zeros((0, _DESC), np.uint8))
+
+
+def _gray_small(data: bytes | None, side: int = SIDE) -> np.ndarray | None:
+    from PIL import Image
+
+    if data is None:
+        return None
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.width * im.height > MAX_DECODE_PIXELS:
+            return None
+        im.draft("L", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= side
+        im = exif_upright(im).convert("L")
+        im.thumbnail((side, side))
+        if max(im.size) < side:  # a small copy: up to side, so its details are at the scale of the others'
+            f = side / max(im.size)
+            im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.BILINEAR)
+        return np.asarray(im)
+    except Exception:  # undecodable: ingest flagged it already; it simply has no features
+        return None
+
+
+_ORB: dict[int, Any] = {}
+
+
+def _orb(n: int) -> Any:
+    import cv2
+
+    if n not in _ORB:
+        cv2.setNumThreads(1)  # one image per call; the callers run in parallel
+        # FAST corner scores: 4% quicker than Harris here, and as many copies verified (30 photos x 6 kinds)
+        _ORB[n] = cv2.ORB_create(nfeatures=n, scoreType=cv2.ORB_FAST_SCORE)
+    return _ORB[n]
+
+
+def _detect(gray: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    kp, desc = _orb(n).detectAndCompute(gray, None)
+    if desc is None or not kp:
+        return _EMPTY.xy, _EMPTY.desc
+    return np.array([k.pt for k in kp], np.float32), np.asarray(desc, np.uint8)
+
+
+def extract(data: bytes | None, side: int = SIDE, n: int = FEATURES) -> Features:
+    """Features (at most ``n``) of one encoded image decoded at ``side`` pixels on its long side,
+    and of its mirror (none when it cannot be decoded)."""
+    gray = _gray_small(data, side)
+    if gray is None or min(gray.shape) < 16:
+        return _EMPTY
+    xy, desc = _detect(gray, n)
+    xy_m, desc_m = _detect(np.ascontiguousarray(gray[:, ::-1]), n)
+    return Features(xy, desc, xy_m, desc_m)
+
+
+FIELDS = [pa.field("n", pa.int32()), pa.field("xy", pa.binary()), pa.field("desc", pa.binary()),
+          pa.field("xy_m", pa.binary()), pa.field("desc_m", pa.binary())]
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """:func:`extract` over a batch of encoded images, as a table of ``FIELDS`` (what reader
+    processes hand back: a few compact buffers, not Python objects); picklable with its settings."""
+
+    side: int = SIDE
+    n: int = FEATURES
+
+    def __call__(self, blobs: Sequence[bytes | None]) -> pa.Table:
+        return _table([extract(b, self.side, self.n) for b in blobs])
+
+
+def _table(got: Sequence[Features]) -> pa.Table:
+    return pa.table({"n": pa.array([f.n for f in got], pa.int32()),
+                     "xy": [f.xy.tobytes() for f in got], "desc": [f.desc.tobytes() for f in got],
+                     "xy_m": [f.xy_m.tobytes() for f in got], "desc_m": [f.desc_m.tobytes() for f in got]},
+                    schema=pa.schema(FIELDS))
+
+
+def features_of(row: dict[str, Any]) -> Features:
+    """A :class:`Features` from one row of ``FIELDS`` (as stored)."""
+    def arr(key: str, dtype: type, width: int) -> np.ndarray:
+        return np.frombuffer(row[key] or b"", dtype).reshape(-1, width)
+
+    return Features(arr("xy", np.float32, 2), arr("desc", np.uint8, _DESC), arr("xy_m", np.float32, 2),
+                    arr("desc_m", np.uint8, _DESC))
+
+
+# --------------------------------------------------------------------------- matching
+def _match_one(xa: np.ndarray, da: np.ndarray, xb: np.ndarray, db: np.ndarray) -> Match:
+    import cv2
+    import faiss
+
+    if len(da) < 2 or len(db) < 2:
+        return Match()
+    index = faiss.IndexBinaryFlat(_DESC * 8)  # exact Hamming k-NN, ~10x faster than cv2's matcher from Python
+    index.add(np.ascontiguousarray(db))
+    dist, nearest = index.search(np.ascontiguousarray(da), 2)
+    good = np.flatnonzero((nearest[:, 1] >= 0) & (dist[:, 0] < RATIO * dist[:, 1]))
+    if len(good) < 4:
+        return Match(matched=len(good))
+    transform, mask = cv2.estimateAffinePartial2D(xa[good], xb[nearest[good, 0]], method=cv2.RANSAC,
+                                                  ransacReprojThreshold=RANSAC_PX)
+    if transform is None or mask is None:
+        return Match(matched=len(good))
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    angle = float(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
+    return Match(int(mask.sum()), scale, angle, matched=len(good))
+
+
+def plausible(m: Match) -> bool:
+    """A transform a copy can have: scale within ``SCALES``, a quarter turn give or take ``TURN_TOLERANCE``."""
+    off = abs(((m.angle + 45.0) % 90.0) - 45.0)
+    return SCALES[0] <= m.scale <= SCALES[1] and off <= TURN_TOLERANCE
+
+
+def match(a: Features, b: Features, enough: int | None = None) -> Match:
+    """The best plausible match of ``a`` onto ``b`` and onto ``b``'s mirror, then of ``b`` onto
+    ``a`` and its mirror (the ratio test is not symmetric: a framed or heavily cropped copy often
+    matches better one way); inliers 0: none. Stops at the first with >= ``enough`` inliers."""
+    best, most = Match(), 0
+    for k, (mirrored, q, (xb, db)) in enumerate(((False, a, (b.xy, b.desc)), (True, a, (b.xy_m, b.desc_m)),
+                                                 (False, b, (a.xy, a.desc)), (True, b, (a.xy_m, a.desc_m)))):
+        if k == 2 and most < FEW_MATCHES:  # neither way round is close: no copy hides in the other direction
+            break
+        m = _match_one(q.xy, q.desc, xb, db)
+        m.mirrored = mirrored
+        most = max(most, m.matched)
+        if plausible(m) and m.inliers > best.inliers:
+            best = m
+        if enough is not None and best.inliers >= enough:
+            break
+    return best
+
+
+def accepted(m: Match, min_inliers: int = MIN_INLIERS) -> bool:
+    return m.inliers >= min_inliers and plausible(m)
+
+
+def match_pairs(features: dict[int, Features], i: np.ndarray, j: np.ndarray, *, enough: int | None = None,
+                threads: int | None = None, progress: bool | None = None) -> list[Match]:
+    """:func:`match` for every pair (i[k], j[k]) of rows in ``features``, on ``threads`` threads
+    (OpenCV's matcher and RANSAC release the GIL)."""
+    from lakecurate.progress import progress_bar
+    from lakecurate.runner import default_workers
+
+    threads = threads or default_workers(all_cores=True)
+    bar = progress_bar(total=len(i), desc="verify pairs", unit="pair", progress=progress)
+    chunk = 256
+
+    def part(s: int) -> list[Match]:
+        import faiss
+
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # this thread's searches: the pool already uses every core
+        try:
+            out = [match(features[int(a)], features[int(b)], enough) for a, b in zip(i[s:s + chunk], j[s:s + chunk])]
+        finally:
+            faiss.omp_set_num_threads(before)
+        bar.update(len(out))
+        return out
+
+    try:
+        if threads <= 1 or len(i) <= chunk:
+            return [m for s in range(0, len(i), chunk) for m in part(s)]
+        with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
+            return [m for ms in pool.map(part, range(0, len(i), chunk)) for m in ms]
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------- the keypoint cache
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _decoded(state: Any, rows: Any) -> pa.Table:
+    return rows.images
+
+
+def keypoint_stage(side: int = SIDE, n: int = FEATURES) -> RowStage:
+    config = {**CONFIG, "n": n, "side": side}
+    return RowStage("verify-keypoints", FIELDS, config, ["image"], batch=_decoded, image=Extractor(side, n),
+                    batch_size=128, readers_do_all=True, desc="keypoints", unit="img")
+
+
+@dataclass
+class CacheReport:
+    needed: int = 0    # rows in a candidate pair
+    cached: int = 0    # of those, found in the cache
+    computed: int = 0  # of those, computed now
+    seconds: float = 0.0
+
+
+class KeypointCache:
+    """Features by row, kept in the lake's ``dup_keypoints`` table (id, content hash, config;
+    shared by branches: a row's image never changes). Appends are atomic commits, one per few
+    hundred images, so a killed run keeps what it computed and the next one goes on from there."""
+
+    def __init__(self, lake: "Store", side: int = SIDE, n: int = FEATURES):
+        self.lake = lake
+        self.stage = keypoint_stage(side, n)
+        self.config = config_hash(self.stage.config)
+
+    def _index(self) -> dict[tuple[str, str], int]:
+        ds = self.lake.side_dataset(CACHE_TABLE, per_branch=False)
+        if ds is None:
+            return {}
+        t = ds.to_table(columns=["id", "content_hash"], filter=f"config = '{self.config}'", with_row_id=True)
+        return dict(zip(zip(t.column("id").to_pylist(), t.column("content_hash").to_pylist()),
+                        t.column("_rowid").to_pylist()))
+
+    def load(self, ids: Sequence[str], hashes: Sequence[str | None], addresses: Sequence[int], *,
+             workers: int | None = None, progress: bool | None = None, commit_every: int = 2048
+             ) -> tuple[list[Features], CacheReport]:
+        """Features of these rows (row ids, their ``content_hash`` and row addresses in the lake),
+        from the cache where it has them; the rest are computed (runner reader processes) and added."""
+        import time
+
+        t0 = time.perf_counter()
+        rep = CacheReport(needed=len(ids))
+        index = self._index()
+        keys = [(i, h or "") for i, h in zip(ids, hashes)]
+        have = [index.get(k) for k in keys]
+        out: list[Features | None] = [None] * len(ids)
+        hit = [k for k, r in enumerate(have) if r is not None]
+        if hit:
+            ds = self.lake.side_dataset(CACHE_TABLE, per_branch=False)
+            got = ds._take_rows([have[k] for k in hit], columns=[f.name for f in FIELDS]).to_pylist()
+            for k, row in zip(hit, got):
+                out[k] = features_of(row)
+        rep.cached = len(hit)
+        todo = [k for k, r in enumerate(have) if r is None]
+        if todo:
+            pending: list[pa.Table] = []
+            rows_seen = 0
+
+            def flush() -> None:
+                if pending:
+                    self.lake.write_side(CACHE_TABLE, pa.concat_tables(pending), per_branch=False)
+                    pending.clear()
+
+            for rows in map_images(self.lake, self.stage, [addresses[k] for k in todo], workers=workers,
+                                   progress=progress):
+                batch = todo[rows_seen:rows_seen + rows.num_rows]
+                rows_seen += rows.num_rows
+                tbl: pa.Table = rows.images
+                for k, row in zip(batch, tbl.to_pylist()):
+                    out[k] = features_of(row)
+                pending.append(pa.table({"id": [ids[k] for k in batch], "content_hash": [keys[k][1] for k in batch],
+                                         "config": pa.array([self.config] * len(batch), pa.string()),
+                                         **{f.name: tbl.column(f.name) for f in FIELDS}}))
+                if sum(t.num_rows for t in pending) >= commit_every:
+                    flush()
+            flush()
+            rep.computed = len(todo)
+        rep.seconds = time.perf_counter() - t0
+        return [f if f is not None else _EMPTY for f in out], rep
+
