@@ -10,7 +10,7 @@ Methods (each writes its own group column; rows are never deleted):
 | semantic | ``dup_semantic_group`` | image embeddings have cosine >= ``semantic_threshold`` (SemDeDup), or >= ``confirm_cosine`` with hashes within ``confirm_distance`` bits | per model, see ``SEMANTIC_THRESHOLDS`` |
 | caption | ``dup_caption_group`` | caption embeddings have cosine >= ``caption_threshold`` | 0.98 |
 | copy | ``dup_copy_group`` | one of the 8 hashes of the bar-trimmed image turned by 0/90/180/270 degrees and mirrored (``copy_hashes``) is within ``copy_distance`` bits of one of the other's: rotated, letterboxed, pillarboxed and bordered copies | 6 bits |
-| verify | ``dup_verify_group`` | one is among the other's ``verify_neighbors`` nearest image embeddings at cosine >= ``verify_cosine`` (a candidate), the pair is not linked by another method already, and >= ``verify_inliers`` ORB keypoints agree on one similarity transform (:mod:`lakecurate.verify`): heavy crops, photos framed in a page, overlays, turned and mirrored copies | 5 neighbours, 25 inliers |
+| verify | ``dup_verify_group`` | one is among the other's ``verify_neighbors`` nearest image embeddings at cosine >= ``verify_cosine`` (a candidate), the pair is not linked by another method already, >= ``verify_inliers`` ORB keypoints agree on one similarity transform and the pixels agree where the images overlap under it (:mod:`lakecurate.verify`): heavy crops, photos framed in a page, overlays, turned and mirrored copies | 5 neighbours, 50 inliers |
 
 A group column holds the ``id`` of the member that group keeps (a row alone holds its own id;
 null: the row has no signal for that method, e.g. an undecodable image). Groups are the connected
@@ -60,7 +60,7 @@ from lakecurate.names import Produce, embedding_columns
 from lakecurate.neardup import components, hamming_pairs, knn_pairs, semantic_pairs
 from lakecurate.options import whole
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
-from lakecurate.verify import MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
+from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -290,7 +290,8 @@ def dedup(
         configs["verify"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
                              "neighbors": verify_neighbors, "min_cosine": float(vcos), "min_inliers": verify_inliers,
                              "features": VERIFY_CONFIG, "ratio": RATIO, "ransac_px": RANSAC_PX,
-                             "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE}
+                             "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE, "min_agree": MIN_AGREE,
+                             "agree_levels": AGREE_LEVELS, "gains": list(GAINS)}
 
     produce = produce or no_producer(lake, "dedup")  # dedup runs no stage itself: it asks for their columns
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes

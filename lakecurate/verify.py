@@ -10,8 +10,11 @@ seconds apart some tens at most (measured: docs/benchmarks.md, issue 17).
 * :func:`extract`: ORB keypoints (OpenCV, ``FEATURES`` per image) of the image decoded at most
   ``SIDE`` pixels on its long side, and of its mirror (so a mirrored copy is verified too);
 * :func:`match`: the ratio test (Lowe) on Hamming distances, then a RANSAC similarity transform;
-  :func:`accepted` keeps a match with >= ``MIN_INLIERS`` inliers whose scale is within ``SCALES``
-  and whose rotation is within ``TURN_TOLERANCE`` degrees of a quarter turn;
+  :func:`accepted` keeps a match with >= ``MIN_INLIERS`` inliers whose scale is within ``SCALES``,
+  whose rotation is within ``TURN_TOLERANCE`` degrees of a quarter turn, and under which the
+  pixels agree (:func:`agreement`: the share of the overlap two 96-pixel thumbnails match up to
+  brightness and contrast, >= ``MIN_AGREE``): keypoints alone are fooled by two photos that carry
+  the same logo, caption banner or page template (100-200 inliers on the banner alone);
 * :class:`KeypointCache`: features are computed only for rows in a candidate pair, in the runner's
   reader processes, and kept in the lake's ``dup_keypoints`` table (by row id, image hash and
   config), so an incremental run computes them only for rows it has not seen.
@@ -24,7 +27,7 @@ import io
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,13 +41,18 @@ if TYPE_CHECKING:
 
 SIDE = 320           # long side of the decode the features are found on
 FEATURES = 500       # ORB keypoints per image (and as many on its mirror)
+GRID = 4             # the keypoints are spread over GRID x GRID cells
 RATIO = 0.8          # Lowe's ratio test: best match clearly better than the second best
 RANSAC_PX = 4.0      # reprojection error (pixels at SIDE) under which a match is an inlier
 MIN_INLIERS = 50     # inliers for a verified copy (distinct photos: <= 11; two shots of one scene: up to 42)
 SCALES = (0.2, 5.0)  # the copy is 1/5 to 5x the size of the other (a crop or a framed photo)
 FEW_MATCHES = 20     # fewer ratio-test matches than this one way round: the other way is not tried
 TURN_TOLERANCE = 10.0  # degrees from 0/90/180/270: copies are turned in quarter turns, if at all
-CONFIG = {"features": "orb", "score": "fast", "n": FEATURES, "side": SIDE, "mirror": True, "v": 1}
+THUMB = 96           # long side of the thumbnail the pixel check compares
+MIN_AGREE = 0.55     # share of the overlapping pixels that must agree for a verified copy (nan fails)
+GAINS = (0.6, 1.6)   # contrast change a copy may have (brightness edits, JPEG, colour to gray)
+AGREE_LEVELS = 16    # gray levels (of 255) within which two thumbnail pixels agree
+CONFIG = {"features": "orb", "score": "fast", "n": FEATURES, "side": SIDE, "mirror": True, "thumb": THUMB, "grid": GRID, "v": 2}
 CACHE_TABLE = "dup_keypoints"
 _DESC = 32  # bytes per ORB descriptor
 
@@ -52,12 +60,15 @@ _DESC = 32  # bytes per ORB descriptor
 @dataclass
 class Features:
     """Keypoint positions (N x 2 float32, pixels of the reduced image) and ORB descriptors
-    (N x 32 uint8) of an image and of its mirror; N is 0 for an image that could not be decoded."""
+    (N x 32 uint8) of an image and of its mirror; N is 0 for an image that could not be decoded.
+    ``thumb``: the reduced image again at ``THUMB`` pixels (uint8 gray), for the pixel check."""
 
     xy: np.ndarray
     desc: np.ndarray
     xy_m: np.ndarray
     desc_m: np.ndarray
+    thumb: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))
+    scale: float = 0.0  # thumb pixels per keypoint pixel
 
     @property
     def n(self) -> int:
@@ -71,11 +82,13 @@ class Match:
     angle: float = 0.0  # degrees, counter-clockwise
     mirrored: bool = False
     matched: int = 0  # descriptor matches that passed the ratio test (RANSAC's input)
+    agree: float = float("nan")  # correlation of the overlapping pixels under the transform (nan: not checked)
+    transform: Any = None  # 2 x 3, keypoint pixels of the query image -> the other's (or its mirror's)
 
     def describe(self) -> str:
         turn = round(self.angle / 90) * 90 % 360
         return (f"{self.inliers} inliers, scale {self.scale:.2f}" + (f", turned {turn}" if turn else "")
-                + (", mirrored" if self.mirrored else ""))
+                + (", mirrored" if self.mirrored else "") + (f", pixels agree {self.agree:.2f}" if self.agree == self.agree else ""))
 
 
 _EMPTY = Features(np.zeros((0, 2), np.float32), np.zeros((0, _DESC), np.uint8),
@@ -116,10 +129,30 @@ def _orb(n: int) -> Any:
 
 
 def _detect(gray: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    kp, desc = _orb(n).detectAndCompute(gray, None)
+    """``n`` ORB keypoints spread over the image: the strongest of 2n corners taken cell by cell of
+    a GRID x GRID grid, best first in each (as ORB-SLAM spreads its features), so a block of text
+    (a banner, a page's buttons) cannot take them all from the photo around it."""
+    import cv2
+
+    orb = _orb(2 * n)
+    kp = orb.detect(gray, None)
+    if not kp:
+        return _EMPTY.xy, _EMPTY.desc
+    if len(kp) > n:
+        h, w = gray.shape
+        pts = cv2.KeyPoint_convert(kp)
+        cell = (np.minimum(pts[:, 1] * GRID // h, GRID - 1) * GRID + np.minimum(pts[:, 0] * GRID // w, GRID - 1)).astype(int)
+        response = np.array([k.response for k in kp], np.float32)
+        order = np.lexsort((-response, cell))  # by cell, strongest first
+        rank = np.empty(len(kp), np.int64)
+        first = np.searchsorted(cell[order], cell[order])  # each cell's first position in the order
+        rank[order] = np.arange(len(kp)) - first
+        chosen = np.lexsort((-response, rank))[:n]  # round robin over the cells
+        kp = [kp[i] for i in chosen]
+    kp, desc = orb.compute(gray, kp)
     if desc is None or not kp:
         return _EMPTY.xy, _EMPTY.desc
-    return np.array([k.pt for k in kp], np.float32), np.asarray(desc, np.uint8)
+    return np.asarray(cv2.KeyPoint_convert(kp), np.float32).reshape(-1, 2), np.asarray(desc, np.uint8)
 
 
 def extract(data: bytes | None, side: int = SIDE, n: int = FEATURES) -> Features:
@@ -130,11 +163,20 @@ def extract(data: bytes | None, side: int = SIDE, n: int = FEATURES) -> Features
         return _EMPTY
     xy, desc = _detect(gray, n)
     xy_m, desc_m = _detect(np.ascontiguousarray(gray[:, ::-1]), n)
-    return Features(xy, desc, xy_m, desc_m)
+    return Features(xy, desc, xy_m, desc_m, *_thumb(gray))
+
+
+def _thumb(gray: np.ndarray) -> tuple[np.ndarray, float]:
+    import cv2
+
+    f = THUMB / max(gray.shape)
+    size = (max(1, round(gray.shape[1] * f)), max(1, round(gray.shape[0] * f)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA), f
 
 
 FIELDS = [pa.field("n", pa.int32()), pa.field("xy", pa.binary()), pa.field("desc", pa.binary()),
-          pa.field("xy_m", pa.binary()), pa.field("desc_m", pa.binary())]
+          pa.field("xy_m", pa.binary()), pa.field("desc_m", pa.binary()), pa.field("thumb", pa.binary()),
+          pa.field("thumb_w", pa.int32()), pa.field("scale", pa.float32())]
 
 
 @dataclass(frozen=True)
@@ -152,7 +194,9 @@ class Extractor:
 def _table(got: Sequence[Features]) -> pa.Table:
     return pa.table({"n": pa.array([f.n for f in got], pa.int32()),
                      "xy": [f.xy.tobytes() for f in got], "desc": [f.desc.tobytes() for f in got],
-                     "xy_m": [f.xy_m.tobytes() for f in got], "desc_m": [f.desc_m.tobytes() for f in got]},
+                     "xy_m": [f.xy_m.tobytes() for f in got], "desc_m": [f.desc_m.tobytes() for f in got],
+                     "thumb": [f.thumb.tobytes() for f in got], "thumb_w": pa.array([f.thumb.shape[1] for f in got], pa.int32()),
+                     "scale": pa.array([f.scale for f in got], pa.float32())},
                     schema=pa.schema(FIELDS))
 
 
@@ -162,7 +206,8 @@ def features_of(row: dict[str, Any]) -> Features:
         return np.frombuffer(row[key] or b"", dtype).reshape(-1, width)
 
     return Features(arr("xy", np.float32, 2), arr("desc", np.uint8, _DESC), arr("xy_m", np.float32, 2),
-                    arr("desc_m", np.uint8, _DESC))
+                    arr("desc_m", np.uint8, _DESC), arr("thumb", np.uint8, max(1, row.get("thumb_w") or 1)),
+                    float(row.get("scale") or 0.0))
 
 
 # --------------------------------------------------------------------------- matching
@@ -184,7 +229,7 @@ def _match_one(xa: np.ndarray, da: np.ndarray, xb: np.ndarray, db: np.ndarray) -
         return Match(matched=len(good))
     scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
     angle = float(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
-    return Match(int(mask.sum()), scale, angle, matched=len(good))
+    return Match(int(mask.sum()), scale, angle, matched=len(good), transform=transform)
 
 
 def plausible(m: Match) -> bool:
@@ -198,22 +243,60 @@ def match(a: Features, b: Features, enough: int | None = None) -> Match:
     ``a`` and its mirror (the ratio test is not symmetric: a framed or heavily cropped copy often
     matches better one way); inliers 0: none. Stops at the first with >= ``enough`` inliers."""
     best, most = Match(), 0
-    for k, (mirrored, q, (xb, db)) in enumerate(((False, a, (b.xy, b.desc)), (True, a, (b.xy_m, b.desc_m)),
-                                                 (False, b, (a.xy, a.desc)), (True, b, (a.xy_m, a.desc_m)))):
+    for k, (mirrored, q, o, (xb, db)) in enumerate(((False, a, b, (b.xy, b.desc)), (True, a, b, (b.xy_m, b.desc_m)),
+                                                    (False, b, a, (a.xy, a.desc)), (True, b, a, (a.xy_m, a.desc_m)))):
         if k == 2 and most < FEW_MATCHES:  # neither way round is close: no copy hides in the other direction
             break
         m = _match_one(q.xy, q.desc, xb, db)
         m.mirrored = mirrored
         most = max(most, m.matched)
-        if plausible(m) and m.inliers > best.inliers:
-            best = m
-        if enough is not None and best.inliers >= enough:
+        if plausible(m) and m.inliers >= (enough or MIN_INLIERS) // 2:
+            m.agree = agreement(q, o, m)
+        if plausible(m) and (m.agree >= MIN_AGREE, m.inliers) > (best.agree >= MIN_AGREE, best.inliers):
+            best = m  # a match whose pixels agree first, then the most inliers
+        if enough is not None and best.inliers >= enough and best.agree >= MIN_AGREE:
             break
     return best
 
 
+def agreement(q: Features, o: Features, m: Match) -> float:
+    """How well the pixels agree where the two images overlap under ``m``'s transform: the share
+    of ``q``'s thumbnail pixels that ``o``'s (mirrored when ``m`` is), mapped onto it, matches up to
+    brightness and contrast. A copy agrees almost everywhere (an overlay: except under it); two
+    photos that share only a logo, a caption banner or a page template agree on that patch alone."""
+    import cv2
+
+    if m.transform is None or not q.thumb.size or not o.thumb.size or not q.scale or not o.scale:
+        return float("nan")
+    other = o.thumb[:, ::-1] if m.mirrored else o.thumb
+    t = np.asarray(m.transform, np.float64).copy()
+    t[:, :2] *= o.scale / q.scale  # keypoint pixels -> thumbnail pixels on both sides
+    t[:, 2] *= o.scale
+    h, w = q.thumb.shape
+    warped = cv2.warpAffine(np.ascontiguousarray(other), t, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    inside = cv2.warpAffine(np.full(other.shape, 255, np.uint8), t, (w, h),
+                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+    if inside.sum() < 0.05 * h * w or inside.sum() < 64:
+        return float("nan")
+    x, y = q.thumb[inside].astype(np.float32), warped[inside].astype(np.float32)
+    # The other's gray levels as a linear function of this one's (brightness, contrast), fitted
+    # twice: the second time without the pixels the first fit explains worst (an overlay, a
+    # banner), then the share of pixels it explains within AGREE_LEVELS gray levels.
+    keep = np.ones(len(x), bool)
+    for _ in range(2):
+        xs, ys = x[keep], y[keep]
+        mx, my = float(xs.mean()), float(ys.mean())
+        var = float(((xs - mx) ** 2).sum())
+        gain = float(((xs - mx) * (ys - my)).sum()) / var if var > 0 else 1.0  # least squares, closed form
+        if not GAINS[0] <= gain <= GAINS[1]:  # no copy flattens or inverts contrast: same levels, shifted
+            gain, mx = 1.0, my - float(np.median(ys - xs))
+        resid = np.abs(y - my - gain * (x - mx))
+        keep = resid <= max(float(np.partition(resid, int(0.7 * (len(resid) - 1)))[int(0.7 * (len(resid) - 1))]), 1.0)
+    return float(np.mean(resid <= AGREE_LEVELS))
+
+
 def accepted(m: Match, min_inliers: int = MIN_INLIERS) -> bool:
-    return m.inliers >= min_inliers and plausible(m)
+    return m.inliers >= min_inliers and plausible(m) and m.agree >= MIN_AGREE
 
 
 def match_pairs(features: dict[int, Features], i: np.ndarray, j: np.ndarray, *, enough: int | None = None,
@@ -281,8 +364,16 @@ class KeypointCache:
         self.stage = keypoint_stage(side, n)
         self.config = config_hash(self.stage.config)
 
-    def _index(self) -> dict[tuple[str, str], int]:
+    def _dataset(self) -> Any:
+        """The cache table, or None when there is none or it was written by another version of this
+        module (other fields): a cache, so it is then replaced rather than read."""
         ds = self.lake.side_dataset(CACHE_TABLE, per_branch=False)
+        if ds is None or not {"id", "content_hash", "config", *(f.name for f in FIELDS)} <= set(ds.schema.names):
+            return None
+        return ds
+
+    def _index(self) -> dict[tuple[str, str], int]:
+        ds = self._dataset()
         if ds is None:
             return {}
         t = ds.to_table(columns=["id", "content_hash"], filter=f"config = '{self.config}'", with_row_id=True)
@@ -304,7 +395,7 @@ class KeypointCache:
         out: list[Features | None] = [None] * len(ids)
         hit = [k for k, r in enumerate(have) if r is not None]
         if hit:
-            ds = self.lake.side_dataset(CACHE_TABLE, per_branch=False)
+            ds = self._dataset()
             got = ds._take_rows([have[k] for k in hit], columns=[f.name for f in FIELDS]).to_pylist()
             for k, row in zip(hit, got):
                 out[k] = features_of(row)
@@ -313,10 +404,13 @@ class KeypointCache:
         if todo:
             pending: list[pa.Table] = []
             rows_seen = 0
+            replace = [self.lake.side_dataset(CACHE_TABLE, per_branch=False) is not None and self._dataset() is None]
 
             def flush() -> None:
                 if pending:
-                    self.lake.write_side(CACHE_TABLE, pa.concat_tables(pending), per_branch=False)
+                    self.lake.write_side(CACHE_TABLE, pa.concat_tables(pending), per_branch=False,
+                                         mode="overwrite" if replace[0] else "append")
+                    replace[0] = False
                     pending.clear()
 
             for rows in map_images(self.lake, self.stage, [addresses[k] for k in todo], workers=workers,
