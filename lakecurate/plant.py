@@ -199,6 +199,20 @@ def plant_duplicates(
     return planted
 
 
+def split_in_halves(planted: Sequence[Planted], src: str | Path, root: str | Path) -> list[Path]:
+    """Move the planted files from ``src`` into ``root/a`` and ``root/b``, every other file in each
+    (copies and originals alike): a lake that gets its rows in two arrivals. Returns the two folders."""
+    import shutil
+
+    halves = [Path(root) / "a", Path(root) / "b"]
+    for h in halves:
+        h.mkdir(parents=True, exist_ok=True)
+    for k, p in enumerate(planted):
+        for ext in (".jpg", ".txt"):
+            shutil.move(Path(src) / f"{p.key}{ext}", halves[k % 2] / f"{p.key}{ext}")
+    return halves
+
+
 def true_pairs(planted: Sequence[Planted]) -> set[tuple[str, str]]:
     """Every pair of keys made from the same original (sorted tuples)."""
     by_original: dict[str, list[str]] = {}

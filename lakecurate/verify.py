@@ -364,17 +364,14 @@ class KeypointCache:
         self.stage = keypoint_stage(side, n)
         self.config = config_hash(self.stage.config)
 
-    def _dataset(self) -> Any:
-        """The cache table, or None when there is none or it was written by another version of this
-        module (other fields): a cache, so it is then replaced rather than read."""
-        ds = self.lake.side_dataset(CACHE_TABLE, per_branch=False)
-        if ds is None or not {"id", "content_hash", "config", *(f.name for f in FIELDS)} <= set(ds.schema.names):
-            return None
-        return ds
+    @staticmethod
+    def _usable(ds: Any) -> bool:
+        """False when the table was written by another version of this module (other fields): a
+        cache, so it is then replaced rather than read."""
+        return ds is not None and {"id", "content_hash", "config", *(f.name for f in FIELDS)} <= set(ds.schema.names)
 
-    def _index(self) -> dict[tuple[str, str], int]:
-        ds = self._dataset()
-        if ds is None:
+    def _index(self, ds: Any) -> dict[tuple[str, str], int]:
+        if not self._usable(ds):
             return {}
         t = ds.to_table(columns=["id", "content_hash"], filter=f"config = '{self.config}'", with_row_id=True)
         return dict(zip(zip(t.column("id").to_pylist(), t.column("content_hash").to_pylist()),
@@ -389,13 +386,13 @@ class KeypointCache:
 
         t0 = time.perf_counter()
         rep = CacheReport(needed=len(ids))
-        index = self._index()
+        ds = self.lake.side_dataset(CACHE_TABLE, per_branch=False)  # opened once: this load's view of the cache
+        index = self._index(ds)
         keys = [(i, h or "") for i, h in zip(ids, hashes)]
         have = [index.get(k) for k in keys]
         out: list[Features | None] = [None] * len(ids)
         hit = [k for k, r in enumerate(have) if r is not None]
         if hit:
-            ds = self._dataset()
             got = ds._take_rows([have[k] for k in hit], columns=[f.name for f in FIELDS]).to_pylist()
             for k, row in zip(hit, got):
                 out[k] = features_of(row)
@@ -404,7 +401,7 @@ class KeypointCache:
         if todo:
             pending: list[pa.Table] = []
             rows_seen = 0
-            replace = [self.lake.side_dataset(CACHE_TABLE, per_branch=False) is not None and self._dataset() is None]
+            replace = [ds is not None and not self._usable(ds)]
 
             def flush() -> None:
                 if pending:

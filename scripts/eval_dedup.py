@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lakecurate import Lake
-from lakecurate.plant import EDITS, HARD_EDITS, first_captions, plant_duplicates, true_pairs
+from lakecurate.plant import EDITS, HARD_EDITS, first_captions, plant_duplicates, split_in_halves, true_pairs
 
 
 def main() -> None:
@@ -48,12 +48,7 @@ def main() -> None:
               f"{sum(p.edit not in ('original', 'exact') for p in planted)} near copies; {len(truth)} true pairs")
         parts = [tmp / "all"]
         if args.incremental:
-            parts = [tmp / "a", tmp / "b"]
-            for d in parts:
-                d.mkdir()
-            for k, p in enumerate(planted):
-                for ext in (".jpg", ".txt"):
-                    shutil.move(tmp / "all" / f"{p.key}{ext}", parts[k % 2] / f"{p.key}{ext}")
+            parts = split_in_halves(planted, tmp / "all", tmp)
         lake = Lake.create(tmp / "lake")
         for d in parts:
             lake.ingest(d, progress=False)

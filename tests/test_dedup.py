@@ -17,7 +17,7 @@ from lakecurate import Lake, LakeError
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
 from lakecurate.dedup import COPY_DISTANCE, best_of_groups, equal_value_pairs, keep_rank
-from lakecurate.plant import first_captions, plant_duplicates, true_pairs
+from lakecurate.plant import first_captions, plant_duplicates, split_in_halves, true_pairs
 from lakecurate.signals import phash_bytes, phash_pixels
 
 from .conftest import SAMPLE_DATA
@@ -254,12 +254,7 @@ def planted_lake(flickr8k: Path, tmp_path_factory) -> tuple[Lake, list, list]:
     captions = first_captions(flickr8k / "captions.csv")
     root = tmp_path_factory.mktemp("planted")
     planted = plant_duplicates(sorted((flickr8k / "images").glob("*.jpg")), captions, root / "all", n_originals=120, seed=1)
-    halves = [root / "a", root / "b"]
-    for h in halves:
-        h.mkdir()
-    for k, p in enumerate(planted):  # every other file arrives later, copies and originals alike
-        for ext in (".jpg", ".txt"):
-            shutil.move(root / "all" / f"{p.key}{ext}", halves[k % 2] / f"{p.key}{ext}")
+    halves = split_in_halves(planted, root / "all", root)  # every other file arrives later
     lake = Lake.create(root / "lake")
     reports = []
     for h in halves:

@@ -284,16 +284,11 @@ def test_planted_hard_copies_recall_and_precision(flickr8k: Path, tmp_path: Path
     pytest.importorskip("efficientnet_lite_pytorch")
     import itertools
 
-    from lakecurate.plant import EDITS, HARD_EDITS, first_captions, plant_duplicates, true_pairs
+    from lakecurate.plant import EDITS, HARD_EDITS, first_captions, plant_duplicates, split_in_halves, true_pairs
 
     planted = plant_duplicates(sorted((flickr8k / "images").glob("*.jpg")), first_captions(flickr8k / "captions.csv"),
                                tmp_path / "all", n_originals=120, seed=6, edits=EDITS + HARD_EDITS)
-    halves = [tmp_path / "a", tmp_path / "b"]
-    for h in halves:
-        h.mkdir()
-    for k, p in enumerate(planted):
-        for ext in (".jpg", ".txt"):
-            shutil.move(tmp_path / "all" / f"{p.key}{ext}", halves[k % 2] / f"{p.key}{ext}")
+    halves = split_in_halves(planted, tmp_path / "all", tmp_path)
     lake = Lake.create(tmp_path / "lake")
     reports = []
     for h in halves:
