@@ -429,34 +429,73 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 @main.command()
 @lake_argument
 @click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True,
+              help="Decide and show what each step would drop (counts, examples, rows either side of each cut, "
+                   "kept rows at other cuts); write nothing.")
+@click.option("--set", "sets", multiple=True, metavar="STEP.PARAM=VALUE",
+              help="Override a parameter for this run (repeatable), e.g. --set alignment.min_percentile=20; "
+                   "STEP is a filter name, a reason or a step number. Recorded in the provenance and the tag.")
 @json_option
 @_friendly_errors
-def curate(lake: str, recipe: str, as_json: bool) -> None:
+def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], as_json: bool) -> None:
     """Apply the filter RECIPE (TOML) to LAKE: keep / drop_reason columns and a tag of the result.
 
     Computes the caption and image signals and dedup groups the recipe needs (embeddings must
     exist), marks each row keep or drops it with the first failing step's reason, and tags the
-    version NAME-HASH-vVERSION so the exact set can be reopened. Same recipe again: no work.
-    Filters: ingest_error, duplicate, caption_missing, caption_length, caption_filename,
-    caption_url, caption_boilerplate, caption_repeat, caption_nonprintable, language,
-    image_size, aspect, blur, low_information, grayscale, pii, alignment.
+    version NAME-HASH-vVERSION (NAME-set-HASH-vVERSION with --set) so the exact set can be
+    reopened. Same recipe again: no work. Filters: ingest_error, duplicate, caption_missing,
+    caption_length, caption_filename, caption_url, caption_boilerplate, caption_repeat,
+    caption_nonprintable, language, image_size, aspect, blur, low_information, grayscale, pii,
+    alignment, and over any column (user features too): column (min/max/equals/in/not_null)
+    and sql (where = "a SQL condition" rows must meet).
 
-    Example: lakecurate curate ./lake recipes/basic.toml
+    Example: lakecurate curate ./lake basic --dry-run --set alignment.min_percentile=20
     """
-    rep = open_lake(lake).curate(recipe)
+    from lakecurate.curate import parse_override
+
+    overrides = dict(parse_override(s) for s in sets)
+    rep = open_lake(lake).curate(recipe, dry_run=dry_run, overrides=overrides)
     if as_json:
         echo_json(rep)
         return
     rows = [{"step": reason, "dropped": n, "share": f"{n / rep.rows:.1%}" if rep.rows else "-"} for reason, n in rep.dropped.items()]
-    _echo_table(rows, ["step", "dropped", "share"])
+    if dry_run:
+        for r, v in zip(rows, rep.steps):
+            r["first dropped"] = ", ".join(str(e.get("key") or e["id"]) + (f" ({e['value']:.3g})" if e["value"] is not None else "")
+                                           for e in v.examples)
+    _echo_table(rows, ["step", "dropped", "share"] + (["first dropped"] if dry_run else []))
     # kept is not a drop: its own line, not a row under "dropped"
-    click.echo(f"kept {rep.kept} of {rep.rows} rows" + (f" ({rep.kept / rep.rows:.1%})" if rep.rows else ""))
+    click.echo(f"{'would keep' if dry_run else 'kept'} {rep.kept} of {rep.rows} rows"
+               + (f" ({rep.kept / rep.rows:.1%})" if rep.rows else ""))
+    if rep.overrides:
+        click.echo("overrides: " + ", ".join(f"{k}={v!r}" for k, v in rep.overrides.items()))
+    if dry_run:
+        _echo_whatifs(rep)
+        click.echo(f"\ndry run of recipe {rep.recipe} ({rep.recipe_hash}) on version {rep.version}: nothing written "
+                   f"({rep.seconds:.1f} s)" + (f"; {rep.unjudged} rows lack signals and were not judged" if rep.unjudged else ""))
+        return
     if rep.unjudged:
         click.echo(f"{rep.unjudged} rows arrived while this ran: left undecided (not kept); run curate again to judge them")
     how = "nothing to do (same recipe, lake unchanged)" if rep.nothing_to_do else (
         f"computed: {', '.join(rep.computed) or 'no new signals'}; {rep.fragments_written} fragments written")
     click.echo(f"\nrecipe {rep.recipe} ({rep.recipe_hash}): {how}; tag {rep.tag} (version {rep.version}) in {rep.seconds:.1f} s")
     click.echo(f"reopen: lakecurate sql {lake} \"SELECT key, caption FROM pairs WHERE keep\" --version {rep.tag}")
+
+
+def _echo_whatifs(rep: Any) -> None:
+    """Per thresholded step of a dry run: the cut, the rows nearest it, and kept rows at other cuts."""
+    for v in rep.steps:
+        if not v.cut or not v.whatif:
+            continue
+        c = v.cut
+        click.echo(f"\n{v.reason}: drops {c['label']} {'under' if c['side'] == 'min' else 'over'} {c['at']:.4g} "
+                   f"({c['param']}); other cuts, every other step unchanged:")
+        _echo_table([{"cut": f"{w['cut']:.4g}" + (" *" if w["current"] else ""), "judged below": f"{w['judged_below']:.0%}",
+                      "dropped here": w["dropped"], "kept": w["kept"]} for w in v.whatif],
+                    ["cut", "judged below", "dropped here", "kept"])
+        for side, rows in (("just failing", v.below[:3]), ("just passing", v.above[:3])):
+            for r in rows:
+                click.echo(f"  {side} {r['value']:.4g}  {r.get('key') or r['id']}  {str(r.get('caption') or '')[:70]!r}")
 
 
 # --------------------------------------------------------------------------- concepts and export

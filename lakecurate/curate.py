@@ -32,6 +32,7 @@ parameters with defaults, and one ``drop`` method returning a boolean mask over 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -51,9 +52,10 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
-from lakecurate.graph import embed_command, no_producer, write_decisions
+from lakecurate.graph import embed_command, no_producer, where_columns, write_decisions
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
+from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
     import lance
@@ -85,11 +87,39 @@ class Filter:
     def drop(self, df: pd.DataFrame, p: dict[str, Any]) -> np.ndarray:
         raise NotImplementedError
 
+    def reads(self, p: dict[str, Any]) -> tuple[str, ...]:
+        """The lake columns this step reads with parameters ``p`` (generic steps name their own)."""
+        return self.columns
+
+    def cut(self, df: pd.DataFrame, p: dict[str, Any]) -> Cut | None:
+        """The one threshold of this step, when it has one: the values it compares and where it
+        cuts them (for what-ifs and the rows either side of the cut); None for yes/no steps."""
+        return None
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A step's threshold: ``values`` (one per row, NaN where the step does not judge by value)
+    fail when below ``at`` (``side`` "min") or above it ("max"); ``param`` and ``label`` name it."""
+
+    values: np.ndarray
+    at: float
+    side: str
+    param: str
+    label: str
+
+    def fails(self, at: float) -> np.ndarray:
+        v = self.values
+        with np.errstate(invalid="ignore"):
+            return (v < at) if self.side == "min" else (v > at)
+
 
 @dataclass(frozen=True)
 class Limit:
-    """What a filter parameter may be: ``kind`` "int" (a whole number), "number" (finite) or
-    "codes" (a non-empty list of strings), within [lo, hi]; ``optional``: None (unset) is allowed."""
+    """What a filter parameter may be: ``kind`` "int" (a whole number), "number" (finite),
+    "codes" (a non-empty list of strings), "name" (a column name), "value" (a string, number or
+    true/false), "values" (a non-empty list of those), "bool" or "sql" (one SQL condition), within
+    [lo, hi]; ``optional``: None (unset) is allowed."""
 
     kind: str
     lo: float | None = None
@@ -98,7 +128,9 @@ class Limit:
 
     def allowed(self) -> str:
         what = {"int": "a whole number", "number": "a number",
-                "codes": 'a list of language codes, e.g. ["en", "de"]'}[self.kind]
+                "codes": 'a list of language codes, e.g. ["en", "de"]', "name": 'a column name, e.g. "aesthetic"',
+                "value": "a string, a number or true/false", "values": 'a list of values, e.g. ["cat", "dog"]',
+                "bool": "true or false", "sql": 'one SQL condition, e.g. "aesthetic > 4.5 AND cap_words >= 3"'}[self.kind]
         if self.lo is not None and self.hi is not None:
             what += f" from {self.lo:g} to {self.hi:g}"
         elif self.lo is not None:
@@ -110,6 +142,14 @@ class Limit:
             return self.optional
         if self.kind == "codes":
             return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
+        if self.kind in ("name", "sql"):
+            return isinstance(value, str) and bool(value.strip())
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "value":
+            return isinstance(value, (str, bool, int, float)) and not (isinstance(value, float) and not math.isfinite(value))
+        if self.kind == "values":
+            return isinstance(value, list) and bool(value) and all(Limit("value").ok(v) for v in value)
         if isinstance(value, bool) or not isinstance(value, int if self.kind == "int" else (int, float)):
             return False
         return math.isfinite(value) and (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
@@ -118,6 +158,11 @@ class Limit:
 def _b(s: pd.Series) -> np.ndarray:
     """A nullable column as a numpy bool array, null as False."""
     return s.fillna(False).to_numpy(dtype=bool)
+
+
+def _f(s: pd.Series) -> np.ndarray:
+    """A nullable numeric column as float64, null as NaN."""
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
 class IngestError(Filter):
@@ -153,6 +198,9 @@ class CaptionLength(Filter):
         w = df["cap_words"]
         return _b((w < p["min_words"]) | (w > p["max_words"]))
 
+    def cut(self, df, p):
+        return Cut(_f(df["cap_words"]), p["min_words"], "min", "min_words", "words")
+
 
 class CaptionFilename(Filter):
     name, doc = "caption_filename", "the caption is a file name (IMG_1234.JPG)"
@@ -186,6 +234,9 @@ class CaptionRepeat(Filter):
     def drop(self, df, p):
         return _b(df["cap_max_repeat"] > p["max_repeat"])
 
+    def cut(self, df, p):
+        return Cut(_f(df["cap_max_repeat"]), p["max_repeat"], "max", "max_repeat", "longest run of one character")
+
 
 class CaptionNonprintable(Filter):
     name, doc = "caption_nonprintable", "more than max control/replacement characters"
@@ -215,6 +266,9 @@ class ImageSize(Filter):
     def drop(self, df, p):
         return _b(np.minimum(df["width"], df["height"]) < p["min_side"])
 
+    def cut(self, df, p):
+        return Cut(np.minimum(_f(df["width"]), _f(df["height"])), p["min_side"], "min", "min_side", "short side (px)")
+
 
 class Aspect(Filter):
     name, doc = "aspect", "long side more than max_aspect times the short side"
@@ -225,6 +279,11 @@ class Aspect(Filter):
         lo, hi = np.minimum(df["width"], df["height"]), np.maximum(df["width"], df["height"])
         return _b(hi > p["max_aspect"] * lo)
 
+    def cut(self, df, p):
+        w, h = _f(df["width"]), _f(df["height"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return Cut(np.maximum(w, h) / np.minimum(w, h), p["max_aspect"], "max", "max_aspect", "long / short side")
+
 
 class Blur(Filter):
     name, doc = "blur", "variance of the Laplacian under min_sharpness (at 128 px short side)"
@@ -233,6 +292,9 @@ class Blur(Filter):
 
     def drop(self, df, p):
         return _b(df["img_sharpness"] < p["min_sharpness"])
+
+    def cut(self, df, p):
+        return Cut(_f(df["img_sharpness"]), p["min_sharpness"], "min", "min_sharpness", "sharpness")
 
 
 class LowInformation(Filter):
@@ -243,6 +305,9 @@ class LowInformation(Filter):
     def drop(self, df, p):
         return _b(df["img_entropy"] < p["min_entropy"])
 
+    def cut(self, df, p):
+        return Cut(_f(df["img_entropy"]), p["min_entropy"], "min", "min_entropy", "entropy (bits)")
+
 
 class Grayscale(Filter):
     name, doc = "grayscale", "colourfulness under max_colorfulness (grayscale or nearly)"
@@ -251,6 +316,9 @@ class Grayscale(Filter):
 
     def drop(self, df, p):
         return _b(df["img_colorfulness"] < p["max_colorfulness"])
+
+    def cut(self, df, p):
+        return Cut(_f(df["img_colorfulness"]), p["max_colorfulness"], "min", "max_colorfulness", "colourfulness")
 
 
 class Pii(Filter):
@@ -279,10 +347,73 @@ class Alignment(Filter):
             out |= _b(s < np.nanpercentile(s.to_numpy(), p["min_percentile"]))
         return out
 
+    def cut(self, df, p):
+        s = _f(df["__score"])
+        at = [p["min"]] if p["min"] is not None else []
+        if p["min_percentile"] is not None and np.isfinite(s).any():
+            at.append(float(np.nanpercentile(s, p["min_percentile"])))
+        if not at:
+            return None
+        param = "min" if p["min"] is not None and at[0] == max(at) else "min_percentile"
+        return Cut(s, max(at), "min", param, "alignment score")
+
+
+class Column(Filter):
+    name = "column"
+    doc = ("any scalar column, user features too: drop rows under min, over max, not equal to equals or "
+           "not in `in`; a null value fails these tests; not_null = true drops null values alone")
+    params = {"column": None, "min": None, "max": None, "equals": None, "in": None, "not_null": False}
+    limits = {"column": Limit("name"), "min": Limit("number", optional=True), "max": Limit("number", optional=True),
+              "equals": Limit("value", optional=True), "in": Limit("values", optional=True), "not_null": Limit("bool")}
+    tests = ("min", "max", "equals", "in")
+
+    def reads(self, p):
+        return (p["column"],)
+
+    def drop(self, df, p):
+        s = df[p["column"]]
+        null = s.isna().to_numpy()
+        out = null.copy() if p["not_null"] or any(p[t] is not None for t in self.tests) else np.zeros(len(s), bool)
+        if p["min"] is not None:
+            out |= _b(s < p["min"])
+        if p["max"] is not None:
+            out |= _b(s > p["max"])
+        if p["equals"] is not None:
+            out |= ~_b(s == p["equals"])
+        if p["in"] is not None:
+            out |= ~s.isin(p["in"]).to_numpy()
+        return out
+
+    def cut(self, df, p):
+        if (p["min"] is None) == (p["max"] is None):  # none, or both: no single threshold
+            return None
+        side = "min" if p["min"] is not None else "max"
+        return Cut(_f(df[p["column"]]), p[side], side, side, p["column"])
+
+
+class Sql(Filter):
+    name = "sql"
+    doc = ("rows kept where the SQL condition `where` is true (DataFusion, as Lance filters read it: "
+           "any column, functions, AND/OR); false or null drops the row")
+    params = {"where": None}
+    limits = {"where": Limit("sql")}
+
+    def reads(self, p):
+        return ()  # the condition's columns are found on the lake (graph.where_columns), see _reads
+
+    def drop(self, df, p):
+        # The condition runs on the very version the frame was read from, as a Lance filter.
+        ds = df.attrs["dataset"]
+        passed = ds.to_table(columns=[], filter=p["where"], with_row_address=True).column("_rowaddr").to_numpy()
+        return ~np.isin(df["__rowaddr"].to_numpy(), passed)
+
 
 FILTERS: dict[str, Filter] = {f.name: f() for f in (
     IngestError, Duplicate, CaptionMissing, CaptionLength, CaptionFilename, CaptionUrl, CaptionBoilerplate,
-    CaptionRepeat, CaptionNonprintable, Language, ImageSize, Aspect, Blur, LowInformation, Grayscale, Pii, Alignment)}
+    CaptionRepeat, CaptionNonprintable, Language, ImageSize, Aspect, Blur, LowInformation, Grayscale, Pii, Alignment,
+    Column, Sql)}
+# Signal columns a generic step may name, and the producers that make them.
+_NEEDS_BY_COLUMN = {c: f.needs for f in FILTERS.values() for c in f.columns if f.needs}
 
 
 # --------------------------------------------------------------------------- recipes
@@ -300,19 +431,41 @@ class Recipe:
     embedding: str | None = None
     redact: bool = False
     source: str = "<dict>"
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set for this run: in the hash and the tag
 
     def canonical(self) -> dict[str, Any]:
-        return {"name": self.name, "embedding": self.embedding, "redact": self.redact,
-                "steps": [asdict(s) for s in self.steps]}
+        out = {"name": self.name, "embedding": self.embedding, "redact": self.redact,
+               "steps": [asdict(s) for s in self.steps]}
+        if self.overrides:  # absent otherwise, so a recipe's hash is what it was before --set existed
+            out["set"] = self.overrides
+        return out
+
+    @property
+    def tag_prefix(self) -> str:
+        return f"{self.name}-{'set-' if self.overrides else ''}{self.hash}-v"
 
     @property
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def load_recipe(recipe: str | Path | Mapping[str, Any]) -> Recipe:
+def _toml() -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib
+
+
+def load_recipe(recipe: str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Recipe:
     """A recipe from a TOML file or a dict, checked: unknown filters or parameters are errors
-    naming the step and the valid choices."""
+    naming the step and the valid choices.
+
+    ``overrides`` change parameters for one run, ``{"alignment.min_percentile": 20}``: the key is
+    a step (its filter name, its reason, or its number from 1) and a parameter, or ``embedding``.
+    They are checked like the file's own values and recorded in the recipe (its hash, provenance
+    and tag name), so an overridden run never passes for the recipe as written.
+    """
     if isinstance(recipe, Mapping):
         raw, source = dict(recipe), "<dict>"
     else:
@@ -322,15 +475,13 @@ def load_recipe(recipe: str | Path | Mapping[str, Any]) -> Recipe:
         if not path.is_file():
             raise LakeError(f"recipe '{path}' not found; pass a TOML file or a built-in recipe: "
                             f"{', '.join(sorted(p.stem for p in BUILTIN.glob('*.toml')))}")
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            import tomli as tomllib
+        tomllib = _toml()
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise LakeError(f"recipe '{path}' is not valid TOML: {exc}") from None
         source = str(path)
+    sets = _apply_overrides(raw, dict(overrides or {}), source)
     unknown = set(raw) - {"name", "embedding", "step", "steps", "privacy"}
     if unknown:
         raise LakeError(f"recipe {source}: unknown keys {sorted(unknown)}; use name, embedding, [[step]], [privacy]")
@@ -367,6 +518,7 @@ def load_recipe(recipe: str | Path | Mapping[str, Any]) -> Recipe:
         if fname == "caption_length" and params["min_words"] > params["max_words"]:
             raise LakeError(f"recipe {source}, step {k} ({fname}): min_words = {params['min_words']} is more than "
                             f"max_words = {params['max_words']}; every caption would fail")
+        _check_generic(f, params, f"recipe {source}, step {k} ({fname})")
         steps.append(Step(fname, reason, params))
     if not steps:
         raise LakeError(f"recipe {source} has no [[step]]; add at least one filter")
@@ -376,7 +528,64 @@ def load_recipe(recipe: str | Path | Mapping[str, Any]) -> Recipe:
     redact = privacy.get("redact", False)
     if not isinstance(redact, bool):
         raise LakeError(f"recipe {source}: [privacy] redact = {redact!r} must be true or false")
-    return Recipe(name, steps, embedding, redact, source)
+    return Recipe(name, steps, embedding, redact, source, sets)
+
+
+def _check_generic(f: Filter, params: dict[str, Any], where: str) -> None:
+    """The parameters of the generic steps that cannot be checked one by one."""
+    if f.name == "column":
+        if params["column"] is None:
+            raise LakeError(f'{where}: name the column to test, e.g. column = "aesthetic"')
+        if not params["not_null"] and all(params[t] is None for t in Column.tests):
+            raise LakeError(f"{where}: give at least one test: min, max, equals, in or not_null = true")
+        if params["min"] is not None and params["max"] is not None and params["min"] > params["max"]:
+            raise LakeError(f"{where}: min = {params['min']} is more than max = {params['max']}; every row would fail")
+    if f.name == "sql":
+        if params["where"] is None:
+            raise LakeError(f'{where}: give the condition rows must meet to be kept, e.g. where = "aesthetic > 4.5"')
+        from lakecurate.sqlcheck import check_where
+
+        check_where(params["where"], lead=f"{where}: where = {params['where']!r} is not one SQL condition")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"alignment.min_percentile=20"`` -> ``("alignment.min_percentile", 20)``: the value is read
+    as TOML (numbers, true/false, ``["en", "de"]``, quoted strings), else taken as a plain string."""
+    tomllib = _toml()
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise LakeError(f"--set {text!r}: write STEP.PARAM=VALUE, e.g. --set alignment.min_percentile=20")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip(), parsed
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """Apply ``overrides`` to the raw recipe in place; the applied ones, keyed as given."""
+    steps = raw.get("step", raw.get("steps", []))
+    for key, value in overrides.items():
+        if key == "embedding":
+            raw["embedding"] = value
+            continue
+        target, dot, param = key.rpartition(".")
+        if not dot or not target or not param:
+            raise LakeError(f"--set {key}={value!r}: name a step and a parameter, e.g. alignment.min_percentile "
+                            f"(or embedding)")
+        if not isinstance(steps, list):
+            break  # load_recipe names the malformed steps
+        hits = [k for k, st in enumerate(steps, 1) if isinstance(st, Mapping)
+                and (target == str(k) or target in (st.get("filter"), st.get("reason")))]
+        if not hits:
+            have = ", ".join(f"{k} {st.get('filter')}" + (f" ({st['reason']})" if st.get("reason") else "")
+                             for k, st in enumerate(steps, 1) if isinstance(st, Mapping))
+            raise LakeError(f"--set {key}: recipe {source} has no step {target!r}; its steps: {have}")
+        if len(hits) > 1:
+            raise LakeError(f"--set {key}: steps {', '.join(map(str, hits))} of recipe {source} are all {target!r}; "
+                            f"name one by its number, e.g. --set {hits[0]}.{param}=...")
+        steps[hits[0] - 1] = {**steps[hits[0] - 1], param: value}
+    return dict(sorted(overrides.items()))
 
 
 # --------------------------------------------------------------------------- the stage
@@ -395,6 +604,9 @@ class CurateReport:
     unjudged: int = 0  # rows that arrived while this run worked: keep stays null (not kept) until the next run
     nothing_to_do: bool = False
     seconds: float = 0.0
+    dry_run: bool = False  # decided, nothing written (no signals computed, no columns, no tag)
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set for this run
+    steps: list[StepView] = field(default_factory=list)  # a dry run's per-step detail (explain)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -519,25 +731,242 @@ def _already_done(lake: "Store", rec: Recipe, prefix: str) -> tuple[str, "lance.
     return tag, ds
 
 
+def _needs(rec: Recipe) -> set[str]:
+    """The producers the steps need: their own, and for generic steps, those of the signal
+    columns they name (a ``column`` step on ``img_sharpness`` needs the image signals)."""
+    out: set[str] = set()
+    for s in rec.steps:
+        f = FILTERS[s.filter]
+        out |= set(f.needs)
+        named = list(f.reads(s.params)) + (where_columns(s.params["where"], list(_NEEDS_BY_COLUMN)) if s.filter == "sql" else [])
+        for c in named:
+            out |= set(_NEEDS_BY_COLUMN.get(c, ()))
+    return out
+
+
+def _reads(rec: Recipe, names: list[str]) -> set[str]:
+    """Lake columns the steps read (an SQL condition's: the lake's column names it mentions)."""
+    out: set[str] = set()
+    for s in rec.steps:
+        out |= set(FILTERS[s.filter].reads(s.params))
+        if s.filter == "sql":
+            out |= set(where_columns(s.params["where"], names))
+    return out
+
+
+_SCALAR = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string,
+           pa.types.is_large_string, pa.types.is_decimal, pa.types.is_temporal)
+
+
+def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
+    """The generic steps against the lake, before anything is written: their columns exist and
+    hold values their tests can compare; an SQL condition plans on the table."""
+    schema = ds.schema
+    for k, step in enumerate(rec.steps, 1):
+        where = f"recipe {rec.source}, step {k} ({step.filter})"
+        p = step.params
+        if step.filter == "sql":
+            if {"keep", "drop_reason"} & set(where_columns(p["where"], ["keep", "drop_reason"])):
+                raise LakeError(f"{where}: where = {p['where']!r} reads keep/drop_reason, which curate writes; "
+                                f"test the columns they are made from")
+            check_where(p["where"], ds=ds, lead=f"{where}: where = {p['where']!r} cannot select rows of lake "
+                                                f"'{lake.uri}'")
+        if step.filter != "column":
+            continue
+        name = p["column"]
+        if name in ("keep", "drop_reason"):
+            raise LakeError(f"{where}: column = {name!r} is what curate writes; test the columns it is made from")
+        if name not in schema.names:
+            if name in _NEEDS_BY_COLUMN:  # a signal curate computes on the way
+                continue
+            near = difflib.get_close_matches(name, schema.names, n=3)
+            raise LakeError(f"{where}: lake '{lake.uri}' has no column {name!r}"
+                            + (f" (did you mean {', '.join(near)}?)" if near else "")
+                            + f"; add a feature of your own with: lakecurate feature add {lake.uri} {name} --udf ...")
+        typ = schema.field(name).type
+        if not any(is_(typ) for is_ in _SCALAR):
+            raise LakeError(f"{where}: column {name!r} holds {typ}, not one value per row; test a scalar column")
+        numeric = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)
+        if (p["min"] is not None or p["max"] is not None) and not numeric:
+            raise LakeError(f"{where}: min/max need numbers, but column {name!r} holds {typ}; use equals or in")
+        for t in ("equals", "in"):
+            values = p[t] if isinstance(p[t], list) else ([] if p[t] is None else [p[t]])
+            for v in values:
+                fits = (isinstance(v, bool) if pa.types.is_boolean(typ) else
+                        (isinstance(v, (int, float)) and not isinstance(v, bool)) if numeric else
+                        isinstance(v, str) if (pa.types.is_string(typ) or pa.types.is_large_string(typ)) else True)
+                if not fits:
+                    raise LakeError(f"{where}: {t} = {p[t]!r} cannot equal a value of column {name!r} ({typ})")
+
+
+@dataclass
+class StepView:
+    """What one step does on a lake version (a dry run, the report): its drops, examples, and for
+    a step with one threshold, the rows either side of the cut and the kept rows at other cuts."""
+
+    reason: str
+    filter: str
+    params: dict[str, Any]
+    dropped: int
+    share: float
+    examples: list[dict[str, Any]] = field(default_factory=list)  # first dropped rows: id, key, caption, value
+    cut: dict[str, Any] | None = None  # param, at, side, label
+    below: list[dict[str, Any]] = field(default_factory=list)  # failing rows nearest the cut
+    above: list[dict[str, Any]] = field(default_factory=list)  # passing rows nearest the cut
+    whatif: list[dict[str, Any]] = field(default_factory=list)  # cut -> share judged below, dropped here, kept in all
+
+
+@dataclass
+class Decisions:
+    alive: np.ndarray
+    reason: np.ndarray
+    fails: list[np.ndarray]  # per step, on every row (not only those earlier steps left)
+    cuts: list[Cut | None]
+    dropped: dict[str, int]
+
+
+def _decide(df: pd.DataFrame, rec: Recipe, emb_prov: dict | None) -> Decisions:
+    """The recipe's steps on a frame of the columns they read: keep, the first failing step's reason."""
+    n = len(df)
+    reason = np.full(n, None, dtype=object)
+    alive = np.ones(n, bool)
+    fails, cuts, dropped = [], [], {}
+    for step in rec.steps:
+        params = _effective(step, emb_prov)
+        f = FILTERS[step.filter]
+        fail = np.asarray(f.drop(df, params), dtype=bool)
+        hit = fail & alive
+        reason[hit] = step.reason
+        alive &= ~hit
+        dropped[step.reason] = dropped.get(step.reason, 0) + int(hit.sum())
+        fails.append(fail)
+        cuts.append(f.cut(df, params))
+    return Decisions(alive, reason, fails, cuts, dropped)
+
+
+def _effective(step: Step, emb_prov: dict | None) -> dict[str, Any]:
+    params = dict(step.params)
+    if step.filter == "alignment" and params["min"] is None and params["min_percentile"] is None:
+        params["min"] = ALIGNMENT_MIN.get(((emb_prov or {}).get("config") or {}).get("family", "open_clip"), 0.28)
+    return params
+
+
+WHATIF_QUANTILES = {"min": (1, 2, 5, 10, 20, 30, 40, 50), "max": (50, 60, 70, 80, 90, 95, 98, 99)}
+
+
+def explain(df: pd.DataFrame, rec: Recipe, dec: Decisions, *, examples: int = 3, near: int = 6) -> list[StepView]:
+    """Per step: rows dropped, the first examples, and for a thresholded step the rows just below
+    and just above the cut and the kept rows at other cuts (every other step unchanged).
+
+    ``df`` holds ``id`` and the columns the steps read, as :func:`_decide` saw them."""
+    n = len(df)
+    ids = df["id"].to_numpy(dtype=object)
+    ok = [~f for f in dec.fails]
+    out = []
+    for k, (step, fail, cut) in enumerate(zip(rec.steps, dec.fails, dec.cuts)):
+        before = np.logical_and.reduce(ok[:k]) if k else np.ones(n, bool)
+        others = np.logical_and.reduce(ok[:k] + ok[k + 1:]) if len(ok) > 1 else np.ones(n, bool)
+        hit = fail & before
+        view = StepView(step.reason, step.filter, dict(step.params), int(hit.sum()), float(hit.mean()) if n else 0.0)
+        value = cut.values if cut is not None else None
+        view.examples = [_row(ids, value, i) for i in np.flatnonzero(hit)[:examples]]
+        if cut is not None:
+            view.cut = {"param": cut.param, "at": float(cut.at), "side": cut.side, "label": cut.label}
+            fixed = fail & ~cut.fails(cut.at)  # dropped whatever the cut (e.g. no score at all)
+            judged = before & np.isfinite(value) & ~fixed
+            vals = value[judged]
+            if len(vals):
+                failing = judged & cut.fails(cut.at)
+                passing = judged & ~cut.fails(cut.at)
+                # nearest the cut first: the highest failing and lowest passing values for a "min" cut
+                sign = 1 if cut.side == "min" else -1
+                fi, pi = np.flatnonzero(failing), np.flatnonzero(passing)
+                view.below = [_row(ids, value, i) for i in fi[np.argsort(-sign * value[fi], kind="stable")][:near]]
+                view.above = [_row(ids, value, i) for i in pi[np.argsort(sign * value[pi], kind="stable")][:near]]
+                grid = np.percentile(vals, WHATIF_QUANTILES[cut.side])
+                if np.all(vals == np.round(vals)):
+                    grid = np.round(grid)
+                for at in np.unique(np.append(grid, cut.at)):
+                    f = fixed | cut.fails(at)
+                    view.whatif.append({"cut": float(at), "judged_below": float((vals < at).mean()),
+                                        "dropped": int((f & before).sum()), "kept": int((others & ~f).sum()),
+                                        "current": bool(at == cut.at)})
+        out.append(view)
+    return out
+
+
+def _row(ids: np.ndarray, value: np.ndarray | None, i: int) -> dict[str, Any]:
+    v = None if value is None or not np.isfinite(value[i]) else float(value[i])
+    return {"id": ids[i], "value": v}
+
+
+def _attach(ds: "lance.LanceDataset", views: list[StepView], cols: tuple[str, ...] = ("key", "caption")) -> None:
+    """Fill ``key`` and ``caption`` of the rows the views name (one read of those rows only)."""
+    want = {r["id"] for v in views for r in v.examples + v.below + v.above}
+    if not want:
+        return
+    quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in sorted(want))
+    got = {r["id"]: r for r in ds.to_table(columns=["id", *cols], filter=f"id IN ({quoted})").to_pylist()}
+    for v in views:
+        for r in v.examples + v.below + v.above:
+            r.update({c: got.get(r["id"], {}).get(c) for c in cols})
+
+
+def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[int]) -> tuple[pa.Table, pd.DataFrame]:
+    """The columns the steps read at ``ds``'s version, without rows of ``late`` fragments (their
+    signals are not computed yet: left undecided), as an Arrow table (with ``_rowaddr``) and a frame."""
+    tbl = ds.to_table(columns=sorted(read), with_row_address=True)
+    if late:
+        tbl = tbl.filter(pa.array(~np.isin(tbl.column("_rowaddr").to_numpy() >> 32, np.fromiter(late, np.int64))))
+    df = tbl.drop_columns(["_rowaddr"]).to_pandas()
+    df["__rowaddr"] = tbl.column("_rowaddr").to_numpy()
+    df.attrs["dataset"] = ds  # the sql step runs its condition on this very version
+    if emb is not None:
+        df["__score"] = df[embedding_columns(emb)["score"]]
+    return tbl, df
+
+
+def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
+    """A dry run computes nothing: inputs the lake lacks are named with the command that makes them."""
+    commands = {CAPTION: f"lakecurate signals {lake.uri}", IMAGE: f"lakecurate signals {lake.uri}",
+                DEDUP: f"lakecurate dedup {lake.uri}"}
+    missing = sorted(c for c in read if c not in ds.schema.names)
+    if missing:
+        run = sorted({commands[n] for n in needs if n in commands})
+        raise LakeError(f"a dry run writes nothing, and lake '{lake.uri}' lacks {', '.join(missing)}; "
+                        f"compute {'them' if len(missing) > 1 else 'it'} first"
+                        + (f" ({'; '.join(run)})" if run else "") + ", or run curate without --dry-run")
+
+
 def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: bool | None = None,
-           produce: Produce | None = None) -> CurateReport:
+           produce: Produce | None = None, dry_run: bool = False,
+           overrides: Mapping[str, Any] | None = None) -> CurateReport:
     """Apply a recipe: compute missing signals, write ``keep``/``drop_reason``, tag the version.
 
     Every decision is made on one version of the lake; rows appended meanwhile keep a null ``keep``
     (not kept) and are the next run's work. The tag names exactly the version this run committed,
     checked to hold this recipe's provenance and decisions (a concurrent curate makes it redo).
 
+    ``dry_run``: decide on the latest version and report each step's drops, examples, the rows
+    either side of each cut and kept rows at other cuts (``report.steps``), writing nothing (no
+    signal is computed: a missing one is an error naming its command). ``overrides``: parameters
+    for this run, ``{"alignment.min_percentile": 20}`` (see :func:`load_recipe`).
+
     Example::
 
         report = lake.curate("recipes/basic.toml")
         report.dropped                      # {'ingest_error': 3, 'caption_length': 12, ...}
-        lake.to_pandas(["key"], where="keep", version=report.tag)
+        lake.dataset(report.tag).to_table(columns=["key"], filter="keep").to_pandas()
+        lake.curate("basic", dry_run=True, overrides={"alignment.min_percentile": 20}).steps
     """
     t0 = time.perf_counter()
-    rec = load_recipe(recipe)
-    report = CurateReport(lake=lake.uri, recipe=rec.name, recipe_hash=rec.hash)
-    prefix = f"{rec.name}-{rec.hash}-v"
-    done = _already_done(lake, rec, prefix)
+    rec = load_recipe(recipe, overrides)
+    report = CurateReport(lake=lake.uri, recipe=rec.name, recipe_hash=rec.hash, overrides=rec.overrides, dry_run=dry_run)
+    prefix = rec.tag_prefix
+    needs = _needs(rec)
+    ds = lake.dataset()
+    _check_steps(lake, ds, rec)
+    done = None if dry_run else _already_done(lake, rec, prefix)
     if done is not None:  # same recipe, nothing changed since
         tag, ds = done
         by = Counter(ds.to_table(columns=["drop_reason"]).column(0).to_pylist())
@@ -548,14 +977,21 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         report.seconds = time.perf_counter() - t0
         return report
 
-    needs = {n for s in rec.steps for n in FILTERS[s.filter].needs}
     emb, emb_prov = _embedding(lake, rec) if EMBEDDING in needs or (DEDUP in needs and rec.embedding) else (None, None)
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
+    if dry_run:
+        read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
+        _missing_for_dry_run(lake, ds, needs, read)
+        _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}))
+        dec = _decide(df, rec, emb_prov)
+        report.steps = explain(df, rec, dec)
+        _attach(ds, report.steps)
+        report.dropped, report.rows, report.kept, report.version = dec.dropped, len(df), int(dec.alive.sum()), ds.version
+        report.unjudged = ds.count_rows() - len(df)
+        report.seconds = time.perf_counter() - t0
+        return report
     report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce)
-    inputs = {c for s in rec.steps for c in FILTERS[s.filter].columns if c not in PAIRS_SCHEMA.names}
-    if emb is not None and EMBEDDING in needs:
-        inputs.add(embedding_columns(emb)["score"])
     fields = [pa.field("keep", pa.bool_()), pa.field("drop_reason", pa.string())]
     problem = None
     for attempt in range(ATTEMPTS):
@@ -563,31 +999,16 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
             time.sleep(random.uniform(0.1, 0.5) * attempt)
             report.computed += [c for c in _compute_inputs(lake, rec, needs, emb, progress, produce) if c not in report.computed]
         ds = lake.dataset()  # this round's decisions are all made on this one version
-        read = {"id"} | {c for s in rec.steps for c in FILTERS[s.filter].columns} | ({embedding_columns(emb)["score"]} if emb else set())
-        read |= {c for c in ("keep", "drop_reason") if c in ds.schema.names}
-        tbl = ds.to_table(columns=sorted(read), with_row_address=True)
-        # Rows that arrived after the signals were computed are left undecided (null keep: not kept).
-        late = _unfilled(ds, inputs)
-        if late:
-            tbl = tbl.filter(pa.array(~np.isin(tbl.column("_rowaddr").to_numpy() >> 32, np.fromiter(late, np.int64))))
-        df = tbl.drop_columns(["_rowaddr"]).to_pandas()
-        if emb is not None:
-            df["__score"] = df[embedding_columns(emb)["score"]]
-        n = len(df)
-        reason = np.full(n, None, dtype=object)
-        alive = np.ones(n, bool)
-        report.dropped = {}
-        for step in rec.steps:
-            params = dict(step.params)
-            if step.filter == "alignment" and params["min"] is None and params["min_percentile"] is None:
-                params["min"] = ALIGNMENT_MIN.get(emb_prov["config"].get("family", "open_clip"), 0.28)
-            hit = FILTERS[step.filter].drop(df, params) & alive
-            reason[hit] = step.reason
-            alive &= ~hit
-            report.dropped[step.reason] = report.dropped.get(step.reason, 0) + int(hit.sum())
+        read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
+        inputs = read - set(PAIRS_SCHEMA.names) - {"id"}
+        tbl, df = _frame(ds, read | {c for c in ("keep", "drop_reason") if c in ds.schema.names}, emb,
+                         _unfilled(ds, inputs))
+        dec = _decide(df, rec, emb_prov)
+        alive, reason, n = dec.alive, dec.reason, len(df)
+        report.dropped = dec.dropped
 
         prov = columns.provenance("curate", {"recipe": rec.canonical(), "hash": rec.hash, "source": rec.source},
-                                  sorted(read - {"keep", "drop_reason", "id"}), ds.version)
+                                  sorted(read - {"id"}), ds.version)
         # keep/drop_reason are the lake's *current* curation: another recipe replaces them (metadata
         # only), while each recipe's result stays reachable through its tag.
         pinned = columns.field_provenance(ds.schema.field("keep")) if "keep" in ds.schema.names else None

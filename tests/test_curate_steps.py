@@ -1,0 +1,199 @@
+"""Generic recipe steps (column, sql) over user features, dry runs with what-ifs, --set overrides."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError, feature
+from lakecurate.cli import main
+from lakecurate.columns import field_provenance
+from lakecurate.curate import load_recipe, parse_override
+
+
+@feature(inputs=["caption"], type="int32")
+def cap_len(batch):
+    return pc.utf8_length(batch["caption"])
+
+
+RECIPE = """
+name = "generic"
+
+[[step]]
+filter = "ingest_error"
+
+[[step]]
+filter = "column"
+column = "cap_len"
+min = 20
+reason = "short"
+
+[[step]]
+filter = "sql"
+where = "width >= 100 AND caption NOT LIKE '%brick%'"
+reason = "by_rule"
+
+[[step]]
+filter = "alignment"
+min_percentile = 20
+"""
+
+
+@pytest.fixture
+def featured(sample_lake_embedded: Lake, tmp_path: Path) -> tuple[Lake, Path]:
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.add_feature("cap_len", cap_len, progress=False)
+    recipe = tmp_path / "generic.toml"
+    recipe.write_text(RECIPE)
+    return lake, recipe
+
+
+def reasons_at(lake: Lake, ref) -> dict[str, str | None]:
+    t = lake.dataset(ref).to_table(columns=["id", "drop_reason"])
+    return dict(zip(t.column("id").to_pylist(), t.column("drop_reason").to_pylist()))
+
+
+def expected_reasons(lake: Lake, version: int, min_len: int = 20, pct: float = 20) -> dict[str, str | None]:
+    """The recipe's decisions computed here with pandas, independently of curate."""
+    df = lake.dataset(version).to_table(columns=["id", "ingest_status", "cap_len", "width", "caption",
+                                                 "clip_tinyrandom_score"]).to_pandas()
+    cut = np.nanpercentile(df["clip_tinyrandom_score"].astype(float), pct)
+    out = {}
+    for r in df.itertuples():
+        if r.ingest_status == "error":
+            out[r.id] = "ingest_error"
+        elif r.cap_len != r.cap_len or r.cap_len is None or r.cap_len < min_len:  # null fails min
+            out[r.id] = "short"
+        elif not (r.width is not None and r.width >= 100 and r.caption is not None and "brick" not in r.caption):
+            out[r.id] = "by_rule"
+        elif not r.clip_tinyrandom_score >= cut:
+            out[r.id] = "alignment"
+        else:
+            out[r.id] = None
+    return out
+
+
+def test_column_and_sql_steps_decide_on_a_user_feature(featured):
+    lake, recipe = featured
+    rep = lake.curate(recipe, progress=False)
+    got = reasons_at(lake, rep.tag)
+    want = expected_reasons(lake, rep.version)
+    assert got == want
+    assert {"short", "by_rule", "alignment"} <= set(want.values())  # every generic step dropped something
+    prov = field_provenance(lake.dataset().schema.field("keep"))
+    # the feature and the condition's columns are inputs: the graph knows curate read them
+    assert {"cap_len", "width", "caption"} <= set(prov["source_columns"])
+
+
+def test_dry_run_writes_nothing_and_matches_the_real_run(featured):
+    lake, recipe = featured
+    before = lake.dataset().version
+    dry = lake.curate(recipe, dry_run=True, progress=False)
+    assert dry.dry_run and lake.dataset().version == before and "keep" not in lake.dataset().schema.names
+    assert not lake.dataset().tags.list()
+    real = lake.curate(recipe, progress=False)
+    assert dry.dropped == real.dropped and dry.kept == real.kept and dry.rows == real.rows
+
+    short = next(v for v in dry.steps if v.reason == "short")
+    assert short.cut["at"] == 20 and short.cut["side"] == "min"
+    assert all(r["value"] < 20 for r in short.below) and all(r["value"] >= 20 for r in short.above)
+    # nearest the cut first, and each named row with its key and caption
+    assert [r["value"] for r in short.below] == sorted((r["value"] for r in short.below), reverse=True)
+    assert [r["value"] for r in short.above] == sorted(r["value"] for r in short.above)
+    assert all(r["key"] and r["caption"] is not None for r in short.above)
+    current = next(w for w in short.whatif if w["current"])
+    assert current["kept"] == real.kept and current["dropped"] == real.dropped["short"]
+    # each other cut's kept count is what a real run with that cut keeps
+    other = next(w for w in short.whatif if not w["current"] and w["kept"] != real.kept)
+    rerun = lake.curate(recipe, overrides={"short.min": other["cut"]}, progress=False)
+    assert rerun.kept == other["kept"]
+    assert sum(r is None for r in expected_reasons(lake, rerun.version, min_len=other["cut"]).values()) == other["kept"]
+
+
+def test_set_is_recorded_in_provenance_and_tag(featured):
+    lake, recipe = featured
+    plain = lake.curate(recipe, progress=False)
+    assert "-set-" not in plain.tag
+    rep = lake.curate(recipe, overrides={"alignment.min_percentile": 40, "2.min": 25}, progress=False)
+    assert rep.tag.startswith("generic-set-") and rep.recipe_hash != plain.recipe_hash
+    cfg = field_provenance(lake.dataset().schema.field("keep"))["config"]["recipe"]
+    assert cfg["set"] == {"2.min": 25, "alignment.min_percentile": 40}
+    assert [s["params"].get("min_percentile") for s in cfg["steps"] if s["filter"] == "alignment"] == [40]
+    want = expected_reasons(lake, rep.version, min_len=25, pct=40)
+    got = reasons_at(lake, rep.tag)
+    assert got == want
+    # a recipe without --set keeps the hash it always had
+    assert load_recipe(recipe).hash == load_recipe(recipe, {}).hash == plain.recipe_hash
+
+
+@pytest.mark.parametrize("text,value", [("a.b=20", 20), ("a.b=0.5", 0.5), ("a.b=true", True),
+                                        ('a.b=["en", "de"]', ["en", "de"]), ("a.b=cap_len", "cap_len"),
+                                        ("a.b=width > 3 AND height > 3", "width > 3 AND height > 3")])
+def test_parse_override(text, value):
+    assert parse_override(text) == ("a.b", value)
+
+
+@pytest.mark.parametrize("overrides,step,match", [
+    ({"nope.min": 3}, None, "has no step 'nope'; its steps: 1 ingest_error, 2 column"),
+    ({"short.mn": 3}, None, r"unknown parameters \['mn'\]"),
+    ({"short.min": "x"}, None, "min = 'x' is not allowed"),
+    ({}, 'filter = "column"\ncolumn = "cap_lenn"\nmin = 3', r"no column 'cap_lenn' \(did you mean cap_len\?\)"),
+    ({}, 'filter = "column"\ncolumn = "caption"\nmin = 3', "min/max need numbers"),
+    ({}, 'filter = "column"\ncolumn = "width"\nequals = "wide"', "cannot equal a value of column 'width'"),
+    ({}, 'filter = "column"\ncolumn = "clip_tinyrandom_image"\nnot_null = true', "not one value per row"),
+    ({}, 'filter = "column"\ncolumn = "width"', "give at least one test"),
+    ({}, 'filter = "column"\ncolumn = "keep"\nnot_null = true', "what curate writes"),
+    ({}, 'filter = "sql"\nwhere = "nosuch > 3"', "No field named nosuch"),
+    ({}, 'filter = "sql"\nwhere = "width > 3; DROP TABLE pairs"', "give exactly one"),
+    ({}, 'filter = "sql"\nwhere = "width + 3"', "not true or false"),
+    ({}, 'filter = "sql"\nwhere = "keep AND width > 3"', "reads keep/drop_reason"),
+])
+def test_bad_generic_steps_and_overrides_write_nothing(featured, overrides, step, match):
+    lake, recipe = featured
+    if step:
+        recipe.write_text(RECIPE + f"\n[[step]]\n{step}\n")
+    before = lake.dataset().version
+    with pytest.raises(LakeError, match=match):
+        lake.curate(recipe, overrides=overrides, progress=False)
+    with pytest.raises(LakeError, match=match):
+        lake.curate(recipe, overrides=overrides, dry_run=True, progress=False)
+    assert lake.dataset().version == before
+
+
+def test_ambiguous_override_asks_for_a_number(tmp_path: Path):
+    r = {"step": [{"filter": "column", "column": "a", "min": 1}, {"filter": "column", "column": "b", "min": 2}]}
+    with pytest.raises(LakeError, match=r"steps 1, 2 .* are all 'column'; name one by its number, e.g. --set 1.min"):
+        load_recipe(r, {"column.min": 3})
+    assert load_recipe(r, {"2.min": 3}).steps[1].params["min"] == 3
+
+
+def test_dry_run_needs_signals_it_cannot_compute(sample_lake_embedded: Lake, tmp_path: Path):
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    before = lake.dataset().version
+    with pytest.raises(LakeError, match=r"a dry run writes nothing, and lake .* lacks img_sharpness.*lakecurate signals"):
+        lake.curate({"step": [{"filter": "column", "column": "img_sharpness", "min": 10}]}, dry_run=True)
+    assert lake.dataset().version == before
+    # the real run computes the signal a column step names, as a named filter would
+    rep = lake.curate({"step": [{"filter": "column", "column": "img_sharpness", "min": 10}]}, progress=False)
+    assert "image signals" in rep.computed and rep.dropped["column"] >= 1
+
+
+def test_cli_dry_run_and_set(featured):
+    lake, recipe = featured
+    run = CliRunner().invoke(main, ["curate", lake.uri, str(recipe), "--dry-run", "--set", "short.min=25"])
+    assert run.exit_code == 0, run.output
+    assert "nothing written" in run.output and "would keep" in run.output
+    assert "short: drops cap_len under 25 (min)" in run.output and "just failing" in run.output
+    assert "overrides: short.min=25" in run.output
+    assert "keep" not in lake.dataset().schema.names
+    js = CliRunner().invoke(main, ["curate", lake.uri, str(recipe), "--dry-run", "--json"])
+    data = json.loads(js.output)
+    assert data["dry_run"] and [s["reason"] for s in data["steps"]] == ["ingest_error", "short", "by_rule", "alignment"]
+    bad = CliRunner().invoke(main, ["curate", lake.uri, str(recipe), "--set", "min_percentile"])
+    assert bad.exit_code != 0 and "write STEP.PARAM=VALUE" in bad.output and "Traceback" not in bad.output
