@@ -227,9 +227,35 @@ _PII = ("contact me at {user}@example.com", "call {phone} for prints", "{user}.s
         "whatsapp {phone}", "bookings: {user}@photos.example.net / {phone}")
 
 
+# Number-like strings that are not phone numbers (scores, sizes, ISBNs, dates, prices, ...): a PII
+# detector must flag none (tests/test_signals.py, scripts/eval_pii.py).
+NOT_PHONES = (
+    "runner number 1234567", "scores 3-2-1 then 10-20-30-40", "ISBN 978-3-16-148410-0", "ISBN 0-306-40615-2",
+    "isbn 0306406152", "978-0-596-52068-7", "taken on 2023-10-05", "shot 12/05/2021 at dusk", "2021.05.12 14:32:10",
+    "price $1,299.99", "only 1.234.567 EUR", "population 1,250,000", "1920x1080 wallpaper", "30 x 40 x 50 cm",
+    "10:30-11:45", "open 9-17 mon-fri", "zip 90210", "1999-2004 tour", "version 3.14.159", "flight 1234 to rome",
+    "serial no. 4711-0815", "GPS 48.8584, 2.2945", "lot 12 34 56", "order #20231005-77", "bib 4412 finished 2:03:45",
+    "room 1204, floor 12", "ph 7.4 water", "iso 3200 f/2.8 1/250s", "model DSC-RX100 VII", "1080p60 4k30",
+)
+# Real-format phone numbers from several regions (numbering plans as libphonenumber knows them),
+# written as people write them: with a country code, or in the national format of their region.
+REAL_PHONES = {
+    "US": ("+1 650-253-0000", "(212) 736-3100", "415.723.4000", "+1 (312) 567-3000"),
+    "GB": ("+44 20 7946 0018", "020 7031 3000", "+44 161 306 6000", "0131 496 0000"),
+    "DE": ("+49 30 303986300", "030 1234567", "+49 89 21040", "030/1234567", "+49 (0)30 1234567"),
+    "FR": ("+33 1 42 68 53 00", "01 42 68 53 00", "+33 4 91 14 25 00"),
+    "IN": ("+91 80 6721 8000", "+91 98450 12345", "080 2293 2000"),
+    "JP": ("+81 3-6384-9000", "03-3224-5000"),
+    "BR": ("+55 11 2395-8400", "(11) 3095-5000"),
+    "AU": ("+61 2 9374 4000", "(02) 9374 4000"),
+}
+
+
 def _fake_phone(rng: random.Random) -> str:
-    return rng.choice(["+1 (555) {a}-{b}", "555-{a}-{b}", "+44 20 7946 {b}", "(555) {a} {b}", "+49 30 {a}{b}"]).format(
-        a=rng.randint(100, 999), b=rng.randint(1000, 9999))
+    """A phone number in a real format (valid in its numbering plan), random subscriber digits."""
+    return rng.choice(["+1 (212) {a}-{b}", "(650) {a}-{b}", "+44 20 7946 {b}", "+49 30 {a}{b}", "+33 1 42 {c} {d} {e}"]).format(
+        a=rng.randint(200, 999), b=rng.randint(1000, 9999), c=rng.randint(10, 99), d=rng.randint(10, 99),
+        e=rng.randint(10, 99))
 
 
 def plant_junk(

@@ -59,8 +59,14 @@ _FILENAME = re.compile(
 _URL = re.compile(r"(?:https?://|www\.)\S+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|co|uk|de|fr|info|biz|ru|cn)\b(?:/\S*)?",
                   re.IGNORECASE)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}", re.IGNORECASE)
-# A run of digits with phone punctuation: 7-15 digits in all (E.164 allows 15), checked below.
-_PHONE = re.compile(r"(?<![\w@.])\+?\(?\d[\d\s().\-]{5,}\d(?![\w@])")
+# Phone numbers: Google's libphonenumber (the ``phonenumbers`` port) finds numbers that are VALID
+# for a region: real numbering plans, so "runner 1234567", scores, ISBNs, dates and prices are not
+# phones (docs/benchmarks.md has the table). Numbers written with +country code are found whatever
+# the region; national formats ("(650) 253-0000", "020 7031 3000") need their region listed here.
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN", "ES", "IT", "BR", "JP", "AU")
+# STRICT_GROUPING: valid, and the digits grouped as the region groups them; VALID alone also took
+# "2021.05.12 14" and "order #20231005-77" (and STRICT misses "089 2180-0", a switchboard with "-0").
+PHONE_LENIENCY = "STRICT_GROUPING"
 BOILERPLATE = (
     "image may contain", "may contain:", "stock photo", "stock image", "stock picture", "royalty free", "royalty-free",
     "click here", "click to enlarge", "no description", "no caption", "untitled", "image not found",
@@ -79,23 +85,46 @@ SIGNAL_CHARS = 4096
 REDACT_PIECE = 4096
 
 
-def phone_numbers(text: str) -> list[str]:
-    """Phone-number-like runs in ``text``: 7 to 15 digits with phone punctuation, not a date or
-    a plain number with thousands separators.
+def phone_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each phone number in ``text``: valid for one of ``PHONE_REGIONS`` (or
+    written with a + country code), not an ISBN; overlapping finds merged, in text order."""
+    if sum(c.isdigit() for c in text) < 7:  # no number plan has shorter numbers: skip the matcher
+        return []
+    from phonenumbers import Leniency, PhoneNumberMatcher
 
-    >>> phone_numbers("call +1 (555) 123-4567 or 555.987.6543, not 2012 or 1,000,000")
-    ['+1 (555) 123-4567', '555.987.6543']
+    leniency = getattr(Leniency, PHONE_LENIENCY)
+    found = sorted({(m.start, m.end) for region in PHONE_REGIONS
+                    for m in PhoneNumberMatcher(text, region, leniency=leniency) if not _isbn(text, m.start, m.end)})
+    merged: list[tuple[int, int]] = []
+    for a, b in found:
+        if merged and a < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _isbn(text: str, start: int, end: int) -> bool:
+    """The span is an ISBN: 10 or 13 digits with a valid check digit, written in 4-5 hyphenated
+    groups or after the word ISBN (some ISBNs are also valid phone numbers somewhere)."""
+    s = text[start:end]
+    digits = [int(c) for c in s if c.isdigit()] + ([10] if s[-1:] in "Xx" and s[-1:] else [])
+    if len(digits) == 10:
+        ok = sum((10 - i) * d for i, d in enumerate(digits)) % 11 == 0
+    elif len(digits) == 13:
+        ok = sum(d * (1 if i % 2 == 0 else 3) for i, d in enumerate(digits)) % 10 == 0
+    else:
+        return False
+    return ok and (s.count("-") >= 3 or "isbn" in text[max(0, start - 12):start].lower())
+
+
+def phone_numbers(text: str) -> list[str]:
+    """The phone numbers in ``text`` (:func:`phone_spans`), as written.
+
+    >>> phone_numbers("call +1 650-253-0000 or (650) 253-0000, not runner 1234567 or ISBN 0-306-40615-2")
+    ['+1 650-253-0000', '(650) 253-0000']
     """
-    out = []
-    for m in _PHONE.finditer(text):
-        s = m.group().strip(" .-/")
-        digits = sum(c.isdigit() for c in s)
-        if not 7 <= digits <= 15:
-            continue
-        if re.fullmatch(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}", s):  # a date
-            continue
-        out.append(s)
-    return out
+    return [text[a:b] for a, b in phone_spans(text)]
 
 
 def redact(text: str | None) -> str | None:
@@ -114,9 +143,8 @@ def redact(text: str | None) -> str | None:
 def _redact_piece(text: str) -> str:
     if "@" in text:  # no "@", no e-mail: skips the pattern's slow scan of long words
         text = _EMAIL.sub("[email]", text)
-    if any(c.isdigit() for c in text):
-        for p in sorted(phone_numbers(text), key=len, reverse=True):
-            text = text.replace(p, "[phone]")
+    for a, b in reversed(phone_spans(text)):  # from the end: earlier offsets stay true
+        text = text[:a] + "[phone]" + text[b:]
     return text
 
 
@@ -410,11 +438,12 @@ def phash_bytes(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, 
 
 # --------------------------------------------------------------------------- the stages (on lakecurate.runner)
 IMAGE_BATCH = 256
+_PHONE_CONFIG = {"library": "phonenumbers", "regions": list(PHONE_REGIONS), "leniency": PHONE_LENIENCY, "isbn": "excluded"}
 IMAGE_CONFIG = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side", "hash": "dct-phash 32->8x8",
                 "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}
 CAPTION_CONFIG = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
-                  "email": _EMAIL.pattern, "phone": _PHONE.pattern, "language": "py3langid norm_probs"}
-REDACT_CONFIG = {"email": _EMAIL.pattern, "phone": _PHONE.pattern}
+                  "email": _EMAIL.pattern, "phone": _PHONE_CONFIG, "language": "py3langid norm_probs"}
+REDACT_CONFIG = {"email": _EMAIL.pattern, "phone": _PHONE_CONFIG}
 COPY_CONFIG = {"decode": f"draft gray >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side",
                "trim": "uniform edge lines, std <= 4, <= 45% per side", "hash": "dct-phash 32->8x8 of 4 turns x mirror"}
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from lakecurate.plant import NOT_PHONES, REAL_PHONES
 from lakecurate.signals import (
     caption_signals,
     colorfulness,
@@ -53,14 +54,28 @@ def test_caption_signals_literal():
 
 
 def test_privacy_and_redaction():
-    s = signals_of("write to jo.smith+sale@mail.example.org or call +1 (555) 123-4567 / 030 1234567")
+    s = signals_of("write to jo.smith+sale@mail.example.org or call +1 (212) 736-3100 / 030 1234567")
     assert s["cap_emails"] == 1 and s["cap_phones"] == 2
     for clean in ["a man with 3 dogs", "taken on 12/05/2019", "population 1,250,000", "flight 1234 to rome", "a 1990s car"]:
         assert signals_of(clean)["cap_emails"] == 0 and signals_of(clean)["cap_phones"] == 0, clean
-    assert phone_numbers("ring 555-123-4567") == ["555-123-4567"]
+    assert phone_numbers("ring (650) 253-0000") == ["(650) 253-0000"]
     original = "bookings: anna@example.com / +44 20 7946 0018."
     assert redact(original) == "bookings: [email] / [phone]."
     assert redact(None) is None
+
+
+def test_phone_numbers_are_real_numbers_not_number_like_strings():
+    # the regex this replaced flagged "runner number 1234567", scores and ISBNs (issue 18)
+    flagged = {t: phone_numbers(t) for t in NOT_PHONES if phone_numbers(t)}
+    assert flagged == {}
+    assert sum(signals_of(t)["cap_phones"] for t in NOT_PHONES) == 0
+    for region, numbers in REAL_PHONES.items():
+        for n in numbers:
+            for text in (f"call {n} today", f"{n}", f"tel.: {n}, fax none"):
+                assert phone_numbers(text) == [n], (region, text)
+    assert len(REAL_PHONES) >= 6 and sum(map(len, REAL_PHONES.values())) >= 20
+    # two numbers, an e-mail between them: each its own span, replaced in place
+    assert redact("a: +33 1 42 68 53 00 / b@c.org / (02) 9374 4000 end") == "a: [phone] / [email] / [phone] end"
 
 
 def jpeg(im: Image.Image) -> bytes:
@@ -125,8 +140,15 @@ class _Bounded:
 def _bound_patterns(monkeypatch, limit: int) -> None:
     import lakecurate.signals as sig
 
-    for name in ("_EMAIL", "_URL", "_PHONE", "_REPEAT", "_BOILERPLATE"):
+    for name in ("_EMAIL", "_URL", "_REPEAT", "_BOILERPLATE"):
         monkeypatch.setattr(sig, name, _Bounded(getattr(sig, name), limit))
+    spans = sig.phone_spans
+
+    def bounded_spans(text):  # the phone matcher, too, only ever sees a bounded piece
+        assert len(text) <= limit, f"phone_spans given {len(text)} characters"
+        return spans(text)
+
+    monkeypatch.setattr(sig, "phone_spans", bounded_spans)
 
 
 def test_huge_captions_cost_what_long_ones_do(monkeypatch):
@@ -145,7 +167,7 @@ def test_huge_captions_cost_what_long_ones_do(monkeypatch):
 def test_redact_in_pieces_equals_redact_whole():
     from lakecurate.signals import _EMAIL
 
-    text = "".join(f"row {i}: mail u{i}@ex.org, call 555-{i:03d}-0101 (x{i}) today. " for i in range(600))
+    text = "".join(f"row {i}: mail u{i}@ex.org, call (650) {200 + i}-0101 (x{i}) today. " for i in range(600))
 
     def whole(t: str) -> str:  # the one-pass definition, fine on prose
         t = _EMAIL.sub("[email]", t)
@@ -154,6 +176,7 @@ def test_redact_in_pieces_equals_redact_whole():
         return t
 
     assert len(text) > 20_000 and redact(text) == whole(text)
+    assert redact(text).count("[phone]") == 600 and redact(text).count("[email]") == 600
 
 
 def _oriented(fmt: str) -> tuple[bytes, bytes, bytes]:
