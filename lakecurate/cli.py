@@ -376,8 +376,10 @@ def _methods(value: str) -> list[str]:
               "--confirm-distance bits (default: per model, 0.85 CLIP, 0.70 offline).")
 @click.option("--confirm-distance", type=click.IntRange(0, 64), default=16, show_default=True)
 @click.option("--caption-threshold", type=FiniteFloat(-1, 1), default=0.98, show_default=True, help="Caption cosine for caption links.")
+@click.option("--minhash-threshold", type=FiniteFloat(0.01, 1), default=0.35, show_default=True,
+              help="minhash: Jaccard of caption 5-gram sets with the group's most connected caption (templated captions).")
 @click.option("--keep-from", default="exact,phash,semantic,copy,verify", show_default=True,
-              help="Methods whose groups decide dup_keep, among those computed (caption duplicates are reported "
+              help="Methods whose groups decide dup_keep, among those computed (caption and minhash duplicates are reported "
                    "only, unless listed).")
 @click.option("--copy-distance", type=click.IntRange(0, 64), default=6, show_default=True,
               help="Max differing bits of 64 for copy links (any of 8 turned/mirrored hashes against any of 8).")
@@ -393,12 +395,12 @@ def _methods(value: str) -> list[str]:
 @_friendly_errors
 def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool,
           semantic_threshold: float | None, confirm_cosine: float | None, confirm_distance: int,
-          caption_threshold: float, keep_from: str, copy_distance: int, verify_neighbors: int,
+          caption_threshold: float, minhash_threshold: float, keep_from: str, copy_distance: int, verify_neighbors: int,
           verify_cosine: float | None, verify_inliers: int, workers: int | None, recompute: bool, as_json: bool) -> None:
     """Find duplicate groups in LAKE and mark one member of each to keep (rows are never deleted).
 
     Writes dup_exact_group, dup_pair_group, dup_phash_group, dup_semantic_group, dup_caption_group,
-    dup_copy_group, dup_verify_group (the id of the member each group keeps) and dup_group,
+    dup_minhash_group (templated and near-identical captions), dup_copy_group, dup_verify_group (the id of the member each group keeps) and dup_group,
     dup_group_size, dup_keep, dup_reason ("METHOD:KEPT_ID"). Kept: highest alignment score, then most
     pixels, then earliest ingested. Every link found is a row of the dup_pairs table (method, score,
     detail): why two rows are one group. copy and verify find turned, letterboxed, heavily cropped
@@ -410,6 +412,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
     rep = open_lake(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
                                 semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,
+                                minhash_threshold=minhash_threshold,
                                 keep_from=_methods(keep_from), copy_distance=copy_distance,
                                 verify_neighbors=verify_neighbors, verify_cosine=verify_cosine,
                                 verify_inliers=verify_inliers, workers=workers, recompute=recompute)

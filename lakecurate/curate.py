@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 CAPTION = "caption signals"
 IMAGE = "image signals"
 DEDUP = "dedup"
+TEMPLATES = "caption templates"  # dedup's minhash groups
 EMBEDDING = "embedding"
 # Alignment defaults by encoder family: open_clip ViT-B-32 0.28 is DataComp's CLIP-score filter;
 # offline 0.05 is the 5th percentile of clean pairs on Flickr8k photos its heads never saw (on the
@@ -321,6 +322,24 @@ class Grayscale(Filter):
         return Cut(_f(df["img_colorfulness"]), p["max_colorfulness"], "min", "max_colorfulness", "colourfulness")
 
 
+class CaptionTemplate(Filter):
+    name, doc = ("caption_template", "the caption is in a near-duplicate caption group (dedup's minhash: templated alt "
+                 "text such as 'Stock photo of X, royalty free') of more than max_group rows; runs it if needed")
+    needs, columns, params = (TEMPLATES,), ("dup_minhash_group",), {"max_group": 9}
+    limits = {"max_group": Limit("int", 1)}
+
+    def drop(self, df, p):
+        return _b(pd.Series(self._sizes(df)) > p["max_group"])
+
+    def cut(self, df, p):
+        return Cut(self._sizes(df), p["max_group"], "max", "max_group", "captions sharing its template")
+
+    @staticmethod
+    def _sizes(df: pd.DataFrame) -> np.ndarray:
+        g = df["dup_minhash_group"]
+        return _f(g.map(g.value_counts()))
+
+
 class Pii(Filter):
     name, doc = "pii", "the caption holds an e-mail address or a phone number"
     needs, columns = (CAPTION,), ("cap_emails", "cap_phones")
@@ -410,8 +429,8 @@ class Sql(Filter):
 
 FILTERS: dict[str, Filter] = {f.name: f() for f in (
     IngestError, Duplicate, CaptionMissing, CaptionLength, CaptionFilename, CaptionUrl, CaptionBoilerplate,
-    CaptionRepeat, CaptionNonprintable, Language, ImageSize, Aspect, Blur, LowInformation, Grayscale, Pii, Alignment,
-    Column, Sql)}
+    CaptionRepeat, CaptionNonprintable, CaptionTemplate, Language, ImageSize, Aspect, Blur, LowInformation, Grayscale,
+    Pii, Alignment, Column, Sql)}
 # Signal columns a generic step may name, and the producers that make them.
 _NEEDS_BY_COLUMN = {c: f.needs for f in FILTERS.values() for c in f.columns if f.needs}
 
@@ -660,6 +679,11 @@ def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None
             produce("dedup", methods=["exact", "phash", "semantic"] if semantic else ["exact", "phash"], embedding=use,
                     progress=progress)
             computed.append(DEDUP)
+    if TEMPLATES in needs:
+        ds = lake.dataset()
+        if "dup_minhash_group" not in ds.schema.names or columns.fragments_to_fill(ds, "dup_minhash_group"):
+            produce("dedup", methods=["minhash"], progress=progress)
+            computed.append(TEMPLATES)
     if rec.redact and produce("redact"):
         computed.append("caption_redacted")
     return computed
@@ -929,7 +953,7 @@ def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[
 def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
     """A dry run computes nothing: inputs the lake lacks are named with the command that makes them."""
     commands = {CAPTION: f"lakecurate signals {lake.uri}", IMAGE: f"lakecurate signals {lake.uri}",
-                DEDUP: f"lakecurate dedup {lake.uri}"}
+                DEDUP: f"lakecurate dedup {lake.uri}", TEMPLATES: f"lakecurate dedup {lake.uri} --method minhash"}
     missing = sorted(c for c in read if c not in ds.schema.names)
     if missing:
         run = sorted({commands[n] for n in needs if n in commands})

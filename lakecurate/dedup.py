@@ -9,6 +9,7 @@ Methods (each writes its own group column; rows are never deleted):
 | phash | ``dup_phash_group`` | 64-bit DCT perceptual hashes differ in <= ``phash_distance`` bits, also against the mirrored image's hash (``flips``) | 10 bits |
 | semantic | ``dup_semantic_group`` | image embeddings have cosine >= ``semantic_threshold`` (SemDeDup), or >= ``confirm_cosine`` with hashes within ``confirm_distance`` bits | per model, see ``SEMANTIC_THRESHOLDS`` |
 | caption | ``dup_caption_group`` | caption embeddings have cosine >= ``caption_threshold`` | 0.98 |
+| minhash | ``dup_minhash_group`` | the captions' character 5-gram sets have Jaccard >= ``minhash_threshold`` with the group's most connected caption (MinHash LSH proposes, the exact Jaccard decides; star groups, no chains): templated alt text ("Stock photo of X, royalty free") and near-identical captions; the ``caption_template`` recipe step drops large groups | 0.35 |
 | copy | ``dup_copy_group`` | one of the 8 hashes of the bar-trimmed image turned by 0/90/180/270 degrees and mirrored (``copy_hashes``) is within ``copy_distance`` bits of one of the other's: rotated, letterboxed, pillarboxed and bordered copies | 6 bits |
 | verify | ``dup_verify_group`` | one is among the other's ``verify_neighbors`` nearest image embeddings at cosine >= ``verify_cosine`` (a candidate), the pair is not linked by another method already, >= ``verify_inliers`` ORB keypoints agree on one similarity transform and the pixels agree where the images overlap under it (:mod:`lakecurate.verify`): heavy crops, photos framed in a page, overlays, turned and mirrored copies | 5 neighbours, 50 inliers |
 
@@ -17,8 +18,8 @@ null: the row has no signal for that method, e.g. an undecodable image). Groups 
 components of the links, so a chain a~b~c is one group.
 
 Then the groups of the ``keep_from`` methods (default: exact, phash, semantic, copy and verify, those computed; caption
-near-duplicates are reported but do not drop rows unless asked, because two different photos
-may well share "a dog runs on the grass") are joined into ``dup_group`` (id of the kept member),
+and minhash near-duplicates are reported but do not drop rows unless asked, because two different
+photos may well share "a dog runs on the grass") are joined into ``dup_group`` (id of the kept member),
 ``dup_group_size``, ``dup_keep`` and ``dup_reason`` ("phash:<kept id>": the first method, in
 ``keep_from`` order, that puts the row with the kept member; "linked:<kept id>" when only a chain
 of methods does; "verify:<kept id> (143 inliers)": the most inliers of the row's verified pairs).
@@ -57,7 +58,7 @@ from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
 from lakecurate.graph import no_producer, write_decisions
 from lakecurate.names import Produce, embedding_columns
-from lakecurate.neardup import components, hamming_pairs, knn_pairs, semantic_pairs
+from lakecurate.neardup import caption_pairs, components, hamming_pairs, knn_pairs, semantic_pairs
 from lakecurate.options import whole
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
 from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
@@ -67,7 +68,8 @@ if TYPE_CHECKING:
 
     from lakecurate.store import Store
 
-METHODS = ("exact", "phash", "semantic", "caption", "copy", "verify")  # verify last: it skips pairs the others link
+METHODS = ("exact", "phash", "semantic", "caption", "minhash", "copy", "verify")  # verify last: it skips pairs the others link
+TEXT_METHODS = ("caption", "minhash")  # caption links: reported, not image duplicates
 DEFAULT_METHODS = ("exact", "phash", "semantic", "copy")  # verify: opt-in (an embedding, ~3x the time)
 DEFAULT_KEEP_FROM = ("exact", "phash", "semantic", "copy", "verify")  # those computed
 PHASH_DISTANCE = 8
@@ -75,6 +77,10 @@ PHASH_DISTANCE = 8
 # it links at fewer differing bits to keep the same false-link rate (docs/benchmarks.md, issue 17).
 COPY_DISTANCE = 6
 CAPTION_THRESHOLD = 0.98
+# Jaccard of caption 5-gram shingles for minhash links: on templated captions planted among Flickr8k
+# human captions (scripts/eval_captions.py), 0.35 puts 0.90 of templated captions and 2.0% of
+# human captions in a group of >= 10 (0.40: 0.73 and 1.0%).
+MINHASH_THRESHOLD = 0.35
 CONFIRM_DISTANCE = 16
 # Cosine of image embeddings above which two images are near duplicates, and the lower cosine at
 # which a pair also counts when its perceptual hashes are within CONFIRM_DISTANCE bits, by encoder
@@ -230,6 +236,7 @@ def dedup(
     copy_distance: int = COPY_DISTANCE,
     semantic_threshold: float | None = None,
     caption_threshold: float = CAPTION_THRESHOLD,
+    minhash_threshold: float = MINHASH_THRESHOLD,
     confirm_cosine: float | None = None,
     confirm_distance: int = CONFIRM_DISTANCE,
     keep_from: Sequence[str] | None = None,
@@ -252,6 +259,8 @@ def dedup(
     copy_distance = whole("copy_distance", copy_distance, 0)
     verify_inliers = whole("verify_inliers", verify_inliers, 4)  # RANSAC needs a few points to mean anything
     verify_neighbors = whole("verify_neighbors", verify_neighbors, 1)
+    if not 0.0 < float(minhash_threshold) <= 1.0:
+        raise LakeError(f"minhash_threshold must be a Jaccard similarity in (0, 1], got {minhash_threshold}")
     if verify_cosine is not None and not -1.0 <= float(verify_cosine) <= 1.0:
         raise LakeError(f"verify_cosine must be a cosine between -1 and 1, got {verify_cosine}")
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
@@ -271,6 +280,8 @@ def dedup(
         "exact": {"on": ["content_hash", "caption"]},
         "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash"},
         "copy": {"max_distance": int(copy_distance), "hash": "copy_hashes"},
+        "minhash": {"threshold": float(minhash_threshold), "shingles": "5 characters, lower case, punctuation as space",
+                    "num_perm": 128, "groups": "star: most connected caption first"},
     }
     if emb is not None:
         family = emb_prov["config"].get("family", "open_clip")
@@ -358,7 +369,7 @@ def dedup(
             mr.fragments_written = _write_changed(lake, tbl, new_cols, report, _sources(m, emb), ds.version)
             report.fragments_written += mr.fragments_written
         mr.rows = int((best >= 0).sum())
-        if m in methods and (recompute or m in ("exact", "phash", "copy") or mr.new_rows == mr.rows):
+        if m in methods and (recompute or m in ("exact", "phash", "copy", "minhash") or mr.new_rows == mr.rows):
             replaced.add(m)  # every link of the method was found in this run
         sizes = np.bincount(best[best >= 0], minlength=n)
         mr.groups = int((sizes > 1).sum())
@@ -465,7 +476,8 @@ def _most_inliers(links: pa.Table | None) -> dict[str, int]:
 def _sources(method: str, emb: str | None) -> list[str]:
     return {"exact": ["content_hash", "caption"], "phash": list(PHASH_COLUMNS), "copy": ["copy_hashes"],
             "verify": [embedding_columns(emb)["image"], "content_hash"],
-            "semantic": [embedding_columns(emb)["image"], *PHASH_COLUMNS], "caption": [embedding_columns(emb)["text"]]}[method]
+            "semantic": [embedding_columns(emb)["image"], *PHASH_COLUMNS], "caption": [embedding_columns(emb)["text"]],
+            "minhash": ["caption"]}[method]
 
 
 
@@ -490,6 +502,14 @@ def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str
         i, j = rows[i % len(rows)], rows[j % len(rows)]
         mr.pairs = int((i != j).sum())
         return linked_groups(n, [(i, j)], eligible), _links(i, j, d, "{:.0f} of 64 bits differ")
+    if method == "minhash":  # from scratch each run: a new caption can lead a better-centred group
+        caps = tbl.column("caption").to_pylist()
+        eligible = np.array([bool(c and c.strip()) for c in caps], bool)
+        mr.new_rows = int((eligible & (stored_rows < 0)).sum())
+        i, j, jac = caption_pairs(caps, config["threshold"])
+        mr.pairs = len(i)
+        return linked_groups(n, [(i, j)], eligible), _links(i, j, jac, "Jaccard {:.2f} of caption 5-grams",
+                                                             smaller_is_closer=False)
     if method == "copy":
         col = tbl.column("copy_hashes")
         eligible = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
@@ -574,7 +594,7 @@ def _verify_groups(lake: "Store", tbl: pa.Table, emb: str | None, config: dict[s
     # Pairs another image method links already need no second look.
     linked = np.zeros(len(i), bool)
     for m, best in labels.items():
-        if m != "caption":
+        if m not in TEXT_METHODS:
             linked |= (best[i] >= 0) & (best[i] == best[j])
     i, j = i[~linked], j[~linked]
     mr.candidates = len(i)

@@ -7,6 +7,7 @@ The dedup stage reads an embedding or hash column, calls these, and writes the g
 | `semantic_pairs` | pairs with cosine >= threshold: k-means partition + exact blocked matmuls per cluster |
 | `knn_pairs` | each row's k nearest rows above a cosine floor (candidates for verification): faiss, exact or IVF |
 | `hamming_pairs` | pairs of uint64 perceptual hashes within a Hamming distance: multi-index hashing |
+| `caption_pairs` | near-duplicate captions: MinHash LSH on character shingles, exact Jaccard, star groups (no chains) |
 | `components` | a group id per row from pairs (connected components) |
 | `exact_pairs_bruteforce` | the exact O(N^2) cosine self-join (baseline for tests and benchmarks) |
 
@@ -16,6 +17,7 @@ Pairs come back as three arrays `(i, j, value)` with `i < j`, sorted by `(i, j)`
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator, Literal
@@ -671,3 +673,70 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     # The first row carrying each label is the smallest row of that component.
     _, first = np.unique(label, return_index=True)
     return first[label]
+
+
+# --------------------------------------------------------------------------- near-duplicate captions
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def shingles(text: str, k: int = 5) -> set[str]:
+    """Character ``k``-grams of the caption lower-cased with punctuation turned into spaces.
+
+    >>> sorted(shingles("A  dog!", 3))
+    [' do', 'a d', 'dog']
+    """
+    s = _NON_WORD.sub(" ", text.lower()).strip()
+    return {s[i:i + k] for i in range(max(1, len(s) - k + 1))} if s else set()
+
+
+def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, num_perm: int = 128,
+                  seed: int = 1) -> Pairs:
+    """Near-duplicate captions as star groups: MinHash LSH (datasketch) proposes candidates at a
+    lower Jaccard, the exact Jaccard of the shingle sets decides, and rows are taken by how many
+    captions lie within ``threshold`` of them (most first): a row not yet grouped leads a group of
+    every not-yet-grouped caption within ``threshold`` of *it*. Pairs are (leader, member, Jaccard); a member is never linked on, so there are no chains
+    ("a black dog runs" ~ "a black dog swims" ~ "a brown dog swims" stays apart) and a template
+    ("Stock photo of X, royalty free") gathers the captions that share it with its leader.
+
+    >>> i, j, jac = caption_pairs(["Stock photo of a red car, royalty free", "a dog runs",
+    ...                            "Stock photo of a blue car, royalty free", None], 0.5)
+    >>> i.tolist(), j.tolist(), jac.round(2).tolist()
+    ([0], [2], [0.63])
+    """
+    from datasketch import MinHash, MinHashLSH
+
+    sets = [shingles(c, k) if c else set() for c in captions]
+    rows = [r for r, s in enumerate(sets) if s]
+    # LSH at a lower threshold than the decision: its banding misses some pairs just above it
+    lsh = MinHashLSH(threshold=max(0.05, threshold - 0.15), num_perm=num_perm)
+    hashes = MinHash.bulk([[x.encode() for x in sets[r]] for r in rows], num_perm=num_perm, seed=seed)
+    with lsh.insertion_session() as session:
+        for r, h in zip(rows, hashes):
+            session.insert(r, h)
+    near: dict[int, dict[int, float]] = {r: {} for r in rows}  # row -> candidates within threshold
+    for r, h in zip(rows, hashes):
+        a = sets[r]
+        for c in lsh.query(h):
+            if c <= r:
+                continue
+            b = sets[c]
+            inter = len(a & b)
+            jac = inter / (len(a) + len(b) - inter)
+            if jac >= threshold:
+                near[r][c] = near[c][r] = jac
+    # The most connected caption leads first: a template's plainest filling is near most of the
+    # others, so it gathers them; a member is never linked on (no chains).
+    grouped = np.zeros(len(captions), bool)
+    out_i, out_j, out_v = [], [], []
+    for r in sorted(rows, key=lambda r: (-len(near[r]), r)):
+        if grouped[r]:
+            continue
+        grouped[r] = True
+        for c, jac in sorted(near[r].items()):
+            if not grouped[c]:
+                grouped[c] = True
+                out_i.append(r), out_j.append(c), out_v.append(jac)
+    i, j, v = np.array(out_i, np.int64), np.array(out_j, np.int64), np.array(out_v, np.float64)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    order = np.lexsort((hi, lo))
+    return lo[order], hi[order], v[order]

@@ -258,7 +258,8 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
         if missing:
             return f"no {', '.join(missing)} groups yet"
         want = {"phash": ("max_distance", "phash_distance"), "semantic": ("threshold", "semantic_threshold"),
-                "caption": ("threshold", "caption_threshold")}
+                "caption": ("threshold", "caption_threshold"), "minhash": ("threshold", "minhash_threshold"),
+                "copy": ("max_distance", "copy_distance")}
         for m, (key, opt) in want.items():
             if m in methods and opt in opts and (_prov_config(ds, group_columns(m)[0]) or {}).get(key) != opts[opt]:
                 return f"{opt} changed"

@@ -251,6 +251,27 @@ REAL_PHONES = {
 }
 
 
+# Templated alt text: a constant frame around a varying subject, as stock sites and CMSs write it.
+CAPTION_TEMPLATES = (
+    "Stock photo of {x}, royalty free", "{x} - free stock image download", "Buy {x} online at the best price",
+    "Image may contain: {x}", "{x} | Wallpaper HD 1920x1080", "Close-up of {x} in high resolution, vector illustration",
+    "Photo of {x}. All rights reserved.", "{x} stock photos and images (1,234 results)",
+)
+
+
+def plant_templates(captions: Sequence[str], *, per_template: int = 20, templates: Sequence[str] = CAPTION_TEMPLATES,
+                    seed: int = 0) -> list[tuple[str, int]]:
+    """Templated captions with known truth: each template filled with ``per_template`` subjects
+    (the first 2-6 words of random ``captions``); returns (caption, template index) pairs."""
+    rng = random.Random(seed)
+    out = []
+    for t, template in enumerate(templates):
+        for c in rng.sample(list(captions), per_template):
+            x = " ".join(c.lower().rstrip(" .").split()[: rng.randint(2, 6)])
+            out.append((template.format(x=x), t))
+    return out
+
+
 def _fake_phone(rng: random.Random) -> str:
     """A phone number in a real format (valid in its numbering plan), random subscriber digits."""
     return rng.choice(["+1 (212) {a}-{b}", "(650) {a}-{b}", "+44 20 7946 {b}", "+49 30 {a}{b}", "+33 1 42 {c} {d} {e}"]).format(
