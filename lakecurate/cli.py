@@ -428,6 +428,34 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
         click.echo(f"see them: lakecurate sql {lake} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
 
 
+# --------------------------------------------------------------------------- signals
+@main.command("signals")
+@lake_argument
+@click.option("--caption/--no-caption", default=True, show_default=True, help="Caption checks, privacy, language.")
+@click.option("--image/--no-image", default=True, show_default=True, help="Perceptual hashes, sharpness, entropy, colour.")
+@click.option("--copy", is_flag=True, help="Copy hashes: 8 pHashes of the bar-trimmed image turned and mirrored.")
+@click.option("--faces", is_flag=True, help="Faces (YuNet): img_faces, img_face_boxes, img_face_scores.")
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: every core).")
+@json_option
+@_friendly_errors
+def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, workers: int | None, as_json: bool) -> None:
+    """Compute per-row signal columns of LAKE where they are missing (new rows only on a re-run).
+
+    Recipes compute the signals they need by themselves; this computes them ahead (or the ones no
+    recipe step asked for yet, such as faces before export --blur-faces).
+
+    Example: lakecurate signals ./lake --faces
+    """
+    kinds = [k for k, on in (("caption", caption), ("image", image), ("copy", copy), ("faces", faces)) if on]
+    if not kinds:
+        raise click.UsageError("no signal chosen; e.g. lakecurate signals LAKE --faces")
+    done = open_lake(lake).signals(kinds, workers=workers)
+    if as_json:
+        echo_json(done)
+        return
+    _echo_table([{"signals": k, "rows computed": n} for k, n in done.items()])
+
+
 # --------------------------------------------------------------------------- curate
 @main.command()
 @lake_argument
@@ -596,25 +624,31 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
               help="WebDataset samples per shard (default: the --shard-size `sequence` used, so shard i holds "
                    "seq_shard i; else 1000).")
 @click.option("--overwrite", is_flag=True)
+@click.option("--blur-faces", is_flag=True,
+              help="Write images with the faces found by `lakecurate signals --faces` blurred (the stored images "
+                   "are never modified; recorded in the manifest).")
 @allow_stale_option
 @json_option
 @_friendly_errors
 def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: str | None, caption: str,
-               no_repeats: bool, shard_size: int | None, overwrite: bool, allow_stale: bool, as_json: bool) -> None:
+               no_repeats: bool, shard_size: int | None, overwrite: bool, blur_faces: bool, allow_stale: bool,
+               as_json: bool) -> None:
     """Export the chosen rows of LAKE to DEST for training, in order and with repeats, plus a manifest.
 
-    Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted
+    Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted --blur-faces
     """
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     rep = open_lake(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
-                                 shard_size=shard_size, overwrite=overwrite, allow_stale=allow_stale)
+                                 shard_size=shard_size, overwrite=overwrite, allow_stale=allow_stale,
+                                 blur_faces=blur_faces)
     for note in rep.stale:
         click.echo(f"warning: exported with --allow-stale: {note}", err=True)
     if as_json:
         echo_json(rep)
         return
     click.echo(f"exported {rep.samples} samples ({rep.rows} pairs) from version {rep.version} where {rep.where} "
-               f"to {rep.dest} ({rep.format}, {len(rep.files)} files, {rep.bytes / 2**20:.1f} MiB) in {rep.seconds:.1f} s")
+               f"to {rep.dest} ({rep.format}, {len(rep.files)} files, {rep.bytes / 2**20:.1f} MiB) in {rep.seconds:.1f} s"
+               + (f"; faces blurred in {rep.blurred} images" if blur_faces else ""))
 
 
 @main.command()

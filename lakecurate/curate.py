@@ -66,6 +66,7 @@ CAPTION = "caption signals"
 IMAGE = "image signals"
 DEDUP = "dedup"
 TEMPLATES = "caption templates"  # dedup's minhash groups
+FACES = "faces"
 EMBEDDING = "embedding"
 # Alignment defaults by encoder family: open_clip ViT-B-32 0.28 is DataComp's CLIP-score filter;
 # offline 0.05 is the 5th percentile of clean pairs on Flickr8k photos its heads never saw (on the
@@ -340,6 +341,18 @@ class CaptionTemplate(Filter):
         return _f(g.map(g.value_counts()))
 
 
+class Faces(Filter):
+    name, doc = "faces", "more than max_faces human faces found in the image (YuNet; computes img_faces if needed)"
+    needs, columns, params = (FACES,), ("img_faces",), {"max_faces": 0}
+    limits = {"max_faces": Limit("int", 0)}
+
+    def drop(self, df, p):
+        return _b(df["img_faces"] > p["max_faces"])
+
+    def cut(self, df, p):
+        return Cut(_f(df["img_faces"]), p["max_faces"], "max", "max_faces", "faces")
+
+
 class Pii(Filter):
     name, doc = "pii", "the caption holds an e-mail address or a phone number"
     needs, columns = (CAPTION,), ("cap_emails", "cap_phones")
@@ -430,7 +443,7 @@ class Sql(Filter):
 FILTERS: dict[str, Filter] = {f.name: f() for f in (
     IngestError, Duplicate, CaptionMissing, CaptionLength, CaptionFilename, CaptionUrl, CaptionBoilerplate,
     CaptionRepeat, CaptionNonprintable, CaptionTemplate, Language, ImageSize, Aspect, Blur, LowInformation, Grayscale,
-    Pii, Alignment, Column, Sql)}
+    Faces, Pii, Alignment, Column, Sql)}
 # Signal columns a generic step may name, and the producers that make them.
 _NEEDS_BY_COLUMN = {c: f.needs for f in FILTERS.values() for c in f.columns if f.needs}
 
@@ -684,6 +697,8 @@ def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None
         if "dup_minhash_group" not in ds.schema.names or columns.fragments_to_fill(ds, "dup_minhash_group"):
             produce("dedup", methods=["minhash"], progress=progress)
             computed.append(TEMPLATES)
+    if FACES in needs and produce("faces", progress=progress):
+        computed.append(FACES)
     if rec.redact and produce("redact"):
         computed.append("caption_redacted")
     return computed
@@ -953,7 +968,8 @@ def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[
 def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
     """A dry run computes nothing: inputs the lake lacks are named with the command that makes them."""
     commands = {CAPTION: f"lakecurate signals {lake.uri}", IMAGE: f"lakecurate signals {lake.uri}",
-                DEDUP: f"lakecurate dedup {lake.uri}", TEMPLATES: f"lakecurate dedup {lake.uri} --method minhash"}
+                DEDUP: f"lakecurate dedup {lake.uri}", TEMPLATES: f"lakecurate dedup {lake.uri} --method minhash",
+                FACES: f"lakecurate signals {lake.uri} --faces"}
     missing = sorted(c for c in read if c not in ds.schema.names)
     if missing:
         run = sorted({commands[n] for n in needs if n in commands})

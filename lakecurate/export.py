@@ -4,7 +4,8 @@ Every writer gets the same rows in the same order (``plan``): the rows chosen by
 (default ``rebalance_keep``, else ``keep``, else every row whose image is usable), ordered by
 ``seq_order`` when the lake has one (else table order), each row written ``repeats`` times when the
 lake has that column (a row's copies evenly spaced through the export, :func:`spread_copies`).
-Image bytes are exported as stored, never re-encoded. WebDataset shards hold ``--shard-size``
+Image bytes are exported as stored, never re-encoded (``blur_faces``: images with faces are
+blurred there and re-encoded; the stored image is never modified). WebDataset shards hold ``--shard-size``
 samples, by default the sequence's shard size, so without repeats shard i holds the rows whose
 ``seq_shard`` is i; every key of a sample's ``.json`` has one JSON type in every sample (a missing
 value is written as its type's placeholder, listed in the manifest), as Hugging Face ``datasets``
@@ -42,6 +43,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns
+from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
 from lakecurate.options import whole
 from lakecurate.sqlcheck import check_where
@@ -55,6 +57,19 @@ META = ["id", "source", "key", "width", "height", "format", "content_hash"]
 OPTIONAL = ["concept", "sample_weight", "dup_group", "drop_reason"]
 CHUNK = 512
 SHARD_SIZE = 1000  # WebDataset samples per shard when the lake has no sequence
+FACE_BOXES = "img_face_boxes"  # written by the faces stage (lakecurate signals --faces)
+
+
+def _check_faces(lake: "Store", ds: Any, allow_stale: bool) -> None:
+    """--blur-faces needs every exported row's face boxes, current: else an error naming the fix."""
+    fix = f"lakecurate signals {lake.uri} --faces --no-caption --no-image"
+    if FACE_BOXES not in ds.schema.names:
+        raise LakeError(f"--blur-faces needs the face boxes of lake '{lake.uri}', which has none yet; run: {fix}")
+    missing = sum(f.count_rows() for f in columns.fragments_to_fill(ds, FACE_BOXES))
+    if missing:
+        raise LakeError(f"--blur-faces: {missing} rows of lake '{lake.uri}' have no face boxes yet (added since); "
+                        f"run: {fix}")
+    check_current(lake, ds, [FACE_BOXES], what="export --blur-faces", allow_stale=allow_stale)
 
 
 @dataclass
@@ -71,13 +86,15 @@ class ExportReport:
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stale: list[str] = field(default_factory=list)  # what was not current (exported with allow_stale)
+    blurred: int = 0  # images written with faces blurred (blur_faces)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def plan(lake: "Store", *, where: str | None = None, version: int | str | None = None, repeats: bool = True,
-         caption: str = "caption", allow_stale: bool = False) -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
+         caption: str = "caption", allow_stale: bool = False,
+         extra: list[str] | None = None) -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
     """(dataset, metadata table of the chosen rows in export order, copy index per sample, where,
     stale warnings).
 
@@ -94,7 +111,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     if caption not in names:
         raise LakeError(f"no column '{caption}' in lake '{lake.uri}' to export as the caption")
     cols = list(dict.fromkeys(META + [caption] + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))
-    cols += [embedding_columns(e)["score"] for e in embedding_prefixes(ds)]
+    cols += [embedding_columns(e)["score"] for e in embedding_prefixes(ds)] + list(extra or [])
     try:
         tbl = ds.to_table(columns=cols, filter=where, with_row_id=True)
     except Exception as exc:  # a bad filter is the user's to fix
@@ -130,12 +147,27 @@ def spread_copies(reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return row[order], copy[order]
 
 
-def _chunks(ds: Any, tbl: pa.Table) -> Iterator[tuple[pa.Table, list[bytes | None]]]:
+def _chunks(ds: Any, tbl: pa.Table, blur: dict[str, int] | None = None) -> Iterator[tuple[pa.Table, list[bytes | None]]]:
+    """Parts of ``tbl`` with their image bytes. With ``blur`` (counts updated), images with face
+    boxes are blurred there and re-encoded, and the part's ``format`` says what they became."""
     rowids = tbl.column("_rowid").to_pylist()
     for s in range(0, tbl.num_rows, CHUNK):
         ids = rowids[s : s + CHUNK]
         blobs = [b for _, b in ds.read_blobs("image", ids=ids, preserve_order=True)] if ids else []
-        yield tbl.slice(s, CHUNK), blobs
+        part = tbl.slice(s, CHUNK)
+        if blur is not None:
+            part, blobs = _blurred(part, blobs, blur)
+        yield part, blobs
+
+
+def _blurred(part: pa.Table, blobs: list[bytes | None], counts: dict[str, int]) -> tuple[pa.Table, list[bytes | None]]:
+    fmts = part.column("format").to_pylist()
+    for k, boxes in enumerate(part.column(FACE_BOXES).to_pylist()):
+        if boxes and blobs[k]:
+            blobs[k], fmts[k] = blur_boxes(blobs[k], boxes)
+            counts["images"] += 1
+            counts["faces"] += len(boxes)
+    return part.set_column(part.schema.get_field_index("format"), "format", pa.array(fmts, pa.string())), blobs
 
 
 def _manifest(lake: "Store", ds: Any, fmt: str, where: str | None, tbl: pa.Table, copy: np.ndarray) -> dict[str, Any]:
@@ -258,13 +290,16 @@ def json_ready(part: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
 
 def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where: str | None = None,
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
-           shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False) -> ExportReport:
+           shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False,
+           blur_faces: bool = False) -> ExportReport:
     """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet or Lance.
 
     ``shard_size``: WebDataset samples per shard; default the shard size of the lake's sequence
     (``lakecurate sequence --shard-size``), else 1000. Decisions that are stale (a stage re-ran
     upstream of them) are refused; ``allow_stale`` exports anyway and records the warnings in the
-    manifest (``stale``).
+    manifest (``stale``). ``blur_faces``: images with faces (``img_face_boxes``, from ``lakecurate
+    signals --faces``, which must be current) are written with the faces blurred, re-encoded
+    (JPEG at quality 95, other formats as PNG); the others as stored. The manifest records it.
 
     Example::
 
@@ -277,17 +312,20 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     shard_size = whole("--shard-size", shard_size, 1, none_ok=True)
     dest, previous = _check_dest(lake, dest, format, overwrite)
+    if blur_faces:
+        _check_faces(lake, lake.dataset(version), allow_stale)
     ds, tbl, copy, where, stale = plan(lake, where=where, version=version, repeats=repeats, caption=caption,
-                                       allow_stale=allow_stale)
+                                       allow_stale=allow_stale, extra=[FACE_BOXES] if blur_faces else [])
     shard_size = shard_size or sequence_shard_size(ds) or SHARD_SIZE
     report = ExportReport(lake=lake.uri, dest=str(dest), format=format, version=ds.version, where=where,
                           samples=tbl.num_rows)
     manifest = _manifest(lake, ds, format, where, tbl, copy)
     manifest["allow_stale"], manifest["stale"] = allow_stale, stale
+    blur = {"images": 0, "faces": 0} if blur_faces else None
     report.stale = stale
     report.rows = manifest["rows"]
     keys = [f"{k:09d}" for k in range(tbl.num_rows)]  # order in the export: webdataset sorts by key within a shard
-    meta_cols = [c for c in tbl.column_names if c not in ("_rowid", "seq_order", caption)]
+    meta_cols = [c for c in tbl.column_names if c not in ("_rowid", "seq_order", caption, FACE_BOXES)]
     # Written into a hidden sibling folder (same file system) and moved into place when complete:
     # a failed or killed export never leaves a half-written one at DEST.
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -297,12 +335,18 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         if format == "webdataset":
             out.mkdir()
             manifest["shard_size"] = shard_size
-            manifest["json_placeholders"] = _write_shards(ds, tbl, copy, out, keys, meta_cols, caption, shard_size, report)
+            manifest["json_placeholders"] = _write_shards(ds, tbl, copy, out, keys, meta_cols, caption, shard_size, report,
+                                                          blur)
             report.shards = len(report.files)
             manifest["shards"] = report.files
         else:
-            _write_table(ds, tbl, copy, out, keys, meta_cols, caption, format, manifest, lake, where)
+            _write_table(ds, tbl, copy, out, keys, meta_cols, caption, format, manifest, lake, where, blur)
             report.files.append(dest.name)
+        if blur is not None:
+            manifest["blur_faces"] = {"images_blurred": blur["images"], "faces_blurred": blur["faces"],
+                                      "margin": BLUR_MARGIN, "encoding": "JPEG quality 95, other formats PNG",
+                                      "faces": (columns.field_provenance(ds.schema.field(FACE_BOXES)) or {}).get("config")}
+            report.blurred = blur["images"]
         staged_manifest = stage / f"{dest.name}.manifest.json"  # never the name of the export itself
         staged_manifest.write_text(json.dumps(manifest, indent=2, default=str))
         report.bytes = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file())
@@ -314,11 +358,11 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
 
 
 def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
-                  caption: str, shard_size: int, report: ExportReport) -> dict[str, Any]:
+                  caption: str, shard_size: int, report: ExportReport, blur: dict[str, int] | None = None) -> dict[str, Any]:
     """WebDataset shards of ``shard_size`` samples into ``out``; returns the json placeholders used."""
     writer, shard, pos, placeholders = None, -1, 0, {}
     try:
-        for part, blobs in _chunks(ds, tbl):
+        for part, blobs in _chunks(ds, tbl, blur):
             fmts = part.column("format").to_pylist()
             filled, used = json_ready(part.select(meta_cols))
             placeholders.update(used)
@@ -348,11 +392,12 @@ def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: lis
 
 
 def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
-                 caption: str, fmt: str, manifest: dict[str, Any], lake: "Store", where: str | None) -> None:
+                 caption: str, fmt: str, manifest: dict[str, Any], lake: "Store", where: str | None,
+                 blur: dict[str, int] | None = None) -> None:
     """One Parquet file or Lance table at ``out``, the manifest also in its schema metadata."""
     def batches() -> Iterator[pa.RecordBatch]:
         pos = 0
-        for part, blobs in _chunks(ds, tbl):
+        for part, blobs in _chunks(ds, tbl, blur):
             rows = part.select(meta_cols).append_column("caption", part.column(caption).cast(pa.string()))
             rows = rows.append_column("image", pa.array(blobs, pa.large_binary()))
             rows = rows.append_column("copy", pa.array(copy[pos : pos + part.num_rows], pa.int32()))

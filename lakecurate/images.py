@@ -93,3 +93,65 @@ class ImageTransform:
         arr -= np.asarray(self.mean, np.float32)[:, None, None]
         arr /= np.asarray(self.std, np.float32)[:, None, None]
         return arr
+
+
+def decode_small(data: bytes | None, side: int, mode: str = "RGB") -> tuple[Any, float] | None:
+    """(the upright image at most ``side`` pixels on its long side, full-size pixels per pixel of
+    it), or None when undecodable. JPEGs decode at a reduced scale (``draft``): a fraction of the
+    work of a full decode. Boxes found on it map back to the upright full image by the factor."""
+    from PIL import Image
+
+    if data is None:
+        return None
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.width * im.height > MAX_DECODE_PIXELS:
+            return None
+        try:
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        except Exception:
+            turned = False
+        full_w = im.height if turned else im.width
+        im.draft(mode, (side, side))
+        im = exif_upright(im).convert(mode)
+        im.thumbnail((side, side))
+        return im, full_w / im.width
+    except Exception:  # undecodable: ingest flagged it already
+        return None
+
+
+BLUR_MARGIN = 0.15  # each side of a box grows by this share of its size before blurring (hair, ears)
+
+
+def blur_region(box: tuple[int, int, int, int], width: int, height: int, margin: float = BLUR_MARGIN) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) blurred for an (x, y, w, h) box: grown by ``margin``, clipped to the image."""
+    x, y, w, h = box
+    dx, dy = round(w * margin), round(h * margin)
+    return max(0, x - dx), max(0, y - dy), min(width, x + w + dx), min(height, y + h + dy)
+
+
+def blur_boxes(data: bytes, boxes: list[tuple[int, int, int, int]], margin: float = BLUR_MARGIN) -> tuple[bytes, str]:
+    """The image (upright) with each (x, y, w, h) box blurred beyond recognition, encoded again:
+    (bytes, format). JPEG stays JPEG (quality 95: outside the boxes only re-encoding noise), other
+    formats become PNG (lossless). The stored image is never modified; this is for export."""
+    from PIL import Image, ImageFilter
+
+    im, reason = decode_image(data)
+    if im is None:
+        raise ValueError(reason)
+    fmt = (Image.open(io.BytesIO(data)).format or "").upper()
+    for box in boxes:
+        left, top, right, bottom = blur_region(tuple(int(v) for v in box), im.width, im.height, margin)
+        if right <= left or bottom <= top:
+            continue
+        region = im.crop((left, top, right, bottom))
+        # shrink to a few pixels and back, then smooth: no feature of the face survives
+        small = region.resize((max(1, (right - left) // 12), max(1, (bottom - top) // 12)), Image.BILINEAR)
+        region = small.resize(region.size, Image.BILINEAR).filter(ImageFilter.GaussianBlur(max(2, (right - left) // 20)))
+        im.paste(region, (left, top))
+    out = io.BytesIO()
+    if fmt in ("JPEG", "MPO"):
+        im.save(out, "JPEG", quality=95)
+        return out.getvalue(), "JPEG"
+    im.save(out, "PNG")
+    return out.getvalue(), "PNG"

@@ -16,11 +16,15 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from lakecurate.errors import LakeError
+
+# lakecurate signals --KIND: the producer stage of each kind of per-row signal
+SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces"}
 from lakecurate.schema import COLUMN_DOCS, TABLE
 from lakecurate.store import (  # noqa: F401 - re-exported: the names users and older code import from here
     CONFLICTS_RETRIED,
@@ -85,10 +89,22 @@ class Lake(Store):
             return signals.compute_copy_hashes(self, workers=workers, progress=progress)
         if stage == "redact":
             return signals.compute_redacted(self)
+        if stage == "faces":
+            from lakecurate.faces import compute_faces
+
+            return compute_faces(self, workers=workers, progress=progress)
         if stage == "dedup":
             self.dedup(progress=progress, **options)
             return 1
         raise ValueError(f"no producer stage {stage!r}")
+
+    def signals(self, kinds: Sequence[str] = ("caption", "image"), **options: Any) -> dict[str, int]:
+        """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``;
+        returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""
+        unknown = [k for k in kinds if k not in SIGNAL_KINDS]
+        if unknown:
+            raise LakeError(f"unknown signal kind(s) {', '.join(unknown)}; choose from {', '.join(SIGNAL_KINDS)}")
+        return {k: self._produce(SIGNAL_KINDS[k], **options) for k in kinds}
 
     def cluster(self, k: int | None = None, **options: Any) -> Any:
         """k-means concepts: ``concept``/``concept_dist`` columns; see :func:`lakecurate.concepts.cluster`."""
