@@ -24,7 +24,8 @@ import pandas as pd
 from lakecurate.errors import LakeError
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
-SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces"}
+SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
+                "text": "text"}
 from lakecurate.schema import COLUMN_DOCS, TABLE
 from lakecurate.store import (  # noqa: F401 - re-exported: the names users and older code import from here
     CONFLICTS_RETRIED,
@@ -89,6 +90,10 @@ class Lake(Store):
             return signals.compute_copy_hashes(self, workers=workers, progress=progress)
         if stage == "redact":
             return signals.compute_redacted(self)
+        if stage == "text":
+            from lakecurate.imagetext import compute_text
+
+            return compute_text(self, workers=workers, progress=progress)
         if stage == "faces":
             from lakecurate.faces import compute_faces
 
@@ -99,7 +104,7 @@ class Lake(Store):
         raise ValueError(f"no producer stage {stage!r}")
 
     def signals(self, kinds: Sequence[str] = ("caption", "image"), **options: Any) -> dict[str, int]:
-        """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``;
+        """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``, ``text``;
         returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""
         unknown = [k for k in kinds if k not in SIGNAL_KINDS]
         if unknown:

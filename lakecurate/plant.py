@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 if TYPE_CHECKING:
@@ -270,6 +271,45 @@ def plant_templates(captions: Sequence[str], *, per_template: int = 20, template
             x = " ".join(c.lower().rstrip(" .").split()[: rng.randint(2, 6)])
             out.append((template.format(x=x), t))
     return out
+
+
+_TEXT_WORDS = ("summer sale free shipping best price new arrival limited offer call now open daily fresh coffee "
+               "hotel parking exit museum tickets gallery").split()
+
+
+def plant_text(photo: bytes, *, seed: int = 0, lines: tuple[int, int] = (1, 4)) -> tuple[bytes, float]:
+    """A photo with legible text rendered on it (1-4 lines, 1-4 words each, sizes from 1/25 to 1/6
+    of the height, white or black with a contrasting outline, inside the frame, not overlapping),
+    as JPEG, and the
+    truth: the share of the image covered by the union of the lines' bounding boxes."""
+    from PIL import ImageFont
+
+    rng = random.Random(seed)
+    im = Image.open(io.BytesIO(photo)).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    covered = np.zeros((im.height, im.width), bool)
+    for _ in range(rng.randint(*lines)):
+        size = rng.randint(max(12, im.height // 25), max(13, im.height // 6))
+        font = ImageFont.load_default(size=size)
+        words = " ".join(rng.sample(_TEXT_WORDS, rng.randint(1, 4)))
+        text = words.upper() if rng.random() < 0.5 else words
+        fill, outline = rng.choice([((255, 255, 255), (0, 0, 0)), ((0, 0, 0), (255, 255, 255)), ((255, 220, 0), (0, 0, 0))])
+        stroke = rng.choice([1, 2])
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font, stroke_width=stroke)
+        if right - left >= im.width or bottom - top >= im.height:
+            continue
+        for _ in range(20):  # lines do not overlap (an overlay's lines never do)
+            x = rng.randint(-left, im.width - right)
+            y = rng.randint(-top, im.height - bottom)
+            if not covered[max(0, y + top - 2):y + bottom + 2, max(0, x + left - 2):x + right + 2].any():
+                break
+        else:
+            continue
+        draw.text((x, y), text, font=font, fill=fill, stroke_width=stroke, stroke_fill=outline)
+        covered[y + top:y + bottom, x + left:x + right] = True
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue(), float(covered.mean())
 
 
 def _fake_phone(rng: random.Random) -> str:

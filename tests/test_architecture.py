@@ -22,7 +22,7 @@ FLOORS = {
                "images", "engines", "runner", "graph"},
     "algo": {"neardup", "verify"},
     "models": {"encoders", "offline"},
-    "stages": {"ingest", "embed", "signals", "faces", "dedup", "curate", "concepts", "features", "export", "plant"},
+    "stages": {"ingest", "embed", "signals", "faces", "imagetext", "dedup", "curate", "concepts", "features", "export", "plant"},
     "views": {"search", "compare", "evaluate", "report"},
     "top": {"lake", "pipeline", "cli", "__init__"},
 }
