@@ -965,6 +965,40 @@ def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[
     return tbl, df
 
 
+def recipe_of(ds: "lance.LanceDataset") -> Recipe | None:
+    """The recipe whose decisions ``keep`` holds at this version (from its provenance), or None."""
+    prov = columns.field_provenance(ds.schema.field("keep"), strict=False) if "keep" in ds.schema.names else None
+    raw = ((prov or {}).get("config") or {}).get("recipe")
+    if not isinstance(raw, dict) or raw.get("steps") is None:
+        return None
+    try:
+        steps = [Step(s["filter"], s["reason"], dict(s["params"])) for s in raw["steps"] if s["filter"] in FILTERS]
+    except (KeyError, TypeError):
+        return None
+    return Recipe(raw.get("name", "recipe"), steps, raw.get("embedding"), bool(raw.get("redact")),
+                  (prov.get("config") or {}).get("source", "<lake>"), dict(raw.get("set") or {}))
+
+
+def explain_version(ds: "lance.LanceDataset", rec: Recipe, *, near: int = 6) -> list[StepView]:
+    """:func:`explain` of ``rec`` on the rows of one lake version it can judge (nothing computed,
+    nothing written): for the report's "rows either side of the cut". Steps whose columns the
+    version lacks are left out of the frame's decisions by failing nothing."""
+    from lakecurate.names import embedding_prefixes
+
+    names = ds.schema.names
+    # embeddings only when a step scores them (a lake with odd embedding provenance still shows the rest)
+    found = embedding_prefixes(ds) if any(EMBEDDING in FILTERS[s.filter].needs for s in rec.steps) else {}
+    emb = rec.embedding if rec.embedding in found else (next(iter(found)) if len(found) == 1 else None)
+    steps = [s for s in rec.steps if all(c in names for c in FILTERS[s.filter].reads(s.params))
+             and (s.filter != "alignment" or emb is not None)]
+    rec = Recipe(rec.name, steps, rec.embedding, rec.redact, rec.source, rec.overrides)
+    read = {"id"} | _reads(rec, names) | ({embedding_columns(emb)["score"]} if emb else set())
+    _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}))
+    views = explain(df, rec, _decide(df, rec, found.get(emb) if emb else None), near=near)
+    _attach(ds, views)
+    return views
+
+
 def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
     """A dry run computes nothing: inputs the lake lacks are named with the command that makes them."""
     commands = {CAPTION: f"lakecurate signals {lake.uri}", IMAGE: f"lakecurate signals {lake.uri}",

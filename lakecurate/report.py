@@ -40,6 +40,7 @@ SECTIONS = {
     "duplicates": "Duplicate groups",
     "alignment": "Lowest image-caption alignment",
     "rejected": "Rejected pairs, per reason",
+    "cuts": "Thresholds: the rows either side of each cut",
     "concepts": "Concepts before and after rebalancing",
     "distributions": "Distributions",
     "evaluations": "Evaluations: curated view versus baseline",
@@ -150,6 +151,21 @@ def _hist(values: np.ndarray, title: str, xlabel: str, *, log: bool = False, lin
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("rows", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _plot(fig)
+
+
+def _whatif_plot(view: Any) -> str:
+    """Rows kept by the whole recipe at each cut of one step, the recipe's cut marked."""
+    fig, ax = _pyplot().subplots(figsize=(4.4, 2.5))
+    xs = [w["cut"] for w in view.whatif]
+    ax.plot(xs, [w["kept"] for w in view.whatif], marker="o", color="#4a78b5", linewidth=1.2, markersize=3)
+    ax.axvline(view.cut["at"], color="#c0392b", linestyle="--", linewidth=1.2, label=f"{view.cut['param']} (recipe)")
+    ax.set_title(f"{view.reason}: kept rows by cut", fontsize=10)
+    ax.set_xlabel(f"{view.cut['label']} ({'drop under' if view.cut['side'] == 'min' else 'drop over'})", fontsize=8)
+    ax.set_ylabel("rows kept", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
     ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
     return _plot(fig)
@@ -387,6 +403,39 @@ class _Builder:
                             f"ORDER BY id LIMIT {self.per_reason}", with_row_id=True)
             out.append({"reason": reason, "rows": int(n), "cards": self.cards(rows, note=self._note)})
         return {"reasons": out}
+
+    def cuts(self) -> dict[str, Any] | None:
+        """Per thresholded step of the lake's recipe: the rows just failing and just passing its cut,
+        and the rows kept at other cuts (every other step unchanged), as a table and a plot."""
+        from lakecurate.curate import explain_version, recipe_of
+        from lakecurate.errors import LakeError
+
+        rec = recipe_of(self.ds) if "keep" not in self.stale_columns else None
+        if rec is None:
+            return None
+        out = []
+        try:
+            views = explain_version(self.ds, rec, near=self.per_reason)
+        except LakeError as exc:  # the report shows a lake whatever its columns hold
+            return {"recipe": rec.name, "steps": [], "note": f"Not shown: {exc}"}
+        for v in views:
+            if not v.cut or not v.whatif:
+                continue
+            rows = {r["id"]: r for r in v.below + v.above}
+            quoted = ", ".join(_q(i) for i in rows)
+            df = self.sql(f"SELECT _rowid, id, key, caption FROM pairs WHERE id IN ({quoted})", with_row_id=True) if rows else None
+
+            def side(items: list[dict[str, Any]], badge: str) -> list[dict[str, Any]]:
+                if df is None or not items:
+                    return []
+                part = df.set_index("id").loc[[r["id"] for r in items if r["id"] in set(df["id"])]].reset_index()
+                return self.cards(part, note=lambda r: f"{v.cut['label']} {rows[r['id']]['value']:.4g}",
+                                  badge=lambda r: badge)
+
+            out.append({"reason": v.reason, "filter": v.filter, "cut": v.cut, "dropped": v.dropped,
+                        "whatif": v.whatif, "plot": _whatif_plot(v),
+                        "below": side(v.below, "dropped"), "above": side(v.above, "kept")})
+        return {"recipe": rec.name, "steps": out}
 
     def concepts(self) -> dict[str, Any] | None:
         if "concept" not in self.names:

@@ -197,3 +197,26 @@ def test_cli_dry_run_and_set(featured):
     assert data["dry_run"] and [s["reason"] for s in data["steps"]] == ["ingest_error", "short", "by_rule", "alignment"]
     bad = CliRunner().invoke(main, ["curate", lake.uri, str(recipe), "--set", "min_percentile"])
     assert bad.exit_code != 0 and "write STEP.PARAM=VALUE" in bad.output and "Traceback" not in bad.output
+
+
+def test_report_shows_rows_either_side_of_each_cut(featured, tmp_path: Path):
+    import re
+
+    lake, recipe = featured
+    rep = lake.curate(recipe, overrides={"short.min": 25}, progress=False)
+    out = lake.report(tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert "cuts" not in out.empty_sections
+    section = html[html.index('<section id="cuts"'):html.index('<section id="concepts"')]
+    strips = re.findall(r'data-reason="([^"]+)" data-cut="([^"]+)"', section)
+    assert ("short", "25.0") in strips and any(r == "alignment" for r, _ in strips)
+    short = section[section.index('data-reason="short"'):]
+    short = short[: short.find('data-reason="', 20) if 'data-reason="' in short[20:] else len(short)]
+    dry = lake.curate(recipe, overrides={"short.min": 25}, dry_run=True)
+    view = next(v for v in dry.steps if v.reason == "short")
+    # the report's rows are the dry run's: each with its thumbnail and its value beside the cut
+    for r in view.below + view.above:
+        assert f"cap_len {r['value']:.4g}" in short and r["key"] in short
+    assert short.count('<img src="data:image/') >= len(view.below + view.above)  # thumbnails and the plot
+    assert f">{rep.kept}</td></tr>" in short.replace(",", "")  # the kept count at the recipe's own cut
+    assert "data-reason=\"by_rule\"" not in section  # a yes/no step has no cut

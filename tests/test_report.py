@@ -132,7 +132,10 @@ def test_kept_member_marked_and_thumbnails_real(report_page):
     sizes = [decode(s).size for s in thumbs]
     assert max(max(s) for s in sizes) <= 112 and min(max(s) for s in sizes) >= 32
     plots = [s for s in page.imgs if s.startswith("data:image/png")]
-    assert len(plots) == 4  # concept sizes + alignment, image size and caption length histograms
+    cut_steps = html.split('<section id="cuts"')[1].split("</section>")[0].count('class="strip cut-step"')
+    assert cut_steps >= 1  # the recipe's alignment step has a cut: its what-if plot
+    # concept sizes + alignment, image size and caption length histograms + one per thresholded step
+    assert len(plots) == 4 + cut_steps
     assert all(decode(p).size[0] > 200 for p in plots)
     assert "no image" in html  # rows whose bytes do not decode get a placeholder, not a broken image
     # self-contained: every image is inline, every link stays in the page
@@ -154,7 +157,7 @@ def test_empty_lake_sections_say_what_to_run(tmp_path: Path):
     rep = lake.report(tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
     page = Page(html)
-    assert set(rep.empty_sections) == {"duplicates", "alignment", "rejected", "concepts", "evaluations"}
+    assert set(rep.empty_sections) == {"duplicates", "alignment", "rejected", "cuts", "concepts", "evaluations"}
     for name in rep.empty_sections:
         assert page.sections[name]["data-empty"] == "true"
     for command in ("dedup", "embed", "cluster", "evaluate"):
