@@ -132,7 +132,7 @@ class Limit:
         what = {"int": "a whole number", "number": "a number",
                 "codes": 'a list of language codes, e.g. ["en", "de"]', "name": 'a column name, e.g. "aesthetic"',
                 "value": "a string, a number or true/false", "values": 'a list of values, e.g. ["cat", "dog"]',
-                "bool": "true or false", "sql": 'one SQL condition, e.g. "aesthetic > 4.5 AND cap_words >= 3"'}[self.kind]
+                "bool": "true or false", "texts": 'a list of texts, e.g. ["a watermark", "a logo"]', "sql": 'one SQL condition, e.g. "aesthetic > 4.5 AND cap_words >= 3"'}[self.kind]
         if self.lo is not None and self.hi is not None:
             what += f" from {self.lo:g} to {self.hi:g}"
         elif self.lo is not None:
@@ -143,6 +143,8 @@ class Limit:
         if value is None:
             return self.optional
         if self.kind == "codes":
+            return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
+        if self.kind == "texts":
             return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
         if self.kind in ("name", "sql"):
             return isinstance(value, str) and bool(value.strip())
@@ -390,6 +392,40 @@ class Alignment(Filter):
         return Cut(s, max(at), "min", param, "alignment score")
 
 
+class ZeroShot(Filter):
+    name = "zero_shot"
+    doc = ("CLIP-style prompt scoring of the image embedding: the probability that the image matches `prompts` "
+           "rather than `against` (softmax of cosines times the model's logit scale, CLIP's zero-shot classifier) "
+           "over max_prob; only as good as the encoder (the offline one knows little of watermarks or NSFW)")
+    needs = (EMBEDDING,)
+    params = {"prompts": None, "against": ["a photo"], "max_prob": 0.5}
+    limits = {"prompts": Limit("texts"), "against": Limit("texts"), "max_prob": Limit("number", 0, 1)}
+
+    def drop(self, df, p):
+        return _b(pd.Series(df[_zero_shot_key(p)]) > p["max_prob"])
+
+    def cut(self, df, p):
+        return Cut(_f(df[_zero_shot_key(p)]), p["max_prob"], "max", "max_prob", f"P({p['prompts'][0]!r}, ...)")
+
+
+def _zero_shot_key(p: dict[str, Any]) -> str:
+    return "__zs " + json.dumps([p["prompts"], p["against"]])
+
+
+def zero_shot(image: np.ndarray, prompts: np.ndarray, against: np.ndarray, scale: float = 100.0) -> np.ndarray:
+    """P(prompts) per row: softmax over the cosines of each image vector with every prompt and
+    every contrast text (all unit vectors), times ``scale``, summed over ``prompts``.
+
+    >>> e = np.eye(3, dtype=np.float32)
+    >>> zero_shot(e[:2], e[:1], e[1:2]).round(3).tolist()
+    [1.0, 0.0]
+    """
+    logits = scale * image @ np.concatenate([prompts, against]).T
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return (e[:, : len(prompts)].sum(axis=1) / e.sum(axis=1)).astype(np.float64)
+
+
 class Column(Filter):
     name = "column"
     doc = ("any scalar column, user features too: drop rows under min, over max, not equal to equals or "
@@ -443,7 +479,7 @@ class Sql(Filter):
 FILTERS: dict[str, Filter] = {f.name: f() for f in (
     IngestError, Duplicate, CaptionMissing, CaptionLength, CaptionFilename, CaptionUrl, CaptionBoilerplate,
     CaptionRepeat, CaptionNonprintable, CaptionTemplate, Language, ImageSize, Aspect, Blur, LowInformation, Grayscale,
-    Faces, Pii, Alignment, Column, Sql)}
+    Faces, Pii, Alignment, ZeroShot, Column, Sql)}
 # Signal columns a generic step may name, and the producers that make them.
 _NEEDS_BY_COLUMN = {c: f.needs for f in FILTERS.values() for c in f.columns if f.needs}
 
@@ -572,6 +608,8 @@ def _check_generic(f: Filter, params: dict[str, Any], where: str) -> None:
             raise LakeError(f"{where}: give at least one test: min, max, equals, in or not_null = true")
         if params["min"] is not None and params["max"] is not None and params["min"] > params["max"]:
             raise LakeError(f"{where}: min = {params['min']} is more than max = {params['max']}; every row would fail")
+    if f.name == "zero_shot" and params["prompts"] is None:
+        raise LakeError(f'{where}: give the prompts to score, e.g. prompts = ["a photo with a watermark"]')
     if f.name == "sql":
         if params["where"] is None:
             raise LakeError(f'{where}: give the condition rows must meet to be kept, e.g. where = "aesthetic > 4.5"')
@@ -783,6 +821,10 @@ def _needs(rec: Recipe) -> set[str]:
     return out
 
 
+def _zero_shots(rec: Recipe) -> list[dict[str, Any]]:
+    return [s.params for s in rec.steps if s.filter == "zero_shot"]
+
+
 def _reads(rec: Recipe, names: list[str]) -> set[str]:
     """Lake columns the steps read (an SQL condition's: the lake's column names it mentions)."""
     out: set[str] = set()
@@ -951,7 +993,8 @@ def _attach(ds: "lance.LanceDataset", views: list[StepView], cols: tuple[str, ..
             r.update({c: got.get(r["id"], {}).get(c) for c in cols})
 
 
-def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[int]) -> tuple[pa.Table, pd.DataFrame]:
+def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[int],
+           zero_shots: list[dict[str, Any]] | None = None) -> tuple[pa.Table, pd.DataFrame]:
     """The columns the steps read at ``ds``'s version, without rows of ``late`` fragments (their
     signals are not computed yet: left undecided), as an Arrow table (with ``_rowaddr``) and a frame."""
     tbl = ds.to_table(columns=sorted(read), with_row_address=True)
@@ -962,7 +1005,31 @@ def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[
     df.attrs["dataset"] = ds  # the sql step runs its condition on this very version
     if emb is not None:
         df["__score"] = df[embedding_columns(emb)["score"]]
+    if emb is not None and zero_shots:
+        _add_zero_shot(ds, df, emb, zero_shots, late)
     return tbl, df
+
+
+def _add_zero_shot(ds: "lance.LanceDataset", df: pd.DataFrame, emb: str, steps: list[dict[str, Any]],
+                   late: set[int]) -> None:
+    """Each zero_shot step's probabilities as a frame column: the prompts through the encoder's
+    text tower (rebuilt from the embedding's provenance), against the stored image vectors."""
+    from lakecurate.encoders import Encoder, spec_from_provenance
+
+    col = embedding_columns(emb)["image"]
+    tbl = ds.to_table(columns=[col], with_row_address=True)
+    if late:
+        tbl = tbl.filter(pa.array(~np.isin(tbl.column("_rowaddr").to_numpy() >> 32, np.fromiter(late, np.int64))))
+    x, valid = columns.embedding_matrix(tbl.column(col))
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    enc = Encoder(spec_from_provenance(columns.field_provenance(ds.schema.field(col))))
+    learnt = getattr(getattr(enc, "model", None), "logit_scale", None)  # CLIP's own: exp(4.6) = 100
+    scale = float(learnt.detach().exp()) if learnt is not None else 100.0
+    for p in steps:
+        t = np.asarray(enc.encode_texts(list(p["prompts"]) + list(p["against"])), np.float32)
+        t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+        prob = zero_shot(x, t[: len(p["prompts"])], t[len(p["prompts"]):], scale)
+        df[_zero_shot_key(p)] = np.where(valid, prob, np.nan)
 
 
 def recipe_of(ds: "lance.LanceDataset") -> Recipe | None:
@@ -993,7 +1060,7 @@ def explain_version(ds: "lance.LanceDataset", rec: Recipe, *, near: int = 6) -> 
              and (s.filter != "alignment" or emb is not None)]
     rec = Recipe(rec.name, steps, rec.embedding, rec.redact, rec.source, rec.overrides)
     read = {"id"} | _reads(rec, names) | ({embedding_columns(emb)["score"]} if emb else set())
-    _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}))
+    _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}), _zero_shots(rec))
     views = explain(df, rec, _decide(df, rec, found.get(emb) if emb else None), near=near)
     _attach(ds, views)
     return views
@@ -1057,7 +1124,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     if dry_run:
         read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
         _missing_for_dry_run(lake, ds, needs, read)
-        _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}))
+        _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}), _zero_shots(rec))
         dec = _decide(df, rec, emb_prov)
         report.steps = explain(df, rec, dec)
         _attach(ds, report.steps)
@@ -1075,14 +1142,15 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         ds = lake.dataset()  # this round's decisions are all made on this one version
         read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
         inputs = read - set(PAIRS_SCHEMA.names) - {"id"}
+        sources = read | ({embedding_columns(emb)["image"]} if emb and _zero_shots(rec) else set())
         tbl, df = _frame(ds, read | {c for c in ("keep", "drop_reason") if c in ds.schema.names}, emb,
-                         _unfilled(ds, inputs))
+                         _unfilled(ds, inputs), _zero_shots(rec))
         dec = _decide(df, rec, emb_prov)
         alive, reason, n = dec.alive, dec.reason, len(df)
         report.dropped = dec.dropped
 
         prov = columns.provenance("curate", {"recipe": rec.canonical(), "hash": rec.hash, "source": rec.source},
-                                  sorted(read - {"id"}), ds.version)
+                                  sorted(sources - {"id"}), ds.version)
         # keep/drop_reason are the lake's *current* curation: another recipe replaces them (metadata
         # only), while each recipe's result stays reachable through its tag.
         pinned = columns.field_provenance(ds.schema.field("keep")) if "keep" in ds.schema.names else None

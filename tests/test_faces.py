@@ -112,3 +112,43 @@ def test_faces_recipe_step(sample_lake_embedded: Lake, tmp_path: Path):
     assert set(got.loc[got["drop_reason"] == "faces", "key"]) == set(got.loc[got["img_faces"] > 0, "key"])
     assert "astronaut.jpg" in set(got.loc[got["drop_reason"] == "faces", "key"])
     assert rep.dropped["faces"] == int((got["img_faces"] > 0).sum()) >= 2
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_zero_shot_step_with_the_offline_encoder(flickr8k, tmp_path: Path):
+    """CLIP-style prompt scoring on real semantics: photos of dogs score as "a dog runs" rather than
+    "a man smiles", photos of faces the other way round; the step drops what its prompts describe.
+    (The offline encoder, trained on dog-heavy Flickr8k captions, needs caption-like prompts: with
+    "a photo of a dog" against "a photo of people" 6 of the 10 face photos scored as dogs.)"""
+    from lakecurate.columns import embedding_matrix, field_provenance
+    from lakecurate.curate import zero_shot
+    from lakecurate.encoders import Encoder, spec_from_provenance
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in FACES + NO_FACES:
+        shutil.copyfile(flickr8k / "images" / n, folder / n)
+        (folder / n).with_suffix(".txt").write_text("a photo")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(folder, progress=False)
+    lake.embed("offline", progress=False)
+    step = {"filter": "zero_shot", "prompts": ["a dog runs"], "against": ["a man smiles"], "max_prob": 0.5,
+            "reason": "dog"}
+    rep = lake.curate({"name": "zs", "step": [step]}, progress=False)
+    got = lake.to_pandas(["key", "drop_reason"])
+    dropped = set(got.loc[got["drop_reason"] == "dog", "key"])
+    # measured: all 12 dog photos, and 1 of the 10 face photos (1469358746: a man with his dog)
+    assert len(dropped & set(NO_FACES)) >= 11 and len(dropped & set(FACES)) <= 1, dropped
+    # the probabilities are CLIP's softmax of the stored image vectors against the encoded prompts
+    tbl = lake.dataset().to_table(columns=["key", "offline_image"])
+    x, _ = embedding_matrix(tbl.column("offline_image"))
+    enc = Encoder(spec_from_provenance(field_provenance(lake.dataset().schema.field("offline_image"))))
+    t = np.asarray(enc.encode_texts(["a dog runs", "a man smiles"]), np.float32)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    scale = float(enc.model.logit_scale.detach().exp())
+    p = zero_shot(x / np.linalg.norm(x, axis=1, keepdims=True), t[:1], t[1:], scale)
+    assert set(np.asarray(tbl.column("key").to_pylist())[p > 0.5]) == dropped
+    assert rep.dropped == {"dog": len(dropped)}
+    prov = field_provenance(lake.dataset().schema.field("keep"))
+    assert "offline_image" in prov["source_columns"]
