@@ -40,7 +40,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -1049,7 +1049,7 @@ def recipe_of(ds: "lance.LanceDataset") -> Recipe | None:
 def explain_version(ds: "lance.LanceDataset", rec: Recipe, *, near: int = 6) -> list[StepView]:
     """:func:`explain` of ``rec`` on the rows of one lake version it can judge (nothing computed,
     nothing written): for the report's "rows either side of the cut". Steps whose columns the
-    version lacks are left out of the frame's decisions by failing nothing."""
+    version lacks are left out (a lake curated before a signal existed)."""
     from lakecurate.names import embedding_prefixes
 
     names = ds.schema.names
@@ -1059,11 +1059,21 @@ def explain_version(ds: "lance.LanceDataset", rec: Recipe, *, near: int = 6) -> 
     steps = [s for s in rec.steps if all(c in names for c in FILTERS[s.filter].reads(s.params))
              and (s.filter != "alignment" or emb is not None)]
     rec = Recipe(rec.name, steps, rec.embedding, rec.redact, rec.source, rec.overrides)
-    read = {"id"} | _reads(rec, names) | ({embedding_columns(emb)["score"]} if emb else set())
-    _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}), _zero_shots(rec))
-    views = explain(df, rec, _decide(df, rec, found.get(emb) if emb else None), near=near)
+    df, dec = _judge(ds, rec, emb, found.get(emb) if emb else None)
+    views = explain(df, rec, dec, near=near)
     _attach(ds, views)
     return views
+
+
+def _judge(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, emb_prov: dict | None,
+           check: Callable[[set[str]], None] | None = None) -> tuple[pd.DataFrame, Decisions]:
+    """The recipe's decisions on the rows of ``ds`` whose inputs are filled, writing nothing:
+    (the frame it read, the decisions). ``check`` sees the columns to read first."""
+    read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
+    if check is not None:
+        check(read)
+    _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}), _zero_shots(rec))
+    return df, _decide(df, rec, emb_prov)
 
 
 def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
@@ -1122,10 +1132,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
     if dry_run:
-        read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
-        _missing_for_dry_run(lake, ds, needs, read)
-        _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}), _zero_shots(rec))
-        dec = _decide(df, rec, emb_prov)
+        df, dec = _judge(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read))
         report.steps = explain(df, rec, dec)
         _attach(ds, report.steps)
         report.dropped, report.rows, report.kept, report.version = dec.dropped, len(df), int(dec.alive.sum()), ds.version

@@ -24,7 +24,7 @@ import pyarrow as pa
 from lakecurate import runner
 from lakecurate.errors import LakeError
 from lakecurate.images import decode_small
-from lakecurate.runner import Rows, RowStage
+from lakecurate.runner import RowStage
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -87,11 +87,7 @@ def _setup() -> None:
     detector()  # the missing package is one clear error before any image is read
 
 
-def _batch(state: Any, rows: Rows) -> pa.Table:
-    return rows.images  # the readers found the faces where they decoded the images
-
-
-STAGE = RowStage("signals-faces", FIELDS, CONFIG, ["image"], batch=_batch, image=find_faces, setup=_setup,
+STAGE = RowStage("signals-faces", FIELDS, CONFIG, ["image"], batch=runner.readers_output, image=find_faces, setup=_setup,
                  batch_size=64, readers_do_all=True, desc="faces", unit="img")
 
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 from lakecurate import runner
 from lakecurate.errors import LakeError
 from lakecurate.images import decode_small
-from lakecurate.runner import Rows, RowStage
+from lakecurate.runner import RowStage
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -129,11 +129,7 @@ def _setup() -> None:
     model_path()  # the missing package is one clear error before any image is read
 
 
-def _batch(state: Any, rows: Rows) -> pa.Table:
-    return rows.images
-
-
-STAGE = RowStage("signals-text", FIELDS, CONFIG, ["image"], batch=_batch, image=find_text, setup=_setup,
+STAGE = RowStage("signals-text", FIELDS, CONFIG, ["image"], batch=runner.readers_output, image=find_text, setup=_setup,
                  batch_size=64, readers_do_all=True, desc="text in images", unit="img")
 
 

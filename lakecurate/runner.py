@@ -103,6 +103,12 @@ class RowStage:
         return {**columns.provenance(self.name, self.config, self.sources or self.inputs, version), **self.extra}
 
 
+def readers_output(state: Any, rows: Rows) -> pa.Table:
+    """The ``batch`` of a stage whose ``image()`` computes every field in the reader processes
+    (where the decode runs): it only hands the readers' table on."""
+    return rows.images
+
+
 @dataclass
 class RunReport:
     """What :func:`run` did. ``counts``: non-null values per field over the rows computed and resumed."""

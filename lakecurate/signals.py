@@ -448,12 +448,6 @@ COPY_CONFIG = {"decode": f"draft gray >= {_WORK_SIDE}px, box to {_WORK_SIDE}px s
                "trim": "uniform edge lines, std <= 4, <= 45% per side", "hash": "dct-phash 32->8x8 of 4 turns x mirror"}
 
 
-def image_batch(state: Any, rows: Rows) -> pa.Table:
-    """The image signals stage's batch: the signals were computed by the readers (``image_signals``
-    on the blobs, where the decode runs), so this only hands them on."""
-    return rows.images
-
-
 def caption_batch(state: Any, rows: Rows) -> pa.Table:
     """The caption signals stage's batch: :func:`caption_signals` of the ``caption`` column."""
     return caption_signals(rows.columns.column("caption").to_pylist())
@@ -470,9 +464,9 @@ class RedactBatch:
         return pa.table({self.column: pa.array([redact(c) for c in caps], pa.string())})
 
 
-IMAGE_STAGE = RowStage("signals-image", IMAGE_FIELDS, IMAGE_CONFIG, ["image"], batch=image_batch, image=image_signals,
+IMAGE_STAGE = RowStage("signals-image", IMAGE_FIELDS, IMAGE_CONFIG, ["image"], batch=runner.readers_output, image=image_signals,
                        batch_size=IMAGE_BATCH, readers_do_all=True, desc="image signals", unit="img")
-COPY_STAGE = RowStage("signals-copy", COPY_FIELDS, COPY_CONFIG, ["image"], batch=image_batch, image=copy_hashes,
+COPY_STAGE = RowStage("signals-copy", COPY_FIELDS, COPY_CONFIG, ["image"], batch=runner.readers_output, image=copy_hashes,
                       batch_size=IMAGE_BATCH, readers_do_all=True, desc="copy hashes", unit="img")
 CAPTION_STAGE = RowStage("signals-caption", CAPTION_FIELDS, CAPTION_CONFIG, ["caption"], batch=caption_batch,
                          desc="caption signals")
