@@ -428,6 +428,49 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
         click.echo(f"see them: lakecurate sql {lake} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
 
 
+# --------------------------------------------------------------------------- recaption
+@main.command()
+@lake_argument
+@click.option("--model", default="tiny-random-coca", show_default=True,
+              help="An open_clip CoCa (coca_ViT-B-32, coca_ViT-L-14) or tiny-random-coca (tests).")
+@click.option("--pretrained", help="open_clip pretrained tag (default: the first the model has).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Local weights file instead of a tag.")
+@click.option("--name", help="Column name suffix: caption_NAME (default from the model and tag).")
+@click.option("--max-tokens", type=click.IntRange(1, 75), default=30, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 5), default=0.0, show_default=True,
+              help="0: greedy (deterministic); above 0: top-k sampling, seeded.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--recompute", is_flag=True, help="Replace the column written with other settings.")
+@json_option
+@_friendly_errors
+def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None,
+              max_tokens: int, temperature: float, top_k: int, seed: int, device: str, batch_size: int,
+              workers: int | None, engine: str, recompute: bool, as_json: bool) -> None:
+    """Add a synthetic caption for every image of LAKE as the column caption_NAME (+ _error).
+
+    The original caption is never modified; the new column is a caption like any other (recipes,
+    embed, export can use it). Re-runs fill only rows that lack it; a killed run resumes.
+
+    Example: lakecurate recaption ./lake --model coca_ViT-B-32 --pretrained mscoco_finetuned_laion2B-s13B-b90k
+    """
+    rep = open_lake(lake).recaption(model, pretrained=pretrained, checkpoint=checkpoint, name=name,
+                                    max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                                    device=device, batch_size=batch_size, workers=workers, engine=engine,
+                                    recompute=recompute)
+    if as_json:
+        echo_json(rep)
+        return
+    if rep.meaningless:
+        click.echo("note: tiny-random-coca is randomly initialised: its captions mean nothing (tests only)", err=True)
+    click.echo(f"{rep.column}: {rep.rows} rows captioned ({rep.rows_resumed} resumed, {rep.errors} errors) in "
+               f"{rep.fragments} fragments, {rep.seconds:.1f} s (model load {rep.model_load_seconds:.1f} s)")
+
+
 # --------------------------------------------------------------------------- signals
 @main.command("signals")
 @lake_argument

@@ -16,7 +16,6 @@ loads and the model in the main process is never waiting on JPEG decoding.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ import pyarrow as pa
 
 from lakecurate import columns, runner
 from lakecurate.encoders import MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve
-from lakecurate.images import MAX_DECODE_PIXELS, decode_image  # noqa: F401 - decode_image: also imported from here
+from lakecurate.images import MAX_DECODE_PIXELS, Preprocess, decode_image  # noqa: F401 - also imported from here
 from lakecurate.runner import Rows, RowStage
 
 if TYPE_CHECKING:
@@ -56,27 +55,6 @@ default_workers = runner.default_workers  # decode processes: half the cores, th
 
 
 # --------------------------------------------------------------------------- the stage's parts
-class Preprocess:
-    """Decode and preprocess a batch's images (run in the reader processes, which import only
-    lance, Pillow and numpy): {"pixels": stacked float32 CHW arrays of the good images or None,
-    "image_errors": one reason or None per row}."""
-
-    def __init__(self, transform: Any):
-        self.transform = transform
-
-    def __call__(self, blobs: list) -> dict[str, Any]:
-        pixels, errors = [], []
-        for data in blobs:
-            im, err = decode_image(data)
-            if im is not None:
-                try:
-                    pixels.append(self.transform(im))
-                except Exception as exc:  # a transform failing on an odd image is that row's problem only
-                    err = f"image_undecodable: {type(exc).__name__}: {exc}"[:300]
-            errors.append(err)
-        return {"pixels": np.stack(pixels) if pixels else None, "image_errors": errors}
-
-
 def embed_batch(enc: Encoder, item: dict[str, Any], dim: int) -> pa.Table:
     """Run the model on one decoded batch (``pixels``, ``image_errors``, ``captions``): a table of
     image and text embeddings, score and error."""
@@ -143,7 +121,6 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def check_options(*, batch_size: int, workers: int | None, precision: str, device: str,
@@ -159,8 +136,9 @@ def check_options(*, batch_size: int, workers: int | None, precision: str, devic
     whole("index_min_rows", index_min_rows, 0, none_ok=True)
     if precision not in PRECISIONS:
         raise LakeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise LakeError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {device!r}")
+    from lakecurate.options import device as check_device
+
+    check_device(device)
 
 
 def embed(

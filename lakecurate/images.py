@@ -155,3 +155,24 @@ def blur_boxes(data: bytes, boxes: list[tuple[int, int, int, int]], margin: floa
         return out.getvalue(), "JPEG"
     im.save(out, "PNG")
     return out.getvalue(), "PNG"
+
+
+class Preprocess:
+    """Decode and preprocess a batch's images (run in the reader processes, which import only
+    lance, Pillow and numpy): {"pixels": stacked float32 CHW arrays of the good images or None,
+    "image_errors": one reason or None per row}. The image side of every model stage."""
+
+    def __init__(self, transform: Any):
+        self.transform = transform
+
+    def __call__(self, blobs: list) -> dict[str, Any]:
+        pixels, errors = [], []
+        for data in blobs:
+            im, err = decode_image(data)
+            if im is not None:
+                try:
+                    pixels.append(self.transform(im))
+                except Exception as exc:  # a transform failing on an odd image is that row's problem only
+                    err = f"image_undecodable: {type(exc).__name__}: {exc}"[:300]
+            errors.append(err)
+        return {"pixels": np.stack(pixels) if pixels else None, "image_errors": errors}

@@ -103,6 +103,12 @@ class Lake(Store):
             return 1
         raise ValueError(f"no producer stage {stage!r}")
 
+    def recaption(self, model: Any = "tiny-random-coca", **options: Any) -> Any:
+        """Add a synthetic caption column ``caption_<name>``; see :func:`lakecurate.recaption.recaption`."""
+        from lakecurate.recaption import recaption
+
+        return recaption(self, model, **options)
+
     def signals(self, kinds: Sequence[str] = ("caption", "image"), **options: Any) -> dict[str, int]:
         """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``, ``text``;
         returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""

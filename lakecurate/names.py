@@ -36,6 +36,8 @@ PRODUCERS = {"caption_signals": "cap_words", "image_signals": "phash", "copy_sig
 # its embeddings and scores mean nothing (lakecurate.encoders builds it; stages and the graph test
 # provenance against this name, never a substring).
 TINY_RANDOM = "lakecurate-tiny-random-MEANINGLESS"
+# The tiny, randomly initialised CoCa captioner (``--model tiny-random-coca``): meaningless captions, for tests.
+TINY_COCA = "lakecurate-tiny-random-coca-MEANINGLESS"
 
 EMBEDDING_PARTS = ("image", "text", "score", "error")
 

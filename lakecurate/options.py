@@ -48,3 +48,15 @@ def target(value: Any, option: str = "--target") -> float | int:
     if value > 1 and not float(value).is_integer():
         raise LakeError(f"invalid {option} {value!r}: a fraction must be in (0, 1], a row count a whole number")
     return float(value)  # a whole float above 1 stays a float: rebalance reads it as a count
+
+
+_DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def device(value: Any, option: str = "--device") -> str:
+    """A torch device name a model stage may be given: auto, cpu, mps, cuda or cuda:N."""
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(_DEVICE, value):
+        raise LakeError(f"{option} must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
+    return value

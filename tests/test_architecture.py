@@ -21,8 +21,8 @@ FLOORS = {
     "ground": {"errors", "_version", "schema", "options", "progress", "sqlcheck", "store", "columns", "names",
                "images", "engines", "runner", "graph"},
     "algo": {"neardup", "verify"},
-    "models": {"encoders", "offline"},
-    "stages": {"ingest", "embed", "signals", "faces", "imagetext", "dedup", "curate", "concepts", "features", "export", "plant"},
+    "models": {"encoders", "offline", "captioners"},
+    "stages": {"ingest", "embed", "signals", "faces", "imagetext", "recaption", "dedup", "curate", "concepts", "features", "export", "plant"},
     "views": {"search", "compare", "evaluate", "report"},
     "top": {"lake", "pipeline", "cli", "__init__"},
 }

@@ -31,6 +31,7 @@ CALLS = {
     "caption": ("signals.compute_caption_signals(lake, progress=False)", "cap_words"),
     "feature": ("lake.add_feature('clen', caption_len, inputs=['caption'], type='int32', batch_size=BATCH, "
                 "progress=False)", "clen"),
+    "recaption": ("lake.recaption('tiny-random-coca', batch_size=BATCH, progress=False)", "caption_tinycoca"),
 }
 
 # The child slows every batch down (the runner's one compute call) and runs with batches of 4 rows,

@@ -1,0 +1,145 @@
+"""Captioner registry: what writes a synthetic caption, resolved by name like the encoders.
+
+| model | what it is |
+| --- | --- |
+| ``coca_ViT-B-32`` (any open_clip CoCa, ``--pretrained TAG`` or ``--checkpoint PATH``) | open_clip CoCa: the image through its encoder, the caption from its multimodal decoder |
+| ``tiny-random-coca`` | a tiny randomly initialised CoCa config shipped in the package (``model_configs/``): meaningless but deterministic captions, for tests |
+
+Decoding is greedy (the most likely token each step, up to ``max_tokens`` tokens, deterministic) or
+sampled (``temperature`` > 0, top-k, seeded per batch). It is written here and not taken from
+open_clip's ``CoCa.generate``: that needs ``transformers`` < 5 (it imports ``BeamSearchScorer``,
+gone in 5.x) and asserts otherwise; the loop is CoCa's own forward pass, token by token.
+
+A :class:`CaptionerSpec` is picklable and holds no weights: its ``config()`` is the provenance of
+the caption column (model, weights, prompt, decoding parameters, seed).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lakecurate.encoders import EncoderError, EncoderSpec, _load_open_clip, _register_configs, _slug, resolve_device
+from lakecurate.names import TINY_COCA
+
+DEFAULT_MAX_TOKENS = 30
+MODES = ("caption",)
+
+
+@dataclass(frozen=True)
+class CaptionerSpec:
+    """What a captioner is, for provenance and the column name, without loading weights."""
+
+    family: str  # "open_clip"
+    arch: str
+    pretrained: str | None = None  # open_clip tag, or a checkpoint path
+    name: str = ""  # the column is f"caption_{name}"
+    mode: str = "caption"
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 5
+    seed: int = 0
+
+    def config(self) -> dict[str, Any]:
+        cfg = asdict(self)
+        if self.pretrained and os.path.isfile(self.pretrained):
+            cfg["checkpoint_bytes"] = os.path.getsize(self.pretrained)
+        cfg["decoder"] = "greedy" if self.temperature == 0 else "top-k sampling"
+        return cfg
+
+    @property
+    def meaningless(self) -> bool:
+        return self.arch == TINY_COCA
+
+    def encoder_spec(self) -> EncoderSpec:
+        """The image side as an encoder spec: its transforms and loading are the encoders' own."""
+        return EncoderSpec("open_clip", self.arch, self.pretrained, self.name)
+
+    def column(self) -> str:
+        return f"caption_{self.name}"
+
+
+def resolve_captioner(model: str, pretrained: str | None = None, checkpoint: str | None = None,
+                      name: str | None = None, *, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
+                      top_k: int = 5, seed: int = 0) -> CaptionerSpec:
+    """A spec from a model name (see the table above); errors list the choices."""
+    import open_clip
+
+    _register_configs()
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 75:
+        raise EncoderError(f"--max-tokens must be a whole number from 1 to 75 (CoCa's context), not {max_tokens!r}")
+    if not 0.0 <= float(temperature) <= 5.0:
+        raise EncoderError(f"--temperature must be from 0 (greedy) to 5, not {temperature!r}")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise EncoderError(f"--top-k must be a whole number >= 1, not {top_k!r}")
+    if name is not None and not _slug(name):
+        raise EncoderError(f"--name {name!r}: use letters and digits (the column is caption_NAME)")
+    arch = TINY_COCA if model == "tiny-random-coca" else model
+    cocas = [m for m in open_clip.list_models() if m.startswith("coca")] + [TINY_COCA]
+    if arch not in cocas:
+        raise EncoderError(f"unknown captioner {model!r}; choose tiny-random-coca (tests) or an open_clip CoCa: "
+                           f"{', '.join(m for m in cocas if m != TINY_COCA)}")
+    options = {"max_tokens": max_tokens, "temperature": float(temperature), "top_k": top_k, "seed": seed}
+    if checkpoint:
+        if not os.path.isfile(checkpoint):
+            raise EncoderError(f"checkpoint '{checkpoint}' does not exist")
+        return CaptionerSpec("open_clip", arch, os.path.abspath(checkpoint), _slug(name or f"{arch}_ckpt"), **options)
+    if arch == TINY_COCA:
+        return CaptionerSpec("open_clip", arch, None, _slug(name or "tinycoca"), **options)
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    pretrained = pretrained or (tags[0] if tags else None)
+    if pretrained is None or pretrained not in tags:
+        raise EncoderError(f"no pretrained weights '{pretrained}' for {arch}; known tags: {', '.join(tags) or 'none'}; "
+                           "or pass --checkpoint PATH")
+    return CaptionerSpec("open_clip", arch, pretrained, _slug(name or f"{arch}_{pretrained.split('_')[0]}"), **options)
+
+
+class Captioner:
+    """A loaded CoCa: captions for a batch of preprocessed images (float32 NCHW)."""
+
+    SOT, EOT = 49406, 49407  # open_clip's tokenizer: start and end of text
+
+    def __init__(self, spec: CaptionerSpec, device: str = "auto"):
+        import torch
+
+        self.spec, self.device = spec, resolve_device(device)
+        torch.manual_seed(0)  # tiny-random-coca is the same model in every process
+        self.model, _ = _load_open_clip(spec.encoder_spec())
+        if spec.pretrained is None:  # open_clip leaves the decoder's output projection at zero: every
+            # token would tie. Seeded random values give a random model captions that differ by image.
+            proj = self.model.text_decoder.text_projection
+            with torch.no_grad():
+                proj.copy_(torch.randn(proj.shape, generator=torch.Generator().manual_seed(0)) * proj.shape[0] ** -0.5)
+        self.model = self.model.to(self.device).eval()
+
+    def caption(self, pixels: Any, batch_seed: int = 0) -> list[str]:
+        """One caption per image: CoCa's decoder run token by token from the start token."""
+        import open_clip
+        import torch
+
+        x = torch.as_tensor(pixels, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(self.spec.seed * 1_000_003 + batch_seed)
+        with torch.inference_mode():
+            latent, embs = self.model._encode_image(x)
+            out = torch.full((len(x), 1), self.SOT, dtype=torch.long, device=self.device)
+            done = torch.zeros(len(x), dtype=torch.bool, device=self.device)
+            for _ in range(self.spec.max_tokens):
+                logits = self.model(x, out, image_latent=latent, image_embs=embs, output_labels=False)["logits"][:, -1]
+                if self.spec.temperature == 0:
+                    nxt = logits.argmax(-1)
+                else:
+                    top = torch.topk(logits / self.spec.temperature, self.spec.top_k, dim=-1)
+                    pick = torch.multinomial(top.values.softmax(-1), 1, generator=gen).squeeze(1)
+                    nxt = top.indices.gather(1, pick[:, None]).squeeze(1)
+                nxt = torch.where(done, torch.full_like(nxt, self.EOT), nxt)
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                done |= nxt == self.EOT
+                if bool(done.all()):
+                    break
+        texts = []
+        for row in out.tolist():
+            toks = row[1:]
+            toks = toks[: toks.index(self.EOT)] if self.EOT in toks else toks
+            texts.append(open_clip.decode(torch.tensor(toks)).strip() if toks else "")
+        return texts

@@ -1,0 +1,80 @@
+"""Synthetic captions: the recaption stage with the tiny random CoCa through the CLI (column and
+provenance, incremental runs), greedy and seeded decoding, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError
+from lakecurate.captioners import Captioner, resolve_captioner
+from lakecurate.cli import main
+from lakecurate.columns import field_provenance
+
+from .conftest import SAMPLE_DATA, pair_rows
+
+
+def test_cli_recaption_adds_a_column_with_provenance(sample_lake_embedded: Lake, tmp_path: Path):
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    before = lake.to_pandas(["id", "caption"]).set_index("id")["caption"]
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--model", "tiny-random-coca", "--workers", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    assert rep["column"] == "caption_tinycoca" and rep["rows"] == lake.count() and rep["meaningless"]
+    df = lake.to_pandas(["id", "key", "caption", "caption_tinycoca", "caption_tinycoca_error"]).set_index("id")
+    assert df["caption"].equals(before.loc[df.index])  # the original caption is never modified
+    bad = df["key"].isin(["gravel_truncated.jpg", "notes_not_an_image.jpg"])
+    assert df.loc[bad, "caption_tinycoca"].isna().all() and df.loc[bad, "caption_tinycoca_error"].notna().all()
+    assert df.loc[~bad, "caption_tinycoca"].map(lambda c: isinstance(c, str) and len(c) > 0).all()
+    assert df.loc[~bad, "caption_tinycoca_error"].isna().all()
+    prov = field_provenance(lake.dataset().schema.field("caption_tinycoca"))
+    assert prov["stage"] == "recaption" and prov["source_columns"] == ["image"]
+    assert prov["config"]["arch"].endswith("MEANINGLESS") and prov["config"]["decoder"] == "greedy"
+    assert prov["config"]["max_tokens"] == 30 and prov["config"]["seed"] == 0
+    # a re-run does nothing; appended rows are the next run's only work
+    v = lake.version
+    assert lake.recaption("tiny-random-coca", workers=0, progress=False).rows == 0 and lake.version == v
+    lake.append(pair_rows(0, 5, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
+    again = lake.recaption("tiny-random-coca", workers=0, progress=False)
+    assert again.rows == 5 and lake.dataset().count_rows(filter="caption_tinycoca IS NULL AND "
+                                                                "caption_tinycoca_error IS NULL") == 0
+    # other settings: refused until --recompute (or another name)
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--temperature", "1", "--workers", "0"])
+    assert res.exit_code != 0 and "recompute" in res.output and "Traceback" not in res.output
+
+
+def test_decoding_is_deterministic_and_seeded():
+    from PIL import Image
+
+    spec = resolve_captioner("tiny-random-coca")
+    tf, _ = spec.encoder_spec().build_transforms()
+    px = np.stack([tf(Image.open(SAMPLE_DATA / f"{n}.jpg").convert("RGB")) for n in ("coffee", "rocket", "chelsea")])
+    greedy = Captioner(spec, "cpu")
+    assert greedy.caption(px) == greedy.caption(px) == Captioner(spec, "cpu").caption(px)  # same in every process
+    sampled = Captioner(resolve_captioner("tiny-random-coca", temperature=1.0, seed=7), "cpu")
+    a = sampled.caption(px, batch_seed=1)
+    assert a == sampled.caption(px, batch_seed=1) and a != sampled.caption(px, batch_seed=2)
+    assert a != Captioner(resolve_captioner("tiny-random-coca", temperature=1.0, seed=8), "cpu").caption(px, 1)
+    assert all(len(t.split()) <= 30 for t in a)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"model": "nope"}, "unknown captioner 'nope'; choose tiny-random-coca"),
+    ({"model": "coca_ViT-B-32", "pretrained": "bogus"}, "no pretrained weights 'bogus' for coca_ViT-B-32; known tags"),
+    ({"model": "tiny-random-coca", "checkpoint": "/no/such.pt"}, "checkpoint '/no/such.pt' does not exist"),
+    ({"model": "tiny-random-coca", "max_tokens": 0}, "--max-tokens must be a whole number from 1 to 75"),
+    ({"model": "tiny-random-coca", "temperature": -1}, "--temperature must be from 0"),
+    ({"model": "tiny-random-coca", "device": "gpu"}, "--device must be auto, cpu"),
+    ({"model": "tiny-random-coca", "batch_size": 0}, "--batch-size"),
+])
+def test_bad_options_write_nothing(lake: Lake, kwargs, match):
+    lake.ingest(SAMPLE_DATA, progress=False)
+    v = lake.version
+    with pytest.raises(LakeError, match=match):
+        lake.recaption(**kwargs, progress=False)
+    assert lake.version == v
