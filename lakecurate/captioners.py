@@ -143,3 +143,176 @@ class Captioner:
             toks = toks[: toks.index(self.EOT)] if self.EOT in toks else toks
             texts.append(open_clip.decode(torch.tensor(toks)).strip() if toks else "")
         return texts
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible endpoints
+ENDPOINT_MODES = ("caption", "rephrase")
+CAPTION_PROMPT = "Describe this image in one sentence, as an image caption: what is shown, plainly, no preamble."
+# LaCLIP-style rewriting: the same content in other words (Fan et al. 2023 asked an LLM to rewrite).
+REPHRASE_PROMPT = ("Rewrite this image caption in different words, keeping every fact it states and adding none. "
+                   "Answer with the rewritten caption only.\nCaption: {caption}")
+RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """An OpenAI-compatible chat-completions endpoint as a captioner (vLLM, llama.cpp server,
+    Ollama, hosted APIs). ``mode`` "caption": a vision-language model describes the image (sent as
+    a data URL); "rephrase": a text model rewrites the original caption. The API key is read from
+    the environment variable ``api_key_env`` when set and is never part of the config."""
+
+    endpoint: str
+    api_model: str
+    name: str
+    mode: str = "caption"
+    prompt: str = ""
+    max_tokens: int = 60
+    temperature: float = 0.0
+    seed: int = 0
+    concurrency: int = 32
+    timeout: float = 30.0
+    retries: int = 4
+    api_key_env: str = "OPENAI_API_KEY"
+    image_side: int = 768
+
+    family = "endpoint"
+    arch = "endpoint"
+    meaningless = False
+
+    def config(self) -> dict[str, Any]:
+        cfg = asdict(self)
+        cfg["endpoint"] = _without_credentials(self.endpoint)
+        return cfg  # the key's variable name only, never its value
+
+    def column(self) -> str:
+        return f"caption_{self.name}"
+
+    def url(self) -> str:
+        base = self.endpoint.rstrip("/")
+        return base if base.endswith("/chat/completions") else base + "/chat/completions"
+
+
+def _without_credentials(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", prompt: str | None = None,
+                     name: str | None = None, max_tokens: int = 60, temperature: float = 0.0, seed: int = 0,
+                     concurrency: int = 32, timeout: float = 30.0, retries: int = 4,
+                     api_key_env: str = "OPENAI_API_KEY") -> EndpointSpec:
+    """An endpoint spec, every option checked (before anything is written)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EncoderError(f"--endpoint {endpoint!r}: give the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    if parts.username or parts.password or parts.query:
+        raise EncoderError("--endpoint must not carry credentials or a query string; put the key in an environment "
+                           f"variable named by --api-key-env (now {api_key_env})")
+    if not api_model or not isinstance(api_model, str):
+        raise EncoderError("--api-model: name the model the endpoint serves, e.g. --api-model llava-1.6")
+    if mode not in ENDPOINT_MODES:
+        raise EncoderError(f"--mode must be one of {', '.join(ENDPOINT_MODES)}, not {mode!r}")
+    prompt = prompt or (REPHRASE_PROMPT if mode == "rephrase" else CAPTION_PROMPT)
+    if mode == "rephrase" and "{caption}" not in prompt:
+        raise EncoderError("--prompt for --mode rephrase must contain {caption} (where the original caption goes)")
+    for opt, value, lo in (("--max-tokens", max_tokens, 1), ("--concurrency", concurrency, 1), ("--retries", retries, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise EncoderError(f"{opt} must be a whole number >= {lo}, not {value!r}")
+    if not 0 < float(timeout) <= 3600:
+        raise EncoderError(f"--timeout must be seconds in (0, 3600], not {timeout!r}")
+    if not 0.0 <= float(temperature) <= 5.0:
+        raise EncoderError(f"--temperature must be from 0 to 5, not {temperature!r}")
+    slug = _slug(name or f"{api_model}_{mode}")
+    if not slug:
+        raise EncoderError(f"--name {name!r}: use letters and digits (the column is caption_NAME)")
+    return EndpointSpec(endpoint, api_model, slug, mode, prompt, max_tokens, float(temperature), seed, concurrency,
+                        float(timeout), retries, api_key_env)
+
+
+class EndpointClient:
+    """Chat-completions requests for a batch, ``concurrency`` at a time: each row's text, or its
+    error after ``retries`` retries (429 honours Retry-After; 5xx, timeouts, refused connections and
+    malformed replies back off exponentially), and the attempts it took."""
+
+    def __init__(self, spec: EndpointSpec, sleep: Any = None):
+        import time
+
+        self.spec = spec
+        self.key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        self.sleep = sleep or time.sleep
+
+    def messages(self, image_url: str | None, caption: str | None) -> list[dict[str, Any]]:
+        if self.spec.mode == "rephrase":
+            return [{"role": "user", "content": self.spec.prompt.replace("{caption}", caption or "")}]
+        return [{"role": "user", "content": [{"type": "text", "text": self.spec.prompt},
+                                             {"type": "image_url", "image_url": {"url": image_url}}]}]
+
+    def one(self, image_url: str | None, caption: str | None) -> tuple[str | None, str | None, int]:
+        """(text, error, attempts) of one row."""
+        import json
+        import random
+        import socket
+        import urllib.error
+        import urllib.request
+
+        body = json.dumps({"model": self.spec.api_model, "messages": self.messages(image_url, caption),
+                           "max_tokens": self.spec.max_tokens, "temperature": self.spec.temperature,
+                           "seed": self.spec.seed}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        error = "no attempt"
+        for attempt in range(1, self.spec.retries + 2):
+            wait = min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random())
+            try:
+                req = urllib.request.Request(self.spec.url(), data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.spec.timeout) as resp:
+                    raw = resp.read()
+                try:
+                    text = json.loads(raw)["choices"][0]["message"]["content"]
+                    if not isinstance(text, str):
+                        raise TypeError("content is not text")
+                    return " ".join(text.split()), None, attempt
+                except (ValueError, KeyError, IndexError, TypeError) as exc:
+                    error = f"malformed reply ({type(exc).__name__})"
+            except urllib.error.HTTPError as exc:
+                error = f"HTTP {exc.code}"
+                if exc.code not in RETRY_STATUS:
+                    return None, f"endpoint: {error} (not retried)", attempt
+                after = exc.headers.get("Retry-After") if exc.headers else None
+                if after and after.strip().replace(".", "", 1).isdigit():
+                    wait = min(60.0, float(after))
+            except (TimeoutError, socket.timeout):
+                error = f"timed out after {self.spec.timeout:g} s"
+            except (urllib.error.URLError, ConnectionError, OSError) as exc:
+                error = f"connection failed ({type(getattr(exc, 'reason', exc)).__name__})"
+            if attempt <= self.spec.retries:
+                self.sleep(wait)
+        return None, f"endpoint: {error} after {self.spec.retries + 1} attempts", self.spec.retries + 1
+
+    def batch(self, image_urls: list[str | None], captions: list[str | None]) -> list[tuple[str | None, str | None, int]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.spec.concurrency) as pool:
+            return list(pool.map(self.one, image_urls, captions))
+
+
+def image_data_url(data: bytes | None, side: int) -> tuple[str | None, str | None]:
+    """(a JPEG data URL of the upright image at most ``side`` pixels, error) for caption mode."""
+    import base64
+    import io
+
+    from lakecurate.images import decode_small
+
+    small = decode_small(data, side)
+    if small is None:
+        return None, "image_undecodable: no decodable image to send"
+    buf = io.BytesIO()
+    small[0].save(buf, "JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), None

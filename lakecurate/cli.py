@@ -442,15 +442,28 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch (default: 16 for CoCa, 256 for an endpoint).")
 @click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--recompute", is_flag=True, help="Replace the column written with other settings.")
+@click.option("--endpoint", help="An OpenAI-compatible server's base URL (vLLM, llama.cpp, Ollama, hosted): "
+              "its model captions or rephrases instead of a local CoCa.")
+@click.option("--api-model", help="The model the endpoint serves.")
+@click.option("--mode", type=click.Choice(["caption", "rephrase"]), default="caption", show_default=True,
+              help="caption: a vision-language model describes the image; rephrase: a text model rewrites the caption.")
+@click.option("--prompt", help="The instruction (rephrase: must contain {caption}); default: see the README.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True, help="Requests in flight.")
+@click.option("--timeout", type=click.FloatRange(0, 3600, min_open=True), default=30.0, show_default=True)
+@click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True)
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
+              help="The environment variable holding the API key (read if set; never stored or printed).")
 @json_option
 @_friendly_errors
 def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None,
-              max_tokens: int, temperature: float, top_k: int, seed: int, device: str, batch_size: int,
-              workers: int | None, engine: str, recompute: bool, as_json: bool) -> None:
+              max_tokens: int, temperature: float, top_k: int, seed: int, device: str, batch_size: int | None,
+              workers: int | None, engine: str, recompute: bool, endpoint: str | None, api_model: str | None,
+              mode: str, prompt: str | None, concurrency: int, timeout: float, retries: int, api_key_env: str,
+              as_json: bool) -> None:
     """Add a synthetic caption for every image of LAKE as the column caption_NAME (+ _error).
 
     The original caption is never modified; the new column is a caption like any other (recipes,
@@ -461,14 +474,17 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
     rep = open_lake(lake).recaption(model, pretrained=pretrained, checkpoint=checkpoint, name=name,
                                     max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed,
                                     device=device, batch_size=batch_size, workers=workers, engine=engine,
-                                    recompute=recompute)
+                                    recompute=recompute, endpoint=endpoint, api_model=api_model, mode=mode,
+                                    prompt=prompt, concurrency=concurrency, timeout=timeout, retries=retries,
+                                    api_key_env=api_key_env)
     if as_json:
         echo_json(rep)
         return
     if rep.meaningless:
         click.echo("note: tiny-random-coca is randomly initialised: its captions mean nothing (tests only)", err=True)
-    click.echo(f"{rep.column}: {rep.rows} rows captioned ({rep.rows_resumed} resumed, {rep.errors} errors) in "
-               f"{rep.fragments} fragments, {rep.seconds:.1f} s (model load {rep.model_load_seconds:.1f} s)")
+    click.echo(f"{rep.column}: {rep.rows} rows captioned ({rep.rows_resumed} resumed, {rep.errors} errors"
+               + (f", {rep.retries} retries" if endpoint else "") + f") in {rep.fragments} fragments, "
+               f"{rep.seconds:.1f} s (model load {rep.model_load_seconds:.1f} s)")
 
 
 # --------------------------------------------------------------------------- signals

@@ -20,9 +20,19 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute below
 
 from lakecurate import columns, runner
-from lakecurate.captioners import DEFAULT_MAX_TOKENS, Captioner, CaptionerSpec, resolve_captioner
+from lakecurate.captioners import (
+    DEFAULT_MAX_TOKENS,
+    Captioner,
+    CaptionerSpec,
+    EndpointClient,
+    EndpointSpec,
+    image_data_url,
+    resolve_captioner,
+    resolve_endpoint,
+)
 from lakecurate.images import Preprocess
 from lakecurate.runner import Rows, RowStage
 
@@ -42,6 +52,7 @@ class RecaptionReport:
     meaningless: bool = False
     model_load_seconds: float = 0.0
     seconds: float = 0.0
+    retries: int = 0  # endpoint: attempts beyond the first, over the column
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,41 +86,113 @@ class CaptionRows:
         return pa.table({self.column: pa.array(out, pa.string()), f"{self.column}_error": pa.array(errors, pa.string())})
 
 
-def recaption_stage(spec: CaptionerSpec, *, device: str = "auto", batch_size: int = 16) -> RowStage:
+class EndpointImages:
+    """In the reader processes: each image as a JPEG data URL (caption mode of an endpoint)."""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def __call__(self, blobs: list) -> dict[str, Any]:
+        urls, errors = zip(*(image_data_url(b, self.side) for b in blobs)) if blobs else ((), ())
+        return {"urls": list(urls), "image_errors": list(errors)}
+
+
+class LoadClient:
+    def __init__(self, spec: EndpointSpec):
+        self.spec = spec
+
+    def __call__(self) -> EndpointClient:
+        return EndpointClient(self.spec)
+
+
+class EndpointRows:
+    """The batch of an endpoint captioner: every row ends with a caption or an error, and the
+    attempts it took (``_tries``: retries are what it took beyond one)."""
+
+    def __init__(self, column: str, mode: str):
+        self.column, self.mode = column, mode
+
+    def __call__(self, client: EndpointClient, rows: Rows) -> pa.Table:
+        n = rows.num_rows
+        caps = rows.columns.column("caption").to_pylist() if "caption" in rows.columns.column_names else [None] * n
+        if self.mode == "rephrase":
+            urls, errors = [None] * n, [None if (c or "").strip() else "caption_missing: nothing to rephrase" for c in caps]
+        else:
+            urls, errors = rows.images["urls"], rows.images["image_errors"]
+        todo = [k for k in range(n) if errors[k] is None]
+        done = dict(zip(todo, client.batch([urls[k] for k in todo], [caps[k] for k in todo])))
+        text = [done[k][0] if k in done else None for k in range(n)]
+        err = [done[k][1] if k in done else errors[k] for k in range(n)]
+        tries = [done[k][2] if k in done else 0 for k in range(n)]
+        return pa.table({self.column: pa.array(text, pa.string()), f"{self.column}_error": pa.array(err, pa.string()),
+                         f"{self.column}_tries": pa.array(tries, pa.int32())})
+
+
+def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto", batch_size: int = 16) -> RowStage:
     col = spec.column()
+    fields = [pa.field(col, pa.string()), pa.field(f"{col}_error", pa.string())]
+    if isinstance(spec, EndpointSpec):
+        rephrase = spec.mode == "rephrase"
+        return RowStage("recaption", fields + [pa.field(f"{col}_tries", pa.int32())], spec.config(),
+                        ["caption"] if rephrase else ["image", "caption"], batch=EndpointRows(col, spec.mode),
+                        setup=LoadClient(spec), image=None if rephrase else EndpointImages(spec.image_side),
+                        batch_size=batch_size, desc=f"recaption {spec.name}", unit="row")
     transform, _ = spec.encoder_spec().build_transforms()
-    return RowStage("recaption", [pa.field(col, pa.string()), pa.field(f"{col}_error", pa.string())], spec.config(),
-                    ["image", "id"], batch=CaptionRows(col), setup=LoadCaptioner(spec, device),
-                    image=Preprocess(transform), batch_size=batch_size, sources=["image"], desc=f"recaption {spec.name}",
-                    unit="img")
+    return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
+                    setup=LoadCaptioner(spec, device), image=Preprocess(transform), batch_size=batch_size,
+                    sources=["image"], desc=f"recaption {spec.name}", unit="img")
 
 
-def recaption(lake: "Store", model: "str | CaptionerSpec" = "tiny-random-coca", *, pretrained: str | None = None,
+def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny-random-coca", *, pretrained: str | None = None,
               checkpoint: str | None = None, name: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
-              temperature: float = 0.0, top_k: int = 5, seed: int = 0, device: str = "auto", batch_size: int = 16,
+              temperature: float = 0.0, top_k: int = 5, seed: int = 0, device: str = "auto", batch_size: int | None = None,
               workers: int | None = None, recompute: bool = False, progress: bool | None = None,
-              engine: str = "local") -> RecaptionReport:
+              engine: str = "local", endpoint: str | None = None, api_model: str | None = None,
+              mode: str = "caption", prompt: str | None = None, concurrency: int = 32, timeout: float = 30.0,
+              retries: int = 4, api_key_env: str = "OPENAI_API_KEY") -> RecaptionReport:
     """Add ``caption_<name>`` (+ ``_error``) for every row that lacks it; ``caption`` is never modified.
 
     Example::
 
         lake.recaption("coca_ViT-B-32", pretrained="mscoco_finetuned_laion2B-s13B-b90k")
         lake.recaption("tiny-random-coca")            # meaningless captions, for tests
+        lake.recaption(endpoint="http://127.0.0.1:8000/v1", api_model="llava", mode="caption")
+        lake.recaption(endpoint="http://127.0.0.1:8000/v1", api_model="llama3", mode="rephrase")
+
+    With ``endpoint`` (an OpenAI-compatible server: vLLM, llama.cpp, Ollama, hosted APIs) a
+    vision-language model captions each image, or with ``mode="rephrase"`` a text model rewrites the
+    original caption; ``concurrency`` requests at a time, ``timeout`` seconds each, ``retries`` with
+    backoff on 429/5xx/timeouts; what still fails is the row's ``_error``; the key comes from the
+    environment variable ``api_key_env`` and is never stored.
     """
     from lakecurate.engines import check_engine
     from lakecurate.options import device as check_device
     from lakecurate.options import whole
 
     check_engine(engine)
+    # a batch is what one model call takes (CoCa), or what the request pool works through (endpoints)
+    batch_size = batch_size if batch_size is not None else (256 if endpoint is not None or isinstance(model, EndpointSpec) else 16)
     whole("--batch-size", batch_size, 1)
     whole("--workers", workers, 0, none_ok=True)
     check_device(device)
-    spec = model if isinstance(model, CaptionerSpec) else resolve_captioner(
-        model, pretrained, checkpoint, name, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    if isinstance(model, (CaptionerSpec, EndpointSpec)):
+        spec = model
+    elif endpoint is not None:
+        spec = resolve_endpoint(endpoint, api_model or "", mode=mode, prompt=prompt, name=name,
+                                max_tokens=max_tokens,
+                                temperature=temperature, seed=seed, concurrency=concurrency, timeout=timeout,
+                                retries=retries, api_key_env=api_key_env)
+    else:
+        spec = resolve_captioner(model, pretrained, checkpoint, name, max_tokens=max_tokens, temperature=temperature,
+                                 top_k=top_k, seed=seed)
     columns.check_table(lake)
     stage = recaption_stage(spec, device=device, batch_size=batch_size)
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress)
-    return RecaptionReport(lake=lake.uri, model=spec.arch, column=spec.column(), rows=rep.rows,
-                           rows_resumed=rep.rows_resumed, errors=rep.counts.get(f"{spec.column()}_error", 0),
-                           fragments=rep.fragments, meaningless=spec.meaningless,
-                           model_load_seconds=rep.setup_seconds, seconds=rep.seconds)
+    out = RecaptionReport(lake=lake.uri, model=spec.arch if isinstance(spec, CaptionerSpec) else spec.api_model,
+                          column=spec.column(), rows=rep.rows, rows_resumed=rep.rows_resumed,
+                          errors=rep.counts.get(f"{spec.column()}_error", 0), fragments=rep.fragments,
+                          meaningless=spec.meaningless, model_load_seconds=rep.setup_seconds, seconds=rep.seconds)
+    if isinstance(spec, EndpointSpec) and (rep.rows or rep.rows_resumed):
+        tries = lake.dataset().to_table(columns=[f"{spec.column()}_tries"]).column(0)
+        out.retries = int(pa.compute.sum(pa.compute.max_element_wise(pa.compute.subtract(tries, 1), 0)).as_py() or 0)
+    return out

@@ -1,0 +1,174 @@
+"""Recaption through an OpenAI-compatible endpoint: a chat-completions server started here on
+127.0.0.1 answers normally, with 429 + Retry-After, 500, a hang past the timeout and malformed JSON;
+every row ends with a caption or a recorded error, nothing is lost, retries are counted, and the
+API key never reaches the lake or the output."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError
+from lakecurate.cli import main
+from lakecurate.columns import field_provenance
+from lakecurate.plant import synthetic_pairs
+
+from .conftest import SAMPLE_DATA
+
+KEY = "sk-test-SECRET-4711"
+
+
+class Server:
+    """Behaviour by the caption it is asked to rephrase: "flaky429 ..." gets a 429 first, "flaky500"
+    a 500 first, "slow" hangs past the client's timeout once, "broken" always gets malformed JSON,
+    "down" always a 503; everything else an answer. Counts requests and checks the key."""
+
+    def __init__(self, delay: float = 0.0):
+        self.requests: list[dict] = []
+        self.seen: dict[str, int] = {}
+        self.keys: set[str | None] = set()
+        self.lock = threading.Lock()
+        self.delay = delay
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append(body)
+                    outer.keys.add(self.headers.get("Authorization"))
+                content = body["messages"][0]["content"]
+                text = content if isinstance(content, str) else content[0]["text"]
+                tag = text.split("Caption: ")[-1] if "Caption: " in text else "image"
+                with outer.lock:
+                    n = outer.seen[tag] = outer.seen.get(tag, 0) + 1
+                if outer.delay:
+                    time.sleep(outer.delay)
+                if tag.startswith("flaky429") and n == 1:
+                    return self.reply(429, b"{}", {"Retry-After": "0"})
+                if tag.startswith("flaky500") and n == 1:
+                    return self.reply(500, b"oops")
+                if tag.startswith("slow") and n == 1:
+                    time.sleep(1.5)
+                    return self.reply(200, b"{}")
+                if tag.startswith("broken"):
+                    return self.reply(200, b"{not json")
+                if tag.startswith("down"):
+                    return self.reply(503, b"")
+                answer = "a rewritten " + tag if tag != "image" else "a described image"
+                return self.reply(200, json.dumps({"choices": [{"message": {"content": answer}}]}).encode())
+
+            def reply(self, code, data, headers=None):
+                try:
+                    self.send_response(code)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (the hang): fine
+                    pass
+
+        class Httpd(ThreadingHTTPServer):
+            request_queue_size = 128  # the default backlog (5) refuses a burst of 16 connections
+
+        self.httpd = Httpd(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def caption_lake(root: Path, captions: list[str | None]) -> Lake:
+    lake = Lake.create(root)
+    rows = synthetic_pairs(0, len(captions))
+    lake.append(rows.set_column(rows.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string())))
+    return lake
+
+
+def test_rephrase_every_row_ends_with_a_caption_or_an_error(server, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("MY_KEY", KEY)
+    caps = ["a dog on grass", "flaky429 a cat", "flaky500 a bus", "slow a boat", "broken a tree", "down a car", None,
+            *[f"plain caption {i}" for i in range(20)]]
+    lake = caption_lake(tmp_path / "lake", caps)
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--endpoint", server.url, "--api-model", "m", "--mode",
+                                    "rephrase", "--api-key-env", "MY_KEY", "--timeout", "0.5", "--retries", "2",
+                                    "--name", "re", "--json"])
+    assert res.exit_code == 0, res.output
+    rep, _ = json.JSONDecoder().raw_decode(res.output[res.output.index("{"):])
+    got = lake.to_pandas(["caption", "caption_re", "caption_re_error", "caption_re_tries"]).set_index("caption",
+                                                                                                      drop=False)
+    assert len(got) == len(caps)  # nothing lost
+    assert (got["caption_re"].notna() ^ got["caption_re_error"].notna()).all()  # a caption or an error, never both
+    ok = {c: f"a rewritten {c}" for c in caps if c and not c.startswith(("broken", "down"))}
+    for c, want in ok.items():
+        assert got.loc[c, "caption_re"] == want
+    assert got.loc["flaky429 a cat", "caption_re_tries"] == 2 and got.loc["flaky500 a bus", "caption_re_tries"] == 2
+    assert got.loc["slow a boat", "caption_re_tries"] == 2  # the hang timed out, the retry answered
+    assert got.loc["broken a tree", "caption_re_error"].startswith("endpoint: malformed reply")
+    assert got.loc["down a car", "caption_re_error"] == "endpoint: HTTP 503 after 3 attempts"
+    assert got.loc["broken a tree", "caption_re_tries"] == 3
+    null = got[got["caption"].isna()]
+    assert null["caption_re_error"].str.startswith("caption_missing").all() and (null["caption_re_tries"] == 0).all()
+    assert rep["retries"] == 1 + 1 + 1 + 2 + 2 and rep["errors"] == 3
+    # the key went to the server, and nowhere else
+    assert server.keys == {f"Bearer {KEY}"}
+    assert KEY not in res.output
+    for f in Path(lake.uri).rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+    prov = field_provenance(lake.dataset().schema.field("caption_re"))["config"]
+    assert prov["api_key_env"] == "MY_KEY" and prov["mode"] == "rephrase" and "{caption}" in prov["prompt"]
+    # a re-run sends nothing: every row has its caption or its error
+    n = len(server.requests)
+    assert lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", api_key_env="MY_KEY", timeout=0.5,
+                          retries=2, name="re", progress=False).rows == 0
+    assert len(server.requests) == n
+
+
+def test_caption_mode_sends_the_image(server, tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    rep = lake.recaption(endpoint=server.url, api_model="vlm", name="vlm", workers=0, progress=False)
+    got = lake.to_pandas(["key", "caption_vlm", "caption_vlm_error"]).set_index("key")
+    bad = ["gravel_truncated.jpg", "notes_not_an_image.jpg"]
+    assert got.drop(index=bad)["caption_vlm"].eq("a described image").all()
+    assert got.loc[bad, "caption_vlm_error"].str.startswith("image_undecodable").all()
+    sent = [m["messages"][0]["content"] for m in server.requests]
+    assert all(c[1]["image_url"]["url"].startswith("data:image/jpeg;base64,") for c in sent)
+    assert rep.rows == lake.count() and len(server.requests) == lake.count() - len(bad)
+    assert server.keys == {None}  # no key in the environment: no Authorization header
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"endpoint": "ftp://x"}, "give the server's base URL"),
+    ({"endpoint": "http://user:pw@127.0.0.1:1/v1"}, "must not carry credentials"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "api_model": ""}, "--api-model"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "mode": "rephrase", "prompt": "no slot"}, "must contain {caption}"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "concurrency": 0}, "--concurrency"),
+])
+def test_bad_endpoint_options_write_nothing(tmp_path: Path, kwargs, match):
+    lake = caption_lake(tmp_path / "lake", ["a dog"])
+    v = lake.version
+    with pytest.raises(LakeError, match=match):
+        lake.recaption(**{"api_model": "m", **kwargs}, progress=False)
+    assert lake.version == v
