@@ -685,6 +685,10 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
               help="WebDataset samples per shard (default: the --shard-size `sequence` used, so shard i holds "
                    "seq_shard i; else 1000).")
 @click.option("--overwrite", is_flag=True)
+@click.option("--caption-mix", help="Train on a mix of caption columns, e.g. caption=0.5,caption_coca=0.5: one per "
+              "row, chosen from --mix-seed and the row's id (recorded in the manifest).")
+@click.option("--mix-seed", type=int, default=0, show_default=True)
+@click.option("--caption-mix-both", is_flag=True, help="With --caption-mix: every non-null caption of the mix as its own sample.")
 @click.option("--blur-faces", is_flag=True,
               help="Write images with the faces found by `lakecurate signals --faces` blurred (the stored images "
                    "are never modified; recorded in the manifest).")
@@ -692,8 +696,8 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
 @json_option
 @_friendly_errors
 def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: str | None, caption: str,
-               no_repeats: bool, shard_size: int | None, overwrite: bool, blur_faces: bool, allow_stale: bool,
-               as_json: bool) -> None:
+               no_repeats: bool, shard_size: int | None, overwrite: bool, caption_mix: str | None, mix_seed: int,
+               caption_mix_both: bool, blur_faces: bool, allow_stale: bool, as_json: bool) -> None:
     """Export the chosen rows of LAKE to DEST for training, in order and with repeats, plus a manifest.
 
     Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted --blur-faces
@@ -701,7 +705,8 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     rep = open_lake(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
                                  shard_size=shard_size, overwrite=overwrite, allow_stale=allow_stale,
-                                 blur_faces=blur_faces)
+                                 blur_faces=blur_faces, caption_mix=caption_mix, mix_seed=mix_seed,
+                                 mix_both=caption_mix_both)
     for note in rep.stale:
         click.echo(f"warning: exported with --allow-stale: {note}", err=True)
     if as_json:

@@ -93,8 +93,8 @@ class ExportReport:
 
 
 def plan(lake: "Store", *, where: str | None = None, version: int | str | None = None, repeats: bool = True,
-         caption: str = "caption", allow_stale: bool = False,
-         extra: list[str] | None = None) -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
+         caption: str = "caption", allow_stale: bool = False, extra: list[str] | None = None,
+         caption_mix: dict[str, float] | None = None) -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
     """(dataset, metadata table of the chosen rows in export order, copy index per sample, where,
     stale warnings).
 
@@ -108,9 +108,16 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         where = default_view(names) or "ingest_status != 'error'"
     used = where_columns(where, names) + [c for c in ("seq_order", "repeats" if repeats else "") if c in names]
     warnings = check_current(lake, ds, used, what="export", allow_stale=allow_stale)
-    if caption not in names:
-        raise LakeError(f"no column '{caption}' in lake '{lake.uri}' to export as the caption")
-    cols = list(dict.fromkeys(META + [caption] + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))
+    for c in (caption_mix or {caption: 1.0}):
+        if c in META:
+            raise LakeError(f"column '{c}' is the export's own metadata, not a caption; mix caption columns")
+        if c not in names:
+            raise LakeError(f"no column '{c}' in lake '{lake.uri}' to export as a caption; caption columns: "
+                            f"{', '.join(n for n in names if n == 'caption' or (n.startswith('caption_') and not n.endswith(('_error', '_tries'))))}")
+        if not pa.types.is_string(ds.schema.field(c).type) and not pa.types.is_large_string(ds.schema.field(c).type):
+            raise LakeError(f"column '{c}' holds {ds.schema.field(c).type}, not text; export a caption column")
+    cols = list(dict.fromkeys(META + [caption, *(caption_mix or {})]
+                              + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))
     cols += [embedding_columns(e)["score"] for e in embedding_prefixes(ds)] + list(extra or [])
     try:
         tbl = ds.to_table(columns=cols, filter=where, with_row_id=True)
@@ -125,6 +132,78 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
             else np.ones(tbl.num_rows, np.int64))
     idx, copy = spread_copies(reps)
     return ds, tbl.take(pa.array(idx)), copy, where, warnings
+
+
+MIX_CAPTION = "__caption"  # the caption a mixed export writes: one of the mix's columns per sample
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"caption=0.5,caption_coca=0.5"`` -> ``{"caption": 0.5, "caption_coca": 0.5}``.
+
+    >>> parse_mix("caption=1, caption_x=3")
+    {'caption': 1.0, 'caption_x': 3.0}
+    """
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, eq, weight = part.strip().partition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = float("nan")
+        if not eq or not name.strip() or not np.isfinite(value) or value < 0:
+            raise LakeError(f"--caption-mix {text!r}: write COLUMN=WEIGHT,... with weights >= 0, "
+                            f"e.g. caption=0.5,caption_coca=0.5")
+        out[name.strip()] = value
+    if not out or sum(out.values()) <= 0:
+        raise LakeError(f"--caption-mix {text!r}: give at least one column a weight above 0")
+    return out
+
+
+def mix_choice(ids: list[str], weights: dict[str, float], seed: int) -> np.ndarray:
+    """Index into ``weights`` of the caption column each row trains on: a uniform number per row
+    from (seed, id) -- so a row's choice does not depend on the rest of the export -- against the
+    cumulative normalised weights.
+
+    >>> mix_choice(["a", "b", "c"], {"caption": 1.0, "caption_x": 0.0}, 0).tolist()
+    [0, 0, 0]
+    """
+    import hashlib
+
+    w = np.asarray(list(weights.values()), np.float64)
+    cum = np.cumsum(w / w.sum())
+    u = np.array([int.from_bytes(hashlib.blake2b(f"{seed}\x00{i}".encode(), digest_size=8).digest(), "big") / 2.0**64
+                  for i in ids])
+    return np.minimum(np.searchsorted(cum, u, side="right"), len(w) - 1)
+
+
+def _mix(tbl: pa.Table, copy: np.ndarray, weights: dict[str, float], seed: int, both: bool) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+    """The samples with their caption chosen from the mix (``choose``: one per sample, a null choice
+    falling back to the mix's next non-null column) or one sample per non-null mix column (``both``),
+    as ``__caption`` + ``caption_source``; and what the manifest records."""
+    names = list(weights)
+    caps = [tbl.column(c).to_pylist() for c in names]
+    n = tbl.num_rows
+    if both:
+        idx = [(r, k) for r in range(n) for k in range(len(names)) if weights[names[k]] > 0 and caps[k][r] is not None]
+        rows = np.array([r for r, _ in idx], np.int64)
+        src = [names[k] for _, k in idx]
+        text = [caps[k][r] for r, k in idx]
+        fallbacks = 0
+    else:
+        pick = mix_choice(tbl.column("id").to_pylist(), weights, seed)
+        rows, src, text, fallbacks = np.arange(n), [], [], 0
+        for r, k in enumerate(pick):
+            order = [k] + [j for j in range(len(names)) if j != k and weights[names[j]] > 0]
+            j = next((j for j in order if caps[j][r] is not None), k)
+            fallbacks += j != k
+            src.append(names[j]), text.append(caps[j][r])
+    out = tbl.take(pa.array(rows)).append_column(MIX_CAPTION, pa.array(text, pa.string()))
+    out = out.append_column("caption_source", pa.array(src, pa.string())).drop_columns(
+        [c for c in {*names, "caption"} if c in out.column_names])  # the chosen text is the caption
+    chosen = {c: src.count(c) for c in names}
+    record = {"weights": weights, "seed": seed, "mode": "both" if both else "choose", "samples_per_column": chosen,
+              "fallbacks": int(fallbacks)}
+    return out, copy[rows], record
 
 
 def spread_copies(reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +370,8 @@ def json_ready(part: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
 def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where: str | None = None,
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
            shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False,
-           blur_faces: bool = False) -> ExportReport:
+           blur_faces: bool = False, caption_mix: dict[str, float] | str | None = None, mix_seed: int = 0,
+           mix_both: bool = False) -> ExportReport:
     """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet or Lance.
 
     ``shard_size``: WebDataset samples per shard; default the shard size of the lake's sequence
@@ -300,6 +380,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     manifest (``stale``). ``blur_faces``: images with faces (``img_face_boxes``, from ``lakecurate
     signals --faces``, which must be current) are written with the faces blurred, re-encoded
     (JPEG at quality 95, other formats as PNG); the others as stored. The manifest records it.
+    ``caption_mix`` (``{"caption": 0.5, "caption_coca": 0.5}`` or that as text): each sample's
+    caption is one of these columns, chosen per row from ``mix_seed`` and its id (:func:`mix_choice`;
+    a null choice falls back to the next column), or with ``mix_both`` every non-null one as its own
+    sample; ``caption_source`` says which. The manifest records the mix and the counts.
 
     Example::
 
@@ -312,15 +396,30 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     shard_size = whole("--shard-size", shard_size, 1, none_ok=True)
     dest, previous = _check_dest(lake, dest, format, overwrite)
+    if isinstance(caption_mix, str):
+        caption_mix = parse_mix(caption_mix)
+    elif caption_mix is not None:
+        caption_mix = parse_mix(",".join(f"{k}={v}" for k, v in caption_mix.items()))
+    if caption_mix is not None and caption != "caption":
+        raise LakeError("give either --caption or --caption-mix, not both")
+    if mix_both and caption_mix is None:
+        raise LakeError("--caption-mix-both needs --caption-mix")
     if blur_faces:
         _check_faces(lake, lake.dataset(version), allow_stale)
     ds, tbl, copy, where, stale = plan(lake, where=where, version=version, repeats=repeats, caption=caption,
-                                       allow_stale=allow_stale, extra=[FACE_BOXES] if blur_faces else [])
+                                       allow_stale=allow_stale, extra=[FACE_BOXES] if blur_faces else [],
+                                       caption_mix=caption_mix)
+    mixed = None
+    if caption_mix is not None:
+        tbl, copy, mixed = _mix(tbl, copy, caption_mix, mix_seed, mix_both)
+        caption = MIX_CAPTION
     shard_size = shard_size or sequence_shard_size(ds) or SHARD_SIZE
     report = ExportReport(lake=lake.uri, dest=str(dest), format=format, version=ds.version, where=where,
                           samples=tbl.num_rows)
     manifest = _manifest(lake, ds, format, where, tbl, copy)
     manifest["allow_stale"], manifest["stale"] = allow_stale, stale
+    if mixed is not None:
+        manifest["caption_mix"] = mixed
     blur = {"images": 0, "faces": 0} if blur_faces else None
     report.stale = stale
     report.rows = manifest["rows"]
