@@ -300,11 +300,15 @@ def explain_encoder(spec_arch: str, meaningless: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores; 0 decodes in this process).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute these columns (e.g. after changing the config).")
+@click.option("--caption-col", default="caption", show_default=True,
+              help="Score another caption column (e.g. caption_coca from recaption) against the images this encoder "
+                   "embedded: PREFIX_COL_text, PREFIX_COL_score.")
 @engine_option
 @json_option
 @_friendly_errors
 def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None, device: str,
-          precision: str, batch_size: int, workers: int | None, recompute: bool, engine: str, as_json: bool) -> None:
+          precision: str, batch_size: int, workers: int | None, recompute: bool, caption_col: str, engine: str,
+          as_json: bool) -> None:
     """Add image/text embedding and alignment-score columns to LAKE (only rows that lack them).
 
     Columns: PREFIX_image, PREFIX_text (L2-normalised float16 vectors), PREFIX_score (cosine) and
@@ -320,14 +324,14 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
     explain_encoder(spec.arch, spec.meaningless)
     rep = the_lake.embed(model, pretrained=pretrained, checkpoint=checkpoint, name=name, device=device,
                                 precision=precision, batch_size=batch_size, workers=workers, recompute=recompute,
-                                engine=engine)
+                                engine=engine, caption_col=caption_col)
     if as_json:
         echo_json(rep)
         return
     rate = rep.rows_embedded / rep.seconds if rep.seconds else 0.0
+    missing = f"{rep.errors} without embedding (see {rep.columns['error']}); " if "error" in rep.columns else ""
     click.echo(f"embedded {rep.rows_embedded} rows in {rep.fragments_done} fragments ({rate:.1f} rows/s); "
-               f"{rep.rows_resumed} resumed from a checkpoint; {rep.errors} without embedding (see {rep.columns['error']}); "
-               f"columns: {', '.join(rep.columns.values())}")
+               f"{rep.rows_resumed} resumed from a checkpoint; {missing}columns: {', '.join(rep.columns.values())}")
 
 
 @main.command()

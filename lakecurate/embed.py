@@ -120,6 +120,47 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
                     desc=f"embed {spec.prefix}", unit="img")
 
 
+def caption_columns(prefix: str, caption: str) -> dict[str, str]:
+    """The columns that score another caption column against an embedding's images.
+
+    >>> caption_columns("offline", "caption_coca")
+    {'text': 'offline_caption_coca_text', 'score': 'offline_caption_coca_score'}
+    """
+    return {"text": f"{prefix}_{caption}_text", "score": f"{prefix}_{caption}_score"}
+
+
+class ScoreCaption:
+    """The batch of the caption-scoring stage: the caption column through the text tower, its
+    cosine with the stored image embedding (null where either is missing)."""
+
+    def __init__(self, caption: str, image: str, names: dict[str, str], dim: int):
+        self.caption, self.image, self.names, self.dim = caption, image, names, dim
+
+    def __call__(self, enc: Encoder, rows: Rows) -> pa.Table:
+        caps = [c if c is None else c[:MAX_TEXT_CHARS] for c in rows.columns.column(self.caption).to_pylist()]
+        img, img_ok = columns.embedding_matrix(rows.columns.column(self.image))
+        txt_ok = np.array([c is not None for c in caps], bool)
+        txt = np.zeros((len(caps), self.dim), np.float32)
+        if txt_ok.any():
+            txt[txt_ok] = enc.encode_texts([c for c in caps if c is not None]).numpy()
+        ok = img_ok & txt_ok
+        return pa.table({self.names["text"]: _vectors(txt, txt_ok),
+                         self.names["score"]: pa.array((img * txt).sum(axis=1).astype(np.float32), mask=~ok)})
+
+
+def caption_stage(spec: EncoderSpec, caption: str, *, device: str = "auto", precision: str = "fp32",
+                  batch_size: int = 256) -> RowStage:
+    """Score ``caption`` (a synthetic caption, say) against the images ``spec`` embedded already."""
+    names = caption_columns(spec.prefix, caption)
+    dim = spec.embed_dim()
+    image = column_names(spec.prefix)["image"]
+    fields = [pa.field(names["text"], pa.list_(pa.float16(), dim)), pa.field(names["score"], pa.float32())]
+    config = {**spec.config(), "precision": precision, "dim": dim, "storage": "float16", "caption": caption}
+    return RowStage("embed-caption", fields, config, [caption, image], batch=ScoreCaption(caption, image, names, dim),
+                    setup=LoadEncoder(spec, device, precision), batch_size=batch_size, desc=f"score {caption}",
+                    unit="row")
+
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -157,6 +198,7 @@ def embed(
     max_fragments: int | None = None,
     index_min_rows: int | None = None,
     engine: str = "local",
+    caption_col: str = "caption",
 ) -> EmbedReport:
     """Add image/text embedding and alignment-score columns for every row that lacks them.
 
@@ -164,6 +206,10 @@ def embed(
 
         report = lake.embed("offline")             # columns offline_image, offline_text, offline_score
         lake.sql("SELECT key, offline_score FROM pairs ORDER BY offline_score LIMIT 5")
+
+    ``caption_col``: score another caption column (``caption_coca`` from ``recaption``, say) against
+    the images this encoder embedded already: ``{prefix}_{caption_col}_text`` and ``_score``, no
+    image decoded again.
 
     ``engine="ray"`` embeds the fragments on a Ray cluster instead: one actor per CPU (per GPU
     with ``device="cuda"``, or ``auto`` on a cluster with GPUs) loads the model once and embeds,
@@ -176,6 +222,9 @@ def embed(
                   max_fragments=max_fragments, index_min_rows=index_min_rows)
     spec = model if isinstance(model, EncoderSpec) else resolve(model, pretrained, checkpoint, name)
     columns.check_table(lake)  # a foreign or newer table: refused before workers read it
+    if caption_col != "caption":
+        return _embed_caption(lake, spec, caption_col, device=device, precision=precision, batch_size=batch_size,
+                              workers=workers, recompute=recompute, progress=progress, engine=engine)
     stage = embed_stage(spec, device=device, precision=precision, batch_size=batch_size)
     names = column_names(spec.prefix)
     report = EmbedReport(lake=lake.uri, model=spec.arch, columns=names, meaningless=spec.meaningless)
@@ -188,5 +237,30 @@ def embed(
     report.errors = rep.counts.get(names["error"], 0)
     if rep.rows or rep.rows_resumed:
         report.indexed = lake.ensure_vector_index(names["image"], *(() if index_min_rows is None else (index_min_rows,)))
+    report.seconds = rep.seconds
+    return report
+
+
+def _embed_caption(lake: "Store", spec: EncoderSpec, caption: str, *, device: str, precision: str, batch_size: int,
+                   workers: int | None, recompute: bool, progress: bool | None, engine: str) -> EmbedReport:
+    from lakecurate.errors import LakeError
+    from lakecurate.graph import embed_command
+
+    ds = lake.dataset()
+    image = column_names(spec.prefix)["image"]
+    if caption not in ds.schema.names or not pa.types.is_string(ds.schema.field(caption).type):
+        have = [n for n in ds.schema.names if n.startswith("caption_") and pa.types.is_string(ds.schema.field(n).type)
+                and not n.endswith("_error")]
+        raise LakeError(f"--caption-col {caption!r} is not a text column of lake '{lake.uri}'; caption columns: "
+                        f"{', '.join(have) or 'none yet (lakecurate recaption makes one)'}")
+    if image not in ds.schema.names or columns.fragments_to_fill(ds, image):
+        raise LakeError(f"scoring {caption} needs the {spec.prefix} image embedding of every row; run: "
+                        f"{embed_command(lake, spec.prefix, {'config': spec.config()})}, then this again")
+    names = caption_columns(spec.prefix, caption)
+    report = EmbedReport(lake=lake.uri, model=spec.arch, columns=names, meaningless=spec.meaningless)
+    rep = runner.run(lake, caption_stage(spec, caption, device=device, precision=precision, batch_size=batch_size),
+                     engine=engine, workers=0 if workers is None else workers, recompute=recompute, progress=progress)
+    report.fragments_total, report.fragments_done, report.versions = rep.fragments_total, rep.fragments, rep.versions
+    report.rows_embedded, report.rows_resumed, report.model_load_seconds = rep.rows, rep.rows_resumed, rep.setup_seconds
     report.seconds = rep.seconds
     return report

@@ -40,14 +40,15 @@ if TYPE_CHECKING:
 
     from lakecurate.store import Store
 
-PER_ROW = ("embed", "signals-caption", "signals-image", "signals-copy", "signals-redact", "feature")
+PER_ROW = ("embed", "signals-caption", "signals-image", "signals-copy", "signals-redact", "signals-faces", "signals-text",
+           "recaption", "embed-caption", "feature")
 GLOBAL = ("dedup", "curate", "concepts", "rebalance", "sequence")
 # The version a global stage read, stored beside (not inside) the provenance: the provenance and
 # its config hash stay as they were, and a recompute drops the marker with the column.
 COMPUTED_KEY = "lakecurate.computed"
 # Pipeline order of the stages, for display and for "run this and everything after it".
-ORDER = ("embed", "feature", "signals-caption", "signals-image", "signals-copy", "signals-redact", "dedup", "curate", "concepts",
-         "rebalance", "sequence")
+ORDER = ("embed", "feature", "signals-caption", "signals-image", "signals-copy", "signals-redact", "signals-faces",
+         "signals-text", "recaption", "embed-caption", "dedup", "curate", "concepts", "rebalance", "sequence")
 
 Write = tuple[int, int]  # (version that committed the data, version its writer had read)
 
@@ -403,6 +404,13 @@ def fix_command(lake: "Store", node: Node) -> str:
         return f"{head} sequence {uri} --mode {cfg.get('mode')} --shard-size {cfg.get('shard_size')} --seed {cfg.get('seed', 0)}"
     if node.stage == "feature":
         return f"{head} feature add {uri} {node.columns[0]} --udf {node.prov.get('udf', 'MODULE:FUNCTION')}"
+    if node.stage in ("signals-faces", "signals-text"):
+        return f"{head} signals {uri} --{node.stage.split('-')[1]} --no-caption --no-image"
+    if node.stage == "embed-caption":
+        return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}"
+    if node.stage == "recaption":
+        model = "tiny-random-coca" if str(cfg.get("arch", "")).endswith("MEANINGLESS") else cfg.get("arch") or cfg.get("api_model")
+        return f"{head} recaption {uri} --model {model} --name {cfg.get('name')} --recompute"
     return f"{head} run {uri} PIPELINE.toml"  # signals: computed on demand by the stages that read them
 
 

@@ -78,3 +78,31 @@ def test_bad_options_write_nothing(lake: Lake, kwargs, match):
     with pytest.raises(LakeError, match=match):
         lake.recaption(**kwargs, progress=False)
     assert lake.version == v
+
+
+def test_embed_scores_a_synthetic_caption_column(sample_lake_embedded: Lake, tmp_path: Path):
+    from lakecurate.columns import embedding_matrix
+    from lakecurate.encoders import Encoder, resolve
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    with pytest.raises(LakeError, match="caption columns: none yet"):
+        lake.embed("tiny-random", caption_col="caption_tinycoca", progress=False)
+    lake.recaption("tiny-random-coca", workers=0, progress=False)
+    res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "tiny-random", "--caption-col", "caption_tinycoca",
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    t = lake.dataset().to_table(columns=["caption_tinycoca", "clip_tinyrandom_image",
+                                         "clip_tinyrandom_caption_tinycoca_score"])
+    img, ok = embedding_matrix(t.column("clip_tinyrandom_image"))
+    caps = t.column("caption_tinycoca").to_pylist()
+    score = t.column("clip_tinyrandom_caption_tinycoca_score").to_pylist()
+    enc = Encoder(resolve("tiny-random"), device="cpu")
+    for k, c in enumerate(caps):
+        if c is None or not ok[k]:
+            assert score[k] is None
+        else:  # the cosine of the stored image vector with the caption through the same text tower
+            want = float(img[k] @ enc.encode_texts([c]).numpy()[0])
+            assert abs(score[k] - want) < 2e-3, (k, score[k], want)
+    prov = field_provenance(lake.dataset().schema.field("clip_tinyrandom_caption_tinycoca_score"))
+    assert prov["stage"] == "embed-caption" and prov["config"]["caption"] == "caption_tinycoca"
+    assert set(prov["source_columns"]) == {"caption_tinycoca", "clip_tinyrandom_image"}
