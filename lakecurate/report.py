@@ -41,6 +41,7 @@ SECTIONS = {
     "alignment": "Lowest image-caption alignment",
     "rejected": "Rejected pairs, per reason",
     "cuts": "Thresholds: the rows either side of each cut",
+    "captions": "Original and synthetic captions",
     "concepts": "Concepts before and after rebalancing",
     "distributions": "Distributions",
     "evaluations": "Evaluations: curated view versus baseline",
@@ -436,6 +437,37 @@ class _Builder:
                         "whatif": v.whatif, "plot": _whatif_plot(v),
                         "below": side(v.below, "dropped"), "above": side(v.above, "kept")})
         return {"recipe": rec.name, "steps": out}
+
+    def captions(self) -> dict[str, Any] | None:
+        """Sampled rows with the original caption beside each synthetic one (``recaption``), with
+        their alignment scores where an encoder scored them (``embed --caption-col``)."""
+        synthetic = [n for n in sorted(self.names) if (self.prov(n) or {}).get("stage") == "recaption"
+                     and not n.endswith(("_error", "_tries"))]
+        if not synthetic:
+            return None
+        scores = {c: f"{self.embedding}_{c}_score" for c in synthetic if self.embedding
+                  and f"{self.embedding}_{c}_score" in self.names}
+        cols = ["_rowid", "id", "key", "caption", *synthetic, *scores.values()] + ([self.score] if self.score else [])
+        seeded = self.sql(f"SELECT {', '.join(c for c in cols if c != '_rowid')} FROM pairs WHERE "
+                          f"{' OR '.join(f'{c} IS NOT NULL' for c in synthetic)} ORDER BY id", with_row_id=True)
+        if seeded.empty:
+            return {"columns": synthetic, "cards": []}
+        pick = np.sort(np.random.default_rng(self.seed).choice(len(seeded), min(self.n_low, len(seeded)), replace=False))
+        rows = seeded.iloc[pick].reset_index(drop=True)
+
+        def note(r: dict[str, Any]) -> str:
+            parts = []
+            if self.score and r.get(self.score) == r.get(self.score) and r.get(self.score) is not None:
+                parts.append(f"original score {r[self.score]:.3f}")
+            for c in synthetic:
+                score = r.get(scores.get(c, ""), None)
+                shown = f"{c}: {shown_caption(r.get(c))}"
+                if score is not None and score == score:
+                    shown += f" (score {score:.3f})"
+                parts.append(shown)
+            return " · ".join(parts)
+
+        return {"columns": synthetic, "scored": list(scores), "cards": self.cards(rows, note=note)}
 
     def concepts(self) -> dict[str, Any] | None:
         if "concept" not in self.names:

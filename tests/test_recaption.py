@@ -106,3 +106,26 @@ def test_embed_scores_a_synthetic_caption_column(sample_lake_embedded: Lake, tmp
     prov = field_provenance(lake.dataset().schema.field("clip_tinyrandom_caption_tinycoca_score"))
     assert prov["stage"] == "embed-caption" and prov["config"]["caption"] == "caption_tinycoca"
     assert set(prov["source_columns"]) == {"caption_tinycoca", "clip_tinyrandom_image"}
+
+
+def test_report_shows_original_and_synthetic_captions_side_by_side(sample_lake_embedded: Lake, tmp_path: Path):
+    import re
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.recaption("tiny-random-coca", workers=0, progress=False)
+    lake.embed("tiny-random", caption_col="caption_tinycoca", progress=False)
+    out = lake.report(tmp_path / "r.html", n_low=5)
+    assert "captions" not in out.empty_sections
+    html = (tmp_path / "r.html").read_text()
+    section = html[html.index('<section id="captions"'):html.index("</section>", html.index('<section id="captions"'))]
+    cards = section.split('<figure class="card')[1:]
+    assert len(cards) == 5 and all('src="data:image/' in c for c in cards)  # a thumbnail each
+    df = lake.to_pandas(["key", "caption", "caption_tinycoca", "clip_tinyrandom_score",
+                         "clip_tinyrandom_caption_tinycoca_score"]).set_index("key")
+    for card in cards:
+        key = re.search(r'title="([^"]+)"', card).group(1)
+        row = df.loc[key]
+        assert row["caption_tinycoca"][:40].replace("&", "&amp;") in card.replace("&#39;", "'") or \
+            row["caption_tinycoca"][:20] in card  # the synthetic caption beside the original
+        assert f"(score {row['clip_tinyrandom_caption_tinycoca_score']:.3f})" in card
+        assert f"original score {row['clip_tinyrandom_score']:.3f}" in card

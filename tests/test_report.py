@@ -87,8 +87,8 @@ def report_page(curated: Lake, tmp_path_factory) -> tuple[Path, Page, object]:
 def test_sections_and_counts_match_sql(curated: Lake, report_page):
     out, page, rep = report_page
     assert list(page.sections) == list(SECTIONS)
-    assert rep.empty_sections == ["evaluations"]  # tests/test_evaluate.py fills that one
-    assert all(a["data-empty"] == "false" for n, a in page.sections.items() if n != "evaluations")
+    assert rep.empty_sections == ["captions", "evaluations"]  # test_recaption.py and test_evaluate.py fill those
+    assert all(a["data-empty"] == "false" for n, a in page.sections.items() if n not in ("captions", "evaluations"))
     assert int(page.attrs("summary", "data-count")[0]["data-count"]) == curated.count() == rep.rows
     n_cols = len(curated.dataset().schema.names)
     assert any(a["data-count"] == str(n_cols) for a in page.attrs("summary", "data-count"))
@@ -157,7 +157,7 @@ def test_empty_lake_sections_say_what_to_run(tmp_path: Path):
     rep = lake.report(tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
     page = Page(html)
-    assert set(rep.empty_sections) == {"duplicates", "alignment", "rejected", "cuts", "concepts", "evaluations"}
+    assert set(rep.empty_sections) == {"duplicates", "alignment", "rejected", "cuts", "captions", "concepts", "evaluations"}
     for name in rep.empty_sections:
         assert page.sections[name]["data-empty"] == "true"
     for command in ("dedup", "embed", "cluster", "evaluate"):
