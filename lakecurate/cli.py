@@ -735,18 +735,22 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
               help="Folder the evaluation set's image paths must stay inside (default: the manifest's folder); "
                    "needed when a manifest holds absolute paths elsewhere.")
 @click.option("--no-record", is_flag=True, help="Do not append the result to LAKE/evaluations.lance.")
+@click.option("--caption-col", default="caption", show_default=True,
+              help="Train on another caption column (scored first with embed --caption-col), e.g. a synthetic one.")
 @allow_stale_option
 @json_option
 @_friendly_errors
 def evaluate(lake: str, eval_set: str, view: str | None, baseline: str, seeds: int, steps: int,
-             embedding: str | None, root: str | None, no_record: bool, allow_stale: bool, as_json: bool) -> None:
+             embedding: str | None, root: str | None, no_record: bool, caption_col: str, allow_stale: bool,
+             as_json: bool) -> None:
     """Train a small proxy (contrastive heads on frozen embeddings) on a curated view and on a baseline
     of the same size; report retrieval R@1/5/10 and swapped-caption AUROC on EVAL_SET, over seeds.
 
     Example: lakecurate evaluate ./lake --eval-set clean_eval/captions.csv --seeds 3
     """
     res = open_lake(lake).evaluate(view, eval_set=eval_set, baseline=baseline, seeds=seeds, steps=steps,
-                                   embedding=embedding, record=not no_record, root=root, allow_stale=allow_stale)
+                                   embedding=embedding, record=not no_record, root=root, allow_stale=allow_stale,
+                                   caption_col=caption_col)
     if as_json:
         echo_json({**res.to_dict(), "table": res.table().to_dict("records"), "t2i_R@5": res.difference("t2i_R@5")})
         return

@@ -281,13 +281,16 @@ def evaluate(
     progress: bool | None = None,
     root: str | os.PathLike | None = None,
     allow_stale: bool = False,
+    caption_col: str = "caption",
 ) -> EvalResult:
     """Train the proxy on ``view`` and on ``baseline`` (same size, same budget) and score both.
 
     ``view``: a tag (its ``rebalance_keep``/``keep`` rows), a SQL condition, or None for the lake's
     current curated view. ``baseline``: "random" (as many rows drawn at random from every embedded
     row of the lake, a new draw per seed) or another view. ``root``: the folder the evaluation
-    manifest's image paths must stay inside (default: the manifest's folder).
+    manifest's image paths must stay inside (default: the manifest's folder). ``caption_col``: train
+    both arms on another caption column (a synthetic one, scored with ``embed --caption-col``), so
+    original versus synthetic captions is one command each.
 
     Example::
 
@@ -305,14 +308,19 @@ def evaluate(
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
     ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root)
 
-    pool = ds.to_table(columns=["id", embedding_columns(emb)["image"], embedding_columns(emb)["text"]],
-                       filter=f"{emb}_image IS NOT NULL AND {emb}_text IS NOT NULL")
+    text_col = embedding_columns(emb)["text"] if caption_col == "caption" else f"{emb}_{caption_col}_text"
+    if text_col not in ds.schema.names:
+        raise LakeError(f"the proxy needs {caption_col} through the {emb} text tower ({text_col}), which lake "
+                        f"'{lake.uri}' lacks; run: lakecurate embed {lake.uri} --model ... --caption-col {caption_col} "
+                        f"(the model that made {emb})")
+    pool = ds.to_table(columns=["id", embedding_columns(emb)["image"], text_col],
+                       filter=f"{emb}_image IS NOT NULL AND {text_col} IS NOT NULL")
     overlap = set(ev.hashes) & set(ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist())
     if overlap:
         raise LakeError(f"{len(overlap)} evaluation images are also in lake '{lake.uri}' (same content hash), "
                         "so the evaluation would not be held out; remove them from the evaluation set or the lake")
     ids = pool.column("id")
-    x_img, x_txt = _vectors(pool, embedding_columns(emb)["image"]), _vectors(pool, embedding_columns(emb)["text"])
+    x_img, x_txt = _vectors(pool, embedding_columns(emb)["image"]), _vectors(pool, text_col)
 
     def rows_of(at: int | str | None, condition: str) -> np.ndarray:
         try:
@@ -325,6 +333,8 @@ def evaluate(
     if len(chosen) < 2:
         raise LakeError(f"view '{label}' selects {len(chosen)} embedded rows; a proxy needs at least 2")
     other = None if baseline == "random" else rows_of(*_selection(lake, baseline, "--baseline")[:2])
+    if caption_col != "caption":  # recorded with the view: the evaluations table keeps its columns
+        label = f"{label} [captions: {caption_col}]"
     res = EvalResult(lake=str(lake.uri), version=ds.version, view=label, baseline=baseline, embedding=emb,
                      eval_set=os.path.abspath(os.fspath(eval_set)), eval_images=len(ev.hashes),
                      eval_captions=len(ev.text_image), pool_rows=len(ids), steps=steps,

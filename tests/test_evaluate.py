@@ -117,3 +117,33 @@ def test_curated_view_beats_random_on_noisy_pool(flickr8k: Path, tmp_path: Path)
     res = lake.evaluate(eval_set=eval_set, seeds=3, steps=300, progress=False)
     d = res.difference("t2i_R@5")
     assert d["difference"] > d["spread"] and d["difference"] > 0, d
+
+
+def test_evaluate_trains_on_a_synthetic_caption_column(small, tmp_path: Path, monkeypatch):
+    from lakecurate import evaluate as ev_mod
+
+    lake, ev = small
+    with pytest.raises(LakeError, match="--caption-col caption_tinycoca"):
+        lake.evaluate(eval_set=ev, seeds=1, steps=5, caption_col="caption_tinycoca", progress=False)
+    lake.recaption("tiny-random-coca", workers=0, progress=False)
+    lake.embed("tiny-random", caption_col="caption_tinycoca", progress=False)
+    seen = []
+    real = ev_mod.train_heads
+
+    def spy(x_img, x_txt, **kw):  # the text vectors the proxy trains on
+        seen.append(x_txt.copy())
+        return real(x_img, x_txt, **kw)
+
+    monkeypatch.setattr(ev_mod, "train_heads", spy)
+    res = lake.evaluate(eval_set=ev, seeds=1, steps=5, caption_col="caption_tinycoca", record=False, progress=False)
+    assert res.view.endswith("[captions: caption_tinycoca]")
+    t = lake.dataset().to_table(columns=["id", "clip_tinyrandom_caption_tinycoca_text", "clip_tinyrandom_text", "keep"],
+                                filter="keep AND clip_tinyrandom_image IS NOT NULL")
+    syn = np.asarray(t.column("clip_tinyrandom_caption_tinycoca_text").combine_chunks().values.to_numpy(), np.float32)
+    syn = syn.reshape(t.num_rows, -1)
+    got = seen[0]
+    # the view arm trained on the synthetic captions' vectors (normalised), not the originals'
+    assert got.shape == syn.shape
+    assert np.allclose(np.sort(got, axis=0), np.sort(syn, axis=0), atol=1e-3)
+    orig = np.asarray(t.column("clip_tinyrandom_text").combine_chunks().values.to_numpy(), np.float32).reshape(t.num_rows, -1)
+    assert not np.allclose(np.sort(got, axis=0), np.sort(orig, axis=0), atol=1e-3)
