@@ -23,7 +23,6 @@ seconds apart some tens at most (measured: docs/benchmarks.md, issue 17).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from lakecurate.images import MAX_DECODE_PIXELS, exif_upright
+from lakecurate.images import decode_small
 from lakecurate.runner import RowStage, map_images
 
 if TYPE_CHECKING:
@@ -98,21 +97,14 @@ _EMPTY = Features(np.zeros((0, 2), np.float32), np.zeros((0, _DESC), np.uint8),
 def _gray_small(data: bytes | None, side: int = SIDE) -> np.ndarray | None:
     from PIL import Image
 
-    if data is None:
+    small = decode_small(data, side, "L")
+    if small is None:  # undecodable: ingest flagged it already; it simply has no features
         return None
-    try:
-        im = Image.open(io.BytesIO(data))
-        if im.width * im.height > MAX_DECODE_PIXELS:
-            return None
-        im.draft("L", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= side
-        im = exif_upright(im).convert("L")
-        im.thumbnail((side, side))
-        if max(im.size) < side:  # a small copy: up to side, so its details are at the scale of the others'
-            f = side / max(im.size)
-            im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.BILINEAR)
-        return np.asarray(im)
-    except Exception:  # undecodable: ingest flagged it already; it simply has no features
-        return None
+    im = small[0]
+    if max(im.size) < side:  # a small copy: up to side, so its details are at the scale of the others'
+        f = side / max(im.size)
+        im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.BILINEAR)
+    return np.asarray(im)
 
 
 _ORB: dict[int, Any] = {}
