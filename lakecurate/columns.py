@@ -225,7 +225,10 @@ def declare_view(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any]
 
 
 def _field_ids(ds: lance.LanceDataset, name: str) -> set[int]:
-    out, stack = set(), [ds.lance_schema.field(name)]
+    top = ds.lance_schema.field(name)
+    if top is None:  # dropped by another writer since the caller looked (a curate replacing keep)
+        raise KeyError(f"column {name!r} is not in version {ds.version} of the table")
+    out, stack = set(), [top]
     while stack:
         f = stack.pop()
         out.add(f.id())

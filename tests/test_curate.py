@@ -366,6 +366,27 @@ def test_curate_interleaved_with_another_recipe(words_lake, monkeypatch):
 
 
 @pytest.mark.slow
+def test_keep_dropped_just_before_the_write_is_decided_again(words_lake, monkeypatch):
+    """Another curate drops keep/drop_reason (to declare its own recipe's) between this one's declare
+    and its write: the write finds no keep column (it raised AttributeError in CI) and decides again."""
+    lake, clean = words_lake
+    real = columns.write_changed
+    state = {"dropped": 0}
+
+    def hooked(lk, tbl, new, *a, **kw):
+        if not state["dropped"] and "keep" in new:
+            state["dropped"] += 1
+            lk.dataset().drop_columns(["keep", "drop_reason"])  # what the other recipe's declare does first
+        return real(lk, tbl, new, *a, **kw)
+
+    monkeypatch.setattr(columns, "write_changed", hooked)
+    rep = lake.curate(A, progress=False)
+    assert state["dropped"] == 1
+    rows = lake.to_pandas(["id", "drop_reason"])
+    assert dict(zip(rows["id"], rows["drop_reason"])) == clean[A["name"]]
+    assert lake.dataset(rep.tag).count_rows() == lake.count()
+
+
 def test_two_curate_processes_never_mislabel(words_lake, tmp_path: Path):
     """Two processes with different recipes at once, over several trials (issue 16: 4 of 18 mislabelled):
     every tag holds its own recipe's provenance and a clean run's decisions."""
