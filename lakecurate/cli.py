@@ -473,7 +473,7 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
     The original caption is never modified; the new column is a caption like any other (recipes,
     embed, export can use it). Re-runs fill only rows that lack it; a killed run resumes.
 
-    Example: lakecurate recaption ./lake --model coca_ViT-B-32 --pretrained mscoco_finetuned_laion2B-s13B-b90k
+    Example: lakecurate recaption ./lake --model coca_ViT-B-32 --pretrained mscoco_finetuned_laion2b_s13b_b90k
     """
     rep = open_lake(lake).recaption(model, pretrained=pretrained, checkpoint=checkpoint, name=name,
                                     max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed,

@@ -9,8 +9,8 @@ does nothing, rows appended later are the next run's only work, a killed run res
 finished batch, and ``engine="ray"`` captions on Ray actors. The provenance records the model and
 weights, the decoding parameters and seed, and the source columns.
 
-    lakecurate recaption ./lake --model coca_ViT-B-32 --pretrained mscoco_finetuned_laion2B-s13B-b90k
-    lakecurate sql ./lake "SELECT caption, caption_cocavitb32_mscoco FROM pairs LIMIT 5"
+    lakecurate recaption ./lake --model coca_ViT-B-32 --pretrained mscoco_finetuned_laion2b_s13b_b90k
+    lakecurate sql ./lake "SELECT caption, caption_cocavitb32mscoco FROM pairs LIMIT 5"
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
 
     Example::
 
-        lake.recaption("coca_ViT-B-32", pretrained="mscoco_finetuned_laion2B-s13B-b90k")
+        lake.recaption("coca_ViT-B-32", pretrained="mscoco_finetuned_laion2b_s13b_b90k")
         lake.recaption("tiny-random-coca")            # meaningless captions, for tests
         lake.recaption(endpoint="http://127.0.0.1:8000/v1", api_model="llava", mode="caption")
         lake.recaption(endpoint="http://127.0.0.1:8000/v1", api_model="llama3", mode="rephrase")

@@ -129,3 +129,11 @@ def test_report_shows_original_and_synthetic_captions_side_by_side(sample_lake_e
             row["caption_tinycoca"][:20] in card  # the synthetic caption beside the original
         assert f"(score {row['clip_tinyrandom_caption_tinycoca_score']:.3f})" in card
         assert f"original score {row['clip_tinyrandom_score']:.3f}" in card
+
+
+def test_documented_coca_tag_resolves_without_weights():
+    # the README's and --help's example: a real open_clip tag, and the column it names
+    spec = resolve_captioner("coca_ViT-B-32", "mscoco_finetuned_laion2b_s13b_b90k")
+    assert spec.column() == "caption_cocavitb32mscoco" and spec.pretrained == "mscoco_finetuned_laion2b_s13b_b90k"
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "--pretrained mscoco_finetuned_laion2b_s13b_b90k" in readme and "caption_cocavitb32mscoco" in readme
