@@ -4,6 +4,8 @@
 | --- | --- |
 | ``coca_ViT-B-32`` (any open_clip CoCa, ``--pretrained TAG`` or ``--checkpoint PATH``) | open_clip CoCa: the image through its encoder, the caption from its multimodal decoder |
 | ``tiny-random-coca`` | a tiny randomly initialised CoCa config shipped in the package (``model_configs/``): meaningless but deterministic captions, for tests |
+| a directory (``./blip-large``) | a local Hugging Face image-to-text checkpoint (BLIP, GIT, Florence-2, LLaVA-style...) loaded by ``transformers`` (``AutoProcessor`` + ``AutoModelForImageTextToText``); ``--prompt`` is its text prefix or task token |
+| ``--endpoint URL --api-model M`` | an OpenAI-compatible chat server (:class:`EndpointSpec`) |
 
 Decoding is greedy (the most likely token each step, up to ``max_tokens`` tokens, deterministic) or
 sampled (``temperature`` > 0, top-k, seeded per batch). It is written here and not taken from
@@ -25,26 +27,31 @@ from lakecurate.names import TINY_COCA
 
 DEFAULT_MAX_TOKENS = 30
 MODES = ("caption",)
+COCA_MAX_TOKENS, HF_MAX_TOKENS = 75, 512  # CoCa's context; a generous cap for other decoders
 
 
 @dataclass(frozen=True)
 class CaptionerSpec:
     """What a captioner is, for provenance and the column name, without loading weights."""
 
-    family: str  # "open_clip"
-    arch: str
-    pretrained: str | None = None  # open_clip tag, or a checkpoint path
+    family: str  # "open_clip" or "hf"
+    arch: str  # the open_clip model, or the Hugging Face config's model_type
+    pretrained: str | None = None  # open_clip tag, a checkpoint path, or a Hugging Face checkpoint directory
     name: str = ""  # the column is f"caption_{name}"
     mode: str = "caption"
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = 0.0  # 0: greedy
     top_k: int = 5
     seed: int = 0
+    prompt: str = ""  # hf: the text the decoder starts from (a prefix, or a task token like <CAPTION>)
+    image_side: int = 0  # hf: images reach the processor at most this many pixels on their long side
 
     def config(self) -> dict[str, Any]:
         cfg = asdict(self)
         if self.pretrained and os.path.isfile(self.pretrained):
             cfg["checkpoint_bytes"] = os.path.getsize(self.pretrained)
+        if self.family == "hf":
+            cfg.update(_hf_fingerprint(self.pretrained))
         cfg["decoder"] = "greedy" if self.temperature == 0 else "top-k sampling"
         return cfg
 
@@ -62,23 +69,33 @@ class CaptionerSpec:
 
 def resolve_captioner(model: str, pretrained: str | None = None, checkpoint: str | None = None,
                       name: str | None = None, *, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
-                      top_k: int = 5, seed: int = 0) -> CaptionerSpec:
-    """A spec from a model name (see the table above); errors list the choices."""
+                      top_k: int = 5, seed: int = 0, prompt: str | None = None) -> CaptionerSpec:
+    """A spec from a model name or a checkpoint directory (see the table above); errors list the choices."""
     import open_clip
 
     _register_configs()
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 75:
-        raise EncoderError(f"--max-tokens must be a whole number from 1 to 75 (CoCa's context), not {max_tokens!r}")
+    hf = isinstance(model, str) and os.path.isdir(model)
+    cap = HF_MAX_TOKENS if hf else COCA_MAX_TOKENS
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= cap:
+        raise EncoderError(f"--max-tokens must be a whole number from 1 to {cap}"
+                           f"{'' if hf else ' (CoCa context)'}, not {max_tokens!r}")
     if not 0.0 <= float(temperature) <= 5.0:
         raise EncoderError(f"--temperature must be from 0 (greedy) to 5, not {temperature!r}")
     if not isinstance(top_k, int) or top_k < 1:
         raise EncoderError(f"--top-k must be a whole number >= 1, not {top_k!r}")
     if name is not None and not _slug(name):
         raise EncoderError(f"--name {name!r}: use letters and digits (the column is caption_NAME)")
+    if hf:
+        return _resolve_hf(model, pretrained, checkpoint, name, prompt, max_tokens=max_tokens,
+                           temperature=float(temperature), top_k=top_k, seed=seed)
+    if prompt:
+        raise EncoderError("--prompt is for an endpoint or a Hugging Face checkpoint directory; "
+                           "an open_clip CoCa captions from the image alone")
     arch = TINY_COCA if model == "tiny-random-coca" else model
     cocas = [m for m in open_clip.list_models() if m.startswith("coca")] + [TINY_COCA]
     if arch not in cocas:
-        raise EncoderError(f"unknown captioner {model!r}; choose tiny-random-coca (tests) or an open_clip CoCa: "
+        raise EncoderError(f"unknown captioner {model!r}; choose tiny-random-coca (tests), a local Hugging Face "
+                           "checkpoint directory (BLIP, GIT, Florence-2...), --endpoint URL, or an open_clip CoCa: "
                            f"{', '.join(m for m in cocas if m != TINY_COCA)}")
     options = {"max_tokens": max_tokens, "temperature": float(temperature), "top_k": top_k, "seed": seed}
     if checkpoint:
@@ -145,6 +162,149 @@ class Captioner:
         return texts
 
 
+# --------------------------------------------------------------------------- Hugging Face checkpoints
+HF_DEFAULT_SIDE = 384
+# Models whose processor closes a prompt with [SEP] that their generate() keeps (BLIP's drops it itself)
+PREFIX_ENDS_TRIMMED = ("git",)
+
+
+def _hf_sizes(obj: Any) -> list[tuple[str, int]]:
+    """(key, pixels) of every image size an image processor's saved config names, nested or not."""
+    out: list[tuple[str, int]] = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in ("size", "crop_size") and isinstance(value, dict):
+                out += [(k, v) for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)]
+            elif key in ("size", "crop_size") and isinstance(value, int) and not isinstance(value, bool):
+                out.append((key, value))
+            else:
+                out += _hf_sizes(value)
+    return out
+
+
+def _hf_side(path: str) -> int:
+    """How large images are decoded for this checkpoint's processor: its target size, twice that for
+    a shortest-edge resize (a 2:1 image keeps its short side), capped at 1536."""
+    import json
+
+    sizes: list[tuple[str, int]] = []
+    for fname in ("preprocessor_config.json", "processor_config.json"):
+        full = os.path.join(path, fname)
+        if os.path.isfile(full):
+            try:
+                with open(full, encoding="utf-8") as fh:
+                    sizes += _hf_sizes(json.load(fh))
+            except (OSError, ValueError):
+                pass
+    if not sizes:
+        return HF_DEFAULT_SIDE
+    target = max(v for _, v in sizes)
+    edge = any(k in ("shortest_edge", "short_edge") for k, _ in sizes)
+    return min(1536, 2 * target if edge else target)
+
+
+def _hf_fingerprint(path: str | None) -> dict[str, Any]:
+    """What identifies a checkpoint directory's weights in the provenance without hashing gigabytes:
+    the config's hash and every file's size."""
+    import hashlib
+
+    if not path or not os.path.isdir(path):
+        return {}
+    files = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
+    with open(os.path.join(path, "config.json"), "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()[:16]
+    return {"config_sha256": digest, "checkpoint_bytes": sum(os.path.getsize(os.path.join(path, f)) for f in files)}
+
+
+def _resolve_hf(path: str, pretrained: str | None, checkpoint: str | None, name: str | None, prompt: str | None,
+                **options: Any) -> CaptionerSpec:
+    import json
+
+    if pretrained or checkpoint:
+        raise EncoderError("--pretrained and --checkpoint are for open_clip CoCa; a checkpoint directory is the weights")
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        raise EncoderError(f"'{path}' is a directory without config.json: give a Hugging Face checkpoint directory "
+                           "(save_pretrained or a downloaded snapshot: config.json, weights, processor files)")
+    try:
+        with open(config, encoding="utf-8") as fh:
+            model_type = json.load(fh).get("model_type")
+    except ValueError as exc:
+        raise EncoderError(f"'{config}' is not JSON ({exc}); the checkpoint directory looks damaged") from exc
+    if not model_type:
+        raise EncoderError(f"'{config}' names no model_type; is this a transformers checkpoint?")
+    if prompt is not None and not isinstance(prompt, str):
+        raise EncoderError(f"--prompt must be text, not {prompt!r}")
+    full = os.path.abspath(path)
+    slug = _slug(name or os.path.basename(full.rstrip(os.sep)))
+    if not slug:
+        raise EncoderError("--name: the directory name gives no column name; pass --name (caption_NAME)")
+    return CaptionerSpec("hf", model_type, full, slug, prompt=prompt or "", image_side=_hf_side(full), **options)
+
+
+class HFCaptioner:
+    """A loaded Hugging Face image-to-text model: captions for a batch of decoded images (uint8 HWC
+    arrays) through its own processor and ``generate()``."""
+
+    def __init__(self, spec: CaptionerSpec, device: str = "auto"):
+        import torch
+
+        try:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:
+            raise EncoderError("a Hugging Face checkpoint needs transformers: pip install 'lakecurate[hf]'") from exc
+        hf_logging.disable_progress_bar()
+        self.spec, self.device = spec, resolve_device(device)
+        try:
+            self.processor = AutoProcessor.from_pretrained(spec.pretrained)
+            self.model = AutoModelForImageTextToText.from_pretrained(spec.pretrained)
+        except (OSError, ValueError, KeyError) as exc:
+            raise EncoderError(f"cannot load '{spec.pretrained}' ({spec.arch}) as an image-to-text model: "
+                               f"{str(exc).splitlines()[0][:300]}") from exc
+        self.model = self.model.to(self.device).eval()
+        self.torch = torch
+
+    def caption(self, pixels: Any, batch_seed: int = 0) -> list[str]:
+        import inspect
+
+        from PIL import Image
+
+        torch = self.torch
+        images = [Image.fromarray(a) for a in pixels]
+        args: dict[str, Any] = {"images": images, "return_tensors": "pt"}
+        if self.spec.prompt:
+            args["text"] = [self.spec.prompt] * len(images)
+        inputs = self.processor(**args)
+        forward = inspect.signature(self.model.forward).parameters
+        for key in [k for k in inputs if k not in forward]:  # e.g. a BERT tokenizer's token_type_ids
+            inputs.pop(key)
+        ids = inputs.get("input_ids")
+        end = getattr(getattr(self.processor, "tokenizer", None), "sep_token_id", None)
+        if ids is not None and end is not None and self.spec.arch in PREFIX_ENDS_TRIMMED and bool((ids[:, -1] == end).all()):
+            for key in ("input_ids", "attention_mask"):  # a prefix to continue must not end the text already
+                if key in inputs:
+                    inputs[key] = inputs[key][:, :-1]
+        inputs = inputs.to(self.device)
+        gen: dict[str, Any] = {"max_new_tokens": self.spec.max_tokens, "do_sample": self.spec.temperature > 0}
+        if self.spec.temperature > 0:
+            gen.update(temperature=self.spec.temperature, top_k=self.spec.top_k)
+            torch.manual_seed(self.spec.seed * 1_000_003 + batch_seed)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **gen)
+        given = inputs.get("input_ids")
+        if given is not None and not getattr(self.model.config, "is_encoder_decoder", False) \
+                and out.shape[1] >= given.shape[1] and bool((out[:, : given.shape[1]] == given).all()):
+            out = out[:, given.shape[1]:]  # a decoder-only model returns the prompt before its words
+        texts = [" ".join(t.split()) for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+        lead = " ".join(self.spec.prompt.split())
+        return [t[len(lead):].strip() if lead and t.startswith(lead) else t for t in texts]
+
+
+def load_captioner(spec: CaptionerSpec, device: str = "auto") -> "Captioner | HFCaptioner":
+    return HFCaptioner(spec, device) if spec.family == "hf" else Captioner(spec, device)
+
+
 # --------------------------------------------------------------------------- OpenAI-compatible endpoints
 ENDPOINT_MODES = ("caption", "rephrase")
 CAPTION_PROMPT = "Describe this image in one sentence, as an image caption: what is shown, plainly, no preamble."
@@ -187,9 +347,83 @@ class EndpointSpec:
     def column(self) -> str:
         return f"caption_{self.name}"
 
+    def fields(self) -> list[str]:
+        """The columns the prompt names, in order of first use (``{caption}``, ``{img_text_lines}``...)."""
+        return prompt_fields(self.prompt)
+
+    def subject(self) -> str | None:
+        """Rephrase mode: the caption column it rewrites (``caption``, else the first ``caption_*``)."""
+        return _subject(self.fields())
+
+    def render(self, values: dict[str, Any]) -> str:
+        """The prompt with this row's values in its placeholders (a missing value is empty)."""
+        return render_prompt(self.prompt, values)
+
     def url(self) -> str:
         base = self.endpoint.rstrip("/")
         return base if base.endswith("/chat/completions") else base + "/chat/completions"
+
+
+def _prompt_parts(prompt: str) -> list[tuple[str, str | None, str]]:
+    """(literal text, column or None, format spec) of a prompt: ``str.format`` syntax, ``{{``/``}}``
+    for literal braces. Raises EncoderError on what is not a plain column placeholder."""
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(prompt))
+    except ValueError as exc:
+        raise EncoderError(f"--prompt: {exc}; placeholders are {{column}}, literal braces are {{{{ and }}}}") from exc
+    out = []
+    for literal, field, spec, conv in parts:
+        if field is not None and (not field.isidentifier() or conv):
+            raise EncoderError(f"--prompt: {{{field}}} is not a column placeholder; write {{column}} or "
+                               "{column:.2f}, and literal braces as {{ and }}")
+        out.append((literal, field, spec or ""))
+    return out
+
+
+def _subject(fields: list[str]) -> str | None:
+    return "caption" if "caption" in fields else next((f for f in fields if f.startswith("caption_")), None)
+
+
+def prompt_fields(prompt: str) -> list[str]:
+    return list(dict.fromkeys(f for _, f, _ in _prompt_parts(prompt) if f))
+
+
+def render_prompt(prompt: str, values: dict[str, Any]) -> str:
+    text = []
+    for literal, field, spec in _prompt_parts(prompt):
+        text.append(literal)
+        if field is not None and values.get(field) is not None:
+            value = values[field]
+            text.append(format(value, spec) if spec else (f"{value:.3g}" if isinstance(value, float) else str(value)))
+    return "".join(text)
+
+
+def check_prompt_columns(spec: "EndpointSpec", schema: Any, lake: str = "the lake") -> None:
+    """Every placeholder names a one-value-per-row column of the table, and its format spec fits
+    the column's values (before anything is written)."""
+    import difflib
+
+    import pyarrow as pa
+
+    samples = {"string": "text", "large_string": "text", "bool": True}
+    for field in spec.fields():
+        if field not in schema.names:
+            near = difflib.get_close_matches(field, schema.names, n=3)
+            raise EncoderError(f"--prompt names {{{field}}}, which is not a column of {lake}"
+                               + (f" (did you mean {', '.join(near)}?)" if near else "")
+                               + "; literal braces are written {{ and }}")
+        typ = schema.field(field).type
+        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)
+                or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
+            raise EncoderError(f"--prompt names {{{field}}}, a {typ} column; a placeholder needs one text, number "
+                               "or boolean per row")
+        sample = samples.get(str(typ), 1 if pa.types.is_integer(typ) else 0.5)
+        try:
+            render_prompt(spec.prompt, {f: sample if f == field else None for f in spec.fields()})
+        except (ValueError, TypeError) as exc:
+            raise EncoderError(f"--prompt: the format of {{{field}}} does not fit its {typ} values ({exc})") from exc
 
 
 def _without_credentials(url: str) -> str:
@@ -219,8 +453,9 @@ def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", pr
     if mode not in ENDPOINT_MODES:
         raise EncoderError(f"--mode must be one of {', '.join(ENDPOINT_MODES)}, not {mode!r}")
     prompt = prompt or (REPHRASE_PROMPT if mode == "rephrase" else CAPTION_PROMPT)
-    if mode == "rephrase" and "{caption}" not in prompt:
-        raise EncoderError("--prompt for --mode rephrase must contain {caption} (where the original caption goes)")
+    if mode == "rephrase" and not _subject(prompt_fields(prompt)):
+        raise EncoderError("--prompt for --mode rephrase must name the caption to rewrite: {caption}, or another "
+                           "caption column such as {caption_cocavitb32mscoco}")
     for opt, value, lo in (("--max-tokens", max_tokens, 1), ("--concurrency", concurrency, 1), ("--retries", retries, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:
             raise EncoderError(f"{opt} must be a whole number >= {lo}, not {value!r}")
@@ -247,21 +482,21 @@ class EndpointClient:
         self.key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         self.sleep = sleep or time.sleep
 
-    def messages(self, image_url: str | None, caption: str | None) -> list[dict[str, Any]]:
+    def messages(self, image_url: str | None, text: str) -> list[dict[str, Any]]:
         if self.spec.mode == "rephrase":
-            return [{"role": "user", "content": self.spec.prompt.replace("{caption}", caption or "")}]
-        return [{"role": "user", "content": [{"type": "text", "text": self.spec.prompt},
+            return [{"role": "user", "content": text}]
+        return [{"role": "user", "content": [{"type": "text", "text": text},
                                              {"type": "image_url", "image_url": {"url": image_url}}]}]
 
-    def one(self, image_url: str | None, caption: str | None) -> tuple[str | None, str | None, int]:
-        """(text, error, attempts) of one row."""
+    def one(self, image_url: str | None, text: str) -> tuple[str | None, str | None, int]:
+        """(text, error, attempts) of one row; ``text`` is its rendered prompt."""
         import json
         import random
         import socket
         import urllib.error
         import urllib.request
 
-        body = json.dumps({"model": self.spec.api_model, "messages": self.messages(image_url, caption),
+        body = json.dumps({"model": self.spec.api_model, "messages": self.messages(image_url, text),
                            "max_tokens": self.spec.max_tokens, "temperature": self.spec.temperature,
                            "seed": self.spec.seed}).encode()
         headers = {"Content-Type": "application/json"}
@@ -296,11 +531,11 @@ class EndpointClient:
                 self.sleep(wait)
         return None, f"endpoint: {error} after {self.spec.retries + 1} attempts", self.spec.retries + 1
 
-    def batch(self, image_urls: list[str | None], captions: list[str | None]) -> list[tuple[str | None, str | None, int]]:
+    def batch(self, image_urls: list[str | None], prompts: list[str]) -> list[tuple[str | None, str | None, int]]:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(self.spec.concurrency) as pool:
-            return list(pool.map(self.one, image_urls, captions))
+            return list(pool.map(self.one, image_urls, prompts))
 
 
 def image_data_url(data: bytes | None, side: int) -> tuple[str | None, str | None]:

@@ -436,11 +436,13 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 @main.command()
 @lake_argument
 @click.option("--model", default="tiny-random-coca", show_default=True,
-              help="An open_clip CoCa (coca_ViT-B-32, coca_ViT-L-14) or tiny-random-coca (tests).")
+              help="An open_clip CoCa (coca_ViT-B-32, coca_ViT-L-14), a local Hugging Face image-to-text checkpoint "
+              "directory (BLIP, GIT, Florence-2...), or tiny-random-coca (tests).")
 @click.option("--pretrained", help="open_clip pretrained tag (default: the first the model has).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Local weights file instead of a tag.")
 @click.option("--name", help="Column name suffix: caption_NAME (default from the model and tag).")
-@click.option("--max-tokens", type=click.IntRange(1, 75), default=30, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 512), default=30, show_default=True,
+              help="Most new tokens per caption (CoCa: at most 75).")
 @click.option("--temperature", type=click.FloatRange(0, 5), default=0.0, show_default=True,
               help="0: greedy (deterministic); above 0: top-k sampling, seeded.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
@@ -455,7 +457,9 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 @click.option("--api-model", help="The model the endpoint serves.")
 @click.option("--mode", type=click.Choice(["caption", "rephrase"]), default="caption", show_default=True,
               help="caption: a vision-language model describes the image; rephrase: a text model rewrites the caption.")
-@click.option("--prompt", help="The instruction (rephrase: must contain {caption}); default: see the README.")
+@click.option("--prompt", help="Endpoint: the instruction, with {column} placeholders filled per row (rephrase: "
+              "must name the caption, e.g. {caption}); Hugging Face checkpoint: the text prefix or task token "
+              "(Florence-2: <MORE_DETAILED_CAPTION>). Default: see the README.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True, help="Requests in flight.")
 @click.option("--timeout", type=click.FloatRange(0, 3600, min_open=True), default=30.0, show_default=True)
 @click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True)

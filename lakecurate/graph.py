@@ -307,7 +307,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
                     and st.state == "current":
                 st.state = "behind"
                 st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
-        st.fix = fix_command(lake, node)
+        st.fix = fix_command(lake, node, st.state)
         by_node[id(node)] = st
         out.append(st)
     return out
@@ -383,8 +383,9 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
 
 
 # ----------------------------------------------------------------------------- what to run
-def fix_command(lake: "Store", node: Node) -> str:
-    """The command that recomputes ``node``, rebuilt from its provenance."""
+def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
+    """The command that recomputes ``node`` (or, ``state`` "incomplete", fills its missing rows),
+    rebuilt from its provenance."""
     cfg = node.prov.get("config") or {}
     uri = lake.uri
     branch = f" --branch {lake.branch}" if getattr(lake, "branch", None) else ""
@@ -409,9 +410,32 @@ def fix_command(lake: "Store", node: Node) -> str:
     if node.stage == "embed-caption":
         return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}"
     if node.stage == "recaption":
-        model = "tiny-random-coca" if str(cfg.get("arch", "")).endswith("MEANINGLESS") else cfg.get("arch") or cfg.get("api_model")
-        return f"{head} recaption {uri} --model {model} --name {cfg.get('name')} --recompute"
+        return f"{head} recaption {uri} {recaption_args(cfg)}" + ("" if state == "incomplete" else " --recompute")
     return f"{head} run {uri} PIPELINE.toml"  # signals: computed on demand by the stages that read them
+
+
+def recaption_args(cfg: dict[str, Any]) -> str:
+    """The ``lakecurate recaption`` options that wrote a caption column, from its provenance config."""
+    import shlex
+
+    if cfg.get("api_model"):  # an endpoint (its key variable, never the key)
+        args = ["--endpoint", cfg.get("endpoint"), "--api-model", cfg["api_model"], "--mode", cfg.get("mode", "caption"),
+                "--prompt", cfg.get("prompt", "")]
+        for opt in ("concurrency", "timeout", "retries", "api_key_env"):
+            if cfg.get(opt) is not None:
+                args += [f"--{opt.replace('_', '-')}", cfg[opt]]
+    else:
+        arch, pre = str(cfg.get("arch", "")), cfg.get("pretrained")
+        if cfg.get("family") == "hf":
+            args = ["--model", pre] + (["--prompt", cfg["prompt"]] if cfg.get("prompt") else [])
+        elif arch.endswith("MEANINGLESS"):
+            args = ["--model", "tiny-random-coca"]
+        else:
+            args = ["--model", arch] + ([("--checkpoint" if "checkpoint_bytes" in cfg else "--pretrained"), pre] if pre else [])
+        args += ["--top-k", cfg.get("top_k", 5)]
+    args += ["--name", cfg.get("name"), "--max-tokens", cfg.get("max_tokens"), "--temperature", cfg.get("temperature"),
+             "--seed", cfg.get("seed", 0)]
+    return " ".join(shlex.quote(str(a)) for a in args)
 
 
 def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:

@@ -29,11 +29,14 @@ from lakecurate.captioners import (
     CaptionerSpec,
     EndpointClient,
     EndpointSpec,
+    HFCaptioner,
+    check_prompt_columns,
     image_data_url,
+    load_captioner,
     resolve_captioner,
     resolve_endpoint,
 )
-from lakecurate.images import Preprocess
+from lakecurate.images import Preprocess, decode_small
 from lakecurate.runner import Rows, RowStage
 
 if TYPE_CHECKING:
@@ -64,8 +67,8 @@ class LoadCaptioner:
     def __init__(self, spec: CaptionerSpec, device: str):
         self.spec, self.device = spec, device
 
-    def __call__(self) -> Captioner:
-        return Captioner(self.spec, self.device)
+    def __call__(self) -> "Captioner | HFCaptioner":
+        return load_captioner(self.spec, self.device)
 
 
 class CaptionRows:
@@ -76,7 +79,7 @@ class CaptionRows:
     def __init__(self, column: str):
         self.column = column
 
-    def __call__(self, cap: Captioner, rows: Rows) -> pa.Table:
+    def __call__(self, cap: "Captioner | HFCaptioner", rows: Rows) -> pa.Table:
         errors = rows.images["image_errors"]
         ids = rows.columns.column("id").to_pylist()
         texts = cap.caption(rows.images["pixels"], zlib.crc32(ids[0].encode()) if ids else 0) \
@@ -84,6 +87,25 @@ class CaptionRows:
         it = iter(texts)
         out = [None if e else next(it) for e in errors]
         return pa.table({self.column: pa.array(out, pa.string()), f"{self.column}_error": pa.array(errors, pa.string())})
+
+
+class SmallImages:
+    """In the reader processes: each image decoded upright at most ``side`` pixels (uint8 RGB), for
+    a Hugging Face processor to finish in the captioning process."""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def __call__(self, blobs: list) -> dict[str, Any]:
+        import numpy as np
+
+        pixels, errors = [], []
+        for data in blobs:
+            small = decode_small(data, self.side)
+            errors.append(None if small is not None else "image_undecodable: no decodable image to caption")
+            if small is not None:
+                pixels.append(np.asarray(small[0]))
+        return {"pixels": pixels or None, "image_errors": errors}
 
 
 class EndpointImages:
@@ -107,20 +129,27 @@ class LoadClient:
 
 class EndpointRows:
     """The batch of an endpoint captioner: every row ends with a caption or an error, and the
-    attempts it took (``_tries``: retries are what it took beyond one)."""
+    attempts it took (``_tries``: retries are what it took beyond one). Each row's prompt is the
+    spec's with that row's values in its placeholders; in rephrase mode a row whose caption to
+    rewrite (``{caption}``, else the first ``{caption_*}``) is empty is an error, not a request."""
 
-    def __init__(self, column: str, mode: str):
-        self.column, self.mode = column, mode
+    def __init__(self, spec: EndpointSpec):
+        self.spec, self.column, self.mode = spec, spec.column(), spec.mode
 
     def __call__(self, client: EndpointClient, rows: Rows) -> pa.Table:
         n = rows.num_rows
-        caps = rows.columns.column("caption").to_pylist() if "caption" in rows.columns.column_names else [None] * n
+        fields = self.spec.fields()
+        values = [dict(zip(fields, vals)) for vals in zip(*(rows.columns.column(f).to_pylist() for f in fields))] \
+            if fields else [{} for _ in range(n)]
         if self.mode == "rephrase":
-            urls, errors = [None] * n, [None if (c or "").strip() else "caption_missing: nothing to rephrase" for c in caps]
+            subject = self.spec.subject()
+            urls = [None] * n
+            errors = [None if str(v.get(subject) or "").strip() else f"{subject}_missing: nothing to rephrase"
+                      for v in values]
         else:
             urls, errors = rows.images["urls"], rows.images["image_errors"]
         todo = [k for k in range(n) if errors[k] is None]
-        done = dict(zip(todo, client.batch([urls[k] for k in todo], [caps[k] for k in todo])))
+        done = dict(zip(todo, client.batch([urls[k] for k in todo], [self.spec.render(values[k]) for k in todo])))
         text = [done[k][0] if k in done else None for k in range(n)]
         err = [done[k][1] if k in done else errors[k] for k in range(n)]
         tries = [done[k][2] if k in done else 0 for k in range(n)]
@@ -133,10 +162,15 @@ def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto
     fields = [pa.field(col, pa.string()), pa.field(f"{col}_error", pa.string())]
     if isinstance(spec, EndpointSpec):
         rephrase = spec.mode == "rephrase"
-        return RowStage("recaption", fields + [pa.field(f"{col}_tries", pa.int32())], spec.config(),
-                        ["caption"] if rephrase else ["image", "caption"], batch=EndpointRows(col, spec.mode),
-                        setup=LoadClient(spec), image=None if rephrase else EndpointImages(spec.image_side),
+        inputs = ([] if rephrase else ["image"]) + spec.fields()
+        return RowStage("recaption", fields + [pa.field(f"{col}_tries", pa.int32())], spec.config(), inputs,
+                        batch=EndpointRows(spec), setup=LoadClient(spec),
+                        image=None if rephrase else EndpointImages(spec.image_side),
                         batch_size=batch_size, desc=f"recaption {spec.name}", unit="row")
+    if spec.family == "hf":
+        return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
+                        setup=LoadCaptioner(spec, device), image=SmallImages(spec.image_side), batch_size=batch_size,
+                        sources=["image"], desc=f"recaption {spec.name}", unit="img")
     transform, _ = spec.encoder_spec().build_transforms()
     return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
                     setup=LoadCaptioner(spec, device), image=Preprocess(transform), batch_size=batch_size,
@@ -156,12 +190,14 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
 
         lake.recaption("coca_ViT-B-32", pretrained="mscoco_finetuned_laion2b_s13b_b90k")
         lake.recaption("tiny-random-coca")            # meaningless captions, for tests
+        lake.recaption("./blip-image-captioning-large", prompt="a photography of")  # a local HF checkpoint
         lake.recaption(endpoint="http://127.0.0.1:8000/v1", api_model="llava", mode="caption")
         lake.recaption(endpoint="http://127.0.0.1:8000/v1", api_model="llama3", mode="rephrase")
 
     With ``endpoint`` (an OpenAI-compatible server: vLLM, llama.cpp, Ollama, hosted APIs) a
     vision-language model captions each image, or with ``mode="rephrase"`` a text model rewrites the
-    original caption; ``concurrency`` requests at a time, ``timeout`` seconds each, ``retries`` with
+    original caption (``prompt`` placeholders such as ``{caption}`` or ``{img_text_lines}`` take each
+    row's values of those columns); ``concurrency`` requests at a time, ``timeout`` seconds each, ``retries`` with
     backoff on 429/5xx/timeouts; what still fails is the row's ``_error``; the key comes from the
     environment variable ``api_key_env`` and is never stored.
     """
@@ -184,8 +220,10 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
                                 retries=retries, api_key_env=api_key_env)
     else:
         spec = resolve_captioner(model, pretrained, checkpoint, name, max_tokens=max_tokens, temperature=temperature,
-                                 top_k=top_k, seed=seed)
+                                 top_k=top_k, seed=seed, prompt=prompt)
     columns.check_table(lake)
+    if isinstance(spec, EndpointSpec):
+        check_prompt_columns(spec, lake.dataset().schema, lake.uri)
     stage = recaption_stage(spec, device=device, batch_size=batch_size)
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress)
     out = RecaptionReport(lake=lake.uri, model=spec.arch if isinstance(spec, CaptionerSpec) else spec.api_model,

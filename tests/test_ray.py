@@ -116,3 +116,17 @@ def test_cli_udf_from_a_file_runs_on_ray(tmp_path: Path):
     assert out.exit_code == 0, out.output
     tbl = lake.dataset().to_table(columns=["caption", "words"])
     assert tbl.column("words").to_pylist() == [len((c or "").split()) for c in tbl.column("caption").to_pylist()]
+
+
+def test_recaption_on_ray_equals_local(tmp_path: Path):
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.recaption("tiny-random-coca", name="loc", workers=0, progress=False)
+    rep = lake.recaption("tiny-random-coca", name="ray", engine="ray", progress=False)
+    assert rep.rows == lake.count() and rep.errors == 2
+    df = lake.to_pandas(["caption_loc", "caption_ray", "caption_loc_error", "caption_ray_error"])
+    assert df["caption_loc"].notna().sum() == lake.count() - 2
+    assert df["caption_loc"].fillna("").tolist() == df["caption_ray"].fillna("").tolist()
+    assert df["caption_loc_error"].fillna("").tolist() == df["caption_ray_error"].fillna("").tolist()
+    lake.append(pair_rows(0, 3, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
+    assert lake.recaption("tiny-random-coca", name="ray", engine="ray", progress=False).rows == 3

@@ -3,7 +3,9 @@ provenance, incremental runs), greedy and seeded decoding, clear errors."""
 
 from __future__ import annotations
 
+import io
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lakecurate import Lake, LakeError
+from lakecurate import Lake, LakeError, graph
 from lakecurate.captioners import Captioner, resolve_captioner
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
@@ -137,3 +139,83 @@ def test_documented_coca_tag_resolves_without_weights():
     assert spec.column() == "caption_cocavitb32mscoco" and spec.pretrained == "mscoco_finetuned_laion2b_s13b_b90k"
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "--pretrained mscoco_finetuned_laion2b_s13b_b90k" in readme and "caption_cocavitb32mscoco" in readme
+
+
+@pytest.fixture(scope="module")
+def tiny_git_dir(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    from .tiny_hf import tiny_git
+
+    return tiny_git(tmp_path_factory.mktemp("hf") / "tinygit")
+
+
+def test_a_hugging_face_checkpoint_directory_captions_through_the_cli(tiny_git_dir: Path, tmp_path: Path):
+    from PIL import Image
+
+    from lakecurate.captioners import HFCaptioner
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--model", str(tiny_git_dir), "--workers", "0",
+                                    "--max-tokens", "8", "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    assert rep["column"] == "caption_tinygit" and rep["rows"] == lake.count() and rep["errors"] == 2
+    df = lake.to_pandas(["key", "image", "caption_tinygit", "caption_tinygit_error"]).set_index("key")
+    bad = ["gravel_truncated.jpg", "notes_not_an_image.jpg"]
+    assert df.loc[bad, "caption_tinygit_error"].str.startswith("image_undecodable").all()
+    good = df.drop(index=bad)
+    assert good["caption_tinygit_error"].isna().all()
+    from .tiny_hf import WORDS
+
+    words = [w for c in good["caption_tinygit"] for w in c.split()]
+    assert len(words) > len(good) and set(words) <= set(WORDS)  # the checkpoint's own vocabulary, decoded
+    assert good["caption_tinygit"].nunique() > 3  # a random model, but its words depend on the image
+    # the stage's captions are the model's on the same images, in the same rows
+    keys = list(good.index[:4])
+    arrays = []
+    for k in keys:
+        im = Image.open(io.BytesIO(good.loc[k, "image"])).convert("RGB")
+        im.thumbnail((64, 64))  # image_side: twice the processor's shortest edge
+        arrays.append(np.asarray(im))
+    assert HFCaptioner(resolve_captioner(str(tiny_git_dir), max_tokens=8), "cpu").caption(arrays) == \
+        good.loc[keys, "caption_tinygit"].tolist()
+    prov = field_provenance(lake.dataset().schema.field("caption_tinygit"))["config"]
+    assert prov["family"] == "hf" and prov["arch"] == "git" and prov["pretrained"] == str(tiny_git_dir)
+    assert prov["image_side"] == 64 and len(prov["config_sha256"]) == 16 and prov["checkpoint_bytes"] > 10_000
+    # a prompt is the decoder's prefix: it conditions the words, and the column holds only what follows it
+    lake.recaption(str(tiny_git_dir), name="pref", prompt="a photo of", max_tokens=8, workers=0, progress=False)
+    pref = lake.to_pandas(["key", "caption_pref"]).set_index("key")["caption_pref"]
+    direct = HFCaptioner(resolve_captioner(str(tiny_git_dir), max_tokens=8, prompt="a photo of"), "cpu")
+    assert direct.caption(arrays) == pref.loc[keys].tolist()
+    assert (pref.loc[good.index] != good["caption_tinygit"]).any()
+    assert field_provenance(lake.dataset().schema.field("caption_pref"))["config"]["prompt"] == "a photo of"
+    # rows added later: the graph says the column is incomplete, and its command (rebuilt from the
+    # provenance) fills only them
+    lake.append(pair_rows(0, 3, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
+    st = {s.node.columns[0]: s for s in graph.states(lake)}["caption_pref"]
+    assert st.state == "incomplete" and "--prompt 'a photo of'" in st.fix and str(tiny_git_dir) in st.fix
+    res = CliRunner().invoke(main, shlex.split(st.fix)[1:] + ["--workers", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["rows"] == 3
+    assert {s.node.columns[0]: s for s in graph.states(lake)}["caption_pref"].state == "current"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"pretrained": "x"}, "--pretrained and --checkpoint are for open_clip CoCa"),
+    ({"max_tokens": 513}, "--max-tokens must be a whole number from 1 to 512"),
+])
+def test_bad_hugging_face_options_write_nothing(tiny_git_dir: Path, lake: Lake, kwargs, match):
+    lake.ingest(SAMPLE_DATA, progress=False)
+    v = lake.version
+    with pytest.raises(LakeError, match=match):
+        lake.recaption(str(tiny_git_dir), **kwargs, progress=False)
+    assert lake.version == v
+
+
+def test_a_directory_that_is_not_a_checkpoint_is_a_clear_error(lake: Lake, tmp_path: Path):
+    lake.ingest(SAMPLE_DATA, progress=False)
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--model", str(tmp_path)])
+    assert res.exit_code != 0 and "without config.json" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--prompt", "a photo of"])
+    assert res.exit_code != 0 and "captions from the image alone" in res.output

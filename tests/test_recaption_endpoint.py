@@ -6,6 +6,7 @@ API key never reaches the lake or the output."""
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from lakecurate import Lake, LakeError
+from lakecurate import Lake, LakeError, graph
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
 from lakecurate.plant import synthetic_pairs
@@ -163,7 +164,12 @@ def test_caption_mode_sends_the_image(server, tmp_path: Path, monkeypatch):
     ({"endpoint": "ftp://x"}, "give the server's base URL"),
     ({"endpoint": "http://user:pw@127.0.0.1:1/v1"}, "must not carry credentials"),
     ({"endpoint": "http://127.0.0.1:1/v1", "api_model": ""}, "--api-model"),
-    ({"endpoint": "http://127.0.0.1:1/v1", "mode": "rephrase", "prompt": "no slot"}, "must contain {caption}"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "mode": "rephrase", "prompt": "no slot"}, "must name the caption"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "Caption: {captoin}"}, r"not a column of .*did you mean caption"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "Caption: {caption:.2f}"}, "does not fit its string values"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "Caption: {caption.upper}"}, "not a column placeholder"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "json {\"a\": 1}"}, "not a column placeholder"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "Caption: {caption"}, "literal braces"),
     ({"endpoint": "http://127.0.0.1:1/v1", "concurrency": 0}, "--concurrency"),
 ])
 def test_bad_endpoint_options_write_nothing(tmp_path: Path, kwargs, match):
@@ -172,3 +178,34 @@ def test_bad_endpoint_options_write_nothing(tmp_path: Path, kwargs, match):
     with pytest.raises(LakeError, match=match):
         lake.recaption(**{"api_model": "m", **kwargs}, progress=False)
     assert lake.version == v
+
+
+def test_prompt_placeholders_take_each_rows_columns(server, tmp_path: Path):
+    caps = ["a dog on grass", "two cats", None, "a red bus in the city"]
+    lake = caption_lake(tmp_path / "lake", caps)
+
+    def features():
+        lake.add_feature("nwords", lambda b: [len((c or "").split()) for c in b.column("caption").to_pylist()],
+                         inputs=["caption"], type="int32", progress=False)
+        lake.add_feature("share", lambda b: [None if c is None else len(c) / 32 for c in b.column("caption").to_pylist()],
+                         inputs=["caption"], type="float32", progress=False)
+
+    features()
+    prompt = "Rewrite. {{json braces}} words={nwords} share={share:.2f}. Caption: {caption}"
+    rep = lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", prompt=prompt, name="ph", progress=False)
+    assert rep.rows == 4 and rep.errors == 1
+    sent = sorted(m["messages"][0]["content"] for m in server.requests)
+    assert sent == sorted(f"Rewrite. {{json braces}} words={len(c.split())} share={len(c) / 32:.2f}. Caption: {c}"
+                          for c in caps if c)
+    got = lake.to_pandas(["caption", "caption_ph", "caption_ph_error"])
+    assert got.loc[got["caption"].isna(), "caption_ph_error"].str.startswith("caption_missing").all()
+    prov = field_provenance(lake.dataset().schema.field("caption_ph"))
+    assert prov["source_columns"] == ["nwords", "share", "caption"] and prov["config"]["prompt"] == prompt
+    # the graph's command for the column, rebuilt from its provenance, runs the same prompt again
+    more = synthetic_pairs(100, 1)
+    lake.append(more.set_column(more.schema.get_field_index("caption"), "caption", pa.array(["a green tram"])))
+    features()
+    fix = {s.node.columns[0]: s for s in graph.states(lake)}["caption_ph"].fix
+    res = CliRunner().invoke(main, shlex.split(fix)[1:])
+    assert res.exit_code == 0, res.output
+    assert server.requests[-1]["messages"][0]["content"] == "Rewrite. {json braces} words=3 share=0.38. Caption: a green tram"
