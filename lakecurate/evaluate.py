@@ -1,9 +1,14 @@
-"""Prove it: train a small proxy model on a curated view and on a baseline of the same size.
+"""Prove it: train a small proxy model on a curated view and on baselines with the same compute.
 
 The protocol is DataComp's in miniature: a fixed training budget, only the data varies. The proxy
 is a pair of linear contrastive heads (image and text, ``dim`` outputs, random init) trained with
 CLIP's symmetric InfoNCE loss on the lake's frozen embeddings of the chosen rows; the same
-number of steps and batch size for every arm. It is scored on a clean evaluation set that is
+number of steps and batch size for every arm. The baselines: ``all`` (every usable row of the pool,
+DataComp's "no filtering"), ``random`` (as many rows as the view, drawn anew per seed), or another
+view or tag. Each arm is scored every ``eval_every`` steps: a learning curve, from which the
+**speed-up** is read: how many times fewer steps the view needs to reach a baseline's final score
+(or, below 1, the share of the steps the baseline needs to reach the view's). ``budgets`` repeats
+every arm at other multiples of the compute, to show where curation pays and where it stops. It is scored on a clean evaluation set that is
 disjoint from the lake by image content hash: image->text and text->image recall at 1/5/10 and
 the AUROC of true versus swapped captions. Every arm is repeated over ``seeds`` seeds (a new
 random baseline draw, initialisation and batch order each), so a difference can be told from noise.
@@ -23,7 +28,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,7 +38,7 @@ import pyarrow.compute as pc
 from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns
-from lakecurate.names import default_view, embedding_columns, pick_embedding
+from lakecurate.names import EVAL_LR, EVAL_METRICS, default_view, embedding_columns, pick_embedding
 from lakecurate.sqlcheck import check_where
 from lakecurate.store import retry_on_conflict
 
@@ -41,7 +46,14 @@ if TYPE_CHECKING:
     from lakecurate.store import Store
 
 EVAL_TABLE = "evaluations"
-METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "swapped_auroc"]
+METRICS = EVAL_METRICS
+DEFAULT_BASELINES = ("all", "random")
+CURVE_POINTS = 20  # checkpoints on a learning curve by default (eval_every = steps / 20)
+# The proxy's learning rate. At 2e-3 the heads fit a pool of ~700 pairs within 30 of 300 steps and
+# then decline (overfitting), so a final score measures resistance to overfitting, not how fast an
+# arm learns; at 2e-4 every arm still improves at the end of the default budget (scripts/eval_curation.py).
+DEFAULT_LR = EVAL_LR
+MAX_BUDGET = 16.0
 
 
 @dataclass
@@ -59,7 +71,7 @@ class EvalResult:
     lake: str
     version: int
     view: str
-    baseline: str
+    baseline: str  # the baselines, comma-joined (``baselines`` lists them)
     embedding: str
     eval_set: str
     eval_images: int
@@ -71,6 +83,11 @@ class EvalResult:
     metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # arm -> metric -> per seed
     eval_id: str = ""
     seconds: float = 0.0
+    baselines: list[str] = field(default_factory=list)  # arm names: "all", "random", or a view's label
+    metric: str = "t2i_R@5"                              # the one the curves and speed-ups are read on
+    curve_steps: list[int] = field(default_factory=list)
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # arm -> per seed -> metric at curve_steps
+    budgets: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "0.5" -> arm -> metric per seed
 
     def table(self) -> pd.DataFrame:
         """Mean and spread (max - min over seeds) of each metric, one row per arm."""
@@ -84,14 +101,34 @@ class EvalResult:
             out.append(row)
         return pd.DataFrame(out)
 
-    def difference(self, metric: str = "t2i_R@5") -> dict[str, float]:
-        """Mean difference view - baseline on ``metric``, and the larger of the two spreads."""
-        a, b = np.asarray(self.metrics["view"][metric]), np.asarray(self.metrics["baseline"][metric])
-        return {"metric": metric, "view": float(a.mean()), "baseline": float(b.mean()),
+    def difference(self, metric: str = "t2i_R@5", baseline: str | None = None) -> dict[str, float]:
+        """Mean difference view - baseline (default: the first) on ``metric``, and the larger spread."""
+        base = baseline or self.baselines[0]
+        a, b = np.asarray(self.metrics["view"][metric]), np.asarray(self.metrics[base][metric])
+        return {"metric": metric, "baseline": base, "view": float(a.mean()), "baseline_score": float(b.mean()),
                 "difference": float(a.mean() - b.mean()), "spread": float(max(np.ptp(a), np.ptp(b)))}
 
+    def speedups(self) -> dict[str, dict[str, Any]]:
+        """Per baseline: the view's speed-up over it (:func:`speedup_summary`) on ``metric``."""
+        if not self.curve_steps:
+            return {}
+        return {b: speedup_summary(self.curve_steps, self.curves["view"], self.curves[b]) for b in self.baselines}
+
+    def budget_table(self) -> pd.DataFrame:
+        """Mean of ``metric`` per compute budget (a multiple of ``steps``) and arm, with the view's gaps."""
+        out = []
+        for budget, arms in sorted(self.budgets.items(), key=lambda kv: float(kv[0])):
+            row: dict[str, Any] = {"budget": float(budget), "steps": max(1, round(float(budget) * self.steps))}
+            for arm, v in arms.items():
+                row[arm] = float(np.mean(v))
+                row[f"{arm} spread"] = float(np.ptp(v))
+            for b in self.baselines:
+                row[f"view - {b}"] = row["view"] - row[b]
+            out.append(row)
+        return pd.DataFrame(out)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "speedups": self.speedups()}
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -136,11 +173,59 @@ def retrieval_metrics(image: np.ndarray, text: np.ndarray, text_image: np.ndarra
     return out
 
 
+def crossing(steps: Sequence[float], curve: Sequence[float], target: float) -> float | None:
+    """The first step at which ``curve`` (scores at ``steps``) reaches ``target``, linear between
+    checkpoints; None when it never does.
+
+    >>> crossing([0, 100, 200], [0.1, 0.3, 0.5], 0.4)
+    150.0
+    """
+    for i, c in enumerate(curve):
+        if c >= target:
+            if i == 0:
+                return float(steps[0])
+            c0 = curve[i - 1]  # below target, so c > c0
+            return float(steps[i - 1] + (target - c0) / (c - c0) * (steps[i] - steps[i - 1]))
+    return None
+
+
+def speedup(steps: Sequence[float], view: Sequence[float], base: Sequence[float]) -> float:
+    """How many times fewer steps the view's curve needs to reach the baseline's final score (> 1:
+    curation saves compute); when it never gets there, the share of the steps the baseline needs to
+    reach the view's final score (< 1: curation costs compute). A view that beats the baseline's
+    final score before its first checkpoint counts as reaching it there (the ratio is then a floor).
+
+    >>> speedup([0, 100, 200], [0.1, 0.5, 0.6], [0.1, 0.3, 0.5])
+    2.0
+    >>> speedup([0, 100, 200], [0.1, 0.3, 0.5], [0.1, 0.5, 0.6])
+    0.5
+    """
+    total = float(steps[-1])
+    first = float(steps[1]) if len(steps) > 1 else total
+    at = crossing(steps, view, base[-1])
+    if at is not None:
+        return total / max(at, first)
+    at = crossing(steps, base, view[-1])  # base[-1] > view[-1]: it gets there by the end
+    return (at if at is not None else total) / total
+
+
+def speedup_summary(steps: Sequence[float], view: Sequence[Sequence[float]], base: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """The speed-up per seed (curves paired by seed) with its median and range, and the score gap
+    view - baseline at equal steps (mean over seeds) at every checkpoint and at the end."""
+    per = [speedup(steps, v, b) for v, b in zip(view, base)]
+    gap = (np.asarray(view, float) - np.asarray(base, float)).mean(0)
+    return {"per_seed": per, "median": float(np.median(per)), "min": float(min(per)), "max": float(max(per)),
+            "gap": [float(g) for g in gap], "gap_final": float(gap[-1])}
+
+
 def train_heads(img: np.ndarray, txt: np.ndarray, *, dim: int = 128, steps: int = 300, batch: int = 256,
-                lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                lr: float = DEFAULT_LR, weight_decay: float = 0.05, seed: int = 0, every: int = 0,
+                on_checkpoint: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Linear image and text heads trained with symmetric InfoNCE on paired rows; returns (W_img, W_txt).
 
     The budget is fixed by ``steps`` x ``batch``, whatever the number of rows, as in DataComp.
+    ``on_checkpoint(step, W_img, W_txt)`` is called before the first step and every ``every`` steps
+    (and after the last): a learning curve from one run.
     """
     import torch
 
@@ -156,7 +241,13 @@ def train_heads(img: np.ndarray, txt: np.ndarray, *, dim: int = 128, steps: int 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     xi, xt = torch.from_numpy(img.astype(np.float32)), torch.from_numpy(txt.astype(np.float32))
     b = min(batch, len(img))
-    for _ in range(steps):
+
+    def checkpoint(step: int) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(step, w_i.detach().numpy().copy(), w_t.detach().numpy().copy())
+
+    checkpoint(0)
+    for step in range(1, steps + 1):
         rows = torch.from_numpy(rng.choice(len(img), b, replace=False))
         a = torch.nn.functional.normalize(xi[rows] @ w_i, dim=-1)
         t = torch.nn.functional.normalize(xt[rows] @ w_t, dim=-1)
@@ -167,6 +258,8 @@ def train_heads(img: np.ndarray, txt: np.ndarray, *, dim: int = 128, steps: int 
         loss.backward()
         opt.step()
         sched.step()
+        if every and (step % every == 0 or step == steps):
+            checkpoint(step)
     return w_i.detach().numpy(), w_t.detach().numpy()
 
 
@@ -266,12 +359,43 @@ def _refused(side: "Store") -> str:
     return f"; {tbl.num_rows} rows refused at ingest: {'; '.join(parts)}{hint}"
 
 
+def _baselines(baseline: "str | Sequence[str]") -> list[str]:
+    names = [baseline] if isinstance(baseline, str) else list(baseline)
+    if not names or any(not isinstance(b, str) or not b.strip() for b in names):
+        raise LakeError("--baseline: name at least one: all (every usable row), random (as many rows as the view), "
+                        "or a tag / SQL condition")
+    if len(set(names)) < len(names) or "view" in names:
+        raise LakeError(f"--baseline {', '.join(names)}: each baseline once, and none called 'view'")
+    return names
+
+
+def parse_budgets(budgets: "str | Sequence[float] | None") -> list[float]:
+    """Compute multiples of ``steps`` to sweep (``"0.25,0.5,1,2"`` or a list); 1 is always among them.
+
+    >>> parse_budgets("2, 0.5")
+    [0.5, 1.0, 2.0]
+    """
+    if budgets is None:
+        return [1.0]
+    items = budgets.split(",") if isinstance(budgets, str) else list(budgets)
+    out = set()
+    for item in items:
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise LakeError(f"--budget {budgets!r}: give multiples of --steps separated by commas, e.g. 0.25,0.5,1,2") from None
+        if not 0 < value <= MAX_BUDGET or not np.isfinite(value):
+            raise LakeError(f"--budget {item}: each multiple of --steps must be above 0 and at most {MAX_BUDGET:g}")
+        out.add(value)
+    return sorted(out | {1.0})
+
+
 def evaluate(
     lake: "Store",
     view: str | None = None,
     *,
     eval_set: str | os.PathLike,
-    baseline: str = "random",
+    baseline: "str | Sequence[str]" = DEFAULT_BASELINES,
     seeds: int = 3,
     steps: int = 300,
     batch: int = 256,
@@ -282,37 +406,58 @@ def evaluate(
     root: str | os.PathLike | None = None,
     allow_stale: bool = False,
     caption_col: str = "caption",
+    eval_every: int | None = None,
+    budgets: "str | Sequence[float] | None" = None,
+    metric: str = "t2i_R@5",
+    lr: float = DEFAULT_LR,
 ) -> EvalResult:
-    """Train the proxy on ``view`` and on ``baseline`` (same size, same budget) and score both.
+    """Train the proxy on ``view`` and on each baseline (same steps x batch) and score them.
 
     ``view``: a tag (its ``rebalance_keep``/``keep`` rows), a SQL condition, or None for the lake's
-    current curated view. ``baseline``: "random" (as many rows drawn at random from every embedded
-    row of the lake, a new draw per seed) or another view. ``root``: the folder the evaluation
+    current curated view. ``baseline``: one or several of "all" (every usable row of the pool: the
+    "no filtering" baseline), "random" (as many rows as the view drawn from the pool, a new draw per
+    seed) or another view. ``eval_every``: steps between the learning curve's checkpoints (default
+    ``steps / 10``); the speed-up over each baseline is read on ``metric``. ``budgets``: multiples of
+    ``steps`` to repeat every arm at (e.g. "0.25,0.5,1,2"). ``lr``: the proxy's learning rate (the
+    same for every arm). ``root``: the folder the evaluation
     manifest's image paths must stay inside (default: the manifest's folder). ``caption_col``: train
-    both arms on another caption column (a synthetic one, scored with ``embed --caption-col``), so
-    original versus synthetic captions is one command each.
+    every arm on another caption column (a synthetic one, scored with ``embed --caption-col``).
 
     Example::
 
-        res = lake.evaluate(eval_set="clean_eval/")         # curated view vs random, 3 seeds
+        res = lake.evaluate(eval_set="clean_eval/")         # curated view vs all and random, 3 seeds
         res.table()                                           # mean and spread per arm
-        res.difference("t2i_R@5")                             # {'difference': ..., 'spread': ...}
+        res.speedups()["all"]                                 # {'median': ..., 'min': ..., 'max': ...}
+        res.difference("t2i_R@5", "random")                   # {'difference': ..., 'spread': ...}
     """
+    from lakecurate.progress import progress_bar
+
     t0 = time.perf_counter()
-    if seeds < 1 or steps < 1:
-        raise LakeError(f"seeds = {seeds}, steps = {steps}: each must be at least 1")
+    for opt, value in (("--seeds", seeds), ("--steps", steps), ("--batch", batch), ("--dim", dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LakeError(f"{opt} = {value!r}: a whole number of at least 1")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr <= 1:
+        raise LakeError(f"--lr {lr!r}: a learning rate above 0 and at most 1 (default {DEFAULT_LR:g})")
+    every = eval_every if eval_every is not None else max(1, steps // CURVE_POINTS)
+    if not isinstance(every, int) or isinstance(every, bool) or not 1 <= every <= steps:
+        raise LakeError(f"--eval-every {eval_every!r}: a whole number of steps from 1 to --steps ({steps})")
+    if metric not in METRICS:
+        raise LakeError(f"--metric {metric!r}: one of {', '.join(METRICS)}")
+    names = _baselines(baseline)
+    multiples = parse_budgets(budgets)
     version, where, label = _selection(lake, view, allow_stale=allow_stale)
-    if baseline != "random":  # a bad baseline condition is refused before the eval set is cached
-        _selection(lake, baseline, "--baseline", allow_stale=allow_stale)
+    for b in names:  # a bad baseline condition is refused before the eval set is cached
+        if b not in ("all", "random"):
+            _selection(lake, b, "--baseline", allow_stale=allow_stale)
     ds = lake.dataset(version)
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
-    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root)
-
     text_col = embedding_columns(emb)["text"] if caption_col == "caption" else f"{emb}_{caption_col}_text"
     if text_col not in ds.schema.names:
         raise LakeError(f"the proxy needs {caption_col} through the {emb} text tower ({text_col}), which lake "
                         f"'{lake.uri}' lacks; run: lakecurate embed {lake.uri} --model ... --caption-col {caption_col} "
                         f"(the model that made {emb})")
+    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root)
+
     pool = ds.to_table(columns=["id", embedding_columns(emb)["image"], text_col],
                        filter=f"{emb}_image IS NOT NULL AND {text_col} IS NOT NULL")
     overlap = set(ev.hashes) & set(ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist())
@@ -332,22 +477,49 @@ def evaluate(
     chosen = rows_of(version, where)
     if len(chosen) < 2:
         raise LakeError(f"view '{label}' selects {len(chosen)} embedded rows; a proxy needs at least 2")
-    other = None if baseline == "random" else rows_of(*_selection(lake, baseline, "--baseline")[:2])
+    fixed = {b: rows_of(*_selection(lake, b, "--baseline", allow_stale=allow_stale)[:2])
+             for b in names if b not in ("all", "random")}
+    fixed["all"] = np.arange(len(ids))
+    for b, rows in fixed.items():
+        if b in names and len(rows) < 2:
+            raise LakeError(f"baseline '{b}' selects {len(rows)} embedded rows; a proxy needs at least 2")
     if caption_col != "caption":  # recorded with the view: the evaluations table keeps its columns
         label = f"{label} [captions: {caption_col}]"
-    res = EvalResult(lake=str(lake.uri), version=ds.version, view=label, baseline=baseline, embedding=emb,
+    res = EvalResult(lake=str(lake.uri), version=ds.version, view=label, baseline=", ".join(names), embedding=emb,
                      eval_set=os.path.abspath(os.fspath(eval_set)), eval_images=len(ev.hashes),
                      eval_captions=len(ev.text_image), pool_rows=len(ids), steps=steps,
-                     seeds=list(range(seeds)), eval_id=uuid.uuid4().hex[:12])
-    res.rows = {"view": len(chosen), "baseline": len(chosen) if other is None else len(other)}
-    res.metrics = {arm: {k: [] for k in METRICS} for arm in ("view", "baseline")}
-    for seed in range(seeds):
-        rng = np.random.default_rng(10_000 + seed)
-        base = rng.choice(len(ids), len(chosen), replace=False) if other is None else other
-        for arm, rows in (("view", chosen), ("baseline", base)):
-            w_i, w_t = train_heads(x_img[rows], x_txt[rows], dim=dim, steps=steps, batch=batch, seed=seed)
-            for k, v in score_heads(ev, w_i, w_t).items():
-                res.metrics[arm][k].append(v)
+                     seeds=list(range(seeds)), eval_id=uuid.uuid4().hex[:12], baselines=names, metric=metric)
+    arms = ["view", *names]
+    res.rows = {"view": len(chosen), **{b: len(chosen) if b == "random" else len(fixed[b]) for b in names}}
+    res.metrics = {arm: {k: [] for k in METRICS} for arm in arms}
+    res.curves = {arm: [] for arm in arms}
+    res.budgets = {f"{m:g}": {arm: [] for arm in arms} for m in multiples}
+    runs = seeds * len(arms) * len(multiples)
+    with progress_bar(runs, desc="evaluate", unit="run", progress=progress) as bar:
+        for seed in range(seeds):
+            rng = np.random.default_rng(10_000 + seed)
+            draw = rng.choice(len(ids), len(chosen), replace=False)  # the random arm's rows, one draw per seed
+            for arm in arms:
+                rows = chosen if arm == "view" else draw if arm == "random" else fixed[arm]
+                for m in multiples:
+                    curve: list[float] = []
+                    main_run = m == 1.0
+
+                    def keep_point(step: int, w_i: np.ndarray, w_t: np.ndarray) -> None:
+                        curve.append(score_heads(ev, w_i, w_t)[metric])
+                        if seed == 0 and arm == "view":
+                            res.curve_steps.append(step)
+
+                    w_i, w_t = train_heads(x_img[rows], x_txt[rows], dim=dim, steps=max(1, round(m * steps)),
+                                           batch=batch, lr=lr, seed=seed, every=every if main_run else 0,
+                                           on_checkpoint=keep_point if main_run else None)
+                    scores = score_heads(ev, w_i, w_t)
+                    res.budgets[f"{m:g}"][arm].append(scores[metric])
+                    if main_run:
+                        for k, v in scores.items():
+                            res.metrics[arm][k].append(v)
+                        res.curves[arm].append(curve)
+                    bar.update(1)
     frozen = score_heads(ev, None, None)
     res.metrics["frozen encoder"] = {k: [v] for k, v in frozen.items()}
     res.seconds = time.perf_counter() - t0
@@ -365,26 +537,41 @@ def _recipe_of(ds: Any) -> str | None:
 
 
 def record_result(lake: "Store", res: EvalResult, recipe: str | None) -> None:
-    """Append one row per arm and seed to ``LAKE/evaluations.lance``."""
+    """Append one row per arm, seed and budget to ``LAKE/evaluations.lance``: at budget 1 every
+    metric and the learning curve, at other budgets the curve metric only."""
     import lance
 
     now = datetime.now(timezone.utc)
     rows = []
+    common = {"eval_id": res.eval_id, "evaluated_at": now, "lake_version": res.version, "view": res.view,
+              "baseline": res.baseline, "pool_rows": res.pool_rows, "recipe": recipe, "embedding": res.embedding,
+              "eval_set": res.eval_set, "eval_images": res.eval_images, "eval_captions": res.eval_captions,
+              "curve_metric": res.metric}
     for arm, m in res.metrics.items():
         for i in range(len(m[METRICS[0]])):
-            rows.append({
-                "eval_id": res.eval_id, "evaluated_at": now, "lake_version": res.version, "view": res.view,
-                "baseline": res.baseline, "arm": arm, "seed": i if arm != "frozen encoder" else None,
-                "rows": res.rows.get(arm), "pool_rows": res.pool_rows, "recipe": recipe, "embedding": res.embedding,
-                "eval_set": res.eval_set, "eval_images": res.eval_images, "eval_captions": res.eval_captions,
-                "steps": res.steps, **{k: m[k][i] for k in METRICS},
-            })
+            frozen = arm == "frozen encoder"
+            curve = res.curves.get(arm, [])
+            rows.append({**common, "arm": arm, "seed": None if frozen else i, "rows": res.rows.get(arm),
+                         "steps": res.steps, "budget": None if frozen else 1.0, **{k: m[k][i] for k in METRICS},
+                         "curve_steps": res.curve_steps if i < len(curve) else None,
+                         "curve": curve[i] if i < len(curve) else None})
+    for budget, arms in res.budgets.items():
+        if float(budget) == 1.0:
+            continue
+        for arm, values in arms.items():
+            for i, v in enumerate(values):
+                rows.append({**common, "arm": arm, "seed": i, "rows": res.rows.get(arm), "budget": float(budget),
+                             "steps": max(1, round(float(budget) * res.steps)), res.metric: v})
     tbl = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
     uri = os.path.join(str(lake.uri), f"{EVAL_TABLE}.lance")
 
     def write() -> None:
-        mode = "create" if _open_table(lake) is None else "append"
-        lance.write_dataset(tbl, uri, mode=mode, storage_options=lake.storage_options)
+        ds = _open_table(lake)
+        if ds is not None:  # a table recorded before a column existed gains it, empty in its old rows
+            missing = [f for f in EVAL_SCHEMA if f.name not in ds.schema.names]
+            if missing:
+                ds.add_columns(missing)
+        lance.write_dataset(tbl, uri, mode="create" if ds is None else "append", storage_options=lake.storage_options)
 
     retry_on_conflict(write)
 
@@ -422,4 +609,8 @@ EVAL_SCHEMA = pa.schema([
     pa.field("eval_captions", pa.int64()),
     pa.field("steps", pa.int64()),
     *[pa.field(k, pa.float64()) for k in METRICS],
-], metadata={"lakecurate.table": EVAL_TABLE, "doc": json.dumps("one row per evaluation arm and seed")})
+    pa.field("budget", pa.float64()),            # a multiple of steps: 1 is the main run
+    pa.field("curve_metric", pa.string()),
+    pa.field("curve_steps", pa.list_(pa.int64())),
+    pa.field("curve", pa.list_(pa.float64())),   # curve_metric at curve_steps (budget 1)
+], metadata={"lakecurate.table": EVAL_TABLE, "doc": json.dumps("one row per evaluation arm, seed and budget")})

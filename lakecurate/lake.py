@@ -142,7 +142,8 @@ class Lake(Store):
         return export(self, dest, format, **options)
 
     def evaluate(self, view: str | None = None, **options: Any) -> Any:
-        """Train a proxy on a curated view and on a random view of the same size; see :func:`lakecurate.evaluate.evaluate`."""
+        """Train a proxy on a curated view and on baselines (all rows, random rows) with the same compute: scores,
+        learning curves and speed-ups; see :func:`lakecurate.evaluate.evaluate`."""
         from lakecurate.evaluate import evaluate
 
         return evaluate(self, view, **options)

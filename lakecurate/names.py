@@ -41,6 +41,11 @@ TINY_COCA = "lakecurate-tiny-random-coca-MEANINGLESS"
 
 EMBEDDING_PARTS = ("image", "text", "score", "error")
 
+# The evaluation's metrics (``lakecurate evaluate``): retrieval recall both ways and swapped-caption AUROC
+# and the proxy's default learning rate (why this value: lakecurate/evaluate.py)
+EVAL_LR = 2e-4
+EVAL_METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "swapped_auroc"]
+
 
 def embedding_columns(prefix: str) -> dict[str, str]:
     """The embed stage's columns for an encoder prefix: image/text embeddings, score, error."""

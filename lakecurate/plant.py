@@ -497,6 +497,112 @@ def plant_noisy_pool(
     return labels
 
 
+# Web-like noise (issue 22), per level: the share of the pool's photos whose caption is another
+# photo's (mismatched: DataComp's commonest noise), whose caption is junk (a camera file name or
+# boilerplate alt text), and the near duplicates added on top, as a share of the photos. Duplicates
+# are drawn mostly from the largest concepts (a Zipf weight by concept rank), so the concept mix
+# skews the way popular subjects are copied on the web.
+NOISE_LEVELS = {
+    "none": {"mismatched": 0.0, "junk": 0.0, "duplicates": 0.0},
+    "low": {"mismatched": 0.10, "junk": 0.02, "duplicates": 0.05},
+    "web": {"mismatched": 0.15, "junk": 0.04, "duplicates": 0.08},
+    "high": {"mismatched": 0.20, "junk": 0.06, "duplicates": 0.10},
+    "heavy": {"mismatched": 0.35, "junk": 0.10, "duplicates": 0.20},
+}
+# Rough concepts from a caption's words, in this order (the first that matches): enough to skew a mix.
+CONCEPT_WORDS = (
+    ("dog", ("dog", "dogs", "puppy")),
+    ("children", ("boy", "girl", "child", "children", "kid", "kids", "baby", "toddler")),
+    ("water and snow", ("water", "beach", "ocean", "lake", "river", "pool", "surf", "surfer", "wave", "snow", "swim")),
+    ("sport", ("bike", "bicycle", "ball", "football", "soccer", "skateboard", "player", "race", "climb", "climbing")),
+    ("people", ("man", "woman", "men", "women", "person", "people", "crowd", "couple", "group")),
+)
+_BOILERPLATE = ("click here to enlarge", "image", "untitled", "photo", "no description available", "thumbnail",
+                "stock photo", "view full size", "default image", "picture 1 of 12")
+
+
+def concept_of(caption: str) -> str:
+    """A rough concept from a caption's words (:data:`CONCEPT_WORDS`), "other" when none matches.
+
+    >>> concept_of("A black dog runs on the beach"), concept_of("Two girls in the snow"), concept_of("A red car")
+    ('dog', 'children', 'other')
+    """
+    words = set("".join(c if c.isalnum() else " " for c in caption.lower()).split())
+    return next((name for name, keys in CONCEPT_WORDS if words & set(keys)), "other")
+
+
+def all_captions(captions_csv: str | Path) -> dict[str, list[str]]:
+    """photo stem -> every caption it has, from a Flickr8k-style ``image,caption`` CSV."""
+    import csv
+
+    out: dict[str, list[str]] = {}
+    with open(captions_csv, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(Path(row["image"]).stem, []).append(row["caption"])
+    return out
+
+
+def plant_web_pool(
+    photos: Sequence[Path],
+    captions: dict[str, list[str]],
+    out_dir: str | Path,
+    *,
+    noise: str = "web",
+    seed: int = 0,
+) -> dict[str, str]:
+    """A training pool with noise at web-like rates (:data:`NOISE_LEVELS`): every photo once with
+    its first caption, except a ``mismatched`` share with another photo's caption and a ``junk``
+    share with a file name or boilerplate; plus ``duplicates`` x photos extra rows, each a copy of
+    a photo drawn with a Zipf weight by its concept's rank (the largest concept most): half near
+    copies (one or two :data:`EDITS`, same caption), half the same picture re-encoded with another
+    of its human captions (a re-hosted image with other alt text). Returns key -> "clean",
+    "mismatched", "junk", "near_copy" or "recaptioned_copy"."""
+    if noise not in NOISE_LEVELS:
+        raise ValueError(f"noise {noise!r}: one of {', '.join(NOISE_LEVELS)}")
+    rates = NOISE_LEVELS[noise]
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = sorted(p for p in photos if captions.get(p.stem))
+    order = photos[:]
+    rng.shuffle(order)
+    n_mis, n_junk = round(rates["mismatched"] * len(photos)), round(rates["junk"] * len(photos))
+    kind_of = {p.stem: "mismatched" for p in order[:n_mis]}
+    kind_of.update({p.stem: "junk" for p in order[n_mis: n_mis + n_junk]})
+    labels: dict[str, str] = {}
+    first = {p.stem: captions[p.stem][0] for p in photos}
+    for path in photos:
+        kind = kind_of.get(path.stem, "clean")
+        caption = first[path.stem]
+        if kind == "mismatched":
+            caption = first[rng.choice([q.stem for q in photos if q.stem != path.stem])]
+        elif kind == "junk":
+            caption = rng.choice(_FILENAMES).format(n=rng.randint(1, 99999)) if rng.random() < 0.5 \
+                else rng.choice(_BOILERPLATE)
+        write_pair(out, path.stem, path.read_bytes(), caption)
+        labels[path.stem] = kind
+    concept = {p.stem: concept_of(first[p.stem]) for p in photos}
+    sizes: dict[str, int] = {}
+    for c in concept.values():
+        sizes[c] = sizes.get(c, 0) + 1
+    rank = {c: r for r, c in enumerate(sorted(sizes, key=lambda c: (-sizes[c], c)))}
+    weights = [1.0 / (rank[concept[p.stem]] + 1) ** 1.5 / sizes[concept[p.stem]] for p in photos]
+    n_dup = round(rates["duplicates"] * len(photos))
+    for i, path in enumerate(rng.choices(photos, weights=weights, k=n_dup)):
+        if i % 2 == 0:
+            key = write_near_copies(out, path, first[path.stem], 1, rng, f"near{i:04d}_")[0]
+            labels[key] = "near_copy"
+        else:
+            with Image.open(path) as im:
+                buf = io.BytesIO()
+                im.convert("RGB").save(buf, "JPEG", quality=rng.randint(70, 92))
+            others = captions[path.stem][1:] or captions[path.stem]
+            key = f"{path.stem}__rehost{i:04d}"
+            write_pair(out, key, buf.getvalue(), rng.choice(others))
+            labels[key] = "recaptioned_copy"
+    return labels
+
+
 def write_eval_set(photos: Sequence[Path], captions_csv: str | Path, out_dir: str | Path) -> int:
     """A clean evaluation set: ``photos`` copied to ``out_dir/images`` and a ``captions.csv``
     manifest (image, caption) with every caption of each photo. Returns the number of captions."""

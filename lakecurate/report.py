@@ -128,6 +128,53 @@ def _plot(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _eval_curves(d: pd.DataFrame) -> dict[str, Any]:
+    """One evaluation's learning curves (a plot), the view's speed-up over each baseline, and the
+    budget sweep (a plot); empty for an evaluation recorded without curves."""
+    from lakecurate.evaluate import speedup_summary
+
+    main = d[(d["budget"] == 1.0) & d["curve"].notna()]
+    if main.empty or "view" not in set(main["arm"]):
+        return {}
+    metric = str(main["curve_metric"].iloc[0])
+    steps = [int(x) for x in main["curve_steps"].iloc[0]]
+    curves = {arm: np.stack([np.asarray(c, float) for c in g.sort_values("seed")["curve"]])
+              for arm, g in main.groupby("arm", sort=False)}
+    fig, ax = _pyplot().subplots(figsize=(5.2, 3.0))
+    for arm, c in curves.items():
+        ax.plot(steps, c.mean(0), label=arm, linewidth=2 if arm == "view" else 1.3)
+        if len(c) > 1:
+            ax.fill_between(steps, c.min(0), c.max(0), alpha=0.15)
+    ax.set_xlabel("training steps", fontsize=8)
+    ax.set_ylabel(metric, fontsize=8)
+    ax.set_title(f"learning curves ({metric}; band: min-max over seeds)", fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    out: dict[str, Any] = {"metric": metric, "curve_plot": _plot(fig), "speedups": []}
+    for arm, c in curves.items():
+        if arm != "view" and len(c) == len(curves["view"]):
+            sp = speedup_summary(steps, curves["view"], c)
+            out["speedups"].append({"baseline": arm, "median": sp["median"], "min": sp["min"], "max": sp["max"],
+                                    "gap": sp["gap_final"], "seeds": len(c)})
+    swept = d[d["budget"].notna()]
+    if swept["budget"].nunique() > 1:
+        fig, ax = _pyplot().subplots(figsize=(5.2, 3.0))
+        for arm, g in swept.groupby("arm", sort=False):
+            by = g.groupby("budget")[metric]
+            ax.errorbar(by.mean().index, by.mean().to_numpy(), yerr=[by.mean() - by.min(), by.max() - by.mean()],
+                        marker="o", capsize=3, label=arm, linewidth=2 if arm == "view" else 1.3)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"compute (multiples of {int(main['steps'].iloc[0])} steps)", fontsize=8)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.set_title(f"{metric} by compute budget", fontsize=10)
+        ax.legend(fontsize=7, frameon=False)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+        out["budget_plot"] = _plot(fig)
+    return out
+
+
 def _hist(values: np.ndarray, title: str, xlabel: str, *, log: bool = False, lines: dict[str, float] | None = None) -> str:
     from matplotlib.ticker import FuncFormatter
 
@@ -516,26 +563,31 @@ class _Builder:
         return {"plots": plots, "sampled": len(s)}
 
     def evaluations(self, last: int = 5) -> dict[str, Any] | None:
-        """The latest recorded evaluations (``lakecurate evaluate``): mean and spread per arm."""
+        """The latest recorded evaluations (``lakecurate evaluate``): mean and spread per arm, and,
+        where recorded, the learning curves with the speed-up over each baseline and the budget sweep."""
         from lakecurate.evaluate import METRICS, evaluations
 
         df = evaluations(self.lake)
         if df.empty:
             return None
+        for col in ("budget", "curve", "curve_steps", "curve_metric"):  # recorded before curves existed
+            if col not in df:
+                df[col] = None
         runs = df.sort_values("evaluated_at")["eval_id"].unique()[-last:][::-1]
         out = []
         for rid in runs:
             d = df[df["eval_id"] == rid]
-            first = d.iloc[0]
+            main = d[d["budget"].isna() | (d["budget"] == 1.0)]
+            first = main.iloc[0]
             arms = []
-            for arm, g in d.groupby("arm", sort=False):
+            for arm, g in main.groupby("arm", sort=False):
                 arms.append({"arm": arm, "rows": None if pd.isna(g["rows"].iloc[0]) else int(g["rows"].iloc[0]),
                              "seeds": len(g), **{m: (float(g[m].mean()), float(g[m].max() - g[m].min())) for m in METRICS}})
             out.append({"id": rid, "when": first["evaluated_at"].isoformat(timespec="seconds"),
                         "version": int(first["lake_version"]), "view": first["view"], "baseline": first["baseline"],
                         "recipe": first["recipe"], "eval_set": Path(first["eval_set"]).name,
                         "eval_images": int(first["eval_images"]), "eval_captions": int(first["eval_captions"]),
-                        "steps": int(first["steps"]), "arms": arms})
+                        "steps": int(first["steps"]), "arms": arms, **_eval_curves(d)})
         return {"runs": out, "metrics": METRICS}
 
     def flagged(self) -> dict[str, Any]:

@@ -166,7 +166,7 @@ def test_evaluate_names_refused_paths_and_takes_root(runner: CliRunner, curated:
     res = runner.invoke(main, [*args, "--root", str(images), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["eval_images"] == 4 and {r["arm"] for r in out["table"]} == {"view", "baseline", "frozen encoder"}
+    assert out["eval_images"] == 4 and {r["arm"] for r in out["table"]} == {"view", "all", "random", "frozen encoder"}
 
 
 def test_library_refuses_the_same_numbers(curated: str, tmp_path: Path):
@@ -179,7 +179,7 @@ def test_library_refuses_the_same_numbers(curated: str, tmp_path: Path):
     assert not (tmp_path / "r.html").exists()
     with pytest.raises(LakeError, match="at least 1 nearest pair"):
         lake.search("cat", k=0)
-    with pytest.raises(LakeError, match="each must be at least 1"):
+    with pytest.raises(LakeError, match="--seeds = 0: a whole number of at least 1"):
         lake.evaluate(eval_set=tmp_path, seeds=0)
     with pytest.raises(LakeError, match="not an image Pillow can read"):
         lake.search(SAMPLE_DATA / "notes_not_an_image.jpg", k=1)

@@ -14,7 +14,18 @@ from PIL import Image
 
 from lakecurate import Lake, LakeError
 from lakecurate.cli import main
-from lakecurate.evaluate import METRICS, EvalSet, auroc, evaluations, retrieval_metrics, score_heads, train_heads
+from lakecurate.evaluate import (
+    METRICS,
+    EvalSet,
+    auroc,
+    crossing,
+    evaluations,
+    retrieval_metrics,
+    score_heads,
+    speedup,
+    speedup_summary,
+    train_heads,
+)
 
 from .conftest import REPO, SAMPLE_DATA
 
@@ -42,11 +53,12 @@ def test_proxy_learns_from_clean_pairs_and_not_from_shuffled():
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     ev = EvalSet(unit(zt @ a), unit(zt @ b), np.arange(100), [str(i) for i in range(100)])
     img, txt = z @ a, z @ b
-    clean = score_heads(ev, *train_heads(img, txt, dim=16, steps=150, batch=128, seed=0))
-    shuffled = score_heads(ev, *train_heads(img, txt[np.random.default_rng(1).permutation(600)], dim=16, steps=150, batch=128, seed=0))
+    clean = score_heads(ev, *train_heads(img, txt, dim=16, steps=150, batch=128, lr=2e-3, seed=0))
+    shuffled = score_heads(ev, *train_heads(img, txt[np.random.default_rng(1).permutation(600)], dim=16, steps=150, batch=128,
+                                          lr=2e-3, seed=0))
     assert clean["t2i_R@5"] > 0.8 and shuffled["t2i_R@5"] < 0.3, (clean, shuffled)
     assert clean["swapped_auroc"] > 0.95
-    again = score_heads(ev, *train_heads(img, txt, dim=16, steps=150, batch=128, seed=0))
+    again = score_heads(ev, *train_heads(img, txt, dim=16, steps=150, batch=128, lr=2e-3, seed=0))
     assert again == clean  # seeded: the same run twice gives the same numbers
 
 
@@ -65,20 +77,107 @@ def small(sample_lake_embedded: Lake, tmp_path: Path) -> tuple[Lake, Path]:
 
 def test_evaluate_records_and_reports(small, tmp_path: Path):
     lake, ev = small
-    res = lake.evaluate(eval_set=ev, seeds=2, steps=5, progress=False)
-    assert res.view == "keep" and res.rows["view"] == res.rows["baseline"] == lake.count("keep AND clip_tinyrandom_image IS NOT NULL")
+    res = lake.evaluate(eval_set=ev, seeds=2, steps=10, eval_every=5, budgets="0.5,1", progress=False)
+    usable = lake.count("clip_tinyrandom_image IS NOT NULL AND clip_tinyrandom_text IS NOT NULL")
+    assert res.view == "keep" and res.baselines == ["all", "random"]
+    assert res.rows == {"view": lake.count("keep AND clip_tinyrandom_image IS NOT NULL"), "all": usable,
+                        "random": res.rows["view"]} and res.pool_rows == usable
     assert res.eval_images == 6 and res.eval_captions == 6
-    assert {a: len(m["t2i_R@5"]) for a, m in res.metrics.items()} == {"view": 2, "baseline": 2, "frozen encoder": 1}
+    assert {a: len(m["t2i_R@5"]) for a, m in res.metrics.items()} == {"view": 2, "all": 2, "random": 2, "frozen encoder": 1}
+    assert res.curve_steps == [0, 5, 10] and all(len(c) == 2 and len(c[0]) == 3 for c in res.curves.values())
+    assert [c[-1] for c in res.curves["view"]] == res.metrics["view"]["t2i_R@5"]  # the curve ends at the final score
+    assert set(res.speedups()) == {"all", "random"} and set(res.budgets) == {"0.5", "1"}
+    assert res.budgets["1"]["view"] == res.metrics["view"]["t2i_R@5"]
     df = evaluations(lake)
-    assert len(df) == 5 and set(df["arm"]) == {"view", "baseline", "frozen encoder"} and (df["eval_id"] == res.eval_id).all()
-    assert np.allclose(df[df["arm"] == "view"]["t2i_R@5"], res.metrics["view"]["t2i_R@5"])
+    assert len(df) == 2 * 3 + 1 + 2 * 3 and (df["eval_id"] == res.eval_id).all()
+    assert set(df["arm"]) == {"view", "all", "random", "frozen encoder"}
+    main = df[df["budget"] == 1.0]
+    assert np.allclose(main[main["arm"] == "view"].sort_values("seed")["t2i_R@5"], res.metrics["view"]["t2i_R@5"])
+    assert list(main[main["arm"] == "all"]["curve_steps"].iloc[0]) == [0, 5, 10]
+    half = df[df["budget"] == 0.5]
+    assert len(half) == 6 and (half["steps"] == 5).all() and half["t2i_R@1"].isna().all()
     # a second run reuses the embedded evaluation set and appends
     lake.evaluate("keep", eval_set=ev, seeds=1, steps=5, baseline="ingest_status = 'ok'", progress=False)
-    assert len(evaluations(lake)) == 8
+    assert len(evaluations(lake)) == 13 + 3
     lake.report(tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
     assert 'id="evaluations" data-empty="false"' in html and html.count('class="eval-run"') == 2
     assert f'data-eval="{res.eval_id}"' in html
+    assert html.count('class="plot eval-curves"') == 2 and html.count('class="plot eval-budgets"') == 1
+    assert 'class="eval-speedup" data-baseline="all"' in html and html.count('class="eval-speedup"') == 3
+
+
+def test_baseline_all_trains_on_every_usable_row_and_seeded_runs_equal(small, monkeypatch):
+    from lakecurate import evaluate as ev_mod
+
+    lake, ev = small
+    seen: list[int] = []
+    real = ev_mod.train_heads
+
+    def spy(x_img, x_txt, **kw):
+        seen.append(len(x_img))
+        return real(x_img, x_txt, **kw)
+
+    monkeypatch.setattr(ev_mod, "train_heads", spy)
+    a = lake.evaluate(eval_set=ev, baseline="all", seeds=2, steps=6, eval_every=3, record=False, progress=False)
+    usable = lake.count("clip_tinyrandom_image IS NOT NULL AND clip_tinyrandom_text IS NOT NULL")
+    assert usable < lake.count()  # undecodable images have no vectors: not usable
+    assert seen == [a.rows["view"], usable] * 2  # per seed: the view, then every usable row
+    b = lake.evaluate(eval_set=ev, baseline="all", seeds=2, steps=6, eval_every=3, record=False, progress=False)
+    assert a.metrics == b.metrics and a.curves == b.curves and a.speedups() == b.speedups()
+
+
+def test_speedup_on_literal_curves():
+    steps = [0, 100, 200, 300, 400]
+    base = [0.10, 0.20, 0.30, 0.35, 0.40]
+    fast = [0.10, 0.30, 0.40, 0.45, 0.50]   # reaches 0.40 at step 200: twice as fast
+    assert speedup(steps, fast, base) == 2.0
+    assert crossing(steps, [0.10, 0.25, 0.35, 0.45, 0.5], 0.40) == pytest.approx(250.0)  # linear between points
+    assert speedup(steps, [0.10, 0.25, 0.35, 0.45, 0.5], base) == pytest.approx(400 / 250)
+    assert crossing(steps, [0.1, 0.2, 0.3], 0.9) is None
+    slow = [0.10, 0.15, 0.20, 0.25, 0.30]   # never reaches 0.40; base reaches 0.30 at 200
+    assert speedup(steps, slow, base) == 0.5
+    assert speedup(steps, base, base) == 1.0
+    assert speedup(steps, [0.5] * 5, base) == 4.0  # at the first checkpoint already: a floor, 400 / 100
+    summary = speedup_summary(steps, [fast, slow], [base, base])
+    assert summary["per_seed"] == [2.0, 0.5] and summary["median"] == 1.25
+    assert (summary["min"], summary["max"]) == (0.5, 2.0)
+    assert np.allclose(summary["gap"], [0, 0.025, 0.0, 0.0, 0.0]) and np.isclose(summary["gap_final"], 0.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"baseline": []}, "name at least one"),
+    ({"baseline": ["all", "all"]}, "each baseline once"),
+    ({"baseline": ["no_such_col > 1"]}, "--baseline 'no_such_col > 1' is not a tag"),
+    ({"budgets": "0.5,x"}, "multiples of --steps separated by commas"),
+    ({"budgets": "0,1"}, "above 0 and at most 16"),
+    ({"eval_every": 99}, "--eval-every 99"),
+    ({"metric": "R@5"}, "--metric 'R@5': one of"),
+    ({"lr": 0}, "--lr 0: a learning rate"),
+])
+def test_bad_evaluation_options_write_nothing(small, kwargs, match):
+    lake, ev = small
+    with pytest.raises(LakeError, match=match):
+        lake.evaluate(eval_set=ev, seeds=1, steps=5, progress=False, **kwargs)
+    assert evaluations(lake).empty and not (Path(lake.uri) / "eval_sets").exists()
+
+
+def test_an_old_evaluations_table_gains_the_new_columns(small):
+    import lance
+    import pyarrow as pa
+
+    from lakecurate.evaluate import EVAL_SCHEMA
+
+    lake, ev = small
+    old = pa.schema([f for f in EVAL_SCHEMA if f.name not in ("budget", "curve_metric", "curve_steps", "curve")])
+    row = {f.name: None for f in old}
+    row.update(eval_id="old", arm="view", view="keep", baseline="random", lake_version=1, steps=5, eval_set="x",
+               eval_images=6, eval_captions=6, **{m: 0.5 for m in METRICS})
+    lance.write_dataset(pa.Table.from_pylist([row], schema=old), str(Path(lake.uri) / "evaluations.lance"))
+    res = lake.evaluate(eval_set=ev, seeds=1, steps=4, progress=False)
+    df = evaluations(lake)
+    assert set(df["eval_id"]) == {"old", res.eval_id} and df.loc[df["eval_id"] == "old", "curve"].isna().all()
+    assert lake.report(Path(lake.uri).parent / "r.html").path
 
 
 def test_evaluate_refuses_overlap_and_bad_views(small, tmp_path: Path):
@@ -95,7 +194,7 @@ def test_evaluate_refuses_overlap_and_bad_views(small, tmp_path: Path):
         lake.evaluate(eval_set=tmp_path / "missing", seeds=1, steps=5, progress=False)
     res = CliRunner().invoke(main, ["evaluate", lake.uri, "--eval-set", str(ev), "--seeds", "1", "--steps", "5", "--no-record"])
     assert res.exit_code == 0, res.output
-    assert "t2i_R@5: view - baseline" in res.output and "recorded" not in res.output
+    assert "vs all: speed-up" in res.output and "vs random: speed-up" in res.output and "recorded" not in res.output
 
 
 @pytest.mark.slow
@@ -114,7 +213,7 @@ def test_curated_view_beats_random_on_noisy_pool(flickr8k: Path, tmp_path: Path)
     lake, eval_set, labels = mod.build(flickr8k, tmp_path, target=0.8)
     held_out = set(json.loads((REPO / "lakecurate/weights/offline_heads.json").read_text())["split"]["held_out_images"])
     assert not any(k.split("__")[0] in held_out or k.split("__")[0] + ".jpg" in held_out for k in labels)
-    res = lake.evaluate(eval_set=eval_set, seeds=3, steps=300, progress=False)
+    res = lake.evaluate(eval_set=eval_set, baseline="random", seeds=3, steps=300, progress=False)
     d = res.difference("t2i_R@5")
     assert d["difference"] > d["spread"] and d["difference"] > 0, d
 

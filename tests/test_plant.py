@@ -76,3 +76,43 @@ def test_plant_duplicates_uses_the_edits_asked_for(tmp_path):
     with pytest.raises(ValueError, match="unknown edits"):
         plant_duplicates(photos, {}, tmp_path / "x", edits=["rotate", "melt"])
     assert set(EDITS).isdisjoint(HARD_EDITS)
+
+
+def test_web_pool_plants_the_documented_rates_and_skews_copies_to_the_largest_concept(tmp_path):
+    from collections import Counter
+
+    from lakecurate.plant import NOISE_LEVELS, concept_of, plant_web_pool
+
+    rng = np.random.default_rng(0)
+    photos, captions = [], {}
+    subjects = ["a dog runs"] * 24 + ["a girl smiles"] * 10 + ["a red car"] * 6  # dog is the largest concept
+    for i, subject in enumerate(subjects):
+        p = tmp_path / "src" / f"p{i:02d}.jpg"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+        photos.append(p)
+        captions[p.stem] = [f"{subject} {i} first", f"{subject} {i} second", f"{subject} {i} third"]
+    rates = NOISE_LEVELS["high"]
+    labels = plant_web_pool(photos, captions, tmp_path / "pool", noise="high", seed=3)
+    kinds = Counter(labels.values())
+    assert kinds["mismatched"] == round(rates["mismatched"] * 40) and kinds["junk"] == round(rates["junk"] * 40)
+    assert kinds["near_copy"] + kinds["recaptioned_copy"] == round(rates["duplicates"] * 40)
+    assert sum(kinds[k] for k in ("clean", "mismatched", "junk")) == 40  # every photo once
+    written = {p.stem for p in (tmp_path / "pool").glob("*.jpg")}
+    assert written == set(labels) and {p.stem for p in (tmp_path / "pool").glob("*.txt")} == written
+    for key, kind in labels.items():
+        text = (tmp_path / "pool" / f"{key}.txt").read_text()
+        src = key.split("__")[0]
+        if kind == "clean" or kind == "near_copy":
+            assert text == captions[src][0]
+        elif kind == "recaptioned_copy":
+            assert text in captions[src][1:]
+        elif kind == "mismatched":
+            assert text != captions[src][0] and text.endswith("first")
+        else:
+            assert not text.endswith("first")
+    copies = Counter(concept_of(captions[k.split("__")[0]][0]) for k in labels if "__" in k)
+    assert copies["dog"] > copies["children"] + copies["other"]  # 60% of photos, most of the copies
+    assert plant_web_pool(photos, captions, tmp_path / "again", noise="high", seed=3) == labels  # seeded
+    with pytest.raises(ValueError, match="noise 'web-ish'"):
+        plant_web_pool(photos, captions, tmp_path / "x", noise="web-ish")
