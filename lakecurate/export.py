@@ -94,7 +94,7 @@ class ExportReport:
 
 def plan(lake: "Store", *, where: str | None = None, version: int | str | None = None, repeats: bool = True,
          caption: str = "caption", allow_stale: bool = False, extra: list[str] | None = None,
-         caption_mix: dict[str, float] | None = None) -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
+         caption_mix: dict[str, float] | None = None, what: str = "export") -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
     """(dataset, metadata table of the chosen rows in export order, copy index per sample, where,
     stale warnings).
 
@@ -107,7 +107,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     if where is None:
         where = default_view(names) or "ingest_status != 'error'"
     used = where_columns(where, names) + [c for c in ("seq_order", "repeats" if repeats else "") if c in names]
-    warnings = check_current(lake, ds, used, what="export", allow_stale=allow_stale)
+    warnings = check_current(lake, ds, used, what=what, allow_stale=allow_stale)
     for c in (caption_mix or {caption: 1.0}):
         if c in META:
             raise LakeError(f"column '{c}' is the export's own metadata, not a caption; mix caption columns")
@@ -118,7 +118,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
             raise LakeError(f"column '{c}' holds {ds.schema.field(c).type}, not text; export a caption column")
     cols = list(dict.fromkeys(META + [caption, *(caption_mix or {})]
                               + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))
-    cols += [embedding_columns(e)["score"] for e in embedding_prefixes(ds)] + list(extra or [])
+    cols = list(dict.fromkeys(cols + [embedding_columns(e)["score"] for e in embedding_prefixes(ds)] + list(extra or [])))
     try:
         tbl = ds.to_table(columns=cols, filter=where, with_row_id=True)
     except Exception as exc:  # a bad filter is the user's to fix

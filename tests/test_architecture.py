@@ -23,7 +23,7 @@ FLOORS = {
     "algo": {"neardup", "verify"},
     "models": {"encoders", "offline", "captioners"},
     "stages": {"ingest", "embed", "signals", "faces", "imagetext", "recaption", "dedup", "curate", "concepts", "features", "export", "plant"},
-    "views": {"search", "compare", "evaluate", "report"},
+    "views": {"search", "compare", "evaluate", "report", "loader"},
     "top": {"lake", "pipeline", "cli", "__init__"},
 }
 ORDER = list(FLOORS)

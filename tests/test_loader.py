@@ -1,0 +1,137 @@
+"""Training from the lake (lakecurate.loader): exact sharding over ranks and DataLoader workers,
+repeats as recorded, seeded orders, exact resumes, the stored bytes, stale views refused."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lakecurate import Lake, LakeError
+from lakecurate.loader import LakeDataset, loader
+
+from .conftest import SAMPLE_DATA
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def seq_lake(sample_lake_embedded: Lake, tmp_path_factory) -> Lake:
+    """A curated view with repeats (a rebalance that up-samples) and a sequenced order."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path_factory.mktemp("loader") / "lake"))
+    lake.cluster(4)
+    lake.rebalance(0.8, max_repeats=3, temperature=0.2)
+    lake.sequence("interleave", shard_size=7)
+    lake.tag("trained")
+    return lake
+
+
+def expected(lake: Lake) -> Counter:
+    df = lake.to_pandas(["id", "repeats"], where="rebalance_keep")
+    return Counter({i: int(r or 1) for i, r in zip(df["id"], df["repeats"])})
+
+
+def ids_of(batches) -> list[str]:
+    return [i for b in batches for i in b["id"]]
+
+
+def test_two_ranks_by_two_workers_read_every_sample_once_per_epoch(seq_lake: Lake):
+    want = expected(seq_lake)
+    assert max(want.values()) > 1  # the view up-samples some rows
+    got: Counter = Counter()
+    per_rank = []
+    for rank in (0, 1):
+        ds = LakeDataset(seq_lake, seed=3, batch_size=4, rank=rank, world_size=2, decode=False)
+        ds.set_epoch(1)
+        ids = ids_of(loader(ds, num_workers=2))
+        assert len(ids) == len(ds)
+        per_rank.append(ids)
+        got.update(ids)
+    assert got == want  # every row as many times as its repeats, across both ranks: no gap, no duplicate
+    assert abs(len(per_rank[0]) - len(per_rank[1])) <= 1
+    # the workers' batches arrive in the rank's order: the same as reading it without workers
+    alone = LakeDataset(seq_lake, seed=3, batch_size=4, rank=0, world_size=2, decode=False)
+    alone.set_epoch(1)
+    assert ids_of(loader(alone)) == per_rank[0]
+
+
+def test_orders_are_seeded_and_the_unshuffled_order_is_the_curated_one(seq_lake: Lake):
+    def order(**kw) -> list[str]:
+        ds = LakeDataset(seq_lake, decode=False, batch_size=5, **kw)
+        return [s["id"] for s in ds]
+
+    assert order(seed=7) == order(seed=7)
+    assert order(seed=7) != order(seed=8) and sorted(order(seed=7)) == sorted(order(seed=8))
+    ds = LakeDataset(seq_lake, decode=False, seed=7)
+    first = [s["id"] for s in ds]
+    ds.set_epoch(1)
+    assert [s["id"] for s in ds] != first  # a new permutation each epoch
+    # no shuffle: the order export writes (seq_order, repeats spread through it)
+    from lakecurate.export import plan
+
+    _, tbl, _, _, _ = plan(seq_lake)
+    assert order(shuffle=False) == tbl.column("id").to_pylist()
+
+
+@pytest.mark.parametrize("workers,step", [(0, 4), (2, 3), (2, 4)])
+def test_resume_continues_exactly(seq_lake: Lake, workers: int, step: int):
+    ds = LakeDataset(seq_lake, seed=1, batch_size=3, decode=False, columns=["key"])
+    ds.set_epoch(2)
+    full = [b["id"] for b in loader(ds, num_workers=workers)]
+    again = LakeDataset(seq_lake, seed=1, batch_size=3, decode=False, columns=["key"])
+    again.resume(epoch=2, step=step)
+    rest = [b["id"] for b in loader(again, num_workers=workers)]
+    assert rest == full[step:] and len(again) == sum(map(len, rest))
+    again.set_epoch(3)  # the next epoch starts from its beginning
+    assert len(again) == ds.samples
+
+
+def test_images_are_the_lakes_bytes_and_decode_and_transform_in_the_loader(seq_lake: Lake):
+    ds = LakeDataset(seq_lake, decode=False, columns=["key", "concept"], caption="caption")
+    seen = 0
+    for s in ds:
+        assert s["image"] == (SAMPLE_DATA / s["key"]).read_bytes()
+        seen += 1
+    assert seen == ds.samples
+    from torchvision import transforms
+
+    tf = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])
+    batch = next(iter(loader(LakeDataset(seq_lake, batch_size=4, transform=tf), num_workers=0)))
+    assert batch["image"].shape == (4, 3, 32, 32) and len(batch["caption"]) == 4
+    assert all(isinstance(c, str) for c in batch["caption"])
+
+
+def test_a_stale_view_is_refused_and_a_tagged_one_is_read(seq_lake: Lake, tmp_path: Path):
+    lake = Lake.open(shutil.copytree(seq_lake.uri, tmp_path / "lake"))
+    lake.cluster(3, recompute=True)  # new concepts: the rebalance decided on the old ones is stale
+    with pytest.raises(LakeError, match="the loader would use stale decisions"):
+        LakeDataset(lake)
+    ds = LakeDataset(lake, version="trained", decode=False)
+    assert Counter(s["id"] for s in ds) == expected(seq_lake)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1"),
+    ({"rank": 2, "world_size": 2}, "0 <= rank < world_size"),
+    ({"rank": 0}, "give both"),
+    ({"columns": ["nope"]}, "no column nope"),
+    ({"caption": "caption_nope"}, "no column 'caption_nope'"),
+])
+def test_bad_options_are_clear_errors(seq_lake: Lake, kwargs, match):
+    with pytest.raises(LakeError, match=match):
+        LakeDataset(seq_lake, **kwargs)
+
+
+def test_shards_cover_every_position_for_any_layout(seq_lake: Lake):
+    ds = LakeDataset(seq_lake, seed=5, batch_size=2, decode=False)
+    for world in (1, 2, 3):
+        for workers in (1, 2, 4):
+            got = np.concatenate([ds.indices(r, world, w, workers) for r in range(world) for w in range(workers)])
+            assert sorted(got.tolist()) == list(range(ds.samples)), (world, workers)
+    ds.resume(0, 2)  # after 2 batches of each rank: the rest, once
+    got = np.concatenate([ds.indices(r, 2, w, 3) for r in range(2) for w in range(3)])
+    done = np.concatenate([ds.order()[r::2][:4] for r in range(2)])
+    assert sorted(got.tolist() + done.tolist()) == list(range(ds.samples))
