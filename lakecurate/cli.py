@@ -686,7 +686,8 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
 @main.command("export")
 @lake_argument
 @click.argument("dest", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["webdataset", "parquet", "lance"]), default="webdataset", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["webdataset", "parquet", "lance", "mds"]), default="webdataset",
+              show_default=True, help="mds: MosaicML Streaming shards (needs mosaicml-streaming; see the README).")
 @click.option("--version", "at_version", help="Export the lake as of this version or tag (e.g. a recipe's tag).")
 @click.option("--where", help="Rows to export (default: rebalance_keep, else keep, else usable images).")
 @click.option("--caption", default="caption", show_default=True, help="Caption column, e.g. caption_redacted.")

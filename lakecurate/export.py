@@ -51,7 +51,12 @@ from lakecurate.sqlcheck import check_where
 if TYPE_CHECKING:
     from lakecurate.store import Store
 
-FORMATS = ("webdataset", "parquet", "lance")
+FORMATS = ("webdataset", "parquet", "lance", "mds")
+FOLDERS = ("webdataset", "mds")  # formats written as a folder of shards with manifest.json beside them
+MDS_SIZE_LIMIT = 1 << 26  # bytes per MDS shard (64 MiB, mosaicml-streaming's default)
+MDS_COLUMNS = {"export_key": "str", "caption": "str", "image": "bytes", "format": "str", "json": "json"}
+MDS_INSTALL = ("pip install --no-deps mosaicml-streaming==0.13.0 && pip install brotli python-snappy zstd catalogue xxhash "
+               "(its metadata pins numpy < 2.2 and transformers < 5, which lakecurate's stack does not need to take)")
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpg"}
 META = ["id", "source", "key", "width", "height", "format", "content_hash"]
 OPTIONAL = ["concept", "sample_weight", "dup_group", "drop_reason"]
@@ -289,7 +294,7 @@ def overlaps(dest: str, lake_uri: str) -> bool:
 
 
 def _manifest_path(dest: Path, fmt: str) -> Path:
-    return dest / "manifest.json" if fmt == "webdataset" else Path(f"{dest}.manifest.json")
+    return dest / "manifest.json" if fmt in FOLDERS else Path(f"{dest}.manifest.json")
 
 
 def _previous_export(dest: Path, fmt: str) -> list[Path] | None:
@@ -301,7 +306,7 @@ def _previous_export(dest: Path, fmt: str) -> list[Path] | None:
         return None
     if not isinstance(old, dict) or old.get("format") != fmt or "source_lake" not in old:
         return None
-    if fmt != "webdataset":
+    if fmt not in FOLDERS:
         return [path, dest]
     # Plain file names only: a manifest naming '../x' never makes overwrite delete outside DEST.
     names = [n for n in old.get("shards") or [] if isinstance(n, str) and n not in ("", ".", "..") and n == Path(n).name]
@@ -318,8 +323,8 @@ def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: boo
     if "://" in uri and not uri.lower().startswith("file://"):
         raise LakeError(f"export writes to a local path, not '{uri}'; export to a folder and copy it to object storage")
     path = Path(uri[len("file://"):] if uri.lower().startswith("file://") else uri)
-    if fmt == "webdataset" and path.is_file():
-        raise LakeError(f"'{path}' is a file; a WebDataset export needs a folder")
+    if fmt in FOLDERS and path.is_file():
+        raise LakeError(f"'{path}' is a file; a {'WebDataset' if fmt == 'webdataset' else 'MDS'} export needs a folder")
     if fmt == "parquet" and path.is_dir():
         raise LakeError(f"'{path}' is a folder; a Parquet export needs a file name, e.g. {path / 'curated.parquet'}")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -372,7 +377,8 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
            shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False,
            blur_faces: bool = False, caption_mix: dict[str, float] | str | None = None, mix_seed: int = 0,
            mix_both: bool = False) -> ExportReport:
-    """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet or Lance.
+    """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet, Lance or
+    MosaicML Streaming (MDS) shards (``format="mds"``, needs ``mosaicml-streaming``).
 
     ``shard_size``: WebDataset samples per shard; default the shard size of the lake's sequence
     (``lakecurate sequence --shard-size``), else 1000. Decisions that are stale (a stage re-ran
@@ -389,12 +395,20 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
 
         lake.export("shards/", "webdataset")             # shards/shard-000000.tar ...
         lake.export("curated.parquet", "parquet", version="basic-1a2b3c4d-v12")
+        lake.export("mds/", "mds")                       # mds/index.json, mds/shard.00000.mds ...
     """
     t0 = time.perf_counter()
     check_where(where, "--where", lake.dataset(version))  # before the destination is touched
     if format not in FORMATS:
         raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     shard_size = whole("--shard-size", shard_size, 1, none_ok=True)
+    if format == "mds":
+        if shard_size is not None:
+            raise LakeError("--shard-size is for WebDataset; MDS shards are cut by size (64 MiB each)")
+        try:
+            import streaming  # noqa: F401 - mosaicml-streaming's MDSWriter writes the shards
+        except ImportError as exc:
+            raise LakeError(f"--format mds needs mosaicml-streaming: {MDS_INSTALL}") from exc
     dest, previous = _check_dest(lake, dest, format, overwrite)
     if isinstance(caption_mix, str):
         caption_mix = parse_mix(caption_mix)
@@ -437,6 +451,12 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
             manifest["json_placeholders"] = _write_shards(ds, tbl, copy, out, keys, meta_cols, caption, shard_size, report,
                                                           blur)
             report.shards = len(report.files)
+            manifest["shards"] = report.files
+        elif format == "mds":
+            manifest["mds"] = {"size_limit": MDS_SIZE_LIMIT, "columns": MDS_COLUMNS}
+            manifest["json_placeholders"] = _write_mds(ds, tbl, copy, out, keys, meta_cols, caption, blur)
+            report.files = sorted(p.name for p in out.iterdir())
+            report.shards = sum(name.endswith(".mds") for name in report.files)
             manifest["shards"] = report.files
         else:
             _write_table(ds, tbl, copy, out, keys, meta_cols, caption, format, manifest, lake, where, blur)
@@ -490,6 +510,29 @@ def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: lis
     return placeholders
 
 
+def _write_mds(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
+               caption: str, blur: dict[str, int] | None = None) -> dict[str, Any]:
+    """MosaicML Streaming (MDS) shards into ``out`` (``index.json`` + ``shard.NNNNN.mds``), one
+    sample per export sample: ``export_key``, ``caption``, ``image`` (the stored bytes), ``format``
+    and ``json`` (the metadata WebDataset's .json holds). Readable by ``streaming.StreamingDataset``."""
+    from streaming import MDSWriter
+
+    placeholders: dict[str, Any] = {}
+    pos = 0
+    with MDSWriter(out=str(out), columns=MDS_COLUMNS, size_limit=MDS_SIZE_LIMIT, progress_bar=False) as writer:
+        for part, blobs in _chunks(ds, tbl, blur):
+            filled, used = json_ready(part.select(meta_cols))
+            placeholders.update(used)
+            fmts = part.column("format").to_pylist()
+            caps = part.column(caption).to_pylist()
+            for m, fmt, cap, img in zip(filled.to_pylist(), fmts, caps, blobs):
+                m["copy"] = int(copy[pos])
+                writer.write({"export_key": keys[pos], "caption": cap or "", "image": img or b"", "format": fmt or "",
+                              "json": json.loads(json.dumps(m, default=str))})
+                pos += 1
+    return placeholders
+
+
 def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
                  caption: str, fmt: str, manifest: dict[str, Any], lake: "Store", where: str | None,
                  blur: dict[str, int] | None = None) -> None:
@@ -534,7 +577,7 @@ def _swap(out: Path, manifest: Path, dest: Path, fmt: str, previous: list[Path] 
     for old in previous or []:  # the manifest first, then the earlier shards
         if old != dest and old.is_file():  # an earlier Parquet file is replaced below in one rename
             old.unlink()
-    if fmt == "webdataset":
+    if fmt in FOLDERS:
         dest.mkdir(exist_ok=True)
         for shard in sorted(out.iterdir()):
             os.replace(shard, dest / shard.name)

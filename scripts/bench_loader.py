@@ -4,20 +4,21 @@ the same view, measured in one run.
 The view: ``--n`` pairs (default 10,400) built from the Flickr8k photos, each photo re-encoded once
 at ``--side`` px (a typical training resolution) and repeated under new names with one of its five
 captions, ingested into a lake; the view is every ingested row. The same view is exported as
-WebDataset shards and as Parquet. Then, per reader, samples/s over one epoch (``--limit`` samples),
+WebDataset shards, Parquet and MDS. Then, per reader, samples/s over one epoch (``--limit`` samples),
 without decoding (bytes only) and with decoding (``images.decode_image``: PIL decode to RGB):
 
 * ``lake loader, shuffled``: ``LakeDataset(shuffle=True)`` (Lance ``read_blobs`` by row id, 64 at a time);
 * ``lake loader, curated order``: ``LakeDataset(shuffle=False)`` (the same reads in stored order);
 * ``webdataset``: ``webdataset.WebDataset`` over the shards, sequential;
 * ``parquet, map-style``: a ``torch`` map-style dataset over the Parquet file read with pyarrow,
-  in order (``sequential``) and in a shuffled order.
+  in order (``sequential``) and in a shuffled order;
+* ``mds``: ``streaming.StreamingDataset`` over the MDS export, in order (when mosaicml-streaming
+  is installed; see the README).
 
 All in one process (DataLoader workers multiply every reader alike); each reader's setup (planning
-the view, opening the lake or the shards, reading the Parquet file) is timed with its epoch; the
-better of two epochs is kept. MosaicML Streaming (MDS) is not
-measured: ``mosaicml-streaming`` 0.13 pins numpy < 2.2 and transformers < 5, which this project's
-stack cannot take.
+the view, opening the lake or the shards, reading the Parquet file) is timed with its epoch, except
+StreamingDataset's (one instance serves every epoch: it refuses a second one on the same folder);
+the better of two epochs is kept.
 
     python scripts/bench_loader.py [--n 10400] [--side 384] [--limit 0]
 """
@@ -100,6 +101,15 @@ def main() -> None:
         lake.ingest(root / "src", progress=False)
         wds_rep = lake.export(root / "wds", "webdataset")
         lake.export(root / "view.parquet", "parquet")
+        mds = None
+        try:
+            from streaming import StreamingDataset
+
+            lake.export(root / "mds", "mds")
+            # one instance for every epoch: streaming refuses a second dataset on the same local folder
+            mds = StreamingDataset(local=str(root / "mds"), shuffle=False, batch_size=1)
+        except ImportError:
+            print("mosaicml-streaming is not installed: MDS not measured (see the README)")
         built = time.perf_counter() - t0
         mb = sum(f.stat().st_size for f in (root / "src").glob("*.jpg")) / 2**20
         print(f"{lake.count()} pairs ({mb:.0f} MiB of JPEG at {args.side} px), webdataset {wds_rep.shards} shards; "
@@ -132,19 +142,23 @@ def main() -> None:
             for i in order:
                 yield pm[int(i)]
 
+        def mds_reader():
+            for s in mds:
+                yield s["image"], s["caption"]
+
         readers = [
             ("lake loader, shuffled", lambda: lake_reader(True)),
             ("lake loader, curated order", lambda: lake_reader(False)),
             ("webdataset, sequential", wds_reader),
             ("parquet map-style, sequential", lambda: parquet_reader(False)),
             ("parquet map-style, shuffled", lambda: parquet_reader(True)),
-        ]
+        ] + ([("mds, StreamingDataset sequential", mds_reader)] if mds is not None else [])
         results: dict[str, dict[bool, float]] = {}
         for name, make in readers:
             results[name] = {}
             for decode in (False, True):  # the better of two epochs (a noisy machine)
                 results[name][decode] = max(timed(make(), args.limit, decode)[0] for _ in range(2))
-        seq = ("webdataset, sequential", "parquet map-style, sequential")
+        seq = [n for n in results if "sequential" in n]
         print("| reader | samples/s, bytes only | samples/s, decoded | vs the fastest sequential (bytes / decoded) |")
         print("| --- | --- | --- | --- |")
         best = {d: max(results[s][d] for s in seq) for d in (False, True)}
