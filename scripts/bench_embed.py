@@ -13,6 +13,13 @@ Timing uses ViT-B-32 with random weights (real CLIP weights cannot be downloaded
 the same).
 
     python scripts/bench_embed.py [--n 512] [--model ViT-B-32 --pretrained random] [--precision fp32]
+
+``--offline-formats``: instead, the offline encoder's end-to-end embed on the same N photos twice in
+one run, its image tower in the default contiguous memory format (the baseline, as before issue 20)
+and in channels_last (``lakecurate.offline.CHANNELS_LAST``, the default now): rows/s of each, the
+ratio, and the lowest cosine between the two runs' image and text embeddings (the same values).
+
+    python scripts/bench_embed.py --offline-formats --n 800
 """
 
 from __future__ import annotations
@@ -47,7 +54,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=default_workers())
+    ap.add_argument("--offline-formats", action="store_true",
+                    help="The offline encoder with and without channels_last, end to end, in one run.")
     args = ap.parse_args()
+    if args.offline_formats:
+        return offline_formats(args)
     data = Path(args.data)
     if not (data / "images").is_dir():
         sys.exit(f"no data at {data}: pass --data")
@@ -105,6 +116,42 @@ def main() -> None:
         print(f"bytes written by embed            {written / 1e6:7.2f} MB   ratio to the columns' own size "
               f"{written / own:5.2f} ({own / 1e6:.2f} MB)")
         print(f"full table rewrite                {rewrite / 1e6:7.2f} MB   {rewrite / written:6.0f}x the bytes, {rewrite_s:.1f}s")
+
+
+def offline_formats(args: argparse.Namespace) -> None:
+    from lakecurate import offline
+
+    data = Path(args.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = Lake.create(Path(tmp) / "lake")
+        photos = sorted((data / "images").glob("*.jpg"))[: args.n]
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for p in photos:
+            (src / p.name).write_bytes(p.read_bytes())
+            (src / f"{p.stem}.txt").write_text(f"a photo named {p.stem}")
+        lake.ingest(src, progress=False)
+        print(f"{len(photos)} photos, offline encoder, batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
+              f"{args.workers} decode workers")
+        rates = {}
+        for name, channels_last in (("contiguous", False), ("channelslast", True), ("contiguous2", False),
+                                    ("channelslast2", True)):
+            offline.CHANNELS_LAST = channels_last
+            t0 = time.perf_counter()
+            rep = lake.embed("offline", name=name, batch_size=args.batch_size, workers=args.workers, progress=False)
+            seconds = time.perf_counter() - t0
+            assert rep.rows_embedded == len(photos)
+            rates[name] = len(photos) / seconds
+            print(f"{name:14s} {rates[name]:6.1f} rows/s end to end ({rep.model_load_seconds:.1f} s model load included)")
+        offline.CHANNELS_LAST = True
+        base = max(rates["contiguous"], rates["contiguous2"])
+        fast = max(rates["channelslast"], rates["channelslast2"])
+        print(f"channels_last / contiguous (the better of two runs each): {fast / base:.2f}x")
+        for kind in ("image", "text"):
+            a = np.stack(lake.to_pandas([f"contiguous_{kind}"])[f"contiguous_{kind}"]).astype(np.float32)
+            b = np.stack(lake.to_pandas([f"channelslast_{kind}"])[f"channelslast_{kind}"]).astype(np.float32)
+            cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+            print(f"{kind} embeddings: lowest cosine between the two formats {cos.min():.6f}")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,17 @@ def test_the_text_tower_tokenizes_a_bounded_head_of_huge_captions(encoder: Encod
     emb = encoder.encode_texts([huge, head]).numpy()
     assert max(seen) < 10_000  # MiniLM reads 64 tokens; a 20 MB caption took 25 s and 4 GB whole
     assert np.allclose(emb[0], emb[1], atol=1e-5)  # the head decides the embedding either way
+
+
+def test_channels_last_gives_the_same_image_embeddings(monkeypatch):
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32))
+    fast = offline.load_model()
+    assert fast.channels_last and fast.image_net._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(offline, "CHANNELS_LAST", False)
+    plain = offline.load_model()
+    assert not plain.channels_last
+    with torch.inference_mode():
+        a, b = fast.encode_image(x), plain.encode_image(x)
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
