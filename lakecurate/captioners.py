@@ -247,6 +247,8 @@ class HFCaptioner:
     arrays) through its own processor and ``generate()``."""
 
     def __init__(self, spec: CaptionerSpec, device: str = "auto"):
+        import inspect
+
         import torch
 
         try:
@@ -264,10 +266,9 @@ class HFCaptioner:
                                f"{str(exc).splitlines()[0][:300]}") from exc
         self.model = self.model.to(self.device).eval()
         self.torch = torch
+        self.accepts = set(inspect.signature(self.model.forward).parameters)  # what the processor may pass on
 
     def caption(self, pixels: Any, batch_seed: int = 0) -> list[str]:
-        import inspect
-
         from PIL import Image
 
         torch = self.torch
@@ -276,8 +277,7 @@ class HFCaptioner:
         if self.spec.prompt:
             args["text"] = [self.spec.prompt] * len(images)
         inputs = self.processor(**args)
-        forward = inspect.signature(self.model.forward).parameters
-        for key in [k for k in inputs if k not in forward]:  # e.g. a BERT tokenizer's token_type_ids
+        for key in [k for k in inputs if k not in self.accepts]:  # e.g. a BERT tokenizer's token_type_ids
             inputs.pop(key)
         ids = inputs.get("input_ids")
         end = getattr(getattr(self.processor, "tokenizer", None), "sep_token_id", None)

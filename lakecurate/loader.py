@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from lakecurate.errors import LakeError
+from lakecurate.images import decode_image
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -171,8 +172,6 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
                 yield self._sample(pos, data)
 
     def _sample(self, pos: int, data: bytes | None) -> dict[str, Any]:
-        from lakecurate.images import decode_image
-
         out = {name: values[pos] for name, values in self.fields.items()}
         image: Any = data
         if self.decode:
