@@ -446,9 +446,8 @@ def evaluate(
     names = _baselines(baseline)
     multiples = parse_budgets(budgets)
     version, where, label = _selection(lake, view, allow_stale=allow_stale)
-    for b in names:  # a bad baseline condition is refused before the eval set is cached
-        if b not in ("all", "random"):
-            _selection(lake, b, "--baseline", allow_stale=allow_stale)
+    # other views as baselines: checked (and a bad condition refused) before the eval set is cached
+    views = {b: _selection(lake, b, "--baseline", allow_stale=allow_stale)[:2] for b in names if b not in ("all", "random")}
     ds = lake.dataset(version)
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
     text_col = embedding_columns(emb)["text"] if caption_col == "caption" else f"{emb}_{caption_col}_text"
@@ -477,8 +476,7 @@ def evaluate(
     chosen = rows_of(version, where)
     if len(chosen) < 2:
         raise LakeError(f"view '{label}' selects {len(chosen)} embedded rows; a proxy needs at least 2")
-    fixed = {b: rows_of(*_selection(lake, b, "--baseline", allow_stale=allow_stale)[:2])
-             for b in names if b not in ("all", "random")}
+    fixed = {b: rows_of(*sel) for b, sel in views.items()}
     fixed["all"] = np.arange(len(ids))
     for b, rows in fixed.items():
         if b in names and len(rows) < 2:
