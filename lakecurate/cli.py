@@ -230,12 +230,15 @@ def print_ingest_report(report: Any) -> None:
 @click.option("--max-caption-chars", type=click.IntRange(min=1), help="Longer captions are flagged caption_too_long (kept whole).")
 @click.option("--verify", type=click.Choice(["header", "decode"]),
               help="header (default): header + end marker; decode: also decode, to catch corrupt data (slower).")
-@click.option("--workers", type=click.IntRange(min=1), help="Reader threads.")
+@click.option("--workers", type=click.IntRange(min=1), help="Reader threads (per Ray task with --engine ray).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: one task per shard (or Arrow file), each committing its own chunks; RAY_ADDRESS names a "
+                   "cluster whose nodes all reach SOURCE and LAKE.")
 @json_option
 @_friendly_errors
 def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bool, image_dir: str | None,
-           root: str | None, image_col: str | None, caption_col: str | None, key_col: str | None, as_json: bool,
-           **limits: Any) -> None:
+           root: str | None, image_col: str | None, caption_col: str | None, key_col: str | None, engine: str,
+           as_json: bool, **limits: Any) -> None:
     """Ingest image-text pairs from SOURCE into LAKE (created if missing).
 
     SOURCE is a folder of images with .txt/.json caption sidecars, a CSV/TSV/Parquet/Arrow/JSONL
@@ -243,7 +246,7 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bo
     them, a glob, or shard-{000..009}.tar). Bad inputs become rows flagged with a reason; re-running
     adds nothing new; --retry-errors re-reads the rows that failed.
 
-    Example: lakecurate ingest ./lake sample_data/
+    Example: lakecurate ingest ./lake sample_data/   (or shards/ --engine ray: one task per shard)
     """
     from dataclasses import replace
 
@@ -258,7 +261,7 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bo
                 image_dir=image_dir)
     report = open_lake(lake, create=True).ingest(source, kind=kind, mode=mode, retry_errors=retry_errors, root=root,
                                                  image_col=image_col, caption_col=caption_col, key_col=key_col,
-                                                 image_dir=image_dir, options=opts)
+                                                 image_dir=image_dir, options=opts, engine=engine)
     if as_json:
         echo_json(report)
     else:

@@ -426,5 +426,54 @@ def embedding_matrix(col: "pa.ChunkedArray | pa.Array", dtype: Any = np.float32)
     ``dtype=None`` keeps the stored type (float16 halves the memory of a large lake)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
-    x = np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, arr.type.list_size)
+    size = arr.type.list_size
+    values = arr.values.slice(arr.offset * size, len(arr) * size)  # a sliced array's own slots only
+    x = np.asarray(values.to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, size)
     return x, valid
+
+
+def column_valid(ds: "lance.LanceDataset", column: str, batch_rows: int = 65536) -> np.ndarray:
+    """One bool per row of ``ds``: the column is not null there (read in batches, never whole)."""
+    parts = [~np.asarray(b.column(0).is_null().to_numpy(zero_copy_only=False), bool)
+             for b in ds.to_batches(columns=[column], batch_size=batch_rows)]
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
+class LanceVectors:
+    """An embedding column of one dataset version as a vector source for :mod:`lakecurate.neardup`
+    (``semantic_pairs``): streamed in batches or taken by position, never read whole, so a join's
+    memory does not grow with the lake. ``rows``: the (sorted) dataset positions it covers, e.g.
+    the rows that have a vector; default every row.
+
+    Example::
+
+        src = LanceVectors(lake.dataset(), "offline_image", rows=np.flatnonzero(valid))
+        i, j, cos = semantic_pairs(src, 0.9)  # i, j: positions in rows
+    """
+
+    def __init__(self, ds: "lance.LanceDataset", column: str, rows: np.ndarray | None = None) -> None:
+        self.ds, self.column = ds, column
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        self.n = ds.count_rows() if rows is None else len(self.rows)
+        self.d = ds.schema.field(column).type.list_size
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        at = np.asarray(rows, np.int64) if self.rows is None else self.rows[rows]
+        if not len(at):
+            return np.zeros((0, self.d), np.float32)
+        return embedding_matrix(self.ds.take(at, columns=[self.column]).column(0), dtype=None)[0]
+
+    def batches(self, size: int):
+        """(first position, vectors) for every covered row, in order."""
+        seen = done = 0  # dataset rows scanned, covered rows yielded
+        for b in self.ds.to_batches(columns=[self.column], batch_size=size):
+            x = embedding_matrix(b.column(0), dtype=None)[0]
+            if self.rows is None:
+                yield done, x
+                done += len(x)
+            else:
+                hi = int(np.searchsorted(self.rows, seen + len(x)))
+                if hi > done:
+                    yield done, x[self.rows[done:hi] - seen]
+                done = hi
+            seen += b.num_rows

@@ -28,15 +28,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
+from lakecurate.columns import LanceVectors, column_valid
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns, write_decisions
 from lakecurate.names import default_view, embedding_columns
+from lakecurate.neardup import ArrayVectors
 from lakecurate.options import positive, whole
 from lakecurate.options import target as check_target
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
+    from lakecurate.neardup import VectorSource
     from lakecurate.store import Store
+
+# k-means trains on at most this many rows per centroid (faiss's default sampling bound).
+_MAX_PER_CENTROID = 256
 
 
 def default_k(n: int) -> int:
@@ -54,23 +60,60 @@ def _embedding(lake: "Store", embedding: str | None) -> str:
     return pick_embedding(lake, lake.dataset(), embedding, need="concepts cluster the image embeddings")[0]
 
 
-def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    from lakecurate.columns import embedding_matrix
-
-    return embedding_matrix(col)
-
-
 # --------------------------------------------------------------------------- pure parts
-def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means (faiss) on unit vectors: (centroids k x d, unit-norm; assignment per row)."""
+def kmeans(x: "np.ndarray | VectorSource", k: int, seed: int = 0, niter: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means (faiss) on unit vectors: (centroids k x d, unit-norm; assignment per row).
+    ``x``: a matrix, or a vector source (``columns.LanceVectors``) that is sampled and streamed."""
+    centroids = fit_centroids(x, k, seed, niter)
+    return centroids, assign(x, centroids)[0]
+
+
+def fit_centroids(x: "np.ndarray | VectorSource", k: int, seed: int = 0, niter: int = 20) -> np.ndarray:
+    """The k unit centroids of spherical k-means (faiss), trained on at most _MAX_PER_CENTROID
+    rows per centroid, read by position (all rows when there are no more, so small inputs train on
+    every row): memory grows with k, not with the rows."""
     import faiss
 
-    k = max(1, min(k, len(x)))
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
-                      max_points_per_centroid=256, min_points_per_centroid=1)
-    km.train(np.ascontiguousarray(x, dtype=np.float32))
-    _, assign = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return km.centroids, assign[:, 0].astype(np.int32)
+    src = _as_source(x)
+    k = max(1, min(k, src.n))
+    rng = np.random.default_rng(seed)
+    n_train = min(src.n, _MAX_PER_CENTROID * k)
+    rows = np.sort(rng.choice(src.n, n_train, replace=False)) if n_train < src.n else np.arange(src.n)
+    sample = _in_value_order(np.asarray(src.take(rows), dtype=np.float32), seed)
+    km = faiss.Kmeans(sample.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
+                      max_points_per_centroid=_MAX_PER_CENTROID, min_points_per_centroid=1)
+    km.train(sample)
+    return km.centroids
+
+
+def assign(x: "np.ndarray | VectorSource", centroids: np.ndarray, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid per row as int32, cosine distance to it as float32), streamed in batches."""
+    import faiss
+
+    src = _as_source(x)
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    label = np.empty(src.n, np.int32)
+    dist = np.empty(src.n, np.float32)
+    for start, part in src.batches(batch):
+        z = np.ascontiguousarray(part, dtype=np.float32)
+        near = index.search(z, 1)[1][:, 0]
+        label[start : start + len(z)] = near
+        # float16 vectors have norms within ~1e-4 of 1: a row alone in its concept would read -1e-4
+        dist[start : start + len(z)] = np.maximum(0.0, 1 - np.einsum("ij,ij->i", z, centroids[near]))
+    return label, dist
+
+
+def _in_value_order(sample: np.ndarray, seed: int) -> np.ndarray:
+    """The sample sorted by its projection on a seeded random direction: faiss seeds k-means from
+    the order of its points, so this makes the concepts independent of where rows sit in the lake
+    (a lake ingested in another order, or compacted, gets the same concepts)."""
+    direction = np.random.default_rng(seed).standard_normal(sample.shape[1]).astype(np.float32)
+    return np.ascontiguousarray(sample[np.argsort(sample @ direction, kind="stable")])
+
+
+def _as_source(x: "np.ndarray | VectorSource") -> "VectorSource":
+    return x if hasattr(x, "batches") else ArrayVectors(np.asarray(x))
 
 
 def centroid_distance(x: np.ndarray, centroids: np.ndarray, label: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -79,17 +122,25 @@ def centroid_distance(x: np.ndarray, centroids: np.ndarray, label: np.ndarray, c
                            for s in range(0, len(x), chunk)]) if len(x) else np.zeros(0, np.float32)
 
 
-def complexity(x: np.ndarray, label: np.ndarray, k: int) -> pd.DataFrame:
+def complexity(x: "np.ndarray | VectorSource", label: np.ndarray, k: int) -> pd.DataFrame:
     """Per concept: size, spread (mean cosine distance to the centroid), isolation (cosine distance
-    from the centroid to the nearest other centroid) and complexity = spread x isolation."""
+    from the centroid to the nearest other centroid) and complexity = spread x isolation.
+    ``x``: a matrix or a vector source, read in two streamed passes (sums, then distances)."""
     from scipy.sparse import csr_matrix
 
+    src = _as_source(x)
+    label = np.asarray(label)
     sizes = np.bincount(label, minlength=k)
-    # Sums of members per concept as one sparse (k x N) @ (N x d) product: np.add.at is ~50x slower.
-    member = csr_matrix((np.ones(len(label), np.float32), (label, np.arange(len(label)))), shape=(k, len(label)))
-    sums = np.asarray(member @ x, dtype=np.float64)
+    # Sums of members per concept as one sparse (k x rows) @ (rows x d) product per batch: np.add.at is ~50x slower.
+    sums = np.zeros((k, src.d), np.float64)
+    for start, part in src.batches(65536):
+        lab = label[start : start + len(part)]
+        member = csr_matrix((np.ones(len(lab), np.float32), (lab, np.arange(len(lab)))), shape=(k, len(lab)))
+        sums += np.asarray(member @ np.asarray(part, np.float32), dtype=np.float64)
     cent = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    dist = centroid_distance(x, cent, label)
+    dist = np.zeros(src.n, np.float32)
+    for start, part in src.batches(65536):
+        dist[start : start + len(part)] = centroid_distance(np.asarray(part, np.float32), cent, label[start : start + len(part)])
     spread = np.bincount(label, weights=dist, minlength=k) / np.maximum(sizes, 1)
     sim = cent @ cent.T
     np.fill_diagonal(sim, -np.inf)
@@ -186,19 +237,22 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     seed = whole("--seed", seed, 0)
     emb = _embedding(lake, embedding)
     ds = lake.dataset()
-    tbl = ds.to_table(columns=[embedding_columns(emb)["image"]] + [c for c in ("concept", "concept_dist") if c in ds.schema.names],
-                      with_row_address=True)
-    x, valid = _vectors(tbl.column(embedding_columns(emb)["image"]))
+    col = embedding_columns(emb)["image"]
+    # The vectors are sampled and streamed (columns.LanceVectors), never read whole.
+    tbl = ds.to_table(columns=[c for c in ("concept", "concept_dist") if c in ds.schema.names], with_row_address=True)
+    valid = column_valid(ds, col)
     n_valid = int(valid.sum())
     k = int(k or default_k(n_valid))
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
     if n_valid == 0:
         raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; run: lakecurate embed {lake.uri}")
-    cent, assign = kmeans(x[valid], k, seed)
-    label = np.full(len(x), -1, np.int32)
-    label[valid] = assign
-    dist = np.full(len(x), np.nan, np.float32)
-    dist[valid] = centroid_distance(x[valid], cent, assign)
+    src = LanceVectors(ds, col, np.flatnonzero(valid))
+    cent = fit_centroids(src, k, seed)
+    assigned, assigned_dist = assign(src, cent)
+    label = np.full(len(valid), -1, np.int32)
+    label[valid] = assigned
+    dist = np.full(len(valid), np.nan, np.float32)
+    dist[valid] = assigned_dist
     prov = columns.provenance("concepts", {"embedding": emb, "k": k, "seed": seed, "algorithm": "faiss spherical k-means"},
                               [embedding_columns(emb)["image"]], ds.version)
     fields = [pa.field("concept", pa.int32()), pa.field("concept_dist", pa.float32())]
@@ -215,7 +269,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         "concept_dist": pa.array(dist, pa.float32(), mask=np.isnan(dist)),
     }, sources=prov["source_columns"], read_version=ds.version)
     report.versions += [version] if version is not None else []
-    sizes = np.bincount(assign, minlength=k)
+    sizes = np.bincount(assigned, minlength=k)
     report.concepts = [{"concept": c, "size": int(s)} for c, s in enumerate(sizes)]
     report.seconds = time.perf_counter() - t0
     return report
@@ -263,14 +317,12 @@ def rebalance(
     # Choosing among stale decisions would rebalance what the curator no longer decided.
     report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
     cand_tbl = ds.to_table(columns=["id"], filter=where, with_row_address=True) if where else None
-    cols = ["concept", "concept_dist", embedding_columns(emb)["image"]] + [c for c in ("rebalance_keep", "sample_weight", "repeats")
-                                                          if c in ds.schema.names]
+    cols = ["concept", "concept_dist"] + [c for c in ("rebalance_keep", "sample_weight", "repeats") if c in ds.schema.names]
     tbl = ds.to_table(columns=cols, with_row_address=True)
     label = pc.fill_null(tbl.column("concept"), -1).to_numpy()
     candidate = label >= 0
     if cand_tbl is not None:
         candidate &= np.isin(tbl.column("_rowaddr").to_numpy(), cand_tbl.column("_rowaddr").to_numpy())
-    x, _ = _vectors(tbl.column(embedding_columns(emb)["image"]))
     k = int(label.max()) + 1 if candidate.any() else 0
     rows = np.flatnonzero(candidate)
     n = len(rows)
@@ -282,7 +334,8 @@ def rebalance(
         raise LakeError(f"--target {target} keeps {goal} rows, outside 1..{n} candidate rows; pass a fraction in (0, 1] "
                         f"or a count up to {n}")
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal, stale=report_stale)
-    table = complexity(x[rows], label[rows], k) if n else pd.DataFrame()
+    # The candidates' vectors are streamed twice (sums, distances), never read whole.
+    table = complexity(LanceVectors(ds, embedding_columns(emb)["image"], rows), label[rows], k) if n else pd.DataFrame()
     keep = np.zeros(len(label), bool)
     weight = np.zeros(len(label), np.float32)
     repeats = np.zeros(len(label), np.int32)

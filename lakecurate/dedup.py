@@ -31,6 +31,13 @@ the report) can see why two rows are one group: ``lakecurate.Lake(...).dup_pairs
 or any method with ``recompute``) replace their rows; incremental runs add theirs. **The keep rule**: highest alignment score (``<embedding>_score``), then most
 pixels, then earliest ingested, then smallest id; rows without a score rank after rows with one.
 
+**Memory**: the semantic and caption methods never read their embedding column whole: the join
+streams it (:class:`lakecurate.columns.LanceVectors`) and reads each group of clusters by position
+(:func:`lakecurate.neardup.semantic_pairs`), so the vectors cost ~a group's worth of memory at any
+size; the per-row scalars (ids, hashes, group columns) are still read whole (~200 bytes a row), and
+``verify`` still holds the image embeddings for its nearest-neighbour candidates
+(``scripts/bench_scale.py``, docs/scale.md).
+
 Perceptual hashes are computed once per row into ``phash``/``phash_flip`` (uint64) with the other
 image signals (:mod:`lakecurate.signals`: one reduced-size decode per image, in spawned workers);
 k-means and joins come from :mod:`lakecurate.neardup`.
@@ -54,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
+from lakecurate.columns import LanceVectors, column_valid
 from lakecurate.encoders import meaningless
 from lakecurate.errors import LakeError
 from lakecurate.graph import no_producer, write_decisions
@@ -326,8 +334,8 @@ def dedup(
     if "copy" in methods:
         read.append("copy_hashes")
     if emb is not None:
-        read += [embedding_columns(emb)["score"]] + ([embedding_columns(emb)["image"]] if {"semantic", "verify"} & set(methods) else []) \
-            + ([embedding_columns(emb)["text"]] if "caption" in methods else [])
+        # semantic and caption stream their vectors from the dataset; verify still reads them whole
+        read += [embedding_columns(emb)["score"]] + ([embedding_columns(emb)["image"]] if "verify" in methods else [])
     tbl = ds.to_table(columns=list(dict.fromkeys(read)), with_row_address=True)
     n = tbl.num_rows
     report.rows = n
@@ -354,7 +362,7 @@ def dedup(
         elif m == "verify":
             label, evidence[m] = _verify_groups(lake, tbl, emb, configs[m], stored_rows, labels, mr, workers, progress)
         else:
-            label, evidence[m] = _method_groups(m, tbl, emb, configs[m], stored_rows, mr, progress)
+            label, evidence[m] = _method_groups(m, ds, tbl, emb, configs[m], stored_rows, mr, progress)
         best = best_of_groups(label, rank)
         labels[m] = best
         if m in methods:
@@ -481,7 +489,7 @@ def _sources(method: str, emb: str | None) -> list[str]:
 
 
 
-def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,
+def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,
                    mr: MethodReport, progress: bool | None) -> tuple[np.ndarray, Evidence]:
     """Group label per row for one method (stored groups merged with this run's links), and the links."""
     n = tbl.num_rows
@@ -526,13 +534,13 @@ def _method_groups(method: str, tbl: pa.Table, emb: str | None, config: dict[str
         return (linked_groups(n, [(i[keep], j[keep])], eligible),
                 _links(i, j, d, "{:.0f} of 64 bits differ (turned/mirrored/bar-trimmed hashes)"))
     col = embedding_columns(emb)["image"] if method == "semantic" else embedding_columns(emb)["text"]
-    x, eligible = _vectors(tbl.column(col))
+    eligible = column_valid(ds, col)  # the vectors themselves are streamed, never read whole
     new, rows, pairs = _stored(eligible, stored_rows, mr)
     found = _no_links()
     if mr.new_rows:
         only_new = None if mr.new_rows == len(rows) else new[rows]
         low = config.get("confirm_cosine", config["threshold"])
-        i, j, cos = semantic_pairs(x[rows], low, new=only_new, progress=bool(progress))
+        i, j, cos = semantic_pairs(LanceVectors(ds, col, rows), low, new=only_new, progress=bool(progress))
         i, j = rows[i], rows[j]
         strong = cos >= config["threshold"]
         if low < config["threshold"]:  # weaker links count only when the images also look alike

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from lakecurate.errors import LakeError
@@ -123,6 +123,28 @@ def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *
         for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), list(calls)):
             yield result
     except Exception as exc:
+        raise _task_error(exc) from None
+
+
+def ray_task_map(fn: Callable[..., Any], calls: Sequence[tuple], *, address: str | None = None,
+                 num_cpus: float = 1, retries: int = 0) -> Iterator[Any]:
+    """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks (no state to keep between calls:
+    an ingest part), results as they finish. ``retries``: times Ray reruns a task whose worker
+    died (only for idempotent work). The first call that fails raises here, as
+    :func:`ray_actor_map` does; what was committed stays committed."""
+    if not calls:
+        return
+    ray = ray_init(address)
+    _ship_file_udfs(ray)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=retries)(fn)
+    pending = [remote.remote(*args) for args in calls]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    except Exception as exc:
+        for ref in pending:
+            ray.cancel(ref)
         raise _task_error(exc) from None
 
 

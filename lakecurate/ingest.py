@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
@@ -796,6 +797,9 @@ class SourcePlan:
     kind: str
     sources: list[str]
     candidates: Callable[[list[str]], Iterator[Candidate]]  # (ignored files list) -> pairs, in a stable order
+    # (path, kind) of each part that is a source of its own: a shard, an Arrow file of a dataset
+    # folder, or the whole folder/manifest. What the ray engine runs as one task each.
+    units: list[tuple[str, str]] = field(default_factory=list)
 
 
 def open_source(
@@ -815,23 +819,25 @@ def open_source(
     if kind == "folder":
         if not os.path.isdir(src):
             raise IngestError(f"'{src}' is not a folder")
-        return SourcePlan(kind, [os.path.realpath(src)], lambda ignored: iter_folder(src, ignored))
+        return SourcePlan(kind, [os.path.realpath(src)], lambda ignored: iter_folder(src, ignored), [(src, kind)])
     if kind == "manifest" and (files := _hf_arrow_files(src)):  # each Arrow file is a source of its own
         for f in files:
             iter_manifest(f, root, image_col, caption_col, key_col, image_dir)
         return SourcePlan(kind, [os.path.realpath(f) for f in files], lambda ignored: (
-            c for f in files for c in iter_manifest(f, root, image_col, caption_col, key_col, image_dir)))
+            c for f in files for c in iter_manifest(f, root, image_col, caption_col, key_col, image_dir)),
+            [(f, kind) for f in files])
     if kind == "manifest":
         if not os.path.isfile(src):
             raise IngestError(f"manifest '{src}' does not exist")
         iter_manifest(src, root, image_col, caption_col, key_col, image_dir)  # checks the columns now
         return SourcePlan(kind, [os.path.realpath(src)],
-                          lambda ignored: iter_manifest(src, root, image_col, caption_col, key_col, image_dir))
+                          lambda ignored: iter_manifest(src, root, image_col, caption_col, key_col, image_dir), [(src, kind)])
     if kind == "webdataset":
         shards = expand_shards(src)
         if not shards:
             raise IngestError(f"no .tar shards match '{src}'")
-        return SourcePlan(kind, [os.path.realpath(s) for s in shards], lambda ignored: iter_webdataset(shards))
+        return SourcePlan(kind, [os.path.realpath(s) for s in shards], lambda ignored: iter_webdataset(shards),
+                          [(s, kind) for s in shards])
     raise IngestError(f"unknown kind '{kind}': use folder, manifest or webdataset")
 
 
@@ -943,6 +949,8 @@ def _no_space(exc: BaseException) -> bool:
 # A pass ends with chunks dropped only when another writer committed some of their pairs first;
 # the next pass adds what is still missing. More passes than this mean something else is wrong.
 MAX_PASSES = 8
+# Times Ray reruns an ingest part whose worker died (a node lost, a kill).
+RAY_RETRIES = 2
 
 
 def ingest(
@@ -958,9 +966,20 @@ def ingest(
     key_col: str | None = None,
     image_dir: str | None = None,
     options: IngestOptions | None = None,
+    engine: str = "local",
     progress: bool | None = None,
+    started: datetime | None = None,
 ) -> IngestReport:
     """Ingest ``source`` into ``lake``; returns an :class:`IngestReport`.
+
+    ``engine="ray"``: one Ray task per part of the source that is a source of its own (each
+    WebDataset shard, each Arrow file of a dataset folder; a folder or a single manifest is one
+    part), each an ingest of its own that commits its chunks with the same guard as concurrent
+    local ingests (ids stay unique, conflicts are retried); a killed task leaves its commits, and
+    the same command adds the rest. The workers read the source and write the lake themselves, so
+    both must be reachable from every node (a shared file system or an object store).
+
+    ``started``: the rows' ``ingested_at`` (default: now); the Ray parts all take the driver's.
 
     A pair's id is ``blake2b(source, key)``: ``mode="append"`` skips pairs whose id is already in the
     lake (idempotent re-runs, and several ingests of one source at once add each pair once);
@@ -981,9 +1000,15 @@ def ingest(
         raise IngestError("--retry-errors replaces error rows of an appended source; it cannot be used with --mode overwrite")
     opts = options or IngestOptions()
     check_options(opts)
+    check_engine(engine)
     src = os.fspath(source)
     plan = open_source(src, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
                        image_dir=image_dir)
+    if engine == "ray":
+        return _ingest_on_ray(lake, src, plan, mode=mode, retry_errors=retry_errors, progress=progress, options=opts,
+                              started=started or datetime.now(timezone.utc),
+                              manifest={"root": root, "image_col": image_col, "caption_col": caption_col,
+                                        "key_col": key_col, "image_dir": image_dir})
     report = IngestReport(lake=lake.uri, source=src, kind=plan.kind)
     appending = mode == "append"
     # Ids to skip: every id of this source, or with retry_errors every id whose row is not an error.
@@ -991,7 +1016,7 @@ def ingest(
     errors = lake.existing_ids(plan.sources, where="ingest_status = 'error'") if appending else set()
     content: _ContentIndex | None = None  # read before the first commit, only if there is one
     done: set[str] = set()  # with retry_errors: ids replaced by this run (a row may be an error again)
-    now = datetime.now(timezone.utc)
+    now = started or datetime.now(timezone.utc)
     t0 = time.perf_counter()
 
     def one_pass(first: bool) -> int:
@@ -1084,5 +1109,45 @@ def ingest(
     finally:
         bar.close()
     report.skipped_existing = report.seen - report.written
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _ingest_part(uri: str, storage_options: dict[str, str] | None, branch: str | None, path: str, kind: str,
+                 manifest: dict[str, Any], options: IngestOptions, retry_errors: bool, started: datetime) -> IngestReport:
+    """One Ray task: an ordinary (local, guarded, appending) ingest of one part, on the worker."""
+    from lakecurate.store import Store
+
+    lake = Store(uri, storage_options, branch=branch)
+    return ingest(lake, path, kind=kind, mode="append", retry_errors=retry_errors, options=options, progress=False,
+                  started=started, **manifest)
+
+
+def _ingest_on_ray(lake: "Store", src: str, plan: SourcePlan, *, mode: str, retry_errors: bool,
+                   progress: bool | None, options: IngestOptions, started: datetime,
+                   manifest: dict[str, Any]) -> IngestReport:
+    """Every part of the source as a Ray task; the reports merged (see :func:`ingest`)."""
+    from lakecurate.engines import ray_task_map
+
+    t0 = time.perf_counter()
+    report = IngestReport(lake=lake.uri, source=src, kind=plan.kind)
+    if mode == "overwrite":  # a version with none of the old rows; the parts then append
+        report.versions.append(lake.append(PAIRS_SCHEMA.empty_table(), overwrite=True))
+    calls = [(lake.uri, lake.storage_options, lake.branch, path, kind, manifest, options, retry_errors, started)
+             for path, kind in plan.units]
+    bar = progress_bar(total=len(calls), desc=f"ingest {plan.kind} (ray)", unit="part", progress=progress)
+    try:
+        # A part is idempotent (it skips the ids it committed): a worker that died is rerun.
+        for part in ray_task_map(_ingest_part, calls, retries=RAY_RETRIES):
+            for name in ("seen", "written", "skipped_existing", "skipped_errors", "replaced", "content_present"):
+                setattr(report, name, getattr(report, name) + getattr(part, name))
+            report.status.update(part.status)
+            report.flags.update(part.flags)
+            report.ignored_files += part.ignored_files
+            report.versions += part.versions
+            bar.update(1)
+    finally:
+        bar.close()
+    report.versions.sort()
     report.seconds = time.perf_counter() - t0
     return report

@@ -77,27 +77,29 @@ class Lake(Store):
 
         return curate(self, recipe, produce=self._produce, **options)
 
-    def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None, **options: Any) -> int:
+    def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
+                 engine: str = "local", **options: Any) -> int:
         """Run the producer ``stage`` a consuming stage asked for (stages never call stages); returns
-        the rows it computed (0: its columns were already filled)."""
+        the rows it computed (0: its columns were already filled). ``engine``: where per-row
+        producers run ("local" or "ray")."""
         from lakecurate import signals
 
         if stage == "caption_signals":
-            return signals.compute_caption_signals(self, progress=progress)
+            return signals.compute_caption_signals(self, progress=progress, engine=engine)
         if stage == "image_signals":
-            return signals.compute_image_signals(self, workers=workers, progress=progress)
+            return signals.compute_image_signals(self, workers=workers, progress=progress, engine=engine)
         if stage == "copy_signals":
-            return signals.compute_copy_hashes(self, workers=workers, progress=progress)
+            return signals.compute_copy_hashes(self, workers=workers, progress=progress, engine=engine)
         if stage == "redact":
-            return signals.compute_redacted(self)
+            return signals.compute_redacted(self, engine=engine)
         if stage == "text":
             from lakecurate.imagetext import compute_text
 
-            return compute_text(self, workers=workers, progress=progress)
+            return compute_text(self, workers=workers, progress=progress, engine=engine)
         if stage == "faces":
             from lakecurate.faces import compute_faces
 
-            return compute_faces(self, workers=workers, progress=progress)
+            return compute_faces(self, workers=workers, progress=progress, engine=engine)
         if stage == "dedup":
             self.dedup(progress=progress, **options)
             return 1

@@ -16,15 +16,20 @@ Pairs come back as three arrays `(i, j, value)` with `i < j`, sorted by `(i, j)`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Protocol
 
 import numpy as np
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+if TYPE_CHECKING:
+    import faiss
 
 # Rows of one task, rows per matmul, columns gathered at once: together they bound a worker's
 # memory (~(2048 + 16384) x d float32 + a 256 x 16384 score block) whatever the cluster sizes.
@@ -32,6 +37,19 @@ _TASK_ROWS = 2048
 _SUB_ROWS = 256
 _COL_BLOCK = 16384
 _ASSIGN_CHUNK = 16384
+_ASSIGN_BATCH = 65536  # rows streamed from the source at once to be assigned
+# Entries (row, cluster) held by one bucket of clusters, and by one group joined at once (whose
+# vectors are read together): a group of 131,072 512-d float16 rows is 128 MiB.
+_BUCKET_ENTRIES = 1 << 22
+_GROUP_ENTRIES = 1 << 17
+# Clusters keep about this many rows above ~1M rows (below, 4 sqrt(N)): constant work per row.
+_ROWS_PER_CLUSTER = 256
+# Up to this many centroids a row's nearest are found among all of them; above, two-level k-means
+# searched through an inverted file probing this share of the top lists (at least 16).
+_FLAT_CENTROIDS = 4096
+_PROBE_SHARE = 0.15
+_KMEANS_SAMPLE = 1 << 18  # rows k-means trains on, at most (projected: 64 MiB at 64 dims)
+_PCA_SAMPLE = 20_000  # rows the principal axes are computed from
 # k-means on 16 rows per centroid, 6 iterations: better centroids only balance the clusters a
 # little better (the pairs found do not depend on them), and training is ~k^2 work.
 _KMEANS_PPC = 16
@@ -164,15 +182,18 @@ def exact_pairs_bruteforce(vectors: np.ndarray, threshold: float = 0.95, *, prog
 
 
 def default_clusters(n: int) -> int:
-    """k-means clusters for n rows: 4 sqrt(n), at most n / 32 (clusters of 32 rows or more).
+    """k-means clusters for n rows: 4 sqrt(n), at most n / 32 (clusters of 32 rows or more), and at
+    least n / _ROWS_PER_CLUSTER, so that above ~1M rows clusters stop growing and the work per row
+    stays constant (the two-level centroids keep assigning a row cheap).
 
     Assigning rows costs ~n k pca_dims and joining clusters ~n (n / k) assign d; with 64 of 512
-    dimensions and assign=4, k ~ 4-6 sqrt(n) balances the two (measured: scripts/bench_dedup.py).
+    dimensions and assign=4, k ~ 4-6 sqrt(n) balances the two up to ~1M rows (measured:
+    scripts/bench_dedup.py, scripts/bench_scale.py).
 
-    >>> default_clusters(1_000_000)
-    4000
+    >>> default_clusters(1_000_000), default_clusters(10_000_000)
+    (4000, 39062)
     """
-    return int(max(1, min(round(4 * np.sqrt(n)), n // 32)))
+    return int(max(1, min(round(4 * np.sqrt(n)), n // 32), n // _ROWS_PER_CLUSTER))
 
 
 def _pca(sample: np.ndarray, dims: int | None) -> np.ndarray | None:
@@ -185,34 +206,184 @@ def _pca(sample: np.ndarray, dims: int | None) -> np.ndarray | None:
     return np.ascontiguousarray(vecs[:, ::-1][:, :dims], dtype=np.float32)
 
 
-def _assign(x: np.ndarray, centroids: np.ndarray, axes: np.ndarray | None, m: int, radius: float) -> np.ndarray:
-    """Clusters of each row (N x m, -1 = none): the nearest centroid first, then the next nearest
-    ones whose bisector with the nearest lies within `radius` of the row."""
+# ---------------------------------------------------------------------------------------------
+# Vector sources: where the rows of a semantic join come from
+
+
+class VectorSource(Protocol):
+    """Rows of unit vectors that a join streams in order and gathers by position, never all at once
+    (an in-memory matrix, or an embedding column of a Lance dataset: ``columns.LanceVectors``)."""
+
+    n: int  # rows
+    d: int  # dimensions
+
+    def batches(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows x d array) for every row, in order."""
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of these (sorted, unique) rows, len(rows) x d."""
+
+
+class ArrayVectors:
+    """An in-memory matrix as a :class:`VectorSource`."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.n, self.d = x.shape
+
+    def batches(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        for s in range(0, self.n, size):
+            yield s, self.x[s : s + size]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.x[rows]
+
+
+def _source(vectors: "np.ndarray | VectorSource") -> VectorSource:
+    if hasattr(vectors, "take") and hasattr(vectors, "batches"):
+        src = vectors
+        if src.n:  # check a sample of the rows, as _check_vectors checks a matrix
+            _check_vectors(np.asarray(src.take(np.unique(np.linspace(0, src.n - 1, min(src.n, 1000)).astype(np.int64)))))
+        return src
+    return ArrayVectors(_check_vectors(vectors))
+
+
+# ---------------------------------------------------------------------------------------------
+# Centroids: flat k-means up to _FLAT_CENTROIDS, two levels above (cost linear in the rows)
+
+
+def _nearest(centroids: np.ndarray, z: np.ndarray, m: int, radius: float,
+             index: "faiss.Index | None" = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, cluster, is_copy) entries of each row's clusters among ``centroids`` (searched by
+    ``index``, default exact): the nearest, then the next nearest ones, up to ``m``, whose
+    bisector with the nearest lies within ``radius`` of the row (a partner within ``radius`` may
+    be on their side: the copies)."""
     import faiss
 
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(centroids)
-    out = np.empty((len(x), m), np.int32)
+    if index is None:
+        index = faiss.IndexFlatL2(centroids.shape[1])
+        index.add(centroids)
+    m = min(m, len(centroids))
+    dist, near = index.search(z, m)
+    if m > 1:
+        # Distance from the row to the bisector of (nearest, other): (|z-o|^2 - |z-p|^2) / 2|o-p|.
+        gap = np.linalg.norm(centroids[near[:, 1:]] - centroids[near[:, :1]], axis=2)
+        to_bisector = (dist[:, 1:] - dist[:, :1]) / (2 * np.maximum(gap, 1e-12))
+        near[:, 1:][(to_bisector > radius) | (near[:, 1:] < 0)] = -1
+    row, slot = np.nonzero(near >= 0)
+    return row, near[row, slot].astype(np.int64), slot > 0
 
-    def chunk(s: int) -> None:
-        faiss.omp_set_num_threads(1)  # per calling thread: the pool already uses every core
-        z = np.asarray(x[s : s + _ASSIGN_CHUNK], dtype=np.float32)
-        if axes is not None:
-            z = z @ axes
-        dist, near = index.search(np.ascontiguousarray(z), m)
-        if m > 1:
-            # Distance from the row to the bisector of (nearest, other): (|z-o|^2 - |z-p|^2) / 2|o-p|.
-            gap = np.linalg.norm(centroids[near[:, 1:]] - centroids[near[:, :1]], axis=2)
-            to_bisector = (dist[:, 1:] - dist[:, :1]) / (2 * np.maximum(gap, 1e-12))
-            near[:, 1:][(to_bisector > radius) | (near[:, 1:] < 0)] = -1
-        out[s : s + len(near)] = near
 
-    _run(list(range(0, len(x), _ASSIGN_CHUNK)), chunk, False, "")
-    return out
+class _Centroids:
+    """k centroids on the top principal axes, and how a row finds its cells (with ClusterJoin copies).
+
+    Flat (up to _FLAT_CENTROIDS): among all centroids, exactly (:func:`_nearest`). Two levels
+    (above): the centroids are the sub-centroids of ~sqrt(k) top clusters, searched through an
+    inverted file over the top centroids that probes the nearest ~_PROBE_SHARE of the top lists
+    (at least 16): ~sqrt(k) distances a row instead of k, at the cost of sometimes missing a nearer
+    centroid in an unprobed list (recall measured by scripts/bench_scale.py). Two-level
+    ClusterJoin proper (copies at both levels) was measured too: here every row reached 4 top
+    clusters and 16 cells, 4x the entries and 13x the time at 3M rows.
+    """
+
+    def __init__(self, centroids: np.ndarray, axes: np.ndarray | None, top: np.ndarray | None = None) -> None:
+        import faiss
+
+        self.centroids, self.axes = np.ascontiguousarray(centroids, np.float32), axes
+        self.top = None if top is None else np.ascontiguousarray(top, np.float32)
+        self.index = None
+        if self.top is not None:
+            self._quantizer = faiss.IndexFlatL2(self.top.shape[1])  # the IVF index does not own it
+            self._quantizer.add(self.top)
+            self.index = faiss.IndexIVFFlat(self._quantizer, self.top.shape[1], len(self.top))
+            self.index.is_trained = True
+            self.index.nprobe = min(len(self.top), max(16, int(np.ceil(_PROBE_SHARE * len(self.top)))))
+            self.index.add(self.centroids)
+
+    def assign(self, x: np.ndarray, m: int, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row of x, cluster, is_copy) for every cell each row joins; own rows have is_copy False."""
+        z = _project(x, self.axes)
+        if self.index is None:
+            return _nearest(self.centroids, z, m, radius)
+        return _nearest(self.centroids, z, m, radius, self.index)
+
+
+def _kmeans(points: np.ndarray, k: int, seed: int) -> np.ndarray:
+    import faiss
+
+    k = max(1, min(k, len(points)))
+    km = faiss.Kmeans(points.shape[1], k, niter=_KMEANS_ITER, seed=seed, max_points_per_centroid=_KMEANS_PPC,
+                      min_points_per_centroid=1, verbose=False)
+    km.train(np.ascontiguousarray(points, np.float32))
+    return km.centroids
+
+
+def _fit_centroids(src: VectorSource, k: int, seed: int, pca_dims: int | None) -> _Centroids:
+    """k-means on a sample of at most _KMEANS_SAMPLE rows (read by position, projected on the top
+    principal axes as it is read); two levels when k > _FLAT_CENTROIDS: sqrt(k) top centroids,
+    then each top cluster's share of k centroids trained on its own sample rows."""
+    rng = np.random.default_rng(seed)
+    n = src.n
+    n_train = min(n, _KMEANS_PPC * k, _KMEANS_SAMPLE)
+    rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
+    axes = _pca(np.asarray(src.take(rows[:: max(1, len(rows) // _PCA_SAMPLE)]), np.float32), pca_dims)
+    sample = np.concatenate([_project(src.take(rows[s : s + _ASSIGN_CHUNK]), axes)
+                             for s in range(0, len(rows), _ASSIGN_CHUNK)])
+    # faiss seeds k-means from the order of its points: in value order, the clusters do not depend
+    # on where the rows sit (a lake ingested in another order gets the same ones).
+    direction = rng.standard_normal(sample.shape[1]).astype(np.float32)
+    sample = np.ascontiguousarray(sample[np.argsort(sample @ direction, kind="stable")])
+    if k <= _FLAT_CENTROIDS:
+        return _Centroids(_kmeans(sample, k, seed), axes)
+    top = _kmeans(sample, int(round(np.sqrt(k))), seed)
+    import faiss
+
+    index = faiss.IndexFlatL2(top.shape[1])
+    index.add(top)
+    parent = index.search(sample, 1)[1][:, 0]
+    parts = []
+    for t in range(len(top)):
+        mine = sample[parent == t]
+        if len(mine):
+            parts.append(_kmeans(mine, max(1, int(round(k * len(mine) / len(sample)))), seed + 1 + t))
+    return _Centroids(np.concatenate(parts), axes, top)
+
+
+def _project(x: np.ndarray, axes: np.ndarray | None) -> np.ndarray:
+    z = np.asarray(x, dtype=np.float32)
+    return np.ascontiguousarray(z @ axes if axes is not None else z)
+
+
+class _Entries:
+    """(row, cluster key) entries by bucket of clusters: in memory, or appended to one file per
+    bucket in `spill_dir` (so the assignment of every row never sits in memory at once)."""
+
+    def __init__(self, buckets: int, spill_dir: str | None) -> None:
+        self.spill_dir = spill_dir
+        self.parts: list[list[np.ndarray]] = [[] for _ in range(buckets)]
+
+    def add(self, bucket: int, entries: np.ndarray) -> None:
+        if self.spill_dir is None:
+            self.parts[bucket].append(entries)
+        else:
+            with open(os.path.join(self.spill_dir, f"{bucket}.bin"), "ab") as f:
+                entries.tofile(f)
+
+    def load(self, bucket: int) -> np.ndarray:
+        if self.spill_dir is None:
+            got = self.parts[bucket]
+            self.parts[bucket] = []
+            return np.concatenate(got) if got else np.empty((0, 2), np.int64)
+        path = os.path.join(self.spill_dir, f"{bucket}.bin")
+        if not os.path.exists(path):
+            return np.empty((0, 2), np.int64)
+        out = np.fromfile(path, np.int64).reshape(-1, 2)
+        os.remove(path)
+        return out
 
 
 def semantic_pairs(
-    vectors: np.ndarray,
+    vectors: "np.ndarray | VectorSource",
     threshold: float = 0.95,
     *,
     n_clusters: int | None = None,
@@ -221,30 +392,39 @@ def semantic_pairs(
     pca_dims: int | None = 64,
     progress: bool = False,
     new: np.ndarray | None = None,
+    spill_dir: str | None = "auto",
 ) -> Pairs:
-    """Pairs of rows with cosine >= threshold among L2-normalised vectors (float16 or float32).
+    """Pairs of rows with cosine >= threshold among L2-normalised vectors (float16 or float32), from
+    a matrix or a :class:`VectorSource` (an embedding column read in batches: out of core).
 
-    SemDeDup-style (Abbas et al. 2023): faiss k-means (``n_clusters``, default 4 sqrt(N),
-    trained on a sample) splits the rows, and each cluster is joined exactly by blocked float32
-    matmuls. A row belongs to its nearest centroid's cluster and is copied into up to
-    ``assign - 1`` next nearest ones, so that pairs split by a boundary are still found; but
-    only when it lies within r = sqrt(2 (1 - threshold)) of the bisector between the two
-    centroids, since a partner is at most r away (the ClusterJoin bound, Das Sarma et al.
-    2014). So ``assign >= n_clusters`` is exact, and a smaller ``assign`` misses a pair only
-    when neither row's cluster is among the other's ``assign`` nearest. Copies are compared with
-    a cluster's own rows, not with each other; a pair met in two clusters is returned once.
+    SemDeDup-style (Abbas et al. 2023): faiss k-means (``n_clusters``, default
+    :func:`default_clusters`, trained on a sample) splits the rows, and each cluster is joined
+    exactly by blocked float32 matmuls. A row belongs to its nearest centroid's cluster and is
+    copied into up to ``assign - 1`` next nearest ones, so that pairs split by a boundary are still
+    found; but only when it lies within r = sqrt(2 (1 - threshold)) of the bisector between the two
+    centroids, since a partner is at most r away (the ClusterJoin bound, Das Sarma et al. 2014). So
+    ``assign >= n_clusters`` is exact (with flat centroids), and a smaller ``assign`` misses a pair
+    only when neither row's cluster is among the other's ``assign`` nearest. Copies are compared
+    with a cluster's own rows, not with each other; a pair met in two clusters is returned once.
 
     k-means and assignment run on the top ``pca_dims`` principal axes (None: all of them): a
     projection only shrinks distances, so the bound still holds, and assigning is d / pca_dims
-    cheaper. Work grows as ~N^1.5 (k-means, assignment, joins): 100k -> 1M rows took 14-18x.
+    cheaper. Above _FLAT_CENTROIDS clusters the k-means has two levels and a row's nearest
+    centroids are searched in the nearest top lists only (:class:`_Centroids`; approximate), so
+    clusters keep ~_ROWS_PER_CLUSTER rows whatever N and a row costs ~sqrt(k) distances, not k.
+
+    **Memory**: the rows are streamed once to assign them (the (row, cluster) entries go to
+    buckets of clusters, in files under ``spill_dir`` when given), then each bucket's clusters are
+    joined a group at a time, the group's vectors read by position (``take``): peak memory is
+    bounded by _GROUP_ENTRIES rows of vectors, not N (apart from the pairs returned: a set of s
+    identical rows yields s (s - 1) / 2 pairs). ``spill_dir="auto"``: a temporary directory when
+    the entries fill more than one bucket (_BUCKET_ENTRIES, 64 MiB), else memory; None: memory.
 
     ``new`` (a boolean mask over the rows) asks only for pairs with at least one new row: each
     cluster's new members are joined with all its members, so appending m rows to N costs about
     m / N of a full join, plus the k-means and the assignment of every row (incremental dedup).
 
     Returns ``(i, j, cosine)``: int64, int64, float32 arrays with i < j, sorted by (i, j).
-    Memory stays bounded (big clusters are joined in blocks) apart from the result itself: a
-    set of s identical rows yields s (s - 1) / 2 pairs.
 
     >>> rng = np.random.default_rng(0)
     >>> v = rng.standard_normal((1000, 64)).astype(np.float32)
@@ -254,73 +434,158 @@ def semantic_pairs(
     >>> i.tolist(), j.tolist(), bool(cos[0] > 0.99)
     ([3], [10], True)
     """
-    x = _check_vectors(vectors)
+    src = _source(vectors)
     if assign < 1:
         raise ValueError(f"assign must be at least 1 (clusters a row joins), got {assign}")
-    n, d = x.shape
+    n = src.n
+    fresh = None if new is None else np.asarray(new, bool)
+    if fresh is not None and len(fresh) != n:
+        raise ValueError(f"new must be a boolean mask over the {n} rows, got {len(fresh)} values")
     if n < 2:
         return _empty()
     k = max(1, min(n_clusters or default_clusters(n), n))
     if k == 1:
-        i, j, v = exact_pairs_bruteforce(x, threshold, progress=progress)
-        if new is not None:
-            fresh = np.asarray(new, bool)
+        i, j, v = exact_pairs_bruteforce(src.take(np.arange(n)), threshold, progress=progress)
+        if fresh is not None:
             i, j, v = (a[fresh[i] | fresh[j]] for a in (i, j, v))
         return i, j, v
-    import faiss
-
     # Train on a sample: the bound holds for any centroids, so better k-means mostly balances
     # the clusters (less work) rather than finding more pairs.
-    rng = np.random.default_rng(seed)
-    n_train = min(n, _KMEANS_PPC * k)
-    sample_rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
-    sample = np.asarray(x[sample_rows], dtype=np.float32)
-    axes = _pca(sample, pca_dims)
-    if axes is not None:
-        sample = sample @ axes
-    km = faiss.Kmeans(sample.shape[1], k, niter=_KMEANS_ITER, seed=seed, max_points_per_centroid=_KMEANS_PPC,
-                      min_points_per_centroid=1, verbose=False)
-    km.train(np.ascontiguousarray(sample))
+    cents = _fit_centroids(src, k, seed, pca_dims)
+    k = len(cents.centroids)
+    m = min(assign, k)
     # fp16 storage and rounding: allow norms up to ~1.001 in the partner radius.
     radius = float(np.sqrt(max(2 * (1 - threshold), 0) + 4e-3))
-    clusters = _assign(x, km.centroids, axes, min(assign, k), radius)
-
-    # Members of each cluster: its own rows first (they are the left sides), then the copies.
-    m = clusters.shape[1]
-    flat = clusters.ravel()
-    keep = flat >= 0
-    row_of = np.repeat(np.arange(n), m)[keep]
-    key = flat[keep].astype(np.int64) * 2 + (np.tile(np.arange(m), n)[keep] > 0)
-    order = np.argsort(key, kind="stable")
-    members, key = row_of[order], key[order]
-    starts = np.searchsorted(key, np.arange(k + 1) * 2)
-    own_end = np.searchsorted(key, np.arange(k) * 2 + 1)
-    primary = clusters[:, 0]
-    if new is not None:
-        return _join_new(x, np.asarray(new, bool), members, starts, k, threshold, progress)
-
-    def join(task: tuple[int, int, int]) -> Pairs:
-        c, r0, r1 = task
-        rows = members[starts[c] : starts[c + 1]]
-        p, q, v = _join_block(x, rows, r0, r1, threshold)
-        a, b = rows[p], rows[q]
-        # A pair (own row a, copy b) is also met in b's own cluster when a was copied there;
-        # keep it only in the lower-numbered of the two clusters.
-        copied = q >= own_end[c] - starts[c]
-        if copied.any() and m > 1:
-            pb = primary[b]
-            seen = copied & (pb < c) & (clusters[a, 1:] == pb[:, None]).any(1)
-            a, b, v = a[~seen], b[~seen], v[~seen]
-        return a, b, v
-
-    tasks = [(c, r0, min(r0 + _TASK_ROWS, own_end[c] - starts[c]))
-             for c in range(k) if starts[c + 1] - starts[c] > 1
-             for r0 in range(0, own_end[c] - starts[c], _TASK_ROWS)]
-    tasks.sort(key=lambda t: -(t[2] - t[1]) * (starts[t[0] + 1] - starts[t[0]] - t[1]))
-    parts = _run(tasks, join, progress, "semantic pairs")
+    per_bucket = max(1, _BUCKET_ENTRIES * k // max(1, n * m))  # clusters per bucket
+    buckets = -(-k // per_bucket)
+    with contextlib.ExitStack() as stack:
+        if spill_dir == "auto":
+            spill_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-join-")) if buckets > 1 else None
+        entries = _Entries(buckets, spill_dir)
+        _assign_rows(src, cents, m, radius, entries, per_bucket, progress)
+        parts = _join_buckets(src, entries, threshold, fresh, progress)
     if not parts:
         return _empty()
-    return _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+    i, j, v = _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], v[first]
+
+
+def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh: np.ndarray | None,
+                  progress: bool) -> list[Pairs]:
+    """Every bucket's clusters joined, a group of clusters at a time; the next group's vectors are
+    read while this one is joined (reads are ~40% of the time on a Lance column)."""
+    parts: list[Pairs] = []
+    bar = None
+    if progress:
+        from lakecurate.progress import progress_bar
+
+        bar = progress_bar(total=src.n, desc="semantic pairs", unit="row", progress=progress)
+
+    def groups() -> Iterator[np.ndarray]:
+        for b in range(len(entries.parts)):
+            got = entries.load(b)
+            yield from _groups(got[np.argsort(got[:, 1], kind="stable")])  # by cluster, own rows first, rows ascending
+
+    def read(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = np.unique(group[:, 0])
+        return group, rows, src.take(rows)
+
+    with ThreadPoolExecutor(1) as reader:
+        pending = None
+        for group in groups():
+            ahead = reader.submit(read, group)
+            if pending is not None:
+                parts.append(_join_group(*pending.result(), threshold, fresh))
+                if bar is not None:
+                    bar.update(int((pending.result()[0][:, 1] % 2 == 0).sum()))
+            pending = ahead
+        if pending is not None:
+            parts.append(_join_group(*pending.result(), threshold, fresh))
+            if bar is not None:
+                bar.update(int((pending.result()[0][:, 1] % 2 == 0).sum()))
+    if bar is not None:
+        bar.close()
+    return parts
+
+
+def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Entries,
+                 per_bucket: int, progress: bool) -> None:
+    """Stream every row once: its clusters as (row, key = 2 cluster + is_copy) entries, by bucket."""
+    import faiss
+
+    bar = None
+    if progress:
+        from lakecurate.progress import progress_bar
+
+        bar = progress_bar(total=src.n, desc="assign clusters", unit="row", progress=progress)
+    for start, x in src.batches(_ASSIGN_BATCH):
+
+        def chunk(s: int, x: np.ndarray = x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            faiss.omp_set_num_threads(1)  # per calling thread: the pool already uses every core
+            r, c, copy = cents.assign(x[s : s + _ASSIGN_CHUNK], m, radius)
+            return r + s, c, copy
+
+        found = _run(list(range(0, len(x), _ASSIGN_CHUNK)), chunk, False, "")
+        rows = np.concatenate([f[0] for f in found]).astype(np.int64) + start
+        key = np.concatenate([f[1] for f in found]) * 2 + np.concatenate([f[2] for f in found])
+        bucket = key // 2 // per_bucket
+        order = np.argsort(bucket, kind="stable")
+        bucket, both = bucket[order], np.stack([rows[order], key[order]], 1)
+        cuts = np.flatnonzero(np.diff(bucket)) + 1
+        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(bucket)]])):
+            if hi > lo:
+                entries.add(int(bucket[lo]), both[lo:hi])
+        if bar is not None:
+            bar.update(len(x))
+    if bar is not None:
+        bar.close()
+
+
+def _groups(entries: np.ndarray) -> Iterator[np.ndarray]:
+    """Runs of whole clusters with about _GROUP_ENTRIES entries each (a cluster larger than that
+    is a group alone)."""
+    cluster = entries[:, 1] // 2
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(cluster)) + 1, [len(entries)]])
+    lo = 0
+    while lo < len(entries):
+        at = int(np.searchsorted(bounds, lo + _GROUP_ENTRIES, side="right")) - 1
+        hi = int(bounds[at]) if bounds[at] > lo else int(bounds[np.searchsorted(bounds, lo, side="right")])
+        yield entries[lo:hi]
+        lo = hi
+
+
+def _join_group(group: np.ndarray, rows: np.ndarray, x: np.ndarray, threshold: float, fresh: np.ndarray | None) -> Pairs:
+    """Join each cluster of a group (entries, its unique rows, their vectors): its own rows with
+    every later member (own rows and copies), or, with `fresh`, its new members with every later
+    member (new first)."""
+    local = np.searchsorted(rows, group[:, 0])
+    cluster = group[:, 1] // 2
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(cluster)) + 1, [len(group)]])
+    tasks = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi - lo < 2:
+            continue
+        members = local[lo:hi]
+        if fresh is None:
+            left = int((group[lo:hi, 1] % 2 == 0).sum())  # own rows come first
+        else:
+            is_new = fresh[group[lo:hi, 0]]
+            members = np.concatenate([members[is_new], members[~is_new]])
+            left = int(is_new.sum())
+        tasks += [(members, r0, min(r0 + _TASK_ROWS, left)) for r0 in range(0, left, _TASK_ROWS)]
+    tasks.sort(key=lambda t: -(t[2] - t[1]) * (len(t[0]) - t[1]))
+
+    def join(task: tuple[np.ndarray, int, int]) -> Pairs:
+        members, r0, r1 = task
+        p, q, v = _join_block(x, members, r0, r1, threshold)
+        return rows[members[p]], rows[members[q]], v
+
+    parts = _run(tasks, join, False, "")
+    if not parts:
+        return _empty()
+    return tuple(np.concatenate([p[col] for p in parts]) for col in range(3))  # type: ignore[return-value]
 
 
 # Up to this many rows the k nearest are found exactly (a flat inner-product scan); above it an IVF
@@ -401,38 +666,6 @@ def knn_pairs(
 
     every = np.arange(n)
     i, j, v = _sorted_pairs(*search(index_of(every), every, np.flatnonzero(fresh), min(k + 1, n)))
-    first = np.ones(len(i), bool)
-    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
-    return i[first], j[first], v[first]
-
-
-def _join_new(x: np.ndarray, new: np.ndarray, members: np.ndarray, starts: np.ndarray, k: int,
-              threshold: float, progress: bool) -> Pairs:
-    """Pairs with at least one new row: per cluster, its new members (own rows and copies) come
-    first, so the upper triangle of their rows covers new-new once and new-old; a pair met in
-    two clusters is returned once."""
-    if len(new) != len(x):
-        raise ValueError(f"new must be a boolean mask over the {len(x)} rows, got {len(new)} values")
-    rows_of: dict[int, np.ndarray] = {}
-    n_new: dict[int, int] = {}
-    for c in range(k):
-        rows = members[starts[c] : starts[c + 1]]
-        fresh = new[rows]
-        if fresh.any() and len(rows) > 1:
-            rows_of[c] = np.concatenate([rows[fresh], rows[~fresh]])
-            n_new[c] = int(fresh.sum())
-    tasks = [(c, r0, min(r0 + _TASK_ROWS, n_new[c])) for c in rows_of for r0 in range(0, n_new[c], _TASK_ROWS)]
-
-    def join(task: tuple[int, int, int]) -> Pairs:
-        c, r0, r1 = task
-        rows = rows_of[c]
-        p, q, v = _join_block(x, rows, r0, r1, threshold)
-        return rows[p], rows[q], v
-
-    parts = _run(tasks, join, progress, "semantic pairs (new rows)")
-    if not parts:
-        return _empty()
-    i, j, v = _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
     first = np.ones(len(i), bool)
     first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
     return i[first], j[first], v[first]

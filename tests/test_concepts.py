@@ -226,3 +226,37 @@ def test_target_fraction_or_count(clustered: Lake, tmp_path: Path):
     n = lake.rebalance(1.0).rows
     assert lake.rebalance(1.0).kept == n and lake.rebalance(1).kept == 1  # a float 1.0 is all, an int 1 one row
     assert lake.rebalance(5.0).kept == 5 and lake.rebalance(np.int64(6)).kept == 6  # whole floats count rows
+
+
+def test_kmeans_and_complexity_stream_a_vector_source(tmp_path, monkeypatch):
+    """Concepts read the embedding column through a source: k-means on a sample read by position,
+    the assignment and the complexity streamed in batches: equal to the in-memory results."""
+    import pyarrow as pa
+
+    from lakecurate import concepts
+    from lakecurate.columns import LanceVectors
+    from lakecurate.neardup import ArrayVectors
+
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((6, 32)).astype(np.float32)
+    x = centers[rng.integers(0, 6, 4000)] + 0.3 * rng.standard_normal((4000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    col = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 32)
+    ds = lance.write_dataset(pa.table({"v": col}), str(tmp_path / "v.lance"), max_rows_per_file=900)
+    src = LanceVectors(ds, "v")
+    taken: list[int] = []
+    real_take = LanceVectors.take
+    monkeypatch.setattr(LanceVectors, "take", lambda self, rows: taken.append(len(rows)) or real_take(self, rows))
+    monkeypatch.setattr(concepts, "_MAX_PER_CENTROID", 100)  # k-means trains on 600 sampled rows
+    cent, label = concepts.kmeans(src, 6, seed=1)
+    assert taken == [600]  # the sample; the assignment streams
+    mem_cent, mem_label = concepts.kmeans(x, 6, seed=1)
+    np.testing.assert_allclose(cent, mem_cent, atol=1e-5)
+    assert np.array_equal(label, mem_label)
+    assert len(np.unique(label)) == 6
+    lab, dist = concepts.assign(ArrayVectors(x), cent)
+    np.testing.assert_allclose(dist, 1 - (x * cent[lab]).sum(1), atol=1e-5)
+    streamed = complexity(src, label, 6)
+    whole = complexity(x, label, 6)
+    np.testing.assert_allclose(streamed[["size", "spread", "isolation"]].to_numpy(),
+                               whole[["size", "spread", "isolation"]].to_numpy(), rtol=1e-5)

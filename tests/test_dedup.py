@@ -373,3 +373,42 @@ def test_dedup_copy_method_groups_turned_and_barred_copies(lake: Lake, tmp_path:
     assert df["dup_reason"].dropna().str.startswith("copy:").any()
     prov = lake.info()["columns"]
     assert any(c["name"] == "copy_hashes" and c["provenance"]["stage"] == "signals-copy" for c in prov)
+
+
+def test_lance_vectors_stream_and_take_by_position(tmp_path):
+    """The dedup join reads an embedding column through LanceVectors: positions of the rows that
+    have a vector, deletions and null rows skipped, in order or by position."""
+    import lance
+    import pyarrow as pa
+
+    from lakecurate.columns import LanceVectors, column_valid
+    from lakecurate.neardup import semantic_pairs
+
+    rng = np.random.default_rng(0)
+    n, d = 3000, 64
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[1::50] = x[0::50] + 0.01 * rng.standard_normal((60, d)).astype(np.float32)  # 60 near copies
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    null = np.zeros(n, bool)
+    null[7::13] = True
+    col = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), d, mask=pa.array(null))
+    ds = lance.write_dataset(pa.table({"id": np.arange(n), "v": col}), str(tmp_path / "t.lance"), max_rows_per_file=700)
+    ds.delete("id = 5 OR id = 2000")
+    ds = lance.dataset(str(tmp_path / "t.lance"))
+    ids = ds.to_table(columns=["id"]).column("id").to_numpy()
+    valid = column_valid(ds, "v")
+    assert len(valid) == n - 2 and np.array_equal(valid, ~null[ids])
+    rows = np.flatnonzero(valid)
+    src = LanceVectors(ds, "v", rows)
+    streamed = list(src.batches(256))
+    assert [s for s, _ in streamed] == list(np.cumsum([0] + [len(b) for _, b in streamed[:-1]]))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in streamed]), x[ids[rows]])
+    pick = np.array([0, 3, 400, len(rows) - 1])
+    np.testing.assert_array_equal(src.take(pick), x[ids[rows[pick]]])
+    i, j, cos = semantic_pairs(src, 0.9)
+    ei, ej, ecos = semantic_pairs(x[ids[rows]], 0.9)
+    assert len(i) >= 50
+    np.testing.assert_array_equal(i, ei)
+    np.testing.assert_array_equal(j, ej)
+    a, b = ids[rows[i]], ids[rows[j]]
+    assert ((a % 50 == 0) & (b == a + 1)).all()  # only the planted copies (row 0 of 50 and its copy)

@@ -238,3 +238,77 @@ def test_semantic_new_rows_only(data, n_clusters):
     assert set(zip(i.tolist(), j.tolist())) == set(zip(ti[touching].tolist(), tj[touching].tolist()))
     assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # each pair once
     assert (i < j).all() and (v >= 0.95).all()
+
+
+class CountingVectors(neardup.ArrayVectors):
+    """A vector source that records how many rows each read asked for (and never hands out all)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        super().__init__(x)
+        self.takes: list[int] = []
+        self.streamed = 0
+
+    def batches(self, size: int):
+        for start, x in super().batches(size):
+            self.streamed += len(x)
+            yield start, x
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        self.takes.append(len(rows))
+        return super().take(rows)
+
+
+@pytest.mark.parametrize("spill", ["auto", None])
+def test_semantic_out_of_core_reads_bounded_groups(data, truth, spill, monkeypatch, tmp_path):
+    """Streamed once to assign, spilled to bucket files, joined a group of clusters at a time: the
+    same pairs as the in-memory join, and no read larger than a group (plus the sample)."""
+    x = data[0]
+    expected = semantic_pairs(x, 0.95)
+    monkeypatch.setattr(neardup, "_BUCKET_ENTRIES", 3000)  # ~11 buckets: spilled when spill="auto"
+    monkeypatch.setattr(neardup, "_GROUP_ENTRIES", 1000)
+    monkeypatch.setattr(neardup, "_ASSIGN_BATCH", 2500)
+    monkeypatch.setattr(neardup, "_PCA_SAMPLE", 500)
+    monkeypatch.setattr(neardup, "_KMEANS_SAMPLE", 2000)
+    made = []
+    real = neardup._Entries.__init__
+
+    def spy(self, buckets, spill_dir):
+        made.append((buckets, spill_dir))
+        real(self, buckets, spill_dir)
+
+    monkeypatch.setattr(neardup._Entries, "__init__", spy)
+    src = CountingVectors(x)
+    i, j, cos = semantic_pairs(src, 0.95, spill_dir=spill)
+    assert made[0][0] > 5 and (made[0][1] is not None) == (spill == "auto")
+    assert src.streamed == len(x)  # every row streamed exactly once
+    reads = src.takes[2:]  # after the PCA and k-means samples: the groups' reads
+    assert len(reads) > 10 and max(reads) < 2500  # never more than a few groups' worth of rows
+    assert recall((i, j), truth, len(x)) >= 0.99
+    np.testing.assert_array_equal(i, expected[0])
+    np.testing.assert_array_equal(j, expected[1])
+    np.testing.assert_allclose(cos, expected[2], atol=1e-6)
+
+
+def test_semantic_two_level_centroids(data, truth, monkeypatch):
+    """Above _FLAT_CENTROIDS the k-means has two levels and rows search only the nearest top
+    lists: still every pair found, and each cluster much smaller."""
+    x = data[0]
+    monkeypatch.setattr(neardup, "_FLAT_CENTROIDS", 16)
+    src = CountingVectors(x)
+    i, j, cos = semantic_pairs(src, 0.95, n_clusters=120)
+    assert recall((i, j), truth, len(x)) >= 0.99
+    assert (cos >= 0.95 - 1e-5).all()
+    cents = neardup._fit_centroids(neardup.ArrayVectors(x), 120, 0, 64)
+    assert cents.top is not None and len(cents.top) == 11  # round(sqrt(120)) top clusters
+    assert cents.index.nprobe == 11  # at least 16 lists, or all of them
+    assert 90 <= len(cents.centroids) <= 150  # each top cluster's share of k
+    row, cluster, copy = cents.assign(x[:500], 4, 0.32)
+    own = row[~copy]
+    assert np.array_equal(np.sort(own), np.arange(500))  # every row is own in exactly one cell
+    assert (np.bincount(row, minlength=500) >= 1).all() and cluster.max() < len(cents.centroids)
+
+
+def test_default_clusters_grow_linearly_above_a_million():
+    assert neardup.default_clusters(1_000_000) == 4000
+    assert neardup.default_clusters(10_000_000) == 10_000_000 // neardup._ROWS_PER_CLUSTER
+    assert neardup.default_clusters(100_000_000) / neardup.default_clusters(10_000_000) == pytest.approx(10, rel=1e-3)

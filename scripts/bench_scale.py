@@ -1,0 +1,267 @@
+"""Out-of-core dedup and clustering at 1M, 3M and 10M rows (issue 20): bounded memory, linear time.
+
+For each size N, in one run:
+
+1. data: a Lance dataset of N rows x 512-d float16 unit vectors (``DIR/vectors-N.lance``, made once
+   and reused), written in 65,536-row chunks: N / 300 topics of uneven size (lognormal weights,
+   same-topic cosine ~0.7), and in every chunk 5% planted near copies of other rows of the chunk at cosine
+   0.95-0.996 and 5% hard negatives at 0.85-0.949;
+2. each measurement runs in a fresh child process (its own peak RSS: ``VmHWM``, everything the
+   process ever held, Python, Lance and faiss included):
+   - ``semantic``: ``neardup.semantic_pairs`` over ``columns.LanceVectors`` (the column streamed
+     once to assign clusters, entries spilled to disk, each group of clusters read by position)
+     at cosine 0.95, then ``components``; recall against an exact scan for 1,000 random rows and
+     1,000 planted copies (every row of the dataset compared with them, streamed);
+   - ``cluster``: ``concepts.fit_centroids`` (k-means on a sample read by position) and
+     ``concepts.assign`` (streamed), at a fixed k (``--k``, default 1,024) so that the sizes are
+     comparable (the default k grows as sqrt(N) up to 4,096);
+   - ``hash``: ``neardup.hamming_pairs`` (distance <= 8) on N random 64-bit hashes with 5% planted
+     copies (0-8 bits flipped); recall against brute force for 1,000 random rows and 1,000 copies;
+   - the baseline, at the smallest size only: ``semantic-whole``, the path before this change (the
+     whole column read into one matrix, then the same join).
+3. ratios against the smallest size, in this run: peak memory and time per row.
+
+    python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk)
+    python scripts/bench_scale.py --sizes 100000 300000 --dir /tmp/scale   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+D = 512
+THRESHOLD = 0.95
+CHUNK = 65536
+SEED = 0
+
+
+def vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --------------------------------------------------------------------------- data
+def with_cosine(x: np.ndarray, cos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    u = rng.standard_normal(x.shape, dtype=np.float32)
+    u -= (u * x).sum(1, keepdims=True) * x
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return cos[:, None] * x + np.sqrt(1 - cos[:, None] ** 2) * u
+
+
+def chunks(n: int, seed: int = SEED):
+    """(vectors, planted copy rows) per chunk; the copies' sources are earlier rows of the chunk."""
+    rng = np.random.default_rng(seed)
+    n_topics = max(8, n // 300)  # as scripts/bench_dedup.py: the same structure per row at every size
+    common = rng.standard_normal(D).astype(np.float32)
+    common /= np.linalg.norm(common)
+    topics = rng.standard_normal((n_topics, D), dtype=np.float32)
+    topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+    weight = rng.lognormal(0, 1.0, n_topics)
+    weight /= weight.sum()
+    for s in range(0, n, CHUNK):
+        m = min(CHUNK, n - s)
+        v = 0.4 * common + 0.75 * topics[rng.choice(n_topics, m, p=weight)]
+        v += 0.55 * rng.standard_normal((m, D), dtype=np.float32) / np.sqrt(D)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        k = m // 20
+        at = rng.permutation(m)
+        src, dup, neg = at[: 2 * k : 2], at[1 : 2 * k : 2], at[2 * k : 3 * k]
+        v[dup] = with_cosine(v[src], rng.uniform(0.95, 0.996, len(dup)).astype(np.float32), rng)
+        v[neg] = with_cosine(v[at[3 * k : 4 * k]], rng.uniform(0.85, 0.949, len(neg)).astype(np.float32), rng)
+        yield v.astype(np.float16), s + dup
+
+
+def make_dataset(path: Path, n: int) -> None:
+    import lance
+    import pyarrow as pa
+
+    if (path / "_versions").exists():
+        try:
+            if lance.dataset(str(path)).count_rows() == n:
+                return
+        except Exception:  # noqa: BLE001 - a half-written dataset from a killed run: write it again
+            pass
+    schema = pa.schema([pa.field("row", pa.int64()), pa.field("image", pa.list_(pa.float16(), D))])
+    copies = []
+
+    def batches():
+        start = 0
+        for v, dup in chunks(n):
+            copies.append(dup)
+            yield pa.record_batch([pa.array(np.arange(start, start + len(v))),
+                                   pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), D)], schema=schema)
+            start += len(v)
+
+    t0 = time.perf_counter()
+    lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), str(path), mode="overwrite")
+    np.save(path.parent / f"{path.name}.copies.npy", np.concatenate(copies))
+    print(f"  wrote {n:,} rows to {path} in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+# --------------------------------------------------------------------------- children
+def sample_rows(n: int, copies: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(SEED + 7)
+    return np.unique(np.concatenate([rng.choice(n, min(n, 1000), replace=False),
+                                     rng.choice(copies, min(len(copies), 1000), replace=False)]))
+
+
+def child_semantic(path: Path, whole: bool) -> dict:
+    import lance
+
+    from lakecurate.columns import LanceVectors, embedding_matrix
+    from lakecurate.neardup import components, semantic_pairs
+
+    ds = lance.dataset(str(path))
+    n = ds.count_rows()
+    t0 = time.perf_counter()
+    if whole:  # before issue 20: the whole column in one matrix
+        x, _ = embedding_matrix(ds.to_table(columns=["image"]).column("image"), dtype=None)
+        i, j, _cos = semantic_pairs(x, THRESHOLD)
+        del x
+    else:
+        i, j, _cos = semantic_pairs(LanceVectors(ds, "image"), THRESHOLD)
+    label = components(n, i, j)
+    seconds = time.perf_counter() - t0
+    peak = vm_hwm_mb()
+    # Recall: every pair with a sampled row, by an exact streamed scan.
+    rows = sample_rows(n, np.load(path.parent / f"{path.name}.copies.npy"))
+    q = np.asarray(LanceVectors(ds, "image").take(rows), np.float32)
+    ta, tb = [], []
+    for start, part in LanceVectors(ds, "image").batches(CHUNK):
+        a, b = np.nonzero(q @ np.asarray(part, np.float32).T >= THRESHOLD)
+        ta.append(rows[a])
+        tb.append(b + start)
+    ta, tb = np.concatenate(ta), np.concatenate(tb)
+    keep = ta != tb
+    lo, hi = np.minimum(ta, tb)[keep], np.maximum(ta, tb)[keep]
+    truth = np.unique(lo * n + hi)
+    found = np.isin(truth, i.astype(np.int64) * n + j)
+    return {"seconds": seconds, "peak_mb": peak, "pairs": int(len(i)), "groups": int(len(np.unique(label))),
+            "recall": float(found.mean()) if len(truth) else float("nan"), "true_pairs": int(len(truth)),
+            "missed": int((~found).sum())}
+
+
+def child_cluster(path: Path, k: int) -> dict:
+    import lance
+
+    from lakecurate.columns import LanceVectors
+    from lakecurate.concepts import assign, fit_centroids
+
+    ds = lance.dataset(str(path))
+    src = LanceVectors(ds, "image")
+    t0 = time.perf_counter()
+    cent = fit_centroids(src, k, seed=SEED)
+    t_fit = time.perf_counter() - t0
+    label, _dist = assign(src, cent)
+    seconds = time.perf_counter() - t0
+    sizes = np.bincount(label, minlength=k)
+    return {"seconds": seconds, "fit_seconds": t_fit, "peak_mb": vm_hwm_mb(), "k": k,
+            "largest": int(sizes.max()), "empty": int((sizes == 0).sum())}
+
+
+def child_hash(n: int) -> dict:
+    from lakecurate.neardup import hamming_pairs
+
+    rng = np.random.default_rng(SEED + 3)
+    h = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, n).astype(np.uint64)
+    copies = rng.choice(n, n // 20, replace=False)
+    sources = rng.choice(n, n // 20)
+    flips = rng.integers(0, 9, len(copies))
+    noise = np.zeros(len(copies), np.uint64)
+    for b in range(8):  # up to 8 distinct random bits flipped per copy
+        bit = np.uint64(1) << rng.integers(0, 64, len(copies)).astype(np.uint64)
+        noise ^= np.where(b < flips, bit, np.uint64(0))
+    h[copies] = h[sources] ^ noise
+    t0 = time.perf_counter()
+    i, j, _d = hamming_pairs(h, 8)
+    seconds = time.perf_counter() - t0
+    peak = vm_hwm_mb()
+    rows = np.unique(np.concatenate([rng.choice(n, 1000, replace=False), rng.choice(copies, 1000, replace=False)]))
+    truth = []
+    for r in rows:
+        other = np.flatnonzero(np.bitwise_count(h ^ h[r]) <= 8)
+        other = other[other != r]
+        truth.append(np.minimum(other, r) * n + np.maximum(other, r))
+    truth = np.unique(np.concatenate(truth))
+    found = np.isin(truth, i.astype(np.int64) * n + j)
+    return {"seconds": seconds, "peak_mb": peak, "pairs": int(len(i)), "recall": float(found.mean()),
+            "true_pairs": int(len(truth)), "missed": int((~found).sum())}
+
+
+def run_child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"child {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/lakecurate-scale"), help="where the datasets are made (reused)")
+    ap.add_argument("--k", type=int, default=1024, help="clusters for the clustering measurement (same at every size)")
+    ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"], choices=["semantic", "cluster", "hash"])
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, arg = args.child[0], args.child[1]
+        res = {"semantic": lambda: child_semantic(Path(arg), False), "semantic-whole": lambda: child_semantic(Path(arg), True),
+               "cluster": lambda: child_cluster(Path(arg), int(args.child[2])), "hash": lambda: child_hash(int(arg))}[kind]()
+        print(json.dumps(res))
+        return
+
+    print(f"bench_scale: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+          f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic", "semantic-whole", "cluster", "hash")}
+    for n in args.sizes:
+        print(f"\nN = {n:,}", flush=True)
+        path = args.dir / f"vectors-{n}.lance"
+        if {"semantic", "cluster"} & set(args.only):
+            make_dataset(path, n)
+        if "semantic" in args.only:
+            if n == args.sizes[0]:
+                r = results["semantic-whole"][n] = run_child(["semantic-whole", str(path)])
+                print(f"  semantic, whole column (before)  {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
+                      f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
+            r = results["semantic"][n] = run_child(["semantic", str(path)])
+            print(f"  semantic, streamed               {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
+                  f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
+        if "cluster" in args.only:
+            r = results["cluster"][n] = run_child(["cluster", str(path), str(args.k)])
+            print(f"  cluster k={r['k']}, streamed         {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
+                  f"(fit {r['fit_seconds']:.1f} s; largest concept {r['largest']:,}, empty {r['empty']})", flush=True)
+        if "hash" in args.only:
+            r = results["hash"][n] = run_child(["hash", str(n)])
+            print(f"  hash search                      {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
+                  f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
+
+    base = args.sizes[0]
+    print(f"\nratios against N = {base:,} (same run):")
+    for kind in ("semantic", "cluster", "hash"):
+        for n in args.sizes[1:]:
+            if n in results[kind] and base in results[kind]:
+                a, b = results[kind][base], results[kind][n]
+                print(f"  {kind:9s} N = {n:>11,}: peak memory {b['peak_mb'] / a['peak_mb']:.2f}x   "
+                      f"time per row {(b['seconds'] / n) / (a['seconds'] / base):.2f}x")
+    if base in results["semantic-whole"] and base in results["semantic"]:
+        a, b = results["semantic-whole"][base], results["semantic"][base]
+        print(f"  streamed / whole column at N = {base:,}: peak memory {b['peak_mb'] / a['peak_mb']:.2f}x   "
+              f"time {b['seconds'] / a['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
