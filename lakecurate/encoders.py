@@ -238,7 +238,8 @@ class Encoder:
         if spec.family == "offline":
             from lakecurate import offline
 
-            self.model = offline.load_model(spec)
+            # its towers run in ONNX Runtime on the CPU in fp32 (offline.BACKEND), else in PyTorch
+            self.model = offline.load_model(spec, device=self.device, precision=precision)
         else:
             self.model, self.open_clip_preprocess = _load_open_clip(spec)
         self.model = self.model.to(self.device).eval()

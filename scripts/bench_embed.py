@@ -14,10 +14,13 @@ the same).
 
     python scripts/bench_embed.py [--n 512] [--model ViT-B-32 --pretrained random] [--precision fp32]
 
-``--offline-formats``: instead, the offline encoder's end-to-end embed on the same N photos twice in
-one run, its image tower in the default contiguous memory format (the baseline, as before issue 20)
-and in channels_last (``lakecurate.offline.CHANNELS_LAST``, the default now): rows/s of each, the
-ratio, and the lowest cosine between the two runs' image and text embeddings (the same values).
+``--offline-formats``: instead, the offline encoder's end-to-end embed on the same N photos in one
+run, twice each, alternating how its towers run: PyTorch with the image tower in the default
+contiguous memory format (the baseline, as before issue 20), PyTorch in channels_last
+(``lakecurate.offline.CHANNELS_LAST``) and ONNX Runtime (``lakecurate.offline.BACKEND = "onnx"``,
+the default now). Prints rows/s of each, the ratios to the baseline, and the lowest cosine between
+each one's image and text embeddings and the baseline's. The ONNX export (once per machine, cached)
+is done before the timed runs and its time printed apart.
 
     python scripts/bench_embed.py --offline-formats --n 800
 """
@@ -55,7 +58,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--offline-formats", action="store_true",
-                    help="The offline encoder with and without channels_last, end to end, in one run.")
+                    help="The offline encoder in PyTorch (contiguous, channels_last) and ONNX Runtime, end to end, in one run.")
     args = ap.parse_args()
     if args.offline_formats:
         return offline_formats(args)
@@ -118,10 +121,15 @@ def main() -> None:
         print(f"full table rewrite                {rewrite / 1e6:7.2f} MB   {rewrite / written:6.0f}x the bytes, {rewrite_s:.1f}s")
 
 
+# (name, offline.BACKEND, offline.CHANNELS_LAST); run in this order, then again
+OFFLINE_RUNS = (("contiguous", "torch", False), ("channelslast", "torch", True), ("onnx", "onnx", True))
+
+
 def offline_formats(args: argparse.Namespace) -> None:
     from lakecurate import offline
 
     data = Path(args.data)
+    backend, channels_last = offline.BACKEND, offline.CHANNELS_LAST
     with tempfile.TemporaryDirectory() as tmp:
         lake = Lake.create(Path(tmp) / "lake")
         photos = sorted((data / "images").glob("*.jpg"))[: args.n]
@@ -133,25 +141,39 @@ def offline_formats(args: argparse.Namespace) -> None:
         lake.ingest(src, progress=False)
         print(f"{len(photos)} photos, offline encoder, batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
               f"{args.workers} decode workers")
+        why = offline.onnx_unavailable()
+        if why:
+            sys.exit(f"cannot measure the ONNX Runtime path: {why}")
+        cached = all(p.exists() for p in offline.onnx_cache_paths().values())
+        t0 = time.perf_counter()
+        offline.export_onnx()
+        print(f"ONNX towers {'already in the cache' if cached else f'exported in {time.perf_counter() - t0:.1f} s'} "
+              f"({offline.onnx_cache_dir()}; not in the timings below)")
         rates = {}
-        for name, channels_last in (("contiguous", False), ("channelslast", True), ("contiguous2", False),
-                                    ("channelslast2", True)):
-            offline.CHANNELS_LAST = channels_last
-            t0 = time.perf_counter()
-            rep = lake.embed("offline", name=name, batch_size=args.batch_size, workers=args.workers, progress=False)
-            seconds = time.perf_counter() - t0
-            assert rep.rows_embedded == len(photos)
-            rates[name] = len(photos) / seconds
-            print(f"{name:14s} {rates[name]:6.1f} rows/s end to end ({rep.model_load_seconds:.1f} s model load included)")
-        offline.CHANNELS_LAST = True
-        base = max(rates["contiguous"], rates["contiguous2"])
-        fast = max(rates["channelslast"], rates["channelslast2"])
-        print(f"channels_last / contiguous (the better of two runs each): {fast / base:.2f}x")
-        for kind in ("image", "text"):
-            a = np.stack(lake.to_pandas([f"contiguous_{kind}"])[f"contiguous_{kind}"]).astype(np.float32)
-            b = np.stack(lake.to_pandas([f"channelslast_{kind}"])[f"channelslast_{kind}"]).astype(np.float32)
-            cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-            print(f"{kind} embeddings: lowest cosine between the two formats {cos.min():.6f}")
+        try:
+            for run in (1, 2):
+                for base, offline.BACKEND, offline.CHANNELS_LAST in OFFLINE_RUNS:
+                    name = base if run == 1 else f"{base}2"
+                    t0 = time.perf_counter()
+                    rep = lake.embed("offline", name=name, batch_size=args.batch_size, workers=args.workers,
+                                     progress=False)
+                    seconds = time.perf_counter() - t0
+                    assert rep.rows_embedded == len(photos)
+                    rates[name] = len(photos) / seconds
+                    print(f"{name:14s} {rates[name]:6.1f} rows/s end to end ({rep.model_load_seconds:.1f} s model load included)")
+        finally:
+            offline.BACKEND, offline.CHANNELS_LAST = backend, channels_last
+        best = {base: max(rates[base], rates[f"{base}2"]) for base, _, _ in OFFLINE_RUNS}
+        for base, _, _ in OFFLINE_RUNS[1:]:
+            print(f"{base} / contiguous (the better of two runs each): {best[base] / best['contiguous']:.2f}x")
+        ref = {kind: np.stack(lake.to_pandas([f"contiguous_{kind}"])[f"contiguous_{kind}"]).astype(np.float32)
+               for kind in ("image", "text")}
+        for base, _, _ in OFFLINE_RUNS[1:]:
+            for kind in ("image", "text"):
+                b = np.stack(lake.to_pandas([f"{base}_{kind}"])[f"{base}_{kind}"]).astype(np.float32)
+                a = ref[kind]
+                cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+                print(f"{kind} embeddings: lowest cosine between {base} and contiguous {cos.min():.6f}")
 
 
 if __name__ == "__main__":

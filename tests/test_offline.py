@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -125,11 +127,80 @@ def test_channels_last_gives_the_same_image_embeddings(monkeypatch):
     import torch
 
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32))
-    fast = offline.load_model()
+    fast = offline.load_model(backend="torch")
     assert fast.channels_last and fast.image_net._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     monkeypatch.setattr(offline, "CHANNELS_LAST", False)
-    plain = offline.load_model()
+    plain = offline.load_model(backend="torch")
     assert not plain.channels_last
     with torch.inference_mode():
         a, b = fast.encode_image(x), plain.encode_image(x)
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
+
+
+def test_onnx_towers_give_the_torch_values(tmp_path: Path, monkeypatch):
+    """offline.BACKEND = "onnx" exports the towers into the user cache at first use and gives the
+    PyTorch embeddings to cosine >= 0.999 -- which is why the embed provenance ignores the backend."""
+    import torch
+
+    from lakecurate.embed import embed_stage
+    from tests.conftest import SAMPLE_DATA
+
+    why = offline.onnx_unavailable()
+    if why:
+        if os.environ.get("LAKECURATE_REQUIRE_ONNX"):
+            pytest.fail(f"{why}, but LAKECURATE_REQUIRE_ONNX is set (.ci/run installs lakecurate[offline])")
+        pytest.skip(why)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a fresh cache: the export itself runs here
+    monkeypatch.setattr(offline, "BACKEND", "onnx")
+    fast = Encoder(resolve("offline"), device="cpu")
+    assert fast.model.backend == "onnx" and fast.model.image_net is None and fast.model.text_net is None
+    paths = offline.onnx_cache_paths()
+    assert all(p.parent == tmp_path / "lakecurate" / "onnx" and p.stat().st_size > 1e6 for p in paths.values())
+    monkeypatch.setattr(offline, "BACKEND", "torch")
+    plain = Encoder(resolve("offline"), device="cpu")
+    assert plain.model.backend == "torch"
+
+    names = ["chelsea", "coffee", "rocket", "horse", "astronaut", "brick"]
+    images = [Image.open(SAMPLE_DATA / f"{n}.jpg").convert("RGB") for n in names]
+    captions = ["a cat", "", "two children play in the water near a red boat " * 12,  # > 64 tokens: truncated
+                "a cup of coffee on a saucer", "a horse"]
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(fast.encode_images(images), plain.encode_images(images)).min() >= 0.999
+    assert cos(fast.encode_texts(captions), plain.encode_texts(captions)).min() >= 0.999
+    assert cos(fast.encode_texts(captions[:1]), plain.encode_texts(captions[:1])).min() >= 0.999  # batch of one
+    for batch in (images[:1], images[:3]):  # other batch sizes than the export's example
+        assert cos(fast.encode_images(batch), plain.encode_images(batch)).min() >= 0.999
+
+    # The same columns' provenance either way.
+    configs = []
+    for backend in ("onnx", "torch"):
+        monkeypatch.setattr(offline, "BACKEND", backend)
+        configs.append(embed_stage(resolve("offline")).config)
+    assert configs[0] == configs[1]
+
+    # The next load reads the cache (no export); a damaged cache file is exported afresh.
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    with monkeypatch.context() as m:
+        m.setattr(offline, "_torch_onnx_export", no_export)
+        assert offline.load_model(backend="onnx").backend == "onnx"
+    paths["image"].write_bytes(b"not an onnx file")
+    again = offline.load_model(backend="onnx")
+    assert again.backend == "onnx" and paths["image"].stat().st_size > 1e6
+
+
+def test_without_onnxruntime_the_towers_run_in_torch_and_say_why(monkeypatch, caplog):
+    monkeypatch.setattr(offline, "onnx_unavailable",
+                        lambda device="cpu", precision="fp32": "onnxruntime is not installed (pip install 'lakecurate[offline]')")
+    monkeypatch.setattr(offline, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="lakecurate.offline"):
+        model = offline.load_model(backend="onnx")
+    assert model.backend == "torch" and model.onnx is None and "onnxruntime is not installed" in model.backend_note
+    assert "runs its towers in PyTorch: onnxruntime is not installed" in caplog.text
+
+
+def test_bf16_runs_the_towers_in_torch():
+    """ONNX Runtime runs fp32 on the CPU; bf16 autocast (and a GPU) stay with PyTorch, without a warning."""
+    model = offline.load_model(precision="bf16", backend="onnx")
+    assert model.backend == "torch" and "precision is bf16" in model.backend_note
