@@ -32,7 +32,7 @@ from lakecurate.columns import LanceVectors, column_valid
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns, write_decisions
 from lakecurate.names import default_view, embedding_columns
-from lakecurate.neardup import ArrayVectors
+from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
 from lakecurate.options import target as check_target
 from lakecurate.sqlcheck import check_where
@@ -79,7 +79,7 @@ def fit_centroids(x: "np.ndarray | VectorSource", k: int, seed: int = 0, niter: 
     rng = np.random.default_rng(seed)
     n_train = min(src.n, _MAX_PER_CENTROID * k)
     rows = np.sort(rng.choice(src.n, n_train, replace=False)) if n_train < src.n else np.arange(src.n)
-    sample = _in_value_order(np.asarray(src.take(rows), dtype=np.float32), seed)
+    sample = in_value_order(np.asarray(src.take(rows), dtype=np.float32), seed)
     km = faiss.Kmeans(sample.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
                       max_points_per_centroid=_MAX_PER_CENTROID, min_points_per_centroid=1)
     km.train(sample)
@@ -102,14 +102,6 @@ def assign(x: "np.ndarray | VectorSource", centroids: np.ndarray, batch: int = 6
         # float16 vectors have norms within ~1e-4 of 1: a row alone in its concept would read -1e-4
         dist[start : start + len(z)] = np.maximum(0.0, 1 - np.einsum("ij,ij->i", z, centroids[near]))
     return label, dist
-
-
-def _in_value_order(sample: np.ndarray, seed: int) -> np.ndarray:
-    """The sample sorted by its projection on a seeded random direction: faiss seeds k-means from
-    the order of its points, so this makes the concepts independent of where rows sit in the lake
-    (a lake ingested in another order, or compacted, gets the same concepts)."""
-    direction = np.random.default_rng(seed).standard_normal(sample.shape[1]).astype(np.float32)
-    return np.ascontiguousarray(sample[np.argsort(sample @ direction, kind="stable")])
 
 
 def _as_source(x: "np.ndarray | VectorSource") -> "VectorSource":

@@ -302,10 +302,7 @@ class _Centroids:
 
     def assign(self, x: np.ndarray, m: int, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row of x, cluster, is_copy) for every cell each row joins; own rows have is_copy False."""
-        z = _project(x, self.axes)
-        if self.index is None:
-            return _nearest(self.centroids, z, m, radius)
-        return _nearest(self.centroids, z, m, radius, self.index)
+        return _nearest(self.centroids, _project(x, self.axes), m, radius, self.index)
 
 
 def _kmeans(points: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -329,10 +326,7 @@ def _fit_centroids(src: VectorSource, k: int, seed: int, pca_dims: int | None) -
     axes = _pca(np.asarray(src.take(rows[:: max(1, len(rows) // _PCA_SAMPLE)]), np.float32), pca_dims)
     sample = np.concatenate([_project(src.take(rows[s : s + _ASSIGN_CHUNK]), axes)
                              for s in range(0, len(rows), _ASSIGN_CHUNK)])
-    # faiss seeds k-means from the order of its points: in value order, the clusters do not depend
-    # on where the rows sit (a lake ingested in another order gets the same ones).
-    direction = rng.standard_normal(sample.shape[1]).astype(np.float32)
-    sample = np.ascontiguousarray(sample[np.argsort(sample @ direction, kind="stable")])
+    sample = in_value_order(sample, seed)
     if k <= _FLAT_CENTROIDS:
         return _Centroids(_kmeans(sample, k, seed), axes)
     top = _kmeans(sample, int(round(np.sqrt(k))), seed)
@@ -347,6 +341,14 @@ def _fit_centroids(src: VectorSource, k: int, seed: int, pca_dims: int | None) -
         if len(mine):
             parts.append(_kmeans(mine, max(1, int(round(k * len(mine) / len(sample)))), seed + 1 + t))
     return _Centroids(np.concatenate(parts), axes, top)
+
+
+def in_value_order(sample: np.ndarray, seed: int) -> np.ndarray:
+    """The sample sorted by its projection on a seeded random direction: faiss seeds k-means from
+    the order of its points, so in value order the clusters do not depend on where rows sit in the
+    lake (a lake ingested in another order, or compacted, gets the same ones)."""
+    direction = np.random.default_rng(seed).standard_normal(sample.shape[1]).astype(np.float32)
+    return np.ascontiguousarray(sample[np.argsort(sample @ direction, kind="stable")])
 
 
 def _project(x: np.ndarray, axes: np.ndarray | None) -> np.ndarray:
