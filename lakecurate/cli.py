@@ -831,6 +831,78 @@ def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, op
         webbrowser.open(Path(rep.path).resolve().as_uri())
 
 
+# --------------------------------------------------------------------------- browse and review
+@main.command()
+@lake_argument
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Any other than the loopback needs a token (--token, or one is made and printed).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--read-only", is_flag=True, help="Refuse every write (reviews, labels).")
+@click.option("--version", "at_version", help="Show this version, tag or branch by default (the page can pick others).")
+@click.option("--token", help="Token every request must carry (at least 16 characters); made for you on a non-loopback host.")
+@click.option("--labels", help="Comma-separated labels reviewers choose from (stored in the lake).")
+@json_option
+@_friendly_errors
+def serve(lake: str, host: str, port: int, read_only: bool, at_version: str | None, token: str | None,
+          labels: str | None, as_json: bool) -> None:
+    """Browse, search and review LAKE in a browser: a grid of thumbnails with filters (SQL WHERE,
+    reasons, concepts, duplicate groups, ingest flags), sorting, text and image search, pair,
+    group, concept, cut and diff views, and review marks written to review_* columns.
+
+    Example: lakecurate serve ./lake --labels "watermark,nsfw,wrong caption"
+    """
+    def echo(line: str) -> None:
+        if as_json:
+            url = line.split(" at ", 1)[1].split(" ", 1)[0]
+            echo_json({"url": url, "host": host, "port": port, "read_only": read_only, "lake": lake})
+        else:
+            click.echo(line)
+
+    label_list = [x for x in (labels or "").split(",") if x.strip()] if labels is not None else None
+    open_lake(lake).serve(host=host, port=port, read_only=read_only, token=token, version=at_version,
+                          labels=label_list, echo=echo)
+
+
+@main.command("review")
+@lake_argument
+@click.argument("ids", nargs=-1)
+@click.option("--keep", "verdict", flag_value="keep", help="Mark the rows kept (overrides the machine in a recipe's review step).")
+@click.option("--drop", "reason", help="Mark the rows dropped, for this reason.")
+@click.option("--label", help="Give the rows one of the lake's labels.")
+@click.option("--by", help="Who reviews (stored in review_by).")
+@click.option("--undo", "undo_action", help="Restore what the rows of this action held before it.")
+@click.option("--history", is_flag=True, help="List the latest review actions.")
+@json_option
+@_friendly_errors
+def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str | None, label: str | None,
+               by: str | None, undo_action: str | None, history: bool, as_json: bool) -> None:
+    """Mark pairs of LAKE by id (what the browser's review does), undo a mark, or list marks.
+
+    Example: lakecurate review ./lake p0000012 p0000040 --drop watermark --by ana
+    """
+    from lakecurate.review import history as review_history
+
+    lk = open_lake(lake)
+    if history:
+        out: Any = review_history(lk)
+    elif undo_action:
+        out = lk.undo_review(undo_action, by=by)
+    else:
+        if verdict and reason:
+            raise LakeError("--keep and --drop: choose one")
+        out = lk.review(list(ids), verdict="drop" if reason else verdict, reason=reason, label=label, by=by)
+    if as_json:
+        echo_json(out)
+    elif history:
+        _echo_table(out, ["action", "kind", "rows", "by", "at"]) if out else click.echo("(no reviews yet)")
+    elif undo_action:
+        click.echo(f"restored {out['rows']} rows (undo action {out['action']})"
+                   + (f"; changed since, left alone: {', '.join(out['changed_since'])}" if out["changed_since"] else ""))
+    else:
+        click.echo(f"marked {out['rows']} rows (action {out['action']}; undo: lakecurate review {lake} --undo {out['action']})"
+                   + (f"; not in the lake: {', '.join(out['not_found'])}" if out["not_found"] else ""))
+
+
 # --------------------------------------------------------------------------- features
 @main.group()
 def feature() -> None:

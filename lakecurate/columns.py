@@ -255,7 +255,8 @@ def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table) -> int | Non
     return fill_fragments(lake, {fragment_id: table}, first_fill_only=True)
 
 
-def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_only: bool = False) -> int | None:
+def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_only: bool = False,
+                   based_on: lance.LanceDataset | None = None) -> int | None:
     """Write each fragment's ``table`` (the same declared columns for every fragment, one row per
     physical row) and commit them all in **one** ``DataReplacement``: one new version, atomic.
 
@@ -264,10 +265,15 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
     together). Fragments gone or rewritten meanwhile are left out (the next run recomputes them);
     with ``first_fill_only`` a fragment that another writer filled first is left out too.
     Returns the new version, or None when nothing was committed.
+
+    ``based_on``: the tables were computed from the values at this version (a read-modify-write, as
+    a review changing a few rows of a fragment); the commit is made once, at that version, so a
+    concurrent rewrite of the same fragments raises the conflict to the caller, who reads again and
+    recomputes (re-committing the same files would lose the other writer's values).
     """
     if not tables:
         return None
-    ds = lake.dataset()
+    ds = based_on if based_on is not None else lake.dataset()
     names = next(iter(tables.values())).column_names
     schema = pa.schema([ds.schema.field(n) for n in names])
     files: dict[int, Any] = {}
@@ -295,7 +301,7 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
         before[fid] = has_data(ds, frag, names[0])
 
     def commit() -> int | None:
-        current = lake.dataset()
+        current = based_on if based_on is not None else lake.dataset()
         groups = []
         for fid, data_file in files.items():
             frag_now = current.get_fragment(fid)
@@ -316,7 +322,7 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
                 return None
             raise
 
-    return retry_on_conflict(commit)
+    return commit() if based_on is not None else retry_on_conflict(commit)
 
 
 def write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array]) -> tuple[int, int | None]:

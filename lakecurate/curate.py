@@ -476,10 +476,24 @@ class Sql(Filter):
         return ~np.isin(df["__rowaddr"].to_numpy(), passed)
 
 
+class Review(Filter):
+    name = "review"
+    doc = ("a person's verdict (lakecurate serve): review_verdict 'drop' drops the row, 'keep' keeps it, "
+           "whatever any other step decided (the human overrides the machine); unreviewed rows are left "
+           "to the other steps; a lake nobody reviewed yet changes nothing")
+    override = True  # applied after every step, wherever it stands in the recipe
+
+    def drop(self, df, p):
+        return (df["review_verdict"] == "drop").to_numpy() if "review_verdict" in df else np.zeros(len(df), bool)
+
+    def keeps(self, df, p):
+        return (df["review_verdict"] == "keep").to_numpy() if "review_verdict" in df else np.zeros(len(df), bool)
+
+
 FILTERS: dict[str, Filter] = {f.name: f() for f in (
     IngestError, Duplicate, CaptionMissing, CaptionLength, CaptionFilename, CaptionUrl, CaptionBoilerplate,
     CaptionRepeat, CaptionNonprintable, CaptionTemplate, Language, ImageSize, Aspect, Blur, LowInformation, Grayscale,
-    Faces, Pii, Alignment, ZeroShot, Column, Sql)}
+    Faces, Pii, Alignment, ZeroShot, Column, Sql, Review)}
 # Signal columns a generic step may name, and the producers that make them.
 _NEEDS_BY_COLUMN = {c: f.needs for f in FILTERS.values() for c in f.columns if f.needs}
 
@@ -830,6 +844,8 @@ def _reads(rec: Recipe, names: list[str]) -> set[str]:
     out: set[str] = set()
     for s in rec.steps:
         out |= set(FILTERS[s.filter].reads(s.params))
+        if s.filter == "review" and "review_verdict" in names:  # read once someone has reviewed
+            out.add("review_verdict")
         if s.filter == "sql":
             out |= set(where_columns(s.params["where"], names))
     return out
@@ -912,16 +928,31 @@ def _decide(df: pd.DataFrame, rec: Recipe, emb_prov: dict | None) -> Decisions:
     reason = np.full(n, None, dtype=object)
     alive = np.ones(n, bool)
     fails, cuts, dropped = [], [], {}
+    overrides = []
     for step in rec.steps:
         params = _effective(step, emb_prov)
         f = FILTERS[step.filter]
         fail = np.asarray(f.drop(df, params), dtype=bool)
+        fails.append(fail)
+        cuts.append(f.cut(df, params))
+        if getattr(f, "override", False):
+            overrides.append((step, fail, np.asarray(f.keeps(df, params), dtype=bool)))
+            continue
         hit = fail & alive
         reason[hit] = step.reason
         alive &= ~hit
         dropped[step.reason] = dropped.get(step.reason, 0) + int(hit.sum())
-        fails.append(fail)
-        cuts.append(f.cut(df, params))
+    for step, fail, keep in overrides:  # a person's verdict, over every machine step
+        dropped[step.reason] = dropped.get(step.reason, 0)
+        for r in np.unique(reason[keep & ~alive]).tolist():
+            dropped[r] -= int((keep & ~alive & (reason == r)).sum())
+        for r in np.unique(reason[fail & ~alive]).tolist():
+            dropped[r] -= int((fail & ~alive & (reason == r)).sum())
+        alive[keep] = True
+        reason[keep] = None
+        alive[fail] = False
+        reason[fail] = step.reason
+        dropped[step.reason] += int(fail.sum())
     return Decisions(alive, reason, fails, cuts, dropped)
 
 
@@ -1072,7 +1103,7 @@ def _judge(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, emb_prov: dic
     read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
     if check is not None:
         check(read)
-    _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id"}), _zero_shots(rec))
+    _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"}), _zero_shots(rec))
     return df, _decide(df, rec, emb_prov)
 
 
@@ -1148,8 +1179,10 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
             report.computed += [c for c in _compute_inputs(lake, rec, needs, emb, progress, produce) if c not in report.computed]
         ds = lake.dataset()  # this round's decisions are all made on this one version
         read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
-        inputs = read - set(PAIRS_SCHEMA.names) - {"id"}
+        inputs = read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"}  # unreviewed is not unfilled
         sources = read | ({embedding_columns(emb)["image"]} if emb and _zero_shots(rec) else set())
+        # a review step depends on the verdicts even before the first one exists: one makes it stale
+        sources |= {"review_verdict"} if any(st.filter == "review" for st in rec.steps) else set()
         tbl, df = _frame(ds, read | {c for c in ("keep", "drop_reason") if c in ds.schema.names}, emb,
                          _unfilled(ds, inputs), _zero_shots(rec))
         dec = _decide(df, rec, emb_prov)

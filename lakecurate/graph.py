@@ -43,12 +43,14 @@ if TYPE_CHECKING:
 PER_ROW = ("embed", "signals-caption", "signals-image", "signals-copy", "signals-redact", "signals-faces", "signals-text",
            "recaption", "embed-caption", "feature")
 GLOBAL = ("dedup", "curate", "concepts", "rebalance", "sequence")
+# Columns people write (a reviewer's verdicts): no inputs, a null is "not reviewed", never missing work.
+MANUAL = ("review",)
 # The version a global stage read, stored beside (not inside) the provenance: the provenance and
 # its config hash stay as they were, and a recompute drops the marker with the column.
 COMPUTED_KEY = "lakecurate.computed"
 # Pipeline order of the stages, for display and for "run this and everything after it".
 ORDER = ("embed", "feature", "signals-caption", "signals-image", "signals-copy", "signals-redact", "signals-faces",
-         "signals-text", "recaption", "embed-caption", "dedup", "curate", "concepts", "rebalance", "sequence")
+         "signals-text", "recaption", "embed-caption", "dedup", "review", "curate", "concepts", "rebalance", "sequence")
 
 Write = tuple[int, int]  # (version that committed the data, version its writer had read)
 
@@ -297,7 +299,9 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
     by_node: dict[int, NodeState] = {}
     for node in all_nodes:
         st = NodeState(node, "current")
-        if node.per_row:
+        if node.stage in MANUAL:
+            pass
+        elif node.per_row:
             _per_row(ds, node, writes, frags, st)
         else:
             _global(ds, node, writes, st)

@@ -95,6 +95,64 @@ class ImageTransform:
         return arr
 
 
+def thumbnail_jpeg(data: bytes | None, px: int = 112, quality: int = 72, oversample: int = 2) -> bytes | None:
+    """JPEG bytes of the image at most ``px`` on its long side (upright, RGB), or None where the
+    bytes do not decode: a thumbnail is best effort, a broken image shows as a placeholder. A JPEG is
+    decoded at a reduced scale no smaller than ``oversample`` x ``px`` (1: fastest, for a browser grid).
+
+    >>> from PIL import Image; buf = io.BytesIO(); Image.new("RGB", (640, 320), "red").save(buf, "PNG")
+    >>> Image.open(io.BytesIO(thumbnail_jpeg(buf.getvalue(), 64))).size, thumbnail_jpeg(b"not an image")
+    ((64, 32), None)
+    """
+    if not data:
+        return None
+    from PIL import Image, ImageOps
+
+    if data[:3] == b"\xff\xd8\xff":
+        jpeg = _thumbnail_cv2(data, px * oversample, px, quality)
+        if jpeg is not None:
+            return jpeg
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (px * oversample, px * oversample))  # JPEG: decode at a reduced scale
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I", "F"):
+                im = ImageOps.autocontrast(im.convert("F").convert("L"))
+            im = im.convert("RGB")
+            im.thumbnail((px, px))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=quality)
+    except Exception:
+        return None
+    return buf.getvalue()
+
+
+def _thumbnail_cv2(data: bytes, least: int, px: int, quality: int) -> bytes | None:
+    """A JPEG's thumbnail through OpenCV (libjpeg's DCT scaling to 1/2, 1/4, 1/8 while decoding,
+    EXIF orientation applied, the GIL released throughout): ~3x Pillow on small photos. None when
+    OpenCV cannot read it (Pillow then tries)."""
+    import cv2
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # the header only: the size picks the scale
+            side = max(im.size)
+        scale = next((f for f in (8, 4, 2) if side / f >= least), 1)
+        flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2,
+                1: cv2.IMREAD_COLOR}[scale]
+        a = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        if a is None:
+            return None
+        h, w = a.shape[:2]
+        r = px / max(h, w)
+        if r < 1:
+            a = cv2.resize(a, (max(1, round(w * r)), max(1, round(h * r))), interpolation=cv2.INTER_AREA)
+        ok, out = cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return out.tobytes() if ok else None
+    except Exception:
+        return None
+
+
 def decode_small(data: bytes | None, side: int, mode: str = "RGB") -> tuple[Any, float] | None:
     """(the upright image at most ``side`` pixels on its long side, full-size pixels per pixel of
     it), or None when undecodable. JPEGs decode at a reduced scale (``draft``): a fraction of the

@@ -171,6 +171,27 @@ class Lake(Store):
 
         return search(self, query, k, **options)
 
+    def review(self, ids: Sequence[str], **options: Any) -> dict[str, Any]:
+        """Mark pairs keep/drop (with a reason) or with a label; see :func:`lakecurate.review.mark`.
+
+        Example: ``lake.review(["p0000012"], verdict="drop", reason="watermark", by="ana")``
+        """
+        from lakecurate.review import mark
+
+        return mark(self, ids, **options)
+
+    def undo_review(self, action: str, **options: Any) -> dict[str, Any]:
+        """Restore what a review action's rows held before it; see :func:`lakecurate.review.undo`."""
+        from lakecurate.review import undo
+
+        return undo(self, action, **options)
+
+    def serve(self, **options: Any) -> None:
+        """Browse, search and review this lake in a browser; see :func:`lakecurate.serve.serve`."""
+        from lakecurate.serve import serve
+
+        serve(self, **options)
+
     def run(self, pipeline: Any, **options: Any) -> Any:
         """Run a pipeline file (or shipped name, or dict): only the steps that are missing or stale, in
         order; see :func:`lakecurate.pipeline.run`.
@@ -212,10 +233,12 @@ class Lake(Store):
         from lance.optimize import Compaction
 
         from lakecurate.columns import field_provenance, has_data
+        from lakecurate.graph import MANUAL
 
         def run() -> int:
             ds = self.dataset()
-            derived = [f.name for f in ds.schema if field_provenance(f)]
+            # (a reviewer's columns are null until someone reviews: merging stores what they mean)
+            derived = [f.name for f in ds.schema if (field_provenance(f) or {}).get("stage") not in (None, *MANUAL)]
             excluded = [f.fragment_id for f in ds.get_fragments() if not all(has_data(ds, f, c) for c in derived)]
             plan = Compaction.plan(ds, {"target_rows_per_fragment": target_rows, "excluded_fragment_ids": excluded})
             if plan.num_tasks():

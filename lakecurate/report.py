@@ -93,23 +93,10 @@ def thumbnail(data: bytes | None, px: int = 112) -> str | None:
     >>> thumbnail(buf.getvalue(), 64)[:23], thumbnail(b"not an image")
     ('data:image/jpeg;base64,', None)
     """
-    if not data:
-        return None
-    from PIL import Image, ImageOps
+    from lakecurate.images import thumbnail_jpeg
 
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (px * 2, px * 2))  # JPEG: decode at a reduced scale
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I", "F"):
-                im = ImageOps.autocontrast(im.convert("F").convert("L"))
-            im = im.convert("RGB")
-            im.thumbnail((px, px))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=72)
-    except Exception:  # a thumbnail is best effort: a broken image shows as a placeholder
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    jpeg = thumbnail_jpeg(data, px)
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
 def _pyplot() -> Any:

@@ -35,9 +35,13 @@ def encoder_for(prov: dict[str, Any], device: str = "auto") -> Encoder:
 
 
 def query_vector(enc: Encoder, query: Any) -> Any:
-    """Text, an image file path, image bytes or a PIL image -> one normalised vector."""
+    """Text, an image file path, image bytes or a PIL image -> one normalised vector (a vector
+    already encoded, a numpy array, is returned as it is)."""
+    import numpy as np
     from PIL import Image
 
+    if isinstance(query, np.ndarray):
+        return query
     if isinstance(query, Image.Image):
         return enc.encode_images([query])[0].numpy()
     if isinstance(query, (bytes, bytearray)):
@@ -62,14 +66,19 @@ def search(
     target: str = "image",
     where: str | None = None,
     columns: list[str] | None = None,
+    version: int | str | None = None,
+    row_address: bool = False,
 ) -> pd.DataFrame:
     """The ``k`` pairs nearest to ``query`` (text or image) by their ``target`` ("image"/"text") vectors.
 
-    Returns id, key, caption (or ``columns``) and ``similarity`` (cosine), best first.
+    Returns id, key, caption (or ``columns``) and ``similarity`` (cosine), best first; at
+    ``version`` (a number, tag or branch); with ``row_address``, the rows' ``_rowaddr`` too. The
+    encoder is loaded once per process (:func:`encoder_for`), so a long-lived caller (the browser
+    app) pays for it once.
     """
     if k < 1:  # Lance would raise on k = 0 only after the encoder is loaded
         raise LakeError(f"k = {k}: ask for at least 1 nearest pair")
-    ds = lake.dataset()
+    ds = lake.dataset(version)
     where = check_where(where, "--where", ds)
     prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option="prefix=...")
     col = embedding_columns(prefix)[target]
@@ -77,7 +86,8 @@ def search(
     nearest = {"column": col, "q": vec, "k": k, "metric": "cosine"}
     if ds.has_index:
         nearest.update(nprobes=20, refine_factor=10)
-    tbl = ds.to_table(nearest=nearest, columns=columns or ["id", "key", "caption"], filter=where, prefilter=True)
+    tbl = ds.to_table(nearest=nearest, columns=columns or ["id", "key", "caption"], filter=where, prefilter=True,
+                      with_row_address=row_address)
     df = tbl.to_pandas()
     df["similarity"] = 1.0 - df.pop("_distance")
     return df

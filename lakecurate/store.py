@@ -278,7 +278,8 @@ class Store:
         return [b for _, b in got]
 
     # ----------------------------------------------------------------- queries
-    def sql(self, query: str, version: int | str | None = None, *, with_row_id: bool = False) -> pd.DataFrame:
+    def sql(self, query: str, version: int | str | None = None, *, with_row_id: bool = False,
+            limit: int | None = None) -> pd.DataFrame:
         """Run SQL (DataFusion, through Lance) against the ``pairs`` table and return pandas.
 
         Example: ``lake.sql("SELECT format, COUNT(*) AS n FROM pairs GROUP BY format")``.
@@ -286,14 +287,25 @@ class Store:
         ``with_row_id`` makes the ``_rowid`` column selectable (what ``dataset().read_blobs`` takes).
         Only one read-only SELECT/WITH over ``pairs`` runs: DataFusion would also run ``COPY ... TO``
         (writing any file) or ``CREATE EXTERNAL TABLE`` (reading any), so anything else is refused
-        (:func:`lakecurate.sqlcheck.check_query`).
+        (:func:`lakecurate.sqlcheck.check_query`). ``limit``: stop reading after that many rows
+        (the browser app's bound on what a query may return).
         """
         from lakecurate.sqlcheck import check_query, clean_message
 
         check_query(query)
         ds = self.dataset(version)
         try:
-            table = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader().read_all()
+            reader = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader()
+            if limit is None:
+                table = reader.read_all()
+            else:
+                batches, rows = [], 0
+                for batch in reader:
+                    batches.append(batch)
+                    rows += batch.num_rows
+                    if rows >= limit:
+                        break
+                table = pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
         except Exception as exc:  # DataFusion reports planning errors as plain exceptions
             raise LakeError(f"SQL failed on lake '{self.uri}': {clean_message(exc)}") from None
         return table.to_pandas()  # no rows: an empty frame that still has the query's columns

@@ -22,9 +22,9 @@ FLOORS = {
                "images", "engines", "runner", "graph"},
     "algo": {"neardup", "verify"},
     "models": {"encoders", "offline", "captioners"},
-    "stages": {"ingest", "embed", "signals", "faces", "imagetext", "recaption", "dedup", "curate", "concepts", "features", "export", "plant"},
+    "stages": {"ingest", "embed", "signals", "faces", "imagetext", "recaption", "dedup", "curate", "concepts", "features", "export", "plant", "review"},
     "views": {"search", "compare", "evaluate", "report", "loader"},
-    "top": {"lake", "pipeline", "cli", "__init__"},
+    "top": {"lake", "pipeline", "serve", "cli", "__init__"},
 }
 ORDER = list(FLOORS)
 

@@ -1,0 +1,241 @@
+"""Human review: verdicts are columns of the lake, written like every other column.
+
+A reviewer marks rows **keep**, **drop** (with a reason) or with a **label** from the lake's list;
+each mark writes ``review_verdict``, ``review_reason``, ``review_label``, ``review_by`` and
+``review_at`` of those rows, one ``DataReplacement`` commit for the fragments they live in
+(:func:`lakecurate.columns.fill_fragments`). The write is a read-modify-write: the fragment's
+current review values are read at one version, the marks applied, and the commit made at that
+version, so two reviewers who change rows of the same fragment at once conflict, and the loser
+reads again and re-applies its marks on top of the winner's: nobody's verdict is lost.
+
+Every mark is also a row of the side table ``review_log`` (what each row held before and after,
+who, when), which makes **undo** a restore of the previous values, and an audit trail. A recipe
+step ``review`` reads the verdicts: a reviewer's keep or drop overrides the machine's decision.
+
+Example::
+
+    mark(lake, ["a1", "b7"], verdict="drop", reason="watermark", by="ana")
+    undo(lake, action)                      # the rows hold what they held before
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from lakecurate import columns
+from lakecurate.errors import LakeError
+from lakecurate.store import retry_on_conflict
+
+if TYPE_CHECKING:
+    import lance
+
+    from lakecurate.store import Store
+
+STAGE = "review"
+VERDICTS = ("keep", "drop")
+FIELDS = (
+    pa.field("review_verdict", pa.string()),
+    pa.field("review_reason", pa.string()),
+    pa.field("review_label", pa.string()),
+    pa.field("review_by", pa.string()),
+    pa.field("review_at", pa.timestamp("us", tz="UTC")),
+)
+NAMES = tuple(f.name for f in FIELDS)
+LOG = "review_log"
+LABELS = "review_labels"
+MAX_ROWS = 10_000  # rows one mark may touch (a selection in the browser, a list on the command line)
+MAX_TEXT = 500  # characters of a reason, label or reviewer name
+
+
+def _text(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise LakeError(f"review {what} must be text, not {type(value).__name__}")
+    value = value.strip()
+    if len(value) > MAX_TEXT:
+        raise LakeError(f"review {what} is {len(value)} characters; at most {MAX_TEXT}")
+    return value or None
+
+
+def labels(lake: "Store") -> list[str]:
+    """The lake's review labels (set with :func:`set_labels`; none by default)."""
+    ds = lake.side_dataset(LABELS)
+    return [] if ds is None else ds.to_table(columns=["label"]).column("label").to_pylist()
+
+
+def set_labels(lake: "Store", names: Sequence[str]) -> list[str]:
+    """Set the labels reviewers choose from (a new version of the side table ``review_labels``)."""
+    clean = []
+    for n in names:
+        t = _text(n, "label")
+        if t and t not in clean:
+            clean.append(t)
+    lake.write_side(LABELS, pa.table({"label": pa.array(clean, pa.string())}), mode="overwrite")
+    return clean
+
+
+def declare(lake: "Store") -> None:
+    """The review columns (metadata only; a no-op when they exist)."""
+    prov = columns.provenance(STAGE, {"columns": list(NAMES)}, [], lake.dataset().version)
+    columns.declare(lake, FIELDS, prov)
+
+
+def _check(ids: Sequence[str], verdict: str | None, reason: str | None, label: str | None, by: str | None,
+           allowed: list[str]) -> tuple[list[str], str | None, str | None, str | None, str]:
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        raise LakeError("review: no rows given; select at least one")
+    if len(ids) > MAX_ROWS:
+        raise LakeError(f"review: {len(ids)} rows in one mark; at most {MAX_ROWS}")
+    if any(not isinstance(i, str) or not i for i in ids):
+        raise LakeError("review: row ids are the lake's pair ids (non-empty text)")
+    if verdict is not None and verdict not in VERDICTS:
+        raise LakeError(f"review verdict {verdict!r}: use one of {', '.join(VERDICTS)}")
+    reason, label, by = _text(reason, "reason"), _text(label, "label"), _text(by, "reviewer")
+    if verdict is None and label is None:
+        raise LakeError("review: give a verdict (keep or drop) or a label")
+    if verdict == "drop" and not reason:
+        raise LakeError("review: a drop needs a reason (what is wrong with the pair)")
+    if verdict == "keep" and reason:
+        raise LakeError("review: a reason goes with a drop, not with a keep")
+    if label is not None and label not in allowed:
+        raise LakeError(f"review label {label!r} is not one of this lake's labels ({', '.join(allowed) or 'none set'}); "
+                        f"set them with: lakecurate serve LAKE --labels a,b,c")
+    return ids, verdict, reason, label, by or "anonymous"
+
+
+def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str, dict[str, Any]] | None = None
+           ) -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
+    """Set the review values of rows (``id -> {column: value}``) in one commit, read-modify-write;
+    with ``expect`` only rows still holding those values (an undo). Returns (version, the values
+    the rows held before, ids skipped because they are not in the lake or changed since)."""
+    declare(lake)
+
+    def attempt() -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
+        ds = lake.dataset()
+        quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in new_by_id)
+        found = ds.to_table(columns=["id"], filter=f"id IN ({quoted})", with_row_address=True)
+        addr = dict(zip(found.column("id").to_pylist(), found.column("_rowaddr").to_pylist()))
+        by_frag: dict[int, list[str]] = {}
+        for i in new_by_id:
+            if i in addr:
+                by_frag.setdefault(addr[i] >> 32, []).append(i)
+        before: dict[str, dict[str, Any]] = {}
+        skipped = [i for i in new_by_id if i not in addr]
+        tables = {}
+        for fid, ids in by_frag.items():
+            frag = ds.get_fragment(fid)
+            cur = frag.to_table(columns=list(NAMES), with_row_address=True)
+            offsets = (cur.column("_rowaddr").to_numpy() & 0xFFFFFFFF).astype(np.int64)
+            phys = columns.physical(frag.physical_rows, offsets, cur.select(list(NAMES)))
+            values = {n: phys.column(n).to_pylist() for n in NAMES}
+            changed = False
+            for i in ids:
+                off = addr[i] & 0xFFFFFFFF
+                old = {n: values[n][off] for n in NAMES}
+                if expect is not None and any(old[n] != expect[i][n] for n in NAMES):
+                    skipped.append(i)  # someone changed it after the mark being undone: theirs stays
+                    continue
+                before[i] = old
+                for n, v in new_by_id[i].items():
+                    values[n][off] = v
+                changed = True
+            if changed:
+                tables[fid] = pa.table({f.name: pa.array(values[f.name], f.type) for f in FIELDS})
+        version = columns.fill_fragments(lake, tables, based_on=ds) if tables else None
+        return version, before, skipped
+
+    return retry_on_conflict(attempt, attempts=20)
+
+
+def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reason: str | None = None,
+         label: str | None = None, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
+    """Mark rows (pair ids): ``verdict`` "keep" or "drop" (a drop needs a ``reason``) and/or a
+    ``label`` from :func:`labels`. A mark with a label only keeps the rows' verdicts. Returns the
+    action (its id for :func:`undo`, rows written, ids not found, the new version)."""
+    if read_only:
+        raise LakeError("this lake is open read-only: reviews are not written")
+    ids, verdict, reason, label, by = _check(ids, verdict, reason, label, by, labels(lake))
+    at = datetime.now(timezone.utc)
+    new: dict[str, Any] = {"review_by": by, "review_at": at}
+    if verdict is not None:
+        new.update(review_verdict=verdict, review_reason=reason)
+    if label is not None:
+        new["review_label"] = label
+    version, before, skipped = _write(lake, {i: new for i in ids})
+    action = uuid.uuid4().hex
+    _log(lake, action, "mark", before, {i: new for i in before}, by, at)
+    return {"action": action, "rows": len(before), "not_found": skipped, "version": version}
+
+
+def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
+    """Restore what the rows of a mark held before it. A row changed again since the mark keeps
+    its newer value (listed in ``changed_since``). The undo is itself logged (and can be undone)."""
+    if read_only:
+        raise LakeError("this lake is open read-only: reviews are not written")
+    log = lake.side_dataset(LOG)
+    if not isinstance(action, str) or not action.isalnum() or log is None:
+        raise LakeError(f"review action {action!r} is not in lake '{lake.uri}''s review log")
+    rows = log.to_table(filter=f"action = '{action}'").to_pylist()
+    if not rows:
+        raise LakeError(f"review action {action!r} is not in lake '{lake.uri}''s review log")
+    restore = {r["id"]: json.loads(r["before"]) for r in rows}
+    expect = {r["id"]: json.loads(r["after"]) for r in rows}
+    for d in list(restore.values()) + list(expect.values()):
+        if d.get("review_at"):
+            d["review_at"] = datetime.fromisoformat(d["review_at"])
+    by = _text(by, "reviewer") or "anonymous"
+    version, before, skipped = _write(lake, restore, expect=expect)
+    at = datetime.now(timezone.utc)
+    new_action = uuid.uuid4().hex
+    _log(lake, new_action, f"undo {action}", before, {i: restore[i] for i in before}, by, at)
+    return {"action": new_action, "rows": len(before), "changed_since": skipped, "version": version}
+
+
+def _jsonable(d: dict[str, Any]) -> str:
+    return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in d.items()}, sort_keys=True)
+
+
+def _log(lake: "Store", action: str, kind: str, before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
+         by: str, at: datetime) -> None:
+    if not before:
+        return
+    full_after = {i: {**before[i], **after[i]} for i in before}
+    lake.write_side(LOG, pa.table({
+        "action": pa.array([action] * len(before), pa.string()),
+        "kind": pa.array([kind] * len(before), pa.string()),
+        "id": pa.array(list(before), pa.string()),
+        "before": pa.array([_jsonable(before[i]) for i in before], pa.string()),
+        "after": pa.array([_jsonable(full_after[i]) for i in before], pa.string()),
+        "by": pa.array([by] * len(before), pa.string()),
+        "at": pa.array([at] * len(before), pa.timestamp("us", tz="UTC")),
+    }))
+
+
+def history(lake: "Store", limit: int = 50) -> list[dict[str, Any]]:
+    """The latest review actions, newest first: action, kind, rows, by, at."""
+    log = lake.side_dataset(LOG)
+    if log is None:
+        return []
+    t = log.to_table(columns=["action", "kind", "by", "at"]).to_pandas()
+    if t.empty:
+        return []
+    g = t.groupby(["action", "kind", "by"], as_index=False).agg(rows=("at", "size"), at=("at", "max"))
+    g = g.sort_values("at", ascending=False).head(limit)
+    return [{**r, "at": r["at"].isoformat()} for r in g.to_dict("records")]
+
+
+def counts(ds: "lance.LanceDataset") -> dict[str, int]:
+    """Reviewed rows per verdict at a version (empty before any review)."""
+    if "review_verdict" not in ds.schema.names:
+        return {}
+    vc = ds.to_table(columns=["review_verdict"], filter="review_verdict IS NOT NULL").column(0).value_counts()
+    return {v["values"]: v["counts"] for v in vc.to_pylist()}

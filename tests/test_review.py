@@ -1,0 +1,141 @@
+"""Human review verdicts as columns: mark, undo, concurrent reviewers, the recipe's review step."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lakecurate import Lake
+from lakecurate import review
+from lakecurate.errors import LakeError
+from tests.conftest import SAMPLE_DATA
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Lake:
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    return lake
+
+
+def _values(lake: Lake, ids=None) -> dict[str, dict]:
+    rows = lake.dataset().to_table(columns=["id", *review.NAMES]).to_pylist()
+    return {r["id"]: r for r in rows if ids is None or r["id"] in ids}
+
+
+def test_mark_writes_the_columns_and_undo_restores_them(sample: Lake):
+    ids = sorted(sample.to_pandas(["id"])["id"])[:3]
+    first = review.mark(sample, ids[:2], verdict="drop", reason="watermark", by="ana")
+    assert first["rows"] == 2 and first["not_found"] == []
+    second = review.mark(sample, ids[1:], verdict="keep", by="bo")
+    got = _values(sample, ids)
+    assert (got[ids[0]]["review_verdict"], got[ids[0]]["review_reason"], got[ids[0]]["review_by"]) == ("drop", "watermark", "ana")
+    assert (got[ids[1]]["review_verdict"], got[ids[1]]["review_reason"], got[ids[1]]["review_by"]) == ("keep", None, "bo")
+    assert got[ids[2]]["review_verdict"] == "keep"
+    untouched = [r for i, r in _values(sample).items() if i not in ids]
+    assert untouched and all(r["review_verdict"] is None for r in untouched)
+
+    # undo the second mark: ids[1] is back to ana's drop, ids[2] unreviewed
+    u = review.undo(sample, second["action"], by="bo")
+    assert u["rows"] == 2 and u["changed_since"] == []
+    got = _values(sample, ids)
+    assert (got[ids[1]]["review_verdict"], got[ids[1]]["review_by"]) == ("drop", "ana")
+    assert got[ids[2]]["review_verdict"] is None and got[ids[2]]["review_by"] is None
+    kinds = [h["kind"] for h in review.history(sample)]
+    assert kinds[0].startswith("undo ") and kinds.count("mark") == 2
+
+
+def test_undo_leaves_a_row_changed_since_alone(sample: Lake):
+    ids = sorted(sample.to_pandas(["id"])["id"])[:2]
+    a = review.mark(sample, ids, verdict="keep", by="ana")
+    review.mark(sample, ids[:1], verdict="drop", reason="blurry", by="bo")
+    u = review.undo(sample, a["action"])
+    assert u["changed_since"] == [ids[0]] and u["rows"] == 1
+    got = _values(sample, ids)
+    assert got[ids[0]]["review_verdict"] == "drop" and got[ids[1]]["review_verdict"] is None
+
+
+def test_labels_and_checks(sample: Lake):
+    ids = sorted(sample.to_pandas(["id"])["id"])[:2]
+    with pytest.raises(LakeError, match="not one of this lake's labels"):
+        review.mark(sample, ids, label="cat")
+    assert review.set_labels(sample, ["cat", " dog ", "cat"]) == ["cat", "dog"]
+    review.mark(sample, ids, verdict="drop", reason="nsfw")
+    review.mark(sample, ids[:1], label="dog")  # a label keeps the verdict
+    got = _values(sample, ids)
+    assert (got[ids[0]]["review_label"], got[ids[0]]["review_verdict"]) == ("dog", "drop")
+    for kw, msg in [({"verdict": "drop"}, "needs a reason"), ({"verdict": "maybe"}, "use one of"),
+                    ({}, "give a verdict"), ({"verdict": "keep", "reason": "x"}, "not with a keep")]:
+        with pytest.raises(LakeError, match=msg):
+            review.mark(sample, ids, **kw)
+    with pytest.raises(LakeError, match="read-only"):
+        review.mark(sample, ids, verdict="keep", read_only=True)
+    assert review.mark(sample, ["no-such-id"], verdict="keep")["not_found"] == ["no-such-id"]
+    with pytest.raises(LakeError, match="not in lake"):
+        review.undo(sample, "../../etc")
+
+
+def _reviewer(uri: str, name: str, ids: list[str], q) -> None:
+    lake = Lake.open(uri)
+    for i in ids:  # one mark per row: many small commits racing the other reviewers'
+        review.mark(lake, [i], verdict="drop", reason=f"by {name}", by=name)
+    from lakecurate.store import CONFLICTS_RETRIED
+    q.put(CONFLICTS_RETRIED[0])
+
+
+@pytest.mark.slow
+def test_concurrent_reviewers_lose_nothing(sample: Lake):
+    ids = sorted(sample.to_pandas(["id"])["id"])
+    assert len(sample.dataset().get_fragments()) == 1  # every reviewer writes the same fragment
+    review.declare(sample)
+    names = ["r0", "r1", "r2", "r3"]
+    share = {n: ids[k::4][:5] for k, n in enumerate(names)}
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_reviewer, args=(sample.uri, n, share[n], q)) for n in names]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    retried = sum(q.get(timeout=5) for _ in procs)
+    got = _values(sample)
+    for n, mine in share.items():
+        for i in mine:
+            assert (got[i]["review_verdict"], got[i]["review_by"], got[i]["review_reason"]) == ("drop", n, f"by {n}")
+    assert sum(r["review_verdict"] is not None for r in got.values()) == sum(len(v) for v in share.values())
+    assert retried > 0  # the reviewers did collide, and the read-modify-write redid the losers' marks
+
+
+def test_recipe_review_step_overrides_the_machine(sample: Lake):
+    recipe = {"name": "r", "step": [{"filter": "caption_missing"}, {"filter": "review"}]}
+    before = sample.curate(recipe, progress=False)  # nobody reviewed yet: the step changes nothing
+    df = sample.to_pandas(["id", "keep", "drop_reason"])
+    dropped = df[~df["keep"]]["id"].tolist()
+    kept = df[df["keep"]]["id"].tolist()
+    assert dropped and len(kept) >= 2 and before.dropped["review"] == 0
+    review.mark(sample, dropped[:1], verdict="keep", by="ana")
+    review.mark(sample, kept[:2], verdict="drop", reason="watermark", by="ana")
+    assert [s["state"] for s in sample.status()["stages"] if s["stage"] == "curate"] == ["stale"]
+    assert [s["state"] for s in sample.status()["stages"] if s["stage"] == "review"] == ["current"]
+    after = sample.curate(recipe, progress=False)
+    got = sample.to_pandas(["id", "keep", "drop_reason"]).set_index("id")
+    assert bool(got.loc[dropped[0], "keep"]) and pd.isna(got.loc[dropped[0], "drop_reason"])
+    assert not got.loc[kept[0], "keep"] and got.loc[kept[1], "drop_reason"] == "review"
+    assert after.dropped["review"] == 2
+    assert after.dropped["caption_missing"] == before.dropped["caption_missing"] - 1
+    assert sum(after.dropped.values()) == int((~got["keep"]).sum())
+
+
+def test_compact_merges_fragments_nobody_reviewed(tmp_path: Path):
+    lake = Lake.create(tmp_path / "lake")
+    from lakecurate.plant import synthetic_pairs
+    for k in range(3):
+        lake.append(synthetic_pairs(4 * k, 4))
+    review.mark(lake, [lake.to_pandas(["id"])["id"][0]], verdict="keep")
+    out = lake.compact()
+    assert out["fragments_after"] == 1 and out["left_incomplete"] == 0
+    assert review.counts(lake.dataset()) == {"keep": 1}

@@ -1,0 +1,345 @@
+"""lakecurate serve over HTTP (Starlette's TestClient): views, filters, review writes, security."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+from starlette.testclient import TestClient  # noqa: E402
+
+from lakecurate import Lake  # noqa: E402
+from lakecurate import review  # noqa: E402
+from lakecurate.errors import LakeError  # noqa: E402
+from lakecurate.plant import synthetic_pairs  # noqa: E402
+from lakecurate.serve import PAGE, create_app, is_loopback  # noqa: E402
+from tests.conftest import SAMPLE_DATA, image_bytes  # noqa: E402
+
+LOCAL = "http://127.0.0.1:8765"
+
+
+def client(lake: Lake, base: str = LOCAL, **options) -> TestClient:
+    return TestClient(create_app(lake, **options), base_url=base)
+
+
+def csrf(c: TestClient) -> str:
+    return re.search(r'name="csrf-token" content="(\w+)"', c.get("/").text).group(1)
+
+
+def addrs(html: str) -> list[int]:
+    return [int(a) for a in re.findall(r'data-addr="(\d+)"', html)]
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Lake:
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    return lake
+
+
+@pytest.fixture
+def many(tmp_path: Path) -> Lake:
+    """130 rows in 3 fragments: pages, sorting, takes across fragments."""
+    lake = Lake.create(tmp_path / "many")
+    for k in range(3):
+        lake.append(synthetic_pairs(50 * k, 50 if k < 2 else 30))
+    return lake
+
+
+def test_grid_pages_through_every_row_once_in_sort_order(many: Lake):
+    c = client(many)
+    seen, page = [], 0
+    while True:
+        r = c.get("/", params={"sort": "id", "desc": "1", "page": page})
+        assert r.status_code == 200
+        got = addrs(r.text)
+        if not got or (seen and got == seen[-len(got):]):
+            break
+        seen += got
+        page += 1
+    assert len(seen) == many.count() == 130 and len(set(seen)) == 130 and page == -(-130 // PAGE)
+    ids = many.dataset()._take_rows(seen, columns=["id"]).column("id").to_pylist()
+    assert ids == sorted(ids, reverse=True)
+    # a thumbnail per shown row, served by its address, from the cache the second time
+    a = seen[0]
+    first = c.get(f"/thumb/{a}", params={"px": 100})  # (the pages' own size was prefetched with them)
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg" and first.content[:2] == b"\xff\xd8"
+    again = c.get(f"/thumb/{a}", params={"px": 100})
+    assert again.content == first.content and (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+    assert c.get("/thumb/999999").headers.get("x-thumbnail") == "none"  # no such row: the placeholder
+    prefetched = c.get(f"/thumb/{seen[-1]}")
+    assert prefetched.headers["x-cache"] == "hit" and prefetched.content[:2] == b"\xff\xd8"
+
+
+def test_filters_reason_flag_where_and_verdict(sample: Lake):
+    sample.curate({"name": "r", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"}]}, progress=False)
+    c = client(sample)
+    df = sample.to_pandas(["id", "drop_reason", "ingest_status"])
+    for params, expect in [({"reason": "drop_reason:caption_missing"}, (df["drop_reason"] == "caption_missing").sum()),
+                           ({"flag": "error"}, (df["ingest_status"] == "error").sum()),
+                           ({"where": "ingest_status = 'ok' AND caption IS NOT NULL"}, None)]:
+        r = c.get("/", params=params)
+        assert r.status_code == 200, r.text
+        n = int(re.search(r"(\d+) rows", r.text).group(1))
+        want = expect if expect is not None else sample.count("ingest_status = 'ok' AND caption IS NOT NULL")
+        assert n == want and n == len(addrs(r.text)) and n > 0
+    bad = c.get("/", params={"where": "no_such_column > 1"})
+    assert bad.status_code == 400 and "no_such_column" in bad.text
+
+
+def test_review_write_then_the_grid_and_the_lake_show_it(sample: Lake):
+    c = client(sample, labels=["watermark", "nsfw"])
+    ids = sorted(sample.to_pandas(["id"])["id"])[:3]
+    token = csrf(c)
+    r = c.post("/api/review", json={"ids": ids, "verdict": "drop", "reason": "watermark", "by": "ana"},
+               headers={"X-CSRF-Token": token})
+    assert r.status_code == 200 and r.json()["rows"] == 3
+    page = c.get("/", params={"verdict": "drop"}).text
+    assert page.count('class="card') == 3 and "reviewed: drop (watermark)" in page
+    got = {row["id"]: row for row in sample.dataset().to_table(columns=["id", *review.NAMES]).to_pylist()}
+    assert all(got[i]["review_verdict"] == "drop" and got[i]["review_by"] == "ana" for i in ids)
+    assert c.post("/api/review", json={"ids": ids[:1], "label": "nsfw"}, headers={"X-CSRF-Token": token}).status_code == 200
+    assert c.post("/api/review", json={"ids": ids[:1], "label": "other"}, headers={"X-CSRF-Token": token}).status_code == 400
+    undo = c.post("/api/undo", json={"action": r.json()["action"]}, headers={"X-CSRF-Token": token})
+    assert undo.status_code == 200 and undo.json()["changed_since"] == [ids[0]]  # relabelled since: kept
+    hist = c.get("/api/history").json()
+    assert hist["counts"] == {"drop": 1} and len(hist["actions"]) == 3
+
+
+def test_views_pair_group_concept_diff_sql(sample: Lake):
+    sample.curate({"name": "r", "step": [{"filter": "caption_missing"}]}, progress=False)
+    first = sample.version
+    sample.curate({"name": "r2", "step": [{"filter": "caption_missing"}, {"filter": "ingest_error"}]}, progress=False)
+    c = client(sample)
+    a = addrs(c.get("/").text)[0]
+    pair = c.get(f"/pair/{a}")
+    assert pair.status_code == 200 and "provenance" in pair.text and "drop_reason" in pair.text
+    assert c.get(f"/image/{a}").headers["content-type"].startswith("image/")
+    d = c.get("/diff", params={"a": str(first)})
+    assert d.status_code == 200
+    removed = sample.diff(first).removed
+    assert removed > 0 and f"{removed} removed" in d.text
+    s = c.get("/sql", params={"sql": "SELECT ingest_status, COUNT(*) AS n FROM pairs GROUP BY ingest_status"})
+    assert s.status_code == 200 and "<th>n</th>" in s.text
+    assert c.get("/group", params={"g": "x"}).status_code == 400  # no dedup yet: says what to run
+    assert "lakecurate cluster" in c.get("/concept/0").text
+    assert c.get("/", params={"v": "999"}).status_code == 400
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> Lake:
+    """sample_data embedded (tiny random encoder), deduplicated and clustered."""
+    lake = Lake.create(tmp_path_factory.mktemp("serve") / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    lake.dedup(["exact", "phash"], progress=False)
+    lake.cluster(k=2)
+    return lake
+
+
+def test_group_and_concept_views(embedded: Lake):
+    lake = embedded
+    c = client(lake)
+    groups = lake.to_pandas(["dup_group", "dup_keep"]).dropna()
+    g = groups["dup_group"].value_counts().index[0]
+    page = c.get("/group", params={"g": g})
+    assert page.status_code == 200
+    kept_first = re.findall(r'<figure class="card[^"]*" data-id="([^"]+)"', page.text)
+    members = lake.to_pandas(["id", "dup_group", "dup_keep"])
+    members = members[members["dup_group"] == g]
+    assert set(kept_first) == set(members["id"]) and members.set_index("id").loc[kept_first[0], "dup_keep"]
+    conc = c.get("/concept/0")
+    assert conc.status_code == 200 and "nearest the centre" in conc.text
+    # text search through the lake's encoder (the tiny random one: meaningless order, real path)
+    found = c.get("/", params={"q": "a red brick wall"})
+    want = lake.search("a red brick wall", k=PAGE, columns=["id"])["id"].tolist()
+    shown = re.findall(r'<figure class="card[^"]*" data-id="([^"]+)"', found.text)
+    assert found.status_code == 200 and shown == want and len(want) > 20  # rows with a vector, nearest first
+
+
+# ------------------------------------------------------------------ security
+def test_non_local_bind_needs_the_token(sample: Lake):
+    token = "s3cret-token-0123456789"
+    c = client(sample, base="http://10.0.0.5:8765", token=token, host="0.0.0.0")
+    for path in ["/", "/thumb/0", "/api/history", "/sql?sql=SELECT+1"]:
+        assert c.get(path).status_code == 401, path
+    assert c.get("/", headers={"Authorization": "Bearer wrong-token-000000"}).status_code == 401
+    assert c.get("/", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    login = c.get(f"/login?token={token}", follow_redirects=False)
+    assert login.status_code == 303 and login.headers["location"] == "/"
+    assert c.get("/").status_code == 200  # the cookie set by /login
+    # a write needs the token *and* the page's CSRF token
+    ids = [sample.to_pandas(["id"])["id"][0]]
+    fresh = TestClient(c.app, base_url="http://10.0.0.5:8765")
+    assert fresh.post("/api/review", json={"ids": ids, "verdict": "keep"},
+                      headers={"X-CSRF-Token": csrf(c)}).status_code == 401
+    assert c.post("/api/review", json={"ids": ids, "verdict": "keep"}).status_code == 403
+    assert c.post("/api/review", json={"ids": ids, "verdict": "keep"}, headers={"X-CSRF-Token": csrf(c)}).status_code == 200
+
+
+def test_loopback_refuses_other_hosts_and_origins(sample: Lake):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+    c = client(sample)
+    assert c.get("/").status_code == 200
+    rebound = TestClient(c.app, base_url="http://evil.example:8765")  # DNS rebinding: a foreign Host header
+    assert rebound.get("/").status_code == 400
+    ids = [sample.to_pandas(["id"])["id"][0]]
+    r = c.post("/api/review", json={"ids": ids, "verdict": "keep"},
+               headers={"X-CSRF-Token": csrf(c), "Origin": "http://evil.example"})
+    assert r.status_code == 403 and "origin" in r.json()["error"]
+    assert c.post("/api/review", json={"ids": ids, "verdict": "keep"}, headers={"X-CSRF-Token": "0" * 64}).status_code == 403
+    assert "review_verdict" not in sample.dataset().schema.names  # nothing was written
+
+
+@pytest.mark.parametrize("path", ["/thumb/..%2F..%2Fetc%2Fpasswd", "/thumb/%2Fetc%2Fpasswd", "/image/..%2Fpairs.lance",
+                                  "/thumb/-1", "/thumb/1e3", "/image/0x10", "/pair/abc", "/thumb/99999999999999999999999",
+                                  "/static/..%2F..%2Fserve.py", "/static/../serve.py"])
+def test_path_like_ids_are_refused(sample: Lake, path: str):
+    r = client(sample).get(path)
+    assert r.status_code in (400, 404), (path, r.status_code)
+    assert b"root:" not in r.content and b"import" not in r.content
+
+
+def test_a_script_in_a_caption_is_text(tmp_path: Path):
+    lake = Lake.create(tmp_path / "lake")
+    rows = synthetic_pairs(0, 2).to_pylist()
+    rows[0]["caption"] = '<script>window.pwned = 1</script><img src=x onerror="alert(1)">'
+    rows[0]["image"] = image_bytes()
+    lake.append(pa.Table.from_pylist(rows, schema=synthetic_pairs(0, 1).schema))
+    c = client(lake)
+    for page in (c.get("/").text, c.get(f"/pair/{addrs(c.get('/').text)[0]}").text):
+        assert "<script>window.pwned" not in page and "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in page
+        assert "<img src=x" not in page
+    assert "script-src 'self'" in c.get("/").headers["content-security-policy"]
+
+
+def test_read_only_refuses_writes(sample: Lake):
+    c = client(sample, read_only=True)
+    ids = [sample.to_pandas(["id"])["id"][0]]
+    r = c.post("/api/review", json={"ids": ids, "verdict": "keep"}, headers={"X-CSRF-Token": csrf(c)})
+    assert r.status_code == 403 and "read-only" in r.json()["error"]
+    assert c.post("/api/undo", json={"action": "abc"}, headers={"X-CSRF-Token": csrf(c)}).status_code == 403
+    assert 'id="review"' not in c.get("/").text
+    assert "review_verdict" not in sample.dataset().schema.names
+    with pytest.raises(LakeError, match="read-only"):
+        create_app(sample, read_only=True, labels=["a"])
+    assert sample.side_dataset(review.LABELS) is None
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT * FROM pairs; SELECT 1",
+    "COPY (SELECT * FROM pairs) TO '/tmp/x.csv'",
+    "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM '/etc/passwd'",
+])
+def test_sql_that_writes_or_reads_files_is_refused(sample: Lake, query: str, tmp_path: Path):
+    c = client(sample)
+    r = c.get("/sql", params={"sql": query})
+    assert r.status_code == 400 and 'class="error"' in r.text
+    assert "root:" not in r.text
+    w = c.get("/", params={"where": "caption IS NOT NULL; DROP TABLE pairs"})
+    assert w.status_code == 400
+
+
+def test_sql_rows_are_limited(many: Lake, monkeypatch):
+    import lakecurate.serve as serve
+
+    monkeypatch.setattr(serve, "SQL_ROWS", 7)
+    r = client(many).get("/sql", params={"sql": "SELECT id FROM pairs"})
+    assert r.status_code == 200 and r.text.count("<td>p") == 7
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_thumbnails_are_upright_and_small(fmt: str):
+    import io
+
+    from PIL import Image
+
+    from lakecurate.images import thumbnail_jpeg
+
+    up = Image.new("RGB", (600, 300), (255, 0, 0))
+    up.paste((0, 0, 255), (0, 0, 300, 300))  # left half blue, right half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: the viewer turns it back
+    buf = io.BytesIO()
+    up.rotate(90, expand=True).save(buf, fmt, exif=exif.tobytes())
+    for oversample in (1, 2):
+        im = Image.open(io.BytesIO(thumbnail_jpeg(buf.getvalue(), 160, oversample=oversample)))
+        assert im.size == (160, 80)
+        left, right = im.getpixel((10, 40)), im.getpixel((150, 40))
+        assert left[2] > 200 > left[0] and right[0] > 200 > right[2]
+
+
+# ------------------------------------------------------------------ the commands
+def test_serve_command_makes_a_token_off_the_loopback(sample: Lake, monkeypatch):
+    import json
+
+    import uvicorn
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: started.update(app=app, host=host, port=port))
+    res = CliRunner().invoke(main, ["serve", sample.uri, "--host", "0.0.0.0", "--port", "9001", "--json"])
+    assert res.exit_code == 0, res.output
+    url = json.loads(res.output)["url"]
+    token = url.split("token=")[1]
+    assert url.startswith("http://127.0.0.1:9001/login?token=") and len(token) >= 16
+    c = TestClient(started["app"], base_url="http://10.1.2.3:9001")
+    assert c.get("/").status_code == 401 and c.get(f"/?token={token}").status_code == 200
+    # local bind: no token asked; a short token, a bad version or port refused before serving
+    started.clear()
+    assert CliRunner().invoke(main, ["serve", sample.uri]).exit_code == 0 and started["host"] == "127.0.0.1"
+    for args, msg in [(["--token", "short"], "at least 16"), (["--version", "77"], "not a version"),
+                      (["--port", "0"], "0")]:
+        started.clear()
+        bad = CliRunner().invoke(main, ["serve", sample.uri, *args])
+        assert bad.exit_code != 0 and msg in bad.output and not started and "Traceback" not in bad.output
+
+
+def test_review_command(sample: Lake):
+    import json
+
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:2]
+    run = CliRunner().invoke
+    res = run(main, ["review", sample.uri, *ids, "--drop", "watermark", "--by", "ana", "--json"])
+    assert res.exit_code == 0, res.output
+    action = json.loads(res.output)["action"]
+    assert review.counts(sample.dataset()) == {"drop": 2}
+    hist = run(main, ["review", sample.uri, "--history", "--json"])
+    assert json.loads(hist.output)[0]["action"] == action
+    undo = run(main, ["review", sample.uri, "--undo", action])
+    assert undo.exit_code == 0 and "restored 2 rows" in undo.output and review.counts(sample.dataset()) == {}
+    bad = run(main, ["review", sample.uri, ids[0], "--drop", "x", "--keep"])
+    assert bad.exit_code != 0 and "choose one" in bad.output
+    assert "give a verdict" in run(main, ["review", sample.uri, ids[0]]).output
+
+
+def test_image_search_and_a_pinned_version(embedded: Lake, tmp_path: Path):
+    c = client(embedded)
+    photo = (SAMPLE_DATA / "astronaut.jpg").read_bytes()
+    r = c.post("/api/search-image", content=photo)
+    assert r.status_code == 200, r.text
+    page = c.get(r.json()["url"])
+    shown = re.findall(r'<figure class="card[^"]*" data-id="([^"]+)"', page.text)
+    assert page.status_code == 200 and shown == embedded.search(photo, k=PAGE, columns=["id"])["id"].tolist()
+    assert c.post("/api/search-image", content=b"not an image").status_code == 400
+    assert "expired" in c.get("/", params={"qimg": "0123456789abcdef"}).text
+    # --version: the grid shows that version unless the page asks for another
+    first = embedded.dataset().versions()[0]["version"]
+    old = client(embedded, version=str(first + 1))
+    n_old = embedded.dataset(first + 1).count_rows()
+    assert f"{n_old} rows" in old.get("/").text and f"version {first + 1}" in old.get("/").text
+    assert f"version {embedded.version}" in old.get("/", params={"v": str(embedded.version)}).text
+    with pytest.raises(LakeError, match="not a version"):
+        create_app(embedded, version="9999")
