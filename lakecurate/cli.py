@@ -610,14 +610,17 @@ def _echo_whatifs(rep: Any) -> None:
 @click.option("--embedding", help="Embedding columns to cluster (default: the lake's only embedding).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--recompute", is_flag=True, help="Replace concepts made with other settings.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Assign rows here, or in one Ray task per fragment (the fit runs here on a sample).")
 @json_option
 @_friendly_errors
-def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recompute: bool, as_json: bool) -> None:
+def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recompute: bool, engine: str,
+            as_json: bool) -> None:
     """Cluster LAKE's image embeddings into concepts: concept and concept_dist columns.
 
     Example: lakecurate cluster ./lake -k 100
     """
-    rep = open_lake(lake).cluster(k, embedding=embedding, seed=seed, recompute=recompute)
+    rep = open_lake(lake).cluster(k, embedding=embedding, seed=seed, recompute=recompute, engine=engine)
     if as_json:
         echo_json(rep)
         return
@@ -706,12 +709,14 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
 @click.option("--blur-faces", is_flag=True,
               help="Write images with the faces found by `lakecurate signals --faces` blurred (the stored images "
                    "are never modified; recorded in the manifest).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="WebDataset: write the shards here, or one Ray task a shard (DEST on a file system every worker shares).")
 @allow_stale_option
 @json_option
 @_friendly_errors
 def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: str | None, caption: str,
                no_repeats: bool, shard_size: int | None, overwrite: bool, caption_mix: str | None, mix_seed: int,
-               caption_mix_both: bool, blur_faces: bool, allow_stale: bool, as_json: bool) -> None:
+               caption_mix_both: bool, blur_faces: bool, engine: str, allow_stale: bool, as_json: bool) -> None:
     """Export the chosen rows of LAKE to DEST for training, in order and with repeats, plus a manifest.
 
     Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted --blur-faces
@@ -720,7 +725,7 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
     rep = open_lake(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
                                  shard_size=shard_size, overwrite=overwrite, allow_stale=allow_stale,
                                  blur_faces=blur_faces, caption_mix=caption_mix, mix_seed=mix_seed,
-                                 mix_both=caption_mix_both)
+                                 mix_both=caption_mix_both, engine=engine)
     for note in rep.stale:
         click.echo(f"warning: exported with --allow-stale: {note}", err=True)
     if as_json:

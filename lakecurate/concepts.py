@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
-from lakecurate.columns import LanceVectors, column_valid
+from lakecurate.columns import LanceVectors, column_valid, embedding_matrix
+from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns, write_decisions
 from lakecurate.names import default_view, embedding_columns
@@ -211,12 +212,36 @@ class ConceptReport:
         return asdict(self)
 
 
+def assign_fragment(uri: str, version: int, storage_options: dict | None, fragment_id: int, column: str,
+                    centroids: np.ndarray, batch: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row addresses, concept, cosine distance) of one fragment's rows that have a vector, read in
+    batches: what a Ray task of ``cluster --engine ray`` does (memory: one batch and k centroids)."""
+    import lance
+
+    ds = lance.dataset(uri, version=version, storage_options=storage_options)
+    frag = ds.get_fragment(fragment_id)
+    addrs, labels, dists = [], [], []
+    for b in frag.scanner(columns=[column], with_row_address=True, batch_size=batch).to_batches():
+        x, valid = embedding_matrix(b.column(column), dtype=None)
+        if valid.any():
+            label, dist = assign(x[valid], centroids)
+            addrs.append(b.column("_rowaddr").to_numpy()[valid])
+            labels.append(label)
+            dists.append(dist)
+    if not addrs:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return np.concatenate(addrs), np.concatenate(labels), np.concatenate(dists)
+
+
 def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None, seed: int = 0,
-            recompute: bool = False) -> ConceptReport:
+            recompute: bool = False, engine: str = "local", address: str | None = None) -> ConceptReport:
     """k-means concepts of the image embeddings: ``concept`` and ``concept_dist`` columns.
 
     The clustering is a global fit: a run with the same settings on a lake with new rows re-fits
     (every row's concept may move); the same settings on an unchanged lake write nothing.
+    ``engine="ray"``: the centroids are fitted here on a sample (read by position), and every
+    fragment's rows are assigned by a Ray task of its own (:func:`assign_fragment`); the values, and
+    the one commit, are the local engine's.
 
     Example::
 
@@ -227,6 +252,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     if k is not None:
         k = whole("-k", k, 1)
     seed = whole("--seed", seed, 0)
+    check_engine(engine)
     emb = _embedding(lake, embedding)
     ds = lake.dataset()
     col = embedding_columns(emb)["image"]
@@ -240,11 +266,24 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; run: lakecurate embed {lake.uri}")
     src = LanceVectors(ds, col, np.flatnonzero(valid))
     cent = fit_centroids(src, k, seed)
-    assigned, assigned_dist = assign(src, cent)
     label = np.full(len(valid), -1, np.int32)
-    label[valid] = assigned
     dist = np.full(len(valid), np.nan, np.float32)
-    dist[valid] = assigned_dist
+    if engine == "ray":
+        from lakecurate.engines import ray_task_map
+
+        # (fragments are scanned in manifest order, which after a compaction is not id order)
+        table_addr = tbl.column("_rowaddr").to_numpy()
+        by_addr = np.argsort(table_addr)
+        calls = [(lake.table_uri, ds.version, lake.storage_options, f.fragment_id, col, cent)
+                 for f in ds.get_fragments()]
+        for addr, part_label, part_dist in ray_task_map(assign_fragment, calls, address=address, retries=2):
+            at = by_addr[np.searchsorted(table_addr, addr, sorter=by_addr)]
+            label[at], dist[at] = part_label, part_dist
+        assigned = label[valid]
+    else:
+        assigned, assigned_dist = assign(src, cent)
+        label[valid] = assigned
+        dist[valid] = assigned_dist
     prov = columns.provenance("concepts", {"embedding": emb, "k": k, "seed": seed, "algorithm": "faiss spherical k-means"},
                               [embedding_columns(emb)["image"]], ds.version)
     fields = [pa.field("concept", pa.int32()), pa.field("concept_dist", pa.float32())]

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
+from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns
 from lakecurate.images import BLUR_MARGIN, blur_boxes
@@ -376,7 +377,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
            shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False,
            blur_faces: bool = False, caption_mix: dict[str, float] | str | None = None, mix_seed: int = 0,
-           mix_both: bool = False) -> ExportReport:
+           mix_both: bool = False, engine: str = "local", address: str | None = None) -> ExportReport:
     """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet, Lance or
     MosaicML Streaming (MDS) shards (``format="mds"``, needs ``mosaicml-streaming``).
 
@@ -390,6 +391,9 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     caption is one of these columns, chosen per row from ``mix_seed`` and its id (:func:`mix_choice`;
     a null choice falls back to the next column), or with ``mix_both`` every non-null one as its own
     sample; ``caption_source`` says which. The manifest records the mix and the counts.
+    ``engine="ray"`` (WebDataset): one Ray task writes each shard, reading the version's images
+    itself (DEST must be a folder every worker can write: a shared file system); the same bytes as
+    the local engine.
 
     Example::
 
@@ -398,6 +402,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         lake.export("mds/", "mds")                       # mds/index.json, mds/shard.00000.mds ...
     """
     t0 = time.perf_counter()
+    check_engine(engine)
+    if engine == "ray" and format != "webdataset":
+        raise LakeError(f"--engine ray writes WebDataset shards (one task a shard); --format {format} is written "
+                        "by one writer: use --engine local")
     check_where(where, "--where", lake.dataset(version))  # before the destination is touched
     if format not in FORMATS:
         raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
@@ -449,7 +457,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
             out.mkdir()
             manifest["shard_size"] = shard_size
             manifest["json_placeholders"] = _write_shards(ds, tbl, copy, out, keys, meta_cols, caption, shard_size, report,
-                                                          blur)
+                                                          blur, engine=engine, lake=lake, address=address)
             report.shards = len(report.files)
             manifest["shards"] = report.files
         elif format == "mds":
@@ -477,37 +485,62 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
 
 
 def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
-                  caption: str, shard_size: int, report: ExportReport, blur: dict[str, int] | None = None) -> dict[str, Any]:
-    """WebDataset shards of ``shard_size`` samples into ``out``; returns the json placeholders used."""
-    writer, shard, pos, placeholders = None, -1, 0, {}
-    try:
-        for part, blobs in _chunks(ds, tbl, blur):
+                  caption: str, shard_size: int, report: ExportReport, blur: dict[str, int] | None = None, *,
+                  engine: str = "local", lake: "Store | None" = None, address: str | None = None) -> dict[str, Any]:
+    """WebDataset shards of ``shard_size`` samples into ``out``; returns the json placeholders used.
+    Each shard is written by :func:`write_shard` on its own rows, here or (``engine="ray"``) by a
+    Ray task of its own that reads the version's images itself: the same bytes either way."""
+    starts = list(range(0, tbl.num_rows, shard_size))
+    names = [f"shard-{k:06d}.tar" for k in range(len(starts))]
+    report.files += names
+    calls = [(tbl.slice(s, shard_size), copy[s : s + shard_size], str(out / name), keys[s : s + shard_size], meta_cols,
+              caption, blur is not None) for s, name in zip(starts, names)]
+    if engine == "ray":
+        from lakecurate.engines import ray_task_map
+
+        results: Any = ray_task_map(write_shard, [(lake.table_uri, ds.version, lake.storage_options, *c) for c in calls],
+                                    address=address, retries=2)  # a shard is rewritten whole: safe to rerun
+    else:
+        results = (_write_shard(ds, *c) for c in calls)
+    placeholders: dict[str, Any] = {}
+    for used, counts in results:
+        placeholders.update(used)
+        if blur is not None:
+            blur["images"] += counts["images"]
+            blur["faces"] += counts["faces"]
+    return placeholders
+
+
+def write_shard(uri: str, version: int, storage_options: dict | None, *args: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """One WebDataset shard from the rows of a lake version (what a Ray task of ``export --engine
+    ray`` runs): see :func:`_write_shard`."""
+    import lance
+
+    return _write_shard(lance.dataset(uri, version=version, storage_options=storage_options), *args)
+
+
+def _write_shard(ds: Any, part_tbl: pa.Table, copy: np.ndarray, path: str, keys: list[str], meta_cols: list[str],
+                 caption: str, blur: bool) -> tuple[dict[str, Any], dict[str, int]]:
+    """The shard at ``path`` (a tar: per sample the image, the caption as .txt and the other columns
+    as .json, mtime 0, so the same rows give the same bytes); (json placeholders used, blur counts)."""
+    counts = {"images": 0, "faces": 0}
+    placeholders: dict[str, Any] = {}
+    pos = 0
+    with tarfile.open(path, "w") as writer:
+        for part, blobs in _chunks(ds, part_tbl, counts if blur else None):
             fmts = part.column("format").to_pylist()
             filled, used = json_ready(part.select(meta_cols))
             placeholders.update(used)
-            meta = filled.to_pylist()
-            caps = part.column(caption).to_pylist()
-            for m, fmt, cap, img in zip(meta, fmts, caps, blobs):
-                if pos % shard_size == 0:
-                    if writer is not None:
-                        writer.close()
-                    shard += 1
-                    name = out / f"shard-{shard:06d}.tar"
-                    report.files.append(name.name)
-                    writer = tarfile.open(name, "w")
-                key = keys[pos]
+            for m, fmt, cap, img in zip(filled.to_pylist(), fmts, part.column(caption).to_pylist(), blobs):
                 m["copy"] = int(copy[pos])
                 ext = _EXT.get(fmt or "", "bin")
                 for suffix, data in ((ext, img or b""), ("txt", (cap or "").encode()),
                                      ("json", json.dumps(m, default=str, sort_keys=True).encode())):
-                    info = tarfile.TarInfo(f"{key}.{suffix}")
+                    info = tarfile.TarInfo(f"{keys[pos]}.{suffix}")
                     info.size, info.mtime, info.mode = len(data), 0, 0o644
                     writer.addfile(info, io.BytesIO(data))
                 pos += 1
-    finally:
-        if writer is not None:
-            writer.close()
-    return placeholders
+    return placeholders, counts
 
 
 def _write_mds(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],

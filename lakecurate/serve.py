@@ -457,6 +457,8 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         return run
 
     def _error(request: Request, status: int, message: str, kind: str) -> Any:
+        if status == 401:  # nothing of the lake (not even the page's CSRF token) before the token
+            return Response(message, status_code=401, media_type="text/plain")
         if kind == "json":
             return JSONResponse({"error": message}, status_code=status)
         if kind == "bytes":

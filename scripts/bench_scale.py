@@ -171,6 +171,37 @@ def child_cluster(path: Path, k: int) -> dict:
             "largest": int(sizes.max()), "empty": int((sizes == 0).sum())}
 
 
+def _assign_on_worker(*args):
+    """A Ray task: one fragment's assignment (``concepts.assign_fragment``) and the worker's peak memory."""
+    from lakecurate.concepts import assign_fragment
+
+    addr, label, dist = assign_fragment(*args)
+    return len(addr), vm_hwm_mb()
+
+
+def child_cluster_ray(path: Path, k: int) -> dict:
+    """``cluster --engine ray``'s path: the fit here on a sample, a Ray task per fragment assigns its
+    rows (a local Ray of 2 CPUs); peak memory of the driver and of the largest worker."""
+    import lance
+
+    from lakecurate.columns import LanceVectors
+    from lakecurate.concepts import fit_centroids
+    from lakecurate.engines import ray_init, ray_task_map
+
+    os.environ.setdefault("LAKECURATE_RAY_CPUS", "2")
+    ray_init()
+    ds = lance.dataset(str(path))
+    t0 = time.perf_counter()
+    cent = fit_centroids(LanceVectors(ds, "image"), k, seed=SEED)
+    t_fit = time.perf_counter() - t0
+    calls = [(str(path), ds.version, None, f.fragment_id, "image", cent) for f in ds.get_fragments()]
+    done = list(ray_task_map(_assign_on_worker, calls))
+    seconds = time.perf_counter() - t0
+    assert sum(n for n, _ in done) == ds.count_rows()
+    return {"seconds": seconds, "fit_seconds": t_fit, "peak_mb": vm_hwm_mb(), "k": k, "tasks": len(calls),
+            "worker_peak_mb": max(m for _, m in done)}
+
+
 def child_hash(n: int) -> dict:
     from lakecurate.neardup import hamming_pairs
 
@@ -213,24 +244,27 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lakecurate-scale"), help="where the datasets are made (reused)")
     ap.add_argument("--k", type=int, default=1024, help="clusters for the clustering measurement (same at every size)")
-    ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"], choices=["semantic", "cluster", "hash"])
+    ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"],
+                    choices=["semantic", "cluster", "cluster-ray", "hash"])
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, arg = args.child[0], args.child[1]
         res = {"semantic": lambda: child_semantic(Path(arg), False), "semantic-whole": lambda: child_semantic(Path(arg), True),
-               "cluster": lambda: child_cluster(Path(arg), int(args.child[2])), "hash": lambda: child_hash(int(arg))}[kind]()
+               "cluster": lambda: child_cluster(Path(arg), int(args.child[2])),
+               "cluster-ray": lambda: child_cluster_ray(Path(arg), int(args.child[2])),
+               "hash": lambda: child_hash(int(arg))}[kind]()
         print(json.dumps(res))
         return
 
     print(f"bench_scale: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
     args.dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic", "semantic-whole", "cluster", "hash")}
+    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic", "semantic-whole", "cluster", "cluster-ray", "hash")}
     for n in args.sizes:
         print(f"\nN = {n:,}", flush=True)
         path = args.dir / f"vectors-{n}.lance"
-        if {"semantic", "cluster"} & set(args.only):
+        if {"semantic", "cluster", "cluster-ray"} & set(args.only):
             make_dataset(path, n)
         if "semantic" in args.only:
             if n == args.sizes[0]:
@@ -244,6 +278,11 @@ def main() -> None:
             r = results["cluster"][n] = run_child(["cluster", str(path), str(args.k)])
             print(f"  cluster k={r['k']}, streamed         {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
                   f"(fit {r['fit_seconds']:.1f} s; largest concept {r['largest']:,}, empty {r['empty']})", flush=True)
+        if "cluster-ray" in args.only:
+            r = results["cluster-ray"][n] = run_child(["cluster-ray", str(path), str(args.k)])
+            print(f"  cluster k={r['k']}, Ray tasks        {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
+                  f"(fit {r['fit_seconds']:.1f} s; {r['tasks']} tasks, largest worker peak {r['worker_peak_mb']:.0f} MiB)",
+                  flush=True)
         if "hash" in args.only:
             r = results["hash"][n] = run_child(["hash", str(n)])
             print(f"  hash search                      {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
@@ -251,7 +290,7 @@ def main() -> None:
 
     base = args.sizes[0]
     print(f"\nratios against N = {base:,} (same run):")
-    for kind in ("semantic", "cluster", "hash"):
+    for kind in ("semantic", "cluster", "cluster-ray", "hash"):
         for n in args.sizes[1:]:
             if n in results[kind] and base in results[kind]:
                 a, b = results[kind][base], results[kind][n]

@@ -130,3 +130,40 @@ def test_recaption_on_ray_equals_local(tmp_path: Path):
     assert df["caption_loc_error"].fillna("").tolist() == df["caption_ray_error"].fillna("").tolist()
     lake.append(pair_rows(0, 3, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
     assert lake.recaption("tiny-random-coca", name="ray", engine="ray", progress=False).rows == 3
+
+
+def test_cluster_assignment_on_ray_equals_local(tmp_path: Path):
+    """The fit runs on the driver; each fragment's rows are assigned by a Ray task: the same
+    concepts and distances as the local engine, rows without a vector left without a concept."""
+    got = {}
+    for engine in ("local", "ray"):
+        lake = Lake.create(tmp_path / engine)
+        lake.ingest(SAMPLE_DATA, progress=False)
+        lake.append(pair_rows(0, 30))  # a second fragment
+        lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+        lake.append(pair_rows(100, 5))  # a third, without vectors: no concept
+        rep = lake.cluster(k=3, engine=engine)
+        assert rep.rows == lake.count() - 5 - lake.count("ingest_status = 'error'")
+        got[engine] = lake.dataset().to_table(columns=["id", "concept", "concept_dist"]).sort_by("id").to_pydict()
+    assert got["local"]["concept"] == got["ray"]["concept"]
+    assert np.allclose(np.array(got["local"]["concept_dist"], float), np.array(got["ray"]["concept_dist"], float),
+                       equal_nan=True)
+    assert sum(c is None for c in got["ray"]["concept"]) >= 5
+    with pytest.raises(LakeError, match="engine"):
+        Lake.open(tmp_path / "ray").cluster(k=3, engine="dask")
+
+
+def test_export_shards_on_ray_are_the_local_bytes(tmp_path: Path):
+    import hashlib
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.append(pair_rows(0, 20))
+    digests = {}
+    for engine in ("local", "ray"):
+        rep = lake.export(tmp_path / engine, "webdataset", shard_size=7, engine=engine)
+        assert rep.shards == -(-rep.samples // 7) > 3
+        digests[engine] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / engine).glob("*.tar")}
+    assert digests["local"] == digests["ray"] and len(digests["ray"]) == rep.shards
+    with pytest.raises(LakeError, match="--engine ray writes WebDataset"):
+        lake.export(tmp_path / "p.parquet", "parquet", engine="ray")

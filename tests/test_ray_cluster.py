@@ -5,6 +5,7 @@ it, and give the same rows and decisions as the local engine; a worker killed mi
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import tarfile
@@ -83,7 +84,7 @@ def test_pipeline_on_a_ray_cluster_equals_local(cluster, tmp_path: Path):
     on 1 thread, not 2), so a group whose best two members' scores are that close may keep the
     other one: every decision is equal except in such near ties, which the test names."""
     shards = write_shards(tmp_path / "shards", sample_pairs(), 4)
-    tables = {}
+    tables, exported = {}, {}
     for engine in ("local", "ray"):
         lake = Lake.create(tmp_path / engine)
         rep = lake.ingest(shards, engine=engine, progress=False)
@@ -95,8 +96,13 @@ def test_pipeline_on_a_ray_cluster_equals_local(cluster, tmp_path: Path):
         lake.signals(["image", "caption"], engine=engine, progress=False)
         lake.embed("offline", engine=engine, progress=False)
         lake.curate("basic")  # dedup through the producer, locally
-        lake.cluster(k=3)
+        lake.cluster(k=3, engine=engine)  # on Ray: fitted here, assigned by a task per fragment
         lake.rebalance(0.6)
+        lake.sequence()
+        exported[engine] = lake.export(tmp_path / f"{engine}-shards", shard_size=5, engine=engine)
+        shipped = sorted(json.loads(m.extractfile(n).read())["id"] for p in sorted((tmp_path / f"{engine}-shards").glob("*.tar"))
+                         for m in [tarfile.open(p)] for n in m.getnames() if n.endswith(".json"))
+        assert shipped == sorted(lake.sql("SELECT id FROM pairs WHERE rebalance_keep")["id"])  # each side: its view
         tables[engine] = lake.dataset().to_table(columns=[
             *EXACT, "offline_image", "offline_score", "dup_group", "dup_keep", "dup_reason", "keep", "drop_reason",
             "concept", "rebalance_keep"]).sort_by("id")
@@ -121,6 +127,7 @@ def test_pipeline_on_a_ray_cluster_equals_local(cluster, tmp_path: Path):
         assert (local["drop_reason"][r] or "").split(":")[0] == (on_ray["drop_reason"][r] or "").split(":")[0], i
     assert same_partition(local["concept"], on_ray["concept"]) or ties
     assert sum(filter(None, local["rebalance_keep"])) == sum(filter(None, on_ray["rebalance_keep"]))
+    assert exported["local"].samples == exported["ray"].samples and exported["ray"].shards > 1
 
 
 def _worker_pids(name: str) -> list[int]:

@@ -165,8 +165,9 @@ def test_group_and_concept_views(embedded: Lake):
 def test_non_local_bind_needs_the_token(sample: Lake):
     token = "s3cret-token-0123456789"
     c = client(sample, base="http://10.0.0.5:8765", token=token, host="0.0.0.0")
-    for path in ["/", "/thumb/0", "/api/history", "/sql?sql=SELECT+1"]:
-        assert c.get(path).status_code == 401, path
+    for path in ["/", "/thumb/0", "/api/history", "/sql?sql=SELECT+1", "/pair/0"]:
+        r = c.get(path)
+        assert r.status_code == 401 and "csrf" not in r.text and sample.uri not in r.text, path
     assert c.get("/", headers={"Authorization": "Bearer wrong-token-000000"}).status_code == 401
     assert c.get("/", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     login = c.get(f"/login?token={token}", follow_redirects=False)
