@@ -400,12 +400,15 @@ def _methods(value: str) -> list[str]:
               help="verify: keypoints that must agree on one transform for a verified copy.")
 @click.option("--workers", type=click.IntRange(min=0), help="Hashing processes (default: every core; 0 hashes in this process).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute the chosen methods' columns (e.g. new thresholds).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: the image hashes on Ray actors, the semantic/caption joins a Ray task per group of clusters.")
 @json_option
 @_friendly_errors
 def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool,
           semantic_threshold: float | None, confirm_cosine: float | None, confirm_distance: int,
           caption_threshold: float, minhash_threshold: float, keep_from: str, copy_distance: int, verify_neighbors: int,
-          verify_cosine: float | None, verify_inliers: int, workers: int | None, recompute: bool, as_json: bool) -> None:
+          verify_cosine: float | None, verify_inliers: int, workers: int | None, recompute: bool, engine: str,
+          as_json: bool) -> None:
     """Find duplicate groups in LAKE and mark one member of each to keep (rows are never deleted).
 
     Writes dup_exact_group, dup_pair_group, dup_phash_group, dup_semantic_group, dup_caption_group,
@@ -424,7 +427,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
                                 minhash_threshold=minhash_threshold,
                                 keep_from=_methods(keep_from), copy_distance=copy_distance,
                                 verify_neighbors=verify_neighbors, verify_cosine=verify_cosine,
-                                verify_inliers=verify_inliers, workers=workers, recompute=recompute)
+                                verify_inliers=verify_inliers, workers=workers, recompute=recompute, engine=engine)
     if as_json:
         echo_json(rep)
         return

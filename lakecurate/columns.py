@@ -457,11 +457,23 @@ class LanceVectors:
         i, j, cos = semantic_pairs(src, 0.9)  # i, j: positions in rows
     """
 
-    def __init__(self, ds: "lance.LanceDataset", column: str, rows: np.ndarray | None = None) -> None:
-        self.ds, self.column = ds, column
+    def __init__(self, ds: "lance.LanceDataset", column: str, rows: np.ndarray | None = None, *,
+                 storage_options: dict[str, str] | None = None) -> None:
+        self.ds, self.column, self.storage_options = ds, column, storage_options
         self.rows = None if rows is None else np.asarray(rows, np.int64)
         self.n = ds.count_rows() if rows is None else len(self.rows)
         self.d = ds.schema.field(column).type.list_size
+
+    def spec(self) -> tuple:
+        """What another process needs to read the same vectors (:meth:`from_spec`): the dataset's
+        URI and version, its storage options, the column and the covered rows."""
+        return (self.ds.uri, self.ds.version, self.storage_options, self.column, self.rows)
+
+    @classmethod
+    def from_spec(cls, spec: tuple) -> "LanceVectors":
+        uri, version, storage_options, column, rows = spec
+        ds = lance.dataset(uri, version=version, storage_options=storage_options)
+        return cls(ds, column, rows, storage_options=storage_options)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         at = np.asarray(rows, np.int64) if self.rows is None else self.rows[rows]

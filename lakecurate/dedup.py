@@ -63,6 +63,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.columns import LanceVectors, column_valid
 from lakecurate.encoders import meaningless
+from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import no_producer, write_decisions
 from lakecurate.names import Produce, embedding_columns
@@ -255,6 +256,7 @@ def dedup(
     workers: int | None = None,
     progress: bool | None = None,
     produce: Produce | None = None,
+    engine: str = "local",
 ) -> DedupReport:
     """Find duplicate groups with ``methods`` and write group columns plus ``dup_keep``/``dup_reason``.
 
@@ -262,8 +264,13 @@ def dedup(
 
         report = lake.dedup(["exact", "phash", "semantic"])
         lake.sql("SELECT dup_reason, count(*) AS n FROM pairs WHERE NOT dup_keep GROUP BY dup_reason")
+
+    ``engine="ray"``: the image hashes it needs are computed on Ray (the runner's actors) and the
+    semantic and caption joins run a Ray task per group of clusters
+    (``neardup.semantic_pairs(engine="ray")``); the rest of the stage runs here. Same groups.
     """
     t_start = time.perf_counter()
+    check_engine(engine)
     copy_distance = whole("copy_distance", copy_distance, 0)
     verify_inliers = whole("verify_inliers", verify_inliers, 4)  # RANSAC needs a few points to mean anything
     verify_neighbors = whole("verify_neighbors", verify_neighbors, 1)
@@ -314,9 +321,9 @@ def dedup(
 
     produce = produce or no_producer(lake, "dedup")  # dedup runs no stage itself: it asks for their columns
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes
-        report.hashed = produce("image_signals", workers=workers, progress=progress)
+        report.hashed = produce("image_signals", workers=workers, progress=progress, engine=engine)
     if "copy" in methods:  # the same new rows again, for their copy hashes: counted once
-        report.hashed = max(report.hashed, produce("copy_signals", workers=workers, progress=progress))
+        report.hashed = max(report.hashed, produce("copy_signals", workers=workers, progress=progress, engine=engine))
 
     # Declare each method's columns (metadata only; a changed config is an error unless recompute).
     for m in methods:
@@ -362,7 +369,8 @@ def dedup(
         elif m == "verify":
             label, evidence[m] = _verify_groups(lake, tbl, emb, configs[m], stored_rows, labels, mr, workers, progress)
         else:
-            label, evidence[m] = _method_groups(m, ds, tbl, emb, configs[m], stored_rows, mr, progress)
+            label, evidence[m] = _method_groups(m, ds, tbl, emb, configs[m], stored_rows, mr, progress,
+                                                engine=engine, storage_options=lake.storage_options)
         best = best_of_groups(label, rank)
         labels[m] = best
         if m in methods:
@@ -490,7 +498,8 @@ def _sources(method: str, emb: str | None) -> list[str]:
 
 
 def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,
-                   mr: MethodReport, progress: bool | None) -> tuple[np.ndarray, Evidence]:
+                   mr: MethodReport, progress: bool | None, *, engine: str = "local",
+                   storage_options: dict | None = None) -> tuple[np.ndarray, Evidence]:
     """Group label per row for one method (stored groups merged with this run's links), and the links."""
     n = tbl.num_rows
     if method == "exact":
@@ -540,7 +549,8 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
     if mr.new_rows:
         only_new = None if mr.new_rows == len(rows) else new[rows]
         low = config.get("confirm_cosine", config["threshold"])
-        i, j, cos = semantic_pairs(LanceVectors(ds, col, rows), low, new=only_new, progress=bool(progress))
+        i, j, cos = semantic_pairs(LanceVectors(ds, col, rows, storage_options=storage_options), low, new=only_new,
+                                   progress=bool(progress), engine=engine)
         i, j = rows[i], rows[j]
         strong = cos >= config["threshold"]
         if low < config["threshold"]:  # weaker links count only when the images also look alike

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from lakecurate.errors import LakeError
@@ -126,19 +126,29 @@ def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *
         raise _task_error(exc) from None
 
 
-def ray_task_map(fn: Callable[..., Any], calls: Sequence[tuple], *, address: str | None = None,
-                 num_cpus: float = 1, retries: int = 0) -> Iterator[Any]:
+def ray_task_map(fn: Callable[..., Any], calls: Iterable[tuple], *, address: str | None = None,
+                 num_cpus: float = 1, retries: int = 0, window: int | None = None) -> Iterator[Any]:
     """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks (no state to keep between calls:
     an ingest part), results as they finish. ``retries``: times Ray reruns a task whose worker
-    died (only for idempotent work). The first call that fails raises here, as
-    :func:`ray_actor_map` does; what was committed stays committed."""
-    if not calls:
+    died (only for idempotent work). ``window``: at most this many tasks submitted and not yet
+    collected (``calls`` is then read as they go: a generator of large arguments stays bounded).
+    The first call that fails raises here, as :func:`ray_actor_map` does; what was committed stays
+    committed."""
+    todo = iter(calls)
+    first = next(todo, None)
+    if first is None:
         return
     ray = ray_init(address)
     _ship_file_udfs(ray)
     remote = ray.remote(num_cpus=num_cpus, max_retries=retries)(fn)
-    pending = [remote.remote(*args) for args in calls]
+    pending = [remote.remote(*first)]
+    limit = window or float("inf")
     try:
+        for args in todo:
+            if len(pending) >= limit:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+            pending.append(remote.remote(*args))
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])

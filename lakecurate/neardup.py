@@ -395,6 +395,8 @@ def semantic_pairs(
     progress: bool = False,
     new: np.ndarray | None = None,
     spill_dir: str | None = "auto",
+    engine: str = "local",
+    address: str | None = None,
 ) -> Pairs:
     """Pairs of rows with cosine >= threshold among L2-normalised vectors (float16 or float32), from
     a matrix or a :class:`VectorSource` (an embedding column read in batches: out of core).
@@ -422,6 +424,11 @@ def semantic_pairs(
     identical rows yields s (s - 1) / 2 pairs). ``spill_dir="auto"``: a temporary directory when
     the entries fill more than one bucket (_BUCKET_ENTRIES, 64 MiB), else memory; None: memory.
 
+    ``engine="ray"``: each group of clusters is joined by a Ray task of its own, which reads the
+    group's vectors itself (a :class:`~lakecurate.columns.LanceVectors` travels as its spec; a
+    matrix is put in the object store once); a bounded number of groups is in flight. The pairs
+    are the local engine's.
+
     ``new`` (a boolean mask over the rows) asks only for pairs with at least one new row: each
     cluster's new members are joined with all its members, so appending m rows to N costs about
     m / N of a full join, plus the k-means and the assignment of every row (incremental dedup).
@@ -437,6 +444,10 @@ def semantic_pairs(
     ([3], [10], True)
     """
     src = _source(vectors)
+    if engine != "local":
+        from lakecurate.engines import check_engine
+
+        check_engine(engine)
     if assign < 1:
         raise ValueError(f"assign must be at least 1 (clusters a row joins), got {assign}")
     n = src.n
@@ -465,7 +476,7 @@ def semantic_pairs(
             spill_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-join-")) if buckets > 1 else None
         entries = _Entries(buckets, spill_dir)
         _assign_rows(src, cents, m, radius, entries, per_bucket, progress)
-        parts = _join_buckets(src, entries, threshold, fresh, progress)
+        parts = _join_buckets(src, entries, threshold, fresh, progress, engine=engine, address=address)
     if not parts:
         return _empty()
     i, j, v = _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
@@ -475,9 +486,10 @@ def semantic_pairs(
 
 
 def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh: np.ndarray | None,
-                  progress: bool) -> list[Pairs]:
+                  progress: bool, *, engine: str = "local", address: str | None = None) -> list[Pairs]:
     """Every bucket's clusters joined, a group of clusters at a time; the next group's vectors are
-    read while this one is joined (reads are ~40% of the time on a Lance column)."""
+    read while this one is joined (reads are ~40% of the time on a Lance column). On Ray, each
+    group is a task (:func:`join_group_task`)."""
     parts: list[Pairs] = []
     bar = None
     if progress:
@@ -493,6 +505,22 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
     def read(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.unique(group[:, 0])
         return group, rows, src.take(rows)
+
+    if engine == "ray":
+        from lakecurate.engines import ray_init, ray_task_map
+
+        ray = ray_init(address)
+        source = ray.put(("lance", src.spec()) if hasattr(src, "spec") else ("array", src))
+        new_ref = ray.put(fresh)
+        calls = ((source, group, threshold, new_ref) for group in groups())
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # entries in flight stay bounded
+        for own, part in ray_task_map(join_group_task, calls, address=address, retries=2, window=window):
+            parts.append(part)
+            if bar is not None:
+                bar.update(own)
+        if bar is not None:
+            bar.close()
+        return parts
 
     with ThreadPoolExecutor(1) as reader:
         pending = None
@@ -510,6 +538,18 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
     if bar is not None:
         bar.close()
     return parts
+
+
+def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: np.ndarray | None) -> tuple[int, Pairs]:
+    """A Ray task of ``semantic_pairs(engine="ray")``: read one group's vectors (by position, from
+    the Lance column or the matrix) and join its clusters; (own rows of the group, its pairs)."""
+    kind, what = source
+    if kind == "lance":
+        from lakecurate.columns import LanceVectors
+
+        what = LanceVectors.from_spec(what)
+    rows = np.unique(group[:, 0])
+    return int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, what.take(rows), threshold, fresh)
 
 
 def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Entries,

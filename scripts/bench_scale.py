@@ -117,7 +117,7 @@ def sample_rows(n: int, copies: np.ndarray) -> np.ndarray:
                                      rng.choice(copies, min(len(copies), 1000), replace=False)]))
 
 
-def child_semantic(path: Path, whole: bool) -> dict:
+def child_semantic(path: Path, whole: bool, engine: str = "local") -> dict:
     import lance
 
     from lakecurate.columns import LanceVectors, embedding_matrix
@@ -125,13 +125,18 @@ def child_semantic(path: Path, whole: bool) -> dict:
 
     ds = lance.dataset(str(path))
     n = ds.count_rows()
+    if engine == "ray":  # a local Ray of 2 CPUs, started before the clock
+        from lakecurate.engines import ray_init
+
+        os.environ.setdefault("LAKECURATE_RAY_CPUS", "2")
+        ray_init()
     t0 = time.perf_counter()
     if whole:  # before issue 20: the whole column in one matrix
         x, _ = embedding_matrix(ds.to_table(columns=["image"]).column("image"), dtype=None)
         i, j, _cos = semantic_pairs(x, THRESHOLD)
         del x
     else:
-        i, j, _cos = semantic_pairs(LanceVectors(ds, "image"), THRESHOLD)
+        i, j, _cos = semantic_pairs(LanceVectors(ds, "image"), THRESHOLD, engine=engine)
     label = components(n, i, j)
     seconds = time.perf_counter() - t0
     peak = vm_hwm_mb()
@@ -245,12 +250,13 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lakecurate-scale"), help="where the datasets are made (reused)")
     ap.add_argument("--k", type=int, default=1024, help="clusters for the clustering measurement (same at every size)")
     ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"],
-                    choices=["semantic", "cluster", "cluster-ray", "hash"])
+                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash"])
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, arg = args.child[0], args.child[1]
         res = {"semantic": lambda: child_semantic(Path(arg), False), "semantic-whole": lambda: child_semantic(Path(arg), True),
+               "semantic-ray": lambda: child_semantic(Path(arg), False, "ray"),
                "cluster": lambda: child_cluster(Path(arg), int(args.child[2])),
                "cluster-ray": lambda: child_cluster_ray(Path(arg), int(args.child[2])),
                "hash": lambda: child_hash(int(arg))}[kind]()
@@ -260,11 +266,12 @@ def main() -> None:
     print(f"bench_scale: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
     args.dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic", "semantic-whole", "cluster", "cluster-ray", "hash")}
+    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic", "semantic-whole", "semantic-ray", "cluster", "cluster-ray",
+                                                           "hash")}
     for n in args.sizes:
         print(f"\nN = {n:,}", flush=True)
         path = args.dir / f"vectors-{n}.lance"
-        if {"semantic", "cluster", "cluster-ray"} & set(args.only):
+        if {"semantic", "semantic-ray", "cluster", "cluster-ray"} & set(args.only):
             make_dataset(path, n)
         if "semantic" in args.only:
             if n == args.sizes[0]:
@@ -273,6 +280,10 @@ def main() -> None:
                       f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
             r = results["semantic"][n] = run_child(["semantic", str(path)])
             print(f"  semantic, streamed               {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
+                  f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
+        if "semantic-ray" in args.only:
+            r = results["semantic-ray"][n] = run_child(["semantic-ray", str(path)])
+            print(f"  semantic, Ray task per group     {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
                   f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
         if "cluster" in args.only:
             r = results["cluster"][n] = run_child(["cluster", str(path), str(args.k)])
@@ -290,7 +301,7 @@ def main() -> None:
 
     base = args.sizes[0]
     print(f"\nratios against N = {base:,} (same run):")
-    for kind in ("semantic", "cluster", "cluster-ray", "hash"):
+    for kind in ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash"):
         for n in args.sizes[1:]:
             if n in results[kind] and base in results[kind]:
                 a, b = results[kind][base], results[kind][n]
