@@ -1,6 +1,7 @@
 """A simulated multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and two
-workers of 1 CPU each, separate raylets): ingest of WebDataset shards and the per-row stages run on
-it, and give the same rows and decisions as the local engine; a worker killed mid-ingest is rerun."""
+workers of 1 CPU each, separate raylets): ingest of WebDataset shards, the per-row stages, dedup's
+joins, the concepts' assignment and the WebDataset export run on it, and give the same rows and
+decisions as the local engine; a worker killed mid-ingest is rerun."""
 
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ def test_pipeline_on_a_ray_cluster_equals_local(cluster, tmp_path: Path):
         assert lake.ingest(shards, engine=engine, progress=False).written == 0  # a re-run adds nothing
         lake.signals(["image", "caption"], engine=engine, progress=False)
         lake.embed("offline", engine=engine, progress=False)
-        lake.curate("basic")  # dedup through the producer, locally
+        lake.dedup(engine=engine, progress=False)  # on Ray: hashes on actors, the semantic join a task per group
+        lake.curate("basic")  # its dedup is current: not run again
         lake.cluster(k=3, engine=engine)  # on Ray: fitted here, assigned by a task per fragment
         lake.rebalance(0.6)
         lake.sequence()
