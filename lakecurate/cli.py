@@ -1404,8 +1404,9 @@ def demo(lake_uri: str, source: str, model: str) -> None:
         click.echo(f"\n== curate (built-in recipe 'basic'): kept {kept} of {int(by['n'].sum())}; dropped: "
                    + ", ".join(f"{r} {int(n)}" for r, n in zip(by["drop_reason"], by["n"]) if isinstance(r, str)))
         if planted:
-            fate = lake.sql("SELECT key, keep, drop_reason FROM pairs WHERE key IN ("
-                            + ", ".join("'" + k.replace("'", "''") + "'" for k in planted) + ")")
+            from lakecurate.sqlcheck import in_list
+
+            fate = lake.sql(f"SELECT key, keep, drop_reason FROM pairs WHERE key IN ({in_list(planted)})")
             for row in fate.itertuples():
                 click.echo(f"{row.key}: " + ("kept" if row.keep else f"dropped ({row.drop_reason})"))
         reb = lake.sql("SELECT count(*) AS n FROM pairs WHERE rebalance_keep")

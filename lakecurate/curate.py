@@ -55,7 +55,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import embed_command, no_producer, where_columns, write_decisions
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
-from lakecurate.sqlcheck import check_where
+from lakecurate.sqlcheck import check_where, in_list
 
 if TYPE_CHECKING:
     import lance
@@ -1017,8 +1017,7 @@ def _attach(ds: "lance.LanceDataset", views: list[StepView], cols: tuple[str, ..
     want = {r["id"] for v in views for r in v.examples + v.below + v.above}
     if not want:
         return
-    quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in sorted(want))
-    got = {r["id"]: r for r in ds.to_table(columns=["id", *cols], filter=f"id IN ({quoted})").to_pylist()}
+    got = {r["id"]: r for r in ds.to_table(columns=["id", *cols], filter=f"id IN ({in_list(sorted(want))})").to_pylist()}
     for v in views:
         for r in v.examples + v.below + v.above:
             r.update({c: got.get(r["id"], {}).get(c) for c in cols})

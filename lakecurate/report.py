@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from lakecurate import graph
 from lakecurate.columns import describe_provenance, field_provenance
 from lakecurate.names import embedding_columns
+from lakecurate.sqlcheck import in_list, literal
 
 if TYPE_CHECKING:
     import lance
@@ -60,10 +61,6 @@ class ReportResult:
     empty_sections: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stale: list[str] = field(default_factory=list)  # decisions not current at this version (shown as a warning)
-
-
-def _q(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 class Thumbnails:
@@ -368,7 +365,7 @@ class _Builder:
         if len(top):
             score = f", {self.score} AS score" if self.score else ""
             members = self.sql(f"SELECT _rowid, id, key, caption, dup_group, dup_keep, dup_reason, width, height{score} "
-                               f"FROM pairs WHERE dup_group IN ({', '.join(map(_q, top['dup_group']))})", with_row_id=True)
+                               f"FROM pairs WHERE dup_group IN ({in_list(top['dup_group'])})", with_row_id=True)
             links = self._links(members)
             for g, n in zip(top["dup_group"], top["n"]):
                 m = members[members["dup_group"] == g].sort_values(["dup_keep", "id"], ascending=[False, True])
@@ -434,7 +431,7 @@ class _Builder:
         score = f", {self.score} AS score" if self.score else ""
         out = []
         for reason, n in zip(counts["drop_reason"], counts["n"]):
-            rows = self.sql(f"SELECT _rowid, key, caption, width, height{score} FROM pairs WHERE drop_reason = {_q(reason)} "
+            rows = self.sql(f"SELECT _rowid, key, caption, width, height{score} FROM pairs WHERE drop_reason = {literal(reason)} "
                             f"ORDER BY id LIMIT {self.per_reason}", with_row_id=True)
             out.append({"reason": reason, "rows": int(n), "cards": self.cards(rows, note=self._note)})
         return {"reasons": out}
@@ -457,7 +454,7 @@ class _Builder:
             if not v.cut or not v.whatif:
                 continue
             rows = {r["id"]: r for r in v.below + v.above}
-            quoted = ", ".join(_q(i) for i in rows)
+            quoted = in_list(rows)
             df = self.sql(f"SELECT _rowid, id, key, caption FROM pairs WHERE id IN ({quoted})", with_row_id=True) if rows else None
 
             def side(items: list[dict[str, Any]], badge: str) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from lakecurate import columns
 from lakecurate.errors import LakeError
+from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -121,8 +122,7 @@ def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str
 
     def attempt() -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
         ds = lake.dataset()
-        quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in new_by_id)
-        found = ds.to_table(columns=["id"], filter=f"id IN ({quoted})", with_row_address=True)
+        found = ds.to_table(columns=["id"], filter=f"id IN ({in_list(new_by_id)})", with_row_address=True)
         addr = dict(zip(found.column("id").to_pylist(), found.column("_rowaddr").to_pylist()))
         by_frag: dict[int, list[str]] = {}
         for i in new_by_id:

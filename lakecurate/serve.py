@@ -45,7 +45,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import where_columns
 from lakecurate.images import thumbnail_jpeg
 from lakecurate.names import DECISIONS
-from lakecurate.sqlcheck import check_query, check_where, clean_message
+from lakecurate.sqlcheck import check_query, check_where, clean_message, in_list, literal
 
 if TYPE_CHECKING:
     import lance
@@ -104,10 +104,6 @@ class _LRU:
             while len(self.data) > self.size:
                 self.data.popitem(last=False)
         return value
-
-
-def _q(value: Any) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _scalar(t: pa.DataType) -> bool:
@@ -250,7 +246,7 @@ class Browser:
             elif value == "(none)":
                 parts.append(f"{column} IS NULL")
             else:
-                parts.append(f"{column} = {_q(value)}")
+                parts.append(f"{column} = {literal(value)}")
         return " AND ".join(f"({p})" for p in parts) or None
 
     def view(self, ds: "lance.LanceDataset", cond: str | None, sort: str | None, desc: bool) -> np.ndarray:
@@ -468,16 +464,16 @@ def create_app(lake: "Lake", **options: Any) -> Any:
     def common(request: Request) -> tuple[Any, dict[str, Any]]:
         ds = b.dataset(request.query_params.get("v"))
         names = schema(ds).names
-        facets = {c: b.facet(ds, c) for c in FACETS if c in names}
         meta = b.meta()
         scalars = [f.name for f in schema(ds) if _scalar(f.type) and f.name != "image"]
         return ds, {"version": ds.version, "latest": b.latest().version, "tags": meta["tags"], "branches": meta["branches"],
                     "versions": meta["versions"],
-                    "facets": facets, "scalars": scalars, "has": set(names)}
+                    "facets": {}, "scalars": scalars, "has": set(names)}
 
     def grid(request: Request) -> Any:
         p = dict(request.query_params)
         ds, ctx = common(request)
+        ctx["facets"] = {c: b.facet(ds, c) for c in FACETS if c in ctx["has"]}  # the filter menus: the grid's alone
         cond = b.condition(ds, p)
         shown = [c for c in (p.get("cols") or "").split(",") if c in ctx["scalars"]]
         title = "rows"
@@ -537,7 +533,7 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         value = request.query_params.get("g", "")
         if "dup_group" not in ctx["has"] or not value:
             raise LakeError("this version has no duplicate groups (run: lakecurate dedup LAKE)")
-        addrs = b.view(ds, f"dup_group = {_q(value)}", "dup_keep", True)
+        addrs = b.view(ds, f"dup_group = {literal(value)}", "dup_keep", True)
         rows = b.rows(ds, addrs[:PAGE * 4], _grid_columns(ds, ["dup_keep", "dup_reason", "dup_group_size"]))
         return html(request, {**ctx, "view": "group", "title": f"duplicate group {value}", "rows": rows,
                               "total": len(addrs), "shown": ["dup_keep", "dup_reason"]})
@@ -801,7 +797,7 @@ def _grid_columns(ds: "lance.LanceDataset", shown: list[str]) -> list[str]:
 def _by_ids(b: Browser, ds: "lance.LanceDataset", ids: list[str]) -> list[dict[str, Any]]:
     if not ids:
         return []
-    tbl = ds.to_table(columns=["id"], filter=f"id IN ({', '.join(_q(i) for i in ids)})", with_row_address=True)
+    tbl = ds.to_table(columns=["id"], filter=f"id IN ({in_list(ids)})", with_row_address=True)
     at = dict(zip(tbl.column("id").to_pylist(), tbl.column("_rowaddr").to_pylist()))
     addrs = np.array([at[i] for i in ids if i in at], np.uint64)
     return b.rows(ds, addrs, _grid_columns(ds, []))

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from lakecurate.errors import LakeError
@@ -25,6 +26,20 @@ from lakecurate.schema import TABLE
 _SOURCE_LOCATION = re.compile(r",?\s*(?:/|[A-Za-z]:\\)\S*\.rs:\d+:\d+")
 
 _dialect: Any = None
+
+
+def literal(value: object) -> str:
+    """A SQL string literal of ``value`` (single quotes doubled): for values put into a condition.
+
+    >>> literal("O'Brien"), in_list(["a", "b'c"])
+    ("'O''Brien'", "'a', 'b''c'")
+    """
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def in_list(values: Iterable[object]) -> str:
+    """The items of an ``IN (...)`` list of string literals."""
+    return ", ".join(literal(v) for v in values)
 
 
 def clean_message(exc: BaseException | str) -> str:

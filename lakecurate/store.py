@@ -263,8 +263,9 @@ class Store:
         id_list = list(ids)
         if not id_list:
             return []
-        quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in id_list)
-        tbl = ds.to_table(columns=["id"], filter=f"id IN ({quoted})", with_row_id=True)
+        from lakecurate.sqlcheck import in_list
+
+        tbl = ds.to_table(columns=["id"], filter=f"id IN ({in_list(id_list)})", with_row_id=True)
         rowids = dict(zip(tbl.column("id").to_pylist(), tbl.column("_rowid").to_pylist()))
         wanted = [rowids[i] for i in id_list if i in rowids]
         blobs = dict(zip(wanted, self._read_blobs(ds, wanted)))
@@ -369,7 +370,9 @@ class Store:
         if sources is not None:
             if not sources:
                 return set()
-            conds.append("source IN (" + ", ".join("'" + s.replace("'", "''") + "'" for s in sources) + ")")
+            from lakecurate.sqlcheck import in_list
+
+            conds.append(f"source IN ({in_list(sources)})")
         if where:
             conds.append(f"({where})")
         frags = None if fragment_ids is None else [ds.get_fragment(i) for i in fragment_ids]

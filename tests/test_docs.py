@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["columns", "concepts", "dedup", "evaluate", "names", "neardup", "options", "report", "signals"]
+MODULES = ["columns", "concepts", "dedup", "evaluate", "names", "neardup", "options", "report", "signals", "sqlcheck"]
 
 
 @pytest.mark.parametrize("name", MODULES)
