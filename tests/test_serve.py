@@ -103,6 +103,8 @@ def test_review_write_then_the_grid_and_the_lake_show_it(sample: Lake):
     got = {row["id"]: row for row in sample.dataset().to_table(columns=["id", *review.NAMES]).to_pylist()}
     assert all(got[i]["review_verdict"] == "drop" and got[i]["review_by"] == "ana" for i in ids)
     assert c.post("/api/review", json={"ids": ids[:1], "label": "nsfw"}, headers={"X-CSRF-Token": token}).status_code == 200
+    labelled = c.get("/", params={"label": "nsfw"}).text
+    assert labelled.count('class="card') == 1 and 'id="label-filter"' in labelled and "label nsfw (1)" in labelled
     assert c.post("/api/review", json={"ids": ids[:1], "label": "other"}, headers={"X-CSRF-Token": token}).status_code == 400
     undo = c.post("/api/undo", json={"action": r.json()["action"]}, headers={"X-CSRF-Token": token})
     assert undo.status_code == 200 and undo.json()["changed_since"] == [ids[0]]  # relabelled since: kept
