@@ -44,15 +44,15 @@ def query_vector(enc: Encoder, query: Any) -> Any:
         return query
     if isinstance(query, Image.Image):
         return enc.encode_images([query])[0].numpy()
-    if isinstance(query, (bytes, bytearray)):
-        return enc.encode_images([Image.open(io.BytesIO(query))])[0].numpy()
-    if isinstance(query, os.PathLike) or (isinstance(query, str) and os.path.isfile(query)):
+    is_bytes = isinstance(query, (bytes, bytearray))
+    if is_bytes or isinstance(query, os.PathLike) or (isinstance(query, str) and os.path.isfile(query)):
         try:
-            with Image.open(query) as im:
+            with Image.open(io.BytesIO(query) if is_bytes else query) as im:
                 rgb = im.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
-            raise LakeError(f"query '{os.fspath(query)}' is a file but not an image Pillow can read "
-                            f"({type(exc).__name__}); pass an image file, or a text query that is not a file name") from None
+            what = "the image bytes given" if is_bytes else f"query '{os.fspath(query)}' is a file but"
+            raise LakeError(f"{what} not an image Pillow can read ({type(exc).__name__}); pass an image file, "
+                            "or a text query that is not a file name") from None
         return enc.encode_images([rgb])[0].numpy()
     return enc.encode_texts([str(query)])[0].numpy()
 

@@ -427,7 +427,7 @@ def create_app(lake: "Lake", **options: Any) -> Any:
 
     def html(request: Request, template_vars: dict[str, Any], status: int = 200) -> Any:
         ctx = {"csrf": b.csrf, "read_only": b.read_only, "lake": lake.uri, "labels": b.meta()["labels"],
-               "pinned": b.version, "q": dict(request.query_params), "urlencode": urlencode, **template_vars}
+               "q": dict(request.query_params), "urlencode": urlencode, **template_vars}
         ctx["q"].pop("token", None)
         resp = HTMLResponse(page_t.render(**ctx), status_code=status)
         resp.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
@@ -732,17 +732,8 @@ def _image_vector(b: Browser, body: bytes) -> np.ndarray:
     from lakecurate.names import pick_embedding
     from lakecurate.search import encoder_for, query_vector
 
-    ds = b.dataset(None)
-    _, prov = pick_embedding(b.lake, ds, need="image search compares against them")
-    from PIL import Image, UnidentifiedImageError
-    import io
-
-    try:
-        with Image.open(io.BytesIO(body)) as im:
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise LakeError("the file sent is not an image Pillow can read") from None
-    return np.asarray(query_vector(encoder_for(prov), rgb))
+    _, prov = pick_embedding(b.lake, b.dataset(None), need="image search compares against them")
+    return np.asarray(query_vector(encoder_for(prov), body))
 
 
 def _mark(b: Browser, body: dict[str, Any]) -> dict[str, Any]:
