@@ -380,6 +380,11 @@ def _methods(value: str) -> list[str]:
               "(default: the lake's only embedding).")
 @click.option("--phash-distance", type=click.IntRange(0, 64), default=8, show_default=True, help="Max differing bits of 64 for phash links.")
 @click.option("--no-flips", is_flag=True, help="Do not link mirror images.")
+@click.option("--phash-search", type=click.Choice(["all", "clusters"]), default="all", show_default=True,
+              help="all: every hash against every other (exact; ~N^2, minutes at 10M rows); clusters: identical hashes "
+                   "anywhere, near ones among rows whose embeddings are within --phash-cosine (linear; needs an embedding).")
+@click.option("--phash-cosine", type=FiniteFloat(-1, 1), help="With --phash-search clusters: image cosine above which "
+              "hashes are compared (default: per model, 0.8 CLIP, 0.45 offline).")
 @click.option("--semantic-threshold", type=FiniteFloat(-1, 1), help="Image cosine for semantic links (default: per model, 0.95 CLIP, 0.85 offline).")
 @click.option("--confirm-cosine", type=FiniteFloat(-1, 1), help="Lower image cosine that links when the hashes are within "
               "--confirm-distance bits (default: per model, 0.85 CLIP, 0.70 offline).")
@@ -404,7 +409,7 @@ def _methods(value: str) -> list[str]:
               help="ray: the image hashes on Ray actors, the semantic/caption joins a Ray task per group of clusters.")
 @json_option
 @_friendly_errors
-def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool,
+def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool, phash_search: str, phash_cosine: float | None,
           semantic_threshold: float | None, confirm_cosine: float | None, confirm_distance: int,
           caption_threshold: float, minhash_threshold: float, keep_from: str, copy_distance: int, verify_neighbors: int,
           verify_cosine: float | None, verify_inliers: int, workers: int | None, recompute: bool, engine: str,
@@ -422,7 +427,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
     Example: lakecurate dedup ./lake --method all
     """
     rep = open_lake(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
-                                semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
+                                phash_search=phash_search, phash_cosine=phash_cosine, semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,
                                 minhash_threshold=minhash_threshold,
                                 keep_from=_methods(keep_from), copy_distance=copy_distance,

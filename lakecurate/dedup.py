@@ -32,11 +32,18 @@ or any method with ``recompute``) replace their rows; incremental runs add their
 pixels, then earliest ingested, then smallest id; rows without a score rank after rows with one.
 
 **Memory**: the semantic and caption methods never read their embedding column whole: the join
-streams it (:class:`lakecurate.columns.LanceVectors`) and reads each group of clusters by position
-(:func:`lakecurate.neardup.semantic_pairs`), so the vectors cost ~a group's worth of memory at any
-size; the per-row scalars (ids, hashes, group columns) are still read whole (~200 bytes a row), and
-``verify`` still holds the image embeddings for its nearest-neighbour candidates
+streams it once (:class:`lakecurate.columns.LanceVectors`), copying it to a local temporary file,
+and gathers each group of clusters from that copy (:func:`lakecurate.neardup.semantic_pairs`), so
+the vectors cost ~a group's worth of memory at any size (and the column's bytes of temporary
+disk); the per-row scalars (ids, hashes, group columns) are still read whole (~200 bytes a row),
+and ``verify`` still holds the image embeddings for its nearest-neighbour candidates
 (``scripts/bench_scale.py``, docs/scale.md).
+
+**phash at scale**: ``phash_search="all"`` (the default) compares every hash with every other
+(exact multi-index hashing, ~N^2 at 8 bits: 4.8 s at 1M hashes, 292 s at 10M); ``"clusters"``
+links identical hashes anywhere and near ones only among rows whose image embeddings the semantic
+join finds within ``phash_cosine`` (:func:`lakecurate.neardup.clustered_hamming_pairs`): linear
+time, and what it leaves out is hash collisions between images the embedding calls different.
 
 Perceptual hashes are computed once per row into ``phash``/``phash_flip`` (uint64) with the other
 image signals (:mod:`lakecurate.signals`: one reduced-size decode per image, in spawned workers);
@@ -67,7 +74,8 @@ from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import no_producer, write_decisions
 from lakecurate.names import Produce, embedding_columns
-from lakecurate.neardup import caption_pairs, components, hamming_pairs, knn_pairs, semantic_pairs
+from lakecurate.neardup import (caption_pairs, clustered_hamming_pairs, components, hamming_pairs, hash_distances,
+                               knn_pairs, semantic_pairs)
 from lakecurate.options import whole
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
 from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
@@ -82,6 +90,14 @@ TEXT_METHODS = ("caption", "minhash")  # caption links: reported, not image dupl
 DEFAULT_METHODS = ("exact", "phash", "semantic", "copy")  # verify: opt-in (an embedding, ~3x the time)
 DEFAULT_KEEP_FROM = ("exact", "phash", "semantic", "copy", "verify")  # those computed
 PHASH_DISTANCE = 8
+# How phash looks for near hashes: "all" against all (exact multi-index hashing, ~N^2 at 8 bits:
+# 292 s at 10M hashes), "clusters" among rows the embedding calls alike (linear; for 10M+ rows).
+PHASH_SEARCHES = ("all", "clusters")
+# phash_search="clusters": the image cosine above which two rows' hashes are compared. offline:
+# its resized copies sit at 0.50-0.69 (planted Flickr8k copies, seed 1); open_clip: a guess (no
+# CLIP weights on this machine; resized and re-encoded copies are usually above 0.9).
+PHASH_COSINES = {"offline": 0.45, "open_clip": 0.8}
+MAX_UNCLUSTERED = 1000  # hashed rows without a vector that "clusters" compares with every row
 # The copy method compares 8 hashes a row with 8 of every other (64 chances against phash's 4), so
 # it links at fewer differing bits to keep the same false-link rate (docs/benchmarks.md, issue 17).
 COPY_DISTANCE = 6
@@ -205,10 +221,12 @@ class DedupReport:
         return asdict(self)
 
 
-def _pick_embedding(lake: "Store", ds: Any, embedding: str | None, needed: bool) -> tuple[str | None, dict | None]:
+def _pick_embedding(lake: "Store", ds: Any, embedding: str | None, needed: bool,
+                    clustered: bool = False) -> tuple[str | None, dict | None]:
     from lakecurate.names import pick_embedding
 
-    need = "semantic, caption and verify dedup need them; or use --method exact,phash,copy" if needed else None
+    need = ("--phash-search clusters compares hashes within embedding clusters; embed first, or use --phash-search all"
+            if clustered else "semantic, caption and verify dedup need them; or use --method exact,phash,copy") if needed else None
     return pick_embedding(lake, ds, embedding, need=need)
 
 
@@ -242,6 +260,8 @@ def dedup(
     embedding: str | None = None,
     phash_distance: int = PHASH_DISTANCE,
     flips: bool = True,
+    phash_search: str = "all",
+    phash_cosine: float | None = None,
     copy_distance: int = COPY_DISTANCE,
     semantic_threshold: float | None = None,
     caption_threshold: float = CAPTION_THRESHOLD,
@@ -274,6 +294,10 @@ def dedup(
     copy_distance = whole("copy_distance", copy_distance, 0)
     verify_inliers = whole("verify_inliers", verify_inliers, 4)  # RANSAC needs a few points to mean anything
     verify_neighbors = whole("verify_neighbors", verify_neighbors, 1)
+    if phash_cosine is not None and not -1.0 <= float(phash_cosine) <= 1.0:
+        raise LakeError(f"phash_cosine must be a cosine between -1 and 1, got {phash_cosine}")
+    if phash_search not in PHASH_SEARCHES:
+        raise LakeError(f"phash_search must be one of {', '.join(PHASH_SEARCHES)}, got {phash_search!r}")
     if not 0.0 < float(minhash_threshold) <= 1.0:
         raise LakeError(f"minhash_threshold must be a Jaccard similarity in (0, 1], got {minhash_threshold}")
     if verify_cosine is not None and not -1.0 <= float(verify_cosine) <= 1.0:
@@ -289,11 +313,13 @@ def dedup(
     if ds.count_rows() == 0:
         report.seconds = time.perf_counter() - t_start
         return report
-    emb, emb_prov = _pick_embedding(lake, ds, embedding, needed=bool({"semantic", "caption", "verify"} & set(methods)))
+    clustered = phash_search == "clusters" and "phash" in methods
+    emb, emb_prov = _pick_embedding(lake, ds, embedding, needed=bool({"semantic", "caption", "verify"} & set(methods))
+                                    or clustered, clustered=clustered and not {"semantic", "caption", "verify"} & set(methods))
 
     configs: dict[str, dict[str, Any]] = {
         "exact": {"on": ["content_hash", "caption"]},
-        "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash"},
+        "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash"},  # search="all"
         "copy": {"max_distance": int(copy_distance), "hash": "copy_hashes"},
         "minhash": {"threshold": float(minhash_threshold), "shingles": "5 characters, lower case, punctuation as space",
                     "num_perm": 128, "groups": "star: most connected caption first"},
@@ -310,6 +336,12 @@ def dedup(
         configs["semantic"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"], "threshold": float(thr),
                                "confirm_cosine": float(min(confirm, thr)), "confirm_distance": int(confirm_distance),
                                "flips": bool(flips)}
+        if clustered:
+            if meaningless(emb_prov):
+                raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: it cannot say which "
+                                "hashes to compare; embed with a real model, or use --phash-search all")
+            configs["phash"].update(search="clusters", embedding=emb, embedding_config=emb_prov["config_hash"],
+                                    cosine=float(phash_cosine if phash_cosine is not None else PHASH_COSINES.get(family, 0.8)))
         configs["caption"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
                               "threshold": float(caption_threshold)}
         vcos = verify_cosine if verify_cosine is not None else VERIFY_COSINES.get(family, 0.7)
@@ -324,6 +356,8 @@ def dedup(
         report.hashed = produce("image_signals", workers=workers, progress=progress, engine=engine)
     if "copy" in methods:  # the same new rows again, for their copy hashes: counted once
         report.hashed = max(report.hashed, produce("copy_signals", workers=workers, progress=progress, engine=engine))
+    if clustered:
+        _check_clustered(lake.dataset(), embedding_columns(emb)["image"])
 
     # Declare each method's columns (metadata only; a changed config is an error unless recompute).
     for m in methods:
@@ -513,10 +547,13 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
         h, h_flip, eligible = _hashes(tbl)
         mr.new_rows = int((eligible & (stored_rows < 0)).sum())
         rows = np.flatnonzero(eligible)
-        values = np.concatenate([h[rows], h_flip[rows]]) if config["flips"] else h[rows]
-        # Mirror hashes against every hash find mirrored copies; i % n maps them back to rows.
-        i, j, d = hamming_pairs(values, config["max_distance"], identical="first")
-        i, j = rows[i % len(rows)], rows[j % len(rows)]
+        if config.get("search") == "clusters":
+            i, j, d = _clustered_phash(ds, config, h, h_flip, eligible, progress, engine, storage_options)
+        else:
+            values = np.concatenate([h[rows], h_flip[rows]]) if config["flips"] else h[rows]
+            # Mirror hashes against every hash find mirrored copies; i % n maps them back to rows.
+            i, j, d = hamming_pairs(values, config["max_distance"], identical="first")
+            i, j = rows[i % len(rows)], rows[j % len(rows)]
         mr.pairs = int((i != j).sum())
         return linked_groups(n, [(i, j)], eligible), _links(i, j, d, "{:.0f} of 64 bits differ")
     if method == "minhash":  # from scratch each run: a new caption can lead a better-centred group
@@ -563,6 +600,45 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
         mr.pairs = int(strong.sum())
         found = _links(i[strong], j[strong], cos[strong], "cosine {:.3f}", smaller_is_closer=False)
     return linked_groups(n, pairs, eligible), found
+
+
+def _check_clustered(ds: Any, col: str) -> None:
+    """Before anything is written: phash_search="clusters" compares a hashed row without a vector
+    with every row, so there may be only a few of them."""
+    hashed = ~np.asarray(ds.to_table(columns=["phash"]).column("phash").is_null().to_numpy(zero_copy_only=False), bool)
+    lacking = int((hashed & ~column_valid(ds, col)).sum())
+    if lacking > MAX_UNCLUSTERED:
+        raise LakeError(f"{lacking} rows have a phash but no {col} vector, and --phash-search clusters compares each of "
+                        f"them with every row (at most {MAX_UNCLUSTERED}); run embed first, or use --phash-search all")
+
+
+def _clustered_phash(ds: Any, config: dict[str, Any], h: np.ndarray, h_flip: np.ndarray,
+                     eligible: np.ndarray, progress: bool | None, engine: str,
+                     storage_options: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """phash links in linear time (``phash_search="clusters"``): identical hashes anywhere, near
+    ones among rows whose embeddings the semantic join finds within ``cosine``
+    (``neardup.clustered_hamming_pairs``). A hashed row without a vector is compared with every
+    hashed row (there are few: images that hashed but did not embed)."""
+    variants = np.stack([h, h_flip], 1) if config["flips"] else h[:, None]
+    col = embedding_columns(config["embedding"])["image"]
+    with_vector = eligible & column_valid(ds, col)
+    rows = np.flatnonzero(with_vector)
+    src = LanceVectors(ds, col, rows, storage_options=storage_options)
+    i, j, d = clustered_hamming_pairs(variants[rows], src, config["max_distance"], cosine=config["cosine"],
+                                      progress=bool(progress), engine=engine)
+    parts = [(rows[i], rows[j], d)]
+    # identical hashes across the two sets, and near ones for the rows without a vector
+    everyone = np.flatnonzero(eligible)
+    for r in np.flatnonzero(eligible & ~with_vector):
+        dist = hash_distances(variants, np.full(len(everyone), r), everyone)
+        near = (dist <= config["max_distance"]) & (everyone != r)
+        parts.append((np.full(int(near.sum()), r), everyone[near], dist[near]))
+    same_i, same_j, _ = hamming_pairs(variants[everyone].ravel(), 0, identical="first")
+    same_i, same_j = everyone[same_i // variants.shape[1]], everyone[same_j // variants.shape[1]]
+    parts.append((same_i, same_j, np.zeros(len(same_i), np.uint8)))
+    i, j, d = (np.concatenate([p[c] for p in parts]) for c in range(3))
+    keep = i != j
+    return np.minimum(i, j)[keep], np.maximum(i, j)[keep], d[keep]
 
 
 def _stored(eligible: np.ndarray, stored_rows: np.ndarray, mr: MethodReport) -> tuple[np.ndarray, np.ndarray, list]:

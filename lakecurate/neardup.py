@@ -7,6 +7,7 @@ The dedup stage reads an embedding or hash column, calls these, and writes the g
 | `semantic_pairs` | pairs with cosine >= threshold: k-means partition + exact blocked matmuls per cluster |
 | `knn_pairs` | each row's k nearest rows above a cosine floor (candidates for verification): faiss, exact or IVF |
 | `hamming_pairs` | pairs of uint64 perceptual hashes within a Hamming distance: multi-index hashing |
+| `clustered_hamming_pairs` | the same among pairs the semantic join finds near (linear: for 10M+ hashes) |
 | `caption_pairs` | near-duplicate captions: MinHash LSH on character shingles, exact Jaccard, star groups (no chains) |
 | `components` | a group id per row from pairs (connected components) |
 | `exact_pairs_bruteforce` | the exact O(N^2) cosine self-join (baseline for tests and benchmarks) |
@@ -45,10 +46,10 @@ _GROUP_ENTRIES = 1 << 17
 # Clusters keep about this many rows above ~1M rows (below, 4 sqrt(N)): constant work per row.
 _ROWS_PER_CLUSTER = 256
 # Up to this many centroids a row's nearest are found among all of them; above, two-level k-means
-# searched through an inverted file probing this share of the top lists (at least 16).
+# whose rows search the sub-centroids of their _PROBES nearest top lists.
 _FLAT_CENTROIDS = 4096
-_PROBE_SHARE = 0.15
-_KMEANS_SAMPLE = 1 << 18  # rows k-means trains on, at most (projected: 64 MiB at 64 dims)
+_PROBES = 32
+_KMEANS_SAMPLE = 1 << 20  # rows k-means trains on, at most (projected: 256 MiB at 64 dims; 16 a centroid up to k = 65,536)
 _PCA_SAMPLE = 20_000  # rows the principal axes are computed from
 # k-means on 16 rows per centroid, 6 iterations: better centroids only balance the clusters a
 # little better (the pairs found do not depend on them), and training is ~k^2 work.
@@ -252,20 +253,13 @@ def _source(vectors: "np.ndarray | VectorSource") -> VectorSource:
 # Centroids: flat k-means up to _FLAT_CENTROIDS, two levels above (cost linear in the rows)
 
 
-def _nearest(centroids: np.ndarray, z: np.ndarray, m: int, radius: float,
-             index: "faiss.Index | None" = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, cluster, is_copy) entries of each row's clusters among ``centroids`` (searched by
-    ``index``, default exact): the nearest, then the next nearest ones, up to ``m``, whose
-    bisector with the nearest lies within ``radius`` of the row (a partner within ``radius`` may
-    be on their side: the copies)."""
-    import faiss
-
-    if index is None:
-        index = faiss.IndexFlatL2(centroids.shape[1])
-        index.add(centroids)
-    m = min(m, len(centroids))
-    dist, near = index.search(z, m)
-    if m > 1:
+def _with_copies(centroids: np.ndarray, dist: np.ndarray, near: np.ndarray,
+                 radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, cluster, is_copy) entries from each row's nearest centroids (``dist``: squared
+    distances, ascending; ``near``: their numbers, -1 for none): the nearest, then the next ones
+    whose bisector with the nearest lies within ``radius`` of the row (a partner within
+    ``radius`` may be on their side: the copies)."""
+    if near.shape[1] > 1:
         # Distance from the row to the bisector of (nearest, other): (|z-o|^2 - |z-p|^2) / 2|o-p|.
         gap = np.linalg.norm(centroids[near[:, 1:]] - centroids[near[:, :1]], axis=2)
         to_bisector = (dist[:, 1:] - dist[:, :1]) / (2 * np.maximum(gap, 1e-12))
@@ -277,32 +271,58 @@ def _nearest(centroids: np.ndarray, z: np.ndarray, m: int, radius: float,
 class _Centroids:
     """k centroids on the top principal axes, and how a row finds its cells (with ClusterJoin copies).
 
-    Flat (up to _FLAT_CENTROIDS): among all centroids, exactly (:func:`_nearest`). Two levels
-    (above): the centroids are the sub-centroids of ~sqrt(k) top clusters, searched through an
-    inverted file over the top centroids that probes the nearest ~_PROBE_SHARE of the top lists
-    (at least 16): ~sqrt(k) distances a row instead of k, at the cost of sometimes missing a nearer
-    centroid in an unprobed list (recall measured by scripts/bench_scale.py). Two-level
-    ClusterJoin proper (copies at both levels) was measured too: here every row reached 4 top
-    clusters and 16 cells, 4x the entries and 13x the time at 3M rows.
+    Flat (up to _FLAT_CENTROIDS): a row's nearest among all centroids, exactly (a BLAS scan). Two
+    levels (above): the centroids are the sub-centroids of ~sqrt(k) top clusters, stored list by
+    list (``bounds``); a row probes its _PROBES nearest top lists and finds its nearest among
+    their sub-centroids exactly, one BLAS product per list for every row that probes it
+    (:meth:`search`): ~_PROBES sqrt(k) distances a row instead of k, at the cost of missing a
+    nearer centroid in an unprobed list (recall measured by scripts/bench_scale.py). This
+    replaced a faiss IVF index over the sub-centroids, which scans lists query by query: at 10M
+    rows (39,066 centroids in 198 lists, 65,536 rows, one thread) the IVF probing 30 lists took
+    5.45 s and found the exact 4 nearest for 88% of the rows; this search probing 32 takes 3.5 s
+    and finds them for 90% (16 probes: 1.7 s, 66%; semantic recall at 10M fell from 0.993 to
+    0.983 with 16). Two-level ClusterJoin proper (copies at both levels) was measured too: here every row
+    reached 4 top clusters and 16 cells, 4x the entries and 13x the time at 3M rows.
     """
 
-    def __init__(self, centroids: np.ndarray, axes: np.ndarray | None, top: np.ndarray | None = None) -> None:
-        import faiss
-
+    def __init__(self, centroids: np.ndarray, axes: np.ndarray | None, top: np.ndarray | None = None,
+                 bounds: np.ndarray | None = None) -> None:
         self.centroids, self.axes = np.ascontiguousarray(centroids, np.float32), axes
         self.top = None if top is None else np.ascontiguousarray(top, np.float32)
-        self.index = None
-        if self.top is not None:
-            self._quantizer = faiss.IndexFlatL2(self.top.shape[1])  # the IVF index does not own it
-            self._quantizer.add(self.top)
-            self.index = faiss.IndexIVFFlat(self._quantizer, self.top.shape[1], len(self.top))
-            self.index.is_trained = True
-            self.index.nprobe = min(len(self.top), max(16, int(np.ceil(_PROBE_SHARE * len(self.top)))))
-            self.index.add(self.centroids)
+        self.bounds = None if bounds is None else np.asarray(bounds, np.int64)  # list t: centroids[bounds[t]:bounds[t + 1]]
+
+    def search(self, z: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances, centroid numbers) of each row's ``m`` nearest centroids, ascending
+        (-1 and inf where a row's probed lists hold fewer)."""
+        import faiss
+
+        m = min(m, len(self.centroids))
+        if self.top is None:
+            return faiss.knn(z, self.centroids, m)
+        probes = min(len(self.top), _PROBES)
+        _, probe = faiss.knn(z, self.top, probes)
+        flat = probe.ravel()  # entry e: row e // probes
+        order = np.argsort(flat, kind="stable")
+        lists = flat[order]
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(lists)) + 1, [len(lists)]])
+        cand_d = np.full((len(flat), m), np.inf, np.float32)
+        cand_c = np.full((len(flat), m), -1, np.int64)
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            a, b = self.bounds[lists[lo]], self.bounds[lists[lo] + 1]
+            at = order[lo:hi]
+            d, c = faiss.knn(np.ascontiguousarray(z[at // probes]), self.centroids[a:b], int(min(m, b - a)))
+            cand_d[at, : d.shape[1]] = d
+            cand_c[at, : d.shape[1]] = c + a
+        cand_d, cand_c = cand_d.reshape(len(z), probes * m), cand_c.reshape(len(z), probes * m)
+        best = np.argpartition(cand_d, m - 1, axis=1)[:, :m]
+        dist, near = np.take_along_axis(cand_d, best, 1), np.take_along_axis(cand_c, best, 1)
+        order = np.argsort(dist, axis=1)
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(near, order, 1)
 
     def assign(self, x: np.ndarray, m: int, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row of x, cluster, is_copy) for every cell each row joins; own rows have is_copy False."""
-        return _nearest(self.centroids, _project(x, self.axes), m, radius, self.index)
+        dist, near = self.search(_project(x, self.axes), m)
+        return _with_copies(self.centroids, dist, near, radius)
 
 
 def _kmeans(points: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -329,18 +349,18 @@ def _fit_centroids(src: VectorSource, k: int, seed: int, pca_dims: int | None) -
     sample = in_value_order(sample, seed)
     if k <= _FLAT_CENTROIDS:
         return _Centroids(_kmeans(sample, k, seed), axes)
-    top = _kmeans(sample, int(round(np.sqrt(k))), seed)
     import faiss
 
-    index = faiss.IndexFlatL2(top.shape[1])
-    index.add(top)
-    parent = index.search(sample, 1)[1][:, 0]
-    parts = []
+    top = _kmeans(sample, int(round(np.sqrt(k))), seed)
+    parent = faiss.knn(sample, top, 1)[1][:, 0]
+    tops, parts = [], []
     for t in range(len(top)):
         mine = sample[parent == t]
-        if len(mine):
+        if len(mine):  # a top cluster with no sample rows is left out: its list would be empty
+            tops.append(top[t])
             parts.append(_kmeans(mine, max(1, int(round(k * len(mine) / len(sample)))), seed + 1 + t))
-    return _Centroids(np.concatenate(parts), axes, top)
+    bounds = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+    return _Centroids(np.concatenate(parts), axes, np.stack(tops), bounds)
 
 
 def in_value_order(sample: np.ndarray, seed: int) -> np.ndarray:
@@ -419,10 +439,14 @@ def semantic_pairs(
 
     **Memory**: the rows are streamed once to assign them (the (row, cluster) entries go to
     buckets of clusters, in files under ``spill_dir`` when given), then each bucket's clusters are
-    joined a group at a time, the group's vectors read by position (``take``): peak memory is
-    bounded by _GROUP_ENTRIES rows of vectors, not N (apart from the pairs returned: a set of s
-    identical rows yields s (s - 1) / 2 pairs). ``spill_dir="auto"``: a temporary directory when
-    the entries fill more than one bucket (_BUCKET_ENTRIES, 64 MiB), else memory; None: memory.
+    joined a group at a time, the group's vectors gathered by position: peak memory is bounded by
+    _GROUP_ENTRIES rows of vectors, not N (apart from the pairs returned: a set of s identical
+    rows yields s (s - 1) / 2 pairs). A source that is not an in-memory matrix (a Lance column) is
+    copied to a raw file under ``spill_dir`` as it streams and the groups are gathered from that
+    copy (:class:`_LocalCopy`: ~4x faster than reading the column by position, and the source is
+    read once). ``spill_dir="auto"``: a temporary directory (for the copy, and for the entries
+    when they fill more than one bucket: _BUCKET_ENTRIES, 64 MiB); None: everything in memory and
+    the source read by position.
 
     ``engine="ray"``: each group of clusters is joined by a Ray task of its own, which reads the
     group's vectors itself (a :class:`~lakecurate.columns.LanceVectors` travels as its spec; a
@@ -462,9 +486,31 @@ def semantic_pairs(
         if fresh is not None:
             i, j, v = (a[fresh[i] | fresh[j]] for a in (i, j, v))
         return i, j, v
+    local_copy = engine == "local" and spill_dir is not None and not isinstance(src, ArrayVectors)
+    with _partition(src, threshold, n_clusters, assign, seed, pca_dims, spill_dir, progress, local_copy) as (entries, copy):
+        parts = _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address)
+    if not parts:
+        return _empty()
+    i, j, v = _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], v[first]
+
+
+@contextmanager
+def _partition(src: VectorSource, threshold: float, n_clusters: int | None, assign: int, seed: int,
+               pca_dims: int | None, spill_dir: str | None, progress: bool,
+               local_copy: bool = False) -> Iterator[tuple["_Entries", "_LocalCopy | None"]]:
+    """k-means on a sample, then every row streamed once into its clusters (with ClusterJoin copies
+    within the partner radius of ``threshold``): the (row, cluster) entries by bucket, spilled
+    under ``spill_dir`` ("auto": a temporary directory when they fill more than one bucket).
+    ``local_copy``: the vectors are also copied, as they stream, to a raw file in that directory,
+    which the join then gathers from (:class:`_LocalCopy`) instead of reading the source by
+    position again."""
     # Train on a sample: the bound holds for any centroids, so better k-means mostly balances
     # the clusters (less work) rather than finding more pairs.
-    cents = _fit_centroids(src, k, seed, pca_dims)
+    n = src.n
+    cents = _fit_centroids(src, max(1, min(n_clusters or default_clusters(n), n)), seed, pca_dims)
     k = len(cents.centroids)
     m = min(assign, k)
     # fp16 storage and rounding: allow norms up to ~1.001 in the partner radius.
@@ -473,16 +519,63 @@ def semantic_pairs(
     buckets = -(-k // per_bucket)
     with contextlib.ExitStack() as stack:
         if spill_dir == "auto":
-            spill_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-join-")) if buckets > 1 else None
+            need = buckets > 1 or local_copy
+            spill_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-join-")) if need else None
+        copy = stack.enter_context(_LocalCopy(os.path.join(spill_dir, "vectors.bin"), src.d)) if local_copy and spill_dir else None
         entries = _Entries(buckets, spill_dir)
-        _assign_rows(src, cents, m, radius, entries, per_bucket, progress)
-        parts = _join_buckets(src, entries, threshold, fresh, progress, engine=engine, address=address)
-    if not parts:
-        return _empty()
-    i, j, v = _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
-    first = np.ones(len(i), bool)
-    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
-    return i[first], j[first], v[first]
+        _assign_rows(src, cents, m, radius, entries, per_bucket, progress, copy)
+        if copy is not None:
+            copy.close_writer()
+        yield entries, copy
+
+
+class _LocalCopy:
+    """The vectors written, as the assignment pass streams them, to a raw file on local disk, then
+    gathered by position with one ``pread`` a row: ~3x faster than taking rows from a Lance column
+    by position (at 1M rows x 512-d float16: 120,000 sorted rows in ~0.2 s against ~1.6 s for
+    100,000), and the source is read once instead of once plus once per group. Disk: the
+    column's bytes (1 KiB a row at 512-d float16). Reads, not a memory map: the kernel maps 64 KiB
+    around every faulting row, so gathering a group through a map held nearly the whole file in
+    the process's resident memory (1.1 GB at 1M rows)."""
+
+    def __init__(self, path: str, d: int) -> None:
+        self.path, self.d = path, d
+        self.n = 0
+        self.dtype: np.dtype | None = None
+        self._out = open(path, "wb")
+        self._fd: int | None = None
+
+    def write(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x)
+        if self.dtype is None:
+            self.dtype = x.dtype
+        self._out.write(x.astype(self.dtype, copy=False).tobytes())
+        self.n += len(x)
+
+    def close_writer(self) -> None:
+        self._out.close()
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.d), self.dtype or np.float32)
+        if not len(rows):
+            return out
+        size = self.d * out.itemsize
+        view = out.view(np.uint8).reshape(len(rows), size)
+        fd = self._fd
+        for k, r in enumerate(np.asarray(rows, np.int64).tolist()):
+            os.preadv(fd, [view[k]], r * size)
+        return out
+
+    def __enter__(self) -> "_LocalCopy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._out.closed:
+            self._out.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh: np.ndarray | None,
@@ -497,11 +590,6 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
 
         bar = progress_bar(total=src.n, desc="semantic pairs", unit="row", progress=progress)
 
-    def groups() -> Iterator[np.ndarray]:
-        for b in range(len(entries.parts)):
-            got = entries.load(b)
-            yield from _groups(got[np.argsort(got[:, 1], kind="stable")])  # by cluster, own rows first, rows ascending
-
     def read(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.unique(group[:, 0])
         return group, rows, src.take(rows)
@@ -512,7 +600,7 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
         ray = ray_init(address)
         source = ray.put(("lance", src.spec()) if hasattr(src, "spec") else ("array", src))
         new_ref = ray.put(fresh)
-        calls = ((source, group, threshold, new_ref) for group in groups())
+        calls = ((source, group, threshold, new_ref) for group in _entry_groups(entries))
         window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # entries in flight stay bounded
         for own, part in ray_task_map(join_group_task, calls, address=address, retries=2, window=window):
             parts.append(part)
@@ -524,7 +612,7 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
 
     with ThreadPoolExecutor(1) as reader:
         pending = None
-        for group in groups():
+        for group in _entry_groups(entries):
             ahead = reader.submit(read, group)
             if pending is not None:
                 parts.append(_join_group(*pending.result(), threshold, fresh))
@@ -540,6 +628,13 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
     return parts
 
 
+def _entry_groups(entries: "_Entries") -> Iterator[np.ndarray]:
+    """Every bucket's entries sorted by cluster (own rows first, rows ascending), cut into groups."""
+    for b in range(len(entries.parts)):
+        got = entries.load(b)
+        yield from _groups(got[np.argsort(got[:, 1], kind="stable")])
+
+
 def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: np.ndarray | None) -> tuple[int, Pairs]:
     """A Ray task of ``semantic_pairs(engine="ray")``: read one group's vectors (by position, from
     the Lance column or the matrix) and join its clusters; (own rows of the group, its pairs)."""
@@ -553,8 +648,9 @@ def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: n
 
 
 def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Entries,
-                 per_bucket: int, progress: bool) -> None:
-    """Stream every row once: its clusters as (row, key = 2 cluster + is_copy) entries, by bucket."""
+                 per_bucket: int, progress: bool, copy: "_LocalCopy | None" = None) -> None:
+    """Stream every row once: its clusters as (row, key = 2 cluster + is_copy) entries, by bucket
+    (and the vectors into ``copy``, when given)."""
     import faiss
 
     bar = None
@@ -563,6 +659,8 @@ def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, en
 
         bar = progress_bar(total=src.n, desc="assign clusters", unit="row", progress=progress)
     for start, x in src.batches(_ASSIGN_BATCH):
+        if copy is not None:
+            copy.write(x)
 
         def chunk(s: int, x: np.ndarray = x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             faiss.omp_set_num_threads(1)  # per calling thread: the pool already uses every core
@@ -920,6 +1018,77 @@ def hamming_pairs(
         i, j = np.concatenate(ii), np.concatenate(jj)
     dist = np.bitwise_count(h[i] ^ h[j]).astype(np.uint8)
     return _sorted_pairs(i, j, dist)
+
+
+def hash_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Hamming distance of each pair of rows (i, j): the smallest over the rows' hash variants
+    (``hashes`` is N or N x variants uint64, e.g. a pHash and its mirror's)."""
+    h = np.asarray(hashes).view(np.uint64)
+    h = h[:, None] if h.ndim == 1 else h
+    dist = np.full(len(i), 64, np.int64)
+    for a in range(h.shape[1]):
+        for b in range(h.shape[1]):
+            dist = np.minimum(dist, np.bitwise_count(h[i, a] ^ h[j, b]))
+    return dist.astype(np.uint8)
+
+
+def clustered_hamming_pairs(
+    hashes: np.ndarray,
+    vectors: "np.ndarray | VectorSource",
+    max_distance: int = 8,
+    *,
+    cosine: float = 0.85,
+    progress: bool = False,
+    **join: object,
+) -> Pairs:
+    """Pairs of rows whose hashes differ in at most ``max_distance`` bits *and* whose embeddings
+    are within ``cosine``, plus every pair of identical hashes: a linear-time perceptual hash search.
+
+    :func:`hamming_pairs` is exact but costs ~N^2 at 8 bits (random pairs share band keys: 4.8 s
+    at 1M hashes, 292 s at 10M). Perceptual duplicates are also near in embedding space, so here
+    the candidates are the semantic join's pairs at ``cosine`` (:func:`semantic_pairs`, linear,
+    streamed; ``join`` passes its options), kept when their hashes are near; identical hashes are
+    found everywhere by a sort. What it leaves out is hash collisions between images the embedding
+    calls different (cosine < ``cosine``): mostly pHash's false positives (flat or uniform
+    images). ``hashes``: N uint64, or N x variants (the distance is the smallest over variant
+    pairs, :func:`hash_distances`).
+
+    Returns ``(i, j, distance)`` like :func:`hamming_pairs` with ``identical="first"`` (rows
+    sharing a hash are each linked to its first row; the groups are the same).
+
+    >>> rng = np.random.default_rng(0)
+    >>> v = rng.standard_normal((1000, 64)).astype(np.float32)
+    >>> v[10] = v[3] + 0.05 * v[10]  # a near copy of row 3 ...
+    >>> v /= np.linalg.norm(v, axis=1, keepdims=True)
+    >>> h = rng.integers(0, 2**63, 1000).astype(np.uint64)
+    >>> h[10] = h[3] ^ np.uint64(0b111)  # ... whose hash differs in 3 bits
+    >>> h[20] = h[500] ^ np.uint64(1)  # a hash collision of two unrelated rows: left out
+    >>> [a.tolist() for a in clustered_hamming_pairs(h, v, 8)]
+    [[3], [10], [3]]
+    """
+    h = np.asarray(hashes)
+    if h.ndim not in (1, 2) or h.dtype not in (np.uint64, np.int64):
+        raise ValueError(f"hashes must be a uint64 array of N or N x variants, got {h.dtype} with shape {h.shape}")
+    h = h.view(np.uint64)
+    h = h[:, None] if h.ndim == 1 else h
+    src = _source(vectors)
+    if src.n != len(h):
+        raise ValueError(f"hashes and vectors must have the same rows, got {len(h)} and {src.n}")
+    t = int(max_distance)
+    if t < 0 or len(h) < 2:
+        return _empty(np.uint8)
+    v = h.shape[1]
+    same_i, same_j, _ = hamming_pairs(h.ravel(), 0, identical="first")  # identical hashes anywhere: a sort
+    i, j, _cos = semantic_pairs(src, cosine, progress=progress, **join)  # type: ignore[arg-type]
+    i = np.concatenate([same_i // v, i])
+    j = np.concatenate([same_j // v, j])
+    i, j = np.minimum(i, j), np.maximum(i, j)
+    dist = hash_distances(h, i, j)
+    keep = (i != j) & (dist <= t)
+    i, j, dist = _sorted_pairs(i[keep], j[keep], dist[keep])
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], dist[first]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ For each size N, in one run:
      comparable (the default k grows as sqrt(N) up to 4,096);
    - ``hash``: ``neardup.hamming_pairs`` (distance <= 8) on N random 64-bit hashes with 5% planted
      copies (0-8 bits flipped); recall against brute force for 1,000 random rows and 1,000 copies;
+   - ``hash-clusters`` (``--only hash-clusters``): ``neardup.clustered_hamming_pairs`` (dedup
+     ``--phash-search clusters``) on the dataset's vectors with hashes planted to match them
+     (each near copy gets its source's hash, 0-8 bits flipped; 0.5% of rows collide with an
+     unrelated row's hash); recall of the pairs whose vectors are within ``--hash-cosine``
+     (its peak counts from the search's start: the hashes are in it, the setup's scratch is not);
    - the baseline, at the smallest size only: ``semantic-whole``, the path before this change (the
      whole column read into one matrix, then the same join).
 3. ratios against the smallest size, in this run: peak memory and time per row.
@@ -236,6 +241,80 @@ def child_hash(n: int) -> dict:
             "true_pairs": int(len(truth)), "missed": int((~found).sum())}
 
 
+def planted_sources(path: Path) -> np.ndarray:
+    """The source row of each planted copy (``DIR/vectors-N.lance.sources.npy``, found once): its
+    nearest row in its own chunk (copies sit at cosine 0.95-0.996 to their source, other rows far
+    below)."""
+    import lance
+
+    from lakecurate.columns import embedding_matrix
+
+    out = path.parent / f"{path.name}.sources.npy"
+    if out.exists():
+        return np.load(out)
+    copies = np.load(path.parent / f"{path.name}.copies.npy")
+    ds = lance.dataset(str(path))
+    sources = np.empty(len(copies), np.int64)
+    for start in range(0, ds.count_rows(), CHUNK):
+        x = embedding_matrix(ds.take(np.arange(start, min(start + CHUNK, ds.count_rows())), columns=["image"]).column(0),
+                             dtype=np.float32)[0]
+        mine = np.flatnonzero((copies >= start) & (copies < start + len(x)))
+        sim = x[copies[mine] - start] @ x.T
+        sim[np.arange(len(mine)), copies[mine] - start] = -2
+        sources[mine] = sim.argmax(1) + start
+    np.save(out, sources)
+    return sources
+
+
+def child_hash_clusters(path: Path, cosine: float) -> dict:
+    """``neardup.clustered_hamming_pairs`` (dedup --phash-search clusters) over the vectors of the
+    semantic dataset and hashes planted to match: each planted near copy of a vector gets its
+    source's hash with 0-8 bits flipped; 0.5% of rows get a hash within 8 bits of an unrelated
+    row's (a pHash collision of different images). Recall against brute force for 1,000 random
+    rows and 1,000 copies: of the pairs whose vectors are within ``cosine`` (what it searches), and
+    how many collisions of far vectors it leaves out (by design)."""
+    import lance
+
+    from lakecurate.columns import LanceVectors
+    from lakecurate.neardup import clustered_hamming_pairs
+
+    ds = lance.dataset(str(path))
+    n = ds.count_rows()
+    copies, sources = np.load(path.parent / f"{path.name}.copies.npy"), planted_sources(path)
+    rng = np.random.default_rng(SEED + 5)
+    h = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, n).astype(np.uint64)
+
+    def flipped(m: int) -> np.ndarray:
+        flips, noise = rng.integers(0, 9, m), np.zeros(m, np.uint64)
+        for b in range(8):
+            noise ^= np.where(b < flips, np.uint64(1) << rng.integers(0, 64, m).astype(np.uint64), np.uint64(0))
+        return noise
+
+    h[copies] = h[sources] ^ flipped(len(copies))
+    a, b = rng.choice(n, n // 200), rng.choice(n, n // 200)
+    h[b] = h[a] ^ flipped(len(b))
+    with open("/proc/self/clear_refs", "w") as f:  # the peak from here: not planted_sources' scratch
+        f.write("5")
+    t0 = time.perf_counter()
+    i, j, _d = clustered_hamming_pairs(h, LanceVectors(ds, "image"), 8, cosine=cosine)
+    seconds = time.perf_counter() - t0
+    peak = vm_hwm_mb()
+    rows = sample_rows(n, copies)
+    q = np.asarray(LanceVectors(ds, "image").take(rows), np.float32)
+    truth, near = [], []
+    for r, qv in zip(rows, q):
+        other = np.flatnonzero(np.bitwise_count(h ^ h[r]) <= 8)
+        other = other[other != r]
+        cos = np.asarray(LanceVectors(ds, "image").take(np.sort(other)), np.float32) @ qv if len(other) else np.zeros(0)
+        truth.append(np.minimum(np.sort(other), r) * n + np.maximum(np.sort(other), r))
+        near.append(cos >= cosine)
+    truth, near = np.concatenate(truth), np.concatenate(near)
+    found = np.isin(truth, i.astype(np.int64) * n + j)
+    return {"seconds": seconds, "peak_mb": peak, "pairs": int(len(i)), "recall": float(found[near].mean()),
+            "true_pairs": int(near.sum()), "missed": int((~found[near]).sum()), "far_pairs": int((~near).sum()),
+            "far_found": int(found[~near].sum()), "cosine": cosine}
+
+
 def run_child(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
     if out.returncode:
@@ -250,7 +329,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lakecurate-scale"), help="where the datasets are made (reused)")
     ap.add_argument("--k", type=int, default=1024, help="clusters for the clustering measurement (same at every size)")
     ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"],
-                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash"])
+                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters"])
+    ap.add_argument("--hash-cosine", type=float, default=0.9, help="hash-clusters: the cosine whose neighbours' hashes are compared")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -259,19 +339,20 @@ def main() -> None:
                "semantic-ray": lambda: child_semantic(Path(arg), False, "ray"),
                "cluster": lambda: child_cluster(Path(arg), int(args.child[2])),
                "cluster-ray": lambda: child_cluster_ray(Path(arg), int(args.child[2])),
-               "hash": lambda: child_hash(int(arg))}[kind]()
+               "hash": lambda: child_hash(int(arg)),
+               "hash-clusters": lambda: child_hash_clusters(Path(arg), float(args.child[2]))}[kind]()
         print(json.dumps(res))
         return
 
     print(f"bench_scale: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
     args.dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic", "semantic-whole", "semantic-ray", "cluster", "cluster-ray",
-                                                           "hash")}
+    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters")
+    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic-whole", *kinds)}
     for n in args.sizes:
         print(f"\nN = {n:,}", flush=True)
         path = args.dir / f"vectors-{n}.lance"
-        if {"semantic", "semantic-ray", "cluster", "cluster-ray"} & set(args.only):
+        if {"semantic", "semantic-ray", "cluster", "cluster-ray", "hash-clusters"} & set(args.only):
             make_dataset(path, n)
         if "semantic" in args.only:
             if n == args.sizes[0]:
@@ -298,10 +379,16 @@ def main() -> None:
             r = results["hash"][n] = run_child(["hash", str(n)])
             print(f"  hash search                      {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
                   f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
+        if "hash-clusters" in args.only:
+            r = results["hash-clusters"][n] = run_child(["hash-clusters", str(path), str(args.hash_cosine)])
+            print(f"  hash search in clusters          {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
+                  f"pairs {r['pairs']:,}  recall {r['recall']:.4f} of pairs within cosine {r['cosine']} "
+                  f"({r['missed']} of {r['true_pairs']} missed); far collisions found {r['far_found']} of {r['far_pairs']}",
+                  flush=True)
 
     base = args.sizes[0]
     print(f"\nratios against N = {base:,} (same run):")
-    for kind in ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash"):
+    for kind in kinds:
         for n in args.sizes[1:]:
             if n in results[kind] and base in results[kind]:
                 a, b = results[kind][base], results[kind][n]

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageEnhance, ImageOps
 
 from lakecurate import Lake, LakeError
+from lakecurate import dedup as dedup_module
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
 from lakecurate.dedup import COPY_DISTANCE, best_of_groups, equal_value_pairs, keep_rank
@@ -189,6 +190,11 @@ def test_exact_pairs_and_no_embeddings(lake: Lake, tmp_path: Path):
     lake.ingest(other, progress=False)
     with pytest.raises(LakeError, match="lakecurate embed"):
         lake.dedup(["semantic"], progress=False)
+    with pytest.raises(LakeError, match="--phash-search all"):  # clusters need an embedding, said before writing
+        lake.dedup(["phash"], phash_search="clusters", progress=False)
+    with pytest.raises(LakeError, match="phash_search must be one of"):
+        lake.dedup(["phash"], phash_search="nearby", progress=False)
+    assert "dup_phash_group" not in lake.dataset().schema.names
     rep = lake.dedup(["exact"], progress=False)  # exact needs no embedding; no score: kept by pixels, then time
     rows = by_key(lake, ["id", "dup_exact_group", "dup_pair_group", "dup_keep", "dup_reason"])
     trio = [rows[k] for k in ("chelsea", "chelsea_copy", "cat")]
@@ -315,6 +321,50 @@ def test_planted_incremental_equals_from_scratch(planted_lake, tmp_path: Path):
     for column in ("dup_semantic_group", "dup_caption_group", "dup_group"):
         a, b = linked(incremental, column), linked(scratch, column)
         assert len(a ^ b) <= 0.01 * len(a | b), (column, len(a ^ b), len(a | b))
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_phash_search_in_clusters_finds_the_planted_copies(planted_lake, tmp_path: Path, monkeypatch):
+    """phash_search="clusters" (linear: near hashes among the semantic join's neighbours, identical
+    hashes anywhere) links a subset of what the all-pairs search links, and on planted copies
+    (edits, crops, mirrors of 120 photos) finds as many; the choice is recorded, and changing it
+    needs --recompute."""
+    lake, planted, _ = planted_lake
+    other = Lake.open(shutil.copytree(lake.uri, tmp_path / "clusters"))
+    with pytest.raises(LakeError, match="--recompute"):
+        other.dedup(["exact", "phash"], phash_search="clusters", progress=False)
+    other.dedup(["exact", "phash"], phash_search="clusters", recompute=True, progress=False)
+    everywhere = linked(by_key(lake, ["dup_phash_group"]), "dup_phash_group")
+    clustered = linked(by_key(other, ["dup_phash_group"]), "dup_phash_group")
+    assert len(clustered) > 50 and clustered <= everywhere
+    r_all, p_all = pair_scores(lake, planted, "dup_phash_group")
+    r_c, p_c = pair_scores(other, planted, "dup_phash_group")
+    assert r_c >= r_all - 0.01 and p_c >= 0.99, (r_all, r_c, p_c)
+    prov = field_provenance(other.dataset().schema.field("dup_phash_group"))
+    assert prov["config"]["search"] == "clusters" and prov["config"]["cosine"] == 0.45
+    # A row that hashed but has no vector yet is compared with every row (a few are allowed).
+    new = tmp_path / "new"
+    new.mkdir()
+    original = next(p for p in planted if p.edit == "original")
+    folder = Path(lake.uri).parent / ("a" if planted.index(original) % 2 == 0 else "b")  # split_in_halves
+    im = Image.open(folder / f"{original.key}.jpg")
+    im.resize((im.width // 2, im.height // 2)).save(new / "half.jpg", quality=85)
+    (new / "half.txt").write_text("a smaller copy")
+    other.ingest(new, progress=False)
+    monkeypatch.setattr(dedup_module, "MAX_UNCLUSTERED", 0)
+    with pytest.raises(LakeError, match="run embed first"):
+        other.dedup(["exact", "phash"], phash_search="clusters", progress=False)
+    monkeypatch.undo()
+    other.dedup(["exact", "phash"], phash_search="clusters", progress=False)
+    rows = by_key(other, ["dup_phash_group"])
+    assert rows["half"]["dup_phash_group"] is not None
+    assert rows["half"]["dup_phash_group"] == rows[stem(original.key)]["dup_phash_group"]
+
+
+def test_phash_clusters_refuse_a_meaningless_embedding(sample_lake_embedded: Lake):
+    with pytest.raises(LakeError, match="--phash-search all"):
+        sample_lake_embedded.dedup(["phash"], phash_search="clusters", progress=False)
 
 
 # --------------------------------------------------------------------------- issue 17: copy hashes

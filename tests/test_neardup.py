@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import faiss
 import numpy as np
 import pytest
 
@@ -300,8 +301,19 @@ def test_semantic_two_level_centroids(data, truth, monkeypatch):
     assert (cos >= 0.95 - 1e-5).all()
     cents = neardup._fit_centroids(neardup.ArrayVectors(x), 120, 0, 64)
     assert cents.top is not None and len(cents.top) == 11  # round(sqrt(120)) top clusters
-    assert cents.index.nprobe == 11  # at least 16 lists, or all of them
     assert 90 <= len(cents.centroids) <= 150  # each top cluster's share of k
+    assert cents.bounds[0] == 0 and cents.bounds[-1] == len(cents.centroids) and (np.diff(cents.bounds) > 0).all()
+    z = neardup._project(x[:2000], cents.axes)
+    exact_d, exact_c = faiss.knn(z, cents.centroids, 4)
+    d, c = cents.search(z, 4)  # every list probed (32 >= 11): the exact 4 nearest, in order
+    np.testing.assert_array_equal(c, exact_c)
+    np.testing.assert_allclose(d, exact_d, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(neardup, "_PROBES", 2)  # the 2 nearest lists only: the nearest within them
+    d, c = cents.search(z, 4)
+    owner = np.searchsorted(cents.bounds, c, side="right") - 1
+    probed = faiss.knn(z, cents.top, 2)[1]
+    assert ((owner == probed[:, :1]) | (owner == probed[:, 1:2])).all()
+    assert (np.diff(d, axis=1) >= 0).all() and 0.5 < (c[:, 0] == exact_c[:, 0]).mean() < 1
     row, cluster, copy = cents.assign(x[:500], 4, 0.32)
     own = row[~copy]
     assert np.array_equal(np.sort(own), np.arange(500))  # every row is own in exactly one cell
@@ -312,3 +324,83 @@ def test_default_clusters_grow_linearly_above_a_million():
     assert neardup.default_clusters(1_000_000) == 4000
     assert neardup.default_clusters(10_000_000) == 10_000_000 // neardup._ROWS_PER_CLUSTER
     assert neardup.default_clusters(100_000_000) / neardup.default_clusters(10_000_000) == pytest.approx(10, rel=1e-3)
+
+
+class RemoteVectors:
+    """A vector source that is not in memory (like a Lance column): the join copies it to local disk
+    as it streams, then gathers the groups from that copy instead of reading it by position."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x, (self.n, self.d) = x, x.shape
+        self.takes: list[int] = []
+        self.streamed = 0
+
+    def batches(self, size: int):
+        for s in range(0, self.n, size):
+            self.streamed += len(self.x[s : s + size])
+            yield s, self.x[s : s + size]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        self.takes.append(len(rows))
+        return self.x[rows]
+
+
+def test_semantic_join_gathers_from_a_local_copy(data, monkeypatch):
+    """A source that is not an in-memory matrix is streamed once, copied to the spill directory as
+    it streams, and never read by position after the k-means sample: the same pairs as the matrix."""
+    x = data[0].astype(np.float16)
+    expected = semantic_pairs(x, 0.95)
+    monkeypatch.setattr(neardup, "_GROUP_ENTRIES", 1000)
+    monkeypatch.setattr(neardup, "_ASSIGN_BATCH", 2500)
+    gathered = []
+    real = neardup._LocalCopy.take
+
+    def spy(self, rows):
+        gathered.append(len(rows))
+        return real(self, rows)
+
+    monkeypatch.setattr(neardup._LocalCopy, "take", spy)
+    src = RemoteVectors(x)
+    got = semantic_pairs(src, 0.95)
+    assert src.streamed == len(x) and len(src.takes) <= 3  # the validity check, the PCA and k-means samples
+    assert len(gathered) > 5 and sum(gathered) >= len(x)  # every group came from the copy
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert semantic_pairs(RemoteVectors(x), 0.95, spill_dir=None)[0].tolist() == expected[0].tolist()  # no copy
+
+
+def test_clustered_hamming_pairs_is_the_exact_search_among_semantic_neighbours():
+    """Planted perceptual copies (near vectors and near hashes) are all found, with their mirror
+    variants; identical hashes are linked wherever they are; hash collisions between rows whose
+    vectors are far apart are left out (what the exact all-pairs search would add)."""
+    rng = np.random.default_rng(3)
+    n, d = 6000, 48
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    h = rng.integers(0, 2**63, (n, 2), dtype=np.int64).astype(np.uint64)  # a hash and its mirror's
+    src, dup = np.arange(0, 600, 2), np.arange(1, 600, 2)
+    x[dup] = x[src] + 0.2 * rng.standard_normal((len(dup), d)).astype(np.float32) / np.sqrt(d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flips = rng.integers(0, 9, len(dup))
+    noise = np.array([np.bitwise_or.reduce(np.uint64(1) << rng.choice(64, f, replace=False).astype(np.uint64))
+                      if f else np.uint64(0) for f in flips], np.uint64)
+    h[dup, 0] = h[src, 0] ^ noise
+    h[dup[::10], 0] = h[src[::10], 1]  # mirrored copies: hash = the original's mirror hash
+    h[1000:1010, 0] = h[2000, 0]  # identical hashes, unrelated vectors
+    h[3000:3020, 0] = h[4000:4020, 0] ^ np.uint64(3)  # hash collisions, unrelated vectors
+    i, j, dist = neardup.clustered_hamming_pairs(h, x, 8, cosine=0.85)
+    found = set(zip(i.tolist(), j.tolist()))
+    exact = neardup.hamming_pairs(h.ravel(), 8)
+    all_pairs = {(a // 2, b // 2) for a, b in zip(*exact[:2]) if a // 2 != b // 2}
+    cos = np.array([x[a] @ x[b] for a, b in all_pairs])
+    near = {p for p, c in zip(all_pairs, cos) if c >= 0.85}
+    assert {(a, b) for a, b in zip(src.tolist(), dup.tolist())} <= found  # every planted copy
+    assert near <= found  # every exact pair whose vectors are near
+    label = neardup.components(n, i, j)
+    assert len(set(label[[*range(1000, 1010), 2000]].tolist())) == 1  # identical hashes linked, vectors apart
+    assert not {(3000 + t, 4000 + t) for t in range(20)} & found  # far collisions left out
+    assert found <= all_pairs | {(min(a, b), max(a, b)) for a in range(1000, 1010) for b in [*range(1000, 1010), 2000]}
+    np.testing.assert_array_equal(dist, neardup.hash_distances(h, i, j))
+    assert (dist <= 8).all() and (i < j).all()
+    with pytest.raises(ValueError, match="same rows"):
+        neardup.clustered_hamming_pairs(h[:10], x, 8)
