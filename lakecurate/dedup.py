@@ -44,6 +44,7 @@ and ``verify`` still holds the image embeddings for its nearest-neighbour candid
 links identical hashes anywhere and near ones only among rows whose image embeddings the semantic
 join finds within ``phash_cosine`` (:func:`lakecurate.neardup.clustered_hamming_pairs`): linear
 time, and what it leaves out is hash collisions between images the embedding calls different.
+When semantic runs in the same call over every row, one join at the lower cosine serves both.
 
 Perceptual hashes are computed once per row into ``phash``/``phash_flip`` (uint64) with the other
 image signals (:mod:`lakecurate.signals`: one reduced-size decode per image, in spawned workers);
@@ -74,8 +75,8 @@ from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import no_producer, write_decisions
 from lakecurate.names import Produce, embedding_columns
-from lakecurate.neardup import (caption_pairs, clustered_hamming_pairs, components, hamming_pairs, hash_distances,
-                               knn_pairs, semantic_pairs)
+from lakecurate.neardup import (Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
+                               hash_distances, knn_pairs, semantic_pairs)
 from lakecurate.options import whole
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
 from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
@@ -389,6 +390,9 @@ def dedup(
     ingested = pc.fill_null(pc.cast(tbl.column("ingested_at"), pa.int64()), 0).to_numpy()
     rank = keep_rank(score, pixels, ingested, ids.astype(str))
 
+    joins = _Joins(ds, lake.storage_options, progress, engine)
+    if clustered and "semantic" in methods:  # one image join at the lower cosine serves both methods
+        joins.floor[embedding_columns(emb)["image"]] = min(configs["phash"]["cosine"], configs["semantic"]["confirm_cosine"])
     labels: dict[str, np.ndarray] = {}  # method -> row of its group's best member (-1: no signal)
     evidence: dict[str, Evidence] = {}  # method -> the links this run found
     replaced: set[str] = set()  # methods whose evidence this run replaces (computed from scratch)
@@ -404,7 +408,7 @@ def dedup(
             label, evidence[m] = _verify_groups(lake, tbl, emb, configs[m], stored_rows, labels, mr, workers, progress)
         else:
             label, evidence[m] = _method_groups(m, ds, tbl, emb, configs[m], stored_rows, mr, progress,
-                                                engine=engine, storage_options=lake.storage_options)
+                                                engine=engine, storage_options=lake.storage_options, joins=joins)
         best = best_of_groups(label, rank)
         labels[m] = best
         if m in methods:
@@ -531,9 +535,37 @@ def _sources(method: str, emb: str | None) -> list[str]:
 
 
 
+class _Joins:
+    """The semantic joins of one dedup run: a full join (every row with a vector) over an image
+    column is done once, at the lowest cosine any method asked for in ``floor``, and filtered for
+    each method (phash in clusters and semantic); joins of new rows only are not kept."""
+
+    def __init__(self, ds: Any, storage_options: dict | None, progress: bool | None, engine: str) -> None:
+        self.ds, self.storage_options, self.progress, self.engine = ds, storage_options, progress, engine
+        self.floor: dict[str, float] = {}
+        self.done: dict[str, tuple[np.ndarray, float, Pairs]] = {}
+        self.runs = 0
+
+    def pairs(self, col: str, rows: np.ndarray, cosine: float, new: np.ndarray | None = None) -> Pairs:
+        """(i, j, cosine) as dataset rows: pairs of ``rows`` with cosine >= ``cosine`` (with ``new``,
+        those touching a new row)."""
+        if new is None and col in self.done and np.array_equal(self.done[col][0], rows) and self.done[col][1] <= cosine:
+            i, j, cos = self.done[col][2]
+        else:
+            low = min(cosine, self.floor.get(col, cosine)) if new is None else cosine
+            src = LanceVectors(self.ds, col, rows, storage_options=self.storage_options)
+            i, j, cos = semantic_pairs(src, low, new=new, progress=bool(self.progress), engine=self.engine)
+            i, j = rows[i], rows[j]
+            self.runs += 1
+            if new is None:
+                self.done[col] = (rows, low, (i, j, cos))
+        keep = cos >= cosine
+        return i[keep], j[keep], cos[keep]
+
+
 def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,
                    mr: MethodReport, progress: bool | None, *, engine: str = "local",
-                   storage_options: dict | None = None) -> tuple[np.ndarray, Evidence]:
+                   storage_options: dict | None = None, joins: "_Joins | None" = None) -> tuple[np.ndarray, Evidence]:
     """Group label per row for one method (stored groups merged with this run's links), and the links."""
     n = tbl.num_rows
     if method == "exact":
@@ -548,7 +580,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
         mr.new_rows = int((eligible & (stored_rows < 0)).sum())
         rows = np.flatnonzero(eligible)
         if config.get("search") == "clusters":
-            i, j, d = _clustered_phash(ds, config, h, h_flip, eligible, progress, engine, storage_options)
+            i, j, d = _clustered_phash(ds, config, h, h_flip, eligible, joins or _Joins(ds, storage_options, progress, engine))
         else:
             values = np.concatenate([h[rows], h_flip[rows]]) if config["flips"] else h[rows]
             # Mirror hashes against every hash find mirrored copies; i % n maps them back to rows.
@@ -586,9 +618,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
     if mr.new_rows:
         only_new = None if mr.new_rows == len(rows) else new[rows]
         low = config.get("confirm_cosine", config["threshold"])
-        i, j, cos = semantic_pairs(LanceVectors(ds, col, rows, storage_options=storage_options), low, new=only_new,
-                                   progress=bool(progress), engine=engine)
-        i, j = rows[i], rows[j]
+        i, j, cos = (joins or _Joins(ds, storage_options, progress, engine)).pairs(col, rows, low, only_new)
         strong = cos >= config["threshold"]
         if low < config["threshold"]:  # weaker links count only when the images also look alike
             h, h_flip, hashed = _hashes(tbl)
@@ -612,30 +642,28 @@ def _check_clustered(ds: Any, col: str) -> None:
                         f"them with every row (at most {MAX_UNCLUSTERED}); run embed first, or use --phash-search all")
 
 
-def _clustered_phash(ds: Any, config: dict[str, Any], h: np.ndarray, h_flip: np.ndarray,
-                     eligible: np.ndarray, progress: bool | None, engine: str,
-                     storage_options: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _clustered_phash(ds: Any, config: dict[str, Any], h: np.ndarray, h_flip: np.ndarray, eligible: np.ndarray,
+                     joins: _Joins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """phash links in linear time (``phash_search="clusters"``): identical hashes anywhere, near
     ones among rows whose embeddings the semantic join finds within ``cosine``
-    (``neardup.clustered_hamming_pairs``). A hashed row without a vector is compared with every
-    hashed row (there are few: images that hashed but did not embed)."""
+    (``neardup.clustered_hamming_pairs``; the join is shared with the semantic method when both
+    run from scratch). A hashed row without a vector is compared with every hashed row (there are
+    few: images that hashed but did not embed; :func:`_check_clustered`)."""
     variants = np.stack([h, h_flip], 1) if config["flips"] else h[:, None]
     col = embedding_columns(config["embedding"])["image"]
-    with_vector = eligible & column_valid(ds, col)
-    rows = np.flatnonzero(with_vector)
-    src = LanceVectors(ds, col, rows, storage_options=storage_options)
-    i, j, d = clustered_hamming_pairs(variants[rows], src, config["max_distance"], cosine=config["cosine"],
-                                      progress=bool(progress), engine=engine)
-    parts = [(rows[i], rows[j], d)]
-    # identical hashes across the two sets, and near ones for the rows without a vector
-    everyone = np.flatnonzero(eligible)
-    for r in np.flatnonzero(eligible & ~with_vector):
+    valid = column_valid(ds, col)
+    a, b, _ = joins.pairs(col, np.flatnonzero(valid), config["cosine"])
+    both = eligible[a] & eligible[b]
+    everyone = np.flatnonzero(eligible)  # the search runs over hashed rows only (a null phash reads 0)
+    at = np.full(len(eligible), -1, np.int64)
+    at[everyone] = np.arange(len(everyone))
+    i, j, d = clustered_hamming_pairs(variants[everyone], None, config["max_distance"], cosine=config["cosine"],
+                                      candidates=(at[a[both]], at[b[both]]))
+    parts = [(everyone[i], everyone[j], d)]
+    for r in np.flatnonzero(eligible & ~valid):
         dist = hash_distances(variants, np.full(len(everyone), r), everyone)
         near = (dist <= config["max_distance"]) & (everyone != r)
         parts.append((np.full(int(near.sum()), r), everyone[near], dist[near]))
-    same_i, same_j, _ = hamming_pairs(variants[everyone].ravel(), 0, identical="first")
-    same_i, same_j = everyone[same_i // variants.shape[1]], everyone[same_j // variants.shape[1]]
-    parts.append((same_i, same_j, np.zeros(len(same_i), np.uint8)))
     i, j, d = (np.concatenate([p[c] for p in parts]) for c in range(3))
     keep = i != j
     return np.minimum(i, j)[keep], np.maximum(i, j)[keep], d[keep]

@@ -361,6 +361,21 @@ def test_phash_search_in_clusters_finds_the_planted_copies(planted_lake, tmp_pat
     assert rows["half"]["dup_phash_group"] is not None
     assert rows["half"]["dup_phash_group"] == rows[stem(original.key)]["dup_phash_group"]
 
+    # With semantic in the same run, one image join at the lower cosine serves both methods.
+    shared = Lake.open(shutil.copytree(lake.uri, tmp_path / "shared"))
+    cosines = []
+    real = dedup_module.semantic_pairs
+    monkeypatch.setattr(dedup_module, "semantic_pairs", lambda src, cos, **kw: cosines.append(cos) or real(src, cos, **kw))
+    shared.dedup(["exact", "phash", "semantic"], phash_search="clusters", recompute=True, progress=False)
+    monkeypatch.undo()
+    assert cosines == [0.45]  # phash's 0.45, below semantic's 0.70
+    assert linked(by_key(shared, ["dup_phash_group"]), "dup_phash_group") == clustered
+    alone = Lake.open(shutil.copytree(lake.uri, tmp_path / "alone"))
+    alone.dedup(["semantic"], recompute=True, progress=False)
+    a, b = linked(by_key(alone, ["dup_semantic_group"]), "dup_semantic_group"), \
+        linked(by_key(shared, ["dup_semantic_group"]), "dup_semantic_group")
+    assert len(a) > 50 and len(a ^ b) <= 0.01 * len(a | b), (len(a ^ b), len(a | b))
+
 
 def test_phash_clusters_refuse_a_meaningless_embedding(sample_lake_embedded: Lake):
     with pytest.raises(LakeError, match="--phash-search all"):
