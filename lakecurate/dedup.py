@@ -544,7 +544,13 @@ class _Joins:
         self.ds, self.storage_options, self.progress, self.engine = ds, storage_options, progress, engine
         self.floor: dict[str, float] = {}
         self.done: dict[str, tuple[np.ndarray, float, Pairs]] = {}
-        self.runs = 0
+        self._valid: dict[str, np.ndarray] = {}
+
+    def valid(self, col: str) -> np.ndarray:
+        """Which rows have a vector in ``col`` (a streamed pass over the column, once per run)."""
+        if col not in self._valid:
+            self._valid[col] = column_valid(self.ds, col)
+        return self._valid[col]
 
     def pairs(self, col: str, rows: np.ndarray, cosine: float, new: np.ndarray | None = None) -> Pairs:
         """(i, j, cosine) as dataset rows: pairs of ``rows`` with cosine >= ``cosine`` (with ``new``,
@@ -556,7 +562,6 @@ class _Joins:
             src = LanceVectors(self.ds, col, rows, storage_options=self.storage_options)
             i, j, cos = semantic_pairs(src, low, new=new, progress=bool(self.progress), engine=self.engine)
             i, j = rows[i], rows[j]
-            self.runs += 1
             if new is None:
                 self.done[col] = (rows, low, (i, j, cos))
         keep = cos >= cosine
@@ -568,6 +573,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
                    storage_options: dict | None = None, joins: "_Joins | None" = None) -> tuple[np.ndarray, Evidence]:
     """Group label per row for one method (stored groups merged with this run's links), and the links."""
     n = tbl.num_rows
+    joins = joins or _Joins(ds, storage_options, progress, engine)
     if method == "exact":
         hashes = np.asarray(tbl.column("content_hash").to_numpy(zero_copy_only=False), dtype=object)
         eligible = np.array([h is not None for h in hashes], bool)
@@ -580,7 +586,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
         mr.new_rows = int((eligible & (stored_rows < 0)).sum())
         rows = np.flatnonzero(eligible)
         if config.get("search") == "clusters":
-            i, j, d = _clustered_phash(ds, config, h, h_flip, eligible, joins or _Joins(ds, storage_options, progress, engine))
+            i, j, d = _clustered_phash(config, h, h_flip, eligible, joins)
         else:
             values = np.concatenate([h[rows], h_flip[rows]]) if config["flips"] else h[rows]
             # Mirror hashes against every hash find mirrored copies; i % n maps them back to rows.
@@ -612,13 +618,13 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
         return (linked_groups(n, [(i[keep], j[keep])], eligible),
                 _links(i, j, d, "{:.0f} of 64 bits differ (turned/mirrored/bar-trimmed hashes)"))
     col = embedding_columns(emb)["image"] if method == "semantic" else embedding_columns(emb)["text"]
-    eligible = column_valid(ds, col)  # the vectors themselves are streamed, never read whole
+    eligible = joins.valid(col)  # the vectors themselves are streamed, never read whole
     new, rows, pairs = _stored(eligible, stored_rows, mr)
     found = _no_links()
     if mr.new_rows:
         only_new = None if mr.new_rows == len(rows) else new[rows]
         low = config.get("confirm_cosine", config["threshold"])
-        i, j, cos = (joins or _Joins(ds, storage_options, progress, engine)).pairs(col, rows, low, only_new)
+        i, j, cos = joins.pairs(col, rows, low, only_new)
         strong = cos >= config["threshold"]
         if low < config["threshold"]:  # weaker links count only when the images also look alike
             h, h_flip, hashed = _hashes(tbl)
@@ -642,7 +648,7 @@ def _check_clustered(ds: Any, col: str) -> None:
                         f"them with every row (at most {MAX_UNCLUSTERED}); run embed first, or use --phash-search all")
 
 
-def _clustered_phash(ds: Any, config: dict[str, Any], h: np.ndarray, h_flip: np.ndarray, eligible: np.ndarray,
+def _clustered_phash(config: dict[str, Any], h: np.ndarray, h_flip: np.ndarray, eligible: np.ndarray,
                      joins: _Joins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """phash links in linear time (``phash_search="clusters"``): identical hashes anywhere, near
     ones among rows whose embeddings the semantic join finds within ``cosine``
@@ -651,7 +657,7 @@ def _clustered_phash(ds: Any, config: dict[str, Any], h: np.ndarray, h_flip: np.
     few: images that hashed but did not embed; :func:`_check_clustered`)."""
     variants = np.stack([h, h_flip], 1) if config["flips"] else h[:, None]
     col = embedding_columns(config["embedding"])["image"]
-    valid = column_valid(ds, col)
+    valid = joins.valid(col)
     a, b, _ = joins.pairs(col, np.flatnonzero(valid), config["cosine"])
     both = eligible[a] & eligible[b]
     everyone = np.flatnonzero(eligible)  # the search runs over hashed rows only (a null phash reads 0)

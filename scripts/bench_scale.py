@@ -26,7 +26,8 @@ For each size N, in one run:
      whole column read into one matrix, then the same join).
 3. ratios against the smallest size, in this run: peak memory and time per row.
 
-    python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk)
+    python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk + 10 GB
+                                                                # of temporary copy in the 10M join)
     python scripts/bench_scale.py --sizes 100000 300000 --dir /tmp/scale   # a quick look
 """
 
