@@ -481,17 +481,23 @@ class LanceVectors:
             return np.zeros((0, self.d), np.float32)
         return embedding_matrix(self.ds.take(at, columns=[self.column]).column(0), dtype=None)[0]
 
-    def batches(self, size: int):
-        """(first position, vectors) for every covered row, in order."""
-        seen = done = 0  # dataset rows scanned, covered rows yielded
-        for b in self.ds.to_batches(columns=[self.column], batch_size=size):
+    def batches(self, size: int, lo: int = 0, hi: int | None = None):
+        """(first position, vectors) for every covered row, in order; ``lo``/``hi``: only the
+        covered positions lo..hi-1 (a part of the column for one task)."""
+        hi = self.n if hi is None else min(hi, self.n)
+        if hi <= lo:
+            return
+        first = lo if self.rows is None else int(self.rows[lo])  # dataset rows scanned: first..last
+        last = hi - 1 if self.rows is None else int(self.rows[hi - 1])
+        seen, done = first, lo  # dataset rows scanned, covered positions yielded
+        for b in self.ds.to_batches(columns=[self.column], batch_size=size, offset=first, limit=last - first + 1):
             x = embedding_matrix(b.column(0), dtype=None)[0]
             if self.rows is None:
                 yield done, x
                 done += len(x)
             else:
-                hi = int(np.searchsorted(self.rows, seen + len(x)))
-                if hi > done:
-                    yield done, x[self.rows[done:hi] - seen]
-                done = hi
+                upto = int(np.searchsorted(self.rows, seen + len(x)))
+                if upto > done:
+                    yield done, x[self.rows[done:upto] - seen]
+                done = upto
             seen += b.num_rows

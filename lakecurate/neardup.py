@@ -39,6 +39,7 @@ _SUB_ROWS = 256
 _COL_BLOCK = 16384
 _ASSIGN_CHUNK = 16384
 _ASSIGN_BATCH = 65536  # rows streamed from the source at once to be assigned
+_RANGE_ROWS = 1 << 20  # rows one Ray task assigns (its entries: ~64 MiB back to the driver)
 # Entries (row, cluster) held by one bucket of clusters, and by one group joined at once (whose
 # vectors are read together): a group of 131,072 512-d float16 rows is 128 MiB.
 _BUCKET_ENTRIES = 1 << 22
@@ -232,9 +233,9 @@ class ArrayVectors:
         self.x = x
         self.n, self.d = x.shape
 
-    def batches(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
-        for s in range(0, self.n, size):
-            yield s, self.x[s : s + size]
+    def batches(self, size: int, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        for s in range(lo, self.n if hi is None else min(hi, self.n), size):
+            yield s, self.x[s : min(s + size, self.n if hi is None else hi)]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         return self.x[rows]
@@ -448,10 +449,12 @@ def semantic_pairs(
     when they fill more than one bucket: _BUCKET_ENTRIES, 64 MiB); None: everything in memory and
     the source read by position.
 
-    ``engine="ray"``: each group of clusters is joined by a Ray task of its own, which reads the
-    group's vectors itself (a :class:`~lakecurate.columns.LanceVectors` travels as its spec; a
-    matrix is put in the object store once); a bounded number of groups is in flight. The pairs
-    are the local engine's.
+    ``engine="ray"``: the assignment pass is a Ray task per _RANGE_ROWS rows (each reads and
+    assigns its rows: the centroid search, the part that grows with N, spreads over the cluster)
+    and each group of clusters is joined by a Ray task of its own, which reads the group's vectors
+    itself (a :class:`~lakecurate.columns.LanceVectors` travels as its spec; a matrix is put in
+    the object store once); a bounded number of tasks is in flight. The pairs are the local
+    engine's.
 
     ``new`` (a boolean mask over the rows) asks only for pairs with at least one new row: each
     cluster's new members are joined with all its members, so appending m rows to N costs about
@@ -487,7 +490,8 @@ def semantic_pairs(
             i, j, v = (a[fresh[i] | fresh[j]] for a in (i, j, v))
         return i, j, v
     local_copy = engine == "local" and spill_dir is not None and not isinstance(src, ArrayVectors)
-    with _partition(src, threshold, n_clusters, assign, seed, pca_dims, spill_dir, progress, local_copy) as (entries, copy):
+    with _partition(src, threshold, n_clusters, assign, seed, pca_dims, spill_dir, progress, local_copy,
+                    engine=engine, address=address) as (entries, copy):
         parts = _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address)
     if not parts:
         return _empty()
@@ -499,8 +503,8 @@ def semantic_pairs(
 
 @contextmanager
 def _partition(src: VectorSource, threshold: float, n_clusters: int | None, assign: int, seed: int,
-               pca_dims: int | None, spill_dir: str | None, progress: bool,
-               local_copy: bool = False) -> Iterator[tuple["_Entries", "_LocalCopy | None"]]:
+               pca_dims: int | None, spill_dir: str | None, progress: bool, local_copy: bool = False, *,
+               engine: str = "local", address: str | None = None) -> Iterator[tuple["_Entries", "_LocalCopy | None"]]:
     """k-means on a sample, then every row streamed once into its clusters (with ClusterJoin copies
     within the partner radius of ``threshold``): the (row, cluster) entries by bucket, spilled
     under ``spill_dir`` ("auto": a temporary directory when they fill more than one bucket).
@@ -523,7 +527,7 @@ def _partition(src: VectorSource, threshold: float, n_clusters: int | None, assi
             spill_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-join-")) if need else None
         copy = stack.enter_context(_LocalCopy(os.path.join(spill_dir, "vectors.bin"), src.d)) if local_copy and spill_dir else None
         entries = _Entries(buckets, spill_dir)
-        _assign_rows(src, cents, m, radius, entries, per_bucket, progress, copy)
+        _assign_rows(src, cents, m, radius, entries, per_bucket, progress, copy, engine=engine, address=address)
         if copy is not None:
             copy.close_writer()
         yield entries, copy
@@ -598,7 +602,7 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
         from lakecurate.engines import ray_init, ray_task_map
 
         ray = ray_init(address)
-        source = ray.put(("lance", src.spec()) if hasattr(src, "spec") else ("array", src))
+        source = ray.put(_source_spec(src))
         new_ref = ray.put(fresh)
         calls = ((source, group, threshold, new_ref) for group in _entry_groups(entries))
         window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # entries in flight stay bounded
@@ -638,49 +642,97 @@ def _entry_groups(entries: "_Entries") -> Iterator[np.ndarray]:
 def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: np.ndarray | None) -> tuple[int, Pairs]:
     """A Ray task of ``semantic_pairs(engine="ray")``: read one group's vectors (by position, from
     the Lance column or the matrix) and join its clusters; (own rows of the group, its pairs)."""
-    kind, what = source
-    if kind == "lance":
-        from lakecurate.columns import LanceVectors
-
-        what = LanceVectors.from_spec(what)
     rows = np.unique(group[:, 0])
-    return int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, what.take(rows), threshold, fresh)
+    return int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, _open_source(source).take(rows), threshold, fresh)
 
 
 def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Entries,
-                 per_bucket: int, progress: bool, copy: "_LocalCopy | None" = None) -> None:
+                 per_bucket: int, progress: bool, copy: "_LocalCopy | None" = None, *,
+                 engine: str = "local", address: str | None = None) -> None:
     """Stream every row once: its clusters as (row, key = 2 cluster + is_copy) entries, by bucket
-    (and the vectors into ``copy``, when given)."""
-    import faiss
-
+    (and the vectors into ``copy``, when given). ``engine="ray"``: a task per _RANGE_ROWS rows
+    reads and assigns them (:func:`assign_range_task`); their entries are added in row order, so
+    the buckets hold what the local pass gives."""
     bar = None
     if progress:
         from lakecurate.progress import progress_bar
 
         bar = progress_bar(total=src.n, desc="assign clusters", unit="row", progress=progress)
-    for start, x in src.batches(_ASSIGN_BATCH):
-        if copy is not None:
-            copy.write(x)
+    if engine == "ray":
+        from lakecurate.engines import ray_init, ray_task_map
 
-        def chunk(s: int, x: np.ndarray = x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            faiss.omp_set_num_threads(1)  # per calling thread: the pool already uses every core
-            r, c, copy = cents.assign(x[s : s + _ASSIGN_CHUNK], m, radius)
-            return r + s, c, copy
-
-        found = _run(list(range(0, len(x), _ASSIGN_CHUNK)), chunk, False, "")
-        rows = np.concatenate([f[0] for f in found]).astype(np.int64) + start
-        key = np.concatenate([f[1] for f in found]) * 2 + np.concatenate([f[2] for f in found])
-        bucket = key // 2 // per_bucket
-        order = np.argsort(bucket, kind="stable")
-        bucket, both = bucket[order], np.stack([rows[order], key[order]], 1)
-        cuts = np.flatnonzero(np.diff(bucket)) + 1
-        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(bucket)]])):
-            if hi > lo:
-                entries.add(int(bucket[lo]), both[lo:hi])
-        if bar is not None:
-            bar.update(len(x))
+        ray = ray_init(address)
+        source, cents_ref = ray.put(_source_spec(src)), ray.put(cents)
+        calls = ((source, lo, min(lo + _RANGE_ROWS, src.n), cents_ref, m, radius) for lo in range(0, src.n, _RANGE_ROWS))
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ready: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        at = 0  # the next range to add: ranges finish in any order
+        for lo, rows, key in ray_task_map(assign_range_task, calls, address=address, retries=2, window=window):
+            ready[lo] = (rows, key)
+            while at in ready:
+                rows, key = ready.pop(at)
+                _add_entries(entries, rows, key, per_bucket)
+                if bar is not None:
+                    bar.update(min(at + _RANGE_ROWS, src.n) - at)
+                at += _RANGE_ROWS
+    else:
+        for start, x in src.batches(_ASSIGN_BATCH):
+            if copy is not None:
+                copy.write(x)
+            _add_entries(entries, *_entries_of(x, start, cents, m, radius), per_bucket)
+            if bar is not None:
+                bar.update(len(x))
     if bar is not None:
         bar.close()
+
+
+def _entries_of(x: np.ndarray, start: int, cents: _Centroids, m: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(row, key) of every cell the rows of ``x`` (rows start, start + 1, ...) join, row by row."""
+    import faiss
+
+    def chunk(s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        faiss.omp_set_num_threads(1)  # per calling thread: the pool already uses every core
+        r, c, is_copy = cents.assign(x[s : s + _ASSIGN_CHUNK], m, radius)
+        return r + s, c, is_copy
+
+    found = _run(list(range(0, len(x), _ASSIGN_CHUNK)), chunk, False, "")
+    rows = np.concatenate([f[0] for f in found]).astype(np.int64) + start
+    return rows, np.concatenate([f[1] for f in found]) * 2 + np.concatenate([f[2] for f in found])
+
+
+def _add_entries(entries: _Entries, rows: np.ndarray, key: np.ndarray, per_bucket: int) -> None:
+    bucket = key // 2 // per_bucket
+    order = np.argsort(bucket, kind="stable")
+    bucket, both = bucket[order], np.stack([rows[order], key[order]], 1)
+    cuts = np.flatnonzero(np.diff(bucket)) + 1
+    for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(bucket)]])):
+        if hi > lo:
+            entries.add(int(bucket[lo]), both[lo:hi])
+
+
+def _source_spec(src: VectorSource) -> tuple:
+    """What a Ray task needs to read ``src`` itself: a Lance column's spec, or the matrix."""
+    return ("lance", src.spec()) if hasattr(src, "spec") else ("array", src)
+
+
+def _open_source(source: tuple) -> VectorSource:
+    kind, what = source
+    if kind == "lance":
+        from lakecurate.columns import LanceVectors
+
+        return LanceVectors.from_spec(what)
+    return what
+
+
+def assign_range_task(source: tuple, lo: int, hi: int, cents: _Centroids, m: int,
+                      radius: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """A Ray task of ``semantic_pairs(engine="ray")``'s assignment pass: rows lo..hi-1 read (from
+    the Lance column or the matrix) and assigned to their cells; (lo, rows, keys)."""
+    src = _open_source(source)
+    parts = [_entries_of(x, start, cents, m, radius) for start, x in src.batches(_ASSIGN_BATCH, lo, hi)]
+    if not parts:
+        return lo, np.empty(0, np.int64), np.empty(0, np.int64)
+    return lo, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _groups(entries: np.ndarray) -> Iterator[np.ndarray]:

@@ -365,7 +365,7 @@ def main() -> None:
                   f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
         if "semantic-ray" in args.only:
             r = results["semantic-ray"][n] = run_child(["semantic-ray", str(path)])
-            print(f"  semantic, Ray task per group     {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
+            print(f"  semantic, Ray tasks              {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  "
                   f"pairs {r['pairs']:,}  recall {r['recall']:.4f} ({r['missed']} of {r['true_pairs']} missed)", flush=True)
         if "cluster" in args.only:
             r = results["cluster"][n] = run_child(["cluster", str(path), str(args.k)])

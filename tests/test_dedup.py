@@ -468,6 +468,9 @@ def test_lance_vectors_stream_and_take_by_position(tmp_path):
     streamed = list(src.batches(256))
     assert [s for s, _ in streamed] == list(np.cumsum([0] + [len(b) for _, b in streamed[:-1]]))
     np.testing.assert_array_equal(np.concatenate([b for _, b in streamed]), x[ids[rows]])
+    parts = [b for lo in range(0, len(rows), 500) for _, b in src.batches(128, lo, lo + 500)]  # ranges, as Ray tasks read
+    np.testing.assert_array_equal(np.concatenate(parts), x[ids[rows]])
+    assert [s for s, _ in src.batches(128, 1000, 1100)] == [1000] and not list(src.batches(128, 5, 5))
     pick = np.array([0, 3, 400, len(rows) - 1])
     np.testing.assert_array_equal(src.take(pick), x[ids[rows[pick]]])
     i, j, cos = semantic_pairs(src, 0.9)
