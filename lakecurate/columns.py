@@ -490,7 +490,9 @@ class LanceVectors:
         first = lo if self.rows is None else int(self.rows[lo])  # dataset rows scanned: first..last
         last = hi - 1 if self.rows is None else int(self.rows[hi - 1])
         seen, done = first, lo  # dataset rows scanned, covered positions yielded
-        for b in self.ds.to_batches(columns=[self.column], batch_size=size, offset=first, limit=last - first + 1):
+        whole = first == 0 and last == self.ds.count_rows() - 1  # a plain scan, as measured
+        span = {} if whole else {"offset": first, "limit": last - first + 1}
+        for b in self.ds.to_batches(columns=[self.column], batch_size=size, **span):
             x = embedding_matrix(b.column(0), dtype=None)[0]
             if self.rows is None:
                 yield done, x
