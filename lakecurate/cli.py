@@ -548,9 +548,11 @@ def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, 
 @click.option("--set", "sets", multiple=True, metavar="STEP.PARAM=VALUE",
               help="Override a parameter for this run (repeatable), e.g. --set alignment.min_percentile=20; "
                    "STEP is a filter name, a reason or a step number. Recorded in the provenance and the tag.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: the signals and dedup the recipe needs run on Ray; the decisions are made here.")
 @json_option
 @_friendly_errors
-def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], as_json: bool) -> None:
+def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], engine: str, as_json: bool) -> None:
     """Apply the filter RECIPE (TOML) to LAKE: keep / drop_reason columns and a tag of the result.
 
     Computes the caption and image signals and dedup groups the recipe needs (embeddings must
@@ -567,7 +569,7 @@ def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], as_json
     from lakecurate.curate import parse_override
 
     overrides = dict(parse_override(s) for s in sets)
-    rep = open_lake(lake).curate(recipe, dry_run=dry_run, overrides=overrides)
+    rep = open_lake(lake).curate(recipe, dry_run=dry_run, overrides=overrides, engine=engine)
     if as_json:
         echo_json(rep)
         return
@@ -648,11 +650,13 @@ def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recomput
 @click.option("--max-repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Up-sample small complex concepts up to this many times.")
 @click.option("--where", help="Candidate rows (SQL; default: keep, when a recipe ran).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: each million candidate rows' vectors are read and summed per concept by a Ray task.")
 @allow_stale_option
 @json_option
 @_friendly_errors
 def rebalance(lake: str, target: float | int, temperature: float, rule: str, max_repeats: int, where: str | None, seed: int,
-              allow_stale: bool, as_json: bool) -> None:
+              engine: str, allow_stale: bool, as_json: bool) -> None:
     """Keep fewer rows of dense, simple concepts and more of rare, complex ones (never deletes).
 
     Writes rebalance_keep, sample_weight and repeats, and prints the per-concept table (size,
@@ -661,7 +665,8 @@ def rebalance(lake: str, target: float | int, temperature: float, rule: str, max
     Example: lakecurate rebalance ./lake --target 0.5 --max-repeats 3
     """
     rep = open_lake(lake).rebalance(target, temperature=temperature, rule=rule,
-                                    max_repeats=max_repeats, where=where, seed=seed, allow_stale=allow_stale)
+                                    max_repeats=max_repeats, where=where, seed=seed, allow_stale=allow_stale,
+                                    engine=engine)
     for note in rep.stale:
         click.echo(f"warning: rebalanced with --allow-stale: {note}", err=True)
     if as_json:
@@ -767,12 +772,14 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
 @click.option("--no-record", is_flag=True, help="Do not append the result to LAKE/evaluations.lance.")
 @click.option("--caption-col", default="caption", show_default=True,
               help="Train on another caption column (scored first with embed --caption-col), e.g. a synthetic one.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: the evaluation set is ingested and embedded on Ray (once: it is cached); the proxies train here.")
 @allow_stale_option
 @json_option
 @_friendly_errors
 def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, ...], seeds: int, steps: int,
              eval_every: int | None, budgets: str | None, metric: str, lr: float, embedding: str | None, root: str | None,
-             no_record: bool, caption_col: str, allow_stale: bool, as_json: bool) -> None:
+             no_record: bool, caption_col: str, engine: str, allow_stale: bool, as_json: bool) -> None:
     """Train a small proxy (contrastive heads on frozen embeddings) on a curated view and on baselines
     with the same compute; report retrieval R@1/5/10 and swapped-caption AUROC on EVAL_SET over
     seeds, the learning curves, and the speed-up: how many times fewer steps the view needs to
@@ -782,7 +789,8 @@ def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, .
     """
     res = open_lake(lake).evaluate(view, eval_set=eval_set, baseline=list(baselines), seeds=seeds, steps=steps,
                                    embedding=embedding, record=not no_record, root=root, allow_stale=allow_stale,
-                                   caption_col=caption_col, eval_every=eval_every, budgets=budgets, metric=metric, lr=lr)
+                                   caption_col=caption_col, eval_every=eval_every, budgets=budgets, metric=metric, lr=lr,
+                                   engine=engine)
     if as_json:
         echo_json({**res.to_dict(), "table": res.table().to_dict("records"),
                    "budget_table": res.budget_table().to_dict("records"),

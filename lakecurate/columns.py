@@ -469,6 +469,12 @@ class LanceVectors:
         URI and version, its storage options, the column and the covered rows."""
         return (self.ds.uri, self.ds.version, self.storage_options, self.column, self.rows)
 
+    def part(self, lo: int, hi: int) -> "LanceVectors":
+        """The covered positions lo..hi-1 as a source of their own (a task's share: its spec holds
+        only its rows)."""
+        rows = np.arange(lo, min(hi, self.n), dtype=np.int64) if self.rows is None else self.rows[lo:hi]
+        return LanceVectors(self.ds, self.column, rows, storage_options=self.storage_options)
+
     @classmethod
     def from_spec(cls, spec: tuple) -> "LanceVectors":
         uri, version, storage_options, column, rows = spec

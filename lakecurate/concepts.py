@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 _MAX_PER_CENTROID = 256
 
 
+_RANGE_ROWS = 1 << 20  # rows a task of rebalance's complexity reads (its sums: k x d float64 back)
+
+
 def default_k(n: int) -> int:
     """Concepts for n rows: sqrt(n), between 2 and 4096 (1M rows: 1,000 concepts).
 
@@ -119,22 +122,65 @@ def complexity(x: "np.ndarray | VectorSource", label: np.ndarray, k: int) -> pd.
     """Per concept: size, spread (mean cosine distance to the centroid), isolation (cosine distance
     from the centroid to the nearest other centroid) and complexity = spread x isolation.
     ``x``: a matrix or a vector source, read in two streamed passes (sums, then distances)."""
+    src, label = _as_source(x), np.asarray(label)
+    cent = _unit(concept_sums(src, label, k))
+    return _complexity_table(np.bincount(label, minlength=k), cent, concept_sums(src, label, k, cent))
+
+
+def complexity_by_range(src: LanceVectors, label: np.ndarray, k: int, *, engine: str = "local",
+                        address: str | None = None) -> pd.DataFrame:
+    """:func:`complexity` of a Lance column's rows, a task per _RANGE_ROWS rows for each of the two
+    passes: here one after another, or each a Ray task (``engine="ray"``) that reads its rows
+    itself (memory: one batch and the k x d sums). The partial sums are added in range order on
+    either engine, so both give the same floats, and the same budgets."""
+    from lakecurate.engines import ordered_map
+
+    label = np.asarray(label)
+    spans = [(lo, min(lo + _RANGE_ROWS, src.n)) for lo in range(0, src.n, _RANGE_ROWS)]
+    calls = [(src.part(lo, hi).spec(), label[lo:hi]) for lo, hi in spans]
+
+    def total(centroids: np.ndarray | None) -> np.ndarray:
+        parts = ordered_map(concept_sums_task, calls, engine=engine, shared=(k, centroids), address=address)
+        out = np.zeros((k, src.d) if centroids is None else k, np.float64)
+        for part in parts:
+            out += part
+        return out
+
+    cent = _unit(total(None))
+    return _complexity_table(np.bincount(label, minlength=k), cent, total(cent))
+
+
+def concept_sums(src: "VectorSource", label: np.ndarray, k: int, centroids: np.ndarray | None = None) -> np.ndarray:
+    """One streamed pass over ``src``: per concept the sum of its rows' vectors (k x d, float64),
+    or, given ``centroids``, the sum of their cosine distances to their centroid (k)."""
     from scipy.sparse import csr_matrix
 
-    src = _as_source(x)
-    label = np.asarray(label)
-    sizes = np.bincount(label, minlength=k)
-    # Sums of members per concept as one sparse (k x rows) @ (rows x d) product per batch: np.add.at is ~50x slower.
-    sums = np.zeros((k, src.d), np.float64)
+    out = np.zeros((k, src.d) if centroids is None else k, np.float64)
     for start, part in src.batches(65536):
         lab = label[start : start + len(part)]
-        member = csr_matrix((np.ones(len(lab), np.float32), (lab, np.arange(len(lab)))), shape=(k, len(lab)))
-        sums += np.asarray(member @ np.asarray(part, np.float32), dtype=np.float64)
-    cent = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    dist = np.zeros(src.n, np.float32)
-    for start, part in src.batches(65536):
-        dist[start : start + len(part)] = centroid_distance(np.asarray(part, np.float32), cent, label[start : start + len(part)])
-    spread = np.bincount(label, weights=dist, minlength=k) / np.maximum(sizes, 1)
+        part = np.asarray(part, np.float32)
+        if centroids is None:
+            # One sparse (k x rows) @ (rows x d) product per batch: np.add.at is ~50x slower.
+            member = csr_matrix((np.ones(len(lab), np.float32), (lab, np.arange(len(lab)))), shape=(k, len(lab)))
+            out += np.asarray(member @ part, dtype=np.float64)
+        else:
+            out += np.bincount(lab, weights=centroid_distance(part, centroids, lab), minlength=k)
+    return out
+
+
+def concept_sums_task(spec: tuple, label: np.ndarray, k: int, centroids: np.ndarray | None) -> np.ndarray:
+    """A task of :func:`complexity_by_range` (here or on Ray): :func:`concept_sums` over the rows of
+    a :class:`~lakecurate.columns.LanceVectors` spec."""
+    return concept_sums(LanceVectors.from_spec(spec), label, k, centroids)
+
+
+def _unit(sums: np.ndarray) -> np.ndarray:
+    return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _complexity_table(sizes: np.ndarray, cent: np.ndarray, dist_sums: np.ndarray) -> pd.DataFrame:
+    k = len(sizes)
+    spread = dist_sums / np.maximum(sizes, 1)
     sim = cent @ cent.T
     np.fill_diagonal(sim, -np.inf)
     sim[:, sizes == 0] = -np.inf
@@ -317,6 +363,8 @@ def rebalance(
     embedding: str | None = None,
     seed: int = 0,
     allow_stale: bool = False,
+    engine: str = "local",
+    address: str | None = None,
 ) -> ConceptReport:
     """Keep ``target`` rows (a fraction of the candidates in (0, 1], or a count >= 1; see
     :func:`lakecurate.options.target`), fewer from dense simple concepts and more from complex ones:
@@ -326,6 +374,11 @@ def rebalance(
     row with a concept). ``rule``: "far" keeps the rows farthest from their centroid first,
     "random" a seeded random choice. ``max_repeats`` > 1 up-samples concepts whose uncapped
     budget exceeds their size: repeats = min(max_repeats, round(budget / size)).
+
+    The candidates' vectors are read twice (per-concept sums, then distances to the recomputed
+    centroids), a task per million rows (:func:`complexity_by_range`); ``engine="ray"`` runs
+    those tasks on Ray, each reading its rows itself. The budgets and the keep rule work on the
+    concept columns (a few bytes a row) here; the decisions equal the local engine's.
 
     Example::
 
@@ -338,6 +391,7 @@ def rebalance(
     temperature = positive("--temperature", temperature)
     max_repeats = whole("--max-repeats", max_repeats, 1)
     seed = whole("--seed", seed, 0)
+    check_engine(engine)
     ds = lake.dataset()
     where = check_where(where, "--where", ds)
     if "concept" not in ds.schema.names:
@@ -366,7 +420,8 @@ def rebalance(
                         f"or a count up to {n}")
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal, stale=report_stale)
     # The candidates' vectors are streamed twice (sums, distances), never read whole.
-    table = complexity(LanceVectors(ds, embedding_columns(emb)["image"], rows), label[rows], k) if n else pd.DataFrame()
+    src = LanceVectors(ds, embedding_columns(emb)["image"], rows, storage_options=lake.storage_options)
+    table = complexity_by_range(src, label[rows], k, engine=engine, address=address)
     keep = np.zeros(len(label), bool)
     weight = np.zeros(len(label), np.float32)
     repeats = np.zeros(len(label), np.int32)

@@ -51,6 +51,7 @@ import pyarrow as pa
 
 from lakecurate import columns
 from lakecurate.encoders import meaningless
+from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import embed_command, no_producer, where_columns, write_decisions
 from lakecurate.names import Produce, embedding_columns
@@ -720,17 +721,18 @@ def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any]) -> None:
 
 
 def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None, progress: bool | None,
-                    produce: Produce | None) -> list[str]:
+                    produce: Produce | None, engine: str = "local") -> list[str]:
     """Have the signals the steps read and the lake lacks computed (incremental: only unfilled fragments).
 
     Curate never runs another stage: it names the stage that produces what it needs, and ``produce``
     (the facade's or the pipeline's) runs it. Without ``produce``, a missing input is an error that
-    names the stage to run."""
+    names the stage to run. ``engine``: where the producers run (their per-row work on Ray actors,
+    dedup's joins as Ray tasks)."""
     produce = produce or no_producer(lake, "curate")
     computed = []
-    if CAPTION in needs and produce("caption_signals", progress=progress):
+    if CAPTION in needs and produce("caption_signals", progress=progress, engine=engine):
         computed.append(CAPTION)
-    if IMAGE in needs and produce("image_signals", progress=progress):
+    if IMAGE in needs and produce("image_signals", progress=progress, engine=engine):
         computed.append(IMAGE)
     if DEDUP in needs:
         ds = lake.dataset()
@@ -742,16 +744,16 @@ def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None
             # Semantic dedup only with a real encoder: a random test model's similarities mean nothing.
             semantic = use is not None and not meaningless(found[use])
             produce("dedup", methods=["exact", "phash", "semantic"] if semantic else ["exact", "phash"], embedding=use,
-                    progress=progress)
+                    progress=progress, engine=engine)
             computed.append(DEDUP)
     if TEMPLATES in needs:
         ds = lake.dataset()
         if "dup_minhash_group" not in ds.schema.names or columns.fragments_to_fill(ds, "dup_minhash_group"):
-            produce("dedup", methods=["minhash"], progress=progress)
+            produce("dedup", methods=["minhash"], progress=progress, engine=engine)
             computed.append(TEMPLATES)
-    if FACES in needs and produce("faces", progress=progress):
+    if FACES in needs and produce("faces", progress=progress, engine=engine):
         computed.append(FACES)
-    if rec.redact and produce("redact"):
+    if rec.redact and produce("redact", engine=engine):
         computed.append("caption_redacted")
     return computed
 
@@ -1121,7 +1123,7 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
 
 def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: bool | None = None,
            produce: Produce | None = None, dry_run: bool = False,
-           overrides: Mapping[str, Any] | None = None) -> CurateReport:
+           overrides: Mapping[str, Any] | None = None, engine: str = "local") -> CurateReport:
     """Apply a recipe: compute missing signals, write ``keep``/``drop_reason``, tag the version.
 
     Every decision is made on one version of the lake; rows appended meanwhile keep a null ``keep``
@@ -1133,6 +1135,10 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     signal is computed: a missing one is an error naming its command). ``overrides``: parameters
     for this run, ``{"alignment.min_percentile": 20}`` (see :func:`load_recipe`).
 
+    ``engine="ray"``: the signals and dedup the recipe needs are computed on Ray (each stage's
+    own Ray engine); the decisions are then made here, on the columns they read (a few scalars a
+    row, zero-shot steps streamed), and equal the local engine's.
+
     Example::
 
         report = lake.curate("recipes/basic.toml")
@@ -1141,6 +1147,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         lake.curate("basic", dry_run=True, overrides={"alignment.min_percentile": 20}).steps
     """
     t0 = time.perf_counter()
+    check_engine(engine)
     rec = load_recipe(recipe, overrides)
     report = CurateReport(lake=lake.uri, recipe=rec.name, recipe_hash=rec.hash, overrides=rec.overrides, dry_run=dry_run)
     prefix = rec.tag_prefix
@@ -1169,13 +1176,14 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         report.unjudged = ds.count_rows() - len(df)
         report.seconds = time.perf_counter() - t0
         return report
-    report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce)
+    report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce, engine)
     fields = [pa.field("keep", pa.bool_()), pa.field("drop_reason", pa.string())]
     problem = None
     for attempt in range(ATTEMPTS):
         if attempt:  # another curate interleaved: let it finish, then decide again on a fresh version
             time.sleep(random.uniform(0.1, 0.5) * attempt)
-            report.computed += [c for c in _compute_inputs(lake, rec, needs, emb, progress, produce) if c not in report.computed]
+            report.computed += [c for c in _compute_inputs(lake, rec, needs, emb, progress, produce, engine)
+                                if c not in report.computed]
         ds = lake.dataset()  # this round's decisions are all made on this one version
         read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
         inputs = read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"}  # unreviewed is not unfilled

@@ -158,6 +158,44 @@ def ray_task_map(fn: Callable[..., Any], calls: Iterable[tuple], *, address: str
         raise _task_error(exc) from None
 
 
+def ordered_map(fn: Callable[..., Any], calls: Sequence[tuple], *, engine: str = "local", shared: tuple = (),
+                address: str | None = None, retries: int = 2) -> Iterator[Any]:
+    """``fn(*args, *shared)`` for every ``args`` in ``calls``, results **in the order of calls**:
+    here, one after another, or (``engine="ray"``) as stateless Ray tasks, at most two per CPU in
+    flight, a result held until its turn comes (so the results held stay bounded by the window).
+    ``shared``: arguments every call gets, put in Ray's object store once (centroids, a source).
+
+    A reduction over these results (a sum of float partials) therefore adds them in the same order
+    on either engine and gets the same floats: what makes a global stage on Ray decide exactly as
+    it does here. ``retries``: times Ray reruns a task whose worker died (the work must be
+    idempotent: it reads, and returns its result).
+
+    >>> list(ordered_map(divmod, [(7,), (9,)], shared=(2,)))
+    [(3, 1), (4, 1)]
+    """
+    check_engine(engine)
+    if engine == "local":
+        for args in calls:
+            yield fn(*args, *shared)
+        return
+    ray = ray_init(address)
+    refs = tuple(ray.put(s) for s in shared)
+    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    numbered = ((i, fn, *args, *refs) for i, args in enumerate(calls))
+    ready: dict[int, Any] = {}
+    at = 0  # the next call whose result is due: tasks finish in any order
+    for i, result in ray_task_map(_numbered, numbered, address=address, retries=retries, window=window):
+        ready[i] = result
+        while at in ready:
+            yield ready.pop(at)
+            at += 1
+
+
+def _numbered(i: int, fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
+    """A task of :func:`ordered_map`: its call's number with the result."""
+    return i, fn(*args)
+
+
 def _task_error(exc: Exception) -> Exception:
     """The task's own exception out of Ray's wrapper (a LakeError names the fragment), or, when
     Ray itself failed (a worker died, a function could not be unpickled), a LakeError saying so."""

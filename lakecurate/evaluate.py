@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate.columns import embedding_matrix, field_provenance
+from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns
 from lakecurate.names import EVAL_LR, EVAL_METRICS, default_view, embedding_columns, pick_embedding
@@ -316,10 +317,11 @@ def fingerprint(path: str) -> str:
 
 
 def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], *, progress: bool | None = None,
-                  root: str | os.PathLike | None = None) -> tuple[EvalSet, "Store"]:
+                  root: str | os.PathLike | None = None, engine: str = "local") -> tuple[EvalSet, "Store"]:
     """Ingest and embed the evaluation set into ``LAKE/eval_sets/<name>-<fingerprint>`` (kept for next time).
 
-    ``root``: the folder a manifest's image paths must stay inside (default: the manifest's folder)."""
+    ``root``: the folder a manifest's image paths must stay inside (default: the manifest's folder).
+    ``engine="ray"``: the ingest (a task per shard) and the embedding (Ray actors) run on Ray."""
     from lakecurate.encoders import spec_from_provenance
 
     src = os.path.abspath(os.fspath(path))
@@ -331,9 +333,9 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
         tag += "-" + hashlib.blake2b(root.encode(), digest_size=3).hexdigest()
     # The lake's own class (the facade) makes the side lake, so this view imports no stage.
     side = type(lake).create(os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}"))
-    side.ingest(src, progress=False, **({"root": root} if root is not None else {}))
+    side.ingest(src, progress=False, engine=engine, **({"root": root} if root is not None else {}))
     spec = spec_from_provenance(prov)
-    side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress)
+    side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress, engine=engine)
     names = embedding_columns(spec.prefix)
     tbl = side.dataset().to_table(columns=["content_hash", names["image"], names["text"]],
                                   filter=f"{names['image']} IS NOT NULL AND {names['text']} IS NOT NULL")
@@ -410,6 +412,7 @@ def evaluate(
     budgets: "str | Sequence[float] | None" = None,
     metric: str = "t2i_R@5",
     lr: float = DEFAULT_LR,
+    engine: str = "local",
 ) -> EvalResult:
     """Train the proxy on ``view`` and on each baseline (same steps x batch) and score them.
 
@@ -422,6 +425,8 @@ def evaluate(
     same for every arm). ``root``: the folder the evaluation
     manifest's image paths must stay inside (default: the manifest's folder). ``caption_col``: train
     every arm on another caption column (a synthetic one, scored with ``embed --caption-col``).
+    ``engine="ray"``: the evaluation set is ingested and embedded on Ray (the first time: it is
+    cached); the proxies train here, on the frozen embeddings.
 
     Example::
 
@@ -433,6 +438,7 @@ def evaluate(
     from lakecurate.progress import progress_bar
 
     t0 = time.perf_counter()
+    check_engine(engine)
     for opt, value in (("--seeds", seeds), ("--steps", steps), ("--batch", batch), ("--dim", dim)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise LakeError(f"{opt} = {value!r}: a whole number of at least 1")
@@ -455,7 +461,7 @@ def evaluate(
         raise LakeError(f"the proxy needs {caption_col} through the {emb} text tower ({text_col}), which lake "
                         f"'{lake.uri}' lacks; run: lakecurate embed {lake.uri} --model ... --caption-col {caption_col} "
                         f"(the model that made {emb})")
-    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root)
+    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root, engine=engine)
 
     pool = ds.to_table(columns=["id", embedding_columns(emb)["image"], text_col],
                        filter=f"{emb}_image IS NOT NULL AND {text_col} IS NOT NULL")

@@ -101,7 +101,7 @@ class Lake(Store):
 
             return compute_faces(self, workers=workers, progress=progress, engine=engine)
         if stage == "dedup":
-            self.dedup(progress=progress, **options)
+            self.dedup(progress=progress, workers=workers, engine=engine, **options)
             return 1
         raise ValueError(f"no producer stage {stage!r}")
 

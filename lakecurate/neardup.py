@@ -659,22 +659,15 @@ def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, en
 
         bar = progress_bar(total=src.n, desc="assign clusters", unit="row", progress=progress)
     if engine == "ray":
-        from lakecurate.engines import ray_init, ray_task_map
+        from lakecurate.engines import ordered_map
 
-        ray = ray_init(address)
-        source, cents_ref = ray.put(_source_spec(src)), ray.put(cents)
-        calls = ((source, lo, min(lo + _RANGE_ROWS, src.n), cents_ref, m, radius) for lo in range(0, src.n, _RANGE_ROWS))
-        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ready: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        at = 0  # the next range to add: ranges finish in any order
-        for lo, rows, key in ray_task_map(assign_range_task, calls, address=address, retries=2, window=window):
-            ready[lo] = (rows, key)
-            while at in ready:
-                rows, key = ready.pop(at)
-                _add_entries(entries, rows, key, per_bucket)
-                if bar is not None:
-                    bar.update(min(at + _RANGE_ROWS, src.n) - at)
-                at += _RANGE_ROWS
+        spans = [(lo, min(lo + _RANGE_ROWS, src.n)) for lo in range(0, src.n, _RANGE_ROWS)]
+        done = ordered_map(assign_range_task, spans, engine="ray", shared=(_source_spec(src), cents, m, radius),
+                           address=address)
+        for (lo, hi), (rows, key) in zip(spans, done):  # in row order: the local pass's buckets
+            _add_entries(entries, rows, key, per_bucket)
+            if bar is not None:
+                bar.update(hi - lo)
     else:
         for start, x in src.batches(_ASSIGN_BATCH):
             if copy is not None:
@@ -724,15 +717,15 @@ def _open_source(source: tuple) -> VectorSource:
     return what
 
 
-def assign_range_task(source: tuple, lo: int, hi: int, cents: _Centroids, m: int,
-                      radius: float) -> tuple[int, np.ndarray, np.ndarray]:
+def assign_range_task(lo: int, hi: int, source: tuple, cents: _Centroids, m: int,
+                      radius: float) -> tuple[np.ndarray, np.ndarray]:
     """A Ray task of ``semantic_pairs(engine="ray")``'s assignment pass: rows lo..hi-1 read (from
-    the Lance column or the matrix) and assigned to their cells; (lo, rows, keys)."""
+    the Lance column or the matrix) and assigned to their cells; (rows, keys)."""
     src = _open_source(source)
     parts = [_entries_of(x, start, cents, m, radius) for start, x in src.batches(_ASSIGN_BATCH, lo, hi)]
     if not parts:
-        return lo, np.empty(0, np.int64), np.empty(0, np.int64)
-    return lo, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _groups(entries: np.ndarray) -> Iterator[np.ndarray]:

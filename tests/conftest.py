@@ -51,3 +51,14 @@ def sample_lake_embedded(tmp_path_factory) -> Lake:
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     return lake
 
+
+def noisy_eval_set(folder: Path, n: int = 6) -> Path:
+    """A small evaluation set: ``n`` random-noise pictures with a numbered caption each."""
+    import numpy as np
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / f"e{i}.png")
+        (folder / f"e{i}.txt").write_text(f"a noisy test picture number {i}")
+    return folder

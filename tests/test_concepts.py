@@ -260,3 +260,13 @@ def test_kmeans_and_complexity_stream_a_vector_source(tmp_path, monkeypatch):
     whole = complexity(x, label, 6)
     np.testing.assert_allclose(streamed[["size", "spread", "isolation"]].to_numpy(),
                                whole[["size", "spread", "isolation"]].to_numpy(), rtol=1e-5)
+    # rebalance's path: a task per range of rows (7 here, over a subset: positions map to rows),
+    # the partial sums added in range order; the rows outside the subset are not read
+    rows = np.flatnonzero(np.arange(4000) % 5 != 2)
+    monkeypatch.setattr(concepts, "_RANGE_ROWS", 500)
+    ranged = concepts.complexity_by_range(LanceVectors(ds, "v", rows), label[rows], 6)
+    subset = complexity(x[rows], label[rows], 6)
+    assert ranged["size"].tolist() == subset["size"].tolist() == np.bincount(label[rows], minlength=6).tolist()
+    np.testing.assert_allclose(ranged[["spread", "isolation", "complexity"]].to_numpy(),
+                               subset[["spread", "isolation", "complexity"]].to_numpy(), rtol=1e-5)
+    assert not np.allclose(ranged["spread"], whole["spread"], rtol=1e-7, atol=0)  # another set of rows, other values

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from lakecurate import Lake, LakeError
 from lakecurate.cli import main
@@ -27,7 +26,7 @@ from lakecurate.evaluate import (
     train_heads,
 )
 
-from .conftest import REPO, SAMPLE_DATA
+from .conftest import REPO, SAMPLE_DATA, noisy_eval_set
 
 
 def test_auroc_and_recall_literal():
@@ -66,13 +65,7 @@ def test_proxy_learns_from_clean_pairs_and_not_from_shuffled():
 def small(sample_lake_embedded: Lake, tmp_path: Path) -> tuple[Lake, Path]:
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     lake.curate({"name": "t", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"}]}, progress=False)
-    ev = tmp_path / "eval"
-    ev.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(ev / f"e{i}.png")
-        (ev / f"e{i}.txt").write_text(f"a noisy test picture number {i}")
-    return lake, ev
+    return lake, noisy_eval_set(tmp_path / "eval")
 
 
 def test_evaluate_records_and_reports(small, tmp_path: Path):

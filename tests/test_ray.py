@@ -10,7 +10,7 @@ import pytest
 
 from lakecurate import Lake, LakeError, columns
 
-from .conftest import SAMPLE_DATA, pair_rows
+from .conftest import SAMPLE_DATA, noisy_eval_set, pair_rows
 from .test_features import caption_chars, word_stats
 
 if os.environ.get("LAKECURATE_REQUIRE_RAY"):
@@ -132,15 +132,21 @@ def test_recaption_on_ray_equals_local(tmp_path: Path):
     assert lake.recaption("tiny-random-coca", name="ray", engine="ray", progress=False).rows == 3
 
 
+def _two_fragments_embedded(path: Path, extra: int) -> Lake:
+    """The sample data and ``extra`` synthetic rows (a second fragment), embedded by tiny-random."""
+    lake = Lake.create(path)
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.append(pair_rows(0, extra))
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    return lake
+
+
 def test_cluster_assignment_on_ray_equals_local(tmp_path: Path):
     """The fit runs on the driver; each fragment's rows are assigned by a Ray task: the same
     concepts and distances as the local engine, rows without a vector left without a concept."""
     got = {}
     for engine in ("local", "ray"):
-        lake = Lake.create(tmp_path / engine)
-        lake.ingest(SAMPLE_DATA, progress=False)
-        lake.append(pair_rows(0, 30))  # a second fragment
-        lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+        lake = _two_fragments_embedded(tmp_path / engine, 30)
         lake.append(pair_rows(100, 5))  # a third, without vectors: no concept
         rep = lake.cluster(k=3, engine=engine)
         assert rep.rows == lake.count() - 5 - lake.count("ingest_status = 'error'")
@@ -188,7 +194,8 @@ def test_semantic_join_on_ray_equals_local(tmp_path: Path, monkeypatch):
 
     def spy(fn, calls, **kw):
         calls = list(calls)
-        tasks.append((fn.__name__, len(calls)))
+        ordered = fn is engines._numbered  # engines.ordered_map's tasks: (number, function, *args)
+        tasks.append(((calls[0][1] if ordered else fn).__name__, len(calls)))
         return real(fn, calls, **kw)
 
     monkeypatch.setattr(engines, "ray_task_map", spy)
@@ -224,3 +231,69 @@ def test_dedup_on_ray_equals_local(tmp_path: Path):
                                                        "dup_reason"]).sort_by("id").to_pydict()
     assert got["local"] == got["ray"]
     assert any(g is not None for g in got["ray"]["dup_semantic_group"])
+
+
+def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
+    """curate --engine ray has the signals and dedup its recipe needs computed on Ray (the stages'
+    own Ray engines); rebalance --engine ray reads and sums the candidates' vectors per concept in
+    a Ray task per range of rows (4 here). Both decide exactly as the local engine does."""
+    from lakecurate import concepts, engines
+
+    monkeypatch.setattr(concepts, "_RANGE_ROWS", 7)
+    actors, tasks = [], []
+    real_actors, real_tasks = engines.ray_actor_map, engines.ray_task_map
+    monkeypatch.setattr(engines, "ray_actor_map", lambda cls, init, *a, **kw: actors.append(init[0].name) or real_actors(cls, init, *a, **kw))
+
+    def task_spy(fn, calls, **kw):
+        calls = list(calls)
+        tasks.extend(c[1].__name__ for c in calls if fn is engines._numbered)
+        return real_tasks(fn, calls, **kw)
+
+    monkeypatch.setattr(engines, "ray_task_map", task_spy)
+    got = {}
+    for engine in ("local", "ray"):
+        lake = _two_fragments_embedded(tmp_path / engine, 12)
+        rep = lake.curate("basic", engine=engine)
+        assert {"caption signals", "image signals", "dedup"} <= set(rep.computed)
+        lake.cluster(k=3)
+        reb = lake.rebalance(0.6, engine=engine)
+        got[engine] = (lake.dataset().to_table(columns=["id", "keep", "drop_reason", "dup_keep", "phash", "cap_words",
+                                                        "rebalance_keep", "sample_weight", "repeats"]).sort_by("id").to_pydict(),
+                       reb.concepts, reb.kept)
+        if engine == "local":
+            assert not actors and not tasks
+    assert got["local"] == got["ray"]
+    assert sum(filter(None, got["ray"][0]["keep"])) > 5 and got["ray"][2] > 0
+    assert {"signals-caption", "signals-image"} <= set(actors)
+    candidates = got["ray"][1] and sum(c["size"] for c in got["ray"][1])
+    assert tasks.count("concept_sums_task") == 2 * -(-candidates // 7)  # two passes, a task per 7 rows each
+    with pytest.raises(LakeError, match="engine"):
+        Lake.open(tmp_path / "ray").rebalance(0.5, engine="dask")
+    with pytest.raises(LakeError, match="engine"):
+        Lake.open(tmp_path / "ray").curate("basic", engine="dask")
+
+
+def test_evaluate_embeds_its_eval_set_on_ray(sample_lake_embedded: Lake, tmp_path: Path, monkeypatch):
+    """evaluate --engine ray ingests (a Ray task) and embeds (Ray actors) the evaluation set; the
+    cached set holds the local engine's rows and vectors (to float noise), and the proxies train here."""
+    import shutil
+
+    from lakecurate import engines
+
+    ran = []
+    real_actors, real_tasks = engines.ray_actor_map, engines.ray_task_map
+    monkeypatch.setattr(engines, "ray_actor_map", lambda cls, init, *a, **kw: ran.append(init[0].name) or real_actors(cls, init, *a, **kw))
+    monkeypatch.setattr(engines, "ray_task_map", lambda fn, calls, **kw: ran.append(fn.__name__) or real_tasks(fn, calls, **kw))
+    ev = noisy_eval_set(tmp_path / "eval")
+    got = {}
+    for engine in ("local", "ray"):
+        lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / engine))
+        res = lake.evaluate("ingest_status = 'ok'", eval_set=ev, baseline="all", seeds=1, steps=4, record=False,
+                            progress=False, engine=engine)
+        assert (res.eval_images, res.eval_captions) == (6, 6) and bool(ran) == (engine == "ray")
+        (side,) = (tmp_path / engine / "eval_sets").iterdir()
+        got[engine] = Lake.open(side).dataset().to_table(columns=["id", "clip_tinyrandom_image"]).sort_by("id").to_pydict()
+    assert got["local"]["id"] == got["ray"]["id"]
+    a, b = (np.array(got[e]["clip_tinyrandom_image"], np.float32) for e in ("local", "ray"))
+    assert np.abs(a - b).max() < 2e-3
+    assert "embed" in ran and "_ingest_part" in ran

@@ -80,7 +80,7 @@ def same_partition(a: list, b: list) -> bool:
 
 
 def test_pipeline_on_a_ray_cluster_equals_local(cluster, tmp_path: Path):
-    """Ingest, signals and embedding on the cluster; dedup, recipe, concepts, rebalance after them.
+    """Ingest, signals, embedding, dedup, recipe, concepts, rebalance and export on the cluster.
     Ingest and signals are equal bit for bit; embeddings to float16 noise (Ray actors run the model
     on 1 thread, not 2), so a group whose best two members' scores are that close may keep the
     other one: every decision is equal except in such near ties, which the test names."""
@@ -97,9 +97,9 @@ def test_pipeline_on_a_ray_cluster_equals_local(cluster, tmp_path: Path):
         lake.signals(["image", "caption"], engine=engine, progress=False)
         lake.embed("offline", engine=engine, progress=False)
         lake.dedup(engine=engine, progress=False)  # on Ray: hashes on actors, the semantic join a task per group
-        lake.curate("basic")  # its dedup is current: not run again
+        lake.curate("basic", engine=engine)  # its dedup is current: not run again
         lake.cluster(k=3, engine=engine)  # on Ray: fitted here, assigned by a task per fragment
-        lake.rebalance(0.6)
+        lake.rebalance(0.6, engine=engine)  # on Ray: the per-concept sums a task per range
         lake.sequence()
         exported[engine] = lake.export(tmp_path / f"{engine}-shards", shard_size=5, engine=engine)
         shipped = sorted(json.loads(m.extractfile(n).read())["id"] for p in sorted((tmp_path / f"{engine}-shards").glob("*.tar"))
