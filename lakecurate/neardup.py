@@ -50,6 +50,7 @@ _ROWS_PER_CLUSTER = 256
 # whose rows search the sub-centroids of their _PROBES nearest top lists.
 _FLAT_CENTROIDS = 4096
 _PROBES = 32
+_TWO_LEVEL_ASSIGN = 5  # cells a row joins by default when the centroids have two levels
 _KMEANS_SAMPLE = 1 << 20  # rows k-means trains on, at most (projected: 256 MiB at 64 dims; 16 a centroid up to k = 65,536)
 _PCA_SAMPLE = 20_000  # rows the principal axes are computed from
 # k-means on 16 rows per centroid, 6 iterations: better centroids only balance the clusters a
@@ -410,7 +411,7 @@ def semantic_pairs(
     threshold: float = 0.95,
     *,
     n_clusters: int | None = None,
-    assign: int = 4,
+    assign: int | None = None,
     seed: int = 0,
     pca_dims: int | None = 64,
     progress: bool = False,
@@ -429,7 +430,10 @@ def semantic_pairs(
     found; but only when it lies within r = sqrt(2 (1 - threshold)) of the bisector between the two
     centroids, since a partner is at most r away (the ClusterJoin bound, Das Sarma et al. 2014). So
     ``assign >= n_clusters`` is exact (with flat centroids), and a smaller ``assign`` misses a pair
-    only when neither row's cluster is among the other's ``assign`` nearest. Copies are compared
+    only when neither row's cluster is among the other's ``assign`` nearest. Default: 4 with flat
+    centroids, 5 with two levels (above _FLAT_CENTROIDS clusters the cells are small beside the
+    partner radius, so more partners sit beyond a row's 4 nearest: at 10M rows the exact search
+    finds 98.9% of planted pairs with 4 cells a row, 99.3% with 5; ``scripts/bench_centroid_search.py``). Copies are compared
     with a cluster's own rows, not with each other; a pair met in two clusters is returned once.
 
     k-means and assignment run on the top ``pca_dims`` principal axes (None: all of them): a
@@ -475,7 +479,7 @@ def semantic_pairs(
         from lakecurate.engines import check_engine
 
         check_engine(engine)
-    if assign < 1:
+    if assign is not None and assign < 1:
         raise ValueError(f"assign must be at least 1 (clusters a row joins), got {assign}")
     n = src.n
     fresh = None if new is None else np.asarray(new, bool)
@@ -502,7 +506,7 @@ def semantic_pairs(
 
 
 @contextmanager
-def _partition(src: VectorSource, threshold: float, n_clusters: int | None, assign: int, seed: int,
+def _partition(src: VectorSource, threshold: float, n_clusters: int | None, assign: int | None, seed: int,
                pca_dims: int | None, spill_dir: str | None, progress: bool, local_copy: bool = False, *,
                engine: str = "local", address: str | None = None) -> Iterator[tuple["_Entries", "_LocalCopy | None"]]:
     """k-means on a sample, then every row streamed once into its clusters (with ClusterJoin copies
@@ -516,7 +520,7 @@ def _partition(src: VectorSource, threshold: float, n_clusters: int | None, assi
     n = src.n
     cents = _fit_centroids(src, max(1, min(n_clusters or default_clusters(n), n)), seed, pca_dims)
     k = len(cents.centroids)
-    m = min(assign, k)
+    m = min(assign or (4 if cents.top is None else _TWO_LEVEL_ASSIGN), k)
     # fp16 storage and rounding: allow norms up to ~1.001 in the partner radius.
     radius = float(np.sqrt(max(2 * (1 - threshold), 0) + 4e-3))
     per_bucket = max(1, _BUCKET_ENTRIES * k // max(1, n * m))  # clusters per bucket

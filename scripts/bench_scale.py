@@ -29,6 +29,7 @@ For each size N, in one run:
     python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk + 10 GB
                                                                 # of temporary copy in the 10M join)
     python scripts/bench_scale.py --sizes 100000 300000 --dir /tmp/scale   # a quick look
+    python scripts/bench_scale.py --only semantic --assign 5     # the join with another number of cells a row
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def with_cosine(x: np.ndarray, cos: np.ndarray, rng: np.random.Generator) -> np.
 
 
 def chunks(n: int, seed: int = SEED):
-    """(vectors, planted copy rows) per chunk; the copies' sources are earlier rows of the chunk."""
+    """(vectors, planted copy rows, their source rows) per chunk, rows counted from the dataset's
+    first; a copy and its source are in the same chunk."""
     rng = np.random.default_rng(seed)
     n_topics = max(8, n // 300)  # as scripts/bench_dedup.py: the same structure per row at every size
     common = rng.standard_normal(D).astype(np.float32)
@@ -86,7 +88,7 @@ def chunks(n: int, seed: int = SEED):
         src, dup, neg = at[: 2 * k : 2], at[1 : 2 * k : 2], at[2 * k : 3 * k]
         v[dup] = with_cosine(v[src], rng.uniform(0.95, 0.996, len(dup)).astype(np.float32), rng)
         v[neg] = with_cosine(v[at[3 * k : 4 * k]], rng.uniform(0.85, 0.949, len(neg)).astype(np.float32), rng)
-        yield v.astype(np.float16), s + dup
+        yield v.astype(np.float16), s + dup, s + src
 
 
 def make_dataset(path: Path, n: int) -> None:
@@ -104,7 +106,7 @@ def make_dataset(path: Path, n: int) -> None:
 
     def batches():
         start = 0
-        for v, dup in chunks(n):
+        for v, dup, _src in chunks(n):
             copies.append(dup)
             yield pa.record_batch([pa.array(np.arange(start, start + len(v))),
                                    pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), D)], schema=schema)
@@ -142,7 +144,8 @@ def child_semantic(path: Path, whole: bool, engine: str = "local") -> dict:
         i, j, _cos = semantic_pairs(x, THRESHOLD)
         del x
     else:
-        i, j, _cos = semantic_pairs(LanceVectors(ds, "image"), THRESHOLD, engine=engine)
+        assign = int(os.environ.get("BENCH_SCALE_ASSIGN", "0"))  # --assign: clusters a row joins (default: the join's)
+        i, j, _cos = semantic_pairs(LanceVectors(ds, "image"), THRESHOLD, engine=engine, **({"assign": assign} if assign else {}))
     label = components(n, i, j)
     seconds = time.perf_counter() - t0
     peak = vm_hwm_mb()
@@ -332,8 +335,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"],
                     choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters"])
     ap.add_argument("--hash-cosine", type=float, default=0.9, help="hash-clusters: the cosine whose neighbours' hashes are compared")
+    ap.add_argument("--assign", type=int, help="semantic: clusters a row joins (default: semantic_pairs' own)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.assign:
+        os.environ["BENCH_SCALE_ASSIGN"] = str(args.assign)  # the children read it
     if args.child:
         kind, arg = args.child[0], args.child[1]
         res = {"semantic": lambda: child_semantic(Path(arg), False), "semantic-whole": lambda: child_semantic(Path(arg), True),

@@ -294,11 +294,18 @@ def test_semantic_two_level_centroids(data, truth, monkeypatch):
     """Above _FLAT_CENTROIDS the k-means has two levels and rows search only the nearest top
     lists: still every pair found, and each cluster much smaller."""
     x = data[0]
+    cells = []  # cells a row may join, as each join's assignment pass was told
+    real = neardup._assign_rows
+    monkeypatch.setattr(neardup, "_assign_rows", lambda src, cents, m, *a, **kw: cells.append(m) or real(src, cents, m, *a, **kw))
+    flat = semantic_pairs(x, 0.95, n_clusters=120)
     monkeypatch.setattr(neardup, "_FLAT_CENTROIDS", 16)
     src = CountingVectors(x)
     i, j, cos = semantic_pairs(src, 0.95, n_clusters=120)
     assert recall((i, j), truth, len(x)) >= 0.99
     assert (cos >= 0.95 - 1e-5).all()
+    assert cells == [4, 5]  # by default: 4 cells a row with flat centroids, 5 with two levels (smaller cells)
+    assert len(semantic_pairs(x, 0.95, n_clusters=120, assign=4)[0]) <= len(i) and cells[-1] == 4
+    assert recall(flat[:2], truth, len(x)) >= 0.99
     cents = neardup._fit_centroids(neardup.ArrayVectors(x), 120, 0, 64)
     assert cents.top is not None and len(cents.top) == 11  # round(sqrt(120)) top clusters
     assert 90 <= len(cents.centroids) <= 150  # each top cluster's share of k

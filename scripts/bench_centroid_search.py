@@ -1,0 +1,160 @@
+"""How a row finds its nearest centroids at 10M-row scale (issue 20): what the semantic join's
+recall and time per row are made of, and the alternatives tried.
+
+At N = 10M the join keeps ~256 rows a cluster (``neardup.default_clusters``: k = 39,062), so each
+row must find its ``assign`` = 4 nearest of ~39K centroids on 64 principal axes. This script fits
+the join's own centroids (``neardup._fit_centroids``, two levels: ~198 top lists) on the first
+655,360 rows of ``bench_scale``'s 10M generator, takes the next 65,536 rows (a chunk with 5% planted
+near copies at cosine 0.95-0.996 of rows of the same chunk) as queries, and measures, on one thread
+in one run:
+
+- time per query row, against the exact search (one BLAS scan of every centroid) in the same run;
+- ``top-4 exact``: rows whose 4 nearest centroids are found exactly;
+- ``pairs found``: planted pairs (cosine >= 0.95 after float16) the join would find, i.e. one row's
+  own cluster is among the cells the other joins (ClusterJoin copies within the partner radius);
+  this is what bounds the semantic join's recall.
+
+Variants: the two-level search with 16/32/48 probed lists (the join's own, ``_Centroids.search``),
+the exact search with ``assign`` 4..8, copies chosen by bisector distance instead of centroid
+distance, sub-centroids filed in their r nearest top lists (spill), and HNSW (faiss) over the centroids.
+
+    python scripts/bench_centroid_search.py            # ~5 min here
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread: time per row, as each join worker has
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from bench_scale import chunks  # noqa: E402
+
+N = 10_000_000
+TRAIN_CHUNKS = 10
+THRESHOLD = 0.95
+
+
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(training rows, query rows, planted pairs (a, b) as query positions)."""
+    parts = []
+    for i, (v, dup, src) in enumerate(chunks(N)):
+        parts.append((v.astype(np.float32), dup, src))
+        if i == TRAIN_CHUNKS:
+            break
+    x = np.concatenate([p[0] for p in parts[:TRAIN_CHUNKS]])
+    q, dup, src = parts[TRAIN_CHUNKS]
+    first = TRAIN_CHUNKS * len(parts[0][0])
+    a, b = src - first, dup - first
+    ok = (q[a] * q[b]).sum(1) >= THRESHOLD
+    return x, q, a[ok], b[ok]
+
+
+def pairs_found(cents, d: np.ndarray, nn: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float) -> float:
+    from lakecurate.neardup import _with_copies
+
+    r, c, _ = _with_copies(cents.centroids, d.copy(), nn.copy(), radius)
+    joined = set(zip(r.tolist(), c.tolist()))
+    own = nn[:, 0]
+    return float(np.mean([(x, own[y]) in joined or (y, own[x]) in joined for x, y in zip(a.tolist(), b.tolist())]))
+
+
+def by_bisector(cents, d: np.ndarray, nn: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest centroid, then the m - 1 others whose bisector with it is nearest the row."""
+    c = cents.centroids
+    gap = np.linalg.norm(c[nn[:, 1:]] - c[nn[:, :1]], axis=2)
+    h = (d[:, 1:] - d[:, :1]) / (2 * np.maximum(gap, 1e-12))
+    pick = np.argsort(h, axis=1)[:, : m - 1] + 1
+    return (np.concatenate([d[:, :1], np.take_along_axis(d, pick, 1)], 1),
+            np.concatenate([nn[:, :1], np.take_along_axis(nn, pick, 1)], 1))
+
+
+def spill_search(cents, z: np.ndarray, r: int, probes: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two levels with every sub-centroid filed in its r nearest top lists, ``probes`` lists a row:
+    the join's own search over the lists with copies, then a centroid met in two lists counted once."""
+    import faiss
+
+    from lakecurate import neardup
+
+    c, top = cents.centroids, cents.top
+    _, near = faiss.knn(c, top, r)
+    lst, cid = near.ravel(), np.repeat(np.arange(len(c)), r)
+    o = np.argsort(lst, kind="stable")
+    lst, cid = lst[o], cid[o]
+    spilled = neardup._Centroids(c[cid], cents.axes, top, np.searchsorted(lst, np.arange(len(top) + 1)))
+    saved, neardup._PROBES = neardup._PROBES, probes
+    try:
+        d, k = spilled.search(z, r * m)  # room for one centroid met in all its r lists
+    finally:
+        neardup._PROBES = saved
+    k = np.where(k >= 0, cid[np.maximum(k, 0)], -1)
+    o = np.argsort(k, axis=1, kind="stable")
+    sk, sd = np.take_along_axis(k, o, 1), np.take_along_axis(d, o, 1)
+    sd[:, 1:][(sk[:, 1:] == sk[:, :-1]) & (sk[:, 1:] >= 0)] = np.inf
+    best = np.argsort(sd, axis=1, kind="stable")[:, :m]
+    return np.take_along_axis(sd, best, 1), np.take_along_axis(sk, best, 1)
+
+
+def main() -> None:
+    import faiss
+
+    from lakecurate import neardup
+
+    t0 = time.perf_counter()
+    x, q, a, b = data()
+    k = neardup.default_clusters(N)
+    faiss.omp_set_num_threads(2)
+    cents = neardup._fit_centroids(neardup.ArrayVectors(x), k, 0, 64)
+    faiss.omp_set_num_threads(1)
+    z = neardup._project(q, cents.axes)
+    radius = float(np.sqrt(2 * (1 - THRESHOLD) + 4e-3))  # as neardup._partition
+    print(f"bench_centroid_search: k = {len(cents.centroids):,} centroids in {len(cents.top)} top lists "
+          f"(N = {N:,}), {len(z):,} query rows, {len(a):,} planted pairs at cosine >= {THRESHOLD}; "
+          f"setup {time.perf_counter() - t0:.0f} s, 1 thread from here\n", flush=True)
+
+    def timed(fn):
+        t = time.perf_counter()
+        d, nn = fn()
+        return d, nn, (time.perf_counter() - t) / len(z) * 1e6
+
+    td, tn, t_exact = timed(lambda: faiss.knn(z, cents.centroids, 8))
+    truth4 = np.sort(tn[:, :4], 1)
+
+    def show(label: str, d: np.ndarray, nn: np.ndarray, us: float, m: int = 4) -> None:
+        exact = float(np.mean((np.sort(nn[:, :4], 1) == truth4).all(1))) if nn.shape[1] >= 4 else float("nan")
+        found = pairs_found(cents, d[:, :m], nn[:, :m], a, b, radius)
+        print(f"  {label:40s} {us:7.1f} us/row ({us / t_exact:5.2f}x exact)  top-4 exact {exact:.3f}  "
+              f"pairs found {found:.4f} ({round((1 - found) * len(a))} missed)", flush=True)
+
+    for m in (4, 5, 6, 8):
+        show(f"exact, assign {m}", td, tn, t_exact, m)
+    show("exact, assign 4, copies by bisector", *by_bisector(cents, td, tn, 4), t_exact)
+    for probes in (16, 32, 48):
+        neardup._PROBES = probes
+        d, nn, us = timed(lambda: cents.search(z, 4))
+        show(f"two-level, {probes} probes{' (the join)' if probes == 32 else ''}", d, nn, us)
+        if probes >= 32:
+            d, nn, us = timed(lambda: cents.search(z, 6))
+            show(f"two-level, {probes} probes, assign 5", d, nn, us, 5)
+            show(f"two-level, {probes} probes, assign 6", d, nn, us, 6)
+    neardup._PROBES = 32
+    for r, probes in ((2, 24), (3, 16), (4, 12), (4, 16)):
+        d, nn, us = timed(lambda: spill_search(cents, z, r, probes, 4))
+        show(f"spill r={r}, {probes} probes", d, nn, us)
+    for M, ef in ((16, 64), (32, 64), (32, 128)):
+        idx = faiss.IndexHNSWFlat(z.shape[1], M)
+        idx.hnsw.efConstruction = 80
+        idx.add(cents.centroids)
+        idx.hnsw.efSearch = ef
+        d, nn, us = timed(lambda: idx.search(z, 4))
+        show(f"HNSW M={M} efSearch={ef}", d, nn, us)
+
+
+if __name__ == "__main__":
+    main()
