@@ -641,8 +641,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
 def _check_clustered(ds: Any, col: str) -> None:
     """Before anything is written: phash_search="clusters" compares a hashed row without a vector
     with every row, so there may be only a few of them."""
-    hashed = ~np.asarray(ds.to_table(columns=["phash"]).column("phash").is_null().to_numpy(zero_copy_only=False), bool)
-    lacking = int((hashed & ~column_valid(ds, col)).sum())
+    lacking = ds.count_rows(filter=f"phash IS NOT NULL AND {col} IS NULL")  # a count: no per-row arrays
     if lacking > MAX_UNCLUSTERED:
         raise LakeError(f"{lacking} rows have a phash but no {col} vector, and --phash-search clusters compares each of "
                         f"them with every row (at most {MAX_UNCLUSTERED}); run embed first, or use --phash-search all")
