@@ -1,0 +1,143 @@
+"""A lake on an object store (S3, served here by moto): every stage reads and writes it directly,
+with the same decisions as a lake on local disk; Ray workers get the lake's storage options with
+their tasks; concurrent writers still add each pair once."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lakecurate import Lake, LakeError
+
+from .conftest import REPO, SAMPLE_DATA
+from .test_ingest import assert_each_pair_once, small_folder
+
+if os.environ.get("LAKECURATE_REQUIRE_S3"):
+    import moto.server as moto_server  # CI: a missing S3 server is a failure, not a skip
+else:
+    moto_server = pytest.importorskip("moto.server", reason="install lakecurate[dev] (moto) for the object-store tests")
+
+pytestmark = pytest.mark.slow
+DECISIONS = ["id", "keep", "drop_reason", "concept", "rebalance_keep", "seq_order", "seq_shard"]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A local S3 server: (endpoint, the storage options a lake needs, a fresh bucket maker)."""
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {"endpoint": endpoint, "allow_http": "true", "aws_access_key_id": "testing",
+               "aws_secret_access_key": "testing", "region": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    made = []
+
+    def bucket() -> str:
+        name = f"lakes{len(made)}"
+        client.create_bucket(Bucket=name)
+        made.append(name)
+        return name
+
+    yield endpoint, options, bucket
+    server.stop()
+
+
+def _pipeline(lake: Lake, out: Path, **engine) -> None:
+    lake.ingest(SAMPLE_DATA, progress=False, **engine)
+    lake.embed("tiny-random", batch_size=8, progress=False, **({"workers": 0} if not engine else engine))
+    lake.dedup(("exact", "phash"), progress=False, **engine)
+    lake.cluster(k=3, **engine)
+    lake.curate("basic", progress=False, **engine)
+    lake.rebalance(0.5, **engine)
+    lake.sequence()
+    lake.export(out, **engine)
+
+
+def _decisions(lake: Lake):
+    return lake.to_pandas(DECISIONS).sort_values("id").reset_index(drop=True)
+
+
+def test_pipeline_on_s3_equals_the_same_pipeline_on_local_disk(s3, tmp_path: Path):
+    _, options, bucket = s3
+    on_disk = Lake.create(tmp_path / "lake")
+    on_s3 = Lake.create(f"s3://{bucket()}/team/lake", storage_options=options)
+    assert not (tmp_path / "team").exists()
+    _pipeline(on_disk, tmp_path / "out-disk")
+    _pipeline(on_s3, tmp_path / "out-s3")
+    a, b = _decisions(on_disk), _decisions(on_s3)
+    assert a.equals(b)
+    assert 0 < int(a["rebalance_keep"].sum()) < int(a["keep"].sum()) < len(a)  # real decisions, not all or none
+    assert sorted(os.listdir(tmp_path / "out-s3")) == sorted(os.listdir(tmp_path / "out-disk"))
+    img = [c for c in on_disk.dataset().schema.names if c.endswith("_image")][0]
+    va = np.stack(on_disk.to_pandas(["id", img]).sort_values("id")[img].dropna().to_numpy())
+    vb = np.stack(on_s3.to_pandas(["id", img]).sort_values("id")[img].dropna().to_numpy())
+    assert np.array_equal(va, vb)
+    assert on_s3.status()["view"] == on_disk.status()["view"]
+    rep = on_s3.report(tmp_path / "report")  # thumbnails read from the object store
+    assert rep.thumbnails > 0 and Path(rep.path).stat().st_size == rep.bytes
+    reopened = Lake.open(on_s3.uri, storage_options=options)  # what another user of the shared table sees
+    assert _decisions(reopened).equals(b)
+    with pytest.raises(LakeError, match="export writes to a local path"):
+        on_s3.export(f"s3://{bucket()}/out")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Ray's local cluster")
+def test_ray_workers_read_and_write_s3_with_the_lakes_storage_options(s3, tmp_path: Path, monkeypatch):
+    """No AWS_* variables anywhere: the options given to the lake travel with every Ray task."""
+    if os.environ.get("LAKECURATE_REQUIRE_RAY"):
+        import ray
+    else:
+        ray = pytest.importorskip("ray", reason="install lakecurate[ray]")
+    _, options, bucket = s3
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("LAKECURATE_RAY_CPUS", "2")
+    local = Lake.create(f"s3://{bucket()}/lake", storage_options=options)
+    on_ray = Lake.create(f"s3://{bucket()}/lake", storage_options=options)
+    try:
+        _pipeline(local, tmp_path / "out-local")
+        _pipeline(on_ray, tmp_path / "out-ray", engine="ray")
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert _decisions(local).equals(_decisions(on_ray))
+    assert sorted(os.listdir(tmp_path / "out-ray")) == sorted(os.listdir(tmp_path / "out-local"))
+
+
+_RACER = """
+import sys, time
+from lakecurate import Lake
+from lakecurate.ingest import IngestOptions
+src, start, uri = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+time.sleep(max(0.0, start - time.time()))
+Lake(uri).ingest(src, options=IngestOptions(commit_rows=5, batch_rows=5), progress=False)
+"""
+
+
+def test_three_ingests_into_one_s3_lake_at_once_add_each_pair_once(s3, tmp_path: Path):
+    endpoint, options, bucket = s3
+    src = small_folder(tmp_path / "src", 30)
+    lake = Lake.create(f"s3://{bucket()}/lake", storage_options=options)
+    env = dict(os.environ, AWS_ENDPOINT=endpoint, AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")  # as a CLI user would set them
+    start = time.time() + 4  # after every process has imported lakecurate
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(src), str(start), lake.uri], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-2000:]
+    assert_each_pair_once(lake, 30)
