@@ -126,6 +126,12 @@ def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *
         raise _task_error(exc) from None
 
 
+def task_window(ray: Any) -> int:
+    """Tasks to keep in flight so every CPU of the cluster is busy while results are collected:
+    two per CPU (what a window of large results holds at most)."""
+    return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def ray_task_map(fn: Callable[..., Any], calls: Iterable[tuple], *, address: str | None = None,
                  num_cpus: float = 1, retries: int = 0, window: int | None = None) -> Iterator[Any]:
     """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks (no state to keep between calls:
@@ -180,7 +186,7 @@ def ordered_map(fn: Callable[..., Any], calls: Sequence[tuple], *, engine: str =
         return
     ray = ray_init(address)
     refs = tuple(ray.put(s) for s in shared)
-    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    window = task_window(ray)
     numbered = ((i, fn, *args, *refs) for i, args in enumerate(calls))
     ready: dict[int, Any] = {}
     at = 0  # the next call whose result is due: tasks finish in any order

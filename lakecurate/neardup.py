@@ -50,7 +50,7 @@ _ROWS_PER_CLUSTER = 256
 # whose rows search the sub-centroids of their _PROBES nearest top lists.
 _FLAT_CENTROIDS = 4096
 _PROBES = 32
-_TWO_LEVEL_ASSIGN = 5  # cells a row joins by default when the centroids have two levels
+_TWO_LEVEL_ASSIGN = 6  # cells a row joins by default when the centroids have two levels
 _KMEANS_SAMPLE = 1 << 20  # rows k-means trains on, at most (projected: 256 MiB at 64 dims; 16 a centroid up to k = 65,536)
 _PCA_SAMPLE = 20_000  # rows the principal axes are computed from
 # k-means on 16 rows per centroid, 6 iterations: better centroids only balance the clusters a
@@ -270,6 +270,44 @@ def _with_copies(centroids: np.ndarray, dist: np.ndarray, near: np.ndarray,
     return row, near[row, slot].astype(np.int64), slot > 0
 
 
+# Two-level search (:meth:`_Centroids.search`): sub-centroids nearest to their list's centre that
+# bound a row's m-th distance (pass 1), and products a block of pass 2 computes at once (1M floats:
+# the block stays in cache while it is compared).
+_BOUND_REPS = 64
+_SEARCH_BLOCK = 1 << 18
+
+
+def _entries_by_list(lists: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(list, positions in ``lists`` that name it) for each list named, in position order."""
+    order = np.argsort(lists.astype(np.int16) if lists.max(initial=0) < 1 << 15 else lists, kind="stable")  # radix sort
+    cuts = np.flatnonzero(np.diff(lists[order])) + 1
+    return [(int(lists[at[0]]), at) for at in np.split(order, cuts) if len(at)]
+
+
+def _smallest_per_row(r: np.ndarray, c: np.ndarray, d: np.ndarray, n: int, m: int,
+                      packed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, c) of the m smallest ``d`` of each row in ``r`` (0..n-1), ascending; inf and -1
+    where a row has fewer. One sort of (row, distance, c) packed in 64 bits when they fit."""
+    d = np.maximum(d, 0).astype(np.float32) + np.float32(0)  # >= +0 (not -0): its bits sort as it does
+    rbits, cbits = int(n - 1).bit_length(), int(c.max(initial=0)).bit_length()
+    if packed and rbits + 31 + cbits <= 64:
+        key = np.sort((r.astype(np.uint64) << np.uint64(31 + cbits))
+                      | (d.view(np.uint32).astype(np.uint64) << np.uint64(cbits)) | c.astype(np.uint64))
+        r = (key >> np.uint64(31 + cbits)).astype(np.int64)
+        d = ((key >> np.uint64(cbits)) & np.uint64(0x7FFFFFFF)).astype(np.uint32).view(np.float32)
+        c = (key & np.uint64((1 << cbits) - 1)).astype(np.int64)
+    else:
+        order = np.argsort((r.astype(np.int64) << 32) | d.view(np.int32))
+        r, c, d = r[order], c[order].astype(np.int64), d[order]
+    if not len(r):
+        return np.full((n, m), np.inf, np.float32), np.full((n, m), -1, np.int64)
+    start = np.searchsorted(r, np.arange(n))
+    slot = start[:, None] + np.arange(m)
+    ok = slot < np.append(start[1:], len(r))[:, None]
+    slot = np.minimum(slot, len(r) - 1)
+    return np.where(ok, d[slot], np.inf).astype(np.float32), np.where(ok, c[slot], -1)
+
+
 class _Centroids:
     """k centroids on the top principal axes, and how a row finds its cells (with ClusterJoin copies).
 
@@ -295,31 +333,80 @@ class _Centroids:
 
     def search(self, z: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         """(squared distances, centroid numbers) of each row's ``m`` nearest centroids, ascending
-        (-1 and inf where a row's probed lists hold fewer)."""
+        (-1 and inf where a row's probed lists hold fewer).
+
+        Two levels: exactly the m nearest among the sub-centroids of the row's _PROBES nearest top
+        lists, in two passes. Pass 1 bounds each row's m-th distance from above (u, plus a slack
+        far above float32 rounding): the m-th nearest among the _BOUND_REPS sub-centroids nearest
+        to the centre of each of its 2 nearest lists (one faiss.knn per list). Pass 2 scans every
+        probed list, a block of rows at a time (one BLAS product, [c, -|c|^2 / 2] . [z, 1] =
+        (|z|^2 - |z - c|^2) / 2, the norms folded in), and keeps the ~25 sub-centroids a row within
+        u (a compare and np.flatnonzero: no top-k heap); the m smallest per row are then one sort.
+        The cells are those of one faiss.knn per list on the rows probing it (what it replaced;
+        ties within float32 rounding aside), the distances within ~2e-5 relative. Measured at 10M
+        rows (39,062 sub-centroids in 198 lists, 65,536 rows, one thread, best of 3, old and new
+        alternating: ``python scripts/bench_centroid_search.py --kernel``; docs/benchmarks.md): about
+        half the time of the per-list faiss.knn, 99.995% of the rows with identical cells (the rest:
+        near-ties, swapped within ~5e-6 relative).
+        Tried and dropped: the exact m nearest in the 2 nearest lists as the bound (faiss: ~11 us
+        a row against ~4, for ~20 kept against ~25); triangle and bisector lower bounds to skip a
+        list, or partial (PCA-prefix) distances to skip cells (the 64 projected dimensions carry
+        near-equal variance: they prune 1-20%); a column-max prefilter before the compare, and
+        bit tricks on the mask (slower); blocks of 2^14-2^15 products (more calls: 1.3-1.7x slower scans).
+        """
         import faiss
 
         m = min(m, len(self.centroids))
         if self.top is None:
             return faiss.knn(z, self.centroids, m)
+        z = np.ascontiguousarray(z, np.float32)
+        if not len(z):
+            return np.full((0, m), np.inf, np.float32), np.full((0, m), -1, np.int64)
+        cents, bounds, n, dim = self.centroids, self.bounds, len(z), z.shape[1]
         probes = min(len(self.top), _PROBES)
+        first = min(2, probes)
         _, probe = faiss.knn(z, self.top, probes)
-        flat = probe.ravel()  # entry e: row e // probes
-        order = np.argsort(flat, kind="stable")
-        lists = flat[order]
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(lists)) + 1, [len(lists)]])
-        cand_d = np.full((len(flat), m), np.inf, np.float32)
-        cand_c = np.full((len(flat), m), -1, np.int64)
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
-            a, b = self.bounds[lists[lo]], self.bounds[lists[lo] + 1]
-            at = order[lo:hi]
-            d, c = faiss.knn(np.ascontiguousarray(z[at // probes]), self.centroids[a:b], int(min(m, b - a)))
-            cand_d[at, : d.shape[1]] = d
-            cand_c[at, : d.shape[1]] = c + a
-        cand_d, cand_c = cand_d.reshape(len(z), probes * m), cand_c.reshape(len(z), probes * m)
-        best = np.argpartition(cand_d, m - 1, axis=1)[:, :m]
-        dist, near = np.take_along_axis(cand_d, best, 1), np.take_along_axis(cand_c, best, 1)
-        order = np.argsort(dist, axis=1)
-        return np.take_along_axis(dist, order, 1), np.take_along_axis(near, order, 1)
+        zz, cc = np.einsum("ij,ij->i", z, z), np.einsum("ij,ij->i", cents, cents)
+        # pass 1: u >= the m-th distance among the probed lists (m sub-centroids of them lie within u)
+        own = np.repeat(self.top, np.diff(bounds), axis=0)
+        to_top = np.einsum("ij,ij->i", cents - own, cents - own)
+        best = np.full((n * first, m), np.inf, np.float32)
+        for t, at in _entries_by_list(probe[:, :first].ravel()):
+            a, b = int(bounds[t]), int(bounds[t + 1])
+            if b > a:
+                if b - a > _BOUND_REPS:
+                    reps = np.ascontiguousarray(cents[a + np.argpartition(to_top[a:b], _BOUND_REPS - 1)[:_BOUND_REPS]])
+                else:
+                    reps = cents[a:b]
+                d, _ = faiss.knn(np.ascontiguousarray(z[at // first]), reps, min(m, len(reps)))
+                best[at, : d.shape[1]] = d
+        u = np.partition(best.reshape(n, first * m), m - 1, axis=1)[:, m - 1]
+        u = u + 1e-4 * (zz + cc.max()) + 1e-6  # a slack far above float32 rounding (inf: keeps all)
+        za = np.empty((n, dim + 1), np.float32)
+        za[:, :dim], za[:, dim] = z, 1
+        ca = np.empty((len(cents), dim + 1), np.float32)
+        ca[:, :dim], ca[:, dim] = cents, -0.5 * cc
+        thr = (0.5 * (zz - u)).astype(np.float32)  # |z - c|^2 = |z|^2 - 2 G <= u iff G >= thr
+        # pass 2: G = ca @ za.T over each probed list, a block of rows (<= _SEARCH_BLOCK products) at a time
+        most = int(np.diff(bounds).max())
+        gbuf = np.empty(max(_SEARCH_BLOCK, 16 * most), np.float32)
+        mbuf = np.empty(len(gbuf), bool)
+        zbuf = np.empty((min(_SEARCH_BLOCK, 8192), dim + 1), np.float32)
+        found_r, found_c, found_g = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.float32)]
+        for t, at in _entries_by_list(probe.ravel()):
+            a, b = int(bounds[t]), int(bounds[t + 1])
+            if b == a:
+                continue
+            rows, block = at // probes, min(len(zbuf), max(16, _SEARCH_BLOCK // (b - a)))
+            for lo in range(0, len(rows), block):
+                rb = rows[lo : lo + block]
+                zb = np.take(za, rb, axis=0, out=zbuf[: len(rb)])
+                g = np.matmul(ca[a:b], zb.T, out=gbuf[: (b - a) * len(rb)].reshape(b - a, len(rb)))
+                hit = np.flatnonzero(np.greater_equal(g, thr[rb], out=mbuf[: g.size].reshape(g.shape)))
+                cell, pos = np.divmod(hit, len(rb))
+                found_r.append(rb[pos]), found_c.append(cell + a), found_g.append(g.ravel()[hit])
+        r = np.concatenate(found_r)
+        return _smallest_per_row(r, np.concatenate(found_c), zz[r] - 2 * np.concatenate(found_g), n, m)
 
     def assign(self, x: np.ndarray, m: int, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row of x, cluster, is_copy) for every cell each row joins; own rows have is_copy False."""
@@ -431,9 +518,10 @@ def semantic_pairs(
     centroids, since a partner is at most r away (the ClusterJoin bound, Das Sarma et al. 2014). So
     ``assign >= n_clusters`` is exact (with flat centroids), and a smaller ``assign`` misses a pair
     only when neither row's cluster is among the other's ``assign`` nearest. Default: 4 with flat
-    centroids, 5 with two levels (above _FLAT_CENTROIDS clusters the cells are small beside the
+    centroids, 6 with two levels (above _FLAT_CENTROIDS clusters the cells are small beside the
     partner radius, so more partners sit beyond a row's 4 nearest: at 10M rows the exact search
-    finds 98.9% of planted pairs with 4 cells a row, 99.3% with 5; ``scripts/bench_centroid_search.py``). Copies are compared
+    finds 98.9% of planted pairs with 4 cells a row, 99.3% with 5, 99.5-99.6% with 6;
+    ``scripts/bench_centroid_search.py``). Copies are compared
     with a cluster's own rows, not with each other; a pair met in two clusters is returned once.
 
     k-means and assignment run on the top ``pca_dims`` principal axes (None: all of them): a
@@ -603,13 +691,13 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
         return group, rows, src.take(rows)
 
     if engine == "ray":
-        from lakecurate.engines import ray_init, ray_task_map
+        from lakecurate.engines import ray_init, ray_task_map, task_window
 
         ray = ray_init(address)
         source = ray.put(_source_spec(src))
         new_ref = ray.put(fresh)
         calls = ((source, group, threshold, new_ref) for group in _entry_groups(entries))
-        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # entries in flight stay bounded
+        window = task_window(ray)  # entries in flight stay bounded
         for own, part in ray_task_map(join_group_task, calls, address=address, retries=2, window=window):
             parts.append(part)
             if bar is not None:

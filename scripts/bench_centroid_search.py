@@ -19,6 +19,12 @@ the exact search with ``assign`` 4..8, copies chosen by bisector distance instea
 distance, sub-centroids filed in their r nearest top lists (spill), and HNSW (faiss) over the centroids.
 
     python scripts/bench_centroid_search.py            # ~5 min here
+    python scripts/bench_centroid_search.py --kernel   # the two-level search against the one it replaced
+
+``--kernel``: ``_Centroids.search`` (pass 1 bounds each row's m-th distance, pass 2 keeps what is
+within it from one BLAS product a block) against the search before it (one ``faiss.knn`` a top
+list: its top-k heap cost as much as the product), on the same centroids and rows, old and new
+alternating, 3 times each, m = 5 and 6, then in calls of ``_ASSIGN_CHUNK`` rows as the join makes them.
 """
 
 from __future__ import annotations
@@ -101,11 +107,73 @@ def spill_search(cents, z: np.ndarray, r: int, probes: int, m: int) -> tuple[np.
     return np.take_along_axis(sd, best, 1), np.take_along_axis(sk, best, 1)
 
 
+def per_list_search(cents, z: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two-level search before ``--kernel``'s: one faiss.knn per top list, on the rows probing it."""
+    import faiss
+
+    from lakecurate import neardup
+
+    probes = min(len(cents.top), neardup._PROBES)
+    _, probe = faiss.knn(z, cents.top, probes)
+    flat = probe.ravel()  # entry e: row e // probes
+    order = np.argsort(flat, kind="stable")
+    lists = flat[order]
+    cuts = np.concatenate([[0], np.flatnonzero(np.diff(lists)) + 1, [len(lists)]])
+    cand_d = np.full((len(flat), m), np.inf, np.float32)
+    cand_c = np.full((len(flat), m), -1, np.int64)
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        a, b = cents.bounds[lists[lo]], cents.bounds[lists[lo] + 1]
+        at = order[lo:hi]
+        d, c = faiss.knn(np.ascontiguousarray(z[at // probes]), cents.centroids[a:b], int(min(m, b - a)))
+        cand_d[at, : d.shape[1]] = d
+        cand_c[at, : d.shape[1]] = c + a
+    cand_d, cand_c = cand_d.reshape(len(z), probes * m), cand_c.reshape(len(z), probes * m)
+    best = np.argpartition(cand_d, m - 1, axis=1)[:, :m]
+    dist, near = np.take_along_axis(cand_d, best, 1), np.take_along_axis(cand_c, best, 1)
+    order = np.argsort(dist, axis=1)
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(near, order, 1)
+
+
+def kernel(cents, z: np.ndarray) -> None:
+    """Old (per_list_search) against new (_Centroids.search), alternating, on one thread."""
+    from lakecurate import neardup
+
+    n = len(z)
+    for m in (5, 6):
+        times: dict[str, list[float]] = {"before": [], "now": []}
+        for _ in range(3):
+            for name, fn in (("before", per_list_search), ("now", type(cents).search)):
+                t = time.perf_counter()
+                out = fn(cents, z, m)
+                times[name].append((time.perf_counter() - t) / n * 1e6)
+                if name == "before":
+                    d0, n0 = out
+                else:
+                    d1, n1 = out
+        o, w = np.array(times["before"]), np.array(times["now"])
+        print(f"  m={m}: before {o.min():6.1f} us/row, now {w.min():6.1f} us/row (best of 3): now/before "
+              f"{w.min() / o.min():.2f}x (medians {np.median(w) / np.median(o):.2f}x); rows with identical cells "
+              f"{np.mean((n0 == n1).all(1)):.5f}, max relative distance difference "
+              f"{np.max(np.abs(d1 - d0) / np.maximum(d0, 1e-30)):.1e}", flush=True)
+    chunk = neardup._ASSIGN_CHUNK
+    times = {"before": [], "now": []}
+    for _ in range(3):
+        for name, fn in (("before", per_list_search), ("now", type(cents).search)):
+            t = time.perf_counter()
+            for lo in range(0, n, chunk):
+                fn(cents, z[lo : lo + chunk], 5)
+            times[name].append((time.perf_counter() - t) / n * 1e6)
+    o, w = np.array(times["before"]), np.array(times["now"])
+    print(f"  m=5 in calls of {chunk:,} rows: before {o.min():6.1f} us/row, now {w.min():6.1f} us/row: "
+          f"now/before {w.min() / o.min():.2f}x (medians {np.median(w) / np.median(o):.2f}x)", flush=True)
+
+
 def main() -> None:
     import faiss
 
     from lakecurate import neardup
 
+    only_kernel = "--kernel" in sys.argv[1:]
     t0 = time.perf_counter()
     x, q, a, b = data()
     k = neardup.default_clusters(N)
@@ -117,6 +185,9 @@ def main() -> None:
     print(f"bench_centroid_search: k = {len(cents.centroids):,} centroids in {len(cents.top)} top lists "
           f"(N = {N:,}), {len(z):,} query rows, {len(a):,} planted pairs at cosine >= {THRESHOLD}; "
           f"setup {time.perf_counter() - t0:.0f} s, 1 thread from here\n", flush=True)
+    if only_kernel:
+        kernel(cents, z)
+        return
 
     def timed(fn):
         t = time.perf_counter()

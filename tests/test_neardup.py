@@ -303,7 +303,7 @@ def test_semantic_two_level_centroids(data, truth, monkeypatch):
     i, j, cos = semantic_pairs(src, 0.95, n_clusters=120)
     assert recall((i, j), truth, len(x)) >= 0.99
     assert (cos >= 0.95 - 1e-5).all()
-    assert cells == [4, 5]  # by default: 4 cells a row with flat centroids, 5 with two levels (smaller cells)
+    assert cells == [4, 6]  # by default: 4 cells a row with flat centroids, 6 with two levels (smaller cells)
     assert len(semantic_pairs(x, 0.95, n_clusters=120, assign=4)[0]) <= len(i) and cells[-1] == 4
     assert recall(flat[:2], truth, len(x)) >= 0.99
     cents = neardup._fit_centroids(neardup.ArrayVectors(x), 120, 0, 64)
@@ -313,7 +313,12 @@ def test_semantic_two_level_centroids(data, truth, monkeypatch):
     z = neardup._project(x[:2000], cents.axes)
     exact_d, exact_c = faiss.knn(z, cents.centroids, 4)
     d, c = cents.search(z, 4)  # every list probed (32 >= 11): the exact 4 nearest, in order
-    np.testing.assert_array_equal(c, exact_c)
+    # (float32 near-ties aside: a pair of cells whose distances differ by ~1e-7 relative may come in
+    # either order, and faiss's order is not always the float64 one)
+    z64, c64 = z.astype(np.float64), cents.centroids.astype(np.float64)
+    exact64 = lambda cells: ((z64[:, None] - c64[cells]) ** 2).sum(2)  # noqa: E731
+    np.testing.assert_allclose(exact64(c), exact64(exact_c), rtol=1e-6)
+    assert (c == exact_c).all(1).mean() > 0.99
     np.testing.assert_allclose(d, exact_d, rtol=1e-4, atol=1e-5)
     monkeypatch.setattr(neardup, "_PROBES", 2)  # the 2 nearest lists only: the nearest within them
     d, c = cents.search(z, 4)
@@ -411,3 +416,66 @@ def test_clustered_hamming_pairs_is_the_exact_search_among_semantic_neighbours()
     assert (dist <= 8).all() and (i < j).all()
     with pytest.raises(ValueError, match="same rows"):
         neardup.clustered_hamming_pairs(h[:10], x, 8)
+
+
+def _two_level(rng: np.random.Generator, sizes: list[int], dim: int = 8) -> neardup._Centroids:
+    """Random two-level centroids: list t holds sizes[t] sub-centroids scattered around top[t]."""
+    top = 3 * rng.standard_normal((len(sizes), dim)).astype(np.float32)
+    cents = np.concatenate([t + rng.standard_normal((s, dim)).astype(np.float32) for t, s in zip(top, sizes)])
+    return neardup._Centroids(cents, None, top, np.concatenate([[0], np.cumsum(sizes)]))
+
+
+def _probed_nearest(cents: neardup._Centroids, z: np.ndarray, m: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force in float64: each row's m nearest among the sub-centroids of its `probes` nearest lists."""
+    z64, c64 = z.astype(np.float64), cents.centroids.astype(np.float64)
+    to_top = ((z64[:, None] - cents.top.astype(np.float64)[None]) ** 2).sum(2)
+    to_cell = ((z64[:, None] - c64[None]) ** 2).sum(2)
+    owner = np.repeat(np.arange(len(cents.top)), np.diff(cents.bounds))
+    dist, near = np.full((len(z), m), np.inf), np.full((len(z), m), -1)
+    for i in range(len(z)):
+        cells = np.flatnonzero(np.isin(owner, np.argsort(to_top[i])[:probes]))
+        cells = cells[np.argsort(to_cell[i, cells])][:m]
+        dist[i, : len(cells)], near[i, : len(cells)] = to_cell[i, cells], cells
+    return dist, near
+
+
+@pytest.mark.parametrize("m", [1, 4, 6])
+@pytest.mark.parametrize("probes,reps,block", [(2, 64, 1 << 18), (5, 3, 64), (40, 5, 300)])
+def test_two_level_search_is_the_exact_nearest_among_probed_lists(m, probes, reps, block, monkeypatch):
+    """The two-level search returns exactly the m nearest sub-centroids of the probed lists,
+    ascending, with -1/inf where they hold fewer: lists smaller than m (so some rows' 2 nearest
+    lists cannot bound the m-th distance, and with 2 probes some rows get fewer than m), several
+    blocks of rows per list, and the bound taken from a few sub-centroids of big lists."""
+    monkeypatch.setattr(neardup, "_PROBES", probes)
+    monkeypatch.setattr(neardup, "_BOUND_REPS", reps)
+    monkeypatch.setattr(neardup, "_SEARCH_BLOCK", block)
+    rng = np.random.default_rng(m * 100 + probes)
+    cents = _two_level(rng, [1, 2, 3, 1, 40, 7, 25, 2, 60, 5, 1, 33, 12, 4, 50, 9, 2, 18, 1, 30])
+    z = (3 * rng.standard_normal((700, 8))).astype(np.float32)
+    want_d, want_n = _probed_nearest(cents, z, m, min(probes, len(cents.top)))
+    dist, near = cents.search(z, m)
+    assert dist.shape == near.shape == (len(z), m) and dist.dtype == np.float32
+    if m > 1:  # some rows' 2 nearest lists hold fewer than m: no bound from them (with 2 probes: -1s)
+        nearest2 = np.argsort(((z[:, None] - cents.top[None]) ** 2).sum(2), axis=1)[:, :2]
+        assert (np.diff(cents.bounds)[nearest2].sum(1) < m).any()
+        assert (want_n < 0).any() == (probes == 2)
+    np.testing.assert_array_equal(near, want_n)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-4, atol=1e-5)
+
+
+def test_smallest_per_row_packed_and_argsort_agree():
+    rng = np.random.default_rng(1)
+    n, m = 50, 4
+    r = rng.integers(0, n - 5, 600)  # the last rows have no candidate
+    c = rng.permutation(10_000)[:600]
+    d = rng.random(600).astype(np.float32)
+    d[:3] = [0.0, -0.0, -1e-7]  # rounding can make a squared distance -0 or slightly negative
+    want = np.full((n, m), np.inf, np.float32), np.full((n, m), -1)
+    for i in range(n):
+        mine = np.flatnonzero(r == i)
+        mine = mine[np.argsort(d[mine], kind="stable")][:m]
+        want[0][i, : len(mine)], want[1][i, : len(mine)] = np.maximum(d[mine], 0), c[mine]
+    for packed in (True, False):
+        dist, near = neardup._smallest_per_row(r, c, d, n, m, packed=packed)
+        np.testing.assert_array_equal(dist, want[0])
+        np.testing.assert_array_equal(near, want[1])
