@@ -273,56 +273,103 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
     """
     if not tables:
         return None
-    ds = based_on if based_on is not None else lake.dataset()
-    names = next(iter(tables.values())).column_names
-    schema = pa.schema([ds.schema.field(n) for n in names])
-    files: dict[int, Any] = {}
-    before: dict[int, bool] = {}
+    files = FragmentFiles(lake, next(iter(tables.values())).column_names,
+                          first_fill_only=first_fill_only, based_on=based_on)
     for fid, table in tables.items():
-        frag = ds.get_fragment(fid)
-        if frag is None:
-            continue
-        if table.column_names != names:
-            raise ValueError(f"every fragment must get the same columns: {table.column_names} != {names}")
-        if table.num_rows != frag.physical_rows:  # Lance does not check this at commit: a mismatch breaks reads
-            raise ValueError(f"fragment {fid} has {frag.physical_rows} rows, got {table.num_rows}")
-        written = lance.fragment.write_fragments(
-            table.cast(schema),
-            ds,
-            schema=schema,
-            mode="append",
-            data_storage_version=ds.data_storage_version,
-            max_rows_per_file=table.num_rows + 1,
-            storage_options=lake.storage_options,
-        )
-        if len(written) != 1 or len(written[0].files) != 1:
-            raise RuntimeError(f"expected one data file for fragment {fid}, got {written}")
-        files[fid] = written[0].files[0]
-        before[fid] = has_data(ds, frag, names[0])
+        files.write(fid, table)
+    return files.commit()
 
-    def commit() -> int | None:
-        current = based_on if based_on is not None else lake.dataset()
-        groups = []
-        for fid, data_file in files.items():
-            frag_now = current.get_fragment(fid)
-            if frag_now is None or frag_now.physical_rows != tables[fid].num_rows:
-                continue  # compacted or rewritten meanwhile: recompute on the next run
-            if first_fill_only and has_data(current, frag_now, names[0]) and not before[fid]:
-                continue  # a concurrent run filled it first; ours is an identical recomputation
-            groups.append(lance.LanceOperation.DataReplacementGroup(fid, data_file))
-        if not groups:
+
+class FragmentFiles:
+    """New data files for fragments, written one fragment at a time and committed together in one
+    ``DataReplacement`` (:func:`fill_fragments`, which takes every table at once, is this fed at
+    once): a stage that judges a fragment at a time holds one fragment's values, not the lake's.
+    Files written elsewhere (a Ray task: :func:`write_file`) are added with ``add``.
+
+    >>> files = FragmentFiles(lake, ["keep", "drop_reason"])    # doctest: +SKIP
+    >>> files.write(fid, table)                                 # doctest: +SKIP
+    >>> files.commit()  # one new version, or None               # doctest: +SKIP
+    """
+
+    def __init__(self, lake: "Store", names: Sequence[str], *, first_fill_only: bool = False,
+                 based_on: lance.LanceDataset | None = None) -> None:
+        self.lake, self.names = lake, list(names)
+        self.first_fill_only, self.based_on = first_fill_only, based_on
+        self.ds = based_on if based_on is not None else lake.dataset()
+        self.schema = pa.schema([self.ds.schema.field(n) for n in self.names])
+        self.files: dict[int, Any] = {}
+        self.rows: dict[int, int] = {}
+        self.before: dict[int, bool] = {}
+
+    def write(self, fid: int, table: pa.Table) -> bool:
+        """Write fragment ``fid``'s file (not committed yet); False when the fragment is gone."""
+        if table.column_names != self.names:
+            raise ValueError(f"every fragment must get the same columns: {table.column_names} != {self.names}")
+        written = write_file(self.ds, fid, table, self.lake.storage_options)
+        if written is not None:
+            self.add(fid, written)
+        return written is not None
+
+    def add(self, fid: int, written: "WrittenFile") -> None:
+        """A file :func:`write_file` wrote for fragment ``fid``, to commit with the others."""
+        self.files[fid], self.rows[fid], self.before[fid] = written
+
+    def commit(self) -> int | None:
+        """One commit of every file written; the new version, or None when nothing was committed."""
+        if not self.files:
             return None
-        try:
-            return lance.LanceDataset.commit(
-                lake.table_uri, lance.LanceOperation.DataReplacement(groups), read_version=current.version,
-                storage_options=lake.storage_options,
-            ).version
-        except OSError as exc:
-            if "not found" in str(exc).lower() and not isinstance(exc, CommitConflictError):
-                return None
-            raise
+        lake, names, based_on = self.lake, self.names, self.based_on
 
-    return commit() if based_on is not None else retry_on_conflict(commit)
+        def commit() -> int | None:
+            current = based_on if based_on is not None else lake.dataset()
+            groups = []
+            for fid, data_file in self.files.items():
+                frag_now = current.get_fragment(fid)
+                if frag_now is None or frag_now.physical_rows != self.rows[fid]:
+                    continue  # compacted or rewritten meanwhile: recompute on the next run
+                if self.first_fill_only and has_data(current, frag_now, names[0]) and not self.before[fid]:
+                    continue  # a concurrent run filled it first; ours is an identical recomputation
+                groups.append(lance.LanceOperation.DataReplacementGroup(fid, data_file))
+            if not groups:
+                return None
+            try:
+                return lance.LanceDataset.commit(
+                    lake.table_uri, lance.LanceOperation.DataReplacement(groups), read_version=current.version,
+                    storage_options=lake.storage_options,
+                ).version
+            except OSError as exc:
+                if "not found" in str(exc).lower() and not isinstance(exc, CommitConflictError):
+                    return None
+                raise
+
+        return commit() if based_on is not None else retry_on_conflict(commit)
+
+
+WrittenFile = tuple  # (lance DataFile, the fragment's physical rows, whether it held data for the columns before)
+
+
+def write_file(ds: lance.LanceDataset, fid: int, table: pa.Table, storage_options: dict | None = None) -> "WrittenFile | None":
+    """Write ``table`` (declared columns of ``ds``, one row per physical row of fragment ``fid``)
+    as a data file for that fragment, uncommitted (:class:`FragmentFiles` commits it); picklable,
+    so a Ray task can write it. None when the fragment is gone."""
+    frag = ds.get_fragment(fid)
+    if frag is None:
+        return None
+    if table.num_rows != frag.physical_rows:  # Lance does not check this at commit: a mismatch breaks reads
+        raise ValueError(f"fragment {fid} has {frag.physical_rows} rows, got {table.num_rows}")
+    schema = pa.schema([ds.schema.field(n) for n in table.column_names])
+    written = lance.fragment.write_fragments(
+        table.cast(schema),
+        ds,
+        schema=schema,
+        mode="append",
+        data_storage_version=ds.data_storage_version,
+        max_rows_per_file=table.num_rows + 1,
+        storage_options=storage_options,
+    )
+    if len(written) != 1 or len(written[0].files) != 1:
+        raise RuntimeError(f"expected one data file for fragment {fid}, got {written}")
+    return written[0].files[0], table.num_rows, has_data(ds, frag, table.column_names[0])
 
 
 def write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array]) -> tuple[int, int | None]:
@@ -332,34 +379,88 @@ def write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array]) -> tup
 
     This is how a stage with a global fit step (dedup groups, recipe decisions) rewrites only what
     changed: unchanged fragments keep their files, and a re-run that changes nothing commits nothing.
+    :class:`ChangedFragments` does the same a fragment at a time.
     """
+    return changed_fragments(lake, tbl, new).commit()
+
+
+def changed_fragments(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array]) -> "ChangedFragments":
+    """:func:`write_changed` up to its commit: the changed fragments' files written."""
+    fid_of = (tbl.column("_rowaddr").to_numpy() >> 32).astype(np.int64)
+    if np.any(np.diff(fid_of) < 0):  # each fragment's rows together
+        order = pa.array(np.argsort(fid_of, kind="stable"))
+        tbl, new, fid_of = tbl.take(order), {n: a.take(order) for n, a in new.items()}, np.sort(fid_of, kind="stable")
+    cuts = np.flatnonzero(np.diff(fid_of)) + 1
+    changed = ChangedFragments(lake, list(new))
+    for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(fid_of)]])):
+        if hi > lo:  # the rows of one fragment (a scan reads them in fragment order)
+            changed.add(tbl.slice(lo, hi - lo), {n: a.slice(lo, hi - lo) for n, a in new.items()})
+    return changed
+
+
+class ChangedFragments:
+    """:func:`write_changed` a fragment at a time: ``add`` one fragment's live rows (a table with
+    ``_rowaddr`` and, where stored already, the old values) and their new values; its file is
+    written when a value differs or the fragment holds none yet; ``commit`` commits them all.
+    ``add_written`` takes what :func:`changed_file` returned in a Ray task."""
+
+    def __init__(self, lake: "Store", names: Sequence[str]) -> None:
+        self.files = FragmentFiles(lake, names)
+        self.names = list(names)
+        self.seen: set[int] = set()
+
+    def add(self, tbl: pa.Table, new: dict[str, pa.Array]) -> bool:
+        """Queue fragment's new values; True when its file was written (it changed or was unfilled)."""
+        fid, written = changed_file(self.files.ds, tbl, new, self.files.lake.storage_options)
+        return self.add_written(fid, written)
+
+    def add_written(self, fid: int | None, written: "WrittenFile | None") -> bool:
+        if fid is None:
+            return False
+        if fid in self.seen:
+            raise ValueError(f"fragment {fid} was added already: add each fragment's rows at once")
+        self.seen.add(fid)
+        if written is not None:
+            self.files.add(fid, written)
+        return written is not None
+
+    def commit(self) -> tuple[int, int | None]:
+        """(fragments written, new version or None)."""
+        version = self.files.commit()
+        return (len(self.files.files) if version is not None else 0), version
+
+
+def changed_file(ds: lance.LanceDataset, tbl: pa.Table, new: dict[str, pa.Array],
+                 storage_options: dict | None = None) -> "tuple[int | None, WrittenFile | None]":
+    """One fragment's new values (``tbl``: its live rows with ``_rowaddr`` and the old values where
+    stored) written as its file (:func:`write_file`) when a value differs or ``ds`` holds none for
+    the fragment yet: (fragment id, the file or None). (None, None) for no rows."""
     import pyarrow.compute as pc
 
+    if tbl.num_rows == 0:
+        return None, None
     names = list(new)
-    ds = lake.dataset()
     addr = tbl.column("_rowaddr").to_numpy()
-    fid_of = (addr >> 32).astype(np.int64)
-    changed = np.zeros(len(addr), bool)
+    fid = int(addr[0] >> 32)
+    if np.any((addr >> 32) != fid):
+        raise ValueError("changed_file takes the rows of one fragment")
+    frag = ds.get_fragment(fid)
+    if frag is None:
+        return fid, None
+    changed = not has_data(ds, frag, names[0])  # never written: write it, so has_data tells the next run
     for name in names:
+        if changed:
+            break
         old = tbl.column(name) if name in tbl.column_names else pa.nulls(len(addr), new[name].type)
         same = pc.fill_null(pc.equal(old, new[name]), False).to_numpy(zero_copy_only=False)
         both_null = pc.is_null(old).to_numpy(zero_copy_only=False) & pc.is_null(new[name]).to_numpy(zero_copy_only=False)
-        changed |= ~(same | both_null)
-    unfilled = {f.fragment_id for f in ds.get_fragments() if not has_data(ds, f, names[0])}
-    # Fragments never written get a file too, so that has_data() tells what an earlier run covered.
-    todo = set(np.unique(fid_of[changed]).tolist()) | (unfilled & set(np.unique(fid_of).tolist()))
-    tables = {}
-    for fid in sorted(todo):
-        frag = ds.get_fragment(fid)
-        if frag is None:
-            continue
-        rows = np.flatnonzero(fid_of == fid)
-        order = np.full(frag.physical_rows, -1, np.int64)
-        order[addr[rows] & 0xFFFFFFFF] = rows
-        idx = pa.array(order, mask=order < 0)
-        tables[fid] = pa.table({n: new[n].take(idx) for n in names})
-    version = fill_fragments(lake, tables)
-    return (len(tables) if version is not None else 0), version
+        changed = not bool((same | both_null).all())
+    if not changed:
+        return fid, None
+    order = np.full(frag.physical_rows, -1, np.int64)
+    order[addr & 0xFFFFFFFF] = np.arange(len(addr))
+    idx = pa.array(order, mask=order < 0)
+    return fid, write_file(ds, fid, pa.table({n: new[n].take(idx) for n in names}), storage_options)
 
 
 def physical(frag_rows: int, offsets: Any, table: pa.Table) -> pa.Table:

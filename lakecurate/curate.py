@@ -40,7 +40,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -49,11 +49,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lakecurate import columns
+from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import embed_command, no_producer, where_columns, write_decisions
+from lakecurate.graph import embed_command, no_producer, where_columns
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
@@ -98,6 +98,13 @@ class Filter:
         """The one threshold of this step, when it has one: the values it compares and where it
         cuts them (for what-ifs and the rows either side of the cut); None for yes/no steps."""
         return None
+
+    def fit(self, scan: Callable[[str], Iterator[pa.Array]], p: dict[str, Any]) -> dict[str, Any]:
+        """The fit step of a filter that compares a row with every other judged row (a percentile,
+        a group's size): ``p`` with what it needs from all of them resolved, read through ``scan``
+        (a column's values, a fragment at a time), so that ``drop`` can then judge a fragment
+        alone and agree with a judgement of the whole frame. Most filters judge a row by itself."""
+        return p
 
 
 @dataclass(frozen=True)
@@ -333,7 +340,15 @@ class CaptionTemplate(Filter):
     limits = {"max_group": Limit("int", 1)}
 
     def drop(self, df, p):
+        if "__large" in p:  # fitted: the groups of more than max_group rows among every judged row
+            g = df["dup_minhash_group"]
+            return g.notna().to_numpy() & np.isin(_hashes(g), p["__large"])
         return _b(pd.Series(self._sizes(df)) > p["max_group"])
+
+    def fit(self, scan, p):
+        # The group values are ids (a row's own when alone): counted as 8-byte hashes, out of core.
+        hashes = lambda: (_hashes(g[g.notna()]) for g in (a.to_pandas() for a in scan("dup_minhash_group")))  # noqa: E731
+        return {**p, "__large": stream.frequent_keys(hashes, p["max_group"])}
 
     def cut(self, df, p):
         return Cut(self._sizes(df), p["max_group"], "max", "max_group", "captions sharing its template")
@@ -342,6 +357,10 @@ class CaptionTemplate(Filter):
     def _sizes(df: pd.DataFrame) -> np.ndarray:
         g = df["dup_minhash_group"]
         return _f(g.map(g.value_counts()))
+
+
+def _hashes(values: pd.Series) -> np.ndarray:
+    return pd.util.hash_array(np.asarray(values.to_numpy(), dtype=object), categorize=False)  # 8x faster on ids
 
 
 class Faces(Filter):
@@ -378,15 +397,30 @@ class Alignment(Filter):
         out = s.isna().to_numpy().copy()
         if p["min"] is not None:
             out |= _b(s < p["min"])
-        if p["min_percentile"] is not None and s.notna().any():
-            out |= _b(s < np.nanpercentile(s.to_numpy(), p["min_percentile"]))
+        at = self._percentile(s.to_numpy(), p)
+        if at is not None:
+            out |= _b(s < at)
         return out
+
+    def fit(self, scan, p):
+        if p["min_percentile"] is None:
+            return p
+        floats = lambda: (_f(a.to_pandas()) for a in scan("__score"))  # noqa: E731
+        return {**p, "__at": stream.nanpercentile(floats, p["min_percentile"])}
+
+    @staticmethod
+    def _percentile(s: np.ndarray, p: dict[str, Any]) -> float | None:
+        """The score at the lake's min_percentile-th percentile (fitted on every judged row, or on this frame)."""
+        if p["min_percentile"] is None:
+            return None
+        at = p["__at"] if "__at" in p else (np.nanpercentile(s, p["min_percentile"]) if (~np.isnan(s)).any() else np.nan)
+        return None if np.isnan(at) else float(at)
 
     def cut(self, df, p):
         s = _f(df["__score"])
         at = [p["min"]] if p["min"] is not None else []
-        if p["min_percentile"] is not None and np.isfinite(s).any():
-            at.append(float(np.nanpercentile(s, p["min_percentile"])))
+        if (pct := self._percentile(s, p)) is not None:
+            at.append(pct)
         if not at:
             return None
         param = "min" if p["min"] is not None and at[0] == max(at) else "min_percentile"
@@ -471,9 +505,9 @@ class Sql(Filter):
         return ()  # the condition's columns are found on the lake (graph.where_columns), see _reads
 
     def drop(self, df, p):
-        # The condition runs on the very version the frame was read from, as a Lance filter.
-        ds = df.attrs["dataset"]
-        passed = ds.to_table(columns=[], filter=p["where"], with_row_address=True).column("_rowaddr").to_numpy()
+        # The condition runs on the very version (or fragment of it) the frame was read from, as a Lance filter.
+        on = df.attrs["rows_of"].value
+        passed = on.to_table(columns=[], filter=p["where"], with_row_address=True).column("_rowaddr").to_numpy()
         return ~np.isin(df["__rowaddr"].to_numpy(), passed)
 
 
@@ -780,26 +814,29 @@ def _declare(lake: "Store", fields: list[pa.Field], prov: dict[str, Any]) -> Non
                 raise
 
 
-def _disagreement(lake: "Store", version: int, prov: dict[str, Any], addr: np.ndarray, keep: np.ndarray,
-                  reason: np.ndarray) -> str | None:
-    """None when ``version`` holds this run's provenance on ``keep`` and exactly its decisions (rows
-    at ``addr``; every other row undecided), else what differs: another writer interleaved."""
+def _disagreement(lake: "Store", version: int, prov: dict[str, Any], digests: dict[int, str]) -> str | None:
+    """None when ``version`` holds this run's provenance on ``keep`` and exactly its decisions (the
+    fragments of ``digests``, :func:`_digest` of what this run decided; every other row undecided),
+    else what differs: another writer interleaved. Read a fragment at a time."""
     ds = lake.dataset(version)
     got = columns.field_provenance(ds.schema.field("keep")) if "keep" in ds.schema.names else None
     if not got or got.get("config_hash") != prov["config_hash"]:
         other = (((got or {}).get("config") or {}).get("recipe") or {}).get("name", "another stage")
         return f"at version {version} its keep column was declared by recipe '{other}'"
-    now = ds.to_table(columns=["keep", "drop_reason"], with_row_address=True)
-    at = now.column("_rowaddr").to_numpy()
-    differ = now.column("keep").is_valid().to_numpy(zero_copy_only=False)  # rows we did not judge: undecided
-    if len(addr):
-        order = np.argsort(addr)
-        pos = np.minimum(np.searchsorted(addr[order], at), len(addr) - 1)
-        ours, idx = addr[order][pos] == at, order[pos]
-        keep_now = now.column("keep").to_numpy(zero_copy_only=False)
-        reason_now = now.column("drop_reason").to_numpy(zero_copy_only=False)
-        differ = np.where(ours, (keep_now != keep[idx]) | (reason_now != reason[idx]), differ)
-    return f"at version {version}, {int(differ.sum())} rows hold other decisions" if differ.any() else None
+    differ = []
+    for frag in ds.get_fragments():
+        fid = frag.fragment_id
+        if fid in digests:
+            now = frag.to_table(columns=["keep", "drop_reason"])
+            if _digest(now.column("keep"), now.column("drop_reason")) != digests.pop(fid):
+                differ.append(fid)
+        elif frag.count_rows(filter="keep IS NOT NULL"):  # rows this run did not judge: undecided
+            differ.append(fid)
+    gone = sorted(digests)  # judged here, rewritten or compacted away since
+    if differ or gone:
+        return (f"at version {version}, fragments {sorted(differ + gone)[:5]}"
+                f"{' ...' if len(differ) + len(gone) > 5 else ''} hold other decisions")
+    return None
 
 
 def _tag(lake: "Store", name: str, version: int) -> None:
@@ -924,21 +961,22 @@ class Decisions:
     dropped: dict[str, int]
 
 
-def _decide(df: pd.DataFrame, rec: Recipe, emb_prov: dict | None) -> Decisions:
-    """The recipe's steps on a frame of the columns they read: keep, the first failing step's reason."""
+def _decide(df: pd.DataFrame, rec: Recipe, params: list[dict[str, Any]], *, cuts: bool = True) -> Decisions:
+    """The recipe's steps on a frame of the columns they read, with each step's parameters
+    (:func:`_params`, or :func:`_fit` for a frame that is one fragment): keep, the first failing
+    step's reason. ``cuts``: also each step's threshold and values (what :func:`explain` shows)."""
     n = len(df)
     reason = np.full(n, None, dtype=object)
     alive = np.ones(n, bool)
-    fails, cuts, dropped = [], [], {}
+    fails, found, dropped = [], [], {}
     overrides = []
-    for step in rec.steps:
-        params = _effective(step, emb_prov)
+    for step, p in zip(rec.steps, params):
         f = FILTERS[step.filter]
-        fail = np.asarray(f.drop(df, params), dtype=bool)
+        fail = np.asarray(f.drop(df, p), dtype=bool)
         fails.append(fail)
-        cuts.append(f.cut(df, params))
+        found.append(f.cut(df, p) if cuts else None)
         if getattr(f, "override", False):
-            overrides.append((step, fail, np.asarray(f.keeps(df, params), dtype=bool)))
+            overrides.append((step, fail, np.asarray(f.keeps(df, p), dtype=bool)))
             continue
         hit = fail & alive
         reason[hit] = step.reason
@@ -955,7 +993,7 @@ def _decide(df: pd.DataFrame, rec: Recipe, emb_prov: dict | None) -> Decisions:
         alive[fail] = False
         reason[fail] = step.reason
         dropped[step.reason] += int(fail.sum())
-    return Decisions(alive, reason, fails, cuts, dropped)
+    return Decisions(alive, reason, fails, found, dropped)
 
 
 def _effective(step: Step, emb_prov: dict | None) -> dict[str, Any]:
@@ -963,6 +1001,16 @@ def _effective(step: Step, emb_prov: dict | None) -> dict[str, Any]:
     if step.filter == "alignment" and params["min"] is None and params["min_percentile"] is None:
         params["min"] = ALIGNMENT_MIN.get(((emb_prov or {}).get("config") or {}).get("family", "open_clip"), 0.28)
     return params
+
+
+def _params(rec: Recipe, emb_prov: dict | None) -> list[dict[str, Any]]:
+    """Each step's parameters, to judge one frame holding every row judged."""
+    return [_effective(step, emb_prov) for step in rec.steps]
+
+
+def _fit(rec: Recipe, emb_prov: dict | None, scan: Callable[[str], Iterator[pa.Array]]) -> list[dict[str, Any]]:
+    """Each step's parameters fitted on every judged row (:meth:`Filter.fit`), to judge a fragment at a time."""
+    return [FILTERS[step.filter].fit(scan, p) for step, p in zip(rec.steps, _params(rec, emb_prov))]
 
 
 WHATIF_QUANTILES = {"min": (1, 2, 5, 10, 20, 30, 40, 50), "max": (50, 60, 70, 80, 90, 95, 98, 99)}
@@ -1034,7 +1082,7 @@ def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[
         tbl = tbl.filter(pa.array(~np.isin(tbl.column("_rowaddr").to_numpy() >> 32, np.fromiter(late, np.int64))))
     df = tbl.drop_columns(["_rowaddr"]).to_pandas()
     df["__rowaddr"] = tbl.column("_rowaddr").to_numpy()
-    df.attrs["dataset"] = ds  # the sql step runs its condition on this very version
+    df.attrs["rows_of"] = _Shared(ds)  # the sql step runs its condition on this very version
     if emb is not None:
         df["__score"] = df[embedding_columns(emb)["score"]]
     if emb is not None and zero_shots:
@@ -1046,22 +1094,94 @@ def _add_zero_shot(ds: "lance.LanceDataset", df: pd.DataFrame, emb: str, steps: 
                    late: set[int]) -> None:
     """Each zero_shot step's probabilities as a frame column: the prompts through the encoder's
     text tower (rebuilt from the embedding's provenance), against the stored image vectors."""
-    from lakecurate.encoders import Encoder, spec_from_provenance
-
     col = embedding_columns(emb)["image"]
     tbl = ds.to_table(columns=[col], with_row_address=True)
     if late:
         tbl = tbl.filter(pa.array(~np.isin(tbl.column("_rowaddr").to_numpy() >> 32, np.fromiter(late, np.int64))))
-    x, valid = columns.embedding_matrix(tbl.column(col))
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    enc = Encoder(spec_from_provenance(columns.field_provenance(ds.schema.field(col))))
+    _zero_shot_columns(df, tbl.column(col), _zero_shot_texts(ds, emb, steps))
+
+
+ZeroShotTexts = list[tuple[str, np.ndarray, np.ndarray, float]]  # (frame column, prompts, against, scale)
+
+
+def _zero_shot_texts(ds: "lance.LanceDataset", emb: str, steps: list[dict[str, Any]]) -> ZeroShotTexts:
+    """Each zero_shot step's prompt and contrast vectors, through the encoder's text tower (rebuilt
+    from the embedding's provenance), and the model's logit scale: computed once a run."""
+    from lakecurate.encoders import Encoder, spec_from_provenance
+
+    if not steps:
+        return []
+    enc = Encoder(spec_from_provenance(columns.field_provenance(ds.schema.field(embedding_columns(emb)["image"]))))
     learnt = getattr(getattr(enc, "model", None), "logit_scale", None)  # CLIP's own: exp(4.6) = 100
     scale = float(learnt.detach().exp()) if learnt is not None else 100.0
+    out = []
     for p in steps:
         t = np.asarray(enc.encode_texts(list(p["prompts"]) + list(p["against"])), np.float32)
         t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-        prob = zero_shot(x, t[: len(p["prompts"])], t[len(p["prompts"]):], scale)
-        df[_zero_shot_key(p)] = np.where(valid, prob, np.nan)
+        out.append((_zero_shot_key(p), t[: len(p["prompts"])], t[len(p["prompts"]):], scale))
+    return out
+
+
+def _zero_shot_columns(df: pd.DataFrame, image: pa.ChunkedArray | pa.Array, texts: ZeroShotTexts) -> None:
+    """The zero-shot probabilities of the rows' stored image vectors (``image``, aligned with ``df``)."""
+    if not texts:
+        return
+    x, valid = columns.embedding_matrix(image)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    for key, prompts, against, scale in texts:
+        df[key] = np.where(valid, zero_shot(x, prompts, against, scale), np.nan)
+
+
+class _Shared:
+    """A frame's ``attrs`` entry that pandas passes on as is: it deep-copies ``attrs`` into every
+    frame an operation makes, and a copy of a Lance dataset serialises its manifest (~1.5 ms at
+    300 fragments: 26 s of a 10M-row curate before this)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict) -> "_Shared":
+        return self
+
+
+def _fragment_frame(ds: "lance.LanceDataset", frag: "lance.LanceFragment", read: set[str], emb: str | None,
+                    texts: ZeroShotTexts) -> tuple[pa.Table, pd.DataFrame]:
+    """:func:`_frame` of one fragment: its live rows' columns (with ``_rowaddr``) and their frame."""
+    image = embedding_columns(emb)["image"] if emb is not None and texts else None
+    tbl = frag.to_table(columns=sorted(read | ({image} if image else set())), with_row_address=True)
+    df = tbl.drop_columns(["_rowaddr"] + ([image] if image and image not in read else [])).to_pandas()
+    df["__rowaddr"] = tbl.column("_rowaddr").to_numpy()
+    df.attrs["rows_of"] = _Shared(frag)  # the sql step runs its condition on this fragment
+    if emb is not None:
+        df["__score"] = df[embedding_columns(emb)["score"]]
+    if image:
+        _zero_shot_columns(df, tbl.column(image), texts)
+    if image and image not in read:
+        tbl = tbl.drop_columns([image])
+    return tbl, df
+
+
+def _scan(frags: list["lance.LanceFragment"], emb: str | None) -> Callable[[str], Iterator[pa.Array]]:
+    """A column's values a fragment at a time over ``frags`` (``__score``: the embedding's score)."""
+    def scan(name: str) -> Iterator[pa.Array]:
+        col = embedding_columns(emb)["score"] if name == "__score" and emb is not None else name
+        for frag in frags:
+            yield frag.to_table(columns=[col]).column(0).combine_chunks()
+    return scan
+
+
+def _digest(keep: pa.Array, reason: pa.Array) -> str:
+    """A fingerprint of one fragment's decisions (keep, drop_reason in row order; nulls included)."""
+    import pyarrow.compute as pc
+
+    keep = pc.fill_null(pc.cast(keep, pa.int8()), -1).to_numpy(zero_copy_only=False)
+    codes = pc.dictionary_encode(reason).combine_chunks() if isinstance(reason, pa.ChunkedArray) else pc.dictionary_encode(reason)
+    h = hashlib.sha1(np.ascontiguousarray(keep, np.int8).tobytes())
+    h.update(pc.fill_null(codes.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32).tobytes())
+    h.update("\x1f".join(codes.dictionary.to_pylist()).encode())
+    return h.hexdigest()
 
 
 def recipe_of(ds: "lance.LanceDataset") -> Recipe | None:
@@ -1105,7 +1225,81 @@ def _judge(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, emb_prov: dic
     if check is not None:
         check(read)
     _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"}), _zero_shots(rec))
-    return df, _decide(df, rec, emb_prov)
+    return df, _decide(df, rec, _params(rec, emb_prov))
+
+
+def _decide_by_fragment(lake: "Store", ds: "lance.LanceDataset", frags: list["lance.LanceFragment"], rec: Recipe,
+                        params: list[dict[str, Any]], read: set[str], emb: str | None, texts: ZeroShotTexts,
+                        prov: dict[str, Any], progress: bool | None, engine: str = "local"
+                        ) -> tuple[int, int | None, int, int, dict[int, str], dict[str, int]]:
+    """Decide and write ``keep``/``drop_reason`` a fragment at a time (memory: one fragment's
+    columns), the changed fragments in one commit: (fragments written, new version or None, rows
+    judged, kept, each fragment's :func:`_digest`, drops by reason). ``engine="ray"``: a task per
+    ~_TASK_ROWS rows of fragments decides them and writes their files (:func:`judge_fragments_task`);
+    the commit is made here."""
+    from lakecurate.graph import commit_decisions
+    from lakecurate.progress import progress_bar
+
+    changed = columns.ChangedFragments(lake, ["keep", "drop_reason"])
+    digests: dict[int, str] = {}
+    dropped = {s.reason: 0 for s in rec.steps}
+    n = kept = 0
+    counts = [f.count_rows() for f in frags]
+    bar = progress_bar(total=sum(counts), desc="curate", unit="row", progress=progress)
+    if engine == "ray":
+        from lakecurate.engines import ray_init, ray_task_map, task_window
+
+        tasks, todo, rows = [], [], 0
+        for frag, c in zip(frags, counts):
+            todo.append(frag.fragment_id)
+            rows += c
+            if rows >= _TASK_ROWS:
+                tasks.append(todo)
+                todo, rows = [], 0
+        tasks += [todo] if todo else []
+        ray = ray_init(None)
+        shared = ray.put((rec, params, read, emb, texts))
+        calls = [(lake.table_uri, ds.version, changed.files.ds.version, lake.storage_options, fids, shared) for fids in tasks]
+        judged = (j for part in ray_task_map(judge_fragments_task, calls, retries=2, window=task_window(ray)) for j in part)
+    else:
+        judged = (_judge_fragment(ds, changed.files.ds, frag, rec, params, read, emb, texts, lake.storage_options)
+                  for frag in frags)
+    for fid, written, digest, rows_judged, rows_kept, by_reason in judged:
+        changed.add_written(fid, written)
+        digests[fid] = digest
+        for r, c in by_reason.items():
+            dropped[r] = dropped.get(r, 0) + c
+        n, kept = n + rows_judged, kept + rows_kept
+        bar.update(rows_judged)
+    bar.close()
+    written_count, version = commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
+    return written_count, version, n, kept, digests, dropped
+
+
+_TASK_ROWS = 1 << 20  # rows of fragments one Ray task of curate decides
+
+
+def _judge_fragment(ds: "lance.LanceDataset", out: "lance.LanceDataset", frag: "lance.LanceFragment", rec: Recipe,
+                    params: list[dict[str, Any]], read: set[str], emb: str | None, texts: ZeroShotTexts,
+                    storage_options: dict | None) -> tuple[int, Any, str, int, int, dict[str, int]]:
+    """One fragment of ``ds`` decided, its file written to ``out`` (the version with keep declared)
+    when its decisions changed: (fragment id, the file or None, digest, rows, kept, drops by reason)."""
+    tbl, df = _fragment_frame(ds, frag, read, emb, texts)
+    dec = _decide(df, rec, params, cuts=False)
+    new = {"keep": pa.array(dec.alive, pa.bool_()), "drop_reason": pa.array(dec.reason, pa.string())}
+    _, written = columns.changed_file(out, tbl, new, storage_options)
+    return frag.fragment_id, written, _digest(new["keep"], new["drop_reason"]), len(df), int(dec.alive.sum()), dec.dropped
+
+
+def judge_fragments_task(uri: str, read_version: int, write_version: int, storage_options: dict | None,
+                         fids: list[int], shared: tuple) -> list[tuple]:
+    """A Ray task of ``curate(engine="ray")``: :func:`_judge_fragment` for each of ``fids``."""
+    import lance
+
+    ds = lance.dataset(uri, version=read_version, storage_options=storage_options)
+    out = lance.dataset(uri, version=write_version, storage_options=storage_options)
+    rec, params, read, emb, texts = shared
+    return [_judge_fragment(ds, out, ds.get_fragment(fid), rec, params, read, emb, texts, storage_options) for fid in fids]
 
 
 def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
@@ -1130,14 +1324,22 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     (not kept) and are the next run's work. The tag names exactly the version this run committed,
     checked to hold this recipe's provenance and decisions (a concurrent curate makes it redo).
 
+    **Memory**: decided and written a fragment at a time (one fragment's columns in memory), all
+    changed fragments in one commit. Steps that compare a row with every other are fitted first
+    by streaming their column: alignment's ``min_percentile`` (exactly numpy's percentile, in a few
+    passes over the score column: :func:`lakecurate.stream.nanpercentile`) and caption_template's
+    group sizes (an 8-byte hash a distinct group). The dry run and the report's cut views still
+    judge the whole lake in one frame (they show rows from anywhere).
+
     ``dry_run``: decide on the latest version and report each step's drops, examples, the rows
     either side of each cut and kept rows at other cuts (``report.steps``), writing nothing (no
     signal is computed: a missing one is an error naming its command). ``overrides``: parameters
     for this run, ``{"alignment.min_percentile": 20}`` (see :func:`load_recipe`).
 
     ``engine="ray"``: the signals and dedup the recipe needs are computed on Ray (each stage's
-    own Ray engine); the decisions are then made here, on the columns they read (a few scalars a
-    row, zero-shot steps streamed), and equal the local engine's.
+    own Ray engine), and the decisions are made by Ray tasks (fragments of ~1M rows a task), each
+    writing its fragments' files; the fit and the one commit are made here. They equal the local
+    engine's.
 
     Example::
 
@@ -1190,11 +1392,10 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         sources = read | ({embedding_columns(emb)["image"]} if emb and _zero_shots(rec) else set())
         # a review step depends on the verdicts even before the first one exists: one makes it stale
         sources |= {"review_verdict"} if any(st.filter == "review" for st in rec.steps) else set()
-        tbl, df = _frame(ds, read | {c for c in ("keep", "drop_reason") if c in ds.schema.names}, emb,
-                         _unfilled(ds, inputs), _zero_shots(rec))
-        dec = _decide(df, rec, emb_prov)
-        alive, reason, n = dec.alive, dec.reason, len(df)
-        report.dropped = dec.dropped
+        late = _unfilled(ds, inputs)
+        frags = [f for f in ds.get_fragments() if f.fragment_id not in late]
+        params = _fit(rec, emb_prov, _scan(frags, emb))  # what a row is compared with: every judged row
+        texts = _zero_shot_texts(ds, emb, _zero_shots(rec)) if emb is not None else []
 
         prov = columns.provenance("curate", {"recipe": rec.canonical(), "hash": rec.hash, "source": rec.source},
                                   sorted(sources - {"id"}), ds.version)
@@ -1202,18 +1403,20 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         # only), while each recipe's result stays reachable through its tag.
         pinned = columns.field_provenance(ds.schema.field("keep")) if "keep" in ds.schema.names else None
         _declare(lake, fields, prov)
-        if not pinned or pinned.get("config_hash") != prov["config_hash"]:  # not ours: rewrite every fragment
-            tbl = tbl.drop_columns([c for c in ("keep", "drop_reason") if c in tbl.column_names])
+        ours = bool(pinned) and pinned.get("config_hash") == prov["config_hash"]  # else: rewrite every fragment
         try:
-            written, version = write_decisions(lake, tbl, {"keep": pa.array(alive, pa.bool_()),
-                                                            "drop_reason": pa.array(reason, pa.string())},
-                                               sources=prov["source_columns"], read_version=ds.version)
-        except KeyError:  # another curate dropped keep/drop_reason to declare its own recipe's: decide again
+            written, version, n, kept, digests, report.dropped = _decide_by_fragment(
+                lake, ds, frags, rec, params, read | ({"keep", "drop_reason"} if ours else set()), emb, texts,
+                prov, progress, engine)
+        except (KeyError, OSError, ValueError):
+            if not columns.config_changed(lake, "keep", prov) and "keep" in lake.dataset().schema.names:
+                raise
+            # another curate dropped keep/drop_reason to declare its own recipe's: decide again
             problem = "another curate replaced keep/drop_reason while this one wrote"
             continue
         report.fragments_written += written
         version = version if version is not None else ds.version  # nothing changed: the read version is ours
-        problem = _disagreement(lake, version, prov, tbl.column("_rowaddr").to_numpy(), alive, reason)
+        problem = _disagreement(lake, version, prov, digests)
         if problem is None:
             break
     else:
@@ -1222,6 +1425,6 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     report.version, report.tag = version, f"{prefix}{version}"
     _tag(lake, report.tag, version)
     report.unjudged = lake.dataset(version).count_rows(filter="keep IS NULL")  # arrived during the run
-    report.rows, report.kept = n, int(alive.sum())
+    report.rows, report.kept = n, kept
     report.seconds = time.perf_counter() - t0
     return report

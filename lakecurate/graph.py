@@ -533,8 +533,14 @@ def write_decisions(lake: "Store", tbl: Any, new: dict[str, Any], *, sources: Se
     whose values changed, in one commit (:func:`lakecurate.columns.write_changed`), then the marker
     when nothing changed but the columns would look stale. Returns (fragments written, new version
     or None)."""
-    from lakecurate.columns import write_changed
+    from lakecurate.columns import changed_fragments
 
-    written, version = write_changed(lake, tbl, new)
-    marked = mark_computed(lake, list(new), sources, read_version)
+    return commit_decisions(lake, changed_fragments(lake, tbl, new), sources=sources, read_version=read_version)
+
+
+def commit_decisions(lake: "Store", changed: Any, *, sources: Sequence[str], read_version: int) -> tuple[int, int | None]:
+    """:func:`write_decisions` of a stage that decided a fragment at a time: commit the files of
+    ``changed`` (a :class:`lakecurate.columns.ChangedFragments`), then the marker."""
+    written, version = changed.commit()
+    marked = mark_computed(lake, changed.names, sources, read_version)
     return written, marked if marked is not None else version

@@ -23,13 +23,20 @@ For each size N, in one run:
      unrelated row's hash); recall of the pairs whose vectors are within ``--hash-cosine``
      (its peak counts from the search's start: the hashes are in it, the setup's scratch is not);
    - the baseline, at the smallest size only: ``semantic-whole``, the path before this change (the
-     whole column read into one matrix, then the same join).
+     whole column read into one matrix, then the same join);
+   - ``curate`` (``--only curate``): a lake of N pairs (``DIR/pairs-N``, 256k-row fragments: captions,
+     sizes, 1% ingest errors, a score column with embed provenance, caption template groups with
+     dedup's) curated by a seven-step recipe (ingest_error, caption_missing, image_size, aspect,
+     caption_template, sql, alignment at the 20th percentile), decided and written a fragment at a
+     time; its baseline at the smallest size, ``curate-whole``: the same decisions made in one
+     frame of the whole lake (the path before, without its write).
 3. ratios against the smallest size, in this run: peak memory and time per row.
 
     python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk + 10 GB
                                                                 # of temporary copy in the 10M join)
     python scripts/bench_scale.py --sizes 100000 300000 --dir /tmp/scale   # a quick look
     python scripts/bench_scale.py --only semantic --assign 5     # the join with another number of cells a row
+    python scripts/bench_scale.py --only curate                  # curate's decisions at 1M, 3M, 10M pairs
 """
 
 from __future__ import annotations
@@ -319,6 +326,91 @@ def child_hash_clusters(path: Path, cosine: float) -> dict:
             "far_found": int(found[~near].sum()), "cosine": cosine}
 
 
+PAIRS_FRAGMENT = 1 << 18
+CURATE_RECIPE = {"name": "bench-scale", "step": [
+    {"filter": "ingest_error"}, {"filter": "caption_missing"}, {"filter": "image_size", "min_side": 96},
+    {"filter": "aspect", "max_aspect": 2.5}, {"filter": "caption_template", "max_group": 9},
+    {"filter": "sql", "where": "caption NOT LIKE '%watermark%'", "reason": "watermark"},
+    {"filter": "alignment", "min_percentile": 20}]}
+
+
+def make_pairs_lake(path: Path, n: int) -> None:
+    """A lake of n pairs as curate sees them after ingest, embed and dedup (no pixels: curate reads none)."""
+    import lance
+    import pyarrow as pa
+
+    from lakecurate import Lake, columns
+    from lakecurate.schema import PAIRS_SCHEMA
+
+    if (path / "pairs.lance" / "_versions").exists():
+        try:
+            ds = lance.dataset(str(path / "pairs.lance"))
+            if ds.count_rows() == n and "dup_minhash_group" in ds.schema.names:
+                return
+        except Exception:  # noqa: BLE001 - a half-written lake from a killed run: write it again
+            pass
+        import shutil
+        shutil.rmtree(path)
+    t0 = time.perf_counter()
+    lake = Lake.create(path)
+    rng = np.random.default_rng(SEED)
+    words = np.array("a the red small old dog cat house tree river road boat car child woman man garden field city "
+                     "beach snow night bridge tower market photo view street light watermark".split())
+    now = pa.scalar(0, pa.timestamp("us", tz="UTC"))
+    for s in range(0, n, PAIRS_FRAGMENT):
+        m = min(PAIRS_FRAGMENT, n - s)
+        lens = rng.integers(0, 15, m)
+        w = rng.integers(32, 2048, m).astype(np.int32)
+        pick = rng.integers(0, len(words), (m, 14))
+        caps = [" ".join(words[pick[i, : lens[i]]]) for i in range(m)]
+        bad = rng.random(m) < 0.01
+        data = {f.name: pa.nulls(m, f.type) for f in PAIRS_SCHEMA}
+        data.update({"id": pa.array([f"{s + i:016x}" for i in range(m)]), "key": pa.array([f"{s + i:09d}.jpg" for i in range(m)]),
+                     "source": pa.array(["synthetic"] * m), "image": pa.array([b""] * m, pa.large_binary()),
+                     "caption": pa.array(caps), "width": pa.array(w),
+                     "height": pa.array((w * rng.uniform(0.3, 1.7, m)).astype(np.int32)),
+                     "ingest_status": pa.array(np.where(bad, "error", "ok").tolist()),
+                     "ingested_at": pa.array([now.value] * m, pa.timestamp("us", tz="UTC"))})
+        lake.append(pa.table(data, schema=PAIRS_SCHEMA))
+    ds = lake.dataset()
+    tbl = ds.to_table(columns=["id", "ingest_status"], with_row_address=True)
+    ids = tbl.column("id").to_numpy(zero_copy_only=False)
+    ok = tbl.column("ingest_status").to_numpy(zero_copy_only=False) != "error"
+    score = np.where(ok, rng.normal(0.28, 0.05, n), np.nan).astype(np.float32)
+    group = ids.copy()
+    templated = np.flatnonzero(rng.random(n) < 0.05)  # 5% of captions in template groups of ~20 rows, anywhere
+    group[templated] = ids[templated[rng.integers(0, max(1, len(templated) // 20), len(templated))]]
+    for stage, config, new in (
+            ("embed", {"family": "bench"}, {"bench_score": pa.array(score, pa.float32(), mask=np.isnan(score))}),
+            ("dedup", {"method": "minhash"}, {"dup_minhash_group": pa.array(group)})):
+        columns.declare(lake, [pa.field(k, a.type) for k, a in new.items()], columns.provenance(stage, config, ["synthetic"], lake.version))
+        columns.write_changed(lake, tbl, new)
+    print(f"  wrote a lake of {n:,} pairs ({len(lake.dataset().get_fragments())} fragments) to {path} in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def child_curate(path: Path, whole: bool) -> dict:
+    from lakecurate import Lake
+    from lakecurate import curate as curate_mod
+
+    lake = Lake.open(path)
+    ds = lake.dataset()
+    if "keep" in ds.schema.names:  # an earlier run's decisions: forget them (metadata only), so this run decides afresh
+        ds.drop_columns(["keep", "drop_reason"])
+    for tag in list(ds.tags.list()):
+        lake.dataset().tags.delete(tag)
+    t0 = time.perf_counter()
+    if whole:  # the path before: every row's columns in one frame, then the decisions
+        rec = curate_mod.load_recipe(CURATE_RECIPE)
+        emb, emb_prov = curate_mod._embedding(lake, rec)
+        df, dec = curate_mod._judge(lake.dataset(), rec, emb, emb_prov)
+        rows, kept = len(df), int(dec.alive.sum())
+    else:
+        rep = lake.curate(CURATE_RECIPE, progress=False)
+        rows, kept = rep.rows, rep.kept
+    return {"seconds": time.perf_counter() - t0, "peak_mb": vm_hwm_mb(), "rows": rows, "kept": kept}
+
+
 def run_child(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
     if out.returncode:
@@ -333,7 +425,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lakecurate-scale"), help="where the datasets are made (reused)")
     ap.add_argument("--k", type=int, default=1024, help="clusters for the clustering measurement (same at every size)")
     ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"],
-                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters"])
+                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate"])
     ap.add_argument("--hash-cosine", type=float, default=0.9, help="hash-clusters: the cosine whose neighbours' hashes are compared")
     ap.add_argument("--assign", type=int, help="semantic: clusters a row joins (default: semantic_pairs' own)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -347,15 +439,16 @@ def main() -> None:
                "cluster": lambda: child_cluster(Path(arg), int(args.child[2])),
                "cluster-ray": lambda: child_cluster_ray(Path(arg), int(args.child[2])),
                "hash": lambda: child_hash(int(arg)),
-               "hash-clusters": lambda: child_hash_clusters(Path(arg), float(args.child[2]))}[kind]()
+               "hash-clusters": lambda: child_hash_clusters(Path(arg), float(args.child[2])),
+               "curate": lambda: child_curate(Path(arg), False), "curate-whole": lambda: child_curate(Path(arg), True)}[kind]()
         print(json.dumps(res))
         return
 
     print(f"bench_scale: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
     args.dir.mkdir(parents=True, exist_ok=True)
-    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters")
-    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic-whole", *kinds)}
+    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate")
+    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic-whole", "curate-whole", *kinds)}
     for n in args.sizes:
         print(f"\nN = {n:,}", flush=True)
         path = args.dir / f"vectors-{n}.lance"
@@ -392,6 +485,14 @@ def main() -> None:
                   f"pairs {r['pairs']:,}  recall {r['recall']:.4f} of pairs within cosine {r['cosine']} "
                   f"({r['missed']} of {r['true_pairs']} missed); far collisions found {r['far_found']} of {r['far_pairs']}",
                   flush=True)
+        if "curate" in args.only:
+            make_pairs_lake(args.dir / f"pairs-{n}", n)
+            runs = (["curate-whole"] if n == args.sizes[0] else []) + ["curate"]
+            for kind in runs:
+                r = results[kind][n] = run_child([kind, str(args.dir / f"pairs-{n}")])
+                what = "curate, whole frame (before)    " if kind == "curate-whole" else "curate, a fragment at a time    "
+                print(f"  {what} {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  rows {r['rows']:,}  kept {r['kept']:,}",
+                      flush=True)
 
     base = args.sizes[0]
     print(f"\nratios against N = {base:,} (same run):")
@@ -401,6 +502,10 @@ def main() -> None:
                 a, b = results[kind][base], results[kind][n]
                 print(f"  {kind:9s} N = {n:>11,}: peak memory {b['peak_mb'] / a['peak_mb']:.2f}x   "
                       f"time per row {(b['seconds'] / n) / (a['seconds'] / base):.2f}x")
+    if base in results["curate-whole"] and base in results["curate"]:
+        a, b = results["curate-whole"][base], results["curate"][base]
+        print(f"  curate a fragment at a time / whole frame at N = {base:,}: peak memory {b['peak_mb'] / a['peak_mb']:.2f}x   "
+              f"time {b['seconds'] / a['seconds']:.2f}x (the whole frame does not write)")
     if base in results["semantic-whole"] and base in results["semantic"]:
         a, b = results["semantic-whole"][base], results["semantic"][base]
         print(f"  streamed / whole column at N = {base:,}: peak memory {b['peak_mb'] / a['peak_mb']:.2f}x   "

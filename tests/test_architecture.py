@@ -20,7 +20,7 @@ PKG = Path(lakecurate.__file__).parent
 FLOORS = {
     "ground": {"errors", "_version", "schema", "options", "progress", "sqlcheck", "store", "columns", "names",
                "images", "engines", "runner", "graph"},
-    "algo": {"neardup", "verify"},
+    "algo": {"neardup", "verify", "stream"},
     "models": {"encoders", "offline", "captioners"},
     "stages": {"ingest", "embed", "signals", "faces", "imagetext", "recaption", "dedup", "curate", "concepts", "features", "export", "plant", "review"},
     "views": {"search", "compare", "evaluate", "report", "loader"},

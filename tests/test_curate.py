@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -239,15 +240,15 @@ def test_rows_arriving_during_curate_are_never_kept_unjudged(lake: Lake, monkeyp
 
         monkeypatch.setattr(signals, "compute_caption_signals", hooked)
         first = lake.curate(WORDS, progress=False)
-    elif when == "before_write":  # the decisions are made, then the rows arrive before they are written
-        real_write = columns.write_changed
+    elif when == "before_write":  # the decisions are made, then the rows arrive before they are committed
+        real_commit = columns.ChangedFragments.commit
 
-        def hooked_write(lk, *a, **kw):
-            if lk.count() == 120:
-                lk.append(late)
-            return real_write(lk, *a, **kw)
+        def hooked_commit(self):
+            if lake.count() == 120:
+                lake.append(late)
+            return real_commit(self)
 
-        monkeypatch.setattr(columns, "write_changed", hooked_write)
+        monkeypatch.setattr(columns.ChangedFragments, "commit", hooked_commit)
         first = lake.curate(WORDS, progress=False)
     else:  # what an earlier run left: a tag on the latest version, which holds rows no recipe judged
         first = lake.curate(WORDS, progress=False)
@@ -349,16 +350,16 @@ def words_lake(lake: Lake) -> tuple[Lake, dict[str, dict[str, str | None]]]:
 def test_curate_interleaved_with_another_recipe(words_lake, monkeypatch):
     """Recipe B re-declares keep between A's declare and A's write: A's tag must still be A's."""
     lake, clean = words_lake
-    real = columns.write_changed
+    real = columns.ChangedFragments.__init__
     state = {"raced": False}
 
-    def hooked(lk, *a, **kw):
+    def hooked(self, lk, *a, **kw):
         if not state["raced"]:
             state["raced"] = True
             lake.curate(B, progress=False)  # the other recipe, start to finish
-        return real(lk, *a, **kw)
+        return real(self, lk, *a, **kw)
 
-    monkeypatch.setattr(columns, "write_changed", hooked)
+    monkeypatch.setattr(columns.ChangedFragments, "__init__", hooked)
     rep = lake.curate(A, progress=False)
     monkeypatch.undo()
     assert state["raced"] and check_tags(lake, clean) == 2
@@ -366,20 +367,34 @@ def test_curate_interleaved_with_another_recipe(words_lake, monkeypatch):
 
 
 @pytest.mark.slow
-def test_keep_dropped_just_before_the_write_is_decided_again(words_lake, monkeypatch):
+@pytest.mark.parametrize("when", ["before_write", "between_fragments"])
+def test_keep_dropped_just_before_the_write_is_decided_again(words_lake, monkeypatch, when: str):
     """Another curate drops keep/drop_reason (to declare its own recipe's) between this one's declare
-    and its write: the write finds no keep column (it raised AttributeError in CI) and decides again."""
+    and its write, or between two fragments' files: the write finds no keep column (it raised
+    AttributeError in CI) and decides again."""
     lake, clean = words_lake
-    real = columns.write_changed
     state = {"dropped": 0}
+    if when == "before_write":
+        real = columns.ChangedFragments.__init__
 
-    def hooked(lk, tbl, new, *a, **kw):
-        if not state["dropped"] and "keep" in new:
-            state["dropped"] += 1
-            lk.dataset().drop_columns(["keep", "drop_reason"])  # what the other recipe's declare does first
-        return real(lk, tbl, new, *a, **kw)
+        def hooked(self, lk, names, *a, **kw):
+            if not state["dropped"] and "keep" in names:
+                state["dropped"] += 1
+                lk.dataset().drop_columns(["keep", "drop_reason"])  # what the other recipe's declare does first
+            return real(self, lk, names, *a, **kw)
 
-    monkeypatch.setattr(columns, "write_changed", hooked)
+        monkeypatch.setattr(columns.ChangedFragments, "__init__", hooked)
+    else:
+        real_write, files = columns.write_file, []
+
+        def hooked_write(ds, fid, table, *a, **kw):
+            if not state["dropped"] and "keep" in table.column_names and files:  # one file written already
+                state["dropped"] += 1
+                lake.dataset().drop_columns(["keep", "drop_reason"])
+            files.append(fid)
+            return real_write(ds, fid, table, *a, **kw)
+
+        monkeypatch.setattr(columns, "write_file", hooked_write)
     rep = lake.curate(A, progress=False)
     assert state["dropped"] == 1
     rows = lake.to_pandas(["id", "drop_reason"])
@@ -476,14 +491,86 @@ def test_keep_replaced_by_another_curate_mid_write_is_decided_again(sample_lake_
 
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     lake.curate({"name": "a", "step": [{"filter": "ingest_error"}]}, progress=False)
-    real, calls = columns_mod.fill_fragments, []
+    real, calls = columns_mod.ChangedFragments.__init__, []
 
-    def racing(lake_, *args, **kwargs):
+    def racing(self, lake_, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:  # the other process's drop lands after this run checked, before it writes
             lake_.dataset().drop_columns(["keep", "drop_reason"])
-        return real(lake_, *args, **kwargs)
+        return real(self, lake_, *args, **kwargs)
 
-    monkeypatch.setattr(columns_mod, "fill_fragments", racing)
+    monkeypatch.setattr(columns_mod.ChangedFragments, "__init__", racing)
     rep = lake.curate({"name": "b", "step": [{"filter": "caption_missing"}]}, progress=False)
     assert len(calls) == 2 and rep.kept == lake.count("keep") and lake.count("keep IS NULL") == 0
+
+
+# --------------------------------------------------------------------------- a fragment at a time
+BY_FRAGMENT = {"name": "by-fragment", "step": [
+    {"filter": "caption_missing"},
+    {"filter": "caption_template", "max_group": 3},
+    {"filter": "sql", "where": "caption NOT LIKE '%red%'", "reason": "by_rule"},
+    {"filter": "column", "column": "cap_words", "max": 9, "reason": "long"},
+    {"filter": "alignment", "min_percentile": 35},
+]}
+
+
+def test_decisions_are_made_a_fragment_at_a_time_and_equal_the_whole_frame(lake: Lake, monkeypatch):
+    """Curate holds one fragment's columns at a time (issue 20): the steps that compare a row with
+    every other (alignment's percentile, caption_template's group sizes) are fitted on every judged
+    row first, so the decisions equal a judgement of the whole lake in one frame."""
+    from lakecurate import curate as curate_mod
+
+    for start, n in ((0, 30), (30, 45), (75, 20), (95, 40), (135, 25)):
+        lake.append(varied_pairs(start, n))
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    frames, real = [], curate_mod._decide
+
+    def recording(df, *a, **kw):
+        frames.append(len(df))
+        return real(df, *a, **kw)
+
+    monkeypatch.setattr(curate_mod, "_decide", recording)
+    rep = lake.curate(BY_FRAGMENT, progress=False)
+    monkeypatch.undo()
+    ds = lake.dataset(rep.tag)
+    sizes = sorted(f.count_rows() for f in ds.get_fragments())
+    assert len(sizes) == 5 and sorted(frames) == sizes  # one frame a fragment, never the lake
+
+    # the oracle: the whole lake judged in one frame (what a dry run and the report do)
+    rec = load_recipe(BY_FRAGMENT)
+    emb, emb_prov = curate_mod._embedding(lake, rec)
+    df, dec = curate_mod._judge(ds, rec, emb, emb_prov)
+    want = dict(zip(df["id"], dec.reason))
+    got = reasons_of(lake, rep.tag)
+    assert got == want and rep.kept == sum(r is None for r in got.values())
+    # every step dropped something here, and the fitted steps cut across fragments
+    assert all(rep.dropped[s.get("reason", s["filter"])] > 0 for s in BY_FRAGMENT["step"]), rep.dropped
+    score = dict(zip(df["id"], df["__score"].astype(float)))
+    cut = np.nanpercentile(df["__score"].astype(float), 35)
+    assert all(score[i] < cut for i, r in got.items() if r == "alignment")
+    per_fragment_cuts = {round(float(np.nanpercentile(f.to_table(columns=["clip_tinyrandom_score"]).column(0)
+                                                       .to_numpy(zero_copy_only=False).astype(float), 35)), 6)
+                         for f in ds.get_fragments()}
+    assert len(per_fragment_cuts) > 1  # a fragment's own percentile would have decided differently
+    groups = df["dup_minhash_group"].value_counts()
+    assert (groups > 3).any() and any(  # some large template group spans fragments
+        len({int(a) >> 32 for a in df.loc[df["dup_minhash_group"] == g, "__rowaddr"]}) > 1 for g in groups[groups > 3].index)
+
+
+VOCAB = ("red green blue small large old new wooden stone metal dog cat horse bird tree house river road "
+         "boat car child woman man garden field city beach snow night morning bridge tower market").split()
+
+
+def varied_pairs(start: int, n: int) -> pa.Table:
+    """pair_rows with captions of 3-13 random words, every 6th a stock-photo template (one caption
+    group across fragments), every 17th null."""
+    t = pair_rows(start, n)
+    rng = np.random.default_rng(start)
+    caps = [None if i % 17 == 5 else f"Stock photo of a {VOCAB[i % 9]} royalty free image {i}" if i % 6 == 0
+            else " ".join(rng.choice(VOCAB, int(rng.integers(3, 14)))) for i in range(start, start + n)]
+    return t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(caps))
+
+
+def reasons_of(lake: Lake, ref) -> dict[str, str | None]:
+    t = lake.dataset(ref).to_table(columns=["id", "drop_reason"])
+    return dict(zip(t.column("id").to_pylist(), t.column("drop_reason").to_pylist()))

@@ -235,11 +235,13 @@ def test_dedup_on_ray_equals_local(tmp_path: Path):
 
 def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
     """curate --engine ray has the signals and dedup its recipe needs computed on Ray (the stages'
-    own Ray engines); rebalance --engine ray reads and sums the candidates' vectors per concept in
+    own Ray engines) and decides a fragment a task (here: each task's rows capped at 10, so one
+    fragment a task); rebalance --engine ray reads and sums the candidates' vectors per concept in
     a Ray task per range of rows (4 here). Both decide exactly as the local engine does."""
-    from lakecurate import concepts, engines
+    from lakecurate import concepts, curate, engines
 
     monkeypatch.setattr(concepts, "_RANGE_ROWS", 7)
+    monkeypatch.setattr(curate, "_TASK_ROWS", 10)
     actors, tasks = [], []
     real_actors, real_tasks = engines.ray_actor_map, engines.ray_task_map
     monkeypatch.setattr(engines, "ray_actor_map", lambda cls, init, *a, **kw: actors.append(init[0].name) or real_actors(cls, init, *a, **kw))
@@ -247,6 +249,7 @@ def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
     def task_spy(fn, calls, **kw):
         calls = list(calls)
         tasks.extend(c[1].__name__ for c in calls if fn is engines._numbered)
+        tasks.extend(fn.__name__ for c in calls if fn is curate.judge_fragments_task)
         return real_tasks(fn, calls, **kw)
 
     monkeypatch.setattr(engines, "ray_task_map", task_spy)
@@ -267,10 +270,34 @@ def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
     assert {"signals-caption", "signals-image"} <= set(actors)
     candidates = got["ray"][1] and sum(c["size"] for c in got["ray"][1])
     assert tasks.count("concept_sums_task") == 2 * -(-candidates // 7)  # two passes, a task per 7 rows each
+    assert tasks.count("judge_fragments_task") == len(Lake.open(tmp_path / "ray").dataset().get_fragments()) == 2
     with pytest.raises(LakeError, match="engine"):
         Lake.open(tmp_path / "ray").rebalance(0.5, engine="dask")
     with pytest.raises(LakeError, match="engine"):
         Lake.open(tmp_path / "ray").curate("basic", engine="dask")
+
+
+def test_curate_fitted_steps_on_ray_equal_local(tmp_path: Path, monkeypatch):
+    """A recipe whose steps compare rows with all others (alignment's percentile, caption template
+    groups across fragments) and runs a sql condition decides the same in Ray tasks, one fragment a
+    task, as in one process."""
+    from lakecurate import curate, engines
+
+    from .test_curate import BY_FRAGMENT, reasons_of, varied_pairs
+
+    monkeypatch.setattr(curate, "_TASK_ROWS", 1)
+    tasks, real = [], engines.ray_task_map
+    monkeypatch.setattr(engines, "ray_task_map", lambda fn, calls, **kw: real(fn, [c for c in calls if tasks.append(fn.__name__) or True], **kw))
+    got = {}
+    for engine in ("local", "ray"):
+        lake = Lake.create(tmp_path / engine)
+        for start, n in ((0, 30), (30, 45), (75, 20), (95, 30)):
+            lake.append(varied_pairs(start, n))
+        lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+        rep = lake.curate(BY_FRAGMENT, progress=False, engine=engine)
+        got[engine] = (reasons_of(lake, rep.tag), rep.dropped, rep.kept, rep.rows)
+    assert got["local"] == got["ray"] and got["ray"][3] == 125
+    assert tasks.count("judge_fragments_task") == 4 and all(v > 0 for v in got["ray"][1].values())
 
 
 def test_evaluate_embeds_its_eval_set_on_ray(sample_lake_embedded: Lake, tmp_path: Path, monkeypatch):

@@ -1,0 +1,85 @@
+"""Whole-column statistics over a column read a chunk at a time (lakecurate.stream)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from lakecurate import stream
+
+
+def _columns():
+    rng = np.random.default_rng(7)
+    yield "normal", rng.standard_normal(5000)
+    yield "scores: float32 in a narrow range", (0.25 + 0.1 * rng.random(20000)).astype(np.float32).astype(np.float64)
+    yield "few distinct values", rng.integers(0, 4, 3000).astype(np.float64)
+    yield "a third NaN", np.where(rng.random(4000) < 0.3, np.nan, rng.standard_normal(4000))
+    yield "signed zeros and ties", np.array([0.3] * 50 + [-0.0, 0.0, -1e-300, 1e-300, -2.5])
+    yield "one value", np.array([0.42])
+    yield "two values", np.array([1.0, -1.0])
+    yield "infinities", np.array([-np.inf, 0.1, 0.2, np.inf, 0.3])
+
+
+@pytest.mark.parametrize("collect", [3, 1 << 22])  # 3: every rank narrowed pass after pass, to all 64 bits
+@pytest.mark.parametrize("name,x", list(_columns()), ids=[n for n, _ in _columns()])
+def test_nanpercentile_equals_numpy_bit_for_bit(name, x, collect, monkeypatch):
+    monkeypatch.setattr(stream, "_COLLECT", collect)
+    reads = []
+
+    def chunks():
+        reads.append(1)
+        return np.array_split(x, 7)
+
+    for q in (0, 0.1, 10, 30, 33.3, 50, 66.7, 90, 99.99, 100):
+        reads.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.nanpercentile(x, q)
+        got = stream.nanpercentile(chunks, q)
+        assert np.float64(got).tobytes() == np.float64(want).tobytes() or (np.isnan(got) and np.isnan(want)), (q, got, want)
+        assert len(reads) <= 2 + 64 // 16  # a histogram pass, then a pass per 16 bits or a collecting one
+
+
+def test_order_statistics_and_empty_columns():
+    x = np.array([5.0, np.nan, 1.0, 3.0, 3.0])
+    assert stream.order_statistics(lambda: [x[:2], x[2:]], [0, 1, 2, 3]) == [1.0, 3.0, 3.0, 5.0]
+    with pytest.raises(ValueError, match="rank 4 is outside the 4 values"):
+        stream.order_statistics(lambda: [x], [4])
+    assert np.isnan(stream.nanpercentile(lambda: [np.array([np.nan]), np.empty(0)], 50))
+    assert np.isnan(stream.nanpercentile(lambda: [], 50))
+
+
+def test_memory_is_bounded_by_the_collect_limit(monkeypatch):
+    """Candidates kept in memory never exceed the limit, however many values share a bin."""
+    x = (0.3 + 1e-9 * np.random.default_rng(0).random(200_000))  # every value in one top-16-bit bin
+    kept = []
+    real = np.partition
+
+    def watching(a, k, *args, **kw):
+        kept.append(len(a))
+        return real(a, k, *args, **kw)
+
+    monkeypatch.setattr(stream.np, "partition", watching)
+    got = stream.order_statistics(lambda: np.array_split(x, 5), [123_456], collect=1000)
+    assert got == [float(np.sort(x)[123_456])] and max(kept) <= 1000
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_frequent_keys_count_exactly_in_memory_or_in_partitions(spill, monkeypatch, tmp_path):
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**64, 3000, dtype=np.uint64)
+    counts = rng.integers(1, 8, len(keys))
+    stream_of = np.repeat(keys, counts)
+    rng.shuffle(stream_of)
+    if spill:  # every 500 keys go to their partition files
+        monkeypatch.setattr(stream, "_SPILL_KEYS", 500)
+    spilled, real_spill = [], stream._spill
+    monkeypatch.setattr(stream, "_spill", lambda keys, folder: spilled.append(len(keys)) or real_spill(keys, folder))
+    for more_than in (0, 3, 6, 7):
+        got = stream.frequent_keys(lambda: np.array_split(stream_of, 13), more_than, spill_dir=str(tmp_path))
+        assert got.tolist() == sorted(keys[counts > more_than].tolist())
+        assert list(tmp_path.iterdir()) == []  # the partition files are removed
+    assert (sum(spilled) == 4 * len(stream_of)) if spill else not spilled
+    assert stream.frequent_keys(lambda: [], 0).tolist() == []
