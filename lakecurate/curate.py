@@ -340,23 +340,29 @@ class CaptionTemplate(Filter):
     limits = {"max_group": Limit("int", 1)}
 
     def drop(self, df, p):
-        if "__large" in p:  # fitted: the groups of more than max_group rows among every judged row
-            g = df["dup_minhash_group"]
-            return g.notna().to_numpy() & np.isin(_hashes(g), p["__large"])
-        return _b(pd.Series(self._sizes(df)) > p["max_group"])
+        return _b(pd.Series(self._sizes(df, p)) > p["max_group"])
 
     def fit(self, scan, p):
-        # The group values are ids (a row's own when alone): counted as 8-byte hashes, out of core.
+        # The group values are ids (a row's own when alone): counted as 8-byte hashes, out of core;
+        # kept: the groups of two rows or more (their hash and size).
         hashes = lambda: (_hashes(g[g.notna()]) for g in (a.to_pandas() for a in scan("dup_minhash_group")))  # noqa: E731
-        return {**p, "__large": stream.frequent_keys(hashes, p["max_group"])}
+        return {**p, "__groups": stream.frequent_keys(hashes, 1, counts=True)}
 
     def cut(self, df, p):
-        return Cut(self._sizes(df), p["max_group"], "max", "max_group", "captions sharing its template")
+        return Cut(self._sizes(df, p), p["max_group"], "max", "max_group", "captions sharing its template")
 
     @staticmethod
-    def _sizes(df: pd.DataFrame) -> np.ndarray:
+    def _sizes(df: pd.DataFrame, p: dict[str, Any]) -> np.ndarray:
+        """Rows sharing each row's group among the judged rows (NaN: no group): fitted on every
+        judged row, or counted in this frame."""
         g = df["dup_minhash_group"]
-        return _f(g.map(g.value_counts()))
+        if "__groups" not in p:
+            return _f(g.map(g.value_counts()))
+        keys, counts = p["__groups"]
+        h = _hashes(g)
+        at = np.minimum(np.searchsorted(keys, h), max(len(keys) - 1, 0))
+        found = (keys[at] == h) if len(keys) else np.zeros(len(h), bool)
+        return np.where(g.isna().to_numpy(), np.nan, np.where(found, counts[at] if len(keys) else 1, 1)).astype(np.float64)
 
 
 def _hashes(values: pd.Series) -> np.ndarray:
@@ -1057,6 +1063,100 @@ def explain(df: pd.DataFrame, rec: Recipe, dec: Decisions, *, examples: int = 3,
     return out
 
 
+def explain_by_fragment(judge: Callable[[], Iterator[tuple[pd.DataFrame, Decisions]]], rec: Recipe, *,
+                        examples: int = 3, near: int = 6) -> tuple[list[StepView], int, int, dict[str, int]]:
+    """:func:`explain` over frames judged a fragment at a time (``judge()``: a fresh iterator of
+    (frame, decisions with cuts) in row order, decided with fitted parameters), equal to it on one
+    frame of every row: the drops, examples and nearest rows kept as the frames pass, the what-if
+    grid's percentiles of each cut's judged values by :func:`lakecurate.stream.nanpercentiles`
+    (a few more passes), then one pass counting each cut of the grid. Returns (views, rows, kept,
+    drops by reason as the decisions made them)."""
+    k_steps = len(rec.steps)
+    views = [StepView(s.reason, s.filter, dict(s.params), 0, 0.0) for s in rec.steps]
+    near_rows: list[dict[str, list]] = [{"below": [], "above": []} for _ in rec.steps]
+    has_cut, integral = [False] * k_steps, [True] * k_steps
+    n = kept = 0
+    dropped: dict[str, int] = {s.reason: 0 for s in rec.steps}
+
+    def masks(dec: Decisions) -> list[tuple[np.ndarray, np.ndarray]]:
+        ok = [~f for f in dec.fails]
+        m = len(dec.alive)
+        return [(np.logical_and.reduce(ok[:k]) if k else np.ones(m, bool),
+                 np.logical_and.reduce(ok[:k] + ok[k + 1:]) if len(ok) > 1 else np.ones(m, bool)) for k in range(k_steps)]
+
+    def judged_of(dec: Decisions, k: int, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cut = dec.cuts[k]
+        fixed = dec.fails[k] & ~cut.fails(cut.at)  # dropped whatever the cut (e.g. no score at all)
+        return fixed, before & np.isfinite(cut.values) & ~fixed
+
+    for df, dec in judge():
+        ids = df["id"].to_numpy(dtype=object)
+        for r, c in dec.dropped.items():
+            dropped[r] = dropped.get(r, 0) + c
+        for k, (before, _) in enumerate(masks(dec)):
+            view, cut = views[k], dec.cuts[k]
+            hit = dec.fails[k] & before
+            view.dropped += int(hit.sum())
+            value = cut.values if cut is not None else None
+            if len(view.examples) < examples:
+                view.examples += [_row(ids, value, i) for i in np.flatnonzero(hit)[: examples - len(view.examples)]]
+            if cut is None:
+                continue
+            has_cut[k] = True
+            view.cut = {"param": cut.param, "at": float(cut.at), "side": cut.side, "label": cut.label}
+            _, judged = judged_of(dec, k, before)
+            vals = value[judged]
+            integral[k] &= bool(np.all(vals == np.round(vals)))
+            sign = 1 if cut.side == "min" else -1
+            for side, rows, key in (("below", np.flatnonzero(judged & cut.fails(cut.at)), -sign),
+                                    ("above", np.flatnonzero(judged & ~cut.fails(cut.at)), sign)):
+                best = rows[np.argsort(key * value[rows], kind="stable")][:near]
+                # nearest the cut first, ties in row order: earlier frames' rows before this one's
+                pool = near_rows[k][side] + [(key * value[i], n + int(i), _row(ids, value, i)) for i in best]
+                near_rows[k][side] = sorted(pool, key=lambda t: (t[0], t[1]))[:near]
+        n += len(df)
+        kept += int(dec.alive.sum())
+    for k, view in enumerate(views):
+        view.share = view.dropped / n if n else 0.0
+        view.below = [t[2] for t in near_rows[k]["below"]]
+        view.above = [t[2] for t in near_rows[k]["above"]]
+    cut_steps = [k for k in range(k_steps) if has_cut[k]]
+    if not cut_steps:
+        return views, n, kept, dropped
+
+    def judged_values() -> Iterator[tuple[np.ndarray, ...]]:
+        for _, dec in judge():
+            m = masks(dec)
+            yield tuple(dec.cuts[k].values[judged_of(dec, k, m[k][0])[1]] for k in cut_steps)
+
+    side = {k: views[k].cut["side"] for k in cut_steps}
+    grids = stream.nanpercentiles(judged_values, [WHATIF_QUANTILES[side[k]] for k in cut_steps])
+    ats = {}
+    for k, grid in zip(cut_steps, grids):
+        if np.isnan(grid).all():  # no judged value: no what-ifs
+            continue
+        grid = np.asarray(grid)
+        ats[k] = np.unique(np.append(np.round(grid) if integral[k] else grid, views[k].cut["at"]))
+    counts = {k: np.zeros((len(a), 3), np.int64) for k, a in ats.items()}  # below, dropped, kept
+    judged_total = dict.fromkeys(ats, 0)
+    for _, dec in judge():
+        m = masks(dec)
+        for k, at_list in ats.items():
+            cut = dec.cuts[k]
+            before, others = m[k]
+            fixed, judged = judged_of(dec, k, before)
+            vals = cut.values[judged]
+            judged_total[k] += len(vals)
+            for j, at in enumerate(at_list):
+                f = fixed | cut.fails(at)
+                counts[k][j] += ((vals < at).sum(), (f & before).sum(), (others & ~f).sum())
+    for k, at_list in ats.items():
+        views[k].whatif = [{"cut": float(at), "judged_below": float(counts[k][j, 0] / judged_total[k]),
+                            "dropped": int(counts[k][j, 1]), "kept": int(counts[k][j, 2]),
+                            "current": bool(at == views[k].cut["at"])} for j, at in enumerate(at_list)]
+    return views, n, kept, dropped
+
+
 def _row(ids: np.ndarray, value: np.ndarray | None, i: int) -> dict[str, Any]:
     v = None if value is None or not np.isfinite(value[i]) else float(value[i])
     return {"id": ids[i], "value": v}
@@ -1211,8 +1311,7 @@ def explain_version(ds: "lance.LanceDataset", rec: Recipe, *, near: int = 6) -> 
     steps = [s for s in rec.steps if all(c in names for c in FILTERS[s.filter].reads(s.params))
              and (s.filter != "alignment" or emb is not None)]
     rec = Recipe(rec.name, steps, rec.embedding, rec.redact, rec.source, rec.overrides)
-    df, dec = _judge(ds, rec, emb, found.get(emb) if emb else None)
-    views = explain(df, rec, dec, near=near)
+    views, _, _, _ = explain_by_fragment(_judge_by_fragment(ds, rec, emb, found.get(emb) if emb else None), rec, near=near)
     _attach(ds, views)
     return views
 
@@ -1302,6 +1401,27 @@ def judge_fragments_task(uri: str, read_version: int, write_version: int, storag
     return [_judge_fragment(ds, out, ds.get_fragment(fid), rec, params, read, emb, texts, storage_options) for fid in fids]
 
 
+def _judge_by_fragment(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, emb_prov: dict | None,
+                       check: Callable[[set[str]], None] | None = None
+                       ) -> Callable[[], Iterator[tuple[pd.DataFrame, Decisions]]]:
+    """:func:`_judge` a fragment at a time: the steps fitted on every judged row, then a function
+    returning a fresh iterator of (fragment frame, its decisions with cuts), writing nothing."""
+    read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
+    if check is not None:
+        check(read)
+    late = _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"})
+    frags = [f for f in ds.get_fragments() if f.fragment_id not in late]
+    params = _fit(rec, emb_prov, _scan(frags, emb))
+    texts = _zero_shot_texts(ds, emb, _zero_shots(rec)) if emb is not None else []
+
+    def judge() -> Iterator[tuple[pd.DataFrame, Decisions]]:
+        for frag in frags:
+            _, df = _fragment_frame(ds, frag, read, emb, texts)
+            yield df, _decide(df, rec, params)
+
+    return judge
+
+
 def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
     """A dry run computes nothing: inputs the lake lacks are named with the command that makes them."""
     commands = {CAPTION: f"lakecurate signals {lake.uri}", IMAGE: f"lakecurate signals {lake.uri}",
@@ -1371,11 +1491,11 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
     if dry_run:
-        df, dec = _judge(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read))
-        report.steps = explain(df, rec, dec)
+        judge = _judge_by_fragment(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read))
+        report.steps, report.rows, report.kept, report.dropped = explain_by_fragment(judge, rec)
         _attach(ds, report.steps)
-        report.dropped, report.rows, report.kept, report.version = dec.dropped, len(df), int(dec.alive.sum()), ds.version
-        report.unjudged = ds.count_rows() - len(df)
+        report.version = ds.version
+        report.unjudged = ds.count_rows() - report.rows
         report.seconds = time.perf_counter() - t0
         return report
     report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce, engine)

@@ -29,7 +29,8 @@ For each size N, in one run:
      dedup's) curated by a seven-step recipe (ingest_error, caption_missing, image_size, aspect,
      caption_template, sql, alignment at the 20th percentile), decided and written a fragment at a
      time; its baseline at the smallest size, ``curate-whole``: the same decisions made in one
-     frame of the whole lake (the path before, without its write).
+     frame of the whole lake (the path before, without its write); and ``curate-dry``, its dry run
+     (each step's drops, examples, rows either side of the cut and what-ifs), also by fragment.
 3. ratios against the smallest size, in this run: peak memory and time per row.
 
     python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk + 10 GB
@@ -389,7 +390,7 @@ def make_pairs_lake(path: Path, n: int) -> None:
           f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def child_curate(path: Path, whole: bool) -> dict:
+def child_curate(path: Path, whole: bool, dry: bool = False) -> dict:
     from lakecurate import Lake
     from lakecurate import curate as curate_mod
 
@@ -405,6 +406,9 @@ def child_curate(path: Path, whole: bool) -> dict:
         emb, emb_prov = curate_mod._embedding(lake, rec)
         df, dec = curate_mod._judge(lake.dataset(), rec, emb, emb_prov)
         rows, kept = len(df), int(dec.alive.sum())
+    elif dry:  # the dry run: every step's drops, examples, rows either side of each cut, what-ifs; nothing written
+        rep = lake.curate(CURATE_RECIPE, dry_run=True, progress=False)
+        rows, kept = rep.rows, rep.kept
     else:
         rep = lake.curate(CURATE_RECIPE, progress=False)
         rows, kept = rep.rows, rep.kept
@@ -440,14 +444,15 @@ def main() -> None:
                "cluster-ray": lambda: child_cluster_ray(Path(arg), int(args.child[2])),
                "hash": lambda: child_hash(int(arg)),
                "hash-clusters": lambda: child_hash_clusters(Path(arg), float(args.child[2])),
-               "curate": lambda: child_curate(Path(arg), False), "curate-whole": lambda: child_curate(Path(arg), True)}[kind]()
+               "curate": lambda: child_curate(Path(arg), False), "curate-whole": lambda: child_curate(Path(arg), True),
+               "curate-dry": lambda: child_curate(Path(arg), False, True)}[kind]()
         print(json.dumps(res))
         return
 
     print(f"bench_scale: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
     args.dir.mkdir(parents=True, exist_ok=True)
-    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate")
+    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate", "curate-dry")
     results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic-whole", "curate-whole", *kinds)}
     for n in args.sizes:
         print(f"\nN = {n:,}", flush=True)
@@ -487,10 +492,11 @@ def main() -> None:
                   flush=True)
         if "curate" in args.only:
             make_pairs_lake(args.dir / f"pairs-{n}", n)
-            runs = (["curate-whole"] if n == args.sizes[0] else []) + ["curate"]
+            runs = (["curate-whole"] if n == args.sizes[0] else []) + ["curate", "curate-dry"]
             for kind in runs:
                 r = results[kind][n] = run_child([kind, str(args.dir / f"pairs-{n}")])
-                what = "curate, whole frame (before)    " if kind == "curate-whole" else "curate, a fragment at a time    "
+                what = {"curate-whole": "curate, whole frame (before)    ", "curate": "curate, a fragment at a time    ",
+                        "curate-dry": "curate --dry-run, by fragment   "}[kind]
                 print(f"  {what} {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  rows {r['rows']:,}  kept {r['kept']:,}",
                       flush=True)
 

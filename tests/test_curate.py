@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 import shutil
 import subprocess
 import sys
@@ -545,6 +546,18 @@ def test_decisions_are_made_a_fragment_at_a_time_and_equal_the_whole_frame(lake:
     assert got == want and rep.kept == sum(r is None for r in got.values())
     # every step dropped something here, and the fitted steps cut across fragments
     assert all(rep.dropped[s.get("reason", s["filter"])] > 0 for s in BY_FRAGMENT["step"]), rep.dropped
+    # the dry run and the report's cut views are made a fragment at a time too, equal to one frame's
+    frames.clear()
+    monkeypatch.setattr(curate_mod, "_decide", recording)
+    dry = lake.curate(BY_FRAGMENT, dry_run=True, progress=False)
+    shown = curate_mod.explain_version(lake.dataset(), rec)
+    monkeypatch.undo()
+    assert max(frames) == max(sizes)
+    views = curate_mod.explain(df, rec, dec)
+    curate_mod._attach(ds, views)
+    assert [asdict(v) for v in dry.steps] == [asdict(v) for v in views] == [asdict(v) for v in shown]
+    assert (dry.dropped, dry.rows, dry.kept) == (dec.dropped, len(df), int(dec.alive.sum()))
+    assert [bool(v.whatif) for v in views] == [False, True, False, True, True] and all(v.examples for v in views)  # the three cuts
     score = dict(zip(df["id"], df["__score"].astype(float)))
     cut = np.nanpercentile(df["__score"].astype(float), 35)
     assert all(score[i] < cut for i, r in got.items() if r == "alignment")

@@ -83,3 +83,22 @@ def test_frequent_keys_count_exactly_in_memory_or_in_partitions(spill, monkeypat
         assert list(tmp_path.iterdir()) == []  # the partition files are removed
     assert (sum(spilled) == 4 * len(stream_of)) if spill else not spilled
     assert stream.frequent_keys(lambda: [], 0).tolist() == []
+
+
+def test_nanpercentiles_of_several_columns_in_the_same_passes(monkeypatch):
+    rng = np.random.default_rng(11)
+    cols = [rng.standard_normal(3000), np.where(rng.random(3000) < 0.5, np.nan, rng.random(3000)), np.full(3000, np.nan)]
+    qs = [[1, 50, 99], [0, 30, 100], [50]]
+    monkeypatch.setattr(stream, "_COLLECT", 100)  # several passes
+    passes = []
+
+    def chunks():
+        passes.append(1)
+        return (tuple(c[i: i + 700] for c in cols) for i in range(0, 3000, 700))
+
+    got = stream.nanpercentiles(chunks, qs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = [[float(np.nanpercentile(c, q)) for q in q_col] for c, q_col in zip(cols, qs)]
+    assert np.array_equal(np.array(got[0] + got[1]), np.array(want[0] + want[1])) and np.isnan(got[2][0])
+    assert len(passes) <= 2 + 64 // 16  # not a pass per column or per percentile
