@@ -296,6 +296,7 @@ class FragmentFiles:
         self.lake, self.names = lake, list(names)
         self.first_fill_only, self.based_on = first_fill_only, based_on
         self.ds = based_on if based_on is not None else lake.dataset()
+        # the columns must be declared now: a KeyError here (another writer dropped them) is the caller's to handle
         self.schema = pa.schema([self.ds.schema.field(n) for n in self.names])
         self.files: dict[int, Any] = {}
         self.rows: dict[int, int] = {}

@@ -401,7 +401,7 @@ def rebalance(
         where = "keep"
     # Choosing among stale decisions would rebalance what the curator no longer decided.
     report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
-    cand_tbl = ds.to_table(columns=["id"], filter=where, with_row_address=True) if where else None
+    cand_tbl = ds.to_table(columns=[], filter=where, with_row_address=True) if where else None  # addresses only
     cols = ["concept", "concept_dist"] + [c for c in ("rebalance_keep", "sample_weight", "repeats") if c in ds.schema.names]
     tbl = ds.to_table(columns=cols, with_row_address=True)
     label = pc.fill_null(tbl.column("concept"), -1).to_numpy()
@@ -490,12 +490,12 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     score_col = score.lstrip("-") if score else None
     if mode == "curriculum" and (not score_col or score_col not in names):
         raise LakeError(f"curriculum needs --score COLUMN (one of the lake's numeric columns), got {score!r}")
-    cols = ["id"] + (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])
+    cols = (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])  # no ids: addresses
     cols += [c for c in ("seq_order", "seq_shard") if c in names]
     tbl = ds.to_table(columns=cols, with_row_address=True)
     chosen = np.ones(tbl.num_rows, bool)
     if where:
-        sel = ds.to_table(columns=["id"], filter=where, with_row_address=True)
+        sel = ds.to_table(columns=[], filter=where, with_row_address=True)
         chosen = np.isin(tbl.column("_rowaddr").to_numpy(), sel.column("_rowaddr").to_numpy())
     rows = np.flatnonzero(chosen)
     rng = np.random.default_rng(seed)
@@ -519,7 +519,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     order[ranked] = np.arange(len(ranked))
     prov = columns.provenance("sequence", {"mode": mode, "seed": seed, "score": score, "where": where,
                                            "shard_size": shard_size},
-                              [c for c in cols if c not in ("id", "seq_order", "seq_shard")] + where_columns(where, names),
+                              [c for c in cols if c not in ("seq_order", "seq_shard")] + where_columns(where, names),
                               ds.version)
     fields = [pa.field("seq_order", pa.int64()), pa.field("seq_shard", pa.int32())]
     if columns.declare_view(lake, fields, prov):
