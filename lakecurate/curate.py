@@ -1022,52 +1022,13 @@ def _fit(rec: Recipe, emb_prov: dict | None, scan: Callable[[str], Iterator[pa.A
 WHATIF_QUANTILES = {"min": (1, 2, 5, 10, 20, 30, 40, 50), "max": (50, 60, 70, 80, 90, 95, 98, 99)}
 
 
-def explain(df: pd.DataFrame, rec: Recipe, dec: Decisions, *, examples: int = 3, near: int = 6) -> list[StepView]:
-    """Per step: rows dropped, the first examples, and for a thresholded step the rows just below
-    and just above the cut and the kept rows at other cuts (every other step unchanged).
-
-    ``df`` holds ``id`` and the columns the steps read, as :func:`_decide` saw them."""
-    n = len(df)
-    ids = df["id"].to_numpy(dtype=object)
-    ok = [~f for f in dec.fails]
-    out = []
-    for k, (step, fail, cut) in enumerate(zip(rec.steps, dec.fails, dec.cuts)):
-        before = np.logical_and.reduce(ok[:k]) if k else np.ones(n, bool)
-        others = np.logical_and.reduce(ok[:k] + ok[k + 1:]) if len(ok) > 1 else np.ones(n, bool)
-        hit = fail & before
-        view = StepView(step.reason, step.filter, dict(step.params), int(hit.sum()), float(hit.mean()) if n else 0.0)
-        value = cut.values if cut is not None else None
-        view.examples = [_row(ids, value, i) for i in np.flatnonzero(hit)[:examples]]
-        if cut is not None:
-            view.cut = {"param": cut.param, "at": float(cut.at), "side": cut.side, "label": cut.label}
-            fixed = fail & ~cut.fails(cut.at)  # dropped whatever the cut (e.g. no score at all)
-            judged = before & np.isfinite(value) & ~fixed
-            vals = value[judged]
-            if len(vals):
-                failing = judged & cut.fails(cut.at)
-                passing = judged & ~cut.fails(cut.at)
-                # nearest the cut first: the highest failing and lowest passing values for a "min" cut
-                sign = 1 if cut.side == "min" else -1
-                fi, pi = np.flatnonzero(failing), np.flatnonzero(passing)
-                view.below = [_row(ids, value, i) for i in fi[np.argsort(-sign * value[fi], kind="stable")][:near]]
-                view.above = [_row(ids, value, i) for i in pi[np.argsort(sign * value[pi], kind="stable")][:near]]
-                grid = np.percentile(vals, WHATIF_QUANTILES[cut.side])
-                if np.all(vals == np.round(vals)):
-                    grid = np.round(grid)
-                for at in np.unique(np.append(grid, cut.at)):
-                    f = fixed | cut.fails(at)
-                    view.whatif.append({"cut": float(at), "judged_below": float((vals < at).mean()),
-                                        "dropped": int((f & before).sum()), "kept": int((others & ~f).sum()),
-                                        "current": bool(at == cut.at)})
-        out.append(view)
-    return out
-
-
 def explain_by_fragment(judge: Callable[[], Iterator[tuple[pd.DataFrame, Decisions]]], rec: Recipe, *,
                         examples: int = 3, near: int = 6) -> tuple[list[StepView], int, int, dict[str, int]]:
-    """:func:`explain` over frames judged a fragment at a time (``judge()``: a fresh iterator of
-    (frame, decisions with cuts) in row order, decided with fitted parameters), equal to it on one
-    frame of every row: the drops, examples and nearest rows kept as the frames pass, the what-if
+    """Per step: rows dropped (those earlier steps left), the first examples, and for a thresholded
+    step the rows just below and just above the cut and the kept rows at other cuts (every other
+    step unchanged). Over frames judged a fragment at a time (``judge()``: a fresh iterator of
+    (frame, decisions with cuts) in row order, decided with fitted parameters), equal to the same
+    on one frame of every row (``tests/curate_reference.py``): the drops, examples and nearest rows kept as the frames pass, the what-if
     grid's percentiles of each cut's judged values by :func:`lakecurate.stream.nanpercentiles`
     (a few more passes), then one pass counting each cut of the grid. Returns (views, rows, kept,
     drops by reason as the decisions made them)."""
@@ -1173,34 +1134,6 @@ def _attach(ds: "lance.LanceDataset", views: list[StepView], cols: tuple[str, ..
             r.update({c: got.get(r["id"], {}).get(c) for c in cols})
 
 
-def _frame(ds: "lance.LanceDataset", read: set[str], emb: str | None, late: set[int],
-           zero_shots: list[dict[str, Any]] | None = None) -> tuple[pa.Table, pd.DataFrame]:
-    """The columns the steps read at ``ds``'s version, without rows of ``late`` fragments (their
-    signals are not computed yet: left undecided), as an Arrow table (with ``_rowaddr``) and a frame."""
-    tbl = ds.to_table(columns=sorted(read), with_row_address=True)
-    if late:
-        tbl = tbl.filter(pa.array(~np.isin(tbl.column("_rowaddr").to_numpy() >> 32, np.fromiter(late, np.int64))))
-    df = tbl.drop_columns(["_rowaddr"]).to_pandas()
-    df["__rowaddr"] = tbl.column("_rowaddr").to_numpy()
-    df.attrs["rows_of"] = _Shared(ds)  # the sql step runs its condition on this very version
-    if emb is not None:
-        df["__score"] = df[embedding_columns(emb)["score"]]
-    if emb is not None and zero_shots:
-        _add_zero_shot(ds, df, emb, zero_shots, late)
-    return tbl, df
-
-
-def _add_zero_shot(ds: "lance.LanceDataset", df: pd.DataFrame, emb: str, steps: list[dict[str, Any]],
-                   late: set[int]) -> None:
-    """Each zero_shot step's probabilities as a frame column: the prompts through the encoder's
-    text tower (rebuilt from the embedding's provenance), against the stored image vectors."""
-    col = embedding_columns(emb)["image"]
-    tbl = ds.to_table(columns=[col], with_row_address=True)
-    if late:
-        tbl = tbl.filter(pa.array(~np.isin(tbl.column("_rowaddr").to_numpy() >> 32, np.fromiter(late, np.int64))))
-    _zero_shot_columns(df, tbl.column(col), _zero_shot_texts(ds, emb, steps))
-
-
 ZeroShotTexts = list[tuple[str, np.ndarray, np.ndarray, float]]  # (frame column, prompts, against, scale)
 
 
@@ -1248,7 +1181,8 @@ class _Shared:
 
 def _fragment_frame(ds: "lance.LanceDataset", frag: "lance.LanceFragment", read: set[str], emb: str | None,
                     texts: ZeroShotTexts) -> tuple[pa.Table, pd.DataFrame]:
-    """:func:`_frame` of one fragment: its live rows' columns (with ``_rowaddr``) and their frame."""
+    """One fragment's live rows: the columns the steps read (with ``_rowaddr``) as an Arrow table,
+    and as the frame the steps judge (``__rowaddr``, ``__score``, each zero-shot step's column)."""
     image = embedding_columns(emb)["image"] if emb is not None and texts else None
     tbl = frag.to_table(columns=sorted(read | ({image} if image else set())), with_row_address=True)
     df = tbl.drop_columns(["_rowaddr"] + ([image] if image and image not in read else [])).to_pandas()
@@ -1314,17 +1248,6 @@ def explain_version(ds: "lance.LanceDataset", rec: Recipe, *, near: int = 6) -> 
     views, _, _, _ = explain_by_fragment(_judge_by_fragment(ds, rec, emb, found.get(emb) if emb else None), rec, near=near)
     _attach(ds, views)
     return views
-
-
-def _judge(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, emb_prov: dict | None,
-           check: Callable[[set[str]], None] | None = None) -> tuple[pd.DataFrame, Decisions]:
-    """The recipe's decisions on the rows of ``ds`` whose inputs are filled, writing nothing:
-    (the frame it read, the decisions). ``check`` sees the columns to read first."""
-    read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
-    if check is not None:
-        check(read)
-    _, df = _frame(ds, read, emb, _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"}), _zero_shots(rec))
-    return df, _decide(df, rec, _params(rec, emb_prov))
 
 
 def _decide_by_fragment(lake: "Store", ds: "lance.LanceDataset", frags: list["lance.LanceFragment"], rec: Recipe,
@@ -1401,16 +1324,28 @@ def judge_fragments_task(uri: str, read_version: int, write_version: int, storag
     return [_judge_fragment(ds, out, ds.get_fragment(fid), rec, params, read, emb, texts, storage_options) for fid in fids]
 
 
+def _read_columns(ds: "lance.LanceDataset", rec: Recipe, emb: str | None) -> set[str]:
+    """The columns the steps read (and ``id``, and the embedding's score)."""
+    return {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
+
+
+def _judged(ds: "lance.LanceDataset", read: set[str]) -> list["lance.LanceFragment"]:
+    """The fragments whose inputs are all filled: the rows a run judges (the others, appended since
+    their signals were computed, stay undecided)."""
+    late = _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"})  # unreviewed is not unfilled
+    return [f for f in ds.get_fragments() if f.fragment_id not in late]
+
+
 def _judge_by_fragment(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, emb_prov: dict | None,
                        check: Callable[[set[str]], None] | None = None
                        ) -> Callable[[], Iterator[tuple[pd.DataFrame, Decisions]]]:
-    """:func:`_judge` a fragment at a time: the steps fitted on every judged row, then a function
-    returning a fresh iterator of (fragment frame, its decisions with cuts), writing nothing."""
-    read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
+    """The recipe on the rows of ``ds`` it can judge, a fragment at a time, writing nothing: the
+    steps fitted on every judged row, then a function returning a fresh iterator of (fragment
+    frame, its decisions with cuts). ``check`` sees the columns to read first."""
+    read = _read_columns(ds, rec, emb)
     if check is not None:
         check(read)
-    late = _unfilled(ds, read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"})
-    frags = [f for f in ds.get_fragments() if f.fragment_id not in late]
+    frags = _judged(ds, read)
     params = _fit(rec, emb_prov, _scan(frags, emb))
     texts = _zero_shot_texts(ds, emb, _zero_shots(rec)) if emb is not None else []
 
@@ -1507,13 +1442,11 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
             report.computed += [c for c in _compute_inputs(lake, rec, needs, emb, progress, produce, engine)
                                 if c not in report.computed]
         ds = lake.dataset()  # this round's decisions are all made on this one version
-        read = {"id"} | _reads(rec, ds.schema.names) | ({embedding_columns(emb)["score"]} if emb else set())
-        inputs = read - set(PAIRS_SCHEMA.names) - {"id", "review_verdict"}  # unreviewed is not unfilled
+        read = _read_columns(ds, rec, emb)
         sources = read | ({embedding_columns(emb)["image"]} if emb and _zero_shots(rec) else set())
         # a review step depends on the verdicts even before the first one exists: one makes it stale
         sources |= {"review_verdict"} if any(st.filter == "review" for st in rec.steps) else set()
-        late = _unfilled(ds, inputs)
-        frags = [f for f in ds.get_fragments() if f.fragment_id not in late]
+        frags = _judged(ds, read)
         params = _fit(rec, emb_prov, _scan(frags, emb))  # what a row is compared with: every judged row
         texts = _zero_shot_texts(ds, emb, _zero_shots(rec)) if emb is not None else []
 

@@ -402,9 +402,12 @@ def child_curate(path: Path, whole: bool, dry: bool = False) -> dict:
         lake.dataset().tags.delete(tag)
     t0 = time.perf_counter()
     if whole:  # the path before: every row's columns in one frame, then the decisions
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/curate_reference.py
+        from tests.curate_reference import judge_one_frame
+
         rec = curate_mod.load_recipe(CURATE_RECIPE)
         emb, emb_prov = curate_mod._embedding(lake, rec)
-        df, dec = curate_mod._judge(lake.dataset(), rec, emb, emb_prov)
+        df, dec = judge_one_frame(lake.dataset(), rec, emb, emb_prov)
         rows, kept = len(df), int(dec.alive.sum())
     elif dry:  # the dry run: every step's drops, examples, rows either side of each cut, what-ifs; nothing written
         rep = lake.curate(CURATE_RECIPE, dry_run=True, progress=False)

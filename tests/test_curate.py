@@ -24,6 +24,7 @@ from lakecurate.curate import FILTERS, load_recipe
 from lakecurate.plant import first_captions, plant_junk
 
 from .conftest import REPO, SAMPLE_DATA, pair_rows
+from .curate_reference import explain_one_frame, judge_one_frame
 from .writers import spawn
 
 RECIPE = """
@@ -540,7 +541,7 @@ def test_decisions_are_made_a_fragment_at_a_time_and_equal_the_whole_frame(lake:
     # the oracle: the whole lake judged in one frame (what a dry run and the report do)
     rec = load_recipe(BY_FRAGMENT)
     emb, emb_prov = curate_mod._embedding(lake, rec)
-    df, dec = curate_mod._judge(ds, rec, emb, emb_prov)
+    df, dec = judge_one_frame(ds, rec, emb, emb_prov)
     want = dict(zip(df["id"], dec.reason))
     got = reasons_of(lake, rep.tag)
     assert got == want and rep.kept == sum(r is None for r in got.values())
@@ -553,7 +554,7 @@ def test_decisions_are_made_a_fragment_at_a_time_and_equal_the_whole_frame(lake:
     shown = curate_mod.explain_version(lake.dataset(), rec)
     monkeypatch.undo()
     assert max(frames) == max(sizes)
-    views = curate_mod.explain(df, rec, dec)
+    views = explain_one_frame(df, rec, dec)
     curate_mod._attach(ds, views)
     assert [asdict(v) for v in dry.steps] == [asdict(v) for v in views] == [asdict(v) for v in shown]
     assert (dry.dropped, dry.rows, dry.kept) == (dec.dropped, len(df), int(dec.alive.sum()))
