@@ -31,7 +31,7 @@ from lakecurate import columns
 from lakecurate.columns import LanceVectors, column_valid, embedding_matrix
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, where_columns, write_decisions
+from lakecurate.graph import check_current, commit_decisions, where_columns, write_decisions
 from lakecurate.names import default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
@@ -401,15 +401,27 @@ def rebalance(
         where = "keep"
     # Choosing among stale decisions would rebalance what the curator no longer decided.
     report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
-    cand_tbl = ds.to_table(columns=[], filter=where, with_row_address=True) if where else None  # addresses only
-    cols = ["concept", "concept_dist"] + [c for c in ("rebalance_keep", "sample_weight", "repeats") if c in ds.schema.names]
-    tbl = ds.to_table(columns=cols, with_row_address=True)
-    label = pc.fill_null(tbl.column("concept"), -1).to_numpy()
-    candidate = label >= 0
-    if cand_tbl is not None:
-        candidate &= np.isin(tbl.column("_rowaddr").to_numpy(), cand_tbl.column("_rowaddr").to_numpy())
-    k = int(label.max()) + 1 if candidate.any() else 0
-    rows = np.flatnonzero(candidate)
+    # The candidates, read a fragment at a time: their positions in the scan (what LanceVectors
+    # takes), concepts and distances; 20 bytes a candidate, no whole-lake table.
+    frags, parts, rows, label, dists = ds.get_fragments(), [], [], [], []
+    start, k = 0, 0
+    for frag in frags:
+        t = frag.to_table(columns=["concept", "concept_dist"], with_row_address=True)
+        lab = pc.fill_null(t.column("concept"), -1).to_numpy()
+        k = max(k, int(lab.max()) + 1 if len(lab) else 0)
+        cand = lab >= 0
+        if where:
+            passed = frag.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr").to_numpy()
+            cand &= np.isin(t.column("_rowaddr").to_numpy(), passed)
+        at = np.flatnonzero(cand)
+        dist = pc.fill_null(t.column("concept_dist"), 0.0).to_numpy()
+        parts.append((at.astype(np.int32), t.num_rows))  # where a fragment's candidates are, among its rows
+        rows.append(start + at)
+        label.append(lab[at].astype(np.int32))
+        dists.append(dist[at])
+        start += t.num_rows
+    rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    label = np.concatenate(label) if label else np.empty(0, np.int32)
     n = len(rows)
     if n == 0:
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "
@@ -421,45 +433,54 @@ def rebalance(
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal, stale=report_stale)
     # The candidates' vectors are streamed twice (sums, distances), never read whole.
     src = LanceVectors(ds, embedding_columns(emb)["image"], rows, storage_options=lake.storage_options)
-    table = complexity_by_range(src, label[rows], k, engine=engine, address=address)
-    keep = np.zeros(len(label), bool)
-    weight = np.zeros(len(label), np.float32)
-    repeats = np.zeros(len(label), np.int32)
-    if n:
-        sizes = table["size"].to_numpy()
-        quota = budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
-        raw = raw_budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
-        dist = pc.fill_null(tbl.column("concept_dist"), 0.0).to_numpy()
-        rng = np.random.default_rng(seed)
-        key = -dist[rows] if rule == "far" else rng.random(n)
-        order = rows[np.lexsort((key, label[rows]))]  # by concept, then by the keep rule
-        starts = np.searchsorted(label[order], np.arange(k))
-        for c in range(k):
-            chosen = order[starts[c] : starts[c] + quota[c]]
-            keep[chosen] = True
-            w = max(1.0, raw[c] / sizes[c]) if sizes[c] else 1.0
-            weight[chosen] = w
-            repeats[chosen] = int(min(max_repeats, max(1, round(w))))
-        table["budget"] = quota
-        table["kept"] = np.bincount(label[keep], minlength=k)
-        table["repeats"] = pd.Series(repeats[keep]).groupby(label[keep]).max().reindex(range(k), fill_value=0).to_numpy()
+    table = complexity_by_range(src, label, k, engine=engine, address=address)
+    # The keep rule, on the candidates: per concept its budget's first rows by the rule.
+    sizes = table["size"].to_numpy()
+    quota = budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
+    raw = raw_budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
+    rng = np.random.default_rng(seed)
+    key = -np.concatenate(dists) if rule == "far" else rng.random(n)
+    del dists, rows
+    order = np.lexsort((key, label))  # by concept, then by the keep rule
+    del key
+    starts = np.concatenate([[0], np.cumsum(np.bincount(label, minlength=k))[:-1]])  # each concept's first in order
+    keep = np.zeros(n, bool)
+    for c in range(k):
+        keep[order[starts[c] : starts[c] + quota[c]]] = True
+    del order
+    weights = [max(1.0, raw[c] / sizes[c]) if sizes[c] else 1.0 for c in range(k)]  # per concept
+    w = np.array(weights, np.float32)
+    reps = np.array([int(min(max_repeats, max(1, round(x)))) for x in weights], np.int32)
+    table["budget"] = quota
+    table["kept"] = np.bincount(label[keep], minlength=k)
+    table["repeats"] = np.where(table["kept"].to_numpy() > 0, reps, 0)
     prov = columns.provenance("rebalance", {"target": target, "temperature": temperature, "rule": rule,
                                             "max_repeats": max_repeats, "where": where, "seed": seed},
                               # the view it chose among is an input too: a new recipe makes this stale
                               ["concept", "concept_dist", embedding_columns(emb)["image"], *where_columns(where, ds.schema.names)],
                               ds.version)
+    names = ["rebalance_keep", "sample_weight", "repeats"]
     fields = [pa.field("rebalance_keep", pa.bool_()), pa.field("sample_weight", pa.float32()), pa.field("repeats", pa.int32())]
-    if columns.declare_view(lake, fields, prov):  # a new decision replaces the old (tags keep history)
-        tbl = tbl.drop_columns([c for c in ("rebalance_keep", "sample_weight", "repeats") if c in tbl.column_names])
-    _, version = write_decisions(lake, tbl, {
-        "rebalance_keep": pa.array(keep, pa.bool_()),
-        "sample_weight": pa.array(weight, pa.float32(), mask=~keep),
-        "repeats": pa.array(repeats, pa.int32(), mask=~keep),
-    }, sources=prov["source_columns"], read_version=ds.version)
+    replaced = columns.declare_view(lake, fields, prov)  # a new decision replaces the old (tags keep history)
+    old = [c for c in names if c in ds.schema.names and not replaced]
+    # Written a fragment at a time: each fragment's decisions from its candidates' (in scan order).
+    changed = columns.ChangedFragments(lake, names)
+    lo = 0
+    for frag, (at, m) in zip(frags, parts):
+        f_keep = np.zeros(m, bool)
+        f_keep[at] = keep[lo : lo + len(at)]
+        f_label = np.zeros(m, np.int64)
+        f_label[at] = label[lo : lo + len(at)]
+        lo += len(at)
+        t = frag.to_table(columns=old, with_row_address=True)
+        changed.add(t, {"rebalance_keep": pa.array(f_keep, pa.bool_()),
+                        "sample_weight": pa.array(w[f_label] if k else np.zeros(m, np.float32), pa.float32(), mask=~f_keep),
+                        "repeats": pa.array(reps[f_label] if k else np.zeros(m, np.int32), pa.int32(), mask=~f_keep)})
+    _, version = commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
     report.versions += [version] if version is not None else []
     report.kept = int(keep.sum())
-    report.exported_rows = int(repeats.sum())
-    report.concepts = table.round(4).to_dict("records") if n else []
+    report.exported_rows = int(reps[label[keep]].sum()) if k else 0
+    report.concepts = table.round(4).to_dict("records")
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -30,7 +30,10 @@ For each size N, in one run:
      caption_template, sql, alignment at the 20th percentile), decided and written a fragment at a
      time; its baseline at the smallest size, ``curate-whole``: the same decisions made in one
      frame of the whole lake (the path before, without its write); and ``curate-dry``, its dry run
-     (each step's drops, examples, rows either side of the cut and what-ifs), also by fragment.
+     (each step's drops, examples, rows either side of the cut and what-ifs), also by fragment;
+   - ``rebalance`` and ``sequence`` (``--only rebalance sequence``): the same lakes with a 64-d
+     float16 embedding and k = 1,024 concepts added; ``rebalance 0.5`` and a random ``sequence``
+     of every row, from scratch (both still hold a few arrays of every candidate on the driver).
 3. ratios against the smallest size, in this run: peak memory and time per row.
 
     python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk + 10 GB
@@ -38,6 +41,7 @@ For each size N, in one run:
     python scripts/bench_scale.py --sizes 100000 300000 --dir /tmp/scale   # a quick look
     python scripts/bench_scale.py --only semantic --assign 5     # the join with another number of cells a row
     python scripts/bench_scale.py --only curate                  # curate's decisions at 1M, 3M, 10M pairs
+    python scripts/bench_scale.py --only rebalance sequence --sizes 1000000 3000000   # what they hold on the driver
 """
 
 from __future__ import annotations
@@ -390,6 +394,49 @@ def make_pairs_lake(path: Path, n: int) -> None:
           f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def add_concepts(path: Path) -> None:
+    """A 64-d float16 embedding (embed provenance) and k = 1,024 zipf-sized concepts with distances
+    (concepts provenance) on a pairs lake: what rebalance and sequence read."""
+    import pyarrow as pa
+
+    from lakecurate import Lake, columns
+
+    lake = Lake.open(path)
+    ds = lake.dataset()
+    if "concept" in ds.schema.names:
+        return
+    tbl = ds.to_table(columns=[], with_row_address=True)
+    n, d, k = tbl.num_rows, 64, 1024
+    rng = np.random.default_rng(SEED + 1)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(v.astype(np.float16).ravel()), d)
+    del v
+    concept = np.minimum(rng.zipf(1.3, n) - 1, k - 1).astype(np.int32)
+    for stage, config, new in (("embed", {"family": "bench"}, {"bench_image": vec}),
+                               ("concepts", {"embedding": "bench", "k": k},
+                                {"concept": pa.array(concept), "concept_dist": pa.array(rng.uniform(0.1, 0.8, n).astype(np.float32))})):
+        columns.declare(lake, [pa.field(c, a.type) for c, a in new.items()], columns.provenance(stage, config, ["synthetic"], lake.version))
+        columns.write_changed(lake, tbl, new)
+
+
+def child_order(path: Path, what: str) -> dict:
+    """rebalance 0.5 (far rule) or sequence (random order) of every row with a concept, from scratch."""
+    from lakecurate import Lake, concepts
+
+    lake = Lake.open(path)
+    ds = lake.dataset()
+    mine = ["rebalance_keep", "sample_weight", "repeats"] if what == "rebalance" else ["seq_order", "seq_shard"]
+    if mine[0] in ds.schema.names:  # an earlier run's: forget them (metadata only)
+        ds.drop_columns(mine)
+    t0 = time.perf_counter()
+    if what == "rebalance":
+        rows = concepts.rebalance(lake, 0.5, where="concept IS NOT NULL", allow_stale=True).rows
+    else:
+        rows = concepts.sequence(lake, "random", where="concept IS NOT NULL")["rows"]
+    return {"seconds": time.perf_counter() - t0, "peak_mb": vm_hwm_mb(), "rows": rows, "kept": rows}
+
+
 def child_curate(path: Path, whole: bool, dry: bool = False) -> dict:
     from lakecurate import Lake
     from lakecurate import curate as curate_mod
@@ -432,7 +479,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lakecurate-scale"), help="where the datasets are made (reused)")
     ap.add_argument("--k", type=int, default=1024, help="clusters for the clustering measurement (same at every size)")
     ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"],
-                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate"])
+                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate",
+                             "rebalance", "sequence"])
     ap.add_argument("--hash-cosine", type=float, default=0.9, help="hash-clusters: the cosine whose neighbours' hashes are compared")
     ap.add_argument("--assign", type=int, help="semantic: clusters a row joins (default: semantic_pairs' own)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -448,14 +496,16 @@ def main() -> None:
                "hash": lambda: child_hash(int(arg)),
                "hash-clusters": lambda: child_hash_clusters(Path(arg), float(args.child[2])),
                "curate": lambda: child_curate(Path(arg), False), "curate-whole": lambda: child_curate(Path(arg), True),
-               "curate-dry": lambda: child_curate(Path(arg), False, True)}[kind]()
+               "curate-dry": lambda: child_curate(Path(arg), False, True),
+               "rebalance": lambda: child_order(Path(arg), "rebalance"), "sequence": lambda: child_order(Path(arg), "sequence")}[kind]()
         print(json.dumps(res))
         return
 
     print(f"bench_scale: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
     args.dir.mkdir(parents=True, exist_ok=True)
-    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate", "curate-dry")
+    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate", "curate-dry",
+             "rebalance", "sequence")
     results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic-whole", "curate-whole", *kinds)}
     for n in args.sizes:
         print(f"\nN = {n:,}", flush=True)
@@ -501,6 +551,13 @@ def main() -> None:
                 what = {"curate-whole": "curate, whole frame (before)    ", "curate": "curate, a fragment at a time    ",
                         "curate-dry": "curate --dry-run, by fragment   "}[kind]
                 print(f"  {what} {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  rows {r['rows']:,}  kept {r['kept']:,}",
+                      flush=True)
+        for kind in ("rebalance", "sequence"):
+            if kind in args.only:
+                make_pairs_lake(args.dir / f"pairs-{n}", n)
+                add_concepts(args.dir / f"pairs-{n}")
+                r = results[kind][n] = run_child([kind, str(args.dir / f"pairs-{n}")])
+                print(f"  {kind + ', every row':31s}  {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  rows {r['rows']:,}",
                       flush=True)
 
     base = args.sizes[0]
