@@ -440,7 +440,7 @@ def rebalance(
     raw = raw_budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
     rng = np.random.default_rng(seed)
     key = -np.concatenate(dists) if rule == "far" else rng.random(n)
-    del dists, rows
+    del dists
     order = np.lexsort((key, label))  # by concept, then by the keep rule
     del key
     starts = np.concatenate([[0], np.cumsum(np.bincount(label, minlength=k))[:-1]])  # each concept's first in order
@@ -469,17 +469,17 @@ def rebalance(
     for frag, (at, m) in zip(frags, parts):
         f_keep = np.zeros(m, bool)
         f_keep[at] = keep[lo : lo + len(at)]
-        f_label = np.zeros(m, np.int64)
+        f_label = np.zeros(m, np.int32)
         f_label[at] = label[lo : lo + len(at)]
         lo += len(at)
         t = frag.to_table(columns=old, with_row_address=True)
         changed.add(t, {"rebalance_keep": pa.array(f_keep, pa.bool_()),
-                        "sample_weight": pa.array(w[f_label] if k else np.zeros(m, np.float32), pa.float32(), mask=~f_keep),
-                        "repeats": pa.array(reps[f_label] if k else np.zeros(m, np.int32), pa.int32(), mask=~f_keep)})
+                        "sample_weight": pa.array(w[f_label], pa.float32(), mask=~f_keep),
+                        "repeats": pa.array(reps[f_label], pa.int32(), mask=~f_keep)})
     _, version = commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
     report.versions += [version] if version is not None else []
     report.kept = int(keep.sum())
-    report.exported_rows = int(reps[label[keep]].sum()) if k else 0
+    report.exported_rows = int(reps[label[keep]].sum())
     report.concepts = table.round(4).to_dict("records")
     report.seconds = time.perf_counter() - t0
     return report

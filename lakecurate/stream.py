@@ -36,18 +36,16 @@ def _finite_keys(chunk: np.ndarray) -> np.ndarray:
     return _keys(v[~np.isnan(v)])
 
 
-def order_statistics(chunks: Chunks, ranks: Iterable[int], *, first: tuple[int, np.ndarray] | None = None,
-                     collect: int | None = None) -> list[float]:
+def order_statistics(chunks: Chunks, ranks: Iterable[int], *, collect: int | None = None) -> list[float]:
     """The ``ranks``-th smallest values (0-based) among the non-NaN values of ``chunks``: a radix
     select on order-preserving 64-bit keys, 16 bits a pass, until a rank's candidates number at most
-    ``collect``; those are kept and partitioned. ``first``: (count, histogram of the top 16 bits),
-    when a pass has made it already (:func:`nanpercentile`).
+    ``collect``; those are kept and partitioned.
 
     >>> order_statistics(lambda: [np.array([5.0, np.nan, 1.0]), np.array([3.0])], [0, 2])
     [1.0, 5.0]
     """
     multi = lambda: ((c,) for c in chunks())  # noqa: E731
-    return _select(multi, [(0, r) for r in ranks], [first] if first is not None else None, collect)
+    return _select(multi, [(0, r) for r in ranks], None, collect)
 
 
 def _select(chunks: Callable[[], Iterable[tuple[np.ndarray, ...]]], wanted: list[tuple[int, int]],
@@ -100,10 +98,6 @@ def _select(chunks: Callable[[], Iterable[tuple[np.ndarray, ...]]], wanted: list
             for i in ranks:
                 out[i] = _value(int(sub[state[i][3]]))
     return [float(o) for o in out]  # type: ignore[arg-type]
-
-
-def _first_pass(chunks: Chunks) -> tuple[int, np.ndarray]:
-    return _first_passes(lambda: ((c,) for c in chunks()))[0]
 
 
 def _first_passes(chunks: Callable[[], Iterable[tuple[np.ndarray, ...]]]) -> list[tuple[int, np.ndarray]]:
