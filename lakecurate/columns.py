@@ -529,6 +529,21 @@ class Checkpoint:
         shutil.rmtree(target, ignore_errors=True)
 
 
+def fragment_groups(frags: Sequence[lance.LanceFragment], rows: int, counts: Sequence[int] | None = None) -> list[list[int]]:
+    """The ids of ``frags`` in order, cut into groups of at least ``rows`` rows (the last may hold
+    fewer): a task's share of a stage that reads or writes a fragment at a time. ``counts``: the
+    fragments' rows, when known."""
+    groups: list[list[int]] = [[]]
+    held = 0
+    for i, frag in enumerate(frags):
+        if held >= rows:
+            groups.append([])
+            held = 0
+        groups[-1].append(frag.fragment_id)
+        held += counts[i] if counts is not None else frag.count_rows()
+    return [g for g in groups if g]
+
+
 def embedding_matrix(col: "pa.ChunkedArray | pa.Array", dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """(rows x d matrix, valid mask) of a fixed-size-list embedding column; null rows read as zeros.
     ``dtype=None`` keeps the stored type (float16 halves the memory of a large lake)."""

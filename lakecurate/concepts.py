@@ -37,8 +37,11 @@ from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
 from lakecurate.options import target as check_target
 from lakecurate.sqlcheck import check_where
+from lakecurate.stream import Partitioned, order_keys, sorted_records
 
 if TYPE_CHECKING:
+    import lance
+
     from lakecurate.neardup import VectorSource
     from lakecurate.store import Store
 
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 _MAX_PER_CENTROID = 256
 
 
-_RANGE_ROWS = 1 << 20  # rows a task of rebalance's complexity reads (its sums: k x d float64 back)
+_TASK_ROWS = 1 << 20  # rows of fragments a task of rebalance's complexity reads (its sums: k x d float64 back)
 
 
 def default_k(n: int) -> int:
@@ -127,27 +130,44 @@ def complexity(x: "np.ndarray | VectorSource", label: np.ndarray, k: int) -> pd.
     return _complexity_table(np.bincount(label, minlength=k), cent, concept_sums(src, label, k, cent))
 
 
-def complexity_by_range(src: LanceVectors, label: np.ndarray, k: int, *, engine: str = "local",
-                        address: str | None = None) -> pd.DataFrame:
-    """:func:`complexity` of a Lance column's rows, a task per _RANGE_ROWS rows for each of the two
-    passes: here one after another, or each a Ray task (``engine="ray"``) that reads its rows
-    itself (memory: one batch and the k x d sums). The partial sums are added in range order on
-    either engine, so both give the same floats, and the same budgets."""
+def complexity_by_fragment(ds: "lance.LanceDataset", column: str, k: int, where: str | None = None, *,
+                           engine: str = "local", address: str | None = None,
+                           storage_options: dict | None = None) -> pd.DataFrame:
+    """:func:`complexity` of the rows of ``ds`` with a concept (and matching ``where``), read a
+    fragment at a time: a task per ~_TASK_ROWS rows of fragments for each of the two passes, here
+    one after another, or each a Ray task (``engine="ray"``) that reads its fragments itself
+    (memory: one fragment's vectors and the k x d sums; no array a row). The partial sums are
+    added in task order on either engine, so both give the same floats, and the same budgets."""
     from lakecurate.engines import ordered_map
 
-    label = np.asarray(label)
-    spans = [(lo, min(lo + _RANGE_ROWS, src.n)) for lo in range(0, src.n, _RANGE_ROWS)]
-    calls = [(src.part(lo, hi).spec(), label[lo:hi]) for lo, hi in spans]
+    calls = [((ds.uri, ds.version, storage_options, fids, column, where),)
+             for fids in columns.fragment_groups(ds.get_fragments(), _TASK_ROWS)]
 
-    def total(centroids: np.ndarray | None) -> np.ndarray:
-        parts = ordered_map(concept_sums_task, calls, engine=engine, shared=(k, centroids), address=address)
-        out = np.zeros((k, src.d) if centroids is None else k, np.float64)
-        for part in parts:
-            out += part
-        return out
+    def total(centroids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        sums, sizes = np.zeros((k, ds.schema.field(column).type.list_size) if centroids is None else k), np.zeros(k, np.int64)
+        for part, count in ordered_map(concept_sums_task, calls, engine=engine, shared=(k, centroids), address=address):
+            sums += part
+            sizes += count
+        return sums, sizes
 
-    cent = _unit(total(None))
-    return _complexity_table(np.bincount(label, minlength=k), cent, total(cent))
+    sums, sizes = total(None)
+    cent = _unit(sums)
+    return _complexity_table(sizes, cent, total(cent)[0])
+
+
+def candidates(frag: "lance.LanceFragment", where: str | None, dist: bool = False) -> tuple[np.ndarray, ...]:
+    """(positions in the fragment, concept as int32[, cosine distance to it, 0 where null]) of its
+    rows with a concept that match ``where``: rebalance's candidates, one fragment's."""
+    t = frag.to_table(columns=["concept", "concept_dist"] if dist else ["concept"], with_row_address=where is not None)
+    lab = pc.fill_null(t.column("concept"), -1).to_numpy()
+    cand = lab >= 0
+    if where:
+        passed = frag.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr").to_numpy()
+        cand &= np.isin(t.column("_rowaddr").to_numpy(), passed)
+    at = np.flatnonzero(cand)
+    if not dist:
+        return at, lab[at].astype(np.int32)
+    return at, lab[at].astype(np.int32), pc.fill_null(t.column("concept_dist"), 0.0).to_numpy()[at]
 
 
 def concept_sums(src: "VectorSource", label: np.ndarray, k: int, centroids: np.ndarray | None = None) -> np.ndarray:
@@ -168,10 +188,23 @@ def concept_sums(src: "VectorSource", label: np.ndarray, k: int, centroids: np.n
     return out
 
 
-def concept_sums_task(spec: tuple, label: np.ndarray, k: int, centroids: np.ndarray | None) -> np.ndarray:
-    """A task of :func:`complexity_by_range` (here or on Ray): :func:`concept_sums` over the rows of
-    a :class:`~lakecurate.columns.LanceVectors` spec."""
-    return concept_sums(LanceVectors.from_spec(spec), label, k, centroids)
+def concept_sums_task(spec: tuple, k: int, centroids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A task of :func:`complexity_by_fragment` (here or on Ray): :func:`concept_sums` over the
+    candidates of some fragments, read a fragment at a time, and how many there are per concept."""
+    import lance
+
+    uri, version, storage_options, fids, column, where = spec
+    ds = lance.dataset(uri, version=version, storage_options=storage_options)
+    out = np.zeros((k, ds.schema.field(column).type.list_size) if centroids is None else k, np.float64)
+    sizes = np.zeros(k, np.int64)
+    for fid in fids:
+        frag = ds.get_fragment(fid)
+        at, lab = candidates(frag, where)
+        if len(at):
+            x = embedding_matrix(frag.take(at, columns=[column]).column(0), dtype=None)[0]
+            out += concept_sums(ArrayVectors(x), lab, k, centroids)
+            sizes += np.bincount(lab, minlength=k)
+    return out, sizes
 
 
 def _unit(sums: np.ndarray) -> np.ndarray:
@@ -376,9 +409,11 @@ def rebalance(
     budget exceeds their size: repeats = min(max_repeats, round(budget / size)).
 
     The candidates' vectors are read twice (per-concept sums, then distances to the recomputed
-    centroids), a task per million rows (:func:`complexity_by_range`); ``engine="ray"`` runs
-    those tasks on Ray, each reading its rows itself. The budgets and the keep rule work on the
-    concept columns (a few bytes a row) here; the decisions equal the local engine's.
+    centroids), a task per ~million rows of fragments (:func:`complexity_by_fragment`);
+    ``engine="ray"`` runs those tasks on Ray, each reading its fragments itself. The keep rule
+    reads the concept columns a fragment at a time here and files the candidates by concept
+    (:func:`_keep_thresholds`): memory is a fragment's columns, the k x d sums and the largest
+    concept's candidates (20 bytes each), never an array a row. The decisions equal the local engine's.
 
     Example::
 
@@ -401,28 +436,10 @@ def rebalance(
         where = "keep"
     # Choosing among stale decisions would rebalance what the curator no longer decided.
     report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
-    # The candidates, read a fragment at a time: their positions in the scan (what LanceVectors
-    # takes), concepts and distances; 20 bytes a candidate, no whole-lake table.
-    frags, parts, rows, label, dists = ds.get_fragments(), [], [], [], []
-    start, k = 0, 0
-    for frag in frags:
-        t = frag.to_table(columns=["concept", "concept_dist"], with_row_address=True)
-        lab = pc.fill_null(t.column("concept"), -1).to_numpy()
-        k = max(k, int(lab.max()) + 1 if len(lab) else 0)
-        cand = lab >= 0
-        if where:
-            passed = frag.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr").to_numpy()
-            cand &= np.isin(t.column("_rowaddr").to_numpy(), passed)
-        at = np.flatnonzero(cand)
-        dist = pc.fill_null(t.column("concept_dist"), 0.0).to_numpy()
-        parts.append((at.astype(np.int32), t.num_rows))  # where a fragment's candidates are, among its rows
-        rows.append(start + at)
-        label.append(lab[at].astype(np.int32))
-        dists.append(dist[at])
-        start += t.num_rows
-    rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
-    label = np.concatenate(label) if label else np.empty(0, np.int32)
-    n = len(rows)
+    frags = ds.get_fragments()
+    # A first look: how many concepts (the largest of any row's) and candidates.
+    k = max((int(pc.max(b.column(0)).as_py() or -1) + 1 for b in ds.to_batches(columns=["concept"])), default=0)
+    n = sum(len(candidates(frag, where)[0]) for frag in frags)
     if n == 0:
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "
                         f"{where or 'true'}); check --where, or run: lakecurate cluster {lake.uri}")
@@ -431,29 +448,18 @@ def rebalance(
         raise LakeError(f"--target {target} keeps {goal} rows, outside 1..{n} candidate rows; pass a fraction in (0, 1] "
                         f"or a count up to {n}")
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal, stale=report_stale)
-    # The candidates' vectors are streamed twice (sums, distances), never read whole.
-    src = LanceVectors(ds, embedding_columns(emb)["image"], rows, storage_options=lake.storage_options)
-    table = complexity_by_range(src, label, k, engine=engine, address=address)
-    # The keep rule, on the candidates: per concept its budget's first rows by the rule.
+    # The candidates' vectors are read twice (sums, distances), a fragment at a time, never whole.
+    table = complexity_by_fragment(ds, embedding_columns(emb)["image"], k, where, engine=engine, address=address,
+                                   storage_options=lake.storage_options)
     sizes = table["size"].to_numpy()
     quota = budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
     raw = raw_budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
-    rng = np.random.default_rng(seed)
-    key = -np.concatenate(dists) if rule == "far" else rng.random(n)
-    del dists
-    order = np.lexsort((key, label))  # by concept, then by the keep rule
-    del key
-    starts = np.concatenate([[0], np.cumsum(np.bincount(label, minlength=k))[:-1]])  # each concept's first in order
-    keep = np.zeros(n, bool)
-    for c in range(k):
-        keep[order[starts[c] : starts[c] + quota[c]]] = True
-    del order
+    # The keep rule: per concept its budget's first candidates by the rule's key (ties: the first
+    # in scan order), found per concept from the candidates filed by concept (stream.Partitioned).
+    threshold = _keep_thresholds(frags, where, rule, seed, quota)
     weights = [max(1.0, raw[c] / sizes[c]) if sizes[c] else 1.0 for c in range(k)]  # per concept
     w = np.array(weights, np.float32)
     reps = np.array([int(min(max_repeats, max(1, round(x)))) for x in weights], np.int32)
-    table["budget"] = quota
-    table["kept"] = np.bincount(label[keep], minlength=k)
-    table["repeats"] = np.where(table["kept"].to_numpy() > 0, reps, 0)
     prov = columns.provenance("rebalance", {"target": target, "temperature": temperature, "rule": rule,
                                             "max_repeats": max_repeats, "where": where, "seed": seed},
                               # the view it chose among is an input too: a new recipe makes this stale
@@ -463,26 +469,74 @@ def rebalance(
     fields = [pa.field("rebalance_keep", pa.bool_()), pa.field("sample_weight", pa.float32()), pa.field("repeats", pa.int32())]
     replaced = columns.declare_view(lake, fields, prov)  # a new decision replaces the old (tags keep history)
     old = [c for c in names if c in ds.schema.names and not replaced]
-    # Written a fragment at a time: each fragment's decisions from its candidates' (in scan order).
+    # Written a fragment at a time: each fragment's candidates and keys again, kept by the thresholds.
     changed = columns.ChangedFragments(lake, names)
-    lo = 0
-    for frag, (at, m) in zip(frags, parts):
+    kept = np.zeros(k, np.int64)
+    for frag, (at, label, keep) in zip(frags, _kept(frags, where, rule, seed, threshold)):
+        m = frag.count_rows()
         f_keep = np.zeros(m, bool)
-        f_keep[at] = keep[lo : lo + len(at)]
+        f_keep[at] = keep
         f_label = np.zeros(m, np.int32)
-        f_label[at] = label[lo : lo + len(at)]
-        lo += len(at)
+        f_label[at] = label
+        kept += np.bincount(label[keep], minlength=k)
         t = frag.to_table(columns=old, with_row_address=True)
         changed.add(t, {"rebalance_keep": pa.array(f_keep, pa.bool_()),
                         "sample_weight": pa.array(w[f_label], pa.float32(), mask=~f_keep),
                         "repeats": pa.array(reps[f_label], pa.int32(), mask=~f_keep)})
     _, version = commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
+    table["budget"] = quota
+    table["kept"] = kept
+    table["repeats"] = np.where(kept > 0, reps, 0)
     report.versions += [version] if version is not None else []
-    report.kept = int(keep.sum())
-    report.exported_rows = int(reps[label[keep]].sum())
+    report.kept = int(kept.sum())
+    report.exported_rows = int((reps * kept).sum())
     report.concepts = table.round(4).to_dict("records")
     report.seconds = time.perf_counter() - t0
     return report
+
+
+_KEY = np.dtype([("concept", np.int32), ("key", np.float64), ("at", np.int64)])  # a candidate filed for the keep rule
+
+
+def _keys(frags: list, where: str | None, rule: str, seed: int):
+    """Per fragment (positions, concepts, keys, numbers) of its candidates: the keep rule's key
+    ("far": minus the distance to the centroid; "random": a seeded uniform draw, in scan order, so
+    the same on every read) and each candidate's number in scan order (the tie-breaker)."""
+    rng = np.random.default_rng(seed)
+    first = 0
+    for frag in frags:
+        at, label, dist = candidates(frag, where, dist=True)
+        key = -dist.astype(np.float64) if rule == "far" else rng.random(len(at))
+        yield at, label, key, np.arange(first, first + len(at))
+        first += len(at)
+
+
+def _keep_thresholds(frags: list, where: str | None, rule: str, seed: int, quota: np.ndarray) -> np.ndarray:
+    """Per concept the (key, number) of its last kept candidate (its quota-th by key, then
+    number), or key -inf where it keeps none: one pass filing (concept, key, number) by concept,
+    then one partition of concepts at a time (memory: the largest partition's candidates)."""
+    out = np.zeros(len(quota), _KEY)
+    out["key"], out["at"], out["concept"] = -np.inf, -1, np.arange(len(quota))
+    with Partitioned(_KEY) as files:
+        for _, label, key, number in _keys(frags, where, rule, seed):
+            rec = np.empty(len(label), _KEY)
+            rec["concept"], rec["key"], rec["at"] = label, key, number
+            files.add(label % files.n, rec)
+        for _, rec in files.partitions():
+            rec = rec[np.lexsort((rec["at"], rec["key"], rec["concept"]))]  # by concept, key, number
+            cs, first = np.unique(rec["concept"], return_index=True)
+            q = quota[cs]
+            last = first[q > 0] + q[q > 0] - 1
+            out[cs[q > 0]] = rec[last]
+    return out
+
+
+def _kept(frags: list, where: str | None, rule: str, seed: int, threshold: np.ndarray):
+    """Per fragment (candidate positions, concepts, kept): a candidate is kept when its (key,
+    number) is at most its concept's threshold."""
+    for at, label, key, number in _keys(frags, where, rule, seed):
+        t = threshold[label]
+        yield at, label, (key < t["key"]) | ((key == t["key"]) & (number <= t["at"]))
 
 
 def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: str | None = None,
@@ -494,6 +548,13 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     (round-robin over concepts, random inside each, so consecutive rows span many concepts).
     ``where`` defaults to ``rebalance_keep``, else ``keep``, else every row. ``seq_shard`` is
     ``seq_order // shard_size``; ``export`` cuts WebDataset shards of this size unless told otherwise.
+
+    Memory does not grow with the lake: each chosen row gets a 64-bit order key (a seeded random
+    draw, its score's bits, or its concept and a random rank) as its fragment is read, the keys are
+    sorted out of core (:func:`lakecurate.stream.sorted_records`; interleave sorts twice: by
+    concept, then by rank inside it), and each row's place is filed by fragment and written a
+    fragment at a time. (Since 2026-12 a seed gives another random order than before: the draw is
+    a key a row, not one whole-lake permutation.)
     """
     if mode not in ("random", "curriculum", "interleave"):
         raise LakeError(f"unknown order {mode!r}; choose random, curriculum or interleave")
@@ -512,41 +573,87 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     if mode == "curriculum" and (not score_col or score_col not in names):
         raise LakeError(f"curriculum needs --score COLUMN (one of the lake's numeric columns), got {score!r}")
     cols = (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])  # no ids: addresses
-    cols += [c for c in ("seq_order", "seq_shard") if c in names]
-    tbl = ds.to_table(columns=cols, with_row_address=True)
-    chosen = np.ones(tbl.num_rows, bool)
-    if where:
-        sel = ds.to_table(columns=[], filter=where, with_row_address=True)
-        chosen = np.isin(tbl.column("_rowaddr").to_numpy(), sel.column("_rowaddr").to_numpy())
-    rows = np.flatnonzero(chosen)
+    frags = ds.get_fragments()
     rng = np.random.default_rng(seed)
-    if mode == "random":
-        ranked = rng.permutation(rows)
-    elif mode == "curriculum":
-        s = pc.fill_null(pc.cast(tbl.column(score_col), pa.float64()), np.nan).to_numpy()[rows]
-        s = np.where(np.isnan(s), np.inf, -s if desc else s)
-        ranked = rows[np.argsort(s, kind="stable")]
-    else:
-        concept = pc.fill_null(tbl.column("concept"), -1).to_numpy()[rows]
-        shuffled = rng.permutation(len(rows))
-        # rank of each row inside its concept (random), then order by (rank, concept position)
-        by_concept = shuffled[np.argsort(concept[shuffled], kind="stable")]
-        first = np.searchsorted(concept[by_concept], concept[by_concept])
-        rank_in = np.empty(len(rows), np.int64)
-        rank_in[by_concept] = np.arange(len(rows)) - first
-        tie = rng.permutation(int(concept.max()) + 2)[concept + 1]
-        ranked = rows[np.lexsort((tie, rank_in))]
-    order = np.full(tbl.num_rows, -1, np.int64)
-    order[ranked] = np.arange(len(ranked))
-    prov = columns.provenance("sequence", {"mode": mode, "seed": seed, "score": score, "where": where,
-                                           "shard_size": shard_size},
-                              [c for c in cols if c not in ("seq_order", "seq_shard")] + where_columns(where, names),
-                              ds.version)
-    fields = [pa.field("seq_order", pa.int64()), pa.field("seq_shard", pa.int32())]
-    if columns.declare_view(lake, fields, prov):
-        tbl = tbl.drop_columns([c for c in ("seq_order", "seq_shard") if c in tbl.column_names])
-    mask = order < 0
-    write_decisions(lake, tbl, {"seq_order": pa.array(order, pa.int64(), mask=mask),
-                                "seq_shard": pa.array((order // shard_size).astype(np.int32), pa.int32(), mask=mask)},
-                    sources=prov["source_columns"], read_version=ds.version)
-    return {"mode": mode, "rows": int(len(ranked)), "shards": int(-(-len(ranked) // shard_size)), "where": where}
+    counts = np.zeros(0, np.int64)  # interleave: chosen rows per concept + 1 (0: no concept)
+
+    def keyed():  # per fragment: its chosen rows' (order key, row address)
+        nonlocal counts
+        for frag in frags:
+            t = frag.to_table(columns=cols, with_row_address=True)
+            if where:
+                passed = frag.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr")
+                t = t.filter(pc.is_in(t.column("_rowaddr"), passed))
+            rec = np.empty(t.num_rows, _ORDER)
+            rec["addr"] = t.column("_rowaddr").to_numpy()
+            if mode == "random":
+                rec["key"] = rng.integers(0, 2**64, t.num_rows, dtype=np.uint64)
+            elif mode == "curriculum":  # ascending (or descending) score, no score last; ties in scan order
+                s = pc.fill_null(pc.cast(t.column(score_col), pa.float64()), np.nan).to_numpy()
+                rec["key"] = order_keys(np.where(np.isnan(s), np.inf, -s if desc else s) + 0.0)  # (+0.0: no -0.0)
+            else:  # by concept, a random rank inside it
+                c1 = pc.fill_null(t.column("concept"), -1).to_numpy().astype(np.int64) + 1
+                counts = np.bincount(c1, minlength=len(counts)) + np.pad(counts, (0, max(0, int(c1.max(initial=0)) + 1 - len(counts))))
+                rec["key"] = (c1.astype(np.uint64) << np.uint64(40)) | (rng.integers(0, 2**64, len(c1), dtype=np.uint64) >> np.uint64(24))
+            yield rec
+
+    ranked = sorted_records(keyed())
+    if mode == "interleave":
+        ranked = sorted_records(_round_robin(ranked, lambda: counts, rng))
+    # Each row's place, filed by fragment (a partition a range of fragments) for the write below.
+    ids = np.array([f.fragment_id for f in frags], np.int64)
+    by_id = np.argsort(ids)
+    n = 0
+    with Partitioned(_PLACE) as places:
+        for part in ranked:
+            rec = np.empty(len(part), _PLACE)
+            rec["addr"], rec["place"] = part["addr"], np.arange(n, n + len(part))
+            n += len(part)
+            index = by_id[np.searchsorted(ids, (part["addr"] >> np.uint64(32)).astype(np.int64), sorter=by_id)]
+            places.add(index * places.n // len(frags), rec)
+        prov = columns.provenance("sequence", {"mode": mode, "seed": seed, "score": score, "where": where,
+                                               "shard_size": shard_size},
+                                  [c for c in cols if c not in ("seq_order", "seq_shard")] + where_columns(where, names),
+                                  ds.version)
+        fields = [pa.field("seq_order", pa.int64()), pa.field("seq_shard", pa.int32())]
+        replaced = columns.declare_view(lake, fields, prov)
+        old = [c for c in ("seq_order", "seq_shard") if c in names and not replaced]
+        changed = columns.ChangedFragments(lake, ["seq_order", "seq_shard"])
+        held, loaded = np.empty(0, _PLACE), -1
+        for i, frag in enumerate(frags):
+            p = i * places.n // len(frags)
+            if p != loaded:  # this range of fragments' places, by address
+                held = np.concatenate([np.empty(0, _PLACE), *places.read(p)]) if places.count(p) else np.empty(0, _PLACE)
+                held, loaded = held[np.argsort(held["addr"])], p
+            lo, hi = np.searchsorted(held["addr"] >> np.uint64(32), [frag.fragment_id, frag.fragment_id + 1])
+            t = frag.to_table(columns=old, with_row_address=True)
+            order = np.full(t.num_rows, -1, np.int64)
+            order[np.searchsorted(t.column("_rowaddr").to_numpy(), held["addr"][lo:hi])] = held["place"][lo:hi]
+            mask = order < 0
+            changed.add(t, {"seq_order": pa.array(order, pa.int64(), mask=mask),
+                            "seq_shard": pa.array((order // shard_size).astype(np.int32), pa.int32(), mask=mask)})
+    commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
+    return {"mode": mode, "rows": n, "shards": int(-(-n // shard_size)), "where": where}
+
+
+_ORDER = np.dtype([("key", np.uint64), ("addr", np.uint64)])  # a chosen row by its order key
+_PLACE = np.dtype([("addr", np.uint64), ("place", np.int64)])  # a chosen row's place in the order
+
+
+def _round_robin(by_concept: Any, counts: Any, rng: np.random.Generator):
+    """The interleave's second key for rows sorted by (concept, random rank): (rank inside the
+    concept, the concept's place in a seeded shuffle), so the order takes one row of every concept
+    (in that shuffled order) before the next of any."""
+    tie = start = None
+    at = 0
+    for part in by_concept:
+        if tie is None:  # every row is keyed (the sort has read them all): the counts are known
+            sizes = counts()
+            tie = rng.permutation(len(sizes)).astype(np.uint64)
+            start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        c1 = (part["key"] >> np.uint64(40)).astype(np.int64)
+        rank_in = at + np.arange(len(part)) - start[c1]
+        at += len(part)
+        out = np.empty(len(part), _ORDER)
+        out["key"], out["addr"] = (rank_in.astype(np.uint64) << np.uint64(24)) | tie[c1], part["addr"]
+        yield out

@@ -1271,14 +1271,7 @@ def _decide_by_fragment(lake: "Store", ds: "lance.LanceDataset", frags: list["la
     if engine == "ray":
         from lakecurate.engines import ray_init, ray_task_map, task_window
 
-        tasks, todo, rows = [], [], 0
-        for frag, c in zip(frags, counts):
-            todo.append(frag.fragment_id)
-            rows += c
-            if rows >= _TASK_ROWS:
-                tasks.append(todo)
-                todo, rows = [], 0
-        tasks += [todo] if todo else []
+        tasks = columns.fragment_groups(frags, _TASK_ROWS, counts)
         ray = ray_init(None)
         shared = ray.put((rec, params, read, emb, texts))
         calls = [(lake.table_uri, ds.version, changed.files.ds.version, lake.storage_options, fids, shared) for fids in tasks]

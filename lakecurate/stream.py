@@ -18,9 +18,9 @@ _COLLECT = 1 << 18  # candidates kept in memory and partitioned, at most (2 MiB 
 _SIGN = np.uint64(1 << 63)
 
 
-def _keys(v: np.ndarray) -> np.ndarray:
-    """float64 -> uint64 in the same order (NaN left out before): negative values' bits inverted,
-    positive ones' sign bit set."""
+def order_keys(v: np.ndarray) -> np.ndarray:
+    """float64 -> uint64 in the same order (NaN left out before; -0.0 before 0.0): negative
+    values' bits inverted, positive ones' sign bit set."""
     b = np.ascontiguousarray(v, np.float64).view(np.uint64)
     return np.where(b >> np.uint64(63) != 0, ~b, b | _SIGN)
 
@@ -33,7 +33,7 @@ def _value(key: int) -> float:
 
 def _finite_keys(chunk: np.ndarray) -> np.ndarray:
     v = np.asarray(chunk, np.float64).ravel()
-    return _keys(v[~np.isnan(v)])
+    return order_keys(v[~np.isnan(v)])
 
 
 def order_statistics(chunks: Chunks, ranks: Iterable[int], *, collect: int | None = None) -> list[float]:
@@ -125,7 +125,7 @@ def nanpercentile(chunks: Chunks, q: float) -> float:
     bit, without holding the column: NaN when every value is NaN.
 
     >>> x = np.random.default_rng(0).standard_normal(1000)
-    >>> nanpercentile(lambda: np.array_split(x, 7), 30) == np.nanpercentile(x, 30)
+    >>> bool(nanpercentile(lambda: np.array_split(x, 7), 30) == np.nanpercentile(x, 30))
     True
     """
     return nanpercentiles(lambda: ((c,) for c in chunks()), [[q]])[0][0]
@@ -175,64 +175,178 @@ def nanpercentiles(chunks: Callable[[], Iterable[tuple[np.ndarray, ...]]], qs: l
     return out
 
 
-_SPILL_KEYS = 1 << 20  # keys gathered in memory before they go to their partitions' files
+_SPILL_KEYS = 1 << 20  # records gathered in memory before they go to their partitions' files
 _PARTITIONS = 256
+
+
+class Partitioned:
+    """Records (a numpy array, structured or not) filed by a partition number in bounded memory:
+    held in memory up to ``hold`` records, then every record goes to its partition's file under
+    ``spill_dir`` (a temporary folder by default, removed by :meth:`close`). :meth:`partitions`
+    gives each non-empty partition's records in turn, in the order they were added: memory, one
+    partition. What a global step that works "per key" (a concept, a hash band) reads back.
+
+    >>> with Partitioned(np.int64, 4) as p:
+    ...     p.add(np.array([1, 0, 1]), np.array([10, 20, 30]))
+    ...     [(k, r.tolist()) for k, r in p.partitions()]
+    [(0, [20]), (1, [10, 30])]
+    """
+
+    def __init__(self, dtype: "np.dtype | type | None", partitions: int | None = None, *, spill_dir: str | None = None,
+                 hold: int | None = None) -> None:
+        self.dtype, self.n = None if dtype is None else np.dtype(dtype), int(partitions or _PARTITIONS)
+        self.spill_dir, self.hold = spill_dir, _SPILL_KEYS if hold is None else hold
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.held = 0
+        self.folder: str | None = None
+        self.grouped: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __enter__(self) -> "Partitioned":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, part: np.ndarray, records: np.ndarray) -> None:
+        """File ``records[i]`` under partition ``part[i]`` (0 <= part < partitions)."""
+        self.pending.append((np.asarray(part, np.int64), np.asarray(records, self.dtype)))
+        self.held += len(records)
+        self.grouped = None
+        if self.held >= self.hold:
+            self._spill()
+
+    def _path(self, p: int) -> str:
+        import os
+
+        return os.path.join(self.folder or "", f"{p:05d}.bin")
+
+    def _grouped(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pending records ordered by partition (stable), and each partition's first index
+        (kept until the next add: reading partition after partition sorts them once)."""
+        if self.grouped is None:
+            part = np.concatenate([p for p, _ in self.pending]) if self.pending else np.empty(0, np.int64)
+            recs = np.concatenate([r for _, r in self.pending]) if self.pending else np.empty(0, self.dtype)
+            order = np.argsort(part, kind="stable")
+            self.grouped = recs[order], np.searchsorted(part[order], np.arange(self.n + 1))
+        return self.grouped
+
+    def _spill(self) -> None:
+        import tempfile
+
+        self.folder = self.folder or tempfile.mkdtemp(prefix="lakecurate-partitions-", dir=self.spill_dir)
+        recs, cuts = self._grouped()
+        for p in np.flatnonzero(np.diff(cuts)):
+            with open(self._path(int(p)), "ab") as f:
+                f.write(recs[cuts[p]: cuts[p + 1]].tobytes())
+        self.pending, self.held, self.grouped = [], 0, None
+
+    def partitions(self) -> "Iterable[tuple[int, np.ndarray]]":
+        """(partition, its records) for every partition holding any, in partition order."""
+        for p in self.filled():
+            yield p, np.concatenate(list(self.read(p)))
+
+    def filled(self) -> list[int]:
+        """The partitions holding records, in order (what is held in memory stays there)."""
+        import os
+
+        if self.folder is None:
+            _, cuts = self._grouped()
+            return [int(p) for p in np.flatnonzero(np.diff(cuts))]
+        if self.pending:
+            self._spill()
+        return [p for p in range(self.n) if os.path.exists(self._path(p))]
+
+    def count(self, p: int) -> int:
+        """How many records partition ``p`` holds."""
+        import os
+
+        if self.folder is None:
+            _, cuts = self._grouped()
+            return int(cuts[p + 1] - cuts[p])
+        if self.pending:  # what was added since the last spill goes to the files too
+            self._spill()
+        return os.path.getsize(self._path(p)) // self.dtype.itemsize if os.path.exists(self._path(p)) else 0
+
+    def read(self, p: int, chunk: int | None = None) -> "Iterable[np.ndarray]":
+        """Partition ``p``'s records in the order added, ``chunk`` records at a time (all at once by default)."""
+        if self.folder is None:
+            recs, cuts = self._grouped()
+            yield recs[cuts[p]: cuts[p + 1]]
+            return
+        if self.pending:
+            self._spill()
+        with open(self._path(p), "rb") as f:
+            while True:
+                part = np.fromfile(f, self.dtype, count=chunk or -1)
+                if not len(part):
+                    return
+                yield part
+
+    def close(self) -> None:
+        if self.folder is not None:
+            import shutil
+
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+        self.pending, self.held, self.grouped = [], 0, None
 
 
 def frequent_keys(chunks: Callable[[], Iterable[np.ndarray]], more_than: int, *, spill_dir: str | None = None,
                   counts: bool = False) -> "np.ndarray | tuple[np.ndarray, np.ndarray]":
     """The distinct uint64 keys of ``chunks`` occurring more than ``more_than`` times, sorted (and
     with ``counts``, how often each occurs), in bounded memory: keys are gathered up to
-    _SPILL_KEYS, then appended to one of 256 files by their top 8 bits (a hash partition under
-    ``spill_dir``, a temporary folder by default) and each partition is counted alone. Fewer keys
-    than that are counted in memory, no file written. Memory: the keys returned, and one partition.
+    _SPILL_KEYS, then filed into 256 partitions by their top 8 bits (:class:`Partitioned`: files
+    under ``spill_dir``, a temporary folder by default) and each partition is counted alone. Fewer
+    keys than that are counted in memory, no file written. Memory: the keys returned, and one partition.
 
     >>> frequent_keys(lambda: [np.array([3, 1, 3], np.uint64), np.array([3, 2, 1], np.uint64)], 1).tolist()
     [1, 3]
     """
-    import os
-    import tempfile
-
-    pending: list[np.ndarray] = []
-    held = 0
-    folder = None
-    try:
+    with Partitioned(np.uint64, _PARTITIONS, spill_dir=spill_dir) as files:
         for chunk in chunks():
-            pending.append(np.asarray(chunk, np.uint64))
-            held += len(chunk)
-            if held >= _SPILL_KEYS:
-                folder = folder or tempfile.mkdtemp(prefix="lakecurate-counts-", dir=spill_dir)
-                _spill(np.concatenate(pending), folder)
-                pending, held = [], 0
-        if folder is None:  # all in memory
-            parts = [_frequent(np.concatenate(pending) if pending else np.empty(0, np.uint64), more_than)]
-        else:
-            if pending:
-                _spill(np.concatenate(pending), folder)
-            parts = [_frequent(np.fromfile(path, np.uint64), more_than)
-                     for path in (os.path.join(folder, f"{p:03d}.u64") for p in range(_PARTITIONS)) if os.path.exists(path)]
-        keys = np.concatenate([k for k, _ in parts]) if parts else np.empty(0, np.uint64)  # partitions in key order: sorted
-        return (keys, np.concatenate([c for _, c in parts]) if parts else np.empty(0, np.int64)) if counts else keys
-    finally:
-        if folder is not None:
-            import shutil
-
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _spill(keys: np.ndarray, folder: str) -> None:
-    import os
-
-    part = (keys >> np.uint64(64 - 8)).astype(np.int64)
-    order = np.argsort(part, kind="stable")
-    keys, part = keys[order], part[order]
-    cuts = np.searchsorted(part, np.arange(_PARTITIONS + 1))
-    for p in range(_PARTITIONS):
-        if cuts[p + 1] > cuts[p]:
-            with open(os.path.join(folder, f"{p:03d}.u64"), "ab") as f:
-                f.write(keys[cuts[p]: cuts[p + 1]].tobytes())
+            chunk = np.asarray(chunk, np.uint64)
+            files.add((chunk >> np.uint64(64 - 8)).astype(np.int64), chunk)
+        parts = [_frequent(keys, more_than) for _, keys in files.partitions()]
+    keys = np.concatenate([k for k, _ in parts]) if parts else np.empty(0, np.uint64)  # partitions in key order: sorted
+    return (keys, np.concatenate([c for _, c in parts]) if parts else np.empty(0, np.int64)) if counts else keys
 
 
 def _frequent(keys: np.ndarray, more_than: int) -> tuple[np.ndarray, np.ndarray]:
     values, counts = np.unique(keys, return_counts=True)
     return values[counts > more_than], counts[counts > more_than].astype(np.int64)
+
+
+def sorted_records(chunks: Iterable[np.ndarray], *, hold: int | None = None, spill_dir: str | None = None,
+                   shift: int = 56) -> "Iterable[np.ndarray]":
+    """The records of ``chunks`` (a structured array with a uint64 field ``key``) in the order of
+    their keys, records of equal keys in the order they came, as a stream of arrays: an external
+    radix sort in bounded memory. Up to ``hold`` records are sorted in memory; more are filed into
+    256 partitions by their next 8 bits of key (:class:`Partitioned`), and each partition is sorted
+    in turn, again by partitions when it holds more than ``hold`` (a partition of one key comes
+    back as it was added). Memory: ``hold`` records and a chunk.
+
+    >>> rec = np.dtype([("key", np.uint64), ("v", np.int64)])
+    >>> x = np.array([(3, 0), (1, 1), (3, 2), (2, 3)], rec)
+    >>> np.concatenate(list(sorted_records([x[:2], x[2:]], hold=1))).tolist()
+    [(1, 1), (2, 3), (3, 0), (3, 2)]
+    """
+    hold = _SPILL_KEYS if hold is None else hold
+    with Partitioned(None, 256, spill_dir=spill_dir, hold=hold + 1) as files:  # a partition a value of 8 bits
+        for chunk in chunks:
+            if files.dtype is None:
+                files.dtype = chunk.dtype
+            files.add(((chunk["key"] >> np.uint64(shift)) & np.uint64(255)).astype(np.int64), chunk)
+        if files.dtype is None:
+            return
+        if files.folder is None:  # all in memory: one stable sort
+            held = np.concatenate([r for _, r in files.pending])
+            yield held[np.argsort(held["key"], kind="stable")]
+            return
+        for p in files.filled():
+            if files.count(p) <= hold:
+                part = next(iter(files.read(p)))
+                yield part[np.argsort(part["key"], kind="stable")]
+            elif shift == 0:  # every bit of these keys is the same
+                yield from files.read(p, hold)
+            else:
+                yield from sorted_records(files.read(p, hold), hold=hold, spill_dir=spill_dir, shift=shift - 8)

@@ -20,6 +20,8 @@ from lakecurate.concepts import budgets, complexity
 from lakecurate.export import spread_copies
 from lakecurate.plant import first_captions, plant_skew
 
+from .conftest import pair_rows
+
 
 def test_budgets_literal():
     sizes = np.array([100, 10, 10, 0])
@@ -260,13 +262,124 @@ def test_kmeans_and_complexity_stream_a_vector_source(tmp_path, monkeypatch):
     whole = complexity(x, label, 6)
     np.testing.assert_allclose(streamed[["size", "spread", "isolation"]].to_numpy(),
                                whole[["size", "spread", "isolation"]].to_numpy(), rtol=1e-5)
-    # rebalance's path: a task per range of rows (7 here, over a subset: positions map to rows),
-    # the partial sums added in range order; the rows outside the subset are not read
-    rows = np.flatnonzero(np.arange(4000) % 5 != 2)
-    monkeypatch.setattr(concepts, "_RANGE_ROWS", 500)
-    ranged = concepts.complexity_by_range(LanceVectors(ds, "v", rows), label[rows], 6)
+    # rebalance's path: a task per group of fragments (5 here: one fragment each), the candidates
+    # (a concept, the where filter) read by each task, the partial sums added in task order
+    has = np.arange(4000) % 7 != 0
+    ds = lance.write_dataset(pa.table({"v": col, "n": np.arange(4000), "concept": pa.array(label, pa.int32(), mask=~has)}),
+                             str(tmp_path / "c.lance"), max_rows_per_file=900)
+    monkeypatch.setattr(concepts, "_TASK_ROWS", 500)
+    tasks = []
+    real_task = concepts.concept_sums_task
+    monkeypatch.setattr(concepts, "concept_sums_task", lambda spec, *a: tasks.append(spec[3]) or real_task(spec, *a))
+    ranged = concepts.complexity_by_fragment(ds, "v", 6, "n % 5 != 2")
+    assert tasks == [[f.fragment_id] for f in ds.get_fragments()] * 2  # two passes
+    rows = np.flatnonzero((np.arange(4000) % 5 != 2) & has)
     subset = complexity(x[rows], label[rows], 6)
     assert ranged["size"].tolist() == subset["size"].tolist() == np.bincount(label[rows], minlength=6).tolist()
     np.testing.assert_allclose(ranged[["spread", "isolation", "complexity"]].to_numpy(),
                                subset[["spread", "isolation", "complexity"]].to_numpy(), rtol=1e-5)
     assert not np.allclose(ranged["spread"], whole["spread"], rtol=1e-7, atol=0)  # another set of rows, other values
+
+
+def _concept_lake(path: Path, sizes: list[int], seed: int = 0) -> Lake:
+    """A lake of synthetic pairs in fragments of 40 rows with a 16-d embedding and concepts of the
+    given sizes written directly (distances tie in steps of 0.05; rows past the sizes have none),
+    and a ``sel`` column for a where filter."""
+    import pyarrow as pa
+
+    from lakecurate import columns
+
+    n = sum(sizes) + 9
+    lake = Lake.create(path)
+    rows = pair_rows(0, n)
+    for s in range(0, n, 40):
+        lake.append(rows.slice(s, 40))
+    tbl = lake.dataset().to_table(columns=[], with_row_address=True)
+    rng = np.random.default_rng(seed)
+    concept = rng.permutation(np.concatenate([np.repeat(np.arange(len(sizes)), sizes), np.full(9, -1)])).astype(np.int32)
+    v = rng.standard_normal((n, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    dist = rng.integers(1, 8, n) * np.float32(0.05)
+    for stage, config, new in (
+            ("embed", {"family": "syn"}, {"syn_image": pa.FixedSizeListArray.from_arrays(pa.array(v.astype(np.float16).ravel()), 16)}),
+            ("concepts", {"embedding": "syn", "k": len(sizes)},
+             {"concept": pa.array(concept, mask=concept < 0), "concept_dist": pa.array(dist.astype(np.float32), mask=concept < 0)}),
+            ("features", {"f": 1}, {"sel": pa.array(rng.random(n) < 0.8)})):
+        columns.declare(lake, [pa.field(c, a.type) for c, a in new.items()], columns.provenance(stage, config, ["synthetic"], lake.version))
+        columns.write_changed(lake, tbl, new)
+    return lake
+
+
+@pytest.mark.parametrize("rule", ["far", "random"])
+def test_keep_rule_files_candidates_by_concept_and_equals_one_sort_of_them_all(rule: str, tmp_path: Path, monkeypatch):
+    """rebalance keeps, per concept, its budget's first candidates by the rule's key, ties to the
+    first in scan order: found from the candidates filed by concept (several concepts a partition,
+    spilled to files here), equal to one sort of every candidate (the whole-array keep rule)."""
+    from lakecurate import stream
+
+    lake = _concept_lake(tmp_path / "lake", [60, 25, 9, 3, 1, 40, 0, 17])
+    assert len(lake.dataset().get_fragments()) == 5
+    monkeypatch.setattr(stream, "_PARTITIONS", 3)
+    monkeypatch.setattr(stream, "_SPILL_KEYS", 11)
+    spilled, real_spill = [], stream.Partitioned._spill
+    monkeypatch.setattr(stream.Partitioned, "_spill", lambda self: spilled.append(self.held) or real_spill(self))
+    rep = lake.rebalance(0.4, rule=rule, where="sel", seed=3, allow_stale=True)
+    df = lake.to_pandas(["concept", "concept_dist", "sel", "rebalance_keep"])  # in scan order
+    cand = df["concept"].notna() & df["sel"].fillna(False).astype(bool)
+    assert rep.rows == cand.sum() and sum(spilled) == rep.rows  # every candidate filed, through files
+    c = df.loc[cand, "concept"].to_numpy().astype(int)
+    key = -df.loc[cand, "concept_dist"].to_numpy() if rule == "far" else np.random.default_rng(3).random(len(c))
+    budget = {r["concept"]: r["budget"] for r in rep.concepts}
+    order = np.lexsort((key, c))  # stable: ties stay in scan order
+    starts = np.searchsorted(c[order], np.arange(len(budget)))
+    want = np.zeros(len(c), bool)
+    for concept, b in budget.items():
+        want[order[starts[concept]: starts[concept] + b]] = True
+    assert df.loc[cand, "rebalance_keep"].tolist() == want.tolist()
+    assert not df.loc[~cand, "rebalance_keep"].any() and rep.kept == want.sum() == round(0.4 * rep.rows)
+    if rule == "far":  # ties are real: some concept's last kept distance is also a dropped one's
+        assert any(set(key[(c == q) & want]) & set(key[(c == q) & ~want]) for q in budget)
+
+
+@pytest.mark.parametrize("mode", ["random", "curriculum", "interleave"])
+def test_sequence_sorts_out_of_core_as_in_memory(mode: str, tmp_path: Path, monkeypatch):
+    """sequence keys each chosen row as its fragment is read and sorts the keys out of core: with
+    every few records spilled to partition files (and a partition of fragments a few fragments),
+    the order equals the in-memory one; curriculum equals one stable sort by score (no score
+    last), interleave takes one row of every concept before the next of any, in one concept order."""
+    from lakecurate import stream
+
+    base = _concept_lake(tmp_path / "base", [60, 25, 9, 3, 1, 40, 0, 17])
+    got = {}
+    for spill in (False, True):
+        lake = Lake.open(shutil.copytree(base.uri, tmp_path / f"spill{spill}"))
+        if spill:
+            monkeypatch.setattr(stream, "_SPILL_KEYS", 13)
+            monkeypatch.setattr(stream, "_PARTITIONS", 3)
+        score = "-concept_dist" if mode == "curriculum" else None
+        res = lake.sequence(mode, score=score, where="sel", seed=2, shard_size=10, allow_stale=True)
+        got[spill] = lake.to_pandas(["concept", "concept_dist", "sel", "seq_order", "seq_shard"])
+        assert res["rows"] == got[spill]["sel"].sum() and res["shards"] == -(-res["rows"] // 10)
+    assert got[True]["seq_order"].fillna(-1).tolist() == got[False]["seq_order"].fillna(-1).tolist()
+    df = got[True]
+    chosen = df["sel"].astype(bool)
+    assert sorted(df.loc[chosen, "seq_order"].astype(int)) == list(range(chosen.sum()))
+    assert df.loc[~chosen, "seq_order"].isna().all()
+    assert (df.loc[chosen, "seq_shard"] == df.loc[chosen, "seq_order"] // 10).all()
+    ordered = df[chosen].sort_values("seq_order")
+    if mode == "curriculum":  # descending distance, ties in scan order, rows without one last
+        d = df.loc[chosen, "concept_dist"].to_numpy()
+        want = np.argsort(np.where(np.isnan(d), np.inf, -d), kind="stable")
+        assert ordered.index.tolist() == df.index[chosen][want].tolist()
+        assert ordered["concept_dist"].isna().sum() > 0
+    elif mode == "interleave":
+        c = ordered["concept"].fillna(-1).astype(int).to_numpy()
+        rank_in = np.array([(c[:i] == c[i]).sum() for i in range(len(c))])
+        assert (np.diff(rank_in) >= 0).all()  # round robin: every concept's i-th row before any (i+1)-th
+        first_round = c[rank_in == 0].tolist()
+        assert len(first_round) == len(set(c)) and all(c[rank_in == r].tolist() == [x for x in first_round if x in set(c[rank_in == r])]
+                                                       for r in range(rank_in.max() + 1))
+    else:
+        again = Lake.open(shutil.copytree(base.uri, tmp_path / "seed3"))
+        again.sequence("random", where="sel", seed=3, allow_stale=True)
+        assert again.to_pandas(["seq_order"])["seq_order"].fillna(-1).tolist() != df["seq_order"].fillna(-1).tolist()

@@ -237,10 +237,11 @@ def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
     """curate --engine ray has the signals and dedup its recipe needs computed on Ray (the stages'
     own Ray engines) and decides a fragment a task (here: each task's rows capped at 10, so one
     fragment a task); rebalance --engine ray reads and sums the candidates' vectors per concept in
-    a Ray task per range of rows (4 here). Both decide exactly as the local engine does."""
+    a Ray task per group of fragments (one fragment each here). Both decide exactly as the local
+    engine does."""
     from lakecurate import concepts, curate, engines
 
-    monkeypatch.setattr(concepts, "_RANGE_ROWS", 7)
+    monkeypatch.setattr(concepts, "_TASK_ROWS", 7)
     monkeypatch.setattr(curate, "_TASK_ROWS", 10)
     actors, tasks = [], []
     real_actors, real_tasks = engines.ray_actor_map, engines.ray_task_map
@@ -268,8 +269,7 @@ def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
     assert got["local"] == got["ray"]
     assert sum(filter(None, got["ray"][0]["keep"])) > 5 and got["ray"][2] > 0
     assert {"signals-caption", "signals-image"} <= set(actors)
-    candidates = got["ray"][1] and sum(c["size"] for c in got["ray"][1])
-    assert tasks.count("concept_sums_task") == 2 * -(-candidates // 7)  # two passes, a task per 7 rows each
+    assert tasks.count("concept_sums_task") == 2 * 2  # two passes, a task per fragment (of 12 rows: over 7)
     assert tasks.count("judge_fragments_task") == len(Lake.open(tmp_path / "ray").dataset().get_fragments()) == 2
     with pytest.raises(LakeError, match="engine"):
         Lake.open(tmp_path / "ray").rebalance(0.5, engine="dask")

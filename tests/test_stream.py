@@ -75,14 +75,37 @@ def test_frequent_keys_count_exactly_in_memory_or_in_partitions(spill, monkeypat
     rng.shuffle(stream_of)
     if spill:  # every 500 keys go to their partition files
         monkeypatch.setattr(stream, "_SPILL_KEYS", 500)
-    spilled, real_spill = [], stream._spill
-    monkeypatch.setattr(stream, "_spill", lambda keys, folder: spilled.append(len(keys)) or real_spill(keys, folder))
+    spilled, real_spill = [], stream.Partitioned._spill
+    monkeypatch.setattr(stream.Partitioned, "_spill", lambda self: spilled.append(self.held) or real_spill(self))
     for more_than in (0, 3, 6, 7):
         got = stream.frequent_keys(lambda: np.array_split(stream_of, 13), more_than, spill_dir=str(tmp_path))
         assert got.tolist() == sorted(keys[counts > more_than].tolist())
         assert list(tmp_path.iterdir()) == []  # the partition files are removed
     assert (sum(spilled) == 4 * len(stream_of)) if spill else not spilled
     assert stream.frequent_keys(lambda: [], 0).tolist() == []
+
+
+@pytest.mark.parametrize("hold", [None, 50, 7, 1])
+def test_partitioned_records_come_back_per_partition_in_the_order_added(hold, tmp_path):
+    rng = np.random.default_rng(5)
+    rec = np.dtype([("c", np.int32), ("key", np.float64), ("i", np.int64)])
+    parts, added = [], []
+    with stream.Partitioned(rec, 5, spill_dir=str(tmp_path), hold=hold) as files:
+        for lo in range(0, 100, 9):  # chunks of 9 records
+            r = np.zeros(min(9, 100 - lo), rec)
+            r["c"], r["key"], r["i"] = rng.integers(0, 12, len(r)), rng.random(len(r)), np.arange(lo, lo + len(r))
+            files.add(r["c"] % 5, r)
+            added.append(r)
+        if hold is not None:
+            assert len(list(tmp_path.iterdir())) == 1  # spilled to files in one folder
+        every = np.concatenate(added)
+        assert [files.count(p) for p in range(5)] == np.bincount(every["c"] % 5, minlength=5).tolist()  # pending too
+        for p, got in files.partitions():
+            parts.append(p)
+            every = np.concatenate(added)
+            assert got.tolist() == every[every["c"] % 5 == p].tolist()  # in the order added
+    assert parts == sorted({int(c) % 5 for c in np.concatenate(added)["c"]})
+    assert list(tmp_path.iterdir()) == []  # removed on close
 
 
 def test_nanpercentiles_of_several_columns_in_the_same_passes(monkeypatch):
@@ -102,3 +125,25 @@ def test_nanpercentiles_of_several_columns_in_the_same_passes(monkeypatch):
         want = [[float(np.nanpercentile(c, q)) for q in q_col] for c, q_col in zip(cols, qs)]
     assert np.array_equal(np.array(got[0] + got[1]), np.array(want[0] + want[1])) and np.isnan(got[2][0])
     assert len(passes) <= 2 + 64 // 16  # not a pass per column or per percentile
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties", "one key", "floats"])
+@pytest.mark.parametrize("hold", [10_000, 300, 40])
+def test_sorted_records_equal_one_stable_sort(kind, hold, tmp_path):
+    """The external radix sort gives every record once, by key, equal keys in arrival order: in
+    memory, by partitions, by partitions of partitions (a heavy key: one partition of one key)."""
+    rng = np.random.default_rng(len(kind) + hold)
+    n = 5000
+    keys = {"uniform": rng.integers(0, 2**64, n, dtype=np.uint64),
+            "ties": rng.integers(0, 30, n).astype(np.uint64) << np.uint64(rng.integers(0, 60)),
+            "one key": np.where(rng.random(n) < 0.9, np.uint64(7 << 40), rng.integers(0, 2**64, n, dtype=np.uint64)),
+            "floats": stream.order_keys(np.round(rng.normal(0.3, 0.05, n), 3))}[kind]
+    rec = np.dtype([("key", np.uint64), ("at", np.int64)])
+    x = np.zeros(n, rec)
+    x["key"], x["at"] = keys, np.arange(n)
+    out = list(stream.sorted_records((x[s: s + 777] for s in range(0, n, 777)), hold=hold, spill_dir=str(tmp_path)))
+    got = np.concatenate(out)
+    assert got.tolist() == x[np.argsort(keys, kind="stable")].tolist()
+    assert max(len(o) for o in out) <= max(hold, n if hold >= n else 0)  # a partition at a time
+    assert list(tmp_path.iterdir()) == []
+    assert list(stream.sorted_records(iter([]))) == []
