@@ -35,7 +35,8 @@ pixels, then earliest ingested, then smallest id; rows without a score rank afte
 streams it once (:class:`lakecurate.columns.LanceVectors`), copying it to a local temporary file,
 and gathers each group of clusters from that copy (:func:`lakecurate.neardup.semantic_pairs`), so
 the vectors cost ~a group's worth of memory at any size (and the column's bytes of temporary
-disk); the per-row scalars (ids, hashes, group columns) are still read whole (~200 bytes a row),
+disk); the per-row scalars (ids, hashes, group columns) are still read whole (~500 bytes a row
+at 10M pairs with exact: ids stay one Arrow array, equal values are paired by 64-bit hashes),
 and ``verify`` still holds the image embeddings for its nearest-neighbour candidates
 (``scripts/bench_scale.py``, docs/scale.md).
 
@@ -242,8 +243,69 @@ def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return x, valid
 
 
-def _str_array(values: np.ndarray, valid: np.ndarray) -> pa.Array:
-    return pa.array(values, pa.string(), mask=~valid)
+def _ids_at(ids: pa.Array, rows: np.ndarray) -> pa.Array:
+    """``ids[rows]`` as a string array, null where ``rows`` < 0 (taken by Arrow)."""
+    return pc.take(ids, pa.array(rows, pa.int64(), mask=rows < 0)).cast(pa.string())
+
+
+def _same_value_pairs(cols: Sequence["pa.ChunkedArray"], valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`equal_value_pairs` of rows whose values in every one of ``cols`` are equal (null a
+    value of its own), in ~8 bytes a row: each value hashed to 64 bits a chunk at a time
+    (``pd.util.hash_array``), the columns' hashes combined; the pairs found are then checked on
+    the values themselves, and in the unlikely case two values shared a hash, the values are
+    dictionary-encoded (exact, but a copy of the column) and paired again."""
+    import pandas as pd
+
+    key = np.zeros(len(valid), np.uint64)
+    for col in cols:
+        at = 0
+        for chunk in col.chunks:
+            h = pd.util.hash_array(chunk.to_numpy(zero_copy_only=False), categorize=False)
+            h[np.asarray(chunk.is_null().to_numpy(zero_copy_only=False), bool)] = np.uint64(0x9E3779B97F4A7C15)  # null
+            with np.errstate(over="ignore"):
+                key[at: at + len(chunk)] = key[at: at + len(chunk)] * np.uint64(0x100000001B3) ^ h
+            at += len(chunk)
+    i, j = equal_value_pairs(key, valid)
+    if all(_equal_at(col, i, j) for col in cols):
+        return i, j
+    exact = np.zeros(len(valid), np.int64)  # a hash shared by two values: the exact (larger) way
+    for col in cols:
+        enc = pc.dictionary_encode(col.combine_chunks())
+        width = len(enc.dictionary) + 1  # the last code: null
+        exact = exact * width + pc.fill_null(enc.indices, width - 1).to_numpy().astype(np.int64)
+    return equal_value_pairs(exact, valid)
+
+
+def _equal_at(col: "pa.ChunkedArray", i: np.ndarray, j: np.ndarray) -> bool:
+    """Whether ``col[i] == col[j]`` for every pair (null equal to null only)."""
+    a, b = pc.take(col, pa.array(i, pa.int64())), pc.take(col, pa.array(j, pa.int64()))
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+    return bool(pc.all(pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)).as_py() in (True, None))
+
+
+def _reasons(ids: pa.Array, keep: np.ndarray, final: np.ndarray, use: list[str], labels: dict[str, np.ndarray],
+             inliers: dict[str, int]) -> pa.Array:
+    """``dup_reason``: for each dropped row "METHOD:ID" of the kept row (the first of ``use`` whose
+    group holds both, else "linked"), verify's with its inliers; null for kept rows."""
+    dropped = np.flatnonzero(~keep)
+    kept_by = final[dropped]
+    how = np.full(len(dropped), len(use), np.int64)  # len(use): "linked" (joined through another method)
+    for at, m in reversed(list(enumerate(use))):  # the first method that links them wins
+        lab = labels[m]
+        how[(lab[dropped] >= 0) & (lab[dropped] == lab[kept_by])] = at
+    text = pc.binary_join_element_wise(pc.take(pa.array([*use, "linked"], pa.string()), pa.array(how)),
+                                       _ids_at(ids, kept_by), ":")
+    if inliers and "verify" in use:
+        verified = np.flatnonzero(how == use.index("verify"))
+        mine = pc.take(ids, pa.array(dropped[verified], pa.int64())).to_pylist()
+        extra = [f" ({inliers[r]} inliers)" if r in inliers else "" for r in mine]
+        texts = text.to_pylist()
+        for at, e in zip(verified, extra):
+            texts[at] += e
+        text = pa.array(texts, pa.string())
+    place = np.full(len(keep), -1, np.int64)
+    place[dropped] = np.arange(len(dropped))
+    return pc.take(text, pa.array(place, pa.int64(), mask=place < 0)).cast(pa.string())
 
 
 def _write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array], report: DedupReport,
@@ -381,14 +443,14 @@ def dedup(
     tbl = ds.to_table(columns=list(dict.fromkeys(read)), with_row_address=True)
     n = tbl.num_rows
     report.rows = n
-    ids = np.asarray(tbl.column("id").to_numpy(zero_copy_only=False), dtype=object)
-    id_index = {v: k for k, v in enumerate(ids)}
+    # The ids stay one Arrow array (no Python string a row): looked up, ranked and taken by Arrow.
+    ids = tbl.column("id").combine_chunks()
     score = (pc.fill_null(pc.cast(tbl.column(embedding_columns(emb)["score"]), pa.float64()), float("nan")).to_numpy()
              if emb is not None else np.full(n, np.nan))  # no score: ranks after every scored row
     pixels = (pc.fill_null(pc.multiply(pc.cast(tbl.column("width"), pa.int64()), pc.cast(tbl.column("height"), pa.int64())), 0)
               .to_numpy())
     ingested = pc.fill_null(pc.cast(tbl.column("ingested_at"), pa.int64()), 0).to_numpy()
-    rank = keep_rank(score, pixels, ingested, ids.astype(str))
+    rank = keep_rank(score, pixels, ingested, pc.rank(ids, sort_keys="ascending", tiebreaker="first").to_numpy())
 
     joins = _Joins(ds, lake.storage_options, progress, engine)
     if clustered and "semantic" in methods:  # one image join at the lower cosine serves both methods
@@ -400,7 +462,7 @@ def dedup(
         mr = MethodReport(method=m, config=configs.get(m, {}))
         t0 = time.perf_counter()
         stored = tbl.column(group_columns(m)[0])
-        stored_rows = np.array([id_index.get(v, -1) if v is not None else -1 for v in stored.to_pylist()], np.int64)
+        stored_rows = pc.fill_null(pc.index_in(stored, value_set=ids), -1).to_numpy().astype(np.int64)
         if m not in methods:  # computed by an earlier run: take its groups as they are
             eligible = stored_rows >= 0
             label = linked_groups(n, [(np.arange(n)[eligible], stored_rows[eligible])], eligible)
@@ -412,14 +474,12 @@ def dedup(
         best = best_of_groups(label, rank)
         labels[m] = best
         if m in methods:
-            new_cols = {c: _str_array(ids[np.maximum(best, 0)], best >= 0) for c in group_columns(m)[:1]}
+            new_cols = {c: _ids_at(ids, best) for c in group_columns(m)[:1]}
             if m == "exact":  # identical (image, caption): a finer split of the same groups
-                cap = np.asarray(tbl.column("caption").to_numpy(zero_copy_only=False), dtype=object)
-                key = np.array([f"{h}\x00{c}" for h, c in zip(tbl.column("content_hash").to_pylist(), cap)], dtype=object)
                 valid = best >= 0
-                pairs = equal_value_pairs(key, valid)
+                pairs = _same_value_pairs([tbl.column("content_hash"), tbl.column("caption")], valid)
                 pair_best = best_of_groups(linked_groups(n, [pairs], valid), rank)
-                new_cols["dup_pair_group"] = _str_array(ids[np.maximum(pair_best, 0)], pair_best >= 0)
+                new_cols["dup_pair_group"] = _ids_at(ids, pair_best)
             mr.fragments_written = _write_changed(lake, tbl, new_cols, report, _sources(m, emb), ds.version)
             report.fragments_written += mr.fragments_written
         mr.rows = int((best >= 0).sum())
@@ -439,11 +499,7 @@ def dedup(
     size = np.bincount(final, minlength=n)[final]
     linked_pairs = _merged_evidence(lake, ids, evidence, replaced, ds.version) if evidence or replaced else None
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
-    reason = np.full(n, None, dtype=object)
-    for r in np.flatnonzero(~keep):
-        k = final[r]
-        how = next((m for m in use if labels[m][r] >= 0 and labels[m][r] == labels[m][k]), "linked")
-        reason[r] = f"{how}:{ids[k]}" + (f" ({inliers[ids[r]]} inliers)" if how == "verify" and ids[r] in inliers else "")
+    reason = _reasons(ids, keep, final, use, labels, inliers)
     final_prov = columns.provenance(
         "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": embedding_columns(emb)["score"] if emb else None,
                   "methods": {m: configs.get(m) for m in use}},
@@ -453,10 +509,10 @@ def dedup(
     columns.declare_view(lake, final_fields, final_prov)  # derived from the group columns: recomputed each run
     grouped = size > 1
     new_final = {
-        "dup_group": _str_array(ids[final], grouped),
+        "dup_group": _ids_at(ids, np.where(grouped, final, -1)),
         "dup_group_size": pa.array(size.astype(np.int32), pa.int32()),
         "dup_keep": pa.array(keep, pa.bool_()),
-        "dup_reason": pa.array(reason, pa.string()),
+        "dup_reason": reason,
     }
     if any(c not in tbl.column_names for c in FINAL_COLUMNS):
         tbl = tbl.drop_columns([c for c in FINAL_COLUMNS if c in tbl.column_names])
@@ -474,16 +530,16 @@ EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string
                              pa.field("version", pa.int64())])
 
 
-def _merged_evidence(lake: "Store", ids: np.ndarray, evidence: dict[str, Evidence], replaced: set[str],
+def _merged_evidence(lake: "Store", ids: pa.Array, evidence: dict[str, Evidence], replaced: set[str],
                      version: int) -> pa.Table:
     """The ``dup_pairs`` table after this run: the stored links of methods this run did not
     recompute, plus this run's (a pair found again keeps this run's row)."""
     parts = []
     for m, (i, j, score, detail) in evidence.items():
-        a, b = ids[i].astype(str), ids[j].astype(str)
-        swap = a > b
-        lo, hi = np.where(swap, b, a), np.where(swap, a, b)
-        parts.append(pa.table({"a": pa.array(lo, pa.string()), "b": pa.array(hi, pa.string()),
+        a, b = pc.take(ids, pa.array(i, pa.int64())), pc.take(ids, pa.array(j, pa.int64()))
+        swap = pc.greater(a, b)
+        lo, hi = pc.if_else(swap, b, a), pc.if_else(swap, a, b)
+        parts.append(pa.table({"a": lo.cast(pa.string()), "b": hi.cast(pa.string()),
                                "method": pa.array([m] * len(lo), pa.string()),
                                "score": pa.array(score, pa.float64(), mask=np.isnan(score)),
                                "detail": pa.array(detail, pa.string()),
@@ -575,10 +631,9 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
     n = tbl.num_rows
     joins = joins or _Joins(ds, storage_options, progress, engine)
     if method == "exact":
-        hashes = np.asarray(tbl.column("content_hash").to_numpy(zero_copy_only=False), dtype=object)
-        eligible = np.array([h is not None for h in hashes], bool)
+        eligible = np.asarray(tbl.column("content_hash").is_valid().to_numpy(zero_copy_only=False), bool)
         mr.new_rows = int((eligible & (stored_rows < 0)).sum())
-        pairs = equal_value_pairs(hashes, eligible)  # O(N): always from scratch, nothing to merge
+        pairs = _same_value_pairs([tbl.column("content_hash")], eligible)  # O(N): always from scratch, nothing to merge
         mr.pairs = len(pairs[0])
         return linked_groups(n, [pairs], eligible), _links(*pairs, np.full(len(pairs[0]), np.nan), "same image bytes")
     if method == "phash":

@@ -33,7 +33,10 @@ For each size N, in one run:
      (each step's drops, examples, rows either side of the cut and what-ifs), also by fragment;
    - ``rebalance`` and ``sequence`` (``--only rebalance sequence``): the same lakes with a 64-d
      float16 embedding and k = 1,024 concepts added; ``rebalance 0.5`` and a random ``sequence``
-     of every row, from scratch (both still hold a few arrays of every candidate on the driver).
+     of every row, from scratch (both a fragment at a time, their keys sorted out of core);
+   - ``dedup`` (``--only dedup``): the same lakes (3% of rows repeat another's content hash):
+     dedup's exact method with the stored minhash groups joined into the decision, from scratch
+     (the stage still reads its per-row columns whole on the driver).
 3. ratios against the smallest size, in this run: peak memory and time per row.
 
     python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk + 10 GB
@@ -41,7 +44,8 @@ For each size N, in one run:
     python scripts/bench_scale.py --sizes 100000 300000 --dir /tmp/scale   # a quick look
     python scripts/bench_scale.py --only semantic --assign 5     # the join with another number of cells a row
     python scripts/bench_scale.py --only curate                  # curate's decisions at 1M, 3M, 10M pairs
-    python scripts/bench_scale.py --only rebalance sequence --sizes 1000000 3000000   # what they hold on the driver
+    python scripts/bench_scale.py --only rebalance sequence      # rebalance and sequence at 1M, 3M, 10M pairs
+    python scripts/bench_scale.py --only dedup --sizes 1000000 3000000   # dedup's per-row work on the driver
 """
 
 from __future__ import annotations
@@ -350,7 +354,8 @@ def make_pairs_lake(path: Path, n: int) -> None:
     if (path / "pairs.lance" / "_versions").exists():
         try:
             ds = lance.dataset(str(path / "pairs.lance"))
-            if ds.count_rows() == n and "dup_minhash_group" in ds.schema.names:
+            if ds.count_rows() == n and "dup_minhash_group" in ds.schema.names and \
+                    ds.take([0], columns=["content_hash"]).column(0)[0].is_valid:  # (older lakes had no hashes)
                 return
         except Exception:  # noqa: BLE001 - a half-written lake from a killed run: write it again
             pass
@@ -362,6 +367,8 @@ def make_pairs_lake(path: Path, n: int) -> None:
     words = np.array("a the red small old dog cat house tree river road boat car child woman man garden field city "
                      "beach snow night bridge tower market photo view street light watermark".split())
     now = pa.scalar(0, pa.timestamp("us", tz="UTC"))
+    copies = np.random.default_rng(SEED + 2)  # content hashes: 3% of rows repeat another row's bytes
+    source = np.where(copies.random(n) < 0.03, copies.integers(0, n, n), np.arange(n))
     for s in range(0, n, PAIRS_FRAGMENT):
         m = min(PAIRS_FRAGMENT, n - s)
         lens = rng.integers(0, 15, m)
@@ -372,6 +379,7 @@ def make_pairs_lake(path: Path, n: int) -> None:
         data = {f.name: pa.nulls(m, f.type) for f in PAIRS_SCHEMA}
         data.update({"id": pa.array([f"{s + i:016x}" for i in range(m)]), "key": pa.array([f"{s + i:09d}.jpg" for i in range(m)]),
                      "source": pa.array(["synthetic"] * m), "image": pa.array([b""] * m, pa.large_binary()),
+                     "content_hash": pa.array([f"{h:064x}" for h in source[s: s + m]]),
                      "caption": pa.array(caps), "width": pa.array(w),
                      "height": pa.array((w * rng.uniform(0.3, 1.7, m)).astype(np.int32)),
                      "ingest_status": pa.array(np.where(bad, "error", "ok").tolist()),
@@ -437,6 +445,23 @@ def child_order(path: Path, what: str) -> dict:
     return {"seconds": time.perf_counter() - t0, "peak_mb": vm_hwm_mb(), "rows": rows, "kept": rows}
 
 
+def child_dedup(path: Path) -> dict:
+    """dedup's exact method (content hashes: 3% repeats) with the lake's stored minhash groups
+    joined into the decision (keep_from exact, minhash), from scratch: the stage's per-row work
+    on the driver (ids, stored groups, ranks, group and reason columns)."""
+    from lakecurate import Lake
+    from lakecurate.dedup import FINAL_COLUMNS
+
+    lake = Lake.open(path)
+    ds = lake.dataset()
+    mine = [c for c in ("dup_exact_group", "dup_pair_group", *FINAL_COLUMNS) if c in ds.schema.names]
+    if mine:  # an earlier run's: forget them (metadata only)
+        ds.drop_columns(mine)
+    t0 = time.perf_counter()
+    rep = lake.dedup(["exact"], keep_from=["exact", "minhash"], progress=False)
+    return {"seconds": time.perf_counter() - t0, "peak_mb": vm_hwm_mb(), "rows": rep.rows, "kept": rep.kept}
+
+
 def child_curate(path: Path, whole: bool, dry: bool = False) -> dict:
     from lakecurate import Lake
     from lakecurate import curate as curate_mod
@@ -480,7 +505,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1024, help="clusters for the clustering measurement (same at every size)")
     ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"],
                     choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate",
-                             "rebalance", "sequence"])
+                             "rebalance", "sequence", "dedup"])
     ap.add_argument("--hash-cosine", type=float, default=0.9, help="hash-clusters: the cosine whose neighbours' hashes are compared")
     ap.add_argument("--assign", type=int, help="semantic: clusters a row joins (default: semantic_pairs' own)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -497,7 +522,8 @@ def main() -> None:
                "hash-clusters": lambda: child_hash_clusters(Path(arg), float(args.child[2])),
                "curate": lambda: child_curate(Path(arg), False), "curate-whole": lambda: child_curate(Path(arg), True),
                "curate-dry": lambda: child_curate(Path(arg), False, True),
-               "rebalance": lambda: child_order(Path(arg), "rebalance"), "sequence": lambda: child_order(Path(arg), "sequence")}[kind]()
+               "rebalance": lambda: child_order(Path(arg), "rebalance"), "sequence": lambda: child_order(Path(arg), "sequence"),
+               "dedup": lambda: child_dedup(Path(arg))}[kind]()
         print(json.dumps(res))
         return
 
@@ -505,7 +531,7 @@ def main() -> None:
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
     args.dir.mkdir(parents=True, exist_ok=True)
     kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate", "curate-dry",
-             "rebalance", "sequence")
+             "rebalance", "sequence", "dedup")
     results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic-whole", "curate-whole", *kinds)}
     for n in args.sizes:
         print(f"\nN = {n:,}", flush=True)
@@ -559,6 +585,12 @@ def main() -> None:
                 r = results[kind][n] = run_child([kind, str(args.dir / f"pairs-{n}")])
                 print(f"  {kind + ', every row':31s}  {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  rows {r['rows']:,}",
                       flush=True)
+
+        if "dedup" in args.only:
+            make_pairs_lake(args.dir / f"pairs-{n}", n)
+            r = results["dedup"][n] = run_child(["dedup", str(args.dir / f"pairs-{n}")])
+            print(f"  dedup exact (+ stored minhash)   {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  rows {r['rows']:,}  "
+                  f"kept {r['kept']:,}", flush=True)
 
     base = args.sizes[0]
     print(f"\nratios against N = {base:,} (same run):")

@@ -480,3 +480,38 @@ def test_lance_vectors_stream_and_take_by_position(tmp_path):
     np.testing.assert_array_equal(j, ej)
     a, b = ids[rows[i]], ids[rows[j]]
     assert ((a % 50 == 0) & (b == a + 1)).all()  # only the planted copies (row 0 of 50 and its copy)
+
+
+def test_per_row_columns_are_made_by_arrow_as_by_python(monkeypatch):
+    """The ids stay one Arrow array: equal-value pairs from 64-bit hashes (null a value of its own,
+    several columns combined; a hash shared by two values found and redone exactly), group ids
+    taken by row, and reasons (the first keep_from method linking a dropped row to its kept one,
+    else "linked"; verify's inliers; null for kept rows) equal the per-row Python they replace."""
+    import pandas as pd
+    import pyarrow as pa
+
+    h = pa.chunked_array([["a", None, "b"], ["a", "b", None, "a"]])
+    c = pa.chunked_array([["x", "x", None], ["y", None, "x", "x"]])
+    valid = np.array([True, True, True, True, True, True, False])
+
+    def python_pairs(*cols):
+        values = np.array(["\x00".join(repr(v) for v in row) for row in zip(*(col.to_pylist() for col in cols))], object)
+        return equal_value_pairs(values, valid)
+
+    for cols in ([h], [h, c]):
+        want = python_pairs(*cols)
+        got = dedup_module._same_value_pairs(cols, valid)
+        assert [x.tolist() for x in got] == [x.tolist() for x in want] and len(want[0]) >= 1
+        real = pd.util.hash_array
+        monkeypatch.setattr(pd.util, "hash_array", lambda v, **kw: np.zeros(len(v), np.uint64))  # every value collides
+        collided = dedup_module._same_value_pairs(cols, valid)
+        monkeypatch.setattr(pd.util, "hash_array", real)
+        assert [x.tolist() for x in collided] == [x.tolist() for x in want]
+    ids = pa.array(["r0", "r1", "r2", "r3", "r4"])
+    assert dedup_module._ids_at(ids, np.array([2, -1, 0])).to_pylist() == ["r2", None, "r0"]
+    final = np.array([0, 0, 2, 2, 2])
+    keep = final == np.arange(5)
+    labels = {"exact": np.array([0, 0, -1, -1, 2]), "verify": np.array([0, 0, 2, 2, -1])}
+    got = dedup_module._reasons(ids, keep, final, ["exact", "verify"], labels, {"r3": 41})
+    assert got.to_pylist() == [None, "exact:r0", None, "verify:r2 (41 inliers)", "linked:r2"]
+    assert dedup_module._reasons(ids, keep, final, ["verify", "exact"], labels, {}).to_pylist()[1] == "verify:r0"
