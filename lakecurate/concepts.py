@@ -438,7 +438,8 @@ def rebalance(
     report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
     frags = ds.get_fragments()
     # A first look: how many concepts (the largest of any row's) and candidates.
-    k = max((int(pc.max(b.column(0)).as_py() or -1) + 1 for b in ds.to_batches(columns=["concept"])), default=0)
+    top = (pc.max(b.column(0)).as_py() for b in ds.to_batches(columns=["concept"]))
+    k = max((int(t) + 1 for t in top if t is not None), default=0)
     n = sum(len(candidates(frag, where)[0]) for frag in frags)
     if n == 0:
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "

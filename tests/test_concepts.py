@@ -383,3 +383,11 @@ def test_sequence_sorts_out_of_core_as_in_memory(mode: str, tmp_path: Path, monk
         again = Lake.open(shutil.copytree(base.uri, tmp_path / "seed3"))
         again.sequence("random", where="sel", seed=3, allow_stale=True)
         assert again.to_pandas(["seq_order"])["seq_order"].fillna(-1).tolist() != df["seq_order"].fillna(-1).tolist()
+
+
+def test_rebalance_of_a_single_concept(tmp_path: Path):
+    """Every row in concept 0 (k = 1): the concepts counted from the largest label are 1, not 0."""
+    lake = _concept_lake(tmp_path / "lake", [50])
+    rep = lake.rebalance(0.5, allow_stale=True)
+    assert rep.k == 1 and rep.rows == 50 and rep.kept == 25
+    assert lake.to_pandas(["rebalance_keep"])["rebalance_keep"].sum() == 25
