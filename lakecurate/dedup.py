@@ -35,8 +35,9 @@ pixels, then earliest ingested, then smallest id; rows without a score rank afte
 streams it once (:class:`lakecurate.columns.LanceVectors`), copying it to a local temporary file,
 and gathers each group of clusters from that copy (:func:`lakecurate.neardup.semantic_pairs`), so
 the vectors cost ~a group's worth of memory at any size (and the column's bytes of temporary
-disk); the per-row scalars (ids, hashes, group columns) are still read whole (~500 bytes a row
-at 10M pairs with exact: ids stay one Arrow array, equal values are paired by 64-bit hashes),
+disk); the per-row scalars (ids, sizes, group columns) are still read whole (~390 bytes a row at
+10M pairs with exact: ids stay one Arrow array; exact streams content hashes and captions, keeping
+a 64-bit hash a row),
 and ``verify`` still holds the image embeddings for its nearest-neighbour candidates
 (``scripts/bench_scale.py``, docs/scale.md).
 
@@ -61,7 +62,7 @@ for all changed fragments in one commit.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -248,18 +249,39 @@ def _ids_at(ids: pa.Array, rows: np.ndarray) -> pa.Array:
     return pc.take(ids, pa.array(rows, pa.int64(), mask=rows < 0)).cast(pa.string())
 
 
-def _same_value_pairs(cols: Sequence["pa.ChunkedArray"], valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class _Values:
+    """A column dedup reads, row for row with its table: held in ``tbl``, or else streamed from
+    ``ds`` (the same scan order) a batch at a time, with single rows taken by position."""
+
+    def __init__(self, ds: Any, tbl: pa.Table, name: str) -> None:
+        self.ds, self.tbl, self.name = ds, tbl, name
+
+    def chunks(self) -> "Iterable[pa.Array]":
+        if self.name in self.tbl.column_names:
+            return self.tbl.column(self.name).chunks
+        return (b.column(0) for b in self.ds.to_batches(columns=[self.name], batch_size=65536))
+
+    def at(self, rows: np.ndarray) -> pa.Array:
+        """The values of ``rows`` (positions in the scan), in that order."""
+        if self.name in self.tbl.column_names:
+            return pc.take(self.tbl.column(self.name), pa.array(rows, pa.int64())).combine_chunks()
+        unique, back = np.unique(rows, return_inverse=True)
+        got = self.ds.take(unique, columns=[self.name]).column(0) if len(unique) else pa.chunked_array([], pa.string())
+        return pc.take(got, pa.array(back, pa.int64())).combine_chunks()
+
+
+def _same_value_pairs(cols: Sequence[_Values], valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`equal_value_pairs` of rows whose values in every one of ``cols`` are equal (null a
     value of its own), in ~8 bytes a row: each value hashed to 64 bits a chunk at a time
     (``pd.util.hash_array``), the columns' hashes combined; the pairs found are then checked on
     the values themselves, and in the unlikely case two values shared a hash, the values are
-    dictionary-encoded (exact, but a copy of the column) and paired again."""
+    dictionary-encoded (exact, but the whole column and its dictionary) and paired again."""
     import pandas as pd
 
     key = np.zeros(len(valid), np.uint64)
     for col in cols:
         at = 0
-        for chunk in col.chunks:
+        for chunk in col.chunks():
             h = pd.util.hash_array(chunk.to_numpy(zero_copy_only=False), categorize=False)
             h[np.asarray(chunk.is_null().to_numpy(zero_copy_only=False), bool)] = np.uint64(0x9E3779B97F4A7C15)  # null
             with np.errstate(over="ignore"):
@@ -270,15 +292,17 @@ def _same_value_pairs(cols: Sequence["pa.ChunkedArray"], valid: np.ndarray) -> t
         return i, j
     exact = np.zeros(len(valid), np.int64)  # a hash shared by two values: the exact (larger) way
     for col in cols:
-        enc = pc.dictionary_encode(col.combine_chunks())
+        enc = pc.dictionary_encode(pa.chunked_array(list(col.chunks())).combine_chunks())
         width = len(enc.dictionary) + 1  # the last code: null
         exact = exact * width + pc.fill_null(enc.indices, width - 1).to_numpy().astype(np.int64)
     return equal_value_pairs(exact, valid)
 
 
-def _equal_at(col: "pa.ChunkedArray", i: np.ndarray, j: np.ndarray) -> bool:
-    """Whether ``col[i] == col[j]`` for every pair (null equal to null only)."""
-    a, b = pc.take(col, pa.array(i, pa.int64())), pc.take(col, pa.array(j, pa.int64()))
+def _equal_at(col: _Values, i: np.ndarray, j: np.ndarray) -> bool:
+    """Whether the values of rows ``i`` and ``j`` are equal, pair by pair (null equal to null only)."""
+    if not len(i):
+        return True
+    a, b = col.at(i), col.at(j)
     both_null = pc.and_(pc.is_null(a), pc.is_null(b))
     return bool(pc.all(pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)).as_py() in (True, None))
 
@@ -430,7 +454,10 @@ def dedup(
 
     ds = lake.dataset()
     present = [m for m in METHODS if all(c in ds.schema.names for c in group_columns(m))]
-    read = ["id", "content_hash", "caption", "width", "height", "ingested_at", "ingest_status"]
+    # content_hash and caption are read whole only for the methods that need every value (verify's
+    # cache keys, minhash's shingles); exact streams them, keeping a 64-bit hash a row (_Values).
+    held = (["content_hash"] if "verify" in methods else []) + (["caption"] if "minhash" in methods else [])
+    read = ["id", *held, "width", "height", "ingested_at", "ingest_status"]
     read += [c for m in present for c in group_columns(m)]
     read += [c for c in FINAL_COLUMNS if c in ds.schema.names]
     if {"phash", "semantic"} & set(methods):
@@ -477,7 +504,7 @@ def dedup(
             new_cols = {c: _ids_at(ids, best) for c in group_columns(m)[:1]}
             if m == "exact":  # identical (image, caption): a finer split of the same groups
                 valid = best >= 0
-                pairs = _same_value_pairs([tbl.column("content_hash"), tbl.column("caption")], valid)
+                pairs = _same_value_pairs([_Values(ds, tbl, "content_hash"), _Values(ds, tbl, "caption")], valid)
                 pair_best = best_of_groups(linked_groups(n, [pairs], valid), rank)
                 new_cols["dup_pair_group"] = _ids_at(ids, pair_best)
             mr.fragments_written = _write_changed(lake, tbl, new_cols, report, _sources(m, emb), ds.version)
@@ -631,9 +658,11 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
     n = tbl.num_rows
     joins = joins or _Joins(ds, storage_options, progress, engine)
     if method == "exact":
-        eligible = np.asarray(tbl.column("content_hash").is_valid().to_numpy(zero_copy_only=False), bool)
+        values = _Values(ds, tbl, "content_hash")
+        eligible = np.concatenate([np.asarray(c.is_valid().to_numpy(zero_copy_only=False), bool) for c in values.chunks()]
+                                  or [np.zeros(0, bool)])
         mr.new_rows = int((eligible & (stored_rows < 0)).sum())
-        pairs = _same_value_pairs([tbl.column("content_hash")], eligible)  # O(N): always from scratch, nothing to merge
+        pairs = _same_value_pairs([values], eligible)  # O(N): always from scratch, nothing to merge
         mr.pairs = len(pairs[0])
         return linked_groups(n, [pairs], eligible), _links(*pairs, np.full(len(pairs[0]), np.nan), "same image bytes")
     if method == "phash":
@@ -783,11 +812,9 @@ def _verify_groups(lake: "Store", tbl: pa.Table, emb: str | None, config: dict[s
     if not len(i):
         return linked_groups(n, pairs, eligible), none
     need = np.unique(np.concatenate([i, j]))
-    ids = tbl.column("id").to_pylist()
-    hashes = tbl.column("content_hash").to_pylist()
-    addrs = tbl.column("_rowaddr").to_pylist()
-    feats, cache = KeypointCache(lake).load([ids[r] for r in need], [hashes[r] for r in need],
-                                            [addrs[r] for r in need], workers=workers, progress=progress)
+    at = pa.array(need, pa.int64())
+    feats, cache = KeypointCache(lake).load(*(pc.take(tbl.column(c), at).to_pylist() for c in ("id", "content_hash", "_rowaddr")),
+                                            workers=workers, progress=progress)
     mr.keypoint_rows, mr.keypoints_computed, mr.keypoint_seconds = cache.needed, cache.computed, cache.seconds
     t0 = time.perf_counter()
     matches = match_pairs(dict(zip(need.tolist(), feats)), i, j, enough=config["min_inliers"], progress=progress)

@@ -482,7 +482,7 @@ def test_lance_vectors_stream_and_take_by_position(tmp_path):
     assert ((a % 50 == 0) & (b == a + 1)).all()  # only the planted copies (row 0 of 50 and its copy)
 
 
-def test_per_row_columns_are_made_by_arrow_as_by_python(monkeypatch):
+def test_per_row_columns_are_made_by_arrow_as_by_python(monkeypatch, tmp_path):
     """The ids stay one Arrow array: equal-value pairs from 64-bit hashes (null a value of its own,
     several columns combined; a hash shared by two values found and redone exactly), group ids
     taken by row, and reasons (the first keep_from method linking a dropped row to its kept one,
@@ -498,15 +498,21 @@ def test_per_row_columns_are_made_by_arrow_as_by_python(monkeypatch):
         values = np.array(["\x00".join(repr(v) for v in row) for row in zip(*(col.to_pylist() for col in cols))], object)
         return equal_value_pairs(values, valid)
 
-    for cols in ([h], [h, c]):
-        want = python_pairs(*cols)
-        got = dedup_module._same_value_pairs(cols, valid)
-        assert [x.tolist() for x in got] == [x.tolist() for x in want] and len(want[0]) >= 1
-        real = pd.util.hash_array
-        monkeypatch.setattr(pd.util, "hash_array", lambda v, **kw: np.zeros(len(v), np.uint64))  # every value collides
-        collided = dedup_module._same_value_pairs(cols, valid)
-        monkeypatch.setattr(pd.util, "hash_array", real)
-        assert [x.tolist() for x in collided] == [x.tolist() for x in want]
+    import lance
+
+    ds = lance.write_dataset(pa.table({"h": h, "c": c}), str(tmp_path / "v.lance"), max_rows_per_file=3)
+    held = pa.table({"h": h, "c": c})
+    for names in (["h"], ["h", "c"]):
+        want = python_pairs(*(held.column(n) for n in names))
+        for tbl in (held, pa.table({"x": np.arange(7)})):  # the columns in the table, or streamed from the dataset
+            cols = [dedup_module._Values(ds, tbl, n) for n in names]
+            got = dedup_module._same_value_pairs(cols, valid)
+            assert [x.tolist() for x in got] == [x.tolist() for x in want] and len(want[0]) >= 1
+            real = pd.util.hash_array
+            monkeypatch.setattr(pd.util, "hash_array", lambda v, **kw: np.zeros(len(v), np.uint64))  # every value collides
+            collided = dedup_module._same_value_pairs(cols, valid)
+            monkeypatch.setattr(pd.util, "hash_array", real)
+            assert [x.tolist() for x in collided] == [x.tolist() for x in want]
     ids = pa.array(["r0", "r1", "r2", "r3", "r4"])
     assert dedup_module._ids_at(ids, np.array([2, -1, 0])).to_pylist() == ["r2", None, "r0"]
     final = np.array([0, 0, 2, 2, 2])
