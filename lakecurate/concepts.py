@@ -35,6 +35,7 @@ from lakecurate.graph import check_current, commit_decisions, where_columns, wri
 from lakecurate.names import default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
+from lakecurate.progress import progress_bar
 from lakecurate.options import target as check_target
 from lakecurate.sqlcheck import check_where
 from lakecurate.stream import Partitioned, order_keys, sorted_records
@@ -132,22 +133,28 @@ def complexity(x: "np.ndarray | VectorSource", label: np.ndarray, k: int) -> pd.
 
 def complexity_by_fragment(ds: "lance.LanceDataset", column: str, k: int, where: str | None = None, *,
                            engine: str = "local", address: str | None = None,
-                           storage_options: dict | None = None) -> pd.DataFrame:
+                           storage_options: dict | None = None, bar: Any = None) -> pd.DataFrame:
     """:func:`complexity` of the rows of ``ds`` with a concept (and matching ``where``), read a
     fragment at a time: a task per ~_TASK_ROWS rows of fragments for each of the two passes, here
     one after another, or each a Ray task (``engine="ray"``) that reads its fragments itself
     (memory: one fragment's vectors and the k x d sums; no array a row). The partial sums are
-    added in task order on either engine, so both give the same floats, and the same budgets."""
+    added in task order on either engine, so both give the same floats, and the same budgets.
+    ``bar``: a progress bar told each task's rows as its result comes."""
     from lakecurate.engines import ordered_map
 
-    calls = [((ds.uri, ds.version, storage_options, fids, column, where),)
-             for fids in columns.fragment_groups(ds.get_fragments(), _TASK_ROWS)]
+    frags = ds.get_fragments()
+    rows = {f.fragment_id: f.count_rows() for f in frags}
+    groups = columns.fragment_groups(frags, _TASK_ROWS, list(rows.values()))
+    calls = [((ds.uri, ds.version, storage_options, fids, column, where),) for fids in groups]
 
     def total(centroids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         sums, sizes = np.zeros((k, ds.schema.field(column).type.list_size) if centroids is None else k), np.zeros(k, np.int64)
-        for part, count in ordered_map(concept_sums_task, calls, engine=engine, shared=(k, centroids), address=address):
+        for fids, (part, count) in zip(groups, ordered_map(concept_sums_task, calls, engine=engine, shared=(k, centroids),
+                                                           address=address)):
             sums += part
             sizes += count
+            if bar is not None:
+                bar.update(sum(rows[f] for f in fids))
         return sums, sizes
 
     sums, sizes = total(None)
@@ -398,6 +405,7 @@ def rebalance(
     allow_stale: bool = False,
     engine: str = "local",
     address: str | None = None,
+    progress: bool | None = None,
 ) -> ConceptReport:
     """Keep ``target`` rows (a fraction of the candidates in (0, 1], or a count >= 1; see
     :func:`lakecurate.options.target`), fewer from dense simple concepts and more from complex ones:
@@ -413,7 +421,8 @@ def rebalance(
     ``engine="ray"`` runs those tasks on Ray, each reading its fragments itself. The keep rule
     reads the concept columns a fragment at a time here and files the candidates by concept
     (:func:`_keep_thresholds`): memory is a fragment's columns, the k x d sums and the largest
-    concept's candidates (20 bytes each), never an array a row. The decisions equal the local engine's.
+    concept's candidates (20 bytes each), never an array a row. The decisions equal the local
+    engine's. ``progress``: a bar over its five passes' rows (see :mod:`lakecurate.progress`).
 
     Example::
 
@@ -437,10 +446,15 @@ def rebalance(
     # Choosing among stale decisions would rebalance what the curator no longer decided.
     report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
     frags = ds.get_fragments()
+    # Five passes over the rows (a first look, the complexity's two, the keep rule's two).
+    bar = progress_bar(total=5 * ds.count_rows(), desc="rebalance", unit="row", progress=progress)
     # A first look: how many concepts (the largest of any row's) and candidates.
     top = (pc.max(b.column(0)).as_py() for b in ds.to_batches(columns=["concept"]))
     k = max((int(t) + 1 for t in top if t is not None), default=0)
-    n = sum(len(candidates(frag, where)[0]) for frag in frags)
+    n = 0
+    for frag in frags:
+        n += len(candidates(frag, where)[0])
+        bar.update(frag.count_rows())
     if n == 0:
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "
                         f"{where or 'true'}); check --where, or run: lakecurate cluster {lake.uri}")
@@ -451,13 +465,13 @@ def rebalance(
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal, stale=report_stale)
     # The candidates' vectors are read twice (sums, distances), a fragment at a time, never whole.
     table = complexity_by_fragment(ds, embedding_columns(emb)["image"], k, where, engine=engine, address=address,
-                                   storage_options=lake.storage_options)
+                                   storage_options=lake.storage_options, bar=bar)
     sizes = table["size"].to_numpy()
     quota = budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
     raw = raw_budgets(sizes, table["complexity"].to_numpy(), goal, temperature)
     # The keep rule: per concept its budget's first candidates by the rule's key (ties: the first
     # in scan order), found per concept from the candidates filed by concept (stream.Partitioned).
-    threshold = _keep_thresholds(frags, where, rule, seed, quota)
+    threshold = _keep_thresholds(frags, where, rule, seed, quota, bar)
     weights = [max(1.0, raw[c] / sizes[c]) if sizes[c] else 1.0 for c in range(k)]  # per concept
     w = np.array(weights, np.float32)
     reps = np.array([int(min(max_repeats, max(1, round(x)))) for x in weights], np.int32)
@@ -473,7 +487,7 @@ def rebalance(
     # Written a fragment at a time: each fragment's candidates and keys again, kept by the thresholds.
     changed = columns.ChangedFragments(lake, names)
     kept = np.zeros(k, np.int64)
-    for frag, (at, label, keep) in zip(frags, _kept(frags, where, rule, seed, threshold)):
+    for frag, (at, label, keep) in zip(frags, _kept(frags, where, rule, seed, threshold, bar)):
         m = frag.count_rows()
         f_keep = np.zeros(m, bool)
         f_keep[at] = keep
@@ -484,6 +498,7 @@ def rebalance(
         changed.add(t, {"rebalance_keep": pa.array(f_keep, pa.bool_()),
                         "sample_weight": pa.array(w[f_label], pa.float32(), mask=~f_keep),
                         "repeats": pa.array(reps[f_label], pa.int32(), mask=~f_keep)})
+    bar.close()
     _, version = commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
     table["budget"] = quota
     table["kept"] = kept
@@ -499,7 +514,7 @@ def rebalance(
 _KEY = np.dtype([("concept", np.int32), ("key", np.float64), ("at", np.int64)])  # a candidate filed for the keep rule
 
 
-def _keys(frags: list, where: str | None, rule: str, seed: int):
+def _keys(frags: list, where: str | None, rule: str, seed: int, bar: Any):
     """Per fragment (positions, concepts, keys, numbers) of its candidates: the keep rule's key
     ("far": minus the distance to the centroid; "random": a seeded uniform draw, in scan order, so
     the same on every read) and each candidate's number in scan order (the tie-breaker)."""
@@ -508,18 +523,19 @@ def _keys(frags: list, where: str | None, rule: str, seed: int):
     for frag in frags:
         at, label, dist = candidates(frag, where, dist=True)
         key = -dist.astype(np.float64) if rule == "far" else rng.random(len(at))
+        bar.update(frag.count_rows())
         yield at, label, key, np.arange(first, first + len(at))
         first += len(at)
 
 
-def _keep_thresholds(frags: list, where: str | None, rule: str, seed: int, quota: np.ndarray) -> np.ndarray:
+def _keep_thresholds(frags: list, where: str | None, rule: str, seed: int, quota: np.ndarray, bar: Any) -> np.ndarray:
     """Per concept the (key, number) of its last kept candidate (its quota-th by key, then
     number), or key -inf where it keeps none: one pass filing (concept, key, number) by concept,
     then one partition of concepts at a time (memory: the largest partition's candidates)."""
     out = np.zeros(len(quota), _KEY)
     out["key"], out["at"], out["concept"] = -np.inf, -1, np.arange(len(quota))
     with Partitioned(_KEY) as files:
-        for _, label, key, number in _keys(frags, where, rule, seed):
+        for _, label, key, number in _keys(frags, where, rule, seed, bar):
             rec = np.empty(len(label), _KEY)
             rec["concept"], rec["key"], rec["at"] = label, key, number
             files.add(label % files.n, rec)
@@ -532,16 +548,17 @@ def _keep_thresholds(frags: list, where: str | None, rule: str, seed: int, quota
     return out
 
 
-def _kept(frags: list, where: str | None, rule: str, seed: int, threshold: np.ndarray):
+def _kept(frags: list, where: str | None, rule: str, seed: int, threshold: np.ndarray, bar: Any):
     """Per fragment (candidate positions, concepts, kept): a candidate is kept when its (key,
     number) is at most its concept's threshold."""
-    for at, label, key, number in _keys(frags, where, rule, seed):
+    for at, label, key, number in _keys(frags, where, rule, seed, bar):
         t = threshold[label]
         yield at, label, (key < t["key"]) | ((key == t["key"]) & (number <= t["at"]))
 
 
 def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: str | None = None,
-             where: str | None = None, shard_size: int = 10_000, allow_stale: bool = False) -> dict[str, Any]:
+             where: str | None = None, shard_size: int = 10_000, allow_stale: bool = False,
+             progress: bool | None = None) -> dict[str, Any]:
     """Write ``seq_order`` (0.. over the selected rows, null elsewhere) and ``seq_shard``.
 
     ``mode``: "random" (seeded shuffle), "curriculum" (ascending ``score`` column: easy first when
@@ -555,7 +572,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     sorted out of core (:func:`lakecurate.stream.sorted_records`; interleave sorts twice: by
     concept, then by rank inside it), and each row's place is filed by fragment and written a
     fragment at a time. (Since 2026-12 a seed gives another random order than before: the draw is
-    a key a row, not one whole-lake permutation.)
+    a key a row, not one whole-lake permutation.) ``progress``: a bar over the rows keyed and written.
     """
     if mode not in ("random", "curriculum", "interleave"):
         raise LakeError(f"unknown order {mode!r}; choose random, curriculum or interleave")
@@ -575,6 +592,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
         raise LakeError(f"curriculum needs --score COLUMN (one of the lake's numeric columns), got {score!r}")
     cols = (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])  # no ids: addresses
     frags = ds.get_fragments()
+    bar = progress_bar(total=2 * ds.count_rows(), desc="sequence", unit="row", progress=progress)  # keyed, written
     rng = np.random.default_rng(seed)
     counts = np.zeros(0, np.int64)  # interleave: chosen rows per concept + 1 (0: no concept)
 
@@ -596,6 +614,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
                 c1 = pc.fill_null(t.column("concept"), -1).to_numpy().astype(np.int64) + 1
                 counts = np.bincount(c1, minlength=len(counts)) + np.pad(counts, (0, max(0, int(c1.max(initial=0)) + 1 - len(counts))))
                 rec["key"] = (c1.astype(np.uint64) << np.uint64(40)) | (rng.integers(0, 2**64, len(c1), dtype=np.uint64) >> np.uint64(24))
+            bar.update(frag.count_rows())
             yield rec
 
     ranked = sorted_records(keyed())
@@ -633,6 +652,8 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
             mask = order < 0
             changed.add(t, {"seq_order": pa.array(order, pa.int64(), mask=mask),
                             "seq_shard": pa.array((order // shard_size).astype(np.int32), pa.int32(), mask=mask)})
+            bar.update(t.num_rows)
+    bar.close()
     commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
     return {"mode": mode, "rows": n, "shards": int(-(-n // shard_size)), "where": where}
 

@@ -362,7 +362,7 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
 
 def _call(fn: Callable[..., Any], step: str, opts: dict[str, Any], progress: bool | None) -> Any:
     opts = dict(opts)
-    if step in ("ingest", "embed", "dedup", "curate"):
+    if step in ("ingest", "embed", "dedup", "curate", "rebalance", "sequence"):
         opts.setdefault("progress", progress)
     if step == "ingest":
         reports = [fn(src, **{k: v for k, v in opts.items() if k != "sources"}) for src in opts["sources"]]

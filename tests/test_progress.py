@@ -94,3 +94,20 @@ def test_offline_encoder_loads_without_a_progress_bar(tmp_path: Path):
     res = runner.invoke(main, ["embed", lake, "--model", "offline", "--workers", "0"])
     assert res.exit_code == 0, res.output
     assert "Loading weights" not in res.stderr and "%|" not in res.stderr  # transformers' bar leaked here
+
+
+def test_rebalance_and_sequence_report_progress_off_a_terminal(tmp_path: Path, monkeypatch):
+    """rebalance counts its five passes' rows, sequence the rows it keys and writes: a log line off
+    a terminal (one per update here), ending at the total."""
+    from .test_concepts import _concept_lake
+
+    lake = _concept_lake(tmp_path / "lake", [30, 20, 10])
+    monkeypatch.setattr("lakecurate.progress.INTERVAL", 0.0)
+    runner = CliRunner()
+    n = lake.dataset().count_rows()
+    for args, desc, total in ((["rebalance", lake.uri, "--target", "0.5", "--allow-stale"], "rebalance", 5 * n),
+                              (["sequence", lake.uri, "--mode", "random"], "sequence", 2 * n)):
+        res = runner.invoke(main, ["--progress", *args])
+        assert res.exit_code == 0, res.output
+        lines = [line for line in res.stderr.splitlines() if line.startswith(desc + ":")]
+        assert len(lines) > 2 and lines[-1].startswith(f"{desc}: {total}/{total} row (100%)") and "done in" in lines[-1]
