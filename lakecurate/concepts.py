@@ -612,6 +612,8 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
                 rec["key"] = order_keys(np.where(np.isnan(s), np.inf, -s if desc else s) + 0.0)  # (+0.0: no -0.0)
             else:  # by concept, a random rank inside it
                 c1 = pc.fill_null(t.column("concept"), -1).to_numpy().astype(np.int64) + 1
+                if c1.max(initial=0) >= 1 << 23:  # the key holds a concept in 24 bits (default k: at most 4,096)
+                    raise LakeError(f"interleave orders at most {(1 << 23) - 1:,} concepts; cluster with a smaller -k")
                 counts = np.bincount(c1, minlength=len(counts)) + np.pad(counts, (0, max(0, int(c1.max(initial=0)) + 1 - len(counts))))
                 rec["key"] = (c1.astype(np.uint64) << np.uint64(40)) | (rng.integers(0, 2**64, len(c1), dtype=np.uint64) >> np.uint64(24))
             bar.update(frag.count_rows())
