@@ -165,16 +165,20 @@ def complexity_by_fragment(ds: "lance.LanceDataset", column: str, k: int, where:
 def candidates(frag: "lance.LanceFragment", where: str | None, dist: bool = False) -> tuple[np.ndarray, ...]:
     """(positions in the fragment, concept as int32[, cosine distance to it, 0 where null]) of its
     rows with a concept that match ``where``: rebalance's candidates, one fragment's."""
-    t = frag.to_table(columns=["concept", "concept_dist"] if dist else ["concept"], with_row_address=where is not None)
+    t = frag.to_table(columns=["concept", "concept_dist"] if dist else ["concept"], with_row_address=True)
     lab = pc.fill_null(t.column("concept"), -1).to_numpy()
-    cand = lab >= 0
-    if where:
-        passed = frag.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr").to_numpy()
-        cand &= np.isin(t.column("_rowaddr").to_numpy(), passed)
-    at = np.flatnonzero(cand)
+    at = np.flatnonzero((lab >= 0) & _passing(frag, t, where))
     if not dist:
         return at, lab[at].astype(np.int32)
     return at, lab[at].astype(np.int32), pc.fill_null(t.column("concept_dist"), 0.0).to_numpy()[at]
+
+
+def _passing(frag: "lance.LanceFragment", t: pa.Table, where: str | None) -> np.ndarray:
+    """Which rows of ``t`` (a read of ``frag`` with its row addresses) match ``where`` (all without one)."""
+    if not where:
+        return np.ones(t.num_rows, bool)
+    passed = frag.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr").to_numpy()
+    return np.isin(t.column("_rowaddr").to_numpy(), passed)
 
 
 def concept_sums(src: "VectorSource", label: np.ndarray, k: int, centroids: np.ndarray | None = None) -> np.ndarray:
@@ -601,8 +605,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
         for frag in frags:
             t = frag.to_table(columns=cols, with_row_address=True)
             if where:
-                passed = frag.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr")
-                t = t.filter(pc.is_in(t.column("_rowaddr"), passed))
+                t = t.filter(_passing(frag, t, where))
             rec = np.empty(t.num_rows, _ORDER)
             rec["addr"] = t.column("_rowaddr").to_numpy()
             if mode == "random":
