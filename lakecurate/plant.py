@@ -524,8 +524,10 @@ _BOILERPLATE = ("click here to enlarge", "image", "untitled", "photo", "no descr
 def concept_of(caption: str) -> str:
     """A rough concept from a caption's words (:data:`CONCEPT_WORDS`), "other" when none matches.
 
-    >>> concept_of("A black dog runs on the beach"), concept_of("Two girls in the snow"), concept_of("A red car")
+    >>> concept_of("A black dog runs on the beach"), concept_of("A girl in the snow"), concept_of("A red car")
     ('dog', 'children', 'other')
+    >>> concept_of("Two girls in the snow")  # whole words only: "girls" is not "girl"
+    'water and snow'
     """
     words = set("".join(c if c.isalnum() else " " for c in caption.lower()).split())
     return next((name for name, keys in CONCEPT_WORDS if words & set(keys)), "other")
