@@ -35,11 +35,14 @@ pixels, then earliest ingested, then smallest id; rows without a score rank afte
 streams it once (:class:`lakecurate.columns.LanceVectors`), copying it to a local temporary file,
 and gathers each group of clusters from that copy (:func:`lakecurate.neardup.semantic_pairs`), so
 the vectors cost ~a group's worth of memory at any size (and the column's bytes of temporary
-disk); the per-row scalars (ids, sizes, group columns) are still read whole (~390 bytes a row at
-10M pairs with exact: ids stay one Arrow array; exact streams content hashes and captions, keeping
-a 64-bit hash a row),
-and ``verify`` still holds the image embeddings for its nearest-neighbour candidates
-(``scripts/bench_scale.py``, docs/scale.md).
+disk). Groups are held sparse (:class:`_Groups`: the rows in groups of two or more and the row
+each one's group keeps; every other row is a group of its own), so the keep rule reads the score,
+size, ingest time and id of those rows only, by position; stored groups and ids are streamed;
+exact sorts a (64-bit hash, row) record a row out of core (:func:`lakecurate.stream.sorted_records`);
+the group and decision columns are written a fragment at a time. What stays a row: a bool per
+method (which rows have its signal, which have no stored group). Methods that compare a row with
+every other still hold their inputs whole: phash's and copy's hashes, minhash's captions, verify's
+image embeddings (``scripts/bench_scale.py --only dedup``, docs/scale.md).
 
 **phash at scale**: ``phash_search="all"`` (the default) compares every hash with every other
 (exact multi-index hashing, ~N^2 at 8 bits: 4.8 s at 1M hashes, 292 s at 10M); ``"clusters"``
@@ -62,7 +65,7 @@ for all changed fragments in one commit.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +78,7 @@ from lakecurate.columns import LanceVectors, column_valid
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import no_producer, write_decisions
+from lakecurate.graph import commit_decisions, no_producer
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.neardup import (Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, semantic_pairs)
@@ -170,15 +173,6 @@ def best_of_groups(label: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return out
 
 
-def linked_groups(n: int, pairs: Sequence[tuple[np.ndarray, np.ndarray]], eligible: np.ndarray) -> np.ndarray:
-    """Connected components over all pair lists; -1 for rows that are not eligible."""
-    i = np.concatenate([np.asarray(p[0], np.int64) for p in pairs]) if pairs else np.empty(0, np.int64)
-    j = np.concatenate([np.asarray(p[1], np.int64) for p in pairs]) if pairs else np.empty(0, np.int64)
-    label = components(n, i, j)
-    label[~eligible] = -1
-    return label
-
-
 def equal_value_pairs(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs linking every row to the first row with the same value (rows where valid)."""
     rows = np.flatnonzero(valid)
@@ -244,14 +238,174 @@ def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return x, valid
 
 
-def _ids_at(ids: pa.Array, rows: np.ndarray) -> pa.Array:
-    """``ids[rows]`` as a string array, null where ``rows`` < 0 (taken by Arrow)."""
-    return pc.take(ids, pa.array(rows, pa.int64(), mask=rows < 0)).cast(pa.string())
+@dataclass
+class _Groups:
+    """One method's groups, held sparse: ``eligible`` (a bool a row of the lake: the row has the
+    method's signal; None: every row) and, for the rows in a group of two or more (``rows``,
+    ascending), the row their group keeps (``best``). Every other eligible row is a group of its
+    own, so memory grows with the duplicates, not with the lake (but for ``eligible``)."""
+
+    eligible: np.ndarray | None
+    rows: np.ndarray
+    best: np.ndarray
+
+    def at(self, r: np.ndarray) -> np.ndarray:
+        """The kept row of each row of ``r``: itself when alone, -1 when it has no signal."""
+        r = np.asarray(r, np.int64)
+        out = r.copy() if self.eligible is None else np.where(self.eligible[r], r, -1)
+        if len(self.rows) and len(r):
+            k = np.minimum(np.searchsorted(self.rows, r), len(self.rows) - 1)
+            hit = self.rows[k] == r
+            out[hit] = self.best[k[hit]]
+        return out
+
+    def counts(self) -> tuple[int, int]:
+        """(groups of two or more rows, their rows that are not kept)."""
+        return len(np.unique(self.best)), int((self.rows != self.best).sum())
+
+    def slice(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets in rows lo..hi of the grouped rows there, their kept rows)."""
+        a, b = np.searchsorted(self.rows, [lo, hi])
+        return self.rows[a:b] - lo, self.best[a:b]
+
+
+def _group(eligible: np.ndarray | None, pairs: Sequence[tuple[np.ndarray, np.ndarray]], ranks: "_Ranks") -> _Groups:
+    """The connected components of the links in ``pairs`` among the eligible rows (a row without
+    the signal is in no group, but still connects the rows it links), each group's best-ranked
+    row kept: :func:`linked_groups` and :func:`best_of_groups` over the linked rows only."""
+    i = np.concatenate([np.asarray(p[0], np.int64) for p in pairs]) if pairs else np.empty(0, np.int64)
+    j = np.concatenate([np.asarray(p[1], np.int64) for p in pairs]) if pairs else np.empty(0, np.int64)
+    nodes, at = np.unique(np.concatenate([i, j]), return_inverse=True)
+    label = components(len(nodes), at[: len(i)], at[len(i):])
+    ok = np.ones(len(nodes), bool) if eligible is None else eligible[nodes]
+    label[~ok] = -1
+    size = np.bincount(label[ok], minlength=len(nodes))
+    label[ok & (size[np.maximum(label, 0)] < 2)] = -1  # alone among the eligible: a group of its own
+    member = label >= 0
+    rank = np.zeros(len(nodes), np.int64)
+    rank[member] = ranks.rank(nodes[member])
+    best = best_of_groups(label, rank)
+    return _Groups(eligible, nodes[member], nodes[best[member]])
+
+
+class _Ranks:
+    """The keep rule's order (:func:`keep_rank`) among any rows asked about: their score, pixels,
+    ingest time and id are read by position (``ds.take``, a batch at a time) only for those rows
+    (the rows in groups), and kept for the next question (three numbers and an id a row)."""
+
+    def __init__(self, ds: Any, score: str | None) -> None:
+        self.ds, self.score = ds, score
+        self.cols = [c for c in (score, "width", "height", "ingested_at", "id") if c]
+        self.rows = np.empty(0, np.int64)
+        self.keys = np.empty((3, 0), np.float64)  # score (NaN: none), pixels, ingest time
+        self.ids = pa.array([], pa.string())
+
+    def _read(self, rows: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+        keys, ids = [], []
+        for s in range(0, len(rows), _BATCH):
+            t = self.ds.take(rows[s: s + _BATCH], columns=self.cols)
+            score = (pc.fill_null(pc.cast(t.column(self.score), pa.float64()), float("nan")).to_numpy()
+                     if self.score else np.full(t.num_rows, np.nan))  # no score: ranks after every scored row
+            pixels = pc.fill_null(pc.multiply(pc.cast(t.column("width"), pa.int64()),
+                                              pc.cast(t.column("height"), pa.int64())), 0).to_numpy()
+            ingested = pc.fill_null(pc.cast(t.column("ingested_at"), pa.int64()), 0).to_numpy()
+            keys.append(np.stack([score, pixels.astype(np.float64), ingested.astype(np.float64)]))
+            ids.append(t.column("id").combine_chunks().cast(pa.string()))
+        return np.concatenate(keys, axis=1), pa.concat_arrays(ids)
+
+    def rank(self, rows: np.ndarray) -> np.ndarray:
+        """Rank of each of ``rows`` (distinct) under the keep rule, among ``rows``."""
+        rows = np.asarray(rows, np.int64)
+        missing = np.setdiff1d(rows, self.rows)
+        if len(missing):
+            keys, ids = self._read(missing)
+            self.rows = np.concatenate([self.rows, missing])
+            order = np.argsort(self.rows, kind="stable")
+            self.rows, self.keys = self.rows[order], np.concatenate([self.keys, keys], axis=1)[:, order]
+            self.ids = pa.concat_arrays([self.ids, ids]).take(pa.array(order))
+        at = np.searchsorted(self.rows, rows)
+        score, pixels, ingested = self.keys[:, at]
+        ids = pc.rank(self.ids.take(pa.array(at)), sort_keys="ascending", tiebreaker="first").to_numpy()
+        return keep_rank(score, pixels, ingested, ids)
+
+
+class _Ids:
+    """The ids of some rows (read by position once), looked up by row."""
+
+    def __init__(self, ds: Any, rows: np.ndarray) -> None:
+        self.rows = np.unique(np.asarray(rows, np.int64))
+        self.ids = (ds.take(self.rows, columns=["id"]).column(0).combine_chunks().cast(pa.string())
+                    if len(self.rows) else pa.array([], pa.string()))
+
+    def of(self, rows: np.ndarray) -> pa.Array:
+        """The ids of ``rows`` (each among those read), in that order."""
+        rows = np.asarray(rows, np.int64)
+        at = np.minimum(np.searchsorted(self.rows, rows), max(len(self.rows) - 1, 0))
+        if len(rows) and not np.array_equal(self.rows[at], rows):
+            raise ValueError("an id was asked of a row not read")
+        return pc.take(self.ids, pa.array(at, pa.int64()))
+
+
+@dataclass
+class _Stored:
+    """A method's groups as an earlier run stored them: which rows have none (``missing``: null,
+    or the row it names is gone), and the rows whose group another row keeps (``rows``, ``kept``)."""
+
+    missing: np.ndarray
+    rows: np.ndarray
+    kept: np.ndarray
+
+    def links(self, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        on = eligible[self.rows]
+        return self.rows[on], self.kept[on]
+
+
+def _stored_groups(ds: Any, methods: Sequence[str], n: int) -> dict[str, _Stored]:
+    """Each method's stored groups, read a batch at a time (two passes: the group columns with the
+    ids, then the ids again to find the rows that the stored values name); what is held is a bool
+    a row and the rows whose group another row keeps."""
+    cols = [group_columns(m)[0] for m in methods]
+    missing = {m: np.zeros(n, bool) for m in methods}
+    rows: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    names: dict[str, list[pa.Array]] = {m: [] for m in methods}
+    lo = 0
+    for batch in (ds.to_batches(columns=["id", *cols], batch_size=_BATCH) if cols else ()):
+        ids = batch.column(0).cast(pa.string())
+        for m, c in zip(methods, cols):
+            v = batch.column(c).cast(pa.string())
+            missing[m][lo: lo + len(v)] = np.asarray(v.is_null().to_numpy(zero_copy_only=False), bool)
+            other = np.flatnonzero(pc.fill_null(pc.not_equal(v, ids), False).to_numpy(zero_copy_only=False))
+            rows[m].append(other + lo)
+            names[m].append(v.take(pa.array(other, pa.int64())))
+        lo += batch.num_rows
+    named = {m: pa.chunked_array(names[m], pa.string()).combine_chunks() for m in methods}
+    wanted = pc.unique(pa.chunked_array(list(named.values()), pa.string())) if methods else pa.array([], pa.string())
+    row_of = np.full(len(wanted), -1, np.int64)
+    if len(wanted):
+        lo = 0
+        for batch in ds.to_batches(columns=["id"], batch_size=_BATCH):
+            at = pc.fill_null(pc.index_in(batch.column(0).cast(pa.string()), value_set=wanted), -1).to_numpy()
+            found = np.flatnonzero(at >= 0)
+            fresh = row_of[at[found]] < 0  # the first row holding an id wins, as pc.index_in would
+            row_of[at[found][fresh][::-1]] = lo + found[fresh][::-1]
+            lo += batch.num_rows
+    out = {}
+    for m in methods:
+        r = np.concatenate(rows[m]) if rows[m] else np.empty(0, np.int64)
+        kept = row_of[pc.fill_null(pc.index_in(named[m], value_set=wanted), -1).to_numpy()] if len(r) else r
+        gone = kept < 0
+        missing[m][r[gone]] = True  # its kept row was deleted: grouped again as a new row
+        out[m] = _Stored(missing[m], r[~gone], kept[~gone])
+    return out
+
+
+_BATCH = 1 << 16  # rows of a column read at once when dedup streams one
+_KEYED = np.dtype([("key", np.uint64), ("row", np.int64)])
 
 
 class _Values:
-    """A column dedup reads, row for row with its table: held in ``tbl``, or else streamed from
-    ``ds`` (the same scan order) a batch at a time, with single rows taken by position."""
+    """A column dedup reads, row for row with the lake's scan: held in ``tbl``, or else streamed
+    from ``ds`` a batch at a time, with single rows taken by position."""
 
     def __init__(self, ds: Any, tbl: pa.Table, name: str) -> None:
         self.ds, self.tbl, self.name = ds, tbl, name
@@ -259,7 +413,7 @@ class _Values:
     def chunks(self) -> "Iterable[pa.Array]":
         if self.name in self.tbl.column_names:
             return self.tbl.column(self.name).chunks
-        return (b.column(0) for b in self.ds.to_batches(columns=[self.name], batch_size=65536))
+        return (b.column(0) for b in self.ds.to_batches(columns=[self.name], batch_size=_BATCH))
 
     def at(self, rows: np.ndarray) -> pa.Array:
         """The values of ``rows`` (positions in the scan), in that order."""
@@ -270,74 +424,138 @@ class _Values:
         return pc.take(got, pa.array(back, pa.int64())).combine_chunks()
 
 
-def _same_value_pairs(cols: Sequence[_Values], valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`equal_value_pairs` of rows whose values in every one of ``cols`` are equal (null a
-    value of its own), in ~8 bytes a row: each value hashed to 64 bits a chunk at a time
-    (``pd.util.hash_array``), the columns' hashes combined; the pairs found are then checked on
-    the values themselves, and in the unlikely case two values shared a hash, the values are
-    dictionary-encoded (exact, but the whole column and its dictionary) and paired again."""
+def _same_value_pairs(col: _Values, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows with a value, and :func:`equal_value_pairs` of them): each row linked to the first
+    row of the same value, in bounded memory: each value hashed to 64 bits a chunk at a time
+    (``pd.util.hash_array``), the (hash, row) records sorted out of core
+    (:func:`lakecurate.stream.sorted_records`) and runs of one hash linked. The pairs found are
+    then checked on the values themselves; in the unlikely case two values shared a hash, the
+    column is dictionary-encoded (exact, but the whole column and its dictionary) and paired again."""
     import pandas as pd
 
-    key = np.zeros(len(valid), np.uint64)
-    for col in cols:
+    from lakecurate.stream import sorted_records
+
+    valid = np.zeros(n, bool)
+
+    def records() -> "Iterable[np.ndarray]":
         at = 0
         for chunk in col.chunks():
-            h = pd.util.hash_array(chunk.to_numpy(zero_copy_only=False), categorize=False)
-            h[np.asarray(chunk.is_null().to_numpy(zero_copy_only=False), bool)] = np.uint64(0x9E3779B97F4A7C15)  # null
-            with np.errstate(over="ignore"):
-                key[at: at + len(chunk)] = key[at: at + len(chunk)] * np.uint64(0x100000001B3) ^ h
+            ok = np.asarray(chunk.is_valid().to_numpy(zero_copy_only=False), bool)
+            valid[at: at + len(chunk)] = ok
+            rec = np.empty(int(ok.sum()), _KEYED)
+            rec["key"] = pd.util.hash_array(chunk.filter(pa.array(ok)).to_numpy(zero_copy_only=False), categorize=False)
+            rec["row"] = np.flatnonzero(ok) + at
             at += len(chunk)
-    i, j = equal_value_pairs(key, valid)
-    if all(_equal_at(col, i, j) for col in cols):
-        return i, j
-    exact = np.zeros(len(valid), np.int64)  # a hash shared by two values: the exact (larger) way
-    for col in cols:
-        enc = pc.dictionary_encode(pa.chunked_array(list(col.chunks())).combine_chunks())
-        width = len(enc.dictionary) + 1  # the last code: null
-        exact = exact * width + pc.fill_null(enc.indices, width - 1).to_numpy().astype(np.int64)
-    return equal_value_pairs(exact, valid)
+            yield rec
+
+    i, j = _runs(sorted_records(records()))
+    if _equal_at(col, i, j):
+        return valid, i, j
+    enc = pc.dictionary_encode(pa.chunked_array(list(col.chunks())).combine_chunks())  # a hash shared by two values
+    return (valid, *equal_value_pairs(pc.fill_null(enc.indices, -1).to_numpy().astype(np.int64), valid))
+
+
+def _runs(stream: "Iterable[np.ndarray]") -> tuple[np.ndarray, np.ndarray]:
+    """Records sorted by key (rows ascending within a key) -> pairs linking each row to the first
+    row of its key (runs may go on from one array of the stream to the next)."""
+    out_i, out_j = [], []
+    carry: tuple[int, int] | None = None  # (key, first row) of the run the last array ended in
+    for rec in stream:
+        if not len(rec):
+            continue
+        k, r = rec["key"], rec["row"]
+        start = np.ones(len(k), bool)
+        start[1:] = k[1:] != k[:-1]
+        goes_on = carry is not None and int(k[0]) == carry[0]
+        start[0] = not goes_on
+        firsts = r[start]
+        run = np.cumsum(start) - 1
+        if goes_on:
+            firsts = np.concatenate([[carry[1]], firsts])
+            run += 1
+        rep = firsts[run]
+        out_i.append(rep[~start])
+        out_j.append(r[~start])
+        carry = (int(k[-1]), int(rep[-1]))
+    cat = lambda parts: np.concatenate(parts) if parts else np.empty(0, np.int64)  # noqa: E731
+    return cat(out_i), cat(out_j)
 
 
 def _equal_at(col: _Values, i: np.ndarray, j: np.ndarray) -> bool:
-    """Whether the values of rows ``i`` and ``j`` are equal, pair by pair (null equal to null only)."""
-    if not len(i):
-        return True
-    a, b = col.at(i), col.at(j)
-    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
-    return bool(pc.all(pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)).as_py() in (True, None))
+    """Whether the values of rows ``i`` and ``j`` are equal, pair by pair (null equal to null
+    only); read a batch of pairs at a time."""
+    for s in range(0, len(i), _BATCH):
+        a, b = col.at(i[s: s + _BATCH]), col.at(j[s: s + _BATCH])
+        both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+        if pc.all(pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)).as_py() is False:
+            return False
+    return True
 
 
-def _reasons(ids: pa.Array, keep: np.ndarray, final: np.ndarray, use: list[str], labels: dict[str, np.ndarray],
+def _value_keys(cols: Sequence[_Values], rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's values in ``cols`` combined (null a value of its own), the
+    values read by position a batch of rows at a time."""
+    import pandas as pd
+
+    key = np.zeros(len(rows), np.uint64)
+    for s in range(0, len(rows), _BATCH):
+        for col in cols:
+            v = col.at(rows[s: s + _BATCH])
+            h = pd.util.hash_array(v.to_numpy(zero_copy_only=False), categorize=False)
+            h[np.asarray(v.is_null().to_numpy(zero_copy_only=False), bool)] = np.uint64(0x9E3779B97F4A7C15)
+            with np.errstate(over="ignore"):
+                key[s: s + _BATCH] = key[s: s + _BATCH] * np.uint64(0x100000001B3) ^ h
+    return key
+
+
+def _pair_groups(ds: Any, tbl: pa.Table, exact: _Groups, ranks: "_Ranks") -> _Groups:
+    """``dup_pair_group``: identical image bytes *and* caption, a finer split of exact's groups,
+    so only the rows of those groups are read (their hash and caption, by position, a batch at a
+    time): paired by a 64-bit hash of both, the pairs checked on the values (redone by dictionary
+    codes of those rows' values if two ever shared a hash)."""
+    rows = exact.rows
+    cols = [_Values(ds, tbl, "content_hash"), _Values(ds, tbl, "caption")]
+    everyone = np.ones(len(rows), bool)
+    i, j = equal_value_pairs(_value_keys(cols, rows), everyone)
+    if not all(_equal_at(col, rows[i], rows[j]) for col in cols):
+        codes = np.zeros(len(rows), np.int64)
+        for col in cols:
+            enc = pc.dictionary_encode(col.at(rows))
+            width = len(enc.dictionary) + 1  # the last code: null (equal to null only)
+            codes = codes * width + pc.fill_null(enc.indices, width - 1).to_numpy().astype(np.int64)
+        i, j = equal_value_pairs(codes, everyone)
+    return _group(exact.eligible, [(rows[i], rows[j])], ranks)
+
+
+def _reasons(ids: _Ids, dropped: np.ndarray, kept_by: np.ndarray, use: list[str], groups: dict[str, _Groups],
              inliers: dict[str, int]) -> pa.Array:
-    """``dup_reason``: for each dropped row "METHOD:ID" of the kept row (the first of ``use`` whose
-    group holds both, else "linked"), verify's with its inliers; null for kept rows."""
-    dropped = np.flatnonzero(~keep)
-    kept_by = final[dropped]
+    """``dup_reason`` of the ``dropped`` rows: "METHOD:ID" of the row that keeps them (``kept_by``;
+    the first of ``use`` whose group holds both, else "linked"), verify's with its inliers."""
     how = np.full(len(dropped), len(use), np.int64)  # len(use): "linked" (joined through another method)
     for at, m in reversed(list(enumerate(use))):  # the first method that links them wins
-        lab = labels[m]
-        how[(lab[dropped] >= 0) & (lab[dropped] == lab[kept_by])] = at
+        mine = groups[m].at(dropped)
+        how[(mine >= 0) & (mine == groups[m].at(kept_by))] = at
     text = pc.binary_join_element_wise(pc.take(pa.array([*use, "linked"], pa.string()), pa.array(how)),
-                                       _ids_at(ids, kept_by), ":")
+                                       ids.of(kept_by), ":")
     if inliers and "verify" in use:
         verified = np.flatnonzero(how == use.index("verify"))
-        mine = pc.take(ids, pa.array(dropped[verified], pa.int64())).to_pylist()
-        extra = [f" ({inliers[r]} inliers)" if r in inliers else "" for r in mine]
+        mine = ids.of(dropped[verified]).to_pylist()
         texts = text.to_pylist()
-        for at, e in zip(verified, extra):
-            texts[at] += e
+        for at, r in zip(verified, mine):
+            texts[at] += f" ({inliers[r]} inliers)" if r in inliers else ""
         text = pa.array(texts, pa.string())
-    place = np.full(len(keep), -1, np.int64)
-    place[dropped] = np.arange(len(dropped))
-    return pc.take(text, pa.array(place, pa.int64(), mask=place < 0)).cast(pa.string())
+    return text.cast(pa.string())
 
 
-def _write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array], report: DedupReport,
-                   sources: list[str], read_version: int) -> int:
-    written, version = write_decisions(lake, tbl, new, sources=sources, read_version=read_version)
-    if version is not None:
-        report.versions.append(version)
-    return written
+def _placed(own: pa.Array, valid: np.ndarray | None, at: np.ndarray, values: pa.Array) -> pa.Array:
+    """``own`` (a fragment's values), null where not ``valid``, with ``values`` at offsets ``at``."""
+    idx = np.arange(len(own), dtype=np.int64)
+    idx[at] = len(own) + np.arange(len(at))
+    mask = None if valid is None else ~valid
+    if mask is not None:
+        mask[at] = False
+    both = pa.concat_arrays([own.cast(values.type), values]) if len(values) else own.cast(values.type)
+    return pc.take(both, pa.array(idx, pa.int64(), mask=mask))
 
 
 def dedup(
@@ -453,80 +671,61 @@ def dedup(
                         fix=f"run with the same settings, or with --recompute to regroup every row by {m}")
 
     ds = lake.dataset()
-    present = [m for m in METHODS if all(c in ds.schema.names for c in group_columns(m))]
-    # content_hash and caption are read whole only for the methods that need every value (verify's
-    # cache keys, minhash's shingles); exact streams them, keeping a 64-bit hash a row (_Values).
-    held = (["content_hash"] if "verify" in methods else []) + (["caption"] if "minhash" in methods else [])
-    read = ["id", *held, "width", "height", "ingested_at", "ingest_status"]
-    read += [c for m in present for c in group_columns(m)]
-    read += [c for c in FINAL_COLUMNS if c in ds.schema.names]
-    if {"phash", "semantic"} & set(methods):
-        read += list(PHASH_COLUMNS)
-    if "copy" in methods:
-        read.append("copy_hashes")
-    if emb is not None:
-        # semantic and caption stream their vectors from the dataset; verify still reads them whole
-        read += [embedding_columns(emb)["score"]] + ([embedding_columns(emb)["image"]] if "verify" in methods else [])
-    tbl = ds.to_table(columns=list(dict.fromkeys(read)), with_row_address=True)
-    n = tbl.num_rows
+    n = ds.count_rows()
     report.rows = n
-    # The ids stay one Arrow array (no Python string a row): looked up, ranked and taken by Arrow.
-    ids = tbl.column("id").combine_chunks()
-    score = (pc.fill_null(pc.cast(tbl.column(embedding_columns(emb)["score"]), pa.float64()), float("nan")).to_numpy()
-             if emb is not None else np.full(n, np.nan))  # no score: ranks after every scored row
-    pixels = (pc.fill_null(pc.multiply(pc.cast(tbl.column("width"), pa.int64()), pc.cast(tbl.column("height"), pa.int64())), 0)
-              .to_numpy())
-    ingested = pc.fill_null(pc.cast(tbl.column("ingested_at"), pa.int64()), 0).to_numpy()
-    rank = keep_rank(score, pixels, ingested, pc.rank(ids, sort_keys="ascending", tiebreaker="first").to_numpy())
+    present = [m for m in METHODS if all(c in ds.schema.names for c in group_columns(m))]
+    # What a method computed now needs whole is read whole (hashes it compares with every other,
+    # verify's vectors and cache keys, minhash's captions); the rest is streamed or read by
+    # position for the rows in groups: ids, scores and stored groups hold nothing a row.
+    read = (["id", "content_hash", "ingest_status", embedding_columns(emb)["image"]] if "verify" in methods else [])
+    read += ["caption"] if "minhash" in methods else []
+    read += list(PHASH_COLUMNS) if {"phash", "semantic"} & set(methods) else []
+    read += ["copy_hashes"] if "copy" in methods else []
+    tbl = (ds.to_table(columns=list(dict.fromkeys(read)), with_row_address=True) if read
+           else pa.table({"_rowaddr": pa.array([], pa.uint64())}))
+    stored = _stored_groups(ds, present, n)
+    ranks = _Ranks(ds, embedding_columns(emb)["score"] if emb is not None else None)
 
     joins = _Joins(ds, lake.storage_options, progress, engine)
     if clustered and "semantic" in methods:  # one image join at the lower cosine serves both methods
         joins.floor[embedding_columns(emb)["image"]] = min(configs["phash"]["cosine"], configs["semantic"]["confirm_cosine"])
-    labels: dict[str, np.ndarray] = {}  # method -> row of its group's best member (-1: no signal)
+    groups: dict[str, _Groups] = {}  # method -> its groups (stored ones merged with this run's links)
+    written: dict[str, dict[str, _Groups]] = {}  # method computed now -> its group columns' groups
     evidence: dict[str, Evidence] = {}  # method -> the links this run found
     replaced: set[str] = set()  # methods whose evidence this run replaces (computed from scratch)
     for m in present:
         mr = MethodReport(method=m, config=configs.get(m, {}))
         t0 = time.perf_counter()
-        stored = tbl.column(group_columns(m)[0])
-        stored_rows = pc.fill_null(pc.index_in(stored, value_set=ids), -1).to_numpy().astype(np.int64)
         if m not in methods:  # computed by an earlier run: take its groups as they are
-            eligible = stored_rows >= 0
-            label = linked_groups(n, [(np.arange(n)[eligible], stored_rows[eligible])], eligible)
+            g = _group(~stored[m].missing, [(stored[m].rows, stored[m].kept)], ranks)
         elif m == "verify":
-            label, evidence[m] = _verify_groups(lake, tbl, emb, configs[m], stored_rows, labels, mr, workers, progress)
+            g, evidence[m] = _verify_groups(lake, tbl, n, emb, configs[m], stored[m], groups, mr, workers, progress, ranks)
         else:
-            label, evidence[m] = _method_groups(m, ds, tbl, emb, configs[m], stored_rows, mr, progress,
-                                                engine=engine, storage_options=lake.storage_options, joins=joins)
-        best = best_of_groups(label, rank)
-        labels[m] = best
+            g, evidence[m] = _method_groups(m, ds, tbl, n, emb, configs[m], stored[m], mr, progress, ranks,
+                                            engine=engine, storage_options=lake.storage_options, joins=joins)
+        groups[m] = g
         if m in methods:
-            new_cols = {c: _ids_at(ids, best) for c in group_columns(m)[:1]}
+            written[m] = {group_columns(m)[0]: g}
             if m == "exact":  # identical (image, caption): a finer split of the same groups
-                valid = best >= 0
-                pairs = _same_value_pairs([_Values(ds, tbl, "content_hash"), _Values(ds, tbl, "caption")], valid)
-                pair_best = best_of_groups(linked_groups(n, [pairs], valid), rank)
-                new_cols["dup_pair_group"] = _ids_at(ids, pair_best)
-            mr.fragments_written = _write_changed(lake, tbl, new_cols, report, _sources(m, emb), ds.version)
-            report.fragments_written += mr.fragments_written
-        mr.rows = int((best >= 0).sum())
+                written[m]["dup_pair_group"] = _pair_groups(ds, tbl, g, ranks)
+        mr.rows = int(g.eligible.sum())
         if m in methods and (recompute or m in ("exact", "phash", "copy", "minhash") or mr.new_rows == mr.rows):
             replaced.add(m)  # every link of the method was found in this run
-        sizes = np.bincount(best[best >= 0], minlength=n)
-        mr.groups = int((sizes > 1).sum())
-        mr.duplicates = int(((best >= 0) & (best != np.arange(n))).sum())
+        mr.groups, mr.duplicates = g.counts()
         mr.seconds = time.perf_counter() - t0
         report.methods.append(mr)
 
     # The final decision: groups of the keep_from methods joined, best member kept.
-    use = [m for m in keep_from if m in labels]
-    links = [(np.flatnonzero(labels[m] >= 0), labels[m][labels[m] >= 0]) for m in use]
-    final = best_of_groups(linked_groups(n, links, np.ones(n, bool)), rank)
-    keep = final == np.arange(n)
-    size = np.bincount(final, minlength=n)[final]
+    use = [m for m in keep_from if m in groups]
+    final = _group(None, [(groups[m].rows, groups[m].best) for m in use], ranks)
+    dropped = final.rows != final.best
+    heads, size = np.unique(final.best, return_counts=True)
+    final_size = size[np.searchsorted(heads, final.best)].astype(np.int32)
+    ids = _Ids(ds, np.concatenate([final.rows, *(g.best for w in written.values() for g in w.values()),
+                                   *(e[c] for e in evidence.values() for c in (0, 1))]))
     linked_pairs = _merged_evidence(lake, ids, evidence, replaced, ds.version) if evidence or replaced else None
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
-    reason = _reasons(ids, keep, final, use, labels, inliers)
+    reason = _reasons(ids, final.rows[dropped], final.best[dropped], use, groups, inliers)
     final_prov = columns.provenance(
         "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": embedding_columns(emb)["score"] if emb else None,
                   "methods": {m: configs.get(m) for m in use}},
@@ -534,22 +733,66 @@ def dedup(
     final_fields = [pa.field("dup_group", pa.string()), pa.field("dup_group_size", pa.int32()),
                     pa.field("dup_keep", pa.bool_()), pa.field("dup_reason", pa.string())]
     columns.declare_view(lake, final_fields, final_prov)  # derived from the group columns: recomputed each run
-    grouped = size > 1
-    new_final = {
-        "dup_group": _ids_at(ids, np.where(grouped, final, -1)),
-        "dup_group_size": pa.array(size.astype(np.int32), pa.int32()),
-        "dup_keep": pa.array(keep, pa.bool_()),
-        "dup_reason": reason,
-    }
-    if any(c not in tbl.column_names for c in FINAL_COLUMNS):
-        tbl = tbl.drop_columns([c for c in FINAL_COLUMNS if c in tbl.column_names])
-    report.fragments_written += _write_changed(lake, tbl, new_final, report, final_prov["source_columns"], ds.version)
+    best_ids = {c: ids.of(g.best) for w in written.values() for c, g in w.items()}
+    final_ids, reason_at = ids.of(final.best), np.cumsum(dropped) - 1
+
+    def method_columns(m: str) -> "Callable[[int, pa.Array], dict[str, pa.Array]]":
+        def make(lo: int, own: pa.Array) -> dict[str, pa.Array]:
+            out = {}
+            for c, g in written[m].items():
+                at, _ = g.slice(lo, lo + len(own))
+                a = int(np.searchsorted(g.rows, lo))
+                out[c] = _placed(own, g.eligible[lo: lo + len(own)], at, best_ids[c].slice(a, len(at)))
+            return out
+        return make
+
+    def final_columns(lo: int, own: pa.Array) -> dict[str, pa.Array]:
+        at, _ = final.slice(lo, lo + len(own))
+        a = int(np.searchsorted(final.rows, lo))
+        m = len(own)
+        gone = dropped[a: a + len(at)]
+        keep = np.ones(m, bool)
+        keep[at[gone]] = False
+        reasons = reason.take(pa.array(reason_at[a: a + len(at)][gone], pa.int64()))
+        return {"dup_group": _placed(pa.nulls(m, pa.string()), None, at, final_ids.slice(a, len(at))),
+                "dup_group_size": _placed(pa.array(np.ones(m, np.int32)), None, at, pa.array(final_size[a: a + len(at)])),
+                "dup_keep": pa.array(keep),
+                "dup_reason": _placed(pa.nulls(m, pa.string()), None, at[gone], reasons)}
+
+    families = [(list(group_columns(m)), method_columns(m), _sources(m, emb)) for m in written]
+    families.append((list(FINAL_COLUMNS), final_columns, final_prov["source_columns"]))
+    final_old = all(c in ds.schema.names for c in FINAL_COLUMNS)  # else: every fragment's final columns are new
+    for (names, _, _), (fw, version) in zip(families, _write(lake, ds, families, final_old)):
+        report.fragments_written += fw
+        report.versions += [version] if version is not None else []
+        for mr in report.methods:
+            if names[0] == group_columns(mr.method)[0]:
+                mr.fragments_written = fw
     if linked_pairs is not None:  # after the decision it explains has landed
         lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")
-    report.kept = int(keep.sum())
-    report.dropped = int(n - keep.sum())
+    report.dropped = int(dropped.sum())
+    report.kept = n - report.dropped
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _write(lake: "Store", ds: Any, families: list, final_old: bool) -> list[tuple[int, int | None]]:
+    """Write each family of columns (names, make(first row, the fragment's ids) -> new values,
+    source columns) for the fragments where a value changed, a fragment at a time in one pass over
+    the ids; each family in its own commit, in order. Returns (fragments written, version) a family."""
+    changed = [columns.ChangedFragments(lake, names) for names, _, _ in families]
+    old = [c for names, _, _ in families for c in names if c in ds.schema.names and (final_old or c not in FINAL_COLUMNS)]
+    lo = 0
+    for frag in ds.get_fragments():
+        t = frag.to_table(columns=["id", *old], with_row_address=True)
+        if not t.num_rows:
+            continue
+        own = t.column("id").combine_chunks().cast(pa.string())
+        for (names, make, _), ch in zip(families, changed):
+            ch.add(t.select(["_rowaddr", *(c for c in names if c in old)]), make(lo, own))
+        lo += t.num_rows
+    return [commit_decisions(lake, ch, sources=sources, read_version=ds.version)
+            for (_, _, sources), ch in zip(families, changed)]
 
 
 EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string()), pa.field("method", pa.string()),
@@ -557,13 +800,13 @@ EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string
                              pa.field("version", pa.int64())])
 
 
-def _merged_evidence(lake: "Store", ids: pa.Array, evidence: dict[str, Evidence], replaced: set[str],
+def _merged_evidence(lake: "Store", ids: _Ids, evidence: dict[str, Evidence], replaced: set[str],
                      version: int) -> pa.Table:
     """The ``dup_pairs`` table after this run: the stored links of methods this run did not
     recompute, plus this run's (a pair found again keeps this run's row)."""
     parts = []
     for m, (i, j, score, detail) in evidence.items():
-        a, b = pc.take(ids, pa.array(i, pa.int64())), pc.take(ids, pa.array(j, pa.int64()))
+        a, b = ids.of(i), ids.of(j)
         swap = pc.greater(a, b)
         lo, hi = pc.if_else(swap, b, a), pc.if_else(swap, a, b)
         parts.append(pa.table({"a": lo.cast(pa.string()), "b": hi.cast(pa.string()),
@@ -651,23 +894,19 @@ class _Joins:
         return i[keep], j[keep], cos[keep]
 
 
-def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,
-                   mr: MethodReport, progress: bool | None, *, engine: str = "local",
-                   storage_options: dict | None = None, joins: "_Joins | None" = None) -> tuple[np.ndarray, Evidence]:
-    """Group label per row for one method (stored groups merged with this run's links), and the links."""
-    n = tbl.num_rows
+def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None, config: dict[str, Any], stored: _Stored,
+                   mr: MethodReport, progress: bool | None, ranks: _Ranks, *, engine: str = "local",
+                   storage_options: dict | None = None, joins: "_Joins | None" = None) -> tuple[_Groups, Evidence]:
+    """One method's groups (stored groups merged with this run's links), and the links."""
     joins = joins or _Joins(ds, storage_options, progress, engine)
     if method == "exact":
-        values = _Values(ds, tbl, "content_hash")
-        eligible = np.concatenate([np.asarray(c.is_valid().to_numpy(zero_copy_only=False), bool) for c in values.chunks()]
-                                  or [np.zeros(0, bool)])
-        mr.new_rows = int((eligible & (stored_rows < 0)).sum())
-        pairs = _same_value_pairs([values], eligible)  # O(N): always from scratch, nothing to merge
-        mr.pairs = len(pairs[0])
-        return linked_groups(n, [pairs], eligible), _links(*pairs, np.full(len(pairs[0]), np.nan), "same image bytes")
+        eligible, i, j = _same_value_pairs(_Values(ds, tbl, "content_hash"), n)  # always from scratch: nothing to merge
+        mr.new_rows = int((eligible & stored.missing).sum())
+        mr.pairs = len(i)
+        return _group(eligible, [(i, j)], ranks), _links(i, j, np.full(len(i), np.nan), "same image bytes")
     if method == "phash":
         h, h_flip, eligible = _hashes(tbl)
-        mr.new_rows = int((eligible & (stored_rows < 0)).sum())
+        mr.new_rows = int((eligible & stored.missing).sum())
         rows = np.flatnonzero(eligible)
         if config.get("search") == "clusters":
             i, j, d = _clustered_phash(config, h, h_flip, eligible, joins)
@@ -677,19 +916,19 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
             i, j, d = hamming_pairs(values, config["max_distance"], identical="first")
             i, j = rows[i % len(rows)], rows[j % len(rows)]
         mr.pairs = int((i != j).sum())
-        return linked_groups(n, [(i, j)], eligible), _links(i, j, d, "{:.0f} of 64 bits differ")
+        return _group(eligible, [(i, j)], ranks), _links(i, j, d, "{:.0f} of 64 bits differ")
     if method == "minhash":  # from scratch each run: a new caption can lead a better-centred group
         caps = tbl.column("caption").to_pylist()
         eligible = np.array([bool(c and c.strip()) for c in caps], bool)
-        mr.new_rows = int((eligible & (stored_rows < 0)).sum())
+        mr.new_rows = int((eligible & stored.missing).sum())
         i, j, jac = caption_pairs(caps, config["threshold"])
         mr.pairs = len(i)
-        return linked_groups(n, [(i, j)], eligible), _links(i, j, jac, "Jaccard {:.2f} of caption 5-grams",
+        return _group(eligible, [(i, j)], ranks), _links(i, j, jac, "Jaccard {:.2f} of caption 5-grams",
                                                              smaller_is_closer=False)
     if method == "copy":
         col = tbl.column("copy_hashes")
         eligible = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
-        mr.new_rows = int((eligible & (stored_rows < 0)).sum())
+        mr.new_rows = int((eligible & stored.missing).sum())
         rows = np.flatnonzero(eligible)
         flat = col.combine_chunks()  # a fixed-size list stores 8 values per slot, null slots too
         values = np.asarray(flat.values.fill_null(0).to_numpy(), np.uint64)
@@ -699,11 +938,11 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
         i, j = rows[i // 8], rows[j // 8]
         keep = i != j
         mr.pairs = int(keep.sum())
-        return (linked_groups(n, [(i[keep], j[keep])], eligible),
+        return (_group(eligible, [(i[keep], j[keep])], ranks),
                 _links(i, j, d, "{:.0f} of 64 bits differ (turned/mirrored/bar-trimmed hashes)"))
     col = embedding_columns(emb)["image"] if method == "semantic" else embedding_columns(emb)["text"]
     eligible = joins.valid(col)  # the vectors themselves are streamed, never read whole
-    new, rows, pairs = _stored(eligible, stored_rows, mr)
+    new, rows, pairs = _stored(eligible, stored, mr)
     found = _no_links()
     if mr.new_rows:
         only_new = None if mr.new_rows == len(rows) else new[rows]
@@ -719,7 +958,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, emb: str | None, config:
         pairs.append((i[strong], j[strong]))
         mr.pairs = int(strong.sum())
         found = _links(i[strong], j[strong], cos[strong], "cosine {:.3f}", smaller_is_closer=False)
-    return linked_groups(n, pairs, eligible), found
+    return _group(eligible, pairs, ranks), found
 
 
 def _check_clustered(ds: Any, col: str) -> None:
@@ -758,12 +997,11 @@ def _clustered_phash(config: dict[str, Any], h: np.ndarray, h_flip: np.ndarray, 
     return np.minimum(i, j)[keep], np.maximum(i, j)[keep], d[keep]
 
 
-def _stored(eligible: np.ndarray, stored_rows: np.ndarray, mr: MethodReport) -> tuple[np.ndarray, np.ndarray, list]:
+def _stored(eligible: np.ndarray, stored: _Stored, mr: MethodReport) -> tuple[np.ndarray, np.ndarray, list]:
     """(new rows: eligible without a stored group, eligible row numbers, the stored groups as links)."""
-    new = eligible & (stored_rows < 0)
+    new = eligible & stored.missing
     mr.new_rows = int(new.sum())
-    old = np.flatnonzero(eligible & (stored_rows >= 0))
-    return new, np.flatnonzero(eligible), [(old, stored_rows[old])]
+    return new, np.flatnonzero(eligible), [stored.links(eligible)]
 
 
 def _no_links() -> Evidence:
@@ -784,33 +1022,33 @@ def _links(i: np.ndarray, j: np.ndarray, score: np.ndarray, detail: str, *, smal
     return a, b, score, [detail.format(v) if "{" in detail else detail for v in score]
 
 
-def _verify_groups(lake: "Store", tbl: pa.Table, emb: str | None, config: dict[str, Any], stored_rows: np.ndarray,
-                   labels: dict[str, np.ndarray], mr: MethodReport, workers: int | None,
-                   progress: bool | None) -> tuple[np.ndarray, Evidence]:
+def _verify_groups(lake: "Store", tbl: pa.Table, n: int, emb: str | None, config: dict[str, Any], stored: _Stored,
+                   groups: dict[str, _Groups], mr: MethodReport, workers: int | None,
+                   progress: bool | None, ranks: _Ranks) -> tuple[_Groups, Evidence]:
     """Verified copies: candidate pairs (each new row's nearest image embeddings) that no other
     method links already, checked with local features (:mod:`lakecurate.verify`)."""
     from lakecurate.verify import KeypointCache, accepted, match_pairs
 
-    n = tbl.num_rows
     x, eligible = _vectors(tbl.column(embedding_columns(emb)["image"]))
     status = np.asarray(tbl.column("ingest_status").to_numpy(zero_copy_only=False), dtype=object)
     eligible &= status != "error"  # no image to look at
-    new, rows, pairs = _stored(eligible, stored_rows, mr)
+    new, rows, pairs = _stored(eligible, stored, mr)
     none = _no_links()
     if not mr.new_rows or len(rows) < 2:
-        return linked_groups(n, pairs, eligible), none
+        return _group(eligible, pairs, ranks), none
     only_new = None if mr.new_rows == len(rows) else new[rows]
     i, j, _ = knn_pairs(x[rows], config["neighbors"], config["min_cosine"], new=only_new)
     i, j = rows[i], rows[j]
     # Pairs another image method links already need no second look.
     linked = np.zeros(len(i), bool)
-    for m, best in labels.items():
+    for m, g in groups.items():
         if m not in TEXT_METHODS:
-            linked |= (best[i] >= 0) & (best[i] == best[j])
+            gi = g.at(i)
+            linked |= (gi >= 0) & (gi == g.at(j))
     i, j = i[~linked], j[~linked]
     mr.candidates = len(i)
     if not len(i):
-        return linked_groups(n, pairs, eligible), none
+        return _group(eligible, pairs, ranks), none
     need = np.unique(np.concatenate([i, j]))
     at = pa.array(need, pa.int64())
     feats, cache = KeypointCache(lake).load(*(pc.take(tbl.column(c), at).to_pylist() for c in ("id", "content_hash", "_rowaddr")),
@@ -825,7 +1063,7 @@ def _verify_groups(lake: "Store", tbl: pa.Table, emb: str | None, config: dict[s
     good = [m for m, k in zip(matches, ok) if k]
     a, b = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
     found = (a, b, np.array([m.inliers for m in good], np.float64), [m.describe() for m in good])
-    return linked_groups(n, pairs, eligible), found
+    return _group(eligible, pairs, ranks), found
 
 
 def _hashes(tbl: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

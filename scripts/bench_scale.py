@@ -36,7 +36,7 @@ For each size N, in one run:
      of every row, from scratch (both a fragment at a time, their keys sorted out of core);
    - ``dedup`` (``--only dedup``): the same lakes (3% of rows repeat another's content hash):
      dedup's exact method with the stored minhash groups joined into the decision, from scratch
-     (the stage still reads its per-row columns whole on the driver).
+     (groups held sparse: memory grows with the rows in groups, ~14% of them here).
 3. ratios against the smallest size, in this run: peak memory and time per row.
 
     python scripts/bench_scale.py                               # 1M, 3M, 10M (~45 min, 15 GB of disk + 10 GB
@@ -447,8 +447,8 @@ def child_order(path: Path, what: str) -> dict:
 
 def child_dedup(path: Path) -> dict:
     """dedup's exact method (content hashes: 3% repeats) with the lake's stored minhash groups
-    joined into the decision (keep_from exact, minhash), from scratch: the stage's per-row work
-    on the driver (ids, stored groups, ranks, group and reason columns)."""
+    joined into the decision (keep_from exact, minhash), from scratch: the stage's own work on
+    the driver (exact's hashes, stored groups, ranks of the grouped rows, group and reason columns)."""
     from lakecurate import Lake
     from lakecurate.dedup import FINAL_COLUMNS
 

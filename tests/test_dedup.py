@@ -482,42 +482,110 @@ def test_lance_vectors_stream_and_take_by_position(tmp_path):
     assert ((a % 50 == 0) & (b == a + 1)).all()  # only the planted copies (row 0 of 50 and its copy)
 
 
-def test_per_row_columns_are_made_by_arrow_as_by_python(monkeypatch, tmp_path):
-    """The ids stay one Arrow array: equal-value pairs from 64-bit hashes (null a value of its own,
-    several columns combined; a hash shared by two values found and redone exactly), group ids
-    taken by row, and reasons (the first keep_from method linking a dropped row to its kept one,
-    else "linked"; verify's inliers; null for kept rows) equal the per-row Python they replace."""
+def dense_best(n: int, pairs: list, eligible: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """The per-row reference of dedup's sparse groups: components over all rows, non-eligible rows
+    in none, each group's best-ranked row."""
+    from lakecurate.neardup import components
+
+    i = np.concatenate([p[0] for p in pairs]).astype(np.int64)
+    j = np.concatenate([p[1] for p in pairs]).astype(np.int64)
+    label = components(n, i, j)
+    label[~eligible] = -1
+    return best_of_groups(label, rank)
+
+
+def test_sparse_groups_and_streamed_columns_equal_the_per_row_arrays(monkeypatch, tmp_path):
+    """dedup holds groups sparse (the rows in groups of two or more) and streams what it reads a
+    row: equal-value pairs from 64-bit hashes sorted out of core (in memory and spilled; a hash
+    shared by two values found and redone exactly), groups and their kept rows, stored groups
+    (a deleted kept row: the row is new again) and reasons equal the per-row arrays they replace."""
+    import lance
     import pandas as pd
     import pyarrow as pa
 
-    h = pa.chunked_array([["a", None, "b"], ["a", "b", None, "a"]])
-    c = pa.chunked_array([["x", "x", None], ["y", None, "x", "x"]])
-    valid = np.array([True, True, True, True, True, True, False])
+    from lakecurate import stream
 
-    def python_pairs(*cols):
-        values = np.array(["\x00".join(repr(v) for v in row) for row in zip(*(col.to_pylist() for col in cols))], object)
-        return equal_value_pairs(values, valid)
-
-    import lance
-
-    ds = lance.write_dataset(pa.table({"h": h, "c": c}), str(tmp_path / "v.lance"), max_rows_per_file=3)
-    held = pa.table({"h": h, "c": c})
-    for names in (["h"], ["h", "c"]):
-        want = python_pairs(*(held.column(n) for n in names))
-        for tbl in (held, pa.table({"x": np.arange(7)})):  # the columns in the table, or streamed from the dataset
-            cols = [dedup_module._Values(ds, tbl, n) for n in names]
-            got = dedup_module._same_value_pairs(cols, valid)
-            assert [x.tolist() for x in got] == [x.tolist() for x in want] and len(want[0]) >= 1
+    rng = np.random.default_rng(0)
+    n = 300
+    vals = rng.integers(0, 40, n).astype(str).astype(object)
+    vals[rng.random(n) < 0.1] = None
+    valid = np.array([v is not None for v in vals])
+    ds = lance.write_dataset(pa.table({"h": pa.array(vals.tolist(), pa.string())}), str(tmp_path / "v.lance"),
+                             max_rows_per_file=64)
+    held = pa.table({"h": pa.array(vals.tolist(), pa.string())})
+    wi, wj = equal_value_pairs(np.where(valid, vals, ""), valid)
+    want = sorted(zip(wj.tolist(), wi.tolist()))
+    assert len(want) > 200
+    for hold in (None, 7):  # in memory, then filed into partitions on disk
+        if hold:
+            monkeypatch.setattr(stream, "_SPILL_KEYS", hold)
+        for tbl in (held, pa.table({"x": np.arange(n)})):  # the column in the table, or streamed from the dataset
+            ok, i, j = dedup_module._same_value_pairs(dedup_module._Values(ds, tbl, "h"), n)
+            assert ok.tolist() == valid.tolist() and sorted(zip(j.tolist(), i.tolist())) == want
             real = pd.util.hash_array
             monkeypatch.setattr(pd.util, "hash_array", lambda v, **kw: np.zeros(len(v), np.uint64))  # every value collides
-            collided = dedup_module._same_value_pairs(cols, valid)
+            ok, i, j = dedup_module._same_value_pairs(dedup_module._Values(ds, tbl, "h"), n)
             monkeypatch.setattr(pd.util, "hash_array", real)
-            assert [x.tolist() for x in collided] == [x.tolist() for x in want]
-    ids = pa.array(["r0", "r1", "r2", "r3", "r4"])
-    assert dedup_module._ids_at(ids, np.array([2, -1, 0])).to_pylist() == ["r2", None, "r0"]
-    final = np.array([0, 0, 2, 2, 2])
-    keep = final == np.arange(5)
-    labels = {"exact": np.array([0, 0, -1, -1, 2]), "verify": np.array([0, 0, 2, 2, -1])}
-    got = dedup_module._reasons(ids, keep, final, ["exact", "verify"], labels, {"r3": 41})
-    assert got.to_pylist() == [None, "exact:r0", None, "verify:r2 (41 inliers)", "linked:r2"]
-    assert dedup_module._reasons(ids, keep, final, ["verify", "exact"], labels, {}).to_pylist()[1] == "verify:r0"
+            assert sorted(zip(j.tolist(), i.tolist())) == want
+
+    class Ranks:  # the keep rule's order, given
+        def rank(self, rows):
+            return order[rows]
+
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n)
+        eligible = rng.random(n) < 0.8
+        pairs = [(rng.integers(0, n, 40), rng.integers(0, n, 40)), (np.arange(0, 60, 2), np.arange(1, 61, 2))]
+        g = dedup_module._group(eligible, pairs, Ranks())
+        assert g.at(np.arange(n)).tolist() == dense_best(n, pairs, eligible, order).tolist()
+        assert (np.diff(g.rows) > 0).all() and g.counts()[0] == len(np.unique(g.best)) >= 10
+
+    # The keep rule's ranks read by position for some rows order them as the ranks of every row do.
+    m = 200
+    lake_cols = {"id": [f"{v:04x}" for v in rng.permutation(m)], "width": rng.integers(1, 4, m).astype(np.int32),
+                 "height": np.full(m, 2, np.int32), "ingested_at": pa.array(rng.integers(0, 3, m), pa.timestamp("us")),
+                 "content_hash": pa.array(rng.integers(0, 30, m).astype(str)),
+                 "caption": pa.array(np.where(rng.random(m) < 0.2, None, rng.integers(0, 2, m).astype(str)).tolist(), pa.string()),
+                 "score": pa.array(np.round(rng.random(m), 1), mask=rng.random(m) < 0.2)}
+    kds = lance.write_dataset(pa.table(lake_cols), str(tmp_path / "k.lance"), max_rows_per_file=50)
+    full = kds.to_table()
+    score = full.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+    every = keep_rank(np.where(np.isnan(score), np.nan, score), (full.column("width").to_numpy() * 2).astype(np.int64),
+                      full.column("ingested_at").cast(pa.int64()).to_numpy(), np.array(lake_cols["id"]))
+    ranks = dedup_module._Ranks(kds, "score")
+    for seed in range(3):
+        some = np.sort(np.random.default_rng(seed).choice(m, 60, replace=False))
+        assert np.argsort(ranks.rank(some)).tolist() == np.argsort(every[some]).tolist()
+    # Pair groups (same bytes and caption) inside exact's groups, also when every hash collides.
+    none = pa.table({"x": np.arange(m)})
+    ok, i, j = dedup_module._same_value_pairs(dedup_module._Values(kds, none, "content_hash"), m)
+    exact = dedup_module._group(ok, [(i, j)], ranks)
+    both = np.array([f"{h}|{c}" for h, c in zip(lake_cols["content_hash"].to_pylist(), lake_cols["caption"].to_pylist())], object)
+    want = dense_best(m, [equal_value_pairs(both, np.ones(m, bool))], ok, every)
+    got = dedup_module._pair_groups(kds, none, exact, ranks)
+    assert got.at(np.arange(m)).tolist() == want.tolist() and len(got.rows) > 20
+    monkeypatch.setattr(pd.util, "hash_array", lambda v, **kw: np.zeros(len(v), np.uint64))
+    assert dedup_module._pair_groups(kds, none, exact, ranks).at(np.arange(m)).tolist() == want.tolist()
+    monkeypatch.undo()
+
+    ids = [f"r{k}" for k in range(6)]
+    stored = ["r1", "r1", None, "r1", "r5", "r4"]  # r4 and r5 name each other; r1 keeps r0, r1 and r3
+    lk = lance.write_dataset(pa.table({"id": ids, "dup_exact_group": pa.array(stored, pa.string())}),
+                             str(tmp_path / "s.lance"), max_rows_per_file=2)
+    lk.delete("id = 'r5'")  # r4 names a row that is gone
+    got = dedup_module._stored_groups(lance.dataset(str(tmp_path / "s.lance")), ["exact"], 5)["exact"]
+    assert got.missing.tolist() == [False, False, True, False, True]
+    assert sorted(zip(got.rows.tolist(), got.kept.tolist())) == [(0, 1), (3, 1)]
+
+    ids_ds = lance.write_dataset(pa.table({"id": ["r0", "r1", "r2", "r3", "r4"]}), str(tmp_path / "i.lance"))
+    ids_of = dedup_module._Ids(ids_ds, np.array([4, 0, 2, 2, 1, 3]))
+    assert ids_of.of(np.array([2, 0, 4])).to_pylist() == ["r2", "r0", "r4"]
+    with pytest.raises(ValueError):
+        dedup_module._Ids(ids_ds, np.array([4, 0])).of(np.array([3]))
+    groups = {"exact": dedup_module._Groups(np.array([1, 1, 0, 0, 1], bool), np.array([0, 1]), np.array([0, 0])),
+              "verify": dedup_module._Groups(np.array([1, 1, 1, 1, 0], bool), np.array([0, 1, 2, 3]), np.array([0, 0, 2, 2]))}
+    dropped, kept_by = np.array([1, 3, 4]), np.array([0, 2, 2])
+    got = dedup_module._reasons(ids_of, dropped, kept_by, ["exact", "verify"], groups, {"r3": 41})
+    assert got.to_pylist() == ["exact:r0", "verify:r2 (41 inliers)", "linked:r2"]
+    assert dedup_module._reasons(ids_of, dropped, kept_by, ["verify", "exact"], groups, {}).to_pylist()[0] == "verify:r0"
