@@ -397,6 +397,12 @@ def _methods(value: str) -> list[str]:
                    "only, unless listed).")
 @click.option("--copy-distance", type=click.IntRange(0, 64), default=6, show_default=True,
               help="Max differing bits of 64 for copy links (any of 8 turned/mirrored hashes against any of 8).")
+@click.option("--copy-search", type=click.Choice(["all", "clusters"]), default="all", show_default=True,
+              help="all: every row's 8 hashes against every other's (exact; out of reach above a few million rows); "
+                   "clusters: identical hashes anywhere, near ones among rows whose embeddings are within --copy-cosine "
+                   "(linear; needs an embedding; misses copies the embedding calls different, e.g. turned ones offline).")
+@click.option("--copy-cosine", type=FiniteFloat(-1, 1), help="With --copy-search clusters: image cosine above which "
+              "copy hashes are compared (default: per model, 0.8 CLIP, 0.45 offline).")
 @click.option("--verify-neighbors", type=click.IntRange(min=1), default=5, show_default=True,
               help="verify: each new row's nearest image embeddings that are candidate copies.")
 @click.option("--verify-cosine", type=FiniteFloat(-1, 1), help="verify: lowest cosine of a candidate "
@@ -411,7 +417,8 @@ def _methods(value: str) -> list[str]:
 @_friendly_errors
 def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no_flips: bool, phash_search: str, phash_cosine: float | None,
           semantic_threshold: float | None, confirm_cosine: float | None, confirm_distance: int,
-          caption_threshold: float, minhash_threshold: float, keep_from: str, copy_distance: int, verify_neighbors: int,
+          caption_threshold: float, minhash_threshold: float, keep_from: str, copy_distance: int, copy_search: str,
+          copy_cosine: float | None, verify_neighbors: int,
           verify_cosine: float | None, verify_inliers: int, workers: int | None, recompute: bool, engine: str,
           as_json: bool) -> None:
     """Find duplicate groups in LAKE and mark one member of each to keep (rows are never deleted).
@@ -430,7 +437,8 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
                                 phash_search=phash_search, phash_cosine=phash_cosine, semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,
                                 minhash_threshold=minhash_threshold,
-                                keep_from=_methods(keep_from), copy_distance=copy_distance,
+                                keep_from=_methods(keep_from), copy_distance=copy_distance, copy_search=copy_search,
+                                copy_cosine=copy_cosine,
                                 verify_neighbors=verify_neighbors, verify_cosine=verify_cosine,
                                 verify_inliers=verify_inliers, workers=workers, recompute=recompute, engine=engine)
     if as_json:

@@ -49,7 +49,11 @@ image embeddings (``scripts/bench_scale.py --only dedup``, docs/scale.md).
 links identical hashes anywhere and near ones only among rows whose image embeddings the semantic
 join finds within ``phash_cosine`` (:func:`lakecurate.neardup.clustered_hamming_pairs`): linear
 time, and what it leaves out is hash collisions between images the embedding calls different.
-When semantic runs in the same call over every row, one join at the lower cosine serves both.
+``copy_search="clusters"`` does the same for the copy method's 8 hashes a row (its all-pairs search
+compares 8N hashes: out of reach above a few million rows), at ``copy_cosine``: what it leaves out
+is copies the embedding calls different, which with the offline encoder are mostly turned copies
+(it is not rotation-invariant). When several of semantic, phash and copy join every row in one
+call, one join at the lowest cosine serves them all.
 
 Perceptual hashes are computed once per row into ``phash``/``phash_flip`` (uint64) with the other
 image signals (:mod:`lakecurate.signals`: one reduced-size decode per image, in spawned workers);
@@ -103,6 +107,12 @@ PHASH_SEARCHES = ("all", "clusters")
 # its resized copies sit at 0.50-0.69 (planted Flickr8k copies, seed 1); open_clip: a guess (no
 # CLIP weights on this machine; resized and re-encoded copies are usually above 0.9).
 PHASH_COSINES = {"offline": 0.45, "open_clip": 0.8}
+# copy_search="clusters": the same for the copy method's turned, mirrored and bar-trimmed hashes.
+# offline: on planted hard copies (seeds 1-3, docs/benchmarks.md) it links 451 of the 463 copies
+# the all-pairs search links (turned: 141 of 147, though only 56% of them are within 0.45 of their
+# original: the encoder is not rotation-invariant, and most turned copies have a hash identical to
+# one of the original's, which is matched anywhere); 0.45 shares phash's join. open_clip: a guess.
+COPY_COSINES = {"offline": 0.45, "open_clip": 0.8}
 MAX_UNCLUSTERED = 1000  # hashed rows without a vector that "clusters" compares with every row
 # The copy method compares 8 hashes a row with 8 of every other (64 chances against phash's 4), so
 # it links at fewer differing bits to keep the same false-link rate (docs/benchmarks.md, issue 17).
@@ -219,10 +229,10 @@ class DedupReport:
 
 
 def _pick_embedding(lake: "Store", ds: Any, embedding: str | None, needed: bool,
-                    clustered: bool = False) -> tuple[str | None, dict | None]:
+                    clustered: str | None = None) -> tuple[str | None, dict | None]:
     from lakecurate.names import pick_embedding
 
-    need = ("--phash-search clusters compares hashes within embedding clusters; embed first, or use --phash-search all"
+    need = (f"--{clustered}-search clusters compares hashes within embedding clusters; embed first, or use --{clustered}-search all"
             if clustered else "semantic, caption and verify dedup need them; or use --method exact,phash,copy") if needed else None
     return pick_embedding(lake, ds, embedding, need=need)
 
@@ -568,6 +578,8 @@ def dedup(
     phash_search: str = "all",
     phash_cosine: float | None = None,
     copy_distance: int = COPY_DISTANCE,
+    copy_search: str = "all",
+    copy_cosine: float | None = None,
     semantic_threshold: float | None = None,
     caption_threshold: float = CAPTION_THRESHOLD,
     minhash_threshold: float = MINHASH_THRESHOLD,
@@ -599,10 +611,11 @@ def dedup(
     copy_distance = whole("copy_distance", copy_distance, 0)
     verify_inliers = whole("verify_inliers", verify_inliers, 4)  # RANSAC needs a few points to mean anything
     verify_neighbors = whole("verify_neighbors", verify_neighbors, 1)
-    if phash_cosine is not None and not -1.0 <= float(phash_cosine) <= 1.0:
-        raise LakeError(f"phash_cosine must be a cosine between -1 and 1, got {phash_cosine}")
-    if phash_search not in PHASH_SEARCHES:
-        raise LakeError(f"phash_search must be one of {', '.join(PHASH_SEARCHES)}, got {phash_search!r}")
+    for name, search, cosine in (("phash", phash_search, phash_cosine), ("copy", copy_search, copy_cosine)):
+        if search not in PHASH_SEARCHES:
+            raise LakeError(f"{name}_search must be one of {', '.join(PHASH_SEARCHES)}, got {search!r}")
+        if cosine is not None and not -1.0 <= float(cosine) <= 1.0:
+            raise LakeError(f"{name}_cosine must be a cosine between -1 and 1, got {cosine}")
     if not 0.0 < float(minhash_threshold) <= 1.0:
         raise LakeError(f"minhash_threshold must be a Jaccard similarity in (0, 1], got {minhash_threshold}")
     if verify_cosine is not None and not -1.0 <= float(verify_cosine) <= 1.0:
@@ -618,9 +631,11 @@ def dedup(
     if ds.count_rows() == 0:
         report.seconds = time.perf_counter() - t_start
         return report
-    clustered = phash_search == "clusters" and "phash" in methods
+    # hash methods searched among the semantic join's neighbours (linear) instead of all pairs
+    clustered = [m for m, search in (("phash", phash_search), ("copy", copy_search)) if search == "clusters" and m in methods]
     emb, emb_prov = _pick_embedding(lake, ds, embedding, needed=bool({"semantic", "caption", "verify"} & set(methods))
-                                    or clustered, clustered=clustered and not {"semantic", "caption", "verify"} & set(methods))
+                                    or bool(clustered),
+                                    clustered=clustered[0] if clustered and not {"semantic", "caption", "verify"} & set(methods) else None)
 
     configs: dict[str, dict[str, Any]] = {
         "exact": {"on": ["content_hash", "caption"]},
@@ -641,12 +656,14 @@ def dedup(
         configs["semantic"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"], "threshold": float(thr),
                                "confirm_cosine": float(min(confirm, thr)), "confirm_distance": int(confirm_distance),
                                "flips": bool(flips)}
-        if clustered:
+        for m in clustered:
             if meaningless(emb_prov):
                 raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: it cannot say which "
-                                "hashes to compare; embed with a real model, or use --phash-search all")
-            configs["phash"].update(search="clusters", embedding=emb, embedding_config=emb_prov["config_hash"],
-                                    cosine=float(phash_cosine if phash_cosine is not None else PHASH_COSINES.get(family, 0.8)))
+                                f"hashes to compare; embed with a real model, or use --{m}-search all")
+            cosine = phash_cosine if m == "phash" else copy_cosine
+            default = (PHASH_COSINES if m == "phash" else COPY_COSINES).get(family, 0.8)
+            configs[m].update(search="clusters", embedding=emb, embedding_config=emb_prov["config_hash"],
+                              cosine=float(cosine if cosine is not None else default))
         configs["caption"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
                               "threshold": float(caption_threshold)}
         vcos = verify_cosine if verify_cosine is not None else VERIFY_COSINES.get(family, 0.7)
@@ -661,8 +678,8 @@ def dedup(
         report.hashed = produce("image_signals", workers=workers, progress=progress, engine=engine)
     if "copy" in methods:  # the same new rows again, for their copy hashes: counted once
         report.hashed = max(report.hashed, produce("copy_signals", workers=workers, progress=progress, engine=engine))
-    if clustered:
-        _check_clustered(lake.dataset(), embedding_columns(emb)["image"])
+    for m in clustered:
+        _check_clustered(lake.dataset(), embedding_columns(emb)["image"], m)
 
     # Declare each method's columns (metadata only; a changed config is an error unless recompute).
     for m in methods:
@@ -687,8 +704,9 @@ def dedup(
     ranks = _Ranks(ds, embedding_columns(emb)["score"] if emb is not None else None)
 
     joins = _Joins(ds, lake.storage_options, progress, engine)
-    if clustered and "semantic" in methods:  # one image join at the lower cosine serves both methods
-        joins.floor[embedding_columns(emb)["image"]] = min(configs["phash"]["cosine"], configs["semantic"]["confirm_cosine"])
+    full_joins = [configs[m]["cosine"] for m in clustered] + ([configs["semantic"]["confirm_cosine"]] if "semantic" in methods else [])
+    if len(full_joins) > 1:  # one image join at the lowest cosine serves them all
+        joins.floor[embedding_columns(emb)["image"]] = min(full_joins)
     groups: dict[str, _Groups] = {}  # method -> its groups (stored ones merged with this run's links)
     written: dict[str, dict[str, _Groups]] = {}  # method computed now -> its group columns' groups
     evidence: dict[str, Evidence] = {}  # method -> the links this run found
@@ -909,7 +927,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
         mr.new_rows = int((eligible & stored.missing).sum())
         rows = np.flatnonzero(eligible)
         if config.get("search") == "clusters":
-            i, j, d = _clustered_phash(config, h, h_flip, eligible, joins)
+            i, j, d = _clustered_hashes(config, np.stack([h, h_flip], 1) if config["flips"] else h[:, None], eligible, joins)
         else:
             values = np.concatenate([h[rows], h_flip[rows]]) if config["flips"] else h[rows]
             # Mirror hashes against every hash find mirrored copies; i % n maps them back to rows.
@@ -933,9 +951,11 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
         flat = col.combine_chunks()  # a fixed-size list stores 8 values per slot, null slots too
         values = np.asarray(flat.values.fill_null(0).to_numpy(), np.uint64)
         hashes = values[flat.offset * 8:(flat.offset + len(flat)) * 8].reshape(-1, 8)
-        # Every variant of every row in one Hamming search; v // 8 maps a variant back to its row.
-        i, j, d = hamming_pairs(hashes[rows].reshape(-1), config["max_distance"], identical="first")
-        i, j = rows[i // 8], rows[j // 8]
+        if config.get("search") == "clusters":
+            i, j, d = _clustered_hashes(config, hashes, eligible, joins)
+        else:  # every variant of every row in one Hamming search; v // 8 maps a variant back to its row
+            i, j, d = hamming_pairs(hashes[rows].reshape(-1), config["max_distance"], identical="first")
+            i, j = rows[i // 8], rows[j // 8]
         keep = i != j
         mr.pairs = int(keep.sum())
         return (_group(eligible, [(i[keep], j[keep])], ranks),
@@ -961,23 +981,24 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
     return _group(eligible, pairs, ranks), found
 
 
-def _check_clustered(ds: Any, col: str) -> None:
-    """Before anything is written: phash_search="clusters" compares a hashed row without a vector
-    with every row, so there may be only a few of them."""
-    lacking = ds.count_rows(filter=f"phash IS NOT NULL AND {col} IS NULL")  # a count: no per-row arrays
+def _check_clustered(ds: Any, col: str, method: str) -> None:
+    """Before anything is written: a hash search in clusters (``phash_search`` or ``copy_search``)
+    compares a hashed row without a vector with every row, so there may be only a few of them."""
+    hashed = "phash" if method == "phash" else "copy_hashes"
+    lacking = ds.count_rows(filter=f"{hashed} IS NOT NULL AND {col} IS NULL")  # a count: no per-row arrays
     if lacking > MAX_UNCLUSTERED:
-        raise LakeError(f"{lacking} rows have a phash but no {col} vector, and --phash-search clusters compares each of "
-                        f"them with every row (at most {MAX_UNCLUSTERED}); run embed first, or use --phash-search all")
+        raise LakeError(f"{lacking} rows have a {hashed} but no {col} vector, and --{method}-search clusters compares each "
+                        f"of them with every row (at most {MAX_UNCLUSTERED}); run embed first, or use --{method}-search all")
 
 
-def _clustered_phash(config: dict[str, Any], h: np.ndarray, h_flip: np.ndarray, eligible: np.ndarray,
-                     joins: _Joins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """phash links in linear time (``phash_search="clusters"``): identical hashes anywhere, near
-    ones among rows whose embeddings the semantic join finds within ``cosine``
-    (``neardup.clustered_hamming_pairs``; the join is shared with the semantic method when both
-    run from scratch). A hashed row without a vector is compared with every hashed row (there are
+def _clustered_hashes(config: dict[str, Any], variants: np.ndarray, eligible: np.ndarray,
+                      joins: _Joins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """phash or copy links in linear time (``phash_search`` / ``copy_search="clusters"``):
+    identical hashes anywhere, near ones among rows whose embeddings the semantic join finds
+    within ``cosine`` (``neardup.clustered_hamming_pairs``; ``variants``: a row's hashes, N x v,
+    the distance the smallest over variant pairs; the join is shared with the other methods that
+    join every row). A hashed row without a vector is compared with every hashed row (there are
     few: images that hashed but did not embed; :func:`_check_clustered`)."""
-    variants = np.stack([h, h_flip], 1) if config["flips"] else h[:, None]
     col = embedding_columns(config["embedding"])["image"]
     valid = joins.valid(col)
     a, b, _ = joins.pairs(col, np.flatnonzero(valid), config["cosine"])

@@ -263,9 +263,10 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
         for m, (key, opt) in want.items():
             if m in methods and opt in opts and (_prov_config(ds, group_columns(m)[0]) or {}).get(key) != opts[opt]:
                 return f"{opt} changed"
-        if "phash" in methods and (_prov_config(ds, group_columns("phash")[0]) or {}).get("search", "all") != \
-                opts.get("phash_search", "all"):
-            return "phash_search changed"
+        for m in ("phash", "copy"):
+            if m in methods and (_prov_config(ds, group_columns(m)[0]) or {}).get("search", "all") != \
+                    opts.get(f"{m}_search", "all"):
+                return f"{m}_search changed"
         why = [_stale_why(by_column.get(c)) for c in ["dup_keep", *(group_columns(m)[0] for m in methods)]]
         return next((w for w in why if w), None)
     if step == "curate":

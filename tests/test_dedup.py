@@ -323,6 +323,21 @@ def test_planted_incremental_equals_from_scratch(planted_lake, tmp_path: Path):
         assert len(a ^ b) <= 0.01 * len(a | b), (column, len(a ^ b), len(a | b))
 
 
+def check_clustered_search(lake: Lake, other: Lake, planted: list, column: str, slack: float, cosine: float) -> set:
+    """A hash search in clusters (``other``) links a subset of the all-pairs search's links
+    (``lake``), with planted-pair recall within ``slack`` of it and no false pair; its provenance
+    records the search and the cosine."""
+    everywhere = linked(by_key(lake, [column]), column)
+    clustered = linked(by_key(other, [column]), column)
+    assert len(clustered) > 50 and clustered <= everywhere
+    r_all, _ = pair_scores(lake, planted, column)
+    r_c, p_c = pair_scores(other, planted, column)
+    assert r_c >= r_all - slack and p_c >= 0.99, (r_all, r_c, p_c)
+    prov = field_provenance(other.dataset().schema.field(column))
+    assert prov["config"]["search"] == "clusters" and prov["config"]["cosine"] == cosine
+    return clustered
+
+
 @pytest.mark.slow
 @pytest.mark.shared
 def test_phash_search_in_clusters_finds_the_planted_copies(planted_lake, tmp_path: Path, monkeypatch):
@@ -335,14 +350,7 @@ def test_phash_search_in_clusters_finds_the_planted_copies(planted_lake, tmp_pat
     with pytest.raises(LakeError, match="--recompute"):
         other.dedup(["exact", "phash"], phash_search="clusters", progress=False)
     other.dedup(["exact", "phash"], phash_search="clusters", recompute=True, progress=False)
-    everywhere = linked(by_key(lake, ["dup_phash_group"]), "dup_phash_group")
-    clustered = linked(by_key(other, ["dup_phash_group"]), "dup_phash_group")
-    assert len(clustered) > 50 and clustered <= everywhere
-    r_all, p_all = pair_scores(lake, planted, "dup_phash_group")
-    r_c, p_c = pair_scores(other, planted, "dup_phash_group")
-    assert r_c >= r_all - 0.01 and p_c >= 0.99, (r_all, r_c, p_c)
-    prov = field_provenance(other.dataset().schema.field("dup_phash_group"))
-    assert prov["config"]["search"] == "clusters" and prov["config"]["cosine"] == 0.45
+    clustered = check_clustered_search(lake, other, planted, "dup_phash_group", 0.01, 0.45)
     # A row that hashed but has no vector yet is compared with every row (a few are allowed).
     new = tmp_path / "new"
     new.mkdir()
@@ -380,6 +388,31 @@ def test_phash_search_in_clusters_finds_the_planted_copies(planted_lake, tmp_pat
 def test_phash_clusters_refuse_a_meaningless_embedding(sample_lake_embedded: Lake):
     with pytest.raises(LakeError, match="--phash-search all"):
         sample_lake_embedded.dedup(["phash"], phash_search="clusters", progress=False)
+    with pytest.raises(LakeError, match="--copy-search all"):
+        sample_lake_embedded.dedup(["copy"], copy_search="clusters", progress=False)
+    with pytest.raises(LakeError, match="copy_search must be one of"):
+        sample_lake_embedded.dedup(["copy"], copy_search="near", progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_copy_search_in_clusters_links_a_subset_and_shares_the_join(planted_lake, tmp_path: Path, monkeypatch):
+    """copy_search="clusters" compares the 8 copy hashes of rows the semantic join calls alike
+    (identical ones anywhere): a subset of the all-pairs links that finds about as many planted
+    copies; with phash in clusters and semantic in the same run, one join at the lowest cosine
+    serves all three; the choice is recorded and changing it needs --recompute."""
+    lake, planted, _ = planted_lake
+    other = Lake.open(shutil.copytree(lake.uri, tmp_path / "copy"))
+    with pytest.raises(LakeError, match="--recompute"):
+        other.dedup(["copy"], copy_search="clusters", progress=False)
+    cosines = []
+    real = dedup_module.semantic_pairs
+    monkeypatch.setattr(dedup_module, "semantic_pairs", lambda src, cos, **kw: cosines.append(cos) or real(src, cos, **kw))
+    other.dedup(["phash", "semantic", "copy"], phash_search="clusters", copy_search="clusters", copy_cosine=0.4,
+                recompute=True, progress=False)
+    monkeypatch.undo()
+    assert cosines == [0.4]  # copy's 0.4, below phash's 0.45 and semantic's 0.70
+    check_clustered_search(lake, other, planted, "dup_copy_group", 0.03, 0.4)
 
 
 # --------------------------------------------------------------------------- issue 17: copy hashes
