@@ -400,7 +400,8 @@ def _methods(value: str) -> list[str]:
 @click.option("--copy-search", type=click.Choice(["all", "clusters"]), default="all", show_default=True,
               help="all: every row's 8 hashes against every other's (exact; out of reach above a few million rows); "
                    "clusters: identical hashes anywhere, near ones among rows whose embeddings are within --copy-cosine "
-                   "(linear; needs an embedding; misses copies the embedding calls different, e.g. turned ones offline).")
+                   "(linear; needs an embedding; misses copies whose hashes are near but not identical when the embedding "
+                   "calls the images different).")
 @click.option("--copy-cosine", type=FiniteFloat(-1, 1), help="With --copy-search clusters: image cosine above which "
               "copy hashes are compared (default: per model, 0.8 CLIP, 0.45 offline).")
 @click.option("--verify-neighbors", type=click.IntRange(min=1), default=5, show_default=True,

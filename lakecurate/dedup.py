@@ -51,9 +51,9 @@ join finds within ``phash_cosine`` (:func:`lakecurate.neardup.clustered_hamming_
 time, and what it leaves out is hash collisions between images the embedding calls different.
 ``copy_search="clusters"`` does the same for the copy method's 8 hashes a row (its all-pairs search
 compares 8N hashes: out of reach above a few million rows), at ``copy_cosine``: what it leaves out
-is copies the embedding calls different, which with the offline encoder are mostly turned copies
-(it is not rotation-invariant). When several of semantic, phash and copy join every row in one
-call, one join at the lowest cosine serves them all.
+is copies whose hashes are near but not identical while the embedding calls the images different
+(with the offline encoder, some turned copies: it is not rotation-invariant). When several of
+semantic, phash and copy join every row in one call, one join at the lowest cosine serves them all.
 
 Perceptual hashes are computed once per row into ``phash``/``phash_flip`` (uint64) with the other
 image signals (:mod:`lakecurate.signals`: one reduced-size decode per image, in spawned workers);

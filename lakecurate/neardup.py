@@ -63,6 +63,28 @@ _PAIR_CHUNK = 1 << 22
 _KEYS_PER_TASK = 1 << 22
 
 
+_ALLOCATOR_SET = False
+
+
+def _large_frees_to_the_os() -> None:
+    """Have glibc give every freed block of 1 MiB or more back to the system at once. By default
+    its mmap threshold grows to the largest block freed (up to 32 MiB), after which such blocks
+    stay in its heaps: the centroid search's temporary arrays, made and freed by two threads a
+    chunk at a time, then kept ~0.4-0.9 GB the join did not use (``python scripts/bench_scale.py
+    --only semantic``, docs/benchmarks.md: peak 1,434-1,507 against 1,017-1,018 MiB at 1M rows).
+    Process-wide and once (the threshold cannot be made dynamic again); nothing off glibc."""
+    global _ALLOCATOR_SET
+    if _ALLOCATOR_SET:
+        return
+    _ALLOCATOR_SET = True
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _empty(value_dtype: type = np.float32) -> Pairs:
     return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, value_dtype)
 
@@ -563,6 +585,7 @@ def semantic_pairs(
     ([3], [10], True)
     """
     src = _source(vectors)
+    _large_frees_to_the_os()
     if engine != "local":
         from lakecurate.engines import check_engine
 
@@ -813,6 +836,7 @@ def assign_range_task(lo: int, hi: int, source: tuple, cents: _Centroids, m: int
                       radius: float) -> tuple[np.ndarray, np.ndarray]:
     """A Ray task of ``semantic_pairs(engine="ray")``'s assignment pass: rows lo..hi-1 read (from
     the Lance column or the matrix) and assigned to their cells; (rows, keys)."""
+    _large_frees_to_the_os()  # in the worker's process
     src = _open_source(source)
     parts = [_entries_of(x, start, cents, m, radius) for start, x in src.batches(_ASSIGN_BATCH, lo, hi)]
     if not parts:
