@@ -273,10 +273,11 @@ class _Groups:
         """(groups of two or more rows, their rows that are not kept)."""
         return len(np.unique(self.best)), int((self.rows != self.best).sum())
 
-    def slice(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """(offsets in rows lo..hi of the grouped rows there, their kept rows)."""
+    def span(self, lo: int, hi: int) -> tuple[int, np.ndarray]:
+        """(index in ``rows`` of the first grouped row at or after row lo, the offsets from lo of
+        the grouped rows in lo..hi-1): where a fragment's grouped rows sit in ``rows`` and in it."""
         a, b = np.searchsorted(self.rows, [lo, hi])
-        return self.rows[a:b] - lo, self.best[a:b]
+        return int(a), self.rows[a:b] - lo
 
 
 def _group(eligible: np.ndarray | None, pairs: Sequence[tuple[np.ndarray, np.ndarray]], ranks: "_Ranks") -> _Groups:
@@ -758,15 +759,13 @@ def dedup(
         def make(lo: int, own: pa.Array) -> dict[str, pa.Array]:
             out = {}
             for c, g in written[m].items():
-                at, _ = g.slice(lo, lo + len(own))
-                a = int(np.searchsorted(g.rows, lo))
+                a, at = g.span(lo, lo + len(own))
                 out[c] = _placed(own, g.eligible[lo: lo + len(own)], at, best_ids[c].slice(a, len(at)))
             return out
         return make
 
     def final_columns(lo: int, own: pa.Array) -> dict[str, pa.Array]:
-        at, _ = final.slice(lo, lo + len(own))
-        a = int(np.searchsorted(final.rows, lo))
+        a, at = final.span(lo, lo + len(own))
         m = len(own)
         gone = dropped[a: a + len(at)]
         keep = np.ones(m, bool)
