@@ -776,14 +776,14 @@ def dedup(
                 "dup_keep": pa.array(keep),
                 "dup_reason": _placed(pa.nulls(m, pa.string()), None, at[gone], reasons)}
 
-    families = [(list(group_columns(m)), method_columns(m), _sources(m, emb)) for m in written]
-    families.append((list(FINAL_COLUMNS), final_columns, final_prov["source_columns"]))
+    families = [_Family(list(group_columns(m)), method_columns(m), _sources(m, emb)) for m in written]
+    families.append(_Family(list(FINAL_COLUMNS), final_columns, final_prov["source_columns"]))
     final_old = all(c in ds.schema.names for c in FINAL_COLUMNS)  # else: every fragment's final columns are new
-    for (names, _, _), (fw, version) in zip(families, _write(lake, ds, families, final_old)):
+    for family, (fw, version) in zip(families, _write(lake, ds, families, final_old)):
         report.fragments_written += fw
         report.versions += [version] if version is not None else []
         for mr in report.methods:
-            if names[0] == group_columns(mr.method)[0]:
+            if family.names[0] == group_columns(mr.method)[0]:
                 mr.fragments_written = fw
     if linked_pairs is not None:  # after the decision it explains has landed
         lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")
@@ -793,23 +793,32 @@ def dedup(
     return report
 
 
-def _write(lake: "Store", ds: Any, families: list, final_old: bool) -> list[tuple[int, int | None]]:
-    """Write each family of columns (names, make(first row, the fragment's ids) -> new values,
-    source columns) for the fragments where a value changed, a fragment at a time in one pass over
-    the ids; each family in its own commit, in order. Returns (fragments written, version) a family."""
-    changed = [columns.ChangedFragments(lake, names) for names, _, _ in families]
-    old = [c for names, _, _ in families for c in names if c in ds.schema.names and (final_old or c not in FINAL_COLUMNS)]
+@dataclass
+class _Family:
+    """Columns dedup writes in one commit: their names, ``make(first row, the fragment's ids)``
+    giving a fragment's new values, and the source columns their provenance names."""
+
+    names: list[str]
+    make: Callable[[int, pa.Array], dict[str, pa.Array]]
+    sources: list[str]
+
+
+def _write(lake: "Store", ds: Any, families: list[_Family], final_old: bool) -> list[tuple[int, int | None]]:
+    """Write each family of columns for the fragments where a value changed, a fragment at a time
+    in one pass over the ids; each family in its own commit, in order. Returns (fragments
+    written, version) a family."""
+    changed = [columns.ChangedFragments(lake, f.names) for f in families]
+    old = [c for f in families for c in f.names if c in ds.schema.names and (final_old or c not in FINAL_COLUMNS)]
     lo = 0
     for frag in ds.get_fragments():
         t = frag.to_table(columns=["id", *old], with_row_address=True)
         if not t.num_rows:
             continue
         own = t.column("id").combine_chunks().cast(pa.string())
-        for (names, make, _), ch in zip(families, changed):
-            ch.add(t.select(["_rowaddr", *(c for c in names if c in old)]), make(lo, own))
+        for f, ch in zip(families, changed):
+            ch.add(t.select(["_rowaddr", *(c for c in f.names if c in old)]), f.make(lo, own))
         lo += t.num_rows
-    return [commit_decisions(lake, ch, sources=sources, read_version=ds.version)
-            for (_, _, sources), ch in zip(families, changed)]
+    return [commit_decisions(lake, ch, sources=f.sources, read_version=ds.version) for f, ch in zip(families, changed)]
 
 
 EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string()), pa.field("method", pa.string()),
