@@ -947,7 +947,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
         caps = tbl.column("caption").to_pylist()
         eligible = np.array([bool(c and c.strip()) for c in caps], bool)
         mr.new_rows = int((eligible & stored.missing).sum())
-        i, j, jac = caption_pairs(caps, config["threshold"])
+        i, j, jac = caption_pairs(caps, config["threshold"], progress=progress)
         mr.pairs = len(i)
         return _group(eligible, [(i, j)], ranks), _links(i, j, jac, "Jaccard {:.2f} of caption 5-grams",
                                                              smaller_is_closer=False)

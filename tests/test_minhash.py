@@ -97,3 +97,19 @@ def test_dedup_minhash_and_the_caption_template_step(lake: Lake):
     # a template shared by fewer rows than max_group + 1 stays
     again = lake.curate({"name": "tpl2", "step": [{"filter": "caption_template", "max_group": 12}]}, progress=False)
     assert again.dropped == {"caption_template": 0}
+
+
+def test_minhash_reports_progress_off_a_terminal(monkeypatch, capsys):
+    """The minhash search is quadratic in the captions: its bar counts them hashed, then queried
+    (a log line per update off a terminal here), ending at twice their number; hidden when asked."""
+    monkeypatch.setattr("lakecurate.progress.INTERVAL", 0.0)
+    monkeypatch.setattr("lakecurate.neardup._CAPTION_CHUNK", 3)
+    caps = DISTINCT + [f"Stock photo of {x}, royalty free" for x in ("a red car", "a blue car", "fresh fruit")] + [None, ""]
+    want = caption_pairs(caps, 0.35)
+    got = caption_pairs(caps, 0.35, progress=True)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))  # hashed in chunks: the same pairs
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("minhash captions")]
+    total = 2 * 11  # the 11 captions with text
+    assert len(lines) > 4 and lines[-1].split(": ", 1)[1].startswith(f"{total}/{total} caption (100%)"), lines
+    caption_pairs(caps, 0.35, progress=False)
+    assert "minhash" not in capsys.readouterr().err
