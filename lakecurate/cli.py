@@ -382,7 +382,7 @@ def _methods(value: str) -> list[str]:
 @click.option("--no-flips", is_flag=True, help="Do not link mirror images.")
 @click.option("--phash-search", type=click.Choice(["all", "clusters"]), default="all", show_default=True,
               help="all: every hash against every other (exact; ~N^2, minutes at 10M rows); clusters: identical hashes "
-                   "anywhere, near ones among rows whose embeddings are within --phash-cosine (linear; needs an embedding).")
+                   "anywhere, near ones among each row's 32 most similar rows within --phash-cosine (linear; needs an embedding).")
 @click.option("--phash-cosine", type=FiniteFloat(-1, 1), help="With --phash-search clusters: image cosine above which "
               "hashes are compared (default: per model, 0.8 CLIP, 0.45 offline).")
 @click.option("--semantic-threshold", type=FiniteFloat(-1, 1), help="Image cosine for semantic links (default: per model, 0.95 CLIP, 0.85 offline).")
@@ -399,7 +399,7 @@ def _methods(value: str) -> list[str]:
               help="Max differing bits of 64 for copy links (any of 8 turned/mirrored hashes against any of 8).")
 @click.option("--copy-search", type=click.Choice(["all", "clusters"]), default="all", show_default=True,
               help="all: every row's 8 hashes against every other's (exact; out of reach above a few million rows); "
-                   "clusters: identical hashes anywhere, near ones among rows whose embeddings are within --copy-cosine "
+                   "clusters: identical hashes anywhere, near ones among each row's 32 most similar rows within --copy-cosine "
                    "(linear; needs an embedding; misses copies whose hashes are near but not identical when the embedding "
                    "calls the images different).")
 @click.option("--copy-cosine", type=FiniteFloat(-1, 1), help="With --copy-search clusters: image cosine above which "

@@ -114,6 +114,11 @@ PHASH_COSINES = {"offline": 0.45, "open_clip": 0.8}
 # one of the original's, which is matched anywhere); 0.45 shares phash's join. open_clip: a guess.
 COPY_COSINES = {"offline": 0.45, "open_clip": 0.8}
 MAX_UNCLUSTERED = 1000  # hashed rows without a vector that "clusters" compares with every row
+# A hash search in clusters compares a row's hashes with its CLUSTERED_PER_ROW most similar
+# neighbours above the cosine (neardup.semantic_pairs' per_row): linear whatever the encoder's
+# density (the offline encoder puts 0.31% of all pairs of Flickr8k photos above 0.45: ~1.5
+# billion candidates at 1M rows without a bound, at most ~32M with it).
+CLUSTERED_PER_ROW = 32
 # The copy method compares 8 hashes a row with 8 of every other (64 chances against phash's 4), so
 # it links at fewer differing bits to keep the same false-link rate (docs/benchmarks.md, issue 17).
 COPY_DISTANCE = 6
@@ -664,7 +669,7 @@ def dedup(
             cosine = phash_cosine if m == "phash" else copy_cosine
             default = (PHASH_COSINES if m == "phash" else COPY_COSINES).get(family, 0.8)
             configs[m].update(search="clusters", embedding=emb, embedding_config=emb_prov["config_hash"],
-                              cosine=float(cosine if cosine is not None else default))
+                              cosine=float(cosine if cosine is not None else default), per_row=CLUSTERED_PER_ROW)
         configs["caption"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
                               "threshold": float(caption_threshold)}
         vcos = verify_cosine if verify_cosine is not None else VERIFY_COSINES.get(family, 0.7)
@@ -708,6 +713,10 @@ def dedup(
     full_joins = [configs[m]["cosine"] for m in clustered] + ([configs["semantic"]["confirm_cosine"]] if "semantic" in methods else [])
     if len(full_joins) > 1:  # one image join at the lowest cosine serves them all
         joins.floor[embedding_columns(emb)["image"]] = min(full_joins)
+    if clustered:  # their candidates: each row's best few; semantic's pairs (confirm cosine and up) all
+        image = embedding_columns(emb)["image"]
+        joins.per_row[image] = CLUSTERED_PER_ROW
+        joins.all_from[image] = configs["semantic"]["confirm_cosine"] if "semantic" in methods else float("inf")
     groups: dict[str, _Groups] = {}  # method -> its groups (stored ones merged with this run's links)
     written: dict[str, dict[str, _Groups]] = {}  # method computed now -> its group columns' groups
     evidence: dict[str, Evidence] = {}  # method -> the links this run found
@@ -890,11 +899,15 @@ def _sources(method: str, emb: str | None) -> list[str]:
 class _Joins:
     """The semantic joins of one dedup run: a full join (every row with a vector) over an image
     column is done once, at the lowest cosine any method asked for in ``floor``, and filtered for
-    each method (phash in clusters and semantic); joins of new rows only are not kept."""
+    each method (phash and copy in clusters, and semantic); joins of new rows only are not kept.
+    ``per_row`` (by column): the full join keeps each row's best few pairs (``ranked``, what the
+    hash searches in clusters take) and every pair from ``all_from`` up (what semantic takes)."""
 
     def __init__(self, ds: Any, storage_options: dict | None, progress: bool | None, engine: str) -> None:
         self.ds, self.storage_options, self.progress, self.engine = ds, storage_options, progress, engine
         self.floor: dict[str, float] = {}
+        self.per_row: dict[str, int] = {}
+        self.all_from: dict[str, float] = {}
         self.done: dict[str, tuple[np.ndarray, float, Pairs]] = {}
         self._valid: dict[str, np.ndarray] = {}
 
@@ -904,19 +917,21 @@ class _Joins:
             self._valid[col] = column_valid(self.ds, col)
         return self._valid[col]
 
-    def pairs(self, col: str, rows: np.ndarray, cosine: float, new: np.ndarray | None = None) -> Pairs:
+    def pairs(self, col: str, rows: np.ndarray, cosine: float, new: np.ndarray | None = None, *,
+              ranked: bool = False) -> Pairs:
         """(i, j, cosine) as dataset rows: pairs of ``rows`` with cosine >= ``cosine`` (with ``new``,
-        those touching a new row)."""
+        those touching a new row; ``ranked``: only each row's ``per_row`` best, in a full join)."""
         if new is None and col in self.done and np.array_equal(self.done[col][0], rows) and self.done[col][1] <= cosine:
-            i, j, cos = self.done[col][2]
+            i, j, cos, best = self.done[col][2]
         else:
             low = min(cosine, self.floor.get(col, cosine)) if new is None else cosine
             src = LanceVectors(self.ds, col, rows, storage_options=self.storage_options)
-            i, j, cos = semantic_pairs(src, low, new=new, progress=bool(self.progress), engine=self.engine)
-            i, j = rows[i], rows[j]
+            cap = {"per_row": self.per_row[col], "all_from": self.all_from[col]} if new is None and col in self.per_row else {}
+            i, j, cos, *best = semantic_pairs(src, low, new=new, progress=bool(self.progress), engine=self.engine, **cap)
+            i, j, best = rows[i], rows[j], best[0] if best else np.ones(len(i), bool)
             if new is None:
-                self.done[col] = (rows, low, (i, j, cos))
-        keep = cos >= cosine
+                self.done[col] = (rows, low, (i, j, cos, best))
+        keep = (cos >= cosine) & (best if ranked else True)
         return i[keep], j[keep], cos[keep]
 
 
@@ -1009,7 +1024,7 @@ def _clustered_hashes(config: dict[str, Any], variants: np.ndarray, eligible: np
     few: images that hashed but did not embed; :func:`_check_clustered`)."""
     col = embedding_columns(config["embedding"])["image"]
     valid = joins.valid(col)
-    a, b, _ = joins.pairs(col, np.flatnonzero(valid), config["cosine"])
+    a, b, _ = joins.pairs(col, np.flatnonzero(valid), config["cosine"], ranked=True)
     both = eligible[a] & eligible[b]
     everyone = np.flatnonzero(eligible)  # the search runs over hashed rows only (a null phash reads 0)
     at = np.full(len(eligible), -1, np.int64)

@@ -85,15 +85,30 @@ def _large_frees_to_the_os() -> None:
         pass
 
 
-def _empty(value_dtype: type = np.float32) -> Pairs:
-    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, value_dtype)
+def _empty(value_dtype: type = np.float32, ranked: bool = False) -> Pairs:
+    out = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, value_dtype)
+    return (*out, np.empty(0, bool)) if ranked else out  # type: ignore[return-value]
 
 
-def _sorted_pairs(i: np.ndarray, j: np.ndarray, v: np.ndarray) -> Pairs:
-    """(min, max, v) sorted by (i, j): the order must not depend on thread scheduling."""
+def _sorted_pairs(i: np.ndarray, j: np.ndarray, *cols: np.ndarray) -> Pairs:
+    """(min, max, *cols) sorted by (i, j): the order must not depend on thread scheduling."""
     a, b = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
     order = np.lexsort((b, a))
-    return a[order], b[order], v[order]
+    return (a[order], b[order], *(c[order] for c in cols))  # type: ignore[return-value]
+
+
+def _best_per_row(p: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
+    """Mask of each row p's k highest values v (ties: the earlier position first).
+
+    >>> _best_per_row(np.array([0, 0, 0, 1]), np.array([0.5, 0.9, 0.7, 0.1]), 2).tolist()
+    [False, True, True, True]
+    """
+    order = np.lexsort((-v, p))
+    ps = p[order]
+    rank = np.arange(len(ps)) - np.searchsorted(ps, ps, side="left")
+    best = np.zeros(len(p), bool)
+    best[order[rank < k]] = True
+    return best
 
 
 def _workers() -> int:
@@ -155,13 +170,17 @@ def _check_vectors(vectors: np.ndarray) -> np.ndarray:
     return x
 
 
-def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: float) -> Pairs:
+def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: float,
+                cap: tuple[int, float] | None = None) -> Pairs:
     """Pairs (p, q) of positions in `rows`, r0 <= p < r1, p < q, with dot(x[rows[p]], x[rows[q]]) >= threshold.
 
     The upper triangle is computed in _SUB_ROWS strips: that skips most of the lower half
     without making the matmuls small; columns are gathered _COL_BLOCK at a time.
+
+    ``cap=(k, above)``: only each p's k most similar q (of a block of columns) and the pairs at or
+    above ``above``, with a 4th array: whether the pair is among p's k (:func:`semantic_pairs`' ``per_row``).
     """
-    out_p, out_q, out_v = [], [], []
+    out_p, out_q, out_v, out_best = [], [], [], []
     # The first column block starts at r0, so it also holds the left rows (r1 - r0 <= _COL_BLOCK).
     first = np.asarray(x[rows[r0 : r0 + _COL_BLOCK]], dtype=np.float32)
     left = first[: r1 - r0]
@@ -181,16 +200,25 @@ def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: fl
             p += s0
             q += q0
             upper = q > p
-            out_p.append(p[upper])
-            out_q.append(q[upper])
-            out_v.append(scores.ravel()[hit[upper]])
+            p, q, v = p[upper], q[upper], scores.ravel()[hit[upper]]
+            if cap is not None:
+                best = _best_per_row(p, v, cap[0])
+                keep = best | (v >= cap[1])
+                p, q, v = p[keep], q[keep], v[keep]
+                out_best.append(best[keep])
+            out_p.append(p)
+            out_q.append(q)
+            out_v.append(v)
     if not out_p:
-        return _empty()
-    return np.concatenate(out_p), np.concatenate(out_q), np.concatenate(out_v)
+        return _empty(ranked=cap is not None)
+    out = np.concatenate(out_p), np.concatenate(out_q), np.concatenate(out_v)
+    return (*out, np.concatenate(out_best)) if cap is not None else out  # type: ignore[return-value]
 
 
-def exact_pairs_bruteforce(vectors: np.ndarray, threshold: float = 0.95, *, progress: bool = False) -> Pairs:
-    """All pairs with cosine >= threshold by an exact blocked self-join: O(N^2 d), the baseline.
+def exact_pairs_bruteforce(vectors: np.ndarray, threshold: float = 0.95, *, progress: bool = False,
+                           cap: tuple[int, float] | None = None) -> Pairs:
+    """All pairs with cosine >= threshold by an exact blocked self-join: O(N^2 d), the baseline
+    (``cap``: as :func:`_join_block`'s, each row's best among the later rows).
 
     >>> v = np.eye(3, dtype=np.float32); v[2] = v[1]
     >>> exact_pairs_bruteforce(v, 0.9)
@@ -200,10 +228,10 @@ def exact_pairs_bruteforce(vectors: np.ndarray, threshold: float = 0.95, *, prog
     n = len(x)
     rows = np.arange(n)
     tasks = [(r0, min(r0 + _TASK_ROWS, n)) for r0 in range(0, n, _TASK_ROWS)]
-    parts = _run(tasks, lambda t: _join_block(x, rows, t[0], t[1], threshold), progress, "exact pairs")
+    parts = _run(tasks, lambda t: _join_block(x, rows, t[0], t[1], threshold, cap), progress, "exact pairs")
     if not parts:
-        return _empty()
-    return _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+        return _empty(ranked=cap is not None)
+    return _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(len(parts[0]))))
 
 
 def default_clusters(n: int) -> int:
@@ -528,6 +556,8 @@ def semantic_pairs(
     spill_dir: str | None = "auto",
     engine: str = "local",
     address: str | None = None,
+    per_row: int | None = None,
+    all_from: float = float("inf"),
 ) -> Pairs:
     """Pairs of rows with cosine >= threshold among L2-normalised vectors (float16 or float32), from
     a matrix or a :class:`VectorSource` (an embedding column read in batches: out of core).
@@ -576,6 +606,14 @@ def semantic_pairs(
 
     Returns ``(i, j, cosine)``: int64, int64, float32 arrays with i < j, sorted by (i, j).
 
+    ``per_row=k`` bounds the pairs where many rows are within ``threshold`` of each other (a low
+    cosine, or a dense region of a coarse encoder): a row keeps only its k most similar later
+    members of its own cluster (of each 16,384, the join's column block; the pairs where it is the
+    later member are those rows' choices), and every pair at or above ``all_from`` is kept too.
+    The pairs then number at most ~N k plus those above ``all_from``, and a 4th array says which
+    are among a row's k (``ranked``; they do not depend on ``all_from``, so one join serves a
+    method that needs every pair above ``all_from`` and one that takes the ranked pairs).
+
     >>> rng = np.random.default_rng(0)
     >>> v = rng.standard_normal((1000, 64)).astype(np.float32)
     >>> v[10] = v[3] + 0.05 * v[10]  # a near copy of row 3
@@ -592,27 +630,32 @@ def semantic_pairs(
         check_engine(engine)
     if assign is not None and assign < 1:
         raise ValueError(f"assign must be at least 1 (clusters a row joins), got {assign}")
+    if per_row is not None and per_row < 1:
+        raise ValueError(f"per_row must be at least 1 (pairs a row keeps), got {per_row}")
+    cap = None if per_row is None else (int(per_row), float(all_from))
     n = src.n
     fresh = None if new is None else np.asarray(new, bool)
     if fresh is not None and len(fresh) != n:
         raise ValueError(f"new must be a boolean mask over the {n} rows, got {len(fresh)} values")
     if n < 2:
-        return _empty()
+        return _empty(ranked=cap is not None)
     k = max(1, min(n_clusters or default_clusters(n), n))
     if k == 1:
-        i, j, v = exact_pairs_bruteforce(src.take(np.arange(n)), threshold, progress=progress)
+        out = exact_pairs_bruteforce(src.take(np.arange(n)), threshold, progress=progress, cap=cap)
         if fresh is not None:
-            i, j, v = (a[fresh[i] | fresh[j]] for a in (i, j, v))
-        return i, j, v
+            out = tuple(a[fresh[out[0]] | fresh[out[1]]] for a in out)
+        return out
     local_copy = engine == "local" and spill_dir is not None and not isinstance(src, ArrayVectors)
     with _partition(src, threshold, n_clusters, assign, seed, pca_dims, spill_dir, progress, local_copy,
                     engine=engine, address=address) as (entries, copy):
-        parts = _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address)
+        parts = _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address, cap=cap)
     if not parts:
-        return _empty()
-    i, j, v = _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(3)))
+        return _empty(ranked=cap is not None)
+    i, j, v, *ranked = _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(len(parts[0]))))
     first = np.ones(len(i), bool)
     first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    if ranked:  # a pair met in two clusters is ranked if either ranked it
+        return i[first], j[first], v[first], np.logical_or.reduceat(ranked[0], np.flatnonzero(first)) if len(i) else ranked[0]
     return i[first], j[first], v[first]
 
 
@@ -698,7 +741,8 @@ class _LocalCopy:
 
 
 def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh: np.ndarray | None,
-                  progress: bool, *, engine: str = "local", address: str | None = None) -> list[Pairs]:
+                  progress: bool, *, engine: str = "local", address: str | None = None,
+                  cap: tuple[int, float] | None = None) -> list[Pairs]:
     """Every bucket's clusters joined, a group of clusters at a time; the next group's vectors are
     read while this one is joined (reads are ~40% of the time on a Lance column). On Ray, each
     group is a task (:func:`join_group_task`)."""
@@ -719,7 +763,7 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
         ray = ray_init(address)
         source = ray.put(_source_spec(src))
         new_ref = ray.put(fresh)
-        calls = ((source, group, threshold, new_ref) for group in _entry_groups(entries))
+        calls = ((source, group, threshold, new_ref, cap) for group in _entry_groups(entries))
         window = task_window(ray)  # entries in flight stay bounded
         for own, part in ray_task_map(join_group_task, calls, address=address, retries=2, window=window):
             parts.append(part)
@@ -734,12 +778,12 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
         for group in _entry_groups(entries):
             ahead = reader.submit(read, group)
             if pending is not None:
-                parts.append(_join_group(*pending.result(), threshold, fresh))
+                parts.append(_join_group(*pending.result(), threshold, fresh, cap))
                 if bar is not None:
                     bar.update(int((pending.result()[0][:, 1] % 2 == 0).sum()))
             pending = ahead
         if pending is not None:
-            parts.append(_join_group(*pending.result(), threshold, fresh))
+            parts.append(_join_group(*pending.result(), threshold, fresh, cap))
             if bar is not None:
                 bar.update(int((pending.result()[0][:, 1] % 2 == 0).sum()))
     if bar is not None:
@@ -754,11 +798,12 @@ def _entry_groups(entries: "_Entries") -> Iterator[np.ndarray]:
         yield from _groups(got[np.argsort(got[:, 1], kind="stable")])
 
 
-def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: np.ndarray | None) -> tuple[int, Pairs]:
+def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: np.ndarray | None,
+                    cap: tuple[int, float] | None = None) -> tuple[int, Pairs]:
     """A Ray task of ``semantic_pairs(engine="ray")``: read one group's vectors (by position, from
     the Lance column or the matrix) and join its clusters; (own rows of the group, its pairs)."""
     rows = np.unique(group[:, 0])
-    return int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, _open_source(source).take(rows), threshold, fresh)
+    return int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, _open_source(source).take(rows), threshold, fresh, cap)
 
 
 def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Entries,
@@ -857,7 +902,8 @@ def _groups(entries: np.ndarray) -> Iterator[np.ndarray]:
         lo = hi
 
 
-def _join_group(group: np.ndarray, rows: np.ndarray, x: np.ndarray, threshold: float, fresh: np.ndarray | None) -> Pairs:
+def _join_group(group: np.ndarray, rows: np.ndarray, x: np.ndarray, threshold: float, fresh: np.ndarray | None,
+                cap: tuple[int, float] | None = None) -> Pairs:
     """Join each cluster of a group (entries, its unique rows, their vectors): its own rows with
     every later member (own rows and copies), or, with `fresh`, its new members with every later
     member (new first)."""
@@ -880,13 +926,13 @@ def _join_group(group: np.ndarray, rows: np.ndarray, x: np.ndarray, threshold: f
 
     def join(task: tuple[np.ndarray, int, int]) -> Pairs:
         members, r0, r1 = task
-        p, q, v = _join_block(x, members, r0, r1, threshold)
-        return rows[members[p]], rows[members[q]], v
+        p, q, *rest = _join_block(x, members, r0, r1, threshold, cap)
+        return (rows[members[p]], rows[members[q]], *rest)  # type: ignore[return-value]
 
     parts = _run(tasks, join, False, "")
     if not parts:
-        return _empty()
-    return tuple(np.concatenate([p[col] for p in parts]) for col in range(3))  # type: ignore[return-value]
+        return _empty(ranked=cap is not None)
+    return tuple(np.concatenate([p[col] for p in parts]) for col in range(len(parts[0])))  # type: ignore[return-value]
 
 
 # Up to this many rows the k nearest are found exactly (a flat inner-product scan); above it an IVF
@@ -1244,7 +1290,9 @@ def clustered_hamming_pairs(
     v = h.shape[1]
     same_i, same_j, _ = hamming_pairs(h.ravel(), 0, identical="first")  # identical hashes anywhere: a sort
     if candidates is None:
-        i, j, _cos = semantic_pairs(src, cosine, progress=progress, **join)  # type: ignore[arg-type]
+        i, j, _cos, *ranked = semantic_pairs(src, cosine, progress=progress, **join)  # type: ignore[arg-type]
+        if ranked:  # join={"per_row": k}: each row's k best candidates
+            i, j = i[ranked[0]], j[ranked[0]]
     else:
         i, j = (np.asarray(a, np.int64) for a in candidates)
     i = np.concatenate([same_i // v, i])

@@ -22,6 +22,7 @@ For each size N, in one run:
      (each near copy gets its source's hash, 0-8 bits flipped; 0.5% of rows collide with an
      unrelated row's hash); recall of the pairs whose vectors are within ``--hash-cosine``
      (its peak counts from the search's start: the hashes are in it, the setup's scratch is not);
+     ``--per-row K`` keeps each row's K best candidates, as dedup does with 32;
    - the baseline, at the smallest size only: ``semantic-whole``, the path before this change (the
      whole column read into one matrix, then the same join);
    - ``curate`` (``--only curate``): a lake of N pairs (``DIR/pairs-N``, 256k-row fragments: captions,
@@ -320,8 +321,10 @@ def child_hash_clusters(path: Path, cosine: float) -> dict:
     h[b] = h[a] ^ flipped(len(b))
     with open("/proc/self/clear_refs", "w") as f:  # the peak from here: not planted_sources' scratch
         f.write("5")
+    per_row = int(os.environ.get("BENCH_SCALE_PER_ROW", "0"))  # --per-row: each row's best candidates only
     t0 = time.perf_counter()
-    i, j, _d = clustered_hamming_pairs(h, LanceVectors(ds, "image"), 8, cosine=cosine)
+    bound = {"per_row": per_row} if per_row else {}
+    i, j, _d = clustered_hamming_pairs(h, LanceVectors(ds, "image"), 8, cosine=cosine, **bound)
     seconds = time.perf_counter() - t0
     peak = vm_hwm_mb()
     rows = sample_rows(n, copies)
@@ -574,12 +577,16 @@ def main() -> None:
                              "rebalance", "sequence", "dedup", "minhash"])
     ap.add_argument("--hash-cosine", type=float, default=0.9, help="hash-clusters: the cosine whose neighbours' hashes are compared")
     ap.add_argument("--assign", type=int, help="semantic: clusters a row joins (default: semantic_pairs' own)")
+    ap.add_argument("--per-row", type=int, help="hash-clusters: each row's best candidates only (semantic_pairs' per_row; "
+                                                "dedup uses 32)")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k",
                     help="minhash: the Flickr8k folder whose captions.csv the generated captions are fitted on")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.assign:
         os.environ["BENCH_SCALE_ASSIGN"] = str(args.assign)  # the children read it
+    if args.per_row:
+        os.environ["BENCH_SCALE_PER_ROW"] = str(args.per_row)
     if args.child:
         kind, arg = args.child[0], args.child[1]
         res = {"semantic": lambda: child_semantic(Path(arg), False), "semantic-whole": lambda: child_semantic(Path(arg), True),

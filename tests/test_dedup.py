@@ -335,6 +335,7 @@ def check_clustered_search(lake: Lake, other: Lake, planted: list, column: str, 
     assert r_c >= r_all - slack and p_c >= 0.99, (r_all, r_c, p_c)
     prov = field_provenance(other.dataset().schema.field(column))
     assert prov["config"]["search"] == "clusters" and prov["config"]["cosine"] == cosine
+    assert prov["config"]["per_row"] == dedup_module.CLUSTERED_PER_ROW
     return clustered
 
 
@@ -400,19 +401,40 @@ def test_copy_search_in_clusters_links_a_subset_and_shares_the_join(planted_lake
     """copy_search="clusters" compares the 8 copy hashes of rows the semantic join calls alike
     (identical ones anywhere): a subset of the all-pairs links that finds about as many planted
     copies; with phash in clusters and semantic in the same run, one join at the lowest cosine
-    serves all three; the choice is recorded and changing it needs --recompute."""
+    serves all three (each row's best few pairs for the hash searches, every pair from its confirm
+    cosine up for semantic); the choice is recorded and changing it needs --recompute. With the
+    bound binding (2 a row), the links are the same whether semantic shares the join or not, and
+    semantic's groups are those of semantic alone."""
     lake, planted, _ = planted_lake
     other = Lake.open(shutil.copytree(lake.uri, tmp_path / "copy"))
     with pytest.raises(LakeError, match="--recompute"):
         other.dedup(["copy"], copy_search="clusters", progress=False)
-    cosines = []
+    calls = []
     real = dedup_module.semantic_pairs
-    monkeypatch.setattr(dedup_module, "semantic_pairs", lambda src, cos, **kw: cosines.append(cos) or real(src, cos, **kw))
+
+    def spy(src, cos, **kw):
+        out = real(src, cos, **kw)
+        calls.append((cos, kw, int(out[3].sum()) if len(out) > 3 else None))  # the ranked pairs
+        return out
+
+    monkeypatch.setattr(dedup_module, "semantic_pairs", spy)
     other.dedup(["phash", "semantic", "copy"], phash_search="clusters", copy_search="clusters", copy_cosine=0.4,
                 recompute=True, progress=False)
-    monkeypatch.undo()
-    assert cosines == [0.4]  # copy's 0.4, below phash's 0.45 and semantic's 0.70
-    check_clustered_search(lake, other, planted, "dup_copy_group", 0.03, 0.4)
+    assert [c for c, _, _ in calls] == [0.4]  # copy's 0.4, below phash's 0.45 and semantic's 0.70
+    assert calls[0][1]["per_row"] == dedup_module.CLUSTERED_PER_ROW and calls[0][1]["all_from"] == 0.70
+    bounded_32 = check_clustered_search(lake, other, planted, "dup_copy_group", 0.03, 0.4)
+
+    monkeypatch.setattr(dedup_module, "CLUSTERED_PER_ROW", 2)
+    runs = {}
+    for name, methods in (("shared", ["phash", "semantic", "copy"]), ("alone", ["copy"]), ("semantic", ["semantic"])):
+        mine = Lake.open(shutil.copytree(lake.uri, tmp_path / name))
+        mine.dedup(methods, phash_search="clusters", copy_search="clusters", copy_cosine=0.4, recompute=True, progress=False)
+        runs[name] = by_key(mine, ["dup_copy_group", "dup_semantic_group"])
+    assert calls[1][2] < calls[0][2]  # 2 a row: fewer candidates than 32 a row
+    shared, alone = linked(runs["shared"], "dup_copy_group"), linked(runs["alone"], "dup_copy_group")
+    assert shared == alone and len(alone) > 20  # the same whether semantic shares the join or not
+    assert alone <= bounded_32  # fewer candidates a row: a subset (here all 475: copies are a row's nearest)
+    assert linked(runs["shared"], "dup_semantic_group") == linked(runs["semantic"], "dup_semantic_group")
 
 
 # --------------------------------------------------------------------------- issue 17: copy hashes

@@ -381,6 +381,43 @@ def test_semantic_join_gathers_from_a_local_copy(data, monkeypatch):
     assert semantic_pairs(RemoteVectors(x), 0.95, spill_dir=None)[0].tolist() == expected[0].tolist()  # no copy
 
 
+@pytest.mark.parametrize("n_clusters", [1, 6])
+def test_per_row_bounds_the_pairs_of_a_dense_region(n_clusters):
+    """A clump of 400 rows all within a low cosine of each other gives ~80,000 pairs; with
+    per_row=5 each row keeps its 5 most similar later members: at most 5 a row are ranked, they
+    are the uncapped join's pairs (the 5 best a row's, in one cluster), the pairs above all_from
+    all come back, and the ranked ones do not depend on all_from."""
+    rng = np.random.default_rng(4)
+    d = 32
+    centre = rng.standard_normal(d)
+    clump = centre + 0.35 * rng.standard_normal((400, d)) * np.linalg.norm(centre) / np.sqrt(d)
+    x = np.concatenate([clump, rng.standard_normal((600, d))]).astype(np.float32)
+    x[401] = x[3] + 0.01 * rng.standard_normal(d).astype(np.float32)  # one far pair, near-identical
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ui, uj, ucos = semantic_pairs(x, 0.6, n_clusters=n_clusters, assign=n_clusters)  # assign >= k: exact
+    assert len(ui) > 30_000
+    i, j, cos, ranked = semantic_pairs(x, 0.6, n_clusters=n_clusters, assign=n_clusters, per_row=5, all_from=0.95)
+    got = dict(zip(zip(i.tolist(), j.tolist()), cos.tolist()))
+    assert set(got) <= set(zip(ui.tolist(), uj.tolist())) and ranked.sum() <= 5 * len(x)
+    strong = ucos >= 0.95
+    assert set(zip(ui[strong].tolist(), uj[strong].tolist())) <= set(got) and (3, 401) in got
+    with_all = set(zip(i[ranked].tolist(), j[ranked].tolist()))
+    i2, j2, _, r2 = semantic_pairs(x, 0.6, n_clusters=n_clusters, assign=n_clusters, per_row=5)
+    assert r2.all() and set(zip(i2.tolist(), j2.tolist())) == with_all  # ranked: the same without all_from
+    # every row with uncapped pairs keeps at least one
+    assert set(np.unique(np.concatenate([ui, uj])).tolist()) == set(np.unique(np.concatenate([i2, j2])).tolist())
+    if n_clusters == 1:  # one cluster in row order: a row's ranked pairs are its 5 best with later rows
+        for a in (0, 3, 150, 399):
+            mine = np.flatnonzero(ui == a)
+            best = mine[np.lexsort((uj[mine], -ucos[mine]))[:5]]
+            assert set(uj[best].tolist()) == set(j2[i2 == a].tolist())
+    # per_row large enough: the uncapped pairs, all ranked
+    i3, j3, _, r3 = semantic_pairs(x, 0.6, n_clusters=n_clusters, assign=n_clusters, per_row=len(x))
+    assert r3.all() and i3.tolist() == ui.tolist() and j3.tolist() == uj.tolist()
+    with pytest.raises(ValueError, match="per_row"):
+        semantic_pairs(x, 0.6, per_row=0)
+
+
 def test_clustered_hamming_pairs_is_the_exact_search_among_semantic_neighbours():
     """Planted perceptual copies (near vectors and near hashes) are all found, with their mirror
     variants; identical hashes are linked wherever they are; hash collisions between rows whose
