@@ -41,8 +41,9 @@ size, ingest time and id of those rows only, by position; stored groups and ids 
 exact sorts a (64-bit hash, row) record a row out of core (:func:`lakecurate.stream.sorted_records`);
 the group and decision columns are written a fragment at a time. What stays a row: a bool per
 method (which rows have its signal, which have no stored group). Methods that compare a row with
-every other still hold their inputs whole: phash's and copy's hashes, minhash's captions, verify's
-image embeddings (``scripts/bench_scale.py --only dedup``, docs/scale.md).
+every other still hold their inputs whole: phash's and copy's hashes, minhash's captions
+(``scripts/bench_scale.py --only dedup``, docs/scale.md); verify's candidates come from the
+out-of-core join above KNN_EXACT_MAX rows (``--only knn``).
 
 **phash at scale**: ``phash_search="all"`` (the default) compares every hash with every other
 (exact multi-index hashing, ~N^2 at 8 bits: 4.8 s at 1M hashes, 292 s at 10M); ``"clusters"``
@@ -84,9 +85,10 @@ from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import commit_decisions, no_producer
 from lakecurate.names import Produce, embedding_columns
-from lakecurate.neardup import (Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
-                               hash_distances, knn_pairs, semantic_pairs)
+from lakecurate.neardup import (KNN_EXACT_MAX, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
+                               hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
 from lakecurate.options import whole
+from lakecurate.progress import progress_bar
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
 from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
 
@@ -139,6 +141,15 @@ CONFIRM_COSINES = {"offline": 0.70, "open_clip": 0.85}
 # planted hard copies (docs/benchmarks.md) heavy crops, framed and turned copies sit at 0.4-0.8 and
 # among the 5 nearest; open_clip: 0.7 is a guess (no CLIP weights on this machine).
 VERIFY_NEIGHBORS = 5
+# Candidate pairs verified at once: their rows' keypoints (~45 KiB a row) are held together, so
+# memory is bounded by the chunk (<= 2 rows a pair: ~1.7 GiB), not by the lake.
+VERIFY_PAIRS_CHUNK = 20_000
+# Cells a row joins when verify's candidates come from the join (above KNN_EXACT_MAX rows): at
+# verify's loose cosines a row's nearest can sit several cells away, beyond the 4 that semantic's
+# high cosines need. bench_scale-style rows at 300k, recall of 1,000 rows' exact 5 nearest: at
+# cosine 0.5 0.955 / 0.983 / 0.993 / 0.998 with 4 / 6 / 8 / 12 cells, at 0.7 0.957 / 0.993 / 0.999
+# with 4 / 8 / 12 (the join's time grows about linearly with them).
+KNN_ASSIGN = 12
 VERIFY_COSINES = {"offline": 0.4, "open_clip": 0.7}
 PHASH_COLUMNS = ("phash", "phash_flip")
 EVIDENCE_TABLE = "dup_pairs"
@@ -240,17 +251,6 @@ def _pick_embedding(lake: "Store", ds: Any, embedding: str | None, needed: bool,
     need = (f"--{clustered}-search clusters compares hashes within embedding clusters; embed first, or use --{clustered}-search all"
             if clustered else "semantic, caption and verify dedup need them; or use --method exact,phash,copy") if needed else None
     return pick_embedding(lake, ds, embedding, need=need)
-
-
-def _vectors(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    from lakecurate.columns import embedding_matrix
-
-    x, valid = embedding_matrix(col, dtype=None)  # stored float16: half the memory of float32
-    if not valid.all():
-        x = x.copy()
-        x[~valid] = 0
-        x[~valid, 0] = 1  # unit placeholders: never joined (not eligible), but pass the norm check
-    return x, valid
 
 
 @dataclass
@@ -698,10 +698,9 @@ def dedup(
     report.rows = n
     present = [m for m in METHODS if all(c in ds.schema.names for c in group_columns(m))]
     # What a method computed now needs whole is read whole (hashes it compares with every other,
-    # verify's vectors and cache keys, minhash's captions); the rest is streamed or read by
-    # position for the rows in groups: ids, scores and stored groups hold nothing a row.
-    read = (["id", "content_hash", "ingest_status", embedding_columns(emb)["image"]] if "verify" in methods else [])
-    read += ["caption"] if "minhash" in methods else []
+    # minhash's captions); the rest is streamed or read by position for the rows in groups (ids,
+    # scores and stored groups hold nothing a row; verify takes the keys of its candidates' rows).
+    read = ["caption"] if "minhash" in methods else []
     read += list(PHASH_COLUMNS) if {"phash", "semantic"} & set(methods) else []
     read += ["copy_hashes"] if "copy" in methods else []
     tbl = (ds.to_table(columns=list(dict.fromkeys(read)), with_row_address=True) if read
@@ -727,7 +726,7 @@ def dedup(
         if m not in methods:  # computed by an earlier run: take its groups as they are
             g = _group(~stored[m].missing, [(stored[m].rows, stored[m].kept)], ranks)
         elif m == "verify":
-            g, evidence[m] = _verify_groups(lake, tbl, n, emb, configs[m], stored[m], groups, mr, workers, progress, ranks)
+            g, evidence[m] = _verify_groups(lake, joins, emb, configs[m], stored[m], groups, mr, workers, progress, ranks)
         else:
             g, evidence[m] = _method_groups(m, ds, tbl, n, emb, configs[m], stored[m], mr, progress, ranks,
                                             engine=engine, storage_options=lake.storage_options, joins=joins)
@@ -1066,22 +1065,23 @@ def _links(i: np.ndarray, j: np.ndarray, score: np.ndarray, detail: str, *, smal
     return a, b, score, [detail.format(v) if "{" in detail else detail for v in score]
 
 
-def _verify_groups(lake: "Store", tbl: pa.Table, n: int, emb: str | None, config: dict[str, Any], stored: _Stored,
+def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[str, Any], stored: _Stored,
                    groups: dict[str, _Groups], mr: MethodReport, workers: int | None,
                    progress: bool | None, ranks: _Ranks) -> tuple[_Groups, Evidence]:
     """Verified copies: candidate pairs (each new row's nearest image embeddings) that no other
-    method links already, checked with local features (:mod:`lakecurate.verify`)."""
+    method links already, checked with local features (:mod:`lakecurate.verify`). Nothing is read
+    whole: the vectors of up to KNN_EXACT_MAX rows are taken for an exact search, above that the
+    join ranks each row's nearest out of core (:func:`_nearest_candidates`)."""
     from lakecurate.verify import KeypointCache, accepted, match_pairs
 
-    x, eligible = _vectors(tbl.column(embedding_columns(emb)["image"]))
-    status = np.asarray(tbl.column("ingest_status").to_numpy(zero_copy_only=False), dtype=object)
-    eligible &= status != "error"  # no image to look at
+    ds, col = joins.ds, embedding_columns(emb)["image"]
+    eligible = joins.valid(col) & ~_equals(ds, "ingest_status", "error")  # an error row has no image to look at
     new, rows, pairs = _stored(eligible, stored, mr)
     none = _no_links()
     if not mr.new_rows or len(rows) < 2:
         return _group(eligible, pairs, ranks), none
     only_new = None if mr.new_rows == len(rows) else new[rows]
-    i, j, _ = knn_pairs(x[rows], config["neighbors"], config["min_cosine"], new=only_new)
+    i, j = _nearest_candidates(joins, col, rows, config["neighbors"], config["min_cosine"], only_new)
     i, j = rows[i], rows[j]
     # Pairs another image method links already need no second look.
     linked = np.zeros(len(i), bool)
@@ -1093,14 +1093,26 @@ def _verify_groups(lake: "Store", tbl: pa.Table, n: int, emb: str | None, config
     mr.candidates = len(i)
     if not len(i):
         return _group(eligible, pairs, ranks), none
-    need = np.unique(np.concatenate([i, j]))
-    at = pa.array(need, pa.int64())
-    feats, cache = KeypointCache(lake).load(*(pc.take(tbl.column(c), at).to_pylist() for c in ("id", "content_hash", "_rowaddr")),
-                                            workers=workers, progress=progress)
-    mr.keypoint_rows, mr.keypoints_computed, mr.keypoint_seconds = cache.needed, cache.computed, cache.seconds
-    t0 = time.perf_counter()
-    matches = match_pairs(dict(zip(need.tolist(), feats)), i, j, enough=config["min_inliers"], progress=progress)
-    mr.match_seconds = time.perf_counter() - t0
+    mr.keypoint_rows = len(np.unique(np.concatenate([i, j])))
+    cache = KeypointCache(lake)
+    chunks = range(0, len(i), VERIFY_PAIRS_CHUNK)
+    bar = progress_bar(total=len(i), desc="verify candidate pairs", unit="pair", progress=progress if len(chunks) > 1 else False)
+    inner = progress if len(chunks) == 1 else False  # one chunk: the keypoint and matching bars themselves
+    matches = []
+    for lo in chunks:  # a chunk's keypoints held at once (computed ones are committed to the cache)
+        ci, cj = i[lo:lo + VERIFY_PAIRS_CHUNK], j[lo:lo + VERIFY_PAIRS_CHUNK]
+        need = np.unique(np.concatenate([ci, cj]))
+        keys = ds.take(need, columns=["id", "content_hash", "_rowaddr"])
+        feats, rep = cache.load(*(keys.column(c).to_pylist() for c in ("id", "content_hash", "_rowaddr")),
+                                workers=workers, progress=inner)
+        mr.keypoints_computed += rep.computed
+        mr.keypoint_seconds += rep.seconds
+        t0 = time.perf_counter()
+        matches += match_pairs(dict(zip(need.tolist(), feats)), ci, cj, enough=config["min_inliers"], progress=inner)
+        mr.match_seconds += time.perf_counter() - t0
+        del feats
+        bar.update(len(ci))
+    bar.close()
     ok = np.array([accepted(m, config["min_inliers"]) for m in matches], bool)
     mr.pairs = int(ok.sum())
     pairs.append((i[ok], j[ok]))
@@ -1108,6 +1120,31 @@ def _verify_groups(lake: "Store", tbl: pa.Table, n: int, emb: str | None, config
     a, b = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
     found = (a, b, np.array([m.inliers for m in good], np.float64), [m.describe() for m in good])
     return _group(eligible, pairs, ranks), found
+
+
+def _nearest_candidates(joins: _Joins, col: str, rows: np.ndarray, k: int, cosine: float,
+                        new: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (positions in ``rows``) where one row is among the other's k nearest at ``cosine`` or
+    more (with ``new``: a new row's k nearest among all): :func:`knn_pairs` on the taken vectors
+    up to KNN_EXACT_MAX rows; above, the join's ranked pairs (each row's k nearest are among them,
+    :func:`semantic_pairs`' ``per_row``, each row in KNN_ASSIGN cells) cut to each row's k nearest,
+    so the memory is bounded."""
+    src = LanceVectors(joins.ds, col, rows, storage_options=joins.storage_options)
+    if len(rows) <= KNN_EXACT_MAX:
+        i, j, _ = knn_pairs(src.take(np.arange(len(rows))), k, cosine, new=new)
+        return i, j
+    i, j, cos, ranked = semantic_pairs(src, cosine, new=new, per_row=k, assign=KNN_ASSIGN, progress=bool(joins.progress),
+                                     engine=joins.engine)
+    i, j, cos = i[ranked], j[ranked], cos[ranked]
+    keep = nearest_pairs(i, j, cos, k, new)
+    return i[keep], j[keep]
+
+
+def _equals(ds: Any, column: str, value: str, batch_rows: int = 65536) -> np.ndarray:
+    """One bool per row: the column holds ``value`` there (read in batches, never whole)."""
+    parts = [np.asarray(pc.fill_null(pc.equal(b.column(0), value), False).to_numpy(zero_copy_only=False), bool)
+             for b in ds.to_batches(columns=[column], batch_size=batch_rows)]
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
 def _hashes(tbl: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

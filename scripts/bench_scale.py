@@ -23,6 +23,11 @@ For each size N, in one run:
      unrelated row's hash); recall of the pairs whose vectors are within ``--hash-cosine``
      (its peak counts from the search's start: the hashes are in it, the setup's scratch is not);
      ``--per-row K`` keeps each row's K best candidates, as dedup does with 32;
+   - ``knn`` (``--only knn``): dedup verify's candidates (each row's 5 nearest at ``--knn-cosine``,
+     default 0.5, where a row's whole topic is above it) by the join ranked out of core
+     (``dedup._nearest_candidates``, ``--knn-assign`` cells a row, default ``dedup.KNN_ASSIGN``)
+     against the column read whole into ``knn_pairs`` (before); recall of 1,000 random rows' exact
+     5 nearest;
    - the baseline, at the smallest size only: ``semantic-whole``, the path before this change (the
      whole column read into one matrix, then the same join);
    - ``curate`` (``--only curate``): a lake of N pairs (``DIR/pairs-N``, 256k-row fragments: captions,
@@ -343,6 +348,55 @@ def child_hash_clusters(path: Path, cosine: float) -> dict:
             "far_found": int(found[~near].sum()), "cosine": cosine}
 
 
+def child_knn(path: Path, whole: bool, cosine: float, assign: int | None = None, k: int = 5) -> dict:
+    """dedup verify's candidates: the pairs where one row is among the other's ``k`` nearest at
+    ``cosine`` or more. ``whole``: before (the column read whole, ``knn_pairs``: an IVF index above
+    200,000 rows); else ``dedup._nearest_candidates`` (the join ranks each row's k nearest out of
+    core, then cut to them; ``assign``: cells a row joins instead of ``dedup.KNN_ASSIGN``). Recall:
+    each of 1,000 random rows' exact k nearest (a streamed scan)."""
+    import types
+
+    import lance
+
+    import lakecurate.dedup as dedup_mod
+
+    from lakecurate.columns import LanceVectors, embedding_matrix
+    from lakecurate.dedup import _nearest_candidates
+    from lakecurate.neardup import knn_pairs
+
+    ds = lance.dataset(str(path))
+    n = ds.count_rows()
+    t0 = time.perf_counter()
+    if whole:
+        x, _ = embedding_matrix(ds.to_table(columns=["image"]).column("image"), dtype=None)
+        i, j, _cos = knn_pairs(x, k, cosine)
+        del x
+    else:
+        dedup_mod.KNN_ASSIGN = assign or dedup_mod.KNN_ASSIGN
+        joins = types.SimpleNamespace(ds=ds, storage_options=None, progress=False, engine="local")
+        i, j = _nearest_candidates(joins, "image", np.arange(n), k, cosine, None)
+    seconds = time.perf_counter() - t0
+    peak = vm_hwm_mb()
+    rows = np.sort(np.random.default_rng(SEED + 7).choice(n, 1000, replace=False))
+    q = np.asarray(LanceVectors(ds, "image").take(rows), np.float32)
+    best = np.full((len(rows), k), -np.inf, np.float32)
+    near = np.full((len(rows), k), -1, np.int64)
+    for start, part in LanceVectors(ds, "image").batches(CHUNK):
+        sims = q @ np.asarray(part, np.float32).T
+        own = (rows >= start) & (rows < start + len(part))
+        sims[np.flatnonzero(own), rows[own] - start] = -np.inf  # not itself
+        cand = np.concatenate([best, sims], axis=1)
+        ids = np.concatenate([near, np.broadcast_to(np.arange(start, start + len(part)), sims.shape)], axis=1)
+        top = np.argpartition(-cand, k - 1, axis=1)[:, :k]
+        best, near = np.take_along_axis(cand, top, 1), np.take_along_axis(ids, top, 1)
+    ok = best >= cosine
+    a, b = np.repeat(rows, k)[ok.ravel()], near.ravel()[ok.ravel()]
+    truth = np.minimum(a, b) * n + np.maximum(a, b)
+    found = np.isin(truth, np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
+    return {"seconds": seconds, "peak_mb": peak, "pairs": int(len(i)), "recall": float(found.mean()) if len(truth) else float("nan"),
+            "true_pairs": int(len(truth)), "missed": int((~found).sum()), "cosine": cosine}
+
+
 PAIRS_FRAGMENT = 1 << 18
 CURATE_RECIPE = {"name": "bench-scale", "step": [
     {"filter": "ingest_error"}, {"filter": "caption_missing"}, {"filter": "image_size", "min_side": 96},
@@ -573,9 +627,11 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lakecurate-scale"), help="where the datasets are made (reused)")
     ap.add_argument("--k", type=int, default=1024, help="clusters for the clustering measurement (same at every size)")
     ap.add_argument("--only", nargs="+", default=["semantic", "cluster", "hash"],
-                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate",
+                    choices=["semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "knn", "curate",
                              "rebalance", "sequence", "dedup", "minhash"])
     ap.add_argument("--hash-cosine", type=float, default=0.9, help="hash-clusters: the cosine whose neighbours' hashes are compared")
+    ap.add_argument("--knn-cosine", type=float, default=0.5, help="knn: verify's cosine floor (0.5: a row's whole topic is above it)")
+    ap.add_argument("--knn-assign", type=int, help="knn: cells a row joins (default: dedup.KNN_ASSIGN)")
     ap.add_argument("--assign", type=int, help="semantic: clusters a row joins (default: semantic_pairs' own)")
     ap.add_argument("--per-row", type=int, help="hash-clusters: each row's best candidates only (semantic_pairs' per_row; "
                                                 "dedup uses 32)")
@@ -595,6 +651,8 @@ def main() -> None:
                "cluster-ray": lambda: child_cluster_ray(Path(arg), int(args.child[2])),
                "hash": lambda: child_hash(int(arg)),
                "hash-clusters": lambda: child_hash_clusters(Path(arg), float(args.child[2])),
+               "knn": lambda: child_knn(Path(arg), False, float(args.child[2]), int(args.child[3]) or None),
+               "knn-whole": lambda: child_knn(Path(arg), True, float(args.child[2])),
                "curate": lambda: child_curate(Path(arg), False), "curate-whole": lambda: child_curate(Path(arg), True),
                "curate-dry": lambda: child_curate(Path(arg), False, True),
                "rebalance": lambda: child_order(Path(arg), "rebalance"), "sequence": lambda: child_order(Path(arg), "sequence"),
@@ -605,13 +663,13 @@ def main() -> None:
     print(f"bench_scale: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB")
     args.dir.mkdir(parents=True, exist_ok=True)
-    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "curate", "curate-dry",
+    kinds = ("semantic", "semantic-ray", "cluster", "cluster-ray", "hash", "hash-clusters", "knn", "curate", "curate-dry",
              "rebalance", "sequence", "dedup", "minhash")
-    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic-whole", "curate-whole", *kinds)}
+    results: dict[str, dict[int, dict]] = {k: {} for k in ("semantic-whole", "curate-whole", "knn-whole", *kinds)}
     for n in args.sizes:
         print(f"\nN = {n:,}", flush=True)
         path = args.dir / f"vectors-{n}.lance"
-        if {"semantic", "semantic-ray", "cluster", "cluster-ray", "hash-clusters"} & set(args.only):
+        if {"semantic", "semantic-ray", "cluster", "cluster-ray", "hash-clusters", "knn"} & set(args.only):
             make_dataset(path, n)
         if "semantic" in args.only:
             if n == args.sizes[0]:
@@ -644,6 +702,13 @@ def main() -> None:
                   f"pairs {r['pairs']:,}  recall {r['recall']:.4f} of pairs within cosine {r['cosine']} "
                   f"({r['missed']} of {r['true_pairs']} missed); far collisions found {r['far_found']} of {r['far_pairs']}",
                   flush=True)
+        if "knn" in args.only:
+            for kind in ("knn-whole", "knn"):
+                r = results[kind][n] = run_child([kind, str(path), str(args.knn_cosine), str(args.knn_assign or 0)])
+                what = "verify candidates, whole column" if kind == "knn-whole" else "verify candidates, joined     "
+                print(f"  {what}  {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB  pairs {r['pairs']:,}  "
+                      f"recall {r['recall']:.4f} of 1,000 rows' 5 nearest within cosine {r['cosine']} "
+                      f"({r['missed']} of {r['true_pairs']} missed)", flush=True)
         if "curate" in args.only:
             make_pairs_lake(args.dir / f"pairs-{n}", n)
             runs = (["curate-whole"] if n == args.sizes[0] else []) + ["curate", "curate-dry"]

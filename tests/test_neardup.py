@@ -12,6 +12,8 @@ from lakecurate.neardup import (
     components,
     exact_pairs_bruteforce,
     hamming_pairs,
+    knn_pairs,
+    nearest_pairs,
     semantic_pairs,
 )
 
@@ -384,9 +386,9 @@ def test_semantic_join_gathers_from_a_local_copy(data, monkeypatch):
 @pytest.mark.parametrize("n_clusters", [1, 6])
 def test_per_row_bounds_the_pairs_of_a_dense_region(n_clusters):
     """A clump of 400 rows all within a low cosine of each other gives ~80,000 pairs; with
-    per_row=5 each row keeps its 5 most similar later members: at most 5 a row are ranked, they
-    are the uncapped join's pairs (the 5 best a row's, in one cluster), the pairs above all_from
-    all come back, and the ranked ones do not depend on all_from."""
+    per_row=5 a pair is kept where one row is among the other's 5 most similar: at most 5 a row,
+    a subset of the uncapped join's pairs, exactly knn_pairs' (the pairs above all_from all come
+    back too, and the ranked ones do not depend on all_from)."""
     rng = np.random.default_rng(4)
     d = 32
     centre = rng.standard_normal(d)
@@ -398,19 +400,26 @@ def test_per_row_bounds_the_pairs_of_a_dense_region(n_clusters):
     assert len(ui) > 30_000
     i, j, cos, ranked = semantic_pairs(x, 0.6, n_clusters=n_clusters, assign=n_clusters, per_row=5, all_from=0.95)
     got = dict(zip(zip(i.tolist(), j.tolist()), cos.tolist()))
-    assert set(got) <= set(zip(ui.tolist(), uj.tolist())) and ranked.sum() <= 5 * len(x)
+    assert set(got) <= set(zip(ui.tolist(), uj.tolist()))
+    assert ranked.sum() <= 5 * len(x)  # each ranked pair is some row's choice
     strong = ucos >= 0.95
     assert set(zip(ui[strong].tolist(), uj[strong].tolist())) <= set(got) and (3, 401) in got
     with_all = set(zip(i[ranked].tolist(), j[ranked].tolist()))
-    i2, j2, _, r2 = semantic_pairs(x, 0.6, n_clusters=n_clusters, assign=n_clusters, per_row=5)
+    i2, j2, c2, r2 = semantic_pairs(x, 0.6, n_clusters=n_clusters, assign=n_clusters, per_row=5)
     assert r2.all() and set(zip(i2.tolist(), j2.tolist())) == with_all  # ranked: the same without all_from
     # every row with uncapped pairs keeps at least one
     assert set(np.unique(np.concatenate([ui, uj])).tolist()) == set(np.unique(np.concatenate([i2, j2])).tolist())
-    if n_clusters == 1:  # one cluster in row order: a row's ranked pairs are its 5 best with later rows
-        for a in (0, 3, 150, 399):
-            mine = np.flatnonzero(ui == a)
-            best = mine[np.lexsort((uj[mine], -ucos[mine]))[:5]]
-            assert set(uj[best].tolist()) == set(j2[i2 == a].tolist())
+    # every row's 5 nearest: among the ranked pairs, and what nearest_pairs picks from them
+    knn = set(zip(ui[nearest_pairs(ui, uj, ucos, 5)].tolist(), uj[nearest_pairs(ui, uj, ucos, 5)].tolist()))
+    kept = nearest_pairs(i2, j2, c2, 5)
+    assert knn <= with_all and set(zip(i2[kept].tolist(), j2[kept].tolist())) == knn
+    ki, kj, _ = knn_pairs(x, 5, 0.6)
+    assert set(zip(ki.tolist(), kj.tolist())) == knn
+    for a in (0, 3, 150, 399):  # by hand: a's 5 best partners are in the pairs
+        mine = np.flatnonzero((ui == a) | (uj == a))
+        best = mine[np.argsort(-ucos[mine], kind="stable")[:5]]
+        assert {(int(ui[b]), int(uj[b])) for b in best} <= knn
+    assert with_all == knn  # the join finds every pair here (assign = clusters): exactly knn_pairs'
     # per_row large enough: the uncapped pairs, all ranked
     i3, j3, _, r3 = semantic_pairs(x, 0.6, n_clusters=n_clusters, assign=n_clusters, per_row=len(x))
     assert r3.all() and i3.tolist() == ui.tolist() and j3.tolist() == uj.tolist()

@@ -252,6 +252,56 @@ def test_dedup_verify_links_crops_frames_and_overlays_and_explains_why(tmp_path:
     assert len(lake.dup_pairs()) >= len(links)
 
 
+def test_dedup_verify_above_the_exact_size_ranks_candidates_out_of_core(tmp_path: Path, flickr8k: Path, monkeypatch):
+    """Above KNN_EXACT_MAX rows verify's candidates come from the out-of-core join (each row's k
+    nearest ranked in the clusters, then cut to them) instead of the taken vectors, and the pairs
+    are verified a chunk at a time (their keypoints held together): the same candidates, groups,
+    links and keypoints computed as the exact search in one piece, from scratch and for new rows."""
+    import lakecurate.dedup as dedup_mod
+    from lakecurate import neardup
+
+    first = _plant(tmp_path / "a", _photos(flickr8k, 40, start=300), copies_of=8, tag="a")
+    more = _plant(tmp_path / "b", _photos(flickr8k, 6, start=360), copies_of=2, tag="b")
+    assert len(first) >= 64  # semantic_pairs' clustered path (2 clusters), not its single block
+    opts = {"verify_neighbors": 3, "verify_cosine": -1.0}
+    calls: list[dict] = []
+    real = neardup.semantic_pairs
+
+    def spy(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+
+    results = {}
+    for name, exact_max, chunk in (("exact", dedup_mod.KNN_EXACT_MAX, dedup_mod.VERIFY_PAIRS_CHUNK),
+                                   ("joined", 10, 7)):  # and the pairs verified 7 at a time
+        monkeypatch.setattr(dedup_mod, "KNN_EXACT_MAX", exact_max)
+        monkeypatch.setattr(dedup_mod, "VERIFY_PAIRS_CHUNK", chunk)
+        monkeypatch.setattr(dedup_mod, "semantic_pairs", spy)
+        calls.clear()
+        lake = Lake.create(tmp_path / name)
+        got = []
+        for folder in ("a", "b"):
+            lake.ingest(tmp_path / folder, progress=False)
+            lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+            rep = lake.dedup(["exact", "verify"], progress=False, **opts)
+            v = next(m for m in rep.methods if m.method == "verify")
+            links = lake.dup_pairs()
+            key_of = dict(zip(*lake.to_pandas(["id", "key"]).T.values))
+            linked = {tuple(sorted((Path(key_of[a]).stem, Path(key_of[b]).stem)))
+                      for a, b in zip(links["a"], links["b"]) if a in key_of}
+            groups = _groups(lake)
+            got.append((v.candidates, v.pairs, v.keypoint_rows, v.keypoints_computed, linked, sorted(sorted(k for k in groups if groups[k] == g)
+                                                               for g in set(groups.values()))))
+        assert [(kw.get("per_row"), kw.get("assign")) for kw in calls] == (
+            [] if name == "exact" else [(3, dedup_mod.KNN_ASSIGN)] * 2)
+        results[name] = got
+    assert results["joined"] == results["exact"]
+    (c1, p1, rows1, computed1, linked1, _), (c2, _, rows2, computed2, _, _) = results["exact"]
+    assert c1 > 0 and p1 > 0 and linked1 and 0 < c2 <= 3 * len(more) + len(more)
+    assert rows1 == computed1 and computed2 < rows2  # each image's keypoints computed once, chunks or not
+    assert all(first[a] == first[b] for a, b in linked1), "verify linked different photos"
+
+
 def test_dedup_verify_options_are_checked_before_anything_is_written(lake: Lake, tmp_path: Path):
     from click.testing import CliRunner
 
