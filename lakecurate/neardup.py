@@ -21,7 +21,7 @@ import contextlib
 import os
 import re
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Literal, Protocol
 
@@ -869,19 +869,21 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
             bar.close()
         return
 
+    def join(pending: Future) -> None:
+        group = pending.result()
+        pile.add(_join_group(*group, threshold, fresh, cap))
+        if bar is not None:
+            bar.update(int((group[0][:, 1] % 2 == 0).sum()))
+
     with ThreadPoolExecutor(1) as reader:
         pending = None
         for group in _entry_groups(entries):
             ahead = reader.submit(read, group)
             if pending is not None:
-                pile.add(_join_group(*pending.result(), threshold, fresh, cap))
-                if bar is not None:
-                    bar.update(int((pending.result()[0][:, 1] % 2 == 0).sum()))
+                join(pending)
             pending = ahead
         if pending is not None:
-            pile.add(_join_group(*pending.result(), threshold, fresh, cap))
-            if bar is not None:
-                bar.update(int((pending.result()[0][:, 1] % 2 == 0).sum()))
+            join(pending)
     if bar is not None:
         bar.close()
 
