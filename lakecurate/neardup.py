@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 _TASK_ROWS = 2048
 _SUB_ROWS = 256
 _COL_BLOCK = 16384
-_CAP_COMPACT = 1 << 23  # semantic_pairs(per_row=): kept pairs of a join block ranked again above this
+_CAP_COMPACT = 1 << 23  # semantic_pairs(per_row=): piled pairs merged and cut above this, then whenever they double
 _ASSIGN_CHUNK = 16384
 _ASSIGN_BATCH = 65536  # rows streamed from the source at once to be assigned
 _RANGE_ROWS = 1 << 20  # rows one Ray task assigns (its entries: ~64 MiB back to the driver)
@@ -208,11 +208,11 @@ def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: fl
     ``cap=(k, above)``: only the pairs where one row is among the other's k most similar (of
     this block's pairs) and those at or above ``above``, with a 4th array: whether the pair is
     among either's k (:func:`semantic_pairs`' ``per_row``). Each strip's pairs are cut to its
-    rows' and columns' k best as they come (:func:`_strip_best`) and the kept ones ranked again
-    whenever they pass _CAP_COMPACT, so the final ranks are those over all of the block's pairs.
+    rows' and columns' k best as they come (:func:`_strip_best`) and piled as the join's are
+    (:class:`_Pile`), so the final ranks are those over all of the block's pairs.
     """
     out_p, out_q, out_v = [], [], []
-    held = 0
+    pile = _Pile(cap, len(rows)) if cap is not None else None
     # The first column block starts at r0, so it also holds the left rows (r1 - r0 <= _COL_BLOCK).
     first = np.asarray(x[rows[r0 : r0 + _COL_BLOCK]], dtype=np.float32)
     left = first[: r1 - r0]
@@ -233,20 +233,18 @@ def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: fl
             q += q0
             upper = q > p
             p, q, v = p[upper], q[upper], scores.ravel()[hit[upper]]
-            if cap is not None:
-                keep = _strip_best(p - s0, q - q0, v, scores.shape, cap[0]) | (v >= cap[1])
-                p, q, v = p[keep], q[keep], v[keep]
-                held += len(p)
+            if pile is not None:
+                keep = _strip_best(p - s0, q - q0, v, scores.shape, pile.cap[0]) | (v >= pile.cap[1])
+                pile.add((p[keep], q[keep], v[keep]))
+                continue
             out_p.append(p)
             out_q.append(q)
             out_v.append(v)
-            if cap is not None and held > _CAP_COMPACT:
-                p, q, v, _ = _ranked(np.concatenate(out_p), np.concatenate(out_q), np.concatenate(out_v), cap)
-                out_p, out_q, out_v, held = [p], [q], [v], len(p)
+    if pile is not None:
+        return pile.result()
     if not out_p:
-        return _empty(ranked=cap is not None)
-    out = np.concatenate(out_p), np.concatenate(out_q), np.concatenate(out_v)
-    return _ranked(*out, cap) if cap is not None else out  # type: ignore[return-value]
+        return _empty()
+    return np.concatenate(out_p), np.concatenate(out_q), np.concatenate(out_v)
 
 
 def _strip_best(r: np.ndarray, c: np.ndarray, v: np.ndarray, shape: tuple[int, int], k: int) -> np.ndarray:
@@ -718,7 +716,7 @@ def semantic_pairs(
     pile = _Pile(cap, n)
     with _partition(src, threshold, n_clusters, assign, seed, pca_dims, spill_dir, progress, local_copy,
                     engine=engine, address=address) as (entries, copy):
-        _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address, cap=cap, pile=pile)
+        _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address, pile=pile)
     return pile.result()
 
 
@@ -839,7 +837,7 @@ class _LocalCopy:
 
 def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh: np.ndarray | None,
                   progress: bool, *, engine: str = "local", address: str | None = None,
-                  cap: tuple[int, float] | None = None, pile: "_Pile") -> None:
+                  pile: "_Pile") -> None:
     """Every bucket's clusters joined into ``pile``, a group of clusters at a time; the next
     group's vectors are read while this one is joined (reads are ~40% of the time on a Lance
     column). On Ray, each group is a task (:func:`join_group_task`)."""
@@ -859,7 +857,7 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
         ray = ray_init(address)
         source = ray.put(_source_spec(src))
         new_ref = ray.put(fresh)
-        calls = ((source, group, threshold, new_ref, cap) for group in _entry_groups(entries))
+        calls = ((source, group, threshold, new_ref, pile.cap) for group in _entry_groups(entries))
         window = task_window(ray)  # entries in flight stay bounded
         for own, part in ray_task_map(join_group_task, calls, address=address, retries=2, window=window):
             pile.add(part)
@@ -871,7 +869,7 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
 
     def join(pending: Future) -> None:
         group = pending.result()
-        pile.add(_join_group(*group, threshold, fresh, cap))
+        pile.add(_join_group(*group, threshold, fresh, pile.cap))
         if bar is not None:
             bar.update(int((group[0][:, 1] % 2 == 0).sum()))
 

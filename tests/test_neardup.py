@@ -384,11 +384,15 @@ def test_semantic_join_gathers_from_a_local_copy(data, monkeypatch):
 
 
 @pytest.mark.parametrize("n_clusters", [1, 6])
-def test_per_row_bounds_the_pairs_of_a_dense_region(n_clusters):
+@pytest.mark.parametrize("compact", [None, 500])
+def test_per_row_bounds_the_pairs_of_a_dense_region(n_clusters, compact, monkeypatch):
     """A clump of 400 rows all within a low cosine of each other gives ~80,000 pairs; with
     per_row=5 a pair is kept where one row is among the other's 5 most similar: at most 5 a row,
     a subset of the uncapped join's pairs, exactly knn_pairs' (the pairs above all_from all come
-    back too, and the ranked ones do not depend on all_from)."""
+    back too, and the ranked ones do not depend on all_from). ``compact``: the piled pairs are
+    merged and cut every few hundred (in a join block and across them): the same pairs."""
+    if compact is not None:
+        monkeypatch.setattr("lakecurate.neardup._CAP_COMPACT", compact)
     rng = np.random.default_rng(4)
     d = 32
     centre = rng.standard_normal(d)
