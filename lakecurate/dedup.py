@@ -9,7 +9,7 @@ Methods (each writes its own group column; rows are never deleted):
 | phash | ``dup_phash_group`` | 64-bit DCT perceptual hashes differ in <= ``phash_distance`` bits, also against the mirrored image's hash (``flips``) | 10 bits |
 | semantic | ``dup_semantic_group`` | image embeddings have cosine >= ``semantic_threshold`` (SemDeDup), or >= ``confirm_cosine`` with hashes within ``confirm_distance`` bits | per model, see ``SEMANTIC_THRESHOLDS`` |
 | caption | ``dup_caption_group`` | caption embeddings have cosine >= ``caption_threshold`` | 0.98 |
-| minhash | ``dup_minhash_group`` | the captions' character 5-gram sets have Jaccard >= ``minhash_threshold`` with the group's most connected caption (MinHash LSH proposes, the exact Jaccard decides; star groups, no chains): templated alt text ("Stock photo of X, royalty free") and near-identical captions; the ``caption_template`` recipe step drops large groups | 0.35 |
+| minhash | ``dup_minhash_group`` | the captions' character 5-gram sets have Jaccard >= ``minhash_threshold`` with the group's most connected caption (banded MinHash proposes, linear in the captions; the exact Jaccard decides; star groups, no chains): templated alt text ("Stock photo of X, royalty free") and near-identical captions; the ``caption_template`` recipe step drops large groups | 0.35 |
 | copy | ``dup_copy_group`` | one of the 8 hashes of the bar-trimmed image turned by 0/90/180/270 degrees and mirrored (``copy_hashes``) is within ``copy_distance`` bits of one of the other's: rotated, letterboxed, pillarboxed and bordered copies | 6 bits |
 | verify | ``dup_verify_group`` | one is among the other's ``verify_neighbors`` nearest image embeddings at cosine >= ``verify_cosine`` (a candidate), the pair is not linked by another method already, >= ``verify_inliers`` ORB keypoints agree on one similarity transform and the pixels agree where the images overlap under it (:mod:`lakecurate.verify`): heavy crops, photos framed in a page, overlays, turned and mirrored copies | 5 neighbours, 50 inliers |
 
@@ -648,7 +648,8 @@ def dedup(
         "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash"},  # search="all"
         "copy": {"max_distance": int(copy_distance), "hash": "copy_hashes"},
         "minhash": {"threshold": float(minhash_threshold), "shingles": "5 characters, lower case, punctuation as space",
-                    "num_perm": 128, "groups": "star: most connected caption first"},
+                    "num_perm": 256, "candidates": "band buckets over 8 captions: each with its 16 of fewest shingles",
+                    "groups": "star: most connected caption first"},
     }
     if emb is not None:
         family = emb_prov["config"].get("family", "open_clip")

@@ -8,7 +8,7 @@ The dedup stage reads an embedding or hash column, calls these, and writes the g
 | `knn_pairs` | each row's k nearest rows above a cosine floor (candidates for verification): faiss, exact or IVF |
 | `hamming_pairs` | pairs of uint64 perceptual hashes within a Hamming distance: multi-index hashing |
 | `clustered_hamming_pairs` | the same among pairs the semantic join finds near (linear: for 10M+ hashes) |
-| `caption_pairs` | near-duplicate captions: MinHash LSH on character shingles, exact Jaccard, star groups (no chains) |
+| `caption_pairs` | near-duplicate captions: banded MinHash on hashed character shingles (linear), exact Jaccard, star groups (no chains) |
 | `components` | a group id per row from pairs (connected components) |
 | `exact_pairs_bruteforce` | the exact O(N^2) cosine self-join (baseline for tests and benchmarks) |
 
@@ -31,6 +31,7 @@ Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 if TYPE_CHECKING:
     import faiss
+    from scipy.sparse import csr_matrix
 
 # Rows of one task, rows per matmul, columns gathered at once: together they bound a worker's
 # memory (~(2048 + 16384) x d float32 + a 256 x 16384 score block) whatever the cluster sizes.
@@ -1431,7 +1432,12 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- near-duplicate captions
 _NON_WORD = re.compile(r"[\W_]+")
-_CAPTION_CHUNK = 4096  # captions hashed at once, and queried between two progress updates
+_CAPTION_CHUNK = 4096  # captions shingled and signed at once, between two progress updates ...
+_CAPTION_CHARS = 1 << 22  # ... or fewer, as long as they hold this many characters (~40 bytes each)
+_BUCKET_ALL = 8  # a band bucket of up to this many captions proposes all its pairs ...
+_BUCKET_LEADS = 16  # ... a larger one pairs every member with its this many captions of fewest shingles
+_VERIFY_CHUNK = 1 << 17  # candidate pairs whose exact Jaccard is computed at once
+_SHINGLE_BITS = 30  # hashed shingles: sparse-matrix columns fit int32 indices
 
 
 def shingles(text: str, k: int = 5) -> set[str]:
@@ -1440,77 +1446,209 @@ def shingles(text: str, k: int = 5) -> set[str]:
     >>> sorted(shingles("A  dog!", 3))
     [' do', 'a d', 'dog']
     """
-    s = _NON_WORD.sub(" ", text.lower()).strip()
+    s = _normalised(text)
     return {s[i:i + k] for i in range(max(1, len(s) - k + 1))} if s else set()
 
 
-def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, num_perm: int = 128,
-                  seed: int = 1, progress: bool | None = False) -> Pairs:
-    """Near-duplicate captions as star groups: MinHash LSH (datasketch) proposes candidates at a
-    lower Jaccard, the exact Jaccard of the shingle sets decides, and rows are taken by how many
-    captions lie within ``threshold`` of them (most first): a row not yet grouped leads a group of
-    every not-yet-grouped caption within ``threshold`` of *it*. Pairs are (leader, member, Jaccard); a member is never linked on, so there are no chains
-    ("a black dog runs" ~ "a black dog swims" ~ "a brown dog swims" stays apart) and a template
-    ("Stock photo of X, royalty free") gathers the captions that share it with its leader.
+def _normalised(text: str | None) -> str:
+    return _NON_WORD.sub(" ", text.lower()).strip() if text else ""
 
-    **Quadratic**: the LSH threshold (Jaccard ``threshold - 0.15``: 28 bands of 2 values at the
-    default 0.35) proposes ~1.6% of all pairs of Flickr8k-like captions, so the work a caption
-    grows with their number (``python scripts/bench_scale.py --only minhash``: 4.1 / 16.6 / 50.9 s
-    at 10k / 20k / 40k captions; projected ~9 h at 1M) and the shingle sets and LSH tables take
-    ~12.7 KB a caption. ``progress``: a bar over the captions, hashed then queried (its rate tells
-    how long a large lake will take).
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def _hashed_shingles(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's ``k``-character windows (a text shorter than ``k`` is one window, padded) hashed
+    to ``_SHINGLE_BITS`` bits: (count a text, its sorted distinct hashes, concatenated) -- the
+    ``shingles`` sets, 4 bytes a shingle instead of a Python string each."""
+    texts = [t.ljust(k, "\0") for t in texts]
+    length = np.fromiter(map(len, texts), np.int64, len(texts))
+    code = np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32).astype(np.uint64)
+    windows = length - k + 1
+    first = np.cumsum(windows) - windows  # each text's first window among all windows
+    start = np.repeat(np.cumsum(length) - length - first, windows) + np.arange(int(windows.sum()))
+    h = np.zeros(len(start), np.uint64)
+    for t in range(k):
+        h = h * np.uint64(0x100000001B3) + code[start + t]
+    text_of = np.repeat(np.arange(len(texts), dtype=np.uint64), windows)
+    keys = np.unique((text_of << np.uint64(32)) | (_mix64(h) >> np.uint64(64 - _SHINGLE_BITS)))
+    count = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=len(texts))
+    return count, (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def _band_keys(count: np.ndarray, hashed: np.ndarray, coef: np.ndarray, rows_per_band: int) -> np.ndarray:
+    """MinHash band keys, one row a text: the least of each multiply-shift hash over its shingles,
+    ``rows_per_band`` of them folded into a 32-bit key a band (two texts with equal values share
+    the key; unequal ones share it by chance 2^-32 of the time, and the exact Jaccard drops them)."""
+    start = np.cumsum(count) - count
+    wide = hashed.astype(np.uint64)
+    keys = np.empty((len(count), len(coef) // rows_per_band), np.uint32)
+    for band in range(keys.shape[1]):
+        key = np.zeros(len(count), np.uint64)
+        for a, b in coef[band * rows_per_band:(band + 1) * rows_per_band]:
+            low = np.minimum.reduceat(((a * wide + b) >> np.uint64(32)).astype(np.uint32), start)
+            key = _mix64(key * np.uint64(0x100000001B3) + low)
+        keys[:, band] = key >> np.uint64(32)
+    return keys
+
+
+def _band_candidates(key: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Pairs of rows sharing a band key, packed ``lo << 32 | hi``, sorted and distinct: all the
+    pairs of a bucket of up to ``_BUCKET_ALL`` rows; in a larger one each member with the bucket's
+    ``_BUCKET_LEADS`` rows of fewest shingles (a template's plainest fillings, the captions most
+    of its members are near), so a row is proposed at most max(both) times a band, whatever N."""
+    order = np.lexsort((size, key))
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(key[order])) + 1, [len(key)]])
+    bucket = np.repeat(np.diff(bounds), np.diff(bounds))  # the size of each position's bucket
+    start = np.repeat(bounds[:-1], np.diff(bounds))
+    end = start + bucket
+    left, right = [], []
+    small = np.flatnonzero((bucket > 1) & (bucket <= _BUCKET_ALL))
+    for d in range(1, _BUCKET_ALL):
+        small = small[small + d < end[small]]
+        left.append(order[small]), right.append(order[small + d])
+    big = np.flatnonzero(bucket > _BUCKET_ALL)
+    for lead in range(_BUCKET_LEADS):
+        big = big[big - start[big] > lead]
+        left.append(order[start[big] + lead]), right.append(order[big])
+    p, q = np.concatenate(left).astype(np.uint64), np.concatenate(right).astype(np.uint64)
+    packed = np.sort((np.minimum(p, q) << np.uint64(32)) | np.maximum(p, q))
+    return packed[np.concatenate([[True], packed[1:] != packed[:-1]])] if len(packed) else packed
+
+
+class _UniquePairs:
+    """Packed pairs with a value, each pair once: added pairs are merged into the distinct ones
+    whenever they outnumber them (a pair found again is kept once; the pile stays within ~2x the
+    distinct pairs, and the merges cost O(log) sorts of them)."""
+
+    def __init__(self) -> None:
+        self.keys, self.values = np.empty(0, np.uint64), np.empty(0)
+        self.new: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending = 0
+
+    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
+        self.new.append((keys, values))
+        self.pending += len(keys)
+        if self.pending > max(len(self.keys), _VERIFY_CHUNK):
+            self.merged()
+
+    def merged(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.new:
+            keys = np.concatenate([self.keys, *(k for k, _ in self.new)])
+            values = np.concatenate([self.values, *(v for _, v in self.new)])
+            self.keys, first = np.unique(keys, return_index=True)
+            self.values, self.new, self.pending = values[first], [], 0
+        return self.keys, self.values
+
+
+def _jaccard(sets: "csr_matrix", size: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Exact Jaccard of the hashed shingle sets of rows p and q (a sorted merge per pair, in C)."""
+    inter = np.diff(sets[p].multiply(sets[q]).indptr)  # the product keeps the shingles both have
+    return inter / (size[p] + size[q] - inter)
+
+
+def _star_groups(n: int, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> Pairs:
+    """The most connected row leads first: a row not yet grouped takes every not-yet-grouped row
+    it is paired with; a member is never linked on (no chains)."""
+    degree = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+    a, b, w = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([v, v])
+    order = np.lexsort((b, a))
+    a, b, w = a[order], b[order], w[order]
+    first = np.searchsorted(a, np.arange(n + 1))
+    grouped = np.zeros(n, bool)
+    out_i, out_j, out_v = [], [], []
+    linked = np.flatnonzero(degree)
+    for r in linked[np.lexsort((linked, -degree[linked]))].tolist():
+        if grouped[r]:
+            continue
+        grouped[r] = True
+        near = b[first[r]:first[r + 1]]
+        free = ~grouped[near]
+        if free.any():
+            grouped[near[free]] = True
+            out_i.append(np.full(int(free.sum()), r)), out_j.append(near[free])
+            out_v.append(w[first[r]:first[r + 1]][free])
+    if not out_i:
+        return _empty(np.float64)
+    return _sorted_pairs(np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v))
+
+
+def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, num_perm: int = 256,
+                  seed: int = 1, progress: bool | None = False) -> Pairs:
+    """Near-duplicate captions as star groups: banded MinHash proposes candidates at a lower
+    Jaccard, the exact Jaccard of the (hashed) shingle sets decides, and rows are taken by how many
+    captions lie within ``threshold`` of them (most first): a row not yet grouped leads a group of
+    every not-yet-grouped caption within ``threshold`` of *it*. Pairs are (leader, member, Jaccard);
+    a member is never linked on, so there are no chains ("a black dog runs" ~ "a black dog swims" ~
+    "a brown dog swims" stays apart) and a template ("Stock photo of X, royalty free") gathers the
+    captions that share it with its leader.
+
+    The bands are datasketch's optimum for Jaccard ``threshold - 0.15`` within ``num_perm`` hash
+    values (85 bands of 3 at the default 0.35: a pair at 0.35 meets in some band with probability
+    0.976, and three values a key keep the buckets of common phrases smaller than two would, which
+    is what the rule below needs to find a pair). **Linear**: a band bucket of more than
+    ``_BUCKET_ALL`` captions (common phrases of natural captions, a template's fillings) pairs each
+    member only with its ``_BUCKET_LEADS`` (16) captions of fewest shingles instead of with all, so
+    a caption is verified at most bands x 16 times whatever N (1,360 at the default), and the
+    shingle sets are 4-byte hashes in one sparse matrix (the exact Jaccard is a sorted merge in C).
+    Two captions that meet only in large buckets may stay apart: ``scripts/bench_scale.py --only
+    minhash`` measures the pairs found against the exact ones (docs/benchmarks.md). ``progress``: a
+    bar over the captions, hashed then banded.
 
     >>> i, j, jac = caption_pairs(["Stock photo of a red car, royalty free", "a dog runs",
     ...                            "Stock photo of a blue car, royalty free", None], 0.5)
     >>> i.tolist(), j.tolist(), jac.round(2).tolist()
     ([0], [2], [0.63])
     """
-    from datasketch import MinHash, MinHashLSH
+    import scipy.sparse
+    from datasketch import MinHashLSH
 
     from lakecurate.progress import progress_bar
 
-    sets = [shingles(c, k) if c else set() for c in captions]
-    rows = [r for r, s in enumerate(sets) if s]
-    bar = progress_bar(total=2 * len(rows), desc="minhash captions (hashed, then queried)", unit="caption",
+    lsh = MinHashLSH(threshold=max(0.05, threshold - 0.15), num_perm=num_perm)  # only its (bands, rows)
+    coef = np.random.default_rng(seed).integers(1, 1 << 63, size=(lsh.b * lsh.r, 2), dtype=np.uint64) | np.uint64(1)
+    texts = [_normalised(c) for c in captions]
+    rows = np.array([r for r, t in enumerate(texts) if t], np.int64)
+    bar = progress_bar(total=2 * len(rows), desc="minhash captions (hashed, then banded)", unit="caption",
                        progress=progress)
-    # LSH at a lower threshold than the decision: its banding misses some pairs just above it
-    lsh = MinHashLSH(threshold=max(0.05, threshold - 0.15), num_perm=num_perm)
-    hashes = []
-    for s in range(0, len(rows), _CAPTION_CHUNK):
-        part = rows[s: s + _CAPTION_CHUNK]
-        hashes += MinHash.bulk([[x.encode() for x in sets[r]] for r in part], num_perm=num_perm, seed=seed)
-        bar.update(len(part))
-    with lsh.insertion_session() as session:
-        for r, h in zip(rows, hashes):
-            session.insert(r, h)
-    near: dict[int, dict[int, float]] = {r: {} for r in rows}  # row -> candidates within threshold
-    for at, (r, h) in enumerate(zip(rows, hashes)):
-        a = sets[r]
-        for c in lsh.query(h):
-            if c <= r:
-                continue
-            b = sets[c]
-            inter = len(a & b)
-            jac = inter / (len(a) + len(b) - inter)
-            if jac >= threshold:
-                near[r][c] = near[c][r] = jac
-        if at % _CAPTION_CHUNK == _CAPTION_CHUNK - 1:
-            bar.update(_CAPTION_CHUNK)
-    bar.update(len(rows) % _CAPTION_CHUNK)
+    counts, hashed, keys = [], [], []
+    chars = np.cumsum([len(texts[r]) + k for r in rows.tolist()])
+    s = 0
+    while s < len(rows):  # _CAPTION_CHUNK captions at once, fewer when they are long
+        before = int(chars[s - 1]) if s else 0
+        e = min(s + _CAPTION_CHUNK, max(s + 1, int(np.searchsorted(chars, before + _CAPTION_CHARS, "right"))))
+        count, h = _hashed_shingles([texts[r] for r in rows[s:e].tolist()], k)
+        counts.append(count), hashed.append(h), keys.append(_band_keys(count, h, coef, lsh.r))
+        bar.update(len(count))
+        s = e
+    if len(rows) < 2:
+        bar.update(len(rows))
+        bar.close()
+        return _empty(np.float64)
+    size = np.concatenate(counts)
+    sets = scipy.sparse.csr_matrix((np.ones(int(size.sum()), np.uint8), np.concatenate(hashed).astype(np.int32),
+                                    np.concatenate([[0], np.cumsum(size)])), shape=(len(rows), 1 << _SHINGLE_BITS))
+    sets.has_sorted_indices = True
+    del hashed
+    band_keys = np.concatenate(keys)
+    del keys
+    pile = _UniquePairs()
+    for band in range(lsh.b):
+        key = band_keys[:, band]
+        cand = _band_candidates(key, size)
+        for c in range(0, len(cand), _VERIFY_CHUNK):
+            part = cand[c:c + _VERIFY_CHUNK]
+            p, q = (part >> np.uint64(32)).astype(np.int64), (part & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            jac = _jaccard(sets, size, p, q)
+            keep = jac >= threshold
+            pile.add(part[keep], jac[keep])
+        bar.update(len(rows) * (band + 1) // lsh.b - len(rows) * band // lsh.b)
     bar.close()
-    # The most connected caption leads first: a template's plainest filling is near most of the
-    # others, so it gathers them; a member is never linked on (no chains).
-    grouped = np.zeros(len(captions), bool)
-    out_i, out_j, out_v = [], [], []
-    for r in sorted(rows, key=lambda r: (-len(near[r]), r)):
-        if grouped[r]:
-            continue
-        grouped[r] = True
-        for c, jac in sorted(near[r].items()):
-            if not grouped[c]:
-                grouped[c] = True
-                out_i.append(r), out_j.append(c), out_v.append(jac)
-    i, j, v = np.array(out_i, np.int64), np.array(out_j, np.int64), np.array(out_v, np.float64)
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    order = np.lexsort((hi, lo))
-    return lo[order], hi[order], v[order]
+    packed, jac = pile.merged()
+    i = rows[(packed >> np.uint64(32)).astype(np.int64)]
+    j = rows[(packed & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+    return _star_groups(len(captions), i, j, jac)

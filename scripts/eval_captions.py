@@ -1,7 +1,7 @@
 """Templated captions vs human captions: how the dedup ``minhash`` method groups them.
 
 Plants ``plant.CAPTION_TEMPLATES`` (a constant frame, a varying subject) among the Flickr8k human
-captions (5 per photo), runs ``neardup.caption_pairs`` (MinHash LSH + exact Jaccard, star groups)
+captions (5 per photo), runs ``neardup.caption_pairs`` (banded MinHash + exact Jaccard, star groups)
 at several thresholds, and prints, averaged over seeds: the share of templated captions in a group
 of at least ``min_group`` rows (recall of the ``caption_template`` filter), the share of human
 captions in such a group (what it would wrongly drop), and the throughput. Prints markdown.
