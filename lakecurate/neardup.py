@@ -1526,7 +1526,7 @@ class _UniquePairs:
     distinct pairs, and the merges cost O(log) sorts of them)."""
 
     def __init__(self) -> None:
-        self.keys, self.values = np.empty(0, np.uint64), np.empty(0)
+        self.keys, self.values = np.empty(0, np.uint64), np.empty(0, np.float32)
         self.new: list[tuple[np.ndarray, np.ndarray]] = []
         self.pending = 0
 
@@ -1555,7 +1555,7 @@ def _star_groups(n: int, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> Pairs:
     """The most connected row leads first: a row not yet grouped takes every not-yet-grouped row
     it is paired with; a member is never linked on (no chains)."""
     degree = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
-    a, b, w = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([v, v])
+    a, b, w = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([v, v]).astype(np.float32)
     order = np.lexsort((b, a))
     a, b, w = a[order], b[order], w[order]
     first = np.searchsorted(a, np.arange(n + 1))
@@ -1574,7 +1574,7 @@ def _star_groups(n: int, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> Pairs:
             out_v.append(w[first[r]:first[r + 1]][free])
     if not out_i:
         return _empty(np.float64)
-    return _sorted_pairs(np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v))
+    return _sorted_pairs(np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v).astype(np.float64))
 
 
 def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, num_perm: int = 256,
@@ -1645,10 +1645,13 @@ def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, n
             p, q = (part >> np.uint64(32)).astype(np.int64), (part & np.uint64(0xFFFFFFFF)).astype(np.int64)
             jac = _jaccard(sets, size, p, q)
             keep = jac >= threshold
-            pile.add(part[keep], jac[keep])
+            pile.add(part[keep], jac[keep].astype(np.float32))
         bar.update(len(rows) * (band + 1) // lsh.b - len(rows) * band // lsh.b)
     bar.close()
     packed, jac = pile.merged()
-    i = rows[(packed >> np.uint64(32)).astype(np.int64)]
-    j = rows[(packed & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+    del pile
+    small = np.int32 if len(captions) < 2 ** 31 else np.int64  # the star groups sort 2 x the pairs
+    i = rows[(packed >> np.uint64(32)).astype(np.int64)].astype(small)
+    j = rows[(packed & np.uint64(0xFFFFFFFF)).astype(np.int64)].astype(small)
+    del packed
     return _star_groups(len(captions), i, j, jac)

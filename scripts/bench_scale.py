@@ -56,7 +56,7 @@ For each size N, in one run:
     python scripts/bench_scale.py --only curate                  # curate's decisions at 1M, 3M, 10M pairs
     python scripts/bench_scale.py --only rebalance sequence      # rebalance and sequence at 1M, 3M, 10M pairs
     python scripts/bench_scale.py --only dedup --sizes 1000000 3000000   # dedup's per-row work on the driver
-    python scripts/bench_scale.py --only minhash --sizes 10000 100000 1000000  # minhash captions (~5 min)
+    python scripts/bench_scale.py --only minhash --sizes 10000 100000 1000000  # minhash captions (~12 min)
 """
 
 from __future__ import annotations
@@ -616,7 +616,7 @@ def child_minhash(n: int, csv: Path, sample: int = 1000) -> dict:
     neardup._band_candidates, neardup._star_groups = counted, kept
     base = vm_hwm_mb()
     t0 = time.perf_counter()
-    i, _j, _v = neardup.caption_pairs(caps, MINHASH_THRESHOLD)
+    i, j, _v = neardup.caption_pairs(caps, MINHASH_THRESHOLD)
     seconds, peak = time.perf_counter() - t0, vm_hwm_mb()
     # the exact pairs of the sampled captions: their hashed shingle sets against everyone's
     size, hashed = neardup._hashed_shingles([neardup._normalised(c) for c in caps], 5)
@@ -638,7 +638,7 @@ def child_minhash(n: int, csv: Path, sample: int = 1000) -> dict:
     found = set(zip(fi.tolist(), fj.tolist()))
     hit = np.array([pair in found for pair in zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist())], bool)
     few = partners[at] <= 8  # a caption with a few near ones: each pair should be found
-    label = neardup.components(n, i, _j)
+    label = neardup.components(n, i, j)
     grouped = np.bincount(label, minlength=n)[label][picked] >= 2
     return {"seconds": seconds, "peak_mb": peak, "before_mb": base, "pairs": int(len(i)),
             "candidates": proposed[0], "verified_pairs": int(len(fi)), "rows": n, "exact_pairs_sampled": len(a),
