@@ -1520,6 +1520,11 @@ def _band_candidates(key: np.ndarray, size: np.ndarray) -> np.ndarray:
     return packed[np.concatenate([[True], packed[1:] != packed[:-1]])] if len(packed) else packed
 
 
+def _unpacked(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (lo, hi) of pairs packed ``lo << 32 | hi``."""
+    return (packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
 class _UniquePairs:
     """Packed pairs with a value, each pair once: added pairs are merged into the distinct ones
     whenever they outnumber them (a pair found again is kept once; the pile stays within ~2x the
@@ -1642,8 +1647,7 @@ def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, n
         cand = _band_candidates(key, size)
         for c in range(0, len(cand), _VERIFY_CHUNK):
             part = cand[c:c + _VERIFY_CHUNK]
-            p, q = (part >> np.uint64(32)).astype(np.int64), (part & np.uint64(0xFFFFFFFF)).astype(np.int64)
-            jac = _jaccard(sets, size, p, q)
+            jac = _jaccard(sets, size, *_unpacked(part))
             keep = jac >= threshold
             pile.add(part[keep], jac[keep].astype(np.float32))
         bar.update(len(rows) * (band + 1) // lsh.b - len(rows) * band // lsh.b)
@@ -1651,7 +1655,6 @@ def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, n
     packed, jac = pile.merged()
     del pile
     small = np.int32 if len(captions) < 2 ** 31 else np.int64  # the star groups sort 2 x the pairs
-    i = rows[(packed >> np.uint64(32)).astype(np.int64)].astype(small)
-    j = rows[(packed & np.uint64(0xFFFFFFFF)).astype(np.int64)].astype(small)
+    i, j = (rows[p].astype(small) for p in _unpacked(packed))
     del packed
     return _star_groups(len(captions), i, j, jac)
