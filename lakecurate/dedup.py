@@ -85,7 +85,7 @@ from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import commit_decisions, no_producer
 from lakecurate.names import Produce, embedding_columns
-from lakecurate.neardup import (KNN_EXACT_MAX, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
+from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
 from lakecurate.options import whole
 from lakecurate.progress import progress_bar
@@ -117,9 +117,10 @@ PHASH_COSINES = {"offline": 0.45, "open_clip": 0.8}
 COPY_COSINES = {"offline": 0.45, "open_clip": 0.8}
 MAX_UNCLUSTERED = 1000  # hashed rows without a vector that "clusters" compares with every row
 # A hash search in clusters compares a row's hashes with its CLUSTERED_PER_ROW most similar
-# neighbours above the cosine (neardup.semantic_pairs' per_row): linear whatever the encoder's
-# density (the offline encoder puts 0.31% of all pairs of Flickr8k photos above 0.45: ~1.5
-# billion candidates at 1M rows without a bound, at most ~32M with it).
+# neighbours above the cosine in each join block (neardup.semantic_pairs' per_row; the hashes are
+# compared inside the join, so only the near ones are held): linear whatever the encoder's density
+# (the offline encoder puts 0.31% of all pairs of Flickr8k photos above 0.45: ~1.5 billion
+# candidates at 1M rows without a bound).
 CLUSTERED_PER_ROW = 32
 # The copy method compares 8 hashes a row with 8 of every other (64 chances against phash's 4), so
 # it links at fewer differing bits to keep the same false-link rate (docs/benchmarks.md, issue 17).
@@ -713,10 +714,13 @@ def dedup(
     full_joins = [configs[m]["cosine"] for m in clustered] + ([configs["semantic"]["confirm_cosine"]] if "semantic" in methods else [])
     if len(full_joins) > 1:  # one image join at the lowest cosine serves them all
         joins.floor[embedding_columns(emb)["image"]] = min(full_joins)
-    if clustered:  # their candidates: each row's best few; semantic's pairs (confirm cosine and up) all
+    if clustered:  # their candidates: each row's best few with near hashes; semantic's pairs (confirm cosine and up) all
         image = embedding_columns(emb)["image"]
         joins.per_row[image] = CLUSTERED_PER_ROW
         joins.all_from[image] = configs["semantic"]["confirm_cosine"] if "semantic" in methods else float("inf")
+        for m in clustered:  # asked inside the join: only the pairs with near hashes are held
+            joins.near.setdefault(image, []).append((*joins.hash_variants(m, tbl, configs[m]),
+                                                     configs[m]["max_distance"], configs[m]["cosine"]))
     groups: dict[str, _Groups] = {}  # method -> its groups (stored ones merged with this run's links)
     written: dict[str, dict[str, _Groups]] = {}  # method computed now -> its group columns' groups
     evidence: dict[str, Evidence] = {}  # method -> the links this run found
@@ -900,14 +904,18 @@ class _Joins:
     """The semantic joins of one dedup run: a full join (every row with a vector) over an image
     column is done once, at the lowest cosine any method asked for in ``floor``, and filtered for
     each method (phash and copy in clusters, and semantic); joins of new rows only are not kept.
-    ``per_row`` (by column): the full join keeps each row's best few pairs (``ranked``, what the
-    hash searches in clusters take) and every pair from ``all_from`` up (what semantic takes)."""
+    ``per_row`` (by column): the full join keeps each row's best few pairs of a join block whose
+    hashes are near by one of the ``near`` searches (``ranked``, what the hash searches in
+    clusters take: :class:`~lakecurate.neardup.HashFilter`, asked inside the join so that only
+    those pairs are held) and every pair from ``all_from`` up (what semantic takes)."""
 
     def __init__(self, ds: Any, storage_options: dict | None, progress: bool | None, engine: str) -> None:
         self.ds, self.storage_options, self.progress, self.engine = ds, storage_options, progress, engine
         self.floor: dict[str, float] = {}
         self.per_row: dict[str, int] = {}
         self.all_from: dict[str, float] = {}
+        self.near: dict[str, list[tuple[np.ndarray, np.ndarray, int, float]]] = {}
+        self.hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.done: dict[str, tuple[np.ndarray, float, Pairs]] = {}
         self._valid: dict[str, np.ndarray] = {}
 
@@ -916,6 +924,21 @@ class _Joins:
         if col not in self._valid:
             self._valid[col] = column_valid(self.ds, col)
         return self._valid[col]
+
+    def hash_variants(self, method: str, tbl: pa.Table, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(a row's hashes, N x variants uint64; which rows have them) for phash (with its mirror's
+        when ``flips``) or copy (8 a row), read from ``tbl`` once a run."""
+        if method not in self.hashes:
+            if method == "phash":
+                h, h_flip, eligible = _hashes(tbl)
+                self.hashes[method] = (np.stack([h, h_flip], 1) if config["flips"] else h[:, None]), eligible
+            else:
+                col = tbl.column("copy_hashes")
+                eligible = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+                flat = col.combine_chunks()  # a fixed-size list stores 8 values per slot, null slots too
+                values = np.asarray(flat.values.fill_null(0).to_numpy(), np.uint64)
+                self.hashes[method] = values[flat.offset * 8:(flat.offset + len(flat)) * 8].reshape(-1, 8), eligible
+        return self.hashes[method]
 
     def pairs(self, col: str, rows: np.ndarray, cosine: float, new: np.ndarray | None = None, *,
               ranked: bool = False) -> Pairs:
@@ -927,6 +950,8 @@ class _Joins:
             low = min(cosine, self.floor.get(col, cosine)) if new is None else cosine
             src = LanceVectors(self.ds, col, rows, storage_options=self.storage_options)
             cap = {"per_row": self.per_row[col], "all_from": self.all_from[col]} if new is None and col in self.per_row else {}
+            if cap and self.near.get(col):
+                cap["near"] = HashFilter(self.near[col], rows)
             i, j, cos, *best = semantic_pairs(src, low, new=new, progress=bool(self.progress), engine=self.engine, **cap)
             i, j, best = rows[i], rows[j], best[0] if best else np.ones(len(i), bool)
             if new is None:
@@ -950,7 +975,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
         mr.new_rows = int((eligible & stored.missing).sum())
         rows = np.flatnonzero(eligible)
         if config.get("search") == "clusters":
-            i, j, d = _clustered_hashes(config, np.stack([h, h_flip], 1) if config["flips"] else h[:, None], eligible, joins)
+            i, j, d = _clustered_hashes(config, *joins.hash_variants(method, tbl, config), joins)
         else:
             values = np.concatenate([h[rows], h_flip[rows]]) if config["flips"] else h[rows]
             # Mirror hashes against every hash find mirrored copies; i % n maps them back to rows.
@@ -967,13 +992,9 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
         return _group(eligible, [(i, j)], ranks), _links(i, j, jac, "Jaccard {:.2f} of caption 5-grams",
                                                              smaller_is_closer=False)
     if method == "copy":
-        col = tbl.column("copy_hashes")
-        eligible = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+        hashes, eligible = joins.hash_variants(method, tbl, config)
         mr.new_rows = int((eligible & stored.missing).sum())
         rows = np.flatnonzero(eligible)
-        flat = col.combine_chunks()  # a fixed-size list stores 8 values per slot, null slots too
-        values = np.asarray(flat.values.fill_null(0).to_numpy(), np.uint64)
-        hashes = values[flat.offset * 8:(flat.offset + len(flat)) * 8].reshape(-1, 8)
         if config.get("search") == "clusters":
             i, j, d = _clustered_hashes(config, hashes, eligible, joins)
         else:  # every variant of every row in one Hamming search; v // 8 maps a variant back to its row
@@ -1018,7 +1039,10 @@ def _clustered_hashes(config: dict[str, Any], variants: np.ndarray, eligible: np
                       joins: _Joins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """phash or copy links in linear time (``phash_search`` / ``copy_search="clusters"``):
     identical hashes anywhere, near ones among rows whose embeddings the semantic join finds
-    within ``cosine`` (``neardup.clustered_hamming_pairs``; ``variants``: a row's hashes, N x v,
+    within ``cosine``, each among the other's CLUSTERED_PER_ROW best of a join block (the join
+    compared their hashes already: :attr:`_Joins.near`, registered before it runs;
+    ``neardup.clustered_hamming_pairs`` then takes the ones near by this method's hashes;
+    ``variants``: a row's hashes, N x v,
     the distance the smallest over variant pairs; the join is shared with the other methods that
     join every row). A hashed row without a vector is compared with every hashed row (there are
     few: images that hashed but did not embed; :func:`_check_clustered`)."""

@@ -623,6 +623,7 @@ def semantic_pairs(
     address: str | None = None,
     per_row: int | None = None,
     all_from: float = float("inf"),
+    near: "HashFilter | None" = None,
 ) -> Pairs:
     """Pairs of rows with cosine >= threshold among L2-normalised vectors (float16 or float32), from
     a matrix or a :class:`VectorSource` (an embedding column read in batches: out of core).
@@ -681,6 +682,13 @@ def semantic_pairs(
     the k-nearest pairs of :func:`knn_pairs` at ``threshold``, out of core, but for the pairs the
     join misses (its recall); with ``new``, a new row ranks all its pairs, an old row its new ones.
 
+    ``near`` (a :class:`HashFilter`: a pair filter asked inside each join block, so that only the
+    pairs it passes are ever held, a few a row where the join's pairs may be thousands): only the
+    pairs it passes come back; with ``per_row``, it is asked of the pairs among either row's k best
+    *of their join block* (a superset of the k best of all: not cut again across blocks, which
+    would hold k pairs a row) and the pairs at or above ``all_from`` come back too, the 4th array
+    saying which were ranked and passed.
+
     >>> rng = np.random.default_rng(0)
     >>> v = rng.standard_normal((1000, 64)).astype(np.float32)
     >>> v[10] = v[3] + 0.05 * v[10]  # a near copy of row 3
@@ -710,14 +718,16 @@ def semantic_pairs(
     if k == 1:
         out = exact_pairs_bruteforce(src.take(np.arange(n)), threshold, progress=progress, cap=cap)
         out = out if cap is None else _ranked(*out[:3], cap)  # ranks over every pair, not a task's
+        out = out if near is None else _passing(out, near, cap)
         if fresh is not None:
             out = tuple(a[fresh[out[0]] | fresh[out[1]]] for a in out)
         return out
     local_copy = engine == "local" and spill_dir is not None and not isinstance(src, ArrayVectors)
-    pile = _Pile(cap, n)
+    pile = _Pile(cap, n, rank=near is None)
     with _partition(src, threshold, n_clusters, assign, seed, pca_dims, spill_dir, progress, local_copy,
                     engine=engine, address=address) as (entries, copy):
-        _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address, pile=pile)
+        _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address, pile=pile,
+                      near=near)
     return pile.result()
 
 
@@ -727,20 +737,25 @@ class _Pile:
     similar, or at or above ``above``, whenever they have doubled since the last cut, and each
     row's k-th best value so far (``kth``, only rising) turns away the later pairs below it at both
     ends: what is held stays ~k pairs a row, and the ranks are those over every pair found (a row's
-    k best of all are among its k best of each part). Without, they are only merged at the end."""
+    k best of all are among its k best of each part). Without, they are only merged at the end.
+    ``rank=False`` (a join with ``near``: its blocks ranked and filtered their pairs already): a
+    cap's 4th array is carried as it comes (a pair met in two clusters is ranked if it was in
+    either), and nothing is cut."""
 
-    def __init__(self, cap: tuple[int, float] | None, n: int) -> None:
-        self.cap, self.parts, self.held, self.limit = cap, [], 0, _CAP_COMPACT
-        self.kth = np.full(n, -np.inf, np.float32) if cap is not None else None
+    def __init__(self, cap: tuple[int, float] | None, n: int, rank: bool = True) -> None:
+        self.cap, self.rank, self.parts, self.held, self.limit = cap, rank, [], 0, _CAP_COMPACT
+        self.kth = np.full(n, -np.inf, np.float32) if cap is not None and rank else None
 
     def add(self, part: Pairs) -> None:
+        if self.kth is None:
+            self.parts.append(part if self.cap is not None else part[:3])
+            return
         i, j, v = part[:3]
-        if self.cap is not None:
-            keep = (v >= self.kth[i]) | (v >= self.kth[j]) | (v >= self.cap[1])
-            i, j, v = i[keep], j[keep], v[keep]
+        keep = (v >= self.kth[i]) | (v >= self.kth[j]) | (v >= self.cap[1])
+        i, j, v = i[keep], j[keep], v[keep]
         self.parts.append((i, j, v))
         self.held += len(i)
-        if self.cap is not None and self.held > self.limit:
+        if self.held > self.limit:
             self.parts = [self.result()[:3]]
             self.held = len(self.parts[0][0])
             self.limit = max(_CAP_COMPACT, 2 * self.held)
@@ -748,11 +763,29 @@ class _Pile:
     def result(self) -> Pairs:
         if not self.parts:
             return _empty(ranked=self.cap is not None)
-        i, j, v = _sorted_pairs(*(np.concatenate([p[col] for p in self.parts]) for col in range(3)))
+        i, j, v, *flag = _sorted_pairs(*(np.concatenate([p[col] for p in self.parts]) for col in range(len(self.parts[0]))))
         first = np.ones(len(i), bool)
         first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])  # a pair met in two clusters
+        if flag:  # ranked where it was ranked in any of them
+            return i[first], j[first], v[first], np.logical_or.reduceat(flag[0], np.flatnonzero(first))  # type: ignore[return-value]
         i, j, v = i[first], j[first], v[first]
         return _ranked(i, j, v, self.cap, self.kth) if self.cap is not None else (i, j, v)  # type: ignore[return-value]
+
+
+def _passing(part: Pairs, near: "HashFilter", cap: tuple[int, float] | None) -> Pairs:
+    """The pairs of ``part`` (i, j, value[, ranked]) that ``near`` passes; with ``cap=(k, above)``
+    only ranked ones are asked, and those at or above ``above`` stay whatever it says (the 4th
+    array then: ranked and passed)."""
+    i, j, v = part[:3]
+    if cap is None:
+        ok = near(i, j, v) if len(i) else np.zeros(0, bool)
+        return i[ok], j[ok], v[ok]
+    ok = np.zeros(len(i), bool)
+    at = np.flatnonzero(part[3])
+    if len(at):
+        ok[at] = near(i[at], j[at], v[at])
+    keep = ok | (v >= cap[1])
+    return i[keep], j[keep], v[keep], ok[keep]  # type: ignore[return-value]
 
 
 @contextmanager
@@ -838,10 +871,11 @@ class _LocalCopy:
 
 def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh: np.ndarray | None,
                   progress: bool, *, engine: str = "local", address: str | None = None,
-                  pile: "_Pile") -> None:
+                  pile: "_Pile", near: "HashFilter | None" = None) -> None:
     """Every bucket's clusters joined into ``pile``, a group of clusters at a time; the next
     group's vectors are read while this one is joined (reads are ~40% of the time on a Lance
-    column). On Ray, each group is a task (:func:`join_group_task`)."""
+    column). On Ray, each group is a task (:func:`join_group_task`). ``near``: each block's pairs
+    filtered before they are piled (:func:`_passing`)."""
     bar = None
     if progress:
         from lakecurate.progress import progress_bar
@@ -857,8 +891,8 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
 
         ray = ray_init(address)
         source = ray.put(_source_spec(src))
-        new_ref = ray.put(fresh)
-        calls = ((source, group, threshold, new_ref, pile.cap) for group in _entry_groups(entries))
+        new_ref, near_ref = ray.put(fresh), ray.put(near)
+        calls = ((source, group, threshold, new_ref, pile.cap, near_ref) for group in _entry_groups(entries))
         window = task_window(ray)  # entries in flight stay bounded
         for own, part in ray_task_map(join_group_task, calls, address=address, retries=2, window=window):
             pile.add(part)
@@ -870,7 +904,7 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
 
     def join(pending: Future) -> None:
         group = pending.result()
-        pile.add(_join_group(*group, threshold, fresh, pile.cap))
+        pile.add(_join_group(*group, threshold, fresh, pile.cap, near))
         if bar is not None:
             bar.update(int((group[0][:, 1] % 2 == 0).sum()))
 
@@ -895,11 +929,12 @@ def _entry_groups(entries: "_Entries") -> Iterator[np.ndarray]:
 
 
 def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: np.ndarray | None,
-                    cap: tuple[int, float] | None = None) -> tuple[int, Pairs]:
+                    cap: tuple[int, float] | None = None, near: "HashFilter | None" = None) -> tuple[int, Pairs]:
     """A Ray task of ``semantic_pairs(engine="ray")``: read one group's vectors (by position, from
     the Lance column or the matrix) and join its clusters; (own rows of the group, its pairs)."""
     rows = np.unique(group[:, 0])
-    return int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, _open_source(source).take(rows), threshold, fresh, cap)
+    return int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, _open_source(source).take(rows), threshold, fresh, cap,
+                                                               near)
 
 
 def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Entries,
@@ -999,10 +1034,10 @@ def _groups(entries: np.ndarray) -> Iterator[np.ndarray]:
 
 
 def _join_group(group: np.ndarray, rows: np.ndarray, x: np.ndarray, threshold: float, fresh: np.ndarray | None,
-                cap: tuple[int, float] | None = None) -> Pairs:
+                cap: tuple[int, float] | None = None, near: "HashFilter | None" = None) -> Pairs:
     """Join each cluster of a group (entries, its unique rows, their vectors): its own rows with
     every later member (own rows and copies), or, with `fresh`, its new members with every later
-    member (new first)."""
+    member (new first); ``near``: each block's pairs filtered by it (:func:`_passing`)."""
     local = np.searchsorted(rows, group[:, 0])
     cluster = group[:, 1] // 2
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(cluster)) + 1, [len(group)]])
@@ -1023,7 +1058,8 @@ def _join_group(group: np.ndarray, rows: np.ndarray, x: np.ndarray, threshold: f
     def join(task: tuple[np.ndarray, int, int]) -> Pairs:
         members, r0, r1 = task
         p, q, *rest = _join_block(x, members, r0, r1, threshold, cap)
-        return (rows[members[p]], rows[members[q]], *rest)  # type: ignore[return-value]
+        out = (rows[members[p]], rows[members[q]], *rest)
+        return out if near is None else _passing(out, near, cap)  # type: ignore[arg-type, return-value]
 
     parts = _run(tasks, join, False, "")
     if not parts:
@@ -1328,11 +1364,39 @@ def hash_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarr
     (``hashes`` is N or N x variants uint64, e.g. a pHash and its mirror's)."""
     h = np.asarray(hashes).view(np.uint64)
     h = h[:, None] if h.ndim == 1 else h
-    dist = np.full(len(i), 64, np.int64)
+    hi, hj = h[i].T.copy(), h[j].T.copy()  # gathered once, a variant a row: contiguous
+    dist = np.full(len(i), 64, np.uint8)
     for a in range(h.shape[1]):
         for b in range(h.shape[1]):
-            dist = np.minimum(dist, np.bitwise_count(h[i, a] ^ h[j, b]))
-    return dist.astype(np.uint8)
+            np.minimum(dist, np.bitwise_count(hi[a] ^ hj[b]), out=dist)
+    return dist
+
+
+class HashFilter:
+    """:func:`semantic_pairs`' ``near`` for hash searches among the join's pairs: a pair passes
+    when, for any of ``searches`` (hashes N or N x variants uint64, which rows have one or None for
+    all, max distance, min cosine), both rows have hashes, its cosine is at least that search's
+    and its hash distance (:func:`hash_distances`) at most its maximum. ``rows``: the hash arrays'
+    row of each of the join's positions (None: the same rows). Picklable, for Ray tasks."""
+
+    def __init__(self, searches: list[tuple[np.ndarray, np.ndarray | None, int, float]],
+                 rows: np.ndarray | None = None) -> None:
+        self.searches = [(np.asarray(h).view(np.uint64), None if has is None else np.asarray(has, bool), int(t), float(c))
+                         for h, has, t, c in searches]
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+
+    def __call__(self, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> np.ndarray:
+        if self.rows is not None:
+            i, j = self.rows[i], self.rows[j]
+        out = np.zeros(len(i), bool)
+        for h, has, t, cosine in self.searches:
+            ask = ~out & (v >= cosine)
+            if has is not None:
+                ask &= has[i] & has[j]
+            at = np.flatnonzero(ask)
+            if len(at):
+                out[at] = hash_distances(h, i[at], j[at]) <= t
+        return out
 
 
 def clustered_hamming_pairs(
@@ -1351,7 +1415,8 @@ def clustered_hamming_pairs(
     :func:`hamming_pairs` is exact but costs ~N^2 at 8 bits (random pairs share band keys: 4.8 s
     at 1M hashes, 292 s at 10M). Perceptual duplicates are also near in embedding space, so here
     the candidates are the semantic join's pairs at ``cosine`` (:func:`semantic_pairs`, linear,
-    streamed; ``join`` passes its options), kept when their hashes are near; identical hashes are
+    streamed; ``join`` passes its options), kept when their hashes are near (asked inside each join
+    block, :class:`HashFilter`: only near pairs are ever held); identical hashes are
     found everywhere by a sort. What it leaves out is hash collisions between images the embedding
     calls different (cosine < ``cosine``): mostly pHash's false positives (flat or uniform
     images). ``hashes``: N uint64, or N x variants (the distance is the smallest over variant
@@ -1386,8 +1451,9 @@ def clustered_hamming_pairs(
     v = h.shape[1]
     same_i, same_j, _ = hamming_pairs(h.ravel(), 0, identical="first")  # identical hashes anywhere: a sort
     if candidates is None:
-        i, j, _cos, *ranked = semantic_pairs(src, cosine, progress=progress, **join)  # type: ignore[arg-type]
-        if ranked:  # join={"per_row": k}: each row's k best candidates
+        near = HashFilter([(h, None, t, cosine)])  # asked in each join block: only near pairs are held
+        i, j, _cos, *ranked = semantic_pairs(src, cosine, progress=progress, near=near, **join)  # type: ignore[arg-type]
+        if ranked:  # join={"per_row": k}: among each row's k best candidates of a join block
             i, j = i[ranked[0]], j[ranked[0]]
     else:
         i, j = (np.asarray(a, np.int64) for a in candidates)

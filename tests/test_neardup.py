@@ -431,6 +431,58 @@ def test_per_row_bounds_the_pairs_of_a_dense_region(n_clusters, compact, monkeyp
         semantic_pairs(x, 0.6, per_row=0)
 
 
+@pytest.mark.parametrize("n_clusters", [1, 6])
+def test_a_hash_filter_in_the_join_holds_only_the_pairs_it_passes(n_clusters, monkeypatch):
+    """``near`` (a HashFilter) is asked inside each join block: the pile only ever receives the
+    pairs it passes (and those above all_from), where the clump's join makes ~80,000. Without
+    per_row: exactly the uncapped pairs it passes. With per_row: at least the pairs among a row's
+    k best of all that it passes, at most those of the uncapped pairs, every pair above all_from."""
+    rng = np.random.default_rng(4)
+    d = 32
+    centre = rng.standard_normal(d)
+    clump = centre + 0.35 * rng.standard_normal((400, d)) * np.linalg.norm(centre) / np.sqrt(d)
+    x = np.concatenate([clump, rng.standard_normal((600, d))]).astype(np.float32)
+    h = rng.integers(0, 2**63, (len(x), 2), dtype=np.int64).astype(np.uint64)  # a hash and a variant
+    partner = rng.permutation(400)
+    h[partner[:200], 1] = h[partner[200:], 0] ^ np.uint64(0b101)  # 200 clump pairs within 2 bits
+    has = np.ones(len(x), bool)
+    has[partner[:10]] = False  # rows without a hash never pass
+    src, dup = partner[300:350], partner[350:400]  # 50 near copies in the clump, hashes 1 bit apart
+    x[dup] = x[src] + 0.01 * rng.standard_normal((50, d)).astype(np.float32)
+    h[dup, 0] = h[src, 0] ^ np.uint64(1 << 40)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    near = neardup.HashFilter([(h, has, 4, 0.65)])
+    kw = {"n_clusters": n_clusters, "assign": n_clusters}
+    ui, uj, ucos = semantic_pairs(x, 0.6, **kw)
+    assert len(ui) > 30_000
+    ok = near(ui, uj, ucos)
+    expected = set(zip(ui[ok].tolist(), uj[ok].tolist()))
+    assert 150 < len(expected) < 250  # has, the cosine and the distance each turn some away
+    assert ok.tolist() == ((neardup.hash_distances(h, ui, uj) <= 4) & has[ui] & has[uj] & (ucos >= 0.65)).tolist()
+
+    added = []
+    real_add = neardup._Pile.add
+    monkeypatch.setattr(neardup._Pile, "add", lambda self, part: added.append((self.kth is None, len(part[0])))
+                        or real_add(self, part))
+    i, j, cos = semantic_pairs(x, 0.6, near=near, **kw)
+    assert set(zip(i.tolist(), j.tolist())) == expected
+    np.testing.assert_allclose(cos, ucos[ok], atol=1e-6)
+    outer = sum(m for unranked, m in added if unranked)  # the join's pile, not a block's
+    assert outer <= 2 * len(expected), outer  # a pair met in two clusters is piled twice
+
+    i, j, cos, ranked = semantic_pairs(x, 0.6, per_row=5, all_from=0.95, near=near, **kw)
+    got = set(zip(i[ranked].tolist(), j[ranked].tolist()))
+    best = nearest_pairs(ui, uj, ucos, 5) & ok
+    assert set(zip(ui[best].tolist(), uj[best].tolist())) <= got <= expected
+    if n_clusters == 1:  # one exact join: the k best of all
+        assert got == set(zip(ui[best].tolist(), uj[best].tolist()))
+    copies = {(int(min(a, b)), int(max(a, b))) for a, b in zip(partner[300:350], partner[350:400])}
+    assert copies <= got  # near copies are each other's nearest: ranked, and their hashes pass
+    strong = ucos >= 0.95
+    assert set(zip(ui[strong].tolist(), uj[strong].tolist())) <= set(zip(i.tolist(), j.tolist()))
+    assert (cos[~ranked] >= 0.95).all()
+
+
 def test_clustered_hamming_pairs_is_the_exact_search_among_semantic_neighbours():
     """Planted perceptual copies (near vectors and near hashes) are all found, with their mirror
     variants; identical hashes are linked wherever they are; hash collisions between rows whose

@@ -209,6 +209,13 @@ def test_semantic_join_on_ray_equals_local(tmp_path: Path, monkeypatch):
     on_ray = semantic_pairs(x, 0.9, n_clusters=12, spill_dir=str(tmp_path), engine="ray")
     assert all(np.array_equal(a, b) for a, b in zip(local, on_ray))
     assert tasks[0] == ("assign_range_task", 5) and tasks[1][0] == "join_group_task"
+    h = rng.integers(0, 2**63, 3000, dtype=np.int64).astype(np.uint64)
+    h[1500:1550] = h[:50] ^ np.uint64(1)  # half the copies with near hashes: a filter in the join tasks
+    near = neardup.HashFilter([(h, None, 4, 0.9)])
+    local = semantic_pairs(x, 0.9, n_clusters=12, per_row=3, near=near)
+    on_ray = semantic_pairs(x, 0.9, n_clusters=12, per_row=3, near=near, engine="ray")
+    assert set(zip(local[0].tolist(), local[1].tolist())) == {(r, r + 1500) for r in range(50)}
+    assert all(np.array_equal(a, b) for a, b in zip(local, on_ray))
     ds = lance.write_dataset(pa.table({"v": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), 32)}),
                              str(tmp_path / "v.lance"), max_rows_per_file=1000)
     rows = np.flatnonzero(np.arange(3000) % 7 != 3)  # a subset: positions map to dataset rows
