@@ -410,7 +410,8 @@ def bench_verify(photos: Path, n_rows: int, knn_n: int, seed: int, kind: str) ->
         print(f"  ratio with / without verify: {sec / baseline:.2f} (baseline: mean of the two runs, "
               f"{runs['without verify'][0]:.1f} and {runs['without verify, again'][0]:.1f} s)")
         print(f"  verify: {v.candidates:,} candidate pairs ({v.candidates / rep.rows:.2f} per row), {v.keypoint_rows:,} rows "
-              f"needed keypoints ({v.keypoint_rows / rep.rows:.0%} of rows), {v.pairs:,} verified; {v.seconds:.1f} s in all "
+              f"needed keypoints ({v.keypoint_rows / rep.rows:.0%} of rows; loaded {v.keypoint_loads:,} times over the chunks), "
+              f"{v.pairs:,} verified; {v.seconds:.1f} s in all "
               f"(keypoints {v.keypoint_seconds:.1f} s, matching {v.match_seconds:.1f} s)")
         kp_rate = v.keypoints_computed / v.keypoint_seconds if v.keypoint_seconds else float("nan")
         pair_rate = v.candidates / v.match_seconds if v.match_seconds else float("nan")

@@ -168,6 +168,21 @@ def test_keypoint_cache_keeps_what_a_killed_run_computed(tmp_path: Path, flickr8
     assert (rep4.cached, rep4.computed) == (0, 6)
     assert KeypointCache(lake).load(ids, hashes, addrs, workers=0)[1].cached == 6
 
+    # One cache across loads (dedup's chunks): its index reads only the fragments added since.
+    one = KeypointCache(lake)
+    assert one.load(ids[:3], hashes[:3], addrs[:3], workers=0)[1].cached == 3
+    read = one.index_reads
+    assert read == len(lake.side_dataset("dup_keypoints", per_branch=False).get_fragments())
+    _, rep5 = one.load(ids[3:], ["1" * 64] * 3, addrs[3:], workers=0, commit_every=1)  # 3 new keys, appended
+    assert (rep5.cached, rep5.computed, one.index_reads) == (0, 3, read)
+    _, rep6 = one.load(ids[3:], ["1" * 64] * 3, addrs[3:], workers=0)
+    assert (rep6.cached, rep6.computed) == (3, 0) and read < one.index_reads <= read + 3  # the new fragments only
+    # Replaced under it (another process's overwrite): the index is read again, nothing stale served.
+    lake.write_side("dup_keypoints", lake.side_dataset("dup_keypoints", per_branch=False).to_table().slice(0, 2),
+                    mode="overwrite", per_branch=False)
+    _, rep7 = one.load(ids, hashes, addrs, workers=0)
+    assert rep7.cached + rep7.computed == 6 and rep7.computed >= 4
+
 
 # --------------------------------------------------------------------------- the dedup method
 def _plant(out: Path, photos: list[Path], copies_of: int, tag: str) -> dict[str, str]:
@@ -290,6 +305,8 @@ def test_dedup_verify_above_the_exact_size_ranks_candidates_out_of_core(tmp_path
             linked = {tuple(sorted((Path(key_of[a]).stem, Path(key_of[b]).stem)))
                       for a, b in zip(links["a"], links["b"]) if a in key_of}
             groups = _groups(lake)
+            assert v.keypoint_loads >= v.keypoint_rows  # summed over the chunks; one chunk: each row once
+            assert v.keypoint_loads == v.keypoint_rows or chunk < v.candidates
             got.append((v.candidates, v.pairs, v.keypoint_rows, v.keypoints_computed, linked, sorted(sorted(k for k in groups if groups[k] == g)
                                                                for g in set(groups.values()))))
         assert [(kw.get("per_row"), kw.get("assign")) for kw in calls] == (
@@ -300,6 +317,32 @@ def test_dedup_verify_above_the_exact_size_ranks_candidates_out_of_core(tmp_path
     assert c1 > 0 and p1 > 0 and linked1 and 0 < c2 <= 3 * len(more) + len(more)
     assert rows1 == computed1 and computed2 < rows2  # each image's keypoints computed once, chunks or not
     assert all(first[a] == first[b] for a, b in linked1), "verify linked different photos"
+
+
+def test_verify_orders_its_pairs_so_a_row_is_loaded_about_once():
+    """Candidate pairs of a 5-nearest graph (partners within a topic, row numbers unrelated to
+    topics) verified in chunks: sorted by row, a row's partners are spread over the chunks and its
+    features loaded ~5 times; in _chunk_order's order about once. The order is a permutation."""
+    from lakecurate.dedup import _chunk_order
+
+    rng = np.random.default_rng(2)
+    n, k, chunk = 30_000, 5, 5_000
+    topic = rng.integers(0, n // 300, n)
+    members = [np.flatnonzero(topic == t) for t in range(n // 300)]
+    j = np.concatenate([rng.choice(members[t], k) for t in topic])
+    i = np.repeat(np.arange(n), k)
+    key = np.unique(np.minimum(i, j) * n + np.maximum(i, j))
+    key = key[key // n != key % n]
+    i, j = key // n, key % n
+
+    def loads(a: np.ndarray, b: np.ndarray) -> float:
+        total = sum(len(np.unique(np.concatenate([a[lo:lo + chunk], b[lo:lo + chunk]]))) for lo in range(0, len(a), chunk))
+        return total / len(np.unique(np.concatenate([a, b])))
+
+    order = _chunk_order(i, j)
+    assert np.array_equal(np.sort(order), np.arange(len(i)))
+    assert loads(i, j) > 3 and loads(i[order], j[order]) < 1.2, (loads(i, j), loads(i[order], j[order]))
+    assert _chunk_order(i[:1], j[:1]).tolist() == [0] and len(_chunk_order(i[:0], j[:0])) == 0
 
 
 def test_dedup_verify_options_are_checked_before_anything_is_written(lake: Lake, tmp_path: Path):
