@@ -1616,6 +1616,25 @@ class _UniquePairs:
         return self.keys, self.values
 
 
+def _shingle_matrix(size: np.ndarray, hashed: np.ndarray, compact: bool = False) -> "csr_matrix":
+    """The hashed shingle sets (:func:`_hashed_shingles`: a count a caption, their sorted hashes)
+    as one sparse matrix, a row a caption: columns the 2^_SHINGLE_BITS hash values and uint8 ones
+    (what :func:`_jaccard` merges), or with ``compact`` the distinct shingles numbered and int32
+    ones, so that a product of two such matrices counts the common shingles of every pair."""
+    import scipy.sparse
+
+    indptr = np.concatenate([[0], np.cumsum(size)])
+    if compact:
+        column, at = np.unique(hashed, return_inverse=True)
+        out = scipy.sparse.csr_matrix((np.ones(len(at), np.int32), at.astype(np.int32), indptr),
+                                      shape=(len(size), len(column)))
+    else:
+        out = scipy.sparse.csr_matrix((np.ones(len(hashed), np.uint8), hashed.astype(np.int32), indptr),
+                                      shape=(len(size), 1 << _SHINGLE_BITS))
+    out.has_sorted_indices = True  # sorted a caption, and numbering the distinct ones keeps their order
+    return out
+
+
 def _jaccard(sets: "csr_matrix", size: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Exact Jaccard of the hashed shingle sets of rows p and q (a sorted merge per pair, in C)."""
     inter = np.diff(sets[p].multiply(sets[q]).indptr)  # the product keeps the shingles both have
@@ -1675,7 +1694,6 @@ def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, n
     >>> i.tolist(), j.tolist(), jac.round(2).tolist()
     ([0], [2], [0.63])
     """
-    import scipy.sparse
     from datasketch import MinHashLSH
 
     from lakecurate.progress import progress_bar
@@ -1701,9 +1719,7 @@ def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, n
         bar.close()
         return _empty(np.float64)
     size = np.concatenate(counts)
-    sets = scipy.sparse.csr_matrix((np.ones(int(size.sum()), np.uint8), np.concatenate(hashed).astype(np.int32),
-                                    np.concatenate([[0], np.cumsum(size)])), shape=(len(rows), 1 << _SHINGLE_BITS))
-    sets.has_sorted_indices = True
+    sets = _shingle_matrix(size, np.concatenate(hashed))
     del hashed
     band_keys = np.concatenate(keys)
     del keys

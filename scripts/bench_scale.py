@@ -595,7 +595,6 @@ def child_minhash(n: int, csv: Path, sample: int = 1000) -> dict:
     (before the star groups choose among them): all of them, those of captions with at most 8 near
     ones (a near-duplicate should be found), and for captions with more (a template's fillings,
     whose pairs are not all proposed by design) the share that ends in a group."""
-    import scipy.sparse
 
     from lakecurate import neardup
     from lakecurate.dedup import MINHASH_THRESHOLD
@@ -620,9 +619,7 @@ def child_minhash(n: int, csv: Path, sample: int = 1000) -> dict:
     seconds, peak = time.perf_counter() - t0, vm_hwm_mb()
     # the exact pairs of the sampled captions: their hashed shingle sets against everyone's
     size, hashed = neardup._hashed_shingles([neardup._normalised(c) for c in caps], 5)
-    column, hashed = np.unique(hashed, return_inverse=True)  # distinct shingles numbered: a small matrix
-    sets = scipy.sparse.csr_matrix((np.ones(len(hashed), np.int32), hashed, np.concatenate([[0], np.cumsum(size)])),
-                                   shape=(n, len(column)))
+    sets = neardup._shingle_matrix(size, hashed, compact=True)  # distinct shingles numbered: a small matrix
     picked = np.sort(np.random.default_rng(SEED).choice(n, min(sample, n), replace=False))
     near_a, near_b = [], []  # (sampled position, caption) within the threshold
     others = sets.T.tocsc()

@@ -133,9 +133,7 @@ def test_hashed_shingle_sets_give_the_string_jaccard():
     texts = [neardup._normalised(c) for c in caps]
     size, hashed = neardup._hashed_shingles(texts, 5)
     assert size.tolist() == [len(shingles(c)) for c in caps]
-    import scipy.sparse
-    sets = scipy.sparse.csr_matrix((np.ones(len(hashed), np.uint8), hashed.astype(np.int32),
-                                    np.concatenate([[0], np.cumsum(size)])), shape=(len(caps), 1 << neardup._SHINGLE_BITS))
+    sets = neardup._shingle_matrix(size, hashed)
     p, q = np.triu_indices(len(caps), 1)
     got = neardup._jaccard(sets, size, p, q)
     want = np.array([exact_jaccard(caps[a], caps[b]) for a, b in zip(p, q)])
@@ -179,9 +177,7 @@ def test_pairs_found_against_the_exact_pairs_of_flickr_captions(flickr8k):
         mp.setattr(neardup, "_star_groups", grab)
         caption_pairs(caps, 0.35)
     size, hashed = neardup._hashed_shingles([neardup._normalised(c) for c in caps], 5)
-    column, hashed = np.unique(hashed, return_inverse=True)  # distinct shingles numbered: a small matrix
-    sets = scipy.sparse.csr_matrix((np.ones(len(hashed), np.int32), hashed, np.concatenate([[0], np.cumsum(size)])),
-                                   shape=(len(caps), len(column)))
+    sets = neardup._shingle_matrix(size, hashed, compact=True)  # distinct shingles numbered: a small matrix
     inter = scipy.sparse.triu(sets @ sets.T, k=1).tocoo()
     near = inter.data / (size[inter.row] + size[inter.col] - inter.data) >= 0.35
     a, b = inter.row[near], inter.col[near]
