@@ -957,6 +957,9 @@ class _Joins:
             i, j, best = rows[i], rows[j], best[0] if best else np.ones(len(i), bool)
             if new is None:
                 self.done[col] = (rows, low, (i, j, cos, best))
+        if not ranked and new is None and self.near.get(col) and cosine < self.all_from[col]:
+            raise RuntimeError(f"the join over {col} kept only pairs with near hashes below {self.all_from[col]}; "
+                               f"every pair from {cosine} was asked")  # a bug of this module, not of the input
         keep = (cos >= cosine) & (best if ranked else True)
         return i[keep], j[keep], cos[keep]
 

@@ -644,3 +644,34 @@ def test_sparse_groups_and_streamed_columns_equal_the_per_row_arrays(monkeypatch
     got = dedup_module._reasons(ids_of, dropped, kept_by, ["exact", "verify"], groups, {"r3": 41})
     assert got.to_pylist() == ["exact:r0", "verify:r2 (41 inliers)", "linked:r2"]
     assert dedup_module._reasons(ids_of, dropped, kept_by, ["verify", "exact"], groups, {}).to_pylist()[0] == "verify:r0"
+
+
+def test_a_join_filtered_by_hashes_is_not_served_as_every_pair(tmp_path: Path):
+    """dedup's one image join keeps, below semantic's all_from, only the pairs with near hashes:
+    asking it for every pair there is refused (a bug), the ranked near pairs and the pairs from
+    all_from up are served."""
+    import lance
+    import pyarrow as pa
+
+    from lakecurate import neardup
+    from lakecurate.dedup import _Joins
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    x[150:200] = x[:50] + 0.1 * rng.standard_normal((50, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ds = lance.write_dataset(pa.table({"v": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), 16)}),
+                             str(tmp_path / "v.lance"))
+    h = rng.integers(0, 2**63, (300, 1), dtype=np.int64).astype(np.uint64)
+    h[150:175] = h[:25]  # half the near copies have near hashes
+    joins = _Joins(ds, None, False, "local")
+    joins.per_row["v"], joins.all_from["v"] = 32, 0.9
+    joins.near["v"] = [(h, np.ones(300, bool), 4, 0.5)]
+    rows = np.arange(300)
+    a, b, _ = joins.pairs("v", rows, 0.5, ranked=True)
+    assert {(r, r + 150) for r in range(25)} <= set(zip(a.tolist(), b.tolist()))
+    assert (neardup.hash_distances(h, a, b) <= 4).all()
+    a, b, cos = joins.pairs("v", rows, 0.9)  # every pair from all_from up: served from the same join
+    assert len(a) >= 40 and (cos >= 0.9).all()
+    with pytest.raises(RuntimeError, match="near hashes"):
+        joins.pairs("v", rows, 0.6)
