@@ -975,13 +975,13 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
         mr.pairs = len(i)
         return _group(eligible, [(i, j)], ranks), _links(i, j, np.full(len(i), np.nan), "same image bytes")
     if method == "phash":
-        h, h_flip, eligible = _hashes(tbl)
+        variants, eligible = joins.hash_variants(method, tbl, config)  # the hash, and its mirror's with flips
         mr.new_rows = int((eligible & stored.missing).sum())
         rows = np.flatnonzero(eligible)
         if config.get("search") == "clusters":
-            i, j, d = _clustered_hashes(config, *joins.hash_variants(method, tbl, config), joins)
+            i, j, d = _clustered_hashes(config, variants, eligible, joins)
         else:
-            values = np.concatenate([h[rows], h_flip[rows]]) if config["flips"] else h[rows]
+            values = variants[rows].T.ravel()  # the rows' hashes, then (with flips) their mirrors'
             # Mirror hashes against every hash find mirrored copies; i % n maps them back to rows.
             i, j, d = hamming_pairs(values, config["max_distance"], identical="first")
             i, j = rows[i % len(rows)], rows[j % len(rows)]

@@ -778,7 +778,7 @@ def _passing(part: Pairs, near: "HashFilter", cap: tuple[int, float] | None) -> 
     array then: ranked and passed)."""
     i, j, v = part[:3]
     if cap is None:
-        ok = near(i, j, v) if len(i) else np.zeros(0, bool)
+        ok = near(i, j, v)
         return i[ok], j[ok], v[ok]
     ok = np.zeros(len(i), bool)
     at = np.flatnonzero(part[3])
