@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -626,3 +626,40 @@ class LanceVectors:
                     yield done, x[self.rows[done:upto] - seen]
                 done = upto
             seen += b.num_rows
+
+
+class LanceTexts:
+    """A string column of one dataset version as a text source for :mod:`lakecurate.neardup`
+    (``caption_pairs``, dedup's minhash): streamed in batches, a range of rows at a time, never
+    read whole; another process (a Ray task) opens the same version from :meth:`spec`.
+
+    Example::
+
+        i, j, jac = caption_pairs(LanceTexts(lake.dataset(), "caption"), 0.35)
+    """
+
+    def __init__(self, ds: "lance.LanceDataset", column: str, *,
+                 storage_options: dict[str, str] | None = None) -> None:
+        self.ds, self.column, self.storage_options = ds, column, storage_options
+        self.n = ds.count_rows()
+
+    def spec(self) -> tuple:
+        """The dataset's URI and version, its storage options and the column (:meth:`from_spec`)."""
+        return (self.ds.uri, self.ds.version, self.storage_options, self.column)
+
+    @classmethod
+    def from_spec(cls, spec: tuple) -> "LanceTexts":
+        uri, version, storage_options, column = spec
+        return cls(lance.dataset(uri, version=version, storage_options=storage_options), column,
+                   storage_options=storage_options)
+
+    def batches(self, size: int, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, list]]:
+        """(first row, the rows' values as Python strings or None) for rows lo..hi-1, in order."""
+        hi = self.n if hi is None else min(hi, self.n)
+        if hi <= lo:
+            return
+        span = {} if lo == 0 and hi == self.n else {"offset": lo, "limit": hi - lo}
+        done = lo
+        for b in self.ds.to_batches(columns=[self.column], batch_size=size, **span):
+            yield done, b.column(0).to_pylist()
+            done += b.num_rows

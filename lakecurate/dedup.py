@@ -41,9 +41,10 @@ size, ingest time and id of those rows only, by position; stored groups and ids 
 exact sorts a (64-bit hash, row) record a row out of core (:func:`lakecurate.stream.sorted_records`);
 the group and decision columns are written a fragment at a time. What stays a row: a bool per
 method (which rows have its signal, which have no stored group). Methods that compare a row with
-every other still hold their inputs whole: phash's and copy's hashes, minhash's captions
-(``scripts/bench_scale.py --only dedup``, docs/scale.md); verify's candidates come from the
-out-of-core join above KNN_EXACT_MAX rows (``--only knn``).
+every other still hold their inputs whole: phash's and copy's hashes (``scripts/bench_scale.py
+--only dedup``, docs/scale.md); minhash streams the captions and pairs its band buckets a
+partition at a time (:func:`~lakecurate.neardup.caption_pairs`: the verified pairs are held);
+verify's candidates come from the out-of-core join above KNN_EXACT_MAX rows (``--only knn``).
 
 **phash at scale**: ``phash_search="all"`` (the default) compares every hash with every other
 (exact multi-index hashing, ~N^2 at 8 bits: 4.8 s at 1M hashes, 292 s at 10M); ``"clusters"``
@@ -79,7 +80,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
-from lakecurate.columns import LanceVectors, column_valid
+from lakecurate.columns import LanceTexts, LanceVectors, column_valid
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
@@ -700,11 +701,10 @@ def dedup(
     n = ds.count_rows()
     report.rows = n
     present = [m for m in METHODS if all(c in ds.schema.names for c in group_columns(m))]
-    # What a method computed now needs whole is read whole (hashes it compares with every other,
-    # minhash's captions); the rest is streamed or read by position for the rows in groups (ids,
+    # What a method computed now needs whole is read whole (hashes it compares with every other;
+    # minhash streams its captions); the rest is streamed or read by position for the rows in groups (ids,
     # scores and stored groups hold nothing a row; verify takes the keys of its candidates' rows).
-    read = ["caption"] if "minhash" in methods else []
-    read += list(PHASH_COLUMNS) if {"phash", "semantic"} & set(methods) else []
+    read = list(PHASH_COLUMNS) if {"phash", "semantic"} & set(methods) else []
     read += ["copy_hashes"] if "copy" in methods else []
     tbl = (ds.to_table(columns=list(dict.fromkeys(read)), with_row_address=True) if read
            else pa.table({"_rowaddr": pa.array([], pa.uint64())}))
@@ -988,10 +988,10 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
         mr.pairs = int((i != j).sum())
         return _group(eligible, [(i, j)], ranks), _links(i, j, d, "{:.0f} of 64 bits differ")
     if method == "minhash":  # from scratch each run: a new caption can lead a better-centred group
-        caps = tbl.column("caption").to_pylist()
-        eligible = np.array([bool(c and c.strip()) for c in caps], bool)
+        texts = LanceTexts(ds, "caption", storage_options=joins.storage_options)  # streamed, never whole
+        eligible = np.array([bool(c and c.strip()) for _, batch in texts.batches(_BATCH) for c in batch], bool)
         mr.new_rows = int((eligible & stored.missing).sum())
-        i, j, jac = caption_pairs(caps, config["threshold"], progress=progress)
+        i, j, jac = caption_pairs(texts, config["threshold"], progress=progress, engine=joins.engine)
         mr.pairs = len(i)
         return _group(eligible, [(i, j)], ranks), _links(i, j, jac, "Jaccard {:.2f} of caption 5-grams",
                                                              smaller_is_closer=False)

@@ -1504,6 +1504,13 @@ _BUCKET_ALL = 8  # a band bucket of up to this many captions proposes all its pa
 _BUCKET_LEADS = 16  # ... a larger one pairs every member with its this many captions of fewest shingles
 _VERIFY_CHUNK = 1 << 17  # candidate pairs whose exact Jaccard is computed at once
 _SHINGLE_BITS = 30  # hashed shingles: sparse-matrix columns fit int32 indices
+_SIGN_ROWS = 1 << 16  # captions read, shingled and signed by one call (a Ray task: ~40 MiB back)
+_PART_ENTRIES = 1 << 21  # band entries (a caption's key in one band, 16 bytes) a partition holds, about
+_FLUSH_ENTRIES = 1 << 22  # band entries held before they are written to their partitions' files ...
+_ADD_ENTRIES = 1 << 20  # ... filed this many at a time
+_RANGE_CAPTIONS = 1 << 16  # the verified pairs are filed by ranges of this many captions
+_SLICE_ENTRIES = 1 << 17  # a partition's sorted entries paired this many at a time (whole buckets)
+_ENTRY = np.dtype([("key", "<u8"), ("size", "<u4"), ("pos", "<u4")])  # band << 32 | key; shingles; caption
 
 
 def shingles(text: str, k: int = 5) -> set[str]:
@@ -1562,12 +1569,19 @@ def _band_keys(count: np.ndarray, hashed: np.ndarray, coef: np.ndarray, rows_per
     return keys
 
 
-def _band_candidates(key: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """Pairs of rows sharing a band key, packed ``lo << 32 | hi``, sorted and distinct: all the
-    pairs of a bucket of up to ``_BUCKET_ALL`` rows; in a larger one each member with the bucket's
-    ``_BUCKET_LEADS`` rows of fewest shingles (a template's plainest fillings, the captions most
-    of its members are near), so a row is proposed at most max(both) times a band, whatever N."""
-    order = np.lexsort((size, key))
+def _band_candidates(key: np.ndarray, size: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:
+    """Pairs of captions sharing a band key, packed ``lo << 32 | hi`` (caption positions ``pos``,
+    default 0..n-1), sorted and distinct: all the pairs of a bucket of up to ``_BUCKET_ALL``
+    captions; in a larger one each member with the bucket's ``_BUCKET_LEADS`` captions of fewest
+    shingles (a template's plainest fillings, the captions most of its members are near; ties by
+    position: a bucket's entries must come in position order), so a caption is proposed at most
+    max(both) times a band, whatever N. ``key`` may carry the band in its high bits (a partition
+    of every band's entries: a bucket is one band's key)."""
+    pos = np.arange(len(key), dtype=np.int64) if pos is None else pos
+    # one stable sort: band (8 bits), key (32), shingles (24, larger counted as 2^24 - 1); ties in
+    # the order given (a bucket's entries come in position order)
+    short = np.minimum(np.asarray(size, np.uint64), np.uint64((1 << 24) - 1))
+    order = np.argsort((np.asarray(key, np.uint64) << np.uint64(24)) | short, kind="stable")
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(key[order])) + 1, [len(key)]])
     bucket = np.repeat(np.diff(bounds), np.diff(bounds))  # the size of each position's bucket
     start = np.repeat(bounds[:-1], np.diff(bounds))
@@ -1581,7 +1595,8 @@ def _band_candidates(key: np.ndarray, size: np.ndarray) -> np.ndarray:
     for lead in range(_BUCKET_LEADS):
         big = big[big - start[big] > lead]
         left.append(order[start[big] + lead]), right.append(order[big])
-    p, q = np.concatenate(left).astype(np.uint64), np.concatenate(right).astype(np.uint64)
+    p = pos[np.concatenate(left)].astype(np.uint64)
+    q = pos[np.concatenate(right)].astype(np.uint64)
     packed = np.sort((np.minimum(p, q) << np.uint64(32)) | np.maximum(p, q))
     return packed[np.concatenate([[True], packed[1:] != packed[:-1]])] if len(packed) else packed
 
@@ -1641,14 +1656,305 @@ def _jaccard(sets: "csr_matrix", size: np.ndarray, p: np.ndarray, q: np.ndarray)
     return inter / (size[p] + size[q] - inter)
 
 
-def _star_groups(n: int, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> Pairs:
-    """The most connected row leads first: a row not yet grouped takes every not-yet-grouped row
-    it is paired with; a member is never linked on (no chains)."""
-    degree = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
-    a, b, w = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([v, v]).astype(np.float32)
-    order = np.lexsort((b, a))
-    a, b, w = a[order], b[order], w[order]
-    first = np.searchsorted(a, np.arange(n + 1))
+def _gathered(sets: tuple[np.ndarray, np.ndarray], pos: np.ndarray) -> tuple["csr_matrix", np.ndarray]:
+    """The shingle sets of captions ``pos`` as a matrix, a row each (what :func:`_jaccard` takes),
+    and their sizes: the hashes gathered from ``sets`` = (offsets, hashes), a memory map on disk or
+    arrays (:class:`_ShingleSets`)."""
+    offsets, hashed = sets
+    lo = offsets[pos]
+    size = offsets[pos + 1] - lo
+    first = np.cumsum(size) - size
+    at = np.repeat(lo - first, size) + np.arange(int(size.sum()), dtype=np.int64)
+    return _shingle_matrix(size, np.asarray(hashed[at])), size
+
+
+class _ShingleSets:
+    """The captions' hashed shingle sets by position, added as the sign pass makes them: in memory,
+    or appended to a raw file under ``spill_dir`` and read back through a memory map (the exact
+    Jaccard gathers random captions); :meth:`release` lets the map's pages go from this process
+    (they stay in the page cache), so what it holds is what one partition touched. ``sets()``:
+    (offsets, hashes), offsets a caption's first hash (int64, n + 1)."""
+
+    def __init__(self, spill_dir: str | None) -> None:
+        self.path = None if spill_dir is None else os.path.join(spill_dir, "shingles.bin")
+        self._out = None if self.path is None else open(self.path, "wb")
+        self.counts: list[np.ndarray] = []
+        self.parts: list[np.ndarray] = []
+        self._map: np.ndarray | None = None
+
+    def add(self, count: np.ndarray, hashed: np.ndarray) -> None:
+        self.counts.append(np.asarray(count, np.int64))
+        if self._out is None:
+            self.parts.append(hashed)
+        else:
+            self._out.write(np.asarray(hashed, np.uint32).tobytes())
+
+    def sets(self) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(self.counts))]) if self.counts else np.zeros(1, np.int64)
+        self.counts = []
+        if self._out is None:
+            hashed = np.concatenate(self.parts) if self.parts else np.empty(0, np.uint32)
+            self.parts = []
+            return offsets, hashed
+        self._out.close()
+        self._map = np.memmap(self.path, np.uint32, mode="r") if offsets[-1] else np.empty(0, np.uint32)
+        return offsets, self._map
+
+    def release(self) -> None:
+        mm = getattr(self._map, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            import mmap
+
+            mm.madvise(mmap.MADV_DONTNEED)  # clean file pages: dropped from this process, read again on need
+
+    def close(self) -> None:
+        if self._out is not None and not self._out.closed:
+            self._out.close()
+        self._map = None
+        if self.path is not None and os.path.exists(self.path):
+            os.remove(self.path)
+
+
+class _BandEntries:
+    """Every caption's band keys as (band << 32 | key, shingles, position) entries, filed by
+    partition (a hash of the bucket: a band bucket lies in one partition) so that each partition is
+    paired alone: held in memory, or appended to one file a partition under ``spill_dir`` once
+    _FLUSH_ENTRIES are held (so the band keys of every caption never sit in memory at once). Made
+    _ADD_ENTRIES at a time: the temporary arrays of filing stay small beside what is held."""
+
+    def __init__(self, parts: int, spill_dir: str | None) -> None:
+        self.parts, self.spill_dir = parts, spill_dir
+        self.filed: list[list[np.ndarray]] = [[] for _ in range(parts)]
+        self.held = 0
+
+    def add(self, keys: np.ndarray, size: np.ndarray, first: int) -> None:
+        n, bands = keys.shape
+        step = max(1, _ADD_ENTRIES // max(1, bands))
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            e = np.empty((hi - lo) * bands, _ENTRY)
+            e["key"] = ((np.arange(bands, dtype=np.uint64) << np.uint64(32))[None, :]
+                        | keys[lo:hi].astype(np.uint64)).ravel()
+            e["size"] = np.repeat(np.minimum(size[lo:hi], 0xFFFFFFFF).astype(np.uint32), bands)
+            e["pos"] = np.repeat(np.arange(first + lo, first + hi, dtype=np.uint32), bands)
+            part = (_mix64(e["key"]) % np.uint64(self.parts)).astype(np.int64)
+            order = np.argsort(part, kind="stable")  # positions stay ascending within a partition
+            cuts = np.searchsorted(part[order], np.arange(self.parts + 1))
+            e = e[order]
+            for p in np.flatnonzero(np.diff(cuts)).tolist():
+                self.filed[p].append(e[cuts[p]:cuts[p + 1]])
+            self.held += len(e)
+            if self.held >= _FLUSH_ENTRIES and self.spill_dir is not None:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.spill_dir is None:
+            return
+        for p, got in enumerate(self.filed):
+            if got:
+                with open(os.path.join(self.spill_dir, f"band-{p}.bin"), "ab") as f:
+                    for e in got:
+                        e.tofile(f)
+                self.filed[p] = []
+        self.held = 0
+
+    def load(self, p: int) -> np.ndarray:
+        got, self.filed[p] = self.filed[p], []
+        path = None if self.spill_dir is None else os.path.join(self.spill_dir, f"band-{p}.bin")
+        if path is not None and os.path.exists(path):
+            got = [np.fromfile(path, _ENTRY), *got]
+            os.remove(path)
+        return np.concatenate(got) if got else np.empty(0, _ENTRY)
+
+
+class TextSource(Protocol):
+    """Captions streamed in batches (a list: :class:`TextList`; a Lance column:
+    :class:`lakecurate.columns.LanceTexts`, which a Ray task reopens from its ``spec()``)."""
+
+    n: int
+
+    def batches(self, size: int, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, list]]:
+        """(first row, the rows' texts or None) for rows lo..hi-1, in order."""
+        ...
+
+
+class TextList:
+    """Captions in a list as a :class:`TextSource`."""
+
+    def __init__(self, texts: list) -> None:
+        self.texts, self.n = texts, len(texts)
+
+    def batches(self, size: int, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, list]]:
+        hi = self.n if hi is None else min(hi, self.n)
+        for s in range(lo, hi, size):
+            yield s, self.texts[s:min(s + size, hi)]
+
+
+def _open_texts(source: "TextSource | tuple") -> TextSource:
+    if isinstance(source, tuple):  # a Lance column's spec
+        from lakecurate.columns import LanceTexts
+
+        return LanceTexts.from_spec(source)
+    return source
+
+
+def _signed(texts: list[str], k: int, coef: np.ndarray, rows_per_band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shingles a text, their hashes concatenated, band keys: a row a text) of normalised,
+    non-empty texts, _CAPTION_CHUNK at a time, fewer when they are long (_CAPTION_CHARS)."""
+    chars = np.cumsum([len(t) + k for t in texts])
+    counts, hashed, keys = [], [], []
+    s = 0
+    while s < len(texts):
+        before = int(chars[s - 1]) if s else 0
+        e = min(s + _CAPTION_CHUNK, max(s + 1, int(np.searchsorted(chars, before + _CAPTION_CHARS, "right"))))
+        count, h = _hashed_shingles(texts[s:e], k)
+        counts.append(count), hashed.append(h), keys.append(_band_keys(count, h, coef, rows_per_band))
+        s = e
+    if not counts:
+        return np.empty(0, np.int64), np.empty(0, np.uint32), np.empty((0, len(coef) // rows_per_band), np.uint32)
+    return np.concatenate(counts), np.concatenate(hashed), np.concatenate(keys)
+
+
+def sign_range_task(lo: int, hi: int, source: "TextSource | tuple", k: int, coef: np.ndarray,
+                    rows_per_band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Captions lo..hi-1 read from ``source`` (a text source, or a Lance column's spec), normalised,
+    shingled and signed: (the rows with text, shingles a row, their hashes, band keys). A step of
+    :func:`caption_pairs` (a Ray task with ``engine="ray"``)."""
+    rows, texts = [], []
+    for start, batch in _open_texts(source).batches(_SIGN_ROWS, lo, hi):
+        for r, t in enumerate(batch):
+            t = _normalised(t)
+            if t:
+                rows.append(start + r)
+                texts.append(t)
+    return (np.array(rows, np.int64), *_signed(texts, k, coef, rows_per_band))
+
+
+def band_pairs_task(entries: np.ndarray, threshold: float, offsets: np.ndarray,
+                    hashed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One partition's band entries, sorted by bucket and cut into slices of about _SLICE_ENTRIES
+    (whole buckets; buckets of one caption dropped), each slice paired (:func:`_band_candidates`,
+    each candidate once) and its candidates' exact Jaccard computed _VERIFY_CHUNK at a time, the
+    sets of the slice's captions gathered once: (the pairs at or above ``threshold`` packed
+    ``lo << 32 | hi``, their Jaccard as float32). A step of :func:`caption_pairs` (a Ray task with
+    ``engine="ray"``)."""
+    order = np.argsort(entries["key"], kind="stable")  # positions stay ascending within a bucket
+    entries = entries[order]
+    edges = np.flatnonzero(entries["key"][1:] != entries["key"][:-1]) + 1
+    sizes = np.diff(np.concatenate([[0], edges, [len(entries)]]))
+    entries = entries[np.repeat(sizes > 1, sizes)]  # a bucket of one caption pairs nothing
+    key = entries["key"]
+    bounds = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [len(key)]])  # buckets' edges
+    packed, values = [np.empty(0, np.uint64)], [np.empty(0, np.float32)]
+    lo = 0
+    while lo < len(key):
+        hi = int(bounds[np.searchsorted(bounds, lo + _SLICE_ENTRIES, "right") - 1])  # whole buckets ...
+        if hi <= lo:  # ... but a bucket larger than a slice is a slice alone
+            hi = int(bounds[np.searchsorted(bounds, lo, "right")])
+        part = entries[lo:hi]
+        rows = np.unique(part["pos"]).astype(np.int64)  # the slice's captions: their sets gathered once
+        sets, size = _gathered((offsets, hashed), rows)
+        cand = _band_candidates(part["key"], part["size"], part["pos"].astype(np.int64))
+        for c in range(0, len(cand), _VERIFY_CHUNK):
+            chunk = cand[c:c + _VERIFY_CHUNK]
+            p, q = _unpacked(chunk)
+            jac = _jaccard(sets, size, np.searchsorted(rows, p), np.searchsorted(rows, q))
+            keep = jac >= threshold
+            packed.append(chunk[keep]), values.append(jac[keep].astype(np.float32))
+        lo = hi
+    packed, first = np.unique(np.concatenate(packed), return_index=True)  # a pair met in two slices: once
+    return packed, np.concatenate(values)[first]
+
+
+_LINKS = np.dtype([("pair", "<u8"), ("jac", "<f4")])  # a verified pair (lo << 32 | hi positions) and its Jaccard
+_ADJ = np.dtype([("other", "<u4"), ("jac", "<f4")])  # a caption's verified partner
+
+
+class _Filed:
+    """Records filed by range of captions (_RANGE_CAPTIONS positions each): lists in memory, or
+    appended to one file a range under ``spill_dir``; :meth:`load` takes a range's records away."""
+
+    def __init__(self, n: int, spill_dir: str | None, name: str, dtype: np.dtype) -> None:
+        self.ranges = max(1, -(-n // _RANGE_CAPTIONS))
+        self.spill_dir, self.name, self.dtype = spill_dir, name, dtype
+        self.held: list[list[np.ndarray]] = [[] for _ in range(self.ranges)]
+
+    def add(self, at: np.ndarray, records: np.ndarray) -> None:
+        """File ``records`` by the range of position ``at`` (one a record)."""
+        rng = (np.asarray(at, np.int64) // _RANGE_CAPTIONS)
+        order = np.argsort(rng, kind="stable")
+        cuts = np.searchsorted(rng[order], np.arange(self.ranges + 1))
+        records = records[order]
+        for r in np.flatnonzero(np.diff(cuts)).tolist():
+            got = records[cuts[r]:cuts[r + 1]]
+            if self.spill_dir is None:
+                self.held[r].append(got)
+            else:
+                with open(os.path.join(self.spill_dir, f"{self.name}-{r}.bin"), "ab") as f:
+                    got.tofile(f)
+
+    def load(self, r: int) -> np.ndarray:
+        parts = list(self.chunks(r))
+        return np.concatenate(parts) if parts else np.empty(0, self.dtype)
+
+    def chunks(self, r: int, size: int = 1 << 22) -> Iterator[np.ndarray]:
+        """A range's records taken away, at most ``size`` at a time from its file."""
+        got, self.held[r] = self.held[r], []
+        path = None if self.spill_dir is None else os.path.join(self.spill_dir, f"{self.name}-{r}.bin")
+        if path is not None and os.path.exists(path):
+            with open(path, "rb") as f:
+                while len(part := np.fromfile(f, self.dtype, count=size)):
+                    yield part
+            os.remove(path)
+        yield from got
+
+
+def _star_groups(n: int, links: _Filed, spill_dir: str | None) -> Pairs:
+    """Star groups over the verified pairs (``links``: (pair, Jaccard) records filed by their lower
+    caption, a pair possibly more than once: read a chunk at a time and made distinct as they come):
+    the most connected caption leads first, a caption
+    not yet grouped takes every not-yet-grouped caption it is paired with; a member is never linked
+    on (no chains). Out of core: each range's pairs are made distinct and filed again under both
+    captions, then each range's partners are sorted and appended to one array of partners by
+    caption (under ``spill_dir``: a file read through a memory map), so what is held a caption is
+    its degree, its first partner's offset and whether it is grouped (13 bytes), beside a range's
+    pairs. Returns (leader, member, Jaccard) positions, sorted."""
+    degree = np.zeros(n, np.int32)
+    adjacent = _Filed(n, spill_dir, "adjacent", np.dtype([("row", "<u4"), *_ADJ.descr]))
+    for r in range(links.ranges):
+        pile = _UniquePairs()  # a pair found in several partitions: once (merged as it is read)
+        for got in links.chunks(r):
+            pile.add(got["pair"], got["jac"])
+        pair, jac = pile.merged()
+        del pile
+        i, j = _unpacked(pair)
+        for side in (i, j):
+            at, count = np.unique(side, return_counts=True)
+            degree[at] += count.astype(np.int32)
+        for a, b in ((i, j), (j, i)):
+            rec = np.empty(len(a), adjacent.dtype)
+            rec["row"], rec["other"], rec["jac"] = a, b, jac
+            adjacent.add(a, rec)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(degree, out=offsets[1:])
+    path = None if spill_dir is None else os.path.join(spill_dir, "partners.bin")
+    parts = []
+    with contextlib.ExitStack() as stack:
+        out = None if path is None else stack.enter_context(open(path, "wb"))
+        for r in range(adjacent.ranges):
+            got = adjacent.load(r)
+            got = got[np.lexsort((got["other"], got["row"]))]
+            rec = np.empty(len(got), _ADJ)
+            rec["other"], rec["jac"] = got["other"], got["jac"]
+            got = rec
+            if out is None:
+                parts.append(got)
+            else:
+                got.tofile(out)
+    if path is None:
+        partners = np.concatenate(parts) if parts else np.empty(0, _ADJ)
+    else:
+        partners = np.memmap(path, _ADJ, mode="r") if offsets[-1] else np.empty(0, _ADJ)
     grouped = np.zeros(n, bool)
     out_i, out_j, out_v = [], [], []
     linked = np.flatnonzero(degree)
@@ -1656,26 +1962,30 @@ def _star_groups(n: int, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> Pairs:
         if grouped[r]:
             continue
         grouped[r] = True
-        near = b[first[r]:first[r + 1]]
-        free = ~grouped[near]
+        near = np.asarray(partners[offsets[r]:offsets[r + 1]])
+        free = ~grouped[near["other"]]
         if free.any():
-            grouped[near[free]] = True
-            out_i.append(np.full(int(free.sum()), r)), out_j.append(near[free])
-            out_v.append(w[first[r]:first[r + 1]][free])
+            grouped[near["other"][free]] = True
+            out_i.append(np.full(int(free.sum()), r)), out_j.append(near["other"][free].astype(np.int64))
+            out_v.append(near["jac"][free])
+    del partners
+    if path is not None:
+        os.remove(path)
     if not out_i:
         return _empty(np.float64)
     return _sorted_pairs(np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v).astype(np.float64))
 
 
-def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, num_perm: int = 256,
-                  seed: int = 1, progress: bool | None = False) -> Pairs:
+def caption_pairs(captions: "list[str | None] | TextSource", threshold: float, *, k: int = 5, num_perm: int = 256,
+                  seed: int = 1, progress: bool | None = False, spill_dir: str | None = "auto", engine: str = "local",
+                  address: str | None = None) -> Pairs:
     """Near-duplicate captions as star groups: banded MinHash proposes candidates at a lower
     Jaccard, the exact Jaccard of the (hashed) shingle sets decides, and rows are taken by how many
     captions lie within ``threshold`` of them (most first): a row not yet grouped leads a group of
-    every not-yet-grouped caption within ``threshold`` of *it*. Pairs are (leader, member, Jaccard);
-    a member is never linked on, so there are no chains ("a black dog runs" ~ "a black dog swims" ~
-    "a brown dog swims" stays apart) and a template ("Stock photo of X, royalty free") gathers the
-    captions that share it with its leader.
+    every not-yet-grouped caption within ``threshold`` of *it*. Pairs are the links of leaders and
+    members (lower row, higher row, Jaccard); a member is never linked on, so there are no chains
+    ("a black dog runs" ~ "a black dog swims" ~ "a brown dog swims" stays apart) and a template
+    ("Stock photo of X, royalty free") gathers the captions that share it with its leader.
 
     The bands are datasketch's optimum for Jaccard ``threshold - 0.15`` within ``num_perm`` hash
     values (85 bands of 3 at the default 0.35: a pair at 0.35 meets in some band with probability
@@ -1684,10 +1994,24 @@ def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, n
     ``_BUCKET_ALL`` captions (common phrases of natural captions, a template's fillings) pairs each
     member only with its ``_BUCKET_LEADS`` (16) captions of fewest shingles instead of with all, so
     a caption is verified at most bands x 16 times whatever N (1,360 at the default), and the
-    shingle sets are 4-byte hashes in one sparse matrix (the exact Jaccard is a sorted merge in C).
-    Two captions that meet only in large buckets may stay apart: ``scripts/bench_scale.py --only
-    minhash`` measures the pairs found against the exact ones (docs/benchmarks.md). ``progress``: a
-    bar over the captions, hashed then banded.
+    shingle sets are 4-byte hashes (the exact Jaccard is a sorted merge in C). Two captions that
+    meet only in large buckets may stay apart: ``scripts/bench_scale.py --only minhash`` measures
+    the pairs found against the exact ones (docs/benchmarks.md).
+
+    **Out of core**: ``captions`` is a list or a :class:`TextSource` (a Lance column,
+    :class:`~lakecurate.columns.LanceTexts`), read _SIGN_ROWS rows at a time and signed; a
+    caption's band keys become entries filed by a hash of their bucket into partitions of about
+    _PART_ENTRIES entries, and its shingle hashes go to one array by position; under
+    ``spill_dir`` ("auto": a temporary directory when there is more than one partition; None: in
+    memory) both are files, the hashes read back through a memory map. Each partition is then
+    paired and verified alone (a band bucket lies in one partition), so what is held is a
+    partition's entries and candidates, not every caption's keys; the verified pairs (each once)
+    and the star groups over them are held whole. The pairs are those of an in-memory run.
+
+    ``engine="ray"``: each range of rows is signed by a Ray task (which reads its captions itself
+    from a Lance column's spec, or gets the list from the object store) and each partition is paired
+    and verified by a task, the shingle hashes shared through the object store; the pairs are the
+    local engine's. ``progress``: a bar over the rows, read then banded.
 
     >>> i, j, jac = caption_pairs(["Stock photo of a red car, royalty free", "a dog runs",
     ...                            "Stock photo of a blue car, royalty free", None], 0.5)
@@ -1696,47 +2020,52 @@ def caption_pairs(captions: list[str | None], threshold: float, *, k: int = 5, n
     """
     from datasketch import MinHashLSH
 
+    from lakecurate.engines import check_engine, ordered_map
     from lakecurate.progress import progress_bar
 
+    check_engine(engine)
     lsh = MinHashLSH(threshold=max(0.05, threshold - 0.15), num_perm=num_perm)  # only its (bands, rows)
     coef = np.random.default_rng(seed).integers(1, 1 << 63, size=(lsh.b * lsh.r, 2), dtype=np.uint64) | np.uint64(1)
-    texts = [_normalised(c) for c in captions]
-    rows = np.array([r for r, t in enumerate(texts) if t], np.int64)
-    bar = progress_bar(total=2 * len(rows), desc="minhash captions (hashed, then banded)", unit="caption",
-                       progress=progress)
-    counts, hashed, keys = [], [], []
-    chars = np.cumsum([len(texts[r]) + k for r in rows.tolist()])
-    s = 0
-    while s < len(rows):  # _CAPTION_CHUNK captions at once, fewer when they are long
-        before = int(chars[s - 1]) if s else 0
-        e = min(s + _CAPTION_CHUNK, max(s + 1, int(np.searchsorted(chars, before + _CAPTION_CHARS, "right"))))
-        count, h = _hashed_shingles([texts[r] for r in rows[s:e].tolist()], k)
-        counts.append(count), hashed.append(h), keys.append(_band_keys(count, h, coef, lsh.r))
-        bar.update(len(count))
-        s = e
-    if len(rows) < 2:
-        bar.update(len(rows))
+    src = captions if hasattr(captions, "batches") else TextList(list(captions))
+    n = src.n
+    if n >= 1 << 32:
+        raise ValueError(f"caption_pairs takes fewer than 2^32 captions (pairs are packed in 64 bits), got {n:,}")
+    parts = max(1, -(-n * lsh.b // _PART_ENTRIES))
+    source = src.spec() if hasattr(src, "spec") else src
+    bar = progress_bar(total=2 * n, desc="minhash captions (read, then banded)", unit="caption", progress=progress)
+    with contextlib.ExitStack() as stack:
+        if spill_dir == "auto":
+            spill_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-minhash-")) if parts > 1 else None
+        store = _ShingleSets(spill_dir)
+        stack.callback(store.close)
+        entries = _BandEntries(parts, spill_dir)
+        rows, signed = [], 0
+        spans = [(lo, min(lo + _SIGN_ROWS, n)) for lo in range(0, n, _SIGN_ROWS)]
+        for (lo, hi), (got, count, hashed, keys) in zip(spans, ordered_map(
+                sign_range_task, spans, engine=engine, shared=(source, k, coef, lsh.r), address=address)):
+            entries.add(keys, count, signed)
+            store.add(count, hashed)
+            rows.append(got)
+            signed += len(got)
+            bar.update(hi - lo)
+        entries.flush()
+        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        if len(rows) < 2:
+            bar.update(n)
+            bar.close()
+            return _empty(np.float64)
+        offsets, hashed = store.sets()
+        links = _Filed(len(rows), spill_dir, "links", _LINKS)
+        calls = ((entries.load(p),) for p in range(parts))
+        done = ordered_map(band_pairs_task, calls, engine=engine, shared=(threshold, offsets, hashed), address=address)
+        for p, (packed, jac) in enumerate(done):
+            rec = np.empty(len(packed), _LINKS)
+            rec["pair"], rec["jac"] = packed, jac
+            links.add(packed >> np.uint64(32), rec)
+            store.release()
+            bar.update(n * (p + 1) // parts - n * p // parts)
         bar.close()
-        return _empty(np.float64)
-    size = np.concatenate(counts)
-    sets = _shingle_matrix(size, np.concatenate(hashed))
-    del hashed
-    band_keys = np.concatenate(keys)
-    del keys
-    pile = _UniquePairs()
-    for band in range(lsh.b):
-        key = band_keys[:, band]
-        cand = _band_candidates(key, size)
-        for c in range(0, len(cand), _VERIFY_CHUNK):
-            part = cand[c:c + _VERIFY_CHUNK]
-            jac = _jaccard(sets, size, *_unpacked(part))
-            keep = jac >= threshold
-            pile.add(part[keep], jac[keep].astype(np.float32))
-        bar.update(len(rows) * (band + 1) // lsh.b - len(rows) * band // lsh.b)
-    bar.close()
-    packed, jac = pile.merged()
-    del pile
-    small = np.int32 if len(captions) < 2 ** 31 else np.int64  # the star groups sort 2 x the pairs
-    i, j = (rows[p].astype(small) for p in _unpacked(packed))
-    del packed
-    return _star_groups(len(captions), i, j, jac)
+        del offsets, hashed
+        store.close()
+        i, j, jac = _star_groups(len(rows), links, spill_dir)
+    return rows[i], rows[j], jac

@@ -100,17 +100,19 @@ def test_dedup_minhash_and_the_caption_template_step(lake: Lake):
 
 
 def test_minhash_reports_progress_off_a_terminal(monkeypatch, capsys):
-    """The bar counts the captions hashed, then banded (a log line per update off a terminal here),
+    """The bar counts the rows read (3 at a time here), then banded (a partition at a time: 4
+    partitions here, filed in a temporary directory), a log line per update off a terminal,
     ending at twice their number; hidden when asked."""
     monkeypatch.setattr("lakecurate.progress.INTERVAL", 0.0)
-    monkeypatch.setattr("lakecurate.neardup._CAPTION_CHUNK", 3)
     caps = DISTINCT + [f"Stock photo of {x}, royalty free" for x in ("a red car", "a blue car", "fresh fruit")] + [None, ""]
     want = caption_pairs(caps, 0.35)
+    monkeypatch.setattr("lakecurate.neardup._SIGN_ROWS", 3)
+    monkeypatch.setattr("lakecurate.neardup._PART_ENTRIES", 85 * 4)
     got = caption_pairs(caps, 0.35, progress=True)
-    assert all(np.array_equal(a, b) for a, b in zip(got, want))  # hashed in chunks: the same pairs
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))  # read in ranges, banded in partitions: the same pairs
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("minhash captions")]
-    total = 2 * 11  # the 11 captions with text
-    assert len(lines) > 4 and lines[-1].split(": ", 1)[1].startswith(f"{total}/{total} caption (100%)"), lines
+    total = 2 * len(caps)
+    assert len(lines) > 6 and lines[-1].split(": ", 1)[1].startswith(f"{total}/{total} caption (100%)"), lines
     caption_pairs(caps, 0.35, progress=False)
     assert "minhash" not in capsys.readouterr().err
 
@@ -168,13 +170,14 @@ def test_pairs_found_against_the_exact_pairs_of_flickr_captions(flickr8k):
     finds a pair at Jaccard 0.35 with probability 0.976)."""
     import scipy.sparse
     caps = flickr_captions(flickr8k)
-    kept = {}
-    star = neardup._star_groups
-    def grab(n, i, j, v):
-        kept["pairs"] = set(zip(i.tolist(), j.tolist()))
-        return star(n, i, j, v)
+    kept = set()
+    task = neardup.band_pairs_task
+    def grab(*args):
+        packed, jac = task(*args)
+        kept.update(zip(*(p.tolist() for p in neardup._unpacked(packed))))
+        return packed, jac
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(neardup, "_star_groups", grab)
+        mp.setattr(neardup, "band_pairs_task", grab)
         caption_pairs(caps, 0.35)
     size, hashed = neardup._hashed_shingles([neardup._normalised(c) for c in caps], 5)
     sets = neardup._shingle_matrix(size, hashed, compact=True)  # distinct shingles numbered: a small matrix
@@ -183,7 +186,7 @@ def test_pairs_found_against_the_exact_pairs_of_flickr_captions(flickr8k):
     a, b = inter.row[near], inter.col[near]
     degree = np.bincount(np.concatenate([a, b]), minlength=len(caps))
     few = (degree[a] <= 8) & (degree[b] <= 8)
-    hit = np.array([pair in kept["pairs"] for pair in zip(a.tolist(), b.tolist())])
+    hit = np.array([pair in kept for pair in zip(a.tolist(), b.tolist())])
     print(f"exact pairs {len(a)}, found {hit.mean():.4f}; among captions with <= 8 near ones {few.sum()}, "
           f"found {hit[few].mean():.4f}")
     assert hit[few].mean() >= 0.96 and hit.mean() >= 0.96
@@ -203,3 +206,47 @@ def test_long_captions_are_hashed_a_few_at_a_time(monkeypatch):
     got = caption_pairs(caps, 0.35)
     assert all(np.array_equal(a, b) for a, b in zip(got, want)) and (0, 1) in set(zip(*got[:2]))
     assert chunks[:2] == [1, 1] and sum(chunks) == len(caps)
+
+
+def star_groups_in_memory(n, i, j, v):
+    """The star groups' rule written plainly over pairs held whole (distinct pairs): the reference;
+    its links as (lower, higher, Jaccard), sorted."""
+    degree = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+    partners = [[] for _ in range(n)]
+    for a, b, w in zip(i.tolist(), j.tolist(), v.tolist()):
+        partners[a].append((b, w)), partners[b].append((a, w))
+    grouped, out = np.zeros(n, bool), []
+    for r in sorted(np.flatnonzero(degree).tolist(), key=lambda r: (-degree[r], r)):
+        if not grouped[r]:
+            grouped[r] = True
+            for b, w in sorted(partners[r]):
+                if not grouped[b]:
+                    grouped[b] = True
+                    out.append((min(r, b), max(r, b), w))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_star_groups_out_of_core_equal_the_rule_over_pairs_held_whole(monkeypatch, tmp_path, spill):
+    """The verified pairs, filed by range of captions (5 ranges here) with pairs found again in
+    another partition, made distinct and filed under both captions, their partners read back by
+    caption (from a memory-mapped file when spilled): the star groups of the plain rule."""
+    monkeypatch.setattr(neardup, "_RANGE_CAPTIONS", 40)
+    rng = np.random.default_rng(7)
+    n = 200
+    i, j = rng.integers(0, n, 900), rng.integers(0, n, 900)
+    i, j = np.minimum(i, j), np.maximum(i, j)
+    packed = np.unique((i[i != j].astype(np.uint64) << np.uint64(32)) | j[i != j].astype(np.uint64))
+    jac = rng.random(len(packed)).astype(np.float32)
+    links = neardup._Filed(n, str(tmp_path) if spill else None, "links", neardup._LINKS)
+    for part in np.array_split(np.arange(len(packed)), 4) + [np.arange(0, len(packed), 3)]:  # a third twice
+        rec = np.empty(len(part), neardup._LINKS)
+        rec["pair"], rec["jac"] = packed[part], jac[part]
+        links.add(packed[part] >> np.uint64(32), rec)
+    assert links.ranges == 5 and (not spill or len(list(tmp_path.glob("links-*.bin"))) == 5)
+    a, b, w = neardup._star_groups(n, links, str(tmp_path) if spill else None)
+    p, q = neardup._unpacked(packed)
+    want = star_groups_in_memory(n, p, q, jac)
+    assert [(x, y) for x, y, _ in want] == list(zip(a.tolist(), b.tolist()))
+    np.testing.assert_allclose(w, [x for _, _, x in want], rtol=1e-6)
+    assert len(want) > 50 and not list(tmp_path.glob("*.bin"))  # every range file read and removed

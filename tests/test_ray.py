@@ -331,3 +331,38 @@ def test_evaluate_embeds_its_eval_set_on_ray(sample_lake_embedded: Lake, tmp_pat
     a, b = (np.array(got[e]["clip_tinyrandom_image"], np.float32) for e in ("local", "ray"))
     assert np.abs(a - b).max() < 2e-3
     assert "embed" in ran and "_ingest_part" in ran
+
+
+def test_minhash_on_ray_equals_local(tmp_path: Path, monkeypatch):
+    """dedup's minhash with engine="ray": each range of captions is read (by the task, from the
+    Lance column) and signed by a task, each partition of band buckets paired and verified by a
+    task: the pairs of the local engine on the caption list, exactly."""
+    import lance
+    import pyarrow as pa
+
+    from lakecurate import engines, neardup
+    from lakecurate.columns import LanceTexts
+    from lakecurate.neardup import caption_pairs
+
+    rng = np.random.default_rng(3)
+    words = "harbor violin meadow glacier lantern orchard tram canyon parrot quilt saddle bakery comet dune".split()
+    caps = [" ".join(rng.choice(words, 6)) for _ in range(1500)]
+    caps += [f"Stock photo of {' '.join(rng.choice(words, 2))}, royalty free" for _ in range(400)]
+    caps += [c + " today" for c in caps[:200]] + [None, "", "!!"] * 10
+    ds = lance.write_dataset(pa.table({"caption": caps}), str(tmp_path / "c.lance"), max_rows_per_file=700)
+    want = caption_pairs(caps, 0.35)
+    assert len(want[0]) > 300
+    monkeypatch.setattr(neardup, "_SIGN_ROWS", 500)
+    monkeypatch.setattr(neardup, "_PART_ENTRIES", 40_000)  # 5 partitions, spilled to files
+    tasks = []
+    real = engines.ray_task_map
+
+    def spy(fn, calls, **kw):
+        calls = list(calls)
+        tasks.append((calls[0][1].__name__, len(calls)))  # engines.ordered_map's tasks: (number, function, *args)
+        return real(fn, calls, **kw)
+
+    monkeypatch.setattr(engines, "ray_task_map", spy)
+    got = caption_pairs(LanceTexts(ds, "caption"), 0.35, engine="ray")
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert tasks == [("sign_range_task", 5), ("band_pairs_task", 5)]
