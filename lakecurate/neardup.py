@@ -1506,8 +1506,8 @@ _VERIFY_CHUNK = 1 << 17  # candidate pairs whose exact Jaccard is computed at on
 _SHINGLE_BITS = 30  # hashed shingles: sparse-matrix columns fit int32 indices
 _SIGN_ROWS = 1 << 16  # captions read, shingled and signed by one call (a Ray task: ~40 MiB back)
 _PART_ENTRIES = 1 << 21  # band entries (a caption's key in one band, 16 bytes) a partition holds, about
-_FLUSH_ENTRIES = 1 << 22  # band entries held before they are written to their partitions' files ...
-_ADD_ENTRIES = 1 << 20  # ... filed this many at a time
+_FLUSH_ENTRIES = 1 << 22  # records held before they are written to their buckets' files (16 bytes a band entry)
+_ADD_ENTRIES = 1 << 20  # band entries made and filed at once
 _RANGE_CAPTIONS = 1 << 16  # the verified pairs are filed by ranges of this many captions
 _SLICE_ENTRIES = 1 << 17  # a partition's sorted entries paired this many at a time (whole buckets)
 _ENTRY = np.dtype([("key", "<u8"), ("size", "<u4"), ("pos", "<u4")])  # band << 32 | key; shingles; caption
@@ -1715,56 +1715,20 @@ class _ShingleSets:
             os.remove(self.path)
 
 
-class _BandEntries:
-    """Every caption's band keys as (band << 32 | key, shingles, position) entries, filed by
-    partition (a hash of the bucket: a band bucket lies in one partition) so that each partition is
-    paired alone: held in memory, or appended to one file a partition under ``spill_dir`` once
-    _FLUSH_ENTRIES are held (so the band keys of every caption never sit in memory at once). Made
-    _ADD_ENTRIES at a time: the temporary arrays of filing stay small beside what is held."""
-
-    def __init__(self, parts: int, spill_dir: str | None) -> None:
-        self.parts, self.spill_dir = parts, spill_dir
-        self.filed: list[list[np.ndarray]] = [[] for _ in range(parts)]
-        self.held = 0
-
-    def add(self, keys: np.ndarray, size: np.ndarray, first: int) -> None:
-        n, bands = keys.shape
-        step = max(1, _ADD_ENTRIES // max(1, bands))
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            e = np.empty((hi - lo) * bands, _ENTRY)
-            e["key"] = ((np.arange(bands, dtype=np.uint64) << np.uint64(32))[None, :]
-                        | keys[lo:hi].astype(np.uint64)).ravel()
-            e["size"] = np.repeat(np.minimum(size[lo:hi], 0xFFFFFFFF).astype(np.uint32), bands)
-            e["pos"] = np.repeat(np.arange(first + lo, first + hi, dtype=np.uint32), bands)
-            part = (_mix64(e["key"]) % np.uint64(self.parts)).astype(np.int64)
-            order = np.argsort(part, kind="stable")  # positions stay ascending within a partition
-            cuts = np.searchsorted(part[order], np.arange(self.parts + 1))
-            e = e[order]
-            for p in np.flatnonzero(np.diff(cuts)).tolist():
-                self.filed[p].append(e[cuts[p]:cuts[p + 1]])
-            self.held += len(e)
-            if self.held >= _FLUSH_ENTRIES and self.spill_dir is not None:
-                self.flush()
-
-    def flush(self) -> None:
-        if self.spill_dir is None:
-            return
-        for p, got in enumerate(self.filed):
-            if got:
-                with open(os.path.join(self.spill_dir, f"band-{p}.bin"), "ab") as f:
-                    for e in got:
-                        e.tofile(f)
-                self.filed[p] = []
-        self.held = 0
-
-    def load(self, p: int) -> np.ndarray:
-        got, self.filed[p] = self.filed[p], []
-        path = None if self.spill_dir is None else os.path.join(self.spill_dir, f"band-{p}.bin")
-        if path is not None and os.path.exists(path):
-            got = [np.fromfile(path, _ENTRY), *got]
-            os.remove(path)
-        return np.concatenate(got) if got else np.empty(0, _ENTRY)
+def _file_band_keys(entries: _Filed, keys: np.ndarray, size: np.ndarray, first: int) -> None:
+    """Captions first, first + 1, ...'s band keys (a row a caption) filed as (band << 32 | key,
+    shingles, position) entries by partition: a hash of the bucket, so a band bucket lies in one
+    partition and each partition is paired alone; _ADD_ENTRIES made at a time (their temporary
+    arrays stay small beside what is held)."""
+    n, bands = keys.shape
+    step = max(1, _ADD_ENTRIES // max(1, bands))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        e = np.empty((hi - lo) * bands, _ENTRY)
+        e["key"] = ((np.arange(bands, dtype=np.uint64) << np.uint64(32))[None, :] | keys[lo:hi].astype(np.uint64)).ravel()
+        e["size"] = np.repeat(np.minimum(size[lo:hi], 0xFFFFFFFF).astype(np.uint32), bands)
+        e["pos"] = np.repeat(np.arange(first + lo, first + hi, dtype=np.uint32), bands)
+        entries.add((_mix64(e["key"]) % np.uint64(entries.buckets)).astype(np.int64), e)
 
 
 class TextSource(Protocol):
@@ -1871,42 +1835,58 @@ _ADJ = np.dtype([("other", "<u4"), ("jac", "<f4")])  # a caption's verified part
 
 
 class _Filed:
-    """Records filed by range of captions (_RANGE_CAPTIONS positions each): lists in memory, or
-    appended to one file a range under ``spill_dir``; :meth:`load` takes a range's records away."""
+    """Records filed by bucket (``buckets`` of them): held in memory, or, under ``spill_dir``,
+    appended to one file a bucket whenever _FLUSH_ENTRIES records are held (so what is filed never
+    sits in memory whole); :meth:`chunks` takes a bucket's records away in the order filed."""
 
-    def __init__(self, n: int, spill_dir: str | None, name: str, dtype: np.dtype) -> None:
-        self.ranges = max(1, -(-n // _RANGE_CAPTIONS))
-        self.spill_dir, self.name, self.dtype = spill_dir, name, dtype
-        self.held: list[list[np.ndarray]] = [[] for _ in range(self.ranges)]
+    def __init__(self, buckets: int, spill_dir: str | None, name: str, dtype: np.dtype) -> None:
+        self.buckets, self.spill_dir, self.name, self.dtype = buckets, spill_dir, name, dtype
+        self.held: list[list[np.ndarray]] = [[] for _ in range(buckets)]
+        self.count = 0
 
-    def add(self, at: np.ndarray, records: np.ndarray) -> None:
-        """File ``records`` by the range of position ``at`` (one a record)."""
-        rng = (np.asarray(at, np.int64) // _RANGE_CAPTIONS)
-        order = np.argsort(rng, kind="stable")
-        cuts = np.searchsorted(rng[order], np.arange(self.ranges + 1))
+    def add(self, bucket: np.ndarray, records: np.ndarray) -> None:
+        """File ``records`` in their ``bucket`` (one a record)."""
+        order = np.argsort(bucket, kind="stable")  # a bucket's records keep their order
+        cuts = np.searchsorted(np.asarray(bucket)[order], np.arange(self.buckets + 1))
         records = records[order]
-        for r in np.flatnonzero(np.diff(cuts)).tolist():
-            got = records[cuts[r]:cuts[r + 1]]
-            if self.spill_dir is None:
-                self.held[r].append(got)
-            else:
-                with open(os.path.join(self.spill_dir, f"{self.name}-{r}.bin"), "ab") as f:
-                    got.tofile(f)
+        for b in np.flatnonzero(np.diff(cuts)).tolist():
+            self.held[b].append(records[cuts[b]:cuts[b + 1]])
+        self.count += len(records)
+        if self.count >= _FLUSH_ENTRIES:
+            self.flush()
 
-    def load(self, r: int) -> np.ndarray:
-        parts = list(self.chunks(r))
-        return np.concatenate(parts) if parts else np.empty(0, self.dtype)
+    def flush(self) -> None:
+        if self.spill_dir is None:
+            return
+        for b, got in enumerate(self.held):
+            if got:
+                with open(self._path(b), "ab") as f:
+                    for part in got:
+                        part.tofile(f)
+                self.held[b] = []
+        self.count = 0
 
-    def chunks(self, r: int, size: int = 1 << 22) -> Iterator[np.ndarray]:
-        """A range's records taken away, at most ``size`` at a time from its file."""
-        got, self.held[r] = self.held[r], []
-        path = None if self.spill_dir is None else os.path.join(self.spill_dir, f"{self.name}-{r}.bin")
-        if path is not None and os.path.exists(path):
-            with open(path, "rb") as f:
+    def _path(self, b: int) -> str:
+        return os.path.join(self.spill_dir or "", f"{self.name}-{b}.bin")
+
+    def chunks(self, b: int, size: int = 1 << 22) -> Iterator[np.ndarray]:
+        """A bucket's records taken away, at most ``size`` at a time from its file."""
+        got, self.held[b] = self.held[b], []
+        if self.spill_dir is not None and os.path.exists(self._path(b)):
+            with open(self._path(b), "rb") as f:
                 while len(part := np.fromfile(f, self.dtype, count=size)):
                     yield part
-            os.remove(path)
+            os.remove(self._path(b))
         yield from got
+
+    def load(self, b: int) -> np.ndarray:
+        parts = list(self.chunks(b))
+        return np.concatenate(parts) if parts else np.empty(0, self.dtype)
+
+
+def _by_range(n: int, spill_dir: str | None, name: str, dtype: np.dtype) -> _Filed:
+    """Records filed by range of captions, _RANGE_CAPTIONS positions a bucket."""
+    return _Filed(max(1, -(-n // _RANGE_CAPTIONS)), spill_dir, name, dtype)
 
 
 def _star_groups(n: int, links: _Filed, spill_dir: str | None) -> Pairs:
@@ -1920,8 +1900,8 @@ def _star_groups(n: int, links: _Filed, spill_dir: str | None) -> Pairs:
     its degree, its first partner's offset and whether it is grouped (13 bytes), beside a range's
     pairs. Returns (leader, member, Jaccard) positions, sorted."""
     degree = np.zeros(n, np.int32)
-    adjacent = _Filed(n, spill_dir, "adjacent", np.dtype([("row", "<u4"), *_ADJ.descr]))
-    for r in range(links.ranges):
+    adjacent = _by_range(n, spill_dir, "adjacent", np.dtype([("row", "<u4"), *_ADJ.descr]))
+    for r in range(links.buckets):
         pile = _UniquePairs()  # a pair found in several partitions: once (merged as it is read)
         for got in links.chunks(r):
             pile.add(got["pair"], got["jac"])
@@ -1934,14 +1914,15 @@ def _star_groups(n: int, links: _Filed, spill_dir: str | None) -> Pairs:
         for a, b in ((i, j), (j, i)):
             rec = np.empty(len(a), adjacent.dtype)
             rec["row"], rec["other"], rec["jac"] = a, b, jac
-            adjacent.add(a, rec)
+            adjacent.add(a // _RANGE_CAPTIONS, rec)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(degree, out=offsets[1:])
     path = None if spill_dir is None else os.path.join(spill_dir, "partners.bin")
     parts = []
     with contextlib.ExitStack() as stack:
         out = None if path is None else stack.enter_context(open(path, "wb"))
-        for r in range(adjacent.ranges):
+        adjacent.flush()
+        for r in range(adjacent.buckets):
             got = adjacent.load(r)
             got = got[np.lexsort((got["other"], got["row"]))]
             rec = np.empty(len(got), _ADJ)
@@ -2038,12 +2019,12 @@ def caption_pairs(captions: "list[str | None] | TextSource", threshold: float, *
             spill_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-minhash-")) if parts > 1 else None
         store = _ShingleSets(spill_dir)
         stack.callback(store.close)
-        entries = _BandEntries(parts, spill_dir)
+        entries = _Filed(parts, spill_dir, "band", _ENTRY)
         rows, signed = [], 0
         spans = [(lo, min(lo + _SIGN_ROWS, n)) for lo in range(0, n, _SIGN_ROWS)]
         for (lo, hi), (got, count, hashed, keys) in zip(spans, ordered_map(
                 sign_range_task, spans, engine=engine, shared=(source, k, coef, lsh.r), address=address)):
-            entries.add(keys, count, signed)
+            _file_band_keys(entries, keys, count, signed)
             store.add(count, hashed)
             rows.append(got)
             signed += len(got)
@@ -2055,16 +2036,17 @@ def caption_pairs(captions: "list[str | None] | TextSource", threshold: float, *
             bar.close()
             return _empty(np.float64)
         offsets, hashed = store.sets()
-        links = _Filed(len(rows), spill_dir, "links", _LINKS)
+        links = _by_range(len(rows), spill_dir, "links", _LINKS)
         calls = ((entries.load(p),) for p in range(parts))
         done = ordered_map(band_pairs_task, calls, engine=engine, shared=(threshold, offsets, hashed), address=address)
         for p, (packed, jac) in enumerate(done):
             rec = np.empty(len(packed), _LINKS)
             rec["pair"], rec["jac"] = packed, jac
-            links.add(packed >> np.uint64(32), rec)
+            links.add((packed >> np.uint64(32)).astype(np.int64) // _RANGE_CAPTIONS, rec)
             store.release()
             bar.update(n * (p + 1) // parts - n * p // parts)
         bar.close()
+        links.flush()
         del offsets, hashed
         store.close()
         i, j, jac = _star_groups(len(rows), links, spill_dir)

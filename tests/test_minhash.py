@@ -238,12 +238,13 @@ def test_star_groups_out_of_core_equal_the_rule_over_pairs_held_whole(monkeypatc
     i, j = np.minimum(i, j), np.maximum(i, j)
     packed = np.unique((i[i != j].astype(np.uint64) << np.uint64(32)) | j[i != j].astype(np.uint64))
     jac = rng.random(len(packed)).astype(np.float32)
-    links = neardup._Filed(n, str(tmp_path) if spill else None, "links", neardup._LINKS)
+    links = neardup._by_range(n, str(tmp_path) if spill else None, "links", neardup._LINKS)
     for part in np.array_split(np.arange(len(packed)), 4) + [np.arange(0, len(packed), 3)]:  # a third twice
         rec = np.empty(len(part), neardup._LINKS)
         rec["pair"], rec["jac"] = packed[part], jac[part]
-        links.add(packed[part] >> np.uint64(32), rec)
-    assert links.ranges == 5 and (not spill or len(list(tmp_path.glob("links-*.bin"))) == 5)
+        links.add((packed[part] >> np.uint64(32)).astype(np.int64) // 40, rec)
+    links.flush()
+    assert links.buckets == 5 and (not spill or len(list(tmp_path.glob("links-*.bin"))) == 5)
     a, b, w = neardup._star_groups(n, links, str(tmp_path) if spill else None)
     p, q = neardup._unpacked(packed)
     want = star_groups_in_memory(n, p, q, jac)
