@@ -1890,15 +1890,15 @@ def _by_range(n: int, spill_dir: str | None, name: str, dtype: np.dtype) -> _Fil
 
 
 def _star_groups(n: int, links: _Filed, spill_dir: str | None) -> Pairs:
-    """Star groups over the verified pairs (``links``: (pair, Jaccard) records filed by their lower
-    caption, a pair possibly more than once: read a chunk at a time and made distinct as they come):
-    the most connected caption leads first, a caption
-    not yet grouped takes every not-yet-grouped caption it is paired with; a member is never linked
-    on (no chains). Out of core: each range's pairs are made distinct and filed again under both
-    captions, then each range's partners are sorted and appended to one array of partners by
-    caption (under ``spill_dir``: a file read through a memory map), so what is held a caption is
-    its degree, its first partner's offset and whether it is grouped (13 bytes), beside a range's
-    pairs. Returns (leader, member, Jaccard) positions, sorted."""
+    """Star groups over the verified pairs (``links``: (pair, Jaccard) records filed by range of
+    their lower caption, a pair possibly more than once): the most connected caption leads first,
+    a caption not yet grouped takes every not-yet-grouped caption it is paired with; a member is
+    never linked on (no chains). Out of core: each range's records are made distinct as they are
+    read and filed again under both captions, then each range's partners are sorted and appended
+    to one array of partners by caption (under ``spill_dir``: a file read through a memory map), so
+    what is held a caption is its degree, its first partner's offset and whether it is grouped (13
+    bytes), beside a range's pairs. Returns the links of leaders and members as (lower, higher,
+    Jaccard) positions, sorted."""
     degree = np.zeros(n, np.int32)
     adjacent = _by_range(n, spill_dir, "adjacent", np.dtype([("row", "<u4"), *_ADJ.descr]))
     for r in range(links.buckets):
@@ -2006,6 +2006,8 @@ def caption_pairs(captions: "list[str | None] | TextSource", threshold: float, *
 
     check_engine(engine)
     lsh = MinHashLSH(threshold=max(0.05, threshold - 0.15), num_perm=num_perm)  # only its (bands, rows)
+    if lsh.b > 256:  # a band's number is 8 bits of the sort key in _band_candidates
+        raise ValueError(f"caption_pairs takes at most 256 bands, got {lsh.b} (num_perm={num_perm}): use fewer values")
     coef = np.random.default_rng(seed).integers(1, 1 << 63, size=(lsh.b * lsh.r, 2), dtype=np.uint64) | np.uint64(1)
     src = captions if hasattr(captions, "batches") else TextList(list(captions))
     n = src.n

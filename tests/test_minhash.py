@@ -251,3 +251,10 @@ def test_star_groups_out_of_core_equal_the_rule_over_pairs_held_whole(monkeypatc
     assert [(x, y) for x, y, _ in want] == list(zip(a.tolist(), b.tolist()))
     np.testing.assert_allclose(w, [x for _, _, x in want], rtol=1e-6)
     assert len(want) > 50 and not list(tmp_path.glob("*.bin"))  # every range file read and removed
+
+
+def test_more_bands_than_the_sort_key_holds_are_refused():
+    """A band's number takes 8 bits of the buckets' sort key: 512 bands (num_perm 2048) would
+    merge the buckets of bands b and b + 256, so they are refused before anything is read."""
+    with pytest.raises(ValueError, match="at most 256 bands"):
+        caption_pairs(["a red car", "a red cat"], 0.35, num_perm=2048)
