@@ -616,9 +616,10 @@ def child_minhash(n: int, csv: Path, source: str = "list", work: Path | None = N
         proposed[0] += len(got)
         return got
 
-    def kept(*args: np.ndarray) -> tuple:  # a partition's verified pairs (a pair may come from two)
-        packed, jac = band_pairs(*args)
-        packed.tofile(verified)
+    def kept(*args: np.ndarray, _path: str = verified.name) -> tuple:  # a partition's verified pairs
+        packed, jac = band_pairs(*args)  # (a pair may come from two; on Ray from a worker: appended by path)
+        with open(_path, "ab") as f:
+            packed.tofile(f)
         return packed, jac
 
     neardup._band_candidates, neardup.band_pairs_task = counted, kept
@@ -663,7 +664,6 @@ def child_minhash(n: int, csv: Path, source: str = "list", work: Path | None = N
     at, b = np.concatenate(near_a), np.concatenate(near_b)
     a = picked[at]
     partners = np.bincount(at, minlength=len(picked))  # a sampled caption's exact pairs
-    verified.flush()
     fi, fj = neardup._unpacked(np.unique(np.fromfile(verified.name, np.uint64)))  # positions among the captions with text
     with_text = np.flatnonzero([bool(neardup._normalised(c)) for c in caps])
     found = set(zip(with_text[fi].tolist(), with_text[fj].tolist()))
@@ -672,7 +672,7 @@ def child_minhash(n: int, csv: Path, source: str = "list", work: Path | None = N
     label = neardup.components(n, i, j)
     grouped = np.bincount(label, minlength=n)[label][picked] >= 2
     return {"seconds": seconds, "peak_mb": peak, "before_mb": base, "pairs": int(len(i)),
-            "candidates": proposed[0], "verified_pairs": int(len(fi)), "rows": n, "exact_pairs_sampled": len(a),
+            "candidates": proposed[0] if engine == "local" else -1, "verified_pairs": int(len(fi)), "rows": n, "exact_pairs_sampled": len(a),
             "recall": float(hit.mean()) if len(hit) else 1.0, "pairs_few": int(few.sum()),
             "recall_few": float(hit[few].mean()) if few.any() else 1.0,
             "sampled_many": int((partners > 8).sum()), "grouped_many": float(grouped[partners > 8].mean()) if (partners > 8).any() else 1.0}
@@ -808,7 +808,7 @@ def main() -> None:
             label = {"minhash": "captions in a list", "minhash-lance": "captions from Lance", "minhash-ray": "Lance, Ray tasks"}[kind]
             print(f"  minhash, {label:22s} {r['seconds']:7.1f} s  peak {r['peak_mb']:6.0f} MiB "
                   f"(captions made: {r['before_mb']:.0f})  pairs {r['pairs']:,}  band candidates {r['candidates']:,} "
-                  f"({r['candidates'] / n:.1f} a row)  verified pairs {r['verified_pairs']:,}\n"
+                  f"({r['candidates'] / n:.1f} a row; -1: not counted on Ray)  verified pairs {r['verified_pairs']:,}\n"
                   f"    exact pairs of 1,000 sampled captions found: {r['recall']:.4f} of {r['exact_pairs_sampled']:,}; of the "
                   f"{r['pairs_few']:,} of captions with <= 8 near ones {r['recall_few']:.4f}; sampled captions with > 8 "
                   f"near ones in a group: {r['grouped_many']:.3f} of {r['sampled_many']}", flush=True)
