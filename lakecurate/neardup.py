@@ -1808,7 +1808,7 @@ def band_pairs_task(entries: np.ndarray, threshold: float, offsets: np.ndarray,
     sizes = np.diff(np.concatenate([[0], edges, [len(entries)]]))
     entries = entries[np.repeat(sizes > 1, sizes)]  # a bucket of one caption pairs nothing
     key = entries["key"]
-    bounds = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [len(key)]])  # buckets' edges
+    bounds = np.concatenate([[0], np.cumsum(sizes[sizes > 1])])  # the kept buckets' edges
     packed, values = [np.empty(0, np.uint64)], [np.empty(0, np.float32)]
     lo = 0
     while lo < len(key):
