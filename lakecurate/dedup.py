@@ -1176,6 +1176,15 @@ def _chunk_order(i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.argsort(lo * m + hi, kind="stable")
 
 
+def loads_per_row(i: np.ndarray, j: np.ndarray, chunk: int) -> float:
+    """How many times, on average, a row's features are loaded when the pairs (i, j) are verified
+    ``chunk`` pairs at a time in this order (each chunk loads its rows once)."""
+    if not len(i):
+        return 0.0
+    total = sum(len(np.unique(np.concatenate([i[lo:lo + chunk], j[lo:lo + chunk]]))) for lo in range(0, len(i), chunk))
+    return total / len(np.unique(np.concatenate([i, j])))
+
+
 def _nearest_candidates(joins: _Joins, col: str, rows: np.ndarray, k: int, cosine: float,
                         new: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (positions in ``rows``) where one row is among the other's k nearest at ``cosine`` or

@@ -45,7 +45,9 @@ _RANGE_ROWS = 1 << 20  # rows one Ray task assigns (its entries: ~64 MiB back to
 # Entries (row, cluster) held by one bucket of clusters, and by one group joined at once (whose
 # vectors are read together): a group of 131,072 512-d float16 rows is 128 MiB.
 _BUCKET_ENTRIES = 1 << 22
+_FLUSH_ENTRIES = 1 << 22  # records filed (_Filed) before they are written to their buckets' files
 _GROUP_ENTRIES = 1 << 17
+_CELL = np.dtype([("row", "<i8"), ("key", "<i8")])  # a (row, 2 cluster + is_copy) entry of the semantic join
 # Clusters keep about this many rows above ~1M rows (below, 4 sqrt(N)): constant work per row.
 _ROWS_PER_CLUSTER = 256
 # Up to this many centroids a row's nearest are found among all of them; above, two-level k-means
@@ -580,32 +582,54 @@ def _project(x: np.ndarray, axes: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(z @ axes if axes is not None else z)
 
 
-class _Entries:
-    """(row, cluster key) entries by bucket of clusters: in memory, or appended to one file per
-    bucket in `spill_dir` (so the assignment of every row never sits in memory at once)."""
+class _Filed:
+    """Records filed by bucket (``buckets`` of them): held in memory, or, under ``spill_dir``,
+    appended to one file a bucket whenever _FLUSH_ENTRIES records are held (so what is filed never
+    sits in memory whole); :meth:`chunks` takes a bucket's records away in the order filed."""
 
-    def __init__(self, buckets: int, spill_dir: str | None) -> None:
-        self.spill_dir = spill_dir
-        self.parts: list[list[np.ndarray]] = [[] for _ in range(buckets)]
+    def __init__(self, buckets: int, spill_dir: str | None, name: str, dtype: np.dtype) -> None:
+        self.buckets, self.spill_dir, self.name, self.dtype = buckets, spill_dir, name, dtype
+        self.held: list[list[np.ndarray]] = [[] for _ in range(buckets)]
+        self.count = 0
 
-    def add(self, bucket: int, entries: np.ndarray) -> None:
+    def add(self, bucket: np.ndarray, records: np.ndarray) -> None:
+        """File ``records`` in their ``bucket`` (one a record)."""
+        order = np.argsort(bucket, kind="stable")  # a bucket's records keep their order
+        cuts = np.searchsorted(np.asarray(bucket)[order], np.arange(self.buckets + 1))
+        records = records[order]
+        for b in np.flatnonzero(np.diff(cuts)).tolist():
+            self.held[b].append(records[cuts[b]:cuts[b + 1]])
+        self.count += len(records)
+        if self.count >= _FLUSH_ENTRIES:
+            self.flush()
+
+    def flush(self) -> None:
         if self.spill_dir is None:
-            self.parts[bucket].append(entries)
-        else:
-            with open(os.path.join(self.spill_dir, f"{bucket}.bin"), "ab") as f:
-                entries.tofile(f)
+            return
+        for b, got in enumerate(self.held):
+            if got:
+                with open(self._path(b), "ab") as f:
+                    for part in got:
+                        part.tofile(f)
+                self.held[b] = []
+        self.count = 0
 
-    def load(self, bucket: int) -> np.ndarray:
-        if self.spill_dir is None:
-            got = self.parts[bucket]
-            self.parts[bucket] = []
-            return np.concatenate(got) if got else np.empty((0, 2), np.int64)
-        path = os.path.join(self.spill_dir, f"{bucket}.bin")
-        if not os.path.exists(path):
-            return np.empty((0, 2), np.int64)
-        out = np.fromfile(path, np.int64).reshape(-1, 2)
-        os.remove(path)
-        return out
+    def _path(self, b: int) -> str:
+        return os.path.join(self.spill_dir or "", f"{self.name}-{b}.bin")
+
+    def chunks(self, b: int, size: int = 1 << 22) -> Iterator[np.ndarray]:
+        """A bucket's records taken away, at most ``size`` at a time from its file."""
+        got, self.held[b] = self.held[b], []
+        if self.spill_dir is not None and os.path.exists(self._path(b)):
+            with open(self._path(b), "rb") as f:
+                while len(part := np.fromfile(f, self.dtype, count=size)):
+                    yield part
+            os.remove(self._path(b))
+        yield from got
+
+    def load(self, b: int) -> np.ndarray:
+        parts = list(self.chunks(b))
+        return np.concatenate(parts) if parts else np.empty(0, self.dtype)
 
 
 def semantic_pairs(
@@ -791,7 +815,7 @@ def _passing(part: Pairs, near: "HashFilter", cap: tuple[int, float] | None) -> 
 @contextmanager
 def _partition(src: VectorSource, threshold: float, n_clusters: int | None, assign: int | None, seed: int,
                pca_dims: int | None, spill_dir: str | None, progress: bool, local_copy: bool = False, *,
-               engine: str = "local", address: str | None = None) -> Iterator[tuple["_Entries", "_LocalCopy | None"]]:
+               engine: str = "local", address: str | None = None) -> Iterator[tuple["_Filed", "_LocalCopy | None"]]:
     """k-means on a sample, then every row streamed once into its clusters (with ClusterJoin copies
     within the partner radius of ``threshold``): the (row, cluster) entries by bucket, spilled
     under ``spill_dir`` ("auto": a temporary directory when they fill more than one bucket).
@@ -813,7 +837,7 @@ def _partition(src: VectorSource, threshold: float, n_clusters: int | None, assi
             need = buckets > 1 or local_copy
             spill_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-join-")) if need else None
         copy = stack.enter_context(_LocalCopy(os.path.join(spill_dir, "vectors.bin"), src.d)) if local_copy and spill_dir else None
-        entries = _Entries(buckets, spill_dir)
+        entries = _Filed(buckets, spill_dir, "cells", _CELL)
         _assign_rows(src, cents, m, radius, entries, per_bucket, progress, copy, engine=engine, address=address)
         if copy is not None:
             copy.close_writer()
@@ -869,7 +893,7 @@ class _LocalCopy:
             self._fd = None
 
 
-def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh: np.ndarray | None,
+def _join_buckets(src: VectorSource, entries: _Filed, threshold: float, fresh: np.ndarray | None,
                   progress: bool, *, engine: str = "local", address: str | None = None,
                   pile: "_Pile", near: "HashFilter | None" = None) -> None:
     """Every bucket's clusters joined into ``pile``, a group of clusters at a time; the next
@@ -921,10 +945,11 @@ def _join_buckets(src: VectorSource, entries: _Entries, threshold: float, fresh:
         bar.close()
 
 
-def _entry_groups(entries: "_Entries") -> Iterator[np.ndarray]:
-    """Every bucket's entries sorted by cluster (own rows first, rows ascending), cut into groups."""
-    for b in range(len(entries.parts)):
-        got = entries.load(b)
+def _entry_groups(entries: _Filed) -> Iterator[np.ndarray]:
+    """Every bucket's entries as (row, key) columns sorted by cluster (own rows first, rows
+    ascending), cut into groups."""
+    for b in range(entries.buckets):
+        got = entries.load(b).view(np.int64).reshape(-1, 2)
         yield from _groups(got[np.argsort(got[:, 1], kind="stable")])
 
 
@@ -937,7 +962,7 @@ def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: n
                                                                near)
 
 
-def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Entries,
+def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Filed,
                  per_bucket: int, progress: bool, copy: "_LocalCopy | None" = None, *,
                  engine: str = "local", address: str | None = None) -> None:
     """Stream every row once: its clusters as (row, key = 2 cluster + is_copy) entries, by bucket
@@ -984,14 +1009,10 @@ def _entries_of(x: np.ndarray, start: int, cents: _Centroids, m: int, radius: fl
     return rows, np.concatenate([f[1] for f in found]) * 2 + np.concatenate([f[2] for f in found])
 
 
-def _add_entries(entries: _Entries, rows: np.ndarray, key: np.ndarray, per_bucket: int) -> None:
-    bucket = key // 2 // per_bucket
-    order = np.argsort(bucket, kind="stable")
-    bucket, both = bucket[order], np.stack([rows[order], key[order]], 1)
-    cuts = np.flatnonzero(np.diff(bucket)) + 1
-    for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(bucket)]])):
-        if hi > lo:
-            entries.add(int(bucket[lo]), both[lo:hi])
+def _add_entries(entries: _Filed, rows: np.ndarray, key: np.ndarray, per_bucket: int) -> None:
+    cells = np.empty(len(rows), _CELL)
+    cells["row"], cells["key"] = rows, key
+    entries.add(key // 2 // per_bucket, cells)
 
 
 def _source_spec(src: VectorSource) -> tuple:
@@ -1506,7 +1527,6 @@ _VERIFY_CHUNK = 1 << 17  # candidate pairs whose exact Jaccard is computed at on
 _SHINGLE_BITS = 30  # hashed shingles: sparse-matrix columns fit int32 indices
 _SIGN_ROWS = 1 << 16  # captions read, shingled and signed by one call (a Ray task: ~40 MiB back)
 _PART_ENTRIES = 1 << 21  # band entries (a caption's key in one band, 16 bytes) a partition holds, about
-_FLUSH_ENTRIES = 1 << 22  # records held before they are written to their buckets' files (16 bytes a band entry)
 _ADD_ENTRIES = 1 << 20  # band entries made and filed at once
 _RANGE_CAPTIONS = 1 << 16  # the verified pairs are filed by ranges of this many captions
 _SLICE_ENTRIES = 1 << 17  # a partition's sorted entries paired this many at a time (whole buckets)
@@ -1832,56 +1852,6 @@ def band_pairs_task(entries: np.ndarray, threshold: float, offsets: np.ndarray,
 
 _LINKS = np.dtype([("pair", "<u8"), ("jac", "<f4")])  # a verified pair (lo << 32 | hi positions) and its Jaccard
 _ADJ = np.dtype([("other", "<u4"), ("jac", "<f4")])  # a caption's verified partner
-
-
-class _Filed:
-    """Records filed by bucket (``buckets`` of them): held in memory, or, under ``spill_dir``,
-    appended to one file a bucket whenever _FLUSH_ENTRIES records are held (so what is filed never
-    sits in memory whole); :meth:`chunks` takes a bucket's records away in the order filed."""
-
-    def __init__(self, buckets: int, spill_dir: str | None, name: str, dtype: np.dtype) -> None:
-        self.buckets, self.spill_dir, self.name, self.dtype = buckets, spill_dir, name, dtype
-        self.held: list[list[np.ndarray]] = [[] for _ in range(buckets)]
-        self.count = 0
-
-    def add(self, bucket: np.ndarray, records: np.ndarray) -> None:
-        """File ``records`` in their ``bucket`` (one a record)."""
-        order = np.argsort(bucket, kind="stable")  # a bucket's records keep their order
-        cuts = np.searchsorted(np.asarray(bucket)[order], np.arange(self.buckets + 1))
-        records = records[order]
-        for b in np.flatnonzero(np.diff(cuts)).tolist():
-            self.held[b].append(records[cuts[b]:cuts[b + 1]])
-        self.count += len(records)
-        if self.count >= _FLUSH_ENTRIES:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.spill_dir is None:
-            return
-        for b, got in enumerate(self.held):
-            if got:
-                with open(self._path(b), "ab") as f:
-                    for part in got:
-                        part.tofile(f)
-                self.held[b] = []
-        self.count = 0
-
-    def _path(self, b: int) -> str:
-        return os.path.join(self.spill_dir or "", f"{self.name}-{b}.bin")
-
-    def chunks(self, b: int, size: int = 1 << 22) -> Iterator[np.ndarray]:
-        """A bucket's records taken away, at most ``size`` at a time from its file."""
-        got, self.held[b] = self.held[b], []
-        if self.spill_dir is not None and os.path.exists(self._path(b)):
-            with open(self._path(b), "rb") as f:
-                while len(part := np.fromfile(f, self.dtype, count=size)):
-                    yield part
-            os.remove(self._path(b))
-        yield from got
-
-    def load(self, b: int) -> np.ndarray:
-        parts = list(self.chunks(b))
-        return np.concatenate(parts) if parts else np.empty(0, self.dtype)
 
 
 def _by_range(n: int, spill_dir: str | None, name: str, dtype: np.dtype) -> _Filed:

@@ -648,3 +648,21 @@ def synthetic_pairs(start: int, n: int, image: bytes | None = None) -> "pa.Table
         "ingest_status": pa.array(["ok"] * n),
     })
     return pa.table(data, schema=PAIRS_SCHEMA)
+
+
+def topic_graph(n: int, k: int = 5, seed: int = 0, topic_rows: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """A k-nearest candidate graph as a lake's would look: ``n`` rows in ``n // topic_rows`` topics
+    (row numbers unrelated to topics), each row paired with ``k`` random members of its topic.
+    Returns its distinct pairs (i, j), i < j, sorted: for tests and benchmarks of the order in
+    which pairs are verified."""
+    rng = np.random.default_rng(seed)
+    topics = max(1, n // topic_rows)
+    topic = rng.integers(0, topics, n)
+    order = np.argsort(topic, kind="stable")
+    start = np.searchsorted(topic[order], np.arange(topics + 1))
+    size = np.diff(start)[topic]
+    j = order[start[topic][:, None] + rng.integers(0, 2**31, (n, k)) % size[:, None]].ravel()
+    i = np.repeat(np.arange(n), k)
+    key = np.unique(np.minimum(i, j) * n + np.maximum(i, j))
+    key = key[key // n != key % n]
+    return key // n, key % n

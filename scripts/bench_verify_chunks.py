@@ -27,25 +27,6 @@ import numpy as np
 import pyarrow as pa
 
 
-def candidate_graph(n: int, k: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    topics = max(1, n // 300)
-    topic = rng.integers(0, topics, n)
-    order = np.argsort(topic, kind="stable")
-    start = np.searchsorted(topic[order], np.arange(topics + 1))
-    size = np.diff(start)[topic]
-    j = order[start[topic][:, None] + rng.integers(0, 2**31, (n, k)) % size[:, None]].ravel()
-    i = np.repeat(np.arange(n), k)
-    key = np.unique(np.minimum(i, j) * n + np.maximum(i, j))
-    key = key[key // n != key % n]
-    return key // n, key % n
-
-
-def loads_per_row(i: np.ndarray, j: np.ndarray, chunk: int) -> float:
-    total = sum(len(np.unique(np.concatenate([i[lo:lo + chunk], j[lo:lo + chunk]]))) for lo in range(0, len(i), chunk))
-    return total / len(np.unique(np.concatenate([i, j])))
-
-
 def index_seconds(n: int, tmp: Path, chunks: int = 20, per_chunk: int = 2000) -> tuple[float, float]:
     from lakecurate import Lake
     from lakecurate.verify import CACHE_TABLE, FIELDS, KeypointCache
@@ -77,14 +58,15 @@ def index_seconds(n: int, tmp: Path, chunks: int = 20, per_chunk: int = 2000) ->
 
 
 def main() -> None:
-    from lakecurate.dedup import VERIFY_PAIRS_CHUNK, _chunk_order
+    from lakecurate.dedup import VERIFY_PAIRS_CHUNK, _chunk_order, loads_per_row
+    from lakecurate.plant import topic_graph
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
-            i, j = candidate_graph(n)
+            i, j = topic_graph(n)
             t = time.perf_counter()
             order = _chunk_order(i, j)
             seconds = time.perf_counter() - t

@@ -268,18 +268,19 @@ def test_semantic_out_of_core_reads_bounded_groups(data, truth, spill, monkeypat
     x = data[0]
     expected = semantic_pairs(x, 0.95)
     monkeypatch.setattr(neardup, "_BUCKET_ENTRIES", 3000)  # ~11 buckets: spilled when spill="auto"
+    monkeypatch.setattr(neardup, "_FLUSH_ENTRIES", 2000)  # written to the bucket files as the rows stream
     monkeypatch.setattr(neardup, "_GROUP_ENTRIES", 1000)
     monkeypatch.setattr(neardup, "_ASSIGN_BATCH", 2500)
     monkeypatch.setattr(neardup, "_PCA_SAMPLE", 500)
     monkeypatch.setattr(neardup, "_KMEANS_SAMPLE", 2000)
     made = []
-    real = neardup._Entries.__init__
+    real = neardup._Filed.__init__
 
-    def spy(self, buckets, spill_dir):
+    def spy(self, buckets, spill_dir, name, dtype):
         made.append((buckets, spill_dir))
-        real(self, buckets, spill_dir)
+        real(self, buckets, spill_dir, name, dtype)
 
-    monkeypatch.setattr(neardup._Entries, "__init__", spy)
+    monkeypatch.setattr(neardup._Filed, "__init__", spy)
     src = CountingVectors(x)
     i, j, cos = semantic_pairs(src, 0.95, spill_dir=spill)
     assert made[0][0] > 5 and (made[0][1] is not None) == (spill == "auto")

@@ -323,25 +323,14 @@ def test_verify_orders_its_pairs_so_a_row_is_loaded_about_once():
     """Candidate pairs of a 5-nearest graph (partners within a topic, row numbers unrelated to
     topics) verified in chunks: sorted by row, a row's partners are spread over the chunks and its
     features loaded ~5 times; in _chunk_order's order about once. The order is a permutation."""
-    from lakecurate.dedup import _chunk_order
+    from lakecurate.dedup import _chunk_order, loads_per_row
+    from lakecurate.plant import topic_graph
 
-    rng = np.random.default_rng(2)
-    n, k, chunk = 30_000, 5, 5_000
-    topic = rng.integers(0, n // 300, n)
-    members = [np.flatnonzero(topic == t) for t in range(n // 300)]
-    j = np.concatenate([rng.choice(members[t], k) for t in topic])
-    i = np.repeat(np.arange(n), k)
-    key = np.unique(np.minimum(i, j) * n + np.maximum(i, j))
-    key = key[key // n != key % n]
-    i, j = key // n, key % n
-
-    def loads(a: np.ndarray, b: np.ndarray) -> float:
-        total = sum(len(np.unique(np.concatenate([a[lo:lo + chunk], b[lo:lo + chunk]]))) for lo in range(0, len(a), chunk))
-        return total / len(np.unique(np.concatenate([a, b])))
-
+    i, j = topic_graph(30_000, 5, seed=2)
     order = _chunk_order(i, j)
     assert np.array_equal(np.sort(order), np.arange(len(i)))
-    assert loads(i, j) > 3 and loads(i[order], j[order]) < 1.2, (loads(i, j), loads(i[order], j[order]))
+    before, now = loads_per_row(i, j, 5_000), loads_per_row(i[order], j[order], 5_000)
+    assert before > 3 and now < 1.2, (before, now)
     assert _chunk_order(i[:1], j[:1]).tolist() == [0] and len(_chunk_order(i[:0], j[:0])) == 0
 
 
