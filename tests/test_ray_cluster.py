@@ -1,7 +1,8 @@
 """A simulated multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and two
 workers of 1 CPU each, separate raylets): ingest of WebDataset shards, the per-row stages, dedup's
 joins, the concepts' assignment and the WebDataset export run on it, and give the same rows and
-decisions as the local engine; a worker killed mid-ingest is rerun."""
+decisions as the local engine; a worker killed mid-ingest is rerun, and one killed mid-stage in the
+stage runner leaves its committed fragments and the rerun finishes."""
 
 from __future__ import annotations
 
@@ -172,3 +173,57 @@ def test_ingest_worker_killed_mid_part_is_rerun(cluster, tmp_path: Path):
     ids = lake.dataset().to_table(columns=["id"]).column("id").to_pylist()
     assert len(ids) == len(many) and len(set(ids)) == len(ids)
     assert result["rep"].written + result["rep"].skipped_existing >= len(many) - 4
+
+
+def slow_words(batch):
+    """A user feature slow enough (a second a batch) that a worker can be killed mid-stage."""
+    time.sleep(1.0)
+    return [len((c or "").split()) for c in batch["caption"].to_pylist()]
+
+
+def test_runner_worker_killed_mid_stage_keeps_its_commits_and_the_rerun_finishes(cluster, tmp_path: Path):
+    """kill -9 of a Ray actor of the stage runner (the path of every per-row stage: signals, embed,
+    recaption, features) after a fragment committed: the run stops with a clear error, the
+    committed fragments keep their values, and running the command again fills the rest, each
+    row once and equal to what it should be."""
+    from lakecurate.errors import LakeError
+
+    from .conftest import pair_rows
+
+    lake = Lake.create(tmp_path / "lake")
+    for f in range(12):
+        lake.append(pair_rows(20 * f, 20))  # 12 fragments: a task each
+    expected = {i: len((c or "").split()) for i, c in zip(*lake.dataset().to_table(columns=["id", "caption"]).to_pydict().values())}
+    before = lake.version
+    result: dict = {}
+
+    def first_run() -> None:
+        try:
+            lake.add_feature("slow_words", slow_words, inputs=["caption"], type="int32", engine="ray", batch_size=10,
+                             progress=False)
+        except LakeError as exc:
+            result["error"] = str(exc)
+
+    run = threading.Thread(target=first_run)
+    run.start()
+    killed = None
+    deadline = time.time() + 120
+    while time.time() < deadline and killed is None and run.is_alive():
+        if lake.version >= before + 2:  # the column declared, then a fragment committed
+            pids = _worker_pids("ray::FragmentWorker")
+            if pids:
+                killed = pids[0]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    run.join(300)
+    assert killed is not None, "no runner actor was found to kill"
+    assert "run the command again" in result.get("error", ""), result
+    values = lake.dataset().to_table(columns=["id", "slow_words"]).to_pydict()
+    filled = {i: v for i, v in zip(values["id"], values["slow_words"]) if v is not None}
+    assert 0 < len(filled) < len(expected)  # committed fragments kept, the rest left to the rerun
+    assert all(expected[i] == v for i, v in filled.items())
+    lake.add_feature("slow_words", slow_words, inputs=["caption"], type="int32", engine="ray", batch_size=10,
+                     progress=False)
+    values = lake.dataset().to_table(columns=["id", "slow_words"]).to_pydict()
+    assert len(values["id"]) == len(expected) and len(set(values["id"])) == len(expected)
+    assert dict(zip(values["id"], values["slow_words"])) == expected
