@@ -55,7 +55,8 @@ _ROWS_PER_CLUSTER = 256
 _FLAT_CENTROIDS = 4096
 _PROBES = 32
 _TWO_LEVEL_ASSIGN = 6  # cells a row joins by default when the centroids have two levels
-_KMEANS_SAMPLE = 1 << 20  # rows k-means trains on, at most (projected: 256 MiB at 64 dims; 16 a centroid up to k = 65,536)
+_KMEANS_SAMPLE = 1 << 20  # rows k-means holds at once, at most (projected: 256 MiB at 64 dims; beyond, streamed by top cluster)
+_TRAIN_FLUSH = 1 << 16  # training rows (256 bytes each at 64 dims) held before they are filed on disk
 _PCA_SAMPLE = 20_000  # rows the principal axes are computed from
 # k-means on 16 rows per centroid, 6 iterations: better centroids only balance the clusters a
 # little better (the pairs found do not depend on them), and training is ~k^2 work.
@@ -542,31 +543,56 @@ def _kmeans(points: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def _fit_centroids(src: VectorSource, k: int, seed: int, pca_dims: int | None) -> _Centroids:
-    """k-means on a sample of at most _KMEANS_SAMPLE rows (read by position, projected on the top
-    principal axes as it is read); two levels when k > _FLAT_CENTROIDS: sqrt(k) top centroids,
-    then each top cluster's share of k centroids trained on its own sample rows."""
+    """k-means on _KMEANS_PPC sample rows a centroid (read by position, projected on the top
+    principal axes as they are read); two levels when k > _FLAT_CENTROIDS: sqrt(k) top centroids,
+    then each top cluster's share of k centroids trained on its own sample rows. At most
+    _KMEANS_SAMPLE rows are held at once: beyond that (k > 65,536: N > ~16.8M rows), the top
+    level trains on _KMEANS_SAMPLE of them and the rest are streamed, each filed under its nearest
+    top centroid on disk, and each top cluster's centroids train on its file alone, so a
+    sub-centroid still has ~_KMEANS_PPC rows (with the sample held at 1M rows, 128M rows would have
+    given ~2: clusters 3.7x less balanced, the join 1.5x slower, measured at 3M with the
+    sample scaled down alike)."""
     rng = np.random.default_rng(seed)
     n = src.n
-    n_train = min(n, _KMEANS_PPC * k, _KMEANS_SAMPLE)
+    two_level = k > _FLAT_CENTROIDS
+    n_train = min(n, _KMEANS_PPC * k, _KMEANS_SAMPLE if not two_level else n)  # flat: held whole
     rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
-    axes = _pca(np.asarray(src.take(rows[:: max(1, len(rows) // _PCA_SAMPLE)]), np.float32), pca_dims)
-    sample = np.concatenate([_project(src.take(rows[s : s + _ASSIGN_CHUNK]), axes)
-                             for s in range(0, len(rows), _ASSIGN_CHUNK)])
-    sample = in_value_order(sample, seed)
-    if k <= _FLAT_CENTROIDS:
+    held = rows if n_train <= _KMEANS_SAMPLE else np.sort(rng.choice(rows, _KMEANS_SAMPLE, replace=False))
+    axes = _pca(np.asarray(src.take(held[:: max(1, len(held) // _PCA_SAMPLE)]), np.float32), pca_dims)
+    sample = in_value_order(_projected_rows(src, held, axes), seed)
+    if not two_level:
         return _Centroids(_kmeans(sample, k, seed), axes)
     import faiss
 
     top = _kmeans(sample, int(round(np.sqrt(k))), seed)
-    parent = faiss.knn(sample, top, 1)[1][:, 0]
-    tops, parts = [], []
-    for t in range(len(top)):
-        mine = sample[parent == t]
-        if len(mine):  # a top cluster with no sample rows is left out: its list would be empty
-            tops.append(top[t])
-            parts.append(_kmeans(mine, max(1, int(round(k * len(mine) / len(sample)))), seed + 1 + t))
+    with contextlib.ExitStack() as stack:
+        if len(held) == len(rows):
+            parent = faiss.knn(sample, top, 1)[1][:, 0]
+            shares = [sample[parent == t] for t in range(len(top))]
+        else:  # every training row filed under its top centroid, a top cluster's read back alone
+            del sample
+            spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-kmeans-"))
+            filed = _Filed(len(top), spill, "train", np.dtype([("z", "<f4", (top.shape[1],))]), flush=_TRAIN_FLUSH)
+            for s in range(0, len(rows), _ASSIGN_CHUNK):
+                z = _projected_rows(src, rows[s : s + _ASSIGN_CHUNK], axes)
+                rec = np.empty(len(z), filed.dtype)
+                rec["z"] = z
+                filed.add(faiss.knn(z, top, 1)[1][:, 0], rec)
+            shares = (in_value_order(np.ascontiguousarray(filed.load(t)["z"]), seed) for t in range(len(top)))
+        tops, parts = [], []
+        for t, mine in enumerate(shares):
+            if len(mine):  # a top cluster with no sample rows is left out: its list would be empty
+                tops.append(top[t])
+                parts.append(_kmeans(mine, max(1, int(round(k * len(mine) / n_train))), seed + 1 + t))
     bounds = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
     return _Centroids(np.concatenate(parts), axes, np.stack(tops), bounds)
+
+
+def _projected_rows(src: VectorSource, rows: np.ndarray, axes: np.ndarray | None) -> np.ndarray:
+    """Rows read by position, _ASSIGN_CHUNK at a time, projected on ``axes`` (float32)."""
+    if not len(rows):
+        return np.empty((0, src.d if axes is None else axes.shape[1]), np.float32)
+    return np.concatenate([_project(src.take(rows[s : s + _ASSIGN_CHUNK]), axes) for s in range(0, len(rows), _ASSIGN_CHUNK)])
 
 
 def in_value_order(sample: np.ndarray, seed: int) -> np.ndarray:
@@ -584,11 +610,12 @@ def _project(x: np.ndarray, axes: np.ndarray | None) -> np.ndarray:
 
 class _Filed:
     """Records filed by bucket (``buckets`` of them): held in memory, or, under ``spill_dir``,
-    appended to one file a bucket whenever _FLUSH_ENTRIES records are held (so what is filed never
+    appended to one file a bucket whenever ``flush`` (_FLUSH_ENTRIES) records are held (so what is filed never
     sits in memory whole); :meth:`chunks` takes a bucket's records away in the order filed."""
 
-    def __init__(self, buckets: int, spill_dir: str | None, name: str, dtype: np.dtype) -> None:
+    def __init__(self, buckets: int, spill_dir: str | None, name: str, dtype: np.dtype, flush: int | None = None) -> None:
         self.buckets, self.spill_dir, self.name, self.dtype = buckets, spill_dir, name, dtype
+        self.limit = flush or _FLUSH_ENTRIES  # records held before they are written (large records: fewer)
         self.held: list[list[np.ndarray]] = [[] for _ in range(buckets)]
         self.count = 0
 
@@ -600,7 +627,7 @@ class _Filed:
         for b in np.flatnonzero(np.diff(cuts)).tolist():
             self.held[b].append(records[cuts[b]:cuts[b + 1]])
         self.count += len(records)
-        if self.count >= _FLUSH_ENTRIES:
+        if self.count >= self.limit:
             self.flush()
 
     def flush(self) -> None:

@@ -335,6 +335,38 @@ def test_semantic_two_level_centroids(data, truth, monkeypatch):
     assert (np.bincount(row, minlength=500) >= 1).all() and cluster.max() < len(cents.centroids)
 
 
+def test_two_level_centroids_train_on_every_sample_row_beyond_what_is_held(data, truth, monkeypatch):
+    """When the training rows (16 a centroid) outnumber what k-means may hold (_KMEANS_SAMPLE, as
+    beyond ~16.8M rows), the top level trains on the held rows and every training row is filed on
+    disk under its top cluster, each cluster's centroids trained on its own file: the sub-centroids
+    see all the rows (not the held few), reads stay chunked, and the join still finds the pairs."""
+    x = data[0]
+    monkeypatch.setattr(neardup, "_FLAT_CENTROIDS", 16)
+    monkeypatch.setattr(neardup, "_KMEANS_SAMPLE", 600)  # 1,920 training rows for 120 centroids
+    monkeypatch.setattr(neardup, "_TRAIN_FLUSH", 100)  # written to the files as they stream
+    monkeypatch.setattr(neardup, "_ASSIGN_CHUNK", 500)
+    fits, filed = [], []
+    real_kmeans, real_filed = neardup._kmeans, neardup._Filed.__init__
+    monkeypatch.setattr(neardup, "_kmeans", lambda points, k, seed: fits.append((len(points), k)) or real_kmeans(points, k, seed))
+
+    def spy(self, buckets, spill_dir, name, dtype, flush=None):
+        filed.append((name, spill_dir))
+        real_filed(self, buckets, spill_dir, name, dtype, flush)
+
+    monkeypatch.setattr(neardup._Filed, "__init__", spy)
+    src = CountingVectors(x)
+    cents = neardup._fit_centroids(src, 120, 0, 64)
+    assert fits[0] == (600, 11)  # the top level: the held rows
+    assert sum(p for p, _ in fits[1:]) == 1920  # the sub-levels: every training row, each in one top cluster
+    assert 90 <= sum(k for _, k in fits[1:]) == len(cents.centroids) <= 150
+    assert filed == [("train", filed[0][1])] and filed[0][1] is not None
+    assert max(src.takes[1:]) <= 500  # after the principal axes' rows: read by position a chunk at a time
+    fits.clear()
+    i, j, cos = semantic_pairs(x, 0.95, n_clusters=120)
+    assert sum(p for p, _ in fits[1:]) == 1920
+    assert recall((i, j), truth, len(x)) >= 0.99 and (cos >= 0.95 - 1e-5).all()
+
+
 def test_default_clusters_grow_linearly_above_a_million():
     assert neardup.default_clusters(1_000_000) == 4000
     assert neardup.default_clusters(10_000_000) == 10_000_000 // neardup._ROWS_PER_CLUSTER
