@@ -555,7 +555,9 @@ def _fit_centroids(src: VectorSource, k: int, seed: int, pca_dims: int | None) -
     rng = np.random.default_rng(seed)
     n = src.n
     two_level = k > _FLAT_CENTROIDS
-    n_train = min(n, _KMEANS_PPC * k, _KMEANS_SAMPLE if not two_level else n)  # flat: held whole
+    n_train = min(n, _KMEANS_PPC * k)  # the rows k-means trains on
+    if not two_level:  # one level trains on what it holds (k <= 4,096: 65,536 rows at most)
+        n_train = min(n_train, _KMEANS_SAMPLE)
     rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
     held = rows if n_train <= _KMEANS_SAMPLE else np.sort(rng.choice(rows, _KMEANS_SAMPLE, replace=False))
     axes = _pca(np.asarray(src.take(held[:: max(1, len(held) // _PCA_SAMPLE)]), np.float32), pca_dims)
