@@ -145,6 +145,20 @@ def _worker_pids(name: str) -> list[int]:
     return pids
 
 
+def _kill_worker_when(run: threading.Thread, ready, name: str, timeout: float = 120) -> int | None:
+    """SIGKILL the first process whose command line holds ``name`` once ``ready()`` holds, while
+    ``run`` goes on; its pid, or None when ``run`` ended or ``timeout`` passed first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and run.is_alive():
+        if ready():
+            pids = _worker_pids(name)
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                return pids[0]
+        time.sleep(0.05)
+    return None
+
+
 def test_ingest_worker_killed_mid_part_is_rerun(cluster, tmp_path: Path):
     """kill -9 of the worker running a shard after some of its commits: Ray reruns the part, which
     skips the ids already committed; every pair lands once."""
@@ -158,15 +172,7 @@ def test_ingest_worker_killed_mid_part_is_rerun(cluster, tmp_path: Path):
     opts = IngestOptions(commit_rows=4, batch_rows=4, workers=1)
     run = threading.Thread(target=lambda: result.update(rep=lake.ingest(shards, engine="ray", options=opts, progress=False)))
     run.start()
-    killed = None
-    deadline = time.time() + 120
-    while time.time() < deadline and killed is None and run.is_alive():
-        if lake.version >= 4:
-            pids = _worker_pids("ray::_ingest_part")
-            if pids:
-                killed = pids[0]
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.05)
+    killed = _kill_worker_when(run, lambda: lake.version >= 4, "ray::_ingest_part")
     run.join(300)
     assert killed is not None, "no ingest worker was found to kill"
     assert "rep" in result
@@ -206,15 +212,8 @@ def test_runner_worker_killed_mid_stage_keeps_its_commits_and_the_rerun_finishes
 
     run = threading.Thread(target=first_run)
     run.start()
-    killed = None
-    deadline = time.time() + 120
-    while time.time() < deadline and killed is None and run.is_alive():
-        if lake.version >= before + 2:  # the column declared, then a fragment committed
-            pids = _worker_pids("ray::FragmentWorker")
-            if pids:
-                killed = pids[0]
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.05)
+    # once the column is declared and a fragment committed
+    killed = _kill_worker_when(run, lambda: lake.version >= before + 2, "ray::FragmentWorker")
     run.join(300)
     assert killed is not None, "no runner actor was found to kill"
     assert "run the command again" in result.get("error", ""), result
