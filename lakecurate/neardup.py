@@ -576,7 +576,7 @@ def _fit_centroids(src: VectorSource, k: int, seed: int, pca_dims: int | None) -
             spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="lakecurate-kmeans-"))
             filed = _Filed(len(top), spill, "train", np.dtype([("z", "<f4", (top.shape[1],))]), flush=_TRAIN_FLUSH)
             for s in range(0, len(rows), _ASSIGN_CHUNK):
-                z = _projected_rows(src, rows[s : s + _ASSIGN_CHUNK], axes)
+                z = _project(src.take(rows[s : s + _ASSIGN_CHUNK]), axes)
                 rec = np.empty(len(z), filed.dtype)
                 rec["z"] = z
                 filed.add(faiss.knn(z, top, 1)[1][:, 0], rec)
