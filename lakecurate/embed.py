@@ -17,14 +17,14 @@ loads and the model in the main process is never waiting on JPEG decoding.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns, runner
-from lakecurate.encoders import MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve
-from lakecurate.images import MAX_DECODE_PIXELS, Preprocess, decode_image  # noqa: F401 - also imported from here
+from lakecurate.encoders import MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve, resolve_device
+from lakecurate.images import MAX_DECODE_PIXELS, ImageTransform, Preprocess, decode_image  # noqa: F401 - also imported from here
 from lakecurate.runner import Rows, RowStage
 
 if TYPE_CHECKING:
@@ -54,28 +54,49 @@ class EmbedReport:
 default_workers = runner.default_workers  # decode processes: half the cores, the model uses the rest
 
 
+def gpu_workers() -> int:
+    """Decode processes when a GPU runs the model: all cores but two (this process feeds the GPU
+    and commits), since one core decodes and preprocesses ~200-350 photos/s and a GPU embeds
+    thousands (docs/scale.md)."""
+    import os
+
+    return max(1, (os.cpu_count() or 2) - 2)
+
+
 # --------------------------------------------------------------------------- the stage's parts
 def embed_batch(enc: Encoder, item: dict[str, Any], dim: int) -> pa.Table:
     """Run the model on one decoded batch (``pixels``, ``image_errors``, ``captions``): a table of
     image and text embeddings, score and error."""
+    return start_embed(enc, item, dim)()
+
+
+def start_embed(enc: Encoder, item: dict[str, Any], dim: int) -> Callable[[], pa.Table]:
+    """Launch the model on one decoded batch; the function returned waits for it and gives
+    :func:`embed_batch`'s table. On a GPU the device works while the caller prepares the next batch."""
     n = len(item["image_errors"])
-    img = np.zeros((n, dim), dtype=np.float32)
     img_ok = np.array([e is None for e in item["image_errors"]], dtype=bool)
-    if item["pixels"] is not None:
-        img[img_ok] = enc.encode_image_tensors(item["pixels"]).numpy()
+    img_run = enc.launch_image_tensors(item["pixels"]) if item["pixels"] is not None else None
     captions = item["captions"]
-    txt = enc.encode_texts([c or "" for c in captions]).numpy() if n else np.zeros((0, dim), np.float32)
-    txt_ok = np.asarray([c is not None for c in captions], dtype=bool)
-    score = (img * txt).sum(axis=1)
-    errors = [e if e else (None if t else "caption_missing") for e, t in zip(item["image_errors"], txt_ok)]
-    return pa.table(
-        {
-            "image": _vectors(img, img_ok),
-            "text": _vectors(txt, txt_ok),
-            "score": pa.array(score.astype(np.float32), mask=~(img_ok & txt_ok)),
-            "error": pa.array(errors, pa.string()),
-        }
-    )
+    txt_run = enc.launch_text_tokens(enc.transforms()[1]([c or "" for c in captions])) if n else None
+
+    def finish() -> pa.Table:
+        img = np.zeros((n, dim), dtype=np.float32)
+        if img_run is not None:
+            img[img_ok] = img_run.result().numpy()
+        txt = txt_run.result().numpy() if txt_run is not None else np.zeros((0, dim), np.float32)
+        txt_ok = np.asarray([c is not None for c in captions], dtype=bool)
+        score = (img * txt).sum(axis=1)
+        errors = [e if e else (None if t else "caption_missing") for e, t in zip(item["image_errors"], txt_ok)]
+        return pa.table(
+            {
+                "image": _vectors(img, img_ok),
+                "text": _vectors(txt, txt_ok),
+                "score": pa.array(score.astype(np.float32), mask=~(img_ok & txt_ok)),
+                "error": pa.array(errors, pa.string()),
+            }
+        )
+
+    return finish
 
 
 def _vectors(arr: np.ndarray, valid: np.ndarray) -> pa.Array:
@@ -99,11 +120,17 @@ class EmbedRows:
     def __init__(self, names: dict[str, str], dim: int):
         self.names, self.dim = names, dim
 
-    def __call__(self, enc: Encoder, rows: Rows) -> pa.Table:
+    def __call__(self, enc: Encoder, rows: Rows) -> runner.Deferred:
         # only the head reaches the tokenizer (encoders.MAX_TEXT_CHARS)
         captions = [c if c is None else c[:MAX_TEXT_CHARS] for c in rows.columns.column("caption").to_pylist()]
-        out = embed_batch(enc, {**rows.images, "captions": captions}, self.dim)  # looked up here: tests slow it down
-        return out.rename_columns([self.names[k] for k in out.column_names])
+        finish = start_embed(enc, {**rows.images, "captions": captions}, self.dim)  # looked up here: tests slow it down
+        names = self.names
+
+        def renamed() -> pa.Table:
+            out = finish()
+            return out.rename_columns([names[k] for k in out.column_names])
+
+        return runner.Deferred(renamed)  # the runner hands the next batch over before asking
 
 
 def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp32", batch_size: int = 64) -> RowStage:
@@ -115,6 +142,8 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
               pa.field(names["error"], pa.string())]
     config = {**spec.config(), "precision": precision, "dim": dim, "storage": "float16"}
     transform, _ = spec.build_transforms()
+    if isinstance(transform, ImageTransform):  # readers send uint8 pixels; the model's device normalises them
+        transform = transform.as_uint8()
     return RowStage("embed", fields, config, ["image", "caption"], batch=EmbedRows(names, dim),
                     setup=LoadEncoder(spec, device, precision), image=Preprocess(transform), batch_size=batch_size,
                     desc=f"embed {spec.prefix}", unit="img")
@@ -230,6 +259,8 @@ def embed(
     report = EmbedReport(lake=lake.uri, model=spec.arch, columns=names, meaningless=spec.meaningless)
     # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.
     gpus = engine == "ray" and (device == "cuda" or (device == "auto" and bool(ray_init().cluster_resources().get("GPU"))))
+    if workers is None and engine == "local" and resolve_device(device).startswith("cuda"):
+        workers = gpu_workers()  # a GPU embeds faster than half the cores decode
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress,
                      max_fragments=max_fragments, gpus=gpus)
     report.fragments_total, report.fragments_done, report.versions = rep.fragments_total, rep.fragments, rep.versions

@@ -245,30 +245,71 @@ class Encoder:
         self.model = self.model.to(self.device).eval()
         self.dim = int(self.encode_texts(["a"]).shape[1])
 
-    def _run(self, fn: Callable[[], Any]) -> Any:
+    def _to_device(self, t: Any) -> Any:
+        import torch
+
+        if not isinstance(t, torch.Tensor):
+            t = torch.from_numpy(t)
+        if self.device.startswith("cuda"):
+            # from pinned memory the copy is queued behind the work in flight; from pageable memory
+            # it would wait for that work first, and the device would idle while the next batch comes
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _launch(self, fn: Callable[[], Any]) -> "Pending":
         import torch
 
         with torch.inference_mode():
             if self._autocast_dtype is not None:
-                with torch.autocast(self.device, dtype=self._autocast_dtype):
+                with torch.autocast(self.device.split(":")[0], dtype=self._autocast_dtype):
                     out = fn()
             else:
                 out = fn()
-            return torch.nn.functional.normalize(out.float(), dim=-1).cpu()
+            out = torch.nn.functional.normalize(out.float(), dim=-1)
+            if out.device.type != "cuda":
+                return Pending(out.cpu(), None)
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return Pending(host, done)
 
-    def encode_image_tensors(self, pixels: Any) -> Any:
+    def launch_image_tensors(self, pixels: Any) -> "Pending":
+        """Start embedding a batch of pixels: float32 CHW as the image transform gives them, or
+        its uint8 pixels (:meth:`ImageTransform.as_uint8`, a quarter of the bytes to move), which
+        are scaled and normalised here, on the device, with the same float32 operations. On a GPU
+        this returns while the device works; ``result()`` waits for this batch alone."""
         import torch
 
         if not isinstance(pixels, torch.Tensor):
             pixels = torch.from_numpy(pixels)
-        return self._run(lambda: self.model.encode_image(pixels.to(self.device)))
+        if pixels.dtype != torch.uint8:
+            x = self._to_device(pixels)
+            return self._launch(lambda: self.model.encode_image(x))
+        tf = self.transforms()[0]
+        if not isinstance(tf, ImageTransform):
+            raise EncoderError(f"uint8 pixels need an ImageTransform to normalise them; {self.spec.arch}'s is {tf!r}")
+        x = self._to_device(pixels)
+        with torch.inference_mode():
+            x = x.to(torch.float32)
+            x /= 255.0
+            x -= torch.tensor(tf.mean, dtype=torch.float32, device=x.device)[:, None, None]
+            x /= torch.tensor(tf.std, dtype=torch.float32, device=x.device)[:, None, None]
+        return self._launch(lambda: self.model.encode_image(x))
+
+    def launch_text_tokens(self, tokens: Any) -> "Pending":
+        """Start embedding tokenized captions (see :meth:`launch_image_tensors`)."""
+        if isinstance(tokens, dict):
+            tokens = {k: self._to_device(v) for k, v in tokens.items()}
+        else:
+            tokens = self._to_device(tokens)
+        return self._launch(lambda: self.model.encode_text(tokens))
+
+    def encode_image_tensors(self, pixels: Any) -> Any:
+        return self.launch_image_tensors(pixels).result()
 
     def encode_text_tokens(self, tokens: Any) -> Any:
-        if isinstance(tokens, dict):
-            tokens = {k: v.to(self.device) for k, v in tokens.items()}
-        else:
-            tokens = tokens.to(self.device)
-        return self._run(lambda: self.model.encode_text(tokens))
+        return self.launch_text_tokens(tokens).result()
 
     # conveniences for queries and tests (the embed stage uses workers instead)
     def encode_texts(self, texts: list[str]) -> Any:
@@ -286,6 +327,21 @@ class Encoder:
         if not hasattr(self, "_tf"):
             self._tf = self.spec.build_transforms()
         return self._tf
+
+
+class Pending:
+    """Embeddings on their way back from the device (float32, L2-normalised, on the CPU once
+    ``result()`` returns). ``result()`` waits for this batch's work only, not for any batch
+    launched after it."""
+
+    def __init__(self, out: Any, done: Any):
+        self._out, self._done = out, done
+
+    def result(self) -> Any:
+        if self._done is not None:
+            self._done.synchronize()
+            self._done = None
+        return self._out
 
 
 @contextlib.contextmanager

@@ -68,7 +68,9 @@ class Rows:
 class RowStage:
     """A per-row stage: what it writes, from what, and its pure per-batch function.
 
-    ``batch(state, rows)`` returns a table of exactly ``fields`` (names, one row per input row);
+    ``batch(state, rows)`` returns a table of exactly ``fields`` (names, one row per input row),
+    or a :class:`Deferred` of one: the local engine then hands ``batch`` the next rows before it asks
+    for the table, so a device computes one batch while this process prepares the next;
     ``state`` is what ``setup()`` returned (None without one). ``image``, when given, is a picklable
     function of a batch's encoded images (``list[bytes | None]``) run in the reader processes; its
     result arrives as ``rows.images`` and ``image`` is then not among ``rows.columns``.
@@ -101,6 +103,21 @@ class RowStage:
 
     def provenance(self, version: int) -> dict[str, Any]:
         return {**columns.provenance(self.name, self.config, self.sources or self.inputs, version), **self.extra}
+
+
+class Deferred:
+    """A batch's table, still being computed (on a GPU, say): ``result()`` waits for it."""
+
+    def __init__(self, fn: Callable[[], pa.Table]):
+        self._fn = fn
+
+    def result(self) -> pa.Table:
+        return self._fn()
+
+
+def result(out: "pa.Table | Deferred") -> pa.Table:
+    """What a stage's ``batch`` returned, as a table (waiting for it if it is :class:`Deferred`)."""
+    return out.result() if isinstance(out, Deferred) else out
 
 
 def readers_output(state: Any, rows: Rows) -> pa.Table:
@@ -173,19 +190,37 @@ def _read_rows(addresses: tuple[int, ...]) -> Rows:
     return Rows(pa.RecordBatch.from_pydict({}), stage.image(blobs), -1, 0, np.asarray(addresses, np.int64))
 
 
-def _compute(stage: RowStage, state: Any, rows: Rows, where: str) -> pa.Table:
-    """``stage.batch`` on one batch, checked: a failure or a wrong shape is a LakeError naming the rows."""
-    at = f"{where}fragment {rows.fragment} rows {rows.start}-{rows.start + rows.num_rows - 1}"
+def _at(rows: Rows, where: str) -> str:
+    return f"{where}fragment {rows.fragment} rows {rows.start}-{rows.start + rows.num_rows - 1}"
+
+
+def _start(stage: RowStage, state: Any, rows: Rows, where: str) -> "pa.Table | Deferred":
+    """``stage.batch`` on one batch; a failure is a LakeError naming the rows."""
     try:
-        out = stage.batch(state, rows)
+        return stage.batch(state, rows)
     except LakeError:
         raise
     except Exception as exc:
-        raise LakeError(f"{at}: {type(exc).__name__}: {exc}") from exc
+        raise LakeError(f"{_at(rows, where)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _finish(stage: RowStage, rows: Rows, out: "pa.Table | Deferred", where: str) -> pa.Table:
+    """A started batch's table, checked: a failure or a wrong shape is a LakeError naming the rows."""
+    try:
+        out = result(out)
+    except LakeError:
+        raise
+    except Exception as exc:
+        raise LakeError(f"{_at(rows, where)}: {type(exc).__name__}: {exc}") from exc
     if out.num_rows != rows.num_rows or list(out.column_names) != stage.names:
-        raise LakeError(f"{at}: expected {rows.num_rows} rows of {stage.names}, "
+        raise LakeError(f"{_at(rows, where)}: expected {rows.num_rows} rows of {stage.names}, "
                         f"got {out.num_rows} rows of {list(out.column_names)}")
     return out.append_column("_offset", pa.array(rows.offsets, pa.int64()))
+
+
+def _compute(stage: RowStage, state: Any, rows: Rows, where: str) -> pa.Table:
+    """``stage.batch`` on one batch, waited for and checked."""
+    return _finish(stage, rows, _start(stage, state, rows, where), where)
 
 
 def _assemble(ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage, parts: Sequence[pa.Table]) -> pa.Table:
@@ -342,8 +377,9 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
     try:
         for fid in [f for f in frags if remaining[f] == 0]:  # all in the checkpoint already
             writer.submit(_commit, lake, ds, frags[fid], stage, parts.pop(fid), ckpt, report)
-        for rows in loader:
-            part = _compute(stage, state, rows, where)
+
+        def take(rows: Rows, out: "pa.Table | Deferred") -> None:
+            part = _finish(stage, rows, out, where)
             fid = rows.fragment
             remaining[fid] -= 1
             if remaining[fid]:  # the last batch of a fragment is committed at once: no need to keep it
@@ -354,6 +390,19 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
             bar.update(part.num_rows)
             if remaining[fid] == 0:
                 writer.submit(_commit, lake, ds, frags[fid], stage, parts.pop(fid), ckpt, report)
+
+        held: tuple[Rows, Deferred] | None = None  # a batch still computing while the next one starts
+        for rows in loader:
+            out = _start(stage, state, rows, where)
+            if held is not None:
+                take(*held)
+                held = None
+            if isinstance(out, Deferred):
+                held = (rows, out)
+            else:
+                take(rows, out)
+        if held is not None:
+            take(*held)
         writer.wait()
     finally:
         writer.close()  # a failure: what was handed over is still saved and committed

@@ -344,6 +344,29 @@ def test_exif_orientation_is_applied_where_pixels_are_read():
     assert info["orientation"] == 6 and info["width"] == 128  # recorded; the header size is as stored
 
 
+def test_readers_send_uint8_pixels_and_the_model_normalises_them_to_the_same_values():
+    """The embed stage's readers send the cropped uint8 pixels (a quarter of the float32 bytes to
+    pickle and copy to a GPU); the encoder scales and normalises them with the same float32
+    operations: the same pixels and the same embeddings, bit for bit."""
+    from lakecurate.embed import Preprocess, embed_stage
+    from lakecurate.images import ImageTransform
+
+    spec = resolve("tiny-random")
+    enc = Encoder(spec, device="cpu")
+    transform, _ = spec.build_transforms()
+    assert isinstance(transform, ImageTransform) and not transform.uint8
+    blobs = [p.read_bytes() for p in sorted(SAMPLE_DATA.glob("*.jpg"))[:4]]
+    floats = Preprocess(transform)(blobs)["pixels"]
+    sent = embed_stage(spec, device="cpu").image(blobs)
+    assert sent["pixels"].dtype == np.uint8 and sent["pixels"].shape == floats.shape
+    assert sent["pixels"].nbytes * 4 == floats.nbytes
+    assert np.array_equal(transform.normalize(sent["pixels"]), floats)
+    assert np.array_equal(enc.encode_image_tensors(sent["pixels"]).numpy(), enc.encode_image_tensors(floats).numpy())
+    with pytest.raises(EncoderError, match="uint8 pixels need an ImageTransform"):
+        enc._tf = (lambda im: im, enc._tf[1])
+        enc.encode_image_tensors(sent["pixels"])
+
+
 def _children(pid: int) -> list[int]:
     """Live (not zombie) multiprocessing workers whose parent is ``pid``, from /proc."""
     out = []
@@ -377,8 +400,8 @@ def test_decode_workers_die_with_a_killed_embed(lake: Lake):
 
     lake.ingest(SAMPLE_DATA, progress=False)
     script = ("import sys, time, lakecurate.embed as e\n"
-              "real = e.embed_batch\n"
-              "e.embed_batch = lambda *a: (time.sleep(0.5), real(*a))[1]\n"
+              "real = e.start_embed\n"
+              "e.start_embed = lambda *a: (time.sleep(0.5), real(*a))[1]\n"
               "from lakecurate import Lake\n"
               "Lake.open(sys.argv[1]).embed('tiny-random', workers=2, batch_size=2, progress=False)\n")
     proc = subprocess.Popen([sys.executable, "-c", script, lake.uri], cwd=REPO)

@@ -34,18 +34,18 @@ CALLS = {
     "recaption": ("lake.recaption('tiny-random-coca', batch_size=BATCH, progress=False)", "caption_tinycoca"),
 }
 
-# The child slows every batch down (the runner's one compute call) and runs with batches of 4 rows,
+# The child slows every batch down (the runner's one call that starts a batch) and runs with batches of 4 rows,
 # so that a SIGKILL lands after some batches are checkpointed and before the stage ends.
 CHILD = """
 import dataclasses, sys, time
 from lakecurate import Lake, runner, signals
 from tests.test_runner import caption_len
 BATCH = 4
-real = runner._compute
+real = runner._start
 def slow(*a):
     time.sleep(0.3)
     return real(*a)
-runner._compute = slow
+runner._start = slow
 signals.IMAGE_STAGE = dataclasses.replace(signals.IMAGE_STAGE, batch_size=BATCH)
 signals.CAPTION_STAGE = dataclasses.replace(signals.CAPTION_STAGE, batch_size=BATCH)
 lake = Lake.open(sys.argv[1])
@@ -91,18 +91,18 @@ def test_kill_9_mid_stage_resumes_and_equals_a_clean_run(tmp_path: Path, stage: 
     assert saved >= 8 and unfilled, "killed after at least two batches, before the end"
 
     computed = []
-    real = runner._compute
+    real = runner._start
 
     def counting(stage_, state, rows_, where):  # what the re-run computes (not what it resumes)
         computed.append(rows_.num_rows)
         return real(stage_, state, rows_, where)
 
-    monkeypatch.setattr(runner, "_compute", counting)
+    monkeypatch.setattr(runner, "_start", counting)
     env = {"lake": lake, "signals": signals, "caption_len": caption_len, "BATCH": 64}  # resumed with another batch size
     eval(call, env)
     assert sum(computed) == sum(f.count_rows() for f in unfilled) - saved  # finished batches were not recomputed
     assert not list(ckpt.glob("*/*/*.arrow")) and not columns.fragments_to_fill(lake.dataset(), column)
-    monkeypatch.setattr(runner, "_compute", real)
+    monkeypatch.setattr(runner, "_start", real)
 
     eval(call, {**env, "lake": clean})
     got, want = derived(lake), derived(clean)
@@ -122,12 +122,12 @@ def test_embed_batch_is_pure():
     images = Preprocess(resolve("tiny-random").build_transforms()[0])(
         [(SAMPLE_DATA / "coffee.jpg").read_bytes(), b"junk", None])
     rows = Rows(pa.record_batch({"caption": ["a cup", "x", None]}), images)
-    out = stage.batch(enc, rows)
+    out = runner.result(stage.batch(enc, rows))  # embed's batch is deferred: the device works meanwhile
     assert out.column_names == stage.names and out.num_rows == 3
     err = out.column("clip_tinyrandom_error").to_pylist()
     assert err[0] is None and err[1].startswith("image_undecodable") and err[2] == "image_missing"
     assert out.column("clip_tinyrandom_score").null_count == 2
-    assert stage.batch(enc, rows).equals(out)  # the same rows, the same values
+    assert runner.result(stage.batch(enc, rows)).equals(out)  # the same rows, the same values
 
 
 def test_signal_and_feature_batches_are_pure():
@@ -170,6 +170,45 @@ def test_a_new_stage_on_the_runner(tmp_path: Path):
     bad = RowStage("bad", [pa.field("b", pa.int32())], {}, ["caption"], batch=lambda s, r: pa.table({"b": [1]}))
     with pytest.raises(LakeError, match=r"fragment 0 rows 0-9: expected 10 rows of \['b'\], got 1"):
         runner.run(lake, bad, progress=False)
+    assert "b" not in lake.dataset().schema.names
+
+
+def test_a_deferred_batch_is_waited_for_after_the_next_one_starts(tmp_path: Path):
+    """A stage whose batch returns a Deferred (a GPU computing): the runner starts batch i+1 before
+    it asks for batch i's table, so the device is never idle while this process prepares a batch;
+    every row is filled once and right, and a failure while waiting names the rows."""
+    lake = Lake.create(tmp_path / "lake")
+    for f in range(2):
+        lake.append(pair_rows(f * 10, 10))
+    log = []
+
+    def words(state, rows):
+        log.append(("start", rows.fragment, rows.start))
+        caps = rows.columns["caption"].to_pylist()
+
+        def done():
+            log.append(("result", rows.fragment, rows.start))
+            return pa.table({"nwords": pa.array([len((c or "").split()) for c in caps], pa.int32())})
+
+        return runner.Deferred(done)
+
+    stage = RowStage("words", [pa.field("nwords", pa.int32())], {"v": 1}, ["caption"], batch=words, batch_size=4)
+    rep = runner.run(lake, stage, workers=0, progress=False)
+    assert (rep.fragments, rep.rows) == (2, 20)
+    tbl = lake.dataset().to_table(columns=["caption", "nwords"])
+    assert tbl.column("nwords").to_pylist() == [len((c or "").split()) for c in tbl.column("caption").to_pylist()]
+    batches = [(f, s) for f in (0, 1) for s in (0, 4, 8)]
+    assert [e for e in log if e[0] == "start"] == [("start", *b) for b in batches]
+    for i, b in enumerate(batches[:-1]):  # batch i's table is asked for only once batch i+1 started
+        assert log.index(("start", *batches[i + 1])) < log.index(("result", *b))
+    assert log[-1] == ("result", *batches[-1])
+
+    def broken(state, rows):
+        return runner.Deferred(lambda: 1 / 0)
+
+    bad = RowStage("bad", [pa.field("b", pa.int32())], {}, ["caption"], batch=broken, batch_size=4)
+    with pytest.raises(LakeError, match=r"fragment 0 rows 0-3: ZeroDivisionError"):
+        runner.run(lake, bad, workers=0, progress=False)
     assert "b" not in lake.dataset().schema.names
 
 

@@ -77,13 +77,13 @@ def _slow_ingest(uri: str, src: str) -> None:
 def _slow_embed(uri: str) -> None:
     import lakecurate.embed as emb
 
-    real = emb.embed_batch
+    real = emb.start_embed
 
     def slow(enc, item, dim):  # type: ignore[no-untyped-def]
         time.sleep(0.3)
         return real(enc, item, dim)
 
-    emb.embed_batch = slow
+    emb.start_embed = slow
     Lake.open(uri).embed("tiny-random", workers=0, batch_size=4, progress=False)
 
 
