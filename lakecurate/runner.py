@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -218,9 +218,22 @@ def _finish(stage: RowStage, rows: Rows, out: "pa.Table | Deferred", where: str)
     return out.append_column("_offset", pa.array(rows.offsets, pa.int64()))
 
 
-def _compute(stage: RowStage, state: Any, rows: Rows, where: str) -> pa.Table:
-    """``stage.batch`` on one batch, waited for and checked."""
-    return _finish(stage, rows, _start(stage, state, rows, where), where)
+def _computed(stage: RowStage, state: Any, batches: Iterable[Rows], where: str) -> Iterator[tuple[Rows, pa.Table]]:
+    """``(rows, table)`` of each batch, in order, checked. A :class:`Deferred` batch is waited for
+    only once the next batch is started (and read: ``batches`` may read lazily), so a GPU computes
+    one batch while the next is handed over."""
+    held: tuple[Rows, Deferred] | None = None
+    for rows in batches:
+        started = _start(stage, state, rows, where)
+        if held is not None:
+            yield held[0], _finish(stage, held[0], held[1], where)
+            held = None
+        if isinstance(started, Deferred):
+            held = (rows, started)
+        else:
+            yield rows, _finish(stage, rows, started, where)
+    if held is not None:
+        yield held[0], _finish(stage, held[0], held[1], where)
 
 
 def _assemble(ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage, parts: Sequence[pa.Table]) -> pa.Table:
@@ -377,9 +390,7 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
     try:
         for fid in [f for f in frags if remaining[f] == 0]:  # all in the checkpoint already
             writer.submit(_commit, lake, ds, frags[fid], stage, parts.pop(fid), ckpt, report)
-
-        def take(rows: Rows, out: "pa.Table | Deferred") -> None:
-            part = _finish(stage, rows, out, where)
+        for rows, part in _computed(stage, state, loader, where):
             fid = rows.fragment
             remaining[fid] -= 1
             if remaining[fid]:  # the last batch of a fragment is committed at once: no need to keep it
@@ -390,19 +401,6 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
             bar.update(part.num_rows)
             if remaining[fid] == 0:
                 writer.submit(_commit, lake, ds, frags[fid], stage, parts.pop(fid), ckpt, report)
-
-        held: tuple[Rows, Deferred] | None = None  # a batch still computing while the next one starts
-        for rows in loader:
-            out = _start(stage, state, rows, where)
-            if held is not None:
-                take(*held)
-                held = None
-            if isinstance(out, Deferred):
-                held = (rows, out)
-            else:
-                take(rows, out)
-        if held is not None:
-            take(*held)
         writer.wait()
     finally:
         writer.close()  # a failure: what was handed over is still saved and committed
@@ -456,10 +454,10 @@ class FragmentWorker:
             out.rows_resumed += t.num_rows
             _count(out, t)
         items = _batches(frag, stage.batch_size, saved)
-        for i, item in enumerate(items):
-            part = _compute(stage, self.state, _read(item), self.where)
+        # read (and decode) lazily: on a GPU the model computes a batch while the next one is decoded
+        for i, (rows, part) in enumerate(_computed(stage, self.state, map(_read, items), self.where)):
             if i < len(items) - 1:
-                self.ckpt.save(frag, item[1], part)
+                self.ckpt.save(frag, rows.start, part)
             parts.append(part)
             out.rows += part.num_rows
             _count(out, part)

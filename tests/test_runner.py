@@ -203,6 +203,22 @@ def test_a_deferred_batch_is_waited_for_after_the_next_one_starts(tmp_path: Path
         assert log.index(("start", *batches[i + 1])) < log.index(("result", *b))
     assert log[-1] == ("result", *batches[-1])
 
+    # a Ray actor's worker (here in this process) reads, decodes and starts the next batch likewise
+    log.clear()
+    other = Lake.create(tmp_path / "ray")
+    for f in range(2):
+        other.append(pair_rows(f * 10, 10))
+    columns.declare(other, stage.fields, stage.provenance(other.version))  # as runner.run does first
+    worker = runner.FragmentWorker(stage, other, other.version, "")
+    for fid in (0, 1):
+        assert worker.run(fid).rows == 10
+    assert [e for e in log if e[0] == "start"] == [("start", *b) for b in batches]
+    for i, b in enumerate(batches[:-1]):
+        if b[0] == batches[i + 1][0]:  # within a fragment
+            assert log.index(("start", *batches[i + 1])) < log.index(("result", *b))
+    tbl = other.dataset().to_table(columns=["caption", "nwords"])
+    assert tbl.column("nwords").to_pylist() == [len((c or "").split()) for c in tbl.column("caption").to_pylist()]
+
     def broken(state, rows):
         return runner.Deferred(lambda: 1 / 0)
 
