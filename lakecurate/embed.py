@@ -4,7 +4,7 @@
 fixed_size_list<float16>), ``{prefix}_score`` (cosine, float32) and ``{prefix}_error`` (why a row has
 no embedding: undecodable image, missing caption). The stage is a :class:`lakecurate.runner.RowStage`
 (:func:`embed_stage`): ``setup`` loads the model, the runner's reader processes decode and
-preprocess (:class:`Preprocess`), ``batch`` runs the model (:func:`embed_batch`). So columns are
+preprocess (:class:`Preprocess`), ``batch`` runs the model (:func:`start_embed`). So columns are
 filled per fragment, image bytes are never rewritten, a re-run with the same config does nothing,
 rows appended later are the only work of the next run, and a killed run resumes from its last
 finished batch.
@@ -64,15 +64,10 @@ def gpu_workers() -> int:
 
 
 # --------------------------------------------------------------------------- the stage's parts
-def embed_batch(enc: Encoder, item: dict[str, Any], dim: int) -> pa.Table:
-    """Run the model on one decoded batch (``pixels``, ``image_errors``, ``captions``): a table of
-    image and text embeddings, score and error."""
-    return start_embed(enc, item, dim)()
-
-
 def start_embed(enc: Encoder, item: dict[str, Any], dim: int) -> Callable[[], pa.Table]:
-    """Launch the model on one decoded batch; the function returned waits for it and gives
-    :func:`embed_batch`'s table. On a GPU the device works while the caller prepares the next batch."""
+    """Launch the model on one decoded batch (``pixels``, ``image_errors``, ``captions``); the
+    function returned waits for it and gives a table of image and text embeddings, score and error.
+    On a GPU the device works while the caller prepares the next batch."""
     n = len(item["image_errors"])
     img_ok = np.array([e is None for e in item["image_errors"]], dtype=bool)
     img_run = enc.launch_image_tensors(item["pixels"]) if item["pixels"] is not None else None
@@ -115,7 +110,7 @@ class LoadEncoder:
 
 
 class EmbedRows:
-    """The stage's ``batch(encoder, rows)``: :func:`embed_batch` with the declared column names."""
+    """The stage's ``batch(encoder, rows)``: :func:`start_embed` with the declared column names, deferred."""
 
     def __init__(self, names: dict[str, str], dim: int):
         self.names, self.dim = names, dim

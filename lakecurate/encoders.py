@@ -246,10 +246,6 @@ class Encoder:
         self.dim = int(self.encode_texts(["a"]).shape[1])
 
     def _to_device(self, t: Any) -> Any:
-        import torch
-
-        if not isinstance(t, torch.Tensor):
-            t = torch.from_numpy(t)
         if self.device.startswith("cuda"):
             # from pinned memory the copy is queued behind the work in flight; from pageable memory
             # it would wait for that work first, and the device would idle while the next batch comes
@@ -283,18 +279,16 @@ class Encoder:
 
         if not isinstance(pixels, torch.Tensor):
             pixels = torch.from_numpy(pixels)
-        if pixels.dtype != torch.uint8:
-            x = self._to_device(pixels)
-            return self._launch(lambda: self.model.encode_image(x))
-        tf = self.transforms()[0]
-        if not isinstance(tf, ImageTransform):
-            raise EncoderError(f"uint8 pixels need an ImageTransform to normalise them; {self.spec.arch}'s is {tf!r}")
         x = self._to_device(pixels)
-        with torch.inference_mode():
-            x = x.to(torch.float32)
-            x /= 255.0
-            x -= torch.tensor(tf.mean, dtype=torch.float32, device=x.device)[:, None, None]
-            x /= torch.tensor(tf.std, dtype=torch.float32, device=x.device)[:, None, None]
+        if x.dtype == torch.uint8:
+            tf = self.transforms()[0]
+            if not isinstance(tf, ImageTransform):
+                raise EncoderError(f"uint8 pixels need an ImageTransform to normalise them; {self.spec.arch}'s is {tf!r}")
+            with torch.inference_mode():
+                x = x.to(torch.float32)
+                x /= 255.0
+                x -= torch.tensor(tf.mean, dtype=torch.float32, device=x.device)[:, None, None]
+                x /= torch.tensor(tf.std, dtype=torch.float32, device=x.device)[:, None, None]
         return self._launch(lambda: self.model.encode_image(x))
 
     def launch_text_tokens(self, tokens: Any) -> "Pending":
