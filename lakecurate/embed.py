@@ -94,6 +94,10 @@ def start_embed(enc: Encoder, item: dict[str, Any], dim: int) -> Callable[[], pa
     return finish
 
 
+def _renamed(table: pa.Table, names: dict[str, str]) -> pa.Table:
+    return table.rename_columns([names[k] for k in table.column_names])
+
+
 def _vectors(arr: np.ndarray, valid: np.ndarray) -> pa.Array:
     flat = pa.array(arr.astype(np.float16).ravel(), pa.float16())
     return pa.FixedSizeListArray.from_arrays(flat, arr.shape[1], mask=pa.array(~valid))
@@ -119,13 +123,8 @@ class EmbedRows:
         # only the head reaches the tokenizer (encoders.MAX_TEXT_CHARS)
         captions = [c if c is None else c[:MAX_TEXT_CHARS] for c in rows.columns.column("caption").to_pylist()]
         finish = start_embed(enc, {**rows.images, "captions": captions}, self.dim)  # looked up here: tests slow it down
-        names = self.names
-
-        def renamed() -> pa.Table:
-            out = finish()
-            return out.rename_columns([names[k] for k in out.column_names])
-
-        return runner.Deferred(renamed)  # the runner hands the next batch over before asking
+        # the runner hands the next batch over before it asks for this one
+        return runner.Deferred(lambda: _renamed(finish(), self.names))
 
 
 def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp32", batch_size: int = 64) -> RowStage:

@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -69,7 +70,7 @@ class RowStage:
     """A per-row stage: what it writes, from what, and its pure per-batch function.
 
     ``batch(state, rows)`` returns a table of exactly ``fields`` (names, one row per input row),
-    or a :class:`Deferred` of one: the local engine then hands ``batch`` the next rows before it asks
+    or a :class:`Deferred` of one: either engine then hands ``batch`` the next rows before it asks
     for the table, so a device computes one batch while this process prepares the next;
     ``state`` is what ``setup()`` returned (None without one). ``image``, when given, is a picklable
     function of a batch's encoded images (``list[bytes | None]``) run in the reader processes; its
@@ -194,24 +195,27 @@ def _at(rows: Rows, where: str) -> str:
     return f"{where}fragment {rows.fragment} rows {rows.start}-{rows.start + rows.num_rows - 1}"
 
 
-def _start(stage: RowStage, state: Any, rows: Rows, where: str) -> "pa.Table | Deferred":
-    """``stage.batch`` on one batch; a failure is a LakeError naming the rows."""
+@contextlib.contextmanager
+def _naming(rows: Rows, where: str) -> Iterator[None]:
+    """A stage's failure on a batch as a LakeError naming the rows (a LakeError passes as it is)."""
     try:
-        return stage.batch(state, rows)
+        yield
     except LakeError:
         raise
     except Exception as exc:
         raise LakeError(f"{_at(rows, where)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _start(stage: RowStage, state: Any, rows: Rows, where: str) -> "pa.Table | Deferred":
+    """``stage.batch`` on one batch; a failure is a LakeError naming the rows."""
+    with _naming(rows, where):
+        return stage.batch(state, rows)
 
 
 def _finish(stage: RowStage, rows: Rows, out: "pa.Table | Deferred", where: str) -> pa.Table:
     """A started batch's table, checked: a failure or a wrong shape is a LakeError naming the rows."""
-    try:
+    with _naming(rows, where):
         out = result(out)
-    except LakeError:
-        raise
-    except Exception as exc:
-        raise LakeError(f"{_at(rows, where)}: {type(exc).__name__}: {exc}") from exc
     if out.num_rows != rows.num_rows or list(out.column_names) != stage.names:
         raise LakeError(f"{_at(rows, where)}: expected {rows.num_rows} rows of {stage.names}, "
                         f"got {out.num_rows} rows of {list(out.column_names)}")
