@@ -20,6 +20,12 @@ distance, sub-centroids filed in their r nearest top lists (spill), and HNSW (fa
 
     python scripts/bench_centroid_search.py            # ~5 min here
     python scripts/bench_centroid_search.py --kernel   # the two-level search against the one it replaced
+    python scripts/bench_centroid_search.py --more     # ~3 min: one-direction copies, a multi-index, cells by bisector
+
+``--more``: what was measured against the growth at 10M after the kernel (each kept out):
+copies into one direction only (a row copied only into its cells numbered below its own), an inverted
+multi-index (two k-means of half the axes, the cells their products), and the copies chosen by
+bisector among a row's 8 nearest cells (how many cells the same recall then takes).
 
 ``--kernel``: ``_Centroids.search`` (pass 1 bounds each row's m-th distance, pass 2 keeps what is
 within it from one BLAS product a block) against the search before it (one ``faiss.knn`` a top
@@ -62,13 +68,76 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x, q, a[ok], b[ok]
 
 
-def pairs_found(cents, d: np.ndarray, nn: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float) -> float:
+def pairs_found(cents, d: np.ndarray, nn: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float,
+                lower_only: bool = False, centroids: np.ndarray | None = None) -> float:
+    """Planted pairs (a, b) the join would find from these cells. ``lower_only``: a row copied only
+    into its cells numbered below its own (one direction). ``centroids``: the cells' own (default
+    the join's)."""
     from lakecurate.neardup import _with_copies
 
-    r, c, _ = _with_copies(cents.centroids, d.copy(), nn.copy(), radius)
-    joined = set(zip(r.tolist(), c.tolist()))
+    r, c, is_copy = _with_copies(cents.centroids if centroids is None else centroids, d.copy(), nn.copy(), radius)
     own = nn[:, 0]
+    if lower_only:
+        keep = ~is_copy | (c < own[r])
+        r, c = r[keep], c[keep]
+    joined = set(zip(r.tolist(), c.tolist()))
     return float(np.mean([(x, own[y]) in joined or (y, own[x]) in joined for x, y in zip(a.tolist(), b.tolist())]))
+
+
+def more(cents, z: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float) -> None:
+    """``--more``: one-direction copies, an inverted multi-index, cells by bisector (``x``: the
+    training rows, projected, whose nearest cell sizes stand for the clusters' at N)."""
+    import faiss
+
+    from lakecurate import neardup
+
+    scale = N / len(x)
+
+    def work(cells: np.ndarray, own_of_train: np.ndarray, k: int) -> tuple[float, float, float]:
+        """(rows compared a row: the own-cluster sizes of a row's cells; empty cells; size imbalance)."""
+        size = np.bincount(own_of_train, minlength=k) * scale
+        return float(size[cells].sum() / len(z)), float(np.mean(size == 0)), float((size ** 2).sum() / N / (N / (size > 0).sum()))
+
+    _, own_x = cents.search(x, 1)
+    print("copies into one direction only (two-level search, 32 probes):", flush=True)
+    for m in (6, 8, 12):
+        d, nn = cents.search(z, m)
+        r, c, is_copy = neardup._with_copies(cents.centroids, d.copy(), nn.copy(), radius)
+        low = ~is_copy | (c < nn[r, 0])
+        both_w, one_w = work(c, own_x[:, 0], len(cents.centroids))[0], work(c[low], own_x[:, 0], len(cents.centroids))[0]
+        print(f"  m={m:2d}  both directions: {len(r) / len(z):5.2f} entries a row, rows compared {both_w:6.0f}, pairs found "
+              f"{pairs_found(cents, d, nn, a, b, radius):.4f}  |  one direction: {low.sum() / len(z):5.2f} entries, rows compared "
+              f"{one_w:6.0f}, pairs found {pairs_found(cents, d, nn, a, b, radius, lower_only=True):.4f}", flush=True)
+    print("inverted multi-index (two k-means of 32 axes each; a cell is a pair of their centroids):", flush=True)
+    h = z.shape[1] // 2
+    for side in (int(round(np.sqrt(len(cents.centroids)))), int(round(np.sqrt(2 * len(cents.centroids))))):
+        halves = [neardup._kmeans(np.ascontiguousarray(x[:, s]), side, 7 + i) for i, s in enumerate((slice(0, h), slice(h, None)))]
+        cells = np.concatenate([np.repeat(halves[0], side, 0), np.tile(halves[1], (side, 1))], 1)
+
+        def imi(q: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+            t = min(m, side)
+            da, ia = faiss.knn(np.ascontiguousarray(q[:, :h]), halves[0], t)
+            db, ib = faiss.knn(np.ascontiguousarray(q[:, h:]), halves[1], t)
+            s = (da[:, :, None] + db[:, None, :]).reshape(len(q), t * t)  # distances add over the halves
+            c = (ia[:, :, None] * side + ib[:, None, :]).reshape(len(q), t * t)
+            o = np.argsort(s, axis=1)[:, :m]
+            return np.take_along_axis(s, o, 1), np.take_along_axis(c, o, 1)
+
+        _, own_imi = imi(x, 1)
+        for m in (6, 8):
+            t0 = time.perf_counter()
+            d, nn = imi(z, m)
+            us = (time.perf_counter() - t0) / len(z) * 1e6
+            _, joined, _ = neardup._with_copies(cells, d.copy(), nn.copy(), radius)
+            w, empty, imbalance = work(joined, own_imi[:, 0], side * side)
+            print(f"  {side} x {side} cells, m={m}: search {us:4.1f} us/row, rows compared {w:6.0f}, empty cells {empty:.0%}, "
+                  f"imbalance {imbalance:.2f}, pairs found {pairs_found(cents, d, nn, a, b, radius, centroids=cells):.4f}", flush=True)
+    _, _, imbalance = work(np.zeros(0, np.int64), own_x[:, 0], len(cents.centroids))
+    print(f"  (the join's two-level centroids: imbalance {imbalance:.2f})", flush=True)
+    print("cells chosen by bisector among the 8 nearest (the join: by distance):", flush=True)
+    d, nn = cents.search(z, 8)
+    print("  " + "  ".join(f"{m} by distance {pairs_found(cents, d[:, :m], nn[:, :m], a, b, radius):.4f}, by bisector "
+                           f"{pairs_found(cents, *by_bisector(cents, d, nn, m), a, b, radius):.4f}" for m in (5, 6)), flush=True)
 
 
 def by_bisector(cents, d: np.ndarray, nn: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +256,9 @@ def main() -> None:
           f"setup {time.perf_counter() - t0:.0f} s, 1 thread from here\n", flush=True)
     if only_kernel:
         kernel(cents, z)
+        return
+    if "--more" in sys.argv[1:]:
+        more(cents, z, neardup._project(x, cents.axes), a, b, radius)
         return
 
     def timed(fn):
