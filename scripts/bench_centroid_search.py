@@ -20,7 +20,7 @@ distance, sub-centroids filed in their r nearest top lists (spill), and HNSW (fa
 
     python scripts/bench_centroid_search.py            # ~5 min here
     python scripts/bench_centroid_search.py --kernel   # the two-level search against the one it replaced
-    python scripts/bench_centroid_search.py --more     # ~3 min: one-direction copies, a multi-index, cells by bisector
+    python scripts/bench_centroid_search.py --more     # ~1 min here: one-direction copies, a multi-index, cells by bisector
 
 ``--more``: what was measured against the growth at 10M after the kernel (each kept out):
 copies into one direction only (a row copied only into its cells numbered below its own), an inverted
