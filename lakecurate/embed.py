@@ -54,15 +54,6 @@ class EmbedReport:
 default_workers = runner.default_workers  # decode processes: half the cores, the model uses the rest
 
 
-def gpu_workers() -> int:
-    """Decode processes when a GPU runs the model: all cores but two (this process feeds the GPU
-    and commits), since one core decodes and preprocesses ~200-350 photos/s and a GPU embeds
-    thousands (docs/scale.md)."""
-    import os
-
-    return max(1, (os.cpu_count() or 2) - 2)
-
-
 # --------------------------------------------------------------------------- the stage's parts
 def start_embed(enc: Encoder, item: dict[str, Any], dim: int) -> Callable[[], pa.Table]:
     """Launch the model on one decoded batch (``pixels``, ``image_errors``, ``captions``); the
@@ -254,7 +245,7 @@ def embed(
     # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.
     gpus = engine == "ray" and (device == "cuda" or (device == "auto" and bool(ray_init().cluster_resources().get("GPU"))))
     if workers is None and engine == "local" and resolve_device(device).startswith("cuda"):
-        workers = gpu_workers()  # a GPU embeds faster than half the cores decode
+        workers = default_workers(beside_gpu=True)  # a GPU embeds faster than half the cores decode
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress,
                      max_fragments=max_fragments, gpus=gpus)
     report.fragments_total, report.fragments_done, report.versions = rep.fragments_total, rep.fragments, rep.versions

@@ -141,9 +141,13 @@ class RunReport:
     seconds: float = 0.0
 
 
-def default_workers(all_cores: bool = False) -> int:
+def default_workers(all_cores: bool = False, beside_gpu: bool = False) -> int:
     """Reader processes: half the cores (the stage's own work uses the rest), one to eight; every
-    core for a stage whose work the readers do."""
+    core for a stage whose work the readers do; ``beside_gpu``: all cores but two (this process
+    feeds the GPU and commits), since one core decodes ~200-350 photos/s and a GPU embeds
+    thousands (docs/scale.md)."""
+    if beside_gpu:
+        return max(1, (os.cpu_count() or 2) - 2)
     return max(1, min(8, (os.cpu_count() or 2) // (1 if all_cores else 2)))
 
 

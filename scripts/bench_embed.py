@@ -51,7 +51,7 @@ import pyarrow as pa
 import torch
 
 from lakecurate import Lake, runner
-from lakecurate.embed import default_workers, embed_stage, gpu_workers
+from lakecurate.embed import default_workers, embed_stage
 from lakecurate.encoders import Encoder, EncoderSpec, column_names, resolve, resolve_device
 
 
@@ -86,7 +86,7 @@ def main() -> None:
         sys.exit(f"no data at {data}: pass --data")
     device = resolve_device(args.device)
     bare_n = min(args.n, args.bare_n)
-    workers = args.workers if args.workers is not None else (gpu_workers() if device.startswith("cuda") else default_workers())
+    workers = args.workers if args.workers is not None else default_workers(beside_gpu=device.startswith("cuda"))
     results: dict = {"n": args.n, "device": device, "precision": args.precision, "batch_size": args.batch_size,
                      "workers": workers, "cpus": os.cpu_count(), "models": {}}
     if device.startswith("cuda"):
