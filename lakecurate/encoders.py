@@ -284,12 +284,25 @@ class Encoder:
             tf = self.transforms()[0]
             if not isinstance(tf, ImageTransform):
                 raise EncoderError(f"uint8 pixels need an ImageTransform to normalise them; {self.spec.arch}'s is {tf!r}")
+            mean, std = self._normaliser(tf, x.device)
             with torch.inference_mode():
                 x = x.to(torch.float32)
                 x /= 255.0
-                x -= torch.tensor(tf.mean, dtype=torch.float32, device=x.device)[:, None, None]
-                x /= torch.tensor(tf.std, dtype=torch.float32, device=x.device)[:, None, None]
+                x -= mean
+                x /= std
         return self._launch(lambda: self.model.encode_image(x))
+
+    def _normaliser(self, tf: ImageTransform, device: Any) -> tuple[Any, Any]:
+        """The transform's mean and std as (3, 1, 1) float32 tensors on the device, made once: a
+        tensor made from a list on a GPU is a copy from pageable memory, which would wait for the
+        batch in flight every time."""
+        import torch
+
+        held = getattr(self, "_norm", None)
+        if held is None or held[0] is not tf:
+            held = self._norm = (tf, *(torch.tensor(v, dtype=torch.float32, device=device)[:, None, None]
+                                       for v in (tf.mean, tf.std)))
+        return held[1], held[2]
 
     def launch_text_tokens(self, tokens: Any) -> "Pending":
         """Start embedding tokenized captions (see :meth:`launch_image_tensors`)."""
