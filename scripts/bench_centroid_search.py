@@ -20,12 +20,14 @@ distance, sub-centroids filed in their r nearest top lists (spill), and HNSW (fa
 
     python scripts/bench_centroid_search.py            # ~5 min here
     python scripts/bench_centroid_search.py --kernel   # the two-level search against the one it replaced
-    python scripts/bench_centroid_search.py --more     # ~1 min here: one-direction copies, a multi-index, cells by bisector
+    python scripts/bench_centroid_search.py --more     # ~1.3 min here: one-direction copies, a multi-index, cells by bisector, a cell graph
 
 ``--more``: what was measured against the growth at 10M after the kernel (each kept out):
 copies into one direction only (a row copied only into its cells numbered below its own), an inverted
-multi-index (two k-means of half the axes, the cells their products), and the copies chosen by
-bisector among a row's 8 nearest cells (how many cells the same recall then takes).
+multi-index (two k-means of half the axes, the cells their products), the copies chosen by
+bisector among a row's 8 nearest cells (how many cells the same recall then takes), and a coarser
+two-level search refined on a graph of the cells (each cell's 24 nearest: one batched step of a
+graph walk from the row's 2 nearest found).
 
 ``--kernel``: ``_Centroids.search`` (pass 1 bounds each row's m-th distance, pass 2 keeps what is
 within it from one BLAS product a block) against the search before it (one ``faiss.knn`` a top
@@ -138,6 +140,37 @@ def more(cents, z: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, radi
     d, nn = cents.search(z, 8)
     print("  " + "  ".join(f"{m} by distance {pairs_found(cents, d[:, :m], nn[:, :m], a, b, radius):.4f}, by bisector "
                            f"{pairs_found(cents, *by_bisector(cents, d, nn, m), a, b, radius):.4f}" for m in (5, 6)), flush=True)
+    print("a coarse search refined on a graph of the cells (each cell's 24 nearest cells; m = 6):", flush=True)
+    exact_d, exact_n = faiss.knn(z, cents.centroids, 6)
+    print(f"  exact: pairs found {pairs_found(cents, exact_d, exact_n, a, b, radius):.4f}", flush=True)
+    _, graph = faiss.knn(cents.centroids, cents.centroids, 25)
+    for probes in (8, 16, 32):
+        neardup._PROBES = probes
+        t0 = time.perf_counter()
+        d, nn = refined(cents, z, graph[:, 1:], 6)
+        us = (time.perf_counter() - t0) / len(z) * 1e6
+        same = float(np.mean((np.sort(nn, 1) == np.sort(exact_n, 1)).all(1)))
+        print(f"  {probes:2d} probes + the neighbours of the 2 nearest: {us:5.1f} us/row, top-6 exact {same:.3f}, "
+              f"pairs found {pairs_found(cents, d, nn, a, b, radius):.4f}", flush=True)
+    neardup._PROBES = 32
+
+
+def refined(cents, z: np.ndarray, graph: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two-level search's m nearest, then the m nearest among them and the graph neighbours of
+    the 2 nearest (a graph walk's one step, batched)."""
+    d0, n0 = cents.search(z, m)
+    cand = np.sort(np.concatenate([n0, graph[n0[:, :2]].reshape(len(z), -1)], 1), 1)
+    dup = np.zeros(cand.shape, bool)
+    dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+    out_d, out_n = np.empty((len(z), m), np.float32), np.empty((len(z), m), np.int64)
+    for s in range(0, len(z), 1024):
+        cc, zs = cand[s : s + 1024], z[s : s + 1024]
+        g = cents.centroids[cc]
+        dd = np.einsum("bd,bd->b", zs, zs)[:, None] - 2 * np.einsum("bwd,bd->bw", g, zs) + np.einsum("bwd,bwd->bw", g, g)
+        dd[dup[s : s + 1024]] = np.inf
+        o = np.argsort(dd, 1)[:, :m]
+        out_d[s : s + 1024], out_n[s : s + 1024] = np.take_along_axis(dd, o, 1), np.take_along_axis(cc, o, 1)
+    return out_d, out_n
 
 
 def by_bisector(cents, d: np.ndarray, nn: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
