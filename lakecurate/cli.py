@@ -308,12 +308,16 @@ def explain_encoder(spec_arch: str, meaningless: bool) -> None:
 @click.option("--caption-col", default="caption", show_default=True,
               help="Score another caption column (e.g. caption_coca from recaption) against the images this encoder "
                    "embedded: PREFIX_COL_text, PREFIX_COL_score.")
+@click.option("--decode", type=click.Choice(["cpu", "device"]), default="cpu", show_default=True,
+              help="Where JPEGs are decoded, resized and cropped: by the decode processes (Pillow), or on the model's "
+                   "device (nvJPEG with --device cuda; pixels within a few grey levels of Pillow's). Other images are "
+                   "always decoded by the processes.")
 @engine_option
 @json_option
 @_friendly_errors
 def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None, device: str,
-          precision: str, batch_size: int, workers: int | None, recompute: bool, caption_col: str, engine: str,
-          as_json: bool) -> None:
+          precision: str, batch_size: int, workers: int | None, recompute: bool, caption_col: str, decode: str,
+          engine: str, as_json: bool) -> None:
     """Add image/text embedding and alignment-score columns to LAKE (only rows that lack them).
 
     Columns: PREFIX_image, PREFIX_text (L2-normalised float16 vectors), PREFIX_score (cosine) and
@@ -329,7 +333,7 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
     explain_encoder(spec.arch, spec.meaningless)
     rep = the_lake.embed(model, pretrained=pretrained, checkpoint=checkpoint, name=name, device=device,
                                 precision=precision, batch_size=batch_size, workers=workers, recompute=recompute,
-                                engine=engine, caption_col=caption_col)
+                                engine=engine, caption_col=caption_col, decode=decode)
     if as_json:
         echo_json(rep)
         return

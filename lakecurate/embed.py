@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from lakecurate import columns, runner
 from lakecurate.encoders import MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve, resolve_device
-from lakecurate.images import MAX_DECODE_PIXELS, ImageTransform, Preprocess, decode_image  # noqa: F401 - also imported from here
+from lakecurate.images import MAX_DECODE_PIXELS, DevicePreprocess, ImageTransform, Preprocess, decode_image  # noqa: F401 - also imported from here
 from lakecurate.runner import Rows, RowStage
 
 if TYPE_CHECKING:
@@ -60,8 +60,8 @@ def start_embed(enc: Encoder, item: dict[str, Any], dim: int) -> Callable[[], pa
     function returned waits for it and gives a table of image and text embeddings, score and error.
     On a GPU the device works while the caller prepares the next batch."""
     n = len(item["image_errors"])
-    img_ok = np.array([e is None for e in item["image_errors"]], dtype=bool)
-    img_run = enc.launch_image_tensors(item["pixels"]) if item["pixels"] is not None else None
+    img_run, image_errors = enc.launch_images(item)
+    img_ok = np.array([e is None for e in image_errors], dtype=bool)
     captions = item["captions"]
     txt_run = enc.launch_text_tokens(enc.transforms()[1]([c or "" for c in captions])) if n else None
 
@@ -72,7 +72,7 @@ def start_embed(enc: Encoder, item: dict[str, Any], dim: int) -> Callable[[], pa
         txt = txt_run.result().numpy() if txt_run is not None else np.zeros((0, dim), np.float32)
         txt_ok = np.asarray([c is not None for c in captions], dtype=bool)
         score = (img * txt).sum(axis=1)
-        errors = [e if e else (None if t else "caption_missing") for e, t in zip(item["image_errors"], txt_ok)]
+        errors = [e if e else (None if t else "caption_missing") for e, t in zip(image_errors, txt_ok)]
         return pa.table(
             {
                 "image": _vectors(img, img_ok),
@@ -118,19 +118,37 @@ class EmbedRows:
         return runner.Deferred(lambda: _renamed(finish(), self.names))
 
 
-def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp32", batch_size: int = 64) -> RowStage:
-    """The embed stage of ``spec`` as a runner spec (fields, provenance config, setup, batch)."""
+DECODES = ("cpu", "device")
+
+
+def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp32", batch_size: int = 64,
+                decode: str = "cpu") -> RowStage:
+    """The embed stage of ``spec`` as a runner spec (fields, provenance config, setup, batch).
+
+    ``decode="device"``: the readers pass whole, upright RGB or grey JPEGs on as bytes and the
+    model's device decodes, resizes and crops them (nvJPEG on a GPU, whose decode processes
+    otherwise bound a small model: docs/benchmarks.md); anything else they decode as before. The
+    pixels differ from Pillow's by a few grey levels, so the choice is part of the columns'
+    provenance (a lake embedded one way is not extended the other way)."""
     names = column_names(spec.prefix)
     dim = spec.embed_dim()
     vec = pa.list_(pa.float16(), dim)
     fields = [pa.field(names["image"], vec), pa.field(names["text"], vec), pa.field(names["score"], pa.float32()),
               pa.field(names["error"], pa.string())]
     config = {**spec.config(), "precision": precision, "dim": dim, "storage": "float16"}
+    if decode != "cpu":  # (the default leaves the provenance of lakes embedded before as it was)
+        config["decode"] = decode
     transform, _ = spec.build_transforms()
     if isinstance(transform, ImageTransform):  # readers send uint8 pixels; the model's device normalises them
         transform = transform.as_uint8()
+    elif decode == "device":
+        from lakecurate.errors import LakeError
+
+        raise LakeError(f"--decode device needs an image transform lakecurate can run on the device; {spec.arch}'s "
+                        f"is {type(transform).__name__}: use --decode cpu")
+    reader = DevicePreprocess(transform) if decode == "device" else Preprocess(transform)
     return RowStage("embed", fields, config, ["image", "caption"], batch=EmbedRows(names, dim),
-                    setup=LoadEncoder(spec, device, precision), image=Preprocess(transform), batch_size=batch_size,
+                    setup=LoadEncoder(spec, device, precision), image=reader, batch_size=batch_size,
                     desc=f"embed {spec.prefix}", unit="img")
 
 
@@ -179,7 +197,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def check_options(*, batch_size: int, workers: int | None, precision: str, device: str,
-                  max_fragments: int | None = None, index_min_rows: int | None = None) -> None:
+                  max_fragments: int | None = None, index_min_rows: int | None = None, decode: str = "cpu") -> None:
     """Refuse bad options before anything is declared: ``batch_size=-4`` once marked fragments as
     embedded with nothing in them. One :class:`LakeError` line naming the option."""
     from lakecurate.errors import LakeError
@@ -191,6 +209,8 @@ def check_options(*, batch_size: int, workers: int | None, precision: str, devic
     whole("index_min_rows", index_min_rows, 0, none_ok=True)
     if precision not in PRECISIONS:
         raise LakeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if decode not in DECODES:
+        raise LakeError(f"--decode must be one of {', '.join(DECODES)}, not {decode!r}")
     from lakecurate.options import device as check_device
 
     check_device(device)
@@ -213,6 +233,7 @@ def embed(
     index_min_rows: int | None = None,
     engine: str = "local",
     caption_col: str = "caption",
+    decode: str = "cpu",
 ) -> EmbedReport:
     """Add image/text embedding and alignment-score columns for every row that lacks them.
 
@@ -225,6 +246,9 @@ def embed(
     the images this encoder embedded already: ``{prefix}_{caption_col}_text`` and ``_score``, no
     image decoded again.
 
+    ``decode="device"``: whole JPEGs are decoded, resized and cropped on the model's device
+    (nvJPEG with ``device="cuda"``), the rest by the decode processes (:func:`embed_stage`).
+
     ``engine="ray"`` embeds the fragments on a Ray cluster instead: one actor per CPU (per GPU
     with ``device="cuda"``, or ``auto`` on a cluster with GPUs) loads the model once and embeds,
     checkpoints and commits whole fragments, as the local engine does.
@@ -233,13 +257,18 @@ def embed(
 
     check_engine(engine)
     check_options(batch_size=batch_size, workers=workers, precision=precision, device=device,
-                  max_fragments=max_fragments, index_min_rows=index_min_rows)
+                  max_fragments=max_fragments, index_min_rows=index_min_rows, decode=decode)
     spec = model if isinstance(model, EncoderSpec) else resolve(model, pretrained, checkpoint, name)
     columns.check_table(lake)  # a foreign or newer table: refused before workers read it
     if caption_col != "caption":
+        if decode != "cpu":
+            from lakecurate.errors import LakeError
+
+            raise LakeError("--decode applies to embedding images; --caption-col scores a caption against the "
+                            "stored image embeddings and decodes none: leave --decode out")
         return _embed_caption(lake, spec, caption_col, device=device, precision=precision, batch_size=batch_size,
                               workers=workers, recompute=recompute, progress=progress, engine=engine)
-    stage = embed_stage(spec, device=device, precision=precision, batch_size=batch_size)
+    stage = embed_stage(spec, device=device, precision=precision, batch_size=batch_size, decode=decode)
     names = column_names(spec.prefix)
     report = EmbedReport(lake=lake.uri, model=spec.arch, columns=names, meaningless=spec.meaningless)
     # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.

