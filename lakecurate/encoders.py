@@ -220,6 +220,12 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+# decode="device": at most this many pixels decoded at once (~200 MB as uint8 RGB), or this many
+# images a call when their sizes are not known
+DECODE_PIXELS = 1 << 26
+DECODE_IMAGES = 64
+
+
 class Encoder:
     """A loaded encoder: L2-normalised float32 embeddings for image tensors and caption tokens."""
 
@@ -309,7 +315,7 @@ class Encoder:
         if not isinstance(tf, ImageTransform):
             raise EncoderError(f"decode='device' needs an ImageTransform to resize and crop on the device; "
                                f"{self.spec.arch}'s is {tf!r}")
-        decoded, failed = self.decode_jpegs(jpegs, tf)
+        decoded, failed = self.decode_jpegs(jpegs, tf, item.get("jpeg_pixels"))
         lost = {j: reason for j, reason in failed}
         # the rows in order, from two lists of views (no index tensor: on a GPU one made from host
         # memory is a pageable copy, which would wait for the batch in flight)
@@ -326,12 +332,35 @@ class Encoder:
             j += bool(jpeg)
         return (self.launch_image_tensors(torch.stack(rows)) if rows else None), errors
 
-    def decode_jpegs(self, jpegs: list[bytes], tf: ImageTransform) -> tuple[Any, list[tuple[int, str]]]:
+    def decode_jpegs(self, jpegs: list[bytes], tf: ImageTransform,
+                     pixels: list[int] | None = None) -> tuple[Any, list[tuple[int, str]]]:
         """JPEG bytes decoded, resized and cropped on this encoder's device as ``tf`` does it with
         Pillow (torchvision: nvJPEG on a GPU, libjpeg-turbo on the CPU; antialiased resize): uint8
         (n, 3, size, size) pixels, within a few grey levels of Pillow's (docs/benchmarks.md), and
         (position, reason) for each that could not be decoded. An image the device refuses is
-        decoded by Pillow here instead; one neither decodes keeps zero pixels and its reason."""
+        decoded by Pillow here instead; one neither decodes keeps zero pixels and its reason.
+        ``pixels``: each image's pixel count (from its header), so that at most DECODE_PIXELS are
+        held decoded at once (256 photos of 12 megapixels would be 9 GB); else DECODE_IMAGES a call."""
+        import torch
+
+        out: list = [None] * len(jpegs)
+        failed: list[tuple[int, str]] = []
+        lo = 0
+        while lo < len(jpegs):
+            hi, held = lo + 1, (pixels[lo] if pixels else 0)
+            while hi < len(jpegs) and (held + pixels[hi] <= DECODE_PIXELS if pixels else hi - lo < DECODE_IMAGES):
+                held += pixels[hi] if pixels else 0
+                hi += 1
+            for i, px in enumerate(self._decode_some(jpegs[lo:hi], tf), lo):
+                if isinstance(px, str):
+                    failed.append((i, px))
+                    px = torch.zeros((3, tf.size, tf.size), dtype=torch.uint8, device=self.device)
+                out[i] = px
+            lo = hi
+        return torch.stack(out), failed
+
+    def _decode_some(self, jpegs: list[bytes], tf: ImageTransform) -> list:
+        """:meth:`decode_jpegs` on a few: each one's (3, size, size) pixels or the reason it has none."""
         import warnings
 
         import torch
@@ -362,15 +391,11 @@ class Encoder:
         for at in by_size.values():  # one resize a size: web photos share a few sizes
             for i, px in zip(at, resize_crop(torch.stack([ims[i] for i in at]), tf).unbind(0)):
                 out[i] = px
-        failed, pillow = [], tf.as_uint8()
+        pillow = tf.as_uint8()
         for i in (i for i, im in enumerate(ims) if im is None):
             im, err = decode_image(jpegs[i])
-            if err is None:
-                out[i] = self._to_device(torch.from_numpy(pillow(im)))
-            else:
-                failed.append((i, err))
-                out[i] = torch.zeros((3, tf.size, tf.size), dtype=torch.uint8, device=self.device)
-        return torch.stack(out), failed
+            out[i] = self._to_device(torch.from_numpy(pillow(im))) if err is None else err
+        return out
 
     def _normaliser(self, tf: ImageTransform, device: Any) -> tuple[Any, Any]:
         """The transform's mean and std as (3, 1, 1) float32 tensors on the device, made once: a
@@ -480,4 +505,3 @@ def resize_crop(x: Any, tf: ImageTransform) -> Any:
         x = TF.resize(x, [nh, nw], interpolation=mode, antialias=True)
     top, left = int(round((nh - tf.size) / 2.0)), int(round((nw - tf.size) / 2.0))
     return x[..., top : top + tf.size, left : left + tf.size]
-

@@ -141,3 +141,26 @@ def test_bad_decode_options_are_refused_before_any_write(lake: Lake):
                                     "--json"])
     assert res.exit_code == 0, res.output
     assert field_provenance(lake.dataset().schema.field(COLS["image"]))["config"]["decode"] == "device"
+
+
+def test_the_device_decodes_a_bounded_number_of_pixels_at_once(monkeypatch):
+    """256 photos of 12 megapixels would be 9 GB decoded at once: the readers send each JPEG's pixel
+    count and the encoder decodes at most DECODE_PIXELS at a time (DECODE_IMAGES without counts)."""
+    import torchvision.io
+
+    from lakecurate import encoders
+
+    enc = Encoder(resolve("tiny-random"), device="cpu")
+    tf = enc.transforms()[0]
+    blobs = [_photo(s, seed=i) for i, s in enumerate([(200, 150), (150, 200), (300, 100), (120, 120), (200, 150)])]
+    item = DevicePreprocess(tf.as_uint8())(blobs)
+    assert item["jpeg_pixels"] == [30000, 30000, 30000, 14400, 30000]
+    whole, _ = enc.decode_jpegs(blobs, tf, item["jpeg_pixels"])
+    calls, real = [], torchvision.io.decode_jpeg
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda data, **kw: calls.append(len(data)) or real(data, **kw))
+    monkeypatch.setattr(encoders, "DECODE_PIXELS", 60000)
+    got, failed = enc.decode_jpegs(blobs, tf, item["jpeg_pixels"])
+    assert calls == [2, 2, 1] and failed == [] and np.array_equal(got.numpy(), whole.numpy())
+    calls.clear()
+    monkeypatch.setattr(encoders, "DECODE_IMAGES", 2)
+    assert np.array_equal(enc.decode_jpegs(blobs, tf)[0].numpy(), whole.numpy()) and calls == [2, 2, 1]
