@@ -238,14 +238,21 @@ class Preprocess:
     def __call__(self, blobs: list) -> dict[str, Any]:
         pixels, errors = [], []
         for data in blobs:
-            im, err = decode_image(data)
-            if im is not None:
-                try:
-                    pixels.append(self.transform(im))
-                except Exception as exc:  # a transform failing on an odd image is that row's problem only
-                    err = f"image_undecodable: {type(exc).__name__}: {exc}"[:300]
+            px, err = self.pixels_of(data)
+            if px is not None:
+                pixels.append(px)
             errors.append(err)
         return {"pixels": np.stack(pixels) if pixels else None, "image_errors": errors}
+
+    def pixels_of(self, data: bytes | None) -> tuple[Any, str | None]:
+        """One image's transformed pixels, or (None, the reason it has none)."""
+        im, err = decode_image(data)
+        if im is None:
+            return None, err
+        try:
+            return self.transform(im), None
+        except Exception as exc:  # a transform failing on an odd image is that row's problem only
+            return None, f"image_undecodable: {type(exc).__name__}: {exc}"[:300]
 
 
 def device_decodable(data: bytes | None) -> bool:
@@ -289,10 +296,9 @@ class DevicePreprocess(Preprocess):
                 sizes.append(n)
                 from_jpeg.append(True)
             else:
-                got = super().__call__([data])
-                err = got["image_errors"][0]
-                if err is None:
-                    pixels.append(got["pixels"][0])
+                px, err = self.pixels_of(data)
+                if px is not None:
+                    pixels.append(px)
                     from_jpeg.append(False)
             errors.append(err)
         return {"pixels": np.stack(pixels) if pixels else None, "jpegs": jpegs, "jpeg_pixels": sizes,
