@@ -332,9 +332,9 @@ class Encoder:
             j += bool(jpeg)
         return (self.launch_image_tensors(torch.stack(rows)) if rows else None), errors
 
-    def decode_jpegs(self, jpegs: list[bytes], tf: ImageTransform,
+    def decode_jpegs(self, jpegs: list, tf: ImageTransform,
                      pixels: list[int] | None = None) -> tuple[Any, list[tuple[int, str]]]:
-        """JPEG bytes decoded, resized and cropped on this encoder's device as ``tf`` does it with
+        """JPEG bytes (or uint8 arrays of them) decoded, resized and cropped on this encoder's device as ``tf`` does it with
         Pillow (torchvision: nvJPEG on a GPU, libjpeg-turbo on the CPU; antialiased resize): uint8
         (n, 3, size, size) pixels, within a few grey levels of Pillow's (docs/benchmarks.md), and
         (position, reason) for each that could not be decoded. An image the device refuses is
@@ -359,7 +359,7 @@ class Encoder:
             lo = hi
         return torch.stack(out), failed
 
-    def _decode_some(self, jpegs: list[bytes], tf: ImageTransform) -> list:
+    def _decode_some(self, jpegs: list, tf: ImageTransform) -> list:
         """:meth:`decode_jpegs` on a few: each one's (3, size, size) pixels or the reason it has none."""
         import warnings
 
@@ -373,7 +373,9 @@ class Encoder:
                                 category=DeprecationWarning)
         import torchvision.io as tvio
 
-        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+        # the readers' arrays as they are (writable once unpickled); bytes are copied (read-only)
+        data = [torch.from_numpy(b) if getattr(b, "flags", None) is not None and b.flags.writeable
+                else torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
         try:
             ims: list = tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=self.device)
         except RuntimeError:  # one bad image fails the whole list: each alone
@@ -393,7 +395,7 @@ class Encoder:
                 out[i] = px
         pillow = tf.as_uint8()
         for i in (i for i, im in enumerate(ims) if im is None):
-            im, err = decode_image(jpegs[i])
+            im, err = decode_image(bytes(jpegs[i]))
             out[i] = self._to_device(torch.from_numpy(pillow(im))) if err is None else err
         return out
 

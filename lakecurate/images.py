@@ -282,7 +282,7 @@ def _jpeg_pixels(data: bytes | None) -> int:
 
 class DevicePreprocess(Preprocess):
     """:class:`Preprocess` for ``decode="device"``: what :func:`device_decodable` passes travels as
-    its JPEG bytes ("jpegs"; the model's device decodes, resizes and crops them:
+    its JPEG bytes ("jpegs", uint8 arrays; the model's device decodes, resizes and crops them:
     ``Encoder.launch_images``), the rest is decoded here into uint8 "pixels" as before;
     "from_jpeg": one flag per good row, in row order (True: its pixels come from "jpegs");
     "jpeg_pixels": each JPEG's pixel count (the device decodes a bounded number at once)."""
@@ -292,7 +292,7 @@ class DevicePreprocess(Preprocess):
         for data in blobs:
             err = None
             if n := _jpeg_pixels(data):
-                jpegs.append(data)
+                jpegs.append(np.frombuffer(data, np.uint8))  # unpickled writable: torch takes it without a copy
                 sizes.append(n)
                 from_jpeg.append(True)
             else:

@@ -4,6 +4,7 @@ GPU; the same torchvision code on the CPU here), everything else by the decode p
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -153,9 +154,11 @@ def test_the_device_decodes_a_bounded_number_of_pixels_at_once(monkeypatch):
     enc = Encoder(resolve("tiny-random"), device="cpu")
     tf = enc.transforms()[0]
     blobs = [_photo(s, seed=i) for i, s in enumerate([(200, 150), (150, 200), (300, 100), (120, 120), (200, 150)])]
-    item = DevicePreprocess(tf.as_uint8())(blobs)
+    item = pickle.loads(pickle.dumps(DevicePreprocess(tf.as_uint8())(blobs)))  # as a reader process sends it
     assert item["jpeg_pixels"] == [30000, 30000, 30000, 14400, 30000]
-    whole, _ = enc.decode_jpegs(blobs, tf, item["jpeg_pixels"])
+    assert [bytes(j) for j in item["jpegs"]] == blobs and all(j.flags.writeable for j in item["jpegs"])
+    whole, _ = enc.decode_jpegs(item["jpegs"], tf, item["jpeg_pixels"])
+    assert np.array_equal(whole.numpy(), enc.decode_jpegs(blobs, tf)[0].numpy())  # arrays (no copy) or bytes
     calls, real = [], torchvision.io.decode_jpeg
     monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda data, **kw: calls.append(len(data)) or real(data, **kw))
     monkeypatch.setattr(encoders, "DECODE_PIXELS", 60000)
