@@ -334,13 +334,14 @@ class Encoder:
 
     def decode_jpegs(self, jpegs: list, tf: ImageTransform,
                      pixels: list[int] | None = None) -> tuple[Any, list[tuple[int, str]]]:
-        """JPEG bytes (or uint8 arrays of them) decoded, resized and cropped on this encoder's device as ``tf`` does it with
-        Pillow (torchvision: nvJPEG on a GPU, libjpeg-turbo on the CPU; antialiased resize): uint8
-        (n, 3, size, size) pixels, within a few grey levels of Pillow's (docs/benchmarks.md), and
-        (position, reason) for each that could not be decoded. An image the device refuses is
-        decoded by Pillow here instead; one neither decodes keeps zero pixels and its reason.
-        ``pixels``: each image's pixel count (from its header), so that at most DECODE_PIXELS are
-        held decoded at once (256 photos of 12 megapixels would be 9 GB); else DECODE_IMAGES a call."""
+        """JPEG bytes (or uint8 arrays of them) decoded, resized and cropped on this encoder's
+        device as ``tf`` does it with Pillow (torchvision: nvJPEG on a GPU, libjpeg-turbo on the
+        CPU; antialiased resize): uint8 (n, 3, size, size) pixels, within a few grey levels of
+        Pillow's (docs/benchmarks.md), and (position, reason) for each that could not be decoded.
+        An image the device refuses is decoded by Pillow here instead; one neither decodes keeps
+        zero pixels and its reason. ``pixels``: each image's pixel count (from its header), so that
+        at most DECODE_PIXELS are held decoded at once (256 photos of 12 megapixels would be 9 GB);
+        else DECODE_IMAGES a call."""
         import torch
 
         out: list = [None] * len(jpegs)
