@@ -321,8 +321,8 @@ class Encoder:
         # memory is a pageable copy, which would wait for the batch in flight)
         read = iter(self._to_device(torch.from_numpy(item["pixels"])).unbind(0) if item["pixels"] is not None else ())
         rows, j = [], 0
-        good = (r for r, e in enumerate(errors) if e is None)
-        for row, jpeg in zip(list(good), item["from_jpeg"]):
+        good = [r for r, e in enumerate(errors) if e is None]  # the rows the readers left pixels or a JPEG for
+        for row, jpeg in zip(good, item["from_jpeg"]):
             if not jpeg:
                 rows.append(next(read))
             elif j in lost:

@@ -268,7 +268,9 @@ def _jpeg_pixels(data: bytes | None) -> int:
     """The pixel count of a JPEG :func:`device_decodable` passes, else 0."""
     from PIL import Image
 
-    if not data or data[:3] != b"\xff\xd8\xff" or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if not data or data[:3] != b"\xff\xd8\xff":
+        return 0
+    if not data.endswith(b"\xff\xd9") and not data.rstrip(b"\0").endswith(b"\xff\xd9"):  # (padded: rarely)
         return 0
     try:
         im = Image.open(io.BytesIO(data))
