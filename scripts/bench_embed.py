@@ -55,7 +55,7 @@ import pyarrow as pa
 import torch
 
 from lakecurate import Lake, runner
-from lakecurate.embed import default_workers, embed_stage
+from lakecurate.embed import DECODES, default_workers, embed_stage
 from lakecurate.encoders import Encoder, EncoderSpec, column_names, resolve, resolve_device
 
 
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--bare-n", type=int, default=8192, help="rows the bare model runs on (held decoded in memory)")
     ap.add_argument("--no-bytes", action="store_true", help="skip the bytes-written comparison")
-    ap.add_argument("--decode", choices=["cpu", "device"], default="cpu",
+    ap.add_argument("--decode", choices=DECODES, default="cpu",
                     help="embed's --decode for the end-to-end run (the readers-alone and bare runs decode on the CPU)")
     ap.add_argument("--decode-probe", action="store_true",
                     help="Decode + preprocess rates only: Pillow on one core against torchvision.io.decode_jpeg on --device.")
