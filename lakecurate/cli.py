@@ -312,12 +312,15 @@ def explain_encoder(spec_arch: str, meaningless: bool) -> None:
               help="Where JPEGs are decoded, resized and cropped: by the decode processes (Pillow), or on the model's "
                    "device (nvJPEG with --device cuda; pixels within a few grey levels of Pillow's). Other images are "
                    "always decoded by the processes.")
+@click.option("--tokenize", type=click.Choice(["auto", "model", "readers"]), default="auto", show_default=True,
+              help="Where captions are tokenized: in the model's process, or by the decode processes (auto: by them "
+                   "with --device cuda --decode device, where they only parse headers). The tokens are the same.")
 @engine_option
 @json_option
 @_friendly_errors
 def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None, device: str,
           precision: str, batch_size: int, workers: int | None, recompute: bool, caption_col: str, decode: str,
-          engine: str, as_json: bool) -> None:
+          tokenize: str, engine: str, as_json: bool) -> None:
     """Add image/text embedding and alignment-score columns to LAKE (only rows that lack them).
 
     Columns: PREFIX_image, PREFIX_text (L2-normalised float16 vectors), PREFIX_score (cosine) and
@@ -333,7 +336,7 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
     explain_encoder(spec.arch, spec.meaningless)
     rep = the_lake.embed(model, pretrained=pretrained, checkpoint=checkpoint, name=name, device=device,
                                 precision=precision, batch_size=batch_size, workers=workers, recompute=recompute,
-                                engine=engine, caption_col=caption_col, decode=decode)
+                                engine=engine, caption_col=caption_col, decode=decode, tokenize=tokenize)
     if as_json:
         echo_json(rep)
         return

@@ -63,7 +63,10 @@ def start_embed(enc: Encoder, item: dict[str, Any], dim: int) -> Callable[[], pa
     img_run, image_errors = enc.launch_images(item)
     img_ok = np.array([e is None for e in image_errors], dtype=bool)
     captions = item["captions"]
-    txt_run = enc.launch_text_tokens(enc.transforms()[1]([c or "" for c in captions])) if n else None
+    tokens = item.get("tokens")  # tokenized by the readers (TokenizeCaptions), or here
+    if tokens is None and n:
+        tokens = enc.transforms()[1]([c or "" for c in captions])
+    txt_run = enc.launch_text_tokens(tokens) if n else None
 
     def finish() -> pa.Table:
         img = np.zeros((n, dim), dtype=np.float32)
@@ -111,25 +114,76 @@ class EmbedRows:
         self.names, self.dim = names, dim
 
     def __call__(self, enc: Encoder, rows: Rows) -> runner.Deferred:
-        # only the head reaches the tokenizer (encoders.MAX_TEXT_CHARS)
-        captions = [c if c is None else c[:MAX_TEXT_CHARS] for c in rows.columns.column("caption").to_pylist()]
-        finish = start_embed(enc, {**rows.images, "captions": captions}, self.dim)  # looked up here: tests slow it down
+        item = {**rows.images, "captions": _captions(rows.columns), "tokens": rows.prepared}
+        finish = start_embed(enc, item, self.dim)  # looked up here: tests slow it down
         # the runner hands the next batch over before it asks for this one
         return runner.Deferred(lambda: _renamed(finish(), self.names))
 
 
+def _captions(cols: pa.RecordBatch) -> list[str | None]:
+    """A batch's captions, only their heads (encoders.MAX_TEXT_CHARS: what the tokenizer sees)."""
+    return [c if c is None else c[:MAX_TEXT_CHARS] for c in cols.column("caption").to_pylist()]
+
+
+class TokenizeCaptions:
+    """The stage's ``prepare`` with ``tokenize="readers"``: a batch's captions tokenized where they
+    are read, as numpy arrays (a dict of them from a Hugging Face tokenizer), so the process that
+    feeds a GPU does not spend its time on them (open_clip's tokenizer: 12-17 ms a 256-row batch
+    here, where ViT-B-32 on an H200 takes 23 ms a batch).
+
+    The tokenizer is not pickled with the stage: a reader builds it in a thread on its first batch
+    (importing open_clip or transformers: seconds, which a reader that waited would add to every
+    run's start), and until it is ready returns None, so the model's process tokenizes those
+    batches itself (as it does if the build fails: its error is then the one the user sees)."""
+
+    def __init__(self, spec: EncoderSpec):
+        self.spec, self._tok, self._building = spec, None, None
+
+    def _build(self) -> None:
+        try:
+            self._tok = self.spec.build_transforms()[1]
+        except Exception:  # noqa: BLE001 - the model's process tokenizes, and fails there with the reason
+            pass
+
+    def ready(self, timeout: float | None = None) -> bool:
+        """Start building the tokenizer if it is not started; wait up to ``timeout`` for it."""
+        if self._building is None:
+            import threading
+
+            self._building = threading.Thread(target=self._build, daemon=True, name="tokenizer-build")
+            self._building.start()
+        if timeout != 0:
+            self._building.join(timeout)
+        return self._tok is not None
+
+    def __call__(self, cols: pa.RecordBatch) -> Any:
+        if not self.ready(timeout=0):
+            return None
+        tokens = self._tok([c or "" for c in _captions(cols)])
+        if isinstance(tokens, dict):
+            return {k: np.asarray(v) for k, v in tokens.items()}
+        return np.asarray(tokens)  # torch tensors become numpy: no tensor crosses the process pipes
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "_tok": None, "_building": None}
+
+
 DECODES = ("cpu", "device")
+TOKENIZES = ("auto", "model", "readers")
 
 
 def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp32", batch_size: int = 64,
-                decode: str = "cpu") -> RowStage:
+                decode: str = "cpu", tokenize: str = "model") -> RowStage:
     """The embed stage of ``spec`` as a runner spec (fields, provenance config, setup, batch).
 
     ``decode="device"``: the readers pass whole, upright RGB or grey JPEGs on as bytes and the
     model's device decodes, resizes and crops them (nvJPEG on a GPU, whose decode processes
     otherwise bound a small model: docs/benchmarks.md); anything else they decode as before. The
     pixels differ from Pillow's by a few grey levels, so the choice is part of the columns'
-    provenance (a lake embedded one way is not extended the other way)."""
+    provenance (a lake embedded one way is not extended the other way).
+
+    ``tokenize="readers"``: the reader processes tokenize the captions too (:class:`TokenizeCaptions`);
+    the tokens are the same, so the choice is not part of the provenance."""
     names = column_names(spec.prefix)
     dim = spec.embed_dim()
     vec = pa.list_(pa.float16(), dim)
@@ -149,6 +203,7 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
     reader = DevicePreprocess(transform) if decode == "device" else Preprocess(transform)
     return RowStage("embed", fields, config, ["image", "caption"], batch=EmbedRows(names, dim),
                     setup=LoadEncoder(spec, device, precision), image=reader, batch_size=batch_size,
+                    prepare=TokenizeCaptions(spec) if tokenize == "readers" else None,
                     desc=f"embed {spec.prefix}", unit="img")
 
 
@@ -197,7 +252,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def check_options(*, batch_size: int, workers: int | None, precision: str, device: str,
-                  max_fragments: int | None = None, index_min_rows: int | None = None, decode: str = "cpu") -> None:
+                  max_fragments: int | None = None, index_min_rows: int | None = None, decode: str = "cpu",
+                  tokenize: str = "auto") -> None:
     """Refuse bad options before anything is declared: ``batch_size=-4`` once marked fragments as
     embedded with nothing in them. One :class:`LakeError` line naming the option."""
     from lakecurate.errors import LakeError
@@ -211,6 +267,8 @@ def check_options(*, batch_size: int, workers: int | None, precision: str, devic
         raise LakeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if decode not in DECODES:
         raise LakeError(f"--decode must be one of {', '.join(DECODES)}, not {decode!r}")
+    if tokenize not in TOKENIZES:
+        raise LakeError(f"--tokenize must be one of {', '.join(TOKENIZES)}, not {tokenize!r}")
     from lakecurate.options import device as check_device
 
     check_device(device)
@@ -234,6 +292,7 @@ def embed(
     engine: str = "local",
     caption_col: str = "caption",
     decode: str = "cpu",
+    tokenize: str = "auto",
 ) -> EmbedReport:
     """Add image/text embedding and alignment-score columns for every row that lacks them.
 
@@ -249,6 +308,13 @@ def embed(
     ``decode="device"``: whole JPEGs are decoded, resized and cropped on the model's device
     (nvJPEG with ``device="cuda"``), the rest by the decode processes (:func:`embed_stage`).
 
+    ``tokenize``: where captions are tokenized: ``model`` (the model's process), ``readers`` (the
+    decode processes, which then import the tokenizer's library: a few seconds of each one's CPU),
+    ``auto`` (readers where they have time to spare and the model's process has none: the local
+    engine on a GPU with ``decode="device"``, where the readers only parse headers; the model's
+    process otherwise: readers that decode are the bound, on a CPU both take the same cores, and
+    Ray's actors read and compute in one process). The tokens are the same either way.
+
     ``engine="ray"`` embeds the fragments on a Ray cluster instead: one actor per CPU (per GPU
     with ``device="cuda"``, or ``auto`` on a cluster with GPUs) loads the model once and embeds,
     checkpoints and commits whole fragments, as the local engine does.
@@ -257,23 +323,30 @@ def embed(
 
     check_engine(engine)
     check_options(batch_size=batch_size, workers=workers, precision=precision, device=device,
-                  max_fragments=max_fragments, index_min_rows=index_min_rows, decode=decode)
+                  max_fragments=max_fragments, index_min_rows=index_min_rows, decode=decode, tokenize=tokenize)
     spec = model if isinstance(model, EncoderSpec) else resolve(model, pretrained, checkpoint, name)
     columns.check_table(lake)  # a foreign or newer table: refused before workers read it
     if caption_col != "caption":
-        if decode != "cpu":
+        if decode != "cpu" or tokenize == "readers":
             from lakecurate.errors import LakeError
 
+            if tokenize == "readers":
+                raise LakeError("--tokenize readers applies to embedding images and captions together; --caption-col "
+                                "scores a caption in the model's process: leave --tokenize out")
             raise LakeError("--decode applies to embedding images; --caption-col scores a caption against the "
                             "stored image embeddings and decodes none: leave --decode out")
         return _embed_caption(lake, spec, caption_col, device=device, precision=precision, batch_size=batch_size,
                               workers=workers, recompute=recompute, progress=progress, engine=engine)
-    stage = embed_stage(spec, device=device, precision=precision, batch_size=batch_size, decode=decode)
+    on_gpu = engine == "local" and resolve_device(device).startswith("cuda")
+    if tokenize == "auto":
+        tokenize = "readers" if on_gpu and decode == "device" else "model"
+    stage = embed_stage(spec, device=device, precision=precision, batch_size=batch_size, decode=decode,
+                        tokenize=tokenize)
     names = column_names(spec.prefix)
     report = EmbedReport(lake=lake.uri, model=spec.arch, columns=names, meaningless=spec.meaningless)
     # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.
     gpus = engine == "ray" and (device == "cuda" or (device == "auto" and bool(ray_init().cluster_resources().get("GPU"))))
-    if workers is None and engine == "local" and resolve_device(device).startswith("cuda"):
+    if workers is None and on_gpu:
         workers = default_workers(beside_gpu=True)  # a GPU embeds faster than half the cores decode
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress,
                      max_fragments=max_fragments, gpus=gpus)

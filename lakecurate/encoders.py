@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from lakecurate.errors import EncoderError
 from lakecurate.images import ImageTransform, exif_upright  # noqa: F401 - re-exported
 from lakecurate.names import TINY_RANDOM
@@ -252,6 +254,10 @@ class Encoder:
         self.dim = int(self.encode_texts(["a"]).shape[1])
 
     def _to_device(self, t: Any) -> Any:
+        if isinstance(t, np.ndarray):  # tokens from the readers (TokenizeCaptions): no copy
+            import torch
+
+            t = torch.from_numpy(t)
         if t.device.type != "cpu":  # made on the device already (decode="device")
             return t
         if self.device.startswith("cuda"):
@@ -413,7 +419,8 @@ class Encoder:
         return held[1], held[2]
 
     def launch_text_tokens(self, tokens: Any) -> "Pending":
-        """Start embedding tokenized captions (see :meth:`launch_image_tensors`)."""
+        """Start embedding tokenized captions (see :meth:`launch_image_tensors`): the tokenizer's
+        tensors, or numpy arrays of them (a dict of either for Hugging Face tokenizers)."""
         if isinstance(tokens, dict):
             tokens = {k: self._to_device(v) for k, v in tokens.items()}
         else:
@@ -432,8 +439,6 @@ class Encoder:
         return self.encode_text_tokens(tokenize(texts))
 
     def encode_images(self, images: list[Any]) -> Any:
-        import numpy as np
-
         preprocess, _ = self.transforms()
         return self.encode_image_tensors(np.stack([preprocess(exif_upright(im).convert("RGB")) for im in images]))
 

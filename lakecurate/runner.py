@@ -3,7 +3,8 @@
 A stage (embed, image and caption signals, redaction, a user feature) is a :class:`RowStage`: the
 fields it writes, its config (-> provenance), the columns it reads, a ``setup()`` run once per
 process or Ray actor (load a model), an optional ``image(blobs)`` run in the reader processes
-(decode, preprocess), and a pure ``batch(state, rows) -> pa.Table``. :func:`run` then:
+(decode, preprocess), an optional ``prepare(columns)`` run there too (tokenize captions), and a
+pure ``batch(state, rows) -> pa.Table``. :func:`run` then:
 
 1. declares the fields (metadata only; same config: no-op; ``recompute``: drop and re-declare);
 2. picks the fragments that have no data file for them (new rows, a killed run's rest);
@@ -59,6 +60,7 @@ class Rows:
     fragment: int = -1
     start: int = 0           # live-row offset of the first row in its fragment
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # physical offsets
+    prepared: Any = None     # what the stage's ``prepare(columns)`` made of these rows, if it has one
 
     @property
     def num_rows(self) -> int:
@@ -75,6 +77,9 @@ class RowStage:
     ``state`` is what ``setup()`` returned (None without one). ``image``, when given, is a picklable
     function of a batch's encoded images (``list[bytes | None]``) run in the reader processes; its
     result arrives as ``rows.images`` and ``image`` is then not among ``rows.columns``.
+    ``prepare``, when given, is a picklable function of a batch's input columns run where they are
+    read (the reader processes, or a Ray actor); its result arrives as ``rows.prepared``: work taken
+    off the process that feeds a device (tokenizing captions for a GPU, say).
     Provenance is ``columns.provenance(name, config, sources or inputs, version)`` plus ``extra``.
     """
 
@@ -85,6 +90,7 @@ class RowStage:
     batch: Callable[[Any, Rows], pa.Table]
     setup: Callable[[], Any] | None = None
     image: Callable[[list], Any] | None = None
+    prepare: Callable[[pa.RecordBatch], Any] | None = None
     batch_size: int = 4096
     readers_do_all: bool = False  # the work is all in ``image()``: as many readers as cores, not half
     sources: list[str] | None = None
@@ -185,7 +191,11 @@ def _read(item: tuple[int, int, int]) -> Rows:
         images = stage.image(blobs)
     data = tbl.drop_columns(["_rowaddr"])
     batch = pa.RecordBatch.from_arrays([data.column(c).combine_chunks() for c in data.column_names], schema=data.schema)
-    return Rows(batch, images, fid, start, addrs.astype(np.int64) & 0xFFFFFFFF)
+    rows = Rows(batch, images, fid, start, addrs.astype(np.int64) & 0xFFFFFFFF)
+    if stage.prepare is not None:
+        with _naming(rows, f"{stage.desc} " if stage.desc else ""):  # a failure here names its rows too
+            rows.prepared = stage.prepare(batch)
+    return rows
 
 
 def _read_rows(addresses: tuple[int, ...]) -> Rows:

@@ -24,7 +24,11 @@ The bare runs use the first ``--bare-n`` rows (8,192), held decoded (~150 KB eac
 ``--decode-probe``: Pillow on one core against ``Encoder.decode_jpegs`` on ``--device`` (what
 ``embed --decode device`` runs: torchvision's ``decode_jpeg``, nvJPEG on a GPU, with the resize and
 crop there), and how far their pixels are apart. ``--decode device``: the end-to-end run (2.) with
-``embed --decode device`` (whole JPEGs decoded on the model's device, the rest by the readers).
+``embed --decode device`` (whole JPEGs decoded on the model's device, the rest by the readers);
+the probe also times the model's tokenizer on a batch of the human captions (the model's process
+does that unless ``--tokenize readers``). ``--tokenize model readers ...``: one end-to-end run each,
+in turn (``auto``, the default: the readers only with ``--device cuda --decode device``). The
+captions are the photos' human captions (``captions.csv``).
 
     python scripts/bench_embed.py --device cuda --models ViT-B-32 --precision fp16 --batch-size 256 --n 16384 --decode device
 
@@ -51,11 +55,12 @@ from pathlib import Path
 
 import lance
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 
 from lakecurate import Lake, runner
-from lakecurate.embed import DECODES, default_workers, embed_stage
+from lakecurate.embed import DECODES, TOKENIZES, default_workers, embed_stage
 from lakecurate.encoders import Encoder, EncoderSpec, column_names, resolve, resolve_device
 
 
@@ -78,6 +83,8 @@ def main() -> None:
     ap.add_argument("--no-bytes", action="store_true", help="skip the bytes-written comparison")
     ap.add_argument("--decode", choices=DECODES, default="cpu",
                     help="embed's --decode for the end-to-end run (the readers-alone and bare runs decode on the CPU)")
+    ap.add_argument("--tokenize", nargs="+", choices=TOKENIZES, default=["auto"],
+                    help="where the end-to-end runs tokenize the captions; several: one run each, in turn")
     ap.add_argument("--decode-probe", action="store_true",
                     help="Decode + preprocess rates only: Pillow on one core against torchvision.io.decode_jpeg on --device.")
     ap.add_argument("--offline-formats", action="store_true",
@@ -103,8 +110,17 @@ def main() -> None:
         names = sorted(p.name for p in (data / "images").glob("*.jpg"))
         results["distinct_photos"] = len(names)
         names = (names * (args.n // len(names) + 1))[: args.n]
-        manifest.write_text("uid,image,caption\n" + "".join(
-            f"{i},{n},a photo number {i} of a dog running on the grass\n" for i, n in enumerate(names)))
+        # each photo's human captions in turn (real text costs the tokenizer what web captions do)
+        said: dict = {}
+        if (data / "captions.csv").is_file():
+            for row in pd.read_csv(data / "captions.csv").itertuples():
+                said.setdefault(row.image, []).append(row.caption)
+        seen: dict = {}
+        texts = []
+        for i, n in enumerate(names):
+            k = seen[n] = seen.get(n, -1) + 1
+            texts.append(said[n][k % len(said[n])] if said.get(n) else f"a photo number {i} of a dog running on the grass")
+        pd.DataFrame({"uid": range(len(names)), "image": names, "caption": texts}).to_csv(manifest, index=False)
         t0 = time.perf_counter()
         lake.ingest(manifest, image_dir=str(data / "images"), key_col="uid", progress=False)
         results["ingest_s"] = time.perf_counter() - t0
@@ -165,51 +181,59 @@ def main() -> None:
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
-            # 2. end to end
-            before = dir_bytes(Path(lake.table_uri) / "data")
-            stamps: list = []
-            real_finish = runner._finish
+            # 2. end to end, once for each way of tokenizing asked for
+            base = results["models"].pop(model) if len(args.tokenize) > 1 else r
+            for j, tok in enumerate(args.tokenize):
+                label = model if len(args.tokenize) == 1 else f"{model} tokenize={tok}"
+                if args.tokenize.count(tok) > 1:  # the same way again (alternating runs): numbered
+                    label += f" ({args.tokenize[: j + 1].count(tok)})"
+                r = results["models"][label] = {**base}
+                spec = resolve(model, args.pretrained, name=f"bench{i}t{j}") if j else spec
+                before = dir_bytes(Path(lake.table_uri) / "data")
+                stamps: list = []
+                real_finish = runner._finish
 
-            def timed(*a: object) -> pa.Table:  # when each batch's table is ready, in the embed's process
-                out = real_finish(*a)
-                stamps.append((time.perf_counter(), out.num_rows))
-                return out
+                def timed(*a: object) -> pa.Table:  # when each batch's table is ready, in the embed's process
+                    out = real_finish(*a)
+                    stamps.append((time.perf_counter(), out.num_rows))
+                    return out
 
-            runner._finish = timed
-            t0 = time.perf_counter()
-            try:
-                rep = lake.embed(spec, precision=args.precision, device=device, batch_size=args.batch_size,
-                                 workers=workers, progress=False, index_min_rows=10**9, decode=args.decode)
-            finally:
-                runner._finish = real_finish
-            e2e = time.perf_counter() - t0
-            r["steady_img_s"] = steady_rate(stamps)
-            assert rep.rows_embedded == args.n
-            r["bytes_written"] = dir_bytes(Path(lake.table_uri) / "data") - before
-            r["e2e_img_s"], r["e2e_model_load_s"] = args.n / e2e, rep.model_load_seconds
-            r["after_load_img_s"] = args.n / (e2e - rep.model_load_seconds)
-            r["ratio"], r["ratio_after_load"] = r["e2e_img_s"] / r["bare_img_s"], r["after_load_img_s"] / r["bare_img_s"]
-            print(f"[{model}] lakecurate embed, end to end    {r['e2e_img_s']:8.1f} img/s   ratio to bare {r['ratio']:5.2f} "
-                  f"(includes {rep.model_load_seconds:.1f} s loading the model)", flush=True)
-            print(f"[{model}] lakecurate embed, after the load {r['after_load_img_s']:8.1f} img/s   ratio to bare "
-                  f"{r['ratio_after_load']:5.2f}", flush=True)
-            r["ratio_steady"] = r["steady_img_s"] / r["bare_img_s"]
-            print(f"[{model}] lakecurate embed, steady         {r['steady_img_s']:8.1f} img/s   ratio to bare "
-                  f"{r['ratio_steady']:5.2f} (batches from the first tenth's end to the last tenth's start)", flush=True)
-            got = np.stack(lake.to_pandas([column_names(spec.prefix)["image"]])[column_names(spec.prefix)["image"]]
-                           .iloc[: len(ref[0])]).astype(np.float32)
-            want = ref[0].numpy()
-            r["min_cosine_to_bare"] = float(((got * want).sum(1) / np.linalg.norm(got, axis=1)
-                                             / np.linalg.norm(want, axis=1)).min())
-            print(f"[{model}] lowest cosine, stored image embedding vs the bare forward's: {r['min_cosine_to_bare']:.5f}")
+                runner._finish = timed
+                t0 = time.perf_counter()
+                try:
+                    rep = lake.embed(spec, precision=args.precision, device=device, batch_size=args.batch_size,
+                                     workers=workers, progress=False, index_min_rows=10**9, decode=args.decode,
+                                     tokenize=tok)
+                finally:
+                    runner._finish = real_finish
+                e2e = time.perf_counter() - t0
+                r["steady_img_s"] = steady_rate(stamps)
+                assert rep.rows_embedded == args.n
+                r["bytes_written"] = dir_bytes(Path(lake.table_uri) / "data") - before
+                r["e2e_img_s"], r["e2e_model_load_s"] = args.n / e2e, rep.model_load_seconds
+                r["after_load_img_s"] = args.n / (e2e - rep.model_load_seconds)
+                r["ratio"], r["ratio_after_load"] = r["e2e_img_s"] / r["bare_img_s"], r["after_load_img_s"] / r["bare_img_s"]
+                print(f"[{label}] lakecurate embed, end to end    {r['e2e_img_s']:8.1f} img/s   ratio to bare {r['ratio']:5.2f} "
+                      f"(includes {rep.model_load_seconds:.1f} s loading the model)", flush=True)
+                print(f"[{label}] lakecurate embed, after the load {r['after_load_img_s']:8.1f} img/s   ratio to bare "
+                      f"{r['ratio_after_load']:5.2f}", flush=True)
+                r["ratio_steady"] = r["steady_img_s"] / r["bare_img_s"]
+                print(f"[{label}] lakecurate embed, steady         {r['steady_img_s']:8.1f} img/s   ratio to bare "
+                      f"{r['ratio_steady']:5.2f} (batches from the first tenth's end to the last tenth's start)", flush=True)
+                got = np.stack(lake.to_pandas([column_names(spec.prefix)["image"]])[column_names(spec.prefix)["image"]]
+                               .iloc[: len(ref[0])]).astype(np.float32)
+                want = ref[0].numpy()
+                r["min_cosine_to_bare"] = float(((got * want).sum(1) / np.linalg.norm(got, axis=1)
+                                                 / np.linalg.norm(want, axis=1)).min())
+                print(f"[{label}] lowest cosine, stored image embedding vs the bare forward's: {r['min_cosine_to_bare']:.5f}")
 
         if not args.no_bytes:
             results["bytes"] = bytes_written(lake, spec, r["bytes_written"], Path(tmp))
     print()
-    print(f"{'model':12s} {'readers':>9s} {'bare':>9s} {'e2e':>9s} {'ratio':>6s} {'after load':>11s} {'ratio':>6s} "
+    print(f"{'model':26s} {'readers':>9s} {'bare':>9s} {'e2e':>9s} {'ratio':>6s} {'after load':>11s} {'ratio':>6s} "
           f"{'steady':>9s} {'ratio':>6s}  img/s")
     for model, r in results["models"].items():
-        print(f"{model:12s} {r.get('readers_img_s', float('nan')):9.1f} {r['bare_img_s']:9.1f} {r['e2e_img_s']:9.1f} "
+        print(f"{model:26s} {r.get('readers_img_s', float('nan')):9.1f} {r['bare_img_s']:9.1f} {r['e2e_img_s']:9.1f} "
               f"{r['ratio']:6.2f} {r['after_load_img_s']:11.1f} {r['ratio_after_load']:6.2f} {r['steady_img_s']:9.1f} "
               f"{r['ratio_steady']:6.2f}")
     if args.json:
@@ -270,6 +294,18 @@ def decode_probe(args: argparse.Namespace) -> None:
     print(f"{len(blobs)} photos, {tf.size}px: Pillow on one core {cpu_rate:.1f} img/s; Encoder.decode_jpegs "
           f"(decode + resize + crop) on {device} {dev_rate:.1f} img/s ({dev_rate / cpu_rate:.1f} cores' worth); pixels "
           f"differ by {np.abs(a - b).mean():.2f} levels on average, {np.abs(a - b).max()} at most")
+    # what --tokenize readers takes out of the model's process: a batch of human captions
+    if (Path(args.data) / "captions.csv").is_file():
+        texts = pd.read_csv(Path(args.data) / "captions.csv")["caption"].tolist()
+        tokenize = enc.transforms()[1]
+        times = []
+        for s in range(0, min(len(texts), 8 * args.batch_size), args.batch_size):
+            t0 = time.perf_counter()
+            tokenize(texts[s : s + args.batch_size])
+            times.append(time.perf_counter() - t0)
+        print(f"{args.models[0]}'s tokenizer on {args.batch_size} human captions: {1000 * np.median(times):.1f} ms a "
+              f"batch (median of {len(times)}; the model's process does this unless --tokenize readers), "
+              f"decode_jpegs {1000 * args.batch_size / dev_rate:.1f} ms a batch")
 
 
 # (name, offline.BACKEND, offline.CHANNELS_LAST); run in this order, then again
