@@ -338,8 +338,8 @@ class Encoder:
             j += bool(jpeg)
         return (self.launch_image_tensors(torch.stack(rows)) if rows else None), errors
 
-    def decode_jpegs(self, jpegs: list, tf: ImageTransform,
-                     pixels: list[int] | None = None) -> tuple[Any, list[tuple[int, str]]]:
+    def decode_jpegs(self, jpegs: list, tf: ImageTransform, pixels: list[int] | None = None,
+                     by_size: bool | None = None) -> tuple[Any, list[tuple[int, str]]]:
         """JPEG bytes (or uint8 arrays of them) decoded, resized and cropped on this encoder's
         device as ``tf`` does it with Pillow (torchvision: nvJPEG on a GPU, libjpeg-turbo on the
         CPU; antialiased resize): uint8 (n, 3, size, size) pixels, within a few grey levels of
@@ -347,7 +347,10 @@ class Encoder:
         An image the device refuses is decoded by Pillow here instead; one neither decodes keeps
         zero pixels and its reason. ``pixels``: each image's pixel count (from its header), so that
         at most DECODE_PIXELS are held decoded at once (256 photos of 12 megapixels would be 9 GB);
-        else DECODE_IMAGES a call."""
+        else DECODE_IMAGES a call. ``by_size``: resize the photos of one size together (default:
+        on a GPU, where a call a photo would be a kernel launch a photo; on the CPU one at a time,
+        which stays in the caches: 94 photos of one size took 30 ms one at a time against 28 ms to
+        stack them and 52-63 ms to resize them together, docs/benchmarks.md)."""
         import torch
 
         out: list = [None] * len(jpegs)
@@ -358,7 +361,7 @@ class Encoder:
             while hi < len(jpegs) and (held + pixels[hi] <= DECODE_PIXELS if pixels else hi - lo < DECODE_IMAGES):
                 held += pixels[hi] if pixels else 0
                 hi += 1
-            for i, px in enumerate(self._decode_some(jpegs[lo:hi], tf), lo):
+            for i, px in enumerate(self._decode_some(jpegs[lo:hi], tf, by_size), lo):
                 if isinstance(px, str):
                     failed.append((i, px))
                     px = torch.zeros((3, tf.size, tf.size), dtype=torch.uint8, device=self.device)
@@ -366,7 +369,7 @@ class Encoder:
             lo = hi
         return torch.stack(out), failed
 
-    def _decode_some(self, jpegs: list, tf: ImageTransform) -> list:
+    def _decode_some(self, jpegs: list, tf: ImageTransform, by_size: bool | None = None) -> list:
         """:meth:`decode_jpegs` on a few: each one's (3, size, size) pixels or the reason it has none."""
         import warnings
 
@@ -393,12 +396,15 @@ class Encoder:
                 except RuntimeError:
                     ims.append(None)
         out: list = [None] * len(jpegs)
-        by_size: dict[tuple[int, int], list[int]] = {}
+        if by_size is None:
+            by_size = torch.device(self.device).type != "cpu"
+        groups: dict[Any, list[int]] = {}
         for i, im in enumerate(ims):
             if im is not None:
-                by_size.setdefault(tuple(im.shape[1:]), []).append(i)
-        for at in by_size.values():  # one resize a size: web photos share a few sizes
-            for i, px in zip(at, resize_crop(torch.stack([ims[i] for i in at]), tf).unbind(0)):
+                groups.setdefault(tuple(im.shape[1:]) if by_size else i, []).append(i)
+        for at in groups.values():
+            batch = torch.stack([ims[i] for i in at]) if len(at) > 1 else ims[at[0]][None]
+            for i, px in zip(at, resize_crop(batch, tf).unbind(0)):
                 out[i] = px
         pillow = tf.as_uint8()
         for i in (i for i, im in enumerate(ims) if im is None):

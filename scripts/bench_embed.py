@@ -294,6 +294,52 @@ def decode_probe(args: argparse.Namespace) -> None:
     print(f"{len(blobs)} photos, {tf.size}px: Pillow on one core {cpu_rate:.1f} img/s; Encoder.decode_jpegs "
           f"(decode + resize + crop) on {device} {dev_rate:.1f} img/s ({dev_rate / cpu_rate:.1f} cores' worth); pixels "
           f"differ by {np.abs(a - b).mean():.2f} levels on average, {np.abs(a - b).max()} at most")
+    # web photos come in many sizes (one resize call a size) and some are progressive JPEGs
+    # (which nvJPEG may refuse: then one at a time, then Pillow): each against the same photos
+    # re-encoded at their own size (baseline JPEG, quality 90)
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    some = blobs[: min(len(blobs), 4 * args.batch_size)]
+    kinds = {}
+    for kind in ("same", "sized", "progressive"):  # all re-encoded alike: only the size or the scan differs
+        out = []
+        for b in some:
+            im = decode_image(b)[0]
+            if kind == "sized":  # every photo its own size, about its pixels: the resize calls alone differ
+                f = float(rng.uniform(0.8, 1.25))
+                im = im.resize((round(im.width * f), round(im.height / f)), Image.BICUBIC)
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=90, progressive=kind == "progressive")
+            out.append(buf.getvalue())
+        kinds[kind] = out
+    try:
+        import torchvision.io as tvio
+
+        tvio.decode_jpeg([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in kinds["progressive"][:8]],
+                         device=device)
+        takes = "yes"
+    except RuntimeError as exc:
+        takes = f"no ({str(exc).splitlines()[0][:100]})"
+
+    def rate(jpegs: list) -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for s in range(0, len(jpegs), args.batch_size):
+            enc.decode_jpegs(jpegs[s : s + args.batch_size], tf)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return len(jpegs) / (time.perf_counter() - t0)
+
+    base = rate(kinds["same"])
+    sizes = len({decode_image(b)[0].size for b in kinds["sized"]})
+    for kind, label in (("sized", f"photos of {sizes} sizes (the same pixels)"), ("progressive", "progressive JPEGs")):
+        r = rate(kinds[kind])
+        print(f"decode_jpegs on {len(some)} {label}: {r:.1f} img/s, {r / base:.2f}x the same photos "
+              f"re-encoded at their size ({base:.1f} img/s){'; torchvision decodes progressive JPEGs on ' + device + ': ' + takes if kind == 'progressive' else ''}")
     # what --tokenize readers takes out of the model's process: a batch of human captions
     if (Path(args.data) / "captions.csv").is_file():
         texts = pd.read_csv(Path(args.data) / "captions.csv")["caption"].tolist()

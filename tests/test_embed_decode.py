@@ -64,6 +64,11 @@ def test_device_pixels_are_within_a_few_levels_of_pillows(arch: str):
     squash = ImageTransform(tf.size, tf.mean, tf.std, resize_mode="squash")
     want = np.stack([squash.as_uint8()(decode_image(b)[0]) for b in blobs]).astype(np.int16)
     assert np.abs(enc.decode_jpegs(blobs, squash)[0].numpy().astype(np.int16) - want).mean() < 0.5
+    # photos of one size resized together (a GPU's default) give what one at a time (the CPU's) gives
+    twins = blobs + [_photo((500, 375), seed=9), _photo((375, 500), seed=8), _photo((500, 375), seed=7)]
+    for t in (tf, squash):
+        one, grouped = (enc.decode_jpegs(twins, t, by_size=b)[0].numpy() for b in (False, True))
+        assert np.array_equal(one, grouped)
 
 
 def test_an_image_the_device_refuses_is_decoded_by_pillow_and_one_neither_decodes_gets_its_reason(monkeypatch):
