@@ -303,7 +303,7 @@ def decode_probe(args: argparse.Namespace) -> None:
 
     rng = np.random.default_rng(0)
     some = blobs[: min(len(blobs), 4 * args.batch_size)]
-    kinds = {}
+    kinds, sizes = {}, set()
     for kind in ("same", "sized", "progressive"):  # all re-encoded alike: only the size or the scan differs
         out = []
         for b in some:
@@ -311,6 +311,7 @@ def decode_probe(args: argparse.Namespace) -> None:
             if kind == "sized":  # every photo its own size, about its pixels: the resize calls alone differ
                 f = float(rng.uniform(0.8, 1.25))
                 im = im.resize((round(im.width * f), round(im.height / f)), Image.BICUBIC)
+                sizes.add(im.size)
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=90, progressive=kind == "progressive")
             out.append(buf.getvalue())
@@ -335,8 +336,7 @@ def decode_probe(args: argparse.Namespace) -> None:
         return len(jpegs) / (time.perf_counter() - t0)
 
     base = rate(kinds["same"])
-    sizes = len({decode_image(b)[0].size for b in kinds["sized"]})
-    for kind, label in (("sized", f"photos of {sizes} sizes (the same pixels)"), ("progressive", "progressive JPEGs")):
+    for kind, label in (("sized", f"photos of {len(sizes)} sizes (the same pixels)"), ("progressive", "progressive JPEGs")):
         r = rate(kinds[kind])
         print(f"decode_jpegs on {len(some)} {label}: {r:.1f} img/s, {r / base:.2f}x the same photos "
               f"re-encoded at their size ({base:.1f} img/s){'; torchvision decodes progressive JPEGs on ' + device + ': ' + takes if kind == 'progressive' else ''}")

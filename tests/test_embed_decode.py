@@ -133,19 +133,26 @@ def test_embed_decode_device_gives_the_cpu_columns_and_its_own_provenance(tmp_pa
         lakes["device"].embed("tiny-random", workers=0, progress=False, decode="cpu")
 
 
-def test_bad_decode_options_are_refused_before_any_write(lake: Lake):
+def embed_option_is_checked(lake: Lake, option: str, choices: tuple[str, ...], good: str, clash: str,
+                            workers: str = "0") -> None:
+    """``--option``'s bad value, and ``good`` with --caption-col (whose error matches ``clash``), are
+    refused before any write, the CLI refuses the bad value too, and embeds with ``good``."""
     lake.ingest(SAMPLE_DATA, progress=False)
     version = lake.version
-    with pytest.raises(LakeError, match="--decode must be one of cpu, device, not 'gpu'"):
-        lake.embed("tiny-random", workers=0, progress=False, decode="gpu")
-    with pytest.raises(LakeError, match="--decode applies to embedding images"):
-        lake.embed("tiny-random", workers=0, progress=False, decode="device", caption_col="caption_x")
+    with pytest.raises(LakeError, match=f"--{option} must be one of {', '.join(choices)}, not 'gpu'"):
+        lake.embed("tiny-random", workers=0, progress=False, **{option: "gpu"})
+    with pytest.raises(LakeError, match=clash):
+        lake.embed("tiny-random", workers=0, progress=False, caption_col="caption_x", **{option: good})
     assert lake.version == version
-    res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "tiny-random", "--decode", "gpu"])
-    assert res.exit_code == 2 and "'gpu' is not one of 'cpu', 'device'" in res.output
-    res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "tiny-random", "--workers", "0", "--decode", "device",
+    res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "tiny-random", f"--{option}", "gpu"])
+    assert res.exit_code == 2 and f"'gpu' is not one of {', '.join(repr(c) for c in choices)}" in res.output
+    res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "tiny-random", "--workers", workers, f"--{option}", good,
                                     "--json"])
     assert res.exit_code == 0, res.output
+
+
+def test_bad_decode_options_are_refused_before_any_write(lake: Lake):
+    embed_option_is_checked(lake, "decode", ("cpu", "device"), "device", "--decode applies to embedding images")
     assert field_provenance(lake.dataset().schema.field(COLS["image"]))["config"]["decode"] == "device"
 
 

@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from click.testing import CliRunner
 
 from lakecurate import Lake, LakeError, encoders, runner
-from lakecurate.cli import main
 from lakecurate.embed import TokenizeCaptions, embed_stage
 from lakecurate.encoders import MAX_TEXT_CHARS, column_names, resolve
 from lakecurate.runner import RowStage
 
 from .conftest import SAMPLE_DATA, pair_rows
+from .test_embed_decode import embed_option_is_checked
 
 COLS = column_names("clip_tinyrandom")
 CAPTIONS = [None, "", "a dog on a beach", "Ünïcödé café — naïve 🐕 &amp; <b>html</b>", "word " * 5000,
@@ -120,18 +119,8 @@ def test_a_stages_prepare_runs_where_rows_are_read_and_its_failure_names_the_row
 
 
 def test_bad_tokenize_options_are_refused_before_any_write(lake: Lake):
-    lake.ingest(SAMPLE_DATA, progress=False)
-    version = lake.version
-    with pytest.raises(LakeError, match="--tokenize must be one of auto, model, readers, not 'gpu'"):
-        lake.embed("tiny-random", workers=0, progress=False, tokenize="gpu")
-    with pytest.raises(LakeError, match="--tokenize readers applies to embedding images and captions"):
-        lake.embed("tiny-random", workers=0, progress=False, tokenize="readers", caption_col="caption_x")
-    assert lake.version == version
-    res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "tiny-random", "--tokenize", "gpu"])
-    assert res.exit_code == 2 and "'gpu' is not one of 'auto', 'model', 'readers'" in res.output
-    res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "tiny-random", "--workers", "1", "--tokenize",
-                                    "readers", "--json"])
-    assert res.exit_code == 0, res.output
+    embed_option_is_checked(lake, "tokenize", ("auto", "model", "readers"), "readers",
+                            "--tokenize readers applies to embedding images and captions", workers="1")
     assert lake.dataset().to_table(columns=[COLS["text"]]).column(0).null_count < lake.dataset().count_rows()
     # the tokens are the same either way: not part of the columns' config
     assert embed_stage(resolve("tiny-random"), tokenize="readers").config == embed_stage(resolve("tiny-random")).config
