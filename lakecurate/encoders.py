@@ -375,7 +375,7 @@ class Encoder:
 
         import torch
 
-        from lakecurate.images import decode_image
+        from lakecurate.images import Preprocess
 
         # torchvision 0.29 (pinned, with the CUDA build of torch) warns on every call that TorchCodec
         # will take its decoders over: one filter for that message alone.
@@ -406,10 +406,10 @@ class Encoder:
             batch = torch.stack([ims[i] for i in at]) if len(at) > 1 else ims[at[0]][None]
             for i, px in zip(at, resize_crop(batch, tf).unbind(0)):
                 out[i] = px
-        pillow = tf.as_uint8()
+        pillow = Preprocess(tf.as_uint8())  # what a reader does: the pixels, or the reason there are none
         for i in (i for i, im in enumerate(ims) if im is None):
-            im, err = decode_image(bytes(jpegs[i]))
-            out[i] = self._to_device(torch.from_numpy(pillow(im))) if err is None else err
+            px, err = pillow.pixels_of(bytes(jpegs[i]))
+            out[i] = self._to_device(torch.from_numpy(px)) if err is None else err
         return out
 
     def _normaliser(self, tf: ImageTransform, device: Any) -> tuple[Any, Any]:

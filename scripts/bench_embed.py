@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--tokenize", nargs="+", choices=TOKENIZES, default=["auto"],
                     help="where the end-to-end runs tokenize the captions; several: one run each, in turn")
     ap.add_argument("--decode-probe", action="store_true",
-                    help="Decode + preprocess rates only: Pillow on one core against torchvision.io.decode_jpeg on --device.")
+                    help="Decode + preprocess rates only: Pillow on one core against Encoder.decode_jpegs on --device.")
     ap.add_argument("--offline-formats", action="store_true",
                     help="The offline encoder in PyTorch (contiguous, channels_last) and ONNX Runtime, end to end, in one run.")
     args = ap.parse_args()
@@ -304,10 +304,10 @@ def decode_probe(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     some = blobs[: min(len(blobs), 4 * args.batch_size)]
     kinds, sizes = {}, set()
+    photos = [decode_image(b)[0] for b in some]
     for kind in ("same", "sized", "progressive"):  # all re-encoded alike: only the size or the scan differs
         out = []
-        for b in some:
-            im = decode_image(b)[0]
+        for im in photos:
             if kind == "sized":  # every photo its own size, about its pixels: the resize calls alone differ
                 f = float(rng.uniform(0.8, 1.25))
                 im = im.resize((round(im.width * f), round(im.height / f)), Image.BICUBIC)
