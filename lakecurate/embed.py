@@ -204,7 +204,7 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
     return RowStage("embed", fields, config, ["image", "caption"], batch=EmbedRows(names, dim),
                     setup=LoadEncoder(spec, device, precision), image=reader, batch_size=batch_size,
                     prepare=TokenizeCaptions(spec) if tokenize == "readers" else None,
-                    desc=f"embed {spec.prefix}", unit="img")
+                    desc=f"embed {spec.prefix}", unit="img", device=device)
 
 
 def caption_columns(prefix: str, caption: str) -> dict[str, str]:
@@ -245,7 +245,7 @@ def caption_stage(spec: EncoderSpec, caption: str, *, device: str = "auto", prec
     config = {**spec.config(), "precision": precision, "dim": dim, "storage": "float16", "caption": caption}
     return RowStage("embed-caption", fields, config, [caption, image], batch=ScoreCaption(caption, image, names, dim),
                     setup=LoadEncoder(spec, device, precision), batch_size=batch_size, desc=f"score {caption}",
-                    unit="row")
+                    unit="row", device=device)
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -319,7 +319,7 @@ def embed(
     with ``device="cuda"``, or ``auto`` on a cluster with GPUs) loads the model once and embeds,
     checkpoints and commits whole fragments, as the local engine does.
     """
-    from lakecurate.engines import check_engine, ray_init
+    from lakecurate.engines import check_engine
 
     check_engine(engine)
     check_options(batch_size=batch_size, workers=workers, precision=precision, device=device,
@@ -344,12 +344,10 @@ def embed(
                         tokenize=tokenize)
     names = column_names(spec.prefix)
     report = EmbedReport(lake=lake.uri, model=spec.arch, columns=names, meaningless=spec.meaningless)
-    # GPU actors when asked for, or by default when the cluster has GPUs; else one actor per CPU.
-    gpus = engine == "ray" and (device == "cuda" or (device == "auto" and bool(ray_init().cluster_resources().get("GPU"))))
     if workers is None and on_gpu:
         workers = default_workers(beside_gpu=True)  # a GPU embeds faster than half the cores decode
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress,
-                     max_fragments=max_fragments, gpus=gpus)
+                     max_fragments=max_fragments)
     report.fragments_total, report.fragments_done, report.versions = rep.fragments_total, rep.fragments, rep.versions
     report.rows_embedded, report.rows_resumed, report.model_load_seconds = rep.rows, rep.rows_resumed, rep.setup_seconds
     report.errors = rep.counts.get(names["error"], 0)

@@ -113,8 +113,6 @@ def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *
     from ray.util import ActorPool
 
     res = ray.cluster_resources()
-    if gpus and not res.get("GPU"):
-        raise LakeError("--device cuda with --engine ray, but the Ray cluster has no GPUs; use --device cpu or auto")
     n = actors or max(1, int(res.get("GPU", 0)) if gpus else int(res.get("CPU", 1) // num_cpus))
     n = min(n, len(calls))
     remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=1 if gpus else 0)(cls)
@@ -124,6 +122,28 @@ def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *
             yield result
     except Exception as exc:
         raise _task_error(exc) from None
+
+
+def gpu_actors(device: str | None, address: str | None = None) -> bool:
+    """Whether a model stage on ``device`` runs on Ray as an actor a GPU, each reserving its own
+    (Ray then sets its ``CUDA_VISIBLE_DEVICES``: "cuda" in an actor is its GPU), rather than an actor
+    a CPU: with ``cuda``, or ``auto`` on a cluster with GPUs. Ray (2.60 here; ray-project/ray#54868)
+    leaves every GPU visible to an actor that reserved none, so actors a CPU asked for "cuda" would
+    each load a model on the first GPU. A device Ray cannot give (``cuda:N``: which GPU is Ray's choice) or GPUs the cluster
+    lacks are refused here, before a stage declares anything.
+
+    >>> gpu_actors(None), gpu_actors("cpu"), gpu_actors("mps")
+    (False, False, False)
+    """
+    if device is None or device in ("cpu", "mps"):
+        return False
+    if device not in ("cuda", "auto"):
+        raise LakeError(f"--device {device} with --engine ray: Ray gives each actor a GPU of its own (and sets "
+                        "CUDA_VISIBLE_DEVICES); use --device cuda (or auto), or --engine local for one GPU by number")
+    has = bool(ray_init(address).cluster_resources().get("GPU"))
+    if device == "cuda" and not has:
+        raise LakeError("--device cuda with --engine ray, but the Ray cluster has no GPUs; use --device cpu or auto")
+    return has
 
 
 def task_window(ray: Any) -> int:

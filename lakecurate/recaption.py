@@ -170,11 +170,11 @@ def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto
     if spec.family == "hf":
         return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
                         setup=LoadCaptioner(spec, device), image=SmallImages(spec.image_side), batch_size=batch_size,
-                        sources=["image"], desc=f"recaption {spec.name}", unit="img")
+                        sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device)
     transform, _ = spec.encoder_spec().build_transforms()
     return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
                     setup=LoadCaptioner(spec, device), image=Preprocess(transform), batch_size=batch_size,
-                    sources=["image"], desc=f"recaption {spec.name}", unit="img")
+                    sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device)
 
 
 def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny-random-coca", *, pretrained: str | None = None,

@@ -80,6 +80,9 @@ class RowStage:
     ``prepare``, when given, is a picklable function of a batch's input columns run where they are
     read (the reader processes, or a Ray actor); its result arrives as ``rows.prepared``: work taken
     off the process that feeds a device (tokenizing captions for a GPU, say).
+    ``device``: the torch device a model stage's ``setup()`` loads its model on, as asked (auto,
+    cpu, cuda, cuda:N, mps; None: no model); on Ray it decides the actors (one a GPU, each given
+    its own, with cuda, or auto on a cluster with GPUs: :func:`lakecurate.engines.gpu_actors`).
     Provenance is ``columns.provenance(name, config, sources or inputs, version)`` plus ``extra``.
     """
 
@@ -98,6 +101,7 @@ class RowStage:
     desc: str = ""
     unit: str = "row"
     fix: str | None = None  # the declare error's way out, when it is not the default
+    device: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -485,6 +489,7 @@ class FragmentWorker:
 
 def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
              report: RunReport, progress: bool | None, where: str, gpus: bool) -> None:
+    """``gpus``: an actor a GPU, each reserving its own (``gpu_actors``, decided before anything was declared)."""
     from lakecurate.engines import ray_actor_map
     from lakecurate.progress import progress_bar
 
@@ -507,20 +512,21 @@ def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[
 
 # --------------------------------------------------------------------------- the entry point
 def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int | None = None,
-        recompute: bool = False, progress: bool | None = None, max_fragments: int | None = None,
-        gpus: bool = False) -> RunReport:
+        recompute: bool = False, progress: bool | None = None, max_fragments: int | None = None) -> RunReport:
     """Declare ``stage``'s fields and fill every fragment that lacks them; see the module doc.
 
     ``workers``: reader processes for the local engine (None: some when the stage decodes images
-    and there are a few batches; 0: read inline). ``gpus``: Ray actors reserve a GPU each.
+    and there are a few batches; 0: read inline). On Ray, a model stage's ``device`` decides its
+    actors (:func:`lakecurate.engines.gpu_actors`).
     A first run that fails before any fragment is committed leaves no declared column behind.
     """
-    from lakecurate.engines import check_engine
+    from lakecurate.engines import check_engine, gpu_actors
     from lakecurate.options import whole
 
     check_engine(engine)  # before declaring anything
     whole("--batch-size", stage.batch_size, 1)
     whole("--workers", workers, 0, none_ok=True)
+    gpus = engine == "ray" and gpu_actors(stage.device)
     t0 = time.perf_counter()
     report = RunReport()
     ds = lake.dataset()
