@@ -303,7 +303,9 @@ def explain_encoder(spec_arch: str, meaningless: bool) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores; 0 decodes in this process).")
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores, all but two beside a GPU; "
+              "0 decodes in this process); with --engine ray, each GPU actor's own (default: its GPU's share of the node's "
+              "CPUs, but one).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute these columns (e.g. after changing the config).")
 @click.option("--caption-col", default="caption", show_default=True,
               help="Score another caption column (e.g. caption_coca from recaption) against the images this encoder "
@@ -478,7 +480,8 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch (default: 16 for CoCa, 256 for an endpoint).")
-@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores).")
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores); with --engine "
+              "ray, each GPU actor's own (default: its GPU's share of the node's CPUs, but one).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--recompute", is_flag=True, help="Replace the column written with other settings.")
 @click.option("--endpoint", help="An OpenAI-compatible server's base URL (vLLM, llama.cpp, Ollama, hosted): "

@@ -146,6 +146,16 @@ def gpu_actors(device: str | None, address: str | None = None) -> bool:
     return has
 
 
+def cpus_per_gpu(address: str | None = None) -> int:
+    """The CPUs that go with one GPU on the cluster's GPU nodes: the fewest, node by node (a
+    node's CPUs over its GPUs), so that an actor reserving a GPU and these CPUs fits on every
+    GPU node; 1 where the cluster has no GPU."""
+    ray = ray_init(address)
+    ratios = [int(n["Resources"].get("CPU", 0) // n["Resources"]["GPU"])
+              for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")]
+    return max(1, min(ratios)) if ratios else 1
+
+
 def task_window(ray: Any) -> int:
     """Tasks to keep in flight so every CPU of the cluster is busy while results are collected:
     two per CPU (what a window of large results holds at most)."""

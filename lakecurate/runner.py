@@ -284,18 +284,18 @@ def _batches(frag: lance.LanceFragment, size: int, saved: dict[int, pa.Table]) -
 
 
 # --------------------------------------------------------------------------- the local engine
-def _reader_pool(items: list, init: tuple, workers: int, read: Callable[[Any], Rows] = _read) -> Iterator[Rows]:
-    """Batches in order; with ``workers`` > 0 read ahead by spawned processes."""
-    if workers <= 0 or not items:
-        _init_reader(*init)
-        for item in items:
-            yield read(item)
-        return
-    ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init, True))
+def _readers(init: tuple, workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned reader processes (Lance is not fork-safe), each with the table open."""
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init, True))
+
+
+def _read_ahead(pool: ProcessPoolExecutor, items: list, workers: int, read: Callable[[Any], Rows] = _read) -> Iterator[Rows]:
+    """``read(item)`` of every item, in order, by the pool's processes, 2 ``workers`` + 1 ahead.
+    Closed early (the consumer failed): the batches not started are cancelled, not read for nobody."""
+    pending: deque = deque()
+    todo = iter(items)
     try:
-        pending: deque = deque()
-        todo = iter(items)
         for item in itertools.islice(todo, 2 * workers + 1):
             pending.append(pool.submit(read, item))
         while pending:
@@ -305,8 +305,22 @@ def _reader_pool(items: list, init: tuple, workers: int, read: Callable[[Any], R
                 pending.append(pool.submit(read, nxt))
             yield result
     finally:
-        # Closed early (the consumer failed): batches not started are cancelled rather than read
-        # for nobody, so the readers exit as soon as the ones in hand are done.
+        for f in pending:
+            f.cancel()
+
+
+def _reader_pool(items: list, init: tuple, workers: int, read: Callable[[Any], Rows] = _read) -> Iterator[Rows]:
+    """Batches in order; with ``workers`` > 0 read ahead by spawned processes."""
+    if workers <= 0 or not items:
+        _init_reader(*init)
+        for item in items:
+            yield read(item)
+        return
+    pool = _readers(init, workers)
+    try:
+        yield from _read_ahead(pool, items, workers, read)
+    finally:
+        # the readers exit as soon as the batches in hand are done
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -456,14 +470,21 @@ class _Writer:
 # --------------------------------------------------------------------------- the ray engine
 class FragmentWorker:
     """Reads, computes, checkpoints and commits whole fragments with ``setup()`` run once (a Ray
-    actor); ``run(fragment)`` returns what it did as a :class:`RunReport` of that fragment."""
+    actor); ``run(fragment)`` returns what it did as a :class:`RunReport` of that fragment.
+    ``readers``: spawned reader processes of its own that read (and decode) ahead, kept for the
+    actor's life (an actor a GPU: one process decodes ~200 photos/s, a GPU embeds thousands);
+    0: it reads inline."""
 
-    def __init__(self, stage: RowStage, lake: "Store", version: int, where: str):
+    def __init__(self, stage: RowStage, lake: "Store", version: int, where: str, readers: int = 0):
         self.stage, self.lake, self.where = stage, lake, where
+        init = (lake.table_uri, version, lake.storage_options, stage)
+        self.readers, self.pool = readers, _readers(init, readers) if readers > 0 else None
+        for _ in range(readers):  # they start (spawn, open the table) while setup() loads a model
+            self.pool.submit(int)  # type: ignore[union-attr]
         t = time.perf_counter()
         self.state = stage.setup() if stage.setup is not None else None
         self.setup_seconds = time.perf_counter() - t
-        _init_reader(lake.table_uri, version, lake.storage_options, stage)
+        _init_reader(*init)
         self.ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
 
     def run(self, fid: int) -> RunReport:
@@ -476,8 +497,9 @@ class FragmentWorker:
             out.rows_resumed += t.num_rows
             _count(out, t)
         items = _batches(frag, stage.batch_size, saved)
-        # read (and decode) lazily: on a GPU the model computes a batch while the next one is decoded
-        for i, (rows, part) in enumerate(_computed(stage, self.state, map(_read, items), self.where)):
+        # read (and decode) lazily, or ahead in the readers: a GPU computes a batch while the next is decoded
+        batches = map(_read, items) if self.pool is None else _read_ahead(self.pool, items, self.readers)
+        for i, (rows, part) in enumerate(_computed(stage, self.state, batches, self.where)):
             if i < len(items) - 1:
                 self.ckpt.save(frag, rows.start, part)
             parts.append(part)
@@ -488,16 +510,22 @@ class FragmentWorker:
 
 
 def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
-             report: RunReport, progress: bool | None, where: str, gpus: bool) -> None:
-    """``gpus``: an actor a GPU, each reserving its own (``gpu_actors``, decided before anything was declared)."""
-    from lakecurate.engines import ray_actor_map
+             report: RunReport, progress: bool | None, where: str, gpus: bool, workers: int | None) -> None:
+    """``gpus``: an actor a GPU, each reserving its own (``gpu_actors``, decided before anything was
+    declared) and, for a stage that decodes images, the CPUs that go with a GPU on its node
+    (``cpus_per_gpu``), all but one of them reader processes of its own (``workers``: that many)."""
+    from lakecurate.engines import cpus_per_gpu, ray_actor_map
     from lakecurate.progress import progress_bar
 
+    cpus, readers = 1, 0
+    if gpus and stage.image is not None:
+        cpus = cpus_per_gpu()
+        readers = cpus - 1 if workers is None else workers
     bar = progress_bar(total=sum(f.count_rows() for f in todo), desc=f"{stage.desc or stage.names[0]} (ray)",
                        unit=stage.unit, progress=progress)
     try:
-        for part in ray_actor_map(FragmentWorker, (stage, lake, ds.version, where), "run",
-                                  [(f.fragment_id,) for f in todo], gpus=gpus):
+        for part in ray_actor_map(FragmentWorker, (stage, lake, ds.version, where, readers), "run",
+                                  [(f.fragment_id,) for f in todo], gpus=gpus, num_cpus=cpus):
             report.fragments += part.fragments
             report.versions += part.versions
             report.rows += part.rows
@@ -517,7 +545,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
 
     ``workers``: reader processes for the local engine (None: some when the stage decodes images
     and there are a few batches; 0: read inline). On Ray, a model stage's ``device`` decides its
-    actors (:func:`lakecurate.engines.gpu_actors`).
+    actors (:func:`lakecurate.engines.gpu_actors`), and ``workers`` is the readers each GPU actor
+    keeps (None: the CPUs that go with its GPU, but one).
     A first run that fails before any fragment is committed leaves no declared column behind.
     """
     from lakecurate.engines import check_engine, gpu_actors
@@ -545,7 +574,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         if not todo:
             ckpt.drop()
         elif engine == "ray":
-            _run_ray(lake, stage, ds, todo, report, progress, where, gpus)
+            _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers)
         else:
             _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where)
     except BaseException:

@@ -41,6 +41,12 @@ each one's image and text embeddings and the baseline's. The ONNX export (once p
 is done before the timed runs and its time printed apart.
 
     python scripts/bench_embed.py --offline-formats --n 800
+
+``--ray-gpu-actors``: ``embed --engine ray`` on a local Ray whose actors each reserve a GPU (the
+machine's with ``--device cuda``; else one logical GPU, the model on the CPU): reading inline
+(``--workers 0``) against reader processes of the actor's own, alternating, twice each.
+
+    python scripts/bench_embed.py --ray-gpu-actors --models tiny-random --n 1600 --batch-size 128
 """
 
 from __future__ import annotations
@@ -89,7 +95,13 @@ def main() -> None:
                     help="Decode + preprocess rates only: Pillow on one core against Encoder.decode_jpegs on --device.")
     ap.add_argument("--offline-formats", action="store_true",
                     help="The offline encoder in PyTorch (contiguous, channels_last) and ONNX Runtime, end to end, in one run.")
+    ap.add_argument("--ray-gpu-actors", action="store_true",
+                    help="embed --engine ray: an actor a GPU reading inline against one with readers of its own.")
+    ap.add_argument("--ray-cpus", type=int, default=None,
+                    help="with --ray-gpu-actors: the CPUs the local Ray counts (default: the cores)")
     args = ap.parse_args()
+    if args.ray_gpu_actors:
+        return ray_gpu_actors(args)
     if args.offline_formats:
         return offline_formats(args)
     if args.decode_probe:
@@ -105,26 +117,10 @@ def main() -> None:
     if device.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory() as tmp:
-        lake = Lake.create(Path(tmp) / "lake")
-        manifest = Path(tmp) / "m.csv"
-        names = sorted(p.name for p in (data / "images").glob("*.jpg"))
-        results["distinct_photos"] = len(names)
-        names = (names * (args.n // len(names) + 1))[: args.n]
-        # each photo's human captions in turn (real text costs the tokenizer what web captions do)
-        said: dict = {}
-        if (data / "captions.csv").is_file():
-            for row in pd.read_csv(data / "captions.csv").itertuples():
-                said.setdefault(row.image, []).append(row.caption)
-        seen: dict = {}
-        texts = []
-        for i, n in enumerate(names):
-            k = seen[n] = seen.get(n, -1) + 1
-            texts.append(said[n][k % len(said[n])] if said.get(n) else f"a photo number {i} of a dog running on the grass")
-        pd.DataFrame({"uid": range(len(names)), "image": names, "caption": texts}).to_csv(manifest, index=False)
         t0 = time.perf_counter()
-        lake.ingest(manifest, image_dir=str(data / "images"), key_col="uid", progress=False)
+        lake, results["distinct_photos"] = photo_lake(data, args.n, Path(tmp))
         results["ingest_s"] = time.perf_counter() - t0
-        print(f"{args.n} photos ({len(set(names))} distinct) ingested in {results['ingest_s']:.1f} s; {device}"
+        print(f"{args.n} photos ({results['distinct_photos']} distinct) ingested in {results['ingest_s']:.1f} s; {device}"
               f"{' (' + results['gpu'] + ')' if 'gpu' in results else ''}, {args.precision}, batch {args.batch_size}, "
               f"{workers} decode workers, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
               f"end to end with --decode {args.decode}", flush=True)
@@ -238,6 +234,75 @@ def main() -> None:
               f"{r['ratio_steady']:6.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def photo_lake(data: Path, n: int, tmp: Path) -> tuple[Lake, int]:
+    """A fresh lake of ``n`` rows: the photos in turn, each with its human captions in turn (real
+    text costs the tokenizer what web captions do); (the lake, distinct photos)."""
+    lake = Lake.create(tmp / "lake")
+    manifest = tmp / "m.csv"
+    names = sorted(p.name for p in (data / "images").glob("*.jpg"))
+    distinct = len(names)
+    names = (names * (n // len(names) + 1))[:n]
+    said: dict = {}
+    if (data / "captions.csv").is_file():
+        for row in pd.read_csv(data / "captions.csv").itertuples():
+            said.setdefault(row.image, []).append(row.caption)
+    seen: dict = {}
+    texts = []
+    for i, name in enumerate(names):
+        k = seen[name] = seen.get(name, -1) + 1
+        texts.append(said[name][k % len(said[name])] if said.get(name) else f"a photo number {i} of a dog running on the grass")
+    pd.DataFrame({"uid": range(len(names)), "image": names, "caption": texts}).to_csv(manifest, index=False)
+    lake.ingest(manifest, image_dir=str(data / "images"), key_col="uid", progress=False)
+    return lake, distinct
+
+
+def ray_gpu_actors(args: argparse.Namespace) -> None:
+    """``embed --engine ray`` with an actor a GPU reading inline (``--workers 0``: as before its
+    reader processes) against the same actor with readers of its own (the CPUs that go with its
+    GPU, but one), alternating, twice each, on the same photos; the lowest cosine between the two
+    ways' image embeddings. With ``--device cuda`` the local Ray gets the machine's GPUs; else one
+    logical GPU (Ray's resource, nothing more) so that the placement is the same and the model
+    runs on the CPU: there ``tiny-random`` stands for a model faster than one core decodes."""
+    import ray
+
+    from lakecurate import engines
+
+    data = Path(args.data)
+    real = args.device == "cuda"
+    gpus = torch.cuda.device_count() if real else 1
+    ray.init(num_cpus=args.ray_cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    cpus = engines.cpus_per_gpu()
+    model = args.models[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        lake, _ = photo_lake(data, args.n, Path(tmp))
+        print(f"{args.n} photos, {model} ({args.precision}), batch {args.batch_size}, {os.cpu_count()} cores, Ray: "
+              f"{args.ray_cpus or os.cpu_count()} CPUs, {gpus} "
+              f"{'GPUs' if real else 'logical GPU'}: an actor a GPU with {cpus} CPUs ({cpus - 1} readers)", flush=True)
+        rates: dict = {"inline": [], "readers": []}
+        firsts: dict = {}
+        for run in (1, 2):
+            for way, workers in (("inline", 0), ("readers", None)):
+                name = f"{way}{run}"
+                t0 = time.perf_counter()
+                rep = lake.embed(resolve(model, args.pretrained, name=name), precision=args.precision, device="auto",
+                                 batch_size=args.batch_size, workers=workers, progress=False, engine="ray",
+                                 index_min_rows=10**9)
+                seconds = time.perf_counter() - t0
+                assert rep.rows_embedded == args.n
+                rates[way].append(args.n / max(seconds - rep.model_load_seconds, 1e-9))
+                firsts.setdefault(way, name)
+                print(f"{name:9s} {rates[way][-1]:8.1f} img/s after the model's load ({seconds:.1f} s in all, "
+                      f"{rep.model_load_seconds:.1f} s loading)", flush=True)
+        best = {way: max(r) for way, r in rates.items()}
+        print(f"readers / inline (the better of two runs each): {best['readers'] / best['inline']:.2f}x")
+        a, b = (np.stack(lake.to_pandas([f"{firsts[w]}_image"])[f"{firsts[w]}_image"]).astype(np.float32)
+                for w in ("inline", "readers"))
+        ok = ~np.isnan(a).any(1) & ~np.isnan(b).any(1)
+        cos = (a[ok] * b[ok]).sum(1) / np.linalg.norm(a[ok], axis=1) / np.linalg.norm(b[ok], axis=1)
+        print(f"image embeddings: lowest cosine between the two ways {cos.min():.6f} ({ok.sum()} rows)")
+    ray.shutdown()
 
 
 def steady_rate(stamps: list) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lakecurate import Lake, LakeError, runner
+from lakecurate import Lake, LakeError, engines, runner
 from lakecurate.captioners import resolve_captioner
 from lakecurate.embed import caption_stage, embed_stage
 from lakecurate.encoders import resolve
@@ -122,3 +122,39 @@ def test_embed_on_a_cluster_with_gpus_runs_an_actor_per_gpu(tmp_path: Path):
     b = local.sql("SELECT id, clip_tinyrandom_score FROM pairs ORDER BY id")
     assert a["clip_tinyrandom_score"].notna().sum() > 0
     np.testing.assert_allclose(a["clip_tinyrandom_score"], b["clip_tinyrandom_score"], atol=1e-4)  # nulls alike
+
+
+def reader_pid(blobs: list) -> list[int]:
+    """The ``image()`` of a probe: which process read (and would decode) each image."""
+    return [os.getpid()] * len(blobs)
+
+
+def where_it_was_read(state: object, rows: runner.Rows) -> pa.Table:
+    n = rows.columns.num_rows
+    return pa.table({"ran_pid": pa.array([os.getpid()] * n, pa.int64()), "read_pid": pa.array(rows.images, pa.int64())})
+
+
+def decoding_probe() -> runner.RowStage:
+    fields = [pa.field("ran_pid", pa.int64()), pa.field("read_pid", pa.int64())]
+    return runner.RowStage("probe-read", fields, {}, ["image", "caption"], batch=where_it_was_read, image=reader_pid,
+                           batch_size=4, device="cuda")
+
+
+def test_a_gpu_actor_decodes_in_reader_processes_of_its_own_with_the_cpus_of_its_gpu(tmp_path: Path):
+    """Two CPUs a GPU: each GPU actor reserves both and keeps one reader process for its life, across
+    fragments; with one CPU a GPU it reads inline. (One process decodes ~200 photos/s; a GPU embeds
+    thousands: an actor reading alone would starve it.)"""
+    start(cpus=4, gpus=2)
+    assert engines.cpus_per_gpu() == 2
+    lake = small_lake(tmp_path / "lake")
+    runner.run(lake, decoding_probe(), engine="ray", progress=False)
+    got = lake.sql("SELECT ran_pid, read_pid FROM pairs")
+    assert len(got) == 48 and (got["ran_pid"] != got["read_pid"]).all()
+    # one reader an actor, the same for every fragment it takes (6 fragments, 2 actors: one took 3 or more)
+    assert (got.groupby("ran_pid")["read_pid"].nunique() == 1).all()
+    start(cpus=2, gpus=2)
+    assert engines.cpus_per_gpu() == 1
+    lake = small_lake(tmp_path / "inline", fragments=2)
+    runner.run(lake, decoding_probe(), engine="ray", progress=False)
+    got = lake.sql("SELECT ran_pid, read_pid FROM pairs")
+    assert (got["ran_pid"] == got["read_pid"]).all()
