@@ -310,16 +310,17 @@ def embed(
 
     ``tokenize``: where captions are tokenized: ``model`` (the model's process), ``readers`` (the
     decode processes, which then import the tokenizer's library: a few seconds of each one's CPU),
-    ``auto`` (readers where they have time to spare and the model's process has none: the local
-    engine on a GPU with ``decode="device"``, where the readers only parse headers; the model's
-    process otherwise: readers that decode are the bound, on a CPU both take the same cores, and
-    Ray's actors read and compute in one process). The tokens are the same either way.
+    ``auto`` (readers where they have time to spare and the model's process has none: on a GPU
+    with ``decode="device"``, where the readers only parse headers, the local engine's or a Ray
+    GPU actor's own; the model's process otherwise: readers that decode are the bound, and on a
+    CPU both take the same cores). The tokens are the same either way.
 
     ``engine="ray"`` embeds the fragments on a Ray cluster instead: one actor per CPU (per GPU
-    with ``device="cuda"``, or ``auto`` on a cluster with GPUs) loads the model once and embeds,
-    checkpoints and commits whole fragments, as the local engine does.
+    with ``device="cuda"``, or ``auto`` on a cluster with GPUs, each with reader processes of its
+    own) loads the model once and embeds, checkpoints and commits whole fragments, as the local
+    engine does.
     """
-    from lakecurate.engines import check_engine
+    from lakecurate.engines import check_engine, gpu_actors
 
     check_engine(engine)
     check_options(batch_size=batch_size, workers=workers, precision=precision, device=device,
@@ -339,7 +340,8 @@ def embed(
                               workers=workers, recompute=recompute, progress=progress, engine=engine)
     on_gpu = engine == "local" and resolve_device(device).startswith("cuda")
     if tokenize == "auto":
-        tokenize = "readers" if on_gpu and decode == "device" else "model"
+        gpu = on_gpu or (engine == "ray" and gpu_actors(device))
+        tokenize = "readers" if gpu and decode == "device" else "model"
     stage = embed_stage(spec, device=device, precision=precision, batch_size=batch_size, decode=decode,
                         tokenize=tokenize)
     names = column_names(spec.prefix)

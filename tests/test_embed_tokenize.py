@@ -130,10 +130,15 @@ def test_bad_tokenize_options_are_refused_before_any_write(lake: Lake):
     ("cpu", "cpu", "local", "model"), ("cpu", "device", "local", "model"),  # on a CPU both take the same cores
     ("cuda", "cpu", "local", "model"),  # readers that decode are the bound
     ("cuda", "device", "local", "readers"),  # readers that parse headers have time; the GPU's feeder has none
-    ("cuda", "device", "ray", "model"),  # an actor reads and computes in one process
+    ("cuda", "device", "ray", "readers"),  # a GPU actor's readers parse headers (engines.gpu_actors: True)
+    ("cuda", "cpu", "ray", "model"),
+    ("cpu", "device", "ray", "model"),  # actors a CPU (engines.gpu_actors: False)
 ])
 def test_tokenize_auto_picks_the_process_with_time_to_spare(lake: Lake, monkeypatch, device, decode, engine, want):
     from lakecurate import embed as embed_module
+    from lakecurate import engines
+
+    monkeypatch.setattr(engines, "gpu_actors", lambda d, address=None: device == "cuda")  # a cluster with GPUs or not
 
     lake.ingest(SAMPLE_DATA, progress=False)
     asked = []
