@@ -129,8 +129,9 @@ def gpu_actors(device: str | None, address: str | None = None) -> bool:
     (Ray then sets its ``CUDA_VISIBLE_DEVICES``: "cuda" in an actor is its GPU), rather than an actor
     a CPU: with ``cuda``, or ``auto`` on a cluster with GPUs. Ray (2.60 here; ray-project/ray#54868)
     leaves every GPU visible to an actor that reserved none, so actors a CPU asked for "cuda" would
-    each load a model on the first GPU. A device Ray cannot give (``cuda:N``: which GPU is Ray's choice) or GPUs the cluster
-    lacks are refused here, before a stage declares anything.
+    each load a model on the first GPU. A device Ray cannot give (``cuda:N``: which GPU an actor
+    gets is Ray's choice), or GPUs the cluster lacks, are refused here, before a stage declares
+    anything.
 
     >>> gpu_actors(None), gpu_actors("cpu"), gpu_actors("mps")
     (False, False, False)
