@@ -84,7 +84,11 @@ def ray_init(address: str | None = None) -> Any:
 
         with warnings.catch_warnings():  # Ray starts its processes by fork+exec; Lance's fork warning is moot
             warnings.filterwarnings("ignore", message="lance is not fork-safe")
-            ray.init(**kw)
+            try:
+                ray.init(**kw)
+            except ConnectionError as exc:
+                raise LakeError(f"cannot reach the Ray cluster at {address} ({exc}); check RAY_ADDRESS / --address, "
+                                "or unset it to start a local Ray") from None
     return ray
 
 
