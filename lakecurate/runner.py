@@ -478,9 +478,11 @@ class FragmentWorker:
     def __init__(self, stage: RowStage, lake: "Store", version: int, where: str, readers: int = 0):
         self.stage, self.lake, self.where = stage, lake, where
         init = (lake.table_uri, version, lake.storage_options, stage)
-        self.readers, self.pool = readers, _readers(init, readers) if readers > 0 else None
-        for _ in range(readers):  # they start (spawn, open the table) while setup() loads a model
-            self.pool.submit(int)  # type: ignore[union-attr]
+        self.readers, self.pool = readers, None
+        if readers > 0:
+            self.pool = _readers(init, readers)
+            for _ in range(readers):  # they start (spawn, open the table) while setup() loads a model
+                self.pool.submit(int)
         t = time.perf_counter()
         self.state = stage.setup() if stage.setup is not None else None
         self.setup_seconds = time.perf_counter() - t
