@@ -80,6 +80,17 @@ allow_stale_option = click.option(
     help="Go on when a decision this reads is stale (a stage upstream re-ran after it); warns instead of refusing.")
 
 
+class Count(click.IntRange):
+    """An IntRange with an upper bound by default (``2**53``; worker counts ``2**16``): click takes
+    any Python int, and one past a C integer was an OverflowError traceback deep in a stage."""
+
+    def __init__(self, min: int | None = None, max: int | None = 2**53, **kw: Any) -> None:
+        super().__init__(min, max, **kw)
+
+
+WORKERS = Count(min=0, max=2**16)
+
+
 class FiniteFloat(click.FloatRange):
     """A FloatRange that also refuses nan and inf (click's range checks let nan through)."""
 
@@ -225,12 +236,12 @@ def print_ingest_report(report: Any) -> None:
 @click.option("--image-col", help="Manifest column with the image path (default: detected).")
 @click.option("--caption-col", help="Manifest column with the caption (default: detected).")
 @click.option("--key-col", help="Manifest column with a unique key (default: the image path).")
-@click.option("--max-pixels", type=click.IntRange(min=1), help="Images declaring more pixels are flagged decompression_bomb, not decoded.")
-@click.option("--max-bytes", type=click.IntRange(min=1), help="Larger files are flagged file_too_large, not stored.")
-@click.option("--max-caption-chars", type=click.IntRange(min=1), help="Longer captions are flagged caption_too_long (kept whole).")
+@click.option("--max-pixels", type=Count(min=1), help="Images declaring more pixels are flagged decompression_bomb, not decoded.")
+@click.option("--max-bytes", type=Count(min=1), help="Larger files are flagged file_too_large, not stored.")
+@click.option("--max-caption-chars", type=Count(min=1), help="Longer captions are flagged caption_too_long (kept whole).")
 @click.option("--verify", type=click.Choice(["header", "decode"]),
               help="header (default): header + end marker; decode: also decode, to catch corrupt data (slower).")
-@click.option("--workers", type=click.IntRange(min=1), help="Reader threads (per Ray task with --engine ray).")
+@click.option("--workers", type=Count(min=1, max=2**16), help="Reader threads (per Ray task with --engine ray).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: one task per shard (or Arrow file), each committing its own chunks; RAY_ADDRESS names a "
                    "cluster whose nodes all reach SOURCE and LAKE.")
@@ -302,8 +313,8 @@ def explain_encoder(spec_arch: str, meaningless: bool) -> None:
 @model_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores, all but two beside a GPU; "
+@click.option("--batch-size", type=Count(min=1), default=64, show_default=True)
+@click.option("--workers", type=WORKERS, help="Decode processes (default: half the cores, all but two beside a GPU; "
               "0 decodes in this process); with --engine ray, each GPU actor's own (default: its GPU's share of the node's "
               "CPUs, but one).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute these columns (e.g. after changing the config).")
@@ -351,7 +362,7 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
 @main.command()
 @lake_argument
 @click.argument("query")
-@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="How many pairs.")
+@click.option("-k", type=Count(min=1), default=10, show_default=True, help="How many pairs.")
 @click.option("--prefix", help="Which embedding columns (default: the only ones).")
 @click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="Compare with the pairs' image vectors or caption vectors.")
@@ -413,13 +424,13 @@ def _methods(value: str) -> list[str]:
                    "calls the images different).")
 @click.option("--copy-cosine", type=FiniteFloat(-1, 1), help="With --copy-search clusters: image cosine above which "
               "copy hashes are compared (default: per model, 0.8 CLIP, 0.45 offline).")
-@click.option("--verify-neighbors", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--verify-neighbors", type=Count(min=1), default=5, show_default=True,
               help="verify: each new row's nearest image embeddings that are candidate copies.")
 @click.option("--verify-cosine", type=FiniteFloat(-1, 1), help="verify: lowest cosine of a candidate "
               "(default: per model, 0.7 CLIP, 0.4 offline).")
-@click.option("--verify-inliers", type=click.IntRange(min=4), default=50, show_default=True,
+@click.option("--verify-inliers", type=Count(min=4), default=50, show_default=True,
               help="verify: keypoints that must agree on one transform for a verified copy.")
-@click.option("--workers", type=click.IntRange(min=0), help="Hashing processes (default: every core; 0 hashes in this process).")
+@click.option("--workers", type=WORKERS, help="Hashing processes (default: every core; 0 hashes in this process).")
 @click.option("--recompute", is_flag=True, help="Drop and recompute the chosen methods' columns (e.g. new thresholds).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: the image hashes on Ray actors, the semantic/caption joins a Ray task per group of clusters.")
@@ -476,11 +487,11 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
               help="Most new tokens per caption (CoCa: at most 75).")
 @click.option("--temperature", type=click.FloatRange(0, 5), default=0.0, show_default=True,
               help="0: greedy (deterministic); above 0: top-k sampling, seeded.")
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--top-k", type=Count(min=1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch (default: 16 for CoCa, 256 for an endpoint).")
-@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: half the cores); with --engine "
+@click.option("--batch-size", type=Count(min=1), help="Rows per batch (default: 16 for CoCa, 256 for an endpoint).")
+@click.option("--workers", type=WORKERS, help="Decode processes (default: half the cores); with --engine "
               "ray, each GPU actor's own (default: its GPU's share of the node's CPUs, but one).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--recompute", is_flag=True, help="Replace the column written with other settings.")
@@ -492,9 +503,9 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 @click.option("--prompt", help="Endpoint: the instruction, with {column} placeholders filled per row (rephrase: "
               "must name the caption, e.g. {caption}); Hugging Face checkpoint: the text prefix or task token "
               "(Florence-2: <MORE_DETAILED_CAPTION>). Default: see the README.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True, help="Requests in flight.")
+@click.option("--concurrency", type=Count(min=1), default=32, show_default=True, help="Requests in flight.")
 @click.option("--timeout", type=click.FloatRange(0, 3600, min_open=True), default=30.0, show_default=True)
-@click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True)
+@click.option("--retries", type=Count(min=0), default=4, show_default=True)
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
               help="The environment variable holding the API key (read if set; never stored or printed).")
 @json_option
@@ -535,7 +546,7 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
 @click.option("--copy", is_flag=True, help="Copy hashes: 8 pHashes of the bar-trimmed image turned and mirrored.")
 @click.option("--faces", is_flag=True, help="Faces (YuNet): img_faces, img_face_boxes, img_face_scores.")
 @click.option("--text", is_flag=True, help="Text in the image (PP-OCRv5 detection): img_text_share, img_text_lines.")
-@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: every core).")
+@click.option("--workers", type=WORKERS, help="Decode processes (default: every core).")
 @json_option
 @_friendly_errors
 def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, text: bool, workers: int | None,
@@ -635,9 +646,9 @@ def _echo_whatifs(rep: Any) -> None:
 # --------------------------------------------------------------------------- concepts and export
 @main.command()
 @lake_argument
-@click.option("-k", "k", type=click.IntRange(min=1), help="Concepts (default: sqrt of the embedded rows, 2..4096).")
+@click.option("-k", "k", type=Count(min=1), help="Concepts (default: sqrt of the embedded rows, 2..4096).")
 @click.option("--embedding", help="Embedding columns to cluster (default: the lake's only embedding).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=Count(min=0), default=0, show_default=True)
 @click.option("--recompute", is_flag=True, help="Replace concepts made with other settings.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Assign rows here, or in one Ray task per fragment (the fit runs here on a sample).")
@@ -666,9 +677,9 @@ def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recomput
               help="Softmax temperature over concept complexity: lower prunes simple concepts harder.")
 @click.option("--rule", type=click.Choice(["far", "random"]), default="far", show_default=True,
               help="Inside a concept keep the rows farthest from the centroid first, or at random.")
-@click.option("--max-repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Up-sample small complex concepts up to this many times.")
+@click.option("--max-repeats", type=Count(min=1), default=1, show_default=True, help="Up-sample small complex concepts up to this many times.")
 @click.option("--where", help="Candidate rows (SQL; default: keep, when a recipe ran).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=Count(min=0), default=0, show_default=True)
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: each million candidate rows' vectors are read and summed per concept by a Ray task.")
 @allow_stale_option
@@ -702,9 +713,9 @@ def rebalance(lake: str, target: float | int, temperature: float, rule: str, max
 @lake_argument
 @click.option("--mode", type=click.Choice(["interleave", "random", "curriculum"]), default="interleave", show_default=True)
 @click.option("--score", help="Curriculum column (prefix '-' for descending), e.g. offline_score.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--shard-size", type=Count(min=1), default=10_000, show_default=True)
 @click.option("--where", help="Rows to order (default: rebalance_keep, else keep, else all).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=Count(min=0), default=0, show_default=True)
 @allow_stale_option
 @json_option
 @_friendly_errors
@@ -730,7 +741,7 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
 @click.option("--where", help="Rows to export (default: rebalance_keep, else keep, else usable images).")
 @click.option("--caption", default="caption", show_default=True, help="Caption column, e.g. caption_redacted.")
 @click.option("--no-repeats", is_flag=True, help="Write each row once even when it has repeats.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+@click.option("--shard-size", type=Count(min=1), default=None,
               help="WebDataset samples per shard (default: the --shard-size `sequence` used, so shard i holds "
                    "seq_shard i; else 1000).")
 @click.option("--overwrite", is_flag=True)
@@ -776,9 +787,9 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
 @click.option("--baseline", "baselines", multiple=True, default=("all", "random"), show_default=True,
               help="Repeatable: 'all' (every usable row: no filtering), 'random' (as many rows as the view), "
                    "or a tag / SQL condition.")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Training steps for every arm (the budget).")
-@click.option("--eval-every", type=click.IntRange(min=1), help="Steps between learning-curve points (default: steps / 10).")
+@click.option("--seeds", type=Count(min=1), default=3, show_default=True)
+@click.option("--steps", type=Count(min=1), default=300, show_default=True, help="Training steps for every arm (the budget).")
+@click.option("--eval-every", type=Count(min=1), help="Steps between learning-curve points (default: steps / 10).")
 @click.option("--budget", "budgets", help="Also train every arm at these multiples of --steps, e.g. 0.25,0.5,1,2.")
 @click.option("--metric", type=click.Choice(METRIC_NAMES), default="t2i_R@5", show_default=True,
               help="The metric the curves, speed-ups and budgets are read on.")
@@ -845,7 +856,7 @@ def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, .
 @lake_argument
 @click.argument("out", type=click.Path(dir_okay=False), default="report.html")
 @click.option("--version", "at_version", help="Report the lake as of this version or tag.")
-@click.option("--sample-rows", type=click.IntRange(min=1), default=100_000, show_default=True, help="Rows sampled for the plots.")
+@click.option("--sample-rows", type=Count(min=1), default=100_000, show_default=True, help="Rows sampled for the plots.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a browser when written.")
 @json_option
 @_friendly_errors
@@ -975,7 +986,7 @@ def _param(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--type", "out_type", help="Arrow type of the column, e.g. int32, float32, string, bool "
                                          "(default: @feature(type=...), else inferred from the first rows).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the function (JSON or text; repeat).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--batch-size", type=Count(min=1), default=4096, show_default=True)
 @engine_option
 @click.option("--recompute", is_flag=True, help="Replace the column (e.g. after changing the function).")
 @json_option
@@ -1215,7 +1226,7 @@ def branch_delete(lake: str, name: str, as_json: bool) -> None:
 @click.option("--where", help="SQL condition of the view on both sides (default: each side's latest current "
               "decision: rebalance_keep, or keep when rebalancing is stale).")
 @click.option("--where-b", help="Another condition for B.")
-@click.option("--show", type=click.IntRange(min=0), default=10, show_default=True, help="Example ids to list per side.")
+@click.option("--show", type=Count(min=0), default=10, show_default=True, help="Example ids to list per side.")
 @json_option
 @_friendly_errors
 def diff(lake: str, a: str, b: str | None, where: str | None, where_b: str | None, show: int, as_json: bool) -> None:
@@ -1263,7 +1274,7 @@ def restore(lake: str, version: str, as_json: bool) -> None:
 
 @main.command()
 @lake_argument
-@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many versions.")
+@click.option("-n", "limit", type=Count(min=1), default=20, show_default=True, help="How many versions.")
 @json_option
 @_friendly_errors
 def log(lake: str, limit: int, as_json: bool) -> None:
@@ -1280,7 +1291,7 @@ def log(lake: str, limit: int, as_json: bool) -> None:
 
 @main.command()
 @lake_argument
-@click.option("--target-rows", type=click.IntRange(min=1), default=32_768, show_default=True, help="Rows per fragment to aim at.")
+@click.option("--target-rows", type=Count(min=1), default=32_768, show_default=True, help="Rows per fragment to aim at.")
 @json_option
 @_friendly_errors
 def compact(lake: str, target_rows: int, as_json: bool) -> None:
@@ -1301,7 +1312,7 @@ def compact(lake: str, target_rows: int, as_json: bool) -> None:
 
 @main.command()
 @lake_argument
-@click.option("--older-than-days", type=FiniteFloat(min=0), default=7.0, show_default=True,
+@click.option("--older-than-days", type=FiniteFloat(min=0, max=1e6), default=7.0, show_default=True,
               help="Remove untagged versions older than this (0: every untagged one but the latest).")
 @json_option
 @_friendly_errors

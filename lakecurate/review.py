@@ -91,13 +91,13 @@ def declare(lake: "Store") -> None:
 
 def _check(ids: Sequence[str], verdict: str | None, reason: str | None, label: str | None, by: str | None,
            allowed: list[str]) -> tuple[list[str], str | None, str | None, str | None, str]:
+    if any(not isinstance(i, str) or not i for i in ids):  # before the dict: a JSON list or object is unhashable
+        raise LakeError("review: row ids are the lake's pair ids (non-empty text)")
     ids = list(dict.fromkeys(ids))
     if not ids:
         raise LakeError("review: no rows given; select at least one")
     if len(ids) > MAX_ROWS:
         raise LakeError(f"review: {len(ids)} rows in one mark; at most {MAX_ROWS}")
-    if any(not isinstance(i, str) or not i for i in ids):
-        raise LakeError("review: row ids are the lake's pair ids (non-empty text)")
     if verdict is not None and verdict not in VERDICTS:
         raise LakeError(f"review verdict {verdict!r}: use one of {', '.join(VERDICTS)}")
     reason, label, by = _text(reason, "reason"), _text(label, "label"), _text(by, "reviewer")

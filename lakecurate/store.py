@@ -192,7 +192,7 @@ class Store:
 
     def _open_version(self, uri: str, number: int | str | None, branch: str | None) -> lance.LanceDataset:
         """``lance.dataset`` at ``number``; a number that is not a version is a LakeError naming the versions."""
-        if isinstance(number, int) and number < 1:  # Lance numbers versions from 1 (and takes no negatives)
+        if isinstance(number, int) and not 1 <= number < 1 << 64:  # Lance numbers versions from 1, in a u64
             raise LakeError(self._no_version(uri, number, branch))
         try:
             return lance.dataset(uri, version=number, storage_options=self.storage_options)

@@ -59,8 +59,17 @@ CASES = [
     ("number", "feature add {lake} f --udf m:f --batch-size 0"),
     ("number", "ingest {lake} {sample} --max-pixels -1"),       # H1
     ("number", "ingest {lake} {sample} --max-caption-chars -1"),  # H1
+    # numbers past a C integer: an OverflowError traceback deep in the stage, before Count
+    ("number", "embed {lake} --model tiny-random --workers 99999999999999999999"),
+    ("number", "signals {lake} --workers 99999999999999999999"),
+    ("number", "export {lake} {out} --shard-size 99999999999999999999"),
+    ("number", "compact {lake} --target-rows 99999999999999999999"),
+    ("number", "cleanup {lake} --older-than-days 1e300"),
     # a version that is not one
     ("version", "restore {lake} 9999"),
+    ("version", "restore {lake} 99999999999999999999"),
+    ("version", "diff {lake} 1 99999999999999999999"),
+    ("version", "tag {lake} new-tag --version 99999999999999999999"),
     ("version", "restore {lake} no-such-tag"),
     ("version", "diff {lake} 9999"),
     ("version", "diff {lake} 1 9999"),

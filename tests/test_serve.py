@@ -112,6 +112,17 @@ def test_review_write_then_the_grid_and_the_lake_show_it(sample: Lake):
     assert hist["counts"] == {"drop": 1} and len(hist["actions"]) == 3
 
 
+@pytest.mark.parametrize("body", [{"ids": [{"a": 1}], "verdict": "keep"}, {"ids": [["x"]], "verdict": "keep"},
+                                  {"ids": ["x"], "verdict": ["keep"]}, {"ids": ["x"], "verdict": {"k": 1}},
+                                  {"ids": ["x"], "label": {"k": 1}}, {"ids": [1, 2], "verdict": "keep"}])
+def test_review_of_odd_json_is_a_400_naming_the_field(sample: Lake, body: dict):
+    c = client(sample)
+    before = sample.dataset().version
+    r = c.post("/api/review", json=body, headers={"X-CSRF-Token": csrf(c)})
+    assert r.status_code == 400 and "review" in r.json()["error"]
+    assert sample.dataset().version == before
+
+
 def test_views_pair_group_concept_diff_sql(sample: Lake):
     sample.curate({"name": "r", "step": [{"filter": "caption_missing"}]}, progress=False)
     first = sample.version

@@ -43,7 +43,7 @@ def test_cleanup_keeps_tagged_versions_and_the_latest(versioned: Lake):
 
 def test_a_number_that_is_not_a_version_is_a_lake_error(versioned: Lake):
     lake = versioned
-    for ref in (9999, "9999", 0, -1, "main:77"):
+    for ref in (9999, "9999", 0, -1, "main:77", 2**64, "99999999999999999999", "main:99999999999999999999"):
         with pytest.raises(LakeError, match=r"is not a version of lake .* has versions 1-4"):
             lake.dataset(ref)
     with pytest.raises(LakeError, match="has versions 1-4"):
