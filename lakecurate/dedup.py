@@ -162,7 +162,7 @@ Evidence = tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]  # a method's li
 def group_columns(method: str) -> tuple[str, ...]:
     """The group columns a method writes (one column family, written together)."""
     if method not in METHODS:
-        raise ValueError(f"unknown dedup method {method!r}; choose from {', '.join(METHODS)} or all")
+        raise LakeError(f"unknown dedup method {method!r}; choose from {', '.join(METHODS)} or all")
     return ("dup_exact_group", "dup_pair_group") if method == "exact" else (f"dup_{method}_group",)
 
 

@@ -631,6 +631,8 @@ def report(
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
         raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")
+    if Path(out).is_dir():  # checked before the work; replacing it failed at the end, leaving OUT.tmp beside it
+        raise LakeError(f"report: '{out}' is a folder; give the HTML file to write, e.g. {Path(out) / 'report.html'}")
     t0 = time.perf_counter()
     b = _Builder(lake, version, sample_rows=sample_rows, thumb_px=thumb_px, seed=seed, max_groups=max_groups,
                  per_group=per_group, n_low=n_low, per_reason=per_reason, n_concepts=n_concepts,

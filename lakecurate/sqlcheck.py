@@ -105,6 +105,8 @@ def check_query(query: str) -> str:
     from sqlglot import exp
 
     what = f"SQL refused (only one read-only SELECT or WITH query over the table {TABLE} runs)"
+    if not isinstance(query, str):
+        raise LakeError(f"{what}: the query is {type(query).__name__}; give it as text")
     statements = _parse(query, what, semicolon=True)
     if len(statements) != 1:
         raise LakeError(f"{what}: found {len(statements)} statements; give exactly one")
@@ -153,6 +155,8 @@ def check_where(where: str | None, option: str = "--where", ds: Any = None, *, l
     """
     from sqlglot import exp
 
+    if where is not None and not isinstance(where, str):
+        raise LakeError(f"{option} {where!r} is not one SQL condition: give it as text, e.g. \"width > 400\"")
     if where is None or not where.strip():
         return where
     what = lead or f"{option} {where!r} is not one SQL condition"

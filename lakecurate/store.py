@@ -184,6 +184,8 @@ class Store:
         a tag, a branch name (its latest version) or ``branch:number``."""
         if isinstance(version, str) and version.isdigit():
             version = int(version)
+        if version is not None and (isinstance(version, bool) or not isinstance(version, (int, str))):
+            raise LakeError(f"version {version!r}: give a version number, a tag or a branch name")
         if isinstance(version, str):
             branch, number = self._ref(version)
             uri = self.table_uri if isinstance(number, str) else self._branch_uri(branch)  # Lance resolves tags itself
@@ -249,6 +251,11 @@ class Store:
         where = check_where(where, "where", ds)
         if columns is None:
             columns = [n for n in ds.schema.names if n != "image"]
+        columns = [columns] if isinstance(columns, str) else list(columns)  # "key" is one column, not three letters
+        missing = [c for c in columns if c not in ds.schema.names]
+        if missing:
+            raise LakeError(f"column {', '.join(map(repr, missing))} is not in lake '{self.uri}' (version {ds.version}); "
+                            f"its columns: {', '.join(ds.schema.names)}")
         if "image" in columns:
             rest = [c for c in columns if c != "image"]
             tbl = ds.to_table(columns=rest, filter=where, limit=limit, with_row_id=True)

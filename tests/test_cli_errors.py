@@ -110,6 +110,8 @@ CASES = [
     ("ingest", "ingest {lake} {tmp}/no-such-source"),
     ("ingest", "ingest {lake} {tmp}/rows.csv --image-col no_such_column"),
     ("export", "export {lake} {lake}/pairs.lance --format lance --overwrite"),
+    # a column prefix that cannot name columns in SQL
+    ("name", "embed {lake} --model tiny-random --name 'bad name'"),
 ]
 
 RECIPES = {

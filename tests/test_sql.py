@@ -109,6 +109,23 @@ def test_sql_errors_are_one_line_without_build_paths(small: Lake):
         == "Invalid user input: bad"
 
 
+def test_python_api_mistakes_are_lake_errors(small: Lake, tmp_path: Path):
+    """What a Python caller gets wrong is a LakeError saying what to give, not a Lance or numpy error."""
+    assert list(small.to_pandas("key").columns) == ["key"]  # one column by name, not its letters
+    for call, msg in [(lambda: small.to_pandas(["key", "no_such"]), r"column 'no_such' is not in lake .*its columns: id"),
+                      (lambda: small.to_pandas(["key"], where=5), "give it as text"),
+                      (lambda: small.sql(5), "the query is int"),
+                      (lambda: small.sql(None), "the query is NoneType"),
+                      (lambda: small.dataset(1.5), "give a version number, a tag or a branch name"),
+                      (lambda: small.sql("SELECT 1", version=[1]), "give a version number"),
+                      (lambda: small.dedup("nope"), "unknown dedup method 'nope'"),
+                      (lambda: small.embed("tiny-random", name="a b"), "a column prefix is letters"),
+                      (lambda: small.report(tmp_path), "is a folder; give the HTML file")]:
+        with pytest.raises(LakeError, match=msg):
+            call()
+    assert not tmp_path.with_name(tmp_path.name + ".tmp").exists()  # the report left nothing beside the folder
+
+
 def test_cli_sql_shows_null_consistently(small: Lake):
     query = "SELECT key, CASE WHEN width >= 300 THEN width END AS w, CASE WHEN width >= 300 THEN key END AS k FROM pairs ORDER BY key"
     df = small.sql(query)
