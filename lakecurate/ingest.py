@@ -642,10 +642,19 @@ def _text(v: Any) -> str | None:
     return str(v)
 
 
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # WebDataset writes both; tarfile's "r|*" reads either
+
+
+def is_shard(path: str) -> bool:
+    """Whether ``path`` is named like a WebDataset shard (.tar, or gzipped .tar.gz / .tgz)."""
+    return path.lower().endswith(TAR_SUFFIXES)
+
+
 def expand_shards(spec: str) -> list[str]:
-    """Tar shards named by a folder, one file, a glob, or brace notation (``shard-{000..009}.tar``)."""
+    """Tar shards named by a folder, one file, a glob, or brace notation (``shard-{000..009}.tar``);
+    a shard may be gzipped (``.tar.gz``, ``.tgz``)."""
     if os.path.isdir(spec):
-        return sorted(glob.glob(os.path.join(spec, "**", "*.tar"), recursive=True))
+        return sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True) if is_shard(p) and os.path.isfile(p))
     if "{" in spec:
         try:
             from braceexpand import braceexpand
@@ -723,11 +732,12 @@ def detect_kind(source: str) -> str:
     if _hf_arrow_files(source):
         return "manifest"
     if os.path.isdir(source):
-        has_tar = bool(glob.glob(os.path.join(source, "*.tar")))
-        has_img = any(os.path.splitext(n)[1].lower() in IMAGE_EXTS for n in os.listdir(source))
+        names = os.listdir(source)
+        has_tar = any(is_shard(n) for n in names)
+        has_img = any(os.path.splitext(n)[1].lower() in IMAGE_EXTS for n in names)
         return "webdataset" if has_tar and not has_img else "folder"
     ext = os.path.splitext(source)[1].lower()
-    if ext == ".tar" or "{" in source:
+    if is_shard(source) or "{" in source:
         return "webdataset"
     if ext in MANIFEST_EXTS:
         return "manifest"
@@ -735,7 +745,7 @@ def detect_kind(source: str) -> str:
         raise IngestError(f"source '{source}' does not exist")
     raise IngestError(
         f"cannot tell what '{source}' is: expected a folder, a manifest ({', '.join(sorted(MANIFEST_EXTS))}) "
-        "or .tar shards; pass --kind"
+        f"or WebDataset shards ({', '.join(TAR_SUFFIXES)}); pass --kind"
     )
 
 
@@ -1002,6 +1012,11 @@ def ingest(
     check_options(opts)
     check_engine(engine)
     src = os.fspath(source)
+    lake_dir = str(lake.uri)
+    if "://" not in src and "://" not in lake_dir and os.path.exists(src) and os.path.exists(lake_dir):
+        inner, outer = os.path.realpath(src), os.path.realpath(lake_dir)
+        if os.path.commonpath([inner, outer]) == outer:  # the lake's own files would be walked as a source
+            raise IngestError(f"source '{src}' is lake '{lake.uri}' or inside it; ingest from the folder of your pairs")
     plan = open_source(src, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
                        image_dir=image_dir)
     if engine == "ray":

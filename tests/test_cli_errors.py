@@ -109,6 +109,8 @@ CASES = [
     # ingest bad inputs (H1) and export into the lake (H6)
     ("ingest", "ingest {lake} {tmp}/no-such-source"),
     ("ingest", "ingest {lake} {tmp}/rows.csv --image-col no_such_column"),
+    ("ingest", "ingest {lake} {lake}"),
+    ("ingest", "ingest {lake} {lake}/pairs.lance"),
     ("export", "export {lake} {lake}/pairs.lance --format lance --overwrite"),
     # a column prefix that cannot name columns in SQL
     ("name", "embed {lake} --model tiny-random --name 'bad name'"),

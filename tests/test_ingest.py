@@ -24,6 +24,7 @@ from lakecurate.ingest import (
     IngestError,
     IngestOptions,
     decode_caption,
+    detect_kind,
     expand_shards,
     pair_id,
     probe_image,
@@ -294,6 +295,25 @@ def test_webdataset_shards(lake: Lake, tmp_path: Path):
     # brace and glob notation name the same shards
     assert lake.ingest(str(shards / "0000{0..1}.tar"), progress=False).skipped_existing == 8
     assert lake.ingest(str(shards / "*.tar"), progress=False).skipped_existing == 8
+
+
+def test_gzipped_shards_are_webdataset_too(lake: Lake, tmp_path: Path):
+    import gzip
+
+    shards = tmp_path / "gz"
+    shards.mkdir()
+    for s, suffix in enumerate((".tar.gz", ".tgz")):
+        plain = tmp_path / f"{s}.tar"
+        write_shard(plain, [{f"{s}{i}.jpg": noise_jpeg(seed=10 * s + i), f"{s}{i}.txt": f"cap {s}-{i}".encode()}
+                            for i in range(2)])
+        (shards / f"{s:05d}{suffix}").write_bytes(gzip.compress(plain.read_bytes()))
+    assert detect_kind(str(shards)) == "webdataset" and detect_kind(str(shards / "00001.tgz")) == "webdataset"
+    rep = lake.ingest(shards, progress=False)
+    assert rep.kind == "webdataset" and rep.written == 4 and not rep.flags
+    rows = by_key(lake)
+    assert rows["11"]["caption"] == "cap 1-1" and rows["11"]["ingest_status"] == "ok"
+    assert lake.read_images([pair_id(str((shards / "00000.tar.gz").resolve()), "01")])[0] == noise_jpeg(seed=1)
+    assert lake.ingest(str(shards / "00000.tar.gz"), progress=False).skipped_existing == 2
 
 
 def test_truncated_shard_keeps_what_was_read(lake: Lake, tmp_path: Path):
