@@ -8,6 +8,7 @@ import json
 import math
 import numbers
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -471,7 +472,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
     click.echo(f"\nkeep: {rep.kept} of {rep.rows} rows; {rep.dropped} marked dup_keep = false "
                f"(groups from {', '.join(rep.keep_from)}); {rep.hashed} images hashed; {rep.seconds:.1f} s")
     if rep.dropped:
-        click.echo(f"see them: lakecurate sql {lake} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
+        click.echo(f"see them: lakecurate sql {shlex.quote(lake)} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
 
 
 # --------------------------------------------------------------------------- recaption
@@ -624,7 +625,7 @@ def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], engine:
     how = "nothing to do (same recipe, lake unchanged)" if rep.nothing_to_do else (
         f"computed: {', '.join(rep.computed) or 'no new signals'}; {rep.fragments_written} fragments written")
     click.echo(f"\nrecipe {rep.recipe} ({rep.recipe_hash}): {how}; tag {rep.tag} (version {rep.version}) in {rep.seconds:.1f} s")
-    click.echo(f"reopen: lakecurate sql {lake} \"SELECT key, caption FROM pairs WHERE keep\" --version {rep.tag}")
+    click.echo(f"reopen: lakecurate sql {shlex.quote(lake)} \"SELECT key, caption FROM pairs WHERE keep\" --version {rep.tag}")
 
 
 def _echo_whatifs(rep: Any) -> None:
@@ -950,7 +951,7 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
         click.echo(f"restored {out['rows']} rows (undo action {out['action']})"
                    + (f"; changed since, left alone: {', '.join(out['changed_since'])}" if out["changed_since"] else ""))
     else:
-        click.echo(f"marked {out['rows']} rows (action {out['action']}; undo: lakecurate review {lake} --undo {out['action']})"
+        click.echo(f"marked {out['rows']} rows (action {out['action']}; undo: lakecurate review {shlex.quote(lake)} --undo {out['action']})"
                    + (f"; not in the lake: {', '.join(out['not_found'])}" if out["not_found"] else ""))
 
 
@@ -1269,7 +1270,7 @@ def restore(lake: str, version: str, as_json: bool) -> None:
     if as_json:
         echo_json({"restored": version, "version": new, "previous": before, "branch": the_lake.branch or "main"})
         return
-    click.echo(f"restored {version} as version {new} of {the_lake.branch or 'main'} (undo: lakecurate restore {lake} {before})")
+    click.echo(f"restored {version} as version {new} of {the_lake.branch or 'main'} (undo: lakecurate restore {shlex.quote(lake)} {before})")
 
 
 @main.command()
@@ -1458,7 +1459,7 @@ def demo(lake_uri: str, source: str, model: str) -> None:
     click.echo("\n== lake")
     d = lake.info()
     click.echo(f"{d['rows']} rows, version {d['version']}, columns: {', '.join(c['name'] for c in d['columns'])}")
-    click.echo(f"\nnext: lakecurate status {lake_uri}; lakecurate run {lake_uri} demo (again: nothing to do)")
+    click.echo(f"\nnext: lakecurate status {shlex.quote(lake_uri)}; lakecurate run {shlex.quote(lake_uri)} demo (again: nothing to do)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -353,7 +353,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     k = int(k or default_k(n_valid))
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
     if n_valid == 0:
-        raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; run: lakecurate embed {lake.uri}")
+        raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; run: lakecurate embed {lake.shell}")
     src = LanceVectors(ds, col, np.flatnonzero(valid))
     cent = fit_centroids(src, k, seed)
     label = np.full(len(valid), -1, np.int32)
@@ -443,7 +443,7 @@ def rebalance(
     ds = lake.dataset()
     where = check_where(where, "--where", ds)
     if "concept" not in ds.schema.names:
-        raise LakeError(f"lake '{lake.uri}' has no concepts yet; run: lakecurate cluster {lake.uri}")
+        raise LakeError(f"lake '{lake.uri}' has no concepts yet; run: lakecurate cluster {lake.shell}")
     emb = embedding or columns.field_provenance(ds.schema.field("concept"))["config"]["embedding"]
     if where is None and "keep" in ds.schema.names:
         where = "keep"
@@ -461,7 +461,7 @@ def rebalance(
         bar.update(frag.count_rows())
     if n == 0:
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "
-                        f"{where or 'true'}); check --where, or run: lakecurate cluster {lake.uri}")
+                        f"{where or 'true'}); check --where, or run: lakecurate cluster {lake.shell}")
     goal = int(round(target * n)) if isinstance(target, float) and target <= 1 else int(target)
     if goal < 1 or goal > n:
         raise LakeError(f"--target {target} keeps {goal} rows, outside 1..{n} candidate rows; pass a fraction in (0, 1] "
@@ -589,7 +589,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
         where = default_view(names)
     check_current(lake, ds, where_columns(where, names), what="sequence", allow_stale=allow_stale)
     if mode == "interleave" and "concept" not in names:
-        raise LakeError(f"interleaving needs concepts; run: lakecurate cluster {lake.uri}")
+        raise LakeError(f"interleaving needs concepts; run: lakecurate cluster {lake.shell}")
     desc = bool(score and score.startswith("-"))
     score_col = score.lstrip("-") if score else None
     if mode == "curriculum" and (not score_col or score_col not in names):

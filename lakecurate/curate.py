@@ -1352,9 +1352,9 @@ def _judge_by_fragment(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, e
 
 def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
     """A dry run computes nothing: inputs the lake lacks are named with the command that makes them."""
-    commands = {CAPTION: f"lakecurate signals {lake.uri}", IMAGE: f"lakecurate signals {lake.uri}",
-                DEDUP: f"lakecurate dedup {lake.uri}", TEMPLATES: f"lakecurate dedup {lake.uri} --method minhash",
-                FACES: f"lakecurate signals {lake.uri} --faces"}
+    commands = {CAPTION: f"lakecurate signals {lake.shell}", IMAGE: f"lakecurate signals {lake.shell}",
+                DEDUP: f"lakecurate dedup {lake.shell}", TEMPLATES: f"lakecurate dedup {lake.shell} --method minhash",
+                FACES: f"lakecurate signals {lake.shell} --faces"}
     missing = sorted(c for c in read if c not in ds.schema.names)
     if missing:
         run = sorted({commands[n] for n in needs if n in commands})

@@ -300,7 +300,7 @@ def _selection(lake: "Store", view: str | None, option: str = "--view", *,
     where = default_view(names)
     if where is None:
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
-                        f"run: lakecurate curate {lake.uri} basic, or pass --view 'SQL condition'")
+                        f"run: lakecurate curate {lake.shell} basic, or pass --view 'SQL condition'")
     check_current(lake, ds, where_columns(where, names), what="evaluate", allow_stale=allow_stale)
     return version, where, label or where
 
@@ -459,7 +459,7 @@ def evaluate(
     text_col = embedding_columns(emb)["text"] if caption_col == "caption" else f"{emb}_{caption_col}_text"
     if text_col not in ds.schema.names:
         raise LakeError(f"the proxy needs {caption_col} through the {emb} text tower ({text_col}), which lake "
-                        f"'{lake.uri}' lacks; run: lakecurate embed {lake.uri} --model ... --caption-col {caption_col} "
+                        f"'{lake.uri}' lacks; run: lakecurate embed {lake.shell} --model ... --caption-col {caption_col} "
                         f"(the model that made {emb})")
     ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root, engine=engine)
 

@@ -68,7 +68,7 @@ FACE_BOXES = "img_face_boxes"  # written by the faces stage (lakecurate signals 
 
 def _check_faces(lake: "Store", ds: Any, allow_stale: bool) -> None:
     """--blur-faces needs every exported row's face boxes, current: else an error naming the fix."""
-    fix = f"lakecurate signals {lake.uri} --faces --no-caption --no-image"
+    fix = f"lakecurate signals {lake.shell} --faces --no-caption --no-image"
     if FACE_BOXES not in ds.schema.names:
         raise LakeError(f"--blur-faces needs the face boxes of lake '{lake.uri}', which has none yet; run: {fix}")
     missing = sum(f.count_rows() for f in columns.fragments_to_fill(ds, FACE_BOXES))

@@ -456,7 +456,7 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
         model, default = f"{arch} --checkpoint {pretrained}", None
     else:
         model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
-    return f"lakecurate embed {lake.uri} --model {model}" + ("" if prefix == default else f" --name {prefix}")
+    return f"lakecurate embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
 
 
 def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],

@@ -113,7 +113,7 @@ def pick_embedding(lake: "Store", ds: "lance.LanceDataset", name: str | None = N
     if name is not None:
         if name not in found:
             raise LakeError(f"no embedding '{name}' in lake '{lake.uri}'; there are: {', '.join(found) or 'none'}"
-                            + ("" if found else f"; run: lakecurate embed {lake.uri}"))
+                            + ("" if found else f"; run: lakecurate embed {lake.shell}"))
         return name, found[name]
     if len(found) > 1:
         raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); pass {option}")
@@ -122,4 +122,4 @@ def pick_embedding(lake: "Store", ds: "lance.LanceDataset", name: str | None = N
         return name, found[name]
     if need is None:
         return None, None
-    raise LakeError(f"lake '{lake.uri}' has no embedding columns; run: lakecurate embed {lake.uri}" + (f" ({need})" if need else ""))
+    raise LakeError(f"lake '{lake.uri}' has no embedding columns; run: lakecurate embed {lake.shell}" + (f" ({need})" if need else ""))

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import re
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -123,6 +124,12 @@ class Store:
         # every stage works on it unchanged through this one path.
         self.table_uri = self._branch_uri(self.branch)
 
+    @property
+    def shell(self) -> str:
+        """The lake's path as a command line takes it (quoted where it has spaces or quotes): what
+        the hints in messages ("run: lakecurate embed ...") print, so that they can be pasted."""
+        return shlex.quote(self.uri)
+
     def _branch_uri(self, branch: str | None) -> str:
         return self.main_uri if branch is None else _join(self.main_uri, f"tree/{branch}")
 
@@ -158,7 +165,7 @@ class Store:
         if lake.branch is not None:
             main = cls(uri, storage_options=lake.storage_options)
             if not main.exists():
-                raise LakeError(f"no lake at '{lake.uri}'; create one with: lakecurate ingest {uri} SOURCE")
+                raise LakeError(f"no lake at '{lake.uri}'; create one with: lakecurate ingest {shlex.quote(uri)} SOURCE")
             names = sorted(main.branches())
             if lake.branch not in names:
                 raise LakeError(f"lake '{lake.uri}' has no branch '{lake.branch}' (branches: {', '.join(names) or 'none'}); "
@@ -167,7 +174,7 @@ class Store:
         if not lake.exists():
             raise LakeError(
                 f"no lake at '{lake.uri}' (expected a Lance table at '{lake.table_uri}'); "
-                f"create one with: lakecurate ingest {uri} SOURCE"
+                f"create one with: lakecurate ingest {shlex.quote(uri)} SOURCE"
             )
         return lake
 
@@ -213,7 +220,7 @@ class Store:
                 spans.append([n, n])
         have = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans) or "none"
         return (f"version {number} is not a version of lake '{self.uri}' (branch {branch or 'main'} has versions {have}); "
-                f"see: lakecurate log {self.uri}")
+                f"see: lakecurate log {self.shell}")
 
     def _ref(self, ref: str) -> tuple[str | None, int | str | None]:
         """(branch, None for main; then a version number, a tag, or None for the branch's latest) of a
@@ -228,7 +235,7 @@ class Store:
             return (None if name == "main" else name), int(number) if number else None
         raise LakeError(f"'{ref}' is not a version, tag or branch of lake '{self.uri}' "
                         f"(tags: {', '.join(sorted(tags)) or 'none'}; branches: main{''.join(', ' + b for b in sorted(branches))}); "
-                        f"see: lakecurate log {self.uri}")
+                        f"see: lakecurate log {self.shell}")
 
     @property
     def version(self) -> int:
@@ -437,7 +444,7 @@ class Store:
         tags = ds.tags.list()
         if name in tags:
             raise LakeError(f"lake '{self.uri}' already has a tag '{name}' (version {tags[name]['version']}); "
-                            f"pick another name, or delete it first: lakecurate tag {self.uri} {name} --delete")
+                            f"pick another name, or delete it first: lakecurate tag {self.shell} {name} --delete")
         number = self.dataset(version).version if version is not None else ds.version  # LakeError if not a version
         ds.tags.create(name, (self.branch, number) if self.branch else number)
 
@@ -475,7 +482,7 @@ class Store:
         tags = sorted(t for t, meta in ds.tags.list().items() if meta.get("branch") == name)
         if tags:  # Lance refuses too; say which tags and how to drop them
             raise LakeError(f"branch '{name}' of lake '{self.uri}' is referenced by tags {', '.join(tags)}; "
-                            f"delete them first: lakecurate tag {self.uri} TAG --delete")
+                            f"delete them first: lakecurate tag {self.shell} TAG --delete")
         ds.branches.delete(name)
 
     def delete_tag(self, name: str) -> None:

@@ -205,3 +205,16 @@ def test_a_real_process_prints_one_line(bad_env: dict[str, str], args: list[str]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("Error: "), proc.stderr
     assert _state(bad_env["lake"]) == before
+
+
+def test_the_commands_in_hints_can_be_pasted_for_a_path_with_a_space(tmp_path: Path):
+    """A hint names the lake as a shell takes it: an unquoted '/x/my lake' ran `cluster /x/my lake`."""
+    uri = str(tmp_path / "my lake")
+    assert CliRunner().invoke(main, ["--no-progress", "ingest", uri, str(SAMPLE_DATA)]).exit_code == 0
+    res = CliRunner().invoke(main, ["rebalance", uri])
+    assert res.exit_code != 0
+    hint = res.output.strip().split("run: ", 1)[1]
+    argv = shlex.split(hint)
+    assert argv == ["lakecurate", "cluster", uri]
+    res = CliRunner().invoke(main, ["log", str(tmp_path / "no lake")])
+    assert shlex.split(res.output.split("create one with: ", 1)[1]) == ["lakecurate", "ingest", str(tmp_path / "no lake"), "SOURCE"]
