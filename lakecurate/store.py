@@ -165,7 +165,7 @@ class Store:
         if lake.branch is not None:
             main = cls(uri, storage_options=lake.storage_options)
             if not main.exists():
-                raise LakeError(f"no lake at '{lake.uri}'; create one with: lakecurate ingest {shlex.quote(uri)} SOURCE")
+                raise LakeError(f"no lake at '{lake.uri}'; create one with: lakecurate ingest {shlex.quote(os.fspath(uri))} SOURCE")
             names = sorted(main.branches())
             if lake.branch not in names:
                 raise LakeError(f"lake '{lake.uri}' has no branch '{lake.branch}' (branches: {', '.join(names) or 'none'}); "
@@ -174,7 +174,7 @@ class Store:
         if not lake.exists():
             raise LakeError(
                 f"no lake at '{lake.uri}' (expected a Lance table at '{lake.table_uri}'); "
-                f"create one with: lakecurate ingest {shlex.quote(uri)} SOURCE"
+                f"create one with: lakecurate ingest {shlex.quote(os.fspath(uri))} SOURCE"
             )
         return lake
 
