@@ -7,6 +7,7 @@ model can be searched without saying which model made it.
 from __future__ import annotations
 
 import io
+import numbers
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,8 @@ def search(
     encoder is loaded once per process (:func:`encoder_for`), so a long-lived caller (the browser
     app) pays for it once.
     """
-    if k < 1:  # Lance would raise on k = 0 only after the encoder is loaded
-        raise LakeError(f"k = {k}: ask for at least 1 nearest pair")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # Lance would raise on k = 0 only after the encoder is loaded
+        raise LakeError(f"k = {k!r}: ask for at least 1 nearest pair (a whole number)")
     ds = lake.dataset(version)
     where = check_where(where, "--where", ds)
     prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option="prefix=...")
