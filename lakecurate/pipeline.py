@@ -149,6 +149,7 @@ def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_u
     where = f"pipeline {source}, [{step}]"
     if unknown:
         raise LakeError(f"{where}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    _check_types(where, fn, opts)
     opts = dict(opts)
     for key in _PATHS.get(step, ()):
         if key in opts and opts[key] is not None:
@@ -158,6 +159,33 @@ def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_u
     except LakeError as exc:
         raise LakeError(f"{where}: {exc}") from None
     return opts
+
+
+# A TOML value's Python types for the annotations of the stage functions' options ("EncoderSpec"
+# and the like: none from a file); an option whose annotation names anything else is left to its stage.
+_TOML_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "Path": (str,), "os.PathLike": (str,), "None": (type(None),), "bool": (bool,), "int": (int,),
+    "float": (int, float), "Sequence[str]": (list,), "Mapping[str, Any]": (dict,), "dict[str, float]": (dict,),
+    "EncoderSpec": (),
+}
+_TOML_WORDS = {str: "text", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
+
+
+def _check_types(where: str, fn: Callable[..., Any], opts: dict[str, Any]) -> None:
+    """Each option's TOML type against its stage function's annotation (a model of 5 was a
+    TypeError traceback; a dest of 5 exported to a folder named "5")."""
+    params = inspect.signature(fn).parameters
+    for key, value in opts.items():
+        if key not in params:
+            continue
+        parts = [t.strip() for t in str(params[key].annotation).strip("'\"").split("|")]
+        if any(t not in _TOML_TYPES for t in parts):
+            continue
+        ok = tuple(c for t in parts for c in _TOML_TYPES[t])
+        whole_float = int in ok and isinstance(value, float) and value.is_integer()  # 1e4 rows, as the CLI takes it
+        if (isinstance(value, bool) and bool not in ok) or not (isinstance(value, ok) or whole_float):
+            words = dict.fromkeys(_TOML_WORDS[c] for c in ok if c in _TOML_WORDS)
+            raise LakeError(f"{where}: {key} = {value!r} must be {' or '.join(words)}")
 
 
 def _path(value: Any, base: Path, lake_uri: str, *, keep_names: bool = False) -> Any:

@@ -249,6 +249,10 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         '[ingest]\nsources = "sample_data"\n': "sources must be a list",
         '[export]\ndest = "x"\nformat = "csv"\n': "unknown export format",
         '[embed\n': "not valid TOML",
+        '[embed]\nmodel = 5\n': "[embed]: model = 5 must be text",  # a TypeError traceback before
+        '[export]\ndest = 5\n': "[export]: dest = 5 must be text",  # exported to a folder named "5" before
+        '[cluster]\nk = true\n': "k = True must be a whole number",
+        '[sequence]\nwhere = ["keep"]\n': "where = ['keep'] must be text",
     }
     for text, msg in cases.items():
         pipe = tmp_path / "p.toml"
@@ -256,6 +260,7 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         res = runner.invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
         assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, (text, res.output)
         assert not (tmp_path / "lake").exists()  # nothing written, not even an empty lake
+    assert not (tmp_path / "5").exists()
     with pytest.raises(LakeError, match="shipped pipelines: demo"):
         load_pipeline("nope")
     res = runner.invoke(main, ["status", str(tmp_path / "nolake")])
