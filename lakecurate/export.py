@@ -331,7 +331,7 @@ def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: boo
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return path, None
     if not overwrite:
-        raise LakeError(f"'{path}' exists and is not empty; choose another destination or pass --overwrite")
+        raise LakeError(f"'{path}' exists{' and is not empty' if path.is_dir() else ''}; choose another destination or pass --overwrite")
     previous = _previous_export(path, fmt)
     if previous is None:
         raise LakeError(f"'{path}' is not an earlier lakecurate {fmt} export (no {_manifest_path(path, fmt).name} "

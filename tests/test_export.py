@@ -274,3 +274,11 @@ def test_mds_round_trip_equals_the_lake(seq_lake: Lake, tmp_path: Path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
     assert out["format"] == "mds" and out["samples"] == rep.samples and (tmp_path / "cli" / "index.json").is_file()
+
+
+def test_an_existing_file_is_refused_in_plain_words(seq_lake: Lake, tmp_path: Path):
+    dest = tmp_path / "out.parquet"
+    dest.write_bytes(b"")  # an empty file is still a file of the user's: refused, and not called "not empty"
+    with pytest.raises(LakeError, match=r"out.parquet' exists; choose another destination or pass --overwrite"):
+        seq_lake.export(dest, "parquet")
+    assert dest.read_bytes() == b""
