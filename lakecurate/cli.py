@@ -21,6 +21,7 @@ from lakecurate.columns import describe_provenance
 from lakecurate.lake import Lake, LakeError
 from lakecurate.names import EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
+from lakecurate.options import MOST, MOST_WORKERS
 
 
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,14 +83,14 @@ allow_stale_option = click.option(
 
 
 class Count(click.IntRange):
-    """An IntRange with an upper bound by default (``2**53``; worker counts ``2**16``): click takes
-    any Python int, and one past a C integer was an OverflowError traceback deep in a stage."""
+    """An IntRange with the upper bound of ``options.whole`` by default: click takes any Python int,
+    and one past a C integer was an OverflowError traceback deep in a stage."""
 
-    def __init__(self, min: int | None = None, max: int | None = 2**53, **kw: Any) -> None:
+    def __init__(self, min: int | None = None, max: int | None = MOST, **kw: Any) -> None:
         super().__init__(min, max, **kw)
 
 
-WORKERS = Count(min=0, max=2**16)
+WORKERS = Count(min=0, max=MOST_WORKERS)
 
 
 class FiniteFloat(click.FloatRange):
@@ -242,7 +243,7 @@ def print_ingest_report(report: Any) -> None:
 @click.option("--max-caption-chars", type=Count(min=1), help="Longer captions are flagged caption_too_long (kept whole).")
 @click.option("--verify", type=click.Choice(["header", "decode"]),
               help="header (default): header + end marker; decode: also decode, to catch corrupt data (slower).")
-@click.option("--workers", type=Count(min=1, max=2**16), help="Reader threads (per Ray task with --engine ray).")
+@click.option("--workers", type=Count(min=1, max=MOST_WORKERS), help="Reader threads (per Ray task with --engine ray).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: one task per shard (or Arrow file), each committing its own chunks; RAY_ADDRESS names a "
                    "cluster whose nodes all reach SOURCE and LAKE.")

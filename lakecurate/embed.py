@@ -257,10 +257,10 @@ def check_options(*, batch_size: int, workers: int | None, precision: str, devic
     """Refuse bad options before anything is declared: ``batch_size=-4`` once marked fragments as
     embedded with nothing in them. One :class:`LakeError` line naming the option."""
     from lakecurate.errors import LakeError
-    from lakecurate.options import whole
+    from lakecurate.options import MOST_WORKERS, whole
 
     whole("--batch-size", batch_size, 1)
-    whole("--workers", workers, 0, none_ok=True)
+    whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
     whole("max_fragments", max_fragments, 0, none_ok=True)
     whole("index_min_rows", index_min_rows, 0, none_ok=True)
     if precision not in PRECISIONS:

@@ -1012,9 +1012,8 @@ def ingest(
     check_options(opts)
     check_engine(engine)
     src = os.fspath(source)
-    lake_dir = str(lake.uri)
-    if "://" not in src and "://" not in lake_dir and os.path.exists(src) and os.path.exists(lake_dir):
-        inner, outer = os.path.realpath(src), os.path.realpath(lake_dir)
+    if "://" not in src and "://" not in lake.uri and os.path.exists(src) and os.path.exists(lake.uri):
+        inner, outer = os.path.realpath(src), os.path.realpath(lake.uri)
         if os.path.commonpath([inner, outer]) == outer:  # the lake's own files would be walked as a source
             raise IngestError(f"source '{src}' is lake '{lake.uri}' or inside it; ingest from the folder of your pairs")
     plan = open_source(src, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,

@@ -19,14 +19,20 @@ from typing import Any
 from lakecurate.errors import LakeError
 
 
-def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False) -> int | None:
-    """``value`` as an int >= ``low`` (a whole float such as ``1e4`` is accepted; None only with
-    ``none_ok``), else a LakeError naming ``option``."""
+MOST = 2**53  # the largest count an option takes: past a C integer, a stage failed deep inside (OverflowError)
+MOST_WORKERS = 2**16  # processes or threads
+
+
+def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False, high: int = MOST) -> int | None:
+    """``value`` as an int from ``low`` to ``high`` (a whole float such as ``1e4`` is accepted; None
+    only with ``none_ok``), else a LakeError naming ``option``."""
     if value is None and none_ok:
         return None
     is_whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not is_whole or value < low:
         raise LakeError(f"invalid {option} {value!r}: expected an integer >= {low}")
+    if value > high:
+        raise LakeError(f"invalid {option} {value!r}: expected an integer up to {high}")
     return int(value)
 
 

@@ -203,13 +203,13 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     """
     from lakecurate.engines import check_engine
     from lakecurate.options import device as check_device
-    from lakecurate.options import whole
+    from lakecurate.options import MOST_WORKERS, whole
 
     check_engine(engine)
     # a batch is what one model call takes (CoCa), or what the request pool works through (endpoints)
     batch_size = batch_size if batch_size is not None else (256 if endpoint is not None or isinstance(model, EndpointSpec) else 16)
     whole("--batch-size", batch_size, 1)
-    whole("--workers", workers, 0, none_ok=True)
+    whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
     check_device(device)
     if isinstance(model, (CaptionerSpec, EndpointSpec)):
         spec = model

@@ -552,11 +552,11 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     A first run that fails before any fragment is committed leaves no declared column behind.
     """
     from lakecurate.engines import check_engine, gpu_actors
-    from lakecurate.options import whole
+    from lakecurate.options import MOST_WORKERS, whole
 
     check_engine(engine)  # before declaring anything
     whole("--batch-size", stage.batch_size, 1)
-    whole("--workers", workers, 0, none_ok=True)
+    whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
     gpus = engine == "ray" and gpu_actors(stage.device)
     t0 = time.perf_counter()
     report = RunReport()
@@ -594,10 +594,10 @@ def map_images(lake: "Store", stage: RowStage, addresses: Sequence[int], *, work
     :class:`Rows` (``offsets``: the batch's row addresses; ``images``: what ``image()`` made) in
     order. Nothing is written: the caller keeps what it needs (a cache of keypoints for some rows).
     """
-    from lakecurate.options import whole
+    from lakecurate.options import MOST_WORKERS, whole
     from lakecurate.progress import progress_bar
 
-    whole("--workers", workers, 0, none_ok=True)
+    whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
     addrs = [int(a) for a in addresses]
     items = [tuple(addrs[s:s + stage.batch_size]) for s in range(0, len(addrs), stage.batch_size)]
     if workers is None:
