@@ -13,6 +13,7 @@ that adds one method per stage.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import random
 import re
@@ -191,7 +192,9 @@ class Store:
         a tag, a branch name (its latest version) or ``branch:number``."""
         if isinstance(version, str) and version.isdigit():
             version = int(version)
-        if version is not None and (isinstance(version, bool) or not isinstance(version, (int, str))):
+        if isinstance(version, numbers.Integral) and not isinstance(version, bool):
+            version = int(version)  # a numpy integer (a version read from a frame) is a number too
+        elif version is not None and not isinstance(version, str):
             raise LakeError(f"version {version!r}: give a version number, a tag or a branch name")
         if isinstance(version, str):
             branch, number = self._ref(version)
@@ -261,7 +264,7 @@ class Store:
         columns = [columns] if isinstance(columns, str) else list(columns)  # "key" is one column, not three letters
         missing = [c for c in columns if c not in ds.schema.names]
         if missing:
-            raise LakeError(f"column {', '.join(map(repr, missing))} is not in lake '{self.uri}' (version {ds.version}); "
+            raise LakeError(f"column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} {'are' if len(missing) > 1 else 'is'} not in lake '{self.uri}' (version {ds.version}); "
                             f"its columns: {', '.join(ds.schema.names)}")
         if "image" in columns:
             rest = [c for c in columns if c != "image"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -112,6 +113,7 @@ def test_sql_errors_are_one_line_without_build_paths(small: Lake):
 def test_python_api_mistakes_are_lake_errors(small: Lake, tmp_path: Path):
     """What a Python caller gets wrong is a LakeError saying what to give, not a Lance or numpy error."""
     assert list(small.to_pandas("key").columns) == ["key"]  # one column by name, not its letters
+    assert small.dataset(np.int64(small.version)).version == small.version  # a numpy integer is a version number
     for call, msg in [(lambda: small.to_pandas(["key", "no_such"]), r"column 'no_such' is not in lake .*its columns: id"),
                       (lambda: small.to_pandas(["key"], where=5), "give it as text"),
                       (lambda: small.sql(5), "the query is int"),
