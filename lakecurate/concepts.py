@@ -242,7 +242,7 @@ def budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, temperature
     [40, 10, 10]
     """
     sizes = np.asarray(sizes, np.int64)
-    w = _softmax_weights(sizes, complexity_, temperature)
+    z = _logits(sizes, complexity_, temperature)
     target = int(min(target, sizes.sum()))
     out = np.zeros(len(sizes), np.float64)
     free = sizes > 0
@@ -250,7 +250,10 @@ def budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, temperature
     for _ in range(len(sizes) + 1):  # each round caps at least one concept, or ends
         if left <= 0 or not free.any():
             break
-        share = left * w * free / (w * free).sum()
+        # shifted by the largest free logit each round: at a low temperature every weight but the
+        # largest underflows to 0, and once that concept is capped the shares were 0 / 0
+        w = np.exp(np.where(free, z - z[free].max(), -np.inf))
+        share = left * w / w.sum()
         capped = free & (out + share >= sizes)
         if not capped.any():
             out += share
@@ -274,11 +277,16 @@ def raw_budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, tempera
     return target * w / w.sum()
 
 
-def _softmax_weights(sizes: np.ndarray, complexity_: np.ndarray, temperature: float) -> np.ndarray:
-    """exp(complexity / mean complexity / temperature), 0 for empty concepts (max-shifted: no overflow)."""
+def _logits(sizes: np.ndarray, complexity_: np.ndarray, temperature: float) -> np.ndarray:
+    """complexity / mean complexity / temperature."""
     c = np.asarray(complexity_, np.float64)
-    c = c / (c[sizes > 0].mean() or 1.0)
-    w = np.exp((c - c[sizes > 0].max()) / max(temperature, 1e-6))
+    return c / (c[sizes > 0].mean() or 1.0) / max(temperature, 1e-6)
+
+
+def _softmax_weights(sizes: np.ndarray, complexity_: np.ndarray, temperature: float) -> np.ndarray:
+    """exp(logits), 0 for empty concepts (max-shifted: no overflow)."""
+    z = _logits(sizes, complexity_, temperature)
+    w = np.exp(z - z[sizes > 0].max())
     w[sizes == 0] = 0
     return w
 

@@ -33,6 +33,11 @@ def test_budgets_literal():
     warmer = budgets(np.array([50, 50]), np.array([0.1, 0.3]), 40, 10.0)
     assert colder[0] < warmer[0] <= 20  # lower temperature prunes the simple concept harder
     assert budgets(np.array([5, 5]), np.array([1.0, 1.0]), 100, 0.5).tolist() == [5, 5]  # target above the size
+    # near zero temperature: every weight but the largest underflows; once that concept is capped
+    # the rest went 0 / 0 (budgets of -2^63, 0 rows kept). The limit: most complex first, in order.
+    for t in (1e-4, 1e-9):
+        cold = budgets(np.array([100, 10, 10, 50]), np.array([0.01, 0.2, 0.3, 0.1]), 60, t)
+        assert cold.tolist() == [0, 10, 10, 40] and cold.sum() == 60
 
 
 def test_complexity_literal():
