@@ -632,11 +632,18 @@ def dedup(
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
     for m in methods:
         group_columns(m)  # validates
+    keep_from_given = keep_from
     keep_from = [m for m in (keep_from if keep_from is not None else DEFAULT_KEEP_FROM)]
     for m in keep_from:
         group_columns(m)
     report = DedupReport(lake=lake.uri, keep_from=keep_from)
     ds = lake.dataset()
+    chosen = keep_from_given is not None and tuple(keep_from) != DEFAULT_KEEP_FROM
+    if chosen and not any(m in methods or group_columns(m)[0] in ds.schema.names for m in keep_from):
+        # "among those computed" would leave none: dup_keep from no groups, every duplicate kept, silently
+        raise LakeError(f"--keep-from {','.join(keep_from)}: lake '{lake.uri}' has none of these groups and this run "
+                        f"computes none; add them: lakecurate dedup {lake.shell} --method {','.join(keep_from)} "
+                        f"--keep-from {','.join(keep_from)}")
     if ds.count_rows() == 0:
         report.seconds = time.perf_counter() - t_start
         return report
