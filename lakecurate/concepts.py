@@ -600,8 +600,14 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
         raise LakeError(f"interleaving needs concepts; run: lakecurate cluster {lake.shell}")
     desc = bool(score and score.startswith("-"))
     score_col = score.lstrip("-") if score else None
-    if mode == "curriculum" and (not score_col or score_col not in names):
-        raise LakeError(f"curriculum needs --score COLUMN (one of the lake's numeric columns), got {score!r}")
+    if mode == "curriculum":
+        numeric = [f.name for f in ds.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+                   or pa.types.is_boolean(f.type)]
+        if not score_col or score_col not in numeric:  # a text or vector column failed in Arrow's cast, a traceback
+            msg = f"curriculum needs --score COLUMN, one of the lake's number columns ({', '.join(numeric)})"
+            if score_col:
+                msg += f"; {score!r} {'is not a number column' if score_col in names else 'is not in the lake'}"
+            raise LakeError(msg)
     cols = (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])  # no ids: addresses
     frags = ds.get_fragments()
     bar = progress_bar(total=2 * ds.count_rows(), desc="sequence", unit="row", progress=progress)  # keyed, written

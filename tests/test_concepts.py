@@ -159,6 +159,9 @@ def test_cli_concepts(sample_lake_embedded: Lake, tmp_path: Path):
     assert names[0].endswith((".jpg", ".png")) and names[1].endswith(".txt") and names[2].endswith(".json")
     res = runner.invoke(main, ["sequence", uri, "--mode", "curriculum"])
     assert res.exit_code == 1 and "--score" in res.output
+    for score, why in [("caption", "'caption' is not a number column"), ("-no_such", "'-no_such' is not in the lake")]:
+        res = runner.invoke(main, ["sequence", uri, "--mode", "curriculum", "--score", score])  # caption: an Arrow cast traceback
+        assert res.exit_code == 1 and why in res.output and "Traceback" not in res.output and "width" in res.output, res.output
 
 
 @pytest.mark.slow
