@@ -6,7 +6,7 @@ Methods (each writes its own group column; rows are never deleted):
 | --- | --- | --- | --- |
 | exact | ``dup_exact_group`` | their image bytes are identical (sha256 ``content_hash``) | |
 | exact | ``dup_pair_group`` | image bytes *and* caption are identical | |
-| phash | ``dup_phash_group`` | 64-bit DCT perceptual hashes differ in <= ``phash_distance`` bits, also against the mirrored image's hash (``flips``) | 10 bits |
+| phash | ``dup_phash_group`` | 64-bit DCT perceptual hashes differ in <= ``phash_distance`` bits, also against the mirrored image's hash (``flips``) | 8 bits |
 | semantic | ``dup_semantic_group`` | image embeddings have cosine >= ``semantic_threshold`` (SemDeDup), or >= ``confirm_cosine`` with hashes within ``confirm_distance`` bits | per model, see ``SEMANTIC_THRESHOLDS`` |
 | caption | ``dup_caption_group`` | caption embeddings have cosine >= ``caption_threshold`` | 0.98 |
 | minhash | ``dup_minhash_group`` | the captions' character 5-gram sets have Jaccard >= ``minhash_threshold`` with the group's most connected caption (banded MinHash proposes, linear in the captions; the exact Jaccard decides; star groups, no chains): templated alt text ("Stock photo of X, royalty free") and near-identical captions; the ``caption_template`` recipe step drops large groups | 0.35 |
@@ -617,7 +617,10 @@ def dedup(
     """
     t_start = time.perf_counter()
     check_engine(engine)
-    copy_distance = whole("copy_distance", copy_distance, 0)
+    # bits of a 64-bit hash: a pipeline's phash_distance = 100 linked every row (the CLI's range said 0..64)
+    phash_distance = whole("phash_distance", phash_distance, 0, high=64)
+    confirm_distance = whole("confirm_distance", confirm_distance, 0, high=64)
+    copy_distance = whole("copy_distance", copy_distance, 0, high=64)
     verify_inliers = whole("verify_inliers", verify_inliers, 4)  # RANSAC needs a few points to mean anything
     verify_neighbors = whole("verify_neighbors", verify_neighbors, 1)
     for name, search, cosine in (("phash", phash_search, phash_cosine), ("copy", copy_search, copy_cosine)):

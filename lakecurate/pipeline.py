@@ -220,6 +220,8 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
         bad = [m for m in (methods if isinstance(methods, list) else [methods]) if m not in (*METHODS, "all")]
         if bad:
             raise LakeError(f"unknown dedup method(s) {', '.join(map(str, bad))}; choose from {', '.join(METHODS)}")
+        for key in ("phash_distance", "confirm_distance", "copy_distance"):  # bits of a 64-bit hash
+            options.whole(key, opts.get(key, 0), 0, high=64)
     elif step == "curate":
         from lakecurate.curate import load_recipe
 
@@ -231,7 +233,10 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
             options.whole("k", opts["k"], 2)
     elif step == "rebalance":
         options.target(opts.get("target", 0.5))
+        options.positive("temperature", opts.get("temperature", 1.0))
+        options.whole("max_repeats", opts.get("max_repeats", 1))
     elif step == "sequence":
+        options.whole("shard_size", opts.get("shard_size", 1))
         if opts.get("mode", "interleave") not in ("random", "curriculum", "interleave"):
             raise LakeError(f"unknown order {opts.get('mode')!r}; choose random, curriculum or interleave")
     elif step == "export":

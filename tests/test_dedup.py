@@ -194,6 +194,8 @@ def test_exact_pairs_and_no_embeddings(lake: Lake, tmp_path: Path):
         lake.dedup(["phash"], phash_search="clusters", progress=False)
     with pytest.raises(LakeError, match="phash_search must be one of"):
         lake.dedup(["phash"], phash_search="nearby", progress=False)
+    with pytest.raises(LakeError, match="phash_distance 100: expected an integer up to 64"):  # a Python caller's too
+        lake.dedup(["phash"], phash_distance=100, progress=False)
     assert "dup_phash_group" not in lake.dataset().schema.names
     rep = lake.dedup(["exact"], progress=False)  # exact needs no embedding; no score: kept by pixels, then time
     rows = by_key(lake, ["id", "dup_exact_group", "dup_pair_group", "dup_keep", "dup_reason"])

@@ -253,6 +253,10 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         '[export]\ndest = 5\n': "[export]: dest = 5 must be text",  # exported to a folder named "5" before
         '[cluster]\nk = true\n': "k = True must be a whole number",
         '[sequence]\nwhere = ["keep"]\n': "where = ['keep'] must be text",
+        '[dedup]\nphash_distance = 100\n': "invalid phash_distance 100: expected an integer up to 64",  # linked every row
+        '[rebalance]\ntemperature = -1\n': "invalid temperature -1",  # refused only after the earlier steps ran
+        '[rebalance]\nmax_repeats = 0\n': "invalid max_repeats 0",
+        '[sequence]\nshard_size = 0\n': "invalid shard_size 0",
     }
     for text, msg in cases.items():
         pipe = tmp_path / "p.toml"
