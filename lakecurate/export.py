@@ -46,7 +46,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
-from lakecurate.options import whole
+from lakecurate.options import whole, writable
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
@@ -324,6 +324,7 @@ def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: boo
     if "://" in uri and not uri.lower().startswith("file://"):
         raise LakeError(f"export writes to a local path, not '{uri}'; export to a folder and copy it to object storage")
     path = Path(uri[len("file://"):] if uri.lower().startswith("file://") else uri)
+    writable("export destination", path)
     if fmt in FOLDERS and path.is_file():
         raise LakeError(f"'{path}' is a file; a {'WebDataset' if fmt == 'webdataset' else 'MDS'} export needs a folder")
     if fmt == "parquet" and path.is_dir():

@@ -1,4 +1,4 @@
-"""Numeric options checked before a stage reads or writes anything: one place, one wording.
+"""Options checked before a stage reads or writes anything: one place, one wording.
 
 A bad value fails in one line naming the option, with the lake untouched (a k of -3 once re-fitted
 one concept; a batch size of -4 marked fragments embedded with nothing in them). The CLI's click
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 from lakecurate.errors import LakeError
@@ -54,6 +56,27 @@ def target(value: Any, option: str = "--target") -> float | int:
     if value > 1 and not float(value).is_integer():
         raise LakeError(f"invalid {option} {value!r}: a fraction must be in (0, 1], a row count a whole number")
     return float(value)  # a whole float above 1 stays a float: rebalance reads it as a count
+
+
+def writable(what: str, path: "str | os.PathLike[str]") -> None:
+    """Refuse, before any work, a local ``path`` that cannot be created: one of its parents is a
+    file, or the nearest existing folder is not writable (``/proc/x``, a read-only mount)."""
+    p = Path(os.path.abspath(os.fspath(path)))
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LakeError(f"{what} '{path}' cannot be written: '{parent}' is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
+        raise LakeError(f"{what} '{path}' cannot be written: folder '{parent}' is not writable; choose another path")
+
+
+def _read_only(folder: Path) -> bool:
+    """Whether ``folder`` is on a file system that refuses new files (root passes os.access there)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or folder.resolve().parts[1:2] in (("proc",), ("sys",))
+    except (OSError, AttributeError):  # no statvfs (Windows): os.access decided
+        return False
 
 
 _DEVICE = r"auto|cpu|mps|cuda(:\d+)?"

@@ -374,7 +374,9 @@ class _Builder:
                                "cards": self.cards(m.head(self.per_group), note=self._note,
                                                    badge=lambda r: "kept" if r["dup_keep"] else "dropped"),
                                "why": links.get(g, [])[: self.per_group]})
-        return {"groups": int(stats["groups"][0] or 0), "rows": int(stats["rows"][0] or 0), "top": groups}
+        # sum() over no groups is null (NaN in pandas), and NaN is truthy: `or 0` would not catch it.
+        rows = stats["rows"][0]
+        return {"groups": int(stats["groups"][0]), "rows": 0 if pd.isna(rows) else int(rows), "top": groups}
 
     def _links(self, members: pd.DataFrame) -> dict[str, list[str]]:
         """Group -> the links that made it (``dup_pairs``: method and evidence, e.g. "143 inliers"),
@@ -628,11 +630,13 @@ def report(
     import jinja2
 
     from lakecurate.errors import LakeError
+    from lakecurate.options import writable
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
         raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")
     if Path(out).is_dir():  # checked before the work; replacing it failed at the end, leaving OUT.tmp beside it
         raise LakeError(f"report: '{out}' is a folder; give the HTML file to write, e.g. {Path(out) / 'report.html'}")
+    writable("report", out)
     t0 = time.perf_counter()
     b = _Builder(lake, version, sample_rows=sample_rows, thumb_px=thumb_px, seed=seed, max_groups=max_groups,
                  per_group=per_group, n_low=n_low, per_reason=per_reason, n_concepts=n_concepts,

@@ -14,8 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
 from lakecurate import Lake, LakeError
+from lakecurate.cli import main
 from lakecurate.export import FORMATS, overlaps, spread_copies
 from lakecurate.plant import synthetic_pairs
 
@@ -74,6 +76,21 @@ def test_refuses_destinations_inside_the_lake(seq_lake: Lake, tmp_path: Path, fm
         assert "\n" not in str(err.value)
     assert seq_lake.version == version and seq_lake.count() == rows
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written in the lake
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_refuses_destinations_that_cannot_be_made(seq_lake: Lake, tmp_path: Path, fmt: str):
+    """A file where a parent folder should be, or a folder nobody may write into: one line naming the
+    path, before any work (these were FileExistsError / FileNotFoundError tracebacks)."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LakeError, match=r"cannot be written: '.*afile' is a file, not a folder"):
+        seq_lake.export(tmp_path / "afile" / "sub" / "out", fmt)
+    with pytest.raises(LakeError, match=r"cannot be written: folder '/proc' is not writable"):
+        seq_lake.export("/proc/lakecurate-export", fmt)
+    for name in ("afile/sub", "/proc/x.html"):
+        out = name if name.startswith("/") else str(tmp_path / name)
+        res = CliRunner().invoke(main, ["report", seq_lake.uri, out])
+        assert res.exit_code != 0 and "cannot be written" in res.output and "Traceback" not in res.output
 
 
 def test_overlaps_local_paths_and_uris(tmp_path: Path):

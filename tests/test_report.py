@@ -164,6 +164,12 @@ def test_empty_lake_sections_say_what_to_run(tmp_path: Path):
         assert f"lakecurate {command}" in html
     assert "script" not in page.tags and "&lt;script&gt;" in html  # captions are escaped
     assert int(page.attrs("flagged", "data-count")[0]["data-count"]) == 1
+    # a lake deduplicated with no duplicate group: the section says so (this crashed: NaN rows)
+    lake.dedup("exact", progress=False)
+    rep = lake.report(tmp_path / "deduped.html")
+    assert "duplicates" not in rep.empty_sections  # computed, and it found none
+    html = (tmp_path / "deduped.html").read_text()
+    assert Page(html).sections["duplicates"]["data-empty"] == "false" and "No duplicates found." in html
 
 
 def test_version_tag_and_sampling(curated: Lake, tmp_path: Path):
