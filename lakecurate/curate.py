@@ -539,6 +539,18 @@ FILTERS: dict[str, Filter] = {f.name: f() for f in (
 _NEEDS_BY_COLUMN = {c: f.needs for f in FILTERS.values() for c in f.columns if f.needs}
 
 
+# The Arrow types of those signals, so that a ``column`` step on one is type-checked before it is
+# computed (a stage imports no other stage: tests/test_curate_steps.py checks these against the
+# fields the signal stages and dedup declare).
+SIGNAL_TYPES: dict[str, pa.DataType] = {
+    **dict.fromkeys(("dup_keep", "cap_filename", "cap_url", "cap_boilerplate"), pa.bool_()),
+    **dict.fromkeys(("cap_words", "cap_max_repeat", "cap_nonprintable", "cap_emails", "cap_phones", "img_faces"),
+                    pa.int32()),
+    **dict.fromkeys(("cap_lang_prob", "img_sharpness", "img_entropy", "img_colorfulness"), pa.float32()),
+    **dict.fromkeys(("cap_lang", "dup_minhash_group"), pa.string()),
+}
+
+
 # --------------------------------------------------------------------------- recipes
 @dataclass
 class Step:
@@ -601,8 +613,10 @@ def load_recipe(recipe: str | Path | Mapping[str, Any], overrides: Mapping[str, 
         tomllib = _toml()
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 text
             raise LakeError(f"recipe '{path}' is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise LakeError(f"recipe '{path}' cannot be read: {exc.strerror or exc}") from None
         source = str(path)
     sets = _apply_overrides(raw, dict(overrides or {}), source)
     unknown = set(raw) - {"name", "embedding", "step", "steps", "privacy"}
@@ -918,14 +932,15 @@ def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
         name = p["column"]
         if name in ("keep", "drop_reason"):
             raise LakeError(f"{where}: column = {name!r} is what curate writes; test the columns it is made from")
-        if name not in schema.names:
-            if name in _NEEDS_BY_COLUMN:  # a signal curate computes on the way
-                continue
+        if name in schema.names:
+            typ = schema.field(name).type
+        elif name in _NEEDS_BY_COLUMN:  # a signal curate computes on the way: its type is known now
+            typ = SIGNAL_TYPES[name]
+        else:
             near = difflib.get_close_matches(name, schema.names, n=3)
             raise LakeError(f"{where}: lake '{lake.uri}' has no column {name!r}"
                             + (f" (did you mean {', '.join(near)}?)" if near else "")
-                            + f"; add a feature of your own with: lakecurate feature add {lake.uri} {name} --udf ...")
-        typ = schema.field(name).type
+                            + f"; add a feature of your own with: lakecurate feature add {lake.shell} {name} --udf ...")
         if not any(is_(typ) for is_ in _SCALAR):
             raise LakeError(f"{where}: column {name!r} holds {typ}, not one value per row; test a scalar column")
         numeric = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)

@@ -121,6 +121,8 @@ def load_pipeline(spec: str | os.PathLike | Mapping[str, Any], *, lake_uri: str 
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise LakeError(f"pipeline {path}: not valid TOML ({exc})") from None
+        except OSError as exc:
+            raise LakeError(f"pipeline {path}: cannot be read ({exc.strerror or exc})") from None
         source, base = str(path), path.resolve().parent
     name = str(raw.pop("name", Path(source).stem))
     unknown = sorted(set(raw) - set(STEPS))

@@ -135,6 +135,10 @@ def test_recipe_errors(tmp_path: Path, lake: Lake):
     bad('name = "a b"\n[[step]]\nfilter = "pii"\n', "may hold only letters")
     bad('name = "x"\n[[step]\n', "not valid TOML")
     bad('nme = "x"\n[[step]]\nfilter = "pii"\n', "unknown keys")
+    latin1 = tmp_path / "latin1.toml"  # a recipe saved in Latin-1: TOML is UTF-8 (this was a traceback)
+    latin1.write_bytes('name = "caf\u00e9"\n[[step]]\nfilter = "pii"\n'.encode("latin-1"))
+    with pytest.raises(LakeError, match="not valid TOML.*utf-8"):
+        load_recipe(latin1)
     with pytest.raises(LakeError, match="built-in recipe: basic"):
         load_recipe(tmp_path / "missing.toml")
     assert load_recipe("basic").name == "basic"  # shipped with the package

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
@@ -147,6 +148,10 @@ def test_parse_override(text, value):
     ({}, 'filter = "column"\ncolumn = "caption"\nmin = 3', "min/max need numbers"),
     ({}, 'filter = "column"\ncolumn = "width"\nequals = "wide"', "cannot equal a value of column 'width'"),
     ({}, 'filter = "column"\ncolumn = "clip_tinyrandom_image"\nnot_null = true', "not one value per row"),
+    # signals curate would compute on the way are typed before they exist (these dropped every row)
+    ({}, 'filter = "column"\ncolumn = "cap_words"\nequals = "abc"', "cannot equal a value of column 'cap_words'"),
+    ({}, 'filter = "column"\ncolumn = "cap_lang"\nmin = 3', "min/max need numbers, but column 'cap_lang'"),
+    ({}, 'filter = "column"\ncolumn = "dup_keep"\nin = [1, 2]', "cannot equal a value of column 'dup_keep'"),
     ({}, 'filter = "column"\ncolumn = "width"', "give at least one test"),
     ({}, 'filter = "column"\ncolumn = "keep"\nnot_null = true', "what curate writes"),
     ({}, 'filter = "sql"\nwhere = "nosuch > 3"', "No field named nosuch"),
@@ -164,6 +169,17 @@ def test_bad_generic_steps_and_overrides_write_nothing(featured, overrides, step
     with pytest.raises(LakeError, match=match):
         lake.curate(recipe, overrides=overrides, dry_run=True, progress=False)
     assert lake.dataset().version == before
+
+
+def test_signal_types_are_the_producers_fields():
+    """curate types a column step on a signal before it is computed; the stages that write them agree."""
+    from lakecurate import faces, signals
+    from lakecurate.curate import _NEEDS_BY_COLUMN, SIGNAL_TYPES
+
+    declared = {f.name: f.type for f in [*signals.CAPTION_FIELDS, *signals.IMAGE_FIELDS, *faces.FIELDS]}
+    declared.update(dup_keep=pa.bool_(), dup_minhash_group=pa.string())  # dedup's final and minhash columns
+    assert set(SIGNAL_TYPES) == set(_NEEDS_BY_COLUMN)
+    assert {c: declared[c] for c in SIGNAL_TYPES} == SIGNAL_TYPES
 
 
 def test_ambiguous_override_asks_for_a_number(tmp_path: Path):
