@@ -191,23 +191,25 @@ def crossing(steps: Sequence[float], curve: Sequence[float], target: float) -> f
 
 
 def speedup(steps: Sequence[float], view: Sequence[float], base: Sequence[float]) -> float:
-    """How many times fewer steps the view's curve needs to reach the baseline's final score (> 1:
-    curation saves compute); when it never gets there, the share of the steps the baseline needs to
-    reach the view's final score (< 1: curation costs compute). A view that beats the baseline's
-    final score before its first checkpoint counts as reaching it there (the ratio is then a floor).
+    """How many times fewer steps the view needs than the baseline to reach the lower of the two
+    final scores: > 1, curation saves compute (the view reaches the baseline's final score
+    sooner); < 1, it costs compute (the baseline reaches the view's final score sooner). Both
+    curves are measured the same way, so equal curves give 1.0 even when they plateau or stay flat
+    (a plateaued baseline reaches its final score before its last step). A curve there before the
+    first checkpoint counts as reaching it there (the ratio is then a bound).
 
     >>> speedup([0, 100, 200], [0.1, 0.5, 0.6], [0.1, 0.3, 0.5])
     2.0
     >>> speedup([0, 100, 200], [0.1, 0.3, 0.5], [0.1, 0.5, 0.6])
     0.5
+    >>> speedup([0, 100, 200], [0.4, 0.4, 0.4], [0.4, 0.4, 0.4])
+    1.0
     """
-    total = float(steps[-1])
-    first = float(steps[1]) if len(steps) > 1 else total
-    at = crossing(steps, view, base[-1])
-    if at is not None:
-        return total / max(at, first)
-    at = crossing(steps, base, view[-1])  # base[-1] > view[-1]: it gets there by the end
-    return (at if at is not None else total) / total
+    first = float(steps[1]) if len(steps) > 1 else float(steps[-1])
+    target = min(float(view[-1]), float(base[-1]))  # both curves reach it: each ends at or above it
+    at_view, at_base = crossing(steps, view, target), crossing(steps, base, target)
+    assert at_view is not None and at_base is not None
+    return max(at_base, first) / max(at_view, first)
 
 
 def speedup_summary(steps: Sequence[float], view: Sequence[Sequence[float]], base: Sequence[Sequence[float]]) -> dict[str, Any]:

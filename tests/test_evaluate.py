@@ -132,6 +132,12 @@ def test_speedup_on_literal_curves():
     assert speedup(steps, slow, base) == 0.5
     assert speedup(steps, base, base) == 1.0
     assert speedup(steps, [0.5] * 5, base) == 4.0  # at the first checkpoint already: a floor, 400 / 100
+    # Equal curves are no speed-up, however they are shaped: a flat curve (nothing learnt) and a
+    # plateau reach their final score early, the baseline's as early as the view's (these were 4.0).
+    assert speedup(steps, [0.3] * 5, [0.3] * 5) == 1.0
+    plateau = [0.10, 0.40, 0.40, 0.40, 0.40]
+    assert speedup(steps, plateau, plateau) == 1.0
+    assert speedup(steps, [0.10, 0.40, 0.40, 0.40, 0.40], [0.10, 0.20, 0.40, 0.40, 0.40]) == 2.0
     summary = speedup_summary(steps, [fast, slow], [base, base])
     assert summary["per_seed"] == [2.0, 0.5] and summary["median"] == 1.25
     assert (summary["min"], summary["max"]) == (0.5, 2.0)
