@@ -216,9 +216,9 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
             raise LakeError("say which model: model = \"offline\" (or an open_clip name)")
         resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
     elif step == "dedup":
-        from lakecurate.dedup import METHODS
+        from lakecurate.dedup import DEFAULT_METHODS, METHODS
 
-        methods = opts.get("methods", ["exact", "phash", "semantic"])
+        methods = opts.get("methods", list(DEFAULT_METHODS))
         bad = [m for m in (methods if isinstance(methods, list) else [methods]) if m not in (*METHODS, "all")]
         if bad:
             raise LakeError(f"unknown dedup method(s) {', '.join(map(str, bad))}; choose from {', '.join(METHODS)}")
@@ -285,9 +285,9 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             return "recompute asked for"
         return _stale_why(by_column.get(score))
     if step == "dedup":
-        from lakecurate.dedup import METHODS, group_columns
+        from lakecurate.dedup import DEFAULT_METHODS, METHODS, group_columns
 
-        methods = opts.get("methods", ["exact", "phash", "semantic"])
+        methods = opts.get("methods", list(DEFAULT_METHODS))
         methods = list(METHODS) if "all" in methods else methods
         missing = [m for m in methods if group_columns(m)[0] not in ds.schema.names]
         if missing:
