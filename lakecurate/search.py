@@ -55,7 +55,28 @@ def query_vector(enc: Encoder, query: Any) -> Any:
             raise LakeError(f"{what} not an image Pillow can read ({type(exc).__name__}); pass an image file, "
                             "or a text query that is not a file name") from None
         return enc.encode_images([rgb])[0].numpy()
-    return enc.encode_texts([str(query)])[0].numpy()
+    return enc.encode_texts([_text_query(query)])[0].numpy()
+
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic")
+
+
+def _text_query(query: Any) -> str:
+    """``query`` as the text to encode, or a LakeError: empty text, text that is not Unicode (bytes
+    a terminal in another encoding passed through as surrogates) and the path of an image file
+    that is not there (a typo would otherwise be searched for as a caption) are refused."""
+    text = str(query)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LakeError(f"query {text!r} is not valid UTF-8 text; pass it in UTF-8 (is the terminal set to "
+                        "another encoding?)") from None
+    if not text.strip():
+        raise LakeError("the query is empty; pass a text or the path of an image file")
+    if not any(c.isspace() for c in text) and text.lower().endswith(_IMAGE_SUFFIXES):
+        raise LakeError(f"query '{text}' looks like an image file, but there is no such file; check the path "
+                        "(a text query with spaces is searched for as a caption)")
+    return text
 
 
 def search(
@@ -83,6 +104,8 @@ def search(
     where = check_where(where, "--where", ds)
     prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option="prefix=...")
     col = embedding_columns(prefix)[target]
+    if isinstance(query, str) and not os.path.isfile(query):
+        _text_query(query)  # refused before the encoder is loaded
     vec = query_vector(encoder_for(prov), query)
     nearest = {"column": col, "q": vec, "k": k, "metric": "cosine"}
     if ds.has_index:
