@@ -160,10 +160,15 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
          label: str | None = None, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
     """Mark rows (pair ids): ``verdict`` "keep" or "drop" (a drop needs a ``reason``) and/or a
     ``label`` from :func:`labels`. A mark with a label only keeps the rows' verdicts. Returns the
-    action (its id for :func:`undo`, rows written, ids not found, the new version)."""
+    action (its id for :func:`undo`, rows written, ids not found, the new version). Ids of which
+    none is in the lake are refused: nothing is written."""
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
     ids, verdict, reason, label, by = _check(ids, verdict, reason, label, by, labels(lake))
+    if not lake.dataset().count_rows(filter=f"id IN ({in_list(ids)})"):  # nothing to mark, nothing to undo
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        raise LakeError(f"no pair of lake '{lake.uri}' has id {shown}; nothing marked. Find ids with: "
+                        f"lakecurate sql {lake.shell} \"SELECT id, key, caption FROM pairs LIMIT 10\"")
     at = datetime.now(timezone.utc)
     new: dict[str, Any] = {"review_by": by, "review_at": at}
     if verdict is not None:

@@ -114,6 +114,16 @@ CASES = [
     ("export", "export {lake} {lake}/pairs.lance --format lance --overwrite"),
     # a column prefix that cannot name columns in SQL
     ("name", "embed {lake} --model tiny-random --name 'bad name'"),
+    # reviews of ids the lake lacks (exit 0 with an undo hint naming an action that was never logged)
+    ("review", "review {lake} no-such-id --drop junk"),
+    # queries that are not one: empty, a missing image file (searched for as a caption)
+    ("search", "search {lake} ''"),
+    ("search", "search {lake} {tmp}/no-such-photo.jpg"),
+    # outputs that cannot be made (FileExistsError / FileNotFoundError tracebacks)
+    ("output", "export {lake} {tmp}/rows.csv/sub"),
+    ("output", "report {lake} {tmp}/rows.csv/sub.html"),
+    ("output", "export {lake} /proc/lakecurate-out"),
+    ("output", "report {lake} /proc/lakecurate-out.html"),
 ]
 
 RECIPES = {

@@ -73,7 +73,11 @@ def test_labels_and_checks(sample: Lake):
             review.mark(sample, ids, **kw)
     with pytest.raises(LakeError, match="read-only"):
         review.mark(sample, ids, verdict="keep", read_only=True)
-    assert review.mark(sample, ["no-such-id"], verdict="keep")["not_found"] == ["no-such-id"]
+    assert review.mark(sample, [ids[0], "no-such-id"], verdict="keep")["not_found"] == ["no-such-id"]
+    version = sample.version
+    with pytest.raises(LakeError, match="no pair of lake .* has id no-such-id; nothing marked"):  # was an action
+        review.mark(sample, ["no-such-id"], verdict="keep")  # with 0 rows and an undo hint that failed
+    assert sample.version == version
     with pytest.raises(LakeError, match="not in lake"):
         review.undo(sample, "../../etc")
 
