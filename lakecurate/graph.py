@@ -389,24 +389,41 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
 # ----------------------------------------------------------------------------- what to run
 def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
     """The command that recomputes ``node`` (or, ``state`` "incomplete", fills its missing rows),
-    rebuilt from its provenance."""
+    rebuilt from its provenance: every option the stage was run with, quoted, so that it can be
+    pasted and runs as given (tests/test_pipeline.py runs them)."""
+    import shlex
+    from pathlib import Path
+
+    q = shlex.quote
     cfg = node.prov.get("config") or {}
-    uri = lake.uri
-    branch = f" --branch {lake.branch}" if getattr(lake, "branch", None) else ""
+    uri = lake.shell
+    branch = f" --branch {q(lake.branch)}" if getattr(lake, "branch", None) else ""
     head = f"lakecurate{branch}"
+
+    def opt(name: str, value: Any) -> str:  # an option given only when it was set
+        return "" if value is None else f" {name} {q(str(value))}"
+
     if node.stage == "embed":
         return embed_command(lake, cfg.get("prefix") or node.columns[0].rsplit("_", 1)[0], node.prov)
     if node.stage == "curate":
-        return f"{head} curate {uri} {cfg.get('source') or 'RECIPE'}"
+        source = str(cfg.get("source") or "")
+        if not source or source.startswith("<"):  # a recipe given as a dict (the Python API): no file to name
+            source = "RECIPE.toml"
+        elif Path(source).parent == Path(__file__).parent / "recipes":  # a built-in recipe: its name
+            source = Path(source).stem
+        sets = ((cfg.get("recipe") or {}).get("set")) or {}
+        return f"{head} curate {uri} {q(source)}" + "".join(f" --set {q(f'{k}={json.dumps(v)}')}" for k, v in sets.items())
     if node.stage == "dedup":
         return f"{head} dedup {uri}"
     if node.stage == "concepts":
-        return f"{head} cluster {uri} --k {cfg.get('k')} --seed {cfg.get('seed', 0)}"
+        return f"{head} cluster {uri} -k {cfg.get('k')}{opt('--embedding', cfg.get('embedding'))} --seed {cfg.get('seed', 0)}"
     if node.stage == "rebalance":
         return (f"{head} rebalance {uri} --target {cfg.get('target')} --temperature {cfg.get('temperature')} "
-                f"--rule {cfg.get('rule')} --max-repeats {cfg.get('max_repeats')} --seed {cfg.get('seed', 0)}")
+                f"--rule {cfg.get('rule')} --max-repeats {cfg.get('max_repeats')}{opt('--where', cfg.get('where'))} "
+                f"--seed {cfg.get('seed', 0)}")
     if node.stage == "sequence":
-        return f"{head} sequence {uri} --mode {cfg.get('mode')} --shard-size {cfg.get('shard_size')} --seed {cfg.get('seed', 0)}"
+        return (f"{head} sequence {uri} --mode {cfg.get('mode')}{opt('--score', cfg.get('score'))} "
+                f"--shard-size {cfg.get('shard_size')}{opt('--where', cfg.get('where'))} --seed {cfg.get('seed', 0)}")
     if node.stage == "feature":
         return f"{head} feature add {uri} {node.columns[0]} --udf {node.prov.get('udf', 'MODULE:FUNCTION')}"
     if node.stage in ("signals-faces", "signals-text"):
@@ -510,7 +527,9 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
         bad = [s for s in not_current(lake, ds, [col], all_states) if s.state == "stale"]
         if not bad:
             return col, notes
-        notes.append(f"{col} skipped: {bad[0].node.stage} is stale ({bad[0].reasons[0]}); re-run: {bad[0].fix}")
+        why = f"{bad[0].node.stage} is stale ({bad[0].reasons[0]}); re-run: {bad[0].fix}"
+        # the last candidate is used all the same: the note says so (it said "skipped" while in use)
+        notes.append(f"{col} skipped: {why}" if col != present[-1] else f"{col} used though no decision is current: {why}")
     return (present[-1] if present else None), notes
 
 

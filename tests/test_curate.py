@@ -107,6 +107,21 @@ def test_recipe_on_sample_data(lake_copy: Lake, tmp_path: Path):
     assert field_provenance(lake.dataset().schema.field("keep"))["config"]["recipe"]["name"] == "lenient"
 
 
+def test_a_stale_curation_in_use_is_named_so(lake_copy: Lake, tmp_path: Path):
+    """With no current decision, the view falls back to the stale keep: the note says it is used."""
+    lake = lake_copy
+    path = tmp_path / "sample.toml"
+    path.write_text(RECIPE)
+    lake.curate(path, progress=False)
+    lake.dedup(["exact"], keep_from=["exact"], progress=False)  # dup_keep rewritten after curate read it
+    st = lake.status()
+    assert st["view"] == "keep"
+    assert len(st["view_notes"]) == 1 and st["view_notes"][0].startswith("keep used though no decision is current: "
+                                                                           "curate is stale (dup_keep was written")
+    res = CliRunner().invoke(main, ["diff", lake.uri, "1"])
+    assert "keep used though no decision is current" in res.output and "skipped" not in res.output, res.output
+
+
 def test_new_rows_are_judged_and_source_rows_stay(lake_copy: Lake, tmp_path: Path):
     lake = lake_copy
     recipe = {"name": "junk", "step": [{"filter": "caption_filename"}, {"filter": "caption_length", "min_words": 4}]}

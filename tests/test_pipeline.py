@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -118,6 +119,40 @@ def test_last_writes_follow_compaction_and_restore(lake: Lake):
 
 
 # ----------------------------------------------------------------------------- the stale export (the issue's case)
+def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
+    """Each stale stage's fix command, pasted as printed, re-runs it with the options it had (they said
+    `cluster --k`, which is no option, dropped --where, --score and --set, and did not quote the lake)."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "a lake"))  # a space to quote
+    recipe = tmp_path / "loose.toml"
+    recipe.write_text('name = "loose"\n[[step]]\nfilter = "ingest_error"\n[[step]]\nfilter = "caption_length"\n'
+                      'min_words = 1\nmax_words = 100\n')
+    runner = CliRunner()
+    for args in (["curate", lake.uri, str(recipe), "--set", "caption_length.min_words=2"],
+                 ["cluster", lake.uri, "-k", "3", "--seed", "4"],
+                 ["rebalance", lake.uri, "--target", "0.7", "--where", "keep AND width > 10"],
+                 ["sequence", lake.uri, "--mode", "curriculum", "--score", "-clip_tinyrandom_score", "--where", "keep"]):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 0, res.output
+    configs = {s.node.stage: s.node.prov["config"] for s in graph.states(lake)}
+    lake.curate(STRICT, progress=False)  # everything after curate is stale now, curate itself current
+    assert {s.node.stage for s in graph.states(lake) if s.state == "stale"} == {"rebalance", "sequence"}
+    fixes = {s.node.stage: s.fix for s in graph.states(lake)}
+    assert "--where 'keep AND width > 10'" in fixes["rebalance"] and "--score -clip_tinyrandom_score" in fixes["sequence"]
+    for stage in ("rebalance", "sequence", "concepts"):
+        res = runner.invoke(main, shlex.split(fixes[stage])[1:] + (["--recompute"] if stage == "concepts" else []))
+        assert res.exit_code == 0, (fixes[stage], res.output)
+    after = {s.node.stage: s for s in graph.states(lake)}
+    assert after["rebalance"].state == after["sequence"].state == "current"
+    for stage in ("rebalance", "sequence", "concepts"):  # the same options as before
+        assert after[stage].node.prov["config"] == configs[stage], stage
+    # curate's: the recipe file and its --set; a built-in recipe by its name
+    lake.curate(recipe, overrides={"caption_length.min_words": 2}, progress=False)
+    fix = {s.node.stage: s.fix for s in graph.states(lake)}["curate"]
+    assert fix == f"lakecurate curate {shlex.quote(lake.uri)} {recipe} --set caption_length.min_words=2"
+    lake.curate("basic", progress=False)
+    assert {s.node.stage: s.fix for s in graph.states(lake)}["curate"] == f"lakecurate curate {shlex.quote(lake.uri)} basic"
+
+
 def test_stale_export_is_refused_and_diff_compares_the_effective_view(rebalanced: Lake, tmp_path: Path):
     uri = rebalanced.uri
     runner = CliRunner()
