@@ -274,10 +274,11 @@ class Store:
             return df[list(columns)]
         return ds.to_table(columns=list(columns), filter=where, limit=limit).to_pandas()
 
-    def read_images(self, ids: Sequence[str]) -> list[bytes | None]:
-        """Image bytes for the given pair ids, in the same order (None where absent)."""
+    def read_images(self, ids: str | Sequence[str]) -> list[bytes | None]:
+        """Image bytes for the given pair ids, in the same order (None where absent); one id (a
+        string) is a list of one, not of its characters."""
         ds = self.dataset()
-        id_list = list(ids)
+        id_list = [ids] if isinstance(ids, str) else list(ids)
         if not id_list:
             return []
         from lakecurate.sqlcheck import in_list

@@ -154,6 +154,7 @@ def test_images_round_trip_and_scans_skip_image_bytes(lake: Lake):
     for key, data in zip(df["key"], imgs):
         assert data == (SAMPLE_DATA / key).read_bytes()
     assert lake.read_images(["no-such-id"]) == [None]
+    assert lake.read_images(df["id"][0]) == imgs[:1]  # one id, not its characters (16 Nones)
     full = lake.to_pandas(["key", "image"], where="key = 'rocket.jpg'")
     assert full["image"][0] == (SAMPLE_DATA / "rocket.jpg").read_bytes()
     # the image column is a Lance blob column: a caption scan reads descriptors, never the bytes

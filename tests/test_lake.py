@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lance
 import lancedb
+import numpy as np
 import pytest
 
 from lakecurate import Lake, LakeError
@@ -46,6 +47,18 @@ def test_lancedb_and_lance_open_the_table_unchanged(sample_lake: Lake):
     got = tbl.search().where("key = 'coffee.jpg'").select(["caption"]).to_pandas()
     assert got["caption"][0] == (SAMPLE_DATA / "coffee.txt").read_text().strip()
     assert lance.dataset(str(Path(sample_lake.uri) / "pairs.lance")).count_rows() == sample_lake.count()
+
+
+def test_lancedb_vector_search_names_its_columns(sample_lake_embedded: Lake):
+    """What the README says of LanceDB's vector search on a lake: with .select it works, the blob
+    column makes it fail without (if LanceDB lifts that, the README's note can go)."""
+    tbl = lancedb.connect(sample_lake_embedded.uri).open_table("pairs")
+    vec = sample_lake_embedded.to_pandas(["clip_tinyrandom_image"], where="key = 'chelsea.jpg'")["clip_tinyrandom_image"][0]
+    got = (tbl.search(np.asarray(vec, np.float32), vector_column_name="clip_tinyrandom_image")
+           .select(["id", "key", "caption"]).limit(3).to_pandas())
+    assert "chelsea.jpg" in set(got["key"]) and len(got) == 3  # (chelsea_mismatch.jpg: the same image)
+    with pytest.raises(Exception, match="blob columns"):
+        tbl.search(np.asarray(vec, np.float32), vector_column_name="clip_tinyrandom_image").limit(3).to_pandas()
 
 
 def test_info_versions_tags_and_time_travel(sample_lake: Lake):
