@@ -304,7 +304,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
         elif node.per_row:
             _per_row(ds, node, writes, frags, st)
         else:
-            _global(ds, node, writes, st)
+            _global(ds, node, writes, list(frags.values()), st)
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \
@@ -341,13 +341,23 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
         st.reasons.append(f"{st.rows_missing} rows have no {node.columns[0]} yet")
 
 
-def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], st: NodeState) -> None:
+def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], frags: list[Any],
+            st: NodeState) -> None:
     """A global node read the whole table at one version: any input written after it is newer."""
     data = [w for c in node.columns for w in writes.get(c, {}).values()]
     marker = computed_marker(ds, node)
     candidates = [r for r in ([max(w[1] for w in data)] if data else []) + ([marker] if marker is not None else [])]
     read = max(candidates) if candidates else node.prov.get("table_version")
     st.computed_from = read
+    if not candidates and not any(has_data(ds, f, c) for f in frags for c in node.columns):
+        # declared, never written, no marker of a run that found nothing to write: the run stopped
+        # between declaring its columns and its commit (kill -9, an error); its nulls mean nothing
+        rows = sum(f.count_rows() for f in frags)
+        if rows:
+            st.state, st.rows_missing = "incomplete", rows
+            st.reasons.append(f"{node.columns[0]} was declared at version {node.prov.get('table_version')} but no "
+                              f"run wrote its values (stopped before its commit?)")
+            return
     if read is None:
         return
     newer = {}
@@ -378,8 +388,10 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
         marker = computed_marker(ds, Node("", present, [], {}))
         recorded = max(data_read, marker if marker is not None else -1)
         newer = [w[0] for c in sources for w in writes.get(c, {}).values() if recorded < w[0] <= read_version]
-        if not newer:
+        if not newer and recorded >= 0:
             return None
+        if not newer and any(has_data(ds, f, c) for f in ds.get_fragments() for c in present):
+            return None  # values whose commits cleanup removed from the log: they show a run finished
         ds.update_field_metadata({c: {COMPUTED_KEY: value} for c in present})
         return ds.version
 
@@ -413,8 +425,8 @@ def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
             source = Path(source).stem
         sets = ((cfg.get("recipe") or {}).get("set")) or {}
         return f"{head} curate {uri} {q(source)}" + "".join(f" --set {q(f'{k}={json.dumps(v)}')}" for k, v in sets.items())
-    if node.stage == "dedup":
-        return f"{head} dedup {uri}"
+    if node.stage == "dedup":  # a method's groups: that method (the final columns: the defaults)
+        return f"{head} dedup {uri}" + (f" --method {cfg['method']}" if cfg.get("method") else "")
     if node.stage == "concepts":
         return f"{head} cluster {uri} -k {cfg.get('k')}{opt('--embedding', cfg.get('embedding'))} --seed {cfg.get('seed', 0)}"
     if node.stage == "rebalance":

@@ -212,6 +212,37 @@ def test_exact_pairs_and_no_embeddings(lake: Lake, tmp_path: Path):
     assert lake.dedup(["exact"], keep_from=["exact", "minhash"], progress=False).dropped == 2  # among those computed
 
 
+def test_a_run_stopped_before_its_commit_is_incomplete_not_current(lake: Lake, tmp_path: Path, monkeypatch):
+    """Columns declared by a run killed before its commit hold nulls that mean nothing: status said
+    current. A finished run that found nothing to write is current."""
+    from lakecurate import graph
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):  # undecodable: no image hash, so phash groups stay null
+        (src / f"p{i}.jpg").write_bytes(b"not a jpeg" * (i + 1))
+        (src / f"p{i}.txt").write_text(f"caption {i}")
+    lake.ingest(src, progress=False)
+
+    def state(column: str):
+        return next(s for s in graph.states(lake) if column in s.node.columns)
+
+    lake.dedup(["phash"], progress=False)  # a finished run with every value null: current
+    assert lake.count("dup_phash_group IS NOT NULL") == 0 and state("dup_phash_group").state == "current"
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("kill -9")
+    monkeypatch.setattr(dedup_module, "commit_decisions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lake.dedup(["exact"], progress=False)
+    st = state("dup_exact_group")
+    assert st.state == "incomplete" and st.rows_missing == 2 and "stopped before its commit" in st.reasons[0]
+    assert st.fix.endswith("dedup " + lake.uri + " --method exact")
+    monkeypatch.undo()
+    lake.dedup(["exact"], progress=False)
+    assert state("dup_exact_group").state == "current"
+
+
 def test_incremental_run_checks_only_new_rows(sample_lake_embedded: Lake, tmp_path: Path):
     lake = sample_lake(tmp_path, exclude=tuple(COPIES))
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
