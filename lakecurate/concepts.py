@@ -358,10 +358,14 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     tbl = ds.to_table(columns=[c for c in ("concept", "concept_dist") if c in ds.schema.names], with_row_address=True)
     valid = column_valid(ds, col)
     n_valid = int(valid.sum())
-    k = int(k or default_k(n_valid))
-    report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
     if n_valid == 0:
         raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; run: lakecurate embed {lake.shell}")
+    if k is not None and k > n_valid:  # k-means fit min(k, rows) centroids, and the rest were empty concepts
+        raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); "
+                        f"choose -k up to {n_valid}, or leave it out (default: {default_k(n_valid)}, "
+                        f"about the square root of the rows)")
+    k = int(k or default_k(n_valid))
+    report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
     src = LanceVectors(ds, col, np.flatnonzero(valid))
     cent = fit_centroids(src, k, seed)
     label = np.full(len(valid), -1, np.int32)
@@ -608,6 +612,9 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
             if score_col:
                 msg += f"; {score!r} {'is not a number column' if score_col in names else 'is not in the lake'}"
             raise LakeError(msg)
+    if not (ds.count_rows(filter=where) if where else ds.count_rows()):  # it wiped the order there was, exit 0
+        raise LakeError(f"no rows to order in lake '{lake.uri}'" + (f" where {where}" if where else "")
+                        + "; check --where (nothing was written)")
     cols = (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])  # no ids: addresses
     frags = ds.get_fragments()
     bar = progress_bar(total=2 * ds.count_rows(), desc="sequence", unit="row", progress=progress)  # keyed, written

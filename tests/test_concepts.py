@@ -222,6 +222,8 @@ def clustered(sample_lake_embedded: Lake, tmp_path_factory) -> Lake:
     ("sequence", {"shard_size": -5}, "--shard-size"),
     ("sequence", {"shard_size": 2.5}, "--shard-size"),
     ("sequence", {"seed": -1}, "--seed"),
+    ("sequence", {"where": "id = 'none'"}, "no rows to order"),  # wrote every seq_order null, exit 0
+    ("cluster", {"k": 27, "recompute": True}, "-k 27 asks for more concepts than"),  # 26 rows: empty concepts
 ])
 def test_bad_numbers_are_refused_before_any_write(clustered: Lake, stage: str, options: dict, option: str):
     version = clustered.version

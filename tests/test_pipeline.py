@@ -271,6 +271,12 @@ def test_run_twice_does_nothing_and_a_threshold_reruns_only_what_follows(tmp_pat
     assert max(w[0] for w in writes["clip_tinyrandom_image"].values()) <= v  # embed did not run
     assert max(w[0] for w in writes["concept"].values()) <= v  # nor cluster
     assert lake.run(pipe, progress=False).ran == []
+    # the file's k changes: cluster re-runs with the new k (it stopped on "pass --recompute")
+    pipe.write_text(pipe.read_text().replace("k = 3", "k = 4"))
+    fourth = lake.run(pipe, progress=False)
+    assert fourth.ran[:2] == ["cluster", "rebalance"] and fourth.steps[3].why == "k changed (3 -> 4)"
+    concepts = {s.node.stage: s for s in graph.states(lake)}["concepts"]
+    assert concepts.node.prov["config"]["k"] == 4 and concepts.state == "current"
 
 
 def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
