@@ -29,20 +29,26 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     from lakecurate.encoders import EncoderError
     from lakecurate.ingest import IngestError
 
+    def fail(message: str, as_json: bool) -> click.ClickException:
+        if as_json:  # a script reading stdout gets JSON here too; the person, the one line on stderr
+            echo_json({"error": message})
+        return click.ClickException(message)
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return fn(*args, **kwargs)
         except (LakeError, IngestError, EncoderError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise fail(str(exc), as_json) from None
         except OSError as exc:
             # A full disk is the user's to fix, and safe to retry: every commit is atomic, so what
             # was committed before the failed write is intact and a re-run resumes from it.
             if exc.errno != errno.ENOSPC and "no space left on device" not in str(exc).lower():
                 raise
             where = exc.filename or kwargs.get("dest") or kwargs.get("lake") or kwargs.get("lake_uri") or "the lake"
-            raise click.ClickException(f"no space left on device while writing {where}; free space and re-run: "
-                                       f"committed work is kept") from None
+            raise fail(f"no space left on device while writing {where}; free space and re-run: "
+                       f"committed work is kept", as_json) from None
 
     return wrapper
 

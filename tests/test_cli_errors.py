@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import shlex
 import shutil
 import subprocess
@@ -204,6 +205,17 @@ def test_search_with_an_image_file_still_works(bad_env: dict[str, str], tmp_path
     res = CliRunner().invoke(main, ["search", bad_env["lake"], str(img), "-k", "2", "--json"])
     assert res.exit_code == 0, res.output
     assert io.StringIO(res.stdout).read().count('"similarity"') == 2
+
+
+@pytest.mark.parametrize("args", [["search", "{lake}", "", "--json"], ["cluster", "{lake}", "-k", "999", "--json"],
+                                  ["review", "{lake}", "no-such-id", "--keep", "--json"]])
+def test_json_errors_are_json_on_stdout(bad_env: dict[str, str], args: list[str]):
+    """With --json a script reads stdout: the error is a JSON object there (stdout was empty), the
+    one line stays on stderr, exit code 1."""
+    res = CliRunner().invoke(main, [a.format(**bad_env) for a in args])
+    _one_error_line(res)
+    got = json.loads(res.stdout)
+    assert set(got) == {"error"} and res.stderr.strip() == f"Error: {got['error']}"
 
 
 @pytest.mark.parametrize("args", [["restore", "{lake}", "9999"], ["tag", "{lake}", "bad name"]])
