@@ -362,9 +362,9 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; run: lakecurate embed {lake.shell}")
     if k is not None and k > n_valid:  # k-means fit min(k, rows) centroids, and the rest were empty concepts
         raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); "
-                        f"choose -k up to {n_valid}, or leave it out (default: {default_k(n_valid)}, "
-                        f"about the square root of the rows)")
-    k = int(k or default_k(n_valid))
+                        f"choose -k up to {n_valid}, or leave it out (default: "
+                        f"{min(default_k(n_valid), n_valid)}, about the square root of the rows)")
+    k = int(k or min(default_k(n_valid), n_valid))  # (one row: one concept, not 2 with one empty)
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
     src = LanceVectors(ds, col, np.flatnonzero(valid))
     cent = fit_centroids(src, k, seed)

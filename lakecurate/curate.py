@@ -54,7 +54,7 @@ from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import embed_command, no_producer, where_columns
-from lakecurate.names import DEDUP_DEFAULT_METHODS, Produce, embedding_columns
+from lakecurate.names import Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
 
@@ -186,8 +186,8 @@ class IngestError(Filter):
 
 
 class Duplicate(Filter):
-    name, doc = "duplicate", ("a duplicate of a better pair (dup_keep = false; runs dedup with its default methods if needed, "
-                       "semantic only with a real encoder)")
+    name, doc = "duplicate", ("a duplicate of a better pair (dup_keep = false; runs dedup if needed: exact, phash, and "
+                       "semantic with a real encoder; copy groups when `lakecurate dedup` made them)")
     needs, columns = (DEDUP,), ("dup_keep",)
 
     def drop(self, df, p):
@@ -798,7 +798,8 @@ def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None
             use = emb if emb is not None else (next(iter(found)) if len(found) == 1 else None)
             # Semantic dedup only with a real encoder: a random test model's similarities mean nothing.
             semantic = use is not None and not meaningless(found[use])
-            produce("dedup", methods=[m for m in DEDUP_DEFAULT_METHODS if semantic or m != "semantic"], embedding=use,
+            # Not copy: its all-pairs search is hours at 10M rows (docs/scale.md); `lakecurate dedup` adds it.
+            produce("dedup", methods=["exact", "phash", "semantic"] if semantic else ["exact", "phash"], embedding=use,
                     progress=progress, engine=engine)
             computed.append(DEDUP)
     if TEMPLATES in needs:

@@ -192,11 +192,12 @@ def crossing(steps: Sequence[float], curve: Sequence[float], target: float) -> f
 
 def speedup(steps: Sequence[float], view: Sequence[float], base: Sequence[float]) -> float:
     """How many times fewer steps the view needs than the baseline to reach the lower of the two
-    final scores: > 1, curation saves compute (the view reaches the baseline's final score
-    sooner); < 1, it costs compute (the baseline reaches the view's final score sooner). Both
-    curves are measured the same way, so equal curves give 1.0 even when they plateau or stay flat
-    (a plateaued baseline reaches its final score before its last step). A curve there before the
-    first checkpoint counts as reaching it there (the ratio is then a bound).
+    final scores: > 1, the view gets there sooner (curation saves compute); < 1, the baseline does
+    (curation costs compute, for that score: read it beside the final gap, since a baseline that
+    plateaus early can get there sooner and still end lower). Both curves are measured the same
+    way, so equal curves give 1.0 even when they plateau or stay flat. A curve there before the
+    first checkpoint counts as reaching it there (the ratio is then a bound); a curve without a
+    final score (NaN) gives NaN.
 
     >>> speedup([0, 100, 200], [0.1, 0.5, 0.6], [0.1, 0.3, 0.5])
     2.0
@@ -208,7 +209,8 @@ def speedup(steps: Sequence[float], view: Sequence[float], base: Sequence[float]
     first = float(steps[1]) if len(steps) > 1 else float(steps[-1])
     target = min(float(view[-1]), float(base[-1]))  # both curves reach it: each ends at or above it
     at_view, at_base = crossing(steps, view, target), crossing(steps, base, target)
-    assert at_view is not None and at_base is not None
+    if at_view is None or at_base is None:  # only when a final score is NaN
+        return float("nan")
     return max(at_base, first) / max(at_view, first)
 
 

@@ -388,10 +388,8 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
         marker = computed_marker(ds, Node("", present, [], {}))
         recorded = max(data_read, marker if marker is not None else -1)
         newer = [w[0] for c in sources for w in writes.get(c, {}).values() if recorded < w[0] <= read_version]
-        if not newer and recorded >= 0:
+        if not newer:
             return None
-        if not newer and any(has_data(ds, f, c) for f in ds.get_fragments() for c in present):
-            return None  # values whose commits cleanup removed from the log: they show a run finished
         ds.update_field_metadata({c: {COMPUTED_KEY: value} for c in present})
         return ds.version
 
@@ -399,6 +397,18 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
 
 
 # ----------------------------------------------------------------------------- what to run
+# A dedup method's provenance config key -> the `lakecurate dedup` option that set it.
+_DEDUP_FLAGS = {
+    "phash": {"max_distance": "--phash-distance", "search": "--phash-search", "cosine": "--phash-cosine"},
+    "copy": {"max_distance": "--copy-distance", "search": "--copy-search", "cosine": "--copy-cosine"},
+    "semantic": {"threshold": "--semantic-threshold", "confirm_cosine": "--confirm-cosine",
+                 "confirm_distance": "--confirm-distance"},
+    "caption": {"threshold": "--caption-threshold"},
+    "minhash": {"threshold": "--minhash-threshold"},
+    "verify": {"neighbors": "--verify-neighbors", "min_cosine": "--verify-cosine", "min_inliers": "--verify-inliers"},
+}
+
+
 def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
     """The command that recomputes ``node`` (or, ``state`` "incomplete", fills its missing rows),
     rebuilt from its provenance: every option the stage was run with, quoted, so that it can be
@@ -425,8 +435,14 @@ def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
             source = Path(source).stem
         sets = ((cfg.get("recipe") or {}).get("set")) or {}
         return f"{head} curate {uri} {q(source)}" + "".join(f" --set {q(f'{k}={json.dumps(v)}')}" for k, v in sets.items())
-    if node.stage == "dedup":  # a method's groups: that method (the final columns: the defaults)
-        return f"{head} dedup {uri}" + (f" --method {cfg['method']}" if cfg.get("method") else "")
+    if node.stage == "dedup":  # a method's groups: that method with its settings (the final columns: the defaults)
+        method = cfg.get("method")
+        if not method:
+            return f"{head} dedup {uri}"
+        out = f"{head} dedup {uri} --method {method}{opt('--embedding', cfg.get('embedding'))}"
+        for key, flag in _DEDUP_FLAGS.get(method, {}).items():
+            out += opt(flag, cfg.get(key))
+        return out + (" --no-flips" if cfg.get("flips") is False else "")
     if node.stage == "concepts":
         return f"{head} cluster {uri} -k {cfg.get('k')}{opt('--embedding', cfg.get('embedding'))} --seed {cfg.get('seed', 0)}"
     if node.stage == "rebalance":

@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 
     from lakecurate.store import Store
 
-# dedup's methods when none are named: curate's duplicate step asks for the same (semantic only with
-# a real encoder), so that `curate` then `dedup` finds the groups current instead of redoing them.
-DEDUP_DEFAULT_METHODS = ("exact", "phash", "semantic", "copy")
-
 # A stage that needs another stage's columns asks for them by the producer's name; the caller (the
 # Lake facade or the pipeline) runs that producer. ``produce(stage, **options) -> rows computed``.
 Produce = Callable[..., int]

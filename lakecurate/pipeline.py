@@ -382,9 +382,10 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
         if why is not None and not dry_run:
             t = time.perf_counter()
             v = lake.version
-            if step in ("cluster", "dedup") and why.split(" (")[0].endswith(" changed") and "recompute" not in opts:
-                # the file now says other settings: replace what the earlier ones made (the stage alone
-                # refuses that without --recompute); the earlier results stay in the lake's versions
+            if step == "cluster" and why.split(" (")[0].endswith(" changed") and "recompute" not in opts:
+                # the file now says another k, seed or embedding: replace the earlier concepts (the stage
+                # alone refuses that without --recompute); they stay in the lake's versions. Not dedup:
+                # its recompute redoes every method named, hours at scale for one changed threshold
                 opts = {**opts, "recompute": True}
             out = _call(fns[step], step, opts, progress)
             res.seconds = time.perf_counter() - t

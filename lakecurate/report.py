@@ -636,6 +636,8 @@ def report(
         raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")
     if Path(out).is_dir():  # checked before the work; replacing it failed at the end, leaving OUT.tmp beside it
         raise LakeError(f"report: '{out}' is a folder; give the HTML file to write, e.g. {Path(out) / 'report.html'}")
+    if "://" in str(out):  # (it wrote a local folder named "s3:")
+        raise LakeError(f"report writes a local HTML file, not '{out}'; write it here and copy it to object storage")
     writable("report", out)
     t0 = time.perf_counter()
     b = _Builder(lake, version, sample_rows=sample_rows, thumb_px=thumb_px, seed=seed, max_groups=max_groups,

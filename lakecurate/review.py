@@ -113,17 +113,22 @@ def _check(ids: Sequence[str], verdict: str | None, reason: str | None, label: s
     return ids, verdict, reason, label, by or "anonymous"
 
 
-def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str, dict[str, Any]] | None = None
-           ) -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
+def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str, dict[str, Any]] | None = None,
+           *, none_found: str | None = None) -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
     """Set the review values of rows (``id -> {column: value}``) in one commit, read-modify-write;
     with ``expect`` only rows still holding those values (an undo). Returns (version, the values
-    the rows held before, ids skipped because they are not in the lake or changed since)."""
-    declare(lake)
+    the rows held before, ids skipped because they are not in the lake or changed since). With
+    ``none_found``, ids of which none is in the lake raise that message, before anything is written."""
 
     def attempt() -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
         ds = lake.dataset()
         found = ds.to_table(columns=["id"], filter=f"id IN ({in_list(new_by_id)})", with_row_address=True)
         addr = dict(zip(found.column("id").to_pylist(), found.column("_rowaddr").to_pylist()))
+        if none_found is not None and not addr:
+            raise LakeError(none_found)
+        if not set(NAMES) <= set(ds.schema.names):  # the first review: its columns (addresses stay)
+            declare(lake)
+            ds = lake.dataset()
         by_frag: dict[int, list[str]] = {}
         for i in new_by_id:
             if i in addr:
@@ -165,17 +170,16 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
     ids, verdict, reason, label, by = _check(ids, verdict, reason, label, by, labels(lake))
-    if not lake.dataset().count_rows(filter=f"id IN ({in_list(ids)})"):  # nothing to mark, nothing to undo
-        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-        raise LakeError(f"no pair of lake '{lake.uri}' has id {shown}; nothing marked. Find ids with: "
-                        f"lakecurate sql {lake.shell} \"SELECT id, key, caption FROM pairs LIMIT 10\"")
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    none_found = (f"no pair of lake '{lake.uri}' has id {shown}; nothing marked. Find ids with: "  # nothing to undo
+                  f"lakecurate sql {lake.shell} \"SELECT id, key, caption FROM pairs LIMIT 10\"")
     at = datetime.now(timezone.utc)
     new: dict[str, Any] = {"review_by": by, "review_at": at}
     if verdict is not None:
         new.update(review_verdict=verdict, review_reason=reason)
     if label is not None:
         new["review_label"] = label
-    version, before, skipped = _write(lake, {i: new for i in ids})
+    version, before, skipped = _write(lake, {i: new for i in ids}, none_found=none_found)
     action = uuid.uuid4().hex
     _log(lake, action, "mark", before, {i: new for i in before}, by, at)
     return {"action": action, "rows": len(before), "not_found": skipped, "version": version}

@@ -63,8 +63,8 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".t
 
 def _text_query(query: Any) -> str:
     """``query`` as the text to encode, or a LakeError: empty text, text that is not Unicode (bytes
-    a terminal in another encoding passed through as surrogates) and the path of an image file
-    that is not there (a typo would otherwise be searched for as a caption) are refused."""
+    a terminal in another encoding passed through as surrogates) and a path (with a folder) of an
+    image file that is not there (a typo would otherwise be searched for as a caption) are refused."""
     text = str(query)
     try:
         text.encode("utf-8")
@@ -73,9 +73,9 @@ def _text_query(query: Any) -> str:
                         "another encoding?)") from None
     if not text.strip():
         raise LakeError("the query is empty; pass a text or the path of an image file")
-    if not any(c.isspace() for c in text) and text.lower().endswith(_IMAGE_SUFFIXES):
-        raise LakeError(f"query '{text}' looks like an image file, but there is no such file; check the path "
-                        "(a text query with spaces is searched for as a caption)")
+    if ("/" in text or os.sep in text) and not any(c.isspace() for c in text) and text.lower().endswith(_IMAGE_SUFFIXES):
+        raise LakeError(f"query '{text}' looks like the path of an image file, but there is no such file; check "
+                        "the path (a bare file name such as IMG_1234.jpg is searched for as a caption)")
     return text
 
 

@@ -186,8 +186,9 @@ def test_library_refuses_the_same_numbers(curated: str, tmp_path: Path):
     # queries that were searched for as captions (or a tokenizer's TypeError traceback)
     with pytest.raises(LakeError, match="the query is empty"):
         lake.search("  ", k=1)
-    with pytest.raises(LakeError, match="looks like an image file, but there is no such file"):
+    with pytest.raises(LakeError, match="looks like the path of an image file, but there is no such file"):
         lake.search(str(tmp_path / "typo.jpg"), k=1)
     with pytest.raises(LakeError, match="not valid UTF-8 text"):
         lake.search(b"\xff\xfe".decode("utf-8", "surrogateescape"), k=1)  # what argv holds for such bytes
     assert len(lake.search("a photo of cat.jpg", k=1)) == 1  # words around a file name: a caption search
+    assert len(lake.search("IMG_1234.jpg", k=1)) == 1  # a bare file name: the captions caption_filename catches

@@ -138,6 +138,9 @@ def test_speedup_on_literal_curves():
     plateau = [0.10, 0.40, 0.40, 0.40, 0.40]
     assert speedup(steps, plateau, plateau) == 1.0
     assert speedup(steps, [0.10, 0.40, 0.40, 0.40, 0.40], [0.10, 0.20, 0.40, 0.40, 0.40]) == 2.0
+    # a baseline that plateaus early reaches the lower final score first, though the view ends higher
+    assert speedup(steps, [0.1, 0.2, 0.3, 0.4, 0.6], [0.1, 0.5, 0.5, 0.5, 0.5]) == pytest.approx(100 / 350)
+    assert np.isnan(speedup(steps, [0.1, 0.2, 0.3, 0.4, float("nan")], base))  # (an AssertionError)
     summary = speedup_summary(steps, [fast, slow], [base, base])
     assert summary["per_seed"] == [2.0, 0.5] and summary["median"] == 1.25
     assert (summary["min"], summary["max"]) == (0.5, 2.0)

@@ -145,6 +145,20 @@ def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
     assert after["rebalance"].state == after["sequence"].state == "current"
     for stage in ("rebalance", "sequence", "concepts"):  # the same options as before
         assert after[stage].node.prov["config"] == configs[stage], stage
+    # a dedup method's: its settings, or the run is refused as "made with another config"
+    lake.dedup(["phash", "minhash"], phash_distance=4, minhash_threshold=0.5, progress=False)
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
+    (more / "cat.txt").write_text("a cat once more")
+    lake.ingest(more, progress=False)  # a new row: the groups are stale
+    for column in ("dup_phash_group", "dup_minhash_group"):
+        st = next(s for s in graph.states(lake) if column in s.node.columns)
+        assert st.state != "current" and ("--phash-distance 4" in st.fix or "--minhash-threshold 0.5" in st.fix), st.fix
+        res = runner.invoke(main, shlex.split(st.fix)[1:])
+        assert res.exit_code == 0, (st.fix, res.output)
+    assert {s.state for s in graph.states(lake) if s.node.stage == "dedup"} == {"current"}
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)  # the new row, for basic's alignment step
     # curate's: the recipe file and its --set; a built-in recipe by its name
     lake.curate(recipe, overrides={"caption_length.min_words": 2}, progress=False)
     fix = {s.node.stage: s.fix for s in graph.states(lake)}["curate"]
