@@ -490,6 +490,7 @@ def recaption_args(cfg: dict[str, Any]) -> str:
 def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
     """The ``lakecurate embed`` command that fills the ``prefix`` columns, rebuilt from their provenance."""
     import os
+    import shlex
 
     cfg = prov.get("config", {})
     arch, pretrained = cfg.get("arch"), cfg.get("pretrained")
@@ -501,7 +502,8 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
         model, default = f"{arch} --checkpoint {pretrained}", None
     else:
         model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
-    return f"lakecurate embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
+    branch = f" --branch {shlex.quote(lake.branch)}" if getattr(lake, "branch", None) else ""  # as every fix command
+    return f"lakecurate{branch} embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
 
 
 def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],

@@ -165,6 +165,16 @@ def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
     assert fix == f"lakecurate curate {shlex.quote(lake.uri)} {recipe} --set caption_length.min_words=2"
     lake.curate("basic", progress=False)
     assert {s.node.stage: s.fix for s in graph.states(lake)}["curate"] == f"lakecurate curate {shlex.quote(lake.uri)} basic"
+    # on a branch, embed's too names the branch (it embedded main's rows instead)
+    branch = lake.create_branch("exp")
+    shutil.copy(SAMPLE_DATA / "coffee.jpg", more / "cup.jpg")
+    (more / "cup.txt").write_text("a cup on the branch")
+    branch.ingest(more, progress=False)
+    st = next(s for s in graph.states(branch) if s.node.stage == "embed")
+    assert st.state == "incomplete" and st.fix.startswith("lakecurate --branch exp embed "), st.fix
+    res = runner.invoke(main, shlex.split(st.fix)[1:] + ["--workers", "0"])
+    assert res.exit_code == 0, (st.fix, res.output)
+    assert next(s for s in graph.states(branch) if s.node.stage == "embed").state == "current"
 
 
 def test_stale_export_is_refused_and_diff_compares_the_effective_view(rebalanced: Lake, tmp_path: Path):
