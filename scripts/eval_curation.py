@@ -119,7 +119,7 @@ def summarise(level: dict, metric: str) -> None:
     for b in ("all", "random"):
         gap = score["view"] - score[b]
         print(f"\nvs {b}: at equal steps view - {b} = {gap.mean():+.3f} (min {gap.min():+.3f}, max {gap.max():+.3f}); "
-              f"speed-up to {b}'s final score: median {np.median(sp[b]):.2f}x (min {sp[b].min():.2f}, max {sp[b].max():.2f})")
+              f"speed-up (steps to the lower final score, {b} / view): median {np.median(sp[b]):.2f}x (min {sp[b].min():.2f}, max {sp[b].max():.2f})")
     budgets = sorted(runs[0]["budgets"], key=float)
     if len(budgets) > 1:
         print("\n| compute | view | all | random | view - all | view - random |\n| --- | --- | --- | --- | --- | --- |")
