@@ -419,8 +419,7 @@ def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
     q = shlex.quote
     cfg = node.prov.get("config") or {}
     uri = lake.shell
-    branch = f" --branch {q(lake.branch)}" if getattr(lake, "branch", None) else ""
-    head = f"lakecurate{branch}"
+    head = _lakecurate(lake)
 
     def opt(name: str, value: Any) -> str:  # an option given only when it was set
         return "" if value is None else f" {name} {q(str(value))}"
@@ -490,7 +489,6 @@ def recaption_args(cfg: dict[str, Any]) -> str:
 def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
     """The ``lakecurate embed`` command that fills the ``prefix`` columns, rebuilt from their provenance."""
     import os
-    import shlex
 
     cfg = prov.get("config", {})
     arch, pretrained = cfg.get("arch"), cfg.get("pretrained")
@@ -502,8 +500,14 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
         model, default = f"{arch} --checkpoint {pretrained}", None
     else:
         model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
-    branch = f" --branch {shlex.quote(lake.branch)}" if getattr(lake, "branch", None) else ""  # as every fix command
-    return f"lakecurate{branch} embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
+    return f"{_lakecurate(lake)} embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
+
+
+def _lakecurate(lake: "Store") -> str:
+    """The command a hint starts with: on a branch, ``lakecurate --branch NAME``."""
+    import shlex
+
+    return f"lakecurate --branch {shlex.quote(lake.branch)}" if getattr(lake, "branch", None) else "lakecurate"
 
 
 def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],

@@ -58,9 +58,6 @@ def query_vector(enc: Encoder, query: Any) -> Any:
     return enc.encode_texts([_text_query(query)])[0].numpy()
 
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic")
-
-
 def _text_query(query: Any) -> str:
     """``query`` as the text to encode, or a LakeError: empty text, text that is not Unicode (bytes
     a terminal in another encoding passed through as surrogates) and a path (with a folder) of an
@@ -73,7 +70,10 @@ def _text_query(query: Any) -> str:
                         "another encoding?)") from None
     if not text.strip():
         raise LakeError("the query is empty; pass a text or the path of an image file")
-    if ("/" in text or os.sep in text) and not any(c.isspace() for c in text) and text.lower().endswith(_IMAGE_SUFFIXES):
+    from lakecurate.ingest import IMAGE_EXTS  # what ingest takes for an image file
+
+    if ("/" in text or os.sep in text) and not any(c.isspace() for c in text) and \
+            os.path.splitext(text)[1].lower() in IMAGE_EXTS:
         raise LakeError(f"query '{text}' looks like the path of an image file, but there is no such file; check "
                         "the path (a bare file name such as IMG_1234.jpg is searched for as a caption)")
     return text
