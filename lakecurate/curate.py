@@ -54,7 +54,7 @@ from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import embed_command, no_producer, where_columns
-from lakecurate.names import Produce, embedding_columns
+from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
 
@@ -73,7 +73,7 @@ EMBEDDING = "embedding"
 # offline 0.05 is the 5th percentile of clean pairs on Flickr8k photos its heads never saw (on the
 # photos they were trained on, scores run far higher: 5th percentile 0.49). docs/benchmarks.md.
 ALIGNMENT_MIN = {"open_clip": 0.28, "offline": 0.05}
-BUILTIN = Path(__file__).parent / "recipes"  # recipes shipped with the package, usable by name
+BUILTIN = RECIPES  # recipes shipped with the package, usable by name
 ATTEMPTS = 5  # decision rounds when another curate changes keep/drop_reason meanwhile
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import field_provenance, fragments_to_fill, has_data
 from lakecurate.errors import LakeError
-from lakecurate.names import PRODUCERS, TINY_RANDOM, Produce
+from lakecurate.names import PRODUCERS, RECIPES, TINY_RANDOM, Produce
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -430,7 +430,7 @@ def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
         source = str(cfg.get("source") or "")
         if not source or source.startswith("<"):  # a recipe given as a dict (the Python API): no file to name
             source = "RECIPE.toml"
-        elif Path(source).parent == Path(__file__).parent / "recipes":  # a built-in recipe: its name
+        elif Path(source).parent == RECIPES:  # a built-in recipe: its name
             source = Path(source).stem
         sets = ((cfg.get("recipe") or {}).get("set")) or {}
         return f"{head} curate {uri} {q(source)}" + "".join(f" --set {q(f'{k}={json.dumps(v)}')}" for k, v in sets.items())

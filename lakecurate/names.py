@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import field_provenance
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     import lance
 
     from lakecurate.store import Store
+
+# Recipes shipped with the package, usable by name (curate loads them; fix commands name them so).
+RECIPES = Path(__file__).parent / "recipes"
 
 # A stage that needs another stage's columns asks for them by the producer's name; the caller (the
 # Lake facade or the pipeline) runs that producer. ``produce(stage, **options) -> rows computed``.
