@@ -28,7 +28,7 @@ of methods does; "verify:<kept id> (143 inliers)": the most inliers of the row's
 ``method``, ``score``: differing bits, cosine or inliers, ``detail``, ``version``), so a person (and
 the report) can see why two rows are one group: ``lakecurate.Lake(...).dup_pairs()``, or
 ``lancedb.connect(LAKE).open_table("dup_pairs")``. Methods computed from scratch (exact, phash, copy,
-or any method with ``recompute``) replace their rows; incremental runs add theirs. **The keep rule**: highest alignment score (``<embedding>_score``), then most
+or a method ``recompute`` names: ``True`` names every method of the run) replace their rows; incremental runs add theirs. **The keep rule**: highest alignment score (``<embedding>_score``), then most
 pixels, then earliest ingested, then smallest id; rows without a score rank after rows with one.
 
 **Memory**: the semantic and caption methods never read their embedding column whole: the join
@@ -164,6 +164,21 @@ def group_columns(method: str) -> tuple[str, ...]:
     if method not in METHODS:
         raise LakeError(f"unknown dedup method {method!r}; choose from {', '.join(METHODS)} or all")
     return ("dup_exact_group", "dup_pair_group") if method == "exact" else (f"dup_{method}_group",)
+
+
+def _recomputed(methods: Sequence[str], recompute: bool | Sequence[str]) -> set[str]:
+    """The methods whose groups this run drops and finds again from every row: all of ``methods``
+    (``recompute=True``), none, or those named (a pipeline whose one threshold changed regroups that
+    method alone; the others stay incremental: a semantic join again is hours at 10M rows)."""
+    if isinstance(recompute, bool):
+        return set(methods) if recompute else set()
+    if isinstance(recompute, str) or not all(isinstance(m, str) for m in recompute):
+        raise LakeError(f"recompute must be true, false or a list of method names, got {recompute!r}")
+    for m in recompute:
+        group_columns(m)  # an unknown name: the message lists the methods
+        if m not in methods:
+            raise LakeError(f"recompute names {m!r}, which is not one of this run's methods ({', '.join(methods)})")
+    return set(recompute)
 
 
 # --------------------------------------------------------------------------- groups (pure)
@@ -598,7 +613,7 @@ def dedup(
     verify_inliers: int = MIN_INLIERS,
     verify_neighbors: int = VERIFY_NEIGHBORS,
     verify_cosine: float | None = None,
-    recompute: bool = False,
+    recompute: bool | Sequence[str] = False,
     workers: int | None = None,
     progress: bool | None = None,
     produce: Produce | None = None,
@@ -635,6 +650,7 @@ def dedup(
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
     for m in methods:
         group_columns(m)  # validates
+    redo = _recomputed(methods, recompute)
     keep_from_given = keep_from
     keep_from = [m for m in (keep_from if keep_from is not None else DEFAULT_KEEP_FROM)]
     for m in keep_from:
@@ -701,10 +717,12 @@ def dedup(
     for m in clustered:
         _check_clustered(lake.dataset(), embedding_columns(emb)["image"], m)
 
-    # Declare each method's columns (metadata only; a changed config is an error unless recompute).
-    for m in methods:
+    # Declare each method's columns (metadata only; a changed config is an error unless recompute):
+    # those already there and kept first, which only check, so a refusal comes before any drop or add.
+    names = set(lake.dataset().schema.names)
+    for m in sorted(methods, key=lambda m: m in redo or group_columns(m)[0] not in names):
         prov = columns.provenance("dedup", {"method": m, **configs[m]}, _sources(m, emb), lake.version)
-        columns.declare(lake, [pa.field(c, pa.string()) for c in group_columns(m)], prov, recompute=recompute,
+        columns.declare(lake, [pa.field(c, pa.string()) for c in group_columns(m)], prov, recompute=m in redo,
                         fix=f"run with the same settings, or with --recompute to regroup every row by {m}")
 
     ds = lake.dataset()
@@ -752,7 +770,7 @@ def dedup(
             if m == "exact":  # identical (image, caption): a finer split of the same groups
                 written[m]["dup_pair_group"] = _pair_groups(ds, tbl, g, ranks)
         mr.rows = int(g.eligible.sum())
-        if m in methods and (recompute or m in ("exact", "phash", "copy", "minhash") or mr.new_rows == mr.rows):
+        if m in methods and (m in redo or m in ("exact", "phash", "copy", "minhash") or mr.new_rows == mr.rows):
             replaced.add(m)  # every link of the method was found in this run
         mr.groups, mr.duplicates = g.counts()
         mr.seconds = time.perf_counter() - t0

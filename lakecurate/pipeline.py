@@ -36,7 +36,7 @@ import inspect
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,6 +270,35 @@ def _stale_why(st: graph.NodeState | None) -> str | None:
     return None
 
 
+def _dedup_methods(opts: Mapping[str, Any]) -> list[str]:
+    from lakecurate.dedup import DEFAULT_METHODS, METHODS
+
+    methods = opts.get("methods", list(DEFAULT_METHODS))
+    return list(METHODS) if "all" in methods else list(methods)
+
+
+# A dedup method's settings as its group column's provenance holds them, and the [dedup] option of each
+_DEDUP_SETTINGS = {"phash": (("max_distance", "phash_distance", None), ("search", "phash_search", "all")),
+                   "copy": (("max_distance", "copy_distance", None), ("search", "copy_search", "all")),
+                   "semantic": (("threshold", "semantic_threshold", None),),
+                   "caption": (("threshold", "caption_threshold", None),),
+                   "minhash": (("threshold", "minhash_threshold", None),)}
+
+
+def _dedup_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> dict[str, str]:
+    """{method: the first of its [dedup] options that differs from the lake's groups}; an option the
+    file leaves out is not compared, except the searches, whose default ("all") is compared."""
+    from lakecurate.dedup import group_columns
+
+    changed: dict[str, str] = {}
+    for m in methods:
+        cfg = _prov_config(ds, group_columns(m)[0]) or {}
+        for key, opt, default in _DEDUP_SETTINGS.get(m, ()):
+            if (opt in opts or default is not None) and cfg.get(key, default) != opts.get(opt, default):
+                changed.setdefault(m, opt)
+    return changed
+
+
 def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
     """Why ``step`` must run with ``opts`` on the lake as it is now; None when it is current."""
     if step == "ingest":
@@ -285,23 +314,15 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             return "recompute asked for"
         return _stale_why(by_column.get(score))
     if step == "dedup":
-        from lakecurate.dedup import DEFAULT_METHODS, METHODS, group_columns
+        from lakecurate.dedup import group_columns
 
-        methods = opts.get("methods", list(DEFAULT_METHODS))
-        methods = list(METHODS) if "all" in methods else methods
+        methods = _dedup_methods(opts)
         missing = [m for m in methods if group_columns(m)[0] not in ds.schema.names]
         if missing:
             return f"no {', '.join(missing)} groups yet"
-        want = {"phash": ("max_distance", "phash_distance"), "semantic": ("threshold", "semantic_threshold"),
-                "caption": ("threshold", "caption_threshold"), "minhash": ("threshold", "minhash_threshold"),
-                "copy": ("max_distance", "copy_distance")}
-        for m, (key, opt) in want.items():
-            if m in methods and opt in opts and (_prov_config(ds, group_columns(m)[0]) or {}).get(key) != opts[opt]:
-                return f"{opt} changed"
-        for m in ("phash", "copy"):
-            if m in methods and (_prov_config(ds, group_columns(m)[0]) or {}).get("search", "all") != \
-                    opts.get(f"{m}_search", "all"):
-                return f"{m}_search changed"
+        changed = _dedup_changed(ds, methods, opts)
+        if changed:
+            return f"{', '.join(dict.fromkeys(changed.values()))} changed"
         why = [_stale_why(by_column.get(c)) for c in ["dup_keep", *(group_columns(m)[0] for m in methods)]]
         return next((w for w in why if w), None)
     if step == "curate":
@@ -384,9 +405,12 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
             v = lake.version
             if step == "cluster" and why.split(" (")[0].endswith(" changed") and "recompute" not in opts:
                 # the file now says another k, seed or embedding: replace the earlier concepts (the stage
-                # alone refuses that without --recompute); they stay in the lake's versions. Not dedup:
-                # its recompute redoes every method named, hours at scale for one changed threshold
+                # alone refuses that without --recompute); they stay in the lake's versions
                 opts = {**opts, "recompute": True}
+            if step == "dedup" and why.endswith(" changed") and "recompute" not in opts:
+                # a method's threshold or search changed: regroup that method alone (recompute = true
+                # would join every named method again, the semantic one hours at scale)
+                opts = {**opts, "recompute": list(_dedup_changed(lake.dataset(), _dedup_methods(opts), opts))}
             out = _call(fns[step], step, opts, progress)
             res.seconds = time.perf_counter() - t
             res.result = out.to_dict() if hasattr(out, "to_dict") else out

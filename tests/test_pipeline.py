@@ -345,3 +345,57 @@ def test_dry_run_says_what_would_run(tmp_path: Path):
     rep = lake.run(pipe, dry_run=True)
     assert lake.version == 1 and {s.action for s in rep.steps} == {"would run"}
     assert lance.dataset(lake.table_uri).count_rows() == 0
+
+
+def test_a_changed_dedup_threshold_regroups_that_method_alone(sample_lake_embedded: Lake, tmp_path: Path):
+    """A pipeline whose [dedup] phash_distance changes re-runs dedup with that method recomputed (it
+    stopped on "pass --recompute", and recompute = true would redo the semantic join too: hours at scale)."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    pipe = tmp_path / "pipeline.toml"
+
+    def write(distance: int, caption: float = 0.99) -> None:
+        pipe.write_text(f'[dedup]\nmethods = ["exact", "phash", "semantic", "caption"]\nphash_distance = {distance}\n'
+                        f'semantic_threshold = 0.99\ncaption_threshold = {caption}\n')
+
+    write(4)
+    assert lake.run(pipe, progress=False).ran == ["dedup"]
+    assert lake.run(pipe, progress=False).ran == []
+    write(10)
+    rep = lake.run(pipe, progress=False)
+    assert rep.ran == ["dedup"] and rep.steps[0].why == "phash_distance changed"
+    by_method = {m["method"]: m for m in rep.steps[0].result["methods"]}
+    assert by_method["phash"]["new_rows"] == by_method["phash"]["rows"] > 0  # regrouped from scratch
+    assert by_method["semantic"]["new_rows"] == 0 and by_method["caption"]["new_rows"] == 0  # not joined again
+    cfg = {c: s for s in graph.states(lake) for c in s.node.columns}
+    assert cfg["dup_phash_group"].node.prov["config"]["max_distance"] == 10
+    assert {cfg[c].state for c in ("dup_phash_group", "dup_semantic_group", "dup_keep")} == {"current"}
+    assert lake.run(pipe, progress=False).ran == []
+    # two thresholds at once: both methods regrouped, the others not
+    write(6, 0.98)
+    rep = lake.run(pipe, progress=False)
+    assert rep.steps[0].why == "phash_distance, caption_threshold changed"
+    by_method = {m["method"]: m for m in rep.steps[0].result["methods"]}
+    assert by_method["phash"]["new_rows"] == by_method["phash"]["rows"]
+    assert by_method["caption"]["new_rows"] == by_method["caption"]["rows"] > 0
+    assert by_method["semantic"]["new_rows"] == 0
+    assert lake.run(pipe, progress=False).ran == []
+
+
+def test_dedup_recompute_names_methods(sample_lake_embedded: Lake, tmp_path: Path):
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["phash", "semantic"], semantic_threshold=0.99, progress=False)
+    v = lake.version
+    with pytest.raises(LakeError, match="dup_phash_group.*another config"):  # not named for recompute
+        lake.dedup(["semantic", "phash"], semantic_threshold=0.99, phash_distance=9, recompute=["semantic"], progress=False)
+    assert lake.version == v  # refused before semantic's columns were dropped
+    with pytest.raises(LakeError, match="recompute names 'copy'.*not one of this run's methods"):
+        lake.dedup(["phash", "semantic"], semantic_threshold=0.99, recompute=["copy"], progress=False)
+    with pytest.raises(LakeError, match="unknown dedup method 'nope'"):
+        lake.dedup(["phash"], recompute=["nope"], progress=False)
+    with pytest.raises(LakeError, match="recompute must be"):
+        lake.dedup(["phash"], recompute="phash", progress=False)
+    assert lake.version == v
+    rep = lake.dedup(["phash", "semantic"], semantic_threshold=0.99, phash_distance=9, recompute=["phash"], progress=False)
+    by_method = {m.method: m for m in rep.methods}
+    assert by_method["phash"].new_rows == by_method["phash"].rows and by_method["semantic"].new_rows == 0
+    assert lake.version > v
