@@ -171,13 +171,16 @@ def test_bad_generic_steps_and_overrides_write_nothing(featured, overrides, step
     assert lake.dataset().version == before
 
 
-def test_signal_types_are_the_producers_fields():
+def test_signal_types_are_the_producers_fields(sample_lake_embedded: Lake, tmp_path: Path):
     """curate types a column step on a signal before it is computed; the stages that write them agree."""
     from lakecurate import faces, signals
     from lakecurate.curate import _NEEDS_BY_COLUMN, SIGNAL_TYPES
 
     declared = {f.name: f.type for f in [*signals.CAPTION_FIELDS, *signals.IMAGE_FIELDS, *faces.FIELDS]}
-    declared.update(dup_keep=pa.bool_(), dup_minhash_group=pa.string())  # dedup's final and minhash columns
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["minhash"], progress=False)  # dedup's columns are declared inside it: read what it wrote
+    schema = lake.dataset().schema
+    declared.update({c: schema.field(c).type for c in ("dup_keep", "dup_minhash_group")})
     assert set(SIGNAL_TYPES) == set(_NEEDS_BY_COLUMN)
     assert {c: declared[c] for c in SIGNAL_TYPES} == SIGNAL_TYPES
 
