@@ -554,11 +554,13 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
 @click.option("--copy", is_flag=True, help="Copy hashes: 8 pHashes of the bar-trimmed image turned and mirrored.")
 @click.option("--faces", is_flag=True, help="Faces (YuNet): img_faces, img_face_boxes, img_face_scores.")
 @click.option("--text", is_flag=True, help="Text in the image (PP-OCRv5 detection): img_text_share, img_text_lines.")
+@click.option("--redact", is_flag=True, help="caption_redacted: the caption with e-mail addresses and phone numbers "
+                                              "replaced (what a recipe with redact = true writes).")
 @click.option("--workers", type=WORKERS, help="Decode processes (default: every core).")
 @json_option
 @_friendly_errors
-def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, text: bool, workers: int | None,
-                as_json: bool) -> None:
+def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, text: bool, redact: bool,
+                workers: int | None, as_json: bool) -> None:
     """Compute per-row signal columns of LAKE where they are missing (new rows only on a re-run).
 
     Recipes compute the signals they need by themselves; this computes them ahead (or the ones no
@@ -566,7 +568,8 @@ def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, 
 
     Example: lakecurate signals ./lake --faces
     """
-    kinds = [k for k, on in (("caption", caption), ("image", image), ("copy", copy), ("faces", faces), ("text", text)) if on]
+    kinds = [k for k, on in (("caption", caption), ("image", image), ("copy", copy), ("faces", faces), ("text", text),
+                             ("redact", redact)) if on]
     if not kinds:
         raise click.UsageError("no signal chosen; e.g. lakecurate signals LAKE --faces")
     done = open_lake(lake).signals(kinds, workers=workers)

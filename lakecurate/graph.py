@@ -453,13 +453,16 @@ def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
                 f"--shard-size {cfg.get('shard_size')}{opt('--where', cfg.get('where'))} --seed {cfg.get('seed', 0)}")
     if node.stage == "feature":
         return f"{head} feature add {uri} {node.columns[0]} --udf {node.prov.get('udf', 'MODULE:FUNCTION')}"
-    if node.stage in ("signals-faces", "signals-text"):
-        return f"{head} signals {uri} --{node.stage.split('-')[1]} --no-caption --no-image"
+    if node.stage.startswith("signals-"):  # `lakecurate signals` computes caption and image unless told not to
+        kind = node.stage.split("-", 1)[1]
+        return f"{head} signals {uri}" + "".join(
+            flag for flag, on in ((f" --{kind}", kind not in ("caption", "image")), (" --no-caption", kind != "caption"),
+                                  (" --no-image", kind != "image")) if on)
     if node.stage == "embed-caption":
         return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}"
     if node.stage == "recaption":
         return f"{head} recaption {uri} {recaption_args(cfg)}" + ("" if state == "incomplete" else " --recompute")
-    return f"{head} run {uri} PIPELINE.toml"  # signals: computed on demand by the stages that read them
+    return f"{head} run {uri} PIPELINE.toml"  # a stage this function does not know
 
 
 def recaption_args(cfg: dict[str, Any]) -> str:

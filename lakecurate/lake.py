@@ -25,7 +25,7 @@ from lakecurate.errors import LakeError
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
 SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
-                "text": "text"}
+                "text": "text", "redact": "redact"}
 from lakecurate.schema import COLUMN_DOCS, TABLE
 from lakecurate.store import (  # noqa: F401 - re-exported: the names users and older code import from here
     CONFLICTS_RETRIED,
@@ -112,7 +112,8 @@ class Lake(Store):
         return recaption(self, model, **options)
 
     def signals(self, kinds: Sequence[str] = ("caption", "image"), **options: Any) -> dict[str, int]:
-        """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``, ``text``;
+        """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``, ``text``,
+        ``redact`` (``caption_redacted``);
         returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""
         unknown = [k for k in kinds if k not in SIGNAL_KINDS]
         if unknown:

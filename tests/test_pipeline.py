@@ -177,6 +177,28 @@ def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
     assert next(s for s in graph.states(branch) if s.node.stage == "embed").state == "current"
 
 
+def test_signals_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
+    """An incomplete signal stage's fix is a `lakecurate signals` command that fills it (it was
+    `lakecurate run LAKE PIPELINE.toml`, naming a file the user may not have)."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "a lake"))
+    assert lake.signals(["caption", "image", "copy", "redact"], workers=0)["redact"] == lake.count()
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
+    (more / "cat.txt").write_text("a cat, mail me at cat@example.com")
+    lake.ingest(more, progress=False)
+    stages = ("signals-caption", "signals-image", "signals-copy", "signals-redact")
+    fixes = {s.node.stage: s.fix for s in graph.states(lake) if s.node.stage in stages and s.state == "incomplete"}
+    assert set(fixes) == set(stages), fixes
+    runner = CliRunner()
+    for stage, fix in fixes.items():
+        assert fix.startswith(f"lakecurate signals {shlex.quote(lake.uri)}"), fix
+        res = runner.invoke(main, shlex.split(fix)[1:] + ["--workers", "0"])
+        assert res.exit_code == 0, (fix, res.output)
+        assert next(s for s in graph.states(lake) if s.node.stage == stage).state == "current", fix
+    assert lake.sql("SELECT caption_redacted FROM pairs WHERE caption LIKE '%cat@%'").iloc[0, 0].count("@") == 0
+
+
 def test_stale_export_is_refused_and_diff_compares_the_effective_view(rebalanced: Lake, tmp_path: Path):
     uri = rebalanced.uri
     runner = CliRunner()
