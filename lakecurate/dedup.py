@@ -166,7 +166,7 @@ def group_columns(method: str) -> tuple[str, ...]:
     return ("dup_exact_group", "dup_pair_group") if method == "exact" else (f"dup_{method}_group",)
 
 
-def _recomputed(methods: Sequence[str], recompute: bool | Sequence[str]) -> set[str]:
+def recomputed_methods(methods: Sequence[str], recompute: bool | Sequence[str]) -> set[str]:
     """The methods whose groups this run drops and finds again from every row: all of ``methods``
     (``recompute=True``), none, or those named (a pipeline whose one threshold changed regroups that
     method alone; the others stay incremental: a semantic join again is hours at 10M rows)."""
@@ -650,7 +650,7 @@ def dedup(
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
     for m in methods:
         group_columns(m)  # validates
-    redo = _recomputed(methods, recompute)
+    redo = recomputed_methods(methods, recompute)
     keep_from_given = keep_from
     keep_from = [m for m in (keep_from if keep_from is not None else DEFAULT_KEEP_FROM)]
     for m in keep_from:

@@ -216,12 +216,14 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
             raise LakeError("say which model: model = \"offline\" (or an open_clip name)")
         resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
     elif step == "dedup":
-        from lakecurate.dedup import DEFAULT_METHODS, METHODS
+        from lakecurate.dedup import DEFAULT_METHODS, METHODS, recomputed_methods
 
         methods = opts.get("methods", list(DEFAULT_METHODS))
         bad = [m for m in (methods if isinstance(methods, list) else [methods]) if m not in (*METHODS, "all")]
         if bad:
             raise LakeError(f"unknown dedup method(s) {', '.join(map(str, bad))}; choose from {', '.join(METHODS)}")
+        if "recompute" in opts:
+            recomputed_methods(_dedup_methods(opts), opts["recompute"])
         for key in ("phash_distance", "confirm_distance", "copy_distance"):  # bits of a 64-bit hash
             options.whole(key, opts.get(key, 0), 0, high=64)
     elif step == "curate":

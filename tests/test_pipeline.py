@@ -344,6 +344,8 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         '[rebalance]\ntemperature = -1\n': "invalid temperature -1",  # refused only after the earlier steps ran
         '[rebalance]\nmax_repeats = 0\n': "invalid max_repeats 0",
         '[sequence]\nshard_size = 0\n': "invalid shard_size 0",
+        '[dedup]\nmethods = ["phash"]\nrecompute = ["semantic"]\n': "recompute names 'semantic'",
+        '[dedup]\nrecompute = "phash"\n': "recompute = 'phash' must be true or false or a list",
     }
     for text, msg in cases.items():
         pipe = tmp_path / "p.toml"
