@@ -860,7 +860,10 @@ def _write(lake: "Store", ds: Any, families: list[_Family], final_old: bool) -> 
         for f, ch in zip(families, changed):
             ch.add(t.select(["_rowaddr", *(c for c in f.names if c in old)]), f.make(lo, own))
         lo += t.num_rows
-    return [commit_decisions(lake, ch, sources=f.sources, read_version=ds.version) for f, ch in zip(families, changed)]
+    done: list[tuple[int, int | None]] = []
+    for f, ch in zip(families, changed):  # the final family last: it read the groups committed before it
+        done.append(commit_decisions(lake, ch, sources=f.sources, read_version=ds.version, own=[v for _, v in done]))
+    return done
 
 
 EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string()), pa.field("method", pa.string()),

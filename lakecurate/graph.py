@@ -371,12 +371,16 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
                        for src, v in sorted(newer.items())]
 
 
-def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int) -> int | None:
+def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,
+                  own: Sequence[int] = ()) -> int | None:
     """Record that a global stage's run read ``read_version`` when that run changed no value but its
     columns would otherwise look stale: an input was written after what they record (their last
-    data write or marker) and not after ``read_version``. Metadata only; a re-run of a current stage
-    commits nothing. Returns the new version, or None when nothing needed recording."""
-    value = json.dumps({"read_version": int(read_version)})
+    data write or marker) and not after ``read_version``. ``own``: versions the same run committed
+    before these columns (dedup's group columns, which its final columns are made from): their
+    writes were read too, so the record is the last of them, unless another writer's commit between
+    ``read_version`` and them wrote an input (then that input is newer than what the run read).
+    Metadata only; a re-run of a current stage commits nothing. Returns the new version, or None
+    when nothing needed recording."""
 
     def commit() -> int | None:
         ds = lake.dataset()
@@ -384,13 +388,18 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
         if not present:
             return None
         writes = last_writes(ds)
+        read = read_version
+        mine = {int(v) for v in own if v is not None}
+        if mine and max(mine) > read:
+            foreign = [w for c in sources for w in writes.get(c, {}).values() if read < w[0] <= max(mine) and w[0] not in mine]
+            read = read if foreign else max(mine)
         data_read = max((w[1] for c in present for w in writes.get(c, {}).values()), default=-1)
         marker = computed_marker(ds, Node("", present, [], {}))
         recorded = max(data_read, marker if marker is not None else -1)
-        newer = [w[0] for c in sources for w in writes.get(c, {}).values() if recorded < w[0] <= read_version]
+        newer = [w[0] for c in sources for w in writes.get(c, {}).values() if recorded < w[0] <= read]
         if not newer:
             return None
-        ds.update_field_metadata({c: {COMPUTED_KEY: value} for c in present})
+        ds.update_field_metadata({c: {COMPUTED_KEY: json.dumps({"read_version": int(read)})} for c in present})
         return ds.version
 
     return retry_on_conflict(commit)
@@ -594,9 +603,11 @@ def write_decisions(lake: "Store", tbl: Any, new: dict[str, Any], *, sources: Se
     return commit_decisions(lake, changed_fragments(lake, tbl, new), sources=sources, read_version=read_version)
 
 
-def commit_decisions(lake: "Store", changed: Any, *, sources: Sequence[str], read_version: int) -> tuple[int, int | None]:
+def commit_decisions(lake: "Store", changed: Any, *, sources: Sequence[str], read_version: int,
+                     own: Sequence[int] = ()) -> tuple[int, int | None]:
     """:func:`write_decisions` of a stage that decided a fragment at a time: commit the files of
-    ``changed`` (a :class:`lakecurate.columns.ChangedFragments`), then the marker."""
+    ``changed`` (a :class:`lakecurate.columns.ChangedFragments`), then the marker (``own``: see
+    :func:`mark_computed`)."""
     written, version = changed.commit()
-    marked = mark_computed(lake, changed.names, sources, read_version)
+    marked = mark_computed(lake, changed.names, sources, read_version, own)
     return written, marked if marked is not None else version

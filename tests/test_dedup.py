@@ -715,3 +715,33 @@ def test_a_join_filtered_by_hashes_is_not_served_as_every_pair(tmp_path: Path):
     assert len(a) >= 40 and (cos >= 0.9).all()
     with pytest.raises(RuntimeError, match="near hashes"):
         joins.pairs("v", rows, 0.6)
+
+
+def test_a_run_that_changes_no_decision_leaves_dedup_current(sample_lake_embedded: Lake, tmp_path: Path):
+    """New rows deduplicated before they were embedded, then embedded: the next run groups them by
+    semantic (its column is written) and changes no decision (the final columns keep their values,
+    nothing to write). The final columns must still say they read that run's groups: they stayed
+    stale, and evaluate, export and the curated view refused them (only a second run fixed it)."""
+    from lakecurate import graph
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["exact", "semantic"], semantic_threshold=0.99, progress=False)
+    more = tmp_path / "more"
+    more.mkdir()
+    for i, shade in enumerate((40, 200)):  # two flat pictures unlike every sample photo and each other
+        Image.new("RGB", (64, 48), (shade, 255 - shade, i * 90)).save(more / f"flat{i}.png")
+        (more / f"flat{i}.txt").write_text(f"a flat colour number {i}")
+    lake.ingest(more, progress=False)
+    lake.dedup(["exact", "semantic"], semantic_threshold=0.99, progress=False)  # the new rows: no embedding yet
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    final = lake.dataset().to_table(columns=list(dedup_module.FINAL_COLUMNS))
+    rep = lake.dedup(["exact", "semantic"], semantic_threshold=0.99, progress=False)
+    semantic = next(m for m in rep.methods if m.method == "semantic")
+    assert semantic.new_rows == 2 and semantic.fragments_written == 1
+    assert lake.dataset().to_table(columns=list(dedup_module.FINAL_COLUMNS)).equals(final)  # no decision changed
+    st = {c: s for s in graph.states(lake) for c in s.node.columns}
+    assert st["dup_semantic_group"].state == "current"
+    assert st["dup_keep"].state == "current", st["dup_keep"].reasons
+    v = lake.version
+    lake.dedup(["exact", "semantic"], semantic_threshold=0.99, progress=False)  # and a re-run commits nothing
+    assert lake.version == v
