@@ -430,8 +430,7 @@ def _without_credentials(url: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # host and port as given (an IPv6 host keeps its brackets)
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -442,8 +441,12 @@ def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", pr
     """An endpoint spec, every option checked (before anything is written)."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(endpoint or "")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(endpoint or "")
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except (ValueError, TypeError, AttributeError):  # "http://[::1/v1", a port of 99999, not text
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise EncoderError(f"--endpoint {endpoint!r}: give the server's base URL, e.g. http://127.0.0.1:8000/v1")
     if parts.username or parts.password or parts.query:
         raise EncoderError("--endpoint must not carry credentials or a query string; put the key in an environment "
@@ -466,8 +469,23 @@ def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", pr
     slug = _slug(name or f"{api_model}_{mode}")
     if not slug:
         raise EncoderError(f"--name {name!r}: use letters and digits (the column is caption_NAME)")
+    api_key(api_key_env)  # a key the request header cannot carry: refused here, never shown
     return EndpointSpec(endpoint, api_model, slug, mode, prompt, max_tokens, float(temperature), seed, concurrency,
                         float(timeout), retries, api_key_env)
+
+
+def api_key(env: str | None) -> str | None:
+    """The key in the environment variable ``env`` without surrounding white space (a key file
+    saved with a line end), or None; one the Authorization header cannot carry is refused without
+    showing it (http.client's message quotes the header)."""
+    key = os.environ.get(env) if env else None
+    if key is None:
+        return None
+    key = key.strip()
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key) or not key.isascii():
+        raise EncoderError(f"the API key in ${env} holds a control character or a character outside ASCII; "
+                           f"set {env} to the key alone")
+    return key or None
 
 
 class EndpointClient:
@@ -479,7 +497,7 @@ class EndpointClient:
         import time
 
         self.spec = spec
-        self.key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        self.key = api_key(spec.api_key_env)
         self.sleep = sleep or time.sleep
 
     def messages(self, image_url: str | None, text: str) -> list[dict[str, Any]]:
@@ -490,6 +508,7 @@ class EndpointClient:
 
     def one(self, image_url: str | None, text: str) -> tuple[str | None, str | None, int]:
         """(text, error, attempts) of one row; ``text`` is its rendered prompt."""
+        import http.client
         import json
         import random
         import socket
@@ -513,9 +532,13 @@ class EndpointClient:
                     text = json.loads(raw)["choices"][0]["message"]["content"]
                     if not isinstance(text, str):
                         raise TypeError("content is not text")
-                    return " ".join(text.split()), None, attempt
+                    text = " ".join(text.split())
+                    text.encode("utf-8")  # a lone surrogate ("\\ud800" in the JSON) is no text: UnicodeEncodeError
+                    if not text:
+                        raise ValueError("no words")
+                    return text, None, attempt
                 except (ValueError, KeyError, IndexError, TypeError) as exc:
-                    error = f"malformed reply ({type(exc).__name__})"
+                    error = f"malformed reply ({'no text' if str(exc) == 'no words' else type(exc).__name__})"
             except urllib.error.HTTPError as exc:
                 error = f"HTTP {exc.code}"
                 if exc.code not in RETRY_STATUS:
@@ -525,6 +548,8 @@ class EndpointClient:
                     wait = min(60.0, float(after))
             except (TimeoutError, socket.timeout):
                 error = f"timed out after {self.spec.timeout:g} s"
+            except http.client.HTTPException as exc:  # not HTTP, cut short (BadStatusLine, IncompleteRead)
+                error = f"malformed reply ({type(exc).__name__})"
             except (urllib.error.URLError, ConnectionError, OSError) as exc:
                 error = f"connection failed ({type(getattr(exc, 'reason', exc)).__name__})"
             if attempt <= self.spec.retries:

@@ -36,6 +36,7 @@ from lakecurate.captioners import (
     resolve_captioner,
     resolve_endpoint,
 )
+from lakecurate.errors import LakeError
 from lakecurate.images import Preprocess, decode_small
 from lakecurate.runner import Rows, RowStage
 
@@ -211,6 +212,22 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     whole("--batch-size", batch_size, 1)
     whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
     check_device(device)
+    # options of the other kind of captioner were silently ignored (--mode rephrase without --endpoint captioned
+    # the images with CoCa; --checkpoint /nonexistent with --endpoint went unread)
+    if endpoint is not None or isinstance(model, EndpointSpec):
+        local = [opt for opt, given in (("--model", not isinstance(model, EndpointSpec) and model != "tiny-random-coca"),
+                                        ("--pretrained", pretrained is not None), ("--checkpoint", checkpoint is not None),
+                                        ("--top-k", top_k != 5)) if given]
+        if local:
+            raise LakeError(f"{', '.join(local)} do not apply with --endpoint (the server's model captions); drop them")
+    elif not isinstance(model, CaptionerSpec):
+        remote = [opt for opt, given in (("--mode", mode != "caption"), ("--api-model", api_model is not None),
+                                         ("--concurrency", concurrency != 32), ("--timeout", timeout != 30.0),
+                                         ("--retries", retries != 4), ("--api-key-env", api_key_env != "OPENAI_API_KEY"))
+                  if given]
+        if remote:
+            raise LakeError(f"{', '.join(remote)} need --endpoint (an OpenAI-compatible server); a local model "
+                            f"captions the images")
     if isinstance(model, (CaptionerSpec, EndpointSpec)):
         spec = model
     elif endpoint is not None:

@@ -12,6 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
@@ -66,6 +67,13 @@ class Server:
                     return self.reply(200, b"{not json")
                 if tag.startswith("down"):
                     return self.reply(503, b"")
+                if tag.startswith("empty"):  # an answer of no words
+                    return self.reply(200, json.dumps({"choices": [{"message": {"content": " \n "}}]}).encode())
+                if tag.startswith("surrogate"):  # JSON that decodes to text no UTF-8 can hold
+                    return self.reply(200, b'{"choices": [{"message": {"content": "\\ud800"}}]}')
+                if tag.startswith("garbage"):  # not HTTP at all
+                    self.wfile.write(b"NOT HTTP\r\n\r\n")
+                    return None
                 answer = "a rewritten " + tag if tag != "image" else "a described image"
                 return self.reply(200, json.dumps({"choices": [{"message": {"content": answer}}]}).encode())
 
@@ -160,8 +168,39 @@ def test_caption_mode_sends_the_image(server, tmp_path: Path, monkeypatch):
     assert server.keys == {None}  # no key in the environment: no Authorization header
 
 
+def test_odd_replies_are_the_rows_errors_and_the_key_is_never_shown(server, tmp_path: Path, monkeypatch):
+    """An empty answer, text that is not UTF-8 and a reply that is not HTTP are malformed replies,
+    retried and then the row's error (they stopped the whole run, or stored ""); a key read with a
+    line end is sent without it (the run failed, printing the key in the message)."""
+    monkeypatch.setenv("MY_KEY", KEY + "\r\n")
+    caps = ["empty one", "surrogate two", "garbage three", "a fine caption"]
+    lake = caption_lake(tmp_path / "lake", caps)
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--endpoint", server.url, "--api-model", "m", "--mode",
+                                    "rephrase", "--api-key-env", "MY_KEY", "--retries", "1", "--name", "re"])
+    assert res.exit_code == 0, res.output
+    assert KEY not in res.output
+    got = lake.to_pandas(["caption", "caption_re", "caption_re_error"]).set_index("caption")
+    assert got.loc["a fine caption", "caption_re"] == "a rewritten a fine caption"
+    for c in caps[:3]:
+        assert pd.isna(got.loc[c, "caption_re"]) and got.loc[c, "caption_re_error"].startswith("endpoint: malformed reply"), \
+            got.loc[c].tolist()
+    assert server.keys == {f"Bearer {KEY}"}
+    monkeypatch.setenv("MY_KEY", "sk-\x07bad")  # a control character inside: refused before anything is written
+    v = lake.version
+    with pytest.raises(LakeError, match="MY_KEY holds a control character") as err:
+        lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", api_key_env="MY_KEY", name="other",
+                       progress=False)
+    assert "bad" not in str(err.value) and lake.version == v
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"endpoint": "ftp://x"}, "give the server's base URL"),
+    ({"endpoint": "http://127.0.0.1:99999/v1"}, "give the server's base URL"),
+    ({"endpoint": "http://[::1/v1"}, "give the server's base URL"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "model": "coca_ViT-B-32"}, "do not apply with --endpoint"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "checkpoint": "/nonexistent"}, "do not apply with --endpoint"),
+    ({"mode": "rephrase"}, "need --endpoint"),
+    ({"concurrency": 2}, "need --endpoint"),
     ({"endpoint": "http://user:pw@127.0.0.1:1/v1"}, "must not carry credentials"),
     ({"endpoint": "http://127.0.0.1:1/v1", "api_model": ""}, "--api-model"),
     ({"endpoint": "http://127.0.0.1:1/v1", "mode": "rephrase", "prompt": "no slot"}, "must name the caption"),
@@ -209,3 +248,13 @@ def test_prompt_placeholders_take_each_rows_columns(server, tmp_path: Path):
     res = CliRunner().invoke(main, shlex.split(fix)[1:])
     assert res.exit_code == 0, res.output
     assert server.requests[-1]["messages"][0]["content"] == "Rewrite. {json braces} words=3 share=0.38. Caption: a green tram"
+
+
+def test_an_ipv6_endpoint_is_stored_as_it_can_be_given_again():
+    """The provenance (and the status fix command) kept "http://::1:8000/v1", which is refused."""
+    from lakecurate.captioners import resolve_endpoint
+
+    cfg = resolve_endpoint("http://[::1]:8000/v1", "m").config()
+    assert cfg["endpoint"] == "http://[::1]:8000/v1"
+    assert resolve_endpoint(cfg["endpoint"], "m").config() == cfg
+    assert resolve_endpoint("http://127.0.0.1:8000/v1", "m").config()["endpoint"] == "http://127.0.0.1:8000/v1"
