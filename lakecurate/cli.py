@@ -167,7 +167,12 @@ class _OneLineUsageError(click.UsageError):
 
 
 class _Group(click.Group):
-    """The command group: usage errors of every command are one line on stderr, exit code 2."""
+    """The command group: usage errors of every command are one line on stderr, exit code 2 (with
+    ``--json`` also ``{"error": ...}`` on stdout, as for every other error)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["lakecurate.json"] = "--json" in args
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -175,6 +180,8 @@ class _Group(click.Group):
         except click.UsageError as exc:
             if isinstance(exc, _OneLineUsageError):
                 raise
+            if ctx.meta.get("lakecurate.json"):
+                echo_json({"error": exc.format_message()})
             raise _OneLineUsageError(exc) from None
 
 

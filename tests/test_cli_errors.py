@@ -240,3 +240,14 @@ def test_the_commands_in_hints_can_be_pasted_for_a_path_with_a_space(tmp_path: P
     assert argv == ["lakecurate", "cluster", uri]
     res = CliRunner().invoke(main, ["log", str(tmp_path / "no lake")])
     assert shlex.split(res.output.split("create one with: ", 1)[1]) == ["lakecurate", "ingest", str(tmp_path / "no lake"), "SOURCE"]
+
+
+@pytest.mark.parametrize("args", [["recaption", "{lake}", "--batch-size", "0", "--json"],
+                                  ["cluster", "{lake}", "-k", "many", "--json"], ["search", "{lake}", "--json"]])
+def test_json_usage_errors_are_json_on_stdout(bad_env: dict[str, str], args: list[str]):
+    """A bad option or argument with --json: {"error": ...} on stdout too (stdout was empty), the
+    one line on stderr, exit code 2 (click's, for usage)."""
+    res = CliRunner().invoke(main, [a.format(**bad_env) for a in args])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
+    got = json.loads(res.stdout)
+    assert set(got) == {"error"} and got["error"] in res.stderr
