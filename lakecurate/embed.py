@@ -325,6 +325,8 @@ def embed(
     check_engine(engine)
     check_options(batch_size=batch_size, workers=workers, precision=precision, device=device,
                   max_fragments=max_fragments, index_min_rows=index_min_rows, decode=decode, tokenize=tokenize)
+    if engine == "local":  # a device this machine lacks: refused before anything is declared
+        resolve_device(device)
     spec = model if isinstance(model, EncoderSpec) else resolve(model, pretrained, checkpoint, name)
     columns.check_table(lake)  # a foreign or newer table: refused before workers read it
     if caption_col != "caption":

@@ -216,12 +216,20 @@ class _NumpyOut:
 
 
 def resolve_device(device: str = "auto") -> str:
+    """The torch device a model runs on here; one torch cannot use is refused (an EncoderError, not
+    torch's traceback at the first batch): ``cuda`` / ``cuda:N`` without that GPU, ``mps`` off a Mac."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EncoderError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= count:
+            seen = f"{count} CUDA device{'s' if count != 1 else ''} (cuda:0-cuda:{count - 1})" if count else "no CUDA device"
+            raise EncoderError(f"--device {device} asked for, but torch sees {seen}; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise EncoderError("--device mps asked for, but torch has no Metal (MPS) device here; use --device cpu or auto")
     return device
 
 

@@ -36,6 +36,7 @@ from lakecurate.captioners import (
     resolve_captioner,
     resolve_endpoint,
 )
+from lakecurate.encoders import resolve_device
 from lakecurate.errors import LakeError
 from lakecurate.images import Preprocess, decode_small
 from lakecurate.runner import Rows, RowStage
@@ -241,6 +242,8 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     columns.check_table(lake)
     if isinstance(spec, EndpointSpec):
         check_prompt_columns(spec, lake.dataset().schema, lake.uri)
+    elif engine == "local":  # a device this machine lacks: refused before the columns are declared
+        resolve_device(device)
     stage = recaption_stage(spec, device=device, batch_size=batch_size)
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress)
     out = RecaptionReport(lake=lake.uri, model=spec.arch if isinstance(spec, CaptionerSpec) else spec.api_model,

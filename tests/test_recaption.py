@@ -219,3 +219,17 @@ def test_a_directory_that_is_not_a_checkpoint_is_a_clear_error(lake: Lake, tmp_p
     assert res.exit_code != 0 and "without config.json" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, ["recaption", lake.uri, "--prompt", "a photo of"])
     assert res.exit_code != 0 and "captions from the image alone" in res.output
+
+
+@pytest.mark.parametrize("device", ["cuda:63", "mps"])
+def test_a_device_this_machine_lacks_is_refused_before_a_write(tmp_path: Path, device: str):
+    """torch's own error came at the first batch, as a traceback, after the columns were declared
+    (and undeclared again): two commits for nothing. Embed the same."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    v = lake.version
+    with pytest.raises(LakeError, match=f"--device {device} asked for, but torch"):
+        lake.recaption("tiny-random-coca", device=device, workers=0, progress=False)
+    with pytest.raises(LakeError, match=f"--device {device} asked for, but torch"):
+        lake.embed("tiny-random", device=device, workers=0, progress=False)
+    assert lake.version == v
