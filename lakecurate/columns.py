@@ -247,16 +247,19 @@ def fragments_to_fill(ds: lance.LanceDataset, column: str) -> list[lance.LanceFr
     return [f for f in ds.get_fragments() if not has_data(ds, f, column)]
 
 
-def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table) -> int | None:
+def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table, *, config_hash: str | None = None) -> int | None:
     """Write ``table`` (declared columns, one row per *physical* row of the fragment) as the
     fragment's data for those columns and commit it. Returns the new version, or None when the
     fragment no longer exists (compacted away) or another writer already filled these columns.
+    ``config_hash``: the config the values were computed with; when the columns hold another at
+    commit time (another run re-declared them with ``recompute`` meanwhile), a LakeError, nothing
+    committed (the values would land under the other run's provenance).
     """
-    return fill_fragments(lake, {fragment_id: table}, first_fill_only=True)
+    return fill_fragments(lake, {fragment_id: table}, first_fill_only=True, config_hash=config_hash)
 
 
 def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_only: bool = False,
-                   based_on: lance.LanceDataset | None = None) -> int | None:
+                   based_on: lance.LanceDataset | None = None, config_hash: str | None = None) -> int | None:
     """Write each fragment's ``table`` (the same declared columns for every fragment, one row per
     physical row) and commit them all in **one** ``DataReplacement``: one new version, atomic.
 
@@ -274,7 +277,7 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
     if not tables:
         return None
     files = FragmentFiles(lake, next(iter(tables.values())).column_names,
-                          first_fill_only=first_fill_only, based_on=based_on)
+                          first_fill_only=first_fill_only, based_on=based_on, config_hash=config_hash)
     for fid, table in tables.items():
         files.write(fid, table)
     return files.commit()
@@ -292,8 +295,8 @@ class FragmentFiles:
     """
 
     def __init__(self, lake: "Store", names: Sequence[str], *, first_fill_only: bool = False,
-                 based_on: lance.LanceDataset | None = None) -> None:
-        self.lake, self.names = lake, list(names)
+                 based_on: lance.LanceDataset | None = None, config_hash: str | None = None) -> None:
+        self.lake, self.names, self.config_hash = lake, list(names), config_hash
         self.first_fill_only, self.based_on = first_fill_only, based_on
         self.ds = based_on if based_on is not None else lake.dataset()
         # the columns must be declared now: a KeyError here (another writer dropped them) is the caller's to handle
@@ -323,6 +326,15 @@ class FragmentFiles:
 
         def commit() -> int | None:
             current = based_on if based_on is not None else lake.dataset()
+            if self.config_hash is not None:
+                held = field_provenance(current.schema.field(names[0])) if names[0] in current.schema.names else None
+                if held is None or held["config_hash"] != self.config_hash:
+                    raise LakeError(f"column '{names[0]}' of lake '{lake.uri}' was "
+                                    + ("dropped" if names[0] not in current.schema.names else
+                                       f"declared again with another config ({held and held['config_hash']})")
+                                    + f" by another run while this one computed it ({self.config_hash}); this run's "
+                                    "values were not committed (they would have gone under that config). Run it "
+                                    "again once the other run is done, or with --name for a column of its own")
             groups = []
             for fid, data_file in self.files.items():
                 frag_now = current.get_fragment(fid)
@@ -471,11 +483,15 @@ def physical(frag_rows: int, offsets: Any, table: pa.Table) -> pa.Table:
     return table.take(pa.array(order, mask=order < 0))
 
 
-def _undeclare_if_empty(lake: "Store", names: Sequence[str]) -> None:
-    """Drop ``names`` if no fragment holds data for them (metadata only; retried on conflict)."""
+def _undeclare_if_empty(lake: "Store", names: Sequence[str], config_hash: str | None = None) -> None:
+    """Drop ``names`` if no fragment holds data for them (metadata only; retried on conflict); with
+    ``config_hash``, only while they hold that config (not another run's, declared meanwhile)."""
     def drop() -> None:
         ds = lake.dataset()
         present = [n for n in names if n in ds.schema.names]
+        if present and config_hash is not None and \
+                (field_provenance(ds.schema.field(present[0]), strict=False) or {}).get("config_hash") != config_hash:
+            return
         if present and not any(has_data(ds, f, present[0]) for f in ds.get_fragments()):
             ds.drop_columns(present)
 

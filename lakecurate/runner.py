@@ -385,7 +385,8 @@ def _close(loader: Any) -> None:
 
 def _commit(lake: "Store", ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage,
             parts: Sequence[pa.Table], ckpt: columns.Checkpoint, report: RunReport) -> None:
-    version = columns.fill_fragment(lake, frag.fragment_id, _assemble(ds, frag, stage, parts))
+    version = columns.fill_fragment(lake, frag.fragment_id, _assemble(ds, frag, stage, parts),
+                                    config_hash=stage.provenance(0)["config_hash"])
     if version is not None:
         report.versions.append(version)
         report.fragments += 1
@@ -581,7 +582,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
             _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where)
     except BaseException:
         if added:
-            columns._undeclare_if_empty(lake, stage.names)  # a first run that failed before any fill leaves no column
+            # a first run that failed before any fill leaves no column (but not another run's, declared meanwhile)
+            columns._undeclare_if_empty(lake, stage.names, prov["config_hash"])
         raise
     report.seconds = time.perf_counter() - t0
     return report

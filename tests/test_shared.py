@@ -114,6 +114,54 @@ def test_concurrent_declares_are_retried(tmp_path: Path):
     assert {"a", "b"} <= set(lake.dataset().schema.names)
 
 
+def _cap_len(batch, k: int = 1):
+    import pyarrow as pa
+
+    return pa.array([None if c is None else len(c) * k for c in batch["caption"].to_pylist()], pa.int64())
+
+
+def test_a_run_whose_column_was_declared_again_meanwhile_commits_nothing(tmp_path: Path, monkeypatch):
+    """Run A computes a feature; run B (other settings, recompute) drops and declares the column again
+    before A commits. A's values went into B's column under B's provenance, and status said current."""
+    from lakecurate.columns import field_provenance
+
+    lake = fresh_lake(tmp_path / "lake")
+    original = columns.FragmentFiles.commit
+    raced = []
+
+    def commit_after_a_recompute(self):  # B's recompute lands between A's compute and A's commit
+        if not raced:
+            raced.append(1)
+            lake.add_feature("f", _cap_len, inputs=["caption"], params={"k": 2}, recompute=True, progress=False)
+        return original(self)
+
+    monkeypatch.setattr(columns.FragmentFiles, "commit", commit_after_a_recompute)
+    lake.add_feature("f", _cap_len, inputs=["caption"], params={"k": 2}, progress=False)  # declares f, k = 2
+    raced.clear()
+    with pytest.raises(LakeError, match="declared again with another config .* were not committed"):
+        lake.add_feature("f", _cap_len, inputs=["caption"], params={"k": 3}, recompute=True, progress=False)
+    monkeypatch.setattr(columns.FragmentFiles, "commit", original)
+    got = lake.to_pandas(["caption", "f"])
+    assert got["f"].notna().sum() > 0 and got["f"].equals(got["caption"].str.len() * 2)  # B's values alone
+    assert field_provenance(lake.dataset().schema.field("f"))["config"]["params"] == {"k": 2}
+    # B only declared (still computing) when A fails: A's clean-up must not drop B's empty column
+    import pyarrow as pa
+
+    other = columns.provenance("feature", {"other": True}, ["caption"], lake.version)
+
+    def commit_after_a_declare(self):
+        if not raced:
+            raced.append(1)
+            columns.declare(lake, [pa.field("g", pa.int64())], other, recompute=True)
+        return original(self)
+
+    raced.clear()
+    monkeypatch.setattr(columns.FragmentFiles, "commit", commit_after_a_declare)
+    with pytest.raises(LakeError, match="declared again with another config"):
+        lake.add_feature("g", _cap_len, inputs=["caption"], params={"k": 3}, progress=False)
+    assert field_provenance(lake.dataset().schema.field("g"))["config_hash"] == other["config_hash"]
+
+
 def lance_commit_merge_at(lake: Lake, version: int, field) -> None:
     import lance
 
