@@ -312,6 +312,10 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
 
         spec = resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
         score = embedding_columns(spec.prefix)["score"]
+        if opts.get("caption_col", "caption") != "caption":  # another caption scored: its own score column
+            from lakecurate.embed import caption_columns
+
+            score = caption_columns(spec.prefix, opts["caption_col"])["score"]
         if opts.get("recompute"):
             return "recompute asked for"
         return _stale_why(by_column.get(score))

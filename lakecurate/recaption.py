@@ -213,6 +213,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     whole("--batch-size", batch_size, 1)
     whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
     check_device(device)
+    whole("--seed", seed, 0, high=2 ** 32 - 1)  # torch's generator seed is seed * 1,000,003 + the batch's: an int64
     # options of the other kind of captioner were silently ignored (--mode rephrase without --endpoint captioned
     # the images with CoCa; --checkpoint /nonexistent with --endpoint went unread)
     if endpoint is not None or isinstance(model, EndpointSpec):
@@ -239,6 +240,9 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     else:
         spec = resolve_captioner(model, pretrained, checkpoint, name, max_tokens=max_tokens, temperature=temperature,
                                  top_k=top_k, seed=seed, prompt=prompt)
+    if spec.column() == "caption_redacted":  # signals --redact and recipes write it: a caption model's would pass for it
+        raise LakeError(f"--name {spec.name!r}: caption_redacted is the redacted caption (lakecurate signals --redact, "
+                        "a recipe's redact = true); pick another name")
     columns.check_table(lake)
     if isinstance(spec, EndpointSpec):
         check_prompt_columns(spec, lake.dataset().schema, lake.uri)

@@ -233,3 +233,29 @@ def test_a_device_this_machine_lacks_is_refused_before_a_write(tmp_path: Path, d
     with pytest.raises(LakeError, match=f"--device {device} asked for, but torch"):
         lake.embed("tiny-random", device=device, workers=0, progress=False)
     assert lake.version == v
+
+
+def test_a_pipeline_embed_step_with_caption_col_scores_it(sample_lake_embedded: Lake, tmp_path: Path):
+    """[embed] caption_col = ... was skipped as "current" (the image embedding's score was checked),
+    so the synthetic caption was never scored."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.recaption("tiny-random-coca", workers=0, progress=False)
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[embed]\nmodel = "tiny-random"\ncaption_col = "caption_tinycoca"\n')
+    rep = lake.run(pipe, progress=False)
+    assert rep.ran == ["embed"], [s.why for s in rep.steps]
+    assert "clip_tinyrandom_caption_tinycoca_score" in lake.dataset().schema.names
+    assert lake.run(pipe, progress=False).ran == []
+
+
+@pytest.mark.parametrize("kwargs,match", [({"seed": 2 ** 63 - 1}, "invalid --seed"), ({"seed": "x"}, "invalid --seed"),
+                                          ({"name": "redacted"}, "caption_redacted is the redacted caption")])
+def test_recaption_seed_and_reserved_names_refused_before_a_write(tmp_path: Path, kwargs, match):
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    v = lake.version
+    with pytest.raises(LakeError, match=match):
+        lake.recaption("tiny-random-coca", workers=0, progress=False, **kwargs)
+    with pytest.raises(LakeError, match=match):
+        lake.recaption(endpoint="http://127.0.0.1:1/v1", api_model="m", progress=False, **kwargs)
+    assert lake.version == v
