@@ -534,11 +534,11 @@ class EndpointClient:
                         raise TypeError("content is not text")
                     text = " ".join(text.split())
                     text.encode("utf-8")  # a lone surrogate ("\\ud800" in the JSON) is no text: UnicodeEncodeError
-                    if not text:
-                        raise ValueError("no words")
-                    return text, None, attempt
+                    if text:
+                        return text, None, attempt
+                    error = "malformed reply (no text)"
                 except (ValueError, KeyError, IndexError, TypeError) as exc:
-                    error = f"malformed reply ({'no text' if str(exc) == 'no words' else type(exc).__name__})"
+                    error = f"malformed reply ({type(exc).__name__})"
             except urllib.error.HTTPError as exc:
                 error = f"HTTP {exc.code}"
                 if exc.code not in RETRY_STATUS:

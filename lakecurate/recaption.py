@@ -15,6 +15,7 @@ weights, the decoding parameters and seed, and the source columns.
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -216,17 +217,15 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     whole("--seed", seed, 0, high=2 ** 32 - 1)  # torch's generator seed is seed * 1,000,003 + the batch's: an int64
     # options of the other kind of captioner were silently ignored (--mode rephrase without --endpoint captioned
     # the images with CoCa; --checkpoint /nonexistent with --endpoint went unread)
+    given = {k: v for k, v in locals().items() if k in _DEFAULTS and v != _DEFAULTS[k]}  # options set to other than the default
     if endpoint is not None or isinstance(model, EndpointSpec):
-        local = [opt for opt, given in (("--model", not isinstance(model, EndpointSpec) and model != "tiny-random-coca"),
-                                        ("--pretrained", pretrained is not None), ("--checkpoint", checkpoint is not None),
-                                        ("--top-k", top_k != 5)) if given]
+        local = [f"--{k.replace('_', '-')}" for k in ("model", "pretrained", "checkpoint", "top_k")
+                 if k in given and not (k == "model" and isinstance(model, EndpointSpec))]
         if local:
             raise LakeError(f"{', '.join(local)} do not apply with --endpoint (the server's model captions); drop them")
     elif not isinstance(model, CaptionerSpec):
-        remote = [opt for opt, given in (("--mode", mode != "caption"), ("--api-model", api_model is not None),
-                                         ("--concurrency", concurrency != 32), ("--timeout", timeout != 30.0),
-                                         ("--retries", retries != 4), ("--api-key-env", api_key_env != "OPENAI_API_KEY"))
-                  if given]
+        remote = [f"--{k.replace('_', '-')}" for k in ("mode", "api_model", "concurrency", "timeout", "retries",
+                                                       "api_key_env") if k in given]
         if remote:
             raise LakeError(f"{', '.join(remote)} need --endpoint (an OpenAI-compatible server); a local model "
                             f"captions the images")
@@ -258,3 +257,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
         tries = lake.dataset().to_table(columns=[f"{spec.column()}_tries"]).column(0)
         out.retries = int(pa.compute.sum(pa.compute.max_element_wise(pa.compute.subtract(tries, 1), 0)).as_py() or 0)
     return out
+
+
+_DEFAULTS = {p.name: p.default for p in inspect.signature(recaption).parameters.values()
+             if p.default is not inspect.Parameter.empty}  # what "given" is measured against
