@@ -276,13 +276,14 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bo
     """
     from dataclasses import replace
 
-    from lakecurate.ingest import IngestError, IngestOptions, check_options, open_source
+    from lakecurate.ingest import IngestError, IngestOptions, check_options, open_source, refuse_source_in_lake
 
     opts = replace(IngestOptions(), **{k: v for k, v in limits.items() if v is not None})
     if retry_errors and mode != "append":
         raise IngestError("--retry-errors replaces error rows of an appended source; drop --mode overwrite")
     # An unusable source or option fails here, before the lake is created.
     check_options(opts)
+    refuse_source_in_lake(lake, source)
     open_source(source, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
                 image_dir=image_dir)
     report = open_lake(lake, create=True).ingest(source, kind=kind, mode=mode, retry_errors=retry_errors, root=root,

@@ -73,7 +73,8 @@ def ray_init(address: str | None = None) -> Any:
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             kw["address"] = address
-        else:
+        else:  # a Ray of this process's own, not a cluster someone started on this machine with `ray start`
+            kw["address"] = "local"
             cpus = os.environ.get("LAKECURATE_RAY_CPUS")
             kw["num_cpus"] = int(cpus) if cpus else None
         # Workers must import what the driver imports (lakecurate, a user's UDF module): pass the

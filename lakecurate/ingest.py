@@ -19,12 +19,16 @@ import csv
 import errno
 import functools
 import glob
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
+import stat
 import tarfile
 import time
+import zlib
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -49,6 +53,7 @@ IMAGE_EXTS = {
     ".ppm", ".pgm", ".pbm", ".avif", ".heic", ".heif", ".jp2", ".ico",
 }  # fmt: skip
 SIDECAR_EXTS = {".txt", ".json"}
+METADATA_EXTS = {".xmp", ".aae", ".thm", ".md5", ".sha1", ".sha256"}  # beside a photo, never the photo itself
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename", "file_name", "filepath", "url", "image_url")
 CAPTION_COLUMNS = ("caption", "text", "txt", "alt", "title", "description")
 JSON_CAPTION_KEYS = ("caption", "text", "txt", "alt", "title")
@@ -144,10 +149,32 @@ def pair_id(source: str, key: str) -> str:
     return hashlib.blake2b(f"{source}\x00{key}".encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
+def caption_cell(raw: Any) -> tuple[bytes | str | None, list[str], list[str]]:
+    """What a manifest or sidecar cell holds as the caption: (text or bytes, flags, other captions).
+
+    A list of texts (the Flickr30k layout on Hugging Face: five captions a row) gives its first
+    non-empty text; the others come back to be kept in ``meta.other_captions``. A number is kept as
+    its text and flagged ``caption_not_text``; a NaN is no caption; anything else (an object, a list
+    of non-texts) is flagged and left out."""
+    if raw is None or isinstance(raw, (str, bytes)):
+        return raw, [], []
+    if isinstance(raw, float) and raw != raw:  # NaN: pandas' and JSON writers' "no value"
+        return None, [], []
+    if isinstance(raw, (bool, int, float)):
+        return str(raw), ["caption_not_text"], []
+    if isinstance(raw, (list, tuple)) and raw and all(isinstance(v, (str, bytes)) for v in raw):
+        texts = [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in raw]
+        first = next((i for i, t in enumerate(texts) if t.strip()), 0)
+        return raw[first], ["caption_list"], texts[:first] + texts[first + 1:]
+    return None, ["caption_not_text"], []
+
+
 def decode_caption(raw: bytes | str | None, max_chars: int) -> tuple[str | None, list[str]]:
     """Caption text and flags. Undecodable bytes are replaced (and flagged), never dropped."""
     if raw is None:
         return None, ["caption_missing"]
+    if not isinstance(raw, (str, bytes)):
+        raise TypeError(f"a caption is text or bytes, not {type(raw).__name__} (see caption_cell)")
     flags = []
     if isinstance(raw, bytes):
         raw = raw.removeprefix(b"\xef\xbb\xbf")
@@ -174,13 +201,33 @@ def truncated_trailer(data: bytes, fmt: str | None) -> bool:
     """
     tail = data[-4096:]
     if fmt == "JPEG":
-        return b"\xff\xd9" not in tail
+        return b"\xff\xd9" not in tail and not _jpeg_ends_before_trailer(data)
     if fmt == "PNG":
         return b"IEND" not in tail
     if fmt == "WEBP" and data[:4] == b"RIFF":
         return int.from_bytes(data[4:8], "little") + 8 > len(data)
     if fmt == "GIF":
         return b"\x3b" not in tail[-64:]
+    return False
+
+
+def _jpeg_ends_before_trailer(data: bytes) -> bool:
+    """Whether a JPEG's end marker comes after its first scan although not at the end of the file:
+    bytes appended after a whole JPEG (a phone's motion photo holds its video there). The segments
+    before the scan are walked, not searched, since an EXIF thumbnail has an end marker of its own."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False  # not a segment: a broken header (Pillow decides what it is)
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xDA:  # start of scan: the end marker, if any, comes after it
+            return data.find(b"\xff\xd9", i) >= 0
+        elif marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return False
 
 
@@ -250,7 +297,10 @@ def probe_image(data: bytes, max_pixels: int, verify: str = "header") -> tuple[d
 
 def _read_file(path: str, max_bytes: int) -> tuple[bytes | None, str | None, str]:
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            return None, "file_unreadable", f"{path} is not a regular file"
+        size = st.st_size
         if size > max_bytes:
             return None, "file_too_large", f"{size} bytes > {max_bytes}"
         with open(path, "rb") as f:
@@ -292,14 +342,22 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
             notes.append(why)
         else:
             if caption_raw is None:
-                caption_raw = next((obj[k] for k in JSON_CAPTION_KEYS if isinstance(obj.get(k), str)), None)
+                caption_raw = next((obj[k] for k in JSON_CAPTION_KEYS if isinstance(obj.get(k), (str, list))), None)
             meta.update(obj)
+    caption_raw, cell_flags, others = caption_cell(caption_raw)
+    if others:
+        meta["other_captions"] = others
     caption, cap_flags = decode_caption(caption_raw, opts.max_caption_chars)
+    cap_flags = cell_flags + [f for f in cap_flags if not (cell_flags and f == "caption_missing")]
     if c.sidecar_refused and caption_raw is None:  # path_outside_root already says why there is none
         cap_flags = [f for f in cap_flags if f != "caption_missing"]
     flags += cap_flags
 
     data = c.data
+    if data is not None and len(data) > opts.max_bytes:  # image bytes inside a manifest cell
+        flags.append("file_too_large")
+        notes.append(f"{len(data)} bytes > {opts.max_bytes}")
+        data = None
     if data is None and c.path is not None and not flags_block_read(flags):
         data, flag, why = _read_file(c.path, opts.max_bytes)
         if flag:
@@ -387,9 +445,11 @@ def iter_folder(root: str, ignored: list[str]) -> Iterator[Candidate]:
             groups.setdefault(stem, {"sidecar": [], "image": [], "other": []})[kind].append(name)
         for stem, g in groups.items():
             sidecars = {os.path.splitext(n)[1].lower(): os.path.join(dirpath, n) for n in g["sidecar"]}
-            images = g["image"] + (g["other"] if sidecars else [])
-            if not sidecars:
-                ignored += [os.path.relpath(os.path.join(dirpath, n), root) for n in g["other"]]
+            # A file of unknown kind next to a caption is the image only when there is no image:
+            # a.jpg + a.xmp + a.txt is one pair (the .xmp, an editor's metadata, is left out).
+            guessed = [n for n in g["other"] if os.path.splitext(n)[1].lower() not in METADATA_EXTS]
+            images = g["image"] or (guessed if sidecars else [])
+            ignored += [os.path.relpath(os.path.join(dirpath, n), root) for n in g["other"] if n not in images]
             txt, js = sidecars.get(".txt"), sidecars.get(".json")
             if not images and not sidecars:
                 continue
@@ -422,6 +482,8 @@ def _folder_candidate(root: str, key: str, path: str | None, txt: str | None, js
 
 
 def _read_small(path: str) -> bytes:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{path} is not a regular file")
     with open(path, "rb") as f:
         return f.read()
 
@@ -492,8 +554,7 @@ def _manifest_columns(path: str) -> tuple[list[str], dict[str, pa.DataType]]:
                         return list(obj), {}
             return [], {}
         else:
-            with open(path, newline="", encoding="utf-8", errors="replace") as f:
-                header = next(csv.reader(f, delimiter="\t" if ext == ".tsv" else ","), None)
+            header = _csv_header(path, "\t" if ext == ".tsv" else ",")
             if not header:
                 raise IngestError(f"{path}: the manifest is empty (no header row)")
             return header, {}
@@ -501,6 +562,22 @@ def _manifest_columns(path: str) -> tuple[list[str], dict[str, pa.DataType]]:
         raise IngestError(f"{path}: cannot read the manifest ({str(exc).splitlines()[0][:200]}); "
                           "check that it is a whole Parquet/Arrow/CSV/JSONL file") from None
     return schema.names, {f.name: f.type for f in schema}
+
+
+def _csv_header(path: str, delimiter: str) -> list[str]:
+    """The header row of a CSV/TSV as Arrow's reader names the columns (a UTF-8 BOM is not part
+    of the first name). A header that is not UTF-8 is refused: its names could not be matched."""
+    with open(path, "rb") as f:
+        first = f.read(1 << 20)
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        header_end = first.find(b"\n")
+        if header_end < 0 or exc.start < header_end:
+            raise IngestError(f"{path}: the header row is not UTF-8 (byte {exc.start}); save the file as UTF-8 "
+                              "(captions that are not UTF-8 are flagged on their rows, but column names must be)") from None
+        text = first[:exc.start].decode("utf-8-sig")
+    return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), None) or []
 
 
 def _manifest_rows(path: str, columns: dict[str, pa.DataType]) -> Iterator[dict[str, Any] | Exception]:
@@ -525,17 +602,26 @@ def _manifest_rows(path: str, columns: dict[str, pa.DataType]) -> Iterator[dict[
         import pyarrow.csv as pcsv
 
         delimiter = "\t" if ext == ".tsv" else ","
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            header = next(csv.reader(f, delimiter=delimiter), None) or []
+        header = _csv_header(path, delimiter)
+        invalid: list[str] = []
+
+        def bad_row(row: Any) -> str:  # a row with too few or too many fields: a flagged row, not a crash
+            invalid.append(f"line {row.number}: {row.actual_columns} fields where the header has "
+                           f"{row.expected_columns}: {row.text[:200]!r}")
+            return "skip"
+
         # Read every column as bytes: a caption that is not UTF-8 is flagged on its row, not fatal.
         reader = pcsv.open_csv(
             path,
-            read_options=pcsv.ReadOptions(block_size=1 << 22),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            read_options=pcsv.ReadOptions(block_size=1 << 22, use_threads=False),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=bad_row),
             convert_options=pcsv.ConvertOptions(column_types={h: pa.binary() for h in header}),
         )
         for batch in reader:
             yield from batch.to_pylist()
+            yield from (ValueError(why) for why in invalid)  # after their batch: read in order, one thread
+            invalid.clear()
+        yield from (ValueError(why) for why in invalid)
 
 
 def _holds_bytes(t: pa.DataType | None) -> bool:
@@ -585,7 +671,7 @@ def _manifest_candidates(path: str, base: str, root: str, icol: str | None, ccol
     binary = {k for k, t in types.items() if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_struct(t)}
     for rowno, row in enumerate(_manifest_rows(path, types), 1):
         if isinstance(row, Exception):
-            yield Candidate(source=path, key=f"row{rowno}", flags=["image_path_missing"], notes=[str(row)])
+            yield Candidate(source=path, key=f"row{rowno}", flags=["manifest_row_invalid"], notes=[str(row)])
             continue
         cell = row.get(icol) if icol else None
         data = None
@@ -600,7 +686,11 @@ def _manifest_candidates(path: str, base: str, root: str, icol: str | None, ccol
                  if k not in (icol, ccol, key_col) and (m := _meta_value(v) if k in binary else _text(v)) is not None}
         c = Candidate(source=path, key=key or f"row{rowno}", caption=row.get(ccol) if ccol else None, meta=extra)
         c.meta["manifest_row"] = rowno
-        if data is not None:
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+            c.flags.append("image_unsupported")  # e.g. a JSON {"bytes": "<text>"}: not the image itself
+            c.notes.append(f"row {rowno}: '{icol}' holds {type(data).__name__}, not image bytes")
+            c.image_uri = f"{path}#row{rowno}"
+        elif data is not None:
             c.data = bytes(data)
             c.image_uri = f"{path}#row{rowno}"
         elif not value:
@@ -666,50 +756,130 @@ def expand_shards(spec: str) -> list[str]:
     return [spec]
 
 
-def iter_webdataset(shards: list[str]) -> Iterator[Candidate]:
-    """Pairs of WebDataset shards, streamed member by member (key = name up to the first dot)."""
+class _TailReader(io.RawIOBase):
+    """A read-only stream that remembers the bytes it served last, so the tar header block that
+    ended a shard can be looked at after tarfile has stopped (it stops without a word on a header
+    cut short, or on the end of the file where tar's end-of-archive marker should be)."""
+
+    def __init__(self, raw: Any):
+        self.raw, self.pos = raw, 0
+        self.chunks: deque[tuple[int, bytes]] = deque(maxlen=3)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(len(b))
+        b[:len(data)] = data
+        if data:
+            self.chunks.append((self.pos, bytes(data)))
+        self.pos += len(data)
+        return len(data)
+
+    def block_at(self, offset: int, size: int = tarfile.BLOCKSIZE) -> bytes | None:
+        """The bytes served at ``offset`` (fewer at the end of the file); None if no longer held."""
+        if offset >= self.pos:
+            return b""
+        held = b"".join(c for _, c in self.chunks)
+        first = self.chunks[0][0] if self.chunks else self.pos
+        if offset < first:
+            return None
+        return held[offset - first: offset - first + size]
+
+
+def _tar_end_problem(tail: _TailReader, offset: int) -> str | None:
+    """Why a shard's reading stopped early, or None when it ended with tar's end-of-archive marker."""
+    block = tail.block_at(offset)
+    if block is None or block == bytes(len(block)) and len(block) == tarfile.BLOCKSIZE:
+        return None
+    if not block:
+        return "the shard ends without tar's end-of-archive marker: it was cut short"
+    if len(block) < tarfile.BLOCKSIZE:
+        return f"the shard ends inside a member header ({len(block)} of {tarfile.BLOCKSIZE} bytes): it was cut short"
+    return "a member header is not valid tar"
+
+
+def _decompressed(raw: Any) -> Any:
+    """The tar stream inside a shard file: gunzipped (bz2, xz) when its first bytes say so, as
+    tarfile's ``r|*`` would."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic.startswith(b"BZh"):
+        import bz2
+
+        return bz2.BZ2File(raw)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)
+    return raw
+
+
+def iter_webdataset(shards: list[str], max_bytes: int | None = None) -> Iterator[Candidate]:
+    """Pairs of WebDataset shards, streamed member by member (key = name up to the first dot).
+
+    A shard that cannot be read to its end (cut short, corrupt) gives a ``tar_corrupt`` row saying
+    where, and the sample it stopped in is flagged ``tar_corrupt`` too (it may be incomplete), so
+    ``--retry-errors`` reads both again once the shard is whole. A member larger than ``max_bytes``
+    is not read. A key that comes again right after itself (``a.jpg a.txt a.jpg a.txt``) is a second
+    sample, not an overwrite of the first."""
     for shard in shards:
         shard = os.path.realpath(shard)
-        sample: dict[str, bytes] = {}
+        sample: dict[str, bytes | None] = {}
         current: str | None = None
+        problem = None
         try:
-            with tarfile.open(shard, mode="r|*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    dirname, base = os.path.split(member.name)
-                    if base.startswith("."):
-                        continue
-                    stem, _, ext = base.partition(".")
-                    key = f"{dirname}/{stem}" if dirname else stem
-                    if key != current and current is not None:
-                        yield _tar_candidate(shard, current, sample)
-                        sample = {}
-                    current = key
-                    f = tar.extractfile(member)
-                    sample[ext.lower()] = f.read() if f else b""
+            with open(shard, "rb") as raw:
+                tail = _TailReader(_decompressed(raw))
+                with tarfile.open(fileobj=tail, mode="r|") as tar:
+                    for member in tar:
+                        if not member.isfile():
+                            continue
+                        dirname, base = os.path.split(member.name)
+                        if base.startswith("."):
+                            continue
+                        stem, _, ext = base.partition(".")
+                        key = f"{dirname}/{stem}" if dirname else stem
+                        ext = ext.lower()
+                        if current is not None and (key != current or ext in sample):
+                            yield _tar_candidate(shard, current, sample)
+                            sample = {}
+                        current = key
+                        if max_bytes is not None and member.size > max_bytes:
+                            sample[ext] = None  # not read: too large
+                            continue
+                        f = tar.extractfile(member)
+                        sample[ext] = f.read() if f else b""
+                    problem = _tar_end_problem(tail, tar.offset)
         except FileNotFoundError:
             yield Candidate(source=shard, key="", image_uri=shard, flags=["file_missing"], notes=[f"{shard} does not exist"])
             continue
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            if current is not None:
-                yield _tar_candidate(shard, current, sample)
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if current is not None:
+            c = _tar_candidate(shard, current, sample)
+            if problem:
+                c.flags.append("tar_corrupt")
+                c.notes.append("the shard breaks after this sample's members: it may be incomplete")
+            yield c
+        if problem:
             yield Candidate(
                 source=shard,
                 key=f"__tar_error__/{current or ''}",
                 image_uri=shard,
                 flags=["tar_corrupt"],
-                notes=[f"{type(exc).__name__}: {exc}; samples after '{current}' were not read"],
+                notes=[f"{problem}; samples after '{current}' were not read"],
             )
-            continue
-        if current is not None:
-            yield _tar_candidate(shard, current, sample)
 
 
-def _tar_candidate(shard: str, key: str, sample: dict[str, bytes]) -> Candidate:
+def _tar_candidate(shard: str, key: str, sample: dict[str, bytes | None]) -> Candidate:
+    """The pair of one sample's members (a member ``None`` was too large to read)."""
     img_ext = next((e for e in sample if "." + e in IMAGE_EXTS), None)
     others = [e for e in sample if e not in ("txt", "json") and e != img_ext]
     c = Candidate(source=shard, key=key, caption=sample.get("txt"), sidecar_json=sample.get("json"))
+    for ext in ("txt", "json"):
+        if ext in sample and sample[ext] is None:
+            c.notes.append(f"member '{key}.{ext}' is larger than --max-bytes; not read")
     if key.startswith("/") or ".." in key.split("/"):  # tar permits such names; they must never become paths
         c.flags.append("member_name_unsafe")
         c.notes.append(f"member name '{key}' is absolute or climbs with '..'")
@@ -721,8 +891,12 @@ def _tar_candidate(shard: str, key: str, sample: dict[str, bytes]) -> Candidate:
         c.flags.append("image_missing")
         c.notes.append(f"sample '{key}' has no image member ({', '.join(sorted(sample))})")
     else:
-        c.data = sample[img_ext]
         c.image_uri = f"{shard}#{key}.{img_ext}"
+        if sample[img_ext] is None:
+            c.flags.append("file_too_large")
+            c.notes.append(f"member '{key}.{img_ext}' is larger than --max-bytes; not read")
+        else:
+            c.data = sample[img_ext]
     return c
 
 
@@ -821,11 +995,21 @@ def open_source(
     caption_col: str | None = None,
     key_col: str | None = None,
     image_dir: str | None = None,
+    max_bytes: int | None = None,
 ) -> SourcePlan:
     """Check that ``source`` can be ingested (it exists; a manifest's columns are found) before
-    anything is written, and say how to list its pairs. Raises :class:`IngestError` otherwise."""
+    anything is written, and say how to list its pairs. Raises :class:`IngestError` otherwise.
+    ``max_bytes``: WebDataset members larger than this are not read."""
     src = os.fspath(source)
     kind = kind or detect_kind(src)
+    if kind != "manifest":
+        given = [opt for opt, v in (("--image-dir", image_dir), ("--root", root), ("--image-col", image_col),
+                                    ("--caption-col", caption_col), ("--key-col", key_col)) if v is not None]
+        if given:
+            raise IngestError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to manifests only; "
+                              f"'{src}' is a {kind}: drop {' and '.join(given)}")
+    elif image_dir is not None and "://" not in image_dir and not os.path.isdir(image_dir):
+        raise IngestError(f"--image-dir '{image_dir}' is not a folder; pass the folder the manifest's image paths are relative to")
     if kind == "folder":
         if not os.path.isdir(src):
             raise IngestError(f"'{src}' is not a folder")
@@ -846,9 +1030,19 @@ def open_source(
         shards = expand_shards(src)
         if not shards:
             raise IngestError(f"no .tar shards match '{src}'")
-        return SourcePlan(kind, [os.path.realpath(s) for s in shards], lambda ignored: iter_webdataset(shards),
+        return SourcePlan(kind, [os.path.realpath(s) for s in shards], lambda ignored: iter_webdataset(shards, max_bytes),
                           [(s, kind) for s in shards])
     raise IngestError(f"unknown kind '{kind}': use folder, manifest or webdataset")
+
+
+def refuse_source_in_lake(lake_uri: str, src: str) -> None:
+    """A source that is the lake or inside it (its own files would be walked as pairs) is refused;
+    the lake need not exist yet (checked before the CLI creates it)."""
+    if "://" in src or "://" in lake_uri or not os.path.exists(src):
+        return
+    inner, outer = os.path.realpath(src), os.path.realpath(lake_uri)
+    if os.path.commonpath([inner, outer]) == outer:
+        raise IngestError(f"source '{src}' is lake '{lake_uri}' or inside it; ingest from the folder of your pairs")
 
 
 def check_options(opts: IngestOptions) -> None:
@@ -858,6 +1052,11 @@ def check_options(opts: IngestOptions) -> None:
             raise IngestError(f"{name.replace('_', '-')} must be at least 1, not {getattr(opts, name)}")
     if opts.verify not in ("header", "decode"):
         raise IngestError(f"verify must be 'header' or 'decode', not '{opts.verify}'")
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # Pillow refuses to open more than this at all
+    if pillow_limit and opts.max_pixels > pillow_limit:
+        raise IngestError(f"max-pixels {opts.max_pixels} is above what Pillow opens ({pillow_limit} pixels, twice "
+                          "PIL.Image.MAX_IMAGE_PIXELS): larger images would be flagged decompression_bomb anyway; "
+                          f"pass at most {pillow_limit}, or raise PIL.Image.MAX_IMAGE_PIXELS in the Python API first")
 
 
 class _Claims:
@@ -1012,12 +1211,9 @@ def ingest(
     check_options(opts)
     check_engine(engine)
     src = os.fspath(source)
-    if "://" not in src and "://" not in lake.uri and os.path.exists(src) and os.path.exists(lake.uri):
-        inner, outer = os.path.realpath(src), os.path.realpath(lake.uri)
-        if os.path.commonpath([inner, outer]) == outer:  # the lake's own files would be walked as a source
-            raise IngestError(f"source '{src}' is lake '{lake.uri}' or inside it; ingest from the folder of your pairs")
+    refuse_source_in_lake(lake.uri, src)
     plan = open_source(src, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
-                       image_dir=image_dir)
+                       image_dir=image_dir, max_bytes=opts.max_bytes)
     if engine == "ray":
         return _ingest_on_ray(lake, src, plan, mode=mode, retry_errors=retry_errors, progress=progress, options=opts,
                               started=started or datetime.now(timezone.utc),
@@ -1147,8 +1343,12 @@ def _ingest_on_ray(lake: "Store", src: str, plan: SourcePlan, *, mode: str, retr
     report = IngestReport(lake=lake.uri, source=src, kind=plan.kind)
     if mode == "overwrite":  # a version with none of the old rows; the parts then append
         report.versions.append(lake.append(PAIRS_SCHEMA.empty_table(), overwrite=True))
-    calls = [(lake.uri, lake.storage_options, lake.branch, path, kind, manifest, options, retry_errors, started)
-             for path, kind in plan.units]
+    # Paths as the driver sees them: a worker's working directory is not the driver's.
+    local = {k: (os.path.abspath(v) if isinstance(v, str) and "://" not in v else v) for k, v in manifest.items()
+             if k in ("root", "image_dir")}
+    manifest = {**manifest, **local}
+    calls = [(lake.uri, lake.storage_options, lake.branch, path if "://" in path else os.path.abspath(path), kind,
+              manifest, options, retry_errors, started) for path, kind in plan.units]
     bar = progress_bar(total=len(calls), desc=f"ingest {plan.kind} (ray)", unit="part", progress=progress)
     try:
         # A part is idempotent (it skips the ids it committed): a worker that died is rerun.

@@ -79,6 +79,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "image_truncated": ("error", "the image data ends early"),
     "decompression_bomb": ("error", "the image declares more pixels than --max-pixels; not decoded"),
     "tar_corrupt": ("error", "the WebDataset shard could not be read past this point"),
+    "manifest_row_invalid": ("error", "the manifest row could not be parsed (wrong number of fields, a bad JSON line)"),
     "image_cmyk": ("warning", "CMYK image; convert to RGB before use"),
     "image_16bit": ("warning", "16-bit or float image; values need rescaling before use"),
     "image_palette": ("warning", "palette (P-mode) image"),
@@ -88,8 +89,10 @@ REASONS: dict[str, tuple[str, str]] = {
     "caption_empty": ("warning", "the caption is empty or only whitespace"),
     "caption_not_utf8": ("warning", "the caption is not valid UTF-8; undecodable bytes were replaced"),
     "caption_too_long": ("warning", "the caption is longer than --max-caption-chars (kept whole)"),
+    "caption_not_text": ("warning", "the caption cell is not text: a number is kept as its text, anything else is left out"),
     "sidecar_invalid": ("warning", "the JSON sidecar could not be parsed"),
     "duplicate_key": ("warning", "the same key appeared earlier in this source; stored under key#N"),
+    "caption_list": ("info", "the caption cell held a list of texts: the first is the caption, the others are in meta.other_captions"),
     "exif_rotated": ("info", "the EXIF orientation tag turns the image; embed and signals read it upright"),
     "member_name_unsafe": ("warning", "the tar member name is absolute or climbs with '..'; kept as the key, never used as a path"),
 }

@@ -324,9 +324,11 @@ def test_truncated_shard_keeps_what_was_read(lake: Lake, tmp_path: Path):
     shard.write_bytes(data[: int(len(data) * 0.6)])
     rep = lake.ingest(shard, progress=False)
     rows = by_key(lake)
-    assert rep.flags["tar_corrupt"] == 1
+    assert rep.flags["tar_corrupt"] == 2  # the shard's error row, and the sample it broke in
     err = next(r for k, r in rows.items() if k.startswith("__tar_error__"))
     assert "were not read" in err["ingest_error"]
+    broken = err["key"].removeprefix("__tar_error__/")
+    assert rows[broken]["ingest_status"] == "error" and "may be incomplete" in rows[broken]["ingest_error"]
     assert sum(r["ingest_status"] == "ok" for r in rows.values()) >= 2
 
 
@@ -374,8 +376,12 @@ def bad_lake(tmp_path_factory) -> Lake:
     lake.ingest(d, options=opts, progress=False)
     m = tmp / "m.csv"
     m.write_text("image,caption\nfolder/missing.jpg,gone\n../up.jpg,escapes\nhttps://e.org/a.jpg,remote\n,none\n"
-                 "folder/cmyk.jpg,first\nfolder/cmyk.jpg,second\n")
+                 "folder/cmyk.jpg,first\nfolder/cmyk.jpg,second\nfolder/alpha.png,one,field,too many\n")
     lake.ingest(m, options=opts, progress=False)
+    j = tmp / "j.jsonl"
+    j.write_text(json.dumps({"image": "folder/palette.png", "caption": 42, "uid": "number"}) + "\n"
+                 + json.dumps({"image": "folder/palette.png", "caption": {"en": "x"}, "uid": "object"}) + "\n")
+    lake.ingest(j, key_col="uid", options=opts, progress=False)
     return lake
 
 
@@ -403,6 +409,9 @@ BAD_CASES = [
     ("https://e.org/a.jpg", "remote_uri", "error"),
     ("row4", "image_path_missing", "error"),
     ("folder/cmyk.jpg#2", "duplicate_key", "warning"),
+    ("row7", "manifest_row_invalid", "error"),
+    ("number", "caption_not_text", "warning"),
+    ("object", "caption_not_text", "warning"),
 ]
 
 
@@ -631,6 +640,38 @@ def test_cli_refuses_unusable_source_before_creating_the_lake(tmp_path: Path):
         assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "lake").exists()
     res = runner.invoke(main, ["ingest", str(tmp_path / "lake"), str(SAMPLE_DATA), "--max-caption-chars", "0"])
     assert res.exit_code == 2 and not (tmp_path / "lake").exists()
+    (tmp_path / "m.csv").write_text("image,caption\na.jpg,x\n")
+    refusals = [  # (arguments, what the one-line message says)
+        ([str(tmp_path / "in"), str(tmp_path / "in" / "sub")], "is lake"),  # a source inside a lake not yet made
+        ([str(tmp_path / "lake"), str(tmp_path / "m.csv"), "--image-dir", str(tmp_path / "nope")], "is not a folder"),
+        ([str(tmp_path / "lake"), str(SAMPLE_DATA), "--image-col", "x", "--key-col", "k"],
+         "--image-col, --key-col apply to manifests only"),
+    ]
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "sub" / "a.txt").write_text("x")
+    for args, says in refusals:
+        res = runner.invoke(main, ["ingest", *args])
+        assert res.exit_code == 1 and says in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "lake").exists() and not (tmp_path / "in" / "pairs.lance").exists()
+
+
+def test_fifo_and_editor_metadata_in_a_folder(lake: Lake, tmp_path: Path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(noise_jpeg())
+    (d / "a.xmp").write_text("<x:xmpmeta/>")  # a photo editor's metadata beside the photo: not a second pair
+    (d / "a.txt").write_text("a photo")
+    os.mkfifo(d / "pipe.jpg")  # opening it would wait for a writer forever
+    (d / "pipe.txt").write_text("a pipe")
+    (d / "b.jpg").write_bytes(noise_jpeg(seed=1))
+    os.mkfifo(d / "b.txt")
+    rep = lake.ingest(d, progress=False)
+    rows = by_key(lake)
+    assert sorted(rows) == ["a.jpg", "b.jpg", "pipe.jpg"] and rep.ignored_files == ["a.xmp"]
+    assert rows["a.jpg"]["ingest_status"] == "ok"
+    assert rows["pipe.jpg"]["ingest_flags"].tolist() == ["file_unreadable"]
+    assert "not a regular file" in rows["pipe.jpg"]["ingest_error"]
+    assert "sidecar_invalid" in rows["b.jpg"]["ingest_flags"].tolist()
 
 
 def test_max_caption_chars_option(tmp_path: Path):
@@ -723,3 +764,102 @@ def test_exif_orientation_is_recorded_as_info(lake: Lake, tmp_path: Path):
     assert turned["ingest_status"] == "ok" and pd.isna(turned["ingest_error"])  # info is not a problem
     assert json.loads(turned["meta"])["exif_orientation"] == 6
     assert list(upright["ingest_flags"]) == [] and pd.isna(upright["meta"])
+
+
+# --------------------------------------------------------------------------- hostile manifests and shards
+def test_csv_row_with_wrong_field_count_is_a_flagged_row_and_later_rows_arrive(lake: Lake, manifest_dir: Path):
+    p = manifest_dir / "ragged.csv"
+    p.write_bytes(b"\xef\xbb\xbfimage,caption\nimg/0.jpg,zero\nimg/1.jpg,one,extra field\nimg/2\n"
+                  b'img/2.jpg,"two\nlines"\nimg/3.jpg,three\n')  # a UTF-8 BOM before the header, too
+    rep = lake.ingest(p, progress=False)  # the columns are found although the header starts with a BOM
+    rows = by_key(lake)
+    assert rep.written == 5 and {"img/0.jpg", "img/2.jpg", "img/3.jpg"} <= set(rows)
+    assert rows["img/3.jpg"]["caption"] == "three" and rows["img/3.jpg"]["ingest_status"] == "ok"
+    bad = [r for r in rows.values() if "manifest_row_invalid" in r["ingest_flags"]]
+    errors = sorted(r["ingest_error"] for r in bad)
+    assert "line 3: 3 fields where the header has 2: 'img/1.jpg,one,extra field'" in errors[0]
+    assert "line 4: 1 fields where the header has 2" in errors[1]
+    assert all(r["ingest_status"] == "error" for r in bad)
+    assert lake.ingest(p, progress=False).written == 0  # the same keys on a re-run: nothing twice
+    latin = manifest_dir / "latin.csv"
+    latin.write_bytes(b"image,l\xe9gende\nimg/0.jpg,x\n")
+    with pytest.raises(IngestError, match=r"latin.csv: the header row is not UTF-8"):
+        lake.ingest(latin, image_col="image", progress=False)
+
+
+def test_caption_cells_that_are_not_text(lake: Lake, manifest_dir: Path):
+    m = manifest_dir / "odd.jsonl"
+    m.write_text('{"image": "img/0.jpg", "caption": NaN, "k": "nan"}\n'
+                 '{"image": "img/1.jpg", "caption": 7, "k": "seven"}\n'
+                 '{"image": {"bytes": "not bytes"}, "caption": "text bytes", "k": "strbytes"}\n'
+                 '{"image": "img/2.jpg", "caption": ["", "first", "second"], "k": "list"}\n')
+    rep = lake.ingest(m, key_col="k", progress=False)
+    rows = by_key(lake)
+    assert rep.written == 4
+    assert pd.isna(rows["nan"]["caption"]) and rows["nan"]["ingest_flags"].tolist() == ["caption_missing"]
+    assert rows["seven"]["caption"] == "7" and rows["seven"]["ingest_flags"].tolist() == ["caption_not_text"]
+    assert rows["strbytes"]["ingest_flags"].tolist() == ["image_unsupported"]
+    assert "holds str, not image bytes" in rows["strbytes"]["ingest_error"]
+    assert rows["list"]["caption"] == "first" and rows["list"]["ingest_status"] == "ok"
+    assert json.loads(rows["list"]["meta"])["other_captions"] == ["", "second"]
+    # the Flickr30k layout on Hugging Face: a list of captions a row, image bytes in the cell
+    imgs = [noise_jpeg(seed=i) for i in range(2)]
+    pq.write_table(pa.table({"image": [{"bytes": b, "path": f"{i}.jpg"} for i, b in enumerate(imgs)],
+                             "caption": [["a dog", "a brown dog"], ["a cat"]]}), manifest_dir / "f30k.parquet")
+    target = Lake.create(str(manifest_dir / "f30k-lake"))
+    rep = target.ingest(manifest_dir / "f30k.parquet", progress=False)
+    assert rep.status == {"ok": 2} and rep.flags["caption_list"] == 2
+    assert sorted(target.to_pandas(["caption"])["caption"]) == ["a cat", "a dog"]
+    # --max-bytes holds for image bytes inside a cell too
+    small = Lake.create(str(manifest_dir / "small-lake"))
+    rep = small.ingest(manifest_dir / "f30k.parquet", options=IngestOptions(max_bytes=100), progress=False)
+    assert rep.flags["file_too_large"] == 2 and small.to_pandas(["byte_size"])["byte_size"].isna().all()
+
+
+def test_tar_cut_anywhere_is_flagged_and_a_repeated_key_is_a_second_sample(lake: Lake, tmp_path: Path):
+    samples = [{f"k{i}.jpg": noise_jpeg(seed=i), f"k{i}.txt": f"c{i}".encode()} for i in range(4)]
+    whole = tmp_path / "whole.tar"
+    write_shard(whole, samples)
+    data = whole.read_bytes()
+    with tarfile.open(whole) as t:
+        members = t.getmembers()
+    third = members[4]  # k2.jpg: cut 100 bytes into its header, then exactly at its header
+    for name, cut in [("in-header.tar", third.offset + 100), ("at-member.tar", third.offset)]:
+        (tmp_path / name).write_bytes(data[:cut])
+        rep = Lake.create(str(tmp_path / f"lake-{name}")).ingest(tmp_path / name, progress=False)
+        assert rep.flags["tar_corrupt"] == 2, (name, rep.to_dict())  # the shard's row, and k1 (it may be incomplete)
+        assert rep.status["ok"] == 1  # k0
+    cut_gz = tmp_path / "cut.tar.gz"
+    import gzip as gz
+
+    packed = gz.compress(data)
+    cut_gz.write_bytes(packed[: len(packed) * 2 // 3])
+    rep = Lake.create(str(tmp_path / "lake-gz")).ingest(cut_gz, progress=False)
+    assert rep.flags["tar_corrupt"] == 2 and rep.status.get("warning", 0) == 0, rep.to_dict()
+    # a key right after itself is a second sample, not an overwrite of the first
+    again = tmp_path / "again.tar"
+    write_shard(again, [{"a.jpg": noise_jpeg(seed=1), "a.txt": b"first"}, {"a.jpg": noise_jpeg(seed=2), "a.txt": b"second"}])
+    rep = lake.ingest(again, progress=False)
+    rows = by_key(lake)
+    assert rep.written == 2 and rows["a"]["caption"] == "first" and rows["a#2"]["caption"] == "second"
+    assert rows["a#2"]["ingest_flags"].tolist() == ["duplicate_key"]
+    # --max-bytes holds for members: the large one is not read
+    rep = Lake.create(str(tmp_path / "lake-small")).ingest(whole, options=IngestOptions(max_bytes=100), progress=False)
+    assert rep.flags["file_too_large"] == 4 and rep.written == 4
+
+
+def test_jpeg_with_bytes_after_its_end_is_whole_and_max_pixels_past_pillow_is_refused(lake: Lake, tmp_path: Path):
+    whole = noise_jpeg()
+    payload = b"Exif\x00\x00thumbnail\xff\xd8...\xff\xd9"  # an APP1 holding an end marker of its own
+    with_app1 = whole[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + whole[2:]
+    video = bytes(range(0, 255)) * 40  # ~10 KB appended, as a motion photo's video (no 0xFF in it)
+    for jpeg in (whole, with_app1):
+        assert probe_image(jpeg + video, 10**8)[1] == []
+        cut = jpeg[: len(jpeg) - 300]  # a JPEG cut short is still caught, thumbnail or not
+        assert probe_image(cut, 10**8)[1] == ["image_truncated"]
+    from PIL import Image as PILImage
+
+    limit = 2 * PILImage.MAX_IMAGE_PIXELS
+    with pytest.raises(IngestError, match=f"above what Pillow opens \\({limit} pixels"):
+        lake.ingest(SAMPLE_DATA, options=IngestOptions(max_pixels=limit + 1), progress=False)
+    assert lake.count() == 0

@@ -366,3 +366,23 @@ def test_minhash_on_ray_equals_local(tmp_path: Path, monkeypatch):
     got = caption_pairs(LanceTexts(ds, "caption"), 0.35, engine="ray")
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
     assert tasks == [("sign_range_task", 5), ("band_pairs_task", 5)]
+
+
+def test_ingest_on_ray_of_a_relative_source_reads_the_driver_s_folder(tmp_path: Path, monkeypatch):
+    """A worker's working directory is not the driver's: a relative SOURCE and --image-dir are the
+    driver's paths (they were resolved in each worker's folder: every pair file_missing, or none)."""
+    import shutil
+
+    shutil.copytree(SAMPLE_DATA, tmp_path / "pairs")
+    (tmp_path / "m.csv").write_text("image,caption\ncamera.jpg,a camera\n")
+    warm = Lake.create(tmp_path / "warm")
+    warm.append(pair_rows(0, 4))
+    warm.add_feature("c", caption_chars, engine="ray", progress=False)  # workers started in another folder
+    monkeypatch.chdir(tmp_path)
+    local = Lake.create(tmp_path / "local")
+    want = local.ingest("pairs", progress=False)
+    lake = Lake.create(tmp_path / "lake")
+    rep = lake.ingest("pairs", engine="ray", progress=False)
+    assert (rep.written, dict(rep.status)) == (want.written, dict(want.status))
+    rep = lake.ingest("m.csv", image_dir="pairs", engine="ray", progress=False)
+    assert rep.status == {"ok": 1}, rep.to_dict()
