@@ -104,7 +104,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     """(dataset, metadata table of the chosen rows in export order, copy index per sample, where,
     stale warnings).
 
-    The table has one row per *sample* (a row with repeats 3 appears 3 times). The decisions the
+    The table has one row per *sample* (a row with repeats 3 appears 3 times). Rows whose
+    ``ingest_status`` is ``'error'`` (no usable image) are never chosen, whatever ``where`` says. The decisions the
     selection and order read must be current (:func:`lakecurate.graph.check_current`): a stale one
     is an error naming the stage to re-run, unless ``allow_stale`` (then it is a warning)."""
     ds = lake.dataset(version)
@@ -125,8 +126,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     cols = list(dict.fromkeys(META + [caption, *(caption_mix or {})]
                               + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))
     cols = list(dict.fromkeys(cols + [embedding_columns(e)["score"] for e in embedding_prefixes(ds)] + list(extra or [])))
-    try:
-        tbl = ds.to_table(columns=cols, filter=where, with_row_id=True)
+    try:  # an ingest error has no usable image: never a sample, whatever the view says
+        tbl = ds.to_table(columns=cols, filter=f"({where}) AND ingest_status <> 'error'", with_row_id=True)
     except Exception as exc:  # a bad filter is the user's to fix
         raise LakeError(f"cannot select rows with --where {where!r} in lake '{lake.uri}': {exc}") from None
     order = np.arange(tbl.num_rows)
@@ -294,13 +295,14 @@ def overlaps(dest: str, lake_uri: str) -> bool:
     return common in (a, b)
 
 
-def _manifest_path(dest: Path, fmt: str) -> Path:
+def manifest_path(dest: Path, fmt: str) -> Path:
+    """Where the export of ``fmt`` at ``dest`` keeps its manifest."""
     return dest / "manifest.json" if fmt in FOLDERS else Path(f"{dest}.manifest.json")
 
 
 def _previous_export(dest: Path, fmt: str) -> list[Path] | None:
     """The files an earlier lakecurate export in ``fmt`` wrote at ``dest`` (from its manifest), or None."""
-    path = _manifest_path(dest, fmt)
+    path = manifest_path(dest, fmt)
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -323,7 +325,8 @@ def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: boo
                         "choose a destination outside the lake folder")
     if "://" in uri and not uri.lower().startswith("file://"):
         raise LakeError(f"export writes to a local path, not '{uri}'; export to a folder and copy it to object storage")
-    path = Path(uri[len("file://"):] if uri.lower().startswith("file://") else uri)
+    # absolute, with '.' and '..' folded: the export is staged beside it, under its parent's name for it
+    path = Path(os.path.abspath(uri[len("file://"):] if uri.lower().startswith("file://") else uri))
     writable("export destination", path)
     if fmt in FOLDERS and path.is_file():
         raise LakeError(f"'{path}' is a file; a {'WebDataset' if fmt == 'webdataset' else 'MDS'} export needs a folder")
@@ -335,7 +338,7 @@ def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: boo
         raise LakeError(f"'{path}' exists{' and is not empty' if path.is_dir() else ''}; choose another destination or pass --overwrite")
     previous = _previous_export(path, fmt)
     if previous is None:
-        raise LakeError(f"'{path}' is not an earlier lakecurate {fmt} export (no {_manifest_path(path, fmt).name} "
+        raise LakeError(f"'{path}' is not an earlier lakecurate {fmt} export (no {manifest_path(path, fmt).name} "
                         "naming its files); --overwrite replaces only such an export: choose a new or empty destination")
     return path, previous
 
@@ -403,6 +406,11 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         lake.export("mds/", "mds")                       # mds/index.json, mds/shard.00000.mds ...
     """
     t0 = time.perf_counter()
+    # What decides the export's contents, as asked: its manifest records them, so a pipeline can
+    # tell a changed setting from an export that is current (engine and address change no byte).
+    settings = {"where": where, "repeats": repeats, "caption": caption, "shard_size": shard_size,
+                "allow_stale": allow_stale, "blur_faces": blur_faces, "caption_mix": caption_mix,
+                "mix_seed": mix_seed, "mix_both": mix_both}
     check_engine(engine)
     if engine == "ray" and format != "webdataset":
         raise LakeError(f"--engine ray writes WebDataset shards (one task a shard); --format {format} is written "
@@ -441,6 +449,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
                           samples=tbl.num_rows)
     manifest = _manifest(lake, ds, format, where, tbl, copy)
     manifest["allow_stale"], manifest["stale"] = allow_stale, stale
+    manifest["settings"] = json.loads(json.dumps(settings, default=str))
     if mixed is not None:
         manifest["caption_mix"] = mixed
     blur = {"images": 0, "faces": 0} if blur_faces else None
@@ -618,6 +627,9 @@ def _swap(out: Path, manifest: Path, dest: Path, fmt: str, previous: list[Path] 
     elif fmt == "lance" and dest.is_dir() and any(dest.iterdir()):
         os.replace(dest, stage / "previous")  # the earlier export's table, removed with the stage
         os.replace(out, dest)
+    elif fmt == "lance" and dest.is_dir():  # an empty folder (maybe a shell's working one): kept, filled
+        for part in sorted(out.iterdir()):
+            os.replace(part, dest / part.name)
     else:
-        os.replace(out, dest)  # a file, or a table onto an empty folder: one atomic rename
-    os.replace(manifest, _manifest_path(dest, fmt))
+        os.replace(out, dest)  # a file: one atomic rename
+    os.replace(manifest, manifest_path(dest, fmt))

@@ -74,6 +74,10 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         self.storage_options = getattr(store, "storage_options", None)
         # a tag or branch name is opened by name in the workers and must still be this version there
         self.ref: int | str = version if isinstance(version, str) and not version.isdigit() else ds.version
+        if isinstance(self.ref, str) and hasattr(store, "_ref") and store._ref(self.ref)[1] is None:
+            # a branch name means its latest version, which a teammate's commit moves: the workers
+            # open the version the loader planned on, on that branch
+            self.ref = f"{self.ref.partition(':')[0]}:{ds.version}"
         self.rowids = tbl.column("_rowid").to_numpy().astype(np.uint64)
         self.fields = {"id": tbl.column("id").to_pylist(), "caption": tbl.column(caption).to_pylist(),
                        **{c: tbl.column(c).to_pylist() for c in columns}}

@@ -366,7 +366,10 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             return f"where changed ({cfg.get('where')} -> {opts['where']})"
         return _stale_why(by_column.get(col))
     if step == "export":
-        manifest = Path(f"{opts['dest']}.manifest.json")
+        from lakecurate.export import manifest_path
+
+        fmt = opts.get("format", "webdataset")
+        manifest = manifest_path(Path(opts["dest"]), fmt)
         if not manifest.is_file():
             return "not exported yet"
         try:
@@ -375,8 +378,16 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             return "its manifest cannot be read"
         if old.get("version") != ds.version or old.get("source_lake") != lake.uri:
             return f"the lake is at version {ds.version}, the export is of version {old.get('version')}"
-        if old.get("format") != opts.get("format", "webdataset"):
+        if old.get("format") != fmt:
             return "format changed"
+        if not isinstance(settings := old.get("settings"), dict):
+            return "its manifest does not record the export's settings (an older lakecurate wrote it)"
+        defaults = {p.name: p.default for p in inspect.signature(_stage_functions()[step]).parameters.values()
+                    if p.default is not inspect.Parameter.empty}
+        for key, was in settings.items():
+            want = json.loads(json.dumps(opts.get(key, defaults.get(key)), default=str))
+            if want != was:
+                return f"{key} changed ({was} -> {want})"
         return None
     if step == "report":
         out = Path(opts["out"])

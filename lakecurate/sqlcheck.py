@@ -157,8 +157,11 @@ def check_where(where: str | None, option: str = "--where", ds: Any = None, *, l
 
     if where is not None and not isinstance(where, str):
         raise LakeError(f"{option} {where!r} is not one SQL condition: give it as text, e.g. \"width > 400\"")
-    if where is None or not where.strip():
+    if where is None:
         return where
+    if not where.strip():  # "" would mean every row to Lance, and no filter to a caller testing `if where`
+        raise LakeError(f"{lead or f'{option} {where!r}'}: an empty condition selects nothing in particular; "
+                        f"give one, e.g. \"keep\" or \"width > 400\", or leave {option} out for the default")
     what = lead or f"{option} {where!r} is not one SQL condition"
     hint = "; write one condition, e.g. \"width > 400 AND height > 400\""
     statements = _parse(where, what, semicolon=False)

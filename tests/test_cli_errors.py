@@ -101,6 +101,12 @@ CASES = [
     ("where", "sequence {lake} --where 'width > 1 height > 1'"),
     ("where", "export {lake} {out} --where 'keep LIMIT 1'"),
     ("where", "diff {lake} " + TAG + " --where 'keep -- comment'"),
+    # an empty condition: rebalance and sequence took it as every row (dropped rows exported)
+    ("where", "rebalance {lake} --where ''"),
+    ("where", "sequence {lake} --where '  '"),
+    ("where", "export {lake} {out} --where ''"),
+    ("where", "diff {lake} " + TAG + " --where ''"),
+    ("where", "search {lake} cat --where ''"),
     ("where", "evaluate {lake} --eval-set {tmp} --view 'no_such_column > 1'"),
     ("sql", "sql {lake} \"COPY (SELECT 1) TO '{out}.csv'\""),
     # recipes with type errors (H3)

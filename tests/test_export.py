@@ -4,6 +4,7 @@ checks, repeats spread through the order, shards as the sequence cut them, json 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 from collections import Counter, defaultdict
@@ -299,3 +300,21 @@ def test_an_existing_file_is_refused_in_plain_words(seq_lake: Lake, tmp_path: Pa
     with pytest.raises(LakeError, match=r"out.parquet' exists; choose another destination or pass --overwrite"):
         seq_lake.export(dest, "parquet")
     assert dest.read_bytes() == b""
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "lance"])
+def test_export_to_the_current_folder_and_error_rows_are_never_samples(seq_lake: Lake, tmp_path: Path, fmt: str,
+                                                                       monkeypatch):
+    """`export LAKE .` was a traceback in every format (the staging folder was named '..x.partial'
+    inside '.'); a view with ingest errors in it (--where true) exported rows without an image."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    res = CliRunner().invoke(main, ["export", seq_lake.uri, ".", "--format", fmt, "--where", "true", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["rows"] == seq_lake.count("ingest_status <> 'error'")
+    ids = {i for i, _ in exported_rows(here, fmt)}
+    errors = set(seq_lake.to_pandas(["id"], where="ingest_status = 'error'")["id"])
+    assert errors and not ids & errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"] + (["here.manifest.json"] if fmt == "lance" else [])
+    assert os.path.samefile(os.getcwd(), here)  # the folder the shell is in was filled, not replaced

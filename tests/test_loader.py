@@ -135,3 +135,26 @@ def test_shards_cover_every_position_for_any_layout(seq_lake: Lake):
     got = np.concatenate([ds.indices(r, 2, w, 3) for r in range(2) for w in range(3)])
     done = np.concatenate([ds.order()[r::2][:4] for r in range(2)])
     assert sorted(got.tolist() + done.tolist()) == list(range(ds.samples))
+
+
+def test_a_branch_that_moves_after_the_loader_is_made_is_read_as_planned(seq_lake: Lake, tmp_path: Path):
+    """The workers opened a branch by name: a teammate's commit there killed the job at its next
+    epoch ("moved ... while the loader was starting"). They read the version planned on."""
+    lake = Lake.open(shutil.copytree(seq_lake.uri, tmp_path / "lake"))
+    branch = lake.create_branch("exp")
+    ds = LakeDataset(lake, version="exp", shuffle=False, decode=False)
+    planned = [s["id"] for s in ds]
+    branch.add_feature("n_chars", lambda b: [len(c or "") for c in b.column("caption").to_pylist()],
+                       inputs=["caption"], type="int32", progress=False)  # the branch moves on
+    ds.set_epoch(1)
+    state = ds.__getstate__()  # what a DataLoader worker gets
+    again = LakeDataset.__new__(LakeDataset)
+    again.__dict__.update(state)
+    assert [s["id"] for s in again] == planned
+
+
+def test_ingest_error_rows_are_never_samples(seq_lake: Lake):
+    ds = LakeDataset(seq_lake, where="true", shuffle=False, decode=False, columns=["ingest_status"])
+    statuses = {s["ingest_status"] for s in ds}
+    assert "error" not in statuses and ds.samples > 0
+    assert seq_lake.count("ingest_status = 'error'") > 0  # the sample lake has error rows to leave out

@@ -423,3 +423,28 @@ def test_dedup_recompute_names_methods(sample_lake_embedded: Lake, tmp_path: Pat
     by_method = {m.method: m for m in rep.methods}
     assert by_method["phash"].new_rows == by_method["phash"].rows and by_method["semantic"].new_rows == 0
     assert lake.version > v
+
+
+def test_run_export_to_a_folder_is_current_once_and_a_changed_setting_exports_again(tmp_path: Path):
+    """A WebDataset export keeps its manifest in DEST/manifest.json (run looked for DEST.manifest.json:
+    it exported on every run), and a changed where, caption or repeats is a new export (it was
+    taken as current)."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    pipe = tmp_path / "p.toml"
+
+    def write(extra: str) -> None:
+        pipe.write_text('[export]\ndest = "{lake}-shards"\nformat = "webdataset"\nwhere = "ingest_status = \'ok\'"\n'
+                        + extra)
+
+    write("")
+    assert lake.run(pipe, progress=False).ran == ["export"]
+    again = lake.run(pipe, progress=False)
+    assert again.ran == [] and again.steps[-1].why == "current"
+    write("repeats = false\n")
+    assert [s.why for s in lake.run(pipe, dry_run=True, progress=False).steps] == ["repeats changed (True -> False)"]
+    assert lake.run(pipe, progress=False).ran == ["export"]
+    pipe.write_text('[export]\ndest = "{lake}-shards"\nformat = "webdataset"\nwhere = "ingest_status <> \'ok\'"\n'
+                    'repeats = false\n')
+    why = lake.run(pipe, dry_run=True, progress=False).steps[-1].why
+    assert why.startswith("where changed (ingest_status = 'ok' -> ingest_status <> 'ok')"), why

@@ -164,8 +164,11 @@ def test_check_where_accepts_conditions_and_checks_columns(small: Lake):
     ds = small.dataset()
     for where in ("width > 400 AND height > 400", "`width` > 1", "caption LIKE '%dog%' OR NOT (width < 3)",
                   "format IN ('JPEG', 'PNG')", "caption IS NOT NULL", "regexp_like(caption, 'a+')",
-                  "caption NOT LIKE '%; --%'", None, ""):
+                  "caption NOT LIKE '%; --%'", None):
         assert check_where(where, "--where", ds) == where
+    for blank in ("", "  \n"):  # an empty text was every row to Lance, and no --where to a caller
+        with pytest.raises(LakeError, match="an empty condition"):
+            check_where(blank, "--where", ds)
     with pytest.raises(LakeError, match=r"--where-b 'nope > 1' cannot select rows: .*nope"):
         check_where("nope > 1", "--where-b", ds)
     with pytest.raises(LakeError, match="boolean"):
