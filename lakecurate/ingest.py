@@ -112,6 +112,7 @@ class IngestReport:
     skipped_existing: int = 0
     skipped_errors: int = 0  # of skipped_existing: rows whose ingest_status is 'error' (see retry_errors)
     replaced: int = 0  # error rows replaced in place by retry_errors
+    markers_removed: int = 0  # rows saying where a shard broke, removed by retry_errors once it reads whole
     content_present: int = 0  # new pairs whose image bytes (content_hash) were already in the lake
     status: Counter = field(default_factory=Counter)
     flags: Counter = field(default_factory=Counter)
@@ -134,6 +135,7 @@ class IngestReport:
             "skipped_existing": self.skipped_existing,
             "skipped_errors": self.skipped_errors,
             "replaced": self.replaced,
+            "markers_removed": self.markers_removed,
             "content_present": self.content_present,
             "status": dict(self.status),
             "flags": dict(self.flags),
@@ -732,6 +734,7 @@ def _text(v: Any) -> str | None:
     return str(v)
 
 
+TAR_ERROR_KEY = "__tar_error__/"  # the key of the row that says where a shard's reading broke
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # WebDataset writes both; tarfile's "r|*" reads either
 
 
@@ -865,7 +868,7 @@ def iter_webdataset(shards: list[str], max_bytes: int | None = None) -> Iterator
         if problem:
             yield Candidate(
                 source=shard,
-                key=f"__tar_error__/{current or ''}",
+                key=f"{TAR_ERROR_KEY}{current or ''}",
                 image_uri=shard,
                 flags=["tar_corrupt"],
                 notes=[f"{problem}; samples after '{current}' were not read"],
@@ -1030,6 +1033,11 @@ def open_source(
         shards = expand_shards(src)
         if not shards:
             raise IngestError(f"no .tar shards match '{src}'")
+        missing = [s for s in shards if "://" not in s and not os.path.isfile(s)]
+        if missing:  # as for a missing folder or manifest: refused, not a row that stays when it appears
+            raise IngestError(f"{len(missing)} of the {len(shards)} shards named by '{src}' do not exist "
+                              f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); name the shards "
+                              "that are there (img2dataset skips the ones it could not fill)")
         return SourcePlan(kind, [os.path.realpath(s) for s in shards], lambda ignored: iter_webdataset(shards, max_bytes),
                           [(s, kind) for s in shards])
     raise IngestError(f"unknown kind '{kind}': use folder, manifest or webdataset")
@@ -1226,6 +1234,7 @@ def ingest(
     errors = lake.existing_ids(plan.sources, where="ingest_status = 'error'") if appending else set()
     content: _ContentIndex | None = None  # read before the first commit, only if there is one
     done: set[str] = set()  # with retry_errors: ids replaced by this run (a row may be an error again)
+    markers: set[str] = set()  # ids of the shard-error rows this run's reading gave
     now = started or datetime.now(timezone.utc)
     t0 = time.perf_counter()
 
@@ -1246,6 +1255,8 @@ def ingest(
                     report.seen += 1
                 _unique_key(c, used, counts)
                 cid = pair_id(c.source, c.key)
+                if c.key.startswith(TAR_ERROR_KEY):
+                    markers.add(cid)
                 if cid in done or (claims is not None and cid in claims.ids):
                     if first and cid in errors:
                         report.skipped_errors += 1
@@ -1310,6 +1321,8 @@ def ingest(
                               f"({MAX_PASSES} passes); run the same command again to add what is missing")
         if mode == "overwrite" and not report.versions:  # nothing to write: still replace the contents
             report.versions.append(lake.append(PAIRS_SCHEMA.empty_table(), overwrite=True))
+        if retry_errors and plan.kind == "webdataset":
+            _drop_repaired_markers(lake, plan.sources, markers, report)
     except OSError as exc:
         if not _no_space(exc):
             raise
@@ -1321,6 +1334,19 @@ def ingest(
     report.skipped_existing = report.seen - report.written
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _drop_repaired_markers(lake: "Store", sources: list[str], markers: set[str], report: IngestReport) -> None:
+    """A shard read to its end this time (it was repaired) no longer needs the row that said where
+    its reading broke: that row (not a pair; it has no image) is removed in one commit."""
+    stale = lake.existing_ids(sources, where=f"ingest_status = 'error' AND starts_with(key, '{TAR_ERROR_KEY}')") - markers
+    if not stale:
+        return
+    version = lake.append(PAIRS_SCHEMA.empty_table(),
+                          guard=lambda ds: "id IN (" + ", ".join(f"'{i}'" for i in sorted(stale)) + ")")
+    if version is not None:
+        report.versions.append(version)
+        report.markers_removed = len(stale)
 
 
 def _ingest_part(uri: str, storage_options: dict[str, str] | None, branch: str | None, path: str, kind: str,
@@ -1353,7 +1379,8 @@ def _ingest_on_ray(lake: "Store", src: str, plan: SourcePlan, *, mode: str, retr
     try:
         # A part is idempotent (it skips the ids it committed): a worker that died is rerun.
         for part in ray_task_map(_ingest_part, calls, retries=RAY_RETRIES):
-            for name in ("seen", "written", "skipped_existing", "skipped_errors", "replaced", "content_present"):
+            for name in ("seen", "written", "skipped_existing", "skipped_errors", "replaced", "markers_removed",
+                         "content_present"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
             report.status.update(part.status)
             report.flags.update(part.flags)

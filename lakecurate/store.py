@@ -345,6 +345,8 @@ class Store:
         commit, or a SQL condition: the rows of ``ds`` matching it are deleted in the same commit, so
         a replaced row is never visible twice.
         """
+        if not overwrite and self.exists():
+            self._check_pairs_schema(self.dataset())
         frags = lance.fragment.write_fragments(
             data,
             self.table_uri,
@@ -377,6 +379,21 @@ class Store:
             ).version
 
         return retry_on_conflict(commit)
+
+    def _check_pairs_schema(self, ds: lance.LanceDataset) -> None:
+        """Refuse to append pairs to a table whose pairs columns were dropped or retyped outside
+        lakecurate (plain Lance): Lance's own error names neither the lake nor a way out."""
+        have = {f.name: f.type for f in ds.schema}
+
+        def differs(f: pa.Field) -> bool:  # a blob column reads back as Lance's blob type
+            return not (have[f.name].equals(f.type) or (f.metadata or {}).get(b"lance-encoding:blob") == b"true")
+
+        wrong = [f"column {f.name} is missing" if f.name not in have else f"column {f.name} is {have[f.name]}, not {f.type}"
+                 for f in PAIRS_SCHEMA if f.name not in have or differs(f)]
+        if wrong:
+            raise LakeError(f"lake '{self.uri}': the pairs table was changed outside lakecurate ({'; '.join(wrong)}), "
+                            f"so new pairs cannot be added; restore the version before that change (see: lakecurate "
+                            f"log {self.shell}) or ingest into a new lake")
 
     def existing_ids(self, sources: Sequence[str] | None = None, *, where: str | None = None,
                      ds: lance.LanceDataset | None = None, fragment_ids: Sequence[int] | None = None) -> set[str]:

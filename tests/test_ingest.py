@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lakecurate import Lake
+from lakecurate import Lake, LakeError
 from lakecurate.ingest import (
     IngestError,
     IngestOptions,
@@ -863,3 +863,37 @@ def test_jpeg_with_bytes_after_its_end_is_whole_and_max_pixels_past_pillow_is_re
     with pytest.raises(IngestError, match=f"above what Pillow opens \\({limit} pixels"):
         lake.ingest(SAMPLE_DATA, options=IngestOptions(max_pixels=limit + 1), progress=False)
     assert lake.count() == 0
+
+
+def test_ingest_into_a_table_changed_outside_lakecurate_is_a_clear_error(lake: Lake, tmp_path: Path):
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lance.dataset(lake.main_uri).drop_columns(["meta"])  # a teammate's plain-Lance edit
+    v = lake.version
+    with pytest.raises(LakeError, match=r"pairs table was changed outside lakecurate \(column meta is missing\).*restore"):
+        lake.ingest(small_folder(tmp_path / "more", 2), progress=False)
+    assert lake.version == v
+
+
+def test_a_repaired_shard_replaces_its_broken_sample_and_drops_its_break_row(tmp_path: Path):
+    """--retry-errors after a shard is whole again: the sample it broke in is read again (it was a
+    caption_missing warning in a .tar.gz, never re-read), the samples after it arrive, and the row
+    saying where it broke goes (it stayed, an error forever). A missing shard is refused."""
+    lake = Lake.create(tmp_path / "lake")
+    samples = [{f"k{i}.jpg": noise_jpeg(seed=i), f"k{i}.txt": f"c{i}".encode()} for i in range(4)]
+    whole = tmp_path / "whole.tar"
+    write_shard(whole, samples)
+    import gzip as gz
+
+    packed = gz.compress(whole.read_bytes())
+    shard = tmp_path / "s.tar.gz"
+    shard.write_bytes(packed[: len(packed) // 2])
+    lake.ingest(shard, progress=False)
+    assert lake.count("ingest_status = 'error'") == 2
+    shard.write_bytes(packed)
+    rep = lake.ingest(shard, retry_errors=True, progress=False)
+    assert rep.markers_removed == 1 and rep.replaced == 1
+    df = lake.to_pandas(["key", "caption", "ingest_status"]).sort_values("key")
+    assert df["key"].tolist() == ["k0", "k1", "k2", "k3"] and set(df["ingest_status"]) == {"ok"}
+    assert df["caption"].tolist() == ["c0", "c1", "c2", "c3"]
+    with pytest.raises(IngestError, match=r"1 of the 2 shards named by .* do not exist \(.*nope.tar\)"):
+        lake.ingest(f"{tmp_path}/{{s.tar.gz,nope.tar}}", progress=False)
