@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lakecurate.encoders import EncoderError, EncoderSpec, _load_open_clip, _register_configs, _slug, resolve_device
+from lakecurate.errors import LakeError
 from lakecurate.names import TINY_COCA
 
 DEFAULT_MAX_TOKENS = 30
@@ -560,7 +561,17 @@ class EndpointClient:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(self.spec.concurrency) as pool:
-            return list(pool.map(self.one, image_urls, prompts))
+            out = list(pool.map(self.one, image_urls, prompts))
+        # An endpoint no request reaches (down, a wrong URL or key) would write every row's error and
+        # leave a re-run nothing to do: the run stops instead, this batch unwritten, to resume later.
+        if out and all(text is None and error and any(e in error for e in _NO_ENDPOINT) for text, error, _ in out):
+            raise LakeError(f"endpoint {self.spec.url()}: every request of a batch of {len(out)} failed ({out[0][1]}); "
+                            f"this batch was not written. Check that the server runs at that URL and accepts the key "
+                            f"in ${self.spec.api_key_env}, then run the same command again: it goes on from here")
+        return out
+
+
+_NO_ENDPOINT = ("connection failed", "HTTP 401 ", "HTTP 403 ", "HTTP 404 ")  # never about one row
 
 
 def image_data_url(data: bytes | None, side: int) -> tuple[str | None, str | None]:

@@ -258,3 +258,22 @@ def test_an_ipv6_endpoint_is_stored_as_it_can_be_given_again():
     assert cfg["endpoint"] == "http://[::1]:8000/v1"
     assert resolve_endpoint(cfg["endpoint"], "m").config() == cfg
     assert resolve_endpoint("http://127.0.0.1:8000/v1", "m").config()["endpoint"] == "http://127.0.0.1:8000/v1"
+
+
+def test_an_endpoint_no_request_reaches_stops_the_run_and_a_rerun_goes_on(server, tmp_path: Path, monkeypatch):
+    """The server down: every row got 'connection failed' as its error, the run exited 0, and a
+    re-run had nothing to do (each row had its error). Now the run stops, writing no errors."""
+    import socket
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lake = caption_lake(tmp_path / "lake", [f"plain caption {i}" for i in range(6)])
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--endpoint", dead, "--api-model", "m", "--mode", "rephrase",
+                                    "--retries", "0", "--name", "re"])
+    assert res.exit_code == 1 and "every request of a batch of 6 failed (endpoint: connection failed" in res.output
+    assert "run the same command again" in res.output and "Traceback" not in res.output
+    assert "caption_re" not in lake.dataset().schema.names  # nothing declared stays behind
+    rep = lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", retries=0, name="re", progress=False)
+    assert rep.rows == 6 and rep.errors == 0
