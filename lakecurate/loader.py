@@ -8,10 +8,12 @@ permutation per epoch. Each sample is a dict: ``id``, ``image`` (a decoded RGB P
 ``caption="caption_coca"``), and the ``columns`` asked for.
 
 Sharding is deterministic and exact: the epoch's sample order is dealt to ranks (sample ``i`` to
-rank ``i % world_size``), and each rank's samples to its DataLoader workers a batch at a time (the
+rank ``i % world_size``; with ``even``, the default, first topped up with its own first samples to a
+multiple of the ranks, so each rank runs as many batches and DDP never waits on one that ended), and each rank's samples to its DataLoader workers a batch at a time (the
 run's batch ``b`` to worker ``b % num_workers``, the order in which a DataLoader takes the workers'
 batches), so
-across all ranks every sample of the epoch comes exactly once, and a rank's batches arrive in its
+across all ranks every sample of the epoch comes exactly once (with ``even``, at most
+``world_size - 1`` of them twice), and a rank's batches arrive in its
 order. ``resume(epoch, step)`` skips the first ``step`` batches of each rank in that epoch: a
 restarted job reads nothing it trained on. Images are read with Lance's random access
 (``read_blobs`` by row id, ``read_size`` at a time) and decoded in the workers.
@@ -52,7 +54,7 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
                  caption: str = "caption", columns: Sequence[str] = (), shuffle: bool = True, seed: int = 0,
                  batch_size: int = 1, transform: Callable[[Any], Any] | None = None, decode: bool = True,
                  repeats: bool = True, rank: int | None = None, world_size: int | None = None,
-                 read_size: int = 64, allow_stale: bool = False):
+                 read_size: int = 64, allow_stale: bool = False, even: bool = True):
         from lakecurate.export import plan
         from lakecurate.store import Store
 
@@ -83,7 +85,7 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
                        **{c: tbl.column(c).to_pylist() for c in columns}}
         self.caption_column, self.shuffle, self.seed = caption, shuffle, seed
         self.batch_size, self.read_size, self.transform, self.decode = batch_size, read_size, transform, decode
-        self._rank, self._world = rank, world_size
+        self._rank, self._world, self.even = rank, world_size, bool(even)
         if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
             raise LakeError(f"rank {rank!r} of world_size {world_size!r}: give both, with 0 <= rank < world_size")
         self.epoch, self.start_step = 0, 0
@@ -93,7 +95,7 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
     def __len__(self) -> int:
         """This rank's samples in an epoch (from ``resume``'s step on)."""
         rank, world = self.rank_world()
-        n = len(range(rank, len(self.rowids), world))
+        n = len(self._rank_order(rank, world))
         return max(0, n - self.start_step * self.batch_size)
 
     @property
@@ -136,9 +138,20 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
             return np.arange(n)
         return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch]).permutation(n)
 
+    def _rank_order(self, rank: int, world: int) -> np.ndarray:
+        """The epoch's positions dealt to ``rank``: every ``world``-th. With ``even`` (the default)
+        the order is first topped up with its own first samples to a multiple of ``world``, so
+        every rank reads as many samples and batches (a rank with one batch more hangs DDP at its
+        last all-reduce), as torch's DistributedSampler does."""
+        order = self.order()
+        short = -len(order) % world
+        if self.even and short:
+            order = np.concatenate([order, order[:short]])
+        return order[rank::world]
+
     def indices(self, rank: int, world: int, worker: int = 0, workers: int = 1) -> np.ndarray:
         """The sample positions one DataLoader worker of one rank reads this epoch, in order."""
-        mine = self.order()[rank::world]
+        mine = self._rank_order(rank, world)
         batch = np.arange(len(mine)) // self.batch_size - self.start_step  # counted from where this run starts
         return mine[(batch >= 0) & (batch % workers == worker)]
 

@@ -466,6 +466,9 @@ class Store:
         if name in tags:
             raise LakeError(f"lake '{self.uri}' already has a tag '{name}' (version {tags[name]['version']}); "
                             f"pick another name, or delete it first: lakecurate tag {self.shell} {name} --delete")
+        if name == "main" or name in self.branches():  # a version named so would be the tag, never the branch
+            raise LakeError(f"'{name}' is a branch of lake '{self.uri}'; a tag of that name would hide it wherever "
+                            "a version is named (--version, diff, restore): pick another name")
         number = self.dataset(version).version if version is not None else ds.version  # LakeError if not a version
         ds.tags.create(name, (self.branch, number) if self.branch else number)
 
@@ -487,6 +490,9 @@ class Store:
             raise LakeError(f"branch name {name!r} is not valid; use letters, digits, '.', '_' and '-' (not 'main')")
         if name in self.branches():
             raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with --branch {name}")
+        if name in self.dataset().tags.list():
+            raise LakeError(f"'{name}' is a tag of lake '{self.uri}'; a branch of that name would be hidden by it "
+                            "wherever a version is named (--version, diff, restore): pick another name")
         if isinstance(source, str) and not source.isdigit():
             branch, number = self._ref(source)
             ref: Any = number if isinstance(number, str) else (branch, number)

@@ -44,7 +44,7 @@ def test_two_ranks_by_two_workers_read_every_sample_once_per_epoch(seq_lake: Lak
     got: Counter = Counter()
     per_rank = []
     for rank in (0, 1):
-        ds = LakeDataset(seq_lake, seed=3, batch_size=4, rank=rank, world_size=2, decode=False)
+        ds = LakeDataset(seq_lake, seed=3, batch_size=4, rank=rank, world_size=2, decode=False, even=False)
         ds.set_epoch(1)
         ids = ids_of(loader(ds, num_workers=2))
         assert len(ids) == len(ds)
@@ -53,9 +53,26 @@ def test_two_ranks_by_two_workers_read_every_sample_once_per_epoch(seq_lake: Lak
     assert got == want  # every row as many times as its repeats, across both ranks: no gap, no duplicate
     assert abs(len(per_rank[0]) - len(per_rank[1])) <= 1
     # the workers' batches arrive in the rank's order: the same as reading it without workers
-    alone = LakeDataset(seq_lake, seed=3, batch_size=4, rank=0, world_size=2, decode=False)
+    alone = LakeDataset(seq_lake, seed=3, batch_size=4, rank=0, world_size=2, decode=False, even=False)
     alone.set_epoch(1)
     assert ids_of(loader(alone)) == per_rank[0]
+
+
+@pytest.mark.parametrize("world,batch", [(3, 3), (6, 4), (5, 5)])
+def test_every_rank_runs_as_many_batches_by_default(seq_lake: Lake, world: int, batch: int):
+    """Ranks got the ceiling or the floor of samples/world: with 28 samples, 3 ranks and batches of
+    3, rank 0 ran 4 batches and the others 3, and DDP waited forever at rank 0's last all-reduce."""
+    batches, got = [], Counter()
+    for rank in range(world):
+        ds = LakeDataset(seq_lake, seed=3, batch_size=batch, rank=rank, world_size=world, decode=False)
+        ids = ids_of(loader(ds))
+        assert len(ids) == len(ds)
+        batches.append(len(list(loader(ds))))
+        got.update(ids)
+    assert len(set(batches)) == 1, batches
+    n = sum(expected(seq_lake).values())
+    assert n % world and sum(got.values()) == n + (-n % world)  # topped up by the order's first samples
+    assert set(got) == set(expected(seq_lake))
 
 
 def test_orders_are_seeded_and_the_unshuffled_order_is_the_curated_one(seq_lake: Lake):
@@ -126,7 +143,7 @@ def test_bad_options_are_clear_errors(seq_lake: Lake, kwargs, match):
 
 
 def test_shards_cover_every_position_for_any_layout(seq_lake: Lake):
-    ds = LakeDataset(seq_lake, seed=5, batch_size=2, decode=False)
+    ds = LakeDataset(seq_lake, seed=5, batch_size=2, decode=False, even=False)
     for world in (1, 2, 3):
         for workers in (1, 2, 4):
             got = np.concatenate([ds.indices(r, world, w, workers) for r in range(world) for w in range(workers)])

@@ -68,6 +68,15 @@ def test_tag_names_are_checked_before_lance_sees_them(versioned: Lake):
     assert lake.dataset().tags.list()["raw"]["version"] == 2  # the existing tag is untouched
     lake.tag("v3.ok_name-1", 3)
     assert lake.dataset("v3.ok_name-1").count_rows() == 4
+    # a tag named like a branch hid it wherever a version is named (main's latest read as version 2)
+    lake.create_branch("exp", 3)
+    for shadow in ("main", "exp"):
+        with pytest.raises(LakeError, match=f"'{shadow}' is a branch of lake .*pick another name"):
+            lake.tag(shadow, 2)
+    with pytest.raises(LakeError, match="'raw' is a tag of lake .*pick another name"):
+        lake.create_branch("raw")
+    assert lake.dataset("main").count_rows() == 7 and lake.dataset("exp").count_rows() == 4
+    assert sorted(lake.dataset().tags.list()) == ["raw", "v3.ok_name-1"] and list(lake.branches()) == ["exp"]
 
 
 def test_log_survives_gaps_and_an_unreadable_transaction(versioned: Lake, monkeypatch):
