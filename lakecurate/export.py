@@ -301,18 +301,24 @@ def manifest_path(dest: Path, fmt: str) -> Path:
 
 
 def _previous_export(dest: Path, fmt: str) -> list[Path] | None:
-    """The files an earlier lakecurate export in ``fmt`` wrote at ``dest`` (from its manifest), or None."""
+    """The files an earlier lakecurate export in ``fmt`` wrote at ``dest`` (from its manifest, or
+    from the note of a swap killed before its manifest was in place: see :func:`_swap`), or None."""
+    key = "shards"
     path = manifest_path(dest, fmt)
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(old, dict) or old.get("format") != fmt or "source_lake" not in old:
+        key, path = "files", _swap_note(dest, fmt)
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    if not isinstance(old, dict) or old.get("format") != fmt or ("source_lake" not in old and key == "shards"):
         return None
     if fmt not in FOLDERS:
         return [path, dest]
     # Plain file names only: a manifest naming '../x' never makes overwrite delete outside DEST.
-    names = [n for n in old.get("shards") or [] if isinstance(n, str) and n not in ("", ".", "..") and n == Path(n).name]
+    names = [n for n in old.get(key) or [] if isinstance(n, str) and n not in ("", ".", "..") and n == Path(n).name]
     return [path] + [dest / n for n in names]
 
 
@@ -444,6 +450,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     if caption_mix is not None:
         tbl, copy, mixed = _mix(tbl, copy, caption_mix, mix_seed, mix_both)
         caption = MIX_CAPTION
+    if tbl.num_rows == 0:  # in every format, before a folder is made (WebDataset and MDS wrote an empty export)
+        raise LakeError(f"no rows to export from lake '{lake.uri}' (version {ds.version}) with --where {where!r}; "
+                        f"nothing was written: see what the view holds with lakecurate sql {lake.shell} "
+                        "\"SELECT COUNT(*) FROM pairs WHERE ...\"")
     shard_size = shard_size or sequence_shard_size(ds) or SHARD_SIZE
     report = ExportReport(lake=lake.uri, dest=str(dest), format=format, version=ds.version, where=where,
                           samples=tbl.num_rows)
@@ -616,12 +626,19 @@ def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list
 def _swap(out: Path, manifest: Path, dest: Path, fmt: str, previous: list[Path] | None, stage: Path) -> None:
     """Move a complete export from ``stage`` to ``dest``, replacing only what the earlier export's
     manifest lists. Its manifest goes first and the new one last, so DEST never holds a manifest
-    naming files that are not there."""
-    for old in previous or []:  # the manifest first, then the earlier shards
-        if old != dest and old.is_file():  # an earlier Parquet file is replaced below in one rename
-            old.unlink()
+    naming files that are not there. Until the new manifest is in place a swap note beside it names
+    every file the swap may leave (the earlier export's and the new one's), so a swap killed half way
+    is replaced by the next ``overwrite``, not refused as someone else's files."""
+    marker = _swap_note(dest, fmt)
     if fmt in FOLDERS:
         dest.mkdir(exist_ok=True)
+    names = ({p.name for p in previous or [] if p.parent == dest} | {p.name for p in out.iterdir()}
+             if fmt in FOLDERS else set())
+    marker.write_text(json.dumps({"format": fmt, "files": sorted(names - {marker.name})}))
+    for old in previous or []:  # the manifest first, then the earlier shards
+        if old not in (dest, marker) and old.is_file():  # an earlier Parquet file is replaced below in one rename
+            old.unlink()
+    if fmt in FOLDERS:
         for shard in sorted(out.iterdir()):
             os.replace(shard, dest / shard.name)
     elif fmt == "lance" and dest.is_dir() and any(dest.iterdir()):
@@ -633,3 +650,9 @@ def _swap(out: Path, manifest: Path, dest: Path, fmt: str, previous: list[Path] 
     else:
         os.replace(out, dest)  # a file: one atomic rename
     os.replace(manifest, manifest_path(dest, fmt))
+    marker.unlink()
+
+
+def _swap_note(dest: Path, fmt: str) -> Path:
+    """Where a swap in progress names the files it may leave (see :func:`_swap`)."""
+    return manifest_path(dest, fmt).with_name(manifest_path(dest, fmt).name + ".swap")

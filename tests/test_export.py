@@ -318,3 +318,45 @@ def test_export_to_the_current_folder_and_error_rows_are_never_samples(seq_lake:
     assert errors and not ids & errors
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here"] + (["here.manifest.json"] if fmt == "lance" else [])
     assert os.path.samefile(os.getcwd(), here)  # the folder the shell is in was filled, not replaced
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_empty_selection_is_refused_in_every_format_before_a_folder_is_made(seq_lake: Lake, tmp_path: Path, fmt: str):
+    """WebDataset and MDS wrote an empty export (MDS after 3 s), Parquet and Lance refused: and the
+    Parquet refusal came after DEST's parent folders were made."""
+    needs(fmt)
+    dest = dest_for(tmp_path / "a" / "b", fmt)
+    with pytest.raises(LakeError, match=r"no rows to export from lake .* with --where 'false'; nothing was written"):
+        seq_lake.export(dest, fmt, where="false")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_an_overwrite_killed_in_its_swap_is_replaced_by_the_next(seq_lake: Lake, tmp_path: Path, fmt: str, monkeypatch):
+    """Killed after the earlier manifest went and before the new one came, DEST held shards and no
+    manifest, and every later --overwrite refused it as not an export."""
+    import lakecurate.export as export_mod
+
+    dest = dest_for(tmp_path, fmt)
+    seq_lake.export(dest, fmt, shard_size=5 if fmt == "webdataset" else None)
+    real, moves = os.replace, []
+
+    def dies(a, b):
+        moves.append(b)
+        if len(moves) == 2:
+            raise SystemExit("killed")  # stands for kill -9: no clean-up of DEST runs
+        return real(a, b)
+
+    monkeypatch.setattr(export_mod.os, "replace", dies)
+    with pytest.raises(SystemExit):
+        seq_lake.export(dest, fmt, shard_size=4 if fmt == "webdataset" else None, overwrite=True)
+    monkeypatch.setattr(export_mod.os, "replace", real)
+    assert not export_mod.manifest_path(dest, fmt).exists()  # the half-swapped state
+    rep = seq_lake.export(dest, fmt, shard_size=4 if fmt == "webdataset" else None, overwrite=True)
+    clean = dest_for(tmp_path / "clean", fmt)
+    seq_lake.export(clean, fmt, shard_size=4 if fmt == "webdataset" else None)
+    assert exported_rows(dest, fmt) == exported_rows(clean, fmt)
+    if fmt == "webdataset":
+        assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in clean.iterdir()) == sorted(
+            rep.files + ["manifest.json"])
+    assert not list(tmp_path.glob("*.swap")) and not list(dest.parent.glob("**/*.swap"))
