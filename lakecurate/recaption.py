@@ -16,6 +16,7 @@ weights, the decoding parameters and seed, and the source columns.
 from __future__ import annotations
 
 import inspect
+import os
 import zlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -209,6 +210,12 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     from lakecurate.options import MOST_WORKERS, whole
 
     check_engine(engine)
+    for opt, value in (("--name", name), ("--prompt", prompt), ("--api-key-env", api_key_env), ("--api-model", api_model),
+                       ("--endpoint", endpoint), ("--pretrained", pretrained), ("--checkpoint", checkpoint)):
+        if value is not None and not isinstance(value, (str, os.PathLike) if opt == "--checkpoint" else str):
+            raise LakeError(f"{opt} must be text, not {value!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise LakeError(f"--temperature must be a number from 0 (greedy) to 5, not {temperature!r}")
     # a batch is what one model call takes (CoCa), or what the request pool works through (endpoints)
     batch_size = batch_size if batch_size is not None else (256 if endpoint is not None or isinstance(model, EndpointSpec) else 16)
     whole("--batch-size", batch_size, 1)

@@ -210,6 +210,11 @@ def test_odd_replies_are_the_rows_errors_and_the_key_is_never_shown(server, tmp_
     ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "json {\"a\": 1}"}, "not a column placeholder"),
     ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "Caption: {caption"}, "literal braces"),
     ({"endpoint": "http://127.0.0.1:1/v1", "concurrency": 0}, "--concurrency"),
+    # wrong types through the Python API: ValueError, TypeError and AttributeError tracebacks
+    ({"endpoint": "http://127.0.0.1:1/v1", "temperature": "hot"}, "--temperature must be a number"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "prompt": 5}, "--prompt must be text, not 5"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "api_key_env": 5}, "--api-key-env must be text"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "name": 5}, "--name must be text"),
 ])
 def test_bad_endpoint_options_write_nothing(tmp_path: Path, kwargs, match):
     lake = caption_lake(tmp_path / "lake", ["a dog"])
