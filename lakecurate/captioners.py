@@ -229,11 +229,17 @@ def _resolve_hf(path: str, pretrained: str | None, checkpoint: str | None, name:
                            "(save_pretrained or a downloaded snapshot: config.json, weights, processor files)")
     try:
         with open(config, encoding="utf-8") as fh:
-            model_type = json.load(fh).get("model_type")
+            cfg = json.load(fh)
+        model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
     except ValueError as exc:
         raise EncoderError(f"'{config}' is not JSON ({exc}); the checkpoint directory looks damaged") from exc
     if not model_type:
         raise EncoderError(f"'{config}' names no model_type; is this a transformers checkpoint?")
+    text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    positions = text_cfg.get("max_position_embeddings", cfg.get("max_position_embeddings"))
+    if isinstance(positions, int) and options["max_tokens"] >= positions:  # generate() fails past them, mid-run
+        raise EncoderError(f"--max-tokens {options['max_tokens']} does not fit {model_type}'s {positions} text "
+                           f"positions (the prompt's tokens take some too); pass fewer than {positions}")
     if prompt is not None and not isinstance(prompt, str):
         raise EncoderError(f"--prompt must be text, not {prompt!r}")
     full = os.path.abspath(path)

@@ -204,6 +204,8 @@ def test_a_hugging_face_checkpoint_directory_captions_through_the_cli(tiny_git_d
 @pytest.mark.parametrize("kwargs,match", [
     ({"pretrained": "x"}, "--pretrained and --checkpoint are for open_clip CoCa"),
     ({"max_tokens": 513}, "--max-tokens must be a whole number from 1 to 512"),
+    # more tokens than positions: a caption that runs that long fails in generate(), mid-run
+    ({"max_tokens": 64}, "--max-tokens 64 does not fit git.s 64 text positions"),
 ])
 def test_bad_hugging_face_options_write_nothing(tiny_git_dir: Path, lake: Lake, kwargs, match):
     lake.ingest(SAMPLE_DATA, progress=False)
