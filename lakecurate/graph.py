@@ -360,15 +360,24 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
             return
     if read is None:
         return
-    newer = {}
+    newer, whole, ids = {}, set(), writes.get("id", {})
     for src in node.sources:
-        latest = max((w[0] for w in writes.get(src, {}).values()), default=None)
-        if latest is not None and latest > read:
-            newer[src] = latest
-    if newer:
+        fresh = {fid: w for fid, w in writes.get(src, {}).items() if w[0] > read}
+        if not fresh:
+            continue
+        if all(ids.get(fid, (None,))[0] == w[0] for fid, w in fresh.items()):
+            whole |= set(fresh)  # whole fragments written: rows appended (or replaced, or some deleted)
+        else:
+            newer[src] = max(w[0] for w in fresh.values())
+    if newer or whole:
         st.state = "stale"
         st.reasons += [f"{src} was written at version {v}, after {node.stage} read version {read}"
                        for src, v in sorted(newer.items())]
+    if whole:  # one reason, not one per input column of the new rows ("caption was written ...")
+        rows = sum(f.count_rows() for f in frags if f.fragment_id in whole)
+        last = max(ids[fid][0] for fid in whole)
+        st.reasons.append(f"rows were added, replaced or removed since {node.stage} read version {read} "
+                          f"(the last at version {last}; {rows} row{'' if rows == 1 else 's'} in the fragments changed)")
 
 
 def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,

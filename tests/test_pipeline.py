@@ -60,6 +60,11 @@ def test_new_rows_make_per_row_stages_incomplete_and_global_ones_stale(rebalance
     assert st["clip_tinyrandom_image"] == "incomplete"
     assert st["keep"] == "stale"  # curate saw every row (its caption signals read captions); now there are more
     assert st["concept"] == "behind"  # it reads only embeddings, and embed has not seen the new rows
+    # the reason says rows came (it said "caption was written at version N", once per input column)
+    keep = next(s for s in graph.states(rebalanced) if s.node.columns[0] == "keep")
+    assert len(keep.reasons) == 1 and keep.reasons[0].startswith("rows were added, replaced or removed since curate "
+                                                                  "read version"), keep.reasons
+    assert f"(the last at version {rebalanced.version}; 1 row in the fragments changed)" in keep.reasons[0]
     # the export of the latest version is refused, naming the first stale stage behind it
     with pytest.raises(LakeError, match=r"export would use stale decisions.*re-run it: lakecurate "):
         rebalanced.export(tmp_path / "x.parquet", "parquet")
