@@ -775,12 +775,15 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
                    "are never modified; recorded in the manifest).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="WebDataset: write the shards here, or one Ray task a shard (DEST on a file system every worker shares).")
+@click.option("--image-ext", help="WebDataset: name every image member KEY.EXT whatever its format (default: by "
+              "format, .jpg/.png...). Hugging Face datasets refuses samples whose members differ; PIL reads by content.")
 @allow_stale_option
 @json_option
 @_friendly_errors
 def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: str | None, caption: str,
                no_repeats: bool, shard_size: int | None, overwrite: bool, caption_mix: str | None, mix_seed: int,
-               caption_mix_both: bool, blur_faces: bool, engine: str, allow_stale: bool, as_json: bool) -> None:
+               caption_mix_both: bool, blur_faces: bool, engine: str, image_ext: str | None, allow_stale: bool,
+               as_json: bool) -> None:
     """Export the chosen rows of LAKE to DEST for training, in order and with repeats, plus a manifest.
 
     Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted --blur-faces
@@ -789,7 +792,7 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
     rep = open_lake(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
                                  shard_size=shard_size, overwrite=overwrite, allow_stale=allow_stale,
                                  blur_faces=blur_faces, caption_mix=caption_mix, mix_seed=mix_seed,
-                                 mix_both=caption_mix_both, engine=engine)
+                                 mix_both=caption_mix_both, engine=engine, image_ext=image_ext)
     for note in rep.stale:
         click.echo(f"warning: exported with --allow-stale: {note}", err=True)
     if as_json:

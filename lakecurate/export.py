@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import posixpath
 import shutil
@@ -387,7 +388,8 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
            shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False,
            blur_faces: bool = False, caption_mix: dict[str, float] | str | None = None, mix_seed: int = 0,
-           mix_both: bool = False, engine: str = "local", address: str | None = None) -> ExportReport:
+           mix_both: bool = False, engine: str = "local", address: str | None = None,
+           image_ext: str | None = None) -> ExportReport:
     """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet, Lance or
     MosaicML Streaming (MDS) shards (``format="mds"``, needs ``mosaicml-streaming``).
 
@@ -401,6 +403,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     caption is one of these columns, chosen per row from ``mix_seed`` and its id (:func:`mix_choice`;
     a null choice falls back to the next column), or with ``mix_both`` every non-null one as its own
     sample; ``caption_source`` says which. The manifest records the mix and the counts.
+    ``image_ext`` (WebDataset): every sample's image member is ``KEY.<image_ext>`` whatever its
+    format (default: by format, ``.jpg``, ``.png``...; the JSON's ``format`` always says which).
+    Hugging Face ``datasets`` refuses shards whose samples differ in their members' extensions, and
+    PIL-based decoders read an image by its bytes, not its name.
     ``engine="ray"`` (WebDataset): one Ray task writes each shard, reading the version's images
     itself (DEST must be a folder every worker can write: a shared file system); the same bytes as
     the local engine.
@@ -416,7 +422,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     # tell a changed setting from an export that is current (engine and address change no byte).
     settings = {"where": where, "repeats": repeats, "caption": caption, "shard_size": shard_size,
                 "allow_stale": allow_stale, "blur_faces": blur_faces, "caption_mix": caption_mix,
-                "mix_seed": mix_seed, "mix_both": mix_both}
+                "mix_seed": mix_seed, "mix_both": mix_both, "image_ext": image_ext}
     check_engine(engine)
     if engine == "ray" and format != "webdataset":
         raise LakeError(f"--engine ray writes WebDataset shards (one task a shard); --format {format} is written "
@@ -432,6 +438,13 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
             import streaming  # noqa: F401 - mosaicml-streaming's MDSWriter writes the shards
         except ImportError as exc:
             raise LakeError(f"--format mds needs mosaicml-streaming: {MDS_INSTALL}") from exc
+    if image_ext is not None:
+        if format != "webdataset":
+            raise LakeError(f"--image-ext names WebDataset members; --format {format} has none")
+        if not isinstance(image_ext, str) or not re.fullmatch(r"[a-z0-9]{1,10}", image_ext):
+            raise LakeError(f"--image-ext {image_ext!r}: give an extension of lower-case letters and digits, e.g. jpg")
+        if image_ext in ("txt", "json"):
+            raise LakeError(f"--image-ext {image_ext}: that member is the sample's caption or metadata; e.g. jpg")
     dest, previous = _check_dest(lake, dest, format, overwrite)
     if isinstance(caption_mix, str):
         caption_mix = parse_mix(caption_mix)
@@ -476,8 +489,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         if format == "webdataset":
             out.mkdir()
             manifest["shard_size"] = shard_size
+            manifest["image_ext"] = image_ext or "by format"
             manifest["json_placeholders"] = _write_shards(ds, tbl, copy, out, keys, meta_cols, caption, shard_size, report,
-                                                          blur, engine=engine, lake=lake, address=address)
+                                                          blur, engine=engine, lake=lake, address=address,
+                                                          image_ext=image_ext)
             report.shards = len(report.files)
             manifest["shards"] = report.files
         elif format == "mds":
@@ -506,7 +521,8 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
 
 def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
                   caption: str, shard_size: int, report: ExportReport, blur: dict[str, int] | None = None, *,
-                  engine: str = "local", lake: "Store | None" = None, address: str | None = None) -> dict[str, Any]:
+                  engine: str = "local", lake: "Store | None" = None, address: str | None = None,
+                  image_ext: str | None = None) -> dict[str, Any]:
     """WebDataset shards of ``shard_size`` samples into ``out``; returns the json placeholders used.
     Each shard is written by :func:`write_shard` on its own rows, here or (``engine="ray"``) by a
     Ray task of its own that reads the version's images itself: the same bytes either way."""
@@ -514,7 +530,7 @@ def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: lis
     names = [f"shard-{k:06d}.tar" for k in range(len(starts))]
     report.files += names
     calls = [(tbl.slice(s, shard_size), copy[s : s + shard_size], str(out / name), keys[s : s + shard_size], meta_cols,
-              caption, blur is not None) for s, name in zip(starts, names)]
+              caption, blur is not None, image_ext) for s, name in zip(starts, names)]
     if engine == "ray":
         from lakecurate.engines import ray_task_map
 
@@ -540,7 +556,7 @@ def write_shard(uri: str, version: int, storage_options: dict | None, *args: Any
 
 
 def _write_shard(ds: Any, part_tbl: pa.Table, copy: np.ndarray, path: str, keys: list[str], meta_cols: list[str],
-                 caption: str, blur: bool) -> tuple[dict[str, Any], dict[str, int]]:
+                 caption: str, blur: bool, image_ext: str | None = None) -> tuple[dict[str, Any], dict[str, int]]:
     """The shard at ``path`` (a tar: per sample the image, the caption as .txt and the other columns
     as .json, mtime 0, so the same rows give the same bytes); (json placeholders used, blur counts)."""
     counts = {"images": 0, "faces": 0}
@@ -553,7 +569,7 @@ def _write_shard(ds: Any, part_tbl: pa.Table, copy: np.ndarray, path: str, keys:
             placeholders.update(used)
             for m, fmt, cap, img in zip(filled.to_pylist(), fmts, part.column(caption).to_pylist(), blobs):
                 m["copy"] = int(copy[pos])
-                ext = _EXT.get(fmt or "", "bin")
+                ext = image_ext or _EXT.get(fmt or "", "bin")
                 for suffix, data in ((ext, img or b""), ("txt", (cap or "").encode()),
                                      ("json", json.dumps(m, default=str, sort_keys=True).encode())):
                     info = tarfile.TarInfo(f"{keys[pos]}.{suffix}")

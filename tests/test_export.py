@@ -360,3 +360,32 @@ def test_an_overwrite_killed_in_its_swap_is_replaced_by_the_next(seq_lake: Lake,
         assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in clean.iterdir()) == sorted(
             rep.files + ["manifest.json"])
     assert not list(tmp_path.glob("*.swap")) and not list(dest.parent.glob("**/*.swap"))
+
+
+def test_a_mixed_format_export_loads_in_hf_datasets_with_one_image_ext(tmp_path: Path):
+    """JPEG and PNG samples as KEY.jpg and KEY.png: Hugging Face datasets refused the shards ("don't
+    share the same prefix or the same types") or dropped the PNG one. --image-ext names them alike."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for i in range(6):
+        fmt, ext = ("PNG", "png") if i == 3 else ("JPEG", "jpg")
+        Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(pairs / f"p{i}.{ext}", fmt)
+        (pairs / f"p{i}.txt").write_text(f"pair {i}")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(pairs, progress=False)
+    rep = lake.export(tmp_path / "wds", "webdataset", where="true", image_ext="jpg")
+    ds = datasets.load_dataset("webdataset", data_files=[str(tmp_path / "wds" / f) for f in rep.files], split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == 6 and sorted(r["json"]["format"] for r in ds) == ["JPEG"] * 5 + ["PNG"]
+    png = next(r for r in ds if r["json"]["format"] == "PNG")
+    assert png["jpg"].format == "PNG" and png["jpg"].size == (20, 20)  # PIL read it by its bytes
+    assert json.loads((tmp_path / "wds" / "manifest.json").read_text())["image_ext"] == "jpg"
+    for bad, says in (("JPG!", "lower-case letters"), ("txt", "caption or metadata")):
+        with pytest.raises(LakeError, match=says):
+            lake.export(tmp_path / "bad", "webdataset", where="true", image_ext=bad)
+    with pytest.raises(LakeError, match="--format parquet has none"):
+        lake.export(tmp_path / "bad.parquet", "parquet", where="true", image_ext="jpg")
+    assert not (tmp_path / "bad").exists()
