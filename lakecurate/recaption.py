@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute below
 
 from lakecurate import columns, runner
 from lakecurate.captioners import (
@@ -260,9 +259,9 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
                           column=spec.column(), rows=rep.rows, rows_resumed=rep.rows_resumed,
                           errors=rep.counts.get(f"{spec.column()}_error", 0), fragments=rep.fragments,
                           meaningless=spec.meaningless, model_load_seconds=rep.setup_seconds, seconds=rep.seconds)
-    if isinstance(spec, EndpointSpec) and (rep.rows or rep.rows_resumed):
-        tries = lake.dataset().to_table(columns=[f"{spec.column()}_tries"]).column(0)
-        out.retries = int(pa.compute.sum(pa.compute.max_element_wise(pa.compute.subtract(tries, 1), 0)).as_py() or 0)
+    if isinstance(spec, EndpointSpec):  # this run's rows (and those it resumed), not the whole column's
+        tries = f"{spec.column()}_tries"
+        out.retries = rep.sums.get(tries, 0) - rep.nonzero.get(tries, 0)  # attempts past each row's first
     return out
 
 

@@ -139,7 +139,9 @@ def readers_output(state: Any, rows: Rows) -> pa.Table:
 
 @dataclass
 class RunReport:
-    """What :func:`run` did. ``counts``: non-null values per field over the rows computed and resumed."""
+    """What :func:`run` did. ``counts``: non-null values per field over the rows computed and resumed;
+    ``sums`` and ``nonzero``: per integer field of at most 32 bits (a count, not a hash), the sum
+    and the count of non-zero values there."""
 
     fragments_total: int = 0
     fragments: int = 0
@@ -147,6 +149,8 @@ class RunReport:
     rows_resumed: int = 0
     versions: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    sums: dict[str, int] = field(default_factory=dict)
+    nonzero: dict[str, int] = field(default_factory=dict)
     setup_seconds: float = 0.0
     seconds: float = 0.0
 
@@ -268,9 +272,15 @@ def _assemble(ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage
 
 
 def _count(report: RunReport, part: pa.Table) -> None:
+    import pyarrow.compute as pc
+
     for name in part.column_names:
         if name != "_offset":
-            report.counts[name] = report.counts.get(name, 0) + part.num_rows - part.column(name).null_count
+            col = part.column(name)
+            report.counts[name] = report.counts.get(name, 0) + part.num_rows - col.null_count
+            if pa.types.is_integer(col.type) and col.type.bit_width <= 32:  # counts (not hashes): sums fit an int64
+                report.sums[name] = report.sums.get(name, 0) + int(pc.sum(col.cast(pa.int64())).as_py() or 0)
+                report.nonzero[name] = report.nonzero.get(name, 0) + int(pc.sum(pc.not_equal(col, 0)).as_py() or 0)
 
 
 def _batches(frag: lance.LanceFragment, size: int, saved: dict[int, pa.Table]) -> list[tuple[int, int, int]]:
@@ -534,8 +544,9 @@ def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[
             report.rows += part.rows
             report.rows_resumed += part.rows_resumed
             report.setup_seconds = max(report.setup_seconds, part.setup_seconds)
-            for k, v in part.counts.items():
-                report.counts[k] = report.counts.get(k, 0) + v
+            for total, add in ((report.counts, part.counts), (report.sums, part.sums), (report.nonzero, part.nonzero)):
+                for k, v in add.items():
+                    total[k] = total.get(k, 0) + v
             bar.update(part.rows + part.rows_resumed)
     finally:
         bar.close()

@@ -282,3 +282,16 @@ def test_an_endpoint_no_request_reaches_stops_the_run_and_a_rerun_goes_on(server
     assert "caption_re" not in lake.dataset().schema.names  # nothing declared stays behind
     rep = lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", retries=0, name="re", progress=False)
     assert rep.rows == 6 and rep.errors == 0
+
+
+def test_retries_are_this_runs(server, tmp_path: Path, monkeypatch):
+    """The report's retries summed the whole column: a run over 2 new rows said 2 retries, the
+    earlier run's."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lake = caption_lake(tmp_path / "lake", ["flaky429 one", "flaky500 two", "plain three"])
+    kw = dict(endpoint=server.url, api_model="m", mode="rephrase", retries=2, name="re", progress=False)
+    assert lake.recaption(**kw).retries == 2
+    rows = synthetic_pairs(100, 2)
+    lake.append(rows.set_column(rows.schema.get_field_index("caption"), "caption", pa.array(["plain a", "plain b"])))
+    rep = lake.recaption(**kw)
+    assert (rep.rows, rep.retries) == (2, 0)
