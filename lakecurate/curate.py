@@ -1380,6 +1380,21 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
                         + (f" ({'; '.join(run)})" if run else "") + ", or run curate without --dry-run")
 
 
+def _run_conditions(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
+    """Run each sql step's condition over every row of ``ds`` (a count: its columns are read, no
+    row is kept). Planning it (:func:`_check_steps`) does not find what fails on values: a division
+    by zero, a cast of text that is no number."""
+    for k, step in enumerate(rec.steps, 1):
+        names = ds.schema.names
+        if step.filter != "sql" or set(where_columns(step.params["where"], _NEEDS_BY_COLUMN)) - set(names):
+            continue  # (a column still to be computed: the dry run says so, a run computes it first)
+        try:
+            ds.count_rows(filter=step.params["where"])
+        except (OSError, ValueError) as exc:
+            raise LakeError(f"recipe {rec.source}, step {k} (sql): where = {step.params['where']!r} fails on the rows "
+                            f"of lake '{lake.uri}' ({str(exc).splitlines()[0][:200]}); nothing was written") from None
+
+
 def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: bool | None = None,
            produce: Produce | None = None, dry_run: bool = False,
            overrides: Mapping[str, Any] | None = None, engine: str = "local") -> CurateReport:
@@ -1436,6 +1451,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
     if dry_run:
+        _run_conditions(lake, ds, rec)
         judge = _judge_by_fragment(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read))
         report.steps, report.rows, report.kept, report.dropped = explain_by_fragment(judge, rec)
         _attach(ds, report.steps)
@@ -1465,15 +1481,17 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         # keep/drop_reason are the lake's *current* curation: another recipe replaces them (metadata
         # only), while each recipe's result stays reachable through its tag.
         pinned = columns.field_provenance(ds.schema.field("keep")) if "keep" in ds.schema.names else None
+        _run_conditions(lake, ds, rec)  # a condition that fails on some row fails here, before keep is replaced
         _declare(lake, fields, prov)
         ours = bool(pinned) and pinned.get("config_hash") == prov["config_hash"]  # else: rewrite every fragment
         try:
             written, version, n, kept, digests, report.dropped = _decide_by_fragment(
                 lake, ds, frags, rec, params, read | ({"keep", "drop_reason"} if ours else set()), emb, texts,
                 prov, progress, engine)
-        except (KeyError, OSError, ValueError):
+        except (KeyError, OSError, ValueError) as exc:
             if not columns.config_changed(lake, "keep", prov) and "keep" in lake.dataset().schema.names:
-                raise
+                raise LakeError(f"recipe {rec.source} could not decide the rows of lake '{lake.uri}': "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
             # another curate dropped keep/drop_reason to declare its own recipe's: decide again
             problem = "another curate replaced keep/drop_reason while this one wrote"
             continue

@@ -607,3 +607,18 @@ def varied_pairs(start: int, n: int) -> pa.Table:
 def reasons_of(lake: Lake, ref) -> dict[str, str | None]:
     t = lake.dataset(ref).to_table(columns=["id", "drop_reason"])
     return dict(zip(t.column("id").to_pylist(), t.column("drop_reason").to_pylist()))
+
+
+@pytest.mark.parametrize("where", ["width / 0 > 1", "CAST(caption AS INT) > 0"])
+def test_a_condition_that_fails_on_values_leaves_the_curation_as_it_was(lake: Lake, where: str):
+    """Planning the condition passed; running it failed on the values after keep/drop_reason were
+    declared again: a traceback, every row's keep null under the failed recipe, status 'current'."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.curate({"name": "ok", "step": [{"filter": "caption_missing"}]}, progress=False)
+    before, v = lake.to_pandas(["id", "keep", "drop_reason"]).sort_values("id"), lake.version
+    bad = {"name": "bad", "step": [{"filter": "sql", "where": where}]}
+    for dry_run in (True, False):
+        with pytest.raises(LakeError, match=r"step 1 \(sql\): where = .* fails on the rows of lake .*nothing was written"):
+            lake.curate(bad, dry_run=dry_run, progress=False)
+    assert lake.version == v
+    pd.testing.assert_frame_equal(lake.to_pandas(["id", "keep", "drop_reason"]).sort_values("id"), before)
