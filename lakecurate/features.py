@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from lakecurate import columns, runner
 from lakecurate.errors import LakeError
+from lakecurate.names import builtin_column
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -253,6 +254,10 @@ def add_feature(
     for f in fields:
         if f.name in ds.schema.names and columns.field_provenance(ds.schema.field(f.name)) is None:
             raise LakeError(f"column '{f.name}' is part of lake '{lake.uri}' itself; pick another feature name")
+        other = (columns.field_provenance(ds.schema.field(f.name)) or {}).get("stage") if f.name in ds.schema.names else None
+        if builtin_column(f.name) or other not in (None, STAGE):
+            raise LakeError(f"column '{f.name}' is written by lakecurate's {other or 'built-in'} stage; a feature of that "
+                            "name would stand in for it (its decisions would read your values): pick another name")
     stage = runner.RowStage(
         STAGE, fields, config, inputs, batch=runner.OnColumns(udf), batch_size=batch_size,
         extra={"udf": spec or udf_name(func)}, desc=f"feature {name}",

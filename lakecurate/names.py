@@ -51,6 +51,26 @@ EVAL_LR = 2e-4
 EVAL_METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "swapped_auroc"]
 
 
+# Columns the built-in stages write under fixed names (and prefixes): a user feature may not take
+# one, or a stage or a decision would read the user's values as its own (a feature named dup_keep
+# was taken as the dedup result; one named cap_words blocked signals). Columns named by a prefix
+# the user picks (embeddings, synthetic captions) are refused once they exist: their provenance
+# names another stage. tests/test_features.py checks the signal stages' fields are all here.
+BUILTIN_COLUMNS = frozenset({
+    "keep", "drop_reason", "rebalance_keep", "sample_weight", "repeats", "concept", "concept_dist",
+    "caption_redacted", "copy_hashes", "phash", "phash_flip",
+    "cap_words", "cap_chars", "cap_filename", "cap_url", "cap_boilerplate", "cap_max_repeat", "cap_nonprintable",
+    "cap_emails", "cap_phones", "cap_lang", "cap_lang_prob",
+    "img_sharpness", "img_entropy", "img_colorfulness", "img_faces", "img_face_boxes", "img_face_scores",
+})
+BUILTIN_PREFIXES = ("dup_", "seq_", "review_")
+
+
+def builtin_column(name: str) -> bool:
+    """Whether a built-in stage writes a column of this name (see :data:`BUILTIN_COLUMNS`)."""
+    return name in BUILTIN_COLUMNS or name.startswith(BUILTIN_PREFIXES)
+
+
 def embedding_columns(prefix: str) -> dict[str, str]:
     """The embed stage's columns for an encoder prefix: image/text embeddings, score, error."""
     return {k: f"{prefix}_{k}" for k in EMBEDDING_PARTS}

@@ -182,3 +182,22 @@ def test_cli_feature_add_list_drop(tmp_path: Path, monkeypatch):
     out = r.invoke(main, ["feature", "drop", lake.uri, "long"])
     assert out.exit_code == 0 and "long" not in lake.dataset().schema.names
     assert os.path.isdir(lake.table_uri)
+
+
+def test_a_feature_cannot_take_a_built_in_column_s_name(multi: Lake):
+    """A feature named dup_keep was taken as the dedup result (curate dropped every row as a
+    duplicate); rebalance_keep became the curated view; offline_score --recompute replaced the
+    embedding's score; cap_words blocked the signals stage."""
+    from lakecurate import faces, signals
+    from lakecurate.names import builtin_column
+
+    fields = [*signals.CAPTION_FIELDS, *signals.IMAGE_FIELDS, *signals.COPY_FIELDS, *faces.FIELDS]
+    assert all(builtin_column(f.name) for f in fields)  # the reserved names cover what the signal stages write
+    multi.embed("tiny-random", workers=0, progress=False)
+    v = multi.version
+    score = next(n for n in multi.dataset().schema.names if n.endswith("_score"))  # the embedding's own
+    for name in ("dup_keep", "rebalance_keep", "keep", "cap_words", "seq_order", "review_verdict", score):
+        with pytest.raises(LakeError, match=f"column '{name}' is written by lakecurate's .* pick another name"):
+            multi.add_feature(name, caption_chars, recompute=True, progress=False)
+    assert multi.version == v
+    multi.add_feature("cap_len", caption_chars, progress=False)  # a name of one's own is fine
