@@ -18,7 +18,8 @@ Caption signals (from the ``caption`` column, no decode):
 | ``cap_emails``, ``cap_phones`` | e-mail addresses and phone numbers found (privacy) |
 | ``cap_lang``, ``cap_lang_prob`` | language (ISO 639-1) and its probability, from ``py3langid`` |
 
-Words and characters count the whole caption; the other caption signals read its first
+Words, characters, e-mail addresses and phone numbers count the whole caption (contacts piece by
+piece, as redaction finds them, in linear time); the other caption signals read its first
 ``SIGNAL_CHARS`` (4096) characters, so a hostile 20 MB caption costs what a long one does.
 
 Image signals (one reduced-size decode per image, in spawned workers):
@@ -151,11 +152,17 @@ def _redact_piece(text: str) -> str:
 def _pieces(text: str, size: int) -> list[str]:
     """``text`` cut into pieces of about ``size`` characters, each cut at whitespace that follows a
     letter: e-mails hold no whitespace and phone numbers end in a digit, so none spans a cut. Text
-    with no such place for ``2 * size`` characters (not prose) is cut there regardless."""
+    with no such place for ``2 * size`` characters (not prose) is cut at its last whitespace there
+    (an e-mail is never cut), and text with no whitespace at all at ``2 * size``."""
     out, start, n = [], 0, len(text)
-    cut = re.compile(r"(?<=[^\W\d_])\s")
+    cut, space = re.compile(r"(?<=[^\W\d_])\s"), re.compile(r"\s")
     while n - start > size:
         m = cut.search(text, start + size, min(n, start + 2 * size))
+        if m is None:
+            last = None
+            for last in space.finditer(text, start + 1, min(n, start + 2 * size)):
+                pass
+            m = last
         end = m.start() if m else min(n, start + 2 * size)
         out.append(text[start:end])
         start = end
@@ -242,8 +249,14 @@ def caption_signals(captions: Sequence[str | None]) -> pa.Table:
         cols["cap_boilerplate"].append(bool(_BOILERPLATE.search(c)))
         cols["cap_max_repeat"].append(max((len(m.group()) for m in _REPEAT.finditer(c)), default=1 if c else 0))
         cols["cap_nonprintable"].append(_nonprintable(c))
-        cols["cap_emails"].append(len(_EMAIL.findall(c)) if "@" in c else 0)
-        cols["cap_phones"].append(len(phone_numbers(no_mail)))
+        # contacts are counted over the whole caption, as redact finds them (in linear time, by pieces):
+        # the pii step must not keep a caption whose e-mail comes after its first SIGNAL_CHARS
+        emails = phones = 0
+        for piece in (_pieces(full, REDACT_PIECE) if len(full) > REDACT_PIECE else [full]):
+            emails += len(_EMAIL.findall(piece)) if "@" in piece else 0
+            phones += len(phone_numbers(_EMAIL.sub(" ", piece) if "@" in piece else piece))
+        cols["cap_emails"].append(emails)
+        cols["cap_phones"].append(phones)
     cols["cap_lang"], cols["cap_lang_prob"] = _language([c or "" for c in heads])
     return pa.table({f.name: pa.array(cols[f.name], f.type) for f in CAPTION_FIELDS})
 

@@ -214,3 +214,16 @@ def test_image_signal_options_are_checked_before_any_write(lake):
     with pytest.raises(LakeError, match="--workers"):
         compute_image_signals(lake, workers=-2)
     assert lake.version == version
+
+
+def test_contacts_past_the_signal_head_are_counted_and_redacted():
+    """cap_emails / cap_phones read the first 4096 characters: a 4549-character caption with an
+    e-mail at its end was kept by the pii step while caption_redacted showed [email]. And text with
+    no letter before a space for 8192 characters was cut inside an e-mail, which then stayed."""
+    late = "a dog runs on the grass. " * 180 + "mail john.doe@example.com or call +1 415 555 2671"
+    t = caption_signals([late]).to_pydict()
+    assert (t["cap_emails"], t["cap_phones"]) == ([1], [1])
+    assert redact(late).endswith("mail [email] or call [phone]")
+    numbers = "1 " * 4090 + "john.doe@example.com a dog"
+    assert "john.doe" not in redact(numbers) and redact(numbers).endswith("[email] a dog")
+    assert caption_signals([numbers]).to_pydict()["cap_emails"] == [1]
