@@ -641,7 +641,9 @@ def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], engine:
                    f"({rep.seconds:.1f} s)" + (f"; {rep.unjudged} rows lack signals and were not judged" if rep.unjudged else ""))
         return
     if rep.unjudged:
-        click.echo(f"{rep.unjudged} rows arrived while this ran: left undecided (not kept); run curate again to judge them")
+        click.echo(f"{rep.unjudged} rows were not judged: they lack a column this recipe reads (a feature or signal "
+                   f"computed before they arrived: lakecurate status {shlex.quote(lake)} names it), or arrived while "
+                   "this ran; left undecided (not kept): fill it, then run curate again")
     how = "nothing to do (same recipe, lake unchanged)" if rep.nothing_to_do else (
         f"computed: {', '.join(rep.computed) or 'no new signals'}; {rep.fragments_written} fragments written")
     click.echo(f"\nrecipe {rep.recipe} ({rep.recipe_hash}): {how}; tag {rep.tag} (version {rep.version}) in {rep.seconds:.1f} s")

@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -619,13 +620,16 @@ def load_recipe(recipe: str | Path | Mapping[str, Any], overrides: Mapping[str, 
         except OSError as exc:
             raise LakeError(f"recipe '{path}' cannot be read: {exc.strerror or exc}") from None
         source = str(path)
+    if isinstance(raw, Mapping) and "step" in raw and "steps" in raw:  # one was read, the other ignored
+        raise LakeError(f"recipe {source}: it has both [[step]] and [[steps]] tables; write every step as [[step]]")
     sets = _apply_overrides(raw, dict(overrides or {}), source)
     unknown = set(raw) - {"name", "embedding", "step", "steps", "privacy"}
     if unknown:
         raise LakeError(f"recipe {source}: unknown keys {sorted(unknown)}; use name, embedding, [[step]], [privacy]")
     name = raw.get("name") or (Path(source).stem if source != "<dict>" else "recipe")
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise LakeError(f"recipe {source}: name {name!r} may hold only letters, digits, '-' and '_' (it names a tag)")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,59}", name):
+        raise LakeError(f"recipe {source}: name {name!r} may hold only ASCII letters, digits, '-' and '_', start "
+                        "with a letter or digit and be at most 60 long (it names a tag)")
     embedding = raw.get("embedding")
     if embedding is not None and (not isinstance(embedding, str) or not embedding):
         raise LakeError(f"recipe {source}: embedding = {embedding!r} must be the name of the lake's embedding "
@@ -864,7 +868,7 @@ def _disagreement(lake: "Store", version: int, prov: dict[str, Any], digests: di
 def _tag(lake: "Store", name: str, version: int) -> None:
     try:
         lake.tag(name, version)
-    except (OSError, ValueError):
+    except (OSError, ValueError, LakeError):  # (LakeError: the tag exists, e.g. a re-run that changed nothing)
         info = lake.dataset().tags.list().get(name)
         if not info or info["version"] != version:  # not a same-recipe run tagging the same version
             raise

@@ -147,7 +147,7 @@ def test_recipe_errors(tmp_path: Path, lake: Lake):
     bad('name = "x"\n[[step]]\nfilter = "sharpnes"\n', "step 1: unknown filter 'sharpnes'; choose from")
     bad('name = "x"\n[[step]]\nfilter = "blur"\nmin = 3\n', r"step 1 \(blur\): unknown parameters \['min'\]; it takes min_sharpness")
     bad('name = "x"\n', "has no \\[\\[step\\]\\]")
-    bad('name = "a b"\n[[step]]\nfilter = "pii"\n', "may hold only letters")
+    bad('name = "a b"\n[[step]]\nfilter = "pii"\n', "may hold only ASCII letters")
     bad('name = "x"\n[[step]\n', "not valid TOML")
     bad('nme = "x"\n[[step]]\nfilter = "pii"\n', "unknown keys")
     latin1 = tmp_path / "latin1.toml"  # a recipe saved in Latin-1: TOML is UTF-8 (this was a traceback)
@@ -622,3 +622,49 @@ def test_a_condition_that_fails_on_values_leaves_the_curation_as_it_was(lake: La
             lake.curate(bad, dry_run=dry_run, progress=False)
     assert lake.version == v
     pd.testing.assert_frame_equal(lake.to_pandas(["id", "keep", "drop_reason"]).sort_values("id"), before)
+
+
+def test_rows_without_a_feature_stay_unjudged_and_a_rerun_does_not_fail(lake: Lake, tmp_path: Path):
+    """Rows appended after a feature was computed are not judged; the second run (nothing new to
+    decide, the same version) failed on its own tag: "already has a tag"."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.add_feature("one", lambda b: [1] * b.num_rows, inputs=["caption"], type="int32", progress=False)
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLE_DATA / "astronaut.jpg", more / "n.jpg")
+    (more / "n.txt").write_text("hi")
+    lake.ingest(more, progress=False)
+    rec = {"name": "one", "step": [{"filter": "column", "column": "one", "min": 1}]}
+    first = lake.curate(rec, progress=False)
+    again = lake.curate(rec, progress=False)
+    assert first.unjudged == again.unjudged == 1 and again.tag == first.tag
+    res = CliRunner().invoke(main, ["curate", lake.uri, str(_recipe_file(tmp_path, rec))])
+    assert res.exit_code == 0 and "1 rows were not judged: they lack a column this recipe reads" in res.output, res.output
+
+
+def _recipe_file(tmp_path: Path, rec: dict) -> Path:
+    lines = [f'name = "{rec["name"]}"']
+    for st in rec["step"]:
+        lines.append("[[step]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in st.items()]
+    path = tmp_path / f"{rec['name']}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("text,match", [
+    ('name = "caf\\u00e9"\n[[step]]\nfilter = "caption_missing"\n', "only ASCII letters"),
+    (f'name = "{"x" * 61}"\n[[step]]\nfilter = "caption_missing"\n', "at most 60 long"),
+    ('name = "s"\n[[step]]\nfilter = "caption_missing"\n[[steps]]\nfilter = "sql"\nwhere = "width > 1"\n',
+     "both \\[\\[step\\]\\] and \\[\\[steps\\]\\]"),
+])
+def test_recipe_names_and_step_tables_are_checked_before_a_write(lake: Lake, tmp_path: Path, text: str, match: str):
+    """A name the tag cannot hold was refused only after two versions were written; [[steps]] beside
+    [[step]] was ignored without a word."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    v = lake.version
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(LakeError, match=match):
+        lake.curate(path, progress=False)
+    assert lake.version == v
