@@ -114,8 +114,10 @@ def parse_type(t: Any) -> pa.DataType:
         return t
     text = str(t).strip()
     if text.startswith("list<") and "]" in text:  # fixed-size list, e.g. list<float32>[8]
-        inner, size = text[5:].split(">[")
-        return pa.list_(parse_type(inner), int(size.rstrip("]")))
+        inner, sep, size = text[5:].rpartition(">[")
+        if not sep or not size.endswith("]") or not size[:-1].isdigit() or int(size[:-1]) < 1:
+            raise LakeError(f"unknown type {t!r}; a vector is list<TYPE>[N] with N >= 1, e.g. list<float32>[512]")
+        return pa.list_(parse_type(inner), int(size[:-1]))
     try:
         return pa.type_for_alias(text)
     except ValueError:
@@ -188,16 +190,29 @@ def _types(fn: Callable, name: str, type: Any) -> dict[str, pa.DataType] | None:
     return {name: parse_type(t)}
 
 
-def _infer(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.DataType]:
-    """Output types from a run on a few rows (when the function does not declare them)."""
+def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.DataType] | None:
+    """The function on the first rows, before anything is declared: its columns' names checked, and
+    their types (as declared, each value cast to it; else as returned). None on an empty lake with
+    declared types (nothing to try it on)."""
     ds = lake.dataset()
     sample = ds.to_table(columns=list(inputs), limit=16, blob_handling="all_binary") if ds.count_rows() else None
     if sample is None or sample.num_rows == 0:
+        if udf.types:
+            return None
         raise LakeError(f"cannot infer the type of feature '{udf.name}' on an empty lake; give type= (--type)")
     try:
         out = udf(sample.combine_chunks().to_batches()[0])
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise LakeError(f"feature '{udf.name}' failed on the first rows of lake '{lake.uri}': {type(exc).__name__}: {exc}") from exc
+    for col in out.column_names:
+        if not NAME_RE.match(col) or col.startswith("_"):
+            raise LakeError(f"feature '{udf.name}' returns a column named {col!r}, which is not a column name; "
+                            "return keys of letters, digits and '_'")
+    if udf.types and set(out.column_names) != set(udf.types):
+        raise LakeError(f"feature '{udf.name}' returns columns {', '.join(out.column_names)}, but its type names "
+                        f"{', '.join(udf.types)}; give one type for one array, a dict of types for a dict of arrays")
+    if udf.types:
+        return udf.types
     types = {}
     for f in out.schema:
         if pa.types.is_null(f.type):
@@ -232,9 +247,10 @@ def add_feature(
     t0 = time.perf_counter()
     spec = fn if isinstance(fn, str) else None
     func = load_udf(fn) if isinstance(fn, str) else fn
-    if not NAME_RE.match(name):
-        raise LakeError(f"feature name {name!r} is not a valid column name; use letters, digits and '_'")
-    inputs = list(inputs if inputs is not None else getattr(func, "lakecurate_inputs", []) or [])
+    if not isinstance(name, str) or not NAME_RE.match(name) or name.startswith("_"):  # _rowid, _rowaddr: Lance's own
+        raise LakeError(f"feature name {name!r} is not a valid column name; use letters, digits and '_', "
+                        "starting with a letter")
+    inputs = list(dict.fromkeys(inputs if inputs is not None else getattr(func, "lakecurate_inputs", []) or []))
     if not inputs:
         raise LakeError(f"feature '{name}': say which columns it reads (inputs=[...], --input COL, or @feature(inputs=...))")
     ds = lake.dataset()
@@ -244,7 +260,9 @@ def add_feature(
                         f"(columns: {', '.join(ds.schema.names)})")
     params = dict(params or {})
     udf = BatchUdf(func, name, params, _types(func, name, type))
-    types = udf.types or _infer(lake, udf, inputs)
+    # Tried here on the first rows (its columns and types checked before anything is declared), but
+    # on Ray only when its types must be inferred: it may need what only the workers have.
+    types = (_first_rows(lake, udf, inputs) if engine != "ray" or not udf.types else None) or udf.types
     udf.types = types
     # The config (and so its hash) is what the column's values depend on: the function's source, not
     # the name it was imported by, so `--udf mod:fn` and lake.add_feature(name, fn) agree.

@@ -224,7 +224,7 @@ def _naming(rows: Rows, where: str) -> Iterator[None]:
         yield
     except LakeError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # (a user's function calling sys.exit() ended the CLI without a word)
         raise LakeError(f"{_at(rows, where)}: {type(exc).__name__}: {exc}") from exc
 
 

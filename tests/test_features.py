@@ -67,9 +67,9 @@ def test_incremental_after_append_and_resume_after_a_failure(multi: Lake):
     assert (rep.fragments, rep.rows) == (1, 7)
     calls = []
 
-    def flaky(batch):  # fails on the third fragment: the first two stay committed
+    def flaky(batch):  # fails on the third fragment: the first two stay committed (call 1 tries the first rows)
         calls.append(batch.num_rows)
-        if len(calls) == 3:
+        if len(calls) == 4:
             raise ValueError("boom")
         return pc.utf8_length(batch["caption"])
 
@@ -201,3 +201,30 @@ def test_a_feature_cannot_take_a_built_in_column_s_name(multi: Lake):
             multi.add_feature(name, caption_chars, recompute=True, progress=False)
     assert multi.version == v
     multi.add_feature("cap_len", caption_chars, progress=False)  # a name of one's own is fine
+
+
+def leave(batch):
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"type": "list<float32>[abc]"}, "a vector is list<TYPE>\\[N\\] with N >= 1"),
+    ({"type": "list<float32>]"}, "a vector is list<TYPE>\\[N\\]"),
+    ({"type": "list<float32>[0]"}, "a vector is list<TYPE>\\[N\\]"),
+    ({"type": "binary"}, "failed on the first rows .* cannot store int64 as binary"),  # was 2 commits, then the error
+    ({"type": {"x": "int32"}}, "returns columns f, but its type names f_x"),  # "expected 30 rows ..., got 30 rows"
+    ({"fn": leave}, "failed on the first rows .*SystemExit: 3"),  # the CLI ended with rc 3 and no word
+    ({"fn": lambda b: {"<img src=x>": [1] * b.num_rows}}, "returns a column named 'f_<img src=x>'"),
+    ({"name": "_rowid"}, "not a valid column name"),  # a Rust panic and two commits
+])
+def test_bad_feature_shapes_are_refused_before_anything_is_declared(multi: Lake, kwargs, match):
+    v = multi.version
+    args = {"name": "f", "fn": lambda b: [1] * b.num_rows, "inputs": ["caption"], **kwargs}
+    with pytest.raises(LakeError, match=match):
+        multi.add_feature(args.pop("name"), args.pop("fn"), progress=False, **args)
+    assert multi.version == v
+
+
+def test_an_input_named_twice_is_read_once(multi: Lake):
+    rep = multi.add_feature("n", lambda b: [1] * b.num_rows, inputs=["caption", "caption"], type="int8", progress=False)
+    assert rep.inputs == ["caption"] and rep.rows == multi.count()
