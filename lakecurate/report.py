@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -639,6 +640,9 @@ def report(
     if "://" in str(out):  # (it wrote a local folder named "s3:")
         raise LakeError(f"report writes a local HTML file, not '{out}'; write it here and copy it to object storage")
     writable("report", out)
+    target = Path(os.path.realpath(out))  # a link is followed: its target gets the report, the link stays
+    if target.exists() and not target.is_file():  # a FIFO or a device would be replaced by a file
+        raise LakeError(f"report: '{out}' is not a regular file (a pipe or a device); give the HTML file to write")
     t0 = time.perf_counter()
     b = _Builder(lake, version, sample_rows=sample_rows, thumb_px=thumb_px, seed=seed, max_groups=max_groups,
                  per_group=per_group, n_low=n_low, per_reason=per_reason, n_concepts=n_concepts,
@@ -652,11 +656,11 @@ def report(
         version=b.version, rows=b.rows, sampled=len(b.sample), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         cmd_lake=json.dumps(str(lake.uri))[1:-1], stale=b.stale,
     )
-    path = Path(out)
+    path = target
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)  # a reader never sees half a report
-    return ReportResult(path=str(path), bytes=path.stat().st_size, version=b.version, rows=b.rows,
+    return ReportResult(path=str(Path(out)), bytes=path.stat().st_size, version=b.version, rows=b.rows,
                         sampled_rows=len(b.sample), thumbnails=len(b.thumbs), empty_sections=empty,
                         seconds=time.perf_counter() - t0, stale=b.stale)

@@ -20,6 +20,8 @@ from lakecurate import Lake
 from lakecurate.cli import main
 from lakecurate.report import SECTIONS
 
+from .conftest import SAMPLE_DATA
+
 
 RECIPE = {"name": "report-test", "step": [
     {"filter": "ingest_error"}, {"filter": "caption_missing"}, {"filter": "caption_filename"},
@@ -221,3 +223,21 @@ def test_renders_in_headless_chromium(report_page, tmp_path: Path):
     # photos were decoded and painted: a text-only page has a few hundred colours, photos thousands
     colours = len(np.unique(im.reshape(-1, 3) // 4, axis=0))
     assert colours > 3000, colours
+
+
+def test_a_link_gets_the_report_in_its_target_and_a_pipe_is_refused(tmp_path: Path):
+    """OUT was replaced: a link by a file (its target never written), a FIFO by a file (and, as
+    root, /dev/full by a regular file)."""
+    from lakecurate import LakeError
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    target, link = tmp_path / "target.html", tmp_path / "link.html"
+    link.symlink_to(target)
+    lake.report(link, sample_rows=50)
+    assert link.is_symlink() and target.is_file() and "<html" in target.read_text()[:200].lower()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(LakeError, match="is not a regular file"):
+        lake.report(fifo, sample_rows=50)
+    assert not fifo.is_file() and fifo.exists()
