@@ -202,7 +202,8 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
 
     Column fills (``DataReplacement``) write the fields of their new files; appends, overwrites and
     updates write every field of their new fragments; deleting rows counts as writing the fragment's
-    columns; compaction moves values without changing them (the new fragment keeps the latest write
+    columns for a stage that reads the whole table, recorded with the fragment's last content write
+    (:func:`content_write`: the values a per-row stage computed stay current); compaction moves values without changing them (the new fragment keeps the latest write
     of the fragments it merged); a restore goes back to the writes of the version it restores.
     Versions whose log is gone (cleanup) contribute nothing: their columns read as written before
     anything that follows.
@@ -214,6 +215,13 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
     def put(fields: Iterable[int], frag: int, w: Write) -> None:
         for f in fields:
             state.setdefault(f, {})[frag] = w
+
+    def put_deleted(fields: Iterable[int], frag: int, w: Write) -> None:
+        # rows deleted: a write of the fragment for what reads the whole table, but the values of the
+        # rows left are those of the last content write, kept third (see content_write)
+        for f in fields:
+            per = state.setdefault(f, {})
+            per[frag] = (w[0], w[1], content_write(per.get(frag)))
 
     before: set[int] = set()
     history = _history(ds, ds, ds.version)
@@ -235,8 +243,10 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
                 for frag in op.fragments:
                     put(_file_fields(frag), next(created, -1), w)
             elif kind == "Update":
+                modified = set(getattr(op, "fields_modified", None) or [])  # columns rewritten in place
                 for frag in op.updated_fragments:
-                    put(_file_fields(frag), frag.id, w)
+                    put_deleted(_file_fields(frag) - modified, frag.id, w)
+                    put(_file_fields(frag) & modified, frag.id, w)
                 for frag in op.new_fragments:
                     put(_file_fields(frag), next(created, -1), w)
                 for fid in op.removed_fragment_ids:
@@ -244,7 +254,7 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
                         per.pop(fid, None)
             elif kind == "Delete":
                 for frag in op.updated_fragments:
-                    put(_file_fields(frag), frag.id, w)
+                    put_deleted(_file_fields(frag), frag.id, w)
             elif kind == "DataReplacement":
                 for r in op.replacements:
                     put(r.new_file.fields, r.fragment_id, w)
@@ -271,6 +281,14 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
             for frag, w in per.items():
                 dest[frag] = max(dest.get(frag, w), w)
     return out
+
+
+def content_write(w: Any) -> Write | None:
+    """The last write of a fragment's values, past the deletions of its rows since (a deletion is
+    recorded as ``(version, read version, the content write before it)``)."""
+    while w is not None and len(w) == 3:
+        w = w[2]
+    return w
 
 
 # ----------------------------------------------------------------------------- states
@@ -324,13 +342,15 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     as written at the start."""
     stale: dict[str, int] = {}
     for fid, frag in frags.items():
-        mine = [writes.get(c, {}).get(fid) or ((0, 0) if has_data(ds, frag, c) else None) for c in node.columns]
+        # (rows deleted from a fragment leave the values of the others as they were: content writes)
+        mine = [content_write(writes.get(c, {}).get(fid)) or ((0, 0) if has_data(ds, frag, c) else None)
+                for c in node.columns]
         if any(w is None for w in mine):
             st.rows_missing += frag.count_rows()
             continue
         read = min(w[1] for w in mine)
         for src in node.sources:
-            w = writes.get(src, {}).get(fid)
+            w = content_write(writes.get(src, {}).get(fid))
             if w is not None and w[0] > read:
                 stale[src] = max(stale.get(src, 0), w[0])
     if stale:

@@ -453,3 +453,21 @@ def test_run_export_to_a_folder_is_current_once_and_a_changed_setting_exports_ag
                     'repeats = false\n')
     why = lake.run(pipe, dry_run=True, progress=False).steps[-1].why
     assert why.startswith("where changed (ingest_status = 'ok' -> ingest_status <> 'ok')"), why
+
+
+def test_rows_replaced_by_retry_errors_leave_per_row_stages_current_once_filled(lake: Lake, tmp_path: Path):
+    """--retry-errors deletes the error rows from their fragment in the commit that adds their new
+    rows: that deletion counted as a new write of every column there, so the signal stages stayed
+    stale for good (nothing refills a filled fragment) and evaluate refused. A global stage still
+    sees rows change."""
+    shutil.copy(SAMPLE_DATA / "astronaut.jpg", tmp_path / "a.jpg")
+    (tmp_path / "m.csv").write_text("image,caption\na.jpg,a woman\nb.jpg,call +1 415 555 2671 a horse\n")
+    lake.ingest(tmp_path / "m.csv", progress=False)
+    lake.signals(["caption", "redact"], progress=False)
+    lake.curate(LOOSE, progress=False)
+    shutil.copy(SAMPLE_DATA / "camera.jpg", tmp_path / "b.jpg")
+    assert lake.ingest(tmp_path / "m.csv", retry_errors=True, progress=False).replaced == 1
+    lake.signals(["caption", "redact"], progress=False)  # fills the replaced row's new fragment
+    st = states(lake)
+    assert st["cap_words"] == st["caption_redacted"] == "current", st
+    assert st["keep"] == "stale"  # curate judged the table before a row was replaced
