@@ -489,8 +489,15 @@ def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
     if node.stage == "sequence":
         return (f"{head} sequence {uri} --mode {cfg.get('mode')}{opt('--score', cfg.get('score'))} "
                 f"--shard-size {cfg.get('shard_size')}{opt('--where', cfg.get('where'))} --seed {cfg.get('seed', 0)}")
-    if node.stage == "feature":
-        return f"{head} feature add {uri} {node.columns[0]} --udf {node.prov.get('udf', 'MODULE:FUNCTION')}"
+    if node.stage == "feature":  # its inputs, parameters and type as it was added; a stale one replaced
+        types = cfg.get("types") or {}
+        name = cfg.get("feature") or node.columns[0]
+        out = f"{head} feature add {uri} {q(name)} --udf {q(str(node.prov.get('udf', 'MODULE:FUNCTION')))}"
+        out += "".join(f" --input {q(c)}" for c in cfg.get("inputs") or [])
+        out += "".join(f" --param {q(f'{k}={json.dumps(v)}')}" for k, v in (cfg.get("params") or {}).items())
+        if list(types) == [name]:  # one column: its type (a function of several declares its own)
+            out += f" --type {q(str(types[name]))}"
+        return out + (" --recompute" if state == "stale" else "")
     if node.stage.startswith("signals-"):  # `lakecurate signals` computes caption and image unless told not to
         kind = node.stage.split("-", 1)[1]
         return f"{head} signals {uri}" + "".join(

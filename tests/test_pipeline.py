@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import lance
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -471,3 +472,24 @@ def test_rows_replaced_by_retry_errors_leave_per_row_stages_current_once_filled(
     st = states(lake)
     assert st["cap_words"] == st["caption_redacted"] == "current", st
     assert st["keep"] == "stale"  # curate judged the table before a row was replaced
+
+
+def test_a_stale_feature_s_fix_command_runs_as_printed(sample_lake_embedded: Lake, tmp_path: Path):
+    """The fix was 'feature add LAKE dbl --udf M:F' (no inputs: refused; and without --recompute a
+    stale column is not refilled); it names its inputs, parameters, type and --recompute now."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    score = next(n for n in lake.dataset().schema.names if n.endswith("_score"))
+    udf = tmp_path / "my udfs.py"
+    udf.write_text("import pyarrow.compute as pc\n\ndef scaled(b, k=2.0):\n"
+                   f"    return pc.multiply(b[{score!r}], k)\n")
+    res = CliRunner().invoke(main, ["feature", "add", lake.uri, "dbl", "--udf", f"{udf}:scaled", "--input", score,
+                                    "--type", "float32", "--param", "k=3"])
+    assert res.exit_code == 0, res.output
+    lake.embed("tiny-random", workers=0, recompute=True, progress=False)
+    st = {s.node.columns[0]: s for s in graph.states(lake)}["dbl"]
+    assert st.state == "stale" and st.fix.endswith(f"--input {score} --param k=3 --type float --recompute"), st.fix
+    res = CliRunner().invoke(main, shlex.split(st.fix)[1:])
+    assert res.exit_code == 0, res.output
+    assert states(lake)["dbl"] == "current"
+    got = lake.to_pandas(["dbl", score])
+    assert np.allclose(got["dbl"], got[score] * 3, equal_nan=True)
