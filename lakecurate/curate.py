@@ -54,7 +54,7 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import embed_command, no_producer, where_columns
+from lakecurate.graph import embed_command, no_producer, not_current, where_columns
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
@@ -1384,6 +1384,20 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
                         + (f" ({'; '.join(run)})" if run else "") + ", or run curate without --dry-run")
 
 
+def _check_features_current(lake: "Store", ds: "lance.LanceDataset", rec: Recipe, read: set[str]) -> None:
+    """A user feature the recipe reads must be current: curate cannot recompute it (signals and
+    dedup it computes itself), and a decision made from stale values would pass for current."""
+    features = [c for c in read if c in ds.schema.names
+                and (columns.field_provenance(ds.schema.field(c), strict=False) or {}).get("stage") == "feature"]
+    if not features:  # (reading the commit log costs: only when a feature is read)
+        return
+    stale = [s for s in not_current(lake, ds, features) if s.state == "stale" and s.node.stage == "feature"]
+    if stale:
+        st = stale[0]
+        raise LakeError(f"recipe {rec.source} reads feature {st.node.columns[0]}, which is stale ({st.reasons[0]}); "
+                        f"re-run it first: {st.fix}")
+
+
 def _run_conditions(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
     """Run each sql step's condition over every row of ``ds`` (a count: its columns are read, no
     row is kept). Planning it (:func:`_check_steps`) does not find what fails on values: a division
@@ -1454,6 +1468,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     emb, emb_prov = _embedding(lake, rec) if EMBEDDING in needs or (DEDUP in needs and rec.embedding) else (None, None)
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
+    _check_features_current(lake, ds, rec, _read_columns(ds, rec, emb))
     if dry_run:
         _run_conditions(lake, ds, rec)
         judge = _judge_by_fragment(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read))

@@ -313,6 +313,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
     frags = {f.fragment_id: f for f in ds.get_fragments()}
     all_nodes = nodes(ds)
     producer = {c: n for n in all_nodes for c in n.columns}
+    names = set(ds.schema.names)
     out: list[NodeState] = []
     by_node: dict[int, NodeState] = {}
     for node in all_nodes:
@@ -323,6 +324,10 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
             _per_row(ds, node, writes, frags, st)
         else:
             _global(ds, node, writes, list(frags.values()), st)
+        gone = [src for src in node.sources if src not in names]
+        if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
+            st.state = "stale"
+            st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)")
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \

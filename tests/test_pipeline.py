@@ -493,3 +493,21 @@ def test_a_stale_feature_s_fix_command_runs_as_printed(sample_lake_embedded: Lak
     assert states(lake)["dbl"] == "current"
     got = lake.to_pandas(["dbl", score])
     assert np.allclose(got["dbl"], got[score] * 3, equal_nan=True)
+
+
+def test_curate_refuses_a_stale_feature_and_a_dropped_input_makes_it_stale(sample_lake_embedded: Lake, tmp_path: Path):
+    """curate decided from a stale feature without a word (and tagged it); dropping the feature then
+    showed the decision built on it as current, so evaluate and export took it."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    score = next(n for n in lake.dataset().schema.names if n.endswith("_score"))
+    lake.add_feature("dbl", lambda b: pc.multiply(b[score], 2.0), inputs=[score], type="float32", progress=False)
+    rec = {"name": "c", "step": [{"filter": "column", "column": "dbl", "min": 0.0}]}
+    lake.curate(rec, progress=False)
+    lake.embed("tiny-random", workers=0, recompute=True, progress=False)
+    v = lake.version
+    with pytest.raises(LakeError, match=r"reads feature dbl, which is stale .*re-run it first: lakecurate feature add"):
+        lake.curate(rec, progress=False)
+    assert lake.version == v
+    assert CliRunner().invoke(main, ["feature", "drop", lake.uri, "dbl"]).exit_code == 0
+    keep = next(s for s in graph.states(lake) if s.node.columns[0] == "keep")
+    assert keep.state == "stale" and "its input dbl is no longer in the table" in " ".join(keep.reasons)
