@@ -139,7 +139,7 @@ class Limit:
 
     def allowed(self) -> str:
         what = {"int": "a whole number", "number": "a number",
-                "codes": 'a list of language codes, e.g. ["en", "de"]', "name": 'a column name, e.g. "aesthetic"',
+                "codes": 'a list of two-letter ISO 639-1 language codes, e.g. ["en", "de"]', "name": 'a column name, e.g. "aesthetic"',
                 "value": "a string, a number or true/false", "values": 'a list of values, e.g. ["cat", "dog"]',
                 "bool": "true or false", "texts": 'a list of texts, e.g. ["a watermark", "a logo"]', "sql": 'one SQL condition, e.g. "aesthetic > 4.5 AND cap_words >= 3"'}[self.kind]
         if self.lo is not None and self.hi is not None:
@@ -151,8 +151,9 @@ class Limit:
     def ok(self, value: Any) -> bool:
         if value is None:
             return self.optional
-        if self.kind == "codes":
-            return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
+        if self.kind == "codes":  # ISO 639-1, as py3langid names languages ("klingon" matched no row, silently)
+            return isinstance(value, list) and bool(value) and all(isinstance(v, str) and re.fullmatch(r"[a-z]{2}", v)
+                                                                   for v in value)
         if self.kind == "texts":
             return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
         if self.kind in ("name", "sql"):

@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import re
 import sys
@@ -259,6 +260,11 @@ def add_feature(
         raise LakeError(f"feature '{name}' reads {missing}, which lake '{lake.uri}' does not have "
                         f"(columns: {', '.join(ds.schema.names)})")
     params = dict(params or {})
+    try:  # they are part of the column's provenance (JSON): a numpy scalar was a TypeError traceback
+        json.dumps(params)
+    except (TypeError, ValueError) as exc:
+        raise LakeError(f"feature '{name}': params must be JSON values (numbers, text, lists, dicts), "
+                        f"e.g. float(x) for a numpy number: {exc}") from None
     udf = BatchUdf(func, name, params, _types(func, name, type))
     # Tried here on the first rows (its columns and types checked before anything is declared), but
     # on Ray only when its types must be inferred: it may need what only the workers have.

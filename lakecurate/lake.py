@@ -115,9 +115,14 @@ class Lake(Store):
         """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``, ``text``,
         ``redact`` (``caption_redacted``);
         returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""
+        if isinstance(kinds, str):  # signals("caption"): one kind, not its letters
+            kinds = [kinds]
         unknown = [k for k in kinds if k not in SIGNAL_KINDS]
         if unknown:
             raise LakeError(f"unknown signal kind(s) {', '.join(unknown)}; choose from {', '.join(SIGNAL_KINDS)}")
+        ignored = sorted(set(options) - {"progress", "workers", "engine"})
+        if ignored:  # (they were silently ignored)
+            raise LakeError(f"signals takes progress, workers and engine; not {', '.join(ignored)}")
         return {k: self._produce(SIGNAL_KINDS[k], **options) for k in kinds}
 
     def cluster(self, k: int | None = None, **options: Any) -> Any:

@@ -228,3 +228,15 @@ def test_bad_feature_shapes_are_refused_before_anything_is_declared(multi: Lake,
 def test_an_input_named_twice_is_read_once(multi: Lake):
     rep = multi.add_feature("n", lambda b: [1] * b.num_rows, inputs=["caption", "caption"], type="int8", progress=False)
     assert rep.inputs == ["caption"] and rep.rows == multi.count()
+
+
+def test_params_must_be_json_values_and_signals_options_are_checked(multi: Lake):
+    """A numpy number as a parameter was a TypeError traceback (the provenance is JSON); options
+    signals does not take (column=, a typo) were ignored without a word."""
+    v = multi.version
+    with pytest.raises(LakeError, match="params must be JSON values .*float\\(x\\)"):
+        multi.add_feature("s", word_stats, inputs=["caption"], params={"scale": np.float32(1.5)}, progress=False)
+    with pytest.raises(LakeError, match="signals takes progress, workers and engine; not bogus, column"):
+        multi.signals(["redact"], column="caption_secret", bogus=1)
+    assert multi.version == v
+    assert multi.signals("caption", progress=False) == {"caption": multi.count()}  # one kind by name
