@@ -865,9 +865,11 @@ def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, .
     for b, sp in res.speedups().items():
         d = res.difference(metric, b)
         verdict = "larger than" if abs(d["difference"]) > d["spread"] else "within"
+        # one seed has no spread to compare with: say so, not "larger than the spread (0.000)"
+        judged = (f", {verdict} the spread across seeds ({d['spread']:.3f})" if len(res.seeds) > 1
+                  else " (one seed: no spread to judge it by; pass --seeds 3)")
         click.echo(f"vs {b}: speed-up {sp['median']:.2f}x (seeds {sp['min']:.2f}-{sp['max']:.2f}) to {b}'s final "
-                   f"{metric}; at equal steps view - {b} = {d['difference']:+.3f}, {verdict} the spread across "
-                   f"seeds ({d['spread']:.3f})")
+                   f"{metric}; at equal steps view - {b} = {d['difference']:+.3f}{judged}")
     if len(res.budgets) > 1:
         click.echo(f"\n{metric} by compute (multiples of {res.steps} steps):")
         _echo_table([{"budget": f"{r['budget']:g}x", "steps": r["steps"],

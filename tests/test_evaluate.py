@@ -197,6 +197,8 @@ def test_evaluate_refuses_overlap_and_bad_views(small, tmp_path: Path):
     res = CliRunner().invoke(main, ["evaluate", lake.uri, "--eval-set", str(ev), "--seeds", "1", "--steps", "5", "--no-record"])
     assert res.exit_code == 0, res.output
     assert "vs all: speed-up" in res.output and "vs random: speed-up" in res.output and "recorded" not in res.output
+    # one seed has no spread: it said "larger than the spread across seeds (0.000)"
+    assert "one seed: no spread to judge it by" in res.output and "spread across seeds" not in res.output
 
 
 @pytest.mark.slow
