@@ -953,6 +953,10 @@ def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
         numeric = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)
         if (p["min"] is not None or p["max"] is not None) and not numeric:
             raise LakeError(f"{where}: min/max need numbers, but column {name!r} holds {typ}; use equals or in")
+        temporal = pa.types.is_temporal(typ)
+        if temporal and (p["equals"] is not None or p["in"] is not None):  # "2020" equalled no time: every row dropped
+            raise LakeError(f"{where}: column {name!r} holds {typ}; equals/in compare no text or number with it: "
+                            f"use a sql step, e.g. where = \"{name} >= TIMESTAMP '2020-01-01 00:00:00'\"")
         for t in ("equals", "in"):
             values = p[t] if isinstance(p[t], list) else ([] if p[t] is None else [p[t]])
             for v in values:

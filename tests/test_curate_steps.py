@@ -152,6 +152,7 @@ def test_parse_override(text, value):
     ({}, 'filter = "column"\ncolumn = "cap_lang"\nmin = 3', "min/max need numbers, but column 'cap_lang'"),
     ({}, 'filter = "column"\ncolumn = "dup_keep"\nin = [1, 2]', "cannot equal a value of column 'dup_keep'"),
     ({}, 'filter = "column"\ncolumn = "width"', "give at least one test"),
+    ({}, 'filter = "column"\ncolumn = "ingested_at"\nequals = "2020"', "holds timestamp.*use a sql step"),  # dropped all
     ({}, 'filter = "column"\ncolumn = "keep"\nnot_null = true', "what curate writes"),
     ({}, 'filter = "sql"\nwhere = "nosuch > 3"', "No field named nosuch"),
     ({}, 'filter = "sql"\nwhere = "width > 3; DROP TABLE pairs"', "give exactly one"),
