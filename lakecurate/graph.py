@@ -324,7 +324,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
             _per_row(ds, node, writes, frags, st)
         else:
             _global(ds, node, writes, list(frags.values()), st)
-        gone = [src for src in node.sources if src not in names]
+        gone = _dropped(ds, node, names)
         if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
             st.state = "stale"
             st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)")
@@ -338,6 +338,18 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
         by_node[id(node)] = st
         out.append(st)
     return out
+
+
+def _dropped(ds: "lance.LanceDataset", node: Node, names: set[str]) -> list[str]:
+    """The node's inputs that were in the table when it was declared and are not now."""
+    gone = [src for src in node.sources if src not in names]
+    if not gone:
+        return []
+    try:  # (only when an input is missing: one manifest read)
+        then = set(ds.checkout_version(int(node.prov.get("table_version"))).schema.names)
+    except Exception:  # noqa: BLE001 - that version cleaned up or unreadable: cannot tell, so not stale
+        return []
+    return [src for src in gone if src in then]
 
 
 def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], frags: dict[int, Any],
