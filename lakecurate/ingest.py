@@ -19,11 +19,9 @@ import csv
 import errno
 import functools
 import glob
-import gzip
 import hashlib
 import io
 import json
-import lzma
 import os
 import stat
 import tarfile
@@ -759,63 +757,21 @@ def expand_shards(spec: str) -> list[str]:
     return [spec]
 
 
-class _TailReader(io.RawIOBase):
-    """A read-only stream that remembers the bytes it served last, so the tar header block that
-    ended a shard can be looked at after tarfile has stopped (it stops without a word on a header
-    cut short, or on the end of the file where tar's end-of-archive marker should be)."""
+def _tar_end_problem(tar: tarfile.TarFile) -> str | None:
+    """Why a shard's reading stopped early, or None when it ended on tar's end-of-archive marker.
 
-    def __init__(self, raw: Any):
-        self.raw, self.pos = raw, 0
-        self.chunks: deque[tuple[int, bytes]] = deque(maxlen=3)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self.raw.read(len(b))
-        b[:len(data)] = data
-        if data:
-            self.chunks.append((self.pos, bytes(data)))
-        self.pos += len(data)
-        return len(data)
-
-    def block_at(self, offset: int, size: int = tarfile.BLOCKSIZE) -> bytes | None:
-        """The bytes served at ``offset`` (fewer at the end of the file); None if no longer held."""
-        if offset >= self.pos:
-            return b""
-        held = b"".join(c for _, c in self.chunks)
-        first = self.chunks[0][0] if self.chunks else self.pos
-        if offset < first:
-            return None
-        return held[offset - first: offset - first + size]
-
-
-def _tar_end_problem(tail: _TailReader, offset: int) -> str | None:
-    """Why a shard's reading stopped early, or None when it ended with tar's end-of-archive marker."""
-    block = tail.block_at(offset)
-    if block is None or block == bytes(len(block)) and len(block) == tarfile.BLOCKSIZE:
+    tarfile ends a stream without a word on a header cut short or on the file's end where the
+    marker should be; what it read of the last header tells (its stream's position past the offset
+    of that header: a whole block is the marker, fewer bytes a cut)."""
+    read = getattr(tar.fileobj, "pos", None)
+    if not isinstance(read, int):
         return None
-    if not block:
+    got = read - tar.offset
+    if got == 0:
         return "the shard ends without tar's end-of-archive marker: it was cut short"
-    if len(block) < tarfile.BLOCKSIZE:
-        return f"the shard ends inside a member header ({len(block)} of {tarfile.BLOCKSIZE} bytes): it was cut short"
-    return "a member header is not valid tar"
-
-
-def _decompressed(raw: Any) -> Any:
-    """The tar stream inside a shard file: gunzipped (bz2, xz) when its first bytes say so, as
-    tarfile's ``r|*`` would."""
-    magic = raw.read(6)
-    raw.seek(0)
-    if magic.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if magic.startswith(b"BZh"):
-        import bz2
-
-        return bz2.BZ2File(raw)
-    if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)
-    return raw
+    if 0 < got < tarfile.BLOCKSIZE:
+        return f"the shard ends inside a member header ({got} of {tarfile.BLOCKSIZE} bytes): it was cut short"
+    return None
 
 
 def iter_webdataset(shards: list[str], max_bytes: int | None = None) -> Iterator[Candidate]:
@@ -832,32 +788,30 @@ def iter_webdataset(shards: list[str], max_bytes: int | None = None) -> Iterator
         current: str | None = None
         problem = None
         try:
-            with open(shard, "rb") as raw:
-                tail = _TailReader(_decompressed(raw))
-                with tarfile.open(fileobj=tail, mode="r|") as tar:
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        dirname, base = os.path.split(member.name)
-                        if base.startswith("."):
-                            continue
-                        stem, _, ext = base.partition(".")
-                        key = f"{dirname}/{stem}" if dirname else stem
-                        ext = ext.lower()
-                        if current is not None and (key != current or ext in sample):
-                            yield _tar_candidate(shard, current, sample)
-                            sample = {}
-                        current = key
-                        if max_bytes is not None and member.size > max_bytes:
-                            sample[ext] = None  # not read: too large
-                            continue
-                        f = tar.extractfile(member)
-                        sample[ext] = f.read() if f else b""
-                    problem = _tar_end_problem(tail, tar.offset)
+            with tarfile.open(shard, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    dirname, base = os.path.split(member.name)
+                    if base.startswith("."):
+                        continue
+                    stem, _, ext = base.partition(".")
+                    key = f"{dirname}/{stem}" if dirname else stem
+                    ext = ext.lower()
+                    if current is not None and (key != current or ext in sample):
+                        yield _tar_candidate(shard, current, sample)
+                        sample = {}
+                    current = key
+                    if max_bytes is not None and member.size > max_bytes:
+                        sample[ext] = None  # not read: too large
+                        continue
+                    f = tar.extractfile(member)
+                    sample[ext] = f.read() if f else b""
+                problem = _tar_end_problem(tar)
         except FileNotFoundError:
             yield Candidate(source=shard, key="", image_uri=shard, flags=["file_missing"], notes=[f"{shard} does not exist"])
             continue
-        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             problem = f"{type(exc).__name__}: {exc}"
         if current is not None:
             c = _tar_candidate(shard, current, sample)

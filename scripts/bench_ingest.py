@@ -5,7 +5,8 @@ Replicates ../shared/data/flickr8k (800 JPEGs) to >= 10k images and measures, in
 1. a floor: reading every file and hashing it in the same thread pool (no probing, no Lance);
 2. `lakecurate ingest` of a folder (hard-linked copies + .txt sidecars) and of a CSV manifest,
    in images/s and as a ratio to the floor (default header verify, then --verify decode);
-3. the image column as a Lance blob column versus a plain large_binary column: write time,
+3. WebDataset shards: the shard reader against bare tarfile streaming, and a whole ingest;
+4. the image column as a Lance blob column versus a plain large_binary column: write time,
    a caption-only scan, and reading every image back.
 
     python scripts/bench_ingest.py [--data ../shared/data/flickr8k] [--copies 16]
@@ -100,6 +101,49 @@ def storage(files: list[Path], work: Path) -> list[tuple[str, float, float, floa
     return out
 
 
+def webdataset(files: list[Path], work: Path, opts: IngestOptions, shards: int = 4) -> None:
+    """WebDataset shards (plain and gzipped) of the first 3,200 photos: the shard reader
+    (``iter_webdataset``: it keeps the bytes it served last, to tell where a cut shard stopped)
+    against bare ``tarfile`` streaming of the same members, then a whole ingest of the shards."""
+    import gzip
+    import io
+    import tarfile
+
+    from lakecurate.ingest import iter_webdataset
+
+    files = files[:3200]
+    per = -(-len(files) // shards)
+    paths = []
+    for k in range(shards):
+        path = work / f"shard-{k:05d}.tar"
+        with tarfile.open(path, "w") as t:
+            for i, f in enumerate(files[k * per:(k + 1) * per]):
+                t.add(f, arcname=f"{k}{i:06d}.jpg")
+                info = tarfile.TarInfo(f"{k}{i:06d}.txt")
+                info.size = 9
+                t.addfile(info, io.BytesIO(b"a caption"))
+        with open(path, "rb") as src, gzip.open(str(path) + ".gz", "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst)
+        paths.append(path)
+
+    def bare(shard: Path) -> int:
+        with tarfile.open(shard, "r|*") as t:
+            return sum(len(t.extractfile(m).read()) for m in t if m.isfile())
+
+    n = len(files)
+    print(f"\nwebdataset: {shards} shards, {n} samples (best of 3)")
+    for suffix in ("", ".gz"):
+        shard_paths = [Path(str(p) + suffix) for p in paths]
+        base = min(timed(lambda: [bare(p) for p in shard_paths])[0] for _ in range(3))
+        ours = min(timed(lambda: sum(1 for _ in iter_webdataset([str(p) for p in shard_paths])))[0] for _ in range(3))
+        print(f"read .tar{suffix:<3}  tarfile {n / base:7.0f} samples/s   iter_webdataset {n / ours:7.0f} samples/s"
+              f"   ratio {ours / base:4.2f}")
+    lake = Lake.create(work / "lake-wds")
+    sec, rep = timed(lambda: lake.ingest(str(work / "shard-*.tar"), options=opts, progress=False))
+    assert rep.written == n, rep.to_dict()
+    print(f"ingest webdataset (default)     {n / sec:8.0f} img/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"))
@@ -131,6 +175,7 @@ def main() -> None:
         sec, _ = timed(lambda: lake.ingest(manifest, key_col="uid", progress=False,
                                            options=IngestOptions(workers=args.workers, verify="decode")))
         print(f"ingest manifest (--verify decode) {n / sec:5.0f} img/s   ratio to floor {base / sec:5.2f}")
+        webdataset(files, work, opts)
         print("\nimage column storage   write s   caption scan ms   read all images s")
         for name, w, scan, read in storage(files, work):
             print(f"{name:<22} {w:7.2f}   {scan * 1000:15.1f}   {read:17.2f}")
