@@ -34,7 +34,7 @@ import pyarrow.ipc
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
-from lakecurate.store import retry_on_conflict
+from lakecurate.store import checkpoint_root, retry_on_conflict
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -510,13 +510,8 @@ class Checkpoint:
     """
 
     def __init__(self, lake: "Store", key: str):
-        if "://" in lake.uri:
-            base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lakecurate" / "checkpoints"
-            base = base / hashlib.sha256(lake.uri.encode()).hexdigest()[:16]
-        else:
-            base = Path(lake.uri) / "_lakecurate" / "checkpoints"
         # A branch has fragments of its own under the same numbers: keep its checkpoints apart.
-        self.root = base / (f"branch-{lake.branch}" if getattr(lake, "branch", None) else "") / key
+        self.root = checkpoint_root(lake.uri, getattr(lake, "branch", None)) / key
 
     def _dir(self, frag: lance.LanceFragment) -> Path:
         d = frag.metadata.deletion_file

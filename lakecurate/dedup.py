@@ -90,6 +90,7 @@ from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
 from lakecurate.options import whole
 from lakecurate.progress import progress_bar
+from lakecurate.schema import EVIDENCE_TABLE
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
 from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
 
@@ -154,7 +155,6 @@ VERIFY_PAIRS_CHUNK = 20_000
 KNN_ASSIGN = 12
 VERIFY_COSINES = {"offline": 0.4, "open_clip": 0.7}
 PHASH_COLUMNS = ("phash", "phash_flip")
-EVIDENCE_TABLE = "dup_pairs"
 FINAL_COLUMNS = ("dup_group", "dup_group_size", "dup_keep", "dup_reason")
 Evidence = tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]  # a method's links: rows i < j, score, detail
 

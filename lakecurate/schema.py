@@ -13,6 +13,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 TABLE = "pairs"
+# The side table of dedup's evidence (the linked pairs), one a branch (Store.side_uri); the store
+# removes a deleted branch's.
+EVIDENCE_TABLE = "dup_pairs"
 
 # ``lance-encoding:blob`` on a large_binary field makes Lance store the values out of line (blob v2);
 # the arrow field stays a plain large_binary for writers, so batches are built with pa.array(bytes).

@@ -12,6 +12,7 @@ that adds one method per stage.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 import os
@@ -31,7 +32,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
-from lakecurate.schema import PAIRS_SCHEMA, TABLE
+from lakecurate.schema import EVIDENCE_TABLE, PAIRS_SCHEMA, TABLE
 
 T = TypeVar("T")
 log = logging.getLogger("lakecurate")
@@ -55,6 +56,17 @@ def is_conflict(exc: BaseException) -> bool:
     """
     return isinstance(exc, CommitConflictError) or (
         isinstance(exc, OSError) and "retryable commit conflict" in str(exc).lower())
+
+
+def checkpoint_root(uri: str, branch: str | None) -> Path:
+    """Where the stages of a lake's branch (None: main) keep their batch checkpoints: in the lake
+    folder, or for an object store in the local cache (see lakecurate.columns.Checkpoint)."""
+    if "://" in uri:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lakecurate" / "checkpoints"
+        base = base / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    else:
+        base = Path(uri) / "_lakecurate" / "checkpoints"
+    return base / f"branch-{branch}" if branch else base
 
 
 def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 12, base_delay: float = 0.05,
@@ -486,8 +498,9 @@ class Store:
             exp = lake.create_branch("exp-strict")
             exp.curate("strict")            # main's keep column is unchanged
         """
-        if not BRANCH_RE.match(name) or name == "main":
-            raise LakeError(f"branch name {name!r} is not valid; use letters, digits, '.', '_' and '-' (not 'main')")
+        if not BRANCH_RE.match(name) or name == "main" or name.isdigit():  # a number reads as a version
+            raise LakeError(f"branch name {name!r} is not valid; use letters, digits, '.', '_' and '-' (not 'main', "
+                            "not only digits)")
         if name in self.branches():
             raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with --branch {name}")
         if name in self.dataset().tags.list():
@@ -495,9 +508,12 @@ class Store:
                             "wherever a version is named (--version, diff, restore): pick another name")
         if isinstance(source, str) and not source.isdigit():
             branch, number = self._ref(source)
+            if isinstance(number, int):  # branch:N: a version of that branch (a Lance traceback when it is not)
+                self._open_version(self._branch_uri(branch), number, branch)
             ref: Any = number if isinstance(number, str) else (branch, number)
         else:
             ref = (self.branch, self.dataset(int(source)).version if source is not None else None)  # LakeError if not a version
+        self._forget_branch(name)  # leftovers of an earlier branch of this name (deleted by plain Lance, say)
         self.dataset().create_branch(name, ref)
         return type(self)(self.uri, self.storage_options, branch=name)
 
@@ -510,7 +526,22 @@ class Store:
         if tags:  # Lance refuses too; say which tags and how to drop them
             raise LakeError(f"branch '{name}' of lake '{self.uri}' is referenced by tags {', '.join(tags)}; "
                             f"delete them first: lakecurate tag {self.shell} TAG --delete")
+        children = sorted(b for b, meta in ds.branches.list().items() if meta.get("parent_branch") == name)
+        if children:  # (a Lance "Ref conflict" traceback)
+            raise LakeError(f"branch '{name}' of lake '{self.uri}' has branches made from it: {', '.join(children)}; "
+                            f"delete them first: lakecurate branch delete {self.shell} BRANCH")
         ds.branches.delete(name)
+        self._forget_branch(name)
+
+    def _forget_branch(self, name: str) -> None:
+        """What lakecurate kept for a branch that is gone: its stages' batch checkpoints and its
+        duplicate evidence. A branch made again under the name numbers its fragments as the old
+        one did: a checkpoint would resume with the old rows' values, silently."""
+        import shutil
+
+        shutil.rmtree(checkpoint_root(self.uri, name), ignore_errors=True)
+        if "://" not in self.uri:
+            shutil.rmtree(_join(self.uri, f"{EVIDENCE_TABLE}-{name}.lance"), ignore_errors=True)
 
     def delete_tag(self, name: str) -> None:
         """Delete a tag (the version it named stays; cleanup may then remove its files)."""

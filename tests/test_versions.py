@@ -108,3 +108,38 @@ def test_log_after_a_lancedb_full_text_index(versioned: Lake):
     lancedb.connect(versioned.uri).open_table("pairs").create_index("caption", config=FTS())
     ops = [h["operation"] for h in versioned.history()]
     assert ops[0] == "CreateIndex" and all(ops), ops
+
+
+def test_a_branch_made_again_starts_without_the_old_one_s_checkpoints_and_evidence(versioned: Lake):
+    """A branch deleted and made again numbers its fragments as the old one did: a killed embed's
+    checkpoints of the old branch were resumed into the new rows (16 rows got another image's
+    vectors, silently), and dedup's evidence of the old branch came back."""
+    from lakecurate.store import checkpoint_root
+
+    lake = versioned
+    exp = lake.create_branch("exp")
+    old = checkpoint_root(lake.uri, "exp") / "embed-x" / "f1-r7-d0"
+    old.mkdir(parents=True)
+    (old / "0.arrow").write_bytes(b"a batch of the old branch")
+    evidence = Path(lake.uri) / "dup_pairs-exp.lance"
+    evidence.mkdir()
+    assert exp.dataset().count_rows() == 7
+    lake.delete_branch("exp")
+    assert not checkpoint_root(lake.uri, "exp").exists() and not evidence.exists()
+    old.mkdir(parents=True)  # left by a branch deleted with plain Lance: made again, it starts clean too
+    lake.create_branch("exp")
+    assert not checkpoint_root(lake.uri, "exp").exists()
+    assert checkpoint_root(lake.uri, None).parent == Path(lake.uri) / "_lakecurate"  # main's are not touched
+
+
+def test_branch_refusals_are_one_line(versioned: Lake):
+    lake = versioned
+    lake.create_branch("exp")
+    Lake.open(lake.uri, branch="exp").create_branch("sub")
+    with pytest.raises(LakeError, match="branch 'exp' .* has branches made from it: sub"):  # a Ref conflict traceback
+        lake.delete_branch("exp")
+    with pytest.raises(LakeError, match="version 999 is not a version of lake"):  # a manifest-not-found traceback
+        lake.create_branch("x", "main:999")
+    with pytest.raises(LakeError, match="not only digits"):  # "12" named main's version 12 wherever used
+        lake.create_branch("12")
+    assert sorted(lake.branches()) == ["exp", "sub"]
