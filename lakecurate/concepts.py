@@ -460,7 +460,9 @@ def rebalance(
     if where is None and "keep" in ds.schema.names:
         where = "keep"
     # Choosing among stale decisions would rebalance what the curator no longer decided.
-    report_stale = check_current(lake, ds, where_columns(where, ds.schema.names), what="rebalance", allow_stale=allow_stale)
+    # Concepts are read too: stale ones (rows embedded since) leave the new rows out of the candidates.
+    report_stale = check_current(lake, ds, where_columns(where, ds.schema.names) + ["concept", "concept_dist"],
+                                 what="rebalance", allow_stale=allow_stale)
     frags = ds.get_fragments()
     # Five passes over the rows (a first look, the complexity's two, the keep rule's two).
     bar = progress_bar(total=5 * ds.count_rows(), desc="rebalance", unit="row", progress=progress)
@@ -599,9 +601,13 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     where = check_where(where, "--where", ds)
     if where is None:
         where = default_view(names)
-    check_current(lake, ds, where_columns(where, names), what="sequence", allow_stale=allow_stale)
+    if score is not None and mode != "curriculum":  # (ignored, yet recorded in the order's provenance)
+        raise LakeError(f"--score orders a curriculum; --mode {mode} does not read it: drop it or use --mode curriculum")
     if mode == "interleave" and "concept" not in names:
         raise LakeError(f"interleaving needs concepts; run: lakecurate cluster {lake.shell}")
+    read = where_columns(where, names) + (["concept"] if mode == "interleave" else [])
+    read += [score.lstrip("-")] if mode == "curriculum" and score and score.lstrip("-") in names else []
+    check_current(lake, ds, read, what="sequence", allow_stale=allow_stale)
     desc = bool(score and score.startswith("-"))
     score_col = score.lstrip("-") if score else None
     if mode == "curriculum":

@@ -511,3 +511,25 @@ def test_curate_refuses_a_stale_feature_and_a_dropped_input_makes_it_stale(sampl
     assert CliRunner().invoke(main, ["feature", "drop", lake.uri, "dbl"]).exit_code == 0
     keep = next(s for s in graph.states(lake) if s.node.columns[0] == "keep")
     assert keep.state == "stale" and "its input dbl is no longer in the table" in " ".join(keep.reasons)
+
+
+def test_rebalance_and_sequence_refuse_stale_concepts(rebalanced: Lake, tmp_path: Path):
+    """New rows embedded and curated after clustering: rebalance kept among the old rows only ("kept
+    20 of 40 candidates" with 84 kept) and sequence interleaved the new ones as "no concept", both
+    without a word; only export refused, after the decisions were written."""
+    src = tmp_path / "more"
+    src.mkdir()
+    for f in sorted(SAMPLE_DATA.glob("brick*"))[:2]:
+        shutil.copy(f, src / f.name)
+    rebalanced.ingest(src, progress=False)
+    rebalanced.embed("tiny-random", workers=0, progress=False)
+    rebalanced.curate(LOOSE, progress=False)
+    v = rebalanced.version
+    with pytest.raises(LakeError, match=r"rebalance would use stale decisions .*concepts .*lakecurate cluster"):
+        rebalanced.rebalance(0.7)
+    with pytest.raises(LakeError, match=r"sequence would use stale decisions .*concepts"):
+        rebalanced.sequence("interleave", where="keep")
+    with pytest.raises(LakeError, match="--score orders a curriculum; --mode random does not read it"):
+        rebalanced.sequence("random", score="nosuchcolumn")
+    assert rebalanced.version == v
+    assert rebalanced.rebalance(0.7, allow_stale=True).rows > 0  # as asked, with the warning
