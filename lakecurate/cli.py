@@ -720,8 +720,8 @@ def rebalance(lake: str, target: float | int, temperature: float, rule: str, max
     rep = open_lake(lake).rebalance(target, temperature=temperature, rule=rule,
                                     max_repeats=max_repeats, where=where, seed=seed, allow_stale=allow_stale,
                                     engine=engine)
-    for note in rep.stale:
-        click.echo(f"warning: rebalanced with --allow-stale: {note}", err=True)
+    for note in rep.stale:  # (an incomplete input is a warning without --allow-stale too: name the flag only if given)
+        click.echo(f"warning: rebalanced{' with --allow-stale' if allow_stale else ''} although {note}", err=True)
     if as_json:
         echo_json(rep)
         return
@@ -796,7 +796,7 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
                                  blur_faces=blur_faces, caption_mix=caption_mix, mix_seed=mix_seed,
                                  mix_both=caption_mix_both, engine=engine, image_ext=image_ext)
     for note in rep.stale:
-        click.echo(f"warning: exported with --allow-stale: {note}", err=True)
+        click.echo(f"warning: exported{' with --allow-stale' if allow_stale else ''} although {note}", err=True)
     if as_json:
         echo_json(rep)
         return
@@ -1430,7 +1430,7 @@ def demo(lake_uri: str, source: str, model: str) -> None:
         raise click.ClickException(
             f"'{source}' is not a folder; run this from the lakecurate checkout or pass --source PATH"
         )
-    lake = Lake.create(lake_uri)
+    lake = open_lake(lake_uri, create=True)  # on --branch when given (it wrote to main, ignoring it)
     overrides: dict[str, dict[str, Any]] = {"ingest": {"sources": [os.path.abspath(source)]}}
     try:
         spec = resolve(model)

@@ -192,3 +192,15 @@ def test_library_refuses_the_same_numbers(curated: str, tmp_path: Path):
         lake.search(b"\xff\xfe".decode("utf-8", "surrogateescape"), k=1)  # what argv holds for such bytes
     assert len(lake.search("a photo of cat.jpg", k=1)) == 1  # words around a file name: a caption search
     assert len(lake.search("IMG_1234.jpg", k=1)) == 1  # a bare file name: the captions caption_filename catches
+
+
+def test_demo_on_a_branch_leaves_main_alone(runner: CliRunner, tmp_path: Path, monkeypatch):
+    """`--branch exp demo` wrote main, ignoring --branch."""
+    monkeypatch.chdir(REPO)
+    lake = Lake.create(tmp_path / "demo")
+    lake.ingest(REPO / "sample_data", progress=False)
+    lake.create_branch("exp")
+    v = lake.version
+    res = runner.invoke(main, ["--branch", "exp", "demo", "--lake", lake.uri])
+    assert res.exit_code == 0, res.output
+    assert lake.version == v and Lake.open(lake.uri, branch="exp").version > v  # the branch got the work
