@@ -272,7 +272,8 @@ class Lake(Store):
                     "provenance": field_provenance(field, strict=False)}  # what can be read, never a KeyError
                    for field in ds.schema]
         status = ds.to_table(columns=["ingest_status"]).column("ingest_status").value_counts()
-        tags = {name: t["version"] for name, t in ds.tags.list().items()}
+        # this branch's tags: another branch's tag names a version of that branch (main has no v35 of exp's)
+        tags = {name: t["version"] for name, t in ds.tags.list().items() if t.get("branch") == self.branch}
         versions = ds.versions()
         return {
             "uri": self.uri,

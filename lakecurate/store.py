@@ -234,8 +234,9 @@ class Store:
             else:
                 spans.append([n, n])
         have = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans) or "none"
+        on = f" --branch {shlex.quote(branch)}" if branch else ""  # (the hint showed main's versions)
         return (f"version {number} is not a version of lake '{self.uri}' (branch {branch or 'main'} has versions {have}); "
-                f"see: lakecurate log {self.shell}")
+                f"see: lakecurate{on} log {self.shell}")
 
     def _ref(self, ref: str) -> tuple[str | None, int | str | None]:
         """(branch, None for main; then a version number, a tag, or None for the branch's latest) of a

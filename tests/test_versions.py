@@ -143,3 +143,18 @@ def test_branch_refusals_are_one_line(versioned: Lake):
     with pytest.raises(LakeError, match="not only digits"):  # "12" named main's version 12 wherever used
         lake.create_branch("12")
     assert sorted(lake.branches()) == ["exp", "sub"]
+
+
+def test_info_lists_this_branch_s_tags_and_version_hints_name_the_branch(versioned: Lake):
+    """info on main listed exp's tag as main's version; a version error on a branch said
+    `lakecurate log LAKE`, which shows main's versions."""
+    lake = versioned
+    exp = lake.create_branch("exp")
+    exp.append(synthetic_pairs(500, 2))
+    exp.tag("exp-t1")
+    assert "exp-t1" not in lake.info()["tags"] and "raw" in lake.info()["tags"]
+    assert exp.info()["tags"] == {"exp-t1": exp.version}
+    with pytest.raises(LakeError, match="see: lakecurate --branch exp log "):
+        exp.dataset(9999)
+    with pytest.raises(LakeError, match="see: lakecurate log "):
+        lake.dataset(9999)
