@@ -384,6 +384,11 @@ def json_ready(part: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     return pa.table(out, names=part.column_names), used
 
 
+# export()'s parameters that are not settings of its contents: where the rows come from and go,
+# and how the work is spread (the manifest records the version and format on their own).
+_NOT_SETTINGS = frozenset({"lake", "dest", "format", "version", "overwrite", "engine", "address"})
+
+
 def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where: str | None = None,
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
            shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False,
@@ -417,12 +422,11 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         lake.export("curated.parquet", "parquet", version="basic-1a2b3c4d-v12")
         lake.export("mds/", "mds")                       # mds/index.json, mds/shard.00000.mds ...
     """
-    t0 = time.perf_counter()
     # What decides the export's contents, as asked: its manifest records them, so a pipeline can
-    # tell a changed setting from an export that is current (engine and address change no byte).
-    settings = {"where": where, "repeats": repeats, "caption": caption, "shard_size": shard_size,
-                "allow_stale": allow_stale, "blur_faces": blur_faces, "caption_mix": caption_mix,
-                "mix_seed": mix_seed, "mix_both": mix_both, "image_ext": image_ext}
+    # tell a changed setting from an export that is current. Read from the signature, so that a new
+    # parameter is recorded unless it is listed in _NOT_SETTINGS (engine and address change no byte).
+    settings = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS}
+    t0 = time.perf_counter()
     check_engine(engine)
     if engine == "ray" and format != "webdataset":
         raise LakeError(f"--engine ray writes WebDataset shards (one task a shard); --format {format} is written "
