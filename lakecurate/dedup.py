@@ -70,6 +70,7 @@ for all changed fragments in one commit.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -91,6 +92,7 @@ from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs,
 from lakecurate.options import whole
 from lakecurate.progress import progress_bar
 from lakecurate.schema import EVIDENCE_TABLE
+from lakecurate.store import retry_on_conflict
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
 from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
 
@@ -784,8 +786,12 @@ def dedup(
     final_size = size[np.searchsorted(heads, final.best)].astype(np.int32)
     ids = _Ids(ds, np.concatenate([final.rows, *(g.best for w in written.values() for g in w.values()),
                                    *(e[c] for e in evidence.values() for c in (0, 1))]))
-    linked_pairs = _merged_evidence(lake, ids, evidence, replaced, ds.version) if evidence or replaced else None
+    linked_pairs = _merged_evidence(lake, ds, ids, evidence, replaced, ds.version) if evidence or replaced else None
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
+    # Written before the decision, as a new version of the evidence table that dup_group's metadata
+    # then names (_pin_evidence): what reads the evidence of a version reads that one's (after a
+    # restore too), and a run killed before its decision landed leaves the pinned version as it was.
+    evidence_version = lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite") if linked_pairs is not None else None
     reason = _reasons(ids, final.rows[dropped], final.best[dropped], use, groups, inliers)
     final_prov = columns.provenance(
         "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": embedding_columns(emb)["score"] if emb else None,
@@ -827,8 +833,9 @@ def dedup(
         for mr in report.methods:
             if family.names[0] == group_columns(mr.method)[0]:
                 mr.fragments_written = fw
-    if linked_pairs is not None:  # after the decision it explains has landed
-        lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")
+    if evidence_version is not None and report.versions:  # the decision that landed names its evidence
+        report.versions.append(_pin_evidence(lake, evidence_version))
+    # (A run that committed nothing left the decision as it was: the pinned links still explain it.)
     report.dropped = int(dropped.sum())
     report.kept = n - report.dropped
     report.seconds = time.perf_counter() - t_start
@@ -871,10 +878,60 @@ EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string
                              pa.field("version", pa.int64())])
 
 
-def _merged_evidence(lake: "Store", ids: _Ids, evidence: dict[str, Evidence], replaced: set[str],
+# dup_group's field metadata key naming the version of the evidence table (and whose table: main's or
+# a branch's) that its run wrote: the links that explain the decision a lake version holds.
+EVIDENCE_KEY = "lakecurate:evidence"
+
+
+def _pin_evidence(lake: "Store", version: int) -> int:
+    pin = {EVIDENCE_KEY: json.dumps({"branch": lake.branch, "version": int(version)})}
+
+    def commit() -> int:
+        ds = lake.dataset()
+        ds.update_field_metadata({"dup_group": pin})
+        return ds.version
+
+    return retry_on_conflict(commit)
+
+
+def evidence_dataset(lake: "Store", ds: Any) -> Any:
+    """The ``dup_pairs`` table that explains the decision of ``ds`` (a version of the lake), or
+    None: the version its dedup run wrote, pinned in ``dup_group``'s metadata, so that after a
+    restore (or on a branch made from main) the links are those of the decision held, not of a later
+    run. Before any dedup there is none. A lake whose decision has no pin (an older lakecurate made
+    it), or whose pinned version cleanup removed: the latest of this branch's table."""
+    if "dup_group" not in ds.schema.names:
+        return None
+    raw = (ds.schema.field("dup_group").metadata or {}).get(EVIDENCE_KEY.encode())
+    try:
+        pin = json.loads(raw) if raw else None
+    except ValueError:
+        pin = None
+    if isinstance(pin, dict) and isinstance(pin.get("version"), int) and isinstance(pin.get("branch"), (str, type(None))):
+        pinned = lake.side_dataset(EVIDENCE_TABLE, branch=pin["branch"], version=pin["version"])
+        if pinned is not None:
+            return pinned
+    return lake.side_dataset(EVIDENCE_TABLE)
+
+
+def restore_evidence(lake: "Store") -> int | None:
+    """After a restore: make the latest version of this branch's ``dup_pairs`` the one the restored
+    decision names, for what opens the table itself (LanceDB). Returns its new version, or None
+    when it already was (or the decision has no evidence)."""
+    ds = lake.dataset()
+    held, latest = evidence_dataset(lake, ds), lake.side_dataset(EVIDENCE_TABLE)
+    if "dup_group" not in ds.schema.names and latest is not None and latest.count_rows():
+        return lake.write_side(EVIDENCE_TABLE, EVIDENCE_SCHEMA.empty_table(), mode="overwrite")  # before any dedup
+    if held is None or (latest is not None and held.uri == latest.uri and held.version == latest.version):
+        return None
+    return lake.write_side(EVIDENCE_TABLE, held.to_table().cast(EVIDENCE_SCHEMA), mode="overwrite")
+
+
+def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evidence], replaced: set[str],
                      version: int) -> pa.Table:
     """The ``dup_pairs`` table after this run: the stored links of methods this run did not
-    recompute, plus this run's (a pair found again keeps this run's row)."""
+    recompute (those that explain the decision it read: :func:`evidence_dataset`), plus this run's
+    (a pair found again keeps this run's row)."""
     parts = []
     for m, (i, j, score, detail) in evidence.items():
         a, b = ids.of(i), ids.of(j)
@@ -886,7 +943,7 @@ def _merged_evidence(lake: "Store", ids: _Ids, evidence: dict[str, Evidence], re
                                "detail": pa.array(detail, pa.string()),
                                "version": pa.array(np.full(len(lo), version), pa.int64())}, schema=EVIDENCE_SCHEMA))
     new = pa.concat_tables(parts) if parts else EVIDENCE_SCHEMA.empty_table()
-    old_ds = lake.side_dataset(EVIDENCE_TABLE)
+    old_ds = evidence_dataset(lake, ds)
     if old_ds is None:
         return new
     old = old_ds.to_table().cast(EVIDENCE_SCHEMA)
@@ -897,12 +954,13 @@ def _merged_evidence(lake: "Store", ids: _Ids, evidence: dict[str, Evidence], re
     return pa.concat_tables([old.filter(pc.invert(drop)), new])
 
 
-def dup_pairs(lake: "Store", ids: Sequence[str] | None = None) -> "pd.DataFrame":
+def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | str | None = None) -> "pd.DataFrame":
     """Why rows are one group: every link the dedup runs found (``a`` < ``b`` ids, ``method``,
     ``score``: differing bits for phash/copy, cosine for semantic/caption, inliers for verify, null
     for exact; ``detail`` in words; ``version``: the lake version the run read), or only the links
-    touching ``ids``. Empty (same columns) before the first dedup."""
-    ds = lake.side_dataset(EVIDENCE_TABLE)
+    touching ``ids``; those that explain the decision of the lake's ``version`` (default: the
+    latest). Empty (same columns) before the first dedup."""
+    ds = evidence_dataset(lake, lake.dataset(version))
     if ds is None:
         return EVIDENCE_SCHEMA.empty_table().to_pandas()
     tbl = ds.to_table().cast(EVIDENCE_SCHEMA)

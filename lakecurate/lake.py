@@ -64,12 +64,22 @@ class Lake(Store):
 
         return dedup(self, [methods] if isinstance(methods, str) else list(methods), produce=self._produce, **options)
 
-    def dup_pairs(self, ids: Any = None) -> Any:
+    def dup_pairs(self, ids: Any = None, version: int | str | None = None) -> Any:
         """The links dedup found (``dup_pairs``: a, b, method, score, detail, version) as pandas, all
-        of them or those touching ``ids``; see :func:`lakecurate.dedup.dup_pairs`."""
+        of them or those touching ``ids``, that explain the decision of ``version`` (default: the
+        latest); see :func:`lakecurate.dedup.dup_pairs`."""
         from lakecurate.dedup import dup_pairs
 
-        return dup_pairs(self, ids)
+        return dup_pairs(self, ids, version)
+
+    def restore(self, version: int | str) -> int:
+        """Go back (see :meth:`lakecurate.store.Store.restore`); the ``dup_pairs`` table's latest
+        version becomes the evidence of the decision restored, for those who open it with LanceDB."""
+        from lakecurate.dedup import restore_evidence
+
+        new = super().restore(version)
+        restore_evidence(self)
+        return new
 
     def curate(self, recipe: Any, **options: Any) -> Any:
         """Apply a filter recipe (TOML path or dict): ``keep``/``drop_reason`` + a tag; see :func:`lakecurate.curate.curate`."""

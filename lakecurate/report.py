@@ -384,7 +384,7 @@ class _Builder:
         strongest evidence first, as lines a person reads beside the thumbnails."""
         from lakecurate.dedup import dup_pairs
 
-        links = dup_pairs(self.lake, members["id"].tolist())
+        links = dup_pairs(self.lake, members["id"].tolist(), version=self.version)
         if links.empty:
             return {}
         group_of = dict(zip(members["id"], members["dup_group"]))

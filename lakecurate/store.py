@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import lance
 import lance.fragment
@@ -430,15 +430,20 @@ class Store:
         return set(tbl.column("id").to_pylist())
 
     # ----------------------------------------------------------------- side tables
-    def side_uri(self, name: str, *, per_branch: bool = True) -> str:
+    def side_uri(self, name: str, *, per_branch: bool = True, branch: str | None | Literal[False] = False) -> str:
         """A table beside ``pairs`` in the lake (``LAKE/<name>.lance``; LanceDB lists it too). With
-        ``per_branch`` a branch gets its own (``<name>-<branch>``): what describes a branch's rows."""
-        return _join(self.uri, f"{name}-{self.branch}.lance" if per_branch and self.branch else f"{name}.lance")
+        ``per_branch`` a branch gets its own (``<name>-<branch>``): what describes a branch's rows;
+        ``branch`` names another branch's (None: main's) than this store's."""
+        branch = self.branch if branch is False else branch
+        return _join(self.uri, f"{name}-{branch}.lance" if per_branch and branch else f"{name}.lance")
 
-    def side_dataset(self, name: str, *, per_branch: bool = True) -> lance.LanceDataset | None:
-        """The side table ``name`` at its latest version, or None when there is none yet."""
+    def side_dataset(self, name: str, *, per_branch: bool = True, branch: str | None | Literal[False] = False,
+                     version: int | None = None) -> lance.LanceDataset | None:
+        """The side table ``name`` (of ``branch``, see :meth:`side_uri`) at its latest version or at
+        ``version``, or None when there is none (yet, or any more: cleanup removed that version)."""
         try:
-            return lance.dataset(self.side_uri(name, per_branch=per_branch), storage_options=self.storage_options)
+            return lance.dataset(self.side_uri(name, per_branch=per_branch, branch=branch), version=version,
+                                 storage_options=self.storage_options)
         except (ValueError, OSError, FileNotFoundError):
             return None
 

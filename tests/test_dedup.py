@@ -745,3 +745,34 @@ def test_a_run_that_changes_no_decision_leaves_dedup_current(sample_lake_embedde
     v = lake.version
     lake.dedup(["exact", "semantic"], semantic_threshold=0.99, progress=False)  # and a re-run commits nothing
     assert lake.version == v
+
+
+def test_a_restore_brings_back_the_evidence_of_the_decision_it_restores(lake: Lake, tmp_path: Path):
+    """dup_pairs is a side table rewritten by every dedup: after a restore it still held the later
+    run's links (rows the lake no longer has), and the next dedup merged them in for the methods
+    it did not recompute. The decision names the evidence version its run wrote."""
+    import lancedb
+
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.dedup(["exact"], progress=False)
+    first = lake.dup_pairs()
+    assert len(first) and set(first["method"]) == {"exact"}
+    before = lake.version
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", other / "cat.jpg")
+    (other / "cat.txt").write_text(SAMPLE_DATA.joinpath("chelsea.txt").read_text())  # an exact copy
+    lake.ingest(other, progress=False)
+    lake.dedup(["exact"], progress=False)
+    cat = lake.sql("SELECT id FROM pairs WHERE key LIKE '%cat%'")["id"].tolist()
+    assert len(lake.dup_pairs(cat)) == 1 and len(lake.dup_pairs()) == len(first) + 1
+    assert len(lake.dup_pairs(version=before)) == len(first)  # an older version: its own evidence
+
+    lake.restore(before)
+    assert lake.count() == lake.dataset(before).count_rows()
+    assert lake.dup_pairs().sort_values(["a", "b"]).reset_index(drop=True).equals(
+        first.sort_values(["a", "b"]).reset_index(drop=True))
+    assert len(lancedb.connect(lake.uri).open_table("dup_pairs").to_pandas()) == len(first)  # LanceDB's view too
+    lake.dedup(["exact", "phash"], progress=False)  # exact is incremental here: its stored links are merged
+    assert lake.dup_pairs(cat).empty
+    assert set(lake.dup_pairs()["method"]) <= {"exact", "phash"}
