@@ -31,7 +31,7 @@ from lakecurate import columns
 from lakecurate.columns import LanceVectors, column_valid, embedding_matrix
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, commit_decisions, where_columns, write_decisions
+from lakecurate.graph import check_current, check_embedded, commit_decisions, where_columns, write_decisions
 from lakecurate.names import default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
@@ -62,10 +62,14 @@ def default_k(n: int) -> int:
     return int(max(2, min(4096, round(np.sqrt(n)))))
 
 
-def _embedding(lake: "Store", embedding: str | None) -> str:
+def _embedded(lake: "Store", embedding: str | None) -> str:
+    """The embedding cluster fits, refused while rows lack it (they got no concept, silently)."""
     from lakecurate.names import pick_embedding
 
-    return pick_embedding(lake, lake.dataset(), embedding, need="concepts cluster the image embeddings")[0]
+    emb, prov = pick_embedding(lake, lake.dataset(), embedding, need="concepts cluster the image embeddings")
+    check_embedded(lake, lake.dataset(), emb, prov, kind="image",
+                   need="every row gets a concept (they would have none)", then="cluster")
+    return emb
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -351,7 +355,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         k = whole("-k", k, 1)
     seed = whole("--seed", seed, 0)
     check_engine(engine)
-    emb = _embedding(lake, embedding)
+    emb = _embedded(lake, embedding)
     ds = lake.dataset()
     col = embedding_columns(emb)["image"]
     # The vectors are sampled and streamed (columns.LanceVectors), never read whole.

@@ -54,7 +54,7 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import embed_command, no_producer, not_current, where_columns
+from lakecurate.graph import check_embedded, no_producer, not_current, where_columns
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
@@ -767,17 +767,7 @@ def _embedding(lake: "Store", recipe: Recipe) -> tuple[str, dict]:
 def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any]) -> None:
     """Scores need a model, so curate cannot make them: live rows without one (fragments ``embed``
     has not filled) are named, and curate stops before it writes anything."""
-    todo = columns.fragments_to_fill(lake.dataset(), embedding_columns(prefix)["score"])
-    missing = sum(f.count_rows() for f in todo)
-    if not missing:
-        return
-    first: list[dict[str, Any]] = []
-    for frag in todo:
-        if len(first) < 3:
-            first += frag.to_table(columns=["id", "key"], limit=3 - len(first)).to_pylist()
-    rows = ", ".join(f"{r['id']} ({r['key']})" for r in first) + (", ..." if missing > len(first) else "")
-    raise LakeError(f"{missing} rows of lake '{lake.uri}' have no {prefix} score yet ({rows}) and the alignment "
-                    f"step needs one; run: {embed_command(lake, prefix, prov)}, then curate again")
+    check_embedded(lake, lake.dataset(), prefix, prov, kind="score", need="the alignment step needs one", then="curate")
 
 
 def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None, progress: bool | None,

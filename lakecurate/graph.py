@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import field_provenance, fragments_to_fill, has_data
 from lakecurate.errors import LakeError
-from lakecurate.names import PRODUCERS, RECIPES, TINY_RANDOM, Produce
+from lakecurate.names import PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -566,6 +566,29 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
     else:
         model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
     return f"{_lakecurate(lake)} embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
+
+
+def check_embedded(lake: "Store", ds: "lance.LanceDataset", prefix: str, prov: dict[str, Any], *, kind: str,
+                   need: str, then: str) -> None:
+    """Refuse, before any write, a stage that reads the ``kind`` column ("image", "score"...) of
+    embedding ``prefix`` (provenance ``prov``) while live rows lack it (fragments ``embed`` has not
+    filled: rows ingested since): the error names a few of them and the embed command, then the
+    stage (``then``) to run again. Rows whose embedding failed (an ``_error``) were filled: they
+    are not named."""
+    column = embedding_columns(prefix)[kind]
+    todo = fragments_to_fill(ds, column)
+    missing = sum(f.count_rows() for f in todo)
+    if not missing:
+        return
+    first: list[dict[str, Any]] = []
+    for frag in todo:
+        if len(first) < 3:
+            first += frag.to_table(columns=["id", "key"], limit=3 - len(first)).to_pylist()
+    rows = ", ".join(f"{r['id']} ({r['key']})" for r in first) + (", ..." if missing > len(first) else "")
+    what = {"image": "image embedding", "text": "text embedding"}.get(kind, kind)
+    raise LakeError(f"{missing} rows of lake '{lake.uri}' have no {prefix} {what} yet ({rows}) and {need}; "
+                    f"run: {embed_command(lake, prefix, prov)}, "
+                    f"then {then} again")
 
 
 def _lakecurate(lake: "Store") -> str:

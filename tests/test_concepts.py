@@ -20,7 +20,7 @@ from lakecurate.concepts import budgets, complexity
 from lakecurate.export import spread_copies
 from lakecurate.plant import first_captions, plant_skew
 
-from .conftest import pair_rows
+from .conftest import SAMPLE_DATA, pair_rows
 
 
 def test_budgets_literal():
@@ -401,3 +401,22 @@ def test_rebalance_of_a_single_concept(tmp_path: Path):
     rep = lake.rebalance(0.5, allow_stale=True)
     assert rep.k == 1 and rep.rows == 50 and rep.kept == 25
     assert lake.to_pandas(["rebalance_keep"])["rebalance_keep"].sum() == 25
+
+
+def test_cluster_refuses_rows_not_embedded_yet(sample_lake_embedded: Lake, tmp_path: Path):
+    """Rows ingested after the embed got no concept from a cluster run (null, no warning), and
+    what was built on it left them out. It is refused before a write, naming them and the embed."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "late.jpg")
+    (more / "late.txt").write_text("a photo ingested after the embed")
+    lake.ingest(more, progress=False)
+    before = lake.version
+    with pytest.raises(LakeError, match=r"1 rows of lake .* have no clip_tinyrandom image embedding yet \(.*late.*\) and every row "
+                                        r"gets a concept .*run: lakecurate embed .* --model tiny-random, then cluster again"):
+        lake.cluster(2)
+    assert lake.version == before and "concept" not in lake.dataset().schema.names
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    lake.cluster(2)
+    assert lake.sql("SELECT COUNT(*) AS n FROM pairs WHERE concept IS NULL AND clip_tinyrandom_error IS NULL")["n"][0] == 0

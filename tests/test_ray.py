@@ -147,7 +147,8 @@ def test_cluster_assignment_on_ray_equals_local(tmp_path: Path):
     got = {}
     for engine in ("local", "ray"):
         lake = _two_fragments_embedded(tmp_path / engine, 30)
-        lake.append(pair_rows(100, 5))  # a third, without vectors: no concept
+        lake.append(pair_rows(100, 5, image=b"not an image"))  # a third, whose images give no vector: no concept
+        lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
         rep = lake.cluster(k=3, engine=engine)
         assert rep.rows == lake.count() - 5 - lake.count("ingest_status = 'error'")
         got[engine] = lake.dataset().to_table(columns=["id", "concept", "concept_dist"]).sort_by("id").to_pydict()
