@@ -625,6 +625,10 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     if not (ds.count_rows(filter=where) if where else ds.count_rows()):  # it wiped the order there was, exit 0
         raise LakeError(f"no rows to order in lake '{lake.uri}'" + (f" where {where}" if where else "")
                         + "; check --where (nothing was written)")
+    if mode == "interleave" and not ds.count_rows(filter=f"({where}) AND concept IS NOT NULL" if where else "concept IS NOT NULL"):
+        raise LakeError(f"interleave takes turns among concepts, and no row to order in lake '{lake.uri}'"
+                        + (f" (where {where})" if where else "") + " has one (rows without an image embedding get "
+                        f"none); run: lakecurate cluster {lake.shell}, or use --mode random (nothing was written)")
     cols = (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])  # no ids: addresses
     frags = ds.get_fragments()
     bar = progress_bar(total=2 * ds.count_rows(), desc="sequence", unit="row", progress=progress)  # keyed, written

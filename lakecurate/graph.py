@@ -619,6 +619,13 @@ def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],
     return bad
 
 
+def blocks(s: NodeState) -> bool:
+    """Whether what is built on ``s`` must not be used: it is stale, or it is a global stage's
+    decision that no run finished (declared, then killed before its commit: its nulls mean
+    nothing). A per-row stage's rows not computed yet only make it incomplete."""
+    return s.state == "stale" or (s.state == "incomplete" and not s.node.per_row)
+
+
 def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str], *, what: str,
                   allow_stale: bool = False, incomplete_ok: bool = True) -> list[str]:
     """Refuse (LakeError) to let ``what`` use ``columns`` when a node behind them is stale; with
@@ -627,7 +634,7 @@ def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str
     bad = not_current(lake, ds, columns)
     msgs = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}{', ...' if len(s.node.columns) > 3 else ''}) is "
             f"{s.state}: {s.reasons[0]}" for s in bad]
-    blocking = [s for s in bad if s.state == "stale" or not incomplete_ok]
+    blocking = [s for s in bad if blocks(s) or not incomplete_ok]
     if blocking and not allow_stale:
         first = blocking[0]
         raise LakeError(f"{what} would use stale decisions on lake '{lake.uri}': {msgs[bad.index(first)]}; "
@@ -646,10 +653,10 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
     all_states = states(lake, ds) if present else []  # one reading of the graph for every candidate
     notes: list[str] = []
     for col in present:
-        bad = [s for s in not_current(lake, ds, [col], all_states) if s.state == "stale"]
+        bad = [s for s in not_current(lake, ds, [col], all_states) if blocks(s)]
         if not bad:
             return col, notes
-        why = f"{bad[0].node.stage} is stale ({bad[0].reasons[0]}); re-run: {bad[0].fix}"
+        why = f"{bad[0].node.stage} is {bad[0].state} ({bad[0].reasons[0]}); re-run: {bad[0].fix}"
         # the last candidate is used all the same: the note says so (it said "skipped" while in use)
         notes.append(f"{col} skipped: {why}" if col != present[-1] else f"{col} used though no decision is current: {why}")
     return (present[-1] if present else None), notes

@@ -223,6 +223,7 @@ def clustered(sample_lake_embedded: Lake, tmp_path_factory) -> Lake:
     ("sequence", {"shard_size": 2.5}, "--shard-size"),
     ("sequence", {"seed": -1}, "--seed"),
     ("sequence", {"where": "id = 'none'"}, "no rows to order"),  # wrote every seq_order null, exit 0
+    ("sequence", {"mode": "interleave", "where": "concept IS NULL"}, "interleave takes turns among concepts, and no row"),  # a random order
     ("cluster", {"k": 27, "recompute": True}, "-k 27 asks for more concepts than"),  # 26 rows: empty concepts
 ])
 def test_bad_numbers_are_refused_before_any_write(clustered: Lake, stage: str, options: dict, option: str):
@@ -420,3 +421,28 @@ def test_cluster_refuses_rows_not_embedded_yet(sample_lake_embedded: Lake, tmp_p
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     lake.cluster(2)
     assert lake.sql("SELECT COUNT(*) AS n FROM pairs WHERE concept IS NULL AND clip_tinyrandom_error IS NULL")["n"][0] == 0
+
+def test_concepts_declared_by_a_killed_run_are_not_used(clustered: Lake, tmp_path: Path, monkeypatch):
+    """A `cluster --recompute` killed between declaring its columns and its commit leaves every
+    concept null: that was only "incomplete", so rebalance, sequence and export warned and went on
+    (interleaving zero concepts). A decision no run finished is refused like a stale one."""
+    from lakecurate import concepts as concepts_module
+
+    lake = Lake.open(shutil.copytree(clustered.uri, tmp_path / "lake"))
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("kill -9")
+    monkeypatch.setattr(concepts_module, "write_decisions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lake.cluster(3, recompute=True)
+    monkeypatch.undo()
+    assert lake.count("concept IS NOT NULL") == 0
+    for call in (lambda: lake.rebalance(0.5), lambda: lake.sequence("interleave"),
+                 lambda: lake.export(tmp_path / "out", "parquet")):
+        with pytest.raises(LakeError, match=r"concepts \(concept, concept_dist\) is incomplete: concept was declared .* "
+                                            r"no run wrote its values.*re-run it: lakecurate cluster .* -k 3"):
+            call()
+    assert not (tmp_path / "out").exists()
+    lake.cluster(3)  # the same settings again finish it
+    lake.rebalance(0.5)
+    assert lake.count("concept IS NULL") == lake.count("clip_tinyrandom_image IS NULL")
