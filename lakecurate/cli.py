@@ -567,11 +567,14 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
 @click.option("--redact", is_flag=True, help="caption_redacted: the caption with e-mail addresses and phone numbers "
                                               "replaced (what a recipe with redact = true writes).")
 @click.option("--workers", type=WORKERS, help="Decode processes (default: every core).")
+@click.option("--recompute", is_flag=True, help="Every row again, not only new ones: the chosen kinds' columns are "
+                                                 "replaced (e.g. made by an older lakecurate).")
 @json_option
 @_friendly_errors
 def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, text: bool, redact: bool,
-                workers: int | None, as_json: bool) -> None:
-    """Compute per-row signal columns of LAKE where they are missing (new rows only on a re-run).
+                workers: int | None, recompute: bool, as_json: bool) -> None:
+    """Compute per-row signal columns of LAKE where they are missing (new rows only on a re-run;
+    --recompute: every row).
 
     Recipes compute the signals they need by themselves; this computes them ahead (or the ones no
     recipe step asked for yet, such as faces before export --blur-faces).
@@ -582,7 +585,7 @@ def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, 
                              ("redact", redact)) if on]
     if not kinds:
         raise click.UsageError("no signal chosen; e.g. lakecurate signals LAKE --faces")
-    done = open_lake(lake).signals(kinds, workers=workers)
+    done = open_lake(lake).signals(kinds, workers=workers, recompute=recompute)
     if as_json:
         echo_json(done)
         return

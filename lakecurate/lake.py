@@ -88,30 +88,30 @@ class Lake(Store):
         return curate(self, recipe, produce=self._produce, **options)
 
     def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
-                 engine: str = "local", **options: Any) -> int:
+                 engine: str = "local", recompute: bool = False, **options: Any) -> int:
         """Run the producer ``stage`` a consuming stage asked for (stages never call stages); returns
         the rows it computed (0: its columns were already filled). ``engine``: where per-row
-        producers run ("local" or "ray")."""
+        producers run ("local" or "ray"); ``recompute`` (per-row producers): every row again."""
         from lakecurate import signals
 
         if stage == "caption_signals":
-            return signals.compute_caption_signals(self, progress=progress, engine=engine)
+            return signals.compute_caption_signals(self, progress=progress, engine=engine, recompute=recompute)
         if stage == "image_signals":
-            return signals.compute_image_signals(self, workers=workers, progress=progress, engine=engine)
+            return signals.compute_image_signals(self, workers=workers, progress=progress, engine=engine, recompute=recompute)
         if stage == "copy_signals":
-            return signals.compute_copy_hashes(self, workers=workers, progress=progress, engine=engine)
+            return signals.compute_copy_hashes(self, workers=workers, progress=progress, engine=engine, recompute=recompute)
         if stage == "redact":
-            return signals.compute_redacted(self, engine=engine)
+            return signals.compute_redacted(self, engine=engine, recompute=recompute)
         if stage == "text":
             from lakecurate.imagetext import compute_text
 
-            return compute_text(self, workers=workers, progress=progress, engine=engine)
+            return compute_text(self, workers=workers, progress=progress, engine=engine, recompute=recompute)
         if stage == "faces":
             from lakecurate.faces import compute_faces
 
-            return compute_faces(self, workers=workers, progress=progress, engine=engine)
+            return compute_faces(self, workers=workers, progress=progress, engine=engine, recompute=recompute)
         if stage == "dedup":
-            self.dedup(progress=progress, workers=workers, engine=engine, **options)
+            self.dedup(progress=progress, workers=workers, engine=engine, recompute=recompute, **options)
             return 1
         raise ValueError(f"no producer stage {stage!r}")
 
@@ -123,16 +123,19 @@ class Lake(Store):
 
     def signals(self, kinds: Sequence[str] = ("caption", "image"), **options: Any) -> dict[str, int]:
         """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``, ``text``,
-        ``redact`` (``caption_redacted``);
-        returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""
+        ``redact`` (``caption_redacted``); with ``recompute=True`` for every row again (the kinds'
+        columns dropped and declared anew: what an older lakecurate computed differently).
+        Returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""
         if isinstance(kinds, str):  # signals("caption"): one kind, not its letters
             kinds = [kinds]
         unknown = [k for k in kinds if k not in SIGNAL_KINDS]
         if unknown:
             raise LakeError(f"unknown signal kind(s) {', '.join(unknown)}; choose from {', '.join(SIGNAL_KINDS)}")
-        ignored = sorted(set(options) - {"progress", "workers", "engine"})
+        ignored = sorted(set(options) - {"progress", "workers", "engine", "recompute"})
         if ignored:  # (they were silently ignored)
-            raise LakeError(f"signals takes progress, workers and engine; not {', '.join(ignored)}")
+            raise LakeError(f"signals takes progress, workers, engine and recompute; not {', '.join(ignored)}")
+        if not isinstance(options.get("recompute", False), bool):
+            raise LakeError(f"recompute must be True or False, not {options['recompute']!r}")
         return {k: self._produce(SIGNAL_KINDS[k], **options) for k in kinds}
 
     def cluster(self, k: int | None = None, **options: Any) -> Any:

@@ -236,7 +236,7 @@ def test_params_must_be_json_values_and_signals_options_are_checked(multi: Lake)
     v = multi.version
     with pytest.raises(LakeError, match="params must be JSON values .*float\\(x\\)"):
         multi.add_feature("s", word_stats, inputs=["caption"], params={"scale": np.float32(1.5)}, progress=False)
-    with pytest.raises(LakeError, match="signals takes progress, workers and engine; not bogus, column"):
+    with pytest.raises(LakeError, match="signals takes progress, workers, engine and recompute; not bogus, column"):
         multi.signals(["redact"], column="caption_secret", bogus=1)
     assert multi.version == v
     assert multi.signals("caption", progress=False) == {"caption": multi.count()}  # one kind by name

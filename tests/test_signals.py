@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image, ImageFilter
 
@@ -227,3 +228,43 @@ def test_contacts_past_the_signal_head_are_counted_and_redacted():
     numbers = "1 " * 4090 + "john.doe@example.com a dog"
     assert "john.doe" not in redact(numbers) and redact(numbers).endswith("[email] a dog")
     assert caption_signals([numbers]).to_pydict()["cap_emails"] == [1]
+
+
+def test_signals_recompute_replaces_values_an_older_run_made(tmp_path, monkeypatch):
+    """cap_emails and cap_phones made before 34d9d24 undercount long captions, and signals had no
+    way to redo them: a re-run computes only new rows. --recompute redoes every row of the kinds
+    chosen (and only those), before which bad options are refused."""
+    import json
+
+    from click.testing import CliRunner
+
+    import lakecurate.signals as sig
+    from lakecurate import Lake, LakeError
+    from lakecurate.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (60 * i, 90, 30)).save(src / f"p{i}.jpg")
+        (src / f"p{i}.txt").write_text("a dog runs on the grass. " * 180 + f"mail u{i}@example.com")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    right = sig.caption_signals
+
+    def older(captions):  # what an older lakecurate wrote: the e-mail past 4096 characters unseen
+        t = right(captions)
+        return t.set_column(t.schema.get_field_index("cap_emails"), "cap_emails",
+                            pa.array([0] * t.num_rows, t.schema.field("cap_emails").type))
+    monkeypatch.setattr(sig, "caption_signals", older)
+    assert lake.signals(["caption", "image"], progress=False) == {"caption": 3, "image": 3}
+    monkeypatch.undo()
+    assert lake.signals(["caption"], progress=False) == {"caption": 0}  # a re-run: new rows only
+    assert lake.count("cap_emails = 1") == 0
+    with pytest.raises(LakeError, match="recompute must be True or False"):
+        lake.signals(["caption"], recompute="yes")
+    image_version = lake.dataset().schema.field("img_sharpness").metadata
+    out = CliRunner().invoke(main, ["signals", lake.uri, "--no-image", "--recompute", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == {"caption": 3}
+    assert lake.count("cap_emails = 1") == 3
+    assert lake.dataset().schema.field("img_sharpness").metadata == image_version  # a kind not chosen is left alone
