@@ -321,11 +321,14 @@ def fingerprint(path: str) -> str:
 
 
 def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], *, progress: bool | None = None,
-                  root: str | os.PathLike | None = None, engine: str = "local") -> tuple[EvalSet, "Store"]:
+                  root: str | os.PathLike | None = None, engine: str = "local",
+                  held_out: Callable[[list[str]], None] | None = None) -> tuple[EvalSet, "Store"]:
     """Ingest and embed the evaluation set into ``LAKE/eval_sets/<name>-<fingerprint>`` (kept for next time).
 
     ``root``: the folder a manifest's image paths must stay inside (default: the manifest's folder).
-    ``engine="ray"``: the ingest (a task per shard) and the embedding (Ray actors) run on Ray."""
+    ``engine="ray"``: the ingest (a task per shard) and the embedding (Ray actors) run on Ray.
+    ``held_out(content hashes)``: raises when the set is not held out; it is called after the
+    ingest and before the embedding, and a set this call began caching is then removed."""
     from lakecurate.encoders import spec_from_provenance
 
     src = os.path.abspath(os.fspath(path))
@@ -336,8 +339,20 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
         root = os.path.realpath(os.fspath(root))
         tag += "-" + hashlib.blake2b(root.encode(), digest_size=3).hexdigest()
     # The lake's own class (the facade) makes the side lake, so this view imports no stage.
-    side = type(lake).create(os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}"))
+    where = os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}")
+    new = "://" not in where and not os.path.exists(where)
+    side = type(lake).create(where)
     side.ingest(src, progress=False, engine=engine, **({"root": root} if root is not None else {}))
+    if held_out is not None:
+        try:
+            held_out(side.dataset().to_table(columns=["content_hash"], filter="content_hash IS NOT NULL")
+                     .column("content_hash").to_pylist())
+        except LakeError:
+            if new:  # refused: no cache of a set that cannot be used with this lake is left behind
+                import shutil
+
+                shutil.rmtree(where, ignore_errors=True)
+            raise
     spec = spec_from_provenance(prov)
     side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress, engine=engine)
     names = embedding_columns(spec.prefix)
@@ -465,14 +480,15 @@ def evaluate(
         raise LakeError(f"the proxy needs {caption_col} through the {emb} text tower ({text_col}), which lake "
                         f"'{lake.uri}' lacks; run: lakecurate embed {lake.shell} --model ... --caption-col {caption_col} "
                         f"(the model that made {emb})")
-    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root, engine=engine)
+    def held_out(hashes: list[str]) -> None:  # before the set is embedded (and cached)
+        overlap = set(hashes) & set(ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist())
+        if overlap:
+            raise LakeError(f"{len(overlap)} evaluation images are also in lake '{lake.uri}' (same content hash), "
+                            "so the evaluation would not be held out; remove them from the evaluation set or the lake")
 
+    ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root, engine=engine, held_out=held_out)
     pool = ds.to_table(columns=["id", embedding_columns(emb)["image"], text_col],
                        filter=f"{emb}_image IS NOT NULL AND {text_col} IS NOT NULL")
-    overlap = set(ev.hashes) & set(ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist())
-    if overlap:
-        raise LakeError(f"{len(overlap)} evaluation images are also in lake '{lake.uri}' (same content hash), "
-                        "so the evaluation would not be held out; remove them from the evaluation set or the lake")
     ids = pool.column("id")
     x_img, x_txt = _vectors(pool, embedding_columns(emb)["image"]), _vectors(pool, text_col)
 

@@ -186,8 +186,11 @@ def test_evaluate_refuses_overlap_and_bad_views(small, tmp_path: Path):
     lake, ev = small
     shutil.copyfile(SAMPLE_DATA / "horse.jpg", ev / "horse_again.jpg")  # an image the lake holds
     (ev / "horse_again.txt").write_text("a horse")
+    cached = set((Path(lake.uri) / "eval_sets").glob("*")) if (Path(lake.uri) / "eval_sets").exists() else set()
     with pytest.raises(LakeError, match="also in lake"):
         lake.evaluate(eval_set=ev, seeds=1, steps=5, progress=False)
+    # refused before the set was embedded, and no cache of it left behind (it was cached, then refused)
+    assert (set((Path(lake.uri) / "eval_sets").glob("*")) if (Path(lake.uri) / "eval_sets").exists() else set()) == cached
     (ev / "horse_again.jpg").unlink()
     (ev / "horse_again.txt").unlink()
     with pytest.raises(LakeError, match="not a tag .* nor a valid SQL"):
