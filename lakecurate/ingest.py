@@ -757,12 +757,30 @@ def expand_shards(spec: str) -> list[str]:
     return [spec]
 
 
-def _tar_end_problem(tar: tarfile.TarFile) -> str | None:
+class _HeaderBlocks(tarfile.TarInfo):
+    """A TarInfo that keeps the last header block tarfile parsed (``last``): when a stream ends,
+    whether on the end-of-archive marker (zeros) or on a block that is no header. A subclass is
+    made per shard (:func:`_header_blocks`), so the attribute is that shard's."""
+
+    last = b""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:  # type: ignore[override]
+        cls.last = buf
+        return super().frombuf(buf, encoding, errors)
+
+
+def _header_blocks() -> type[_HeaderBlocks]:
+    return type("_ShardHeaderBlocks", (_HeaderBlocks,), {})
+
+
+def _tar_end_problem(tar: tarfile.TarFile, blocks: type[_HeaderBlocks] | None = None) -> str | None:
     """Why a shard's reading stopped early, or None when it ended on tar's end-of-archive marker.
 
-    tarfile ends a stream without a word on a header cut short or on the file's end where the
-    marker should be; what it read of the last header tells (its stream's position past the offset
-    of that header: a whole block is the marker, fewer bytes a cut)."""
+    tarfile ends a stream without a word on a header cut short, on the file's end where the marker
+    should be, and on a block in the middle that is not a header (corrupt bytes); what it read of
+    the last header tells (its stream's position past the offset of that header: fewer bytes than a
+    block is a cut; a whole block is the marker when it is zeros, else corruption, from ``blocks``)."""
     read = getattr(tar.fileobj, "pos", None)
     if not isinstance(read, int):
         return None
@@ -771,6 +789,8 @@ def _tar_end_problem(tar: tarfile.TarFile) -> str | None:
         return "the shard ends without tar's end-of-archive marker: it was cut short"
     if 0 < got < tarfile.BLOCKSIZE:
         return f"the shard ends inside a member header ({got} of {tarfile.BLOCKSIZE} bytes): it was cut short"
+    if blocks is not None and got == tarfile.BLOCKSIZE and blocks.last.count(0) != len(blocks.last):
+        return f"the block at byte {tar.offset} is not a tar member header: the shard is corrupt there"
     return None
 
 
@@ -788,7 +808,8 @@ def iter_webdataset(shards: list[str], max_bytes: int | None = None) -> Iterator
         current: str | None = None
         problem = None
         try:
-            with tarfile.open(shard, mode="r|*") as tar:
+            blocks = _header_blocks()
+            with tarfile.open(shard, mode="r|*", tarinfo=blocks) as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -807,7 +828,7 @@ def iter_webdataset(shards: list[str], max_bytes: int | None = None) -> Iterator
                         continue
                     f = tar.extractfile(member)
                     sample[ext] = f.read() if f else b""
-                problem = _tar_end_problem(tar)
+                problem = _tar_end_problem(tar, blocks)
         except FileNotFoundError:
             yield Candidate(source=shard, key="", image_uri=shard, flags=["file_missing"], notes=[f"{shard} does not exist"])
             continue

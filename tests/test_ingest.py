@@ -829,6 +829,15 @@ def test_tar_cut_anywhere_is_flagged_and_a_repeated_key_is_a_second_sample(lake:
         rep = Lake.create(str(tmp_path / f"lake-{name}")).ingest(tmp_path / name, progress=False)
         assert rep.flags["tar_corrupt"] == 2, (name, rep.to_dict())  # the shard's row, and k1 (it may be incomplete)
         assert rep.status["ok"] == 1  # k0
+    # a header overwritten mid-shard (not a cut): tarfile ended the reading there without a word
+    bad = bytearray(data)
+    bad[third.offset: third.offset + 512] = bytes(range(256)) * 2
+    (tmp_path / "garbled.tar").write_bytes(bytes(bad))
+    rep = Lake.create(str(tmp_path / "lake-garbled")).ingest(tmp_path / "garbled.tar", progress=False)
+    assert rep.flags["tar_corrupt"] == 2 and rep.status["ok"] == 1, rep.to_dict()
+    lk = Lake.open(str(tmp_path / "lake-garbled"))
+    note = lk.sql("SELECT ingest_error FROM pairs WHERE key LIKE '__tar_error__%'")["ingest_error"][0]
+    assert f"the block at byte {third.offset} is not a tar member header" in note
     cut_gz = tmp_path / "cut.tar.gz"
     import gzip as gz
 
