@@ -240,6 +240,14 @@ def print_ingest_report(report: Any) -> None:
         click.echo(f"\nnot pairs (no image extension and no caption sidecar), left alone: {len(d['ignored_files'])}: {shown}")
 
 
+def _echo_elsewhere(rep: Any, stage: str) -> None:
+    """The note of a per-row run that left fragments to another run computing them now."""
+    if rep.fragments_elsewhere:
+        click.echo(f"note: {rep.fragments_elsewhere} fragments were left to another {stage} of these columns running "
+                   f"now ({', '.join(rep.elsewhere)}: host and process); run this again once it ends to fill any it "
+                   "did not finish", err=True)
+
+
 @main.command()
 @lake_argument
 @click.argument("source")
@@ -375,6 +383,7 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
     missing = f"{rep.errors} without embedding (see {rep.columns['error']}); " if "error" in rep.columns else ""
     click.echo(f"embedded {rep.rows_embedded} rows in {rep.fragments_done} fragments ({rate:.1f} rows/s); "
                f"{rep.rows_resumed} resumed from a checkpoint; {missing}columns: {', '.join(rep.columns.values())}")
+    _echo_elsewhere(rep, "embed")
 
 
 @main.command()
@@ -554,6 +563,7 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
     click.echo(f"{rep.column}: {rep.rows} rows captioned ({rep.rows_resumed} resumed, {rep.errors} errors"
                + (f", {rep.retries} retries" if endpoint else "") + f") in {rep.fragments} fragments, "
                f"{rep.seconds:.1f} s (model load {rep.model_load_seconds:.1f} s)")
+    _echo_elsewhere(rep, "recaption")
 
 
 # --------------------------------------------------------------------------- signals

@@ -21,6 +21,8 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from contextlib import suppress as _suppress
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -538,6 +540,103 @@ class Checkpoint:
     def drop(self, frag: lance.LanceFragment | None = None) -> None:
         target = self._dir(frag) if frag is not None else self.root
         shutil.rmtree(target, ignore_errors=True)
+
+
+class FragmentClaims:
+    """Which run is computing which fragments of a column, so that two runs of one stage at once
+    (the same ``recaption`` started twice, two people embedding one shared lake) do not both
+    compute a fragment: the second commit replaced the first, and the endpoint calls or GPU time
+    of one were wasted. A claim is a file per fragment beside the checkpoints, made exclusively
+    (``O_EXCL``), naming its run (host, pid) and kept fresh by a thread while the run lives
+    (:meth:`hold`). Another run skips a fragment whose claim is fresh; a claim goes stale when its
+    process has died (same host) or it was not refreshed for ``ttl`` seconds (another host), and is
+    then taken over. Claims coordinate runs that share the checkpoint folder: the lake folder, or
+    for an object store this machine's cache (runs on other machines are told apart by Lance's
+    commits alone, as before)."""
+
+    def __init__(self, lake: "Store", key: str, *, ttl: float = 120.0, refresh: float = 20.0):
+        self.root = checkpoint_root(lake.uri, getattr(lake, "branch", None)) / "claims" / key
+        self.ttl, self.every = ttl, refresh
+        self.me = f"{_host()} {os.getpid()} {os.urandom(4).hex()}"
+        self.mine: list[Path] = []
+        self._stop: Any = None
+
+    def _path(self, fid: int) -> Path:
+        return self.root / f"f{fid}"
+
+    def _owner(self, path: Path) -> str | None:
+        """Who holds ``path`` while the claim is fresh, else None (free or stale)."""
+        try:
+            owner, age = path.read_text(), time.time() - path.stat().st_mtime
+        except (FileNotFoundError, OSError, UnicodeDecodeError):
+            return None
+        host, _, rest = owner.partition(" ")
+        pid = rest.split(" ")[0]
+        if host == _host() and pid.isdigit() and not _alive(int(pid)):
+            return None  # its process is gone (kill -9): free at once
+        return owner if age < self.ttl else None
+
+    def take(self, fids: Sequence[int]) -> tuple[list[int], dict[int, str]]:
+        """Claim what is free of ``fids``: (the ids claimed, {id: owner} of those another run holds)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        got, elsewhere = [], {}
+        for fid in fids:
+            path = self._path(fid)
+            for _ in range(2):  # free: create; stale: remove, then create (one of two racing takers wins)
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    owner = self._owner(path)
+                    if owner is not None:
+                        elsewhere[fid] = owner
+                        break
+                    with _suppress(FileNotFoundError):
+                        path.unlink()
+                    continue
+                with os.fdopen(fd, "w") as f:
+                    f.write(self.me)
+                got.append(fid)
+                self.mine.append(path)
+                break
+        return got, elsewhere
+
+    def hold(self) -> None:
+        """Keep this run's claims fresh (a daemon thread) until :meth:`release`."""
+        import threading
+
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            while not self._stop.wait(self.every):
+                for path in self.mine:
+                    with _suppress(OSError):
+                        os.utime(path)
+        threading.Thread(target=beat, name="fragment-claims", daemon=True).start()
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        for path in self.mine:
+            with _suppress(OSError):
+                if path.read_text() == self.me:  # (taken over meanwhile: not ours to remove)
+                    path.unlink()
+        self.mine = []
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname().replace(" ", "_") or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (another user's process: alive)
+        return True
+    return True
 
 
 def fragment_groups(frags: Sequence[lance.LanceFragment], rows: int, counts: Sequence[int] | None = None) -> list[list[int]]:

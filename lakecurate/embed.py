@@ -46,6 +46,8 @@ class EmbedReport:
     meaningless: bool = False
     indexed: bool = False
     model_load_seconds: float = 0.0
+    fragments_elsewhere: int = 0  # left to another run embedding them now (runner.RunReport)
+    elsewhere: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -354,6 +356,7 @@ def embed(
                      max_fragments=max_fragments)
     report.fragments_total, report.fragments_done, report.versions = rep.fragments_total, rep.fragments, rep.versions
     report.rows_embedded, report.rows_resumed, report.model_load_seconds = rep.rows, rep.rows_resumed, rep.setup_seconds
+    report.fragments_elsewhere, report.elsewhere = rep.fragments_elsewhere, rep.elsewhere
     report.errors = rep.counts.get(names["error"], 0)
     if rep.rows or rep.rows_resumed:
         report.indexed = lake.ensure_vector_index(names["image"], *(() if index_min_rows is None else (index_min_rows,)))
@@ -382,5 +385,6 @@ def _embed_caption(lake: "Store", spec: EncoderSpec, caption: str, *, device: st
                      engine=engine, workers=0 if workers is None else workers, recompute=recompute, progress=progress)
     report.fragments_total, report.fragments_done, report.versions = rep.fragments_total, rep.fragments, rep.versions
     report.rows_embedded, report.rows_resumed, report.model_load_seconds = rep.rows, rep.rows_resumed, rep.setup_seconds
+    report.fragments_elsewhere, report.elsewhere = rep.fragments_elsewhere, rep.elsewhere
     report.seconds = rep.seconds
     return report

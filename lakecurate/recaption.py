@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -59,6 +59,8 @@ class RecaptionReport:
     model_load_seconds: float = 0.0
     seconds: float = 0.0
     retries: int = 0  # endpoint: attempts beyond the first, over the column
+    fragments_elsewhere: int = 0  # left to another run captioning them now (runner.RunReport)
+    elsewhere: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -258,7 +260,8 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     out = RecaptionReport(lake=lake.uri, model=spec.arch if isinstance(spec, CaptionerSpec) else spec.api_model,
                           column=spec.column(), rows=rep.rows, rows_resumed=rep.rows_resumed,
                           errors=rep.counts.get(f"{spec.column()}_error", 0), fragments=rep.fragments,
-                          meaningless=spec.meaningless, model_load_seconds=rep.setup_seconds, seconds=rep.seconds)
+                          meaningless=spec.meaningless, model_load_seconds=rep.setup_seconds, seconds=rep.seconds,
+                          fragments_elsewhere=rep.fragments_elsewhere, elsewhere=rep.elsewhere)
     if isinstance(spec, EndpointSpec):  # this run's rows (and those it resumed), not the whole column's
         tries = f"{spec.column()}_tries"
         out.retries = rep.sums.get(tries, 0) - rep.nonzero.get(tries, 0)  # attempts past each row's first

@@ -153,6 +153,8 @@ class RunReport:
     nonzero: dict[str, int] = field(default_factory=dict)
     setup_seconds: float = 0.0
     seconds: float = 0.0
+    fragments_elsewhere: int = 0  # left to another run of the stage computing them now (FragmentClaims)
+    elsewhere: list[str] = field(default_factory=list)  # those runs: "host pid"
 
 
 def default_workers(all_cores: bool = False, beside_gpu: bool = False) -> int:
@@ -583,19 +585,30 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     report.fragments_total = len(todo)
     if max_fragments is not None:
         todo = todo[:max_fragments]
+    # Fragments another run of this stage is computing right now are left to it (see FragmentClaims).
+    claims = columns.FragmentClaims(lake, stage.checkpoint_key)  # (by config: a run of another is not waited for)
+    mine, elsewhere = claims.take([f.fragment_id for f in todo])
+    if elsewhere:
+        todo = [f for f in todo if f.fragment_id in set(mine)]
+        report.fragments_elsewhere = len(elsewhere)
+        report.elsewhere = sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()})
     where = f"{stage.desc} on lake '{lake.uri}' " if stage.desc else ""
+    claims.hold()
     try:
         if not todo:
-            ckpt.drop()
+            if not elsewhere:  # (another run's saved batches are its own)
+                ckpt.drop()
         elif engine == "ray":
             _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers)
         else:
             _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where)
     except BaseException:
-        if added:
+        if added and not elsewhere:
             # a first run that failed before any fill leaves no column (but not another run's, declared meanwhile)
             columns._undeclare_if_empty(lake, stage.names, prov["config_hash"])
         raise
+    finally:
+        claims.release()
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -4,6 +4,7 @@ each stage's ``batch()`` is pure and runs without a lake."""
 from __future__ import annotations
 
 import shutil
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,65 @@ def test_resume_with_another_batch_size_covers_every_row_once():
     assert covered == list(range(30))
     assert runner._batches(Frag(), 8, {}) == [(7, 0, 8), (7, 8, 8), (7, 16, 8), (7, 24, 6)]
     assert np.array_equal(Rows(pa.record_batch({}), offsets=np.arange(3)).num_rows, 3)
+
+
+@pytest.mark.slow
+def test_a_second_run_of_a_stage_leaves_the_fragments_the_first_is_computing_to_it(tmp_path: Path, monkeypatch):
+    """Two runs of one stage at once (recaption started twice) both computed every fragment, and
+    the second commit replaced the first: the endpoint calls (or GPU time) of one were wasted.
+    The second run now skips the fragments the first has claimed and says so; nothing is lost."""
+    call, column = CALLS["recaption"]
+    lake = three_fragments(tmp_path / "lake")
+    claims = Path(lake.uri) / "_lakecurate" / "checkpoints" / "claims"
+    ckpt = Path(lake.uri) / "_lakecurate" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(call=call), lake.uri], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not list(ckpt.glob("recaption*/*/*.arrow")):
+            time.sleep(0.05)
+        assert proc.poll() is None and len(list(claims.glob("*/f*"))) == 3, "the first run holds its fragments"
+        computed = []
+        real = runner._start
+
+        def counting(stage_, state, rows_, where):
+            computed.append(rows_.num_rows)
+            return real(stage_, state, rows_, where)
+
+        monkeypatch.setattr(runner, "_start", counting)
+        rep = lake.recaption("tiny-random-coca", batch_size=4, progress=False)
+        assert rep.fragments_elsewhere == 3 and rep.rows == 0 and computed == []
+        assert rep.elsewhere == [f"{columns._host()} {proc.pid}"]
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    finally:
+        proc.kill()
+    assert not columns.fragments_to_fill(lake.dataset(), column) and not list(claims.glob("*/f*"))  # released
+    assert lake.recaption("tiny-random-coca", batch_size=4, progress=False).fragments_elsewhere == 0
+
+
+def test_fragment_claims_go_stale_with_their_process_or_their_beat(tmp_path: Path):
+    lake = Lake.create(tmp_path / "lake")
+    a = columns.FragmentClaims(lake, "x", ttl=60)
+    assert a.take([1, 2]) == ([1, 2], {})
+    b = columns.FragmentClaims(lake, "x", ttl=60)
+    got, elsewhere = b.take([1, 2, 3])
+    assert got == [3] and set(elsewhere) == {1, 2} and elsewhere[1] == a.me
+    a.release()  # released: free
+    b.release()
+    c = columns.FragmentClaims(lake, "x", ttl=60)
+    assert c.take([1]) == ([1], {})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (c.root / "f5").write_text(f"{columns._host()} {gone.pid} dead")  # its process died (kill -9): free at once
+    (c.root / "f6").write_text("another-host 1 beat")  # another machine's, refreshed: held
+    (c.root / "f7").write_text("another-host 2 old")  # another machine's, not refreshed for the ttl: stale
+    old = time.time() - 61
+    import os
+
+    os.utime(c.root / "f7", (old, old))
+    got, elsewhere = c.take([5, 6, 7])
+    assert got == [5, 7] and elsewhere == {6: "another-host 1 beat"}
+    assert (c.root / "f5").read_text() == c.me
+    c.release()
+    assert sorted(p.name for p in c.root.iterdir()) == ["f6"]  # ours removed, the other machine's left
