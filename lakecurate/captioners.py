@@ -321,6 +321,10 @@ REPHRASE_PROMPT = ("Rewrite this image caption in different words, keeping every
 RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
 
 
+# An endpoint captioner's settings of how requests are made, which change no caption.
+TRANSPORT = ("concurrency", "timeout", "retries", "api_key_env")
+
+
 @dataclass(frozen=True)
 class EndpointSpec:
     """An OpenAI-compatible chat-completions endpoint as a captioner (vLLM, llama.cpp server,
@@ -347,9 +351,16 @@ class EndpointSpec:
     meaningless = False
 
     def config(self) -> dict[str, Any]:
-        cfg = asdict(self)
+        """What decides the captions: not how they are fetched (:data:`TRANSPORT`), so a run resumed
+        with fewer requests at a time or a longer timeout continues the same column."""
+        cfg = {k: v for k, v in asdict(self).items() if k not in TRANSPORT}
         cfg["endpoint"] = _without_credentials(self.endpoint)
-        return cfg  # the key's variable name only, never its value
+        return cfg
+
+    def transport(self) -> dict[str, Any]:
+        """How the captions are fetched: recorded in the column's provenance beside its config (the
+        key's variable name only, never its value)."""
+        return {k: getattr(self, k) for k in TRANSPORT}
 
     def column(self) -> str:
         return f"caption_{self.name}"

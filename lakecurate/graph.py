@@ -519,11 +519,13 @@ def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
         kind = node.stage.split("-", 1)[1]
         return f"{head} signals {uri}" + "".join(
             flag for flag, on in ((f" --{kind}", kind not in ("caption", "image")), (" --no-caption", kind != "caption"),
-                                  (" --no-image", kind != "image")) if on)
+                                  (" --no-image", kind != "image"), (" --recompute", state == "stale")) if on)
     if node.stage == "embed-caption":
         return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}"
     if node.stage == "recaption":
-        return f"{head} recaption {uri} {recaption_args(cfg)}" + ("" if state == "incomplete" else " --recompute")
+        # (an endpoint's transport settings are recorded beside its config, not in it)
+        return f"{head} recaption {uri} {recaption_args({**(node.prov.get('transport') or {}), **cfg})}" + (
+            "" if state == "incomplete" else " --recompute")
     return f"{head} run {uri} PIPELINE.toml"  # a stage this function does not know
 
 

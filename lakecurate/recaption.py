@@ -171,7 +171,8 @@ def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto
         return RowStage("recaption", fields + [pa.field(f"{col}_tries", pa.int32())], spec.config(), inputs,
                         batch=EndpointRows(spec), setup=LoadClient(spec),
                         image=None if rephrase else EndpointImages(spec.image_side),
-                        batch_size=batch_size, desc=f"recaption {spec.name}", unit="row")
+                        batch_size=batch_size, desc=f"recaption {spec.name}", unit="row",
+                        extra={"transport": spec.transport()})
     if spec.family == "hf":
         return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
                         setup=LoadCaptioner(spec, device), image=SmallImages(spec.image_side), batch_size=batch_size,
@@ -180,6 +181,24 @@ def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto
     return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
                     setup=LoadCaptioner(spec, device), image=Preprocess(transform), batch_size=batch_size,
                     sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device)
+
+
+def _as_declared(lake: "Store", stage: RowStage) -> RowStage:
+    """An endpoint column declared before its transport settings left the config (2026-12-05) holds
+    them in its config hash: a run whose config differs from it only there continues that column
+    under its recorded config (it was refused as another config)."""
+    import dataclasses
+
+    from lakecurate.captioners import TRANSPORT
+
+    ds = lake.dataset()
+    name = stage.names[0]
+    old = columns.field_provenance(ds.schema.field(name)) if name in ds.schema.names else None
+    if old is None or old["stage"] != "recaption" or not any(k in old["config"] for k in TRANSPORT):
+        return stage
+    if {k: v for k, v in old["config"].items() if k not in TRANSPORT} != stage.config:
+        return stage  # another config: refused as before
+    return dataclasses.replace(stage, config=old["config"])
 
 
 def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny-random-coca", *, pretrained: str | None = None,
@@ -256,6 +275,8 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     elif engine == "local":  # a device this machine lacks: refused before the columns are declared
         resolve_device(device)
     stage = recaption_stage(spec, device=device, batch_size=batch_size)
+    if isinstance(spec, EndpointSpec):
+        stage = _as_declared(lake, stage)
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress)
     out = RecaptionReport(lake=lake.uri, model=spec.arch if isinstance(spec, CaptionerSpec) else spec.api_model,
                           column=spec.column(), rows=rep.rows, rows_resumed=rep.rows_resumed,

@@ -144,8 +144,9 @@ def test_rephrase_every_row_ends_with_a_caption_or_an_error(server, tmp_path: Pa
     for f in Path(lake.uri).rglob("*"):
         if f.is_file():
             assert KEY.encode() not in f.read_bytes(), f
-    prov = field_provenance(lake.dataset().schema.field("caption_re"))["config"]
-    assert prov["api_key_env"] == "MY_KEY" and prov["mode"] == "rephrase" and "{caption}" in prov["prompt"]
+    full = field_provenance(lake.dataset().schema.field("caption_re"))
+    prov = full["config"]
+    assert full["transport"]["api_key_env"] == "MY_KEY" and prov["mode"] == "rephrase" and "{caption}" in prov["prompt"]
     # a re-run sends nothing: every row has its caption or its error
     n = len(server.requests)
     assert lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", api_key_env="MY_KEY", timeout=0.5,
@@ -295,3 +296,31 @@ def test_retries_are_this_runs(server, tmp_path: Path, monkeypatch):
     lake.append(rows.set_column(rows.schema.get_field_index("caption"), "caption", pa.array(["plain a", "plain b"])))
     rep = lake.recaption(**kw)
     assert (rep.rows, rep.retries) == (2, 0)
+
+
+def test_fewer_requests_at_a_time_continue_the_same_column(server, tmp_path: Path, monkeypatch):
+    """--concurrency, --timeout, --retries and --api-key-env were in the column's config hash: a run
+    resumed with fewer requests at a time (the server said 429) was refused as another config.
+    They are recorded beside the config now; a column declared with them in its hash (before
+    2026-12-05) continues too. What decides the captions still must match."""
+    from dataclasses import asdict
+
+    from lakecurate.captioners import EndpointSpec
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    kw = dict(endpoint=server.url, api_model="m", mode="rephrase", name="re", progress=False)
+    for old_format in (False, True):
+        lake = caption_lake(tmp_path / f"lake{old_format}", ["plain one", "plain two"])
+        if old_format:  # how an older lakecurate hashed an endpoint's settings
+            with monkeypatch.context() as m:
+                m.setattr(EndpointSpec, "config", lambda self: {**asdict(self), "endpoint": self.endpoint})
+                assert lake.recaption(concurrency=8, **kw).rows == 2
+            assert "concurrency" in field_provenance(lake.dataset().schema.field("caption_re"))["config"]
+        else:
+            assert lake.recaption(concurrency=8, **kw).rows == 2
+        rows = synthetic_pairs(100, 2)
+        lake.append(rows.set_column(rows.schema.get_field_index("caption"), "caption", pa.array(["plain a", "plain b"])))
+        rep = lake.recaption(concurrency=2, timeout=60.0, retries=1, api_key_env="OTHER_KEY", **kw)
+        assert rep.rows == 2 and lake.count("caption_re IS NULL") == 0
+        with pytest.raises(LakeError, match="made with another config"):
+            lake.recaption(concurrency=2, max_tokens=20, **kw)

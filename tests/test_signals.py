@@ -268,3 +268,12 @@ def test_signals_recompute_replaces_values_an_older_run_made(tmp_path, monkeypat
     assert json.loads(out.output) == {"caption": 3}
     assert lake.count("cap_emails = 1") == 3
     assert lake.dataset().schema.field("img_sharpness").metadata == image_version  # a kind not chosen is left alone
+    # a stale signal's fix command recomputes (without --recompute it filled new rows only: still stale)
+    import shlex
+
+    from lakecurate import graph
+
+    node = next(s.node for s in graph.states(lake) if "cap_emails" in s.node.columns)
+    fix = graph.fix_command(lake, node, "stale")
+    assert fix.endswith(" --no-image --recompute"), fix
+    assert CliRunner().invoke(main, shlex.split(fix)[1:]).exit_code == 0
