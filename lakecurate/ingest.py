@@ -617,11 +617,15 @@ def _manifest_rows(path: str, columns: dict[str, pa.DataType]) -> Iterator[dict[
             parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=bad_row),
             convert_options=pcsv.ConvertOptions(column_types={h: pa.binary() for h in header}),
         )
+        def problems() -> list[ValueError]:  # the bad lines met since the last call, as their rows
+            out = [ValueError(why) for why in invalid]
+            invalid.clear()
+            return out
+
         for batch in reader:
             yield from batch.to_pylist()
-            yield from (ValueError(why) for why in invalid)  # after their batch: read in order, one thread
-            invalid.clear()
-        yield from (ValueError(why) for why in invalid)
+            yield from problems()  # a batch's bad lines after its rows (one thread reads, in order)
+        yield from problems()  # those the reader met past its last batch
 
 
 def _holds_bytes(t: pa.DataType | None) -> bool:
