@@ -740,6 +740,7 @@ def dedup(
            else pa.table({"_rowaddr": pa.array([], pa.uint64())}))
     stored = _stored_groups(ds, present, n)
     ranks = _Ranks(ds, embedding_columns(emb)["score"] if emb is not None else None)
+    usable = ~_equals(ds, "ingest_status", "error")  # ingest errors are in no group (verify's rule, for all)
 
     joins = _Joins(ds, lake.storage_options, progress, engine)
     full_joins = [configs[m]["cosine"] for m in clustered] + ([configs["semantic"]["confirm_cosine"]] if "semantic" in methods else [])
@@ -765,7 +766,8 @@ def dedup(
             g, evidence[m] = _verify_groups(lake, joins, emb, configs[m], stored[m], groups, mr, workers, progress, ranks)
         else:
             g, evidence[m] = _method_groups(m, ds, tbl, n, emb, configs[m], stored[m], mr, progress, ranks,
-                                            engine=engine, storage_options=lake.storage_options, joins=joins)
+                                            engine=engine, storage_options=lake.storage_options, joins=joins,
+                                            usable=usable)
         groups[m] = g
         if m in methods:
             written[m] = {group_columns(m)[0]: g}
@@ -1055,16 +1057,46 @@ class _Joins:
 
 def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None, config: dict[str, Any], stored: _Stored,
                    mr: MethodReport, progress: bool | None, ranks: _Ranks, *, engine: str = "local",
-                   storage_options: dict | None = None, joins: "_Joins | None" = None) -> tuple[_Groups, Evidence]:
-    """One method's groups (stored groups merged with this run's links), and the links."""
+                   storage_options: dict | None = None, joins: "_Joins | None" = None,
+                   usable: np.ndarray | None = None) -> tuple[_Groups, Evidence]:
+    """One method's groups (stored groups merged with this run's links), and the links, among the
+    ``usable`` rows (not ingest errors: a row whose image ingest refused, a decompression bomb say,
+    neither joins a group nor links two others, though its bytes may hash like a good copy's)."""
+    eligible, pairs, found = _method_links(method, ds, tbl, n, emb, config, stored, mr, progress,
+                                           engine=engine, storage_options=storage_options, joins=joins, usable=usable)
+    if usable is not None:
+        eligible = eligible & usable
+        kept = []
+        for i, j in pairs:
+            i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+            both = usable[i] & usable[j]
+            kept.append((i[both], j[both]))
+        pairs = kept
+        a, b, score, detail = found
+        both = usable[a] & usable[b]
+        found = (a[both], b[both], score[both], [d for d, k in zip(detail, both) if k])
+    mr.pairs = len(found[0])  # row pairs this run linked (not hash variants' matches)
+    return _group(eligible, pairs, ranks), found
+
+
+def _method_links(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None, config: dict[str, Any], stored: _Stored,
+                  mr: MethodReport, progress: bool | None, *, engine: str = "local",
+                  storage_options: dict | None = None, joins: "_Joins | None" = None, usable: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], Evidence]:
+    """One method's eligible rows (those with its signal, among the ``usable``), its pairs (stored
+    groups' and this run's links) and this run's links as evidence."""
+    def among(eligible: np.ndarray) -> np.ndarray:
+        return eligible if usable is None else eligible & usable
     joins = joins or _Joins(ds, storage_options, progress, engine)
     if method == "exact":
         eligible, i, j = _same_value_pairs(_Values(ds, tbl, "content_hash"), n)  # always from scratch: nothing to merge
+        eligible = among(eligible)
         mr.new_rows = int((eligible & stored.missing).sum())
         mr.pairs = len(i)
-        return _group(eligible, [(i, j)], ranks), _links(i, j, np.full(len(i), np.nan), "same image bytes")
+        return eligible, [(i, j)], _links(i, j, np.full(len(i), np.nan), "same image bytes")
     if method == "phash":
         variants, eligible = joins.hash_variants(method, tbl, config)  # the hash, and its mirror's with flips
+        eligible = among(eligible)
         mr.new_rows = int((eligible & stored.missing).sum())
         rows = np.flatnonzero(eligible)
         if config.get("search") == "clusters":
@@ -1075,17 +1107,17 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
             i, j, d = hamming_pairs(values, config["max_distance"], identical="first")
             i, j = rows[i % len(rows)], rows[j % len(rows)]
         mr.pairs = int((i != j).sum())
-        return _group(eligible, [(i, j)], ranks), _links(i, j, d, "{:.0f} of 64 bits differ")
+        return eligible, [(i, j)], _links(i, j, d, "{:.0f} of 64 bits differ")
     if method == "minhash":  # from scratch each run: a new caption can lead a better-centred group
         texts = LanceTexts(ds, "caption", storage_options=joins.storage_options)  # streamed, never whole
-        eligible = np.array([bool(c and c.strip()) for _, batch in texts.batches(_BATCH) for c in batch], bool)
+        eligible = among(np.array([bool(c and c.strip()) for _, batch in texts.batches(_BATCH) for c in batch], bool))
         mr.new_rows = int((eligible & stored.missing).sum())
         i, j, jac = caption_pairs(texts, config["threshold"], progress=progress, engine=joins.engine)
         mr.pairs = len(i)
-        return _group(eligible, [(i, j)], ranks), _links(i, j, jac, "Jaccard {:.2f} of caption 5-grams",
-                                                             smaller_is_closer=False)
+        return eligible, [(i, j)], _links(i, j, jac, "Jaccard {:.2f} of caption 5-grams", smaller_is_closer=False)
     if method == "copy":
         hashes, eligible = joins.hash_variants(method, tbl, config)
+        eligible = among(eligible)
         mr.new_rows = int((eligible & stored.missing).sum())
         rows = np.flatnonzero(eligible)
         if config.get("search") == "clusters":
@@ -1095,10 +1127,9 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
             i, j = rows[i // 8], rows[j // 8]
         keep = i != j
         mr.pairs = int(keep.sum())
-        return (_group(eligible, [(i[keep], j[keep])], ranks),
-                _links(i, j, d, "{:.0f} of 64 bits differ (turned/mirrored/bar-trimmed hashes)"))
+        return eligible, [(i[keep], j[keep])], _links(i, j, d, "{:.0f} of 64 bits differ (turned/mirrored/bar-trimmed hashes)")
     col = embedding_columns(emb)["image"] if method == "semantic" else embedding_columns(emb)["text"]
-    eligible = joins.valid(col)  # the vectors themselves are streamed, never read whole
+    eligible = among(joins.valid(col))  # the vectors themselves are streamed, never read whole
     new, rows, pairs = _stored(eligible, stored, mr)
     found = _no_links()
     if mr.new_rows:
@@ -1115,7 +1146,7 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
         pairs.append((i[strong], j[strong]))
         mr.pairs = int(strong.sum())
         found = _links(i[strong], j[strong], cos[strong], "cosine {:.3f}", smaller_is_closer=False)
-    return _group(eligible, pairs, ranks), found
+    return eligible, pairs, found
 
 
 def _check_clustered(ds: Any, col: str, method: str) -> None:

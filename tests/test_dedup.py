@@ -259,7 +259,7 @@ def test_incremental_run_checks_only_new_rows(sample_lake_embedded: Lake, tmp_pa
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     second = lake.dedup("all", semantic_threshold=0.995, workers=0, progress=False)
     assert second.hashed == len(COPIES)
-    assert all(m.new_rows == len(COPIES) for m in second.methods)
+    assert all(m.new_rows == len(COPIES) for m in second.methods), [(m.method, m.new_rows) for m in second.methods]
     assert all(old_files[name] == size for name, size in data_files(lake).items() if name in old_files)
     incremental = by_key(lake, ["dup_group", "dup_keep", "dup_semantic_group", "dup_caption_group"])
     for copy, original in COPIES.items():
@@ -776,3 +776,28 @@ def test_a_restore_brings_back_the_evidence_of_the_decision_it_restores(lake: La
     lake.dedup(["exact", "phash"], progress=False)  # exact is incremental here: its stored links are merged
     assert lake.dup_pairs(cat).empty
     assert set(lake.dup_pairs()["method"]) <= {"exact", "phash"}
+
+
+def test_an_ingest_error_row_is_in_no_group_and_never_beats_its_good_copy(tmp_path: Path):
+    """Rows ingest refused (a decompression bomb under --max-pixels: "not decoded") were hashed and
+    embedded anyway, joined their good copies' groups and won the keep rule on ingest time: the
+    good copies were dropped as duplicates, and curate then kept no copy at all."""
+    from lakecurate.ingest import IngestOptions
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    for name in ("chelsea", "horse", "rocket"):
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", a / f"{name}.jpg")
+        (a / f"{name}.txt").write_text(f"a photo of a {name}")
+    shutil.copytree(a, b)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(a, options=IngestOptions(max_pixels=1000), progress=False)
+    lake.ingest(b, progress=False)
+    assert lake.count("ingest_status = 'error'") == 3
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    rep = lake.dedup(["exact", "phash"], progress=False)  # (tiny-random's vectors would link at random)
+    rows = lake.sql("SELECT ingest_status, dup_keep, dup_group, dup_exact_group, dup_phash_group FROM pairs")
+    ok, bad = rows[rows["ingest_status"] != "error"], rows[rows["ingest_status"] == "error"]
+    assert ok["dup_keep"].all() and rep.dropped == 0
+    assert bad[["dup_group", "dup_exact_group", "dup_phash_group"]].isna().all().all()
+    assert lake.dup_pairs().empty and all(m.pairs == 0 for m in rep.methods)
