@@ -86,13 +86,14 @@ class NodeState:
 
 def where_columns(where: str | None, names: Iterable[str]) -> list[str]:
     """The columns of ``names`` a SQL condition mentions (words compared to the schema, so no parser
-    is needed for a condition that already ran)."""
+    is needed for a condition that already ran), in any case: Lance's filters and DataFusion's
+    SQL find ``KEEP`` as ``keep``, so it must be checked as ``keep`` is."""
     import re
 
     if not where:
         return []
-    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", where))
-    return [n for n in names if n in words]
+    words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", where)}
+    return [n for n in names if n.lower() in words]
 
 
 def nodes(ds: "lance.LanceDataset") -> list[Node]:

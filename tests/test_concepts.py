@@ -446,3 +446,17 @@ def test_concepts_declared_by_a_killed_run_are_not_used(clustered: Lake, tmp_pat
     lake.cluster(3)  # the same settings again finish it
     lake.rebalance(0.5)
     assert lake.count("concept IS NULL") == lake.count("clip_tinyrandom_image IS NULL")
+
+
+def test_an_upper_case_column_name_is_checked_like_its_lower_case(clustered: Lake, tmp_path: Path):
+    """Lance finds REBALANCE_KEEP as rebalance_keep, but the staleness check compared the words of
+    a condition with the schema as written: a stale view got through in upper case, and a
+    rebalance over --where KEEP recorded no source, so a new recipe never made it stale."""
+    from lakecurate.graph import where_columns
+
+    assert where_columns("REBALANCE_KEEP AND Concept > 1", ["concept", "rebalance_keep", "id"]) == ["concept", "rebalance_keep"]
+    lake = Lake.open(shutil.copytree(clustered.uri, tmp_path / "lake"))
+    lake.cluster(3, recompute=True)  # rebalance_keep is stale now
+    for where in ("rebalance_keep", "REBALANCE_KEEP"):
+        with pytest.raises(LakeError, match="stale"):
+            lake.sequence("random", where=where)
