@@ -318,6 +318,12 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             score = caption_columns(spec.prefix, opts["caption_col"])["score"]
         if opts.get("recompute"):
             return "recompute asked for"
+        cfg = _prov_config(ds, score)
+        if cfg is not None:  # the same columns asked with another config (precision, weights...): embed refuses it
+            want = {**spec.config(), "precision": opts.get("precision", "fp32")}
+            changed = [k for k, v in want.items() if k in cfg and json.loads(json.dumps(v, default=str)) != cfg[k]]
+            if changed:
+                return f"{', '.join(changed)} changed ({', '.join(f'{cfg[k]} -> {want[k]}' for k in changed)})"
         return _stale_why(by_column.get(score))
     if step == "dedup":
         from lakecurate.dedup import group_columns
@@ -334,7 +340,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
     if step == "curate":
         from lakecurate.curate import load_recipe
 
-        rec = load_recipe(opts["recipe"])
+        rec = load_recipe(opts["recipe"], opts.get("overrides"))  # the run applies them: so must the comparison
         cfg = _prov_config(ds, "keep")
         if cfg is None:
             return "no keep column yet"

@@ -329,6 +329,18 @@ def test_run_twice_does_nothing_and_a_threshold_reruns_only_what_follows(tmp_pat
     assert fourth.ran[:2] == ["cluster", "rebalance"] and fourth.steps[3].why == "k changed (3 -> 4)"
     concepts = {s.node.stage: s for s in graph.states(lake)}["concepts"]
     assert concepts.node.prov["config"]["k"] == 4 and concepts.state == "current"
+    # [curate] overrides: the comparison applies them as the run does (ignored: added ones never ran,
+    # and a file with them re-ran curate every time)
+    pipe.write_text(pipe.read_text().replace('recipe = "recipe.toml"\n', 'recipe = "recipe.toml"\n'
+                                             'overrides = {"caption_length.min_words" = 12}\n'))
+    fifth = lake.run(pipe, progress=False)
+    assert fifth.ran[0] == "curate" and lake.count("keep AND cap_words < 12") == 0
+    assert lake.run(pipe, progress=False).ran == []
+    # [embed] with another config is not current (it said so, and embed refused the columns' config)
+    pipe.write_text(pipe.read_text().replace("workers = 0\n", 'workers = 0\nprecision = "bf16"\n'))
+    with pytest.raises(LakeError, match="made with another config"):
+        lake.run(pipe, progress=False)
+    assert lake.run(pipe, dry_run=True, progress=False).steps[1].why == "precision changed (fp32 -> bf16)"
 
 
 def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
