@@ -89,6 +89,7 @@ from lakecurate.graph import commit_decisions, no_producer
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
+from lakecurate.options import cosine as check_cosine
 from lakecurate.options import whole
 from lakecurate.progress import progress_bar
 from lakecurate.schema import EVIDENCE_TABLE
@@ -640,15 +641,20 @@ def dedup(
     copy_distance = whole("copy_distance", copy_distance, 0, high=64)
     verify_inliers = whole("verify_inliers", verify_inliers, 4)  # RANSAC needs a few points to mean anything
     verify_neighbors = whole("verify_neighbors", verify_neighbors, 1)
-    for name, search, cosine in (("phash", phash_search, phash_cosine), ("copy", copy_search, copy_cosine)):
+    for name, search in (("phash", phash_search), ("copy", copy_search)):
         if search not in PHASH_SEARCHES:
             raise LakeError(f"{name}_search must be one of {', '.join(PHASH_SEARCHES)}, got {search!r}")
-        if cosine is not None and not -1.0 <= float(cosine) <= 1.0:
-            raise LakeError(f"{name}_cosine must be a cosine between -1 and 1, got {cosine}")
-    if not 0.0 < float(minhash_threshold) <= 1.0:
-        raise LakeError(f"minhash_threshold must be a Jaccard similarity in (0, 1], got {minhash_threshold}")
-    if verify_cosine is not None and not -1.0 <= float(verify_cosine) <= 1.0:
-        raise LakeError(f"verify_cosine must be a cosine between -1 and 1, got {verify_cosine}")
+    # every cosine in [-1, 1] (the CLI's ranges; a Python caller's or a pipeline's 85 linked nothing)
+    phash_cosine = check_cosine("phash_cosine", phash_cosine, none_ok=True)
+    copy_cosine = check_cosine("copy_cosine", copy_cosine, none_ok=True)
+    semantic_threshold = check_cosine("semantic_threshold", semantic_threshold, none_ok=True)
+    confirm_cosine = check_cosine("confirm_cosine", confirm_cosine, none_ok=True)
+    caption_threshold = check_cosine("caption_threshold", caption_threshold)
+    verify_cosine = check_cosine("verify_cosine", verify_cosine, none_ok=True)
+    minhash_threshold = check_cosine("minhash_threshold", minhash_threshold, low=0.01)  # a Jaccard similarity
+    if semantic_threshold is not None and confirm_cosine is not None and confirm_cosine > semantic_threshold:
+        raise LakeError(f"confirm_cosine {confirm_cosine} is above semantic_threshold {semantic_threshold}: the "
+                        "confirmed links are the weaker ones (cosine >= confirm_cosine with near hashes); lower it")
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
     for m in methods:
         group_columns(m)  # validates

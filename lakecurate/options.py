@@ -45,6 +45,17 @@ def positive(option: str, value: Any) -> float:
     return float(value)
 
 
+def cosine(option: str, value: Any, *, low: float = -1.0, none_ok: bool = False) -> float | None:
+    """``value`` as a finite float in [``low``, 1] (a cosine or a similarity), else a LakeError
+    naming ``option``: a Python caller's or a pipeline's 85 (a percent) or NaN linked nothing."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not low <= value <= 1:
+        raise LakeError(f"invalid {option} {value!r}: expected a number from {low:g} to 1")
+    return float(value)
+
+
 def target(value: Any, option: str = "--target") -> float | int:
     """A row budget: a fraction of the candidates in (0, 1] (a float; 1.0 = all of them) or a whole
     count of rows (an int, or a whole float above 1 such as ``300.0``, kept as given). ``1.5``, nan, inf and values

@@ -215,6 +215,11 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
         if "model" not in opts:
             raise LakeError("say which model: model = \"offline\" (or an open_clip name)")
         resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
+        from lakecurate.embed import check_options
+
+        check_options(batch_size=opts.get("batch_size", 1), workers=opts.get("workers"),
+                      precision=opts.get("precision", "fp32"), device=opts.get("device", "auto"),
+                      decode=opts.get("decode", "cpu"), tokenize=opts.get("tokenize", "auto"))
     elif step == "dedup":
         from lakecurate.dedup import DEFAULT_METHODS, METHODS, recomputed_methods
 
@@ -226,12 +231,16 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
             recomputed_methods(_dedup_methods(opts), opts["recompute"])
         for key in ("phash_distance", "confirm_distance", "copy_distance"):  # bits of a 64-bit hash
             options.whole(key, opts.get(key, 0), 0, high=64)
+        for key in ("phash_cosine", "copy_cosine", "semantic_threshold", "confirm_cosine", "caption_threshold",
+                    "verify_cosine"):
+            options.cosine(key, opts.get(key), none_ok=True)
+        options.cosine("minhash_threshold", opts.get("minhash_threshold", 0.35), low=0.01)
     elif step == "curate":
         from lakecurate.curate import load_recipe
 
         if "recipe" not in opts:
             raise LakeError("say which recipe: recipe = \"basic\" (or a TOML path)")
-        load_recipe(opts["recipe"])
+        load_recipe(opts["recipe"], opts.get("overrides"))  # an override naming no step is refused here
     elif step == "cluster":
         if opts.get("k") is not None:
             options.whole("k", opts["k"], 2)
@@ -239,6 +248,8 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
         options.target(opts.get("target", 0.5))
         options.positive("temperature", opts.get("temperature", 1.0))
         options.whole("max_repeats", opts.get("max_repeats", 1))
+        if opts.get("rule", "far") not in ("far", "random"):
+            raise LakeError(f"unknown keep rule {opts.get('rule')!r}; choose far or random")
     elif step == "sequence":
         options.whole("shard_size", opts.get("shard_size", 1))
         if opts.get("mode", "interleave") not in ("random", "curriculum", "interleave"):
@@ -250,9 +261,17 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
             raise LakeError("say where: dest = \"{lake}-shards\"")
         if opts.get("format", "webdataset") not in FORMATS:
             raise LakeError(f"unknown export format {opts.get('format')!r}; choose from {', '.join(FORMATS)}")
+        options.whole("shard_size", opts.get("shard_size"), 1, none_ok=True)
     elif step == "report":
         if "out" not in opts:
             raise LakeError("say where: out = \"{lake}/report.html\"")
+        options.whole("sample_rows", opts.get("sample_rows", 1), 1)
+        for key in ("thumb_px", "max_groups", "per_group", "n_low", "per_reason", "n_concepts"):
+            options.whole(key, opts.get(key, 0), 0)
+    if "engine" in opts:
+        from lakecurate.engines import check_engine
+
+        check_engine(opts["engine"])
 
 
 # ----------------------------------------------------------------------------- is a step current?

@@ -801,3 +801,18 @@ def test_an_ingest_error_row_is_in_no_group_and_never_beats_its_good_copy(tmp_pa
     assert ok["dup_keep"].all() and rep.dropped == 0
     assert bad[["dup_group", "dup_exact_group", "dup_phash_group"]].isna().all().all()
     assert lake.dup_pairs().empty and all(m.pairs == 0 for m in rep.methods)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"semantic_threshold": 85.0}, "invalid semantic_threshold 85.0"),  # a percent: linked nothing, exit 0
+    ({"semantic_threshold": float("nan")}, "invalid semantic_threshold nan"),
+    ({"confirm_cosine": 70}, "invalid confirm_cosine 70"),
+    ({"caption_threshold": 5.0}, "invalid caption_threshold 5.0"),
+    ({"minhash_threshold": 0.0}, "invalid minhash_threshold 0.0"),
+    ({"semantic_threshold": 0.8, "confirm_cosine": 0.9}, "confirm_cosine 0.9 is above semantic_threshold 0.8"),
+])
+def test_dedup_thresholds_are_checked_for_a_python_caller(sample_lake_embedded: Lake, options: dict, match: str):
+    version = sample_lake_embedded.version
+    with pytest.raises(LakeError, match=match):
+        sample_lake_embedded.dedup(["exact"], progress=False, **options)
+    assert sample_lake_embedded.version == version

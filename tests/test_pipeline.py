@@ -364,6 +364,16 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         '[sequence]\nshard_size = 0\n': "invalid shard_size 0",
         '[dedup]\nmethods = ["phash"]\nrecompute = ["semantic"]\n': "recompute names 'semantic'",
         '[dedup]\nrecompute = "phash"\n': "recompute = 'phash' must be true or false or a list",
+        # each refused only once the earlier steps had written (or not at all: a threshold of 85 linked nothing)
+        '[dedup]\nsemantic_threshold = 85.0\n': "invalid semantic_threshold 85.0: expected a number from -1 to 1",
+        '[dedup]\ncaption_threshold = -3.0\n': "invalid caption_threshold -3.0",
+        '[embed]\nmodel = "offline"\nbatch_size = 0\n': "[embed]: invalid --batch-size 0",
+        '[embed]\nmodel = "offline"\nprecision = "fp8"\n': "--precision must be one of",
+        '[rebalance]\nrule = "bogus"\n': "unknown keep rule 'bogus'",
+        '[report]\nout = "r.html"\nsample_rows = -5\n': "invalid sample_rows -5",
+        '[export]\ndest = "x"\nshard_size = -1\n': "invalid shard_size -1",
+        '[curate]\nrecipe = "basic"\nengine = "spark"\n': "unknown engine 'spark'",
+        '[curate]\nrecipe = "basic"\noverrides = {"nosuch.step" = 3}\n': "[curate]",
     }
     for text, msg in cases.items():
         pipe = tmp_path / "p.toml"
