@@ -796,10 +796,6 @@ def dedup(
                                    *(e[c] for e in evidence.values() for c in (0, 1))]))
     linked_pairs = _merged_evidence(lake, ds, ids, evidence, replaced, ds.version) if evidence or replaced else None
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
-    # Written before the decision, as a new version of the evidence table that dup_group's metadata
-    # then names (_pin_evidence): what reads the evidence of a version reads that one's (after a
-    # restore too), and a run killed before its decision landed leaves the pinned version as it was.
-    evidence_version = lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite") if linked_pairs is not None else None
     reason = _reasons(ids, final.rows[dropped], final.best[dropped], use, groups, inliers)
     final_prov = columns.provenance(
         "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": embedding_columns(emb)["score"] if emb else None,
@@ -808,6 +804,14 @@ def dedup(
     final_fields = [pa.field("dup_group", pa.string()), pa.field("dup_group_size", pa.int32()),
                     pa.field("dup_keep", pa.bool_()), pa.field("dup_reason", pa.string())]
     columns.declare_view(lake, final_fields, final_prov)  # derived from the group columns: recomputed each run
+    # The evidence is written, as a new version of its table, and dup_group's metadata names that
+    # version (_pin_evidence) before the decision it explains is committed: what reads the evidence
+    # of a lake version reads that one's (after a restore too). A run killed after the pin and
+    # before its decisions leaves links of rows not grouped yet; the re-run finds them again, since
+    # those rows are still new to it (pinned after the decisions, a kill lost them for good).
+    # Links that equal the pinned ones (a re-run that changes nothing) write nothing.
+    if linked_pairs is not None and not _same_links(linked_pairs, evidence_dataset(lake, ds)):
+        report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")))
     best_ids = {c: ids.of(g.best) for w in written.values() for c, g in w.items()}
     final_ids, reason_at = ids.of(final.best), np.cumsum(dropped) - 1
 
@@ -841,9 +845,6 @@ def dedup(
         for mr in report.methods:
             if family.names[0] == group_columns(mr.method)[0]:
                 mr.fragments_written = fw
-    if evidence_version is not None and report.versions:  # the decision that landed names its evidence
-        report.versions.append(_pin_evidence(lake, evidence_version))
-    # (A run that committed nothing left the decision as it was: the pinned links still explain it.)
     report.dropped = int(dropped.sum())
     report.kept = n - report.dropped
     report.seconds = time.perf_counter() - t_start
@@ -920,6 +921,19 @@ def evidence_dataset(lake: "Store", ds: Any) -> Any:
         if pinned is not None:
             return pinned
     return lake.side_dataset(EVIDENCE_TABLE)
+
+
+def _same_links(new: pa.Table, old_ds: Any) -> bool:
+    """Whether ``new`` holds the links of the evidence table ``old_ds`` (the version a link was
+    found at aside)."""
+    if old_ds is None:
+        return new.num_rows == 0
+    cols = ["a", "b", "method", "score", "detail"]
+    old = old_ds.to_table(columns=cols).cast(EVIDENCE_SCHEMA.remove(EVIDENCE_SCHEMA.get_field_index("version")))
+    if old.num_rows != new.num_rows:
+        return False
+    order = [("a", "ascending"), ("b", "ascending"), ("method", "ascending")]
+    return old.sort_by(order).equals(new.select(cols).sort_by(order))
 
 
 def restore_evidence(lake: "Store") -> int | None:

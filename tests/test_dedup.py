@@ -816,3 +816,50 @@ def test_dedup_thresholds_are_checked_for_a_python_caller(sample_lake_embedded: 
     with pytest.raises(LakeError, match=match):
         sample_lake_embedded.dedup(["exact"], progress=False, **options)
     assert sample_lake_embedded.version == version
+
+
+@pytest.mark.parametrize("kill_at", ["pin", "decisions", "final"])
+def test_a_killed_incremental_run_leaves_no_link_lost(sample_lake_embedded: Lake, tmp_path: Path, monkeypatch,
+                                                       kill_at: str):
+    """The evidence was pinned after the decisions: a kill between them left the new rows grouped
+    and their links out of dup_pairs for good (the re-run committed nothing and pinned nothing, and
+    semantic links are searched for new rows only). It is pinned first now."""
+    lake = sample_lake(tmp_path, exclude=tuple(COPIES))
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    kw = dict(methods=["exact", "phash", "semantic"], semantic_threshold=0.995, workers=0, progress=False)
+    lake.dedup(**kw)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name in COPIES:
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", extra / f"{name}.jpg")
+        shutil.copy(SAMPLE_DATA / f"{name}.txt", extra / f"{name}.txt")
+    lake.ingest(extra, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    ref = Lake.open(shutil.copytree(lake.uri, tmp_path / "ref"))
+    ref.dedup(**kw)
+
+    real, calls = dedup_module.commit_decisions, []
+
+    def killed(*a, **k):  # the first decision, or the final one after the three methods' groups
+        calls.append(1)
+        if kill_at == "decisions" or len(calls) == 4:
+            raise KeyboardInterrupt("kill -9")
+        return real(*a, **k)
+
+    def pin_killed(*a, **k):
+        raise KeyboardInterrupt("kill -9")
+    if kill_at == "pin":
+        monkeypatch.setattr(dedup_module, "_pin_evidence", pin_killed)
+    else:
+        monkeypatch.setattr(dedup_module, "commit_decisions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lake.dedup(**kw)
+    monkeypatch.undo()
+    lake.dedup(**kw)
+    lake.dedup(**kw)
+
+    def links(lk: Lake) -> set:
+        p = lk.dup_pairs()
+        return set(zip(p["a"], p["b"], p["method"]))
+    assert links(lake) == links(ref) and links(ref)
+    assert by_key(lake, ["dup_group", "dup_keep"]) == by_key(ref, ["dup_group", "dup_keep"])
