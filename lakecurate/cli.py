@@ -1157,6 +1157,11 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None) -> None:
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     df = open_lake(lake).sql(query, version=version)
     if fmt == "json":
+        import base64
+
+        for col in df.columns:  # bytes (a binary column or literal) as base64 text: JSON has no bytes
+            if df[col].dtype == object and df[col].map(lambda v: isinstance(v, bytes)).any():
+                df[col] = df[col].map(lambda v: base64.b64encode(v).decode() if isinstance(v, bytes) else v)
         click.echo(df.to_json(orient="records", date_format="iso", default_handler=str))
     elif fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)

@@ -174,6 +174,9 @@ def check_where(where: str | None, option: str = "--where", ds: Any = None, *, l
                             f"is not allowed in a condition{hint}")
         if isinstance(node, (exp.Star, exp.Alias, exp.Placeholder, exp.Parameter)):
             raise LakeError(f"{what}: {node.sql(dialect=_parser())[:40]!r} has no place in a condition{hint}")
+        if isinstance(node, exp.RawString):  # $$text$$: planned, then a panic in Lance's filter at run time
+            raise LakeError(f"{what}: write the text {node.sql(dialect=_parser())[:40]} in single quotes "
+                            "(a $$...$$ string is not read by Lance's filters)")
     arithmetic = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod, exp.Neg, exp.DPipe, exp.Literal)
     if not isinstance(cond, exp.Condition) or isinstance(cond, arithmetic):
         raise LakeError(f"{what}: it is a value, not true or false{hint}")
