@@ -838,7 +838,7 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
 @click.option("--root", type=click.Path(file_okay=False),
               help="Folder the evaluation set's image paths must stay inside (default: the manifest's folder); "
                    "needed when a manifest holds absolute paths elsewhere.")
-@click.option("--no-record", is_flag=True, help="Do not append the result to LAKE/evaluations.lance.")
+@click.option("--no-record", is_flag=True, help="Do not append the result to LAKE/evaluations.lance (on a branch, evaluations-BRANCH.lance).")
 @click.option("--caption-col", default="caption", show_default=True,
               help="Train on another caption column (scored first with embed --caption-col), e.g. a synthetic one.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -856,7 +856,8 @@ def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, .
 
     Example: lakecurate evaluate ./lake --eval-set clean_eval/captions.csv --budget 0.25,0.5,1,2
     """
-    res = open_lake(lake).evaluate(view, eval_set=eval_set, baseline=list(baselines), seeds=seeds, steps=steps,
+    the_lake = open_lake(lake)
+    res = the_lake.evaluate(view, eval_set=eval_set, baseline=list(baselines), seeds=seeds, steps=steps,
                                    embedding=embedding, record=not no_record, root=root, allow_stale=allow_stale,
                                    caption_col=caption_col, eval_every=eval_every, budgets=budgets, metric=metric, lr=lr,
                                    engine=engine)
@@ -890,7 +891,7 @@ def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, .
                       **{f"view - {b}": f"{r[f'view - {b}']:+.3f}" for b in res.baselines}}
                      for r in res.budget_table().to_dict("records")])
     if not no_record:
-        click.echo(f"recorded as {res.eval_id} in {res.lake}/evaluations.lance")
+        click.echo(f"recorded as {res.eval_id} in {the_lake.side_uri('evaluations')}")
 
 
 @main.command("report")

@@ -40,13 +40,13 @@ from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, where_columns
 from lakecurate.names import EVAL_LR, EVAL_METRICS, default_view, embedding_columns, pick_embedding
+from lakecurate.schema import EVAL_TABLE
 from lakecurate.sqlcheck import check_where
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
 
-EVAL_TABLE = "evaluations"
 METRICS = EVAL_METRICS
 DEFAULT_BASELINES = ("all", "random")
 CURVE_POINTS = 20  # checkpoints on a learning curve by default (eval_every = steps / 20)
@@ -587,7 +587,7 @@ def record_result(lake: "Store", res: EvalResult, recipe: str | None) -> None:
                 rows.append({**common, "arm": arm, "seed": i, "rows": res.rows.get(arm), "budget": float(budget),
                              "steps": max(1, round(float(budget) * res.steps)), res.metric: v})
     tbl = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
-    uri = os.path.join(str(lake.uri), f"{EVAL_TABLE}.lance")
+    uri = lake.side_uri(EVAL_TABLE)  # a branch's evaluations are its own (main's report listed them)
 
     def write() -> None:
         ds = _open_table(lake)
@@ -607,13 +607,9 @@ def evaluations(lake: "Store") -> pd.DataFrame:
 
 
 def _open_table(lake: "Store") -> Any:
-    """``LAKE/evaluations.lance`` as a dataset, or None before the first evaluation."""
-    import lance
-
-    try:
-        return lance.dataset(os.path.join(str(lake.uri), f"{EVAL_TABLE}.lance"), storage_options=lake.storage_options)
-    except (ValueError, OSError, FileNotFoundError):
-        return None
+    """``LAKE/evaluations.lance`` (on a branch ``evaluations-BRANCH.lance``) as a dataset, or None
+    before the first evaluation."""
+    return lake.side_dataset(EVAL_TABLE)
 
 
 EVAL_SCHEMA = pa.schema([

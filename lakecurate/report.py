@@ -306,7 +306,8 @@ class _Builder:
         for c in cols:
             stage = c["provenance"].split(":")[0] if c["provenance"] else "ingest"
             stages[stage] = stages.get(stage, 0) + 1
-        tags = sorted(((n, t["version"]) for n, t in ds.tags.list().items()), key=lambda x: x[1])
+        tags = sorted(((n, t["version"]) for n, t in ds.tags.list().items() if t.get("branch") == self.lake.branch),
+                      key=lambda x: x[1])  # this branch's (another's version numbers mean other rows)
         status = self.sql("SELECT ingest_status AS s, count(*) AS n FROM pairs GROUP BY s ORDER BY s")
         shown = versions.get(self.version)
         return {

@@ -16,6 +16,8 @@ TABLE = "pairs"
 # The side table of dedup's evidence (the linked pairs), one a branch (Store.side_uri); the store
 # removes a deleted branch's.
 EVIDENCE_TABLE = "dup_pairs"
+# The side table of recorded evaluations (lakecurate evaluate), one a branch as well.
+EVAL_TABLE = "evaluations"
 
 # ``lance-encoding:blob`` on a large_binary field makes Lance store the values out of line (blob v2);
 # the arrow field stays a plain large_binary for writers, so batches are built with pa.array(bytes).

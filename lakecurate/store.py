@@ -32,7 +32,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
-from lakecurate.schema import EVIDENCE_TABLE, PAIRS_SCHEMA, TABLE
+from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, PAIRS_SCHEMA, TABLE
 
 T = TypeVar("T")
 log = logging.getLogger("lakecurate")
@@ -547,7 +547,8 @@ class Store:
 
         shutil.rmtree(checkpoint_root(self.uri, name), ignore_errors=True)
         if "://" not in self.uri:
-            shutil.rmtree(_join(self.uri, f"{EVIDENCE_TABLE}-{name}.lance"), ignore_errors=True)
+            for table in (EVIDENCE_TABLE, EVAL_TABLE):
+                shutil.rmtree(_join(self.uri, f"{table}-{name}.lance"), ignore_errors=True)
 
     def delete_tag(self, name: str) -> None:
         """Delete a tag (the version it named stays; cleanup may then remove its files)."""

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import lance
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -158,3 +159,23 @@ def test_info_lists_this_branch_s_tags_and_version_hints_name_the_branch(version
         exp.dataset(9999)
     with pytest.raises(LakeError, match="see: lakecurate log "):
         lake.dataset(9999)
+
+
+def test_a_branch_s_tags_and_evaluations_stay_out_of_main_s_report(versioned: Lake, tmp_path: Path):
+    """main's report listed a branch's tag (its version number means other rows there) and the
+    branch's evaluations (LAKE/evaluations.lance had no branch); info was fixed, the report not."""
+    from lakecurate import evaluate
+
+    lake = versioned
+    exp = lake.create_branch("exp")
+    exp.tag("only-on-exp")
+    lake.tag("on-main")
+    row = {f.name: None for f in evaluate.EVAL_SCHEMA}
+    exp.write_side(evaluate.EVAL_TABLE, pa.Table.from_pylist([{**row, "eval_id": "exp-run"}], schema=evaluate.EVAL_SCHEMA))
+    assert evaluate.evaluations(lake).empty and evaluate.evaluations(exp)["eval_id"].tolist() == ["exp-run"]
+    lake.report(tmp_path / "main.html")
+    html = (tmp_path / "main.html").read_text()
+    assert "on-main" in html and "only-on-exp" not in html
+    lake.delete_tag("only-on-exp")
+    lake.delete_branch("exp")
+    assert not (Path(lake.uri) / "evaluations-exp.lance").exists()
