@@ -261,9 +261,10 @@ def _manifest(lake: "Store", ds: Any, fmt: str, where: str | None, tbl: pa.Table
     def prov(col: str) -> Any:
         return columns.field_provenance(ds.schema.field(col)) if col in ds.schema.names else None
 
-    tags = [t for t, info in ds.tags.list().items() if info["version"] == ds.version]
+    branch = lake.branch or "main"  # (a version number names other rows on another branch)
+    tags = [t for t, info in ds.tags.list().items() if info["version"] == ds.version and info.get("branch") == lake.branch]
     return {
-        "source_lake": lake.uri, "version": ds.version, "tags": tags, "format": fmt, "where": where,
+        "source_lake": lake.uri, "branch": branch, "version": ds.version, "tags": tags, "format": fmt, "where": where,
         "rows": int(len(np.unique(tbl.column("id").to_numpy(zero_copy_only=False)))) if tbl.num_rows else 0,
         "samples": int(tbl.num_rows), "repeated_samples": int((copy > 0).sum()),
         "recipe": (prov("keep") or {}).get("config"), "rebalance": (prov("rebalance_keep") or {}).get("config"),

@@ -43,7 +43,7 @@ from typing import Any
 
 from lakecurate import graph
 from lakecurate.errors import LakeError
-from lakecurate.names import embedding_columns
+from lakecurate.names import default_view, embedding_columns
 
 # The steps run through a ``lakecurate.lake.Lake`` (its stage methods pass producers to the stages
 # that ask for columns); it is typed loosely here because the facade imports this module.
@@ -387,8 +387,12 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
                 want = opts.get(key, defaults.get(key))
                 if want != cfg[key]:
                     return f"{key} changed ({cfg[key]} -> {want})"
-        if opts.get("where") is not None and opts["where"] != cfg.get("where"):
-            return f"where changed ({cfg.get('where')} -> {opts['where']})"
+        # (a where the file leaves out is the stage's default view, which the lake's may not be)
+        names = ds.schema.names
+        want = opts.get("where") if opts.get("where") is not None else (
+            ("keep" if "keep" in names else None) if step == "rebalance" else default_view(names))
+        if want != cfg.get("where"):
+            return f"where changed ({cfg.get('where')} -> {want})"
         return _stale_why(by_column.get(col))
     if step == "export":
         from lakecurate.export import manifest_path
@@ -401,7 +405,10 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             old = json.loads(manifest.read_text())
         except (OSError, ValueError):
             return "its manifest cannot be read"
-        if old.get("version") != ds.version or old.get("source_lake") != lake.uri:
+        branch = lake.branch or "main"
+        if old.get("source_lake") != lake.uri or old.get("branch", "main") != branch:
+            return f"the export is of lake {old.get('source_lake')} ({old.get('branch', 'main')}), not of this one ({branch})"
+        if old.get("version") != ds.version:
             return f"the lake is at version {ds.version}, the export is of version {old.get('version')}"
         if old.get("format") != fmt:
             return "format changed"
@@ -415,11 +422,25 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
                 return f"{key} changed ({was} -> {want})"
         return None
     if step == "report":
+        from lakecurate.report import report_meta
+
         out = Path(opts["out"])
         if not out.is_file():
             return "no report yet"
-        if f"version {ds.version} " not in out.read_text(errors="replace")[:20_000]:
-            return f"the report is not of version {ds.version}"
+        meta = report_meta(out)
+        if meta is None:
+            return "it does not record what it shows (an older lakecurate wrote it)"
+        branch = lake.branch or "main"
+        if meta.get("lake") != lake.uri or meta.get("branch") != branch:
+            return f"it reports lake {meta.get('lake')} ({meta.get('branch')}), not this one ({branch})"
+        if meta.get("version") != ds.version:
+            return f"the report is of version {meta.get('version')}, the lake is at {ds.version}"
+        defaults = {p.name: p.default for p in inspect.signature(_stage_functions()[step]).parameters.values()
+                    if p.default is not inspect.Parameter.empty}
+        for key, was in (meta.get("settings") or {}).items():
+            want = json.loads(json.dumps(opts.get(key, defaults.get(key)), default=str))
+            if want != was:
+                return f"{key} changed ({was} -> {want})"
         return None
     raise ValueError(step)
 

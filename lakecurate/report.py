@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -605,6 +606,30 @@ def _value_counts(arr: Any) -> dict[str, int]:
     return {d["values"]: int(d["counts"]) for d in pc.value_counts(arr).to_pylist() if d["values"] is not None}
 
 
+# report()'s parameters that shape the page (recorded in it for `lakecurate run`; see REPORT_META).
+_SETTINGS = ("title", "sample_rows", "thumb_px", "max_groups", "per_group", "n_low", "per_reason", "n_concepts",
+             "per_concept", "n_flagged", "seed")
+REPORT_META = re.compile(r'<meta name="lakecurate-report" content="([^"]*)">')
+
+
+def report_meta(path: str | Path) -> dict[str, Any] | None:
+    """What a report records of itself (lake, branch, version, settings), or None (not a report, or
+    one an older lakecurate wrote)."""
+    import html
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(20_000)
+    except OSError:
+        return None
+    m = REPORT_META.search(head)
+    try:
+        meta = json.loads(html.unescape(m.group(1))) if m else None
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def report(
     lake: "Store",
     out: str | Path,
@@ -645,6 +670,7 @@ def report(
     if target.exists() and not target.is_file():  # a FIFO or a device would be replaced by a file
         raise LakeError(f"report: '{out}' is not a regular file (a pipe or a device); give the HTML file to write")
     t0 = time.perf_counter()
+    settings = {k: v for k, v in locals().items() if k in _SETTINGS}
     b = _Builder(lake, version, sample_rows=sample_rows, thumb_px=thumb_px, seed=seed, max_groups=max_groups,
                  per_group=per_group, n_low=n_low, per_reason=per_reason, n_concepts=n_concepts,
                  per_concept=per_concept, n_flagged=n_flagged)
@@ -656,6 +682,9 @@ def report(
         title=title or f"lakecurate report: {Path(str(lake.uri)).name}", sections=SECTIONS, d=data, uri=lake.uri,
         version=b.version, rows=b.rows, sampled=len(b.sample), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         cmd_lake=json.dumps(str(lake.uri))[1:-1], stale=b.stale,
+        # what a pipeline compares to tell a current report from one of another lake, branch, version or settings
+        meta=json.dumps({"lake": lake.uri, "branch": lake.branch or "main", "version": b.version, "settings": settings},
+                        default=str),
     )
     path = target
     path.parent.mkdir(parents=True, exist_ok=True)

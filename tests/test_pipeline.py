@@ -555,3 +555,33 @@ def test_rebalance_and_sequence_refuse_stale_concepts(rebalanced: Lake, tmp_path
         rebalanced.sequence("random", score="nosuchcolumn")
     assert rebalanced.version == v
     assert rebalanced.rebalance(0.7, allow_stale=True).rows > 0  # as asked, with the warning
+
+
+def test_run_tells_export_and_report_of_another_branch_or_settings_and_a_default_where(tmp_path: Path):
+    """export and report were current when their version number matched: another branch at the same
+    version (other rows), another lake's report at the same path, and a changed report title all
+    ran nothing. A where left out of [sequence] was not compared with the one the lake's order used."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    exp = lake.create_branch("exp")
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(f'[export]\ndest = "{tmp_path / "shards"}"\nformat = "parquet"\n'
+                    f'[report]\nout = "{tmp_path / "r.html"}"\nsample_rows = 50\n')
+    assert lake.run(pipe, progress=False).ran == ["export", "report"]
+    assert lake.run(pipe, progress=False).ran == []
+    assert exp.version == lake.version
+    whys = [s.why for s in exp.run(pipe, dry_run=True, progress=False).steps]
+    assert whys[0].startswith("the export is of lake") and "(main), not of this one (exp)" in whys[0], whys
+    assert "(main), not this one (exp)" in whys[1], whys
+    pipe.write_text(pipe.read_text() + 'title = "Ours"\n')
+    assert [s.why for s in lake.run(pipe, dry_run=True, progress=False).steps][1] == "title changed (None -> Ours)"
+    other = Lake.create(tmp_path / "other")
+    other.ingest(SAMPLE_DATA, progress=False)
+    assert "not this one" in other.run(pipe, dry_run=True, progress=False).steps[1].why
+    # [sequence] without where: the default view (keep), compared with what the lake's order used
+    lake.curate({"name": "r", "step": [{"filter": "ingest_error"}]})
+    lake.sequence("random", where="width > 0")
+    seq = tmp_path / "s.toml"
+    seq.write_text('[sequence]\nmode = "random"\n')
+    assert lake.run(seq, dry_run=True, progress=False).steps[0].why == "where changed (width > 0 -> keep)"
+    assert lake.run(seq, progress=False).ran == ["sequence"] and lake.run(seq, progress=False).ran == []
