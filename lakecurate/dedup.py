@@ -717,6 +717,7 @@ def dedup(
                              "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE, "min_agree": MIN_AGREE,
                              "agree_levels": AGREE_LEVELS, "gains": list(GAINS)}
 
+    _check_stored_current(lake, ds, methods, keep_from)  # (before the signals it asks for are written)
     produce = produce or no_producer(lake, "dedup")  # dedup runs no stage itself: it asks for their columns
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes
         report.hashed = produce("image_signals", workers=workers, progress=progress, engine=engine)
@@ -1167,6 +1168,29 @@ def _method_links(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None, 
         mr.pairs = int(strong.sum())
         found = _links(i[strong], j[strong], cos[strong], "cosine {:.3f}", smaller_is_closer=False)
     return eligible, pairs, found
+
+
+def _check_stored_current(lake: "Store", ds: Any, methods: Sequence[str], keep_from: Sequence[str]) -> None:
+    """The decision joins the stored groups of the ``keep_from`` methods this run does not compute:
+    refused, before any write, when they are stale (rows added since, their embedding made again),
+    since dup_keep would be decided from groups that never saw the rows it decides."""
+    from lakecurate.graph import states
+
+    others = [m for m in keep_from if m not in methods and group_columns(m)[0] in ds.schema.names]
+    if not others:
+        return
+    # (their own state: "behind" too, as when new rows have no hashes yet, so no group of theirs)
+    wanted = {group_columns(m)[0] for m in others}
+    bad = [s for s in states(lake, ds) if wanted & set(s.node.columns) and s.state != "current"]
+    if not bad:
+        return
+    first = bad[0]
+    stale = [m for m in others if any(group_columns(m)[0] in s.node.columns for s in bad)] or others
+    now = [m for m in keep_from if m in methods]
+    raise LakeError(f"dedup --method {','.join(methods)} would decide dup_keep from the stored {', '.join(stale)} groups "
+                    f"too, and {first.node.stage} ({first.node.columns[0]}) is {first.state}: {first.reasons[0]}; "
+                    f"regroup them in this run: lakecurate dedup {lake.shell} --method {','.join([*methods, *stale])}, "
+                    f"or decide without them: --keep-from {','.join(now) or ','.join(methods)}")
 
 
 def _check_clustered(ds: Any, col: str, method: str) -> None:

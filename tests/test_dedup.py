@@ -402,10 +402,12 @@ def test_phash_search_in_clusters_finds_the_planted_copies(planted_lake, tmp_pat
     (new / "half.txt").write_text("a smaller copy")
     other.ingest(new, progress=False)
     monkeypatch.setattr(dedup_module, "MAX_UNCLUSTERED", 0)
+    with pytest.raises(LakeError, match="would decide dup_keep from the stored .*verify groups too"):
+        other.dedup(["exact", "phash"], phash_search="clusters", progress=False)  # they never saw the new row
     with pytest.raises(LakeError, match="run embed first"):
-        other.dedup(["exact", "phash"], phash_search="clusters", progress=False)
+        other.dedup(["exact", "phash"], phash_search="clusters", keep_from=["exact", "phash"], progress=False)
     monkeypatch.undo()
-    other.dedup(["exact", "phash"], phash_search="clusters", progress=False)
+    other.dedup(["exact", "phash"], phash_search="clusters", keep_from=["exact", "phash"], progress=False)
     rows = by_key(other, ["dup_phash_group"])
     assert rows["half"]["dup_phash_group"] is not None
     assert rows["half"]["dup_phash_group"] == rows[stem(original.key)]["dup_phash_group"]
@@ -863,3 +865,26 @@ def test_a_killed_incremental_run_leaves_no_link_lost(sample_lake_embedded: Lake
         return set(zip(p["a"], p["b"], p["method"]))
     assert links(lake) == links(ref) and links(ref)
     assert by_key(lake, ["dup_group", "dup_keep"]) == by_key(ref, ["dup_group", "dup_keep"])
+
+
+def test_a_partial_run_does_not_decide_from_stale_stored_groups(sample_lake_embedded: Lake, tmp_path: Path):
+    """`dedup --method exact` after new rows re-decided dup_keep from the stored phash groups, which
+    never saw them: their copies stayed kept, without a word. Refused before any write, with both ways out."""
+    lake = sample_lake(tmp_path, exclude=tuple(COPIES))
+    lake.dedup(["exact", "phash"], progress=False)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name in COPIES:
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", extra / f"{name}.jpg")
+        shutil.copy(SAMPLE_DATA / f"{name}.txt", extra / f"{name}.txt")
+    lake.ingest(extra, progress=False)
+    version = lake.version
+    with pytest.raises(LakeError, match=r"would decide dup_keep from the stored phash groups too, and dedup "
+                                        r"\(dup_phash_group\) is behind: its input phash .* incomplete.*--method "
+                                        r"exact,phash, or decide without them: --keep-from exact"):
+        lake.dedup(["exact"], progress=False)
+    assert lake.version == version  # (not even the image signals)
+    assert lake.dedup(["exact"], keep_from=["exact"], progress=False).keep_from == ["exact"]
+    lake.dedup(["exact", "phash"], progress=False)
+    rows = by_key(lake, ["dup_group"])
+    assert rows["coffee_small_q40"]["dup_group"] == rows["coffee"]["dup_group"] is not None
