@@ -335,7 +335,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
                     and st.state == "current":
                 st.state = "behind"
                 st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
-        st.fix = fix_command(lake, node, st.state)
+        st.fix = fix_command(lake, node, st.state, ds)
         by_node[id(node)] = st
         out.append(st)
     return out
@@ -465,10 +465,11 @@ _DEDUP_FLAGS = {
 }
 
 
-def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
+def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.LanceDataset | None" = None) -> str:
     """The command that recomputes ``node`` (or, ``state`` "incomplete", fills its missing rows),
     rebuilt from its provenance: every option the stage was run with, quoted, so that it can be
-    pasted and runs as given (tests/test_pipeline.py runs them)."""
+    pasted and runs as given (tests/test_pipeline.py runs them). ``ds``: the version the node is
+    of (default: the latest), where a dedup method's embedding is looked up."""
     import shlex
     from pathlib import Path
 
@@ -497,7 +498,14 @@ def fix_command(lake: "Store", node: Node, state: str = "stale") -> str:
         out = f"{head} dedup {uri} --method {method}{opt('--embedding', cfg.get('embedding'))}"
         for key, flag in _DEDUP_FLAGS.get(method, {}).items():
             out += opt(flag, cfg.get(key))
-        return out + (" --no-flips" if cfg.get("flips") is False else "")
+        out += " --no-flips" if cfg.get("flips") is False else ""
+        if cfg.get("embedding_config"):  # the embedding made again (another config): the groups' config changed too
+            ds = ds if ds is not None else lake.dataset()
+            score = f"{cfg.get('embedding')}_score"
+            now = field_provenance(ds.schema.field(score), strict=False) if score in ds.schema.names else None
+            if now and now.get("config_hash") != cfg["embedding_config"]:
+                out += " --recompute"
+        return out
     if node.stage == "concepts":
         return f"{head} cluster {uri} -k {cfg.get('k')}{opt('--embedding', cfg.get('embedding'))} --seed {cfg.get('seed', 0)}"
     if node.stage == "rebalance":

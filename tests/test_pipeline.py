@@ -585,3 +585,16 @@ def test_run_tells_export_and_report_of_another_branch_or_settings_and_a_default
     seq.write_text('[sequence]\nmode = "random"\n')
     assert lake.run(seq, dry_run=True, progress=False).steps[0].why == "where changed (width > 0 -> keep)"
     assert lake.run(seq, progress=False).ran == ["sequence"] and lake.run(seq, progress=False).ran == []
+
+
+def test_a_dedup_fix_after_the_embedding_was_made_again_recomputes(sample_lake_embedded: Lake, tmp_path: Path):
+    """After `embed --recompute --precision bf16` the semantic groups' fix command was refused as
+    "made with another config" (the groups' config names the embedding's), without --recompute."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["semantic"], semantic_threshold=0.995, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, precision="bf16", recompute=True, progress=False)
+    st = next(s for s in graph.states(lake) if "dup_semantic_group" in s.node.columns)
+    assert st.state == "stale" and st.fix.endswith(" --recompute"), st.fix
+    res = CliRunner().invoke(main, shlex.split(st.fix)[1:])
+    assert res.exit_code == 0, (st.fix, res.output)
+    assert next(s for s in graph.states(lake) if "dup_semantic_group" in s.node.columns).state == "current"
