@@ -73,6 +73,11 @@ def why_excluded(df: pd.DataFrame) -> pd.Series:
     if "drop_reason" in df:
         dropped = df["drop_reason"].notna()
         reason[dropped] = "recipe: " + df.loc[dropped, "drop_reason"].astype(str)
+    if "keep" in df:  # a row the recipe kept passed what it checks (duplicates, say, when it has no such step):
+        kept = df["keep"].eq(True)  # only what came after it left the row out
+        after = df["rebalance_keep"].eq(False) if "rebalance_keep" in df else pd.Series(False, index=df.index)
+        reason[kept] = "outside the view's condition"
+        reason[kept & after] = "rebalance"
     return reason
 
 

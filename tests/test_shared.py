@@ -324,3 +324,6 @@ def test_why_excluded_follows_the_order_a_row_meets_the_stages():
     assert why_excluded(df).tolist() == ["rebalance", "duplicate: phash", "outside the view's condition",
                                          "ingest error", "outside the view's condition", "recipe: ingest_error"]
     assert why_excluded(df.drop(columns=["dup_reason"])).tolist()[1] == "duplicate: duplicate"
+    # a recipe that kept a row (it has no duplicate step): rebalancing left it out, not dedup
+    df["keep"] = [True, True, True, False, True, False]
+    assert why_excluded(df).tolist()[:3] == ["rebalance", "rebalance", "outside the view's condition"]
