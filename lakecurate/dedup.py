@@ -93,6 +93,7 @@ from lakecurate.options import cosine as check_cosine
 from lakecurate.options import whole
 from lakecurate.progress import progress_bar
 from lakecurate.schema import EVIDENCE_TABLE
+from lakecurate.sqlcheck import clean_message
 from lakecurate.store import retry_on_conflict
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
 from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
@@ -811,7 +812,7 @@ def dedup(
     # before its decisions leaves links of rows not grouped yet; the re-run finds them again, since
     # those rows are still new to it (pinned after the decisions, a kill lost them for good).
     # Links that equal the pinned ones (a re-run that changes nothing) write nothing.
-    if linked_pairs is not None and not _same_links(linked_pairs, evidence_dataset(lake, ds)):
+    if linked_pairs is not None and not _same_links(lake, linked_pairs, evidence_dataset(lake, ds)):
         report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")))
     best_ids = {c: ids.of(g.best) for w in written.values() for c, g in w.items()}
     final_ids, reason_at = ids.of(final.best), np.cumsum(dropped) - 1
@@ -924,13 +925,25 @@ def evidence_dataset(lake: "Store", ds: Any) -> Any:
     return lake.side_dataset(EVIDENCE_TABLE)
 
 
-def _same_links(new: pa.Table, old_ds: Any) -> bool:
+def _read_evidence(lake: "Store", ds: Any, columns: Sequence[str] | None = None) -> pa.Table:
+    """The evidence table's rows, or a LakeError naming it and the way to rebuild it (its files
+    damaged: every later dedup was a pyarrow traceback)."""
+    try:
+        tbl = ds.to_table(columns=list(columns) if columns else None)
+        return tbl.cast(EVIDENCE_SCHEMA if columns is None else pa.schema([EVIDENCE_SCHEMA.field(c) for c in columns]))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise LakeError(f"dedup's evidence table {ds.uri} (version {ds.version}) cannot be read ({clean_message(exc)}); "
+                        f"it holds only the links that explain the groups: delete that folder, then rebuild it with "
+                        f"lakecurate dedup {lake.shell} --method ... --recompute (every method of the lake)") from None
+
+
+def _same_links(lake: "Store", new: pa.Table, old_ds: Any) -> bool:
     """Whether ``new`` holds the links of the evidence table ``old_ds`` (the version a link was
     found at aside)."""
     if old_ds is None:
         return new.num_rows == 0
     cols = ["a", "b", "method", "score", "detail"]
-    old = old_ds.to_table(columns=cols).cast(EVIDENCE_SCHEMA.remove(EVIDENCE_SCHEMA.get_field_index("version")))
+    old = _read_evidence(lake, old_ds, cols)
     if old.num_rows != new.num_rows:
         return False
     order = [("a", "ascending"), ("b", "ascending"), ("method", "ascending")]
@@ -969,7 +982,7 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     old_ds = evidence_dataset(lake, ds)
     if old_ds is None:
         return new
-    old = old_ds.to_table().cast(EVIDENCE_SCHEMA)
+    old = _read_evidence(lake, old_ds)
     drop = pc.is_in(old.column("method"), pa.array(sorted(replaced), pa.string()))
     fresh = pc.binary_join_element_wise(new.column("a"), new.column("b"), new.column("method"), "\x00")
     key = pc.binary_join_element_wise(old.column("a"), old.column("b"), old.column("method"), "\x00")
@@ -986,7 +999,7 @@ def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | st
     ds = evidence_dataset(lake, lake.dataset(version))
     if ds is None:
         return EVIDENCE_SCHEMA.empty_table().to_pandas()
-    tbl = ds.to_table().cast(EVIDENCE_SCHEMA)
+    tbl = _read_evidence(lake, ds)
     if ids is not None:
         want = pa.array(list(ids), pa.string())
         tbl = tbl.filter(pc.or_(pc.is_in(tbl.column("a"), want), pc.is_in(tbl.column("b"), want)))

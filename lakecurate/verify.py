@@ -395,22 +395,27 @@ class KeypointCache:
         t0 = time.perf_counter()
         rep = CacheReport(needed=len(ids))
         ds = self.lake.side_dataset(CACHE_TABLE, per_branch=False)  # opened once: this load's view of the cache
-        index = self._index(ds)
         keys = [(i, h or "") for i, h in zip(ids, hashes)]
-        have = [index.get(k) for k in keys]
         out: list[Features | None] = [None] * len(ids)
-        hit = [k for k, r in enumerate(have) if r is not None]
-        if hit:
-            got = ds._take_rows([have[k] for k in hit], columns=["id", "content_hash", *(f.name for f in FIELDS)]).to_pylist()
-            for k, row in zip(hit, got):
-                if (row["id"], row["content_hash"]) == keys[k]:  # the index kept between loads still points right
-                    out[k] = features_of(row)
+        damaged = False
+        try:
+            index = self._index(ds)
+            have = [index.get(k) for k in keys]
+            hit = [k for k, r in enumerate(have) if r is not None]
+            if hit:
+                got = ds._take_rows([have[k] for k in hit], columns=["id", "content_hash", *(f.name for f in FIELDS)]).to_pylist()
+                for k, row in zip(hit, got):
+                    if (row["id"], row["content_hash"]) == keys[k]:  # the index kept between loads still points right
+                        out[k] = features_of(row)
+        except (OSError, ValueError, pa.ArrowException):  # damaged files: a cache, so it is made again
+            self._keys, self._fragments, damaged = {}, set(), True
+            out = [None] * len(ids)
         todo = [k for k, f in enumerate(out) if f is None]
         rep.cached = len(ids) - len(todo)
         if todo:
             pending: list[pa.Table] = []
             rows_seen = 0
-            replace = [ds is not None and not self._usable(ds)]
+            replace = [ds is not None and (damaged or not self._usable(ds))]
 
             def flush() -> None:
                 if pending:

@@ -888,3 +888,18 @@ def test_a_partial_run_does_not_decide_from_stale_stored_groups(sample_lake_embe
     lake.dedup(["exact", "phash"], progress=False)
     rows = by_key(lake, ["dup_group"])
     assert rows["coffee_small_q40"]["dup_group"] == rows["coffee"]["dup_group"] is not None
+
+
+def test_a_damaged_evidence_table_is_named_with_its_fix(lake: Lake):
+    """Files of dup_pairs damaged: every later dedup (and dup_pairs()) was a pyarrow traceback
+    that named neither the table nor what to do."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.dedup(["exact"], progress=False)
+    for f in (Path(lake.uri) / "dup_pairs.lance" / "data").glob("*.lance"):
+        f.write_bytes(f.read_bytes()[:100])
+    for call in (lambda: lake.dup_pairs(), lambda: lake.dedup(["exact"], recompute=True, progress=False)):
+        with pytest.raises(LakeError, match=r"evidence table .*dup_pairs.lance .* cannot be read .* delete that folder"):
+            call()
+    shutil.rmtree(Path(lake.uri) / "dup_pairs.lance")
+    lake.dedup(["exact"], recompute=True, progress=False)
+    assert len(lake.dup_pairs()) > 0
