@@ -209,6 +209,12 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
         sources = opts.get("sources")
         if not sources or not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
             raise LakeError("sources must be a list of folders, manifests or shard patterns")
+        if opts.get("kind") not in (None, "folder", "manifest", "webdataset"):
+            raise LakeError(f"unknown kind {opts['kind']!r}: use folder, manifest or webdataset")
+        # a missing one was refused after the sources before it were ingested
+        missing = [s for s in sources if "://" not in s and not any(c in s for c in "{*?[") and not os.path.exists(s)]
+        if missing:
+            raise LakeError(f"source {missing[0]} does not exist" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
     elif step == "embed":
         from lakecurate.encoders import resolve
 

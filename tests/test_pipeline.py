@@ -365,6 +365,8 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         '[dedup]\nmethods = ["phash"]\nrecompute = ["semantic"]\n': "recompute names 'semantic'",
         '[dedup]\nrecompute = "phash"\n': "recompute = 'phash' must be true or false or a list",
         # each refused only once the earlier steps had written (or not at all: a threshold of 85 linked nothing)
+        f'[ingest]\nsources = ["{SAMPLE_DATA}", "/nonexistent"]\n': "source /nonexistent does not exist",
+        f'[ingest]\nsources = ["{SAMPLE_DATA}"]\nkind = "bogus"\n': "unknown kind 'bogus'",
         '[dedup]\nsemantic_threshold = 85.0\n': "invalid semantic_threshold 85.0: expected a number from -1 to 1",
         '[dedup]\ncaption_threshold = -3.0\n': "invalid caption_threshold -3.0",
         '[embed]\nmodel = "offline"\nbatch_size = 0\n': "[embed]: invalid --batch-size 0",
