@@ -401,7 +401,7 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
 
     Example: lakecurate search ./lake "a cat looking to the side" -k 5
     """
-    df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where)
+    df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where, option="--prefix NAME")
     if as_json:
         echo_json(df)
     else:

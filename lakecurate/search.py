@@ -42,7 +42,15 @@ def query_vector(enc: Encoder, query: Any) -> Any:
     from PIL import Image
 
     if isinstance(query, np.ndarray):
-        return query
+        vec = np.asarray(query, np.float32).reshape(-1)
+        dim = getattr(enc, "dim", None)
+        if dim and vec.shape[0] != dim:
+            raise LakeError(f"a query vector of {vec.shape[0]} numbers for embeddings of {dim}; pass a vector of "
+                            f"that embedding, or a text or an image")
+        norm = float(np.linalg.norm(vec)) if np.isfinite(vec).all() else float("nan")
+        if not norm > 0:  # zeros or NaN: no direction, so no nearest pair (it returned none without a word)
+            raise LakeError("the query vector is all zeros or not finite: it points nowhere; pass another")
+        return vec
     if isinstance(query, Image.Image):
         return enc.encode_images([query])[0].numpy()
     is_bytes = isinstance(query, (bytes, bytearray))
@@ -55,6 +63,9 @@ def query_vector(enc: Encoder, query: Any) -> Any:
             raise LakeError(f"{what} not an image Pillow can read ({type(exc).__name__}); pass an image file, "
                             "or a text query that is not a file name") from None
         return enc.encode_images([rgb])[0].numpy()
+    if not isinstance(query, str):  # None or a list were searched for as the caption "None", "['a cat']"
+        raise LakeError(f"search for a text, an image (a file path, bytes, a PIL image) or a vector, not "
+                        f"{type(query).__name__} {str(query)[:40]!r}")
     return enc.encode_texts([_text_query(query)])[0].numpy()
 
 
@@ -90,6 +101,7 @@ def search(
     columns: list[str] | None = None,
     version: int | str | None = None,
     row_address: bool = False,
+    option: str = "prefix=...",
 ) -> pd.DataFrame:
     """The ``k`` pairs nearest to ``query`` (text or image) by their ``target`` ("image"/"text") vectors.
 
@@ -100,9 +112,16 @@ def search(
     """
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # Lance would raise on k = 0 only after the encoder is loaded
         raise LakeError(f"k = {k!r}: ask for at least 1 nearest pair (a whole number)")
+    if target not in ("image", "text"):
+        raise LakeError(f"target {target!r}: search the image or the text vectors (target='image' or 'text')")
+    if columns is not None and (not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns)):
+        raise LakeError(f"columns {columns!r}: give a list of column names")
     ds = lake.dataset(version)
     where = check_where(where, "--where", ds)
-    prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option="prefix=...")
+    missing = [c for c in columns or [] if c not in ds.schema.names]
+    if missing:
+        raise LakeError(f"no column {', '.join(missing)} in lake '{lake.uri}'; see its columns with lakecurate info {lake.shell}")
+    prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option=option)
     col = embedding_columns(prefix)[target]
     if isinstance(query, str) and not os.path.isfile(query):
         _text_query(query)  # refused before the encoder is loaded

@@ -181,6 +181,16 @@ def test_search_by_text_and_image_and_index(sample_lake_embedded: Lake, lake: La
     assert lake.search(str(SAMPLE_DATA / "coffee.jpg"), k=1)["key"][0] == "coffee.jpg"
     with pytest.raises(LakeError, match="no embedding columns; run: lakecurate embed"):
         Lake.create(lake.uri + "-empty").search("x")
+    # what a Python caller can pass that was searched for as text, a raw KeyError or Lance error, or nothing
+    for query, kw, match in [(None, {}, "search for a text, an image .* not NoneType"),
+                             (["a cat"], {}, "not list"),
+                             (np.zeros(32, np.float32), {}, "all zeros or not finite"),
+                             (np.ones(10, np.float32), {}, "a query vector of 10 numbers for embeddings of 32"),
+                             ("a cat", {"target": "foo"}, "target 'foo'"),
+                             ("a cat", {"columns": ["nosuch"]}, "no column nosuch in lake")]:
+        with pytest.raises(LakeError, match=match):
+            sample_lake_embedded.search(query, k=2, **kw)
+    assert len(sample_lake_embedded.search(np.ones(32, np.float32), k=2)) == 2
 
 
 def test_worker_transform_matches_open_clip_factory():
