@@ -96,7 +96,11 @@ def _side(lake: "Store", ref: str | int, where: str | None) -> tuple[Any, pd.Dat
     try:
         tbl = ds.to_table(columns={**cols, "_in": inside}).to_pandas()
     except Exception as exc:
-        raise LakeError(f"cannot select rows with {where!r} at '{ref}' of lake '{lake.uri}': {exc}") from None
+        from lakecurate.sqlcheck import clean_message
+
+        raise LakeError(f"cannot select rows with {where!r} at '{ref}' of lake '{lake.uri}': {clean_message(exc)}"
+                        " (a column only one of the two versions has: give the other its own condition with "
+                        "--where-b)") from None
     tbl["_in"] = tbl["_in"].fillna(False).astype(bool)  # a null condition leaves the row out, as a filter does
     return ds, tbl.set_index("id"), where, notes
 
@@ -106,6 +110,9 @@ def diff(lake: "Store", a: str | int, b: str | int | None = None, *, where: str 
     """Rows in ``b``'s view but not ``a``'s (added) and in ``a``'s but not ``b``'s (removed), with
     counts per reason. ``b`` defaults to the lake's latest version; ``where`` applies to both sides
     unless ``where_b`` is given."""
+    from lakecurate.options import whole
+
+    examples = whole("examples", examples, 0)  # (-1 listed every id but the last)
     b = lake.version if b is None else b
     check_where(where, "--where", lake.dataset(a))  # one condition each, on the columns of its side
     check_where(where_b, "--where-b", lake.dataset(b))

@@ -104,6 +104,8 @@ def load_pipeline(spec: str | os.PathLike | Mapping[str, Any], *, lake_uri: str 
     """Read and check a pipeline: a TOML path, a shipped name (``demo``) or a dict. Paths in it are
     made absolute (relative to the file; ``{lake}`` is the lake's path). ``overrides`` replace
     options per step (how ``lakecurate demo --source`` changes the shipped file)."""
+    if not isinstance(spec, (str, os.PathLike, Mapping)):
+        raise LakeError(f"a pipeline is a TOML file, a shipped name (demo) or a dict, not {spec!r}")
     if isinstance(spec, Mapping):
         raw, source, base = dict(spec), "<dict>", Path.cwd()
     else:
@@ -154,7 +156,7 @@ def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_u
     _check_types(where, fn, opts)
     opts = dict(opts)
     for key in _PATHS.get(step, ()):
-        if key in opts and opts[key] is not None:
+        if key in opts and opts[key] is not None and not isinstance(opts[key], Mapping):  # (a recipe may be a dict)
             opts[key] = _path(opts[key], base, lake_uri, keep_names=(step == "curate"))
     try:
         _check_values(step, opts)

@@ -275,6 +275,9 @@ class Store:
         if columns is None:
             columns = [n for n in ds.schema.names if n != "image"]
         columns = [columns] if isinstance(columns, str) else list(columns)  # "key" is one column, not three letters
+        limit = _row_limit(limit)
+        if len(set(columns)) < len(columns):  # (Lance refused some repeats, and repeated others)
+            raise LakeError(f"columns {columns}: name each column once")
         missing = [c for c in columns if c not in ds.schema.names]
         if missing:
             raise LakeError(f"column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} {'are' if len(missing) > 1 else 'is'} not in lake '{self.uri}' (version {ds.version}); "
@@ -291,7 +294,11 @@ class Store:
         """Image bytes for the given pair ids, in the same order (None where absent); one id (a
         string) is a list of one, not of its characters."""
         ds = self.dataset()
+        if ids is None or not isinstance(ids, (str, list, tuple)) and not hasattr(ids, "__iter__"):
+            raise LakeError(f"read_images takes a pair id or a list of them, not {ids!r}")
         id_list = [ids] if isinstance(ids, str) else list(ids)
+        if not all(isinstance(i, str) for i in id_list):
+            raise LakeError(f"read_images takes pair ids (text), not {next(i for i in id_list if not isinstance(i, str))!r}")
         if not id_list:
             return []
         from lakecurate.sqlcheck import in_list
@@ -325,6 +332,7 @@ class Store:
         from lakecurate.sqlcheck import check_query, clean_message
 
         check_query(query)
+        limit = _row_limit(limit)
         ds = self.dataset(version)
         try:
             reader = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader()
@@ -631,6 +639,16 @@ class Store:
                 out["bytes_removed"] += side.bytes_removed
                 out["old_versions"] += side.old_versions
         return out
+
+def _row_limit(limit: Any) -> int | None:
+    """``limit`` as a row count >= 0 (None: no limit), else a LakeError (-1 returned no rows, 2.5 a
+    Lance error)."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0:
+        raise LakeError(f"limit {limit!r}: give a whole number of rows >= 0, or None for all")
+    return int(limit)
+
 
 def _iso(ts: datetime) -> str:
     return ts.isoformat(timespec="seconds")

@@ -71,3 +71,24 @@ def test_info_versions_tags_and_time_travel(sample_lake: Lake):
     assert sample_lake.dataset("raw").count_rows() == info["rows"]
     stats = sample_lake.cleanup()
     assert stats["old_versions"] == 0  # nothing old enough: tagged and recent versions stay
+
+
+def test_api_arguments_are_checked_with_one_line_errors(sample_lake: Lake):
+    """Each reached Lance or Python unchecked: a raw error, or a quiet wrong answer (sql(limit=-1)
+    returned no rows, diff(examples=-1) every id but the last, a repeated column came back twice)."""
+    calls = [(lambda: sample_lake.to_pandas(["key"], limit=-1), "limit -1: give a whole number"),
+             (lambda: sample_lake.to_pandas(["key"], limit=2.5), "limit 2.5"),
+             (lambda: sample_lake.to_pandas(["image", "key", "image"]), "name each column once"),
+             (lambda: sample_lake.sql("SELECT key FROM pairs", limit=-1), "limit -1"),
+             (lambda: sample_lake.read_images(None), "read_images takes a pair id or a list"),
+             (lambda: sample_lake.read_images([1, 2]), "pair ids \\(text\\), not 1"),
+             (lambda: sample_lake.run(None), "a pipeline is a TOML file, a shipped name"),
+             (lambda: sample_lake.diff(1, examples=-1), "invalid examples -1")]
+    for call, match in calls:
+        with pytest.raises(LakeError, match=match) as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert sample_lake.to_pandas(["key"], limit=0).empty and len(sample_lake.sql("SELECT key FROM pairs", limit=3)) == 3
+    # a recipe given as a dict inside a dict pipeline (curate takes one): it was "not found"
+    rep = sample_lake.run({"curate": {"recipe": {"name": "r", "step": [{"filter": "ingest_error"}]}}}, dry_run=True)
+    assert rep.steps[0].step == "curate"
