@@ -719,6 +719,11 @@ def dedup(
                              "agree_levels": AGREE_LEVELS, "gains": list(GAINS)}
 
     _check_stored_current(lake, ds, methods, keep_from)  # (before the signals it asks for are written)
+    for m in methods:  # a changed config without recompute: refused now, not after the new rows were hashed
+        if m not in redo and group_columns(m)[0] in ds.schema.names:
+            columns.declare(lake, [pa.field(c, pa.string()) for c in group_columns(m)],
+                            columns.provenance("dedup", {"method": m, **configs[m]}, _sources(m, emb), ds.version),
+                            fix=f"run with the same settings, or with --recompute to regroup every row by {m}")
     produce = produce or no_producer(lake, "dedup")  # dedup runs no stage itself: it asks for their columns
     if {"phash", "semantic"} & set(methods):  # semantic links at a lower cosine are confirmed by hashes
         report.hashed = produce("image_signals", workers=workers, progress=progress, engine=engine)

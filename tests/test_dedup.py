@@ -170,6 +170,12 @@ def test_sample_data_groups_keep_and_reasons(sample_lake_embedded: Lake, tmp_pat
 def test_config_change_needs_recompute(sample_lake_embedded: Lake, tmp_path: Path):
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     lake.dedup(["phash"], workers=0, progress=False)
+    more = Lake.open(shutil.copytree(lake.uri, tmp_path / "more"))
+    more.ingest(shutil.copytree(SAMPLE_DATA, tmp_path / "again"), progress=False)  # new rows to hash
+    version = more.version
+    with pytest.raises(LakeError, match="--recompute"):
+        more.dedup(["phash"], phash_distance=3, workers=0, progress=False)
+    assert more.version == version  # refused before the new rows were hashed (2 versions were committed)
     with pytest.raises(LakeError, match="--recompute"):
         lake.dedup(["phash"], phash_distance=3, workers=0, progress=False)
     loose = lake.dedup(["phash"], phash_distance=30, recompute=True, workers=0, progress=False)
