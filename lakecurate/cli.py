@@ -1505,7 +1505,14 @@ def demo(lake_uri: str, source: str, model: str) -> None:
     click.echo("\n== lake")
     d = lake.info()
     click.echo(f"{d['rows']} rows, version {d['version']}, columns: {', '.join(c['name'] for c in d['columns'])}")
-    click.echo(f"\nnext: lakecurate status {shlex.quote(lake_uri)}; lakecurate run {shlex.quote(lake_uri)} demo (again: nothing to do)")
+    # (lakecurate run LAKE demo ingests the bundled sample_data: right only when that was the source)
+    from lakecurate.pipeline import SHIPPED
+
+    shipped = os.path.realpath(source) == os.path.realpath(SHIPPED.parent.parent / "sample_data")  # demo.toml's
+    again = (f"lakecurate run {shlex.quote(lake_uri)} demo" if shipped and model == "offline" else
+             f"lakecurate demo --lake {shlex.quote(lake_uri)} --source {shlex.quote(source)}"
+             + ("" if model == "offline" else f" --model {shlex.quote(model)}"))
+    click.echo(f"\nnext: lakecurate status {shlex.quote(lake_uri)}; {again} (again: nothing to do)")
 
 
 if __name__ == "__main__":  # pragma: no cover

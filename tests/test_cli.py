@@ -66,6 +66,12 @@ def test_demo_runs_on_sample_data(runner: CliRunner, tmp_path: Path, monkeypatch
     keys = lake.sql(f"SELECT key FROM pairs WHERE {score} IS NOT NULL ORDER BY {score}")["key"].tolist()
     assert int(m.group(2)) == keys.index("chelsea_mismatch.jpg") + 1 and int(m.group(3)) == len(keys)
     assert re.search(r"^chelsea_mismatch\.jpg: (kept|dropped \(\w+\))$", res.output, re.M), res.output
+    assert f"lakecurate run {tmp_path / 'demo'} demo (again: nothing to do)" in res.output
+    # another --source: the hint repeats the demo (run LAKE demo would ingest the bundled sample_data into it)
+    own = shutil.copytree(REPO / "sample_data", tmp_path / "mine")
+    res = runner.invoke(main, ["demo", "--lake", str(tmp_path / "own"), "--source", str(own)])
+    assert res.exit_code == 0, res.output
+    assert f"lakecurate demo --lake {tmp_path / 'own'} --source {own} (again" in res.output
 
 
 def test_every_command_has_an_example_and_is_in_the_readme(runner: CliRunner):
