@@ -340,6 +340,10 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
         tag += "-" + hashlib.blake2b(root.encode(), digest_size=3).hexdigest()
     # The lake's own class (the facade) makes the side lake, so this view imports no stage.
     where = os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}")
+    import shutil
+
+    if "://" not in where and os.path.exists(where) and os.path.isfile(src) and _images_changed(type(lake).open(where)):
+        shutil.rmtree(where)  # a manifest's images changed under it (its fingerprint is the manifest's alone)
     new = "://" not in where and not os.path.exists(where)
     side = type(lake).create(where)
     side.ingest(src, progress=False, engine=engine, **({"root": root} if root is not None else {}))
@@ -349,8 +353,6 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
                      .column("content_hash").to_pylist())
         except LakeError:
             if new:  # refused: no cache of a set that cannot be used with this lake is left behind
-                import shutil
-
                 shutil.rmtree(where, ignore_errors=True)
             raise
     spec = spec_from_provenance(prov)
@@ -359,12 +361,32 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
     tbl = side.dataset().to_table(columns=["content_hash", names["image"], names["text"]],
                                   filter=f"{names['image']} IS NOT NULL AND {names['text']} IS NOT NULL")
     if tbl.num_rows < 2:
+        why = _refused(side)
+        if new:  # (a cache of a set that cannot be used)
+            shutil.rmtree(where, ignore_errors=True)
         raise LakeError(f"evaluation set '{path}' has {tbl.num_rows} usable pairs after ingest and embedding "
-                        f"(a proxy needs 2){_refused(side)}")
+                        f"(a proxy needs 2){why}")
     hashes = tbl.column("content_hash").to_pylist()
     uniq, first, text_image = np.unique(np.array(hashes), return_index=True, return_inverse=True)
     img = _vectors(tbl, names["image"])[first]
     return EvalSet(_unit(img), _unit(_vectors(tbl, names["text"])), text_image.astype(np.int64), uniq.tolist()), side
+
+
+def _images_changed(side: "Store") -> bool:
+    """Whether an image file a cached evaluation set read is gone or holds other bytes now (a
+    manifest names its images: replaced, they leave the manifest as it was)."""
+    tbl = side.dataset().to_table(columns=["image_uri", "content_hash"], filter="content_hash IS NOT NULL")
+    for uri, digest in zip(tbl.column("image_uri").to_pylist(), tbl.column("content_hash").to_pylist()):
+        if not uri or "://" in uri or "#" in uri:
+            continue
+        try:
+            with open(uri, "rb") as f:
+                now = hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            now = None
+        if now != digest:
+            return True
+    return False
 
 
 def _refused(side: "Store") -> str:

@@ -253,3 +253,22 @@ def test_evaluate_trains_on_a_synthetic_caption_column(small, tmp_path: Path, mo
     assert np.allclose(np.sort(got, axis=0), np.sort(syn, axis=0), atol=1e-3)
     orig = np.asarray(t.column("clip_tinyrandom_text").combine_chunks().values.to_numpy(), np.float32).reshape(t.num_rows, -1)
     assert not np.allclose(np.sort(got, axis=0), np.sort(orig, axis=0), atol=1e-3)
+
+
+def test_a_manifest_eval_set_whose_images_changed_is_read_again(small, tmp_path: Path):
+    """A CSV evaluation set's cache was keyed by the CSV alone: its images replaced by photos of the
+    lake, evaluate went on with the old embeddings and no held-out check."""
+    import csv
+
+    lake, ev = small
+    manifest = tmp_path / "eval.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        for p in sorted(ev.glob("*.png")):
+            w.writerow([str(p), (ev / f"{p.stem}.txt").read_text()])
+    lake.evaluate(eval_set=manifest, root=ev, seeds=1, steps=5, progress=False, record=False)
+    first = next(p for p in sorted(ev.glob("*.png")))
+    shutil.copyfile(SAMPLE_DATA / "horse.jpg", first)  # now an image the lake holds, under the same name
+    with pytest.raises(LakeError, match="also in lake"):
+        lake.evaluate(eval_set=manifest, root=ev, seeds=1, steps=5, progress=False, record=False)
