@@ -109,6 +109,16 @@ def sample_lake(tmp_path: Path, exclude: tuple[str, ...] = ()) -> Lake:
     return lake
 
 
+def ingest_copies(lake: Lake, tmp_path: Path) -> None:
+    """The sample data's COPIES, ingested as new rows (the lake was made without them)."""
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name in COPIES:
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", extra / f"{name}.jpg")
+        shutil.copy(SAMPLE_DATA / f"{name}.txt", extra / f"{name}.txt")
+    lake.ingest(extra, progress=False)
+
+
 def by_key(lake: Lake, cols: list[str]) -> dict:
     df = lake.to_pandas(["key", *cols])
     df["key"] = df["key"].map(stem)
@@ -256,12 +266,7 @@ def test_incremental_run_checks_only_new_rows(sample_lake_embedded: Lake, tmp_pa
     first = lake.dedup("all", semantic_threshold=0.995, workers=0, progress=False)  # tiny-random: all alike
     assert first.rows == 24
     old_files = data_files(lake)
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    for name in COPIES:
-        shutil.copy(SAMPLE_DATA / f"{name}.jpg", extra / f"{name}.jpg")
-        shutil.copy(SAMPLE_DATA / f"{name}.txt", extra / f"{name}.txt")
-    lake.ingest(extra, progress=False)
+    ingest_copies(lake, tmp_path)
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     second = lake.dedup("all", semantic_threshold=0.995, workers=0, progress=False)
     assert second.hashed == len(COPIES)
@@ -836,12 +841,7 @@ def test_a_killed_incremental_run_leaves_no_link_lost(sample_lake_embedded: Lake
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     kw = dict(methods=["exact", "phash", "semantic"], semantic_threshold=0.995, workers=0, progress=False)
     lake.dedup(**kw)
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    for name in COPIES:
-        shutil.copy(SAMPLE_DATA / f"{name}.jpg", extra / f"{name}.jpg")
-        shutil.copy(SAMPLE_DATA / f"{name}.txt", extra / f"{name}.txt")
-    lake.ingest(extra, progress=False)
+    ingest_copies(lake, tmp_path)
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     ref = Lake.open(shutil.copytree(lake.uri, tmp_path / "ref"))
     ref.dedup(**kw)
@@ -878,12 +878,7 @@ def test_a_partial_run_does_not_decide_from_stale_stored_groups(sample_lake_embe
     never saw them: their copies stayed kept, without a word. Refused before any write, with both ways out."""
     lake = sample_lake(tmp_path, exclude=tuple(COPIES))
     lake.dedup(["exact", "phash"], progress=False)
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    for name in COPIES:
-        shutil.copy(SAMPLE_DATA / f"{name}.jpg", extra / f"{name}.jpg")
-        shutil.copy(SAMPLE_DATA / f"{name}.txt", extra / f"{name}.txt")
-    lake.ingest(extra, progress=False)
+    ingest_copies(lake, tmp_path)
     version = lake.version
     with pytest.raises(LakeError, match=r"would decide dup_keep from the stored phash groups too, and dedup "
                                         r"\(dup_phash_group\) is behind: its input phash .* incomplete.*--method "
