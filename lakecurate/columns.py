@@ -568,7 +568,7 @@ class FragmentClaims:
         """Who holds ``path`` while the claim is fresh, else None (free or stale)."""
         try:
             owner, age = path.read_text(), time.time() - path.stat().st_mtime
-        except (FileNotFoundError, OSError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError):  # (gone meanwhile: free)
             return None
         host, _, rest = owner.partition(" ")
         pid = rest.split(" ")[0]

@@ -801,7 +801,8 @@ def dedup(
     final_size = size[np.searchsorted(heads, final.best)].astype(np.int32)
     ids = _Ids(ds, np.concatenate([final.rows, *(g.best for w in written.values() for g in w.values()),
                                    *(e[c] for e in evidence.values() for c in (0, 1))]))
-    linked_pairs = _merged_evidence(lake, ds, ids, evidence, replaced, ds.version) if evidence or replaced else None
+    linked_pairs, same_links = (_merged_evidence(lake, ds, ids, evidence, replaced, ds.version) if evidence or replaced
+                                else (None, True))
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
     reason = _reasons(ids, final.rows[dropped], final.best[dropped], use, groups, inliers)
     final_prov = columns.provenance(
@@ -817,7 +818,7 @@ def dedup(
     # before its decisions leaves links of rows not grouped yet; the re-run finds them again, since
     # those rows are still new to it (pinned after the decisions, a kill lost them for good).
     # Links that equal the pinned ones (a re-run that changes nothing) write nothing.
-    if linked_pairs is not None and not _same_links(lake, linked_pairs, evidence_dataset(lake, ds)):
+    if linked_pairs is not None and not same_links:
         report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")))
     best_ids = {c: ids.of(g.best) for w in written.values() for c, g in w.items()}
     final_ids, reason_at = ids.of(final.best), np.cumsum(dropped) - 1
@@ -930,29 +931,23 @@ def evidence_dataset(lake: "Store", ds: Any) -> Any:
     return lake.side_dataset(EVIDENCE_TABLE)
 
 
-def _read_evidence(lake: "Store", ds: Any, columns: Sequence[str] | None = None) -> pa.Table:
+def _read_evidence(lake: "Store", ds: Any) -> pa.Table:
     """The evidence table's rows, or a LakeError naming it and the way to rebuild it (its files
     damaged: every later dedup was a pyarrow traceback)."""
     try:
-        tbl = ds.to_table(columns=list(columns) if columns else None)
-        return tbl.cast(EVIDENCE_SCHEMA if columns is None else pa.schema([EVIDENCE_SCHEMA.field(c) for c in columns]))
+        return ds.to_table().cast(EVIDENCE_SCHEMA)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise LakeError(f"dedup's evidence table {ds.uri} (version {ds.version}) cannot be read ({clean_message(exc)}); "
                         f"it holds only the links that explain the groups: delete that folder, then rebuild it with "
                         f"lakecurate dedup {lake.shell} --method ... --recompute (every method of the lake)") from None
 
 
-def _same_links(lake: "Store", new: pa.Table, old_ds: Any) -> bool:
-    """Whether ``new`` holds the links of the evidence table ``old_ds`` (the version a link was
-    found at aside)."""
-    if old_ds is None:
-        return new.num_rows == 0
-    cols = ["a", "b", "method", "score", "detail"]
-    old = _read_evidence(lake, old_ds, cols)
+def _same_links(new: pa.Table, old: pa.Table) -> bool:
+    """Whether two evidence tables hold the same links (the version a link was found at aside)."""
     if old.num_rows != new.num_rows:
         return False
-    order = [("a", "ascending"), ("b", "ascending"), ("method", "ascending")]
-    return old.sort_by(order).equals(new.select(cols).sort_by(order))
+    cols, order = ["a", "b", "method", "score", "detail"], [("a", "ascending"), ("b", "ascending"), ("method", "ascending")]
+    return old.select(cols).sort_by(order).equals(new.select(cols).sort_by(order))
 
 
 def restore_evidence(lake: "Store") -> int | None:
@@ -969,10 +964,11 @@ def restore_evidence(lake: "Store") -> int | None:
 
 
 def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evidence], replaced: set[str],
-                     version: int) -> pa.Table:
+                     version: int) -> tuple[pa.Table, bool]:
     """The ``dup_pairs`` table after this run: the stored links of methods this run did not
     recompute (those that explain the decision it read: :func:`evidence_dataset`), plus this run's
-    (a pair found again keeps this run's row)."""
+    (a pair found again keeps this run's row); and whether those are the stored links (the version
+    a link was found at aside): then there is nothing to write."""
     parts = []
     for m, (i, j, score, detail) in evidence.items():
         a, b = ids.of(i), ids.of(j)
@@ -986,13 +982,14 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     new = pa.concat_tables(parts) if parts else EVIDENCE_SCHEMA.empty_table()
     old_ds = evidence_dataset(lake, ds)
     if old_ds is None:
-        return new
+        return new, new.num_rows == 0
     old = _read_evidence(lake, old_ds)
     drop = pc.is_in(old.column("method"), pa.array(sorted(replaced), pa.string()))
     fresh = pc.binary_join_element_wise(new.column("a"), new.column("b"), new.column("method"), "\x00")
     key = pc.binary_join_element_wise(old.column("a"), old.column("b"), old.column("method"), "\x00")
     drop = pc.or_(drop, pc.is_in(key, fresh))
-    return pa.concat_tables([old.filter(pc.invert(drop)), new])
+    merged = pa.concat_tables([old.filter(pc.invert(drop)), new])
+    return merged, _same_links(merged, old)
 
 
 def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | str | None = None) -> "pd.DataFrame":
