@@ -473,8 +473,8 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 
     Writes dup_exact_group, dup_pair_group, dup_phash_group, dup_semantic_group, dup_caption_group,
     dup_minhash_group (templated and near-identical captions), dup_copy_group, dup_verify_group (the id of the member each group keeps) and dup_group,
-    dup_group_size, dup_keep, dup_reason ("METHOD:KEPT_ID"). Kept: highest alignment score, then most
-    pixels, then earliest ingested. Every link found is a row of the dup_pairs table (method, score,
+    dup_group_size, dup_keep, dup_reason ("METHOD:KEPT_ID"). Kept: highest alignment score (within 0.02
+    of the group's best: equal), then most pixels, then earliest ingested. Every link found is a row of the dup_pairs table (method, score,
     detail): why two rows are one group. copy and verify find turned, letterboxed, heavily cropped
     and framed copies (verify: local features on candidate pairs; needs an embedding).
     Re-running checks only rows added since the last run against all the others.

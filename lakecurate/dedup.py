@@ -28,7 +28,8 @@ of methods does; "verify:<kept id> (143 inliers)": the most inliers of the row's
 ``method``, ``score``: differing bits, cosine or inliers, ``detail``, ``version``), so a person (and
 the report) can see why two rows are one group: ``lakecurate.Lake(...).dup_pairs()``, or
 ``lancedb.connect(LAKE).open_table("dup_pairs")``. Methods computed from scratch (exact, phash, copy,
-or a method ``recompute`` names: ``True`` names every method of the run) replace their rows; incremental runs add theirs. **The keep rule**: highest alignment score (``<embedding>_score``), then most
+or a method ``recompute`` names: ``True`` names every method of the run) replace their rows; incremental runs add theirs. **The keep rule**: highest alignment score (``<embedding>_score``; within
+:data:`SCORE_TIE` of the group's best counts as equal), then most
 pixels, then earliest ingested, then smallest id; rows without a score rank after rows with one.
 
 **Memory**: the semantic and caption methods never read their embedding column whole: the join
@@ -200,6 +201,28 @@ def keep_rank(score: np.ndarray, pixels: np.ndarray, ingested: np.ndarray, ids: 
     return rank
 
 
+# Alignment scores this close to their group's best count as equal in the keep rule: a resized or
+# re-encoded copy's score differs from its original's by resampling noise (about 0.01 of CLIP cosine),
+# so the copy with the most pixels is kept rather than whichever the noise favoured.
+SCORE_TIE = 0.02
+
+
+def near_best(score: np.ndarray, groups: np.ndarray, tie: float = SCORE_TIE) -> np.ndarray:
+    """``score`` with each score within ``tie`` of its group's best raised to that best (NaN stays).
+
+    >>> near_best(np.array([0.30, 0.31, 0.25, 0.5]), np.array([0, 0, 0, 1])).tolist()
+    [0.31, 0.31, 0.25, 0.5]
+    """
+    score = np.asarray(score, np.float64)
+    if not len(score):
+        return score
+    _, g = np.unique(groups, return_inverse=True)
+    best = np.full(g.max() + 1, -np.inf)
+    np.maximum.at(best, g, np.where(np.isnan(score), -np.inf, score))
+    near = ~np.isnan(score) & (score >= best[g] - tie)
+    return np.where(near, best[g], score)
+
+
 def best_of_groups(label: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """For rows with a group label (>= 0), the row index of the best-ranked member of their
     group; -1 for rows without one.
@@ -321,7 +344,7 @@ def _group(eligible: np.ndarray | None, pairs: Sequence[tuple[np.ndarray, np.nda
     label[ok & (size[np.maximum(label, 0)] < 2)] = -1  # alone among the eligible: a group of its own
     member = label >= 0
     rank = np.zeros(len(nodes), np.int64)
-    rank[member] = ranks.rank(nodes[member])
+    rank[member] = ranks.rank(nodes[member], label[member])
     best = best_of_groups(label, rank)
     return _Groups(eligible, nodes[member], nodes[best[member]])
 
@@ -351,8 +374,10 @@ class _Ranks:
             ids.append(t.column("id").combine_chunks().cast(pa.string()))
         return np.concatenate(keys, axis=1), pa.concat_arrays(ids)
 
-    def rank(self, rows: np.ndarray) -> np.ndarray:
-        """Rank of each of ``rows`` (distinct) under the keep rule, among ``rows``."""
+    def rank(self, rows: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """Rank of each of ``rows`` (distinct) under the keep rule, among ``rows``; with ``groups``
+        (each row's group), scores within :data:`SCORE_TIE` of their group's best count as that best
+        (:func:`near_best`)."""
         rows = np.asarray(rows, np.int64)
         missing = np.setdiff1d(rows, self.rows)
         if len(missing):
@@ -363,6 +388,8 @@ class _Ranks:
             self.ids = pa.concat_arrays([self.ids, ids]).take(pa.array(order))
         at = np.searchsorted(self.rows, rows)
         score, pixels, ingested = self.keys[:, at]
+        if groups is not None:
+            score = near_best(score, groups)
         ids = pc.rank(self.ids.take(pa.array(at)), sort_keys="ascending", tiebreaker="first").to_numpy()
         return keep_rank(score, pixels, ingested, ids)
 
