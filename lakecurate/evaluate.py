@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -340,8 +341,6 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
         tag += "-" + hashlib.blake2b(root.encode(), digest_size=3).hexdigest()
     # The lake's own class (the facade) makes the side lake, so this view imports no stage.
     where = os.path.join(str(lake.uri), "eval_sets", f"{Path(src).stem}-{tag}")
-    import shutil
-
     if "://" not in where and os.path.exists(where) and os.path.isfile(src) and _images_changed(type(lake).open(where)):
         shutil.rmtree(where)  # a manifest's images changed under it (its fingerprint is the manifest's alone)
     new = "://" not in where and not os.path.exists(where)

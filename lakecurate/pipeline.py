@@ -328,6 +328,23 @@ def _dedup_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> 
     return changed
 
 
+def _defaults(step: str) -> dict[str, Any]:
+    """The step's stage function's option defaults (what a file that leaves an option out asks)."""
+    return {p.name: p.default for p in inspect.signature(_stage_functions()[step]).parameters.values()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _setting_changed(step: str, recorded: Mapping[str, Any], opts: Mapping[str, Any]) -> str | None:
+    """The first setting an export or report recorded that the step's options (or their defaults)
+    ask otherwise now, as a reason; None when all agree."""
+    defaults = _defaults(step)
+    for key, was in recorded.items():
+        want = json.loads(json.dumps(opts.get(key, defaults.get(key)), default=str))
+        if want != was:
+            return f"{key} changed ({was} -> {want})"
+    return None
+
+
 def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
     """Why ``step`` must run with ``opts`` on the lake as it is now; None when it is current."""
     if step == "ingest":
@@ -388,8 +405,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
         cfg = _prov_config(ds, col)
         if cfg is None:
             return f"no {col} yet"
-        defaults = {p.name: p.default for p in inspect.signature(_stage_functions()[step]).parameters.values()
-                    if p.default is not inspect.Parameter.empty}
+        defaults = _defaults(step)
         for key in ("target", "temperature", "rule", "max_repeats", "seed", "mode", "score", "shard_size"):
             if key in cfg:
                 want = opts.get(key, defaults.get(key))
@@ -422,13 +438,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             return "format changed"
         if not isinstance(settings := old.get("settings"), dict):
             return "its manifest does not record the export's settings (an older lakecurate wrote it)"
-        defaults = {p.name: p.default for p in inspect.signature(_stage_functions()[step]).parameters.values()
-                    if p.default is not inspect.Parameter.empty}
-        for key, was in settings.items():
-            want = json.loads(json.dumps(opts.get(key, defaults.get(key)), default=str))
-            if want != was:
-                return f"{key} changed ({was} -> {want})"
-        return None
+        return _setting_changed(step, settings, opts)
     if step == "report":
         from lakecurate.report import report_meta
 
@@ -443,13 +453,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             return f"it reports lake {meta.get('lake')} ({meta.get('branch')}), not this one ({branch})"
         if meta.get("version") != ds.version:
             return f"the report is of version {meta.get('version')}, the lake is at {ds.version}"
-        defaults = {p.name: p.default for p in inspect.signature(_stage_functions()[step]).parameters.values()
-                    if p.default is not inspect.Parameter.empty}
-        for key, was in (meta.get("settings") or {}).items():
-            want = json.loads(json.dumps(opts.get(key, defaults.get(key)), default=str))
-            if want != was:
-                return f"{key} changed ({was} -> {want})"
-        return None
+        return _setting_changed(step, meta.get("settings") or {}, opts)
     raise ValueError(step)
 
 
