@@ -99,6 +99,24 @@ class Count(click.IntRange):
 WORKERS = Count(min=0, max=MOST_WORKERS)
 
 
+class EnvBool(click.types.BoolParamType):
+    """A flag's boolean that, read from the environment, says which variable held the bad value
+    (LAKECURATE_PROGRESS=banana was reported as a bad --progress)."""
+
+    def __init__(self, envvar: str):
+        self.envvar = envvar
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            if ctx is not None and param is not None and \
+                    ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT:
+                self.fail(f"{value!r} in the environment variable {self.envvar} is not a boolean; "
+                          "use 1 or 0 (or unset it)", param, ctx)
+            raise
+
+
 class FiniteFloat(click.FloatRange):
     """A FloatRange that also refuses nan and inf (click's range checks let nan through)."""
 
@@ -190,7 +208,7 @@ class _Group(click.Group):
 @click.option("--branch", envvar="LAKECURATE_BRANCH", metavar="NAME",
               help="Work on this branch of the lake (default: main; env LAKECURATE_BRANCH). "
                    "Make one with: lakecurate branch create LAKE NAME")
-@click.option("--progress/--no-progress", default=None, envvar="LAKECURATE_PROGRESS",
+@click.option("--progress/--no-progress", default=None, envvar="LAKECURATE_PROGRESS", type=EnvBool("LAKECURATE_PROGRESS"),
               help="Show progress: a bar on a terminal, else a log line on stderr every 10 s and at the end "
                    "(default: a bar on a terminal, else lines only for runs over 10 s; env LAKECURATE_PROGRESS=1/0).")
 def main(branch: str | None, progress: bool | None) -> None:
@@ -1425,9 +1443,10 @@ def run_cmd(lake: str, pipeline: str, dry_run: bool, as_json: bool) -> None:
     if as_json:
         echo_json(rep)
         return
+    maybe = sum(s.why.startswith("current now; may run") for s in rep.steps) if dry_run else 0
     click.echo(f"{'would run' if dry_run else 'ran'} {len(rep.ran) if not dry_run else sum(s.action == 'would run' for s in rep.steps)} "
-               f"of {len(rep.steps)} steps; lake {rep.lake} version {rep.version_before} -> {rep.version_after} "
-               f"in {rep.seconds:.1f} s")
+               f"of {len(rep.steps)} steps" + (f" ({maybe} more may follow from what those change)" if maybe else "")
+               + f"; lake {rep.lake} version {rep.version_before} -> {rep.version_after} in {rep.seconds:.1f} s")
 
 
 @main.command()

@@ -475,6 +475,10 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
     for step, opts in pipe.steps.items():
         why = why_run(lake, step, opts) if exists else "no lake yet"
         res = StepResult(step, "skipped" if why is None else ("would run" if dry_run else "ran"), why or "current")
+        if dry_run and why is None and any(r.action == "would run" for r in rep.steps):
+            # what an earlier step changes (the rows an ingest adds, say) may make this one stale: a dry
+            # run cannot know without doing that step, so it says so (it said "current", then all ran)
+            res.why = "current now; may run after the steps before it"
         if why is not None and not dry_run:
             t = time.perf_counter()
             v = lake.version

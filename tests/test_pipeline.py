@@ -399,6 +399,14 @@ def test_dry_run_says_what_would_run(tmp_path: Path):
     rep = lake.run(pipe, dry_run=True)
     assert lake.version == 1 and {s.action for s in rep.steps} == {"would run"}
     assert lance.dataset(lake.table_uri).count_rows() == 0
+    # after a run: ingest would run (it cannot tell new pairs without reading them), and the steps
+    # after it said "current" though the rows it adds would make each of them run
+    lake.run(pipe, progress=False)
+    rep = lake.run(pipe, dry_run=True)
+    assert [s.action for s in rep.steps] == ["would run"] + ["skipped"] * 6
+    assert {s.why for s in rep.steps[1:]} == {"current now; may run after the steps before it"}
+    res = CliRunner().invoke(main, ["run", lake.uri, str(pipe), "--dry-run"])
+    assert res.exit_code == 0 and "would run 1 of 7 steps (6 more may follow from what those change)" in res.output
 
 
 def test_a_changed_dedup_threshold_regroups_that_method_alone(sample_lake_embedded: Lake, tmp_path: Path):

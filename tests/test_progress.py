@@ -111,3 +111,15 @@ def test_rebalance_and_sequence_report_progress_off_a_terminal(tmp_path: Path, m
         assert res.exit_code == 0, res.output
         lines = [line for line in res.stderr.splitlines() if line.startswith(desc + ":")]
         assert len(lines) > 2 and lines[-1].startswith(f"{desc}: {total}/{total} row (100%)") and "done in" in lines[-1]
+
+
+def test_a_bad_progress_environment_variable_is_named():
+    """LAKECURATE_PROGRESS=banana was reported as a bad --progress, which the user never gave."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    res = CliRunner().invoke(main, ["info", "/nonexistent-lake"], env={"LAKECURATE_PROGRESS": "banana"})
+    assert res.exit_code == 2 and "'banana' in the environment variable LAKECURATE_PROGRESS is not a boolean" in res.output
+    res = CliRunner().invoke(main, ["info", "/nonexistent-lake"], env={"LAKECURATE_PROGRESS": "0"})
+    assert "environment variable" not in res.output and "no lake at" in res.output
