@@ -66,8 +66,9 @@ def _embedded(lake: "Store", embedding: str | None) -> str:
     """The embedding cluster fits, refused while rows lack it (they got no concept, silently)."""
     from lakecurate.names import pick_embedding
 
-    emb, prov = pick_embedding(lake, lake.dataset(), embedding, need="concepts cluster the image embeddings")
-    check_embedded(lake, lake.dataset(), emb, prov, kind="image",
+    ds = lake.dataset()
+    emb, prov = pick_embedding(lake, ds, embedding, need="concepts cluster the image embeddings")
+    check_embedded(lake, ds, emb, prov, kind="image",
                    need="every row gets a concept (they would have none)", then="cluster")
     return emb
 

@@ -672,17 +672,11 @@ def dedup(
     for name, search in (("phash", phash_search), ("copy", copy_search)):
         if search not in PHASH_SEARCHES:
             raise LakeError(f"{name}_search must be one of {', '.join(PHASH_SEARCHES)}, got {search!r}")
-    # every cosine in [-1, 1] (the CLI's ranges; a Python caller's or a pipeline's 85 linked nothing)
-    phash_cosine = check_cosine("phash_cosine", phash_cosine, none_ok=True)
-    copy_cosine = check_cosine("copy_cosine", copy_cosine, none_ok=True)
-    semantic_threshold = check_cosine("semantic_threshold", semantic_threshold, none_ok=True)
-    confirm_cosine = check_cosine("confirm_cosine", confirm_cosine, none_ok=True)
-    caption_threshold = check_cosine("caption_threshold", caption_threshold)
-    verify_cosine = check_cosine("verify_cosine", verify_cosine, none_ok=True)
-    minhash_threshold = check_cosine("minhash_threshold", minhash_threshold, low=0.01)  # a Jaccard similarity
-    if semantic_threshold is not None and confirm_cosine is not None and confirm_cosine > semantic_threshold:
-        raise LakeError(f"confirm_cosine {confirm_cosine} is above semantic_threshold {semantic_threshold}: the "
-                        "confirmed links are the weaker ones (cosine >= confirm_cosine with near hashes); lower it")
+    (phash_cosine, copy_cosine, semantic_threshold, confirm_cosine, caption_threshold, verify_cosine,
+     minhash_threshold) = check_thresholds({
+        "phash_cosine": phash_cosine, "copy_cosine": copy_cosine, "semantic_threshold": semantic_threshold,
+        "confirm_cosine": confirm_cosine, "caption_threshold": caption_threshold, "verify_cosine": verify_cosine,
+        "minhash_threshold": minhash_threshold}).values()
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
     for m in methods:
         group_columns(m)  # validates
@@ -1210,6 +1204,27 @@ def _method_links(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None, 
         mr.pairs = int(strong.sum())
         found = _links(i[strong], j[strong], cos[strong], "cosine {:.3f}", smaller_is_closer=False)
     return eligible, pairs, found
+
+
+# dedup's similarity options: (lowest value, None allowed: a default per model then applies). Cosines
+# from -1, minhash's Jaccard from 0.01; all up to 1 (the CLI's ranges: a Python caller's or a
+# pipeline's 85, a percent, linked nothing).
+THRESHOLDS = {"phash_cosine": (-1.0, True), "copy_cosine": (-1.0, True), "semantic_threshold": (-1.0, True),
+              "confirm_cosine": (-1.0, True), "caption_threshold": (-1.0, False), "verify_cosine": (-1.0, True),
+              "minhash_threshold": (0.01, False)}
+
+
+def check_thresholds(values: dict[str, Any]) -> dict[str, float | None]:
+    """The similarity options among ``values`` (:data:`THRESHOLDS`), checked, in their order there;
+    a ``confirm_cosine`` above the ``semantic_threshold`` is refused. dedup and a pipeline's
+    [dedup] step (before its first step) check them here."""
+    out = {k: check_cosine(k, values[k], low=low, none_ok=none_ok)
+           for k, (low, none_ok) in THRESHOLDS.items() if k in values}
+    semantic, confirm = out.get("semantic_threshold"), out.get("confirm_cosine")
+    if semantic is not None and confirm is not None and confirm > semantic:
+        raise LakeError(f"confirm_cosine {confirm} is above semantic_threshold {semantic}: the confirmed links are "
+                        "the weaker ones (cosine >= confirm_cosine with near hashes); lower it")
+    return out
 
 
 def _check_stored_current(lake: "Store", ds: Any, methods: Sequence[str], keep_from: Sequence[str]) -> None:

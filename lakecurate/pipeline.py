@@ -229,7 +229,7 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
                       precision=opts.get("precision", "fp32"), device=opts.get("device", "auto"),
                       decode=opts.get("decode", "cpu"), tokenize=opts.get("tokenize", "auto"))
     elif step == "dedup":
-        from lakecurate.dedup import DEFAULT_METHODS, METHODS, recomputed_methods
+        from lakecurate.dedup import DEFAULT_METHODS, METHODS, THRESHOLDS, check_thresholds, recomputed_methods
 
         methods = opts.get("methods", list(DEFAULT_METHODS))
         bad = [m for m in (methods if isinstance(methods, list) else [methods]) if m not in (*METHODS, "all")]
@@ -239,10 +239,7 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
             recomputed_methods(_dedup_methods(opts), opts["recompute"])
         for key in ("phash_distance", "confirm_distance", "copy_distance"):  # bits of a 64-bit hash
             options.whole(key, opts.get(key, 0), 0, high=64)
-        for key in ("phash_cosine", "copy_cosine", "semantic_threshold", "confirm_cosine", "caption_threshold",
-                    "verify_cosine"):
-            options.cosine(key, opts.get(key), none_ok=True)
-        options.cosine("minhash_threshold", opts.get("minhash_threshold", 0.35), low=0.01)
+        check_thresholds({k: v for k, v in opts.items() if k in THRESHOLDS})
     elif step == "curate":
         from lakecurate.curate import load_recipe
 

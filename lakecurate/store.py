@@ -294,7 +294,7 @@ class Store:
         """Image bytes for the given pair ids, in the same order (None where absent); one id (a
         string) is a list of one, not of its characters."""
         ds = self.dataset()
-        if ids is None or not isinstance(ids, (str, list, tuple)) and not hasattr(ids, "__iter__"):
+        if not hasattr(ids, "__iter__"):  # (None, a number)
             raise LakeError(f"read_images takes a pair id or a list of them, not {ids!r}")
         id_list = [ids] if isinstance(ids, str) else list(ids)
         if not all(isinstance(i, str) for i in id_list):
@@ -556,7 +556,7 @@ class Store:
         shutil.rmtree(checkpoint_root(self.uri, name), ignore_errors=True)
         if "://" not in self.uri:
             for table in (EVIDENCE_TABLE, EVAL_TABLE):
-                shutil.rmtree(_join(self.uri, f"{table}-{name}.lance"), ignore_errors=True)
+                shutil.rmtree(self.side_uri(table, branch=name), ignore_errors=True)
 
     def delete_tag(self, name: str) -> None:
         """Delete a tag (the version it named stays; cleanup may then remove its files)."""
