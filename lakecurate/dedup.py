@@ -26,7 +26,9 @@ of methods does; "verify:<kept id> (143 inliers)": the most inliers of the row's
 
 **The evidence**: every link a run finds is a row of the lake's ``dup_pairs`` table (``a``, ``b``,
 ``method``, ``score``: differing bits, cosine or inliers, ``detail``, ``version``), so a person (and
-the report) can see why two rows are one group: ``lakecurate.Lake(...).dup_pairs()``, or
+the report) can see why two rows are one group; the semantic and caption links are a spanning
+forest of the pairs from their threshold up (``semantic_pairs(span=)``: s copies of one picture are
+s - 1 links, not s (s - 1) / 2; a new row is linked once to a stored group it joins): ``lakecurate.Lake(...).dup_pairs()``, or
 ``lancedb.connect(LAKE).open_table("dup_pairs")``. Methods computed from scratch (exact, phash, copy,
 or a method ``recompute`` names: ``True`` names every method of the run) replace their rows; incremental runs add theirs. **The keep rule**: highest alignment score (``<embedding>_score``; within
 :data:`SCORE_TIE` of the group's best counts as equal), then most
@@ -777,6 +779,8 @@ def dedup(
     usable = ~_equals(ds, "ingest_status", "error")  # ingest errors are in no group (verify's rule, for all)
 
     joins = _Joins(ds, lake.storage_options, progress, engine)
+    for m in {"semantic", "caption"} & set(methods):  # they group by every pair from their threshold up
+        joins.span[embedding_columns(emb)["image" if m == "semantic" else "text"]] = configs[m]["threshold"]
     full_joins = [configs[m]["cosine"] for m in clustered] + ([configs["semantic"]["confirm_cosine"]] if "semantic" in methods else [])
     if len(full_joins) > 1:  # one image join at the lowest cosine serves them all
         joins.floor[embedding_columns(emb)["image"]] = min(full_joins)
@@ -1056,13 +1060,17 @@ class _Joins:
     ``per_row`` (by column): the full join keeps each row's best few pairs of a join block whose
     hashes are near by one of the ``near`` searches (``ranked``, what the hash searches in
     clusters take: :class:`~lakecurate.neardup.HashFilter`, asked inside the join so that only
-    those pairs are held) and every pair from ``all_from`` up (what semantic takes)."""
+    those pairs are held) and every pair from ``all_from`` up (what semantic takes). ``span`` (by
+    column): the cosine from which a method groups every pair (semantic's threshold, caption's): the
+    joins return the pairs from there up as a spanning forest (``semantic_pairs(span=)``), so a
+    clique of s copies is s - 1 links, not s (s - 1) / 2."""
 
     def __init__(self, ds: Any, storage_options: dict | None, progress: bool | None, engine: str) -> None:
         self.ds, self.storage_options, self.progress, self.engine = ds, storage_options, progress, engine
         self.floor: dict[str, float] = {}
         self.per_row: dict[str, int] = {}
         self.all_from: dict[str, float] = {}
+        self.span: dict[str, float] = {}
         self.near: dict[str, list[tuple[np.ndarray, np.ndarray, int, float]]] = {}
         self.hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.done: dict[str, tuple[np.ndarray, float, Pairs]] = {}
@@ -1090,9 +1098,10 @@ class _Joins:
         return self.hashes[method]
 
     def pairs(self, col: str, rows: np.ndarray, cosine: float, new: np.ndarray | None = None, *,
-              ranked: bool = False) -> Pairs:
+              ranked: bool = False, joined: tuple[np.ndarray, np.ndarray] | None = None) -> Pairs:
         """(i, j, cosine) as dataset rows: pairs of ``rows`` with cosine >= ``cosine`` (with ``new``,
-        those touching a new row; ``ranked``: only each row's ``per_row`` best, in a full join)."""
+        those touching a new row; ``ranked``: only each row's ``per_row`` best, in a full join;
+        ``joined``: dataset rows in one stored group already, the start of a ``span``'s forest)."""
         if new is None and col in self.done and np.array_equal(self.done[col][0], rows) and self.done[col][1] <= cosine:
             i, j, cos, best = self.done[col][2]
         else:
@@ -1101,7 +1110,13 @@ class _Joins:
             cap = {"per_row": self.per_row[col], "all_from": self.all_from[col]} if new is None and col in self.per_row else {}
             if cap and self.near.get(col):
                 cap["near"] = HashFilter(self.near[col], rows)
-            i, j, cos, *best = semantic_pairs(src, low, new=new, progress=bool(self.progress), engine=self.engine, **cap)
+            if joined is not None and new is not None and col in self.span:  # as positions in rows
+                a, b = (np.searchsorted(rows, np.asarray(r, np.int64)) for r in joined)
+                inside = (a < len(rows)) & (b < len(rows))
+                inside[inside] &= (rows[a[inside]] == joined[0][inside]) & (rows[b[inside]] == joined[1][inside])
+                cap["joined"] = (a[inside], b[inside])
+            i, j, cos, *best = semantic_pairs(src, low, new=new, progress=bool(self.progress), engine=self.engine,
+                                              span=self.span.get(col), **cap)
             i, j, best = rows[i], rows[j], best[0] if best else np.ones(len(i), bool)
             if new is None:
                 self.done[col] = (rows, low, (i, j, cos, best))
@@ -1192,7 +1207,7 @@ def _method_links(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None, 
     if mr.new_rows:
         only_new = None if mr.new_rows == len(rows) else new[rows]
         low = config.get("confirm_cosine", config["threshold"])
-        i, j, cos = joins.pairs(col, rows, low, only_new)
+        i, j, cos = joins.pairs(col, rows, low, only_new, joined=pairs[0])
         strong = cos >= config["threshold"]
         if low < config["threshold"]:  # weaker links count only when the images also look alike
             h, h_flip, hashed = _hashes(tbl)

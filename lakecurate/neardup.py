@@ -203,7 +203,7 @@ def _check_vectors(vectors: np.ndarray) -> np.ndarray:
 
 
 def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: float,
-                cap: tuple[int, float] | None = None) -> Pairs:
+                cap: tuple[int, float] | None = None, span: float | None = None) -> Pairs:
     """Pairs (p, q) of positions in `rows`, r0 <= p < r1, p < q, with dot(x[rows[p]], x[rows[q]]) >= threshold.
 
     The upper triangle is computed in _SUB_ROWS strips: that skips most of the lower half
@@ -213,10 +213,11 @@ def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: fl
     this block's pairs) and those at or above ``above``, with a 4th array: whether the pair is
     among either's k (:func:`semantic_pairs`' ``per_row``). Each strip's pairs are cut to its
     rows' and columns' k best as they come (:func:`_strip_best`) and piled as the join's are
-    (:class:`_Pile`), so the final ranks are those over all of the block's pairs.
+    (:class:`_Pile`), so the final ranks are those over all of the block's pairs. ``span``: the
+    pairs at or above it cut to a spanning forest as they come (but for those a cap ranks).
     """
     out_p, out_q, out_v = [], [], []
-    pile = _Pile(cap, len(rows)) if cap is not None else None
+    pile = _Pile(cap, len(rows), span=span) if cap is not None or span is not None else None
     # The first column block starts at r0, so it also holds the left rows (r1 - r0 <= _COL_BLOCK).
     first = np.asarray(x[rows[r0 : r0 + _COL_BLOCK]], dtype=np.float32)
     left = first[: r1 - r0]
@@ -237,9 +238,11 @@ def _join_block(x: np.ndarray, rows: np.ndarray, r0: int, r1: int, threshold: fl
             q += q0
             upper = q > p
             p, q, v = p[upper], q[upper], scores.ravel()[hit[upper]]
-            if pile is not None:
+            if pile is not None and pile.cap is not None:
                 keep = _strip_best(p - s0, q - q0, v, scores.shape, pile.cap[0]) | (v >= pile.cap[1])
-                pile.add((p[keep], q[keep], v[keep]))
+                p, q, v = p[keep], q[keep], v[keep]
+            if pile is not None:
+                pile.add((p, q, v))
                 continue
             out_p.append(p)
             out_q.append(q)
@@ -284,9 +287,10 @@ def _ranked(p: np.ndarray, q: np.ndarray, v: np.ndarray, cap: tuple[int, float],
 
 
 def exact_pairs_bruteforce(vectors: np.ndarray, threshold: float = 0.95, *, progress: bool = False,
-                           cap: tuple[int, float] | None = None) -> Pairs:
+                           cap: tuple[int, float] | None = None, span: float | None = None) -> Pairs:
     """All pairs with cosine >= threshold by an exact blocked self-join: O(N^2 d), the baseline
-    (``cap``: as :func:`_join_block`'s, each row's best among the later rows).
+    (``cap``: as :func:`_join_block`'s, each row's best among the later rows; ``span``: the pairs
+    at or above it cut to a spanning forest in each task of _TASK_ROWS rows).
 
     >>> v = np.eye(3, dtype=np.float32); v[2] = v[1]
     >>> exact_pairs_bruteforce(v, 0.9)
@@ -296,7 +300,7 @@ def exact_pairs_bruteforce(vectors: np.ndarray, threshold: float = 0.95, *, prog
     n = len(x)
     rows = np.arange(n)
     tasks = [(r0, min(r0 + _TASK_ROWS, n)) for r0 in range(0, n, _TASK_ROWS)]
-    parts = _run(tasks, lambda t: _join_block(x, rows, t[0], t[1], threshold, cap), progress, "exact pairs")
+    parts = _run(tasks, lambda t: _join_block(x, rows, t[0], t[1], threshold, cap, span), progress, "exact pairs")
     if not parts:
         return _empty(ranked=cap is not None)
     return _sorted_pairs(*(np.concatenate([p[col] for p in parts]) for col in range(len(parts[0]))))
@@ -677,6 +681,8 @@ def semantic_pairs(
     per_row: int | None = None,
     all_from: float = float("inf"),
     near: "HashFilter | None" = None,
+    span: float | None = None,
+    joined: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Pairs:
     """Pairs of rows with cosine >= threshold among L2-normalised vectors (float16 or float32), from
     a matrix or a :class:`VectorSource` (an embedding column read in batches: out of core).
@@ -742,6 +748,15 @@ def semantic_pairs(
     would hold k pairs a row) and the pairs at or above ``all_from`` come back too, the 4th array
     saying which were ranked and passed.
 
+    ``span`` (a cosine, at or above ``threshold`` and ``all_from``): the pairs at or above it come
+    back as a spanning forest of theirs (:class:`_Forest`, the strongest pairs first within each
+    join block and group), with the same connected components, for a caller that only groups by
+    them: s near-identical rows (one image posted s times) give s - 1 pairs, not s (s - 1) / 2,
+    which at s = 2,000 was 2M pairs held and stored. A pair ``per_row`` ranks stays whatever
+    ``span`` says. ``joined``: pairs (i, j) of rows in one group already (an incremental run's
+    stored groups): the forest starts from them, so a new row like s members of one group is one
+    pair.
+
     >>> rng = np.random.default_rng(0)
     >>> v = rng.standard_normal((1000, 64)).astype(np.float32)
     >>> v[10] = v[3] + 0.05 * v[10]  # a near copy of row 3
@@ -760,6 +775,8 @@ def semantic_pairs(
         raise ValueError(f"assign must be at least 1 (clusters a row joins), got {assign}")
     if per_row is not None and per_row < 1:
         raise ValueError(f"per_row must be at least 1 (pairs a row keeps), got {per_row}")
+    if span is not None and (span < threshold or (per_row is not None and span < all_from)):
+        raise ValueError(f"span {span} must be at least threshold {threshold} and all_from {all_from}")
     cap = None if per_row is None else (int(per_row), float(all_from))
     n = src.n
     fresh = None if new is None else np.asarray(new, bool)
@@ -774,14 +791,95 @@ def semantic_pairs(
         out = out if near is None else _passing(out, near, cap)
         if fresh is not None:
             out = tuple(a[fresh[out[0]] | fresh[out[1]]] for a in out)
+        if span is not None:  # after the new rows' filter: a forest of their pairs
+            keep = _Forest(n, span, joined).new_links(*out[:3])
+            out = tuple(a[keep | out[3]] if cap is not None else a[keep] for a in out)
         return out
     local_copy = engine == "local" and spill_dir is not None and not isinstance(src, ArrayVectors)
-    pile = _Pile(cap, n, rank=near is None)
+    pile = _Pile(cap, n, rank=near is None, span=span, joined=joined)
     with _partition(src, threshold, n_clusters, assign, seed, pca_dims, spill_dir, progress, local_copy,
                     engine=engine, address=address) as (entries, copy):
         _join_buckets(copy or src, entries, threshold, fresh, progress, engine=engine, address=address, pile=pile,
                       near=near)
     return pile.result()
+
+
+_FOREST_LOOP = 256  # strong pairs a _Forest call joins in a Python loop; above, scipy's spanning tree
+
+
+class _Forest:
+    """A spanning forest of the pairs at or above ``span`` as they come (:func:`semantic_pairs`'
+    ``span``): a pair is kept when it joins two trees, the strongest first within each call, and
+    dropped when its rows are joined already, so s near-identical rows give s - 1 pairs, not
+    s (s - 1) / 2, and the connected components are those of every pair. Union-find over ``n``
+    rows (allocated at the first strong pair), roots found by vectorised pointer jumping.
+    ``joined``: pairs (i, j) of rows joined before (an incremental run's stored groups), so that a
+    new row like s members of one group is one pair, not s."""
+
+    def __init__(self, n: int, span: float, joined: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.n, self.span, self.joined, self.parent = n, float(span), joined, None
+
+    def _roots(self, x: np.ndarray) -> np.ndarray:
+        r = self.parent[x]
+        while True:
+            up = self.parent[r]
+            if np.array_equal(up, r):
+                break
+            r = up
+        self.parent[x] = r  # compressed: the next look is one step
+        return r
+
+    def new_links(self, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Mask of the pairs (i, j, v) that are below ``span`` or join two trees (which they then
+        join); a strong pair whose rows are joined already is False."""
+        keep = v < self.span
+        strong = np.flatnonzero(~keep)
+        if not len(strong):
+            return keep
+        if self.parent is None:
+            dtype = np.int32 if self.n < 2**31 else np.int64
+            self.parent = (np.arange(self.n, dtype=dtype) if self.joined is None
+                           else components(self.n, *self.joined).astype(dtype))  # each row under its component's first
+        ri, rj = self._roots(i[strong]), self._roots(j[strong])
+        cross = ri != rj
+        strong, ri, rj = strong[cross], ri[cross], rj[cross]
+        if not len(strong):
+            return keep
+        if len(strong) <= _FOREST_LOOP:  # a few (most calls): Kruskal by hand, without scipy's ~0.3 ms a call
+            up: dict[int, int] = {}
+
+            def root(a: int) -> int:
+                while a in up:
+                    a = up[a]
+                return a
+            for k in np.argsort(-v[strong], kind="stable").tolist():
+                a, b = root(int(ri[k])), root(int(rj[k]))
+                if a != b:
+                    up[max(a, b)] = min(a, b)
+                    keep[strong[k]] = True
+            for a in list(up):
+                self.parent[a] = root(a)
+            return keep
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+
+        # The trees as nodes; between two of them the strongest pair only, then their maximum spanning forest.
+        nodes, at = np.unique(np.concatenate([ri, rj]), return_inverse=True)
+        a, b = np.minimum(at[: len(strong)], at[len(strong):]), np.maximum(at[: len(strong)], at[len(strong):])
+        m = len(nodes)
+        key = a.astype(np.int64) * m + b
+        order = np.lexsort((-v[strong], key))
+        first = np.ones(len(order), bool)
+        first[1:] = key[order][1:] != key[order][:-1]
+        pick = order[first]  # sorted by key
+        graph = coo_matrix((2.0 - v[strong][pick].astype(np.float64), (a[pick], b[pick])), shape=(m, m))
+        tree = minimum_spanning_tree(graph).tocoo()  # weights 2 - cosine > 0: the strongest pairs
+        tree_key = np.minimum(tree.row, tree.col).astype(np.int64) * m + np.maximum(tree.row, tree.col)
+        keep[strong[pick[np.searchsorted(key[pick], tree_key)]]] = True
+        _, label = connected_components(tree, directed=False)
+        _, lead = np.unique(label, return_index=True)
+        self.parent[nodes] = nodes[lead[label]]  # each tree under its component's first node
+        return keep
 
 
 class _Pile:
@@ -793,18 +891,27 @@ class _Pile:
     k best of all are among its k best of each part). Without, they are only merged at the end.
     ``rank=False`` (a join with ``near``: its blocks ranked and filtered their pairs already): a
     cap's 4th array is carried as it comes (a pair met in two clusters is ranked if it was in
-    either), and nothing is cut."""
+    either), and nothing is cut. ``span``: the pairs at or above it are cut to a spanning forest
+    as they come (:class:`_Forest`), but for those a cap ranks."""
 
-    def __init__(self, cap: tuple[int, float] | None, n: int, rank: bool = True) -> None:
+    def __init__(self, cap: tuple[int, float] | None, n: int, rank: bool = True, span: float | None = None,
+                 joined: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.cap, self.rank, self.parts, self.held, self.limit = cap, rank, [], 0, _CAP_COMPACT
         self.kth = np.full(n, -np.inf, np.float32) if cap is not None and rank else None
+        self.forest = None if span is None else _Forest(n, span, joined)
 
     def add(self, part: Pairs) -> None:
+        linked = None if self.forest is None else self.forest.new_links(*part[:3])  # below span, or a new link
         if self.kth is None:
-            self.parts.append(part if self.cap is not None else part[:3])
+            part = part if self.cap is not None else part[:3]
+            if linked is not None:
+                keep = linked | part[3] if self.cap is not None else linked  # type: ignore[misc]
+                part = tuple(a[keep] for a in part)  # type: ignore[assignment]
+            self.parts.append(part)
             return
         i, j, v = part[:3]
-        keep = (v >= self.kth[i]) | (v >= self.kth[j]) | (v >= self.cap[1])
+        above = v >= self.cap[1]
+        keep = (v >= self.kth[i]) | (v >= self.kth[j]) | (above if linked is None else above & linked)
         i, j, v = i[keep], j[keep], v[keep]
         self.parts.append((i, j, v))
         self.held += len(i)
@@ -822,7 +929,14 @@ class _Pile:
         if flag:  # ranked where it was ranked in any of them
             return i[first], j[first], v[first], np.logical_or.reduceat(flag[0], np.flatnonzero(first))  # type: ignore[return-value]
         i, j, v = i[first], j[first], v[first]
-        return _ranked(i, j, v, self.cap, self.kth) if self.cap is not None else (i, j, v)  # type: ignore[return-value]
+        if self.cap is None:
+            return i, j, v
+        if self.forest is None:
+            return _ranked(i, j, v, self.cap, self.kth)  # type: ignore[return-value]
+        # the held pairs from span up: a forest's and those a row ranked when they came; a forest of them again
+        best = nearest_pairs(i, j, v, self.cap[0], kth=self.kth)
+        keep = best | ((v >= self.cap[1]) & _Forest(self.forest.n, self.forest.span, self.forest.joined).new_links(i, j, v))
+        return i[keep], j[keep], v[keep], best[keep]  # type: ignore[return-value]
 
 
 def _passing(part: Pairs, near: "HashFilter", cap: tuple[int, float] | None) -> Pairs:
@@ -945,10 +1059,16 @@ def _join_buckets(src: VectorSource, entries: _Filed, threshold: float, fresh: n
         ray = ray_init(address)
         source = ray.put(_source_spec(src))
         new_ref, near_ref = ray.put(fresh), ray.put(near)
-        calls = ((source, group, threshold, new_ref, pile.cap, near_ref) for group in _entry_groups(entries))
+        span = None if pile.forest is None else pile.forest.span
+        calls = ((at, source, group, threshold, new_ref, pile.cap, near_ref, span)
+                 for at, group in enumerate(_entry_groups(entries)))
         window = task_window(ray)  # entries in flight stay bounded
-        for own, part in ray_task_map(join_group_task, calls, address=address, retries=2, window=window):
-            pile.add(part)
+        waiting, turn = {}, 0  # parts piled in the groups' order, as the local join piles them (a forest depends on it)
+        for at, own, part in ray_task_map(join_group_task, calls, address=address, retries=2, window=window):
+            waiting[at] = part
+            while turn in waiting:
+                pile.add(waiting.pop(turn))
+                turn += 1
             if bar is not None:
                 bar.update(own)
         if bar is not None:
@@ -957,7 +1077,7 @@ def _join_buckets(src: VectorSource, entries: _Filed, threshold: float, fresh: n
 
     def join(pending: Future) -> None:
         group = pending.result()
-        pile.add(_join_group(*group, threshold, fresh, pile.cap, near))
+        pile.add(_join_group(*group, threshold, fresh, pile.cap, near, None if pile.forest is None else pile.forest.span))
         if bar is not None:
             bar.update(int((group[0][:, 1] % 2 == 0).sum()))
 
@@ -982,13 +1102,15 @@ def _entry_groups(entries: _Filed) -> Iterator[np.ndarray]:
         yield from _groups(got[np.argsort(got[:, 1], kind="stable")])
 
 
-def join_group_task(source: tuple, group: np.ndarray, threshold: float, fresh: np.ndarray | None,
-                    cap: tuple[int, float] | None = None, near: "HashFilter | None" = None) -> tuple[int, Pairs]:
-    """A Ray task of ``semantic_pairs(engine="ray")``: read one group's vectors (by position, from
-    the Lance column or the matrix) and join its clusters; (own rows of the group, its pairs)."""
+def join_group_task(at: int, source: tuple, group: np.ndarray, threshold: float, fresh: np.ndarray | None,
+                    cap: tuple[int, float] | None = None, near: "HashFilter | None" = None,
+                    span: float | None = None) -> tuple[int, int, Pairs]:
+    """A Ray task of ``semantic_pairs(engine="ray")``: read the ``at``-th group's vectors (by
+    position, from the Lance column or the matrix) and join its clusters; (at, own rows of the
+    group, its pairs)."""
     rows = np.unique(group[:, 0])
-    return int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, _open_source(source).take(rows), threshold, fresh, cap,
-                                                               near)
+    return at, int((group[:, 1] % 2 == 0).sum()), _join_group(group, rows, _open_source(source).take(rows), threshold, fresh, cap,
+                                                               near, span)
 
 
 def _assign_rows(src: VectorSource, cents: _Centroids, m: int, radius: float, entries: _Filed,
@@ -1084,10 +1206,11 @@ def _groups(entries: np.ndarray) -> Iterator[np.ndarray]:
 
 
 def _join_group(group: np.ndarray, rows: np.ndarray, x: np.ndarray, threshold: float, fresh: np.ndarray | None,
-                cap: tuple[int, float] | None = None, near: "HashFilter | None" = None) -> Pairs:
+                cap: tuple[int, float] | None = None, near: "HashFilter | None" = None, span: float | None = None) -> Pairs:
     """Join each cluster of a group (entries, its unique rows, their vectors): its own rows with
     every later member (own rows and copies), or, with `fresh`, its new members with every later
-    member (new first); ``near``: each block's pairs filtered by it (:func:`_passing`)."""
+    member (new first); ``near``: each block's pairs filtered by it (:func:`_passing`); ``span``: each
+    block's pairs at or above it cut to a spanning forest (the join's :class:`_Pile` cuts them across blocks)."""
     local = np.searchsorted(rows, group[:, 0])
     cluster = group[:, 1] // 2
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(cluster)) + 1, [len(group)]])
@@ -1107,7 +1230,7 @@ def _join_group(group: np.ndarray, rows: np.ndarray, x: np.ndarray, threshold: f
 
     def join(task: tuple[np.ndarray, int, int]) -> Pairs:
         members, r0, r1 = task
-        p, q, *rest = _join_block(x, members, r0, r1, threshold, cap)
+        p, q, *rest = _join_block(x, members, r0, r1, threshold, cap, span)
         out = (rows[members[p]], rows[members[q]], *rest)
         return out if near is None else _passing(out, near, cap)  # type: ignore[arg-type, return-value]
 

@@ -29,11 +29,17 @@ For each N, in one run:
    verify (baseline), with verify, and the baseline again (noise). Prints the ratio, keypoint
    rows/s, candidate pairs/s, the share of rows that needed keypoints, recall/precision of both,
    the incremental cost of 10% new rows, and the projected verify cost at 1M rows (keypoints and
-   pairs scale with the rows; the candidate search is timed with --knn-n random vectors).
+   pairs scale with the rows; the candidate search is timed with --knn-n random vectors);
+7. spanning forest (--span-n rows, 0: skip): ``semantic_pairs(span=threshold)``, what dedup's
+   semantic and caption methods ask, against the same join returning every pair, in one run and
+   alternating (--repeat times, best of each): on the planted set of section 2, and with one
+   vector posted --clique times among them (near-identical copies); time, peak extra memory,
+   pairs, and that the groups (connected components) are the same.
 
     python scripts/bench_dedup.py --n 100000 1000000 [--assign 4] [--hash-n 1000000]
     python scripts/bench_dedup.py --n --hash-n 0          # perceptual hashing only
     python scripts/bench_dedup.py --n --hash-n 0 --no-phash --verify-n 10000 --knn-n 1000000   # verification only
+    python scripts/bench_dedup.py --n --hash-n 0 --no-phash --verify-n 0 --span-n 200000 --clique 2000 10000   # forest only
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import numpy as np
 from _measure import PeakRSS  # scripts/ is on sys.path when a script runs
 
 from lakecurate.neardup import (
+    components,
     default_clusters,
     exact_pairs_bruteforce,
     hamming_pairs,
@@ -458,6 +465,34 @@ def bench_verify(photos: Path, n_rows: int, knn_n: int, seed: int, kind: str) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_span(n: int, cliques: list[int], args: argparse.Namespace) -> None:
+    x, _ = make_vectors(n, seed=args.seed)
+    print(f"\nspanning forest (span = threshold {args.threshold}), N = {n:,}, best of {args.repeat} alternating:")
+    for s in [0, *cliques]:
+        if s:  # one vector posted s times, re-encoded (cosine > 0.999 among the copies)
+            rng = np.random.default_rng(args.seed + s)
+            at = rng.choice(n, s, replace=False)
+            v = x[at[0]].astype(np.float32) + 0.01 * rng.standard_normal((s, x.shape[1]), dtype=np.float32) / np.sqrt(x.shape[1])
+            x[at] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        best: dict[str, tuple[float, float, tuple]] = {}
+        for _ in range(args.repeat):
+            for name, kw in (("every pair", {}), ("forest", {"span": args.threshold})):
+                with PeakRSS() as mem:
+                    t0 = time.perf_counter()
+                    got = semantic_pairs(x, args.threshold, seed=args.seed, **kw)
+                    sec = time.perf_counter() - t0
+                if name not in best or sec < best[name][0]:
+                    best[name] = (sec, mem.extra_mb, got)
+                del got
+        (ta, ma, every), (tb, mb, forest) = best["every pair"], best["forest"]
+        same = np.array_equal(components(n, *every[:2]), components(n, *forest[:2]))
+        label = f"one vector posted {s:,} times" if s else "planted set"
+        print(f"  {label:<32} every pair {ta:6.1f} s  +{ma:6.0f} MiB  {len(every[0]):>11,} pairs | "
+              f"forest {tb:6.1f} s  +{mb:6.0f} MiB  {len(forest[0]):>9,} pairs | time ratio {tb / ta:.2f}, "
+              f"same groups: {same}")
+        del every, forest, best
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -485,6 +520,8 @@ def main() -> None:
     ap.add_argument("--verify-set", choices=["photos", "quarters"], default="photos",
                     help="distinct pictures of the verification lake: the 800 photos, or their 3,200 quarters")
     ap.add_argument("--knn-n", type=int, default=1_000_000, help="random vectors to time the verify candidate search on (0: skip)")
+    ap.add_argument("--span-n", type=int, default=200_000, help="rows of the spanning-forest section (0: skip)")
+    ap.add_argument("--clique", type=int, nargs="*", default=[2000, 10000], help="copies of one vector in that section")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed + 1)
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, numpy {np.__version__}, "
@@ -500,6 +537,8 @@ def main() -> None:
                       f"time x{sec / times[n0][assign]:5.1f} for N x{n / n0:g}")
     if args.hash_n:
         bench_hamming(args.hash_n, args, rng)
+    if args.span_n:
+        bench_span(args.span_n, args.clique, args)
     if not args.photos.is_dir():
         print(f"\nperceptual hash and copy verification: skipped, no photos at {args.photos}")
         return

@@ -923,3 +923,47 @@ def test_the_keep_rule_keeps_the_larger_copy_when_scores_differ_by_noise(tmp_pat
     assert g.best.tolist() == [0, 0, 0]  # not "copy" (0.009 better), nor "far" (more pixels, 0.059 worse)
     g = dedup_module._group(None, [(np.array([2]), np.array([3]))], dedup_module._Ranks(ds, "s"))
     assert g.best.tolist() == [3, 3]  # a clearly better score still wins over pixels
+
+
+def test_one_image_posted_many_times_is_a_forest_of_links_not_every_pair(tmp_path: Path):
+    """One picture with one caption posted 70 times: the semantic and caption joins linked every
+    pair (70 * 69 / 2 = 2,415 links each; helper-20 measured 1,999,000 semantic links and 815 MB
+    for 2,000 copies). The links are a spanning forest now: 69 a method, the same one group, its
+    kept member the same, and an added copy is linked once."""
+    lake = Lake.create(tmp_path / "lake")
+    src = tmp_path / "posts"
+    src.mkdir()
+    for k in range(70):
+        shutil.copy(SAMPLE_DATA / "chelsea.jpg", src / f"post{k:02d}.jpg")
+        (src / f"post{k:02d}.txt").write_text("the same cat, posted again")
+    for name in ("coffee", "astronaut", "camera"):
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", src / f"{name}.jpg")
+        shutil.copy(SAMPLE_DATA / f"{name}.txt", src / f"{name}.txt")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    rep = lake.dedup(["exact", "semantic", "caption"], semantic_threshold=0.99, keep_from=["exact", "semantic"],
+                     progress=False)
+    links = lake.dup_pairs()
+    per = links.groupby("method").size().to_dict()
+    assert per["exact"] == 69  # exact keeps stars
+    assert per["semantic"] == 69 and per["caption"] == 69, per
+    assert {m.method: m.pairs for m in rep.methods}["semantic"] == 69
+    df = lake.to_pandas(["id", "key", "dup_semantic_group", "dup_caption_group", "dup_group", "dup_keep"])
+    posts = df[df["key"].str.contains("post")]
+    assert posts["dup_semantic_group"].nunique() == 1 and posts["dup_caption_group"].nunique() == 1
+    assert posts["dup_keep"].sum() == 1 and (posts["dup_group"] == posts["dup_semantic_group"]).all()
+    semantic = links[links["method"] == "semantic"]
+    assert set(semantic["a"]) | set(semantic["b"]) == set(posts["id"])  # a tree over the 70 posts
+
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "post70.jpg")
+    (more / "post70.txt").write_text("the same cat, posted again")
+    lake.ingest(more, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    lake.dedup(["exact", "semantic", "caption"], semantic_threshold=0.99, keep_from=["exact", "semantic"],
+               progress=False)
+    per = lake.dup_pairs().groupby("method").size().to_dict()
+    assert per["semantic"] == 70 and per["caption"] == 70, per  # the new copy: one link, to the group
+    df = lake.to_pandas(["key", "dup_semantic_group", "dup_keep"])
+    assert df[df["key"].str.contains("post")]["dup_semantic_group"].nunique() == 1

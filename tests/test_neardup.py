@@ -614,3 +614,71 @@ def test_smallest_per_row_packed_and_argsort_agree():
         dist, near = neardup._smallest_per_row(r, c, d, n, m, packed=packed)
         np.testing.assert_array_equal(dist, want[0])
         np.testing.assert_array_equal(near, want[1])
+
+
+def _forest_set(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """600 rows: one image posted 300 times (re-encoded: cosine > 0.99 among them), 40 near copies
+    of other rows at 0.95-0.99, and 40 weaker pairs at 0.90-0.949."""
+    rng = np.random.default_rng(5)
+    d = 32
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    order = rng.permutation(n)
+    clique, near, weak = order[:300], order[300:380], order[380:460]
+    x[clique] = x[clique[0]] + 0.01 * rng.standard_normal((300, d)).astype(np.float32)
+    x[clique] /= np.linalg.norm(x[clique], axis=1, keepdims=True)
+    x[near[40:]] = _with_cosine(x[near[:40]], rng.uniform(0.95, 0.99, 40).astype(np.float32), rng)
+    x[weak[40:]] = _with_cosine(x[weak[:40]], rng.uniform(0.90, 0.949, 40).astype(np.float32), rng)
+    return x, rng.random(n) < 0.3
+
+
+def _pair_set(i: np.ndarray, j: np.ndarray) -> set:
+    return set(zip(i.tolist(), j.tolist()))
+
+
+@pytest.mark.parametrize("n_clusters", [1, 6])
+@pytest.mark.parametrize("incremental", [False, True])
+@pytest.mark.parametrize("loop", [0, 10**9])
+def test_span_returns_a_spanning_forest_of_the_strong_pairs(n_clusters, incremental, loop, monkeypatch):
+    """One image posted 300 times is 44,850 pairs; with ``span`` the pairs from there up come back
+    as a spanning forest: the same groups (components), no cycle (rows - groups pairs), every one a
+    pair the full join finds; every pair below span comes back as it was. With ``new``, the same
+    of the pairs touching a new row. ``loop``: the forest is joined by scipy (0) or by hand."""
+    monkeypatch.setattr("lakecurate.neardup._FOREST_LOOP", loop)
+    n = 600
+    x, new = _forest_set(n)
+    kw = {"n_clusters": n_clusters, "assign": n_clusters, "new": new if incremental else None}
+    ui, uj, uc = semantic_pairs(x, 0.9, **kw)
+    i, j, c = semantic_pairs(x, 0.9, span=0.95, **kw)
+    strong, got = uc >= 0.95, c >= 0.95
+    assert strong.sum() > (10_000 if incremental else 44_000)
+    assert _pair_set(i[~got], j[~got]) == _pair_set(ui[~strong], uj[~strong]) != set()
+    assert _pair_set(i[got], j[got]) <= _pair_set(ui[strong], uj[strong])
+    assert (components(n, i[got], j[got]) == components(n, ui[strong], uj[strong])).all()
+    linked = np.unique(np.concatenate([ui[strong], uj[strong]]))
+    groups = len(np.unique(components(n, ui[strong], uj[strong])[linked]))
+    assert got.sum() == len(linked) - groups  # a forest: no pair joins rows joined already
+    assert (i < j).all() and len(_pair_set(i, j)) == len(i)
+    with pytest.raises(ValueError, match="span"):
+        semantic_pairs(x, 0.9, span=0.8)
+
+
+@pytest.mark.parametrize("n_clusters", [1, 6])
+def test_span_keeps_the_ranked_pairs(n_clusters, monkeypatch):
+    """With per_row (the candidates of the clustered hash searches), every pair a row ranks among
+    its k best comes back whatever span cuts, and the strong ones are still a forest but for those;
+    the piled pairs are cut the same when compacted every few hundred."""
+    n = 600
+    x, _ = _forest_set(n)
+    kw = {"n_clusters": n_clusters, "assign": n_clusters, "per_row": 4, "all_from": 0.92}
+    ui, uj, uc, ur = semantic_pairs(x, 0.9, **kw)
+    for compact in (None, 300):
+        if compact is not None:
+            monkeypatch.setattr("lakecurate.neardup._CAP_COMPACT", compact)
+        i, j, c, r = semantic_pairs(x, 0.9, span=0.95, **kw)
+        assert _pair_set(i[r], j[r]) == _pair_set(ui[ur], uj[ur])
+        strong = uc >= 0.95
+        assert (components(n, i[c >= 0.95], j[c >= 0.95]) == components(n, ui[strong], uj[strong])).all()
+        assert len(i) < len(ui) // 10  # the clique's pairs: ~4 a row ranked, not 44,850
+        band = (uc >= 0.92) & (uc < 0.95)  # all_from up to span: every pair
+        assert _pair_set(ui[band], uj[band]) <= _pair_set(i, j)

@@ -226,6 +226,11 @@ def test_semantic_join_on_ray_equals_local(tmp_path: Path, monkeypatch):
     local = semantic_pairs(src, 0.9, n_clusters=12, new=fresh)
     on_ray = semantic_pairs(LanceVectors(ds, "v", rows), 0.9, n_clusters=12, new=fresh, engine="ray")
     assert len(local[0]) >= 60 and all(np.array_equal(a, b) for a, b in zip(local, on_ray))
+    x[2000:2300] = x[7] + 0.01 * rng.standard_normal((300, 32)).astype(np.float32)  # one image posted 300 times
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    local = semantic_pairs(x, 0.9, n_clusters=12, span=0.9)  # a spanning forest: it depends on the groups' order
+    on_ray = semantic_pairs(x, 0.9, n_clusters=12, span=0.9, engine="ray")
+    assert 300 <= len(local[0]) < 600 and all(np.array_equal(a, b) for a, b in zip(local, on_ray))
 
 
 def test_dedup_on_ray_equals_local(tmp_path: Path):
