@@ -515,6 +515,9 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
                  for m in rep.methods])
     click.echo(f"\nkeep: {rep.kept} of {rep.rows} rows; {rep.dropped} marked dup_keep = false "
                f"(groups from {', '.join(rep.keep_from)}); {rep.hashed} images hashed; {rep.seconds:.1f} s")
+    if rep.flat:
+        click.echo(f"note: {rep.flat} images have too little detail for a perceptual hash (a solid colour, a plain "
+                   "gradient): phash and copy leave them out; exact and semantic still compare them")
     if rep.dropped:
         click.echo(f"see them: lakecurate sql {shlex.quote(lake)} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
 

@@ -134,6 +134,15 @@ CLUSTERED_PER_ROW = 32
 # The copy method compares 8 hashes a row with 8 of every other (64 chances against phash's 4), so
 # it links at fewer differing bits to keep the same false-link rate (docs/benchmarks.md, issue 17).
 COPY_DISTANCE = 6
+# A pHash sets a bit where a DCT coefficient is above the median of the 64: a photo's hash has
+# exactly 32 (every one of 800 Flickr8k photos, and its 6,400 copy hashes). Where most coefficients
+# are equal (a solid colour, a plain gradient: all but a few are 0), they all sit at the median,
+# their bits are 0 whatever the picture, and any two such pictures are a few bits apart (white,
+# black, red, grey and a vertical gradient were one phash group). A hash with fewer set bits than
+# this is too flat to compare: its row is in no phash or copy group, and it confirms no weaker
+# semantic link (exact and semantic still see it).
+FLAT_HASH_BITS = 16
+FLAT_RULE = f"hashes with fewer than {FLAT_HASH_BITS} set bits are not compared"
 CAPTION_THRESHOLD = 0.98
 # Jaccard of caption 5-gram shingles for minhash links: on templated captions planted among Flickr8k
 # human captions (scripts/eval_captions.py), 0.35 puts 0.90 of templated captions and 2.0% of
@@ -283,6 +292,7 @@ class DedupReport:
     kept: int = 0
     dropped: int = 0
     hashed: int = 0
+    flat: int = 0  # rows whose perceptual hash is too flat to compare (FLAT_HASH_BITS): in no phash or copy group
     fragments_written: int = 0
     versions: list[int] = field(default_factory=list)
     seconds: float = 0.0
@@ -706,8 +716,8 @@ def dedup(
 
     configs: dict[str, dict[str, Any]] = {
         "exact": {"on": ["content_hash", "caption"]},
-        "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash"},  # search="all"
-        "copy": {"max_distance": int(copy_distance), "hash": "copy_hashes"},
+        "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash", "flat": FLAT_RULE},  # search="all"
+        "copy": {"max_distance": int(copy_distance), "hash": "copy_hashes", "flat": FLAT_RULE},
         "minhash": {"threshold": float(minhash_threshold), "shingles": "5 characters, lower case, punctuation as space",
                     "num_perm": 256, "candidates": "band buckets over 8 captions: each with its 16 of fewest shingles",
                     "groups": "star: most connected caption first"},
@@ -723,7 +733,7 @@ def dedup(
         confirm = confirm_cosine if confirm_cosine is not None else CONFIRM_COSINES.get(family, 0.85)
         configs["semantic"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"], "threshold": float(thr),
                                "confirm_cosine": float(min(confirm, thr)), "confirm_distance": int(confirm_distance),
-                               "flips": bool(flips)}
+                               "flips": bool(flips), "flat": FLAT_RULE}
         for m in clustered:
             if meaningless(emb_prov):
                 raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: it cannot say which "
@@ -777,6 +787,9 @@ def dedup(
     stored = _stored_groups(ds, present, n)
     ranks = _Ranks(ds, embedding_columns(emb)["score"] if emb is not None else None)
     usable = ~_equals(ds, "ingest_status", "error")  # ingest errors are in no group (verify's rule, for all)
+    if "phash" in tbl.column_names:
+        report.flat = int((~_hashes(tbl)[2] & ~np.asarray(tbl.column("phash").is_null().to_numpy(zero_copy_only=False), bool)
+                           & usable).sum())
 
     joins = _Joins(ds, lake.storage_options, progress, engine)
     for m in {"semantic", "caption"} & set(methods):  # they group by every pair from their threshold up
@@ -1083,8 +1096,9 @@ class _Joins:
         return self._valid[col]
 
     def hash_variants(self, method: str, tbl: pa.Table, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """(a row's hashes, N x variants uint64; which rows have them) for phash (with its mirror's
-        when ``flips``) or copy (8 a row), read from ``tbl`` once a run."""
+        """(a row's hashes, N x variants uint64; which rows have them, and not too flat to compare:
+        :data:`FLAT_HASH_BITS`) for phash (with its mirror's when ``flips``) or copy (8 a row), read
+        from ``tbl`` once a run."""
         if method not in self.hashes:
             if method == "phash":
                 h, h_flip, eligible = _hashes(tbl)
@@ -1094,7 +1108,8 @@ class _Joins:
                 eligible = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
                 flat = col.combine_chunks()  # a fixed-size list stores 8 values per slot, null slots too
                 values = np.asarray(flat.values.fill_null(0).to_numpy(), np.uint64)
-                self.hashes[method] = values[flat.offset * 8:(flat.offset + len(flat)) * 8].reshape(-1, 8), eligible
+                values = values[flat.offset * 8:(flat.offset + len(flat)) * 8].reshape(-1, 8)
+                self.hashes[method] = values, eligible & _detailed(values[:, 0])
         return self.hashes[method]
 
     def pairs(self, col: str, rows: np.ndarray, cosine: float, new: np.ndarray | None = None, *,
@@ -1447,6 +1462,13 @@ def _equals(ds: Any, column: str, value: str, batch_rows: int = 65536) -> np.nda
 
 
 def _hashes(tbl: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(phash, phash_flip, which rows have a hash that is not too flat to compare)."""
     h = tbl.column("phash")
     valid = ~np.asarray(h.is_null().to_numpy(zero_copy_only=False), bool)
-    return pc.fill_null(h, 0).to_numpy(), pc.fill_null(tbl.column("phash_flip"), 0).to_numpy(), valid
+    h = pc.fill_null(h, 0).to_numpy()
+    return h, pc.fill_null(tbl.column("phash_flip"), 0).to_numpy(), valid & _detailed(h)
+
+
+def _detailed(h: np.ndarray) -> np.ndarray:
+    """Which hashes have at least FLAT_HASH_BITS set bits (the rest: pictures with next to no detail)."""
+    return np.bitwise_count(np.asarray(h, np.uint64)) >= FLAT_HASH_BITS

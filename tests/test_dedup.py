@@ -967,3 +967,51 @@ def test_one_image_posted_many_times_is_a_forest_of_links_not_every_pair(tmp_pat
     assert per["semantic"] == 70 and per["caption"] == 70, per  # the new copy: one link, to the group
     df = lake.to_pandas(["key", "dup_semantic_group", "dup_keep"])
     assert df[df["key"].str.contains("post")]["dup_semantic_group"].nunique() == 1
+
+
+def test_pictures_without_detail_are_not_perceptual_duplicates_of_each_other(tmp_path: Path):
+    """A solid colour's pHash has most of its 64 coefficients at the median, so its bits are 0
+    whatever the colour: white, black, red, grey and a plain vertical gradient were one phash group
+    (and one copy group), and a weak semantic link between two of them was "confirmed" by their
+    hashes. Such hashes are not compared now; a photo's re-encoded copy is still linked, and an exact
+    copy of a flat picture is still an exact duplicate."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, colour in {"white": (255, 255, 255), "black": (0, 0, 0), "red": (200, 30, 30), "grey": (128, 128, 128)}.items():
+        Image.new("RGB", (320, 240), colour).save(src / f"{name}.png")
+        (src / f"{name}.txt").write_text(f"a plain {name} square")
+    shutil.copy(src / "white.png", src / "white_again.png")
+    (src / "white_again.txt").write_text("a plain white square, again")
+    ramp = np.tile(np.linspace(0, 255, 240, dtype=np.float32)[:, None], (1, 320)).astype(np.uint8)
+    Image.fromarray(ramp).convert("RGB").save(src / "ramp.png")
+    (src / "ramp.txt").write_text("a grey ramp")
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", src / "chelsea.jpg")
+    (src / "chelsea.txt").write_text("a cat")
+    Image.open(SAMPLE_DATA / "chelsea.jpg").save(src / "chelsea_q30.jpg", quality=30)
+    (src / "chelsea_q30.txt").write_text("the cat again")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    # semantic_threshold 0.9999 with confirm_cosine -1: a link only where the hashes are near
+    rep = lake.dedup(["exact", "phash", "copy", "semantic"], semantic_threshold=0.9999, confirm_cosine=-1.0,
+                     confirm_distance=12, workers=0, progress=False)
+    assert rep.flat == 6  # four colours, the white copy, the ramp
+    rows = by_key(lake, ["id", "dup_phash_group", "dup_copy_group", "dup_semantic_group", "dup_exact_group", "dup_group"])
+    flat = ["white", "black", "red", "grey", "white_again", "ramp"]
+    for name in flat:
+        assert rows[name]["dup_phash_group"] is None and rows[name]["dup_copy_group"] is None, (name, rows[name])
+    # only the two white files are one group, by exact (a row in no group has no dup_group)
+    assert {name: rows[name]["dup_group"] for name in flat} == {
+        "white": rows["white_again"]["id"], "white_again": rows["white_again"]["id"], "black": None, "red": None,
+        "grey": None, "ramp": None}
+    assert rows["white"]["dup_exact_group"] == rows["white_again"]["dup_exact_group"]
+    for method in ("dup_phash_group", "dup_copy_group", "dup_semantic_group"):
+        assert rows["chelsea"][method] == rows["chelsea_q30"][method] is not None, method
+    links = lake.dup_pairs()
+    white, cat = {rows["white"]["id"], rows["white_again"]["id"]}, {rows["chelsea"]["id"], rows["chelsea_q30"]["id"]}
+    # the white pair by exact (and semantic: one image, cosine 1), the cat pair by phash, copy and semantic
+    assert sorted((m, frozenset((a, b)) == frozenset(white)) for m, a, b in zip(links["method"], links["a"], links["b"])) == \
+        [("copy", False), ("exact", True), ("phash", False), ("semantic", False), ("semantic", True)]
+    assert all({a, b} in (white, cat) for a, b in zip(links["a"], links["b"]))
+    result = CliRunner().invoke(main, ["--no-progress", "dedup", str(lake.uri), "--method", "phash"])
+    assert result.exit_code == 0 and "6 images have too little detail for a perceptual hash" in result.output
