@@ -191,6 +191,41 @@ class Browser:
             return self.lake.dataset(int(ref) if isinstance(ref, str) and ref.isdigit() else ref)
         return self.latest()
 
+    def pin(self, ref: str | None, number: int) -> int | str:
+        """What opens version ``number`` of the view ``ref`` (a number, tag, branch, ``branch:number``
+        or None: the lake's own) again through the server's lake, for what takes a version (search,
+        SQL, diff): the number on the lake's branch, or ``branch:number`` for another branch's view
+        (a bare number is looked up on the lake's own branch: a branch's view searched main's
+        version of that number)."""
+        if isinstance(ref, str) and not ref.isdigit():
+            branch, _ = self.lake._ref(ref)
+            return f"{branch or 'main'}:{number}"
+        return number
+
+    def _branch(self, ref: str | None) -> tuple["Lake", bool]:
+        """(the lake on the branch of view ``ref``, whether the view is that branch's latest)."""
+        ref = ref or self.version
+        if not ref:
+            return self.lake, True
+        branch, number = self.lake._ref(ref) if isinstance(ref, str) and not ref.isdigit() else (self.lake.branch, ref)
+        lake = self.lake if branch == self.lake.branch else type(self.lake)(self.lake.uri, storage_options=self.lake.storage_options,
+                                                                           branch=branch)
+        return lake, number is None
+
+    def reader(self, ref: str | None) -> "Lake":
+        """The lake on the branch of view ``ref`` (its review log and labels are that branch's)."""
+        return self._branch(ref)[0]
+
+    def writer(self, ref: str | None) -> "Lake":
+        """The lake a review made on view ``ref`` is written to: the server's lake for its latest, a
+        branch's for that branch's latest; a view of a fixed version (a number, a tag,
+        ``branch:number``) is refused, since its page would go on showing the old verdicts."""
+        lake, latest = self._branch(ref)
+        if not latest:
+            raise LakeError(f"this page shows version {ref or self.version}, not the latest: marks go to a branch's latest "
+                            "version; pick 'latest' (or a branch) in the version menu to review")
+        return lake
+
     def latest(self) -> "lance.LanceDataset":
         now = time.monotonic()
         got = self._latest
@@ -358,10 +393,11 @@ class Browser:
 
         fut.add_done_callback(done)
 
-    def search_vector(self, ds: "lance.LanceDataset", query: Any, where: str | None) -> np.ndarray:
+    def search_vector(self, version: int | str, query: Any, where: str | None) -> np.ndarray:
+        """Row addresses of the nearest rows to ``query`` in ``version`` (:meth:`pin`)."""
         from lakecurate.search import search
 
-        df = search(self.lake, query, SEARCH_K, version=ds.version, where=where, columns=["id"], row_address=True)
+        df = search(self.lake, query, SEARCH_K, version=version, where=where, columns=["id"], row_address=True)
         return df["_rowaddr"].to_numpy().astype(np.uint64)
 
     def warm(self) -> None:
@@ -462,12 +498,15 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         return html(request, {"view": "error", "title": "error", "message": message}, status)
 
     def common(request: Request) -> tuple[Any, dict[str, Any]]:
-        ds = b.dataset(request.query_params.get("v"))
+        v = request.query_params.get("v") or None
+        ds = b.dataset(v)
         names = schema(ds).names
         meta = b.meta()
         scalars = [f.name for f in schema(ds) if _scalar(f.type) and f.name != "image"]
+        lake, latest = b._branch(v)  # marks go to this branch's latest: only offered on its latest
+        labels = meta["labels"] if lake is b.lake else review.labels(lake)
         return ds, {"version": ds.version, "latest": b.latest().version, "tags": meta["tags"], "branches": meta["branches"],
-                    "versions": meta["versions"],
+                    "versions": meta["versions"], "writable": latest, "labels": labels,
                     "facets": {}, "scalars": scalars, "has": set(names)}
 
     def grid(request: Request) -> Any:
@@ -487,7 +526,8 @@ def create_app(lake: "Lake", **options: Any) -> Any:
             else:
                 query = p["q"][:500]
                 title = f"nearest to “{query}”"
-            addrs = b.timed(lambda: b.search_vector(ds, query, cond), "the search")
+            at = b.pin(p.get("v") or b.version, ds.version)
+            addrs = b.timed(lambda: b.search_vector(at, query, cond), "the search")
         elif cond is None and not p.get("sort"):
             addrs = None  # the whole table in storage order: a page is a scan with offset and limit
         else:
@@ -567,7 +607,7 @@ def create_app(lake: "Lake", **options: Any) -> Any:
             return html(request, {**ctx, "view": "diff", "title": "compare two views", "d": None})
         d = b.timed(lambda: view_diff(b.lake, int(a) if a.isdigit() else a,
                                       int(bb) if bb and bb.isdigit() else bb, examples=PAGE), "the diff")
-        ds_a, ds_b = b.lake.dataset(d.version_a), b.lake.dataset(d.version_b)
+        ds_a, ds_b = b.lake.dataset(b.pin(a, d.version_a)), b.lake.dataset(b.pin(bb, d.version_b))
         return html(request, {**ctx, "view": "diff", "title": f"{d.a} → {d.b}", "d": d,
                               "added": _by_ids(b, ds_b, d.added_ids), "removed": _by_ids(b, ds_a, d.removed_ids),
                               "shown": []})
@@ -578,7 +618,8 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         result = None
         if query:
             check_query(query)
-            df = b.timed(lambda: b.lake.sql(query, version=ds.version, limit=SQL_ROWS), "the query")
+            at = b.pin(request.query_params.get("v") or b.version, ds.version)
+            df = b.timed(lambda: b.lake.sql(query, version=at, limit=SQL_ROWS), "the query")
             result = {"columns": list(df.columns), "rows": df.astype(object).where(df.notna(), None).values.tolist()[:SQL_ROWS],
                       "limit": SQL_ROWS}
         return html(request, {**ctx, "view": "sql", "title": "SQL", "sql": query, "result": result})
@@ -636,7 +677,7 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         from starlette.concurrency import run_in_threadpool
 
         try:
-            vec = await run_in_threadpool(_image_vector, b, body)
+            vec = await run_in_threadpool(_image_vector, b, body, request.query_params.get("v"))
         except LakeError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         qid = secrets.token_hex(8)
@@ -670,7 +711,8 @@ def create_app(lake: "Lake", **options: Any) -> Any:
             return JSONResponse({"error": str(exc)}, status_code=400)
 
     def api_history(request: Request) -> Any:
-        return JSONResponse({"actions": review.history(b.lake), "counts": review.counts(b.dataset(None))})
+        v = request.query_params.get("v") or None
+        return JSONResponse({"actions": review.history(b.reader(v)), "counts": review.counts(b.dataset(v))})
 
     def login(request: Request) -> Any:  # ?token= sets the cookie, then the grid without the token in the URL
         resp = RedirectResponse("/", status_code=303)
@@ -728,11 +770,11 @@ class _Http(Exception):
         self.status, self.message = status, message
 
 
-def _image_vector(b: Browser, body: bytes) -> np.ndarray:
+def _image_vector(b: Browser, body: bytes, view: str | None) -> np.ndarray:
     from lakecurate.names import pick_embedding
     from lakecurate.search import encoder_for, query_vector
 
-    _, prov = pick_embedding(b.lake, b.dataset(None), need="image search compares against them")
+    _, prov = pick_embedding(b.lake, b.dataset(view), need="image search compares against them")
     return np.asarray(query_vector(encoder_for(prov), body))
 
 
@@ -740,20 +782,30 @@ def _mark(b: Browser, body: dict[str, Any]) -> dict[str, Any]:
     ids = body.get("ids")
     if not isinstance(ids, list):
         raise LakeError("send ids: a list of pair ids")
+    lake = b.writer(_view(body))
     with b.write_lock:
         try:
-            return review.mark(b.lake, ids, verdict=body.get("verdict"), reason=body.get("reason"),
+            return review.mark(lake, ids, verdict=body.get("verdict"), reason=body.get("reason"),
                                label=body.get("label"), by=body.get("by"), read_only=b.read_only)
         finally:
             b.wrote()
 
 
 def _undo(b: Browser, body: dict[str, Any]) -> dict[str, Any]:
+    lake = b.writer(_view(body))
     with b.write_lock:
         try:
-            return review.undo(b.lake, str(body.get("action", "")), by=body.get("by"), read_only=b.read_only)
+            return review.undo(lake, str(body.get("action", "")), by=body.get("by"), read_only=b.read_only)
         finally:
             b.wrote()
+
+
+def _view(body: dict[str, Any]) -> str | None:
+    """The view a review was made on (the page's ``?v=``, sent as ``v``)."""
+    v = body.get("v")
+    if v is not None and not isinstance(v, str):
+        raise LakeError("send v: the page's version (text), or leave it out")
+    return v or None
 
 
 def _int(value: Any, default: Any) -> Any:

@@ -357,3 +357,53 @@ def test_image_search_and_a_pinned_version(embedded: Lake, tmp_path: Path):
     assert f"version {embedded.version}" in old.get("/", params={"v": str(embedded.version)}).text
     with pytest.raises(LakeError, match="not a version"):
         create_app(embedded, version="9999")
+
+
+def test_a_branch_view_searches_queries_and_reviews_that_branch(embedded: Lake, tmp_path: Path):
+    """The version menu lists branches. A view of branch exp searched, queried and diffed main's
+    version of the same number (or said it was not a version), and its marks were written to
+    main's latest while the page went on showing exp's. A view of a fixed version has no review bar
+    and a mark sent from it is refused."""
+    import shutil
+
+    lake = Lake.open(shutil.copytree(embedded.uri, tmp_path / "lake"))
+    exp = lake.create_branch("exp")
+    exp.append(synthetic_pairs(0, 12))  # 12 rows on the branch only
+    main_ids = set(lake.to_pandas(["id"])["id"])
+    while lake.version != exp.version:  # main gets a version of the number the branch's view shows
+        if lake.version < exp.version:
+            review.mark(lake, sorted(main_ids)[:1], verdict="keep", by="main")
+        else:
+            exp.append(synthetic_pairs(12 + exp.count() - lake.count(), 1))
+    added = exp.count() - lake.count()
+    assert added >= 12
+    c = client(lake)
+    token = csrf(c)
+    count = c.get("/sql", params={"v": "exp", "sql": "SELECT COUNT(*) AS n FROM pairs"})
+    assert count.status_code == 200 and f"<td>{exp.count()}</td>" in count.text, count.text
+    found = c.get("/", params={"v": "exp", "q": "a cat"})
+    shown = re.findall(r'<figure class="card[^"]*" data-id="([^"]+)"', found.text)
+    assert found.status_code == 200 and shown == exp.search("a cat", k=PAGE, columns=["id"])["id"].tolist()
+    d = c.get("/diff", params={"a": f"main:{lake.version}", "b": "exp"})
+    assert d.status_code == 200 and f"{added} added" in d.text and d.text.count('class="card') == added
+
+    new = exp.to_pandas(["id"])["id"].iloc[-1]
+    r = c.post("/api/review", json={"ids": [new], "verdict": "drop", "reason": "blurry", "by": "ana", "v": "exp"},
+               headers={"X-CSRF-Token": token})
+    assert r.status_code == 200 and r.json()["rows"] == 1, r.text
+    assert exp.sql(f"SELECT review_verdict FROM pairs WHERE id = '{new}'")["review_verdict"].tolist() == ["drop"]
+    assert set(lake.sql("SELECT review_by FROM pairs WHERE review_by IS NOT NULL")["review_by"]) == {"main"}
+    assert "reviewed: drop (blurry)" in c.get("/", params={"v": "exp", "verdict": "drop"}).text
+    hist = c.get("/api/history", params={"v": "exp"}).json()
+    assert hist["counts"] == {"drop": 1} and hist["actions"][0]["by"] == "ana"
+    assert c.post("/api/undo", json={"action": r.json()["action"], "v": "exp"}, headers={"X-CSRF-Token": token}).json()["rows"] == 1
+    assert exp.sql(f"SELECT review_verdict IS NULL AS none FROM pairs WHERE id = '{new}'")["none"].tolist() == [True]
+
+    before = (lake.version, exp.version)
+    for pinned in (str(lake.version - 1), f"exp:{exp.version - 1}"):
+        page = c.get("/", params={"v": pinned}).text
+        assert 'id="review-pinned"' in page and 'id="mark-keep"' not in page
+        r = c.post("/api/review", json={"ids": [new], "verdict": "keep", "v": pinned}, headers={"X-CSRF-Token": token})
+        assert r.status_code == 400 and "not the latest" in r.json()["error"]
+    assert (lake.version, exp.version) == before
+    assert 'id="mark-keep"' in c.get("/", params={"v": "exp"}).text and 'id="mark-keep"' in c.get("/").text

@@ -22,10 +22,11 @@
   refreshCount();
 
   async function post(url, body) {
+    const v = document.body.dataset.version;  // the view shown: marks go to its branch
     const resp = await fetch(url, {
       method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
-      body: JSON.stringify(body),
+      body: JSON.stringify(v ? {...body, v: v} : body),
     });
     const data = await resp.json().catch(() => ({error: resp.statusText}));
     if (!resp.ok) throw new Error(data.error || resp.statusText);
