@@ -608,15 +608,14 @@ def record_result(lake: "Store", res: EvalResult, recipe: str | None) -> None:
                 rows.append({**common, "arm": arm, "seed": i, "rows": res.rows.get(arm), "budget": float(budget),
                              "steps": max(1, round(float(budget) * res.steps)), res.metric: v})
     tbl = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
-    uri = lake.side_uri(EVAL_TABLE)  # a branch's evaluations are its own (main's report listed them)
+    uri = lake.ensure_side(EVAL_TABLE, EVAL_SCHEMA)  # a branch's evaluations are its own (main's report listed them)
 
     def write() -> None:
         ds = _open_table(lake)
-        if ds is not None:  # a table recorded before a column existed gains it, empty in its old rows
-            missing = [f for f in EVAL_SCHEMA if f.name not in ds.schema.names]
-            if missing:
-                ds.add_columns(missing)
-        lance.write_dataset(tbl, uri, mode="create" if ds is None else "append", storage_options=lake.storage_options)
+        missing = [f for f in EVAL_SCHEMA if f.name not in ds.schema.names]
+        if missing:  # a table recorded before a column existed gains it, empty in its old rows
+            ds.add_columns(missing)
+        lance.write_dataset(tbl, uri, mode="append", storage_options=lake.storage_options)
 
     retry_on_conflict(write)
 

@@ -12,6 +12,7 @@ that adds one method per stage.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import numbers
@@ -20,7 +21,7 @@ import random
 import re
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -160,16 +161,32 @@ class Store:
             if not exist_ok:
                 raise LakeError(f"lake '{lake.uri}' already exists; open it with Lake.open")
             return lake
-        if "://" not in lake.uri:
-            os.makedirs(lake.uri, exist_ok=True)
-        lance.write_dataset(
-            PAIRS_SCHEMA.empty_table(),
-            lake.table_uri,
-            schema=PAIRS_SCHEMA,
-            mode="create",
-            storage_options=lake.storage_options,
-        )
+        with lake._creating():
+            if not lake.exists():  # (another process may have made it while this one waited)
+                lance.write_dataset(PAIRS_SCHEMA.empty_table(), lake.table_uri, schema=PAIRS_SCHEMA, mode="create",
+                                    storage_options=lake.storage_options)
         return lake
+
+    @contextlib.contextmanager
+    def _creating(self) -> Iterator[None]:
+        """Held while a table of the lake is looked for and created. Lance commits a create that
+        lost a race as an overwrite of the winner's table, so two processes creating one table at
+        once (two first ingests, two first evaluations) lost the rows the first had added
+        meanwhile. On a local lake: an exclusive ``flock`` on ``LAKE/_lakecurate/create.lock``; an
+        object-store lake has no lock here (the race stays, narrow: a table's first commit)."""
+        if "://" in self.uri:
+            yield
+            return
+        import fcntl
+
+        folder = os.path.join(self.uri, "_lakecurate")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "create.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @classmethod
     def open(cls, uri: str | os.PathLike, **kw: Any) -> "Store":
@@ -461,22 +478,20 @@ class Store:
         another writer's commit lands first. Returns the side table's new version."""
         if mode not in ("append", "overwrite"):
             raise ValueError(f"mode must be 'append' or 'overwrite', not {mode!r}")
+        uri = self.ensure_side(name, data.schema, per_branch=per_branch)
+        return retry_on_conflict(lambda: lance.write_dataset(data, uri, mode=mode,
+                                                             storage_options=self.storage_options).version)
+
+    def ensure_side(self, name: str, schema: pa.Schema, *, per_branch: bool = True) -> str:
+        """The uri of the side table ``name``, created empty with ``schema`` when there is none yet
+        (under :meth:`_creating`), so that rows are only ever appended: two first writers that
+        each created the table with their rows both "succeeded", and one's rows were gone."""
         uri = self.side_uri(name, per_branch=per_branch)
-
-        def commit() -> int:
-            exists = self.side_dataset(name, per_branch=per_branch) is not None
-            return lance.write_dataset(data, uri, mode=mode if exists else "create",
-                                       storage_options=self.storage_options).version
-
-        def racing_create() -> int:
-            try:
-                return commit()
-            except OSError as exc:  # two first writers: the loser's create finds the table, and appends
-                if "already exists" in str(exc).lower() or is_conflict(exc):
-                    raise CommitConflictError(str(exc)) from exc
-                raise
-
-        return retry_on_conflict(racing_create)
+        if self.side_dataset(name, per_branch=per_branch) is None:
+            with self._creating():
+                if self.side_dataset(name, per_branch=per_branch) is None:
+                    lance.write_dataset(schema.empty_table(), uri, mode="create", storage_options=self.storage_options)
+        return uri
 
     # ----------------------------------------------------------------- versions
     def tag(self, name: str, version: int | None = None) -> None:

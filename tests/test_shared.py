@@ -70,6 +70,31 @@ def test_four_feature_writers_and_an_appender_five_rounds(tmp_path: Path):
     print(f"5 rounds: {retried} commits retried after a conflict, {compactions} compactions")
 
 
+def test_first_writes_of_a_side_table_racing_keep_every_row(tmp_path: Path):
+    """Four processes write the first rows of a side table (and record the first evaluation) at
+    the same moment: each created the table with its rows, and Lance's create of version 1 is not
+    a conflict, so two of them "succeeded" and one's rows were gone (or the loser got an OSError
+    traceback). The same of four processes creating one new lake and adding rows to it. Three
+    rounds on fresh lakes: every row and every evaluation is there."""
+    from lakecurate.evaluate import evaluations
+
+    for rnd in range(3):
+        uri = str(tmp_path / f"new{rnd}")
+        Path(uri + ".start").write_text(str(time.time() + 4.0))
+        for p in [spawn("create", uri, str(i)) for i in range(4)]:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0 and "Traceback" not in err, f"round {rnd}: creator {p.args[3:]} failed:\n{err[-3000:]}"
+        assert Lake.open(uri).count() == 40, rnd
+        lake = fresh_lake(tmp_path / f"round{rnd}")
+        Path(lake.uri + ".start").write_text(str(time.time() + 4.0))  # every child is imported by then
+        procs = [spawn("side", lake.uri, str(i)) for i in range(4)]
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0 and "Traceback" not in err, f"round {rnd}: writer {p.args[3:]} failed:\n{err[-3000:]}"
+        assert sorted(lake.side_dataset("race_side").to_table().column("x").to_pylist()) == [0, 1, 2, 3], rnd
+        assert sorted(evaluations(lake)["eval_id"].unique()) == ["e0", "e1", "e2", "e3"], rnd
+
+
 @pytest.mark.slow
 def test_kill_9_of_a_feature_writer_midway(tmp_path: Path):
     """SIGKILL lands while a writer is between fragment commits (and another process appends): the

@@ -4,6 +4,9 @@ Each waits until the shared start time in ``LAKE.start`` (so all of them race), 
 - ``features LAKE I``: adds the two features ``f{I}a`` and ``f{I}b`` (``scaled_len`` with k = 10*I+1, 10*I+2);
 - ``append LAKE START ROUNDS N``: appends ROUNDS batches of N synthetic rows, ids from START;
 - ``compact LAKE ROUNDS``: compacts the lake ROUNDS times, 0.4 s apart;
+- ``create LAKE I``: creates the lake (it has none yet) and appends 10 rows, ids from 10 * I;
+- ``side LAKE I``: appends the row ``x = I`` to the side table ``race_side``, and records an
+  evaluation ``e{I}`` (both first writes of their tables when the lake has neither);
 - ``ingest-slow LAKE SRC`` / ``embed-slow LAKE``: ingest or embed with a sleep per row / batch, so a
   SIGKILL lands mid-run (the kill -9 tests of test_ingest and test_embed).
 
@@ -87,6 +90,16 @@ def _slow_embed(uri: str) -> None:
     Lake.open(uri).embed("tiny-random", workers=0, batch_size=4, progress=False)
 
 
+def record_evaluation(lake: Lake, eval_id: str) -> None:
+    """One evaluation's rows (2 arms, 1 seed), as evaluate records them."""
+    from lakecurate.evaluate import METRICS, EvalResult, record_result
+
+    res = EvalResult(lake=lake.uri, version=1, view="keep", baseline="all", embedding="e", eval_set="s", eval_images=2,
+                     eval_captions=2, rows={"view": 2, "all": 3}, pool_rows=3, steps=3, seeds=[0], eval_id=eval_id,
+                     metrics={"view": {k: [0.5] for k in METRICS}, "all": {k: [0.4] for k in METRICS}}, baselines=["all"])
+    record_result(lake, res, None)
+
+
 def _wait(uri: str) -> None:
     start = Path(uri + ".start")
     if start.exists():
@@ -97,6 +110,10 @@ def main(argv: list[str]) -> None:
     mode, uri = argv[0], argv[1]
     if mode == "ingest-slow":
         return _slow_ingest(uri, argv[2])
+    if mode == "create":  # two first ingests into one new lake
+        _wait(uri)
+        Lake.create(uri).append(pair_rows(10 * int(argv[2]), 10))
+        return
     lake = Lake.open(uri)
     if mode == "embed-slow":
         return _slow_embed(uri)
@@ -108,6 +125,10 @@ def main(argv: list[str]) -> None:
         for r in range(rounds):
             lake.append(pair_rows(start + r * n, n))
             time.sleep(0.05)
+    elif mode == "side":
+        i = int(argv[2])
+        lake.write_side("race_side", pa.table({"x": [i]}))
+        record_evaluation(lake, f"e{i}")
     elif mode == "compact":
         for _ in range(int(argv[2])):
             time.sleep(0.4)
