@@ -15,8 +15,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from lakecurate.errors import LakeError
@@ -70,6 +71,9 @@ def _parser() -> Any:
     return _dialect
 
 
+MAX_NESTING = 32  # levels of parentheses a query or condition may have
+
+
 def _parse(text: str, what: str, *, semicolon: bool) -> list[Any]:
     """Statements of ``text``; a LakeError ``what: reason`` for text sqlglot cannot read, with
     comments, or with a ';' (a trailing one is allowed when ``semicolon``)."""
@@ -83,6 +87,12 @@ def _parse(text: str, what: str, *, semicolon: bool) -> list[Any]:
             raise LakeError(f"{what}: comments (-- or /* */) are not accepted; remove them")
         if any(t.token_type == TokenType.SEMICOLON for t in (tokens[:-1] if semicolon else tokens)):
             raise LakeError(f"{what}: ';' separates statements; give exactly one")
+        depth = deepest = 0
+        for t in tokens:
+            depth += (t.token_type == TokenType.L_PAREN) - (t.token_type == TokenType.R_PAREN)
+            deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:  # the parser (and what walks its tree) recurses: a RecursionError traceback
+            raise LakeError(f"{what}: it nests {deepest} levels of parentheses (at most {MAX_NESTING}); write it flatter")
         statements = [s for s in dialect.parse(text) if s is not None]
     except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as exc:
         errors = getattr(exc, "errors", None)
@@ -94,6 +104,20 @@ def _parse(text: str, what: str, *, semicolon: bool) -> list[Any]:
     return statements
 
 
+def _too_deep(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a RecursionError (sqlglot parses and walks by recursion: 200 NOTs in a row are
+    too deep for it) as a one-line LakeError."""
+    @functools.wraps(fn)
+    def checked(text: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(text, *args, **kw)
+        except RecursionError:
+            option = args[0] if args else kw.get("option", "the query" if fn.__name__ == "check_query" else "--where")
+            raise LakeError(f"{option} {str(text)[:60]!r}...: it nests too deeply to check; write it flatter") from None
+    return checked
+
+
+@_too_deep
 def check_query(query: str) -> str:
     """``query`` unchanged if it is one read-only SELECT (or WITH ... SELECT, or a UNION of them)
     whose tables are all ``pairs`` or names of its own WITH clauses; else a one-line LakeError.
@@ -143,6 +167,7 @@ def _kind(node: Any) -> str:
     return type(node).__name__.upper()
 
 
+@_too_deep
 def check_where(where: str | None, option: str = "--where", ds: Any = None, *, lead: str | None = None) -> str | None:
     """``where`` unchanged if it is exactly one SQL condition on the lake's columns; else a
     one-line LakeError naming ``option`` and the text.

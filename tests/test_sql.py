@@ -182,6 +182,27 @@ def test_check_where_accepts_conditions_and_checks_columns(small: Lake):
     assert check_query("SELECT 1") == "SELECT 1"
 
 
+def test_deeply_nested_conditions_are_one_line_errors(small: Lake):
+    """sqlglot parses and walks by recursion: 50 nested parentheses or 200 NOTs in a row were a
+    RecursionError traceback (the CLI) and a 500 (the browser's where box)."""
+    from lakecurate.sqlcheck import MAX_NESTING, check_query, check_where
+
+    ds = small.dataset()
+    ok = "(" * MAX_NESTING + "width > 1" + ")" * MAX_NESTING
+    assert check_where(ok, "--where", ds) == ok and small.count(ok) == small.count("width > 1")
+    for deep, says in (("(" * 50 + "width > 1" + ")" * 50, "nests 50 levels of parentheses"),
+                       ("NOT " * 200 + "width > 1", "nests too deeply")):
+        with pytest.raises(LakeError, match=says) as err:
+            check_where(deep, "--where", ds)
+        assert str(err.value).startswith("--where") and "\n" not in str(err.value)
+        with pytest.raises(LakeError, match=says):
+            check_query(f"SELECT id FROM pairs WHERE {deep}")
+        res = CliRunner().invoke(main, ["sql", small.uri, f"SELECT id FROM pairs WHERE {deep}"])
+        assert res.exit_code != 0 and "Traceback" not in res.output and says in res.output, res.output
+    long = " AND ".join(["width > 1"] * 2000)  # long but flat: checked and run
+    assert small.count(long) == small.count("width > 1")
+
+
 def test_lake_count_and_to_pandas_refuse_trailing_text(small: Lake):
     wide = small.count("width > 400 AND height > 400")
     assert wide == len(small.to_pandas(["key"], where="width > 400 AND height > 400"))
