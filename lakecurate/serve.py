@@ -48,6 +48,8 @@ from lakecurate.names import DECISIONS
 from lakecurate.sqlcheck import check_query, check_where, clean_message, in_list, literal
 
 if TYPE_CHECKING:
+    import socket
+
     import lance
 
     from lakecurate.store import Store as Lake  # (any Store: the facade is not needed)
@@ -887,9 +889,33 @@ def serve(lake: "Lake", *, host: str = "127.0.0.1", port: int = 8765, read_only:
         token = secrets.token_urlsafe(24)
     if token is not None and len(token) < 16:
         raise LakeError("--token: use at least 16 characters (or leave it out: one is generated)")
-    app = create_app(lake, read_only=read_only, token=token, version=version, host=host, port=port, labels=labels)
+    sock = _bind(host, port)  # before the URL is announced: a port in use was announced, then failed
+    try:
+        app = create_app(lake, read_only=read_only, token=token, version=version, host=host, port=port, labels=labels)
+    except BaseException:
+        sock.close()
+        raise
     app.state.browser.warm()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}/" + (f"login?token={token}" if token else "")
     echo(f"lakecurate: serving {lake.uri} at {url}" + (" (read-only)" if read_only else "") + " — Ctrl+C stops")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> "socket.socket":
+    """A socket bound to (host, port) for the server to listen on, or a one-line LakeError."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise LakeError(f"--host {host}: {exc.strerror}; give a name or address of this machine "
+                        "(127.0.0.1 for this machine only, 0.0.0.0 for every network)") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise LakeError(f"--port {port} on {host}: {exc.strerror}; pick another --port, or stop what uses it") from None
+    return sock

@@ -299,7 +299,13 @@ def test_serve_command_makes_a_token_off_the_loopback(sample: Lake, monkeypatch)
     from lakecurate.cli import main
 
     started = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: started.update(app=app, host=host, port=port))
+
+    def run(server, sockets):  # the socket the server would listen on, bound before the URL was printed
+        host, port = sockets[0].getsockname()[:2]
+        started.update(app=server.config.app, host=host, port=port)
+        sockets[0].close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     res = CliRunner().invoke(main, ["serve", sample.uri, "--host", "0.0.0.0", "--port", "9001", "--json"])
     assert res.exit_code == 0, res.output
     url = json.loads(res.output)["url"]
@@ -315,6 +321,20 @@ def test_serve_command_makes_a_token_off_the_loopback(sample: Lake, monkeypatch)
         started.clear()
         bad = CliRunner().invoke(main, ["serve", sample.uri, *args])
         assert bad.exit_code != 0 and msg in bad.output and not started and "Traceback" not in bad.output
+    # a port in use and a host that is no address: refused before the URL is announced (it was
+    # printed, --json too, and then the server failed to bind)
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for args, msg in [(["--port", port], f"--port {port} on 127.0.0.1: Address already in use"),
+                          (["--host", "nonsense.invalid"], "--host nonsense.invalid")]:
+            started.clear()
+            bad = CliRunner().invoke(main, ["serve", sample.uri, *args, "--json"])
+            assert bad.exit_code == 1 and not started and "url" not in bad.stdout, bad.output
+            assert msg in json.loads(bad.stdout)["error"]
 
 
 def test_review_command(sample: Lake):
