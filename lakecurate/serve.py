@@ -441,7 +441,10 @@ def create_app(lake: "Lake", **options: Any) -> Any:
     env.filters["short"] = _short
     page_t = env.get_template("serve.html.j2")
 
-    def guard(request: Request, *, write: bool = False) -> None:
+    def guard(request: Request, *, write: bool = False, same_page: bool = False) -> None:
+        """Refuse a request from another host name, without the token (when one is needed), or
+        (``write``: it changes the lake; ``same_page``: it costs the server, an upload) without the
+        page's CSRF token or from another origin."""
         if b.host and is_loopback(b.host):
             host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
             if host and not is_loopback(host):
@@ -453,9 +456,9 @@ def create_app(lake: "Lake", **options: Any) -> Any:
                 given = auth[7:].strip()
             if not hmac.compare_digest(given.encode(), (b.token or "").encode()):
                 raise _Http(401, "this lake needs its token: open the URL lakecurate serve printed (?token=...)")
-        if write:
-            if b.read_only:
-                raise _Http(403, "this server is read-only (--read-only): nothing is written")
+        if write and b.read_only:
+            raise _Http(403, "this server is read-only (--read-only): nothing is written")
+        if write or same_page:
             sent = request.headers.get("x-csrf-token", "")
             if not hmac.compare_digest(sent.encode(), b.csrf.encode()):
                 raise _Http(403, "missing or wrong CSRF token: reload the page")
@@ -670,11 +673,11 @@ def create_app(lake: "Lake", **options: Any) -> Any:
 
     async def search_image(request: Request) -> Any:
         try:
-            guard(request, write=False)
+            guard(request, same_page=True)  # any page could post an upload to a loopback server
+            body = await _body(request, UPLOAD_BYTES)
         except _Http as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
-        body = await request.body()
-        if not body or len(body) > 20 * 2**20:
+        if not body:
             return JSONResponse({"error": "send one image (at most 20 MB) as the request body"}, status_code=400)
         from starlette.concurrency import run_in_threadpool
 
@@ -697,10 +700,11 @@ def create_app(lake: "Lake", **options: Any) -> Any:
     async def _json_write(request: Request, fn: Callable[[dict[str, Any]], Any]) -> Any:
         try:
             guard(request, write=True)
+            raw = await _body(request, JSON_BYTES)
         except _Http as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         try:
-            body = json.loads(await request.body() or b"{}")
+            body = json.loads(raw or b"{}")
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
@@ -764,6 +768,26 @@ def _timed(app: Any) -> Any:
     wrapped.state = app.state  # (tests and the CLI reach the Browser through app.state)
     wrapped.app = app
     return wrapped
+
+
+UPLOAD_BYTES = 20 * 2**20  # an image search's upload
+JSON_BYTES = 2**20  # a review's or an undo's JSON
+
+
+async def _body(request: Any, limit: int) -> bytes:
+    """The request's body, read until ``limit`` bytes: a 413 beyond (a declared length is refused
+    before anything is read; the whole body was read into memory, then measured)."""
+    declared = request.headers.get("content-length", "")
+    what = "an image of at most 20 MB" if limit == UPLOAD_BYTES else f"at most {limit // 1024} KB of JSON"
+    if declared.isdigit() and int(declared) > limit:
+        raise _Http(413, f"the request is {int(declared):,} bytes; send {what}")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _Http(413, f"the request is over {limit:,} bytes; send {what}")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 class _Http(Exception):

@@ -362,12 +362,25 @@ def test_review_command(sample: Lake):
 def test_image_search_and_a_pinned_version(embedded: Lake, tmp_path: Path):
     c = client(embedded)
     photo = (SAMPLE_DATA / "astronaut.jpg").read_bytes()
-    r = c.post("/api/search-image", content=photo)
+    page_token = {"X-CSRF-Token": csrf(c)}
+    # an upload costs the server: another origin's page, or none at all, cannot make it decode and
+    # encode (it ran the encoder for any site, and read a 300 MB body whole before measuring it)
+    assert c.post("/api/search-image", content=photo).status_code == 403
+    assert c.post("/api/search-image", content=photo, headers={**page_token, "Origin": "http://evil.example"}).status_code == 403
+    big = c.post("/api/search-image", content=b"\0" * (20 * 2**20 + 1), headers=page_token)
+    assert big.status_code == 413 and "20 MB" in big.json()["error"]
+
+    def chunks():  # no declared length: read until the limit, then refused
+        for _ in range(21):
+            yield b"\0" * 2**20
+    assert c.post("/api/search-image", content=chunks(), headers=page_token).status_code == 413
+    assert c.post("/api/review", content=b"{" + b" " * 2**21, headers=page_token).status_code == 413
+    r = c.post("/api/search-image", content=photo, headers=page_token)
     assert r.status_code == 200, r.text
     page = c.get(r.json()["url"])
     shown = re.findall(r'<figure class="card[^"]*" data-id="([^"]+)"', page.text)
     assert page.status_code == 200 and shown == embedded.search(photo, k=PAGE, columns=["id"])["id"].tolist()
-    assert c.post("/api/search-image", content=b"not an image").status_code == 400
+    assert c.post("/api/search-image", content=b"not an image", headers=page_token).status_code == 400
     assert "expired" in c.get("/", params={"qimg": "0123456789abcdef"}).text
     # --version: the grid shows that version unless the page asks for another
     first = embedded.dataset().versions()[0]["version"]

@@ -68,7 +68,7 @@
     if (!file) return;
     const v = document.body.dataset.version;
     const resp = await fetch("/api/search-image" + (v ? "?v=" + encodeURIComponent(v) : ""),
-      {method: "POST", credentials: "same-origin", body: file});
+      {method: "POST", credentials: "same-origin", headers: {"X-CSRF-Token": csrf}, body: file});
     const data = await resp.json();
     if (resp.ok) location.href = data.url; else alert(data.error);
   });
