@@ -91,7 +91,17 @@ class Lake(Store):
                  engine: str = "local", recompute: bool = False, **options: Any) -> int:
         """Run the producer ``stage`` a consuming stage asked for (stages never call stages); returns
         the rows it computed (0: its columns were already filled). ``engine``: where per-row
-        producers run ("local" or "ray"); ``recompute`` (per-row producers): every row again."""
+        producers run ("local" or "ray"); ``recompute`` (per-row producers): every row again.
+        A per-row producer waits for fragments another run of it is computing
+        (:func:`lakecurate.runner.waiting`): the consumer needs every row's value."""
+        from lakecurate import runner
+
+        with runner.waiting():
+            return self._run_producer(stage, progress=progress, workers=workers, engine=engine, recompute=recompute,
+                                      **options)
+
+    def _run_producer(self, stage: str, *, progress: bool | None, workers: int | None, engine: str, recompute: bool,
+                      **options: Any) -> int:
         from lakecurate import signals
 
         if stage == "caption_signals":

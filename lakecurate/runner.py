@@ -49,6 +49,26 @@ if TYPE_CHECKING:
     from lakecurate.store import Store
 
 IMAGE = "image"
+# A run asked for a stage's columns by another stage (curate needs the caption signals) waits for
+# the fragments another run of that stage is computing, polling this often; see :func:`waiting`.
+WAIT_POLL = 0.5
+_WAITING = [False]
+
+
+@contextlib.contextmanager
+def waiting() -> Iterator[None]:
+    """Runs started inside wait for the fragments they leave to another run of their stage (its
+    claims: :class:`~lakecurate.columns.FragmentClaims`) to be filled, taking over those whose run
+    ends without filling them. A command run by itself leaves them and says so; a stage that
+    needs the columns (the facade's producers) must not go on without them: a curate beside
+    another curate found the signal columns declared and empty, judged no row and tagged an
+    empty view."""
+    before = _WAITING[0]
+    _WAITING[0] = True
+    try:
+        yield
+    finally:
+        _WAITING[0] = before
 
 
 @dataclass
@@ -595,13 +615,17 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     where = f"{stage.desc} on lake '{lake.uri}' " if stage.desc else ""
     claims.hold()
     try:
-        if not todo:
-            if not elsewhere:  # (another run's saved batches are its own)
-                ckpt.drop()
-        elif engine == "ray":
-            _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers)
-        else:
-            _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where)
+        while True:
+            if not todo:
+                if not elsewhere:  # (another run's saved batches are its own)
+                    ckpt.drop()
+            elif engine == "ray":
+                _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers)
+            else:
+                _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where)
+            if not (elsewhere and _WAITING[0]):
+                break
+            ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere)
     except BaseException:
         if added and not elsewhere:
             # a first run that failed before any fill leaves no column (but not another run's, declared meanwhile)
@@ -611,6 +635,20 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         claims.release()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _wait_for_others(lake: "Store", stage: RowStage, claims: columns.FragmentClaims,
+                     elsewhere: dict[int, str]) -> tuple[Any, list, dict[int, str]]:
+    """Poll until a fragment left to another run is filled or free: (the dataset, fragments now
+    this run's to compute: their run ended without filling them, those still held elsewhere)."""
+    while True:
+        time.sleep(WAIT_POLL)
+        ds = lake.dataset()
+        unfilled = {f.fragment_id: f for f in columns.fragments_to_fill(ds, stage.names[0])}
+        left = sorted(set(elsewhere) & set(unfilled))
+        mine, busy = claims.take(left) if left else ([], {})
+        if mine or not busy:
+            return ds, [unfilled[f] for f in mine], busy
 
 
 def map_images(lake: "Store", stage: RowStage, addresses: Sequence[int], *, workers: int | None = None,

@@ -307,3 +307,33 @@ def test_fragment_claims_go_stale_with_their_process_or_their_beat(tmp_path: Pat
     assert (c.root / "f5").read_text() == c.me
     c.release()
     assert sorted(p.name for p in c.root.iterdir()) == ["f6"]  # ours removed, the other machine's left
+
+
+def test_a_stage_another_stage_needs_waits_for_the_fragments_another_run_holds(tmp_path: Path):
+    """Another run holds the caption signals' fragments (it is computing them). A run by itself
+    leaves them to it and says so; a run a consuming stage asked for (``runner.waiting``: curate's
+    producers) waits, and computes those whose run ends without filling them. Two curates at once:
+    the second found the signal columns declared and empty, judged no row, exited 0 and tagged an
+    empty view."""
+    import threading
+
+    from lakecurate import signals
+
+    lake = Lake.create(tmp_path / "lake")
+    for k in range(3):
+        lake.append(pair_rows(20 * k, 20))
+    frags = [f.fragment_id for f in lake.dataset().get_fragments()]
+    other = columns.FragmentClaims(lake, signals.CAPTION_STAGE.checkpoint_key)
+    assert other.take(frags) == (frags, {})
+
+    alone = runner.run(lake, signals.CAPTION_STAGE, progress=False)
+    assert alone.fragments_elsewhere == 3 and alone.rows == 0
+    assert len(columns.fragments_to_fill(lake.dataset(), "cap_words")) == 3
+
+    threading.Timer(1.0, other.release).start()  # the other run ends without filling them
+    t0 = time.perf_counter()
+    rep = lake.curate({"name": "words", "step": [{"filter": "caption_length", "min_words": 3}]}, progress=False)
+    assert time.perf_counter() - t0 >= 1.0  # it waited for them
+    assert rep.unjudged == 0 and rep.rows == 60, rep
+    assert not columns.fragments_to_fill(lake.dataset(), "cap_words")
+    assert lake.count("keep IS NULL") == 0
