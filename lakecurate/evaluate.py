@@ -357,14 +357,18 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
     spec = spec_from_provenance(prov)
     side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress, engine=engine)
     names = embedding_columns(spec.prefix)
-    tbl = side.dataset().to_table(columns=["content_hash", names["image"], names["text"]],
+    tbl = side.dataset().to_table(columns=["content_hash", "caption", names["image"], names["text"]],
                                   filter=f"{names['image']} IS NOT NULL AND {names['text']} IS NOT NULL")
-    if tbl.num_rows < 2:
-        why = _refused(side)
+    captioned = np.array([bool(c and c.strip()) for c in tbl.column("caption").to_pylist()], bool)
+    blank = int((~captioned).sum())  # an empty caption is embedded as "": a pair of nothing, scored as one
+    tbl = tbl.filter(pa.array(captioned))
+    images = len(set(tbl.column("content_hash").to_pylist()))
+    if images < 2:  # retrieval and the swapped-caption AUROC pair each caption with another image
+        why = _refused(side) + (f"; {blank} rows have no caption" if blank else "")
         if new:  # (a cache of a set that cannot be used)
             shutil.rmtree(where, ignore_errors=True)
-        raise LakeError(f"evaluation set '{path}' has {tbl.num_rows} usable pairs after ingest and embedding "
-                        f"(a proxy needs 2){why}")
+        raise LakeError(f"evaluation set '{path}' has {tbl.num_rows} usable pairs of {images} distinct images after "
+                        f"ingest and embedding (retrieval needs 2 images or more; 10 or more say something){why}")
     hashes = tbl.column("content_hash").to_pylist()
     uniq, first, text_image = np.unique(np.array(hashes), return_index=True, return_inverse=True)
     img = _vectors(tbl, names["image"])[first]

@@ -272,3 +272,29 @@ def test_a_manifest_eval_set_whose_images_changed_is_read_again(small, tmp_path:
     shutil.copyfile(SAMPLE_DATA / "horse.jpg", first)  # now an image the lake holds, under the same name
     with pytest.raises(LakeError, match="also in lake"):
         lake.evaluate(eval_set=manifest, root=ev, seeds=1, steps=5, progress=False, record=False)
+
+
+def test_an_eval_set_of_one_image_or_blank_captions_is_refused_before_training(small, tmp_path: Path, monkeypatch):
+    """Two captions of one image passed "2 usable pairs", trained every arm, then failed in the
+    retrieval metrics with a ValueError traceback; pairs with an empty caption were embedded as ""
+    and scored as if they were pairs. Both are refused (or left out) before any training."""
+    from lakecurate import evaluate as ev_mod
+
+    lake, ev = small
+    trained = []
+    monkeypatch.setattr(ev_mod, "train_heads", lambda *a, **kw: trained.append(1))
+    pics = sorted(ev.glob("*.png"))
+    one = tmp_path / "one.csv"
+    one.write_text(f"image,caption\n{pics[0]},a noisy picture\n{pics[0]},the same picture again\n")
+    with pytest.raises(LakeError, match=r"2 usable pairs of 1 distinct images .*needs 2 images"):
+        lake.evaluate(eval_set=one, seeds=1, steps=5, progress=False, root=tmp_path)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("image,caption\n" + "".join(f"{p},\n" for p in pics[:3]) + f"{pics[3]},a picture\n")
+    with pytest.raises(LakeError, match=r"1 usable pairs of 1 distinct images .*3 rows have no caption"):
+        lake.evaluate(eval_set=blank, seeds=1, steps=5, progress=False, root=tmp_path)
+    assert not trained
+    some = tmp_path / "some.csv"  # blank captions among good ones: left out of the set
+    some.write_text("image,caption\n" + "".join(f"{p},picture {k}\n" for k, p in enumerate(pics[:4])) + f"{pics[4]},\n")
+    monkeypatch.undo()
+    res = lake.evaluate(eval_set=some, seeds=1, steps=5, progress=False, root=tmp_path, record=False)
+    assert res.eval_images == 4 and res.eval_captions == 4
