@@ -285,6 +285,11 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
     return files.commit()
 
 
+class ColumnsDropped(LakeError):
+    """The columns a write fills were dropped by another writer since they were declared (a
+    caller that can declare them again, curate, catches it and decides again)."""
+
+
 class FragmentFiles:
     """New data files for fragments, written one fragment at a time and committed together in one
     ``DataReplacement`` (:func:`fill_fragments`, which takes every table at once, is this fed at
@@ -301,7 +306,11 @@ class FragmentFiles:
         self.lake, self.names, self.config_hash = lake, list(names), config_hash
         self.first_fill_only, self.based_on = first_fill_only, based_on
         self.ds = based_on if based_on is not None else lake.dataset()
-        # the columns must be declared now: a KeyError here (another writer dropped them) is the caller's to handle
+        gone = [n for n in self.names if n not in self.ds.schema.names]
+        if gone:  # declared when the run began: another writer dropped them meanwhile (a restore, a --recompute)
+            raise ColumnsDropped(f"column '{gone[0]}' of lake '{lake.uri}' was dropped by another writer (a restore, or a run "
+                            "with --recompute) while this run computed it; what this run committed before stays in the "
+                            "versions before that. Run it again to fill the column")
         self.schema = pa.schema([self.ds.schema.field(n) for n in self.names])
         self.files: dict[int, Any] = {}
         self.rows: dict[int, int] = {}

@@ -1502,7 +1502,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
             written, version, n, kept, digests, report.dropped = _decide_by_fragment(
                 lake, ds, frags, rec, params, read | ({"keep", "drop_reason"} if ours else set()), emb, texts,
                 prov, progress, engine)
-        except (KeyError, OSError, ValueError) as exc:
+        except (KeyError, OSError, ValueError, columns.ColumnsDropped) as exc:
             if not columns.config_changed(lake, "keep", prov) and "keep" in lake.dataset().schema.names:
                 raise LakeError(f"recipe {rec.source} could not decide the rows of lake '{lake.uri}': "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc

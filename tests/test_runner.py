@@ -337,3 +337,25 @@ def test_a_stage_another_stage_needs_waits_for_the_fragments_another_run_holds(t
     assert rep.unjudged == 0 and rep.rows == 60, rep
     assert not columns.fragments_to_fill(lake.dataset(), "cap_words")
     assert lake.count("keep IS NULL") == 0
+
+
+def test_a_column_dropped_while_a_stage_fills_it_is_a_one_line_error(tmp_path: Path):
+    """A restore (or a --recompute) by another writer drops the column a running stage fills: the
+    stage's next commit was a KeyError traceback. Now a LakeError that says what happened; the
+    fragments committed before stay in the versions before the restore."""
+    lake = Lake.create(tmp_path / "lake")
+    for k in range(3):
+        lake.append(pair_rows(20 * k, 20))
+    before = lake.version
+    calls = []
+
+    def restoring_len(batch: pa.RecordBatch) -> pa.Array:
+        calls.append(1)
+        if len(calls) == 2:  # another writer restores the lake mid-run: the column is gone
+            Lake.open(lake.uri).restore(before)
+        return caption_len(batch)
+
+    with pytest.raises(LakeError, match="column 'clen' of lake .* was dropped by another writer") as err:
+        lake.add_feature("clen", restoring_len, inputs=["caption"], type="int32", batch_size=20, progress=False)
+    assert "\n" not in str(err.value)
+    assert "clen" not in lake.dataset().schema.names
