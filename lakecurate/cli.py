@@ -8,6 +8,7 @@ import json
 import math
 import numbers
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -41,7 +42,14 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (LakeError, IngestError, EncoderError) as exc:
             raise fail(str(exc), as_json) from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            gone = _removed_meanwhile(exc)
+            if gone is not None:  # a version (or its files) cleanup removed while this command read it
+                raise fail(f"{gone} was removed while this command read it (a `lakecurate cleanup` in another "
+                           "process, after a compact or a restore?); what was committed is intact: run it again, "
+                           "and tag a version that a long command reads to keep it", as_json) from None
+            if not isinstance(exc, OSError):
+                raise
             # A full disk is the user's to fix, and safe to retry: every commit is atomic, so what
             # was committed before the failed write is intact and a re-run resumes from it.
             if exc.errno != errno.ENOSPC and "no space left on device" not in str(exc).lower():
@@ -51,6 +59,18 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                        f"committed work is kept", as_json) from None
 
     return wrapper
+
+
+_GONE = re.compile(r"(\S*?\.lance/(?:_versions/\d+\.manifest|data/[\w-]+\.lance))")
+
+
+def _removed_meanwhile(exc: BaseException) -> str | None:
+    """The lake file (a version's manifest, a data file) a "not found" error names, else None."""
+    text = str(exc)
+    if "not found" not in text.lower():
+        return None
+    m = _GONE.search(text)
+    return None if m is None else f"'{m.group(1)}'"
 
 
 def _plain(value: Any) -> Any:
@@ -1381,7 +1401,8 @@ def compact(lake: str, target_rows: int, as_json: bool) -> None:
 @main.command()
 @lake_argument
 @click.option("--older-than-days", type=FiniteFloat(min=0, max=1e6), default=7.0, show_default=True,
-              help="Remove untagged versions older than this (0: every untagged one but the latest).")
+              help="Remove untagged versions older than this (0: every untagged one but the latest; a command "
+              "reading one of them in another process then stops, and says so).")
 @json_option
 @_friendly_errors
 def cleanup(lake: str, older_than_days: float, as_json: bool) -> None:

@@ -389,3 +389,31 @@ def test_a_mixed_format_export_loads_in_hf_datasets_with_one_image_ext(tmp_path:
     with pytest.raises(LakeError, match="--format parquet has none"):
         lake.export(tmp_path / "bad.parquet", "parquet", where="true", image_ext="jpg")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_version_cleaned_up_while_export_reads_it_is_a_one_line_error(tmp_path: Path, monkeypatch):
+    """compact + cleanup --older-than-days 0 in another process while an export read the lake: the
+    export died with a Lance "Not found" traceback. Now one line that says what happened."""
+    from datetime import timedelta
+
+    from lakecurate import export as export_mod
+
+    lake = Lake.create(tmp_path / "lake")
+    for k in range(3):
+        lake.append(synthetic_pairs(10 * k, 10))
+    real = export_mod._chunks
+    cleaned = []
+
+    def chunks(ds, tbl, *a, **kw):
+        if not cleaned:  # another process compacts and cleans up just as the images are read
+            other = Lake.open(lake.uri)
+            other.compact()
+            cleaned.append(other.cleanup(older_than=timedelta(0)))
+        yield from real(ds, tbl, *a, **kw)
+
+    monkeypatch.setattr(export_mod, "_chunks", chunks)
+    res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out"), "--where", "true", "--json"])
+    assert res.exit_code == 1 and cleaned, res.output
+    error = json.loads(res.stdout)["error"]
+    assert "pairs.lance/" in error and "was removed while this command read it" in error and "run it again" in error
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()
