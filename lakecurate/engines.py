@@ -56,9 +56,41 @@ def die_with_parent() -> None:
 
 
 def check_engine(engine: str) -> None:
-    """Refuse an unknown engine name, before a stage declares or computes anything."""
+    """Refuse an unknown engine name, and for Ray bad settings in its environment variables,
+    before a stage declares or computes anything."""
     if engine not in ENGINES:
         raise LakeError(f"unknown engine {engine!r}; use {' or '.join(repr(e) for e in ENGINES)}")
+    if engine == "ray":
+        ray_settings()
+
+
+def ray_settings(address: str | None = None) -> tuple[str | None, int | None]:
+    """(the Ray address, the CPUs of a local Ray) from ``address`` or ``RAY_ADDRESS`` and
+    ``LAKECURATE_RAY_CPUS``, checked: a bad value was a traceback from int() or from Ray, and 0
+    CPUs or an address nothing listens on hung for ever."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    cpus = os.environ.get("LAKECURATE_RAY_CPUS", "").strip()
+    if cpus and (not cpus.isdigit() or int(cpus) < 1):
+        raise LakeError(f"LAKECURATE_RAY_CPUS={cpus!r}: give a whole number of CPUs, 1 or more, for the local Ray "
+                        "(or unset it: every CPU of this machine)")
+    if address and address not in ("auto", "local"):
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise LakeError(f"RAY_ADDRESS={address!r}: give a cluster's head as host:port (e.g. 10.0.0.5:6379), "
+                            "'auto' for the cluster `ray start` made on this machine, or unset it for a local Ray")
+    return address, int(cpus) if cpus else None
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a host:port nothing answers on (Ray would retry connecting to it for ever)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise LakeError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({exc.strerror or exc}); start it, "
+                        "fix RAY_ADDRESS, or unset it to start a local Ray") from None
 
 
 def ray_init(address: str | None = None) -> Any:
@@ -70,13 +102,14 @@ def ray_init(address: str | None = None) -> Any:
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from this tool
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
-        address = address or os.environ.get("RAY_ADDRESS")
+        address, cpus = ray_settings(address)
         if address:
             kw["address"] = address
+            if address not in ("auto", "local"):
+                _reachable(address)
         else:  # a Ray of this process's own, not a cluster someone started on this machine with `ray start`
             kw["address"] = "local"
-            cpus = os.environ.get("LAKECURATE_RAY_CPUS")
-            kw["num_cpus"] = int(cpus) if cpus else None
+            kw["num_cpus"] = cpus
         # Workers must import what the driver imports (lakecurate, a user's UDF module): pass the
         # driver's import path on, so a UDF in the working directory resolves there too.
         path = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)
@@ -87,9 +120,9 @@ def ray_init(address: str | None = None) -> Any:
             warnings.filterwarnings("ignore", message="lance is not fork-safe")
             try:
                 ray.init(**kw)
-            except ConnectionError as exc:
-                raise LakeError(f"cannot reach the Ray cluster at {address} ({exc}); check RAY_ADDRESS / --address, "
-                                "or unset it to start a local Ray") from None
+            except (ConnectionError, ValueError) as exc:  # (ValueError: "ray://" without ray[client], say)
+                raise LakeError(f"cannot use the Ray cluster at RAY_ADDRESS={address} ({str(exc).splitlines()[0]}); "
+                                "check RAY_ADDRESS, or unset it to start a local Ray") from None
     return ray
 
 

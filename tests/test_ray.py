@@ -392,3 +392,26 @@ def test_ingest_on_ray_of_a_relative_source_reads_the_driver_s_folder(tmp_path: 
     assert (rep.written, dict(rep.status)) == (want.written, dict(want.status))
     rep = lake.ingest("m.csv", image_dir="pairs", engine="ray", progress=False)
     assert rep.status == {"ok": 1}, rep.to_dict()
+
+
+def test_bad_ray_settings_are_refused_before_anything_is_written(tmp_path: Path, monkeypatch):
+    """LAKECURATE_RAY_CPUS=abc or -1 and RAY_ADDRESS=nonsense were tracebacks (from int(), from
+    Ray); LAKECURATE_RAY_CPUS=0 and an address nothing listens on hung for ever."""
+    from lakecurate import engines
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 10))
+    version = lake.version
+    for var, value, says in (("LAKECURATE_RAY_CPUS", "abc", "whole number"), ("LAKECURATE_RAY_CPUS", "0", "1 or more"),
+                             ("LAKECURATE_RAY_CPUS", "-1", "whole number"), ("RAY_ADDRESS", "nonsense", "host:port"),
+                             ("RAY_ADDRESS", "10.0.0.5:http", "host:port")):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(LakeError, match=f"{var}='{value}': .*{says}"):
+            lake.add_feature("chars", caption_chars, engine="ray", progress=False)
+        monkeypatch.delenv(var)
+        assert lake.version == version and "chars" not in lake.dataset().schema.names
+    monkeypatch.setenv("LAKECURATE_RAY_CPUS", "2")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert engines.ray_settings() == ("10.0.0.5:6379", 2)
+    with pytest.raises(LakeError, match=r"cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1 .*unset it"):
+        engines._reachable("127.0.0.1:1", timeout=2)
