@@ -28,6 +28,7 @@ import json
 import re
 import os
 import posixpath
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -133,6 +134,12 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         raise LakeError(f"cannot select rows with --where {where!r} in lake '{lake.uri}': {exc}") from None
     order = np.arange(tbl.num_rows)
     if "seq_order" in tbl.column_names:
+        unordered = tbl.column("seq_order").null_count
+        if unordered:  # the sequence ordered other rows: these go last, in table order (it was without a word)
+            seq_where = (columns.field_provenance(ds.schema.field("seq_order"), strict=False) or {}).get("config", {}).get("where")
+            warnings.append(f"{unordered} of the {tbl.num_rows} rows it writes have no seq_order (they go last, in "
+                            f"table order): the sequence ordered the rows of {seq_where or 'its default view'!r}, not "
+                            f"{where!r}; to order them: lakecurate sequence {lake.shell} --where {shlex.quote(where)}")
         seq = pc.fill_null(tbl.column("seq_order"), np.iinfo(np.int64).max).to_numpy()
         order = np.argsort(seq, kind="stable")
     tbl = tbl.take(pa.array(order))
@@ -390,6 +397,40 @@ def json_ready(part: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
 _NOT_SETTINGS = frozenset({"lake", "dest", "format", "version", "overwrite", "engine", "address"})
 
 
+def check_options(format: str, *, engine: str = "local", shard_size: int | None = None,
+                  image_ext: str | None = None, keys: bool = False) -> int | None:
+    """export's options that need no lake, checked (by export before the destination is touched,
+    and by a pipeline's [export] step before its first step: ``keys``, the messages name its TOML
+    keys, not the CLI's options); the shard size as a whole number."""
+    def opt(name: str) -> str:
+        return name if keys else "--" + name.replace("_", "-")
+    check_engine(engine)
+    if engine == "ray" and format != "webdataset":
+        raise LakeError(f"{opt('engine')} ray writes WebDataset shards (one task a shard); {opt('format')} {format} is "
+                        f"written by one writer: use {opt('engine')} local")
+    if format not in FORMATS:
+        raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    shard_size = whole(opt("shard_size"), shard_size, 1, none_ok=True)
+    if format in ("parquet", "lance") and shard_size is not None:  # (accepted, and ignored)
+        raise LakeError(f"{opt('shard_size')} counts WebDataset samples per shard; {opt('format')} {format} writes one "
+                        f"{'file' if format == 'parquet' else 'table'}: leave it out")
+    if format == "mds":
+        if shard_size is not None:
+            raise LakeError(f"{opt('shard_size')} is for WebDataset; MDS shards are cut by size (64 MiB each)")
+        try:
+            import streaming  # noqa: F401 - mosaicml-streaming's MDSWriter writes the shards
+        except ImportError as exc:
+            raise LakeError(f"{opt('format')} mds needs mosaicml-streaming: {MDS_INSTALL}") from exc
+    if image_ext is not None:
+        if format != "webdataset":
+            raise LakeError(f"{opt('image_ext')} names WebDataset members; {opt('format')} {format} has none")
+        if not isinstance(image_ext, str) or not re.fullmatch(r"[a-z0-9]{1,10}", image_ext):
+            raise LakeError(f"{opt('image_ext')} {image_ext!r}: give an extension of lower-case letters and digits, e.g. jpg")
+        if image_ext in ("txt", "json"):
+            raise LakeError(f"{opt('image_ext')} {image_ext}: that member is the sample's caption or metadata; e.g. jpg")
+    return shard_size
+
+
 def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where: str | None = None,
            version: int | str | None = None, repeats: bool = True, caption: str = "caption",
            shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False,
@@ -428,28 +469,8 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     # parameter is recorded unless it is listed in _NOT_SETTINGS (engine and address change no byte).
     settings = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS}
     t0 = time.perf_counter()
-    check_engine(engine)
-    if engine == "ray" and format != "webdataset":
-        raise LakeError(f"--engine ray writes WebDataset shards (one task a shard); --format {format} is written "
-                        "by one writer: use --engine local")
     check_where(where, "--where", lake.dataset(version))  # before the destination is touched
-    if format not in FORMATS:
-        raise LakeError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
-    shard_size = whole("--shard-size", shard_size, 1, none_ok=True)
-    if format == "mds":
-        if shard_size is not None:
-            raise LakeError("--shard-size is for WebDataset; MDS shards are cut by size (64 MiB each)")
-        try:
-            import streaming  # noqa: F401 - mosaicml-streaming's MDSWriter writes the shards
-        except ImportError as exc:
-            raise LakeError(f"--format mds needs mosaicml-streaming: {MDS_INSTALL}") from exc
-    if image_ext is not None:
-        if format != "webdataset":
-            raise LakeError(f"--image-ext names WebDataset members; --format {format} has none")
-        if not isinstance(image_ext, str) or not re.fullmatch(r"[a-z0-9]{1,10}", image_ext):
-            raise LakeError(f"--image-ext {image_ext!r}: give an extension of lower-case letters and digits, e.g. jpg")
-        if image_ext in ("txt", "json"):
-            raise LakeError(f"--image-ext {image_ext}: that member is the sample's caption or metadata; e.g. jpg")
+    shard_size = check_options(format, engine=engine, shard_size=shard_size, image_ext=image_ext)
     dest, previous = _check_dest(lake, dest, format, overwrite)
     if isinstance(caption_mix, str):
         caption_mix = parse_mix(caption_mix)

@@ -260,13 +260,12 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
         if opts.get("mode", "interleave") not in ("random", "curriculum", "interleave"):
             raise LakeError(f"unknown order {opts.get('mode')!r}; choose random, curriculum or interleave")
     elif step == "export":
-        from lakecurate.export import FORMATS
+        from lakecurate.export import check_options
 
         if "dest" not in opts:
             raise LakeError("say where: dest = \"{lake}-shards\"")
-        if opts.get("format", "webdataset") not in FORMATS:
-            raise LakeError(f"unknown export format {opts.get('format')!r}; choose from {', '.join(FORMATS)}")
-        options.whole("shard_size", opts.get("shard_size"), 1, none_ok=True)
+        check_options(opts.get("format", "webdataset"), engine=opts.get("engine", "local"),
+                      shard_size=opts.get("shard_size"), image_ext=opts.get("image_ext"), keys=True)
     elif step == "report":
         if "out" not in opts:
             raise LakeError("say where: out = \"{lake}/report.html\"")

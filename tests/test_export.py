@@ -107,11 +107,12 @@ def test_overlaps_local_paths_and_uris(tmp_path: Path):
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "mds"])  # mds: test_mds_round_trip_equals_the_lake
 def test_overwrite_replaces_exactly_the_earlier_export(seq_lake: Lake, tmp_path: Path, fmt: str):
     dest = dest_for(tmp_path, fmt)
-    first = seq_lake.export(dest, fmt, shard_size=2)
+    shards = (lambda n: {"shard_size": n}) if fmt == "webdataset" else (lambda n: {})
+    first = seq_lake.export(dest, fmt, **shards(2))
     if fmt == "webdataset":
         (dest / "README.txt").write_text("mine")  # not written by the export: overwrite keeps it
         assert len(first.files) > 3
-    second = seq_lake.export(dest, fmt, shard_size=5, repeats=False, overwrite=True)
+    second = seq_lake.export(dest, fmt, **shards(5), repeats=False, overwrite=True)
     assert second.samples < first.samples
     got = exported_rows(dest, fmt)
     assert len(got) == second.samples and all(copy == 0 for _, copy in got)
@@ -284,6 +285,10 @@ def test_mds_round_trip_equals_the_lake(seq_lake: Lake, tmp_path: Path):
     assert (dest / "mine.txt").read_text() == "keep me"
     with pytest.raises(LakeError, match="--shard-size is for WebDataset"):
         seq_lake.export(tmp_path / "other", "mds", shard_size=5)
+    for fmt, one in (("parquet", "file"), ("lance", "table")):  # accepted and ignored before
+        with pytest.raises(LakeError, match=f"--format {fmt} writes one {one}: leave it out"):
+            seq_lake.export(tmp_path / f"other.{fmt}", fmt, shard_size=5)
+        assert not (tmp_path / f"other.{fmt}").exists()
     from click.testing import CliRunner
 
     from lakecurate.cli import main
@@ -312,7 +317,10 @@ def test_export_to_the_current_folder_and_error_rows_are_never_samples(seq_lake:
     monkeypatch.chdir(here)
     res = CliRunner().invoke(main, ["export", seq_lake.uri, ".", "--format", fmt, "--where", "true", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["rows"] == seq_lake.count("ingest_status <> 'error'")
+    assert json.loads(res.stdout)["rows"] == seq_lake.count("ingest_status <> 'error'")
+    # the sequence ordered the rebalanced rows only: the others go last, and it says so (it was silent)
+    unordered = seq_lake.count("ingest_status <> 'error' AND seq_order IS NULL")
+    assert f"warning: exported although {unordered} of the" in res.stderr and "have no seq_order" in res.stderr
     ids = {i for i, _ in exported_rows(here, fmt)}
     errors = set(seq_lake.to_pandas(["id"], where="ingest_status = 'error'")["id"])
     assert errors and not ids & errors

@@ -374,6 +374,8 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         '[rebalance]\nrule = "bogus"\n': "unknown keep rule 'bogus'",
         '[report]\nout = "r.html"\nsample_rows = -5\n': "invalid sample_rows -5",
         '[export]\ndest = "x"\nshard_size = -1\n': "invalid shard_size -1",
+        '[export]\ndest = "x.parquet"\nformat = "parquet"\nshard_size = 5\n': "shard_size counts WebDataset samples",
+        '[export]\ndest = "x"\nimage_ext = "txt"\n': "image_ext txt: that member is the sample's caption",
         '[curate]\nrecipe = "basic"\nengine = "spark"\n': "unknown engine 'spark'",
         '[curate]\nrecipe = "basic"\noverrides = {"nosuch.step" = 3}\n': "[curate]",
     }
