@@ -107,6 +107,10 @@ class _LRU:
                 self.data.popitem(last=False)
         return value
 
+    def clear(self) -> None:
+        with self.lock:
+            self.data.clear()
+
 
 def _scalar(t: pa.DataType) -> bool:
     return not any(is_(t) for is_ in _VECTOR)
@@ -176,6 +180,7 @@ class Browser:
         self.pending_lock = threading.Lock()
         self.counting: dict[Any, concurrent.futures.Future] = {}
         self._latest: tuple[float, Any] | None = None
+        self._image_files: dict[int, tuple] = {}  # fragment id -> its image data files, at the latest seen
         self._meta: tuple[float, dict[str, Any]] | None = None
         if labels is not None and read_only:
             raise LakeError("--labels writes the lake's review labels; leave it out with --read-only")
@@ -233,7 +238,18 @@ class Browser:
         got = self._latest
         if got is None or now - got[0] > LATEST_SECONDS:
             got = self._latest = (now, self.lake.dataset())
+            self._check_images(got[1])
         return got[1]
+
+    def _check_images(self, ds: "lance.LanceDataset") -> None:
+        """Empty the thumbnail cache (keyed by row address) when a fragment id now holds other image
+        files: the lake was made again at its path (a fragment id names one stored image file for
+        the life of a lake, never reused; a new lake counts from 0 again), and the grid showed the
+        old lake's pictures under the new rows."""
+        files = {fid: f for fid, f, _ in column_key(ds, ["image"])}
+        if any(self._image_files.get(fid, f) != f for fid, f in files.items()):
+            self.thumbs.clear()
+        self._image_files = files
 
     def meta(self) -> dict[str, Any]:
         """Lake-wide facts a page shows (tags, branches, review labels), looked up at most every

@@ -440,3 +440,30 @@ def test_a_branch_view_searches_queries_and_reviews_that_branch(embedded: Lake, 
         assert r.status_code == 400 and "not the latest" in r.json()["error"]
     assert (lake.version, exp.version) == before
     assert 'id="mark-keep"' in c.get("/", params={"v": "exp"}).text and 'id="mark-keep"' in c.get("/").text
+
+
+def test_a_lake_made_again_at_its_path_shows_its_own_thumbnails(tmp_path: Path, monkeypatch):
+    """Thumbnails are cached by row address, which a lake never reuses, but a lake deleted and
+    ingested again at the same path counts fragments from 0 again: the grid showed the old lake's
+    pictures under the new rows (a reviewer then judged a pair by the wrong image)."""
+    import shutil
+
+    monkeypatch.setattr("lakecurate.serve.LATEST_SECONDS", 0.0)
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, names in ((first, ["astronaut", "coffee"]), (second, ["chelsea", "camera"])):
+        folder.mkdir()
+        for n in names:
+            shutil.copy(SAMPLE_DATA / f"{n}.jpg", folder)
+            shutil.copy(SAMPLE_DATA / f"{n}.txt", folder)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(first, progress=False)
+    c = client(lake)
+    a = addrs(c.get("/").text)[0]
+    before = c.get(f"/thumb/{a}", params={"px": 64})
+    assert before.status_code == 200 and c.get(f"/thumb/{a}", params={"px": 64}).headers["x-cache"] == "hit"
+    shutil.rmtree(lake.uri)
+    again = Lake.create(tmp_path / "lake")
+    again.ingest(second, progress=False)
+    assert a in addrs(c.get("/").text)  # the same address, another picture
+    after = c.get(f"/thumb/{a}", params={"px": 64})
+    assert after.headers["x-cache"] != "hit" and after.content != before.content
