@@ -1016,6 +1016,16 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
     """
     from lakecurate.review import history as review_history
 
+    marks = [name for name, given in (("ids", ids), ("--keep", verdict), ("--drop", reason is not None),
+                                      ("--label", label is not None)) if given]
+    if history and (marks or undo_action is not None):  # (they were ignored without a word)
+        raise LakeError(f"--history lists the latest actions; it takes no {', '.join(marks) or '--undo'}")
+    if undo_action is not None and marks:
+        raise LakeError(f"--undo ACTION restores what that action changed; it takes no {', '.join(marks)}")
+    if undo_action is not None and not undo_action.strip():
+        raise LakeError(f"--undo: give an action id (see: lakecurate review {shlex.quote(lake)} --history)")
+    if reason is not None and not reason.strip():
+        raise LakeError("--drop needs a reason: what is wrong with the pair")
     lk = open_lake(lake)
     if history:
         out: Any = review_history(lk)
@@ -1030,7 +1040,7 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
     elif history:
         _echo_table(out, ["action", "kind", "rows", "by", "at"]) if out else click.echo("(no reviews yet)")
     elif undo_action:
-        click.echo(f"restored {out['rows']} rows (undo action {out['action']})"
+        click.echo(f"restored {out['rows']} rows" + (f" (undo action {out['action']})" if out["action"] else "")
                    + (f"; changed since, left alone: {', '.join(out['changed_since'])}" if out["changed_since"] else ""))
     else:
         click.echo(f"marked {out['rows']} rows (action {out['action']}; undo: lakecurate review {shlex.quote(lake)} --undo {out['action']})"

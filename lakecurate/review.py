@@ -89,8 +89,9 @@ def declare(lake: "Store") -> None:
     columns.declare(lake, FIELDS, prov)
 
 
-def _check(ids: Sequence[str], verdict: str | None, reason: str | None, label: str | None, by: str | None,
-           allowed: list[str]) -> tuple[list[str], str | None, str | None, str | None, str]:
+def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str | None, label: str | None,
+           by: str | None) -> tuple[list[str], str | None, str | None, str | None, str]:
+    allowed = labels(lake)
     if any(not isinstance(i, str) or not i for i in ids):  # before the dict: a JSON list or object is unhashable
         raise LakeError("review: row ids are the lake's pair ids (non-empty text)")
     ids = list(dict.fromkeys(ids))
@@ -108,8 +109,13 @@ def _check(ids: Sequence[str], verdict: str | None, reason: str | None, label: s
     if verdict == "keep" and reason:
         raise LakeError("review: a reason goes with a drop, not with a keep")
     if label is not None and label not in allowed:
-        raise LakeError(f"review label {label!r} is not one of this lake's labels ({', '.join(allowed) or 'none set'}); "
-                        f"set them with: lakecurate serve LAKE --labels a,b,c")
+        branch = getattr(lake, "branch", None)  # labels are a branch's own (side_uri per branch)
+        whose = f"branch {branch}'s" if branch else "this lake's"
+        main = f"; main has {', '.join(labels(type(lake)(lake.uri, storage_options=lake.storage_options)))}" \
+            if branch and not allowed else ""
+        raise LakeError(f"review label {label!r} is not one of {whose} labels ({', '.join(allowed) or 'none set'}{main}); "
+                        f"set them with: lakecurate {f'--branch {branch} ' if branch else ''}serve {lake.shell} "
+                        f"--labels a,b,c")
     return ids, verdict, reason, label, by or "anonymous"
 
 
@@ -169,7 +175,7 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
     none is in the lake are refused: nothing is written."""
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
-    ids, verdict, reason, label, by = _check(ids, verdict, reason, label, by, labels(lake))
+    ids, verdict, reason, label, by = _check(lake, ids, verdict, reason, label, by)
     shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     none_found = (f"no pair of lake '{lake.uri}' has id {shown}; nothing marked. Find ids with: "  # nothing to undo
                   f"lakecurate sql {lake.shell} \"SELECT id, key, caption FROM pairs LIMIT 10\"")
@@ -204,7 +210,7 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
     by = _text(by, "reviewer") or "anonymous"
     version, before, skipped = _write(lake, restore, expect=expect)
     at = datetime.now(timezone.utc)
-    new_action = uuid.uuid4().hex
+    new_action = uuid.uuid4().hex if before else None  # (nothing restored: nothing logged, no action to name)
     _log(lake, new_action, f"undo {action}", before, {i: restore[i] for i in before}, by, at)
     return {"action": new_action, "rows": len(before), "changed_since": skipped, "version": version}
 

@@ -56,6 +56,19 @@ def test_undo_leaves_a_row_changed_since_alone(sample: Lake):
     assert u["changed_since"] == [ids[0]] and u["rows"] == 1
     got = _values(sample, ids)
     assert got[ids[0]]["review_verdict"] == "drop" and got[ids[1]]["review_verdict"] is None
+    # an undo that restores nothing names no action (it returned an id the log never held)
+    again = review.undo(sample, a["action"])
+    assert again["rows"] == 0 and again["action"] is None
+    assert sorted(h["kind"] for h in review.history(sample)).count("undo " + a["action"]) == 1
+
+
+def test_a_branch_without_labels_says_so_and_names_mains(sample: Lake):
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    review.set_labels(sample, ["watermark", "nsfw"])
+    exp = sample.create_branch("exp")
+    with pytest.raises(LakeError, match=r"not one of branch exp's labels \(none set; main has watermark, nsfw\); "
+                                        r"set them with: lakecurate --branch exp serve"):
+        review.mark(exp, ids, label="watermark")
 
 
 def test_labels_and_checks(sample: Lake):

@@ -357,6 +357,17 @@ def test_review_command(sample: Lake):
     bad = run(main, ["review", sample.uri, ids[0], "--drop", "x", "--keep"])
     assert bad.exit_code != 0 and "choose one" in bad.output
     assert "give a verdict" in run(main, ["review", sample.uri, ids[0]]).output
+    # what --history and --undo take no part in was ignored without a word; an empty reason or action
+    # was called "no rows" or "no verdict"
+    version = sample.version
+    for args, says in ((["--history", ids[0], "--keep"], "--history lists the latest actions; it takes no ids, --keep"),
+                       (["--undo", action, ids[0]], "--undo ACTION restores what that action changed; it takes no ids"),
+                       (["--undo", ""], "--undo: give an action id"), ([ids[0], "--drop", " "], "--drop needs a reason")):
+        bad = run(main, ["review", sample.uri, *args])
+        assert bad.exit_code == 1 and says in bad.output, (args, bad.output)
+    assert sample.version == version
+    again = run(main, ["review", sample.uri, "--undo", action])  # restores nothing: names no action
+    assert again.exit_code == 0 and again.output.startswith("restored 0 rows;") and "undo action" not in again.output
 
 
 def test_image_search_and_a_pinned_version(embedded: Lake, tmp_path: Path):
