@@ -337,6 +337,8 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
         raise LakeError(f"evaluation set '{path}' does not exist; pass a folder, manifest or WebDataset shards")
     tag = fingerprint(src)
     if root is not None:  # another root admits other images: its own cached set
+        if not os.path.isdir(os.fspath(root)):
+            raise LakeError(f"--root '{root}' is not a folder; give the folder that holds the evaluation set's images")
         root = os.path.realpath(os.fspath(root))
         tag += "-" + hashlib.blake2b(root.encode(), digest_size=3).hexdigest()
     # The lake's own class (the facade) makes the side lake, so this view imports no stage.
@@ -345,7 +347,13 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
         shutil.rmtree(where)  # a manifest's images changed under it (its fingerprint is the manifest's alone)
     new = "://" not in where and not os.path.exists(where)
     side = type(lake).create(where)
-    side.ingest(src, progress=False, engine=engine, **({"root": root} if root is not None else {}))
+    try:
+        side.ingest(src, progress=False, engine=engine, **({"root": root} if root is not None else {}))
+    except LakeError as exc:
+        if new:  # (a cache of a set that could not be read)
+            shutil.rmtree(where, ignore_errors=True)
+        raise LakeError(str(exc).replace("pass --image-col NAME", "name them image and caption")
+                        .replace("pass --caption-col NAME", "name them image and caption")) from None
     if held_out is not None:
         try:
             held_out(side.dataset().to_table(columns=["content_hash"], filter="content_hash IS NOT NULL")

@@ -298,3 +298,20 @@ def test_an_eval_set_of_one_image_or_blank_captions_is_refused_before_training(s
     monkeypatch.undo()
     res = lake.evaluate(eval_set=some, seeds=1, steps=5, progress=False, root=tmp_path, record=False)
     assert res.eval_images == 4 and res.eval_captions == 4
+
+
+def test_an_eval_set_ingest_refuses_leaves_no_cache_and_names_evaluates_own_fix(small, tmp_path: Path):
+    """A manifest whose columns ingest could not read left an empty cache in LAKE/eval_sets and
+    told the user to pass --image-col (evaluate has no such option); a --root that is no folder
+    was refused as "pass --root" after the ingest."""
+    lake, ev = small
+    cache = Path(lake.uri) / "eval_sets"
+    before = set(cache.glob("*")) if cache.exists() else set()
+    bad = tmp_path / "badcols.csv"
+    bad.write_text("foo,bar\n1,2\n")
+    with pytest.raises(LakeError, match="cannot tell which column holds the image path .*name them image and caption") as err:
+        lake.evaluate(eval_set=bad, seeds=1, steps=5, progress=False)
+    assert "--image-col" not in str(err.value)
+    with pytest.raises(LakeError, match="--root '.*nowhere' is not a folder"):
+        lake.evaluate(eval_set=bad, seeds=1, steps=5, progress=False, root=tmp_path / "nowhere")
+    assert (set(cache.glob("*")) if cache.exists() else set()) == before
