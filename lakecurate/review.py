@@ -176,7 +176,7 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
     ids, verdict, reason, label, by = _check(lake, ids, verdict, reason, label, by)
-    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    shown = ", ".join(i if len(i) <= 40 else i[:40] + "..." for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     none_found = (f"no pair of lake '{lake.uri}' has id {shown}; nothing marked. Find ids with: "  # nothing to undo
                   f"lakecurate sql {lake.shell} \"SELECT id, key, caption FROM pairs LIMIT 10\"")
     at = datetime.now(timezone.utc)

@@ -87,6 +87,8 @@ def _text_query(query: Any) -> str:
             os.path.splitext(text)[1].lower() in IMAGE_EXTS:
         raise LakeError(f"query '{text}' looks like the path of an image file, but there is no such file; check "
                         "the path (a bare file name such as IMG_1234.jpg is searched for as a caption)")
+    if ("/" in text or os.sep in text) and os.path.isdir(text):  # (its name was searched for as a caption)
+        raise LakeError(f"query '{text}' is a folder; pass the path of one image file, or a text")
     return text
 
 

@@ -113,7 +113,13 @@ class _LRU:
 
 
 def _scalar(t: pa.DataType) -> bool:
+    t = t.storage_type if isinstance(t, pa.ExtensionType) else t  # (the image blob: an extension of a struct)
     return not any(is_(t) for is_ in _VECTOR)
+
+
+def _check_sort(ds: "lance.LanceDataset", sort: str) -> None:
+    if sort not in schema(ds).names or not _scalar(schema(ds).field(sort).type):
+        raise LakeError(f"cannot sort by {sort!r}: not a scalar column of this version")
 
 
 def column_key(ds: "lance.LanceDataset", names: list[str]) -> tuple:
@@ -305,8 +311,8 @@ class Browser:
     def view(self, ds: "lance.LanceDataset", cond: str | None, sort: str | None, desc: bool) -> np.ndarray:
         """Row addresses of a filtered, sorted view, in order (cached by the data they depend on)."""
         names = schema(ds).names
-        if sort and (sort not in names or not _scalar(schema(ds).field(sort).type)):
-            raise LakeError(f"cannot sort by {sort!r}: not a scalar column of this version")
+        if sort:
+            _check_sort(ds, sort)
         read = where_columns(cond, names) + ([sort] if sort else [])
         key = (column_key(ds, read), cond, sort, desc)
         got = self.views.get(key)
@@ -330,6 +336,15 @@ class Browser:
             raise
         except Exception as exc:  # DataFusion's planning/runtime errors, as lakecurate sql reports them
             raise LakeError(f"cannot select rows with {cond!r}: {clean_message(exc)}") from None
+
+    def sorted_hits(self, ds: "lance.LanceDataset", addrs: np.ndarray, sort: str, desc: bool) -> np.ndarray:
+        """A search's row addresses sorted by ``sort`` (ties: nearest first; nulls last)."""
+        _check_sort(ds, sort)
+        if not len(addrs):
+            return addrs
+        values = ds._take_rows(np.asarray(addrs, np.uint64).tolist(), columns=[sort]).column(sort)
+        order = pc.array_sort_indices(values, order="descending" if desc else "ascending", null_placement="at_end")
+        return np.asarray(addrs)[order.to_numpy()]
 
     def rows(self, ds: "lance.LanceDataset", addrs: np.ndarray, columns: list[str]) -> list[dict[str, Any]]:
         """The rows at ``addrs`` (in that order): ``columns`` plus ``_rowaddr``."""
@@ -549,6 +564,8 @@ def create_app(lake: "Lake", **options: Any) -> Any:
                 title = f"nearest to “{query}”"
             at = b.pin(p.get("v") or b.version, ds.version)
             addrs = b.timed(lambda: b.search_vector(at, query, cond), "the search")
+            if p.get("sort"):  # the nearest rows, in the order the sort menu shows (it was ignored)
+                addrs = b.sorted_hits(ds, addrs, p["sort"], p.get("desc") == "1")
         elif cond is None and not p.get("sort"):
             addrs = None  # the whole table in storage order: a page is a scan with offset and limit
         else:

@@ -43,9 +43,15 @@ def in_list(values: Iterable[object]) -> str:
     return ", ".join(literal(v) for v in values)
 
 
+_INTERNAL_FIELDS = re.compile(r",\s*_row(?:id|addr|offset|_last_updated_at_version|_created_at_version)\b")
+_SQLGLOT_CLASS = re.compile(r"<class 'sqlglot\.expressions\.(?:\w+\.)*(\w+)'>")
+
+
 def clean_message(exc: BaseException | str) -> str:
-    """An engine error as one line, without the build paths of Lance's sources."""
+    """An engine error as one line, without the build paths of Lance's sources, Lance's internal
+    row fields in a list of valid ones, or sqlglot's class names."""
     text = _SOURCE_LOCATION.sub("", str(exc))
+    text = _SQLGLOT_CLASS.sub(lambda m: m.group(1).upper(), _INTERNAL_FIELDS.sub("", text))
     return " ".join(text.split()).rstrip(" ,")
 
 
@@ -98,7 +104,7 @@ def _parse(text: str, what: str, *, semicolon: bool) -> list[Any]:
         errors = getattr(exc, "errors", None)
         if errors:
             e = errors[0]
-            raise LakeError(f"{what}: {e['description'].lower()} at column {e['col']} "
+            raise LakeError(f"{what}: {clean_message(e['description']).lower()} at column {e['col']} "
                             f"(near {(e['highlight'] or '').strip()!r})") from None
         raise LakeError(f"{what}: cannot parse it ({clean_message(exc).splitlines()[0][:120]})") from None
     return statements

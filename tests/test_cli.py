@@ -196,6 +196,8 @@ def test_library_refuses_the_same_numbers(curated: str, tmp_path: Path):
         lake.search(str(tmp_path / "typo.jpg"), k=1)
     with pytest.raises(LakeError, match="not valid UTF-8 text"):
         lake.search(b"\xff\xfe".decode("utf-8", "surrogateescape"), k=1)  # what argv holds for such bytes
+    with pytest.raises(LakeError, match="is a folder; pass the path of one image file"):
+        lake.search(str(tmp_path), k=1)
     assert len(lake.search("a photo of cat.jpg", k=1)) == 1  # words around a file name: a caption search
     assert len(lake.search("IMG_1234.jpg", k=1)) == 1  # a bare file name: the captions caption_filename catches
 

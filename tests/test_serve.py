@@ -141,6 +141,8 @@ def test_views_pair_group_concept_diff_sql(sample: Lake):
     assert c.get("/group", params={"g": "x"}).status_code == 400  # no dedup yet: says what to run
     assert "lakecurate cluster" in c.get("/concept/0").text
     assert c.get("/", params={"v": "999"}).status_code == 400
+    by_image = c.get("/", params={"sort": "image"})  # (Lance's message named the blob column's struct type)
+    assert by_image.status_code == 400 and "cannot sort by &#39;image&#39;: not a scalar column" in by_image.text
 
 
 @pytest.fixture(scope="module")
@@ -391,6 +393,11 @@ def test_image_search_and_a_pinned_version(embedded: Lake, tmp_path: Path):
     page = c.get(r.json()["url"])
     shown = re.findall(r'<figure class="card[^"]*" data-id="([^"]+)"', page.text)
     assert page.status_code == 200 and shown == embedded.search(photo, k=PAGE, columns=["id"])["id"].tolist()
+    # a search with a sort: the same rows, in the order the sort menu shows (the sort was ignored)
+    by_width = c.get(r.json()["url"] + "&sort=width&desc=1")
+    hits = re.findall(r'<figure class="card[^"]*" data-id="([^"]+)"', by_width.text)
+    width = dict(zip(*(embedded.to_pandas(["id", "width"])[c] for c in ("id", "width"))))
+    assert sorted(hits) == sorted(shown) and [width[i] for i in hits] == sorted((width[i] for i in hits), reverse=True)
     assert c.post("/api/search-image", content=b"not an image", headers=page_token).status_code == 400
     assert "expired" in c.get("/", params={"qimg": "0123456789abcdef"}).text
     # --version: the grid shows that version unless the page asks for another

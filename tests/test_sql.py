@@ -248,3 +248,19 @@ def test_cli_good_where_still_works(clustered: Lake, tmp_path: Path):
     res = runner.invoke(main, ["sequence", clustered.uri, "--mode", "random", "--where", where])
     assert res.exit_code == 0, res.output
     assert clustered.count("seq_order IS NOT NULL") == want
+
+
+def test_messages_name_no_internals(small: Lake):
+    """Lance's internal row fields in the list of valid ones, sqlglot's class names, a 100,000-character
+    id echoed whole: none of them is the user's to read."""
+    from lakecurate import review
+
+    with pytest.raises(LakeError) as err:
+        small.count("nocol > 1")
+    assert "Valid fields are" in str(err.value) and "_rowid" not in str(err.value) and "_rowaddr" not in str(err.value)
+    with pytest.raises(LakeError, match="at column") as err:
+        small.count("id = ")
+    assert "sqlglot" not in str(err.value) and "<class" not in str(err.value)
+    with pytest.raises(LakeError, match="no pair of lake") as err:
+        review.mark(small, ["x" * 100_000], verdict="keep")
+    assert len(str(err.value)) < 400
