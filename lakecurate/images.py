@@ -32,10 +32,27 @@ def exif_upright(im: Any) -> Any:
         return im
 
 
+class RefusedImage(bytes):
+    """What the image stages are given for a row ingest refused (``ingest_status`` 'error'), in
+    place of its bytes: empty, so nothing decodes it (a decompression bomb under the user's
+    --max-pixels was decoded by every image stage), and told apart so a stage can say why
+    (``flag``: ingest's first flag for it)."""
+
+    flag = "error"
+
+    @classmethod
+    def of(cls, flags: list[str] | None) -> "RefusedImage":
+        out = cls()
+        out.flag = (flags or ["error"])[0]
+        return out
+
+
 def decode_image(data: bytes | None) -> tuple[Any, str | None]:
     """Bytes -> RGB PIL image, or (None, reason). Animated: first frame; CMYK/16-bit/palette: converted."""
     from PIL import Image
 
+    if isinstance(data, RefusedImage):
+        return None, f"image_refused_at_ingest: {data.flag}"
     if data is None:
         return None, "image_missing"
     try:

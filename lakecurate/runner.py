@@ -44,11 +44,13 @@ import pyarrow as pa
 
 from lakecurate import columns
 from lakecurate.errors import LakeError
+from lakecurate.images import RefusedImage
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
 
 IMAGE = "image"
+STATUS, FLAGS = "ingest_status", "ingest_flags"
 # A run asked for a stage's columns by another stage (curate needs the caption signals) waits for
 # the fragments another run of that stage is computing, polling this often; see :func:`waiting`.
 WAIT_POLL = 0.5
@@ -212,14 +214,21 @@ def _read(item: tuple[int, int, int]) -> Rows:
     fid, start, limit = item
     decode = stage.image is not None and IMAGE in stage.inputs
     cols = [c for c in stage.inputs if not (decode and c == IMAGE)]
-    tbl = ds.get_fragment(fid).to_table(columns=cols, with_row_address=True, offset=start, limit=limit,
-                                        blob_handling="all_binary")
+    status = [c for c in (STATUS, FLAGS) if decode and c not in cols and c in ds.schema.names]  # for the decode only
+    tbl = ds.get_fragment(fid).to_table(columns=cols + status, with_row_address=True,
+                                        offset=start, limit=limit, blob_handling="all_binary")
     addrs = tbl.column("_rowaddr").to_numpy()
     images = None
     if decode:
         blobs = [b for _, b in ds.read_blobs(IMAGE, addresses=addrs.tolist(), preserve_order=True)] if len(addrs) else []
+        # An image ingest refused is not decoded: a decompression bomb under the user's --max-pixels
+        # was decoded by every image stage all the same (up to Pillow's own limit).
+        if STATUS in tbl.column_names:
+            flags = tbl.column(FLAGS).to_pylist() if FLAGS in tbl.column_names else [None] * len(blobs)
+            blobs = [RefusedImage.of(f) if s == "error" else b
+                     for s, f, b in zip(tbl.column(STATUS).to_pylist(), flags, blobs)]
         images = stage.image(blobs)
-    data = tbl.drop_columns(["_rowaddr"])
+    data = tbl.drop_columns(["_rowaddr", *status])
     batch = pa.RecordBatch.from_arrays([data.column(c).combine_chunks() for c in data.column_names], schema=data.schema)
     rows = Rows(batch, images, fid, start, addrs.astype(np.int64) & 0xFFFFFFFF)
     if stage.prepare is not None:

@@ -42,7 +42,8 @@ def test_columns_types_norms_and_scores(sample_lake_embedded: Lake):
     assert np.allclose(np.linalg.norm(img, axis=1), 1, atol=2e-3)
     assert np.allclose((img * txt).sum(1), ok[COLS["score"]], atol=5e-3)
     # bad rows: a null embedding and a reason, never a crash
-    assert df.loc["gravel_truncated.jpg", COLS["error"]].startswith("image_undecodable")
+    # an image ingest refused is not decoded again: the reason is ingest's
+    assert df.loc["gravel_truncated.jpg", COLS["error"]] == "image_refused_at_ingest: image_truncated"
     assert df.loc["notes_not_an_image.jpg", COLS["image"]] is None
     assert df.loc["horse_no_caption.jpg", COLS["error"]] == "caption_missing"
     assert df.loc["horse_no_caption.jpg", COLS["image"]] is not None  # the image still has its vector

@@ -359,3 +359,28 @@ def test_a_column_dropped_while_a_stage_fills_it_is_a_one_line_error(tmp_path: P
         lake.add_feature("clen", restoring_len, inputs=["caption"], type="int32", batch_size=20, progress=False)
     assert "\n" not in str(err.value)
     assert "clen" not in lake.dataset().schema.names
+
+
+def test_image_stages_do_not_decode_what_ingest_refused(tmp_path: Path):
+    """A decompression bomb under the user's --max-pixels is an ingest error with its bytes kept;
+    embed and the image signals decoded it all the same (up to Pillow's own limit). They leave it
+    as they leave an image that does not decode; the good copies of the same files are done."""
+    from lakecurate.ingest import IngestOptions
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    for name in ("chelsea", "horse"):
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", a / f"{name}.jpg")
+        (a / f"{name}.txt").write_text(f"a photo of a {name}")
+    shutil.copytree(a, b)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(a, options=IngestOptions(max_pixels=1000), progress=False)
+    lake.ingest(b, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    lake.signals(["image", "copy"], workers=0, progress=False)
+    rows = lake.sql("SELECT ingest_status, clip_tinyrandom_image IS NULL AS no_vector, clip_tinyrandom_error, "
+                    "phash IS NULL AS no_hash, copy_hashes IS NULL AS no_copy FROM pairs")
+    bad, ok = rows[rows["ingest_status"] == "error"], rows[rows["ingest_status"] != "error"]
+    assert len(bad) == 2 and bad[["no_vector", "no_hash", "no_copy"]].all().all()
+    assert (bad["clip_tinyrandom_error"] == "image_refused_at_ingest: decompression_bomb").all()  # says why
+    assert len(ok) == 2 and not ok[["no_vector", "no_hash", "no_copy"]].any().any()
