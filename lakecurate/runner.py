@@ -634,7 +634,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
                 _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where)
             if not (elsewhere and _WAITING[0]):
                 break
-            ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere)
+            ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere, progress)
     except BaseException:
         if added and not elsewhere:
             # a first run that failed before any fill leaves no column (but not another run's, declared meanwhile)
@@ -647,17 +647,29 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
 
 
 def _wait_for_others(lake: "Store", stage: RowStage, claims: columns.FragmentClaims,
-                     elsewhere: dict[int, str]) -> tuple[Any, list, dict[int, str]]:
+                     elsewhere: dict[int, str], progress: bool | None) -> tuple[Any, list, dict[int, str]]:
     """Poll until a fragment left to another run is filled or free: (the dataset, fragments now
-    this run's to compute: their run ended without filling them, those still held elsewhere)."""
-    while True:
-        time.sleep(WAIT_POLL)
-        ds = lake.dataset()
-        unfilled = {f.fragment_id: f for f in columns.fragments_to_fill(ds, stage.names[0])}
-        left = sorted(set(elsewhere) & set(unfilled))
-        mine, busy = claims.take(left) if left else ([], {})
-        if mine or not busy:
-            return ds, [unfilled[f] for f in mine], busy
+    this run's to compute: their run ended without filling them, those still held elsewhere).
+    A progress bar says what it waits for (another run that hangs holds its claims)."""
+    from lakecurate.progress import progress_bar
+
+    runs = ", ".join(sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()}))
+    bar = progress_bar(total=len(elsewhere), desc=f"waiting for {stage.desc or stage.name} of another run ({runs})",
+                       unit="fragment", progress=progress)
+    done = 0
+    try:
+        while True:
+            time.sleep(WAIT_POLL)
+            ds = lake.dataset()
+            unfilled = {f.fragment_id: f for f in columns.fragments_to_fill(ds, stage.names[0])}
+            left = sorted(set(elsewhere) & set(unfilled))
+            mine, busy = claims.take(left) if left else ([], {})
+            bar.update(len(elsewhere) - len(busy) - done)  # filled (or this run's now)
+            done = len(elsewhere) - len(busy)
+            if mine or not busy:
+                return ds, [unfilled[f] for f in mine], busy
+    finally:
+        bar.close()
 
 
 def map_images(lake: "Store", stage: RowStage, addresses: Sequence[int], *, workers: int | None = None,

@@ -3,6 +3,7 @@ each stage's ``batch()`` is pure and runs without a lake."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import subprocess
@@ -309,7 +310,7 @@ def test_fragment_claims_go_stale_with_their_process_or_their_beat(tmp_path: Pat
     assert sorted(p.name for p in c.root.iterdir()) == ["f6"]  # ours removed, the other machine's left
 
 
-def test_a_stage_another_stage_needs_waits_for_the_fragments_another_run_holds(tmp_path: Path):
+def test_a_stage_another_stage_needs_waits_for_the_fragments_another_run_holds(tmp_path: Path, capsys):
     """Another run holds the caption signals' fragments (it is computing them). A run by itself
     leaves them to it and says so; a run a consuming stage asked for (``runner.waiting``: curate's
     producers) waits, and computes those whose run ends without filling them. Two curates at once:
@@ -332,8 +333,9 @@ def test_a_stage_another_stage_needs_waits_for_the_fragments_another_run_holds(t
 
     threading.Timer(1.0, other.release).start()  # the other run ends without filling them
     t0 = time.perf_counter()
-    rep = lake.curate({"name": "words", "step": [{"filter": "caption_length", "min_words": 3}]}, progress=False)
-    assert time.perf_counter() - t0 >= 1.0  # it waited for them
+    rep = lake.curate({"name": "words", "step": [{"filter": "caption_length", "min_words": 3}]}, progress=True)
+    assert time.perf_counter() - t0 >= 1.0  # it waited for them, and said so
+    assert f"waiting for caption signals of another run ({columns._host()} {os.getpid()})" in capsys.readouterr().err
     assert rep.unjudged == 0 and rep.rows == 60, rep
     assert not columns.fragments_to_fill(lake.dataset(), "cap_words")
     assert lake.count("keep IS NULL") == 0
