@@ -215,7 +215,7 @@ class Browser:
             return f"{branch or 'main'}:{number}"
         return number
 
-    def _branch(self, ref: str | None) -> tuple["Lake", bool]:
+    def branch_of(self, ref: str | None) -> tuple["Lake", bool]:
         """(the lake on the branch of view ``ref``, whether the view is that branch's latest)."""
         ref = ref or self.version
         if not ref:
@@ -227,13 +227,13 @@ class Browser:
 
     def reader(self, ref: str | None) -> "Lake":
         """The lake on the branch of view ``ref`` (its review log and labels are that branch's)."""
-        return self._branch(ref)[0]
+        return self.branch_of(ref)[0]
 
     def writer(self, ref: str | None) -> "Lake":
         """The lake a review made on view ``ref`` is written to: the server's lake for its latest, a
         branch's for that branch's latest; a view of a fixed version (a number, a tag,
         ``branch:number``) is refused, since its page would go on showing the old verdicts."""
-        lake, latest = self._branch(ref)
+        lake, latest = self.branch_of(ref)
         if not latest:
             raise LakeError(f"this page shows version {ref or self.version}, not the latest: marks go to a branch's latest "
                             "version; pick 'latest' (or a branch) in the version menu to review")
@@ -539,7 +539,7 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         names = schema(ds).names
         meta = b.meta()
         scalars = [f.name for f in schema(ds) if _scalar(f.type) and f.name != "image"]
-        lake, latest = b._branch(v)  # marks go to this branch's latest: only offered on its latest
+        lake, latest = b.branch_of(v)  # marks go to this branch's latest: only offered on its latest
         labels = meta["labels"] if lake is b.lake else review.labels(lake)
         return ds, {"version": ds.version, "latest": b.latest().version, "tags": meta["tags"], "branches": meta["branches"],
                     "versions": meta["versions"], "writable": latest, "labels": labels,
