@@ -1163,8 +1163,8 @@ def status(lake: str, at_version: str | None, as_json: bool) -> None:
     _echo_table([{"stage": s["stage"], "columns": ", ".join(s["columns"][:3]) + (", ..." if len(s["columns"]) > 3 else ""),
                   "state": s["state"], "why": s["reasons"][0] if s["reasons"] else ""} for s in d["stages"]])
     todo = [s for s in d["stages"] if s["state"] != "current"]
-    for s in todo:
-        click.echo(f"{s['stage']}: {s['fix']}")
+    for line in dict.fromkeys(f"{s['stage']}: {s['fix']}" for s in todo):  # (dedup's nodes share one command)
+        click.echo(line)
     click.echo(f"curated view: {d['view'] or 'none yet'}" + "".join(f"\n  note: {n}" for n in d["view_notes"]))
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import field_provenance, fragments_to_fill, has_data
 from lakecurate.errors import LakeError
-from lakecurate.names import PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns
+from lakecurate.names import PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -338,7 +338,55 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
         st.fix = fix_command(lake, node, st.state, ds)
         by_node[id(node)] = st
         out.append(st)
+    dedup = [st for st in out if st.node.stage == "dedup" and st.state != "current"]
+    if dedup:  # one command for them all: a method's alone was refused when another its decision reads was stale
+        final = next((st.node for st in out if st.node.stage == "dedup" and "dup_keep" in st.node.columns), None)
+        fix = dedup_fix(lake, [st.node for st in dedup], final, ds)
+        for st in dedup:
+            st.fix = fix
     return out
+
+
+def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lance.LanceDataset") -> str:
+    """The one dedup command that makes every ``stale`` dedup node current: the stale methods (or,
+    only the decision stale, those it reads) with their settings, the embedding the decision ranks
+    by (with several on the lake, plain ``dedup LAKE`` was refused) and its keep-from; --recompute
+    where a method's embedding was made again. Pasted, it runs (tests/test_pipeline.py)."""
+    import shlex
+
+    q = shlex.quote
+    fcfg = (final.prov.get("config") or {}) if final is not None else {}
+    keep_from = list(fcfg.get("keep_from") or [])
+    cfgs = {c["method"]: c for c in ((n.prov.get("config") or {}) for n in stale) if c.get("method")}
+    if not cfgs and final is not None:  # only the decision: its methods' settings, as stored
+        cfgs = {c["method"]: c for c in ((n.prov.get("config") or {}) for n in nodes(ds) if n.stage == "dedup")
+                if c.get("method") in keep_from}
+    rank = str(fcfg.get("rank_by") or "")
+    embedding = next((c["embedding"] for c in cfgs.values() if c.get("embedding")), None) or \
+        (rank[: -len("_score")] if rank.endswith("_score") else None)
+    out = f"{_lakecurate(lake)} dedup {lake.shell}"
+    if cfgs:
+        out += f" --method {','.join([m for m in keep_from if m in cfgs] + [m for m in cfgs if m not in keep_from])}"
+    out += f" --embedding {q(embedding)}" if embedding else ""
+    for m, cfg in cfgs.items():
+        for key, flag in _DEDUP_FLAGS.get(m, {}).items():
+            if cfg.get(key) is not None:
+                out += f" {flag} {q(str(cfg[key]))}"
+    out += " --no-flips" if any(c.get("flips") is False for c in cfgs.values()) else ""
+    out += f" --keep-from {','.join(keep_from)}" if keep_from else ""
+    if any(_embedding_redone(ds, c) for c in cfgs.values()):
+        out += " --recompute"
+    return out
+
+
+def _embedding_redone(ds: "lance.LanceDataset", cfg: dict[str, Any]) -> bool:
+    """Whether the embedding a dedup method's groups were made from was made again since (another
+    config): its groups' config changed too, so regrouping needs --recompute."""
+    if not cfg.get("embedding_config"):
+        return False
+    score = f"{cfg.get('embedding')}_score"
+    now = field_provenance(ds.schema.field(score), strict=False) if score in ds.schema.names else None
+    return bool(now and now.get("config_hash") != cfg["embedding_config"])
 
 
 def _dropped(ds: "lance.LanceDataset", node: Node, names: set[str]) -> list[str]:
@@ -489,7 +537,11 @@ def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.Lanc
             source = "RECIPE.toml"
         elif Path(source).parent == RECIPES:  # a built-in recipe: its name
             source = Path(source).stem
-        sets = ((cfg.get("recipe") or {}).get("set")) or {}
+        sets = dict(((cfg.get("recipe") or {}).get("set")) or {})
+        scores = [c[: -len("_score")] for c in node.sources if c.endswith("_score")]
+        if not (cfg.get("recipe") or {}).get("embedding") and "embedding" not in sets and len(scores) == 1 \
+                and len(embedding_prefixes(ds if ds is not None else lake.dataset())) > 1:
+            sets["embedding"] = scores[0]  # the one it read: with several on the lake, the plain command was refused
         return f"{head} curate {uri} {q(source)}" + "".join(f" --set {q(f'{k}={json.dumps(v)}')}" for k, v in sets.items())
     if node.stage == "dedup":  # a method's groups: that method with its settings (the final columns: the defaults)
         method = cfg.get("method")
@@ -499,13 +551,7 @@ def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.Lanc
         for key, flag in _DEDUP_FLAGS.get(method, {}).items():
             out += opt(flag, cfg.get(key))
         out += " --no-flips" if cfg.get("flips") is False else ""
-        if cfg.get("embedding_config"):  # the embedding made again (another config): the groups' config changed too
-            ds = ds if ds is not None else lake.dataset()
-            score = f"{cfg.get('embedding')}_score"
-            now = field_provenance(ds.schema.field(score), strict=False) if score in ds.schema.names else None
-            if now and now.get("config_hash") != cfg["embedding_config"]:
-                out += " --recompute"
-        return out
+        return out + (" --recompute" if _embedding_redone(ds if ds is not None else lake.dataset(), cfg) else "")
     if node.stage == "concepts":
         return f"{head} cluster {uri} -k {cfg.get('k')}{opt('--embedding', cfg.get('embedding'))} --seed {cfg.get('seed', 0)}"
     if node.stage == "rebalance":

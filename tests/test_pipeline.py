@@ -158,11 +158,13 @@ def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
     shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
     (more / "cat.txt").write_text("a cat once more")
     lake.ingest(more, progress=False)  # a new row: the groups are stale
-    for column in ("dup_phash_group", "dup_minhash_group"):
-        st = next(s for s in graph.states(lake) if column in s.node.columns)
-        assert st.state != "current" and ("--phash-distance 4" in st.fix or "--minhash-threshold 0.5" in st.fix), st.fix
-        res = runner.invoke(main, shlex.split(st.fix)[1:])
-        assert res.exit_code == 0, (st.fix, res.output)
+    stale = [s for s in graph.states(lake) if s.node.stage == "dedup" and s.state != "current"]
+    assert {c for s in stale for c in s.node.columns} >= {"dup_phash_group", "dup_minhash_group"}
+    assert len({s.fix for s in stale}) == 1  # one command for them all (the decision reads both)
+    fix = stale[0].fix
+    assert "--method phash,minhash" in fix and "--phash-distance 4" in fix and "--minhash-threshold 0.5" in fix, fix
+    res = runner.invoke(main, shlex.split(fix)[1:])
+    assert res.exit_code == 0, (fix, res.output)
     assert {s.state for s in graph.states(lake) if s.node.stage == "dedup"} == {"current"}
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)  # the new row, for basic's alignment step
     # curate's: the recipe file and its --set; a built-in recipe by its name
@@ -610,3 +612,32 @@ def test_a_dedup_fix_after_the_embedding_was_made_again_recomputes(sample_lake_e
     res = CliRunner().invoke(main, shlex.split(st.fix)[1:])
     assert res.exit_code == 0, (st.fix, res.output)
     assert next(s for s in graph.states(lake) if "dup_semantic_group" in s.node.columns).state == "current"
+
+
+def test_status_fix_lines_pasted_in_order_make_every_stage_current(sample_lake_embedded: Lake, tmp_path: Path):
+    """After new rows, status printed one fix a dedup method (`dedup LAKE --method exact`), and dedup
+    refused it: its decision reads the other methods' groups, stale too. With a second embedding on
+    the lake, the decision's and curate's fixes (`dedup LAKE`, `curate LAKE basic`) were refused as
+    "several embeddings". Each printed line, pasted in order, now runs, and every stage is current."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["exact", "phash", "semantic"], semantic_threshold=0.99, progress=False)
+    lake.curate("basic", progress=False)
+    lake.embed("tiny-random", name="second", workers=0, batch_size=8, progress=False)  # a second embedding
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
+    (more / "cat.txt").write_text("a cat once more on the sofa")
+    lake.ingest(more, progress=False)
+    runner, ran = CliRunner(), []
+    for _ in range(3):  # (a fix can make a later stage stale in turn: status again)
+        lines = list(dict.fromkeys(s.fix for s in graph.states(lake) if s.state != "current"))
+        if not lines:
+            break
+        for fix in lines:
+            res = runner.invoke(main, ["--no-progress", *shlex.split(fix)[1:]] + (["--workers", "0"] if " embed " in fix else []))
+            assert res.exit_code == 0, (fix, res.output)
+            ran.append(fix)
+    assert {s.node.stage: s.state for s in graph.states(lake) if s.state != "current"} == {}
+    dedup = [f for f in ran if " dedup " in f]
+    assert len(dedup) == 1 and "--method exact,phash,semantic" in dedup[0] and "--embedding clip_tinyrandom" in dedup[0]
+    assert any(" curate " in f and "--set 'embedding=\"clip_tinyrandom\"'" in f for f in ran), ran
