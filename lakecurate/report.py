@@ -319,39 +319,57 @@ class _Builder:
         }
 
     def funnel(self) -> dict[str, Any]:
-        """Rows left after each stage, and what each stage dropped by reason."""
+        """Rows left after each stage, each stage counting only what the stages above it left (so
+        the reasons a stage dropped rows for add up to the difference), and what each stage dropped
+        by reason. A decision that is not current is left out (the page says so), and rows a
+        current one has not decided yet (added since) are counted as such, never dropped silently."""
         steps, reasons = [("rows in the lake", self.rows)], []
-        usable = int(self.sql("SELECT count(*) AS n FROM pairs WHERE ingest_status <> 'error'")["n"][0])
-        steps.append(("usable images (ingest)", usable))
+
+        def count(where: str) -> int:
+            return int(self.sql(f"SELECT count(*) AS n FROM pairs WHERE {where}")["n"][0])
+
+        def dropped(stage: str, where: str, by: str, undecided: str | None = None) -> None:
+            got = self.sql(f"SELECT {by} AS reason, count(*) AS n FROM pairs WHERE {where} GROUP BY reason ORDER BY n DESC")
+            for reason, n in zip(got["reason"], got["n"]):
+                reasons.append({"stage": stage, "reason": reason if isinstance(reason, str) else undecided or "none given",
+                                "rows": int(n)})
+
+        left = "ingest_status <> 'error'"
+        steps.append(("usable images (ingest)", count(left)))
         err = self.ds.to_table(columns=["ingest_flags"], filter="ingest_status = 'error'").column("ingest_flags")
         for flag, n in sorted(_value_counts(pc.list_flatten(err)).items(), key=lambda x: -x[1]):
             reasons.append({"stage": "ingest", "reason": flag, "rows": n})
-        if "dup_keep" in self.names:
-            d = self.sql("SELECT split_part(dup_reason, ':', 1) AS method, count(*) AS n FROM pairs "
-                         "WHERE NOT dup_keep GROUP BY method ORDER BY n DESC")
-            kept = int(self.sql("SELECT count(*) AS n FROM pairs WHERE dup_keep")["n"][0])
-            steps.append(("one per duplicate group (dedup)", kept))
-            reasons += [{"stage": "dedup", "reason": f"duplicate ({m})", "rows": int(n)} for m, n in zip(d["method"], d["n"])]
+        if "dup_keep" in self.names and "dup_keep" not in self.stale_columns:
+            dropped("dedup", f"({left}) AND dup_keep IS NOT TRUE",
+                    "CASE WHEN dup_keep IS NULL THEN NULL ELSE concat('duplicate (', split_part(dup_reason, ':', 1), ')') END",
+                    "not grouped yet (added since dedup ran)")
+            left = f"({left}) AND dup_keep"
+            steps.append(("one per duplicate group (dedup)", count(left)))
         recipe = None
-        if "keep" in self.names:
+        if "keep" in self.names and "keep" not in self.stale_columns:
             prov = self.prov("keep") or {}
             recipe = (prov.get("config") or {}).get("recipe") or {}
-            c = self.sql("SELECT drop_reason, count(*) AS n FROM pairs GROUP BY drop_reason")
-            by = {r: int(n) for r, n in zip(c["drop_reason"], c["n"]) if isinstance(r, str)}
+            name = recipe.get("name", "?")
             order = [s.get("reason") for s in recipe.get("steps", [])]
-            kept = int(self.sql("SELECT count(*) AS n FROM pairs WHERE keep")["n"][0])
-            steps.append((f"kept by recipe '{recipe.get('name', '?')}' (curate)", kept))
-            for r in sorted(by, key=lambda r: order.index(r) if r in order else len(order)):
-                reasons.append({"stage": f"curate: {recipe.get('name', '?')}", "reason": r, "rows": by[r]})
+            before = len(reasons)
+            dropped(f"curate: {name}", f"({left}) AND keep IS NOT TRUE",
+                    "CASE WHEN keep IS NULL THEN NULL ELSE drop_reason END", "not judged yet (added since curate ran)")
+            reasons[before:] = sorted(reasons[before:], key=lambda r: order.index(r["reason"]) if r["reason"] in order
+                                      else len(order))
+            left = f"({left}) AND keep"
+            steps.append((f"kept by recipe '{name}' (curate)", count(left)))
         if "rebalance_keep" in self.names and "rebalance_keep" not in self.stale_columns:
-            r = self.sql("SELECT count(*) AS n, sum(repeats) AS shown FROM pairs WHERE rebalance_keep")
+            where = (self.prov("rebalance_keep") or {}).get("config", {}).get("where")
+            candidate = "concept IS NOT NULL" + (f" AND ({where})" if where else "")
+            dropped("rebalance", f"({left}) AND rebalance_keep IS NOT TRUE",
+                    f"CASE WHEN {candidate} THEN 'over its concept''s budget' ELSE 'not a rebalance candidate "
+                    f"(no concept{', or outside ' + where.replace(chr(39), chr(39) * 2) if where else ''})' END")
+            left = f"({left}) AND rebalance_keep"
+            r = self.sql(f"SELECT count(*) AS n, sum(repeats) AS shown FROM pairs WHERE {left}")
             kept, shown = int(r["n"][0]), r["shown"][0]
-            cand_where = (self.prov("rebalance_keep") or {}).get("config", {}).get("where")
-            cand = self.rows if not cand_where else int(self.sql(f"SELECT count(*) AS n FROM pairs WHERE {cand_where}")["n"][0])
             steps.append(("kept by rebalancing", kept))
             if pd.notna(shown) and int(shown) != kept:
                 steps.append(("training examples with repeats", int(shown)))
-            reasons.append({"stage": "rebalance", "reason": "over its concept's budget", "rows": cand - kept})
         for r in reasons:
             r["share"] = r["rows"] / self.rows if self.rows else 0.0
         return {"steps": [{"label": lbl, "rows": n, "share": n / self.rows if self.rows else 0.0} for lbl, n in steps],
