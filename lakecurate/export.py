@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, where_columns
+from lakecurate.graph import check_current, effective_view, where_columns
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
 from lakecurate.options import whole, writable
@@ -109,14 +109,29 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     The table has one row per *sample* (a row with repeats 3 appears 3 times). Rows whose
     ``ingest_status`` is ``'error'`` (no usable image) are never chosen, whatever ``where`` says. The decisions the
     selection and order read must be current (:func:`lakecurate.graph.check_current`): a stale one
-    is an error naming the stage to re-run, unless ``allow_stale`` (then it is a warning)."""
+    is an error naming the stage to re-run, unless ``allow_stale`` (then it is a warning).
+
+    A ``version`` given (a recipe's tag) is exported as it was: what is not current there can
+    never be made current, so its view is the latest decision current at that version (``keep``
+    where rebalancing had not re-run after the recipe: it used the older recipe's rebalance_keep
+    or refused), and an order or repeats not current there are left out, with a warning."""
     ds = lake.dataset(version)
     names = ds.schema.names
     where = check_where(where, "--where", ds)
+    notes: list[str] = []
     if where is None:
-        where = default_view(names) or "ingest_status != 'error'"
-    used = where_columns(where, names) + [c for c in ("seq_order", "repeats" if repeats else "") if c in names]
-    warnings = check_current(lake, ds, used, what=what, allow_stale=allow_stale)
+        view, notes = effective_view(lake, ds) if version is not None else (default_view(names), [])
+        where = view or "ingest_status != 'error'"
+    order = [c for c in ("seq_order", "repeats" if repeats else "") if c in names]
+    left_out: list[str] = []
+    if version is not None:  # a past version: its order only where current there
+        for c in order:
+            gone = check_current(lake, ds, [c], what=what, allow_stale=True)
+            if gone and not allow_stale:
+                left_out.append(c)
+                notes.append(f"{c} not used ({'rows in table order' if c == 'seq_order' else 'each row once'}): {gone[0]}")
+        order = [c for c in order if c not in left_out]
+    warnings = notes + check_current(lake, ds, where_columns(where, names) + order, what=what, allow_stale=allow_stale)
     for c in (caption_mix or {caption: 1.0}):
         if c in META:
             raise LakeError(f"column '{c}' is the export's own metadata, not a caption; mix caption columns")
@@ -126,7 +141,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         if not pa.types.is_string(ds.schema.field(c).type) and not pa.types.is_large_string(ds.schema.field(c).type):
             raise LakeError(f"column '{c}' holds {ds.schema.field(c).type}, not text; export a caption column")
     cols = list(dict.fromkeys(META + [caption, *(caption_mix or {})]
-                              + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names]))
+                              + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names and c not in left_out]))
     cols = list(dict.fromkeys(cols + [embedding_columns(e)["score"] for e in embedding_prefixes(ds)] + list(extra or [])))
     try:  # an ingest error has no usable image: never a sample, whatever the view says
         tbl = ds.to_table(columns=cols, filter=f"({where}) AND ingest_status <> 'error'", with_row_id=True)

@@ -425,3 +425,32 @@ def test_a_version_cleaned_up_while_export_reads_it_is_a_one_line_error(tmp_path
     error = json.loads(res.stdout)["error"]
     assert "pairs.lance/" in error and "was removed while this command read it" in error and "run it again" in error
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
+
+
+def test_a_recipes_tag_exports_its_own_rows_after_rebalancing_went_stale(sample_lake_embedded: Lake, tmp_path: Path):
+    """The pipeline flow: rebalance and sequence ran, then a changed recipe re-ran curate (a new
+    tag). Exporting that tag was refused (rebalance is stale there, and its fix runs on the latest,
+    so the tag could never be exported), and with --allow-stale it exported the older recipe's
+    rebalanced rows. A tag is exported as it was: its recipe's rows, in table order, each once,
+    with warnings saying so; evaluate's view of it is the same rows."""
+    from lakecurate import evaluate
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate({"name": "strict", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"},
+                                            {"filter": "caption_length", "min_words": 6}]}, progress=False)
+    lake.cluster(3)
+    lake.rebalance(0.6)
+    lake.sequence("interleave", shard_size=5)
+    rep = lake.curate({"name": "looser", "step": [{"filter": "ingest_error"}]}, progress=False)
+    keep = lake.dataset(rep.tag).count_rows(filter="keep AND ingest_status <> 'error'")
+    assert keep != lake.dataset(rep.tag).count_rows(filter="rebalance_keep")
+    out = lake.export(tmp_path / "tag.parquet", "parquet", version=rep.tag)
+    assert out.rows == out.samples == keep
+    assert any("rebalance_keep skipped" in w for w in out.stale) and any("seq_order not used" in w for w in out.stale)
+    got = pq.read_table(tmp_path / "tag.parquet", columns=["id"]).column("id").to_pylist()
+    tagged = lake.dataset(rep.tag).to_table(columns=["id"], filter="keep AND ingest_status <> 'error'")
+    assert sorted(got) == sorted(tagged.column("id").to_pylist())
+    assert lake.export(tmp_path / "k.parquet", "parquet", version=rep.tag, where="keep", repeats=False).rows == keep
+    assert evaluate._selection(lake, rep.tag)[1] == "keep"
+    with pytest.raises(LakeError, match="stale"):  # the latest is not a past version: its fix runs, so it is refused
+        lake.export(tmp_path / "latest.parquet", "parquet")
