@@ -869,7 +869,7 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
                    "or a tag / SQL condition.")
 @click.option("--seeds", type=Count(min=1), default=3, show_default=True)
 @click.option("--steps", type=Count(min=1), default=300, show_default=True, help="Training steps for every arm (the budget).")
-@click.option("--eval-every", type=Count(min=1), help="Steps between learning-curve points (default: steps / 10).")
+@click.option("--eval-every", type=Count(min=1), help="Steps between learning-curve points (default: steps / 20).")
 @click.option("--budget", "budgets", help="Also train every arm at these multiples of --steps, e.g. 0.25,0.5,1,2.")
 @click.option("--metric", type=click.Choice(METRIC_NAMES), default="t2i_R@5", show_default=True,
               help="The metric the curves, speed-ups and budgets are read on.")

@@ -86,7 +86,7 @@ def _side(lake: "Store", ref: str | int, where: str | None) -> tuple[Any, pd.Dat
     names = ds.schema.names
     notes: list[str] = []
     if not where:
-        where, notes = effective_view(lake, ds)
+        where, notes = effective_view(lake.on_branch_of(ref), ds)  # (its fix commands name the branch)
         notes = [f"{ref}: {n}" for n in notes]
     # One scan: the view's condition is computed as a column beside the reason columns. A stale
     # rebalance_keep outside the view explains nothing.

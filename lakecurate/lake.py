@@ -246,9 +246,10 @@ class Lake(Store):
         from lakecurate import graph
 
         ds = self.dataset(version)
-        view, notes = graph.effective_view(self, ds)
-        return {"uri": self.uri, "branch": self.branch or "main", "version": ds.version,
-                "stages": [s.to_dict() for s in graph.states(self, ds)], "view": view, "view_notes": notes}
+        lake = self.on_branch_of(version)  # a branch's version: that branch's name and fix commands
+        view, notes = graph.effective_view(lake, ds)
+        return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version,
+                "stages": [s.to_dict() for s in graph.states(lake, ds)], "view": view, "view_notes": notes}
 
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.

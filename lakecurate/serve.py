@@ -220,10 +220,8 @@ class Browser:
         ref = ref or self.version
         if not ref:
             return self.lake, True
-        branch, number = self.lake._ref(ref) if isinstance(ref, str) and not ref.isdigit() else (self.lake.branch, ref)
-        lake = self.lake if branch == self.lake.branch else type(self.lake)(self.lake.uri, storage_options=self.lake.storage_options,
-                                                                           branch=branch)
-        return lake, number is None
+        number = self.lake._ref(ref)[1] if isinstance(ref, str) and not ref.isdigit() else ref
+        return self.lake.on_branch_of(ref), number is None
 
     def reader(self, ref: str | None) -> "Lake":
         """The lake on the branch of view ``ref`` (its review log and labels are that branch's)."""

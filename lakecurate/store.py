@@ -255,6 +255,15 @@ class Store:
         return (f"version {number} is not a version of lake '{self.uri}' (branch {branch or 'main'} has versions {have}); "
                 f"see: lakecurate{on} log {self.shell}")
 
+    def on_branch_of(self, ref: int | str | None) -> "Store":
+        """This lake on the branch the version reference ``ref`` names (a branch, ``branch:number``
+        or a tag of a branch; a number or None: this store's branch), so that what it prints and
+        writes for that version (a fix command, a review) goes to that branch."""
+        if not isinstance(ref, str) or ref.isdigit():
+            return self
+        branch, _ = self._ref(ref)
+        return self if branch == self.branch else type(self)(self.uri, storage_options=self.storage_options, branch=branch)
+
     def _ref(self, ref: str) -> tuple[str | None, int | str | None]:
         """(branch, None for main; then a version number, a tag, or None for the branch's latest) of a
         version reference given as text: a tag, a branch name or ``branch:number``."""

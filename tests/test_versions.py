@@ -179,3 +179,26 @@ def test_a_branch_s_tags_and_evaluations_stay_out_of_main_s_report(versioned: La
     lake.delete_tag("only-on-exp")
     lake.delete_branch("exp")
     assert not (Path(lake.uri) / "evaluations-exp.lance").exists()
+
+
+def test_a_branchs_version_read_from_main_names_its_branch(sample_lake_embedded, tmp_path: Path):
+    """`status --version strict` showed the branch's stages as "(branch main)" with fix commands
+    for main, and diff's note on a stale side named main's command: pasted, they ran on main."""
+    import shutil
+
+    from lakecurate import Lake
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate({"name": "a", "step": [{"filter": "ingest_error"}]}, progress=False)
+    lake.cluster(3)
+    lake.rebalance(0.6)
+    exp = lake.create_branch("strict")
+    exp.curate({"name": "b", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"}]}, progress=False)
+    st = lake.status("strict")
+    assert st["branch"] == "strict"
+    fixes = [s["fix"] for s in st["stages"] if s["state"] != "current"]
+    assert fixes and all(f.startswith("lakecurate --branch strict ") for f in fixes), fixes
+    res = CliRunner().invoke(main, ["diff", lake.uri, "1", "strict"])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if "re-run:" in line]
+    assert notes and all("lakecurate --branch strict rebalance" in n for n in notes), notes
