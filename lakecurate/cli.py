@@ -1488,8 +1488,9 @@ def run_cmd(lake: str, pipeline: str, dry_run: bool, as_json: bool) -> None:
 @click.option("--source", default="sample_data", show_default=True, type=click.Path(exists=False))
 @click.option("--model", default="offline", show_default=True,
               help="Encoder for the embedding step (e.g. ViT-B-32 where CLIP weights are available).")
+@json_option
 @_friendly_errors
-def demo(lake_uri: str, source: str, model: str) -> None:
+def demo(lake_uri: str, source: str, model: str, as_json: bool) -> None:
     """Run the shipped demo pipeline (lakecurate/pipelines/demo.toml) on the bundled sample data and
     show what it found. The same as: lakecurate run LAKE demo.
 
@@ -1498,38 +1499,41 @@ def demo(lake_uri: str, source: str, model: str) -> None:
     from lakecurate.encoders import EncoderError, resolve
     from lakecurate.pipeline import load_pipeline
 
+    out: dict[str, Any] = {}  # --json: what the text shows, as one object
+    say = (lambda *a, **k: None) if as_json else click.echo
+
     if not os.path.isdir(source):
-        raise click.ClickException(
-            f"'{source}' is not a folder; run this from the lakecurate checkout or pass --source PATH"
-        )
+        raise LakeError(f"'{source}' is not a folder; run this from the lakecurate checkout or pass --source PATH")
     lake = open_lake(lake_uri, create=True)  # on --branch when given (it wrote to main, ignoring it)
     overrides: dict[str, dict[str, Any]] = {"ingest": {"sources": [os.path.abspath(source)]}}
     try:
         spec = resolve(model)
     except EncoderError as exc:  # no such encoder here: the demo still ingests and reports
-        click.echo(f"embed skipped: {exc}")
+        say(f"embed skipped: {exc}")
         spec = None
     pipe = load_pipeline("demo", lake_uri=lake.uri, overrides={**overrides, "embed": {"model": model}})
     if spec is None:
         pipe.steps = {k: v for k, v in pipe.steps.items() if k in ("ingest", "report")}
     else:
         explain_encoder(spec.arch, spec.meaningless)
-    click.echo(f"== run pipeline {pipe.source} on {lake.uri}")
-    rep = lake.run(pipe, on_step=_step_line)
+    say(f"== run pipeline {pipe.source} on {lake.uri}")
+    rep = lake.run(pipe, on_step=None if as_json else _step_line)
+    out["run"] = rep
     ingest = next((s for s in rep.steps if s.step == "ingest" and s.action == "ran"), None)
     if ingest is not None:
-        click.echo(f"ingested {ingest.result.get('written', 0)} rows from {source}")
-    click.echo("\n== flagged pairs")
+        say(f"ingested {ingest.result.get('written', 0)} rows from {source}")
+    say("\n== flagged pairs")
     df = lake.sql("SELECT key, ingest_status, ingest_error FROM pairs WHERE ingest_status <> 'ok' ORDER BY key")
-    click.echo(df.to_string(index=False, max_colwidth=70) if len(df) else "(none)")
+    out["flagged"] = df
+    say(df.to_string(index=False, max_colwidth=70) if len(df) else "(none)")
     if spec is not None:
         from lakecurate.names import embedding_columns
 
         score = embedding_columns(spec.prefix)["score"]
-        click.echo(f"\n== embed ({model}): lowest image-caption alignment (candidates for a mismatched caption)")
+        say(f"\n== embed ({model}): lowest image-caption alignment (candidates for a mismatched caption)")
         low = lake.sql(f"SELECT key, ROUND({score}, 3) AS score, caption FROM pairs "
                        f"WHERE {score} IS NOT NULL ORDER BY {score} LIMIT 4")
-        click.echo(low.to_string(index=False, max_colwidth=60))
+        say(low.to_string(index=False, max_colwidth=60))
         planted = planted_defects(source, "mismatched caption")
         if planted:  # where the documented mismatch ranks: a small encoder need not put it last
             ranked = lake.sql(f"SELECT key, ROUND({score}, 3) AS score FROM pairs WHERE {score} IS NOT NULL ORDER BY {score}")
@@ -1537,27 +1541,30 @@ def demo(lake_uri: str, source: str, model: str) -> None:
             for key in planted:
                 if key in keys:
                     i = keys.index(key)
-                    click.echo(f"the planted mismatched caption ({key}, see {os.path.join(source, 'README.md')}) ranks "
+                    say(f"the planted mismatched caption ({key}, see {os.path.join(source, 'README.md')}) ranks "
                                f"{i + 1} of {len(keys)} from the lowest (score {float(ranked['score'].iloc[i]):.3f})")
-        click.echo("\nsearch 'a cat':")
+        say("\nsearch 'a cat':")
         hits = lake.search("a cat", k=3, prefix=spec.prefix)
-        click.echo(hits[["key", "similarity"]].round(3).to_string(index=False))
+        say(hits[["key", "similarity"]].round(3).to_string(index=False))
         by = lake.sql("SELECT drop_reason, count(*) AS n FROM pairs GROUP BY drop_reason ORDER BY n DESC, drop_reason")
         kept = int(by.loc[by["drop_reason"].isna(), "n"].sum())
-        click.echo(f"\n== curate (built-in recipe 'basic'): kept {kept} of {int(by['n'].sum())}; dropped: "
+        out["curate"] = {"kept": kept, "dropped": {r: int(n) for r, n in zip(by["drop_reason"], by["n"]) if isinstance(r, str)}}
+        say(f"\n== curate (built-in recipe 'basic'): kept {kept} of {int(by['n'].sum())}; dropped: "
                    + ", ".join(f"{r} {int(n)}" for r, n in zip(by["drop_reason"], by["n"]) if isinstance(r, str)))
         if planted:
             from lakecurate.sqlcheck import in_list
 
             fate = lake.sql(f"SELECT key, keep, drop_reason FROM pairs WHERE key IN ({in_list(planted)})")
             for row in fate.itertuples():
-                click.echo(f"{row.key}: " + ("kept" if row.keep else f"dropped ({row.drop_reason})"))
+                say(f"{row.key}: " + ("kept" if row.keep else f"dropped ({row.drop_reason})"))
         reb = lake.sql("SELECT count(*) AS n FROM pairs WHERE rebalance_keep")
-        click.echo(f"rebalanced: {int(reb['n'][0])} kept")
-    click.echo(f"\n== report: {os.path.join(lake.uri, 'report.html')} (open it in a browser)")
-    click.echo("\n== lake")
+        say(f"rebalanced: {int(reb['n'][0])} kept")
+        out["rebalanced"] = int(reb["n"][0])
+    say(f"\n== report: {os.path.join(lake.uri, 'report.html')} (open it in a browser)")
+    say("\n== lake")
     d = lake.info()
-    click.echo(f"{d['rows']} rows, version {d['version']}, columns: {', '.join(c['name'] for c in d['columns'])}")
+    out.update(report=os.path.join(lake.uri, "report.html"), rows=d["rows"], version=d["version"])
+    say(f"{d['rows']} rows, version {d['version']}, columns: {', '.join(c['name'] for c in d['columns'])}")
     # (lakecurate run LAKE demo ingests the bundled sample_data: right only when that was the source)
     from lakecurate.pipeline import SHIPPED
 
@@ -1565,6 +1572,10 @@ def demo(lake_uri: str, source: str, model: str) -> None:
     again = (f"lakecurate run {shlex.quote(lake_uri)} demo" if shipped and model == "offline" else
              f"lakecurate demo --lake {shlex.quote(lake_uri)} --source {shlex.quote(source)}"
              + ("" if model == "offline" else f" --model {shlex.quote(model)}"))
+    if as_json:
+        out["next"] = again
+        echo_json({k: (json.loads(v.to_json(orient="records")) if hasattr(v, "to_json") else v) for k, v in out.items()})
+        return
     click.echo(f"\nnext: lakecurate status {shlex.quote(lake_uri)}; {again} (again: nothing to do)")
 
 

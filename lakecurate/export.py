@@ -360,8 +360,8 @@ def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: boo
     writable("export destination", path)
     if fmt in FOLDERS and path.is_file():
         raise LakeError(f"'{path}' is a file; a {'WebDataset' if fmt == 'webdataset' else 'MDS'} export needs a folder")
-    if fmt == "parquet" and path.is_dir():
-        raise LakeError(f"'{path}' is a folder; a Parquet export needs a file name, e.g. {path / 'curated.parquet'}")
+    if fmt == "parquet" and (path.is_dir() or uri.endswith(("/", os.sep))):  # ("DIR/" made a file named DIR)
+        raise LakeError(f"'{uri}' names a folder; a Parquet export is one file: give its name, e.g. {path / 'curated.parquet'}")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return path, None
     if not overwrite:

@@ -285,6 +285,12 @@ def test_mds_round_trip_equals_the_lake(seq_lake: Lake, tmp_path: Path):
     assert (dest / "mine.txt").read_text() == "keep me"
     with pytest.raises(LakeError, match="--shard-size is for WebDataset"):
         seq_lake.export(tmp_path / "other", "mds", shard_size=5)
+    # a Parquet destination that names a folder: it wrote a file named like the folder, which
+    # ingest then could not tell from anything
+    for dest in (f"{tmp_path / 'pq'}/", str(tmp_path)):
+        with pytest.raises(LakeError, match="names a folder; a Parquet export is one file: give its name"):
+            seq_lake.export(dest, "parquet")
+    assert not (tmp_path / "pq").exists()
     for fmt, one in (("parquet", "file"), ("lance", "table")):  # accepted and ignored before
         with pytest.raises(LakeError, match=f"--format {fmt} writes one {one}: leave it out"):
             seq_lake.export(tmp_path / f"other.{fmt}", fmt, shard_size=5)
