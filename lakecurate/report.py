@@ -263,7 +263,10 @@ class _Builder:
             return None, None
         curate = self.prov("keep") or {}
         emb = (curate.get("config", {}).get("recipe", {}) or {}).get("embedding")
-        emb = emb if emb in found else sorted(found)[0]
+        if emb not in found:  # the one the recipe read (its score among its sources), else the one dedup ranked by
+            read = [c[: -len("_score")] for c in curate.get("source_columns") or [] if c.endswith("_score")]
+            rank = str(((self.prov("dup_keep") or {}).get("config") or {}).get("rank_by") or "")
+            emb = next((e for e in [*read, rank[: -len("_score")]] if e in found), sorted(found)[0])
         return emb, embedding_columns(emb)["score"]
 
     def _sample(self) -> pd.DataFrame:
@@ -478,14 +481,17 @@ class _Builder:
                 continue
             rows = {r["id"]: r for r in v.below + v.above}
             quoted = in_list(rows)
-            df = self.sql(f"SELECT _rowid, id, key, caption FROM pairs WHERE id IN ({quoted})", with_row_id=True) if rows else None
+            df = self.sql(f"SELECT _rowid, id, key, caption, keep, drop_reason FROM pairs WHERE id IN ({quoted})",
+                          with_row_id=True) if rows else None
 
             def side(items: list[dict[str, Any]], badge: str) -> list[dict[str, Any]]:
                 if df is None or not items:
                     return []
                 part = df.set_index("id").loc[[r["id"] for r in items if r["id"] in set(df["id"])]].reset_index()
+                # a row passing this step may be dropped by another: its own decision, not "kept"
                 return self.cards(part, note=lambda r: f"{v.cut['label']} {rows[r['id']]['value']:.4g}",
-                                  badge=lambda r: badge)
+                                  badge=lambda r: badge if badge != "kept" or (pd.notna(r["keep"]) and bool(r["keep"]))
+                                  else f"passes; dropped: {r['drop_reason']}")
 
             out.append({"reason": v.reason, "filter": v.filter, "cut": v.cut, "dropped": v.dropped,
                         "whatif": v.whatif, "plot": _whatif_plot(v),

@@ -283,3 +283,26 @@ def test_the_funnel_leaves_out_what_is_not_current_and_loses_no_row(curated: Lak
     assert funnel[("rebalance", "over its concept's budget")] == over
     steps = [int(a["data-count"]) for a in page.attrs("funnel", "data-count") if "data-reason" not in a]
     assert steps[4] == lake.count("ingest_status <> 'error' AND dup_keep AND keep AND rebalance_keep")
+
+
+def test_thresholds_badge_each_row_by_its_own_decision_and_plots_the_recipes_embedding(sample_lake_embedded: Lake,
+                                                                                     tmp_path: Path):
+    """A row just passing one step but dropped by another was badged "kept" (with the kept green
+    border); with a second embedding on the lake, the alignment plots and cards used the
+    alphabetically first one, not the one the recipe read."""
+    from lakecurate import report as report_mod
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate({"name": "two", "step": [{"filter": "caption_length", "min_words": 4},
+                                         {"filter": "alignment", "min_percentile": 50}]}, progress=False)
+    lake.embed("tiny-random", name="aaa", workers=0, batch_size=8, progress=False)  # later, and sorts first
+    b = report_mod._Builder(lake, None, sample_rows=1000, thumb_px=32, seed=0, max_groups=5, per_group=4, n_low=5,
+                            per_reason=4, n_concepts=4, per_concept=4, n_flagged=4)
+    assert b.score == "clip_tinyrandom_score"
+    decision = dict(zip(*(lake.to_pandas(["key", "keep"])[c] for c in ("key", "keep"))))
+    step = next(s for s in b.cuts()["steps"] if s["reason"] == "caption_length")
+    assert step["above"]
+    for card in step["above"]:  # just passing caption_length: kept only when the recipe kept the row
+        assert (card["badge"] == "kept") == bool(decision[card["key"]]), card
+        assert card["kind"] == ("kept" if decision[card["key"]] else "drop")
+    assert any(c["badge"].startswith("passes; dropped: alignment") for c in step["above"])  # (such rows here)
