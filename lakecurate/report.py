@@ -532,10 +532,15 @@ class _Builder:
     def concepts(self) -> dict[str, Any] | None:
         if "concept" not in self.names:
             return None
-        rebal = "rebalance_keep" in self.names
+        # rebalancing's own numbers: its candidates (its recorded where) are a concept's rows before,
+        # and a stale rebalance (concepts made again since, say) shows no kept counts or badges
+        stale = "rebalance_keep" in self.names and "rebalance_keep" in self.stale_columns
+        rebal = "rebalance_keep" in self.names and not stale
+        where = ((self.prov("rebalance_keep") or {}).get("config") or {}).get("where") if rebal else None
+        among = f" AND ({where})" if where else ""
         agg = ("SELECT concept, count(*) AS size, avg(concept_dist) AS spread"
                + (", sum(CASE WHEN rebalance_keep THEN 1 ELSE 0 END) AS kept, max(repeats) AS repeats" if rebal else "")
-               + " FROM pairs WHERE concept IS NOT NULL GROUP BY concept ORDER BY size DESC, concept")
+               + f" FROM pairs WHERE concept IS NOT NULL{among} GROUP BY concept ORDER BY size DESC, concept")
         table = self.sql(agg)
         if table.empty:
             return None
@@ -545,13 +550,13 @@ class _Builder:
         gallery = []
         for row in shown.to_dict("records"):
             members = self.sql("SELECT _rowid, key, caption, concept_dist" + (", rebalance_keep" if rebal else "")
-                               + f" FROM pairs WHERE concept = {int(row['concept'])} ORDER BY concept_dist LIMIT {self.per_concept}",
-                               with_row_id=True)
+                               + f" FROM pairs WHERE concept = {int(row['concept'])}{among} ORDER BY concept_dist "
+                               f"LIMIT {self.per_concept}", with_row_id=True)
             gallery.append({**row, "cards": self.cards(
                 members, note=lambda r: f"distance {r['concept_dist']:.3f}",
                 badge=(lambda r: "kept" if r["rebalance_keep"] else "pruned") if rebal else None)})
         prov = self.prov("concept") or {}
-        return {"k": len(table), "rebalanced": rebal, "config": prov.get("config", {}),
+        return {"k": len(table), "rebalanced": rebal, "stale": stale, "where": where, "config": prov.get("config", {}),
                 "plot": _concept_bars(table), "gallery": gallery,
                 "rebalance": (self.prov("rebalance_keep") or {}).get("config", {})}
 

@@ -122,9 +122,9 @@ def test_sections_and_counts_match_sql(curated: Lake, report_page):
     strips = page.attrs("duplicates", "data-group")
     assert {a["data-group"]: int(a["data-size"]) for a in strips} == sizes
 
-    # concepts: size before and kept after rebalancing
+    # concepts: size before (rebalancing's candidates: its where, keep here) and kept after rebalancing
     c = curated.sql("SELECT concept, count(*) AS n, sum(CASE WHEN rebalance_keep THEN 1 ELSE 0 END) AS kept "
-                    "FROM pairs WHERE concept IS NOT NULL GROUP BY concept")
+                    "FROM pairs WHERE concept IS NOT NULL AND keep GROUP BY concept")
     want = {str(k): (int(n), int(kept)) for k, n, kept in zip(c["concept"], c["n"], c["kept"])}
     got = {a["data-concept"]: (int(a["data-size"]), int(a["data-kept"])) for a in page.attrs("concepts", "data-concept")}
     assert got == want
@@ -268,6 +268,8 @@ def test_the_funnel_leaves_out_what_is_not_current_and_loses_no_row(curated: Lak
     stages = {a["data-stage"].split(":")[0] for a in page.attrs("funnel", "data-reason")}
     labels = [a["data-step"] for a in page.attrs("funnel", "data-step")]
     assert "dedup" not in stages and "curate" not in stages and not any("dedup" in s or "curate" in s for s in labels)
+    strips = page.attrs("concepts", "data-concept")  # a rebalance not current: no kept counts (they were shown)
+    assert strips and all("data-kept" not in a for a in strips)
     html = (tmp_path / "r.html").read_text()
     assert "left out of the funnel" in html and "dedup (dup_exact_group" in html and "curate (keep" in html
     # made current again: every row is counted once, and rebalancing's reasons name what it never considered
