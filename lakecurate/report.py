@@ -241,7 +241,7 @@ class _Builder:
         self.sample = self._sample()
         self.uri = lake.uri
         # Decisions a stage upstream has rewritten since: the funnel leaves them out and the page says so.
-        self.not_current = [s for s in graph.states(lake, self.ds) if s.state in ("stale", "behind")]
+        self.not_current = [s for s in graph.states(lake.on_branch_of(version), self.ds) if s.state in ("stale", "behind")]
         self.stale_columns = {c for s in self.not_current for c in s.node.columns}
         self.stale = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}) is {s.state}: {s.reasons[0]}; re-run: {s.fix}"
                       for s in self.not_current]
@@ -704,13 +704,15 @@ def report(
                  per_group=per_group, n_low=n_low, per_reason=per_reason, n_concepts=n_concepts,
                  per_concept=per_concept, n_flagged=n_flagged)
     data = {name: getattr(b, name)() for name in SECTIONS}
+    shown = lake.on_branch_of(version)  # the branch of the version shown (a branch's tag read through main too)
     empty = [name for name, d in data.items() if d is None or (name == "flagged" and not d["total"])]
     env = jinja2.Environment(loader=jinja2.PackageLoader("lakecurate", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     html = env.get_template(TEMPLATE).render(
         title=title or f"lakecurate report: {Path(str(lake.uri)).name}", sections=SECTIONS, d=data, uri=lake.uri,
         version=b.version, rows=b.rows, sampled=len(b.sample), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-        cmd_lake=json.dumps(str(lake.uri))[1:-1], stale=b.stale,
+        cmd_lake=json.dumps(str(lake.uri))[1:-1], stale=b.stale, branch=shown.branch,
+        lc="lakecurate" + (f" --branch {shown.branch}" if shown.branch else ""),  # the hints' commands: the branch's
         # what a pipeline compares to tell a current report from one of another lake, branch, version or settings
         meta=json.dumps({"lake": lake.uri, "branch": lake.branch or "main", "version": b.version, "settings": settings},
                         default=str),

@@ -308,3 +308,19 @@ def test_thresholds_badge_each_row_by_its_own_decision_and_plots_the_recipes_emb
         assert (card["badge"] == "kept") == bool(decision[card["key"]]), card
         assert card["kind"] == ("kept" if decision[card["key"]] else "drop")
     assert any(c["badge"].startswith("passes; dropped: alignment") for c in step["above"])  # (such rows here)
+
+
+def test_a_branchs_report_says_so_and_its_hints_name_the_branch(sample_lake_embedded: Lake, tmp_path: Path):
+    """A branch's report named no branch (only a hidden <meta>), and its hint commands had no
+    --branch: pasted, they worked on main."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    exp = lake.create_branch("exp")
+    for who, out in ((exp, "exp.html"), (lake, "main.html")):
+        who.report(tmp_path / out)
+    html = (tmp_path / "exp.html").read_text()
+    assert 'branch <b id="branch">exp</b>' in html and "lakecurate --branch exp dedup" in html
+    assert "<code>lakecurate dedup" not in html and "lakecurate curate" not in html.replace("--branch exp curate", "")
+    lake.report(tmp_path / "via-main.html", version="exp")  # the branch's version read through main
+    assert 'branch <b id="branch">exp</b>' in (tmp_path / "via-main.html").read_text()
+    main_html = (tmp_path / "main.html").read_text()
+    assert 'id="branch"' not in main_html and "lakecurate dedup" in main_html
