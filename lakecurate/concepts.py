@@ -5,7 +5,9 @@ centroid). ``rebalance(lake, target=0.5)`` decides how much of each concept to k
 density-based pruning (Abbas et al. 2024): a concept's complexity is its spread (mean distance of
 members to the centroid) times its isolation (distance from its centroid to the nearest other
 one); budgets are a softmax of complexity / temperature over concepts, scaled to the target and
-capped at each concept's size (what a capped concept cannot use goes to the others). Inside a
+capped at each concept's size (what a capped concept cannot use goes to the others), at least one
+row a concept when the target allows (a concept of one candidate counts with the others' median
+spread: its own is 0). Inside a
 concept the rows farthest from the centroid are kept first (the prototypical middle of a dense
 concept is what repeats), or a seeded random choice. Small concepts whose budget exceeds their size
 get ``sample_weight`` > 1 and ``repeats`` (at most ``max_repeats``), so the long tail is seen more
@@ -230,6 +232,11 @@ def _unit(sums: np.ndarray) -> np.ndarray:
 def _complexity_table(sizes: np.ndarray, cent: np.ndarray, dist_sums: np.ndarray) -> pd.DataFrame:
     k = len(sizes)
     spread = dist_sums / np.maximum(sizes, 1)
+    # one candidate is its own centroid: its spread is 0, not "as dense as can be" (the rarest
+    # concept got the lowest complexity, so budget 0): the median spread of the others instead
+    several = sizes > 1
+    if several.any():
+        spread = np.where(sizes == 1, np.median(spread[several]), spread)
     sim = cent @ cent.T
     np.fill_diagonal(sim, -np.inf)
     sim[:, sizes == 0] = -np.inf
@@ -242,13 +249,25 @@ def budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, temperature
     """Rows per concept: softmax(complexity / temperature) shares of ``target``, each capped at the
     concept's size; what capped concepts cannot use is shared among the rest (water filling).
     Complexities are divided by their mean first, so the temperature does not depend on the encoder.
+    Every non-empty concept keeps at least one row when the target allows one each (:data:`FLOOR`;
+    a dense concept, or a whole scene posted many times, vanished from the view).
 
     >>> budgets(np.array([100, 10, 10]), np.array([0.01, 0.2, 0.2]), 60, 0.5).tolist()
     [40, 10, 10]
+    >>> budgets(np.array([50, 50, 5]), np.array([0.001, 0.3, 0.3]), 20, 0.1).tolist()  # the dense one keeps 1
+    [1, 14, 5]
     """
     sizes = np.asarray(sizes, np.int64)
-    z = _logits(sizes, complexity_, temperature)
     target = int(min(target, sizes.sum()))
+    floor = np.minimum(sizes, FLOOR) if target >= np.minimum(sizes, FLOOR).sum() else np.zeros_like(sizes)
+    return floor + _water_fill(sizes - floor, _logits(sizes, complexity_, temperature), target - int(floor.sum()))
+
+
+FLOOR = 1  # rows every non-empty concept keeps, when the target allows as many
+
+
+def _water_fill(sizes: np.ndarray, z: np.ndarray, target: int) -> np.ndarray:
+    """``target`` rows shared by softmax weights exp(z), each capped at ``sizes`` (integers)."""
     out = np.zeros(len(sizes), np.float64)
     free = sizes > 0
     left = float(target)
@@ -499,7 +518,7 @@ def rebalance(
     w = np.array(weights, np.float32)
     reps = np.array([int(min(max_repeats, max(1, round(x)))) for x in weights], np.int32)
     prov = columns.provenance("rebalance", {"target": target, "temperature": temperature, "rule": rule,
-                                            "max_repeats": max_repeats, "where": where, "seed": seed},
+                                            "max_repeats": max_repeats, "where": where, "seed": seed, "floor": FLOOR},
                               # the view it chose among is an input too: a new recipe makes this stale
                               ["concept", "concept_dist", embedding_columns(emb)["image"], *where_columns(where, ds.schema.names)],
                               ds.version)

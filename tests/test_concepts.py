@@ -34,10 +34,27 @@ def test_budgets_literal():
     assert colder[0] < warmer[0] <= 20  # lower temperature prunes the simple concept harder
     assert budgets(np.array([5, 5]), np.array([1.0, 1.0]), 100, 0.5).tolist() == [5, 5]  # target above the size
     # near zero temperature: every weight but the largest underflows; once that concept is capped
-    # the rest went 0 / 0 (budgets of -2^63, 0 rows kept). The limit: most complex first, in order.
+    # the rest went 0 / 0 (budgets of -2^63, 0 rows kept). The limit: most complex first, in order,
+    # after the one row every concept keeps (the simplest one vanished from the view)
     for t in (1e-4, 1e-9):
         cold = budgets(np.array([100, 10, 10, 50]), np.array([0.01, 0.2, 0.3, 0.1]), 60, t)
-        assert cold.tolist() == [0, 10, 10, 40] and cold.sum() == 60
+        assert cold.tolist() == [1, 10, 10, 39] and cold.sum() == 60
+    # a target below one row a concept: no floor (the target is kept exactly)
+    assert budgets(np.array([10, 10, 10]), np.array([0.1, 0.2, 0.3]), 2, 1e-4).tolist() == [0, 0, 2]
+
+
+def test_a_concept_of_one_candidate_is_not_the_densest():
+    """A concept with one candidate has spread 0 (it is its own centroid), so complexity 0: the
+    rarest concept of the view was the one certain to get budget 0."""
+    from lakecurate.concepts import _complexity_table
+
+    rng = np.random.default_rng(0)
+    cent = rng.standard_normal((3, 8))
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    table = _complexity_table(np.array([40, 30, 1]), cent, np.array([40 * 0.2, 30 * 0.3, 0.0]))
+    assert table["spread"].tolist()[2] == pytest.approx(0.25)  # the others' median, not 0
+    b = budgets(table["size"].to_numpy(), table["complexity"].to_numpy(), 20, 0.5)
+    assert b[2] == 1 and b.sum() == 20
 
 
 def test_complexity_literal():
