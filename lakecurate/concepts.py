@@ -383,11 +383,21 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     valid = column_valid(ds, col)
     n_valid = int(valid.sum())
     if n_valid == 0:
-        raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; run: lakecurate embed {lake.shell}")
+        error = embedding_columns(emb)["error"]
+        failed = ds.count_rows(filter=f"{error} IS NOT NULL") if error in ds.schema.names else 0
+        raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; " + (
+            f"embed ran, and every row has none ({failed} say why in {error}: images ingest refused or that do not "
+            "decode); ingest images that do" if failed else f"run: lakecurate embed {lake.shell}"))
     if k is not None and k > n_valid:  # k-means fit min(k, rows) centroids, and the rest were empty concepts
         raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); "
                         f"choose -k up to {n_valid}, or leave it out (default: "
                         f"{min(default_k(n_valid), n_valid)}, about the square root of the rows)")
+    if k is None and "concept" in ds.schema.names:
+        # A re-run keeps the lake's number of concepts: the default grows with the rows, so a plain
+        # re-run after an ingest was refused as "made with another config".
+        had = (columns.field_provenance(ds.schema.field("concept"), strict=False) or {}).get("config") or {}
+        if had.get("embedding") == emb and isinstance(had.get("k"), int) and had["k"] <= n_valid:
+            k = had["k"]
     k = int(k or min(default_k(n_valid), n_valid))  # (one row: one concept, not 2 with one empty)
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
     src = LanceVectors(ds, col, np.flatnonzero(valid))
@@ -415,8 +425,10 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     fields = [pa.field("concept", pa.int32()), pa.field("concept_dist", pa.float32())]
     replace = columns.config_changed(lake, "concept", prov)
     if replace and not recompute:
-        old = columns.field_provenance(ds.schema.field("concept"))
-        raise LakeError(f"lake '{lake.uri}' has concepts made with another config ({old['config']}); "
+        old = columns.field_provenance(ds.schema.field("concept"))["config"]
+        now = prov["config"]
+        differ = ", ".join(f"{key} {old.get(key)} -> {now.get(key)}" for key in now if old.get(key) != now.get(key))
+        raise LakeError(f"lake '{lake.uri}' has concepts made with other settings ({differ}); "
                         "pass --recompute to replace them")
     columns.declare(lake, fields, prov, recompute=replace)
     if replace:

@@ -477,3 +477,25 @@ def test_an_upper_case_column_name_is_checked_like_its_lower_case(clustered: Lak
     for where in ("rebalance_keep", "REBALANCE_KEEP"):
         with pytest.raises(LakeError, match="stale"):
             lake.sequence("random", where=where)
+
+
+def test_a_plain_re_run_of_cluster_after_new_rows_keeps_its_k(sample_lake_embedded, tmp_path):
+    """The default k grows with the rows: `lakecurate cluster LAKE` again after an ingest was
+    refused as "made with another config" (a Python dict in the message, not saying k differs)."""
+    import shutil
+
+    from lakecurate import Lake, LakeError
+    from tests.conftest import SAMPLE_DATA
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    first = lake.cluster()
+    more = tmp_path / "more"
+    shutil.copytree(SAMPLE_DATA, more)
+    for p in more.glob("*.txt"):  # other captions: new rows
+        p.write_text(p.read_text() + " (again)")
+    lake.ingest(more, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    again = lake.cluster()
+    assert again.k == first.k and lake.count("concept IS NULL AND clip_tinyrandom_image IS NOT NULL") == 0
+    with pytest.raises(LakeError, match=rf"other settings \(k {first.k} -> {first.k + 1}\); pass --recompute"):
+        lake.cluster(first.k + 1)
