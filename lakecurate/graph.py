@@ -543,15 +543,8 @@ def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.Lanc
                 and len(embedding_prefixes(ds if ds is not None else lake.dataset())) > 1:
             sets["embedding"] = scores[0]  # the one it read: with several on the lake, the plain command was refused
         return f"{head} curate {uri} {q(source)}" + "".join(f" --set {q(f'{k}={json.dumps(v)}')}" for k, v in sets.items())
-    if node.stage == "dedup":  # a method's groups: that method with its settings (the final columns: the defaults)
-        method = cfg.get("method")
-        if not method:
-            return f"{head} dedup {uri}"
-        out = f"{head} dedup {uri} --method {method}{opt('--embedding', cfg.get('embedding'))}"
-        for key, flag in _DEDUP_FLAGS.get(method, {}).items():
-            out += opt(flag, cfg.get(key))
-        out += " --no-flips" if cfg.get("flips") is False else ""
-        return out + (" --recompute" if _embedding_redone(ds if ds is not None else lake.dataset(), cfg) else "")
+    if node.stage == "dedup":  # a method's groups: that method with its settings (the decision: the methods it reads)
+        return dedup_fix(lake, [node], None if cfg.get("method") else node, ds if ds is not None else lake.dataset())
     if node.stage == "concepts":
         return f"{head} cluster {uri} -k {cfg.get('k')}{opt('--embedding', cfg.get('embedding'))} --seed {cfg.get('seed', 0)}"
     if node.stage == "rebalance":

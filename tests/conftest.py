@@ -52,6 +52,25 @@ def sample_lake_embedded(tmp_path_factory) -> Lake:
     return lake
 
 
+def refused_and_good_copies(tmp_path: Path, names: tuple[str, ...]) -> Lake:
+    """Sample photos ingested twice: first under --max-pixels 1000 (decompression bombs to ingest:
+    error rows that keep their bytes), then as they are (the good copies)."""
+    import shutil
+
+    from lakecurate.ingest import IngestOptions
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    for name in names:
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", a / f"{name}.jpg")
+        (a / f"{name}.txt").write_text(f"a photo of a {name}")
+    shutil.copytree(a, b)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(a, options=IngestOptions(max_pixels=1000), progress=False)
+    lake.ingest(b, progress=False)
+    return lake
+
+
 def noisy_eval_set(folder: Path, n: int = 6) -> Path:
     """A small evaluation set: ``n`` random-noise pictures with a numbered caption each."""
     import numpy as np

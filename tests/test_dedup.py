@@ -21,7 +21,7 @@ from lakecurate.dedup import COPY_DISTANCE, best_of_groups, equal_value_pairs, k
 from lakecurate.plant import first_captions, plant_duplicates, split_in_halves, true_pairs
 from lakecurate.signals import phash_bytes, phash_pixels
 
-from .conftest import SAMPLE_DATA
+from .conftest import SAMPLE_DATA, refused_and_good_copies
 
 COPIES = {"chelsea_copy": "chelsea", "coffee_small_q40": "coffee", "astronaut_flip": "astronaut", "camera_bright": "camera"}
 
@@ -798,17 +798,7 @@ def test_an_ingest_error_row_is_in_no_group_and_never_beats_its_good_copy(tmp_pa
     """Rows ingest refused (a decompression bomb under --max-pixels: "not decoded") were hashed and
     embedded anyway, joined their good copies' groups and won the keep rule on ingest time: the
     good copies were dropped as duplicates, and curate then kept no copy at all."""
-    from lakecurate.ingest import IngestOptions
-
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    for name in ("chelsea", "horse", "rocket"):
-        shutil.copy(SAMPLE_DATA / f"{name}.jpg", a / f"{name}.jpg")
-        (a / f"{name}.txt").write_text(f"a photo of a {name}")
-    shutil.copytree(a, b)
-    lake = Lake.create(tmp_path / "lake")
-    lake.ingest(a, options=IngestOptions(max_pixels=1000), progress=False)
-    lake.ingest(b, progress=False)
+    lake = refused_and_good_copies(tmp_path, ("chelsea", "horse", "rocket"))
     assert lake.count("ingest_status = 'error'") == 3
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     rep = lake.dedup(["exact", "phash"], progress=False)  # (tiny-random's vectors would link at random)

@@ -17,7 +17,7 @@ import pytest
 from lakecurate import Lake, LakeError, columns, runner
 from lakecurate.runner import Rows, RowStage
 
-from .conftest import REPO, SAMPLE_DATA, pair_rows
+from .conftest import REPO, SAMPLE_DATA, pair_rows, refused_and_good_copies
 from .writers import kill_9_when
 
 
@@ -367,17 +367,7 @@ def test_image_stages_do_not_decode_what_ingest_refused(tmp_path: Path):
     """A decompression bomb under the user's --max-pixels is an ingest error with its bytes kept;
     embed and the image signals decoded it all the same (up to Pillow's own limit). They leave it
     as they leave an image that does not decode; the good copies of the same files are done."""
-    from lakecurate.ingest import IngestOptions
-
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    for name in ("chelsea", "horse"):
-        shutil.copy(SAMPLE_DATA / f"{name}.jpg", a / f"{name}.jpg")
-        (a / f"{name}.txt").write_text(f"a photo of a {name}")
-    shutil.copytree(a, b)
-    lake = Lake.create(tmp_path / "lake")
-    lake.ingest(a, options=IngestOptions(max_pixels=1000), progress=False)
-    lake.ingest(b, progress=False)
+    lake = refused_and_good_copies(tmp_path, ("chelsea", "horse"))
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     lake.signals(["image", "copy"], workers=0, progress=False)
     rows = lake.sql("SELECT ingest_status, clip_tinyrandom_image IS NULL AS no_vector, clip_tinyrandom_error, "
