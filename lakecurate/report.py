@@ -292,7 +292,7 @@ class _Builder:
             text = badge(row) if badge else ""
             out.append({
                 "src": self.thumbs[row["_rowid"]],
-                "key": row.get("key", ""),
+                "key": shown_caption(row.get("key"), KEY_SHOWN) if row.get("key") is not None else "",
                 "caption": shown_caption(row.get("caption")),
                 "note": note(row) if note else "",
                 "badge": text,
@@ -617,18 +617,27 @@ class _Builder:
                 "total": int(counts["n"].sum()) if len(counts) else 0}
 
 
+KEY_SHOWN = 200  # characters of a key a card shows (a 3,000,000-character key made an 8.8 MB page)
 CAPTION_SHOWN = 300  # characters of a caption on a card: a 20 MB caption made a 62 MB report
 
 
 def shown_caption(caption: Any, limit: int = CAPTION_SHOWN) -> str:
-    """A caption as a card shows it: at most ``limit`` characters, then an ellipsis and the full length.
+    r"""A caption (or a key) as a card shows it: at most ``limit`` characters, then an ellipsis and
+    the full length; characters that do not show or that reorder the text (NUL and other controls,
+    bidi overrides, zero-width ones) as visible escapes (a key "\u202eevil\u202cgpj.exe" showed
+    as "evilexe.jpg", and NULs made the page a binary file to grep).
 
-    >>> shown_caption("a" * 5, 3), shown_caption(None)
-    ('aaa… (5 characters)', '(no caption)')
+    >>> shown_caption("a" * 5, 3), shown_caption(None), shown_caption("x\u202ey\u200bz\x00")
+    ('aaa… (5 characters)', '(no caption)', 'x\\u202ey\\u200bz\\x00')
     """
     if not isinstance(caption, str):
         return "(no caption)"
-    return caption if len(caption) <= limit else f"{caption[:limit]}… ({len(caption):,} characters)"
+    shown = caption if len(caption) <= limit else f"{caption[:limit]}… ({len(caption):,} characters)"
+    return _HIDDEN.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), shown)
+
+
+# controls (but tab and newline), bidi embeddings/overrides/isolates, zero-width characters
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def _value_counts(arr: Any) -> dict[str, int]:

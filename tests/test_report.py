@@ -324,3 +324,26 @@ def test_a_branchs_report_says_so_and_its_hints_name_the_branch(sample_lake_embe
     assert 'branch <b id="branch">exp</b>' in (tmp_path / "via-main.html").read_text()
     main_html = (tmp_path / "main.html").read_text()
     assert 'id="branch"' not in main_html and "lakecurate dedup" in main_html
+
+
+def test_keys_are_cut_and_hidden_characters_shown(tmp_path: Path):
+    """A 3,000,000-character key made an 8.8 MB report of a 2-row lake; NUL bytes went into the
+    page as they were (grep called it binary), and a bidi override showed "evil\\u202egpj.exe" as
+    "evilexe.jpg"."""
+    import pyarrow as pa
+
+    from lakecurate.plant import synthetic_pairs
+
+    lake = Lake.create(tmp_path / "lake")
+    rows = synthetic_pairs(0, 3)
+    keys = ["k" * 3_000_000, "evil\u202egpj.exe", "a\x00nul"]
+    rows = rows.set_column(rows.schema.get_field_index("key"), "key", pa.array(keys, pa.string()))
+    rows = rows.set_column(rows.schema.get_field_index("caption"), "caption", pa.array(["zero\u200bwidth", "ok", "b\x00c"]))
+    lake.append(rows)
+    lake.curate({"name": "r", "step": [{"filter": "caption_length", "min_words": 50}]}, progress=False)  # cards
+    rep = lake.report(tmp_path / "r.html")
+    raw = (tmp_path / "r.html").read_bytes()
+    assert len(raw) < 1_000_000 and b"\x00" not in raw and "\u202e".encode() not in raw and "\u200b".encode() not in raw
+    html = raw.decode()
+    assert "evil\\u202egpj.exe" in html and "zero\\u200bwidth" in html and "k" * 200 + "…" in html
+    assert rep.rows == 3
