@@ -1229,11 +1229,11 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None) -> None:
 @main.command()
 @lake_argument
 @click.argument("name")
-@click.option("--version", "at_version", type=int, help="Version to tag (default: latest).")
+@click.option("--version", "at_version", help="Version to tag: a number, tag, branch or branch:number (default: latest).")
 @click.option("--delete", is_flag=True, help="Delete the tag NAME instead.")
 @json_option
 @_friendly_errors
-def tag(lake: str, name: str, at_version: int | None, delete: bool, as_json: bool) -> None:
+def tag(lake: str, name: str, at_version: str | None, delete: bool, as_json: bool) -> None:
     """Name a version of LAKE (of --branch) so it can be reopened later (metadata only).
 
     Example: lakecurate tag ./lake before-dedup
@@ -1246,8 +1246,7 @@ def tag(lake: str, name: str, at_version: int | None, delete: bool, as_json: boo
         else:
             click.echo(f"deleted tag '{name}'")
         return
-    the_lake.tag(name, at_version)
-    version = at_version or the_lake.version
+    version = the_lake.tag(name, at_version)
     if as_json:
         echo_json({"tag": name, "version": version, "branch": the_lake.branch or "main", "lake": the_lake.uri})
     else:

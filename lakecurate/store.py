@@ -503,8 +503,10 @@ class Store:
         return uri
 
     # ----------------------------------------------------------------- versions
-    def tag(self, name: str, version: int | None = None) -> None:
+    def tag(self, name: str, version: int | str | None = None) -> int:
         """Name a version (default: the latest) so it can be reopened later; ~1 ms, metadata only.
+        ``version``: a number, or a tag, branch or ``branch:number`` (what ``--version`` takes
+        elsewhere). Returns the version number tagged.
 
         On a branch the tag points at the branch's version; ``lake.dataset(name)`` reopens it.
         """
@@ -520,7 +522,9 @@ class Store:
             raise LakeError(f"'{name}' is a branch of lake '{self.uri}'; a tag of that name would hide it wherever "
                             "a version is named (--version, diff, restore): pick another name")
         number = self.dataset(version).version if version is not None else ds.version  # LakeError if not a version
-        ds.tags.create(name, (self.branch, number) if self.branch else number)
+        branch = self.on_branch_of(version).branch  # a ref of another branch: that branch's version
+        ds.tags.create(name, (branch, number) if branch else number)
+        return number
 
     def branches(self) -> dict[str, dict[str, Any]]:
         """Branches of the lake: name -> {parent_branch, parent_version, ...} (``main`` is implied)."""

@@ -3,6 +3,7 @@ and a log that shows what it can read."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -202,3 +203,23 @@ def test_a_branchs_version_read_from_main_names_its_branch(sample_lake_embedded,
     assert res.exit_code == 0, res.output
     notes = [line for line in res.output.splitlines() if "re-run:" in line]
     assert notes and all("lakecurate --branch strict rebalance" in n for n in notes), notes
+
+
+def test_tag_takes_what_version_takes_elsewhere(tmp_path: Path):
+    """`tag --version` took a number only ('raw' and 'strict:74' were click errors), where every
+    other --version takes a tag, a branch or branch:number."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 5))
+    first = lake.version
+    lake.tag("raw")
+    lake.append(synthetic_pairs(5, 5))
+    exp = lake.create_branch("exp")
+    exp.append(synthetic_pairs(10, 5))
+    runner = CliRunner()
+    res = runner.invoke(main, ["tag", lake.uri, "again", "--version", "raw", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["version"] == first, res.output
+    res = runner.invoke(main, ["tag", lake.uri, "on-exp", "--version", f"exp:{exp.version}"])
+    assert res.exit_code == 0, res.output
+    assert lake.dataset("on-exp").count_rows() == 15 and lake.dataset("again").count_rows() == 5
+    res = runner.invoke(main, ["tag", lake.uri, "x", "--version", "nope"])
+    assert res.exit_code == 1 and "is not a version, tag or branch" in res.output
