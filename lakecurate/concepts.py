@@ -618,7 +618,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     ``mode``: "random" (seeded shuffle), "curriculum" (ascending ``score`` column: easy first when
     the score is an alignment score, pass e.g. ``-offline_score`` for descending), "interleave"
     (round-robin over concepts, random inside each, so consecutive rows span many concepts).
-    ``where`` defaults to ``rebalance_keep``, else ``keep``, else every row. ``seq_shard`` is
+    ``where`` defaults to ``rebalance_keep``, else ``keep``, else every row ingest accepted. ``seq_shard`` is
     ``seq_order // shard_size``; ``export`` cuts WebDataset shards of this size unless told otherwise.
 
     Memory does not grow with the lake: each chosen row gets a 64-bit order key (a seeded random
@@ -635,8 +635,8 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     ds = lake.dataset()
     names = ds.schema.names
     where = check_where(where, "--where", ds)
-    if where is None:
-        where = default_view(names)
+    if where is None:  # (no decision yet: the rows ingest accepted; it ordered rows without an image too)
+        where = default_view(names) or "ingest_status != 'error'"
     if score is not None and mode != "curriculum":  # (ignored, yet recorded in the order's provenance)
         raise LakeError(f"--score orders a curriculum; --mode {mode} does not read it: drop it or use --mode curriculum")
     if mode == "interleave" and "concept" not in names:

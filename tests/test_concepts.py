@@ -499,3 +499,16 @@ def test_a_plain_re_run_of_cluster_after_new_rows_keeps_its_k(sample_lake_embedd
     assert again.k == first.k and lake.count("concept IS NULL AND clip_tinyrandom_image IS NOT NULL") == 0
     with pytest.raises(LakeError, match=rf"other settings \(k {first.k} -> {first.k + 1}\); pass --recompute"):
         lake.cluster(first.k + 1)
+
+
+def test_sequence_with_no_decision_orders_only_what_ingest_accepted(tmp_path):
+    """With no keep or rebalance_keep yet, sequence ordered every row, ingest errors (no image)
+    included, and said "where None"."""
+    from lakecurate import Lake
+    from tests.conftest import SAMPLE_DATA
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    out = lake.sequence("random", shard_size=5)
+    assert out["where"] == "ingest_status != 'error'"
+    assert lake.count("seq_order IS NOT NULL") == out["rows"] == lake.count("ingest_status != 'error'") < lake.count()
