@@ -779,11 +779,12 @@ def rebalance(lake: str, target: float | int, temperature: float, rule: str, max
     if as_json:
         echo_json(rep)
         return
-    rows = sorted(rep.concepts, key=lambda c: -c["size"])
+    rows = sorted((c for c in rep.concepts if c["size"]), key=lambda c: -c["size"])  # (an empty one's numbers mean nothing)
     _echo_table(rows[:10] + (rows[-5:] if len(rows) > 15 else rows[10:]),
                 ["concept", "size", "spread", "isolation", "complexity", "budget", "kept", "repeats"])
+    empty = len(rep.concepts) - len(rows)
     click.echo(f"\nkept {rep.kept} of {rep.rows} candidate rows ({rep.exported_rows} samples with repeats) "
-               f"over {rep.k} concepts in {rep.seconds:.1f} s")
+               f"over {rep.k} concepts in {rep.seconds:.1f} s" + (f"; {empty} concepts have no candidate row" if empty else ""))
 
 
 @main.command()
@@ -1336,8 +1337,8 @@ def diff(lake: str, a: str, b: str | None, where: str | None, where_b: str | Non
     if as_json:
         echo_json(d)
         return
-    click.echo(f"A = {d.a} (v{d.version_a}, {d.where_a or 'all rows'}): {d.rows_a} rows")
-    click.echo(f"B = {d.b} (v{d.version_b}, {d.where_b or 'all rows'}): {d.rows_b} rows")
+    click.echo(f"A = {d.a} (v{d.version_a}, {d.where_a or 'every row ingest accepted'}): {d.rows_a} rows")
+    click.echo(f"B = {d.b} (v{d.version_b}, {d.where_b or 'every row ingest accepted'}): {d.rows_b} rows")
     click.echo(f"in both {d.in_both}; only in B (added) {d.added}; only in A (removed) {d.removed}")
     for note in d.notes:
         click.echo(f"note: {note}", err=True)

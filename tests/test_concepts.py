@@ -512,3 +512,29 @@ def test_sequence_with_no_decision_orders_only_what_ingest_accepted(tmp_path):
     out = lake.sequence("random", shard_size=5)
     assert out["where"] == "ingest_status != 'error'"
     assert lake.count("seq_order IS NOT NULL") == out["rows"] == lake.count("ingest_status != 'error'") < lake.count()
+
+
+def test_rebalance_and_diff_print_only_what_means_something(sample_lake_embedded, tmp_path):
+    """rebalance printed concepts with no candidate row (isolation 1.0, a number of nothing); diff
+    called a side with no decision "all rows" while it counts only the rows ingest accepted."""
+    import re
+    import shutil
+
+    from click.testing import CliRunner
+
+    from lakecurate import Lake
+    from lakecurate.cli import main
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    first = lake.version
+    lake.cluster(4)
+    res = CliRunner().invoke(main, ["rebalance", lake.uri, "--where", "key LIKE 'astronaut%'", "--target", "1"])
+    assert res.exit_code == 0, res.output
+    sizes = [int(m) for m in re.findall(r"^\s*\d+\s+(\d+)\s", res.output, re.M)]
+    assert sizes and 0 not in sizes
+    m = re.search(r"; (\d+) concepts have no candidate row", res.output)
+    assert m and int(m.group(1)) + len(sizes) == 4, res.output
+    res = CliRunner().invoke(main, ["diff", lake.uri, str(first), str(first)])
+    assert "every row ingest accepted" in res.output and "all rows" not in res.output
+    usable = lake.dataset(first).count_rows(filter="ingest_status != 'error'")
+    assert f"every row ingest accepted): {usable} rows" in res.output
