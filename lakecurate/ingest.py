@@ -502,12 +502,27 @@ def _pick(names: list[str], wanted: str | None, choices: tuple[str, ...], what: 
     raise IngestError(f"{path}: cannot tell which column holds the {what} (columns: {', '.join(names)}); pass {opt} NAME")
 
 
+def _manifest_ext(path: str) -> str:
+    """A manifest's format as its extension, or, for a file named without one (``--kind manifest``
+    on an export to a name without .parquet), by its first bytes: Parquet and Arrow files were read
+    as CSV, with advice about UTF-8."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in MANIFEST_EXTS:
+        return ext
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return ext
+    return ".parquet" if head[:4] == b"PAR1" else ".arrow" if head == b"ARROW1" else ext
+
+
 def _arrow_batches(path: str, columns: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
     """Record batches of a Parquet or Arrow IPC (file or stream, as ``datasets.save_to_disk`` writes)
     manifest; small batches when a column may hold image bytes, so memory stays bounded."""
     rows = 128 if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_struct(t)
                       for t in columns.values()) else 4096
-    if os.path.splitext(path)[1].lower() in (".parquet", ".pq"):
+    if _manifest_ext(path) in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         yield from pq.ParquetFile(path).iter_batches(batch_size=rows)
@@ -530,7 +545,7 @@ def _open_ipc(path: str) -> Iterable[pa.RecordBatch]:
 def _manifest_columns(path: str) -> tuple[list[str], dict[str, pa.DataType]]:
     """Column names of a manifest, and their Arrow types where the format has them (Parquet, Arrow).
     Read before anything is written, so a manifest that cannot be used fails at once."""
-    ext = os.path.splitext(path)[1].lower()
+    ext = _manifest_ext(path)
     try:
         if ext in (".parquet", ".pq"):
             import pyarrow.parquet as pq
@@ -582,7 +597,7 @@ def _csv_header(path: str, delimiter: str) -> list[str]:
 
 def _manifest_rows(path: str, columns: dict[str, pa.DataType]) -> Iterator[dict[str, Any] | Exception]:
     """Rows of a manifest as dicts (bytes or str values); a bad JSON line yields its exception."""
-    ext = os.path.splitext(path)[1].lower()
+    ext = _manifest_ext(path)
     if ext in (".parquet", ".pq") or ext in _ARROW_EXTS:
         for batch in _arrow_batches(path, columns):
             yield from batch.to_pylist()

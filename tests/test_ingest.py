@@ -906,3 +906,18 @@ def test_a_repaired_shard_replaces_its_broken_sample_and_drops_its_break_row(tmp
     assert df["caption"].tolist() == ["c0", "c1", "c2", "c3"]
     with pytest.raises(IngestError, match=r"1 of the 2 shards named by .* do not exist \(.*nope.tar\)"):
         lake.ingest(f"{tmp_path}/{{s.tar.gz,nope.tar}}", progress=False)
+
+
+def test_a_manifest_named_without_its_extension_is_read_by_its_bytes(lake: Lake, tmp_path: Path):
+    """`export DIR --format parquet` once wrote a file without an extension; `ingest --kind
+    manifest` then read the Parquet as CSV and advised saving it as UTF-8."""
+    import pyarrow.ipc as ipc
+
+    rows = {"image": [str(SAMPLE_DATA / "chelsea.jpg"), str(SAMPLE_DATA / "coffee.jpg")], "caption": ["a cat", "a cup"]}
+    pq.write_table(pa.table(rows), tmp_path / "noext")
+    with ipc.new_file(tmp_path / "arrownoext", pa.table(rows).schema) as w:
+        w.write_table(pa.table(rows))
+    for name in ("noext", "arrownoext"):
+        rep = lake.ingest(tmp_path / name, kind="manifest", root=SAMPLE_DATA, progress=False)
+        assert rep.written == 2 and rep.status.get("error", 0) == 0, (name, rep)
+    assert lake.count("ingest_status = 'ok'") == lake.count() == 4  # (each manifest is a source of its own)
