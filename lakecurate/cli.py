@@ -254,7 +254,7 @@ def print_ingest_report(report: Any) -> None:
     d = report.to_dict()
     rate = d["written"] / d["seconds"] if d["seconds"] else 0.0
     click.echo(
-        f"ingested {d['written']} new pairs from {d['kind']} '{d['source']}' in {d['seconds']:.1f}s "
+        f"ingested {d['written'] - d['replaced']} new pairs from {d['kind']} '{d['source']}' in {d['seconds']:.1f}s "
         f"({rate:.0f} pairs/s); {d['skipped_existing']} already in the lake; "
         f"status: " + (", ".join(f"{k} {v}" for k, v in sorted(d["status"].items())) or "nothing written")
     )

@@ -1096,11 +1096,12 @@ class _ContentIndex:
     """The content hashes already in the lake (64-bit prefixes, sorted: 8 bytes a row), to count new
     pairs whose image is already there under another source or key."""
 
-    def __init__(self, lake: "Store"):
+    def __init__(self, lake: "Store", skip_errors: bool = False):
         import numpy as np
 
-        parts = []
-        for batch in lake.dataset().to_batches(columns=["content_hash"], filter="content_hash IS NOT NULL"):
+        parts = []  # (skip_errors: a retry replaces error rows, and a row is not a copy of its own old row)
+        where = "content_hash IS NOT NULL" + (" AND ingest_status <> 'error'" if skip_errors else "")
+        for batch in lake.dataset().to_batches(columns=["content_hash"], filter=where):
             hexes = batch.column("content_hash").to_pylist()
             parts.append(np.frombuffer(bytes.fromhex("".join(h[:16] for h in hexes)), dtype=">u8"))
         self.prefixes = np.unique(np.concatenate(parts)) if parts else np.empty(0, ">u8")
@@ -1287,7 +1288,7 @@ def ingest(
                 return "ingest_status = 'error' AND id IN (" + ", ".join(f"'{i}'" for i in replaced) + ")"
 
             if appending and content is None:  # (an overwrite replaces what it would compare with)
-                content = _ContentIndex(lake)
+                content = _ContentIndex(lake, skip_errors=retry_errors)
             if claims is not None:
                 version = lake.append(reader, guard=guard)
             else:  # overwrite: the first commit replaces the table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import io
 import json
 import os
@@ -921,3 +922,25 @@ def test_a_manifest_named_without_its_extension_is_read_by_its_bytes(lake: Lake,
         rep = lake.ingest(tmp_path / name, kind="manifest", root=SAMPLE_DATA, progress=False)
         assert rep.written == 2 and rep.status.get("error", 0) == 0, (name, rep)
     assert lake.count("ingest_status = 'ok'") == lake.count() == 4  # (each manifest is a source of its own)
+
+
+def test_a_retry_counts_no_new_pair_and_no_copy_of_itself(tmp_path: Path):
+    """--retry-errors said "ingested 1 new pairs" for a row it replaced, and "1 new pairs hold
+    images already in the lake under another source or key": the row's own old error row."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", src / "cat.jpg")
+    (src / "cat.txt").write_text("a cat")
+    (src / "broken.jpg").write_bytes(b"not an image")
+    (src / "broken.txt").write_text("a broken picture")
+    lake = tmp_path / "lake"
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", str(lake), str(src)]).exit_code == 0
+    res = runner.invoke(main, ["ingest", str(lake), str(src), "--retry-errors"])
+    assert res.exit_code == 0, res.output
+    assert "ingested 0 new pairs" in res.output and "replaced 1 error rows in place" in res.output
+    assert "already in the lake under another source or key" not in res.output, res.output
