@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, effective_view, where_columns
+from lakecurate.graph import check_current, effective_view, states, where_columns
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
 from lakecurate.options import whole, writable
@@ -124,14 +124,16 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         where = view or "ingest_status != 'error'"
     order = [c for c in ("seq_order", "repeats" if repeats else "") if c in names]
     left_out: list[str] = []
-    if version is not None:  # a past version: its order only where current there
+    past = states(lake, ds) if version is not None else None  # (read once for every column asked about)
+    if past is not None:  # a past version: its order only where current there
         for c in order:
-            gone = check_current(lake, ds, [c], what=what, allow_stale=True)
+            gone = check_current(lake, ds, [c], what=what, allow_stale=True, all_states=past)
             if gone and not allow_stale:
                 left_out.append(c)
                 notes.append(f"{c} not used ({'rows in table order' if c == 'seq_order' else 'each row once'}): {gone[0]}")
         order = [c for c in order if c not in left_out]
-    warnings = notes + check_current(lake, ds, where_columns(where, names) + order, what=what, allow_stale=allow_stale)
+    warnings = notes + check_current(lake, ds, where_columns(where, names) + order, what=what, allow_stale=allow_stale,
+                                     all_states=past)
     for c in (caption_mix or {caption: 1.0}):
         if c in META:
             raise LakeError(f"column '{c}' is the export's own metadata, not a caption; mix caption columns")

@@ -677,11 +677,13 @@ def blocks(s: NodeState) -> bool:
 
 
 def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str], *, what: str,
-                  allow_stale: bool = False, incomplete_ok: bool = True) -> list[str]:
+                  allow_stale: bool = False, incomplete_ok: bool = True,
+                  all_states: list[NodeState] | None = None) -> list[str]:
     """Refuse (LakeError) to let ``what`` use ``columns`` when a node behind them is stale; with
     ``allow_stale``, return the problems as warnings instead. A node that is only incomplete (new
-    rows not computed yet) is a warning unless ``incomplete_ok`` is False."""
-    bad = not_current(lake, ds, columns)
+    rows not computed yet) is a warning unless ``incomplete_ok`` is False. ``all_states``: as
+    :func:`not_current`'s."""
+    bad = not_current(lake, ds, columns, all_states)
     msgs = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}{', ...' if len(s.node.columns) > 3 else ''}) is "
             f"{s.state}: {s.reasons[0]}" for s in bad]
     blocking = [s for s in bad if blocks(s) or not incomplete_ok]

@@ -111,7 +111,7 @@ def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str |
     if label is not None and label not in allowed:
         branch = getattr(lake, "branch", None)  # labels are a branch's own (side_uri per branch)
         whose = f"branch {branch}'s" if branch else "this lake's"
-        main = f"; main has {', '.join(labels(type(lake)(lake.uri, storage_options=lake.storage_options)))}" \
+        main = f"; main has {', '.join(labels(lake.on_branch(None)))}" \
             if branch and not allowed else ""
         raise LakeError(f"review label {label!r} is not one of {whose} labels ({', '.join(allowed) or 'none set'}{main}); "
                         f"set them with: lakecurate {f'--branch {branch} ' if branch else ''}serve {lake.shell} "

@@ -220,8 +220,10 @@ class Browser:
         ref = ref or self.version
         if not ref:
             return self.lake, True
-        number = self.lake._ref(ref)[1] if isinstance(ref, str) and not ref.isdigit() else ref
-        return self.lake.on_branch_of(ref), number is None
+        if not isinstance(ref, str) or ref.isdigit():  # a number: the lake's own branch, a fixed version
+            return self.lake, False
+        branch, number = self.lake._ref(ref)  # (one look at the tags and branches a request)
+        return self.lake.on_branch(branch), number is None
 
     def reader(self, ref: str | None) -> "Lake":
         """The lake on the branch of view ``ref`` (its review log and labels are that branch's)."""

@@ -261,7 +261,10 @@ class Store:
         writes for that version (a fix command, a review) goes to that branch."""
         if not isinstance(ref, str) or ref.isdigit():
             return self
-        branch, _ = self._ref(ref)
+        return self.on_branch(self._ref(ref)[0])
+
+    def on_branch(self, branch: str | None) -> "Store":
+        """This lake on ``branch`` (None: main): itself when it is on that branch already."""
         return self if branch == self.branch else type(self)(self.uri, storage_options=self.storage_options, branch=branch)
 
     def _ref(self, ref: str) -> tuple[str | None, int | str | None]:
