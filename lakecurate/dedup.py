@@ -797,10 +797,15 @@ def dedup(
     full_joins = [configs[m]["cosine"] for m in clustered] + ([configs["semantic"]["confirm_cosine"]] if "semantic" in methods else [])
     if len(full_joins) > 1:  # one image join at the lowest cosine serves them all
         joins.floor[embedding_columns(emb)["image"]] = min(full_joins)
-    if clustered:  # their candidates: each row's best few with near hashes; semantic's pairs (confirm cosine and up) all
-        image = embedding_columns(emb)["image"]
+    image = embedding_columns(emb)["image"] if emb is not None else None
+    sem = configs.get("semantic", {}) if "semantic" in methods else {}
+    if sem and sem["confirm_cosine"] < sem["threshold"]:  # weaker links: the join holds only those with near hashes
+        h, h_flip, hashed = _hashes(tbl)
+        variants = np.stack([h, h_flip], 1) if sem["flips"] else h[:, None]  # a superset of _method_links' check
+        joins.every[image] = ([(variants, hashed, sem["confirm_distance"], sem["confirm_cosine"])], sem["threshold"])
+    if clustered:  # their candidates: each row's best few with near hashes; semantic's (confirm cosine up, `every`)
         joins.per_row[image] = CLUSTERED_PER_ROW
-        joins.all_from[image] = configs["semantic"]["confirm_cosine"] if "semantic" in methods else float("inf")
+        joins.all_from[image] = sem["confirm_cosine"] if sem else float("inf")
         for m in clustered:  # asked inside the join: only the pairs with near hashes are held
             joins.near.setdefault(image, []).append((*joins.hash_variants(m, tbl, configs[m]),
                                                      configs[m]["max_distance"], configs[m]["cosine"]))
@@ -1076,7 +1081,11 @@ class _Joins:
     those pairs are held) and every pair from ``all_from`` up (what semantic takes). ``span`` (by
     column): the cosine from which a method groups every pair (semantic's threshold, caption's): the
     joins return the pairs from there up as a spanning forest (``semantic_pairs(span=)``), so a
-    clique of s copies is s - 1 links, not s (s - 1) / 2."""
+    clique of s copies is s - 1 links, not s (s - 1) / 2. ``every`` (by column: hash searches,
+    and the cosine from which every pair is kept): semantic's weaker links, from its confirm
+    cosine to its threshold, count only where the hashes are near; a join of every pair from the
+    confirm cosine asks that inside each block (:meth:`HashFilter.kept`), so a clump of rows all
+    weakly alike (a coarse encoder's dense region) is not held whole before the check."""
 
     def __init__(self, ds: Any, storage_options: dict | None, progress: bool | None, engine: str) -> None:
         self.ds, self.storage_options, self.progress, self.engine = ds, storage_options, progress, engine
@@ -1085,6 +1094,7 @@ class _Joins:
         self.all_from: dict[str, float] = {}
         self.span: dict[str, float] = {}
         self.near: dict[str, list[tuple[np.ndarray, np.ndarray, int, float]]] = {}
+        self.every: dict[str, tuple[list[tuple[np.ndarray, np.ndarray, int, float]], float]] = {}
         self.hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.done: dict[str, tuple[np.ndarray, float, Pairs]] = {}
         self._valid: dict[str, np.ndarray] = {}
@@ -1123,8 +1133,9 @@ class _Joins:
             low = min(cosine, self.floor.get(col, cosine)) if new is None else cosine
             src = LanceVectors(self.ds, col, rows, storage_options=self.storage_options)
             cap = {"per_row": self.per_row[col], "all_from": self.all_from[col]} if new is None and col in self.per_row else {}
-            if cap and self.near.get(col):
-                cap["near"] = HashFilter(self.near[col], rows)
+            every, above = self.every.get(col, ([], float("inf")))
+            if (cap and self.near.get(col)) or every:
+                cap["near"] = HashFilter(self.near.get(col, []) if cap else [], rows, every=every, above=above)
             if joined is not None and new is not None and col in self.span:  # as positions in rows
                 a, b = (np.searchsorted(rows, np.asarray(r, np.int64)) for r in joined)
                 inside = (a < len(rows)) & (b < len(rows))

@@ -940,18 +940,22 @@ class _Pile:
 
 
 def _passing(part: Pairs, near: "HashFilter", cap: tuple[int, float] | None) -> Pairs:
-    """The pairs of ``part`` (i, j, value[, ranked]) that ``near`` passes; with ``cap=(k, above)``
-    only ranked ones are asked, and those at or above ``above`` stay whatever it says (the 4th
-    array then: ranked and passed)."""
+    """The pairs of ``part`` (i, j, value[, ranked]) that ``near`` passes or keeps
+    (:meth:`HashFilter.kept`); with ``cap=(k, above)`` only ranked ones are asked, and those at or
+    above ``above`` stay whatever it says, or, with ``every`` searches, where it keeps them (the
+    4th array then: ranked and passed)."""
     i, j, v = part[:3]
     if cap is None:
-        ok = near(i, j, v)
+        ok = near(i, j, v) | near.kept(i, j, v)
         return i[ok], j[ok], v[ok]
     ok = np.zeros(len(i), bool)
     at = np.flatnonzero(part[3])
     if len(at):
         ok[at] = near(i[at], j[at], v[at])
-    keep = ok | (v >= cap[1])
+    above = v >= cap[1]
+    if near.every:
+        above[above] = near.kept(i[above], j[above], v[above])
+    keep = ok | above
     return i[keep], j[keep], v[keep], ok[keep]  # type: ignore[return-value]
 
 
@@ -1550,19 +1554,38 @@ class HashFilter:
     when, for any of ``searches`` (hashes N or N x variants uint64, which rows have one or None for
     all, max distance, min cosine), both rows have hashes, its cosine is at least that search's
     and its hash distance (:func:`hash_distances`) at most its maximum. ``rows``: the hash arrays'
-    row of each of the join's positions (None: the same rows). Picklable, for Ray tasks."""
+    row of each of the join's positions (None: the same rows). Picklable, for Ray tasks.
+
+    ``every`` (searches like ``searches``) and ``above`` (a cosine) say which other pairs stay
+    (:meth:`kept`): semantic dedup's links, every pair from its threshold (``above``) and the
+    weaker ones where the hashes are near, so that a clump of rows all weakly alike is not held
+    whole before that check. Without ``per_row`` a pair comes back when it passes ``searches`` or is
+    kept; with it, ``searches`` are asked of a block's ranked pairs only, and of the pairs from
+    ``all_from`` up, those kept stay when there are ``every`` searches (all of them when none)."""
 
     def __init__(self, searches: list[tuple[np.ndarray, np.ndarray | None, int, float]],
-                 rows: np.ndarray | None = None) -> None:
-        self.searches = [(np.asarray(h).view(np.uint64), None if has is None else np.asarray(has, bool), int(t), float(c))
-                         for h, has, t, c in searches]
+                 rows: np.ndarray | None = None, *,
+                 every: "list[tuple[np.ndarray, np.ndarray | None, int, float]] | tuple" = (),
+                 above: float = float("inf")) -> None:
+        def prepared(searches: "list | tuple") -> list:
+            return [(np.asarray(h).view(np.uint64), None if has is None else np.asarray(has, bool), int(t), float(c))
+                    for h, has, t, c in searches]
+        self.searches, self.every, self.above = prepared(searches), prepared(every), float(above)
         self.rows = None if rows is None else np.asarray(rows, np.int64)
 
     def __call__(self, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return self._ask(self.searches, i, j, v, np.zeros(len(i), bool))
+
+    def kept(self, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Which pairs stay whatever their rank: at or above ``above``, or passing an ``every`` search."""
+        return self._ask(self.every, i, j, v, np.asarray(v >= self.above))
+
+    def _ask(self, searches: list, i: np.ndarray, j: np.ndarray, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if not searches:
+            return out
         if self.rows is not None:
             i, j = self.rows[i], self.rows[j]
-        out = np.zeros(len(i), bool)
-        for h, has, t, cosine in self.searches:
+        for h, has, t, cosine in searches:
             ask = ~out & (v >= cosine)
             if has is not None:
                 ask &= has[i] & has[j]

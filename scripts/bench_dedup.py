@@ -35,11 +35,18 @@ For each N, in one run:
    alternating (--repeat times, best of each): on the planted set of section 2, and with one
    vector posted --clique times among them (near-identical copies); time, peak extra memory,
    pairs, and that the groups (connected components) are the same.
+8. weak clump (--weak-n rows, 0: skip): --weak-clump rows all weakly alike (pairwise cosine
+   ~0.86, between semantic dedup's confirm cosine --threshold - 0.15 and its threshold) with
+   unrelated hashes among the planted set: the join from the confirm cosine returning every pair
+   (what dedup held before the hash check) against the same join checking the hashes inside each
+   block (``HashFilter(every=)``): time, peak extra memory, pairs, and that the links after the
+   check are the same.
 
     python scripts/bench_dedup.py --n 100000 1000000 [--assign 4] [--hash-n 1000000]
     python scripts/bench_dedup.py --n --hash-n 0          # perceptual hashing only
     python scripts/bench_dedup.py --n --hash-n 0 --no-phash --verify-n 10000 --knn-n 1000000   # verification only
     python scripts/bench_dedup.py --n --hash-n 0 --no-phash --verify-n 0 --span-n 200000 --clique 2000 10000   # forest only
+    python scripts/bench_dedup.py --n --hash-n 0 --no-phash --verify-n 0 --span-n 0 --weak-n 200000 --weak-clump 5000 10000
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import numpy as np
 from _measure import PeakRSS  # scripts/ is on sys.path when a script runs
 
 from lakecurate.neardup import (
+    HashFilter,
     components,
     default_clusters,
     exact_pairs_bruteforce,
@@ -493,6 +501,43 @@ def bench_span(n: int, cliques: list[int], args: argparse.Namespace) -> None:
         del every, forest, best
 
 
+def bench_weak(n: int, clumps: list[int], args: argparse.Namespace) -> None:
+    x, _ = make_vectors(n, seed=args.seed)
+    thr = args.threshold
+    confirm = thr - 0.15
+    rng = np.random.default_rng(args.seed + 7)
+    h = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
+    print(f"\nweak clump (confirm cosine {confirm:.2f}, threshold {thr}, hashes within 16 bits), N = {n:,}, "
+          f"best of {args.repeat} alternating:")
+    for s in clumps:
+        y = x.copy()
+        at = rng.choice(n, s, replace=False)
+        centre = rng.standard_normal(y.shape[1]).astype(np.float32)
+        centre /= np.linalg.norm(centre)
+        v = centre + 0.4 * rng.standard_normal((s, y.shape[1]), dtype=np.float32) / np.sqrt(y.shape[1])
+        y[at] = v / np.linalg.norm(v, axis=1, keepdims=True)  # pairwise cosine ~ 1 / 1.16 = 0.86
+        near = HashFilter([], every=[(h, None, 16, confirm)], above=thr)
+        best: dict[str, tuple[float, float, tuple]] = {}
+        for _ in range(args.repeat):
+            for name, kw in (("every pair", {}), ("checked in the join", {"near": near})):
+                with PeakRSS() as mem:
+                    t0 = time.perf_counter()
+                    got = semantic_pairs(y, confirm, seed=args.seed, span=thr, **kw)
+                    if name == "every pair":  # what dedup then kept
+                        ok = near(*got) | near.kept(*got)
+                        got = tuple(a[ok] for a in got[:3]) + (len(got[0]),)
+                    sec = time.perf_counter() - t0
+                if name not in best or sec < best[name][0]:
+                    best[name] = (sec, mem.extra_mb, got)
+                del got
+        (ta, ma, every), (tb, mb, checked) = best["every pair"], best["checked in the join"]
+        same = np.array_equal(np.stack(every[:2]), np.stack(checked[:2]))
+        print(f"  clump of {s:>7,}: every pair {ta:6.1f} s  +{ma:6.0f} MiB  {every[3]:>12,} pairs held | "
+              f"checked in the join {tb:6.1f} s  +{mb:6.0f} MiB  {len(checked[0]):>9,} pairs | time ratio "
+              f"{tb / ta:.2f}, same links: {same}")
+        del every, checked, best
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -522,6 +567,8 @@ def main() -> None:
     ap.add_argument("--knn-n", type=int, default=1_000_000, help="random vectors to time the verify candidate search on (0: skip)")
     ap.add_argument("--span-n", type=int, default=200_000, help="rows of the spanning-forest section (0: skip)")
     ap.add_argument("--clique", type=int, nargs="*", default=[2000, 10000], help="copies of one vector in that section")
+    ap.add_argument("--weak-n", type=int, default=200_000, help="rows of the weak-clump section (0: skip)")
+    ap.add_argument("--weak-clump", type=int, nargs="*", default=[5000, 10000], help="rows of the clump in that section")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed + 1)
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, numpy {np.__version__}, "
@@ -539,6 +586,8 @@ def main() -> None:
         bench_hamming(args.hash_n, args, rng)
     if args.span_n:
         bench_span(args.span_n, args.clique, args)
+    if args.weak_n:
+        bench_weak(args.weak_n, args.weak_clump, args)
     if not args.photos.is_dir():
         print(f"\nperceptual hash and copy verification: skipped, no photos at {args.photos}")
         return

@@ -18,6 +18,7 @@ from lakecurate import dedup as dedup_module
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
 from lakecurate.dedup import COPY_DISTANCE, best_of_groups, equal_value_pairs, keep_rank
+from lakecurate.neardup import components
 from lakecurate.plant import first_captions, plant_duplicates, split_in_halves, true_pairs
 from lakecurate.signals import phash_bytes, phash_pixels
 
@@ -477,7 +478,9 @@ def test_copy_search_in_clusters_links_a_subset_and_shares_the_join(planted_lake
     other.dedup(["phash", "semantic", "copy"], phash_search="clusters", copy_search="clusters", copy_cosine=0.4,
                 recompute=True, progress=False)
     assert [c for c, _, _ in calls] == [0.4]  # copy's 0.4, below phash's 0.45 and semantic's 0.70
+    # every pair from semantic's threshold 0.85; from its confirm cosine 0.70 those with near hashes
     assert calls[0][1]["per_row"] == dedup_module.CLUSTERED_PER_ROW and calls[0][1]["all_from"] == 0.70
+    assert calls[0][1]["near"].every[0][2:] == (16, 0.70) and calls[0][1]["near"].above == 0.85
     bounded_32 = check_clustered_search(lake, other, planted, "dup_copy_group", 0.03, 0.4)
 
     monkeypatch.setattr(dedup_module, "CLUSTERED_PER_ROW", 2)
@@ -1005,3 +1008,49 @@ def test_pictures_without_detail_are_not_perceptual_duplicates_of_each_other(tmp
     assert all({a, b} in (white, cat) for a, b in zip(links["a"], links["b"]))
     result = CliRunner().invoke(main, ["--no-progress", "dedup", str(lake.uri), "--method", "phash"])
     assert result.exit_code == 0 and "6 images have too little detail for a perceptual hash" in result.output
+
+
+def test_weak_semantic_links_are_checked_by_hash_inside_the_join(sample_lake_embedded, tmp_path: Path, monkeypatch):
+    """Semantic links from confirm_cosine up to the threshold count only where the hashes are
+    near. The join held every pair from confirm_cosine before that check: a clump of rows all
+    weakly alike (a coarse encoder's dense region) was held whole, s (s - 1) / 2 pairs. The check
+    is asked inside each join block now: with confirm_cosine -1 the join over the sample's ~40
+    rows returns only the pairs with near hashes and the strong ones, not all ~800, and the groups
+    are those of the rule applied to every pair (with a hash search sharing the join:
+    test_copy_search_in_clusters_links_a_subset_and_shares_the_join)."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    returned = []
+    real = dedup_module.semantic_pairs
+
+    def spy(src, cos, **kw):
+        out = real(src, cos, **kw)
+        returned.append(len(out[0]))
+        return out
+
+    monkeypatch.setattr(dedup_module, "semantic_pairs", spy)
+    lake.dedup(["phash", "semantic"], semantic_threshold=0.999, confirm_cosine=-1.0, confirm_distance=22,
+               progress=False)
+    df = lake.to_pandas(["key", "phash", "clip_tinyrandom_image", "ingest_status", "dup_semantic_group"])
+    ok = df["clip_tinyrandom_image"].notna() & (df["ingest_status"] != "error")
+    x = np.stack(df.loc[ok, "clip_tinyrandom_image"].to_list()).astype(np.float32)
+    rows = np.flatnonzero(ok)
+    cos = x @ x.T
+    hashes = lake.dataset().to_table(columns=["phash", "phash_flip"])  # uint64 (pandas: float64 with nulls)
+    h, hf = (hashes.column(c).fill_null(0).to_numpy() for c in ("phash", "phash_flip"))
+    hashed = df["phash"].notna().to_numpy() & (np.bitwise_count(h) >= dedup_module.FLAT_HASH_BITS)
+    expected, every = set(), 0
+    for a, b in itertools.combinations(range(len(rows)), 2):
+        i, j = rows[a], rows[b]
+        every += 1
+        dist = min(int(np.bitwise_count(h[i] ^ h[j])), int(np.bitwise_count(h[i] ^ hf[j])))
+        if cos[a, b] >= 0.999 or (hashed[i] and hashed[j] and dist <= 22):
+            expected.add((df["key"][i], df["key"][j]))
+    assert 3 <= len(expected) < every / 4, (len(expected), every)  # the hashes turn most weak pairs away
+    assert returned and max(returned) <= 3 * len(expected), (returned, len(expected), every)  # was `every`
+    groups = {k: g for k, g in zip(df["key"], df["dup_semantic_group"])}
+    got = {(a, b) for a, b in itertools.combinations(df["key"], 2) if groups[a] is not None and groups[a] == groups[b]}
+    keys = list(df["key"])
+    at = {k: n for n, k in enumerate(keys)}
+    label = components(len(keys), np.array([at[a] for a, _ in expected]), np.array([at[b] for _, b in expected]))
+    closure = {(a, b) for a, b in itertools.combinations(keys, 2) if label[at[a]] == label[at[b]]}
+    assert got == closure and len(closure) >= len(expected)

@@ -515,6 +515,21 @@ def test_a_hash_filter_in_the_join_holds_only_the_pairs_it_passes(n_clusters, mo
     assert set(zip(ui[strong].tolist(), uj[strong].tolist())) <= set(zip(i.tolist(), j.tolist()))
     assert (cos[~ranked] >= 0.95).all()
 
+    # `every` searches are asked of every pair, ranked or not (semantic dedup's weaker links), and
+    # the pairs from `above` stay: all that it keeps comes back, without per_row or with every
+    # pair held from all_from (dedup: semantic's confirm cosine), the ranked ones passing `near`
+    keep = neardup.HashFilter([], every=[(h, has, 4, 0.65)], above=0.95)
+    wanted = expected | set(zip(ui[strong].tolist(), uj[strong].tolist()))
+    i, j, _ = semantic_pairs(x, 0.6, near=keep, **kw)
+    assert set(zip(i.tolist(), j.tolist())) == wanted
+    i, j, _, ranked = semantic_pairs(x, 0.6, per_row=5, all_from=0.6, near=keep, **kw)
+    assert set(zip(i.tolist(), j.tolist())) == wanted
+    assert not ranked.any()  # no ranked search: nothing passed one
+    both = neardup.HashFilter([(h, has, 1, 0.6)], every=[(h, has, 4, 0.65)], above=0.95)
+    i, j, _, ranked = semantic_pairs(x, 0.6, per_row=5, all_from=0.6, near=both, **kw)
+    assert set(zip(i.tolist(), j.tolist())) == wanted  # the ranked ones within 1 bit are among them
+    assert set(zip(i[ranked].tolist(), j[ranked].tolist())) >= copies
+
 
 def test_clustered_hamming_pairs_is_the_exact_search_among_semantic_neighbours():
     """Planted perceptual copies (near vectors and near hashes) are all found, with their mirror
