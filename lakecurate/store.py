@@ -33,6 +33,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
+from lakecurate.options import whole
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, PAIRS_SCHEMA, TABLE
 
 T = TypeVar("T")
@@ -304,7 +305,7 @@ class Store:
         if columns is None:
             columns = [n for n in ds.schema.names if n != "image"]
         columns = [columns] if isinstance(columns, str) else list(columns)  # "key" is one column, not three letters
-        limit = _row_limit(limit)
+        limit = whole("limit", limit, 0, none_ok=True)  # -1 returned no rows, 2.5 a Lance error
         if len(set(columns)) < len(columns):  # (Lance refused some repeats, and repeated others)
             raise LakeError(f"columns {columns}: name each column once")
         missing = [c for c in columns if c not in ds.schema.names]
@@ -361,7 +362,7 @@ class Store:
         from lakecurate.sqlcheck import check_query, clean_message
 
         check_query(query)
-        limit = _row_limit(limit)
+        limit = whole("limit", limit, 0, none_ok=True)  # -1 returned no rows, 2.5 a Lance error
         ds = self.dataset(version)
         try:
             reader = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader()
@@ -670,16 +671,6 @@ class Store:
                 out["bytes_removed"] += side.bytes_removed
                 out["old_versions"] += side.old_versions
         return out
-
-def _row_limit(limit: Any) -> int | None:
-    """``limit`` as a row count >= 0 (None: no limit), else a LakeError (-1 returned no rows, 2.5 a
-    Lance error)."""
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0:
-        raise LakeError(f"limit {limit!r}: give a whole number of rows >= 0, or None for all")
-    return int(limit)
-
 
 def _iso(ts: datetime) -> str:
     return ts.isoformat(timespec="seconds")

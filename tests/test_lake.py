@@ -76,7 +76,7 @@ def test_info_versions_tags_and_time_travel(sample_lake: Lake):
 def test_api_arguments_are_checked_with_one_line_errors(sample_lake: Lake):
     """Each reached Lance or Python unchecked: a raw error, or a quiet wrong answer (sql(limit=-1)
     returned no rows, diff(examples=-1) every id but the last, a repeated column came back twice)."""
-    calls = [(lambda: sample_lake.to_pandas(["key"], limit=-1), "limit -1: give a whole number"),
+    calls = [(lambda: sample_lake.to_pandas(["key"], limit=-1), "invalid limit -1: expected an integer >= 0"),
              (lambda: sample_lake.to_pandas(["key"], limit=2.5), "limit 2.5"),
              (lambda: sample_lake.to_pandas(["image", "key", "image"]), "name each column once"),
              (lambda: sample_lake.sql("SELECT key FROM pairs", limit=-1), "limit -1"),
