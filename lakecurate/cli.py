@@ -1376,7 +1376,8 @@ def restore(lake: str, version: str, as_json: bool) -> None:
 @json_option
 @_friendly_errors
 def log(lake: str, limit: int, as_json: bool) -> None:
-    """Show the latest versions of LAKE (or of --branch): time, operation, rows and tags.
+    """Show the latest versions of LAKE (or of --branch): time, operation, rows, what each changed
+    (rows, and the columns a stage added, wrote or removed) and tags.
 
     Example: lakecurate log ./lake -n 10
     """

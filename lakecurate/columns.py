@@ -36,12 +36,12 @@ import pyarrow.ipc
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
+from lakecurate.schema import PROVENANCE_KEY  # noqa: F401 - re-exported: where it was
 from lakecurate.store import checkpoint_root, retry_on_conflict
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
 
-PROVENANCE_KEY = "lakecurate.provenance"
 # The provenance record's format: bumped when its keys change meaning. Records written before the
 # key existed read as format 1; a newer format is refused by stages (an older lakecurate cannot
 # tell whether its config comparison still holds) and shown as far as it can be by info/report.

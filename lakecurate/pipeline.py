@@ -489,7 +489,7 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
             out = _call(fns[step], step, opts, progress)
             res.seconds = time.perf_counter() - t
             res.result = out.to_dict() if hasattr(out, "to_dict") else out
-            res.versions = sorted(h["version"] for h in lake.history(None) if h["version"] > v)
+            res.versions = sorted(h["version"] for h in lake.history(None, changes=False) if h["version"] > v)
             if step == "ingest" and not res.versions:
                 res.action, res.why = "skipped", "no new pairs"
         rep.steps.append(res)

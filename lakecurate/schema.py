@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# The field metadata key of a derived column's provenance record (lakecurate.columns.provenance).
+PROVENANCE_KEY = "lakecurate.provenance"
+
 TABLE = "pairs"
 # The side table of dedup's evidence (the linked pairs), one a branch (Store.side_uri); the store
 # removes a deleted branch's.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import numbers
 import os
@@ -34,7 +35,7 @@ from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
 from lakecurate.options import whole
-from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, PAIRS_SCHEMA, TABLE
+from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE
 
 T = TypeVar("T")
 log = logging.getLogger("lakecurate")
@@ -611,8 +612,10 @@ class Store:
         old.restore()
         return self.version
 
-    def history(self, limit: int | None = 20) -> list[dict[str, Any]]:
-        """The latest versions of this branch, newest first: number, time, operation, rows, tags."""
+    def history(self, limit: int | None = 20, *, changes: bool = True) -> list[dict[str, Any]]:
+        """The latest versions of this branch, newest first: number, time, operation (Lance's),
+        rows, tags, and with ``changes`` what each version changed (:func:`_change`: "embed: +4
+        columns clip_vitb32_image, ...", "+28 rows"; each version's schema is read for it)."""
         if limit is not None and limit < 0:
             raise LakeError(f"a log of {limit} versions: give a count >= 0 (or None for all)")
         ds = self.dataset()
@@ -620,16 +623,21 @@ class Store:
         # Each version's transaction is read alone: Lance's batch read stops at the first gap that
         # cleanup leaves and fails whole on one transaction it cannot parse (another tool's index).
         ops: dict[int, str] = {}
+        change: dict[int, str] = {}
+        listed = {v["version"]: v for v in ds.versions()}  # the version before one, where cleanup left it
         for v in versions:
             tx = self._transaction(ds, v["version"])
             if tx is not None:
                 ops[v["version"]] = type(tx.operation).__name__
+            if changes:
+                change[v["version"]] = _change(ds, v, listed.get(v["version"] - 1), tx)
         tags: dict[int, list[str]] = {}
         for name, t in ds.tags.list().items():
             if t.get("branch") == self.branch:
                 tags.setdefault(t["version"], []).append(name)
         return [{"version": v["version"], "time": _iso(v["timestamp"]), "operation": ops.get(v["version"], ""),
                  "rows": int(v["metadata"].get("total_rows", 0)),  # live rows: deleted ones are not counted
+                 **({"change": change[v["version"]]} if changes else {}),
                  "tags": ", ".join(sorted(tags.get(v["version"], [])))} for v in versions]
 
     @staticmethod
@@ -671,6 +679,65 @@ class Store:
                 out["bytes_removed"] += side.bytes_removed
                 out["old_versions"] += side.old_versions
         return out
+
+def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any) -> str:
+    """What ``version`` (an entry of ``ds.versions()``) changed against ``before`` (the one before
+    it, None for the first), in words: rows added or removed, columns added, removed, rewritten or
+    (re)declared (their provenance), led by the stages named in those columns' provenance. Lance's
+    operation name where nothing else shows (an index, a compaction); "" where a version cannot be
+    read (cleaned up)."""
+    op = type(tx.operation).__name__ if tx is not None else ""
+    try:
+        now = ds.checkout_version(version["version"])
+        old = ds.checkout_version(before["version"]) if before is not None else None
+    except Exception:  # noqa: BLE001 - a version cleanup removed: nothing to compare
+        return op
+    rows = int(version["metadata"].get("total_rows", 0))
+    if old is None and version["version"] == 1:
+        return "lake created" + (f" with {rows:,} rows" if rows else "")
+    if op == "Restore":
+        return f"restored version {getattr(tx.operation, 'version', '?')}"
+    if op == "Overwrite":
+        return f"overwritten: {rows:,} rows"
+    if old is None:  # the versions before were cleaned up: nothing to compare with
+        return _WORDS.get(op, op)
+    fields = {f.name: f for f in now.schema}
+    was = {f.name: f for f in old.schema}
+    added = [n for n in fields if n not in was]
+    removed = [n for n in was if n not in fields]
+    written: list[str] = []
+    if op == "DataReplacement":
+        ids = {i for r in tx.operation.replacements for i in r.new_file.fields}
+        written = [f.name() for f in now.lance_schema.fields() if f.id() in ids and f.name() not in added]
+    declared = [n for n in fields if n in was and n not in written
+                and (fields[n].metadata or {}).get(PROVENANCE_KEY.encode()) != (was[n].metadata or {}).get(PROVENANCE_KEY.encode())]
+    stages = []
+    for n in added + written + declared:
+        try:
+            stage = json.loads(fields[n].metadata[PROVENANCE_KEY.encode()]).get("stage")
+        except (TypeError, KeyError, ValueError, AttributeError):  # no provenance: a column lakecurate did not derive
+            stage = None
+        if stage and stage not in stages:
+            stages.append(stage)
+
+    def listed(sign: str, names: list[str], what: str = "") -> str:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        count = f"{len(names)} columns" if len(names) > 1 else "column"
+        return f"{sign}{what}{count} {shown}"
+    grown = rows - int(before["metadata"].get("total_rows", 0))  # type: ignore[index]
+    parts = [f"{grown:+,} rows"] if grown else []
+    parts += [listed("+", added)] if added else []
+    parts += [listed("-", removed)] if removed else []
+    parts += [listed("", written, "wrote ")] if written else []
+    parts += [listed("", declared, "declared ")] if declared and not added else []
+    return (", ".join(stages) + ": " if stages else "") + "; ".join(parts or [_WORDS.get(op, op)])
+
+
+# Lance's operations in words, where a version's schema and rows do not say what it changed.
+_WORDS = {"Append": "rows appended", "Update": "rows rewritten", "Rewrite": "fragments compacted",
+          "CreateIndex": "index built", "Project": "schema metadata", "UpdateConfig": "table config",
+          "Merge": "columns merged", "DataReplacement": "columns rewritten", "Delete": "rows deleted"}
+
 
 def _iso(ts: datetime) -> str:
     return ts.isoformat(timespec="seconds")

@@ -223,3 +223,28 @@ def test_tag_takes_what_version_takes_elsewhere(tmp_path: Path):
     assert lake.dataset("on-exp").count_rows() == 15 and lake.dataset("again").count_rows() == 5
     res = runner.invoke(main, ["tag", lake.uri, "x", "--version", "nope"])
     assert res.exit_code == 1 and "is not a version, tag or branch" in res.output
+
+
+def test_log_says_what_each_version_changed(versioned: Lake):
+    """`log` showed Lance's operation names only (Merge, DataReplacement, Project): which stage
+    wrote what could not be told. Each version now says what it changed against the one before:
+    rows, columns added / rewritten / removed, led by the stage in those columns' provenance."""
+    lake = versioned
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    lake.signals(["caption"], progress=False)
+    lake.dataset().drop_columns(["cap_words"])  # as a stage that failed takes back its columns
+    lake.restore(2)
+    history = lake.history(None)[::-1]
+    changes = [h["change"] for h in history]
+    assert changes[:4] == ["lake created", "+10 rows", "overwritten: 4 rows", "+3 rows"]
+    embed = [c for c in changes if c.startswith("embed: ")]
+    assert embed[0] == "embed: +4 columns clip_tinyrandom_image, clip_tinyrandom_text, clip_tinyrandom_score and 1 more"
+    assert any(c.startswith("embed: wrote 4 columns clip_tinyrandom_image") for c in embed)
+    assert any(c.startswith("signals-caption: +11 columns cap_words") for c in changes)
+    assert changes[-2] == "-column cap_words"
+    assert changes[-1] == "restored version 2" and [h["operation"] for h in history][-1] == "Restore"
+    out = CliRunner().invoke(main, ["log", lake.uri, "-n", "2"])
+    assert out.exit_code == 0 and "restored version 2" in out.output and "change" in out.output.splitlines()[0]
+    lake.cleanup(timedelta(0))  # only 2 (tagged) and the latest are left: 2 has nothing to compare with
+    assert [h["change"] for h in lake.history(None)] == ["restored version 2", "rows appended"]
+    assert "change" not in lake.history(1, changes=False)[0]
