@@ -447,7 +447,16 @@ class _Builder:
             reason = r.get("drop_reason")
             return reason if isinstance(reason, str) else ("kept" if "drop_reason" in r else "")
 
-        return {"column": self.score, "cards": self.cards(low, note=note, badge=badge)}
+        out = {"column": self.score, "cards": self.cards(low, note=note, badge=badge)}
+        if low.empty:  # no row scored (an errors-only lake, say): say why, not an empty strip
+            error = self.score[: -len("_score")] + "_error" if self.score.endswith("_score") else ""
+            failed = int(self.sql(f"SELECT count(*) AS n FROM pairs WHERE {error} IS NOT NULL")["n"].iloc[0]) \
+                if error in self.names else 0
+            out["note"] = f"No row has a {self.score}" + (
+                f": none of the {self.rows:,} rows could be embedded (see {error})." if failed == self.rows else
+                f" yet: {failed:,} of {self.rows:,} rows could not be embedded (see {error}); embed the rest "
+                f"to see this section." if failed else " yet: embed the lake's rows to see this section.")
+        return out
 
     def rejected(self) -> dict[str, Any] | None:
         if "drop_reason" not in self.names:
@@ -476,6 +485,7 @@ class _Builder:
             views = explain_version(self.ds, rec, near=self.per_reason)
         except LakeError as exc:  # the report shows a lake whatever its columns hold
             return {"recipe": rec.name, "steps": [], "note": f"Not shown: {exc}"}
+        unvalued = [v.reason for v in views if v.cut and not v.whatif]
         for v in views:
             if not v.cut or not v.whatif:
                 continue
@@ -496,6 +506,9 @@ class _Builder:
             out.append({"reason": v.reason, "filter": v.filter, "cut": v.cut, "dropped": v.dropped,
                         "whatif": v.whatif, "plot": _whatif_plot(v),
                         "below": side(v.below, "dropped"), "above": side(v.above, "kept")})
+        if not out and unvalued:  # thresholded steps, but no row with a value to cut (an errors-only lake)
+            return {"recipe": rec.name, "steps": [], "note": f"Recipe {rec.name}'s thresholded steps "
+                    f"({', '.join(unvalued)}) had no row to judge: none reached them with a value."}
         return {"recipe": rec.name, "steps": out}
 
     def captions(self) -> dict[str, Any] | None:

@@ -347,3 +347,27 @@ def test_keys_are_cut_and_hidden_characters_shown(tmp_path: Path):
     html = raw.decode()
     assert "evil\\u202egpj.exe" in html and "zero\\u200bwidth" in html and "k" * 200 + "…" in html
     assert rep.rows == 3
+
+
+def test_an_errors_only_lake_says_why_its_sections_are_empty(tmp_path: Path):
+    """A lake whose every row is an ingest error, embedded and curated: the alignment section was an
+    empty strip under "the pairs whose caption fits their image worst", and the thresholds section
+    said the recipe "has no thresholded step" (it has six; no row reached them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("notes_not_an_image", "gravel_truncated"):
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", src)
+        shutil.copy(SAMPLE_DATA / f"{name}.txt", src)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+    lake.curate("basic", progress=False)
+    lake.report(tmp_path / "r.html")
+    import html
+
+    raw = re.sub(r"<(style|script)\b.*?</\1>", "", (tmp_path / "r.html").read_text(), flags=re.S)
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", raw)).split())
+    assert "No row has a clip_tinyrandom_score: none of the 2 rows could be embedded (see clip_tinyrandom_error)." in text
+    assert "has no thresholded step" not in text
+    assert ("Recipe basic's thresholded steps (caption_length, caption_repeat, image_size, aspect, blur, "
+            "low_information) had no row to judge") in text
