@@ -463,7 +463,7 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
         rows = sum(f.count_rows() for f in frags if f.fragment_id in whole)
         last = max(ids[fid][0] for fid in whole)
         st.reasons.append(f"rows were added, replaced or removed since {node.stage} read version {read} "
-                          f"(the last at version {last}; {rows} row{'' if rows == 1 else 's'} in the fragments changed)")
+                          f"(last change at version {last}; the fragments changed hold {rows} row{'' if rows == 1 else 's'})")
 
 
 def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,

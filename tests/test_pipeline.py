@@ -65,7 +65,7 @@ def test_new_rows_make_per_row_stages_incomplete_and_global_ones_stale(rebalance
     keep = next(s for s in graph.states(rebalanced) if s.node.columns[0] == "keep")
     assert len(keep.reasons) == 1 and keep.reasons[0].startswith("rows were added, replaced or removed since curate "
                                                                   "read version"), keep.reasons
-    assert f"(the last at version {rebalanced.version}; 1 row in the fragments changed)" in keep.reasons[0]
+    assert f"(last change at version {rebalanced.version}; the fragments changed hold 1 row)" in keep.reasons[0]
     # the export of the latest version is refused, naming the first stale stage behind it
     with pytest.raises(LakeError, match=r"export would use stale decisions.*re-run it: lakecurate "):
         rebalanced.export(tmp_path / "x.parquet", "parquet")
