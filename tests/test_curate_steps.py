@@ -239,3 +239,19 @@ def test_report_shows_rows_either_side_of_each_cut(featured, tmp_path: Path):
     assert short.count('<img src="data:image/') >= len(view.below + view.above)  # thumbnails and the plot
     assert f">{rep.kept}</td></tr>" in short.replace(",", "")  # the kept count at the recipe's own cut
     assert "data-reason=\"by_rule\"" not in section  # a yes/no step has no cut
+
+
+def test_curate_help_names_every_filter():
+    """curate --help listed 19 of the 23 filters (caption_template, faces, zero_shot and review
+    were missing): a user reading it could not know they exist."""
+    import re
+
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+    from lakecurate.curate import FILTERS
+
+    out = CliRunner().invoke(main, ["curate", "--help"], terminal_width=200).output
+    listed = " ".join(out.split())
+    missing = [f for f in FILTERS if not re.search(rf"\b{f}\b", listed)]
+    assert out and not missing, missing
