@@ -1200,14 +1200,22 @@ def info(lake: str, as_json: bool) -> None:
 @main.command()
 @lake_argument
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="json: a list of records (bytes as base64); csv: with a header row.")
 @click.option("--version", "at_version", help="Query an older version (number or tag).")
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json (an error, too, is JSON then).")
 @_friendly_errors
-def sql(lake: str, query: str, fmt: str, at_version: str | None) -> None:
-    """Run a SQL QUERY against the `pairs` table of LAKE.
+def sql(lake: str, query: str, fmt: str, at_version: str | None, as_json: bool) -> None:
+    """Run a SQL QUERY against the `pairs` table of LAKE (read-only: one SELECT or WITH).
+
+    The image column holds Lance blob descriptors (position, size) in results; export or the Python
+    API's Lake.read_images give the bytes.
 
     Example: lakecurate sql ./lake "SELECT ingest_status, COUNT(*) AS n FROM pairs GROUP BY 1"
     """
+    if as_json and fmt not in ("table", "json"):
+        raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one")
+    fmt = "json" if as_json else fmt
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     df = open_lake(lake).sql(query, version=version)
     if fmt == "json":

@@ -264,3 +264,13 @@ def test_messages_name_no_internals(small: Lake):
     with pytest.raises(LakeError, match="no pair of lake") as err:
         review.mark(small, ["x" * 100_000], verdict="keep")
     assert len(str(err.value)) < 400
+
+
+def test_cli_sql_takes_json_like_every_command(small: Lake):
+    """Every command takes --json; sql only took --format json, and its errors were text then."""
+    res = CliRunner().invoke(main, ["sql", small.uri, "SELECT key FROM pairs ORDER BY key LIMIT 2", "--json"])
+    assert res.exit_code == 0 and [r["key"] for r in json.loads(res.stdout)] == sorted(small.sql("SELECT key FROM pairs")["key"])[:2]
+    res = CliRunner().invoke(main, ["sql", small.uri, "SELECT nope FROM pairs", "--json"])
+    assert res.exit_code == 1 and "No field named nope" in json.loads(res.stdout)["error"]
+    res = CliRunner().invoke(main, ["sql", small.uri, "SELECT key FROM pairs", "--json", "--format", "csv"])
+    assert res.exit_code == 2 and "two formats" in json.loads(res.stdout)["error"]
