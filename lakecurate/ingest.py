@@ -137,7 +137,7 @@ class IngestReport:
             "content_present": self.content_present,
             "status": dict(self.status),
             "flags": dict(self.flags),
-            "ignored_files": self.ignored_files,
+            "ignored_files": [_shown_name(f) for f in self.ignored_files],
             "versions": self.versions,
             "seconds": round(self.seconds, 3),
         }
@@ -379,6 +379,12 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
         meta_json = None
         flags.append("sidecar_invalid")
         notes.append(f"metadata not stored: {type(exc).__name__}")
+    # A name that is not UTF-8 (a Latin-1 file or tar member name) reaches Python as surrogates,
+    # which Arrow cannot store: shown with \xNN escapes, flagged; the id keeps the name as it is.
+    source, key, image_uri = (_shown_name(s) for s in (c.source, c.key, c.image_uri))
+    if (source, key, image_uri) != (c.source, c.key, c.image_uri):
+        flags.append("name_not_utf8")
+        notes = [_shown_name(n) for n in notes]
     flags = list(dict.fromkeys(flags))  # unique, in order of discovery
     status = severity(flags)
     error = None
@@ -389,9 +395,9 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
         "id": pair_id(c.source, c.key),
         "image": data,
         "caption": caption,
-        "source": c.source,
-        "key": c.key,
-        "image_uri": c.image_uri,
+        "source": source,
+        "key": key,
+        "image_uri": image_uri,
         "width": info.get("width"),
         "height": info.get("height"),
         "format": info.get("format"),
@@ -404,6 +410,18 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
         "ingest_error": error,
         "ingested_at": now,
     }
+
+
+def _shown_name(name: str | None) -> str | None:
+    """``name`` as storable text: the surrogates an undecodable file name (os.fsdecode) or tar member
+    name brings shown as ``\\xNN``; a valid name unchanged."""
+    if name is None:
+        return None
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def flags_block_read(flags: list[str]) -> bool:

@@ -97,6 +97,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "caption_empty": ("warning", "the caption is empty or only whitespace"),
     "caption_not_utf8": ("warning", "the caption is not valid UTF-8; undecodable bytes were replaced"),
     "caption_too_long": ("warning", "the caption is longer than --max-caption-chars (kept whole)"),
+    "name_not_utf8": ("warning", "the file or member name is not valid UTF-8; its undecodable bytes are shown as \\xNN"),
     "caption_not_text": ("warning", "the caption cell is not text: a number is kept as its text, anything else is left out"),
     "sidecar_invalid": ("warning", "the JSON sidecar could not be parsed"),
     "duplicate_key": ("warning", "the same key appeared earlier in this source; stored under key#N"),

@@ -18,9 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from lakecurate import Lake, LakeError
+from lakecurate.cli import main
 from lakecurate.ingest import (
     IngestError,
     IngestOptions,
@@ -362,6 +364,7 @@ def bad_lake(tmp_path_factory) -> Lake:
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     put("animated", buf.getvalue(), ext="gif")
     put("notutf8", good, b"na\xefve caf\xe9")
+    put(os.fsdecode(b"caf\xe9"), good)  # a Latin-1 file name: Python lists it with a surrogate
     put("blank", good, b"  \n ")
     put("long", good, b"word " * 1000)
     put("nocaption", good, None)
@@ -398,6 +401,7 @@ BAD_CASES = [
     ("alpha.png", "image_alpha", "warning"),
     ("animated.gif", "image_animated", "warning"),
     ("notutf8.jpg", "caption_not_utf8", "warning"),
+    ("caf\\xe9.jpg", "name_not_utf8", "warning"),
     ("blank.jpg", "caption_empty", "warning"),
     ("long.jpg", "caption_too_long", "warning"),
     ("nocaption.jpg", "caption_missing", "warning"),
@@ -698,6 +702,38 @@ def test_tar_member_names_that_climb_are_flagged(lake: Lake, tmp_path: Path):
     assert rows["../evil"]["ingest_status"] == "warning"
     assert any("member_name_unsafe" in r["ingest_flags"].tolist() for k, r in rows.items() if k.startswith("/"))
     assert rows["fine"]["ingest_flags"].tolist() == []
+
+
+def test_names_that_are_not_utf8_are_flagged_rows_not_a_crash(lake: Lake, tmp_path: Path):
+    """A Latin-1 file name in a folder, or member name in a shard, crashed the whole ingest with a
+    UnicodeEncodeError traceback (Arrow stores UTF-8; Python hands such names over with surrogates)
+    and the lake kept none of the pairs. The name is stored with \\xNN escapes and flagged; the id
+    comes from the name as it is, so a re-ingest adds nothing."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for stem, seed in (("good", 0), (os.fsdecode(b"caf\xe9"), 1)):
+        (folder / f"{stem}.jpg").write_bytes(noise_jpeg(seed=seed))
+        (folder / f"{stem}.txt").write_text(f"caption {seed}")
+    (folder / os.fsdecode(b"n\xe9.xyz")).write_bytes(b"not a pair")
+    rep = lake.ingest(folder, progress=False)
+    assert rep.written == 2 and rep.flags == {"name_not_utf8": 1}
+    assert rep.to_dict()["ignored_files"] == ["n\\xe9.xyz"]  # JSON without lone surrogates
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
+        for name, data in (("ok.jpg", noise_jpeg(seed=2)), ("ok.txt", b"fine"), ("\xe9t\xe9.jpg", noise_jpeg(seed=3)),
+                           ("\xe9t\xe9.txt", b"summer")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert lake.ingest(shard, progress=False).written == 2
+    rows = by_key(lake)
+    for key, caption in (("caf\\xe9.jpg", "caption 1"), ("\\xe9t\\xe9", "summer")):
+        assert rows[key]["caption"] == caption and rows[key]["ingest_flags"].tolist() == ["name_not_utf8"]
+        assert rows[key]["ingest_status"] == "warning" and rows[key]["byte_size"] > 0
+    assert rows["good.jpg"]["ingest_flags"].tolist() == [] and rows["ok"]["ingest_flags"].tolist() == []
+    assert lake.ingest(folder, progress=False).written == 0 and lake.ingest(shard, progress=False).written == 0
+    result = CliRunner().invoke(main, ["--no-progress", "ingest", lake.uri, str(folder)])
+    assert result.exit_code == 0 and "n\\xe9.xyz" in result.output
 
 
 def test_symlink_out_of_the_root_is_flagged_only_outside_root(bad_lake: Lake):
