@@ -632,33 +632,77 @@ def _manifest_rows(path: str, columns: dict[str, pa.DataType]) -> Iterator[dict[
                 except RecursionError:  # nesting past Python's limit: one bad line, not a crash
                     yield ValueError(f"line {lineno}: JSON nested too deeply")
     else:
-        import pyarrow.csv as pcsv
-
         delimiter = "\t" if ext == ".tsv" else ","
-        header = _csv_header(path, delimiter)
-        invalid: list[str] = []
+        yield from _csv_rows(path, delimiter, _csv_header(path, delimiter))
 
-        def bad_row(row: Any) -> str:  # a row with too few or too many fields: a flagged row, not a crash
-            invalid.append(f"line {row.number}: {row.actual_columns} fields where the header has "
-                           f"{row.expected_columns}: {row.text[:200]!r}")
-            return "skip"
 
-        # Read every column as bytes: a caption that is not UTF-8 is flagged on its row, not fatal.
-        reader = pcsv.open_csv(
-            path,
-            read_options=pcsv.ReadOptions(block_size=1 << 22, use_threads=False),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=bad_row),
-            convert_options=pcsv.ConvertOptions(column_types={h: pa.binary() for h in header}),
-        )
-        def problems() -> list[ValueError]:  # the bad lines met since the last call, as their rows
-            out = [ValueError(why) for why in invalid]
-            invalid.clear()
-            return out
+def _csv_rows(path: str, delimiter: str, names: list[str]) -> Iterator[dict[str, Any] | Exception]:
+    """A CSV's rows as dicts of bytes (a caption that is not UTF-8 is flagged on its row, not
+    fatal), read by Python's strict reader a line at a time. A row that cannot be parsed is a
+    ValueError naming its line: the wrong number of fields, a quote followed by more text, or a
+    quote never closed. Where such a row took in the lines after it (an unclosed quote runs on to
+    the next quote, or to the end of the file), only its first line is the bad row and reading goes
+    on from the line after it: Arrow's reader, with newlines allowed in values, made the rest of
+    the file one caption (status ok) and every pair after it was lost without a word. A quoted
+    caption over several lines, and a lone quote inside an unquoted value (5" tall), are values."""
+    csv.field_size_limit(2**31 - 1)  # a long caption is a value (flagged caption_too_long), not a parse error
+    offsets: dict[int, int] = {}  # line number -> byte offset, for the lines of the row being read
+    held: list[str] = []  # those lines
 
-        for batch in reader:
-            yield from batch.to_pylist()
-            yield from problems()  # a batch's bad lines after its rows (one thread reads, in order)
-        yield from problems()  # those the reader met past its last batch
+    def lines(number: int, offset: int) -> Iterator[str]:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            for raw in f:
+                offsets[number] = offset
+                text = raw.decode("utf-8", "surrogateescape")
+                text = text[1:] if number == 1 and text.startswith("\ufeff") else text  # a UTF-8 BOM
+                held.append(text)
+                yield text
+                number, offset = number + 1, offset + len(raw)
+
+    def row_text() -> str:
+        text = "".join(held).rstrip("\r\n")[:200]
+        return repr(_shown_name(text))
+
+    def done() -> None:
+        offsets.clear()
+        held.clear()
+
+    line, offset, header = 1, 0, True
+    while True:
+        reader = csv.reader(lines(line, offset), delimiter=delimiter, strict=True)
+        restart = None
+        while True:
+            first = line + reader.line_num
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                last = line + reader.line_num - 1
+                if last > first or "unexpected end of data" in str(exc):  # it took in the lines after it
+                    yield ValueError(f"line {first}: a quote opened in this row is not closed on its line "
+                                     f"(it ran on to line {last}{', the end of the file' if 'end of data' in str(exc) else ''}): "
+                                     f"{repr(_shown_name(held[0].rstrip(chr(13) + chr(10))[:200]))}; the lines after it are "
+                                     "read as rows; close the quote")
+                    restart = first + 1
+                    break
+                yield ValueError(f"line {first}: {exc}: {row_text()}")
+                done()
+                continue
+            text = row_text() if len(record) != len(names) else ""
+            done()
+            if header or not record:  # the header row (read by _csv_header), a blank line
+                header = False
+                continue
+            if len(record) != len(names):
+                yield ValueError(f"line {first}: {len(record)} fields where the header has {len(names)}: {text}")
+                continue
+            yield {n: v.encode("utf-8", "surrogateescape") for n, v in zip(names, record)}
+        if restart not in offsets:  # the bad row was the file's last line
+            return
+        line, offset, header = restart, offsets[restart], False
+        done()
 
 
 def _holds_bytes(t: pa.DataType | None) -> bool:

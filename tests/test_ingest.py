@@ -257,6 +257,39 @@ def test_manifest_column_detection_and_errors(lake: Lake, manifest_dir: Path):
         lake.ingest(p, image_col="nope", progress=False)
 
 
+def test_a_quote_never_closed_costs_its_row_not_the_rest_of_the_manifest(lake: Lake, manifest_dir: Path):
+    """Arrow's CSV reader (newlines allowed in values) read a quote never closed as a caption
+    running to the end of the file: "ingested 2 new pairs, status ok", the other rows gone. The
+    row is flagged on its line now and the lines after it are rows again; a lone quote inside an
+    unquoted value (5" tall) and a multi-line quoted caption stay as they were."""
+    p = manifest_dir / "uq.csv"
+    p.write_bytes(b'image,caption\nimg/0.jpg,"a ""quoted"" word"\nimg/1.jpg,"unterminated quote\n'
+                  b'img/2.jpg,a caption\nimg/3.jpg,"two\nlines"\nimg/0.jpg,5" tall\nimg/1.jpg,"a","b"\n'
+                  b'img/2.jpg,caf\xe9\n')
+    rep = lake.ingest(p, progress=False)
+    assert rep.written == 7 and rep.flags["manifest_row_invalid"] == 2, rep.flags
+    rows = lake.to_pandas(["key", "caption", "ingest_error"])
+    got = dict(zip(rows["key"], rows["caption"]))
+    assert got["img/0.jpg"] == 'a "quoted" word' and got["img/2.jpg"] == "a caption" and got["img/3.jpg"] == "two\nlines"
+    assert got["img/0.jpg#2"] == '5" tall' and got["img/2.jpg#2"] == "caf\ufffd"  # not UTF-8: replaced and flagged
+    errors = rows["ingest_error"][rows["key"].str.startswith("row")].tolist()
+    assert "line 3: a quote opened in this row is not closed on its line (it ran on to line 5)" in errors[0]
+    assert "line 8: 3 fields where the header has 2" in errors[1]
+    # one never closed at all: the rest of the file was its caption
+    p.write_bytes(b'image,caption\nimg/0.jpg,zero\nimg/1.jpg,"never closed\nimg/2.jpg,two\nimg/3.jpg,three\n')
+    last = Lake.create(lake.uri + "3")
+    assert last.ingest(p, progress=False).written == 4
+    rows = last.to_pandas(["key", "caption", "ingest_error"])
+    assert dict(zip(rows["key"], rows["caption"]))["img/3.jpg"] == "three"
+    assert "(it ran on to line 5, the end of the file)" in rows["ingest_error"][rows["key"] == "row2"].iloc[0]
+    # a balanced file takes the fast path, with the same rows
+    q = manifest_dir / "even.csv"
+    q.write_bytes(b'image,caption\nimg/0.jpg,"a ""quoted"" word"\nimg/3.jpg,"two\nlines"\n')
+    other = Lake.create(lake.uri + "2")
+    assert other.ingest(q, progress=False).written == 2
+    assert dict(zip(*other.to_pandas(["key", "caption"]).T.values)) == {"img/0.jpg": 'a "quoted" word', "img/3.jpg": "two\nlines"}
+
+
 def test_csv_with_non_utf8_caption_is_flagged_not_fatal(lake: Lake, manifest_dir: Path):
     p = manifest_dir / "latin1.csv"
     p.write_bytes(b"image,caption\nimg/0.jpg,caf\xe9 cr\xe8me\nimg/1.jpg,plain\n")
