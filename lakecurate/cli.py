@@ -37,7 +37,7 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        as_json = bool(kwargs.get("as_json"))
+        as_json = bool(kwargs.get("as_json")) or kwargs.get("fmt") == "json"  # sql --format json too
         try:
             return fn(*args, **kwargs)
         except (LakeError, IngestError, EncoderError) as exc:
@@ -1217,15 +1217,31 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, as_json: bool) 
         raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one")
     fmt = "json" if as_json else fmt
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
-    df = open_lake(lake).sql(query, version=version)
-    if fmt == "json":
+    table = open_lake(lake).sql_table(query, version=version)
+    twice = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    if twice:  # a self-join's SELECT *: pandas and JSON records keep one of each name
+        names = ", ".join(twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
+        raise LakeError(f"the result has more than one column named {names}: name them apart with AS "
+                        "(SELECT a.key AS key_a, b.key AS key_b ...)")
+    if fmt == "json":  # from Arrow: a 64-bit hash stays exact, an int column with nulls stays ints
         import base64
 
-        for col in df.columns:  # bytes (a binary column or literal) as base64 text: JSON has no bytes
-            if df[col].dtype == object and df[col].map(lambda v: isinstance(v, bytes)).any():
-                df[col] = df[col].map(lambda v: base64.b64encode(v).decode() if isinstance(v, bytes) else v)
-        click.echo(df.to_json(orient="records", date_format="iso", default_handler=str))
-    elif fmt == "csv":
+        def plain(v: Any) -> Any:
+            if isinstance(v, bytes):  # a binary column or literal as base64 text: JSON has no bytes
+                return base64.b64encode(v).decode()
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if hasattr(v, "isoformat"):
+                return v.isoformat()
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [plain(x) for x in v]
+            return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+        click.echo(json.dumps([{k: plain(v) for k, v in row.items()} for row in table.to_pylist()], ensure_ascii=False))
+        return
+    df = table.to_pandas(integer_object_nulls=True)  # ints with nulls stay ints (500, not 500.0)
+    if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     elif not len(df):
         click.echo("(no rows)")

@@ -360,6 +360,12 @@ class Store:
         (:func:`lakecurate.sqlcheck.check_query`). ``limit``: stop reading after that many rows
         (the browser app's bound on what a query may return).
         """
+        return self.sql_table(query, version, with_row_id=with_row_id, limit=limit).to_pandas()
+
+    def sql_table(self, query: str, version: int | str | None = None, *, with_row_id: bool = False,
+                  limit: int | None = None) -> pa.Table:
+        """:meth:`sql`'s result as an Arrow table: exact where pandas is not (a uint64 hash with a
+        null in its column, ints with nulls: pandas makes them float64) and columns named alike kept."""
         from lakecurate.sqlcheck import check_query, clean_message
 
         check_query(query)
@@ -379,7 +385,7 @@ class Store:
                 table = pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
         except Exception as exc:  # DataFusion reports planning errors as plain exceptions
             raise LakeError(f"SQL failed on lake '{self.uri}': {clean_message(exc)}") from None
-        return table.to_pandas()  # no rows: an empty frame that still has the query's columns
+        return table  # no rows: an empty table that still has the query's columns
 
     # ----------------------------------------------------------------- writes
     def append(self, data: pa.Table | pa.RecordBatchReader, *, overwrite: bool = False,

@@ -274,3 +274,21 @@ def test_cli_sql_takes_json_like_every_command(small: Lake):
     assert res.exit_code == 1 and "No field named nope" in json.loads(res.stdout)["error"]
     res = CliRunner().invoke(main, ["sql", small.uri, "SELECT key FROM pairs", "--json", "--format", "csv"])
     assert res.exit_code == 2 and "two formats" in json.loads(res.stdout)["error"]
+
+
+def test_cli_sql_keeps_integers_exact_and_refuses_columns_named_alike(small: Lake):
+    """A pHash (uint64) printed as 1.11771759e+19 through pandas' float64 (JSON kept 9 digits), an
+    int column with a null in the result as 500.0, and a self-join's SELECT * was a traceback."""
+    small.signals(["image"], progress=False)
+    truth = small.sql_table("SELECT key, phash, width FROM pairs ORDER BY key").to_pylist()
+    assert any(r["phash"] is None for r in truth) and max(r["phash"] or 0 for r in truth) > 2**63  # nulls, and high bits
+    res = CliRunner().invoke(main, ["sql", small.uri, "SELECT key, phash, width FROM pairs ORDER BY key", "--json"])
+    assert json.loads(res.stdout) == truth
+    res = CliRunner().invoke(main, ["sql", small.uri, "SELECT key, phash, width FROM pairs ORDER BY key", "--format", "csv"])
+    lines = res.output.splitlines()[1:]
+    assert [line.split(",")[1] for line in lines] == ["" if r["phash"] is None else str(r["phash"]) for r in truth]
+    res = CliRunner().invoke(main, ["sql", small.uri, "SELECT key, phash, width FROM pairs ORDER BY key"])
+    assert str(max(r["phash"] or 0 for r in truth)) in res.output and ".0 " not in res.output
+    for fmt in ("--json", "--format=json"):
+        res = CliRunner().invoke(main, ["sql", small.uri, "SELECT * FROM pairs p1, pairs p2 LIMIT 1", fmt])
+        assert res.exit_code == 1 and "more than one column named" in json.loads(res.stdout)["error"], res.output
