@@ -111,11 +111,15 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     selection and order read must be current (:func:`lakecurate.graph.check_current`): a stale one
     is an error naming the stage to re-run, unless ``allow_stale`` (then it is a warning).
 
-    A ``version`` given (a recipe's tag) is exported as it was: what is not current there can
+    A ``version`` given (a recipe's tag, a past number; not the latest's number, which is the
+    latest as without a version) is exported as it was: what is not current there can
     never be made current, so its view is the latest decision current at that version (``keep``
     where rebalancing had not re-run after the recipe: it used the older recipe's rebalance_keep
     or refused), and an order or repeats not current there are left out, with a warning."""
     ds = lake.dataset(version)
+    if version is not None and lake.names_latest(version):
+        version = None  # the latest by its number (the loader pins it so): its stale decisions can be made
+        # current by re-running their stage, so they are refused as without --version, not worked around
     names = ds.schema.names
     where = check_where(where, "--where", ds)
     notes: list[str] = []

@@ -288,6 +288,17 @@ class Store:
     def version(self) -> int:
         return self.dataset().version
 
+    def names_latest(self, version: int | str | None) -> bool:
+        """Whether ``version`` (as :meth:`dataset` takes it) means this branch's latest version: None,
+        its number, or the branch's name. A tag does not, even on the latest: it names a state (a
+        recipe's result), which stays what it was when the branch moves on."""
+        if version is None:
+            return True
+        if isinstance(version, str) and not version.isdigit():
+            branch, number = self._ref(version)
+            return branch == self.branch and number is None
+        return self.dataset(version).version == self.version
+
     def count(self, where: str | None = None) -> int:
         """Rows (those matching the SQL condition ``where``, when given)."""
         from lakecurate.sqlcheck import check_where

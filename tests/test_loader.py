@@ -176,3 +176,25 @@ def test_ingest_error_rows_are_never_samples(seq_lake: Lake):
     statuses = {s["ingest_status"] for s in ds}
     assert "error" not in statuses and ds.samples > 0
     assert seq_lake.count("ingest_status = 'error'") > 0  # the sample lake has error rows to leave out
+
+
+def test_the_latest_named_by_its_number_is_refused_when_stale_like_the_latest(sample_lake_embedded: Lake, tmp_path: Path):
+    """A changed recipe re-ran curate after rebalancing: export refused (rebalance is stale), but the
+    loader, which pins the latest version by its number, and `export --version N` naming the latest,
+    took the past-version path: a note, and the recipe's rows in table order instead of the
+    rebalanced ones. The latest by number is the latest: refused alike. A tag is a state, read as it was."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate({"name": "strict", "step": [{"filter": "ingest_error"}, {"filter": "caption_length", "min_words": 6}]},
+                progress=False)
+    lake.cluster(3)
+    lake.rebalance(0.6)
+    rep = lake.curate({"name": "looser", "step": [{"filter": "ingest_error"}]}, progress=False)
+    with pytest.raises(LakeError, match="the loader would use stale decisions"):
+        LakeDataset(lake)
+    for version in (lake.version, str(lake.version), "main"):
+        with pytest.raises(LakeError, match="stale"):
+            lake.export(tmp_path / "x.parquet", "parquet", version=version)
+    tagged = LakeDataset(lake, version=rep.tag, decode=False)  # the recipe's own rows, with a warning saying so
+    assert len(tagged) == lake.dataset(rep.tag).count_rows(filter="keep AND ingest_status <> 'error'")
+    assert any("rebalance_keep skipped" in w for w in tagged.warnings)
+    assert len(LakeDataset(lake, allow_stale=True, decode=False)) > 0
