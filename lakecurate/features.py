@@ -149,6 +149,9 @@ class BatchUdf:
 
     def raw(self, batch: pa.RecordBatch) -> dict[str, Any]:
         out = self.fn(batch, **self.params)
+        if isinstance(out, (str, bytes)) or np.isscalar(out):  # a str became one row per character
+            raise ValueError(f"the function returned one {type(out).__name__} ({str(out)[:40]!r}), not a value per "
+                             f"row; return a list or array of {batch.num_rows} values (or a dict of them)")
         if isinstance(out, (pa.Table, pa.RecordBatch)):
             return {f"{self.name}_{k}": out.column(k) for k in out.column_names}
         if isinstance(out, dict):
@@ -205,6 +208,9 @@ def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str
         out = udf(sample.combine_chunks().to_batches()[0])
     except (Exception, SystemExit) as exc:
         raise LakeError(f"feature '{udf.name}' failed on the first rows of lake '{lake.uri}': {type(exc).__name__}: {exc}") from exc
+    if out.num_rows != sample.num_rows:  # found here, before its columns are declared (two versions, then)
+        raise LakeError(f"feature '{udf.name}' returned {out.num_rows} values for the first {sample.num_rows} rows of "
+                        f"lake '{lake.uri}'; return one value per row of the batch it is given")
     for col in out.column_names:
         if not NAME_RE.match(col) or col.startswith("_"):
             raise LakeError(f"feature '{udf.name}' returns a column named {col!r}, which is not a column name; "
@@ -251,6 +257,9 @@ def add_feature(
     if not isinstance(name, str) or not NAME_RE.match(name) or name.startswith("_"):  # _rowid, _rowaddr: Lance's own
         raise LakeError(f"feature name {name!r} is not a valid column name; use letters, digits and '_', "
                         "starting with a letter")
+    if name != name.lower():  # SQL folds unquoted names to lower case: SELECT Words FROM pairs found no column
+        raise LakeError(f"feature name {name!r} has capitals, which SQL reads as {name.lower()!r} unless quoted; "
+                        f"use {name.lower()!r}")
     inputs = list(dict.fromkeys(inputs if inputs is not None else getattr(func, "lakecurate_inputs", []) or []))
     if not inputs:
         raise LakeError(f"feature '{name}': say which columns it reads (inputs=[...], --input COL, or @feature(inputs=...))")
@@ -282,6 +291,11 @@ def add_feature(
         if builtin_column(f.name) or other not in (None, STAGE):
             raise LakeError(f"column '{f.name}' is written by lakecurate's {other or 'built-in'} stage; a feature of that "
                             "name would stand in for it (its decisions would read your values): pick another name")
+        owner = (columns.field_provenance(ds.schema.field(f.name)) or {}).get("config", {}).get("feature") \
+            if other == STAGE else name
+        if owner != name:  # feature g returning {"a": ...} wrote g_a; a feature named g_a replaced it
+            raise LakeError(f"column '{f.name}' belongs to feature '{owner}'; pick another name "
+                            f"(or drop that feature first: lakecurate feature drop {lake.shell} {owner})")
     stage = runner.RowStage(
         STAGE, fields, config, inputs, batch=runner.OnColumns(udf), batch_size=batch_size,
         extra={"udf": spec or udf_name(func)}, desc=f"feature {name}",

@@ -62,8 +62,15 @@ BUILTIN_COLUMNS = frozenset({
     "cap_words", "cap_chars", "cap_filename", "cap_url", "cap_boilerplate", "cap_max_repeat", "cap_nonprintable",
     "cap_emails", "cap_phones", "cap_lang", "cap_lang_prob",
     "img_sharpness", "img_entropy", "img_colorfulness", "img_faces", "img_face_boxes", "img_face_scores",
+    "img_text_share", "img_text_lines",
 })
-BUILTIN_PREFIXES = ("dup_", "seq_", "review_")
+# Also every column of the embed stage's own encoder prefixes (offline_score, clip_vitb32_laion2b_image),
+# reserved before an embed made them: a feature of that name broke the embed that came later.
+BUILTIN_PREFIXES = ("dup_", "seq_", "review_", "offline_", "clip_")
+
+
+# The way out of a signal column made with another config (signals has no --name to write beside it).
+SIGNALS_FIX = "its code or settings changed since it was computed; redo it with `lakecurate signals LAKE --recompute` (and the same kind options)"
 
 
 def builtin_column(name: str) -> bool:

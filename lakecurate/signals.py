@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from lakecurate import runner
 from lakecurate.images import exif_upright
+from lakecurate.names import SIGNALS_FIX
 from lakecurate.runner import Rows, RowStage
 
 if TYPE_CHECKING:
@@ -478,16 +479,16 @@ class RedactBatch:
 
 
 IMAGE_STAGE = RowStage("signals-image", IMAGE_FIELDS, IMAGE_CONFIG, ["image"], batch=runner.readers_output, image=image_signals,
-                       batch_size=IMAGE_BATCH, readers_do_all=True, desc="image signals", unit="img")
+                       batch_size=IMAGE_BATCH, readers_do_all=True, desc="image signals", unit="img", fix=SIGNALS_FIX)
 COPY_STAGE = RowStage("signals-copy", COPY_FIELDS, COPY_CONFIG, ["image"], batch=runner.readers_output, image=copy_hashes,
-                      batch_size=IMAGE_BATCH, readers_do_all=True, desc="copy hashes", unit="img")
+                      batch_size=IMAGE_BATCH, readers_do_all=True, desc="copy hashes", unit="img", fix=SIGNALS_FIX)
 CAPTION_STAGE = RowStage("signals-caption", CAPTION_FIELDS, CAPTION_CONFIG, ["caption"], batch=caption_batch,
-                         desc="caption signals")
+                         desc="caption signals", fix=SIGNALS_FIX)
 
 
 def redact_stage(column: str = "caption_redacted") -> RowStage:
     return RowStage("signals-redact", [pa.field(column, pa.string())], REDACT_CONFIG, ["caption"],
-                    batch=RedactBatch(column), desc="redact")
+                    batch=RedactBatch(column), desc="redact", fix=SIGNALS_FIX)
 
 
 def compute_image_signals(lake: "Store", *, workers: int | None = None, progress: bool | None = None,

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from lakecurate import Lake, LakeError, columns, feature
 from lakecurate.cli import main
-from lakecurate.features import BatchUdf, load_udf, source_hash
+from lakecurate.features import BatchUdf, list_features, load_udf, source_hash
 
 from .conftest import SAMPLE_DATA, pair_rows
 
@@ -118,8 +118,10 @@ def test_clear_errors(multi: Lake):
         multi.add_feature("x", caption_chars, inputs=["nope"], progress=False)
     with pytest.raises(LakeError, match="say which columns it reads"):
         multi.add_feature("x", lambda b: b, progress=False)
-    with pytest.raises(LakeError, match="expected 30 rows of \\['short'\\], got 1 rows"):
+    version = multi.version
+    with pytest.raises(LakeError, match="returned 1 values for the first 16 rows"):  # before declaring: no version
         multi.add_feature("short", lambda b: [1], inputs=["caption"], type="int32", progress=False)
+    assert multi.version == version
     with pytest.raises(LakeError, match="part of lake .* itself"):
         multi.add_feature("caption", caption_chars, progress=False)
     with pytest.raises(LakeError, match="not a valid column name"):
@@ -240,3 +242,27 @@ def test_params_must_be_json_values_and_signals_options_are_checked(multi: Lake)
         multi.signals(["redact"], column="caption_secret", bogus=1)
     assert multi.version == v
     assert multi.signals("caption", progress=False) == {"caption": multi.count()}  # one kind by name
+
+
+def test_names_a_feature_may_not_take_and_results_that_are_not_a_value_per_row(multi: Lake):
+    """Found by a hostile tester: a feature named offline_score or img_text_share was accepted,
+    and the embed or signals run after it failed ("made with another config"); one named g_a
+    replaced feature g's column g_a; a capitalised name needed quotes in every SQL query; a
+    function returning a str stored one character per row; one returning too few values was
+    refused only after two versions (columns declared, then dropped)."""
+    version = multi.version
+    words = lambda b: [len((c or "").split()) for c in b["caption"].to_pylist()]  # noqa: E731
+    for name in ("offline_score", "clip_vitb32_laion2b_image", "img_text_share", "img_text_lines"):
+        with pytest.raises(LakeError, match="written by lakecurate's built-in stage"):
+            multi.add_feature(name, words, inputs=["caption"], progress=False)
+    with pytest.raises(LakeError, match="has capitals, which SQL reads as 'words'"):
+        multi.add_feature("Words", words, inputs=["caption"], progress=False)
+    with pytest.raises(LakeError, match="returned one str \\('hello'\\), not a value per row"):
+        multi.add_feature("hello", lambda b: "hello", inputs=["caption"], progress=False)
+    with pytest.raises(LakeError, match="returned 3 values for the first 16 rows"):
+        multi.add_feature("three", lambda b: pa.array([1, 2, 3]), inputs=["caption"], progress=False)
+    assert multi.version == version  # nothing written by a refused run
+    multi.add_feature("g", lambda b: {"a": words(b)}, inputs=["caption"], progress=False)
+    with pytest.raises(LakeError, match="column 'g_a' belongs to feature 'g'"):
+        multi.add_feature("g_a", words, inputs=["caption"], recompute=True, progress=False)
+    assert [f["column"] for f in list_features(multi)] == ["g_a"]

@@ -277,3 +277,17 @@ def test_signals_recompute_replaces_values_an_older_run_made(tmp_path, monkeypat
     fix = graph.fix_command(lake, node, "stale")
     assert fix.endswith(" --no-image --recompute"), fix
     assert CliRunner().invoke(main, shlex.split(fix)[1:]).exit_code == 0
+
+
+def test_a_signal_made_with_another_config_says_to_recompute(tmp_path, monkeypatch):
+    """The refusal said "use --name to write new columns beside it", an option signals does not have."""
+    import lakecurate.signals as sig
+    from lakecurate import Lake, LakeError
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.signals(["caption"], progress=False)
+    monkeypatch.setattr(sig.CAPTION_STAGE, "config", {**sig.CAPTION_STAGE.config, "changed": 1})
+    with pytest.raises(LakeError, match="made with another config") as err:
+        lake.signals(["caption"], progress=False)
+    assert "lakecurate signals LAKE --recompute" in str(err.value) and "--name" not in str(err.value)
