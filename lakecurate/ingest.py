@@ -19,6 +19,7 @@ import csv
 import errno
 import functools
 import glob
+import itertools
 import hashlib
 import io
 import json
@@ -822,6 +823,10 @@ def is_shard(path: str) -> bool:
     return path.lower().endswith(TAR_SUFFIXES)
 
 
+# The most shards one source may name (DataComp xlarge: 1.28M shards of 10,000 pairs).
+MAX_SHARDS = 2_000_000
+
+
 def expand_shards(spec: str) -> list[str]:
     """Tar shards named by a folder, one file, a glob, or brace notation (``shard-{000..009}.tar``);
     a shard may be gzipped (``.tar.gz``, ``.tgz``)."""
@@ -832,7 +837,11 @@ def expand_shards(spec: str) -> list[str]:
             from braceexpand import braceexpand
         except ImportError:
             raise IngestError(f"'{spec}': brace notation needs the braceexpand package (pip install braceexpand)") from None
-        return [p for pat in braceexpand(spec) for p in sorted(glob.glob(pat)) or [pat]]
+        names = list(itertools.islice(braceexpand(spec), MAX_SHARDS + 1))  # {0000000..9999999}: 10M names
+        if len(names) > MAX_SHARDS:
+            raise IngestError(f"'{spec}' names more than {MAX_SHARDS:,} shards; name fewer at a time "
+                              "(ingest adds to the lake: run it once per range)")
+        return [p for pat in names for p in ((sorted(glob.glob(pat)) or [pat]) if glob.has_magic(pat) else [pat])]
     if any(ch in spec for ch in "*?["):
         return sorted(glob.glob(spec))
     return [spec]
@@ -930,7 +939,8 @@ def iter_webdataset(shards: list[str], max_bytes: int | None = None) -> Iterator
                 key=f"{TAR_ERROR_KEY}{current or ''}",
                 image_uri=shard,
                 flags=["tar_corrupt"],
-                notes=[f"{problem}; samples after '{current}' were not read"],
+                notes=[f"{problem}; " + (f"samples after '{current}' were not read" if current is not None
+                                         else "no sample could be read from it")],
             )
 
 
@@ -1083,6 +1093,9 @@ def open_source(
             c for f in files for c in iter_manifest(f, root, image_col, caption_col, key_col, image_dir)),
             [(f, kind) for f in files])
     if kind == "manifest":
+        if os.path.isdir(src):
+            raise IngestError(f"'{src}' is a folder, not a manifest file: name the manifest (CSV, Parquet, JSONL), "
+                              "or use --kind folder for a folder of images with caption files")
         if not os.path.isfile(src):
             raise IngestError(f"manifest '{src}' does not exist")
         iter_manifest(src, root, image_col, caption_col, key_col, image_dir)  # checks the columns now
@@ -1092,6 +1105,11 @@ def open_source(
         shards = expand_shards(src)
         if not shards:
             raise IngestError(f"no .tar shards match '{src}'")
+        odd = [s for s in shards if "://" not in s and os.path.isfile(s) and not is_shard(s) and not tarfile.is_tarfile(s)]
+        if odd:  # --kind webdataset on a CSV made a lake holding one tar_corrupt row
+            raise IngestError(f"'{odd[0]}' is not a tar shard (no tar header, and not named .tar/.tar.gz/.tgz); "
+                              f"drop --kind webdataset{'' if len(odd) == 1 else f' ({len(odd)} such files)'} "
+                              "(a manifest is --kind manifest)")
         missing = [s for s in shards if "://" not in s and not os.path.isfile(s)]
         if missing:  # as for a missing folder or manifest: refused, not a row that stays when it appears
             raise IngestError(f"{len(missing)} of the {len(shards)} shards named by '{src}' do not exist "
@@ -1105,6 +1123,8 @@ def open_source(
 def refuse_source_in_lake(lake_uri: str, src: str) -> None:
     """A source that is the lake or inside it (its own files would be walked as pairs) is refused;
     the lake need not exist yet (checked before the CLI creates it)."""
+    if not lake_uri.strip():  # "" is the working directory to realpath: said here, not "inside lake ''"
+        raise IngestError("the lake path is empty (''); give a folder (or object-store URI) for the lake")
     if "://" in src or "://" in lake_uri or not os.path.exists(src):
         return
     inner, outer = os.path.realpath(src), os.path.realpath(lake_uri)

@@ -142,7 +142,9 @@ def check_query(query: str) -> str:
         raise LakeError(f"{what}: found {len(statements)} statements; give exactly one")
     (stmt,) = statements
     if not isinstance(stmt, (exp.Select, exp.SetOperation, exp.Subquery)):
-        raise LakeError(f"{what}: {_kind(stmt)} statements are not allowed")
+        word = query.strip().split(None, 1)[0].upper() if query.strip() else ""
+        # the query's own first word: sqlglot reads `INSTALL httpfs` as an expression aliased httpfs
+        raise LakeError(f"{what}: {word if word.isalpha() else _kind(stmt)} statements are not allowed")
     forbidden = (exp.DDL, exp.DML, exp.Command, exp.Into, exp.Set, exp.Pragma, exp.Use, exp.Describe,
                  exp.Transaction, exp.Commit, exp.Rollback, exp.Cache, exp.Uncache, exp.LoadData,
                  exp.Refresh, exp.Kill, exp.Drop, exp.Alter, exp.Grant, exp.Revoke, exp.Analyze,

@@ -130,6 +130,8 @@ class Store:
     def __init__(self, uri: str | os.PathLike, storage_options: dict[str, str] | None = None, *,
                  branch: str | None = None):
         uri = os.fspath(uri)
+        if not isinstance(uri, str) or not uri.strip():  # "" was the working directory, made a lake
+            raise LakeError(f"the lake path is empty ({uri!r}); give a folder (or object-store URI) for the lake")
         self.uri = uri if "://" in uri else os.path.abspath(uri)
         self.storage_options = storage_options
         self.main_uri = _join(self.uri, f"{TABLE}.lance")
@@ -182,7 +184,11 @@ class Store:
         import fcntl
 
         folder = os.path.join(self.uri, "_lakecurate")
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:  # under a file, in /proc, read-only: one line, not a traceback
+            raise LakeError(f"cannot make a lake at '{self.uri}': {exc.strerror or exc} ('{exc.filename or folder}'); "
+                            "give a folder you can write") from None
         with open(os.path.join(folder, "create.lock"), "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -583,6 +589,9 @@ class Store:
 
     def delete_branch(self, name: str) -> None:
         """Delete a branch; the data files it shares with main stay (main's versions reference them)."""
+        if name == "main":
+            raise LakeError(f"main is lake '{self.uri}'s own line of versions, not a branch made from it: it cannot be "
+                            f"deleted (to go back on main: lakecurate restore {self.shell} VERSION)")
         if name not in self.branches():
             raise LakeError(f"lake '{self.uri}' has no branch '{name}'")
         ds = lance.dataset(self.main_uri, storage_options=self.storage_options)

@@ -257,3 +257,39 @@ def test_json_usage_errors_are_json_on_stdout(bad_env: dict[str, str], args: lis
     assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
     got = json.loads(res.stdout)
     assert set(got) == {"error"} and got["error"] in res.stderr
+
+
+def test_paths_kinds_and_names_a_hostile_tester_tried(tmp_path: Path, monkeypatch):
+    """Each was a traceback, a lake made where none was asked for, or a misleading line."""
+    from lakecurate import ingest
+
+    r = CliRunner()
+
+    def run(*args: str):
+        res = r.invoke(main, ["--no-progress", *args])
+        return res.exit_code, " ".join(res.output.split())
+
+    (tmp_path / "afile").write_text("x")
+    code, out = run("ingest", str(tmp_path / "afile" / "sub"), str(SAMPLE_DATA))  # NotADirectoryError traceback
+    assert code == 1 and "cannot make a lake at" in out and "Not a directory" in out and "Traceback" not in out
+    code, out = run("ingest", "", str(SAMPLE_DATA))  # made a lake in the working directory
+    assert code == 1 and "the lake path is empty" in out
+    csv_file = tmp_path / "m.csv"
+    csv_file.write_text("image,caption\na.jpg,x\n")
+    code, out = run("ingest", str(tmp_path / "w"), str(csv_file), "--kind", "webdataset")  # a lake of one tar_corrupt row
+    assert code == 1 and "is not a tar shard" in out and not (tmp_path / "w").exists()
+    code, out = run("ingest", str(tmp_path / "m"), str(SAMPLE_DATA), "--kind", "manifest")  # "does not exist"
+    assert code == 1 and "is a folder, not a manifest file" in out
+    monkeypatch.setattr(ingest, "MAX_SHARDS", 100)  # {0000000..9999999} ran for minutes, 1.4 GB
+    code, out = run("ingest", str(tmp_path / "b"), str(tmp_path / "g-{000..999}.tar"))
+    assert code == 1 and "names more than 100 shards" in out
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"not a tar at all")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(empty, progress=False)
+    assert "'None'" not in lake.to_pandas(["ingest_error"])["ingest_error"].iloc[0]
+    lake.ingest(SAMPLE_DATA, progress=False)
+    code, out = run("branch", "delete", lake.uri, "main")  # "has no branch 'main'"
+    assert code == 1 and "cannot be deleted" in out
+    code, out = run("sql", lake.uri, "INSTALL httpfs")  # "ALIAS statements are not allowed"
+    assert code == 1 and "INSTALL statements are not allowed" in out
