@@ -260,8 +260,10 @@ def print_ingest_report(report: Any) -> None:
     )
     if d["replaced"]:
         click.echo(f"replaced {d['replaced']} error rows in place (same ids; their derived columns are computed by the next runs)")
-    if d.get("markers_removed"):
-        click.echo(f"removed {d['markers_removed']} rows that said where a shard broke: it now reads to its end")
+    if d.get("errors_removed"):
+        markers = d.get("markers_removed", 0)
+        click.echo(f"removed {d['errors_removed']} error rows the source no longer gives (fixed under another key, "
+                   f"or gone)" + (f", {markers} of them saying where a shard broke: it now reads to its end" if markers else ""))
     if d["skipped_errors"]:
         click.echo(f"{d['skipped_errors']} of them errors: re-run with --retry-errors to read those pairs again "
                    f"(after fixing the cause, e.g. --image-dir)")

@@ -111,7 +111,8 @@ class IngestReport:
     skipped_existing: int = 0
     skipped_errors: int = 0  # of skipped_existing: rows whose ingest_status is 'error' (see retry_errors)
     replaced: int = 0  # error rows replaced in place by retry_errors
-    markers_removed: int = 0  # rows saying where a shard broke, removed by retry_errors once it reads whole
+    markers_removed: int = 0  # rows saying where a shard broke, removed once it reads whole (of errors_removed)
+    errors_removed: int = 0  # error rows the source no longer gives (fixed under another key, or gone), removed
     content_present: int = 0  # new pairs whose image bytes (content_hash) were already in the lake
     status: Counter = field(default_factory=Counter)
     flags: Counter = field(default_factory=Counter)
@@ -135,6 +136,7 @@ class IngestReport:
             "skipped_errors": self.skipped_errors,
             "replaced": self.replaced,
             "markers_removed": self.markers_removed,
+            "errors_removed": self.errors_removed,
             "content_present": self.content_present,
             "status": dict(self.status),
             "flags": dict(self.flags),
@@ -1315,6 +1317,8 @@ def ingest(
     content: _ContentIndex | None = None  # read before the first commit, only if there is one
     done: set[str] = set()  # with retry_errors: ids replaced by this run (a row may be an error again)
     markers: set[str] = set()  # ids of the shard-error rows this run's reading gave
+    given: set[str] = set()  # ids of `errors` this run's reading gave again
+    broken: set[str] = set()  # sources (shards) this run could not read to their end
     now = started or datetime.now(timezone.utc)
     t0 = time.perf_counter()
 
@@ -1337,6 +1341,9 @@ def ingest(
                 cid = pair_id(c.source, c.key)
                 if c.key.startswith(TAR_ERROR_KEY):
                     markers.add(cid)
+                    broken.add(c.source)
+                if cid in errors:
+                    given.add(cid)
                 if cid in done or (claims is not None and cid in claims.ids):
                     if first and cid in errors:
                         report.skipped_errors += 1
@@ -1401,8 +1408,8 @@ def ingest(
                               f"({MAX_PASSES} passes); run the same command again to add what is missing")
         if mode == "overwrite" and not report.versions:  # nothing to write: still replace the contents
             report.versions.append(lake.append(PAIRS_SCHEMA.empty_table(), overwrite=True))
-        if retry_errors and plan.kind == "webdataset":
-            _drop_repaired_markers(lake, plan.sources, markers, report)
+        if appending:
+            _drop_gone_errors(lake, errors - given, broken, report)
     except OSError as exc:
         if not _no_space(exc):
             raise
@@ -1416,17 +1423,25 @@ def ingest(
     return report
 
 
-def _drop_repaired_markers(lake: "Store", sources: list[str], markers: set[str], report: IngestReport) -> None:
-    """A shard read to its end this time (it was repaired) no longer needs the row that said where
-    its reading broke: that row (not a pair; it has no image) is removed in one commit."""
-    stale = lake.existing_ids(sources, where=f"ingest_status = 'error' AND starts_with(key, '{TAR_ERROR_KEY}')") - markers
-    if not stale:
+def _drop_gone_errors(lake: "Store", gone: set[str], broken: set[str], report: IngestReport) -> None:
+    """Error rows of the source that a whole reading of it no longer gives are removed in one
+    commit: the error is gone from the source. An orphan caption whose image came (now the pair
+    ``cat.jpg``, the error row was ``cat``), a manifest row fixed (its row ``row7`` is now the
+    image's path), a shard read to its end (the row that said where it broke), a bad file deleted.
+    They were kept beside the good row: the caption twice, the error counted for ever. Such a row
+    has no image and no derived value to lose. A shard this reading could not finish (``broken``)
+    keeps its error rows: what it did not reach is unknown, not fixed."""
+    if broken:
+        gone = gone - lake.existing_ids(sorted(broken), where="ingest_status = 'error'")
+    if not gone:
         return
+    quoted = ", ".join(f"'{i}'" for i in sorted(gone))
+    markers = lake.count(f"id IN ({quoted}) AND starts_with(key, '{TAR_ERROR_KEY}')")
     version = lake.append(PAIRS_SCHEMA.empty_table(),
-                          guard=lambda ds: "id IN (" + ", ".join(f"'{i}'" for i in sorted(stale)) + ")")
+                          guard=lambda ds: f"ingest_status = 'error' AND id IN ({quoted})")
     if version is not None:
         report.versions.append(version)
-        report.markers_removed = len(stale)
+        report.errors_removed, report.markers_removed = len(gone), markers
 
 
 def _ingest_part(uri: str, storage_options: dict[str, str] | None, branch: str | None, path: str, kind: str,
@@ -1460,7 +1475,7 @@ def _ingest_on_ray(lake: "Store", src: str, plan: SourcePlan, *, mode: str, retr
         # A part is idempotent (it skips the ids it committed): a worker that died is rerun.
         for part in ray_task_map(_ingest_part, calls, retries=RAY_RETRIES):
             for name in ("seen", "written", "skipped_existing", "skipped_errors", "replaced", "markers_removed",
-                         "content_present"):
+                         "errors_removed", "content_present"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
             report.status.update(part.status)
             report.flags.update(part.flags)

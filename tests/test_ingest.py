@@ -1013,3 +1013,43 @@ def test_a_retry_counts_no_new_pair_and_no_copy_of_itself(tmp_path: Path):
     assert res.exit_code == 0, res.output
     assert "ingested 0 new pairs" in res.output and "replaced 1 error rows in place" in res.output
     assert "already in the lake under another source or key" not in res.output, res.output
+
+
+def test_error_rows_the_source_no_longer_gives_are_removed(tmp_path: Path):
+    """An orphan caption whose image came is the pair `orphan.jpg`; the error row `orphan` stayed
+    beside it (the caption twice, the error counted for ever, even after --retry-errors), and so
+    did a manifest's unparseable `row1` once the row was fixed under its path. A re-read of the
+    source removes the error rows it no longer gives; a shard it cannot finish keeps its own."""
+    lake = Lake.create(tmp_path / "lake")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "orphan.txt").write_text("a caption without an image")
+    (src / "x.jpg").write_bytes(noise_jpeg(seed=1))
+    (src / "bad.jpg").write_bytes(b"not an image")
+    manifest = src.parent / "m.csv"
+    (src.parent / "img.jpg").write_bytes(noise_jpeg(seed=2))
+    manifest.write_text("image,caption\nimg.jpg,too,many\n")
+    lake.ingest(src, progress=False)
+    lake.ingest(manifest, progress=False)
+    assert sorted(lake.to_pandas(["key"], where="ingest_status = 'error'")["key"]) == ["bad.jpg", "orphan", "row1"]
+    (src / "orphan.jpg").write_bytes(noise_jpeg(seed=3))  # the causes fixed
+    manifest.write_text('image,caption\nimg.jpg,"too,many"\n')
+    rep = lake.ingest(src, progress=False)
+    assert rep.written == 1 and rep.errors_removed == 1 and rep.to_dict()["errors_removed"] == 1
+    rep = lake.ingest(manifest, retry_errors=True, progress=False)
+    assert rep.written == 1 and rep.errors_removed == 1
+    df = lake.to_pandas(["key", "caption", "ingest_status"])
+    assert sorted(df["key"]) == ["bad.jpg", "img.jpg", "orphan.jpg", "x.jpg"]  # bad.jpg is still bad: kept
+    assert df["caption"].tolist().count("a caption without an image") == 1
+    (src / "bad.jpg").unlink()  # a bad file deleted: its row goes with it
+    assert lake.ingest(src, progress=False).errors_removed == 1 and lake.count("ingest_status = 'error'") == 0
+    # a shard read only part way keeps the error rows of what it did not reach
+    shard = tmp_path / "s.tar"
+    write_shard(shard, [{"a.jpg": noise_jpeg(seed=4), "a.txt": b"a"}, {"b.jpg": b"not an image", "b.txt": b"b"}])
+    lake.ingest(shard, progress=False)
+    data = shard.read_bytes()
+    shard.write_bytes(data[:1024])  # cut inside the first member
+    rep = lake.ingest(shard, progress=False)
+    assert rep.errors_removed == 0 and lake.count("key = 'b' AND ingest_status = 'error'") == 1
+    result = CliRunner().invoke(main, ["--no-progress", "ingest", lake.uri, str(src)])
+    assert result.exit_code == 0 and "removed" not in result.output
