@@ -149,10 +149,21 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     cols = list(dict.fromkeys(META + [caption, *(caption_mix or {})]
                               + [c for c in OPTIONAL + ["seq_order", "repeats"] if c in names and c not in left_out]))
     cols = list(dict.fromkeys(cols + [embedding_columns(e)["score"] for e in embedding_prefixes(ds)] + list(extra or [])))
-    try:  # an ingest error has no usable image: never a sample, whatever the view says
-        tbl = ds.to_table(columns=cols, filter=f"({where}) AND ingest_status <> 'error'", with_row_id=True)
+    # An ingest error has no usable image: never a sample, whatever the view says; nor an image an
+    # embedding could not decode (its header passed ingest, its data is broken): the loader stopped
+    # on it, and a trainer reading the export would.
+    errors = [embedding_columns(e)["error"] for e in embedding_prefixes(ds) if embedding_columns(e)["error"] in names]
+    undecodable = " OR ".join(f"coalesce(starts_with({c}, '{why}'), false)" for c in errors for why in UNDECODABLE)
+    chosen = f"({where}) AND ingest_status <> 'error'"
+    try:
+        tbl = ds.to_table(columns=cols, filter=chosen + (f" AND NOT ({undecodable})" if undecodable else ""),
+                          with_row_id=True)
+        bad = ds.count_rows(filter=f"{chosen} AND ({undecodable})") if undecodable else 0
     except Exception as exc:  # a bad filter is the user's to fix
         raise LakeError(f"cannot select rows with --where {where!r} in lake '{lake.uri}': {exc}") from None
+    if bad:
+        warnings.append(f"{bad} row{'s' if bad != 1 else ''} of the view left out: an embedding could not decode "
+                        f"{'their images' if bad != 1 else 'its image'} (see {', '.join(errors)})")
     order = np.arange(tbl.num_rows)
     if "seq_order" in tbl.column_names:
         unordered = tbl.column("seq_order").null_count
@@ -170,6 +181,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     return ds, tbl.take(pa.array(idx)), copy, where, warnings
 
 
+# The embed errors that say a row's image cannot be decoded at all (not a caption's problem).
+UNDECODABLE = ("image_undecodable", "image_too_large")
 MIX_CAPTION = "__caption"  # the caption a mixed export writes: one of the mix's columns per sample
 
 

@@ -194,8 +194,9 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         if self.decode:
             image, err = decode_image(data)
             if image is None:
-                raise LakeError(f"sample {out['id']} of lake '{self.uri}' version {self.version}: {err}; "
-                                "train on a view without ingest errors (the default views exclude them)")
+                raise LakeError(f"the image of sample {out['id']} (lake '{self.uri}' version {self.version}) cannot be "
+                                f"decoded: {err}; leave it out with where=\"... AND id <> '{out['id']}'\", or embed "
+                                "the lake first: an embedding records undecodable images, and the loader leaves them out")
             if self.transform is not None:
                 image = self.transform(image)
         out["image"] = image

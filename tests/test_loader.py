@@ -198,3 +198,34 @@ def test_the_latest_named_by_its_number_is_refused_when_stale_like_the_latest(sa
     assert len(tagged) == lake.dataset(rep.tag).count_rows(filter="keep AND ingest_status <> 'error'")
     assert any("rebalance_keep skipped" in w for w in tagged.warnings)
     assert len(LakeDataset(lake, allow_stale=True, decode=False)) > 0
+
+
+def test_an_image_that_passed_ingest_but_cannot_be_decoded_is_left_out_not_fatal(tmp_path: Path):
+    """A JPEG with a sound header and end marker but broken data passes ingest; embed records it
+    (image_undecodable). Export shipped it and the loader stopped the training run on it, with
+    advice that did not apply ("train on a view without ingest errors": it was the default view).
+    Both leave it out now, with a warning; without an embedding the loader's error says how."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("coffee", "rocket", "chelsea"):
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", src)
+        (src / f"{name}.txt").write_text(f"a photo of {name}")
+    broken = bytearray((SAMPLE_DATA / "coffee.jpg").read_bytes())
+    for i in range(1500, len(broken) - 2, 7):
+        broken[i] = 0xFF if i % 2 else 0x00
+    (src / "broken.jpg").write_bytes(bytes(broken))
+    (src / "broken.txt").write_text("a photo")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    assert lake.count("ingest_status = 'error'") == 0  # the header is sound
+    bad_id = lake.to_pandas(["id"], where="key = 'broken.jpg'")["id"].iloc[0]
+    with pytest.raises(LakeError, match=f"the image of sample {bad_id} .* cannot be decoded.*id <> '{bad_id}'"):
+        list(LakeDataset(lake, shuffle=False))
+    lake.embed("tiny-random", workers=0, progress=False)
+    lake.curate({"name": "ie", "step": [{"filter": "ingest_error"}]}, progress=False)
+    ds = LakeDataset(lake, shuffle=False)
+    assert any("1 row of the view left out: an embedding could not decode its image" in w for w in ds.warnings)
+    ids = [s["id"] for s in ds]
+    assert len(ids) == 3 and bad_id not in ids
+    out = lake.export(tmp_path / "out.parquet", "parquet")
+    assert out.rows == 3 and any("could not decode" in w for w in out.stale)
