@@ -35,6 +35,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -157,6 +158,11 @@ def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_u
     opts = dict(opts)
     for key in _PATHS.get(step, ()):
         if key in opts and opts[key] is not None and not isinstance(opts[key], Mapping):  # (a recipe may be a dict)
+            if step in ("export", "report") and isinstance(opts[key], str):
+                unknown = sorted(set(re.findall(r"\{[^{}]*\}", opts[key])) - {"{lake}"})
+                if unknown:  # "{lakes}/x" made a folder named {lakes}
+                    raise LakeError(f"{where}: {key} = {opts[key]!r} names {', '.join(unknown)}; the one placeholder "
+                                    "is {lake} (the lake's path)")
             opts[key] = _path(opts[key], base, lake_uri, keep_names=(step == "curate"))
     try:
         _check_values(step, opts)
@@ -201,6 +207,31 @@ def _path(value: Any, base: Path, lake_uri: str, *, keep_names: bool = False) ->
     if keep_names and not text.endswith(".toml"):  # a shipped recipe by name
         return text
     return str((base / text).resolve())
+
+
+def _check_against_lake(lake: "Lake", pipe: "Pipeline") -> None:
+    """What only the lake can say, checked before the first step: a column a step reads that
+    neither the lake nor a step before it makes (a curriculum's score was refused by sequence after
+    curate and rebalance had committed)."""
+    from lakecurate.curate import SIGNAL_TYPES
+    from lakecurate.encoders import resolve
+
+    have = set(lake.dataset().schema.names)
+    for step, opts in pipe.steps.items():
+        if step == "sequence" and opts.get("mode") == "curriculum" and isinstance(opts.get("score"), str):
+            col = opts["score"].lstrip("-")
+            if col not in have and not col.startswith("dup_"):
+                raise LakeError(f"pipeline {pipe.source}, [sequence]: score {opts['score']!r} is not a column of lake "
+                                f"'{lake.uri}' and no step before it makes one; name a number column (a score, a signal)")
+        if step == "embed":
+            spec = resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
+            have |= set(embedding_columns(spec.prefix).values())
+        elif step == "curate":
+            have |= set(SIGNAL_TYPES) | {"keep", "drop_reason"}
+        elif step == "cluster":
+            have |= {"concept", "concept_dist"}
+        elif step == "rebalance":
+            have |= {"rebalance_keep", "sample_weight", "repeats"}
 
 
 def _check_values(step: str, opts: dict[str, Any]) -> None:
@@ -266,9 +297,13 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
             raise LakeError("say where: dest = \"{lake}-shards\"")
         check_options(opts.get("format", "webdataset"), engine=opts.get("engine", "local"),
                       shard_size=opts.get("shard_size"), image_ext=opts.get("image_ext"), keys=True)
+        if "://" not in str(opts["dest"]):
+            options.writable("export destination", opts["dest"])
     elif step == "report":
         if "out" not in opts:
             raise LakeError("say where: out = \"{lake}/report.html\"")
+        if "://" not in str(opts["out"]):  # refused after the steps before it had committed
+            options.writable("report", opts["out"])
         options.whole("sample_rows", opts.get("sample_rows", 1), 1)
         for key in ("thumb_px", "max_groups", "per_group", "n_low", "per_reason", "n_concepts"):
             options.whole(key, opts.get(key, 0), 0)
@@ -465,6 +500,8 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
     if not exists and not dry_run:
         raise LakeError(f"no lake at '{lake.uri}'; create it with Lake.create (lakecurate run creates it when the "
                         f"pipeline has an [ingest] step)")
+    if exists:
+        _check_against_lake(lake, pipe)
     before = lake.version if exists else 0
     rep = RunReport(lake=lake.uri, pipeline=pipe.source, version_before=before, version_after=before)
     fns = {name: getattr(lake, name) for name in STEPS}

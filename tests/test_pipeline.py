@@ -380,6 +380,9 @@ def test_pipeline_options_are_checked_before_anything_runs(tmp_path: Path):
         '[export]\ndest = "x"\nimage_ext = "txt"\n': "image_ext txt: that member is the sample's caption",
         '[curate]\nrecipe = "basic"\nengine = "spark"\n': "unknown engine 'spark'",
         '[curate]\nrecipe = "basic"\noverrides = {"nosuch.step" = 3}\n': "[curate]",
+        # a hostile tester's: refused only after curate had committed, or a folder named {lakes} made
+        '[report]\nout = "/proc/forbidden/r.html"\n': "report '/proc/forbidden/r.html' cannot be written",
+        '[export]\ndest = "{lakes}/x"\n': "names {lakes}; the one placeholder is {lake}",
     }
     for text, msg in cases.items():
         pipe = tmp_path / "p.toml"
@@ -641,3 +644,17 @@ def test_status_fix_lines_pasted_in_order_make_every_stage_current(sample_lake_e
     dedup = [f for f in ran if " dedup " in f]
     assert len(dedup) == 1 and "--method exact,phash,semantic" in dedup[0] and "--embedding clip_tinyrandom" in dedup[0]
     assert any(" curate " in f and "--set 'embedding=\"clip_tinyrandom\"'" in f for f in ran), ran
+
+
+def test_a_curriculum_score_no_step_makes_is_refused_before_the_first_step(rebalanced: Lake, tmp_path: Path):
+    """sequence refused `score = "no_such_col"` after curate and rebalance had committed."""
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[curate]\nrecipe = "basic"\noverrides = {"alignment.min_percentile" = 25}\n'
+                    '[sequence]\nmode = "curriculum"\nscore = "no_such_col"\n')
+    v = rebalanced.version
+    res = CliRunner().invoke(main, ["run", rebalanced.uri, str(pipe)])
+    assert res.exit_code == 1 and "score 'no_such_col' is not a column of lake" in res.output
+    assert rebalanced.version == v
+    pipe.write_text('[sequence]\nmode = "curriculum"\nscore = "-clip_tinyrandom_score"\n')  # the lake has it
+    res = CliRunner().invoke(main, ["run", rebalanced.uri, str(pipe)])
+    assert res.exit_code == 0, res.output  # the lake has it
