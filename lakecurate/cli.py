@@ -8,7 +8,6 @@ import json
 import math
 import numbers
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import click
 
 from lakecurate.columns import describe_provenance
+from lakecurate.errors import removed_meanwhile
 from lakecurate.lake import Lake, LakeError
 from lakecurate.names import EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
@@ -43,7 +43,7 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (LakeError, IngestError, EncoderError) as exc:
             raise fail(str(exc), as_json) from None
         except (OSError, ValueError) as exc:
-            gone = _removed_meanwhile(exc)
+            gone = removed_meanwhile(exc)
             if gone is not None:  # a version (or its files) cleanup removed while this command read it
                 raise fail(f"{gone} was removed while this command read it (a `lakecurate cleanup` in another "
                            "process, after a compact or a restore?); what was committed is intact: run it again, "
@@ -59,18 +59,6 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                        f"committed work is kept", as_json) from None
 
     return wrapper
-
-
-_GONE = re.compile(r"(\S*?\.lance/(?:_versions/\d+\.manifest|data/[\w-]+\.lance))")
-
-
-def _removed_meanwhile(exc: BaseException) -> str | None:
-    """The lake file (a version's manifest, a data file) a "not found" error names, else None."""
-    text = str(exc)
-    if "not found" not in text.lower():
-        return None
-    m = _GONE.search(text)
-    return None if m is None else f"'{m.group(1)}'"
 
 
 def _plain(value: Any) -> Any:

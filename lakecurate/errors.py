@@ -6,6 +6,8 @@ stderr and exit code 1, never a traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class LakeError(Exception):
     """A problem the user can fix; the message says what and how."""
@@ -17,3 +19,16 @@ class IngestError(LakeError):
 
 class EncoderError(LakeError):
     """The encoder cannot be had as asked; the message lists what to do instead."""
+
+
+_GONE = re.compile(r"(\S*?\.lance/(?:_versions/\d+\.manifest|data/[\w-]+\.lance))")
+
+
+def removed_meanwhile(exc: BaseException) -> str | None:
+    """The lake file (a version's manifest, a data file) a Lance "not found" error names, quoted,
+    else None: a version that ``cleanup`` removed while a command (or a training loader) read it."""
+    text = str(exc)
+    if "not found" not in text.lower():
+        return None
+    m = _GONE.search(text)
+    return None if m is None else f"'{m.group(1)}'"

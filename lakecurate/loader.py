@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from lakecurate.errors import LakeError
+from lakecurate.errors import LakeError, removed_meanwhile
 from lakecurate.images import decode_image
 
 if TYPE_CHECKING:
@@ -80,6 +80,9 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
             # a branch name means its latest version, which a teammate's commit moves: the workers
             # open the version the loader planned on, on that branch
             self.ref = f"{self.ref.partition(':')[0]}:{ds.version}"
+        if not tbl.num_rows:  # an epoch of nothing, without a word (export refuses an empty selection)
+            raise LakeError(f"no rows to load from lake '{store.uri}' (version {ds.version}) with where {self.where!r}; "
+                            "check the view (lakecurate status) or where=")
         self.rowids = tbl.column("_rowid").to_numpy().astype(np.uint64)
         self.fields = {"id": tbl.column("id").to_pylist(), "caption": tbl.column(caption).to_pylist(),
                        **{c: tbl.column(c).to_pylist() for c in columns}}
@@ -184,7 +187,15 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         for s in range(0, len(positions), self.read_size):
             chunk = positions[s: s + self.read_size]
             ids = self.rowids[chunk].tolist()
-            blobs = [b for _, b in ds.read_blobs("image", ids=ids, preserve_order=True)]
+            try:
+                blobs = [b for _, b in ds.read_blobs("image", ids=ids, preserve_order=True)]
+            except (OSError, ValueError) as exc:
+                gone = removed_meanwhile(exc)
+                if gone is None:
+                    raise
+                raise LakeError(f"{gone} of lake '{self.uri}' version {self.version} was removed while the loader read "
+                                "it (a `lakecurate cleanup` after a compact or a restore?); tag the version a training "
+                                "run reads to keep it (lakecurate tag), and make the dataset again") from None
             for pos, data in zip(chunk.tolist(), blobs):
                 yield self._sample(pos, data)
 

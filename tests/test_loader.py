@@ -229,3 +229,26 @@ def test_an_image_that_passed_ingest_but_cannot_be_decoded_is_left_out_not_fatal
     assert len(ids) == 3 and bad_id not in ids
     out = lake.export(tmp_path / "out.parquet", "parquet")
     assert out.rows == 3 and any("could not decode" in w for w in out.stale)
+
+
+def test_an_empty_view_and_a_version_cleaned_up_while_reading_are_one_line_errors(tmp_path: Path):
+    """An empty view loaded nothing without a word (export refuses it); a compact and a cleanup in
+    another process while the loader read left a raw Lance "Not found: .../data/....lance"."""
+    from datetime import timedelta
+
+    lake = Lake.create(tmp_path / "lake")
+    for part in range(3):  # three fragments, for compact to merge
+        src = tmp_path / f"p{part}"
+        src.mkdir()
+        for name in ("coffee", "rocket")[: 1 + part % 2]:
+            shutil.copy(SAMPLE_DATA / f"{name}.jpg", src / f"{name}{part}.jpg")
+        lake.ingest(src, progress=False)
+    with pytest.raises(LakeError, match="no rows to load from lake .* with where 'width < 0'"):
+        LakeDataset(lake, where="width < 0")
+    ds = LakeDataset(lake, shuffle=False, read_size=1, decode=False)
+    samples = iter(ds)
+    next(samples)
+    lake.compact()
+    lake.cleanup(timedelta(0))
+    with pytest.raises(LakeError, match=f"version {ds.version} was removed while the loader read it.*tag the version"):
+        list(samples)
