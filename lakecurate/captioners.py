@@ -319,6 +319,14 @@ CAPTION_PROMPT = "Describe this image in one sentence, as an image caption: what
 REPHRASE_PROMPT = ("Rewrite this image caption in different words, keeping every fact it states and adding none. "
                    "Answer with the rewritten caption only.\nCaption: {caption}")
 RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
+# A reply is a caption: one longer than this many characters (or 8 a token of --max-tokens, if that is
+# more) is the row's error, not stored. A server that ignores max_tokens (or a prompt injected into
+# the caption it rephrases) would otherwise put a page, or a megabyte, into one cell of the column.
+MAX_REPLY_CHARS = 2000
+MAX_REPLY_BYTES = 4 * 2 ** 20  # a reply body past this is not read at all (32 requests in flight: 128 MiB)
+# Control characters a reply may carry (NUL, ESC of a terminal colour code, DEL, C1) reach every tool
+# that prints the column; ASCII white space stays, to become one space where runs of it collapse.
+_CONTROL = {c: None for c in (*range(32), *range(127, 160)) if chr(c) not in "\t\n\r\v\f"}
 
 
 # An endpoint captioner's settings of how requests are made, which change no caption.
@@ -526,6 +534,11 @@ class EndpointClient:
 
     def one(self, image_url: str | None, text: str) -> tuple[str | None, str | None, int]:
         """(text, error, attempts) of one row; ``text`` is its rendered prompt."""
+        return self.ask(self.messages(image_url, text), self.spec.max_tokens)
+
+    def ask(self, messages: list[dict[str, Any]], max_tokens: int) -> tuple[str | None, str | None, int]:
+        """(text, error, attempts) of one chat request: the reply's text without control characters,
+        its white space collapsed; one longer than :func:`reply_cap` is an error (not retried)."""
         import http.client
         import json
         import random
@@ -533,25 +546,30 @@ class EndpointClient:
         import urllib.error
         import urllib.request
 
-        body = json.dumps({"model": self.spec.api_model, "messages": self.messages(image_url, text),
-                           "max_tokens": self.spec.max_tokens, "temperature": self.spec.temperature,
-                           "seed": self.spec.seed}).encode()
+        body = json.dumps({"model": self.spec.api_model, "messages": messages, "max_tokens": max_tokens,
+                           "temperature": self.spec.temperature, "seed": self.spec.seed}).encode()
         headers = {"Content-Type": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
+        cap = reply_cap(self.spec.max_tokens)
         error = "no attempt"
         for attempt in range(1, self.spec.retries + 2):
             wait = min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random())
             try:
                 req = urllib.request.Request(self.spec.url(), data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=self.spec.timeout) as resp:
-                    raw = resp.read()
+                    raw = resp.read(MAX_REPLY_BYTES + 1)
+                if len(raw) > MAX_REPLY_BYTES:
+                    return None, f"endpoint: reply too long: over {MAX_REPLY_BYTES} bytes (not stored)", attempt
                 try:
                     text = json.loads(raw)["choices"][0]["message"]["content"]
                     if not isinstance(text, str):
                         raise TypeError("content is not text")
-                    text = " ".join(text.split())
+                    text = clean_reply(text)
                     text.encode("utf-8")  # a lone surrogate ("\\ud800" in the JSON) is no text: UnicodeEncodeError
+                    if len(text) > cap:
+                        return None, f"endpoint: reply too long: {len(text)} characters (at most {cap}; not stored)", \
+                            attempt
                     if text:
                         return text, None, attempt
                     error = "malformed reply (no text)"
@@ -589,6 +607,20 @@ class EndpointClient:
 
 
 _NO_ENDPOINT = ("connection failed", "HTTP 401 ", "HTTP 403 ", "HTTP 404 ")  # never about one row
+
+
+def reply_cap(max_tokens: int) -> int:
+    """The most characters a reply may have: :data:`MAX_REPLY_CHARS`, or 8 a token if that is more."""
+    return max(MAX_REPLY_CHARS, 8 * max_tokens)
+
+
+def clean_reply(text: str) -> str:
+    """A reply as a caption: control characters removed, runs of white space (newlines, tabs) one space.
+
+    >>> clean_reply("<b>red</b>\\x00\\x1b[31m car\\n\\tparked")
+    '<b>red</b>[31m car parked'
+    """
+    return " ".join(text.translate(_CONTROL).split())
 
 
 def image_data_url(data: bytes | None, side: int) -> tuple[str | None, str | None]:

@@ -30,7 +30,8 @@ KEY = "sk-test-SECRET-4711"
 class Server:
     """Behaviour by the caption it is asked to rephrase: "flaky429 ..." gets a 429 first, "flaky500"
     a 500 first, "slow" hangs past the client's timeout once, "broken" always gets malformed JSON,
-    "down" always a 503; everything else an answer. Counts requests and checks the key."""
+    "down" always a 503, "control" a reply with control characters, "huge" a reply of a million
+    characters; everything else an answer. Counts requests and checks the key."""
 
     def __init__(self, delay: float = 0.0):
         self.requests: list[dict] = []
@@ -67,6 +68,10 @@ class Server:
                     return self.reply(200, b"{not json")
                 if tag.startswith("down"):
                     return self.reply(503, b"")
+                if tag.startswith(("control", "huge")):
+                    answer = "a" * 10 ** 6 if tag.startswith("huge") else \
+                        "<script>x</script>\x00\x1b[31mred\r\nline\ttab"
+                    return self.reply(200, json.dumps({"choices": [{"message": {"content": answer}}]}).encode())
                 if tag.startswith("empty"):  # an answer of no words
                     return self.reply(200, json.dumps({"choices": [{"message": {"content": " \n "}}]}).encode())
                 if tag.startswith("surrogate"):  # JSON that decodes to text no UTF-8 can hold
@@ -283,6 +288,23 @@ def test_an_endpoint_no_request_reaches_stops_the_run_and_a_rerun_goes_on(server
     assert "caption_re" not in lake.dataset().schema.names  # nothing declared stays behind
     rep = lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", retries=0, name="re", progress=False)
     assert rep.rows == 6 and rep.errors == 0
+
+
+def test_replies_lose_control_characters_and_a_huge_one_is_the_rows_error(server, tmp_path: Path, monkeypatch):
+    """A reply was stored as it came: NUL and terminal escapes in the column, and a reply of a
+    million characters in one cell. Control characters go now (white space becomes one space), and
+    a reply past MAX_REPLY_CHARS is the row's error, not retried."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lake = caption_lake(tmp_path / "lake", ["control one", "huge two", "plain three"])
+    rep = lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", name="re", progress=False)
+    got = lake.to_pandas(["caption", "caption_re", "caption_re_error", "caption_re_tries"]).set_index("caption")
+    assert got.loc["control one", "caption_re"] == "<script>x</script>[31mred line tab"
+    assert pd.isna(got.loc["huge two", "caption_re"])
+    assert got.loc["huge two", "caption_re_error"] == \
+        "endpoint: reply too long: 1000000 characters (at most 2000; not stored)"
+    assert got.loc["huge two", "caption_re_tries"] == 1
+    assert got.loc["plain three", "caption_re"] == "a rewritten plain three"
+    assert rep.errors == 1
 
 
 def test_retries_are_this_runs(server, tmp_path: Path, monkeypatch):
