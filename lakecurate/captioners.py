@@ -327,6 +327,8 @@ MAX_REPLY_BYTES = 4 * 2 ** 20  # a reply body past this is not read at all (32 r
 # Control characters a reply may carry (NUL, ESC of a terminal colour code, DEL, C1) reach every tool
 # that prints the column; ASCII white space stays, to become one space where runs of it collapse.
 _CONTROL = {c: None for c in (*range(32), *range(127, 160)) if chr(c) not in "\t\n\r\v\f"}
+# The one request that checks an endpoint answers before a first run declares its columns.
+PROBE_PROMPT = "Reply with the word OK."
 
 
 # An endpoint captioner's settings of how requests are made, which change no caption.
@@ -535,6 +537,17 @@ class EndpointClient:
     def one(self, image_url: str | None, text: str) -> tuple[str | None, str | None, int]:
         """(text, error, attempts) of one row; ``text`` is its rendered prompt."""
         return self.ask(self.messages(image_url, text), self.spec.max_tokens)
+
+    def check(self) -> None:
+        """One short text request (:data:`PROBE_PROMPT`, retried like a row's) before a first run
+        declares its columns: an endpoint it does not reach (refused, 401/403/404) is a LakeError
+        then, and nothing is written. Other failures (a 500, a timeout) pass: they are rows' errors,
+        for ``--retry-errors`` to compute again."""
+        _, error, _ = self.ask([{"role": "user", "content": PROBE_PROMPT}], 1)
+        if error and any(e in error for e in _NO_ENDPOINT):
+            raise LakeError(f"endpoint {self.spec.url()}: a first request failed ({error}); nothing was written. "
+                            f"Check that the server runs at that URL and accepts the key in ${self.spec.api_key_env}, "
+                            "then run the same command again")
 
     def ask(self, messages: list[dict[str, Any]], max_tokens: int) -> tuple[str | None, str | None, int]:
         """(text, error, attempts) of one chat request: the reply's text without control characters,

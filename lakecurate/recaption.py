@@ -223,7 +223,9 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     original caption (``prompt`` placeholders such as ``{caption}`` or ``{img_text_lines}`` take each
     row's values of those columns); ``concurrency`` requests at a time, ``timeout`` seconds each, ``retries`` with
     backoff on 429/5xx/timeouts; what still fails is the row's ``_error``; the key comes from the
-    environment variable ``api_key_env`` and is never stored.
+    environment variable ``api_key_env`` and is never stored. A first run (or ``recompute``) against an
+    endpoint sends one request before it declares the columns, so one that is down or refuses the key
+    writes no version.
     """
     from lakecurate.engines import check_engine
     from lakecurate.options import device as check_device
@@ -277,6 +279,10 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     stage = recaption_stage(spec, device=device, batch_size=batch_size)
     if isinstance(spec, EndpointSpec):
         stage = _as_declared(lake, stage)
+        if recompute or spec.column() not in lake.dataset().schema.names:
+            # declared, then dropped when no request got through: two versions of nothing (and with
+            # --recompute the column's captions gone); one request first tells a server down or a bad key
+            EndpointClient(spec).check()
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress)
     out = RecaptionReport(lake=lake.uri, model=spec.arch if isinstance(spec, CaptionerSpec) else spec.api_model,
                           column=spec.column(), rows=rep.rows, rows_resumed=rep.rows_resumed,

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from lakecurate import Lake, LakeError, graph
+from lakecurate.captioners import PROBE_PROMPT
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
 from lakecurate.plant import synthetic_pairs
@@ -30,11 +31,15 @@ KEY = "sk-test-SECRET-4711"
 class Server:
     """Behaviour by the caption it is asked to rephrase: "flaky429 ..." gets a 429 first, "flaky500"
     a 500 first, "slow" hangs past the client's timeout once, "broken" always gets malformed JSON,
-    "down" always a 503, "control" a reply with control characters, "huge" a reply of a million
-    characters; everything else an answer. Counts requests and checks the key."""
+    "down" always a 503, "control" a reply with control
+    characters, "huge" a reply of a million characters; everything else an answer. While ``status``
+    is set, every request (the first run's probe too) gets that status. Counts requests (the probes
+    apart) and checks the key."""
 
     def __init__(self, delay: float = 0.0):
         self.requests: list[dict] = []
+        self.probes = 0
+        self.status: int | None = None
         self.seen: dict[str, int] = {}
         self.keys: set[str | None] = set()
         self.lock = threading.Lock()
@@ -47,11 +52,18 @@ class Server:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.requests.append(body)
-                    outer.keys.add(self.headers.get("Authorization"))
                 content = body["messages"][0]["content"]
                 text = content if isinstance(content, str) else content[0]["text"]
+                with outer.lock:
+                    if text == PROBE_PROMPT:
+                        outer.probes += 1
+                    else:
+                        outer.requests.append(body)
+                    outer.keys.add(self.headers.get("Authorization"))
+                if outer.status is not None:
+                    return self.reply(outer.status, b"{}")
+                if text == PROBE_PROMPT:
+                    return self.reply(200, json.dumps({"choices": [{"message": {"content": "OK"}}]}).encode())
                 tag = text.split("Caption: ")[-1] if "Caption: " in text else "image"
                 with outer.lock:
                     n = outer.seen[tag] = outer.seen.get(tag, 0) + 1
@@ -272,22 +284,54 @@ def test_an_ipv6_endpoint_is_stored_as_it_can_be_given_again():
 
 
 def test_an_endpoint_no_request_reaches_stops_the_run_and_a_rerun_goes_on(server, tmp_path: Path, monkeypatch):
-    """The server down: every row got 'connection failed' as its error, the run exited 0, and a
-    re-run had nothing to do (each row had its error). Now the run stops, writing no errors."""
+    """The server down (or refusing the key) under a column being filled: every row got the
+    failure as its error, the run exited 0, and a re-run had nothing to do (each row had its
+    error). Now the run stops, writing no errors. (A first run is stopped before it declares the
+    column: test_a_refused_first_run_writes_no_version.)"""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lake = caption_lake(tmp_path / "lake", [f"plain caption {i}" for i in range(6)])
+    kw = dict(endpoint=server.url, api_model="m", mode="rephrase", retries=0, name="re", progress=False)
+    assert lake.recaption(**kw).rows == 6
+    rows = synthetic_pairs(100, 2)
+    lake.append(rows.set_column(rows.schema.get_field_index("caption"), "caption", pa.array(["plain a", "plain b"])))
+    server.status = 401  # a key revoked meanwhile
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--endpoint", server.url, "--api-model", "m", "--mode",
+                                    "rephrase", "--retries", "0", "--name", "re"])
+    assert res.exit_code == 1 and "every request of a batch of 2 failed (endpoint: HTTP 401" in res.output
+    assert "run the same command again" in res.output and "Traceback" not in res.output
+    assert lake.count("caption_re IS NULL AND caption_re_error IS NULL") == 2  # nothing written for them
+    server.status = None
+    rep = lake.recaption(**kw)
+    assert rep.rows == 2 and rep.errors == 0
+
+
+def test_a_refused_first_run_writes_no_version(server, tmp_path: Path, monkeypatch):
+    """A server down or a key refused: the run exited 1, but the columns were declared and dropped
+    again (two versions of nothing in `lakecurate log`), and with --recompute the column's captions
+    were gone. Now one request checks the endpoint before anything is declared."""
     import socket
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    lake = caption_lake(tmp_path / "lake", [f"plain caption {i}" for i in range(6)])
+    lake = caption_lake(tmp_path / "lake", ["plain one", "plain two"])
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
-    res = CliRunner().invoke(main, ["recaption", lake.uri, "--endpoint", dead, "--api-model", "m", "--mode", "rephrase",
-                                    "--retries", "0", "--name", "re"])
-    assert res.exit_code == 1 and "every request of a batch of 6 failed (endpoint: connection failed" in res.output
-    assert "run the same command again" in res.output and "Traceback" not in res.output
-    assert "caption_re" not in lake.dataset().schema.names  # nothing declared stays behind
-    rep = lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", retries=0, name="re", progress=False)
-    assert rep.rows == 6 and rep.errors == 0
+    server.status = 401
+    for url in (dead, server.url):
+        v = lake.version
+        res = CliRunner().invoke(main, ["recaption", lake.uri, "--endpoint", url, "--api-model", "m", "--mode",
+                                        "rephrase", "--retries", "0", "--name", "re"])
+        assert res.exit_code == 1 and lake.version == v and "caption_re" not in lake.dataset().schema.names
+        assert "a first request failed (endpoint: " in res.output and "nothing was written" in res.output, res.output
+        assert "Traceback" not in res.output
+    assert server.probes == 1 and server.requests == []  # one request, not one a row
+    server.status = None
+    kw = dict(endpoint=server.url, api_model="m", mode="rephrase", retries=0, name="re", progress=False)
+    assert lake.recaption(**kw).rows == 2
+    server.status, v = 401, lake.version
+    with pytest.raises(LakeError, match="a first request failed"):  # --recompute: the captions there are stay
+        lake.recaption(recompute=True, **kw)
+    assert lake.version == v and lake.count("caption_re IS NOT NULL") == 2
 
 
 def test_replies_lose_control_characters_and_a_huge_one_is_the_rows_error(server, tmp_path: Path, monkeypatch):
