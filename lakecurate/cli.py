@@ -553,6 +553,9 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
               "ray, each GPU actor's own (default: its GPU's share of the node's CPUs, but one).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--recompute", is_flag=True, help="Replace the column written with other settings.")
+@click.option("--retry-errors", is_flag=True,
+              help="Compute again the rows whose caption_NAME is null with an error set (an endpoint that failed "
+              "them: down, 500s, timeouts), keeping every caption; then fill new rows as usual.")
 @click.option("--endpoint", help="An OpenAI-compatible server's base URL (vLLM, llama.cpp, Ollama, hosted): "
               "its model captions or rephrases instead of a local CoCa.")
 @click.option("--api-model", help="The model the endpoint serves.")
@@ -572,11 +575,12 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
               max_tokens: int, temperature: float, top_k: int, seed: int, device: str, batch_size: int | None,
               workers: int | None, engine: str, recompute: bool, endpoint: str | None, api_model: str | None,
               mode: str, prompt: str | None, concurrency: int, timeout: float, retries: int, api_key_env: str,
-              as_json: bool) -> None:
+              retry_errors: bool, as_json: bool) -> None:
     """Add a synthetic caption for every image of LAKE as the column caption_NAME (+ _error).
 
     The original caption is never modified; the new column is a caption like any other (recipes,
-    embed, export can use it). Re-runs fill only rows that lack it; a killed run resumes.
+    embed, export can use it). Re-runs fill only rows that lack it; a killed run resumes; rows an
+    endpoint failed keep their error until a run with --retry-errors computes them again.
 
     Example: lakecurate recaption ./lake --model coca_ViT-B-32 --pretrained mscoco_finetuned_laion2b_s13b_b90k
     """
@@ -585,15 +589,19 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
                                     device=device, batch_size=batch_size, workers=workers, engine=engine,
                                     recompute=recompute, endpoint=endpoint, api_model=api_model, mode=mode,
                                     prompt=prompt, concurrency=concurrency, timeout=timeout, retries=retries,
-                                    api_key_env=api_key_env)
+                                    api_key_env=api_key_env, retry_errors=retry_errors)
     if as_json:
         echo_json(rep)
         return
     if rep.meaningless:
         click.echo("note: tiny-random-coca is randomly initialised: its captions mean nothing (tests only)", err=True)
-    click.echo(f"{rep.column}: {rep.rows} rows captioned ({rep.rows_resumed} resumed, {rep.errors} errors"
+    click.echo(f"{rep.column}: {rep.captioned} rows captioned, {rep.errors} errors (of {rep.rows + rep.rows_resumed} "
+               f"rows: {rep.rows_resumed} resumed" + (f", {rep.retried} errors computed again" if retry_errors else "")
                + (f", {rep.retries} retries" if endpoint else "") + f") in {rep.fragments} fragments, "
                f"{rep.seconds:.1f} s (model load {rep.model_load_seconds:.1f} s)")
+    if rep.retry_command:
+        click.echo(f"{rep.endpoint_errors} rows of {rep.column} have no caption because the endpoint failed them "
+                   f"({rep.column}_error says why); once it answers, compute them again with:\n  {rep.retry_command}")
     _echo_elsewhere(rep, "recaption")
 
 

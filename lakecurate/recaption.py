@@ -9,6 +9,11 @@ does nothing, rows appended later are the next run's only work, a killed run res
 finished batch, and ``engine="ray"`` captions on Ray actors. The provenance records the model and
 weights, the decoding parameters and seed, and the source columns.
 
+A row an endpoint failed (down for a while, 500s, timeouts) keeps its error until
+``retry_errors=True`` computes again the rows whose caption is null and whose error is set,
+writing over those rows only (the captions there are stay): a re-run alone finds every fragment
+filled and does nothing.
+
     lakecurate recaption ./lake --model coca_ViT-B-32 --pretrained mscoco_finetuned_laion2b_s13b_b90k
     lakecurate sql ./lake "SELECT caption, caption_cocavitb32mscoco FROM pairs LIMIT 5"
 """
@@ -51,9 +56,11 @@ class RecaptionReport:
     lake: str
     model: str
     column: str
-    rows: int = 0
-    rows_resumed: int = 0
-    errors: int = 0
+    rows: int = 0  # rows this run computed: new ones, and with retry_errors the error rows computed again
+    rows_resumed: int = 0  # rows an earlier, killed run computed, committed by this one
+    captioned: int = 0  # of rows + rows_resumed: those that got a caption
+    errors: int = 0  # of rows + rows_resumed: those that got an error instead (captioned + errors = both)
+    retried: int = 0  # of rows: error rows computed again (retry_errors)
     fragments: int = 0
     meaningless: bool = False
     model_load_seconds: float = 0.0
@@ -61,6 +68,8 @@ class RecaptionReport:
     retries: int = 0  # endpoint: attempts beyond the first, over the column
     fragments_elsewhere: int = 0  # left to another run captioning them now (runner.RunReport)
     elsewhere: list[str] = field(default_factory=list)
+    endpoint_errors: int = 0  # endpoint: rows of the whole column without a caption because a request failed
+    retry_command: str | None = None  # ...and the command that computes them again, when there are any
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +192,114 @@ def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto
                     sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device)
 
 
+RETRY_COMMIT_ROWS = 4096  # retry_errors commits what it computed every this many rows (a killed run keeps it)
+
+
+def retry_error_rows(lake: "Store", stage: RowStage, *, workers: int | None = None,
+                     progress: bool | None = None) -> runner.RunReport:
+    """Compute ``stage``'s rows again whose caption (its first column) is null and whose error (its
+    second) is set, and write their new values over the old ones, keeping every other row's: the
+    runner fills whole fragments once, so without this a failed row stays failed. An endpoint's
+    ``_tries`` adds up the attempts of every run; the report's ``sums`` and ``nonzero`` hold this
+    run's. Rows an ingest refused are left (their image is not decoded, their error the same).
+    What is computed is committed every :data:`RETRY_COMMIT_ROWS` rows and when the run stops
+    (an endpoint that no request reaches: a LakeError), so the same call goes on from there.
+    """
+    import time
+
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from lakecurate.progress import progress_bar
+
+    t0 = time.perf_counter()
+    report = runner.RunReport()
+    col, err = stage.names[:2]
+    ds = lake.dataset()
+    if col not in ds.schema.names:
+        return report
+    decode = stage.image is not None and runner.IMAGE in stage.inputs
+    where = f"{col} IS NULL AND {err} IS NOT NULL"
+    if decode and runner.STATUS in ds.schema.names:
+        where += f" AND ({runner.STATUS} IS NULL OR {runner.STATUS} <> 'error')"
+    inputs = [c for c in stage.inputs if c != runner.IMAGE]
+    todo = ds.to_table(columns=list(dict.fromkeys([*inputs, *stage.names[1:]])), filter=where, with_row_address=True)
+    addrs = todo.column("_rowaddr").to_numpy().astype(np.int64)
+    if not len(addrs):
+        return report
+    images = runner.map_images(lake, stage, addrs, workers=workers, progress=False) if decode else None
+    state = stage.setup() if stage.setup is not None else None
+    bar = progress_bar(total=len(addrs), desc=f"{stage.desc or col} (errors again)", unit=stage.unit, progress=progress)
+    done: list[tuple[np.ndarray, pa.Table]] = []
+    try:
+        for lo in range(0, len(addrs), stage.batch_size):
+            part = todo.slice(lo, stage.batch_size)
+            rows = next(images) if images is not None else runner.Rows(pa.RecordBatch.from_pydict({}))
+            rows.columns = pa.RecordBatch.from_arrays([part.column(c).combine_chunks() for c in inputs], names=inputs)
+            rows.offsets = addrs[lo:lo + part.num_rows]
+            out = runner.result(stage.batch(state, rows))
+            runner._count(report, out)  # (this run's attempts, before the earlier runs' are added)
+            for tries in stage.names[2:3]:
+                out = out.set_column(2, tries, pc.add(out.column(tries), pc.fill_null(part.column(tries), 0)))
+            done.append((rows.offsets, out))
+            report.rows += out.num_rows
+            bar.update(out.num_rows)
+            if sum(len(a) for a, _ in done) >= RETRY_COMMIT_ROWS:
+                _write_over(lake, stage, done, report)
+                done = []
+    finally:
+        bar.close()
+        if images is not None:
+            images.close()
+        _write_over(lake, stage, done, report)  # what was computed stays, also when a later batch stops the run
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _write_over(lake: "Store", stage: RowStage, done: list, report: runner.RunReport) -> None:
+    """The recomputed rows' values over their fragments' current ones, in one commit (read, modify,
+    write; again at a fresh version after a conflict); a row given a caption meanwhile keeps it, and
+    a fragment compacted meanwhile is left (its rows keep their errors for the next retry)."""
+    import numpy as np
+
+    from lakecurate.store import retry_on_conflict
+
+    if not done:
+        return
+    names = stage.names
+    addrs = np.concatenate([a for a, _ in done])
+    new = pa.concat_tables([t for _, t in done])
+    values_new = {n: new.column(n).to_pylist() for n in names}
+    by_frag: dict[int, list[int]] = {}
+    for i, a in enumerate(addrs.tolist()):
+        by_frag.setdefault(a >> 32, []).append(i)
+    config_hash = stage.provenance(0)["config_hash"]
+
+    def attempt() -> int | None:
+        ds = lake.dataset()
+        tables = {}
+        for fid, idx in by_frag.items():
+            frag = ds.get_fragment(fid)
+            if frag is None:
+                continue
+            cur = frag.to_table(columns=names, with_row_address=True)
+            offsets = (cur.column("_rowaddr").to_numpy() & 0xFFFFFFFF).astype(np.int64)
+            values = {n: c.to_pylist() for n, c in zip(names, columns.physical(frag.physical_rows, offsets,
+                                                                                cur.select(names)).columns)}
+            for i in idx:
+                off = int(addrs[i]) & 0xFFFFFFFF
+                if off < frag.physical_rows and values[names[0]][off] is None:
+                    for n in names:
+                        values[n][off] = values_new[n][i]
+            tables[fid] = pa.table({n: pa.array(values[n], ds.schema.field(n).type) for n in names})
+        return columns.fill_fragments(lake, tables, based_on=ds, config_hash=config_hash)
+
+    version = retry_on_conflict(attempt)
+    if version is not None:
+        report.versions.append(version)
+        report.fragments += len(by_frag)
+
+
 def _as_declared(lake: "Store", stage: RowStage) -> RowStage:
     """An endpoint column declared before its transport settings left the config (2026-12-05) holds
     them in its config hash: a run whose config differs from it only there continues that column
@@ -207,7 +324,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
               workers: int | None = None, recompute: bool = False, progress: bool | None = None,
               engine: str = "local", endpoint: str | None = None, api_model: str | None = None,
               mode: str = "caption", prompt: str | None = None, concurrency: int = 32, timeout: float = 30.0,
-              retries: int = 4, api_key_env: str = "OPENAI_API_KEY") -> RecaptionReport:
+              retries: int = 4, api_key_env: str = "OPENAI_API_KEY", retry_errors: bool = False) -> RecaptionReport:
     """Add ``caption_<name>`` (+ ``_error``) for every row that lacks it; ``caption`` is never modified.
 
     Example::
@@ -225,13 +342,20 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     backoff on 429/5xx/timeouts; what still fails is the row's ``_error``; the key comes from the
     environment variable ``api_key_env`` and is never stored. A first run (or ``recompute``) against an
     endpoint sends one request before it declares the columns, so one that is down or refuses the key
-    writes no version.
+    writes no version. ``retry_errors=True`` computes again the rows with an error and no caption
+    (:func:`retry_error_rows`) before it fills new rows; the report counts captions and errors apart,
+    and for an endpoint says how many rows of the column it failed and the command to retry them.
     """
     from lakecurate.engines import check_engine
     from lakecurate.options import device as check_device
     from lakecurate.options import MOST_WORKERS, whole
 
     check_engine(engine)
+    if not isinstance(retry_errors, bool):
+        raise LakeError(f"--retry-errors is a flag: True or False, not {retry_errors!r}")
+    if retry_errors and recompute:
+        raise LakeError("--retry-errors computes the failed rows again; --recompute computes every row again: "
+                        "drop one")
     for opt, value in (("--name", name), ("--prompt", prompt), ("--api-key-env", api_key_env), ("--api-model", api_model),
                        ("--endpoint", endpoint), ("--pretrained", pretrained), ("--checkpoint", checkpoint)):
         if value is not None and not isinstance(value, (str, os.PathLike) if opt == "--checkpoint" else str):
@@ -277,22 +401,38 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     elif engine == "local":  # a device this machine lacks: refused before the columns are declared
         resolve_device(device)
     stage = recaption_stage(spec, device=device, batch_size=batch_size)
+    col = spec.column()
     if isinstance(spec, EndpointSpec):
         stage = _as_declared(lake, stage)
-        if recompute or spec.column() not in lake.dataset().schema.names:
+        if recompute or col not in lake.dataset().schema.names:
             # declared, then dropped when no request got through: two versions of nothing (and with
             # --recompute the column's captions gone); one request first tells a server down or a bad key
             EndpointClient(spec).check()
+    fixed = runner.RunReport()
+    if retry_errors and col in lake.dataset().schema.names:
+        # another config: refused here (as a run without the flag is), not mixed into the column
+        columns.declare(lake, stage.fields, stage.provenance(lake.dataset().version))
+        fixed = retry_error_rows(lake, stage, workers=workers, progress=progress)
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress)
+    both = [rep, fixed]
     out = RecaptionReport(lake=lake.uri, model=spec.arch if isinstance(spec, CaptionerSpec) else spec.api_model,
-                          column=spec.column(), rows=rep.rows, rows_resumed=rep.rows_resumed,
-                          errors=rep.counts.get(f"{spec.column()}_error", 0), fragments=rep.fragments,
-                          meaningless=spec.meaningless, model_load_seconds=rep.setup_seconds, seconds=rep.seconds,
+                          column=col, rows=rep.rows + fixed.rows, rows_resumed=rep.rows_resumed,
+                          captioned=sum(r.counts.get(col, 0) for r in both),
+                          errors=sum(r.counts.get(f"{col}_error", 0) for r in both), retried=fixed.rows,
+                          fragments=rep.fragments + fixed.fragments, meaningless=spec.meaningless,
+                          model_load_seconds=rep.setup_seconds, seconds=rep.seconds + fixed.seconds,
                           fragments_elsewhere=rep.fragments_elsewhere, elsewhere=rep.elsewhere)
     if isinstance(spec, EndpointSpec):  # this run's rows (and those it resumed), not the whole column's
-        tries = f"{spec.column()}_tries"
-        out.retries = rep.sums.get(tries, 0) - rep.nonzero.get(tries, 0)  # attempts past each row's first
+        tries = f"{col}_tries"
+        out.retries = sum(r.sums.get(tries, 0) - r.nonzero.get(tries, 0) for r in both)  # past each row's first
+        out.endpoint_errors = lake.dataset().count_rows(filter=f"{col} IS NULL AND {col}_error LIKE 'endpoint:%'")
+        if out.endpoint_errors:
+            from lakecurate.graph import _lakecurate, recaption_args
+
+            out.retry_command = (f"{_lakecurate(lake)} recaption {lake.shell} "
+                                 f"{recaption_args({**stage.config, **spec.transport()})} --retry-errors")
     return out
+
 
 
 _DEFAULTS = {p.name: p.default for p in inspect.signature(recaption).parameters.values()

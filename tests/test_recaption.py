@@ -28,6 +28,7 @@ def test_cli_recaption_adds_a_column_with_provenance(sample_lake_embedded: Lake,
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output[res.output.index("{"):])
     assert rep["column"] == "caption_tinycoca" and rep["rows"] == lake.count() and rep["meaningless"]
+    assert (rep["captioned"], rep["errors"]) == (lake.count() - 2, 2) and rep["retry_command"] is None
     df = lake.to_pandas(["id", "key", "caption", "caption_tinycoca", "caption_tinycoca_error"]).set_index("id")
     assert df["caption"].equals(before.loc[df.index])  # the original caption is never modified
     bad = df["key"].isin(["gravel_truncated.jpg", "notes_not_an_image.jpg"])
@@ -41,6 +42,11 @@ def test_cli_recaption_adds_a_column_with_provenance(sample_lake_embedded: Lake,
     # a re-run does nothing; appended rows are the next run's only work
     v = lake.version
     assert lake.recaption("tiny-random-coca", workers=0, progress=False).rows == 0 and lake.version == v
+    # the two errors are images ingest refused: --retry-errors leaves them, and no run says to retry them
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--model", "tiny-random-coca", "--workers", "0",
+                                    "--retry-errors"])
+    assert res.exit_code == 0 and "0 rows captioned, 0 errors (of 0 rows: 0 resumed, 0 errors computed again)" \
+        in res.output and "--retry-errors" not in res.output and lake.version == v, res.output
     lake.append(pair_rows(0, 5, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
     again = lake.recaption("tiny-random-coca", workers=0, progress=False)
     assert again.rows == 5 and lake.dataset().count_rows(filter="caption_tinycoca IS NULL AND "

@@ -31,7 +31,7 @@ KEY = "sk-test-SECRET-4711"
 class Server:
     """Behaviour by the caption it is asked to rephrase: "flaky429 ..." gets a 429 first, "flaky500"
     a 500 first, "slow" hangs past the client's timeout once, "broken" always gets malformed JSON,
-    "down" always a 503, "control" a reply with control
+    "down" always a 503, "sometimes" a 500 while ``failing`` is set, "control" a reply with control
     characters, "huge" a reply of a million characters; everything else an answer. While ``status``
     is set, every request (the first run's probe too) gets that status. Counts requests (the probes
     apart) and checks the key."""
@@ -40,6 +40,7 @@ class Server:
         self.requests: list[dict] = []
         self.probes = 0
         self.status: int | None = None
+        self.failing = False
         self.seen: dict[str, int] = {}
         self.keys: set[str | None] = set()
         self.lock = threading.Lock()
@@ -80,6 +81,8 @@ class Server:
                     return self.reply(200, b"{not json")
                 if tag.startswith("down"):
                     return self.reply(503, b"")
+                if tag.startswith("sometimes") and outer.failing:
+                    return self.reply(500, b"oops")
                 if tag.startswith(("control", "huge")):
                     answer = "a" * 10 ** 6 if tag.startswith("huge") else \
                         "<script>x</script>\x00\x1b[31mred\r\nline\ttab"
@@ -228,6 +231,8 @@ def test_odd_replies_are_the_rows_errors_and_the_key_is_never_shown(server, tmp_
     ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "json {\"a\": 1}"}, "not a column placeholder"),
     ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "Caption: {caption"}, "literal braces"),
     ({"endpoint": "http://127.0.0.1:1/v1", "concurrency": 0}, "--concurrency"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "retry_errors": True, "recompute": True}, "--retry-errors .* drop one"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "retry_errors": "yes"}, "--retry-errors is a flag"),
     # wrong types through the Python API: ValueError, TypeError and AttributeError tracebacks
     ({"endpoint": "http://127.0.0.1:1/v1", "temperature": "hot"}, "--temperature must be a number"),
     ({"endpoint": "http://127.0.0.1:1/v1", "prompt": 5}, "--prompt must be text, not 5"),
@@ -334,6 +339,68 @@ def test_a_refused_first_run_writes_no_version(server, tmp_path: Path, monkeypat
     assert lake.version == v and lake.count("caption_re IS NOT NULL") == 2
 
 
+def test_rows_the_endpoint_failed_are_computed_again_with_retry_errors(server, tmp_path: Path, monkeypatch):
+    """A server answering 500 for a while: its rows kept their errors for good (a re-run did nothing,
+    only --recompute, redoing every row, helped) and the summary said "N rows captioned" of rows
+    that got none. Now the summary counts captions and errors apart and prints the command that
+    computes the failed rows again; --retry-errors does, keeping the captions there are."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lake = caption_lake(tmp_path / "lake", ["a dog", "sometimes a cat", "sometimes a bus", None])
+    server.failing = True
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--endpoint", server.url, "--api-model", "m", "--mode",
+                                    "rephrase", "--retries", "1", "--name", "re"])
+    assert res.exit_code == 0, res.output
+    assert "caption_re: 1 rows captioned, 3 errors (of 4 rows" in res.output
+    assert "2 rows of caption_re have no caption because the endpoint failed them" in res.output
+    command = res.output.strip().split("\n  ", 1)[1]
+    assert command.startswith(f"lakecurate recaption {lake.uri} --endpoint {server.url}")
+    assert command.endswith("--retries 1 --api-key-env OPENAI_API_KEY --name re --max-tokens 30 --temperature 0.0 "
+                            "--seed 0 --retry-errors")
+    got = lake.to_pandas(["caption", "caption_re", "caption_re_error", "caption_re_tries"]).set_index("caption")
+    assert got.loc["sometimes a cat", "caption_re_error"] == "endpoint: HTTP 500 after 2 attempts"
+    server.failing = False
+    v, asked = lake.version, len(server.requests)
+    res = CliRunner().invoke(main, shlex.split(command)[1:] + ["--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    assert (rep["captioned"], rep["errors"], rep["retried"], rep["rows"]) == (2, 1, 3, 3)
+    assert rep["endpoint_errors"] == 0 and rep["retry_command"] is None and rep["retries"] == 0
+    assert len(server.requests) == asked + 2 and lake.version == v + 1  # the two failed rows, one commit
+    got = lake.to_pandas(["caption", "caption_re", "caption_re_error", "caption_re_tries"])
+    good = got.set_index("caption_re")
+    assert sorted(good.index.dropna()) == ["a rewritten a dog", "a rewritten sometimes a bus",
+                                           "a rewritten sometimes a cat"]
+    assert good.loc["a rewritten sometimes a cat", "caption_re_tries"] == 3  # 2 attempts, then 1
+    assert good.loc["a rewritten a dog", "caption_re_tries"] == 1 and server.seen["a dog"] == 1  # kept, not asked again
+    assert got.loc[got["caption"].isna(), "caption_re_error"].str.startswith("caption_missing").all()
+    assert (got["caption_re"].notna() ^ got["caption_re_error"].notna()).all()
+    # nothing failed at the endpoint any more: a retry asks nothing
+    assert lake.recaption(endpoint=server.url, api_model="m", mode="rephrase", retries=1, name="re", max_tokens=30,
+                          retry_errors=True, progress=False).captioned == 0
+    assert len(server.requests) == asked + 2
+
+
+def test_retry_errors_in_caption_mode_sends_the_images_again(server, tmp_path: Path, monkeypatch):
+    """--retry-errors decodes the images of the failed rows again (the runner's readers); images
+    that do not decode keep their error."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    kw = dict(endpoint=server.url, api_model="vlm", name="vlm", retries=0, workers=0, progress=False)
+    server.status = 503  # the probe and every row
+    rep = lake.recaption(**kw)
+    bad = ["gravel_truncated.jpg", "notes_not_an_image.jpg"]
+    assert (rep.captioned, rep.errors, rep.endpoint_errors) == (0, lake.count(), lake.count() - len(bad))
+    server.status = None
+    rep = lake.recaption(retry_errors=True, **kw)
+    assert (rep.captioned, rep.endpoint_errors) == (lake.count() - len(bad), 0)
+    got = lake.to_pandas(["key", "caption_vlm", "caption_vlm_error"]).set_index("key")
+    assert got.drop(index=bad)["caption_vlm"].eq("a described image").all()
+    assert got.loc[bad, "caption_vlm_error"].str.startswith("image_undecodable").all()
+    assert all(m["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+               for m in server.requests)
+
+
 def test_replies_lose_control_characters_and_a_huge_one_is_the_rows_error(server, tmp_path: Path, monkeypatch):
     """A reply was stored as it came: NUL and terminal escapes in the column, and a reply of a
     million characters in one cell. Control characters go now (white space becomes one space), and
@@ -348,7 +415,7 @@ def test_replies_lose_control_characters_and_a_huge_one_is_the_rows_error(server
         "endpoint: reply too long: 1000000 characters (at most 2000; not stored)"
     assert got.loc["huge two", "caption_re_tries"] == 1
     assert got.loc["plain three", "caption_re"] == "a rewritten plain three"
-    assert rep.errors == 1
+    assert (rep.captioned, rep.errors) == (2, 1)
 
 
 def test_retries_are_this_runs(server, tmp_path: Path, monkeypatch):
