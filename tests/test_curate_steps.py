@@ -255,3 +255,21 @@ def test_curate_help_names_every_filter():
     listed = " ".join(out.split())
     missing = [f for f in FILTERS if not re.search(rf"\b{f}\b", listed)]
     assert out and not missing, missing
+
+
+def test_a_recipe_that_keeps_nothing_says_so(sample_lake_embedded: Lake, tmp_path: Path):
+    """It committed "kept 0 of 28 rows (0.0%)" like any other run, exit 0, no word."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "none"\n[[step]]\nfilter = "sql"\nwhere = "width < 0"\n')
+    res = CliRunner().invoke(main, ["--no-progress", "curate", lake.uri, str(recipe)])
+    assert res.exit_code == 0 and "warning: recipe none keeps no row of 28 (sql drops 2" in res.output, res.output
+    recipe.write_text('name = "some"\n[[step]]\nfilter = "sql"\nwhere = "width > 0"\n')
+    res = CliRunner().invoke(main, ["--no-progress", "curate", lake.uri, str(recipe)])
+    assert res.exit_code == 0 and "warning" not in res.output
