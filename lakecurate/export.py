@@ -202,6 +202,8 @@ def parse_mix(text: str) -> dict[str, float]:
         if not eq or not name.strip() or not np.isfinite(value) or value < 0:
             raise LakeError(f"--caption-mix {text!r}: write COLUMN=WEIGHT,... with weights >= 0, "
                             f"e.g. caption=0.5,caption_coca=0.5")
+        if name.strip() in out:  # caption=1,caption=1 became {caption: 1} without a word
+            raise LakeError(f"--caption-mix {text!r} names {name.strip()} twice; give each column one weight")
         out[name.strip()] = value
     if not out or sum(out.values()) <= 0:
         raise LakeError(f"--caption-mix {text!r}: give at least one column a weight above 0")
@@ -505,8 +507,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     t0 = time.perf_counter()
     check_where(where, "--where", lake.dataset(version))  # before the destination is touched
     shard_size = check_options(format, engine=engine, shard_size=shard_size, image_ext=image_ext)
-    dest, previous = _check_dest(lake, dest, format, overwrite)
-    if isinstance(caption_mix, str):
+    if isinstance(caption_mix, str):  # every option before the destination: one error after another, else
         caption_mix = parse_mix(caption_mix)
     elif caption_mix is not None:
         caption_mix = parse_mix(",".join(f"{k}={v}" for k, v in caption_mix.items()))
@@ -514,6 +515,9 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         raise LakeError("give either --caption or --caption-mix, not both")
     if mix_both and caption_mix is None:
         raise LakeError("--caption-mix-both needs --caption-mix")
+    if not str(dest).strip():  # "" was the working directory
+        raise LakeError("the export destination is empty (''); give a folder (or a .parquet file)")
+    dest, previous = _check_dest(lake, dest, format, overwrite)
     if blur_faces:
         _check_faces(lake, lake.dataset(version), allow_stale)
     ds, tbl, copy, where, stale = plan(lake, where=where, version=version, repeats=repeats, caption=caption,

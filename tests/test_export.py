@@ -460,3 +460,18 @@ def test_a_recipes_tag_exports_its_own_rows_after_rebalancing_went_stale(sample_
     assert evaluate._selection(lake, rep.tag)[1] == "keep"
     with pytest.raises(LakeError, match="stale"):  # the latest is not a past version: its fix runs, so it is refused
         lake.export(tmp_path / "latest.parquet", "parquet")
+
+
+def test_export_options_are_checked_before_the_destination(sample_lake_embedded: Lake, tmp_path: Path):
+    """An empty destination was the working directory; caption=1,caption=1 merged to one weight
+    without a word; and a full destination was reported before a bad --caption-mix, so fixing
+    one error only showed the next."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_text("x")
+    with pytest.raises(LakeError, match="the export destination is empty"):
+        sample_lake_embedded.export("", "webdataset")
+    with pytest.raises(LakeError, match="names caption twice"):
+        sample_lake_embedded.export(full, "webdataset", caption_mix="caption=1,caption=1")
+    with pytest.raises(LakeError, match="exists and is not empty"):
+        sample_lake_embedded.export(full, "webdataset", caption_mix="caption=1")
