@@ -265,7 +265,7 @@ def print_ingest_report(report: Any) -> None:
         _echo_table(rows)
     if d["ignored_files"]:
         shown = ", ".join(d["ignored_files"][:5]) + (" ..." if len(d["ignored_files"]) > 5 else "")
-        click.echo(f"\nnot pairs (no image extension and no caption sidecar), left alone: {len(d['ignored_files'])}: {shown}")
+        click.echo(f"\nnot pairs (no image extension and no caption sidecar) or hidden, left alone: {len(d['ignored_files'])}: {shown}")
 
 
 def _echo_elsewhere(rep: Any, stage: str) -> None:

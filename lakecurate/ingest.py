@@ -179,6 +179,11 @@ def decode_caption(raw: bytes | str | None, max_chars: int) -> tuple[str | None,
     if not isinstance(raw, (str, bytes)):
         raise TypeError(f"a caption is text or bytes, not {type(raw).__name__} (see caption_cell)")
     flags = []
+    if isinstance(raw, bytes) and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 file (Windows' "Unicode")
+        try:
+            raw = raw.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
     if isinstance(raw, bytes):
         raw = raw.removeprefix(b"\xef\xbb\xbf")
         try:
@@ -345,7 +350,8 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
             notes.append(why)
         else:
             if caption_raw is None:
-                caption_raw = next((obj[k] for k in JSON_CAPTION_KEYS if isinstance(obj.get(k), (str, list))), None)
+                # a number is kept as its text (caption_not_text), as in a manifest; it was caption_missing
+                caption_raw = next((obj[k] for k in JSON_CAPTION_KEYS if obj.get(k) is not None), None)
             meta.update(obj)
     caption_raw, cell_flags, others = caption_cell(caption_raw)
     if others:
@@ -453,6 +459,12 @@ def iter_folder(root: str, ignored: list[str]) -> Iterator[Candidate]:
     """Pairs of a folder: files grouped by (directory, stem); .txt/.json sidecars give captions."""
     root = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
+        # Hidden files and folders (.git, .DS_Store, macOS's ._x.jpg) are not pairs; those that look
+        # like one are listed with the files left alone, not skipped without a word.
+        ignored += [os.path.relpath(os.path.join(dirpath, d), root) + "/ (hidden folder)"
+                    for d in sorted(dirnames) if d.startswith(".") and d not in (".git", ".cache")]
+        ignored += [os.path.relpath(os.path.join(dirpath, n), root) + " (hidden)" for n in sorted(filenames)
+                    if n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTS]
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for d in dirnames:
             if os.path.islink(os.path.join(dirpath, d)):

@@ -1053,3 +1053,21 @@ def test_error_rows_the_source_no_longer_gives_are_removed(tmp_path: Path):
     assert rep.errors_removed == 0 and lake.count("key = 'b' AND ingest_status = 'error'") == 1
     result = CliRunner().invoke(main, ["--no-progress", "ingest", lake.uri, str(src)])
     assert result.exit_code == 0 and "removed" not in result.output
+
+
+def test_utf16_captions_numbers_in_json_sidecars_and_hidden_files(lake: Lake, tmp_path: Path):
+    """A UTF-16 caption file (Windows' "Unicode") was stored as replacement characters; a JSON
+    sidecar's number caption was caption_missing (a manifest's is kept as its text); hidden image
+    files and folders were skipped without a word."""
+    src = tmp_path / "src"
+    (src / ".thumbs").mkdir(parents=True)
+    for name, seed in (("u", 0), ("n", 1), (".hidden", 2)):
+        (src / f"{name}.jpg").write_bytes(noise_jpeg(seed=seed))
+    (src / "u.txt").write_bytes("une légende".encode("utf-16"))
+    (src / "n.json").write_text('{"caption": 12345}')
+    (src / ".hidden.txt").write_text("h")
+    rep = lake.ingest(src, progress=False)
+    rows = by_key(lake)
+    assert rows["u.jpg"]["caption"] == "une légende" and rows["u.jpg"]["ingest_flags"].tolist() == []
+    assert rows["n.jpg"]["caption"] == "12345" and rows["n.jpg"]["ingest_flags"].tolist() == ["caption_not_text"]
+    assert sorted(rows) == ["n.jpg", "u.jpg"] and sorted(rep.ignored_files) == [".hidden.jpg (hidden)", ".thumbs/ (hidden folder)"]
