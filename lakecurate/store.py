@@ -217,11 +217,22 @@ class Store:
         return lake
 
     def exists(self) -> bool:
+        """Whether the lake's table is there. One that is there but cannot be read (a damaged version
+        file) is a LakeError saying so: it was "no lake at ...", and the ingest it advised failed
+        with a Lance traceback."""
         try:
             lance.dataset(self.table_uri, storage_options=self.storage_options)
             return True
-        except (ValueError, OSError, FileNotFoundError):
-            return False
+        except (ValueError, OSError, FileNotFoundError) as exc:
+            versions = os.path.join(self.table_uri, "_versions")
+            if "://" in self.table_uri or not os.path.isdir(versions) or "not found" in str(exc).lower():
+                return False
+            from lakecurate.sqlcheck import clean_message
+
+            raise LakeError(f"lake '{self.uri}' is there but its latest version cannot be read ({clean_message(exc)}); "
+                            f"a version file in {versions} may be damaged (a disk or copy fault): restore the folder "
+                            "from a backup, or move the newest .manifest file (Lance numbers them down: the smallest) aside to make the version before it "
+                            "the latest") from None
 
     # ----------------------------------------------------------------- access
     def dataset(self, version: int | str | None = None) -> lance.LanceDataset:

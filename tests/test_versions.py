@@ -248,3 +248,15 @@ def test_log_says_what_each_version_changed(versioned: Lake):
     lake.cleanup(timedelta(0))  # only 2 (tagged) and the latest are left: 2 has nothing to compare with
     assert [h["change"] for h in lake.history(None)] == ["restored version 2", "rows appended"]
     assert "change" not in lake.history(1, changes=False)[0]
+
+
+def test_a_damaged_latest_version_is_not_called_no_lake(versioned: Lake):
+    """info said "no lake at ...; create one with: lakecurate ingest", and that ingest failed with a
+    Lance OSError traceback."""
+    folder = Path(versioned.table_uri) / "_versions"
+    newest = min(folder.glob("*.manifest"), key=lambda p: int(p.stem))  # Lance numbers them down
+    newest.write_bytes(b"garbage\n")
+    with pytest.raises(LakeError, match="is there but its latest version cannot be read.*may be damaged"):
+        Lake.open(versioned.uri)
+    res = CliRunner().invoke(main, ["--no-progress", "ingest", versioned.uri, str(Path(__file__).parent.parent / "sample_data")])
+    assert res.exit_code == 1 and "cannot be read" in res.output and "Traceback" not in res.output
