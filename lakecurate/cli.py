@@ -1393,7 +1393,11 @@ def restore(lake: str, version: str, as_json: bool) -> None:
     before = the_lake.version
     new = the_lake.restore(version)
     if as_json:
-        echo_json({"restored": version, "version": new, "previous": before, "branch": the_lake.branch or "main"})
+        echo_json({"restored": version, "version": new, "previous": before, "branch": the_lake.branch or "main",
+                   "changed": new != before})
+        return
+    if new == before:
+        click.echo(f"the latest version ({new}) of {the_lake.branch or 'main'} is {version}'s state already: nothing to do")
         return
     click.echo(f"restored {version} as version {new} of {the_lake.branch or 'main'} (undo: lakecurate restore {shlex.quote(lake)} {before})")
 

@@ -639,13 +639,21 @@ class Store:
         """Go back: make the state of ``version`` (a number or tag of this branch) the latest version.
 
         Nothing is lost: this is a new commit, and every version after ``version`` stays readable.
-        Returns the new version number.
+        Returns the new version number; the latest unchanged where it already is ``version``'s state
+        (``version`` is the latest, or the latest is a restore of it: a second restore made another
+        commit of the same state).
         """
         old = self.dataset(version)
         branch = self._ref(version)[0] if isinstance(version, str) and not version.isdigit() else self.branch
         if branch != self.branch:
             raise LakeError(f"'{version}' belongs to another branch than {self.branch or 'main'}; restore works "
                             f"within a branch (open the lake with --branch to restore there)")
+        latest = self.dataset()
+        if latest.version == old.version:
+            return latest.version
+        tx = self._transaction(latest, latest.version)
+        if tx is not None and type(tx.operation).__name__ == "Restore" and getattr(tx.operation, "version", None) == old.version:
+            return latest.version
         old.restore()
         return self.version
 

@@ -136,8 +136,10 @@ def test_json_outputs_parse_and_carry_the_text_outputs_facts(runner: CliRunner, 
     assert [b["branch"] for b in run("branch", "list", curated)] == ["main", "exp"]
     assert run("feature", "list", curated) == []
     before = Lake.open(curated).version
-    res = run("restore", curated, "mine")
-    assert res["previous"] == before and res["version"] == before + 1 and res["restored"] == "mine"
+    res = run("restore", curated, "mine")  # the latest's state already: no commit
+    assert res["previous"] == before and res["version"] == before and res["restored"] == "mine" and not res["changed"]
+    res = run("restore", curated, str(before - 1))
+    assert res["previous"] == before and res["version"] == before + 1 and res["changed"]
     assert set(run("compact", curated)) >= {"fragments_before", "fragments_after"}
     assert run("cleanup", curated)["old_versions"] == 0  # nothing older than 7 days
     assert run("diff", curated, "mine")["rows_a"] >= 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -291,6 +292,12 @@ def test_restore_any_version_and_undo(curated: Lake):
     curated.restore(latest)
     assert curated.count() == rows_now and "keep" in curated.dataset().schema.names
     assert curated.history(3)[0]["operation"] == "Restore"
+    # restoring the state the latest already is makes no commit (twice made two of one state)
+    again = curated.version
+    assert curated.restore(latest) == again and curated.restore(again) == again and curated.version == again
+    res = CliRunner().invoke(main, ["restore", curated.uri, str(latest), "--json"])
+    assert json.loads(res.stdout) == {"restored": str(latest), "version": again, "previous": again, "branch": "main",
+                                      "changed": False}
 
 
 def test_cli_team_workflow(curated: Lake, tmp_path: Path):
