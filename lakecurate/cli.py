@@ -255,6 +255,9 @@ def print_ingest_report(report: Any) -> None:
     if d["skipped_errors"]:
         click.echo(f"{d['skipped_errors']} of them errors: re-run with --retry-errors to read those pairs again "
                    f"(after fixing the cause, e.g. --image-dir)")
+    if d.get("errors_unchanged"):
+        click.echo(f"{d['errors_unchanged']} error rows read again are the same errors: left as they were (fix their "
+                   "cause first; the ingest_error of each says what it is)")
     if d["content_present"]:
         click.echo(f"{d['content_present']} new pairs hold images already in the lake under another source or key "
                    f"(same content_hash): a pair is identified by source + key, so moved or renamed files are new "

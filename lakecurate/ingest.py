@@ -113,6 +113,7 @@ class IngestReport:
     replaced: int = 0  # error rows replaced in place by retry_errors
     markers_removed: int = 0  # rows saying where a shard broke, removed once it reads whole (of errors_removed)
     errors_removed: int = 0  # error rows the source no longer gives (fixed under another key, or gone), removed
+    errors_unchanged: int = 0  # retry_errors: error rows read again that are the same error (not rewritten)
     content_present: int = 0  # new pairs whose image bytes (content_hash) were already in the lake
     status: Counter = field(default_factory=Counter)
     flags: Counter = field(default_factory=Counter)
@@ -137,6 +138,7 @@ class IngestReport:
             "replaced": self.replaced,
             "markers_removed": self.markers_removed,
             "errors_removed": self.errors_removed,
+            "errors_unchanged": self.errors_unchanged,
             "content_present": self.content_present,
             "status": dict(self.status),
             "flags": dict(self.flags),
@@ -1330,6 +1332,9 @@ def ingest(
     done: set[str] = set()  # with retry_errors: ids replaced by this run (a row may be an error again)
     markers: set[str] = set()  # ids of the shard-error rows this run's reading gave
     given: set[str] = set()  # ids of `errors` this run's reading gave again
+    # retry_errors: what each error row says, so that one read again as the same error is not written
+    # again (each retry with nothing fixed made a version rewriting the same rows)
+    was = _error_rows(lake, plan.sources) if retry_errors and errors else {}
     broken: set[str] = set()  # sources (shards) this run could not read to their end
     now = started or datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -1365,6 +1370,11 @@ def ingest(
         def batches() -> Iterator[pa.RecordBatch]:
             rows: list[dict[str, Any]] = []
             for row in _bounded_map(lambda c: make_row(c, opts, now), fresh(), opts.workers, 4 * opts.workers):
+                if row["id"] in was and was[row["id"]] == (row["ingest_error"], row["content_hash"], row["caption"]):
+                    report.errors_unchanged += 1
+                    done.add(row["id"])  # (a later pass skips it too)
+                    bar.update(1)
+                    continue
                 rows.append(row)
                 bar.update(1)
                 if len(rows) >= opts.batch_rows:
@@ -1435,6 +1445,16 @@ def ingest(
     return report
 
 
+def _error_rows(lake: "Store", sources: list[str]) -> dict[str, tuple[Any, Any, Any]]:
+    """id -> (ingest_error, content_hash, caption) of the sources' error rows."""
+    from lakecurate.sqlcheck import in_list
+
+    tbl = lake.dataset().to_table(columns=["id", "ingest_error", "content_hash", "caption"],
+                                  filter=f"ingest_status = 'error' AND source IN ({in_list(sources)})")
+    cols = [tbl.column(c).to_pylist() for c in ("ingest_error", "content_hash", "caption")]
+    return {i: tuple(v) for i, *v in zip(tbl.column("id").to_pylist(), *cols)}
+
+
 def _drop_gone_errors(lake: "Store", gone: set[str], broken: set[str], report: IngestReport) -> None:
     """Error rows of the source that a whole reading of it no longer gives are removed in one
     commit: the error is gone from the source. An orphan caption whose image came (now the pair
@@ -1487,7 +1507,7 @@ def _ingest_on_ray(lake: "Store", src: str, plan: SourcePlan, *, mode: str, retr
         # A part is idempotent (it skips the ids it committed): a worker that died is rerun.
         for part in ray_task_map(_ingest_part, calls, retries=RAY_RETRIES):
             for name in ("seen", "written", "skipped_existing", "skipped_errors", "replaced", "markers_removed",
-                         "errors_removed", "content_present"):
+                         "errors_removed", "errors_unchanged", "content_present"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
             report.status.update(part.status)
             report.flags.update(part.flags)

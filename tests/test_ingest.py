@@ -1011,6 +1011,10 @@ def test_a_retry_counts_no_new_pair_and_no_copy_of_itself(tmp_path: Path):
     assert runner.invoke(main, ["ingest", str(lake), str(src)]).exit_code == 0
     res = runner.invoke(main, ["ingest", str(lake), str(src), "--retry-errors"])
     assert res.exit_code == 0, res.output
+    assert "ingested 0 new pairs" in res.output and "1 error rows read again are the same errors" in res.output
+    assert "already in the lake under another source or key" not in res.output, res.output
+    (src / "broken.jpg").write_bytes(b"not an image either")  # another error: the row is replaced
+    res = runner.invoke(main, ["ingest", str(lake), str(src), "--retry-errors"])
     assert "ingested 0 new pairs" in res.output and "replaced 1 error rows in place" in res.output
     assert "already in the lake under another source or key" not in res.output, res.output
 
@@ -1071,3 +1075,18 @@ def test_utf16_captions_numbers_in_json_sidecars_and_hidden_files(lake: Lake, tm
     assert rows["u.jpg"]["caption"] == "une légende" and rows["u.jpg"]["ingest_flags"].tolist() == []
     assert rows["n.jpg"]["caption"] == "12345" and rows["n.jpg"]["ingest_flags"].tolist() == ["caption_not_text"]
     assert sorted(rows) == ["n.jpg", "u.jpg"] and sorted(rep.ignored_files) == [".hidden.jpg (hidden)", ".thumbs/ (hidden folder)"]
+
+
+def test_retry_errors_with_nothing_fixed_writes_nothing(lake: Lake, tmp_path: Path):
+    """Each --retry-errors with the cause not fixed made a version rewriting the same error rows."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bad.jpg").write_bytes(b"not an image")
+    (src / "good.jpg").write_bytes(noise_jpeg())
+    lake.ingest(src, progress=False)
+    v = lake.version
+    rep = lake.ingest(src, retry_errors=True, progress=False)
+    assert rep.errors_unchanged == 1 and rep.written == 0 and rep.replaced == 0 and lake.version == v
+    (src / "bad.jpg").write_bytes(noise_jpeg(seed=5))  # fixed: replaced
+    rep = lake.ingest(src, retry_errors=True, progress=False)
+    assert rep.replaced == 1 and rep.errors_unchanged == 0 and lake.count("ingest_status = 'error'") == 0
