@@ -240,7 +240,10 @@ def _complexity_table(sizes: np.ndarray, cent: np.ndarray, dist_sums: np.ndarray
     sim = cent @ cent.T
     np.fill_diagonal(sim, -np.inf)
     sim[:, sizes == 0] = -np.inf
-    isolation = 1 - sim.max(axis=1) if k > 1 else np.ones(k)
+    nearest = sim.max(axis=1)
+    # no other concept with candidates (a --where inside one concept): as alone as k = 1, not
+    # infinitely isolated (an infinite complexity made a budget of -9e18 and kept no row)
+    isolation = np.where(np.isfinite(nearest), 1 - nearest, 1.0) if k > 1 else np.ones(k)
     return pd.DataFrame({"concept": np.arange(k), "size": sizes, "spread": spread, "isolation": isolation,
                          "complexity": spread * isolation})
 

@@ -111,6 +111,11 @@ def nodes(ds: "lance.LanceDataset") -> list[Node]:
             # view was recorded as a source still name it in the config.
             view = (prov.get("config") or {}).get("where")
             sources += [c for c in where_columns(view, names) if c not in sources]
+            if prov["stage"] == "rebalance" and view is None and "keep" in names and "keep" not in sources:
+                # it chose among every row with a concept (no recipe had run); a recipe run since
+                # narrows the candidates to `keep`: its rebalance_keep is stale (it still held the
+                # rows the recipe dropped, and export shipped them)
+                sources.append("keep")
             groups[key] = Node(prov["stage"], [], sources, prov)
         groups[key].columns.append(f.name)
     out = list(groups.values())

@@ -538,3 +538,32 @@ def test_rebalance_and_diff_print_only_what_means_something(sample_lake_embedded
     assert "every row ingest accepted" in res.output and "all rows" not in res.output
     usable = lake.dataset(first).count_rows(filter="ingest_status != 'error'")
     assert f"every row ingest accepted): {usable} rows" in res.output
+
+
+def test_candidates_inside_one_concept_are_rebalanced_not_all_dropped(lake3: Lake):
+    """--where inside one concept of k = 4: the others have no candidate, so the one left had no
+    neighbour: isolation and complexity inf, a budget of -9e18, "kept 0 of N", exit 0."""
+    counts = lake3.sql("SELECT concept, count(*) AS n FROM pairs WHERE concept IS NOT NULL GROUP BY concept ORDER BY n DESC")
+    c, n = int(counts["concept"].iloc[0]), int(counts["n"].iloc[0])
+    rep = lake3.rebalance(0.5, where=f"concept = {c}", progress=False)
+    assert rep.rows == n and rep.kept == round(0.5 * n) > 0
+    row = next(x for x in rep.concepts if x["concept"] == c)
+    assert np.isfinite(row["isolation"]) and np.isfinite(row["complexity"])
+
+
+def test_rebalance_before_the_first_recipe_is_stale_once_one_runs(lake3: Lake, tmp_path: Path):
+    """rebalance ran before any recipe (its candidates: every row with a concept); a first curate
+    then wrote keep, and status still called rebalance current: the view stayed rebalance_keep,
+    export shipped rows the recipe dropped, without a word."""
+    from lakecurate import graph
+
+    lake = Lake.open(shutil.copytree(lake3.uri, tmp_path / "fresh"))
+    assert "keep" not in lake.dataset().schema.names
+    lake.rebalance(0.6, progress=False)
+    lake.curate({"name": "strict", "step": [{"filter": "caption_length", "min_words": 6}]}, progress=False)
+    dropped = lake.count("rebalance_keep AND NOT keep")
+    assert dropped > 0  # rows rebalance kept that the recipe dropped
+    st = {s.node.stage: s for s in graph.states(lake, lake.dataset())}
+    assert st["rebalance"].state == "stale" and "keep was written at version" in st["rebalance"].reasons[0]
+    with pytest.raises(LakeError, match="rebalance .* is stale: keep was written"):
+        lake.export(tmp_path / "out", "webdataset")
