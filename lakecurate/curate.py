@@ -620,7 +620,7 @@ def load_recipe(recipe: str | Path | Mapping[str, Any], overrides: Mapping[str, 
             raise LakeError(f"recipe '{path}' is not valid TOML: {exc}") from None
         except OSError as exc:
             raise LakeError(f"recipe '{path}' cannot be read: {exc.strerror or exc}") from None
-        source = str(path)
+        source = str(path.resolve())  # as status's fix command names it: pasted in another folder, it is found
     if isinstance(raw, Mapping) and "step" in raw and "steps" in raw:  # one was read, the other ignored
         raise LakeError(f"recipe {source}: it has both [[step]] and [[steps]] tables; write every step as [[step]]")
     sets = _apply_overrides(raw, dict(overrides or {}), source)

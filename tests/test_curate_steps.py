@@ -273,3 +273,21 @@ def test_a_recipe_that_keeps_nothing_says_so(sample_lake_embedded: Lake, tmp_pat
     recipe.write_text('name = "some"\n[[step]]\nfilter = "sql"\nwhere = "width > 0"\n')
     res = CliRunner().invoke(main, ["--no-progress", "curate", lake.uri, str(recipe)])
     assert res.exit_code == 0 and "warning" not in res.output
+
+
+def test_a_recipe_named_by_a_relative_path_is_recorded_whole(sample_lake_embedded: Lake, tmp_path: Path, monkeypatch):
+    """status's fix named `strict.toml` as typed, the lake by its absolute path: pasted in another
+    folder, the recipe was not found."""
+    import shutil
+
+    from lakecurate import graph
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "strict.toml").write_text('name = "strict"\n[[step]]\nfilter = "caption_length"\nmin_words = 4\n')
+    monkeypatch.chdir(tmp_path / "r")
+    lake.curate("strict.toml", progress=False)
+    monkeypatch.chdir(tmp_path)
+    node = next(n for n in graph.nodes(lake.dataset()) if n.stage == "curate")
+    assert node.prov["config"]["source"] == str(tmp_path / "r" / "strict.toml")
+    assert str(tmp_path / "r" / "strict.toml") in graph.fix_command(lake, node)
