@@ -1532,7 +1532,7 @@ def demo(lake_uri: str, source: str, model: str, as_json: bool) -> None:
 
     Example: lakecurate demo --lake ./demo-lake --source sample_data
     """
-    from lakecurate.encoders import EncoderError, resolve
+    from lakecurate.encoders import resolve
     from lakecurate.pipeline import load_pipeline
 
     out: dict[str, Any] = {}  # --json: what the text shows, as one object
@@ -1540,18 +1540,11 @@ def demo(lake_uri: str, source: str, model: str, as_json: bool) -> None:
 
     if not os.path.isdir(source):
         raise LakeError(f"'{source}' is not a folder; run this from the lakecurate checkout or pass --source PATH")
-    lake = open_lake(lake_uri, create=True)  # on --branch when given (it wrote to main, ignoring it)
+    spec = resolve(model)  # an unknown name is refused before the lake is made (it made one, then refused)
     overrides: dict[str, dict[str, Any]] = {"ingest": {"sources": [os.path.abspath(source)]}}
-    try:
-        spec = resolve(model)
-    except EncoderError as exc:  # no such encoder here: the demo still ingests and reports
-        say(f"embed skipped: {exc}")
-        spec = None
-    pipe = load_pipeline("demo", lake_uri=lake.uri, overrides={**overrides, "embed": {"model": model}})
-    if spec is None:
-        pipe.steps = {k: v for k, v in pipe.steps.items() if k in ("ingest", "report")}
-    else:
-        explain_encoder(spec.arch, spec.meaningless)
+    pipe = load_pipeline("demo", lake_uri=Lake(lake_uri).uri, overrides={**overrides, "embed": {"model": model}})
+    lake = open_lake(lake_uri, create=True)  # on --branch when given (it wrote to main, ignoring it)
+    explain_encoder(spec.arch, spec.meaningless)
     say(f"== run pipeline {pipe.source} on {lake.uri}")
     rep = lake.run(pipe, on_step=None if as_json else _step_line)
     out["run"] = rep

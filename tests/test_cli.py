@@ -78,6 +78,10 @@ def test_demo_runs_on_sample_data(runner: CliRunner, tmp_path: Path, monkeypatch
     got = json.loads(res.stdout)
     assert got["rows"] == 28 and {r["key"] for r in got["flagged"]} >= {"gravel_truncated.jpg"}
     assert got["curate"]["kept"] + sum(got["curate"]["dropped"].values()) == 28 and got["report"].endswith("report.html")
+    # an unknown model is refused before the lake is made (it made one, version 1, then refused)
+    res = runner.invoke(main, ["demo", "--lake", str(tmp_path / "typo"), "--model", "nope", "--json"])
+    assert res.exit_code == 1 and "unknown model 'nope'" in json.loads(res.stdout)["error"]
+    assert not (tmp_path / "typo").exists()
     bad = runner.invoke(main, ["demo", "--lake", str(tmp_path / "x"), "--source", str(tmp_path / "nowhere"), "--json"])
     assert bad.exit_code == 1 and "is not a folder" in json.loads(bad.stdout)["error"]
 
