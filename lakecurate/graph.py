@@ -553,7 +553,16 @@ def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.Lanc
     if node.stage == "concepts":
         return f"{head} cluster {uri} -k {cfg.get('k')}{opt('--embedding', cfg.get('embedding'))} --seed {cfg.get('seed', 0)}"
     if node.stage == "rebalance":
-        return (f"{head} rebalance {uri} --target {cfg.get('target')} --temperature {cfg.get('temperature')} "
+        target = cfg.get("target")
+        if isinstance(target, int) and not isinstance(target, bool):  # a count: more than the candidates now is refused
+            d = ds if ds is not None else lake.dataset()
+            view = cfg.get("where") or ("keep" if "keep" in d.schema.names else None)
+            try:
+                n = d.count_rows(filter=f"({view}) AND concept IS NOT NULL" if view else "concept IS NOT NULL")
+            except Exception:  # noqa: BLE001 - a view that no longer reads (a dropped column): the command says so
+                n = target
+            target = min(target, n) if n else target  # (a stricter recipe since: 100 of 74 candidates failed as printed)
+        return (f"{head} rebalance {uri} --target {target} --temperature {cfg.get('temperature')} "
                 f"--rule {cfg.get('rule')} --max-repeats {cfg.get('max_repeats')}{opt('--where', cfg.get('where'))} "
                 f"--seed {cfg.get('seed', 0)}")
     if node.stage == "sequence":

@@ -658,3 +658,22 @@ def test_a_curriculum_score_no_step_makes_is_refused_before_the_first_step(rebal
     pipe.write_text('[sequence]\nmode = "curriculum"\nscore = "-clip_tinyrandom_score"\n')  # the lake has it
     res = CliRunner().invoke(main, ["run", rebalanced.uri, str(pipe)])
     assert res.exit_code == 0, res.output  # the lake has it
+
+
+def test_a_rebalance_count_past_the_candidates_left_is_capped_in_its_fix(sample_lake_embedded: Lake, tmp_path: Path):
+    """rebalance --target 100 of 103 candidates, then a stricter recipe left 74: the fix status
+    printed replayed --target 100, which rebalance refuses ("outside 1..74"), so pasting it failed."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate({"name": "loose", "step": [{"filter": "ingest_error"}]}, progress=False)
+    lake.cluster(3)
+    n = lake.count("keep AND concept IS NOT NULL")
+    lake.rebalance(n - 1, progress=False)  # a count
+    lake.curate({"name": "strict", "step": [{"filter": "ingest_error"}, {"filter": "caption_length", "min_words": 8}]},
+                progress=False)
+    left = lake.count("keep AND concept IS NOT NULL")
+    assert 0 < left < n - 1
+    fix = {s.node.stage: s.fix for s in graph.states(lake)}["rebalance"]
+    assert f"--target {left} " in fix, fix
+    res = CliRunner().invoke(main, shlex.split(fix)[1:])
+    assert res.exit_code == 0, (fix, res.output)
+    assert {s.node.stage: s.state for s in graph.states(lake)}["rebalance"] == "current"
