@@ -425,14 +425,17 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
 @click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="Compare with the pairs' image vectors or caption vectors.")
 @click.option("--where", help="SQL filter applied before the search, e.g. \"ingest_status = 'ok'\".")
+@click.option("--text", "as_text", is_flag=True, help="QUERY is words, even where a file of that name is in this folder.")
 @json_option
 @_friendly_errors
-def search(lake: str, query: str, k: int, prefix: str | None, target: str, where: str | None, as_json: bool) -> None:
+def search(lake: str, query: str, k: int, prefix: str | None, target: str, where: str | None, as_text: bool,
+           as_json: bool) -> None:
     """Find the pairs nearest to QUERY: a text, or the path of an image file.
 
     Example: lakecurate search ./lake "a cat looking to the side" -k 5
     """
-    df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where, option="--prefix NAME")
+    df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where, option="--prefix NAME",
+                                text=as_text)
     if as_json:
         echo_json(df)
     else:

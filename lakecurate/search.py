@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import numbers
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -35,9 +36,10 @@ def encoder_for(prov: dict[str, Any], device: str = "auto") -> Encoder:
     return _ENCODERS[key]
 
 
-def query_vector(enc: Encoder, query: Any) -> Any:
+def query_vector(enc: Encoder, query: Any, *, text: bool = False) -> Any:
     """Text, an image file path, image bytes or a PIL image -> one normalised vector (a vector
-    already encoded, a numpy array, is returned as it is)."""
+    already encoded, a numpy array, is returned as it is). ``text``: a str is the text itself,
+    even where a file of that name is in the working folder."""
     import numpy as np
     from PIL import Image
 
@@ -54,14 +56,14 @@ def query_vector(enc: Encoder, query: Any) -> Any:
     if isinstance(query, Image.Image):
         return enc.encode_images([query])[0].numpy()
     is_bytes = isinstance(query, (bytes, bytearray))
-    if is_bytes or isinstance(query, os.PathLike) or (isinstance(query, str) and os.path.isfile(query)):
+    if is_bytes or isinstance(query, os.PathLike) or (isinstance(query, str) and not text and os.path.isfile(query)):
         try:
             with Image.open(io.BytesIO(query) if is_bytes else query) as im:
                 rgb = im.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
             what = "the image bytes given" if is_bytes else f"query '{os.fspath(query)}' is a file but"
             raise LakeError(f"{what} not an image Pillow can read ({type(exc).__name__}); pass an image file, "
-                            "or a text query that is not a file name") from None
+                            "or search for the words with --text (text=True)") from None
         return enc.encode_images([rgb])[0].numpy()
     if not isinstance(query, str):  # None or a list were searched for as the caption "None", "['a cat']"
         raise LakeError(f"search for a text, an image (a file path, bytes, a PIL image) or a vector, not "
@@ -81,6 +83,8 @@ def _text_query(query: Any) -> str:
                         "another encoding?)") from None
     if not text.strip():
         raise LakeError("the query is empty; pass a text or the path of an image file")
+    if re.match(r"(?i)(https?|s3|gs|ftp)://\S+$", text.strip()):  # "no such file" said nothing of why
+        raise LakeError(f"query '{text}' is a URL: search does not fetch images; download it and pass its path")
     from lakecurate.ingest import IMAGE_EXTS  # what ingest takes for an image file
 
     if ("/" in text or os.sep in text) and not any(c.isspace() for c in text) and \
@@ -104,10 +108,12 @@ def search(
     version: int | str | None = None,
     row_address: bool = False,
     option: str = "prefix=...",
+    text: bool = False,
 ) -> pd.DataFrame:
     """The ``k`` pairs nearest to ``query`` (text or image) by their ``target`` ("image"/"text") vectors.
 
-    Returns id, key, caption (or ``columns``) and ``similarity`` (cosine), best first; at
+    ``text=True``: a str query is the words themselves, even where a file of that name is in the
+    working folder. Returns id, key, caption (or ``columns``) and ``similarity`` (cosine), best first; at
     ``version`` (a number, tag or branch); with ``row_address``, the rows' ``_rowaddr`` too. The
     encoder is loaded once per process (:func:`encoder_for`), so a long-lived caller (the browser
     app) pays for it once.
@@ -125,9 +131,9 @@ def search(
         raise LakeError(f"no column {', '.join(missing)} in lake '{lake.uri}'; see its columns with lakecurate info {lake.shell}")
     prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option=option)
     col = embedding_columns(prefix)[target]
-    if isinstance(query, str) and not os.path.isfile(query):
+    if isinstance(query, str) and (text or not os.path.isfile(query)):
         _text_query(query)  # refused before the encoder is loaded
-    vec = query_vector(encoder_for(prov), query)
+    vec = query_vector(encoder_for(prov), query, text=text)
     nearest = {"column": col, "q": vec, "k": k, "metric": "cosine"}
     if ds.has_index:
         nearest.update(nprobes=20, refine_factor=10)

@@ -494,3 +494,21 @@ def test_a_failed_write_stops_the_decode_workers(lake: Lake, monkeypatch):
     while time.time() < deadline and _children(os.getpid()):
         time.sleep(0.1)
     assert not _children(os.getpid())
+
+
+def test_search_words_that_name_a_file_here_and_a_url(sample_lake_embedded: Lake, tmp_path: Path, monkeypatch):
+    """A text query that is also a file name in the working folder could not be searched (no way to
+    say "these are words"); a URL was called a missing file."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dog").write_text("not an image")
+    with pytest.raises(LakeError, match="is a file but not an image.*--text"):
+        sample_lake_embedded.search("dog", 3)
+    assert len(sample_lake_embedded.search("dog", 3, text=True)) == 3
+    res = CliRunner().invoke(main, ["search", sample_lake_embedded.uri, "dog", "-k", "2", "--text", "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)) == 2
+    with pytest.raises(LakeError, match="is a URL: search does not fetch images; download it"):
+        sample_lake_embedded.search("https://example.com/cat.jpg", 3)
