@@ -649,6 +649,11 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     check_current(lake, ds, read, what="sequence", allow_stale=allow_stale)
     desc = bool(score and score.startswith("-"))
     score_col = score.lstrip("-") if score else None
+    if score is not None and (score.startswith("--") or score.lstrip("-") in ("seq_order", "seq_shard", "phash", "phash_flip")):
+        raise LakeError(f"--score {score!r} is not a score to order by: " + (
+            "one '-' orders descending" if score.startswith("--") else
+            "it is the order sequence writes" if "seq_" in score else "a perceptual hash, not a measure")
+            + "; name a number column such as a *_score, cap_words or img_sharpness")
     if mode == "curriculum":
         numeric = [f.name for f in ds.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
                    or pa.types.is_boolean(f.type)]

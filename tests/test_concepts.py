@@ -567,3 +567,16 @@ def test_rebalance_before_the_first_recipe_is_stale_once_one_runs(lake3: Lake, t
     assert st["rebalance"].state == "stale" and "keep was written at version" in st["rebalance"].reasons[0]
     with pytest.raises(LakeError, match="rebalance .* is stale: keep was written"):
         lake.export(tmp_path / "out", "webdataset")
+
+
+@pytest.mark.parametrize("score,why", [("seq_order", "the order sequence writes"), ("-phash", "a perceptual hash"),
+                                       ("--clip_tinyrandom_score", "one '-' orders descending")])
+def test_a_curriculum_refuses_scores_that_are_no_measure(lake3: Lake, score: str, why: str):
+    """--score seq_order (the previous order), --score phash (a hash) and --score=--x (read as
+    descending) were taken."""
+    if score.lstrip("-") == "phash":
+        lake3.signals(["image"], progress=False)
+    v = lake3.version
+    with pytest.raises(LakeError, match=why):
+        lake3.sequence("curriculum", score=score, progress=False)
+    assert lake3.version == v
