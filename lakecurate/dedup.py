@@ -838,6 +838,7 @@ def dedup(
 
     # The final decision: groups of the keep_from methods joined, best member kept.
     use = [m for m in keep_from if m in groups]
+    report.keep_from = use  # the methods whose groups the decision joined (it named the defaults not run too)
     final = _group(None, [(groups[m].rows, groups[m].best) for m in use], ranks)
     dropped = final.rows != final.best
     heads, size = np.unique(final.best, return_counts=True)

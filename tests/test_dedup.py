@@ -882,7 +882,7 @@ def test_a_partial_run_does_not_decide_from_stale_stored_groups(sample_lake_embe
         lake.dedup(["exact"], progress=False)
     assert lake.version == version  # (not even the image signals)
     assert lake.dedup(["exact"], keep_from=["exact"], progress=False).keep_from == ["exact"]
-    lake.dedup(["exact", "phash"], progress=False)
+    assert lake.dedup(["exact", "phash"], progress=False).keep_from == ["exact", "phash"]  # not the defaults not run
     rows = by_key(lake, ["dup_group"])
     assert rows["coffee_small_q40"]["dup_group"] == rows["coffee"]["dup_group"] is not None
 
