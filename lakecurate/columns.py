@@ -66,6 +66,21 @@ def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str]
     }
 
 
+def config_change(old: dict[str, Any], new: dict[str, Any], most: int = 4) -> str:
+    """What differs between two configs, key by key ("threshold 0.85 -> -1.0"), for a message: the
+    JSON of the old one, cut at 200 characters, ended mid-string and did not say what changed.
+
+    >>> config_change({"threshold": 0.85, "method": "semantic"}, {"threshold": -1.0, "method": "semantic"})
+    'threshold 0.85 -> -1.0'
+    """
+    def shown(v: Any) -> str:
+        text = json.dumps(v, sort_keys=True, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    parts = [f"{k} {shown(old[k]) if k in old else '(none)'} -> {shown(new[k]) if k in new else '(none)'}" for k in keys[:most]]
+    return "; ".join(parts) + (f"; and {len(keys) - most} more" if len(keys) > most else "") if parts else "the same settings, another version"
+
+
 def field_provenance(field: pa.Field, *, strict: bool = True) -> dict[str, Any] | None:
     """The provenance record of ``field`` (None for a column lakecurate did not derive).
 
@@ -188,10 +203,8 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         if old is None:
             raise LakeError(f"column '{name}' exists in lake '{lake.uri}' but was not made by lakecurate; pick another --name")
         if old["config_hash"] != prov["config_hash"]:
-            raise LakeError(
-                f"column '{name}' in lake '{lake.uri}' was made with another config "
-                f"({old['config_hash']}: {json.dumps(old['config'], sort_keys=True)[:200]}); {fix}"
-            )
+            raise LakeError(f"column '{name}' in lake '{lake.uri}' was made with another config "
+                            f"({config_change(old.get('config') or {}, prov.get('config') or {})}); {fix}")
     missing = [f for f in fields if f.name not in present]
     if len(missing) not in (0, len(fields)):
         raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with --recompute to rebuild them")

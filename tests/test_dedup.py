@@ -1054,3 +1054,12 @@ def test_weak_semantic_links_are_checked_by_hash_inside_the_join(sample_lake_emb
     label = components(len(keys), np.array([at[a] for a, _ in expected]), np.array([at[b] for _, b in expected]))
     closure = {(a, b) for a, b in itertools.combinations(keys, 2) if label[at[a]] == label[at[b]]}
     assert got == closure and len(closure) >= len(expected)
+
+
+def test_a_changed_setting_is_named_in_the_refusal(sample_lake_embedded, tmp_path: Path):
+    """The refusal quoted the old config's JSON cut at 200 characters, mid-string, without saying
+    which setting differed."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["phash"], keep_from=["phash"], progress=False)
+    with pytest.raises(LakeError, match=r"made with another config \(max_distance 8 -> 3\); run with the same settings"):
+        lake.dedup(["phash"], keep_from=["phash"], phash_distance=3, progress=False)
