@@ -752,7 +752,7 @@ def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recomput
         echo_json(rep)
         return
     sizes = sorted((c["size"] for c in rep.concepts), reverse=True)
-    click.echo(f"{rep.k} concepts over {rep.rows} rows in {rep.seconds:.1f} s; sizes: largest {sizes[:5]}, "
+    click.echo(f"{rep.k} concept{'s' if rep.k != 1 else ''} over {rep.rows} rows in {rep.seconds:.1f} s; sizes: largest {sizes[:5]}, "
                f"smallest {sizes[-5:]}")
 
 
@@ -794,7 +794,8 @@ def rebalance(lake: str, target: float | int, temperature: float, rule: str, max
                 ["concept", "size", "spread", "isolation", "complexity", "budget", "kept", "repeats"])
     empty = len(rep.concepts) - len(rows)
     click.echo(f"\nkept {rep.kept} of {rep.rows} candidate rows ({rep.exported_rows} samples with repeats) "
-               f"over {rep.k} concepts in {rep.seconds:.1f} s" + (f"; {empty} concepts have no candidate row" if empty else ""))
+               f"over {rep.k} concept{'s' if rep.k != 1 else ''} in {rep.seconds:.1f} s"
+               + (f"; {empty} concept{'s have' if empty != 1 else ' has'} no candidate row" if empty else ""))
 
 
 @main.command()

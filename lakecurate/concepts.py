@@ -231,7 +231,7 @@ def _unit(sums: np.ndarray) -> np.ndarray:
 
 def _complexity_table(sizes: np.ndarray, cent: np.ndarray, dist_sums: np.ndarray) -> pd.DataFrame:
     k = len(sizes)
-    spread = dist_sums / np.maximum(sizes, 1)
+    spread = np.maximum(dist_sums / np.maximum(sizes, 1), 0.0) + 0.0  # rounding gave -0.0 and -1e-8
     # one candidate is its own centroid: its spread is 0, not "as dense as can be" (the rarest
     # concept got the lowest complexity, so budget 0): the median spread of the others instead
     several = sizes > 1

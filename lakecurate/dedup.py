@@ -1244,7 +1244,8 @@ def _method_links(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None, 
             strong |= hashed[i] & hashed[j] & (dist <= config["confirm_distance"])
         pairs.append((i[strong], j[strong]))
         mr.pairs = int(strong.sum())
-        found = _links(i[strong], j[strong], cos[strong], "cosine {:.3f}", smaller_is_closer=False)
+        # (a float16 dot product of two unit vectors can come out a little above 1: "cosine 1.000034")
+        found = _links(i[strong], j[strong], np.minimum(cos[strong], 1.0), "cosine {:.3f}", smaller_is_closer=False)
     return eligible, pairs, found
 
 

@@ -66,6 +66,12 @@ def test_complexity_literal():
     assert t["size"].tolist() == [3, 3]
     assert t.loc[0, "spread"] < t.loc[1, "spread"] and t.loc[0, "complexity"] < t.loc[1, "complexity"]
     assert t.loc[0, "isolation"] == pytest.approx(t.loc[1, "isolation"])
+    # identical float16 rows: no spread, not a rounding's -2.6e-05 (shown as "-0.0")
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        v = rng.standard_normal((1, 512)).astype(np.float32)
+        t = complexity(np.repeat(v / np.linalg.norm(v), 4, axis=0).astype(np.float16), np.zeros(4, np.int64), 1)
+        assert 0 <= t.loc[0, "spread"] < 1e-4 and not np.signbit(t.loc[0, "spread"])
 
 
 @pytest.fixture
