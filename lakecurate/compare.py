@@ -114,8 +114,13 @@ def diff(lake: "Store", a: str | int, b: str | int | None = None, *, where: str 
 
     examples = whole("examples", examples, 0)  # (-1 listed every id but the last)
     b = lake.version if b is None else b
-    check_where(where, "--where", lake.dataset(a))  # one condition each, on the columns of its side
-    check_where(where_b, "--where-b", lake.dataset(b))
+    # one condition each, on the columns of its side; the message says which side lacks a column
+    for cond, option, side, ref in ((where, "--where", "A", a), (where_b or where, "--where-b" if where_b else "--where", "B",
+                                                                 b if b is not None else "the latest")):
+        try:
+            check_where(cond, option, lake.dataset(ref if ref != "the latest" else None))
+        except LakeError as exc:  # a column one side lacks: say which side
+            raise LakeError(str(exc).replace("cannot select rows", f"cannot select rows of {side} ({ref})", 1)) from None
     ds_a, ta, wa, notes_a = _side(lake, a, where)
     ds_b, tb, wb, notes_b = _side(lake, b, where_b or where)
     in_a, in_b = set(ta.index[ta["_in"]]), set(tb.index[tb["_in"]])

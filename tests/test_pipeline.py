@@ -677,3 +677,11 @@ def test_a_rebalance_count_past_the_candidates_left_is_capped_in_its_fix(sample_
     res = CliRunner().invoke(main, shlex.split(fix)[1:])
     assert res.exit_code == 0, (fix, res.output)
     assert {s.node.stage: s.state for s in graph.states(lake)}["rebalance"] == "current"
+
+
+def test_diff_where_names_the_side_that_lacks_a_column(rebalanced: Lake):
+    """`diff 2 LATEST --where keep` said only "No field named keep", not that version 2 lacks it."""
+    with pytest.raises(LakeError, match=r"--where 'keep' cannot select rows of A \(2\)"):
+        rebalanced.diff(2, where="keep")
+    with pytest.raises(LakeError, match=r"--where-b 'nope' cannot select rows of B"):
+        rebalanced.diff(rebalanced.version, where="keep", where_b="nope")
