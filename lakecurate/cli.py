@@ -752,6 +752,10 @@ def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recomput
         echo_json(rep)
         return
     sizes = sorted((c["size"] for c in rep.concepts), reverse=True)
+    empty = sum(1 for n in sizes if n == 0)
+    if empty:  # more concepts than distinct images (copies are one point): k-means left some without a row
+        click.echo(f"warning: {empty} of the {rep.k} concepts got no row (fewer distinct images than -k?); "
+                   "a smaller -k gives every concept rows", err=True)
     click.echo(f"{rep.k} concept{'s' if rep.k != 1 else ''} over {rep.rows} rows in {rep.seconds:.1f} s; sizes: largest {sizes[:5]}, "
                f"smallest {sizes[-5:]}")
 

@@ -586,3 +586,17 @@ def test_a_curriculum_refuses_scores_that_are_no_measure(lake3: Lake, score: str
     with pytest.raises(LakeError, match=why):
         lake3.sequence("curriculum", score=score, progress=False)
     assert lake3.version == v
+
+
+def test_cluster_says_when_concepts_got_no_row(tmp_path: Path):
+    """k = 5 on 5 identical rows printed sizes [5, 0, 0, 0, 0] without a word."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        shutil.copy(SAMPLE_DATA / "coffee.jpg", src / f"c{i}.jpg")
+        (src / f"c{i}.txt").write_text("a cup of coffee")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+    res = CliRunner().invoke(main, ["--no-progress", "cluster", lake.uri, "-k", "5"])
+    assert res.exit_code == 0 and "warning: 4 of the 5 concepts got no row" in res.output, res.output
