@@ -443,6 +443,34 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
 
 
 # --------------------------------------------------------------------------- dedup
+# The dedup options that only one method reads (given for a method the run does not compute, they
+# were taken and ignored without a word).
+_METHOD_OPTIONS = {"phash_distance": "phash", "phash_search": "phash", "phash_cosine": "phash",
+                   "semantic_threshold": "semantic", "confirm_cosine": "semantic", "confirm_distance": "semantic",
+                   "caption_threshold": "caption", "minhash_threshold": "minhash", "copy_distance": "copy",
+                   "copy_search": "copy", "copy_cosine": "copy", "verify_neighbors": "verify",
+                   "verify_cosine": "verify", "verify_inliers": "verify"}
+
+
+def _check_dedup_options(methods: list[str], phash_search: str, copy_search: str) -> None:
+    """Options given on the command line for a method this run does not compute, or a search's
+    cosine without that search, are refused (they were ignored)."""
+    from lakecurate.dedup import METHODS
+
+    ctx = click.get_current_context()
+    run = set(METHODS) if "all" in methods else set(methods)
+    given = [n for n in _METHOD_OPTIONS if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    for name in given:
+        flag = "--" + name.replace("_", "-")
+        if _METHOD_OPTIONS[name] not in run:
+            raise click.UsageError(f"{flag} is read by the {_METHOD_OPTIONS[name]} method, which --method "
+                                   f"{','.join(methods)} does not run: add {_METHOD_OPTIONS[name]} to --method, or drop {flag}")
+        search = {"phash_cosine": phash_search, "copy_cosine": copy_search}.get(name)
+        if search is not None and search != "clusters":
+            method = _METHOD_OPTIONS[name]
+            raise click.UsageError(f"{flag} is read by --{method}-search clusters only (this run: --{method}-search {search})")
+
+
 def _methods(value: str) -> list[str]:
     from lakecurate.dedup import METHODS
 
@@ -515,6 +543,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
 
     Example: lakecurate dedup ./lake --method all
     """
+    _check_dedup_options(_methods(method), phash_search, copy_search)
     rep = open_lake(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
                                 phash_search=phash_search, phash_cosine=phash_cosine, semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,

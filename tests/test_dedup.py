@@ -304,6 +304,14 @@ def test_cli_dedup(sample_lake_embedded: Lake, tmp_path: Path):
     assert res.exit_code == 2 and "choose from exact, phash, semantic, caption" in res.output
     res = runner.invoke(main, ["dedup", uri, "--method", "phash", "--phash-distance", "2"])
     assert res.exit_code == 1 and "--recompute" in res.output and "Traceback" not in res.output
+    # an option of a method this run does not compute, or a search's cosine without that search: taken and ignored
+    version = Lake.open(uri).version
+    for args, msg in ((["--copy-distance", "3"], "--copy-distance is read by the copy method, which --method exact,phash"),
+                      (["--phash-cosine", "0.5"], "--phash-cosine is read by --phash-search clusters only"),
+                      (["--verify-inliers", "9"], "--verify-inliers is read by the verify method")):
+        res = runner.invoke(main, ["dedup", uri, "--method", "exact,phash", *args])
+        assert res.exit_code == 2 and msg in res.output, (args, res.output)
+    assert Lake.open(uri).version == version
 
 
 # --------------------------------------------------------------------------- planted Flickr8k duplicates
