@@ -153,14 +153,17 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     # embedding could not decode (its header passed ingest, its data is broken): the loader stopped
     # on it, and a trainer reading the export would.
     errors = [embedding_columns(e)["error"] for e in embedding_prefixes(ds) if embedding_columns(e)["error"] in names]
-    undecodable = " OR ".join(f"coalesce(starts_with({c}, '{why}'), false)" for c in errors for why in UNDECODABLE)
-    chosen = f"({where}) AND ingest_status <> 'error'"
-    try:
-        tbl = ds.to_table(columns=cols, filter=chosen + (f" AND NOT ({undecodable})" if undecodable else ""),
+    try:  # (the error columns read in the same scan, then dropped: a second scan only counted them)
+        tbl = ds.to_table(columns=list(dict.fromkeys(cols + errors)), filter=f"({where}) AND ingest_status <> 'error'",
                           with_row_id=True)
-        bad = ds.count_rows(filter=f"{chosen} AND ({undecodable})") if undecodable else 0
     except Exception as exc:  # a bad filter is the user's to fix
         raise LakeError(f"cannot select rows with --where {where!r} in lake '{lake.uri}': {exc}") from None
+    undecodable = np.zeros(tbl.num_rows, bool)
+    for c in errors:
+        for why in UNDECODABLE:
+            undecodable |= pc.fill_null(pc.starts_with(tbl.column(c), why), False).to_numpy(zero_copy_only=False)
+    bad = int(undecodable.sum())
+    tbl = tbl.filter(pa.array(~undecodable)).select([c for c in tbl.column_names if c in cols or c == "_rowid"])
     if bad:
         warnings.append(f"{bad} row{'s' if bad != 1 else ''} of the view left out: an embedding could not decode "
                         f"{'their images' if bad != 1 else 'its image'} (see {', '.join(errors)})")
