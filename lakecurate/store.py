@@ -664,18 +664,20 @@ class Store:
         if limit is not None and limit < 0:
             raise LakeError(f"a log of {limit} versions: give a count >= 0 (or None for all)")
         ds = self.dataset()
-        versions = ds.versions()[::-1][:limit]
+        every = ds.versions()
+        versions = every[::-1][:limit]
         # Each version's transaction is read alone: Lance's batch read stops at the first gap that
         # cleanup leaves and fails whole on one transaction it cannot parse (another tool's index).
         ops: dict[int, str] = {}
         change: dict[int, str] = {}
-        listed = {v["version"]: v for v in ds.versions()}  # the version before one, where cleanup left it
+        listed = {v["version"]: v for v in every}  # the version before one, where cleanup left it
+        opened: dict[int, lance.LanceDataset] = {}
         for v in versions:
             tx = self._transaction(ds, v["version"])
             if tx is not None:
                 ops[v["version"]] = type(tx.operation).__name__
             if changes:
-                change[v["version"]] = _change(ds, v, listed.get(v["version"] - 1), tx)
+                change[v["version"]] = _change(ds, v, listed.get(v["version"] - 1), tx, opened)
         tags: dict[int, list[str]] = {}
         for name, t in ds.tags.list().items():
             if t.get("branch") == self.branch:
@@ -725,16 +727,24 @@ class Store:
                 out["old_versions"] += side.old_versions
         return out
 
-def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any) -> str:
+def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any,
+            opened: dict[int, lance.LanceDataset] | None = None) -> str:
     """What ``version`` (an entry of ``ds.versions()``) changed against ``before`` (the one before
     it, None for the first), in words: rows added or removed, columns added, removed, rewritten or
     (re)declared (their provenance), led by the stages named in those columns' provenance. Lance's
     operation name where nothing else shows (an index, a compaction); "" where a version cannot be
-    read (cleaned up)."""
+    read (cleaned up). ``opened``: versions checked out already (a log compares each with the one
+    before it: each is opened once)."""
     op = type(tx.operation).__name__ if tx is not None else ""
+    opened = {} if opened is None else opened
+
+    def checkout(number: int) -> lance.LanceDataset:
+        if number not in opened:
+            opened[number] = ds.checkout_version(number)
+        return opened[number]
     try:
-        now = ds.checkout_version(version["version"])
-        old = ds.checkout_version(before["version"]) if before is not None else None
+        now = checkout(version["version"])
+        old = checkout(before["version"]) if before is not None else None
     except Exception:  # noqa: BLE001 - a version cleanup removed: nothing to compare
         return op
     rows = int(version["metadata"].get("total_rows", 0))
