@@ -1327,14 +1327,15 @@ def ingest(
     appending = mode == "append"
     # Ids to skip: every id of this source, or with retry_errors every id whose row is not an error.
     skip_where = "ingest_status <> 'error'" if retry_errors else None
-    errors = lake.existing_ids(plan.sources, where="ingest_status = 'error'") if appending else set()
+    # The source's error rows (ids; with retry_errors what each says, so that one read again as the
+    # same error is not written again: each retry with nothing fixed made a version of the same rows)
+    was = _error_rows(lake, plan.sources) if appending and retry_errors else {}
+    errors = set(was) if retry_errors else (lake.existing_ids(plan.sources, where="ingest_status = 'error'")
+                                            if appending else set())
     content: _ContentIndex | None = None  # read before the first commit, only if there is one
     done: set[str] = set()  # with retry_errors: ids replaced by this run (a row may be an error again)
     markers: set[str] = set()  # ids of the shard-error rows this run's reading gave
     given: set[str] = set()  # ids of `errors` this run's reading gave again
-    # retry_errors: what each error row says, so that one read again as the same error is not written
-    # again (each retry with nothing fixed made a version rewriting the same rows)
-    was = _error_rows(lake, plan.sources) if retry_errors and errors else {}
     broken: set[str] = set()  # sources (shards) this run could not read to their end
     now = started or datetime.now(timezone.utc)
     t0 = time.perf_counter()
