@@ -20,7 +20,7 @@ import click
 from lakecurate.columns import describe_provenance
 from lakecurate.errors import removed_meanwhile
 from lakecurate.lake import Lake, LakeError
-from lakecurate.names import EVAL_LR
+from lakecurate.names import DEDUP_OPTIONS, EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
 from lakecurate.options import MOST, MOST_WORKERS
 
@@ -444,12 +444,8 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
 
 # --------------------------------------------------------------------------- dedup
 # The dedup options that only one method reads (given for a method the run does not compute, they
-# were taken and ignored without a word).
-_METHOD_OPTIONS = {"phash_distance": "phash", "phash_search": "phash", "phash_cosine": "phash",
-                   "semantic_threshold": "semantic", "confirm_cosine": "semantic", "confirm_distance": "semantic",
-                   "caption_threshold": "caption", "minhash_threshold": "minhash", "copy_distance": "copy",
-                   "copy_search": "copy", "copy_cosine": "copy", "verify_neighbors": "verify",
-                   "verify_cosine": "verify", "verify_inliers": "verify"}
+# were taken and ignored without a word): click's parameter name -> its method.
+_METHOD_OPTIONS = {flag[2:].replace("-", "_"): m for m, flags in DEDUP_OPTIONS.items() for flag in flags.values()}
 
 
 def _check_dedup_options(methods: list[str], phash_search: str, copy_search: str) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import field_provenance, fragments_to_fill, has_data
 from lakecurate.errors import LakeError
-from lakecurate.names import PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
+from lakecurate.names import DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -374,7 +374,7 @@ def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lan
         out += f" --method {','.join([m for m in keep_from if m in cfgs] + [m for m in cfgs if m not in keep_from])}"
     out += f" --embedding {q(embedding)}" if embedding else ""
     for m, cfg in cfgs.items():
-        for key, flag in _DEDUP_FLAGS.get(m, {}).items():
+        for key, flag in DEDUP_OPTIONS.get(m, {}).items():
             if cfg.get(key) is not None:
                 out += f" {flag} {q(str(cfg[key]))}"
     out += " --no-flips" if any(c.get("flips") is False for c in cfgs.values()) else ""
@@ -506,18 +506,6 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
 
 
 # ----------------------------------------------------------------------------- what to run
-# A dedup method's provenance config key -> the `lakecurate dedup` option that set it.
-_DEDUP_FLAGS = {
-    "phash": {"max_distance": "--phash-distance", "search": "--phash-search", "cosine": "--phash-cosine"},
-    "copy": {"max_distance": "--copy-distance", "search": "--copy-search", "cosine": "--copy-cosine"},
-    "semantic": {"threshold": "--semantic-threshold", "confirm_cosine": "--confirm-cosine",
-                 "confirm_distance": "--confirm-distance"},
-    "caption": {"threshold": "--caption-threshold"},
-    "minhash": {"threshold": "--minhash-threshold"},
-    "verify": {"neighbors": "--verify-neighbors", "min_cosine": "--verify-cosine", "min_inliers": "--verify-inliers"},
-}
-
-
 def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.LanceDataset | None" = None) -> str:
     """The command that recomputes ``node`` (or, ``state`` "incomplete", fills its missing rows),
     rebuilt from its provenance: every option the stage was run with, quoted, so that it can be

@@ -70,6 +70,17 @@ BUILTIN_PREFIXES = ("dup_", "seq_", "review_", "offline_", "clip_")
 
 
 # The way out of a signal column made with another config (signals has no --name to write beside it).
+# A dedup method's provenance config key -> the `lakecurate dedup` option that sets it: what the CLI
+# refuses for a method a run does not compute, and what graph's fix command writes back.
+DEDUP_OPTIONS = {
+    "phash": {"max_distance": "--phash-distance", "search": "--phash-search", "cosine": "--phash-cosine"},
+    "copy": {"max_distance": "--copy-distance", "search": "--copy-search", "cosine": "--copy-cosine"},
+    "semantic": {"threshold": "--semantic-threshold", "confirm_cosine": "--confirm-cosine",
+                 "confirm_distance": "--confirm-distance"},
+    "caption": {"threshold": "--caption-threshold"},
+    "minhash": {"threshold": "--minhash-threshold"},
+    "verify": {"neighbors": "--verify-neighbors", "min_cosine": "--verify-cosine", "min_inliers": "--verify-inliers"},
+}
 SIGNALS_FIX = "its code or settings changed since it was computed; redo it with `lakecurate signals LAKE --recompute` (and the same kind options)"
 
 
