@@ -266,6 +266,11 @@ def budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, temperature
     return floor + _water_fill(sizes - floor, _logits(sizes, complexity_, temperature), target - int(floor.sum()))
 
 
+# The columns each of this module's stages writes (pipeline.py checks a file's columns against them).
+CONCEPT_FIELDS = [pa.field("concept", pa.int32()), pa.field("concept_dist", pa.float32())]
+REBALANCE_FIELDS = [pa.field("rebalance_keep", pa.bool_()), pa.field("sample_weight", pa.float32()),
+                    pa.field("repeats", pa.int32())]
+SEQUENCE_FIELDS = [pa.field("seq_order", pa.int64()), pa.field("seq_shard", pa.int32())]
 FLOOR = 1  # rows every non-empty concept keeps, when the target allows as many
 
 
@@ -425,7 +430,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         dist[valid] = assigned_dist
     prov = columns.provenance("concepts", {"embedding": emb, "k": k, "seed": seed, "algorithm": "faiss spherical k-means"},
                               [embedding_columns(emb)["image"]], ds.version)
-    fields = [pa.field("concept", pa.int32()), pa.field("concept_dist", pa.float32())]
+    fields = CONCEPT_FIELDS
     replace = columns.config_changed(lake, "concept", prov)
     if replace and not recompute:
         old = columns.field_provenance(ds.schema.field("concept"))["config"]
@@ -537,8 +542,8 @@ def rebalance(
                               # the view it chose among is an input too: a new recipe makes this stale
                               ["concept", "concept_dist", embedding_columns(emb)["image"], *where_columns(where, ds.schema.names)],
                               ds.version)
-    names = ["rebalance_keep", "sample_weight", "repeats"]
-    fields = [pa.field("rebalance_keep", pa.bool_()), pa.field("sample_weight", pa.float32()), pa.field("repeats", pa.int32())]
+    fields = REBALANCE_FIELDS
+    names = [f.name for f in fields]
     replaced = columns.declare_view(lake, fields, prov)  # a new decision replaces the old (tags keep history)
     old = [c for c in names if c in ds.schema.names and not replaced]
     # Written a fragment at a time: each fragment's candidates and keys again, kept by the thresholds.
@@ -715,7 +720,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
                                                "shard_size": shard_size},
                                   [c for c in cols if c not in ("seq_order", "seq_shard")] + where_columns(where, names),
                                   ds.version)
-        fields = [pa.field("seq_order", pa.int64()), pa.field("seq_shard", pa.int32())]
+        fields = SEQUENCE_FIELDS
         replaced = columns.declare_view(lake, fields, prov)
         old = [c for c in ("seq_order", "seq_shard") if c in names and not replaced]
         changed = columns.ChangedFragments(lake, ["seq_order", "seq_shard"])

@@ -44,7 +44,7 @@ from typing import Any
 
 from lakecurate import graph
 from lakecurate.errors import LakeError
-from lakecurate.names import default_view, embedding_columns
+from lakecurate.names import DECISIONS, default_view, embedding_columns
 
 # The steps run through a ``lakecurate.lake.Lake`` (its stage methods pass producers to the stages
 # that ask for columns); it is typed loosely here because the facade imports this module.
@@ -213,9 +213,6 @@ def _check_against_lake(lake: "Lake", pipe: "Pipeline") -> None:
     """What only the lake can say, checked before the first step: a column a step reads that
     neither the lake nor a step before it makes (a curriculum's score was refused by sequence after
     curate and rebalance had committed)."""
-    from lakecurate.curate import SIGNAL_TYPES
-    from lakecurate.encoders import resolve
-
     have = set(lake.dataset().schema.names)
     for step, opts in pipe.steps.items():
         if step == "sequence" and opts.get("mode") == "curriculum" and isinstance(opts.get("score"), str):
@@ -223,15 +220,24 @@ def _check_against_lake(lake: "Lake", pipe: "Pipeline") -> None:
             if col not in have and not col.startswith("dup_"):
                 raise LakeError(f"pipeline {pipe.source}, [sequence]: score {opts['score']!r} is not a column of lake "
                                 f"'{lake.uri}' and no step before it makes one; name a number column (a score, a signal)")
-        if step == "embed":
-            spec = resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
-            have |= set(embedding_columns(spec.prefix).values())
-        elif step == "curate":
-            have |= set(SIGNAL_TYPES) | {"keep", "drop_reason"}
-        elif step == "cluster":
-            have |= {"concept", "concept_dist"}
-        elif step == "rebalance":
-            have |= {"rebalance_keep", "sample_weight", "repeats"}
+        have |= _step_columns(step, opts)
+
+
+def _step_columns(step: str, opts: dict[str, Any]) -> set[str]:
+    """The columns a step of a file writes (as its stage declares them)."""
+    from lakecurate import concepts
+    from lakecurate.curate import SIGNAL_TYPES
+    from lakecurate.encoders import resolve
+
+    decided = {c for d in DECISIONS if d.stage == step for c in (d.column, d.reason) if c}
+    if step == "embed":
+        spec = resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
+        return set(embedding_columns(spec.prefix).values())
+    if step == "curate":  # and the signals its recipe asks for
+        return decided | set(SIGNAL_TYPES)
+    fields = {"cluster": concepts.CONCEPT_FIELDS, "rebalance": concepts.REBALANCE_FIELDS,
+              "sequence": concepts.SEQUENCE_FIELDS}.get(step, [])
+    return decided | {f.name for f in fields}
 
 
 def _check_values(step: str, opts: dict[str, Any]) -> None:

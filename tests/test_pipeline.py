@@ -660,6 +660,22 @@ def test_a_curriculum_score_no_step_makes_is_refused_before_the_first_step(rebal
     assert res.exit_code == 0, res.output  # the lake has it
 
 
+def test_a_curriculum_score_an_earlier_step_makes_is_taken(sample_lake_embedded: Lake):
+    """The columns a step makes are the ones its stage declares: a curriculum by concept_dist, which
+    a cluster step before it makes, passes the check on a lake without concepts; a column no step
+    makes does not."""
+    from lakecurate.pipeline import _check_against_lake
+
+    assert "concept_dist" not in sample_lake_embedded.dataset().schema.names
+    for before, score in ((("cluster", {"k": 3}), "concept_dist"), (("rebalance", {"target": 0.5}), "sample_weight"),
+                          (("curate", {"recipe": "basic"}), "cap_words")):
+        _check_against_lake(sample_lake_embedded, load_pipeline(
+            dict([before, ("sequence", {"mode": "curriculum", "score": score})])))
+    with pytest.raises(LakeError, match="score 'repeats' is not a column"):
+        _check_against_lake(sample_lake_embedded, load_pipeline(
+            {"cluster": {"k": 3}, "sequence": {"mode": "curriculum", "score": "repeats"}}))
+
+
 def test_a_rebalance_count_past_the_candidates_left_is_capped_in_its_fix(sample_lake_embedded: Lake, tmp_path: Path):
     """rebalance --target 100 of 103 candidates, then a stricter recipe left 74: the fix status
     printed replayed --target 100, which rebalance refuses ("outside 1..74"), so pasting it failed."""
