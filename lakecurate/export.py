@@ -117,7 +117,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     where rebalancing had not re-run after the recipe: it used the older recipe's rebalance_keep
     or refused), and an order or repeats not current there are left out, with a warning."""
     ds = lake.dataset(version)
-    if version is not None and lake.names_latest(version):
+    if version is not None and lake.names_latest(version, ds):
         version = None  # the latest by its number (the loader pins it so): its stale decisions can be made
         # current by re-running their stage, so they are refused as without --version, not worked around
     names = ds.schema.names

@@ -305,16 +305,18 @@ class Store:
     def version(self) -> int:
         return self.dataset().version
 
-    def names_latest(self, version: int | str | None) -> bool:
+    def names_latest(self, version: int | str | None, ds: "lance.LanceDataset | None" = None) -> bool:
         """Whether ``version`` (as :meth:`dataset` takes it) means this branch's latest version: None,
         its number, or the branch's name. A tag does not, even on the latest: it names a state (a
-        recipe's result), which stays what it was when the branch moves on."""
+        recipe's result), which stays what it was when the branch moves on. ``ds``: that version,
+        when the caller has opened it (else it is opened here)."""
         if version is None:
             return True
         if isinstance(version, str) and not version.isdigit():
             branch, number = self._ref(version)
             return branch == self.branch and number is None
-        return self.dataset(version).version == self.version
+        ds = self.dataset(version) if ds is None else ds
+        return ds.version == ds.latest_version
 
     def count(self, where: str | None = None) -> int:
         """Rows (those matching the SQL condition ``where``, when given)."""
