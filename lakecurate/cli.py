@@ -1206,6 +1206,10 @@ def status(lake: str, at_version: str | None, as_json: bool) -> None:
     todo = [s for s in d["stages"] if s["state"] != "current"]
     for line in dict.fromkeys(f"{s['stage']}: {s['fix']}" for s in todo):  # (dedup's nodes share one command)
         click.echo(line)
+    for s in d["stages"]:
+        if s["rows_failed"]:
+            click.echo(f"{s['columns'][0]}: {s['rows_failed']} rows failed at the endpoint (no caption; the "
+                       f"{s['columns'][0]}_error column says why); compute them again: {s['retry']}")
     click.echo(f"curated view: {d['view'] or 'none yet'}" + "".join(f"\n  note: {n}" for n in d["view_notes"]))
 
 

@@ -77,11 +77,14 @@ class NodeState:
     rows_missing: int = 0
     computed_from: int | None = None  # the version the node's values were computed from (global stages)
     fix: str = ""
+    rows_failed: int = 0  # rows without a value whose error may pass if computed again (an endpoint's)
+    retry: str = ""  # ...and the command that computes them again
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.node.stage, "columns": self.node.columns, "sources": self.node.sources,
                 "config_hash": self.node.prov.get("config_hash"), "state": self.state, "reasons": self.reasons,
-                "rows_missing": self.rows_missing, "computed_from": self.computed_from, "fix": self.fix}
+                "rows_missing": self.rows_missing, "computed_from": self.computed_from, "fix": self.fix,
+                "rows_failed": self.rows_failed, "retry": self.retry}
 
 
 def where_columns(where: str | None, names: Iterable[str]) -> list[str]:
@@ -341,6 +344,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
                 st.state = "behind"
                 st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
         st.fix = fix_command(lake, node, st.state, ds)
+        _failed(lake, ds, st)
         by_node[id(node)] = st
         out.append(st)
     dedup = [st for st in out if st.node.stage == "dedup" and st.state != "current"]
@@ -350,6 +354,21 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
         for st in dedup:
             st.fix = fix
     return out
+
+
+def _failed(lake: "Store", ds: "lance.LanceDataset", st: NodeState) -> None:
+    """An endpoint's caption column: its rows a request failed (no caption, an ``endpoint:`` error),
+    which only ``--retry-errors`` computes again (the column counted as current: a column whose
+    every row had failed said so, and nothing said what to run)."""
+    node = st.node
+    if node.stage != "recaption" or not (node.prov.get("config") or {}).get("api_model"):
+        return
+    col = node.columns[0]
+    if f"{col}_error" not in node.columns:
+        return
+    st.rows_failed = ds.count_rows(filter=f"{col} IS NULL AND {col}_error LIKE 'endpoint:%'")
+    if st.rows_failed:
+        st.retry = fix_command(lake, node, "incomplete", ds) + " --retry-errors"
 
 
 def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lance.LanceDataset") -> str:

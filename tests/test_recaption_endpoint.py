@@ -380,6 +380,29 @@ def test_rows_the_endpoint_failed_are_computed_again_with_retry_errors(server, t
     assert len(server.requests) == asked + 2
 
 
+def test_status_names_the_rows_the_endpoint_failed_and_the_retry(server, tmp_path: Path, monkeypatch):
+    """Every row failed at the endpoint: status called the column current and said nothing (only
+    recaption's own summary named --retry-errors). It now counts those rows and prints the retry,
+    the same command recaption printed; pasted, it leaves none."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lake = caption_lake(tmp_path / "lake", ["sometimes a dog", "sometimes a cat", None])
+    server.failing = True
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--endpoint", server.url, "--api-model", "m", "--mode",
+                                    "rephrase", "--retries", "0", "--name", "re"])
+    assert res.exit_code == 0, res.output
+    printed = res.output.strip().split("\n  ", 1)[1]
+    st = next(s for s in lake.status()["stages"] if s["stage"] == "recaption")
+    assert (st["state"], st["rows_failed"], st["retry"]) == ("current", 2, printed)  # not the caption_missing row
+    res = CliRunner().invoke(main, ["status", lake.uri])
+    assert f"caption_re: 2 rows failed at the endpoint (no caption; the caption_re_error column says why); " \
+           f"compute them again: {printed}" in res.output
+    server.failing = False
+    assert CliRunner().invoke(main, shlex.split(printed)[1:]).exit_code == 0
+    st = next(s for s in lake.status()["stages"] if s["stage"] == "recaption")
+    assert (st["rows_failed"], st["retry"]) == (0, "")
+    assert "failed at the endpoint" not in CliRunner().invoke(main, ["status", lake.uri]).output
+
+
 def test_retry_errors_in_caption_mode_sends_the_images_again(server, tmp_path: Path, monkeypatch):
     """--retry-errors decodes the images of the failed rows again (the runner's readers); images
     that do not decode keep their error."""
