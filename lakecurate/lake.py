@@ -248,8 +248,11 @@ class Lake(Store):
         ds = self.dataset(version)
         lake = self.on_branch_of(version)  # a branch's version: that branch's name and fix commands
         view, notes = graph.effective_view(lake, ds)
+        states = graph.states(lake, ds)
+        curated = next((s for s in states if s.node.stage == "curate" and "keep" in s.node.columns), None)
+        edited = _recipe_edited(curated) if curated is not None else None
         return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version,
-                "stages": [s.to_dict() for s in graph.states(lake, ds)], "view": view, "view_notes": notes}
+                "stages": [s.to_dict() for s in states], "view": view, "view_notes": notes + ([edited] if edited else [])}
 
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.
@@ -313,3 +316,26 @@ class Lake(Store):
             "branch": self.branch or "main",
             "branches": sorted(self.branches()),
         }
+
+
+def _recipe_edited(st: Any) -> str | None:
+    """A note when the recipe file ``keep`` was decided by now says something else (edited since, or
+    a built-in one changed with lakecurate): status called the decision current, and a person who
+    had tightened a threshold exported the old one. The decision stays what it is (its tag names
+    it); the note names the command that applies the file."""
+    from pathlib import Path
+
+    from lakecurate.curate import load_recipe
+
+    cfg = st.node.prov.get("config") or {}
+    source = str(cfg.get("source") or "")
+    if not source or source.startswith("<") or not Path(source).is_file():
+        return None
+    try:
+        now = load_recipe(source, dict(((cfg.get("recipe") or {}).get("set")) or {}))
+    except LakeError as e:
+        return f"recipe {source}, which keep was decided by, no longer loads: {e}"
+    if now.hash == cfg.get("hash"):
+        return None
+    return (f"recipe {source} changed since keep was decided by it (recipe hash {cfg.get('hash')}, now {now.hash}); "
+            f"to decide by it as it is now: {st.fix}")

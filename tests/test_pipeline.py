@@ -283,6 +283,28 @@ def test_status_command(rebalanced: Lake):
     assert {s["state"] for s in d["stages"]} == {"current"} and d["view"] == "rebalance_keep"
 
 
+def test_status_notes_a_recipe_file_edited_since_curate(sample_lake_embedded: Lake, tmp_path: Path):
+    """A threshold tightened in the recipe file after curate: status said current and nothing more
+    (the file's path is recorded). It notes the change and the command that applies it; with the
+    `--set` the run had, the file unchanged is no change; run, the note is gone."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[[step]]\nfilter = "caption_length"\nmin_words = 2\nmax_words = 100\n')
+    lake.curate(str(recipe), overrides={"caption_length.max_words": 90}, progress=False)
+    assert lake.status()["view_notes"] == []
+    recipe.write_text('name = "r"\n[[step]]\nfilter = "caption_length"\nmin_words = 5\nmax_words = 100\n')
+    notes = lake.status()["view_notes"]
+    assert len(notes) == 1 and notes[0].startswith(f"recipe {recipe.resolve()} changed since keep was decided by it")
+    command = notes[0].split("to decide by it as it is now: ")[1]
+    assert command.endswith(" --set caption_length.max_words=90")
+    res = CliRunner().invoke(main, ["status", lake.uri])
+    assert f"note: {notes[0]}" in res.output
+    assert CliRunner().invoke(main, shlex.split(command)[1:]).exit_code == 0
+    assert lake.status()["view_notes"] == [] and lake.count("keep") < lake.count("ingest_status != 'error'")
+    recipe.write_text('name = "r"\n[[step]]\nfilter = "no_such_filter"\n')
+    assert "which keep was decided by, no longer loads: " in lake.status()["view_notes"][0]
+
+
 # ----------------------------------------------------------------------------- lakecurate run
 def _pipeline(tmp_path: Path, min_words: int) -> Path:
     recipe = tmp_path / "recipe.toml"
