@@ -192,112 +192,25 @@ def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto
                     sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device)
 
 
-RETRY_COMMIT_ROWS = 4096  # retry_errors commits what it computed every this many rows (a killed run keeps it)
-
-
 def retry_error_rows(lake: "Store", stage: RowStage, *, workers: int | None = None,
                      progress: bool | None = None) -> runner.RunReport:
     """Compute ``stage``'s rows again whose caption (its first column) is null and whose error (its
-    second) is set, and write their new values over the old ones, keeping every other row's: the
-    runner fills whole fragments once, so without this a failed row stays failed. An endpoint's
-    ``_tries`` adds up the attempts of every run; the report's ``sums`` and ``nonzero`` hold this
-    run's. Rows an ingest refused are left (their image is not decoded, their error the same).
-    What is computed is committed every :data:`RETRY_COMMIT_ROWS` rows and when the run stops
-    (an endpoint that no request reaches: a LakeError), so the same call goes on from there.
-    """
-    import time
-
-    import numpy as np
-    import pyarrow.compute as pc
-
-    from lakecurate.progress import progress_bar
-
-    t0 = time.perf_counter()
-    report = runner.RunReport()
+    second) is set (:func:`lakecurate.runner.recompute`): the runner fills whole fragments once, so
+    without this a failed row stays failed. An endpoint's ``_tries`` adds up the attempts of every
+    run; the report's ``sums`` and ``nonzero`` hold this run's."""
     col, err = stage.names[:2]
-    ds = lake.dataset()
-    if col not in ds.schema.names:
-        return report
-    decode = stage.image is not None and runner.IMAGE in stage.inputs
-    where = f"{col} IS NULL AND {err} IS NOT NULL"
-    if decode and runner.STATUS in ds.schema.names:
-        where += f" AND ({runner.STATUS} IS NULL OR {runner.STATUS} <> 'error')"
-    inputs = [c for c in stage.inputs if c != runner.IMAGE]
-    todo = ds.to_table(columns=list(dict.fromkeys([*inputs, *stage.names[1:]])), filter=where, with_row_address=True)
-    addrs = todo.column("_rowaddr").to_numpy().astype(np.int64)
-    if not len(addrs):
-        return report
-    images = runner.map_images(lake, stage, addrs, workers=workers, progress=False) if decode else None
-    state = stage.setup() if stage.setup is not None else None
-    bar = progress_bar(total=len(addrs), desc=f"{stage.desc or col} (errors again)", unit=stage.unit, progress=progress)
-    done: list[tuple[np.ndarray, pa.Table]] = []
-    try:
-        for lo in range(0, len(addrs), stage.batch_size):
-            part = todo.slice(lo, stage.batch_size)
-            rows = next(images) if images is not None else runner.Rows(pa.RecordBatch.from_pydict({}))
-            rows.columns = pa.RecordBatch.from_arrays([part.column(c).combine_chunks() for c in inputs], names=inputs)
-            rows.offsets = addrs[lo:lo + part.num_rows]
-            out = runner.result(stage.batch(state, rows))
-            runner._count(report, out)  # (this run's attempts, before the earlier runs' are added)
-            for tries in stage.names[2:3]:
-                out = out.set_column(2, tries, pc.add(out.column(tries), pc.fill_null(part.column(tries), 0)))
-            done.append((rows.offsets, out))
-            report.rows += out.num_rows
-            bar.update(out.num_rows)
-            if sum(len(a) for a, _ in done) >= RETRY_COMMIT_ROWS:
-                _write_over(lake, stage, done, report)
-                done = []
-    finally:
-        bar.close()
-        if images is not None:
-            images.close()
-        _write_over(lake, stage, done, report)  # what was computed stays, also when a later batch stops the run
-    report.seconds = time.perf_counter() - t0
-    return report
+    tries = stage.names[2:3]
 
+    def add_tries(before: pa.Table, out: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
 
-def _write_over(lake: "Store", stage: RowStage, done: list, report: runner.RunReport) -> None:
-    """The recomputed rows' values over their fragments' current ones, in one commit (read, modify,
-    write; again at a fresh version after a conflict); a row given a caption meanwhile keeps it, and
-    a fragment compacted meanwhile is left (its rows keep their errors for the next retry)."""
-    import numpy as np
+        for name in tries:
+            i = out.schema.get_field_index(name)
+            out = out.set_column(i, name, pc.add(out.column(name), pc.fill_null(before.column(name), 0)))
+        return out
 
-    from lakecurate.store import retry_on_conflict
-
-    if not done:
-        return
-    names = stage.names
-    addrs = np.concatenate([a for a, _ in done])
-    new = pa.concat_tables([t for _, t in done])
-    values_new = {n: new.column(n).to_pylist() for n in names}
-    by_frag: dict[int, list[int]] = {}
-    for i, a in enumerate(addrs.tolist()):
-        by_frag.setdefault(a >> 32, []).append(i)
-    config_hash = stage.provenance(0)["config_hash"]
-
-    def attempt() -> int | None:
-        ds = lake.dataset()
-        tables = {}
-        for fid, idx in by_frag.items():
-            frag = ds.get_fragment(fid)
-            if frag is None:
-                continue
-            cur = frag.to_table(columns=names, with_row_address=True)
-            offsets = (cur.column("_rowaddr").to_numpy() & 0xFFFFFFFF).astype(np.int64)
-            values = {n: c.to_pylist() for n, c in zip(names, columns.physical(frag.physical_rows, offsets,
-                                                                                cur.select(names)).columns)}
-            for i in idx:
-                off = int(addrs[i]) & 0xFFFFFFFF
-                if off < frag.physical_rows and values[names[0]][off] is None:
-                    for n in names:
-                        values[n][off] = values_new[n][i]
-            tables[fid] = pa.table({n: pa.array(values[n], ds.schema.field(n).type) for n in names})
-        return columns.fill_fragments(lake, tables, based_on=ds, config_hash=config_hash)
-
-    version = retry_on_conflict(attempt)
-    if version is not None:
-        report.versions.append(version)
-        report.fragments += len(by_frag)
+    return runner.recompute(lake, stage, f"{col} IS NULL AND {err} IS NOT NULL", carry=add_tries,
+                            desc=f"{stage.desc or col} (errors again)", workers=workers, progress=progress)
 
 
 def _as_declared(lake: "Store", stage: RowStage) -> RowStage:

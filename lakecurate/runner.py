@@ -302,7 +302,9 @@ def _assemble(ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage
     return columns.physical(frag.physical_rows, t.column("_offset").to_numpy(), t.drop_columns(["_offset"]))
 
 
-def _count(report: RunReport, part: pa.Table) -> None:
+def count(report: RunReport, part: pa.Table) -> None:
+    """Add a computed batch's values to ``report``: per column, its non-null values; for its small
+    integer columns (counts, not hashes), their sum and how many are not zero."""
     import pyarrow.compute as pc
 
     for name in part.column_names:
@@ -461,7 +463,7 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
     for s in saved.values():
         for t in s.values():
             report.rows_resumed += t.num_rows
-            _count(report, t)
+            count(report, t)
     bar = progress_bar(total=sum(f.count_rows() for f in todo), initial=report.rows_resumed,
                        desc=stage.desc or stage.names[0], unit=stage.unit, progress=progress)
     writer = _Writer()
@@ -475,7 +477,7 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
                 writer.submit(ckpt.save, frags[fid], rows.start, part)
             parts[fid].append(part)
             report.rows += part.num_rows
-            _count(report, part)
+            count(report, part)
             bar.update(part.num_rows)
             if remaining[fid] == 0:
                 writer.submit(_commit, lake, ds, frags[fid], stage, parts.pop(fid), ckpt, report)
@@ -539,7 +541,7 @@ class FragmentWorker:
         parts = list(saved.values())
         for t in parts:
             out.rows_resumed += t.num_rows
-            _count(out, t)
+            count(out, t)
         items = _batches(frag, stage.batch_size, saved)
         # read (and decode) lazily, or ahead in the readers: a GPU computes a batch while the next is decoded
         batches = map(_read, items) if self.pool is None else _read_ahead(self.pool, items, self.readers)
@@ -548,7 +550,7 @@ class FragmentWorker:
                 self.ckpt.save(frag, rows.start, part)
             parts.append(part)
             out.rows += part.num_rows
-            _count(out, part)
+            count(out, part)
         _commit(self.lake, ds, frag, stage, parts, self.ckpt, out)
         return out
 
@@ -697,6 +699,104 @@ def map_images(lake: "Store", stage: RowStage, addresses: Sequence[int], *, work
     finally:
         bar.close()
         _close(loader)
+
+
+RECOMPUTE_COMMIT_ROWS = 4096  # recompute commits what it computed every this many rows (a killed run keeps it)
+
+
+def recompute(lake: "Store", stage: RowStage, where: str, *, carry: Callable[[pa.Table, pa.Table], pa.Table] | None = None,
+              desc: str = "", workers: int | None = None, progress: bool | None = None) -> RunReport:
+    """Compute ``stage`` again for the rows matching ``where`` and write their new values over the old
+    ones, keeping every other row's (:func:`run` fills a whole fragment once: this is how a row that
+    failed for a passing reason, an endpoint's error, is computed again). Rows an ingest refused are
+    left when the stage decodes images (their image is not decoded, their error the same).
+    ``carry(before, out)``: the stage's new values from their old ones and the new (an attempt count
+    added up). What is computed is committed every :data:`RECOMPUTE_COMMIT_ROWS` rows and when the
+    run stops (an endpoint no request reaches: a LakeError), so the same call goes on from there;
+    a row given a value meanwhile (its first column not null) keeps it."""
+    from lakecurate.progress import progress_bar
+
+    t0 = time.perf_counter()
+    report = RunReport()
+    ds = lake.dataset()
+    if stage.names[0] not in ds.schema.names:
+        return report
+    decode = stage.image is not None and IMAGE in stage.inputs
+    if decode and STATUS in ds.schema.names:
+        where = f"({where}) AND ({STATUS} IS NULL OR {STATUS} <> 'error')"
+    inputs = [c for c in stage.inputs if c != IMAGE]
+    todo = ds.to_table(columns=list(dict.fromkeys([*inputs, *stage.names])), filter=where, with_row_address=True)
+    addrs = todo.column("_rowaddr").to_numpy().astype(np.int64)
+    if not len(addrs):
+        return report
+    images = map_images(lake, stage, addrs, workers=workers, progress=False) if decode else None
+    state = stage.setup() if stage.setup is not None else None
+    bar = progress_bar(total=len(addrs), desc=desc or stage.desc or stage.name, unit=stage.unit, progress=progress)
+    done: list[tuple[np.ndarray, pa.Table]] = []
+    try:
+        for lo in range(0, len(addrs), stage.batch_size):
+            part = todo.slice(lo, stage.batch_size)
+            rows = next(images) if images is not None else Rows(pa.RecordBatch.from_pydict({}))
+            rows.columns = pa.RecordBatch.from_arrays([part.column(c).combine_chunks() for c in inputs], names=inputs)
+            rows.offsets = addrs[lo:lo + part.num_rows]
+            out = result(stage.batch(state, rows))
+            count(report, out)  # (this run's values, before carry adds the earlier runs')
+            out = carry(part, out) if carry is not None else out
+            done.append((rows.offsets, out))
+            report.rows += out.num_rows
+            bar.update(out.num_rows)
+            if sum(len(a) for a, _ in done) >= RECOMPUTE_COMMIT_ROWS:
+                _write_over(lake, stage, done, report)
+                done = []
+    finally:
+        bar.close()
+        if images is not None:
+            images.close()
+        _write_over(lake, stage, done, report)  # what was computed stays, also when a later batch stops the run
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _write_over(lake: "Store", stage: RowStage, done: list, report: RunReport) -> None:
+    """The recomputed rows' values over their fragments' current ones, in one commit (read, modify,
+    write; again at a fresh version after a conflict); a row given a value meanwhile keeps it, and
+    a fragment compacted meanwhile is left (its rows keep their old values for the next run)."""
+    from lakecurate.store import retry_on_conflict
+
+    if not done:
+        return
+    names = stage.names
+    addrs = np.concatenate([a for a, _ in done])
+    new = pa.concat_tables([t for _, t in done])
+    values_new = {n: new.column(n).to_pylist() for n in names}
+    by_frag: dict[int, list[int]] = {}
+    for i, a in enumerate(addrs.tolist()):
+        by_frag.setdefault(a >> 32, []).append(i)
+    config_hash = stage.provenance(0)["config_hash"]
+
+    def attempt() -> int | None:
+        ds = lake.dataset()
+        tables = {}
+        for fid, idx in by_frag.items():
+            frag = ds.get_fragment(fid)
+            if frag is None:
+                continue
+            cur = frag.to_table(columns=names, with_row_address=True)
+            offsets = (cur.column("_rowaddr").to_numpy() & 0xFFFFFFFF).astype(np.int64)
+            values = {n: c.to_pylist() for n, c in zip(names, columns.physical(frag.physical_rows, offsets,
+                                                                                cur.select(names)).columns)}
+            for i in idx:
+                off = int(addrs[i]) & 0xFFFFFFFF
+                if off < frag.physical_rows and values[names[0]][off] is None:
+                    for n in names:
+                        values[n][off] = values_new[n][i]
+            tables[fid] = pa.table({n: pa.array(values[n], ds.schema.field(n).type) for n in names})
+        return columns.fill_fragments(lake, tables, based_on=ds, config_hash=config_hash)
+
+    version = retry_on_conflict(attempt)
+    if version is not None:
+        report.versions.append(version)
+        report.fragments += len(by_frag)
 
 
 def fill_by_fragment(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], fn: Callable[[pa.RecordBatch], pa.Table],
