@@ -541,8 +541,9 @@ def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.Lanc
     def opt(name: str, value: Any) -> str:  # an option given only when it was set
         return "" if value is None else f" {name} {q(str(value))}"
 
+    again = " --recompute" if state == "stale" else ""  # (a per-row run alone fills only the rows without values)
     if node.stage == "embed":
-        return embed_command(lake, cfg.get("prefix") or node.columns[0].rsplit("_", 1)[0], node.prov)
+        return embed_command(lake, cfg.get("prefix") or node.columns[0].rsplit("_", 1)[0], node.prov) + again
     if node.stage == "curate":
         source = str(cfg.get("source") or "")
         if not source or source.startswith("<"):  # a recipe given as a dict (the Python API): no file to name
@@ -583,14 +584,14 @@ def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.Lanc
         out += "".join(f" --param {q(f'{k}={json.dumps(v)}')}" for k, v in (cfg.get("params") or {}).items())
         if list(types) == [name]:  # one column: its type (a function of several declares its own)
             out += f" --type {q(str(types[name]))}"
-        return out + (" --recompute" if state == "stale" else "")
+        return out + again
     if node.stage.startswith("signals-"):  # `lakecurate signals` computes caption and image unless told not to
         kind = node.stage.split("-", 1)[1]
         return f"{head} signals {uri}" + "".join(
             flag for flag, on in ((f" --{kind}", kind not in ("caption", "image")), (" --no-caption", kind != "caption"),
                                   (" --no-image", kind != "image"), (" --recompute", state == "stale")) if on)
     if node.stage == "embed-caption":
-        return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}"
+        return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}" + again
     if node.stage == "recaption":
         # (an endpoint's transport settings are recorded beside its config, not in it)
         return f"{head} recaption {uri} {recaption_args({**(node.prov.get('transport') or {}), **cfg})}" + (

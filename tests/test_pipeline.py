@@ -305,6 +305,30 @@ def test_status_notes_a_recipe_file_edited_since_curate(sample_lake_embedded: La
     assert "which keep was decided by, no longer loads: " in lake.status()["view_notes"][0]
 
 
+def test_a_caption_updated_in_place_makes_embed_stale_and_its_fix_and_run_recompute(sample_lake_embedded: Lake,
+                                                                                     tmp_path: Path):
+    """A caption updated with Lance itself: embed is stale, and the fix status printed was the plain
+    embed command, which fills only rows without values: "embedded 0 rows", still stale, and a
+    pipeline's [embed] step "ran" and wrote nothing, every time."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    key = lake.to_pandas(["key"], limit=1)["key"][0]
+    lance.dataset(lake.table_uri).update({"caption": "'a new text'"}, where=f"key = '{key}'")
+    st = next(s for s in lake.status()["stages"] if s["stage"] == "embed")
+    assert st["state"] == "stale" and st["fix"].endswith(" --model tiny-random --recompute")
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[embed]\nmodel = "tiny-random"\nworkers = 0\n')
+    v = lake.version
+    rep = lake.run(pipe, progress=False)
+    assert rep.steps[0].action == "ran" and rep.steps[0].versions and lake.version > v
+    assert next(s for s in lake.status()["stages"] if s["stage"] == "embed")["state"] == "current"
+    assert lake.run(pipe, progress=False).steps[0].action == "skipped"
+    lance.dataset(lake.table_uri).update({"caption": "'another text'"}, where=f"key = '{key}'")
+    fix = next(s for s in lake.status()["stages"] if s["stage"] == "embed")["fix"]
+    res = CliRunner().invoke(main, ["--no-progress", *shlex.split(fix)[1:], "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert next(s for s in lake.status()["stages"] if s["stage"] == "embed")["state"] == "current"
+
+
 # ----------------------------------------------------------------------------- lakecurate run
 def _pipeline(tmp_path: Path, min_words: int) -> Path:
     recipe = tmp_path / "recipe.toml"
