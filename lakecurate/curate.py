@@ -54,7 +54,7 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_embedded, no_producer, not_current, where_columns
+from lakecurate.graph import blocks, check_embedded, no_producer, not_current, where_columns
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
@@ -1379,18 +1379,38 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
                         + (f" ({'; '.join(run)})" if run else "") + ", or run curate without --dry-run")
 
 
-def _check_features_current(lake: "Store", ds: "lance.LanceDataset", rec: Recipe, read: set[str]) -> None:
-    """A user feature the recipe reads must be current: curate cannot recompute it (signals and
-    dedup it computes itself), and a decision made from stale values would pass for current."""
-    features = [c for c in read if c in ds.schema.names
-                and (columns.field_provenance(ds.schema.field(c), strict=False) or {}).get("stage") == "feature"]
-    if not features:  # (reading the commit log costs: only when a feature is read)
-        return
-    stale = [s for s in not_current(lake, ds, features) if s.state == "stale" and s.node.stage == "feature"]
-    if stale:
-        st = stale[0]
-        raise LakeError(f"recipe {rec.source} reads feature {st.node.columns[0]}, which is stale ({st.reasons[0]}); "
-                        f"re-run it first: {st.fix}")
+# The signal stages curate has computed again when an input of theirs was rewritten since (a caption
+# updated in place): node stage -> the producer it asks for.
+# (and what the report calls it)
+_REDO = {"signals-caption": ("caption_signals", CAPTION), "signals-image": ("image_signals", IMAGE),
+         "signals-copy": ("copy_signals", "copy hashes"), "signals-redact": ("redact", "caption_redacted"),
+         "signals-faces": ("faces", FACES), "signals-text": ("text", "text in images")}
+
+
+def _check_inputs_current(lake: "Store", rec: Recipe, read: set[str], produce: Produce | None,
+                          progress: bool | None = None, engine: str = "local") -> list[str]:
+    """What the recipe reads must be current: a decision made from stale values would pass for
+    current (curate decided on the old groups of a re-made embedding, and on the word counts of
+    captions since rewritten, and tagged it). Stale signals are computed again (``produce``; none
+    for a dry run, which only says what it would judge); a stale embedding, dedup group or user
+    feature is refused with the command that redoes it, before anything is written. Returns the
+    signal stages computed again."""
+    def refuse(left: list) -> None:
+        if left:
+            st = left[0]
+            cols = ", ".join(st.node.columns[:3]) + (", ..." if len(st.node.columns) > 3 else "")
+            raise LakeError(f"recipe {rec.source} reads {cols} ({st.node.stage}), which is {st.state}: {st.reasons[0]}; "
+                            f"re-run it first: {st.fix}")
+
+    stale = [s for s in not_current(lake, lake.dataset(), read) if blocks(s)]
+    refuse([s for s in stale if s.node.stage not in _REDO])  # (before the signals are computed again)
+    redo = list(dict.fromkeys(_REDO[s.node.stage] for s in stale if s.node.stage in _REDO))
+    if not redo or produce is None:
+        return []
+    for producer, _ in redo:
+        produce(producer, recompute=True, progress=progress, engine=engine)
+    refuse([s for s in not_current(lake, lake.dataset(), read) if blocks(s)])  # (a bare store's produce runs nothing)
+    return [label for _, label in redo]
 
 
 def _run_conditions(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
@@ -1463,8 +1483,8 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     emb, emb_prov = _embedding(lake, rec) if EMBEDDING in needs or (DEDUP in needs and rec.embedding) else (None, None)
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
-    _check_features_current(lake, ds, rec, _read_columns(ds, rec, emb))
     if dry_run:
+        _check_inputs_current(lake, rec, _read_columns(ds, rec, emb), None)
         _run_conditions(lake, ds, rec)
         judge = _judge_by_fragment(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read))
         report.steps, report.rows, report.kept, report.dropped = explain_by_fragment(judge, rec)
@@ -1474,6 +1494,9 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         report.seconds = time.perf_counter() - t0
         return report
     report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce, engine)
+    report.computed += [c for c in _check_inputs_current(lake, rec, _read_columns(lake.dataset(), rec, emb),
+                                                         produce or no_producer(lake, "curate"), progress, engine)
+                        if c not in report.computed]
     fields = [pa.field("keep", pa.bool_()), pa.field("drop_reason", pa.string())]
     problem = None
     for attempt in range(ATTEMPTS):

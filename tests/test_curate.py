@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import lance
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -120,6 +121,34 @@ def test_a_stale_curation_in_use_is_named_so(lake_copy: Lake, tmp_path: Path):
                                                                            "curate is stale (dup_keep was written")
     res = CliRunner().invoke(main, ["diff", lake.uri, "1"])
     assert "keep used though no decision is current" in res.output and "skipped" not in res.output, res.output
+
+
+def test_stale_signals_are_computed_again_and_stale_groups_refused(lake_copy: Lake):
+    """A caption updated in place (Lance itself) after curate: curate decided again on the row's old
+    word count (signals filled were never looked at again) and tagged it; dedup groups of rows
+    rewritten since were used as they were. Now the signals are computed again, and stale groups
+    are refused with the command that redoes them, before anything is written."""
+    lake = lake_copy
+    words = {"name": "w", "step": [{"filter": "caption_length", "min_words": 3, "max_words": 100}]}
+    lake.curate(words, progress=False)
+    key = lake.to_pandas(["key"], where="keep", limit=1)["key"][0]
+    lance.dataset(lake.table_uri).update({"caption": "'one'"}, where=f"key = '{key}'")
+    rep = lake.curate(words, progress=False)
+    assert "caption signals" in rep.computed
+    row = lake.to_pandas(["keep", "drop_reason", "cap_words"], where=f"key = '{key}'")
+    assert (bool(row["keep"][0]), row["drop_reason"][0], row["cap_words"][0]) == (False, "caption_length", 1)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["signals-caption"] == "current"
+
+    dup = {"name": "d", "step": [{"filter": "duplicate"}]}
+    lake.curate(dup, progress=False)
+    lance.dataset(lake.table_uri).update({"caption": "'two words'"}, where=f"key = '{key}'")
+    v = lake.version
+    with pytest.raises(LakeError, match=r"recipe <dict> reads .*\(dedup\), which is stale: .*; re-run it first: "
+                                        r"lakecurate dedup "):
+        lake.curate(dup, progress=False)
+    assert lake.version == v
+    res = CliRunner().invoke(main, ["curate", lake.uri, "basic", "--dry-run"])
+    assert res.exit_code == 1 and "which is stale" in res.output, res.output
 
 
 def test_new_rows_are_judged_and_source_rows_stay(lake_copy: Lake, tmp_path: Path):

@@ -590,7 +590,7 @@ def test_curate_refuses_a_stale_feature_and_a_dropped_input_makes_it_stale(sampl
     lake.curate(rec, progress=False)
     lake.embed("tiny-random", workers=0, recompute=True, progress=False)
     v = lake.version
-    with pytest.raises(LakeError, match=r"reads feature dbl, which is stale .*re-run it first: lakecurate feature add"):
+    with pytest.raises(LakeError, match=r"reads dbl \(feature\), which is stale: .*re-run it first: lakecurate feature add"):
         lake.curate(rec, progress=False)
     assert lake.version == v
     assert CliRunner().invoke(main, ["feature", "drop", lake.uri, "dbl"]).exit_code == 0
