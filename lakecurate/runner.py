@@ -438,7 +438,8 @@ def _commit(lake: "Store", ds: lance.LanceDataset, frag: lance.LanceFragment, st
 
 def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
                ckpt: columns.Checkpoint, report: RunReport, workers: int | None, progress: bool | None,
-               where: str) -> None:
+               where: str, loaded: tuple[Any] | None = None) -> None:
+    """Compute and commit ``todo`` here; ``loaded``: ``(stage.setup(),)`` when the caller loaded it."""
     from lakecurate.progress import progress_bar
 
     saved = {f.fragment_id: ckpt.load(f) for f in todo}
@@ -453,8 +454,11 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
         loader = _Prefetched(loader)  # the readers start now, while setup() loads a model
     try:
         t = time.perf_counter()
-        state = stage.setup() if stage.setup is not None and items else None
-        report.setup_seconds = time.perf_counter() - t
+        if loaded is not None:
+            state = loaded[0]
+        else:
+            state = stage.setup() if stage.setup is not None and items else None
+            report.setup_seconds = time.perf_counter() - t
     except BaseException:
         _close(loader)  # no reader outlives a model that would not load
         raise
@@ -606,6 +610,13 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     t0 = time.perf_counter()
     report = RunReport()
     ds = lake.dataset()
+    loaded: tuple[Any] | None = None
+    if engine == "local" and stage.setup is not None and stage.names[0] not in ds.schema.names and ds.count_rows():
+        # a first run loads its model before it declares: one that will not load (no weights, a bad
+        # checkpoint, fp16 on a CPU) left two versions, the columns declared and dropped again
+        t = time.perf_counter()
+        loaded = (stage.setup(),)
+        report.setup_seconds = time.perf_counter() - t
     prov = stage.provenance(ds.version)
     added = columns.declare(lake, stage.fields, prov, recompute=recompute, **({"fix": stage.fix} if stage.fix else {}))
     ds = lake.dataset()
@@ -633,7 +644,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
             elif engine == "ray":
                 _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers)
             else:
-                _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where)
+                _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where, loaded)
+                loaded = None  # (a run taking over another's fragments loads its own)
             if not (elsewhere and _WAITING[0]):
                 break
             ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere, progress)

@@ -296,6 +296,22 @@ def test_bad_embed_options_are_refused_before_any_write(lake: Lake):
     assert lake.embed("tiny-random", workers=0, progress=False).rows_embedded == 2
 
 
+def test_a_model_that_will_not_load_writes_no_version(lake: Lake, tmp_path: Path):
+    """A checkpoint that is no checkpoint, and fp16 on a CPU, failed in the model's setup after the
+    columns were declared: two versions (the columns added, then dropped) for a run that did nothing."""
+    _lake_with_captions(lake, ["a cup", "a dog"])
+    version = lake.version
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(LakeError, match=r"cannot load checkpoint .*weights.pt' for ViT-B-32: UnpicklingError: not a "
+                                        r"torch file of weights \(torch.load refused it\)\. Pass a file of ViT-B-32's"):
+        lake.embed("ViT-B-32", checkpoint=str(bad), workers=0, progress=False)
+    with pytest.raises(LakeError, match="fp16 needs a GPU"):
+        lake.embed("tiny-random", precision="fp16", device="cpu", workers=0, progress=False)
+    assert lake.version == version
+    assert lake.embed("tiny-random", workers=0, progress=False).rows_embedded == 2
+
+
 def _one_line_error(res) -> str:
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     # tiny-random's notice that its scores are meaningless is not part of the error
