@@ -26,6 +26,15 @@ EVAL_TABLE = "evaluations"
 # the arrow field stays a plain large_binary for writers, so batches are built with pa.array(bytes).
 BLOB_META = {"lance-encoding:blob": "true"}
 
+
+def is_blob(field: pa.Field) -> bool:
+    """Whether ``field`` is a Lance blob column: a large_binary marked ``lance-encoding:blob`` (how
+    lakecurate writes one), or Lance's blob extension type (how a dataset's schema reads one back)."""
+    meta = field.metadata or {}
+    ext = getattr(field.type, "extension_name", None) or meta.get(b"ARROW:extension:name", b"").decode()
+    return meta.get(b"lance-encoding:blob") == b"true" or ext == "lance.blob.v2"
+
+
 PAIRS_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string()),

@@ -35,7 +35,7 @@ from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
 from lakecurate.options import whole
-from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE
+from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
 log = logging.getLogger("lakecurate")
@@ -471,12 +471,21 @@ class Store:
     def _check_pairs_schema(self, ds: lance.LanceDataset) -> None:
         """Refuse to append pairs to a table whose pairs columns were dropped or retyped outside
         lakecurate (plain Lance): Lance's own error names neither the lake nor a way out."""
-        have = {f.name: f.type for f in ds.schema}
+        have = {f.name: f for f in ds.schema}
 
-        def differs(f: pa.Field) -> bool:  # a blob column reads back as Lance's blob type
-            return not (have[f.name].equals(f.type) or (f.metadata or {}).get(b"lance-encoding:blob") == b"true")
+        def differs(f: pa.Field) -> bool:
+            # A blob column reads back as Lance's blob type, not as the large_binary it was written
+            # as; a plain large_binary written over it (lance.write_dataset) is no blob, and Lance's
+            # own refusal of the append ("image should have type large_binary") says nothing useful.
+            if is_blob(f):
+                return not is_blob(have[f.name])
+            return not have[f.name].type.equals(f.type)
 
-        wrong = [f"column {f.name} is missing" if f.name not in have else f"column {f.name} is {have[f.name]}, not {f.type}"
+        def wanted(f: pa.Field) -> str:
+            return "a Lance blob column" if is_blob(f) else str(f.type)
+
+        wrong = [f"column {f.name} is missing" if f.name not in have
+                 else f"column {f.name} is {have[f.name].type}, not {wanted(f)}"
                  for f in PAIRS_SCHEMA if f.name not in have or differs(f)]
         if wrong:
             raise LakeError(f"lake '{self.uri}': the pairs table was changed outside lakecurate ({'; '.join(wrong)}), "

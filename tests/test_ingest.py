@@ -953,6 +953,24 @@ def test_ingest_into_a_table_changed_outside_lakecurate_is_a_clear_error(lake: L
     assert lake.version == v
 
 
+def test_an_image_column_rewritten_as_plain_binary_is_a_clear_error(lake: Lake, tmp_path: Path):
+    """pairs.lance overwritten by plain Lance with ``image`` as a plain large_binary (no blob): ingest
+    ended in Lance's traceback "Append with different schema: image should have type large_binary
+    but type was struct", as the check let any blob column of lakecurate's schema pass."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    ds = lance.dataset(lake.main_uri)
+    plain = ds.to_table(columns=[c for c in ds.schema.names if c != "image"])
+    plain = plain.append_column(pa.field("image", pa.large_binary()), pa.array([b"x"] * plain.num_rows, pa.large_binary()))
+    lance.write_dataset(plain, lake.main_uri, mode="overwrite")  # a teammate's plain-Lance rewrite
+    v, more = lake.version, small_folder(tmp_path / "more", 2)
+    res = CliRunner().invoke(main, ["ingest", lake.uri, str(more)])
+    assert res.exit_code == 1 and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert "changed outside lakecurate (column image is large_binary, not a Lance blob column)" in res.output
+    assert lake.version == v
+    lake.restore(v - 1)  # the blob column back: ingest appends again
+    assert lake.ingest(more, progress=False).written == 2
+
+
 def test_a_repaired_shard_replaces_its_broken_sample_and_drops_its_break_row(tmp_path: Path):
     """--retry-errors after a shard is whole again: the sample it broke in is read again (it was a
     caption_missing warning in a .tar.gz, never re-read), the samples after it arrive, and the row
