@@ -309,8 +309,9 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bo
     """Ingest image-text pairs from SOURCE into LAKE (created if missing).
 
     SOURCE is a folder of images with .txt/.json caption sidecars, a CSV/TSV/Parquet/Arrow/JSONL
-    manifest (a Parquet/Arrow image column may hold the bytes), or WebDataset .tar shards (a folder of
-    them, a glob, or shard-{000..009}.tar). Bad inputs become rows flagged with a reason; re-running
+    manifest (a Parquet/Arrow image column may hold the bytes; a Parquet/Arrow file named without
+    its extension and a Lance table's folder, as export writes them, are read as manifests too), or
+    WebDataset .tar shards (a folder of them, a glob, or shard-{000..009}.tar). Bad inputs become rows flagged with a reason; re-running
     adds nothing new; --retry-errors re-reads the rows that failed.
 
     Example: lakecurate ingest ./lake sample_data/   (or shards/ --engine ray: one task per shard)

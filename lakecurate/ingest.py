@@ -3,7 +3,8 @@
 Three kinds of source, each turned into a stream of :class:`Candidate` (a pair not yet read):
 
 * a **folder** of images with same-stem caption sidecars (``cat.jpg`` + ``cat.txt`` or ``cat.json``);
-* a **manifest** (CSV/TSV, Parquet, JSONL) with an image path column and a caption column;
+* a **manifest** (CSV/TSV, Parquet, Arrow, JSONL, or a Lance table's folder) with an image path (or
+  bytes) column and a caption column; a Parquet/Arrow file named without its extension is known by its bytes;
 * **WebDataset** tar shards as img2dataset writes them (``key.jpg`` + ``key.txt`` / ``key.json``).
 
 Each candidate is read and probed in a thread pool (file reads, hashing and Pillow decoding release
@@ -537,19 +538,43 @@ def _pick(names: list[str], wanted: str | None, choices: tuple[str, ...], what: 
     raise IngestError(f"{path}: cannot tell which column holds the {what} (columns: {', '.join(names)}); pass {opt} NAME")
 
 
-def _manifest_ext(path: str) -> str:
-    """A manifest's format as its extension, or, for a file named without one (``--kind manifest``
-    on an export to a name without .parquet), by its first bytes: Parquet and Arrow files were read
-    as CSV, with advice about UTF-8."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext in MANIFEST_EXTS:
-        return ext
+def is_lance_table(path: str) -> bool:
+    """Whether ``path`` is the folder of a Lance table (``export --format lance`` writes one): its
+    ``_versions`` folder holds the table's manifests. Walked as a folder, its own files were pairs."""
+    try:
+        return any(n.endswith(".manifest") for n in os.listdir(os.path.join(path, "_versions")))
+    except (OSError, ValueError):
+        return False
+
+
+def _sniff(path: str) -> str | None:
+    """A file's format by its bytes, for one named without a manifest extension (``export o8 --format
+    parquet`` writes the name given): '.parquet' (``PAR1`` at both ends), '.arrow' (an Arrow IPC
+    file: ``ARROW1`` at the start and end), else None."""
     try:
         with open(path, "rb") as f:
             head = f.read(6)
-    except OSError:
+            f.seek(max(os.fstat(f.fileno()).st_size - 6, 0))
+            tail = f.read(6)
+    except (OSError, ValueError):
+        return None
+    if head[:4] == b"PAR1" and tail[-4:] == b"PAR1":
+        return ".parquet"
+    if head == b"ARROW1" and tail == b"ARROW1":
+        return ".arrow"
+    return None
+
+
+def _manifest_ext(path: str) -> str:
+    """A manifest's format as its extension; '.lance' for a Lance table's folder; for a file named
+    without one (an export to a name without .parquet), by its bytes (:func:`_sniff`): Parquet and
+    Arrow files were read as CSV, with advice about UTF-8."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in MANIFEST_EXTS:
         return ext
-    return ".parquet" if head[:4] == b"PAR1" else ".arrow" if head == b"ARROW1" else ext
+    if is_lance_table(path):
+        return ".lance"
+    return _sniff(path) or ext
 
 
 def _arrow_batches(path: str, columns: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
@@ -561,6 +586,11 @@ def _arrow_batches(path: str, columns: dict[str, pa.DataType]) -> Iterator[pa.Re
         import pyarrow.parquet as pq
 
         yield from pq.ParquetFile(path).iter_batches(batch_size=rows)
+        return
+    if _manifest_ext(path) == ".lance":
+        import lance
+
+        yield from lance.dataset(path).to_batches(batch_size=rows)
         return
     for batch in _open_ipc(path):
         for start in range(0, batch.num_rows, rows):
@@ -586,6 +616,8 @@ def _manifest_columns(path: str) -> tuple[list[str], dict[str, pa.DataType]]:
             import pyarrow.parquet as pq
 
             schema = pq.read_schema(path)
+        elif ext == ".lance":
+            schema = _lance_schema(path)
         elif ext in _ARROW_EXTS:
             import pyarrow.ipc as ipc
 
@@ -614,6 +646,23 @@ def _manifest_columns(path: str) -> tuple[list[str], dict[str, pa.DataType]]:
     return schema.names, {f.name: f.type for f in schema}
 
 
+def _lance_schema(path: str) -> pa.Schema:
+    """The schema of a Lance table read as a manifest. A table whose images are a Lance blob column
+    (a lake's own ``pairs.lance``) is refused: its rows hold blob descriptors, not the bytes."""
+    import lance
+
+    from lakecurate.schema import is_blob
+
+    try:
+        schema = lance.dataset(path).schema
+    except (OSError, ValueError) as exc:
+        raise IngestError(f"{path}: cannot read the Lance table ({str(exc).splitlines()[0][:200]})") from None
+    if any(is_blob(f) for f in schema):
+        raise IngestError(f"{path}: a Lance table whose images are a blob column (a lake's own table) is not a "
+                          "manifest; export its rows (lakecurate export LAKE DEST --format lance) and ingest DEST")
+    return schema
+
+
 def _csv_header(path: str, delimiter: str) -> list[str]:
     """The header row of a CSV/TSV as Arrow's reader names the columns (a UTF-8 BOM is not part
     of the first name). A header that is not UTF-8 is refused: its names could not be matched."""
@@ -633,7 +682,7 @@ def _csv_header(path: str, delimiter: str) -> list[str]:
 def _manifest_rows(path: str, columns: dict[str, pa.DataType]) -> Iterator[dict[str, Any] | Exception]:
     """Rows of a manifest as dicts (bytes or str values); a bad JSON line yields its exception."""
     ext = _manifest_ext(path)
-    if ext in (".parquet", ".pq") or ext in _ARROW_EXTS:
+    if ext in (".parquet", ".pq", ".lance") or ext in _ARROW_EXTS:
         for batch in _arrow_batches(path, columns):
             yield from batch.to_pylist()
     elif ext in (".jsonl", ".ndjson"):
@@ -740,7 +789,7 @@ def iter_manifest(
     key_col: str | None = None,
     image_dir: str | None = None,
 ) -> Iterator[Candidate]:
-    """Pairs of a CSV/TSV/Parquet/Arrow/JSONL manifest.
+    """Pairs of a CSV/TSV/Parquet/Arrow/JSONL manifest, or of a Lance table (its folder).
 
     Relative image paths resolve against ``image_dir`` (default: the manifest's folder). Paths that
     resolve outside ``root`` (default: ``image_dir``) are flagged ``path_outside_root`` and not read.
@@ -990,8 +1039,9 @@ def _tar_candidate(shard: str, key: str, sample: dict[str, bytes | None]) -> Can
 
 # --------------------------------------------------------------------------- driver
 def detect_kind(source: str) -> str:
-    """'folder', 'manifest' or 'webdataset', from the path."""
-    if _hf_arrow_files(source):
+    """'folder', 'manifest' or 'webdataset', from the path (and a file's or folder's contents where
+    the name does not say: a Parquet or Arrow file, a Lance table's folder)."""
+    if _hf_arrow_files(source) or is_lance_table(source):
         return "manifest"
     if os.path.isdir(source):
         names = os.listdir(source)
@@ -1005,6 +1055,8 @@ def detect_kind(source: str) -> str:
         return "manifest"
     if not os.path.exists(source):
         raise IngestError(f"source '{source}' does not exist")
+    if _sniff(source):
+        return "manifest"
     raise IngestError(
         f"cannot tell what '{source}' is: expected a folder, a manifest ({', '.join(sorted(MANIFEST_EXTS))}) "
         f"or WebDataset shards ({', '.join(TAR_SUFFIXES)}); pass --kind"
@@ -1101,6 +1153,9 @@ def open_source(
     if kind == "folder":
         if not os.path.isdir(src):
             raise IngestError(f"'{src}' is not a folder")
+        if is_lance_table(src):  # its _versions/*.json and data files became error rows and "not pairs"
+            raise IngestError(f"'{src}' is a Lance table, not a folder of pairs; drop --kind folder: a Lance table "
+                              "(such as export --format lance writes) is read as a manifest")
         return SourcePlan(kind, [os.path.realpath(src)], lambda ignored: iter_folder(src, ignored), [(src, kind)])
     if kind == "manifest" and (files := _hf_arrow_files(src)):  # each Arrow file is a source of its own
         for f in files:
@@ -1109,10 +1164,10 @@ def open_source(
             c for f in files for c in iter_manifest(f, root, image_col, caption_col, key_col, image_dir)),
             [(f, kind) for f in files])
     if kind == "manifest":
-        if os.path.isdir(src):
+        if os.path.isdir(src) and not is_lance_table(src):
             raise IngestError(f"'{src}' is a folder, not a manifest file: name the manifest (CSV, Parquet, JSONL), "
                               "or use --kind folder for a folder of images with caption files")
-        if not os.path.isfile(src):
+        if not os.path.isfile(src) and not is_lance_table(src):
             raise IngestError(f"manifest '{src}' does not exist")
         iter_manifest(src, root, image_col, caption_col, key_col, image_dir)  # checks the columns now
         return SourcePlan(kind, [os.path.realpath(src)],

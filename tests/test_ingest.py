@@ -1011,6 +1011,53 @@ def test_a_manifest_named_without_its_extension_is_read_by_its_bytes(lake: Lake,
     assert lake.count("ingest_status = 'ok'") == lake.count() == 4  # (each manifest is a source of its own)
 
 
+def test_an_export_named_without_an_extension_ingests_without_kind(lake: Lake, tmp_path: Path):
+    """`export LAKE o8 --format parquet` writes the name given; `ingest LAKE2 o8` then said "cannot tell
+    what 'o8' is ... pass --kind": a Parquet or Arrow IPC file is known by its magic bytes at both ends."""
+    import pyarrow.ipc as ipc
+
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.export(tmp_path / "o8", "parquet")
+    exported = pq.read_table(tmp_path / "o8", columns=["caption"]).num_rows
+    rows = pa.table({"image": pa.array([noise_jpeg()], pa.binary()), "caption": ["noise"]})
+    with ipc.new_file(tmp_path / "a1", rows.schema) as w:
+        w.write_table(rows)
+    runner = CliRunner()
+    for name, n in (("o8", exported), ("a1", 1)):
+        res = runner.invoke(main, ["ingest", str(tmp_path / f"lake-{name}"), str(tmp_path / name), "--json"])
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.output)
+        assert got["kind"] == "manifest" and got["written"] == n > 0 and got["status"].get("error", 0) == 0, got
+    (tmp_path / "notes").write_bytes(b"PAR1 is how a Parquet file starts, and this is no Parquet file")
+    res = runner.invoke(main, ["ingest", str(tmp_path / "lake-notes"), str(tmp_path / "notes")])
+    assert res.exit_code == 1 and "cannot tell what" in res.output and "pass --kind" in res.output, res.output
+
+
+def test_a_lance_export_ingests_as_a_table_not_as_a_folder_of_its_files(lake: Lake, tmp_path: Path):
+    """Ingesting `export --format lance` output walked its folder: _versions/latest_version_hint.json
+    (a .json "caption sidecar" without an image) became an error row, the data files "not pairs"."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    out = tmp_path / "out"
+    lake.export(out, "lance")
+    exported = lance.dataset(out).to_table(columns=["caption", "image"])
+    again = Lake.create(tmp_path / "again")
+    rep = again.ingest(out, progress=False)
+    assert rep.kind == "manifest" and rep.written == exported.num_rows > 0 and rep.ignored_files == []
+    assert again.count("ingest_status = 'error'") == 0 and again.count("key LIKE '\\_%' ESCAPE '\\'") == 0
+    tbl = again.dataset().to_table(columns=["id", "caption"])
+    got = zip(tbl.column("caption").to_pylist(), again.read_images(tbl.column("id").to_pylist()))
+    assert sorted(got, key=str) == sorted(zip(*(exported.column(c).to_pylist() for c in ("caption", "image"))), key=str)
+    runner = CliRunner()
+    refusals = [  # (arguments, what the one-line message says)
+        ([str(out), "--kind", "folder"], "is a Lance table, not a folder of pairs; drop --kind folder"),
+        ([lake.main_uri], "blob column (a lake's own table) is not a manifest; export its rows"),
+    ]
+    for args, says in refusals:
+        res = runner.invoke(main, ["ingest", str(tmp_path / "lake2"), *args])
+        assert res.exit_code == 1 and says in res.output and len(res.output.strip().splitlines()) == 1, res.output
+        assert not (tmp_path / "lake2").exists()
+
+
 def test_a_retry_counts_no_new_pair_and_no_copy_of_itself(tmp_path: Path):
     """--retry-errors said "ingested 1 new pairs" for a row it replaced, and "1 new pairs hold
     images already in the lake under another source or key": the row's own old error row."""
