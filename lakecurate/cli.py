@@ -1538,14 +1538,14 @@ def run_cmd(lake: str, pipeline: str, dry_run: bool, as_json: bool) -> None:
 
     Example: lakecurate run ./lake pipeline.toml
     """
-    from lakecurate.pipeline import load_pipeline
+    from lakecurate.pipeline import check_against_lake, load_pipeline
 
     uri = os.path.abspath(lake) if "://" not in lake else lake
     pipe = load_pipeline(pipeline, lake_uri=uri)  # every option checked before the lake is touched
-    if dry_run:  # says what would run; creates nothing
-        ctx = click.get_current_context(silent=True)
-        target = Lake(lake, branch=ctx.find_root().params.get("branch") if ctx is not None else None)
-    else:
+    ctx = click.get_current_context(silent=True)
+    target = Lake(lake, branch=ctx.find_root().params.get("branch") if ctx is not None else None)
+    if not dry_run:  # (a dry run says what would run; creates nothing)
+        check_against_lake(target, pipe, target.exists())  # and what only the lake can say, before it is made
         target = open_lake(lake, create="ingest" in pipe.steps)
     rep = target.run(pipe, dry_run=dry_run, on_step=None if as_json else _step_line)
     if as_json:

@@ -209,18 +209,78 @@ def _path(value: Any, base: Path, lake_uri: str, *, keep_names: bool = False) ->
     return str((base / text).resolve())
 
 
-def _check_against_lake(lake: "Lake", pipe: "Pipeline") -> None:
+def check_against_lake(lake: "Lake", pipe: "Pipeline", exists: bool = True) -> None:
     """What only the lake can say, checked before the first step: a column a step reads that
-    neither the lake nor a step before it makes (a curriculum's score was refused by sequence after
-    curate and rebalance had committed)."""
-    have = set(lake.dataset().schema.names)
+    neither the lake (``exists``; else the columns ingest makes) nor a step before it makes (a
+    curriculum's score, a where's column, export's caption were refused after the steps before had
+    committed), an export into the lake, a recipe that cannot tell which of several embeddings to
+    score."""
+    from lakecurate.export import overlaps
+    from lakecurate.schema import PAIRS_SCHEMA
+
+    ds = lake.dataset() if exists else None
+    have = set(ds.schema.names if ds is not None else PAIRS_SCHEMA.names)
+
+    def refuse(step: str, what: str) -> None:
+        raise LakeError(f"pipeline {pipe.source}, [{step}]: {what}")
+
     for step, opts in pipe.steps.items():
+        lower = {c.lower(): c for c in have}
         if step == "sequence" and opts.get("mode") == "curriculum" and isinstance(opts.get("score"), str):
             col = opts["score"].lstrip("-")
             if col not in have and not col.startswith("dup_"):
-                raise LakeError(f"pipeline {pipe.source}, [sequence]: score {opts['score']!r} is not a column of lake "
-                                f"'{lake.uri}' and no step before it makes one; name a number column (a score, a signal)")
+                refuse(step, f"score {opts['score']!r} is not a column of lake '{lake.uri}' and no step before it makes "
+                             "one; name a number column (a score, a signal)")
+        if isinstance(opts.get("where"), str):
+            unknown = [c for c in _where_names(opts["where"]) if c.lower() not in lower]
+            if unknown:
+                refuse(step, f"where {opts['where']!r} names {unknown[0]}, which is not a column of lake '{lake.uri}' "
+                             "and no step before it makes it")
+        if isinstance(opts.get("embedding"), str) and embedding_columns(opts["embedding"])["image"] not in have:
+            refuse(step, f"embedding {opts['embedding']!r}: lake '{lake.uri}' has no such embedding and no step "
+                         "before it makes it (embed it first, or name one it has)")
+        if step == "export":
+            mix = opts.get("caption_mix")
+            wanted = [opts.get("caption", "caption")] + (list(mix) if isinstance(mix, dict) else [])
+            missing = [c for c in wanted if isinstance(c, str) and c not in have]
+            if missing:
+                refuse(step, f"caption column {missing[0]!r} is not a column of lake '{lake.uri}' and no step before "
+                             "it makes it")
+            if isinstance(opts.get("dest"), str) and overlaps(opts["dest"], lake.uri):
+                refuse(step, f"dest {opts['dest']!r} is inside lake '{lake.uri}' (or holds it); choose a destination "
+                             "outside the lake folder")
+        prefixes = sorted(c[: -len("_score")] for c in have if c.endswith("_score") and f"{c[: -len('_score')]}_image" in have)
+        if step in ("dedup", "cluster") and len(prefixes) > 1 and not opts.get("embedding"):
+            refuse(step, f"lake '{lake.uri}' will have several embeddings ({', '.join(prefixes)}); name the one "
+                         f"{step} {'ranks members by' if step == 'dedup' else 'clusters'}: embedding = \"{prefixes[0]}\"")
+        if step == "curate":
+            _check_embedding_named(lake, pipe, opts, prefixes)
         have |= _step_columns(step, opts)
+
+
+def _where_names(where: str) -> list[str]:
+    """The column names a where condition reads (as the SQL parser sees them)."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        return list(dict.fromkeys(c.name for c in sqlglot.parse_one(where).find_all(exp.Column)))
+    except sqlglot.errors.SqlglotError:
+        return []  # (the stage's own check words that refusal)
+
+
+def _check_embedding_named(lake: "Lake", pipe: "Pipeline", opts: dict[str, Any], prefixes: list[str]) -> None:
+    """A recipe that scores an embedding, with several on the lake and none named: curate refuses it
+    (after the steps before it had committed), so the file is refused first."""
+    from lakecurate.curate import EMBEDDING, _needs, load_recipe
+
+    if len(prefixes) < 2:
+        return
+    rec = load_recipe(opts["recipe"], opts.get("overrides"))
+    if EMBEDDING in _needs(rec) and not rec.embedding:
+        raise LakeError(f"pipeline {pipe.source}, [curate]: recipe {opts['recipe']} scores an embedding and lake "
+                        f"'{lake.uri}' will have several ({', '.join(prefixes)}); name one: overrides = {{embedding = "
+                        f"\"{prefixes[0]}\"}} in [curate]")
 
 
 def _step_columns(step: str, opts: dict[str, Any]) -> set[str]:
@@ -235,6 +295,10 @@ def _step_columns(step: str, opts: dict[str, Any]) -> set[str]:
         return set(embedding_columns(spec.prefix).values())
     if step == "curate":  # and the signals its recipe asks for
         return decided | set(SIGNAL_TYPES)
+    if step == "dedup":
+        from lakecurate.dedup import group_columns
+
+        return decided | {c for m in _dedup_methods(opts) for c in group_columns(m)}
     fields = {"cluster": concepts.CONCEPT_FIELDS, "rebalance": concepts.REBALANCE_FIELDS,
               "sequence": concepts.SEQUENCE_FIELDS}.get(step, [])
     return decided | {f.name for f in fields}
@@ -296,6 +360,9 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
         options.whole("shard_size", opts.get("shard_size", 1))
         if opts.get("mode", "interleave") not in ("random", "curriculum", "interleave"):
             raise LakeError(f"unknown order {opts.get('mode')!r}; choose random, curriculum or interleave")
+        if opts.get("mode") == "curriculum" and not opts.get("score"):  # (refused after curate had committed)
+            raise LakeError("mode = \"curriculum\" orders by a score: add score = \"COLUMN\" (\"-COLUMN\": "
+                            "highest first)")
     elif step == "export":
         from lakecurate.export import check_options
 
@@ -506,8 +573,7 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
     if not exists and not dry_run:
         raise LakeError(f"no lake at '{lake.uri}'; create it with Lake.create (lakecurate run creates it when the "
                         f"pipeline has an [ingest] step)")
-    if exists:
-        _check_against_lake(lake, pipe)
+    check_against_lake(lake, pipe, exists)
     before = lake.version if exists else 0
     rep = RunReport(lake=lake.uri, pipeline=pipe.source, version_before=before, version_after=before)
     fns = {name: getattr(lake, name) for name in STEPS}
@@ -533,7 +599,12 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
                 # a method's threshold or search changed: regroup that method alone (recompute = true
                 # would join every named method again, the semantic one hours at scale)
                 opts = {**opts, "recompute": list(_dedup_changed(lake.dataset(), _dedup_methods(opts), opts))}
-            out = _call(fns[step], step, opts, progress)
+            try:
+                out = _call(fns[step], step, opts, progress)
+            except LakeError as exc:  # which step of which file failed (the steps before it stay committed)
+                if not str(exc).startswith("pipeline "):
+                    exc.args = (f"pipeline {pipe.source}, [{step}]: {exc}", *exc.args[1:])
+                raise
             res.seconds = time.perf_counter() - t
             res.result = out.to_dict() if hasattr(out, "to_dict") else out
             res.versions = sorted(h["version"] for h in lake.history(None, changes=False) if h["version"] > v)

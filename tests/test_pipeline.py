@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -710,16 +711,69 @@ def test_a_curriculum_score_an_earlier_step_makes_is_taken(sample_lake_embedded:
     """The columns a step makes are the ones its stage declares: a curriculum by concept_dist, which
     a cluster step before it makes, passes the check on a lake without concepts; a column no step
     makes does not."""
-    from lakecurate.pipeline import _check_against_lake
+    from lakecurate.pipeline import check_against_lake
 
     assert "concept_dist" not in sample_lake_embedded.dataset().schema.names
     for before, score in ((("cluster", {"k": 3}), "concept_dist"), (("rebalance", {"target": 0.5}), "sample_weight"),
                           (("curate", {"recipe": "basic"}), "cap_words")):
-        _check_against_lake(sample_lake_embedded, load_pipeline(
+        check_against_lake(sample_lake_embedded, load_pipeline(
             dict([before, ("sequence", {"mode": "curriculum", "score": score})])))
     with pytest.raises(LakeError, match="score 'repeats' is not a column"):
-        _check_against_lake(sample_lake_embedded, load_pipeline(
+        check_against_lake(sample_lake_embedded, load_pipeline(
             {"cluster": {"k": 3}, "sequence": {"mode": "curriculum", "score": "repeats"}}))
+
+
+@pytest.mark.parametrize("steps, match", [
+    ('[export]\ndest = "{lake}-out"\ncaption = "nope"\n', r"\[export\]: caption column 'nope' is not a column"),
+    ('[export]\ndest = "{lake}/inside"\n', r"\[export\]: dest '.*/lake/inside' is inside lake"),
+    ('[cluster]\nk = 2\n[rebalance]\nwhere = "nope = 1"\n', r"\[rebalance\]: where 'nope = 1' names nope, which is not"),
+    ('[export]\ndest = "{lake}-out"\nwhere = "keep AND nope > 1"\n', r"\[export\]: where .* names nope"),
+    ('[sequence]\nmode = "curriculum"\n', r"\[sequence\]: mode = \"curriculum\" orders by a score: add score"),
+    ('[cluster]\nk = 2\nembedding = "nope"\n', r"\[cluster\]: embedding 'nope': lake .* has no such embedding"),
+])
+def test_a_step_the_lake_cannot_serve_is_refused_before_the_first(tmp_path: Path, steps: str, match: str):
+    """Each of these failed only when its step came, after ingest (and embed, curate...) had
+    committed: a caption column no step makes, an export into the lake, a where naming no column,
+    a curriculum without a score, an embedding the lake lacks. Checked on a lake that does not exist
+    yet: nothing is made."""
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(f'[ingest]\nsources = ["{SAMPLE_DATA}"]\n[embed]\nmodel = "tiny-random"\nworkers = 0\n'
+                    f'[curate]\nrecipe = "basic"\n' * ("[curate]" not in steps) + steps)
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
+    assert res.exit_code == 1 and re.search(match, " ".join(res.output.split())), res.output
+    assert not (tmp_path / "lake").exists()
+
+
+def test_a_recipe_that_cannot_tell_two_embeddings_apart_is_refused_first(sample_lake_embedded: Lake, tmp_path: Path):
+    """With two embeddings on the lake, [curate] recipe = "basic" was refused by curate, after the
+    dedup step before it had committed; the message said to edit the shipped recipe file."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.embed("tiny-random", name="other", workers=0, progress=False)
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[dedup]\nmethods = ["exact"]\n[curate]\nrecipe = "basic"\n')
+    v = lake.version
+    with pytest.raises(LakeError, match=r"\[dedup\]: lake .* will have several embeddings \(clip_tinyrandom, other\); "
+                                        r"name the one dedup ranks members by: embedding = \"clip_tinyrandom\""):
+        lake.run(pipe, progress=False)
+    pipe.write_text('[dedup]\nmethods = ["exact"]\nembedding = "other"\n[curate]\nrecipe = "basic"\n')
+    with pytest.raises(LakeError, match=r"\[curate\]: recipe basic scores an embedding and lake .* will have several "
+                                        r"\(clip_tinyrandom, other\); name one: overrides = \{embedding = "
+                                        r"\"clip_tinyrandom\"\} in \[curate\]"):
+        lake.run(pipe, progress=False)
+    assert lake.version == v
+    pipe.write_text('[dedup]\nmethods = ["exact"]\nembedding = "other"\n[curate]\nrecipe = "basic"\n'
+                    'overrides = {embedding = "other"}\n')
+    assert [s.action for s in lake.run(pipe, progress=False).steps] == ["ran", "ran"]
+
+
+def test_a_late_error_names_the_file_and_step(sample_lake_embedded: Lake, tmp_path: Path):
+    """An error only the stage finds (here: rebalance's target past its candidates) said nothing of
+    the file or step that failed."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[cluster]\nk = 2\n[rebalance]\ntarget = 100000\n')
+    with pytest.raises(LakeError, match=rf"^pipeline {re.escape(str(pipe))}, \[rebalance\]: --target 100000 keeps"):
+        lake.run(pipe, progress=False)
 
 
 def test_a_rebalance_count_past_the_candidates_left_is_capped_in_its_fix(sample_lake_embedded: Lake, tmp_path: Path):
