@@ -760,8 +760,11 @@ class CurateReport:
 def _embedding(lake: "Store", recipe: Recipe) -> tuple[str, dict]:
     from lakecurate.names import pick_embedding
 
+    source = recipe.source if recipe.source.startswith("<") or Path(recipe.source).parent != RECIPES else Path(recipe.source).stem
     return pick_embedding(lake, lake.dataset(), recipe.embedding, need="the alignment step needs them",
-                          option=f'embedding = "..." in recipe {recipe.source}')
+                          option=f"--set 'embedding=\"NAME\"' (Python: overrides={{'embedding': 'NAME'}}), or "
+                                 f'embedding = "NAME" in a copy of recipe {source}' if source != recipe.source else
+                                 f"--set 'embedding=\"NAME\"', or embedding = \"NAME\" in recipe {recipe.source}")
 
 
 def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any]) -> None:
@@ -1379,38 +1382,30 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
                         + (f" ({'; '.join(run)})" if run else "") + ", or run curate without --dry-run")
 
 
-# The signal stages curate has computed again when an input of theirs was rewritten since (a caption
-# updated in place): node stage -> the producer it asks for.
-# (and what the report calls it)
-_REDO = {"signals-caption": ("caption_signals", CAPTION), "signals-image": ("image_signals", IMAGE),
-         "signals-copy": ("copy_signals", "copy hashes"), "signals-redact": ("redact", "caption_redacted"),
-         "signals-faces": ("faces", FACES), "signals-text": ("text", "text in images")}
+# The signal stages curate has computed (a stale one again: see ``Lake._produce``).
+_PRODUCED = ("signals-caption", "signals-image", "signals-copy", "signals-redact", "signals-faces", "signals-text")
 
 
-def _check_inputs_current(lake: "Store", rec: Recipe, read: set[str], produce: Produce | None,
-                          progress: bool | None = None, engine: str = "local") -> list[str]:
+def _check_inputs_current(lake: "Store", rec: Recipe, read: set[str], needs: set[str] = frozenset()) -> None:
     """What the recipe reads must be current: a decision made from stale values would pass for
-    current (curate decided on the old groups of a re-made embedding, and on the word counts of
-    captions since rewritten, and tagged it). Stale signals are computed again (``produce``; none
-    for a dry run, which only says what it would judge); a stale embedding, dedup group or user
-    feature is refused with the command that redoes it, before anything is written. Returns the
-    signal stages computed again."""
-    def refuse(left: list) -> None:
-        if left:
-            st = left[0]
-            cols = ", ".join(st.node.columns[:3]) + (", ..." if len(st.node.columns) > 3 else "")
-            raise LakeError(f"recipe {rec.source} reads {cols} ({st.node.stage}), which is {st.state}: {st.reasons[0]}; "
-                            f"re-run it first: {st.fix}")
-
-    stale = [s for s in not_current(lake, lake.dataset(), read) if blocks(s)]
-    refuse([s for s in stale if s.node.stage not in _REDO])  # (before the signals are computed again)
-    redo = list(dict.fromkeys(_REDO[s.node.stage] for s in stale if s.node.stage in _REDO))
-    if not redo or produce is None:
-        return []
-    for producer, _ in redo:
-        produce(producer, recompute=True, progress=progress, engine=engine)
-    refuse([s for s in not_current(lake, lake.dataset(), read) if blocks(s)])  # (a bare store's produce runs nothing)
-    return [label for _, label in redo]
+    current (curate decided on the old groups of a re-made embedding and tagged it). The signals
+    it has computed are computed again where stale (their producer does); a stale embedding,
+    dedup group or user feature is refused with the commands that redo it, in order, before
+    anything is written. ``needs``: dedup is not refused where curate has it run again (rows without
+    groups: rows added since, also while curate runs)."""
+    ds = lake.dataset()
+    again = set(_PRODUCED)
+    if any(need in needs and (col not in ds.schema.names or columns.fragments_to_fill(ds, col))
+           for need, col in ((DEDUP, "dup_keep"), (TEMPLATES, "dup_minhash_group"))):
+        again.add("dedup")
+    stale = [s for s in not_current(lake, ds, read) if blocks(s)]
+    left = [s for s in stale if s.node.stage not in again]
+    if left:
+        st = left[0]
+        cols = ", ".join(st.node.columns[:3]) + (", ..." if len(st.node.columns) > 3 else "")
+        fixes = list(dict.fromkeys(s.fix for s in stale))  # (pipeline order: a stale signal's first)
+        raise LakeError(f"recipe {rec.source} reads {cols} ({st.node.stage}), which is {st.state}: {st.reasons[0]}; "
+                        f"re-run {'it' if len(fixes) == 1 else 'these'} first: {'; then '.join(fixes)}")
 
 
 def _run_conditions(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
@@ -1483,8 +1478,8 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     emb, emb_prov = _embedding(lake, rec) if EMBEDDING in needs or (DEDUP in needs and rec.embedding) else (None, None)
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
+    _check_inputs_current(lake, rec, _read_columns(ds, rec, emb), needs)
     if dry_run:
-        _check_inputs_current(lake, rec, _read_columns(ds, rec, emb), None)
         _run_conditions(lake, ds, rec)
         judge = _judge_by_fragment(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read))
         report.steps, report.rows, report.kept, report.dropped = explain_by_fragment(judge, rec)
@@ -1494,9 +1489,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         report.seconds = time.perf_counter() - t0
         return report
     report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce, engine)
-    report.computed += [c for c in _check_inputs_current(lake, rec, _read_columns(lake.dataset(), rec, emb),
-                                                         produce or no_producer(lake, "curate"), progress, engine)
-                        if c not in report.computed]
+    _check_inputs_current(lake, rec, _read_columns(lake.dataset(), rec, emb), needs)  # (what dedup grouped from)
     fields = [pa.field("keep", pa.bool_()), pa.field("drop_reason", pa.string())]
     problem = None
     for attempt in range(ATTEMPTS):

@@ -34,7 +34,7 @@ RECIPES = Path(__file__).parent / "recipes"
 Produce = Callable[..., int]
 # Producer stage -> one column it writes (filled means the stage is done for that fragment).
 PRODUCERS = {"caption_signals": "cap_words", "image_signals": "phash", "copy_signals": "copy_hashes",
-             "redact": "caption_redacted", "dedup": "dup_keep"}
+             "redact": "caption_redacted", "faces": "img_faces", "text": "img_text_share", "dedup": "dup_keep"}
 
 # The architecture name of the tiny, randomly initialised test encoder (``--model tiny-random``):
 # its embeddings and scores mean nothing (lakecurate.encoders builds it; stages and the graph test

@@ -143,12 +143,27 @@ def test_stale_signals_are_computed_again_and_stale_groups_refused(lake_copy: La
     lake.curate(dup, progress=False)
     lance.dataset(lake.table_uri).update({"caption": "'two words'"}, where=f"key = '{key}'")
     v = lake.version
-    with pytest.raises(LakeError, match=r"recipe <dict> reads .*\(dedup\), which is stale: .*; re-run it first: "
-                                        r"lakecurate dedup "):
+    with pytest.raises(LakeError, match=r"recipe <dict> reads .*\(dedup\), which is stale: .*; re-run these first: "
+                                        r"lakecurate signals .* --no-caption --recompute; then lakecurate dedup "):
         lake.curate(dup, progress=False)
     assert lake.version == v
     res = CliRunner().invoke(main, ["curate", lake.uri, "basic", "--dry-run"])
     assert res.exit_code == 1 and "which is stale" in res.output, res.output
+
+
+def test_dedup_has_stale_hashes_computed_again(lake_copy: Lake):
+    """Hashes of rows rewritten since (a caption updated in place moves the row with its old
+    hashes): dedup's producer filled only missing hashes and grouped by the old ones."""
+    lake = lake_copy
+    lake.dedup(["phash"], keep_from=["phash"], progress=False)
+    key = lake.to_pandas(["key"], limit=1)["key"][0]
+    lance.dataset(lake.table_uri).update({"caption": "'moved'"}, where=f"key = '{key}'")
+    states = {s["stage"]: s["state"] for s in lake.status()["stages"]}
+    assert states["signals-image"] == "stale"
+    rep = lake.dedup(["phash"], keep_from=["phash"], progress=False)
+    assert rep.hashed == lake.count()
+    states = {s["stage"]: s["state"] for s in lake.status()["stages"]}
+    assert states["signals-image"] == "current" and states["dedup"] == "current"
 
 
 def test_new_rows_are_judged_and_source_rows_stay(lake_copy: Lake, tmp_path: Path):
