@@ -65,15 +65,21 @@ class FeatureReport:
         return asdict(self)
 
 
-def feature(inputs: Sequence[str], type: Any = None) -> Callable[[Callable], Callable]:
-    """Mark a function as a feature: its input columns and (optionally) its output type(s), so
-    ``lakecurate feature add ... --udf module:function`` needs no more options."""
+def feature(inputs: str | Sequence[str], type: Any = None) -> Callable[[Callable], Callable]:
+    """Mark a function as a feature: its input columns (one name, or a list) and (optionally) its
+    output type(s), so ``lakecurate feature add ... --udf module:function`` needs no more options."""
     def mark(fn: Callable) -> Callable:
-        fn.lakecurate_inputs = list(inputs)  # type: ignore[attr-defined]
+        fn.lakecurate_inputs = _column_list(inputs)  # type: ignore[attr-defined]
         fn.lakecurate_type = type  # type: ignore[attr-defined]
         return fn
 
     return mark
+
+
+def _column_list(inputs: str | Sequence[str]) -> list[str]:
+    """One column name or several; a name alone is one column (as ``to_pandas`` takes it), not
+    a sequence of one-letter names."""
+    return [inputs] if isinstance(inputs, str) else list(inputs)
 
 
 def load_udf(spec: str) -> Callable:
@@ -233,7 +239,7 @@ def add_feature(
     name: str,
     fn: Callable | str,
     *,
-    inputs: Sequence[str] | None = None,
+    inputs: str | Sequence[str] | None = None,
     type: Any = None,
     params: dict[str, Any] | None = None,
     engine: str = "local",
@@ -260,7 +266,7 @@ def add_feature(
     if name != name.lower():  # SQL folds unquoted names to lower case: SELECT Words FROM pairs found no column
         raise LakeError(f"feature name {name!r} has capitals, which SQL reads as {name.lower()!r} unless quoted; "
                         f"use {name.lower()!r}")
-    inputs = list(dict.fromkeys(inputs if inputs is not None else getattr(func, "lakecurate_inputs", []) or []))
+    inputs = list(dict.fromkeys(_column_list(inputs if inputs is not None else getattr(func, "lakecurate_inputs", None) or [])))
     if not inputs:
         raise LakeError(f"feature '{name}': say which columns it reads (inputs=[...], --input COL, or @feature(inputs=...))")
     ds = lake.dataset()

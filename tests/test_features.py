@@ -266,3 +266,19 @@ def test_names_a_feature_may_not_take_and_results_that_are_not_a_value_per_row(m
     with pytest.raises(LakeError, match="column 'g_a' belongs to feature 'g'"):
         multi.add_feature("g_a", words, inputs=["caption"], recompute=True, progress=False)
     assert [f["column"] for f in list_features(multi)] == ["g_a"]
+
+
+def test_one_input_named_as_a_string_is_one_column(multi: Lake):
+    """inputs="caption" was split into letters: "reads ['c', 'a', 'p', ...], which lake ... does not have"."""
+    rep = multi.add_feature("chars", lambda b: pc.utf8_length(b["caption"]), inputs="caption", type="int32",
+                            progress=False)
+    assert rep.inputs == ["caption"] and rep.rows == multi.count()
+
+    @feature(inputs="caption", type="int32")
+    def chars2(batch):
+        return pc.utf8_length(batch["caption"])
+
+    assert chars2.lakecurate_inputs == ["caption"]
+    assert multi.add_feature("chars2", chars2, progress=False).inputs == ["caption"]
+    with pytest.raises(LakeError, match="reads \\['nope'\\], which lake"):  # one unknown name, not four letters
+        multi.add_feature("x", chars2, inputs="nope", progress=False)
