@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakecurate import columns, runner
 from lakecurate.errors import LakeError
@@ -131,6 +132,13 @@ def parse_type(t: Any) -> pa.DataType:
         raise LakeError(f"unknown type {t!r}; use a pyarrow type name such as int32, float32, string, bool") from None
 
 
+def type_name(t: pa.DataType) -> str:
+    """``t`` as :func:`parse_type` reads it: float32 (Arrow says float), list<float32>[512]."""
+    if pa.types.is_fixed_size_list(t):
+        return f"list<{type_name(t.value_type)}>[{t.list_size}]"
+    return {pa.float16(): "float16", pa.float32(): "float32", pa.float64(): "float64"}.get(t, str(t))
+
+
 def source_hash(fn: Callable) -> str:
     """A hash of the function's source (its bytecode when the source is not available)."""
     target = getattr(fn, "__wrapped__", fn)
@@ -170,11 +178,68 @@ class BatchUdf:
         arrays = {}
         for col, values in self.raw(batch).items():
             want = self.types.get(col) if self.types else None
-            arrays[col] = _to_arrow(values, want, col)
+            arrays[col] = _to_arrow(values, want, col, self.name)
         return pa.table(arrays)
 
 
-def _to_arrow(values: Any, want: pa.DataType | None, col: str) -> pa.Array:
+class TypeMismatch(LakeError):
+    """A feature's function returned values of another kind than the type it declares (a number
+    for a bool, a bool for a float, a number for text): storing them would convert them."""
+
+
+def _kind(t: pa.DataType) -> Any:
+    """What the values of type ``t`` are, for comparing a function's values with its declared type:
+    "number" (any int, float or decimal: a cast between them refuses what it cannot keep), "bool",
+    "text", "bytes", ..., ("list", kind of its items); None for an all-null array (fits any)."""
+    if pa.types.is_null(t):
+        return None
+    if pa.types.is_dictionary(t):
+        return _kind(t.value_type)
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "text"
+    if (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+            or pa.types.is_binary_view(t)):
+        return "bytes"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "date/time"
+    if pa.types.is_time(t):
+        return "time of day"
+    if pa.types.is_duration(t) or pa.types.is_interval(t):
+        return "duration"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_list_view(t):
+        return ("list", _kind(t.value_type))
+    if pa.types.is_struct(t):
+        return ("struct", tuple((f.name, _kind(f.type)) for f in t))
+    return str(t)
+
+
+def _fits(got: Any, want: Any) -> bool:
+    if got is None:
+        return True
+    if isinstance(got, tuple) and isinstance(want, tuple) and got[0] == want[0] and len(got) == len(want):
+        if got[0] == "list":
+            return _fits(got[1], want[1])
+        return len(got[1]) == len(want[1]) and all(g[0] == w[0] and _fits(g[1], w[1]) for g, w in zip(got[1], want[1]))
+    return got == want
+
+
+def _kind_name(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return f"list of {_kind_name(kind[1])}" if kind[0] == "list" else "struct"
+    return {None: "null", "number": "a number", "bool": "a bool", "text": "text", "bytes": "bytes"}.get(kind, kind)
+
+
+def _leaves(arr: pa.Array) -> pa.Array:
+    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        arr = arr.flatten()
+    return arr
+
+
+def _to_arrow(values: Any, want: pa.DataType | None, col: str, feature: str = "") -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if isinstance(values, np.ndarray) and values.ndim == 2:  # a vector per row
@@ -184,10 +249,23 @@ def _to_arrow(values: Any, want: pa.DataType | None, col: str) -> pa.Array:
         values = pa.array(values, from_pandas=True)
     arr = values
     if want is not None and arr.type != want:
+        # A cast would convert what the function meant (lengths became True/False, bools 1.0, ints
+        # "73"): only values of the declared kind are stored; between numbers the cast refuses loss.
+        if not _fits(_kind(arr.type), _kind(want)):
+            got, declared = type_name(arr.type), type_name(want)
+            raise TypeMismatch(f"feature '{feature}' returns {got} for column '{col}', which it declares {declared} "
+                               f"({_kind_name(_kind(arr.type))} is not {_kind_name(_kind(want))}); return {declared} "
+                               f"values, or declare {got} (--type {got})")
         try:
-            arr = arr.cast(want)
+            cast = arr.cast(want)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise ValueError(f"column {col}: cannot store {arr.type} as {want}: {exc}") from None
+            raise ValueError(f"column {col}: cannot store {type_name(arr.type)} as {type_name(want)}: {exc}") from None
+        before, after = _leaves(arr), _leaves(cast)
+        if pa.types.is_floating(before.type) and pa.types.is_floating(after.type) \
+                and pc.sum(pc.is_inf(after)).as_py() != pc.sum(pc.is_inf(before)).as_py():  # 1e300 as float32
+            raise ValueError(f"column {col}: cannot store {type_name(arr.type)} as {type_name(want)}: "
+                             f"a value is out of the range of {type_name(want)}")
+        arr = cast
     return arr
 
 
@@ -212,6 +290,8 @@ def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str
         raise LakeError(f"cannot infer the type of feature '{udf.name}' on an empty lake; give type= (--type)")
     try:
         out = udf(sample.combine_chunks().to_batches()[0])
+    except TypeMismatch:
+        raise
     except (Exception, SystemExit) as exc:
         raise LakeError(f"feature '{udf.name}' failed on the first rows of lake '{lake.uri}': {type(exc).__name__}: {exc}") from exc
     if out.num_rows != sample.num_rows:  # found here, before its columns are declared (two versions, then)
