@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 from lakecurate import columns, runner
 from lakecurate.errors import LakeError
 from lakecurate.names import builtin_column
+from lakecurate.sqlcheck import bare_name_problem
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -365,6 +366,14 @@ def add_feature(
     # on Ray only when its types must be inferred: it may need what only the workers have.
     types = (_first_rows(lake, udf, inputs) if engine != "ray" or not udf.types else None) or udf.types
     udf.types = types
+    for col in types:  # `SELECT select FROM pairs`, `lake.count("null > 3")`: only quoted, so in no recipe or --where
+        if col != col.lower():
+            raise LakeError(f"feature '{name}' returns column '{col}', which has capitals: SQL reads it as "
+                            f"{col.lower()!r} unless quoted; return lower-case keys")
+        problem = bare_name_problem(col)
+        if problem:
+            raise LakeError(f"feature column '{col}' is a word SQL reserves ({problem}), so no query, recipe or "
+                            f"--where could name it without quotes; pick another name, e.g. '{col}_value'")
     # The config (and so its hash) is what the column's values depend on: the function's source, not
     # the name it was imported by, so `--udf mod:fn` and lake.add_feature(name, fn) agree.
     config = {"feature": name, "source_sha256": source_hash(func), "inputs": inputs, "params": params,

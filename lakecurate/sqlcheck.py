@@ -220,3 +220,49 @@ def check_where(where: str | None, option: str = "--where", ds: Any = None, *, l
             raise LakeError(f"{lead or f'{option} {where!r} cannot select rows'}: {clean_message(exc)}") from None
     return where
 
+
+
+@functools.lru_cache(maxsize=256)
+def bare_name_problem(name: str) -> str | None:
+    """Why ``name``, unquoted, is not read as a column by the SQL a lake takes (None when it is):
+    sqlglot, which checks every query and condition here, and DataFusion, which runs them (Lance's
+    SQL and filters). Asked of the parsers themselves, not a list of words: ``select`` and ``end``
+    do not parse as columns, and DataFusion reads ``null``, ``true`` or ``current_date`` as values.
+
+    >>> bare_name_problem("caption_words") is None, bare_name_problem("select") is not None
+    (True, True)
+    """
+    import os
+    import tempfile
+
+    import lance
+    import pyarrow as pa
+    from sqlglot import exp
+
+    def column(node: Any) -> bool:
+        return isinstance(node, exp.Column) and node.name == name and not node.table
+
+    query = f"SELECT {name} FROM {TABLE} WHERE {name} > 0 ORDER BY {name}"
+    try:
+        check_query(query)
+        check_where(f"{name} > 0")
+        check_where(f"{name} IS NULL")
+        (stmt,) = _parse(query, "", semicolon=False)
+        (cond,) = _parse(f"{name} > 0", "", semicolon=False)
+    except LakeError:
+        return "sqlglot, which checks every query and --where, reads it as a keyword"
+    if not (len(stmt.expressions) == 1 and column(stmt.expressions[0]) and isinstance(cond, exp.GT)
+            and column(cond.this) and isinstance(stmt.args.get("where").this, exp.GT)
+            and column(stmt.args["where"].this.this)):
+        return "sqlglot, which checks every query and --where, reads it as a value or keyword"
+    try:
+        with tempfile.TemporaryDirectory(prefix="lakecurate-name-") as tmp:
+            ds = lance.write_dataset(pa.table({name: pa.array([1, None], pa.int32())}), os.path.join(tmp, "probe.lance"),
+                                     mode="create")
+            counts = ds.count_rows(filter=f"{name} > 0"), ds.count_rows(filter=f"{name} IS NULL")
+            got = ds.sql(query).table_name(TABLE).build().to_stream_reader().read_all()
+    except Exception:  # a parse or planning error: the word is taken
+        return "DataFusion, which runs queries and filters, reads it as a keyword"
+    if counts != (1, 1) or got.column_names != [name] or got.to_pylist() != [{name: 1}]:
+        return "DataFusion, which runs queries and filters, reads it as a value or keyword"
+    return None

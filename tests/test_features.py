@@ -314,3 +314,21 @@ def test_a_declared_type_of_another_kind_is_refused_not_converted(multi: Lake, t
     assert out.exit_code == 1 and "Traceback" not in out.output, out.output
     assert "feature 'long' returns bool for column 'long', which it declares float32" in out.output
     assert "long" not in multi.dataset().schema.names
+
+
+def test_a_feature_column_may_not_be_a_word_sql_reserves(multi: Lake):
+    """A feature named select was accepted; then `SELECT select FROM pairs` and lake.count("select > 10")
+    failed. DataFusion reads null and current_date as values, and struct/interval as keywords."""
+    lengths = lambda b: pc.utf8_length(b["caption"])  # noqa: E731
+    v = multi.version
+    for name in ("select", "from", "end", "null", "true", "current_date", "struct", "interval"):
+        with pytest.raises(LakeError, match=f"feature column '{name}' is a word SQL reserves .* pick another name"):
+            multi.add_feature(name, lengths, inputs="caption", type="int32", progress=False)
+    with pytest.raises(LakeError, match="feature column 'current_date' is a word SQL reserves"):  # a dict's key too
+        multi.add_feature("current", lambda b: {"date": lengths(b)}, inputs="caption", progress=False)
+    with pytest.raises(LakeError, match="returns column 'g_A', which has capitals"):
+        multi.add_feature("g", lambda b: {"A": lengths(b)}, inputs="caption", progress=False)
+    assert multi.version == v
+    for name in ("count", "value", "date"):  # keywords both parsers take as column names
+        multi.add_feature(name, lengths, inputs="caption", type="int32", progress=False)
+        assert multi.count(f"{name} > 10") == multi.sql(f"SELECT {name} FROM pairs WHERE {name} > 10").shape[0] > 0
