@@ -262,19 +262,23 @@ def fragments_to_fill(ds: lance.LanceDataset, column: str) -> list[lance.LanceFr
     return [f for f in ds.get_fragments() if not has_data(ds, f, column)]
 
 
-def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table, *, config_hash: str | None = None) -> int | None:
+def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table, *, config_hash: str | None = None,
+                  own_column: str | None = None) -> int | None:
     """Write ``table`` (declared columns, one row per *physical* row of the fragment) as the
     fragment's data for those columns and commit it. Returns the new version, or None when the
     fragment no longer exists (compacted away) or another writer already filled these columns.
     ``config_hash``: the config the values were computed with; when the columns hold another at
     commit time (another run re-declared them with ``recompute`` meanwhile), a LakeError, nothing
-    committed (the values would land under the other run's provenance).
+    committed (the values would land under the other run's provenance); ``own_column`` ends its
+    advice: how this stage writes a column of its own ("with another --name"), None when it cannot.
     """
-    return fill_fragments(lake, {fragment_id: table}, first_fill_only=True, config_hash=config_hash)
+    return fill_fragments(lake, {fragment_id: table}, first_fill_only=True, config_hash=config_hash,
+                          own_column=own_column)
 
 
 def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_only: bool = False,
-                   based_on: lance.LanceDataset | None = None, config_hash: str | None = None) -> int | None:
+                   based_on: lance.LanceDataset | None = None, config_hash: str | None = None,
+                   own_column: str | None = None) -> int | None:
     """Write each fragment's ``table`` (the same declared columns for every fragment, one row per
     physical row) and commit them all in **one** ``DataReplacement``: one new version, atomic.
 
@@ -292,7 +296,8 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
     if not tables:
         return None
     files = FragmentFiles(lake, next(iter(tables.values())).column_names,
-                          first_fill_only=first_fill_only, based_on=based_on, config_hash=config_hash)
+                          first_fill_only=first_fill_only, based_on=based_on, config_hash=config_hash,
+                          own_column=own_column)
     for fid, table in tables.items():
         files.write(fid, table)
     return files.commit()
@@ -315,8 +320,9 @@ class FragmentFiles:
     """
 
     def __init__(self, lake: "Store", names: Sequence[str], *, first_fill_only: bool = False,
-                 based_on: lance.LanceDataset | None = None, config_hash: str | None = None) -> None:
-        self.lake, self.names, self.config_hash = lake, list(names), config_hash
+                 based_on: lance.LanceDataset | None = None, config_hash: str | None = None,
+                 own_column: str | None = None) -> None:
+        self.lake, self.names, self.config_hash, self.own_column = lake, list(names), config_hash, own_column
         self.first_fill_only, self.based_on = first_fill_only, based_on
         self.ds = based_on if based_on is not None else lake.dataset()
         gone = [n for n in self.names if n not in self.ds.schema.names]
@@ -358,7 +364,8 @@ class FragmentFiles:
                                        f"declared again with another config ({held and held['config_hash']})")
                                     + f" by another run while this one computed it ({self.config_hash}); this run's "
                                     "values were not committed (they would have gone under that config). Run it "
-                                    "again once the other run is done, or with --name for a column of its own")
+                                    "again once the other run is done"
+                                    + (f", or {self.own_column} for a column of its own" if self.own_column else ""))
             groups = []
             for fid, data_file in self.files.items():
                 frag_now = current.get_fragment(fid)

@@ -206,7 +206,7 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
     return RowStage("embed", fields, config, ["image", "caption"], batch=EmbedRows(names, dim),
                     setup=LoadEncoder(spec, device, precision), image=reader, batch_size=batch_size,
                     prepare=TokenizeCaptions(spec) if tokenize == "readers" else None,
-                    desc=f"embed {spec.prefix}", unit="img", device=device)
+                    desc=f"embed {spec.prefix}", unit="img", device=device, own_column=runner.NAME_OPTION)
 
 
 def caption_columns(prefix: str, caption: str) -> dict[str, str]:
@@ -247,7 +247,7 @@ def caption_stage(spec: EncoderSpec, caption: str, *, device: str = "auto", prec
     config = {**spec.config(), "precision": precision, "dim": dim, "storage": "float16", "caption": caption}
     return RowStage("embed-caption", fields, config, [caption, image], batch=ScoreCaption(caption, image, names, dim),
                     setup=LoadEncoder(spec, device, precision), batch_size=batch_size, desc=f"score {caption}",
-                    unit="row", device=device)
+                    unit="row", device=device, own_column=runner.NAME_OPTION)
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -394,6 +394,7 @@ def add_feature(
     stage = runner.RowStage(
         STAGE, fields, config, inputs, batch=runner.OnColumns(udf), batch_size=batch_size,
         extra={"udf": spec or udf_name(func)}, desc=f"feature {name}",
+        own_column="as a feature of another name (feature add LAKE OTHER_NAME ...)",
         fix="the function, its inputs or its parameters changed since; use another name, or --recompute to replace it",
     )
     out = runner.run(lake, stage, engine=engine, recompute=recompute, progress=progress)

@@ -181,15 +181,17 @@ def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto
                         batch=EndpointRows(spec), setup=LoadClient(spec),
                         image=None if rephrase else EndpointImages(spec.image_side),
                         batch_size=batch_size, desc=f"recaption {spec.name}", unit="row",
-                        extra={"transport": spec.transport()})
+                        extra={"transport": spec.transport()}, own_column=runner.NAME_OPTION)
     if spec.family == "hf":
         return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
                         setup=LoadCaptioner(spec, device), image=SmallImages(spec.image_side), batch_size=batch_size,
-                        sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device)
+                        sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device,
+                        own_column=runner.NAME_OPTION)
     transform, _ = spec.encoder_spec().build_transforms()
     return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
                     setup=LoadCaptioner(spec, device), image=Preprocess(transform), batch_size=batch_size,
-                    sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device)
+                    sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device,
+                    own_column=runner.NAME_OPTION)
 
 
 def retry_error_rows(lake: "Store", stage: RowStage, *, workers: int | None = None,

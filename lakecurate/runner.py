@@ -73,6 +73,9 @@ def waiting() -> Iterator[None]:
         _WAITING[0] = before
 
 
+NAME_OPTION = "with another --name"  # RowStage.own_column of a stage whose CLI takes --name (embed, recaption)
+
+
 @dataclass
 class Rows:
     """One batch of a fragment's live rows, as a stage's ``batch()`` gets it."""
@@ -123,6 +126,9 @@ class RowStage:
     desc: str = ""
     unit: str = "row"
     fix: str | None = None  # the declare error's way out, when it is not the default
+    # How a run writes a column of its own when another run re-declared this one meanwhile ("with
+    # another --name"); None for a stage whose columns have fixed names (signals).
+    own_column: str | None = None
     device: str | None = None
 
     @property
@@ -429,7 +435,7 @@ def _close(loader: Any) -> None:
 def _commit(lake: "Store", ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage,
             parts: Sequence[pa.Table], ckpt: columns.Checkpoint, report: RunReport) -> None:
     version = columns.fill_fragment(lake, frag.fragment_id, _assemble(ds, frag, stage, parts),
-                                    config_hash=stage.provenance(0)["config_hash"])
+                                    config_hash=stage.provenance(0)["config_hash"], own_column=stage.own_column)
     if version is not None:
         report.versions.append(version)
         report.fragments += 1
@@ -803,7 +809,7 @@ def _write_over(lake: "Store", stage: RowStage, done: list, report: RunReport) -
                     for n in names:
                         values[n][off] = values_new[n][i]
             tables[fid] = pa.table({n: pa.array(values[n], ds.schema.field(n).type) for n in names})
-        return columns.fill_fragments(lake, tables, based_on=ds, config_hash=config_hash)
+        return columns.fill_fragments(lake, tables, based_on=ds, config_hash=config_hash, own_column=stage.own_column)
 
     version = retry_on_conflict(attempt)
     if version is not None:

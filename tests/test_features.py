@@ -332,3 +332,31 @@ def test_a_feature_column_may_not_be_a_word_sql_reserves(multi: Lake):
     for name in ("count", "value", "date"):  # keywords both parsers take as column names
         multi.add_feature(name, lengths, inputs="caption", type="int32", progress=False)
         assert multi.count(f"{name} > 10") == multi.sql(f"SELECT {name} FROM pairs WHERE {name} > 10").shape[0] > 0
+
+
+def test_a_run_whose_columns_were_declared_again_meanwhile_gives_advice_its_command_takes(multi: Lake, monkeypatch):
+    """The message ended "...or with --name for a column of its own" for every stage, but feature add
+    has no --name (its name is the NAME argument) and signals writes columns of fixed names."""
+    original = columns.FragmentFiles.commit
+    raced = []
+
+    def commit_after_another_declare(self):  # another run declares the columns again before this one commits
+        if not raced:
+            raced.append(1)
+            ds = self.lake.dataset()
+            other = columns.provenance("other", {"other": len(raced)}, ["caption"], ds.version)
+            columns.declare(self.lake, [pa.field(n, ds.schema.field(n).type) for n in self.names], other, recompute=True)
+        return original(self)
+
+    monkeypatch.setattr(columns.FragmentFiles, "commit", commit_after_another_declare)
+    ends = {"feature": "once the other run is done, or as a feature of another name (feature add LAKE OTHER_NAME ...) "
+                       "for a column of its own",
+            "signals": "once the other run is done",
+            "embed": "once the other run is done, or with another --name for a column of its own"}
+    for stage, run in [("feature", lambda: multi.add_feature("chars", caption_chars, progress=False)),
+                       ("signals", lambda: multi.signals("caption", progress=False)),
+                       ("embed", lambda: multi.embed("tiny-random", workers=0, progress=False))]:
+        raced.clear()
+        with pytest.raises(LakeError, match="declared again with another config") as err:
+            run()
+        assert str(err.value).endswith(ends[stage]), (stage, str(err.value))
