@@ -279,6 +279,30 @@ def _types(fn: Callable, name: str, type: Any) -> dict[str, pa.DataType] | None:
     return {name: parse_type(t)}
 
 
+def _text_params(fn: Callable, params: dict[str, Any]) -> str:
+    """For a failure: the parameters given as text where the function's default is not text
+    (``--param n=abc``: a --param value that is not JSON stays text), so the message names them."""
+    try:
+        signature = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        signature = {}
+    notes, example = [], ""
+    for key, value in params.items():
+        p = signature.get(key)
+        default = None if p is None or p.default is inspect.Parameter.empty else p.default
+        if not isinstance(value, str) or isinstance(default, str):
+            continue
+        if default is None:
+            notes.append(f"{key}={value!r} is text")
+        else:
+            notes.append(f"{key}={value!r} is text, not {type(default).__name__} like its default {default!r}")
+            example = example or f": e.g. --param {key}={json.dumps(default)}"
+    if not notes:
+        return ""
+    return (f"; {'parameters' if len(notes) > 1 else 'parameter'} {', '.join(notes)} "
+            f"(a --param value that is not JSON stays text{example})")
+
+
 def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.DataType] | None:
     """The function on the first rows, before anything is declared: its columns' names checked, and
     their types (as declared, each value cast to it; else as returned). None on an empty lake with
@@ -294,7 +318,8 @@ def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str
     except TypeMismatch:
         raise
     except (Exception, SystemExit) as exc:
-        raise LakeError(f"feature '{udf.name}' failed on the first rows of lake '{lake.uri}': {type(exc).__name__}: {exc}") from exc
+        raise LakeError(f"feature '{udf.name}' failed on the first rows of lake '{lake.uri}': {type(exc).__name__}: {exc}"
+                        + _text_params(udf.fn, udf.params)) from exc
     if out.num_rows != sample.num_rows:  # found here, before its columns are declared (two versions, then)
         raise LakeError(f"feature '{udf.name}' returned {out.num_rows} values for the first {sample.num_rows} rows of "
                         f"lake '{lake.uri}'; return one value per row of the batch it is given")

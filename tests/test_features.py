@@ -360,3 +360,27 @@ def test_a_run_whose_columns_were_declared_again_meanwhile_gives_advice_its_comm
         with pytest.raises(LakeError, match="declared again with another config") as err:
             run()
         assert str(err.value).endswith(ends[stage]), (stage, str(err.value))
+
+
+def test_a_param_that_is_not_json_is_named_when_the_function_fails(multi: Lake, tmp_path: Path, monkeypatch):
+    """--param n=abc reached the function as the text 'abc' and the run failed with "Function 'greater'
+    has no kernel matching input types (int32, string)", naming no parameter."""
+    (tmp_path / "params.py").write_text(
+        "import pyarrow.compute as pc\n"
+        "def longer_than(batch, n=10):\n"
+        "    return pc.greater(pc.utf8_length(batch['caption']), n)\n"
+        "def longer(batch, n):\n"
+        "    return [len(c or '') > n for c in batch['caption'].to_pylist()]\n")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner()
+    v = multi.version
+    for udf, named in [("params:longer_than", "parameter n='abc' is text, not int like its default 10 "
+                                              "(a --param value that is not JSON stays text: e.g. --param n=10)"),
+                       ("params:longer", "parameter n='abc' is text (a --param value that is not JSON stays text)")]:
+        out = r.invoke(main, ["feature", "add", multi.uri, "long", "--udf", udf, "--input", "caption", "--param", "n=abc"])
+        assert out.exit_code == 1 and "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
+        assert out.output.strip().endswith(named), out.output
+    assert multi.version == v
+    out = r.invoke(main, ["feature", "add", multi.uri, "long", "--udf", "params:longer_than", "--input", "caption",
+                          "--param", "n=20", "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["rows"] == multi.count(), out.output
