@@ -193,6 +193,7 @@ def _parent(ds: "lance.LanceDataset", branch_ds: "lance.LanceDataset") -> tuple[
 # The log up to a version never changes, so its reading is kept per (table, version): status,
 # export and diff each ask several questions of one version.
 _WRITES: dict[tuple[str, int], dict[str, dict[int, Write]]] = {}
+_HOLES: dict[tuple[str, int], dict[str, set[int]]] = {}
 
 
 def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
@@ -200,12 +201,22 @@ def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
     key = (ds.uri, ds.version)
     if key not in _WRITES:
         if len(_WRITES) > 16:
+            _HOLES.pop(next(iter(_WRITES)), None)
             _WRITES.pop(next(iter(_WRITES)))
-        _WRITES[key] = _last_writes(ds)
+        _WRITES[key], _HOLES[key] = _last_writes(ds)
     return {c: dict(per) for c, per in _WRITES[key].items()}
 
 
-def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
+def merged_holes(ds: "lance.LanceDataset") -> dict[str, set[int]]:
+    """Column -> fragments that a compaction outside lakecurate (LanceDB's ``optimize``, Lance's
+    ``compact_files``) merged from fragments of which some held the column and some did not: the
+    rows of the latter hold nulls that no run computed, and being filled, the fragment is never
+    computed again (see :func:`_last_writes`)."""
+    last_writes(ds)
+    return {c: set(f) for c, f in _HOLES[(ds.uri, ds.version)].items()}
+
+
+def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]]]:
     """Column -> fragment id -> (version, read version) of the last commit that wrote that column's
     values in that fragment, from the commit log of ``ds``'s branch up to ``ds.version``.
 
@@ -215,11 +226,13 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
     (:func:`content_write`: the values a per-row stage computed stay current); compaction moves values without changing them (the new fragment keeps the latest write
     of the fragments it merged); a restore goes back to the writes of the version it restores.
     Versions whose log is gone (cleanup) contribute nothing: their columns read as written before
-    anything that follows.
+    anything that follows. Also (second): column -> fragments a compaction merged from fragments
+    some of which lacked the column (:func:`merged_holes`), until a fill writes them again.
     """
     ids = _field_names(ds)
     state: dict[int, dict[int, Write]] = {}  # field id -> fragment -> write
-    snapshots: dict[int, dict[int, dict[int, Write]]] = {}
+    holes: dict[int, set[int]] = {}  # field id -> fragments merged with rows that lacked it
+    snapshots: dict[int, tuple[dict[int, dict[int, Write]], dict[int, set[int]]]] = {}
 
     def put(fields: Iterable[int], frag: int, w: Write) -> None:
         for f in fields:
@@ -245,7 +258,7 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
             op, w = tx.operation, (version, tx.read_version)
             kind = type(op).__name__
             if kind == "Overwrite":
-                state = {}
+                state, holes = {}, {}
                 for frag in op.fragments:
                     put(_file_fields(frag), next(created, -1), w)
             elif kind == "Append":
@@ -267,6 +280,8 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
             elif kind == "DataReplacement":
                 for r in op.replacements:
                     put(r.new_file.fields, r.fragment_id, w)
+                    for f in r.new_file.fields:
+                        holes.get(f, set()).discard(r.fragment_id)
             elif kind == "Rewrite":
                 for group in op.groups:
                     old = [frag.id for frag in group.old_fragments]
@@ -276,10 +291,19 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
                         if writes:
                             for new in new_ids:
                                 per[new] = max(writes)
+                    held = [_file_fields(frag) for frag in group.old_fragments]
+                    for f in set().union(*held) if held else ():
+                        inherited = any(o in holes.get(f, ()) for o in old)
+                        if inherited or any(f not in h for h in held):  # some rows had no value: now nulls
+                            holes.setdefault(f, set()).update(new_ids)
+                        for o in old:
+                            holes.get(f, set()).discard(o)
             elif kind == "Restore":
-                state = {f: dict(per) for f, per in snapshots.get(op.version, {}).items()}
+                then = snapshots.get(op.version, ({}, {}))
+                state = {f: dict(per) for f, per in then[0].items()}
+                holes = {f: set(fr) for f, fr in then[1].items()}
         if version in restored:
-            snapshots[version] = {f: dict(per) for f, per in state.items()}
+            snapshots[version] = ({f: dict(per) for f, per in state.items()}, {f: set(fr) for f, fr in holes.items()})
         if frag_ids is not None:
             before = set(frag_ids)
     out: dict[str, dict[int, Write]] = {}
@@ -289,7 +313,11 @@ def _last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
             dest = out.setdefault(name, {})
             for frag, w in per.items():
                 dest[frag] = max(dest.get(frag, w), w)
-    return out
+    merged = {}
+    for f, frags in holes.items():
+        if frags and ids.get(f) is not None:
+            merged.setdefault(ids[f], set()).update(frags)
+    return out, merged
 
 
 def content_write(w: Any) -> Write | None:
@@ -431,6 +459,8 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     after it is stale. A value whose commit is no longer in the log (``cleanup`` removed it) counts
     as written at the start."""
     stale: dict[str, int] = {}
+    holes = merged_holes(ds)
+    merged = sorted({fid for c in node.columns for fid in holes.get(c, ()) if fid in frags})
     for fid, frag in frags.items():
         # (rows deleted from a fragment leave the values of the others as they were: content writes)
         mine = [content_write(writes.get(c, {}).get(fid)) or ((0, 0) if has_data(ds, frag, c) else None)
@@ -443,10 +473,15 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
             w = content_write(writes.get(src, {}).get(fid))
             if w is not None and w[0] > read:
                 stale[src] = max(stale.get(src, 0), w[0])
+    if merged:  # filled, so never computed again: only a recompute gives those rows values
+        st.state = "stale"
+        st.reasons.append(f"{len(merged)} fragment(s) ({', '.join(map(str, merged[:5]))}) were merged by a compaction "
+                          f"outside lakecurate (LanceDB optimize, Lance compact_files) while some of their rows had no "
+                          f"{node.columns[0]}: those rows hold nulls no run computed")
     if stale:
         st.state = "stale"
         st.reasons += [f"{src} was rewritten at version {v} after {node.stage} computed from it" for src, v in sorted(stale.items())]
-    elif st.rows_missing:
+    elif st.rows_missing and not merged:
         st.state = "incomplete"
         st.reasons.append(f"{st.rows_missing} rows have no {node.columns[0]} yet")
 

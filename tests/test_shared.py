@@ -341,6 +341,26 @@ def test_compact_merges_only_complete_fragments(tmp_path: Path):
     check_complete(lake, range(1), FRAGMENTS * ROWS + 20)
 
 
+def test_a_compaction_outside_lakecurate_over_missing_values_is_named_stale(tmp_path: Path):
+    """LanceDB's optimize merged fragments whose feature values were still missing with filled ones:
+    the merged fragment counted as filled (status current, 0 rows missing), the missing rows held
+    nulls for good. Status calls it stale now and its fix (--recompute) gives those rows values."""
+    import lancedb
+
+    lake = fresh_lake(tmp_path / "lake")
+    add_features(lake, 0, 0.0)
+    lake.append(pair_rows(FRAGMENTS * ROWS, 10))
+    nulls = lake.count("f0a IS NULL")  # (10 rows not computed yet, and rows without a caption)
+    lancedb.connect(lake.uri).open_table("pairs").optimize()
+    assert len(lake.dataset().get_fragments()) == 1 and lake.count("f0a IS NULL") == nulls
+    st = next(s for s in lake.status()["stages"] if "f0a" in s["columns"])
+    assert st["state"] == "stale" and "merged by a compaction outside lakecurate" in st["reasons"][0], st
+    assert st["fix"].endswith(" --recompute")
+    add_features(lake, 0, 0.0, recompute=True)
+    st = next(s for s in lake.status()["stages"] if "f0a" in s["columns"])
+    assert st["state"] == "current" and lake.count("f0a IS NULL") < nulls
+
+
 def test_why_excluded_follows_the_order_a_row_meets_the_stages():
     import pandas as pd
 

@@ -43,10 +43,10 @@ def feature_specs(i: int) -> list[tuple[str, int]]:
     return [(f"f{i}a", 10 * i + 1), (f"f{i}b", 10 * i + 2)]
 
 
-def add_features(lake: Lake, i: int, delay: float, batch_size: int = 20) -> None:
+def add_features(lake: Lake, i: int, delay: float, batch_size: int = 20, recompute: bool = False) -> None:
     for name, k in feature_specs(i):
         lake.add_feature(name, scaled_len, inputs=["caption"], type="int64", params={"k": k, "delay": delay},
-                         batch_size=batch_size, progress=False)
+                         batch_size=batch_size, recompute=recompute, progress=False)
 
 
 def spawn(*args: str) -> subprocess.Popen:
