@@ -422,7 +422,8 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
 @lake_argument
 @click.argument("query")
 @click.option("-k", type=Count(min=1), default=10, show_default=True, help="How many pairs.")
-@click.option("--prefix", help="Which embedding columns (default: the only ones).")
+@click.option("--embedding", "--prefix", "prefix",
+              help="Which embedding (its column prefix; default: the only one). --prefix is the same.")
 @click.option("--target", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="Compare with the pairs' image vectors or caption vectors.")
 @click.option("--where", help="SQL filter applied before the search, e.g. \"ingest_status = 'ok'\".")
@@ -435,7 +436,7 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
 
     Example: lakecurate search ./lake "a cat looking to the side" -k 5
     """
-    df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where, option="--prefix NAME",
+    df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where, option="--embedding NAME",
                                 text=as_text)
     if as_json:
         echo_json(df)

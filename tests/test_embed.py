@@ -229,6 +229,19 @@ def test_search_by_text_and_image_and_index(sample_lake_embedded: Lake, lake: La
     assert len(sample_lake_embedded.search(np.ones(32, np.float32), k=2)) == 2
 
 
+def test_search_names_its_embedding_as_the_other_commands_do(sample_lake_embedded: Lake, tmp_path: Path):
+    """dedup, cluster and evaluate take --embedding; search took only --prefix ("No such option")."""
+    import shutil
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.embed("tiny-random", name="other", workers=0, progress=False)
+    res = CliRunner().invoke(main, ["search", lake.uri, "a dog", "--text", "--json"])
+    assert res.exit_code == 1 and "pass --embedding NAME" in res.output, res.output
+    for flag in ("--embedding", "--prefix"):
+        res = CliRunner().invoke(main, ["search", lake.uri, "a dog", "--text", flag, "other", "-k", "3", "--json"])
+        assert res.exit_code == 0 and len(json.loads(res.output)) == 3, res.output
+
+
 def test_worker_transform_matches_open_clip_factory():
     from PIL import Image
 
