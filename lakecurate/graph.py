@@ -523,6 +523,16 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
         last = max(ids[fid][0] for fid in whole)
         st.reasons.append(f"rows were added, replaced or removed since {node.stage} read version {read} "
                           f"(last change at version {last}; the fragments changed hold {rows} row{'' if rows == 1 else 's'})")
+    if st.state == "current" and node.stage == "curate" and "keep" in node.columns:
+        # rows that arrived while curate ran, committed before its decisions: its commit reads as
+        # after them, yet they have no decision (never kept); only the next run judges them
+        status = "ingest_status" in ds.schema.names
+        unjudged = ds.count_rows(filter="keep IS NULL" + (" AND (ingest_status IS NULL OR ingest_status <> 'error')"
+                                                           if status else ""))
+        if unjudged:
+            st.state, st.rows_missing = "incomplete", unjudged
+            st.reasons.append(f"{unjudged} row{'' if unjudged == 1 else 's'} have no decision (they arrived while "
+                              f"curate ran); run it again to judge them")
 
 
 def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,

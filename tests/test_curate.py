@@ -325,6 +325,13 @@ def test_rows_arriving_during_curate_are_never_kept_unjudged(lake: Lake, monkeyp
     assert df.loc[df["id"].isin(late.column("id").to_pylist()), "keep"].isna().all()
     assert first.unjudged == (30 if when != "tag_at_latest" else 0)
     assert_judged(lake)
+    # rows without a decision: curate is not current (it said "behind" only when they arrived during
+    # the run, and export went on with warnings), and export refuses as after a later ingest
+    st = next(s for s in lake.status()["stages"] if s["stage"] == "curate")
+    assert st["state"] in ("incomplete", "stale") and st["state"] == ("stale" if when == "tag_at_latest" else "incomplete")
+    with pytest.raises(LakeError, match="export would use stale decisions .* curate .* is (incomplete: 30 rows have no "
+                                        "decision|stale)"):
+        lake.export(lake.uri + "-out", "parquet")
     again = lake.curate(WORDS, progress=False)
     assert not again.nothing_to_do and again.rows == 150 and again.unjudged == 0
     df = assert_judged(lake, again.tag)
