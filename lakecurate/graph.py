@@ -212,8 +212,9 @@ def merged_holes(ds: "lance.LanceDataset") -> dict[str, set[int]]:
     ``compact_files``) merged from fragments of which some held the column and some did not: the
     rows of the latter hold nulls that no run computed, and being filled, the fragment is never
     computed again (see :func:`_last_writes`)."""
-    last_writes(ds)
-    return {c: set(f) for c, f in _HOLES[(ds.uri, ds.version)].items()}
+    if (ds.uri, ds.version) not in _HOLES:
+        last_writes(ds)
+    return _HOLES[(ds.uri, ds.version)]
 
 
 def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]]]:
@@ -459,7 +460,7 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     after it is stale. A value whose commit is no longer in the log (``cleanup`` removed it) counts
     as written at the start."""
     stale: dict[str, int] = {}
-    holes = merged_holes(ds)
+    holes = merged_holes(ds)  # (the cache's own sets: read, never changed)
     merged = sorted({fid for c in node.columns for fid in holes.get(c, ()) if fid in frags})
     for fid, frag in frags.items():
         # (rows deleted from a fragment leave the values of the others as they were: content writes)
@@ -526,13 +527,27 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
     if st.state == "current" and node.stage == "curate" and "keep" in node.columns:
         # rows that arrived while curate ran, committed before its decisions: its commit reads as
         # after them, yet they have no decision (never kept); only the next run judges them
-        status = "ingest_status" in ds.schema.names
-        unjudged = ds.count_rows(filter="keep IS NULL" + (" AND (ingest_status IS NULL OR ingest_status <> 'error')"
-                                                           if status else ""))
+        unjudged = _unjudged(ds)
         if unjudged:
             st.state, st.rows_missing = "incomplete", unjudged
             st.reasons.append(f"{unjudged} row{'' if unjudged == 1 else 's'} have no decision (they arrived while "
                               f"curate ran); run it again to judge them")
+
+
+_UNJUDGED: dict[tuple[str, int], int] = {}
+
+
+def _unjudged(ds: "lance.LanceDataset") -> int:
+    """Rows ingest accepted whose ``keep`` is null at this version (a scan of two columns: cached
+    per version, as the commit log is)."""
+    key = (ds.uri, ds.version)
+    if key not in _UNJUDGED:
+        if len(_UNJUDGED) > 64:
+            _UNJUDGED.pop(next(iter(_UNJUDGED)))
+        status = "ingest_status" in ds.schema.names
+        _UNJUDGED[key] = ds.count_rows(filter="keep IS NULL" + (
+            " AND (ingest_status IS NULL OR ingest_status <> 'error')" if status else ""))
+    return _UNJUDGED[key]
 
 
 def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,
