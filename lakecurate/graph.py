@@ -148,6 +148,10 @@ def _file_fields(frag: Any) -> set[int]:
 _RESHAPING = {"Overwrite", "Append", "Update", "Delete", "Rewrite", "Restore", "Clone"}
 
 
+_COMMITS: dict[tuple[str, int, str], tuple[Any, list[int] | None]] = {}
+_COMMITS_KEPT = 50_000
+
+
 def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) -> list[tuple[int, Any, list[int] | None]]:
     """(version, transaction, fragment ids or None when unchanged) of every readable version up to
     ``upto`` of the branch ``uri_ds`` is on, preceded by its parent branch's history up to where the
@@ -157,13 +161,25 @@ def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) 
         n = v["version"]
         if n > upto:
             continue
-        try:
-            at = uri_ds.checkout_version(n)
-            tx = at.get_transactions(1)[0]
-            # Only commits that add or remove fragments change the list (reading it costs a manifest scan).
-            frags = [f.fragment_id for f in at.get_fragments()] if type(tx.operation).__name__ in _RESHAPING else None
-        except Exception:  # noqa: BLE001 - cleaned up or unreadable: unknown writes (see last_writes)
-            tx, frags = None, None
+        # A version's commit never changes: read once per process (a stage asking the graph after
+        # each of its commits read the whole log each time). Keyed by its time too: a lake made
+        # again at the same path starts its numbers again.
+        key = (uri_ds.uri, n, str(v.get("timestamp")))
+        if key not in _COMMITS:
+            try:
+                at = uri_ds.checkout_version(n)
+                tx = at.get_transactions(1)[0]
+                # Only commits that add or remove fragments change the list (reading it costs a manifest scan).
+                frags = [f.fragment_id for f in at.get_fragments()] if type(tx.operation).__name__ in _RESHAPING else None
+            except Exception:  # noqa: BLE001 - cleaned up or unreadable: unknown writes (see last_writes)
+                tx, frags = None, None
+            if tx is None:  # (not kept: a read that failed may pass later)
+                out.append((n, tx, frags))
+                continue
+            if len(_COMMITS) >= _COMMITS_KEPT:
+                _COMMITS.pop(next(iter(_COMMITS)))
+            _COMMITS[key] = (tx, frags)
+        tx, frags = _COMMITS[key]
         out.append((n, tx, frags))
     if out and out[0][1] is not None and type(out[0][1].operation).__name__ == "Clone":
         # A branch starts with a Clone of its parent at some version: its history is the parent's.
