@@ -442,17 +442,24 @@ def _commit(lake: "Store", ds: lance.LanceDataset, frag: lance.LanceFragment, st
     ckpt.drop(frag)
 
 
-def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
-               ckpt: columns.Checkpoint, report: RunReport, workers: int | None, progress: bool | None,
-               where: str, loaded: tuple[Any] | None = None) -> None:
-    """Compute and commit ``todo`` here; ``loaded``: ``(stage.setup(),)`` when the caller loaded it."""
-    from lakecurate.progress import progress_bar
+@dataclass
+class _Started:
+    """The readers of some fragments started, and the stage's setup done (:func:`_begin`)."""
 
+    fragments: list[int]
+    saved: dict[int, dict[int, pa.Table]]
+    items: list[tuple[int, int, int]]
+    loader: Any
+    state: Any
+    setup_seconds: float
+
+
+def _begin(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
+           ckpt: columns.Checkpoint, workers: int | None) -> _Started:
+    """Start the readers of ``todo`` (at ``ds``'s version), then run the stage's ``setup`` (a model
+    loads while the readers spawn and read ahead); a setup that fails stops the readers."""
     saved = {f.fragment_id: ckpt.load(f) for f in todo}
     items = [it for f in todo for it in _batches(f, stage.batch_size, saved[f.fragment_id])]
-    remaining = defaultdict(int)
-    for fid, _, _ in items:
-        remaining[fid] += 1
     if workers is None:  # spawning readers pays off only for stages that decode, with a few batches of work
         workers = default_workers(stage.readers_do_all) if stage.image is not None and len(items) > 4 else 0
     loader: Any = _reader_pool(items, (lake.table_uri, ds.version, lake.storage_options, stage), workers)
@@ -460,14 +467,30 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
         loader = _Prefetched(loader)  # the readers start now, while setup() loads a model
     try:
         t = time.perf_counter()
-        if loaded is not None:
-            state = loaded[0]
-        else:
-            state = stage.setup() if stage.setup is not None and items else None
-            report.setup_seconds = time.perf_counter() - t
+        state = stage.setup() if stage.setup is not None and items else None
     except BaseException:
         _close(loader)  # no reader outlives a model that would not load
         raise
+    return _Started([f.fragment_id for f in todo], saved, items, loader, state, time.perf_counter() - t)
+
+
+def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
+               ckpt: columns.Checkpoint, report: RunReport, workers: int | None, progress: bool | None,
+               where: str, started: _Started | None = None) -> None:
+    """Compute and commit ``todo`` here; ``started``: what the caller started (:func:`_begin`), used
+    when it is of these fragments."""
+    from lakecurate.progress import progress_bar
+
+    if started is not None and started.fragments != [f.fragment_id for f in todo]:
+        _close(started.loader)  # (another run took some of them meanwhile)
+        started = None
+    if started is None:
+        started = _begin(lake, stage, ds, todo, ckpt, workers)
+    saved, items, loader, state = started.saved, started.items, started.loader, started.state
+    report.setup_seconds += started.setup_seconds
+    remaining = defaultdict(int)
+    for fid, _, _ in items:
+        remaining[fid] += 1
     frags = {f.fragment_id: f for f in todo}
     parts: dict[int, list[pa.Table]] = {fid: list(s.values()) for fid, s in saved.items()}
     for s in saved.values():
@@ -616,17 +639,21 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     t0 = time.perf_counter()
     report = RunReport()
     ds = lake.dataset()
-    loaded: tuple[Any] | None = None
-    if engine == "local" and stage.setup is not None and stage.names[0] not in ds.schema.names and ds.count_rows():
-        # a first run loads its model before it declares: one that will not load (no weights, a bad
-        # checkpoint, fp16 on a CPU) left two versions, the columns declared and dropped again
-        t = time.perf_counter()
-        loaded = (stage.setup(),)
-        report.setup_seconds = time.perf_counter() - t
-    prov = stage.provenance(ds.version)
-    added = columns.declare(lake, stage.fields, prov, recompute=recompute, **({"fix": stage.fix} if stage.fix else {}))
-    ds = lake.dataset()
     ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
+    started: _Started | None = None
+    if engine == "local" and stage.setup is not None and stage.names[0] not in ds.schema.names and not recompute:
+        # a first run loads its model (and starts its readers) before it declares: one that will not
+        # load (no weights, a bad checkpoint, fp16 on a CPU) left two versions, the columns declared
+        # and dropped again
+        started = _begin(lake, stage, ds, ds.get_fragments()[:max_fragments], ckpt, workers)
+    prov = stage.provenance(ds.version)
+    try:
+        added = columns.declare(lake, stage.fields, prov, recompute=recompute, **({"fix": stage.fix} if stage.fix else {}))
+    except BaseException:
+        if started is not None:
+            _close(started.loader)
+        raise
+    ds = lake.dataset()
     if recompute:  # recomputing: batches saved by an earlier run are not to be reused
         ckpt.drop()
     todo = columns.fragments_to_fill(ds, stage.names[0])
@@ -650,8 +677,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
             elif engine == "ray":
                 _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers)
             else:
-                _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where, loaded)
-                loaded = None  # (a run taking over another's fragments loads its own)
+                first, started = started, None  # (_run_local closes it; a run taking over another's starts its own)
+                _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where, first)
             if not (elsewhere and _WAITING[0]):
                 break
             ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere, progress)
@@ -662,6 +689,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         raise
     finally:
         claims.release()
+        if started is not None:  # (started, then not run: every fragment was another run's)
+            _close(started.loader)
     report.seconds = time.perf_counter() - t0
     return report
 
