@@ -113,6 +113,8 @@ def diff(lake: "Store", a: str | int, b: str | int | None = None, *, where: str 
     from lakecurate.options import whole
 
     examples = whole("examples", examples, 0)  # (-1 listed every id but the last)
+    if a is None:  # (it compared the latest version with itself, one side labelled "None")
+        raise LakeError("diff needs version A: a version number, tag or branch (B defaults to the latest)")
     b = lake.version if b is None else b
     # one condition each, on the columns of its side; the message says which side lacks a column
     for cond, option, side, ref in ((where, "--where", "A", a), (where_b or where, "--where-b" if where_b else "--where", "B",

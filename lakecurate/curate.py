@@ -36,6 +36,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -606,6 +607,9 @@ def load_recipe(recipe: str | Path | Mapping[str, Any], overrides: Mapping[str, 
     """
     if isinstance(recipe, Mapping):
         raw, source = dict(recipe), "<dict>"
+    elif not isinstance(recipe, (str, os.PathLike)) or not os.fspath(recipe):  # (None was a TypeError traceback)
+        raise LakeError(f"invalid recipe {recipe!r}: expected a TOML file, a built-in recipe "
+                        f"({', '.join(sorted(p.stem for p in BUILTIN.glob('*.toml')))}) or a dict")
     else:
         path = Path(recipe)
         if not path.is_file() and (BUILTIN / f"{recipe}.toml").is_file():

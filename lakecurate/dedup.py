@@ -93,7 +93,7 @@ from lakecurate.names import Produce, embedding_columns
 from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
 from lakecurate.options import cosine as check_cosine
-from lakecurate.options import whole
+from lakecurate.options import texts, whole
 from lakecurate.progress import progress_bar
 from lakecurate.schema import EVIDENCE_TABLE
 from lakecurate.sqlcheck import clean_message
@@ -689,6 +689,7 @@ def dedup(
         "phash_cosine": phash_cosine, "copy_cosine": copy_cosine, "semantic_threshold": semantic_threshold,
         "confirm_cosine": confirm_cosine, "caption_threshold": caption_threshold, "verify_cosine": verify_cosine,
         "minhash_threshold": minhash_threshold}).values()
+    methods = texts("methods", methods)  # dedup("exact"): one method, not its letters
     methods = list(dict.fromkeys(METHODS if "all" in methods else methods))
     for m in methods:
         group_columns(m)  # validates
@@ -1042,12 +1043,13 @@ def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | st
     for exact; ``detail`` in words; ``version``: the lake version the run read), or only the links
     touching ``ids``; those that explain the decision of the lake's ``version`` (default: the
     latest). Empty (same columns) before the first dedup."""
+    ids = texts("ids", ids, none_ok=True)  # one id, not its letters; 5 was a TypeError or no links at all
     ds = evidence_dataset(lake, lake.dataset(version))
     if ds is None:
         return EVIDENCE_SCHEMA.empty_table().to_pandas()
     tbl = _read_evidence(lake, ds)
     if ids is not None:
-        want = pa.array(list(ids), pa.string())
+        want = pa.array(ids, pa.string())
         tbl = tbl.filter(pc.or_(pc.is_in(tbl.column("a"), want), pc.is_in(tbl.column("b"), want)))
     return tbl.to_pandas()
 

@@ -166,6 +166,8 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
     optionally with ``:TAG``. ``checkpoint``: a local weights file for that architecture.
     ``name`` overrides the column prefix.
     """
+    if not isinstance(model, str) or not model:  # (None was a TypeError traceback)
+        raise EncoderError(f"invalid model {model!r}: expected a model name such as 'offline', 'tiny-random' or 'ViT-B-32'")
     if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(name)):  # it names columns in SQL
         raise EncoderError(f"--name {name!r}: a column prefix is letters, digits and '_', not starting with a digit "
                            "(e.g. clip_mine)")

@@ -48,7 +48,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, effective_view, states, where_columns
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
-from lakecurate.options import whole, writable
+from lakecurate.options import path, whole, writable
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
@@ -508,6 +508,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     # parameter is recorded unless it is listed in _NOT_SETTINGS (engine and address change no byte).
     settings = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS}
     t0 = time.perf_counter()
+    path("dest", dest)  # (None was a TypeError traceback)
     check_where(where, "--where", lake.dataset(version))  # before the destination is touched
     shard_size = check_options(format, engine=engine, shard_size=shard_size, image_ext=image_ext)
     if isinstance(caption_mix, str):  # every option before the destination: one error after another, else

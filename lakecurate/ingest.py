@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
+from lakecurate.options import path
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
 
@@ -1369,7 +1370,7 @@ def ingest(
     opts = options or IngestOptions()
     check_options(opts)
     check_engine(engine)
-    src = os.fspath(source)
+    src = os.fspath(path("source", source))  # (None was a TypeError traceback)
     refuse_source_in_lake(lake.uri, src)
     plan = open_source(src, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
                        image_dir=image_dir, max_bytes=opts.max_bytes)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from lakecurate.errors import LakeError
+from lakecurate.options import keywords, texts, whole
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
 SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
@@ -50,19 +51,22 @@ class Lake(Store):
         """Ingest a folder, manifest or WebDataset shards; see :func:`lakecurate.ingest.ingest`."""
         from lakecurate.ingest import ingest
 
+        keywords("ingest", options, ingest, skip=2)
         return ingest(self, source, **options)
 
     def embed(self, model: str = "offline", **options: Any) -> Any:
         """Add embedding and score columns; see :func:`lakecurate.embed.embed`."""
         from lakecurate.embed import embed
 
+        keywords("embed", options, embed, skip=2)
         return embed(self, model, **options)
 
     def dedup(self, methods: Any = ("exact", "phash", "semantic", "copy"), **options: Any) -> Any:
         """Duplicate groups and ``dup_keep``/``dup_reason`` columns; see :func:`lakecurate.dedup.dedup`."""
         from lakecurate.dedup import dedup
 
-        return dedup(self, [methods] if isinstance(methods, str) else list(methods), produce=self._produce, **options)
+        keywords("dedup", options, dedup, skip=2, own=["produce"])
+        return dedup(self, methods, produce=self._produce, **options)
 
     def dup_pairs(self, ids: Any = None, version: int | str | None = None) -> Any:
         """The links dedup found (``dup_pairs``: a, b, method, score, detail, version) as pandas, all
@@ -85,6 +89,7 @@ class Lake(Store):
         """Apply a filter recipe (TOML path or dict): ``keep``/``drop_reason`` + a tag; see :func:`lakecurate.curate.curate`."""
         from lakecurate.curate import curate
 
+        keywords("curate", options, curate, skip=2, own=["produce"])
         return curate(self, recipe, produce=self._produce, **options)
 
     def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
@@ -144,6 +149,7 @@ class Lake(Store):
         """Add a synthetic caption column ``caption_<name>``; see :func:`lakecurate.recaption.recaption`."""
         from lakecurate.recaption import recaption
 
+        keywords("recaption", options, recaption, skip=2)
         return recaption(self, model, **options)
 
     def signals(self, kinds: Sequence[str] = ("caption", "image"), **options: Any) -> dict[str, int]:
@@ -151,14 +157,11 @@ class Lake(Store):
         ``redact`` (``caption_redacted``); with ``recompute=True`` for every row again (the kinds'
         columns dropped and declared anew: what an older lakecurate computed differently).
         Returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""
-        if isinstance(kinds, str):  # signals("caption"): one kind, not its letters
-            kinds = [kinds]
+        kinds = texts("signal kinds", kinds)  # signals("caption"): one kind, not its letters
         unknown = [k for k in kinds if k not in SIGNAL_KINDS]
         if unknown:
             raise LakeError(f"unknown signal kind(s) {', '.join(unknown)}; choose from {', '.join(SIGNAL_KINDS)}")
-        ignored = sorted(set(options) - {"progress", "workers", "engine", "recompute"})
-        if ignored:  # (they were silently ignored)
-            raise LakeError(f"signals takes progress, workers, engine and recompute; not {', '.join(ignored)}")
+        keywords("signals", options, ["progress", "workers", "engine", "recompute"])  # (they were silently ignored)
         if not isinstance(options.get("recompute", False), bool):
             raise LakeError(f"recompute must be True or False, not {options['recompute']!r}")
         return {k: self._produce(SIGNAL_KINDS[k], **options) for k in kinds}
@@ -167,24 +170,28 @@ class Lake(Store):
         """k-means concepts: ``concept``/``concept_dist`` columns; see :func:`lakecurate.concepts.cluster`."""
         from lakecurate.concepts import cluster
 
+        keywords("cluster", options, cluster, skip=2)
         return cluster(self, k, **options)
 
     def rebalance(self, target: float | int = 0.5, **options: Any) -> Any:
         """Per-concept budgets: ``rebalance_keep``/``sample_weight``/``repeats``; see :func:`lakecurate.concepts.rebalance`."""
         from lakecurate.concepts import rebalance
 
+        keywords("rebalance", options, rebalance, skip=2)
         return rebalance(self, target, **options)
 
     def sequence(self, mode: str = "interleave", **options: Any) -> Any:
         """A training order: ``seq_order``/``seq_shard``; see :func:`lakecurate.concepts.sequence`."""
         from lakecurate.concepts import sequence
 
+        keywords("sequence", options, sequence, skip=2)
         return sequence(self, mode, **options)
 
     def export(self, dest: str | os.PathLike, format: str = "webdataset", **options: Any) -> Any:
         """WebDataset / Parquet / Lance export of the chosen rows; see :func:`lakecurate.export.export`."""
         from lakecurate.export import export
 
+        keywords("export", options, export, skip=3)
         return export(self, dest, format, **options)
 
     def evaluate(self, view: str | None = None, **options: Any) -> Any:
@@ -192,18 +199,21 @@ class Lake(Store):
         learning curves and speed-ups; see :func:`lakecurate.evaluate.evaluate`."""
         from lakecurate.evaluate import evaluate
 
+        keywords("evaluate", options, evaluate, skip=2)
         return evaluate(self, view, **options)
 
     def report(self, out: str | os.PathLike, **options: Any) -> Any:
         """Write the HTML curation report (thumbnails, counts, plots); see :func:`lakecurate.report.report`."""
         from lakecurate.report import report
 
+        keywords("report", options, report, skip=2)
         return report(self, out, **options)
 
     def add_feature(self, name: str, fn: Any, **options: Any) -> Any:
         """Add a user-defined feature column computed per fragment; see :func:`lakecurate.features.add_feature`."""
         from lakecurate.features import add_feature
 
+        keywords("add_feature", options, add_feature, skip=3)
         return add_feature(self, name, fn, **options)
 
     def search(self, query: Any, k: int = 10, **options: Any) -> pd.DataFrame:
@@ -213,6 +223,7 @@ class Lake(Store):
         """
         from lakecurate.search import search
 
+        keywords("search", options, search, skip=3)
         return search(self, query, k, **options)
 
     def review(self, ids: Sequence[str], **options: Any) -> dict[str, Any]:
@@ -222,18 +233,21 @@ class Lake(Store):
         """
         from lakecurate.review import mark
 
+        keywords("review", options, mark, skip=2)
         return mark(self, ids, **options)
 
     def undo_review(self, action: str, **options: Any) -> dict[str, Any]:
         """Restore what a review action's rows held before it; see :func:`lakecurate.review.undo`."""
         from lakecurate.review import undo
 
+        keywords("undo_review", options, undo, skip=2)
         return undo(self, action, **options)
 
     def serve(self, **options: Any) -> None:
         """Browse, search and review this lake in a browser; see :func:`lakecurate.serve.serve`."""
         from lakecurate.serve import serve
 
+        keywords("serve", options, serve)
         serve(self, **options)
 
     def run(self, pipeline: Any, **options: Any) -> Any:
@@ -246,6 +260,7 @@ class Lake(Store):
         """
         from lakecurate.pipeline import run
 
+        keywords("run", options, run, skip=2)
         return run(self, pipeline, **options)
 
     def status(self, version: int | str | None = None) -> dict[str, Any]:
@@ -283,6 +298,8 @@ class Lake(Store):
         from lakecurate.columns import field_provenance, has_data
         from lakecurate.graph import MANUAL
 
+        target_rows = whole("target_rows", target_rows, 1)  # (-5 was an OverflowError, 0 accepted)
+
         def run() -> int:
             ds = self.dataset()
             # (a reviewer's columns are null until someone reviews: merging stores what they mean)
@@ -302,6 +319,7 @@ class Lake(Store):
         """Rows added/removed between two curated views, per reason; see :func:`lakecurate.compare.diff`."""
         from lakecurate.compare import diff
 
+        keywords("diff", options, diff, skip=3)
         return diff(self, a, b, **options)
 
     def info(self) -> dict[str, Any]:

@@ -12,9 +12,11 @@ ranges say the same earlier; the library checks again for Python callers. Import
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,60 @@ def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False, high:
     if value > high:
         raise LakeError(f"invalid {option} {value!r}: expected an integer up to {high}")
     return int(value)
+
+
+def text(option: str, value: Any) -> str:
+    """``value`` as non-empty text, else a LakeError naming ``option`` (None or a number reached a
+    regex or a path join, a TypeError traceback)."""
+    if not isinstance(value, str) or not value:
+        raise LakeError(f"invalid {option} {value!r}: expected text")
+    return value
+
+
+def texts(option: str, value: Any, *, none_ok: bool = False) -> list[str] | None:
+    """One text (a list of one, not of its letters) or several (any iterable of text) as a list;
+    None only with ``none_ok``; else a LakeError naming ``option``.
+
+    >>> texts("ids", "p1"), texts("ids", ("p1", "p2"))
+    (['p1'], ['p1', 'p2'])
+    """
+    if value is None and none_ok:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Iterable) or isinstance(value, (bytes, Mapping)):
+        raise LakeError(f"invalid {option} {value!r}: expected text or a list of texts")
+    out = list(value)
+    bad = [v for v in out if not isinstance(v, str)]
+    if bad:
+        raise LakeError(f"invalid {option}: {bad[0]!r} is not text")
+    return out
+
+
+def path(option: str, value: Any) -> "str | os.PathLike[str]":
+    """``value`` as a path (text or ``os.PathLike``; an empty one is left to the caller, which says
+    what it means there), else a LakeError naming ``option``."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise LakeError(f"invalid {option} {value!r}: expected a path")
+    return value
+
+
+def keywords(what: str, given: Iterable[str], allowed: "Iterable[str] | Callable[..., Any]", *,
+             skip: int = 1, own: Iterable[str] = ()) -> None:
+    """Refuse keyword options ``what`` does not take, in one line that lists those it does (a
+    TypeError traceback otherwise, or worse, silently ignored). ``allowed``: the names, or a stage
+    function whose parameters they are, less its first ``skip`` (the lake and what the caller
+    passes by position) and ``own`` (what the caller passes itself, such as ``produce``)."""
+    if callable(allowed):
+        params = list(inspect.signature(allowed).parameters.values())[skip:]
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+        allowed = [p.name for p in params if p.kind is not p.VAR_POSITIONAL and p.name not in set(own)]
+    names = list(allowed)
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names) or "no options"
+        raise LakeError(f"{what} takes {listed}; not {', '.join(unknown)}")
 
 
 def positive(option: str, value: Any) -> float:

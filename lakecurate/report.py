@@ -708,10 +708,11 @@ def report(
     import jinja2
 
     from lakecurate.errors import LakeError
-    from lakecurate.options import writable
+    from lakecurate.options import path, writable
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
         raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")
+    path("out", out)  # (None was a TypeError traceback)
     if Path(out).is_dir():  # checked before the work; replacing it failed at the end, leaving OUT.tmp beside it
         raise LakeError(f"report: '{out}' is a folder; give the HTML file to write, e.g. {Path(out) / 'report.html'}")
     if "://" in str(out):  # (it wrote a local folder named "s3:")

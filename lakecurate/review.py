@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from lakecurate import columns
 from lakecurate.errors import LakeError
+from lakecurate.options import texts
 from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
 
@@ -92,7 +93,8 @@ def declare(lake: "Store") -> None:
 def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str | None, label: str | None,
            by: str | None) -> tuple[list[str], str | None, str | None, str | None, str]:
     allowed = labels(lake)
-    if any(not isinstance(i, str) or not i for i in ids):  # before the dict: a JSON list or object is unhashable
+    ids = texts("review ids", ids)  # one id is a list of one, not of its letters; None was a TypeError
+    if any(not i for i in ids):  # before the dict: a JSON list or object is unhashable
         raise LakeError("review: row ids are the lake's pair ids (non-empty text)")
     ids = list(dict.fromkeys(ids))
     if not ids:

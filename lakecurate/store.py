@@ -34,7 +34,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
-from lakecurate.options import whole
+from lakecurate.options import texts, whole
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
@@ -129,13 +129,14 @@ class Store:
 
     def __init__(self, uri: str | os.PathLike, storage_options: dict[str, str] | None = None, *,
                  branch: str | None = None):
-        uri = os.fspath(uri)
+        uri = os.fspath(uri) if isinstance(uri, (str, os.PathLike)) else uri  # (None, 5: a TypeError traceback)
         if not isinstance(uri, str) or not uri.strip():  # "" was the working directory, made a lake
-            raise LakeError(f"the lake path is empty ({uri!r}); give a folder (or object-store URI) for the lake")
+            what = "empty" if isinstance(uri, str) else "not a path"
+            raise LakeError(f"the lake path is {what} ({uri!r}); give a folder (or object-store URI) for the lake")
         self.uri = uri if "://" in uri else os.path.abspath(uri)
         self.storage_options = storage_options
         self.main_uri = _join(self.uri, f"{TABLE}.lance")
-        if branch is not None and not BRANCH_RE.match(branch):
+        if branch is not None and (not isinstance(branch, str) or not BRANCH_RE.match(branch)):
             raise LakeError(f"branch name {branch!r} is not valid; use letters, digits, '.', '_' and '-'")
         self.branch = branch if branch not in (None, "main") else None
         # A Lance branch is a table of its own under tree/<name> that shares main's data files, so
@@ -333,9 +334,9 @@ class Store:
 
         ds = self.dataset()
         where = check_where(where, "where", ds)
+        columns = texts("columns", columns, none_ok=True)  # "key" is one column, not three letters; 5 a TypeError
         if columns is None:
             columns = [n for n in ds.schema.names if n != "image"]
-        columns = [columns] if isinstance(columns, str) else list(columns)  # "key" is one column, not three letters
         limit = whole("limit", limit, 0, none_ok=True)  # -1 returned no rows, 2.5 a Lance error
         if len(set(columns)) < len(columns):  # (Lance refused some repeats, and repeated others)
             raise LakeError(f"columns {columns}: name each column once")
@@ -560,7 +561,7 @@ class Store:
 
         On a branch the tag points at the branch's version; ``lake.dataset(name)`` reopens it.
         """
-        if not BRANCH_RE.match(name) or name.isdigit():  # a number would read as a version number
+        if not isinstance(name, str) or not BRANCH_RE.match(name) or name.isdigit():  # a number would read as a version
             raise LakeError(f"tag name {name!r} is not valid; use up to 100 letters, digits, '.', '_' and '-', "
                             f"not only digits")
         ds = self.dataset()
@@ -590,7 +591,7 @@ class Store:
             exp = lake.create_branch("exp-strict")
             exp.curate("strict")            # main's keep column is unchanged
         """
-        if not BRANCH_RE.match(name) or name == "main" or name.isdigit():  # a number reads as a version
+        if not isinstance(name, str) or not BRANCH_RE.match(name) or name == "main" or name.isdigit():  # a number reads as a version
             raise LakeError(f"branch name {name!r} is not valid; use letters, digits, '.', '_' and '-' (not 'main', "
                             "not only digits)")
         if name in self.branches():
@@ -604,7 +605,8 @@ class Store:
                 self._open_version(self._branch_uri(branch), number, branch)
             ref: Any = number if isinstance(number, str) else (branch, number)
         else:
-            ref = (self.branch, self.dataset(int(source)).version if source is not None else None)  # LakeError if not a version
+            # (int(2.5) branched from version 2: a version is a number, a tag or a branch, as dataset() takes it)
+            ref = (self.branch, self.dataset(source).version if source is not None else None)  # LakeError if not a version
         self._forget_branch(name)  # leftovers of an earlier branch of this name (deleted by plain Lance, say)
         self.dataset().create_branch(name, ref)
         return type(self)(self.uri, self.storage_options, branch=name)
@@ -654,6 +656,9 @@ class Store:
         (``version`` is the latest, or the latest is a restore of it: a second restore made another
         commit of the same state).
         """
+        if version is None:  # (it "restored" the latest version: nothing, silently)
+            raise LakeError("restore needs a version: a number or a tag of this branch; see: "
+                            f"lakecurate log {self.shell}")
         old = self.dataset(version)
         branch = self._ref(version)[0] if isinstance(version, str) and not version.isdigit() else self.branch
         if branch != self.branch:
@@ -672,8 +677,7 @@ class Store:
         """The latest versions of this branch, newest first: number, time, operation (Lance's),
         rows, tags, and with ``changes`` what each version changed (:func:`_change`: "embed: +4
         columns clip_vitb32_image, ...", "+28 rows"; each version's schema is read for it)."""
-        if limit is not None and limit < 0:
-            raise LakeError(f"a log of {limit} versions: give a count >= 0 (or None for all)")
+        limit = whole("limit", limit, 0, none_ok=True)  # a count of versions, or None for all
         ds = self.dataset()
         every = ds.versions()
         versions = every[::-1][:limit]
@@ -724,6 +728,10 @@ class Store:
         Tagged versions and the latest stay readable. Overwrites and compactions keep the old files
         (time travel) until this runs.
         """
+        # 5: days? versions? (a TypeError); past ~10**8 days Lance panicked (a date before year 1)
+        if not isinstance(older_than, timedelta) or not timedelta(0) <= older_than <= timedelta(days=10**6):
+            raise LakeError(f"invalid older_than {older_than!r}: expected a datetime.timedelta from 0 to 10**6 days, "
+                            "such as timedelta(days=7) (what the CLI's --older-than-days 7 passes)")
         # Tagged versions are kept (each recipe's tag is a curated set); Lance would refuse the whole
         # cleanup when a tagged version is old enough, so it is told to skip them instead.
         stats = self.dataset().cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)

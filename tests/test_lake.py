@@ -73,6 +73,54 @@ def test_info_versions_tags_and_time_travel(sample_lake: Lake):
     assert stats["old_versions"] == 0  # nothing old enough: tagged and recent versions stay
 
 
+def test_api_argument_types_are_one_line_errors_naming_the_argument(sample_lake: Lake):
+    """A wrong type reached a regex, a slice or Lance (TypeError, OverflowError tracebacks), or was
+    taken wrongly in silence: create_branch("b3", 2.5) branched from version 2, diff(None) compared
+    the latest with itself (one side labelled "None"), compact(0) ran. Unknown keywords are refused
+    the way signals() refuses them, naming what the method takes."""
+    from datetime import timedelta
+
+    lake = sample_lake
+    v = lake.version
+    calls = [(lambda: lake.tag(None), "tag name None is not valid"),
+             (lambda: lake.tag(5), "tag name 5 is not valid"),
+             (lambda: lake.create_branch(None), "branch name None is not valid"),
+             (lambda: lake.create_branch("b3", 2.5), "version 2.5: give a version number"),
+             (lambda: lake.history("a"), "invalid limit 'a'"),
+             (lambda: lake.history(1.5), "invalid limit 1.5"),
+             (lambda: lake.compact(-5), "invalid target_rows -5"),
+             (lambda: lake.compact("a"), "invalid target_rows 'a'"),
+             (lambda: lake.compact(0), "invalid target_rows 0"),
+             (lambda: lake.cleanup(5), "invalid older_than 5: expected a datetime.timedelta"),
+             (lambda: lake.cleanup(timedelta(days=-1)), "invalid older_than"),
+             (lambda: lake.cleanup(timedelta.max), "invalid older_than"),  # (a Lance panic)
+             (lambda: lake.to_pandas(5), "invalid columns 5"),
+             (lambda: lake.review(None, verdict="drop", reason="x"), "invalid review ids None"),
+             (lambda: lake.dup_pairs(5), "invalid ids 5"),
+             (lambda: lake.signals(None), "invalid signal kinds None"),
+             (lambda: lake.embed(None), "invalid model None"),
+             (lambda: lake.curate(None), "invalid recipe None"),
+             (lambda: lake.dedup(None), "invalid methods None"),
+             (lambda: lake.export(None), "invalid dest None"),
+             (lambda: lake.ingest(None), "invalid source None"),
+             (lambda: lake.report(None), "invalid out None"),
+             (lambda: lake.diff(None), "diff needs version A"),
+             (lambda: lake.restore(None), "restore needs a version"),
+             (lambda: Lake.open(5), "the lake path is not a path"),
+             (lambda: Lake.open(lake.uri, branch=5), "branch name 5 is not valid"),
+             (lambda: lake.embed("tiny-random", bogus=1), r"embed takes pretrained, .* and tokenize; not bogus"),
+             (lambda: lake.curate("basic", bogus=1, other=2), "curate takes progress, dry_run, overrides and engine; not bogus, other"),
+             (lambda: lake.curate("basic", produce=None), "curate takes .*; not produce"),  # the facade passes its own
+             (lambda: lake.add_feature("f_x", len, bogus=1), "add_feature takes inputs, .*; not bogus"),
+             (lambda: lake.cluster(4, progress=False), "cluster takes .*; not progress")]
+    for call, match in calls:
+        with pytest.raises(LakeError, match=match) as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert lake.version == v and "b3" not in lake.branches() and not lake.dataset().tags.list()
+    assert lake.dup_pairs("x").empty  # one id, not its letters (a list of one, as to_pandas("key") is one column)
+
+
 def test_api_arguments_are_checked_with_one_line_errors(sample_lake: Lake):
     """Each reached Lance or Python unchecked: a raw error, or a quiet wrong answer (sql(limit=-1)
     returned no rows, diff(examples=-1) every id but the last, a repeated column came back twice)."""
