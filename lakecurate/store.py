@@ -158,9 +158,22 @@ class Store:
     # ----------------------------------------------------------------- open / create
     @classmethod
     def create(cls, uri: str | os.PathLike, *, exist_ok: bool = True, **kw: Any) -> "Store":
-        """Create an empty lake (or open it if it exists and ``exist_ok``)."""
+        """Create an empty lake, or with ``exist_ok`` (the default) open the lake already there,
+        unchanged: what ``lakecurate ingest`` into a new or existing lake does, and a script run
+        twice. ``exist_ok=False`` refuses an existing lake (a LakeError): a new lake, or nothing.
+
+        Example::
+
+            lake = Lake.create("./lake")                  # new, or the one there
+            Lake.create("./lake", exist_ok=False)         # LakeError: lake '.../lake' already exists
+        """
+        if not isinstance(exist_ok, bool):  # ("no" is true)
+            raise LakeError(f"exist_ok must be True or False, not {exist_ok!r}")
         lake = cls(uri, **kw)
         if lake.branch is not None:
+            if not exist_ok:  # (it opened the branch: nothing new, and nothing said so)
+                raise LakeError(f"Lake.create makes a new lake, not branch '{lake.branch}' of one; make a branch with "
+                                f"lake.create_branch('{lake.branch}')")
             return cls.open(uri, **kw)  # branches are made with create_branch, never implicitly
         if lake.exists():
             if not exist_ok:
@@ -353,8 +366,10 @@ class Store:
         return ds.to_table(columns=list(columns), filter=where, limit=limit).to_pandas()
 
     def read_images(self, ids: str | Sequence[str]) -> list[bytes | None]:
-        """Image bytes for the given pair ids, in the same order (None where absent); one id (a
-        string) is a list of one, not of its characters."""
+        """Image bytes for the given pair ids, in the same order; None where a row has no image (an
+        ingest error that kept none). One id (a string) is a list of one, not of its characters. An
+        id that is not in the lake is a LakeError naming it: it read as None, like a row without an
+        image."""
         ds = self.dataset()
         if not hasattr(ids, "__iter__"):  # (None, a number)
             raise LakeError(f"read_images takes a pair id or a list of them, not {ids!r}")
@@ -367,7 +382,12 @@ class Store:
 
         tbl = ds.to_table(columns=["id"], filter=f"id IN ({in_list(id_list)})", with_row_id=True)
         rowids = dict(zip(tbl.column("id").to_pylist(), tbl.column("_rowid").to_pylist()))
-        wanted = [rowids[i] for i in id_list if i in rowids]
+        unknown = list(dict.fromkeys(i for i in id_list if i not in rowids))
+        if unknown:
+            shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise LakeError(f"no pair of lake '{self.uri}' (version {ds.version}) has id {shown}; find ids with: "
+                            f"lakecurate sql {self.shell} \"SELECT id, key FROM pairs LIMIT 10\"")
+        wanted = [rowids[i] for i in id_list]
         blobs = dict(zip(wanted, self._read_blobs(ds, wanted)))
         return [blobs.get(rowids.get(i)) for i in id_list]
 

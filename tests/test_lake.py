@@ -29,6 +29,39 @@ def test_open_missing_lake_says_how_to_create(tmp_path: Path):
     assert Lake.open(tmp_path / "l").count() == 0
 
 
+def test_create_of_an_existing_lake_and_images_of_unknown_ids(sample_lake: Lake, tmp_path: Path):
+    """create opens the lake there (what ingest into a new or existing lake needs), exist_ok=False
+    refuses it, on a branch too (it opened the branch); read_images of an id the lake lacks read as
+    None, the same as a row without an image: it is an error naming the ids."""
+    import pyarrow as pa
+
+    from .conftest import pair_rows
+
+    lake = sample_lake
+    again = Lake.create(lake.uri)
+    assert (again.version, again.count()) == (lake.version, lake.count())
+    lake.create_branch("exp")
+    with pytest.raises(LakeError, match="already exists"):
+        Lake.create(lake.uri, exist_ok=False)
+    with pytest.raises(LakeError, match=r"makes a new lake, not branch 'exp' of one; .*create_branch"):
+        Lake.create(lake.uri, branch="exp", exist_ok=False)
+    assert Lake.create(lake.uri, branch="exp").branch == "exp"
+    with pytest.raises(LakeError, match="exist_ok must be True or False, not 'no'"):
+        Lake.create(tmp_path / "new", exist_ok="no")
+    assert not (tmp_path / "new").exists()
+
+    ids = lake.to_pandas(["id"], limit=2)["id"].tolist()
+    with pytest.raises(LakeError, match=r"no pair of lake .* has id 'no-such-id', 'other'; find ids with: lakecurate sql"):
+        lake.read_images([ids[0], "no-such-id", "other", "no-such-id"])
+    with pytest.raises(LakeError, match="has id 'p1'"):
+        lake.read_images("p1")  # one id, not its letters
+    assert lake.read_images(ids[0]) == lake.read_images(ids)[:1] and lake.read_images(ids)[0]
+    rows = pair_rows(0, 1)
+    lake.append(rows.set_column(rows.schema.get_field_index("image"), rows.schema.field("image"),
+                                pa.nulls(1, rows.schema.field("image").type)))
+    assert lake.read_images(["p0000000", ids[0]]) == [None, lake.read_images(ids[0])[0]]  # a row without an image
+
+
 def test_sql_matches_pandas(sample_lake: Lake):
     df = sample_lake.to_pandas(["ingest_status", "width", "format"])
     got = sample_lake.sql("SELECT ingest_status, COUNT(*) AS n FROM pairs GROUP BY ingest_status ORDER BY ingest_status")
