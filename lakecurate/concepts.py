@@ -325,7 +325,46 @@ def _softmax_weights(sizes: np.ndarray, complexity_: np.ndarray, temperature: fl
 
 # --------------------------------------------------------------------------- stages
 @dataclass
+class ClusterReport:
+    """What :func:`cluster` did: ``k`` concepts over ``rows`` embedded rows, each concept's size,
+    the versions it wrote (none when the concepts were there already)."""
+    lake: str
+    embedding: str
+    k: int = 0
+    rows: int = 0
+    concepts: list[dict[str, Any]] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SequenceReport:
+    """What :func:`sequence` did: ``rows`` ordered (``mode``, among ``where``) into ``shards`` of
+    ``shard_size``; ``version``: the version that holds this order (the one written, or the one read
+    when it held the order already). ``report["rows"]`` reads a field as the dict it once was did."""
+    lake: str
+    mode: str
+    rows: int = 0
+    shards: int = 0
+    shard_size: int = 0
+    where: str | None = None
+    version: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __getitem__(self, key: str) -> Any:  # (sequence returned a dict: res["rows"] still reads)
+        return self.to_dict()[key]
+
+
+@dataclass
 class ConceptReport:
+    """What :func:`rebalance` did: ``target`` of ``rows`` candidates, ``kept`` of them (with their
+    repeats: ``exported_rows``), each concept's budget."""
     lake: str
     embedding: str
     k: int = 0
@@ -364,7 +403,7 @@ def assign_fragment(uri: str, version: int, storage_options: dict | None, fragme
 
 
 def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None, seed: int = 0,
-            recompute: bool = False, engine: str = "local", address: str | None = None) -> ConceptReport:
+            recompute: bool = False, engine: str = "local", address: str | None = None) -> ClusterReport:
     """k-means concepts of the image embeddings: ``concept`` and ``concept_dist`` columns.
 
     The clustering is a global fit: a run with the same settings on a lake with new rows re-fits
@@ -407,7 +446,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         if had.get("embedding") == emb and isinstance(had.get("k"), int) and had["k"] <= n_valid:
             k = had["k"]
     k = int(k or min(default_k(n_valid), n_valid))  # (one row: one concept, not 2 with one empty)
-    report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
+    report = ClusterReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
     src = LanceVectors(ds, col, np.flatnonzero(valid))
     cent = fit_centroids(src, k, seed)
     label = np.full(len(valid), -1, np.int32)
@@ -620,7 +659,7 @@ def _kept(frags: list, where: str | None, rule: str, seed: int, threshold: np.nd
 
 def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: str | None = None,
              where: str | None = None, shard_size: int = 10_000, allow_stale: bool = False,
-             progress: bool | None = None) -> dict[str, Any]:
+             progress: bool | None = None) -> SequenceReport:
     """Write ``seq_order`` (0.. over the selected rows, null elsewhere) and ``seq_shard``.
 
     ``mode``: "random" (seeded shuffle), "curriculum" (ascending ``score`` column: easy first when
@@ -635,7 +674,10 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     concept, then by rank inside it), and each row's place is filed by fragment and written a
     fragment at a time. (Since 2026-12 a seed gives another random order than before: the draw is
     a key a row, not one whole-lake permutation.) ``progress``: a bar over the rows keyed and written.
+
+    Returns a :class:`SequenceReport` (``report["rows"]`` as well as ``report.rows``).
     """
+    t0 = time.perf_counter()
     if mode not in ("random", "curriculum", "interleave"):
         raise LakeError(f"unknown order {mode!r}; choose random, curriculum or interleave")
     shard_size = whole("--shard-size", shard_size, 1)
@@ -739,8 +781,10 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
                             "seq_shard": pa.array((order // shard_size).astype(np.int32), pa.int32(), mask=mask)})
             bar.update(t.num_rows)
     bar.close()
-    commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
-    return {"mode": mode, "rows": n, "shards": int(-(-n // shard_size)), "where": where}
+    _, version = commit_decisions(lake, changed, sources=prov["source_columns"], read_version=ds.version)
+    return SequenceReport(lake=lake.uri, mode=mode, rows=n, shards=int(-(-n // shard_size)), shard_size=shard_size,
+                          where=where, version=version if version is not None else ds.version,
+                          seconds=time.perf_counter() - t0)
 
 
 _ORDER = np.dtype([("key", np.uint64), ("addr", np.uint64)])  # a chosen row by its order key

@@ -123,11 +123,16 @@ def test_json_outputs_parse_and_carry_the_text_outputs_facts(runner: CliRunner, 
         assert res.exit_code == 0, (args, res.output)
         return json.loads(res.stdout)
 
-    assert run("cluster", curated, "-k", "2")["k"] == 2
+    clu = run("cluster", curated, "-k", "2")
+    assert clu["k"] == 2 and clu["lake"] == curated and sum(c["size"] for c in clu["concepts"]) == clu["rows"]
+    assert not {"target", "kept", "exported_rows"} & set(clu)  # rebalance's fields (always 0 in cluster's report)
     reb = run("rebalance", curated, "--target", "0.5")
     assert reb["kept"] == Lake.open(curated).count("rebalance_keep") and len(reb["concepts"]) == 2
     seq = run("sequence", curated, "--shard-size", "3")
     assert seq["rows"] == reb["kept"] and seq["shards"] == -(-seq["rows"] // 3)
+    # like the other commands: the lake, the version written (the order is in it), the time taken
+    assert seq["lake"] == curated and seq["version"] == Lake.open(curated).version and seq["seconds"] > 0
+    assert Lake.open(curated).dataset(seq["version"]).count_rows(filter="seq_order IS NOT NULL") == seq["rows"]
     exp = run("export", curated, str(tmp_path / "out"), "--format", "parquet")
     assert exp["rows"] == reb["kept"] and exp["format"] == "parquet"
     rep = run("report", curated, str(tmp_path / "r.html"), "--sample-rows", "10")

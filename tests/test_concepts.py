@@ -495,6 +495,7 @@ def test_a_plain_re_run_of_cluster_after_new_rows_keeps_its_k(sample_lake_embedd
 
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     first = lake.cluster()
+    assert set(first.to_dict()) == {"lake", "embedding", "k", "rows", "concepts", "versions", "seconds"}  # no rebalance fields
     more = tmp_path / "more"
     shutil.copytree(SAMPLE_DATA, more)
     for p in more.glob("*.txt"):  # other captions: new rows
@@ -516,7 +517,9 @@ def test_sequence_with_no_decision_orders_only_what_ingest_accepted(tmp_path):
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(SAMPLE_DATA, progress=False)
     out = lake.sequence("random", shard_size=5)
-    assert out["where"] == "ingest_status != 'error'"
+    assert out["where"] == out.where == "ingest_status != 'error'"  # a report, read as the dict it was too
+    assert out.to_dict() == {"lake": lake.uri, "mode": "random", "rows": out.rows, "shards": -(-out.rows // 5),
+                             "shard_size": 5, "where": out.where, "version": lake.version, "seconds": out.seconds}
     assert lake.count("seq_order IS NOT NULL") == out["rows"] == lake.count("ingest_status != 'error'") < lake.count()
 
 
