@@ -198,17 +198,27 @@ class _Group(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["lakecurate.json"] = "--json" in args
-        return super().parse_args(ctx, args)
+        try:  # the group's own options (--branch, --progress and their env variables) are parsed here
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:  # bare `lakecurate`: the help
+            raise
+        except click.UsageError as exc:  # (LAKECURATE_PROGRESS=bogus: usage text, no JSON error)
+            raise _one_line(ctx, exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            if isinstance(exc, _OneLineUsageError):
-                raise
-            if ctx.meta.get("lakecurate.json"):
-                echo_json({"error": exc.format_message()})
-            raise _OneLineUsageError(exc) from None
+            raise _one_line(ctx, exc) from None
+
+
+def _one_line(ctx: click.Context, exc: click.UsageError) -> click.UsageError:
+    """A usage error as one line on stderr, and with ``--json`` as ``{"error": ...}`` on stdout."""
+    if isinstance(exc, _OneLineUsageError):
+        return exc
+    if ctx.meta.get("lakecurate.json"):
+        echo_json({"error": exc.format_message()})
+    return _OneLineUsageError(exc)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -259,6 +259,20 @@ def test_json_usage_errors_are_json_on_stdout(bad_env: dict[str, str], args: lis
     assert set(got) == {"error"} and got["error"] in res.stderr
 
 
+@pytest.mark.parametrize("args, env", [(["info", "{lake}", "--json"], {"LAKECURATE_PROGRESS": "bogus"}),
+                                       (["--bogus", "info", "{lake}", "--json"], {})])
+def test_json_usage_errors_of_the_group_options_are_json_on_stdout(bad_env: dict[str, str], args: list[str],
+                                                                   env: dict[str, str]):
+    """The group's own options (--branch, --progress, their env variables) are parsed before any
+    command: a bad one gave click's usage text on stderr and nothing on stdout, even with --json."""
+    res = CliRunner().invoke(main, [a.format(**bad_env) for a in args], env=env)
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "Usage:" not in res.stderr, res.output
+    got = json.loads(res.stdout)
+    assert set(got) == {"error"} and got["error"] in res.stderr
+    if env:
+        assert "'bogus' in the environment variable LAKECURATE_PROGRESS is not a boolean" in got["error"]
+
+
 def test_paths_kinds_and_names_a_hostile_tester_tried(tmp_path: Path, monkeypatch):
     """Each was a traceback, a lake made where none was asked for, or a misleading line."""
     from lakecurate import ingest
