@@ -208,19 +208,21 @@ def _parent(ds: "lance.LanceDataset", branch_ds: "lance.LanceDataset") -> tuple[
 
 # The log up to a version never changes, so its reading is kept per (table, version): status,
 # export and diff each ask several questions of one version.
-_WRITES: dict[tuple[str, int], dict[str, dict[int, Write]]] = {}
-_HOLES: dict[tuple[str, int], dict[str, set[int]]] = {}
+_WRITES: dict[tuple[str, int], tuple[dict[str, dict[int, Write]], dict[str, set[int]]]] = {}  # writes, merged holes
 
 
 def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
     """See :func:`_last_writes`; cached per table version (a few entries)."""
+    return {c: dict(per) for c, per in _log(ds)[0].items()}
+
+
+def _log(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]]]:
     key = (ds.uri, ds.version)
     if key not in _WRITES:
         if len(_WRITES) > 16:
-            _HOLES.pop(next(iter(_WRITES)), None)
             _WRITES.pop(next(iter(_WRITES)))
-        _WRITES[key], _HOLES[key] = _last_writes(ds)
-    return {c: dict(per) for c, per in _WRITES[key].items()}
+        _WRITES[key] = _last_writes(ds)
+    return _WRITES[key]
 
 
 def merged_holes(ds: "lance.LanceDataset") -> dict[str, set[int]]:
@@ -228,9 +230,7 @@ def merged_holes(ds: "lance.LanceDataset") -> dict[str, set[int]]:
     ``compact_files``) merged from fragments of which some held the column and some did not: the
     rows of the latter hold nulls that no run computed, and being filled, the fragment is never
     computed again (see :func:`_last_writes`)."""
-    if (ds.uri, ds.version) not in _HOLES:
-        last_writes(ds)
-    return _HOLES[(ds.uri, ds.version)]
+    return _log(ds)[1]
 
 
 def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]]]:
@@ -411,7 +411,7 @@ def _failed(lake: "Store", ds: "lance.LanceDataset", st: NodeState) -> None:
     col = node.columns[0]
     if f"{col}_error" not in node.columns:
         return
-    st.rows_failed = ds.count_rows(filter=f"{col} IS NULL AND {col}_error LIKE 'endpoint:%'")
+    st.rows_failed = _count(ds, f"{col} IS NULL AND {col}_error LIKE 'endpoint:%'")
     if st.rows_failed:
         st.retry = fix_command(lake, node, "incomplete", ds) + " --retry-errors"
 
@@ -550,20 +550,24 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
                               f"curate ran); run it again to judge them")
 
 
-_UNJUDGED: dict[tuple[str, int], int] = {}
+_COUNTS: dict[tuple[str, int, str], int] = {}
+
+
+def _count(ds: "lance.LanceDataset", where: str) -> int:
+    """Rows of this version matching ``where`` (a scan of its columns: cached per version, as the
+    commit log is; status asks the graph several times)."""
+    key = (ds.uri, ds.version, where)
+    if key not in _COUNTS:
+        if len(_COUNTS) > 256:
+            _COUNTS.pop(next(iter(_COUNTS)))
+        _COUNTS[key] = ds.count_rows(filter=where)
+    return _COUNTS[key]
 
 
 def _unjudged(ds: "lance.LanceDataset") -> int:
-    """Rows ingest accepted whose ``keep`` is null at this version (a scan of two columns: cached
-    per version, as the commit log is)."""
-    key = (ds.uri, ds.version)
-    if key not in _UNJUDGED:
-        if len(_UNJUDGED) > 64:
-            _UNJUDGED.pop(next(iter(_UNJUDGED)))
-        status = "ingest_status" in ds.schema.names
-        _UNJUDGED[key] = ds.count_rows(filter="keep IS NULL" + (
-            " AND (ingest_status IS NULL OR ingest_status <> 'error')" if status else ""))
-    return _UNJUDGED[key]
+    """Rows ingest accepted whose ``keep`` is null at this version."""
+    status = "ingest_status" in ds.schema.names
+    return _count(ds, "keep IS NULL" + (" AND (ingest_status IS NULL OR ingest_status <> 'error')" if status else ""))
 
 
 def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,
