@@ -76,6 +76,16 @@ def path(option: str, value: Any) -> "str | os.PathLike[str]":
     return value
 
 
+def parameters(fn: "Callable[..., Any]", *, skip: int = 1, own: Iterable[str] = ()) -> list[str] | None:
+    """The keyword options a stage function takes: its parameters less its first ``skip`` (the lake
+    and what the caller passes by position) and ``own`` (what the caller passes itself); None when
+    it takes any (``**options``)."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind is not p.VAR_POSITIONAL and p.name not in set(own)]
+
+
 def keywords(what: str, given: Iterable[str], allowed: "Iterable[str] | Callable[..., Any]", *,
              skip: int = 1, own: Iterable[str] = ()) -> None:
     """Refuse keyword options ``what`` does not take, in one line that lists those it does (a
@@ -83,10 +93,10 @@ def keywords(what: str, given: Iterable[str], allowed: "Iterable[str] | Callable
     function whose parameters they are, less its first ``skip`` (the lake and what the caller
     passes by position) and ``own`` (what the caller passes itself, such as ``produce``)."""
     if callable(allowed):
-        params = list(inspect.signature(allowed).parameters.values())[skip:]
-        if any(p.kind is p.VAR_KEYWORD for p in params):
+        taken = parameters(allowed, skip=skip, own=own)
+        if taken is None:
             return
-        allowed = [p.name for p in params if p.kind is not p.VAR_POSITIONAL and p.name not in set(own)]
+        allowed = taken
     names = list(allowed)
     unknown = sorted(set(given) - set(names))
     if unknown:

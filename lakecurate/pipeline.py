@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lakecurate import graph
+from lakecurate import graph, options
 from lakecurate.errors import LakeError
 from lakecurate.names import DECISIONS, default_view, embedding_columns
 
@@ -148,7 +148,7 @@ def load_pipeline(spec: str | os.PathLike | Mapping[str, Any], *, lake_uri: str 
 def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_uri: str) -> dict[str, Any]:
     """Unknown keys and the options that can be checked without the lake, refused with the file and step."""
     fn = _stage_functions()[step]
-    params = [p for p in list(inspect.signature(fn).parameters)[1:] if p not in _OWN]
+    params = options.parameters(fn, own=_OWN) or []  # (the same list Lake's methods check their options by)
     valid = (set(params) - {"source"}) | {"sources"} if step == "ingest" else set(params)
     unknown = sorted(set(opts) - valid)
     where = f"pipeline {source}, [{step}]"
