@@ -578,17 +578,17 @@ def _manifest_ext(path: str) -> str:
     return _sniff(path) or ext
 
 
-def _arrow_batches(path: str, columns: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+def _arrow_batches(path: str, columns: dict[str, pa.DataType], ext: str) -> Iterator[pa.RecordBatch]:
     """Record batches of a Parquet or Arrow IPC (file or stream, as ``datasets.save_to_disk`` writes)
     manifest; small batches when a column may hold image bytes, so memory stays bounded."""
     rows = 128 if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_struct(t)
                       for t in columns.values()) else 4096
-    if _manifest_ext(path) in (".parquet", ".pq"):
+    if ext in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         yield from pq.ParquetFile(path).iter_batches(batch_size=rows)
         return
-    if _manifest_ext(path) == ".lance":
+    if ext == ".lance":
         import lance
 
         yield from lance.dataset(path).to_batches(batch_size=rows)
@@ -608,10 +608,10 @@ def _open_ipc(path: str) -> Iterable[pa.RecordBatch]:
         return ipc.open_stream(path)
 
 
-def _manifest_columns(path: str) -> tuple[list[str], dict[str, pa.DataType]]:
-    """Column names of a manifest, and their Arrow types where the format has them (Parquet, Arrow).
-    Read before anything is written, so a manifest that cannot be used fails at once."""
-    ext = _manifest_ext(path)
+def _manifest_columns(path: str, ext: str) -> tuple[list[str], dict[str, pa.DataType]]:
+    """Column names of a manifest of format ``ext`` (:func:`_manifest_ext`), and their Arrow types
+    where the format has them (Parquet, Arrow). Read before anything is written, so a manifest that
+    cannot be used fails at once."""
     try:
         if ext in (".parquet", ".pq"):
             import pyarrow.parquet as pq
@@ -680,11 +680,11 @@ def _csv_header(path: str, delimiter: str) -> list[str]:
     return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), None) or []
 
 
-def _manifest_rows(path: str, columns: dict[str, pa.DataType]) -> Iterator[dict[str, Any] | Exception]:
-    """Rows of a manifest as dicts (bytes or str values); a bad JSON line yields its exception."""
-    ext = _manifest_ext(path)
+def _manifest_rows(path: str, columns: dict[str, pa.DataType], ext: str) -> Iterator[dict[str, Any] | Exception]:
+    """Rows of a manifest of format ``ext`` as dicts (bytes or str values); a bad JSON line yields
+    its exception."""
     if ext in (".parquet", ".pq", ".lance") or ext in _ARROW_EXTS:
-        for batch in _arrow_batches(path, columns):
+        for batch in _arrow_batches(path, columns, ext):
             yield from batch.to_pylist()
     elif ext in (".jsonl", ".ndjson"):
         with open(path, "rb") as f:
@@ -802,22 +802,23 @@ def iter_manifest(
     path = os.path.realpath(path)
     base = os.path.realpath(image_dir or os.path.dirname(path))
     root = os.path.realpath(root or base)
-    names, types = _manifest_columns(path)
+    ext = _manifest_ext(path)  # decided once: a file named without an extension is sniffed by its bytes
+    names, types = _manifest_columns(path, ext)
     icol = ccol = None
     if names:  # a JSONL without one valid object has no columns: every line becomes a flagged row
         icol = _pick(names, image_col, IMAGE_COLUMNS, "image path", path, "--image-col")
         ccol = _pick(names, caption_col, CAPTION_COLUMNS, "caption", path, "--caption-col")
         if key_col and key_col not in names:
             raise IngestError(f"{path}: no column '{key_col}' (columns: {', '.join(names)}); fix --key-col")
-    return _manifest_candidates(path, base, root, icol, ccol, key_col, types)
+    return _manifest_candidates(path, ext, base, root, icol, ccol, key_col, types)
 
 
-def _manifest_candidates(path: str, base: str, root: str, icol: str | None, ccol: str | None, key_col: str | None,
+def _manifest_candidates(path: str, ext: str, base: str, root: str, icol: str | None, ccol: str | None, key_col: str | None,
                          types: dict[str, pa.DataType]) -> Iterator[Candidate]:
     in_cell = _holds_bytes(types.get(icol)) if icol else False
     # Parquet/Arrow binary or struct columns other than the image may hold bytes: left out of meta
     binary = {k for k, t in types.items() if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_struct(t)}
-    for rowno, row in enumerate(_manifest_rows(path, types), 1):
+    for rowno, row in enumerate(_manifest_rows(path, types, ext), 1):
         if isinstance(row, Exception):
             yield Candidate(source=path, key=f"row{rowno}", flags=["manifest_row_invalid"], notes=[str(row)])
             continue
@@ -1165,10 +1166,11 @@ def open_source(
             c for f in files for c in iter_manifest(f, root, image_col, caption_col, key_col, image_dir)),
             [(f, kind) for f in files])
     if kind == "manifest":
-        if os.path.isdir(src) and not is_lance_table(src):
+        lance_table = is_lance_table(src)
+        if os.path.isdir(src) and not lance_table:
             raise IngestError(f"'{src}' is a folder, not a manifest file: name the manifest (CSV, Parquet, JSONL), "
                               "or use --kind folder for a folder of images with caption files")
-        if not os.path.isfile(src) and not is_lance_table(src):
+        if not os.path.isfile(src) and not lance_table:
             raise IngestError(f"manifest '{src}' does not exist")
         iter_manifest(src, root, image_col, caption_col, key_col, image_dir)  # checks the columns now
         return SourcePlan(kind, [os.path.realpath(src)],
