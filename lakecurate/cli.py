@@ -423,7 +423,8 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
         return
     rate = rep.rows_embedded / rep.seconds if rep.seconds else 0.0
     missing = f"{rep.errors} without embedding (see {rep.columns['error']}); " if "error" in rep.columns else ""
-    click.echo(f"embedded {rep.rows_embedded} rows in {rep.fragments_done} fragments ({rate:.1f} rows/s); "
+    again = f" ({rep.rows_refreshed} of them again: their fragments' inputs changed since)" if rep.rows_refreshed else ""
+    click.echo(f"embedded {rep.rows_embedded} rows{again} in {rep.fragments_done} fragments ({rate:.1f} rows/s); "
                f"{rep.rows_resumed} resumed from a checkpoint; {missing}columns: {', '.join(rep.columns.values())}")
     _echo_elsewhere(rep, "embed")
 

@@ -40,6 +40,7 @@ class EmbedReport:
     fragments_done: int = 0
     rows_embedded: int = 0
     rows_resumed: int = 0
+    rows_refreshed: int = 0  # of rows_embedded: rows of fragments embedded again, their image or caption changed since
     errors: int = 0
     seconds: float = 0.0
     versions: list[int] = field(default_factory=list)
@@ -357,6 +358,7 @@ def embed(
     report.fragments_total, report.fragments_done, report.versions = rep.fragments_total, rep.fragments, rep.versions
     report.rows_embedded, report.rows_resumed, report.model_load_seconds = rep.rows, rep.rows_resumed, rep.setup_seconds
     report.fragments_elsewhere, report.elsewhere = rep.fragments_elsewhere, rep.elsewhere
+    report.rows_refreshed = rep.rows_refreshed
     report.errors = rep.counts.get(names["error"], 0)
     if rep.rows or rep.rows_resumed:
         report.indexed = lake.ensure_vector_index(names["image"], *(() if index_min_rows is None else (index_min_rows,)))
@@ -386,5 +388,6 @@ def _embed_caption(lake: "Store", spec: EncoderSpec, caption: str, *, device: st
     report.fragments_total, report.fragments_done, report.versions = rep.fragments_total, rep.fragments, rep.versions
     report.rows_embedded, report.rows_resumed, report.model_load_seconds = rep.rows, rep.rows_resumed, rep.setup_seconds
     report.fragments_elsewhere, report.elsewhere = rep.fragments_elsewhere, rep.elsewhere
+    report.rows_refreshed = rep.rows_refreshed
     report.seconds = rep.seconds
     return report

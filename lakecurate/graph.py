@@ -388,7 +388,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
                     and st.state == "current":
                 st.state = "behind"
                 st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
-        st.fix = fix_command(lake, node, st.state, ds)
+        st.fix = fix_command(lake, node, ds)
         _failed(lake, ds, st)
         by_node[id(node)] = st
         out.append(st)
@@ -413,7 +413,7 @@ def _failed(lake: "Store", ds: "lance.LanceDataset", st: NodeState) -> None:
         return
     st.rows_failed = _count(ds, f"{col} IS NULL AND {col}_error LIKE 'endpoint:%'")
     if st.rows_failed:
-        st.retry = fix_command(lake, node, "incomplete", ds) + " --retry-errors"
+        st.retry = fix_command(lake, node, ds) + " --retry-errors"
 
 
 def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lance.LanceDataset") -> str:
@@ -478,18 +478,13 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     stale: dict[str, int] = {}
     holes = merged_holes(ds)  # (the cache's own sets: read, never changed)
     merged = sorted({fid for c in node.columns for fid in holes.get(c, ()) if fid in frags})
-    for fid, frag in frags.items():
-        # (rows deleted from a fragment leave the values of the others as they were: content writes)
-        mine = [content_write(writes.get(c, {}).get(fid)) or ((0, 0) if has_data(ds, frag, c) else None)
-                for c in node.columns]
-        if any(w is None for w in mine):
+    for frag in frags.values():
+        rewritten = _rewritten_sources(ds, frag, node.columns, node.sources, writes)
+        if rewritten is None:
             st.rows_missing += frag.count_rows()
             continue
-        read = min(w[1] for w in mine)
-        for src in node.sources:
-            w = content_write(writes.get(src, {}).get(fid))
-            if w is not None and w[0] > read:
-                stale[src] = max(stale.get(src, 0), w[0])
+        for src, v in rewritten.items():
+            stale[src] = max(stale.get(src, 0), v)
     if merged:  # filled, so never computed again: only a recompute gives those rows values
         st.state = "stale"
         st.reasons.append(f"{len(merged)} fragment(s) ({', '.join(map(str, merged[:5]))}) were merged by a compaction "
@@ -501,6 +496,35 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     elif st.rows_missing and not merged:
         st.state = "incomplete"
         st.reasons.append(f"{st.rows_missing} rows have no {node.columns[0]} yet")
+
+
+def _rewritten_sources(ds: "lance.LanceDataset", frag: Any, columns: Sequence[str], sources: Sequence[str],
+                       writes: dict[str, dict[int, Write]]) -> dict[str, int] | None:
+    """For one fragment: None when it has no values of ``columns`` yet; else the ``sources`` written
+    after the values were computed (source -> the version that wrote it; empty: current). Rows
+    deleted from a fragment leave the values of the others as they were (content writes)."""
+    fid = frag.fragment_id
+    mine = [content_write(writes.get(c, {}).get(fid)) or ((0, 0) if has_data(ds, frag, c) else None) for c in columns]
+    if any(w is None for w in mine):
+        return None
+    read = min(w[1] for w in mine)
+    out = {}
+    for src in sources:
+        w = content_write(writes.get(src, {}).get(fid))
+        if w is not None and w[0] > read:
+            out[src] = w[0]
+    return out
+
+
+def stale_fragments(ds: "lance.LanceDataset", columns: Sequence[str], sources: Sequence[str]) -> list[int]:
+    """The fragments of ``ds`` whose values of a per-row stage's ``columns`` are stale: an input of
+    ``sources`` was rewritten after they were computed (a caption updated with Lance), or a
+    compaction outside lakecurate merged them with rows that had none (:func:`merged_holes`). What
+    a plain run of the stage computes again, beside the fragments without values."""
+    writes, holes = _log(ds)  # (the cache's own dicts: read, never changed)
+    merged = {fid for c in columns for fid in holes.get(c, ())}
+    return [f.fragment_id for f in ds.get_fragments()
+            if f.fragment_id in merged or _rewritten_sources(ds, f, columns, sources, writes)]
 
 
 def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], frags: list[Any],
@@ -605,8 +629,9 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
 
 
 # ----------------------------------------------------------------------------- what to run
-def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.LanceDataset | None" = None) -> str:
-    """The command that recomputes ``node`` (or, ``state`` "incomplete", fills its missing rows),
+def fix_command(lake: "Store", node: Node, ds: "lance.LanceDataset | None" = None) -> str:
+    """The command that brings ``node`` up to date (a per-row stage's plain run fills its missing
+    rows and computes its stale fragments again; a global stage runs again),
     rebuilt from its provenance: every option the stage was run with, quoted, so that it can be
     pasted and runs as given (tests/test_pipeline.py runs them). ``ds``: the version the node is
     of (default: the latest), where a dedup method's embedding is looked up."""
@@ -621,9 +646,10 @@ def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.Lanc
     def opt(name: str, value: Any) -> str:  # an option given only when it was set
         return "" if value is None else f" {name} {q(str(value))}"
 
-    again = " --recompute" if state == "stale" else ""  # (a per-row run alone fills only the rows without values)
+    # (a per-row stage's plain run fills the rows without values and computes the stale fragments
+    # again: runner.run with graph.stale_fragments; --recompute would redo every row)
     if node.stage == "embed":
-        return embed_command(lake, cfg.get("prefix") or node.columns[0].rsplit("_", 1)[0], node.prov) + again
+        return embed_command(lake, cfg.get("prefix") or node.columns[0].rsplit("_", 1)[0], node.prov)
     if node.stage == "curate":
         source = str(cfg.get("source") or "")
         if not source or source.startswith("<"):  # a recipe given as a dict (the Python API): no file to name
@@ -664,18 +690,17 @@ def fix_command(lake: "Store", node: Node, state: str = "stale", ds: "lance.Lanc
         out += "".join(f" --param {q(f'{k}={json.dumps(v)}')}" for k, v in (cfg.get("params") or {}).items())
         if list(types) == [name]:  # one column: its type (a function of several declares its own)
             out += f" --type {q(str(types[name]))}"
-        return out + again
+        return out
     if node.stage.startswith("signals-"):  # `lakecurate signals` computes caption and image unless told not to
         kind = node.stage.split("-", 1)[1]
         return f"{head} signals {uri}" + "".join(
             flag for flag, on in ((f" --{kind}", kind not in ("caption", "image")), (" --no-caption", kind != "caption"),
-                                  (" --no-image", kind != "image"), (" --recompute", state == "stale")) if on)
+                                  (" --no-image", kind != "image")) if on)
     if node.stage == "embed-caption":
-        return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}" + again
+        return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}"
     if node.stage == "recaption":
         # (an endpoint's transport settings are recorded beside its config, not in it)
-        return f"{head} recaption {uri} {recaption_args({**(node.prov.get('transport') or {}), **cfg})}" + (
-            "" if state == "incomplete" else " --recompute")
+        return f"{head} recaption {uri} {recaption_args({**(node.prov.get('transport') or {}), **cfg})}"
     return f"{head} run {uri} PIPELINE.toml"  # a stage this function does not know
 
 

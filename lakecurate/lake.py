@@ -96,29 +96,16 @@ class Lake(Store):
                  engine: str = "local", recompute: bool = False, **options: Any) -> int:
         """Run the producer ``stage`` a consuming stage asked for (stages never call stages); returns
         the rows it computed (0: its columns were already filled). ``engine``: where per-row
-        producers run ("local" or "ray"); ``recompute`` (per-row producers): every row again.
-        A per-row producer waits for fragments another run of it is computing
-        (:func:`lakecurate.runner.waiting`): the consumer needs every row's value."""
+        producers run ("local" or "ray"); ``recompute`` (per-row producers): every row again (without
+        it, a run computes the rows without values and the fragments whose values are stale: an
+        input rewritten since, as a caption updated in place). A per-row producer waits for
+        fragments another run of it is computing (:func:`lakecurate.runner.waiting`): the consumer
+        needs every row's value."""
         from lakecurate import runner
 
-        if not recompute and stage != "dedup":
-            recompute = self._producer_stale(stage)
         with runner.waiting():
             return self._run_producer(stage, progress=progress, workers=workers, engine=engine, recompute=recompute,
                                       **options)
-
-    def _producer_stale(self, stage: str) -> bool:
-        """Whether a per-row producer's columns are stale (an input rewritten since: a caption updated
-        in place): a consumer then has it computed again, not only its missing rows (dedup grouped,
-        and curate decided, by the old values)."""
-        from lakecurate import graph
-        from lakecurate.names import PRODUCERS
-
-        column = PRODUCERS.get(stage)
-        ds = self.dataset()
-        if column is None or column not in ds.schema.names:
-            return False
-        return any(column in s.node.columns and s.state == "stale" for s in graph.states(self, ds))
 
     def _run_producer(self, stage: str, *, progress: bool | None, workers: int | None, engine: str, recompute: bool,
                       **options: Any) -> int:

@@ -591,10 +591,6 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
                 # the file now says another k, seed or embedding: replace the earlier concepts (the stage
                 # alone refuses that without --recompute); they stay in the lake's versions
                 opts = {**opts, "recompute": True}
-            if step == "embed" and why.startswith("stale: ") and "recompute" not in opts:
-                # an input rewritten since (a caption updated in place): the embed stage alone fills only
-                # the rows without values, so it "ran" and wrote nothing, and the step stayed stale
-                opts = {**opts, "recompute": True}
             if step == "dedup" and why.endswith(" changed") and "recompute" not in opts:
                 # a method's threshold or search changed: regroup that method alone (recompute = true
                 # would join every named method again, the semantic one hours at scale)

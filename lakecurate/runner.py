@@ -7,7 +7,11 @@ process or Ray actor (load a model), an optional ``image(blobs)`` run in the rea
 pure ``batch(state, rows) -> pa.Table``. :func:`run` then:
 
 1. declares the fields (metadata only; same config: no-op; ``recompute``: drop and re-declare);
-2. picks the fragments that have no data file for them (new rows, a killed run's rest);
+2. picks the fragments that have no data file for them (new rows, a killed run's rest), and
+   those whose values are stale (``graph.stale_fragments``: an input rewritten since, as a caption
+   updated with Lance; merged by a compaction with rows that had none): only those are computed
+   again, their files replaced (``DataReplacement`` of the stage's fields; where they share a file
+   with other columns, as after a Lance ``update``, Lance marks them gone from it);
 3. reads each fragment in batches of live rows, in spawned reader processes (Lance is not
    fork-safe; they die with their parent) when the stage decodes images, inline otherwise;
 4. runs ``batch`` and keeps every finished batch in a checkpoint (``columns.Checkpoint``) until
@@ -182,6 +186,7 @@ class RunReport:
     setup_seconds: float = 0.0
     seconds: float = 0.0
     fragments_elsewhere: int = 0  # left to another run of the stage computing them now (FragmentClaims)
+    rows_refreshed: int = 0  # rows of the fragments taken because their values were stale (graph.stale_fragments)
     elsewhere: list[str] = field(default_factory=list)  # those runs: "host pid"
 
 
@@ -657,6 +662,12 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     if recompute:  # recomputing: batches saved by an earlier run are not to be reused
         ckpt.drop()
     todo = columns.fragments_to_fill(ds, stage.names[0])
+    stale: set[int] = set()
+    if not recompute:  # and the fragments whose values are stale (an input rewritten since): those again
+        from lakecurate.graph import stale_fragments
+
+        stale = set(stale_fragments(ds, stage.names, prov["source_columns"]))
+        todo += [f for f in ds.get_fragments() if f.fragment_id in stale]
     report.fragments_total = len(todo)
     if max_fragments is not None:
         todo = todo[:max_fragments]
@@ -667,6 +678,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         todo = [f for f in todo if f.fragment_id in set(mine)]
         report.fragments_elsewhere = len(elsewhere)
         report.elsewhere = sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()})
+    report.rows_refreshed = sum(f.count_rows() for f in todo if f.fragment_id in stale)
     where = f"{stage.desc} on lake '{lake.uri}' " if stage.desc else ""
     claims.hold()
     try:

@@ -310,12 +310,17 @@ def test_a_caption_updated_in_place_makes_embed_stale_and_its_fix_and_run_recomp
                                                                                      tmp_path: Path):
     """A caption updated with Lance itself: embed is stale, and the fix status printed was the plain
     embed command, which fills only rows without values: "embedded 0 rows", still stale, and a
-    pipeline's [embed] step "ran" and wrote nothing, every time."""
+    pipeline's [embed] step "ran" and wrote nothing, every time. Then --recompute was the fix: every
+    row of the lake embedded again for one caption. The plain run now computes the stale
+    fragments again, and only those (the updated row's: Lance moved it to a fragment of its own)."""
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    names = [n for n in lake.dataset().schema.names if n.startswith("clip_tinyrandom_")]
+    files = {f.fragment_id: [d.path for d in f.metadata.files] for f in lake.dataset().get_fragments()}
     key = lake.to_pandas(["key"], limit=1)["key"][0]
+    before = lake.to_pandas(["key", *names]).set_index("key")
     lance.dataset(lake.table_uri).update({"caption": "'a new text'"}, where=f"key = '{key}'")
     st = next(s for s in lake.status()["stages"] if s["stage"] == "embed")
-    assert st["state"] == "stale" and st["fix"].endswith(" --model tiny-random --recompute")
+    assert st["state"] == "stale" and st["fix"].endswith(" --model tiny-random"), st
     pipe = tmp_path / "p.toml"
     pipe.write_text('[embed]\nmodel = "tiny-random"\nworkers = 0\n')
     v = lake.version
@@ -323,11 +328,29 @@ def test_a_caption_updated_in_place_makes_embed_stale_and_its_fix_and_run_recomp
     assert rep.steps[0].action == "ran" and rep.steps[0].versions and lake.version > v
     assert next(s for s in lake.status()["stages"] if s["stage"] == "embed")["state"] == "current"
     assert lake.run(pipe, progress=False).steps[0].action == "skipped"
+    after = lake.to_pandas(["key", *names]).set_index("key").loc[before.index]
+    image, text = (next(n for n in names if n.endswith(end)) for end in ("_image", "_text"))
+
+    def vec(df, k, col):
+        return np.asarray(df.loc[k, col], dtype=np.float32)
+
+    changed = [k for k in before.index if not np.array_equal(vec(before, k, text), vec(after, k, text), equal_nan=True)]
+    assert changed == [key]  # the text embedding of the new caption, and no other
+    assert np.array_equal(vec(before, key, image), vec(after, key, image))  # (the same image)
+    frags = lake.dataset().get_fragments()
+    assert [d.path for d in frags[0].metadata.files] == files[0]  # the other rows' values were not rewritten
     lance.dataset(lake.table_uri).update({"caption": "'another text'"}, where=f"key = '{key}'")
     fix = next(s for s in lake.status()["stages"] if s["stage"] == "embed")["fix"]
     res = CliRunner().invoke(main, ["--no-progress", *shlex.split(fix)[1:], "--workers", "0"])
     assert res.exit_code == 0, res.output
+    assert "embedded 1 rows (1 of them again: their fragments' inputs changed since)" in res.output, res.output
     assert next(s for s in lake.status()["stages"] if s["stage"] == "embed")["state"] == "current"
+    # the same values as embedding every row again
+    redo = Lake.open(shutil.copytree(lake.uri, tmp_path / "redo"))
+    redo.embed("tiny-random", workers=0, recompute=True, progress=False)
+    a, b = (x.to_pandas(["key", image, text]).set_index("key").sort_index() for x in (lake, redo))
+    for n in (image, text):
+        assert np.allclose(np.stack(a[n].dropna().to_numpy()), np.stack(b[n].dropna().to_numpy()), atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- lakecurate run
@@ -561,8 +584,9 @@ def test_rows_replaced_by_retry_errors_leave_per_row_stages_current_once_filled(
 
 
 def test_a_stale_feature_s_fix_command_runs_as_printed(sample_lake_embedded: Lake, tmp_path: Path):
-    """The fix was 'feature add LAKE dbl --udf M:F' (no inputs: refused; and without --recompute a
-    stale column is not refilled); it names its inputs, parameters, type and --recompute now."""
+    """The fix was 'feature add LAKE dbl --udf M:F' (no inputs: refused; and a stale column was not
+    refilled without --recompute); it names its inputs, parameters and type now, and the plain
+    command computes the stale fragments again."""
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     score = next(n for n in lake.dataset().schema.names if n.endswith("_score"))
     udf = tmp_path / "my udfs.py"
@@ -573,7 +597,7 @@ def test_a_stale_feature_s_fix_command_runs_as_printed(sample_lake_embedded: Lak
     assert res.exit_code == 0, res.output
     lake.embed("tiny-random", workers=0, recompute=True, progress=False)
     st = {s.node.columns[0]: s for s in graph.states(lake)}["dbl"]
-    assert st.state == "stale" and st.fix.endswith(f"--input {score} --param k=3 --type float --recompute"), st.fix
+    assert st.state == "stale" and st.fix.endswith(f"--input {score} --param k=3 --type float"), st.fix
     res = CliRunner().invoke(main, shlex.split(st.fix)[1:])
     assert res.exit_code == 0, res.output
     assert states(lake)["dbl"] == "current"

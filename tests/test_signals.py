@@ -268,15 +268,19 @@ def test_signals_recompute_replaces_values_an_older_run_made(tmp_path, monkeypat
     assert json.loads(out.output) == {"caption": 3}
     assert lake.count("cap_emails = 1") == 3
     assert lake.dataset().schema.field("img_sharpness").metadata == image_version  # a kind not chosen is left alone
-    # a stale signal's fix command recomputes (without --recompute it filled new rows only: still stale)
+    # a stale signal's fix command computes its stale fragments again (it filled new rows only: still stale)
     import shlex
+
+    import lance
 
     from lakecurate import graph
 
-    node = next(s.node for s in graph.states(lake) if "cap_emails" in s.node.columns)
-    fix = graph.fix_command(lake, node, "stale")
-    assert fix.endswith(" --no-image --recompute"), fix
-    assert CliRunner().invoke(main, shlex.split(fix)[1:]).exit_code == 0
+    lance.dataset(lake.table_uri).update({"caption": "'no address in this one'"}, where="cap_emails = 1")
+    st = next(s for s in graph.states(lake) if "cap_emails" in s.node.columns)
+    assert st.state == "stale" and st.fix.endswith(" --no-image"), st.fix
+    assert CliRunner().invoke(main, shlex.split(st.fix)[1:]).exit_code == 0
+    assert next(s for s in graph.states(lake) if "cap_emails" in s.node.columns).state == "current"
+    assert lake.count("cap_emails = 1") == 0 and lake.count("cap_emails = 0") == lake.count("caption IS NOT NULL")
 
 
 def test_a_signal_made_with_another_config_says_to_recompute(tmp_path, monkeypatch):
