@@ -78,12 +78,14 @@ class NodeState:
     computed_from: int | None = None  # the version the node's values were computed from (global stages)
     fix: str = ""
     rows_failed: int = 0  # rows without a value whose error may pass if computed again (an endpoint's)
+    rows_stale: int = 0  # rows of the fragments whose values are stale (a per-row stage's plain run redoes them)
     retry: str = ""  # ...and the command that computes them again
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.node.stage, "columns": self.node.columns, "sources": self.node.sources,
                 "config_hash": self.node.prov.get("config_hash"), "state": self.state, "reasons": self.reasons,
-                "rows_missing": self.rows_missing, "computed_from": self.computed_from, "fix": self.fix,
+                "rows_missing": self.rows_missing, "rows_stale": self.rows_stale, "computed_from": self.computed_from,
+                "fix": self.fix,
                 "rows_failed": self.rows_failed, "retry": self.retry}
 
 
@@ -478,6 +480,7 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     stale: dict[str, int] = {}
     holes = merged_holes(ds)  # (the cache's own sets: read, never changed)
     merged = sorted({fid for c in node.columns for fid in holes.get(c, ()) if fid in frags})
+    redo = 0
     for frag in frags.values():
         rewritten = _rewritten_sources(ds, frag, node.columns, node.sources, writes)
         if rewritten is None:
@@ -485,6 +488,9 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
             continue
         for src, v in rewritten.items():
             stale[src] = max(stale.get(src, 0), v)
+        if rewritten or frag.fragment_id in merged:
+            st.rows_stale += frag.count_rows()
+            redo += 1
     if merged:  # filled, so never computed again: only a recompute gives those rows values
         st.state = "stale"
         st.reasons.append(f"{len(merged)} fragment(s) ({', '.join(map(str, merged[:5]))}) were merged by a compaction "
@@ -493,6 +499,8 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     if stale:
         st.state = "stale"
         st.reasons += [f"{src} was rewritten at version {v} after {node.stage} computed from it" for src, v in sorted(stale.items())]
+    if redo:  # what the fix (the stage's plain run: runner.run, stale_fragments) computes again
+        st.reasons.append(f"its fix computes {st.rows_stale} rows in {redo} fragment(s) again")
     elif st.rows_missing and not merged:
         st.state = "incomplete"
         st.reasons.append(f"{st.rows_missing} rows have no {node.columns[0]} yet")

@@ -321,6 +321,7 @@ def test_a_caption_updated_in_place_makes_embed_stale_and_its_fix_and_run_recomp
     lance.dataset(lake.table_uri).update({"caption": "'a new text'"}, where=f"key = '{key}'")
     st = next(s for s in lake.status()["stages"] if s["stage"] == "embed")
     assert st["state"] == "stale" and st["fix"].endswith(" --model tiny-random"), st
+    assert st["rows_stale"] == 1 and st["reasons"][-1] == "its fix computes 1 rows in 1 fragment(s) again", st
     pipe = tmp_path / "p.toml"
     pipe.write_text('[embed]\nmodel = "tiny-random"\nworkers = 0\n')
     v = lake.version
