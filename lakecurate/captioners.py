@@ -19,6 +19,7 @@ the caption column (model, weights, prompt, decoding parameters, seed).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -68,6 +69,14 @@ class CaptionerSpec:
         return f"caption_{self.name}"
 
 
+def check_name(name: str | None) -> None:
+    """A ``--name`` is the column's name after ``caption_`` as given: never rewritten into another."""
+    if name is not None and (not name or _slug(name) != name):
+        hint = f" (e.g. --name {_slug(name)})" if _slug(name) else ""
+        raise EncoderError(f"--name {name!r}: use only lowercase letters and digits, a-z and 0-9, "
+                           f"as the column is caption_NAME{hint}")
+
+
 def resolve_captioner(model: str, pretrained: str | None = None, checkpoint: str | None = None,
                       name: str | None = None, *, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
                       top_k: int = 5, seed: int = 0, prompt: str | None = None) -> CaptionerSpec:
@@ -84,8 +93,7 @@ def resolve_captioner(model: str, pretrained: str | None = None, checkpoint: str
         raise EncoderError(f"--temperature must be from 0 (greedy) to 5, not {temperature!r}")
     if not isinstance(top_k, int) or top_k < 1:
         raise EncoderError(f"--top-k must be a whole number >= 1, not {top_k!r}")
-    if name is not None and not _slug(name):
-        raise EncoderError(f"--name {name!r}: use letters and digits (the column is caption_NAME)")
+    check_name(name)
     if hf:
         return _resolve_hf(model, pretrained, checkpoint, name, prompt, max_tokens=max_tokens,
                            temperature=float(temperature), top_k=top_k, seed=seed)
@@ -327,6 +335,8 @@ MAX_REPLY_BYTES = 4 * 2 ** 20  # a reply body past this is not read at all (32 r
 # Control characters a reply may carry (NUL, ESC of a terminal colour code, DEL, C1) reach every tool
 # that prints the column; ASCII white space stays, to become one space where runs of it collapse.
 _CONTROL = {c: None for c in (*range(32), *range(127, 160)) if chr(c) not in "\t\n\r\v\f"}
+# The most characters a prompt placeholder's format may ask for (its width or precision).
+MAX_FORMAT_WIDTH = 1000
 # The one request that checks an endpoint answers before a first run declares its columns.
 PROBE_PROMPT = "Reply with the word OK."
 
@@ -406,6 +416,11 @@ def _prompt_parts(prompt: str) -> list[tuple[str, str | None, str]]:
         if field is not None and (not field.isidentifier() or conv):
             raise EncoderError(f"--prompt: {{{field}}} is not a column placeholder; write {{column}} or "
                                "{column:.2f}, and literal braces as {{ and }}")
+        # a width or precision is a run of digits (a digit as fill stands alone, before the align
+        # character): {caption:>99999999} would make every row's prompt 100 MB
+        if field is not None and any(int(d) > MAX_FORMAT_WIDTH for d in re.findall(r"\d+", spec or "")):
+            raise EncoderError(f"--prompt: {{{field}:{spec}}} asks for more than {MAX_FORMAT_WIDTH} characters; "
+                               f"a width or precision is at most {MAX_FORMAT_WIDTH}")
         out.append((literal, field, spec or ""))
     return out
 
@@ -494,9 +509,8 @@ def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", pr
         raise EncoderError(f"--timeout must be seconds in (0, 3600], not {timeout!r}")
     if not 0.0 <= float(temperature) <= 5.0:
         raise EncoderError(f"--temperature must be from 0 to 5, not {temperature!r}")
-    slug = _slug(name or f"{api_model}_{mode}")
-    if not slug:
-        raise EncoderError(f"--name {name!r}: use letters and digits (the column is caption_NAME)")
+    check_name(name)
+    slug = name or _slug(f"{api_model}_{mode}")  # never empty: the mode is in it
     api_key(api_key_env)  # a key the request header cannot carry: refused here, never shown
     return EndpointSpec(endpoint, api_model, slug, mode, prompt, max_tokens, float(temperature), seed, concurrency,
                         float(timeout), retries, api_key_env)

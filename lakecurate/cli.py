@@ -584,7 +584,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
               "directory (BLIP, GIT, Florence-2...), or tiny-random-coca (tests).")
 @click.option("--pretrained", help="open_clip pretrained tag (default: the first the model has).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Local weights file instead of a tag.")
-@click.option("--name", help="Column name suffix: caption_NAME (default from the model and tag).")
+@click.option("--name", help="Column name suffix: caption_NAME, lowercase letters and digits (default from the model and tag).")
 @click.option("--max-tokens", type=click.IntRange(1, 512), default=30, show_default=True,
               help="Most new tokens per caption (CoCa: at most 75).")
 @click.option("--temperature", type=click.FloatRange(0, 5), default=0.0, show_default=True,

@@ -238,6 +238,15 @@ def test_odd_replies_are_the_rows_errors_and_the_key_is_never_shown(server, tmp_
     ({"endpoint": "http://127.0.0.1:1/v1", "prompt": 5}, "--prompt must be text, not 5"),
     ({"endpoint": "http://127.0.0.1:1/v1", "api_key_env": 5}, "--api-key-env must be text"),
     ({"endpoint": "http://127.0.0.1:1/v1", "name": 5}, "--name must be text"),
+    # a width past any prompt's need: the columns were declared, then each row's prompt took 100 MB
+    ({"endpoint": "http://127.0.0.1:1/v1", "mode": "rephrase", "prompt": "{caption:>99999999}"},
+     r"\{caption:>99999999\} asks for more than 1000 characters"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "Caption: {caption:.5000}"}, r"\{caption:\.5000\}.* at most 1000"),
+    # a name was rewritten into another column's: '../x' wrote caption_x, 'a b' caption_ab, '' the default
+    ({"endpoint": "http://127.0.0.1:1/v1", "name": "../x"}, r"--name '\.\./x': use only lowercase .*--name x\)"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "name": "a b"}, r"--name 'a b': use only lowercase letters and digits"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "name": ""}, r"--name '': use only lowercase letters and digits"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "name": "Llava_2"}, r"--name 'Llava_2'.*\(e\.g\. --name llava2\)"),
 ])
 def test_bad_endpoint_options_write_nothing(tmp_path: Path, kwargs, match):
     lake = caption_lake(tmp_path / "lake", ["a dog"])
