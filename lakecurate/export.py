@@ -102,14 +102,16 @@ class ExportReport:
 
 def plan(lake: "Store", *, where: str | None = None, version: int | str | None = None, repeats: bool = True,
          caption: str = "caption", allow_stale: bool = False, extra: list[str] | None = None,
-         caption_mix: dict[str, float] | None = None, what: str = "export") -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
+         caption_mix: dict[str, float] | None = None, what: str = "export",
+         allow_hint: str = "--allow-stale") -> tuple[Any, pa.Table, np.ndarray, str | None, list[str]]:
     """(dataset, metadata table of the chosen rows in export order, copy index per sample, where,
     stale warnings).
 
     The table has one row per *sample* (a row with repeats 3 appears 3 times). Rows whose
     ``ingest_status`` is ``'error'`` (no usable image) are never chosen, whatever ``where`` says. The decisions the
     selection and order read must be current (:func:`lakecurate.graph.check_current`): a stale one
-    is an error naming the stage to re-run, unless ``allow_stale`` (then it is a warning).
+    is an error naming the stage to re-run, unless ``allow_stale`` (then it is a warning; the error
+    names it as ``allow_hint``).
 
     A ``version`` given (a recipe's tag, a past number; not the latest's number, which is the
     latest as without a version) is exported as it was: what is not current there can
@@ -137,7 +139,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
                 notes.append(f"{c} not used ({'rows in table order' if c == 'seq_order' else 'each row once'}): {gone[0]}")
         order = [c for c in order if c not in left_out]
     warnings = notes + check_current(lake, ds, where_columns(where, names) + order, what=what, allow_stale=allow_stale,
-                                     all_states=past)
+                                     all_states=past, allow_hint=allow_hint)
     for c in (caption_mix or {caption: 1.0}):
         if c in META:
             raise LakeError(f"column '{c}' is the export's own metadata, not a caption; mix caption columns")

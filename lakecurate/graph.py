@@ -813,11 +813,12 @@ def blocks(s: NodeState) -> bool:
 
 def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str], *, what: str,
                   allow_stale: bool = False, incomplete_ok: bool = True,
-                  all_states: list[NodeState] | None = None) -> list[str]:
+                  all_states: list[NodeState] | None = None, allow_hint: str = "--allow-stale") -> list[str]:
     """Refuse (LakeError) to let ``what`` use ``columns`` when a node behind them is stale; with
     ``allow_stale``, return the problems as warnings instead. A node that is only incomplete (new
     rows not computed yet) is a warning unless ``incomplete_ok`` is False. ``all_states``: as
-    :func:`not_current`'s."""
+    :func:`not_current`'s. ``allow_hint``: how the caller allows it (the loader, Python only:
+    ``allow_stale=True``)."""
     bad = not_current(lake, ds, columns, all_states)
     msgs = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}{', ...' if len(s.node.columns) > 3 else ''}) is "
             f"{s.state}: {s.reasons[0]}" for s in bad]
@@ -825,7 +826,7 @@ def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str
     if blocking and not allow_stale:
         first = blocking[0]
         raise LakeError(f"{what} would use stale decisions on lake '{lake.uri}': {msgs[bad.index(first)]}; "
-                        f"re-run it: {first.fix} (or pass --allow-stale)")
+                        f"re-run it: {first.fix} (or pass {allow_hint})")
     return msgs
 
 

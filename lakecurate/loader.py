@@ -51,18 +51,19 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
     """The samples of a lake view as a PyTorch ``IterableDataset`` (see the module doc)."""
 
     def __init__(self, lake: "Store | str | os.PathLike", *, version: int | str | None = None, where: str | None = None,
-                 caption: str = "caption", columns: Sequence[str] = (), shuffle: bool = True, seed: int = 0,
+                 caption: str = "caption", columns: str | Sequence[str] = (), shuffle: bool = True, seed: int = 0,
                  batch_size: int = 1, transform: Callable[[Any], Any] | None = None, decode: bool = True,
                  repeats: bool = True, rank: int | None = None, world_size: int | None = None,
                  read_size: int = 64, allow_stale: bool = False, even: bool = True):
         from lakecurate.export import plan
+        from lakecurate.options import texts
         from lakecurate.store import Store
 
         store = lake if not isinstance(lake, (str, os.PathLike)) else Store.open(lake)
         for name, value, lo in (("batch_size", batch_size, 1), ("read_size", read_size, 1), ("seed", seed, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < lo:
                 raise LakeError(f"{name} must be a whole number >= {lo}, not {value!r}")
-        columns = list(columns)
+        columns = texts("columns", columns)  # "keep" is one column, not four letters
         ds = store.dataset(version)
         missing = [c for c in columns if c not in ds.schema.names]
         if missing:
@@ -71,7 +72,8 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
             raise LakeError("image and the caption are in every sample; name other columns in columns=")
         ds, tbl, _copy, self.where, self.warnings = plan(store, where=where, version=ds.version if version is None
                                                          else version, repeats=repeats, caption=caption,
-                                                         allow_stale=allow_stale, extra=columns, what="the loader")
+                                                         allow_stale=allow_stale, extra=columns, what="the loader",
+                                                         allow_hint="allow_stale=True")
         self.uri, self.branch, self.version = store.uri, getattr(store, "branch", None), ds.version
         self.storage_options = getattr(store, "storage_options", None)
         # a tag or branch name is opened by name in the workers and must still be this version there

@@ -125,8 +125,10 @@ def test_images_are_the_lakes_bytes_and_decode_and_transform_in_the_loader(seq_l
 def test_a_stale_view_is_refused_and_a_tagged_one_is_read(seq_lake: Lake, tmp_path: Path):
     lake = Lake.open(shutil.copytree(seq_lake.uri, tmp_path / "lake"))
     lake.cluster(3, recompute=True)  # new concepts: the rebalance decided on the old ones is stale
-    with pytest.raises(LakeError, match="the loader would use stale decisions"):
+    with pytest.raises(LakeError, match="the loader would use stale decisions") as err:
         LakeDataset(lake)
+    # the loader is Python only: its hint named the CLI's --allow-stale
+    assert str(err.value).endswith("(or pass allow_stale=True)") and "--allow-stale" not in str(err.value)
     ds = LakeDataset(lake, version="trained", decode=False)
     assert Counter(s["id"] for s in ds) == expected(seq_lake)
 
@@ -141,6 +143,15 @@ def test_a_stale_view_is_refused_and_a_tagged_one_is_read(seq_lake: Lake, tmp_pa
 def test_bad_options_are_clear_errors(seq_lake: Lake, kwargs, match):
     with pytest.raises(LakeError, match=match):
         LakeDataset(seq_lake, **kwargs)
+
+
+def test_one_column_named_as_text_is_that_column(seq_lake: Lake):
+    """columns="key" was read as its letters: "no column k, e, y"."""
+    one = next(iter(LakeDataset(seq_lake, columns="key", shuffle=False, decode=False)))
+    assert one["key"] == next(iter(LakeDataset(seq_lake, columns=["key"], shuffle=False, decode=False)))["key"]
+    assert (SAMPLE_DATA / one["key"]).is_file()
+    with pytest.raises(LakeError, match="invalid columns: 5 is not text"):
+        LakeDataset(seq_lake, columns=["key", 5])
 
 
 def test_shards_cover_every_position_for_any_layout(seq_lake: Lake):
