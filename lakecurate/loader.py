@@ -19,11 +19,13 @@ restarted job reads nothing it trained on. Images are read with Lance's random a
 (``read_blobs`` by row id, ``read_size`` at a time) and decoded in the workers.
 
     from lakecurate.loader import LakeDataset, loader
-    ds = LakeDataset("./lake", version="curated-v1", shuffle=True, seed=0, batch_size=256, transform=preprocess)
-    for epoch in range(10):
-        ds.set_epoch(epoch)
-        for batch in loader(ds, num_workers=4):
-            ...  # batch["image"]: a stacked tensor, batch["caption"]: a list of str
+
+    if __name__ == "__main__":  # spawned workers import the script again: without this, they exit
+        ds = LakeDataset("./lake", version="curated-v1", shuffle=True, seed=0, batch_size=256, transform=preprocess)
+        for epoch in range(10):
+            ds.set_epoch(epoch)
+            for batch in loader(ds, num_workers=4):
+                ...  # batch["image"]: a stacked tensor, batch["caption"]: a list of str
 
 The selection is :func:`lakecurate.export.plan`'s, so a stale decision is refused as export refuses it.
 """
@@ -229,7 +231,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def loader(dataset: LakeDataset, num_workers: int = 0, **options: Any) -> Any:
     """A ``torch.utils.data.DataLoader`` over ``dataset`` with its batch size, :func:`collate`, and
-    worker processes started by spawn (a forked Lance runtime can hang)."""
+    worker processes started by spawn (a forked Lance runtime can hang). A spawned worker imports
+    the main script again: with ``num_workers``, call this under ``if __name__ == "__main__":``."""
     from torch.utils.data import DataLoader
 
     if num_workers:

@@ -263,3 +263,38 @@ def test_an_empty_view_and_a_version_cleaned_up_while_reading_are_one_line_error
     lake.cleanup(timedelta(0))
     with pytest.raises(LakeError, match=f"version {ds.version} was removed while the loader read it.*tag the version"):
         list(samples)
+
+
+def _unguarded_loader_calls(source: str) -> list[int]:
+    """Lines of a script's top level (outside functions and ``if __name__ == "__main__":``) that
+    call ``loader(...)`` with workers: a spawned worker imports the script again and runs them."""
+    import ast
+
+    lines = []
+    for stmt in ast.parse(source).body:
+        if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) or (
+                isinstance(stmt, ast.If) and "__main__" in ast.unparse(stmt.test)):
+            continue
+        lines += [n.lineno for n in ast.walk(stmt) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "loader"
+                  and any(k.arg == "num_workers" for k in n.keywords)]
+    return lines
+
+
+def test_the_documented_training_scripts_run_the_loader_under_a_main_guard():
+    """README's example called loader(ds, num_workers=4) at the top level: as a script, every
+    spawned worker ran it again and the DataLoader stopped ("worker ... exited unexpectedly")."""
+    import re
+    import textwrap
+
+    import lakecurate.loader
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Train from the lake", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    # the module doc's example: its indented lines, from the import on
+    example = textwrap.dedent(re.search(r"\n(    from lakecurate\.loader import.*?)\n(?=\S)", lakecurate.loader.__doc__,
+                                        re.S).group(1))
+    assert blocks and "num_workers" in blocks[0] and "num_workers" in example
+    for source in blocks + [example]:
+        assert _unguarded_loader_calls(source) == [], source
+    assert _unguarded_loader_calls("for b in loader(ds, num_workers=4):\n    pass\n") == [1]
