@@ -708,6 +708,7 @@ def report(
     import jinja2
 
     from lakecurate.errors import LakeError
+    from lakecurate.export import _location, overlaps
     from lakecurate.options import path, writable
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
@@ -721,6 +722,12 @@ def report(
     target = Path(os.path.realpath(out))  # a link is followed: its target gets the report, the link stays
     if target.exists() and not target.is_file():  # a FIFO or a device would be replaced by a file
         raise LakeError(f"report: '{out}' is not a regular file (a pipe or a device); give the HTML file to write")
+    if overlaps(str(target), lake.uri):  # beside the table is fine (demo writes LAKE/report.html)
+        folder = _location(lake.uri)[1]
+        top = Path(os.path.relpath(target, folder)).parts[0]
+        if top == "_lakecurate" or (top.endswith(".lance") and target.name != top):  # the tool's state, a Lance table
+            raise LakeError(f"report: '{out}' is inside '{top}' of lake '{lake.uri}' (a Lance table folder or "
+                            f"lakecurate's own state); write it outside, e.g. {os.path.join(folder, 'report.html')}")
     t0 = time.perf_counter()
     settings = {k: v for k, v in locals().items() if k in _SETTINGS}
     b = _Builder(lake, version, sample_rows=sample_rows, thumb_px=thumb_px, seed=seed, max_groups=max_groups,

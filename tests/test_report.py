@@ -251,6 +251,28 @@ def test_a_link_gets_the_report_in_its_target_and_a_pipe_is_refused(tmp_path: Pa
     assert not fifo.is_file() and fifo.exists()
 
 
+def test_a_report_inside_the_lakes_table_or_state_is_refused_beside_them_written(tmp_path: Path):
+    """report wrote LAKE/pairs.lance/r.html and LAKE/_lakecurate/x.html without a word (export
+    refuses a destination inside the lake); the lake folder's top level is where demo writes it."""
+    from lakecurate import LakeError
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    v, before = lake.version, sorted(p for p in (tmp_path / "lake").rglob("*"))
+    link = tmp_path / "link.html"
+    link.symlink_to(tmp_path / "lake" / "pairs.lance" / "r.html")
+    for out, top in ((tmp_path / "lake" / "pairs.lance" / "r.html", "pairs.lance"),
+                     (tmp_path / "lake" / "_lakecurate" / "x.html", "_lakecurate"),
+                     (tmp_path / "lake" / "pairs.lance" / "tree" / "new" / "r.html", "pairs.lance"),
+                     (link, "pairs.lance")):
+        with pytest.raises(LakeError, match=f"is inside '{top}' of lake .* write it outside, e.g. .*lake/report.html"):
+            lake.report(out, sample_rows=50)
+    res = CliRunner().invoke(main, ["report", lake.uri, str(tmp_path / "lake" / "_lakecurate" / "x.html")])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "is inside '_lakecurate'" in res.output
+    assert sorted(p for p in (tmp_path / "lake").rglob("*")) == before and lake.version == v
+    assert lake.report(tmp_path / "lake" / "report.html", sample_rows=50).bytes > 0
+
+
 def test_the_funnel_leaves_out_what_is_not_current_and_loses_no_row(curated: Lake, tmp_path: Path):
     """After rows were added, the banner said dedup and curate were left out of the funnel, and the
     funnel counted them anyway: the new rows were on no line (their dup_keep is null). Then, with
