@@ -27,7 +27,6 @@ import io
 import json
 import re
 import os
-import posixpath
 import shlex
 import shutil
 import tarfile
@@ -48,7 +47,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, effective_view, states, where_columns
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
-from lakecurate.options import path, whole, writable
+from lakecurate.options import overlaps, path, whole, writable
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
@@ -319,30 +318,6 @@ def _manifest(lake: "Store", ds: Any, fmt: str, where: str | None, tbl: pa.Table
         "order": (prov("seq_order") or {}).get("config"),
         "created_at": columns.provenance("export", {}, [], ds.version)["created_at"],
     }
-
-
-def _location(uri: str) -> tuple[str, str]:
-    """(scheme, normalized path) of a local path or object-store URI, to compare locations: local
-    paths resolved (symlinks, '..'), URIs with '//', '.' and '..' folded (``s3://b/x//y/`` -> /b/x/y)."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return "file", os.path.realpath(uri)
-    if scheme.lower() == "file":
-        return "file", os.path.realpath(rest)
-    return scheme.lower(), posixpath.normpath("/" + rest.strip("/"))
-
-
-def overlaps(dest: str, lake_uri: str) -> bool:
-    """Whether ``dest`` is the lake folder, inside it (its table, a branch under ``tree/``), or holds it.
-
-    >>> overlaps("s3://b/lake//pairs.lance/", "s3://b/lake"), overlaps("s3://b/lake2", "s3://b/lake")
-    (True, False)
-    """
-    (s1, a), (s2, b) = _location(dest), _location(lake_uri)
-    if s1 != s2:
-        return False
-    common = posixpath.commonpath([a, b]) if s1 != "file" else os.path.commonpath([a, b])
-    return common in (a, b)
 
 
 def manifest_path(dest: Path, fmt: str) -> Path:

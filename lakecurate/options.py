@@ -16,6 +16,7 @@ import inspect
 import math
 import numbers
 import os
+import posixpath
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,27 @@ def device(value: Any, option: str = "--device") -> str:
     if not isinstance(value, str) or not re.fullmatch(_DEVICE, value):
         raise LakeError(f"{option} must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
     return value
+
+
+def location(uri: str) -> tuple[str, str]:
+    """(scheme, normalized path) of a local path or object-store URI, to compare locations: local
+    paths resolved (symlinks, '..'), URIs with '//', '.' and '..' folded (``s3://b/x//y/`` -> /b/x/y)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return "file", os.path.realpath(uri)
+    if scheme.lower() == "file":
+        return "file", os.path.realpath(rest)
+    return scheme.lower(), posixpath.normpath("/" + rest.strip("/"))
+
+
+def overlaps(dest: str, lake_uri: str) -> bool:
+    """Whether ``dest`` is the lake folder, inside it (its table, a branch under ``tree/``), or holds it.
+
+    >>> overlaps("s3://b/lake//pairs.lance/", "s3://b/lake"), overlaps("s3://b/lake2", "s3://b/lake")
+    (True, False)
+    """
+    (s1, a), (s2, b) = location(dest), location(lake_uri)
+    if s1 != s2:
+        return False
+    common = posixpath.commonpath([a, b]) if s1 != "file" else os.path.commonpath([a, b])
+    return common in (a, b)

@@ -215,7 +215,7 @@ def check_against_lake(lake: "Lake", pipe: "Pipeline", exists: bool = True) -> N
     curriculum's score, a where's column, export's caption were refused after the steps before had
     committed), an export into the lake, a recipe that cannot tell which of several embeddings to
     score."""
-    from lakecurate.export import overlaps
+    from lakecurate.options import overlaps
     from lakecurate.schema import PAIRS_SCHEMA
 
     ds = lake.dataset() if exists else None

@@ -708,8 +708,7 @@ def report(
     import jinja2
 
     from lakecurate.errors import LakeError
-    from lakecurate.export import _location, overlaps
-    from lakecurate.options import path, writable
+    from lakecurate.options import location, overlaps, path, writable
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
         raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")
@@ -723,7 +722,7 @@ def report(
     if target.exists() and not target.is_file():  # a FIFO or a device would be replaced by a file
         raise LakeError(f"report: '{out}' is not a regular file (a pipe or a device); give the HTML file to write")
     if overlaps(str(target), lake.uri):  # beside the table is fine (demo writes LAKE/report.html)
-        folder = _location(lake.uri)[1]
+        folder = location(lake.uri)[1]
         top = Path(os.path.relpath(target, folder)).parts[0]
         if top == "_lakecurate" or (top.endswith(".lance") and target.name != top):  # the tool's state, a Lance table
             raise LakeError(f"report: '{out}' is inside '{top}' of lake '{lake.uri}' (a Lance table folder or "

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from lakecurate import Lake, LakeError
 from lakecurate.cli import main
-from lakecurate.export import FORMATS, overlaps, spread_copies
+from lakecurate.export import FORMATS, spread_copies
+from lakecurate.options import overlaps
 from lakecurate.plant import synthetic_pairs
 
 from .conftest import SAMPLE_DATA
