@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, effective_view, states, where_columns
+from lakecurate.graph import check_current, effective_view, states, unheeded_reviews, where_columns
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
 from lakecurate.options import overlaps, path, whole, writable
@@ -126,6 +126,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     notes: list[str] = []
     if where is None:
         view, notes = effective_view(lake, ds) if version is not None else (default_view(names), [])
+        notes += unheeded_reviews(ds, view)  # (reviewers' drops shipped without a word)
         where = view or "ingest_status != 'error'"
     order = [c for c in ("seq_order", "repeats" if repeats else "") if c in names]
     left_out: list[str] = []

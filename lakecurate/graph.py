@@ -850,6 +850,35 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
     return (present[-1] if present else None), notes
 
 
+def unheeded_reviews(ds: "lance.LanceDataset", view: str | None) -> list[str]:
+    """A note when reviewers' verdicts are not in the curated view ``view`` because the recipe that
+    decided ``keep`` has no ``review`` step: rows marked drop are still in the view, rows marked keep
+    were dropped by the recipe (only a review step reads the verdicts; status called the view
+    current, and export shipped the rows). Empty when nobody reviewed or the recipe reads them."""
+    from pathlib import Path
+
+    names = ds.schema.names
+    if not view or "review_verdict" not in names or "keep" not in names:
+        return []
+    cfg = (field_provenance(ds.schema.field("keep"), strict=False) or {}).get("config") or {}
+    recipe = cfg.get("recipe") or {}
+    if any(s.get("filter") == "review" for s in recipe.get("steps") or []):
+        return []
+    drops = ds.count_rows(filter=f"review_verdict = 'drop' AND ({view})")
+    keeps = ds.count_rows(filter="review_verdict = 'keep' AND NOT keep")
+    if not drops and not keeps:
+        return []
+    rows = [f"{n} row{'s' if n != 1 else ''} reviewers marked {v} {were if n != 1 else was} {what}" for n, v, was, were, what
+            in ((drops, "drop", "is", "are", "still in the curated view"), (keeps, "keep", "was", "were", "dropped by the recipe"))
+            if n]
+    source = str(cfg.get("source") or "")
+    fix = ("add a step `filter = \"review\"` to the recipe and curate again" if not source or source.startswith("<")
+           else f"add `[[step]] filter = \"review\"` to a copy of {source} and curate with the copy"
+           if Path(source).parent == RECIPES else f"add `[[step]] filter = \"review\"` to {source} and curate again")
+    return [f"{' and '.join(rows)}: recipe {recipe.get('name') or '?'} has no review step, the only step that reads "
+            f"reviewers' verdicts; {fix}"]
+
+
 def no_producer(lake: "Store", consumer: str) -> Produce:
     """The ``produce`` a stage gets on a bare store: it runs nothing, so an input another stage
     makes must already be filled, or the error names that stage and the way to have it made."""

@@ -269,7 +269,8 @@ class Lake(Store):
         curated = next((s for s in states if s.node.stage == "curate" and "keep" in s.node.columns), None)
         edited = _recipe_edited(curated) if curated is not None else None
         return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version,
-                "stages": [s.to_dict() for s in states], "view": view, "view_notes": notes + ([edited] if edited else [])}
+                "stages": [s.to_dict() for s in states], "view": view,
+                "view_notes": notes + ([edited] if edited else []) + graph.unheeded_reviews(ds, view)}
 
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.

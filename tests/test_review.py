@@ -147,6 +147,32 @@ def test_recipe_review_step_overrides_the_machine(sample: Lake):
     assert sum(after.dropped.values()) == int((~got["keep"]).sum())
 
 
+def test_verdicts_a_recipe_does_not_read_are_named_by_status_and_export(sample: Lake, tmp_path: Path):
+    """A recipe without a review step ignores the verdicts: status called the view current without a
+    note, and export and the loader shipped the rows reviewers had dropped. Following the note's
+    advice makes the view follow them."""
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('name = "mine"\n\n[[step]]\nfilter = "ingest_error"\n\n[[step]]\nfilter = "caption_missing"\n')
+    sample.curate(str(recipe), progress=False)
+    df = sample.to_pandas(["id", "keep", "drop_reason"])
+    kept, dropped = df[df["keep"]]["id"].tolist(), df[df["drop_reason"] == "caption_missing"]["id"].tolist()
+    review.mark(sample, kept[:2], verdict="drop", reason="watermark", by="ana")
+    review.mark(sample, dropped[:1], verdict="keep", by="ana")
+    says = (f"2 rows reviewers marked drop are still in the curated view and 1 row reviewers marked keep was dropped "
+            f"by the recipe: recipe mine has no review step, the only step that reads reviewers' verdicts; add "
+            f"`[[step]] filter = \"review\"` to {recipe} and curate again")
+    status = sample.status()
+    assert status["view"] == "keep" and says in status["view_notes"]
+    assert [s["state"] for s in status["stages"] if s["stage"] == "curate"] == ["current"]
+    rep = sample.export(tmp_path / "out", "parquet")
+    assert rep.rows == len(kept) and says in rep.stale  # the rows are still shipped (nothing else changes), but said
+    with recipe.open("a") as f:  # the advice
+        f.write('\n[[step]]\nfilter = "review"\n')
+    sample.curate(str(recipe), progress=False)
+    assert sample.status()["view_notes"] == []
+    assert sample.export(tmp_path / "again", "parquet").rows == len(kept) - 2 + 1
+
+
 def test_compact_merges_fragments_nobody_reviewed(tmp_path: Path):
     lake = Lake.create(tmp_path / "lake")
     from lakecurate.plant import synthetic_pairs
