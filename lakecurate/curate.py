@@ -183,6 +183,7 @@ def _f(s: pd.Series) -> np.ndarray:
 class IngestError(Filter):
     name, doc = "ingest_error", "the image could not be used at ingest (ingest_status = 'error')"
     columns = ("ingest_status",)
+    final = True  # no image to train on: a reviewer's keep does not bring the row back (export never ships it)
 
     def drop(self, df, p):
         return (df["ingest_status"] == "error").to_numpy()
@@ -524,7 +525,8 @@ class Sql(Filter):
 class Review(Filter):
     name = "review"
     doc = ("a person's verdict (lakecurate serve): review_verdict 'drop' drops the row, 'keep' keeps it, "
-           "whatever any other step decided (the human overrides the machine); unreviewed rows are left "
+           "whatever any other step decided (the human overrides the machine) but ingest_error (a row without "
+           "a usable image is never kept); unreviewed rows are left "
            "to the other steps; a lake nobody reviewed yet changes nothing")
     override = True  # applied after every step, wherever it stands in the recipe
 
@@ -999,6 +1001,7 @@ def _decide(df: pd.DataFrame, rec: Recipe, params: list[dict[str, Any]], *, cuts
     alive = np.ones(n, bool)
     fails, found, dropped = [], [], {}
     overrides = []
+    final = np.zeros(n, bool)  # dropped by a step no verdict overrides (ingest_error: no image)
     for step, p in zip(rec.steps, params):
         f = FILTERS[step.filter]
         fail = np.asarray(f.drop(df, p), dtype=bool)
@@ -1010,8 +1013,10 @@ def _decide(df: pd.DataFrame, rec: Recipe, params: list[dict[str, Any]], *, cuts
         hit = fail & alive
         reason[hit] = step.reason
         alive &= ~hit
+        final |= hit if getattr(f, "final", False) else False
         dropped[step.reason] = dropped.get(step.reason, 0) + int(hit.sum())
     for step, fail, keep in overrides:  # a person's verdict, over every machine step
+        keep = keep & ~final
         dropped[step.reason] = dropped.get(step.reason, 0)
         for r in np.unique(reason[keep & ~alive]).tolist():
             dropped[r] -= int((keep & ~alive & (reason == r)).sum())

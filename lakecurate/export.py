@@ -156,16 +156,21 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     # on it, and a trainer reading the export would.
     errors = [embedding_columns(e)["error"] for e in embedding_prefixes(ds) if embedding_columns(e)["error"] in names]
     try:  # (the error columns read in the same scan, then dropped: a second scan only counted them)
-        tbl = ds.to_table(columns=list(dict.fromkeys(cols + errors)), filter=f"({where}) AND ingest_status <> 'error'",
+        tbl = ds.to_table(columns=list(dict.fromkeys(cols + errors + ["ingest_status"])), filter=f"({where})",
                           with_row_id=True)
     except Exception as exc:  # a bad filter is the user's to fix
         raise LakeError(f"cannot select rows with --where {where!r} in lake '{lake.uri}': {exc}") from None
+    unusable = pc.fill_null(pc.equal(tbl.column("ingest_status"), "error"), False).to_numpy(zero_copy_only=False)
     undecodable = np.zeros(tbl.num_rows, bool)
     for c in errors:
         for why in UNDECODABLE:
             undecodable |= pc.fill_null(pc.starts_with(tbl.column(c), why), False).to_numpy(zero_copy_only=False)
-    bad = int(undecodable.sum())
-    tbl = tbl.filter(pa.array(~undecodable)).select([c for c in tbl.column_names if c in cols or c == "_rowid"])
+    undecodable &= ~unusable
+    failed, bad = int(unusable.sum()), int(undecodable.sum())
+    tbl = tbl.filter(pa.array(~(unusable | undecodable))).select([c for c in tbl.column_names if c in cols or c == "_rowid"])
+    if failed:  # (the view's count and the export's differed without a word)
+        warnings.append(f"{failed} row{'s' if failed != 1 else ''} of the view left out: ingest_status is 'error' "
+                        f"(no usable image; see ingest_error)")
     if bad:
         warnings.append(f"{bad} row{'s' if bad != 1 else ''} of the view left out: an embedding could not decode "
                         f"{'their images' if bad != 1 else 'its image'} (see {', '.join(errors)})")

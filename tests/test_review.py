@@ -173,6 +173,26 @@ def test_verdicts_a_recipe_does_not_read_are_named_by_status_and_export(sample: 
     assert sample.export(tmp_path / "again", "parquet").rows == len(kept) - 2 + 1
 
 
+def test_a_keep_does_not_revive_a_row_without_an_image(sample: Lake, tmp_path: Path):
+    """A reviewer's keep made rows of ingest_status 'error' kept: curate said "kept 58" and export
+    wrote 56 without a word. ingest_error wins over a keep; a view holding such rows all the same (a
+    recipe without the step) is exported without them, and export says so."""
+    errors = sample.to_pandas(["id"], where="ingest_status = 'error'")["id"].tolist()
+    assert errors
+    review.mark(sample, errors, verdict="keep", by="ana")
+    rep = sample.curate({"name": "r", "step": [{"filter": "ingest_error"}, {"filter": "review"}]}, progress=False)
+    got = sample.to_pandas(["id", "keep", "drop_reason"], where="ingest_status = 'error'")
+    assert not got["keep"].any() and set(got["drop_reason"]) == {"ingest_error"}
+    assert rep.dropped["ingest_error"] == len(errors) and rep.kept == sample.count("keep")
+    out = sample.export(tmp_path / "out", "parquet")
+    assert out.rows == rep.kept and out.stale == []
+    sample.curate({"name": "bare", "step": [{"filter": "review"}]}, progress=False)  # no ingest_error step
+    out = sample.export(tmp_path / "again", "parquet")
+    assert out.rows == sample.count("keep") - len(errors)
+    assert out.stale == [f"{len(errors)} rows of the view left out: ingest_status is 'error' (no usable image; "
+                         f"see ingest_error)"]
+
+
 def test_compact_merges_fragments_nobody_reviewed(tmp_path: Path):
     lake = Lake.create(tmp_path / "lake")
     from lakecurate.plant import synthetic_pairs
