@@ -239,6 +239,12 @@ class Browser:
                             "version; pick 'latest' (or a branch) in the version menu to review")
         return lake
 
+    def fresh(self) -> "lance.LanceDataset | None":
+        """The latest as :meth:`latest` last looked it up, while that is recent; None otherwise (what
+        the event loop may ask without waiting for a read)."""
+        got = self._latest
+        return got[1] if got is not None and time.monotonic() - got[0] <= LATEST_SECONDS else None
+
     def latest(self) -> "lance.LanceDataset":
         now = time.monotonic()
         got = self._latest
@@ -671,24 +677,33 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         except _Http as exc:
             return Response(exc.message, status_code=exc.status, media_type="text/plain")
         # A row address names one stored image for as long as its fragment exists (Lance never reuses
-        # fragment ids and lakecurate never rewrites images), so the cache needs no version.
-        jpeg = b.thumbs.get((addr, px))
+        # fragment ids and lakecurate never rewrites images), so the cached picture needs no version;
+        # whether the row is in the version asked for does, and is checked on every request (a hit
+        # served rows of no version: ?v=1 before any row, ?v=nonsense, a fragment gone by a restore).
+        ref = request.query_params.get("v")
+        ds = None if ref or b.version else b.fresh()  # the latest as last looked up: no I/O on the loop
+        jpeg = (b.thumbs.get((addr, px)) if exists(ds, addr) else b"") if ds is not None else None
         state = "hit"
         if jpeg is None:
             from starlette.concurrency import run_in_threadpool
 
             def load() -> tuple[bytes | None, str]:
+                at = ds if ds is not None else b.dataset(ref)
+                if not exists(at, addr):
+                    return b"", "absent"
+                if (got := b.thumbs.get((addr, px))) is not None:
+                    return got, "hit"
                 got = b.cached_thumb(addr, px)  # a prefetch of the page in flight: wait for it
                 if got is not None:
                     return got, "prefetch"
-                return b.thumb(b.dataset(request.query_params.get("v")), addr, px) or b"", "miss"
+                return b.thumb(at, addr, px) or b"", "miss"
 
             try:
                 jpeg, state = await run_in_threadpool(load)
             except LakeError as exc:
                 return Response(str(exc), status_code=400, media_type="text/plain")
         cache = {"X-Cache": state}
-        if not jpeg:  # no bytes, or bytes that do not decode (an ingest error): a placeholder
+        if not jpeg:  # no bytes, bytes that do not decode (an ingest error), no such row there: a placeholder
             return Response(PLACEHOLDER, media_type="image/svg+xml", headers={"X-Thumbnail": "none", **cache})
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600", **cache})
 

@@ -460,6 +460,32 @@ def test_a_branch_view_searches_queries_and_reviews_that_branch(embedded: Lake, 
     assert 'id="mark-keep"' in c.get("/", params={"v": "exp"}).text and 'id="mark-keep"' in c.get("/").text
 
 
+def test_a_thumbnail_is_of_a_row_of_the_version_asked_for(sample: Lake, monkeypatch):
+    """/thumb/ADDR answered from its cache whatever ?v= said: 200 for a version without the row
+    (v1, before any row), for a version that is not one, and for a fragment a restore took away.
+    Now a row not in the version gets the placeholder (/image/ADDR: 404), a bad version a 400."""
+    monkeypatch.setattr("lakecurate.serve.LATEST_SECONDS", 0.0)
+    c = client(sample)
+    a = addrs(c.get("/").text)[0]
+    assert c.get(f"/thumb/{a}").status_code == 200 and c.get(f"/thumb/{a}").headers["x-cache"] == "hit"
+    empty = next(v["version"] for v in sample.dataset().versions() if not sample.dataset(v["version"]).count_rows())
+    assert c.get(f"/thumb/{a}", params={"v": str(empty)}).headers.get("x-thumbnail") == "none"
+    assert c.get(f"/image/{a}", params={"v": str(empty)}).status_code == 404
+    for path in (f"/thumb/{a}", f"/image/{a}"):
+        bad = c.get(path, params={"v": "nonexist"})
+        assert bad.status_code == 400 and "nonexist" in bad.text, path
+        assert c.get(path, params={"v": str(sample.version)}).status_code == 200, path
+    before = sample.version
+    sample.append(synthetic_pairs(0, 3))  # a fragment of its own
+    new = max(sample.dataset().to_table(columns=[], with_row_address=True).column("_rowaddr").to_pylist())
+    assert new >> 32 == 1 and c.get(f"/thumb/{new}").status_code == 200
+    sample.restore(before)
+    assert c.get(f"/thumb/{new}").headers.get("x-thumbnail") == "none" and c.get(f"/image/{new}").status_code == 404
+    old = c.get(f"/thumb/{new}", params={"v": str(sample.version - 1)})  # still in that version
+    assert old.headers["content-type"] == "image/jpeg" and old.headers["x-cache"] == "hit"
+    assert c.get(f"/thumb/{a}").headers["content-type"] == "image/jpeg"
+
+
 def test_a_lake_made_again_at_its_path_shows_its_own_thumbnails(tmp_path: Path, monkeypatch):
     """Thumbnails are cached by row address, which a lake never reuses, but a lake deleted and
     ingested again at the same path counts fragments from 0 again: the grid showed the old lake's
