@@ -85,9 +85,37 @@ def set_labels(lake: "Store", names: Sequence[str]) -> list[str]:
 
 
 def declare(lake: "Store") -> None:
-    """The review columns (metadata only; a no-op when they exist)."""
-    prov = columns.provenance(STAGE, {"columns": list(NAMES)}, [], lake.dataset().version)
+    """The review columns (metadata only; a no-op when they exist). Some of them alone (one dropped
+    outside lakecurate) are an error naming the two ways on: a mark writes them all."""
+    ds = lake.dataset()
+    present = [n for n in NAMES if n in ds.schema.names]
+    if present and len(present) < len(NAMES):
+        raise LakeError(_partial(lake, ds, present))
+    prov = columns.provenance(STAGE, {"columns": list(NAMES)}, [], ds.version)
     columns.declare(lake, FIELDS, prov)
+
+
+def _partial(lake: "Store", ds: "lance.LanceDataset", present: list[str]) -> str:
+    """What to do when some review columns were dropped (it said "run with --recompute", which review
+    does not take): restore the latest version that had them all, or drop the rest and start again."""
+    import shlex
+
+    missing = [n for n in NAMES if n not in present]
+    whole = None
+    for v in sorted((x["version"] for x in ds.versions()), reverse=True):
+        try:
+            if set(NAMES) <= set(lake.dataset(v).schema.names):
+                whole = v
+                break
+        except LakeError:  # a version cleaned up: an older one may still be there
+            continue
+    head = f"lakecurate --branch {shlex.quote(lake.branch)}" if getattr(lake, "branch", None) else "lakecurate"
+    drop = f"import lance; lance.dataset({json.dumps(lake.table_uri)}).drop_columns({json.dumps(present)})"
+    back = (f"{head} restore {lake.shell} {whole} (the latest version that has them all; the versions since stay "
+            f"readable), or " if whole is not None else "")
+    return (f"lake '{lake.uri}' has the review columns {', '.join(present)} without {', '.join(missing)} (dropped "
+            f"outside lakecurate?); a mark writes all {len(NAMES)}. Go on with {back}drop the rest and mark again "
+            f"(their verdicts stay in version {ds.version} and the review log): python -c {shlex.quote(drop)}")
 
 
 def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str | None, label: str | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -191,6 +192,40 @@ def test_a_keep_does_not_revive_a_row_without_an_image(sample: Lake, tmp_path: P
     assert out.rows == sample.count("keep") - len(errors)
     assert out.stale == [f"{len(errors)} rows of the view left out: ingest_status is 'error' (no usable image; "
                          f"see ingest_error)"]
+
+
+def test_a_review_column_dropped_outside_says_what_works(sample: Lake):
+    """With review_by dropped by Lance itself, a mark said "run with --recompute to rebuild them":
+    review takes no --recompute. Both ways the message names work when followed."""
+    import shlex
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:2]
+    review.mark(sample, ids[:1], verdict="drop", reason="watermark", by="ana")
+    sample.dataset().drop_columns(["review_by"])
+    version = sample.version
+    with pytest.raises(LakeError) as err:
+        review.mark(sample, ids[1:], verdict="keep", by="bo")
+    msg = str(err.value)
+    assert "--recompute" not in msg and "without review_by" in msg and sample.version == version
+    restore = re.search(r"Go on with (lakecurate restore \S+ \d+) ", msg).group(1)
+    res = CliRunner().invoke(main, shlex.split(restore)[1:])
+    assert res.exit_code == 0, res.output
+    review.mark(sample, ids[1:], verdict="keep", by="bo")  # the restore brought review_by back, with ana's mark
+    assert _values(sample, ids)[ids[0]]["review_by"] == "ana" and _values(sample, ids)[ids[1]]["review_by"] == "bo"
+
+    sample.dataset().drop_columns(["review_by"])
+    with pytest.raises(LakeError) as err:
+        review.mark(sample, ids[1:], verdict="drop", reason="blurry")
+    drop = shlex.split(re.search(r"mark again .*?: (python -c .*)$", str(err.value)).group(1))
+    subprocess.run([sys.executable, *drop[1:]], check=True)
+    review.mark(sample, ids[1:], verdict="drop", reason="blurry", by="cy")
+    assert review.counts(sample.dataset()) == {"drop": 1} and _values(sample, ids)[ids[1]]["review_by"] == "cy"
 
 
 def test_compact_merges_fragments_nobody_reviewed(tmp_path: Path):
