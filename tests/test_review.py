@@ -228,6 +228,30 @@ def test_a_review_column_dropped_outside_says_what_works(sample: Lake):
     assert review.counts(sample.dataset()) == {"drop": 1} and _values(sample, ids)[ids[1]]["review_by"] == "cy"
 
 
+def test_control_characters_are_cleaned_from_review_text(sample: Lake):
+    """A reviewer name, reason or label with NUL and a terminal's ESC was stored and printed raw
+    (the plain --history table printed a NUL). They are removed, as recaption removes them from a
+    reply; a text of nothing else is no text."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:2]
+    evil = "\u0000\u001b[31m"
+    bare = "\x00\x1b\x7f"
+    assert review.set_labels(sample, [f"wrong{evil} caption", bare]) == ["wrong[31m caption"]
+    res = CliRunner().invoke(main, ["review", sample.uri, ids[0], "--drop", f"water{evil}mark", "--by", f"ana{evil}\x7f"])
+    assert res.exit_code == 0, res.output
+    review.mark(sample, ids[1:], label=f"wrong{evil} caption", by=bare)
+    got = _values(sample, ids)
+    assert (got[ids[0]]["review_reason"], got[ids[0]]["review_by"]) == ("water[31mmark", "ana[31m")
+    assert (got[ids[1]]["review_label"], got[ids[1]]["review_by"]) == ("wrong[31m caption", "anonymous")
+    hist = CliRunner().invoke(main, ["review", sample.uri, "--history"]).output
+    assert "ana[31m" in hist and "\x00" not in hist and "\x1b" not in hist
+    with pytest.raises(LakeError, match="a drop needs a reason"):
+        review.mark(sample, ids, verdict="drop", reason=bare)
+
+
 def test_compact_merges_fragments_nobody_reviewed(tmp_path: Path):
     lake = Lake.create(tmp_path / "lake")
     from lakecurate.plant import synthetic_pairs

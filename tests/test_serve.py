@@ -112,6 +112,18 @@ def test_review_write_then_the_grid_and_the_lake_show_it(sample: Lake):
     assert hist["counts"] == {"drop": 1} and len(hist["actions"]) == 3
 
 
+def test_a_review_posted_with_control_characters_is_stored_clean(sample: Lake):
+    """POST /api/review stored a reviewer name and reason with NUL and ESC as sent."""
+    c = client(sample)
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    r = c.post("/api/review", json={"ids": ids, "verdict": "drop", "reason": "blur\u0000\u001b[31my", "by": "ana\u001b"},
+               headers={"X-CSRF-Token": csrf(c)})
+    assert r.status_code == 200, r.text
+    got = sample.dataset().to_table(columns=["review_reason", "review_by"], filter="review_verdict IS NOT NULL").to_pylist()
+    assert got == [{"review_reason": "blur[31my", "review_by": "ana"}]
+    assert c.get("/api/history").json()["actions"][0]["by"] == "ana"
+
+
 @pytest.mark.parametrize("body", [{"ids": [{"a": 1}], "verdict": "keep"}, {"ids": [["x"]], "verdict": "keep"},
                                   {"ids": ["x"], "verdict": ["keep"]}, {"ids": ["x"], "verdict": {"k": 1}},
                                   {"ids": ["x"], "label": {"k": 1}}, {"ids": [1, 2], "verdict": "keep"}])
