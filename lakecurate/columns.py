@@ -233,8 +233,12 @@ def config_changed(lake: "Store", column: str, prov: dict[str, Any]) -> bool:
 def declare_view(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any]) -> bool:
     """Declare columns that are a *decision* recomputed on every run (dedup's keep, a recipe's
     keep, rebalancing, an order): another config replaces them (a metadata-only drop and re-add;
-    tags keep earlier results). Returns True when they were replaced, so the caller rewrites all."""
-    changed = config_changed(lake, fields[0].name, prov)
+    tags keep earlier results). Returns True when they were replaced, so the caller rewrites all.
+    Some of them alone (the others dropped outside lakecurate) are replaced too: the decision is
+    made again whole (declare's "run with --recompute" named an option these stages do not have)."""
+    names = lake.dataset().schema.names
+    partial = 0 < sum(f.name in names for f in fields) < len(fields)
+    changed = partial or config_changed(lake, fields[0].name, prov)
     declare(lake, fields, prov, recompute=changed)
     return changed
 

@@ -828,12 +828,12 @@ def _unfilled(ds: "lance.LanceDataset", names: set[str]) -> set[int]:
     return out
 
 
-def _declare(lake: "Store", fields: list[pa.Field], prov: dict[str, Any]) -> None:
-    """Declare keep/drop_reason with ``prov``, replacing another recipe's (metadata only)."""
+def _declare(lake: "Store", fields: list[pa.Field], prov: dict[str, Any]) -> bool:
+    """Declare keep/drop_reason with ``prov``, replacing another recipe's (metadata only); True when
+    they were replaced (every fragment is then written again)."""
     for attempt in range(ATTEMPTS):
         try:
-            columns.declare_view(lake, fields, prov)
-            return
+            return columns.declare_view(lake, fields, prov)
         except LakeError:
             # Another curate declared its own between our look and our add: look again.
             if attempt == ATTEMPTS - 1 or not columns.config_changed(lake, "keep", prov):
@@ -1521,8 +1521,8 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         # only), while each recipe's result stays reachable through its tag.
         pinned = columns.field_provenance(ds.schema.field("keep")) if "keep" in ds.schema.names else None
         _run_conditions(lake, ds, rec)  # a condition that fails on some row fails here, before keep is replaced
-        _declare(lake, fields, prov)
-        ours = bool(pinned) and pinned.get("config_hash") == prov["config_hash"]  # else: rewrite every fragment
+        replaced = _declare(lake, fields, prov)  # (also when one of them was dropped outside lakecurate)
+        ours = bool(pinned) and pinned.get("config_hash") == prov["config_hash"] and not replaced  # else: rewrite all
         try:
             written, version, n, kept, digests, report.dropped = _decide_by_fragment(
                 lake, ds, frags, rec, params, read | ({"keep", "drop_reason"} if ours else set()), emb, texts,

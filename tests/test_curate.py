@@ -722,3 +722,23 @@ def test_recipe_names_and_step_tables_are_checked_before_a_write(lake: Lake, tmp
     with pytest.raises(LakeError, match=match):
         lake.curate(path, progress=False)
     assert lake.version == v
+
+
+def test_a_decision_column_dropped_outside_is_made_again_whole(lake_copy: Lake):
+    """drop_reason dropped with Lance itself: the next curate said "run with --recompute to rebuild
+    them", an option curate (and rebalance, sequence) does not have. The decision is made again."""
+    lake = lake_copy
+    words = {"name": "w", "step": [{"filter": "caption_length", "min_words": 3, "max_words": 100}]}
+    lake.curate(words, progress=False)
+    before = lake.to_pandas(["id", "keep", "drop_reason"]).sort_values("id").reset_index(drop=True)
+    lance.dataset(lake.table_uri).drop_columns(["drop_reason"])
+    rep = lake.curate(words, progress=False)
+    after = lake.to_pandas(["id", "keep", "drop_reason"]).sort_values("id").reset_index(drop=True)
+    assert rep.kept == int(before["keep"].sum()) and after.equals(before)
+    lake.cluster(2)
+    lake.rebalance(0.5)
+    chosen = lake.to_pandas(["id", "rebalance_keep", "repeats"]).sort_values("id").reset_index(drop=True)
+    lance.dataset(lake.table_uri).drop_columns(["repeats"])
+    res = CliRunner().invoke(main, ["rebalance", lake.uri, "--target", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert lake.to_pandas(["id", "rebalance_keep", "repeats"]).sort_values("id").reset_index(drop=True).equals(chosen)
