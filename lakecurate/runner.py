@@ -693,7 +693,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
                 _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where, first)
             if not (elsewhere and _WAITING[0]):
                 break
-            ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere, progress)
+            ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere, progress,
+                                                   [] if recompute else prov["source_columns"])
     except BaseException:
         if added and not elsewhere:
             # a first run that failed before any fill leaves no column (but not another run's, declared meanwhile)
@@ -708,10 +709,13 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
 
 
 def _wait_for_others(lake: "Store", stage: RowStage, claims: columns.FragmentClaims,
-                     elsewhere: dict[int, str], progress: bool | None) -> tuple[Any, list, dict[int, str]]:
-    """Poll until a fragment left to another run is filled or free: (the dataset, fragments now
-    this run's to compute: their run ended without filling them, those still held elsewhere).
-    A progress bar says what it waits for (another run that hangs holds its claims)."""
+                     elsewhere: dict[int, str], progress: bool | None,
+                     sources: Sequence[str]) -> tuple[Any, list, dict[int, str]]:
+    """Poll until a fragment left to another run is filled (its values current: ``sources``, the
+    stage's inputs, not written since) or free: (the dataset, fragments now this run's to compute:
+    their run ended without filling them, those still held elsewhere). A progress bar says what it
+    waits for (another run that hangs holds its claims)."""
+    from lakecurate.graph import stale_fragments
     from lakecurate.progress import progress_bar
 
     runs = ", ".join(sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()}))
@@ -722,7 +726,9 @@ def _wait_for_others(lake: "Store", stage: RowStage, claims: columns.FragmentCla
         while True:
             time.sleep(WAIT_POLL)
             ds = lake.dataset()
+            stale = set(stale_fragments(ds, stage.names, sources)) if sources else set()
             unfilled = {f.fragment_id: f for f in columns.fragments_to_fill(ds, stage.names[0])}
+            unfilled.update({f.fragment_id: f for f in ds.get_fragments() if f.fragment_id in stale})
             left = sorted(set(elsewhere) & set(unfilled))
             mine, busy = claims.take(left) if left else ([], {})
             bar.update(len(elsewhere) - len(busy) - done)  # filled (or this run's now)

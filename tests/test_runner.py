@@ -376,3 +376,33 @@ def test_image_stages_do_not_decode_what_ingest_refused(tmp_path: Path):
     assert len(bad) == 2 and bad[["no_vector", "no_hash", "no_copy"]].all().all()
     assert (bad["clip_tinyrandom_error"] == "image_refused_at_ingest: decompression_bomb").all()  # says why
     assert len(ok) == 2 and not ok[["no_vector", "no_hash", "no_copy"]].any().any()
+
+
+def test_a_waiting_run_takes_a_stale_fragment_another_run_left(tmp_path: Path):
+    """A consumer's producer (runner.waiting) left a stale fragment to another run of its stage, then
+    found nothing to wait for: it waited only for fragments without values, so it went on while the
+    other run still held the stale one (and, had that run died, left it stale). It waits for the
+    stale one now, and takes it over when its run ends without computing it."""
+    import threading
+
+    import lance
+
+    from lakecurate import graph
+    from lakecurate.signals import CAPTION_STAGE
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.signals(["caption"], progress=False)
+    key = lake.to_pandas(["key"], where="cap_words > 3", limit=1)["key"][0]
+    lance.dataset(lake.table_uri).update({"caption": "'two words'"}, where=f"key = '{key}'")
+    stale = graph.stale_fragments(lake.dataset(), CAPTION_STAGE.names, ["caption"])
+    assert len(stale) == 1
+    other = columns.FragmentClaims(lake, CAPTION_STAGE.checkpoint_key)  # another run of the stage holds it
+    assert other.take(stale) == (stale, {})
+    threading.Timer(1.5, other.release).start()  # ...and ends without computing it
+    t = time.perf_counter()
+    with runner.waiting():
+        rep = lake.signals(["caption"], progress=False)
+    assert time.perf_counter() - t >= 1.4 and rep == {"caption": 1}
+    assert lake.to_pandas(["cap_words"], where=f"key = '{key}'")["cap_words"][0] == 2
+    assert not graph.stale_fragments(lake.dataset(), CAPTION_STAGE.names, ["caption"])
