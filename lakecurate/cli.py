@@ -1153,8 +1153,10 @@ def feature_add(lake: str, name: str, udf: str, inputs: tuple[str, ...], out_typ
     if as_json:
         echo_json(rep)
         return
-    click.echo(f"feature {name}: {rep.rows} rows in {rep.fragments} fragments ({rep.seconds:.1f} s, engine {engine}); "
+    again = f" ({rep.rows_refreshed} of them again: their fragments' inputs changed since)" if rep.rows_refreshed else ""
+    click.echo(f"feature {name}: {rep.rows} rows{again} in {rep.fragments} fragments ({rep.seconds:.1f} s, engine {engine}); "
                f"columns: {', '.join(rep.columns)}")
+    _echo_elsewhere(rep, f"feature add {name}")
 
 
 @feature.command("list")
@@ -1491,7 +1493,7 @@ def compact(lake: str, target_rows: int, as_json: bool) -> None:
         echo_json(r)
         return
     click.echo(f"fragments {r['fragments_before']} -> {r['fragments_after']} (version {r['version']}); "
-               f"{r['left_incomplete']} left as they are until their columns are filled")
+               f"{r['left_incomplete']} left as they are until their columns are filled (or computed again where stale)")
 
 
 @main.command()
@@ -1499,9 +1501,11 @@ def compact(lake: str, target_rows: int, as_json: bool) -> None:
 @click.option("--older-than-days", type=FiniteFloat(min=0, max=1e6), default=7.0, show_default=True,
               help="Remove untagged versions older than this (0: every untagged one but the latest; a command "
               "reading one of them in another process then stops, and says so).")
+@click.option("--allow-stale", is_flag=True, help="Clean up although a stage is stale: the versions removed may be "
+              "what shows it stale (status then calls it current).")
 @json_option
 @_friendly_errors
-def cleanup(lake: str, older_than_days: float, as_json: bool) -> None:
+def cleanup(lake: str, older_than_days: float, allow_stale: bool, as_json: bool) -> None:
     """Reclaim disk space: delete old, untagged versions and the files only they use.
 
     Tagged versions (each recipe's tag), branches and the latest version stay readable. Overwrites
@@ -1509,7 +1513,7 @@ def cleanup(lake: str, older_than_days: float, as_json: bool) -> None:
 
     Example: lakecurate cleanup ./lake --older-than-days 0
     """
-    stats = open_lake(lake).cleanup(timedelta(days=older_than_days))
+    stats = open_lake(lake).cleanup(timedelta(days=older_than_days), allow_stale=allow_stale)
     if as_json:
         echo_json(stats)
         return

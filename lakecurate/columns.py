@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 # key existed read as format 1; a newer format is refused by stages (an older lakecurate cannot
 # tell whether its config comparison still holds) and shown as far as it can be by info/report.
 PROVENANCE_FORMAT = 1
+# A fill's commit records the version its values were computed from (a transaction property): Lance's
+# own read version is the one the commit was retried on (graph._computed_from reads both).
+COMPUTED_FROM = "lakecurate.computed_from"
 PROVENANCE_REQUIRED = ("stage", "config", "config_hash")
 
 
@@ -267,7 +270,7 @@ def fragments_to_fill(ds: lance.LanceDataset, column: str) -> list[lance.LanceFr
 
 
 def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table, *, config_hash: str | None = None,
-                  own_column: str | None = None) -> int | None:
+                  own_column: str | None = None, computed_from: int | None = None) -> int | None:
     """Write ``table`` (declared columns, one row per *physical* row of the fragment) as the
     fragment's data for those columns and commit it. Returns the new version, or None when the
     fragment no longer exists (compacted away) or another writer already filled these columns.
@@ -275,14 +278,16 @@ def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table, *, config_ha
     commit time (another run re-declared them with ``recompute`` meanwhile), a LakeError, nothing
     committed (the values would land under the other run's provenance); ``own_column`` ends its
     advice: how this stage writes a column of its own ("with another --name"), None when it cannot.
+    ``computed_from``: the version the values were computed from, recorded with the commit (the
+    stage graph reads it: a fill committed after its input was rewritten is not current).
     """
     return fill_fragments(lake, {fragment_id: table}, first_fill_only=True, config_hash=config_hash,
-                          own_column=own_column)
+                          own_column=own_column, computed_from=computed_from)
 
 
 def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_only: bool = False,
                    based_on: lance.LanceDataset | None = None, config_hash: str | None = None,
-                   own_column: str | None = None) -> int | None:
+                   own_column: str | None = None, computed_from: int | None = None) -> int | None:
     """Write each fragment's ``table`` (the same declared columns for every fragment, one row per
     physical row) and commit them all in **one** ``DataReplacement``: one new version, atomic.
 
@@ -301,7 +306,7 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
         return None
     files = FragmentFiles(lake, next(iter(tables.values())).column_names,
                           first_fill_only=first_fill_only, based_on=based_on, config_hash=config_hash,
-                          own_column=own_column)
+                          own_column=own_column, computed_from=computed_from)
     for fid, table in tables.items():
         files.write(fid, table)
     return files.commit()
@@ -325,8 +330,9 @@ class FragmentFiles:
 
     def __init__(self, lake: "Store", names: Sequence[str], *, first_fill_only: bool = False,
                  based_on: lance.LanceDataset | None = None, config_hash: str | None = None,
-                 own_column: str | None = None) -> None:
+                 own_column: str | None = None, computed_from: int | None = None) -> None:
         self.lake, self.names, self.config_hash, self.own_column = lake, list(names), config_hash, own_column
+        self.computed_from = computed_from  # recorded with the commit (COMPUTED_FROM)
         self.first_fill_only, self.based_on = first_fill_only, based_on
         self.ds = based_on if based_on is not None else lake.dataset()
         gone = [n for n in self.names if n not in self.ds.schema.names]
@@ -380,10 +386,15 @@ class FragmentFiles:
                 groups.append(lance.LanceOperation.DataReplacementGroup(fid, data_file))
             if not groups:
                 return None
+            op: Any = lance.LanceOperation.DataReplacement(groups)
+            if self.computed_from is not None:  # (read by the stage graph: what the values were computed from)
+                from lance.dataset import Transaction
+
+                op = Transaction(read_version=current.version, operation=op,
+                                 transaction_properties={COMPUTED_FROM: str(self.computed_from)})
             try:
                 return lance.LanceDataset.commit(
-                    lake.table_uri, lance.LanceOperation.DataReplacement(groups), read_version=current.version,
-                    storage_options=lake.storage_options,
+                    lake.table_uri, op, read_version=current.version, storage_options=lake.storage_options,
                 ).version
             except OSError as exc:
                 if "not found" in str(exc).lower() and not isinstance(exc, CommitConflictError):

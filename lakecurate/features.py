@@ -62,6 +62,9 @@ class FeatureReport:
     rows: int = 0
     seconds: float = 0.0
     versions: list[int] = field(default_factory=list)
+    rows_refreshed: int = 0  # of rows: rows of fragments computed again, their inputs rewritten since
+    fragments_elsewhere: int = 0  # left to another run of this feature computing them now (runner.RunReport)
+    elsewhere: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -425,7 +428,8 @@ def add_feature(
     out = runner.run(lake, stage, engine=engine, recompute=recompute, progress=progress)
     return FeatureReport(lake=lake.uri, feature=name, columns=list(types), inputs=inputs, engine=engine,
                          fragments=out.fragments, rows=out.rows + out.rows_resumed, seconds=time.perf_counter() - t0,
-                         versions=out.versions)
+                         versions=out.versions, rows_refreshed=out.rows_refreshed,
+                         fragments_elsewhere=out.fragments_elsewhere, elsewhere=out.elsewhere)
 
 
 def list_features(lake: "Store") -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import field_provenance, fragments_to_fill, has_data
+from lakecurate.columns import COMPUTED_FROM, field_provenance, fragments_to_fill, has_data
 from lakecurate.errors import LakeError
 from lakecurate.names import DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
 from lakecurate.store import retry_on_conflict
@@ -210,7 +210,7 @@ def _parent(ds: "lance.LanceDataset", branch_ds: "lance.LanceDataset") -> tuple[
 
 # The log up to a version never changes, so its reading is kept per (table, version): status,
 # export and diff each ask several questions of one version.
-_WRITES: dict[tuple[str, int], tuple[dict[str, dict[int, Write]], dict[str, set[int]]]] = {}  # writes, merged holes
+_WRITES: dict[tuple[str, int, str], Any] = {}  # writes, merged holes, merged stale
 
 
 def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
@@ -218,13 +218,26 @@ def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
     return {c: dict(per) for c, per in _log(ds)[0].items()}
 
 
-def _log(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]]]:
-    key = (ds.uri, ds.version)
+def _log(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]], dict[str, set[int]]]:
+    key = _version_key(ds)
     if key not in _WRITES:
         if len(_WRITES) > 16:
             _WRITES.pop(next(iter(_WRITES)))
         _WRITES[key] = _last_writes(ds)
     return _WRITES[key]
+
+
+def _version_key(ds: "lance.LanceDataset") -> tuple[str, int, str]:
+    """A version of a table, for the caches: its number and its commit's time (a lake made again at
+    the same path numbers its versions again: keyed by number alone, its log was the old lake's)."""
+    return ds.uri, ds.version, str(ds.get_version().get("timestamp"))
+
+
+def merged_stale(ds: "lance.LanceDataset") -> dict[str, set[int]]:
+    """Column of a per-row stage -> fragments a compaction merged from fragments some of which held
+    stale values of it (an input rewritten after them): the merged fragment keeps each column's
+    latest write, which alone would read as current (see :func:`_last_writes`)."""
+    return _log(ds)[2]
 
 
 def merged_holes(ds: "lance.LanceDataset") -> dict[str, set[int]]:
@@ -235,7 +248,7 @@ def merged_holes(ds: "lance.LanceDataset") -> dict[str, set[int]]:
     return _log(ds)[1]
 
 
-def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]]]:
+def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]], dict[str, set[int]]]:
     """Column -> fragment id -> (version, read version) of the last commit that wrote that column's
     values in that fragment, from the commit log of ``ds``'s branch up to ``ds.version``.
 
@@ -246,12 +259,33 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
     of the fragments it merged); a restore goes back to the writes of the version it restores.
     Versions whose log is gone (cleanup) contribute nothing: their columns read as written before
     anything that follows. Also (second): column -> fragments a compaction merged from fragments
-    some of which lacked the column (:func:`merged_holes`), until a fill writes them again.
+    some of which lacked the column (:func:`merged_holes`), until a fill writes them again; and
+    (third) column of a per-row stage -> fragments a compaction merged from fragments some of which
+    held stale values of it (:func:`merged_stale`: the merged fragment keeps each column's latest
+    write, which would read as current). A fill records the version its values were computed from
+    (``COMPUTED_FROM``, beside Lance's read version: a fill committed after its input was rewritten
+    read as computed from the rewrite).
     """
     ids = _field_names(ds)
     state: dict[int, dict[int, Write]] = {}  # field id -> fragment -> write
     holes: dict[int, set[int]] = {}  # field id -> fragments merged with rows that lacked it
-    snapshots: dict[int, tuple[dict[int, dict[int, Write]], dict[int, set[int]]]] = {}
+    stale: dict[str, set[int]] = {}  # column -> fragments merged with rows whose values were stale
+    snapshots: dict[int, tuple[dict[int, dict[int, Write]], dict[int, set[int]], dict[str, set[int]]]] = {}
+    ids_of: dict[str, list[int]] = {}
+    for f, name in ids.items():
+        ids_of.setdefault(name, []).append(f)
+    per_row = [(n.columns, n.sources) for n in nodes(ds) if n.per_row and n.sources]
+
+    def col_write(name: str, frag: int) -> Write | None:
+        got = [content_write(state[f][frag]) for f in ids_of.get(name, ()) if frag in state.get(f, {})]
+        return max((w for w in got if w is not None), default=None)
+
+    def was_stale(cols: list[str], srcs: list[str], frag: int, held: set[int]) -> bool:
+        mine = [col_write(c, frag) or ((0, 0) if held & set(ids_of.get(c, ())) else None) for c in cols]
+        if any(m is None for m in mine):
+            return False  # (rows without values: the holes)
+        read = min(m[1] for m in mine)
+        return any((w := col_write(src, frag)) is not None and w[0] > read for src in srcs)
 
     def put(fields: Iterable[int], frag: int, w: Write) -> None:
         for f in fields:
@@ -264,20 +298,26 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
             per = state.setdefault(f, {})
             per[frag] = (w[0], w[1], content_write(per.get(frag)))
 
-    before: set[int] = set()
+    before: set[int] | None = None  # the fragment ids of the version before (None: not known)
     history = _history(ds, ds, ds.version)
     # Only the versions a later restore goes back to need their writes remembered.
     restored = {tx.operation.version for _, tx, _ in history
                 if tx is not None and type(tx.operation).__name__ == "Restore"}
     for version, tx, frag_ids in history:
         # A transaction's new fragments have no ids yet (Lance numbers them at commit, in order):
-        # they are the ids this version has and the one before did not.
-        created = iter(sorted(set(frag_ids) - before) if frag_ids is not None else [])
+        # they are the ids this version has and the one before did not. Where the version before
+        # is gone (cleanup removed it), they are this version's highest ids: Lance never reuses one.
+        if frag_ids is None:
+            created = iter([])
+        elif before is None:
+            created = iter(sorted(frag_ids)[max(0, len(frag_ids) - _new_fragments(tx)):] if tx is not None else [])
+        else:
+            created = iter(sorted(set(frag_ids) - before))
         if tx is not None:
-            op, w = tx.operation, (version, tx.read_version)
+            op, w = tx.operation, (version, _computed_from(tx))
             kind = type(op).__name__
             if kind == "Overwrite":
-                state, holes = {}, {}
+                state, holes, stale = {}, {}, {}
                 for frag in op.fragments:
                     put(_file_fields(frag), next(created, -1), w)
             elif kind == "Append":
@@ -301,16 +341,24 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                     put(r.new_file.fields, r.fragment_id, w)
                     for f in r.new_file.fields:
                         holes.get(f, set()).discard(r.fragment_id)
+                        stale.get(ids.get(f, ""), set()).discard(r.fragment_id)
             elif kind == "Rewrite":
                 for group in op.groups:
                     old = [frag.id for frag in group.old_fragments]
                     new_ids = [next(created, -1) for _ in group.new_fragments]
+                    held = [_file_fields(frag) for frag in group.old_fragments]
+                    for cols, srcs in per_row:  # (before the writes of the merged fragments are combined)
+                        if any(o in stale.get(c, ()) for c in cols for o in old) or \
+                                any(was_stale(cols, srcs, o, h) for o, h in zip(old, held)):
+                            for c in cols:
+                                stale.setdefault(c, set()).update(new_ids)
+                        for c in cols:
+                            stale.get(c, set()).difference_update(old)
                     for f, per in state.items():
                         writes = [per.pop(o) for o in old if o in per]
                         if writes:
                             for new in new_ids:
                                 per[new] = max(writes)
-                    held = [_file_fields(frag) for frag in group.old_fragments]
                     for f in set().union(*held) if held else ():
                         inherited = any(o in holes.get(f, ()) for o in old)
                         if inherited or any(f not in h for h in held):  # some rows had no value: now nulls
@@ -318,11 +366,13 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                         for o in old:
                             holes.get(f, set()).discard(o)
             elif kind == "Restore":
-                then = snapshots.get(op.version, ({}, {}))
+                then = snapshots.get(op.version, ({}, {}, {}))
                 state = {f: dict(per) for f, per in then[0].items()}
                 holes = {f: set(fr) for f, fr in then[1].items()}
+                stale = {c: set(fr) for c, fr in then[2].items()}
         if version in restored:
-            snapshots[version] = ({f: dict(per) for f, per in state.items()}, {f: set(fr) for f, fr in holes.items()})
+            snapshots[version] = ({f: dict(per) for f, per in state.items()}, {f: set(fr) for f, fr in holes.items()},
+                                  {c: set(fr) for c, fr in stale.items()})
         if frag_ids is not None:
             before = set(frag_ids)
     out: dict[str, dict[int, Write]] = {}
@@ -336,7 +386,30 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
     for f, frags in holes.items():
         if frags and ids.get(f) is not None:
             merged.setdefault(ids[f], set()).update(frags)
-    return out, merged
+    return out, merged, {c: frags for c, frags in stale.items() if frags and c in ids_of}
+
+
+def _computed_from(tx: Any) -> int:
+    """The version a commit's writer read: Lance's read version, or the earlier version its values
+    were computed from where the writer recorded one (:data:`COMPUTED_FROM`)."""
+    raw = (getattr(tx, "transaction_properties", None) or {}).get(COMPUTED_FROM)
+    try:
+        return min(tx.read_version, int(raw)) if raw is not None else tx.read_version
+    except (TypeError, ValueError):
+        return tx.read_version
+
+
+def _new_fragments(tx: Any) -> int:
+    """How many fragments a transaction adds (Lance numbers them at commit)."""
+    op = tx.operation
+    kind = type(op).__name__
+    if kind in ("Overwrite", "Append"):
+        return len(op.fragments)
+    if kind == "Update":
+        return len(op.new_fragments)
+    if kind == "Rewrite":
+        return sum(len(g.new_fragments) for g in op.groups)
+    return 0
 
 
 def content_write(w: Any) -> Write | None:
@@ -478,17 +551,19 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     after it is stale. A value whose commit is no longer in the log (``cleanup`` removed it) counts
     as written at the start."""
     stale: dict[str, int] = {}
-    holes = merged_holes(ds)  # (the cache's own sets: read, never changed)
+    _, holes, hidden = _log(ds)  # (the cache's own sets: read, never changed)
     merged = sorted({fid for c in node.columns for fid in holes.get(c, ()) if fid in frags})
-    redo = 0
+    mixed = sorted({fid for c in node.columns for fid in hidden.get(c, ()) if fid in frags} - set(merged))
+    redo, missing = 0, 0
     for frag in frags.values():
         rewritten = _rewritten_sources(ds, frag, node.columns, node.sources, writes)
         if rewritten is None:
             st.rows_missing += frag.count_rows()
+            missing += 1
             continue
         for src, v in rewritten.items():
             stale[src] = max(stale.get(src, 0), v)
-        if rewritten or frag.fragment_id in merged:
+        if rewritten or frag.fragment_id in merged or frag.fragment_id in mixed:
             st.rows_stale += frag.count_rows()
             redo += 1
     if merged:  # filled, so never computed again: only a recompute gives those rows values
@@ -496,12 +571,17 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
         st.reasons.append(f"{len(merged)} fragment(s) ({', '.join(map(str, merged[:5]))}) were merged by a compaction "
                           f"outside lakecurate (LanceDB optimize, Lance compact_files) while some of their rows had no "
                           f"{node.columns[0]}: those rows hold nulls no run computed")
+    if mixed:
+        st.state = "stale"
+        st.reasons.append(f"{len(mixed)} fragment(s) ({', '.join(map(str, mixed[:5]))}) were merged by a compaction "
+                          f"while some of their rows held stale values (an input rewritten after {node.stage} computed them)")
     if stale:
         st.state = "stale"
         st.reasons += [f"{src} was rewritten at version {v} after {node.stage} computed from it" for src, v in sorted(stale.items())]
     if redo:  # what the fix (the stage's plain run: runner.run, stale_fragments) computes again
-        st.reasons.append(f"its fix computes {st.rows_stale} rows in {redo} fragment(s) again")
-    elif st.rows_missing and not merged:
+        st.reasons.append(f"its fix computes {st.rows_stale} rows in {redo} fragment(s) again"
+                          + (f", and {st.rows_missing} rows in {missing} fragment(s) that have none" if missing else ""))
+    elif st.rows_missing:
         st.state = "incomplete"
         st.reasons.append(f"{st.rows_missing} rows have no {node.columns[0]} yet")
 
@@ -527,10 +607,11 @@ def _rewritten_sources(ds: "lance.LanceDataset", frag: Any, columns: Sequence[st
 def stale_fragments(ds: "lance.LanceDataset", columns: Sequence[str], sources: Sequence[str]) -> list[int]:
     """The fragments of ``ds`` whose values of a per-row stage's ``columns`` are stale: an input of
     ``sources`` was rewritten after they were computed (a caption updated with Lance), or a
-    compaction outside lakecurate merged them with rows that had none (:func:`merged_holes`). What
+    compaction merged them with rows that had none (:func:`merged_holes`) or stale ones
+    (:func:`merged_stale`). What
     a plain run of the stage computes again, beside the fragments without values."""
-    writes, holes = _log(ds)  # (the cache's own dicts: read, never changed)
-    merged = {fid for c in columns for fid in holes.get(c, ())}
+    writes, holes, hidden = _log(ds)  # (the cache's own dicts: read, never changed)
+    merged = {fid for c in columns for fid in (*holes.get(c, ()), *hidden.get(c, ()))}
     return [f.fragment_id for f in ds.get_fragments()
             if f.fragment_id in merged or _rewritten_sources(ds, f, columns, sources, writes)]
 
@@ -582,13 +663,13 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
                               f"curate ran); run it again to judge them")
 
 
-_COUNTS: dict[tuple[str, int, str], int] = {}
+_COUNTS: dict[tuple[str, int, str, str], int] = {}
 
 
 def _count(ds: "lance.LanceDataset", where: str) -> int:
     """Rows of this version matching ``where`` (a scan of its columns: cached per version, as the
     commit log is; status asks the graph several times)."""
-    key = (ds.uri, ds.version, where)
+    key = (*_version_key(ds), where)
     if key not in _COUNTS:
         if len(_COUNTS) > 256:
             _COUNTS.pop(next(iter(_COUNTS)))

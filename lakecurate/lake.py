@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -275,16 +276,18 @@ class Lake(Store):
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.
 
-        Only fragments that hold every derived column are merged. A fragment that still lacks a
-        column reads it as null; merging it would store those nulls, and the rows would then look
-        computed and never be filled. (So do not run Lance's or LanceDB's own compaction on a lake
-        whose columns are still being filled.) Retried on conflict, like every commit; rows and
-        values are unchanged. Returns fragments before/after and how many were left for later.
+        Only fragments that hold every derived column, all current, are merged. A fragment that
+        still lacks a column reads it as null; merging it would store those nulls, and the rows
+        would then look computed and never be filled. A fragment whose values of a per-row stage are
+        stale (an input rewritten since) would make the merged fragment's values all be computed
+        again. (So do not run Lance's or LanceDB's own compaction on a lake whose columns are still
+        being filled.) Retried on conflict, like every commit; rows and values are unchanged.
+        Returns fragments before/after and how many were left for later.
         """
         from lance.optimize import Compaction
 
         from lakecurate.columns import field_provenance, has_data
-        from lakecurate.graph import MANUAL
+        from lakecurate.graph import MANUAL, nodes, stale_fragments
 
         target_rows = whole("target_rows", target_rows, 1)  # (-5 was an OverflowError, 0 accepted)
 
@@ -293,6 +296,8 @@ class Lake(Store):
             # (a reviewer's columns are null until someone reviews: merging stores what they mean)
             derived = [f.name for f in ds.schema if (field_provenance(f) or {}).get("stage") not in (None, *MANUAL)]
             excluded = [f.fragment_id for f in ds.get_fragments() if not all(has_data(ds, f, c) for c in derived)]
+            excluded += sorted({fid for n in nodes(ds) if n.per_row and n.sources
+                                for fid in stale_fragments(ds, n.columns, n.sources)} - set(excluded))
             plan = Compaction.plan(ds, {"target_rows_per_fragment": target_rows, "excluded_fragment_ids": excluded})
             if plan.num_tasks():
                 Compaction.commit(ds, [task.execute(ds) for task in plan.tasks])
@@ -302,6 +307,27 @@ class Lake(Store):
         incomplete = retry_on_conflict(run)
         return {"fragments_before": before, "fragments_after": len(self.dataset().get_fragments()),
                 "left_incomplete": incomplete, "version": self.version}
+
+    def cleanup(self, older_than: timedelta = timedelta(days=7), *, allow_stale: bool = False) -> dict[str, int]:
+        """Delete untagged versions older than ``older_than`` (see :meth:`Store.cleanup`). Refused
+        while a stage is stale and versions would go: their commits are what shows it stale (a
+        caption rewritten after embed read it; without that commit, status calls embed current and
+        its plain run computes nothing). ``allow_stale``: clean up anyway."""
+        from lakecurate import graph
+
+        if not isinstance(allow_stale, bool):
+            raise LakeError(f"allow_stale must be True or False, not {allow_stale!r}")
+        if not allow_stale:
+            stale = [s for s in graph.states(self) if s.state == "stale"]
+            ds = self.dataset()
+            if stale and isinstance(older_than, timedelta) and ds.explain_cleanup_old_versions(
+                    older_than=older_than, error_if_tagged_old_versions=False).stats.old_versions:
+                fixes = list(dict.fromkeys(s.fix for s in stale))
+                raise LakeError(f"{stale[0].node.stage} ({', '.join(stale[0].node.columns[:3])}) of lake '{self.uri}' is "
+                                f"stale ({stale[0].reasons[0]}), and cleanup would remove versions whose commits show it: "
+                                f"status would then call it current. Run {'its fix' if len(fixes) == 1 else 'the fixes'} "
+                                f"first ({'; then '.join(fixes)}), or pass --allow-stale (allow_stale=True) to forget it")
+        return super().cleanup(older_than)
 
     def diff(self, a: int | str, b: int | str | None = None, **options: Any) -> Any:
         """Rows added/removed between two curated views, per reason; see :func:`lakecurate.compare.diff`."""

@@ -440,7 +440,8 @@ def _close(loader: Any) -> None:
 def _commit(lake: "Store", ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage,
             parts: Sequence[pa.Table], ckpt: columns.Checkpoint, report: RunReport) -> None:
     version = columns.fill_fragment(lake, frag.fragment_id, _assemble(ds, frag, stage, parts),
-                                    config_hash=stage.provenance(0)["config_hash"], own_column=stage.own_column)
+                                    config_hash=stage.provenance(0)["config_hash"], own_column=stage.own_column,
+                                    computed_from=ds.version)  # (the version its inputs were read at)
     if version is not None:
         report.versions.append(version)
         report.fragments += 1
@@ -666,7 +667,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     if not recompute:  # and the fragments whose values are stale (an input rewritten since): those again
         from lakecurate.graph import stale_fragments
 
-        stale = set(stale_fragments(ds, stage.names, prov["source_columns"]))
+        stale = set(stale_fragments(ds, stage.names, prov["source_columns"])) - {f.fragment_id for f in todo}
         todo += [f for f in ds.get_fragments() if f.fragment_id in stale]
     report.fragments_total = len(todo)
     if max_fragments is not None:

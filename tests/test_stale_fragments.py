@@ -1,0 +1,191 @@
+"""Stale values a fragment at a time: what the stage graph must see through (compactions, cleanup, a
+fill committed after its input was rewritten, a lake made again at the same path), and what the
+plain run of a per-row stage then computes again (found by a hostile probe of that behaviour)."""
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError, columns, graph
+from lakecurate.cli import main
+from lakecurate.plant import synthetic_pairs
+
+from .writers import scaled_len
+
+
+def lake_of(path: Path, *sizes: int) -> Lake:
+    """A lake of one fragment per size, with the feature ``n`` (len(caption)) computed."""
+    lake = Lake.create(path)
+    start = 0
+    for n in sizes:
+        lake.append(synthetic_pairs(start, n))
+        start += n
+    add_n(lake)
+    return lake
+
+
+def add_n(lake: Lake, **options) -> object:
+    return lake.add_feature("n", scaled_len, inputs=["caption"], type="int64", progress=False, **options)
+
+
+def feature_state(lake: Lake) -> graph.NodeState:
+    return next(s for s in graph.states(lake) if s.node.columns == ["n"])
+
+
+def wrong_rows(lake: Lake) -> list[str]:
+    """Ids whose n is not len(caption) (a value computed from an old caption)."""
+    t = lake.dataset().to_table(columns=["id", "caption", "n"]).to_pylist()
+    return sorted(r["id"] for r in t if r["caption"] is not None and r["n"] != len(r["caption"]))
+
+
+def update(lake: Lake, where: str, caption: str) -> None:
+    lance.dataset(lake.table_uri).update({"caption": f"'{caption}'"}, where=where)
+
+
+def test_a_compaction_does_not_hide_a_stale_fragment(tmp_path: Path):
+    """A stale fragment merged with a current one: the merged fragment kept each column's latest
+    write, so caption (from the stale part) read as older than n (from the other part): status
+    said current and the plain run left the old value."""
+    import lancedb
+
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    update(lake, "id = 'p0000001'", "a brand new caption")  # its row moves to a fragment of its own: stale
+    lake.append(synthetic_pairs(100, 8))
+    stale = graph.stale_fragments(lake.dataset(), ["n"], ["caption"])
+    other = columns.FragmentClaims(lake, _key(lake))  # another run holds the stale fragment: this one fills the rest
+    assert other.take(stale) == (stale, {})
+    try:
+        add_n(lake)
+    finally:
+        other.release()
+    assert feature_state(lake).state == "stale" and wrong_rows(lake) == ["p0000001"]
+    lancedb.connect(lake.uri).open_table("pairs").optimize()
+    assert len(lake.dataset().get_fragments()) == 1
+    st = feature_state(lake)
+    assert st.state == "stale" and any("while some of their rows held stale values" in r for r in st.reasons), st
+    assert add_n(lake).rows == lake.count() and wrong_rows(lake) == []
+    assert feature_state(lake).state == "current"
+
+
+def test_lakecurate_compact_leaves_stale_fragments_as_they_are(tmp_path: Path):
+    lake = lake_of(tmp_path / "lake", 8, 8, 8)
+    update(lake, "id = 'p0000001'", "a brand new caption")
+    stale = graph.stale_fragments(lake.dataset(), ["n"], ["caption"])
+    res = CliRunner().invoke(main, ["compact", lake.uri])
+    assert res.exit_code == 0 and "1 left as they are" in res.output, res.output
+    assert graph.stale_fragments(lake.dataset(), ["n"], ["caption"]) == stale  # not merged with the others
+    assert add_n(lake).rows == 1 and wrong_rows(lake) == [] and feature_state(lake).state == "current"
+
+
+def test_after_a_cleanup_the_first_commit_left_writes_its_own_fragments(tmp_path: Path):
+    """The first version left by a cleanup was an append: its writes went to fragment 0 (its new
+    fragments were counted from the start), which then read as stale and was computed again while
+    the appended rows read as filled."""
+    lake = lake_of(tmp_path / "lake", 6, 6)
+    lake.append(synthetic_pairs(100, 3))
+    assert lake.cleanup(timedelta(0))["old_versions"] > 0
+    st = feature_state(lake)
+    assert (st.state, st.rows_missing, st.rows_stale) == ("incomplete", 3, 0), st
+    rep = add_n(lake)
+    assert (rep.rows, rep.rows_refreshed) == (3, 0) and wrong_rows(lake) == []
+
+
+def test_cleanup_refuses_to_remove_what_shows_a_stage_stale(tmp_path: Path):
+    """A caption updated, another commit, then cleanup: the update's commit was gone, and status
+    called the feature current with the old value in place."""
+    lake = lake_of(tmp_path / "lake", 6, 6)
+    update(lake, "id = 'p0000001'", "a brand new caption")
+    lake.append(synthetic_pairs(100, 3))
+    v = lake.version
+    with pytest.raises(LakeError, match=r"feature \(n\) .* is stale .*cleanup would remove versions whose commits "
+                                        r"show it.*lakecurate feature add .*--allow-stale"):
+        lake.cleanup(timedelta(0))
+    res = CliRunner().invoke(main, ["cleanup", lake.uri, "--older-than-days", "0"])
+    assert res.exit_code == 1 and "--allow-stale" in res.output and "Traceback" not in res.output
+    assert lake.version == v and len(lake.dataset().versions()) == v
+    add_n(lake)  # the fix: then nothing stale is forgotten
+    assert lake.cleanup(timedelta(0))["old_versions"] > 0 and feature_state(lake).state == "current"
+    update(lake, "id = 'p0000002'", "another caption")
+    res = CliRunner().invoke(main, ["cleanup", lake.uri, "--older-than-days", "0", "--allow-stale"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_fill_committed_after_its_input_was_rewritten_is_stale(tmp_path: Path):
+    """A run computed a fragment from the captions it read, another writer rewrote those captions in
+    place meanwhile, then the run committed: the commit's read version (the latest, where its
+    commit landed) made the values read as computed after the rewrite: current, and wrong."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 8))
+    rewritten = []
+
+    def n_meanwhile(batch: pa.RecordBatch) -> pa.Array:
+        ds = lake.dataset()
+        if not rewritten and "n" in ds.schema.names:  # (declared: the run, not the trial on the first rows)
+            # another writer, while this run computes: the fragment's captions rewritten in place
+            frag = ds.get_fragments()[0]
+            caps = frag.to_table(columns=["caption"], with_row_address=False).column("caption").to_pylist()
+            new = pa.table({"caption": pa.array([None if c is None else c + " (edited)" for c in caps], pa.string())})
+            rewritten.append(columns.fill_fragments(lake, {frag.fragment_id: new}))
+        return scaled_len(batch)
+
+    lake.add_feature("n", n_meanwhile, inputs=["caption"], type="int64", progress=False)
+    assert rewritten[0] is not None and len(wrong_rows(lake)) > 0
+    st = feature_state(lake)
+    assert st.state == "stale" and st.rows_stale == 8, st
+    rep = lake.add_feature("n", n_meanwhile, inputs=["caption"], type="int64", progress=False)  # the plain run again
+    assert rep.rows == 8 and wrong_rows(lake) == [] and feature_state(lake).state == "current"
+
+
+def test_a_lake_made_again_at_the_same_path_is_read_afresh(tmp_path: Path):
+    """The graph's cache of a version's log was keyed by path and number: a lake made again at the
+    same path, at the same version number, was read with the old lake's log (current while stale)."""
+    path = tmp_path / "lake"
+    lake = lake_of(path, 8, 8)
+    lance.dataset(lake.table_uri).delete("id = 'p0000003'")
+    assert feature_state(lake).state == "current"
+    first = lake.version
+    shutil.rmtree(path)
+    lake = lake_of(path, 8, 8)
+    update(lake, "id = 'p0000001'", "a brand new caption")
+    assert lake.version == first
+    assert feature_state(lake).state == "stale"
+    assert add_n(lake).rows == 1 and wrong_rows(lake) == []
+
+
+def test_status_counts_the_rows_without_values_beside_the_stale_ones(tmp_path: Path):
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    update(lake, "id = 'p0000001'", "a brand new caption")
+    lake.append(synthetic_pairs(100, 3))
+    st = feature_state(lake)
+    assert st.reasons[-1] == "its fix computes 1 rows in 1 fragment(s) again, and 3 rows in 1 fragment(s) that have none"
+    rep = add_n(lake)
+    assert (rep.rows, rep.rows_refreshed) == (4, 1)
+
+
+def test_feature_add_says_which_fragments_another_run_holds(tmp_path: Path):
+    """It printed "0 rows in 0 fragments" and nothing about the other run."""
+    import shlex
+
+    lake = lake_of(tmp_path / "lake", 8)
+    update(lake, "id = 'p0000001'", "a brand new caption")
+    stale = graph.stale_fragments(lake.dataset(), ["n"], ["caption"])
+    other = columns.FragmentClaims(lake, _key(lake))
+    assert other.take(stale) == (stale, {})
+    try:
+        res = CliRunner().invoke(main, shlex.split(feature_state(lake).fix)[1:])
+    finally:
+        other.release()
+    assert res.exit_code == 0, res.output
+    assert "0 rows in 0 fragments" in res.output and "1 fragments were left to another feature add n" in res.output
+
+
+def _key(lake: Lake) -> str:
+    """The feature n's checkpoint and claims key (runner.RowStage.checkpoint_key)."""
+    prov = columns.field_provenance(lake.dataset().schema.field("n"))
+    return f"{prov['stage']}-n-{prov['config_hash']}"
