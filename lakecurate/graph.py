@@ -281,11 +281,9 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
         return max((w for w in got if w is not None), default=None)
 
     def was_stale(cols: list[str], srcs: list[str], frag: int, held: set[int]) -> bool:
-        mine = [col_write(c, frag) or ((0, 0) if held & set(ids_of.get(c, ())) else None) for c in cols]
-        if any(m is None for m in mine):
-            return False  # (rows without values: the holes)
-        read = min(m[1] for m in mine)
-        return any((w := col_write(src, frag)) is not None and w[0] > read for src in srcs)
+        # (rows without values are the holes': None here)
+        return bool(_newer_sources([col_write(c, frag) or ((0, 0) if held & set(ids_of.get(c, ())) else None)
+                                    for c in cols], {src: col_write(src, frag) for src in srcs}))
 
     def put(fields: Iterable[int], frag: int, w: Write) -> None:
         for f in fields:
@@ -551,7 +549,7 @@ def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, W
     after it is stale. A value whose commit is no longer in the log (``cleanup`` removed it) counts
     as written at the start."""
     stale: dict[str, int] = {}
-    _, holes, hidden = _log(ds)  # (the cache's own sets: read, never changed)
+    holes, hidden = merged_holes(ds), merged_stale(ds)  # (the cache's own sets: read, never changed)
     merged = sorted({fid for c in node.columns for fid in holes.get(c, ()) if fid in frags})
     mixed = sorted({fid for c in node.columns for fid in hidden.get(c, ()) if fid in frags} - set(merged))
     redo, missing = 0, 0
@@ -592,16 +590,17 @@ def _rewritten_sources(ds: "lance.LanceDataset", frag: Any, columns: Sequence[st
     after the values were computed (source -> the version that wrote it; empty: current). Rows
     deleted from a fragment leave the values of the others as they were (content writes)."""
     fid = frag.fragment_id
-    mine = [content_write(writes.get(c, {}).get(fid)) or ((0, 0) if has_data(ds, frag, c) else None) for c in columns]
+    return _newer_sources([content_write(writes.get(c, {}).get(fid)) or ((0, 0) if has_data(ds, frag, c) else None)
+                           for c in columns], {src: content_write(writes.get(src, {}).get(fid)) for src in sources})
+
+
+def _newer_sources(mine: list[Write | None], sources: dict[str, Write | None]) -> dict[str, int] | None:
+    """None when a column of the stage has no write (no values); else the sources written after the
+    earliest version the stage's values were computed from (source -> the version that wrote it)."""
     if any(w is None for w in mine):
         return None
     read = min(w[1] for w in mine)
-    out = {}
-    for src in sources:
-        w = content_write(writes.get(src, {}).get(fid))
-        if w is not None and w[0] > read:
-            out[src] = w[0]
-    return out
+    return {src: w[0] for src, w in sources.items() if w is not None and w[0] > read}
 
 
 def stale_fragments(ds: "lance.LanceDataset", columns: Sequence[str], sources: Sequence[str]) -> list[int]:
@@ -610,7 +609,7 @@ def stale_fragments(ds: "lance.LanceDataset", columns: Sequence[str], sources: S
     compaction merged them with rows that had none (:func:`merged_holes`) or stale ones
     (:func:`merged_stale`). What
     a plain run of the stage computes again, beside the fragments without values."""
-    writes, holes, hidden = _log(ds)  # (the cache's own dicts: read, never changed)
+    writes, holes, hidden = last_writes(ds), merged_holes(ds), merged_stale(ds)
     merged = {fid for c in columns for fid in (*holes.get(c, ()), *hidden.get(c, ()))}
     return [f.fragment_id for f in ds.get_fragments()
             if f.fragment_id in merged or _rewritten_sources(ds, f, columns, sources, writes)]

@@ -662,13 +662,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     ds = lake.dataset()
     if recompute:  # recomputing: batches saved by an earlier run are not to be reused
         ckpt.drop()
-    todo = columns.fragments_to_fill(ds, stage.names[0])
-    stale: set[int] = set()
-    if not recompute:  # and the fragments whose values are stale (an input rewritten since): those again
-        from lakecurate.graph import stale_fragments
-
-        stale = set(stale_fragments(ds, stage.names, prov["source_columns"])) - {f.fragment_id for f in todo}
-        todo += [f for f in ds.get_fragments() if f.fragment_id in stale]
+    sources = None if recompute else prov["source_columns"]  # (recomputing: every fragment lacks values)
+    todo, stale = _to_compute(ds, stage, sources)
     report.fragments_total = len(todo)
     if max_fragments is not None:
         todo = todo[:max_fragments]
@@ -694,8 +689,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
                 _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where, first)
             if not (elsewhere and _WAITING[0]):
                 break
-            ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere, progress,
-                                                   [] if recompute else prov["source_columns"])
+            ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere, progress, sources)
     except BaseException:
         if added and not elsewhere:
             # a first run that failed before any fill leaves no column (but not another run's, declared meanwhile)
@@ -709,14 +703,27 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     return report
 
 
+def _to_compute(ds: lance.LanceDataset, stage: RowStage,
+                sources: Sequence[str] | None) -> tuple[list[lance.LanceFragment], set[int]]:
+    """The fragments a run computes: those without values, then those whose values are stale
+    (``graph.stale_fragments``: ``sources``, the stage's inputs, rewritten since; None: none asked
+    for); and the ids of the stale ones."""
+    from lakecurate.graph import stale_fragments
+
+    todo = columns.fragments_to_fill(ds, stage.names[0])
+    if sources is None:
+        return todo, set()
+    stale = set(stale_fragments(ds, stage.names, sources)) - {f.fragment_id for f in todo}
+    return todo + [f for f in ds.get_fragments() if f.fragment_id in stale], stale
+
+
 def _wait_for_others(lake: "Store", stage: RowStage, claims: columns.FragmentClaims,
                      elsewhere: dict[int, str], progress: bool | None,
-                     sources: Sequence[str]) -> tuple[Any, list, dict[int, str]]:
-    """Poll until a fragment left to another run is filled (its values current: ``sources``, the
-    stage's inputs, not written since) or free: (the dataset, fragments now this run's to compute:
+                     sources: Sequence[str] | None) -> tuple[Any, list, dict[int, str]]:
+    """Poll until a fragment left to another run is filled (its values current, as
+    :func:`_to_compute` sees them) or free: (the dataset, fragments now this run's to compute:
     their run ended without filling them, those still held elsewhere). A progress bar says what it
     waits for (another run that hangs holds its claims)."""
-    from lakecurate.graph import stale_fragments
     from lakecurate.progress import progress_bar
 
     runs = ", ".join(sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()}))
@@ -727,9 +734,7 @@ def _wait_for_others(lake: "Store", stage: RowStage, claims: columns.FragmentCla
         while True:
             time.sleep(WAIT_POLL)
             ds = lake.dataset()
-            stale = set(stale_fragments(ds, stage.names, sources)) if sources else set()
-            unfilled = {f.fragment_id: f for f in columns.fragments_to_fill(ds, stage.names[0])}
-            unfilled.update({f.fragment_id: f for f in ds.get_fragments() if f.fragment_id in stale})
+            unfilled = {f.fragment_id: f for f in _to_compute(ds, stage, sources)[0]}
             left = sorted(set(elsewhere) & set(unfilled))
             mine, busy = claims.take(left) if left else ([], {})
             bar.update(len(elsewhere) - len(busy) - done)  # filled (or this run's now)
