@@ -695,7 +695,10 @@ def dedup(
         group_columns(m)  # validates
     redo = recomputed_methods(methods, recompute)
     keep_from_given = keep_from
-    keep_from = [m for m in (keep_from if keep_from is not None else DEFAULT_KEEP_FROM)]
+    # keep_from="phash": one method, not its letters; 5: an error naming the option, not a TypeError
+    keep_from = texts("keep_from", keep_from) if keep_from is not None else list(DEFAULT_KEEP_FROM)
+    if not keep_from:
+        raise LakeError(f"keep_from is empty: name the methods whose groups decide, e.g. keep_from={['exact', 'phash']!r}")
     for m in keep_from:
         group_columns(m)
     report = DedupReport(lake=lake.uri, keep_from=keep_from)

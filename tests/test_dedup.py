@@ -232,6 +232,20 @@ def test_exact_pairs_and_no_embeddings(lake: Lake, tmp_path: Path):
     assert lake.dedup(["exact"], keep_from=["exact", "minhash"], progress=False).dropped == 2  # among those computed
 
 
+def test_keep_from_takes_one_text_and_refuses_others_by_name(lake: Lake):
+    """keep_from="phash" is a list of one (it was split into letters: "unknown dedup method 'p'");
+    5 was a raw TypeError; [] suggested a command with empty values."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    before = lake.version
+    with pytest.raises(LakeError, match=r"invalid keep_from 5: expected text or a list of texts"):
+        lake.dedup(["exact"], keep_from=5, progress=False)
+    with pytest.raises(LakeError, match=r"^keep_from is empty: name the methods") as err:
+        lake.dedup(["exact"], keep_from=[], progress=False)
+    assert "--method  " not in str(err.value)
+    assert lake.version == before
+    assert lake.dedup(["phash"], keep_from="phash", progress=False).keep_from == ["phash"]
+
+
 def test_a_run_stopped_before_its_commit_is_incomplete_not_current(lake: Lake, tmp_path: Path, monkeypatch):
     """Columns declared by a run killed before its commit hold nulls that mean nothing: status said
     current. A finished run that found nothing to write is current."""
