@@ -561,6 +561,8 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
                                 copy_cosine=copy_cosine,
                                 verify_neighbors=verify_neighbors, verify_cosine=verify_cosine,
                                 verify_inliers=verify_inliers, workers=workers, recompute=recompute, engine=engine)
+    for note in rep.warnings:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         echo_json(rep)
         return

@@ -296,6 +296,7 @@ class DedupReport:
     fragments_written: int = 0
     versions: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # e.g. the keep rule ranks by a test model's scores
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -733,6 +734,10 @@ def dedup(
             raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: its similarities are "
                             "meaningless, so semantic dedup would link unrelated pairs; embed with a real model, "
                             "or pass --semantic-threshold to do it anyway (tests)")
+        if meaningless(emb_prov):  # the keep rule still ranks, but which member it keeps means nothing
+            report.warnings.append(f"the keep rule ranks duplicates by '{embedding_columns(emb)['score']}', the score "
+                                   f"of a randomly initialised test model: which member is kept is arbitrary; embed "
+                                   f"with a real model and pass --embedding")
         thr = semantic_threshold if semantic_threshold is not None else SEMANTIC_THRESHOLDS.get(family, 0.95)
         confirm = confirm_cosine if confirm_cosine is not None else CONFIRM_COSINES.get(family, 0.85)
         configs["semantic"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"], "threshold": float(thr),

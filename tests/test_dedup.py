@@ -181,6 +181,20 @@ def test_sample_data_groups_keep_and_reasons(sample_lake_embedded: Lake, tmp_pat
     assert len(df) == rep.dropped
 
 
+def test_keep_rule_warns_when_it_ranks_by_a_test_models_score(sample_lake_embedded: Lake, tmp_path: Path):
+    """Semantic dedup refuses tiny-random's similarities; the keep rule ranked members by its
+    clip_tinyrandom_score without a word."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    result = CliRunner().invoke(main, ["--no-progress", "dedup", str(lake.uri), "--embedding", "clip_tinyrandom",
+                                       "--method", "exact,phash,copy"])
+    assert result.exit_code == 0, result.output
+    assert "warning: the keep rule ranks duplicates by 'clip_tinyrandom_score', the score of a randomly " \
+           "initialised test model" in result.stderr
+    plain = Lake.create(tmp_path / "plain")
+    plain.ingest(SAMPLE_DATA, progress=False)
+    assert plain.dedup(["exact"], progress=False).warnings == []  # no embedding: ranked by pixels, no warning
+
+
 def test_config_change_needs_recompute(sample_lake_embedded: Lake, tmp_path: Path):
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     lake.dedup(["phash"], workers=0, progress=False)
