@@ -221,9 +221,22 @@ def _one_line(ctx: click.Context, exc: click.UsageError) -> click.UsageError:
     return _OneLineUsageError(exc)
 
 
+def _branch_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--branch (or LAKECURATE_BRANCH) checked as the group parses it: a bad name is a bad option,
+    exit code 2 (the lake refused it later, exit code 1)."""
+    from lakecurate.store import BRANCH_RE
+
+    if value is not None and not BRANCH_RE.match(value):
+        where = ("in the environment variable LAKECURATE_BRANCH "
+                 if ctx.get_parameter_source("branch") == click.core.ParameterSource.ENVIRONMENT else "")
+        raise click.BadParameter(f"branch name {value!r} {where}is not valid; use letters, digits, '.', '_' and '-'",
+                                 ctx, param)
+    return value
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="lakecurate")
-@click.option("--branch", envvar="LAKECURATE_BRANCH", metavar="NAME",
+@click.option("--branch", envvar="LAKECURATE_BRANCH", metavar="NAME", callback=_branch_name,
               help="Work on this branch of the lake (default: main; env LAKECURATE_BRANCH). "
                    "Make one with: lakecurate branch create LAKE NAME")
 @click.option("--progress/--no-progress", default=None, envvar="LAKECURATE_PROGRESS", type=EnvBool("LAKECURATE_PROGRESS"),

@@ -260,7 +260,9 @@ def test_json_usage_errors_are_json_on_stdout(bad_env: dict[str, str], args: lis
 
 
 @pytest.mark.parametrize("args, env", [(["info", "{lake}", "--json"], {"LAKECURATE_PROGRESS": "bogus"}),
-                                       (["--bogus", "info", "{lake}", "--json"], {})])
+                                       (["--bogus", "info", "{lake}", "--json"], {}),
+                                       (["--branch", "a b", "info", "{lake}", "--json"], {}),
+                                       (["info", "{lake}", "--json"], {"LAKECURATE_BRANCH": "a b"})])
 def test_json_usage_errors_of_the_group_options_are_json_on_stdout(bad_env: dict[str, str], args: list[str],
                                                                    env: dict[str, str]):
     """The group's own options (--branch, --progress, their env variables) are parsed before any
@@ -269,8 +271,12 @@ def test_json_usage_errors_of_the_group_options_are_json_on_stdout(bad_env: dict
     assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "Usage:" not in res.stderr, res.output
     got = json.loads(res.stdout)
     assert set(got) == {"error"} and got["error"] in res.stderr
-    if env:
+    if "LAKECURATE_PROGRESS" in env:
         assert "'bogus' in the environment variable LAKECURATE_PROGRESS is not a boolean" in got["error"]
+    if "LAKECURATE_BRANCH" in env:  # (a bad branch name exited 1, as if the lake had failed)
+        assert "branch name 'a b' in the environment variable LAKECURATE_BRANCH is not valid" in got["error"]
+    elif "--branch" in args:
+        assert "branch name 'a b' is not valid" in got["error"]
 
 
 def test_paths_kinds_and_names_a_hostile_tester_tried(tmp_path: Path, monkeypatch):
