@@ -560,9 +560,13 @@ def rebalance(
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "
                         f"{where or 'true'}); check --where, or run: lakecurate cluster {lake.shell}")
     goal = int(round(target * n)) if isinstance(target, float) and target <= 1 else int(target)
-    if goal < 1 or goal > n:
-        raise LakeError(f"--target {target} keeps {goal} rows, outside 1..{n} candidate rows; pass a fraction in (0, 1] "
-                        f"or a count up to {n}")
+    rows = f"{n} candidate row{'s' if n != 1 else ''}"
+    if goal < 1:  # (a fraction: a count is at least 1)
+        raise LakeError(f"--target {target} of {rows} rounds to 0 rows; pass a fraction of at least {1 / n:.3g} "
+                        f"or a count of rows up to {n}")
+    if goal > n:
+        raise LakeError(f"--target {target} asks for {goal} rows, more than the {rows}; pass a count up to {n} "
+                        "or a fraction in (0, 1]")
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal, stale=report_stale)
     # The candidates' vectors are read twice (sums, distances), a fragment at a time, never whole.
     table = complexity_by_fragment(ds, embedding_columns(emb)["image"], k, where, engine=engine, address=address,

@@ -233,8 +233,13 @@ def clustered(sample_lake_embedded: Lake, tmp_path_factory) -> Lake:
     ("rebalance", {"target": float("nan")}, "--target"),
     ("rebalance", {"target": float("inf")}, "--target"),
     ("rebalance", {"target": True}, "--target"),
-    ("rebalance", {"target": 0.001}, "--target"),  # rounds to 0 of the 26 candidates
-    ("rebalance", {"target": 27}, "--target"),  # more rows than candidates
+    # it said "keeps 0 rows, outside 1..26 candidate rows; pass a fraction in (0, 1]": a fraction was passed
+    ("rebalance", {"target": 0.001}, r"^--target 0.001 of 26 candidate rows rounds to 0 rows; pass a fraction of at "
+                                     r"least 0.0385 or a count of rows up to 26$"),
+    ("rebalance", {"target": 0.4, "where": "key = 'chelsea.jpg'"}, r"^--target 0.4 of 1 candidate row rounds to 0 "
+                                                                   r"rows; pass a fraction of at least 1 "),
+    ("rebalance", {"target": 27}, r"^--target 27 asks for 27 rows, more than the 26 candidate rows; pass a count "
+                                  r"up to 26 or a fraction in \(0, 1\]$"),
     ("rebalance", {"temperature": 0}, "--temperature"),
     ("rebalance", {"temperature": float("nan")}, "--temperature"),
     ("rebalance", {"max_repeats": -2}, "--max-repeats"),
