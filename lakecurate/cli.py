@@ -786,15 +786,18 @@ def _echo_whatifs(rep: Any) -> None:
 # --------------------------------------------------------------------------- concepts and export
 @main.command()
 @lake_argument
-@click.option("-k", "k", type=Count(min=1), help="Concepts (default: sqrt of the embedded rows, 2..4096).")
-@click.option("--embedding", help="Embedding columns to cluster (default: the lake's only embedding).")
-@click.option("--seed", type=Count(min=0), default=0, show_default=True)
-@click.option("--recompute", is_flag=True, help="Replace concepts made with other settings.")
+@click.option("-k", "k", type=Count(min=2), help="Concepts, 2 or more (default: those of the lake's concepts, else "
+              "about sqrt of the embedded rows, 2..4096, at most the rows).")
+@click.option("--embedding", help="Embedding columns to cluster (default: those of the lake's concepts, else the "
+              "lake's only embedding).")
+@click.option("--seed", type=Count(min=0), help="k-means seed (default: that of the lake's concepts, else 0).")
+@click.option("--recompute", is_flag=True, help="Replace concepts made with other settings (-k, --seed and "
+              "--embedding not given take their defaults, not the lake's concepts').")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Assign rows here, or in one Ray task per fragment (the fit runs here on a sample).")
 @json_option
 @_friendly_errors
-def cluster(lake: str, k: int | None, embedding: str | None, seed: int, recompute: bool, engine: str,
+def cluster(lake: str, k: int | None, embedding: str | None, seed: int | None, recompute: bool, engine: str,
             as_json: bool) -> None:
     """Cluster LAKE's image embeddings into concepts: concept and concept_dist columns.
 

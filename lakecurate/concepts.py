@@ -402,10 +402,13 @@ def assign_fragment(uri: str, version: int, storage_options: dict | None, fragme
     return np.concatenate(addrs), np.concatenate(labels), np.concatenate(dists)
 
 
-def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None, seed: int = 0,
+def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None, seed: int | None = None,
             recompute: bool = False, engine: str = "local", address: str | None = None) -> ClusterReport:
     """k-means concepts of the image embeddings: ``concept`` and ``concept_dist`` columns.
 
+    ``k``, ``seed`` and ``embedding`` not given keep those of the lake's concepts on a re-run (the
+    default k grows with the rows: a plain re-run after an ingest was refused as another config);
+    with ``recompute`` they take their defaults (k about sqrt of the embedded rows, 2..4096; seed 0).
     The clustering is a global fit: a run with the same settings on a lake with new rows re-fits
     (every row's concept may move); the same settings on an unchanged lake write nothing.
     ``engine="ray"``: the centroids are fitted here on a sample (read by position), and every
@@ -419,11 +422,23 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     """
     t0 = time.perf_counter()
     if k is not None:
-        k = whole("-k", k, 1)
-    seed = whole("--seed", seed, 0)
+        k = whole("-k", k, 2)  # (one concept is every row: the default gives one only to a lake of one row)
+    if seed is not None:
+        seed = whole("--seed", seed, 0)
     check_engine(engine)
-    emb = _embedded(lake, embedding)
     ds = lake.dataset()
+    had: dict[str, Any] = {}
+    if not recompute and "concept" in ds.schema.names:
+        # A plain re-run keeps the settings of the lake's concepts that it is not given (k, seed,
+        # embedding): the default k grows with the rows, so a re-run after an ingest was refused as
+        # "made with another config"; --recompute starts again from the defaults.
+        had = (columns.field_provenance(ds.schema.field("concept"), strict=False) or {}).get("config") or {}
+    if embedding is None and isinstance(had.get("embedding"), str) and \
+            embedding_columns(had["embedding"])["image"] in ds.schema.names:
+        embedding = had["embedding"]
+    if seed is None:
+        seed = had["seed"] if isinstance(had.get("seed"), int) and had["seed"] >= 0 else 0
+    emb = _embedded(lake, embedding)
     col = embedding_columns(emb)["image"]
     # The vectors are sampled and streamed (columns.LanceVectors), never read whole.
     tbl = ds.to_table(columns=[c for c in ("concept", "concept_dist") if c in ds.schema.names], with_row_address=True)
@@ -439,12 +454,8 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); "
                         f"choose -k up to {n_valid}, or leave it out (default: "
                         f"{min(default_k(n_valid), n_valid)}, about the square root of the rows)")
-    if k is None and "concept" in ds.schema.names:
-        # A re-run keeps the lake's number of concepts: the default grows with the rows, so a plain
-        # re-run after an ingest was refused as "made with another config".
-        had = (columns.field_provenance(ds.schema.field("concept"), strict=False) or {}).get("config") or {}
-        if had.get("embedding") == emb and isinstance(had.get("k"), int) and had["k"] <= n_valid:
-            k = had["k"]
+    if k is None and had.get("embedding") == emb and isinstance(had.get("k"), int) and had["k"] <= n_valid:
+        k = had["k"]
     k = int(k or min(default_k(n_valid), n_valid))  # (one row: one concept, not 2 with one empty)
     report = ClusterReport(lake=lake.uri, embedding=emb, k=k, rows=n_valid)
     src = LanceVectors(ds, col, np.flatnonzero(valid))

@@ -225,6 +225,7 @@ def clustered(sample_lake_embedded: Lake, tmp_path_factory) -> Lake:
 @pytest.mark.parametrize("stage, options, option", [
     ("cluster", {"k": -3, "recompute": True}, "-k"),
     ("cluster", {"k": 0}, "-k"),
+    ("cluster", {"k": 1, "recompute": True}, r"^invalid -k 1: expected an integer >= 2$"),  # help said 2..4096
     ("cluster", {"k": 2.5}, "-k"),
     ("cluster", {"k": 4, "seed": -1}, "--seed"),
     ("rebalance", {"target": 0}, "--target"),
@@ -608,3 +609,28 @@ def test_cluster_says_when_concepts_got_no_row(tmp_path: Path):
     lake.embed("tiny-random", workers=0, progress=False)
     res = CliRunner().invoke(main, ["--no-progress", "cluster", lake.uri, "-k", "5"])
     assert res.exit_code == 0 and "warning: 4 of the 5 concepts got no row" in res.output, res.output
+
+
+def test_cluster_carries_k_seed_and_embedding_over_and_recompute_takes_the_defaults(sample_lake_embedded, tmp_path):
+    """-k 1 was accepted though the help says 2..4096; after -k 2, --recompute kept k = 2, not the
+    default; after --seed 7 and an ingest, a plain re-run was refused "(seed 7 -> 0)" though k is
+    carried over so that such a re-run is not."""
+    from lakecurate.concepts import default_k
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    res = CliRunner().invoke(main, ["cluster", lake.uri, "-k", "1"])
+    assert res.exit_code == 2 and "'-k': 1 is not in the range 2<=x" in res.output, res.output
+    lake.cluster(2, seed=7)
+    more = tmp_path / "more"
+    shutil.copytree(SAMPLE_DATA, more)
+    for p in more.glob("*.txt"):  # other captions: new rows
+        p.write_text(p.read_text() + " (again)")
+    lake.ingest(more, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    res = CliRunner().invoke(main, ["cluster", lake.uri])
+    assert res.exit_code == 0, res.output
+    config = field_provenance(lake.dataset().schema.field("concept"))["config"]
+    assert (config["k"], config["seed"], config["embedding"]) == (2, 7, "clip_tinyrandom")
+    again = lake.cluster(recompute=True)  # the defaults, not the lake's settings
+    config = field_provenance(lake.dataset().schema.field("concept"))["config"]
+    assert again.k == config["k"] == default_k(again.rows) > 2 and config["seed"] == 0
