@@ -105,6 +105,7 @@ class Count(click.IntRange):
 
 
 WORKERS = Count(min=0, max=MOST_WORKERS)
+SQL_ROWS = 10_000  # rows `lakecurate sql` prints by default (--limit)
 
 
 class EnvBool(click.types.BoolParamType):
@@ -1279,9 +1280,11 @@ def info(lake: str, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="json: a list of records (bytes as base64); csv: with a header row.")
 @click.option("--version", "at_version", help="Query an older version (number or tag).")
+@click.option("--limit", type=Count(min=0), default=SQL_ROWS, show_default=True,
+              help="Print at most this many rows (a note on stderr says when the result had more); 0: all.")
 @click.option("--json", "as_json", is_flag=True, help="The same as --format json (an error, too, is JSON then).")
 @_friendly_errors
-def sql(lake: str, query: str, fmt: str, at_version: str | None, as_json: bool) -> None:
+def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, as_json: bool) -> None:
     """Run a SQL QUERY against the `pairs` table of LAKE (read-only: one SELECT or WITH).
 
     The image column holds Lance blob descriptors (position, size) in results; export or the Python
@@ -1293,29 +1296,42 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, as_json: bool) 
         raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one")
     fmt = "json" if as_json else fmt
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
-    table = open_lake(lake).sql_table(query, version=version)
+    # Read one row past the limit, a batch at a time: a cross join held 8M rows (5.7 GB) to print them.
+    table = open_lake(lake).sql_table(query, version=version, limit=limit + 1 if limit else None)
+    cut = bool(limit) and table.num_rows > limit
+    table = table.slice(0, limit) if cut else table
     twice = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
     if twice:  # a self-join's SELECT *: pandas and JSON records keep one of each name
         names = ", ".join(twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
         raise LakeError(f"the result has more than one column named {names}: name them apart with AS "
                         "(SELECT a.key AS key_a, b.key AS key_b ...)")
-    if fmt == "json":  # from Arrow: a 64-bit hash stays exact, an int column with nulls stays ints
-        import base64
+    if cut:  # (on stderr: the JSON or CSV on stdout stays whole)
+        click.echo(f"note: printed the first {limit} rows; the query returns more: pass --limit N for more "
+                   "(0: all), or narrow it (LIMIT, WHERE)", err=True)
+    import base64
 
-        def plain(v: Any) -> Any:
-            if isinstance(v, bytes):  # a binary column or literal as base64 text: JSON has no bytes
-                return base64.b64encode(v).decode()
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if hasattr(v, "isoformat"):
-                return v.isoformat()
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [plain(x) for x in v]
-            return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+    import pyarrow as pa
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, bytes):  # a binary column or literal as base64 text: JSON has no bytes
+            return base64.b64encode(v).decode()
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if hasattr(v, "isoformat"):
+            return v.isoformat()
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+    if fmt == "json":  # from Arrow: a 64-bit hash stays exact, an int column with nulls stays ints
         click.echo(json.dumps([{k: plain(v) for k, v in row.items()} for row in table.to_pylist()], ensure_ascii=False))
         return
+    if fmt == "csv":  # a list, vector or struct as JSON text (pandas wrote numpy's, with line breaks in a field)
+        for i, f in enumerate(table.schema):
+            if pa.types.is_nested(f.type):
+                text = [None if v is None else json.dumps(plain(v), ensure_ascii=False) for v in table.column(i).to_pylist()]
+                table = table.set_column(i, f.name, pa.array(text, pa.string()))
     df = table.to_pandas(integer_object_nulls=True)  # ints with nulls stay ints (500, not 500.0)
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)

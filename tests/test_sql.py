@@ -292,3 +292,33 @@ def test_cli_sql_keeps_integers_exact_and_refuses_columns_named_alike(small: Lak
     for fmt in ("--json", "--format=json"):
         res = CliRunner().invoke(main, ["sql", small.uri, "SELECT * FROM pairs p1, pairs p2 LIMIT 1", fmt])
         assert res.exit_code == 1 and "more than one column named" in json.loads(res.stdout)["error"], res.output
+
+
+def test_cli_sql_bounds_what_it_prints_and_writes_lists_as_json_in_csv(clustered: Lake):
+    """A 3-way cross join on a 200-row lake printed 8M rows (5.7 GB held); --format csv wrote a
+    vector as numpy's text with line breaks inside the field."""
+    import csv
+    import io
+
+    cross = "SELECT a.key AS ka, b.key AS kb FROM pairs a, pairs b"  # 26 x 26 rows
+    n = clustered.count() ** 2
+    for fmt in (["--format", "table"], ["--json"], ["--format", "csv"]):
+        res = CliRunner().invoke(main, ["sql", clustered.uri, cross, "--limit", "10", *fmt])
+        assert res.exit_code == 0, res.output
+        assert res.stderr == ("note: printed the first 10 rows; the query returns more: pass --limit N for more "
+                              "(0: all), or narrow it (LIMIT, WHERE)\n")
+        if fmt == ["--json"]:
+            assert len(json.loads(res.stdout)) == 10
+        if fmt == ["--format", "csv"]:
+            assert len(res.stdout.splitlines()) == 11
+    res = CliRunner().invoke(main, ["sql", clustered.uri, cross, "--limit", "0", "--json"])
+    assert len(json.loads(res.stdout)) == n and res.stderr == ""
+    res = CliRunner().invoke(main, ["sql", clustered.uri, cross, "--json"])  # the default bound is above 676
+    assert len(json.loads(res.stdout)) == n and res.stderr == ""
+    res = CliRunner().invoke(main, ["sql", clustered.uri, "SELECT key, clip_tinyrandom_image AS v, [1, 2] AS l "
+                                    "FROM pairs ORDER BY key LIMIT 2", "--format", "csv"])
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == 3, res.output  # a header and two lines
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    truth = clustered.sql_table("SELECT key, clip_tinyrandom_image FROM pairs ORDER BY key LIMIT 2").to_pylist()
+    assert [json.loads(r["v"]) for r in rows] == [pytest.approx(t["clip_tinyrandom_image"]) for t in truth]
+    assert [json.loads(r["l"]) for r in rows] == [[1, 2], [1, 2]]
