@@ -930,6 +930,9 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
     click.echo(f"exported {rep.samples} samples ({rep.rows} pairs) from version {rep.version} where {rep.where} "
                f"to {rep.dest} ({rep.format}, {len(rep.files)} files, {rep.bytes / 2**20:.1f} MiB) in {rep.seconds:.1f} s"
                + (f"; faces blurred in {rep.blurred} images" if blur_faces else ""))
+    if rep.removed_partial:
+        click.echo(f"removed {rep.removed_partial} partial folder{'s' if rep.removed_partial != 1 else ''} left by an "
+                   f"interrupted export to {rep.dest}")
 
 
 @main.command()

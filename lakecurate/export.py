@@ -14,7 +14,8 @@ needs.
 Each export carries a manifest (``manifest.json`` in a WebDataset folder, ``DEST.manifest.json``
 beside a Parquet file or Lance table): source lake and version, the selection, the recipe and
 rebalance provenance, counts, the files written. An export is written into a hidden sibling folder
-and moved into place when complete; ``overwrite`` replaces exactly the files an earlier export's
+(``.DEST.PID@HOST.XXXX.partial``) and moved into place when complete; the next export to DEST removes
+the ones a killed export left; ``overwrite`` replaces exactly the files an earlier export's
 manifest lists (other files are left alone) and refuses a destination that holds no such export.
 A destination inside the lake (its table, a branch) is refused.
 
@@ -23,12 +24,14 @@ A destination inside the lake (its table, a branch) is refused.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import re
 import os
 import shlex
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
@@ -94,6 +97,7 @@ class ExportReport:
     seconds: float = 0.0
     stale: list[str] = field(default_factory=list)  # what was not current (exported with allow_stale)
     blurred: int = 0  # images written with faces blurred (blur_faces)
+    removed_partial: int = 0  # staging folders of interrupted exports to this destination, removed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -534,7 +538,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     # Written into a hidden sibling folder (same file system) and moved into place when complete:
     # a failed or killed export never leaves a half-written one at DEST.
     dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    report.removed_partial = _remove_partials(dest)
+    # Named by its owner (pid@host), so that the next export here removes it if this one is killed.
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}@{socket.gethostname()}.", suffix=".partial",
+                                  dir=dest.parent))
     out = stage / dest.name
     try:
         if format == "webdataset":
@@ -688,6 +695,35 @@ def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list
         import lance
 
         lance.write_dataset(reader, str(out), mode="create")
+
+
+def _remove_partials(dest: Path) -> int:
+    """Remove the staging folders (``.DEST.PID@HOST.XXXX.partial``) that exports to ``dest`` killed
+    on this host left (a SIGKILL runs no ``finally``: up to a full copy of the data set stayed hidden
+    beside DEST); one whose export is still running, or of another host, is left. Returns how many."""
+    host, removed = socket.gethostname(), 0
+    head = f".{dest.name}."
+    for stage in dest.parent.glob(f"{glob.escape(head)}*.partial"):
+        owner = stage.name[len(head) : -len(".partial")].rpartition(".")[0]  # pid@host (mkdtemp's letters after)
+        pid, _, on = owner.partition("@")
+        if not (stage.is_dir() and pid.isdigit() and on == host) or _running(int(pid)):
+            continue
+        shutil.rmtree(stage, ignore_errors=True)
+        removed += not stage.exists()
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (another user's counts: PermissionError)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _swap(out: Path, manifest: Path, dest: Path, fmt: str, previous: list[Path] | None, stage: Path) -> None:

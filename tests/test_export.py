@@ -476,3 +476,25 @@ def test_export_options_are_checked_before_the_destination(sample_lake_embedded:
         sample_lake_embedded.export(full, "webdataset", caption_mix="caption=1,caption=1")
     with pytest.raises(LakeError, match="exists and is not empty"):
         sample_lake_embedded.export(full, "webdataset", caption_mix="caption=1")
+
+
+def test_an_export_removes_the_partial_folders_killed_exports_left(seq_lake: Lake, tmp_path: Path):
+    """A SIGKILLed export left its hidden staging folder (up to a full copy) beside DEST for good;
+    the next export removes those of exports no longer running, and only those."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead = tmp_path / f".out.{int(gone.stdout)}@{host}.abcd1234.partial"
+    live = tmp_path / f".out.{os.getpid()}@{host}.efgh5678.partial"  # an export of this process, still running
+    other = tmp_path / f".out.{int(gone.stdout)}@not-{host}.ijkl9012.partial"  # another host's: cannot tell
+    for stage in (dead, live, other):
+        (stage / "out").mkdir(parents=True)
+        (stage / "out" / "shard-000000.tar").write_bytes(b"x" * 100)
+    result = CliRunner().invoke(main, ["export", seq_lake.uri, str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "removed 1 partial folder left by an interrupted export" in result.output
+    assert not dead.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out"])
