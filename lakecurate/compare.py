@@ -5,7 +5,8 @@ A view is a version of the lake (a number, a tag, a branch or ``branch:number``)
 or ``keep`` when rebalancing is stale because a recipe re-ran after it; see
 :func:`lakecurate.graph.effective_view`). Rows are matched by ``id``. Each row
 that one view has and the other lacks is explained by the other version's own columns: the first
-stage that dropped it there (see :func:`why_excluded`), or the row does not exist in that version
+stage that dropped it there (see :func:`why_excluded`; a condition given that reads no curated
+decision is explained only by the columns it reads), or the row does not exist in that version
 (appended later, or the version was restored).
 
 Example::
@@ -22,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from lakecurate.errors import LakeError
-from lakecurate.graph import effective_view
-from lakecurate.names import DECISIONS
+from lakecurate.graph import effective_view, where_columns
+from lakecurate.names import DECISIONS, VIEW_DECISIONS
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
@@ -85,12 +86,19 @@ def _side(lake: "Store", ref: str | int, where: str | None) -> tuple[Any, pd.Dat
     ds = lake.dataset(ref)
     names = ds.schema.names
     notes: list[str] = []
+    # A condition given that reads no curated decision (keep, rebalance_keep) left rows out for what it
+    # reads alone: the decisions it never read do not explain them (width > 320 was "duplicate", "rebalance").
+    read = set(where_columns(where, names)) if where else set(REASON_COLUMNS)
+    if read & set(VIEW_DECISIONS):  # a curated decision: its reasons and what it came after
+        read = set(REASON_COLUMNS)
+    read |= {d.reason for d in DECISIONS if d.column in read and d.reason}  # dup_keep: dup_reason says why
     if not where:
         where, notes = effective_view(lake.on_branch_of(ref), ds)  # (its fix commands name the branch)
         notes = [f"{ref}: {n}" for n in notes]
     # One scan: the view's condition is computed as a column beside the reason columns. A stale
     # rebalance_keep outside the view explains nothing.
     skip = {"rebalance_keep"} if where == "keep" else set()
+    skip |= set(REASON_COLUMNS) - read
     cols = {c: c for c in ["id", *REASON_COLUMNS] if c in names and c not in skip}
     inside = where or ("ingest_status != 'error'" if "ingest_status" in names else "true")
     try:

@@ -826,3 +826,15 @@ def test_diff_where_names_the_side_that_lacks_a_column(rebalanced: Lake):
         rebalanced.diff(2, where="keep")
     with pytest.raises(LakeError, match=r"--where-b 'nope' cannot select rows of B"):
         rebalanced.diff(rebalanced.version, where="keep", where_b="nope")
+
+
+def test_diff_explains_a_custom_condition_by_what_it_reads(rebalanced: Lake):
+    """`diff 4 --where-b "width > 320"` (no row that wide) counted the removed rows as "duplicate",
+    "rebalance", "recipe: ...": reasons the condition never read; every one is outside it."""
+    d = rebalanced.diff(rebalanced.version, where="width >= 0", where_b="width < 0")  # every row, then none
+    assert d.rows_b == 0 and d.removed == d.rows_a > 20
+    assert d.removed_by == {"outside the view's condition": d.rows_a}
+    d = rebalanced.diff(rebalanced.version, where="width >= 0", where_b="keep")  # a decision read still explains
+    assert d.removed > 0 and any(k.startswith("recipe: ") for k in d.removed_by), d.removed_by
+    d = rebalanced.diff(rebalanced.version, where="keep", where_b="rebalance_keep")
+    assert d.removed_by == {"rebalance": d.removed} and d.removed > 0
