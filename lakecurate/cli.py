@@ -892,8 +892,8 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
 @click.option("--caption", default="caption", show_default=True, help="Caption column, e.g. caption_redacted.")
 @click.option("--no-repeats", is_flag=True, help="Write each row once even when it has repeats.")
 @click.option("--shard-size", type=Count(min=1), default=None,
-              help="WebDataset samples per shard (default: the --shard-size `sequence` used, so shard i holds "
-                   "seq_shard i; else 1000).")
+              help="WebDataset samples per shard (default: the --shard-size `sequence` used, so without repeats "
+                   "shard i holds seq_shard i; else 1000).")
 @click.option("--overwrite", is_flag=True)
 @click.option("--caption-mix", help="Train on a mix of caption columns, e.g. caption=0.5,caption_coca=0.5: one per "
               "row, chosen from --mix-seed and the row's id (recorded in the manifest).")
