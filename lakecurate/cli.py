@@ -897,7 +897,7 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
 @click.option("--overwrite", is_flag=True)
 @click.option("--caption-mix", help="Train on a mix of caption columns, e.g. caption=0.5,caption_coca=0.5: one per "
               "row, chosen from --mix-seed and the row's id (recorded in the manifest).")
-@click.option("--mix-seed", type=int, default=0, show_default=True)
+@click.option("--mix-seed", type=Count(min=0), default=0, show_default=True)
 @click.option("--caption-mix-both", is_flag=True, help="With --caption-mix: every non-null caption of the mix as its own sample.")
 @click.option("--blur-faces", is_flag=True,
               help="Write images with the faces found by `lakecurate signals --faces` blurred (the stored images "

@@ -506,6 +506,9 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         raise LakeError("give either --caption or --caption-mix, not both")
     if mix_both and caption_mix is None:
         raise LakeError("--caption-mix-both needs --caption-mix")
+    mix_seed = whole("--mix-seed", mix_seed, 0)  # ("a" was recorded in the manifest as the seed)
+    if mix_seed and caption_mix is None:  # (it was ignored without a word)
+        raise LakeError(f"--mix-seed {mix_seed} needs --caption-mix (it seeds the choice of caption per row)")
     if not str(dest).strip():  # "" was the working directory
         raise LakeError("the export destination is empty (''); give a folder (or a .parquet file)")
     dest, previous = _check_dest(lake, dest, format, overwrite)
