@@ -244,7 +244,8 @@ def mix_choice(ids: list[str], weights: dict[str, float], seed: int) -> np.ndarr
 def _mix(tbl: pa.Table, copy: np.ndarray, weights: dict[str, float], seed: int, both: bool) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
     """The samples with their caption chosen from the mix (``choose``: one per sample, a null choice
     falling back to the mix's next non-null column) or one sample per non-null mix column (``both``),
-    as ``__caption`` + ``caption_source``; and what the manifest records."""
+    as ``__caption`` + ``caption_source``; and what the manifest records (``both``: the rows left
+out because every caption of the mix is null)."""
     names = list(weights)
     caps = [tbl.column(c).to_pylist() for c in names]
     n = tbl.num_rows
@@ -254,9 +255,11 @@ def _mix(tbl: pa.Table, copy: np.ndarray, weights: dict[str, float], seed: int, 
         src = [names[k] for _, k in idx]
         text = [caps[k][r] for r, k in idx]
         fallbacks = 0
+        ids = tbl.column("id").to_pylist()  # (a row repeated is several samples: count rows)
+        left_out = len({ids[r] for r in range(n)} - {ids[r] for r in rows.tolist()})
     else:
         pick = mix_choice(tbl.column("id").to_pylist(), weights, seed)
-        rows, src, text, fallbacks = np.arange(n), [], [], 0
+        rows, src, text, fallbacks, left_out = np.arange(n), [], [], 0, 0
         for r, k in enumerate(pick):
             order = [k] + [j for j in range(len(names)) if j != k and weights[names[j]] > 0]
             j = next((j for j in order if caps[j][r] is not None), k)
@@ -268,6 +271,8 @@ def _mix(tbl: pa.Table, copy: np.ndarray, weights: dict[str, float], seed: int, 
     chosen = {c: src.count(c) for c in names}
     record = {"weights": weights, "seed": seed, "mode": "both" if both else "choose", "samples_per_column": chosen,
               "fallbacks": int(fallbacks)}
+    if both:
+        record["rows_without_caption"] = left_out  # every caption of the mix null: no sample
     return out, copy[rows], record
 
 
@@ -520,6 +525,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     mixed = None
     if caption_mix is not None:
         tbl, copy, mixed = _mix(tbl, copy, caption_mix, mix_seed, mix_both)
+        if mixed.get("rows_without_caption"):  # (they were left out without a word)
+            k = mixed["rows_without_caption"]
+            stale.append(f"{k} row{'s' if k != 1 else ''} of the view left out: every caption of the --caption-mix "
+                         f"({', '.join(caption_mix)}) is null")
         caption = MIX_CAPTION
     if tbl.num_rows == 0:  # in every format, before a folder is made (WebDataset and MDS wrote an empty export)
         raise LakeError(f"no rows to export from lake '{lake.uri}' (version {ds.version}) with --where {where!r}; "

@@ -93,3 +93,15 @@ def test_bad_mixes_are_refused_before_writing(two_captions: Lake, tmp_path: Path
     with pytest.raises(LakeError, match=match):
         two_captions.export(tmp_path / "x", "webdataset", **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_both_warns_of_the_rows_whose_mixed_captions_are_all_null(two_captions: Lake, tmp_path: Path):
+    """--caption-mix-both left out the rows with no non-null caption in the mix without a word."""
+    res = CliRunner().invoke(main, ["export", two_captions.uri, str(tmp_path / "wds"), "--caption-mix",
+                                    "caption=0,caption_syn=1", "--caption-mix-both"])
+    assert res.exit_code == 0, res.output
+    assert "4 rows of the view left out: every caption of the --caption-mix (caption, caption_syn) is null" in res.output
+    manifest = json.loads((tmp_path / "wds" / "manifest.json").read_text())
+    assert manifest["samples"] == 36 and manifest["caption_mix"]["rows_without_caption"] == 4
+    rep = two_captions.export(tmp_path / "all", "webdataset", caption_mix="caption=1,caption_syn=1", mix_both=True)
+    assert rep.samples == 76 and rep.stale == []  # every row has a caption: no warning
