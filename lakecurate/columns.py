@@ -601,7 +601,7 @@ class FragmentClaims:
     def __init__(self, lake: "Store", key: str, *, ttl: float = 120.0, refresh: float = 20.0):
         self.root = checkpoint_root(lake.uri, getattr(lake, "branch", None)) / "claims" / key
         self.ttl, self.every = ttl, refresh
-        self.me = f"{_host()} {os.getpid()} {os.urandom(4).hex()}"
+        self.me = f"{host_name()} {os.getpid()} {os.urandom(4).hex()}"
         self.mine: list[Path] = []
         self._stop: Any = None
 
@@ -616,7 +616,7 @@ class FragmentClaims:
             return None
         host, _, rest = owner.partition(" ")
         pid = rest.split(" ")[0]
-        if host == _host() and pid.isdigit() and not _alive(int(pid)):
+        if host == host_name() and pid.isdigit() and not process_alive(int(pid)):
             return None  # its process is gone (kill -9): free at once
         return owner if age < self.ttl else None
 
@@ -667,13 +667,15 @@ class FragmentClaims:
         self.mine = []
 
 
-def _host() -> str:
+def host_name() -> str:
+    """This host's name as claims and staging folders record it (no spaces)."""
     import socket
 
     return socket.gethostname().replace(" ", "_") or "host"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -31,7 +31,6 @@ import re
 import os
 import shlex
 import shutil
-import socket
 import tarfile
 import tempfile
 import time
@@ -552,7 +551,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     dest.parent.mkdir(parents=True, exist_ok=True)
     report.removed_partial = _remove_partials(dest)
     # Named by its owner (pid@host), so that the next export here removes it if this one is killed.
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}@{socket.gethostname()}.", suffix=".partial",
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}@{columns.host_name()}.", suffix=".partial",
                                   dir=dest.parent))
     out = stage / dest.name
     try:
@@ -713,29 +712,18 @@ def _remove_partials(dest: Path) -> int:
     """Remove the staging folders (``.DEST.PID@HOST.XXXX.partial``) that exports to ``dest`` killed
     on this host left (a SIGKILL runs no ``finally``: up to a full copy of the data set stayed hidden
     beside DEST); one whose export is still running, or of another host, is left. Returns how many."""
-    host, removed = socket.gethostname(), 0
+    from lakecurate.columns import host_name, process_alive
+
+    host, removed = host_name(), 0
     head = f".{dest.name}."
     for stage in dest.parent.glob(f"{glob.escape(head)}*.partial"):
         owner = stage.name[len(head) : -len(".partial")].rpartition(".")[0]  # pid@host (mkdtemp's letters after)
         pid, _, on = owner.partition("@")
-        if not (stage.is_dir() and pid.isdigit() and on == host) or _running(int(pid)):
+        if not (stage.is_dir() and pid.isdigit() and on == host) or int(pid) == os.getpid() or process_alive(int(pid)):
             continue
         shutil.rmtree(stage, ignore_errors=True)
         removed += not stage.exists()
     return removed
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (another user's counts: PermissionError)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _swap(out: Path, manifest: Path, dest: Path, fmt: str, previous: list[Path] | None, stage: Path) -> None:

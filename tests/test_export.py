@@ -481,12 +481,13 @@ def test_export_options_are_checked_before_the_destination(sample_lake_embedded:
 def test_an_export_removes_the_partial_folders_killed_exports_left(seq_lake: Lake, tmp_path: Path):
     """A SIGKILLed export left its hidden staging folder (up to a full copy) beside DEST for good;
     the next export removes those of exports no longer running, and only those."""
-    import socket
     import subprocess
     import sys
 
+    from lakecurate.columns import host_name
+
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = socket.gethostname()
+    host = host_name()
     dead = tmp_path / f".out.{int(gone.stdout)}@{host}.abcd1234.partial"
     live = tmp_path / f".out.{os.getpid()}@{host}.efgh5678.partial"  # an export of this process, still running
     other = tmp_path / f".out.{int(gone.stdout)}@not-{host}.ijkl9012.partial"  # another host's: cannot tell

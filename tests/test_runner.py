@@ -274,7 +274,7 @@ def test_a_second_run_of_a_stage_leaves_the_fragments_the_first_is_computing_to_
         monkeypatch.setattr(runner, "_start", counting)
         rep = lake.recaption("tiny-random-coca", batch_size=4, progress=False)
         assert rep.fragments_elsewhere == 3 and rep.rows == 0 and computed == []
-        assert rep.elsewhere == [f"{columns._host()} {proc.pid}"]
+        assert rep.elsewhere == [f"{columns.host_name()} {proc.pid}"]
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
     finally:
@@ -296,7 +296,7 @@ def test_fragment_claims_go_stale_with_their_process_or_their_beat(tmp_path: Pat
     assert c.take([1]) == ([1], {})
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    (c.root / "f5").write_text(f"{columns._host()} {gone.pid} dead")  # its process died (kill -9): free at once
+    (c.root / "f5").write_text(f"{columns.host_name()} {gone.pid} dead")  # its process died (kill -9): free at once
     (c.root / "f6").write_text("another-host 1 beat")  # another machine's, refreshed: held
     (c.root / "f7").write_text("another-host 2 old")  # another machine's, not refreshed for the ttl: stale
     old = time.time() - 61
@@ -335,7 +335,7 @@ def test_a_stage_another_stage_needs_waits_for_the_fragments_another_run_holds(t
     t0 = time.perf_counter()
     rep = lake.curate({"name": "words", "step": [{"filter": "caption_length", "min_words": 3}]}, progress=True)
     assert time.perf_counter() - t0 >= 1.0  # it waited for them, and said so
-    assert f"waiting for caption signals of another run ({columns._host()} {os.getpid()})" in capsys.readouterr().err
+    assert f"waiting for caption signals of another run ({columns.host_name()} {os.getpid()})" in capsys.readouterr().err
     assert rep.unjudged == 0 and rep.rows == 60, rep
     assert not columns.fragments_to_fill(lake.dataset(), "cap_words")
     assert lake.count("keep IS NULL") == 0
