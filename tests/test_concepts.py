@@ -497,17 +497,11 @@ def test_a_plain_re_run_of_cluster_after_new_rows_keeps_its_k(sample_lake_embedd
     import shutil
 
     from lakecurate import Lake, LakeError
-    from tests.conftest import SAMPLE_DATA
 
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     first = lake.cluster()
     assert set(first.to_dict()) == {"lake", "embedding", "k", "rows", "concepts", "versions", "seconds"}  # no rebalance fields
-    more = tmp_path / "more"
-    shutil.copytree(SAMPLE_DATA, more)
-    for p in more.glob("*.txt"):  # other captions: new rows
-        p.write_text(p.read_text() + " (again)")
-    lake.ingest(more, progress=False)
-    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    _more_rows(lake, tmp_path)
     again = lake.cluster()
     assert again.k == first.k and lake.count("concept IS NULL AND clip_tinyrandom_image IS NOT NULL") == 0
     with pytest.raises(LakeError, match=rf"other settings \(k {first.k} -> {first.k + 1}\); pass --recompute"):
@@ -621,12 +615,7 @@ def test_cluster_carries_k_seed_and_embedding_over_and_recompute_takes_the_defau
     res = CliRunner().invoke(main, ["cluster", lake.uri, "-k", "1"])
     assert res.exit_code == 2 and "'-k': 1 is not in the range 2<=x" in res.output, res.output
     lake.cluster(2, seed=7)
-    more = tmp_path / "more"
-    shutil.copytree(SAMPLE_DATA, more)
-    for p in more.glob("*.txt"):  # other captions: new rows
-        p.write_text(p.read_text() + " (again)")
-    lake.ingest(more, progress=False)
-    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    _more_rows(lake, tmp_path)
     res = CliRunner().invoke(main, ["cluster", lake.uri])
     assert res.exit_code == 0, res.output
     config = field_provenance(lake.dataset().schema.field("concept"))["config"]
@@ -634,3 +623,13 @@ def test_cluster_carries_k_seed_and_embedding_over_and_recompute_takes_the_defau
     again = lake.cluster(recompute=True)  # the defaults, not the lake's settings
     config = field_provenance(lake.dataset().schema.field("concept"))["config"]
     assert again.k == config["k"] == default_k(again.rows) > 2 and config["seed"] == 0
+
+
+def _more_rows(lake, tmp_path: Path) -> None:
+    """The sample pairs ingested again under other captions (new rows), and embedded."""
+    more = tmp_path / "more"
+    shutil.copytree(SAMPLE_DATA, more)
+    for p in more.glob("*.txt"):  # other captions: new rows
+        p.write_text(p.read_text() + " (again)")
+    lake.ingest(more, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
