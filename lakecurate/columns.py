@@ -558,6 +558,9 @@ class Checkpoint:
     def __init__(self, lake: "Store", key: str):
         # A branch has fragments of its own under the same numbers: keep its checkpoints apart.
         self.root = checkpoint_root(lake.uri, getattr(lake, "branch", None)) / key
+        # fragment -> the earliest version a loaded batch was computed from (its commit records it:
+        # an input rewritten in place between a kill and the resume leaves those rows stale)
+        self.computed_from: dict[int, int] = {}
 
     def _dir(self, frag: lance.LanceFragment) -> Path:
         d = frag.metadata.deletion_file
@@ -570,19 +573,31 @@ class Checkpoint:
         out = {}
         for p in sorted(d.glob("*.arrow")) if d.is_dir() else []:
             with pa.ipc.open_file(p) as reader:
-                out[int(p.stem)] = reader.read_all()
+                table = reader.read_all()
+            meta = dict(table.schema.metadata or {})
+            read = meta.pop(COMPUTED_FROM.encode(), None)
+            if read is not None:
+                self.computed_from[frag.fragment_id] = min(int(read), self.computed_from.get(frag.fragment_id, int(read)))
+            out[int(p.stem)] = table.replace_schema_metadata(meta or None)
         return out
 
-    def save(self, frag: lance.LanceFragment, start: int, table: pa.Table) -> None:
+    def save(self, frag: lance.LanceFragment, start: int, table: pa.Table, computed_from: int | None = None) -> None:
+        """Keep a finished batch of ``frag`` (computed from version ``computed_from``)."""
         d = self._dir(frag)
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f"{start:010d}.tmp"
+        if computed_from is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), COMPUTED_FROM: str(computed_from)})
         with pa.ipc.new_file(tmp, table.schema) as writer:
             writer.write_table(table)
         os.replace(tmp, d / f"{start:010d}.arrow")  # atomic: a kill never leaves half a batch
 
     def drop(self, frag: lance.LanceFragment | None = None) -> None:
         target = self._dir(frag) if frag is not None else self.root
+        if frag is None:
+            self.computed_from.clear()
+        else:
+            self.computed_from.pop(frag.fragment_id, None)
         shutil.rmtree(target, ignore_errors=True)
 
 

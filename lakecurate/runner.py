@@ -439,9 +439,11 @@ def _close(loader: Any) -> None:
 
 def _commit(lake: "Store", ds: lance.LanceDataset, frag: lance.LanceFragment, stage: RowStage,
             parts: Sequence[pa.Table], ckpt: columns.Checkpoint, report: RunReport) -> None:
+    # the version its inputs were read at (a batch resumed from a killed run's checkpoint: earlier)
+    read = min(ds.version, ckpt.computed_from.get(frag.fragment_id, ds.version))
     version = columns.fill_fragment(lake, frag.fragment_id, _assemble(ds, frag, stage, parts),
                                     config_hash=stage.provenance(0)["config_hash"], own_column=stage.own_column,
-                                    computed_from=ds.version)  # (the version its inputs were read at)
+                                    computed_from=read)
     if version is not None:
         report.versions.append(version)
         report.fragments += 1
@@ -513,7 +515,7 @@ def _run_local(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: lis
             fid = rows.fragment
             remaining[fid] -= 1
             if remaining[fid]:  # the last batch of a fragment is committed at once: no need to keep it
-                writer.submit(ckpt.save, frags[fid], rows.start, part)
+                writer.submit(ckpt.save, frags[fid], rows.start, part, ds.version)
             parts[fid].append(part)
             report.rows += part.num_rows
             count(report, part)
@@ -586,7 +588,7 @@ class FragmentWorker:
         batches = map(_read, items) if self.pool is None else _read_ahead(self.pool, items, self.readers)
         for i, (rows, part) in enumerate(_computed(stage, self.state, batches, self.where)):
             if i < len(items) - 1:
-                self.ckpt.save(frag, rows.start, part)
+                self.ckpt.save(frag, rows.start, part, ds.version)
             parts.append(part)
             out.rows += part.num_rows
             count(out, part)

@@ -189,3 +189,35 @@ def _key(lake: Lake) -> str:
     """The feature n's checkpoint and claims key (runner.RowStage.checkpoint_key)."""
     prov = columns.field_provenance(lake.dataset().schema.field("n"))
     return f"{prov['stage']}-n-{prov['config_hash']}"
+
+
+def test_batches_resumed_from_a_checkpoint_keep_the_version_they_were_computed_from(tmp_path: Path):
+    """A run stopped after a fragment's first batch was checkpointed; the fragment's captions were
+    then rewritten in place; the rerun resumed that batch (computed from the old captions) and its
+    commit recorded the rerun's version: current, with the resumed rows wrong."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 8))
+    calls, fail = [], [True]
+
+    def n_stopped(batch: pa.RecordBatch) -> pa.Array:
+        if "n" in lake.dataset().schema.names:  # (the run, not the trial on the first rows)
+            calls.append(batch.num_rows)
+            if fail[0] and len(calls) == 2:
+                raise RuntimeError("stopped")  # as a kill after the first batch was saved
+        return scaled_len(batch)
+
+    def add() -> object:
+        return lake.add_feature("n", n_stopped, inputs=["caption"], type="int64", batch_size=4, progress=False)
+
+    with pytest.raises(Exception, match="stopped"):
+        add()
+    frag = lake.dataset().get_fragments()[0]
+    caps = frag.to_table(columns=["caption"]).column("caption").to_pylist()
+    new = pa.table({"caption": pa.array([None if c is None else c + " (edited)" for c in caps], pa.string())})
+    assert columns.fill_fragments(lake, {frag.fragment_id: new}) is not None  # the captions, rewritten in place
+    fail[0] = False
+    rep = add()
+    assert rep.rows == 8 and len(wrong_rows(lake)) > 0  # the resumed batch: the old captions' values
+    st = feature_state(lake)
+    assert st.state == "stale" and st.rows_stale == 8, st
+    assert add().rows == 8 and wrong_rows(lake) == [] and feature_state(lake).state == "current"
