@@ -416,11 +416,13 @@ def explain_encoder(spec_arch: str, meaningless: bool) -> None:
 def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None, name: str | None, device: str,
           precision: str, batch_size: int, workers: int | None, recompute: bool, caption_col: str, decode: str,
           tokenize: str, engine: str, as_json: bool) -> None:
-    """Add image/text embedding and alignment-score columns to LAKE (only rows that lack them).
+    """Add image/text embedding and alignment-score columns to LAKE (rows that lack them, and the
+    fragments whose image or caption was rewritten since).
 
     Columns: PREFIX_image, PREFIX_text (L2-normalised float16 vectors), PREFIX_score (cosine) and
     PREFIX_error (why a row has none). Only the new columns' bytes are written; re-running is a
-    no-op; rows appended later are the next run's only work; a killed run resumes.
+    no-op; rows appended later, and fragments whose inputs were rewritten since (stale), are the
+    next run's only work; --recompute: every row; a killed run resumes.
 
     Example: lakecurate embed ./lake --model offline
     """
@@ -682,8 +684,8 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
 @_friendly_errors
 def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, text: bool, redact: bool,
                 workers: int | None, recompute: bool, as_json: bool) -> None:
-    """Compute per-row signal columns of LAKE where they are missing (new rows only on a re-run;
-    --recompute: every row).
+    """Compute per-row signal columns of LAKE where they are missing (on a re-run: new rows, and the
+    fragments whose inputs were rewritten since; --recompute: every row).
 
     Recipes compute the signals they need by themselves; this computes them ahead (or the ones no
     recipe step asked for yet, such as faces before export --blur-faces).
@@ -1166,7 +1168,8 @@ def feature_add(lake: str, name: str, udf: str, inputs: tuple[str, ...], out_typ
 
     The function takes a pyarrow RecordBatch of its input columns and returns an array (column NAME)
     or a dict of arrays (columns NAME_KEY). Safe beside other writers: each fragment is one commit,
-    retried on conflict; re-running fills only rows appended since (or a killed run's rest).
+    retried on conflict; re-running fills only rows appended since (or a killed run's rest), and
+    computes again the fragments whose inputs were rewritten since.
 
     Example: lakecurate feature add ./lake caption_chars --udf my_features:caption_chars --input caption
     """

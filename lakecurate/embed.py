@@ -297,7 +297,8 @@ def embed(
     decode: str = "cpu",
     tokenize: str = "auto",
 ) -> EmbedReport:
-    """Add image/text embedding and alignment-score columns for every row that lacks them.
+    """Add image/text embedding and alignment-score columns for every row that lacks them (and the
+    fragments whose image or caption was rewritten since: ``runner.run``).
 
     Example::
 

@@ -136,7 +136,8 @@ STAGE = RowStage("signals-text", FIELDS, CONFIG, ["image"], batch=runner.readers
 
 def compute_text(lake: "Store", *, workers: int | None = None, progress: bool | None = None,
                  engine: str = "local", recompute: bool = False) -> int:
-    """Fill ``img_text_share``/``img_text_lines`` for every fragment that lacks them; returns rows computed."""
+    """Fill ``img_text_share``/``img_text_lines`` for every fragment that lacks them (or holds stale
+    ones); returns rows computed."""
     model_path()
     rep = runner.run(lake, STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)
     return rep.rows + rep.rows_resumed

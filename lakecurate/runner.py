@@ -629,7 +629,8 @@ def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[
 # --------------------------------------------------------------------------- the entry point
 def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int | None = None,
         recompute: bool = False, progress: bool | None = None, max_fragments: int | None = None) -> RunReport:
-    """Declare ``stage``'s fields and fill every fragment that lacks them; see the module doc.
+    """Declare ``stage``'s fields and fill every fragment that lacks them, or whose values are stale;
+    see the module doc.
 
     ``workers``: reader processes for the local engine (None: some when the stage decodes images
     and there are a few batches; 0: read inline). On Ray, a model stage's ``device`` decides its

@@ -493,7 +493,8 @@ def redact_stage(column: str = "caption_redacted") -> RowStage:
 
 def compute_image_signals(lake: "Store", *, workers: int | None = None, progress: bool | None = None,
                           engine: str = "local", recompute: bool = False) -> int:
-    """Fill the image signal columns for every fragment that lacks them; returns rows decoded.
+    """Fill the image signal columns for every fragment that lacks them (or holds stale ones);
+    returns rows decoded.
 
     The reduced decode runs in spawned reader processes (``workers``; None: one per core, up to 8,
     when there are more than a few batches). A killed run resumes from its last finished batch.
@@ -511,8 +512,8 @@ def compute_copy_hashes(lake: "Store", *, workers: int | None = None, progress: 
 
 def compute_caption_signals(lake: "Store", *, progress: bool | None = None, engine: str = "local",
                             recompute: bool = False) -> int:
-    """Fill the caption signal columns for every fragment that lacks them (``recompute``: every
-    fragment, the columns dropped and declared again); returns rows read."""
+    """Fill the caption signal columns for every fragment that lacks them or holds stale ones
+    (``recompute``: every fragment, the columns dropped and declared again); returns rows read."""
     rep = runner.run(lake, CAPTION_STAGE, engine=engine, progress=progress, recompute=recompute)
     return rep.rows + rep.rows_resumed
 
