@@ -26,6 +26,7 @@ from typing import Any
 from lakecurate.encoders import EncoderError, EncoderSpec, _load_open_clip, _register_configs, _slug, resolve_device
 from lakecurate.errors import LakeError
 from lakecurate.names import TINY_COCA
+from lakecurate.options import clean_text
 
 DEFAULT_MAX_TOKENS = 30
 MODES = ("caption",)
@@ -332,9 +333,6 @@ RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
 # the caption it rephrases) would otherwise put a page, or a megabyte, into one cell of the column.
 MAX_REPLY_CHARS = 2000
 MAX_REPLY_BYTES = 4 * 2 ** 20  # a reply body past this is not read at all (32 requests in flight: 128 MiB)
-# Control characters a reply may carry (NUL, ESC of a terminal colour code, DEL, C1) reach every tool
-# that prints the column; ASCII white space stays, to become one space where runs of it collapse.
-_CONTROL = {c: None for c in (*range(32), *range(127, 160)) if chr(c) not in "\t\n\r\v\f"}
 # The most characters a prompt placeholder's format may ask for (its width or precision).
 MAX_FORMAT_WIDTH = 1000
 # The one request that checks an endpoint answers before a first run declares its columns.
@@ -592,7 +590,7 @@ class EndpointClient:
                     text = json.loads(raw)["choices"][0]["message"]["content"]
                     if not isinstance(text, str):
                         raise TypeError("content is not text")
-                    text = clean_reply(text)
+                    text = clean_text(text)
                     text.encode("utf-8")  # a lone surrogate ("\\ud800" in the JSON) is no text: UnicodeEncodeError
                     if len(text) > cap:
                         return None, f"endpoint: reply too long: {len(text)} characters (at most {cap}; not stored)", \
@@ -639,15 +637,6 @@ _NO_ENDPOINT = ("connection failed", "HTTP 401 ", "HTTP 403 ", "HTTP 404 ")  # n
 def reply_cap(max_tokens: int) -> int:
     """The most characters a reply may have: :data:`MAX_REPLY_CHARS`, or 8 a token if that is more."""
     return max(MAX_REPLY_CHARS, 8 * max_tokens)
-
-
-def clean_reply(text: str) -> str:
-    """A reply as a caption: control characters removed, runs of white space (newlines, tabs) one space.
-
-    >>> clean_reply("<b>red</b>\\x00\\x1b[31m car\\n\\tparked")
-    '<b>red</b>[31m car parked'
-    """
-    return " ".join(text.translate(_CONTROL).split())
 
 
 def image_data_url(data: bytes | None, side: int) -> tuple[str | None, str | None]:

@@ -244,7 +244,7 @@ def _mix(tbl: pa.Table, copy: np.ndarray, weights: dict[str, float], seed: int, 
     """The samples with their caption chosen from the mix (``choose``: one per sample, a null choice
     falling back to the mix's next non-null column) or one sample per non-null mix column (``both``),
     as ``__caption`` + ``caption_source``; and what the manifest records (``both``: the rows left
-out because every caption of the mix is null)."""
+    out because every caption of the mix is null)."""
     names = list(weights)
     caps = [tbl.column(c).to_pylist() for c in names]
     n = tbl.num_rows
@@ -255,7 +255,7 @@ out because every caption of the mix is null)."""
         text = [caps[k][r] for r, k in idx]
         fallbacks = 0
         ids = tbl.column("id").to_pylist()  # (a row repeated is several samples: count rows)
-        left_out = len({ids[r] for r in range(n)} - {ids[r] for r in rows.tolist()})
+        left_out = len(set(ids) - {ids[r] for r in rows.tolist()})
     else:
         pick = mix_choice(tbl.column("id").to_pylist(), weights, seed)
         rows, src, text, fallbacks, left_out = np.arange(n), [], [], 0, 0

@@ -191,3 +191,18 @@ def overlaps(dest: str, lake_uri: str) -> bool:
         return False
     common = posixpath.commonpath([a, b]) if s1 != "file" else os.path.commonpath([a, b])
     return common in (a, b)
+
+
+# Control characters text may carry (NUL, ESC of a terminal colour code, DEL, C1) reach every tool
+# that prints it; ASCII white space stays, to become one space where runs of it collapse.
+_CONTROL = {c: None for c in (*range(32), *range(127, 160)) if chr(c) not in "\t\n\r\v\f"}
+
+
+def clean_text(text: str) -> str:
+    """Text as stored (an endpoint's caption, a reviewer's name or reason): control characters
+    removed, runs of white space (newlines, tabs) one space.
+
+    >>> clean_text("<b>red</b>\\x00\\x1b[31m car\\n\\tparked")
+    '<b>red</b>[31m car parked'
+    """
+    return " ".join(text.translate(_CONTROL).split())

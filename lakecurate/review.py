@@ -30,9 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns
-from lakecurate.captioners import clean_reply
 from lakecurate.errors import LakeError
-from lakecurate.options import texts
+from lakecurate.options import clean_text, texts
 from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
 
@@ -62,7 +61,7 @@ def _text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise LakeError(f"review {what} must be text, not {type(value).__name__}")
-    value = clean_reply(value)  # (a NUL or a terminal's ESC was stored, and printed by --history)
+    value = clean_text(value)  # (a NUL or a terminal's ESC was stored, and printed by --history)
     if len(value) > MAX_TEXT:
         raise LakeError(f"review {what} is {len(value)} characters; at most {MAX_TEXT}")
     return value or None
