@@ -697,10 +697,18 @@ def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, 
     if not kinds:
         raise click.UsageError("no signal chosen; e.g. lakecurate signals LAKE --faces")
     done = open_lake(lake).signals(kinds, workers=workers, recompute=recompute)
-    if as_json:
-        echo_json(done)
+    if as_json:  # rows computed per kind (as it was), and each kind's run
+        echo_json({**done, "runs": {k: {"rows_computed": rep.computed, "rows_refreshed": rep.rows_refreshed,
+                                        "rows_resumed": rep.rows_resumed, "fragments": rep.fragments,
+                                        "fragments_elsewhere": rep.fragments_elsewhere, "elsewhere": rep.elsewhere,
+                                        "seconds": round(rep.seconds, 3)}
+                                    for k, rep in done.runs.items()}})
         return
-    _echo_table([{"signals": k, "rows computed": n} for k, n in done.items()])
+    _echo_table([{"signals": k, "rows computed": rep.computed,
+                  "of them again": f"{rep.rows_refreshed} (inputs changed since)" if rep.rows_refreshed else "-",
+                  "resumed": rep.rows_resumed, "fragments": rep.fragments} for k, rep in done.runs.items()])
+    for k, rep in done.runs.items():
+        _echo_elsewhere(rep, f"signals --{k}")
 
 
 # --------------------------------------------------------------------------- curate

@@ -93,8 +93,7 @@ STAGE = RowStage("signals-faces", FIELDS, CONFIG, ["image"], batch=runner.reader
 
 
 def compute_faces(lake: "Store", *, workers: int | None = None, progress: bool | None = None,
-                  engine: str = "local", recompute: bool = False) -> int:
-    """Fill the face columns for every fragment that lacks them (or holds stale ones); returns rows computed."""
+                  engine: str = "local", recompute: bool = False) -> runner.RunReport:
+    """Fill the face columns for every fragment that lacks them (or holds stale ones); returns the run's report."""
     detector()
-    rep = runner.run(lake, STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)
-    return rep.rows + rep.rows_resumed
+    return runner.run(lake, STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)

@@ -135,9 +135,8 @@ STAGE = RowStage("signals-text", FIELDS, CONFIG, ["image"], batch=runner.readers
 
 
 def compute_text(lake: "Store", *, workers: int | None = None, progress: bool | None = None,
-                 engine: str = "local", recompute: bool = False) -> int:
+                 engine: str = "local", recompute: bool = False) -> runner.RunReport:
     """Fill ``img_text_share``/``img_text_lines`` for every fragment that lacks them (or holds stale
-    ones); returns rows computed."""
+    ones); returns the run's report."""
     model_path()
-    rep = runner.run(lake, STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)
-    return rep.rows + rep.rows_resumed
+    return runner.run(lake, STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)

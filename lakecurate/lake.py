@@ -41,8 +41,17 @@ from lakecurate.store import (  # noqa: F401 - re-exported: the names users and 
 
 if TYPE_CHECKING:
     from lakecurate.ingest import IngestReport
+    from lakecurate.runner import RunReport
 
 __all__ = ["Lake", "LakeError", "retry_on_conflict", "is_conflict", "CONFLICTS_RETRIED", "ROWS_PER_FILE"]
+
+
+class SignalCounts(dict):
+    """:meth:`Lake.signals`' result: rows computed per kind; ``runs``: each kind's run report."""
+
+    def __init__(self, counts: dict[str, int], runs: dict[str, "RunReport"]):
+        super().__init__(counts)
+        self.runs = runs
 
 
 class Lake(Store):
@@ -105,11 +114,15 @@ class Lake(Store):
         from lakecurate import runner
 
         with runner.waiting():
-            return self._run_producer(stage, progress=progress, workers=workers, engine=engine, recompute=recompute,
-                                      **options)
+            if stage == "dedup":
+                self.dedup(progress=progress, workers=workers, engine=engine, recompute=recompute, **options)
+                return 1
+            return self._run_producer(stage, progress=progress, workers=workers, engine=engine,
+                                      recompute=recompute).computed
 
-    def _run_producer(self, stage: str, *, progress: bool | None, workers: int | None, engine: str, recompute: bool,
-                      **options: Any) -> int:
+    def _run_producer(self, stage: str, *, progress: bool | None, workers: int | None, engine: str,
+                      recompute: bool) -> "RunReport":
+        """Run the per-row producer ``stage``; its :class:`~lakecurate.runner.RunReport`."""
         from lakecurate import signals
 
         if stage == "caption_signals":
@@ -128,9 +141,6 @@ class Lake(Store):
             from lakecurate.faces import compute_faces
 
             return compute_faces(self, workers=workers, progress=progress, engine=engine, recompute=recompute)
-        if stage == "dedup":
-            self.dedup(progress=progress, workers=workers, engine=engine, recompute=recompute, **options)
-            return 1
         raise ValueError(f"no producer stage {stage!r}")
 
     def recaption(self, model: Any = "tiny-random-coca", **options: Any) -> Any:
@@ -140,11 +150,15 @@ class Lake(Store):
         keywords("recaption", options, recaption, skip=2)
         return recaption(self, model, **options)
 
-    def signals(self, kinds: Sequence[str] = ("caption", "image"), **options: Any) -> dict[str, int]:
+    def signals(self, kinds: Sequence[str] = ("caption", "image"), **options: Any) -> "SignalCounts":
         """Compute per-row signals where missing: ``caption``, ``image``, ``copy``, ``faces``, ``text``,
-        ``redact`` (``caption_redacted``); with ``recompute=True`` for every row again (the kinds'
-        columns dropped and declared anew: what an older lakecurate computed differently).
-        Returns rows computed per kind (0: already there). See :data:`SIGNAL_KINDS`."""
+        ``redact`` (``caption_redacted``); on a re-run also the fragments whose values are stale (an
+        input rewritten since); with ``recompute=True`` every row again (the kinds' columns dropped
+        and declared anew: what an older lakecurate computed differently).
+        Returns rows computed per kind (0: already there), a dict whose ``runs`` holds each kind's
+        :class:`~lakecurate.runner.RunReport` (rows computed again as stale, resumed, fragments left
+        to another run of the kind computing them now: run this again once it ends). See
+        :data:`SIGNAL_KINDS`."""
         kinds = texts("signal kinds", kinds)  # signals("caption"): one kind, not its letters
         unknown = [k for k in kinds if k not in SIGNAL_KINDS]
         if unknown:
@@ -152,7 +166,13 @@ class Lake(Store):
         keywords("signals", options, ["progress", "workers", "engine", "recompute"])  # (they were silently ignored)
         if not isinstance(options.get("recompute", False), bool):
             raise LakeError(f"recompute must be True or False, not {options['recompute']!r}")
-        return {k: self._produce(SIGNAL_KINDS[k], **options) for k in kinds}
+        options.setdefault("progress", None)
+        options.setdefault("workers", None)
+        options.setdefault("engine", "local")
+        options.setdefault("recompute", False)
+        # a command by itself, like embed: fragments another run computes now are left to it, and said
+        runs = {k: self._run_producer(SIGNAL_KINDS[k], **options) for k in kinds}
+        return SignalCounts({k: rep.computed for k, rep in runs.items()}, runs)
 
     def cluster(self, k: int | None = None, **options: Any) -> Any:
         """k-means concepts: ``concept``/``concept_dist`` columns; see :func:`lakecurate.concepts.cluster`."""

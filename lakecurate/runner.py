@@ -189,6 +189,11 @@ class RunReport:
     rows_refreshed: int = 0  # rows of the fragments taken because their values were stale (graph.stale_fragments)
     elsewhere: list[str] = field(default_factory=list)  # those runs: "host pid"
 
+    @property
+    def computed(self) -> int:
+        """Rows that have this run's values now: computed, or resumed from a killed run's checkpoint."""
+        return self.rows + self.rows_resumed
+
 
 def default_workers(all_cores: bool = False, beside_gpu: bool = False) -> int:
     """Reader processes: half the cores (the stage's own work uses the rest), one to eight; every

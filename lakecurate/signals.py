@@ -492,34 +492,30 @@ def redact_stage(column: str = "caption_redacted") -> RowStage:
 
 
 def compute_image_signals(lake: "Store", *, workers: int | None = None, progress: bool | None = None,
-                          engine: str = "local", recompute: bool = False) -> int:
+                          engine: str = "local", recompute: bool = False) -> runner.RunReport:
     """Fill the image signal columns for every fragment that lacks them (or holds stale ones);
-    returns rows decoded.
+    returns the run's report.
 
     The reduced decode runs in spawned reader processes (``workers``; None: one per core, up to 8,
     when there are more than a few batches). A killed run resumes from its last finished batch.
     """
-    rep = runner.run(lake, IMAGE_STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)
-    return rep.rows + rep.rows_resumed
+    return runner.run(lake, IMAGE_STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)
 
 
 def compute_copy_hashes(lake: "Store", *, workers: int | None = None, progress: bool | None = None,
-                        engine: str = "local", recompute: bool = False) -> int:
-    """Fill ``copy_hashes`` (dedup's ``copy`` method) for every fragment that lacks it; returns rows decoded."""
-    rep = runner.run(lake, COPY_STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)
-    return rep.rows + rep.rows_resumed
+                        engine: str = "local", recompute: bool = False) -> runner.RunReport:
+    """Fill ``copy_hashes`` (dedup's ``copy`` method) for every fragment that lacks it; returns the run's report."""
+    return runner.run(lake, COPY_STAGE, engine=engine, workers=workers, progress=progress, recompute=recompute)
 
 
 def compute_caption_signals(lake: "Store", *, progress: bool | None = None, engine: str = "local",
-                            recompute: bool = False) -> int:
+                            recompute: bool = False) -> runner.RunReport:
     """Fill the caption signal columns for every fragment that lacks them or holds stale ones
-    (``recompute``: every fragment, the columns dropped and declared again); returns rows read."""
-    rep = runner.run(lake, CAPTION_STAGE, engine=engine, progress=progress, recompute=recompute)
-    return rep.rows + rep.rows_resumed
+    (``recompute``: every fragment, the columns dropped and declared again); returns the run's report."""
+    return runner.run(lake, CAPTION_STAGE, engine=engine, progress=progress, recompute=recompute)
 
 
 def compute_redacted(lake: "Store", column: str = "caption_redacted", *, engine: str = "local",
-                     recompute: bool = False) -> int:
+                     recompute: bool = False) -> runner.RunReport:
     """Add ``caption_redacted`` (e-mails and phone numbers replaced); ``caption`` is never modified."""
-    rep = runner.run(lake, redact_stage(column), engine=engine, progress=False, recompute=recompute)
-    return rep.rows + rep.rows_resumed
+    return runner.run(lake, redact_stage(column), engine=engine, progress=False, recompute=recompute)

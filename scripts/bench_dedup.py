@@ -310,7 +310,7 @@ def bench_phash(photos: Path, repeat: int) -> None:
         lake = Lake.create(tmp / "lake")
         lake.ingest(photos, progress=False)
         t0 = time.perf_counter()
-        n = compute_image_signals(lake, progress=False)
+        n = compute_image_signals(lake, progress=False).computed
         sec = time.perf_counter() - t0
         print(f"  compute_image_signals on a lake ({len(os.sched_getaffinity(0))} worker processes, incl. spawn and commit): "
               f"{n} rows in {sec:.1f} s = {n / sec:.0f} img/s")

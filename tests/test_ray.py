@@ -88,16 +88,16 @@ def test_signals_on_ray_equal_local(tmp_path: Path):
         lake = lakes[engine] = Lake.create(tmp_path / engine)
         lake.ingest(SAMPLE_DATA, progress=False)
         lake.append(pair_rows(0, 20, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
-        assert signals.compute_image_signals(lake, engine=engine, progress=False) == 48
-        assert signals.compute_caption_signals(lake, engine=engine, progress=False) == 48
-        assert signals.compute_redacted(lake, engine=engine) == 48
+        assert signals.compute_image_signals(lake, engine=engine, progress=False).computed == 48
+        assert signals.compute_caption_signals(lake, engine=engine, progress=False).computed == 48
+        assert signals.compute_redacted(lake, engine=engine).computed == 48
     names = [f.name for f in [*signals.IMAGE_FIELDS, *signals.CAPTION_FIELDS]] + ["caption_redacted"]
     local, on_ray = (lakes[e].dataset().to_table(columns=["id", *names]).sort_by("id") for e in ("local", "ray"))
     assert local.column("phash").null_count < 10 and local.column("cap_words").null_count < 10
     for name in names:
         assert local.column(name).equals(on_ray.column(name)), name
     assert not columns.fragments_to_fill(lakes["ray"].dataset(), "phash")
-    assert signals.compute_image_signals(lakes["ray"], engine="ray", progress=False) == 0  # a re-run: nothing to do
+    assert signals.compute_image_signals(lakes["ray"], engine="ray", progress=False).computed == 0  # a re-run: nothing to do
 
 
 def test_cli_udf_from_a_file_runs_on_ray(tmp_path: Path):

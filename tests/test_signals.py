@@ -265,7 +265,7 @@ def test_signals_recompute_replaces_values_an_older_run_made(tmp_path, monkeypat
     image_version = lake.dataset().schema.field("img_sharpness").metadata
     out = CliRunner().invoke(main, ["signals", lake.uri, "--no-image", "--recompute", "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output) == {"caption": 3}
+    assert json.loads(out.output)["caption"] == 3
     assert lake.count("cap_emails = 1") == 3
     assert lake.dataset().schema.field("img_sharpness").metadata == image_version  # a kind not chosen is left alone
     # a stale signal's fix command computes its stale fragments again (it filled new rows only: still stale)

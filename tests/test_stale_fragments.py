@@ -3,6 +3,7 @@ fill committed after its input was rewritten, a lake made again at the same path
 plain run of a per-row stage then computes again (found by a hostile probe of that behaviour)."""
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -221,3 +222,35 @@ def test_batches_resumed_from_a_checkpoint_keep_the_version_they_were_computed_f
     st = feature_state(lake)
     assert st.state == "stale" and st.rows_stale == 8, st
     assert add().rows == 8 and wrong_rows(lake) == [] and feature_state(lake).state == "current"
+
+
+def test_signals_says_what_it_computed_again_and_which_fragments_another_run_holds(tmp_path: Path):
+    """It printed rows per kind only: nothing about rows computed again for a rewritten input, nor
+    about fragments it left to another run (and the API waited for that run, as a curate's producer)."""
+    import json
+
+    from lakecurate import signals
+
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    assert lake.signals(["caption"], progress=False) == {"caption": 16}
+    update(lake, "id = 'p0000001'", "a brand new caption")
+    lake.append(synthetic_pairs(100, 3))
+    res = CliRunner().invoke(main, ["signals", lake.uri, "--no-image"])
+    assert res.exit_code == 0, res.output
+    assert "1 (inputs changed since)" in res.output and " 4 " in res.output, res.output  # 1 again + 3 new
+    update(lake, "id = 'p0000002'", "another caption")
+    stale = graph.stale_fragments(lake.dataset(), ["cap_words"], ["caption"])
+    other = columns.FragmentClaims(lake, signals.CAPTION_STAGE.checkpoint_key)
+    assert other.take(stale) == (stale, {})
+    try:
+        res = CliRunner().invoke(main, ["signals", lake.uri, "--no-image", "--json"])
+        text = CliRunner().invoke(main, ["signals", lake.uri, "--no-image"])
+    finally:
+        other.release()
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["caption"] == 0 and out["runs"]["caption"]["fragments_elsewhere"] == 1
+    assert out["runs"]["caption"]["elsewhere"] == [f"{columns.host_name()} {os.getpid()}"]
+    assert text.exit_code == 0 and "1 fragments were left to another signals --caption" in text.stderr
+    done = lake.signals(["caption"], progress=False)
+    assert done == {"caption": 1} and done.runs["caption"].rows_refreshed == 1
