@@ -944,8 +944,14 @@ def unheeded_reviews(ds: "lance.LanceDataset", view: str | None) -> list[str]:
     recipe = cfg.get("recipe") or {}
     if any(s.get("filter") == "review" for s in recipe.get("steps") or []):
         return []
-    drops = ds.count_rows(filter=f"review_verdict = 'drop' AND ({view})")
-    keeps = ds.count_rows(filter="review_verdict = 'keep' AND NOT keep")
+    import pyarrow.compute as pc
+
+    # one scan of the reviewed rows (two filtered counts read the lake twice)
+    t = ds.to_table(columns={"verdict": "review_verdict", "keep": "keep", "in_view": f"({view})"},
+                    filter="review_verdict IN ('drop', 'keep')")
+    verdict = t.column("verdict")
+    drops = pc.sum(pc.and_kleene(pc.equal(verdict, "drop"), t.column("in_view")).fill_null(False)).as_py() or 0
+    keeps = pc.sum(pc.and_kleene(pc.equal(verdict, "keep"), pc.invert(t.column("keep"))).fill_null(False)).as_py() or 0
     if not drops and not keeps:
         return []
     rows = [f"{n} row{'s' if n != 1 else ''} reviewers marked {v} {were if n != 1 else was} {what}" for n, v, was, were, what
