@@ -9,6 +9,7 @@ import math
 import numbers
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,7 +19,7 @@ from typing import Any
 import click
 
 from lakecurate.columns import describe_provenance
-from lakecurate.errors import removed_meanwhile
+from lakecurate.errors import Terminated, removed_meanwhile
 from lakecurate.lake import Lake, LakeError
 from lakecurate.names import DEDUP_OPTIONS, EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
@@ -252,6 +253,22 @@ def main(branch: str | None, progress: bool | None) -> None:
     from lakecurate.progress import set_default
 
     set_default(progress)  # every stage's bar follows it unless the command passes progress= itself
+
+
+def entry() -> Any:
+    """The ``lakecurate`` program: :func:`main` with SIGTERM turned into :class:`Terminated` (its
+    default ends the process at once: a killed run's claims held its fragments from other hosts'
+    runs for two minutes, its export left a staging folder for the next export to remove). Only
+    the program: a process that calls ``main`` (a test, a notebook) keeps its own handlers. A second
+    SIGTERM while it unwinds is ignored."""
+    def terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        click.echo("lakecurate: terminated (SIGTERM); what was committed is kept: run the same command again to "
+                   "go on from there", err=True)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)
+    return main()
 
 
 def open_lake(uri: str, *, create: bool = False) -> Lake:

@@ -21,6 +21,16 @@ class EncoderError(LakeError):
     """The encoder cannot be had as asked; the message lists what to do instead."""
 
 
+class Terminated(SystemExit):
+    """SIGTERM (``kill``, ``timeout``, a scheduler ending a job) raised where the ``lakecurate``
+    program is (:func:`lakecurate.cli.entry`), so its ``finally`` blocks run: claims on fragments
+    released, reader processes closed, an export's staging folder removed. What it committed
+    stays; the same command resumes from there. Never wrapped as a stage's failure."""
+
+    def __init__(self) -> None:
+        super().__init__(143)  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
 _GONE = re.compile(r"(\S*?\.lance/(?:_versions/\d+\.manifest|data/[\w-]+\.lance))")
 
 

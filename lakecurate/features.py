@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns, runner
-from lakecurate.errors import LakeError
+from lakecurate.errors import LakeError, Terminated
 from lakecurate.names import builtin_column
 from lakecurate.sqlcheck import bare_name_problem
 
@@ -318,7 +318,7 @@ def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str
         raise LakeError(f"cannot infer the type of feature '{udf.name}' on an empty lake; give type= (--type)")
     try:
         out = udf(sample.combine_chunks().to_batches()[0])
-    except TypeMismatch:
+    except (TypeMismatch, Terminated):
         raise
     except (Exception, SystemExit) as exc:
         raise LakeError(f"feature '{udf.name}' failed on the first rows of lake '{lake.uri}': {type(exc).__name__}: {exc}"

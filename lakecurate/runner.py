@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns
-from lakecurate.errors import LakeError
+from lakecurate.errors import LakeError, Terminated
 from lakecurate.images import RefusedImage
 
 if TYPE_CHECKING:
@@ -269,7 +269,7 @@ def _naming(rows: Rows, where: str) -> Iterator[None]:
     """A stage's failure on a batch as a LakeError naming the rows (a LakeError passes as it is)."""
     try:
         yield
-    except LakeError:
+    except (LakeError, Terminated):
         raise
     except (Exception, SystemExit) as exc:  # (a user's function calling sys.exit() ended the CLI without a word)
         raise LakeError(f"{_at(rows, where)}: {type(exc).__name__}: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 import subprocess
 import sys
@@ -406,3 +407,46 @@ def test_a_waiting_run_takes_a_stale_fragment_another_run_left(tmp_path: Path):
     assert time.perf_counter() - t >= 1.4 and rep == {"caption": 1}
     assert lake.to_pandas(["cap_words"], where=f"key = '{key}'")["cap_words"][0] == 2
     assert not graph.stale_fragments(lake.dataset(), CAPTION_STAGE.names, ["caption"])
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_mid_stage_releases_its_claims_and_readers_and_says_so(tmp_path: Path):
+    """SIGTERM (kill, timeout, a scheduler) ended the program at once: its claims held the fragments
+    from other hosts' runs for two minutes, and the message was nothing, or the stage's "Error: ...
+    fragment 0 rows 896-959: Terminated" once a handler raised."""
+    lake = three_fragments(tmp_path / "lake")
+    ckpt = Path(lake.uri) / "_lakecurate" / "checkpoints"
+    program = CHILD.format(call="from lakecurate.cli import entry; sys.argv = ['lakecurate', 'signals', sys.argv[1], "
+                                "'--no-caption', '--workers', '2']; entry()")
+    proc = subprocess.Popen([sys.executable, "-c", program, lake.uri], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and len(list(ckpt.glob("signals*/*/*.arrow"))) < 2:
+            time.sleep(0.05)
+        assert proc.poll() is None and list(ckpt.glob("claims/signals*/f*")), "the run holds its fragments"
+        readers = [p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Error" not in err and "Traceback" not in err, err
+    assert not list(ckpt.glob("claims/signals*/f*"))  # released: another run takes them at once
+    time.sleep(1)
+    assert readers and not [p for p in readers if Path(f"/proc/{p}").exists()]  # (none left behind)
+    rep = lake.signals(["image"], progress=False).runs["image"]
+    assert rep.rows_resumed >= 8 and not columns.fragments_to_fill(lake.dataset(), "img_sharpness")
