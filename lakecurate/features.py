@@ -427,7 +427,7 @@ def add_feature(
     )
     out = runner.run(lake, stage, engine=engine, recompute=recompute, progress=progress)
     return FeatureReport(lake=lake.uri, feature=name, columns=list(types), inputs=inputs, engine=engine,
-                         fragments=out.fragments, rows=out.rows + out.rows_resumed, seconds=time.perf_counter() - t0,
+                         fragments=out.fragments, rows=out.computed, seconds=time.perf_counter() - t0,
                          versions=out.versions, rows_refreshed=out.rows_refreshed,
                          fragments_elsewhere=out.fragments_elsewhere, elsewhere=out.elsewhere)
 

@@ -120,8 +120,8 @@ class Lake(Store):
             return self._run_producer(stage, progress=progress, workers=workers, engine=engine,
                                       recompute=recompute).computed
 
-    def _run_producer(self, stage: str, *, progress: bool | None, workers: int | None, engine: str,
-                      recompute: bool) -> "RunReport":
+    def _run_producer(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
+                      engine: str = "local", recompute: bool = False) -> "RunReport":
         """Run the per-row producer ``stage``; its :class:`~lakecurate.runner.RunReport`."""
         from lakecurate import signals
 
@@ -166,10 +166,6 @@ class Lake(Store):
         keywords("signals", options, ["progress", "workers", "engine", "recompute"])  # (they were silently ignored)
         if not isinstance(options.get("recompute", False), bool):
             raise LakeError(f"recompute must be True or False, not {options['recompute']!r}")
-        options.setdefault("progress", None)
-        options.setdefault("workers", None)
-        options.setdefault("engine", "local")
-        options.setdefault("recompute", False)
         # a command by itself, like embed: fragments another run computes now are left to it, and said
         runs = {k: self._run_producer(SIGNAL_KINDS[k], **options) for k in kinds}
         return SignalCounts({k: rep.computed for k, rep in runs.items()}, runs)

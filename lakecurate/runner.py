@@ -626,7 +626,7 @@ def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[
             for total, add in ((report.counts, part.counts), (report.sums, part.sums), (report.nonzero, part.nonzero)):
                 for k, v in add.items():
                     total[k] = total.get(k, 0) + v
-            bar.update(part.rows + part.rows_resumed)
+            bar.update(part.computed)
     finally:
         bar.close()
 
@@ -890,7 +890,7 @@ def fill_by_fragment(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, 
                      batch_size=batch_size, sources=list(prov.get("source_columns") or inputs), extra=extra,
                      desc=desc, fix=fix)
     rep = run(lake, stage, engine=engine, recompute=recompute, progress=progress)
-    return {"fragments": rep.fragments, "rows": rep.rows + rep.rows_resumed, "versions": rep.versions}
+    return {"fragments": rep.fragments, "rows": rep.computed, "versions": rep.versions}
 
 
 class OnColumns:
