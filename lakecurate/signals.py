@@ -291,6 +291,10 @@ def phash_pixels(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     x = np.asarray(gray, dtype=np.float32)
     low = (_DCT[:_HASH_SIZE] @ x @ _DCT[:_HASH_SIZE].T).reshape(len(x), -1)
+    # A flat picture's (or a flat direction's) coefficients are float rounding noise, ~1e-8 of the
+    # mean, whose signs follow the BLAS build: a white square hashed to 1 set bit on one machine and
+    # 32 on another (and was compared as a photo). Noise is 0; detail is far above 1e-6 of the mean.
+    low[np.abs(low) <= 1e-6 * np.abs(low[:, :1])] = 0
     mirrored = (low.reshape(-1, _HASH_SIZE, _HASH_SIZE) * _MIRROR).reshape(len(x), -1)
 
     def pack(c: np.ndarray) -> np.ndarray:
