@@ -733,6 +733,25 @@ def column_valid(ds: "lance.LanceDataset", column: str, batch_rows: int = 65536)
     return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
+def vector_rows(ds: "lance.LanceDataset", column: str, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, broken): one bool per row of ``ds`` each, in one streamed pass over the vector
+    column ``column``: it holds a vector there; that vector has a NaN or infinite entry (written
+    outside lakecurate, or by a model that overflowed: dedup's check and faiss refused it with a
+    traceback, and evaluate's similarities, NaN, ranked every caption first)."""
+    valid, broken = [], []
+    for b in ds.to_batches(columns=[column], batch_size=batch_rows):
+        col = b.column(0)
+        ok = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+        bad = np.zeros(len(col), bool)
+        if ok.any():
+            flat = col.flatten() if col.null_count == 0 else col.filter(pa.array(ok)).flatten()
+            values = np.asarray(flat.to_numpy(zero_copy_only=False)).reshape(int(ok.sum()), -1)
+            bad[ok] = ~np.isfinite(values).all(axis=1)
+        valid.append(ok)
+        broken.append(bad)
+    return (np.concatenate(valid), np.concatenate(broken)) if valid else (np.zeros(0, bool), np.zeros(0, bool))
+
+
 class LanceVectors:
     """An embedding column of one dataset version as a vector source for :mod:`lakecurate.neardup`
     (``semantic_pairs``): streamed in batches or taken by position, never read whole, so a join's

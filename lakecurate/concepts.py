@@ -30,10 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakecurate import columns
-from lakecurate.columns import LanceVectors, column_valid, embedding_matrix
+from lakecurate.columns import LanceVectors, embedding_matrix
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, check_embedded, commit_decisions, where_columns, write_decisions
+from lakecurate.graph import check_current, check_embedded, commit_decisions, embedded_rows, where_columns, write_decisions
 from lakecurate.names import default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
@@ -442,7 +442,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
     col = embedding_columns(emb)["image"]
     # The vectors are sampled and streamed (columns.LanceVectors), never read whole.
     tbl = ds.to_table(columns=[c for c in ("concept", "concept_dist") if c in ds.schema.names], with_row_address=True)
-    valid = column_valid(ds, col)
+    valid = embedded_rows(lake, ds, col, then="cluster")
     n_valid = int(valid.sum())
     if n_valid == 0:
         error = embedding_columns(emb)["error"]

@@ -88,7 +88,7 @@ from lakecurate.columns import LanceTexts, LanceVectors, column_valid
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import commit_decisions, no_producer
+from lakecurate.graph import commit_decisions, embedded_rows, no_producer
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
@@ -761,6 +761,11 @@ def dedup(
                              "agree_levels": AGREE_LEVELS, "gains": list(GAINS)}
 
     _check_stored_current(lake, ds, methods, keep_from)  # (before the signals it asks for are written)
+    # the vectors the joins read, checked before anything is written (a NaN is refused, naming rows)
+    before = ds
+    vectors = ([embedding_columns(emb)["image"]] if {"semantic", "verify"} & set(methods) or clustered else []) + (
+        [embedding_columns(emb)["text"]] if "caption" in methods else [])
+    valid = {col: embedded_rows(lake, before, col, then="dedup") for col in vectors}
     for m in methods:  # a changed config without recompute: refused now, not after the new rows were hashed
         if m not in redo and group_columns(m)[0] in ds.schema.names:
             columns.declare(lake, [pa.field(c, pa.string()) for c in group_columns(m)],
@@ -800,7 +805,10 @@ def dedup(
         report.flat = int((~_hashes(tbl)[2] & ~np.asarray(tbl.column("phash").is_null().to_numpy(zero_copy_only=False), bool)
                            & usable).sum())
 
-    joins = _Joins(ds, lake.storage_options, progress, engine)
+    joins = _Joins(ds, lake.storage_options, progress, engine, lake)
+    if [(f.fragment_id, f.count_rows()) for f in ds.get_fragments()] == [
+            (f.fragment_id, f.count_rows()) for f in before.get_fragments()]:  # (the declares added no row)
+        joins._valid.update(valid)
     for m in {"semantic", "caption"} & set(methods):  # they group by every pair from their threshold up
         joins.span[embedding_columns(emb)["image" if m == "semantic" else "text"]] = configs[m]["threshold"]
     full_joins = [configs[m]["cosine"] for m in clustered] + ([configs["semantic"]["confirm_cosine"]] if "semantic" in methods else [])
@@ -1098,8 +1106,10 @@ class _Joins:
     confirm cosine asks that inside each block (:meth:`HashFilter.kept`), so a clump of rows all
     weakly alike (a coarse encoder's dense region) is not held whole before the check."""
 
-    def __init__(self, ds: Any, storage_options: dict | None, progress: bool | None, engine: str) -> None:
+    def __init__(self, ds: Any, storage_options: dict | None, progress: bool | None, engine: str,
+                 lake: "Store | None" = None) -> None:
         self.ds, self.storage_options, self.progress, self.engine = ds, storage_options, progress, engine
+        self.lake = lake  # (given: a vector with NaN or infinite values is refused, naming its rows)
         self.floor: dict[str, float] = {}
         self.per_row: dict[str, int] = {}
         self.all_from: dict[str, float] = {}
@@ -1113,7 +1123,8 @@ class _Joins:
     def valid(self, col: str) -> np.ndarray:
         """Which rows have a vector in ``col`` (a streamed pass over the column, once per run)."""
         if col not in self._valid:
-            self._valid[col] = column_valid(self.ds, col)
+            self._valid[col] = (column_valid(self.ds, col) if self.lake is None
+                                else embedded_rows(self.lake, self.ds, col, then="dedup"))
         return self._valid[col]
 
     def hash_variants(self, method: str, tbl: pa.Table, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, effective_view, where_columns
+from lakecurate.graph import broken_vectors, check_current, effective_view, where_columns
 from lakecurate.names import EVAL_LR, EVAL_METRICS, default_view, embedding_columns, pick_embedding
 from lakecurate.schema import EVAL_TABLE
 from lakecurate.sqlcheck import check_where
@@ -526,6 +526,11 @@ def evaluate(
                        filter=f"{emb}_image IS NOT NULL AND {text_col} IS NOT NULL")
     ids = pool.column("id")
     x_img, x_txt = _vectors(pool, embedding_columns(emb)["image"]), _vectors(pool, text_col)
+    for column, x in ((embedding_columns(emb)["image"], x_img), (text_col, x_txt)):
+        broken = np.flatnonzero(~np.isfinite(x).all(axis=1))  # (NaN similarities ranked every caption first: R@1 1.0)
+        if len(broken):
+            rows = ds.to_table(columns=["id", "key"], filter=pc.field("id").isin(ids.take(broken[:3]))).to_pylist()
+            raise broken_vectors(lake, ds, column, len(broken), rows, "evaluate")
 
     def rows_of(at: int | str | None, condition: str) -> np.ndarray:
         try:

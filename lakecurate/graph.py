@@ -30,12 +30,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import COMPUTED_FROM, field_provenance, fragments_to_fill, has_data
+from lakecurate.columns import COMPUTED_FROM, field_provenance, fragments_to_fill, has_data, vector_rows
 from lakecurate.errors import LakeError
 from lakecurate.names import DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
+    import numpy as np
     import lance
 
     from lakecurate.store import Store
@@ -854,6 +855,33 @@ def check_embedded(lake: "Store", ds: "lance.LanceDataset", prefix: str, prov: d
     raise LakeError(f"{missing} rows of lake '{lake.uri}' have no {prefix} {what} yet ({rows}) and {need}; "
                     f"run: {embed_command(lake, prefix, prov)}, "
                     f"then {then} again")
+
+
+def embedded_rows(lake: "Store", ds: "lance.LanceDataset", column: str, then: str) -> np.ndarray:
+    """Which rows of ``ds`` have a vector in the embedding column ``column`` (one streamed pass,
+    :func:`~lakecurate.columns.vector_rows`), refusing one with a NaN or infinite entry
+    (:func:`broken_vectors`)."""
+    import numpy as np
+
+    valid, broken = vector_rows(ds, column)
+    if broken.any():
+        at = np.flatnonzero(broken)
+        raise broken_vectors(lake, ds, column, len(at), ds.take(at[:3].tolist(), columns=["id", "key"]).to_pylist(), then)
+    return valid
+
+
+def broken_vectors(lake: "Store", ds: "lance.LanceDataset", column: str, count: int, first: list[dict[str, Any]],
+                   then: str) -> LakeError:
+    """The error for ``count`` rows whose ``column`` vector has a NaN or infinite entry (``first``: a
+    few of them, with ``id`` and ``key``): it names them and the command that computes the column
+    again, then the stage (``then``) to run again."""
+    rows = ", ".join(f"{r['id']} ({r['key']})" for r in first) + (", ..." if count > len(first) else "")
+    node = next((n for n in nodes(ds) if column in n.columns), None)
+    redo = (fix_command(lake, node, ds) + " --recompute") if node is not None and node.stage.startswith("embed") else (
+        f"the command that wrote {column}")
+    return LakeError(f"{count} rows of lake '{lake.uri}' hold a {column} vector with NaN or infinite values ({rows}): "
+                     f"written outside lakecurate, or by a model that overflowed; compute them again: {redo}, then {then} "
+                     "again")
 
 
 def _lakecurate(lake: "Store") -> str:

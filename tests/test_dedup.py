@@ -1099,3 +1099,38 @@ def test_a_changed_setting_is_named_in_the_refusal(sample_lake_embedded, tmp_pat
     lake.dedup(["phash"], keep_from=["phash"], progress=False)
     with pytest.raises(LakeError, match=r"made with another config \(max_distance 8 -> 3\); run with the same settings"):
         lake.dedup(["phash"], keep_from=["phash"], phash_distance=3, progress=False)
+
+
+def test_vectors_with_nan_are_refused_naming_rows_and_the_command_that_recomputes_them(sample_lake_embedded: Lake,
+                                                                                        tmp_path: Path):
+    """NaN written into three rows' image vectors (by another writer): dedup failed with a traceback
+    ("vectors are not L2-normalised (norms nan..nan)"), cluster with faiss's, and evaluate reported
+    every retrieval metric as a perfect 1.0 (NaN similarities ranked every caption first)."""
+    import shlex
+
+    import lance
+    import pyarrow as pa
+
+    from .conftest import noisy_eval_set
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    ds = lance.dataset(lake.table_uri)
+    ids = ds.to_table(columns=["id"], filter="clip_tinyrandom_image IS NOT NULL", limit=3).column("id")
+    d = ds.schema.field("clip_tinyrandom_image").type.list_size
+    nan = pa.FixedSizeListArray.from_arrays(pa.array(np.full(3 * d, np.nan, np.float16)), d)
+    ds.merge_insert("id").when_matched_update_all().execute(pa.table({"id": ids, "clip_tinyrandom_image": nan}))
+    version = lake.dataset().version
+    for run in (lambda: lake.dedup("semantic", semantic_threshold=0.995, progress=False),
+                lambda: lake.cluster(2),
+                lambda: lake.evaluate(eval_set=noisy_eval_set(tmp_path / "eval"), view="width > 0", steps=2,
+                                      seeds=1, progress=False, record=False)):
+        with pytest.raises(LakeError, match=r"3 rows of lake .* hold a clip_tinyrandom_image vector with NaN or infinite "
+                                            r"values \(p?\w+ \(.*\), .*\): .* compute them again: lakecurate embed") as e:
+            run()
+        assert ids[0].as_py() in str(e.value)
+    assert lake.dataset().version == version  # refused before anything was written
+    fix = str(e.value).split("compute them again: ")[1].split(", then")[0]
+    assert fix.endswith(" --recompute")
+    res = CliRunner().invoke(main, shlex.split(fix)[1:])
+    assert res.exit_code == 0, res.output
+    assert lake.dedup("semantic", semantic_threshold=0.995, progress=False).rows  # the command mends it
