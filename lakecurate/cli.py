@@ -159,6 +159,22 @@ class TargetType(click.ParamType):
         return f if f <= 1 else int(f)
 
 
+class BudgetType(click.ParamType):
+    """Multiples of --steps, comma-separated (evaluate --budget): the library's own rule, checked
+    before the lake is opened; the text is passed on as given."""
+
+    name = "MULTIPLES"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from lakecurate.evaluate import parse_budgets
+
+        try:
+            parse_budgets(value)
+        except LakeError as exc:
+            self.fail(str(exc).removeprefix(f"--budget {value}: ").removeprefix(f"--budget {value!r}: "), param, ctx)
+        return value
+
+
 lake_argument = click.argument("lake", type=click.Path(file_okay=False))
 
 
@@ -972,14 +988,16 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
                    "or a tag / SQL condition.")
 @click.option("--seeds", type=Count(min=1), default=3, show_default=True)
 @click.option("--steps", type=Count(min=1), default=300, show_default=True, help="Training steps for every arm (the budget).")
-@click.option("--eval-every", type=Count(min=1), help="Steps between learning-curve points (default: steps / 20).")
-@click.option("--budget", "budgets", help="Also train every arm at these multiples of --steps, e.g. 0.25,0.5,1,2.")
+@click.option("--eval-every", type=Count(min=1), help="Steps between learning-curve points (default: steps / 20; at most --steps).")
+@click.option("--budget", "budgets", type=BudgetType(),
+              help="Also train every arm at these multiples of --steps (above 0, at most 16), e.g. 0.25,0.5,1,2; "
+                   "multiples that round to the same number of steps are trained once.")
 @click.option("--metric", type=click.Choice(METRIC_NAMES), default="t2i_R@5", show_default=True,
               help="The metric the curves, speed-ups and budgets are read on.")
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=EVAL_LR, show_default=True,
+@click.option("--lr", type=FiniteFloat(0, 1, min_open=True), default=EVAL_LR, show_default=True,
               help="The proxy's learning rate (every arm the same).")
 @click.option("--embedding", help="Embedding prefix when the lake has several.")
-@click.option("--root", type=click.Path(file_okay=False),
+@click.option("--root", type=click.Path(file_okay=False, exists=True),
               help="Folder the evaluation set's image paths must stay inside (default: the manifest's folder); "
                    "needed when a manifest holds absolute paths elsewhere.")
 @click.option("--no-record", is_flag=True, help="Do not append the result to LAKE/evaluations.lance (on a branch, evaluations-BRANCH.lance).")
@@ -1000,11 +1018,25 @@ def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, .
 
     Example: lakecurate evaluate ./lake --eval-set clean_eval/captions.csv --budget 0.25,0.5,1,2
     """
+    from lakecurate.evaluate import _baselines
+
+    # what needs no lake is checked before it is opened (exit 2, as click's own checks)
+    if eval_every is not None and eval_every > steps:
+        raise click.BadParameter(f"{eval_every} is more than --steps ({steps}): give a number of steps from 1 to "
+                                 f"{steps}", param_hint="'--eval-every'")
+    try:
+        _baselines(list(baselines))
+    except LakeError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--baseline: "), param_hint="'--baseline'") from None
     the_lake = open_lake(lake)
     res = the_lake.evaluate(view, eval_set=eval_set, baseline=list(baselines), seeds=seeds, steps=steps,
                                    embedding=embedding, record=not no_record, root=root, allow_stale=allow_stale,
                                    caption_col=caption_col, eval_every=eval_every, budgets=budgets, metric=metric, lr=lr,
                                    engine=engine)
+    for note in res.warnings:
+        click.echo(f"warning: {note}", err=True)
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         echo_json({**res.to_dict(), "table": res.table().to_dict("records"),
                    "budget_table": res.budget_table().to_dict("records"),

@@ -36,7 +36,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakecurate import options
 from lakecurate.columns import embedding_matrix, field_provenance
+from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import broken_vectors, check_current, effective_view, where_columns
@@ -66,6 +68,7 @@ class EvalSet:
     text: np.ndarray
     text_image: np.ndarray
     hashes: list[str]
+    left_out: str = ""  # the set's rows left out (refused at ingest, no caption, no vectors), or ""
 
 
 @dataclass
@@ -90,6 +93,8 @@ class EvalResult:
     curve_steps: list[int] = field(default_factory=list)
     curves: dict[str, list[list[float]]] = field(default_factory=dict)  # arm -> per seed -> metric at curve_steps
     budgets: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "0.5" -> arm -> metric per seed
+    warnings: list[str] = field(default_factory=list)  # what makes the numbers mean less (the CLI's stderr)
+    notes: list[str] = field(default_factory=list)     # what was done other than asked (merged budgets)
 
     def table(self) -> pd.DataFrame:
         """Mean and spread (max - min over seeds) of each metric, one row per arm."""
@@ -285,11 +290,12 @@ def _vectors(tbl: pa.Table, name: str) -> np.ndarray:
     return embedding_matrix(tbl.column(name))[0]
 
 
-def _selection(lake: "Store", view: str | None, option: str = "--view", *,
-               allow_stale: bool = False) -> tuple[int | str | None, str, str]:
+def _selection(lake: "Store", view: str | None, option: str = "--view", *, allow_stale: bool = False,
+               warnings: list[str] | None = None) -> tuple[int | str | None, str, str]:
     """(version, where, label) of a view: a tag (its curated rows), a SQL condition, or the default.
-    Its decision columns must be current (or ``allow_stale``): a proxy trained on stale decisions
-    proves nothing about the curator's."""
+    Its decision columns must be current (or ``allow_stale``: then what is not is appended to
+    ``warnings``): a proxy trained on stale decisions proves nothing about the curator's."""
+    warnings = [] if warnings is None else warnings
     ds = lake.dataset()
     version: int | str | None = None
     label = view or ""
@@ -299,7 +305,8 @@ def _selection(lake: "Store", view: str | None, option: str = "--view", *,
     if view:
         lead = f"{option} '{view}' is not a tag of lake '{lake.uri}' nor a valid SQL condition"
         where = check_where(view, option, ds, lead=lead)
-        check_current(lake, ds, where_columns(where, ds.schema.names), what="evaluate", allow_stale=allow_stale)
+        warnings += check_current(lake, ds, where_columns(where, ds.schema.names), what="evaluate",
+                                  allow_stale=allow_stale)
         return version, where, label
     names = ds.schema.names
     # a tag is its recipe's result as it was: the latest decision current there (what is stale at a
@@ -308,7 +315,7 @@ def _selection(lake: "Store", view: str | None, option: str = "--view", *,
     if where is None:
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
                         f"run: lakecurate curate {lake.shell} basic, or pass --view 'SQL condition'")
-    check_current(lake, ds, where_columns(where, names), what="evaluate", allow_stale=allow_stale)
+    warnings += check_current(lake, ds, where_columns(where, names), what="evaluate", allow_stale=allow_stale)
     return version, where, label or where
 
 
@@ -371,10 +378,12 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
                                   filter=f"{names['image']} IS NOT NULL AND {names['text']} IS NOT NULL")
     captioned = np.array([bool(c and c.strip()) for c in tbl.column("caption").to_pylist()], bool)
     blank = int((~captioned).sum())  # an empty caption is embedded as "": a pair of nothing, scored as one
+    refused = _refused(side)
+    unembedded = side.dataset().count_rows(filter="ingest_status != 'error'") - tbl.num_rows
     tbl = tbl.filter(pa.array(captioned))
     images = len(set(tbl.column("content_hash").to_pylist()))
     if images < 2:  # retrieval and the swapped-caption AUROC pair each caption with another image
-        why = _refused(side) + (f"; {blank} rows have no caption" if blank else "")
+        why = refused + (f"; {blank} rows have no caption" if blank else "")
         if new:  # (a cache of a set that cannot be used)
             shutil.rmtree(where, ignore_errors=True)
         raise LakeError(f"evaluation set '{path}' has {tbl.num_rows} usable pairs of {images} distinct images after "
@@ -382,13 +391,29 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
     hashes = tbl.column("content_hash").to_pylist()
     uniq, first, text_image = np.unique(np.array(hashes), return_index=True, return_inverse=True)
     img = _vectors(tbl, names["image"])[first]
-    return EvalSet(_unit(img), _unit(_vectors(tbl, names["text"])), text_image.astype(np.int64), uniq.tolist()), side
+    # rows left out are a smaller, other evaluation than the one asked for: said, never silent
+    why = [*([refused.lstrip("; ")] if refused else []), *([f"{blank} rows have no caption"] if blank else []),
+           *([f"{unembedded} rows have no {spec.prefix} vectors"] if unembedded else [])]
+    left_out = (f"evaluation set '{path}': rows left out, so it scores {tbl.num_rows} pairs of {len(uniq)} images: "
+                f"{'; '.join(why)}; fix or remove them in the set (it is read again when its files change)") if why else ""
+    return EvalSet(_unit(img), _unit(_vectors(tbl, names["text"])), text_image.astype(np.int64), uniq.tolist(),
+                   left_out), side
 
 
 def _images_changed(side: "Store") -> bool:
-    """Whether an image file a cached evaluation set read is gone or holds other bytes now (a
-    manifest names its images: replaced, they leave the manifest as it was)."""
-    tbl = side.dataset().to_table(columns=["image_uri", "content_hash"], filter="content_hash IS NOT NULL")
+    """Whether an image file a cached evaluation set read is gone or holds other bytes now, or one
+    it refused has appeared or been written since (a manifest names its images: replaced or
+    restored, they leave the manifest as it was)."""
+    ds = side.dataset()
+    refused = ds.to_table(columns=["image_uri", "ingest_flags"], filter="ingest_status = 'error'")
+    if refused.num_rows:
+        cached_at = min(v["timestamp"] for v in ds.versions()).timestamp()
+        for uri, flags in zip(refused.column("image_uri").to_pylist(), refused.column("ingest_flags").to_pylist()):
+            if not uri or "://" in uri or "#" in uri or not os.path.isfile(uri):
+                continue
+            if "file_missing" in (flags or []) or os.path.getmtime(uri) >= cached_at:
+                return True
+    tbl = ds.to_table(columns=["image_uri", "content_hash"], filter="content_hash IS NOT NULL")
     for uri, digest in zip(tbl.column("image_uri").to_pylist(), tbl.column("content_hash").to_pylist()):
         if not uri or "://" in uri or "#" in uri:
             continue
@@ -446,6 +471,29 @@ def parse_budgets(budgets: "str | Sequence[float] | None") -> list[float]:
     return sorted(out | {1.0})
 
 
+def budget_steps(multiples: Sequence[float], steps: int) -> tuple[list[float], list[str]]:
+    """The multiples of ``steps`` that train distinct step counts, and a note per merge: multiples
+    that round to one step count would train the same arm again and list it as another budget.
+    Of those, 1 (the main run) is kept, else the smallest.
+
+    >>> budget_steps([0.05, 0.1, 0.2, 1.0], 4)[0]
+    [0.05, 1.0]
+    """
+    by: dict[int, list[float]] = {}
+    for m in sorted(multiples):
+        by.setdefault(max(1, round(m * steps)), []).append(m)
+    kept, notes = [], []
+    for n, group in sorted(by.items()):
+        keep = 1.0 if 1.0 in group else group[0]
+        kept.append(keep)
+        others = [m for m in group if m != keep]
+        if others:
+            notes.append(f"--budget {', '.join(f'{m:g}' for m in others)} x --steps {steps} train{'s' if len(others) == 1 else ''} "
+                         f"{n} step{'s' if n != 1 else ''}, as {keep:g} does: trained once, as {keep:g} (raise --steps "
+                         "to tell them apart)")
+    return kept, notes
+
+
 def evaluate(
     lake: "Store",
     view: str | None = None,
@@ -493,6 +541,7 @@ def evaluate(
 
     t0 = time.perf_counter()
     check_engine(engine)
+    eval_set = options.path("--eval-set", eval_set)
     for opt, value in (("--seeds", seeds), ("--steps", steps), ("--batch", batch), ("--dim", dim)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise LakeError(f"{opt} = {value!r}: a whole number of at least 1")
@@ -504,10 +553,12 @@ def evaluate(
     if metric not in METRICS:
         raise LakeError(f"--metric {metric!r}: one of {', '.join(METRICS)}")
     names = _baselines(baseline)
-    multiples = parse_budgets(budgets)
-    version, where, label = _selection(lake, view, allow_stale=allow_stale)
+    multiples, merged = budget_steps(parse_budgets(budgets), steps)
+    warnings: list[str] = []
+    version, where, label = _selection(lake, view, allow_stale=allow_stale, warnings=warnings)
     # other views as baselines: checked (and a bad condition refused) before the eval set is cached
-    views = {b: _selection(lake, b, "--baseline", allow_stale=allow_stale)[:2] for b in names if b not in ("all", "random")}
+    views = {b: _selection(lake, b, "--baseline", allow_stale=allow_stale, warnings=warnings)[:2]
+             for b in names if b not in ("all", "random")}
     ds = lake.dataset(version)
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
     text_col = embedding_columns(emb)["text"] if caption_col == "caption" else f"{emb}_{caption_col}_text"
@@ -515,6 +566,15 @@ def evaluate(
         raise LakeError(f"the proxy needs {caption_col} through the {emb} text tower ({text_col}), which lake "
                         f"'{lake.uri}' lacks; run: lakecurate embed {lake.shell} --model ... --caption-col {caption_col} "
                         f"(the model that made {emb})")
+    # The vectors it trains on must be current too: captions rewritten after embed leave the text
+    # vectors of the old ones (what curate and export refuse). At a tag they can never be made
+    # current there: a warning.
+    latest = version is None or lake.names_latest(version, ds)
+    warnings += check_current(lake, ds, [embedding_columns(emb)["image"], text_col], what="evaluate",
+                              allow_stale=allow_stale or not latest)
+    if meaningless(prov):
+        warnings.append(f"embedding '{emb}' comes from a randomly initialised test model: the proxy's scores and "
+                        "speed-ups are meaningless; embed with a real model and pass --embedding")
     def held_out(hashes: list[str]) -> None:  # before the set is embedded (and cached)
         overlap = set(hashes) & set(ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist())
         if overlap:
@@ -522,6 +582,8 @@ def evaluate(
                             "so the evaluation would not be held out; remove them from the evaluation set or the lake")
 
     ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root, engine=engine, held_out=held_out)
+    if ev.left_out:
+        warnings.append(ev.left_out)
     pool = ds.to_table(columns=["id", embedding_columns(emb)["image"], text_col],
                        filter=f"{emb}_image IS NOT NULL AND {text_col} IS NOT NULL")
     ids = pool.column("id")
@@ -552,7 +614,8 @@ def evaluate(
     res = EvalResult(lake=str(lake.uri), version=ds.version, view=label, baseline=", ".join(names), embedding=emb,
                      eval_set=os.path.abspath(os.fspath(eval_set)), eval_images=len(ev.hashes),
                      eval_captions=len(ev.text_image), pool_rows=len(ids), steps=steps,
-                     seeds=list(range(seeds)), eval_id=uuid.uuid4().hex[:12], baselines=names, metric=metric)
+                     seeds=list(range(seeds)), eval_id=uuid.uuid4().hex[:12], baselines=names, metric=metric,
+                     warnings=list(dict.fromkeys(warnings)), notes=merged)
     arms = ["view", *names]
     res.rows = {"view": len(chosen), **{b: len(chosen) if b == "random" else len(fixed[b]) for b in names}}
     res.metrics = {arm: {k: [] for k in METRICS} for arm in arms}

@@ -203,7 +203,7 @@ class Lake(Store):
         learning curves and speed-ups; see :func:`lakecurate.evaluate.evaluate`."""
         from lakecurate.evaluate import evaluate
 
-        keywords("evaluate", options, evaluate, skip=2)
+        keywords("evaluate", options, evaluate)  # (view listed too: it may be passed by name)
         return evaluate(self, view, **options)
 
     def report(self, out: str | os.PathLike, **options: Any) -> Any:

@@ -315,3 +315,109 @@ def test_an_eval_set_ingest_refuses_leaves_no_cache_and_names_evaluates_own_fix(
     with pytest.raises(LakeError, match="--root '.*nowhere' is not a folder"):
         lake.evaluate(eval_set=bad, seeds=1, steps=5, progress=False, root=tmp_path / "nowhere")
     assert (set(cache.glob("*")) if cache.exists() else set()) == before
+
+
+def _manifest(ev: Path, out: Path) -> Path:
+    """A CSV evaluation set of the noisy pictures, by absolute path."""
+    import csv
+
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        for p in sorted(ev.glob("*.png")):
+            w.writerow([str(p), (ev / f"{p.stem}.txt").read_text()])
+    return out
+
+
+def test_eval_set_rows_refused_at_ingest_are_said_and_a_restored_image_is_read_again(small, tmp_path: Path):
+    """One evaluation image missing: the run scored 5 of 6 images without a word, and after the
+    image was restored the cached set (keyed by the manifest alone) was used again, still 5."""
+    lake, ev = small
+    manifest = _manifest(ev, tmp_path / "eval.csv")
+    gone = sorted(ev.glob("*.png"))[2]
+    gone.rename(tmp_path / "away.png")
+    res = lake.evaluate(eval_set=manifest, root=ev, seeds=1, steps=4, progress=False, record=False)
+    assert res.eval_images == 5
+    said = [w for w in res.warnings if "left out" in w]
+    assert len(said) == 1 and "1 rows refused at ingest: file_missing 1" in said[0] and str(gone) in said[0]
+    out = CliRunner().invoke(main, ["evaluate", lake.uri, "--eval-set", str(manifest), "--root", str(ev), "--seeds", "1",
+                                    "--steps", "4", "--no-record", "--json"])
+    assert out.exit_code == 0, out.output
+    assert "warning: evaluation set" in out.stderr and str(gone) in out.stderr
+    assert any(str(gone) in w for w in json.loads(out.stdout)["warnings"])
+    (tmp_path / "away.png").rename(gone)  # back (with its old modification time): the set is read again
+    res = lake.evaluate(eval_set=manifest, root=ev, seeds=1, steps=4, progress=False, record=False)
+    assert res.eval_images == 6 and not [w for w in res.warnings if "left out" in w]
+
+
+def test_evaluate_refuses_stale_embeddings_or_warns_with_allow_stale(small):
+    """Captions rewritten after embed: status said embed is stale and curate refused, but evaluate
+    trained on the old captions' vectors (its check covered the view's columns only)."""
+    import lance
+
+    lake, ev = small
+    lance.dataset(str(Path(lake.uri) / "pairs.lance")).update({"caption": "'another caption entirely'"},
+                                                              where="caption IS NOT NULL")
+    with pytest.raises(LakeError, match=r"embed \(clip_tinyrandom.*is stale.*lakecurate embed .*--allow-stale"):
+        lake.evaluate("width > 0", eval_set=ev, seeds=1, steps=4, progress=False, record=False)
+    res = lake.evaluate("width > 0", eval_set=ev, seeds=1, steps=4, progress=False, record=False, allow_stale=True)
+    assert any(w.startswith("embed (clip_tinyrandom") and "stale" in w for w in res.warnings)
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--budget", "abc"], "--budget"),
+    (["--budget", "0"], "--budget"),
+    (["--budget", "0.5,nan"], "--budget"),
+    (["--eval-every", "1000", "--steps", "5"], "--eval-every"),
+    (["--baseline", "all", "--baseline", "all"], "--baseline"),
+])
+def test_evaluate_option_errors_exit_2_before_the_lake_is_opened(tmp_path: Path, args, option):
+    ev = noisy_eval_set(tmp_path / "eval")
+    res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "no_such_lake"), "--eval-set", str(ev), *args])
+    assert res.exit_code == 2, res.output
+    assert option in res.output and "no lake" not in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "no_such_lake").exists()
+
+
+def test_evaluate_wrong_kind_arguments_are_one_line_errors(small):
+    lake, _ev = small
+    for bad in (None, 123):
+        with pytest.raises(LakeError, match=f"invalid --eval-set {bad!r}: expected a path"):
+            lake.evaluate(eval_set=bad, record=False)
+    with pytest.raises(LakeError, match=r"evaluate takes view, eval_set, .*; not bogus"):
+        lake.evaluate(eval_set="x", bogus=1)
+
+
+def test_budgets_that_round_to_the_same_steps_are_trained_once(small, monkeypatch):
+    """--steps 4 --budget 0.05,0.1,0.2 trained three identical 1-step arms, listed as three budgets."""
+    from lakecurate import evaluate as ev_mod
+
+    assert ev_mod.budget_steps([0.05, 0.1, 0.2, 1.0, 1.1], 4) == (
+        [0.05, 1.0], ["--budget 0.1, 0.2 x --steps 4 train 1 step, as 0.05 does: trained once, as 0.05 (raise --steps "
+                      "to tell them apart)",
+                      "--budget 1.1 x --steps 4 trains 4 steps, as 1 does: trained once, as 1 (raise --steps to tell "
+                      "them apart)"])
+    lake, ev = small
+    trained: list[int] = []
+    real = ev_mod.train_heads
+
+    def spy(x_img, x_txt, **kw):
+        trained.append(kw["steps"])
+        return real(x_img, x_txt, **kw)
+
+    monkeypatch.setattr(ev_mod, "train_heads", spy)
+    res = lake.evaluate(eval_set=ev, baseline="all", seeds=1, steps=4, budgets="0.05,0.1,0.2", progress=False, record=False)
+    assert sorted(res.budgets) == ["0.05", "1"] and sorted(trained) == [1, 1, 4, 4]  # view and all, once a step count
+    assert list(res.budget_table()["steps"]) == [1, 4]
+    assert len(res.notes) == 1 and "0.1, 0.2" in res.notes[0]
+
+
+def test_evaluate_on_a_test_model_warns_its_scores_are_meaningless(small):
+    lake, ev = small  # embedded with tiny-random
+    res = lake.evaluate(eval_set=ev, seeds=1, steps=4, progress=False, record=False)
+    assert any("randomly initialised test model" in w and "meaningless" in w for w in res.warnings)
+    out = CliRunner().invoke(main, ["evaluate", lake.uri, "--eval-set", str(ev), "--seeds", "1", "--steps", "4", "--no-record"])
+    assert out.exit_code == 0, out.output
+    assert "warning: embedding 'clip_tinyrandom' comes from a randomly initialised test model" in out.stderr
