@@ -920,6 +920,25 @@ _SCALAR = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.ty
            pa.types.is_large_string, pa.types.is_decimal, pa.types.is_temporal)
 
 
+def _plan_where(ds: "lance.LanceDataset", where: str, lead: str) -> None:
+    """Plan the sql step's ``where`` on ``ds`` (:func:`check_where`); where it names signals curate
+    computes on the way (not in the lake yet), on an empty stand-in holding the lake's columns it
+    names and those signals (planning on the lake refused the README's own ``cap_lang = 'en'`` on a
+    lake without caption signals)."""
+    to_come = [c for c in where_columns(where, list(SIGNAL_TYPES)) if c not in ds.schema.names]
+    if not to_come:
+        check_where(where, ds=ds, lead=lead)
+        return
+    import tempfile
+
+    import lance
+
+    schema = pa.schema([ds.schema.field(c) for c in where_columns(where, ds.schema.names)]
+                       + [pa.field(c, SIGNAL_TYPES[c]) for c in to_come])
+    with tempfile.TemporaryDirectory(prefix="lakecurate-plan-") as tmp:
+        check_where(where, ds=lance.write_dataset(schema.empty_table(), f"{tmp}/plan.lance"), lead=lead)
+
+
 def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
     """The generic steps against the lake, before anything is written: their columns exist and
     hold values their tests can compare; an SQL condition plans on the table."""
@@ -931,8 +950,7 @@ def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
             if {"keep", "drop_reason"} & set(where_columns(p["where"], ["keep", "drop_reason"])):
                 raise LakeError(f"{where}: where = {p['where']!r} reads keep/drop_reason, which curate writes; "
                                 f"test the columns they are made from")
-            check_where(p["where"], ds=ds, lead=f"{where}: where = {p['where']!r} cannot select rows of lake "
-                                                f"'{lake.uri}'")
+            _plan_where(ds, p["where"], lead=f"{where}: where = {p['where']!r} cannot select rows of lake '{lake.uri}'")
         if step.filter != "column":
             continue
         name = p["column"]

@@ -291,3 +291,24 @@ def test_a_recipe_named_by_a_relative_path_is_recorded_whole(sample_lake_embedde
     node = next(n for n in graph.nodes(lake.dataset()) if n.stage == "curate")
     assert node.prov["config"]["source"] == str(tmp_path / "r" / "strict.toml")
     assert str(tmp_path / "r" / "strict.toml") in graph.fix_command(lake, node)
+
+
+def test_an_sql_step_may_name_signals_curate_computes_on_the_way(tmp_path: Path):
+    """The README's own `where = "width >= 256 AND cap_lang = 'en'"` was refused on a lake without
+    caption signals ("No field named cap_lang"), though a column step on a signal computes it first;
+    a name that is no column nor signal is still refused before anything is written."""
+    from .conftest import SAMPLE_DATA
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    assert "cap_lang" not in lake.dataset().schema.names
+    version = lake.dataset().version
+    with pytest.raises(LakeError, match="step 1 \\(sql\\).*No field named cap_langg"):
+        lake.curate({"name": "typo", "step": [{"filter": "sql", "where": "width >= 256 AND cap_langg = 'en'"}]},
+                    progress=False)
+    assert lake.dataset().version == version
+    rep = lake.curate({"name": "readme", "step": [{"filter": "sql", "where": "width >= 256 AND cap_lang = 'en'"}]},
+                      progress=False)
+    df = lake.to_pandas(["width", "cap_lang", "keep"])
+    assert df["keep"].tolist() == ((df["width"] >= 256) & (df["cap_lang"] == "en")).tolist()
+    assert rep.kept == int(df["keep"].sum()) and 0 < rep.kept < len(df)
