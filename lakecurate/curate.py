@@ -713,12 +713,32 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _step_name(steps: list[Any], k: int) -> str:
+    """How an override names step ``k`` (1-based) of the raw ``steps``: its reason, else its filter,
+    where that names it alone; else its number."""
+    step = steps[k - 1]
+    for name in (step.get("reason"), step.get("filter")):
+        if isinstance(name, str) and sum(name in (st.get("filter"), st.get("reason"))
+                                         for st in steps if isinstance(st, Mapping)) == 1:
+            return name
+    return str(k)
+
+
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
-    """Apply ``overrides`` to the raw recipe in place; the applied ones, keyed as given."""
+    """Apply ``overrides`` to the raw recipe in place; the ones that change it, each keyed one way
+    whatever way it was given (:func:`_step_name`), so that one decision has one hash and tag:
+    ``15.min_percentile`` and ``alignment.min_percentile`` were two recipes, and a value the file
+    already holds a third."""
     steps = raw.get("step", raw.get("steps", []))
+    applied: dict[str, Any] = {}
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
     for key, value in overrides.items():
         if key == "embedding":
-            raw["embedding"] = value
+            if not same(raw.get("embedding"), value):
+                raw["embedding"] = applied["embedding"] = value
             continue
         target, dot, param = key.rpartition(".")
         if not dot or not target or not param:
@@ -735,8 +755,14 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str
         if len(hits) > 1:
             raise LakeError(f"--set {key}: steps {', '.join(map(str, hits))} of recipe {source} are all {target!r}; "
                             f"name one by its number, e.g. --set {hits[0]}.{param}=...")
-        steps[hits[0] - 1] = {**steps[hits[0] - 1], param: value}
-    return dict(sorted(overrides.items()))
+        step = steps[hits[0] - 1]
+        name = step.get("filter")
+        now = {**(FILTERS[name].params if isinstance(name, str) and name in FILTERS else {}), **step}
+        if param in now and same(now[param], value):
+            continue  # what the file (or the filter's default) says already
+        steps[hits[0] - 1] = {**step, param: value}
+        applied[f"{_step_name(steps, hits[0])}.{param}"] = value
+    return dict(sorted(applied.items()))
 
 
 # --------------------------------------------------------------------------- the stage

@@ -123,7 +123,7 @@ def test_set_is_recorded_in_provenance_and_tag(featured):
     rep = lake.curate(recipe, overrides={"alignment.min_percentile": 40, "2.min": 25}, progress=False)
     assert rep.tag.startswith("generic-set-") and rep.recipe_hash != plain.recipe_hash
     cfg = field_provenance(lake.dataset().schema.field("keep"))["config"]["recipe"]
-    assert cfg["set"] == {"2.min": 25, "alignment.min_percentile": 40}
+    assert cfg["set"] == {"short.min": 25, "alignment.min_percentile": 40}  # (2.min: the step's name, one way)
     assert [s["params"].get("min_percentile") for s in cfg["steps"] if s["filter"] == "alignment"] == [40]
     want = expected_reasons(lake, rep.version, min_len=25, pct=40)
     got = reasons_at(lake, rep.tag)
@@ -312,3 +312,17 @@ def test_an_sql_step_may_name_signals_curate_computes_on_the_way(tmp_path: Path)
     df = lake.to_pandas(["width", "cap_lang", "keep"])
     assert df["keep"].tolist() == ((df["width"] >= 256) & (df["cap_lang"] == "en")).tolist()
     assert rep.kept == int(df["keep"].sum()) and 0 < rep.kept < len(df)
+
+
+def test_one_override_spelled_two_ways_is_one_recipe_and_the_file_s_own_value_none(featured):
+    """`--set 2.min=25` and `--set short.min=25` (its reason) made two hashes and tags (the second
+    redid the work), and a --set of the value the file already holds a third."""
+    lake, recipe = featured
+    spelled = [load_recipe(recipe, {key: 25}) for key in ("2.min", "short.min", "column.min")]
+    assert len({r.hash for r in spelled}) == 1 and all(r.overrides == {"short.min": 25} for r in spelled)
+    plain = load_recipe(recipe)
+    same = load_recipe(recipe, {"alignment.min_percentile": 20, "4.min": None})  # the file's value; the default
+    assert same.overrides == {} and same.hash == plain.hash and same.tag_prefix == plain.tag_prefix
+    first = lake.curate(str(recipe), overrides={"short.min": 25}, progress=False)
+    again = lake.curate(str(recipe), overrides={"2.min": 25}, progress=False)
+    assert again.tag == first.tag and again.nothing_to_do
