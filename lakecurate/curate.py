@@ -1422,10 +1422,15 @@ def _judge_by_fragment(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, e
     return judge
 
 
-def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str]) -> None:
-    """A dry run computes nothing: inputs the lake lacks are named with the command that makes them."""
+def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str],
+                         emb: str | None) -> None:
+    """A dry run computes nothing: inputs the lake lacks are named with the command that makes them
+    (dedup's with the recipe's embedding where the lake has several: without, it was refused)."""
+    from lakecurate.names import embedding_prefixes
+
+    which = f" --embedding {emb}" if emb is not None and len(embedding_prefixes(ds)) > 1 else ""
     commands = {CAPTION: f"lakecurate signals {lake.shell}", IMAGE: f"lakecurate signals {lake.shell}",
-                DEDUP: f"lakecurate dedup {lake.shell}", TEMPLATES: f"lakecurate dedup {lake.shell} --method minhash",
+                DEDUP: f"lakecurate dedup {lake.shell}{which}", TEMPLATES: f"lakecurate dedup {lake.shell} --method minhash",
                 FACES: f"lakecurate signals {lake.shell} --faces"}
     missing = sorted(c for c in read if c not in ds.schema.names)
     if missing:
@@ -1534,7 +1539,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     _check_inputs_current(lake, rec, _read_columns(ds, rec, emb), needs)
     if dry_run:
         _run_conditions(lake, ds, rec)
-        judge = _judge_by_fragment(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read))
+        judge = _judge_by_fragment(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read, emb))
         report.steps, report.rows, report.kept, report.dropped = explain_by_fragment(judge, rec)
         _attach(ds, report.steps)
         report.version = ds.version

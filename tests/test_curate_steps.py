@@ -326,3 +326,19 @@ def test_one_override_spelled_two_ways_is_one_recipe_and_the_file_s_own_value_no
     first = lake.curate(str(recipe), overrides={"short.min": 25}, progress=False)
     again = lake.curate(str(recipe), overrides={"2.min": 25}, progress=False)
     assert again.tag == first.tag and again.nothing_to_do
+
+
+def test_a_dry_run_names_a_dedup_command_that_runs_on_a_lake_of_two_embeddings(sample_lake_embedded: Lake,
+                                                                                tmp_path: Path):
+    """The hint was `lakecurate dedup LAKE`, which refuses a lake of several embeddings."""
+    import shlex
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.embed("tiny-random", name="other", workers=0, batch_size=8, progress=False)
+    recipe = {"name": "d", "embedding": "other", "step": [{"filter": "duplicate"}]}
+    with pytest.raises(LakeError, match="--embedding other") as e:
+        lake.curate(recipe, dry_run=True, progress=False)
+    hint = str(e.value).split("(")[-1].split(")")[0]
+    res = CliRunner().invoke(main, shlex.split(hint)[1:] + ["--semantic-threshold", "0.999"])  # (a test model)
+    assert res.exit_code == 0, res.output
+    assert lake.curate(recipe, dry_run=True, progress=False).dropped["duplicate"] >= 0
