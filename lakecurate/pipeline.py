@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lakecurate import graph, options
+from lakecurate import graph, options, runner
 from lakecurate.errors import LakeError
 from lakecurate.names import DECISIONS, default_view, embedding_columns
 
@@ -596,7 +596,8 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
                 # would join every named method again, the semantic one hours at scale)
                 opts = {**opts, "recompute": list(_dedup_changed(lake.dataset(), _dedup_methods(opts), opts))}
             try:
-                out = _call(fns[step], step, opts, progress)
+                with runner.waiting():  # a step's columns are the next steps' inputs: fragments another run
+                    out = _call(fns[step], step, opts, progress)  # computes now are waited for, not left
             except LakeError as exc:  # which step of which file failed (the steps before it stay committed)
                 if not str(exc).startswith("pipeline "):
                     exc.args = (f"pipeline {pipe.source}, [{step}]: {exc}", *exc.args[1:])

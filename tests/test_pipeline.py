@@ -838,3 +838,29 @@ def test_diff_explains_a_custom_condition_by_what_it_reads(rebalanced: Lake):
     assert d.removed > 0 and any(k.startswith("recipe: ") for k in d.removed_by), d.removed_by
     d = rebalanced.diff(rebalanced.version, where="keep", where_b="rebalance_keep")
     assert d.removed_by == {"rebalance": d.removed} and d.removed > 0
+
+
+def test_a_run_waits_for_the_fragments_another_run_computes_now(tmp_path: Path):
+    """Two `lakecurate run` of one pipeline at once: the second's embed left the fragments the first
+    was computing ("embed ran"), and its curate then failed telling the user to run embed. A step's
+    columns are the next steps' inputs, so a run waits for them (and takes over what the other run
+    leaves unfilled)."""
+    import threading
+
+    from lakecurate import columns
+    from lakecurate.embed import embed_stage
+    from lakecurate.encoders import resolve
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    key = embed_stage(resolve("tiny-random")).checkpoint_key
+    other = columns.FragmentClaims(lake, key)  # another run, computing the lake's one fragment now
+    held = [f.fragment_id for f in lake.dataset().get_fragments()]
+    assert other.take(held) == (held, {})
+    threading.Timer(2.0, other.release).start()  # it ends without filling them
+    pipe = {"embed": {"model": "tiny-random", "workers": 0, "batch_size": 8},
+            "curate": {"recipe": {"name": "c", "step": [{"filter": "alignment", "min": -1.0}]}}}
+    rep = lake.run(pipe, progress=False)
+    assert [s.action for s in rep.steps] == ["ran", "ran"]
+    assert not columns.fragments_to_fill(lake.dataset(), "clip_tinyrandom_image")
+    assert lake.count("keep IS NULL") == 0
