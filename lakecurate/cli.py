@@ -713,10 +713,11 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
 @click.option("--workers", type=WORKERS, help="Decode processes (default: every core).")
 @click.option("--recompute", is_flag=True, help="Every row again, not only new ones: the chosen kinds' columns are "
                                                  "replaced (e.g. made by an older lakecurate).")
+@engine_option
 @json_option
 @_friendly_errors
 def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, text: bool, redact: bool,
-                workers: int | None, recompute: bool, as_json: bool) -> None:
+                workers: int | None, recompute: bool, engine: str, as_json: bool) -> None:
     """Compute per-row signal columns of LAKE where they are missing (on a re-run: new rows, and the
     fragments whose inputs were rewritten since; --recompute: every row).
 
@@ -729,7 +730,7 @@ def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, 
                              ("redact", redact)) if on]
     if not kinds:
         raise click.UsageError("no signal chosen; e.g. lakecurate signals LAKE --faces")
-    done = open_lake(lake).signals(kinds, workers=workers, recompute=recompute)
+    done = open_lake(lake).signals(kinds, workers=workers, recompute=recompute, engine=engine)
     if as_json:  # rows computed per kind (as it was), and each kind's run
         echo_json({**done, "runs": {k: {"rows_computed": rep.computed, "rows_refreshed": rep.rows_refreshed,
                                         "rows_resumed": rep.rows_resumed, "fragments": rep.fragments,

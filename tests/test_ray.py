@@ -100,6 +100,27 @@ def test_signals_on_ray_equal_local(tmp_path: Path):
     assert signals.compute_image_signals(lakes["ray"], engine="ray", progress=False).computed == 0  # a re-run: nothing to do
 
 
+def test_cli_signals_takes_the_engine(tmp_path: Path):
+    """`lakecurate signals --engine ray` (the command had no --engine, though the API took it): the
+    same values as local."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    tables = {}
+    for engine in ("local", "ray"):
+        lake = Lake.create(tmp_path / engine)
+        lake.append(pair_rows(0, 20))
+        out = CliRunner().invoke(main, ["signals", lake.uri, "--no-image", "--redact", "--engine", engine, "--json"])
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.stdout)["caption"] == 20
+        names = [n for n in lake.dataset().schema.names if n.startswith("cap_") or n == "caption_redacted"]
+        tables[engine] = lake.dataset().to_table(columns=["id", *names]).sort_by("id")
+    assert tables["local"].num_columns > 3 and tables["local"].equals(tables["ray"])
+
+
 def test_cli_udf_from_a_file_runs_on_ray(tmp_path: Path):
     """A function loaded from a file path is not importable by workers: it is shipped by value."""
     from click.testing import CliRunner
