@@ -55,13 +55,16 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
-def check_engine(engine: str) -> None:
-    """Refuse an unknown engine name, and for Ray bad settings in its environment variables,
-    before a stage declares or computes anything."""
+def check_engine(engine: str, address: str | None = None) -> None:
+    """Refuse an unknown engine name, and for Ray bad settings in its environment variables or a
+    cluster that cannot be reached, before a stage declares or computes anything: Ray is connected
+    to (or started) here, so a ``RAY_ADDRESS`` nothing answers on is refused before a first write
+    (curate and dedup had declared their columns, and undone them, two empty versions a failure)."""
     if engine not in ENGINES:
         raise LakeError(f"unknown engine {engine!r}; use {' or '.join(repr(e) for e in ENGINES)}")
     if engine == "ray":
-        ray_settings()
+        ray_settings(address)  # (checked even when this process is connected already)
+        ray_init(address)
 
 
 def ray_settings(address: str | None = None) -> tuple[str | None, int | None]:

@@ -770,7 +770,7 @@ def semantic_pairs(
     if engine != "local":
         from lakecurate.engines import check_engine
 
-        check_engine(engine)
+        check_engine(engine, address)
     if assign is not None and assign < 1:
         raise ValueError(f"assign must be at least 1 (clusters a row joins), got {assign}")
     if per_row is not None and per_row < 1:

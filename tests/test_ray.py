@@ -436,3 +436,20 @@ def test_bad_ray_settings_are_refused_before_anything_is_written(tmp_path: Path,
     assert engines.ray_settings() == ("10.0.0.5:6379", 2)
     with pytest.raises(LakeError, match=r"cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1 .*unset it"):
         engines._reachable("127.0.0.1:1", timeout=2)
+
+
+def test_an_unreachable_cluster_is_refused_before_curate_or_dedup_write(tmp_path: Path, monkeypatch):
+    """RAY_ADDRESS nothing listens on: curate and dedup declared their columns first, then undid
+    them (two empty versions a command) before the error; now Ray is reached before any write."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    version = lake.version
+    if ray.is_initialized():  # (connected already: a cluster is reached once per process)
+        ray.shutdown()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    for name, stage in (("curate", lambda: lake.curate({"name": "t", "step": [{"filter": "caption_missing"}]}, engine="ray")),
+                        ("dedup", lambda: lake.dedup(["exact"], engine="ray"))):
+        with pytest.raises(LakeError, match="cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1"):
+            stage()
+        assert lake.version == version, name
+
