@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -39,25 +40,26 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         as_json = bool(kwargs.get("as_json")) or kwargs.get("fmt") == "json"  # sql --format json too
-        try:
-            return fn(*args, **kwargs)
-        except (LakeError, IngestError, EncoderError) as exc:
-            raise fail(str(exc), as_json) from None
-        except (OSError, ValueError) as exc:
-            gone = removed_meanwhile(exc)
-            if gone is not None:  # a version (or its files) cleanup removed while this command read it
-                raise fail(f"{gone} was removed while this command read it (a `lakecurate cleanup` in another "
-                           "process, after a compact or a restore?); what was committed is intact: run it again, "
-                           "and tag a version that a long command reads to keep it", as_json) from None
-            if not isinstance(exc, OSError):
-                raise
-            # A full disk is the user's to fix, and safe to retry: every commit is atomic, so what
-            # was committed before the failed write is intact and a re-run resumes from it.
-            if exc.errno != errno.ENOSPC and "no space left on device" not in str(exc).lower():
-                raise
-            where = exc.filename or kwargs.get("dest") or kwargs.get("lake") or kwargs.get("lake_uri") or "the lake"
-            raise fail(f"no space left on device while writing {where}; free space and re-run: "
-                       f"committed work is kept", as_json) from None
+        with _prints_to_stderr(as_json):  # (the error's JSON too goes to the real stdout)
+            try:
+                return fn(*args, **kwargs)
+            except (LakeError, IngestError, EncoderError) as exc:
+                raise fail(str(exc), as_json) from None
+            except (OSError, ValueError) as exc:
+                gone = removed_meanwhile(exc)
+                if gone is not None:  # a version (or its files) cleanup removed while this command read it
+                    raise fail(f"{gone} was removed while this command read it (a `lakecurate cleanup` in another "
+                               "process, after a compact or a restore?); what was committed is intact: run it again, "
+                               "and tag a version that a long command reads to keep it", as_json) from None
+                if not isinstance(exc, OSError):
+                    raise
+                # A full disk is the user's to fix, and safe to retry: every commit is atomic, so what
+                # was committed before the failed write is intact and a re-run resumes from it.
+                if exc.errno != errno.ENOSPC and "no space left on device" not in str(exc).lower():
+                    raise
+                where = exc.filename or kwargs.get("dest") or kwargs.get("lake") or kwargs.get("lake_uri") or "the lake"
+                raise fail(f"no space left on device while writing {where}; free space and re-run: "
+                           f"committed work is kept", as_json) from None
 
     return wrapper
 
@@ -79,6 +81,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_JSON_OUT: list[Any] = []  # the real stdout, while a --json command sends every other print to stderr
+
+
+@contextlib.contextmanager
+def _prints_to_stderr(on: bool) -> Any:
+    """With ``--json``, stdout holds the JSON alone: what else prints there meanwhile (a user
+    function's ``print()``, a library's chatter) goes to stderr, where the person still sees it."""
+    if not on:
+        yield
+        return
+    _JSON_OUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_OUT.pop()
+
+
 def echo_json(value: Any) -> None:
     """Print ``value`` (a dict, a list, a report with ``to_dict``, a DataFrame) as JSON: the one
     emitter behind every ``--json``."""
@@ -88,7 +108,7 @@ def echo_json(value: Any) -> None:
         value = json.loads(value.to_json(orient="records", date_format="iso", default_handler=str))
     elif hasattr(value, "to_dict"):
         value = value.to_dict()
-    click.echo(json.dumps(_plain(value), indent=2, default=str))
+    click.echo(json.dumps(_plain(value), indent=2, default=str), file=_JSON_OUT[-1] if _JSON_OUT else None)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -1389,7 +1409,8 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, as_
             return [plain(x) for x in v]
         return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
     if fmt == "json":  # from Arrow: a 64-bit hash stays exact, an int column with nulls stays ints
-        click.echo(json.dumps([{k: plain(v) for k, v in row.items()} for row in table.to_pylist()], ensure_ascii=False))
+        click.echo(json.dumps([{k: plain(v) for k, v in row.items()} for row in table.to_pylist()], ensure_ascii=False),
+                   file=_JSON_OUT[-1] if _JSON_OUT else None)  # (other prints go to stderr meanwhile)
         return
     if fmt == "csv":  # a list, vector or struct as JSON text (pandas wrote numpy's, with line breaks in a field)
         for i, f in enumerate(table.schema):

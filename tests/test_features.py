@@ -157,6 +157,24 @@ def test_batch_udf_pickles_and_matches():
     assert udf(batch).column("w_scaled").to_pylist() == [6.0, 0.0, 3.0]
 
 
+def test_cli_json_stdout_is_only_json_when_a_udf_prints(tmp_path: Path):
+    """A user function that calls print() put its text on the stdout of `feature add --json` (and
+    of sql --format json): with --json, other prints go to stderr and stdout holds the JSON alone."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 12))
+    udf = tmp_path / "chatty.py"
+    udf.write_text("def chars(batch):\n    print('processing a batch')\n"
+                   "    return [len(c or '') for c in batch['caption'].to_pylist()]\n")
+    out = CliRunner().invoke(main, ["feature", "add", lake.uri, "nch", "--udf", f"{udf}:chars", "--input", "caption",
+                                    "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["rows"] == 12
+    assert "processing a batch" in out.stderr
+    out = CliRunner().invoke(main, ["feature", "add", lake.uri, "nch2", "--udf", f"{udf}:nope", "--input", "caption",
+                                    "--json"])  # an error: its JSON is on stdout too
+    assert out.exit_code == 1 and "error" in json.loads(out.stdout)
+
+
 def test_cli_feature_add_list_drop(tmp_path: Path, monkeypatch):
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(SAMPLE_DATA, progress=False)
