@@ -126,7 +126,27 @@ def ray_init(address: str | None = None) -> Any:
             except (ConnectionError, ValueError) as exc:  # (ValueError: "ray://" without ray[client], say)
                 raise LakeError(f"cannot use the Ray cluster at RAY_ADDRESS={address} ({str(exc).splitlines()[0]}); "
                                 "check RAY_ADDRESS, or unset it to start a local Ray") from None
+    _driver_prints_to_stderr()  # (also where the caller had started Ray itself)
     return ray
+
+
+def _driver_prints_to_stderr() -> None:
+    """What Ray's driver threads print, its raylet's word ("(raylet) A worker died or was killed
+    ...") and the workers' lines, goes to stderr: Ray printed the raylet's on stdout, from a thread
+    of its own, so the stdout of ``embed --engine ray --json`` was no longer JSON. (Ray has no
+    setting for it: its ``print_to_stdstream``, which that thread looks up when it prints, is
+    wrapped; a Ray without it prints as it does.)"""
+    from ray._private import worker
+
+    emit = getattr(worker, "print_to_stdstream", None)
+    if emit is None or getattr(emit, "to_stderr", False):
+        return
+
+    def to_stderr(data: dict, *args: Any, **kwargs: Any) -> Any:
+        return emit({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr.to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def _ship_file_udfs(ray: Any) -> None:

@@ -62,6 +62,29 @@ def test_a_worker_that_dies_is_a_clear_error(tmp_path: Path):
         lake.add_feature("dies", lambda b: os._exit(3), inputs=["caption"], type="int32", engine="ray", progress=False)
 
 
+def test_ray_s_word_of_a_dead_worker_goes_to_stderr(tmp_path: Path, capfd):
+    """Ray's driver printed "(raylet) A worker died or was killed ..." on stdout, before the JSON
+    of `embed --engine ray --json`: what Ray's driver prints goes to stderr."""
+    import time
+
+    from ray._private import worker
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 10))
+    for dedup in (worker.stdout_deduplicator, worker.stderr_deduplicator):
+        dedup.recent.clear()  # (an earlier test's dead worker: Ray would hold this one back as a repeat)
+    with pytest.raises(LakeError, match="the ray engine failed"):
+        lake.add_feature("dies", lambda b: os._exit(3), inputs=["caption"], type="int32", engine="ray", progress=False)
+    out = err = ""
+    for _ in range(300):  # Ray's word comes from a thread of its own, when the raylet has published it
+        o, e = capfd.readouterr()
+        out, err = out + o, err + e
+        if "worker died" in out + err:
+            break
+        time.sleep(0.1)
+    assert "worker died" in err and "worker died" not in out, (out, err)
+
+
 def test_embed_on_ray_equals_local(tmp_path: Path):
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(SAMPLE_DATA, progress=False)
