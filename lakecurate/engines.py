@@ -177,12 +177,73 @@ def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *
     n = actors or max(1, int(res.get("GPU", 0)) if gpus else int(res.get("CPU", 1) // num_cpus))
     n = min(n, len(calls))
     remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=1 if gpus else 0)(cls)
-    pool = ActorPool([remote_cls.remote(*init) for _ in range(n)])
+    actors = [remote_cls.remote(*init) for _ in range(n)]
+    homes = [a.__ray_call__.remote(_home) for a in actors]  # (its first call: answered once it is built)
+    pool = ActorPool(actors)
     try:
         for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), list(calls)):
             yield result
-    except Exception as exc:
-        raise _task_error(exc) from None
+    except BaseException as exc:  # (GeneratorExit too: the caller stopped reading)
+        _stop_actors(ray, actors, homes, list(getattr(pool, "_future_to_actor", {})))
+        if isinstance(exc, Exception):
+            raise _task_error(exc) from None
+        raise
+
+
+def _home(actor: Any) -> tuple[str, int]:
+    """In an actor: (its node, its pid)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+def _stop_actors(ray: Any, actors: list, homes: list, pending: list, timeout: float = 60) -> None:
+    """Kill every actor of a map that failed and wait until each is dead: an actor still computing
+    its fragment would commit it after the caller rolled back (the runner undeclares the columns of
+    a first run that committed nothing: the actor's commit then failed, an unhandled error that
+    blamed "another writer (a restore, or a run with --recompute)"). A commit is atomic, so an
+    actor killed during one leaves it made or not made. Ray says an actor is dead once it was told
+    to kill it; an actor's process on this machine is waited for until it is gone too."""
+    import time
+
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    for ref in [*pending, *(a.__ray_ready__.remote() for a in actors)]:  # (their errors: taken, not "unhandled")
+        try:
+            ray.get(ref, timeout=timeout)
+        except Exception:  # RayActorError: dead, as asked (GetTimeoutError: Ray is stuck; nothing more to do)
+            pass
+    here = ray.get_runtime_context().get_node_id()
+    pids = []
+    for ref in homes:
+        try:
+            node, pid = ray.get(ref, timeout=0)
+        except Exception:  # (an actor that died, or was killed, before it was built)
+            continue
+        if node == here:
+            pids.append(pid)
+    end = time.monotonic() + timeout
+    while pids and time.monotonic() < end:
+        pids = [pid for pid in pids if _running(pid)]
+        if pids:
+            time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` is running (not gone, nor a zombie that has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: whether it can be signalled
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
 
 
 def gpu_actors(device: str | None, address: str | None = None) -> bool:

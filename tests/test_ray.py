@@ -85,6 +85,41 @@ def test_ray_s_word_of_a_dead_worker_goes_to_stderr(tmp_path: Path, capfd):
     assert "worker died" in err and "worker died" not in out, (out, err)
 
 
+def test_a_dead_worker_stops_the_others_before_the_columns_are_undeclared(tmp_path: Path):
+    """One actor died before any fragment was committed: the driver undeclared the new column while
+    the other actor still computed its fragment, whose commit then failed ("... was dropped by
+    another writer (a restore ...)", an unhandled error on stderr). The other actors are now
+    killed, and dead, before the rollback."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 10))
+    lake.append(pair_rows(10, 10))  # two fragments: one for each of the two actors
+    pid_file, go = tmp_path / "survivor.pid", tmp_path / "go"
+
+    def udf(batch):
+        import os as os_
+        import time as time_
+
+        if batch["id"][0].as_py() == "p0000000":  # the dying actor: once the other is computing
+            while not pid_file.exists():
+                time_.sleep(0.05)
+            os_._exit(3)
+        pid_file.write_text(str(os_.getpid()))  # the surviving one: computing until the test says go
+        while not go.exists():
+            time_.sleep(0.05)
+        return [0] * batch.num_rows
+
+    try:
+        with pytest.raises(LakeError, match="the ray engine failed"):
+            lake.add_feature("slow", udf, inputs=["id"], type="int32", engine="ray", progress=False)
+        pid = int(pid_file.read_text())
+        status = Path(f"/proc/{pid}/status")
+        alive = status.exists() and "State:\tZ" not in status.read_text()  # (a zombie has exited)
+        assert not alive, "the surviving actor was still computing when the run gave up"
+        assert "slow" not in lake.dataset().schema.names  # (a first run that committed nothing leaves no column)
+    finally:
+        go.touch()
+
+
 def test_embed_on_ray_equals_local(tmp_path: Path):
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(SAMPLE_DATA, progress=False)
