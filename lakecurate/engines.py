@@ -27,16 +27,23 @@ from lakecurate.errors import LakeError
 ENGINES = ("local", "ray")
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Make this worker process exit when the process that started it dies (call it in a pool's
     initializer). A pool worker blocks on its task pipe, whose write end it holds itself, so it never
     sees EOF: after a ``kill -9`` of embed one stayed alive for minutes. Linux: the kernel sends
-    SIGKILL (``PR_SET_PDEATHSIG``); everywhere: a daemon thread polls the parent's pid."""
+    SIGKILL (``PR_SET_PDEATHSIG``); everywhere: a daemon thread polls the parent's pid.
+
+    ``parent``: the pid of the process that started the pool (``os.getpid()`` there, passed in the
+    initializer's arguments). A spawned worker runs its initializer only after it has imported what
+    its arguments need (seconds for lance): a parent killed meanwhile made ``os.getppid()`` here
+    already init's pid, which the watchdog then took for the parent, and dedup's workers stayed
+    alive for good."""
     import signal
     import threading
     import time
 
-    parent = os.getppid()
+    if parent is None:
+        parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -210,11 +210,11 @@ _READER: dict[str, Any] = {}
 
 
 def _init_reader(table_uri: str, version: int, storage_options: dict | None, stage: RowStage,
-                 worker: bool = False) -> None:
-    if worker:  # a spawned reader: it must not outlive a run that was killed
+                 parent: int = 0) -> None:
+    if parent:  # a spawned reader (``parent``: the run's pid): it must not outlive a run that was killed
         from lakecurate.engines import die_with_parent
 
-        die_with_parent()
+        die_with_parent(parent)
         # One native thread per reader: the readers already take the cores, and detectors that
         # spread over every core (OpenMP in yuface, OpenCV's pool) fight each other, which made
         # 2 readers run faces at 33 img/s where one thread each gives ~90.
@@ -346,7 +346,7 @@ def _batches(frag: lance.LanceFragment, size: int, saved: dict[int, pa.Table]) -
 def _readers(init: tuple, workers: int) -> ProcessPoolExecutor:
     """``workers`` spawned reader processes (Lance is not fork-safe), each with the table open."""
     ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init, True))
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_reader, initargs=(*init, os.getpid()))
 
 
 def _read_ahead(pool: ProcessPoolExecutor, items: list, workers: int, read: Callable[[Any], Rows] = _read) -> Iterator[Rows]:

@@ -450,3 +450,42 @@ def test_sigterm_mid_stage_releases_its_claims_and_readers_and_says_so(tmp_path:
     assert readers and not [p for p in readers if Path(f"/proc/{p}").exists()]  # (none left behind)
     rep = lake.signals(["image"], progress=False).runs["image"]
     assert rep.rows_resumed >= 8 and not columns.fragments_to_fill(lake.dataset(), "img_sharpness")
+
+
+POOL_PARENT = """
+import os, signal, sys, time
+import lance, pyarrow as pa
+from lakecurate import runner, signals
+from tests.test_runner import _children
+uri = sys.argv[1]
+lance.write_dataset(pa.table({{"id": ["a"]}}), uri)
+pool = runner._readers((uri, 1, None, signals.CAPTION_STAGE), 2)
+seen = set()
+while {armed} and len(seen) < 2:  # both readers have run their initializer
+    seen |= {{f.result() for f in [pool.submit(os.getpid) for _ in range(4)]}}
+jobs = [pool.submit(time.sleep, 60) for _ in range(2)]
+print(" ".join(map(str, _children(os.getpid()))), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("armed", [False, True], ids=["while-they-start", "while-they-work"])
+def test_reader_processes_exit_when_their_run_is_killed(tmp_path: Path, armed: bool):
+    """A ``dedup --method all`` killed while its spawned workers were still importing left them (and
+    multiprocessing's resource tracker) alive for good: a worker armed its parent watch only after its
+    imports, by when its parent was already init, which it took for the run."""
+    out, err = tmp_path / "out", tmp_path / "err"  # files, not pipes: a process left behind holds a pipe open
+    with out.open("w") as o, err.open("w") as e:
+        rc = subprocess.call([sys.executable, "-c", POOL_PARENT.format(armed=armed), str(tmp_path / "t.lance")],
+                             cwd=REPO, stdout=o, stderr=e, timeout=120)
+    assert rc == -signal.SIGKILL, err.read_text()
+    kids = [int(p) for p in out.read_text().split()]
+    assert len(kids) >= 2, out.read_text()
+    deadline = time.time() + 20  # a worker still importing lance exits when its initializer runs
+    while time.time() < deadline and [p for p in kids if Path(f"/proc/{p}").exists()]:
+        time.sleep(0.2)
+    left = [p for p in kids if Path(f"/proc/{p}").exists()]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "processes of a killed run left behind"
