@@ -9,7 +9,9 @@ version, so two reviewers who change rows of the same fragment at once conflict,
 reads again and re-applies its marks on top of the winner's: nobody's verdict is lost.
 
 Every mark is also a row of the side table ``review_log`` (what each row held before and after,
-who, when), which makes **undo** a restore of the previous values, and an audit trail. A recipe
+who, when), which makes **undo** a restore of the previous values, and an audit trail. The entry is
+written before the marks: a review killed between the two leaves an entry whose marks never landed
+(undoing it restores nothing), never marks without an entry. A recipe
 step ``review`` reads the verdicts: a reviewer's keep or drop overrides the machine's decision.
 
 Example::
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -150,11 +152,16 @@ def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str |
 
 
 def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str, dict[str, Any]] | None = None,
-           *, none_found: str | None = None) -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
+           *, none_found: str | None = None,
+           log: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
     """Set the review values of rows (``id -> {column: value}``) in one commit, read-modify-write;
     with ``expect`` only rows still holding those values (an undo). Returns (version, the values
     the rows held before, ids skipped because they are not in the lake or changed since). With
-    ``none_found``, ids of which none is in the lake raise that message, before anything is written."""
+    ``none_found``, ids of which none is in the lake raise that message, before anything is written.
+    ``log(before)`` is called right before the commit, with the values the commit replaces (again
+    when a conflict makes it read and apply the marks anew): the log entry is written first, so a
+    run killed between the two leaves a logged action whose marks never landed (undoing it restores
+    nothing: no row holds its values), never marks that no log entry can undo."""
 
     def attempt() -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
         ds = lake.dataset()
@@ -191,6 +198,8 @@ def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str
                 changed = True
             if changed:
                 tables[fid] = pa.table({f.name: pa.array(values[f.name], f.type) for f in FIELDS})
+        if tables and log is not None:
+            log(before)
         version = columns.fill_fragments(lake, tables, based_on=ds) if tables else None
         return version, before, skipped
 
@@ -215,9 +224,9 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
         new.update(review_verdict=verdict, review_reason=reason)
     if label is not None:
         new["review_label"] = label
-    version, before, skipped = _write(lake, {i: new for i in ids}, none_found=none_found)
     action = uuid.uuid4().hex
-    _log(lake, action, "mark", before, {i: new for i in before}, by, at)
+    version, before, skipped = _write(lake, {i: new for i in ids}, none_found=none_found,
+                                      log=_logger(lake, action, "mark", lambda i: new, by, at))
     return {"action": action, "rows": len(before), "not_found": skipped, "version": version}
 
 
@@ -238,15 +247,33 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
         if d.get("review_at"):
             d["review_at"] = datetime.fromisoformat(d["review_at"])
     by = _text(by, "reviewer") or "anonymous"
-    version, before, skipped = _write(lake, restore, expect=expect)
     at = datetime.now(timezone.utc)
-    new_action = uuid.uuid4().hex if before else None  # (nothing restored: nothing logged, no action to name)
-    _log(lake, new_action, f"undo {action}", before, {i: restore[i] for i in before}, by, at)
+    new_action = uuid.uuid4().hex
+    version, before, skipped = _write(lake, restore, expect=expect,
+                                      log=_logger(lake, new_action, f"undo {action}", restore.__getitem__, by, at))
+    if not before:  # nothing restored: nothing logged, no action to name
+        new_action = None
     return {"action": new_action, "rows": len(before), "changed_since": skipped, "version": version}
 
 
 def _jsonable(d: dict[str, Any]) -> str:
     return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in d.items()}, sort_keys=True)
+
+
+def _logger(lake: "Store", action: str, kind: str, after: Callable[[str], dict[str, Any]], by: str,
+            at: datetime) -> Callable[[dict[str, dict[str, Any]]], None]:
+    """The ``log`` of :func:`_write` for one action: its entry in ``review_log`` with the values the
+    rows hold before it (``after(id)``: what it sets). A second attempt (the first one's commit
+    conflicted) replaces the first one's rows: they describe marks that were never committed."""
+    attempts = []
+
+    def log(before: dict[str, dict[str, Any]]) -> None:
+        if attempts and lake.side_dataset(LOG) is not None:
+            retry_on_conflict(lambda: lake.side_dataset(LOG).delete(f"action = '{action}'"))
+        attempts.append(1)
+        _log(lake, action, kind, before, {i: after(i) for i in before}, by, at)
+
+    return log
 
 
 def _log(lake: "Store", action: str, kind: str, before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],

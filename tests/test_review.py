@@ -261,3 +261,37 @@ def test_compact_merges_fragments_nobody_reviewed(tmp_path: Path):
     out = lake.compact()
     assert out["fragments_after"] == 1 and out["left_incomplete"] == 0
     assert review.counts(lake.dataset()) == {"keep": 1}
+
+
+class _Killed(BaseException):
+    """A stand-in for a kill -9 (no handler runs, nothing after it is written)."""
+
+
+def test_a_review_killed_between_its_two_writes_leaves_no_mark_that_cannot_be_undone(sample: Lake, monkeypatch):
+    """mark() committed the verdicts first and its review_log entry after: killed in between, the
+    rows held marks that history did not show and no undo could reach."""
+    ids = sorted(sample.to_pandas(["id"])["id"])[:3]
+    writes: list[str] = []
+    fill, side = review.columns.fill_fragments, type(sample).write_side
+
+    def second_is_killed(what: str, real, *a, **k):
+        writes.append(what)
+        if len(writes) == 2:
+            raise _Killed(what)
+        return real(*a, **k)
+
+    monkeypatch.setattr(review.columns, "fill_fragments", lambda *a, **k: second_is_killed("marks", fill, *a, **k))
+    monkeypatch.setattr(type(sample), "write_side", lambda *a, **k: second_is_killed("log", side, *a, **k))
+    with pytest.raises(_Killed):
+        review.mark(sample, ids, verdict="drop", reason="spam", by="A")
+    monkeypatch.undo()
+    marked = {i for i, r in _values(sample).items() if r["review_verdict"] is not None}
+    logged = review.history(sample)
+    assert not marked or logged, "marks in the lake that review --history does not show"
+    for entry in logged:  # undoing what the log holds leaves no mark of the killed review behind
+        review.undo(sample, entry["action"], by="A")
+    assert all(r["review_verdict"] is None for r in _values(sample).values())
+    # and the next review works as usual
+    again = review.mark(sample, ids[:1], verdict="keep", by="B")
+    assert _values(sample, ids[:1])[ids[0]]["review_verdict"] == "keep"
+    assert review.undo(sample, again["action"])["rows"] == 1
