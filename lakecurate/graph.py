@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -624,14 +625,18 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
     candidates = [r for r in ([max(w[1] for w in data)] if data else []) + ([marker] if marker is not None else [])]
     read = max(candidates) if candidates else node.prov.get("table_version")
     st.computed_from = read
-    if not candidates and not any(has_data(ds, f, c) for f in frags for c in node.columns):
+    if marker is None and not any(has_data(ds, f, c) for f in frags for c in node.columns):
         # declared, never written, no marker of a run that found nothing to write: the run stopped
-        # between declaring its columns and its commit (kill -9, an error); its nulls mean nothing
+        # between declaring its columns and its commit (kill -9, an error); its nulls mean nothing.
+        # The commit log may still hold writes of a column of that name the run dropped first (a
+        # curate with another config): they are not this column's, nor are rows without a value
+        # rows that "arrived while curate ran"
         rows = sum(f.count_rows() for f in frags)
         if rows:
             st.state, st.rows_missing = "incomplete", rows
             st.reasons.append(f"{node.columns[0]} was declared at version {node.prov.get('table_version')} but no "
-                              f"run wrote its values (stopped before its commit?)")
+                              f"run wrote its values: a {node.stage} stopped before writing its decision (killed?); "
+                              f"run the same {node.stage} command again" + _last_tagged(ds, node))
             return
     if read is None:
         return
@@ -661,6 +666,19 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
             st.state, st.rows_missing = "incomplete", unjudged
             st.reasons.append(f"{unjudged} row{'' if unjudged == 1 else 's'} have no decision (they arrived while "
                               f"curate ran); run it again to judge them")
+
+
+def _last_tagged(ds: "lance.LanceDataset", node: Node) -> str:
+    """Where the last decision a run of a tagging stage (curate) finished is kept: its tag, if any."""
+    if node.stage != "curate":
+        return ""
+    tagged = [(info["version"], name) for name, info in ds.tags.list().items()
+              if re.fullmatch(r".+-[0-9a-f]+-v[0-9]+", name) and name.endswith(f"-v{info['version']}")
+              and info["version"] < ds.version]
+    if not tagged:
+        return ""
+    version, name = max(tagged)
+    return f"; the last tagged decision is '{name}' (version {version})"
 
 
 _COUNTS: dict[tuple[str, int, str, str], int] = {}

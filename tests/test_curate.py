@@ -742,3 +742,23 @@ def test_a_decision_column_dropped_outside_is_made_again_whole(lake_copy: Lake):
     res = CliRunner().invoke(main, ["rebalance", lake.uri, "--target", "0.5"])
     assert res.exit_code == 0, res.output
     assert lake.to_pandas(["id", "rebalance_keep", "repeats"]).sort_values("id").reset_index(drop=True).equals(chosen)
+
+
+class _Killed(BaseException):
+    """A stand-in for a kill -9 (no handler runs, nothing after it is written)."""
+
+
+def test_a_curate_killed_before_it_filled_keep_is_named_as_such_by_status(lake: Lake, monkeypatch):
+    """A curate with another config, killed after it declared keep (its Merge) and before it filled it,
+    read in status as "300 rows have no decision (they arrived while curate ran)" though no row came."""
+    lake.append(pair_rows(0, 40))
+    first = lake.curate(WORDS, progress=False)
+    monkeypatch.setattr(columns.ChangedFragments, "commit", lambda self: (_ for _ in ()).throw(_Killed()))
+    with pytest.raises(_Killed):
+        lake.curate(WORDS, overrides={"caption_length.min_words": 5}, progress=False)
+    monkeypatch.undo()
+    assert lake.count() == 40
+    st = next(s for s in lake.status()["stages"] if s["stage"] == "curate")
+    why = " ".join(st["reasons"])
+    assert st["state"] == "incomplete" and "arrived" not in why, st
+    assert "stopped before" in why and "lakecurate curate" in st["fix"] and first.tag in why, st
