@@ -312,6 +312,32 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
     return files.commit()
 
 
+_REMOVED_BY = {  # the operation of the commit that removed a column -> what a user did
+    "Project": "a drop of columns (lakecurate feature drop, or a run with --recompute that declares it anew)",
+    "Overwrite": "an overwrite of the table (lakecurate ingest --mode overwrite)",
+    "Restore": "a restore of a version without it (lakecurate restore)",
+}
+
+
+def dropped_message(lake: "Store", name: str) -> str:
+    """The error of a run whose column ``name`` another writer removed while it ran: which commit
+    removed it, as far as the commit log tells (the first version without it after the last with
+    it, and that commit's operation), and advice that does not undo a drop made on purpose."""
+    ds = lake.dataset()
+    when = ""
+    try:
+        for v in range(ds.version, max(1, ds.version - 500), -1):
+            if name in ds.checkout_version(v - 1).schema.names:
+                op = type(ds.checkout_version(v).get_transactions(1)[0].operation).__name__
+                when = f" at version {v} by {_REMOVED_BY.get(op, f'a {op} commit')}"
+                break
+    except Exception:  # noqa: BLE001 - versions cleaned up or unreadable: say what is known
+        when = ""
+    return (f"column '{name}' of lake '{lake.uri}' was removed by another writer{when} while this run computed it; "
+            f"what this run committed before stays in the versions before that. If it was not removed on purpose, "
+            f"run this command again to fill the column")
+
+
 class ColumnsDropped(LakeError):
     """The columns a write fills were dropped by another writer since they were declared (a
     caller that can declare them again, curate, catches it and decides again)."""
@@ -336,10 +362,8 @@ class FragmentFiles:
         self.first_fill_only, self.based_on = first_fill_only, based_on
         self.ds = based_on if based_on is not None else lake.dataset()
         gone = [n for n in self.names if n not in self.ds.schema.names]
-        if gone:  # declared when the run began: another writer dropped them meanwhile (a restore, a --recompute)
-            raise ColumnsDropped(f"column '{gone[0]}' of lake '{lake.uri}' was dropped by another writer (a restore, or a run "
-                            "with --recompute) while this run computed it; what this run committed before stays in the "
-                            "versions before that. Run it again to fill the column")
+        if gone:  # declared when the run began: another writer dropped them meanwhile
+            raise ColumnsDropped(dropped_message(lake, gone[0]))
         self.schema = pa.schema([self.ds.schema.field(n) for n in self.names])
         self.files: dict[int, Any] = {}
         self.rows: dict[int, int] = {}

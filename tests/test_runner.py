@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lakecurate import Lake, LakeError, columns, runner
+from lakecurate import Lake, LakeError, columns, features, runner
 from lakecurate.runner import Rows, RowStage
 
 from .conftest import REPO, SAMPLE_DATA, pair_rows, refused_and_good_copies
@@ -358,10 +358,38 @@ def test_a_column_dropped_while_a_stage_fills_it_is_a_one_line_error(tmp_path: P
             Lake.open(lake.uri).restore(before)
         return caption_len(batch)
 
-    with pytest.raises(LakeError, match="column 'clen' of lake .* was dropped by another writer") as err:
+    with pytest.raises(LakeError, match="column 'clen' of lake .* was removed by another writer at version "
+                                        r"\d+ by a restore of a version without it \(lakecurate restore\)") as err:
         lake.add_feature("clen", restoring_len, inputs=["caption"], type="int32", batch_size=20, progress=False)
     assert "\n" not in str(err.value)
     assert "clen" not in lake.dataset().schema.names
+
+
+@pytest.mark.parametrize("how", ["feature drop", "ingest --mode overwrite"])
+def test_a_column_removed_mid_run_is_named_by_what_removed_it(tmp_path: Path, how: str):
+    """A feature add whose column a `feature drop` or an overwrite removed mid-run blamed "a restore,
+    or a run with --recompute" and said "Run it again", which brings back a column dropped on purpose."""
+    lake = Lake.create(tmp_path / "lake")
+    for k in range(3):
+        lake.append(pair_rows(20 * k, 20))
+    calls = []
+
+    def removing_len(batch: pa.RecordBatch) -> pa.Array:
+        calls.append(1)
+        if len(calls) == 2:  # a colleague removes the column mid-run
+            other = Lake.open(lake.uri)
+            if how == "feature drop":
+                features.drop_feature(other, "clen")
+            else:
+                other.ingest(SAMPLE_DATA, mode="overwrite", progress=False)
+        return caption_len(batch)
+
+    with pytest.raises(LakeError) as err:
+        lake.add_feature("clen", removing_len, inputs=["caption"], type="int32", batch_size=20, progress=False)
+    msg = str(err.value)
+    what = "a drop of columns (lakecurate feature drop" if how == "feature drop" else "an overwrite of the table"
+    assert what in msg and "restore" not in msg and "\n" not in msg, msg
+    assert "If it was not removed on purpose, run this command again" in msg, msg
 
 
 def test_image_stages_do_not_decode_what_ingest_refused(tmp_path: Path):
