@@ -284,7 +284,7 @@ def test_a_run_stopped_before_its_commit_is_incomplete_not_current(lake: Lake, t
     with pytest.raises(KeyboardInterrupt):
         lake.dedup(["exact"], progress=False)
     st = state("dup_exact_group")
-    assert st.state == "incomplete" and st.rows_missing == 2 and "stopped before its commit" in st.reasons[0]
+    assert st.state == "incomplete" and st.rows_missing == 2 and "a dedup stopped before writing its decision" in st.reasons[0]
     assert f"dedup {lake.uri} --method exact " in st.fix and st.fix.endswith("--keep-from exact,phash")
     assert state("dup_phash_group").fix.endswith(f"dedup {lake.uri} --method phash --phash-distance 8")
     monkeypatch.undo()
