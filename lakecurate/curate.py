@@ -614,8 +614,9 @@ def load_recipe(recipe: str | Path | Mapping[str, Any], overrides: Mapping[str, 
                         f"({', '.join(sorted(p.stem for p in BUILTIN.glob('*.toml')))}) or a dict")
     else:
         path = Path(recipe)
-        if not path.is_file() and (BUILTIN / f"{recipe}.toml").is_file():
-            path = BUILTIN / f"{recipe}.toml"
+        bare = isinstance(recipe, str) and "/" not in recipe and os.sep not in recipe
+        if bare and (BUILTIN / f"{recipe}.toml").is_file():  # a built-in's name is the built-in (./NAME: a file
+            path = BUILTIN / f"{recipe}.toml"  # of that name; a file `basic` here ran instead of the built-in)
         if not path.is_file():
             raise LakeError(f"recipe '{path}' not found; pass a TOML file or a built-in recipe: "
                             f"{', '.join(sorted(p.stem for p in BUILTIN.glob('*.toml')))}")

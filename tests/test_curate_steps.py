@@ -342,3 +342,12 @@ def test_a_dry_run_names_a_dedup_command_that_runs_on_a_lake_of_two_embeddings(s
     res = CliRunner().invoke(main, shlex.split(hint)[1:] + ["--semantic-threshold", "0.999"])  # (a test model)
     assert res.exit_code == 0, res.output
     assert lake.curate(recipe, dry_run=True, progress=False).dropped["duplicate"] >= 0
+
+
+def test_a_built_in_recipe_s_name_is_the_built_in_even_beside_a_file_of_that_name(tmp_path: Path, monkeypatch):
+    """A file `basic` in the working folder ran instead of the built-in (status's fix command names a
+    built-in by its name, so pasting it there ran the file); ./basic is the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "basic").write_text('name = "mine"\n[[step]]\nfilter = "caption_missing"\n')
+    assert load_recipe("basic").name == "basic" and len(load_recipe("basic").steps) > 1
+    assert load_recipe("./basic").name == "mine"
