@@ -1039,14 +1039,14 @@ def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, .
 
     Example: lakecurate evaluate ./lake --eval-set clean_eval/captions.csv --budget 0.25,0.5,1,2
     """
-    from lakecurate.evaluate import _baselines
+    from lakecurate.evaluate import parse_baselines
 
     # what needs no lake is checked before it is opened (exit 2, as click's own checks)
     if eval_every is not None and eval_every > steps:
         raise click.BadParameter(f"{eval_every} is more than --steps ({steps}): give a number of steps from 1 to "
                                  f"{steps}", param_hint="'--eval-every'")
     try:
-        _baselines(list(baselines))
+        parse_baselines(list(baselines))
     except LakeError as exc:
         raise click.BadParameter(str(exc).removeprefix("--baseline: "), param_hint="'--baseline'") from None
     the_lake = open_lake(lake)

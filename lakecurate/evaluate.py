@@ -440,7 +440,7 @@ def _refused(side: "Store") -> str:
     return f"; {tbl.num_rows} rows refused at ingest: {'; '.join(parts)}{hint}"
 
 
-def _baselines(baseline: "str | Sequence[str]") -> list[str]:
+def parse_baselines(baseline: "str | Sequence[str]") -> list[str]:
     names = [baseline] if isinstance(baseline, str) else list(baseline)
     if not names or any(not isinstance(b, str) or not b.strip() for b in names):
         raise LakeError("--baseline: name at least one: all (every usable row), random (as many rows as the view), "
@@ -552,7 +552,7 @@ def evaluate(
         raise LakeError(f"--eval-every {eval_every!r}: a whole number of steps from 1 to --steps ({steps})")
     if metric not in METRICS:
         raise LakeError(f"--metric {metric!r}: one of {', '.join(METRICS)}")
-    names = _baselines(baseline)
+    names = parse_baselines(baseline)
     multiples, merged = budget_steps(parse_budgets(budgets), steps)
     warnings: list[str] = []
     version, where, label = _selection(lake, view, allow_stale=allow_stale, warnings=warnings)
