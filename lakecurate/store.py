@@ -239,7 +239,11 @@ class Store:
             return True
         except (ValueError, OSError, FileNotFoundError) as exc:
             versions = os.path.join(self.table_uri, "_versions")
-            if "://" in self.table_uri or not os.path.isdir(versions) or "not found" in str(exc).lower():
+            if "://" in self.table_uri:
+                if "was not found" in str(exc):  # (the store answered: nothing there)
+                    return False
+                raise LakeError(f"cannot use lake '{self.uri}': {_store_problem(exc)}") from None
+            if not os.path.isdir(versions) or "not found" in str(exc).lower():
                 return False
             from lakecurate.sqlcheck import clean_message
 
@@ -765,6 +769,30 @@ class Store:
                 out["bytes_removed"] += side.bytes_removed
                 out["old_versions"] += side.old_versions
         return out
+
+def _store_problem(exc: BaseException) -> str:
+    """Why an object store did not answer for a lake, in words (it was "no lake at ...", and the
+    ingest that advised then failed with a traceback): no such bucket, a scheme no store has, an
+    empty path segment, a store that cannot be reached; else the store's own message."""
+    import re
+
+    from lakecurate.sqlcheck import clean_message
+
+    text = str(exc)
+    if "NoSuchBucket" in text:
+        bucket = re.search(r"<BucketName>([^<]+)</BucketName>", text)
+        return (f"its bucket{' ' + repr(bucket.group(1)) if bucket else ''} does not exist; create it, or check the "
+                "URI and the store's endpoint (AWS_ENDPOINT)")
+    scheme = re.search(r"No object store provider found for scheme: '([^']*)'", text)
+    if scheme:
+        return f"no object store has the scheme '{scheme.group(1)}://'; use s3://, gs://, az:// or a local folder"
+    if "empty path segment" in text:
+        return "its path has an empty segment (a doubled '/'); write it with single slashes"
+    if "error sending request" in text or "Connection refused" in text or "dns error" in text:
+        return ("the store could not be reached; check the endpoint (AWS_ENDPOINT or the storage options), the "
+                "network and the credentials")
+    return clean_message(text.splitlines()[0])[:300]
+
 
 def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any,
             opened: dict[int, lance.LanceDataset] | None = None) -> str:

@@ -141,3 +141,31 @@ def test_three_ingests_into_one_s3_lake_at_once_add_each_pair_once(s3, tmp_path:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-2000:]
     assert_each_pair_once(lake, 30)
+
+
+def test_a_store_that_does_not_answer_is_one_line_naming_why(s3, tmp_path: Path):
+    """A missing bucket, a mistyped scheme, a doubled slash or an endpoint nothing answers on was a
+    Lance traceback from ingest (nothing on stdout under --json), or "no lake at ..." from a
+    command reading the lake, whose advice (ingest) then failed so."""
+    import json
+    import re
+
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    endpoint, options, bucket = s3
+    name = bucket()
+    for uri, opts, why in ((f"s3://nobucket{name}/lake", options, "its bucket 'nobucket.*' does not exist"),
+                           (f"s4://{name}/lake", options, "no object store has the scheme 's4://'"),
+                           (f"s3://{name}//lake", options, "its path has an empty segment"),
+                           (f"s3://{name}/lake", {**options, "endpoint": "http://127.0.0.1:1"}, "the store could not be reached")):
+        with pytest.raises(LakeError, match=f"cannot use lake '{re.escape(uri)}': {why}"):
+            Lake.create(uri, storage_options=opts)
+        with pytest.raises(LakeError, match=why):
+            Lake.open(uri, storage_options=opts)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"}
+    res = CliRunner().invoke(main, ["ingest", f"s3://nobucket{name}/lake", str(SAMPLE_DATA), "--json"], env=env)
+    assert res.exit_code == 1 and "does not exist" in json.loads(res.stdout)["error"], res.output
+    assert Lake.create(f"s3://{name}/lake", storage_options=options).count() == 0  # (a good one still is made)
