@@ -131,6 +131,12 @@ def search(
         raise LakeError(f"no column {', '.join(missing)} in lake '{lake.uri}'; see its columns with lakecurate info {lake.shell}")
     prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option=option)
     col = embedding_columns(prefix)[target]
+    if col not in ds.schema.names:  # (its sibling columns are there: this one was dropped by another writer)
+        from lakecurate.graph import embed_command
+
+        raise LakeError(f"lake '{lake.uri}' has no {col}, the {target} vectors of embedding {prefix} (removed since it "
+                        f"was computed); compute them again: {embed_command(lake, prefix, prov)} --recompute")
+    k = min(int(k), max(1, ds.count_rows()))  # (no more rows than the lake has: 2**70 overflowed in Lance)
     if isinstance(query, str) and (text or not os.path.isfile(query)):
         _text_query(query)  # refused before the encoder is loaded
     vec = query_vector(encoder_for(prov), query, text=text)

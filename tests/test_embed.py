@@ -541,3 +541,19 @@ def test_search_words_that_name_a_file_here_and_a_url(sample_lake_embedded: Lake
     assert res.exit_code == 0 and len(json.loads(res.stdout)) == 2
     with pytest.raises(LakeError, match="is a URL: search does not fetch images; download it"):
         sample_lake_embedded.search("https://example.com/cat.jpg", 3)
+
+
+def test_search_without_its_vector_column_or_with_a_huge_k_is_one_line(sample_lake_embedded: Lake, tmp_path: Path):
+    """A text vector column dropped by another writer gave Lance's "Embedding column ... is not in the
+    dataset" traceback; k = 2**70 (the API; the CLI caps -k) an OverflowError."""
+    import shutil
+
+    import lance
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    assert len(lake.search("a dog", k=2**70)) == lake.count("clip_tinyrandom_image IS NOT NULL")
+    lance.dataset(lake.table_uri).drop_columns(["clip_tinyrandom_text"])
+    with pytest.raises(LakeError, match="has no clip_tinyrandom_text, the text vectors of embedding clip_tinyrandom "
+                                        ".*compute them again: lakecurate embed .* --model tiny-random --recompute"):
+        lake.search("a dog", target="text")
+    assert len(lake.search("a dog", k=3)) == 3  # the image vectors are still there
