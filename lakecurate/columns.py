@@ -575,8 +575,10 @@ class Checkpoint:
     """Finished batches of one fragment, kept on local disk until the fragment's commit lands.
 
     A killed run resumes from here, so it recomputes at most the batches in flight. The folder
-    name includes the fragment's live row count and deletion file, so a fragment that changed
-    meanwhile starts afresh.
+    name includes the fragment's live row count, deletion file and first data file, so a fragment
+    that changed meanwhile starts afresh, and so does a table made again at the same place (an
+    object-store lake keeps its checkpoints in a local cache by URI: a lake emptied and ingested
+    anew from other photos resumed the old photos' vectors).
     """
 
     def __init__(self, lake: "Store", key: str):
@@ -589,7 +591,9 @@ class Checkpoint:
     def _dir(self, frag: lance.LanceFragment) -> Path:
         d = frag.metadata.deletion_file
         tag = f"d{d.id}-{d.read_version}" if d is not None else "d0"
-        return self.root / f"f{frag.fragment_id}-r{frag.count_rows()}-{tag}"
+        files = frag.metadata.files
+        made = hashlib.sha256(files[0].path.encode()).hexdigest()[:12] if files else "none"  # (new for every write)
+        return self.root / f"f{frag.fragment_id}-r{frag.count_rows()}-{tag}-{made}"
 
     def load(self, frag: lance.LanceFragment) -> dict[int, pa.Table]:
         """Saved batches of ``frag`` by logical start offset."""

@@ -517,3 +517,20 @@ def test_reader_processes_exit_when_their_run_is_killed(tmp_path: Path, armed: b
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, "processes of a killed run left behind"
+
+
+def test_checkpoints_belong_to_the_table_that_made_them(tmp_path: Path, monkeypatch):
+    """An object-store lake keeps its checkpoints in a local cache by URI: a lake emptied and ingested
+    anew at that URI (as many rows, other photos) resumed the old lake's saved batches, and its new
+    rows held the old photos' vectors."""
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(columns, "checkpoint_root", lambda uri, branch: cache)  # one URI's cache, two tables
+    old, new = Lake.create(tmp_path / "old"), Lake.create(tmp_path / "new")
+    old.append(pair_rows(0, 12))
+    new.append(pair_rows(500, 12))
+    frag_old, frag_new = old.dataset().get_fragments()[0], new.dataset().get_fragments()[0]
+    assert (frag_old.fragment_id, frag_old.count_rows()) == (frag_new.fragment_id, frag_new.count_rows())
+    batch = pa.table({"v": pa.array(range(4), pa.int32())})
+    columns.Checkpoint(old, "stage").save(frag_old, 0, batch)
+    assert columns.Checkpoint(old, "stage").load(frag_old)[0].equals(batch)  # its own table resumes
+    assert columns.Checkpoint(new, "stage").load(frag_new) == {}
