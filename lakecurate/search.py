@@ -60,7 +60,11 @@ def query_vector(enc: Encoder, query: Any, *, text: bool = False) -> Any:
         try:
             with Image.open(io.BytesIO(query) if is_bytes else query) as im:
                 rgb = im.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        except Image.DecompressionBombError:
+            what = "the image bytes given are" if is_bytes else f"query '{os.fspath(query)}' is"
+            raise LakeError(f"{what} an image of more pixels than Pillow decodes ({Image.MAX_IMAGE_PIXELS * 2:,} at "
+                            "most); pass a smaller copy of it") from None
+        except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
             what = "the image bytes given" if is_bytes else f"query '{os.fspath(query)}' is a file but"
             raise LakeError(f"{what} not an image Pillow can read ({type(exc).__name__}); pass an image file, "
                             "or search for the words with --text (text=True)") from None
@@ -68,13 +72,14 @@ def query_vector(enc: Encoder, query: Any, *, text: bool = False) -> Any:
     if not isinstance(query, str):  # None or a list were searched for as the caption "None", "['a cat']"
         raise LakeError(f"search for a text, an image (a file path, bytes, a PIL image) or a vector, not "
                         f"{type(query).__name__} {str(query)[:40]!r}")
-    return enc.encode_texts([_text_query(query)])[0].numpy()
+    return enc.encode_texts([_text_query(query, words=text)])[0].numpy()
 
 
-def _text_query(query: Any) -> str:
+def _text_query(query: Any, words: bool = False) -> str:
     """``query`` as the text to encode, or a LakeError: empty text, text that is not Unicode (bytes
     a terminal in another encoding passed through as surrogates) and a path (with a folder) of an
-    image file that is not there (a typo would otherwise be searched for as a caption) are refused."""
+    image file that is not there (a typo would otherwise be searched for as a caption) are refused.
+    ``words`` (``--text``): the text is the words asked for, whatever it looks like (a path, a URL)."""
     text = str(query)
     try:
         text.encode("utf-8")
@@ -83,6 +88,8 @@ def _text_query(query: Any) -> str:
                         "another encoding?)") from None
     if not text.strip():
         raise LakeError("the query is empty; pass a text or the path of an image file")
+    if words:
+        return text
     if re.match(r"(?i)(https?|s3|gs|ftp)://\S+$", text.strip()):  # "no such file" said nothing of why
         raise LakeError(f"query '{text}' is a URL: search does not fetch images; download it and pass its path")
     from lakecurate.ingest import IMAGE_EXTS  # what ingest takes for an image file
@@ -138,7 +145,7 @@ def search(
                         f"was computed); compute them again: {embed_command(lake, prefix, prov)} --recompute")
     k = min(int(k), max(1, ds.count_rows()))  # (no more rows than the lake has: 2**70 overflowed in Lance)
     if isinstance(query, str) and (text or not os.path.isfile(query)):
-        _text_query(query)  # refused before the encoder is loaded
+        _text_query(query, words=text)  # refused before the encoder is loaded
     vec = query_vector(encoder_for(prov), query, text=text)
     nearest = {"column": col, "q": vec, "k": k, "metric": "cosine"}
     if ds.has_index:

@@ -557,3 +557,19 @@ def test_search_without_its_vector_column_or_with_a_huge_k_is_one_line(sample_la
                                         ".*compute them again: lakecurate embed .* --model tiny-random --recompute"):
         lake.search("a dog", target="text")
     assert len(lake.search("a dog", k=3)) == 3  # the image vectors are still there
+
+
+def test_search_text_is_the_words_even_as_a_path_and_a_huge_query_image_says_so(sample_lake_embedded: Lake,
+                                                                                  monkeypatch):
+    """--text with words that name an image file here was refused ("looks like the path of an
+    image file, but there is no such file"); a query image over Pillow's pixel limit was "a file
+    but not an image Pillow can read"."""
+    from PIL import Image
+
+    path = str(SAMPLE_DATA / "coffee.jpg")
+    words = sample_lake_embedded.search(path, k=2, text=True)
+    image = sample_lake_embedded.search(path, k=2)
+    assert len(words) == 2 and not words["similarity"].equals(image["similarity"])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(LakeError, match="is an image of more pixels than Pillow decodes .* pass a smaller copy"):
+        sample_lake_embedded.search(path, k=2)
