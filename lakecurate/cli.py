@@ -518,6 +518,8 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
     """
     df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where, option="--embedding NAME",
                                 text=as_text)
+    for note in df.attrs.get("notes", []):
+        click.echo(f"note: {note}", err=True)
     if as_json:
         echo_json(df)
     else:

@@ -120,7 +120,8 @@ def search(
     """The ``k`` pairs nearest to ``query`` (text or image) by their ``target`` ("image"/"text") vectors.
 
     ``text=True``: a str query is the words themselves, even where a file of that name is in the
-    working folder. Returns id, key, caption (or ``columns``) and ``similarity`` (cosine), best first; at
+    working folder. Returns id, key, caption (or ``columns``) and ``similarity`` (cosine), best first
+    (``attrs["notes"]``: the embedding's rows not computed yet or stale, with the command); at
     ``version`` (a number, tag or branch); with ``row_address``, the rows' ``_rowaddr`` too. The
     encoder is loaded once per process (:func:`encoder_for`), so a long-lived caller (the browser
     app) pays for it once.
@@ -154,4 +155,10 @@ def search(
                       with_row_address=row_address)
     df = tbl.to_pandas()
     df["similarity"] = 1.0 - df.pop("_distance")
+    # vectors not computed for some rows, or from inputs rewritten since: those rows are missed or
+    # ranked by old vectors; said (the CLI: on stderr), never silent
+    from lakecurate.graph import not_current
+
+    df.attrs["notes"] = [f"{st.node.stage} ({col}) is {st.state}: {st.reasons[0]}; the search misses those rows or "
+                         f"ranks them by old vectors until this runs: {st.fix}" for st in not_current(lake, ds, [col])]
     return df

@@ -573,3 +573,27 @@ def test_search_text_is_the_words_even_as_a_path_and_a_huge_query_image_says_so(
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(LakeError, match="is an image of more pixels than Pillow decodes .* pass a smaller copy"):
         sample_lake_embedded.search(path, k=2)
+
+
+def test_search_says_which_rows_it_cannot_see(sample_lake_embedded: Lake, tmp_path: Path):
+    """Rows ingested after embed, or whose caption was rewritten since, were silently missed (or
+    ranked by their old vectors)."""
+    import shutil
+
+    import lance
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    from .conftest import pair_rows
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    assert lake.search("a dog", k=2).attrs["notes"] == []
+    lake.append(pair_rows(0, 3))
+    notes = lake.search("a dog", k=2).attrs["notes"]
+    assert len(notes) == 1 and "embed (clip_tinyrandom_image) is incomplete" in notes[0]
+    assert notes[0].endswith(f"lakecurate embed {lake.uri} --model tiny-random")
+    lance.dataset(lake.table_uri).update({"caption": "'a brand new caption'"}, where="key = 'coffee.jpg'")
+    res = CliRunner().invoke(main, ["search", lake.uri, "a dog", "-k", "2", "--target", "text", "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)) == 2, res.output
+    assert "note: embed (clip_tinyrandom_text) is stale" in res.stderr
