@@ -229,7 +229,10 @@ class _Builder:
     def __init__(self, lake: "Store", version: int | str | None, *, sample_rows: int, thumb_px: int, seed: int,
                  max_groups: int, per_group: int, n_low: int, per_reason: int, n_concepts: int, per_concept: int,
                  n_flagged: int):
-        self.lake, self.ds = lake, lake.dataset(version)
+        # the lake on the branch of the version shown (BRANCH:N, a branch, a tag of a branch): every query
+        # below runs there at that branch's number (main's number N read other rows, or another schema)
+        self.lake = lake.on_branch_of(version)
+        self.ds = self.lake.dataset(version)
         self.version = self.ds.version
         self.names = set(self.ds.schema.names)
         self.rows = self.ds.count_rows()
@@ -241,7 +244,7 @@ class _Builder:
         self.sample = self._sample()
         self.uri = lake.uri
         # Decisions a stage upstream has rewritten since: the funnel leaves them out and the page says so.
-        self.not_current = [s for s in graph.states(lake.on_branch_of(version), self.ds) if s.state in ("stale", "behind")]
+        self.not_current = [s for s in graph.states(self.lake, self.ds) if s.state in ("stale", "behind")]
         self.stale_columns = {c for s in self.not_current for c in s.node.columns}
         self.stale = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}) is {s.state}: {s.reasons[0]}; re-run: {s.fix}"
                       for s in self.not_current]
@@ -733,7 +736,7 @@ def report(
                  per_group=per_group, n_low=n_low, per_reason=per_reason, n_concepts=n_concepts,
                  per_concept=per_concept, n_flagged=n_flagged)
     data = {name: getattr(b, name)() for name in SECTIONS}
-    shown = lake.on_branch_of(version)  # the branch of the version shown (a branch's tag read through main too)
+    shown = b.lake  # the branch of the version shown (a branch's tag read through main too)
     empty = [name for name, d in data.items() if d is None or (name == "flagged" and not d["total"])]
     env = jinja2.Environment(loader=jinja2.PackageLoader("lakecurate", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
@@ -743,7 +746,7 @@ def report(
         cmd_lake=json.dumps(str(lake.uri))[1:-1], stale=b.stale, branch=shown.branch,
         lc="lakecurate" + (f" --branch {shown.branch}" if shown.branch else ""),  # the hints' commands: the branch's
         # what a pipeline compares to tell a current report from one of another lake, branch, version or settings
-        meta=json.dumps({"lake": lake.uri, "branch": lake.branch or "main", "version": b.version, "settings": settings},
+        meta=json.dumps({"lake": lake.uri, "branch": shown.branch or "main", "version": b.version, "settings": settings},
                         default=str),
     )
     path = target

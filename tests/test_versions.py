@@ -260,3 +260,30 @@ def test_a_damaged_latest_version_is_not_called_no_lake(versioned: Lake):
         Lake.open(versioned.uri)
     res = CliRunner().invoke(main, ["--no-progress", "ingest", versioned.uri, str(Path(__file__).parent.parent / "sample_data")])
     assert res.exit_code == 1 and "cannot be read" in res.output and "Traceback" not in res.output
+
+
+def test_report_version_of_another_branch_reads_that_branch(versioned: Lake, tmp_path: Path):
+    """`report --version exp:N` took exp's schema but ran its queries on main's N (`No field named
+    dup_keep`), and exp:N past main's latest, `exp` and a tag made on exp were refused with main's
+    versions; from exp, main:N was refused with exp's. sql and export took all of them."""
+    from lakecurate.report import report_meta
+
+    lake = versioned  # main: versions 1-4 (7 rows at 4)
+    exp = lake.create_branch("exp")
+    exp.dedup(["exact"], progress=False)  # exp: 5.. with dup_keep and the like
+    assert "dup_keep" in exp.dataset().schema.names
+    exp.tag("exp-t")
+    lake.append(synthetic_pairs(300, 2))  # main: 5 (9 rows), no dup_keep
+    assert exp.version > lake.version
+    runner = CliRunner()
+    for ref in [f"exp:{n}" for n in range(5, exp.version + 1)] + ["exp", "exp-t"]:
+        out = tmp_path / f"{ref.replace(':', '_')}.html"
+        res = runner.invoke(main, ["report", lake.uri, str(out), "--version", ref, "--json"])
+        assert res.exit_code == 0, (ref, res.output)
+        got = json.loads(res.stdout)
+        assert got["rows"] == 7 and got["version"] == int(ref.partition(":")[2] or exp.version), (ref, got)
+        assert report_meta(out)["branch"] == "exp"
+    out = tmp_path / "main3.html"
+    res = runner.invoke(main, ["--branch", "exp", "report", lake.uri, str(out), "--version", "main:5", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["rows"] == 9 and report_meta(out)["branch"] == "main"
