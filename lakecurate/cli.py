@@ -1452,10 +1452,12 @@ def tag(lake: str, name: str, at_version: str | None, delete: bool, as_json: boo
             click.echo(f"deleted tag '{name}'")
         return
     version = the_lake.tag(name, at_version)
+    on = the_lake.on_branch_of(name).branch  # the branch the tag points into (--version exp:6 from main: exp)
     if as_json:
-        echo_json({"tag": name, "version": version, "branch": the_lake.branch or "main", "lake": the_lake.uri})
+        echo_json({"tag": name, "version": version, "branch": on or "main", "lake": the_lake.uri})
     else:
-        click.echo(f"tagged version {version} of {the_lake.uri} as '{name}'")
+        of = f" of branch {on or 'main'}" if on != the_lake.branch else ""
+        click.echo(f"tagged version {version}{of} of {the_lake.uri} as '{name}'")
 
 
 @main.group()

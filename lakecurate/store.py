@@ -598,7 +598,7 @@ class Store:
                             "a version is named (--version, diff, restore): pick another name")
         number = self.dataset(version).version if version is not None else ds.version  # LakeError if not a version
         branch = self.on_branch_of(version).branch  # a ref of another branch: that branch's version
-        ds.tags.create(name, (branch, number) if branch else number)
+        ds.tags.create(name, (branch, number))  # (a bare number was read on ds's branch: main:3 from exp was exp:3)
         return number
 
     def branches(self) -> dict[str, dict[str, Any]]:

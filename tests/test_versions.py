@@ -287,3 +287,26 @@ def test_report_version_of_another_branch_reads_that_branch(versioned: Lake, tmp
     res = runner.invoke(main, ["--branch", "exp", "report", lake.uri, str(out), "--version", "main:5", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["rows"] == 9 and report_meta(out)["branch"] == "main"
+
+
+def test_tag_of_another_branch_s_version_points_there_and_says_so(tmp_path: Path):
+    """On exp, `tag --version main:3` was a raw `ValueError: version exp:3 does not exist` (the number
+    was read on exp); from main, `tag --version exp:N --json` said "branch": "main"."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 5))
+    lake.append(synthetic_pairs(5, 5))
+    main_v = lake.version  # 10 rows
+    exp = lake.create_branch("exp")
+    exp.append(synthetic_pairs(10, 5))
+    exp.append(synthetic_pairs(15, 5))  # exp's latest is past main's: not a version of main
+    runner = CliRunner()
+    res = runner.invoke(main, ["--branch", "exp", "tag", lake.uri, "m", "--version", f"main:{main_v - 1}", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"tag": "m", "version": main_v - 1, "branch": "main", "lake": lake.uri}
+    assert lake.dataset("m").count_rows() == 5 and "m" in lake.info()["tags"]
+    res = runner.invoke(main, ["tag", lake.uri, "e", "--version", f"exp:{exp.version}", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["branch"] == "exp" and lake.dataset("e").count_rows() == 20
+    res = runner.invoke(main, ["tag", lake.uri, "e2", "--version", "exp"])
+    assert res.exit_code == 0 and f"tagged version {exp.version} of branch exp of " in res.output, res.output
+    assert "e" in exp.info()["tags"] and "e" not in lake.info()["tags"]
