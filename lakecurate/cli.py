@@ -1479,9 +1479,12 @@ def branch_create(lake: str, name: str, source: str | None, as_json: bool) -> No
 
     Example: lakecurate branch create ./lake strict-captions --from curated-v1
     """
-    new = open_lake(lake).create_branch(name, source)
-    if as_json:
-        echo_json({"branch": name, "version": new.version, "from": source})
+    the_lake = open_lake(lake)
+    new = the_lake.create_branch(name, source)
+    if as_json:  # "from" as branch list says it (it was the --from given: null by default)
+        meta = the_lake.branches().get(name, {})
+        echo_json({"branch": name, "version": new.version,
+                   "from": f"{meta.get('parent_branch') or 'main'}:{meta.get('parent_version')}"})
         return
     click.echo(f"created branch '{name}' at version {new.version}; use: lakecurate --branch {name} ... {lake}")
 
@@ -1553,7 +1556,8 @@ def diff(lake: str, a: str, b: str | None, where: str | None, where_b: str | Non
         if by:
             click.echo(f"\n{title}")
             _echo_table([{"reason": r, "rows": n} for r, n in by.items()])
-            click.echo("e.g. " + ", ".join(ids[:show]))
+            if ids[:show]:  # (--show 0 printed a bare "e.g. ")
+                click.echo("e.g. " + ", ".join(ids[:show]))
 
 
 @main.command()
@@ -1595,7 +1599,7 @@ def log(lake: str, limit: int, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
     else:
-        _echo_table(rows)
+        _echo_table([{**r, "tags": ", ".join(r["tags"])} for r in rows])
 
 
 @main.command()

@@ -699,7 +699,7 @@ class Store:
 
     def history(self, limit: int | None = 20, *, changes: bool = True) -> list[dict[str, Any]]:
         """The latest versions of this branch, newest first: number, time, operation (Lance's),
-        rows, tags, and with ``changes`` what each version changed (:func:`_change`: "embed: +4
+        rows, tags (a list of names), and with ``changes`` what each version changed (:func:`_change`: "embed: +4
         columns clip_vitb32_image, ...", "+28 rows"; each version's schema is read for it)."""
         limit = whole("limit", limit, 0, none_ok=True)  # a count of versions, or None for all
         ds = self.dataset()
@@ -724,7 +724,7 @@ class Store:
         return [{"version": v["version"], "time": _iso(v["timestamp"]), "operation": ops.get(v["version"], ""),
                  "rows": int(v["metadata"].get("total_rows", 0)),  # live rows: deleted ones are not counted
                  **({"change": change[v["version"]]} if changes else {}),
-                 "tags": ", ".join(sorted(tags.get(v["version"], [])))} for v in versions]
+                 "tags": sorted(tags.get(v["version"], []))} for v in versions]  # a list: a name may hold ", "
 
     @staticmethod
     def _transaction(ds: lance.LanceDataset, version: int) -> Any:

@@ -310,3 +310,25 @@ def test_tag_of_another_branch_s_version_points_there_and_says_so(tmp_path: Path
     res = runner.invoke(main, ["tag", lake.uri, "e2", "--version", "exp"])
     assert res.exit_code == 0 and f"tagged version {exp.version} of branch exp of " in res.output, res.output
     assert "e" in exp.info()["tags"] and "e" not in lake.info()["tags"]
+
+
+def test_diff_show_0_branch_create_json_and_log_json_tags(versioned: Lake):
+    """`diff --show 0` printed a bare "e.g. " line; `branch create --json` said "from": null where
+    `branch list` says main:N; `log --json` gave a version's tags as one comma-joined string."""
+    lake = versioned  # 2 is 'raw' (10 rows), 4 has 7 other rows
+    lake.tag("second", "raw")
+    runner = CliRunner()
+    res = runner.invoke(main, ["diff", lake.uri, "raw", "--show", "0"])
+    assert res.exit_code == 0 and "removed" in res.output, res.output
+    assert not [line for line in res.output.splitlines() if line.startswith("e.g.")], res.output
+    res = runner.invoke(main, ["diff", lake.uri, "raw", "--show", "2"])
+    assert res.exit_code == 0 and [line for line in res.output.splitlines() if line.startswith("e.g. ")], res.output
+    res = runner.invoke(main, ["branch", "create", lake.uri, "exp", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["from"] == "main:4", res.output
+    listed = json.loads(runner.invoke(main, ["branch", "list", lake.uri, "--json"]).stdout)
+    assert [r["from"] for r in listed if r["branch"] == "exp"] == ["main:4"]
+    res = runner.invoke(main, ["log", lake.uri, "--json"])
+    assert res.exit_code == 0, res.output
+    assert {e["version"]: e["tags"] for e in json.loads(res.stdout)} == {4: [], 3: [], 2: ["raw", "second"], 1: []}
+    res = runner.invoke(main, ["log", lake.uri])
+    assert "raw, second" in res.output
