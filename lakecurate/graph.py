@@ -201,13 +201,24 @@ def _parent(ds: "lance.LanceDataset", branch_ds: "lance.LanceDataset") -> tuple[
     if "/tree/" not in uri:
         return None
     main_uri, name = uri.split("/tree/", 1)
-    main = lance.dataset(main_uri)
+    # The lake's storage options (an object store's endpoint, keys, region), which the branch was
+    # opened with: without them an s3:// parent opens only where AWS_* variables say the same.
+    opts = _storage_options(branch_ds) or _storage_options(ds)
+    main = lance.dataset(main_uri, storage_options=opts)
     info = main.branches.list().get(name)
     if not info:
         return None
     parent_branch, parent_version = info.get("parent_branch"), info.get("parent_version")
-    pds = main if not parent_branch else lance.dataset(f"{main_uri}/tree/{parent_branch}")
+    pds = main if not parent_branch else lance.dataset(f"{main_uri}/tree/{parent_branch}", storage_options=opts)
     return pds, int(parent_version)
+
+
+def _storage_options(ds: "lance.LanceDataset") -> dict[str, str] | None:
+    """The storage options a dataset was opened with (None: none given)."""
+    try:
+        return ds.initial_storage_options or None
+    except Exception:  # noqa: BLE001 - a Lance without the accessor: none known
+        return None
 
 
 # The log up to a version never changes, so its reading is kept per (table, version): status,

@@ -169,3 +169,18 @@ def test_a_store_that_does_not_answer_is_one_line_naming_why(s3, tmp_path: Path)
     res = CliRunner().invoke(main, ["ingest", f"s3://nobucket{name}/lake", str(SAMPLE_DATA), "--json"], env=env)
     assert res.exit_code == 1 and "does not exist" in json.loads(res.stdout)["error"], res.output
     assert Lake.create(f"s3://{name}/lake", storage_options=options).count() == 0  # (a good one still is made)
+
+
+def test_a_branch_of_an_s3_lake_opened_with_storage_options_only_reads_its_parents_log(s3, tmp_path: Path, monkeypatch):
+    """No AWS_* variables: a branch's status and stages read the parent branch's commit log with the
+    lake's storage options (the graph opened the parent without them: "Failed to resolve region")."""
+    _, options, bucket = s3
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    lake = Lake.create(f"s3://{bucket()}/lake", storage_options=options)
+    lake.ingest(small_folder(tmp_path / "src", 6), progress=False)
+    lake.embed("tiny-random", batch_size=8, progress=False, workers=0)
+    branch = lake.create_branch("exp")
+    assert [s["state"] for s in branch.status()["stages"]] == ["current"]
+    branch.dedup("exact", progress=False)
+    assert {s["stage"]: s["state"] for s in branch.status()["stages"]} == {"embed": "current", "dedup": "current"}
