@@ -165,6 +165,10 @@ def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) 
         n = v["version"]
         if n > upto:
             continue
+        if out and n > out[-1][0] + 1:
+            # Versions cleanup removed between two kept ones (a tagged old version is kept): their
+            # writes are unknown, which :func:`_last_writes` must see (the log is not contiguous).
+            out.append((n - 1, None, None))
         # A version's commit never changes: read once per process (a stage asking the graph after
         # each of its commits read the whole log each time). Keyed by its time too: a lake made
         # again at the same path starts its numbers again.
@@ -185,6 +189,8 @@ def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) 
             _COMMITS[key] = (tx, frags)
         tx, frags = _COMMITS[key]
         out.append((n, tx, frags))
+    if out and out[-1][0] < upto:  # a parent's versions up to where a branch was made: the last ones removed
+        out.append((upto, None, None))
     if out and out[0][1] is not None and type(out[0][1].operation).__name__ == "Clone":
         # A branch starts with a Clone of its parent at some version: its history is the parent's.
         parent = _parent(ds, uri_ds)
@@ -270,8 +276,8 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
     columns for a stage that reads the whole table, recorded with the fragment's last content write
     (:func:`content_write`: the values a per-row stage computed stay current); compaction moves values without changing them (the new fragment keeps the latest write
     of the fragments it merged); a restore goes back to the writes of the version it restores.
-    Versions whose log is gone (cleanup) contribute nothing: their columns read as written before
-    anything that follows. Also (second): column -> fragments a compaction merged from fragments
+    Versions whose log is gone (cleanup) contribute nothing, and nor do the kept versions before
+    them (a tagged old version): every column reads as written before anything that follows. Also (second): column -> fragments a compaction merged from fragments
     some of which lacked the column (:func:`merged_holes`), until a fill writes them again; and
     (third) column of a per-row stage -> fragments a compaction merged from fragments some of which
     held stale values of it (:func:`merged_stale`: the merged fragment keeps each column's latest
@@ -324,6 +330,15 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
             created = iter(sorted(frag_ids)[max(0, len(frag_ids) - _new_fragments(tx)):] if tx is not None else [])
         else:
             created = iter(sorted(set(frag_ids) - before))
+        if tx is None:
+            # A version whose log is gone (cleanup removed it, e.g. between a kept tagged version and
+            # the latest): what it and those before it wrote is unknown, so every column reads as
+            # written before what follows (a kept ingest commit must not read as newer than the
+            # removed embed commit after it), and the fragments the next commit adds are its
+            # highest ids, not those the kept version lacked (the removed ones added some too).
+            state, holes, stale = {}, {}, {}
+            before = None
+            continue
         if tx is not None:
             op, w = tx.operation, (version, _computed_from(tx))
             kind = type(op).__name__

@@ -821,17 +821,19 @@ def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any,
         return f"restored version {getattr(tx.operation, 'version', '?')}"
     if op == "Overwrite":
         return f"overwritten: {rows:,} rows"
-    if old is None:  # the versions before were cleaned up: nothing to compare with
-        return _WORDS.get(op, op)
     fields = {f.name: f for f in now.schema}
-    was = {f.name: f for f in old.schema}
+    if old is None:  # the version before was cleaned up (this one is kept: tagged): what its commit says
+        was, grown = fields, _rows_added(tx)
+    else:
+        was = {f.name: f for f in old.schema}
+        grown = rows - int(before["metadata"].get("total_rows", 0))  # type: ignore[index]
     added = [n for n in fields if n not in was]
     removed = [n for n in was if n not in fields]
     written: list[str] = []
     if op == "DataReplacement":
         ids = {i for r in tx.operation.replacements for i in r.new_file.fields}
         written = [f.name() for f in now.lance_schema.fields() if f.id() in ids and f.name() not in added]
-    declared = [n for n in fields if n in was and n not in written
+    declared = [n for n in fields if old is not None and n in was and n not in written
                 and (fields[n].metadata or {}).get(PROVENANCE_KEY.encode()) != (was[n].metadata or {}).get(PROVENANCE_KEY.encode())]
     stages = []
     for n in added + written + declared:
@@ -846,13 +848,25 @@ def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any,
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         count = f"{len(names)} columns" if len(names) > 1 else "column"
         return f"{sign}{what}{count} {shown}"
-    grown = rows - int(before["metadata"].get("total_rows", 0))  # type: ignore[index]
     parts = [f"{grown:+,} rows"] if grown else []
     parts += [listed("+", added)] if added else []
     parts += [listed("-", removed)] if removed else []
     parts += [listed("", written, "wrote ")] if written else []
     parts += [listed("", declared, "declared ")] if declared and not added else []
     return (", ".join(stages) + ": " if stages else "") + "; ".join(parts or [_WORDS.get(op, op)])
+
+
+def _rows_added(tx: Any) -> int:
+    """The rows a commit added, from its transaction alone (the version before it is gone): the
+    rows of its new fragments where it changed no fragment it kept (an ingest's guarded commit, an
+    append); 0 where that does not say (rows deleted as well: the operation's words instead)."""
+    op = tx.operation if tx is not None else None
+    kind = type(op).__name__
+    if kind == "Append":
+        return sum(int(f.physical_rows or 0) for f in op.fragments)
+    if kind == "Update" and not op.updated_fragments and set(op.removed_fragment_ids) <= {GUARD_FRAGMENT_ID}:
+        return sum(int(f.physical_rows or 0) for f in op.new_fragments)
+    return 0
 
 
 # Lance's operations in words, where a version's schema and rows do not say what it changed.

@@ -97,6 +97,34 @@ def test_after_a_cleanup_the_first_commit_left_writes_its_own_fragments(tmp_path
     assert (rep.rows, rep.rows_refreshed) == (3, 0) and wrong_rows(lake) == []
 
 
+def test_a_tagged_old_version_kept_by_cleanup_does_not_make_a_current_lake_stale(tmp_path: Path):
+    """The ingest version tagged, values computed and more rows added after it, then cleanup: the
+    tagged version was kept and the commits after it removed, and the kept append read as newer
+    than the removed fill (status called the feature stale, its fix computed every row again), the
+    rows the later append added were taken for those the removed ones added, and the log called
+    the kept append "rows appended" (the version before it was gone)."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 6))
+    tagged = lake.tag("raw")
+    add_n(lake)
+    lake.append(synthetic_pairs(100, 3))
+    add_n(lake)
+    lake.append(synthetic_pairs(200, 2))
+    before = feature_state(lake)
+    assert (before.state, before.rows_missing, before.rows_stale) == ("incomplete", 2, 0), before
+    assert lake.cleanup(timedelta(0))["old_versions"] > 0
+    assert [v["version"] for v in lake.dataset().versions()][0] == tagged  # kept: tagged
+    graph._WRITES.clear()  # the log as another process reads it (this one kept what it read before)
+    graph._COMMITS.clear()
+    st = feature_state(lake)
+    assert (st.state, st.rows_missing, st.rows_stale) == ("incomplete", 2, 0), st
+    rep = add_n(lake)
+    assert (rep.rows, rep.rows_refreshed) == (2, 0) and wrong_rows(lake) == []
+    assert feature_state(lake).state == "current"
+    log = {v["version"]: v["change"] for v in lake.history(None)}
+    assert log[tagged] == "+6 rows", log
+
+
 def test_cleanup_refuses_to_remove_what_shows_a_stage_stale(tmp_path: Path):
     """A caption updated, another commit, then cleanup: the update's commit was gone, and status
     called the feature current with the old value in place."""

@@ -245,8 +245,8 @@ def test_log_says_what_each_version_changed(versioned: Lake):
     assert changes[-1] == "restored version 2" and [h["operation"] for h in history][-1] == "Restore"
     out = CliRunner().invoke(main, ["log", lake.uri, "-n", "2"])
     assert out.exit_code == 0 and "restored version 2" in out.output and "change" in out.output.splitlines()[0]
-    lake.cleanup(timedelta(0))  # only 2 (tagged) and the latest are left: 2 has nothing to compare with
-    assert [h["change"] for h in lake.history(None)] == ["restored version 2", "rows appended"]
+    lake.cleanup(timedelta(0))  # only 2 (tagged) and the latest are left: 2's own commit says what it added
+    assert [h["change"] for h in lake.history(None)] == ["restored version 2", "+10 rows"]
     assert "change" not in lake.history(1, changes=False)[0]
 
 
