@@ -1723,6 +1723,11 @@ def demo(lake_uri: str, source: str, model: str, as_json: bool) -> None:
         raise LakeError(f"'{source}' is not a folder; run this from the lakecurate checkout or pass --source PATH")
     spec = resolve(model)  # an unknown name is refused before the lake is made (it made one, then refused)
     overrides: dict[str, dict[str, Any]] = {"ingest": {"sources": [os.path.abspath(source)]}}
+    bundled = Path(__file__).resolve().parents[1] / "sample_data"
+    if not (bundled.is_dir() and os.path.samefile(source, bundled)):
+        # demo.toml's k fits the bundled photos; other photos get the cluster stage's own rule (about
+        # the square root of the rows): 2 pairs stopped at "-k 3 asks for more concepts", and demo has no -k
+        overrides["cluster"] = {"k": None}
     pipe = load_pipeline("demo", lake_uri=Lake(lake_uri).uri, overrides={**overrides, "embed": {"model": model}})
     lake = open_lake(lake_uri, create=True)  # on --branch when given (it wrote to main, ignoring it)
     explain_encoder(spec.arch, spec.meaningless)

@@ -231,3 +231,16 @@ def test_demo_on_a_branch_leaves_main_alone(runner: CliRunner, tmp_path: Path, m
     res = runner.invoke(main, ["--branch", "exp", "demo", "--lake", lake.uri])
     assert res.exit_code == 0, res.output
     assert lake.version == v and Lake.open(lake.uri, branch="exp").version > v  # the branch got the work
+
+
+def test_demo_on_a_small_folder_of_its_own_runs_through(runner: CliRunner, tmp_path: Path):
+    """--source with 2 pairs stopped at the cluster step ("-k 3 asks for more concepts than lake ... has
+    embedded rows (2)"), advice demo cannot take (it has no -k), the lake left half built."""
+    own = tmp_path / "two"
+    own.mkdir()
+    for name in ("coffee", "rocket"):
+        shutil.copy(REPO / "sample_data" / f"{name}.jpg", own / f"{name}.jpg")
+        (own / f"{name}.txt").write_text(f"a photo of a {name}")
+    res = runner.invoke(main, ["demo", "--lake", str(tmp_path / "lake"), "--source", str(own)])
+    assert res.exit_code == 0, res.output
+    assert Lake.open(tmp_path / "lake").count("concept IS NOT NULL") == 2
