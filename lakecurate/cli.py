@@ -1728,6 +1728,8 @@ def demo(lake_uri: str, source: str, model: str, as_json: bool) -> None:
         # demo.toml's k fits the bundled photos; other photos get the cluster stage's own rule (about
         # the square root of the rows): 2 pairs stopped at "-k 3 asks for more concepts", and demo has no -k
         overrides["cluster"] = {"k": None}
+    if "://" in lake_uri:  # demo.toml writes the report into the lake's folder: a local file here instead
+        overrides["report"] = {"out": os.path.abspath("demo-report.html")}
     pipe = load_pipeline("demo", lake_uri=Lake(lake_uri).uri, overrides={**overrides, "embed": {"model": model}})
     lake = open_lake(lake_uri, create=True)  # on --branch when given (it wrote to main, ignoring it)
     explain_encoder(spec.arch, spec.meaningless)

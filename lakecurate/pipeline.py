@@ -375,8 +375,10 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
     elif step == "report":
         if "out" not in opts:
             raise LakeError("say where: out = \"{lake}/report.html\"")
-        if "://" not in str(opts["out"]):  # refused after the steps before it had committed
-            options.writable("report", opts["out"])
+        if "://" in str(opts["out"]):  # (refused by the step itself, after the steps before it had committed)
+            raise LakeError(f"out = {opts['out']!r}: the report is a local HTML file; write it to a local path "
+                            "and copy it to object storage")
+        options.writable("report", opts["out"])  # (refused after the steps before it had committed)
         options.whole("sample_rows", opts.get("sample_rows", 1), 1)
         for key in ("thumb_px", "max_groups", "per_group", "n_low", "per_reason", "n_concepts"):
             options.whole(key, opts.get(key, 0), 0)

@@ -864,3 +864,12 @@ def test_a_run_waits_for_the_fragments_another_run_computes_now(tmp_path: Path):
     assert [s.action for s in rep.steps] == ["ran", "ran"]
     assert not columns.fragments_to_fill(lake.dataset(), "clip_tinyrandom_image")
     assert lake.count("keep IS NULL") == 0
+
+
+def test_a_report_into_an_object_store_is_refused_before_the_first_step(tmp_path: Path):
+    """It was refused by the report step itself, after ingest, embed and curate had committed."""
+    lake = Lake.create(tmp_path / "lake")
+    pipe = {"ingest": {"sources": [str(SAMPLE_DATA)]}, "report": {"out": "s3://bucket/report.html"}}
+    with pytest.raises(LakeError, match=r"\[report\]: out = 's3://bucket/report.html': the report is a local HTML file"):
+        lake.run(pipe, progress=False)
+    assert lake.count() == 0
