@@ -483,18 +483,13 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
         if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
             st.state = "stale"
             st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)")
-        lost = _lost_siblings(node)
-        if lost:  # one of its columns another writer dropped (search's text vectors were simply missing)
-            st.state = "stale"
-            st.reasons.append(f"its column {', '.join(lost)} is no longer in the table (dropped since); its fix "
-                              "computes every column again")
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \
                     and st.state == "current":
                 st.state = "behind"
                 st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
-        st.fix = fix_command(lake, node, ds) + (" --recompute" if lost else "")
+        st.fix = fix_command(lake, node, ds)
         _failed(lake, ds, st)
         by_node[id(node)] = st
         out.append(st)
@@ -505,14 +500,6 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
         for st in dedup:
             st.fix = fix
     return out
-
-
-def _lost_siblings(node: Node) -> list[str]:
-    """The columns of an embed node's set (image, text, score, error) that are not in the table."""
-    if node.stage != "embed":
-        return []
-    prefix = (node.prov.get("config") or {}).get("prefix") or node.columns[0].rsplit("_", 1)[0]
-    return [c for c in embedding_columns(prefix).values() if c not in node.columns]
 
 
 def _failed(lake: "Store", ds: "lance.LanceDataset", st: NodeState) -> None:

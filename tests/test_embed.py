@@ -597,26 +597,3 @@ def test_search_says_which_rows_it_cannot_see(sample_lake_embedded: Lake, tmp_pa
     res = CliRunner().invoke(main, ["search", lake.uri, "a dog", "-k", "2", "--target", "text", "--json"])
     assert res.exit_code == 0 and len(json.loads(res.stdout)) == 2, res.output
     assert "note: embed (clip_tinyrandom_text) is stale" in res.stderr
-
-
-def test_status_names_an_embedding_column_another_writer_dropped(sample_lake_embedded: Lake, tmp_path: Path):
-    """status called embed current with 3 of its 4 columns (search then failed on the missing one)."""
-    import shlex
-    import shutil
-
-    import lance
-    from click.testing import CliRunner
-
-    from lakecurate import graph
-    from lakecurate.cli import main
-
-    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
-    texts = lake.count("clip_tinyrandom_text IS NOT NULL")
-    lance.dataset(lake.table_uri).drop_columns(["clip_tinyrandom_text"])
-    st = next(s for s in graph.states(lake) if s.node.stage == "embed")
-    assert st.state == "stale" and "clip_tinyrandom_text is no longer in the table" in " ".join(st.reasons)
-    assert st.fix.endswith(" --recompute")
-    res = CliRunner().invoke(main, shlex.split(st.fix)[1:])
-    assert res.exit_code == 0, res.output
-    assert next(s for s in graph.states(lake) if s.node.stage == "embed").state == "current"
-    assert lake.count("clip_tinyrandom_text IS NOT NULL") == texts > 0
