@@ -805,10 +805,9 @@ def dedup(
         report.flat = int((~_hashes(tbl)[2] & ~np.asarray(tbl.column("phash").is_null().to_numpy(zero_copy_only=False), bool)
                            & usable).sum())
 
-    joins = _Joins(ds, lake.storage_options, progress, engine, lake)
-    if [(f.fragment_id, f.count_rows()) for f in ds.get_fragments()] == [
-            (f.fragment_id, f.count_rows()) for f in before.get_fragments()]:  # (the declares added no row)
-        joins._valid.update(valid)
+    same_rows = [(f.fragment_id, f.count_rows()) for f in ds.get_fragments()] == [
+        (f.fragment_id, f.count_rows()) for f in before.get_fragments()]  # (the declares added no row)
+    joins = _Joins(ds, lake.storage_options, progress, engine, lake, valid=valid if same_rows else None)
     for m in {"semantic", "caption"} & set(methods):  # they group by every pair from their threshold up
         joins.span[embedding_columns(emb)["image" if m == "semantic" else "text"]] = configs[m]["threshold"]
     full_joins = [configs[m]["cosine"] for m in clustered] + ([configs["semantic"]["confirm_cosine"]] if "semantic" in methods else [])
@@ -1107,7 +1106,7 @@ class _Joins:
     weakly alike (a coarse encoder's dense region) is not held whole before the check."""
 
     def __init__(self, ds: Any, storage_options: dict | None, progress: bool | None, engine: str,
-                 lake: "Store | None" = None) -> None:
+                 lake: "Store | None" = None, valid: dict[str, np.ndarray] | None = None) -> None:
         self.ds, self.storage_options, self.progress, self.engine = ds, storage_options, progress, engine
         self.lake = lake  # (given: a vector with NaN or infinite values is refused, naming its rows)
         self.floor: dict[str, float] = {}
@@ -1118,7 +1117,7 @@ class _Joins:
         self.every: dict[str, tuple[list[tuple[np.ndarray, np.ndarray, int, float]], float]] = {}
         self.hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.done: dict[str, tuple[np.ndarray, float, Pairs]] = {}
-        self._valid: dict[str, np.ndarray] = {}
+        self._valid: dict[str, np.ndarray] = dict(valid or {})  # (``valid``: found by the caller's pass already)
 
     def valid(self, col: str) -> np.ndarray:
         """Which rows have a vector in ``col`` (a streamed pass over the column, once per run)."""
