@@ -51,6 +51,8 @@ from lakecurate.names import SIGNALS_FIX
 from lakecurate.runner import Rows, RowStage
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from lakecurate.store import Store
 
 # --------------------------------------------------------------------------- caption signals
@@ -354,7 +356,9 @@ def image_signals_one(data: bytes | None) -> tuple[np.ndarray, float, float, flo
             if scale < 1:  # the same working resolution for every image: sharpness depends on scale
                 rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
             gray = rgb.convert("L")
-            small = np.asarray(gray.resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BOX), dtype=np.float32)
+            # The hash is of the picture inside a uniform surround (bars, a border, a page's margins):
+            # hashed whole, different photos pasted small on one page layout hashed like the page.
+            small = hash_pixels(gray)
             g = np.asarray(gray)
             # colourfulness is a statistic of the whole image: every other pixel gives the same figure, 4x cheaper
             return small, sharpness(g), entropy(g), colorfulness(np.asarray(rgb)[::2, ::2])
@@ -379,33 +383,74 @@ def image_signals(blobs: Sequence[bytes | None]) -> pa.Table:
                      "img_sharpness": floats(1), "img_entropy": floats(2), "img_colorfulness": floats(3)})
 
 
-def trim_borders(gray: np.ndarray, tol: float = 4.0, max_share: float = 0.45) -> np.ndarray:
-    """``gray`` without the uniform bars along its edges (letterbox, pillarbox, a plain border): the
-    leading rows/columns on each side whose pixels are one colour (std <= ``tol``) and the colour of
-    that side's first line, at most ``max_share`` of the side each. A copy with bars and its original
-    then hash alike.
+def surround_box(gray: np.ndarray, tol: float = 2.0, min_side: int = 8) -> tuple[float, float, float, float] | None:
+    """The picture inside ``gray``'s uniform surround (letterbox or pillarbox bars, a plain border, a
+    page's margins and header) as a (left, top, right, bottom) box in pixels, or None where there is
+    no surround (or the picture is blank). Each side's leading lines (rows or columns) that are each
+    one colour (std <= ``tol``) and the colour of that side's first line (within 2 * ``tol``) are
+    the surround, trimmed in turns until nothing changes: a photo pasted on a white page under a grey
+    header bar is found once the header is gone (the white columns beside it are uniform only then).
 
-    >>> g = np.full((30, 30), 255.0); g[5:25, 3:27] = np.arange(480).reshape(20, 24) % 7 * 30
-    >>> trim_borders(g).shape
-    (20, 24)
+    The box is refined to a fraction of a pixel: the first line inside is the picture's edge
+    resampled with the surround, and the share of the picture in it (its difference from the
+    surround against the next line's) moves the edge. Without that, a page posted again smaller
+    found its photo a pixel larger or smaller than the original did, which at 40 pixels moved the
+    photo's hash 10-18 bits. ``tol`` is tight: a photo's smooth background (a wall, a sky) has lines
+    of std 3-4 at the hash's working size, and trimming into it depended on how a copy was resampled.
+
+    >>> g = np.full((60, 80), 255.0); g[:6] = 200.0  # a white page with a grey header bar
+    >>> g[20:40, 10:34] = np.arange(480).reshape(20, 24) % 7 * 30  # the photo
+    >>> [round(v, 1) for v in surround_box(g)]
+    [10.0, 20.0, 34.0, 40.0]
+    >>> surround_box(np.full((30, 30), 9.0)) is None  # blank: hashed whole
+    True
     """
     g = np.asarray(gray, np.float32)
 
     def lead(lines: np.ndarray) -> int:
-        mean, std = lines.mean(axis=1), lines.std(axis=1)
-        ok = (std <= tol) & (np.abs(mean - mean[0]) <= tol)
-        n = len(ok) if ok.all() else int(np.argmin(ok))
-        return min(n, int(max_share * len(ok)))
+        mean = lines.mean(axis=1)
+        ok = (lines.std(axis=1) <= tol) & (np.abs(mean - mean[0]) <= 2 * tol)
+        return len(ok) if ok.all() else int(np.argmin(ok))
 
     h, w = g.shape
-    top, bottom, left, right = lead(g), lead(g[::-1]), lead(g.T), lead(g.T[::-1])
-    if h - top - bottom < 8 or w - left - right < 8:  # a blank or nearly blank image: keep it whole
-        return gray
-    return gray[top:h - bottom, left:w - right]
+    top, bottom, left, right = 0, h, 0, w
+    while True:
+        box = g[top:bottom, left:right]
+        t, b, lf, r = lead(box), lead(box[::-1]), lead(box.T), lead(box.T[::-1])
+        if t + b + lf + r == 0:
+            break
+        if box.shape[0] - t - b < min_side or box.shape[1] - lf - r < min_side:  # blank or nearly
+            return None
+        top, bottom, left, right = top + t, bottom - b, left + lf, right - r
+    if (top, bottom, left, right) == (0, h, 0, w):
+        return None
+
+    def inward(outside: np.ndarray, edge: np.ndarray, inner: np.ndarray) -> float:
+        """How far the edge moves in: 1 - the picture's share of the first line inside (least
+        squares of edge = share * inner + (1 - share) * surround, pixel by pixel)."""
+        e, i = edge - outside.mean(), inner - outside.mean()
+        full = float((i * i).sum())
+        # A line inside that hardly differs from the surround (stars on a black sky) says nothing of it
+        return float(1 - np.clip((e * i).sum() / full, 0, 1)) if full > (4 * tol) ** 2 * len(i) else 0.0
+
+    inside = g[top:bottom, left:right]
+    return (left + (inward(g[top:bottom, left - 1], inside[:, 0], inside[:, 1]) if left else 0),
+            top + (inward(g[top - 1, left:right], inside[0], inside[1]) if top else 0),
+            right - (inward(g[top:bottom, right], inside[:, -1], inside[:, -2]) if right < w else 0),
+            bottom - (inward(g[bottom, left:right], inside[-1], inside[-2]) if bottom < h else 0))
+
+
+def hash_pixels(gray: Image.Image) -> np.ndarray:
+    """The 32 x 32 float gray a pHash is taken from: the picture inside ``gray``'s uniform surround
+    (:func:`surround_box`; all of it where there is none), box-filtered."""
+    from PIL import Image
+
+    box = surround_box(np.asarray(gray, np.float32))
+    return np.asarray(gray.resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BOX, box=box), dtype=np.float32)
 
 
 def copy_gray(data: bytes | None) -> np.ndarray | None:
-    """The 32x32 gray the copy hashes are taken from: reduced decode, EXIF upright, bars trimmed."""
+    """The 32x32 gray the copy hashes are taken from: reduced decode, EXIF upright, surround trimmed."""
     from PIL import Image
 
     if not data:
@@ -419,15 +464,14 @@ def copy_gray(data: bytes | None) -> np.ndarray | None:
             scale = _WORK_SIDE / min(w, h)
             if scale < 1:
                 gray = gray.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
-            trimmed = trim_borders(np.asarray(gray, np.float32))
-            return np.asarray(Image.fromarray(trimmed.astype(np.uint8)).resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BOX),
-                              dtype=np.float32)
+            return hash_pixels(gray)
     except Exception:  # undecodable: no hashes
         return None
 
 
 def copy_hashes(blobs: Sequence[bytes | None]) -> pa.Table:
-    """``copy_hashes``: 8 pHashes per image, of the bar-trimmed image turned by 0, 90, 180 and 270
+    """``copy_hashes``: 8 pHashes per image, of the image without its
+    uniform surround (:func:`surround_box`) turned by 0, 90, 180 and 270
     degrees, each with its mirror; a turned, mirrored or letterboxed copy shares one with its original."""
     got = [copy_gray(b) for b in blobs]
     valid = np.array([g is not None for g in got], bool)
@@ -457,13 +501,14 @@ def phash_bytes(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, 
 # --------------------------------------------------------------------------- the stages (on lakecurate.runner)
 IMAGE_BATCH = 256
 _PHONE_CONFIG = {"library": "phonenumbers", "regions": list(PHONE_REGIONS), "leniency": PHONE_LENIENCY, "isbn": "excluded"}
+_TRIM = "uniform surround: edge lines of std <= 2 and the side's first colour (+-4), in turns until none; sub-pixel edge"
 IMAGE_CONFIG = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side", "hash": "dct-phash 32->8x8",
-                "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}
+                "trim": _TRIM, "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}
 CAPTION_CONFIG = {"boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
                   "email": _EMAIL.pattern, "phone": _PHONE_CONFIG, "language": "py3langid norm_probs"}
 REDACT_CONFIG = {"email": _EMAIL.pattern, "phone": _PHONE_CONFIG}
 COPY_CONFIG = {"decode": f"draft gray >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side",
-               "trim": "uniform edge lines, std <= 4, <= 45% per side", "hash": "dct-phash 32->8x8 of 4 turns x mirror"}
+               "trim": _TRIM, "hash": "dct-phash 32->8x8 of 4 turns x mirror"}
 
 
 def caption_batch(state: Any, rows: Rows) -> pa.Table:
