@@ -295,3 +295,104 @@ def test_a_signal_made_with_another_config_says_to_recompute(tmp_path, monkeypat
     with pytest.raises(LakeError, match="made with another config") as err:
         lake.signals(["caption"], progress=False)
     assert "lakecurate signals LAKE --recompute" in str(err.value) and "--name" not in str(err.value)
+
+
+# Captions in scripts written without spaces: a whitespace split made each one word, so
+# caption_length dropped them all and language never judged one.
+DENSE_CAPTIONS = {
+    "zh": ["一只狗在草地上奔跑", "两个孩子在海滩上玩沙子", "一位老人坐在公园的长椅上看报纸", "一个穿红衣服的女孩在骑自行车",
+           "城市街道上有很多行人和汽车", "一隻黑色的貓躺在窗台上睡覺"],
+    "ja": ["草原を走る犬", "犬が公園でボールを追いかけている", "海辺で遊んでいる二人の子供", "赤い服を着た女の子が自転車に乗っている",
+           "雪の中を歩く人々"],
+    "th": ["สุนัขวิ่งบนสนามหญ้า", "เด็กสองคนกำลังเล่นทรายที่ชายหาด", "ผู้หญิงคนหนึ่งกำลังขี่จักรยานบนถนน", "แมวนอนหลับอยู่บนโซฟา"],
+}
+
+
+def test_dense_script_captions_count_words_and_are_judged_by_language():
+    from lakecurate.curate import FILTERS
+
+    captions = [c for lang in DENSE_CAPTIONS for c in DENSE_CAPTIONS[lang]]
+    t = caption_signals(captions).to_pandas()
+    assert (t["cap_words"] >= 3).all(), t[["cap_words"]].assign(caption=captions)
+    assert (t["cap_words"] <= 20).all()  # a sentence, not a word per character
+    assert not FILTERS["caption_length"].drop(t, {"min_words": 3, "max_words": 100}).any()
+    expected = [lang for lang in DENSE_CAPTIONS for _ in DENSE_CAPTIONS[lang]]
+    assert list(t["cap_lang"]) == expected
+    language = FILTERS["language"]
+    params = {"min_prob": 0.5, "min_words": 3}
+    judged = (t["cap_words"] >= 3) & (t["cap_lang_prob"] >= 0.5)
+    assert judged.sum() >= len(captions) - 2, t  # py3langid's probability on short Chinese is ~0.55-0.6
+    assert (language.drop(t, {**params, "keep": ["en"]}) == judged).all()  # judged and not English: dropped
+    zh_ja = t["cap_lang"].isin(["zh", "ja"]).to_numpy()
+    assert language.drop(t[zh_ja], {**params, "keep": ["en"]}).sum() == judged[zh_ja].sum() > 0
+    assert not language.drop(t, {**params, "keep": ["zh", "ja", "th"]}).any()
+    assert not language.drop(t[t["cap_lang"] == "zh"], {**params, "keep": ["zh"]}).any()
+
+
+@pytest.mark.parametrize("caption", ["狗", "小狗", "貓咪", "犬", "สุนัข", "。", "「犬」"])
+def test_one_or_two_dense_characters_are_not_a_sentence(caption):
+    assert signals_of(caption)["cap_words"] < 3
+
+
+def test_dense_word_counts_by_the_documented_rule():
+    from lakecurate.signals import count_words
+
+    assert count_words("一只狗在草地上奔跑") == 6  # 9 characters, 1 word per 1.5: its segmentation 一只/狗/在/草地/上/奔跑
+    assert count_words("一只狗在草地上奔跑。") == 6  # punctuation glued to the run is no word
+    assert count_words("3只狗") == 3  # "3" a word, 只狗 ceil(2 / 1.5)
+    assert count_words("สุนัขวิ่งบนสนามหญ้า") == 5  # 19 code points, 1 word per 4
+    assert count_words("东京 Tower at night") == 5  # 2 + the three space-separated words
+    assert count_words("a dog . . runs") == len("a dog . . runs".split())  # no dense script: punctuation counts, as before
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 7, 11])
+def test_dense_runs_cut_by_a_chunk_boundary_count_once(chunk):
+    from lakecurate.signals import count_words
+
+    for text in ["一只狗在草地上奔跑", "一只狗在草地上奔跑。两个孩子在海滩上玩沙子", "สุนัขวิ่งบนสนามหญ้า แมวนอนหลับ",
+                 "a 东京タワー。「夜」 b! 3只狗 ok", "。「」 一 a", "a dog runs\tin  the park "]:
+        assert count_words(text, chunk=chunk) == count_words(text, chunk=1 << 20), (text, chunk)
+    huge = "一只狗在草地上奔跑。" * 1000 + " a dog " + "สุนัข" * 500
+    assert count_words(huge, chunk=97) == count_words(huge) == 6000 + 2 + (len("สุนัข") * 500 + 3) // 4
+
+
+def _flickr_captions(flickr8k) -> list[str]:
+    import csv
+
+    with open(flickr8k / "captions.csv", newline="") as f:
+        return [row["caption"] for row in csv.DictReader(f)]
+
+
+def test_latin_word_counts_are_unchanged_on_real_captions(flickr8k):
+    from lakecurate.signals import count_words
+
+    captions = _flickr_captions(flickr8k)
+    assert len(captions) > 1000
+    assert [count_words(c) for c in captions] == [len(c.split()) for c in captions]
+    assert [count_words(c, chunk=5) for c in captions[:300]] == [len(c.split()) for c in captions[:300]]
+
+
+@pytest.mark.parametrize("caption", ["IMG-20190814-WA0003", "VID-20190814-WA0012", "IMG_20190814_123456", "PXL_20210101_123456789",
+                                     "PXL_20210101_123456789.MP", "Screenshot_20200101-120000", "Screenshot_20200101-120000_Chrome",
+                                     "DSC_0001", "IMG_1234_HDR", "WhatsApp Image 2019-08-14 at 10.30.45",
+                                     "Screen Shot 2020-01-01 at 12.00.00 PM"])
+def test_camera_and_messaging_file_names(caption):
+    assert signals_of(caption)["cap_filename"]
+
+
+@pytest.mark.parametrize("caption", ["No photo description available.", "no photo description available",
+                                     "Photo by Anna Smith on Unsplash", "Photo by Jan Kowalski on Pexels",
+                                     "Image by Pete from Pixabay"])
+def test_alt_text_gaps(caption):
+    assert signals_of(caption)["cap_boilerplate"]
+
+
+def test_human_captions_are_no_file_name_nor_boilerplate(flickr8k):
+    captions = _flickr_captions(flickr8k)
+    picked = captions[::133][:30] + ["P-51 Mustang flying over the field", "IMG 2 dogs playing", "a photo by the lake at dusk",
+                                    "a man takes a photo on his phone"]
+    t = caption_signals(picked).to_pydict()
+    assert not any(t["cap_filename"]) and not any(t["cap_boilerplate"]), [c for c, a, b in zip(picked, t["cap_filename"],
+                                                                                              t["cap_boilerplate"]) if a or b]
+    every = caption_signals(captions).to_pydict()  # all of them, not just the sample
+    assert not any(every["cap_filename"]) and not any(every["cap_boilerplate"])
