@@ -576,6 +576,7 @@ IMAGE_CONFIG = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px s
                 "trim": _TRIM, "sharpness": "laplacian variance", "entropy": "gray histogram", "colorfulness": "hasler-suesstrunk"}
 CAPTION_CONFIG = {"words": "whitespace-separated; runs of Han/kana 1 per 1.5 chars, of Thai/Lao/Khmer/Myanmar 1 per 4, "
                            "rounded up; punctuation glued to such a run 0",
+                  "dense_scripts": {k: [r.encode("unicode_escape").decode(), w, c] for k, (r, w, c) in DENSE_SCRIPTS.items()},
                   "boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
                   "email": _EMAIL.pattern, "phone": _PHONE_CONFIG, "language": "py3langid norm_probs"}
 REDACT_CONFIG = {"email": _EMAIL.pattern, "phone": _PHONE_CONFIG}
