@@ -50,6 +50,9 @@ PROVENANCE_FORMAT = 1
 # own read version is the one the commit was retried on (graph._computed_from reads both).
 COMPUTED_FROM = "lakecurate.computed_from"
 PROVENANCE_REQUIRED = ("stage", "config", "config_hash")
+# The provenance key of the column set one declare made (every column of a stage run's node): a
+# column of it that another writer dropped leaves the node stale (graph), not current with fewer.
+DECLARED_KEY = "columns"
 
 
 def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str], table_version: int) -> dict[str, Any]:
@@ -209,11 +212,25 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
             raise LakeError(f"column '{name}' in lake '{lake.uri}' was made with another config "
                             f"({config_change(old.get('config') or {}, prov.get('config') or {})}); {fix}")
     missing = [f for f in fields if f.name not in present]
+    if present and missing and all(set(declared_columns(ds.schema.field(n)) or ()) >= {f.name for f in missing}
+                                   for n in present):
+        # Another writer dropped some of a set this config declared (its provenance records the set):
+        # the set is made again whole (Lance replaces a fragment's file only with the same columns).
+        def drop_rest() -> None:
+            current = lake.dataset()
+            gone = [n for n in present if n in current.schema.names]
+            if gone:
+                current.drop_columns(gone)
+
+        retry_on_conflict(drop_rest)
+        present, missing = [], list(fields)
     if len(missing) not in (0, len(fields)):
         raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with --recompute to rebuild them")
     if not missing:
         return False
-    meta = {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
+    # The column set is recorded beside the config (not in it: the config hash stays as it was), so
+    # the stage graph can tell a column another writer dropped from one this run never wrote.
+    meta = {PROVENANCE_KEY: json.dumps({**prov, DECLARED_KEY: names}, sort_keys=True)}
     declared = [f.with_nullable(True).with_metadata({**(f.metadata or {}), **meta}) for f in missing]
 
     def add() -> bool:
@@ -224,6 +241,14 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         return True
 
     return retry_on_conflict(add)
+
+
+def declared_columns(field: pa.Field) -> list[str] | None:
+    """The columns declared together with ``field`` (itself included), as its provenance records
+    them; None for a column declared before the set was recorded, or not by lakecurate."""
+    prov = field_provenance(field, strict=False) or {}
+    got = prov.get(DECLARED_KEY)
+    return [str(c) for c in got] if isinstance(got, list) else None
 
 
 def config_changed(lake: "Store", column: str, prov: dict[str, Any]) -> bool:

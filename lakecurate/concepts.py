@@ -488,9 +488,9 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         differ = ", ".join(f"{key} {old.get(key)} -> {now.get(key)}" for key in now if old.get(key) != now.get(key))
         raise LakeError(f"lake '{lake.uri}' has concepts made with other settings ({differ}); "
                         "pass --recompute to replace them")
-    columns.declare(lake, fields, prov, recompute=replace)
-    if replace:
-        tbl = tbl.drop_columns(["concept", "concept_dist"])
+    added = columns.declare(lake, fields, prov, recompute=replace)
+    if replace or added:  # (added: made again whole, one of them dropped by another writer: the old values are gone)
+        tbl = tbl.drop_columns([c for c in ("concept", "concept_dist") if c in tbl.column_names])
     _, version = write_decisions(lake, tbl, {
         "concept": pa.array(label, pa.int32(), mask=label < 0),
         "concept_dist": pa.array(dist, pa.float32(), mask=np.isnan(dist)),

@@ -31,7 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import COMPUTED_FROM, field_provenance, fragments_to_fill, has_data, vector_rows
+from lakecurate.columns import (COMPUTED_FROM, declared_columns, field_provenance, fragments_to_fill, has_data,
+                                vector_rows)
 from lakecurate.errors import LakeError
 from lakecurate.names import DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
 from lakecurate.store import retry_on_conflict
@@ -483,6 +484,14 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
         if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
             st.state = "stale"
             st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)")
+        lost = _lost(ds, node, names)
+        if lost and node.stage not in MANUAL:  # one of its own columns another writer dropped (Lance, LanceDB)
+            st.state = "stale"
+            st.rows_stale = ds.count_rows() if node.per_row else 0
+            st.reasons.append(f"its column{'s' if len(lost) > 1 else ''} {', '.join(lost)} "
+                              f"{'are' if len(lost) > 1 else 'is'} no longer in the table (another writer dropped "
+                              f"{'them' if len(lost) > 1 else 'it'}); its fix computes every column of "
+                              f"{node.stage} again")
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \
@@ -557,6 +566,15 @@ def _embedding_redone(ds: "lance.LanceDataset", cfg: dict[str, Any]) -> bool:
     score = f"{cfg.get('embedding')}_score"
     now = field_provenance(ds.schema.field(score), strict=False) if score in ds.schema.names else None
     return bool(now and now.get("config_hash") != cfg["embedding_config"])
+
+
+def _lost(ds: "lance.LanceDataset", node: Node, names: set[str]) -> list[str]:
+    """The columns the node's run declared with its own (recorded in their provenance) that are not
+    in the table now. A column declared before the set was recorded tells nothing: none lost."""
+    lost: list[str] = []
+    for c in node.columns:
+        lost += [d for d in declared_columns(ds.schema.field(c)) or () if d not in names and d not in lost]
+    return lost
 
 
 def _dropped(ds: "lance.LanceDataset", node: Node, names: set[str]) -> list[str]:

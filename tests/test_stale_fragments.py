@@ -3,6 +3,7 @@ fill committed after its input was rewritten, a lake made again at the same path
 plain run of a per-row stage then computes again (found by a hostile probe of that behaviour)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from datetime import timedelta
@@ -282,3 +283,83 @@ def test_signals_says_what_it_computed_again_and_which_fragments_another_run_hol
     assert text.exit_code == 0 and "1 fragments were left to another signals --caption" in text.stderr
     done = lake.signals(["caption"], progress=False)
     assert done == {"caption": 1} and done.runs["caption"].rows_refreshed == 1
+
+
+def _run_fix(st: graph.NodeState) -> None:
+    """Run a status fix command as pasted."""
+    import shlex
+
+    assert st.fix.startswith("lakecurate "), st.fix
+    res = CliRunner().invoke(main, shlex.split(st.fix)[1:])
+    assert res.exit_code == 0, res.output
+
+
+def _state(lake: Lake, stage: str) -> graph.NodeState:
+    return next(s for s in graph.states(lake) if s.node.stage == stage)
+
+
+def test_an_embedding_column_another_writer_dropped_is_stale_and_its_fix_restores_it(sample_lake_embedded: Lake,
+                                                                                    tmp_path: Path):
+    """status called embed current with 3 of its 4 columns; the column set a run declared is in its
+    provenance, so the one another writer dropped is named, and the fix computes it again."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    texts = lake.count("clip_tinyrandom_text IS NOT NULL")
+    assert _state(lake, "embed").state == "current"
+    lance.dataset(lake.table_uri).drop_columns(["clip_tinyrandom_text"])
+    st = _state(lake, "embed")
+    assert st.state == "stale", st.reasons
+    assert "its column clip_tinyrandom_text is no longer in the table" in " ".join(st.reasons)
+    _run_fix(st)
+    assert _state(lake, "embed").state == "current"
+    assert lake.count("clip_tinyrandom_text IS NOT NULL") == texts > 0
+
+
+def test_a_signal_column_another_writer_dropped_is_stale_and_its_fix_restores_it(tmp_path: Path):
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    lake.signals(["caption"], progress=False)
+    st = _state(lake, "signals-caption")
+    assert st.state == "current" and len(st.node.columns) > 1
+    gone = st.node.columns[-1]
+    values = lake.dataset().to_table(columns=["id", gone]).sort_by("id")
+    lance.dataset(lake.table_uri).drop_columns([gone])
+    st = _state(lake, "signals-caption")
+    assert st.state == "stale" and f"its column {gone} is no longer in the table" in " ".join(st.reasons)
+    _run_fix(st)
+    assert _state(lake, "signals-caption").state == "current"
+    assert lake.dataset().to_table(columns=["id", gone]).sort_by("id").equals(values)
+
+
+def test_a_concept_column_another_writer_dropped_is_stale_and_cluster_restores_it(sample_lake_embedded: Lake,
+                                                                                 tmp_path: Path):
+    """The same for a global stage's columns (concept, concept_dist)."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.cluster(2)
+    before = lake.dataset().to_table(columns=["id", "concept_dist"]).sort_by("id")
+    lance.dataset(lake.table_uri).drop_columns(["concept_dist"])
+    st = _state(lake, "concepts")
+    assert st.state == "stale" and "its column concept_dist is no longer in the table" in " ".join(st.reasons)
+    _run_fix(st)
+    assert _state(lake, "concepts").state == "current"
+    assert lake.dataset().to_table(columns=["id", "concept_dist"]).sort_by("id").equals(before)
+
+
+def test_an_image_only_embedding_and_a_lake_declared_before_the_column_set_was_recorded_read_current(
+        sample_lake_embedded: Lake, tmp_path: Path):
+    """What a node declared is what it is judged by: the tests' synthetic embedding of an image column
+    alone is current; and a lake whose provenance records no column set behaves as before."""
+    from .test_concepts import _concept_lake
+
+    syn = _concept_lake(tmp_path / "syn", [5, 5])
+    assert [s.state for s in graph.states(syn) if s.node.stage == "embed"] == ["current"]
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    ds = lance.dataset(lake.table_uri)
+    old = {}
+    for f in ds.schema:
+        prov = columns.field_provenance(f, strict=False)
+        if prov and prov.get("stage") == "embed":
+            prov.pop(columns.DECLARED_KEY, None)
+            old[f.name] = {columns.PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
+    ds.update_field_metadata(old)
+    lance.dataset(lake.table_uri).drop_columns(["clip_tinyrandom_text"])
+    assert _state(lake, "embed").state == "current"
