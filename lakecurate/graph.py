@@ -490,8 +490,8 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
             st.rows_stale = ds.count_rows() if node.per_row else 0
             st.reasons.append(f"its column{'s' if len(lost) > 1 else ''} {', '.join(lost)} "
                               f"{'are' if len(lost) > 1 else 'is'} no longer in the table (another writer dropped "
-                              f"{'them' if len(lost) > 1 else 'it'}); its fix computes every column of "
-                              f"{node.stage} again")
+                              f"{'them' if len(lost) > 1 else 'it'}); its fix computes the columns its run declared "
+                              f"again ({', '.join(declared_columns(ds.schema.field(node.columns[0])) or lost)})")
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \
