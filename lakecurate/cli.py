@@ -727,7 +727,7 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
 @lake_argument
 @click.option("--caption/--no-caption", default=True, show_default=True, help="Caption checks, privacy, language.")
 @click.option("--image/--no-image", default=True, show_default=True, help="Perceptual hashes, sharpness, entropy, colour.")
-@click.option("--copy", is_flag=True, help="Copy hashes: 8 pHashes of the bar-trimmed image turned and mirrored.")
+@click.option("--copy", is_flag=True, help="Copy hashes: 8 pHashes of the picture inside its uniform surround, turned and mirrored.")
 @click.option("--faces", is_flag=True, help="Faces (YuNet): img_faces, img_face_boxes, img_face_scores.")
 @click.option("--text", is_flag=True, help="Text in the image (PP-OCRv5 detection): img_text_share, img_text_lines.")
 @click.option("--redact", is_flag=True, help="caption_redacted: the caption with e-mail addresses and phone numbers "

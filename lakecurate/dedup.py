@@ -6,11 +6,11 @@ Methods (each writes its own group column; rows are never deleted):
 | --- | --- | --- | --- |
 | exact | ``dup_exact_group`` | their image bytes are identical (sha256 ``content_hash``) | |
 | exact | ``dup_pair_group`` | image bytes *and* caption are identical | |
-| phash | ``dup_phash_group`` | 64-bit DCT perceptual hashes differ in <= ``phash_distance`` bits, also against the mirrored image's hash (``flips``) | 8 bits |
+| phash | ``dup_phash_group`` | 64-bit DCT perceptual hashes (of the picture inside any uniform surround: :func:`lakecurate.signals.surround_box`) differ in <= ``phash_distance`` bits, also against the mirrored image's hash (``flips``) | 8 bits |
 | semantic | ``dup_semantic_group`` | image embeddings have cosine >= ``semantic_threshold`` (SemDeDup), or >= ``confirm_cosine`` with hashes within ``confirm_distance`` bits | per model, see ``SEMANTIC_THRESHOLDS`` |
 | caption | ``dup_caption_group`` | caption embeddings have cosine >= ``caption_threshold`` | 0.98 |
 | minhash | ``dup_minhash_group`` | the captions' character 5-gram sets have Jaccard >= ``minhash_threshold`` with the group's most connected caption (banded MinHash proposes, linear in the captions; the exact Jaccard decides; star groups, no chains): templated alt text ("Stock photo of X, royalty free") and near-identical captions; the ``caption_template`` recipe step drops large groups | 0.35 |
-| copy | ``dup_copy_group`` | one of the 8 hashes of the bar-trimmed image turned by 0/90/180/270 degrees and mirrored (``copy_hashes``) is within ``copy_distance`` bits of one of the other's: rotated, letterboxed, pillarboxed and bordered copies | 6 bits |
+| copy | ``dup_copy_group`` | one of the 8 hashes of the picture inside its uniform surround turned by 0/90/180/270 degrees and mirrored (``copy_hashes``) is within ``copy_distance`` bits of one of the other's: rotated, letterboxed, pillarboxed and bordered copies | 6 bits |
 | verify | ``dup_verify_group`` | one is among the other's ``verify_neighbors`` nearest image embeddings at cosine >= ``verify_cosine`` (a candidate), the pair is not linked by another method already, >= ``verify_inliers`` ORB keypoints agree on one similarity transform and the pixels agree where the images overlap under it (:mod:`lakecurate.verify`): heavy crops, photos framed in a page, overlays, turned and mirrored copies | 5 neighbours, 50 inliers |
 
 A group column holds the ``id`` of the member that group keeps (a row alone holds its own id;
@@ -118,7 +118,7 @@ PHASH_SEARCHES = ("all", "clusters")
 # its resized copies sit at 0.50-0.69 (planted Flickr8k copies, seed 1); open_clip: a guess (no
 # CLIP weights on this machine; resized and re-encoded copies are usually above 0.9).
 PHASH_COSINES = {"offline": 0.45, "open_clip": 0.8}
-# copy_search="clusters": the same for the copy method's turned, mirrored and bar-trimmed hashes.
+# copy_search="clusters": the same for the copy method's turned, mirrored and surround-trimmed hashes.
 # offline: on planted hard copies (seeds 1-3, docs/benchmarks.md) it links 451 of the 463 copies
 # the all-pairs search links (turned: 141 of 147, though only 56% of them are within 0.45 of their
 # original: the encoder is not rotation-invariant, and most turned copies have a hash identical to
@@ -1246,7 +1246,7 @@ def _method_links(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None, 
             i, j = rows[i // 8], rows[j // 8]
         keep = i != j
         mr.pairs = int(keep.sum())
-        return eligible, [(i[keep], j[keep])], _links(i, j, d, "{:.0f} of 64 bits differ (turned/mirrored/bar-trimmed hashes)")
+        return eligible, [(i[keep], j[keep])], _links(i, j, d, "{:.0f} of 64 bits differ (turned/mirrored/surround-trimmed hashes)")
     col = embedding_columns(emb)["image"] if method == "semantic" else embedding_columns(emb)["text"]
     eligible = among(joins.valid(col))  # the vectors themselves are streamed, never read whole
     new, rows, pairs = _stored(eligible, stored, mr)
