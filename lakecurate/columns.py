@@ -59,7 +59,7 @@ def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str]
     """The provenance record stored on every derived field: what made it, from what, when."""
     from lakecurate._version import __version__
 
-    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    config_hash = hash_config(config)
     return {
         "format": PROVENANCE_FORMAT,
         "stage": stage,
@@ -70,6 +70,11 @@ def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str]
         "tool_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def hash_config(config: dict[str, Any]) -> str:
+    """The ``config_hash`` a provenance record carries for ``config``."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def config_change(old: dict[str, Any], new: dict[str, Any], most: int = 4) -> str:

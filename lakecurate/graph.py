@@ -31,8 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import (COMPUTED_FROM, declared_columns, field_provenance, fragments_to_fill, has_data,
-                                vector_rows)
+from lakecurate.columns import (COMPUTED_FROM, config_change, declared_columns, field_provenance, fragments_to_fill,
+                                has_data, hash_config, vector_rows)
 from lakecurate.errors import LakeError
 from lakecurate.names import DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
 from lakecurate.store import retry_on_conflict
@@ -462,8 +462,12 @@ def computed_marker(ds: "lance.LanceDataset", node: Node) -> int | None:
     return min(got) if len(got) == len(node.columns) else None
 
 
-def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeState]:
-    """The state of every node of ``ds`` (default: the lake's latest version), in pipeline order."""
+def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
+           code: dict[str, dict[str, Any]] | None = None) -> list[NodeState]:
+    """The state of every node of ``ds`` (default: the lake's latest version), in pipeline order.
+    ``code``: stage -> the config this code computes it with, for the stages whose config is their
+    code's (the signals): a node made with another config was made by another lakecurate, and is
+    stale (every row), its fix the stage's command with ``--recompute``."""
     ds = ds if ds is not None else lake.dataset()
     writes = last_writes(ds)
     frags = {f.fragment_id: f for f in ds.get_fragments()}
@@ -492,13 +496,20 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None) -> list[NodeSt
                               f"{'are' if len(lost) > 1 else 'is'} no longer in the table (another writer dropped "
                               f"{'them' if len(lost) > 1 else 'it'}); its fix computes the columns its run declared "
                               f"again ({', '.join(declared_columns(ds.schema.field(node.columns[0])) or lost)})")
+        now = (code or {}).get(node.stage)
+        redo = now is not None and hash_config(now) != node.prov.get("config_hash")
+        if redo:  # (a stage run with these columns refuses them: "made with another config")
+            st.state = "stale"
+            st.rows_stale = ds.count_rows() if node.per_row else 0
+            st.reasons.append(f"its code changed since it computed them "
+                              f"({config_change(node.prov.get('config') or {}, now)}); its fix computes every row again")
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \
                     and st.state == "current":
                 st.state = "behind"
                 st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
-        st.fix = fix_command(lake, node, ds)
+        st.fix = fix_command(lake, node, ds) + (" --recompute" if redo else "")
         _failed(lake, ds, st)
         by_node[id(node)] = st
         out.append(st)

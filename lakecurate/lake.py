@@ -282,7 +282,7 @@ class Lake(Store):
         ds = self.dataset(version)
         lake = self.on_branch_of(version)  # a branch's version: that branch's name and fix commands
         view, notes = graph.effective_view(lake, ds)
-        states = graph.states(lake, ds)
+        states = graph.states(lake, ds, code=_code_configs())
         curated = next((s for s in states if s.node.stage == "curate" and "keep" in s.node.columns), None)
         edited = _recipe_edited(curated) if curated is not None else None
         return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version,
@@ -379,6 +379,16 @@ class Lake(Store):
             "branch": self.branch or "main",
             "branches": sorted(self.branches()),
         }
+
+
+def _code_configs() -> dict[str, dict[str, Any]]:
+    """stage -> its config, for the stages whose config is their code's (the signals): a column
+    made with another was made by another lakecurate (status calls it stale; the stage refuses it)."""
+    from lakecurate import faces, imagetext, signals
+
+    stages = (signals.IMAGE_STAGE, signals.COPY_STAGE, signals.CAPTION_STAGE, signals.redact_stage(), faces.STAGE,
+              imagetext.STAGE)
+    return {s.name: s.config for s in stages}
 
 
 def _recipe_edited(st: Any) -> str | None:

@@ -396,3 +396,31 @@ def test_human_captions_are_no_file_name_nor_boilerplate(flickr8k):
                                                                                               t["cap_boilerplate"]) if a or b]
     every = caption_signals(captions).to_pydict()  # all of them, not just the sample
     assert not any(every["cap_filename"]) and not any(every["cap_boilerplate"])
+
+
+def test_status_calls_signals_an_older_lakecurate_made_stale_and_its_fix_makes_them_current(tmp_path, monkeypatch):
+    # A signal stage's config is its code's: after an upgrade that changes how pHash is computed,
+    # status said "current" while dedup refused the hashes ("made with another config").
+    import shlex
+
+    from click.testing import CliRunner
+
+    from lakecurate import Lake, signals
+    from lakecurate.cli import main
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.signals(["caption", "image"], progress=False, workers=0)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]} == {"signals-caption": "current",
+                                                                         "signals-image": "current"}
+    monkeypatch.setitem(signals.IMAGE_CONFIG, "hash", "dct-phash 32->8x8 of another kind")
+    st = {s["stage"]: s for s in lake.status()["stages"]}
+    assert st["signals-caption"]["state"] == "current"
+    image = st["signals-image"]
+    assert image["state"] == "stale"
+    assert "its code changed" in image["reasons"][0] and "another kind" in image["reasons"][0]
+    assert image["rows_stale"] == lake.dataset().count_rows()
+    assert image["fix"].endswith(" --recompute")
+    res = CliRunner().invoke(main, shlex.split(image["fix"])[1:] + ["--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["signals-image"] == "current"
