@@ -317,7 +317,8 @@ def fill_fragment(lake: "Store", fragment_id: int, table: pa.Table, *, config_ha
 
 def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_only: bool = False,
                    based_on: lance.LanceDataset | None = None, config_hash: str | None = None,
-                   own_column: str | None = None, computed_from: int | None = None) -> int | None:
+                   own_column: str | None = None, computed_from: int | None = None,
+                   properties: dict[str, str] | None = None) -> int | None:
     """Write each fragment's ``table`` (the same declared columns for every fragment, one row per
     physical row) and commit them all in **one** ``DataReplacement``: one new version, atomic.
 
@@ -331,12 +332,14 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
     a review changing a few rows of a fragment); the commit is made once, at that version, so a
     concurrent rewrite of the same fragments raises the conflict to the caller, who reads again and
     recomputes (re-committing the same files would lose the other writer's values).
+    ``properties``: recorded with the commit (transaction properties: a review names its action, so
+    its log can tell whether its marks landed).
     """
     if not tables:
         return None
     files = FragmentFiles(lake, next(iter(tables.values())).column_names,
                           first_fill_only=first_fill_only, based_on=based_on, config_hash=config_hash,
-                          own_column=own_column, computed_from=computed_from)
+                          own_column=own_column, computed_from=computed_from, properties=properties)
     for fid, table in tables.items():
         files.write(fid, table)
     return files.commit()
@@ -386,9 +389,11 @@ class FragmentFiles:
 
     def __init__(self, lake: "Store", names: Sequence[str], *, first_fill_only: bool = False,
                  based_on: lance.LanceDataset | None = None, config_hash: str | None = None,
-                 own_column: str | None = None, computed_from: int | None = None) -> None:
+                 own_column: str | None = None, computed_from: int | None = None,
+                 properties: dict[str, str] | None = None) -> None:
         self.lake, self.names, self.config_hash, self.own_column = lake, list(names), config_hash, own_column
         self.computed_from = computed_from  # recorded with the commit (COMPUTED_FROM)
+        self.properties = dict(properties or {})  # recorded with the commit too
         self.first_fill_only, self.based_on = first_fill_only, based_on
         self.ds = based_on if based_on is not None else lake.dataset()
         gone = [n for n in self.names if n not in self.ds.schema.names]
@@ -441,11 +446,13 @@ class FragmentFiles:
             if not groups:
                 return None
             op: Any = lance.LanceOperation.DataReplacement(groups)
+            props = dict(self.properties)
             if self.computed_from is not None:  # (read by the stage graph: what the values were computed from)
+                props[COMPUTED_FROM] = str(self.computed_from)
+            if props:
                 from lance.dataset import Transaction
 
-                op = Transaction(read_version=current.version, operation=op,
-                                 transaction_properties={COMPUTED_FROM: str(self.computed_from)})
+                op = Transaction(read_version=current.version, operation=op, transaction_properties=props)
             try:
                 return lance.LanceDataset.commit(
                     lake.table_uri, op, read_version=current.version, storage_options=lake.storage_options,

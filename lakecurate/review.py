@@ -10,8 +10,10 @@ reads again and re-applies its marks on top of the winner's: nobody's verdict is
 
 Every mark is also a row of the side table ``review_log`` (what each row held before and after,
 who, when), which makes **undo** a restore of the previous values, and an audit trail. The entry is
-written before the marks: a review killed between the two leaves an entry whose marks never landed
-(undoing it restores nothing), never marks without an entry. A recipe
+written before the marks: a review killed between the two leaves an entry whose marks never landed,
+never marks without an entry. The entry records the version the marks were read at, and their
+commit names the action, so :func:`history` tells an entry that never landed apart and :func:`undo`
+says there is nothing to undo. A recipe
 step ``review`` reads the verdicts: a reviewer's keep or drop overrides the machine's decision.
 
 Example::
@@ -54,6 +56,8 @@ FIELDS = (
 NAMES = tuple(f.name for f in FIELDS)
 LOG = "review_log"
 LABELS = "review_labels"
+ACTION_KEY = "lakecurate.review_action"  # the transaction property naming the action whose marks a commit wrote
+NEVER_LANDED = "never landed: the marks were not written"
 MAX_ROWS = 10_000  # rows one mark may touch (a selection in the browser, a list on the command line)
 MAX_TEXT = 500  # characters of a reason, label or reviewer name
 
@@ -153,15 +157,17 @@ def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str |
 
 def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str, dict[str, Any]] | None = None,
            *, none_found: str | None = None,
-           log: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
+           log: Callable[[dict[str, dict[str, Any]], int], None] | None = None,
+           action: str | None = None) -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
     """Set the review values of rows (``id -> {column: value}``) in one commit, read-modify-write;
     with ``expect`` only rows still holding those values (an undo). Returns (version, the values
     the rows held before, ids skipped because they are not in the lake or changed since). With
     ``none_found``, ids of which none is in the lake raise that message, before anything is written.
-    ``log(before)`` is called right before the commit, with the values the commit replaces (again
-    when a conflict makes it read and apply the marks anew): the log entry is written first, so a
-    run killed between the two leaves a logged action whose marks never landed (undoing it restores
-    nothing: no row holds its values), never marks that no log entry can undo."""
+    ``log(before, version)`` is called right before the commit, with the values the commit replaces
+    and the version they were read at (again when a conflict makes it read and apply the marks
+    anew): the log entry is written first, so a run killed between the two leaves a logged action
+    whose marks never landed (:func:`history` says so: no commit after that version names
+    ``action``), never marks that no log entry can undo."""
 
     def attempt() -> tuple[int | None, dict[str, dict[str, Any]], list[str]]:
         ds = lake.dataset()
@@ -199,8 +205,9 @@ def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str
             if changed:
                 tables[fid] = pa.table({f.name: pa.array(values[f.name], f.type) for f in FIELDS})
         if tables and log is not None:
-            log(before)
-        version = columns.fill_fragments(lake, tables, based_on=ds) if tables else None
+            log(before, ds.version)
+        props = {ACTION_KEY: action} if action is not None else None
+        version = columns.fill_fragments(lake, tables, based_on=ds, properties=props) if tables else None
         return version, before, skipped
 
     return retry_on_conflict(attempt, attempts=20)
@@ -226,7 +233,7 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
         new["review_label"] = label
     action = uuid.uuid4().hex
     version, before, skipped = _write(lake, {i: new for i in ids}, none_found=none_found,
-                                      log=_logger(lake, action, "mark", lambda i: new, by, at))
+                                      log=_logger(lake, action, "mark", lambda i: new, by, at), action=action)
     return {"action": action, "rows": len(before), "not_found": skipped, "version": version}
 
 
@@ -241,6 +248,9 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
     rows = log.to_table(filter=f"action = '{action}'").to_pylist()
     if not rows:
         raise LakeError(f"review action {action!r} is not in lake '{lake.uri}''s review log")
+    if _landed(lake, {action: rows[0].get("read_version")}).get(action) is False:
+        raise LakeError(f"review action {action!r} of lake '{lake.uri}' {NEVER_LANDED} (the review stopped between "
+                        f"its log entry and its commit): nothing to undo")
     restore = {r["id"]: json.loads(r["before"]) for r in rows}
     expect = {r["id"]: json.loads(r["after"]) for r in rows}
     for d in list(restore.values()) + list(expect.values()):
@@ -250,7 +260,8 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
     at = datetime.now(timezone.utc)
     new_action = uuid.uuid4().hex
     version, before, skipped = _write(lake, restore, expect=expect,
-                                      log=_logger(lake, new_action, f"undo {action}", restore.__getitem__, by, at))
+                                      log=_logger(lake, new_action, f"undo {action}", restore.__getitem__, by, at),
+                                      action=new_action)
     if not before:  # nothing restored: nothing logged, no action to name
         new_action = None
     return {"action": new_action, "rows": len(before), "changed_since": skipped, "version": version}
@@ -261,25 +272,32 @@ def _jsonable(d: dict[str, Any]) -> str:
 
 
 def _logger(lake: "Store", action: str, kind: str, after: Callable[[str], dict[str, Any]], by: str,
-            at: datetime) -> Callable[[dict[str, dict[str, Any]]], None]:
+            at: datetime) -> Callable[[dict[str, dict[str, Any]], int], None]:
     """The ``log`` of :func:`_write` for one action: its entry in ``review_log`` with the values the
     rows hold before it (``after(id)``: what it sets). A second attempt (the first one's commit
     conflicted) replaces the first one's rows: they describe marks that were never committed."""
     attempts = []
 
-    def log(before: dict[str, dict[str, Any]]) -> None:
+    def log(before: dict[str, dict[str, Any]], read_version: int) -> None:
         if attempts and lake.side_dataset(LOG) is not None:
             retry_on_conflict(lambda: lake.side_dataset(LOG).delete(f"action = '{action}'"))
         attempts.append(1)
-        _log(lake, action, kind, before, {i: after(i) for i in before}, by, at)
+        _log(lake, action, kind, before, {i: after(i) for i in before}, by, at, read_version)
 
     return log
 
 
 def _log(lake: "Store", action: str, kind: str, before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
-         by: str, at: datetime) -> None:
+         by: str, at: datetime, read_version: int) -> None:
     if not before:
         return
+    old = lake.side_dataset(LOG)
+    if old is not None and "read_version" not in old.schema.names:  # a log written before entries recorded it
+        def add() -> None:
+            ds = lake.side_dataset(LOG)
+            if "read_version" not in ds.schema.names:
+                ds.add_columns({"read_version": "CAST(NULL AS BIGINT)"})
+        retry_on_conflict(add)
     full_after = {i: {**before[i], **after[i]} for i in before}
     lake.write_side(LOG, pa.table({
         "action": pa.array([action] * len(before), pa.string()),
@@ -289,20 +307,56 @@ def _log(lake: "Store", action: str, kind: str, before: dict[str, dict[str, Any]
         "after": pa.array([_jsonable(full_after[i]) for i in before], pa.string()),
         "by": pa.array([by] * len(before), pa.string()),
         "at": pa.array([at] * len(before), pa.timestamp("us", tz="UTC")),
+        "read_version": pa.array([read_version] * len(before), pa.int64()),
     }))
 
 
+def _landed(lake: "Store", read_at: dict[str, int | None]) -> dict[str, bool | None]:
+    """Per action (-> the version its marks were read at): whether a commit after that version names
+    it (True), none does (False: its marks never landed), or the commit log cannot tell (None: an
+    entry older than the read version's record, or versions cleanup removed)."""
+    pending = {a: v for a, v in read_at.items() if v is not None and v == v}  # (NaN: an older entry)
+    out: dict[str, bool | None] = {a: None for a in read_at}
+    if not pending:
+        return out
+    ds = lake.dataset()
+    named: set[str] = set()
+    unreadable: list[int] = []
+    for version in range(int(min(pending.values())) + 1, ds.version + 1):
+        try:
+            props = ds.checkout_version(version).get_transactions(1)[0].transaction_properties or {}
+        except Exception:  # noqa: BLE001 - cleaned up or unparsable: this version cannot tell
+            unreadable.append(version)
+            continue
+        if ACTION_KEY in props:
+            named.add(props[ACTION_KEY])
+            if set(pending) <= named:
+                break
+    for a, v in pending.items():
+        out[a] = True if a in named else (None if any(u > v for u in unreadable) else False)
+    return out
+
+
 def history(lake: "Store", limit: int = 50) -> list[dict[str, Any]]:
-    """The latest review actions, newest first: action, kind, rows, by, at."""
+    """The latest review actions, newest first: action, kind, rows, by, at, and ``landed`` (False
+    with a ``note`` for an entry whose marks never landed, None where the commit log cannot tell)."""
     log = lake.side_dataset(LOG)
     if log is None:
         return []
-    t = log.to_table(columns=["action", "kind", "by", "at"]).to_pandas()
+    names = ["action", "kind", "by", "at"] + (["read_version"] if "read_version" in log.schema.names else [])
+    t = log.to_table(columns=names).to_pandas()
     if t.empty:
         return []
-    g = t.groupby(["action", "kind", "by"], as_index=False).agg(rows=("at", "size"), at=("at", "max"))
+    if "read_version" not in t:
+        t["read_version"] = None
+    g = t.groupby(["action", "kind", "by"], as_index=False).agg(rows=("at", "size"), at=("at", "max"),
+                                                                 read_version=("read_version", "max"))
     g = g.sort_values("at", ascending=False).head(limit)
-    return [{**r, "at": r["at"].isoformat()} for r in g.to_dict("records")]
+    records = g.to_dict("records")
+    landed = _landed(lake, {r["action"]: r["read_version"] for r in records})
+    return [{**{k: v for k, v in r.items() if k != "read_version"}, "at": r["at"].isoformat(),
+             "landed": landed[r["action"]], **({"note": NEVER_LANDED} if landed[r["action"]] is False else {})}
+            for r in records]
 
 
 def counts(ds: "lance.LanceDataset") -> dict[str, int]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import re
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from lakecurate import Lake
@@ -289,9 +291,57 @@ def test_a_review_killed_between_its_two_writes_leaves_no_mark_that_cannot_be_un
     logged = review.history(sample)
     assert not marked or logged, "marks in the lake that review --history does not show"
     for entry in logged:  # undoing what the log holds leaves no mark of the killed review behind
-        review.undo(sample, entry["action"], by="A")
+        if entry["landed"] is False:  # (its marks never landed: nothing to undo, and undo says so)
+            with pytest.raises(LakeError, match="never landed"):
+                review.undo(sample, entry["action"], by="A")
+        else:
+            review.undo(sample, entry["action"], by="A")
     assert all(r["review_verdict"] is None for r in _values(sample).values())
     # and the next review works as usual
     again = review.mark(sample, ids[:1], verdict="keep", by="B")
     assert _values(sample, ids[:1])[ids[0]]["review_verdict"] == "keep"
     assert review.undo(sample, again["action"])["rows"] == 1
+
+
+def test_history_tells_a_review_whose_marks_never_landed_apart(sample: Lake, monkeypatch):
+    """A review killed between its log entry and its marks: --history listed the entry like any
+    other mark, and undoing it "restored 0 rows" with every row "changed since"."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:3]
+    landed = review.mark(sample, ids[:1], verdict="keep", by="A")
+
+    def killed(*a, **k):
+        raise _Killed("marks")
+
+    monkeypatch.setattr(review.columns, "fill_fragments", killed)
+    with pytest.raises(_Killed):
+        review.mark(sample, ids[1:], verdict="drop", reason="spam", by="B")
+    monkeypatch.undo()
+    hist = {h["by"]: h for h in review.history(sample)}
+    assert hist["A"]["landed"] is True and "note" not in hist["A"]
+    assert hist["B"]["landed"] is False and hist["B"]["note"] == review.NEVER_LANDED
+    lost = hist["B"]["action"]
+    with pytest.raises(LakeError, match="never landed.*nothing to undo"):
+        review.undo(sample, lost)
+    out = CliRunner().invoke(main, ["review", sample.uri, "--history"]).output
+    assert [line for line in out.splitlines() if lost in line][0].endswith(review.NEVER_LANDED)
+    assert review.NEVER_LANDED not in [line for line in out.splitlines() if landed["action"] in line][0]
+    res = CliRunner().invoke(main, ["review", sample.uri, "--undo", lost])
+    assert res.exit_code == 1 and "nothing to undo" in res.output
+    res = CliRunner().invoke(main, ["review", sample.uri, "--undo", lost, "--json"])
+    assert res.exit_code == 1 and "nothing to undo" in json.loads(res.stdout)["error"]
+    assert review.undo(sample, landed["action"])["rows"] == 1  # a landed mark undoes as before
+
+
+def test_a_review_log_written_before_it_recorded_versions_reads_and_grows(sample: Lake):
+    """An older log (no read_version): its entries cannot be checked (landed None); new ones can."""
+    ids = sorted(sample.to_pandas(["id"])["id"])[:2]
+    sample.write_side(review.LOG, pa.table({
+        "action": ["old1"], "kind": ["mark"], "id": [ids[0]], "before": ["{}"], "after": ["{}"], "by": ["Z"],
+        "at": pa.array([pd.Timestamp("2026-01-01", tz="UTC")], pa.timestamp("us", tz="UTC"))}))
+    a = review.mark(sample, ids[1:], verdict="keep", by="A")
+    hist = {h["action"]: h for h in review.history(sample)}
+    assert hist["old1"]["landed"] is None and hist[a["action"]]["landed"] is True
