@@ -17,6 +17,7 @@ the machine's cores (``LAKECURATE_RAY_CPUS`` caps them, e.g. 2 in tests).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -167,34 +168,55 @@ def _ship_file_udfs(ray: Any) -> None:
 FILE_UDF_PREFIX = "lakecurate_udf_"
 
 
-def ray_actor_map(cls: type, init: tuple, method: str, calls: Sequence[tuple], *, actors: int | None = None,
-                  address: str | None = None, num_cpus: float = 1, gpus: bool = False) -> Iterator[Any]:
-    """``method(*args)`` for every ``args`` in ``calls`` through a pool of ``cls(*init)`` actors,
-    each built once (a stage's ``setup()``: a model loaded once per actor); results as they finish.
-    One actor per CPU, or with ``gpus`` one per GPU of the cluster (each reserving it). The first
-    call that fails raises here (its exception, e.g. a ``LakeError`` naming the fragment); what
-    was committed stays committed."""
-    if not calls:
-        return
-    ray = ray_init(address)
-    _ship_file_udfs(ray)
-    from ray.util import ActorPool
+class RayActors:
+    """A pool of ``cls(*init)`` actors for at most ``most`` calls, each built once (a stage's
+    ``setup()``: a model loaded once per actor); one actor per CPU, or with ``gpus`` one per GPU of
+    the cluster (each reserving it). ``map`` runs calls through them, results as they finish; the
+    first call that fails raises there (its exception, e.g. a ``LakeError`` naming the fragment),
+    and what was committed stays committed.
+    ``ready()`` waits until every actor is built, raising the first one's error (stopping them all):
+    a first run builds its actors (loads its model) before it declares its columns, so a model that
+    will not load leaves no version behind, as on the local engine."""
 
-    res = ray.cluster_resources()
-    n = actors or max(1, int(res.get("GPU", 0)) if gpus else int(res.get("CPU", 1) // num_cpus))
-    n = min(n, len(calls))
-    remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=1 if gpus else 0)(cls)
-    actors = [remote_cls.remote(*init) for _ in range(n)]
-    homes = [a.__ray_call__.remote(_home) for a in actors]  # (its first call: answered once it is built)
-    pool = ActorPool(actors)
-    try:
-        for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), list(calls)):
-            yield result
-    except BaseException as exc:  # (GeneratorExit too: the caller stopped reading)
-        _stop_actors(ray, actors, homes, list(getattr(pool, "_future_to_actor", {})))
-        if isinstance(exc, Exception):
-            raise _task_error(exc) from None
-        raise
+    def __init__(self, cls: type, init: tuple, most: int, *, actors: int | None = None, address: str | None = None,
+                 num_cpus: float = 1, gpus: bool = False) -> None:
+        self.ray = ray = ray_init(address)
+        _ship_file_udfs(ray)
+        res = ray.cluster_resources()
+        n = actors or max(1, int(res.get("GPU", 0)) if gpus else int(res.get("CPU", 1) // num_cpus))
+        n = min(n, max(1, most))
+        remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=1 if gpus else 0)(cls)
+        self.actors = [remote_cls.remote(*init) for _ in range(n)]
+        self.homes = [a.__ray_call__.remote(_home) for a in self.actors]  # (its first call: answered once it is built)
+
+    def ready(self) -> None:
+        """Wait until every actor is built; the first that failed raises here, the others stopped."""
+        try:
+            self.ray.get(self.homes)
+        except BaseException as exc:
+            self.stop()
+            if isinstance(exc, Exception):
+                raise _task_error(exc) from None
+            raise
+
+    def map(self, method: str, calls: Sequence[tuple]) -> Iterator[Any]:
+        """``method(*args)`` for every ``args`` in ``calls``, results as they finish; the first call
+        that fails stops every actor and raises here."""
+        from ray.util import ActorPool
+
+        pool = ActorPool(self.actors)
+        try:
+            for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), list(calls)):
+                yield result
+        except BaseException as exc:  # (GeneratorExit too: the caller stopped reading)
+            self.stop(list(getattr(pool, "_future_to_actor", {})))
+            if isinstance(exc, Exception):
+                raise _task_error(exc) from None
+            raise
+
+    def stop(self, pending: Sequence[Any] = ()) -> None:
+        """Kill every actor and wait until each is dead (:func:`_stop_actors`)."""
+        _stop_actors(self.ray, self.actors, self.homes, list(pending))
 
 
 def _home(actor: Any) -> tuple[str, int]:
@@ -298,7 +320,7 @@ def ray_task_map(fn: Callable[..., Any], calls: Iterable[tuple], *, address: str
     an ingest part), results as they finish. ``retries``: times Ray reruns a task whose worker
     died (only for idempotent work). ``window``: at most this many tasks submitted and not yet
     collected (``calls`` is then read as they go: a generator of large arguments stays bounded).
-    The first call that fails raises here, as :func:`ray_actor_map` does; what was committed stays
+    The first call that fails raises here, as :meth:`RayActors.map` does; what was committed stays
     committed."""
     todo = iter(calls)
     first = next(todo, None)
@@ -372,6 +394,10 @@ def _task_error(exc: Exception) -> Exception:
         err = err.cause
     if not isinstance(err, RayError):
         return err  # the task's own exception
+    if getattr(err, "actor_init_failed", False):  # an actor's __init__ raised: Ray keeps only its text, which ends with it
+        lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if ln.strip()]
+        return LakeError(f"the ray engine failed: an actor could not start (the stage's setup, e.g. loading its model, "
+                         f"raised) {lines[-1][:300] if lines else ''}; fix that and run the command again")
     cause = getattr(err, "cause", None)
     what = cause if isinstance(cause, Exception) else err
     first = f"{type(what).__name__}: {str(what).strip().splitlines()[0][:300] if str(what).strip() else ''}"

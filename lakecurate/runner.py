@@ -51,6 +51,7 @@ from lakecurate.errors import LakeError, Terminated
 from lakecurate.images import RefusedImage
 
 if TYPE_CHECKING:
+    from lakecurate.engines import RayActors
     from lakecurate.store import Store
 
 IMAGE = "image"
@@ -567,7 +568,7 @@ class FragmentWorker:
 
     def __init__(self, stage: RowStage, lake: "Store", version: int, where: str, readers: int = 0):
         self.stage, self.lake, self.where = stage, lake, where
-        init = (lake.table_uri, version, lake.storage_options, stage)
+        self.init = init = (lake.table_uri, version, lake.storage_options, stage)
         self.readers, self.pool = readers, None
         if readers > 0:
             self.pool = _readers(init, readers)
@@ -579,7 +580,12 @@ class FragmentWorker:
         _init_reader(*init)
         self.ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
 
-    def run(self, fid: int) -> RunReport:
+    def run(self, fid: int, version: int | None = None) -> RunReport:
+        """``version``: the table's version to commit on, when the actor was built before it (a first
+        run builds its actors, loading the model, before it declares its columns); its readers read
+        the inputs at the version they opened, which the declare (metadata only) left as they were."""
+        if version is not None and version != _READER["ds"].version:
+            _init_reader(self.init[0], version, *self.init[2:])
         ds, stage = _READER["ds"], self.stage
         frag = ds.get_fragment(fid)
         out = RunReport(setup_seconds=self.setup_seconds)
@@ -601,23 +607,36 @@ class FragmentWorker:
         return out
 
 
-def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
-             report: RunReport, progress: bool | None, where: str, gpus: bool, workers: int | None) -> None:
-    """``gpus``: an actor a GPU, each reserving its own (``gpu_actors``, decided before anything was
-    declared) and, for a stage that decodes images, the CPUs that go with a GPU on its node
-    (``cpus_per_gpu``), all but one of them reader processes of its own (``workers``: that many)."""
-    from lakecurate.engines import cpus_per_gpu, ray_actor_map
-    from lakecurate.progress import progress_bar
+def _ray_actors(lake: "Store", stage: RowStage, ds: lance.LanceDataset, most: int, where: str, gpus: bool,
+                workers: int | None) -> "RayActors":
+    """The actors of a Ray run at ``ds``'s version, for at most ``most`` fragments. ``gpus``: an
+    actor a GPU, each reserving its own (``gpu_actors``, decided before anything was declared) and,
+    for a stage that decodes images, the CPUs that go with a GPU on its node (``cpus_per_gpu``),
+    all but one of them reader processes of its own (``workers``: that many)."""
+    from lakecurate.engines import RayActors, cpus_per_gpu
 
     cpus, readers = 1, 0
     if gpus and stage.image is not None:
         cpus = cpus_per_gpu()
         readers = cpus - 1 if workers is None else workers
+    return RayActors(FragmentWorker, (stage, lake, ds.version, where, readers), most, gpus=gpus, num_cpus=cpus)
+
+
+def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[lance.LanceFragment],
+             report: RunReport, progress: bool | None, where: str, gpus: bool, workers: int | None,
+             actors: "RayActors | None" = None) -> None:
+    """``actors``: built before ``ds``'s version (a first run's, built before it declared); None:
+    built here (:func:`_ray_actors`)."""
+    from lakecurate.progress import progress_bar
+
+    if not todo:
+        return
+    if actors is None:
+        actors = _ray_actors(lake, stage, ds, len(todo), where, gpus, workers)
     bar = progress_bar(total=sum(f.count_rows() for f in todo), desc=f"{stage.desc or stage.names[0]} (ray)",
                        unit=stage.unit, progress=progress)
     try:
-        for part in ray_actor_map(FragmentWorker, (stage, lake, ds.version, where, readers), "run",
-                                  [(f.fragment_id,) for f in todo], gpus=gpus, num_cpus=cpus):
+        for part in actors.map("run", [(f.fragment_id, ds.version) for f in todo]):
             report.fragments += part.fragments
             report.versions += part.versions
             report.rows += part.rows
@@ -660,12 +679,20 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         # load (no weights, a bad checkpoint, fp16 on a CPU) left two versions, the columns declared
         # and dropped again
         started = _begin(lake, stage, ds, ds.get_fragments()[:max_fragments], ckpt, workers)
+    actors: RayActors | None = None
+    if engine == "ray" and stage.setup is not None and stage.names[0] not in ds.schema.names and not recompute:
+        # the same on Ray: the actors are built (each loads the model) before the columns are declared
+        actors = _ray_actors(lake, stage, ds, len(ds.get_fragments()[:max_fragments]), _where(stage, lake), gpus,
+                             workers)
+        actors.ready()
     prov = stage.provenance(ds.version)
     try:
         added = columns.declare(lake, stage.fields, prov, recompute=recompute, **({"fix": stage.fix} if stage.fix else {}))
     except BaseException:
         if started is not None:
             _close(started.loader)
+        if actors is not None:
+            actors.stop()
         raise
     ds = lake.dataset()
     if recompute:  # recomputing: batches saved by an earlier run are not to be reused
@@ -683,7 +710,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         report.fragments_elsewhere = len(elsewhere)
         report.elsewhere = sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()})
     report.rows_refreshed = sum(f.count_rows() for f in todo if f.fragment_id in stale)
-    where = f"{stage.desc} on lake '{lake.uri}' " if stage.desc else ""
+    where = _where(stage, lake)
     claims.hold()
     try:
         while True:
@@ -691,7 +718,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
                 if not elsewhere:  # (another run's saved batches are its own)
                     ckpt.drop()
             elif engine == "ray":
-                _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers)
+                first_actors, actors = actors, None  # (a run taking over another's builds its own)
+                _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers, first_actors)
             else:
                 first, started = started, None  # (_run_local closes it; a run taking over another's starts its own)
                 _run_local(lake, stage, ds, todo, ckpt, report, workers, progress, where, first)
@@ -707,8 +735,15 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         claims.release()
         if started is not None:  # (started, then not run: every fragment was another run's)
             _close(started.loader)
+        if actors is not None:
+            actors.stop()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _where(stage: RowStage, lake: "Store") -> str:
+    """What a run's errors name it by: "embed on lake 'x' " (empty for a stage without a desc)."""
+    return f"{stage.desc} on lake '{lake.uri}' " if stage.desc else ""
 
 
 def _to_compute(ds: lance.LanceDataset, stage: RowStage,

@@ -336,8 +336,14 @@ def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(concepts, "_TASK_ROWS", 7)
     monkeypatch.setattr(curate, "_TASK_ROWS", 10)
     actors, tasks = [], []
-    real_actors, real_tasks = engines.ray_actor_map, engines.ray_task_map
-    monkeypatch.setattr(engines, "ray_actor_map", lambda cls, init, *a, **kw: actors.append(init[0].name) or real_actors(cls, init, *a, **kw))
+    real_tasks = engines.ray_task_map
+
+    class Spy(engines.RayActors):
+        def __init__(self, cls, init, *a, **kw):
+            actors.append(init[0].name)
+            super().__init__(cls, init, *a, **kw)
+
+    monkeypatch.setattr(engines, "RayActors", Spy)
 
     def task_spy(fn, calls, **kw):
         calls = list(calls)
@@ -400,8 +406,14 @@ def test_evaluate_embeds_its_eval_set_on_ray(sample_lake_embedded: Lake, tmp_pat
     from lakecurate import engines
 
     ran = []
-    real_actors, real_tasks = engines.ray_actor_map, engines.ray_task_map
-    monkeypatch.setattr(engines, "ray_actor_map", lambda cls, init, *a, **kw: ran.append(init[0].name) or real_actors(cls, init, *a, **kw))
+    real_tasks = engines.ray_task_map
+
+    class Spy(engines.RayActors):
+        def __init__(self, cls, init, *a, **kw):
+            ran.append(init[0].name)
+            super().__init__(cls, init, *a, **kw)
+
+    monkeypatch.setattr(engines, "RayActors", Spy)
     monkeypatch.setattr(engines, "ray_task_map", lambda fn, calls, **kw: ran.append(fn.__name__) or real_tasks(fn, calls, **kw))
     ev = noisy_eval_set(tmp_path / "eval")
     got = {}
@@ -511,3 +523,32 @@ def test_an_unreachable_cluster_is_refused_before_curate_or_dedup_write(tmp_path
             stage()
         assert lake.version == version, name
 
+
+
+def test_a_model_that_will_not_load_in_the_actors_writes_no_version(tmp_path: Path):
+    """A first Ray run whose setup failed in every actor (no weights, a bad checkpoint) declared its
+    columns and dropped them again: two versions for a run that did nothing. The actors are built
+    before the columns are declared, as the local engine loads its model before declaring."""
+    import pyarrow as pa
+
+    from lakecurate import runner
+    from lakecurate.runner import RowStage
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 10))
+    before = lake.dataset().version
+
+    def setup():
+        raise OSError("no weights at /nowhere/model.pt")
+
+    stage = RowStage("loads", [pa.field("loaded", pa.int32())], {"v": 1}, ["caption"], setup=setup,
+                     batch=lambda s, r: pa.table({"loaded": pa.array([1] * r.columns.num_rows, pa.int32())}))
+    with pytest.raises(LakeError, match="could not start.*OSError: no weights at"):
+        runner.run(lake, stage, engine="ray", progress=False)
+    assert lake.dataset().version == before and "loaded" not in lake.dataset().schema.names
+    # a model that loads runs as before: declared once, then filled
+    ok = RowStage("loads", [pa.field("loaded", pa.int32())], {"v": 1}, ["caption"], setup=lambda: None,
+                  batch=lambda s, r: pa.table({"loaded": pa.array([1] * r.columns.num_rows, pa.int32())}))
+    report = runner.run(lake, ok, engine="ray", progress=False)
+    assert report.fragments == 1
+    assert lake.to_pandas(["loaded"])["loaded"].tolist() == [1] * 10
