@@ -74,8 +74,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if hasattr(value, "tolist"):  # a numpy scalar or array
         return _plain(value.tolist())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a report says how it reads, where it does
+        return _plain(value.to_dict() if callable(getattr(value, "to_dict", None)) else dataclasses.asdict(value))
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -754,11 +754,7 @@ def signals_cmd(lake: str, caption: bool, image: bool, copy: bool, faces: bool, 
         raise click.UsageError("no signal chosen; e.g. lakecurate signals LAKE --faces")
     done = open_lake(lake).signals(kinds, workers=workers, recompute=recompute, engine=engine)
     if as_json:  # rows computed per kind (as it was), and each kind's run
-        echo_json({**done, "runs": {k: {"rows_computed": rep.computed, "rows_refreshed": rep.rows_refreshed,
-                                        "rows_resumed": rep.rows_resumed, "fragments": rep.fragments,
-                                        "fragments_elsewhere": rep.fragments_elsewhere, "elsewhere": rep.elsewhere,
-                                        "seconds": round(rep.seconds, 3)}
-                                    for k, rep in done.runs.items()}})
+        echo_json({**done, "runs": done.runs})  # (each run's report as RunReport.to_dict says)
         return
     _echo_table([{"signals": k, "rows computed": rep.computed,
                   "of them again": f"{rep.rows_refreshed} (inputs changed since)" if rep.rows_refreshed else "-",

@@ -195,6 +195,14 @@ class RunReport:
         """Rows that have this run's values now: computed, or resumed from a killed run's checkpoint."""
         return self.rows + self.rows_resumed
 
+    def to_dict(self) -> dict[str, Any]:
+        """What a command prints of a run with ``--json`` (the one serialisation of a run's report):
+        rows computed (resumed ones included), of them refreshed and resumed, fragments done and
+        left to another run (and whose), seconds."""
+        return {"rows_computed": self.computed, "rows_refreshed": self.rows_refreshed, "rows_resumed": self.rows_resumed,
+                "fragments": self.fragments, "fragments_elsewhere": self.fragments_elsewhere,
+                "elsewhere": list(self.elsewhere), "seconds": round(self.seconds, 3)}
+
 
 def default_workers(all_cores: bool = False, beside_gpu: bool = False) -> int:
     """Reader processes: half the cores (the stage's own work uses the rest), one to eight; every
