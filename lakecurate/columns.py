@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.ipc
 from lance.commit import CommitConflictError
 
+from lakecurate.engines import process_alive
 from lakecurate.errors import LakeError
 from lakecurate.schema import PROVENANCE_KEY  # noqa: F401 - re-exported: where it was
 from lakecurate.store import checkpoint_root, retry_on_conflict
@@ -752,17 +753,6 @@ def host_name() -> str:
     import socket
 
     return socket.gethostname().replace(" ", "_") or "host"
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # (another user's process: alive)
-        return True
-    return True
 
 
 def fragment_groups(frags: Sequence[lance.LanceFragment], rows: int, counts: Sequence[int] | None = None) -> list[list[int]]:

@@ -253,13 +253,15 @@ def _stop_actors(ray: Any, actors: list, homes: list, pending: list, timeout: fl
             pids.append(pid)
     end = time.monotonic() + timeout
     while pids and time.monotonic() < end:
-        pids = [pid for pid in pids if _running(pid)]
+        pids = [pid for pid in pids if process_alive(pid)]
         if pids:
             time.sleep(0.02)
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` is running (not gone, nor a zombie that has exited)."""
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host: not gone, nor a zombie that has exited (its parent
+    has not reaped it yet); another user's process counts as alive. What the runs' claims and a
+    failed Ray map's wait for its actors both ask."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rpartition(")")[2].split()[0] != "Z"
@@ -270,7 +272,7 @@ def _running(pid: int) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        except PermissionError:
+        except OSError:  # (another user's process: alive)
             pass
         return True
 

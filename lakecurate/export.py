@@ -712,7 +712,8 @@ def _remove_partials(dest: Path) -> int:
     """Remove the staging folders (``.DEST.PID@HOST.XXXX.partial``) that exports to ``dest`` killed
     on this host left (a SIGKILL runs no ``finally``: up to a full copy of the data set stayed hidden
     beside DEST); one whose export is still running, or of another host, is left. Returns how many."""
-    from lakecurate.columns import host_name, process_alive
+    from lakecurate.columns import host_name
+    from lakecurate.engines import process_alive
 
     host, removed = host_name(), 0
     head = f".{dest.name}."
