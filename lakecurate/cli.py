@@ -785,8 +785,8 @@ def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], engine:
     version NAME-HASH-vVERSION (NAME-set-HASH-vVERSION with --set) so the exact set can be
     reopened. Same recipe again: no work. Filters: ingest_error, duplicate, caption_missing,
     caption_length, caption_filename, caption_url, caption_boilerplate, caption_repeat,
-    caption_nonprintable, caption_template, language, image_size, aspect, blur, low_information,
-    grayscale, faces, pii, alignment, zero_shot, review (human verdicts), and over any column
+    caption_nonprintable, caption_template, language, image_size, aspect, blur, dark, low_contrast,
+    low_information, grayscale, faces, pii, alignment, zero_shot, review (human verdicts), and over any column
     (user features too): column (min/max/equals/in/not_null) and sql (where = "a SQL condition"
     rows must meet).
 

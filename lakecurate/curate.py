@@ -75,6 +75,12 @@ EMBEDDING = "embedding"
 # offline 0.05 is the 5th percentile of clean pairs on Flickr8k photos its heads never saw (on the
 # photos they were trained on, scores run far higher: 5th percentile 0.49). docs/benchmarks.md.
 ALIGNMENT_MIN = {"open_clip": 0.28, "offline": 0.05}
+# Image-quality defaults, measured on Flickr8k photos blurred, darkened and fogged
+# (scripts/eval_image_quality.py, docs/benchmarks.md): blur 1.3 is the clean photos' 1st percentile
+# and catches 94% of radius-1.5 Gaussian blur and 97% of motion blur; dark and low_contrast catch only
+# nearly black or nearly flat frames (0.7% and 0% of clean photos), so a photo that is merely dim
+# is kept, and neither is in the basic recipe.
+BLUR_MIN, DARK_MIN, LOW_CONTRAST_MIN = 1.3, 0.1, 0.05
 BUILTIN = RECIPES  # recipes shipped with the package, usable by name
 ATTEMPTS = 5  # decision rounds when another curate changes keep/drop_reason meanwhile
 
@@ -303,15 +309,41 @@ class Aspect(Filter):
 
 
 class Blur(Filter):
-    name, doc = "blur", "variance of the Laplacian under min_sharpness (at 128 px short side)"
-    needs, columns, params = (IMAGE,), ("img_sharpness",), {"min_sharpness": 250.0}
-    limits = {"min_sharpness": Limit("number", 0)}
+    name, doc = "blur", "edge sharpness (0..4, whatever the exposure; at 128 px short side) under min_sharpness"
+    needs, columns, params = (IMAGE,), ("img_sharpness",), {"min_sharpness": BLUR_MIN}
+    # 0..4 (signals.sharpness): a recipe written for the old Laplacian variance (250) is refused, not
+    # left to drop every photo
+    limits = {"min_sharpness": Limit("number", 0, 4)}
 
     def drop(self, df, p):
         return _b(df["img_sharpness"] < p["min_sharpness"])
 
     def cut(self, df, p):
         return Cut(_f(df["img_sharpness"]), p["min_sharpness"], "min", "min_sharpness", "sharpness")
+
+
+class Dark(Filter):
+    name, doc = "dark", "mean gray level (0 black .. 1 white) under min_brightness (under-exposed)"
+    needs, columns, params = (IMAGE,), ("img_brightness",), {"min_brightness": DARK_MIN}
+    limits = {"min_brightness": Limit("number", 0, 1)}
+
+    def drop(self, df, p):
+        return _b(df["img_brightness"] < p["min_brightness"])
+
+    def cut(self, df, p):
+        return Cut(_f(df["img_brightness"]), p["min_brightness"], "min", "min_brightness", "brightness")
+
+
+class LowContrast(Filter):
+    name, doc = "low_contrast", "RMS contrast (std of the gray levels / 255) under min_contrast (fogged, washed out)"
+    needs, columns, params = (IMAGE,), ("img_contrast",), {"min_contrast": LOW_CONTRAST_MIN}
+    limits = {"min_contrast": Limit("number", 0, 0.5)}  # the std of values in 0..1 is at most 0.5
+
+    def drop(self, df, p):
+        return _b(df["img_contrast"] < p["min_contrast"])
+
+    def cut(self, df, p):
+        return Cut(_f(df["img_contrast"]), p["min_contrast"], "min", "min_contrast", "contrast")
 
 
 class LowInformation(Filter):
@@ -539,7 +571,7 @@ class Review(Filter):
 
 FILTERS: dict[str, Filter] = {f.name: f() for f in (
     IngestError, Duplicate, CaptionMissing, CaptionLength, CaptionFilename, CaptionUrl, CaptionBoilerplate,
-    CaptionRepeat, CaptionNonprintable, CaptionTemplate, Language, ImageSize, Aspect, Blur, LowInformation, Grayscale,
+    CaptionRepeat, CaptionNonprintable, CaptionTemplate, Language, ImageSize, Aspect, Blur, Dark, LowContrast, LowInformation, Grayscale,
     Faces, Pii, Alignment, ZeroShot, Column, Sql, Review)}
 # Signal columns a generic step may name, and the producers that make them.
 _NEEDS_BY_COLUMN = {c: f.needs for f in FILTERS.values() for c in f.columns if f.needs}
@@ -552,7 +584,8 @@ SIGNAL_TYPES: dict[str, pa.DataType] = {
     **dict.fromkeys(("dup_keep", "cap_filename", "cap_url", "cap_boilerplate"), pa.bool_()),
     **dict.fromkeys(("cap_words", "cap_max_repeat", "cap_nonprintable", "cap_emails", "cap_phones", "img_faces"),
                     pa.int32()),
-    **dict.fromkeys(("cap_lang_prob", "img_sharpness", "img_entropy", "img_colorfulness"), pa.float32()),
+    **dict.fromkeys(("cap_lang_prob", "img_sharpness", "img_entropy", "img_colorfulness", "img_brightness", "img_contrast"),
+                    pa.float32()),
     **dict.fromkeys(("cap_lang", "dup_minhash_group"), pa.string()),
 }
 

@@ -61,7 +61,8 @@ BUILTIN_COLUMNS = frozenset({
     "caption_redacted", "copy_hashes", "phash", "phash_flip",
     "cap_words", "cap_chars", "cap_filename", "cap_url", "cap_boilerplate", "cap_max_repeat", "cap_nonprintable",
     "cap_emails", "cap_phones", "cap_lang", "cap_lang_prob",
-    "img_sharpness", "img_entropy", "img_colorfulness", "img_faces", "img_face_boxes", "img_face_scores",
+    "img_sharpness", "img_entropy", "img_colorfulness", "img_brightness", "img_contrast", "img_faces", "img_face_boxes",
+    "img_face_scores",
     "img_text_share", "img_text_lines",
 })
 # Also every column of the embed stage's own encoder prefixes (offline_score, clip_vitb32_laion2b_image),

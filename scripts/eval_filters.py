@@ -76,8 +76,8 @@ def main() -> None:
         cl = s[clean & unseen]
         print(f"swapped vs clean (unseen photos) AUROC {np.mean(cl[:, None] > sw[None, :]):.3f}")
         sharp = df["img_sharpness"]
-        print(f"img_sharpness: clean 1% {np.quantile(sharp[clean], 0.01):.0f}, blurred 95% "
-              f"{np.quantile(sharp[(df['kind'] == 'blurred').to_numpy()], 0.95):.0f}")
+        print(f"img_sharpness: clean 1% {np.quantile(sharp[clean], 0.01):.2f}, blurred 95% "
+              f"{np.quantile(sharp[(df['kind'] == 'blurred').to_numpy()], 0.95):.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

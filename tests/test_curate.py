@@ -240,6 +240,11 @@ def test_cli_curate(lake_copy: Lake, tmp_path: Path):
     ('filter = "alignment"\nmin = "0.2"', r"min = '0.2' is not allowed; use a number from -1 to 1"),
     ('filter = "aspect"\nmax_aspect = 0.5', r"max_aspect = 0.5 is not allowed; use a number >= 1"),
     ('filter = "blur"\nmin_sharpness = nan', r"min_sharpness = nan is not allowed"),
+    # a recipe written for the old Laplacian variance is refused, not left to drop every photo
+    ('filter = "blur"\nmin_sharpness = 250', r"min_sharpness = 250 is not allowed; use a number from 0 to 4"),
+    ('filter = "dark"\nmin_brightness = 2', r"step 1 \(dark\): min_brightness = 2 is not allowed; use a number from 0 to 1"),
+    ('filter = "low_contrast"\nmin_contrast = -0.1', r"min_contrast = -0.1 is not allowed; use a number from 0 to 0.5"),
+    ('filter = "dark"\nmin = 0.1', r"step 1 \(dark\): unknown parameters \['min'\]; it takes min_brightness"),
     ('filter = "image_size"\nmin_side = -1', r"min_side = -1 is not allowed; use a whole number >= 0"),
     ('filter = "caption_repeat"\nmax_repeat = true', r"max_repeat = True is not allowed"),
     ('filter = "low_information"\nmin_entropy = 9', r"min_entropy = 9 is not allowed; use a number from 0 to 8"),
