@@ -55,7 +55,7 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import blocks, check_embedded, no_producer, not_current, where_columns
+from lakecurate.graph import blocks, check_embedded, no_producer, not_current, states, where_columns
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
@@ -1478,20 +1478,23 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
 _PRODUCED = ("signals-caption", "signals-image", "signals-copy", "signals-redact", "signals-faces", "signals-text")
 
 
-def _check_inputs_current(lake: "Store", rec: Recipe, read: set[str], needs: set[str] = frozenset()) -> None:
+def _check_inputs_current(lake: "Store", rec: Recipe, read: set[str], needs: set[str] = frozenset(), *,
+                          dry_run: bool = False, code: Mapping[str, dict[str, Any]] | None = None) -> None:
     """What the recipe reads must be current: a decision made from stale values would pass for
     current (curate decided on the old groups of a re-made embedding and tagged it). The signals
     it has computed are computed again where stale (their producer does); a stale embedding,
     dedup group or user feature is refused with the commands that redo it, in order, before
     anything is written. ``needs``: dedup is not refused where curate has it run again (rows without
-    groups: rows added since, also while curate runs)."""
+    groups: rows added since, also while curate runs). A dry run computes nothing, so a stale
+    signal is refused too; ``code`` (:func:`lakecurate.graph.states`): signals another lakecurate
+    computed differently are stale (a dry run read them as they were, against new thresholds)."""
     ds = lake.dataset()
     again = set(_PRODUCED)
     if any(need in needs and (col not in ds.schema.names or columns.fragments_to_fill(ds, col))
            for need, col in ((DEDUP, "dup_keep"), (TEMPLATES, "dup_minhash_group"))):
         again.add("dedup")
-    stale = [s for s in not_current(lake, ds, read) if blocks(s)]
-    left = [s for s in stale if s.node.stage not in again]
+    stale = [s for s in not_current(lake, ds, read, states(lake, ds, code=code)) if blocks(s)]
+    left = [s for s in stale if s.node.stage not in again or (dry_run and s.state == "stale")]
     if left:
         st = left[0]
         cols = ", ".join(st.node.columns[:3]) + (", ..." if len(st.node.columns) > 3 else "")
@@ -1517,7 +1520,8 @@ def _run_conditions(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> Non
 
 def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: bool | None = None,
            produce: Produce | None = None, dry_run: bool = False,
-           overrides: Mapping[str, Any] | None = None, engine: str = "local") -> CurateReport:
+           overrides: Mapping[str, Any] | None = None, engine: str = "local",
+           code: Mapping[str, dict[str, Any]] | None = None) -> CurateReport:
     """Apply a recipe: compute missing signals, write ``keep``/``drop_reason``, tag the version.
 
     Every decision is made on one version of the lake; rows appended meanwhile keep a null ``keep``
@@ -1534,7 +1538,9 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     ``dry_run``: decide on the latest version and report each step's drops, examples, the rows
     either side of each cut and kept rows at other cuts (``report.steps``), writing nothing (no
     signal is computed: a missing one is an error naming its command). ``overrides``: parameters
-    for this run, ``{"alignment.min_percentile": 20}`` (see :func:`load_recipe`).
+    for this run, ``{"alignment.min_percentile": 20}`` (see :func:`load_recipe`). ``code``: the
+    signal stages' configs as this lakecurate computes them (the ``Lake`` facade passes them): a dry
+    run refuses signals computed by another, as a run's signals stage does.
 
     ``engine="ray"``: the signals and dedup the recipe needs are computed on Ray (each stage's
     own Ray engine), and the decisions are made by Ray tasks (fragments of ~1M rows a task), each
@@ -1570,7 +1576,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     emb, emb_prov = _embedding(lake, rec) if EMBEDDING in needs or (DEDUP in needs and rec.embedding) else (None, None)
     if EMBEDDING in needs:
         _check_embedded(lake, emb, emb_prov)  # before anything is written
-    _check_inputs_current(lake, rec, _read_columns(ds, rec, emb), needs)
+    _check_inputs_current(lake, rec, _read_columns(ds, rec, emb), needs, dry_run=dry_run, code=code)
     if dry_run:
         _run_conditions(lake, ds, rec)
         judge = _judge_by_fragment(ds, rec, emb, emb_prov, check=lambda read: _missing_for_dry_run(lake, ds, needs, read, emb))

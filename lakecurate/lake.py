@@ -99,8 +99,8 @@ class Lake(Store):
         """Apply a filter recipe (TOML path or dict): ``keep``/``drop_reason`` + a tag; see :func:`lakecurate.curate.curate`."""
         from lakecurate.curate import curate
 
-        keywords("curate", options, curate, skip=2, own=["produce"])
-        return curate(self, recipe, produce=self._produce, **options)
+        keywords("curate", options, curate, skip=2, own=["produce", "code"])
+        return curate(self, recipe, produce=self._produce, code=_code_configs(), **options)
 
     def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
                  engine: str = "local", recompute: bool = False, **options: Any) -> int:

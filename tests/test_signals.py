@@ -500,3 +500,26 @@ def test_status_calls_signals_an_older_lakecurate_made_stale_and_its_fix_makes_t
     res = CliRunner().invoke(main, shlex.split(image["fix"])[1:] + ["--workers", "0"])
     assert res.exit_code == 0, res.output
     assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["signals-image"] == "current"
+
+
+def test_a_dry_run_refuses_signals_it_would_read_stale(tmp_path, monkeypatch):
+    # A dry run computes nothing: it judged by signals an older lakecurate computed (img_sharpness on
+    # another scale against the new threshold: nothing dropped) and by signals whose input was
+    # rewritten since, where a run would have computed them first.
+    from lakecurate import Lake, LakeError, signals
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.signals(["caption", "image"], progress=False, workers=0)
+    recipe = {"name": "sharp", "step": [{"filter": "blur"}, {"filter": "caption_length"}]}
+    assert lake.curate(recipe, dry_run=True, progress=False).rows == lake.dataset().count_rows()
+    monkeypatch.setitem(signals.IMAGE_CONFIG, "sharpness", "another scale")
+    with pytest.raises(LakeError, match=r"img_sharpness.*signals-image.*its code changed.*--recompute"):
+        lake.curate(recipe, dry_run=True, progress=False)
+    monkeypatch.undo()
+    ds = lake.dataset()
+    ds.update({"caption": "'a rewritten caption of several words'"}, where="key LIKE '%coffee%'")
+    with pytest.raises(LakeError, match=r"cap_words.*signals-caption.*stale"):
+        lake.curate(recipe, dry_run=True, progress=False)
+    lake.curate(recipe, progress=False)  # a run computes the stale fragment first
+    assert lake.curate(recipe, dry_run=True, progress=False).rows == lake.dataset().count_rows()
