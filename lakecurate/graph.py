@@ -551,6 +551,10 @@ def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lan
     if not cfgs and final is not None:  # only the decision: its methods' settings, as stored
         cfgs = {c["method"]: c for c in ((n.prov.get("config") or {}) for n in nodes(ds) if n.stage == "dedup")
                 if c.get("method") in keep_from}
+    names = set(ds.schema.names)
+    for m, mcfg in (fcfg.get("methods") or {}).items():  # groups another writer dropped: made again, as the decision
+        if m in keep_from and m not in cfgs and f"dup_{m}_group" not in names:  # stored their settings
+            cfgs[m] = {**mcfg, "method": m}
     rank = str(fcfg.get("rank_by") or "")
     embedding = next((c["embedding"] for c in cfgs.values() if c.get("embedding")), None) or \
         (rank[: -len("_score")] if rank.endswith("_score") else None)

@@ -639,6 +639,29 @@ def test_phash_and_copy_hashes_are_of_the_picture_not_its_page_or_bars():
     assert cdist[barred].max() <= COPY_DISTANCE, cdist[barred].max()
 
 
+def test_a_photo_on_plain_side_bands_matches_its_small_copy_and_its_letterboxed_one():
+    # (helper-55) A photo between plain near-white bands: its copy at 0.3x and JPEG 70 is hashed at
+    # its own size (under the 128 px working size), where the JPEG's ringing around the photo's edge
+    # reaches 4-8 pixels into the bands: the box came out wider and the hash 10-16 bits away; and
+    # letterboxed, the bands' columns stopped at the photo's edge resampled with the black bars
+    # (20-24 bits). Hashed whole both were near, but so were different photos on one page.
+    def banded(im: Image.Image) -> Image.Image:
+        a = np.asarray(im.convert("RGB")).copy()
+        a[:, :a.shape[1] // 4] = 245
+        a[:, -(a.shape[1] // 4):] = 245
+        return Image.fromarray(a)
+
+    far = []
+    for name in PAGE_PHOTOS:
+        with Image.open(SAMPLE_DATA / name) as im:
+            photo = banded(im)
+        small = photo.resize((round(photo.width * 0.3), round(photo.height * 0.3)), Image.Resampling.BILINEAR)
+        boxed = ImageOps.pad(photo, (photo.width, photo.width), color=(0, 0, 0))
+        h, _, _ = phash_bytes([_jpeg_bytes(photo), jpeg(small, quality=70), _jpeg_bytes(boxed)])
+        far += [hamming(h[0], h[1]), hamming(h[0], h[2])]
+    assert max(far) <= dedup_module.PHASH_DISTANCE, far
+
+
 def test_different_photos_on_one_page_layout_are_not_duplicates(lake: Lake, tmp_path: Path):
     src = tmp_path / "src"
     src.mkdir()
@@ -1204,3 +1227,28 @@ def test_vectors_with_nan_are_refused_naming_rows_and_the_command_that_recompute
     res = CliRunner().invoke(main, shlex.split(fix)[1:])
     assert res.exit_code == 0, res.output
     assert lake.dedup("semantic", semantic_threshold=0.995, progress=False).rows  # the command mends it
+
+
+@pytest.mark.parametrize("dropped", [["dup_phash_group"], ["dup_phash_group", "dup_copy_group"]])
+def test_a_method_whose_groups_another_writer_dropped_is_in_the_fix_that_makes_them_again(
+        sample_lake_embedded: Lake, tmp_path: Path, dropped: list[str]):
+    """(helper-55) Groups dropped with plain Lance: the method's node was gone from status, the
+    decision's fix ran the other methods, status then read current, and the duplicates only that
+    method found were kept again. The decision stores each method's settings: the fix runs it."""
+    import shlex
+
+    import lance
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["exact", "phash", "semantic", "copy"], semantic_threshold=0.995, progress=False)  # (tiny-random)
+    before = by_key(lake, ["dup_keep", *dropped])
+    lance.dataset(lake.table_uri).drop_columns(dropped)
+    st = [s for s in lake.status()["stages"] if s["stage"] == "dedup" and s["state"] != "current"]
+    assert st, lake.status()["stages"]
+    fix = st[0]["fix"]
+    method = shlex.split(fix)[shlex.split(fix).index("--method") + 1].split(",")
+    assert {c.split("_")[1] for c in dropped} <= set(method), fix
+    res = CliRunner().invoke(main, shlex.split(fix)[1:])
+    assert res.exit_code == 0, res.output
+    assert all(s["state"] == "current" for s in lake.status()["stages"]), lake.status()["stages"]
+    assert by_key(lake, ["dup_keep", *dropped]) == before
