@@ -32,6 +32,21 @@ def exif_upright(im: Any) -> Any:
         return im
 
 
+def eight_bit(im: Any) -> Any:
+    """``im`` with 8-bit samples: a 16-bit (``I;16``, or ``I`` from a 16-bit PNG) or float image as
+    ``L`` on its own scale (values above 255 read as 16-bit: divided by 257). Pillow's own convert
+    clips them at 255, so a 16-bit gray photo read as a white frame (brightness 0.999, contrast
+    0.014, against 0.461 and 0.257 at 8 bits). Other modes unchanged."""
+    from PIL import Image
+
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return im
+    arr = np.asarray(im, dtype=np.float32)
+    if arr.size and float(np.nanmax(arr)) > 255:
+        arr = arr / 257.0
+    return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8), "L")
+
+
 class RefusedImage(bytes):
     """What the image stages are given for a row ingest refused (``ingest_status`` 'error'), in
     place of its bytes: empty, so nothing decodes it (a decompression bomb under the user's

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import runner
-from lakecurate.images import exif_upright
+from lakecurate.images import eight_bit, exif_upright
 from lakecurate.names import SIGNALS_FIX
 from lakecurate.runner import Rows, RowStage
 
@@ -444,7 +444,7 @@ def image_signals_one(data: bytes | None) -> tuple[np.ndarray, float, float, flo
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (_WORK_SIDE, _WORK_SIDE))  # JPEG: decode at 1/2..1/8 scale, >= 128 px
             im.seek(0)
-            rgb = exif_upright(im).convert("RGB")  # hashed as seen: a sideways-tagged photo equals its upright twin
+            rgb = eight_bit(exif_upright(im)).convert("RGB")  # hashed as seen: a sideways-tagged photo equals its upright twin
             w, h = rgb.size
             scale = _WORK_SIDE / min(w, h)
             if scale < 1:  # the same working resolution for every image: sharpness depends on scale
@@ -574,7 +574,7 @@ def copy_gray(data: bytes | None) -> np.ndarray | None:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (_WORK_SIDE, _WORK_SIDE))
             im.seek(0)
-            gray = exif_upright(im).convert("L")
+            gray = eight_bit(exif_upright(im)).convert("L")
             w, h = gray.size
             scale = _WORK_SIDE / min(w, h)
             if scale < 1:
@@ -618,7 +618,7 @@ IMAGE_BATCH = 256
 _PHONE_CONFIG = {"library": "phonenumbers", "regions": list(PHONE_REGIONS), "leniency": PHONE_LENIENCY, "isbn": "excluded"}
 _TRIM = ("uniform surround: edge lines of std <= 2 (without the pixel by a trimmed side) and the side's first colour "
          "(+-4), in turns until none; then up to 6 lines off the colour by < 0.1 of the picture's median; sub-pixel edge")
-IMAGE_CONFIG = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side", "hash": "dct-phash 32->8x8",
+IMAGE_CONFIG = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side, 16-bit / 257", "hash": "dct-phash 32->8x8",
                 "trim": _TRIM, "sharpness": "min over 4 directions of mean(d2^2) / mean(d1^2)", "entropy": "gray histogram",
                 "colorfulness": "hasler-suesstrunk", "brightness": "mean gray / 255", "contrast": "std gray / 255"}
 CAPTION_CONFIG = {"words": "whitespace-separated; runs of Han/kana 1 per 1.5 chars, of Thai/Lao/Khmer/Myanmar 1 per 4, "
@@ -627,7 +627,7 @@ CAPTION_CONFIG = {"words": "whitespace-separated; runs of Han/kana 1 per 1.5 cha
                   "boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
                   "email": _EMAIL.pattern, "phone": _PHONE_CONFIG, "language": "py3langid norm_probs"}
 REDACT_CONFIG = {"email": _EMAIL.pattern, "phone": _PHONE_CONFIG}
-COPY_CONFIG = {"decode": f"draft gray >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side",
+COPY_CONFIG = {"decode": f"draft gray >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side, 16-bit / 257",
                "trim": _TRIM, "hash": "dct-phash 32->8x8 of 4 turns x mirror"}
 
 

@@ -523,3 +523,22 @@ def test_a_dry_run_refuses_signals_it_would_read_stale(tmp_path, monkeypatch):
         lake.curate(recipe, dry_run=True, progress=False)
     lake.curate(recipe, progress=False)  # a run computes the stale fragment first
     assert lake.curate(recipe, dry_run=True, progress=False).rows == lake.dataset().count_rows()
+
+
+def test_a_16_bit_gray_photo_has_the_signals_of_its_8_bit_self():
+    # (helper-55) Pillow's convert clips 16-bit samples at 255: a 16-bit gray photo read as a white
+    # frame (brightness 0.999, contrast 0.014), which low_contrast and low_information would drop.
+    from lakecurate.signals import copy_hashes, image_signals
+
+    with Image.open(SAMPLE_DATA / "coffee.jpg") as im:
+        gray = np.asarray(im.convert("L"), np.uint16)
+    eight, sixteen = io.BytesIO(), io.BytesIO()
+    Image.fromarray(gray.astype(np.uint8)).save(eight, "PNG")
+    Image.fromarray(gray * 257).save(sixteen, "PNG")  # (Pillow writes it as a 16-bit PNG)
+    assert Image.open(io.BytesIO(sixteen.getvalue())).mode.startswith("I")
+    t = image_signals([eight.getvalue(), sixteen.getvalue()]).to_pydict()
+    for col in ("img_brightness", "img_contrast", "img_sharpness", "img_entropy"):
+        assert t[col][1] == pytest.approx(t[col][0], rel=0.02, abs=0.01), (col, t[col])
+    assert bin(t["phash"][0] ^ t["phash"][1]).count("1") <= 2
+    c = copy_hashes([eight.getvalue(), sixteen.getvalue()]).column("copy_hashes").to_pylist()
+    assert bin(c[0][0] ^ c[1][0]).count("1") <= 2
