@@ -201,13 +201,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
     if present and recompute:
-        def drop() -> None:  # metadata only; retried like every commit on a shared table
-            current = lake.dataset()
-            gone = [n for n in present if n in current.schema.names]
-            if gone:
-                current.drop_columns(gone)
-
-        retry_on_conflict(drop)
+        drop_present(lake, present)
         ds = lake.dataset()
         present = []
     for name in present:
@@ -222,13 +216,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
                                    for n in present):
         # Another writer dropped some of a set this config declared (its provenance records the set):
         # the set is made again whole (Lance replaces a fragment's file only with the same columns).
-        def drop_rest() -> None:
-            current = lake.dataset()
-            gone = [n for n in present if n in current.schema.names]
-            if gone:
-                current.drop_columns(gone)
-
-        retry_on_conflict(drop_rest)
+        drop_present(lake, present)
         present, missing = [], list(fields)
     if len(missing) not in (0, len(fields)):
         raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with --recompute to rebuild them")
@@ -247,6 +235,18 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         return True
 
     return retry_on_conflict(add)
+
+
+def drop_present(lake: "Store", names: Sequence[str]) -> None:
+    """Drop those of ``names`` the lake has (metadata only), retried like every commit on a shared
+    table (another writer may have dropped some meanwhile)."""
+    def drop() -> None:
+        current = lake.dataset()
+        gone = [n for n in names if n in current.schema.names]
+        if gone:
+            current.drop_columns(gone)
+
+    retry_on_conflict(drop)
 
 
 def declared_columns(field: pa.Field) -> list[str] | None:

@@ -308,66 +308,55 @@ class Aspect(Filter):
             return Cut(np.maximum(w, h) / np.minimum(w, h), p["max_aspect"], "max", "max_aspect", "long / short side")
 
 
-class Blur(Filter):
+class _Under(Filter):
+    """A step that drops rows whose ``columns[0]`` is under its one parameter ``under``; ``label``
+    names the value in cut views."""
+
+    under: ClassVar[str]
+    label: ClassVar[str]
+
+    def drop(self, df, p):
+        return _b(df[self.columns[0]] < p[self.under])
+
+    def cut(self, df, p):
+        return Cut(_f(df[self.columns[0]]), p[self.under], "min", self.under, self.label)
+
+
+class Blur(_Under):
     name, doc = "blur", "edge sharpness (0..4, whatever the exposure; at 128 px short side) under min_sharpness"
     needs, columns, params = (IMAGE,), ("img_sharpness",), {"min_sharpness": BLUR_MIN}
+    under, label = "min_sharpness", "sharpness"
     # 0..4 (signals.sharpness): a recipe written for the old Laplacian variance (250) is refused, not
     # left to drop every photo
     limits = {"min_sharpness": Limit("number", 0, 4)}
 
-    def drop(self, df, p):
-        return _b(df["img_sharpness"] < p["min_sharpness"])
 
-    def cut(self, df, p):
-        return Cut(_f(df["img_sharpness"]), p["min_sharpness"], "min", "min_sharpness", "sharpness")
-
-
-class Dark(Filter):
+class Dark(_Under):
     name, doc = "dark", "mean gray level (0 black .. 1 white) under min_brightness (under-exposed)"
     needs, columns, params = (IMAGE,), ("img_brightness",), {"min_brightness": DARK_MIN}
+    under, label = "min_brightness", "brightness"
     limits = {"min_brightness": Limit("number", 0, 1)}
 
-    def drop(self, df, p):
-        return _b(df["img_brightness"] < p["min_brightness"])
 
-    def cut(self, df, p):
-        return Cut(_f(df["img_brightness"]), p["min_brightness"], "min", "min_brightness", "brightness")
-
-
-class LowContrast(Filter):
+class LowContrast(_Under):
     name, doc = "low_contrast", "RMS contrast (std of the gray levels / 255) under min_contrast (fogged, washed out)"
     needs, columns, params = (IMAGE,), ("img_contrast",), {"min_contrast": LOW_CONTRAST_MIN}
+    under, label = "min_contrast", "contrast"
     limits = {"min_contrast": Limit("number", 0, 0.5)}  # the std of values in 0..1 is at most 0.5
 
-    def drop(self, df, p):
-        return _b(df["img_contrast"] < p["min_contrast"])
 
-    def cut(self, df, p):
-        return Cut(_f(df["img_contrast"]), p["min_contrast"], "min", "min_contrast", "contrast")
-
-
-class LowInformation(Filter):
+class LowInformation(_Under):
     name, doc = "low_information", "grayscale histogram entropy under min_entropy bits (near-uniform images)"
     needs, columns, params = (IMAGE,), ("img_entropy",), {"min_entropy": 3.0}
+    under, label = "min_entropy", "entropy (bits)"
     limits = {"min_entropy": Limit("number", 0, 8)}  # bits of a 256-bin histogram
 
-    def drop(self, df, p):
-        return _b(df["img_entropy"] < p["min_entropy"])
 
-    def cut(self, df, p):
-        return Cut(_f(df["img_entropy"]), p["min_entropy"], "min", "min_entropy", "entropy (bits)")
-
-
-class Grayscale(Filter):
+class Grayscale(_Under):
     name, doc = "grayscale", "colourfulness under max_colorfulness (grayscale or nearly)"
     needs, columns, params = (IMAGE,), ("img_colorfulness",), {"max_colorfulness": 3.0}
+    under, label = "max_colorfulness", "colourfulness"
     limits = {"max_colorfulness": Limit("number", 0)}
-
-    def drop(self, df, p):
-        return _b(df["img_colorfulness"] < p["max_colorfulness"])
-
-    def cut(self, df, p):
-        return Cut(_f(df["img_colorfulness"]), p["max_colorfulness"], "min", "max_colorfulness", "colourfulness")
 
 
 class CaptionTemplate(Filter):

@@ -454,13 +454,5 @@ def drop_feature(lake: "Store", name: str) -> list[str]:
             and columns.field_provenance(f)["config"].get("feature") == name]
     if not cols:
         raise LakeError(f"lake '{lake.uri}' has no feature '{name}'; see: lakecurate feature list {lake.uri}")
-    from lakecurate.store import retry_on_conflict
-
-    def drop() -> None:
-        current = lake.dataset()
-        present = [c for c in cols if c in current.schema.names]
-        if present:
-            current.drop_columns(present)
-
-    retry_on_conflict(drop)
+    columns.drop_present(lake, cols)
     return cols
