@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from contextlib import suppress as _suppress
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,11 +190,13 @@ def check_table(lake: "Store", ds: lance.LanceDataset | None = None) -> None:
 
 
 def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False,
-            fix: str = "use --name to write new columns beside it, or --recompute to replace it") -> bool:
+            fix: str = "use --name to write new columns beside it, or --recompute to replace it",
+            same: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None) -> bool:
     """Make sure ``fields`` exist with provenance ``prov``. Metadata-only; returns True if it added them.
 
     The same config again is a no-op. A column that exists with another config is an error naming
     the two ways out (another name, or ``recompute``, which drops and re-declares the columns).
+    ``same(recorded, this)``: configs whose hashes differ but that are one (the stage says).
     """
     ds = lake.dataset()
     check_table(lake, ds)  # a foreign or newer table: refused before the first write of any stage
@@ -208,7 +210,8 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         old = field_provenance(ds.schema.field(name))
         if old is None:
             raise LakeError(f"column '{name}' exists in lake '{lake.uri}' but was not made by lakecurate; pick another --name")
-        if old["config_hash"] != prov["config_hash"]:
+        if old["config_hash"] != prov["config_hash"] and not (same and same(old.get("config") or {},
+                                                                          prov.get("config") or {})):
             raise LakeError(f"column '{name}' in lake '{lake.uri}' was made with another config "
                             f"({config_change(old.get('config') or {}, prov.get('config') or {})}); {fix}")
     missing = [f for f in fields if f.name not in present]

@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns, runner
-from lakecurate.encoders import MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve, resolve_device
+from lakecurate.encoders import (MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve, resolve_device,
+                                 same_config)
 from lakecurate.images import MAX_DECODE_PIXELS, DevicePreprocess, ImageTransform, Preprocess, decode_image  # noqa: F401 - also imported from here
 from lakecurate.runner import Rows, RowStage
 
@@ -205,6 +206,7 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
                         f"is {type(transform).__name__}: use --decode cpu")
     reader = DevicePreprocess(transform) if decode == "device" else Preprocess(transform)
     return RowStage("embed", fields, config, ["image", "caption"], batch=EmbedRows(names, dim),
+                    extra=spec.weights(), same_config=same_config,
                     setup=LoadEncoder(spec, device, precision), image=reader, batch_size=batch_size,
                     prepare=TokenizeCaptions(spec) if tokenize == "readers" else None,
                     desc=f"embed {spec.prefix}", unit="img", device=device, own_column=runner.NAME_OPTION)
@@ -247,6 +249,7 @@ def caption_stage(spec: EncoderSpec, caption: str, *, device: str = "auto", prec
     fields = [pa.field(names["text"], pa.list_(pa.float16(), dim)), pa.field(names["score"], pa.float32())]
     config = {**spec.config(), "precision": precision, "dim": dim, "storage": "float16", "caption": caption}
     return RowStage("embed-caption", fields, config, [caption, image], batch=ScoreCaption(caption, image, names, dim),
+                    extra=spec.weights(), same_config=same_config,
                     setup=LoadEncoder(spec, device, precision), batch_size=batch_size, desc=f"score {caption}",
                     unit="row", device=device, own_column=runner.NAME_OPTION)
 
@@ -381,7 +384,7 @@ def _embed_caption(lake: "Store", spec: EncoderSpec, caption: str, *, device: st
                         f"{', '.join(have) or 'none yet (lakecurate recaption makes one)'}")
     if image not in ds.schema.names or columns.fragments_to_fill(ds, image):
         raise LakeError(f"scoring {caption} needs the {spec.prefix} image embedding of every row; run: "
-                        f"{embed_command(lake, spec.prefix, {'config': spec.config()})}, then this again")
+                        f"{embed_command(lake, spec.prefix, {'config': spec.config(), **spec.weights()})}, then this again")
     names = caption_columns(spec.prefix, caption)
     report = EmbedReport(lake=lake.uri, model=spec.arch, columns=names, meaningless=spec.meaningless)
     rep = runner.run(lake, caption_stage(spec, caption, device=device, precision=precision, batch_size=batch_size),

@@ -19,6 +19,7 @@ tokenizer from it, while the model itself lives only in the main process (:class
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -56,10 +57,22 @@ class EncoderSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> dict[str, Any]:
+        """What the columns' provenance records. A weights file by what it is (its name, size and
+        digest), not where it lies: a shared lake is embedded by people whose installs and mounts
+        differ, and a path in the config made the second person's embed "another config" (and
+        search, on their machine, look for the heads at the first person's path). Where the file
+        lies goes beside the config (:meth:`weights`)."""
         cfg = asdict(self)
         if self.pretrained and os.path.isfile(self.pretrained):
+            cfg["pretrained"] = os.path.basename(self.pretrained)
             cfg["checkpoint_bytes"] = os.path.getsize(self.pretrained)
+            cfg["checkpoint_sha256"] = file_digest(self.pretrained)
         return cfg
+
+    def weights(self) -> dict[str, str]:
+        """Where this process found the weights file (``{"weights": path}``), for the provenance
+        beside the config; empty for weights by tag."""
+        return {"weights": os.path.abspath(self.pretrained)} if self.pretrained and os.path.isfile(self.pretrained) else {}
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
@@ -149,14 +162,70 @@ def meaningless(prov: dict[str, Any]) -> bool:
 
 
 def spec_from_provenance(prov: dict[str, Any]) -> EncoderSpec:
-    """The encoder that made an embed column, rebuilt from the column's provenance."""
+    """The encoder that made an embed column, rebuilt from the column's provenance; a weights file
+    is looked for where this install keeps it (the offline heads) or where the run found it, and
+    must be the same file (size, and digest where recorded)."""
     cfg = prov.get("config") or {}
     keys = ("family", "arch", "pretrained", "prefix", "extra")
     missing = [k for k in keys if k not in cfg]
     if missing:
         raise EncoderError(f"the provenance of embedding '{cfg.get('prefix', '?')}' lacks {', '.join(missing)}: "
                            "it was not made by this lakecurate's embed stage; re-embed with --recompute")
-    return EncoderSpec(**{k: cfg[k] for k in keys})
+    spec = EncoderSpec(**{k: cfg[k] for k in keys})
+    if "checkpoint_bytes" not in cfg:
+        return spec
+    if cfg.get("family") == "offline":
+        from lakecurate import offline
+
+        places = [offline.heads_path_str()]
+    else:
+        places = [p for p in (prov.get("weights"), cfg.get("pretrained")) if p]
+    for place in places:
+        if os.path.isfile(place) and os.path.getsize(place) == cfg["checkpoint_bytes"] and \
+                cfg.get("checkpoint_sha256") in (None, file_digest(place)):
+            return dataclasses.replace(spec, pretrained=place)
+    raise EncoderError(f"embedding '{cfg['prefix']}' was made with weights {cfg['pretrained']} "
+                       f"({cfg['checkpoint_bytes']} bytes{', sha256 ' + cfg['checkpoint_sha256'] if cfg.get('checkpoint_sha256') else ''}), "
+                       f"which are not at {' or '.join(places)} on this machine"
+                       + (" (this lakecurate's offline heads are others)" if cfg.get("family") == "offline" else "")
+                       + "; embed again with the weights you have (--recompute), or run where those weights are")
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str) -> str:
+    """The sha256 of a weights file (its first 16 hex digits), read once per path, size and
+    modification time in a process."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def same_config(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether an embedding's recorded config ``old`` and a run's ``new`` are one encoder's, as two
+    installs compare them: a weights file by its name and size (a lake embedded before configs
+    recorded a file's name recorded its absolute path on the machine that embedded it), and its
+    digest where both record one."""
+    a, b = comparable_config(old, new), comparable_config(new, old)
+    return a == b
+
+
+def comparable_config(cfg: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` (JSON values) with a weights file named by its file name, and without a digest
+    ``other`` lacks: what :func:`same_config` compares."""
+    out = json.loads(json.dumps(cfg, default=str))
+    if "checkpoint_bytes" in out and isinstance(out.get("pretrained"), str):
+        out["pretrained"] = os.path.basename(out["pretrained"])
+    if "checkpoint_sha256" not in other:
+        out.pop("checkpoint_sha256", None)
+    return out
 
 
 def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = None, name: str | None = None) -> EncoderSpec:

@@ -895,8 +895,10 @@ def recaption_args(cfg: dict[str, Any]) -> str:
 
 
 def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
-    """The ``lakecurate embed`` command that fills the ``prefix`` columns, rebuilt from their provenance."""
+    """The ``lakecurate embed`` command that fills the ``prefix`` columns, rebuilt from their provenance
+    (a checkpoint file where the run found it: its config names it by file name)."""
     import os
+    import shlex
 
     cfg = prov.get("config", {})
     arch, pretrained = cfg.get("arch"), cfg.get("pretrained")
@@ -904,8 +906,8 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
         model, default = "offline", "offline"
     elif arch == TINY_RANDOM:
         model, default = "tiny-random", "clip_tinyrandom"
-    elif pretrained and (os.sep in pretrained or pretrained.endswith(".pt")):  # a local checkpoint file
-        model, default = f"{arch} --checkpoint {pretrained}", None
+    elif pretrained and ("checkpoint_bytes" in cfg or os.sep in pretrained):  # a local checkpoint file
+        model, default = f"{arch} --checkpoint {shlex.quote(str(prov.get('weights') or pretrained))}", None
     else:
         model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
     return f"{_lakecurate(lake)} embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")

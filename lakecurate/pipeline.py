@@ -470,8 +470,11 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             return "recompute asked for"
         cfg = _prov_config(ds, score)
         if cfg is not None:  # the same columns asked with another config (precision, weights...): embed refuses it
-            want = {**spec.config(), "precision": opts.get("precision", "fp32")}
-            changed = [k for k, v in want.items() if k in cfg and json.loads(json.dumps(v, default=str)) != cfg[k]]
+            from lakecurate.encoders import comparable_config
+
+            want = comparable_config({**spec.config(), "precision": opts.get("precision", "fp32")}, cfg)
+            cfg = comparable_config(cfg, want)  # (a weights file by its name: installs differ in where it lies)
+            changed = [k for k, v in want.items() if k in cfg and v != cfg[k]]
             if changed:
                 return f"{', '.join(changed)} changed ({', '.join(f'{cfg[k]} -> {want[k]}' for k in changed)})"
         return _stale_why(by_column.get(score))

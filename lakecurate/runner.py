@@ -39,6 +39,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +132,9 @@ class RowStage:
     desc: str = ""
     unit: str = "row"
     fix: str | None = None  # the declare error's way out, when it is not the default
+    # (recorded config, this run's) -> whether they are one config though their hashes differ (an
+    # embedding's weights file recorded by its path before configs recorded it by name)
+    same_config: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None
     # How a run writes a column of its own when another run re-declared this one meanwhile ("with
     # another --name"); None for a stage whose columns have fixed names (signals).
     own_column: str | None = None
@@ -695,7 +699,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         actors.ready()
     prov = stage.provenance(ds.version)
     try:
-        added = columns.declare(lake, stage.fields, prov, recompute=recompute, **({"fix": stage.fix} if stage.fix else {}))
+        added = columns.declare(lake, stage.fields, prov, recompute=recompute, same=stage.same_config,
+                                **({"fix": stage.fix} if stage.fix else {}))
     except BaseException:
         if started is not None:
             _close(started.loader)
@@ -703,6 +708,9 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
             actors.stop()
         raise
     ds = lake.dataset()
+    recorded, prov = _as_recorded(stage, ds, prov)
+    if recorded is not stage:
+        stage, ckpt = recorded, columns.Checkpoint(lake, recorded.checkpoint_key)
     if recompute:  # recomputing: batches saved by an earlier run are not to be reused
         ckpt.drop()
     sources = None if recompute else prov["source_columns"]  # (recomputing: every fragment lacks values)
@@ -752,6 +760,19 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
 def _where(stage: RowStage, lake: "Store") -> str:
     """What a run's errors name it by: "embed on lake 'x' " (empty for a stage without a desc)."""
     return f"{stage.desc} on lake '{lake.uri}' " if stage.desc else ""
+
+
+def _as_recorded(stage: RowStage, ds: lance.LanceDataset, prov: dict[str, Any]) -> tuple[RowStage, dict[str, Any]]:
+    """``stage`` under the config its columns recorded, where the stage calls the two one config
+    though their hashes differ (``same_config``: an embedding's weights file recorded by its path
+    on another install): its values are committed, claimed and checkpointed as that config's."""
+    if stage.same_config is None or stage.names[0] not in ds.schema.names:
+        return stage, prov
+    held = columns.field_provenance(ds.schema.field(stage.names[0]), strict=False) or {}
+    if held.get("config_hash") in (None, prov["config_hash"]) or not isinstance(held.get("config"), dict):
+        return stage, prov
+    stage = dataclasses.replace(stage, config=held["config"])
+    return stage, stage.provenance(prov["table_version"])
 
 
 def _to_compute(ds: lance.LanceDataset, stage: RowStage,

@@ -597,3 +597,63 @@ def test_search_says_which_rows_it_cannot_see(sample_lake_embedded: Lake, tmp_pa
     res = CliRunner().invoke(main, ["search", lake.uri, "a dog", "-k", "2", "--target", "text", "--json"])
     assert res.exit_code == 0 and len(json.loads(res.stdout)) == 2, res.output
     assert "note: embed (clip_tinyrandom_text) is stale" in res.stderr
+
+
+def _another_install(tmp_path: Path, monkeypatch) -> Path:
+    """The offline heads where another person's install keeps them (its own site-packages)."""
+    import shutil
+
+    from lakecurate import offline
+
+    other = tmp_path / "alice-venv" / "offline_heads.pt"
+    other.parent.mkdir()
+    shutil.copy(offline.HEADS, other)
+    monkeypatch.setattr(offline, "HEADS", other)
+    return other
+
+
+def _new_photos(tmp_path: Path) -> Path:
+    from PIL import Image, ImageOps
+
+    src = tmp_path / "more"
+    src.mkdir()
+    for name in ("coffee", "rocket", "chelsea"):
+        with Image.open(SAMPLE_DATA / f"{name}.jpg") as im:
+            ImageOps.mirror(im.convert("RGB")).save(src / f"{name}_mirrored.jpg", quality=90)
+        (src / f"{name}_mirrored.txt").write_text(f"a mirrored {name}")
+    return src
+
+
+@pytest.mark.parametrize("recorded", ["by name", "by path (before)"])
+def test_a_shared_lake_embedded_by_another_install_is_the_same_config_here(tmp_path: Path, monkeypatch, recorded):
+    """One shared lake, two people whose installs keep the same offline heads at different paths:
+    the config recorded the path, so the second person's embed was "made with another config"
+    (their --recompute would redo every row, and the first person's then), and search on their
+    machine looked for the heads at the first person's path. Older lakes recorded the path: they
+    are the same config too, and their values committed under the config they hold."""
+    import dataclasses
+    import os
+
+    from lakecurate import encoders
+
+    other = _another_install(tmp_path, monkeypatch)
+    if recorded != "by name":
+        monkeypatch.setattr(encoders.EncoderSpec, "config", lambda self: {
+            **dataclasses.asdict(self), "checkpoint_bytes": os.path.getsize(self.pretrained)})
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("offline", progress=False, workers=0)
+    before = field_provenance(lake.dataset().schema.field("offline_image"))
+    assert (before["config"]["pretrained"] == "offline_heads.pt") == (recorded == "by name")
+    monkeypatch.undo()
+    other.unlink()  # here: this install's heads, and the other install's are not on this machine
+    lake.ingest(_new_photos(tmp_path), progress=False)
+    rep = lake.embed("offline", progress=False, workers=0)
+    assert rep.rows_embedded == 3
+    assert field_provenance(lake.dataset().schema.field("offline_image"))["config_hash"] == before["config_hash"]
+    assert all(s["state"] == "current" for s in lake.status()["stages"]), lake.status()["stages"]
+    assert lake.dataset().count_rows(filter="offline_image IS NULL AND ingest_status = 'ok'") == 0
+    hits = lake.search("a cup of coffee", k=3)
+    assert len(hits) == 3
+    res = CliRunner().invoke(main, ["run", str(lake.uri), "demo"])  # (the pipeline: no "pretrained changed")
+    assert "pretrained changed" not in res.output, res.output
