@@ -74,9 +74,6 @@ class EncoderSpec:
         beside the config; empty for weights by tag."""
         return {"weights": os.path.abspath(self.pretrained)} if self.pretrained and os.path.isfile(self.pretrained) else {}
 
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
-
     @property
     def meaningless(self) -> bool:
         return self.arch == TINY_RANDOM
