@@ -90,7 +90,11 @@ BOILERPLATE = (
     # for ("Photo by Anna on Unsplash"), which describe nothing
     "no photo description", "unsplash", "pexels", "pixabay",
 )
-_BOILERPLATE = re.compile("|".join(re.escape(b) for b in BOILERPLATE), re.IGNORECASE)
+# The photo sites' names are whole words ("unsplashed laundry" is a caption); the rest match inside
+# text as they always did ("thumbnails", "placeholder image").
+WHOLE_WORDS = ("unsplash", "pexels", "pixabay")
+_BOILERPLATE = re.compile("|".join(rf"\b{re.escape(b)}\b" if b in WHOLE_WORDS else re.escape(b) for b in BOILERPLATE),
+                          re.IGNORECASE)
 _REPEAT = re.compile(r"(.)\1+", re.DOTALL)
 # Scripts written without spaces between words: a whitespace split makes "一只狗在草地上奔跑" (a dog
 # runs on the grass) one word, so caption_length dropped every such caption and language never
@@ -624,7 +628,7 @@ IMAGE_CONFIG = {"decode": f"draft RGB >= {_WORK_SIDE}px, box to {_WORK_SIDE}px s
 CAPTION_CONFIG = {"words": "whitespace-separated; runs of Han/kana 1 per 1.5 chars, of Thai/Lao/Khmer/Myanmar 1 per 4, "
                            "rounded up; punctuation glued to such a run 0",
                   "dense_scripts": {k: [r.encode("unicode_escape").decode(), w, c] for k, (r, w, c) in DENSE_SCRIPTS.items()},
-                  "boilerplate": list(BOILERPLATE), "filename": _FILENAME.pattern, "url": _URL.pattern,
+                  "boilerplate": list(BOILERPLATE), "boilerplate_whole_words": list(WHOLE_WORDS), "filename": _FILENAME.pattern, "url": _URL.pattern,
                   "email": _EMAIL.pattern, "phone": _PHONE_CONFIG, "language": "py3langid norm_probs"}
 REDACT_CONFIG = {"email": _EMAIL.pattern, "phone": _PHONE_CONFIG}
 COPY_CONFIG = {"decode": f"draft gray >= {_WORK_SIDE}px, box to {_WORK_SIDE}px short side, 16-bit / 257",

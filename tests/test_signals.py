@@ -542,3 +542,12 @@ def test_a_16_bit_gray_photo_has_the_signals_of_its_8_bit_self():
     assert bin(t["phash"][0] ^ t["phash"][1]).count("1") <= 2
     c = copy_hashes([eight.getvalue(), sixteen.getvalue()]).column("copy_hashes").to_pylist()
     assert bin(c[0][0] ^ c[1][0]).count("1") <= 2
+
+
+def test_photo_site_names_are_boilerplate_as_words_only():
+    # (helper-55) "unsplash" matched inside "unsplashed"
+    from lakecurate.signals import caption_signals
+
+    caps = ["Photo by Anna Smith on Unsplash", "free photo from pexels.com", "Pixabay", "unsplashed laundry on a line",
+            "a pexelsian pattern"]
+    assert caption_signals(caps).column("cap_boilerplate").to_pylist() == [True, True, True, False, False]
