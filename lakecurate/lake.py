@@ -110,7 +110,9 @@ class Lake(Store):
         it, a run computes the rows without values and the fragments whose values are stale: an
         input rewritten since, as a caption updated in place). A per-row producer waits for
         fragments another run of it is computing (:func:`lakecurate.runner.waiting`): the consumer
-        needs every row's value."""
+        needs every row's value. Columns another lakecurate computed differently (a signal's config
+        is its code's) are computed again, every row, as stale fragments are: the consumer needs this
+        code's values (``lakecurate signals`` asked by hand refuses them, naming ``--recompute``)."""
         from lakecurate import runner
 
         with runner.waiting():
@@ -118,7 +120,7 @@ class Lake(Store):
                 self.dedup(progress=progress, workers=workers, engine=engine, recompute=recompute, **options)
                 return 1
             return self._run_producer(stage, progress=progress, workers=workers, engine=engine,
-                                      recompute=recompute).computed
+                                      recompute=recompute or self._by_other_code(stage)).computed
 
     def _run_producer(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
                       engine: str = "local", recompute: bool = False) -> "RunReport":
@@ -142,6 +144,20 @@ class Lake(Store):
 
             return compute_faces(self, workers=workers, progress=progress, engine=engine, recompute=recompute)
         raise ValueError(f"no producer stage {stage!r}")
+
+    def _by_other_code(self, stage: str) -> bool:
+        """Whether the producer ``stage``'s columns were computed with another config than this
+        code's (for the stages whose config is their code's: :func:`_code_configs`)."""
+        from lakecurate.columns import field_provenance, hash_config
+        from lakecurate.names import PRODUCERS
+
+        ds = self.dataset()
+        col = PRODUCERS.get(stage)
+        if col is None or col not in ds.schema.names:
+            return False
+        prov = field_provenance(ds.schema.field(col), strict=False) or {}
+        now = _code_configs().get(str(prov.get("stage")))
+        return now is not None and prov.get("config_hash") not in (None, hash_config(now))
 
     def recaption(self, model: Any = "tiny-random-coca", **options: Any) -> Any:
         """Add a synthetic caption column ``caption_<name>``; see :func:`lakecurate.recaption.recaption`."""

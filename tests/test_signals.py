@@ -551,3 +551,25 @@ def test_photo_site_names_are_boilerplate_as_words_only():
     caps = ["Photo by Anna Smith on Unsplash", "free photo from pexels.com", "Pixabay", "unsplashed laundry on a line",
             "a pexelsian pattern"]
     assert caption_signals(caps).column("cap_boilerplate").to_pylist() == [True, True, True, False, False]
+
+
+def test_curate_computes_again_the_signals_another_lakecurate_computed(tmp_path, monkeypatch):
+    # After an upgrade that changes how a signal is computed, curate (and a pipeline through it)
+    # failed: "made with another config; redo it with lakecurate signals LAKE --recompute". The
+    # signals it computes on the way are this code's: computed again, as stale fragments are.
+    from lakecurate import Lake, LakeError, signals
+    from lakecurate.columns import field_provenance, hash_config
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    monkeypatch.setitem(signals.IMAGE_CONFIG, "sharpness", "an older measure")
+    lake.signals(["caption", "image"], progress=False, workers=0)
+    monkeypatch.undo()
+    rep = lake.curate({"name": "sharp", "step": [{"filter": "blur"}]}, progress=False)
+    assert rep.rows == lake.dataset().count_rows()
+    prov = field_provenance(lake.dataset().schema.field("img_sharpness"))
+    assert prov["config_hash"] == hash_config(signals.IMAGE_CONFIG)
+    assert lake.count("img_sharpness IS NULL AND ingest_status = 'ok'") == 0
+    with pytest.raises(LakeError, match="made with another config"):  # asked by hand: refused, naming --recompute
+        monkeypatch.setitem(signals.IMAGE_CONFIG, "sharpness", "a newer measure")
+        lake.signals(["image"], progress=False, workers=0)
