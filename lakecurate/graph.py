@@ -201,6 +201,19 @@ def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) 
     return out
 
 
+def commit_log(ds: "lance.LanceDataset") -> list[tuple[int, Any]]:
+    """(version, transaction or None where it cannot be read: cleaned up) of every version of
+    ``ds``'s branch up to ``ds``, its parent's before a branch; each commit read once a process."""
+    return [(n, tx) for n, tx, _ in _history(ds, ds, ds.version)]
+
+
+def by_other_code(prov: dict[str, Any], code: dict[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The config this code computes ``prov``'s stage with, where the column was computed with
+    another (for the stages whose config is their code's: ``code``, stage -> config); else None."""
+    now = (code or {}).get(str(prov.get("stage")))
+    return now if now is not None and prov.get("config_hash") not in (None, hash_config(now)) else None
+
+
 def _parent(ds: "lance.LanceDataset", branch_ds: "lance.LanceDataset") -> tuple["lance.LanceDataset", int] | None:
     import lance
 
@@ -490,19 +503,15 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
             st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)")
         lost = _lost(ds, node, names)
         if lost and node.stage not in MANUAL:  # one of its own columns another writer dropped (Lance, LanceDB)
-            st.state = "stale"
-            st.rows_stale = ds.count_rows() if node.per_row else 0
-            st.reasons.append(f"its column{'s' if len(lost) > 1 else ''} {', '.join(lost)} "
-                              f"{'are' if len(lost) > 1 else 'is'} no longer in the table (another writer dropped "
-                              f"{'them' if len(lost) > 1 else 'it'}); its fix computes the columns its run declared "
-                              f"again ({', '.join(declared_columns(ds.schema.field(node.columns[0])) or lost)})")
-        now = (code or {}).get(node.stage)
-        redo = now is not None and hash_config(now) != node.prov.get("config_hash")
+            _all_stale(ds, st, f"its column{'s' if len(lost) > 1 else ''} {', '.join(lost)} "
+                               f"{'are' if len(lost) > 1 else 'is'} no longer in the table (another writer dropped "
+                               f"{'them' if len(lost) > 1 else 'it'}); its fix computes the columns its run declared "
+                               f"again ({', '.join(declared_columns(ds.schema.field(node.columns[0])) or lost)})")
+        now = by_other_code(node.prov, code)
+        redo = now is not None
         if redo:  # (a stage run with these columns refuses them: "made with another config")
-            st.state = "stale"
-            st.rows_stale = ds.count_rows() if node.per_row else 0
-            st.reasons.append(f"its code changed since it computed them "
-                              f"({config_change(node.prov.get('config') or {}, now)}); its fix computes every row again")
+            _all_stale(ds, st, f"its code changed since it computed them "
+                               f"({config_change(node.prov.get('config') or {}, now)}); its fix computes every row again")
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \
@@ -520,6 +529,13 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         for st in dedup:
             st.fix = fix
     return out
+
+
+def _all_stale(ds: "lance.LanceDataset", st: NodeState, reason: str) -> None:
+    """``st`` stale in every row (a per-row node's fix computes them all), for ``reason``."""
+    st.state = "stale"
+    st.rows_stale = ds.count_rows() if st.node.per_row else 0
+    st.reasons.append(reason)
 
 
 def _failed(lake: "Store", ds: "lance.LanceDataset", st: NodeState) -> None:

@@ -148,16 +148,15 @@ class Lake(Store):
     def _by_other_code(self, stage: str) -> bool:
         """Whether the producer ``stage``'s columns were computed with another config than this
         code's (for the stages whose config is their code's: :func:`_code_configs`)."""
-        from lakecurate.columns import field_provenance, hash_config
+        from lakecurate.columns import field_provenance
+        from lakecurate.graph import by_other_code
         from lakecurate.names import PRODUCERS
 
         ds = self.dataset()
         col = PRODUCERS.get(stage)
         if col is None or col not in ds.schema.names:
             return False
-        prov = field_provenance(ds.schema.field(col), strict=False) or {}
-        now = _code_configs().get(str(prov.get("stage")))
-        return now is not None and prov.get("config_hash") not in (None, hash_config(now))
+        return by_other_code(field_provenance(ds.schema.field(col), strict=False) or {}, _code_configs()) is not None
 
     def recaption(self, model: Any = "tiny-random-coca", **options: Any) -> Any:
         """Add a synthetic caption column ``caption_<name>``; see :func:`lakecurate.recaption.recaption`."""

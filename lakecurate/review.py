@@ -315,23 +315,21 @@ def _landed(lake: "Store", read_at: dict[str, int | None]) -> dict[str, bool | N
     """Per action (-> the version its marks were read at): whether a commit after that version names
     it (True), none does (False: its marks never landed), or the commit log cannot tell (None: an
     entry older than the read version's record, or versions cleanup removed)."""
+    from lakecurate.graph import commit_log
+
     pending = {a: v for a, v in read_at.items() if v is not None and v == v}  # (NaN: an older entry)
     out: dict[str, bool | None] = {a: None for a in read_at}
     if not pending:
         return out
-    ds = lake.dataset()
     named: set[str] = set()
     unreadable: list[int] = []
-    for version in range(int(min(pending.values())) + 1, ds.version + 1):
-        try:
-            props = ds.checkout_version(version).get_transactions(1)[0].transaction_properties or {}
-        except Exception:  # noqa: BLE001 - cleaned up or unparsable: this version cannot tell
-            unreadable.append(version)
+    for version, tx in commit_log(lake.dataset()):
+        if version <= min(pending.values()):
             continue
-        if ACTION_KEY in props:
-            named.add(props[ACTION_KEY])
-            if set(pending) <= named:
-                break
+        if tx is None:  # cleaned up or unparsable: this version cannot tell
+            unreadable.append(version)
+        elif ACTION_KEY in (tx.transaction_properties or {}):
+            named.add(tx.transaction_properties[ACTION_KEY])
     for a, v in pending.items():
         out[a] = True if a in named else (None if any(u > v for u in unreadable) else False)
     return out
