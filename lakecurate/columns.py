@@ -37,7 +37,7 @@ from lance.commit import CommitConflictError
 
 from lakecurate.engines import process_alive
 from lakecurate.errors import LakeError
-from lakecurate.schema import PROVENANCE_KEY  # noqa: F401 - re-exported: where it was
+from lakecurate.schema import NODE_KEY, PROVENANCE_KEY  # noqa: F401 - re-exported: where it was
 from lakecurate.store import checkpoint_root, retry_on_conflict
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
     if present and recompute:
-        drop_present(lake, present)
+        drop_present(lake, present, forget=False)
         ds = lake.dataset()
         present = []
     for name in present:
@@ -219,7 +219,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
                                    for n in present):
         # Another writer dropped some of a set this config declared (its provenance records the set):
         # the set is made again whole (Lance replaces a fragment's file only with the same columns).
-        drop_present(lake, present)
+        drop_present(lake, present, forget=False)
         present, missing = [], list(fields)
     if len(missing) not in (0, len(fields)):
         raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with --recompute to rebuild them")
@@ -234,22 +234,60 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         current = lake.dataset()
         if all(f.name in current.schema.names for f in declared):
             return False  # another process declared them first
-        current.add_columns(declared)
+        # (a schema's metadata is merged into the table's by the same commit)
+        current.add_columns(pa.schema(declared, metadata={NODE_KEY + names[0]: meta[PROVENANCE_KEY]}))
         return True
 
     return retry_on_conflict(add)
 
 
-def drop_present(lake: "Store", names: Sequence[str]) -> None:
+def drop_present(lake: "Store", names: Sequence[str], *, forget: bool = True) -> None:
     """Drop those of ``names`` the lake has (metadata only), retried like every commit on a shared
-    table (another writer may have dropped some meanwhile)."""
+    table (another writer may have dropped some meanwhile). ``forget``: their sets' records go
+    first (a drop lakecurate means; without it, a declare that adds the set again at once, whose
+    commit replaces the record)."""
     def drop() -> None:
         current = lake.dataset()
         gone = [n for n in names if n in current.schema.names]
         if gone:
+            if forget:
+                current = _forget(current, gone)
             current.drop_columns(gone)
 
     retry_on_conflict(drop)
+
+
+def node_records(ds: lance.LanceDataset) -> dict[str, dict[str, Any]]:
+    """The provenance records of the sets declared on ``ds`` (:data:`NODE_KEY`), by key; a record
+    that does not parse is left out (written by hand: it tells nothing)."""
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in (ds.schema.metadata or {}).items():
+        key = k.decode(errors="replace")
+        if not key.startswith(NODE_KEY):
+            continue
+        try:
+            prov = json.loads(v)
+        except ValueError:
+            continue
+        if isinstance(prov, dict) and isinstance(prov.get(DECLARED_KEY), list) and prov.get("stage"):
+            out[key] = prov
+    return out
+
+
+def forget(lake: "Store", names: Sequence[str]) -> None:
+    """Forget the records of the sets with a column in ``names`` (dropped outside lakecurate, on
+    purpose), retried on conflict."""
+    retry_on_conflict(lambda: _forget(lake.dataset(), names))
+
+
+def _forget(ds: lance.LanceDataset, names: Sequence[str]) -> lance.LanceDataset:
+    """Remove the records of the sets with a column in ``names`` (one metadata commit, before their
+    drop: killed between the two, the columns stay and so does what their fields record)."""
+    keys = {k: None for k, prov in node_records(ds).items() if set(prov[DECLARED_KEY]) & set(names)}
+    if not keys:
+        return ds
+    ds.update_schema_metadata(keys)  # (moves ``ds`` to the new version)
+    return ds
 
 
 def declared_columns(field: pa.Field) -> list[str] | None:
@@ -604,7 +642,7 @@ def _undeclare_if_empty(lake: "Store", names: Sequence[str], config_hash: str | 
                 (field_provenance(ds.schema.field(present[0]), strict=False) or {}).get("config_hash") != config_hash:
             return
         if present and not any(has_data(ds, f, present[0]) for f in ds.get_fragments()):
-            ds.drop_columns(present)
+            _forget(ds, present).drop_columns(present)
 
     try:
         retry_on_conflict(drop)

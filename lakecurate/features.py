@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakecurate import columns, runner
+from lakecurate import columns, graph, runner
 from lakecurate.errors import LakeError, Terminated
 from lakecurate.names import builtin_column
 from lakecurate.sqlcheck import bare_name_problem
@@ -452,7 +452,12 @@ def drop_feature(lake: "Store", name: str) -> list[str]:
     ds = lake.dataset()
     cols = [f.name for f in ds.schema if (columns.field_provenance(f) or {}).get("stage") == STAGE
             and columns.field_provenance(f)["config"].get("feature") == name]
-    if not cols:
-        raise LakeError(f"lake '{lake.uri}' has no feature '{name}'; see: lakecurate feature list {lake.uri}")
+    if not cols:  # another writer dropped it (status lists it dropped): its record is forgotten
+        cols = next((n.columns for n in graph.dropped_nodes(ds) if n.stage == STAGE
+                     and (n.prov.get("config") or {}).get("feature") == name), [])
+        if not cols:
+            raise LakeError(f"lake '{lake.uri}' has no feature '{name}'; see: lakecurate feature list {lake.uri}")
+        columns.forget(lake, cols)
+        return cols
     columns.drop_present(lake, cols)
     return cols

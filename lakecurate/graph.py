@@ -31,8 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import (COMPUTED_FROM, config_change, declared_columns, field_provenance, fragments_to_fill,
-                                has_data, hash_config, vector_rows)
+from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, config_change, declared_columns, field_provenance, fragments_to_fill,
+                                has_data, hash_config, node_records, vector_rows)
 from lakecurate.errors import LakeError
 from lakecurate.names import DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
 from lakecurate.store import retry_on_conflict
@@ -75,7 +75,7 @@ class Node:
 @dataclass
 class NodeState:
     node: Node
-    state: str  # current | stale | incomplete | behind
+    state: str  # current | stale | incomplete | behind | dropped (every column gone: another writer dropped them)
     reasons: list[str] = field(default_factory=list)
     rows_missing: int = 0
     computed_from: int | None = None  # the version the node's values were computed from (global stages)
@@ -129,8 +129,59 @@ def nodes(ds: "lance.LanceDataset") -> list[Node]:
     out = list(groups.values())
     for n in out:  # a stage that reads its own previous values (to write only changes) is not its own input
         n.sources = [s for s in n.sources if s not in n.columns]
-    out.sort(key=lambda n: ORDER.index(n.stage) if n.stage in ORDER else len(ORDER))
+    out.sort(key=_order)
     return out
+
+
+def _order(n: Node) -> int:
+    return ORDER.index(n.stage) if n.stage in ORDER else len(ORDER)
+
+
+def dropped_nodes(ds: "lance.LanceDataset") -> list[Node]:
+    """The column sets lakecurate declared on ``ds`` of which no column is left: another writer
+    (Lance, LanceDB) dropped them whole, so their fields no longer say what made them; the table's
+    record of each declare does (:data:`lakecurate.columns.NODE_KEY`). In pipeline order."""
+    names = set(ds.schema.names)
+    out = []
+    for prov in node_records(ds).values():
+        cols = [str(c) for c in prov[DECLARED_KEY]]
+        if cols and not names & set(cols):
+            out.append(Node(str(prov["stage"]), cols, [str(c) for c in prov.get("source_columns") or [] if c not in cols],
+                            prov))
+    return sorted(out, key=_order)
+
+
+def _dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
+    """The version whose commit left none of ``node``'s columns (None: not in the readable log)."""
+    since = int(node.prov.get("table_version") or 0)
+    for n, tx in commit_log(ds):
+        if n > since and tx is not None and type(tx.operation).__name__ == "Project":
+            try:
+                if not set(ds.checkout_version(n).schema.names) & set(node.columns):
+                    return n
+            except Exception:  # noqa: BLE001 - cleaned up since: an older drop may still be readable
+                continue
+    return None
+
+
+def _gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node) -> NodeState:
+    """A node another writer dropped whole: computed again by its fix; a review's marks, which no
+    run computes, are in the versions before the drop."""
+    cols = ", ".join(node.columns)
+    at = _dropped_at(ds, node)
+    when = f" at version {at}" if at is not None else ""
+    if node.stage in MANUAL:
+        back = at - 1 if at is not None else node.prov.get("table_version")
+        return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} outside lakecurate; they are still in "
+                                           f"version {back}, which its fix makes the latest again whole (what came "
+                                           f"since, lakecurate log shows, stays readable)"],
+                         fix=f"{_lakecurate(lake)} restore {lake.shell} {back}")
+    st = NodeState(node, "dropped", [f"its column{'s' if len(node.columns) > 1 else ''} {cols} "
+                                     f"{'were' if len(node.columns) > 1 else 'was'} dropped{when} outside lakecurate; "
+                                     f"its fix computes {'them' if len(node.columns) > 1 else 'it'} again"])
+    st.rows_stale = ds.count_rows() if node.per_row else 0
+    st.fix = fix_command(lake, node, ds)
+    return st
 
 
 # ----------------------------------------------------------------------------- the commit log
@@ -522,6 +573,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         _failed(lake, ds, st)
         by_node[id(node)] = st
         out.append(st)
+    out = sorted(out + [_gone_whole(lake, ds, n) for n in dropped_nodes(ds)], key=lambda st: _order(st.node))
     dedup = [st for st in out if st.node.stage == "dedup" and st.state != "current"]
     if dedup:  # one command for them all: a method's alone was refused when another its decision reads was stale
         final = next((st.node for st in out if st.node.stage == "dedup" and "dup_keep" in st.node.columns), None)

@@ -14,6 +14,11 @@ import pyarrow as pa
 
 # The field metadata key of a derived column's provenance record (lakecurate.columns.provenance).
 PROVENANCE_KEY = "lakecurate.provenance"
+# The table's schema metadata keeps each declared set's provenance under this prefix + its first
+# column, written in the commit that declares it: a set another writer dropped whole (Lance,
+# LanceDB) would otherwise leave no trace in the schema, and its stage would vanish from status.
+# lakecurate's own drops forget the record first (lakecurate.graph.dropped_nodes reads what is left).
+NODE_KEY = "lakecurate.node."
 
 TABLE = "pairs"
 # The side table of dedup's evidence (the linked pairs), one a branch (Store.side_uri); the store

@@ -35,7 +35,7 @@ from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError
 from lakecurate.options import texts, whole
-from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
+from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
 log = logging.getLogger("lakecurate")
@@ -821,6 +821,11 @@ def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any,
         return f"restored version {getattr(tx.operation, 'version', '?')}"
     if op == "Overwrite":
         return f"overwritten: {rows:,} rows"
+    if op == "UpdateConfig" and old is not None:  # (lakecurate's own: a set's record forgotten before its drop)
+        forgotten = [k.decode(errors="replace")[len(NODE_KEY):] for k in (old.schema.metadata or {})
+                     if k.startswith(NODE_KEY.encode()) and k not in (now.schema.metadata or {})]
+        if forgotten:
+            return f"forgot the record of {', '.join(forgotten)} (to drop {'them' if len(forgotten) > 1 else 'it'})"
     fields = {f.name: f for f in now.schema}
     if old is None:  # the version before was cleaned up (this one is kept: tagged): what its commit says
         was, grown = fields, _rows_added(tx)

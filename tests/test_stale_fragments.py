@@ -363,3 +363,64 @@ def test_an_image_only_embedding_and_a_lake_declared_before_the_column_set_was_r
     ds.update_field_metadata(old)
     lance.dataset(lake.table_uri).drop_columns(["clip_tinyrandom_text"])
     assert _state(lake, "embed").state == "current"
+
+
+def test_a_stage_whose_every_column_another_writer_dropped_is_listed_dropped_and_its_fix_restores_it(tmp_path: Path):
+    """A stage of one column (redact: caption_redacted; a feature) dropped whole outside lakecurate
+    vanished from status: its record was on the column. The table's record of each declare keeps
+    it: status lists it dropped, at the version that dropped it, and its fix computes it again."""
+    import lancedb
+
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    lake.signals(["redact"], progress=False)
+    st = _state(lake, "signals-redact")
+    assert st.state == "current" and st.node.columns == ["caption_redacted"]
+    values = lake.dataset().to_table(columns=["id", "caption_redacted"]).sort_by("id")
+    lance.dataset(lake.table_uri).drop_columns(["caption_redacted"])
+    dropped_at = lake.dataset().version
+    lancedb.connect(str(tmp_path / "lake")).open_table("pairs").drop_columns(["n"])  # the feature, by LanceDB
+    by_stage = {s.node.stage: s for s in graph.states(lake)}
+    st, feat = by_stage["signals-redact"], by_stage["feature"]
+    assert st.state == feat.state == "dropped", (st.reasons, feat.reasons)
+    assert f"its column caption_redacted was dropped at version {dropped_at} outside lakecurate" in st.reasons[0]
+    assert st.rows_stale == 16 and feat.node.columns == ["n"]
+    status = json.loads(CliRunner().invoke(main, ["status", str(tmp_path / "lake"), "--json"]).output)
+    assert {s["stage"]: s["state"] for s in status["stages"]}["signals-redact"] == "dropped"
+    _run_fix(st)
+    _run_fix(feat)
+    assert {s.node.stage: s.state for s in graph.states(lake)} == {"signals-redact": "current", "feature": "current"}
+    assert lake.dataset().to_table(columns=["id", "caption_redacted"]).sort_by("id").equals(values)
+
+
+def test_the_drops_lakecurate_means_leave_nothing_listed(tmp_path: Path):
+    """feature drop, a --recompute (drop and declare again) and a run that wrote nothing (undeclared)
+    forget the set's record: only a drop outside lakecurate lists a stage dropped; and `feature drop`
+    forgets a feature another writer dropped (listed dropped until then)."""
+    from lakecurate import features
+
+    lake = lake_of(tmp_path / "lake", 8)
+    add_n(lake, recompute=True)
+    assert [s.node.stage for s in graph.states(lake)] == ["feature"]
+    features.drop_feature(lake, "n")
+    assert graph.states(lake) == [] and not columns.node_records(lake.dataset())
+    assert [h["change"] for h in lake.history(2)] == ["-column n", "forgot the record of n (to drop it)"]
+    add_n(lake)
+    lance.dataset(lake.table_uri).drop_columns(["n"])
+    assert [s.state for s in graph.states(lake)] == ["dropped"]
+    assert features.drop_feature(lake, "n") == ["n"]
+    assert graph.states(lake) == []
+    with pytest.raises(LakeError, match="no feature 'n'"):
+        features.drop_feature(lake, "n")
+
+
+def test_review_marks_another_writer_dropped_are_listed_with_the_version_that_has_them(tmp_path: Path):
+    lake = lake_of(tmp_path / "lake", 8)
+    ids = lake.dataset().to_table(columns=["id"]).column("id").to_pylist()[:2]
+    lake.review(ids, verdict="drop", reason="watermark")
+    marked = lake.dataset().version
+    ds = lance.dataset(lake.table_uri)
+    ds.drop_columns([c for c in ds.schema.names if c.startswith("review_")])
+    st = _state(lake, "review")
+    assert st.state == "dropped" and f"they are still in version {marked}" in st.reasons[0], st.reasons
+    _run_fix(st)
+    assert lake.count("review_verdict = 'drop'") == 2 and _state(lake, "review").state == "current"
