@@ -424,3 +424,22 @@ def test_review_marks_another_writer_dropped_are_listed_with_the_version_that_ha
     assert st.state == "dropped" and f"they are still in version {marked}" in st.reasons[0], st.reasons
     _run_fix(st)
     assert lake.count("review_verdict = 'drop'") == 2 and _state(lake, "review").state == "current"
+
+
+def test_global_stages_another_writer_dropped_whole_are_listed_dropped_and_their_fixes_restore_them(
+        sample_lake_embedded: Lake, tmp_path: Path):
+    """dedup's methods and decision and the concepts, every column dropped: each listed dropped (one
+    dedup command for the three), the fixes run as pasted, and the values come back."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["phash", "semantic"], semantic_threshold=0.99, progress=False)
+    lake.cluster(2)
+    cols = [c for c in lake.dataset().schema.names if c.startswith(("dup_", "concept"))]
+    before = lake.dataset().to_table(columns=["id", *cols]).sort_by("id")
+    lance.dataset(lake.table_uri).drop_columns(cols)
+    gone = [s for s in graph.states(lake) if s.state == "dropped"]
+    assert sorted(c for s in gone for c in s.node.columns) == sorted(cols)
+    assert [s.node.stage for s in gone] == ["dedup"] * 3 + ["concepts"] and len({s.fix for s in gone}) == 2
+    for fix in dict.fromkeys(s.fix for s in gone):
+        _run_fix(next(s for s in gone if s.fix == fix))
+    assert {s.state for s in graph.states(lake)} == {"current"}
+    assert lake.dataset().to_table(columns=["id", *cols]).sort_by("id").equals(before)
