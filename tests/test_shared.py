@@ -138,6 +138,8 @@ def test_concurrent_declares_are_retried(tmp_path: Path):
     # ...and declare() (which reads the latest version on every try) adds it.
     assert columns.declare(lake, [pa.field("b", pa.int32())], prov)
     assert {"a", "b"} <= set(lake.dataset().schema.names)
+    # each declare's record of its set (status lists a set dropped whole by it) survives the other's
+    assert set(columns.node_records(lake.dataset())) == {columns.NODE_KEY + "a", columns.NODE_KEY + "b"}
 
 
 def _cap_len(batch, k: int = 1):
