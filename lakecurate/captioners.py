@@ -23,7 +23,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lakecurate.encoders import EncoderError, EncoderSpec, _load_open_clip, _register_configs, _slug, resolve_device
+from lakecurate.encoders import (EncoderError, EncoderSpec, _load_open_clip, _register_configs, _slug, file_digest,
+                                 resolve_device, weights_file)
 from lakecurate.errors import LakeError
 from lakecurate.names import TINY_COCA
 from lakecurate.options import clean_text
@@ -50,13 +51,23 @@ class CaptionerSpec:
     image_side: int = 0  # hf: images reach the processor at most this many pixels on their long side
 
     def config(self) -> dict[str, Any]:
-        cfg = asdict(self)
-        if self.pretrained and os.path.isfile(self.pretrained):
-            cfg["checkpoint_bytes"] = os.path.getsize(self.pretrained)
+        """The caption column's provenance config. A checkpoint file by its name, size and digest
+        (:func:`~lakecurate.encoders.weights_file`), a checkpoint directory by its name and
+        fingerprint (:func:`_hf_fingerprint`), as an embedding's weights: not where they lie (a
+        lake or its checkpoint moved to another machine was "made with another config"), which
+        goes beside the config (:meth:`weights`)."""
+        cfg = {**asdict(self), **weights_file(self.pretrained)}
         if self.family == "hf":
             cfg.update(_hf_fingerprint(self.pretrained))
         cfg["decoder"] = "greedy" if self.temperature == 0 else "top-k sampling"
         return cfg
+
+    def weights(self) -> dict[str, str]:
+        """Where this process found the checkpoint file or directory (``{"weights": path}``), for the
+        provenance beside the config and the command that fills the column again; empty for
+        weights by tag."""
+        local = self.pretrained and (os.path.isfile(self.pretrained) or os.path.isdir(self.pretrained))
+        return {"weights": os.path.abspath(self.pretrained)} if local else {}
 
     @property
     def meaningless(self) -> bool:
@@ -215,15 +226,14 @@ def _hf_side(path: str) -> int:
 
 def _hf_fingerprint(path: str | None) -> dict[str, Any]:
     """What identifies a checkpoint directory's weights in the provenance without hashing gigabytes:
-    the config's hash and every file's size."""
-    import hashlib
-
+    its name (not its path: :func:`~lakecurate.encoders.same_config`), the config's hash and every
+    file's size."""
     if not path or not os.path.isdir(path):
         return {}
     files = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
-    with open(os.path.join(path, "config.json"), "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()[:16]
-    return {"config_sha256": digest, "checkpoint_bytes": sum(os.path.getsize(os.path.join(path, f)) for f in files)}
+    return {"pretrained": os.path.basename(os.path.abspath(path)),
+            "config_sha256": file_digest(os.path.join(path, "config.json")),
+            "checkpoint_bytes": sum(os.path.getsize(os.path.join(path, f)) for f in files)}
 
 
 def _resolve_hf(path: str, pretrained: str | None, checkpoint: str | None, name: str | None, prompt: str | None,

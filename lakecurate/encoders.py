@@ -62,12 +62,7 @@ class EncoderSpec:
         differ, and a path in the config made the second person's embed "another config" (and
         search, on their machine, look for the heads at the first person's path). Where the file
         lies goes beside the config (:meth:`weights`)."""
-        cfg = asdict(self)
-        if self.pretrained and os.path.isfile(self.pretrained):
-            cfg["pretrained"] = os.path.basename(self.pretrained)
-            cfg["checkpoint_bytes"] = os.path.getsize(self.pretrained)
-            cfg["checkpoint_sha256"] = file_digest(self.pretrained)
-        return cfg
+        return {**asdict(self), **weights_file(self.pretrained)}
 
     def weights(self) -> dict[str, str]:
         """Where this process found the weights file (``{"weights": path}``), for the provenance
@@ -205,11 +200,20 @@ def file_digest(path: str) -> str:
     return _DIGESTS[key]
 
 
+def weights_file(path: str | None) -> dict[str, Any]:
+    """What a config records of a local weights file (an embedding's, a captioner's checkpoint): its
+    name, size and digest, not where it lies (that goes beside the config); empty for weights by tag."""
+    if not path or not os.path.isfile(path):
+        return {}
+    return {"pretrained": os.path.basename(path), "checkpoint_bytes": os.path.getsize(path),
+            "checkpoint_sha256": file_digest(path)}
+
+
 def same_config(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether an embedding's recorded config ``old`` and a run's ``new`` are one encoder's, as two
-    installs compare them: a weights file by its name and size (a lake embedded before configs
-    recorded a file's name recorded its absolute path on the machine that embedded it), and its
-    digest where both record one."""
+    """Whether a column's recorded config ``old`` and a run's ``new`` are one model's (an encoder's,
+    a captioner's), as two installs compare them: its weights file or checkpoint directory by its
+    name and size (a lake made before configs recorded a file's name recorded its absolute path on
+    the machine that made it), and its digest where both record one."""
     a, b = comparable_config(old, new), comparable_config(new, old)
     return a == b
 

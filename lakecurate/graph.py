@@ -933,13 +933,16 @@ def fix_command(lake: "Store", node: Node, ds: "lance.LanceDataset | None" = Non
     if node.stage == "embed-caption":
         return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}"
     if node.stage == "recaption":
-        # (an endpoint's transport settings are recorded beside its config, not in it)
-        return f"{head} recaption {uri} {recaption_args({**(node.prov.get('transport') or {}), **cfg})}"
+        # (an endpoint's transport settings are recorded beside its config, not in it; so is where a
+        # checkpoint lay)
+        args = recaption_args({**(node.prov.get("transport") or {}), **cfg}, node.prov.get("weights"))
+        return f"{head} recaption {uri} {args}"
     return f"{head} run {uri} PIPELINE.toml"  # a stage this function does not know
 
 
-def recaption_args(cfg: dict[str, Any]) -> str:
-    """The ``lakecurate recaption`` options that wrote a caption column, from its provenance config."""
+def recaption_args(cfg: dict[str, Any], weights: str | None = None) -> str:
+    """The ``lakecurate recaption`` options that wrote a caption column, from its provenance config
+    (a checkpoint file or directory where the run found it, ``weights``: its config names it by name)."""
     import shlex
 
     if cfg.get("api_model"):  # an endpoint (its key variable, never the key)
@@ -949,13 +952,13 @@ def recaption_args(cfg: dict[str, Any]) -> str:
             if cfg.get(opt) is not None:
                 args += [f"--{opt.replace('_', '-')}", cfg[opt]]
     else:
-        arch, pre = str(cfg.get("arch", "")), cfg.get("pretrained")
+        arch = str(cfg.get("arch", ""))
+        pre = weights if weights and "checkpoint_bytes" in cfg else cfg.get("pretrained")
         if cfg.get("family") == "hf":
             args = ["--model", pre] + (["--prompt", cfg["prompt"]] if cfg.get("prompt") else [])
-        elif arch.endswith("MEANINGLESS"):
-            args = ["--model", "tiny-random-coca"]
-        else:
-            args = ["--model", arch] + ([("--checkpoint" if "checkpoint_bytes" in cfg else "--pretrained"), pre] if pre else [])
+        else:  # (the tiny random CoCa by its name, and a checkpoint saved from it as any CoCa's: it was dropped)
+            args = ["--model", "tiny-random-coca" if arch.endswith("MEANINGLESS") else arch]
+            args += [("--checkpoint" if "checkpoint_bytes" in cfg else "--pretrained"), pre] if pre else []
         args += ["--top-k", cfg.get("top_k", 5)]
     args += ["--name", cfg.get("name"), "--max-tokens", cfg.get("max_tokens"), "--temperature", cfg.get("temperature"),
              "--seed", cfg.get("seed", 0)]

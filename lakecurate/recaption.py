@@ -42,7 +42,7 @@ from lakecurate.captioners import (
     resolve_captioner,
     resolve_endpoint,
 )
-from lakecurate.encoders import resolve_device
+from lakecurate.encoders import resolve_device, same_config
 from lakecurate.errors import LakeError
 from lakecurate.images import Preprocess, decode_small
 from lakecurate.runner import Rows, RowStage
@@ -182,16 +182,16 @@ def recaption_stage(spec: "CaptionerSpec | EndpointSpec", *, device: str = "auto
                         image=None if rephrase else EndpointImages(spec.image_side),
                         batch_size=batch_size, desc=f"recaption {spec.name}", unit="row",
                         extra={"transport": spec.transport()}, own_column=runner.NAME_OPTION)
+    # a checkpoint file or directory by what it is, not where it lies (as embed's weights): the
+    # column made with it elsewhere is this config (same_config), the path is recorded beside it
     if spec.family == "hf":
-        return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
-                        setup=LoadCaptioner(spec, device), image=SmallImages(spec.image_side), batch_size=batch_size,
-                        sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device,
-                        own_column=runner.NAME_OPTION)
-    transform, _ = spec.encoder_spec().build_transforms()
+        image: Any = SmallImages(spec.image_side)
+    else:
+        image = Preprocess(spec.encoder_spec().build_transforms()[0])
     return RowStage("recaption", fields, spec.config(), ["image", "id"], batch=CaptionRows(col),
-                    setup=LoadCaptioner(spec, device), image=Preprocess(transform), batch_size=batch_size,
-                    sources=["image"], desc=f"recaption {spec.name}", unit="img", device=device,
-                    own_column=runner.NAME_OPTION)
+                    setup=LoadCaptioner(spec, device), image=image, batch_size=batch_size, sources=["image"],
+                    extra=spec.weights(), same_config=same_config, desc=f"recaption {spec.name}", unit="img",
+                    device=device, own_column=runner.NAME_OPTION)
 
 
 def retry_error_rows(lake: "Store", stage: RowStage, *, workers: int | None = None,
@@ -325,9 +325,12 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
             EndpointClient(spec).check()
     fixed = runner.RunReport()
     if retry_errors and col in lake.dataset().schema.names:
-        # another config: refused here (as a run without the flag is), not mixed into the column
-        columns.declare(lake, stage.fields, stage.provenance(lake.dataset().version))
-        fixed = retry_error_rows(lake, stage, workers=workers, progress=progress)
+        # another config: refused here (as a run without the flag is), not mixed into the column; the
+        # same one recorded otherwise (a checkpoint at another path): its rows written as the column's
+        ds = lake.dataset()
+        prov = stage.provenance(ds.version)
+        columns.declare(lake, stage.fields, prov, same=stage.same_config)
+        fixed = retry_error_rows(lake, runner.as_recorded(stage, ds, prov)[0], workers=workers, progress=progress)
     rep = runner.run(lake, stage, engine=engine, workers=workers, recompute=recompute, progress=progress)
     both = [rep, fixed]
     out = RecaptionReport(lake=lake.uri, model=spec.arch if isinstance(spec, CaptionerSpec) else spec.api_model,

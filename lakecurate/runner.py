@@ -133,7 +133,8 @@ class RowStage:
     unit: str = "row"
     fix: str | None = None  # the declare error's way out, when it is not the default
     # (recorded config, this run's) -> whether they are one config though their hashes differ (an
-    # embedding's weights file recorded by its path before configs recorded it by name)
+    # embedding's weights file or a captioner's checkpoint recorded by its path before configs
+    # recorded it by name, or found at another path)
     same_config: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None
     # How a run writes a column of its own when another run re-declared this one meanwhile ("with
     # another --name"); None for a stage whose columns have fixed names (signals).
@@ -708,7 +709,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
             actors.stop()
         raise
     ds = lake.dataset()
-    recorded, prov = _as_recorded(stage, ds, prov)
+    recorded, prov = as_recorded(stage, ds, prov)
     if recorded is not stage:
         stage, ckpt = recorded, columns.Checkpoint(lake, recorded.checkpoint_key)
     if recompute:  # recomputing: batches saved by an earlier run are not to be reused
@@ -762,7 +763,7 @@ def _where(stage: RowStage, lake: "Store") -> str:
     return f"{stage.desc} on lake '{lake.uri}' " if stage.desc else ""
 
 
-def _as_recorded(stage: RowStage, ds: lance.LanceDataset, prov: dict[str, Any]) -> tuple[RowStage, dict[str, Any]]:
+def as_recorded(stage: RowStage, ds: lance.LanceDataset, prov: dict[str, Any]) -> tuple[RowStage, dict[str, Any]]:
     """``stage`` under the config its columns recorded, where the stage calls the two one config
     though their hashes differ (``same_config``: an embedding's weights file recorded by its path
     on another install): its values are committed, claimed and checkpointed as that config's."""

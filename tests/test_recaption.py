@@ -186,8 +186,10 @@ def test_a_hugging_face_checkpoint_directory_captions_through_the_cli(tiny_git_d
         arrays.append(np.asarray(im))
     assert HFCaptioner(resolve_captioner(str(tiny_git_dir), max_tokens=8), "cpu").caption(arrays) == \
         good.loc[keys, "caption_tinygit"].tolist()
-    prov = field_provenance(lake.dataset().schema.field("caption_tinygit"))["config"]
-    assert prov["family"] == "hf" and prov["arch"] == "git" and prov["pretrained"] == str(tiny_git_dir)
+    full = field_provenance(lake.dataset().schema.field("caption_tinygit"))
+    prov = full["config"]  # the directory by its name and fingerprint; where it lay beside (as embed's weights)
+    assert prov["family"] == "hf" and prov["arch"] == "git" and prov["pretrained"] == tiny_git_dir.name
+    assert full["weights"] == str(tiny_git_dir)
     assert prov["image_side"] == 64 and len(prov["config_sha256"]) == 16 and prov["checkpoint_bytes"] > 10_000
     # a prompt is the decoder's prefix: it conditions the words, and the column holds only what follows it
     lake.recaption(str(tiny_git_dir), name="pref", prompt="a photo of", max_tokens=8, workers=0, progress=False)
@@ -270,3 +272,98 @@ def test_recaption_seed_and_reserved_names_refused_before_a_write(tmp_path: Path
     with pytest.raises(LakeError, match=match):
         lake.recaption(endpoint="http://127.0.0.1:1/v1", api_model="m", progress=False, **kwargs)
     assert lake.version == v
+
+
+def _coca_checkpoint(path: Path, sign: float = 1.0) -> Path:
+    """A tiny CoCa saved as a checkpoint file (``sign`` -1: other weights, the same name and size)."""
+    import torch
+
+    model = Captioner(resolve_captioner("tiny-random-coca"), "cpu").model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v * sign if k.endswith("text_projection") else v for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def _legacy_config(self) -> dict:
+    """A captioner's config as recorded before it named a checkpoint by its digest: its absolute path
+    (and a file's size, a directory's fingerprint)."""
+    import dataclasses
+    import os
+
+    from lakecurate import captioners
+
+    local = {"checkpoint_bytes": os.path.getsize(self.pretrained)} if os.path.isfile(self.pretrained) else \
+        {k: v for k, v in captioners._hf_fingerprint(self.pretrained).items() if k != "pretrained"}
+    return {**dataclasses.asdict(self), **local, "decoder": "greedy"}
+
+
+@pytest.mark.parametrize("recorded", ["by name", "by path (before)"])
+@pytest.mark.parametrize("kind", ["coca file", "hf directory"])
+def test_a_caption_column_made_with_a_checkpoint_elsewhere_is_the_same_config_here(tmp_path: Path, monkeypatch,
+                                                                                     request, kind, recorded):
+    """A lake captioned with a checkpoint at one path, then moved (or the checkpoint moved: another
+    machine) and captioned with the same checkpoint at another path: the config recorded the path,
+    so the second run was "made with another config" (refused; --recompute would redo every row).
+    Lakes captioned before recorded the path: the same config too, their rows written under it."""
+    from lakecurate.captioners import CaptionerSpec
+
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    if kind == "coca file":
+        a, b = _coca_checkpoint(alice / "coca.pt"), bob / "coca.pt"
+        model, opts = "tiny-random-coca", {"checkpoint": str(a)}
+    else:
+        a, b = Path(shutil.copytree(request.getfixturevalue("tiny_git_dir"), alice / "tinygit")), bob / "tinygit"
+        model, opts = str(a), {"max_tokens": 8}
+    if recorded != "by name":
+        monkeypatch.setattr(CaptionerSpec, "config", _legacy_config)
+        monkeypatch.setattr(CaptionerSpec, "weights", lambda self: {}, raising=False)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.recaption(model, name="mine", workers=0, progress=False, **opts)
+    before = field_provenance(lake.dataset().schema.field("caption_mine"))
+    assert before["config"]["pretrained"] == (a.name if recorded == "by name" else str(a))
+    assert before.get("weights") == (str(a) if recorded == "by name" else None)  # where it lay: beside the config
+    assert (len(before["config"].get("checkpoint_sha256", "")) == 16) == (recorded == "by name" and kind == "coca file")
+    monkeypatch.undo()
+    coffee = (SAMPLE_DATA / "coffee.jpg").read_bytes()
+    # rows added: the command the graph rebuilds names the checkpoint where the run found it, and fills them
+    lake.append(pair_rows(0, 2, image=coffee))
+    st = {s.node.columns[0]: s for s in graph.states(lake)}["caption_mine"]
+    assert st.state == "incomplete" and str(a) in st.fix, st.fix
+    res = CliRunner().invoke(main, shlex.split(st.fix)[1:] + ["--workers", "0", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output[res.output.index("{"):])["rows"] == 2, res.output
+    # the checkpoint moved (another machine: the same file at another path), more rows added
+    b.parent.mkdir()
+    shutil.move(str(a), str(b))
+    lake.append(pair_rows(2, 2, image=coffee))
+    model, opts = ("tiny-random-coca", {"checkpoint": str(b)}) if kind == "coca file" else (str(b), {"max_tokens": 8})
+    rep = lake.recaption(model, name="mine", workers=0, progress=False, **opts)
+    assert rep.rows == 2
+    after = field_provenance(lake.dataset().schema.field("caption_mine"))
+    assert after["config_hash"] == before["config_hash"]  # the column's rows all under the config it holds
+    assert {s.node.columns[0]: s for s in graph.states(lake)}["caption_mine"].state == "current"
+    caps = lake.to_pandas(["key", "caption_mine"]).set_index("key")["caption_mine"]
+    added = caps[caps.index.str.startswith("p0")]
+    assert len(added) == 4 and set(added) == {caps["coffee.jpg"]}  # the checkpoint's captions, as at the first path
+    assert lake.recaption(model, name="mine", workers=0, progress=False, **opts).rows == 0
+    assert lake.recaption(model, name="mine", retry_errors=True, workers=0, progress=False, **opts).rows == 0
+
+
+def test_a_checkpoint_of_the_same_name_and_size_but_other_weights_is_another_config(tmp_path: Path):
+    """The config recorded the checkpoint's path and size: another checkpoint saved over it (a
+    later fine-tune of the same shapes) was the same config, its captions mixed into the column."""
+    ck = _coca_checkpoint(tmp_path / "coca.pt")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.recaption("tiny-random-coca", checkpoint=str(ck), name="mine", workers=0, progress=False)
+    size = ck.stat().st_size
+    _coca_checkpoint(ck, sign=-1.0)
+    assert ck.stat().st_size == size
+    lake.append(pair_rows(0, 2, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
+    v = lake.version
+    with pytest.raises(LakeError, match="caption_mine.*made with another config.*checkpoint_sha256"):
+        lake.recaption("tiny-random-coca", checkpoint=str(ck), name="mine", workers=0, progress=False)
+    assert lake.version == v
+    rep = lake.recaption("tiny-random-coca", checkpoint=str(ck), name="mine", recompute=True, workers=0,
+                         progress=False)
+    assert rep.rows == lake.count()
