@@ -1321,8 +1321,11 @@ def status(lake: str, at_version: str | None, as_json: bool) -> None:
     _echo_table([{"stage": s["stage"], "columns": ", ".join(s["columns"][:3]) + (", ..." if len(s["columns"]) > 3 else ""),
                   "state": s["state"], "why": s["reasons"][0] if s["reasons"] else ""} for s in d["stages"]])
     todo = [s for s in d["stages"] if s["state"] != "current"]
-    for line in dict.fromkeys(f"{s['stage']}: {s['fix']}" for s in todo):  # (dedup's nodes share one command)
-        click.echo(line)
+    stages: dict[str, list[str]] = {}  # fix -> the stages it brings up to date (dedup's nodes, the signals share one)
+    for s in todo:
+        stages.setdefault(s["fix"], []).append(s["stage"])
+    for fix, names in stages.items():
+        click.echo(f"{', '.join(dict.fromkeys(names))}: {fix}")
     for s in d["stages"]:
         if s["rows_failed"]:
             click.echo(f"{s['columns'][0]}: {s['rows_failed']} rows failed at the endpoint (no caption; the "

@@ -540,6 +540,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
     names = set(ds.schema.names)
     out: list[NodeState] = []
     by_node: dict[int, NodeState] = {}
+    recompute: set[int] = set()  # the nodes whose fix computes every row again
     for node in all_nodes:
         st = NodeState(node, "current")
         if node.stage in MANUAL:
@@ -570,6 +571,8 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
                 st.state = "behind"
                 st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
         st.fix = fix_command(lake, node, ds) + (" --recompute" if redo else "")
+        if redo:
+            recompute.add(id(node))
         _failed(lake, ds, st)
         by_node[id(node)] = st
         out.append(st)
@@ -580,6 +583,14 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         fix = dedup_fix(lake, [st.node for st in dedup], final, ds)
         for st in dedup:
             st.fix = fix
+    for redo in (False, True):  # one signals command for the kinds that need the same run (it printed
+        # `signals LAKE --no-image --recompute`, then `signals LAKE --no-caption --recompute`)
+        same = [st for st in out if st.node.stage.startswith("signals-") and st.state != "current"
+                and (id(st.node) in recompute) == redo]
+        if len(same) > 1:
+            fix = signals_command(lake, [st.node.stage for st in same]) + (" --recompute" if redo else "")
+            for st in same:
+                st.fix = fix
     return out
 
 
@@ -925,11 +936,8 @@ def fix_command(lake: "Store", node: Node, ds: "lance.LanceDataset | None" = Non
         if list(types) == [name]:  # one column: its type (a function of several declares its own)
             out += f" --type {q(str(types[name]))}"
         return out
-    if node.stage.startswith("signals-"):  # `lakecurate signals` computes caption and image unless told not to
-        kind = node.stage.split("-", 1)[1]
-        return f"{head} signals {uri}" + "".join(
-            flag for flag, on in ((f" --{kind}", kind not in ("caption", "image")), (" --no-caption", kind != "caption"),
-                                  (" --no-image", kind != "image")) if on)
+    if node.stage.startswith("signals-"):
+        return signals_command(lake, [node.stage])
     if node.stage == "embed-caption":
         return embed_command(lake, cfg.get("prefix") or "PREFIX", node.prov) + f" --caption-col {cfg.get('caption')}"
     if node.stage == "recaption":
@@ -938,6 +946,15 @@ def fix_command(lake: "Store", node: Node, ds: "lance.LanceDataset | None" = Non
         args = recaption_args({**(node.prov.get("transport") or {}), **cfg}, node.prov.get("weights"))
         return f"{head} recaption {uri} {args}"
     return f"{head} run {uri} PIPELINE.toml"  # a stage this function does not know
+
+
+def signals_command(lake: "Store", stages: Iterable[str]) -> str:
+    """The one ``lakecurate signals`` command that computes the signal ``stages`` ("signals-caption",
+    "signals-faces"...): it computes caption and image unless told not to, any other kind when named."""
+    chosen = set(stages)
+    kinds = [stage.split("-", 1)[1] for stage in ORDER if stage.startswith("signals-") and stage in chosen]
+    return (f"{_lakecurate(lake)} signals {lake.shell}" + "".join(f" --{k}" for k in kinds if k not in ("caption", "image"))
+            + "".join(f" --no-{k}" for k in ("caption", "image") if k not in kinds))
 
 
 def recaption_args(cfg: dict[str, Any], weights: str | None = None) -> str:

@@ -199,6 +199,7 @@ def test_signals_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path:
     stages = ("signals-caption", "signals-image", "signals-copy", "signals-redact")
     fixes = {s.node.stage: s.fix for s in graph.states(lake) if s.node.stage in stages and s.state == "incomplete"}
     assert set(fixes) == set(stages), fixes
+    assert set(fixes.values()) == {f"lakecurate signals {shlex.quote(lake.uri)} --copy --redact"}, fixes  # one for all
     runner = CliRunner()
     for stage, fix in fixes.items():
         assert fix.startswith(f"lakecurate signals {shlex.quote(lake.uri)}"), fix

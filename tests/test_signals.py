@@ -353,7 +353,8 @@ def test_signals_recompute_replaces_values_an_older_run_made(tmp_path, monkeypat
 
     lance.dataset(lake.table_uri).update({"caption": "'no address in this one'"}, where="cap_emails = 1")
     st = next(s for s in graph.states(lake) if "cap_emails" in s.node.columns)
-    assert st.state == "stale" and st.fix.endswith(" --no-image"), st.fix
+    # (the rows rewritten moved: their image signals are stale too, and one plain run redoes both kinds)
+    assert st.state == "stale" and st.fix == f"lakecurate signals {lake.uri}", st.fix
     assert CliRunner().invoke(main, shlex.split(st.fix)[1:]).exit_code == 0
     assert next(s for s in graph.states(lake) if "cap_emails" in s.node.columns).state == "current"
     assert lake.count("cap_emails = 1") == 0 and lake.count("cap_emails = 0") == lake.count("caption IS NOT NULL")
@@ -500,6 +501,48 @@ def test_status_calls_signals_an_older_lakecurate_made_stale_and_its_fix_makes_t
     res = CliRunner().invoke(main, shlex.split(image["fix"])[1:] + ["--workers", "0"])
     assert res.exit_code == 0, res.output
     assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["signals-image"] == "current"
+
+
+def test_caption_and_image_signals_both_stale_have_one_fix(tmp_path, monkeypatch):
+    # Both halves made by another lakecurate: status and curate's dry run printed
+    # `signals LAKE --no-image --recompute`, then `signals LAKE --no-caption --recompute`, where
+    # `signals LAKE --recompute` does both. One half stale keeps its half-command.
+    import shlex
+
+    from click.testing import CliRunner
+
+    from lakecurate import Lake, LakeError, signals
+    from lakecurate.cli import main
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.signals(["caption", "image", "faces"], progress=False, workers=0)
+    recipe = {"name": "both", "step": [{"filter": "blur"}, {"filter": "caption_length"}]}
+    monkeypatch.setitem(signals.IMAGE_CONFIG, "sharpness", "another scale")
+    monkeypatch.setitem(signals.CAPTION_CONFIG, "words", "counted otherwise")
+    fixes = {s["stage"]: s["fix"] for s in lake.status()["stages"] if s["state"] != "current"}
+    one = f"lakecurate signals {lake.uri} --recompute"
+    assert fixes == {"signals-caption": one, "signals-image": one}, fixes
+    res = CliRunner().invoke(main, ["status", lake.uri])
+    assert res.output.count("lakecurate signals") == 1 and f"signals-caption, signals-image: {one}" in res.output, \
+        res.output
+    with pytest.raises(LakeError) as err:
+        lake.curate(recipe, dry_run=True, progress=False)
+    assert str(err.value).count("lakecurate signals") == 1 and f"re-run it first: {one}" in str(err.value), err.value
+    # a kind stale otherwise (a row rewritten since: a plain run) keeps its own command
+    lake.dataset().update({"caption": "'a rewritten caption'"}, where="key LIKE '%coffee%'")
+    fixes = {s["stage"]: s["fix"] for s in lake.status()["stages"] if s["state"] != "current"}
+    assert fixes == {"signals-caption": one, "signals-image": one,
+                     "signals-faces": f"lakecurate signals {lake.uri} --faces --no-caption --no-image"}, fixes
+    monkeypatch.undo()  # every kind needs a plain run: one, which makes them all current
+    fixes = {s["stage"]: s["fix"] for s in lake.status()["stages"] if s["state"] != "current"}
+    assert set(fixes.values()) == {f"lakecurate signals {lake.uri} --faces"}, fixes
+    res = CliRunner().invoke(main, shlex.split(fixes["signals-faces"])[1:] + ["--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert all(s["state"] == "current" for s in lake.status()["stages"]), lake.status()["stages"]
+    monkeypatch.setitem(signals.CAPTION_CONFIG, "words", "counted otherwise")  # one half stale: its half
+    fixes = {s["stage"]: s["fix"] for s in lake.status()["stages"] if s["state"] != "current"}
+    assert fixes == {"signals-caption": f"lakecurate signals {lake.uri} --no-image --recompute"}, fixes
 
 
 def test_a_dry_run_refuses_signals_it_would_read_stale(tmp_path, monkeypatch):
