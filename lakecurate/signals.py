@@ -63,10 +63,12 @@ _EXT = r"(?:jpe?g|png|gif|webp|bmp|tiff?|heic|avif)"
 # then tags joined by "_", "-" or "." (IMG-20190814-WA0003 from WhatsApp, PXL_20210101_123456789.MP,
 # Screenshot_20200101-120000_Chrome, IMG_1234_HDR); or the names WhatsApp and macOS give
 # ("WhatsApp Image 2019-08-14 at 10.30.45", "Screen Shot 2020-01-01 at 12.00.00 PM"). A tag needs
-# its joiner, so "P-51 Mustang over the field" stays a caption.
+# its joiner, so "P-51 Mustang over the field" stays a caption; the digits after the prefix are a
+# camera's counter or date, 4 or more (IMG_0001, P1010001), so a word and a short number ("vid 3",
+# "pano 360", "p 1") stay a caption too.
 _FILENAME = re.compile(
     rf"^\s*(?:[\w\-. ()\[\]]{{0,80}}\.{_EXT}"
-    r"|(?:img|vid|dsc|dscn|dscf|dcim|pxl|mvimg|p|gopr|sam|wp|screenshot|pano)[\s_-]?\d[\d_\- ]*(?:[_.-][a-z]+[\d_\- ]*)*"
+    r"|(?:img|vid|dsc|dscn|dscf|dcim|pxl|mvimg|p|gopr|sam|wp|screenshot|pano)[\s_-]?\d{4}[\d_\- ]*(?:[_.-][a-z]+[\d_\- ]*)*"
     r"|(?:whatsapp (?:image|video)|screen ?shot) \d{4}-\d\d-\d\d at \d[\d.]*(?: ?[ap]m)?(?: \(\d+\))?)\s*$",
     re.IGNORECASE)
 _URL = re.compile(r"(?:https?://|www\.)\S+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|co|uk|de|fr|info|biz|ru|cn)\b(?:/\S*)?",

@@ -30,13 +30,16 @@ def signals_of(caption: str) -> dict:
 
 
 @pytest.mark.parametrize("caption", ["IMG_1234.JPG", "DSC00012.jpg", "photo.png", " P1000123.JPG ", "Screenshot 2021-04-01 at 10.png",
-                                     "IMG 20190603 112233", "dscn0042"])
+                                     "IMG 20190603 112233", "dscn0042", "IMG 1234", "DSC01234", "PXL_20230101_123456",
+                                     "VID_20200101", "PANO_20200101_1234.jpg", "GOPR0123", "P1010001", "pano 360.jpg"])
 def test_file_names(caption):
     assert signals_of(caption)["cap_filename"]
 
 
 @pytest.mark.parametrize("caption", ["a dog runs on the beach", "the img of a cat", "a jpg artefact on a photo",
-                                     "two people on a bench in 2012"])
+                                     "two people on a bench in 2012",
+                                     # a word and a number shorter than a camera's counter (4 digits and more)
+                                     "vid 3", "pano 360", "p 1", "img 2", "Dsc 12", "wp 7", "sam 3 - 5"])
 def test_not_file_names(caption):
     s = signals_of(caption)
     assert not s["cap_filename"] and not s["cap_url"] and not s["cap_boilerplate"]
