@@ -203,7 +203,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
     if present and recompute:
-        drop_present(lake, present, forget=False)
+        drop_present(lake, present)
         ds = lake.dataset()
         present = []
     for name in present:
@@ -219,7 +219,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
                                    for n in present):
         # Another writer dropped some of a set this config declared (its provenance records the set):
         # the set is made again whole (Lance replaces a fragment's file only with the same columns).
-        drop_present(lake, present, forget=False)
+        drop_present(lake, present)
         present, missing = [], list(fields)
     if len(missing) not in (0, len(fields)):
         raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with --recompute to rebuild them")
@@ -234,25 +234,25 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         current = lake.dataset()
         if all(f.name in current.schema.names for f in declared):
             return False  # another process declared them first
-        # (a schema's metadata is merged into the table's by the same commit)
+        # The set's record goes in the same commit (the schema's metadata is merged into the table's),
+        # but a key the table has already is kept as it was: the record of a set of these names
+        # (dropped outside lakecurate, its fix running now) is forgotten first.
+        current = _forget(current, names)
         current.add_columns(pa.schema(declared, metadata={NODE_KEY + names[0]: meta[PROVENANCE_KEY]}))
         return True
 
     return retry_on_conflict(add)
 
 
-def drop_present(lake: "Store", names: Sequence[str], *, forget: bool = True) -> None:
+def drop_present(lake: "Store", names: Sequence[str]) -> None:
     """Drop those of ``names`` the lake has (metadata only), retried like every commit on a shared
-    table (another writer may have dropped some meanwhile). ``forget``: their sets' records go
-    first (a drop lakecurate means; without it, a declare that adds the set again at once, whose
-    commit replaces the record)."""
+    table (another writer may have dropped some meanwhile); their sets' records go first (a drop
+    lakecurate means is no set "dropped outside")."""
     def drop() -> None:
         current = lake.dataset()
         gone = [n for n in names if n in current.schema.names]
         if gone:
-            if forget:
-                current = _forget(current, gone)
-            current.drop_columns(gone)
+            _forget(current, gone).drop_columns(gone)
 
     retry_on_conflict(drop)
 

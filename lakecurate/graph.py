@@ -152,16 +152,22 @@ def dropped_nodes(ds: "lance.LanceDataset") -> list[Node]:
 
 
 def _dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
-    """The version whose commit left none of ``node``'s columns (None: not in the readable log)."""
+    """The version whose commit left none of ``node``'s columns, the last such (lakecurate's own
+    drop and declare may come before it: a --recompute); None where the log cannot tell."""
     since = int(node.prov.get("table_version") or 0)
-    for n, tx in commit_log(ds):
-        if n > since and tx is not None and type(tx.operation).__name__ == "Project":
-            try:
-                if not set(ds.checkout_version(n).schema.names) & set(node.columns):
-                    return n
-            except Exception:  # noqa: BLE001 - cleaned up since: an older drop may still be readable
-                continue
-    return None
+    at = None
+    for n, tx in reversed(commit_log(ds)):  # (columns are added by Merge, dropped by Project commits)
+        if n <= since:
+            break
+        if tx is None or type(tx.operation).__name__ not in ("Project", "Merge"):
+            continue
+        try:
+            if set(ds.checkout_version(n).schema.names) & set(node.columns):
+                break  # the columns were there: the drop is the Project after it
+        except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
+            break
+        at = n
+    return at
 
 
 def _gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node) -> NodeState:

@@ -443,3 +443,21 @@ def test_global_stages_another_writer_dropped_whole_are_listed_dropped_and_their
         _run_fix(next(s for s in gone if s.fix == fix))
     assert {s.state for s in graph.states(lake)} == {"current"}
     assert lake.dataset().to_table(columns=["id", *cols]).sort_by("id").equals(before)
+
+
+def test_a_set_declared_again_with_another_config_is_recorded_as_the_new_one(tmp_path: Path):
+    """Lance's add_columns keeps a schema metadata key the table has: a --recompute with other
+    parameters left the first config's record, so the set dropped outside was listed as dropped by
+    lakecurate's own drop and its fix computed the first parameters."""
+    lake = lake_of(tmp_path / "lake", 8)
+    add_n(lake, params={"k": 3}, recompute=True)
+    lance.dataset(lake.table_uri).drop_columns(["n"])
+    dropped_at = lake.dataset().version
+    st = _state(lake, "feature")
+    assert st.state == "dropped" and f"dropped at version {dropped_at} " in st.reasons[0], st.reasons
+    assert "k=3" in st.fix, st.fix
+    _run_fix(st)
+    assert _state(lake, "feature").state == "current"
+    got = lake.to_pandas(["caption", "n"])
+    assert got["n"].equals(got["caption"].str.len() * 3)
+    assert [p["config"]["params"] for p in columns.node_records(lake.dataset()).values()] == [{"k": 3}]
