@@ -1160,11 +1160,15 @@ def serve(lake: str, host: str, port: int, read_only: bool, at_version: str | No
 @click.option("--by", help="Who reviews (stored in review_by).")
 @click.option("--undo", "undo_action", help="Restore what the rows of this action held before it.")
 @click.option("--history", is_flag=True, help="List the latest review actions.")
+@click.option("--from-version", "from_version", metavar="VERSION",
+              help="Write back the marks the lake held at VERSION (a number or tag): what status names when "
+                   "another writer dropped the review columns. One action, undone as any.")
 @json_option
 @_friendly_errors
 def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str | None, label: str | None,
-               by: str | None, undo_action: str | None, history: bool, as_json: bool) -> None:
-    """Mark pairs of LAKE by id (what the browser's review does), undo a mark, or list marks.
+               by: str | None, undo_action: str | None, history: bool, from_version: str | None, as_json: bool) -> None:
+    """Mark pairs of LAKE by id (what the browser's review does), undo a mark, list marks, or write
+    back the marks of an older version.
 
     Example: lakecurate review ./lake p0000012 p0000040 --drop watermark --by ana
     """
@@ -1172,6 +1176,20 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
 
     marks = [name for name, given in (("ids", ids), ("--keep", verdict), ("--drop", reason is not None),
                                       ("--label", label is not None)) if given]
+    if from_version is not None:
+        others = marks + [name for name, given in (("--undo", undo_action is not None), ("--history", history)) if given]
+        if others:
+            raise LakeError(f"--from-version writes back an older version's marks; it takes no {', '.join(others)}")
+        if not from_version.strip():
+            raise LakeError(f"--from-version: give a version number or tag (see: lakecurate log {shlex.quote(lake)})")
+        back = open_lake(lake).restore_reviews(int(from_version) if from_version.isdigit() else from_version, by=by)
+        if as_json:
+            echo_json(back)
+        else:
+            click.echo(f"wrote back the marks of {back['rows']} rows from version {from_version}"
+                       + (f" (undo: lakecurate review {shlex.quote(lake)} --undo {back['action']})" if back["action"] else "")
+                       + (f"; no longer in the lake: {len(back['not_found'])}" if back["not_found"] else ""))
+        return
     if history and (marks or undo_action is not None):  # (they were ignored without a word)
         raise LakeError(f"--history lists the latest actions; it takes no {', '.join(marks) or '--undo'}")
     if undo_action is not None and marks:

@@ -151,7 +151,7 @@ def dropped_nodes(ds: "lance.LanceDataset") -> list[Node]:
     return sorted(out, key=_order)
 
 
-def _dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
+def dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
     """The version whose commit left none of ``node``'s columns, the last such (lakecurate's own
     drop and declare may come before it: a --recompute); None where the log cannot tell."""
     since = int(node.prov.get("table_version") or 0)
@@ -170,18 +170,39 @@ def _dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
     return at
 
 
+def last_whole(ds: "lance.LanceDataset", node: Node) -> int | None:
+    """The latest version that had all of ``node``'s columns (the version before the first drop of
+    any of them, outside lakecurate or not); None where the readable log cannot tell."""
+    later = None  # the schema change after the one looked at
+    for n, tx in reversed(commit_log(ds)):
+        if tx is None or type(tx.operation).__name__ not in ("Project", "Merge", "Overwrite", "Restore", "Clone"):
+            continue
+        try:
+            names = set(ds.checkout_version(n).schema.names)
+        except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
+            return None
+        if set(node.columns) <= names:
+            return later - 1 if later is not None else n
+        later = n
+    return None
+
+
 def _gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node) -> NodeState:
     """A node another writer dropped whole: computed again by its fix; a review's marks, which no
     run computes, are in the versions before the drop."""
     cols = ", ".join(node.columns)
-    at = _dropped_at(ds, node)
+    at = dropped_at(ds, node)
     when = f" at version {at}" if at is not None else ""
     if node.stage in MANUAL:
-        back = at - 1 if at is not None else node.prov.get("table_version")
+        back = last_whole(ds, node)
+        if back is None:  # (the versions that had them were cleaned up: the review log has what they held)
+            return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} outside lakecurate, and no "
+                                               f"version left has them; the review log lists what they were"],
+                             fix=f"{_lakecurate(lake)} review {lake.shell} --history")
         return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} outside lakecurate; they are still in "
-                                           f"version {back}, which its fix makes the latest again whole (what came "
-                                           f"since, lakecurate log shows, stays readable)"],
-                         fix=f"{_lakecurate(lake)} restore {lake.shell} {back}")
+                                           f"version {back}, whence its fix writes them back (one review action, "
+                                           f"undone as any)"],
+                         fix=f"{_lakecurate(lake)} review {lake.shell} --from-version {back}")
     st = NodeState(node, "dropped", [f"its column{'s' if len(node.columns) > 1 else ''} {cols} "
                                      f"{'were' if len(node.columns) > 1 else 'was'} dropped{when} outside lakecurate; "
                                      f"its fix computes {'them' if len(node.columns) > 1 else 'it'} again"])

@@ -262,6 +262,14 @@ class Lake(Store):
         keywords("undo_review", options, undo, skip=2)
         return undo(self, action, **options)
 
+    def restore_reviews(self, version: int | str, **options: Any) -> dict[str, Any]:
+        """Write back the review marks the lake held at ``version`` (marks another writer dropped);
+        see :func:`lakecurate.review.bring_back`."""
+        from lakecurate.review import bring_back
+
+        keywords("restore_reviews", options, bring_back, skip=2)
+        return bring_back(self, version, **options)
+
     def serve(self, **options: Any) -> None:
         """Browse, search and review this lake in a browser; see :func:`lakecurate.serve.serve`."""
         from lakecurate.serve import serve

@@ -115,10 +115,10 @@ def _partial(lake: "Store", ds: "lance.LanceDataset", present: list[str]) -> str
                 break
         except LakeError:  # a version cleaned up: an older one may still be there
             continue
-    head = f"lakecurate --branch {shlex.quote(lake.branch)}" if getattr(lake, "branch", None) else "lakecurate"
+    head = _head(lake)
     drop = f"import lance; lance.dataset({json.dumps(lake.table_uri)}).drop_columns({json.dumps(present)})"
-    back = (f"{head} restore {lake.shell} {whole} (the latest version that has them all; the versions since stay "
-            f"readable), or " if whole is not None else "")
+    back = (f"{head} review {lake.shell} --from-version {whole} (the latest version that has them all: its marks "
+            f"written back), or " if whole is not None else "")
     return (f"lake '{lake.uri}' has the review columns {', '.join(present)} without {', '.join(missing)} (dropped "
             f"outside lakecurate?); a mark writes all {len(NAMES)}. Go on with {back}drop the rest and mark again "
             f"(their verdicts stay in version {ds.version} and the review log): python -c {shlex.quote(drop)}")
@@ -213,6 +213,58 @@ def _write(lake: "Store", new_by_id: dict[str, dict[str, Any]], expect: dict[str
     return retry_on_conflict(attempt, attempts=20)
 
 
+def _refuse_if_dropped(lake: "Store") -> None:
+    """Refuse to write marks while the review columns are recorded as dropped outside lakecurate
+    (status lists them "dropped"): a mark declared them anew, empty, and the old marks were left in
+    no current row for good, with only the new mark's rows in the log's latest state."""
+    from lakecurate.graph import dropped_at, dropped_nodes, last_whole
+
+    ds = lake.dataset()
+    gone = next((n for n in dropped_nodes(ds) if n.stage == STAGE), None)
+    if gone is None:
+        return
+    at, back = dropped_at(ds, gone), last_whole(ds, gone)
+    dropped = f"the review marks of lake '{lake.uri}' were dropped{f' at version {at}' if at else ''} outside lakecurate"
+    if back is None:
+        raise LakeError(f"{dropped}, and no version left has them (the review log lists what they were: "
+                        f"{_head(lake)} review {lake.shell} --history); nothing marked")
+    raise LakeError(f"{dropped}; bring them back first (they are in version {back}): "
+                    f"{_head(lake)} review {lake.shell} --from-version {back}")
+
+
+def _head(lake: "Store") -> str:
+    import shlex
+
+    return f"lakecurate --branch {shlex.quote(lake.branch)}" if getattr(lake, "branch", None) else "lakecurate"
+
+
+def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
+    """Write back the marks the lake held at ``version`` (a number or tag): every row of that
+    version with a review value gets its values again (rows no longer in the lake are listed in
+    ``not_found``), as one logged action that :func:`undo` takes back. What status names when
+    another writer dropped the review columns: the marks are in the versions before the drop."""
+    if read_only:
+        raise LakeError("this lake is open read-only: reviews are not written")
+    then = lake.dataset(version)
+    if not set(NAMES) <= set(then.schema.names):
+        raise LakeError(f"version {version} of lake '{lake.uri}' has no review columns (or not all {len(NAMES)}); "
+                        f"see: {_head(lake)} log {lake.shell}")
+    cond = " OR ".join(f"{n} IS NOT NULL" for n in NAMES)
+    rows = then.to_table(columns=["id", *NAMES], filter=cond).to_pylist()
+    marks = {r["id"]: {n: r[n] for n in NAMES} for r in rows if r["id"] is not None}
+    if not marks:
+        return {"action": None, "rows": 0, "not_found": [], "version": None}
+    present = [n for n in NAMES if n in lake.dataset().schema.names]
+    if 0 < len(present) < len(NAMES):  # some dropped outside: the rest go (lakecurate's drop), all come back
+        columns.drop_present(lake, present)
+    by = _text(by, "reviewer") or "anonymous"
+    at = datetime.now(timezone.utc)
+    action = uuid.uuid4().hex
+    version_now, before, skipped = _write(lake, marks, log=_logger(lake, action, f"from version {then.version}",
+                                                                     marks.__getitem__, by, at), action=action)
+    return {"action": action if before else None, "rows": len(before), "not_found": skipped, "version": version_now}
+
+
 def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reason: str | None = None,
          label: str | None = None, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
     """Mark rows (pair ids): ``verdict`` "keep" or "drop" (a drop needs a ``reason``) and/or a
@@ -222,6 +274,7 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
     ids, verdict, reason, label, by = _check(lake, ids, verdict, reason, label, by)
+    _refuse_if_dropped(lake)
     shown = ", ".join(i if len(i) <= 40 else i[:40] + "..." for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     none_found = (f"no pair of lake '{lake.uri}' has id {shown}; nothing marked. Find ids with: "  # nothing to undo
                   f"lakecurate sql {lake.shell} \"SELECT id, key, caption FROM pairs LIMIT 10\"")
@@ -248,6 +301,7 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
     rows = log.to_table(filter=f"action = '{action}'").to_pylist()
     if not rows:
         raise LakeError(f"review action {action!r} is not in lake '{lake.uri}''s review log")
+    _refuse_if_dropped(lake)
     if _landed(lake, {action: rows[0].get("read_version")}).get(action) is False:
         raise LakeError(f"review action {action!r} of lake '{lake.uri}' {NEVER_LANDED} (the review stopped between "
                         f"its log entry and its commit): nothing to undo")

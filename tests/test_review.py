@@ -215,10 +215,10 @@ def test_a_review_column_dropped_outside_says_what_works(sample: Lake):
         review.mark(sample, ids[1:], verdict="keep", by="bo")
     msg = str(err.value)
     assert "--recompute" not in msg and "without review_by" in msg and sample.version == version
-    restore = re.search(r"Go on with (lakecurate restore \S+ \d+) ", msg).group(1)
-    res = CliRunner().invoke(main, shlex.split(restore)[1:])
+    back = re.search(r"Go on with (lakecurate review \S+ --from-version \d+) ", msg).group(1)
+    res = CliRunner().invoke(main, shlex.split(back)[1:])
     assert res.exit_code == 0, res.output
-    review.mark(sample, ids[1:], verdict="keep", by="bo")  # the restore brought review_by back, with ana's mark
+    review.mark(sample, ids[1:], verdict="keep", by="bo")  # review_by is back, with ana's mark
     assert _values(sample, ids)[ids[0]]["review_by"] == "ana" and _values(sample, ids)[ids[1]]["review_by"] == "bo"
 
     sample.dataset().drop_columns(["review_by"])
@@ -226,8 +226,13 @@ def test_a_review_column_dropped_outside_says_what_works(sample: Lake):
         review.mark(sample, ids[1:], verdict="drop", reason="blurry")
     drop = shlex.split(re.search(r"mark again .*?: (python -c .*)$", str(err.value)).group(1))
     subprocess.run([sys.executable, *drop[1:]], check=True)
+    # every review column gone outside lakecurate: the marks are written back before a new one
+    with pytest.raises(LakeError, match="bring them back first") as err:
+        review.mark(sample, ids[1:], verdict="drop", reason="blurry", by="cy")
+    res = CliRunner().invoke(main, shlex.split(re.search(r"\): (lakecurate review .*)$", str(err.value)).group(1))[1:])
+    assert res.exit_code == 0, res.output
     review.mark(sample, ids[1:], verdict="drop", reason="blurry", by="cy")
-    assert review.counts(sample.dataset()) == {"drop": 1} and _values(sample, ids)[ids[1]]["review_by"] == "cy"
+    assert review.counts(sample.dataset()) == {"drop": 2} and _values(sample, ids)[ids[1]]["review_by"] == "cy"
 
 
 def test_control_characters_are_cleaned_from_review_text(sample: Lake):

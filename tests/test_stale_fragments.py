@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from lakecurate import Lake, LakeError, columns, graph
+from lakecurate import Lake, LakeError, columns, graph, review
 from lakecurate.cli import main
 from lakecurate.plant import synthetic_pairs
 
@@ -413,17 +413,35 @@ def test_the_drops_lakecurate_means_leave_nothing_listed(tmp_path: Path):
         features.drop_feature(lake, "n")
 
 
-def test_review_marks_another_writer_dropped_are_listed_with_the_version_that_has_them(tmp_path: Path):
+def test_review_marks_another_writer_dropped_are_written_back_from_the_version_that_has_them(tmp_path: Path):
+    """The marks are no run's to compute: status names the version that has them, and its fix
+    writes them back into the lake as it is now (rows added since stay; it said `restore N`, which
+    undid them); a mark or an undo meanwhile is refused (it declared the columns anew, empty, and
+    the old marks were in no current row for good)."""
     lake = lake_of(tmp_path / "lake", 8)
-    ids = lake.dataset().to_table(columns=["id"]).column("id").to_pylist()[:2]
-    lake.review(ids, verdict="drop", reason="watermark")
+    ids = lake.dataset().to_table(columns=["id"]).column("id").to_pylist()[:3]
+    first = lake.review(ids[:2], verdict="drop", reason="watermark", by="ana")
+    lake.review(ids[2:], verdict="keep", by="bob")
     marked = lake.dataset().version
+    before = lake.dataset().to_table(columns=["id", "review_verdict", "review_reason", "review_by", "review_at"],
+                                     filter="review_verdict IS NOT NULL").sort_by("id")
     ds = lance.dataset(lake.table_uri)
     ds.drop_columns([c for c in ds.schema.names if c.startswith("review_")])
+    lake.append(synthetic_pairs(100, 4))
     st = _state(lake, "review")
     assert st.state == "dropped" and f"they are still in version {marked}" in st.reasons[0], st.reasons
+    for write in (lambda: lake.review(ids[:1], verdict="keep"), lambda: lake.undo_review(first["action"])):
+        with pytest.raises(LakeError, match=f"were dropped at version {marked + 1} outside lakecurate; bring them "
+                                            f"back first .* review .* --from-version {marked}"):
+            write()
     _run_fix(st)
-    assert lake.count("review_verdict = 'drop'") == 2 and _state(lake, "review").state == "current"
+    assert lake.count() == 12 and _state(lake, "review").state == "current"
+    after = lake.dataset().to_table(columns=before.column_names, filter="review_verdict IS NOT NULL").sort_by("id")
+    assert after.equals(before)
+    back = next(h for h in review.history(lake) if h["kind"] == f"from version {marked}")
+    assert back["rows"] == 3
+    lake.undo_review(back["action"])
+    assert lake.count("review_verdict IS NOT NULL") == 0
 
 
 def test_global_stages_another_writer_dropped_whole_are_listed_dropped_and_their_fixes_restore_them(
