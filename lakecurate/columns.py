@@ -257,6 +257,27 @@ def drop_present(lake: "Store", names: Sequence[str]) -> None:
     retry_on_conflict(drop)
 
 
+def record_beside(lake: "Store", names: Sequence[str], values: dict[str, Any]) -> None:
+    """Record ``values`` beside the config in the provenance of the set ``names`` (each field's and
+    the set's record; the config and its hash unchanged): where this run found its weights, when an
+    earlier run of the same config found them elsewhere (the fix command names them). Metadata
+    only, retried on conflict; nothing written when the provenance holds them already."""
+    def update() -> None:
+        ds = lake.dataset()
+        present = [n for n in names if n in ds.schema.names]
+        held = [field_provenance(ds.schema.field(n), strict=False) or {} for n in present]
+        if not present or all(all(p.get(k) == v for k, v in values.items()) for p in held):
+            return
+        ds.update_field_metadata({n: {PROVENANCE_KEY: json.dumps({**p, **values}, sort_keys=True)}
+                                  for n, p in zip(present, held)})
+        records = {k: json.dumps({**p, **values}, sort_keys=True) for k, p in node_records(ds).items()
+                   if set(p[DECLARED_KEY]) & set(present)}
+        if records:
+            ds.update_schema_metadata(records)
+
+    retry_on_conflict(update)
+
+
 def node_records(ds: lance.LanceDataset) -> dict[str, dict[str, Any]]:
     """The provenance records of the sets declared on ``ds`` (:data:`NODE_KEY`), by key; a record
     that does not parse is left out (written by hand: it tells nothing)."""

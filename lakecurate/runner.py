@@ -708,6 +708,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         if actors is not None:
             actors.stop()
         raise
+    if not added and stage.extra.get("weights"):  # the same config's weights found elsewhere this time
+        columns.record_beside(lake, stage.names, {"weights": stage.extra["weights"]})
     ds = lake.dataset()
     recorded, prov = as_recorded(stage, ds, prov)
     if recorded is not stage:

@@ -347,6 +347,12 @@ def test_a_caption_column_made_with_a_checkpoint_elsewhere_is_the_same_config_he
     assert len(added) == 4 and set(added) == {caps["coffee.jpg"]}  # the checkpoint's captions, as at the first path
     assert lake.recaption(model, name="mine", workers=0, progress=False, **opts).rows == 0
     assert lake.recaption(model, name="mine", retry_errors=True, workers=0, progress=False, **opts).rows == 0
+    # the fix names the checkpoint where the latest run found it (it named the first path, gone here)
+    lake.append(pair_rows(4, 1, image=coffee))
+    st = {s.node.columns[0]: s for s in graph.states(lake)}["caption_mine"]
+    assert str(b) in st.fix and str(a) not in st.fix, st.fix
+    res = CliRunner().invoke(main, shlex.split(st.fix)[1:] + ["--workers", "0", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output[res.output.index("{"):])["rows"] == 1, res.output
 
 
 def test_a_checkpoint_of_the_same_name_and_size_but_other_weights_is_another_config(tmp_path: Path):
