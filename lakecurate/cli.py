@@ -1316,6 +1316,29 @@ def feature_drop(lake: str, name: str, as_json: bool) -> None:
         click.echo(f"dropped {', '.join(dropped)}")
 
 
+@main.command("drop")
+@lake_argument
+@click.argument("names", nargs=-1, required=True, metavar="COLUMN...")
+@json_option
+@_friendly_errors
+def drop(lake: str, names: tuple[str, ...], as_json: bool) -> None:
+    """Drop derived columns of LAKE (metadata only; older versions and tags still have them:
+    lakecurate restore brings them back), or forget a stage another writer dropped (status lists it
+    "dropped"). Source columns are never dropped; the columns a stage declared together (an
+    embedding's, keep and drop_reason) go together: name them all. A stage built on a dropped column
+    shows stale in status after it. Nothing is written when a name is refused.
+
+    Example: lakecurate drop ./lake caption_redacted
+    """
+    from lakecurate.drops import describe
+
+    out = open_lake(lake).drop_columns(list(names))
+    if as_json:
+        echo_json(out)
+    else:
+        click.echo(describe(out))
+
+
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @lake_argument

@@ -409,7 +409,7 @@ def fill_fragments(lake: "Store", tables: dict[int, pa.Table], *, first_fill_onl
 
 
 _REMOVED_BY = {  # the operation of the commit that removed a column -> what a user did
-    "Project": "a drop of columns (lakecurate feature drop, or a run with --recompute that declares it anew)",
+    "Project": "a drop of columns (lakecurate drop or feature drop, Lance or LanceDB drop_columns, or a run with --recompute that declares it anew)",
     "Overwrite": "an overwrite of the table (lakecurate ingest --mode overwrite)",
     "Restore": "a restore of a version without it (lakecurate restore)",
 }

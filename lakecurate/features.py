@@ -448,7 +448,11 @@ def list_features(lake: "Store") -> list[dict[str, Any]]:
 
 
 def drop_feature(lake: "Store", name: str) -> list[str]:
-    """Drop a feature's column(s) (metadata only: older versions still have them). Returns the names."""
+    """Drop a feature's column(s) (metadata only: older versions still have them), or forget one another
+    writer dropped (status lists it dropped): :func:`lakecurate.drops.drop_columns` of its columns.
+    Returns the names."""
+    from lakecurate.drops import drop_columns
+
     ds = lake.dataset()
     cols = [f.name for f in ds.schema if (columns.field_provenance(f) or {}).get("stage") == STAGE
             and columns.field_provenance(f)["config"].get("feature") == name]
@@ -457,7 +461,5 @@ def drop_feature(lake: "Store", name: str) -> list[str]:
                      and (n.prov.get("config") or {}).get("feature") == name), [])
         if not cols:
             raise LakeError(f"lake '{lake.uri}' has no feature '{name}'; see: lakecurate feature list {lake.uri}")
-        columns.forget(lake, cols)
-        return cols
-    columns.drop_present(lake, cols)
+    drop_columns(lake, cols)
     return cols

@@ -312,6 +312,17 @@ class Lake(Store):
                 "stages": [s.to_dict() for s in states], "view": view,
                 "view_notes": notes + ([edited] if edited else []) + graph.unheeded_reviews(ds, view)}
 
+    def drop_columns(self, names: str | Sequence[str]) -> dict[str, Any]:
+        """Drop derived columns (metadata only: older versions keep them), a set declared together
+        whole, and forget a set another writer dropped (status lists it "dropped"); source columns
+        are never dropped. Checked before anything is written; see :func:`lakecurate.drops.drop_columns`.
+
+        Example: ``lake.drop_columns("caption_redacted")``  # {'dropped': ['caption_redacted'], 'stale': [], ...}
+        """
+        from lakecurate.drops import drop_columns
+
+        return drop_columns(self, names)
+
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.
 

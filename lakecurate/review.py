@@ -116,12 +116,12 @@ def _partial(lake: "Store", ds: "lance.LanceDataset", present: list[str]) -> str
         except LakeError:  # a version cleaned up: an older one may still be there
             continue
     head = _head(lake)
-    drop = f"import lance; lance.dataset({json.dumps(lake.table_uri)}).drop_columns({json.dumps(present)})"
+    drop = f"{head} drop {lake.shell} {' '.join(shlex.quote(n) for n in present)}"
     back = (f"{head} review {lake.shell} --from-version {whole} (the latest version that has them all: its marks "
             f"written back), or " if whole is not None else "")
     return (f"lake '{lake.uri}' has the review columns {', '.join(present)} without {', '.join(missing)} (dropped "
             f"outside lakecurate?); a mark writes all {len(NAMES)}. Go on with {back}drop the rest and mark again "
-            f"(their verdicts stay in version {ds.version} and the review log): python -c {shlex.quote(drop)}")
+            f"(their verdicts stay in version {ds.version} and the review log): {drop}")
 
 
 def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str | None, label: str | None,
@@ -225,10 +225,11 @@ def _refuse_if_dropped(lake: "Store") -> None:
         return
     at, back = dropped_at(ds, gone), last_whole(ds, gone)
     dropped = f"the review marks of lake '{lake.uri}' were dropped{f' at version {at}' if at else ''} outside lakecurate"
+    afresh = f"to start afresh without them: {_head(lake)} drop {lake.shell} {NAMES[0]}"
     if back is None:
         raise LakeError(f"{dropped}, and no version left has them (the review log lists what they were: "
-                        f"{_head(lake)} review {lake.shell} --history); nothing marked")
-    raise LakeError(f"{dropped}; bring them back first (they are in version {back}): "
+                        f"{_head(lake)} review {lake.shell} --history); nothing marked; {afresh}")
+    raise LakeError(f"{dropped}; bring them back first (they are in version {back}; {afresh}): "
                     f"{_head(lake)} review {lake.shell} --from-version {back}")
 
 

@@ -19,7 +19,7 @@ PKG = Path(lakecurate.__file__).parent
 # imports another) and any floor below, never one above.
 FLOORS = {
     "ground": {"errors", "_version", "schema", "options", "progress", "sqlcheck", "store", "columns", "names",
-               "images", "engines", "runner", "graph"},
+               "images", "engines", "runner", "graph", "drops"},
     "algo": {"neardup", "verify", "stream"},
     "models": {"encoders", "offline", "captioners"},
     "stages": {"ingest", "embed", "signals", "faces", "imagetext", "recaption", "dedup", "curate", "concepts", "features", "export", "plant", "review"},

@@ -387,7 +387,7 @@ def test_a_column_removed_mid_run_is_named_by_what_removed_it(tmp_path: Path, ho
     with pytest.raises(LakeError) as err:
         lake.add_feature("clen", removing_len, inputs=["caption"], type="int32", batch_size=20, progress=False)
     msg = str(err.value)
-    what = "a drop of columns (lakecurate feature drop" if how == "feature drop" else "an overwrite of the table"
+    what = "a drop of columns (lakecurate drop or feature drop" if how == "feature drop" else "an overwrite of the table"
     assert what in msg and "restore" not in msg and "\n" not in msg, msg
     assert "If it was not removed on purpose, run this command again" in msg, msg
 

@@ -479,3 +479,78 @@ def test_a_set_declared_again_with_another_config_is_recorded_as_the_new_one(tmp
     got = lake.to_pandas(["caption", "n"])
     assert got["n"].equals(got["caption"].str.len() * 3)
     assert [p["config"]["params"] for p in columns.node_records(lake.dataset()).values()] == [{"k": 3}]
+
+
+# ------------------------------------------------------------------ lakecurate drop: derived columns on purpose
+def _drop(lake: Lake, *names: str, as_json: bool = True):
+    res = CliRunner().invoke(main, ["drop", lake.uri, *names, *(["--json"] if as_json else [])])
+    return res, (json.loads(res.stdout) if as_json and res.stdout.strip() else None)
+
+
+def test_drop_forgets_a_built_in_stage_dropped_outside_and_drops_one_the_lakecurate_way(tmp_path: Path):
+    """caption_redacted dropped by Lance was listed dropped forever (feature drop knows features
+    only): `lakecurate drop` forgets it. Made again and dropped through lakecurate: nothing listed,
+    no record left, and the version before the drop still has the values."""
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    lake.signals(["redact"], progress=False)
+    lance.dataset(lake.table_uri).drop_columns(["caption_redacted"])
+    assert _state(lake, "signals-redact").state == "dropped"
+    res, out = _drop(lake, "caption_redacted")
+    assert res.exit_code == 0, res.output
+    assert out["dropped"] == [] and out["forgot"] == ["caption_redacted"] and out["kept_in"] is None
+    assert [s.node.stage for s in graph.states(lake)] == ["feature"]
+    assert not [p for p in columns.node_records(lake.dataset()).values() if p["stage"] == "signals-redact"]
+
+    lake.signals(["redact"], progress=False)
+    before = lake.version
+    res, _ = _drop(lake, "caption_redacted", as_json=False)
+    assert res.exit_code == 0 and res.output.strip() == f"dropped caption_redacted (version {before} still has them)"
+    assert "caption_redacted" not in lake.dataset().schema.names
+    assert [s.node.stage for s in graph.states(lake)] == ["feature"]
+    assert "caption_redacted" in lake.dataset(before).schema.names
+    assert [p["stage"] for p in columns.node_records(lake.dataset()).values()] == ["feature"]
+
+
+def test_drop_of_an_embedding_drops_its_set_whole_and_leaves_what_was_built_on_it_stale(sample_lake_embedded: Lake,
+                                                                                       tmp_path: Path):
+    """One of an embedding's columns alone is refused (nothing written), naming the rest; the whole
+    set dropped leaves nothing listed for embed, and the concepts computed from it stale, as the
+    command says."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.cluster(2)
+    emb = next(s.node.columns for s in graph.states(lake) if s.node.stage == "embed")
+    assert len(emb) > 1
+    version = lake.version
+    res, out = _drop(lake, emb[0])
+    assert res.exit_code == 1 and "name the rest too" in out["error"] and all(c in out["error"] for c in emb)
+    assert lake.version == version
+    res, out = _drop(lake, *emb)
+    assert res.exit_code == 0, res.output
+    assert out["dropped"] == emb and out["kept_in"] == version and out["version"] > version
+    assert [s["stage"] for s in out["stale"]] == ["concepts"] and set(out["stale"][0]["inputs"]) <= set(emb)
+    by_stage = {s.node.stage: s for s in graph.states(lake)}
+    assert "embed" not in by_stage
+    assert by_stage["concepts"].state == "stale" and "dropped since" in " ".join(by_stage["concepts"].reasons)
+    text = CliRunner().invoke(main, ["drop", lake.uri, "concept", "concept_dist"])
+    assert text.exit_code == 0 and text.output.startswith("dropped concept, concept_dist"), text.output
+    assert graph.states(lake) == [] and not columns.node_records(lake.dataset())
+
+
+def test_drop_refuses_source_foreign_and_unknown_columns_before_writing(tmp_path: Path):
+    lake = lake_of(tmp_path / "lake", 8)
+    ds = lance.dataset(lake.table_uri)
+    ds.add_columns({"mine": "1"})
+    version = lake.version
+    res, out = _drop(lake, "n", "caption")
+    assert res.exit_code == 1 and "source rows and columns are never deleted" in out["error"]
+    assert "caption is a source column" in out["error"]
+    res, out = _drop(lake, "mine")
+    assert res.exit_code == 1 and "not made by lakecurate" in out["error"]
+    res, out = _drop(lake, "n", "nope")
+    assert res.exit_code == 1 and "no column 'nope'" in out["error"] and "its derived columns: n" in out["error"]
+    plain = CliRunner().invoke(main, ["drop", lake.uri, "id"])
+    assert plain.exit_code == 1 and "Traceback" not in plain.output and "never deleted" in plain.output
+    assert lake.version == version and "n" in lake.dataset().schema.names
+    with pytest.raises(LakeError, match="never deleted"):
+        lake.drop_columns("image")
+    assert lake.drop_columns("n")["dropped"] == ["n"]
