@@ -701,7 +701,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     names = ds.schema.names
     where = check_where(where, "--where", ds)
     if where is None:  # (no decision yet: the rows ingest accepted; it ordered rows without an image too)
-        where = default_view(names) or "ingest_status != 'error'"
+        where = default_view(ds.schema) or "ingest_status != 'error'"
     if score is not None and mode != "curriculum":  # (ignored, yet recorded in the order's provenance)
         raise LakeError(f"--score orders a curriculum; --mode {mode} does not read it: drop it or use --mode curriculum")
     if mode == "interleave" and "concept" not in names:

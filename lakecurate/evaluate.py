@@ -311,7 +311,7 @@ def _selection(lake: "Store", view: str | None, option: str = "--view", *, allow
     names = ds.schema.names
     # a tag is its recipe's result as it was: the latest decision current there (what is stale at a
     # past version can never be made current; rebalance_keep of an older recipe was used, or refused)
-    where = effective_view(lake, ds)[0] if version is not None else default_view(names)
+    where = effective_view(lake, ds)[0] if version is not None else default_view(ds.schema)
     if where is None:
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
                         f"run: lakecurate curate {lake.shell} basic, or pass --view 'SQL condition'")

@@ -46,7 +46,8 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, effective_view, states, unheeded_reviews, where_columns
+from lakecurate.graph import (check_current, effective_view, foreign_view_notes, states, unheeded_reviews,
+                              where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
 from lakecurate.options import overlaps, path, whole, writable
@@ -128,7 +129,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     where = check_where(where, "--where", ds)
     notes: list[str] = []
     if where is None:
-        view, notes = effective_view(lake, ds) if version is not None else (default_view(names), [])
+        view, notes = effective_view(lake, ds) if version is not None else (default_view(ds.schema),
+                                                                             foreign_view_notes(lake, ds))
         notes += unheeded_reviews(ds, view)  # (reviewers' drops shipped without a word)
         where = view or "ingest_status != 'error'"
     order = [c for c in ("seq_order", "repeats" if repeats else "") if c in names]

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, config_change, declared_columns, field_provenance, fragments_to_fill,
                                 has_data, hash_config, node_records, vector_rows)
 from lakecurate.errors import LakeError
-from lakecurate.names import DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, embedding_columns, embedding_prefixes
+from lakecurate.names import (DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decision, embedding_columns,
+                              embedding_prefixes, foreign_decisions)
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ def dropped_nodes(ds: "lance.LanceDataset") -> list[Node]:
     """The column sets lakecurate declared on ``ds`` of which no column is left: another writer
     (Lance, LanceDB) dropped them whole, so their fields no longer say what made them; the table's
     record of each declare does (:data:`lakecurate.columns.NODE_KEY`). In pipeline order."""
-    names = set(ds.schema.names)
+    # (a `keep` another writer added after dropping curate's is not curate's: its decision is still dropped)
+    names = set(ds.schema.names) - set(foreign_decisions(ds.schema))
     out = []
     for prov in node_records(ds).values():
         cols = [str(c) for c in prov[DECLARED_KEY]]
@@ -162,7 +164,8 @@ def dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
         if tx is None or type(tx.operation).__name__ not in ("Project", "Merge"):
             continue
         try:
-            if set(ds.checkout_version(n).schema.names) & set(node.columns):
+            schema = ds.checkout_version(n).schema
+            if (set(schema.names) - set(foreign_decisions(schema))) & set(node.columns):
                 break  # the columns were there: the drop is the Project after it
         except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
             break
@@ -1139,9 +1142,9 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
     None before any curation."""
     from lakecurate.names import VIEW_DECISIONS
 
-    present = [c for c in VIEW_DECISIONS if c in ds.schema.names]
+    present = [c for c in VIEW_DECISIONS if c in ds.schema.names and c not in foreign_decisions(ds.schema)]
     all_states = states(lake, ds) if present else []  # one reading of the graph for every candidate
-    notes: list[str] = []
+    notes = foreign_view_notes(lake, ds)
     for col in present:
         bad = [s for s in not_current(lake, ds, [col], all_states) if blocks(s)]
         if not bad:
@@ -1150,6 +1153,15 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
         # the last candidate is used all the same: the note says so (it said "skipped" while in use)
         notes.append(f"{col} skipped: {why}" if col != present[-1] else f"{col} used though no decision is current: {why}")
     return (present[-1] if present else None), notes
+
+
+def foreign_view_notes(lake: "Store", ds: "lance.LanceDataset") -> list[str]:
+    """A note on each decision column another writer added under a decision's name (``keep`` by
+    Lance's ``add_columns``): it is not the lake's decision, so no view uses it."""
+    fix = {"curate": f"{_lakecurate(lake)} curate {lake.shell} RECIPE.toml",
+           "rebalance": f"{_lakecurate(lake)} rebalance {lake.shell}"}
+    return [f"{c} was not written by lakecurate {decision(c).stage}: not used as the view; run {fix[decision(c).stage]}"
+            for c in foreign_decisions(ds.schema)]
 
 
 def unheeded_reviews(ds: "lance.LanceDataset", view: str | None) -> list[str]:

@@ -23,6 +23,7 @@ from lakecurate.errors import LakeError
 
 if TYPE_CHECKING:
     import lance
+    import pyarrow as pa
 
     from lakecurate.store import Store
 
@@ -116,15 +117,36 @@ DECISIONS = (
 VIEW_DECISIONS = tuple(d.column for d in reversed(DECISIONS) if d.stage != "dedup")
 
 
-def default_view(names: "list[str] | tuple[str, ...]") -> str | None:
-    """The lake's curated view as a SQL condition: the latest decision column present
-    (``rebalance_keep`` after rebalancing, else a recipe's ``keep``), or None before curation.
-    Whether it is current is :func:`lakecurate.graph.effective_view`'s question.
+def default_view(schema: "pa.Schema") -> str | None:
+    """The lake's curated view as a SQL condition: the latest decision column present that its stage
+    wrote (``rebalance_keep`` after rebalancing, else a recipe's ``keep``), or None before curation.
+    A column of that name another writer added (Lance's ``add_columns``, no provenance) is not the
+    lake's decision (:func:`foreign_decisions`). Whether it is current is
+    :func:`lakecurate.graph.effective_view`'s question.
 
-    >>> default_view(["id", "keep", "rebalance_keep"]), default_view(["id"])
-    ('rebalance_keep', None)
+    >>> import pyarrow as pa
+    >>> from lakecurate.columns import PROVENANCE_KEY
+    >>> by = lambda stage: {PROVENANCE_KEY: '{"stage": "%s"}' % stage}
+    >>> default_view(pa.schema([pa.field("keep", pa.bool_(), metadata=by("curate")),
+    ...                         pa.field("rebalance_keep", pa.bool_(), metadata=by("rebalance"))]))
+    'rebalance_keep'
+    >>> default_view(pa.schema([pa.field("id", pa.string()), pa.field("keep", pa.bool_())])) is None
+    True
     """
-    return next((w for w in VIEW_DECISIONS if w in names), None)
+    return next((w for w in VIEW_DECISIONS if _decided(schema, w)), None)
+
+
+def foreign_decisions(schema: "pa.Schema") -> list[str]:
+    """The decision columns of ``schema`` (``keep``, ``rebalance_keep``) that their stage did not write:
+    another writer added a column of that name. Never the curated view (:func:`default_view`)."""
+    return [w for w in VIEW_DECISIONS if w in schema.names and not _decided(schema, w)]
+
+
+def _decided(schema: "pa.Schema", column: str) -> bool:
+    """Whether ``column`` is in ``schema`` with its decision's stage's provenance."""
+    if column not in schema.names:
+        return False
+    return (field_provenance(schema.field(column), strict=False) or {}).get("stage") == decision(column).stage
 
 
 def decision(column: str) -> Decision:

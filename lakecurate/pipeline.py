@@ -523,7 +523,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
         # (a where the file leaves out is the stage's default view, which the lake's may not be)
         names = ds.schema.names
         want = opts.get("where") if opts.get("where") is not None else (
-            ("keep" if "keep" in names else None) if step == "rebalance" else default_view(names))
+            ("keep" if "keep" in names else None) if step == "rebalance" else default_view(ds.schema))
         if want != cfg.get("where"):
             return f"where changed ({cfg.get('where')} -> {want})"
         return _stale_why(by_column.get(col))

@@ -554,3 +554,39 @@ def test_drop_refuses_source_foreign_and_unknown_columns_before_writing(tmp_path
     with pytest.raises(LakeError, match="never deleted"):
         lake.drop_columns("image")
     assert lake.drop_columns("n")["dropped"] == ["n"]
+
+
+SHORT = {"name": "strict", "step": [{"filter": "caption_length", "min_words": 5, "reason": "short"}]}
+
+
+def _curated_then_dropped(tmp_path: Path) -> tuple[Lake, int]:
+    """A lake curated, then curate's keep and drop_reason dropped with Lance (outside lakecurate)."""
+    from lakecurate import signals
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 40))
+    signals.compute_caption_signals(lake, progress=False)
+    lake.curate(SHORT, progress=False)
+    lance.dataset(lake.table_uri).drop_columns(["keep", "drop_reason"])
+    return lake, lake.dataset().version
+
+
+def test_a_keep_column_another_writer_added_is_not_the_curated_view(tmp_path: Path):
+    """A `keep` added with Lance after curate's was dropped (no provenance) became the curated view:
+    status called it so, and export shipped every row `where keep`. It is not the lake's decision:
+    status notes it and still lists curate dropped; export does not use it."""
+    lake, dropped = _curated_then_dropped(tmp_path)
+    lance.dataset(lake.table_uri).add_columns({"keep": "true"})
+    status = CliRunner().invoke(main, ["status", lake.uri])
+    assert "curated view: none yet" in status.output, status.output
+    assert "note: keep was not written by lakecurate curate: not used as the view; run lakecurate curate" in status.output
+    st = _state(lake, "curate")
+    assert st.state == "dropped" and f"dropped at version {dropped} outside" in st.reasons[0], st.reasons
+    res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out"), "--format", "parquet", "--allow-stale"])
+    assert res.exit_code == 0, res.output
+    assert "where keep" not in res.output and "keep was not written by lakecurate curate" in res.output, res.output
+    recipe = tmp_path / "strict.toml"
+    recipe.write_text('name = "strict"\n[[step]]\nfilter = "caption_length"\nmin_words = 5\nreason = "short"\n')
+    _run_fix(graph.NodeState(st.node, st.state, fix=st.fix.replace("RECIPE.toml", str(recipe))))
+    assert _state(lake, "curate").state == "current" and lake.status()["view"] == "keep"
+
