@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (check_current, effective_view, foreign_view_notes, states, unheeded_reviews,
+from lakecurate.graph import (check_current, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
@@ -131,6 +131,9 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     if where is None:
         view, notes = effective_view(lake, ds) if version is not None else (default_view(ds.schema),
                                                                              foreign_view_notes(lake, ds))
+        # (a decision another writer dropped: every row was exported without a word)
+        notes += check_decided(lake, ds, view, what=what, allow_stale=allow_stale or version is not None,
+                               allow_hint=allow_hint)
         notes += unheeded_reviews(ds, view)  # (reviewers' drops shipped without a word)
         where = view or "ingest_status != 'error'"
     order = [c for c in ("seq_order", "repeats" if repeats else "") if c in names]

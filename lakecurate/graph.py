@@ -1155,6 +1155,25 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
     return (present[-1] if present else None), notes
 
 
+def check_decided(lake: "Store", ds: "lance.LanceDataset", view: str | None, *, what: str, allow_stale: bool = False,
+                  allow_hint: str = "--allow-stale") -> list[str]:
+    """Refuse (LakeError) to let ``what`` choose the rows of ``view`` (a decision column; None: every
+    row ingest accepted) when another writer dropped a curated decision made after it whole
+    (curate's ``keep`` and ``drop_reason``): the rows would be chosen without the lake's decision,
+    as a stale one's would (:func:`check_current`). With ``allow_stale`` (a past version, whose drop
+    cannot be undone there), return the problems as warnings instead."""
+    from lakecurate.names import VIEW_DECISIONS
+
+    later = VIEW_DECISIONS[:VIEW_DECISIONS.index(view)] if view in VIEW_DECISIONS else VIEW_DECISIONS
+    stages = {decision(c).stage for c in later}
+    gone = [_gone_whole(lake, ds, n) for n in dropped_nodes(ds) if n.stage in stages]
+    msgs = [f"{s.node.stage} ({', '.join(s.node.columns)}) is dropped: {s.reasons[0]}" for s in gone]
+    if gone and not allow_stale:
+        raise LakeError(f"{what} would choose rows without the curated decision of lake '{lake.uri}': {msgs[0]}; "
+                        f"re-run it: {gone[0].fix} (or pass {allow_hint})")
+    return msgs
+
+
 def foreign_view_notes(lake: "Store", ds: "lance.LanceDataset") -> list[str]:
     """A note on each decision column another writer added under a decision's name (``keep`` by
     Lance's ``add_columns``): it is not the lake's decision, so no view uses it."""

@@ -590,3 +590,17 @@ def test_a_keep_column_another_writer_added_is_not_the_curated_view(tmp_path: Pa
     _run_fix(graph.NodeState(st.node, st.state, fix=st.fix.replace("RECIPE.toml", str(recipe))))
     assert _state(lake, "curate").state == "current" and lake.status()["view"] == "keep"
 
+
+def test_export_refuses_when_the_curated_decision_was_dropped(tmp_path: Path):
+    """curate's keep and drop_reason dropped outside lakecurate (status lists curate dropped): export
+    shipped every row ingest accepted without a word. It refuses, as a stale decision is refused,
+    naming the drop and status's fix; --allow-stale exports with a warning."""
+    lake, dropped = _curated_then_dropped(tmp_path)
+    fix = _state(lake, "curate").fix
+    res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out"), "--format", "parquet"])
+    assert res.exit_code != 0 and not (tmp_path / "out").exists(), res.output
+    assert f"were dropped at version {dropped} outside lakecurate" in res.output, res.output
+    assert f"re-run it: {fix} (or pass --allow-stale)" in " ".join(res.output.split()), res.output
+    res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out"), "--format", "parquet", "--allow-stale"])
+    assert res.exit_code == 0, res.output
+    assert "warning: exported with --allow-stale although curate (keep, drop_reason) is dropped" in res.output
