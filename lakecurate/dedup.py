@@ -865,10 +865,12 @@ def dedup(
                                 else (None, True))
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
     reason = _reasons(ids, final.rows[dropped], final.best[dropped], use, groups, inliers)
+    rank_by = embedding_columns(emb)["score"] if emb else None
     final_prov = columns.provenance(
-        "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": embedding_columns(emb)["score"] if emb else None,
+        "dedup", {"keep_from": use, "rule": "score desc, pixels desc, ingested_at, id", "rank_by": rank_by,
                   "methods": {m: configs.get(m) for m in use}},
-        [c for m in use for c in group_columns(m)[:1]], lake.version)
+        # (the score it ranks members by is read too: an embedding computed again makes it stale)
+        [c for m in use for c in group_columns(m)[:1]] + ([rank_by] if rank_by in ds.schema.names else []), lake.version)
     final_fields = [pa.field("dup_group", pa.string()), pa.field("dup_group_size", pa.int32()),
                     pa.field("dup_keep", pa.bool_()), pa.field("dup_reason", pa.string())]
     columns.declare_view(lake, final_fields, final_prov)  # derived from the group columns: recomputed each run

@@ -120,6 +120,10 @@ def nodes(ds: "lance.LanceDataset") -> list[Node]:
             # view was recorded as a source still name it in the config.
             view = (prov.get("config") or {}).get("where")
             sources += [c for c in where_columns(view, names) if c not in sources]
+            # dedup's decision ranks a group's members by an embedding's score; lakes made before
+            # the score was recorded as a source name it only in the config
+            rank_by = (prov.get("config") or {}).get("rank_by")
+            sources += [rank_by] if rank_by in names and rank_by not in sources else []
             if prov["stage"] == "rebalance" and view is None and "keep" in names and "keep" not in sources:
                 # it chose among every row with a concept (no recipe had run); a recipe run since
                 # narrows the candidates to `keep`: its rebalance_keep is stale (it still held the

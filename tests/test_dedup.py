@@ -1252,3 +1252,33 @@ def test_a_method_whose_groups_another_writer_dropped_is_in_the_fix_that_makes_t
     assert res.exit_code == 0, res.output
     assert all(s["state"] == "current" for s in lake.status()["stages"]), lake.status()["stages"]
     assert by_key(lake, ["dup_keep", *dropped]) == before
+
+
+def test_the_decision_reads_the_score_it_ranks_by(sample_lake_embedded: Lake, tmp_path: Path):
+    """dup_keep ranks a group's members by the embedding's score (rank_by), but its sources left the
+    score out: an embedding computed again never made the decision stale; a lake whose provenance
+    was recorded before names it only in the config (rank_by), which the graph reads."""
+    import json
+
+    import lance
+
+    from lakecurate import columns, graph
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["exact"], embedding="clip_tinyrandom", workers=0, progress=False)
+    prov = field_provenance(lake.dataset().schema.field("dup_keep"))
+    assert prov["config"]["rank_by"] == "clip_tinyrandom_score" and "clip_tinyrandom_score" in prov["source_columns"]
+    assert {s.node.stage: s.state for s in graph.states(lake)}["dedup"] == "current"
+    old = Lake.open(shutil.copytree(lake.uri, tmp_path / "old"))  # provenance recorded before the score was a source
+    ds = lance.dataset(old.table_uri)
+    recorded = {}
+    for f in ds.schema:
+        p = field_provenance(f, strict=False)
+        if p and "dup_keep" in (p.get(columns.DECLARED_KEY) or []):
+            p["source_columns"] = [c for c in p["source_columns"] if c != "clip_tinyrandom_score"]
+            recorded[f.name] = {columns.PROVENANCE_KEY: json.dumps(p, sort_keys=True)}
+    ds.update_field_metadata(recorded)
+    for lk in (lake, old):
+        lk.embed("tiny-random", recompute=True, workers=0, batch_size=8, progress=False)
+        final = next(s for s in graph.states(lk) if "dup_keep" in s.node.columns)
+        assert final.state in ("stale", "behind"), final.reasons
