@@ -87,14 +87,31 @@ def _column_list(inputs: str | Sequence[str]) -> list[str]:
     return [inputs] if isinstance(inputs, str) else list(inputs)
 
 
+def _udf_file(mod_name: str) -> str | None:
+    """The absolute path of a ``--udf`` spec's file (``path/file.py``); None for a module name."""
+    return os.path.abspath(mod_name) if mod_name.endswith(".py") or os.sep in mod_name else None
+
+
+def udf_spec(spec: str) -> str:
+    """``spec`` as the provenance records it: a file by its absolute path (a fix command pasted in
+    another directory found no ``myf.py``), a module name as given.
+
+    >>> udf_spec("pkg.mod:fn"), udf_spec("/abs/myf.py:fn")
+    ('pkg.mod:fn', '/abs/myf.py:fn')
+    """
+    mod_name, _, attr = spec.rpartition(":")
+    path = _udf_file(mod_name)
+    return f"{path}:{attr}" if path else spec
+
+
 def load_udf(spec: str) -> Callable:
     """``module:function`` (importable, or from the working directory) or ``path/file.py:function``."""
     mod_name, sep, attr = spec.rpartition(":")
     if not sep or not mod_name or not attr:
         raise LakeError(f"--udf {spec!r} must look like module:function or path/to/file.py:function")
     try:
-        if mod_name.endswith(".py") or os.sep in mod_name:
-            path = os.path.abspath(mod_name)
+        path = _udf_file(mod_name)
+        if path:
             if not os.path.isfile(path):
                 raise LakeError(f"--udf {spec!r}: no file {path}")
             name = "lakecurate_udf_" + hashlib.blake2b(path.encode(), digest_size=4).hexdigest()  # engines.FILE_UDF_PREFIX
@@ -421,7 +438,7 @@ def add_feature(
                             f"(or drop that feature first: lakecurate feature drop {lake.shell} {owner})")
     stage = runner.RowStage(
         STAGE, fields, config, inputs, batch=runner.OnColumns(udf), batch_size=batch_size,
-        extra={"udf": spec or udf_name(func)}, desc=f"feature {name}",
+        extra={"udf": udf_spec(spec) if spec else udf_name(func)}, desc=f"feature {name}",
         own_column="as a feature of another name (feature add LAKE OTHER_NAME ...)",
         fix="the function, its inputs or its parameters changed since; use another name, or --recompute to replace it",
     )

@@ -402,3 +402,30 @@ def test_a_param_that_is_not_json_is_named_when_the_function_fails(multi: Lake, 
     out = r.invoke(main, ["feature", "add", multi.uri, "long", "--udf", "params:longer_than", "--input", "caption",
                           "--param", "n=20", "--json"])
     assert out.exit_code == 0 and json.loads(out.output)["rows"] == multi.count(), out.output
+
+
+def test_a_udf_file_is_recorded_by_its_absolute_path_and_its_fix_runs_from_anywhere(tmp_path: Path, monkeypatch):
+    """`--udf myf.py:fn` run in directory D recorded `myf.py:fn`: status's fix, pasted in another
+    directory, failed ("no file /other/myf.py"). The file is recorded by its absolute path (beside
+    the config, so the config's hash is unchanged); a module name stays as given."""
+    import shlex
+
+    from lakecurate import graph
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 8))
+    here = tmp_path / "d"
+    here.mkdir()
+    (here / "myf.py").write_text("import pyarrow.compute as pc\ndef fn(batch):\n    return pc.utf8_length(batch['caption'])\n")
+    monkeypatch.chdir(here)
+    out = CliRunner().invoke(main, ["feature", "add", lake.uri, "f", "--udf", "myf.py:fn", "--input", "caption"])
+    assert out.exit_code == 0, out.output
+    prov = columns.field_provenance(lake.dataset().schema.field("f"))
+    assert prov["udf"] == f"{here / 'myf.py'}:fn"
+    lake.append(pair_rows(8, 4))  # new rows: the feature is incomplete, its fix computes them
+    monkeypatch.chdir(tmp_path)
+    st = next(s for s in graph.states(lake) if s.node.stage == "feature")
+    assert st.state == "incomplete" and f"--udf {here / 'myf.py'}:fn" in st.fix, st.fix
+    out = CliRunner().invoke(main, shlex.split(st.fix)[1:])
+    assert out.exit_code == 0, out.output
+    assert [s.state for s in graph.states(lake) if s.node.stage == "feature"] == ["current"]
