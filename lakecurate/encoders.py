@@ -202,10 +202,11 @@ def file_digest(path: str) -> str:
 
 def weights_file(path: str | None) -> dict[str, Any]:
     """What a config records of a local weights file (an embedding's, a captioner's checkpoint): its
-    name, size and digest, not where it lies (that goes beside the config); empty for weights by tag."""
+    name, size and digest, not where it lies (that goes beside the config); empty for weights by tag.
+    A symlink is named by the file it points to (the link's name made the same file another config)."""
     if not path or not os.path.isfile(path):
         return {}
-    return {"pretrained": os.path.basename(path), "checkpoint_bytes": os.path.getsize(path),
+    return {"pretrained": os.path.basename(os.path.realpath(path)), "checkpoint_bytes": os.path.getsize(path),
             "checkpoint_sha256": file_digest(path)}
 
 
@@ -213,17 +214,25 @@ def same_config(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether a column's recorded config ``old`` and a run's ``new`` are one model's (an encoder's,
     a captioner's), as two installs compare them: its weights file or checkpoint directory by its
     name and size (a lake made before configs recorded a file's name recorded its absolute path on
-    the machine that made it), and its digest where both record one."""
+    the machine that made it), and its digest where both record one; where both record the same
+    digest, the same bytes under another name are the same file (content is identity)."""
     a, b = comparable_config(old, new), comparable_config(new, old)
     return a == b
 
 
 def comparable_config(cfg: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` (JSON values) with a weights file named by its file name, and without a digest
-    ``other`` lacks: what :func:`same_config` compares."""
+    """``cfg`` (JSON values) with a weights file named by its file name (by no name where ``other``
+    records the same digest), and without a digest ``other`` lacks: what :func:`same_config` compares.
+
+    >>> a = {"pretrained": "coca.pt", "checkpoint_bytes": 3, "checkpoint_sha256": "ab"}
+    >>> same_config(a, {**a, "pretrained": "coca-v1.pt"}), same_config(a, {**a, "pretrained": "x.pt", "checkpoint_sha256": "cd"})
+    (True, False)
+    """
     out = json.loads(json.dumps(cfg, default=str))
     if "checkpoint_bytes" in out and isinstance(out.get("pretrained"), str):
         out["pretrained"] = os.path.basename(out["pretrained"])
+        if out.get("checkpoint_sha256") is not None and out.get("checkpoint_sha256") == other.get("checkpoint_sha256"):
+            out.pop("pretrained")
     if "checkpoint_sha256" not in other:
         out.pop("checkpoint_sha256", None)
     return out

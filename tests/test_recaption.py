@@ -373,3 +373,31 @@ def test_a_checkpoint_of_the_same_name_and_size_but_other_weights_is_another_con
     rep = lake.recaption("tiny-random-coca", checkpoint=str(ck), name="mine", recompute=True, workers=0,
                          progress=False)
     assert rep.rows == lake.count()
+
+
+def test_the_same_checkpoint_bytes_under_another_name_or_through_a_symlink_are_the_same_config(tmp_path: Path):
+    """A weights file was compared by its name, size and digest: the same bytes copied under another
+    name, or reached through a symlink (named by the link), were "another config". Where both
+    configs record a digest, equal digests are the same file; a symlink is named by its target."""
+    from lakecurate.encoders import same_config, weights_file
+
+    a = tmp_path / "coca.pt"
+    a.write_bytes(b"weights" * 10)
+    copy, other, link = tmp_path / "coca-v1.pt", tmp_path / "other.pt", tmp_path / "link.pt"
+    copy.write_bytes(a.read_bytes())
+    other.write_bytes(b"Weights" * 10)
+    link.symlink_to(a)
+    assert weights_file(str(link))["pretrained"] == "coca.pt"
+    assert same_config(weights_file(str(a)), weights_file(str(copy)))
+    assert not same_config(weights_file(str(a)), weights_file(str(other)))  # the same size, other bytes
+    # end to end: a column captioned with the checkpoint takes the rows of its copy under another name
+    ck = _coca_checkpoint(tmp_path / "ck" / "coca.pt")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.recaption("tiny-random-coca", checkpoint=str(ck), name="mine", workers=0, progress=False)
+    before = field_provenance(lake.dataset().schema.field("caption_mine"))
+    renamed = shutil.copy(ck, tmp_path / "ck" / "coca-final.pt")
+    lake.append(pair_rows(0, 2, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
+    assert lake.recaption("tiny-random-coca", checkpoint=renamed, name="mine", workers=0, progress=False).rows == 2
+    assert field_provenance(lake.dataset().schema.field("caption_mine"))["config_hash"] == before["config_hash"]
+    assert {s.node.columns[0]: s for s in graph.states(lake)}["caption_mine"].state == "current"
