@@ -34,7 +34,7 @@ from lakecurate.columns import LanceVectors, embedding_matrix
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import check_current, check_embedded, commit_decisions, embedded_rows, where_columns, write_decisions
-from lakecurate.names import default_view, embedding_columns
+from lakecurate.names import decided, default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
 from lakecurate.progress import progress_bar
@@ -551,7 +551,7 @@ def rebalance(
     if "concept" not in ds.schema.names:
         raise LakeError(f"lake '{lake.uri}' has no concepts yet; run: lakecurate cluster {lake.shell}")
     emb = embedding or columns.field_provenance(ds.schema.field("concept"))["config"]["embedding"]
-    if where is None and "keep" in ds.schema.names:
+    if where is None and decided(ds.schema, "keep"):  # (a keep another writer added is not a recipe's)
         where = "keep"
     # Choosing among stale decisions would rebalance what the curator no longer decided.
     # Concepts are read too: stale ones (rows embedded since) leave the new rows out of the candidates.

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, config_change, declared_columns, field_provenance, fragments_to_fill,
                                 has_data, hash_config, node_records, vector_rows)
 from lakecurate.errors import LakeError
-from lakecurate.names import (DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decision, embedding_columns,
+from lakecurate.names import (DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decided, decision, embedding_columns,
                               embedding_prefixes, foreign_decisions)
 from lakecurate.store import retry_on_conflict
 
@@ -124,7 +124,7 @@ def nodes(ds: "lance.LanceDataset") -> list[Node]:
             # the score was recorded as a source name it only in the config
             rank_by = (prov.get("config") or {}).get("rank_by")
             sources += [rank_by] if rank_by in names and rank_by not in sources else []
-            if prov["stage"] == "rebalance" and view is None and "keep" in names and "keep" not in sources:
+            if prov["stage"] == "rebalance" and view is None and decided(ds.schema, "keep") and "keep" not in sources:
                 # it chose among every row with a concept (no recipe had run); a recipe run since
                 # narrows the candidates to `keep`: its rebalance_keep is stale (it still held the
                 # rows the recipe dropped, and export shipped them)

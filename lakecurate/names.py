@@ -133,16 +133,16 @@ def default_view(schema: "pa.Schema") -> str | None:
     >>> default_view(pa.schema([pa.field("id", pa.string()), pa.field("keep", pa.bool_())])) is None
     True
     """
-    return next((w for w in VIEW_DECISIONS if _decided(schema, w)), None)
+    return next((w for w in VIEW_DECISIONS if decided(schema, w)), None)
 
 
 def foreign_decisions(schema: "pa.Schema") -> list[str]:
     """The decision columns of ``schema`` (``keep``, ``rebalance_keep``) that their stage did not write:
     another writer added a column of that name. Never the curated view (:func:`default_view`)."""
-    return [w for w in VIEW_DECISIONS if w in schema.names and not _decided(schema, w)]
+    return [w for w in VIEW_DECISIONS if w in schema.names and not decided(schema, w)]
 
 
-def _decided(schema: "pa.Schema", column: str) -> bool:
+def decided(schema: "pa.Schema", column: str) -> bool:
     """Whether ``column`` is in ``schema`` with its decision's stage's provenance."""
     if column not in schema.names:
         return False

@@ -44,7 +44,7 @@ from typing import Any
 
 from lakecurate import graph, options, runner
 from lakecurate.errors import LakeError
-from lakecurate.names import DECISIONS, default_view, embedding_columns
+from lakecurate.names import DECISIONS, decided, default_view, embedding_columns
 
 # The steps run through a ``lakecurate.lake.Lake`` (its stage methods pass producers to the stages
 # that ask for columns); it is typed loosely here because the facade imports this module.
@@ -521,9 +521,8 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
                 if want != cfg[key]:
                     return f"{key} changed ({cfg[key]} -> {want})"
         # (a where the file leaves out is the stage's default view, which the lake's may not be)
-        names = ds.schema.names
         want = opts.get("where") if opts.get("where") is not None else (
-            ("keep" if "keep" in names else None) if step == "rebalance" else default_view(ds.schema))
+            ("keep" if decided(ds.schema, "keep") else None) if step == "rebalance" else default_view(ds.schema))
         if want != cfg.get("where"):
             return f"where changed ({cfg.get('where')} -> {want})"
         return _stale_why(by_column.get(col))

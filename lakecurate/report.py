@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from lakecurate import graph
 from lakecurate.columns import describe_provenance, field_provenance
-from lakecurate.names import embedding_columns
+from lakecurate.names import decided, embedding_columns
 from lakecurate.sqlcheck import in_list, literal
 
 if TYPE_CHECKING:
@@ -352,7 +352,7 @@ class _Builder:
             left = f"({left}) AND dup_keep"
             steps.append(("one per duplicate group (dedup)", count(left)))
         recipe = None
-        if "keep" in self.names and "keep" not in self.stale_columns:
+        if decided(self.ds.schema, "keep") and "keep" not in self.stale_columns:
             prov = self.prov("keep") or {}
             recipe = (prov.get("config") or {}).get("recipe") or {}
             name = recipe.get("name", "?")

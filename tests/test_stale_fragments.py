@@ -604,3 +604,18 @@ def test_export_refuses_when_the_curated_decision_was_dropped(tmp_path: Path):
     res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out"), "--format", "parquet", "--allow-stale"])
     assert res.exit_code == 0, res.output
     assert "warning: exported with --allow-stale although curate (keep, drop_reason) is dropped" in res.output
+
+
+def test_rebalance_does_not_choose_among_a_keep_another_writer_added(tmp_path: Path):
+    """rebalance (and a pipeline's plan of it) took any column named keep as its candidates."""
+    from lakecurate.pipeline import why_run
+
+    from .test_concepts import _concept_lake
+
+    lake = _concept_lake(tmp_path / "syn", [6, 6])  # (its concepts written directly)
+    lance.dataset(lake.table_uri).add_columns({"keep": "id < 'r'"})  # (no provenance: not a recipe's)
+    lake.rebalance(0.5)
+    prov = columns.field_provenance(lake.dataset().schema.field("rebalance_keep"))
+    assert prov["config"].get("where") is None and "keep" not in prov["source_columns"], prov
+    assert why_run(lake, "rebalance", {"target": 0.5}) is None
+    assert [s.state for s in graph.states(lake) if s.node.stage == "rebalance"] == ["current"]
