@@ -57,8 +57,11 @@ def is_conflict(exc: BaseException) -> bool:
     Lance raises ``CommitConflictError`` for most operations, but a losing compaction
     (``Rewrite``) raises a plain ``OSError`` whose message says "Retryable commit conflict".
     """
-    return isinstance(exc, CommitConflictError) or (
-        isinstance(exc, OSError) and "retryable commit conflict" in str(exc).lower())
+    msg = str(exc).lower()
+    return isinstance(exc, CommitConflictError) or (isinstance(exc, OSError) and (
+        "retryable commit conflict" in msg
+        # two metadata updates at once (lakecurate's record of a column set): the loser reads again
+        or ("updateconfig transaction is incompatible with concurrent transaction updateconfig" in msg)))
 
 
 def checkpoint_root(uri: str, branch: str | None) -> Path:
