@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict
+import shlex
 import shutil
 import subprocess
 import sys
@@ -140,11 +141,20 @@ def test_stale_signals_are_computed_again_and_stale_groups_refused(lake_copy: La
     assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["signals-caption"] == "current"
 
     dup = {"name": "d", "step": [{"filter": "duplicate"}]}
+    # dedup's decision ranks a group by the embedding's score, which the caption changed: the
+    # embedding is stale too (its text vector and score), computed again first
+    with pytest.raises(LakeError, match=r"reads .*\(embed\), which is stale: caption was rewritten"):
+        lake.curate(dup, progress=False)
+    lake.embed("tiny-random", progress=False)
+    with pytest.raises(LakeError, match=r"\(dedup\), which is stale: clip_tinyrandom_score was written") as err:
+        lake.curate(dup, progress=False)  # (the score that ranks its groups is new)
+    fix = str(err.value).rsplit("re-run it first: ", 1)[1]
+    assert CliRunner().invoke(main, shlex.split(fix)[1:]).exit_code == 0
     lake.curate(dup, progress=False)
     lance.dataset(lake.table_uri).update({"caption": "'two words'"}, where=f"key = '{key}'")
     v = lake.version
-    with pytest.raises(LakeError, match=r"recipe <dict> reads .*\(dedup\), which is stale: .*; re-run these first: "
-                                        r"lakecurate signals \S+; then lakecurate dedup "):
+    with pytest.raises(LakeError, match=r"recipe <dict> reads .*, which is stale: .*; re-run these first: "
+                                        r"lakecurate embed \S+ .*; then lakecurate signals \S+; then lakecurate dedup "):
         lake.curate(dup, progress=False)
     assert lake.version == v
     res = CliRunner().invoke(main, ["curate", lake.uri, "basic", "--dry-run"])
@@ -164,7 +174,11 @@ def test_dedup_has_stale_hashes_computed_again(lake_copy: Lake):
     rep = lake.dedup(["phash"], keep_from=["phash"], progress=False)
     assert rep.hashed == 1
     states = {s["stage"]: s["state"] for s in lake.status()["stages"]}
-    assert states["signals-image"] == "current" and states["dedup"] == "current"
+    # (the decision ranks by the embedding's score, which the caption made stale: behind until embed)
+    assert states["signals-image"] == "current" and (states["embed"], states["dedup"]) == ("stale", "behind")
+    lake.embed("tiny-random", progress=False)
+    assert lake.dedup(["phash"], keep_from=["phash"], progress=False).hashed == 0
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["dedup"] == "current"
 
 
 def test_new_rows_are_judged_and_source_rows_stay(lake_copy: Lake, tmp_path: Path):

@@ -159,6 +159,8 @@ def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
     shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
     (more / "cat.txt").write_text("a cat once more")
     lake.ingest(more, progress=False)  # a new row: the groups are stale
+    # (its score, for basic's alignment step and for the decision, which ranks by it: behind without it)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     stale = [s for s in graph.states(lake) if s.node.stage == "dedup" and s.state != "current"]
     assert {c for s in stale for c in s.node.columns} >= {"dup_phash_group", "dup_minhash_group"}
     assert len({s.fix for s in stale}) == 1  # one command for them all (the decision reads both)
@@ -167,7 +169,6 @@ def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
     res = runner.invoke(main, shlex.split(fix)[1:])
     assert res.exit_code == 0, (fix, res.output)
     assert {s.state for s in graph.states(lake) if s.node.stage == "dedup"} == {"current"}
-    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)  # the new row, for basic's alignment step
     # curate's: the recipe file and its --set; a built-in recipe by its name
     lake.curate(recipe, overrides={"caption_length.min_words": 2}, progress=False)
     fix = {s.node.stage: s.fix for s in graph.states(lake)}["curate"]
