@@ -21,6 +21,7 @@ import click
 
 from lakecurate.columns import describe_provenance
 from lakecurate.errors import Terminated, removed_meanwhile
+from lakecurate.graph import lakecurate_on
 from lakecurate.lake import Lake, LakeError
 from lakecurate.names import DEDUP_OPTIONS, EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
@@ -1182,12 +1183,14 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
             raise LakeError(f"--from-version writes back an older version's marks; it takes no {', '.join(others)}")
         if not from_version.strip():
             raise LakeError(f"--from-version: give a version number or tag (see: lakecurate log {shlex.quote(lake)})")
-        back = open_lake(lake).restore_reviews(int(from_version) if from_version.isdigit() else from_version, by=by)
+        lk = open_lake(lake)
+        back = lk.restore_reviews(int(from_version) if from_version.isdigit() else from_version, by=by)
         if as_json:
             echo_json(back)
         else:
             click.echo(f"wrote back the marks of {back['rows']} rows from version {from_version}"
-                       + (f" (undo: lakecurate review {shlex.quote(lake)} --undo {back['action']})" if back["action"] else "")
+                       + (f" (undo: {lakecurate_on(lk)} review {shlex.quote(lake)} --undo {back['action']})"
+                          if back["action"] else "")
                        + (f"; no longer in the lake: {len(back['not_found'])}" if back["not_found"] else ""))
         return
     if history and (marks or undo_action is not None):  # (they were ignored without a word)
@@ -1216,7 +1219,8 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
         click.echo(f"restored {out['rows']} rows" + (f" (undo action {out['action']})" if out["action"] else "")
                    + (f"; changed since, left alone: {', '.join(out['changed_since'])}" if out["changed_since"] else ""))
     else:
-        click.echo(f"marked {out['rows']} rows (action {out['action']}; undo: lakecurate review {shlex.quote(lake)} --undo {out['action']})"
+        click.echo(f"marked {out['rows']} rows (action {out['action']}; undo: {lakecurate_on(lk)} review {shlex.quote(lake)} "
+                   f"--undo {out['action']})"
                    + (f"; not in the lake: {', '.join(out['not_found'])}" if out["not_found"] else ""))
 
 

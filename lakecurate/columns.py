@@ -202,14 +202,19 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
     check_table(lake, ds)  # a foreign or newer table: refused before the first write of any stage
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
+    foreign = [n for n in present if field_provenance(ds.schema.field(n), strict=False) is None]
+    if foreign:  # (before a recompute's drop: another writer's column was dropped without a word)
+        one = len(foreign) == 1
+        raise LakeError(f"column{'' if one else 's'} {', '.join(foreign)} in lake '{lake.uri}' {'was' if one else 'were'} "
+                        f"not made by lakecurate (another writer added {'it' if one else 'them'}), and lakecurate does "
+                        f"not drop another writer's columns: drop {'it' if one else 'them'} with the tool that added "
+                        f"{'it' if one else 'them'} (Lance, LanceDB), or pick another --name where the stage takes one")
     if present and recompute:
         drop_present(lake, present)
         ds = lake.dataset()
         present = []
     for name in present:
         old = field_provenance(ds.schema.field(name))
-        if old is None:
-            raise LakeError(f"column '{name}' exists in lake '{lake.uri}' but was not made by lakecurate; pick another --name")
         if old["config_hash"] != prov["config_hash"] and not (same and same(old.get("config") or {},
                                                                           prov.get("config") or {})):
             raise LakeError(f"column '{name}' in lake '{lake.uri}' was made with another config "

@@ -89,7 +89,7 @@ def drop_columns(lake: "Store", names: Sequence[str]) -> dict[str, Any]:
         rest = [c for c in sets[name] if c not in to_drop]
         if rest:
             whole = sets[name]
-            cmd = f"{graph._lakecurate(lake)} drop {lake.shell} {' '.join(dict.fromkeys(to_drop + whole))}"
+            cmd = f"{graph.lakecurate_on(lake)} drop {lake.shell} {' '.join(dict.fromkeys(to_drop + whole))}"
             raise LakeError(f"{name} is one of the {len(whole)} columns {columns.field_provenance(ds.schema.field(name), strict=False).get('stage')} "
                             f"declared together ({', '.join(whole)}): a set is dropped whole (its next run makes it "
                             f"again whole); name the rest too: {cmd}")

@@ -205,11 +205,11 @@ def _gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node) -> NodeStat
         if back is None:  # (the versions that had them were cleaned up: the review log has what they held)
             return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} outside lakecurate, and no "
                                                f"version left has them; the review log lists what they were"],
-                             fix=f"{_lakecurate(lake)} review {lake.shell} --history")
+                             fix=f"{lakecurate_on(lake)} review {lake.shell} --history")
         return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} outside lakecurate; they are still in "
                                            f"version {back}, whence its fix writes them back (one review action, "
                                            f"undone as any)"],
-                         fix=f"{_lakecurate(lake)} review {lake.shell} --from-version {back}")
+                         fix=f"{lakecurate_on(lake)} review {lake.shell} --from-version {back}")
     st = NodeState(node, "dropped", [f"its column{'s' if len(node.columns) > 1 else ''} {cols} "
                                      f"{'were' if len(node.columns) > 1 else 'was'} dropped{when} outside lakecurate; "
                                      f"its fix computes {'them' if len(node.columns) > 1 else 'it'} again"])
@@ -671,7 +671,7 @@ def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lan
     rank = str(fcfg.get("rank_by") or "")
     embedding = next((c["embedding"] for c in cfgs.values() if c.get("embedding")), None) or \
         (rank[: -len("_score")] if rank.endswith("_score") else None)
-    out = f"{_lakecurate(lake)} dedup {lake.shell}"
+    out = f"{lakecurate_on(lake)} dedup {lake.shell}"
     if cfgs:
         out += f" --method {','.join([m for m in keep_from if m in cfgs] + [m for m in cfgs if m not in keep_from])}"
     out += f" --embedding {q(embedding)}" if embedding else ""
@@ -920,7 +920,7 @@ def fix_command(lake: "Store", node: Node, ds: "lance.LanceDataset | None" = Non
     q = shlex.quote
     cfg = node.prov.get("config") or {}
     uri = lake.shell
-    head = _lakecurate(lake)
+    head = lakecurate_on(lake)
 
     def opt(name: str, value: Any) -> str:  # an option given only when it was set
         return "" if value is None else f" {name} {q(str(value))}"
@@ -987,7 +987,7 @@ def signals_command(lake: "Store", stages: Iterable[str]) -> str:
     "signals-faces"...): it computes caption and image unless told not to, any other kind when named."""
     chosen = set(stages)
     kinds = [stage.split("-", 1)[1] for stage in ORDER if stage.startswith("signals-") and stage in chosen]
-    return (f"{_lakecurate(lake)} signals {lake.shell}" + "".join(f" --{k}" for k in kinds if k not in ("caption", "image"))
+    return (f"{lakecurate_on(lake)} signals {lake.shell}" + "".join(f" --{k}" for k in kinds if k not in ("caption", "image"))
             + "".join(f" --no-{k}" for k in ("caption", "image") if k not in kinds))
 
 
@@ -1032,7 +1032,7 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
         model, default = f"{arch} --checkpoint {shlex.quote(str(prov.get('weights') or pretrained))}", None
     else:
         model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
-    return f"{_lakecurate(lake)} embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
+    return f"{lakecurate_on(lake)} embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
 
 
 def check_embedded(lake: "Store", ds: "lance.LanceDataset", prefix: str, prov: dict[str, Any], *, kind: str,
@@ -1085,7 +1085,7 @@ def broken_vectors(lake: "Store", ds: "lance.LanceDataset", column: str, count: 
                      "again")
 
 
-def _lakecurate(lake: "Store") -> str:
+def lakecurate_on(lake: "Store") -> str:
     """The command a hint starts with: on a branch, ``lakecurate --branch NAME``."""
     import shlex
 
@@ -1181,9 +1181,10 @@ def check_decided(lake: "Store", ds: "lance.LanceDataset", view: str | None, *, 
 def foreign_view_notes(lake: "Store", ds: "lance.LanceDataset") -> list[str]:
     """A note on each decision column another writer added under a decision's name (``keep`` by
     Lance's ``add_columns``): it is not the lake's decision, so no view uses it."""
-    fix = {"curate": f"{_lakecurate(lake)} curate {lake.shell} RECIPE.toml",
-           "rebalance": f"{_lakecurate(lake)} rebalance {lake.shell}"}
-    return [f"{c} was not written by lakecurate {decision(c).stage}: not used as the view; run {fix[decision(c).stage]}"
+    fix = {"curate": f"{lakecurate_on(lake)} curate {lake.shell} RECIPE.toml",
+           "rebalance": f"{lakecurate_on(lake)} rebalance {lake.shell}"}
+    return [f"{c} was not written by lakecurate {decision(c).stage}: not used as the view; drop it with the tool that "
+            f"added it (lakecurate drops no other writer's column), then run {fix[decision(c).stage]}"
             for c in foreign_decisions(ds.schema)]
 
 

@@ -345,9 +345,9 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
         out.retries = sum(r.sums.get(tries, 0) - r.nonzero.get(tries, 0) for r in both)  # past each row's first
         out.endpoint_errors = lake.dataset().count_rows(filter=f"{col} IS NULL AND {col}_error LIKE 'endpoint:%'")
         if out.endpoint_errors:
-            from lakecurate.graph import _lakecurate, recaption_args
+            from lakecurate.graph import lakecurate_on, recaption_args
 
-            out.retry_command = (f"{_lakecurate(lake)} recaption {lake.shell} "
+            out.retry_command = (f"{lakecurate_on(lake)} recaption {lake.shell} "
                                  f"{recaption_args({**stage.config, **spec.transport()})} --retry-errors")
     return out
 

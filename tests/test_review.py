@@ -344,3 +344,22 @@ def test_a_review_log_written_before_it_recorded_versions_reads_and_grows(sample
     a = review.mark(sample, ids[1:], verdict="keep", by="A")
     hist = {h["action"]: h for h in review.history(sample)}
     assert hist["old1"]["landed"] is None and hist[a["action"]]["landed"] is True
+
+
+def test_the_undo_a_mark_prints_on_a_branch_runs_as_pasted(sample: Lake):
+    """On a branch, the undo line said `lakecurate review LAKE --undo A`: pasted, it looked on main."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    assert CliRunner().invoke(main, ["branch", "create", sample.uri, "side"]).exit_code == 0
+    res = CliRunner().invoke(main, ["--branch", "side", "review", sample.uri, *ids, "--keep", "--by", "ana"])
+    assert res.exit_code == 0, res.output
+    undo = re.search(r"undo: (lakecurate .*?)\)", res.output).group(1)
+    assert undo.startswith("lakecurate --branch side review "), undo
+    res = CliRunner().invoke(main, shlex.split(undo)[1:])
+    assert res.exit_code == 0 and "restored 1 rows" in res.output, res.output
+    assert review.counts(sample.on_branch("side").dataset()) == {} and review.counts(sample.dataset()) == {}

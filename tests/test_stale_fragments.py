@@ -579,7 +579,8 @@ def test_a_keep_column_another_writer_added_is_not_the_curated_view(tmp_path: Pa
     lance.dataset(lake.table_uri).add_columns({"keep": "true"})
     status = CliRunner().invoke(main, ["status", lake.uri])
     assert "curated view: none yet" in status.output, status.output
-    assert "note: keep was not written by lakecurate curate: not used as the view; run lakecurate curate" in status.output
+    assert "note: keep was not written by lakecurate curate: not used as the view; drop it with the tool that added it" \
+        in " ".join(status.output.split()), status.output
     st = _state(lake, "curate")
     assert st.state == "dropped" and f"dropped at version {dropped} outside" in st.reasons[0], st.reasons
     res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out"), "--format", "parquet", "--allow-stale"])
@@ -587,7 +588,14 @@ def test_a_keep_column_another_writer_added_is_not_the_curated_view(tmp_path: Pa
     assert "where keep" not in res.output and "keep was not written by lakecurate curate" in res.output, res.output
     recipe = tmp_path / "strict.toml"
     recipe.write_text('name = "strict"\n[[step]]\nfilter = "caption_length"\nmin_words = 5\nreason = "short"\n')
-    _run_fix(graph.NodeState(st.node, st.state, fix=st.fix.replace("RECIPE.toml", str(recipe))))
+    fix = graph.NodeState(st.node, st.state, fix=st.fix.replace("RECIPE.toml", str(recipe)))
+    v = lake.version
+    with pytest.raises(AssertionError, match="keep in lake .* was not made by lakecurate .* does not drop another "
+                                             "writer's columns"):  # (curate dropped it without a word)
+        _run_fix(fix)
+    assert lake.version == v and lake.dataset().to_table(columns=["keep"]).column(0).to_pylist() == [True] * 40
+    lance.dataset(lake.table_uri).drop_columns(["keep"])
+    _run_fix(fix)
     assert _state(lake, "curate").state == "current" and lake.status()["view"] == "keep"
 
 
