@@ -33,7 +33,7 @@ from lakecurate import columns
 from lakecurate.columns import LanceVectors, embedding_matrix
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, check_embedded, commit_decisions, embedded_rows, where_columns, write_decisions
+from lakecurate.graph import check_current, check_decided, check_embedded, commit_decisions, embedded_rows, where_columns, write_decisions
 from lakecurate.names import decided, default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
@@ -553,6 +553,8 @@ def rebalance(
     emb = embedding or columns.field_provenance(ds.schema.field("concept"))["config"]["embedding"]
     if where is None and decided(ds.schema, "keep"):  # (a keep another writer added is not a recipe's)
         where = "keep"
+    elif where is None:  # (among every row: refused where curate's decision was dropped outside lakecurate)
+        check_decided(lake, ds, None, what="rebalance", allow_stale=allow_stale)
     # Choosing among stale decisions would rebalance what the curator no longer decided.
     # Concepts are read too: stale ones (rows embedded since) leave the new rows out of the candidates.
     report_stale = check_current(lake, ds, where_columns(where, ds.schema.names) + ["concept", "concept_dist"],
@@ -701,7 +703,9 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     names = ds.schema.names
     where = check_where(where, "--where", ds)
     if where is None:  # (no decision yet: the rows ingest accepted; it ordered rows without an image too)
-        where = default_view(ds.schema) or "ingest_status != 'error'"
+        where = default_view(ds.schema)
+        check_decided(lake, ds, where, what="sequence", allow_stale=allow_stale)
+        where = where or "ingest_status != 'error'"
     if score is not None and mode != "curriculum":  # (ignored, yet recorded in the order's provenance)
         raise LakeError(f"--score orders a curriculum; --mode {mode} does not read it: drop it or use --mode curriculum")
     if mode == "interleave" and "concept" not in names:

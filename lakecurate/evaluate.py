@@ -41,7 +41,7 @@ from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import broken_vectors, check_current, effective_view, where_columns
+from lakecurate.graph import broken_vectors, check_current, check_decided, effective_view, where_columns
 from lakecurate.names import EVAL_LR, EVAL_METRICS, default_view, embedding_columns, pick_embedding
 from lakecurate.schema import EVAL_TABLE
 from lakecurate.sqlcheck import check_where
@@ -312,6 +312,7 @@ def _selection(lake: "Store", view: str | None, option: str = "--view", *, allow
     # a tag is its recipe's result as it was: the latest decision current there (what is stale at a
     # past version can never be made current; rebalance_keep of an older recipe was used, or refused)
     where = effective_view(lake, ds)[0] if version is not None else default_view(ds.schema)
+    warnings += check_decided(lake, ds, where, what="evaluate", allow_stale=allow_stale or version is not None)
     if where is None:
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
                         f"run: lakecurate curate {lake.shell} basic, or pass --view 'SQL condition'")

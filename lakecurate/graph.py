@@ -1161,15 +1161,16 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
 
 def check_decided(lake: "Store", ds: "lance.LanceDataset", view: str | None, *, what: str, allow_stale: bool = False,
                   allow_hint: str = "--allow-stale") -> list[str]:
-    """Refuse (LakeError) to let ``what`` choose the rows of ``view`` (a decision column; None: every
-    row ingest accepted) when another writer dropped a curated decision made after it whole
-    (curate's ``keep`` and ``drop_reason``): the rows would be chosen without the lake's decision,
-    as a stale one's would (:func:`check_current`). With ``allow_stale`` (a past version, whose drop
-    cannot be undone there), return the problems as warnings instead."""
+    """Refuse (LakeError) to let ``what`` choose the rows of the lake's view ``view`` (a decision
+    column; None: every row ingest accepted) when another writer dropped a curated decision whole
+    (curate's ``keep`` and ``drop_reason``, rebalance's): the rows would be chosen without the lake's
+    decision, as a stale one's would (:func:`check_current`); a rebalance made since chose among
+    every row. With ``allow_stale`` (a past version, whose drop cannot be undone there), return the
+    problems as warnings instead. (A decision dropped with ``lakecurate drop`` is no longer the
+    lake's: nothing refused.)"""
     from lakecurate.names import VIEW_DECISIONS
 
-    later = VIEW_DECISIONS[:VIEW_DECISIONS.index(view)] if view in VIEW_DECISIONS else VIEW_DECISIONS
-    stages = {decision(c).stage for c in later}
+    stages = {decision(c).stage for c in VIEW_DECISIONS}
     gone = [_gone_whole(lake, ds, n) for n in dropped_nodes(ds) if n.stage in stages]
     msgs = [f"{s.node.stage} ({', '.join(s.node.columns)}) is dropped: {s.reasons[0]}" for s in gone]
     if gone and not allow_stale:

@@ -627,3 +627,24 @@ def test_rebalance_does_not_choose_among_a_keep_another_writer_added(tmp_path: P
     assert prov["config"].get("where") is None and "keep" not in prov["source_columns"], prov
     assert why_run(lake, "rebalance", {"target": 0.5}) is None
     assert [s.state for s in graph.states(lake) if s.node.stage == "rebalance"] == ["current"]
+
+
+def test_sequence_rebalance_and_a_later_export_refuse_rows_chosen_without_the_dropped_decision(tmp_path: Path):
+    """curate's decision dropped outside lakecurate: sequence ordered, rebalance chose among, every
+    row, and export then shipped rebalance_keep (made after the drop: "current") without a word."""
+    from .test_concepts import _concept_lake
+
+    lake, dropped = _curated_then_dropped(tmp_path)
+    with pytest.raises(LakeError, match=f"sequence would choose rows without the curated decision .* dropped at "
+                                        f"version {dropped} .* --allow-stale"):
+        lake.sequence(mode="random")
+    assert lake.sequence(mode="random", allow_stale=True).rows == 40  # (every row, as asked)
+
+    syn = _concept_lake(tmp_path / "syn", [6, 6])  # concepts written directly
+    syn.curate(SHORT, progress=False)
+    lance.dataset(syn.table_uri).drop_columns(["keep", "drop_reason"])
+    with pytest.raises(LakeError, match="rebalance would choose rows without the curated decision"):
+        syn.rebalance(0.5)
+    syn.rebalance(0.5, allow_stale=True)
+    res = CliRunner().invoke(main, ["export", syn.uri, str(tmp_path / "out"), "--format", "parquet"])
+    assert res.exit_code != 0 and "export would choose rows without the curated decision" in " ".join(res.output.split())
