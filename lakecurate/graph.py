@@ -194,7 +194,25 @@ def last_whole(ds: "lance.LanceDataset", node: Node) -> int | None:
     return None
 
 
-def _gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node) -> NodeState:
+def _producers(ds: "lance.LanceDataset", node: Node, gone: list[str]) -> list[Node]:
+    """The nodes that made ``node``'s inputs ``gone`` (dropped since, by ``lakecurate drop`` or
+    another writer), as the version it was declared at records them."""
+    try:
+        then = ds.checkout_version(int(node.prov.get("table_version")))
+    except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
+        return []
+    return [n for n in nodes(then) if set(n.columns) & set(gone)]
+
+
+def _input_gone(lake: "Store", ds: "lance.LanceDataset", node: Node, readers: list[str]) -> NodeState:
+    """A stage whose columns were dropped (``lakecurate drop``: its record forgotten) while others
+    still read them: listed dropped, its fix first, so that theirs can run after it."""
+    who = list(dict.fromkeys(readers))
+    return _gone_whole(lake, ds, node, f"by lakecurate drop, and {', '.join(who)} read{'s' if len(who) == 1 else ''} "
+                                       f"{'them' if len(node.columns) > 1 else 'it'}")
+
+
+def _gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "outside lakecurate") -> NodeState:
     """A node another writer dropped whole: computed again by its fix; a review's marks, which no
     run computes, are in the versions before the drop."""
     cols = ", ".join(node.columns)
@@ -203,15 +221,15 @@ def _gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node) -> NodeStat
     if node.stage in MANUAL:
         back = last_whole(ds, node)
         if back is None:  # (the versions that had them were cleaned up: the review log has what they held)
-            return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} outside lakecurate, and no "
+            return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} {how}, and no "
                                                f"version left has them; the review log lists what they were"],
                              fix=f"{lakecurate_on(lake)} review {lake.shell} --history")
-        return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} outside lakecurate; they are still in "
+        return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} {how}; they are still in "
                                            f"version {back}, whence its fix writes them back (one review action, "
                                            f"undone as any)"],
                          fix=f"{lakecurate_on(lake)} review {lake.shell} --from-version {back}")
     st = NodeState(node, "dropped", [f"its column{'s' if len(node.columns) > 1 else ''} {cols} "
-                                     f"{'were' if len(node.columns) > 1 else 'was'} dropped{when} outside lakecurate; "
+                                     f"{'were' if len(node.columns) > 1 else 'was'} dropped{when} {how}; "
                                      f"its fix computes {'them' if len(node.columns) > 1 else 'it'} again"])
     st.rows_stale = ds.count_rows() if node.per_row else 0
     st.fix = fix_command(lake, node, ds)
@@ -574,6 +592,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
     names = set(ds.schema.names)
     out: list[NodeState] = []
     by_node: dict[int, NodeState] = {}
+    inputs: dict[tuple[str, ...], tuple[Node, list[str]]] = {}  # dropped inputs' producers -> the stages reading them
     recompute: set[int] = set()  # the nodes whose fix computes every row again
     for node in all_nodes:
         st = NodeState(node, "current")
@@ -587,6 +606,8 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
             st.state = "stale"
             st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)")
+            for up in _producers(ds, node, gone):  # (its fix fails without them: theirs is listed first)
+                inputs.setdefault(tuple(up.columns), (up, []))[1].append(node.stage)
         lost = _lost(ds, node, names)
         if lost and node.stage not in MANUAL:  # one of its own columns another writer dropped (Lance, LanceDB)
             _all_stale(ds, st, f"its column{'s' if len(lost) > 1 else ''} {', '.join(lost)} "
@@ -610,7 +631,11 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         _failed(lake, ds, st)
         by_node[id(node)] = st
         out.append(st)
-    out = sorted(out + [_gone_whole(lake, ds, n) for n in dropped_nodes(ds)], key=lambda st: _order(st.node))
+    recorded = dropped_nodes(ds)
+    out += [_gone_whole(lake, ds, n) for n in recorded]
+    out += [_input_gone(lake, ds, up, readers) for cols, (up, readers) in inputs.items()
+            if not any(set(cols) & set(n.columns) for n in recorded)]
+    out.sort(key=lambda st: _order(st.node))
     dedup = [st for st in out if st.node.stage == "dedup" and st.state != "current"]
     if dedup:  # one command for them all: a method's alone was refused when another its decision reads was stale
         final = next((st.node for st in out if st.node.stage == "dedup" and "dup_keep" in st.node.columns), None)

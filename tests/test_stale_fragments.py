@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -514,8 +515,8 @@ def test_drop_forgets_a_built_in_stage_dropped_outside_and_drops_one_the_lakecur
 def test_drop_of_an_embedding_drops_its_set_whole_and_leaves_what_was_built_on_it_stale(sample_lake_embedded: Lake,
                                                                                        tmp_path: Path):
     """One of an embedding's columns alone is refused (nothing written), naming the rest; the whole
-    set dropped leaves nothing listed for embed, and the concepts computed from it stale, as the
-    command says."""
+    set dropped leaves the concepts computed from it stale, as the command says, and embed listed
+    dropped while they read it (its fix first); once they are dropped too, nothing is listed."""
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     lake.cluster(2)
     emb = next(s.node.columns for s in graph.states(lake) if s.node.stage == "embed")
@@ -529,7 +530,8 @@ def test_drop_of_an_embedding_drops_its_set_whole_and_leaves_what_was_built_on_i
     assert out["dropped"] == emb and out["kept_in"] == version and out["version"] > version
     assert [s["stage"] for s in out["stale"]] == ["concepts"] and set(out["stale"][0]["inputs"]) <= set(emb)
     by_stage = {s.node.stage: s for s in graph.states(lake)}
-    assert "embed" not in by_stage
+    assert by_stage["embed"].state == "dropped" and "by lakecurate drop, and concepts reads them" in \
+        by_stage["embed"].reasons[0]
     assert by_stage["concepts"].state == "stale" and "dropped since" in " ".join(by_stage["concepts"].reasons)
     text = CliRunner().invoke(main, ["drop", lake.uri, "concept", "concept_dist"])
     assert text.exit_code == 0 and text.output.startswith("dropped concept, concept_dist"), text.output
@@ -648,3 +650,29 @@ def test_sequence_rebalance_and_a_later_export_refuse_rows_chosen_without_the_dr
     syn.rebalance(0.5, allow_stale=True)
     res = CliRunner().invoke(main, ["export", syn.uri, str(tmp_path / "out"), "--format", "parquet"])
     assert res.exit_code != 0 and "export would choose rows without the curated decision" in " ".join(res.output.split())
+
+
+def test_after_lakecurate_drop_of_an_input_every_fix_status_prints_runs_in_order(sample_lake_embedded: Lake,
+                                                                               tmp_path: Path):
+    """`lakecurate drop` of the embedding (or of keep, of the concepts) forgot its record, so status
+    listed only the stages built on it, whose fixes all failed ("no embedding", "--where keep": no
+    field). The dropped input's stage is listed first, with its fix; pasted in order, all run."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["phash", "semantic"], semantic_threshold=0.99, progress=False)
+    lake.curate("basic", progress=False)
+    lake.cluster(2)
+    lake.rebalance(0.5)
+    emb = [c for c in lake.dataset().schema.names if c.startswith("clip_tinyrandom_")]
+    out = lake.drop_columns(emb)
+    assert out["dropped"] == emb
+    st = graph.states(lake)
+    first = st[0]
+    assert (first.node.stage, first.state) == ("embed", "dropped") and "by lakecurate drop, and " in first.reasons[0]
+    for drop in (None, ["keep", "drop_reason"], ["concept", "concept_dist"]):
+        if drop:
+            lake.drop_columns(drop)
+            st = graph.states(lake)
+        for fix in dict.fromkeys(s.fix for s in st if s.state != "current"):
+            res = CliRunner().invoke(main, shlex.split(fix)[1:])
+            assert res.exit_code == 0, (drop, fix, res.output)
+        assert {s.state for s in graph.states(lake)} == {"current"}, [(s.node.stage, s.state) for s in graph.states(lake)]
