@@ -177,22 +177,42 @@ def dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
     return at
 
 
-def last_whole(ds: "lance.LanceDataset", node: Node) -> int | None:
+def last_whole(ds: "lance.LanceDataset", node: Node) -> int | str | None:
     """The latest version that had all of ``node``'s columns (the version before the first drop of
-    any of them, outside lakecurate or not); None where the readable log cannot tell."""
+    any of them, outside lakecurate or not): a number of ``ds``'s branch, or ``PARENT:N`` where it is
+    a version of the branch it was made from (a branch made after the drop); None where the
+    readable log cannot tell."""
+    parent: list = []  # (the parent branch's dataset and name, looked up once)
+
+    def schema_names(n: int) -> tuple[set[str], str | None] | None:
+        try:
+            return set(ds.checkout_version(n).schema.names), None
+        except Exception:  # noqa: BLE001 - a parent's version (a branch's log begins with it), or cleaned up
+            pass
+        if not parent:
+            up = _parent(ds, ds)
+            parent.append((up[0], up[0].uri.rstrip("/").split("/tree/", 1)[1] if "/tree/" in up[0].uri else "main")
+                          if up else None)
+        if parent[0] is None:
+            return None
+        try:
+            return set(parent[0][0].checkout_version(n).schema.names), parent[0][1]
+        except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
+            return None
+
     later = None  # the schema change after the one looked at
     for n, tx in reversed(commit_log(ds)):
         if tx is None or type(tx.operation).__name__ not in ("Project", "Merge", "Overwrite", "Restore", "Clone"):
             continue
-        try:
-            names = set(ds.checkout_version(n).schema.names)
-        except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
+        got = schema_names(n)
+        if got is None:
             return None
-        if set(node.columns) <= names:
-            return later - 1 if later is not None else n
+        if set(node.columns) <= got[0]:
+            v = later - 1 if later is not None else n
+            where = schema_names(v)
+            return v if where is None or where[1] is None else f"{where[1]}:{v}"
         later = n
     return None
-
 
 def _producers(ds: "lance.LanceDataset", node: Node, gone: list[str]) -> list[Node]:
     """The nodes that made ``node``'s inputs ``gone`` (dropped since, by ``lakecurate drop`` or

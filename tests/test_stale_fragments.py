@@ -676,3 +676,22 @@ def test_after_lakecurate_drop_of_an_input_every_fix_status_prints_runs_in_order
             res = CliRunner().invoke(main, shlex.split(fix)[1:])
             assert res.exit_code == 0, (drop, fix, res.output)
         assert {s.state for s in graph.states(lake)} == {"current"}, [(s.node.stage, s.state) for s in graph.states(lake)]
+
+
+def test_review_marks_dropped_before_a_branch_was_made_are_written_back_from_its_parent(tmp_path: Path):
+    """A branch made after the review columns were dropped: status said no version left had the
+    marks (the branch's own versions do not); they are in its parent's, named PARENT:N."""
+    lake = lake_of(tmp_path / "lake", 8)
+    ids = lake.dataset().to_table(columns=["id"]).column("id").to_pylist()[:2]
+    lake.review(ids, verdict="drop", reason="watermark")
+    marked = lake.dataset().version
+    ds = lance.dataset(lake.table_uri)
+    ds.drop_columns([c for c in ds.schema.names if c.startswith("review_")])
+    assert CliRunner().invoke(main, ["branch", "create", lake.uri, "side"]).exit_code == 0
+    side = lake.on_branch("side")
+    st = _state(side, "review")
+    assert st.state == "dropped" and f"they are still in version main:{marked}" in st.reasons[0], st.reasons
+    assert st.fix.startswith("lakecurate --branch side review ") and st.fix.endswith(f"--from-version main:{marked}")
+    _run_fix(st)
+    assert side.count("review_verdict = 'drop'") == 2 and _state(side, "review").state == "current"
+    assert _state(lake, "review").state == "dropped"  # (main's marks are main's to write back)
