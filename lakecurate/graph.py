@@ -214,6 +214,7 @@ def last_whole(ds: "lance.LanceDataset", node: Node) -> int | str | None:
         later = n
     return None
 
+
 def _producers(ds: "lance.LanceDataset", node: Node, gone: list[str]) -> list[Node]:
     """The nodes that made ``node``'s inputs ``gone`` (dropped since, by ``lakecurate drop`` or
     another writer), as the version it was declared at records them."""
