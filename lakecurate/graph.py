@@ -157,6 +157,24 @@ def dropped_nodes(ds: "lance.LanceDataset") -> list[Node]:
     return sorted(out, key=_order)
 
 
+def at_version(ds: "lance.LanceDataset", n: int) -> tuple["lance.LanceDataset", str | None] | None:
+    """Version ``n`` of ``ds``'s history: of its own branch (name None), or, for a version before a
+    branch was made, of the branch it was made from (its name: ``main`` or the parent's), whose
+    numbers a branch's log begins with (:func:`commit_log`); None where it is not readable (cleaned
+    up)."""
+    try:
+        return ds.checkout_version(n), None
+    except Exception:  # noqa: BLE001 - a parent's version, or cleaned up
+        pass
+    up = _parent(ds, ds)
+    if up is None:
+        return None
+    try:
+        return up[0].checkout_version(n), up[0].uri.rstrip("/").split("/tree/", 1)[1] if "/tree/" in up[0].uri else "main"
+    except Exception:  # noqa: BLE001 - cleaned up since
+        return None
+
+
 def dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
     """The version whose commit left none of ``node``'s columns, the last such (lakecurate's own
     drop and declare may come before it: a --recompute); None where the log cannot tell."""
@@ -167,12 +185,12 @@ def dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
             break
         if tx is None or type(tx.operation).__name__ not in ("Project", "Merge"):
             continue
-        try:
-            schema = ds.checkout_version(n).schema
-            if (set(schema.names) - set(foreign_decisions(schema))) & set(node.columns):
-                break  # the columns were there: the drop is the Project after it
-        except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
+        then = at_version(ds, n)
+        if then is None:  # cleaned up since: cannot tell
             break
+        schema = then[0].schema
+        if (set(schema.names) - set(foreign_decisions(schema))) & set(node.columns):
+            break  # the columns were there: the drop is the Project after it
         at = n
     return at
 
@@ -182,34 +200,16 @@ def last_whole(ds: "lance.LanceDataset", node: Node) -> int | str | None:
     any of them, outside lakecurate or not): a number of ``ds``'s branch, or ``PARENT:N`` where it is
     a version of the branch it was made from (a branch made after the drop); None where the
     readable log cannot tell."""
-    parent: list = []  # (the parent branch's dataset and name, looked up once)
-
-    def schema_names(n: int) -> tuple[set[str], str | None] | None:
-        try:
-            return set(ds.checkout_version(n).schema.names), None
-        except Exception:  # noqa: BLE001 - a parent's version (a branch's log begins with it), or cleaned up
-            pass
-        if not parent:
-            up = _parent(ds, ds)
-            parent.append((up[0], up[0].uri.rstrip("/").split("/tree/", 1)[1] if "/tree/" in up[0].uri else "main")
-                          if up else None)
-        if parent[0] is None:
-            return None
-        try:
-            return set(parent[0][0].checkout_version(n).schema.names), parent[0][1]
-        except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
-            return None
-
     later = None  # the schema change after the one looked at
     for n, tx in reversed(commit_log(ds)):
         if tx is None or type(tx.operation).__name__ not in ("Project", "Merge", "Overwrite", "Restore", "Clone"):
             continue
-        got = schema_names(n)
+        got = at_version(ds, n)
         if got is None:
             return None
-        if set(node.columns) <= got[0]:
+        if set(node.columns) <= set(got[0].schema.names):
             v = later - 1 if later is not None else n
-            where = schema_names(v)
+            where = at_version(ds, v)
             return v if where is None or where[1] is None else f"{where[1]}:{v}"
         later = n
     return None
@@ -218,11 +218,8 @@ def last_whole(ds: "lance.LanceDataset", node: Node) -> int | str | None:
 def _producers(ds: "lance.LanceDataset", node: Node, gone: list[str]) -> list[Node]:
     """The nodes that made ``node``'s inputs ``gone`` (dropped since, by ``lakecurate drop`` or
     another writer), as the version it was declared at records them."""
-    try:
-        then = ds.checkout_version(int(node.prov.get("table_version")))
-    except Exception:  # noqa: BLE001 - cleaned up since: cannot tell
-        return []
-    return [n for n in nodes(then) if set(n.columns) & set(gone)]
+    then = at_version(ds, int(node.prov.get("table_version")))
+    return [] if then is None else [n for n in nodes(then[0]) if set(n.columns) & set(gone)]
 
 
 def _input_gone(lake: "Store", ds: "lance.LanceDataset", node: Node, readers: list[str]) -> NodeState:
@@ -623,7 +620,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
             _per_row(ds, node, writes, frags, st)
         else:
             _global(ds, node, writes, list(frags.values()), st)
-        gone = _dropped(ds, node, names)
+        gone = _dropped(ds, node, names, None if node.per_row else st.computed_from)
         if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
             st.state = "stale"
             st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)")
@@ -751,16 +748,17 @@ def _lost(ds: "lance.LanceDataset", node: Node, names: set[str]) -> list[str]:
     return lost
 
 
-def _dropped(ds: "lance.LanceDataset", node: Node, names: set[str]) -> list[str]:
-    """The node's inputs that were in the table when it was declared and are not now."""
+def _dropped(ds: "lance.LanceDataset", node: Node, names: set[str], computed_from: int | None = None) -> list[str]:
+    """The node's inputs that were in the table when it was declared (or, for a global node, when
+    its values were last computed: ``computed_from``; a run since the drop did without them) and
+    are not now."""
     gone = [src for src in node.sources if src not in names]
     if not gone:
         return []
-    try:  # (only when an input is missing: one manifest read)
-        then = set(ds.checkout_version(int(node.prov.get("table_version"))).schema.names)
-    except Exception:  # noqa: BLE001 - that version cleaned up or unreadable: cannot tell, so not stale
+    then = at_version(ds, int(computed_from if computed_from is not None else node.prov.get("table_version")))
+    if then is None:  # (only when an input is missing: one manifest read) cleaned up: cannot tell, so not stale
         return []
-    return [src for src in gone if src in then]
+    return [src for src in gone if src in then[0].schema.names]
 
 
 def _per_row(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], frags: dict[int, Any],
@@ -1152,7 +1150,7 @@ def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],
         if s is None or id(s) in seen:
             continue
         seen.add(id(s))
-        if s.state in ("stale", "incomplete"):
+        if s.state in ("stale", "incomplete", "dropped"):
             bad.append(s)
         todo += s.node.sources
     bad.sort(key=lambda s: ORDER.index(s.node.stage) if s.node.stage in ORDER else len(ORDER))
@@ -1160,10 +1158,10 @@ def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],
 
 
 def blocks(s: NodeState) -> bool:
-    """Whether what is built on ``s`` must not be used: it is stale, or it is a global stage's
+    """Whether what is built on ``s`` must not be used: it is stale or dropped, or it is a global stage's
     decision that no run finished (declared, then killed before its commit: its nulls mean
     nothing). A per-row stage's rows not computed yet only make it incomplete."""
-    return s.state == "stale" or (s.state == "incomplete" and not s.node.per_row)
+    return s.state in ("stale", "dropped") or (s.state == "incomplete" and not s.node.per_row)
 
 
 def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str], *, what: str,

@@ -668,6 +668,9 @@ def test_after_lakecurate_drop_of_an_input_every_fix_status_prints_runs_in_order
     st = graph.states(lake)
     first = st[0]
     assert (first.node.stage, first.state) == ("embed", "dropped") and "by lakecurate drop, and " in first.reasons[0]
+    # a refusal names the dropped stage's fix, which runs, not its first reader's (dedup: "no embedding")
+    res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out")])
+    assert res.exit_code != 0 and f"re-run it: {first.fix} " in " ".join(res.output.split()), res.output
     for drop in (None, ["keep", "drop_reason"], ["concept", "concept_dist"]):
         if drop:
             lake.drop_columns(drop)
@@ -695,3 +698,36 @@ def test_review_marks_dropped_before_a_branch_was_made_are_written_back_from_its
     _run_fix(st)
     assert side.count("review_verdict = 'drop'") == 2 and _state(side, "review").state == "current"
     assert _state(lake, "review").state == "dropped"  # (main's marks are main's to write back)
+
+
+def test_on_a_branch_a_dropped_input_makes_its_readers_stale(tmp_path: Path):
+    """The version a node was declared at is its parent's on a branch made after: it could not be
+    read on the branch, so "cannot tell" left every reader current (export shipped them)."""
+    from .test_concepts import _concept_lake
+
+    lake = _concept_lake(tmp_path / "syn", [6, 6])
+    lake.curate(SHORT, progress=False)
+    lake.rebalance(0.5)
+    assert CliRunner().invoke(main, ["branch", "create", lake.uri, "side"]).exit_code == 0
+    side = lake.on_branch("side")
+    side.drop_columns(["keep", "drop_reason"])
+    by_stage = {s.node.stage: s for s in graph.states(side)}
+    assert by_stage["rebalance"].state == "stale" and by_stage["curate"].state == "dropped", by_stage
+    assert [s.node.stage for s in graph.states(side)].index("curate") < [s.node.stage for s in graph.states(side)].index("rebalance")
+    assert {s.state for s in graph.states(lake)} == {"current"}  # main untouched
+
+
+def test_a_curate_run_after_its_input_was_dropped_is_current(tmp_path: Path):
+    """The review columns dropped (lakecurate drop, to start afresh): curate read review_verdict, so
+    it was stale; run again (the step finds no marks), it stayed stale for good: the input was
+    judged against the version curate was first declared at, not the one it last computed from."""
+    lake = lake_of(tmp_path / "lake", 8)
+    ids = lake.dataset().to_table(columns=["id"]).column("id").to_pylist()[:1]
+    lake.review(ids, verdict="drop", reason="watermark")
+    recipe = {"name": "r", "step": [{"filter": "review"}]}
+    lake.curate(recipe, progress=False)
+    assert lake.count("keep") == 7
+    lake.drop_columns(list(review.NAMES))
+    assert _state(lake, "curate").state == "stale"
+    lake.curate(recipe, progress=False)
+    assert _state(lake, "curate").state == "current" and lake.count("keep") == 8
