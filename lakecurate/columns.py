@@ -202,13 +202,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
     check_table(lake, ds)  # a foreign or newer table: refused before the first write of any stage
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
-    foreign = [n for n in present if field_provenance(ds.schema.field(n), strict=False) is None]
-    if foreign:  # (before a recompute's drop: another writer's column was dropped without a word)
-        one = len(foreign) == 1
-        raise LakeError(f"column{'' if one else 's'} {', '.join(foreign)} in lake '{lake.uri}' {'was' if one else 'were'} "
-                        f"not made by lakecurate (another writer added {'it' if one else 'them'}), and lakecurate does "
-                        f"not drop another writer's columns: drop {'it' if one else 'them'} with the tool that added "
-                        f"{'it' if one else 'them'} (Lance, LanceDB), or pick another --name where the stage takes one")
+    refuse_foreign(lake, ds, present)  # (before a recompute's drop: another writer's column went without a word)
     if present and recompute:
         drop_present(lake, present)
         ds = lake.dataset()
@@ -247,6 +241,19 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         return True
 
     return retry_on_conflict(add)
+
+
+def refuse_foreign(lake: "Store", ds: lance.LanceDataset, names: Sequence[str]) -> None:
+    """Refuse (LakeError) to write columns ``names`` where ``ds`` has one without lakecurate's
+    provenance: another writer added it, and no stage drops another writer's column. A stage that
+    writes several sets calls this for all of them before its first write."""
+    foreign = [n for n in names if n in ds.schema.names and field_provenance(ds.schema.field(n), strict=False) is None]
+    if foreign:
+        one = len(foreign) == 1
+        raise LakeError(f"column{'' if one else 's'} {', '.join(foreign)} in lake '{lake.uri}' {'was' if one else 'were'} "
+                        f"not made by lakecurate (another writer added {'it' if one else 'them'}), and lakecurate does "
+                        f"not drop another writer's columns: drop {'it' if one else 'them'} with the tool that added "
+                        f"{'it' if one else 'them'} (Lance, LanceDB), or pick another --name where the stage takes one")
 
 
 def drop_present(lake: "Store", names: Sequence[str]) -> None:

@@ -636,6 +636,10 @@ def _placed(own: pa.Array, valid: np.ndarray | None, at: np.ndarray, values: pa.
     return pc.take(both, pa.array(idx, pa.int64(), mask=mask))
 
 
+# The decision's columns (the best member of each group kept), declared together.
+DECISION_COLUMNS = {"dup_group": pa.string(), "dup_group_size": pa.int32(), "dup_keep": pa.bool_(), "dup_reason": pa.string()}
+
+
 def dedup(
     lake: "Store",
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -695,6 +699,8 @@ def dedup(
     for m in methods:
         group_columns(m)  # validates
     redo = recomputed_methods(methods, recompute)
+    # another writer's column under a name this run writes: refused before the first set is written
+    columns.refuse_foreign(lake, lake.dataset(), [c for m in methods for c in group_columns(m)] + list(DECISION_COLUMNS))
     keep_from_given = keep_from
     # keep_from="phash": one method, not its letters; 5: an error naming the option, not a TypeError
     keep_from = texts("keep_from", keep_from) if keep_from is not None else list(DEFAULT_KEEP_FROM)
@@ -871,8 +877,7 @@ def dedup(
                   "methods": {m: configs.get(m) for m in use}},
         # (the score it ranks members by is read too: an embedding computed again makes it stale)
         [c for m in use for c in group_columns(m)[:1]] + ([rank_by] if rank_by in ds.schema.names else []), lake.version)
-    final_fields = [pa.field("dup_group", pa.string()), pa.field("dup_group_size", pa.int32()),
-                    pa.field("dup_keep", pa.bool_()), pa.field("dup_reason", pa.string())]
+    final_fields = [pa.field(c, t) for c, t in DECISION_COLUMNS.items()]
     columns.declare_view(lake, final_fields, final_prov)  # derived from the group columns: recomputed each run
     # The evidence is written, as a new version of its table, and dup_group's metadata names that
     # version (_pin_evidence) before the decision it explains is committed: what reads the evidence

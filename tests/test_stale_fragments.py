@@ -731,3 +731,14 @@ def test_a_curate_run_after_its_input_was_dropped_is_current(tmp_path: Path):
     assert _state(lake, "curate").state == "stale"
     lake.curate(recipe, progress=False)
     assert _state(lake, "curate").state == "current" and lake.count("keep") == 8
+
+
+def test_dedup_refuses_another_writers_decision_column_before_writing_anything(sample_lake_embedded: Lake,
+                                                                              tmp_path: Path):
+    """A dup_keep another writer added: dedup refused it only after writing its methods' groups."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lance.dataset(lake.table_uri).add_columns({"dup_keep": "true"})
+    v = lake.version
+    with pytest.raises(LakeError, match="dup_keep in lake .* was not made by lakecurate"):
+        lake.dedup(["exact", "phash"], progress=False)
+    assert lake.version == v
