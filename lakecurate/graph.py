@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from lakecurate.store import retry_on_conflict
 if TYPE_CHECKING:
     import numpy as np
     import lance
+    import pyarrow as pa
 
     from lakecurate.store import Store
 
@@ -175,22 +176,26 @@ def at_version(ds: "lance.LanceDataset", n: int) -> tuple["lance.LanceDataset", 
         return None
 
 
+def _schema_changes(ds: "lance.LanceDataset") -> Iterator[tuple[int, "pa.Schema | None"]]:
+    """Newest first: each version of ``ds``'s log whose commit may change the columns (added by a
+    Merge, dropped by a Project; an overwrite, a restore, a clone), with its schema (None where that
+    version is not readable: cleaned up)."""
+    for n, tx in reversed(commit_log(ds)):
+        if tx is not None and type(tx.operation).__name__ in ("Project", "Merge", "Overwrite", "Restore", "Clone"):
+            then = at_version(ds, n)
+            yield n, (then[0].schema if then is not None else None)
+
+
 def dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
     """The version whose commit left none of ``node``'s columns, the last such (lakecurate's own
     drop and declare may come before it: a --recompute); None where the log cannot tell."""
     since = int(node.prov.get("table_version") or 0)
     at = None
-    for n, tx in reversed(commit_log(ds)):  # (columns are added by Merge, dropped by Project commits)
-        if n <= since:
+    for n, schema in _schema_changes(ds):
+        if n <= since or schema is None:  # (cleaned up since: cannot tell)
             break
-        if tx is None or type(tx.operation).__name__ not in ("Project", "Merge"):
-            continue
-        then = at_version(ds, n)
-        if then is None:  # cleaned up since: cannot tell
-            break
-        schema = then[0].schema
         if (set(schema.names) - set(foreign_decisions(schema))) & set(node.columns):
-            break  # the columns were there: the drop is the Project after it
+            break  # the columns were there: the drop is the commit after it
         at = n
     return at
 
@@ -201,13 +206,10 @@ def last_whole(ds: "lance.LanceDataset", node: Node) -> int | str | None:
     a version of the branch it was made from (a branch made after the drop); None where the
     readable log cannot tell."""
     later = None  # the schema change after the one looked at
-    for n, tx in reversed(commit_log(ds)):
-        if tx is None or type(tx.operation).__name__ not in ("Project", "Merge", "Overwrite", "Restore", "Clone"):
-            continue
-        got = at_version(ds, n)
-        if got is None:
+    for n, schema in _schema_changes(ds):
+        if schema is None:
             return None
-        if set(node.columns) <= set(got[0].schema.names):
+        if set(node.columns) <= set(schema.names):
             v = later - 1 if later is not None else n
             where = at_version(ds, v)
             return v if where is None or where[1] is None else f"{where[1]}:{v}"

@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from lakecurate import columns
 from lakecurate.errors import LakeError
+from lakecurate.graph import lakecurate_on
 from lakecurate.options import clean_text, texts
 from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
@@ -115,7 +116,7 @@ def _partial(lake: "Store", ds: "lance.LanceDataset", present: list[str]) -> str
                 break
         except LakeError:  # a version cleaned up: an older one may still be there
             continue
-    head = _head(lake)
+    head = lakecurate_on(lake)
     drop = f"{head} drop {lake.shell} {' '.join(shlex.quote(n) for n in present)}"
     back = (f"{head} review {lake.shell} --from-version {whole} (the latest version that has them all: its marks "
             f"written back), or " if whole is not None else "")
@@ -225,18 +226,12 @@ def _refuse_if_dropped(lake: "Store") -> None:
         return
     at, back = dropped_at(ds, gone), last_whole(ds, gone)
     dropped = f"the review marks of lake '{lake.uri}' were dropped{f' at version {at}' if at else ''} outside lakecurate"
-    afresh = f"to start afresh without them: {_head(lake)} drop {lake.shell} {NAMES[0]}"
+    afresh = f"to start afresh without them: {lakecurate_on(lake)} drop {lake.shell} {NAMES[0]}"
     if back is None:
         raise LakeError(f"{dropped}, and no version left has them (the review log lists what they were: "
-                        f"{_head(lake)} review {lake.shell} --history); nothing marked; {afresh}")
+                        f"{lakecurate_on(lake)} review {lake.shell} --history); nothing marked; {afresh}")
     raise LakeError(f"{dropped}; bring them back first (they are in version {back}; {afresh}): "
-                    f"{_head(lake)} review {lake.shell} --from-version {back}")
-
-
-def _head(lake: "Store") -> str:
-    import shlex
-
-    return f"lakecurate --branch {shlex.quote(lake.branch)}" if getattr(lake, "branch", None) else "lakecurate"
+                    f"{lakecurate_on(lake)} review {lake.shell} --from-version {back}")
 
 
 def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
@@ -249,7 +244,7 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     then = lake.dataset(version)
     if not set(NAMES) <= set(then.schema.names):
         raise LakeError(f"version {version} of lake '{lake.uri}' has no review columns (or not all {len(NAMES)}); "
-                        f"see: {_head(lake)} log {lake.shell}")
+                        f"see: {lakecurate_on(lake)} log {lake.shell}")
     cond = " OR ".join(f"{n} IS NOT NULL" for n in NAMES)
     rows = then.to_table(columns=["id", *NAMES], filter=cond).to_pylist()
     marks = {r["id"]: {n: r[n] for n in NAMES} for r in rows if r["id"] is not None}
