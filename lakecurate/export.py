@@ -187,9 +187,11 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         unordered = tbl.column("seq_order").null_count
         if unordered:  # the sequence ordered other rows: these go last, in table order (it was without a word)
             seq_where = (columns.field_provenance(ds.schema.field("seq_order"), strict=False) or {}).get("config", {}).get("where")
+            why = (f"the sequence ordered the rows of {seq_where or 'its default view'!r}, not {where!r}"
+                   if seq_where != where else f"{where} changed since the sequence ordered its rows")
             warnings.append(f"{unordered} of the {tbl.num_rows} rows it writes have no seq_order (they go last, in "
-                            f"table order): the sequence ordered the rows of {seq_where or 'its default view'!r}, not "
-                            f"{where!r}; to order them: lakecurate sequence {lake.shell} --where {shlex.quote(where)}")
+                            f"table order): {why}; to order them: lakecurate sequence {lake.shell} --where "
+                            f"{shlex.quote(where)}")
         seq = pc.fill_null(tbl.column("seq_order"), np.iinfo(np.int64).max).to_numpy()
         order = np.argsort(seq, kind="stable")
     tbl = tbl.take(pa.array(order))

@@ -499,3 +499,17 @@ def test_an_export_removes_the_partial_folders_killed_exports_left(seq_lake: Lak
     assert "removed 1 partial folder left by an interrupted export" in result.output
     assert not dead.exists() and live.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out"])
+
+
+def test_rows_a_newer_rebalance_chose_are_said_to_be_unordered_because_it_changed(seq_lake: Lake, tmp_path: Path):
+    """The order was made of rebalance_keep; a rebalance since chose other rows: the warning said
+    "the sequence ordered the rows of 'rebalance_keep', not 'rebalance_keep'"."""
+    lake = Lake.open(shutil.copytree(seq_lake.uri, tmp_path / "lake"))
+    lake.rebalance(1.0, max_repeats=1)  # every candidate: more rows than the order holds
+    assert lake.count("rebalance_keep AND seq_order IS NULL") > 0
+    res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out.parquet"), "--format", "parquet",
+                                    "--allow-stale"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stderr.split())
+    assert "have no seq_order" in said and "rebalance_keep changed since the sequence ordered its rows" in said, said
+    assert "not 'rebalance_keep'" not in said
