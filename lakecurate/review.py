@@ -298,6 +298,10 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
     if not rows:
         raise LakeError(f"review action {action!r} is not in lake '{lake.uri}''s review log")
     _refuse_if_dropped(lake)
+    if not set(NAMES) & set(lake.dataset().schema.names):  # (it said "restored 0 rows; changed since")
+        raise LakeError(f"lake '{lake.uri}' has no review columns now (dropped since: lakecurate log says when): the "
+                        f"marks of action {action} are in no row; nothing to undo (the versions before the drop "
+                        f"still have them: {lakecurate_on(lake)} review {lake.shell} --from-version N)")
     if _landed(lake, {action: rows[0].get("read_version")}).get(action) is False:
         raise LakeError(f"review action {action!r} of lake '{lake.uri}' {NEVER_LANDED} (the review stopped between "
                         f"its log entry and its commit): nothing to undo")

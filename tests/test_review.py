@@ -363,3 +363,14 @@ def test_the_undo_a_mark_prints_on_a_branch_runs_as_pasted(sample: Lake):
     res = CliRunner().invoke(main, shlex.split(undo)[1:])
     assert res.exit_code == 0 and "restored 1 rows" in res.output, res.output
     assert review.counts(sample.on_branch("side").dataset()) == {} and review.counts(sample.dataset()) == {}
+
+
+def test_undo_after_the_review_columns_were_dropped_says_so(sample: Lake):
+    """After `lakecurate drop` of the review columns, an undo said "restored 0 rows; changed since"."""
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    action = review.mark(sample, ids, verdict="keep", by="ana")["action"]
+    sample.drop_columns(list(review.NAMES))
+    v = sample.version
+    with pytest.raises(LakeError, match="has no review columns now .* nothing to undo"):
+        review.undo(sample, action)
+    assert sample.version == v
