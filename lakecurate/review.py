@@ -107,15 +107,10 @@ def _partial(lake: "Store", ds: "lance.LanceDataset", present: list[str]) -> str
     does not take): restore the latest version that had them all, or drop the rest and start again."""
     import shlex
 
+    from lakecurate.graph import Node, last_whole
+
     missing = [n for n in NAMES if n not in present]
-    whole = None
-    for v in sorted((x["version"] for x in ds.versions()), reverse=True):
-        try:
-            if set(NAMES) <= set(lake.dataset(v).schema.names):
-                whole = v
-                break
-        except LakeError:  # a version cleaned up: an older one may still be there
-            continue
+    whole = last_whole(ds, Node(STAGE, list(NAMES), [], {}))  # (the log's schema changes, not every version)
     head = lakecurate_on(lake)
     drop = f"{head} drop {lake.shell} {' '.join(shlex.quote(n) for n in present)}"
     back = (f"{head} review {lake.shell} --from-version {whole} (the latest version that has them all: its marks "
