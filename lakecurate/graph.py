@@ -228,11 +228,11 @@ def _input_gone(lake: "Store", ds: "lance.LanceDataset", node: Node, readers: li
     """A stage whose columns were dropped (``lakecurate drop``: its record forgotten) while others
     still read them: listed dropped, its fix first, so that theirs can run after it."""
     who = list(dict.fromkeys(readers))
-    return _gone_whole(lake, ds, node, f"by lakecurate drop, and {', '.join(who)} read{'s' if len(who) == 1 else ''} "
+    return gone_whole(lake, ds, node, f"by lakecurate drop, and {', '.join(who)} read{'s' if len(who) == 1 else ''} "
                                        f"{'them' if len(node.columns) > 1 else 'it'}")
 
 
-def _gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "outside lakecurate") -> NodeState:
+def gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "outside lakecurate") -> NodeState:
     """A node another writer dropped whole: computed again by its fix; a review's marks, which no
     run computes, are in the versions before the drop."""
     cols = ", ".join(node.columns)
@@ -652,7 +652,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         by_node[id(node)] = st
         out.append(st)
     recorded = dropped_nodes(ds)
-    out += [_gone_whole(lake, ds, n) for n in recorded]
+    out += [gone_whole(lake, ds, n) for n in recorded]
     out += [_input_gone(lake, ds, up, readers) for cols, (up, readers) in inputs.items()
             if not any(set(cols) & set(n.columns) for n in recorded)]
     out.sort(key=lambda st: _order(st.node))
@@ -1217,7 +1217,7 @@ def check_decided(lake: "Store", ds: "lance.LanceDataset", view: str | None, *, 
     from lakecurate.names import VIEW_DECISIONS
 
     stages = {decision(c).stage for c in VIEW_DECISIONS}
-    gone = [_gone_whole(lake, ds, n) for n in dropped_nodes(ds) if n.stage in stages]
+    gone = [gone_whole(lake, ds, n) for n in dropped_nodes(ds) if n.stage in stages]
     msgs = [f"{s.node.stage} ({', '.join(s.node.columns)}) is dropped: {s.reasons[0]}" for s in gone]
     if gone and not allow_stale:
         raise LakeError(f"{what} would choose rows without the curated decision of lake '{lake.uri}': {msgs[0]}; "

@@ -213,20 +213,15 @@ def _refuse_if_dropped(lake: "Store") -> None:
     """Refuse to write marks while the review columns are recorded as dropped outside lakecurate
     (status lists them "dropped"): a mark declared them anew, empty, and the old marks were left in
     no current row for good, with only the new mark's rows in the log's latest state."""
-    from lakecurate.graph import dropped_at, dropped_nodes, last_whole
+    from lakecurate.graph import dropped_nodes, gone_whole
 
     ds = lake.dataset()
     gone = next((n for n in dropped_nodes(ds) if n.stage == STAGE), None)
     if gone is None:
         return
-    at, back = dropped_at(ds, gone), last_whole(ds, gone)
-    dropped = f"the review marks of lake '{lake.uri}' were dropped{f' at version {at}' if at else ''} outside lakecurate"
-    afresh = f"to start afresh without them: {lakecurate_on(lake)} drop {lake.shell} {NAMES[0]}"
-    if back is None:
-        raise LakeError(f"{dropped}, and no version left has them (the review log lists what they were: "
-                        f"{lakecurate_on(lake)} review {lake.shell} --history); nothing marked; {afresh}")
-    raise LakeError(f"{dropped}; bring them back first (they are in version {back}; {afresh}): "
-                    f"{lakecurate_on(lake)} review {lake.shell} --from-version {back}")
+    st = gone_whole(lake, ds, gone)  # what status says of them, and its fix
+    raise LakeError(f"lake '{lake.uri}' takes no review marks now: {st.reasons[0]}; nothing marked. Status's fix: "
+                    f"{st.fix}; to start afresh without them: {lakecurate_on(lake)} drop {lake.shell} {NAMES[0]}")
 
 
 def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read_only: bool = False) -> dict[str, Any]:

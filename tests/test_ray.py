@@ -325,6 +325,21 @@ def test_dedup_on_ray_equals_local(tmp_path: Path):
     assert any(g is not None for g in got["ray"]["dup_semantic_group"])
 
 
+def _actors_started(monkeypatch) -> list[str]:
+    """The names of the stages whose Ray actors start from here on (appended as they start)."""
+    from lakecurate import engines
+
+    names: list[str] = []
+
+    class Spy(engines.RayActors):
+        def __init__(self, cls, init, *a, **kw):
+            names.append(init[0].name)
+            super().__init__(cls, init, *a, **kw)
+
+    monkeypatch.setattr(engines, "RayActors", Spy)
+    return names
+
+
 def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
     """curate --engine ray has the signals and dedup its recipe needs computed on Ray (the stages'
     own Ray engines) and decides a fragment a task (here: each task's rows capped at 10, so one
@@ -335,15 +350,8 @@ def test_curate_and_rebalance_on_ray_equal_local(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(concepts, "_TASK_ROWS", 7)
     monkeypatch.setattr(curate, "_TASK_ROWS", 10)
-    actors, tasks = [], []
+    actors, tasks = _actors_started(monkeypatch), []
     real_tasks = engines.ray_task_map
-
-    class Spy(engines.RayActors):
-        def __init__(self, cls, init, *a, **kw):
-            actors.append(init[0].name)
-            super().__init__(cls, init, *a, **kw)
-
-    monkeypatch.setattr(engines, "RayActors", Spy)
 
     def task_spy(fn, calls, **kw):
         calls = list(calls)
@@ -405,15 +413,8 @@ def test_evaluate_embeds_its_eval_set_on_ray(sample_lake_embedded: Lake, tmp_pat
 
     from lakecurate import engines
 
-    ran = []
+    ran = _actors_started(monkeypatch)
     real_tasks = engines.ray_task_map
-
-    class Spy(engines.RayActors):
-        def __init__(self, cls, init, *a, **kw):
-            ran.append(init[0].name)
-            super().__init__(cls, init, *a, **kw)
-
-    monkeypatch.setattr(engines, "RayActors", Spy)
     monkeypatch.setattr(engines, "ray_task_map", lambda fn, calls, **kw: ran.append(fn.__name__) or real_tasks(fn, calls, **kw))
     ev = noisy_eval_set(tmp_path / "eval")
     got = {}
