@@ -224,16 +224,30 @@ def _hf_side(path: str) -> int:
     return min(1536, 2 * target if edge else target)
 
 
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf", ".onnx")
+
+
 def _hf_fingerprint(path: str | None) -> dict[str, Any]:
-    """What identifies a checkpoint directory's weights in the provenance without hashing gigabytes:
-    its name (not its path: :func:`~lakecurate.encoders.same_config`), the config's hash and every
-    file's size."""
+    """What identifies a checkpoint directory's weights in the provenance: its name (not its path:
+    :func:`~lakecurate.encoders.same_config`), the config's hash, every file's size, and a digest of
+    its weights files (their names and contents, each read once a process per size and modification
+    time: a fine-tune saved over the model it was tuned from has the same config and the same sizes,
+    and was "the same config" by the rest). A column recorded before the digest is compared without it."""
     if not path or not os.path.isdir(path):
         return {}
+    import hashlib
+
     files = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
-    return {"pretrained": os.path.basename(os.path.abspath(path)),
-            "config_sha256": file_digest(os.path.join(path, "config.json")),
-            "checkpoint_bytes": sum(os.path.getsize(os.path.join(path, f)) for f in files)}
+    out: dict[str, Any] = {"pretrained": os.path.basename(os.path.abspath(path)),
+                           "config_sha256": file_digest(os.path.join(path, "config.json")),
+                           "checkpoint_bytes": sum(os.path.getsize(os.path.join(path, f)) for f in files)}
+    weights = [f for f in files if f.lower().endswith(_WEIGHT_FILES)]
+    if weights:
+        h = hashlib.sha256()
+        for f in weights:
+            h.update(f"{f}\0{file_digest(os.path.join(path, f))}\0".encode())
+        out["checkpoint_sha256"] = h.hexdigest()[:16]
+    return out
 
 
 def _resolve_hf(path: str, pretrained: str | None, checkpoint: str | None, name: str | None, prompt: str | None,

@@ -296,7 +296,7 @@ def _legacy_config(self) -> dict:
     from lakecurate import captioners
 
     local = {"checkpoint_bytes": os.path.getsize(self.pretrained)} if os.path.isfile(self.pretrained) else \
-        {k: v for k, v in captioners._hf_fingerprint(self.pretrained).items() if k != "pretrained"}
+        {k: v for k, v in captioners._hf_fingerprint(self.pretrained).items() if k not in ("pretrained", "checkpoint_sha256")}
     return {**dataclasses.asdict(self), **local, "decoder": "greedy"}
 
 
@@ -326,7 +326,7 @@ def test_a_caption_column_made_with_a_checkpoint_elsewhere_is_the_same_config_he
     before = field_provenance(lake.dataset().schema.field("caption_mine"))
     assert before["config"]["pretrained"] == (a.name if recorded == "by name" else str(a))
     assert before.get("weights") == (str(a) if recorded == "by name" else None)  # where it lay: beside the config
-    assert (len(before["config"].get("checkpoint_sha256", "")) == 16) == (recorded == "by name" and kind == "coca file")
+    assert (len(before["config"].get("checkpoint_sha256", "")) == 16) == (recorded == "by name")  # a file's or a directory's weights
     monkeypatch.undo()
     coffee = (SAMPLE_DATA / "coffee.jpg").read_bytes()
     # rows added: the command the graph rebuilds names the checkpoint where the run found it, and fills them
@@ -404,3 +404,36 @@ def test_the_same_checkpoint_bytes_under_another_name_or_through_a_symlink_are_t
     assert lake.recaption("tiny-random-coca", checkpoint=renamed, name="mine", workers=0, progress=False).rows == 2
     assert field_provenance(lake.dataset().schema.field("caption_mine"))["config_hash"] == before["config_hash"]
     assert {s.node.columns[0]: s for s in graph.states(lake)}["caption_mine"].state == "current"
+
+
+def test_a_checkpoint_directory_tuned_in_place_is_another_config(tiny_git_dir: Path, tmp_path: Path):
+    """A Hugging Face checkpoint directory was fingerprinted by its config and its files' sizes: a
+    fine-tune saved over the model it was tuned from (the same config, the same sizes) was "the same
+    config", and a recaption run added the new model's captions to the old one's column. Its
+    weights' digest tells them apart; a copy under another name is still the same, and a column
+    recorded before the digest compares without it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from lakecurate import captioners
+    from lakecurate.encoders import same_config
+
+    here = shutil.copytree(tiny_git_dir, tmp_path / "ck" / "tinygit")
+    before = captioners._hf_fingerprint(str(here))
+    assert same_config(before, captioners._hf_fingerprint(str(shutil.copytree(here, tmp_path / "elsewhere"))))
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.recaption(str(here), name="git", max_tokens=4, workers=0, progress=False)
+    weights = here / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        meta = f.metadata()
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(weights).items()}, weights,
+              metadata=meta)  # tuned in place: the same tensors, other values
+    after = captioners._hf_fingerprint(str(here))
+    assert (after["config_sha256"], after["checkpoint_bytes"]) == (before["config_sha256"], before["checkpoint_bytes"])
+    assert not same_config(before, after)
+    legacy = {k: v for k, v in before.items() if k != "checkpoint_sha256"}  # recorded before the digest
+    assert same_config(legacy, after) and same_config(legacy, before)
+    lake.append(pair_rows(0, 2, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
+    with pytest.raises(LakeError, match="config"):
+        lake.recaption(str(here), name="git", max_tokens=4, workers=0, progress=False)
