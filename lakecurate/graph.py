@@ -77,7 +77,7 @@ class Node:
 @dataclass
 class NodeState:
     node: Node
-    state: str  # current | stale | incomplete | behind | dropped (every column gone: another writer dropped them)
+    state: str  # current | stale | incomplete | behind | dropped (every column gone: another writer dropped or renamed them)
     reasons: list[str] = field(default_factory=list)
     rows_missing: int = 0
     computed_from: int | None = None  # the version the node's values were computed from (global stages)
@@ -85,13 +85,14 @@ class NodeState:
     rows_failed: int = 0  # rows without a value whose error may pass if computed again (an endpoint's)
     rows_stale: int = 0  # rows of the fragments whose values are stale (a per-row stage's plain run redoes them)
     retry: str = ""  # ...and the command that computes them again
+    renamed: dict[str, str] = field(default_factory=dict)  # its columns another writer renamed: old -> new name
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.node.stage, "columns": self.node.columns, "sources": self.node.sources,
                 "config_hash": self.node.prov.get("config_hash"), "state": self.state, "reasons": self.reasons,
                 "rows_missing": self.rows_missing, "rows_stale": self.rows_stale, "computed_from": self.computed_from,
                 "fix": self.fix,
-                "rows_failed": self.rows_failed, "retry": self.retry}
+                "rows_failed": self.rows_failed, "retry": self.retry, "renamed": self.renamed}
 
 
 def where_columns(where: str | None, names: Iterable[str]) -> list[str]:
@@ -113,6 +114,11 @@ def nodes(ds: "lance.LanceDataset") -> list[Node]:
     for f in ds.schema:
         prov = field_provenance(f, strict=False)
         if not prov or not prov.get("stage"):
+            continue
+        declared = prov.get(DECLARED_KEY)
+        if isinstance(declared, list) and f.name not in declared:
+            # another writer renamed it (Lance's alter_columns keeps a field's metadata): lakecurate
+            # reads the name it declared, so this is another writer's column (see :func:`renamed`)
             continue
         key = json.dumps([prov.get("stage"), prov.get("config_hash"), prov.get("source_columns")], sort_keys=True)
         if key not in groups:
@@ -176,14 +182,80 @@ def at_version(ds: "lance.LanceDataset", n: int) -> tuple["lance.LanceDataset", 
         return None
 
 
-def _schema_changes(ds: "lance.LanceDataset") -> Iterator[tuple[int, "pa.Schema | None"]]:
+def _schema_versions(ds: "lance.LanceDataset") -> Iterator[tuple[int, "lance.LanceDataset | None"]]:
     """Newest first: each version of ``ds``'s log whose commit may change the columns (added by a
-    Merge, dropped by a Project; an overwrite, a restore, a clone), with its schema (None where that
-    version is not readable: cleaned up)."""
+    Merge, dropped or renamed by a Project; an overwrite, a restore, a clone), opened (None where
+    that version is not readable: cleaned up)."""
     for n, tx in reversed(commit_log(ds)):
         if tx is not None and type(tx.operation).__name__ in ("Project", "Merge", "Overwrite", "Restore", "Clone"):
             then = at_version(ds, n)
-            yield n, (then[0].schema if then is not None else None)
+            yield n, (then[0] if then is not None else None)
+
+
+def _schema_changes(ds: "lance.LanceDataset") -> Iterator[tuple[int, "pa.Schema | None"]]:
+    """:func:`_schema_versions`, each with its schema."""
+    for n, then in _schema_versions(ds):
+        yield n, (then.schema if then is not None else None)
+
+
+def renamed(ds: "lance.LanceDataset", columns: Iterable[str]) -> dict[str, tuple[str, int | None]]:
+    """Those of ``columns`` that ``ds`` lacks because another writer renamed them (Lance's
+    ``alter_columns``, LanceDB's ``alter_columns``): old name -> (the name now, the version whose
+    commit renamed it, None where the log cannot tell). Told by Lance's own record, not by names:
+    a rename keeps a field's id, so the field the last version that had the old name gave that
+    name is still in ``ds`` under another (a column dropped, then added again, has a new id)."""
+    want = [c for c in columns if c not in ds.schema.names]
+    if not want:
+        return {}
+    now = _field_names(ds)
+    out: dict[str, tuple[str, int | None]] = {}
+    later = None  # the schema change after the one looked at: where the name went
+    for n, then in _schema_versions(ds):
+        if then is None:  # (cleaned up: cannot tell)
+            break
+        for c in [c for c in want if c in then.schema.names]:
+            new = now.get(then.lance_schema.field(c).id())
+            if new is not None and new != c:
+                out[c] = (new, later)
+            want.remove(c)
+        if not want:
+            break
+        later = n
+    return out
+
+
+def rename_back(ds: "lance.LanceDataset", names: dict[str, str]) -> str:
+    """The pylance one-liner that renames columns back (``names``: old -> the name now)."""
+    import shlex
+
+    alts = ", ".join(repr({"path": new, "name": old}) for old, new in names.items())
+    code = f"import lance; lance.dataset({ds.uri!r}).alter_columns({alts})"
+    return f'python -c "{code}"' if not set(code) & set('"$`\\') else f"python -c {shlex.quote(code)}"
+
+
+def _renamed_reason(ds: "lance.LanceDataset", node: Node, gone: Iterable[str],
+                    how: str = "outside lakecurate") -> tuple[str, dict[str, str]] | None:
+    """The reason a node whose columns ``gone`` another writer renamed is listed (None where none
+    was renamed), and old -> new name: the rename, the two ways out (rename back; the fix, which
+    computes them again and leaves the new names as another writer's columns)."""
+    got = renamed(ds, gone)
+    if not got:
+        return None
+    names = {old: new for old, (new, _) in got.items()}
+    olds, news = ", ".join(names), ", ".join(names.values())
+    whens = {v for _, v in got.values()}
+    when = f" at version {next(iter(whens))}" if len(whens) == 1 and None not in whens else ""
+    many = len(names) > 1
+    dropped = [c for c in gone if c not in names]
+    also = (f"; {', '.join(dropped)} {'were' if len(dropped) > 1 else 'was'} dropped" if dropped else "")
+    declared = [str(c) for c in node.prov.get(DECLARED_KEY) or []] or list(names) + dropped
+    # (a plain run declares its set again whole; a review's marks, which no run computes, are copied back)
+    what = f"computes {', '.join(declared)} again" if node.stage not in MANUAL else \
+        "writes the marks back from the last version that had them"
+    return (f"its column{'s' if many else ''} {olds} {'were' if many else 'was'} renamed to {news}{when} {how}, and "
+            f"lakecurate reads {olds}{also}: rename {'them' if many else 'it'} back ({rename_back(ds, names)}) or run "
+            f"its fix, which {what} ({news} {'are' if many else 'is'} then another writer's "
+            f"column{'s' if many else ''}, left as {'they are' if many else 'it is'})"), names
 
 
 def dropped_at(ds: "lance.LanceDataset", node: Node) -> int | None:
@@ -236,6 +308,14 @@ def gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "
     """A node another writer dropped whole: computed again by its fix; a review's marks, which no
     run computes, are in the versions before the drop."""
     cols = ", ".join(node.columns)
+    moved = _renamed_reason(ds, node, node.columns) if how == "outside lakecurate" else None
+    if moved is not None:  # renamed, not dropped: one entry, under the names lakecurate reads
+        st = NodeState(node, "dropped", [moved[0]], renamed=moved[1])
+        st.rows_stale = ds.count_rows() if node.per_row else 0
+        back = last_whole(ds, node) if node.stage in MANUAL else None
+        st.fix = (fix_command(lake, node, ds) if node.stage not in MANUAL else
+                  f"{lakecurate_on(lake)} review {lake.shell} " + (f"--from-version {back}" if back is not None else "--history"))
+        return st
     at = dropped_at(ds, node)
     when = f" at version {at}" if at is not None else ""
     if node.stage in MANUAL:
@@ -625,11 +705,18 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         gone = _dropped(ds, node, names, None if node.per_row else st.computed_from)
         if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
             st.state = "stale"
-            st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)")
+            moved = {old: new for old, (new, _) in renamed(ds, gone).items()}
+            st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)" if not moved else
+                              f"its input {', '.join(gone)} is no longer in the table (" +
+                              ", ".join(f"{old} renamed to {new}" for old, new in moved.items()) + " outside lakecurate)")
             for up in _producers(ds, node, gone):  # (its fix fails without them: theirs is listed first)
                 inputs.setdefault(tuple(up.columns), (up, []))[1].append(node.stage)
         lost = _lost(ds, node, names)
-        if lost and node.stage not in MANUAL:  # one of its own columns another writer dropped (Lance, LanceDB)
+        moved = _renamed_reason(ds, node, lost) if lost and node.stage not in MANUAL else None
+        if moved is not None:  # ...or renamed: the rename named, and the ways out
+            _all_stale(ds, st, moved[0])
+            st.renamed = moved[1]
+        elif lost and node.stage not in MANUAL:  # one of its own columns another writer dropped (Lance, LanceDB)
             _all_stale(ds, st, f"its column{'s' if len(lost) > 1 else ''} {', '.join(lost)} "
                                f"{'are' if len(lost) > 1 else 'is'} no longer in the table (another writer dropped "
                                f"{'them' if len(lost) > 1 else 'it'}); its fix computes the columns its run declared "
@@ -1216,9 +1303,20 @@ def check_decided(lake: "Store", ds: "lance.LanceDataset", view: str | None, *, 
     lake's: nothing refused.)"""
     from lakecurate.names import VIEW_DECISIONS
 
-    stages = {decision(c).stage for c in VIEW_DECISIONS}
-    gone = [gone_whole(lake, ds, n) for n in dropped_nodes(ds) if n.stage in stages]
-    msgs = [f"{s.node.stage} ({', '.join(s.node.columns)}) is dropped: {s.reasons[0]}" for s in gone]
+    stages = {decision(c).stage: c for c in VIEW_DECISIONS}
+    whole = dropped_nodes(ds)
+    gone = [gone_whole(lake, ds, n) for n in whole if n.stage in stages]
+    names = set(ds.schema.names) - set(foreign_decisions(ds.schema))
+    for prov in node_records(ds).values():  # the decision column alone renamed (or dropped): its rows are not chosen
+        cols = [str(c) for c in prov[DECLARED_KEY]]
+        col = stages.get(str(prov["stage"]))
+        if col in cols and col not in names and names & set(cols):
+            n = Node(str(prov["stage"]), [c for c in cols if c in names], [], prov)
+            moved = _renamed_reason(ds, n, [col])
+            reason = moved[0] if moved else f"its column {col} is no longer in the table (another writer dropped it)"
+            gone.append(NodeState(n, "stale", [reason], fix=fix_command(lake, n, ds),
+                                  renamed=moved[1] if moved else {}))
+    msgs = [f"{s.node.stage} ({', '.join(s.node.columns)}) is {s.state}: {s.reasons[0]}" for s in gone]
     if gone and not allow_stale:
         raise LakeError(f"{what} would choose rows without the curated decision of lake '{lake.uri}': {msgs[0]}; "
                         f"re-run it: {gone[0].fix} (or pass {allow_hint})")

@@ -742,3 +742,98 @@ def test_dedup_refuses_another_writers_decision_column_before_writing_anything(s
     with pytest.raises(LakeError, match="dup_keep in lake .* was not made by lakecurate"):
         lake.dedup(["exact", "phash"], progress=False)
     assert lake.version == v
+
+
+def _rename(lake: Lake, **names: str) -> int:
+    """Rename columns with Lance (outside lakecurate): old=new; returns the version it made."""
+    ds = lance.dataset(lake.table_uri)
+    ds.alter_columns(*[{"path": old, "name": new} for old, new in names.items()])
+    return lake.dataset().version
+
+
+def _status(lake: Lake) -> tuple[str, dict]:
+    text = CliRunner().invoke(main, ["status", lake.uri]).output
+    return " ".join(text.split()), json.loads(CliRunner().invoke(main, ["status", lake.uri, "--json"]).output)
+
+
+def test_a_per_row_column_another_writer_renamed_is_one_entry_and_its_fix_leaves_the_new_name_alone(tmp_path: Path):
+    """A stage's column renamed with Lance was listed twice: stale under the new name (its field
+    still carries the provenance) and dropped under the old. One entry says the rename (found by
+    field id), the one-liner that renames it back, and the fix; the new name is another writer's
+    column: the fix computes the old one again and leaves it as it was."""
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    lake.signals(["redact"], progress=False)
+    values = lake.dataset().to_table(columns=["id", "caption_redacted"]).sort_by("id").column(1)
+    at = _rename(lake, caption_redacted="redacted_v1")
+    got = [s for s in graph.states(lake) if s.node.stage == "signals-redact"]
+    assert len(got) == 1, [(s.node.columns, s.state, s.reasons) for s in got]
+    st = got[0]
+    assert st.node.columns == ["caption_redacted"] and st.state == "dropped"
+    why = " ".join(st.reasons)
+    assert f"caption_redacted was renamed to redacted_v1 at version {at} outside lakecurate" in why, why
+    assert "lakecurate reads caption_redacted" in why
+    assert "alter_columns({'path': 'redacted_v1', 'name': 'caption_redacted'})" in why, why
+    assert "or run its fix, which computes caption_redacted again" in why, why
+    text, js = _status(lake)
+    assert text.count("redacted_v1") >= 1 and "dropped outside" not in text, text
+    entries = [s for s in js["stages"] if s["stage"] == "signals-redact"]
+    assert len(entries) == 1 and entries[0]["renamed"] == {"caption_redacted": "redacted_v1"}, entries
+    assert entries[0]["reasons"] == st.reasons
+    _run_fix(st)
+    assert {s.node.stage: s.state for s in graph.states(lake)} == {"feature": "current", "signals-redact": "current"}
+    t = lake.dataset().to_table(columns=["id", "caption_redacted", "redacted_v1"]).sort_by("id")
+    assert t.column(1).equals(values) and t.column(2).equals(values)
+
+
+def test_a_renamed_signal_column_of_a_set_is_named_renamed_and_renaming_it_back_makes_it_current(tmp_path: Path):
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    lake.signals(["caption"], progress=False)
+    at = _rename(lake, cap_lang_prob="lang_p")
+    got = [s for s in graph.states(lake) if s.node.stage == "signals-caption"]
+    assert len(got) == 1 and got[0].state == "stale", [(s.node.columns, s.reasons) for s in got]
+    assert "lang_p" not in got[0].node.columns
+    why = " ".join(got[0].reasons)
+    assert f"cap_lang_prob was renamed to lang_p at version {at} outside lakecurate" in why, why
+    assert "another writer dropped" not in why
+    import re
+    import subprocess
+    import sys
+
+    back = re.search(r'rename it back \((python -c ".*?")\) or run', why).group(1)  # the first way out, as printed
+    subprocess.run([sys.executable, *shlex.split(back)[1:]], check=True)
+    assert [s.state for s in graph.states(lake) if s.node.stage == "signals-caption"] == ["current"]
+
+
+def test_a_renamed_keep_is_named_by_status_export_and_sequence_and_curate_computes_keep_again(tmp_path: Path):
+    """curate's keep renamed with Lance: status says so once, export and sequence refuse naming the
+    rename (they shipped every row), and curate's fix computes keep again beside keep_v1, untouched."""
+    from lakecurate import signals
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 40))
+    signals.compute_caption_signals(lake, progress=False)
+    lake.curate(SHORT, progress=False)
+    kept = lake.dataset().to_table(columns=["id", "keep"]).sort_by("id").column(1)
+    at = _rename(lake, keep="keep_v1")
+    got = [s for s in graph.states(lake) if s.node.stage == "curate"]
+    assert len(got) == 1, [(s.node.columns, s.state, s.reasons) for s in got]
+    st = got[0]
+    assert "keep_v1" not in st.node.columns and st.state == "stale"
+    why = " ".join(st.reasons)
+    assert f"keep was renamed to keep_v1 at version {at} outside lakecurate" in why, why
+    assert "or run its fix, which computes keep, drop_reason again (keep_v1 is then another writer's column" in why, why
+    _text, js = _status(lake)
+    entries = [s for s in js["stages"] if s["stage"] == "curate"]
+    assert len(entries) == 1 and entries[0]["renamed"] == {"keep": "keep_v1"}, entries
+    for args in (["export", lake.uri, str(tmp_path / "out"), "--format", "parquet"], ["sequence", lake.uri, "--mode", "random"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code != 0, res.output
+        assert "keep was renamed to keep_v1" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "out").exists()
+    recipe = tmp_path / "strict.toml"
+    recipe.write_text('name = "strict"\n[[step]]\nfilter = "caption_length"\nmin_words = 5\nreason = "short"\n')
+    _run_fix(graph.NodeState(st.node, st.state, fix=st.fix.replace("RECIPE.toml", str(recipe))))
+    assert [s.state for s in graph.states(lake)] == ["current", "current"]
+    t = lake.dataset().to_table(columns=["id", "keep", "keep_v1"]).sort_by("id")
+    assert t.column(1).equals(kept) and t.column(2).equals(kept)
+    assert lake.status()["view"] == "keep"
