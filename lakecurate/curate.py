@@ -86,10 +86,18 @@ ATTEMPTS = 5  # decision rounds when another curate changes keep/drop_reason mea
 
 
 class Filter:
-    """One recipe step: ``drop(frame, params)`` -> True where the row fails."""
+    """One recipe step: ``drop(frame, params)`` -> True where the row fails.
+
+    ``version`` is the step's code version: **bump it whenever a change to the step's logic can
+    change which rows it drops** (not for a reworded ``doc`` or a faster equivalent). ``keep``
+    records the versions of the steps its recipe used (``step_versions`` in its provenance), so
+    ``lakecurate status`` calls a decision made by other step code stale, naming the step, and
+    export, rebalance and sequence refuse it until curate decides again (the recipe's hash and
+    tags are not affected: they name the recipe, not the code)."""
 
     name: ClassVar[str]
     doc: ClassVar[str]
+    version: ClassVar[int] = 1  # the step's code version: bump it when the logic changes (above)
     needs: ClassVar[tuple[str, ...]] = ()  # CAPTION, IMAGE, DEDUP, EMBEDDING
     columns: ClassVar[tuple[str, ...]] = ()  # lake columns read
     params: ClassVar[dict[str, Any]] = {}  # name -> default
@@ -930,10 +938,25 @@ def _already_done(lake: "Store", rec: Recipe, prefix: str) -> tuple[str, "lance.
     prov = columns.field_provenance(ds.schema.field("keep")) if "keep" in ds.schema.names else None
     if not prov or (prov.get("config") or {}).get("hash") != rec.hash:
         return None
+    recorded = (prov.get("config") or {}).get("step_versions")
+    if recorded is not None and recorded != step_versions(rec):  # decided by other step code: decide again
+        return None
     tag = next((n for n, info in ds.tags.list().items() if n.startswith(prefix) and info["version"] == ds.version), None)
     if tag is None or columns.fragments_to_fill(ds, "keep") or ds.count_rows(filter="keep IS NULL"):
         return None
     return tag, ds
+
+
+def step_versions(rec: Recipe) -> dict[str, int]:
+    """The code version of each step ``rec`` uses (step name -> :attr:`Filter.version`): what
+    ``keep``'s provenance records, and what status compares with this code's."""
+    return {s.filter: int(FILTERS[s.filter].version) for s in rec.steps}
+
+
+def code_versions() -> dict[str, int]:
+    """The code version of every step this lakecurate has (what the facade registers with the
+    graph: :data:`lakecurate.graph.STEP_CODE`)."""
+    return {name: int(f.version) for name, f in FILTERS.items()}
 
 
 def _needs(rec: Recipe) -> set[str]:
@@ -1593,7 +1616,8 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         params = _fit(rec, emb_prov, _scan(frags, emb))  # what a row is compared with: every judged row
         texts = _zero_shot_texts(ds, emb, _zero_shots(rec)) if emb is not None else []
 
-        prov = columns.provenance("curate", {"recipe": rec.canonical(), "hash": rec.hash, "source": rec.source},
+        prov = columns.provenance("curate", {"recipe": rec.canonical(), "hash": rec.hash, "source": rec.source,
+                                             "step_versions": step_versions(rec)},
                                   sorted(sources - {"id"}), ds.version)
         # keep/drop_reason are the lake's *current* curation: another recipe replaces them (metadata
         # only), while each recipe's result stays reachable through its tag.

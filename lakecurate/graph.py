@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,12 @@ ORDER = ("embed", "feature", "signals-caption", "signals-image", "signals-copy",
          "signals-text", "recaption", "embed-caption", "dedup", "review", "curate", "concepts", "rebalance", "sequence")
 
 Write = tuple[int, int]  # (version that committed the data, version its writer had read)
+
+# stage -> a function giving the code version of each of its steps now (curate: step name ->
+# ``Filter.version``). The ground floor imports no stage, so the facade registers them (lake.py), and
+# every reader of the graph (status, export, rebalance, sequence, evaluate, the loader) judges a
+# decision by them: one decided by other step code is stale (:func:`other_steps`).
+STEP_CODE: dict[str, Callable[[], dict[str, int]]] = {}
 
 
 @dataclass
@@ -417,6 +423,20 @@ def by_other_code(prov: dict[str, Any], code: dict[str, dict[str, Any]] | None) 
     return now if now is not None and prov.get("config_hash") not in (None, hash_config(now)) else None
 
 
+def other_steps(prov: dict[str, Any]) -> list[str]:
+    """The steps whose code changed since ``prov``'s stage decided by them: "name (version N, now
+    M)" for each step whose version the column's provenance records (``step_versions``) and this
+    code's (:data:`STEP_CODE`) differs. A column that records none (an older lakecurate wrote it)
+    tells nothing: none (an upgrade does not make every decision stale)."""
+    recorded = (prov.get("config") or {}).get("step_versions")
+    code = STEP_CODE.get(str(prov.get("stage")))
+    if not isinstance(recorded, dict) or not recorded or code is None:
+        return []
+    now = code()
+    return [f"{name} (version {was}, now {now[name]})" for name, was in recorded.items()
+            if name in now and now[name] != was]
+
+
 def _parent(ds: "lance.LanceDataset", branch_ds: "lance.LanceDataset") -> tuple["lance.LanceDataset", int] | None:
     import lance
 
@@ -726,6 +746,10 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         if redo:  # (a stage run with these columns refuses them: "made with another config")
             _all_stale(ds, st, f"its code changed since it computed them "
                                f"({config_change(node.prov.get('config') or {}, now)}); its fix computes every row again")
+        steps = other_steps(node.prov)
+        if steps:  # (its fix, the stage's plain run, decides every row again: curate._already_done)
+            _all_stale(ds, st, f"its step code changed since it decided them: {', '.join(steps)}; "
+                               f"its fix decides every row again")
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \

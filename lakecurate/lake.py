@@ -415,6 +415,15 @@ class Lake(Store):
         }
 
 
+def _step_code() -> dict[str, int]:
+    """curate's step code versions (registered with the graph below, so that export, rebalance and
+    sequence, which read the graph without this module, call a keep decided by other step code
+    stale as status does)."""
+    from lakecurate.curate import code_versions
+
+    return code_versions()
+
+
 def _code_configs() -> dict[str, dict[str, Any]]:
     """stage -> its config, for the stages whose config is their code's (the signals): a column
     made with another was made by another lakecurate (status calls it stale; the stage refuses it)."""
@@ -446,3 +455,12 @@ def _recipe_edited(st: Any) -> str | None:
         return None
     return (f"recipe {source} changed since keep was decided by it (recipe hash {cfg.get('hash')}, now {now.hash}); "
             f"to decide by it as it is now: {st.fix}")
+
+
+def _register() -> None:
+    from lakecurate import graph
+
+    graph.STEP_CODE.setdefault("curate", _step_code)
+
+
+_register()

@@ -308,6 +308,63 @@ def test_status_notes_a_recipe_file_edited_since_curate(sample_lake_embedded: La
     assert "which keep was decided by, no longer loads: " in lake.status()["view_notes"][0]
 
 
+def test_a_keep_decided_by_other_step_code_is_stale_naming_the_step(tmp_path: Path, monkeypatch):
+    """A newer lakecurate changes what a step does (its `version`): status called the old keep
+    current and export shipped it. It is stale, naming the step; export refuses it as any stale
+    decision; the fix (curate with the recipe) decides again, and keep is current."""
+    from lakecurate import curate
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[[step]]\nfilter = "ingest_error"\n[[step]]\nfilter = "caption_length"\n'
+                      'min_words = 2\nmax_words = 100\n')
+    lake.curate(str(recipe), progress=False)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["curate"] == "current"
+    tags = set(lake.dataset().tags.list())
+    bumped = getattr(curate.CaptionLength, "version", 1) + 1  # (before the fix steps had no version)
+    monkeypatch.setattr(curate.CaptionLength, "version", bumped, raising=False)
+    st = next(s for s in lake.status()["stages"] if s["stage"] == "curate")
+    assert st["state"] == "stale", st
+    assert "caption_length" in st["reasons"][0] and "ingest_error" not in st["reasons"][0], st
+    assert st["fix"] == f"lakecurate curate {lake.uri} {shlex.quote(str(recipe.resolve()))}", st
+    with pytest.raises(LakeError, match=r"export would use stale decisions.*curate.*caption_length.*re-run it: "
+                                        r"lakecurate curate"):
+        lake.export(tmp_path / "x.parquet", "parquet")
+    rep = lake.export(tmp_path / "x.parquet", "parquet", allow_stale=True)
+    assert any("caption_length" in w for w in rep.stale), rep.stale
+    res = CliRunner().invoke(main, ["status", lake.uri])
+    assert "caption_length" in res.output and "stale" in res.output, res.output
+    # the fix decides again (it found "nothing to do" at the same recipe's tag), and keep is current
+    assert CliRunner().invoke(main, shlex.split(st["fix"])[1:]).exit_code == 0
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["curate"] == "current"
+    now = set(lake.dataset().tags.list())
+    assert len(now - tags) == 1 and len({t.rsplit("-v", 1)[0] for t in now}) == 1  # the same recipe hash names it
+    lake.export(tmp_path / "y.parquet", "parquet")
+
+
+def test_a_keep_an_older_lakecurate_decided_without_step_versions_stays_current(tmp_path: Path, monkeypatch):
+    """keep written before step versions were recorded: an upgrade must not make every lake's
+    decision stale (nothing tells which step code decided it)."""
+    from lakecurate import columns, curate
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    real = columns.provenance
+
+    def older(stage, config, *args, **kwargs):  # what an older lakecurate recorded: no versions
+        return real(stage, {k: v for k, v in config.items() if k != "step_versions"}, *args, **kwargs)
+
+    monkeypatch.setattr(columns, "provenance", older)
+    lake.curate(STRICT, progress=False)
+    monkeypatch.setattr(columns, "provenance", real)
+    assert "step_versions" not in (columns.field_provenance(lake.dataset().schema.field("keep"))["config"])
+    bumped = getattr(curate.CaptionLength, "version", 1) + 1  # (before the fix steps had no version)
+    monkeypatch.setattr(curate.CaptionLength, "version", bumped, raising=False)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["curate"] == "current"
+    lake.export(tmp_path / "x.parquet", "parquet")
+
+
 def test_a_caption_updated_in_place_makes_embed_stale_and_its_fix_and_run_recompute(sample_lake_embedded: Lake,
                                                                                      tmp_path: Path):
     """A caption updated with Lance itself: embed is stale, and the fix status printed was the plain
