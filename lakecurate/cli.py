@@ -625,7 +625,8 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
     Example: lakecurate dedup ./lake --method all
     """
     _check_dedup_options(_methods(method), phash_search, copy_search)
-    rep = open_lake(lake).dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
+    lk = open_lake(lake)
+    rep = lk.dedup(_methods(method), embedding=embedding, phash_distance=phash_distance, flips=not no_flips,
                                 phash_search=phash_search, phash_cosine=phash_cosine, semantic_threshold=semantic_threshold, confirm_cosine=confirm_cosine,
                                 confirm_distance=confirm_distance, caption_threshold=caption_threshold,
                                 minhash_threshold=minhash_threshold,
@@ -647,7 +648,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
         click.echo(f"note: {rep.flat} images have too little detail for a perceptual hash (a solid colour, a plain "
                    "gradient): phash and copy leave them out; exact and semantic still compare them")
     if rep.dropped:
-        click.echo(f"see them: lakecurate sql {shlex.quote(lake)} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
+        click.echo(f"see them: {lakecurate_on(lk)} sql {shlex.quote(lake)} \"SELECT key, dup_reason FROM pairs WHERE NOT dup_keep LIMIT 20\"")
 
 
 # --------------------------------------------------------------------------- recaption
@@ -796,7 +797,8 @@ def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], engine:
     from lakecurate.curate import parse_override
 
     overrides = dict(parse_override(s) for s in sets)
-    rep = open_lake(lake).curate(recipe, dry_run=dry_run, overrides=overrides, engine=engine)
+    lk = open_lake(lake)
+    rep = lk.curate(recipe, dry_run=dry_run, overrides=overrides, engine=engine)
     if as_json:
         echo_json(rep)
         return
@@ -823,12 +825,12 @@ def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], engine:
         return
     if rep.unjudged:
         click.echo(f"{rep.unjudged} rows were not judged: they lack a column this recipe reads (a feature or signal "
-                   f"computed before they arrived: lakecurate status {shlex.quote(lake)} names it), or arrived while "
+                   f"computed before they arrived: {lakecurate_on(lk)} status {shlex.quote(lake)} names it), or arrived while "
                    "this ran; left undecided (not kept): fill it, then run curate again")
     how = "nothing to do (same recipe, lake unchanged)" if rep.nothing_to_do else (
         f"computed: {', '.join(rep.computed) or 'no new signals'}; {rep.fragments_written} fragments written")
     click.echo(f"\nrecipe {rep.recipe} ({rep.recipe_hash}): {how}; tag {rep.tag} (version {rep.version}) in {rep.seconds:.1f} s")
-    click.echo(f"reopen: lakecurate sql {shlex.quote(lake)} \"SELECT key, caption FROM pairs WHERE keep\" --version {rep.tag}")
+    click.echo(f"reopen: {lakecurate_on(lk)} sql {shlex.quote(lake)} \"SELECT key, caption FROM pairs WHERE keep\" --version {rep.tag}")
 
 
 def _echo_whatifs(rep: Any) -> None:
@@ -1626,7 +1628,7 @@ def restore(lake: str, version: str, as_json: bool) -> None:
     if new == before:
         click.echo(f"the latest version ({new}) of {the_lake.branch or 'main'} is {version}'s state already: nothing to do")
         return
-    click.echo(f"restored {version} as version {new} of {the_lake.branch or 'main'} (undo: lakecurate restore {shlex.quote(lake)} {before})")
+    click.echo(f"restored {version} as version {new} of {the_lake.branch or 'main'} (undo: {lakecurate_on(the_lake)} restore {shlex.quote(lake)} {before})")
 
 
 @main.command()

@@ -33,7 +33,8 @@ from lakecurate import columns
 from lakecurate.columns import LanceVectors, embedding_matrix
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import check_current, check_decided, check_embedded, commit_decisions, embedded_rows, where_columns, write_decisions
+from lakecurate.graph import (check_current, check_decided, check_embedded, commit_decisions, embedded_rows,
+                              lakecurate_on, where_columns, write_decisions)
 from lakecurate.names import decided, default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
@@ -549,7 +550,7 @@ def rebalance(
     ds = lake.dataset()
     where = check_where(where, "--where", ds)
     if "concept" not in ds.schema.names:
-        raise LakeError(f"lake '{lake.uri}' has no concepts yet; run: lakecurate cluster {lake.shell}")
+        raise LakeError(f"lake '{lake.uri}' has no concepts yet; run: {lakecurate_on(lake)} cluster {lake.shell}")
     emb = embedding or columns.field_provenance(ds.schema.field("concept"))["config"]["embedding"]
     if where is None and decided(ds.schema, "keep"):  # (a keep another writer added is not a recipe's)
         where = "keep"
@@ -571,7 +572,7 @@ def rebalance(
         bar.update(frag.count_rows())
     if n == 0:
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "
-                        f"{where or 'true'}); check --where, or run: lakecurate cluster {lake.shell}")
+                        f"{where or 'true'}); check --where, or run: {lakecurate_on(lake)} cluster {lake.shell}")
     goal = int(round(target * n)) if isinstance(target, float) and target <= 1 else int(target)
     rows = f"{n} candidate row{'s' if n != 1 else ''}"
     if goal < 1:  # (a fraction: a count is at least 1)
@@ -709,7 +710,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     if score is not None and mode != "curriculum":  # (ignored, yet recorded in the order's provenance)
         raise LakeError(f"--score orders a curriculum; --mode {mode} does not read it: drop it or use --mode curriculum")
     if mode == "interleave" and "concept" not in names:
-        raise LakeError(f"interleaving needs concepts; run: lakecurate cluster {lake.shell}")
+        raise LakeError(f"interleaving needs concepts; run: {lakecurate_on(lake)} cluster {lake.shell}")
     read = where_columns(where, names) + (["concept"] if mode == "interleave" else [])
     read += [score.lstrip("-")] if mode == "curriculum" and score and score.lstrip("-") in names else []
     check_current(lake, ds, read, what="sequence", allow_stale=allow_stale)
@@ -734,7 +735,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     if mode == "interleave" and not ds.count_rows(filter=f"({where}) AND concept IS NOT NULL" if where else "concept IS NOT NULL"):
         raise LakeError(f"interleave takes turns among concepts, and no row to order in lake '{lake.uri}'"
                         + (f" (where {where})" if where else "") + " has one (rows without an image embedding get "
-                        f"none); run: lakecurate cluster {lake.shell}, or use --mode random (nothing was written)")
+                        f"none); run: {lakecurate_on(lake)} cluster {lake.shell}, or use --mode random (nothing was written)")
     cols = (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])  # no ids: addresses
     frags = ds.get_fragments()
     bar = progress_bar(total=2 * ds.count_rows(), desc="sequence", unit="row", progress=progress)  # keyed, written

@@ -55,7 +55,7 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import blocks, check_embedded, no_producer, not_current, states, where_columns
+from lakecurate.graph import blocks, check_embedded, lakecurate_on, no_producer, not_current, states, where_columns
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
@@ -1475,9 +1475,10 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
     from lakecurate.names import embedding_prefixes
 
     which = f" --embedding {emb}" if emb is not None and len(embedding_prefixes(ds)) > 1 else ""
-    commands = {CAPTION: f"lakecurate signals {lake.shell}", IMAGE: f"lakecurate signals {lake.shell}",
-                DEDUP: f"lakecurate dedup {lake.shell}{which}", TEMPLATES: f"lakecurate dedup {lake.shell} --method minhash",
-                FACES: f"lakecurate signals {lake.shell} --faces"}
+    on = lakecurate_on(lake)
+    commands = {CAPTION: f"{on} signals {lake.shell}", IMAGE: f"{on} signals {lake.shell}",
+                DEDUP: f"{on} dedup {lake.shell}{which}", TEMPLATES: f"{on} dedup {lake.shell} --method minhash",
+                FACES: f"{on} signals {lake.shell} --faces"}
     missing = sorted(c for c in read if c not in ds.schema.names)
     if missing:
         run = sorted({commands[n] for n in needs if n in commands})

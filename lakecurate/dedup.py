@@ -88,7 +88,7 @@ from lakecurate.columns import LanceTexts, LanceVectors, column_valid
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import commit_decisions, embedded_rows, no_producer
+from lakecurate.graph import commit_decisions, embedded_rows, lakecurate_on, no_producer
 from lakecurate.names import Produce, embedding_columns
 from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
@@ -1006,7 +1006,7 @@ def _read_evidence(lake: "Store", ds: Any) -> pa.Table:
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise LakeError(f"dedup's evidence table {ds.uri} (version {ds.version}) cannot be read ({clean_message(exc)}); "
                         f"it holds only the links that explain the groups: delete that folder, then rebuild it with "
-                        f"lakecurate dedup {lake.shell} --method ... --recompute (every method of the lake)") from None
+                        f"{lakecurate_on(lake)} dedup {lake.shell} --method ... --recompute (every method of the lake)") from None
 
 
 def _same_links(new: pa.Table, old: pa.Table) -> bool:

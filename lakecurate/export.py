@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (check_current, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
+from lakecurate.graph import (check_current, lakecurate_on, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
@@ -72,7 +72,7 @@ FACE_BOXES = "img_face_boxes"  # written by the faces stage (lakecurate signals 
 
 def _check_faces(lake: "Store", ds: Any, allow_stale: bool) -> None:
     """--blur-faces needs every exported row's face boxes, current: else an error naming the fix."""
-    fix = f"lakecurate signals {lake.shell} --faces --no-caption --no-image"
+    fix = f"{lakecurate_on(lake)} signals {lake.shell} --faces --no-caption --no-image"
     if FACE_BOXES not in ds.schema.names:
         raise LakeError(f"--blur-faces needs the face boxes of lake '{lake.uri}', which has none yet; run: {fix}")
     missing = sum(f.count_rows() for f in columns.fragments_to_fill(ds, FACE_BOXES))

@@ -1243,10 +1243,8 @@ def broken_vectors(lake: "Store", ds: "lance.LanceDataset", column: str, count: 
 
 
 def lakecurate_on(lake: "Store") -> str:
-    """The command a hint starts with: on a branch, ``lakecurate --branch NAME``."""
-    import shlex
-
-    return f"lakecurate --branch {shlex.quote(lake.branch)}" if getattr(lake, "branch", None) else "lakecurate"
+    """The command a hint starts with: on a branch, ``lakecurate --branch NAME`` (``Store.command``)."""
+    return str(getattr(lake, "command", "lakecurate"))
 
 
 def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],

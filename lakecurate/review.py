@@ -263,7 +263,7 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
     _refuse_if_dropped(lake)
     shown = ", ".join(i if len(i) <= 40 else i[:40] + "..." for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     none_found = (f"no pair of lake '{lake.uri}' has id {shown}; nothing marked. Find ids with: "  # nothing to undo
-                  f"lakecurate sql {lake.shell} \"SELECT id, key, caption FROM pairs LIMIT 10\"")
+                  f"{lakecurate_on(lake)} sql {lake.shell} \"SELECT id, key, caption FROM pairs LIMIT 10\"")
     at = datetime.now(timezone.utc)
     new: dict[str, Any] = {"review_by": by, "review_at": at}
     if verdict is not None:

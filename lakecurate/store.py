@@ -152,6 +152,12 @@ class Store:
         the hints in messages ("run: lakecurate embed ...") print, so that they can be pasted."""
         return shlex.quote(self.uri)
 
+    @property
+    def command(self) -> str:
+        """What a hint's command starts with: on a branch, ``lakecurate --branch NAME`` (a pasted
+        hint without it runs on main)."""
+        return f"lakecurate --branch {shlex.quote(self.branch)}" if self.branch else "lakecurate"
+
     def _branch_uri(self, branch: str | None) -> str:
         return self.main_uri if branch is None else _join(self.main_uri, f"tree/{branch}")
 
@@ -393,7 +399,7 @@ class Store:
         if unknown:
             shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             raise LakeError(f"no pair of lake '{self.uri}' (version {ds.version}) has id {shown}; find ids with: "
-                            f"lakecurate sql {self.shell} \"SELECT id, key FROM pairs LIMIT 10\"")
+                            f"{self.command} sql {self.shell} \"SELECT id, key FROM pairs LIMIT 10\"")
         wanted = [rowids[i] for i in id_list]
         blobs = dict(zip(wanted, self._read_blobs(ds, wanted)))
         return [blobs.get(rowids.get(i)) for i in id_list]
@@ -685,7 +691,7 @@ class Store:
         """
         if version is None:  # (it "restored" the latest version: nothing, silently)
             raise LakeError("restore needs a version: a number or a tag of this branch; see: "
-                            f"lakecurate log {self.shell}")
+                            f"{self.command} log {self.shell}")
         old = self.dataset(version)
         branch = self._ref(version)[0] if isinstance(version, str) and not version.isdigit() else self.branch
         if branch != self.branch:

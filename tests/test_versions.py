@@ -332,3 +332,23 @@ def test_diff_show_0_branch_create_json_and_log_json_tags(versioned: Lake):
     assert {e["version"]: e["tags"] for e in json.loads(res.stdout)} == {4: [], 3: [], 2: ["raw", "second"], 1: []}
     res = runner.invoke(main, ["log", lake.uri])
     assert "raw, second" in res.output
+
+
+def test_hints_printed_on_a_branch_name_the_branch(versioned: Lake):
+    """Hints printed on a branch left out --branch: restore's undo line, pasted, restored main (a
+    reviewer's mark there undone); the "run: lakecurate cluster" of sequence/rebalance and a lookup
+    by id named main too."""
+    lake = versioned
+    exp = lake.create_branch("exp")
+    exp.append(synthetic_pairs(500, 2))
+    main_before = lake.version
+    res = CliRunner().invoke(main, ["--branch", "exp", "restore", lake.uri, str(exp.version - 1)])
+    assert res.exit_code == 0, res.output
+    undo = res.output[res.output.index("(undo: ") + len("(undo: "):].split(")")[0]
+    assert undo.startswith("lakecurate --branch exp restore "), res.output
+    res = CliRunner().invoke(main, undo.split()[1:])  # the hint as printed: it restores the branch
+    assert res.exit_code == 0 and lake.dataset().version == main_before, res.output
+    with pytest.raises(LakeError, match="run: lakecurate --branch exp cluster "):
+        exp.sequence(mode="interleave")
+    with pytest.raises(LakeError, match="find ids with: lakecurate --branch exp sql "):
+        exp.read_images(["no-such-id"])
