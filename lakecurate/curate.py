@@ -55,7 +55,8 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import blocks, check_embedded, lakecurate_on, no_producer, not_current, states, where_columns
+from lakecurate.graph import (Node, blocks, check_embedded, gone_whole, lakecurate_on, no_producer, not_current, states,
+                              where_columns)
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, in_list
@@ -1491,6 +1492,22 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
 _PRODUCED = ("signals-caption", "signals-image", "signals-copy", "signals-redact", "signals-faces", "signals-text")
 
 
+def _check_reviews_there(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
+    """A recipe with a review step reads the reviewers' verdicts: where another writer dropped
+    (or renamed) review_verdict while the lake still records the review columns, the step read
+    every row as unreviewed, and a person's drop became keep under a new tag that status called
+    current. Refused before anything is written, with what status says of the marks and its fix
+    (``lakecurate drop LAKE review_verdict`` forgets them on purpose: then nothing is refused)."""
+    if not any(s.filter == "review" for s in rec.steps) or "review_verdict" in ds.schema.names:
+        return
+    recorded = next((p for p in columns.node_records(ds).values() if p.get("stage") == "review"), None)
+    if recorded is None:  # nobody has reviewed (or the marks were dropped with lakecurate drop)
+        return
+    st = gone_whole(lake, ds, Node("review", [str(c) for c in recorded[columns.DECLARED_KEY]], [], recorded))
+    raise LakeError(f"recipe {rec.source} has a review step, and lake '{lake.uri}' has lost the marks it reads: "
+                    f"{st.reasons[0]}; nothing decided. Bring them back first: {st.fix}")
+
+
 def _check_inputs_current(lake: "Store", rec: Recipe, read: set[str], needs: set[str] = frozenset(), *,
                           dry_run: bool = False, code: Mapping[str, dict[str, Any]] | None = None) -> None:
     """What the recipe reads must be current: a decision made from stale values would pass for
@@ -1575,6 +1592,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     needs = _needs(rec)
     ds = lake.dataset()
     _check_steps(lake, ds, rec)
+    _check_reviews_there(lake, ds, rec)
     done = None if dry_run else _already_done(lake, rec, prefix)
     if done is not None:  # same recipe, nothing changed since
         tag, ds = done

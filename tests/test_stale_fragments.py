@@ -837,3 +837,32 @@ def test_a_renamed_keep_is_named_by_status_export_and_sequence_and_curate_comput
     t = lake.dataset().to_table(columns=["id", "keep", "keep_v1"]).sort_by("id")
     assert t.column(1).equals(kept) and t.column(2).equals(kept)
     assert lake.status()["view"] == "keep"
+
+
+@pytest.mark.parametrize("how", ["dropped", "renamed"])
+def test_curate_with_a_review_step_refuses_while_the_marks_are_gone(tmp_path: Path, how: str):
+    """Another writer dropped (or renamed) the review columns; curate with a review step read every
+    row as unreviewed: a person's drop became keep under a new tag, and status called it current.
+    It refuses, naming status's fix; once the marks are back it decides by them again."""
+    lake = lake_of(tmp_path / "lake", 8)
+    ids = lake.dataset().to_table(columns=["id"]).column("id").to_pylist()[:2]
+    lake.review(ids[:1], verdict="drop", reason="watermark", by="ana")
+    recipe = {"name": "r", "step": [{"filter": "review"}]}
+    lake.curate(recipe, progress=False)
+    marked = lake.dataset().version
+    ds = lance.dataset(lake.table_uri)
+    names = [c for c in ds.schema.names if c.startswith("review_")]
+    if how == "dropped":
+        ds.drop_columns(names)
+    else:
+        ds.alter_columns(*({"path": c, "name": c + "_old"} for c in names))
+    before = lake.dataset().version
+    with pytest.raises(LakeError, match=f"has a review step.*nothing decided. Bring them back first: .*review .*"
+                                        f"--from-version {marked}"):
+        lake.curate(recipe, progress=False)
+    assert lake.dataset().version == before  # nothing written
+    if how == "dropped":
+        review.bring_back(lake, marked)
+        lake.curate(recipe, progress=False)
+        keep = dict(zip(*lake.dataset().to_table(columns=["id", "keep"]).to_pydict().values()))
+        assert keep[ids[0]] is False and keep[ids[1]] is True
