@@ -1194,6 +1194,10 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
                        + (f" (undo: {lakecurate_on(lk)} review {shlex.quote(lake)} --undo {back['action']})"
                           if back["action"] else "")
                        + (f"; no longer in the lake: {len(back['not_found'])}" if back["not_found"] else ""))
+            if back["replaced"]:
+                shown = ", ".join(back["replaced"][:5]) + (f" and {len(back['replaced']) - 5} more" if len(back["replaced"]) > 5 else "")
+                click.echo(f"note: {len(back['replaced'])} of them had been marked otherwise since version {from_version} "
+                           f"({shown}): their newer marks were replaced (the undo above brings them back)")
         return
     if history and (marks or undo_action is not None):  # (they were ignored without a word)
         raise LakeError(f"--history lists the latest actions; it takes no {', '.join(marks) or '--undo'}")

@@ -228,7 +228,8 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     """Write back the marks the lake held at ``version`` (a number or tag): every row of that
     version with a review value gets its values again (rows no longer in the lake are listed in
     ``not_found``), as one logged action that :func:`undo` takes back. What status names when
-    another writer dropped the review columns: the marks are in the versions before the drop."""
+    another writer dropped the review columns: the marks are in the versions before the drop.
+    Rows marked otherwise since that version get its marks too; they are listed (``replaced``)."""
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
     then = lake.dataset(version)
@@ -239,7 +240,7 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     rows = then.to_table(columns=["id", *NAMES], filter=cond).to_pylist()
     marks = {r["id"]: {n: r[n] for n in NAMES} for r in rows if r["id"] is not None}
     if not marks:
-        return {"action": None, "rows": 0, "not_found": [], "version": None}
+        return {"action": None, "rows": 0, "not_found": [], "version": None, "replaced": []}
     present = [n for n in NAMES if n in lake.dataset().schema.names]
     if 0 < len(present) < len(NAMES):  # some dropped outside: the rest go (lakecurate's drop), all come back
         columns.drop_present(lake, present)
@@ -248,7 +249,11 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     action = uuid.uuid4().hex
     version_now, before, skipped = _write(lake, marks, log=_logger(lake, action, f"from version {then.version}",
                                                                      marks.__getitem__, by, at), action=action)
-    return {"action": action if before else None, "rows": len(before), "not_found": skipped, "version": version_now}
+    # rows marked since that version, whose newer marks the old ones replaced (undo takes them back)
+    replaced = sorted(i for i, old in before.items() if any(v is not None for v in old.values())
+                      and any(old[n] != marks[i][n] for n in NAMES))
+    return {"action": action if before else None, "rows": len(before), "not_found": skipped, "version": version_now,
+            "replaced": replaced}
 
 
 def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reason: str | None = None,

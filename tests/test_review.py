@@ -374,3 +374,28 @@ def test_undo_after_the_review_columns_were_dropped_says_so(sample: Lake):
     with pytest.raises(LakeError, match="has no review columns now .* nothing to undo"):
         review.undo(sample, action)
     assert sample.version == v
+
+
+def test_marks_written_back_from_a_version_say_which_newer_marks_they_replaced(sample: Lake):
+    """review --from-version N replaced marks made since N without a word (a reviewer's newer keep
+    became the old drop). It still writes the version's marks (what status's fix needs), and lists
+    the rows whose newer marks it replaced; its undo brings them back."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:3]
+    review.mark(sample, ids[:2], verdict="drop", reason="watermark", by="ana")
+    then = sample.version
+    review.mark(sample, ids[:1], verdict="keep", by="carol")  # newer than `then`
+    review.mark(sample, ids[2:], verdict="keep", by="bob")  # unmarked at `then`: stays
+    res = CliRunner().invoke(main, ["review", sample.uri, "--from-version", str(then), "--json"])
+    assert res.exit_code == 0, res.output
+    back = json.loads(res.output)
+    assert back["rows"] == 2 and back["replaced"] == [ids[0]]
+    now = _values(sample, ids)
+    assert now[ids[0]]["review_verdict"] == "drop" and now[ids[2]]["review_by"] == "bob"
+    review.undo(sample, back["action"])
+    assert _values(sample, ids)[ids[0]]["review_by"] == "carol"
+    res = CliRunner().invoke(main, ["review", sample.uri, "--from-version", str(then)])
+    assert res.exit_code == 0 and f"1 of them had been marked otherwise since version {then} ({ids[0]})" in res.output, res.output
