@@ -1182,9 +1182,9 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
     if from_version is not None:
         others = marks + [name for name, given in (("--undo", undo_action is not None), ("--history", history)) if given]
         if others:
-            raise LakeError(f"--from-version writes back an older version's marks; it takes no {', '.join(others)}")
+            raise click.UsageError(f"--from-version writes back an older version's marks; it takes no {', '.join(others)}")
         if not from_version.strip():
-            raise LakeError(f"--from-version: give a version number or tag (see: lakecurate log {shlex.quote(lake)})")
+            raise click.UsageError(f"--from-version: give a version number or tag (see: lakecurate log {shlex.quote(lake)})")
         lk = open_lake(lake)
         back = lk.restore_reviews(int(from_version) if from_version.isdigit() else from_version, by=by)
         if as_json:
@@ -1200,13 +1200,13 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
                            f"({shown}): their newer marks were replaced (the undo above brings them back)")
         return
     if history and (marks or undo_action is not None):  # (they were ignored without a word)
-        raise LakeError(f"--history lists the latest actions; it takes no {', '.join(marks) or '--undo'}")
+        raise click.UsageError(f"--history lists the latest actions; it takes no {', '.join(marks) or '--undo'}")
     if undo_action is not None and marks:
-        raise LakeError(f"--undo ACTION restores what that action changed; it takes no {', '.join(marks)}")
+        raise click.UsageError(f"--undo ACTION restores what that action changed; it takes no {', '.join(marks)}")
     if undo_action is not None and not undo_action.strip():
-        raise LakeError(f"--undo: give an action id (see: lakecurate review {shlex.quote(lake)} --history)")
+        raise click.UsageError(f"--undo: give an action id (see: lakecurate review {shlex.quote(lake)} --history)")
     if reason is not None and not reason.strip():
-        raise LakeError("--drop needs a reason: what is wrong with the pair")
+        raise click.UsageError("--drop needs a reason: what is wrong with the pair")
     lk = open_lake(lake)
     if history:
         out: Any = review_history(lk)
@@ -1214,7 +1214,7 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
         out = lk.undo_review(undo_action, by=by)
     else:
         if verdict and reason:
-            raise LakeError("--keep and --drop: choose one")
+            raise click.UsageError("--keep and --drop: choose one")
         out = lk.review(list(ids), verdict="drop" if reason else verdict, reason=reason, label=label, by=by)
     if as_json:
         echo_json(out)

@@ -229,8 +229,8 @@ class Store:
                 raise LakeError(f"no lake at '{lake.uri}'; create one with: lakecurate ingest {shlex.quote(os.fspath(uri))} SOURCE")
             names = sorted(main.branches())
             if lake.branch not in names:
-                raise LakeError(f"lake '{lake.uri}' has no branch '{lake.branch}' (branches: {', '.join(names) or 'none'}); "
-                                f"create it with: lakecurate branch create {uri} {lake.branch}")
+                raise LakeError(f"lake '{lake.uri}' has no branch '{lake.branch}' (branches: {', '.join(['main', *names])}); "
+                                f"create it with: lakecurate branch create {shlex.quote(os.fspath(uri))} {lake.branch}")
             return lake
         if not lake.exists():
             raise LakeError(

@@ -378,7 +378,7 @@ def test_review_command(sample: Lake):
                        (["--undo", action, ids[0]], "--undo ACTION restores what that action changed; it takes no ids"),
                        (["--undo", ""], "--undo: give an action id"), ([ids[0], "--drop", " "], "--drop needs a reason")):
         bad = run(main, ["review", sample.uri, *args])
-        assert bad.exit_code == 1 and says in bad.output, (args, bad.output)
+        assert bad.exit_code == 2 and says in bad.output, (args, bad.output)  # a bad option (README)
     assert sample.version == version
     again = run(main, ["review", sample.uri, "--undo", action])  # restores nothing: names no action
     assert again.exit_code == 0 and again.output.startswith("restored 0 rows;") and "undo action" not in again.output

@@ -352,3 +352,10 @@ def test_hints_printed_on_a_branch_name_the_branch(versioned: Lake):
         exp.sequence(mode="interleave")
     with pytest.raises(LakeError, match="find ids with: lakecurate --branch exp sql "):
         exp.read_images(["no-such-id"])
+
+
+def test_a_branch_that_is_not_there_lists_main_among_the_branches(versioned: Lake):
+    """`--branch nob` on a lake with only main said "branches: none"."""
+    res = CliRunner().invoke(main, ["--branch", "nob", "info", versioned.uri])
+    assert res.exit_code == 1 and "has no branch 'nob' (branches: main); create it with: lakecurate branch create " \
+        in " ".join(res.output.split()), res.output
