@@ -83,7 +83,8 @@ class Node:
 @dataclass
 class NodeState:
     node: Node
-    state: str  # current | stale | incomplete | behind | dropped (every column gone: another writer dropped or renamed them)
+    state: str  # current | stale | incomplete | behind | dropped (every column gone: another writer dropped or renamed
+    # them; or one of a review's, which takes no mark until they are whole)
     reasons: list[str] = field(default_factory=list)
     rows_missing: int = 0
     computed_from: int | None = None  # the version the node's values were computed from (global stages)
@@ -303,18 +304,34 @@ def _producers(ds: "lance.LanceDataset", node: Node, gone: list[str]) -> list[No
 
 
 def _input_gone(lake: "Store", ds: "lance.LanceDataset", node: Node, readers: list[str]) -> NodeState:
-    """A stage whose columns were dropped (``lakecurate drop``: its record forgotten) while others
+    """A stage whose columns were dropped, its record forgotten (``lakecurate drop``; or another
+    writer's drop, then ``lakecurate drop`` naming the set, which only forgets it), while others
     still read them: listed dropped, its fix first, so that theirs can run after it."""
     who = list(dict.fromkeys(readers))
-    return gone_whole(lake, ds, node, f"by lakecurate drop, and {', '.join(who)} read{'s' if len(who) == 1 else ''} "
-                                       f"{'them' if len(node.columns) > 1 else 'it'}")
+    by = _dropped_by(ds, node)
+    reads = f"{', '.join(who)} read{'s' if len(who) == 1 else ''} {'them' if len(node.columns) > 1 else 'it'}"
+    return gone_whole(lake, ds, node, f"{by}, and {reads}" if by else f", and {reads}")
+
+
+def _dropped_by(ds: "lance.LanceDataset", node: Node) -> str:
+    """Who dropped ``node``'s columns, whose record is gone, in words ("" where the log cannot tell):
+    lakecurate's drop forgets the record in the commit just before its drop; a record still there
+    before the drop was forgotten after it (``lakecurate drop`` of a set another writer dropped)."""
+    at = dropped_at(ds, node)
+    before = at_version(ds, at - 1) if at is not None else None
+    if before is None:
+        return ""
+    if any(set(map(str, p[DECLARED_KEY])) & set(node.columns) for p in node_records(before[0]).values()):
+        return "outside lakecurate (`lakecurate drop` forgot its record since)"
+    tx = dict(commit_log(ds)).get(at - 1)
+    return "by lakecurate drop" if tx is not None and type(tx.operation).__name__ == "UpdateConfig" else ""
 
 
 def gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "outside lakecurate") -> NodeState:
     """A node another writer dropped whole: computed again by its fix; a review's marks, which no
     run computes, are in the versions before the drop."""
     cols = ", ".join(node.columns)
-    moved = _renamed_reason(ds, node, node.columns) if how == "outside lakecurate" else None
+    moved = _renamed_reason(ds, node, node.columns) if how.startswith("outside lakecurate") else None
     if moved is not None:  # renamed, not dropped: one entry, under the names lakecurate reads
         st = NodeState(node, "dropped", [moved[0]], renamed=moved[1])
         st.rows_stale = ds.count_rows() if node.per_row else 0
@@ -324,18 +341,19 @@ def gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "
         return st
     at = dropped_at(ds, node)
     when = f" at version {at}" if at is not None else ""
+    how = how if how.startswith(",") else f" {how}"  # (who dropped them, where known; then who reads them)
     if node.stage in MANUAL:
         back = last_whole(ds, node)
         if back is None:  # (the versions that had them were cleaned up: the review log has what they held)
-            return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} {how}, and no "
+            return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when}{how}, and no "
                                                f"version left has them; the review log lists what they were"],
                              fix=f"{lakecurate_on(lake)} review {lake.shell} --history")
-        return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when} {how}; they are still in "
+        return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when}{how}; they are still in "
                                            f"version {back}, whence its fix writes them back (one review action, "
                                            f"undone as any)"],
                          fix=f"{lakecurate_on(lake)} review {lake.shell} --from-version {back}")
     st = NodeState(node, "dropped", [f"its column{'s' if len(node.columns) > 1 else ''} {cols} "
-                                     f"{'were' if len(node.columns) > 1 else 'was'} dropped{when} {how}; "
+                                     f"{'were' if len(node.columns) > 1 else 'was'} dropped{when}{how}; "
                                      f"its fix computes {'them' if len(node.columns) > 1 else 'it'} again"])
     st.rows_stale = ds.count_rows() if node.per_row else 0
     st.fix = fix_command(lake, node, ds)
@@ -732,6 +750,11 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
             for up in _producers(ds, node, gone):  # (its fix fails without them: theirs is listed first)
                 inputs.setdefault(tuple(up.columns), (up, []))[1].append(node.stage)
         lost = _lost(ds, node, names)
+        if lost and node.stage in MANUAL:  # a mark column another writer dropped or renamed: every mark is
+            st = _marks_lost(lake, ds, node, lost)  # refused until they are whole (review's _partial)
+            by_node[id(node)] = st
+            out.append(st)
+            continue
         moved = _renamed_reason(ds, node, lost) if lost and node.stage not in MANUAL else None
         if moved is not None:  # ...or renamed: the rename named, and the ways out
             _all_stale(ds, st, moved[0])
@@ -764,8 +787,10 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         out.append(st)
     recorded = dropped_nodes(ds)
     out += [gone_whole(lake, ds, n) for n in recorded]
+    # (a producer some of whose columns are still here is listed above, as they are: stale where one
+    # was dropped or renamed; only one whose every column went unrecorded is listed for its readers)
     out += [_input_gone(lake, ds, up, readers) for cols, (up, readers) in inputs.items()
-            if not any(set(cols) & set(n.columns) for n in recorded)]
+            if not any(set(cols) & set(n.columns) for n in [*all_nodes, *recorded])]
     out.sort(key=lambda st: _order(st.node))
     dedup = [st for st in out if st.node.stage == "dedup" and st.state != "current"]
     if dedup:  # one command for them all: a method's alone was refused when another its decision reads was stale
@@ -782,6 +807,27 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
             for st in same:
                 st.fix = fix
     return out
+
+
+def _marks_lost(lake: "Store", ds: "lance.LanceDataset", node: Node, lost: list[str]) -> NodeState:
+    """A review whose columns ``lost`` another writer dropped or renamed (``lakecurate drop`` drops a
+    set whole): listed dropped, its fix the one review's refusal of a mark names, which writes the
+    marks back from the latest version that had them all."""
+    whole = Node(node.stage, [*node.columns, *[c for c in lost if c not in node.columns]], node.sources, node.prov)
+    back = last_whole(ds, whole)
+    fix = f"{lakecurate_on(lake)} review {lake.shell} " + (f"--from-version {back}" if back is not None else "--history")
+    moved = _renamed_reason(ds, whole, lost)
+    if moved is not None:
+        return NodeState(node, "dropped", [moved[0]], fix=fix, renamed=moved[1])
+    at = dropped_at(ds, Node(node.stage, lost, [], node.prov))
+    many = len(lost) > 1
+    where = (f"they are still in version {back}, whence its fix writes them back (one review action, undone as any)"
+             if back is not None else "no version left has them all; the review log lists what they were")
+    return NodeState(node, "dropped", [f"its mark column{'s' if many else ''} {', '.join(lost)} "
+                                       f"{'were' if many else 'was'} dropped"
+                                       f"{f' at version {at}' if at is not None else ''} outside lakecurate "
+                                       f"({', '.join(node.columns)} left), and every mark is refused until they "
+                                       f"are whole; {where}"], fix=fix)
 
 
 def _all_stale(ds: "lance.LanceDataset", st: NodeState, reason: str) -> None:

@@ -866,3 +866,74 @@ def test_curate_with_a_review_step_refuses_while_the_marks_are_gone(tmp_path: Pa
         lake.curate(recipe, progress=False)
         keep = dict(zip(*lake.dataset().to_table(columns=["id", "keep"]).to_pydict().values()))
         assert keep[ids[0]] is False and keep[ids[1]] is True
+# ------------------------------------------------------- one column of a set dropped or renamed by another writer
+def test_one_column_of_a_set_another_writer_dropped_or_renamed_is_one_entry_not_a_lakecurate_drop(
+        sample_lake_embedded: Lake, tmp_path: Path):
+    """The embedding's score dropped (or renamed) with Lance while dedup reads it: status listed embed
+    twice, stale (right) and "dropped ... by lakecurate drop" with all four columns, three of them
+    still there and no `lakecurate drop` run. One entry; nothing says lakecurate dropped it."""
+    base = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "base"))
+    base.dedup(["phash", "semantic"], semantic_threshold=0.99, progress=False)
+    score = next(c for c in base.dataset().schema.names if c.startswith("clip_") and c.endswith("_score"))
+    for how in ("drop", "rename"):
+        lake = Lake.open(shutil.copytree(base.uri, tmp_path / how))
+        if how == "drop":
+            lance.dataset(lake.table_uri).drop_columns([score])
+        else:
+            _rename(lake, **{score: "score_v1"})
+        got = [s for s in graph.states(lake) if s.node.stage == "embed"]
+        assert len(got) == 1 and got[0].state == "stale", [(s.state, s.reasons) for s in got]
+        text, js = _status(lake)
+        assert "lakecurate drop" not in text, text
+        assert [s["state"] for s in js["stages"] if s["stage"] == "embed"] == ["stale"], js["stages"]
+        plan = CliRunner().invoke(main, ["run", lake.uri, "--dry-run"]).output
+        assert "lakecurate drop" not in plan, plan
+        _run_fix(got[0])
+        assert [s.state for s in graph.states(lake) if s.node.stage == "embed"] == ["current"]
+
+
+def test_a_decision_dropped_by_another_writer_then_forgotten_is_not_said_dropped_by_lakecurate(tmp_path: Path):
+    """keep and drop_reason dropped with Lance, then `lakecurate drop LAKE keep` (which only forgets
+    the record): status said "dropped at version N by lakecurate drop", N being Lance's drop."""
+    from .test_concepts import _concept_lake
+
+    lake = _concept_lake(tmp_path / "syn", [6, 6])
+    lake.curate(SHORT, progress=False)
+    lake.rebalance(0.5)
+    lance.dataset(lake.table_uri).drop_columns(["keep", "drop_reason"])
+    at = lake.dataset().version
+    res, out = _drop(lake, "keep")
+    assert res.exit_code == 0 and out["forgot"] == ["keep", "drop_reason"], res.output
+    st = _state(lake, "curate")
+    why = " ".join(st.reasons)
+    assert st.state == "dropped" and "by lakecurate drop" not in why, why
+    assert f"dropped at version {at} outside lakecurate (`lakecurate drop` forgot its record since)" in why, why
+
+
+def test_one_review_column_another_writer_dropped_or_renamed_is_not_current_and_its_fix_writes_them_back(
+        tmp_path: Path):
+    """review_by dropped (or renamed) with Lance: status called review current with no fix while every
+    mark was refused ("without review_by ... --from-version N"). It is listed not current with the
+    refusal's fix, which writes the marks back; a rename is named."""
+    base = lake_of(tmp_path / "base", 8)
+    ids = base.dataset().to_table(columns=["id"]).column("id").to_pylist()[:3]
+    base.review(ids[:2], verdict="drop", reason="watermark", by="ana")
+    marked = base.dataset().version
+    for how in ("drop", "rename"):
+        lake = Lake.open(shutil.copytree(base.uri, tmp_path / how))
+        if how == "drop":
+            lance.dataset(lake.table_uri).drop_columns(["review_by"])
+        else:
+            at = _rename(lake, review_by="reviewer")
+        st = _state(lake, "review")
+        assert st.state != "current", (how, st.reasons)
+        assert st.fix == f"lakecurate review {shlex.quote(lake.uri)} --from-version {marked}", st.fix
+        with pytest.raises(LakeError, match=f"--from-version {marked}"):
+            lake.review(ids[2:], verdict="keep")
+        if how == "rename":
+            why = " ".join(st.reasons)
+            assert f"review_by was renamed to reviewer at version {at} outside lakecurate" in why, why
+            assert st.renamed == {"review_by": "reviewer"}
+        _run_fix(st)
+        assert _state(lake, "review").state == "current"
+        assert lake.count("review_by = 'ana'") == 2
