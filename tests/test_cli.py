@@ -8,12 +8,13 @@ import shutil
 from pathlib import Path
 
 import click
+import lance
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from lakecurate import Lake
+from lakecurate import Lake, graph
 from lakecurate.cli import TargetType, main
 
 from .conftest import REPO, SAMPLE_DATA
@@ -67,6 +68,13 @@ def test_demo_runs_on_sample_data(runner: CliRunner, tmp_path: Path, monkeypatch
     assert int(m.group(2)) == keys.index("chelsea_mismatch.jpg") + 1 and int(m.group(3)) == len(keys)
     assert re.search(r"^chelsea_mismatch\.jpg: (kept|dropped \(\w+\))$", res.output, re.M), res.output
     assert f"lakecurate run {tmp_path / 'demo'} demo (again: nothing to do)" in res.output
+    # a caption fixed in place: `run LAKE demo` brings every stage up to date (it stopped at curate:
+    # "reads dup_group ... (dedup), which is stale", with no dedup step to run)
+    lance.dataset(lake.table_uri).update({"caption": "'a red brick wall'"}, where="key = 'brick.jpg'")
+    res = runner.invoke(main, ["run", str(tmp_path / "demo"), "demo"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^dedup +ran +stale", res.output, re.M) and re.search(r"^curate +ran", res.output, re.M), res.output
+    assert all(s.state == "current" for s in graph.states(Lake.open(tmp_path / "demo"))), res.output
     # another --source: the hint repeats the demo (run LAKE demo would ingest the bundled sample_data into it)
     own = shutil.copytree(REPO / "sample_data", tmp_path / "mine")
     res = runner.invoke(main, ["demo", "--lake", str(tmp_path / "own"), "--source", str(own)])
