@@ -6,7 +6,8 @@ This is the one place where stages write columns. The pattern (measured in issue
    no data file is touched, and each field carries its provenance in its metadata;
 2. **fill** one fragment at a time: write a data file holding only the new columns for the
    fragment's physical rows, then commit ``LanceOperation.DataReplacement``. Image bytes and every
-   other column are never rewritten;
+   other column are never rewritten (a non-null column another writer added, which Lance's append
+   insists on, gets a placeholder copy in the file that the manifest never reads: :func:`write_file`);
 3. on a commit conflict, re-commit the *same file* at a fresh read version (appends, deletes and
    other columns' replacements do not invalidate it); if the fragment is gone (compaction), the work
    is dropped and the next run recomputes the new fragment.
@@ -553,8 +554,17 @@ def write_file(ds: lance.LanceDataset, fid: int, table: pa.Table, storage_option
     if table.num_rows != frag.physical_rows:  # Lance does not check this at commit: a mismatch breaks reads
         raise ValueError(f"fragment {fid} has {frag.physical_rows} rows, got {table.num_rows}")
     schema = pa.schema([ds.schema.field(n) for n in table.column_names])
+    table = table.cast(schema)
+    # Lance's append refuses a file that lacks a non-null column of the table ("Append with different
+    # schema ... missing=[foo]"): another writer's add_columns of an SQL expression makes one. The file
+    # then carries a placeholder copy of it (one of its values, repeated: it must be non-null), left out
+    # of the file's fields below, so the manifest reads that column from its own file, untouched.
+    placeholders = [f for f in ds.schema if f.name not in schema.names and not f.nullable]
+    for f in placeholders:
+        table = table.append_column(f, _placeholder(ds, frag, f, table.num_rows))
+        schema = schema.append(f)
     written = lance.fragment.write_fragments(
-        table.cast(schema),
+        table,
         ds,
         schema=schema,
         mode="append",
@@ -564,7 +574,23 @@ def write_file(ds: lance.LanceDataset, fid: int, table: pa.Table, storage_option
     )
     if len(written) != 1 or len(written[0].files) != 1:
         raise RuntimeError(f"expected one data file for fragment {fid}, got {written}")
-    return written[0].files[0], table.num_rows, has_data(ds, frag, table.column_names[0])
+    data_file = written[0].files[0]
+    if placeholders:
+        other = set().union(*(_field_ids(ds, f.name) for f in placeholders))
+        kept = [(i, c) for i, c in zip(data_file.fields, data_file.column_indices) if i not in other]
+        data_file.fields, data_file.column_indices = [i for i, _ in kept], [c for _, c in kept]
+    return data_file, table.num_rows, has_data(ds, frag, schema.names[0])
+
+
+def _placeholder(ds: lance.LanceDataset, frag: lance.LanceFragment, field: pa.Field, rows: int) -> pa.Array:
+    """``rows`` copies of one stored value of ``field`` (a non-null column this write leaves alone)."""
+    one = frag.to_table(columns=[field.name], limit=1).column(0)
+    if len(one) == 0:  # (no live row in the fragment: any row of the table)
+        one = ds.to_table(columns=[field.name], limit=1).column(0)
+    if len(one) == 0:
+        raise LakeError(f"column '{field.name}' of table '{ds.uri}' is not null, and no row holds a value to "
+                        f"copy for it (a write to fragment {frag.fragment_id} needs one)")
+    return one.take(pa.array(np.zeros(rows, np.int64))).combine_chunks()
 
 
 def write_changed(lake: "Store", tbl: pa.Table, new: dict[str, pa.Array]) -> tuple[int, int | None]:

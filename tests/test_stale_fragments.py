@@ -937,3 +937,69 @@ def test_one_review_column_another_writer_dropped_or_renamed_is_not_current_and_
         _run_fix(st)
         assert _state(lake, "review").state == "current"
         assert lake.count("review_by = 'ana'") == 2
+def _with_foreign_values(tmp_path: Path) -> tuple[Lake, Path]:
+    """A lake of two fragments, caption signals computed and curated, then a column another writer
+    added WITH values (an SQL expression: a data file in every fragment, a field Lance makes non-null)."""
+    from lakecurate import signals
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 20))
+    lake.append(synthetic_pairs(20, 20))
+    signals.compute_caption_signals(lake, progress=False)
+    recipe = tmp_path / "short.toml"
+    recipe.write_text('name = "short"\n[[step]]\nfilter = "caption_length"\nmin_words = 5\nreason = "short"\n')
+    assert CliRunner().invoke(main, ["curate", lake.uri, str(recipe)]).exit_code == 0
+    lance.dataset(lake.table_uri).add_columns({"foo": "true", "bar": "concat(id, '!')"})
+    assert not lake.dataset().schema.field("foo").nullable  # (why Lance's append refused a file without it)
+    return lake, recipe
+
+
+def _foreign(lake: Lake) -> dict[str, tuple]:
+    t = lake.dataset().to_table(columns=["id", "foo", "bar"]).to_pylist()
+    return {r["id"]: (r["foo"], r["bar"]) for r in t}
+
+
+def test_a_review_mark_with_another_writers_column_of_values(tmp_path: Path):
+    """review --keep gave a traceback (Lance: "Append with different schema ... missing=[foo]")."""
+    lake, _ = _with_foreign_values(tmp_path)
+    before = _foreign(lake)
+    res = CliRunner().invoke(main, ["review", lake.uri, "p0000003", "--keep", "--json"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert json.loads(res.stdout)["rows"] == 1
+    got = {r["id"]: r["review_verdict"] for r in lake.dataset().to_table(columns=["id", "review_verdict"]).to_pylist()}
+    assert got["p0000003"] == "keep" and sum(v is not None for v in got.values()) == 1
+    assert _foreign(lake) == before and all(v == (True, f"{i}!") for i, v in before.items())
+
+
+def test_curate_with_a_changed_setting_and_another_writers_column_of_values(tmp_path: Path):
+    """curate with a changed setting declared keep anew, then failed to write it: keep ended all NULL."""
+    lake, recipe = _with_foreign_values(tmp_path)
+    before = _foreign(lake)
+    res = CliRunner().invoke(main, ["curate", lake.uri, str(recipe), "--set", "short.min_words=7"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    t = lake.dataset().to_table(columns=["keep", "drop_reason", "cap_words"]).to_pylist()
+    assert all(r["keep"] is not None for r in t)
+    assert any(r["keep"] for r in t) and not all(r["keep"] for r in t)
+    assert all(r["keep"] == (r["cap_words"] >= 7) for r in t if r["cap_words"] is not None), t
+    assert all((r["drop_reason"] == "short") == (not r["keep"]) for r in t), t
+    assert columns.field_provenance(lake.dataset().schema.field("keep"))["config"]["recipe"]["steps"][0]["params"]["min_words"] == 7
+    assert _foreign(lake) == before
+    assert _state(lake, "curate").state == "current"
+
+
+def test_signals_recompute_with_another_writers_column_of_values(tmp_path: Path):
+    """signals --recompute declared the cap_* columns anew, then failed to write them: they were gone
+    (status blamed "lakecurate drop"); --redact gave a traceback."""
+    lake, _ = _with_foreign_values(tmp_path)
+    before = _foreign(lake)
+    words = lake.dataset().to_table(columns=["id", "cap_words"]).to_pydict()
+    res = CliRunner().invoke(main, ["signals", lake.uri, "--no-image", "--recompute", "--json"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert json.loads(res.stdout)["caption"] == 40
+    assert lake.dataset().to_table(columns=["id", "cap_words"]).to_pydict() == words
+    res = CliRunner().invoke(main, ["signals", lake.uri, "--redact", "--recompute"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    t = lake.dataset().to_table(columns=["caption", "caption_redacted"]).to_pylist()
+    assert all(r["caption_redacted"] is not None for r in t if r["caption"] is not None)
+    assert _foreign(lake) == before
+    assert {s.state for s in graph.states(lake) if s.node.columns[0] in ("cap_words", "caption_redacted")} == {"current"}
