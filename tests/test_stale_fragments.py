@@ -866,6 +866,8 @@ def test_curate_with_a_review_step_refuses_while_the_marks_are_gone(tmp_path: Pa
         lake.curate(recipe, progress=False)
         keep = dict(zip(*lake.dataset().to_table(columns=["id", "keep"]).to_pydict().values()))
         assert keep[ids[0]] is False and keep[ids[1]] is True
+
+
 # ------------------------------------------------------- one column of a set dropped or renamed by another writer
 def test_one_column_of_a_set_another_writer_dropped_or_renamed_is_one_entry_not_a_lakecurate_drop(
         sample_lake_embedded: Lake, tmp_path: Path):
@@ -937,6 +939,8 @@ def test_one_review_column_another_writer_dropped_or_renamed_is_not_current_and_
         _run_fix(st)
         assert _state(lake, "review").state == "current"
         assert lake.count("review_by = 'ana'") == 2
+
+
 def _with_foreign_values(tmp_path: Path) -> tuple[Lake, Path]:
     """A lake of two fragments, caption signals computed and curated, then a column another writer
     added WITH values (an SQL expression: a data file in every fragment, a field Lance makes non-null)."""
