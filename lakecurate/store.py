@@ -523,8 +523,19 @@ class Store:
                  for f in PAIRS_SCHEMA if f.name not in have or differs(f)]
         if wrong:
             raise LakeError(f"lake '{self.uri}': the pairs table was changed outside lakecurate ({'; '.join(wrong)}), "
-                            f"so new pairs cannot be added; restore the version before that change (see: lakecurate "
+                            f"so new pairs cannot be added; restore the version before that change (see: {self.command} "
                             f"log {self.shell}) or ingest into a new lake")
+        # A column another writer added with values (an SQL expression: Lance makes it non-null) has no
+        # value for new rows, and Lance refuses the append ("Append with different schema ... missing").
+        strict = [f.name for f in ds.schema if not f.nullable and f.name not in PAIRS_SCHEMA.names]
+        if strict:
+            raise LakeError(f"lake '{self.uri}': column{'s' if len(strict) > 1 else ''} {', '.join(strict)}, which "
+                            f"another writer added, {'are' if len(strict) > 1 else 'is'} not nullable, so new pairs "
+                            f"(which have no value there) cannot be added; nothing was written. Make "
+                            f"{'them' if len(strict) > 1 else 'it'} nullable (python -c \"import lance; "
+                            f"lance.dataset('{ds.uri}').alter_columns("
+                            + ", ".join(f"{{'path': '{c}', 'nullable': True}}" for c in strict)
+                            + ")\"), then add the pairs again")
 
     def existing_ids(self, sources: Sequence[str] | None = None, *, where: str | None = None,
                      ds: lance.LanceDataset | None = None, fragment_ids: Sequence[int] | None = None) -> set[str]:

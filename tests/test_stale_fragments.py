@@ -1007,3 +1007,22 @@ def test_signals_recompute_with_another_writers_column_of_values(tmp_path: Path)
     assert all(r["caption_redacted"] is not None for r in t if r["caption"] is not None)
     assert _foreign(lake) == before
     assert {s.state for s in graph.states(lake) if s.node.columns[0] in ("cap_words", "caption_redacted")} == {"current"}
+
+
+def test_pairs_added_beside_another_writers_column_of_values_are_refused_with_the_way_out(tmp_path: Path):
+    """New rows have no value for a non-null column another writer added (an SQL expression): the
+    append failed with Lance's "Append with different schema ... missing=[foo]". Refused before
+    anything is written, naming the column and the one-liner that makes it nullable; that done,
+    the pairs are added (null there)."""
+    import subprocess
+    import sys
+
+    lake, _ = _with_foreign_values(tmp_path)
+    version = lake.dataset().version
+    with pytest.raises(LakeError, match="column foo, which another writer added, is not nullable") as err:
+        lake.append(synthetic_pairs(40, 2))
+    assert lake.dataset().version == version
+    code = str(err.value).split('python -c "')[1].split('")')[0]
+    subprocess.run([sys.executable, "-c", code], check=True)
+    lake.append(synthetic_pairs(40, 2))
+    assert lake.count() == 42 and lake.count("foo IS NULL") == 2
