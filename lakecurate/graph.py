@@ -327,6 +327,12 @@ def _dropped_by(ds: "lance.LanceDataset", node: Node) -> str:
     return "by lakecurate drop" if tx is not None and type(tx.operation).__name__ == "UpdateConfig" else ""
 
 
+def _marks_fix(lake: "Store", back: int | None) -> str:
+    """A review's fix while its marks are gone: write them back from ``back``, the latest version
+    that had them all; where none is left, the review log lists what they were."""
+    return f"{lakecurate_on(lake)} review {lake.shell} " + (f"--from-version {back}" if back is not None else "--history")
+
+
 def gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "outside lakecurate") -> NodeState:
     """A node another writer dropped whole: computed again by its fix; a review's marks, which no
     run computes, are in the versions before the drop."""
@@ -336,8 +342,7 @@ def gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "
         st = NodeState(node, "dropped", [moved[0]], renamed=moved[1])
         st.rows_stale = ds.count_rows() if node.per_row else 0
         back = last_whole(ds, node) if node.stage in MANUAL else None
-        st.fix = (fix_command(lake, node, ds) if node.stage not in MANUAL else
-                  f"{lakecurate_on(lake)} review {lake.shell} " + (f"--from-version {back}" if back is not None else "--history"))
+        st.fix = fix_command(lake, node, ds) if node.stage not in MANUAL else _marks_fix(lake, back)
         return st
     at = dropped_at(ds, node)
     when = f" at version {at}" if at is not None else ""
@@ -347,11 +352,11 @@ def gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "
         if back is None:  # (the versions that had them were cleaned up: the review log has what they held)
             return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when}{how}, and no "
                                                f"version left has them; the review log lists what they were"],
-                             fix=f"{lakecurate_on(lake)} review {lake.shell} --history")
+                             fix=_marks_fix(lake, None))
         return NodeState(node, "dropped", [f"its marks ({cols}) were dropped{when}{how}; they are still in "
                                            f"version {back}, whence its fix writes them back (one review action, "
                                            f"undone as any)"],
-                         fix=f"{lakecurate_on(lake)} review {lake.shell} --from-version {back}")
+                         fix=_marks_fix(lake, back))
     st = NodeState(node, "dropped", [f"its column{'s' if len(node.columns) > 1 else ''} {cols} "
                                      f"{'were' if len(node.columns) > 1 else 'was'} dropped{when}{how}; "
                                      f"its fix computes {'them' if len(node.columns) > 1 else 'it'} again"])
@@ -815,7 +820,7 @@ def _marks_lost(lake: "Store", ds: "lance.LanceDataset", node: Node, lost: list[
     marks back from the latest version that had them all."""
     whole = Node(node.stage, [*node.columns, *[c for c in lost if c not in node.columns]], node.sources, node.prov)
     back = last_whole(ds, whole)
-    fix = f"{lakecurate_on(lake)} review {lake.shell} " + (f"--from-version {back}" if back is not None else "--history")
+    fix = _marks_fix(lake, back)
     moved = _renamed_reason(ds, whole, lost)
     if moved is not None:
         return NodeState(node, "dropped", [moved[0]], fix=fix, renamed=moved[1])
