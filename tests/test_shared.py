@@ -272,7 +272,7 @@ def test_tags_on_a_branch_and_refs(curated: Lake):
     assert curated.dataset(f"main:{curated.version}").count_rows() == curated.count()
     with pytest.raises(LakeError, match="not a version, tag or branch.*branches: main, exp"):
         curated.dataset("nope")
-    with pytest.raises(LakeError, match="has no branch 'typo'.*branches: exp"):
+    with pytest.raises(LakeError, match="has no branch 'typo'.*branches: main, exp"):
         Lake.open(curated.uri, branch="typo")
     with pytest.raises(LakeError, match="already has a branch"):
         curated.create_branch("exp")
