@@ -64,6 +64,11 @@ Write = tuple[int, int]  # (version that committed the data, version its writer 
 # every reader of the graph (status, export, rebalance, sequence, evaluate, the loader) judges a
 # decision by them: one decided by other step code is stale (:func:`other_steps`).
 STEP_CODE: dict[str, Callable[[], dict[str, int]]] = {}
+# Functions giving stage -> the config this code computes it with, for the stages whose config is
+# their code's (the signals), registered by the facade as STEP_CODE is: every reader of the graph
+# (export, rebalance, sequence, not only status and curate) calls a column another lakecurate
+# computed differently stale (:func:`states`' ``code``).
+CODE_CONFIGS: list[Callable[[], dict[str, dict[str, Any]]]] = []
 
 
 @dataclass
@@ -726,8 +731,11 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
     """The state of every node of ``ds`` (default: the lake's latest version), in pipeline order.
     ``code``: stage -> the config this code computes it with, for the stages whose config is their
     code's (the signals): a node made with another config was made by another lakecurate, and is
-    stale (every row), its fix the stage's command with ``--recompute``."""
+    stale (every row), its fix the stage's command with ``--recompute``; by default the registered
+    ones (:data:`CODE_CONFIGS`)."""
     ds = ds if ds is not None else lake.dataset()
+    if code is None:
+        code = {stage: cfg for fn in CODE_CONFIGS for stage, cfg in fn().items()}
     writes = last_writes(ds)
     frags = {f.fragment_id: f for f in ds.get_fragments()}
     all_nodes = nodes(ds)

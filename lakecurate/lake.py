@@ -461,6 +461,8 @@ def _register() -> None:
     from lakecurate import graph
 
     graph.STEP_CODE.setdefault("curate", _step_code)
+    if _code_configs not in graph.CODE_CONFIGS:
+        graph.CODE_CONFIGS.append(_code_configs)
 
 
 _register()

@@ -619,3 +619,22 @@ def test_curate_computes_again_the_signals_another_lakecurate_computed(tmp_path,
     with pytest.raises(LakeError, match="made with another config"):  # asked by hand: refused, naming --recompute
         monkeypatch.setitem(signals.IMAGE_CONFIG, "sharpness", "a newer measure")
         lake.signals(["image"], progress=False, workers=0)
+
+
+def test_export_refuses_a_keep_decided_on_signals_an_older_lakecurate_computed(tmp_path, monkeypatch):
+    # Only status and curate judged signal columns by this code's config (they passed `code`):
+    # export, rebalance and sequence called a keep decided on signals another lakecurate computed
+    # differently current, and exported it. The facade registers the configs with the graph.
+    from lakecurate import Lake, LakeError, graph, signals
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    recipe = {"name": "short", "step": [{"filter": "caption_length"}]}
+    lake.curate(recipe, progress=False)
+    lake.export(tmp_path / "ok", format="parquet")
+    monkeypatch.setitem(signals.CAPTION_CONFIG, "words", "counted otherwise")
+    st = {s.node.stage: s for s in graph.states(lake)}  # no `code` passed: the registered configs
+    assert st["signals-caption"].state == "stale" and st["curate"].state == "behind", st
+    with pytest.raises(LakeError, match=r"signals-caption.*its code changed"):
+        lake.export(tmp_path / "out", format="parquet")
+    assert not (tmp_path / "out").exists()
