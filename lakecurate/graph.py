@@ -98,6 +98,7 @@ class NodeState:
     rows_stale: int = 0  # rows of the fragments whose values are stale (a per-row stage's plain run redoes them)
     retry: str = ""  # ...and the command that computes them again
     renamed: dict[str, str] = field(default_factory=dict)  # its columns another writer renamed: old -> new name
+    by_code: bool = False  # stale only because this code computes it otherwise (not shown by the commit log)
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.node.stage, "columns": self.node.columns, "sources": self.node.sources,
@@ -777,6 +778,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
                                f"{'are' if len(lost) > 1 else 'is'} no longer in the table (another writer dropped "
                                f"{'them' if len(lost) > 1 else 'it'}); its fix computes the columns its run declared "
                                f"again ({', '.join(declared_columns(ds.schema.field(node.columns[0])) or lost)})")
+        by_log = st.state != "current"  # (what made it not current so far is read from the commit log)
         now = by_other_code(node.prov, code)
         redo = now is not None
         if redo:  # (a stage run with these columns refuses them: "made with another config")
@@ -786,6 +788,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         if steps:  # (its fix, the stage's plain run, decides every row again: curate._already_done)
             _all_stale(ds, st, f"its step code changed since it decided them: {', '.join(steps)}; "
                                f"its fix decides every row again")
+        st.by_code = (redo or bool(steps)) and not by_log
         for src in node.sources:  # a node built on a node that is not current is behind through it
             up = producer.get(src)
             if up is not None and up is not node and id(up) in by_node and by_node[id(up)].state != "current" \

@@ -368,7 +368,8 @@ class Lake(Store):
         if not isinstance(allow_stale, bool):
             raise LakeError(f"allow_stale must be True or False, not {allow_stale!r}")
         if not allow_stale:
-            stale = [s for s in graph.states(self) if s.state == "stale"]
+            # (staleness that only the code shows, not the commits cleanup removes, stays as it is)
+            stale = [s for s in graph.states(self) if s.state == "stale" and not s.by_code]
             ds = self.dataset()
             if stale and isinstance(older_than, timedelta) and ds.explain_cleanup_old_versions(
                     older_than=older_than, error_if_tagged_old_versions=False).stats.old_versions:

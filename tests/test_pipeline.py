@@ -312,6 +312,8 @@ def test_a_keep_decided_by_other_step_code_is_stale_naming_the_step(tmp_path: Pa
     """A newer lakecurate changes what a step does (its `version`): status called the old keep
     current and export shipped it. It is stale, naming the step; export refuses it as any stale
     decision; the fix (curate with the recipe) decides again, and keep is current."""
+    from datetime import timedelta
+
     from lakecurate import curate
 
     lake = Lake.create(tmp_path / "lake")
@@ -328,6 +330,10 @@ def test_a_keep_decided_by_other_step_code_is_stale_naming_the_step(tmp_path: Pa
     assert st["state"] == "stale", st
     assert "caption_length" in st["reasons"][0] and "ingest_error" not in st["reasons"][0], st
     assert st["fix"] == f"lakecurate curate {lake.uri} {shlex.quote(str(recipe.resolve()))}", st
+    # cleanup removes commits, not the code: it no longer refuses for what only the code shows ("the
+    # commits it would remove show it stale"), and the keep is as stale after it as before
+    assert lake.cleanup(timedelta(0))["old_versions"] > 0
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["curate"] == "stale"
     with pytest.raises(LakeError, match=r"export would use stale decisions.*curate.*caption_length.*re-run it: "
                                         r"lakecurate curate"):
         lake.export(tmp_path / "x.parquet", "parquet")
