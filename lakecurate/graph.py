@@ -869,13 +869,28 @@ def _failed(lake: "Store", ds: "lance.LanceDataset", st: NodeState) -> None:
 
 
 def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lance.LanceDataset") -> str:
-    """The one dedup command that makes every ``stale`` dedup node current: the stale methods (or,
-    only the decision stale, those it reads) with their settings, the embedding the decision ranks
-    by (with several on the lake, plain ``dedup LAKE`` was refused) and its keep-from; --recompute
-    where a method's embedding was made again. Pasted, it runs (tests/test_pipeline.py)."""
+    """The one dedup command that makes every ``stale`` dedup node current (:func:`dedup_args`, as
+    a command). Pasted, it runs (tests/test_pipeline.py)."""
     import shlex
 
     q = shlex.quote
+    args = dedup_args(stale, final, ds)
+    out = f"{lakecurate_on(lake)} dedup {lake.shell}"
+    out += f" --method {','.join(args.pop('methods'))}" if "methods" in args else ""
+    out += f" --embedding {q(args.pop('embedding'))}" if "embedding" in args else ""
+    keep_from, recompute, flips = args.pop("keep_from", None), args.pop("recompute", False), args.pop("flips", True)
+    out += "".join(f" --{k.replace('_', '-')} {q(str(v))}" for k, v in args.items())  # (the methods' settings)
+    out += " --no-flips" if flips is False else ""
+    out += f" --keep-from {','.join(keep_from)}" if keep_from else ""
+    return out + (" --recompute" if recompute else "")
+
+
+def dedup_args(stale: Sequence[Node], final: Node | None, ds: "lance.LanceDataset") -> dict[str, Any]:
+    """The keyword arguments of the one dedup run that makes every ``stale`` dedup node current:
+    the stale methods (or, only the decision stale, those it reads) with their settings, the
+    embedding the decision ranks by (with several on the lake, a dedup without it was refused) and
+    its keep-from; ``recompute`` where a method's embedding was made again. What a pipeline's run
+    passes to ``Lake.dedup`` for a dedup step its file does not list (:mod:`lakecurate.pipeline`)."""
     fcfg = (final.prov.get("config") or {}) if final is not None else {}
     keep_from = list(fcfg.get("keep_from") or [])
     cfgs = {c["method"]: c for c in ((n.prov.get("config") or {}) for n in stale) if c.get("method")}
@@ -889,19 +904,22 @@ def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lan
     rank = str(fcfg.get("rank_by") or "")
     embedding = next((c["embedding"] for c in cfgs.values() if c.get("embedding")), None) or \
         (rank[: -len("_score")] if rank.endswith("_score") else None)
-    out = f"{lakecurate_on(lake)} dedup {lake.shell}"
+    args: dict[str, Any] = {}
     if cfgs:
-        out += f" --method {','.join([m for m in keep_from if m in cfgs] + [m for m in cfgs if m not in keep_from])}"
-    out += f" --embedding {q(embedding)}" if embedding else ""
+        args["methods"] = [m for m in keep_from if m in cfgs] + [m for m in cfgs if m not in keep_from]
+    if embedding:
+        args["embedding"] = embedding
     for m, cfg in cfgs.items():
         for key, flag in DEDUP_OPTIONS.get(m, {}).items():
             if cfg.get(key) is not None:
-                out += f" {flag} {q(str(cfg[key]))}"
-    out += " --no-flips" if any(c.get("flips") is False for c in cfgs.values()) else ""
-    out += f" --keep-from {','.join(keep_from)}" if keep_from else ""
+                args[flag[2:].replace("-", "_")] = cfg[key]
+    if any(c.get("flips") is False for c in cfgs.values()):
+        args["flips"] = False
+    if keep_from:
+        args["keep_from"] = keep_from
     if any(_embedding_redone(ds, c) for c in cfgs.values()):
-        out += " --recompute"
-    return out
+        args["recompute"] = True
+    return args
 
 
 def _embedding_redone(ds: "lance.LanceDataset", cfg: dict[str, Any]) -> bool:
@@ -1236,22 +1254,32 @@ def recaption_args(cfg: dict[str, Any], weights: str | None = None) -> str:
 
 
 def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
-    """The ``lakecurate embed`` command that fills the ``prefix`` columns, rebuilt from their provenance
-    (a checkpoint file where the run found it: its config names it by file name)."""
-    import os
+    """The ``lakecurate embed`` command that fills the ``prefix`` columns (:func:`embed_args`)."""
     import shlex
+
+    args = embed_args(prefix, prov)
+    out = f"{lakecurate_on(lake)} embed {lake.shell} --model {args['model']}"
+    out += f" --checkpoint {shlex.quote(args['checkpoint'])}" if "checkpoint" in args else ""
+    return out + (f" --name {args['name']}" if "name" in args else "")
+
+
+def embed_args(prefix: str, prov: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of the embed run that fills the ``prefix`` columns, rebuilt from their
+    provenance (a checkpoint file where the run found it: its config names it by file name)."""
+    import os
 
     cfg = prov.get("config", {})
     arch, pretrained = cfg.get("arch"), cfg.get("pretrained")
+    extra: dict[str, Any] = {}
     if cfg.get("family") == "offline":
         model, default = "offline", "offline"
     elif arch == TINY_RANDOM:
         model, default = "tiny-random", "clip_tinyrandom"
     elif pretrained and ("checkpoint_bytes" in cfg or os.sep in pretrained):  # a local checkpoint file
-        model, default = f"{arch} --checkpoint {shlex.quote(str(prov.get('weights') or pretrained))}", None
+        model, default, extra = str(arch), None, {"checkpoint": str(prov.get("weights") or pretrained)}
     else:
         model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
-    return f"{lakecurate_on(lake)} embed {lake.shell} --model {model}" + ("" if prefix == default else f" --name {prefix}")
+    return {"model": model, **extra, **({} if prefix == default else {"name": prefix})}
 
 
 def check_embedded(lake: "Store", ds: "lance.LanceDataset", prefix: str, prov: dict[str, Any], *, kind: str,

@@ -28,6 +28,12 @@ looks (it adds only pairs it has not seen). Export and report run when their out
 older than the lake's latest version. So a second run of an unchanged file writes nothing, and
 changing a recipe threshold re-runs curate and what depends on it (rebalance, sequence, export),
 not embed. Every option of every step is checked before the first step runs.
+
+Like make's prerequisites, a producer a step reads that is not current (an embedding, dedup's
+groups, the concepts) is brought up to date first even where the file lists no step of its own,
+with the settings the lake records (the graph's fix as ``lakecurate status`` prints it): a file
+with [embed] and [curate] whose recipe reads dedup's groups regroups after a caption fixed in
+place. The report lists it as a step, saying why.
 """
 
 from __future__ import annotations
@@ -581,42 +587,106 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
     before = lake.version if exists else 0
     rep = RunReport(lake=lake.uri, pipeline=pipe.source, version_before=before, version_after=before)
     fns = {name: getattr(lake, name) for name in STEPS}
+    implied: set[str] = set()  # the steps the file does not list that this run has run (or would)
     for step, opts in pipe.steps.items():
+        for up, up_opts, up_why in _unlisted(lake, pipe, step, implied, dry_run) if exists else []:
+            implied.add(up)
+            _record(rep, _execute(lake, pipe, fns, up, up_opts, up_why, dry_run, progress), on_step)
         why = why_run(lake, step, opts) if exists else "no lake yet"
-        res = StepResult(step, "skipped" if why is None else ("would run" if dry_run else "ran"), why or "current")
+        res = _execute(lake, pipe, fns, step, opts, why, dry_run, progress)
         if dry_run and why is None and any(r.action == "would run" for r in rep.steps):
             # what an earlier step changes (the rows an ingest adds, say) may make this one stale: a dry
             # run cannot know without doing that step, so it says so (it said "current", then all ran)
             res.why = "current now; may run after the steps before it"
-        if why is not None and not dry_run:
-            t = time.perf_counter()
-            v = lake.version
-            if step == "cluster" and why.split(" (")[0].endswith(" changed") and "recompute" not in opts:
-                # the file now says another k, seed or embedding: replace the earlier concepts (the stage
-                # alone refuses that without --recompute); they stay in the lake's versions
-                opts = {**opts, "recompute": True}
-            if step == "dedup" and why.endswith(" changed") and "recompute" not in opts:
-                # a method's threshold or search changed: regroup that method alone (recompute = true
-                # would join every named method again, the semantic one hours at scale)
-                opts = {**opts, "recompute": list(_dedup_changed(lake.dataset(), _dedup_methods(opts), opts))}
-            try:
-                with runner.waiting():  # a step's columns are the next steps' inputs: fragments another run
-                    out = _call(fns[step], step, opts, progress)  # computes now are waited for, not left
-            except LakeError as exc:  # which step of which file failed (the steps before it stay committed)
-                if not str(exc).startswith("pipeline "):
-                    exc.args = (f"pipeline {pipe.source}, [{step}]: {exc}", *exc.args[1:])
-                raise
-            res.seconds = time.perf_counter() - t
-            res.result = out.to_dict() if hasattr(out, "to_dict") else out
-            res.versions = sorted(h["version"] for h in lake.history(None, changes=False) if h["version"] > v)
-            if step == "ingest" and not res.versions:
-                res.action, res.why = "skipped", "no new pairs"
-        rep.steps.append(res)
-        if on_step is not None:
-            on_step(res)
+        _record(rep, res, on_step)
     rep.version_after = lake.version if exists else 0
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _record(rep: RunReport, res: StepResult, on_step: Callable[[StepResult], None] | None) -> None:
+    rep.steps.append(res)
+    if on_step is not None:
+        on_step(res)
+
+
+# The producers a run brings up to date where a step of the file reads them and the file lists no
+# step of theirs (graph stage -> pipeline step), and the columns each step reads them through.
+_IMPLIED = {"embed": "embed", "dedup": "dedup", "concepts": "cluster"}
+_READS = {"curate": ("keep",), "cluster": ("concept",), "rebalance": ("rebalance_keep",), "sequence": ("seq_order",)}
+
+
+def _unlisted(lake: "Lake", pipe: Pipeline, step: str, done: set[str], dry_run: bool) -> list[tuple[str, dict[str, Any], str]]:
+    """The producers ``step`` reads that are not current and that the file lists no step of, in
+    pipeline order, as (step, options, why): run as the lake records them (the graph's fix, as
+    keyword arguments), like make's prerequisites. Without them a file with [embed] and [curate]
+    but no [dedup] stopped at curate, every run, once a caption was fixed in place. A dry run also
+    names the producers only behind (their inputs would run first)."""
+    ds = lake.dataset()
+    reads = [c for c in _READS.get(step, ()) if c in ds.schema.names]
+    if not reads:
+        return []
+    all_states = graph.states(lake, ds)
+    producer = {c: s for s in all_states for c in s.node.columns}
+    todo, seen, bad = list(reads), set(), []
+    while todo:  # every node the step's columns were computed from
+        s = producer.get(todo.pop())
+        if s is None or id(s) in seen:
+            continue
+        seen.add(id(s))
+        up = _IMPLIED.get(s.node.stage)
+        if up is not None and up not in pipe.steps and up not in done and STEPS.index(up) < STEPS.index(step) and (
+                s.state in ("stale", "dropped", "incomplete") or (dry_run and s.state == "behind")):
+            bad.append(s)
+        todo += s.node.sources
+    out: list[tuple[str, dict[str, Any], str]] = []
+    for up in sorted({_IMPLIED[s.node.stage] for s in bad}, key=STEPS.index):
+        mine = [s for s in bad if _IMPLIED[s.node.stage] == up]
+        s = mine[0]
+        why = (f"not in the file, and {step} reads its {s.state} {', '.join(s.node.columns[:2])}"
+               f"{', ...' if len(s.node.columns) > 2 else ''} ({s.reasons[0] if s.reasons else s.state}); "
+               f"run as the lake records it")
+        cfg = s.node.prov.get("config") or {}
+        if up == "embed":
+            opts = graph.embed_args(cfg.get("prefix") or s.node.columns[0].rsplit("_", 1)[0], s.node.prov)
+        elif up == "dedup":
+            final = next((n for n in graph.nodes(ds) if n.stage == "dedup" and "dup_keep" in n.columns), None)
+            opts = graph.dedup_args([m.node for m in mine], final, ds)
+        else:  # the concepts: their k, embedding and seed
+            opts = {"k": cfg.get("k"), "seed": cfg.get("seed", 0), **({"embedding": cfg["embedding"]} if cfg.get("embedding") else {})}
+        out.append((up, opts, why))
+    return out
+
+
+def _execute(lake: "Lake", pipe: Pipeline, fns: dict[str, Callable[..., Any]], step: str, opts: dict[str, Any],
+             why: str | None, dry_run: bool, progress: bool | None) -> StepResult:
+    """Run ``step`` with ``opts`` where ``why`` (a dry run: only say so); its result."""
+    res = StepResult(step, "skipped" if why is None else ("would run" if dry_run else "ran"), why or "current")
+    if why is not None and not dry_run:
+        t = time.perf_counter()
+        v = lake.version
+        if step == "cluster" and why.split(" (")[0].endswith(" changed") and "recompute" not in opts:
+            # the file now says another k, seed or embedding: replace the earlier concepts (the stage
+            # alone refuses that without --recompute); they stay in the lake's versions
+            opts = {**opts, "recompute": True}
+        if step == "dedup" and why.endswith(" changed") and "recompute" not in opts:
+            # a method's threshold or search changed: regroup that method alone (recompute = true
+            # would join every named method again, the semantic one hours at scale)
+            opts = {**opts, "recompute": list(_dedup_changed(lake.dataset(), _dedup_methods(opts), opts))}
+        try:
+            with runner.waiting():  # a step's columns are the next steps' inputs: fragments another run
+                out = _call(fns[step], step, opts, progress)  # computes now are waited for, not left
+        except LakeError as exc:  # which step of which file failed (the steps before it stay committed)
+            if not str(exc).startswith("pipeline "):
+                where = f"[{step}]" if step in pipe.steps else f"{step} (not in the file: run as the lake records it)"
+                exc.args = (f"pipeline {pipe.source}, {where}: {exc}", *exc.args[1:])
+            raise
+        res.seconds = time.perf_counter() - t
+        res.result = out.to_dict() if hasattr(out, "to_dict") else out
+        res.versions = sorted(h["version"] for h in lake.history(None, changes=False) if h["version"] > v)
+        if step == "ingest" and not res.versions:
+            res.action, res.why = "skipped", "no new pairs"
+    return res
 
 
 def _call(fn: Callable[..., Any], step: str, opts: dict[str, Any], progress: bool | None) -> Any:

@@ -938,3 +938,35 @@ def test_a_report_into_an_object_store_is_refused_before_the_first_step(tmp_path
     with pytest.raises(LakeError, match=r"\[report\]: out = 's3://bucket/report.html': the report is a local HTML file"):
         lake.run(pipe, progress=False)
     assert lake.count() == 0
+
+
+def test_a_run_brings_a_stale_producer_the_file_does_not_list_up_to_date(sample_lake_embedded: Lake, tmp_path: Path):
+    """A file with [embed] and [curate] but no [dedup], whose recipe reads dedup's groups: after a
+    caption fixed in place, embed ran again, then curate stopped ("reads dup_keep ... (dedup), which
+    is stale"), every run: the file had no step to run the fix. Like make, the run brings a stale
+    producer that a listed step reads up to date itself (a step of its own in the report, saying
+    why), with the settings the lake records; a dry run says it would."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[[step]]\nfilter = "ingest_error"\n[[step]]\nfilter = "duplicate"\n')
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(f'[embed]\nmodel = "tiny-random"\nworkers = 0\n[curate]\nrecipe = "{recipe}"\n')
+    assert lake.run(pipe, progress=False).ran == ["curate"]  # (curate has dedup group the rows first)
+    dedup_cfg = {s.node.columns[0]: s.node.prov["config"] for s in graph.states(lake) if s.node.stage == "dedup"}
+    lance.dataset(lake.table_uri).update({"caption": "'a red brick wall'"}, where="key = 'brick.jpg'")
+    dry = lake.run(pipe, dry_run=True, progress=False)
+    assert [(s.step, s.action) for s in dry.steps] == [("embed", "would run"), ("dedup", "would run"),
+                                                       ("curate", "would run")], dry.steps
+    assert "not in the file" in dry.steps[1].why and "curate reads" in dry.steps[1].why, dry.steps[1].why
+    rep = lake.run(pipe, progress=False)
+    assert rep.ran == ["embed", "dedup", "curate"], rep.steps
+    assert "not in the file" in rep.steps[1].why and rep.steps[1].versions, rep.steps[1]
+    assert all(s.state == "current" for s in graph.states(lake)), lake.status()
+    again = {s.node.columns[0]: s.node.prov["config"] for s in graph.states(lake) if s.node.stage == "dedup"}
+    assert again.keys() == dedup_cfg.keys()  # the same methods, with the settings they had
+    for col, cfg in dedup_cfg.items():
+        assert {k: v for k, v in again[col].items() if k != "version"} == \
+            {k: v for k, v in cfg.items() if k != "version"}, col
+    assert lake.run(pipe, progress=False).ran == []
+    res = CliRunner().invoke(main, ["run", lake.uri, str(pipe), "--json"])
+    assert res.exit_code == 0 and [s["step"] for s in json.loads(res.stdout)["steps"]] == ["embed", "curate"]
