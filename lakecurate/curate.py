@@ -951,12 +951,13 @@ def _already_done(lake: "Store", rec: Recipe, prefix: str) -> tuple[str, "lance.
 def step_versions(rec: Recipe) -> dict[str, int]:
     """The code version of each step ``rec`` uses (step name -> :attr:`Filter.version`): what
     ``keep``'s provenance records, and what status compares with this code's."""
-    return {s.filter: int(FILTERS[s.filter].version) for s in rec.steps}
+    now = code_versions()
+    return {s.filter: now[s.filter] for s in rec.steps}
 
 
 def code_versions() -> dict[str, int]:
     """The code version of every step this lakecurate has (what the facade registers with the
-    graph: :data:`lakecurate.graph.STEP_CODE`)."""
+    graph: :data:`lakecurate.graph.CODE`)."""
     return {name: int(f.version) for name, f in FILTERS.items()}
 
 
@@ -1568,9 +1569,9 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     ``dry_run``: decide on the latest version and report each step's drops, examples, the rows
     either side of each cut and kept rows at other cuts (``report.steps``), writing nothing (no
     signal is computed: a missing one is an error naming its command). ``overrides``: parameters
-    for this run, ``{"alignment.min_percentile": 20}`` (see :func:`load_recipe`). ``code``: the
-    signal stages' configs as this lakecurate computes them (the ``Lake`` facade passes them): a dry
-    run refuses signals computed by another, as a run's signals stage does.
+    for this run, ``{"alignment.min_percentile": 20}`` (see :func:`load_recipe`). ``code``: what
+    this lakecurate computes the stages with (:func:`lakecurate.graph.code_now`; the ``Lake``
+    facade passes it): a dry run refuses signals computed by another, as a run's signals stage does.
 
     ``engine="ray"``: the signals and dedup the recipe needs are computed on Ray (each stage's
     own Ray engine), and the decisions are made by Ray tasks (fragments of ~1M rows a task), each

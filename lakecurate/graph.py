@@ -59,16 +59,17 @@ ORDER = ("embed", "feature", "signals-caption", "signals-image", "signals-copy",
 
 Write = tuple[int, int]  # (version that committed the data, version its writer had read)
 
-# stage -> a function giving the code version of each of its steps now (curate: step name ->
-# ``Filter.version``). The ground floor imports no stage, so the facade registers them (lake.py), and
-# every reader of the graph (status, export, rebalance, sequence, evaluate, the loader) judges a
-# decision by them: one decided by other step code is stale (:func:`other_steps`).
-STEP_CODE: dict[str, Callable[[], dict[str, int]]] = {}
-# Functions giving stage -> the config this code computes it with, for the stages whose config is
-# their code's (the signals), registered by the facade as STEP_CODE is: every reader of the graph
-# (export, rebalance, sequence, not only status and curate) calls a column another lakecurate
-# computed differently stale (:func:`states`' ``code``).
-CODE_CONFIGS: list[Callable[[], dict[str, dict[str, Any]]]] = []
+# What this code computes a stage with, for the stages whose result is their code's: functions giving
+# stage -> {"config": the config a signal stage computes with} or {"steps": curate's step name ->
+# ``Filter.version``}. The ground floor imports no stage, so the facade registers them (lake.py), and
+# every reader of the graph (status, export, rebalance, sequence, evaluate, the loader) calls a column
+# another lakecurate computed or decided differently stale (:func:`by_other_code`, :func:`other_steps`).
+CODE: list[Callable[[], dict[str, dict[str, Any]]]] = []
+
+
+def code_now() -> dict[str, dict[str, Any]]:
+    """stage -> what this code computes it with (the registered :data:`CODE`)."""
+    return {stage: ident for fn in CODE for stage, ident in fn().items()}
 
 
 @dataclass
@@ -447,21 +448,20 @@ def commit_log(ds: "lance.LanceDataset") -> list[tuple[int, Any]]:
 
 def by_other_code(prov: dict[str, Any], code: dict[str, dict[str, Any]] | None) -> dict[str, Any] | None:
     """The config this code computes ``prov``'s stage with, where the column was computed with
-    another (for the stages whose config is their code's: ``code``, stage -> config); else None."""
-    now = (code or {}).get(str(prov.get("stage")))
+    another (for the stages whose config is their code's: ``code``, as :func:`code_now`); else None."""
+    now = ((code or {}).get(str(prov.get("stage"))) or {}).get("config")
     return now if now is not None and prov.get("config_hash") not in (None, hash_config(now)) else None
 
 
-def other_steps(prov: dict[str, Any]) -> list[str]:
+def other_steps(prov: dict[str, Any], code: dict[str, dict[str, Any]] | None) -> list[str]:
     """The steps whose code changed since ``prov``'s stage decided by them: "name (version N, now
     M)" for each step whose version the column's provenance records (``step_versions``) and this
-    code's (:data:`STEP_CODE`) differs. A column that records none (an older lakecurate wrote it)
-    tells nothing: none (an upgrade does not make every decision stale)."""
+    code's (``code``, as :func:`code_now`) differs. A column that records none (an older lakecurate
+    wrote it) tells nothing: none (an upgrade does not make every decision stale)."""
     recorded = (prov.get("config") or {}).get("step_versions")
-    code = STEP_CODE.get(str(prov.get("stage")))
-    if not isinstance(recorded, dict) or not recorded or code is None:
+    now = ((code or {}).get(str(prov.get("stage"))) or {}).get("steps")
+    if not isinstance(recorded, dict) or not recorded or now is None:
         return []
-    now = code()
     return [f"{name} (version {was}, now {now[name]})" for name, was in recorded.items()
             if name in now and now[name] != was]
 
@@ -730,13 +730,12 @@ def computed_marker(ds: "lance.LanceDataset", node: Node) -> int | None:
 def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
            code: dict[str, dict[str, Any]] | None = None) -> list[NodeState]:
     """The state of every node of ``ds`` (default: the lake's latest version), in pipeline order.
-    ``code``: stage -> the config this code computes it with, for the stages whose config is their
-    code's (the signals): a node made with another config was made by another lakecurate, and is
-    stale (every row), its fix the stage's command with ``--recompute``; by default the registered
-    ones (:data:`CODE_CONFIGS`)."""
+    ``code``: what this code computes a stage with (:func:`code_now`, the default): a signal made
+    with another config was made by another lakecurate, and is stale (every row), its fix the
+    stage's command with ``--recompute``; a decision made by other step code is stale too."""
     ds = ds if ds is not None else lake.dataset()
     if code is None:
-        code = {stage: cfg for fn in CODE_CONFIGS for stage, cfg in fn().items()}
+        code = code_now()
     writes = last_writes(ds)
     frags = {f.fragment_id: f for f in ds.get_fragments()}
     all_nodes = nodes(ds)
@@ -784,7 +783,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         if redo:  # (a stage run with these columns refuses them: "made with another config")
             _all_stale(ds, st, f"its code changed since it computed them "
                                f"({config_change(node.prov.get('config') or {}, now)}); its fix computes every row again")
-        steps = other_steps(node.prov)
+        steps = other_steps(node.prov, code)
         if steps:  # (its fix, the stage's plain run, decides every row again: curate._already_done)
             _all_stale(ds, st, f"its step code changed since it decided them: {', '.join(steps)}; "
                                f"its fix decides every row again")

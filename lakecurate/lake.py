@@ -100,7 +100,7 @@ class Lake(Store):
         from lakecurate.curate import curate
 
         keywords("curate", options, curate, skip=2, own=["produce", "code"])
-        return curate(self, recipe, produce=self._produce, code=_code_configs(), **options)
+        return curate(self, recipe, produce=self._produce, code=_code(), **options)
 
     def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
                  engine: str = "local", recompute: bool = False, **options: Any) -> int:
@@ -147,7 +147,7 @@ class Lake(Store):
 
     def _by_other_code(self, stage: str) -> bool:
         """Whether the producer ``stage``'s columns were computed with another config than this
-        code's (for the stages whose config is their code's: :func:`_code_configs`)."""
+        code's (for the stages whose config is their code's: :func:`_code`)."""
         from lakecurate.columns import field_provenance
         from lakecurate.graph import by_other_code
         from lakecurate.names import PRODUCERS
@@ -156,7 +156,7 @@ class Lake(Store):
         col = PRODUCERS.get(stage)
         if col is None or col not in ds.schema.names:
             return False
-        return by_other_code(field_provenance(ds.schema.field(col), strict=False) or {}, _code_configs()) is not None
+        return by_other_code(field_provenance(ds.schema.field(col), strict=False) or {}, _code()) is not None
 
     def recaption(self, model: Any = "tiny-random-coca", **options: Any) -> Any:
         """Add a synthetic caption column ``caption_<name>``; see :func:`lakecurate.recaption.recaption`."""
@@ -305,7 +305,7 @@ class Lake(Store):
         ds = self.dataset(version)
         lake = self.on_branch_of(version)  # a branch's version: that branch's name and fix commands
         view, notes = graph.effective_view(lake, ds)
-        states = graph.states(lake, ds, code=_code_configs())
+        states = graph.states(lake, ds, code=_code())
         curated = next((s for s in states if s.node.stage == "curate" and "keep" in s.node.columns), None)
         edited = _recipe_edited(curated) if curated is not None else None
         return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version,
@@ -416,23 +416,18 @@ class Lake(Store):
         }
 
 
-def _step_code() -> dict[str, int]:
-    """curate's step code versions (registered with the graph below, so that export, rebalance and
-    sequence, which read the graph without this module, call a keep decided by other step code
-    stale as status does)."""
-    from lakecurate.curate import code_versions
-
-    return code_versions()
-
-
-def _code_configs() -> dict[str, dict[str, Any]]:
-    """stage -> its config, for the stages whose config is their code's (the signals): a column
-    made with another was made by another lakecurate (status calls it stale; the stage refuses it)."""
+def _code() -> dict[str, dict[str, Any]]:
+    """What this code computes a stage with, for the stages whose result is their code's
+    (registered with the graph below, so that export, rebalance and sequence, which read the graph
+    without the stages, call a column another lakecurate made differently stale as status does):
+    the signals' configs (a column made with another was made by another lakecurate: the stage
+    refuses it) and curate's step code versions."""
     from lakecurate import faces, imagetext, signals
+    from lakecurate.curate import code_versions
 
     stages = (signals.IMAGE_STAGE, signals.COPY_STAGE, signals.CAPTION_STAGE, signals.redact_stage(), faces.STAGE,
               imagetext.STAGE)
-    return {s.name: s.config for s in stages}
+    return {**{s.name: {"config": s.config} for s in stages}, "curate": {"steps": code_versions()}}
 
 
 def _recipe_edited(st: Any) -> str | None:
@@ -461,9 +456,8 @@ def _recipe_edited(st: Any) -> str | None:
 def _register() -> None:
     from lakecurate import graph
 
-    graph.STEP_CODE.setdefault("curate", _step_code)
-    if _code_configs not in graph.CODE_CONFIGS:
-        graph.CODE_CONFIGS.append(_code_configs)
+    if _code not in graph.CODE:
+        graph.CODE.append(_code)
 
 
 _register()
