@@ -1219,8 +1219,9 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
     if as_json:
         echo_json(out)
     elif history:
-        _echo_table(out, ["action", "kind", "rows", "by", "at"] + (["note"] if any("note" in r for r in out) else [])) \
-            if out else click.echo("(no reviews yet)")
+        cols = ["action", "kind", "rows", "by", "at"] + (["branch"] if lk.branch else [])  # (and its parent's marks)
+        _echo_table(out, cols + (["note"] if any("note" in r for r in out) else [])) if out else \
+            click.echo("(no reviews yet)")
     elif undo_action:
         click.echo(f"restored {out['rows']} rows" + (f" (undo action {out['action']})" if out["action"] else "")
                    + (f"; changed since, left alone: {', '.join(out['changed_since'])}" if out["changed_since"] else ""))

@@ -286,12 +286,19 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
     its newer value (listed in ``changed_since``). The undo is itself logged (and can be undone)."""
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
-    log = lake.side_dataset(LOG)
-    if not isinstance(action, str) or not action.isalnum() or log is None:
+    if not isinstance(action, str) or not action.isalnum():
         raise LakeError(f"review action {action!r} is not in lake '{lake.uri}''s review log")
-    rows = log.to_table(filter=f"action = '{action}'").to_pylist()
+    rows, whose, upto = [], lake.branch or "main", None
+    for whose, log, upto in _logs(lake):  # (a branch's rows hold the marks made before it on what it grew from)
+        rows = log.to_table(filter=f"action = '{action}'").to_pylist()
+        if rows:
+            break
     if not rows:
         raise LakeError(f"review action {action!r} is not in lake '{lake.uri}''s review log")
+    read_at = rows[0].get("read_version")
+    if upto is not None and read_at is not None and read_at == read_at and read_at >= upto:
+        raise LakeError(f"review action {action} was made on {whose} after branch {lake.branch} was made from it "
+                        f"(at version {upto}): its marks are not in branch {lake.branch}'s rows; nothing to undo")
     _refuse_if_dropped(lake)
     if not set(NAMES) & set(lake.dataset().schema.names):  # (it said "restored 0 rows; changed since")
         raise LakeError(f"lake '{lake.uri}' has no review columns now (dropped since: lakecurate log says when): the "
@@ -384,23 +391,51 @@ def _landed(lake: "Store", read_at: dict[str, int | None]) -> dict[str, bool | N
     return out
 
 
+def _logs(lake: "Store") -> list[tuple[str, "lance.LanceDataset", int | None]]:
+    """The review logs whose marks ``lake``'s rows may hold, as (branch, log, the last version of
+    it those rows grew from: None for the lake's own): a branch's own log starts empty, and its
+    rows hold the marks made on its parent (and the parent's parent) before it was made from it."""
+    out = []
+    own = lake.side_dataset(LOG)
+    if own is not None:
+        out.append((lake.branch or "main", own, None))
+    branch, info = lake.branch, (lake.branches() if lake.branch else {})
+    while branch:
+        meta = info.get(branch) or {}
+        parent, at = meta.get("parent_branch") or None, meta.get("parent_version")
+        log = lake.side_dataset(LOG, branch=parent)
+        if log is not None and at is not None:
+            out.append((parent or "main", log, int(at)))
+        branch = parent
+    return out
+
+
 def history(lake: "Store", limit: int = 50) -> list[dict[str, Any]]:
-    """The latest review actions, newest first: action, kind, rows, by, at, and ``landed`` (False
-    with a ``note`` for an entry whose marks never landed, None where the commit log cannot tell)."""
-    log = lake.side_dataset(LOG)
-    if log is None:
+    """The latest review actions, newest first: action, kind, rows, by, at, ``branch`` (whose log
+    holds it: on a branch, also the marks made on what it grew from before it, which its rows hold
+    and it can undo), and ``landed`` (False with a ``note`` for an entry whose marks never landed,
+    None where the commit log cannot tell)."""
+    import pandas as pd
+
+    frames = []
+    for whose, log, upto in _logs(lake):
+        names = ["action", "kind", "by", "at"] + (["read_version"] if "read_version" in log.schema.names else [])
+        t = log.to_table(columns=names).to_pandas()
+        if "read_version" not in t:
+            t["read_version"] = None
+        if upto is not None:  # (made there after this branch: not in its rows)
+            t = t[~(pd.to_numeric(t["read_version"]) >= upto)]
+        frames.append(t.assign(branch=whose))
+    if not frames or all(t.empty for t in frames):
         return []
-    names = ["action", "kind", "by", "at"] + (["read_version"] if "read_version" in log.schema.names else [])
-    t = log.to_table(columns=names).to_pandas()
-    if t.empty:
-        return []
-    if "read_version" not in t:
-        t["read_version"] = None
-    g = t.groupby(["action", "kind", "by"], as_index=False).agg(rows=("at", "size"), at=("at", "max"),
-                                                                 read_version=("read_version", "max"))
-    g = g.sort_values("at", ascending=False).head(limit)
+    t = pd.concat([t for t in frames if not t.empty], ignore_index=True)
+    g = t.groupby(["action", "kind", "by", "branch"], as_index=False).agg(
+        rows=("at", "size"), at=("at", "max"), read_version=("read_version", "max"))
+    g = g.sort_values("at", ascending=False)
     records = g.to_dict("records")
     landed = _landed(lake, {r["action"]: r["read_version"] for r in records})
+    own = lake.branch or "main"  # (another branch's entry whose marks this one's history lacks: not in its rows)
+    records = [r for r in records if r["branch"] == own or landed[r["action"]] is not False][:limit]
     return [{**{k: v for k, v in r.items() if k != "read_version"}, "at": r["at"].isoformat(),
              "landed": landed[r["action"]], **({"note": NEVER_LANDED} if landed[r["action"]] is False else {})}
             for r in records]

@@ -399,3 +399,31 @@ def test_marks_written_back_from_a_version_say_which_newer_marks_they_replaced(s
     assert _values(sample, ids)[ids[0]]["review_by"] == "carol"
     res = CliRunner().invoke(main, ["review", sample.uri, "--from-version", str(then)])
     assert res.exit_code == 0 and f"1 of them had been marked otherwise since version {then} ({ids[0]})" in res.output, res.output
+
+
+def test_a_branch_undoes_a_mark_made_before_it_and_only_in_its_own_rows(sample: Lake):
+    """A mark made on main before the branch is in the branch's rows, but the branch's review log
+    started empty: `--branch exp review --undo A` said "not in the review log", so a person could
+    not take back on an experiment a verdict it inherited. The branch reads the entries of the
+    logs it grew from (up to where it was made); the undo is the branch's own (main keeps the
+    mark), listed in the branch's history, and a mark made on main after the branch is refused,
+    saying so (it never reached the branch's rows)."""
+    ids = sorted(sample.to_pandas(["id"])["id"])[:3]
+    before = review.mark(sample, ids[:2], verdict="drop", reason="watermark", by="ana")
+    exp = sample.create_branch("exp")
+    after = review.mark(sample, ids[2:], verdict="keep", by="bo")
+    inherited = [h for h in review.history(exp) if h["action"] == before["action"]]
+    assert len(inherited) == 1 and inherited[0]["branch"] == "main" and inherited[0]["landed"] is True, inherited
+    assert after["action"] not in {h["action"] for h in review.history(exp)}
+    u = review.undo(exp, before["action"], by="cy")
+    assert u["rows"] == 2 and u["changed_since"] == [] and u["action"], u
+    assert all(r["review_verdict"] is None for r in _values(exp, ids).values())
+    main_now = _values(sample, ids)
+    assert [main_now[i]["review_verdict"] for i in ids] == ["drop", "drop", "keep"]  # main untouched
+    assert review.history(exp)[0]["kind"] == f"undo {before['action']}" and review.history(exp)[0]["branch"] == "exp"
+    with pytest.raises(LakeError, match=r"made on main after branch exp was made from it \(at version \d+\): its marks "
+                                        r"are not in branch exp's rows; nothing to undo"):
+        review.undo(exp, after["action"])
+    again = review.undo(exp, u["action"])  # the branch's own undo, undone on the branch
+    exp_now = _values(exp, ids)
+    assert again["rows"] == 2 and [exp_now[i]["review_verdict"] for i in ids] == ["drop", "drop", None]
