@@ -1051,7 +1051,9 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     if old_ds is None:
         return new, new.num_rows == 0
     old = _read_evidence(lake, old_ds)
-    drop = pc.is_in(old.column("method"), pa.array(sorted(replaced), pa.string()))
+    # (a method whose groups were dropped since, lakecurate drop or another writer: its links explain nothing)
+    gone = {m for m in METHODS if m not in evidence and group_columns(m)[0] not in ds.schema.names}
+    drop = pc.is_in(old.column("method"), pa.array(sorted(replaced | gone), pa.string()))
     fresh = pc.binary_join_element_wise(new.column("a"), new.column("b"), new.column("method"), "\x00")
     key = pc.binary_join_element_wise(old.column("a"), old.column("b"), old.column("method"), "\x00")
     drop = pc.or_(drop, pc.is_in(key, fresh))

@@ -319,9 +319,13 @@ class Lake(Store):
 
         Example: ``lake.drop_columns("caption_redacted")``  # {'dropped': ['caption_redacted'], 'stale': [], ...}
         """
+        from lakecurate.dedup import restore_evidence
         from lakecurate.drops import drop_columns
 
-        return drop_columns(self, names)
+        out = drop_columns(self, names)
+        if "dup_group" in out["dropped"]:  # dedup's decision dropped: the dup_pairs LanceDB opens holds no link of it
+            restore_evidence(self)
+        return out
 
     def compact(self, target_rows: int = ROWS_PER_FILE) -> dict[str, int]:
         """Merge small fragments (many appends leave many) into fragments of about ``target_rows``.

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from lakecurate import Lake, LakeError
+from lakecurate import Lake, LakeError, graph
 from lakecurate import dedup as dedup_module
 from lakecurate.cli import main
 from lakecurate.columns import field_provenance
@@ -1282,3 +1282,28 @@ def test_the_decision_reads_the_score_it_ranks_by(sample_lake_embedded: Lake, tm
         lk.embed("tiny-random", recompute=True, workers=0, batch_size=8, progress=False)
         final = next(s for s in graph.states(lk) if "dup_keep" in s.node.columns)
         assert final.state in ("stale", "behind"), final.reasons
+
+
+def test_dropped_groups_take_their_links_out_of_the_evidence(lake: Lake, tmp_path: Path):
+    """dup_pairs after `lakecurate drop`: the phash groups dropped, the next dedup merged phash's
+    stored links into the evidence of a decision that no longer has phash groups; the whole dedup
+    set dropped, LanceDB's dup_pairs still listed every link (the API's view was empty)."""
+    import lancedb
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("chelsea", "rocket"):  # exact copies: exact and phash both link them
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", other / f"{name}_copy.jpg")
+        (other / f"{name}_copy.txt").write_text(SAMPLE_DATA.joinpath(f"{name}.txt").read_text())
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.ingest(other, progress=False)
+    lake.dedup(["exact", "phash"], progress=False)
+    assert {"exact", "phash"} <= set(lake.dup_pairs()["method"])
+    lake.drop_columns(["dup_phash_group"])
+    lake.dedup(["exact"], progress=False)
+    assert set(lake.dup_pairs()["method"]) == {"exact"}
+    final = [c for c in lake.dataset().schema.names if c in ("dup_keep", "dup_reason", "dup_group")]
+    dedup_sets = {c for n in graph.nodes(lake.dataset()) if n.stage == "dedup" for c in n.columns}
+    lake.drop_columns(sorted(dedup_sets))
+    assert final and lake.dup_pairs().empty
+    assert lancedb.connect(lake.uri).open_table("dup_pairs").count_rows() == 0
