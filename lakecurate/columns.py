@@ -55,6 +55,10 @@ PROVENANCE_REQUIRED = ("stage", "config", "config_hash")
 # The provenance key of the column set one declare made (every column of a stage run's node): a
 # column of it that another writer dropped leaves the node stale (graph), not current with fewer.
 DECLARED_KEY = "columns"
+# A set's record while a run replaces it (:func:`drop_replaced`): its columns dropped, not declared
+# again yet. Kept under a key of its own (``NODE_KEY + "replacing." + name``) until the new set's
+# record is in: a run killed anywhere between its drop and its declare leaves it.
+REPLACING_KEY = "replacing"
 
 
 def provenance(stage: str, config: dict[str, Any], source_columns: Sequence[str], table_version: int) -> dict[str, Any]:
@@ -205,7 +209,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
     present = [n for n in names if n in ds.schema.names]
     refuse_foreign(lake, ds, present)  # (before a recompute's drop: another writer's column went without a word)
     if present and recompute:
-        drop_present(lake, present)
+        drop_replaced(lake, present)
         ds = lake.dataset()
         present = []
     for name in present:
@@ -219,7 +223,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
                                    for n in present):
         # Another writer dropped some of a set this config declared (its provenance records the set):
         # the set is made again whole (Lance replaces a fragment's file only with the same columns).
-        drop_present(lake, present)
+        drop_replaced(lake, present)
         present, missing = [], list(fields)
     if len(missing) not in (0, len(fields)):
         raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with --recompute to rebuild them")
@@ -237,11 +241,14 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         # The set's record goes in the same commit (the schema's metadata is merged into the table's),
         # but a key the table has already is kept as it was: the record of a set of these names
         # (dropped outside lakecurate, its fix running now) is forgotten first.
-        current = _forget(current, names)
+        current = _forget(current, names, replacing=False)
         current.add_columns(pa.schema(declared, metadata={NODE_KEY + names[0]: meta[PROVENANCE_KEY]}))
         return True
 
-    return retry_on_conflict(add)
+    added = retry_on_conflict(add)
+    # the record of the set this run replaced goes only now that the new one is in (drop_replaced)
+    retry_on_conflict(lambda: _forget(lake.dataset(), names, replacing=True, only=True))
+    return added
 
 
 def refuse_foreign(lake: "Store", ds: lance.LanceDataset, names: Sequence[str]) -> None:
@@ -266,6 +273,30 @@ def drop_present(lake: "Store", names: Sequence[str]) -> None:
         gone = [n for n in names if n in current.schema.names]
         if gone:
             _forget(current, gone).drop_columns(gone)
+
+    retry_on_conflict(drop)
+
+
+def drop_replaced(lake: "Store", names: Sequence[str]) -> None:
+    """Drop those of ``names`` the lake has (metadata only) to declare them again (a run's
+    recompute, another config of a decision): their sets' records stay, marked ``replacing``,
+    until the declare that follows replaces them in its own commit. A run killed between the two
+    leaves a set ``status`` lists dropped by a run that did not finish, which export refuses; it
+    left a set gone with its record, every stage "current", and export shipped table order (or
+    every row) without a word."""
+    def drop() -> None:
+        current = lake.dataset()
+        gone = [n for n in names if n in current.schema.names]
+        if gone:
+            records: dict[str, str | None] = {}
+            for k, p in node_records(current).items():
+                if set(p[DECLARED_KEY]) & set(gone) and not p.get(REPLACING_KEY):
+                    records[k] = None  # (moved: the declare's record goes under the set's key)
+                    records[NODE_KEY + "replacing." + str(p[DECLARED_KEY][0])] = json.dumps(
+                        {**p, REPLACING_KEY: True}, sort_keys=True)
+            if records:
+                current.update_schema_metadata(records)  # (moves ``current`` to the new version)
+            current.drop_columns(gone)
 
     retry_on_conflict(drop)
 
@@ -314,10 +345,13 @@ def forget(lake: "Store", names: Sequence[str]) -> None:
     retry_on_conflict(lambda: _forget(lake.dataset(), names))
 
 
-def _forget(ds: lance.LanceDataset, names: Sequence[str]) -> lance.LanceDataset:
+def _forget(ds: lance.LanceDataset, names: Sequence[str], *, replacing: bool = True,
+            only: bool = False) -> lance.LanceDataset:
     """Remove the records of the sets with a column in ``names`` (one metadata commit, before their
-    drop: killed between the two, the columns stay and so does what their fields record)."""
-    keys = {k: None for k, prov in node_records(ds).items() if set(prov[DECLARED_KEY]) & set(names)}
+    drop: killed between the two, the columns stay and so does what their fields record);
+    ``replacing``: also those a run replacing them left (:func:`drop_replaced`); ``only``: those alone."""
+    keys = {k: None for k, prov in node_records(ds).items() if set(prov[DECLARED_KEY]) & set(names)
+            and (replacing or not prov.get(REPLACING_KEY)) and (not only or prov.get(REPLACING_KEY))}
     if not keys:
         return ds
     ds.update_schema_metadata(keys)  # (moves ``ds`` to the new version)

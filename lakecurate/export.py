@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (check_current, lakecurate_on, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
+from lakecurate.graph import (check_current, check_ordered, lakecurate_on, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
@@ -137,6 +137,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         notes += unheeded_reviews(ds, view)  # (reviewers' drops shipped without a word)
         where = view or "ingest_status != 'error'"
     order = [c for c in ("seq_order", "repeats" if repeats else "") if c in names]
+    # (an order lost: dropped by another writer, or a sequence run replacing it killed)
+    notes += check_ordered(lake, ds, what=what, allow_stale=allow_stale or version is not None, allow_hint=allow_hint)
     left_out: list[str] = []
     past = states(lake, ds) if version is not None else None  # (read once for every column asked about)
     if past is not None:  # a past version: its order only where current there

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, config_change, declared_columns, field_provenance, fragments_to_fill,
+from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, REPLACING_KEY, config_change, declared_columns, field_provenance, fragments_to_fill,
                                 has_data, hash_config, node_records, vector_rows)
 from lakecurate.errors import LakeError
 from lakecurate.names import (DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decided, decision, embedding_columns,
@@ -344,6 +344,9 @@ def gone_whole(lake: "Store", ds: "lance.LanceDataset", node: Node, how: str = "
     """A node another writer dropped whole: computed again by its fix; a review's marks, which no
     run computes, are in the versions before the drop."""
     cols = ", ".join(node.columns)
+    if node.prov.get(REPLACING_KEY):  # (columns.drop_replaced: its record stays until the run declares them again)
+        how = ("by a lakecurate run replacing them (another config), which did not finish (killed, or still "
+               "running: then wait for it)")
     moved = _renamed_reason(ds, node, node.columns) if how.startswith("outside lakecurate") else None
     if moved is not None:  # renamed, not dropped: one entry, under the names lakecurate reads
         st = NodeState(node, "dropped", [moved[0]], renamed=moved[1])
@@ -1431,6 +1434,23 @@ def check_decided(lake: "Store", ds: "lance.LanceDataset", view: str | None, *, 
     if gone and not allow_stale:
         raise LakeError(f"{what} would choose rows without the curated decision of lake '{lake.uri}': {msgs[0]}; "
                         f"re-run it: {gone[0].fix} (or pass {allow_hint})")
+    return msgs
+
+
+def check_ordered(lake: "Store", ds: "lance.LanceDataset", *, what: str, allow_stale: bool = False,
+                  allow_hint: str = "--allow-stale") -> list[str]:
+    """Refuse (LakeError) to let ``what`` write the rows in table order where the lake has an
+    order (``sequence``'s record) whose ``seq_order`` is gone: another writer dropped or renamed
+    it, or a run replacing it did not finish. Export and the loader read ``seq_order`` only where
+    it is, so they shipped table order (and another shard size) without a word. With
+    ``allow_stale``, the problems as warnings."""
+    if "seq_order" in ds.schema.names or not any(p.get("stage") == "sequence" for p in node_records(ds).values()):
+        return []
+    bad = [s for s in states(lake, ds) if s.node.stage == "sequence" and s.state != "current"]
+    msgs = [f"sequence ({', '.join(s.node.columns)}) is {s.state}: {s.reasons[0] if s.reasons else s.state}" for s in bad]
+    if bad and not allow_stale:
+        raise LakeError(f"{what} would write rows in table order on lake '{lake.uri}', which has lost its order: "
+                        f"{msgs[0]}; re-run it: {bad[0].fix} (or pass {allow_hint})")
     return msgs
 
 

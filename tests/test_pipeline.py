@@ -970,3 +970,47 @@ def test_a_run_brings_a_stale_producer_the_file_does_not_list_up_to_date(sample_
     assert lake.run(pipe, progress=False).ran == []
     res = CliRunner().invoke(main, ["run", lake.uri, str(pipe), "--json"])
     assert res.exit_code == 0 and [s["step"] for s in json.loads(res.stdout)["steps"]] == ["embed", "curate"]
+
+
+def test_a_run_killed_while_replacing_its_columns_leaves_them_listed_and_export_refuses(rebalanced: Lake, tmp_path: Path,
+                                                                                        monkeypatch):
+    """A decision made again with another config drops its columns, then declares them again, then
+    writes them. Killed between the drop and the declare, the set was gone with its record (the
+    drop forgot it first): status listed every stage current, and export shipped table order
+    (seq_order gone) or every row (keep gone) without a word. The record stays until the columns are
+    declared again: status lists the set dropped by a run that did not finish, and export refuses."""
+    lake = rebalanced
+    lake.sequence("random", seed=0, shard_size=4)
+    real = lance.LanceDataset.add_columns
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # (kill -9 between the drop and the declare)
+
+    monkeypatch.setattr(lance.LanceDataset, "add_columns", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lake.sequence("random", seed=3, shard_size=4)
+    monkeypatch.setattr(lance.LanceDataset, "add_columns", real)
+    assert "seq_order" not in lake.dataset().schema.names
+    st = next(s for s in lake.status()["stages"] if s["stage"] == "sequence")
+    assert st["state"] == "dropped" and "did not finish" in st["reasons"][0], st
+    assert st["fix"].startswith(f"lakecurate sequence {lake.uri} --mode random"), st
+    with pytest.raises(LakeError, match=r"export would write rows in table order.*sequence .*dropped.*re-run it: "
+                                        r"lakecurate sequence"):
+        lake.export(tmp_path / "x.parquet", "parquet")
+    rep = lake.export(tmp_path / "y.parquet", "parquet", allow_stale=True)
+    assert any("sequence" in w for w in rep.stale), rep.stale
+    lake.sequence("random", seed=3, shard_size=4)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["sequence"] == "current"
+    from lakecurate.columns import REPLACING_KEY, node_records
+
+    assert not [p for p in node_records(lake.dataset()).values() if p.get(REPLACING_KEY)]  # (the run's record replaced it)
+    lake.export(tmp_path / "z.parquet", "parquet")
+    # the same for curate's keep: another recipe (no signal to compute first) killed at the same point
+    monkeypatch.setattr(lance.LanceDataset, "add_columns", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lake.curate({"name": "other", "step": [{"filter": "ingest_error"}]}, progress=False)
+    monkeypatch.setattr(lance.LanceDataset, "add_columns", real)
+    st = next(s for s in lake.status()["stages"] if s["stage"] == "curate")
+    assert st["state"] == "dropped" and "did not finish" in st["reasons"][0], st
+    with pytest.raises(LakeError, match="would choose rows without the curated decision"):
+        lake.export(tmp_path / "w.parquet", "parquet")
