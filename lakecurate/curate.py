@@ -4,7 +4,7 @@ A recipe is a TOML file: a name, an ordered list of filter steps with thresholds
 privacy settings. ``curate(lake, recipe)`` computes the signals the steps need and that the lake
 lacks (caption and image signals, dedup groups; embeddings must exist: they need a model), then
 writes ``keep`` and ``drop_reason`` (the first step a row fails, in recipe order) and tags the
-version: ``<name>-<hash>-v<version>``, so the exact set can be reopened with
+version: ``<name>-<hash>-v<version>`` (``<name>-<hash>-<branch>-v<version>`` on a branch), so the exact set can be reopened with
 ``lake.dataset(tag)``. The same recipe on an unchanged lake does no work.
 
 ```toml
@@ -923,12 +923,25 @@ def _disagreement(lake: "Store", version: int, prov: dict[str, Any], digests: di
     return None
 
 
+def tag_prefix(lake: "Store", rec: Recipe) -> str:
+    """The start of the names of ``rec``'s tags on this lake's branch (the version number ends
+    them): tags are the lake's, not a branch's, so a branch's name the branch; main and a branch at
+    the same version number named theirs alike, and main's curate took the branch's tag for its
+    own. (A name past the tag's 100 characters names the branch by a hash of it.)"""
+    if not lake.branch:
+        return rec.tag_prefix
+    branch = lake.branch if len(rec.tag_prefix) + len(lake.branch) + 12 <= 100 else \
+        "b" + hashlib.sha256(lake.branch.encode()).hexdigest()[:8]
+    return f"{rec.tag_prefix[:-2]}-{branch}-v"
+
+
 def _tag(lake: "Store", name: str, version: int) -> None:
     try:
         lake.tag(name, version)
     except (OSError, ValueError, LakeError):  # (LakeError: the tag exists, e.g. a re-run that changed nothing)
         info = lake.dataset().tags.list().get(name)
-        if not info or info["version"] != version:  # not a same-recipe run tagging the same version
+        # not a same-recipe run tagging the same version of this branch
+        if not info or info["version"] != version or (info.get("branch") or None) != (lake.branch or None):
             raise
 
 
@@ -942,7 +955,8 @@ def _already_done(lake: "Store", rec: Recipe, prefix: str) -> tuple[str, "lance.
     recorded = (prov.get("config") or {}).get("step_versions")
     if recorded is not None and recorded != step_versions(rec):  # decided by other step code: decide again
         return None
-    tag = next((n for n, info in ds.tags.list().items() if n.startswith(prefix) and info["version"] == ds.version), None)
+    tag = next((n for n, info in ds.tags.list().items() if n.startswith(prefix) and info["version"] == ds.version
+                and (info.get("branch") or None) == (lake.branch or None)), None)
     if tag is None or columns.fragments_to_fill(ds, "keep") or ds.count_rows(filter="keep IS NULL"):
         return None
     return tag, ds
@@ -1589,7 +1603,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     check_engine(engine)
     rec = load_recipe(recipe, overrides)
     report = CurateReport(lake=lake.uri, recipe=rec.name, recipe_hash=rec.hash, overrides=rec.overrides, dry_run=dry_run)
-    prefix = rec.tag_prefix
+    prefix = tag_prefix(lake, rec)
     needs = _needs(rec)
     ds = lake.dataset()
     _check_steps(lake, ds, rec)

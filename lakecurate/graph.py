@@ -1083,9 +1083,11 @@ def _last_tagged(ds: "lance.LanceDataset", node: Node) -> str:
     """Where the last decision a run of a tagging stage (curate) finished is kept: its tag, if any."""
     if node.stage != "curate":
         return ""
+    uri = ds.uri.rstrip("/")
+    branch = uri.split("/tree/", 1)[1] if "/tree/" in uri else None  # (tags are the lake's: this branch's)
     tagged = [(info["version"], name) for name, info in ds.tags.list().items()
-              if re.fullmatch(r".+-[0-9a-f]+-v[0-9]+", name) and name.endswith(f"-v{info['version']}")
-              and info["version"] < ds.version]
+              if re.fullmatch(r".+-[0-9a-f]+(-.+)?-v[0-9]+", name) and name.endswith(f"-v{info['version']}")
+              and info["version"] < ds.version and (info.get("branch") or None) == branch]
     if not tagged:
         return ""
     version, name = max(tagged)

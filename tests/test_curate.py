@@ -781,3 +781,31 @@ def test_a_curate_killed_before_it_filled_keep_is_named_as_such_by_status(lake: 
     why = " ".join(st["reasons"])
     assert st["state"] == "incomplete" and "arrived" not in why, st
     assert "stopped before" in why and "lakecurate curate" in st["fix"] and first.tag in why, st
+
+
+def test_a_branch_and_main_at_the_same_version_get_their_own_recipe_tags(tmp_path: Path):
+    """Tags are the lake's, not a branch's: main and a branch that reached the same version number
+    named their decisions alike (recipe-hash-vN); main's curate found the branch's tag, took it
+    for its own and printed it, and reopening it gave the branch's rows (main's decision had no
+    tag). A branch's recipe tags name the branch; each reopens its own rows; and a re-run on each
+    finds its own tag (nothing to do)."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    exp = lake.create_branch("b")
+    for target, names in ((exp, ("chelsea", "rocket")), (lake, ("horse", "brick"))):
+        extra = tmp_path / f"extra-{names[0]}"
+        extra.mkdir()
+        for n in names:
+            shutil.copy(SAMPLE_DATA / f"{n}.jpg", extra / f"new_{n}.jpg")
+            (extra / f"new_{n}.txt").write_text(f"another photo of a {n} on a new day")
+        target.ingest(extra, progress=False)
+    recipe = {"name": "r", "step": [{"filter": "ingest_error"}]}
+    on_branch, on_main = exp.curate(recipe, progress=False), lake.curate(recipe, progress=False)
+    assert on_branch.version == on_main.version  # (the same number on each)
+    assert on_main.tag != on_branch.tag and "-b-v" in on_branch.tag and "-b-" not in on_main.tag, (on_main.tag, on_branch.tag)
+    keys = set(lake.dataset(on_main.tag).to_table(columns=["key"], filter="key LIKE 'new_%'").column(0).to_pylist())
+    assert keys == {"new_horse.jpg", "new_brick.jpg"}, keys
+    keys = set(exp.dataset(on_branch.tag).to_table(columns=["key"], filter="key LIKE 'new_%'").column(0).to_pylist())
+    assert keys == {"new_chelsea.jpg", "new_rocket.jpg"}, keys
+    again = lake.curate(recipe, progress=False), exp.curate(recipe, progress=False)
+    assert [r.nothing_to_do for r in again] == [True, True] and [r.tag for r in again] == [on_main.tag, on_branch.tag]
