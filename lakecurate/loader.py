@@ -8,15 +8,23 @@ permutation per epoch. Each sample is a dict: ``id``, ``image`` (a decoded RGB P
 ``caption="caption_coca"``), and the ``columns`` asked for.
 
 Sharding is deterministic and exact: the epoch's sample order is dealt to ranks (sample ``i`` to
-rank ``i % world_size``; with ``even``, the default, first topped up with its own first samples to a
-multiple of the ranks, so each rank runs as many batches and DDP never waits on one that ended), and each rank's samples to its DataLoader workers a batch at a time (the
-run's batch ``b`` to worker ``b % num_workers``, the order in which a DataLoader takes the workers'
-batches), so
-across all ranks every sample of the epoch comes exactly once (with ``even``, at most
-``world_size - 1`` of them twice), and a rank's batches arrive in its
-order. ``resume(epoch, step)`` skips the first ``step`` batches of each rank in that epoch: a
-restarted job reads nothing it trained on. Images are read with Lance's random access
-(``read_blobs`` by row id, ``read_size`` at a time) and decoded in the workers.
+rank ``i % world_size``; with ``even``, the default, first repeated from its start to a multiple of
+the ranks, as torch's DistributedSampler does, so each rank runs as many batches and DDP never waits
+on one that ended, even with more ranks than samples), and each rank's samples to its DataLoader
+workers a batch at a time (the run's batch ``b`` to worker ``b % num_workers``, the order in which a
+DataLoader takes the workers' batches), so across all ranks every sample of the epoch comes exactly
+once (with ``even``, the repeated ones more often), and a rank's batches arrive in its order.
+
+A checkpoint saves ``state_dict(step)`` (the epoch, the batches of each rank trained on, the
+version and branch read, and what decides the order: seed, shuffle, batch size, world size, view,
+a digest of the samples); ``load_state_dict(state)`` on a dataset made as the run made it continues
+that epoch where it stopped, on the saved version (not the latest: a lake that moved on would
+change the order), so a killed run sees every sample of the epoch exactly once. Anything that
+would change the order is refused in one line naming it. (``resume(epoch, step)`` skips the first
+``step`` batches of each rank of this dataset, without checks.) Images are read with Lance's random
+access (``read_blobs`` by row id, ``read_size`` at a time) and decoded in the workers. What the
+plan notes (rows left out, rows without ``seq_order`` placed last, stale decisions accepted with
+``allow_stale``) is in ``warnings`` and is also a ``LoaderWarning`` when the dataset is made.
 
     from lakecurate.loader import LakeDataset, loader
 
@@ -32,7 +40,9 @@ The selection is :func:`lakecurate.export.plan`'s, so a stale decision is refuse
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -49,6 +59,11 @@ except ImportError:  # pragma: no cover - torch is installed with lakecurate
     _Base = object  # type: ignore[assignment,misc]
 
 
+class LoaderWarning(UserWarning):
+    """What the loader's plan noted (``LakeDataset.warnings``): rows left out, placed last, or a
+    stale decision accepted with ``allow_stale``."""
+
+
 class LakeDataset(_Base):  # type: ignore[misc,valid-type]
     """The samples of a lake view as a PyTorch ``IterableDataset`` (see the module doc)."""
 
@@ -57,29 +72,52 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
                  batch_size: int = 1, transform: Callable[[Any], Any] | None = None, decode: bool = True,
                  repeats: bool = True, rank: int | None = None, world_size: int | None = None,
                  read_size: int = 64, allow_stale: bool = False, even: bool = True):
-        from lakecurate.export import plan
-        from lakecurate.options import texts
+        from lakecurate.options import flag, path, text, texts, whole
         from lakecurate.store import Store
 
-        store = lake if not isinstance(lake, (str, os.PathLike)) else Store.open(lake)
-        for name, value, lo in (("batch_size", batch_size, 1), ("read_size", read_size, 1), ("seed", seed, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise LakeError(f"{name} must be a whole number >= {lo}, not {value!r}")
-        columns = texts("columns", columns)  # "keep" is one column, not four letters
+        # every option checked here, in one line, before the lake is read (shuffle="no" shuffled;
+        # rank=0.5 or transform="x" failed only while iterating)
+        store = Store.open(path("lake", lake)) if not hasattr(lake, "dataset") else lake
+        self.shuffle, self.decode, self.even = flag("shuffle", shuffle), flag("decode", decode), flag("even", even)
+        self.repeats, self.allow_stale = flag("repeats", repeats), flag("allow_stale", allow_stale)
+        self.seed = whole("seed", seed, 0, high=2**64 - 1)
+        self.batch_size, self.read_size = whole("batch_size", batch_size), whole("read_size", read_size)
+        self._rank = whole("rank", rank, 0, none_ok=True)
+        self._world = whole("world_size", world_size, 1, none_ok=True)
+        if (rank is None) != (world_size is None) or (self._world is not None and not self._rank < self._world):
+            raise LakeError(f"rank {rank!r} of world_size {world_size!r}: give both, with 0 <= rank < world_size")
+        if transform is not None and not callable(transform):
+            raise LakeError(f"invalid transform {transform!r}: expected a function of a PIL image, or None")
+        self.transform = transform
+        self.caption_column = text("caption", caption)
+        self.columns = texts("columns", columns)  # "keep" is one column, not four letters
+        self._where_given = None if where is None else text("where", where)
+        self._version_given = version
+        self.epoch, self.start_step = 0, 0
+        self._resume_world: int | None = None  # the world_size a loaded state was saved with
+        self._ds: Any = None
+        self._plan(store, version)
+
+    def _plan(self, store: "Store", version: int | str | None) -> None:
+        """The samples of ``version`` (export's plan); their warnings shown once, as Python warnings."""
+        from lakecurate.export import plan
+
         ds = store.dataset(version)
-        missing = [c for c in columns if c not in ds.schema.names]
+        missing = [c for c in self.columns if c not in ds.schema.names]
         if missing:
             raise LakeError(f"no column {', '.join(missing)} in lake '{store.uri}'; columns: {', '.join(ds.schema.names)}")
-        if "image" in columns or caption in columns:
+        if "image" in self.columns or self.caption_column in self.columns:
             raise LakeError("image and the caption are in every sample; name other columns in columns=")
-        ds, tbl, _copy, self.where, self.warnings = plan(store, where=where, version=ds.version if version is None
-                                                         else version, repeats=repeats, caption=caption,
-                                                         allow_stale=allow_stale, extra=columns, what="the loader",
-                                                         allow_hint="allow_stale=True")
+        ds, tbl, _copy, self.where, self.warnings = plan(
+            store, where=self._where_given, version=ds.version if version is None else version, repeats=self.repeats,
+            caption=self.caption_column, allow_stale=self.allow_stale, extra=self.columns, what="the loader",
+            allow_hint="allow_stale=True")
         self.uri, self.branch, self.version = store.uri, getattr(store, "branch", None), ds.version
         self.storage_options = getattr(store, "storage_options", None)
         # a tag or branch name is opened by name in the workers and must still be this version there
         self.ref: int | str = version if isinstance(version, str) and not version.isdigit() else ds.version
+        # the branch the version is on (a tag or branch:N may name another than the store's)
+        self.on = store._ref(self.ref)[0] if isinstance(self.ref, str) and hasattr(store, "_ref") else self.branch
         if isinstance(self.ref, str) and hasattr(store, "_ref") and store._ref(self.ref)[1] is None:
             # a branch name means its latest version, which a teammate's commit moves: the workers
             # open the version the loader planned on, on that branch
@@ -88,15 +126,11 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
             raise LakeError(f"no rows to load from lake '{store.uri}' (version {ds.version}) with where {self.where!r}; "
                             "check the view (lakecurate status) or where=")
         self.rowids = tbl.column("_rowid").to_numpy().astype(np.uint64)
-        self.fields = {"id": tbl.column("id").to_pylist(), "caption": tbl.column(caption).to_pylist(),
-                       **{c: tbl.column(c).to_pylist() for c in columns}}
-        self.caption_column, self.shuffle, self.seed = caption, shuffle, seed
-        self.batch_size, self.read_size, self.transform, self.decode = batch_size, read_size, transform, decode
-        self._rank, self._world, self.even = rank, world_size, bool(even)
-        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
-            raise LakeError(f"rank {rank!r} of world_size {world_size!r}: give both, with 0 <= rank < world_size")
-        self.epoch, self.start_step = 0, 0
-        self._ds: Any = None
+        self._selection: str | None = None
+        self.fields = {"id": tbl.column("id").to_pylist(), "caption": tbl.column(self.caption_column).to_pylist(),
+                       **{c: tbl.column(c).to_pylist() for c in self.columns}}
+        for note in self.warnings:  # (ds.warnings alone went unread: rows left out, or placed last, silently)
+            warnings.warn(f"lake '{store.uri}' version {ds.version}: {note}", LoaderWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ the order and the shards
     def __len__(self) -> int:
@@ -112,19 +146,98 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch to read next (its shuffle); a resumed step applies to its own epoch only."""
+        epoch = _count("set_epoch", "epoch", epoch)  # ("1" shuffled unlike 1 and was saved as text)
         if epoch != self.epoch:
             self.start_step = 0
         self.epoch = epoch
 
     def resume(self, epoch: int, step: int) -> None:
-        """Continue at ``step`` (batches each rank has trained on) of ``epoch``."""
-        if not isinstance(step, int) or step < 0 or not isinstance(epoch, int) or epoch < 0:
-            raise LakeError(f"resume(epoch={epoch!r}, step={step!r}): whole numbers >= 0")
+        """Continue at ``step`` (batches each rank has trained on) of ``epoch``, of this dataset as
+        made. To resume from a checkpoint use :meth:`load_state_dict`, which also reads the saved
+        version and checks that the order is the one trained on."""
+        self.epoch, self.start_step = _count("resume", "epoch", epoch), _count("resume", "step", step)
+
+    def _settings(self) -> dict[str, Any]:
+        """What decides which samples come in which order to which rank and batch."""
+        return {"seed": self.seed, "shuffle": self.shuffle, "batch_size": self.batch_size, "even": self.even,
+                "repeats": self.repeats, "where": self._where_given, "caption": self.caption_column}
+
+    def selection(self) -> str:
+        """A digest of the epoch's samples in the view's order (ids, repeats included): what two
+        datasets must share for one to continue the other's order."""
+        if self._selection is None:  # once a plan (state_dict may be called every step)
+            h = hashlib.sha256()
+            for i in self.fields["id"]:
+                h.update(str(i).encode() + b"\0")
+            self._selection = h.hexdigest()[:16]
+        return self._selection
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """What to save with a checkpoint after ``step`` batches (of each rank) of the current epoch:
+        where and how far, the version and branch read, and what decides the order (seed, shuffle,
+        batch size, ranks, view, the samples' digest). :meth:`load_state_dict` continues from it."""
+        rank, world = self.rank_world()
+        return {"epoch": self.epoch, "step": _count("state_dict", "step", step), "version": self.version,
+                "branch": self.on, **self._settings(), "world_size": world, "rank": rank,
+                "samples": self.samples, "selection": self.selection()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a run from its :meth:`state_dict`: each rank reads the rest of the saved epoch, so
+        the epoch's samples come exactly once across the restart.
+
+        Made without ``version``, the dataset reads the saved version (on the saved branch), not
+        the latest: a lake that moved on (an ingest, a re-curation) would change the order, and
+        the rest of the epoch would repeat some samples and never reach others. Made with one, it
+        must be the saved one. Another seed, shuffle, batch size, world size, view or set of
+        samples is refused in one line that says what differs (rank is not checked: every rank
+        loads rank 0's checkpoint).
+
+            ds = LakeDataset("./lake", seed=0, batch_size=256)
+            ds.load_state_dict(torch.load("ckpt.pt")["data"])   # saved as ds.state_dict(step + 1)
+        """
+        if not isinstance(state, dict) or not {"epoch", "step", "version"} <= set(state):
+            raise LakeError(f"load_state_dict takes what state_dict(step) returned (epoch, step, version, ...), "
+                            f"not {state!r:.80}")
+        epoch, step = _count("load_state_dict", "epoch", state["epoch"]), _count("load_state_dict", "step", state["step"])
+        differ = [f"{k} {state[k]!r} (this dataset: {v!r})" for k, v in self._settings().items()
+                  if k in state and state[k] != v]
+        if differ:
+            raise LakeError(f"the state was saved with {', '.join(differ)}; make the dataset as the run did: "
+                            "another order would repeat some samples of the epoch and skip others")
+        if "world_size" in state:
+            self._resume_world = _count("load_state_dict", "world_size", state["world_size"])
+            self._check_world(strict=False)
+        saved, branch = state["version"], state.get("branch")
+        ref = f"{branch or 'main'}:{saved}"
+        if (self.version, self.on) != (saved, branch):
+            if self._version_given is not None:
+                raise LakeError(f"the state was saved at version {ref} of lake '{self.uri}', this dataset reads "
+                                f"{self.on or 'main'}:{self.version} (version={self._version_given!r}); pass "
+                                f"version={ref!r}, or leave version out to read the saved one")
+            from lakecurate.store import Store
+
+            store = Store.open(self.uri, storage_options=self.storage_options, branch=branch)
+            try:
+                store.dataset(saved)
+            except LakeError as exc:
+                raise LakeError(f"the state's version {ref} cannot be read any more ({exc}); a run resumes on the "
+                                "version it trained on: tag it (lakecurate tag) so that cleanup keeps it") from None
+            self._ds = None
+            self._plan(store, saved)  # by number on its branch: planned as the run planned it
+        if "selection" in state and (state.get("samples"), state["selection"]) != (self.samples, self.selection()):
+            raise LakeError(f"the samples of version {ref} of lake '{self.uri}' are not those the state was saved "
+                            f"with ({self.samples} now, {state.get('samples')} then); make the dataset as the run did")
         self.epoch, self.start_step = epoch, step
 
-    def state_dict(self, step: int) -> dict[str, int]:
-        """What to save with a checkpoint after ``step`` batches of the current epoch."""
-        return {"epoch": self.epoch, "step": step, "seed": self.seed, "version": self.version}
+    def _check_world(self, strict: bool = True) -> None:
+        """A state's steps count each rank's batches: with another world size they are other samples.
+        Not ``strict`` (loading, maybe before ``init_process_group``): an unknown world passes."""
+        if self._resume_world is None:
+            return
+        world = self.rank_world()[1]
+        if world != self._resume_world and (strict or self._world is not None or world > 1):
+            raise LakeError(f"the state was saved with world_size {self._resume_world}, this run has {world}; resume "
+                            "with as many ranks (a step counts each rank's batches), or start the epoch again")
 
     def rank_world(self) -> tuple[int, int]:
         if self._world is not None:
@@ -152,8 +265,8 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         last all-reduce), as torch's DistributedSampler does."""
         order = self.order()
         short = -len(order) % world
-        if self.even and short:
-            order = np.concatenate([order, order[:short]])
+        if self.even and short:  # repeated as often as it takes: a world of 200 ranks over 62 samples
+            order = np.resize(order, len(order) + short)
         return order[rank::world]
 
     def indices(self, rank: int, world: int, worker: int = 0, workers: int = 1) -> np.ndarray:
@@ -186,6 +299,8 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = self.rank_world()
+        if self.start_step:
+            self._check_world()
         positions = self.indices(rank, world, worker, workers)
         ds = self._dataset()
         for s in range(0, len(positions), self.read_size):
@@ -216,6 +331,13 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
                 image = self.transform(image)
         out["image"] = image
         return out
+
+
+def _count(call: str, name: str, value: Any) -> int:
+    """An epoch or a step: a whole number >= 0, else a one-line LakeError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise LakeError(f"{call}: {name} {value!r} must be a whole number >= 0")
+    return int(value)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

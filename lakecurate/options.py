@@ -41,6 +41,16 @@ def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False, high:
     return int(value)
 
 
+def flag(option: str, value: Any) -> bool:
+    """``value`` as a bool (numpy's too), else a LakeError naming ``option``: ``shuffle="no"``
+    is a true string, and shuffled."""
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise LakeError(f"invalid {option} {value!r}: expected True or False")
+    return bool(value)
+
+
 def text(option: str, value: Any) -> str:
     """``value`` as non-empty text, else a LakeError naming ``option`` (None or a number reached a
     regex or a path join, a TypeError traceback)."""

@@ -134,7 +134,7 @@ def test_a_stale_view_is_refused_and_a_tagged_one_is_read(seq_lake: Lake, tmp_pa
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"batch_size": 0}, "batch_size must be a whole number >= 1"),
+    ({"batch_size": 0}, "invalid batch_size 0: expected an integer >= 1"),
     ({"rank": 2, "world_size": 2}, "0 <= rank < world_size"),
     ({"rank": 0}, "give both"),
     ({"columns": ["nope"]}, "no column nope"),
@@ -298,3 +298,90 @@ def test_the_documented_training_scripts_run_the_loader_under_a_main_guard():
     for source in blocks + [example]:
         assert _unguarded_loader_calls(source) == [], source
     assert _unguarded_loader_calls("for b in loader(ds, num_workers=4):\n    pass\n") == [1]
+
+
+def test_a_saved_state_resumes_on_its_version_after_the_lake_moved_on(seq_lake: Lake, tmp_path: Path):
+    """resume(epoch, step) on a new dataset after an ingest and a re-curation trained samples twice
+    and never saw others: the state's version and seed were recorded but nothing read them.
+    load_state_dict reads the saved version, and refuses an order that is not the saved one."""
+    lake = Lake.open(shutil.copytree(seq_lake.uri, tmp_path / "lake"))
+    ds = LakeDataset(lake, seed=1, batch_size=3, decode=False)
+    ds.set_epoch(2)
+    full = [b["id"] for b in loader(ds)]
+    state = ds.state_dict(4)
+    assert state["version"] == ds.version and state["world_size"] == 1 and state["batch_size"] == 3
+    lake.rebalance(0.6, max_repeats=2, temperature=0.5)  # the lake moves on: another view
+    lake.sequence("interleave", shard_size=5)
+    assert LakeDataset(lake, seed=1, batch_size=3, decode=False).selection() != ds.selection()
+    again = LakeDataset(lake, seed=1, batch_size=3, decode=False)
+    again.load_state_dict(state)
+    assert again.version == ds.version and (again.epoch, again.start_step) == (2, 4)
+    assert [b["id"] for b in loader(again)] == full[4:]  # the rest of the epoch, exactly
+    for kwargs, match in [({"seed": 2}, "saved with seed 1 .this dataset: 2."),
+                          ({"batch_size": 4}, "saved with batch_size 3"),
+                          ({"shuffle": False}, "saved with shuffle True"),
+                          ({"where": "true"}, "saved with where None"),
+                          ({"rank": 0, "world_size": 2}, "saved with world_size 1, this run has 2"),
+                          ({"version": "main"}, f"saved at version main:{ds.version} .* pass version='main:{ds.version}'")]:
+        with pytest.raises(LakeError, match=match):
+            LakeDataset(lake, decode=False, **{"seed": 1, "batch_size": 3, **kwargs}).load_state_dict(state)
+    pinned = LakeDataset(lake, seed=1, batch_size=3, decode=False, version=f"main:{ds.version}")
+    pinned.load_state_dict(state)
+    assert [b["id"] for b in loader(pinned)] == full[4:]
+    with pytest.raises(LakeError, match="samples of version .* are not those the state was saved with"):
+        LakeDataset(lake, seed=1, batch_size=3, decode=False).load_state_dict({**state, "selection": "0" * 16})
+
+
+@pytest.mark.parametrize("world", [62, 64, 100, 130, 200])
+def test_even_fills_every_rank_of_a_world_larger_than_the_samples(seq_lake: Lake, world: int):
+    """With more than twice as many ranks as samples, rank 0 got one sample and the last none: a
+    DDP job hung. The order is repeated until every rank has as many."""
+    ds = LakeDataset(seq_lake, seed=2, decode=False)
+    n = ds.samples
+    got = [ds.indices(r, world) for r in range(world)]
+    assert {len(g) for g in got} == {-(-n // world)}
+    assert set(np.concatenate(got).tolist()) == set(range(n))
+
+
+def test_the_plans_warnings_are_python_warnings_once(sample_lake_embedded: Lake, tmp_path: Path):
+    """Rows left out or placed last were noted only in ds.warnings, which a trainer never reads."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.curate({"name": "all", "step": [{"filter": "ingest_error"}]}, progress=False)
+    lake.cluster(3)
+    lake.rebalance(0.6)
+    lake.curate({"name": "looser", "step": [{"filter": "ingest_error"}]}, progress=False)  # rebalance now stale
+    with pytest.warns(UserWarning, match="stale") as caught:
+        ds = LakeDataset(lake, allow_stale=True, decode=False)
+    assert ds.warnings and [str(w.message).split(": ", 1)[1] for w in caught] == ds.warnings
+    assert len(ds) > 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"shuffle": "no"}, "invalid shuffle 'no': expected True or False"),
+    ({"even": "no"}, "invalid even 'no'"),
+    ({"repeats": "no"}, "invalid repeats 'no'"),
+    ({"decode": "no"}, "invalid decode 'no'"),
+    ({"allow_stale": 1}, "invalid allow_stale 1"),
+    ({"rank": 0.5, "world_size": 2}, "invalid rank 0.5"),
+    ({"rank": True, "world_size": 2}, "invalid rank True"),
+    ({"rank": 0, "world_size": 0}, "invalid world_size 0"),
+    ({"rank": -1, "world_size": 2}, "invalid rank -1"),
+    ({"transform": "x"}, "invalid transform 'x'"),
+    ({"caption": 5}, "invalid caption 5"),
+    ({"where": 5}, "invalid where 5"),
+    ({"seed": -1}, "invalid seed -1"),
+    ({"read_size": 0}, "invalid read_size 0"),
+])
+def test_every_option_is_checked_when_the_dataset_is_made(seq_lake: Lake, kwargs, match):
+    with pytest.raises(LakeError, match=match):
+        LakeDataset(seq_lake, **kwargs)
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.5, None, "1", True])
+def test_set_epoch_takes_a_whole_number(seq_lake: Lake, epoch):
+    """set_epoch("1") shuffled unlike 1 and was saved as text; -1, 1.5 and None were numpy errors."""
+    ds = LakeDataset(seq_lake, decode=False)
+    with pytest.raises(LakeError, match=f"set_epoch: epoch {epoch!r} must be a whole number >= 0"):
+        ds.set_epoch(epoch)
+    ds.set_epoch(np.int64(1))
+    assert ds.epoch == 1 and type(ds.epoch) is int
