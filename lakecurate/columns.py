@@ -882,6 +882,40 @@ class FragmentClaims:
         self.mine = []
 
 
+class StageRun:
+    """A run of a stage that decides over the whole table (dedup, curate, cluster, rebalance,
+    sequence) holds a claim while it lives (:class:`FragmentClaims`' folder ``run-<stage>``, a slot
+    a run), so that what finds its columns declared and not written yet tells a run in progress
+    from one that was killed: a dedup beside another's said "stopped before writing its decision
+    (killed?)" and refused, while the other was about to commit. The facade holds it around each
+    such stage (``with StageRun(lake, "dedup"):``)."""
+
+    def __init__(self, lake: "Store", stage: str):
+        self.claims = FragmentClaims(lake, f"run-{stage}")
+
+    def __enter__(self) -> "StageRun":
+        with _suppress(OSError):  # (a lake this process cannot write claims beside: the run goes on unclaimed)
+            self.claims.take([int.from_bytes(os.urandom(6), "big")])
+            self.claims.hold()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.claims.release()
+
+
+def stage_running(lake: "Store", stage: str) -> list[str]:
+    """Other processes' runs of ``stage`` in progress on this lake ("host pid"), as their
+    :class:`StageRun` claims say (a claim whose process died is not one)."""
+    claims = FragmentClaims(lake, f"run-{stage}")
+    me = f"{host_name()} {os.getpid()}"
+    try:
+        paths = sorted(claims.root.glob("f*"))
+    except OSError:
+        return []
+    owners = (claims._owner(p) for p in paths)
+    return sorted({" ".join(o.split(" ")[:2]) for o in owners if o is not None} - {me})
+
+
 def host_name() -> str:
     """This host's name as claims and staging folders record it (no spaces)."""
     import socket

@@ -95,6 +95,7 @@ from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs,
 from lakecurate.options import cosine as check_cosine
 from lakecurate.options import texts, whole
 from lakecurate.progress import progress_bar
+from lakecurate.runner import WAIT_POLL
 from lakecurate.schema import EVIDENCE_TABLE
 from lakecurate.sqlcheck import clean_message
 from lakecurate.store import retry_on_conflict
@@ -766,7 +767,7 @@ def dedup(
                              "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE, "min_agree": MIN_AGREE,
                              "agree_levels": AGREE_LEVELS, "gains": list(GAINS)}
 
-    _check_stored_current(lake, ds, methods, keep_from)  # (before the signals it asks for are written)
+    ds = _check_stored_current(lake, ds, methods, keep_from, progress)  # (before the signals it asks for are written)
     # the vectors the joins read, checked before anything is written (a NaN is refused, naming rows)
     before = ds
     vectors = ([embedding_columns(emb)["image"]] if {"semantic", "verify"} & set(methods) or clustered else []) + (
@@ -1299,20 +1300,32 @@ def check_thresholds(values: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def _check_stored_current(lake: "Store", ds: Any, methods: Sequence[str], keep_from: Sequence[str]) -> None:
+def _check_stored_current(lake: "Store", ds: Any, methods: Sequence[str], keep_from: Sequence[str],
+                          progress: bool | None = None) -> Any:
     """The decision joins the stored groups of the ``keep_from`` methods this run does not compute:
     refused, before any write, when they are stale (rows added since, their embedding made again),
-    since dup_keep would be decided from groups that never saw the rows it decides."""
+    since dup_keep would be decided from groups that never saw the rows it decides. While another
+    dedup is deciding them now (:func:`lakecurate.columns.stage_running`), waited for (a bar says
+    so): it refused, "stopped before writing its decision (killed?)". Returns the version to go on
+    from (the latest, after a wait)."""
     from lakecurate.graph import states
 
     others = [m for m in keep_from if m not in methods and group_columns(m)[0] in ds.schema.names]
     if not others:
-        return
+        return ds
     # (their own state: "behind" too, as when new rows have no hashes yet, so no group of theirs)
     wanted = {group_columns(m)[0] for m in others}
     bad = [s for s in states(lake, ds) if wanted & set(s.node.columns) and s.state != "current"]
+    if bad and (busy := columns.stage_running(lake, "dedup")):
+        with progress_bar(desc=f"waiting for the dedup of another run ({', '.join(busy)})", unit="check",
+                          progress=progress) as bar:
+            while bad and columns.stage_running(lake, "dedup"):
+                time.sleep(WAIT_POLL)
+                bar.update(1)
+                ds = lake.dataset()
+                bad = [s for s in states(lake, ds) if wanted & set(s.node.columns) and s.state != "current"]
     if not bad:
-        return
+        return ds
     first = bad[0]
     stale = [m for m in others if any(group_columns(m)[0] in s.node.columns for s in bad)] or others
     now = [m for m in keep_from if m in methods]

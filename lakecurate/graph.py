@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, REPLACING_KEY, config_change, declared_columns, field_provenance, fragments_to_fill,
-                                has_data, hash_config, node_records, vector_rows)
+                                has_data, hash_config, node_records, stage_running, vector_rows)
 from lakecurate.errors import LakeError
 from lakecurate.names import (DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decided, decision, embedding_columns,
                               embedding_prefixes, foreign_decisions)
@@ -100,13 +100,15 @@ class NodeState:
     retry: str = ""  # ...and the command that computes them again
     renamed: dict[str, str] = field(default_factory=dict)  # its columns another writer renamed: old -> new name
     by_code: bool = False  # stale only because this code computes it otherwise (not shown by the commit log)
+    running: list[str] = field(default_factory=list)  # incomplete: the runs deciding it now ("host pid")
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.node.stage, "columns": self.node.columns, "sources": self.node.sources,
                 "config_hash": self.node.prov.get("config_hash"), "state": self.state, "reasons": self.reasons,
                 "rows_missing": self.rows_missing, "rows_stale": self.rows_stale, "computed_from": self.computed_from,
                 "fix": self.fix,
-                "rows_failed": self.rows_failed, "retry": self.retry, "renamed": self.renamed}
+                "rows_failed": self.rows_failed, "retry": self.retry, "renamed": self.renamed,
+                **({"running": self.running} if self.running else {})}
 
 
 def where_columns(where: str | None, names: Iterable[str]) -> list[str]:
@@ -755,7 +757,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         elif node.per_row:
             _per_row(ds, node, writes, frags, st)
         else:
-            _global(ds, node, writes, list(frags.values()), st)
+            _global(lake, ds, node, writes, list(frags.values()), st)
         gone = _dropped(ds, node, names, None if node.per_row else st.computed_from)
         if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
             st.state = "stale"
@@ -1028,8 +1030,8 @@ def stale_fragments(ds: "lance.LanceDataset", columns: Sequence[str], sources: S
             if f.fragment_id in merged or _rewritten_sources(ds, f, columns, sources, writes)]
 
 
-def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], frags: list[Any],
-            st: NodeState) -> None:
+def _global(lake: "Store", ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Write]], frags: list[Any],
+             st: NodeState) -> None:
     """A global node read the whole table at one version: any input written after it is newer."""
     data = [w for c in node.columns for w in writes.get(c, {}).values()]
     marker = computed_marker(ds, node)
@@ -1045,9 +1047,12 @@ def _global(ds: "lance.LanceDataset", node: Node, writes: dict[str, dict[int, Wr
         rows = sum(f.count_rows() for f in frags)
         if rows:
             st.state, st.rows_missing = "incomplete", rows
-            st.reasons.append(f"{node.columns[0]} was declared at version {node.prov.get('table_version')} but no "
-                              f"run wrote its values: a {node.stage} stopped before writing its decision (killed?); "
-                              f"run the same {node.stage} command again" + _last_tagged(ds, node))
+            busy = stage_running(lake, node.stage)  # (a run in progress, not one that stopped)
+            st.reasons.append(f"{node.columns[0]} was declared at version {node.prov.get('table_version')} and "
+                              + (f"a {node.stage} run is deciding it now ({', '.join(busy)}); wait for it" if busy else
+                                 f"no run wrote its values: a {node.stage} stopped before writing its decision "
+                                 f"(killed?); run the same {node.stage} command again") + _last_tagged(ds, node))
+            st.running = busy
             return
     if read is None:
         return

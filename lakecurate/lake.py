@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from lakecurate.columns import StageRun
 from lakecurate.errors import LakeError
 from lakecurate.options import keywords, texts, whole
 
@@ -76,7 +77,8 @@ class Lake(Store):
         from lakecurate.dedup import dedup
 
         keywords("dedup", options, dedup, skip=2, own=["produce"])
-        return dedup(self, methods, produce=self._produce, **options)
+        with StageRun(self, "dedup"):  # (a run in progress, told from one killed: columns.stage_running)
+            return dedup(self, methods, produce=self._produce, **options)
 
     def dup_pairs(self, ids: Any = None, version: int | str | None = None) -> Any:
         """The links dedup found (``dup_pairs``: a, b, method, score, detail, version) as pandas, all
@@ -100,7 +102,8 @@ class Lake(Store):
         from lakecurate.curate import curate
 
         keywords("curate", options, curate, skip=2, own=["produce", "code"])
-        return curate(self, recipe, produce=self._produce, code=_code(), **options)
+        with StageRun(self, "curate"):
+            return curate(self, recipe, produce=self._produce, code=_code(), **options)
 
     def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
                  engine: str = "local", recompute: bool = False, **options: Any) -> int:
@@ -190,21 +193,24 @@ class Lake(Store):
         from lakecurate.concepts import cluster
 
         keywords("cluster", options, cluster, skip=2)
-        return cluster(self, k, **options)
+        with StageRun(self, "concepts"):
+            return cluster(self, k, **options)
 
     def rebalance(self, target: float | int = 0.5, **options: Any) -> Any:
         """Per-concept budgets: ``rebalance_keep``/``sample_weight``/``repeats``; see :func:`lakecurate.concepts.rebalance`."""
         from lakecurate.concepts import rebalance
 
         keywords("rebalance", options, rebalance, skip=2)
-        return rebalance(self, target, **options)
+        with StageRun(self, "rebalance"):
+            return rebalance(self, target, **options)
 
     def sequence(self, mode: str = "interleave", **options: Any) -> Any:
         """A training order: ``seq_order``/``seq_shard``; see :func:`lakecurate.concepts.sequence`."""
         from lakecurate.concepts import sequence
 
         keywords("sequence", options, sequence, skip=2)
-        return sequence(self, mode, **options)
+        with StageRun(self, "sequence"):
+            return sequence(self, mode, **options)
 
     def export(self, dest: str | os.PathLike, format: str = "webdataset", **options: Any) -> Any:
         """WebDataset / Parquet / Lance export of the chosen rows; see :func:`lakecurate.export.export`."""

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
@@ -1307,3 +1308,47 @@ def test_dropped_groups_take_their_links_out_of_the_evidence(lake: Lake, tmp_pat
     lake.drop_columns(sorted(dedup_sets))
     assert final and lake.dup_pairs().empty
     assert lancedb.connect(lake.uri).open_table("dup_pairs").count_rows() == 0
+
+
+def test_a_dedup_waits_for_groups_another_dedup_is_deciding_now(lake: Lake, tmp_path: Path):
+    """Two dedups at once with other methods (a pipeline's and a teammate's `--method copy`): the
+    later found the other's groups declared and not written yet, and refused: "stopped before
+    writing its decision (killed?)". A run in progress holds a claim (columns.StageRun): status says
+    it is deciding them now, and a dedup that reads them waits for it, then goes on."""
+    import subprocess
+    import threading
+
+    from lakecurate import columns
+
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.dedup(["exact", "phash"], progress=False)
+    field = lake.dataset().schema.field("dup_phash_group")
+    prov = field_provenance(field)
+    prov = {k: v for k, v in prov.items() if k != columns.DECLARED_KEY}
+    # another process (a sleeper stands for it) regroups phash: declared again, its values not written yet
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        claims = columns.FragmentClaims(lake, "run-dedup")
+        claims.root.mkdir(parents=True, exist_ok=True)
+        (claims.root / "f1").write_text(f"{columns.host_name()} {other.pid} abcd")
+        columns.declare(lake, [pa.field("dup_phash_group", pa.string())], prov, recompute=True)
+        st = next(s for s in lake.status()["stages"] if "dup_phash_group" in s["columns"])
+        assert st["state"] == "incomplete" and "is deciding it now" in st["reasons"][0], st
+        assert st["running"] == [f"{columns.host_name()} {other.pid}"] and "killed" not in st["reasons"][0], st
+
+        def finish():  # the other run commits its groups, then ends
+            lake.dedup(["exact", "phash"], progress=False)
+            other.kill()
+            other.wait()
+
+        done = threading.Timer(1.0, finish)
+        done.start()
+        rep = lake.dedup(["exact"], progress=False)  # reads the stored phash groups: waits, then decides
+        done.join()
+        assert rep.rows == lake.count()
+        assert all(s["state"] == "current" for s in lake.status()["stages"] if s["stage"] == "dedup"), lake.status()
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert not columns.stage_running(lake, "dedup")
