@@ -1098,16 +1098,19 @@ def evaluate(lake: str, eval_set: str, view: str | None, baselines: tuple[str, .
 @click.option("--version", "at_version", help="Report the lake as of this version or tag.")
 @click.option("--sample-rows", type=Count(min=1), default=100_000, show_default=True, help="Rows sampled for the plots.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a browser when written.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT even when it is not a lakecurate report (an earlier report is replaced without it).")
 @json_option
 @_friendly_errors
-def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, open_browser: bool, as_json: bool) -> None:
+def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, open_browser: bool, overwrite: bool,
+               as_json: bool) -> None:
     """Write one self-contained HTML report of LAKE to OUT: counts per stage and reason, duplicate
     groups, low-alignment and rejected pairs, concept galleries, histograms, flagged inputs.
 
     Example: lakecurate report ./lake report.html
     """
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
-    rep = open_lake(lake).report(out, version=version, sample_rows=sample_rows)
+    rep = open_lake(lake).report(out, version=version, sample_rows=sample_rows, overwrite=overwrite)
     empty = f"; no data yet for: {', '.join(rep.empty_sections)}" if rep.empty_sections else ""
     for note in rep.stale:
         click.echo(f"warning: {note}", err=True)

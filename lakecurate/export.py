@@ -35,6 +35,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,8 @@ from lakecurate.graph import (check_current, check_ordered, lakecurate_on, check
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
-from lakecurate.options import overlaps, path, whole, writable
+from lakecurate.options import flag, overlaps, path, whole, writable
+from lakecurate.progress import progress_bar
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
@@ -327,14 +329,17 @@ def _blurred(part: pa.Table, blobs: list[bytes | None], counts: dict[str, int]) 
     return part.set_column(part.schema.get_field_index("format"), "format", pa.array(fmts, pa.string())), blobs
 
 
-def _manifest(lake: "Store", ds: Any, fmt: str, where: str | None, tbl: pa.Table, copy: np.ndarray) -> dict[str, Any]:
+def _manifest(lake: "Store", ds: Any, fmt: str, where: str | None, tbl: pa.Table, copy: np.ndarray,
+              branch: str | None = None) -> dict[str, Any]:
+    """What an export records of itself; ``branch``: the branch ``ds`` is a version of (None: main),
+    the one its version reference named (``--version exp`` was recorded as main's)."""
     def prov(col: str) -> Any:
         return columns.field_provenance(ds.schema.field(col)) if col in ds.schema.names else None
 
-    branch = lake.branch or "main"  # (a version number names other rows on another branch)
-    tags = [t for t, info in ds.tags.list().items() if info["version"] == ds.version and info.get("branch") == lake.branch]
+    # (a version number names other rows on another branch)
+    tags = [t for t, info in ds.tags.list().items() if info["version"] == ds.version and info.get("branch") == branch]
     return {
-        "source_lake": lake.uri, "branch": branch, "version": ds.version, "tags": tags, "format": fmt, "where": where,
+        "source_lake": lake.uri, "branch": branch or "main", "version": ds.version, "tags": tags, "format": fmt, "where": where,
         "rows": int(len(np.unique(tbl.column("id").to_numpy(zero_copy_only=False)))) if tbl.num_rows else 0,
         "samples": int(tbl.num_rows), "repeated_samples": int((copy > 0).sum()),
         "recipe": (prov("keep") or {}).get("config"), "rebalance": (prov("rebalance_keep") or {}).get("config"),
@@ -381,20 +386,73 @@ def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: boo
         raise LakeError(f"export writes to a local path, not '{uri}'; export to a folder and copy it to object storage")
     # absolute, with '.' and '..' folded: the export is staged beside it, under its parent's name for it
     path = Path(os.path.abspath(uri[len("file://"):] if uri.lower().startswith("file://") else uri))
-    writable("export destination", path)
+    # (a name past the file system's limit was an OSError traceback; a file export's manifest and
+    # swap note beside it take its name and '.manifest.json.swap')
+    writable("export destination", path, beside="" if fmt in FOLDERS else _swap_note(Path("x"), fmt).name[1:])
     if fmt in FOLDERS and path.is_file():
         raise LakeError(f"'{path}' is a file; a {'WebDataset' if fmt == 'webdataset' else 'MDS'} export needs a folder")
     if fmt == "parquet" and (path.is_dir() or uri.endswith(("/", os.sep))):  # ("DIR/" made a file named DIR)
         raise LakeError(f"'{uri}' names a folder; a Parquet export is one file: give its name, e.g. {path / 'curated.parquet'}")
+    return path, _existing(path, fmt, overwrite)
+
+
+def _existing(path: Path, fmt: str, overwrite: bool) -> list[Path] | None:
+    """The files of the earlier export at ``path`` that ``overwrite`` replaces (None: nothing is
+    there, or an empty folder); a LakeError for anything else there."""
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return path, None
+        return None
     if not overwrite:
         raise LakeError(f"'{path}' exists{' and is not empty' if path.is_dir() else ''}; choose another destination or pass --overwrite")
     previous = _previous_export(path, fmt)
     if previous is None:
         raise LakeError(f"'{path}' is not an earlier lakecurate {fmt} export (no {manifest_path(path, fmt).name} "
                         "naming its files); --overwrite replaces only such an export: choose a new or empty destination")
-    return path, previous
+    return previous
+
+
+def _recheck_dest(dest: Path, fmt: str, overwrite: bool, previous: list[Path] | None) -> list[Path] | None:
+    """The destination checked again just before the swap (under :func:`_dest_lock`): an export to
+    the same DEST that finished while this one wrote is refused (with ``overwrite``, the one that
+    is there now is replaced), never mixed with (both moved their shards in: the manifest named
+    one's, the other's stayed beside them)."""
+    try:
+        return _existing(dest, fmt, overwrite)
+    except LakeError as exc:
+        raise LakeError(f"another export wrote '{dest}' while this one ran; nothing of this one was moved there: {exc}") from None
+
+
+@contextmanager
+def _dest_lock(dest: Path) -> Iterator[None]:
+    """Held while an export checks DEST again and swaps into it: one swap at a time in DEST's
+    folder (an exclusive ``flock`` of the folder; a swap only renames, so a wait is short). Where
+    the file system has no such lock, the check just before the swap stands alone."""
+    try:
+        import fcntl
+
+        fd = os.open(dest.parent, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # (NFS refuses a lock on a read-only descriptor)
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _stage_name(dest: Path) -> str:
+    """DEST's name as its staging folder's starts with: a long one cut, with a hash of the whole, so
+    that ``.NAME.PID@HOST.XXXXXXXX.partial`` fits where DEST's name (up to 255 bytes) fits."""
+    name = dest.name
+    if len(os.fsencode(name)) <= 64:
+        return name
+    import hashlib
+
+    short = os.fsencode(name)[:40].decode("utf-8", errors="ignore")
+    return f"{short}~{hashlib.blake2b(os.fsencode(name), digest_size=8).hexdigest()}"
 
 
 def sequence_shard_size(ds: Any) -> int | None:
@@ -433,7 +491,7 @@ def json_ready(part: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
 
 # export()'s parameters that are not settings of its contents: where the rows come from and go,
 # and how the work is spread (the manifest records the version and format on their own).
-_NOT_SETTINGS = frozenset({"lake", "dest", "format", "version", "overwrite", "engine", "address"})
+_NOT_SETTINGS = frozenset({"lake", "dest", "format", "version", "overwrite", "engine", "address", "progress"})
 
 
 def check_options(format: str, *, engine: str = "local", shard_size: int | None = None,
@@ -475,7 +533,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
            shard_size: int | None = None, overwrite: bool = False, allow_stale: bool = False,
            blur_faces: bool = False, caption_mix: dict[str, float] | str | None = None, mix_seed: int = 0,
            mix_both: bool = False, engine: str = "local", address: str | None = None,
-           image_ext: str | None = None) -> ExportReport:
+           image_ext: str | None = None, progress: bool | None = None) -> ExportReport:
     """Write the chosen rows, in order and with repeats, as WebDataset shards, Parquet, Lance or
     MosaicML Streaming (MDS) shards (``format="mds"``, needs ``mosaicml-streaming``).
 
@@ -493,6 +551,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     format (default: by format, ``.jpg``, ``.png``...; the JSON's ``format`` always says which).
     Hugging Face ``datasets`` refuses shards whose samples differ in their members' extensions, and
     PIL-based decoders read an image by its bytes, not its name.
+    ``progress``: a bar over the samples written (see :mod:`lakecurate.progress`; None: the default).
     ``engine="ray"`` (WebDataset): one Ray task writes each shard, reading the version's images
     itself (DEST must be a folder every worker can write: a shared file system); the same bytes as
     the local engine.
@@ -509,6 +568,11 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     settings = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS}
     t0 = time.perf_counter()
     path("dest", dest)  # (None was a TypeError traceback)
+    # (repeats="no" is true to Python: every repeat was written without a word)
+    repeats, overwrite, allow_stale, blur_faces, mix_both = (
+        flag(name, value) for name, value in (("repeats", repeats), ("overwrite", overwrite), ("allow_stale", allow_stale),
+                                              ("blur_faces", blur_faces), ("mix_both", mix_both)))
+    progress = None if progress is None else flag("progress", progress)
     check_where(where, "--where", lake.dataset(version))  # before the destination is touched
     shard_size = check_options(format, engine=engine, shard_size=shard_size, image_ext=image_ext)
     if isinstance(caption_mix, str):  # every option before the destination: one error after another, else
@@ -545,7 +609,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     shard_size = shard_size or sequence_shard_size(ds) or SHARD_SIZE
     report = ExportReport(lake=lake.uri, dest=str(dest), format=format, version=ds.version, where=where,
                           samples=tbl.num_rows)
-    manifest = _manifest(lake, ds, format, where, tbl, copy)
+    manifest = _manifest(lake, ds, format, where, tbl, copy, branch=lake.on_branch_of(version).branch)
     manifest["allow_stale"], manifest["stale"] = allow_stale, stale
     manifest["settings"] = json.loads(json.dumps(settings, default=str))
     if mixed is not None:
@@ -560,9 +624,11 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     dest.parent.mkdir(parents=True, exist_ok=True)
     report.removed_partial = _remove_partials(dest)
     # Named by its owner (pid@host), so that the next export here removes it if this one is killed.
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}@{columns.host_name()}.", suffix=".partial",
+    stage = Path(tempfile.mkdtemp(prefix=f".{_stage_name(dest)}.{os.getpid()}@{columns.host_name()}.", suffix=".partial",
                                   dir=dest.parent))
     out = stage / dest.name
+    # (export read every image blob without a word, even with --progress)
+    bar = progress_bar(total=tbl.num_rows, desc=f"export {format}", unit="sample", progress=progress)
     try:
         if format == "webdataset":
             out.mkdir()
@@ -570,28 +636,33 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
             manifest["image_ext"] = image_ext or "by format"
             manifest["json_placeholders"] = _write_shards(ds, tbl, copy, out, keys, meta_cols, caption, shard_size, report,
                                                           blur, engine=engine, lake=lake, address=address,
-                                                          image_ext=image_ext)
+                                                          image_ext=image_ext, bar=bar)
             report.shards = len(report.files)
             manifest["shards"] = report.files
         elif format == "mds":
             manifest["mds"] = {"size_limit": MDS_SIZE_LIMIT, "columns": MDS_COLUMNS}
-            manifest["json_placeholders"] = _write_mds(ds, tbl, copy, out, keys, meta_cols, caption, blur)
+            manifest["json_placeholders"] = _write_mds(ds, tbl, copy, out, keys, meta_cols, caption, blur, bar=bar)
             report.files = sorted(p.name for p in out.iterdir())
             report.shards = sum(name.endswith(".mds") for name in report.files)
             manifest["shards"] = report.files
         else:
-            _write_table(ds, tbl, copy, out, keys, meta_cols, caption, format, manifest, lake, where, blur)
+            _write_table(ds, tbl, copy, out, keys, meta_cols, caption, format, manifest, lake, where, blur, bar=bar)
             report.files.append(dest.name)
         if blur is not None:
             manifest["blur_faces"] = {"images_blurred": blur["images"], "faces_blurred": blur["faces"],
                                       "margin": BLUR_MARGIN, "encoding": "JPEG quality 95, other formats PNG",
                                       "faces": (columns.field_provenance(ds.schema.field(FACE_BOXES)) or {}).get("config")}
             report.blurred = blur["images"]
-        staged_manifest = stage / f"{dest.name}.manifest.json"  # never the name of the export itself
+        # never the name of the export itself, nor longer than it may be (DEST's name may take 255 bytes)
+        staged_manifest = stage / ("manifest.json" if dest.name != "manifest.json" else "manifest.staged.json")
         staged_manifest.write_text(json.dumps(manifest, indent=2, default=str))
         report.bytes = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file())
-        _swap(out, staged_manifest, dest, format, previous, stage)
+        bar.close()
+        with _dest_lock(dest):  # another export to DEST ran meanwhile: refused, never mixed into DEST
+            previous = _recheck_dest(dest, format, overwrite, previous)
+            _swap(out, staged_manifest, dest, format, previous, stage)
     finally:
+        bar.close()
         shutil.rmtree(stage, ignore_errors=True)
     report.seconds = time.perf_counter() - t0
     return report
@@ -600,7 +671,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
 def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
                   caption: str, shard_size: int, report: ExportReport, blur: dict[str, int] | None = None, *,
                   engine: str = "local", lake: "Store | None" = None, address: str | None = None,
-                  image_ext: str | None = None) -> dict[str, Any]:
+                  image_ext: str | None = None, bar: Any = None) -> dict[str, Any]:
     """WebDataset shards of ``shard_size`` samples into ``out``; returns the json placeholders used.
     Each shard is written by :func:`write_shard` on its own rows, here or (``engine="ray"``) by a
     Ray task of its own that reads the version's images itself: the same bytes either way."""
@@ -617,8 +688,10 @@ def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: lis
     else:
         results = (_write_shard(ds, *c) for c in calls)
     placeholders: dict[str, Any] = {}
-    for used, counts in results:
+    for (used, counts), call in zip(results, calls):  # (lazy: a shard is counted when it is written)
         placeholders.update(used)
+        if bar is not None:
+            bar.update(call[0].num_rows)
         if blur is not None:
             blur["images"] += counts["images"]
             blur["faces"] += counts["faces"]
@@ -658,7 +731,7 @@ def _write_shard(ds: Any, part_tbl: pa.Table, copy: np.ndarray, path: str, keys:
 
 
 def _write_mds(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
-               caption: str, blur: dict[str, int] | None = None) -> dict[str, Any]:
+               caption: str, blur: dict[str, int] | None = None, bar: Any = None) -> dict[str, Any]:
     """MosaicML Streaming (MDS) shards into ``out`` (``index.json`` + ``shard.NNNNN.mds``), one
     sample per export sample: ``export_key``, ``caption``, ``image`` (the stored bytes), ``format``
     and ``json`` (the metadata WebDataset's .json holds). Readable by ``streaming.StreamingDataset``."""
@@ -677,12 +750,14 @@ def _write_mds(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[s
                 writer.write({"export_key": keys[pos], "caption": cap or "", "image": img or b"", "format": fmt or "",
                               "json": json.loads(json.dumps(m, default=str))})
                 pos += 1
+            if bar is not None:
+                bar.update(part.num_rows)
     return placeholders
 
 
 def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],
                  caption: str, fmt: str, manifest: dict[str, Any], lake: "Store", where: str | None,
-                 blur: dict[str, int] | None = None) -> None:
+                 blur: dict[str, int] | None = None, bar: Any = None) -> None:
     """One Parquet file or Lance table at ``out``, the manifest also in its schema metadata."""
     def batches() -> Iterator[pa.RecordBatch]:
         pos = 0
@@ -692,6 +767,8 @@ def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list
             rows = rows.append_column("copy", pa.array(copy[pos : pos + part.num_rows], pa.int32()))
             rows = rows.append_column("export_key", pa.array(keys[pos : pos + part.num_rows], pa.string()))
             pos += part.num_rows
+            if bar is not None:
+                bar.update(part.num_rows)
             yield from rows.to_batches()
 
     gen = batches()
@@ -725,7 +802,7 @@ def _remove_partials(dest: Path) -> int:
     from lakecurate.engines import process_alive
 
     host, removed = host_name(), 0
-    head = f".{dest.name}."
+    head = f".{_stage_name(dest)}."
     for stage in dest.parent.glob(f"{glob.escape(head)}*.partial"):
         owner = stage.name[len(head) : -len(".partial")].rpartition(".")[0]  # pid@host (mkdtemp's letters after)
         pid, _, on = owner.partition("@")

@@ -43,7 +43,7 @@ def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False, high:
 
 def flag(option: str, value: Any) -> bool:
     """``value`` as a bool (numpy's too), else a LakeError naming ``option``: ``shuffle="no"``
-    is a true string, and shuffled."""
+    is a true string, and shuffled; ``repeats="no"`` wrote every repeat without a word."""
     import numpy as np
 
     if not isinstance(value, (bool, np.bool_)):
@@ -146,10 +146,13 @@ def target(value: Any, option: str = "--target") -> float | int:
     return float(value)  # a whole float above 1 stays a float: rebalance reads it as a count
 
 
-def writable(what: str, path: "str | os.PathLike[str]") -> None:
-    """Refuse, before any work, a local ``path`` that cannot be created: one of its parents is a
-    file, or the nearest existing folder is not writable (``/proc/x``, a read-only mount)."""
+def writable(what: str, path: "str | os.PathLike[str]", *, beside: str = "") -> None:
+    """Refuse, before any work, a local ``path`` that cannot be created: a name in it is longer than
+    the file system holds (``beside``: the longest suffix of a file written next to it, such as
+    ``.manifest.json``, counts too), one of its parents is a file, or the nearest existing folder is
+    not writable (``/proc/x``, a read-only mount)."""
     p = Path(os.path.abspath(os.fspath(path)))
+    _names_fit(what, p, beside)
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -157,6 +160,29 @@ def writable(what: str, path: "str | os.PathLike[str]") -> None:
         raise LakeError(f"{what} '{path}' cannot be written: '{parent}' is a file, not a folder; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
         raise LakeError(f"{what} '{path}' cannot be written: folder '{parent}' is not writable; choose another path")
+
+
+def name_max(folder: "str | os.PathLike[str]") -> int:
+    """The longest file name the file system of ``folder`` (or its nearest existing parent) holds."""
+    p = Path(os.path.abspath(os.fspath(folder)))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return int(os.pathconf(p, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows): the common limit
+        return 255
+
+
+def _names_fit(what: str, p: Path, beside: str) -> None:
+    """A name too long for the file system was an OSError traceback (Errno 36) from the first stat."""
+    for k, part in enumerate(p.parts[1:], start=1):
+        last = k == len(p.parts) - 1
+        longest = len(os.fsencode(part)) + (len(os.fsencode(beside)) if last else 0)
+        if longest > 128 and longest > (most := name_max(Path(*p.parts[:k]))):
+            shown = part if len(part) <= 60 else f"{part[:40]}...{part[-12:]}"
+            extra = f" with '{beside}' after it (a file written beside it)" if last and beside else ""
+            raise LakeError(f"{what} '{shown}' cannot be written: its name is {len(os.fsencode(part))} bytes long{extra}, "
+                            f"and the file system holds names of at most {most}; choose a shorter name")
 
 
 def _read_only(folder: Path) -> bool:

@@ -385,6 +385,13 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
             raise LakeError(f"out = {opts['out']!r}: the report is a local HTML file; write it to a local path "
                             "and copy it to object storage")
         options.writable("report", opts["out"])  # (refused after the steps before it had committed)
+        target = Path(os.path.realpath(opts["out"]))
+        if not options.flag("overwrite", opts.get("overwrite", False)) and target.is_file():
+            from lakecurate.report import report_meta
+
+            if report_meta(target) is None:  # (the step refuses it, after the steps before it had committed)
+                raise LakeError(f"out = {opts['out']!r} exists and is not a lakecurate report; choose another file, "
+                                "or add overwrite = true to replace it")
         options.whole("sample_rows", opts.get("sample_rows", 1), 1)
         for key in ("thumb_px", "max_groups", "per_group", "n_low", "per_reason", "n_concepts"):
             options.whole(key, opts.get(key, 0), 0)

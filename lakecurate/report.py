@@ -13,6 +13,7 @@ thumbnails embedded in the page, so the file travels alone).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -700,8 +701,13 @@ def report(
     per_concept: int = 6,
     n_flagged: int = 24,
     seed: int = 0,
+    overwrite: bool = False,
+    progress: bool | None = None,
 ) -> ReportResult:
     """Write the HTML report of ``lake`` (at ``version``: a number or a tag) to ``out``.
+
+    An existing ``out`` is replaced when it is a lakecurate report (a re-run); any other file only
+    with ``overwrite``. ``progress``: a bar over the sections (see :mod:`lakecurate.progress`).
 
     Example::
 
@@ -711,19 +717,25 @@ def report(
     import jinja2
 
     from lakecurate.errors import LakeError
-    from lakecurate.options import location, overlaps, path, writable
+    from lakecurate.options import flag, location, overlaps, path, writable
+    from lakecurate.progress import progress_bar
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
         raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")
     path("out", out)  # (None was a TypeError traceback)
-    if Path(out).is_dir():  # checked before the work; replacing it failed at the end, leaving OUT.tmp beside it
-        raise LakeError(f"report: '{out}' is a folder; give the HTML file to write, e.g. {Path(out) / 'report.html'}")
+    overwrite = flag("overwrite", overwrite)
+    progress = None if progress is None else flag("progress", progress)
     if "://" in str(out):  # (it wrote a local folder named "s3:")
         raise LakeError(f"report writes a local HTML file, not '{out}'; write it here and copy it to object storage")
-    writable("report", out)
+    writable("report", out)  # (first: a name too long for the file system was a traceback from is_dir)
+    if Path(out).is_dir():  # checked before the work; replacing it failed at the end, leaving OUT.tmp beside it
+        raise LakeError(f"report: '{out}' is a folder; give the HTML file to write, e.g. {Path(out) / 'report.html'}")
     target = Path(os.path.realpath(out))  # a link is followed: its target gets the report, the link stays
     if target.exists() and not target.is_file():  # a FIFO or a device would be replaced by a file
         raise LakeError(f"report: '{out}' is not a regular file (a pipe or a device); give the HTML file to write")
+    if target.is_file() and not overwrite and report_meta(target) is None:  # (it replaced an 8 MB Parquet file)
+        raise LakeError(f"report: '{out}' exists and is not a lakecurate report (or one an older lakecurate wrote); "
+                        "choose another file, or pass --overwrite to replace it")
     if overlaps(str(target), lake.uri):  # beside the table is fine (demo writes LAKE/report.html)
         folder = location(lake.uri)[1]
         top = Path(os.path.relpath(target, folder)).parts[0]
@@ -735,7 +747,11 @@ def report(
     b = _Builder(lake, version, sample_rows=sample_rows, thumb_px=thumb_px, seed=seed, max_groups=max_groups,
                  per_group=per_group, n_low=n_low, per_reason=per_reason, n_concepts=n_concepts,
                  per_concept=per_concept, n_flagged=n_flagged)
-    data = {name: getattr(b, name)() for name in SECTIONS}
+    data = {}
+    with progress_bar(total=len(SECTIONS), desc="report", unit="section", progress=progress) as bar:
+        for name in SECTIONS:
+            data[name] = getattr(b, name)()
+            bar.update(1)
     shown = b.lake  # the branch of the version shown (a branch's tag read through main too)
     empty = [name for name, d in data.items() if d is None or (name == "flagged" and not d["total"])]
     env = jinja2.Environment(loader=jinja2.PackageLoader("lakecurate", "templates"),
@@ -751,7 +767,9 @@ def report(
     )
     path = target
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # (OUT.tmp: too long a name for OUT of 252 bytes and more)
+    tmp = path.with_name(path.name + ".tmp" if len(os.fsencode(path.name)) <= 200 else
+                         f".{hashlib.blake2b(os.fsencode(path.name), digest_size=8).hexdigest()}.report.tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)  # a reader never sees half a report
     return ReportResult(path=str(Path(out)), bytes=path.stat().st_size, version=b.version, rows=b.rows,

@@ -513,3 +513,83 @@ def test_rows_a_newer_rebalance_chose_are_said_to_be_unordered_because_it_change
     said = " ".join(res.stderr.split())
     assert "have no seq_order" in said and "rebalance_keep changed since the sequence ordered its rows" in said, said
     assert "not 'rebalance_keep'" not in said
+
+
+# --------------------------------------------------------------------------- hardening
+def test_an_export_that_reached_dest_first_is_never_mixed_with_another(seq_lake: Lake, tmp_path: Path, monkeypatch):
+    """Two exports to one new DEST at once both exited 0: the manifest listed one's shards, the
+    other's stayed beside them (ids twice). The later is refused; with overwrite it replaces
+    exactly the export that is there when it swaps, not the one it saw when it started."""
+    import lakecurate.export as ex
+
+    dest, real = tmp_path / "out", ex._write_shards
+
+    def racing(other: dict):
+        def write(*args, **kwargs):
+            monkeypatch.setattr(ex, "_write_shards", real)  # the other export writes plainly, and first
+            seq_lake.export(dest, **other)
+            return real(*args, **kwargs)
+        return write
+
+    def consistent(size: int) -> None:
+        m = json.loads((dest / "manifest.json").read_text())
+        assert m["shard_size"] == size and sorted(p.name for p in dest.glob("shard-*.tar")) == sorted(m["shards"])
+        assert len(exported_rows(dest, "webdataset")) == m["samples"] > 0
+        assert not list(tmp_path.glob(".out.*.partial"))
+
+    monkeypatch.setattr(ex, "_write_shards", racing({"shard_size": 5}))
+    with pytest.raises(LakeError, match="another export wrote .*out' while this one ran; nothing of this one was moved "
+                                        "there: .* exists and is not empty"):
+        seq_lake.export(dest, shard_size=20)
+    consistent(5)
+    monkeypatch.setattr(ex, "_write_shards", racing({"shard_size": 3, "overwrite": True}))  # 8 shards, 5 before
+    seq_lake.export(dest, shard_size=20, overwrite=True)
+    consistent(20)
+
+
+def test_a_branch_given_as_the_version_is_the_manifests_branch(seq_lake: Lake, tmp_path: Path):
+    """--version exp recorded "branch": "main" (and main's tags) with the branch's version number."""
+    lake = Lake.open(shutil.copytree(seq_lake.uri, tmp_path / "lake"))
+    branch = lake.create_branch("exp")
+    branch.sequence("random", shard_size=8)
+    branch.tag("exp-ordered")
+    lake.tag("main-latest")
+    rep = lake.export(tmp_path / "out", version="exp")
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (m["branch"], m["version"], m["tags"], m["order"]["mode"]) == ("exp", rep.version, ["exp-ordered"], "random")
+    m = json.loads(Path(f"{lake.export(tmp_path / 'main.parquet', 'parquet').dest}.manifest.json").read_text())
+    assert (m["branch"], m["tags"]) == ("main", ["main-latest"])
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_long_destination_names_are_staged_or_refused_in_one_line(seq_lake: Lake, tmp_path: Path, fmt: str):
+    """A 240-byte name (the file system holds 255) failed making its staging folder
+    (.NAME.PID@HOST.XXXX.partial) and a 300-byte one in a stat: OSError tracebacks, --json printed nothing."""
+    fits = "x" * (236 - len(".parquet")) + ".parquet" if fmt == "parquet" else "x" * 255
+    rep = seq_lake.export(tmp_path / fits, fmt)
+    assert rep.samples > 0 and (tmp_path / fits).exists() and not list(tmp_path.glob(".*.partial"))
+    too_long = "y" * 300 if fmt == "webdataset" else "y" * 237 + ".parquet"  # (its manifest needs 19 bytes more)
+    with pytest.raises(LakeError, match="cannot be written: its name is .* bytes long.* at most 255; choose a shorter name"):
+        seq_lake.export(tmp_path / too_long, fmt)
+    res = CliRunner().invoke(main, ["export", seq_lake.uri, str(tmp_path / too_long), "--format", fmt, "--json"])
+    assert res.exit_code == 1 and "choose a shorter name" in json.loads(res.stdout)["error"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("y")) == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_shows_its_progress(seq_lake: Lake, tmp_path: Path, fmt: str, capsys):
+    """export read every image blob without a word, even with --progress."""
+    needs(fmt)
+    n = seq_lake.export(dest_for(tmp_path, fmt), fmt, progress=True).samples
+    assert f"export {fmt}: {n}/{n} sample (100%)" in capsys.readouterr().err
+    seq_lake.export(dest_for(tmp_path, fmt, "quiet"), fmt, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("option", ["repeats", "overwrite", "allow_stale", "blur_faces", "mix_both", "progress"])
+def test_switches_take_only_true_or_false(seq_lake: Lake, tmp_path: Path, option: str):
+    """repeats="no" and overwrite="yes" were true to Python: the repeats written, DEST replaced."""
+    for value in ("no", "yes", 1, None if option != "progress" else 0):
+        with pytest.raises(LakeError, match=f"invalid {option} .*: expected True or False"):
+            seq_lake.export(tmp_path / "out", **{option: value})
+    assert not (tmp_path / "out").exists()

@@ -393,3 +393,32 @@ def test_an_errors_only_lake_says_why_its_sections_are_empty(tmp_path: Path):
     assert "has no thresholded step" not in text
     assert ("Recipe basic's thresholded steps (caption_length, caption_repeat, image_size, aspect, blur, "
             "low_information) had no row to judge") in text
+
+
+def test_report_replaces_only_a_report_unless_told_and_says_long_names_and_progress(tmp_path: Path, capsys):
+    """report replaced an 8 MB Parquet file with HTML without a word; a 300-byte name was an OSError
+    traceback (and OUT.tmp did not fit past 251 bytes); --progress showed nothing."""
+    import json
+
+    from lakecurate import LakeError
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    victim = tmp_path / "victim.parquet"
+    victim.write_bytes(b"PAR1 not a report PAR1")
+    with pytest.raises(LakeError, match="exists and is not a lakecurate report .* pass --overwrite to replace it"):
+        lake.report(victim, sample_rows=50)
+    res = CliRunner().invoke(main, ["report", lake.uri, str(victim), "--sample-rows", "50", "--json"])
+    assert res.exit_code == 1 and "not a lakecurate report" in json.loads(res.stdout)["error"]
+    assert victim.read_bytes() == b"PAR1 not a report PAR1" and not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(LakeError, match="invalid overwrite 'yes': expected True or False"):
+        lake.report(victim, sample_rows=50, overwrite="yes")
+    res = CliRunner().invoke(main, ["report", lake.uri, str(victim), "--sample-rows", "50", "--overwrite"])
+    assert res.exit_code == 0 and "<html" in victim.read_text()[:200].lower()
+    again = lake.report(victim, sample_rows=50, progress=True)  # a report: replaced as before, a bar over the sections
+    assert again.bytes > 0 and f"report: {len(SECTIONS)}/{len(SECTIONS)} section (100%)" in capsys.readouterr().err
+    longest = tmp_path / ("r" * 250 + ".html")  # 255 bytes: OUT.tmp would not fit
+    assert lake.report(longest, sample_rows=50).bytes > 0 and longest.is_file()
+    with pytest.raises(LakeError, match="its name is 305 bytes long, and the file system holds names of at most 255"):
+        lake.report(tmp_path / ("r" * 300 + ".html"), sample_rows=50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lake", "victim.parquet", longest.name])
