@@ -60,6 +60,16 @@ STEPS = ("ingest", "embed", "dedup", "curate", "cluster", "rebalance", "sequence
 SHIPPED = Path(__file__).parent / "pipelines"
 # Options the runner owns (it passes them itself), so a file may not set them.
 _OWN = {"lake", "progress", "produce", "version", "options"}
+# Options that make a step write nothing (or only part of what it must), so that every run of the
+# file reports it ran (its stage found it stale) and nothing changes: refused, with what to use instead.
+_NOTHING_WRITTEN = {
+    "curate": {"dry_run": "a dry run decides and writes nothing, so every run of the file would run it again; "
+                          "see what a recipe drops with `lakecurate curate LAKE RECIPE --dry-run`, and what a run would "
+                          "do with `lakecurate run LAKE FILE --dry-run`"},
+    "embed": {"max_fragments": "a run embeds every fragment (with max_fragments each run embeds only part, or "
+                               "none, and the steps after it read an incomplete embedding); embed in parts with "
+                               "Lake.embed(max_fragments=N), then run the file"},
+}
 _PATHS = {"ingest": ("sources", "root", "image_dir"), "export": ("dest",), "report": ("out",), "curate": ("recipe",),
           "embed": ("checkpoint",)}
 
@@ -133,7 +143,9 @@ def load_pipeline(spec: str | os.PathLike | Mapping[str, Any], *, lake_uri: str 
         except OSError as exc:
             raise LakeError(f"pipeline {path}: cannot be read ({exc.strerror or exc})") from None
         source, base = str(path), path.resolve().parent
-    name = str(raw.pop("name", Path(source).stem))
+    name = raw.pop("name", Path(source).stem)
+    if not isinstance(name, str) or not name.strip():  # (a table was stringified into the report)
+        raise LakeError(f"pipeline {source}: name = {name!r} must be text, such as name = \"{Path(source).stem}\"")
     unknown = sorted(set(raw) - set(STEPS))
     if unknown:
         raise LakeError(f"pipeline {source}: unknown step(s) {', '.join(unknown)}; steps are: {', '.join(STEPS)}")
@@ -161,6 +173,9 @@ def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_u
     if unknown:
         raise LakeError(f"{where}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     _check_types(where, fn, opts)
+    for key, why in _NOTHING_WRITTEN.get(step, {}).items():
+        if opts.get(key) is not None and opts[key] is not False:  # (max_fragments = 0: nothing embedded)
+            raise LakeError(f"{where}: {key} = {json.dumps(opts[key])} is not an option of a pipeline: {why}")
     opts = dict(opts)
     for key in _PATHS.get(step, ()):
         if key in opts and opts[key] is not None and not isinstance(opts[key], Mapping):  # (a recipe may be a dict)
@@ -230,6 +245,9 @@ def check_against_lake(lake: "Lake", pipe: "Pipeline", exists: bool = True) -> N
     def refuse(step: str, what: str) -> None:
         raise LakeError(f"pipeline {pipe.source}, [{step}]: {what}")
 
+    if not exists and "ingest" in pipe.steps:  # (`lakecurate run` creates the lake next: refused first, as
+        _check_sources(lake, pipe)            # `lakecurate ingest` refuses, not after an empty lake was made)
+
     for step, opts in pipe.steps.items():
         lower = {c.lower(): c for c in have}
         if step == "sequence" and opts.get("mode") == "curriculum" and isinstance(opts.get("score"), str):
@@ -262,6 +280,21 @@ def check_against_lake(lake: "Lake", pipe: "Pipeline", exists: bool = True) -> N
         if step == "curate":
             _check_embedding_named(lake, pipe, opts, prefixes)
         have |= _step_columns(step, opts)
+
+
+def _check_sources(lake: "Lake", pipe: "Pipeline") -> None:
+    """Each [ingest] source as ``lakecurate ingest`` checks it before it creates a lake: not the lake
+    or inside it, and readable as its kind (a manifest's columns found)."""
+    from lakecurate.ingest import open_source, refuse_source_in_lake
+
+    opts = pipe.steps["ingest"]
+    for src in opts["sources"]:
+        try:
+            refuse_source_in_lake(lake.uri, src)
+            open_source(src, opts.get("kind"), **{k: opts.get(k) for k in ("root", "image_col", "caption_col", "key_col",
+                                                                             "image_dir")})
+        except LakeError as exc:
+            raise LakeError(f"pipeline {pipe.source}, [ingest]: {exc}") from None
 
 
 def _where_names(where: str) -> list[str]:
@@ -425,26 +458,79 @@ def _dedup_methods(opts: Mapping[str, Any]) -> list[str]:
     return list(METHODS) if "all" in methods else list(methods)
 
 
-# A dedup method's settings as its group column's provenance holds them, and the [dedup] option of each
-_DEDUP_SETTINGS = {"phash": (("max_distance", "phash_distance", None), ("search", "phash_search", "all")),
-                   "copy": (("max_distance", "copy_distance", None), ("search", "copy_search", "all")),
-                   "semantic": (("threshold", "semantic_threshold", None),),
-                   "caption": (("threshold", "caption_threshold", None),),
-                   "minhash": (("threshold", "minhash_threshold", None),)}
-
-
 def _dedup_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> dict[str, str]:
-    """{method: the first of its [dedup] options that differs from the lake's groups}; an option the
-    file leaves out is not compared, except the searches, whose default ("all") is compared."""
+    """{method: the first of its [dedup] options that asks otherwise than its group column's
+    provenance records}: each option the method's config holds (``names.DEDUP_OPTIONS``, its flips
+    and the embedding it was made from), read back as keyword arguments by ``graph.dedup_args``. An
+    option the file leaves out asks its default (the semantic threshold and the cosines: the default
+    of the embedding's encoder family, as the stage picks it)."""
+    from lakecurate import dedup
     from lakecurate.dedup import group_columns
+    from lakecurate.names import DEDUP_OPTIONS
 
+    defaults = _defaults("dedup")
+    node_of = {n.columns[0]: n for n in graph.nodes(ds) if n.stage == "dedup" and n.columns}
     changed: dict[str, str] = {}
     for m in methods:
-        cfg = _prov_config(ds, group_columns(m)[0]) or {}
-        for key, opt, default in _DEDUP_SETTINGS.get(m, ()):
-            if (opt in opts or default is not None) and cfg.get(key, default) != opts.get(opt, default):
-                changed.setdefault(m, opt)
+        node = node_of.get(group_columns(m)[0])
+        if node is None:
+            continue
+        cfg = node.prov.get("config") or {}
+        stored = graph.dedup_args([node], None, ds)
+        keys = [flag[2:].replace("-", "_") for flag in DEDUP_OPTIONS.get(m, {}).values()]
+        keys += [k for k in ("flips", "embedding") if k in cfg]
+        if m in ("phash", "copy") and opts.get(f"{m}_search", defaults[f"{m}_search"]) != "clusters":
+            keys.remove(f"{m}_cosine")  # (read only by the clusters search)
+        family = _family(ds, opts.get("embedding") or cfg.get("embedding"))
+
+        def want(key: str) -> Any:
+            value = opts.get(key, defaults.get(key))
+            if value is None and family is not None and key in _FAMILY_DEFAULTS:  # as the stage picks it
+                table, fallback = _FAMILY_DEFAULTS[key]
+                value = getattr(dedup, table).get(family, fallback)
+            if key == "confirm_cosine" and value is not None:  # the stage records it at most the threshold
+                thr = want("semantic_threshold")
+                value = min(value, thr) if thr is not None else value
+            return value
+
+        for key in keys:
+            asked = want(key)
+            if asked is not None and stored.get(key, defaults.get(key)) != asked:  # (a search "all": not stored)
+                changed.setdefault(m, key)
     return changed
+
+
+# The [dedup] options whose default is the embedding's encoder family's (the dedup module's table, and
+# the value of a family not in it), as the stage picks them.
+_FAMILY_DEFAULTS = {"semantic_threshold": ("SEMANTIC_THRESHOLDS", 0.95), "confirm_cosine": ("CONFIRM_COSINES", 0.85),
+                    "verify_cosine": ("VERIFY_COSINES", 0.7), "phash_cosine": ("PHASH_COSINES", 0.8),
+                    "copy_cosine": ("COPY_COSINES", 0.8)}
+
+
+def _family(ds: Any, embedding: str | None) -> str | None:
+    """The encoder family of an embedding on the lake (what dedup's defaults of its cosines follow);
+    None without one."""
+    cfg = _prov_config(ds, embedding_columns(embedding)["score"]) if embedding else None
+    return None if cfg is None else cfg.get("family", "open_clip")
+
+
+def _dedup_decision_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> str | None:
+    """The [dedup] option that asks another decision than ``dup_keep``'s provenance records: the
+    methods it joins (keep_from, among the groups the lake will have) or the score it ranks by."""
+    from lakecurate.dedup import DEFAULT_KEEP_FROM, METHODS, group_columns
+
+    cfg = _prov_config(ds, "dup_keep")
+    if cfg is None:
+        return None
+    present = set(methods) | {m for m in METHODS if group_columns(m)[0] in ds.schema.names}
+    keep_from = opts.get("keep_from")
+    keep_from = list(DEFAULT_KEEP_FROM) if keep_from is None else ([keep_from] if isinstance(keep_from, str) else list(keep_from))
+    want = [m for m in keep_from if m in present]  # (as the stage joins them)
+    if list(cfg.get("keep_from") or []) != want:
+        return "keep_from"
+    if opts.get("embedding") and cfg.get("rank_by") != embedding_columns(opts["embedding"])["score"]:
+        return "embedding"
+    return None
 
 
 def _defaults(step: str) -> dict[str, Any]:
@@ -498,9 +584,12 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
         missing = [m for m in methods if group_columns(m)[0] not in ds.schema.names]
         if missing:
             return f"no {', '.join(missing)} groups yet"
-        changed = _dedup_changed(ds, methods, opts)
-        if changed:
-            return f"{', '.join(dict.fromkeys(changed.values()))} changed"
+        changed = list(dict.fromkeys(_dedup_changed(ds, methods, opts).values()))
+        decision = _dedup_decision_changed(ds, methods, opts)
+        if decision and decision not in changed:
+            changed.append(decision)
+        if changed:  # (a method's setting: that method regrouped; keep_from alone: decided again)
+            return f"{', '.join(changed)} changed"
         why = [_stale_why(by_column.get(c)) for c in ["dup_keep", *(group_columns(m)[0] for m in methods)]]
         return next((w for w in why if w), None)
     if step == "curate":
@@ -677,8 +766,8 @@ def _execute(lake: "Lake", pipe: Pipeline, fns: dict[str, Callable[..., Any]], s
             # alone refuses that without --recompute); they stay in the lake's versions
             opts = {**opts, "recompute": True}
         if step == "dedup" and why.endswith(" changed") and "recompute" not in opts:
-            # a method's threshold or search changed: regroup that method alone (recompute = true
-            # would join every named method again, the semantic one hours at scale)
+            # a method's setting changed: regroup that method alone (recompute = true would join
+            # every named method again, the semantic one hours at scale); keep_from alone: none
             opts = {**opts, "recompute": list(_dedup_changed(lake.dataset(), _dedup_methods(opts), opts))}
         try:
             with runner.waiting():  # a step's columns are the next steps' inputs: fragments another run

@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 from pathlib import Path
+from typing import Any
 
 import lance
 import numpy as np
@@ -1014,3 +1015,81 @@ def test_a_run_killed_while_replacing_its_columns_leaves_them_listed_and_export_
     assert st["state"] == "dropped" and "did not finish" in st["reasons"][0], st
     with pytest.raises(LakeError, match="would choose rows without the curated decision"):
         lake.export(tmp_path / "w.parquet", "parquet")
+
+
+def test_every_edited_dedup_option_reruns_dedup(sample_lake_embedded: Lake, tmp_path: Path):
+    """A hostile tester's: after a run, an edited [dedup] keep_from, flips, confirm_* or embedding
+    said "dedup current" (only the thresholds and searches were compared): dup_keep stayed decided
+    by the other methods, semantic groups stayed built from another embedding. Each now re-runs
+    dedup: a method's setting regroups that method, keep_from alone decides again."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    pipe = tmp_path / "p.toml"
+
+    def run(extra: str) -> Any:
+        pipe.write_text(f'[dedup]\nsemantic_threshold = 0.99\n{extra}')
+        rep = lake.run(pipe, progress=False)
+        assert lake.run(pipe, progress=False).ran == []  # and then current
+        return rep
+
+    def config(column: str) -> dict[str, Any]:
+        return {c: s for s in graph.states(lake) for c in s.node.columns}[column].node.prov["config"]
+
+    def not_kept() -> int:
+        return int(lake.sql("SELECT COUNT(*) AS n FROM pairs WHERE NOT dup_keep")["n"][0])
+
+    run('methods = ["exact", "phash", "semantic"]\n')
+    assert config("dup_keep")["keep_from"] == ["exact", "phash", "semantic"]
+    alone = Lake.open(shutil.copytree(lake.uri, tmp_path / "alone"))
+    alone.dedup(["exact"], keep_from=["exact"], progress=False)
+    rep = run('methods = ["exact"]\nkeep_from = ["exact"]\n')
+    assert rep.ran == ["dedup"] and rep.steps[0].why == "keep_from changed"
+    assert config("dup_keep")["keep_from"] == ["exact"]
+    assert not_kept() == int(alone.sql("SELECT COUNT(*) AS n FROM pairs WHERE NOT dup_keep")["n"][0])
+    for extra, why in [("flips = false\n", "flips, keep_from changed"), ("flips = false\nconfirm_distance = 4\n", "confirm_distance changed"),
+                       ("flips = false\nconfirm_distance = 4\nconfirm_cosine = 0.5\n", "confirm_cosine changed")]:
+        rep = run(f'methods = ["exact", "phash", "semantic"]\n{extra}')
+        assert rep.ran == ["dedup"] and rep.steps[0].why == why, rep.steps
+    assert config("dup_phash_group")["flips"] is False and config("dup_semantic_group")["flips"] is False
+    assert config("dup_semantic_group")["confirm_distance"] == 4
+    assert config("dup_semantic_group")["confirm_cosine"] == 0.5
+    lake.embed("tiny-random", name="other", workers=0, progress=False)
+    rep = run('methods = ["exact", "phash", "semantic"]\nflips = false\nconfirm_distance = 4\nconfirm_cosine = 0.5\n'
+              'embedding = "other"\n')
+    assert rep.ran == ["dedup"] and rep.steps[0].why == "embedding changed", rep.steps
+    assert config("dup_semantic_group")["embedding"] == "other"
+    assert config("dup_keep")["rank_by"] == "other_score"
+    assert {s.state for s in graph.states(lake) if s.node.stage == "dedup"} == {"current"}
+
+
+def test_options_that_make_a_step_write_nothing_are_refused(tmp_path: Path):
+    """[curate] dry_run = true was taken: every run then said "curate ran" (the recipe changed) and
+    wrote nothing, forever; [embed] max_fragments = 0 likewise. A name that is not text (a table)
+    was stringified."""
+    pipe = tmp_path / "p.toml"
+    for text, msg in {
+        '[curate]\nrecipe = "basic"\ndry_run = true\n': "[curate]: dry_run = true is not an option of a pipeline",
+        '[embed]\nmodel = "offline"\nmax_fragments = 0\n': "[embed]: max_fragments = 0 is not an option of a pipeline",
+        'name = {a = 1}\n[embed]\nmodel = "offline"\n': "name = {'a': 1} must be text",
+    }.items():
+        pipe.write_text(text)
+        with pytest.raises(LakeError, match=re.escape(msg)):
+            load_pipeline(pipe)
+        res = CliRunner().invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
+        assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, res.output
+    pipe.write_text('name = "mine"\n[curate]\nrecipe = "basic"\ndry_run = false\n')
+    assert load_pipeline(pipe).name == "mine"
+
+
+def test_a_refused_ingest_source_creates_no_lake(tmp_path: Path):
+    """`lakecurate run NEWLAKE` whose [ingest] source is refused (a folder as a manifest, a CSV
+    without an image column) created an empty lake before the error; `lakecurate ingest` with the
+    same arguments creates nothing, and so does the run now."""
+    csv = tmp_path / "m.csv"
+    csv.write_text("secret\nx\n")
+    pipe = tmp_path / "p.toml"
+    for text, msg in {f'sources = ["{SAMPLE_DATA}"]\nkind = "manifest"\n': "is a folder, not a manifest file",
+                      f'sources = ["{csv}"]\n': "cannot tell which column holds the image path"}.items():
+        pipe.write_text(f'[ingest]\n{text}[embed]\nmodel = "offline"\n')
+        res = CliRunner().invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
+        assert res.exit_code == 1 and "[ingest]: " in res.output and msg in res.output, res.output
+        assert not (tmp_path / "lake").exists()
