@@ -80,7 +80,9 @@ class StepResult:
     action: str  # "ran" | "skipped"
     why: str
     seconds: float = 0.0
-    versions: list[int] = field(default_factory=list)  # versions this step committed
+    # the lake's versions committed while this step ran: its own, and another writer's that landed meanwhile
+    # (Lance's commit records no writer to tell them apart; `lakecurate log` says what each one changed)
+    versions: list[int] = field(default_factory=list)
     result: Any = None  # the stage's own report (as a dict)
 
 
