@@ -944,7 +944,7 @@ def sequence(lake: str, mode: str, score: str | None, shard_size: int, where: st
     if as_json:
         echo_json(out)
         return
-    click.echo(f"ordered {out['rows']} rows ({out['mode']}, where {out['where']}) into {out['shards']} shards")
+    click.echo(f"ordered {out['rows']} rows ({out['mode']}, where {out['where']}) into {out['shards']} shard{'' if out['shards'] == 1 else 's'}")
 
 
 @main.command("export")

@@ -722,8 +722,8 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
             "it is the order sequence writes" if "seq_" in score else "a perceptual hash, not a measure")
             + "; name a number column such as a *_score, cap_words or img_sharpness")
     if mode == "curriculum":
-        numeric = [f.name for f in ds.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
-                   or pa.types.is_boolean(f.type)]
+        numeric = [f.name for f in ds.schema if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+                   or pa.types.is_boolean(f.type)) and f.name not in ("seq_order", "seq_shard", "phash", "phash_flip")]
         if not score_col or score_col not in numeric:  # a text or vector column failed in Arrow's cast, a traceback
             msg = f"curriculum needs --score COLUMN, one of the lake's number columns ({', '.join(numeric)})"
             if score_col:
