@@ -589,6 +589,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     if not str(dest).strip():  # "" was the working directory
         raise LakeError("the export destination is empty (''); give a folder (or a .parquet file)")
     dest, previous = _check_dest(lake, dest, format, overwrite)
+    busy = _running_here(dest)  # (the later of two was refused only at its swap, after writing every sample)
+    if busy:
+        raise LakeError(f"another export to '{dest}' is running now ({', '.join(busy)}); nothing was written: wait for "
+                        f"it to finish (then export again with --overwrite to replace it), or export elsewhere")
     if blur_faces:
         _check_faces(lake, lake.dataset(version), allow_stale)
     ds, tbl, copy, where, stale = plan(lake, where=where, version=version, repeats=repeats, caption=caption,
@@ -792,6 +796,22 @@ def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list
         import lance
 
         lance.write_dataset(reader, str(out), mode="create")
+
+
+def _running_here(dest: Path) -> list[str]:
+    """The other exports to ``dest`` running now on this host ("pid@host"), as their staging
+    folders name them (:func:`_remove_partials` leaves those)."""
+    from lakecurate.columns import host_name
+    from lakecurate.engines import process_alive
+
+    head = f".{_stage_name(dest)}."
+    out = []
+    for stage in dest.parent.glob(f"{glob.escape(head)}*.partial"):
+        owner = stage.name[len(head) : -len(".partial")].rpartition(".")[0]  # pid@host (mkdtemp's letters after)
+        pid, _, on = owner.partition("@")
+        if stage.is_dir() and pid.isdigit() and on == host_name() and int(pid) != os.getpid() and process_alive(int(pid)):
+            out.append(owner)
+    return sorted(out)
 
 
 def _remove_partials(dest: Path) -> int:

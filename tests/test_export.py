@@ -593,3 +593,28 @@ def test_switches_take_only_true_or_false(seq_lake: Lake, tmp_path: Path, option
         with pytest.raises(LakeError, match=f"invalid {option} .*: expected True or False"):
             seq_lake.export(tmp_path / "out", **{option: value})
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_to_a_dest_another_export_is_writing_now_is_refused_at_once(seq_lake: Lake, tmp_path: Path):
+    """The later of two exports to one DEST was refused only at its swap, after it had read and
+    written every sample. Another export's staging folder whose process lives says it runs now:
+    refused before anything is written; once that process is gone, its folder is removed and the
+    export runs."""
+    import subprocess
+
+    from lakecurate.columns import host_name
+    from lakecurate.export import _stage_name
+
+    dest = tmp_path / "out"
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        stage = tmp_path / f".{_stage_name(dest)}.{other.pid}@{host_name()}.abcd1234.partial"
+        (stage / "out").mkdir(parents=True)
+        with pytest.raises(LakeError, match=rf"another export to '.*out' is running now \({other.pid}@"):
+            seq_lake.export(dest)
+        assert not dest.exists() and [p.name for p in tmp_path.iterdir()] == [stage.name]
+    finally:
+        other.kill()
+        other.wait()
+    rep = seq_lake.export(dest)
+    assert rep.removed_partial == 1 and not stage.exists() and (dest / "manifest.json").is_file()
