@@ -42,7 +42,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -59,7 +59,7 @@ from lakecurate.graph import (Node, blocks, check_embedded, gone_whole, lakecura
                               where_columns)
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
-from lakecurate.sqlcheck import check_where, in_list
+from lakecurate.sqlcheck import check_where, condition_columns, in_list
 
 if TYPE_CHECKING:
     import lance
@@ -1027,17 +1027,30 @@ def _plan_where(ds: "lance.LanceDataset", where: str, lead: str) -> None:
         check_where(where, ds=lance.write_dataset(schema.empty_table(), f"{tmp}/plan.lance"), lead=lead)
 
 
-def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> None:
+def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe, later: Collection[str] = ()) -> None:
     """The generic steps against the lake, before anything is written: their columns exist and
-    hold values their tests can compare; an SQL condition plans on the table."""
+    hold values their tests can compare; an SQL condition plans on the table. A step reading one of
+    ``later`` (columns steps before curate make: ``lakecurate run`` checks a file before its first
+    step) is left to the check curate makes when it runs."""
     schema = ds.schema
     for k, step in enumerate(rec.steps, 1):
         where = f"recipe {rec.source}, step {k} ({step.filter})"
         p = step.params
+        if (step.filter == "column" and p["column"] in later) or (
+                step.filter == "sql" and where_columns(p["where"], later)):
+            continue
         if step.filter == "sql":
             if {"keep", "drop_reason"} & set(where_columns(p["where"], ["keep", "drop_reason"])):
                 raise LakeError(f"{where}: where = {p['where']!r} reads keep/drop_reason, which curate writes; "
                                 f"test the columns they are made from")
+            known = {n.lower() for n in [*schema.names, *SIGNAL_TYPES]}  # (the signals: computed on the way)
+            unknown = [c for c in condition_columns(p["where"]) if c.lower() not in known]
+            if unknown:  # (planning said "Schema error: No field named ...", listing every field)
+                near = difflib.get_close_matches(unknown[0], [*schema.names, *SIGNAL_TYPES], n=3)
+                raise LakeError(f"{where}: where = {p['where']!r} names {unknown[0]}, which is not a column of lake "
+                                f"'{lake.uri}'" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                                + f"; add a feature of your own with: lakecurate feature add {lake.shell} {unknown[0]} "
+                                "--udf ...")
             _plan_where(ds, p["where"], lead=f"{where}: where = {p['where']!r} cannot select rows of lake '{lake.uri}'")
         if step.filter != "column":
             continue

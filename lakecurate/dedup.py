@@ -303,12 +303,22 @@ class DedupReport:
         return asdict(self)
 
 
-def _pick_embedding(lake: "Store", ds: Any, embedding: str | None, needed: bool,
-                    clustered: str | None = None) -> tuple[str | None, dict | None]:
+def embedding_need(methods: Sequence[str], phash_search: str = "all", copy_search: str = "all") -> str | None:
+    """Why these methods need an embedding (the end of the refusal where the lake has none), or None:
+    semantic, caption and verify compare embeddings, a hash search "clusters" searches within them.
+    ``lakecurate run`` asks it before the first step, dedup when it runs."""
+    clustered = [m for m, search in (("phash", phash_search), ("copy", copy_search)) if search == "clusters" and m in methods]
+    if {"semantic", "caption", "verify"} & set(methods):
+        return "semantic, caption and verify dedup need them; or use --method exact,phash,copy"
+    if clustered:
+        return (f"--{clustered[0]}-search clusters compares hashes within embedding clusters; embed first, or use "
+                f"--{clustered[0]}-search all")
+    return None
+
+
+def _pick_embedding(lake: "Store", ds: Any, embedding: str | None, need: str | None) -> tuple[str | None, dict | None]:
     from lakecurate.names import pick_embedding
 
-    need = (f"--{clustered}-search clusters compares hashes within embedding clusters; embed first, or use --{clustered}-search all"
-            if clustered else "semantic, caption and verify dedup need them; or use --method exact,phash,copy") if needed else None
     return pick_embedding(lake, ds, embedding, need=need)
 
 
@@ -722,9 +732,7 @@ def dedup(
         return report
     # hash methods searched among the semantic join's neighbours (linear) instead of all pairs
     clustered = [m for m, search in (("phash", phash_search), ("copy", copy_search)) if search == "clusters" and m in methods]
-    emb, emb_prov = _pick_embedding(lake, ds, embedding, needed=bool({"semantic", "caption", "verify"} & set(methods))
-                                    or bool(clustered),
-                                    clustered=clustered[0] if clustered and not {"semantic", "caption", "verify"} & set(methods) else None)
+    emb, emb_prov = _pick_embedding(lake, ds, embedding, embedding_need(methods, phash_search, copy_search))
 
     configs: dict[str, dict[str, Any]] = {
         "exact": {"on": ["content_hash", "caption"]},

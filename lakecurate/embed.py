@@ -370,6 +370,18 @@ def embed(
     return report
 
 
+def check_caption_col(uri: str, schema: pa.Schema, caption: str) -> None:
+    """Refuse a ``caption_col`` that is not a text column of ``schema`` (the lake's: ``lakecurate
+    run`` asks before its first step), naming the caption columns there are."""
+    from lakecurate.errors import LakeError
+
+    if caption not in schema.names or not pa.types.is_string(schema.field(caption).type):
+        have = [n for n in schema.names if n.startswith("caption_") and pa.types.is_string(schema.field(n).type)
+                and not n.endswith("_error")]
+        raise LakeError(f"--caption-col {caption!r} is not a text column of lake '{uri}'; caption columns: "
+                        f"{', '.join(have) or 'none yet (lakecurate recaption makes one)'}")
+
+
 def _embed_caption(lake: "Store", spec: EncoderSpec, caption: str, *, device: str, precision: str, batch_size: int,
                    workers: int | None, recompute: bool, progress: bool | None, engine: str) -> EmbedReport:
     from lakecurate.errors import LakeError
@@ -377,11 +389,7 @@ def _embed_caption(lake: "Store", spec: EncoderSpec, caption: str, *, device: st
 
     ds = lake.dataset()
     image = column_names(spec.prefix)["image"]
-    if caption not in ds.schema.names or not pa.types.is_string(ds.schema.field(caption).type):
-        have = [n for n in ds.schema.names if n.startswith("caption_") and pa.types.is_string(ds.schema.field(n).type)
-                and not n.endswith("_error")]
-        raise LakeError(f"--caption-col {caption!r} is not a text column of lake '{lake.uri}'; caption columns: "
-                        f"{', '.join(have) or 'none yet (lakecurate recaption makes one)'}")
+    check_caption_col(lake.uri, ds.schema, caption)
     if image not in ds.schema.names or columns.fragments_to_fill(ds, image):
         raise LakeError(f"scoring {caption} needs the {spec.prefix} image embedding of every row; run: "
                         f"{embed_command(lake, spec.prefix, {'config': spec.config(), **spec.weights()})}, then this again")

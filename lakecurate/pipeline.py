@@ -58,17 +58,21 @@ Lake = Any
 
 STEPS = ("ingest", "embed", "dedup", "curate", "cluster", "rebalance", "sequence", "export", "report")
 SHIPPED = Path(__file__).parent / "pipelines"
-# Options the runner owns (it passes them itself), so a file may not set them.
-_OWN = {"lake", "progress", "produce", "version", "options"}
+# Options the runner or the facade owns (they pass them themselves: curate's code, what this
+# lakecurate computes the stages with), so a file may not set them.
+_OWN = {"lake", "progress", "produce", "version", "options", "code"}
 # Options that make a step write nothing (or only part of what it must), so that every run of the
-# file reports it ran (its stage found it stale) and nothing changes: refused, with what to use instead.
+# file reports it ran (its stage found it stale) and nothing changes, or that make every run do it
+# all again: refused, with what to use instead.
 _NOTHING_WRITTEN = {
     "curate": {"dry_run": "a dry run decides and writes nothing, so every run of the file would run it again; "
                           "see what a recipe drops with `lakecurate curate LAKE RECIPE --dry-run`, and what a run would "
                           "do with `lakecurate run LAKE FILE --dry-run`"},
     "embed": {"max_fragments": "a run embeds every fragment (with max_fragments each run embeds only part, or "
                                "none, and the steps after it read an incomplete embedding); embed in parts with "
-                               "Lake.embed(max_fragments=N), then run the file"},
+                               "Lake.embed(max_fragments=N), then run the file",
+              "recompute": "with it every run of the file embeds every row again; embed again once with "
+                           "`lakecurate embed LAKE --model MODEL --recompute`, then run the file"},
 }
 _PATHS = {"ingest": ("sources", "root", "image_dir"), "export": ("dest",), "report": ("out",), "curate": ("recipe",),
           "embed": ("checkpoint",)}
@@ -237,12 +241,15 @@ def check_against_lake(lake: "Lake", pipe: "Pipeline", exists: bool = True) -> N
     neither the lake (``exists``; else the columns ingest makes) nor a step before it makes (a
     curriculum's score, a where's column, export's caption were refused after the steps before had
     committed), an export into the lake, a recipe that cannot tell which of several embeddings to
-    score."""
+    score. A step that needs what no step before it makes (an embedding, the concepts), a recipe
+    step naming a column no one makes, a caption column embed cannot score and an export into a
+    folder that is not an earlier export are refused as their stages refuse them, but first."""
     from lakecurate.options import overlaps
     from lakecurate.schema import PAIRS_SCHEMA
 
     ds = lake.dataset() if exists else None
-    have = set(ds.schema.names if ds is not None else PAIRS_SCHEMA.names)
+    schema = ds.schema if ds is not None else PAIRS_SCHEMA
+    have = set(schema.names)
 
     def refuse(step: str, what: str) -> None:
         raise LakeError(f"pipeline {pipe.source}, [{step}]: {what}")
@@ -275,13 +282,89 @@ def check_against_lake(lake: "Lake", pipe: "Pipeline", exists: bool = True) -> N
             if isinstance(opts.get("dest"), str) and overlaps(opts["dest"], lake.uri):
                 refuse(step, f"dest {opts['dest']!r} is inside lake '{lake.uri}' (or holds it); choose a destination "
                              "outside the lake folder")
+            if isinstance(opts.get("dest"), str):  # a folder holding other files: refused as the stage refuses it
+                from lakecurate.export import _check_dest
+
+                try:  # (as the run passes it: overwrite replaces an earlier export, never anything else)
+                    _check_dest(lake, opts["dest"], opts.get("format", "webdataset"), True)
+                except LakeError as exc:
+                    refuse(step, str(exc))
+        if step == "embed" and opts.get("caption_col", "caption") != "caption":
+            _check_caption_embed(lake, pipe, opts, schema, have)
         prefixes = sorted(c[: -len("_score")] for c in have if c.endswith("_score") and f"{c[: -len('_score')]}_image" in have)
         if step in ("dedup", "cluster") and len(prefixes) > 1 and not opts.get("embedding"):
             refuse(step, f"lake '{lake.uri}' will have several embeddings ({', '.join(prefixes)}); name the one "
                          f"{step} {'ranks members by' if step == 'dedup' else 'clusters'}: embedding = \"{prefixes[0]}\"")
+        need = _embedding_need(step, opts) if not prefixes else None
+        if need:  # (each stage refused it when it came, after the steps before it had committed)
+            refuse(step, f"lake '{lake.uri}' has no embedding and no step before it makes one; add an [embed] step, "
+                         f"such as model = \"offline\" ({need})")
+        if step == "rebalance" and "concept" not in have:
+            refuse(step, f"lake '{lake.uri}' has no concepts and no step before it makes them; add a [cluster] step, "
+                         "such as k = 8 (rebalance budgets rows by concept)")
         if step == "curate":
             _check_embedding_named(lake, pipe, opts, prefixes)
+            _check_recipe_steps(lake, pipe, opts, ds, have - set(schema.names))
         have |= _step_columns(step, opts)
+
+
+def _embedding_need(step: str, opts: dict[str, Any]) -> str | None:
+    """Why ``step`` needs an embedding, in its stage's words; None where it needs none."""
+    if step == "dedup":
+        from lakecurate.dedup import embedding_need
+
+        defaults = _defaults("dedup")
+        return embedding_need(_dedup_methods(opts), opts.get("phash_search", defaults["phash_search"]),
+                              opts.get("copy_search", defaults["copy_search"]))
+    if step == "cluster":
+        return "concepts cluster the image embeddings"
+    if step == "curate":
+        from lakecurate.curate import EMBEDDING, _needs, load_recipe
+
+        return "the alignment step needs them" if EMBEDDING in _needs(load_recipe(opts["recipe"], opts.get("overrides"))) else None
+    return None
+
+
+def _check_caption_embed(lake: "Lake", pipe: "Pipeline", opts: dict[str, Any], schema: Any, have: set[str]) -> None:
+    """[embed] caption_col: a text column of the lake (no step makes one), scored against the image
+    embedding the lake has of this model (this step embeds no images), as embed checks them."""
+    from lakecurate.embed import check_caption_col
+    from lakecurate.encoders import resolve
+
+    try:
+        check_caption_col(lake.uri, schema, opts["caption_col"])
+    except LakeError as exc:
+        raise LakeError(f"pipeline {pipe.source}, [embed]: {exc}") from None
+    spec = resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
+    if embedding_columns(spec.prefix)["image"] not in have:
+        raise LakeError(f"pipeline {pipe.source}, [embed]: scoring {opts['caption_col']} needs the {spec.prefix} image "
+                        f"embedding of every row, and lake '{lake.uri}' has none; embed the images first (lakecurate "
+                        f"embed {lake.shell} --model {opts['model']}), then run the file")
+
+
+def _check_recipe_steps(lake: "Lake", pipe: "Pipeline", opts: dict[str, Any], ds: Any, later: set[str]) -> None:
+    """The recipe's generic steps (``column``, ``sql``) as curate checks them, on the lake (a lake
+    not made yet: an empty one with the columns ingest makes); a step reading a column a step
+    before curate makes (``later``) is checked when curate runs. A column no one makes was refused
+    after ingest and embed had committed."""
+    import tempfile
+
+    import lance
+
+    from lakecurate.curate import _check_steps, load_recipe
+    from lakecurate.schema import PAIRS_SCHEMA
+
+    rec = load_recipe(opts["recipe"], opts.get("overrides"))
+    if not any(s.filter in ("column", "sql") for s in rec.steps):
+        return
+    try:
+        if ds is not None:
+            _check_steps(lake, ds, rec, later)
+            return
+        with tempfile.TemporaryDirectory(prefix="lakecurate-plan-") as tmp:
+            _check_steps(lake, lance.write_dataset(PAIRS_SCHEMA.empty_table(), f"{tmp}/plan.lance"), rec, later)
+    except LakeError as exc:
+        raise LakeError(f"pipeline {pipe.source}, [curate]: {exc}") from None
 
 
 def _check_sources(lake: "Lake", pipe: "Pipeline") -> None:
@@ -301,13 +384,9 @@ def _check_sources(lake: "Lake", pipe: "Pipeline") -> None:
 
 def _where_names(where: str) -> list[str]:
     """The column names a where condition reads (as the SQL parser sees them)."""
-    import sqlglot
-    from sqlglot import exp
+    from lakecurate.sqlcheck import condition_columns
 
-    try:
-        return list(dict.fromkeys(c.name for c in sqlglot.parse_one(where).find_all(exp.Column)))
-    except sqlglot.errors.SqlglotError:
-        return []  # (the stage's own check words that refusal)
+    return condition_columns(where)  # (none for text it cannot parse: the stage's own check words that refusal)
 
 
 def _check_embedding_named(lake: "Lake", pipe: "Pipeline", opts: dict[str, Any], prefixes: list[str]) -> None:
@@ -333,6 +412,10 @@ def _step_columns(step: str, opts: dict[str, Any]) -> set[str]:
     decided = {c for d in DECISIONS if d.stage == step for c in (d.column, d.reason) if c}
     if step == "embed":
         spec = resolve(opts["model"], opts.get("pretrained"), opts.get("checkpoint"), opts.get("name"))
+        if opts.get("caption_col", "caption") != "caption":  # another caption scored: its columns alone
+            from lakecurate.embed import caption_columns
+
+            return set(caption_columns(spec.prefix, opts["caption_col"]).values())
         return set(embedding_columns(spec.prefix).values())
     if step == "curate":  # and the signals its recipe asks for
         return decided | set(SIGNAL_TYPES)
@@ -421,12 +504,16 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
                             "and copy it to object storage")
         options.writable("report", opts["out"])  # (refused after the steps before it had committed)
         target = Path(os.path.realpath(opts["out"]))
-        if not options.flag("overwrite", opts.get("overwrite", False)) and target.is_file():
+        overwrite = options.flag("overwrite", opts.get("overwrite", False))
+        if not overwrite and target.is_file():
             from lakecurate.report import report_meta
 
             if report_meta(target) is None:  # (the step refuses it, after the steps before it had committed)
                 raise LakeError(f"out = {opts['out']!r} exists and is not a lakecurate report; choose another file, "
                                 "or add overwrite = true to replace it")
+        from lakecurate.report import check_out
+
+        check_out(opts["out"], overwrite)  # the rest as the step checks it (a folder was refused only then)
         options.whole("sample_rows", opts.get("sample_rows", 1), 1)
         for key in ("thumb_px", "max_groups", "per_group", "n_low", "per_reason", "n_concepts"):
             options.whole(key, opts.get(key, 0), 0)
@@ -567,8 +654,6 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
             from lakecurate.embed import caption_columns
 
             score = caption_columns(spec.prefix, opts["caption_col"])["score"]
-        if opts.get("recompute"):
-            return "recompute asked for"
         cfg = _prov_config(ds, score)
         if cfg is not None:  # the same columns asked with another config (precision, weights...): embed refuses it
             from lakecurate.encoders import comparable_config

@@ -685,6 +685,24 @@ def report_meta(path: str | Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def check_out(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse, before any work, an ``out`` the report cannot be written to (``lakecurate run`` asks
+    before its first step); the file it writes (a link followed)."""
+    from lakecurate.errors import LakeError
+    from lakecurate.options import writable
+
+    writable("report", out)  # (first: a name too long for the file system was a traceback from is_dir)
+    if Path(out).is_dir():  # checked before the work; replacing it failed at the end, leaving OUT.tmp beside it
+        raise LakeError(f"report: '{out}' is a folder; give the HTML file to write, e.g. {Path(out) / 'report.html'}")
+    target = Path(os.path.realpath(out))  # a link is followed: its target gets the report, the link stays
+    if target.exists() and not target.is_file():  # a FIFO or a device would be replaced by a file
+        raise LakeError(f"report: '{out}' is not a regular file (a pipe or a device); give the HTML file to write")
+    if target.is_file() and not overwrite and report_meta(target) is None:  # (it replaced an 8 MB Parquet file)
+        raise LakeError(f"report: '{out}' exists and is not a lakecurate report (or one an older lakecurate wrote); "
+                        "choose another file, or pass --overwrite to replace it")
+    return target
+
+
 def report(
     lake: "Store",
     out: str | Path,
@@ -717,7 +735,7 @@ def report(
     import jinja2
 
     from lakecurate.errors import LakeError
-    from lakecurate.options import flag, location, overlaps, path, writable
+    from lakecurate.options import flag, location, overlaps, path
     from lakecurate.progress import progress_bar
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
@@ -727,15 +745,7 @@ def report(
     progress = None if progress is None else flag("progress", progress)
     if "://" in str(out):  # (it wrote a local folder named "s3:")
         raise LakeError(f"report writes a local HTML file, not '{out}'; write it here and copy it to object storage")
-    writable("report", out)  # (first: a name too long for the file system was a traceback from is_dir)
-    if Path(out).is_dir():  # checked before the work; replacing it failed at the end, leaving OUT.tmp beside it
-        raise LakeError(f"report: '{out}' is a folder; give the HTML file to write, e.g. {Path(out) / 'report.html'}")
-    target = Path(os.path.realpath(out))  # a link is followed: its target gets the report, the link stays
-    if target.exists() and not target.is_file():  # a FIFO or a device would be replaced by a file
-        raise LakeError(f"report: '{out}' is not a regular file (a pipe or a device); give the HTML file to write")
-    if target.is_file() and not overwrite and report_meta(target) is None:  # (it replaced an 8 MB Parquet file)
-        raise LakeError(f"report: '{out}' exists and is not a lakecurate report (or one an older lakecurate wrote); "
-                        "choose another file, or pass --overwrite to replace it")
+    target = check_out(out, overwrite)
     if overlaps(str(target), lake.uri):  # beside the table is fine (demo writes LAKE/report.html)
         folder = location(lake.uri)[1]
         top = Path(os.path.relpath(target, folder)).parts[0]

@@ -77,6 +77,23 @@ def _parser() -> Any:
     return _dialect
 
 
+def condition_columns(where: str) -> list[str]:
+    """The columns a condition reads, as the parser sees them (a struct's field, ``meta.x``, by its
+    column ``meta``); none for text it cannot parse (:func:`check_where` words that refusal).
+
+    >>> condition_columns("width > 400 AND meta.src = 'a'")
+    ['width', 'meta']
+    """
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(where, dialect=_parser())
+        return list(dict.fromkeys(c.parts[0].name for c in tree.find_all(exp.Column)))
+    except (sqlglot.errors.SqlglotError, ValueError):
+        return []
+
+
 MAX_NESTING = 32  # levels of parentheses a query or condition may have
 
 

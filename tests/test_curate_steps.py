@@ -154,7 +154,7 @@ def test_parse_override(text, value):
     ({}, 'filter = "column"\ncolumn = "width"', "give at least one test"),
     ({}, 'filter = "column"\ncolumn = "ingested_at"\nequals = "2020"', "holds timestamp.*use a sql step"),  # dropped all
     ({}, 'filter = "column"\ncolumn = "keep"\nnot_null = true', "what curate writes"),
-    ({}, 'filter = "sql"\nwhere = "nosuch > 3"', "No field named nosuch"),
+    ({}, 'filter = "sql"\nwhere = "nosuch > 3"', "names nosuch, which is not a column of lake"),
     ({}, 'filter = "sql"\nwhere = "width > 3; DROP TABLE pairs"', "give exactly one"),
     ({}, 'filter = "sql"\nwhere = "width + 3"', "not true or false"),
     ({}, 'filter = "sql"\nwhere = "keep AND width > 3"', "reads keep/drop_reason"),
@@ -303,7 +303,8 @@ def test_an_sql_step_may_name_signals_curate_computes_on_the_way(tmp_path: Path)
     lake.ingest(SAMPLE_DATA, progress=False)
     assert "cap_lang" not in lake.dataset().schema.names
     version = lake.dataset().version
-    with pytest.raises(LakeError, match="step 1 \\(sql\\).*No field named cap_langg"):
+    with pytest.raises(LakeError, match="step 1 \\(sql\\).*names cap_langg, which is not a column of lake .* "
+                                        "\\(did you mean cap_lang"):
         lake.curate({"name": "typo", "step": [{"filter": "sql", "where": "width >= 256 AND cap_langg = 'en'"}]},
                     progress=False)
     assert lake.dataset().version == version

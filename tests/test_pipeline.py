@@ -805,10 +805,11 @@ def test_a_curriculum_score_an_earlier_step_makes_is_taken(sample_lake_embedded:
     from lakecurate.pipeline import check_against_lake
 
     assert "concept_dist" not in sample_lake_embedded.dataset().schema.names
-    for before, score in ((("cluster", {"k": 3}), "concept_dist"), (("rebalance", {"target": 0.5}), "sample_weight"),
-                          (("curate", {"recipe": "basic"}), "cap_words")):
+    for before, score in (({"cluster": {"k": 3}}, "concept_dist"),
+                          ({"cluster": {"k": 3}, "rebalance": {"target": 0.5}}, "sample_weight"),
+                          ({"curate": {"recipe": "basic"}}, "cap_words")):
         check_against_lake(sample_lake_embedded, load_pipeline(
-            dict([before, ("sequence", {"mode": "curriculum", "score": score})])))
+            {**before, "sequence": {"mode": "curriculum", "score": score}}))
     with pytest.raises(LakeError, match="score 'repeats' is not a column"):
         check_against_lake(sample_lake_embedded, load_pipeline(
             {"cluster": {"k": 3}, "sequence": {"mode": "curriculum", "score": "repeats"}}))
@@ -1093,3 +1094,89 @@ def test_a_refused_ingest_source_creates_no_lake(tmp_path: Path):
         res = CliRunner().invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
         assert res.exit_code == 1 and "[ingest]: " in res.output and msg in res.output, res.output
         assert not (tmp_path / "lake").exists()
+
+
+@pytest.mark.parametrize("steps, match", [
+    ('[cluster]\nk = 3\n', r"\[cluster\]: lake .* has no embedding and no step before it makes one; add an \[embed\] "
+                           r"step, such as model = \"offline\" \(concepts cluster the image embeddings\)"),
+    ('[dedup]\nmethods = ["semantic"]\n', r"\[dedup\]: lake .* has no embedding and no step before it makes one.*"
+                                          r"semantic, caption and verify dedup need them"),
+    ('[dedup]\nmethods = ["phash"]\nphash_search = "clusters"\n', r"\[dedup\]: .* has no embedding .*--phash-search clusters"),
+    ('[rebalance]\ntarget = 0.5\n', r"\[rebalance\]: lake .* has no concepts and no step before it makes them; add a "
+                                    r"\[cluster\] step"),
+    ('[curate]\nrecipe = "basic"\n', r"\[curate\]: lake .* has no embedding .*\(the alignment step needs them\)"),
+    ('[embed]\nmodel = "tiny-random"\nworkers = 0\n[curate]\nrecipe = "r.toml"\n#sql\n',
+     r"\[curate\]: recipe .*r.toml, step 1 \(sql\): where = 'nosuchcol > 3' names nosuchcol, which is not a column of lake"),
+    ('[embed]\nmodel = "tiny-random"\nworkers = 0\n[curate]\nrecipe = "r.toml"\n#column\n',
+     r"\[curate\]: recipe .*r.toml, step 1 \(column\): lake .* has no column 'nosuchcol'"),
+    ('[embed]\nmodel = "tiny-random"\nworkers = 0\ncaption_col = "caption_nosuch"\n',
+     r"\[embed\]: --caption-col 'caption_nosuch' is not a text column of lake"),
+    ('[embed]\nmodel = "tiny-random"\nworkers = 0\n[export]\ndest = "precious"\n',
+     r"\[export\]: '.*precious' is not an earlier lakecurate webdataset export"),
+    ('[report]\nout = "precious"\n', r"\[report\]: report: '.*precious' is a folder; give the HTML file to write"),
+])
+def test_a_step_its_stage_would_refuse_is_refused_before_anything_is_written(tmp_path: Path, steps: str, match: str):
+    """Each was refused by its stage only when its step came, after the lake was created and ingest
+    (and embed) had committed: clustering, semantic dedup or an aligning recipe with no embedding,
+    rebalance with no concepts, a recipe step naming no column (the sql one as a raw 'Schema error:
+    No field named ...'), a caption column the lake lacks, an export or report into a folder of
+    other files (the dry run said "would run, not exported yet")."""
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("mine")
+    kind = "sql" if "#sql" in steps else "column"
+    (tmp_path / "r.toml").write_text('name = "r"\n[[step]]\n' + ('filter = "sql"\nwhere = "nosuchcol > 3"\n' if kind == "sql"
+                                                                 else 'filter = "column"\ncolumn = "nosuchcol"\nmin = 3\n'))
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(f'[ingest]\nsources = ["{SAMPLE_DATA}"]\n' + steps)
+    for dry in ([], ["--dry-run"]):
+        res = CliRunner().invoke(main, ["run", str(tmp_path / "lake"), str(pipe), *dry])
+        assert res.exit_code == 1 and re.search(match, " ".join(res.output.split())), res.output
+        assert "Schema error" not in res.output and "Traceback" not in res.output
+        assert not (tmp_path / "lake").exists()
+    assert (tmp_path / "precious" / "thesis.txt").read_text() == "mine"
+
+
+def test_steps_the_lake_or_an_earlier_step_serves_pass_the_checks(sample_lake_embedded: Lake, tmp_path: Path):
+    """What the lake has, or a step before makes, is no refusal: a recipe step on the embedding an
+    [embed] step makes (checked when curate runs) or on a signal curate computes, rebalance after
+    [cluster], semantic dedup on the lake's embedding; on a lake, the refusals hold and nothing is
+    written."""
+    from lakecurate.pipeline import check_against_lake
+
+    recipe = {"name": "r", "step": [{"filter": "column", "column": "clip_tinyrandom_score", "min": 0},
+                                    {"filter": "sql", "where": "cap_words > 0 AND clip_tinyrandom_score > -1"}]}
+    new = Lake(str(tmp_path / "new"))
+    check_against_lake(new, load_pipeline({"ingest": {"sources": [str(SAMPLE_DATA)]},
+                                           "embed": {"model": "tiny-random"}, "curate": {"recipe": recipe},
+                                           "cluster": {"k": 2}, "rebalance": {"target": 0.5}}), exists=False)
+    assert not new.exists()
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    check_against_lake(lake, load_pipeline({"curate": {"recipe": recipe}, "cluster": {"k": 2},
+                                            "dedup": {"methods": ["semantic"]}}))
+    v = lake.version
+    for pipe, match in (({"rebalance": {"target": 0.5}}, r"\[rebalance\]: lake .* has no concepts"),
+                        ({"curate": {"recipe": {"name": "r", "step": [{"filter": "sql", "where": "nosuchcol > 3"}]}}},
+                         r"step 1 \(sql\): where = 'nosuchcol > 3' names nosuchcol"),
+                        ({"embed": {"model": "tiny-random", "caption_col": "width"}}, r"--caption-col 'width' is not a text")):
+        with pytest.raises(LakeError, match=match):
+            lake.run(pipe, progress=False)
+    assert lake.version == v
+
+
+def test_embed_recompute_and_curate_code_are_not_options_of_a_file(tmp_path: Path):
+    """[embed] recompute = true embedded every row again on every run of the file; [curate] code
+    (what the facade passes curate: the code this lakecurate computes with) was taken from a file."""
+    pipe = tmp_path / "p.toml"
+    for text, msg in {
+        '[embed]\nmodel = "offline"\nrecompute = true\n':
+            "[embed]: recompute = true is not an option of a pipeline: with it every run of the file embeds every "
+            "row again; embed again once with `lakecurate embed LAKE --model MODEL --recompute`, then run the file",
+        '[curate]\nrecipe = "basic"\ncode = {x = {y = 1}}\n': "[curate]: unknown option(s) code; valid:",
+    }.items():
+        pipe.write_text(text)
+        with pytest.raises(LakeError, match=re.escape(msg)):
+            load_pipeline(pipe)
+        res = CliRunner().invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
+        assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, res.output
+    pipe.write_text('[embed]\nmodel = "offline"\nrecompute = false\n')
+    assert load_pipeline(pipe).steps["embed"]["recompute"] is False
