@@ -199,11 +199,18 @@ class BudgetType(click.ParamType):
 lake_argument = click.argument("lake", type=click.Path(file_okay=False))
 
 
+# Characters a table cell shows escaped: control characters (a scraped caption's "\x1b]0;...\x07"
+# set the terminal's title, "\x1b[2J" cleared it) and the bidi overrides (the rest of a row shown reversed).
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))} | {
+    c: f"\\u{c:04x}" for c in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
 def _cell(value: Any) -> str:
-    """A table cell: floats to 4 decimals (a float32 read back prints 0.4713999927043915)."""
+    """A table cell: floats to 4 decimals (a float32 read back prints 0.4713999927043915); what a
+    terminal would act on (escape codes, bidi overrides) escaped, as ``\\x1b``."""
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return str(round(float(value), 4))
-    return str(value)
+    return str(value).translate(_UNPRINTABLE)
 
 
 def _echo_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
@@ -212,8 +219,9 @@ def _echo_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
         return
     columns = columns or list(rows[0])
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    heads = [_cell(c) for c in columns]  # (a column another writer named so: escaped too)
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths)))
     click.echo("  ".join("-" * w for w in widths))
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
@@ -1482,7 +1490,10 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, as_
     else:  # a null is NULL in every column (pandas would show NaN in numeric ones, None in others)
         with __import__("pandas").option_context("display.max_rows", 200, "display.width", 200,
                                                   "display.max_colwidth", 60):
-            click.echo(df.astype(object).where(df.notna(), "NULL").to_string(index=False))
+            shown = df.astype(object).where(df.notna(), "NULL")  # (escape codes in a caption: shown, not sent)
+            shown = shown.map(lambda v: v.translate(_UNPRINTABLE) if isinstance(v, str) else v)
+            shown.columns = [str(c).translate(_UNPRINTABLE) for c in shown.columns]
+            click.echo(shown.to_string(index=False))
 
 
 # --------------------------------------------------------------------------- versions

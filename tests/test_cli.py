@@ -252,3 +252,19 @@ def test_demo_on_a_small_folder_of_its_own_runs_through(runner: CliRunner, tmp_p
     res = runner.invoke(main, ["demo", "--lake", str(tmp_path / "lake"), "--source", str(own)])
     assert res.exit_code == 0, res.output
     assert Lake.open(tmp_path / "lake").count("concept IS NOT NULL") == 2
+
+
+def test_a_caption_s_escape_codes_are_shown_not_sent_to_the_terminal(runner: CliRunner, tmp_path: Path):
+    """Captions are scraped text: one holding "\\x1b]0;pwned\\x07\\x1b[2J" set the terminal's title
+    and cleared it when `lakecurate sql` printed it (a bidi override reversed the rest of the row).
+    A table shows them escaped; --json escapes them as JSON does; the stored caption is unchanged."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(REPO / "sample_data", progress=False)
+    hostile = "a red car\x1b]0;pwned\x07\x1b[2J\u202eevil"
+    lance.dataset(lake.table_uri).update({"caption": "'" + hostile + "'"}, where="key = 'brick.jpg'")
+    res = runner.invoke(main, ["sql", lake.uri, "SELECT key, caption FROM pairs WHERE key = 'brick.jpg'"])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "\x07" not in res.output and "\u202e" not in res.output, repr(res.output)
+    assert "a red car\\x1b]0;pwned\\x07\\x1b[2J\\u202eevil" in res.output, res.output
+    res = runner.invoke(main, ["sql", lake.uri, "SELECT caption FROM pairs WHERE key = 'brick.jpg'", "--json"])
+    assert json.loads(res.stdout) == [{"caption": hostile}]
