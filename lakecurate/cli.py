@@ -1233,6 +1233,8 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
         cols = ["action", "kind", "rows", "by", "at"] + (["branch"] if lk.branch else [])  # (and its parent's marks)
         _echo_table(out, cols + (["note"] if any("note" in r for r in out) else [])) if out else \
             click.echo("(no reviews yet)")
+    elif undo_action and out.get("already_undone"):
+        click.echo(f"nothing restored: action {undo_action} is already undone (its rows hold what they held before it)")
     elif undo_action:
         click.echo(f"restored {out['rows']} rows" + (f" (undo action {out['action']})" if out["action"] else "")
                    + (f"; changed since, left alone: {', '.join(out['changed_since'])}" if out["changed_since"] else ""))

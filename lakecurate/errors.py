@@ -42,3 +42,7 @@ def removed_meanwhile(exc: BaseException) -> str | None:
         return None
     m = _GONE.search(text)
     return None if m is None else f"'{m.group(1)}'"
+
+
+class QueryStopped(LakeError):
+    """A query stopped by its caller (the browser app's, past its time)."""

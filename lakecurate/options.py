@@ -56,6 +56,22 @@ def text(option: str, value: Any) -> str:
     regex or a path join, a TypeError traceback)."""
     if not isinstance(value, str) or not value:
         raise LakeError(f"invalid {option} {value!r}: expected text")
+    return unicode(option, value)
+
+
+def unicode(option: str, value: str) -> str:
+    """``value`` if it is Unicode text Arrow can store, else a LakeError naming ``option``: a lone
+    surrogate (``"\\ud800"`` in JSON; a byte that is not UTF-8 in a command's argument, such as a
+    Latin-1 terminal's 'é') was a UnicodeEncodeError traceback from pyarrow.
+
+    >>> unicode("--by", "José")
+    'José'
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LakeError(f"invalid {option} {value!r}: not UTF-8 text (character {exc.start + 1} is "
+                        f"{value[exc.start]!r}, a lone surrogate: a byte of another encoding, such as Latin-1?)") from None
     return value
 
 
@@ -76,6 +92,8 @@ def texts(option: str, value: Any, *, none_ok: bool = False) -> list[str] | None
     bad = [v for v in out if not isinstance(v, str)]
     if bad:
         raise LakeError(f"invalid {option}: {bad[0]!r} is not text")
+    for v in out:
+        unicode(option, v)
     return out
 
 
@@ -232,13 +250,18 @@ def overlaps(dest: str, lake_uri: str) -> bool:
 # Control characters text may carry (NUL, ESC of a terminal colour code, DEL, C1) reach every tool
 # that prints it; ASCII white space stays, to become one space where runs of it collapse.
 _CONTROL = {c: None for c in (*range(32), *range(127, 160)) if chr(c) not in "\t\n\r\v\f"}
+# ... and bidirectional controls (marks, embeddings, overrides, isolates): U+202E stored in a reason
+# showed the rest of a --history row, or of a grid cell, reversed ('ok\u202egnp.exe' reads 'okexe.png')
+_CONTROL.update({c: None for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 
 
 def clean_text(text: str) -> str:
-    """Text as stored (an endpoint's caption, a reviewer's name or reason): control characters
-    removed, runs of white space (newlines, tabs) one space.
+    """Text as stored (an endpoint's caption, a reviewer's name or reason): control characters and
+    bidirectional controls removed, runs of white space (newlines, tabs) one space.
 
     >>> clean_text("<b>red</b>\\x00\\x1b[31m car\\n\\tparked")
     '<b>red</b>[31m car parked'
+    >>> clean_text("ok\\u202egnp.exe")
+    'okgnp.exe'
     """
     return " ".join(text.translate(_CONTROL).split())

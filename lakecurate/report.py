@@ -321,6 +321,8 @@ class _Builder:
         return {
             "uri": self.uri, "rows": self.rows, "version": self.version, "latest": self.lake.version,
             "n_versions": len(versions), "fragments": len(ds.get_fragments()),
+            # a branch lists its own versions, numbered on from where it was made ("34 of 6 versions")
+            "branch": self.lake.branch, "first": min(versions, default=self.version),
             "last_commit": shown["timestamp"].isoformat(timespec="seconds") if shown else "",
             "columns": cols, "stages": stages, "tags": tags, "status": dict(zip(status["s"], map(int, status["n"]))),
         }

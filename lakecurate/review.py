@@ -36,7 +36,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.graph import lakecurate_on
-from lakecurate.options import clean_text, texts
+from lakecurate.options import clean_text, texts, unicode
 from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
 
@@ -68,7 +68,7 @@ def _text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise LakeError(f"review {what} must be text, not {type(value).__name__}")
-    value = clean_text(value)  # (a NUL or a terminal's ESC was stored, and printed by --history)
+    value = clean_text(unicode(f"review {what}", value))  # (a NUL or a terminal's ESC was stored, and printed by --history)
     if len(value) > MAX_TEXT:
         raise LakeError(f"review {what} is {len(value)} characters; at most {MAX_TEXT}")
     return value or None
@@ -232,6 +232,13 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     Rows marked otherwise since that version get its marks too; they are listed (``replaced``)."""
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
+    if isinstance(version, str) and not version.isdigit():
+        branch, _ = lake._ref(version)  # (another branch's marks were copied and logged "from version N")
+        if branch != lake.branch:
+            whose, here = branch or "main", lake.branch or "main"
+            raise LakeError(f"--from-version {version} is a version of branch {whose}, not of {here}: marks are brought "
+                            f"back from {here}'s own versions (a number or tag of it; see: {lakecurate_on(lake)} log "
+                            f"{lake.shell}); nothing written")
     then = lake.dataset(version)
     if not set(NAMES) <= set(then.schema.names):
         raise LakeError(f"version {version} of lake '{lake.uri}' has no review columns (or not all {len(NAMES)}); "
@@ -283,7 +290,9 @@ def mark(lake: "Store", ids: Sequence[str], *, verdict: str | None = None, reaso
 
 def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
     """Restore what the rows of a mark held before it. A row changed again since the mark keeps
-    its newer value (listed in ``changed_since``). The undo is itself logged (and can be undone)."""
+    its newer value (listed in ``changed_since``). The undo is itself logged (and can be undone).
+    Undone again, it restores nothing and says so (``already_undone``): its rows hold what they held
+    before it."""
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
     if not isinstance(action, str) or not action.isalnum():
@@ -320,7 +329,14 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
                                       action=new_action)
     if not before:  # nothing restored: nothing logged, no action to name
         new_action = None
-    return {"action": new_action, "rows": len(before), "changed_since": skipped, "version": version}
+    # rows that hold what they held before the mark: undone already (a second undo called them "changed since")
+    undone: set[str] = set()
+    if skipped:
+        now = lake.dataset().to_table(columns=["id", *NAMES], filter=f"id IN ({in_list(skipped)})").to_pylist()
+        undone = {r["id"] for r in now if all(r[n] == restore[r["id"]][n] for n in NAMES)}
+        skipped = [i for i in skipped if i not in undone]
+    return {"action": new_action, "rows": len(before), "changed_since": skipped, "version": version,
+            "already_undone": bool(undone) and not before and not skipped}
 
 
 def _jsonable(d: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import where_columns
 from lakecurate.images import thumbnail_jpeg
 from lakecurate.names import DECISIONS
+from lakecurate.options import unicode
 from lakecurate.sqlcheck import check_query, check_where, clean_message, in_list, literal
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 PAGE = 48  # rows a grid page shows
 SQL_ROWS = 1000  # rows a query from the UI may return
 QUERY_SECONDS = 20.0  # a filter or query from the UI that runs longer is abandoned with a 504
+SQL_WORKERS = 2  # SQL queries from the UI at once, in a pool of their own (the grid's is never theirs)
 THUMB_PX = 160
 FACET_SYNC_ROWS = 200_000  # above this, filter menus are counted in the background (a first page never scans)
 LATEST_SECONDS = 1.0  # how stale "latest" may be for readers (another process's commit shows within this)
@@ -180,6 +182,11 @@ class Browser:
         self.facets = _LRU(VIEWS_CACHED)
         self.queries: dict[str, np.ndarray] = {}  # image queries by id (vectors, not files)
         self.pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="lakecurate-query")
+        # SQL has a pool of its own: a query past its time goes on until its next batch (DataFusion
+        # cannot be interrupted inside one), and four such queries held the grid's pool, every
+        # filter and sort a 504, for as long as they ran. A slot is free once its query has ended.
+        self.sql_pool = concurrent.futures.ThreadPoolExecutor(SQL_WORKERS, thread_name_prefix="lakecurate-sql")
+        self.sql_slots = threading.BoundedSemaphore(SQL_WORKERS)
         self.write_lock = threading.Lock()  # reviews from this server one at a time (others retry on conflict)
         self.prefetch = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lakecurate-thumbs")
         self.pending: dict[tuple[int, int], concurrent.futures.Future] = {}
@@ -190,10 +197,10 @@ class Browser:
         self._meta: tuple[float, dict[str, Any]] | None = None
         if labels is not None and read_only:
             raise LakeError("--labels writes the lake's review labels; leave it out with --read-only")
-        if labels is not None:
-            review.set_labels(lake, labels)
         if version is not None:
             self.dataset(None)  # a --version that is not one is an error before the server starts
+        if labels is not None:  # (after every check: a failed start had replaced the labels)
+            review.set_labels(self.reader(None), labels)  # the served branch's own (a branch's view read its own)
 
     # ------------------------------------------------------------------ data
     def dataset(self, ref: str | None) -> "lance.LanceDataset":
@@ -286,6 +293,32 @@ class Browser:
             return fut.result(timeout=QUERY_SECONDS)
         except concurrent.futures.TimeoutError:
             raise QueryTimeout(f"{what} ran longer than {QUERY_SECONDS:.0f} s; narrow it down") from None
+
+    def run_sql(self, query: str, at: int | str) -> Any:
+        """A query from the UI's SQL page, in the SQL pool, stopped past :data:`QUERY_SECONDS` (at its
+        next batch); a :class:`Busy` while every SQL slot holds a query that has not ended."""
+        if not self.sql_slots.acquire(blocking=False):
+            raise Busy(f"SQL is busy: {SQL_WORKERS} queries are still running (one past its time ends at its "
+                       "next batch of rows); try again in a moment")
+        stop = threading.Event()
+
+        def run() -> Any:
+            try:
+                return self.lake.sql(query, version=at, limit=SQL_ROWS, stop=stop)
+            finally:
+                self.sql_slots.release()
+
+        try:
+            fut = self.sql_pool.submit(run)
+        except BaseException:
+            self.sql_slots.release()
+            raise
+        try:
+            return fut.result(timeout=QUERY_SECONDS)
+        except concurrent.futures.TimeoutError:
+            stop.set()
+            raise QueryTimeout(f"the query ran longer than {QUERY_SECONDS:.0f} s and is being stopped; "
+                               "narrow it down (a WHERE, fewer joins) or add a LIMIT") from None
 
     def condition(self, ds: "lance.LanceDataset", params: dict[str, str]) -> str | None:
         """The SQL condition of a grid's filters (each checked as ``lakecurate sql`` checks them)."""
@@ -463,6 +496,10 @@ class QueryTimeout(LakeError):
     """A query from the UI that ran past :data:`QUERY_SECONDS`."""
 
 
+class Busy(LakeError):
+    """Every slot for this kind of query is taken: try again (a 503)."""
+
+
 # ---------------------------------------------------------------------- the app
 def create_app(lake: "Lake", **options: Any) -> Any:
     """The Starlette app over ``lake`` (see :class:`Browser` for ``options``)."""
@@ -525,6 +562,8 @@ def create_app(lake: "Lake", **options: Any) -> Any:
                 return _error(request, exc.status, exc.message, kind)
             except QueryTimeout as exc:
                 return _error(request, 504, str(exc), kind)
+            except Busy as exc:
+                return _error(request, 503, str(exc), kind)
             except LakeError as exc:
                 return _error(request, 400, str(exc), kind)
 
@@ -663,7 +702,7 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         if query:
             check_query(query)
             at = b.pin(request.query_params.get("v") or b.version, ds.version)
-            df = b.timed(lambda: b.lake.sql(query, version=at, limit=SQL_ROWS), "the query")
+            df = b.run_sql(query, at)
             result = {"columns": list(df.columns), "rows": df.astype(object).where(df.notna(), None).values.tolist()[:SQL_ROWS],
                       "limit": SQL_ROWS}
         return html(request, {**ctx, "view": "sql", "title": "SQL", "sql": query, "result": result})
@@ -757,6 +796,8 @@ def create_app(lake: "Lake", **options: Any) -> Any:
                 raise ValueError
         except ValueError:
             return JSONResponse({"error": "send a JSON object"}, status_code=400)
+        except RecursionError:  # ([ nested 100,000 deep: within the size limit, past Python's stack)
+            return JSONResponse({"error": "send a JSON object (this one is nested too deep)"}, status_code=400)
         from starlette.concurrency import run_in_threadpool
 
         try:
@@ -845,11 +886,24 @@ class _Http(Exception):
 
 
 def _image_vector(b: Browser, body: bytes, view: str | None) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
     from lakecurate.names import pick_embedding
     from lakecurate.search import encoder_for, query_vector
 
     _, prov = pick_embedding(b.lake, b.dataset(view), need="image search compares against them")
-    return np.asarray(query_vector(encoder_for(prov), body))
+    enc = encoder_for(prov)
+    try:  # decoded here, in the page's words (the library's named --text (text=True), the command line's)
+        with Image.open(io.BytesIO(body)) as im:
+            rgb = im.convert("RGB")
+    except Image.DecompressionBombError:
+        raise LakeError("that image has more pixels than the server decodes; upload a smaller copy of it") from None
+    except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        raise LakeError(f"that file is not an image the server can read ({type(exc).__name__}); upload a JPEG, "
+                        "PNG, GIF, WebP or BMP file, or type words in the search box") from None
+    return np.asarray(query_vector(enc, rgb))
 
 
 def _mark(b: Browser, body: dict[str, Any]) -> dict[str, Any]:
@@ -879,7 +933,7 @@ def _view(body: dict[str, Any]) -> str | None:
     v = body.get("v")
     if v is not None and not isinstance(v, str):
         raise LakeError("send v: the page's version (text), or leave it out")
-    return v or None
+    return unicode("v (the page's version)", v) if v else None
 
 
 def _int(value: Any, default: Any) -> Any:
@@ -971,7 +1025,10 @@ def serve(lake: "Lake", *, host: str = "127.0.0.1", port: int = 8765, read_only:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}/" + (f"login?token={token}" if token else "")
     echo(f"lakecurate: serving {lake.uri} at {url}" + (" (read-only)" if read_only else "") + " — Ctrl+C stops")
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down, then raises the Ctrl+C again: the stop asked for (click said
+        pass                   # "Aborted!", exit 1)
 
 
 def _bind(host: str, port: int) -> "socket.socket":

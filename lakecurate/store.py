@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -33,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 from lance.commit import CommitConflictError
 
-from lakecurate.errors import LakeError
+from lakecurate.errors import LakeError, QueryStopped
 from lakecurate.options import texts, whole
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
@@ -413,7 +414,7 @@ class Store:
 
     # ----------------------------------------------------------------- queries
     def sql(self, query: str, version: int | str | None = None, *, with_row_id: bool = False,
-            limit: int | None = None) -> pd.DataFrame:
+            limit: int | None = None, stop: threading.Event | None = None) -> pd.DataFrame:
         """Run SQL (DataFusion, through Lance) against the ``pairs`` table and return pandas.
 
         Example: ``lake.sql("SELECT format, COUNT(*) AS n FROM pairs GROUP BY format")``.
@@ -422,14 +423,16 @@ class Store:
         Only one read-only SELECT/WITH over ``pairs`` runs: DataFusion would also run ``COPY ... TO``
         (writing any file) or ``CREATE EXTERNAL TABLE`` (reading any), so anything else is refused
         (:func:`lakecurate.sqlcheck.check_query`). ``limit``: stop reading after that many rows
-        (the browser app's bound on what a query may return).
+        (the browser app's bound on what a query may return); ``stop``: see :meth:`sql_table`.
         """
-        return self.sql_table(query, version, with_row_id=with_row_id, limit=limit).to_pandas()
+        return self.sql_table(query, version, with_row_id=with_row_id, limit=limit, stop=stop).to_pandas()
 
     def sql_table(self, query: str, version: int | str | None = None, *, with_row_id: bool = False,
-                  limit: int | None = None) -> pa.Table:
+                  limit: int | None = None, stop: threading.Event | None = None) -> pa.Table:
         """:meth:`sql`'s result as an Arrow table: exact where pandas is not (a uint64 hash with a
-        null in its column, ints with nulls: pandas makes them float64) and columns named alike kept."""
+        null in its column, ints with nulls: pandas makes them float64) and columns named alike kept.
+        ``stop``: once set, the query ends at its next batch (DataFusion through Lance has no
+        interrupt of a batch being computed; dropping the stream cancels the rest of the plan)."""
         from lakecurate.sqlcheck import check_query, clean_message
 
         check_query(query)
@@ -437,16 +440,21 @@ class Store:
         ds = self.dataset(version)
         try:
             reader = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader()
-            if limit is None:
+            if limit is None and stop is None:
                 table = reader.read_all()
             else:
                 batches, rows = [], 0
                 for batch in reader:
+                    if stop is not None and stop.is_set():
+                        reader.close()  # (between batches: the plan's remaining work is dropped)
+                        raise QueryStopped(f"SQL on lake '{self.uri}' was stopped: it ran past its time")
                     batches.append(batch)
                     rows += batch.num_rows
-                    if rows >= limit:
+                    if limit is not None and rows >= limit:
                         break
                 table = pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
+        except QueryStopped:
+            raise
         except Exception as exc:  # DataFusion reports planning errors as plain exceptions
             raise LakeError(f"SQL failed on lake '{self.uri}': {clean_message(exc)}") from None
         return table  # no rows: an empty table that still has the query's columns

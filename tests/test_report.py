@@ -341,6 +341,8 @@ def test_a_branchs_report_says_so_and_its_hints_name_the_branch(sample_lake_embe
         who.report(tmp_path / out)
     html = (tmp_path / "exp.html").read_text()
     assert 'branch <b id="branch">exp</b>' in html and "lakecurate --branch exp dedup" in html
+    # its own versions, numbered on from main's: "version shown 34 of 6 versions"
+    assert re.search(r"of branch exp \(its versions \d+ to \d+: \d+\); committed", html) and " versions; committed" not in html
     assert "<code>lakecurate dedup" not in html and "lakecurate curate" not in html.replace("--branch exp curate", "")
     lake.report(tmp_path / "via-main.html", version="exp")  # the branch's version read through main
     assert 'branch <b id="branch">exp</b>' in (tmp_path / "via-main.html").read_text()

@@ -253,6 +253,70 @@ def test_control_characters_are_cleaned_from_review_text(sample: Lake):
         review.mark(sample, ids, verdict="drop", reason=bare)
 
 
+def test_bidi_controls_are_cleaned_from_review_text(sample: Lake):
+    """U+202E (right-to-left override) in a reason showed the rest of a --history row, or a grid
+    cell, reversed: 'ok\u202egnp.exe' read 'okexe.png'."""
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    assert review.set_labels(sample, ["a\u2066b\u2069", "\u202e"]) == ["ab"]
+    review.mark(sample, ids, verdict="drop", reason="ok\u202egnp.exe", label="ab", by="ana\u200f\u202a")
+    got = _values(sample, ids)[ids[0]]
+    assert (got["review_reason"], got["review_by"], got["review_label"]) == ("okgnp.exe", "ana", "ab")
+
+
+def test_text_that_is_not_utf8_is_one_line_naming_the_field(sample: Lake):
+    """A reviewer name from a Latin-1 terminal ('Jos\\xe9': a lone surrogate once decoded) or a lone
+    surrogate in an id ended review in a UnicodeEncodeError traceback, --json included."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    before = sample.version
+    res = CliRunner().invoke(main, ["review", sample.uri, ids[0], "--keep", "--by", "Jos\udce9", "--json"])
+    assert res.exit_code == 1 and "Traceback" not in res.output and isinstance(res.exception, SystemExit), res.output
+    err = json.loads(res.stdout)["error"]
+    assert "reviewer" in err and "not UTF-8 text" in err
+    for kw in ({"ids": ["x\ud800"]}, {"ids": ids, "reason": "b\ud800lur"}):
+        with pytest.raises(LakeError, match="not UTF-8 text"):
+            review.mark(sample, **{"verdict": "drop", "reason": "blur", **kw})
+    with pytest.raises(LakeError, match="review label .* not UTF-8"):
+        review.set_labels(sample, ["ok", "\udce9"])
+    assert sample.version == before and review.labels(sample) == []
+
+
+def test_undoing_an_action_twice_says_it_is_undone_already(sample: Lake):
+    """The second undo said "restored 0 rows; changed since, left alone: <id>", as if someone had."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:2]
+    a = review.mark(sample, ids, verdict="drop", reason="blur", by="ana")
+    assert review.undo(sample, a["action"])["rows"] == 2
+    version = sample.version
+    again = review.undo(sample, a["action"])
+    assert again["already_undone"] and again["changed_since"] == [] and again["action"] is None
+    res = CliRunner().invoke(main, ["review", sample.uri, "--undo", a["action"]])
+    assert res.exit_code == 0 and "already undone" in res.output and "changed since" not in res.output, res.output
+    assert sample.version == version
+
+
+def test_marks_are_not_brought_back_from_another_branch(sample: Lake):
+    """--from-version BRANCH copied another branch's marks into main, logged "from version N" (N a
+    number of that branch)."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    exp = sample.create_branch("exp")
+    review.mark(exp, ids, verdict="keep", by="bob")
+    before = sample.version
+    res = CliRunner().invoke(main, ["review", sample.uri, "--from-version", "exp", "--json"])
+    assert res.exit_code == 1 and "branch exp, not of main" in json.loads(res.stdout)["error"], res.output
+    assert sample.version == before and review.history(sample) == []
+
+
 def test_compact_merges_fragments_nobody_reviewed(tmp_path: Path):
     lake = Lake.create(tmp_path / "lake")
     from lakecurate.plant import synthetic_pairs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -133,6 +134,46 @@ def test_review_of_odd_json_is_a_400_naming_the_field(sample: Lake, body: dict):
     r = c.post("/api/review", json=body, headers={"X-CSRF-Token": csrf(c)})
     assert r.status_code == 400 and "review" in r.json()["error"]
     assert sample.dataset().version == before
+
+
+@pytest.mark.parametrize("field", ["ids", "by", "reason", "v"])
+def test_a_lone_surrogate_in_a_review_post_is_a_400_naming_the_field(sample: Lake, field: str):
+    """A JSON string holding a lone surrogate ("\\ud800") was a 500 (UnicodeEncodeError in pyarrow)."""
+    c = client(sample)
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    body = {"ids": ids, "verdict": "drop", "reason": "blur", "by": "ana", "v": "", field: "x\ud800"}
+    if field == "ids":
+        body["ids"] = ["x\ud800"]
+    raw = json.dumps(body).encode()  # (ensure_ascii: the surrogate travels as the escape \\ud800)
+    before = sample.dataset().version
+    r = c.post("/api/review", content=raw, headers={"X-CSRF-Token": csrf(c)})
+    assert r.status_code == 400 and "not UTF-8 text" in r.json()["error"], r.text
+    assert {"ids": "review ids", "by": "reviewer", "reason": "reason", "v": "v (the page"}[field] in r.json()["error"]
+    assert sample.dataset().version == before
+
+
+def test_a_deeply_nested_review_body_is_a_400(sample: Lake):
+    """[ nested 100,000 deep (within the size limit) was a RecursionError: a 500."""
+    c = client(sample)
+    r = c.post("/api/review", content="[" * 100_000 + "]" * 100_000, headers={"X-CSRF-Token": csrf(c)})
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]
+
+
+def test_serve_labels_are_written_after_every_check_and_on_the_served_branch(sample: Lake):
+    """--labels replaced the lake's labels, then --version nosuch failed the start; and with a
+    branch's --version they were written as main's, so the branch's page offered none."""
+    review.set_labels(sample, ["watermark", "nsfw"])
+    for labels in (["oops"], []):
+        with pytest.raises(LakeError, match="not a version, tag or branch"):
+            create_app(sample, version="nosuch", labels=labels)
+        assert review.labels(sample) == ["watermark", "nsfw"]
+    exp = sample.create_branch("exp")
+    c = client(sample, version="exp", labels=["blurry"])
+    assert review.labels(exp) == ["blurry"] and review.labels(sample) == ["watermark", "nsfw"]
+    assert re.findall(r"<option>([^<]*)</option>", c.get("/").text).count("blurry") == 1
+    ids = sorted(sample.to_pandas(["id"])["id"])[:1]
+    r = c.post("/api/review", json={"ids": ids, "label": "blurry"}, headers={"X-CSRF-Token": csrf(c)})
+    assert r.status_code == 200, r.text
 
 
 def test_views_pair_group_concept_diff_sql(sample: Lake):
@@ -282,6 +323,48 @@ def test_sql_rows_are_limited(many: Lake, monkeypatch):
     assert r.status_code == 200 and r.text.count("<td>p") == 7
 
 
+def test_sql_past_its_time_never_starves_the_grid(many: Lake, monkeypatch):
+    """Four /sql queries past QUERY_SECONDS held the 4 threads of the grid's pool: a sort of the grid
+    then answered 504 "the filter ran longer ... narrow it down" until they ended."""
+    import threading
+
+    import lakecurate.serve as serve
+
+    monkeypatch.setattr(serve, "QUERY_SECONDS", 0.2)
+    release, stops = threading.Event(), []
+
+    def heavy(query, version=None, *, limit=None, stop=None, **kw):  # a query that runs until released
+        stops.append(stop)
+        release.wait(30)
+        return pa.table({"n": [1]}).to_pandas()
+
+    c = client(many)
+    c.get("/")
+    monkeypatch.setattr(many, "sql", heavy)
+    try:
+        got = [c.get("/sql", params={"sql": "SELECT COUNT(*) AS n FROM pairs"}) for _ in range(4)]
+        assert [r.status_code for r in got] == [504, 504, 503, 503]
+        assert "SQL is busy" in got[-1].text and "the filter" not in got[-1].text
+        assert all(s is not None and s.is_set() for s in stops)  # told to stop at their next batch
+        grid = c.get("/", params={"sort": "caption", "desc": "1"})
+        assert grid.status_code == 200 and len(addrs(grid.text)) == PAGE
+    finally:
+        release.set()
+    for _ in range(100):  # the slots come back once the queries end
+        if c.get("/sql", params={"sql": "SELECT 1 AS n"}).status_code == 200:
+            break
+        threading.Event().wait(0.05)
+    else:
+        raise AssertionError("the SQL slots never came back")
+    stop = threading.Event()
+    stop.set()
+    from lakecurate.errors import QueryStopped
+
+    monkeypatch.undo()
+    with pytest.raises(QueryStopped):  # the real reader stops at its next batch
+        many.sql_table("SELECT id FROM pairs", stop=stop)
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_thumbnails_are_upright_and_small(fmt: str):
     import io
@@ -351,6 +434,23 @@ def test_serve_command_makes_a_token_off_the_loopback(sample: Lake, monkeypatch)
             assert msg in json.loads(bad.stdout)["error"]
 
 
+def test_ctrl_c_stops_serve_quietly(sample: Lake, monkeypatch):
+    """Ctrl+C, as serve says to stop it: uvicorn raises it again once shut down, and click printed
+    "Aborted!" and exited 1."""
+    import uvicorn
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    def run(server, sockets):
+        sockets[0].close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    res = CliRunner().invoke(main, ["serve", sample.uri, "--read-only", "--port", "9002"])
+    assert res.exit_code == 0 and "Aborted" not in res.output, res.output
+
+
 def test_review_command(sample: Lake):
     import json
 
@@ -381,7 +481,8 @@ def test_review_command(sample: Lake):
         assert bad.exit_code == 2 and says in bad.output, (args, bad.output)  # a bad option (README)
     assert sample.version == version
     again = run(main, ["review", sample.uri, "--undo", action])  # restores nothing: names no action
-    assert again.exit_code == 0 and again.output.startswith("restored 0 rows;") and "undo action" not in again.output
+    assert again.exit_code == 0 and again.output.startswith("nothing restored: action") and "undo action" not in again.output
+    assert "already undone" in again.output and "changed since" not in again.output
 
 
 def test_image_search_and_a_pinned_version(embedded: Lake, tmp_path: Path):
@@ -410,7 +511,8 @@ def test_image_search_and_a_pinned_version(embedded: Lake, tmp_path: Path):
     hits = re.findall(r'<figure class="card[^"]*" data-id="([^"]+)"', by_width.text)
     width = dict(zip(*(embedded.to_pandas(["id", "width"])[c] for c in ("id", "width"))))
     assert sorted(hits) == sorted(shown) and [width[i] for i in hits] == sorted((width[i] for i in hits), reverse=True)
-    assert c.post("/api/search-image", content=b"not an image", headers=page_token).status_code == 400
+    bad = c.post("/api/search-image", content=b"not an image", headers=page_token)
+    assert bad.status_code == 400 and "--text" not in bad.text and "search box" in bad.json()["error"]  # the page's words
     assert "expired" in c.get("/", params={"qimg": "0123456789abcdef"}).text
     # --version: the grid shows that version unless the page asks for another
     first = embedded.dataset().versions()[0]["version"]

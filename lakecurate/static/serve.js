@@ -56,7 +56,8 @@
       try {
         const done = await post("/api/undo", {action: action, by: reviewer ? reviewer.value : ""});
         sessionStorage.removeItem("lakecurate-last-action");
-        say(`restored ${done.rows} rows` + (done.changed_since.length ? `; ${done.changed_since.length} changed since, left as they are` : ""));
+        say(done.already_undone ? "nothing restored: that action is already undone"
+            : `restored ${done.rows} rows` + (done.changed_since.length ? `; ${done.changed_since.length} changed since, left as they are` : ""));
         setTimeout(() => location.reload(), 300);
       } catch (err) { say(err.message, true); }
     });
