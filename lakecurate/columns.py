@@ -208,6 +208,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
     refuse_foreign(lake, ds, present)  # (before a recompute's drop: another writer's column went without a word)
+    refuse_others(lake, ds, names, prov)  # (...and another stage's: a recompute dropped a user's feature)
     if present and recompute:
         drop_replaced(lake, present)
         ds = lake.dataset()
@@ -262,6 +263,24 @@ def refuse_foreign(lake: "Store", ds: lance.LanceDataset, names: Sequence[str]) 
                         f"not made by lakecurate (another writer added {'it' if one else 'them'}), and lakecurate does "
                         f"not drop another writer's columns: drop {'it' if one else 'them'} with the tool that added "
                         f"{'it' if one else 'them'} (Lance, LanceDB), or pick another --name where the stage takes one")
+
+
+def refuse_others(lake: "Store", ds: lance.LanceDataset, names: Sequence[str], prov: dict[str, Any]) -> None:
+    """Refuse (LakeError) to declare ``names`` where ``ds`` has one that another stage declared, or
+    that belongs to a larger set than these names (a feature's of several columns): no run
+    replaces what it did not make. A feature named ``myenc_image``, then ``embed --name myenc``:
+    the refusal said "--recompute to replace it", and the recompute dropped the feature; ``embed
+    --name caption`` beside ``recaption --name image`` replaced the image vectors with text."""
+    for name in names:
+        if name not in ds.schema.names:
+            continue
+        old = field_provenance(ds.schema.field(name), strict=False) or {}
+        declared = declared_columns(ds.schema.field(name)) or [name]
+        if old.get("stage") != prov.get("stage") or not set(declared) <= set(names):
+            raise LakeError(f"column '{name}' of lake '{lake.uri}' belongs to {old.get('stage')} "
+                            f"({', '.join(declared)}), not to this {prov.get('stage')} run: a run (--recompute too) "
+                            f"replaces only its own columns; pick another --name for this one (or drop those first "
+                            f"on purpose: lakecurate drop {lake.shell} {' '.join(declared)})")
 
 
 def drop_present(lake: "Store", names: Sequence[str]) -> None:

@@ -224,6 +224,19 @@ def _refuse_if_dropped(lake: "Store") -> None:
                     f"{st.fix}; to start afresh without them: {lakecurate_on(lake)} drop {lake.shell} {NAMES[0]}")
 
 
+def _grew_from(lake: "Store", branch: str | None, number: int) -> bool:
+    """Whether version ``number`` of ``branch`` (None: main) is in this branch's history: a version
+    of a branch it was made from (or that one's parent), at or before where it was made."""
+    here, info = lake.branch, (lake.branches() if lake.branch else {})
+    while here:
+        meta = info.get(here) or {}
+        parent, at = meta.get("parent_branch") or None, meta.get("parent_version")
+        if parent == branch:
+            return at is not None and number <= int(at)
+        here = parent
+    return False
+
+
 def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
     """Write back the marks the lake held at ``version`` (a number or tag): every row of that
     version with a review value gets its values again (rows no longer in the lake are listed in
@@ -232,13 +245,17 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     Rows marked otherwise since that version get its marks too; they are listed (``replaced``)."""
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
+    whose = None  # the branch whose version it is, where not this one's (a parent's before the branch)
     if isinstance(version, str) and not version.isdigit():
         branch, _ = lake._ref(version)  # (another branch's marks were copied and logged "from version N")
-        if branch != lake.branch:
+        if branch != lake.branch and not _grew_from(lake, branch, lake.dataset(version).version):
             whose, here = branch or "main", lake.branch or "main"
             raise LakeError(f"--from-version {version} is a version of branch {whose}, not of {here}: marks are brought "
-                            f"back from {here}'s own versions (a number or tag of it; see: {lakecurate_on(lake)} log "
-                            f"{lake.shell}); nothing written")
+                            f"back from {here}'s own versions and those it grew from (a number or tag of it, or "
+                            f"BRANCH:N of a branch it was made from, before it was made; see: {lakecurate_on(lake)} "
+                            f"log {lake.shell}); nothing written")
+        if branch != lake.branch:
+            whose = branch or "main"
     then = lake.dataset(version)
     if not set(NAMES) <= set(then.schema.names):
         raise LakeError(f"version {version} of lake '{lake.uri}' has no review columns (or not all {len(NAMES)}); "
@@ -254,7 +271,7 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     by = _text(by, "reviewer") or "anonymous"
     at = datetime.now(timezone.utc)
     action = uuid.uuid4().hex
-    version_now, before, skipped = _write(lake, marks, log=_logger(lake, action, f"from version {then.version}",
+    version_now, before, skipped = _write(lake, marks, log=_logger(lake, action, f"from version {f'{whose}:' if whose else ''}{then.version}",
                                                                      marks.__getitem__, by, at), action=action)
     # rows marked since that version, whose newer marks the old ones replaced (undo takes them back)
     replaced = sorted(i for i, old in before.items() if any(v is not None for v in old.values())

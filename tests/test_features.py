@@ -362,7 +362,8 @@ def test_a_run_whose_columns_were_declared_again_meanwhile_gives_advice_its_comm
         if not raced:
             raced.append(1)
             ds = self.lake.dataset()
-            other = columns.provenance("other", {"other": len(raced)}, ["caption"], ds.version)
+            stage = columns.field_provenance(ds.schema.field(self.names[0]))["stage"]  # (its own stage, another config)
+            other = columns.provenance(stage, {"other": len(raced)}, ["caption"], ds.version)
             columns.declare(self.lake, [pa.field(n, ds.schema.field(n).type) for n in self.names], other, recompute=True)
         return original(self)
 
@@ -429,3 +430,24 @@ def test_a_udf_file_is_recorded_by_its_absolute_path_and_its_fix_runs_from_anywh
     out = CliRunner().invoke(main, shlex.split(st.fix)[1:])
     assert out.exit_code == 0, out.output
     assert [s.state for s in graph.states(lake) if s.node.stage == "feature"] == ["current"]
+
+
+def test_a_stage_s_recompute_never_drops_another_stage_s_column(tmp_path: Path):
+    """A feature named myenc_image, then `embed --name myenc`: "made with another config ...
+    --recompute to replace it", and --recompute dropped the user's feature without a word (embed
+    --name caption beside recaption --name image replaced the image vectors with text the same
+    way). A column another stage declared is refused with and without recompute, naming its
+    stage and the way out (another name); the feature stays."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.add_feature("myenc_image", caption_chars, progress=False)
+    before = lake.to_pandas(["id", "myenc_image"]).set_index("id")["myenc_image"]
+    for recompute in (False, True):
+        with pytest.raises(LakeError, match=r"column 'myenc_image' .* belongs to feature \(myenc_image\), not to this "
+                                            r"embed run: .*pick another --name"):
+            lake.embed("tiny-random", name="myenc", workers=0, recompute=recompute, progress=False)
+    after = lake.to_pandas(["id", "myenc_image"]).set_index("id")["myenc_image"]
+    assert after.equals(before) and "myenc_text" not in lake.dataset().schema.names
+    from lakecurate.features import list_features
+
+    assert [f["column"] for f in list_features(lake)] == ["myenc_image"]
