@@ -250,8 +250,16 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
     if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(name)):  # it names columns in SQL
         raise EncoderError(f"--name {name!r}: a column prefix is letters, digits and '_', not starting with a digit "
                            "(e.g. clip_mine)")
+    if name is not None and name != name.lower():  # SQL folds unquoted names: SELECT Bad_score found no column
+        raise EncoderError(f"--name {name!r} has capitals, which SQL reads as {name.lower()!r} unless quoted; "
+                           f"use {name.lower()!r}")
     if model == "offline":
         from lakecurate import offline
+
+        given = [opt for opt, value in (("--pretrained", pretrained), ("--checkpoint", checkpoint)) if value]
+        if given:  # its weights are the bundled ones: a checkpoint given was ignored without a word
+            raise EncoderError(f"model 'offline' takes no {' or '.join(given)} (it runs its bundled weights); "
+                               "drop the option, or name an open_clip architecture (e.g. --model ViT-B-32)")
 
         return EncoderSpec("offline", offline.ARCH, offline.heads_path_str(), name or "offline", offline.spec_extra())
     import open_clip

@@ -125,7 +125,7 @@ def load_udf(spec: str) -> Callable:
             module = importlib.import_module(mod_name)
     except LakeError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import was lakecurate's silent exit with its code
         raise LakeError(f"--udf {spec!r}: cannot import {mod_name}: {type(exc).__name__}: {exc}") from None
     fn = module
     for part in attr.split("."):
@@ -436,11 +436,21 @@ def add_feature(
         if owner != name:  # feature g returning {"a": ...} wrote g_a; a feature named g_a replaced it
             raise LakeError(f"column '{f.name}' belongs to feature '{owner}'; pick another name "
                             f"(or drop that feature first: lakecurate feature drop {lake.shell} {owner})")
+    # The feature's columns of an earlier run that this one does not write (one array then, a dict
+    # now: feat, then feat_a and feat_b): two features of one name, listed twice and dropped together.
+    fix = "the function, its inputs or its parameters changed since; use another name, or --recompute to replace it"
+    stale = [f.name for f in ds.schema if f.name not in types and (columns.field_provenance(f) or {}).get("stage") == STAGE
+             and (columns.field_provenance(f).get("config") or {}).get("feature") == name]
+    if stale and not recompute:
+        old = columns.field_provenance(ds.schema.field(stale[0])).get("config") or {}
+        raise LakeError(f"feature '{name}' in lake '{lake.uri}' (column{'s' if len(stale) > 1 else ''} {', '.join(stale)}) "
+                        f"was made with another config ({columns.config_change(old, config)}); {fix}")
+    if stale:  # --recompute: the feature is replaced whole, its columns this run does not write go too
+        columns.drop_present(lake, stale)
     stage = runner.RowStage(
         STAGE, fields, config, inputs, batch=runner.OnColumns(udf), batch_size=batch_size,
         extra={"udf": udf_spec(spec) if spec else udf_name(func)}, desc=f"feature {name}",
-        own_column="as a feature of another name (feature add LAKE OTHER_NAME ...)",
-        fix="the function, its inputs or its parameters changed since; use another name, or --recompute to replace it",
+        own_column="as a feature of another name (feature add LAKE OTHER_NAME ...)", fix=fix,
     )
     out = runner.run(lake, stage, engine=engine, recompute=recompute, progress=progress)
     return FeatureReport(lake=lake.uri, feature=name, columns=list(types), inputs=inputs, engine=engine,

@@ -24,7 +24,9 @@ import itertools
 import hashlib
 import io
 import json
+import math
 import os
+import shlex
 import stat
 import tarfile
 import time
@@ -44,7 +46,7 @@ from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
 from lakecurate.options import path
 from lakecurate.progress import progress_bar
-from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
+from lakecurate.schema import PAIRS_SCHEMA, REASONS, TABLE, severity
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -333,6 +335,23 @@ def _parse_sidecar(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     return (obj, "") if isinstance(obj, dict) else (None, "JSON sidecar is not an object")
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with each NaN or infinite number (a sidecar's NaN, Infinity, 1e999) as its text, as a
+    manifest's cell keeps it ("nan", "inf"): ``meta`` stays strict JSON, which JSON.parse and other
+    strict readers refuse otherwise.
+
+    >>> _finite({"score": float("nan"), "x": [1.5, float("-inf")]})
+    {'score': 'nan', 'x': [1.5, '-inf']}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]:
     """Read, hash and probe one candidate into a row of the pairs table. Never raises."""
     flags = list(c.flags)
@@ -387,7 +406,8 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
             meta["exif_orientation"] = info["orientation"]
 
     try:
-        meta_json = json.dumps(meta, ensure_ascii=False, default=str, sort_keys=True) if meta else None
+        meta_json = json.dumps(_finite(meta), ensure_ascii=False, default=str, sort_keys=True,
+                               allow_nan=False) if meta else None
     except (ValueError, RecursionError) as exc:  # a circular or absurdly deep value: keep the row, drop the meta
         meta_json = None
         flags.append("sidecar_invalid")
@@ -470,6 +490,11 @@ def iter_folder(root: str, ignored: list[str]) -> Iterator[Candidate]:
         ignored += [os.path.relpath(os.path.join(dirpath, n), root) + " (hidden)" for n in sorted(filenames)
                     if n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTS]
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # A lake (this one kept inside the photo folder, or another) or a Lance table inside the folder
+        # is not pairs: its _versions/*.json became caption sidecars without an image (error rows).
+        tables = {d: what for d in dirnames if (what := _table_folder(os.path.join(dirpath, d)))}
+        ignored += [os.path.relpath(os.path.join(dirpath, d), root) + f"/ ({what})" for d, what in tables.items()]
+        dirnames[:] = [d for d in dirnames if d not in tables]
         for d in dirnames:
             if os.path.islink(os.path.join(dirpath, d)):
                 ignored.append(os.path.relpath(os.path.join(dirpath, d), root) + "/ (symlinked folder)")
@@ -546,6 +571,17 @@ def is_lance_table(path: str) -> bool:
         return any(n.endswith(".manifest") for n in os.listdir(os.path.join(path, "_versions")))
     except (OSError, ValueError):
         return False
+
+
+def is_lake_folder(path: str) -> bool:
+    """Whether ``path`` is a lakecurate lake's folder: its table ``pairs.lance`` is there."""
+    return is_lance_table(os.path.join(path, f"{TABLE}.lance"))
+
+
+def _table_folder(path: str) -> str | None:
+    """What a folder met while walking a source is when it holds no pairs: "a lakecurate lake", "a
+    Lance table", else None."""
+    return "a lakecurate lake" if is_lake_folder(path) else "a Lance table" if is_lance_table(path) else None
 
 
 def _sniff(path: str) -> str | None:
@@ -640,11 +676,25 @@ def _manifest_columns(path: str, ext: str) -> tuple[list[str], dict[str, pa.Data
             header = _csv_header(path, "\t" if ext == ".tsv" else ",")
             if not header:
                 raise IngestError(f"{path}: the manifest is empty (no header row)")
+            _refuse_repeated(path, header)
             return header, {}
     except (pa.ArrowInvalid, OSError) as exc:
         raise IngestError(f"{path}: cannot read the manifest ({str(exc).splitlines()[0][:200]}); "
                           "check that it is a whole Parquet/Arrow/CSV/JSONL file") from None
+    _refuse_repeated(path, schema.names)
     return schema.names, {f.name: f.type for f in schema}
+
+
+def _refuse_repeated(path: str, names: list[str]) -> None:
+    """A manifest whose header names a column twice (``image,image,caption``) is refused: a row kept
+    only the last of the two values, and the first was lost without a word. (Unnamed columns, the
+    empty cells a spreadsheet leaves after the last one, are not names.)"""
+    repeated = [n for n, k in Counter(n for n in names if n.strip()).items() if k > 1]
+    if repeated:
+        one = len(repeated) == 1
+        raise IngestError(f"{path}: the header names column{'' if one else 's'} "
+                          f"{', '.join(repr(_shown_name(n)) for n in repeated)} more than once; give each column "
+                          "a name of its own (a row would keep only the last value of a repeated column)")
 
 
 def _lance_schema(path: str) -> pa.Schema:
@@ -1155,6 +1205,9 @@ def open_source(
     if kind == "folder":
         if not os.path.isdir(src):
             raise IngestError(f"'{src}' is not a folder")
+        if is_lake_folder(src):  # its table's _versions/*.json became error rows
+            raise IngestError(f"'{src}' is a lakecurate lake, not a folder of pairs; to copy its rows, export them "
+                              f"(lakecurate export {shlex.quote(src)} DEST --format lance) and ingest DEST")
         if is_lance_table(src):  # its _versions/*.json and data files became error rows and "not pairs"
             raise IngestError(f"'{src}' is a Lance table, not a folder of pairs; drop --kind folder: a Lance table "
                               "(such as export --format lance writes) is read as a manifest")

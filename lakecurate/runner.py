@@ -50,6 +50,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.errors import LakeError, Terminated
 from lakecurate.images import RefusedImage
+from lakecurate.schema import PAIRS_SCHEMA
 
 if TYPE_CHECKING:
     from lakecurate.engines import RayActors
@@ -663,6 +664,20 @@ def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[
         bar.close()
 
 
+def _refuse_source_columns(lake: "Store", ds: Any, stage: RowStage) -> None:
+    """Refuse a stage whose columns are the table's own (what ingest wrote: ``embed --name ingest``
+    writes ingest_error), named as such: declare's "another writer added it" sent people hunting
+    for a writer that never was."""
+    own = [n for n in stage.names if n in PAIRS_SCHEMA.names and n in ds.schema.names
+           and columns.field_provenance(ds.schema.field(n), strict=False) is None]
+    if own:
+        one = len(own) == 1
+        raise LakeError(f"column{'' if one else 's'} {', '.join(own)} {'is a source column' if one else 'are source columns'} "
+                        f"of lake '{lake.uri}' (ingest wrote {'it' if one else 'them'}; lakecurate info --schema lists "
+                        f"them), which no stage writes: {stage.desc or stage.name} needs columns of its own"
+                        + (f"; run it {stage.own_column}" if stage.own_column else ""))
+
+
 # --------------------------------------------------------------------------- the entry point
 def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int | None = None,
         recompute: bool = False, progress: bool | None = None, max_fragments: int | None = None) -> RunReport:
@@ -685,6 +700,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     t0 = time.perf_counter()
     report = RunReport()
     ds = lake.dataset()
+    _refuse_source_columns(lake, ds, stage)
     ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
     started: _Started | None = None
     if engine == "local" and stage.setup is not None and stage.names[0] not in ds.schema.names and not recompute:

@@ -657,3 +657,32 @@ def test_a_shared_lake_embedded_by_another_install_is_the_same_config_here(tmp_p
     assert len(hits) == 3
     res = CliRunner().invoke(main, ["run", str(lake.uri), "demo"])  # (the pipeline: no "pretrained changed")
     assert "pretrained changed" not in res.output, res.output
+
+
+def test_options_a_model_does_not_take_are_refused(lake: Lake):
+    """--model offline --checkpoint /nonexist.pt ran with the bundled weights and ignored the file."""
+    for opts, says in (({"checkpoint": "/nonexist.pt"}, "takes no --checkpoint"),
+                       ({"pretrained": "openai"}, "takes no --pretrained")):
+        with pytest.raises(EncoderError, match=f"model 'offline' {says} .*bundled weights"):
+            resolve("offline", **opts)
+    lake.ingest(SAMPLE_DATA, progress=False)
+    v = lake.version
+    res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "offline", "--checkpoint", "/nonexist.pt"])
+    assert res.exit_code == 1 and "takes no --checkpoint" in res.output and lake.version == v, res.output
+
+
+def test_a_name_with_capitals_is_refused():
+    """--name Bad made Bad_score, which SQL reads as bad_score (features refuse capitals)."""
+    with pytest.raises(EncoderError, match="--name 'Bad' has capitals, .* use 'bad'"):
+        resolve("tiny-random", name="Bad")
+    assert resolve("tiny-random", name="bad_1").prefix == "bad_1"
+
+
+def test_a_name_that_makes_a_source_column_says_so(lake: Lake):
+    """--name ingest writes ingest_error: it was "not made by lakecurate (another writer added
+    it)", when it is the table's own."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    v = lake.version
+    with pytest.raises(LakeError, match="column ingest_error is a source column of lake .* run it with another --name"):
+        lake.embed("tiny-random", name="ingest", workers=0, progress=False)
+    assert lake.version == v

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from lakecurate import Lake, LakeError, columns, feature
 from lakecurate.cli import main
-from lakecurate.features import BatchUdf, list_features, load_udf, source_hash
+from lakecurate.features import BatchUdf, drop_feature, list_features, load_udf, source_hash
 
 from .conftest import SAMPLE_DATA, pair_rows
 
@@ -451,3 +451,28 @@ def test_a_stage_s_recompute_never_drops_another_stage_s_column(tmp_path: Path):
     from lakecurate.features import list_features
 
     assert [f["column"] for f in list_features(lake)] == ["myenc_image"]
+
+
+def test_a_feature_name_is_one_feature_whether_it_writes_one_column_or_several(multi: Lake):
+    """A dict-returning feature (feat_n, feat_scaled) and another function under its name (feat)
+    were both accepted without --recompute: list showed two features of one name, drop dropped both."""
+    multi.add_feature("feat", word_stats, inputs=["caption"], progress=False)
+    multi.add_feature("solo", caption_chars, progress=False)
+    v = multi.version
+    for name, fn, old in (("feat", caption_chars, "columns feat_n, feat_scaled"), ("solo", word_stats, "column solo")):
+        with pytest.raises(LakeError, match=f"feature '{name}' .*\\({old}\\) was made with another config .*--recompute"):
+            multi.add_feature(name, fn, inputs=["caption"], progress=False)
+    assert multi.version == v and len(list_features(multi)) == 3
+    multi.add_feature("feat", caption_chars, recompute=True, progress=False)  # replaced whole
+    assert sorted(r["column"] for r in list_features(multi)) == ["feat", "solo"]
+    assert drop_feature(multi, "feat") == ["feat"] and [r["column"] for r in list_features(multi)] == ["solo"]
+
+
+def test_a_udf_module_that_exits_at_import_is_an_error_not_a_silent_exit(multi: Lake, tmp_path: Path):
+    """sys.exit(4) at the module's import ended lakecurate with code 4 and no word (no JSON with --json)."""
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(4)\n\ndef f(b):\n    return b\n")
+    with pytest.raises(LakeError, match="cannot import .*quits.py: SystemExit: 4"):
+        load_udf(f"{tmp_path / 'quits.py'}:f")
+    res = CliRunner().invoke(main, ["feature", "add", multi.uri, "q", "--udf", f"{tmp_path / 'quits.py'}:f",
+                                    "--input", "caption", "--json"])
+    assert res.exit_code == 1 and "SystemExit: 4" in json.loads(res.stdout)["error"], res.output

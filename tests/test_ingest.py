@@ -1156,3 +1156,56 @@ def test_retry_errors_with_nothing_fixed_writes_nothing(lake: Lake, tmp_path: Pa
     (src / "bad.jpg").write_bytes(noise_jpeg(seed=5))  # fixed: replaced
     rep = lake.ingest(src, retry_errors=True, progress=False)
     assert rep.replaced == 1 and rep.errors_unchanged == 0 and lake.count("ingest_status = 'error'") == 0
+
+
+def test_a_lake_or_lance_table_inside_a_source_folder_is_skipped_and_a_lake_as_the_source_refused(tmp_path: Path):
+    """A lake kept inside its photo folder (`ingest ./photos/lake ./photos`, run twice), or another
+    lake's folder as the source, walked the lake's files: pairs.lance/_versions/*.json became
+    image_missing error rows."""
+    from lakecurate.cli import main
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", src / "cat.jpg")
+    (src / "cat.txt").write_text("a cat")
+    for _ in range(2):
+        rep = Lake.create(src / "lake").ingest(src, progress=False)
+    lake = Lake.open(src / "lake")
+    lake.export(tmp_path / "out", "lance")  # a Lance table inside the folder is not pairs either
+    shutil.move(tmp_path / "out", src / "out")
+    rep = lake.ingest(src, progress=False)
+    assert rep.written == 0 and sorted(rep.ignored_files) == ["lake/ (a lakecurate lake)", "out/ (a Lance table)"]
+    assert lake.to_pandas(["key", "ingest_status"]).values.tolist() == [["cat.jpg", "ok"]]
+    res = CliRunner().invoke(main, ["ingest", str(tmp_path / "other"), str(src / "lake")])
+    assert res.exit_code == 1 and "is a lakecurate lake, not a folder of pairs" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
+
+
+def test_nan_and_infinity_in_a_json_sidecar_are_stored_as_text_so_meta_is_strict_json(lake: Lake, tmp_path: Path):
+    """A sidecar's NaN / Infinity went into meta as they were: not JSON (JSON.parse refuses it)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", src / "cat.jpg")
+    (src / "cat.json").write_text('{"caption": "ok", "score": NaN, "x": [Infinity, -Infinity, 1e999], "y": {"z": NaN}}')
+    lake.ingest(src, progress=False)
+    meta = lake.to_pandas(["meta"])["meta"][0]
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    assert json.loads(meta, parse_constant=refuse) == {"caption": "ok", "score": "nan", "x": ["inf", "-inf", "inf"],
+                                                       "y": {"z": "nan"}}
+
+
+def test_a_csv_manifest_naming_a_column_twice_is_refused(tmp_path: Path):
+    """`image,image,caption` kept the last image of each row and lost the first without a word."""
+    from lakecurate.cli import main
+
+    (tmp_path / "m.csv").write_text("image,image,caption\nchelsea.jpg,coffee.jpg,x\n")
+    res = CliRunner().invoke(main, ["ingest", str(tmp_path / "lake"), str(tmp_path / "m.csv"),
+                                    "--image-dir", str(SAMPLE_DATA)])
+    assert res.exit_code == 1 and "the header names column 'image' more than once" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "lake").exists()
+    (tmp_path / "ok.csv").write_text("image,caption,,\nchelsea.jpg,x,,\n")  # a spreadsheet's unnamed empty columns
+    rep = Lake.create(tmp_path / "ok").ingest(tmp_path / "ok.csv", image_dir=str(SAMPLE_DATA), progress=False)
+    assert rep.written == 1
