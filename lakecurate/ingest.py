@@ -1426,6 +1426,8 @@ def ingest(
     check_options(opts)
     check_engine(engine)
     src = os.fspath(path("source", source))  # (None was a TypeError traceback)
+    # (a Path for the folders: "'://' in image_dir" was a TypeError traceback)
+    root, image_dir = (None if v is None else os.fspath(path(o, v)) for o, v in (("root", root), ("image_dir", image_dir)))
     refuse_source_in_lake(lake.uri, src)
     plan = open_source(src, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
                        image_dir=image_dir, max_bytes=opts.max_bytes)

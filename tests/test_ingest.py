@@ -1209,3 +1209,14 @@ def test_a_csv_manifest_naming_a_column_twice_is_refused(tmp_path: Path):
     (tmp_path / "ok.csv").write_text("image,caption,,\nchelsea.jpg,x,,\n")  # a spreadsheet's unnamed empty columns
     rep = Lake.create(tmp_path / "ok").ingest(tmp_path / "ok.csv", image_dir=str(SAMPLE_DATA), progress=False)
     assert rep.written == 1
+
+
+def test_a_manifest_s_folders_may_be_paths_in_the_python_api(tmp_path: Path):
+    """`Lake.ingest(csv, image_dir=Path(...))` was a TypeError traceback ("argument of type
+    'PosixPath' is not iterable"): the CLI passes text, the Python API a Path as readily."""
+    (tmp_path / "m.csv").write_text("image,caption\nchelsea.jpg,a cat on a sofa\n")
+    rep = Lake.create(tmp_path / "lake").ingest(tmp_path / "m.csv", image_dir=SAMPLE_DATA, root=SAMPLE_DATA,
+                                                progress=False)
+    assert rep.written == 1 and Lake.open(tmp_path / "lake").count("ingest_status = 'ok'") == 1
+    with pytest.raises(LakeError, match="invalid image_dir 5: expected a path"):
+        Lake.open(tmp_path / "lake").ingest(tmp_path / "m.csv", image_dir=5, progress=False)
