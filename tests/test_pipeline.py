@@ -1062,21 +1062,28 @@ def test_every_edited_dedup_option_reruns_dedup(sample_lake_embedded: Lake, tmp_
     assert {s.state for s in graph.states(lake) if s.node.stage == "dedup"} == {"current"}
 
 
-def test_options_that_make_a_step_write_nothing_are_refused(tmp_path: Path):
-    """[curate] dry_run = true was taken: every run then said "curate ran" (the recipe changed) and
-    wrote nothing, forever; [embed] max_fragments = 0 likewise. A name that is not text (a table)
-    was stringified."""
+def _refused_at_load(tmp_path: Path, cases: dict[str, str]) -> Path:
+    """Each file text (-> its message) refused when the file is loaded and by `lakecurate run`, in one
+    line; returns the file's path."""
     pipe = tmp_path / "p.toml"
-    for text, msg in {
-        '[curate]\nrecipe = "basic"\ndry_run = true\n': "[curate]: dry_run = true is not an option of a pipeline",
-        '[embed]\nmodel = "offline"\nmax_fragments = 0\n': "[embed]: max_fragments = 0 is not an option of a pipeline",
-        'name = {a = 1}\n[embed]\nmodel = "offline"\n': "name = {'a': 1} must be text",
-    }.items():
+    for text, msg in cases.items():
         pipe.write_text(text)
         with pytest.raises(LakeError, match=re.escape(msg)):
             load_pipeline(pipe)
         res = CliRunner().invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
         assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, res.output
+    return pipe
+
+
+def test_options_that_make_a_step_write_nothing_are_refused(tmp_path: Path):
+    """[curate] dry_run = true was taken: every run then said "curate ran" (the recipe changed) and
+    wrote nothing, forever; [embed] max_fragments = 0 likewise. A name that is not text (a table)
+    was stringified."""
+    pipe = _refused_at_load(tmp_path, {
+        '[curate]\nrecipe = "basic"\ndry_run = true\n': "[curate]: dry_run = true is not an option of a pipeline",
+        '[embed]\nmodel = "offline"\nmax_fragments = 0\n': "[embed]: max_fragments = 0 is not an option of a pipeline",
+        'name = {a = 1}\n[embed]\nmodel = "offline"\n': "name = {'a': 1} must be text",
+    })
     pipe.write_text('name = "mine"\n[curate]\nrecipe = "basic"\ndry_run = false\n')
     assert load_pipeline(pipe).name == "mine"
 
@@ -1166,17 +1173,11 @@ def test_steps_the_lake_or_an_earlier_step_serves_pass_the_checks(sample_lake_em
 def test_embed_recompute_and_curate_code_are_not_options_of_a_file(tmp_path: Path):
     """[embed] recompute = true embedded every row again on every run of the file; [curate] code
     (what the facade passes curate: the code this lakecurate computes with) was taken from a file."""
-    pipe = tmp_path / "p.toml"
-    for text, msg in {
+    pipe = _refused_at_load(tmp_path, {
         '[embed]\nmodel = "offline"\nrecompute = true\n':
             "[embed]: recompute = true is not an option of a pipeline: with it every run of the file embeds every "
             "row again; embed again once with `lakecurate embed LAKE --model MODEL --recompute`, then run the file",
         '[curate]\nrecipe = "basic"\ncode = {x = {y = 1}}\n': "[curate]: unknown option(s) code; valid:",
-    }.items():
-        pipe.write_text(text)
-        with pytest.raises(LakeError, match=re.escape(msg)):
-            load_pipeline(pipe)
-        res = CliRunner().invoke(main, ["run", str(tmp_path / "lake"), str(pipe)])
-        assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, res.output
+    })
     pipe.write_text('[embed]\nmodel = "offline"\nrecompute = false\n')
     assert load_pipeline(pipe).steps["embed"]["recompute"] is False
