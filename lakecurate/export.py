@@ -798,38 +798,37 @@ def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list
         lance.write_dataset(reader, str(out), mode="create")
 
 
-def _running_here(dest: Path) -> list[str]:
-    """The other exports to ``dest`` running now on this host ("pid@host"), as their staging
-    folders name them (:func:`_remove_partials` leaves those)."""
+def _stages(dest: Path) -> Iterator[tuple[Path, int, bool]]:
+    """The staging folders of exports to ``dest`` made on this host (``.DEST.PID@HOST.XXXX.partial``):
+    (folder, its export's pid, whether that process lives)."""
     from lakecurate.columns import host_name
     from lakecurate.engines import process_alive
 
     head = f".{_stage_name(dest)}."
-    out = []
     for stage in dest.parent.glob(f"{glob.escape(head)}*.partial"):
         owner = stage.name[len(head) : -len(".partial")].rpartition(".")[0]  # pid@host (mkdtemp's letters after)
         pid, _, on = owner.partition("@")
-        if stage.is_dir() and pid.isdigit() and on == host_name() and int(pid) != os.getpid() and process_alive(int(pid)):
-            out.append(owner)
-    return sorted(out)
+        if stage.is_dir() and pid.isdigit() and on == host_name() and int(pid) != os.getpid():
+            yield stage, int(pid), process_alive(int(pid))
+
+
+def _running_here(dest: Path) -> list[str]:
+    """The other exports to ``dest`` running now on this host ("pid@host"), as their staging
+    folders name them (:func:`_remove_partials` leaves those)."""
+    from lakecurate.columns import host_name
+
+    return sorted(f"{pid}@{host_name()}" for _, pid, alive in _stages(dest) if alive)
 
 
 def _remove_partials(dest: Path) -> int:
     """Remove the staging folders (``.DEST.PID@HOST.XXXX.partial``) that exports to ``dest`` killed
     on this host left (a SIGKILL runs no ``finally``: up to a full copy of the data set stayed hidden
     beside DEST); one whose export is still running, or of another host, is left. Returns how many."""
-    from lakecurate.columns import host_name
-    from lakecurate.engines import process_alive
-
-    host, removed = host_name(), 0
-    head = f".{_stage_name(dest)}."
-    for stage in dest.parent.glob(f"{glob.escape(head)}*.partial"):
-        owner = stage.name[len(head) : -len(".partial")].rpartition(".")[0]  # pid@host (mkdtemp's letters after)
-        pid, _, on = owner.partition("@")
-        if not (stage.is_dir() and pid.isdigit() and on == host) or int(pid) == os.getpid() or process_alive(int(pid)):
-            continue
-        shutil.rmtree(stage, ignore_errors=True)
-        removed += not stage.exists()
+    removed = 0
+    for stage, _, alive in list(_stages(dest)):
+        if not alive:
+            shutil.rmtree(stage, ignore_errors=True)
+            removed += not stage.exists()
     return removed
 
 

@@ -1347,10 +1347,12 @@ def lakecurate_on(lake: "Store") -> str:
 
 
 def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],
-                all_states: list[NodeState] | None = None) -> list[NodeState]:
+                all_states: list[NodeState] | None = None,
+                kinds: Iterable[str] = ("stale", "incomplete", "dropped")) -> list[NodeState]:
     """The nodes behind ``columns`` (the columns themselves and, through their sources, every node
-    they were computed from) that are not current. ``all_states``: :func:`states` of ``ds``, when
-    the caller has them already."""
+    they were computed from) that are not current (in a state of ``kinds``). ``all_states``:
+    :func:`states` of ``ds``, when the caller has them already."""
+    kinds = set(kinds)
     all_states = states(lake, ds) if all_states is None else all_states
     producer = {c: s for s in all_states for c in s.node.columns}
     todo, seen, bad = list(columns), set(), []
@@ -1360,7 +1362,7 @@ def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],
         if s is None or id(s) in seen:
             continue
         seen.add(id(s))
-        if s.state in ("stale", "incomplete", "dropped"):
+        if s.state in kinds:
             bad.append(s)
         todo += s.node.sources
     bad.sort(key=lambda s: ORDER.index(s.node.stage) if s.node.stage in ORDER else len(ORDER))

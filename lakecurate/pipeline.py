@@ -809,19 +809,10 @@ def _unlisted(lake: "Lake", pipe: Pipeline, step: str, done: set[str], dry_run: 
     reads = [c for c in _READS.get(step, ()) if c in ds.schema.names]
     if not reads:
         return []
-    all_states = graph.states(lake, ds)
-    producer = {c: s for s in all_states for c in s.node.columns}
-    todo, seen, bad = list(reads), set(), []
-    while todo:  # every node the step's columns were computed from
-        s = producer.get(todo.pop())
-        if s is None or id(s) in seen:
-            continue
-        seen.add(id(s))
-        up = _IMPLIED.get(s.node.stage)
-        if up is not None and up not in pipe.steps and up not in done and STEPS.index(up) < STEPS.index(step) and (
-                s.state in ("stale", "dropped", "incomplete") or (dry_run and s.state == "behind")):
-            bad.append(s)
-        todo += s.node.sources
+    kinds = ("stale", "dropped", "incomplete") + (("behind",) if dry_run else ())
+    bad = [s for s in graph.not_current(lake, ds, reads, kinds=kinds)  # (every node they were computed from)
+           if (up := _IMPLIED.get(s.node.stage)) is not None and up not in pipe.steps and up not in done
+           and STEPS.index(up) < STEPS.index(step)]
     out: list[tuple[str, dict[str, Any], str]] = []
     for up in sorted({_IMPLIED[s.node.stage] for s in bad}, key=STEPS.index):
         mine = [s for s in bad if _IMPLIED[s.node.stage] == up]

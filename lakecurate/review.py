@@ -227,14 +227,7 @@ def _refuse_if_dropped(lake: "Store") -> None:
 def _grew_from(lake: "Store", branch: str | None, number: int) -> bool:
     """Whether version ``number`` of ``branch`` (None: main) is in this branch's history: a version
     of a branch it was made from (or that one's parent), at or before where it was made."""
-    here, info = lake.branch, (lake.branches() if lake.branch else {})
-    while here:
-        meta = info.get(here) or {}
-        parent, at = meta.get("parent_branch") or None, meta.get("parent_version")
-        if parent == branch:
-            return at is not None and number <= int(at)
-        here = parent
-    return False
+    return any(b == branch and number <= at for b, at in _ancestry(lake))
 
 
 def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read_only: bool = False) -> dict[str, Any]:
@@ -424,22 +417,29 @@ def _landed(lake: "Store", read_at: dict[str, int | None]) -> dict[str, bool | N
     return out
 
 
+def _ancestry(lake: "Store") -> list[tuple[str | None, int]]:
+    """The branches ``lake``'s branch grew from, nearest first, each with the version of it the
+    branch (or the one between) was made from: (branch, None for main; version). Empty on main."""
+    out, here, info = [], lake.branch, (lake.branches() if lake.branch else {})
+    while here:
+        meta = info.get(here) or {}
+        parent, at = meta.get("parent_branch") or None, meta.get("parent_version")
+        if at is None:
+            break
+        out.append((parent, int(at)))
+        here = parent
+    return out
+
+
 def _logs(lake: "Store") -> list[tuple[str, "lance.LanceDataset", int | None]]:
     """The review logs whose marks ``lake``'s rows may hold, as (branch, log, the last version of
     it those rows grew from: None for the lake's own): a branch's own log starts empty, and its
     rows hold the marks made on its parent (and the parent's parent) before it was made from it."""
     out = []
-    own = lake.side_dataset(LOG)
-    if own is not None:
-        out.append((lake.branch or "main", own, None))
-    branch, info = lake.branch, (lake.branches() if lake.branch else {})
-    while branch:
-        meta = info.get(branch) or {}
-        parent, at = meta.get("parent_branch") or None, meta.get("parent_version")
-        log = lake.side_dataset(LOG, branch=parent)
-        if log is not None and at is not None:
-            out.append((parent or "main", log, int(at)))
-        branch = parent
+    for whose, log, upto in [(lake.branch, lake.side_dataset(LOG), None),
+                             *((b, lake.side_dataset(LOG, branch=b), at) for b, at in _ancestry(lake))]:
+        if log is not None:
+            out.append((whose or "main", log, upto))
     return out
 
 
