@@ -515,6 +515,9 @@ def iter_folder(root: str, ignored: list[str]) -> Iterator[Candidate]:
             txt, js = sidecars.get(".txt"), sidecars.get(".json")
             if not images and not sidecars:
                 continue
+            if not images and js and not txt and _export_manifest(js, stem):  # (it became an image_missing row)
+                ignored.append(os.path.relpath(js, root) + " (an export's manifest)")
+                continue
             if not images:
                 key = os.path.relpath(os.path.join(dirpath, stem), root)
                 yield _folder_candidate(root, key, None, txt, js, ["image_missing"])
@@ -523,6 +526,17 @@ def iter_folder(root: str, ignored: list[str]) -> Iterator[Candidate]:
                 key = os.path.relpath(path, root)
                 flags = [] if _inside(path, root) else ["path_outside_root"]
                 yield _folder_candidate(root, key, path, txt, js, flags)
+
+
+def _export_manifest(path: str, stem: str) -> bool:
+    """Whether ``path`` is the manifest lakecurate's export wrote (``manifest.json`` in a WebDataset
+    or MDS folder, ``DEST.manifest.json`` beside a Parquet file or Lance table): not a caption."""
+    if stem != "manifest" and not stem.endswith(".manifest"):
+        return False
+    try:
+        return "source_lake" in json.loads(_read_small(path))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _folder_candidate(root: str, key: str, path: str | None, txt: str | None, js: str | None, flags: list[str]) -> Candidate:

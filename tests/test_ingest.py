@@ -1220,3 +1220,24 @@ def test_a_manifest_s_folders_may_be_paths_in_the_python_api(tmp_path: Path):
     assert rep.written == 1 and Lake.open(tmp_path / "lake").count("ingest_status = 'ok'") == 1
     with pytest.raises(LakeError, match="invalid image_dir 5: expected a path"):
         Lake.open(tmp_path / "lake").ingest(tmp_path / "m.csv", image_dir=5, progress=False)
+
+
+def test_an_export_inside_a_source_folder_adds_no_row(tmp_path: Path):
+    """An export kept in the photo folder: a Lance table's and a Parquet file's `DEST.manifest.json`
+    beside them, and a WebDataset folder's `manifest.json`, were read as caption sidecars without an
+    image: an image_missing error row each. They are an export's manifests, listed as ignored."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", src / "cat.jpg")
+    (src / "cat.txt").write_text("a cat")
+    (src / "notes.json").write_text('{"caption": "a sidecar of its own"}')  # (still a pair without an image)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.export(src / "out", "lance")
+    lake.export(src / "out.parquet", "parquet")
+    lake.export(src / "shards", "webdataset")
+    rep = lake.ingest(src, progress=False)
+    assert rep.written == 0, rep
+    assert {"out.manifest.json (an export's manifest)", "out.parquet.manifest.json (an export's manifest)",
+            "shards/manifest.json (an export's manifest)"} <= set(rep.ignored_files), rep.ignored_files
+    assert sorted(lake.to_pandas(["key"])["key"]) == ["cat.jpg", "notes"]
