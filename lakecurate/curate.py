@@ -199,6 +199,8 @@ class IngestError(Filter):
     name, doc = "ingest_error", "the image could not be used at ingest (ingest_status = 'error')"
     columns = ("ingest_status",)
     final = True  # no image to train on: a reviewer's keep does not bring the row back (export never ships it)
+    # 2: final for every row it fails, also those an earlier step dropped (a reviewer's keep revived them)
+    version = 2
 
     def drop(self, df, p):
         return (df["ingest_status"] == "error").to_numpy()
@@ -1132,7 +1134,9 @@ def _decide(df: pd.DataFrame, rec: Recipe, params: list[dict[str, Any]], *, cuts
         hit = fail & alive
         reason[hit] = step.reason
         alive &= ~hit
-        final |= hit if getattr(f, "final", False) else False
+        # (every row it fails, not only those it dropped first: a row an earlier step dropped came back
+        # kept by a reviewer's keep, without an image)
+        final |= fail if getattr(f, "final", False) else False
         dropped[step.reason] = dropped.get(step.reason, 0) + int(hit.sum())
     for step, fail, keep in overrides:  # a person's verdict, over every machine step
         keep = keep & ~final

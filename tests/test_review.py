@@ -491,3 +491,19 @@ def test_a_branch_undoes_a_mark_made_before_it_and_only_in_its_own_rows(sample: 
     again = review.undo(exp, u["action"])  # the branch's own undo, undone on the branch
     exp_now = _values(exp, ids)
     assert again["rows"] == 2 and [exp_now[i]["review_verdict"] for i in ids] == ["drop", "drop", None]
+
+
+def test_a_keep_does_not_revive_a_row_without_an_image_an_earlier_step_dropped(sample: Lake):
+    """ingest_error after another step that drops the same rows first (caption_length, say): its
+    "no verdict undoes this" marked only the rows it dropped itself, so a reviewer's keep made a row
+    without an image kept, every step reading "dropped 0"."""
+    errors = sample.to_pandas(["id"], where="ingest_status = 'error'")["id"].tolist()
+    assert errors
+    review.mark(sample, errors, verdict="keep", by="ana")
+    recipe = {"name": "r", "step": [{"filter": "caption_length", "min_words": 1000, "max_words": 2000},
+                                    {"filter": "ingest_error"}, {"filter": "review"}]}
+    rep = sample.curate(recipe, progress=False)  # (it computes the caption signals the dry run reads)
+    assert rep.kept == sample.count("keep AND ingest_status != 'error'") == sample.count("keep"), rep
+    assert sample.curate(recipe, progress=False, dry_run=True).kept == rep.kept
+    got = sample.to_pandas(["id", "keep", "drop_reason"], where="ingest_status = 'error'")
+    assert not got["keep"].any() and set(got["drop_reason"]) == {"caption_length"}, got
