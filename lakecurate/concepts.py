@@ -275,6 +275,16 @@ SEQUENCE_FIELDS = [pa.field("seq_order", pa.int64()), pa.field("seq_shard", pa.i
 FLOOR = 1  # rows every non-empty concept keeps, when the target allows as many
 
 
+def _not_own(where: str | None, fields: list[pa.Field], stage: str) -> None:
+    """Refuse a ``--where`` that reads what the stage itself writes: each run chose among the rows
+    the last one chose (`rebalance --where rebalance_keep` run three times kept 3, 2, then 1 of 6),
+    and status still called it current."""
+    own = where_columns(where, [f.name for f in fields]) if where else []
+    if own:
+        raise LakeError(f"--where {where!r} reads {', '.join(own)}, which {stage} writes: each run would choose among "
+                        f"the rows the last one chose; select by the columns they are made from (keep, concept, ...)")
+
+
 def _water_fill(sizes: np.ndarray, z: np.ndarray, target: int) -> np.ndarray:
     """``target`` rows shared by softmax weights exp(z), each capped at ``sizes`` (integers)."""
     out = np.zeros(len(sizes), np.float64)
@@ -549,6 +559,7 @@ def rebalance(
     check_engine(engine)
     ds = lake.dataset()
     where = check_where(where, "--where", ds)
+    _not_own(where, REBALANCE_FIELDS, "rebalance")
     if "concept" not in ds.schema.names:
         raise LakeError(f"lake '{lake.uri}' has no concepts yet; run: {lakecurate_on(lake)} cluster {lake.shell}")
     emb = embedding or columns.field_provenance(ds.schema.field("concept"))["config"]["embedding"]
@@ -703,6 +714,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     ds = lake.dataset()
     names = ds.schema.names
     where = check_where(where, "--where", ds)
+    _not_own(where, SEQUENCE_FIELDS, "sequence")
     if where is None:  # (no decision yet: the rows ingest accepted; it ordered rows without an image too)
         where = default_view(ds.schema)
         check_decided(lake, ds, where, what="sequence", allow_stale=allow_stale)

@@ -633,3 +633,19 @@ def _more_rows(lake, tmp_path: Path) -> None:
         p.write_text(p.read_text() + " (again)")
     lake.ingest(more, progress=False)
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+
+
+def test_a_where_that_reads_the_stage_s_own_output_is_refused(lake3: Lake):
+    """`rebalance --where rebalance_keep --target 0.5` run three times kept 3, 2, then 1 of 6 rows
+    (each run chose among the last one's), status calling it current; `sequence --where "seq_order <
+    3"` read its own order likewise. Refused before anything is written, as curate refuses a recipe
+    reading keep."""
+    v = lake3.version
+    for call, where in ((lambda w: lake3.rebalance(0.5, where=w), "rebalance_keep"),
+                        (lambda w: lake3.rebalance(0.5, where=w), "repeats > 1 AND concept = 1"),
+                        (lambda w: lake3.sequence("random", where=w), "seq_order < 3")):
+        with pytest.raises(LakeError, match=r"--where .* reads .*, which (rebalance|sequence) writes: each run would "
+                                            r"choose among the rows the last one chose"):
+            call(where)
+    assert lake3.version == v
+    lake3.sequence("random", where="rebalance_keep")  # (another stage's decision: its input)
