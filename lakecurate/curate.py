@@ -766,8 +766,15 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str
     steps = raw.get("step", raw.get("steps", []))
     applied: dict[str, Any] = {}
 
+    def plain(v: Any) -> Any:  # a number as a float (30.0 is the file's 30: it made another tag)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
     def same(a: Any, b: Any) -> bool:
-        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+        return json.dumps(plain(a), sort_keys=True, default=str) == json.dumps(plain(b), sort_keys=True, default=str)
 
     for key, value in overrides.items():
         if key == "embedding":
@@ -791,7 +798,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str
                             f"name one by its number, e.g. --set {hits[0]}.{param}=...")
         step = steps[hits[0] - 1]
         name = step.get("filter")
-        now = {**(FILTERS[name].params if isinstance(name, str) and name in FILTERS else {}), **step}
+        now = {**(FILTERS[name].params if isinstance(name, str) and name in FILTERS else {}), "reason": name, **step}
         if param in now and same(now[param], value):
             continue  # what the file (or the filter's default) says already
         steps[hits[0] - 1] = {**step, param: value}

@@ -324,6 +324,8 @@ def test_one_override_spelled_two_ways_is_one_recipe_and_the_file_s_own_value_no
     plain = load_recipe(recipe)
     same = load_recipe(recipe, {"alignment.min_percentile": 20, "4.min": None})  # the file's value; the default
     assert same.overrides == {} and same.hash == plain.hash and same.tag_prefix == plain.tag_prefix
+    # the file's 20 given as 20.0, and a step's default reason given: no override either (each made a tag)
+    assert load_recipe(recipe, {"alignment.min_percentile": 20.0, "ingest_error.reason": "ingest_error"}).hash == plain.hash
     first = lake.curate(str(recipe), overrides={"short.min": 25}, progress=False)
     again = lake.curate(str(recipe), overrides={"2.min": 25}, progress=False)
     assert again.tag == first.tag and again.nothing_to_do
