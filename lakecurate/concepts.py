@@ -314,6 +314,18 @@ def _water_fill(sizes: np.ndarray, z: np.ndarray, target: int) -> np.ndarray:
     return base
 
 
+def concept_weights(sizes: np.ndarray, quota: np.ndarray, raw: np.ndarray) -> list[float]:
+    """Each concept's ``sample_weight``: its uncapped budget over its rows where it keeps them all
+    (its budget past its size: the long tail, seen more often), else 1. A concept pruned to its
+    budget got 1.049: the uncapped budget ignores the floor and the caps that gave it fewer rows.
+
+    >>> concept_weights(np.array([6, 2, 20]), np.array([5, 2, 1]), np.array([6.3, 3.0, 0.5]))
+    [1.0, 1.5, 1.0]
+    """
+    return [max(1.0, float(raw[c]) / float(sizes[c])) if sizes[c] and quota[c] >= sizes[c] else 1.0
+            for c in range(len(sizes))]
+
+
 def raw_budgets(sizes: np.ndarray, complexity_: np.ndarray, target: int, temperature: float) -> np.ndarray:
     """The uncapped softmax budgets (what each concept *would* get): the up-sampling signal."""
     w = _softmax_weights(np.asarray(sizes, np.int64), complexity_, temperature)
@@ -602,7 +614,7 @@ def rebalance(
     # The keep rule: per concept its budget's first candidates by the rule's key (ties: the first
     # in scan order), found per concept from the candidates filed by concept (stream.Partitioned).
     threshold = _keep_thresholds(frags, where, rule, seed, quota, bar)
-    weights = [max(1.0, raw[c] / sizes[c]) if sizes[c] else 1.0 for c in range(k)]  # per concept
+    weights = concept_weights(sizes, quota, raw)
     w = np.array(weights, np.float32)
     reps = np.array([int(min(max_repeats, max(1, round(x)))) for x in weights], np.int32)
     prov = columns.provenance("rebalance", {"target": target, "temperature": temperature, "rule": rule,

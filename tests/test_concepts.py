@@ -649,3 +649,14 @@ def test_a_where_that_reads_the_stage_s_own_output_is_refused(lake3: Lake):
             call(where)
     assert lake3.version == v
     lake3.sequence("random", where="rebalance_keep")  # (another stage's decision: its input)
+
+
+
+def test_a_pruned_concept_is_not_up_weighted():
+    """`--target 8 --temperature 0.2` on the demo lake: a concept of 6 candidates kept 5 and got
+    sample_weight 1.049 (its uncapped budget, 6.3, ignoring the floor and caps that gave it 5). Only
+    a concept that keeps every candidate (its budget past its size) is seen more often."""
+    from lakecurate.concepts import concept_weights
+
+    assert concept_weights(np.array([6, 2, 20, 0]), np.array([5, 2, 1, 0]), np.array([6.3, 3.0, 0.5, 0.0])) == \
+        [1.0, 1.5, 1.0, 1.0]
