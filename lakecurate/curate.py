@@ -1217,8 +1217,9 @@ def explain_by_fragment(judge: Callable[[], Iterator[tuple[pd.DataFrame, Decisio
             hit = dec.fails[k] & before
             view.dropped += int(hit.sum())
             value = cut.values if cut is not None else None
-            if len(view.examples) < examples:
-                view.examples += [_row(ids, value, i) for i in np.flatnonzero(hit)[: examples - len(view.examples)]]
+            if len(view.examples) < examples:  # (rows it dropped in the end: not one a reviewer's keep rescued)
+                shown = hit & (dec.reason == view.reason)
+                view.examples += [_row(ids, value, i) for i in np.flatnonzero(shown)[: examples - len(view.examples)]]
             if cut is None:
                 continue
             has_cut[k] = True

@@ -507,3 +507,18 @@ def test_a_keep_does_not_revive_a_row_without_an_image_an_earlier_step_dropped(s
     assert sample.curate(recipe, progress=False, dry_run=True).kept == rep.kept
     got = sample.to_pandas(["id", "keep", "drop_reason"], where="ingest_status = 'error'")
     assert not got["keep"].any() and set(got["drop_reason"]) == {"caption_length"}, got
+
+
+def test_a_dry_run_s_examples_are_rows_the_step_drops_in_the_end(sample: Lake):
+    """A reviewer's keep rescues rows a step fails: the dry run listed them among the step's "first
+    dropped" examples (beside a count of 0)."""
+    recipe = {"name": "r", "step": [{"filter": "ingest_error"},
+                                    {"filter": "caption_length", "min_words": 1000, "max_words": 2000},
+                                    {"filter": "review"}]}
+    sample.curate(recipe, progress=False)  # (computes the caption signals the dry run reads)
+    rescued = sorted(sample.to_pandas(["id"], where="drop_reason = 'caption_length'")["id"])[:5]
+    review.mark(sample, rescued, verdict="keep", by="ana")
+    dry = sample.curate(recipe, progress=False, dry_run=True)
+    step = next(s for s in dry.steps if s.reason == "caption_length")
+    shown = {e["id"] for e in step.examples}
+    assert shown and not shown & set(rescued), (shown, rescued)
