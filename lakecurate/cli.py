@@ -1511,6 +1511,8 @@ def tag(lake: str, name: str, at_version: str | None, delete: bool, as_json: boo
 
     Example: lakecurate tag ./lake before-dedup
     """
+    if delete and at_version is not None:  # (--version was ignored: the tag named was deleted, wherever it pointed)
+        raise click.UsageError("--delete deletes the tag NAME wherever it points; it takes no --version")
     the_lake = open_lake(lake)
     if delete:
         the_lake.delete_tag(name)

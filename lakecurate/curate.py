@@ -802,7 +802,11 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str
         if param in now and same(now[param], value):
             continue  # what the file (or the filter's default) says already
         steps[hits[0] - 1] = {**step, param: value}
-        applied[f"{_step_name(steps, hits[0])}.{param}"] = value
+        name_of = f"{_step_name(steps, hits[0])}.{param}"
+        if name_of in applied and not same(applied[name_of], value):  # (one step named two ways: the last won)
+            raise LakeError(f"--set {key}={value!r}: {name_of} is set twice, to {applied[name_of]!r} and {value!r}; "
+                            f"give it once")
+        applied[name_of] = value
     return dict(sorted(applied.items()))
 
 
@@ -830,20 +834,27 @@ class CurateReport:
         return asdict(self)
 
 
+def embedding_need(rec: Recipe, what: str = "them") -> str:
+    """Which steps of ``rec`` need an embedding, in words ("the zero_shot step needs them"): a
+    zero_shot-only recipe was told "the alignment step needs them"."""
+    steps = list(dict.fromkeys(s.filter for s in rec.steps if EMBEDDING in FILTERS[s.filter].needs)) or ["alignment"]
+    return f"the {' and '.join(steps)} step{'s' if len(steps) > 1 else ''} need{'' if len(steps) > 1 else 's'} {what}"
+
+
 def _embedding(lake: "Store", recipe: Recipe) -> tuple[str, dict]:
     from lakecurate.names import pick_embedding
 
     source = recipe.source if recipe.source.startswith("<") or Path(recipe.source).parent != RECIPES else Path(recipe.source).stem
-    return pick_embedding(lake, lake.dataset(), recipe.embedding, need="the alignment step needs them",
+    return pick_embedding(lake, lake.dataset(), recipe.embedding, need=embedding_need(recipe),
                           option=f"--set 'embedding=\"NAME\"' (Python: overrides={{'embedding': 'NAME'}}), or "
                                  f'embedding = "NAME" in a copy of recipe {source}' if source != recipe.source else
                                  f"--set 'embedding=\"NAME\"', or embedding = \"NAME\" in recipe {recipe.source}")
 
 
-def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any]) -> None:
+def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any], rec: Recipe) -> None:
     """Scores need a model, so curate cannot make them: live rows without one (fragments ``embed``
     has not filled) are named, and curate stops before it writes anything."""
-    check_embedded(lake, lake.dataset(), prefix, prov, kind="score", need="the alignment step needs one", then="curate")
+    check_embedded(lake, lake.dataset(), prefix, prov, kind="score", need=embedding_need(rec, "one"), then="curate")
 
 
 def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None, progress: bool | None,
@@ -1646,7 +1657,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
 
     emb, emb_prov = _embedding(lake, rec) if EMBEDDING in needs or (DEDUP in needs and rec.embedding) else (None, None)
     if EMBEDDING in needs:
-        _check_embedded(lake, emb, emb_prov)  # before anything is written
+        _check_embedded(lake, emb, emb_prov, rec)  # before anything is written
     _check_inputs_current(lake, rec, _read_columns(ds, rec, emb), needs, dry_run=dry_run, code=code)
     if dry_run:
         _run_conditions(lake, ds, rec)

@@ -319,9 +319,10 @@ def _embedding_need(step: str, opts: dict[str, Any]) -> str | None:
     if step == "cluster":
         return "concepts cluster the image embeddings"
     if step == "curate":
-        from lakecurate.curate import EMBEDDING, _needs, load_recipe
+        from lakecurate.curate import EMBEDDING, _needs, embedding_need, load_recipe
 
-        return "the alignment step needs them" if EMBEDDING in _needs(load_recipe(opts["recipe"], opts.get("overrides"))) else None
+        rec = load_recipe(opts["recipe"], opts.get("overrides"))
+        return embedding_need(rec) if EMBEDDING in _needs(rec) else None
     return None
 
 

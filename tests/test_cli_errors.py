@@ -313,3 +313,14 @@ def test_paths_kinds_and_names_a_hostile_tester_tried(tmp_path: Path, monkeypatc
     assert code == 1 and "cannot be deleted" in out
     code, out = run("sql", lake.uri, "INSTALL httpfs")  # "ALIAS statements are not allowed"
     assert code == 1 and "INSTALL statements are not allowed" in out
+
+
+def test_tag_delete_takes_no_version(tmp_path: Path):
+    """`lakecurate tag LAKE NAME --delete --version 5` ignored --version and deleted NAME wherever it
+    pointed."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.tag("mine")
+    res = CliRunner().invoke(main, ["tag", lake.uri, "mine", "--delete", "--version", "1"])
+    assert res.exit_code == 2 and "it takes no --version" in res.output, res.output
+    assert "mine" in lake.dataset().tags.list()

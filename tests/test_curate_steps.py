@@ -16,6 +16,8 @@ from lakecurate.cli import main
 from lakecurate.columns import field_provenance
 from lakecurate.curate import load_recipe, parse_override
 
+from .conftest import SAMPLE_DATA
+
 
 @feature(inputs=["caption"], type="int32")
 def cap_len(batch):
@@ -354,3 +356,25 @@ def test_a_built_in_recipe_s_name_is_the_built_in_even_beside_a_file_of_that_nam
     (tmp_path / "basic").write_text('name = "mine"\n[[step]]\nfilter = "caption_missing"\n')
     assert load_recipe("basic").name == "basic" and len(load_recipe("basic").steps) > 1
     assert load_recipe("./basic").name == "mine"
+
+
+def test_a_recipe_that_needs_an_embedding_names_its_own_steps(tmp_path: Path):
+    """A zero_shot-only recipe on a lake without an embedding was told "(the alignment step needs
+    them)", a step it does not have."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    recipe = {"name": "z", "step": [{"filter": "zero_shot", "prompts": ["a dog runs"], "against": ["a man smiles"],
+                                     "max_prob": 0.5}]}
+    with pytest.raises(LakeError, match=r"the zero_shot step needs them") as err:
+        lake.curate(recipe, progress=False)
+    assert "alignment" not in str(err.value)
+
+
+def test_one_step_set_twice_two_ways_is_refused(featured):
+    """`--set alignment.min_percentile=20 --set 4.min_percentile=40` (one step named two ways): the
+    last won without a word."""
+    _, recipe = featured
+    with pytest.raises(LakeError, match=r"alignment.min_percentile is set twice, to 15 and 40; give it once"):
+        load_recipe(recipe, {"alignment.min_percentile": 15, "4.min_percentile": 40})
+    assert load_recipe(recipe, {"alignment.min_percentile": 15, "4.min_percentile": 15}).overrides == \
+        {"alignment.min_percentile": 15}
