@@ -155,7 +155,7 @@ class Limit:
 
     def allowed(self) -> str:
         what = {"int": "a whole number", "number": "a number",
-                "codes": 'a list of two-letter ISO 639-1 language codes, e.g. ["en", "de"]', "name": 'a column name, e.g. "aesthetic"',
+                "codes": 'a list of the language codes the identifier names (ISO 639-1, some 639-3), e.g. ["en", "de"]', "name": 'a column name, e.g. "aesthetic"',
                 "value": "a string, a number or true/false", "values": 'a list of values, e.g. ["cat", "dog"]',
                 "bool": "true or false", "texts": 'a list of texts, e.g. ["a watermark", "a logo"]', "sql": 'one SQL condition, e.g. "aesthetic > 4.5 AND cap_words >= 3"'}[self.kind]
         if self.lo is not None and self.hi is not None:
@@ -167,9 +167,10 @@ class Limit:
     def ok(self, value: Any) -> bool:
         if value is None:
             return self.optional
-        if self.kind == "codes":  # ISO 639-1, as py3langid names languages ("klingon" matched no row, silently)
-            return isinstance(value, list) and bool(value) and all(isinstance(v, str) and re.fullmatch(r"[a-z]{2}", v)
-                                                                   for v in value)
+        if self.kind == "codes":  # as py3langid names languages ("klingon", then "xx", matched no row, silently)
+            known = _languages()
+            return isinstance(value, list) and bool(value) and all(
+                isinstance(v, str) and (v in known if known else re.fullmatch(r"[a-z]{2,3}", v)) for v in value)
         if self.kind == "texts":
             return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
         if self.kind in ("name", "sql"):
@@ -279,6 +280,21 @@ class CaptionNonprintable(Filter):
 
     def drop(self, df, p):
         return _b(df["cap_nonprintable"] > p["max"])
+
+
+_LANGUAGES: list[frozenset[str]] = []
+
+
+def _languages() -> frozenset[str]:
+    """The language codes the caption signals' identifier (py3langid) names; empty without it."""
+    if not _LANGUAGES:
+        try:
+            from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+
+            _LANGUAGES.append(frozenset(LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE).nb_classes))
+        except (ImportError, OSError, ValueError):
+            _LANGUAGES.append(frozenset())
+    return _LANGUAGES[0]
 
 
 class Language(Filter):

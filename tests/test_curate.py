@@ -246,8 +246,10 @@ def test_cli_curate(lake_copy: Lake, tmp_path: Path):
     ('filter = "caption_length"\nmin_words = "three"', r"step 1 \(caption_length\): min_words = 'three' is not allowed; use a whole number >= 0"),
     ('filter = "caption_length"\nmin_words = 2.5', r"min_words = 2.5 is not allowed; use a whole number"),
     ('filter = "caption_length"\nmin_words = 9\nmax_words = 4', r"min_words = 9 is more than max_words = 4"),
-    ('filter = "language"\nkeep = "en"', r"step 1 \(language\): keep = 'en' is not allowed; use a list of two-letter"),
-    ('filter = "language"\nkeep = ["klingon"]', r"keep = \['klingon'\] is not allowed; use a list of two-letter ISO"),
+    ('filter = "language"\nkeep = "en"', r"step 1 \(language\): keep = 'en' is not allowed; use a list of the language"),
+    ('filter = "language"\nkeep = ["klingon"]', r"keep = \['klingon'\] is not allowed; use a list of the language codes"),
+    # two letters that name no language the identifier knows: it kept 9 of 202 rows ("eb" for "en")
+    ('filter = "language"\nkeep = ["en", "xx"]', r"keep = \['en', 'xx'\] is not allowed; use a list of the language codes"),
     ('filter = "language"\nkeep = []', r"keep = \[\] is not allowed"),
     ('filter = "language"\nmin_prob = 1.5', r"min_prob = 1.5 is not allowed; use a number from 0 to 1"),
     ('filter = "alignment"\nmin_percentile = 150', r"step 1 \(alignment\): min_percentile = 150 is not allowed; use a number from 0 to 100"),
