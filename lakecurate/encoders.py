@@ -280,6 +280,9 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
             raise EncoderError(f"checkpoint '{checkpoint}' does not exist")
         return EncoderSpec("open_clip", arch, os.path.abspath(checkpoint), name or f"clip_{_slug(arch)}_ckpt")
     if arch == TINY_RANDOM:
+        if pretrained not in (None, "random"):  # (taken without a word: its weights are random by name)
+            raise EncoderError(f"model 'tiny-random' takes no --pretrained {pretrained!r} (its weights are random: a "
+                               "test model); name an open_clip architecture (e.g. --model ViT-B-32:openai)")
         return EncoderSpec("open_clip", arch, None, name or "clip_tinyrandom")
     if pretrained == "random":  # random weights of a real architecture: for timing, never for curation
         return EncoderSpec("open_clip", arch, None, name or f"clip_{_slug(arch)}_random")

@@ -669,6 +669,10 @@ def test_options_a_model_does_not_take_are_refused(lake: Lake):
     v = lake.version
     res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "offline", "--checkpoint", "/nonexist.pt"])
     assert res.exit_code == 1 and "takes no --checkpoint" in res.output and lake.version == v, res.output
+    # tiny-random took --pretrained openai without a word (its weights are random by name)
+    with pytest.raises(EncoderError, match="model 'tiny-random' takes no --pretrained 'openai'"):
+        resolve("tiny-random", pretrained="openai")
+    assert resolve("tiny-random").prefix == resolve("tiny-random", pretrained="random").prefix == "clip_tinyrandom"
 
 
 def test_a_name_with_capitals_is_refused():
