@@ -1117,6 +1117,8 @@ def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe, later: Co
                 fits = (isinstance(v, bool) if pa.types.is_boolean(typ) else
                         (isinstance(v, (int, float)) and not isinstance(v, bool)) if numeric else
                         isinstance(v, str) if (pa.types.is_string(typ) or pa.types.is_large_string(typ)) else True)
+                if fits and pa.types.is_integer(typ) and isinstance(v, float) and not v.is_integer():
+                    fits = False  # (300.5 equals no width: every row dropped, the step said nothing but "keeps no row")
                 if not fits:
                     raise LakeError(f"{where}: {t} = {p[t]!r} cannot equal a value of column {name!r} ({typ})")
 

@@ -148,6 +148,7 @@ def test_parse_override(text, value):
     ({}, 'filter = "column"\ncolumn = "cap_lenn"\nmin = 3', r"no column 'cap_lenn' \(did you mean cap_len\?\)"),
     ({}, 'filter = "column"\ncolumn = "caption"\nmin = 3', "min/max need numbers"),
     ({}, 'filter = "column"\ncolumn = "width"\nequals = "wide"', "cannot equal a value of column 'width'"),
+    ({}, 'filter = "column"\ncolumn = "width"\nequals = 300.5', "cannot equal a value of column 'width'"),  # none
     ({}, 'filter = "column"\ncolumn = "clip_tinyrandom_image"\nnot_null = true', "not one value per row"),
     # signals curate would compute on the way are typed before they exist (these dropped every row)
     ({}, 'filter = "column"\ncolumn = "cap_words"\nequals = "abc"', "cannot equal a value of column 'cap_words'"),
