@@ -282,19 +282,12 @@ class CaptionNonprintable(Filter):
         return _b(df["cap_nonprintable"] > p["max"])
 
 
-_LANGUAGES: list[frozenset[str]] = []
-
-
 def _languages() -> frozenset[str]:
-    """The language codes the caption signals' identifier (py3langid) names; empty without it."""
-    if not _LANGUAGES:
-        try:
-            from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+    """The language codes the caption signals' identifier names; empty without it."""
+    from lakecurate.names import language_identifier
 
-            _LANGUAGES.append(frozenset(LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE).nb_classes))
-        except (ImportError, OSError, ValueError):
-            _LANGUAGES.append(frozenset())
-    return _LANGUAGES[0]
+    ident = language_identifier()
+    return frozenset(ident.nb_classes) if ident is not None else frozenset()
 
 
 class Language(Filter):

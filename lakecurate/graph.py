@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, REPLACING_KEY, config_change, declared_columns, field_provenance, fragments_to_fill,
                                 has_data, hash_config, node_records, stage_running, vector_rows)
 from lakecurate.errors import LakeError
-from lakecurate.names import (DEDUP_OPTIONS, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decided, decision, embedding_columns,
+from lakecurate.names import (DEDUP_OPTIONS, dedup_keyword, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decided, decision, embedding_columns,
                               embedding_prefixes, foreign_decisions)
 from lakecurate.store import retry_on_conflict
 
@@ -916,7 +916,7 @@ def dedup_args(stale: Sequence[Node], final: Node | None, ds: "lance.LanceDatase
     for m, cfg in cfgs.items():
         for key, flag in DEDUP_OPTIONS.get(m, {}).items():
             if cfg.get(key) is not None:
-                args[flag[2:].replace("-", "_")] = cfg[key]
+                args[dedup_keyword(flag)] = cfg[key]
     if any(c.get("flips") is False for c in cfgs.values()):
         args["flips"] = False
     if keep_from:

@@ -83,6 +83,31 @@ DEDUP_OPTIONS = {
     "minhash": {"threshold": "--minhash-threshold"},
     "verify": {"neighbors": "--verify-neighbors", "min_cosine": "--verify-cosine", "min_inliers": "--verify-inliers"},
 }
+
+
+def dedup_keyword(flag: str) -> str:
+    """The keyword of dedup (``Lake.dedup``, a pipeline's [dedup]) a :data:`DEDUP_OPTIONS` CLI flag
+    is: ``--phash-distance`` -> ``phash_distance``."""
+    return flag[2:].replace("-", "_")
+
+
+_LANGID: list[Any] = []
+
+
+def language_identifier() -> Any:
+    """py3langid's language identifier (normalised probabilities), loaded once a process: what the
+    caption signals name languages with and what a recipe's language step checks its codes
+    against; None without the library (the signal is optional)."""
+    if not _LANGID:
+        try:
+            from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+
+            _LANGID.append(LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True))
+        except ImportError:
+            _LANGID.append(None)
+    return _LANGID[0]
+
+
 SIGNALS_FIX = "its code or settings changed since it was computed; redo it with `lakecurate signals LAKE --recompute` (and the same kind options)"
 
 

@@ -556,7 +556,7 @@ def _dedup_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> 
     of the embedding's encoder family, as the stage picks it)."""
     from lakecurate import dedup
     from lakecurate.dedup import group_columns
-    from lakecurate.names import DEDUP_OPTIONS
+    from lakecurate.names import DEDUP_OPTIONS, dedup_keyword
 
     defaults = _defaults("dedup")
     node_of = {n.columns[0]: n for n in graph.nodes(ds) if n.stage == "dedup" and n.columns}
@@ -567,7 +567,7 @@ def _dedup_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> 
             continue
         cfg = node.prov.get("config") or {}
         stored = graph.dedup_args([node], None, ds)
-        keys = [flag[2:].replace("-", "_") for flag in DEDUP_OPTIONS.get(m, {}).values()]
+        keys = [dedup_keyword(flag) for flag in DEDUP_OPTIONS.get(m, {}).values()]
         keys += [k for k in ("flips", "embedding") if k in cfg]
         if m in ("phash", "copy") and opts.get(f"{m}_search", defaults[f"{m}_search"]) != "clusters":
             keys.remove(f"{m}_cosine")  # (read only by the clusters search)

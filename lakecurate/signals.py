@@ -272,21 +272,16 @@ def _nonprintable(text: str) -> int:
                or c == "\ufffd")
 
 
-_LANGID: Any = None
-
-
 def _language(texts: Sequence[str]) -> tuple[list[str | None], list[float | None]]:
-    global _LANGID
-    try:
-        from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
-    except ImportError:  # the signal is optional: without the library the column stays null
+    from lakecurate.names import language_identifier
+
+    ident = language_identifier()
+    if ident is None:  # the signal is optional: without the library the column stays null
         return [None] * len(texts), [None] * len(texts)
-    if _LANGID is None:
-        _LANGID = LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
     langs, probs = [], []
     for t in texts:
         if t and t.strip():
-            lang, p = _LANGID.classify(t)
+            lang, p = ident.classify(t)
             langs.append(lang)
             probs.append(float(p))
         else:
