@@ -197,7 +197,8 @@ def _f(s: pd.Series) -> np.ndarray:
 
 
 class IngestError(Filter):
-    name, doc = "ingest_error", "the image could not be used at ingest (ingest_status = 'error')"
+    name, doc = ("ingest_error", "the image could not be used at ingest (ingest_status = 'error'); a recipe that "
+                 "does not list it runs it first")
     columns = ("ingest_status",)
     final = True  # no image to train on: a reviewer's keep does not bring the row back (export never ships it)
     # 2: final for every row it fails, also those an earlier step dropped (a reviewer's keep revived them)
@@ -483,13 +484,15 @@ class ZeroShot(Filter):
     name = "zero_shot"
     doc = ("CLIP-style prompt scoring of the image embedding: the probability that the image matches `prompts` "
            "rather than `against` (softmax of cosines times the model's logit scale, CLIP's zero-shot classifier) "
-           "over max_prob; only as good as the encoder (the offline one knows little of watermarks or NSFW)")
+           "over max_prob; an image the encoder could not embed fails too (nothing shows it does not match); only "
+           "as good as the encoder (the offline one knows little of watermarks or NSFW)")
     needs = (EMBEDDING,)
     params = {"prompts": None, "against": ["a photo"], "max_prob": 0.5}
     limits = {"prompts": Limit("texts"), "against": Limit("texts"), "max_prob": Limit("number", 0, 1)}
 
     def drop(self, df, p):
-        return _b(pd.Series(df[_zero_shot_key(p)]) > p["max_prob"])
+        prob = pd.Series(df[_zero_shot_key(p)])
+        return prob.isna().to_numpy() | _b(prob > p["max_prob"])  # null: no image vector to judge
 
     def cut(self, df, p):
         return Cut(_f(df[_zero_shot_key(p)]), p["max_prob"], "max", "max_prob", f"P({p['prompts'][0]!r}, ...)")
@@ -605,6 +608,7 @@ class Step:
     filter: str
     reason: str
     params: dict[str, Any]
+    implicit: bool = False  # run though the file does not list it (ingest_error); not one of its numbered steps
 
 
 @dataclass
@@ -618,10 +622,14 @@ class Recipe:
 
     def canonical(self) -> dict[str, Any]:
         out = {"name": self.name, "embedding": self.embedding, "redact": self.redact,
-               "steps": [asdict(s) for s in self.steps]}
+               "steps": [{k: v for k, v in asdict(s).items() if k != "implicit"} for s in self.steps]}
         if self.overrides:  # absent otherwise, so a recipe's hash is what it was before --set existed
             out["set"] = self.overrides
         return out
+
+    def numbered(self) -> list[tuple[int, Step]]:
+        """The steps the file lists, each with its number there (as ``--set N.param`` and errors name it)."""
+        return list(enumerate((s for s in self.steps if not s.implicit), 1))
 
     @property
     def tag_prefix(self) -> str:
@@ -714,6 +722,10 @@ def load_recipe(recipe: str | Path | Mapping[str, Any], overrides: Mapping[str, 
         steps.append(Step(fname, reason, params))
     if not steps:
         raise LakeError(f"recipe {source} has no [[step]]; add at least one filter")
+    if not any(s.filter == IngestError.name for s in steps):
+        # A row without a usable image is never kept, whatever the recipe lists (it was kept by a recipe
+        # that did not name this step: rebalance, sequence and the loader took it as a training pair).
+        steps.insert(0, Step(IngestError.name, IngestError.name, {}, implicit=True))
     privacy = raw.get("privacy", {})
     if not isinstance(privacy, Mapping) or set(privacy) - {"redact"}:
         raise LakeError(f"recipe {source}: [privacy] takes only 'redact'")
@@ -1062,7 +1074,7 @@ def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe, later: Co
     ``later`` (columns steps before curate make: ``lakecurate run`` checks a file before its first
     step) is left to the check curate makes when it runs."""
     schema = ds.schema
-    for k, step in enumerate(rec.steps, 1):
+    for k, step in rec.numbered():
         where = f"recipe {rec.source}, step {k} ({step.filter})"
         p = step.params
         if (step.filter == "column" and p["column"] in later) or (
@@ -1599,7 +1611,7 @@ def _run_conditions(lake: "Store", ds: "lance.LanceDataset", rec: Recipe) -> Non
     """Run each sql step's condition over every row of ``ds`` (a count: its columns are read, no
     row is kept). Planning it (:func:`_check_steps`) does not find what fails on values: a division
     by zero, a cast of text that is no number."""
-    for k, step in enumerate(rec.steps, 1):
+    for k, step in rec.numbered():
         names = ds.schema.names
         if step.filter != "sql" or set(where_columns(step.params["where"], _NEEDS_BY_COLUMN)) - set(names):
             continue  # (a column still to be computed: the dry run says so, a run computes it first)

@@ -192,7 +192,7 @@ def test_ambiguous_override_asks_for_a_number(tmp_path: Path):
     r = {"step": [{"filter": "column", "column": "a", "min": 1}, {"filter": "column", "column": "b", "min": 2}]}
     with pytest.raises(LakeError, match=r"steps 1, 2 .* are all 'column'; name one by its number, e.g. --set 1.min"):
         load_recipe(r, {"column.min": 3})
-    assert load_recipe(r, {"2.min": 3}).steps[1].params["min"] == 3
+    assert load_recipe(r, {"2.min": 3}).numbered()[1][1].params["min"] == 3
 
 
 def test_dry_run_needs_signals_it_cannot_compute(sample_lake_embedded: Lake, tmp_path: Path):
@@ -313,8 +313,9 @@ def test_an_sql_step_may_name_signals_curate_computes_on_the_way(tmp_path: Path)
     assert lake.dataset().version == version
     rep = lake.curate({"name": "readme", "step": [{"filter": "sql", "where": "width >= 256 AND cap_lang = 'en'"}]},
                       progress=False)
-    df = lake.to_pandas(["width", "cap_lang", "keep"])
-    assert df["keep"].tolist() == ((df["width"] >= 256) & (df["cap_lang"] == "en")).tolist()
+    df = lake.to_pandas(["width", "cap_lang", "keep", "ingest_status"])
+    ok = df["ingest_status"] != "error"  # ingest_error runs first where a recipe does not list it
+    assert df["keep"].tolist() == ((df["width"] >= 256) & (df["cap_lang"] == "en") & ok).tolist()
     assert rep.kept == int(df["keep"].sum()) and 0 < rep.kept < len(df)
 
 
@@ -379,3 +380,31 @@ def test_one_step_set_twice_two_ways_is_refused(featured):
         load_recipe(recipe, {"alignment.min_percentile": 15, "4.min_percentile": 40})
     assert load_recipe(recipe, {"alignment.min_percentile": 15, "4.min_percentile": 15}).overrides == \
         {"alignment.min_percentile": 15}
+
+
+def test_a_recipe_without_ingest_error_never_keeps_an_error_row(featured):
+    """A recipe that did not list ingest_error kept the rows whose image could not be used (keep =
+    true, no reason): rebalance, sequence and the loader took them for training pairs. It runs first."""
+    lake, _ = featured
+    rep = lake.curate({"name": "len", "step": [{"filter": "column", "column": "cap_len", "min": 0}]}, progress=False)
+    got = lake.to_pandas(["key", "ingest_status", "keep", "drop_reason"])
+    errors = got[got["ingest_status"] == "error"]
+    assert len(errors) == 2 and not errors["keep"].any()
+    assert set(errors["drop_reason"]) == {"ingest_error"}
+    assert rep.dropped["ingest_error"] == 2
+    assert [s.filter for s in load_recipe({"name": "x", "step": [{"filter": "caption_missing"}]}).steps] == \
+        ["ingest_error", "caption_missing"]
+    listed = load_recipe({"name": "x", "step": [{"filter": "caption_missing"}, {"filter": "ingest_error"}]})
+    assert [s.filter for s in listed.steps] == ["caption_missing", "ingest_error"]  # where the file lists it
+
+
+def test_zero_shot_fails_a_row_without_an_image_vector():
+    """A row the encoder could not embed (no image vector: no probability) passed a zero_shot step
+    while alignment fails it; nothing shows it does not match the prompts."""
+    import pandas as pd
+
+    from lakecurate.curate import FILTERS, _zero_shot_key
+
+    p = {"prompts": ["a watermark"], "against": ["a photo"], "max_prob": 0.5}
+    df = pd.DataFrame({_zero_shot_key(p): [0.1, np.nan, 0.9]})
+    assert FILTERS["zero_shot"].drop(df, p).tolist() == [False, True, True]

@@ -149,6 +149,6 @@ def test_zero_shot_step_with_the_offline_encoder(flickr8k, tmp_path: Path):
     scale = float(enc.model.logit_scale.detach().exp())
     p = zero_shot(x / np.linalg.norm(x, axis=1, keepdims=True), t[:1], t[1:], scale)
     assert set(np.asarray(tbl.column("key").to_pylist())[p > 0.5]) == dropped
-    assert rep.dropped == {"dog": len(dropped)}
+    assert rep.dropped == {"ingest_error": 0, "dog": len(dropped)}
     prov = field_provenance(lake.dataset().schema.field("keep"))
     assert "offline_image" in prov["source_columns"]

@@ -88,7 +88,7 @@ def test_dedup_minhash_and_the_caption_template_step(lake: Lake):
     templ = got["caption"].str.startswith("Stock photo")
     assert (got.loc[templ, "drop_reason"] == "caption_template").all()
     assert got.loc[~templ, "drop_reason"].isna().all()
-    assert rep.dropped == {"caption_template": len(subjects)} and lake.dataset().count_rows() == before
+    assert rep.dropped == {"ingest_error": 0, "caption_template": len(subjects)} and lake.dataset().count_rows() == before
     ev = lake.dup_pairs()
     mh = ev[ev["method"] == "minhash"]
     tids = set(got.loc[templ, "id"])
@@ -96,7 +96,7 @@ def test_dedup_minhash_and_the_caption_template_step(lake: Lake):
     assert len(star) == len(subjects) - 1 and mh["detail"].str.startswith("Jaccard").all()  # a star: n - 1 links
     # a template shared by fewer rows than max_group + 1 stays
     again = lake.curate({"name": "tpl2", "step": [{"filter": "caption_template", "max_group": 12}]}, progress=False)
-    assert again.dropped == {"caption_template": 0}
+    assert again.dropped == {"ingest_error": 0, "caption_template": 0}
 
 
 def test_minhash_reports_progress_off_a_terminal(monkeypatch, capsys):
