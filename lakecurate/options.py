@@ -253,6 +253,9 @@ _CONTROL = {c: None for c in (*range(32), *range(127, 160)) if chr(c) not in "\t
 # ... and bidirectional controls (marks, embeddings, overrides, isolates): U+202E stored in a reason
 # showed the rest of a --history row, or of a grid cell, reversed ('ok\u202egnp.exe' reads 'okexe.png')
 _CONTROL.update({c: None for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+# ... and invisible characters that make one name look like another ('a\u200bna' was a second reviewer 'ana'):
+# soft hyphen, zero width space, word joiner, byte order mark (ZWJ and ZWNJ stay: scripts and emoji use them)
+_CONTROL.update({c: None for c in (0x00AD, 0x180E, 0x200B, 0x2060, 0xFEFF)})
 
 
 def clean_text(text: str) -> str:
@@ -261,7 +264,7 @@ def clean_text(text: str) -> str:
 
     >>> clean_text("<b>red</b>\\x00\\x1b[31m car\\n\\tparked")
     '<b>red</b>[31m car parked'
-    >>> clean_text("ok\\u202egnp.exe")
-    'okgnp.exe'
+    >>> clean_text("ok\\u202egnp.exe"), clean_text("a\\u200bna\\ufeff")
+    ('okgnp.exe', 'ana')
     """
     return " ".join(text.translate(_CONTROL).split())

@@ -263,6 +263,10 @@ def test_bidi_controls_are_cleaned_from_review_text(sample: Lake):
     review.mark(sample, ids, verdict="drop", reason="ok\u202egnp.exe", label="ab", by="ana\u200f\u202a")
     got = _values(sample, ids)[ids[0]]
     assert (got["review_reason"], got["review_by"], got["review_label"]) == ("okgnp.exe", "ana", "ab")
+    # zero-width characters made a second reviewer that looks like the first ('a\u200bna')
+    review.mark(sample, ids, verdict="keep", label="\u200bab\u2060", by="a\u200bna\ufeff")
+    got = _values(sample, ids)[ids[0]]
+    assert (got["review_by"], got["review_label"]) == ("ana", "ab")
 
 
 def test_text_that_is_not_utf8_is_one_line_naming_the_field(sample: Lake):
