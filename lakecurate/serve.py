@@ -1025,10 +1025,38 @@ def serve(lake: "Lake", *, host: str = "127.0.0.1", port: int = 8765, read_only:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}/" + (f"login?token={token}" if token else "")
     echo(f"lakecurate: serving {lake.uri} at {url}" + (" (read-only)" if read_only else "") + " — Ctrl+C stops")
-    try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shuts down, then raises the Ctrl+C again: the stop asked for (click said
-        pass                   # "Aborted!", exit 1)
+    with _stop_on_sigterm():
+        try:
+            uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+        except (KeyboardInterrupt, _Stopped):  # uvicorn shuts down, then raises the signal again: the stop asked
+            pass                               # for (Ctrl+C: click said "Aborted!", exit 1)
+
+
+class _Stopped(Exception):
+    """SIGTERM while serving (``kill``, ``docker stop``, systemd): a stop like Ctrl+C, not a run cut short."""
+
+
+class _stop_on_sigterm:
+    """SIGTERM stops the server as Ctrl+C does, exit 0 (the program's own handler said "what was
+    committed is kept: run the same command again", exit 143). Only in the main thread, where
+    signal handlers live (a test serving from a thread keeps its own)."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        self.before = None
+        if threading.current_thread() is threading.main_thread():
+            self.before = signal.signal(signal.SIGTERM, self._stop)
+
+    @staticmethod
+    def _stop(signum: int, frame: Any) -> None:
+        raise _Stopped()
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.before is not None:
+            signal.signal(signal.SIGTERM, self.before)
 
 
 def _bind(host: str, port: int) -> "socket.socket":

@@ -451,6 +451,42 @@ def test_ctrl_c_stops_serve_quietly(sample: Lake, monkeypatch):
     assert res.exit_code == 0 and "Aborted" not in res.output, res.output
 
 
+def test_sigterm_stops_serve_as_ctrl_c_does(sample: Lake):
+    """`kill`, `docker stop`, systemd: SIGTERM ended serve with "terminated (SIGTERM); what was
+    committed is kept: run the same command again to go on from there" and exit 143, as if a run
+    had been cut short. It stops the server, exit 0."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "import sys; sys.argv[0] = 'lakecurate'; from lakecurate.cli import entry; sys.exit(entry())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", sample.uri, "--port", str(port)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "terminated" not in err, (proc.returncode, out, err)
+    assert f"serving {sample.uri}" in out + err
+
+
 def test_review_command(sample: Lake):
     import json
 
