@@ -698,8 +698,10 @@ class ChangedFragments:
             self.files.add(fid, written)
         return written is not None
 
-    def commit(self) -> tuple[int, int | None]:
-        """(fragments written, new version or None)."""
+    def commit(self, computed_from: int | None = None) -> tuple[int, int | None]:
+        """(fragments written, new version or None). ``computed_from``: the version the values were
+        computed from, recorded with the commit (a retried commit's own read version is later)."""
+        self.files.computed_from = computed_from
         version = self.files.commit()
         return (len(self.files.files) if version is not None else 0), version
 

@@ -1136,11 +1136,7 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
         if not present:
             return None
         writes = last_writes(ds)
-        read = read_version
-        mine = {int(v) for v in own if v is not None}
-        if mine and max(mine) > read:
-            foreign = [w for c in sources for w in writes.get(c, {}).values() if read < w[0] <= max(mine) and w[0] not in mine]
-            read = read if foreign else max(mine)
+        read = _read_with_own(writes, sources, read_version, own)
         data_read = max((w[1] for c in present for w in writes.get(c, {}).values()), default=-1)
         marker = computed_marker(ds, Node("", present, [], {}))
         recorded = max(data_read, marker if marker is not None else -1)
@@ -1532,11 +1528,27 @@ def write_decisions(lake: "Store", tbl: Any, new: dict[str, Any], *, sources: Se
     return commit_decisions(lake, changed_fragments(lake, tbl, new), sources=sources, read_version=read_version)
 
 
+def _read_with_own(writes: dict[str, dict[int, Write]], sources: Sequence[str], read_version: int,
+                   own: Sequence[int]) -> int:
+    """What a run that read ``read_version`` computed from, counting the versions ``own`` it committed
+    itself before (their writes were read too), unless another writer's commit between them wrote
+    an input (see :func:`mark_computed`)."""
+    mine = {int(v) for v in own if v is not None}
+    if mine and max(mine) > read_version:
+        foreign = [w for c in sources for w in writes.get(c, {}).values()
+                   if read_version < w[0] <= max(mine) and w[0] not in mine]
+        return read_version if foreign else max(mine)
+    return read_version
+
+
 def commit_decisions(lake: "Store", changed: Any, *, sources: Sequence[str], read_version: int,
                      own: Sequence[int] = ()) -> tuple[int, int | None]:
     """:func:`write_decisions` of a stage that decided a fragment at a time: commit the files of
     ``changed`` (a :class:`lakecurate.columns.ChangedFragments`), then the marker (``own``: see
-    :func:`mark_computed`)."""
-    written, version = changed.commit()
+    :func:`mark_computed`). The commit records the version the values were computed from: Lance's
+    read version of a commit retried past another writer's is after that writer's, whose input
+    change the values never saw (status called the stage current)."""
+    read = _read_with_own(last_writes(lake.dataset()), sources, read_version, own) if own else read_version
+    written, version = changed.commit(computed_from=read)
     marked = mark_computed(lake, changed.names, sources, read_version, own)
     return written, marked if marked is not None else version

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
@@ -408,3 +409,28 @@ def test_zero_shot_fails_a_row_without_an_image_vector():
     p = {"prompts": ["a watermark"], "against": ["a photo"], "max_prob": 0.5}
     df = pd.DataFrame({_zero_shot_key(p): [0.1, np.nan, 0.9]})
     assert FILTERS["zero_shot"].drop(df, p).tolist() == [False, True, True]
+
+
+def test_an_input_rewritten_while_curate_decides_leaves_it_stale(featured, monkeypatch):
+    """A teammate's rewrite of an input committed after curate read the lake and before its decision
+    landed: curate's commit (made at a read version after the rewrite) read as made from it, and
+    status called the decision current though it judged the old values. The commit records the
+    version curate read."""
+    from lakecurate import columns, graph
+
+    lake, recipe = featured
+    commit = columns.ChangedFragments.commit
+    rewritten = []
+
+    def rewrite_then_commit(self, *args, **kwargs):
+        if not rewritten:  # another writer's values for cap_len (as a feature run after a caption change)
+            frag = lake.dataset().get_fragments()[0]
+            rewritten.append(columns.fill_fragments(lake, {frag.fragment_id: pa.table(
+                {"cap_len": pa.array([999] * frag.count_rows(), pa.int32())})}))
+        return commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(columns.ChangedFragments, "commit", rewrite_then_commit)
+    lake.curate(recipe, progress=False)
+    assert rewritten and rewritten[0] is not None
+    st = next(s for s in graph.states(lake) if s.node.stage == "curate")
+    assert st.state == "stale" and any("cap_len was written at version" in r for r in st.reasons), st.reasons
