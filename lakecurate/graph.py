@@ -1065,6 +1065,12 @@ def _global(lake: "Store", ds: "lance.LanceDataset", node: Node, writes: dict[st
             whole |= set(fresh)  # whole fragments written: rows appended (or replaced, or some deleted)
         else:
             newer[src] = max(w[0] for w in fresh.values())
+    if whole and not newer and node.stage == "curate" and "keep" in node.columns and data:
+        # rows that arrived while curate ran (appended after its read, before its decision's commit,
+        # none decided): named below as rows without a decision, not as a stale one
+        decided = max(w[0] for w in data)
+        whole -= {f.fragment_id for f in frags if f.fragment_id in whole and ids[f.fragment_id][0] < decided
+                  and not f.count_rows("keep IS NOT NULL")}
     if newer or whole:
         st.state = "stale"
         st.reasons += [f"{src} was written at version {v}, after {node.stage} read version {read}"

@@ -331,10 +331,10 @@ def test_rows_arriving_during_curate_are_never_kept_unjudged(lake: Lake, monkeyp
     elif when == "before_write":  # the decisions are made, then the rows arrive before they are committed
         real_commit = columns.ChangedFragments.commit
 
-        def hooked_commit(self):
+        def hooked_commit(self, **kw):
             if lake.count() == 120:
                 lake.append(late)
-            return real_commit(self)
+            return real_commit(self, **kw)
 
         monkeypatch.setattr(columns.ChangedFragments, "commit", hooked_commit)
         first = lake.curate(WORDS, progress=False)
@@ -777,7 +777,7 @@ def test_a_curate_killed_before_it_filled_keep_is_named_as_such_by_status(lake: 
     read in status as "300 rows have no decision (they arrived while curate ran)" though no row came."""
     lake.append(pair_rows(0, 40))
     first = lake.curate(WORDS, progress=False)
-    monkeypatch.setattr(columns.ChangedFragments, "commit", lambda self: (_ for _ in ()).throw(_Killed()))
+    monkeypatch.setattr(columns.ChangedFragments, "commit", lambda self, **kw: (_ for _ in ()).throw(_Killed()))
     with pytest.raises(_Killed):
         lake.curate(WORDS, overrides={"caption_length.min_words": 5}, progress=False)
     monkeypatch.undo()

@@ -986,7 +986,7 @@ def test_curate_with_a_changed_setting_and_another_writers_column_of_values(tmp_
     assert any(r["keep"] for r in t) and not all(r["keep"] for r in t)
     assert all(r["keep"] == (r["cap_words"] >= 7) for r in t if r["cap_words"] is not None), t
     assert all((r["drop_reason"] == "short") == (not r["keep"]) for r in t), t
-    assert columns.field_provenance(lake.dataset().schema.field("keep"))["config"]["recipe"]["steps"][0]["params"]["min_words"] == 7
+    assert columns.field_provenance(lake.dataset().schema.field("keep"))["config"]["recipe"]["steps"][-1]["params"]["min_words"] == 7
     assert _foreign(lake) == before
     assert _state(lake, "curate").state == "current"
 
