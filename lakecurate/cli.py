@@ -205,6 +205,23 @@ _UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))} | {
     c: f"\\u{c:04x}" for c in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
+def _frame_text(df: Any, width: int) -> str:
+    """A frame as a table for a terminal: a null is NULL in every column (pandas shows NaN in numeric
+    ones, None in others), what a terminal would act on escaped (a caption's escape codes set its
+    title), no cell wider than ``width`` (pandas' display option does not bound to_string: one
+    100,000-character caption padded every line to it)."""
+    from pandas.api.types import is_numeric_dtype
+
+    shown = df.copy()
+    for name in shown.columns:
+        col = shown[name]
+        if not is_numeric_dtype(col) or col.isna().any():  # (text: object, or pandas' own string dtype)
+            shown[name] = col.astype(object).where(col.notna(), "NULL").map(
+                lambda v: v.translate(_UNPRINTABLE) if isinstance(v, str) else v)
+    shown.columns = [str(c).translate(_UNPRINTABLE) for c in shown.columns]
+    return shown.to_string(index=False, max_colwidth=width)
+
+
 def _cell(value: Any) -> str:
     """A table cell: floats to 4 decimals (a float32 read back prints 0.4713999927043915); what a
     terminal would act on (escape codes, bidi overrides) escaped, as ``\\x1b``."""
@@ -532,7 +549,7 @@ def search(lake: str, query: str, k: int, prefix: str | None, target: str, where
     if as_json:
         echo_json(df)
     else:
-        click.echo(df.to_string(index=False, max_colwidth=70) if len(df) else "(no rows)")
+        click.echo(_frame_text(df, 70) if len(df) else "(no rows)")
 
 
 # --------------------------------------------------------------------------- dedup
@@ -1425,6 +1442,14 @@ def info(lake: str, as_json: bool) -> None:
         click.echo("\n(full provenance: lakecurate info LAKE --json)")
 
 
+def _half_the_memory() -> float | None:
+    """Half of this machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 @main.command()
 @lake_argument
 @click.argument("query")
@@ -1433,9 +1458,15 @@ def info(lake: str, as_json: bool) -> None:
 @click.option("--version", "at_version", help="Query an older version (number or tag).")
 @click.option("--limit", type=Count(min=0), default=SQL_ROWS, show_default=True,
               help="Print at most this many rows (a note on stderr says when the result had more); 0: all.")
+@click.option("--timeout", type=FiniteFloat(0, 7 * 86400, min_open=True),
+              help="Stop the query after this many seconds (default: no time bound; Ctrl+C stops it too).")
+@click.option("--max-memory", type=FiniteFloat(0, 1 << 20, min_open=True),
+              help="Stop the query when it takes more than this many GiB of memory (default: half of this "
+                   "machine's memory).")
 @click.option("--json", "as_json", is_flag=True, help="The same as --format json (an error, too, is JSON then).")
 @_friendly_errors
-def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, as_json: bool) -> None:
+def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, timeout: float | None,
+        max_memory: float | None, as_json: bool) -> None:
     """Run a SQL QUERY against the `pairs` table of LAKE (read-only: one SELECT or WITH).
 
     The image column holds Lance blob descriptors (position, size) in results; export or the Python
@@ -1448,7 +1479,10 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, as_
     fmt = "json" if as_json else fmt
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     # Read one row past the limit, a batch at a time: a cross join held 8M rows (5.7 GB) to print them.
-    table = open_lake(lake).sql_table(query, version=version, limit=limit + 1 if limit else None)
+    # In a thread of its own, bounded: `unnest(range(1, 300000000))` took 8.7 GB and Ctrl+C waited for it.
+    memory = max_memory * 2**30 if max_memory is not None else _half_the_memory()
+    table = open_lake(lake).sql_table(query, version=version, limit=limit + 1 if limit else None, timeout=timeout,
+                                      max_memory=memory)
     cut = bool(limit) and table.num_rows > limit
     table = table.slice(0, limit) if cut else table
     twice = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
@@ -1490,12 +1524,7 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, as_
     elif not len(df):
         click.echo("(no rows)")
     else:  # a null is NULL in every column (pandas would show NaN in numeric ones, None in others)
-        with __import__("pandas").option_context("display.max_rows", 200, "display.width", 200,
-                                                  "display.max_colwidth", 60):
-            shown = df.astype(object).where(df.notna(), "NULL")  # (escape codes in a caption: shown, not sent)
-            shown = shown.map(lambda v: v.translate(_UNPRINTABLE) if isinstance(v, str) else v)
-            shown.columns = [str(c).translate(_UNPRINTABLE) for c in shown.columns]
-            click.echo(shown.to_string(index=False))
+        click.echo(_frame_text(df, 60))
 
 
 # --------------------------------------------------------------------------- versions

@@ -128,6 +128,22 @@ def _deletions(ds: lance.LanceDataset, where: str) -> tuple[list[Any], list[int]
 BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+def _memory_growth() -> Callable[[], float]:
+    """A function giving how many bytes this process's resident memory grew by since this call (0
+    where /proc/self/statm cannot be read: not Linux)."""
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def rss() -> float:
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                return int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    base = rss()
+    return lambda: max(0.0, rss() - base) if base else 0.0
+
+
 class Store:
     """A Lance data lake of image-text pairs: storage only. Use :meth:`create` or :meth:`open`."""
 
@@ -414,7 +430,8 @@ class Store:
 
     # ----------------------------------------------------------------- queries
     def sql(self, query: str, version: int | str | None = None, *, with_row_id: bool = False,
-            limit: int | None = None, stop: threading.Event | None = None) -> pd.DataFrame:
+            limit: int | None = None, stop: threading.Event | None = None, timeout: float | None = None,
+            max_memory: float | None = None) -> pd.DataFrame:
         """Run SQL (DataFusion, through Lance) against the ``pairs`` table and return pandas.
 
         Example: ``lake.sql("SELECT format, COUNT(*) AS n FROM pairs GROUP BY format")``.
@@ -423,41 +440,74 @@ class Store:
         Only one read-only SELECT/WITH over ``pairs`` runs: DataFusion would also run ``COPY ... TO``
         (writing any file) or ``CREATE EXTERNAL TABLE`` (reading any), so anything else is refused
         (:func:`lakecurate.sqlcheck.check_query`). ``limit``: stop reading after that many rows
-        (the browser app's bound on what a query may return); ``stop``: see :meth:`sql_table`.
+        (the browser app's bound on what a query may return); ``stop``, ``timeout``, ``max_memory``:
+        see :meth:`sql_table`.
         """
-        return self.sql_table(query, version, with_row_id=with_row_id, limit=limit, stop=stop).to_pandas()
+        return self.sql_table(query, version, with_row_id=with_row_id, limit=limit, stop=stop, timeout=timeout,
+                              max_memory=max_memory).to_pandas()
 
     def sql_table(self, query: str, version: int | str | None = None, *, with_row_id: bool = False,
-                  limit: int | None = None, stop: threading.Event | None = None) -> pa.Table:
+                  limit: int | None = None, stop: threading.Event | None = None, timeout: float | None = None,
+                  max_memory: float | None = None) -> pa.Table:
         """:meth:`sql`'s result as an Arrow table: exact where pandas is not (a uint64 hash with a
         null in its column, ints with nulls: pandas makes them float64) and columns named alike kept.
-        ``stop``: once set, the query ends at its next batch (DataFusion through Lance has no
-        interrupt of a batch being computed; dropping the stream cancels the rest of the plan)."""
+
+        The query runs in a thread of its own while this one waits, so Ctrl+C (KeyboardInterrupt)
+        reaches the caller at once, not when DataFusion is done. ``stop``: once set, the query ends
+        at its next batch (DataFusion through Lance has no interrupt of a batch being computed;
+        dropping the stream cancels the rest of the plan). ``timeout`` (seconds) and ``max_memory``
+        (bytes this process grows by while the query runs; Linux): past either, a
+        :class:`QueryStopped` (the query's thread is told to stop at its next batch; a process that
+        ends, as the CLI does, frees what it holds)."""
         from lakecurate.sqlcheck import check_query, clean_message
 
         check_query(query)
         limit = whole("limit", limit, 0, none_ok=True)  # -1 returned no rows, 2.5 a Lance error
+        for name, bound in (("timeout", timeout), ("max_memory", max_memory)):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not bound > 0):
+                raise LakeError(f"{name} = {bound!r}: give a positive number (or None: no bound)")
         ds = self.dataset(version)
-        try:
-            reader = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader()
-            if limit is None and stop is None:
-                table = reader.read_all()
-            else:
+        stop = stop if stop is not None else threading.Event()
+        out: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                reader = ds.sql(query).table_name(TABLE).with_row_id(with_row_id).build().to_stream_reader()
                 batches, rows = [], 0
                 for batch in reader:
-                    if stop is not None and stop.is_set():
+                    if stop.is_set():
                         reader.close()  # (between batches: the plan's remaining work is dropped)
-                        raise QueryStopped(f"SQL on lake '{self.uri}' was stopped: it ran past its time")
+                        return
                     batches.append(batch)
                     rows += batch.num_rows
                     if limit is not None and rows >= limit:
                         break
-                table = pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
-        except QueryStopped:
+                out["table"] = pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
+            except BaseException as exc:  # DataFusion reports planning errors as plain exceptions
+                out["error"] = exc
+
+        grown = _memory_growth()
+        started = time.monotonic()
+        worker = threading.Thread(target=run, name="lakecurate-sql", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.05)
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise QueryStopped(f"SQL on lake '{self.uri}' was stopped: it ran past its time ({timeout:g} s); "
+                                       "narrow it (WHERE, LIMIT), or give it more time")
+                if max_memory is not None and grown() > max_memory:
+                    size = f"{max_memory / 2**30:.3g} GiB" if max_memory >= 2**30 else f"{max_memory / 2**20:.0f} MiB"
+                    raise QueryStopped(f"SQL on lake '{self.uri}' was stopped: it took more than {size} of memory; "
+                                       "narrow it (WHERE, a LIMIT inside the query, fewer columns, no cross join), or allow it more")
+        except BaseException:
+            stop.set()
             raise
-        except Exception as exc:  # DataFusion reports planning errors as plain exceptions
-            raise LakeError(f"SQL failed on lake '{self.uri}': {clean_message(exc)}") from None
-        return table  # no rows: an empty table that still has the query's columns
+        if stop.is_set() and "table" not in out and "error" not in out:
+            raise QueryStopped(f"SQL on lake '{self.uri}' was stopped: it ran past its time")
+        if "error" in out:
+            raise LakeError(f"SQL failed on lake '{self.uri}': {clean_message(out['error'])}") from None
+        return out["table"]  # no rows: an empty table that still has the query's columns
 
     # ----------------------------------------------------------------- writes
     def append(self, data: pa.Table | pa.RecordBatchReader, *, overwrite: bool = False,

@@ -179,7 +179,8 @@ def test_serve_labels_are_written_after_every_check_and_on_the_served_branch(sam
 def test_views_pair_group_concept_diff_sql(sample: Lake):
     sample.curate({"name": "r", "step": [{"filter": "caption_missing"}]}, progress=False)
     first = sample.version
-    sample.curate({"name": "r2", "step": [{"filter": "caption_missing"}, {"filter": "ingest_error"}]}, progress=False)
+    sample.curate({"name": "r2", "step": [{"filter": "caption_missing"}, {"filter": "caption_length", "min_words": 5}]},
+                  progress=False)
     c = client(sample)
     a = addrs(c.get("/").text)[0]
     pair = c.get(f"/pair/{a}")

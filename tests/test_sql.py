@@ -322,3 +322,92 @@ def test_cli_sql_bounds_what_it_prints_and_writes_lists_as_json_in_csv(clustered
     truth = clustered.sql_table("SELECT key, clip_tinyrandom_image FROM pairs ORDER BY key LIMIT 2").to_pylist()
     assert [json.loads(r["v"]) for r in rows] == [pytest.approx(t["clip_tinyrandom_image"]) for t in truth]
     assert [json.loads(r["l"]) for r in rows] == [[1, 2], [1, 2]]
+
+
+# ~1 s and ~0.7 GB on the 28 sample rows (28 x 1M values sorted); `range(1, 300000000)` took 8.7 GB
+HEAVY = "SELECT x FROM (SELECT unnest(range(1, 1000000)) AS x FROM pairs) ORDER BY x DESC LIMIT 2"
+
+
+def _wait_for_sql_threads() -> None:
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == "lakecurate-sql":
+            t.join(60)  # (it ends at its next batch: the sort's one)
+
+
+def test_a_query_past_its_memory_or_time_is_stopped(small: Lake):
+    """`lakecurate sql` had no bound: `unnest(range(1, 300000000))` on 28 rows took 8.7 GB, and
+    `repeat('x', 2000000000)` ran past a minute. A query past max_memory or timeout stops, one line."""
+    from lakecurate.errors import QueryStopped
+
+    try:
+        with pytest.raises(QueryStopped, match=r"took more than 48 MiB of memory; narrow it"):
+            small.sql(HEAVY, max_memory=50e6)
+        _wait_for_sql_threads()
+        with pytest.raises(QueryStopped, match=r"ran past its time \(0.01 s\)"):
+            small.sql(HEAVY, timeout=0.01)
+    finally:
+        _wait_for_sql_threads()
+    assert small.sql(HEAVY, timeout=600, max_memory=20e9)["x"].tolist() == [999999, 999999]
+    for bad in (0, -1, "1", True):
+        with pytest.raises(LakeError, match="give a positive number"):
+            small.sql("SELECT 1 AS one FROM pairs", timeout=bad)
+    res = CliRunner().invoke(main, ["sql", small.uri, HEAVY, "--max-memory", "0.05", "--json"])
+    _wait_for_sql_threads()
+    assert res.exit_code == 1 and "took more than 51 MiB" in json.loads(res.stdout)["error"], res.output
+
+
+def test_ctrl_c_reaches_the_caller_while_the_query_runs(small: Lake):
+    """Ctrl+C waited for DataFusion to finish the query (SIGINT at 25 s ended it at 120 s): the query
+    runs in a thread of its own, and the interrupt reaches the caller while it still runs."""
+    import _thread
+    import threading
+
+    running = []
+
+    def interrupt():
+        while not any(t.name == "lakecurate-sql" for t in threading.enumerate()):
+            if stop.wait(0.005):
+                return
+        running.append(True)
+        _thread.interrupt_main()
+
+    stop = threading.Event()
+    timer = threading.Thread(target=interrupt)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            small.sql(HEAVY)
+            stop.set()  # (finished first: no interrupt came, the test fails above)
+    finally:
+        stop.set()
+        timer.join()
+        _wait_for_sql_threads()
+    assert running
+
+
+def test_sql_and_search_tables_are_bounded_and_escaped(tmp_path: Path):
+    """`sql`'s table padded every line to a 100,000-character caption (1.1 MB for 10 rows: its
+    60-character cap was a display option to_string does not read); `search` printed a caption's NUL
+    and right-to-left override to the terminal, and a null as NaN."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    hostile = {"astronaut": "x" * 100_000, "brick": "a red car\x00\u202eevil", "camera": ""}
+    for name, caption in hostile.items():
+        shutil.copyfile(SAMPLE_DATA / f"{name}.jpg", folder / f"{name}.jpg")
+        (folder / f"{name}.txt").write_text(caption)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(folder, progress=False)
+    res = CliRunner().invoke(main, ["sql", lake.uri, "SELECT key, caption, NULL AS nothing FROM pairs ORDER BY key"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert len(lines) == 4 and max(map(len, lines)) < 200, [len(x) for x in lines]
+    assert "\\x00\\u202eevil" in res.output and "\x00" not in res.output and "NULL" in lines[1]
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    found = CliRunner().invoke(main, ["search", lake.uri, "a car", "-k", "3"])
+    assert found.exit_code == 0, found.output
+    assert "a red car\\x00\\u202eevil" in found.output and "\u202e" not in found.output, found.output
+    assert max(map(len, found.output.splitlines())) < 250
