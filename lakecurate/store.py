@@ -128,6 +128,11 @@ def _deletions(ds: lance.LanceDataset, where: str) -> tuple[list[Any], list[int]
 BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+# pandas types of Arrow types it would not hold exactly: a uint64 hash with a null in its column became
+# float64 (15173274023371857856 read back as ...7920: Hamming distances from it were wrong)
+_EXACT = {pa.uint64(): pd.UInt64Dtype()}
+
+
 def _memory_growth() -> Callable[[], float]:
     """A function giving how many bytes this process's resident memory grew by since this call (0
     where /proc/self/statm cannot be read: not Linux)."""
@@ -372,7 +377,8 @@ class Store:
     def to_pandas(
         self, columns: Sequence[str] | None = None, where: str | None = None, limit: int | None = None
     ) -> pd.DataFrame:
-        """Rows as pandas. Image bytes are not read unless ``image`` is asked for by name."""
+        """Rows as pandas. Image bytes are not read unless ``image`` is asked for by name. A uint64
+        column (an image hash) is pandas' nullable UInt64, exact where float64 would round it."""
         from lakecurate.sqlcheck import check_where
 
         ds = self.dataset()
@@ -390,10 +396,10 @@ class Store:
         if "image" in columns:
             rest = [c for c in columns if c != "image"]
             tbl = ds.to_table(columns=rest, filter=where, limit=limit, with_row_id=True)
-            df = tbl.to_pandas()
+            df = tbl.to_pandas(types_mapper=_EXACT.get)
             df["image"] = self._read_blobs(ds, df.pop("_rowid").tolist())
             return df[list(columns)]
-        return ds.to_table(columns=list(columns), filter=where, limit=limit).to_pandas()
+        return ds.to_table(columns=list(columns), filter=where, limit=limit).to_pandas(types_mapper=_EXACT.get)
 
     def read_images(self, ids: str | Sequence[str]) -> list[bytes | None]:
         """Image bytes for the given pair ids, in the same order; None where a row has no image (an
@@ -444,7 +450,7 @@ class Store:
         see :meth:`sql_table`.
         """
         return self.sql_table(query, version, with_row_id=with_row_id, limit=limit, stop=stop, timeout=timeout,
-                              max_memory=max_memory).to_pandas()
+                              max_memory=max_memory).to_pandas(types_mapper=_EXACT.get)
 
     def sql_table(self, query: str, version: int | str | None = None, *, with_row_id: bool = False,
                   limit: int | None = None, stop: threading.Event | None = None, timeout: float | None = None,

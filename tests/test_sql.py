@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -411,3 +412,17 @@ def test_sql_and_search_tables_are_bounded_and_escaped(tmp_path: Path):
     assert found.exit_code == 0, found.output
     assert "a red car\\x00\\u202eevil" in found.output and "\u202e" not in found.output, found.output
     assert max(map(len, found.output.splitlines())) < 250
+
+
+def test_64_bit_hashes_are_exact_in_pandas(tmp_path: Path):
+    """Lake.sql and Lake.to_pandas gave a uint64 hash column with a null as float64:
+    15173274023371857856 came back as 15173274023371857920, and Hamming distances from it were wrong."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.signals(["image"], progress=False)
+    exact = lake.dataset().to_table(columns=["key", "phash"]).to_pylist()
+    assert any(r["phash"] is None for r in exact) and any((r["phash"] or 0) > 2**53 for r in exact)
+    want = {r["key"]: r["phash"] for r in exact}
+    for df in (lake.to_pandas(["key", "phash"]), lake.sql("SELECT key, phash FROM pairs")):
+        got = {k: (None if v is pd.NA else int(v)) for k, v in zip(df["key"], df["phash"])}
+        assert got == want
