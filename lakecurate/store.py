@@ -210,6 +210,9 @@ class Store:
             if not exist_ok:
                 raise LakeError(f"lake '{lake.uri}' already exists; open it with Lake.open")
             return lake
+        if (outer := lake._enclosing_lake()) is not None:  # (`ingest LAKE/pairs.lance SRC` made a lake in its table)
+            raise LakeError(f"'{lake.uri}' is inside the lake '{outer}'; a lake cannot hold another: give the lake "
+                            f"('{outer}') or a folder outside it")
         with lake._creating():
             if not lake.exists():  # (another process may have made it while this one waited)
                 lance.write_dataset(PAIRS_SCHEMA.empty_table(), lake.table_uri, schema=PAIRS_SCHEMA, mode="create",
@@ -255,11 +258,25 @@ class Store:
                                 f"create it with: lakecurate branch create {shlex.quote(os.fspath(uri))} {lake.branch}")
             return lake
         if not lake.exists():
+            if (outer := lake._enclosing_lake()) is not None:
+                raise LakeError(f"no lake at '{lake.uri}': it is inside the lake '{outer}' (its table, or a folder of "
+                                f"it); give the lake: {shlex.quote(outer)}")
             raise LakeError(
                 f"no lake at '{lake.uri}' (expected a Lance table at '{lake.table_uri}'); "
                 f"create one with: lakecurate ingest {shlex.quote(os.fspath(uri))} SOURCE"
             )
         return lake
+
+    def _enclosing_lake(self) -> str | None:
+        """The local lake folder that holds this lake's folder (its table ``pairs.lance``, or a folder
+        below), if any: a lake is never made inside another."""
+        if "://" in self.uri:
+            return None
+        path = Path(os.path.abspath(self.uri))
+        for parent in path.parents:
+            if (parent / f"{TABLE}.lance" / "_versions").is_dir():
+                return str(parent)
+        return None
 
     def exists(self) -> bool:
         """Whether the lake's table is there. One that is there but cannot be read (a damaged version

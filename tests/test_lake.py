@@ -29,6 +29,27 @@ def test_open_missing_lake_says_how_to_create(tmp_path: Path):
     assert Lake.open(tmp_path / "l").count() == 0
 
 
+def test_a_lake_is_never_made_inside_another(tmp_path: Path):
+    """`lakecurate info LAKE/pairs.lance` advised `lakecurate ingest LAKE/pairs.lance SOURCE`, which
+    made a second lake inside the first one's table (LAKE/pairs.lance/pairs.lance)."""
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    outer = Lake.create(tmp_path / "lake")
+    table = tmp_path / "lake" / "pairs.lance"
+    with pytest.raises(LakeError, match=r"no lake at .*pairs.lance': it is inside the lake '.*lake'.*give the lake") as err:
+        Lake.open(table)
+    assert "lakecurate ingest" not in str(err.value)
+    for inside in (table, table / "x", tmp_path / "lake" / "sub"):
+        with pytest.raises(LakeError, match=r"is inside the lake '.*lake'; a lake cannot hold another"):
+            Lake.create(inside)
+    res = CliRunner().invoke(main, ["ingest", str(table), str(SAMPLE_DATA), "--json"])
+    assert res.exit_code == 1 and "inside the lake" in res.output, res.output
+    assert not (table / "pairs.lance").exists() and outer.count() == 0
+    assert Lake.create(tmp_path / "lake2").count() == 0  # beside it: a lake
+
+
 def test_create_of_an_existing_lake_and_images_of_unknown_ids(sample_lake: Lake, tmp_path: Path):
     """create opens the lake there (what ingest into a new or existing lake needs), exist_ok=False
     refuses it, on a branch too (it opened the branch); read_images of an id the lake lacks read as
