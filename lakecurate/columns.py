@@ -152,7 +152,7 @@ def describe_provenance(prov: dict[str, Any] | None) -> str:
     if prov.get("source_columns"):
         parts.append(f"from {', '.join(map(str, prov['source_columns']))}")
     if prov.get("table_version") is not None:
-        parts.append(f"at v{prov['table_version']},")
+        parts.append(f"declared at v{prov['table_version']},")  # (status names the version a run read)
     if prov.get("tool_version"):
         parts.append(f"lakecurate {prov['tool_version']}")
     fmt = prov.get("format", 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,9 @@ def test_provenance_without_config_hash_or_of_a_newer_format(tmp_path: Path):
     version = lake.version
     res = runner.invoke(main, ["info", lake.uri])
     assert res.exit_code == 0 and "curate:" in res.output, res.output  # what is known is shown
+    # the version its provenance names is when the column was declared ("at v19" read as the version
+    # a run read, which status names: "curate read version 20")
+    assert re.search(r"curate: .* declared at v\d+", res.output), res.output
     assert runner.invoke(main, ["report", lake.uri, str(tmp_path / "r.html")]).exit_code == 0
     recipe.write_text(recipe.read_text().replace("min_words = 1", "min_words = 2"))
     assert "provenance without config_hash" in _one_line_error(runner.invoke(main, ["curate", lake.uri, str(recipe)]))
