@@ -1076,7 +1076,11 @@ def _global(lake: "Store", ds: "lance.LanceDataset", node: Node, writes: dict[st
         st.reasons += [f"{src} was written at version {v}, after {node.stage} read version {read}"
                        for src, v in sorted(newer.items())]
     if whole:  # one reason, not one per input column of the new rows ("caption was written ...")
-        rows = sum(f.count_rows() for f in frags if f.fragment_id in whole)
+        changed = [f for f in frags if f.fragment_id in whole]
+        rows = sum(f.count_rows() for f in changed)
+        # (as --json counts them: rows the stage never saw, and rows it saw before they were rewritten)
+        st.rows_missing = sum(f.count_rows() for f in changed if not has_data(ds, f, node.columns[0]))
+        st.rows_stale = rows - st.rows_missing
         last = max(ids[fid][0] for fid in whole)
         st.reasons.append(f"rows were added, replaced or removed since {node.stage} read version {read} "
                           f"(last change at version {last}; the fragments changed hold {rows} row{'' if rows == 1 else 's'})")

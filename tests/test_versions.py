@@ -359,3 +359,16 @@ def test_a_branch_that_is_not_there_lists_main_among_the_branches(versioned: Lak
     res = CliRunner().invoke(main, ["--branch", "nob", "info", versioned.uri])
     assert res.exit_code == 1 and "has no branch 'nob' (branches: main); create it with: lakecurate branch create " \
         in " ".join(res.output.split()), res.output
+
+
+def test_status_json_counts_the_rows_a_stale_decision_has_not_seen(tmp_path: Path):
+    """status --json said rows_missing 0 for a curate stale after 20 new rows (only the text said
+    "the fragments changed hold 20 rows"): a script reading it saw nothing to do."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 30))
+    lake.curate({"name": "r", "step": [{"filter": "caption_missing"}]}, progress=False)
+    lake.append(synthetic_pairs(30, 20))
+    res = CliRunner().invoke(main, ["status", lake.uri, "--json"])
+    assert res.exit_code == 0, res.output
+    st = next(s for s in json.loads(res.stdout)["stages"] if s["stage"] == "curate")
+    assert (st["state"], st["rows_missing"], st["rows_stale"]) == ("stale", 20, 0), st
