@@ -318,18 +318,21 @@ def test_thresholds_badge_each_row_by_its_own_decision_and_plots_the_recipes_emb
 
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     lake.curate({"name": "two", "step": [{"filter": "caption_length", "min_words": 4},
-                                         {"filter": "alignment", "min_percentile": 50}]}, progress=False)
+                                         {"filter": "alignment", "min_percentile": 70}]}, progress=False)
     lake.embed("tiny-random", name="aaa", workers=0, batch_size=8, progress=False)  # later, and sorts first
     b = report_mod._Builder(lake, None, sample_rows=1000, thumb_px=32, seed=0, max_groups=5, per_group=4, n_low=5,
                             per_reason=4, n_concepts=4, per_concept=4, n_flagged=4)
     assert b.score == "clip_tinyrandom_score"
     decision = dict(zip(*(lake.to_pandas(["key", "keep"])[c] for c in ("key", "keep"))))
+    reason = dict(zip(*(lake.to_pandas(["key", "drop_reason"])[c] for c in ("key", "drop_reason"))))
     step = next(s for s in b.cuts()["steps"] if s["reason"] == "caption_length")
     assert step["above"]
     for card in step["above"]:  # just passing caption_length: kept only when the recipe kept the row
         assert (card["badge"] == "kept") == bool(decision[card["key"]]), card
         assert card["kind"] == ("kept" if decision[card["key"]] else "drop")
-    assert any(c["badge"].startswith("passes; dropped: alignment") for c in step["above"])  # (such rows here)
+    dropped = [c for c in step["above"] if c["badge"].startswith("passes; dropped: ")]
+    assert dropped and all(c["badge"].startswith(f"passes; dropped: {reason[c['key']]}") for c in dropped), dropped
+    assert {reason[c["key"]] for c in dropped} == {"alignment"}  # (such rows here, at the 70th percentile)
 
 
 def test_a_branchs_report_says_so_and_its_hints_name_the_branch(sample_lake_embedded: Lake, tmp_path: Path):
