@@ -25,7 +25,7 @@ from lakecurate.graph import lakecurate_on
 from lakecurate.lake import Lake, LakeError
 from lakecurate.names import DEDUP_OPTIONS, EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
-from lakecurate.options import MOST, MOST_WORKERS
+from lakecurate.options import MOST, MOST_WORKERS, canonical_uri
 
 
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -1782,7 +1782,7 @@ def run_cmd(lake: str, pipeline: str, dry_run: bool, as_json: bool) -> None:
     """
     from lakecurate.pipeline import check_against_lake, load_pipeline
 
-    uri = os.path.abspath(lake) if "://" not in lake else lake
+    uri = canonical_uri(lake)  # ({lake} in the file: a file:// lake is its local path)
     pipe = load_pipeline(pipeline, lake_uri=uri)  # every option checked before the lake is touched
     ctx = click.get_current_context(silent=True)
     target = Lake(lake, branch=ctx.find_root().params.get("branch") if ctx is not None else None)
@@ -1827,7 +1827,7 @@ def demo(lake_uri: str, source: str, model: str, as_json: bool) -> None:
         # demo.toml's k fits the bundled photos; other photos get the cluster stage's own rule (about
         # the square root of the rows): 2 pairs stopped at "-k 3 asks for more concepts", and demo has no -k
         overrides["cluster"] = {"k": None}
-    if "://" in lake_uri:  # demo.toml writes the report into the lake's folder: a local file here instead
+    if "://" in Lake(lake_uri).uri:  # demo.toml writes the report into the lake's folder: a local file here instead
         overrides["report"] = {"out": os.path.abspath("demo-report.html")}
     pipe = load_pipeline("demo", lake_uri=Lake(lake_uri).uri, overrides={**overrides, "embed": {"model": model}})
     lake = open_lake(lake_uri, create=True)  # on --branch when given (it wrote to main, ignoring it)

@@ -51,7 +51,7 @@ from lakecurate.graph import (check_current, check_ordered, lakecurate_on, check
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
-from lakecurate.options import flag, overlaps, path, whole, writable
+from lakecurate.options import canonical_uri, flag, overlaps, path, whole, writable
 from lakecurate.progress import progress_bar
 from lakecurate.sqlcheck import check_where
 
@@ -385,7 +385,7 @@ def _check_dest(lake: "Store", dest: str | os.PathLike, fmt: str, overwrite: boo
     if "://" in uri and not uri.lower().startswith("file://"):
         raise LakeError(f"export writes to a local path, not '{uri}'; export to a folder and copy it to object storage")
     # absolute, with '.' and '..' folded: the export is staged beside it, under its parent's name for it
-    path = Path(os.path.abspath(uri[len("file://"):] if uri.lower().startswith("file://") else uri))
+    path = Path(canonical_uri(uri))
     # (a name past the file system's limit was an OSError traceback; a file export's manifest and
     # swap note beside it take its name and '.manifest.json.swap')
     writable("export destination", path, beside="" if fmt in FOLDERS else _swap_note(Path("x"), fmt).name[1:])

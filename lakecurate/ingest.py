@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
-from lakecurate.options import path
+from lakecurate.options import canonical_uri, path
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, TABLE, severity
 
@@ -1104,6 +1104,19 @@ def _tar_candidate(shard: str, key: str, sample: dict[str, bytes | None]) -> Can
 
 
 # --------------------------------------------------------------------------- driver
+def local_source(source: str) -> str:
+    """A source as a local path: ``file:///x/00001.tar`` is ``/x/00001.tar`` (as a ``file://`` lake is a
+    local lake). A source on an object store is refused in one line, before a lake is made: it was
+    joined to the working directory, and a lake was made holding one junk 'file_missing' row."""
+    scheme, sep, rest = source.partition("://")
+    if not sep:
+        return source
+    if scheme.lower() == "file":
+        return rest
+    raise IngestError(f"sources on an object store are not read ('{source}'); copy the source to a local folder "
+                      "and ingest that (the lake itself may be on the object store)")
+
+
 def detect_kind(source: str) -> str:
     """'folder', 'manifest' or 'webdataset', from the path (and a file's or folder's contents where
     the name does not say: a Parquet or Arrow file, a Lance table's folder)."""
@@ -1206,7 +1219,7 @@ def open_source(
     """Check that ``source`` can be ingested (it exists; a manifest's columns are found) before
     anything is written, and say how to list its pairs. Raises :class:`IngestError` otherwise.
     ``max_bytes``: WebDataset members larger than this are not read."""
-    src = os.fspath(source)
+    src = local_source(os.fspath(source))
     kind = kind or detect_kind(src)
     if kind != "manifest":
         given = [opt for opt, v in (("--image-dir", image_dir), ("--root", root), ("--image-col", image_col),
@@ -1266,7 +1279,8 @@ def refuse_source_in_lake(lake_uri: str, src: str) -> None:
     the lake need not exist yet (checked before the CLI creates it)."""
     if not lake_uri.strip():  # "" is the working directory to realpath: said here, not "inside lake ''"
         raise IngestError("the lake path is empty (''); give a folder (or object-store URI) for the lake")
-    if "://" in src or "://" in lake_uri or not os.path.exists(src):
+    src, lake_uri = local_source(src), canonical_uri(lake_uri)
+    if "://" in lake_uri or not os.path.exists(src):
         return
     inner, outer = os.path.realpath(src), os.path.realpath(lake_uri)
     if os.path.commonpath([inner, outer]) == outer:
@@ -1439,7 +1453,7 @@ def ingest(
     opts = options or IngestOptions()
     check_options(opts)
     check_engine(engine)
-    src = os.fspath(path("source", source))  # (None was a TypeError traceback)
+    src = local_source(os.fspath(path("source", source)))  # (None was a TypeError traceback)
     # (a Path for the folders: "'://' in image_dir" was a TypeError traceback)
     root, image_dir = (None if v is None else os.fspath(path(o, v)) for o, v in (("root", root), ("image_dir", image_dir)))
     refuse_source_in_lake(lake.uri, src)

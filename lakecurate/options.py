@@ -223,14 +223,30 @@ def device(value: Any, option: str = "--device") -> str:
     return value
 
 
+def canonical_uri(uri: str) -> str:
+    """The one spelling of a lake's location, so that every spelling of one lake shares its
+    checkpoints, claims and locks: a local path or ``file://`` URI becomes an absolute path with '.'
+    and '..' folded and no trailing '/'; an object-store URI loses its trailing '/' (a doubled '/'
+    inside stays: the store refuses it, in words).
+
+    >>> canonical_uri("file:///tmp/x/"), canonical_uri("/tmp/y/../x"), canonical_uri("s3://b/lake/")
+    ('/tmp/x', '/tmp/x', 's3://b/lake')
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return os.path.abspath(uri)
+    if scheme.lower() == "file":
+        return os.path.abspath(rest)
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
 def location(uri: str) -> tuple[str, str]:
     """(scheme, normalized path) of a local path or object-store URI, to compare locations: local
     paths resolved (symlinks, '..'), URIs with '//', '.' and '..' folded (``s3://b/x//y/`` -> /b/x/y)."""
+    uri = canonical_uri(uri)
     scheme, sep, rest = uri.partition("://")
     if not sep:
         return "file", os.path.realpath(uri)
-    if scheme.lower() == "file":
-        return "file", os.path.realpath(rest)
     return scheme.lower(), posixpath.normpath("/" + rest.strip("/"))
 
 

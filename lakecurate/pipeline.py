@@ -500,6 +500,8 @@ def _check_values(step: str, opts: dict[str, Any]) -> None:
     elif step == "report":
         if "out" not in opts:
             raise LakeError("say where: out = \"{lake}/report.html\"")
+        if "://" in str(opts["out"]):  # a file:// URI is a local file, as the step takes it
+            opts["out"] = options.canonical_uri(str(opts["out"]))
         if "://" in str(opts["out"]):  # (refused by the step itself, after the steps before it had committed)
             raise LakeError(f"out = {opts['out']!r}: the report is a local HTML file; write it to a local path "
                             "and copy it to object storage")

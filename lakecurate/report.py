@@ -737,7 +737,7 @@ def report(
     import jinja2
 
     from lakecurate.errors import LakeError
-    from lakecurate.options import flag, location, overlaps, path
+    from lakecurate.options import canonical_uri, flag, location, overlaps, path
     from lakecurate.progress import progress_bar
 
     if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
@@ -745,6 +745,8 @@ def report(
     path("out", out)  # (None was a TypeError traceback)
     overwrite = flag("overwrite", overwrite)
     progress = None if progress is None else flag("progress", progress)
+    if "://" in str(out):  # a file:// URI is a local file (as export takes it)
+        out = canonical_uri(str(out))
     if "://" in str(out):  # (it wrote a local folder named "s3:")
         raise LakeError(f"report writes a local HTML file, not '{out}'; write it here and copy it to object storage")
     target = check_out(out, overwrite)

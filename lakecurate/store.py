@@ -35,7 +35,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError, QueryStopped
-from lakecurate.options import texts, whole
+from lakecurate.options import canonical_uri, texts, whole
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
@@ -68,6 +68,7 @@ def is_conflict(exc: BaseException) -> bool:
 def checkpoint_root(uri: str, branch: str | None) -> Path:
     """Where the stages of a lake's branch (None: main) keep their batch checkpoints: in the lake
     folder, or for an object store in the local cache (see lakecurate.columns.Checkpoint)."""
+    uri = canonical_uri(uri)  # (file:///x/ and ../x are one lake: one folder of claims and checkpoints)
     if "://" in uri:
         base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lakecurate" / "checkpoints"
         base = base / hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -158,7 +159,9 @@ class Store:
         if not isinstance(uri, str) or not uri.strip():  # "" was the working directory, made a lake
             what = "empty" if isinstance(uri, str) else "not a path"
             raise LakeError(f"the lake path is {what} ({uri!r}); give a folder (or object-store URI) for the lake")
-        self.uri = uri if "://" in uri else os.path.abspath(uri)
+        # one spelling of the lake (file:// a local path, no trailing '/', '..' folded): claims, checkpoints and
+        # locks are found by it, so a run given file:///x resumes one given ../x, and the two share fragments
+        self.uri = canonical_uri(uri)
         self.storage_options = storage_options
         self.main_uri = _join(self.uri, f"{TABLE}.lance")
         if branch is not None and (not isinstance(branch, str) or not BRANCH_RE.match(branch)):

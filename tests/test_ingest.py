@@ -1241,3 +1241,25 @@ def test_an_export_inside_a_source_folder_adds_no_row(tmp_path: Path):
     assert {"out.manifest.json (an export's manifest)", "out.parquet.manifest.json (an export's manifest)",
             "shards/manifest.json (an export's manifest)"} <= set(rep.ignored_files), rep.ignored_files
     assert sorted(lake.to_pandas(["key"])["key"]) == ["cat.jpg", "notes"]
+
+
+def test_a_file_uri_source_is_a_local_path_and_an_object_store_source_is_refused_before_a_lake_is_made(tmp_path: Path):
+    """`ingest L file:///x/00001.tar` made a lake holding one junk file_missing row ('/cwd/file:/x/00001.tar'),
+    exit 0, and a file:// folder 'did not exist'; an s3:// shard the same junk row."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for s in range(2):
+        write_shard(shards / f"{s:05d}.tar", [{f"{s}{i}.jpg": noise_jpeg(seed=10 * s + i), f"{s}{i}.txt": b"a cap"}
+                                              for i in range(2)])
+    res = CliRunner().invoke(main, ["ingest", str(tmp_path / "a"), f"file://{shards}/00001.tar", "--json"])
+    assert res.exit_code == 0, res.output
+    assert Lake.open(tmp_path / "a").to_pandas(["key", "ingest_status"]).values.tolist() == [["10", "ok"], ["11", "ok"]]
+    rep = Lake.create(f"file://{tmp_path}/b").ingest(f"file://{shards}", progress=False)  # a folder of shards
+    assert rep.written == 4 and rep.kind == "webdataset"
+    for src in ("s3://bucket/src/00001.tar", "gs://bucket/src/"):
+        res = CliRunner().invoke(main, ["ingest", str(tmp_path / "c"), src])
+        assert res.exit_code == 1 and "sources on an object store are not read" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+    with pytest.raises(LakeError, match="sources on an object store"):
+        Lake.create(tmp_path / "d").ingest("s3://bucket/src/00001.tar", progress=False)
+    assert Lake.open(tmp_path / "d").count() == 0

@@ -194,3 +194,33 @@ def test_api_arguments_are_checked_with_one_line_errors(sample_lake: Lake):
     # a recipe given as a dict inside a dict pipeline (curate takes one): it was "not found"
     rep = sample_lake.run({"curate": {"recipe": {"name": "r", "step": [{"filter": "ingest_error"}]}}}, dry_run=True)
     assert rep.steps[0].step == "curate"
+
+
+def test_one_lake_spelled_several_ways_is_one_uri_with_one_folder_of_claims_and_checkpoints(tmp_path: Path,
+                                                                                            monkeypatch: pytest.MonkeyPatch):
+    """`file:///x` kept its checkpoints and claims in the cache, `/x` in the lake folder: a run killed under one
+    spelling recomputed everything under the other, and two runs at once both computed every fragment."""
+    import os
+
+    from lakecurate.columns import Checkpoint, FragmentClaims
+    from lakecurate.store import Store, checkpoint_root
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    Lake.create(tmp_path / "lake")
+    spellings = [str(tmp_path / "lake"), f"file://{tmp_path}/lake", f"file://{tmp_path}/lake/", "../lake",
+                 f"{tmp_path}/lake/", f"{tmp_path}/work/../lake"]
+    lakes = [Lake.open(s) for s in spellings]
+    assert {lake.uri for lake in lakes} == {str(tmp_path / "lake")}
+    assert {str(Checkpoint(lake, "k").root) for lake in lakes} == {str(tmp_path / "lake/_lakecurate/checkpoints/k")}
+    first = FragmentClaims(lakes[1], "feature-x")
+    assert first.take([0, 1]) == ([0, 1], {})
+    for lake in lakes:  # the fragments another spelling's run holds are its, not free
+        assert FragmentClaims(lake, "feature-x").take([0, 1])[0] == []
+    first.release()
+    assert not (tmp_path / "cache").exists()
+    on_s3 = [Store(u) for u in ("s3://b/lake", "s3://b/lake/", "s3://b/lake//")]
+    assert {s.uri for s in on_s3} == {"s3://b/lake"} and on_s3[1].main_uri == "s3://b/lake/pairs.lance"
+    assert len({checkpoint_root(u, None) for u in ("s3://b/lake", "s3://b/lake/")}) == 1
+    assert os.fspath(checkpoint_root(f"file://{tmp_path}/lake/", "dev")) == str(tmp_path / "lake/_lakecurate/checkpoints/branch-dev")

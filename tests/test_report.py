@@ -427,3 +427,14 @@ def test_report_replaces_only_a_report_unless_told_and_says_long_names_and_progr
     with pytest.raises(LakeError, match="its name is 305 bytes long, and the file system holds names of at most 255"):
         lake.report(tmp_path / ("r" * 300 + ".html"), sample_rows=50)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lake", "victim.parquet", longest.name])
+
+
+def test_a_file_uri_out_is_a_local_file_and_an_object_store_out_is_refused(tmp_path: Path):
+    """`report LAKE file:///tmp/r.html` was refused as object storage (export took the same spelling)."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    res = CliRunner().invoke(main, ["report", f"file://{tmp_path}/lake", f"file://{tmp_path}/r.html",
+                                    "--sample-rows", "50"])
+    assert res.exit_code == 0 and "<html" in (tmp_path / "r.html").read_text()[:200].lower(), res.output
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "lake"), "s3://b/r.html"])
+    assert res.exit_code == 1 and "report writes a local HTML file" in res.output, res.output
