@@ -199,14 +199,26 @@ class RayActors:
                 raise _task_error(exc) from None
             raise
 
-    def map(self, method: str, calls: Sequence[tuple]) -> Iterator[Any]:
+    def map(self, method: str, calls: Sequence[tuple], *, tick: Callable[[], None] | None = None,
+            every: float = 2.0) -> Iterator[Any]:
         """``method(*args)`` for every ``args`` in ``calls``, results as they finish; the first call
-        that fails stops every actor and raises here."""
+        that fails stops every actor and raises here. ``tick``: called every ``every`` seconds while
+        no result arrives (a progress bar polling what the actors did so far)."""
+        from ray.exceptions import RayError
         from ray.util import ActorPool
 
         pool = ActorPool(self.actors)
         try:
-            for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), list(calls)):
+            for args in calls:
+                pool.submit(lambda a, args: getattr(a, method).remote(*args), args)
+            while pool.has_next():
+                try:
+                    result = pool.get_next_unordered(timeout=every if tick is not None else None)
+                except TimeoutError as exc:
+                    if isinstance(exc, RayError) or tick is None:  # (a call that failed with a TimeoutError of its own)
+                        raise
+                    tick()
+                    continue
                 yield result
         except BaseException as exc:  # (GeneratorExit too: the caller stopped reading)
             self.stop(list(getattr(pool, "_future_to_actor", {})))

@@ -594,10 +594,12 @@ class FragmentWorker:
         _init_reader(*init)
         self.ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
 
-    def run(self, fid: int, version: int | None = None) -> RunReport:
+    def run(self, fid: int, version: int | None = None, tally: Any = None) -> RunReport:
         """``version``: the table's version to commit on, when the actor was built before it (a first
         run builds its actors, loading the model, before it declares its columns); its readers read
-        the inputs at the version they opened, which the declare (metadata only) left as they were."""
+        the inputs at the version they opened, which the declare (metadata only) left as they were.
+        ``tally``: a :class:`_Tally` actor told the rows of every batch as it is computed (the
+        driver's progress bar; a fragment's report arrives only once it is committed)."""
         if version is not None and version != _READER["ds"].version:
             _init_reader(self.init[0], version, *self.init[2:])
         ds, stage = _READER["ds"], self.stage
@@ -608,6 +610,8 @@ class FragmentWorker:
         for t in parts:
             out.rows_resumed += t.num_rows
             count(out, t)
+        if tally is not None and out.rows_resumed:
+            tally.add.remote(out.rows_resumed)
         items = _batches(frag, stage.batch_size, saved)
         # read (and decode) lazily, or ahead in the readers: a GPU computes a batch while the next is decoded
         batches = map(_read, items) if self.pool is None else _read_ahead(self.pool, items, self.readers)
@@ -617,8 +621,27 @@ class FragmentWorker:
             parts.append(part)
             out.rows += part.num_rows
             count(out, part)
+            if tally is not None:
+                tally.add.remote(part.num_rows)  # (not waited for)
         _commit(self.lake, ds, frag, stage, parts, self.ckpt, out)
         return out
+
+
+RAY_POLL = 2.0  # seconds between the driver's looks at a Ray run's tally (its progress line comes every 10 s)
+
+
+class _Tally:
+    """Rows the actors of a Ray run have computed so far (a Ray actor of no CPU): what the
+    driver's progress bar shows between fragments, every few seconds as on the local engine."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def total(self) -> int:
+        return self.rows
 
 
 def _ray_actors(lake: "Store", stage: RowStage, ds: lance.LanceDataset, most: int, where: str, gpus: bool,
@@ -649,8 +672,17 @@ def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[
         actors = _ray_actors(lake, stage, ds, len(todo), where, gpus, workers)
     bar = progress_bar(total=sum(f.count_rows() for f in todo), desc=f"{stage.desc or stage.names[0]} (ray)",
                        unit=stage.unit, progress=progress)
+    ray = actors.ray
+    tally = ray.remote(num_cpus=0)(_Tally).remote()
+    shown, done = [0], 0
+
+    def show(rows: int) -> None:  # the bar is at the most rows either count has seen (each only grows)
+        bar.update(max(0, rows - shown[0]))
+        shown[0] = max(shown[0], rows)
+
     try:
-        for part in actors.map("run", [(f.fragment_id, ds.version) for f in todo]):
+        for part in actors.map("run", [(f.fragment_id, ds.version, tally) for f in todo],
+                               tick=lambda: show(ray.get(tally.total.remote())), every=RAY_POLL):
             report.fragments += part.fragments
             report.versions += part.versions
             report.rows += part.rows
@@ -659,9 +691,11 @@ def _run_ray(lake: "Store", stage: RowStage, ds: lance.LanceDataset, todo: list[
             for total, add in ((report.counts, part.counts), (report.sums, part.sums), (report.nonzero, part.nonzero)):
                 for k, v in add.items():
                     total[k] = total.get(k, 0) + v
-            bar.update(part.computed)
+            done += part.computed
+            show(done)
     finally:
         bar.close()
+        ray.kill(tally)
 
 
 def _refuse_source_columns(lake: "Store", ds: Any, stage: RowStage) -> None:

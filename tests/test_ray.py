@@ -555,3 +555,27 @@ def test_a_model_that_will_not_load_in_the_actors_writes_no_version(tmp_path: Pa
     report = runner.run(lake, ok, engine="ray", progress=False)
     assert report.fragments == 1
     assert lake.to_pandas(["loaded"])["loaded"].tolist() == [1] * 10
+
+
+def test_a_ray_run_shows_progress_before_a_fragment_is_done(tmp_path: Path, monkeypatch, capfd):
+    """The bar moved only when an actor returned a whole fragment: a 1-fragment lake showed no line
+    for the whole run (the local engine shows one every 10 s)."""
+    import time
+
+    from lakecurate import progress, runner
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.3)
+    monkeypatch.setattr(runner, "RAY_POLL", 0.1, raising=False)
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(pair_rows(0, 24))
+
+    def slow(batch):
+        time.sleep(0.4)
+        return [len(c or "") for c in batch["caption"].to_pylist()]
+
+    rep = lake.add_feature("slow", slow, inputs=["caption"], type="int32", batch_size=2, engine="ray", progress=True)
+    assert (rep.fragments, rep.rows) == (1, 24)
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("feature slow (ray): ")]
+    counts = [int(ln.split("(ray): ")[1].split("/")[0]) for ln in lines]
+    assert any(0 < n < 24 for n in counts), lines
+    assert counts == sorted(counts) and counts[-1] == 24, lines
