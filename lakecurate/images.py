@@ -15,16 +15,29 @@ import numpy as np
 MAX_DECODE_PIXELS = 89_478_485  # Pillow's own bomb limit: larger images are not decoded here
 
 
+def orientation_of(im: Any) -> int:
+    """The EXIF orientation tag of ``im`` (1 = upright, 6 = turned 90 degrees clockwise to view,
+    ...); 1 when absent or unreadable (a malformed EXIF block: the pixels are still usable as
+    stored). An error decoding the pixels is raised: Pillow loads a PNG's pixels to look for its
+    EXIF, and a corrupt PNG's error swallowed here left half-decoded pixels, which a later load()
+    (the tile spent) took without a word, embedded as a sound image."""
+    tile = getattr(im, "tile", None)
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:
+        if tile and not getattr(im, "tile", None):  # it failed loading the pixels, not reading EXIF
+            raise
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def exif_upright(im: Any) -> Any:
     """``im`` turned as its EXIF orientation tag says (a phone photo taken sideways stands up), as a
-    viewer shows it; unchanged without a tag. Works on a ``draft()``-reduced JPEG too."""
+    viewer shows it; unchanged without a tag. Works on a ``draft()``-reduced JPEG too. A corrupt
+    image's decode error is raised (:func:`orientation_of`)."""
     from PIL import ImageOps
 
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # a malformed EXIF block: the pixels are still usable as stored
-        return im
-    if orientation in (None, 1) or not isinstance(orientation, int) or not 2 <= orientation <= 8:
+    if orientation_of(im) == 1:
         return im
     try:
         return ImageOps.exif_transpose(im)

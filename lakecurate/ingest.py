@@ -44,6 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
+from lakecurate.images import orientation_of
 from lakecurate.options import canonical_uri, path
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, TABLE, severity
@@ -245,15 +246,6 @@ def _jpeg_ends_before_trailer(data: bytes) -> bool:
     return False
 
 
-def exif_orientation(im: Image.Image) -> int:
-    """The EXIF orientation tag (1 = upright, 6 = turned 90 degrees clockwise to view, ...); 1 when absent or unreadable."""
-    try:
-        value = im.getexif().get(0x0112, 1)
-    except Exception:  # a malformed EXIF block says nothing about orientation
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
 def probe_image(data: bytes, max_pixels: int, verify: str = "header") -> tuple[dict[str, Any], list[str], str]:
     """Read an image's header (size, format, mode) and check that it is whole.
 
@@ -277,11 +269,15 @@ def probe_image(data: bytes, max_pixels: int, verify: str = "header") -> tuple[d
 
     width, height = im.size
     info = {"width": width, "height": height, "format": im.format, "mode": im.mode}
-    if (turn := exif_orientation(im)) != 1:  # embed and signals read the image turned upright (H5)
-        info["orientation"] = turn
     flags: list[str] = []
-    if width * height > max_pixels:
+    if width * height > max_pixels:  # (before the orientation: a PNG's EXIF is looked for by decoding it)
         return info, ["decompression_bomb"], f"{width}x{height} = {width * height} pixels > {max_pixels}"
+    try:
+        if (turn := orientation_of(im)) != 1:  # embed and signals read the image turned upright (H5)
+            info["orientation"] = turn
+    except Exception as exc:  # a corrupt PNG: its pixels were decoded to find its EXIF, and failed
+        msg = f"{type(exc).__name__}: {exc}"
+        return info, ["image_truncated" if "truncated" in str(exc) else "image_corrupt"], msg
     if im.mode == "CMYK":
         flags.append("image_cmyk")
     if im.mode in _HIGH_BIT_MODES or (im.format == "PNG" and len(data) > 24 and data[24] == 16):

@@ -837,6 +837,31 @@ def test_exif_orientation_is_recorded_as_info(lake: Lake, tmp_path: Path):
     assert list(upright["ingest_flags"]) == [] and pd.isna(upright["meta"])
 
 
+def test_a_png_with_corrupt_pixel_data_is_flagged_never_embedded_as_garbage(lake: Lake, tmp_path: Path):
+    """A PNG with one byte of its compressed data flipped: Pillow loads a PNG's pixels to look for
+    its EXIF orientation, the error was swallowed there, and the later load() (its tile spent) took
+    the half-decoded pixels: ingest said ok, and embed wrote a vector of garbage (cosine 0.11 to
+    the photo) with no error."""
+    from lakecurate.images import decode_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    buf = io.BytesIO()
+    Image.open(SAMPLE_DATA / "astronaut.jpg").convert("RGB").save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[data.find(b"IDAT") + 10] ^= 0xFF
+    (src / "broken.png").write_bytes(bytes(data))
+    (src / "broken.txt").write_text("an astronaut")
+    shutil.copyfile(SAMPLE_DATA / "astronaut.jpg", src / "good.jpg")
+    (src / "good.txt").write_text("an astronaut")
+    im, err = decode_image(bytes(data))
+    assert im is None and err.startswith("image_undecodable: OSError: broken data stream"), err
+    lake.ingest(src, progress=False)
+    rows = {r["key"]: r for r in lake.to_pandas(["key", "ingest_status", "ingest_flags"]).to_dict("records")}
+    assert list(rows["broken.png"]["ingest_flags"]) == ["image_corrupt"], rows
+    assert rows["broken.png"]["ingest_status"] == "error" and rows["good.jpg"]["ingest_status"] == "ok"
+
+
 # --------------------------------------------------------------------------- hostile manifests and shards
 def test_csv_row_with_wrong_field_count_is_a_flagged_row_and_later_rows_arrive(lake: Lake, manifest_dir: Path):
     p = manifest_dir / "ragged.csv"
