@@ -566,6 +566,10 @@ def _check_dedup_options(methods: list[str], phash_search: str, copy_search: str
     ctx = click.get_current_context()
     run = set(METHODS) if "all" in methods else set(methods)
     given = [n for n in _METHOD_OPTIONS if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    # --no-flips sets no key of DEDUP_OPTIONS (the fix commands write it apart) but is read by two methods
+    if ctx.get_parameter_source("no_flips") == click.core.ParameterSource.COMMANDLINE and not {"phash", "semantic"} & run:
+        raise click.UsageError(f"--no-flips is read by the phash/semantic method, which --method {','.join(methods)} "
+                               "does not run: add phash or semantic to --method, or drop --no-flips")
     for name in given:
         flag = "--" + name.replace("_", "-")
         if _METHOD_OPTIONS[name] not in run:
@@ -728,6 +732,19 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
 
     Example: lakecurate recaption ./lake --model coca_ViT-B-32 --pretrained mscoco_finetuned_laion2b_s13b_b90k
     """
+    from lakecurate.captioners import check_name
+    from lakecurate.recaption import misplaced_options
+
+    # what needs no lake is checked before it is opened: a usage error (exit 2, as click's own checks)
+    try:
+        check_name(name)
+    except LakeError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--name "), param_hint="'--name'") from None
+    ctx = click.get_current_context()
+    given = [p for p in ctx.params if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    problem = misplaced_options(given, endpoint is not None)
+    if problem:
+        raise click.UsageError(problem)
     rep = open_lake(lake).recaption(model, pretrained=pretrained, checkpoint=checkpoint, name=name,
                                     max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed,
                                     device=device, batch_size=batch_size, workers=workers, engine=engine,
@@ -737,6 +754,8 @@ def recaption(lake: str, model: str, pretrained: str | None, checkpoint: str | N
     if as_json:
         echo_json(rep)
         return
+    for note in rep.warnings:
+        click.echo(f"warning: {note}", err=True)
     if rep.meaningless:
         click.echo("note: tiny-random-coca is randomly initialised: its captions mean nothing (tests only)", err=True)
     click.echo(f"{rep.column}: {rep.captioned} rows captioned, {rep.errors} errors (of {rep.rows + rep.rows_resumed} "

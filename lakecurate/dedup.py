@@ -93,7 +93,7 @@ from lakecurate.names import Produce, embedding_columns
 from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
 from lakecurate.options import cosine as check_cosine
-from lakecurate.options import texts, whole
+from lakecurate.options import flag, texts, whole
 from lakecurate.progress import progress_bar
 from lakecurate.runner import WAIT_POLL
 from lakecurate.schema import EVIDENCE_TABLE
@@ -693,6 +693,7 @@ def dedup(
     check_engine(engine)
     # bits of a 64-bit hash: a pipeline's phash_distance = 100 linked every row (the CLI's range said 0..64)
     phash_distance = whole("phash_distance", phash_distance, 0, high=64)
+    flips = flag("flips", flips)  # flips="no" is a true string: mirrors were linked
     confirm_distance = whole("confirm_distance", confirm_distance, 0, high=64)
     copy_distance = whole("copy_distance", copy_distance, 0, high=64)
     verify_inliers = whole("verify_inliers", verify_inliers, 4)  # RANSAC needs a few points to mean anything
@@ -781,6 +782,8 @@ def dedup(
     vectors = ([embedding_columns(emb)["image"]] if {"semantic", "verify"} & set(methods) or clustered else []) + (
         [embedding_columns(emb)["text"]] if "caption" in methods else [])
     valid = {col: embedded_rows(lake, before, col, then="dedup") for col in vectors}
+    if vectors:  # rows not embedded yet are in no semantic/caption/clustered group: said, with the way to embed them
+        report.warnings += _not_embedded(lake, before, valid, methods, clustered, emb, emb_prov)
     for m in methods:  # a changed config without recompute: refused now, not after the new rows were hashed
         if m not in redo and group_columns(m)[0] in ds.schema.names:
             columns.declare(lake, [pa.field(c, pa.string()) for c in group_columns(m)],
@@ -845,6 +848,8 @@ def dedup(
     evidence: dict[str, Evidence] = {}  # method -> the links this run found
     replaced: set[str] = set()  # methods whose evidence this run replaces (computed from scratch)
     for m in present:
+        if m not in methods:  # its settings are those its stored groups were made with, not this run's arguments
+            configs[m] = _stored_config(ds, m)
         mr = MethodReport(method=m, config=configs.get(m, {}))
         t0 = time.perf_counter()
         if m not in methods:  # computed by an earlier run: take its groups as they are
@@ -933,6 +938,35 @@ def dedup(
     report.kept = n - report.dropped
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _not_embedded(lake: "Store", ds: Any, valid: dict[str, np.ndarray], methods: Sequence[str], clustered: Sequence[str],
+                  emb: str, emb_prov: dict[str, Any]) -> list[str]:
+    """A warning per embedding column the run reads with rows (not ingest errors) that have no vector
+    yet: the searches that read it could not see them (they were left out of those groups without a
+    word, and dup_keep was decided all the same). Names the embed command that fills them."""
+    from lakecurate.graph import embed_command
+
+    usable = ~_equals(ds, "ingest_status", "error")
+    out = []
+    for col, ok in valid.items():
+        missing = int((~ok & usable).sum())
+        if not missing:
+            continue
+        image = col == embedding_columns(emb)["image"]
+        readers = ([m for m in ("semantic", "verify") if m in methods] + [f"{m} (--{m}-search clusters)" for m in clustered]
+                   if image else ["caption"])
+        out.append(f"{missing} rows have no {col} vector (not embedded yet): {', '.join(readers)} could not see them; "
+                   f"embed them: {embed_command(lake, emb, emb_prov)}, then run this dedup again")
+    return out
+
+
+def _stored_config(ds: Any, method: str) -> dict[str, Any]:
+    """The config a method's stored groups were made with (their provenance, less the method's name):
+    what the decision records for a method this run does not compute (this run's arguments, e.g.
+    ``flips``, were never applied to those groups)."""
+    prov = columns.field_provenance(ds.schema.field(group_columns(method)[0]), strict=False) or {}
+    return {k: v for k, v in (prov.get("config") or {}).items() if k != "method"}
 
 
 @dataclass

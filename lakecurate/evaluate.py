@@ -41,7 +41,7 @@ from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import broken_vectors, check_current, check_decided, effective_view, where_columns
+from lakecurate.graph import broken_vectors, check_current, check_decided, effective_view, embed_command, where_columns
 from lakecurate.names import EVAL_LR, EVAL_METRICS, default_view, embedding_columns, pick_embedding
 from lakecurate.schema import EVAL_TABLE
 from lakecurate.sqlcheck import check_where
@@ -564,9 +564,14 @@ def evaluate(
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
     text_col = embedding_columns(emb)["text"] if caption_col == "caption" else f"{emb}_{caption_col}_text"
     if text_col not in ds.schema.names:
+        texts = [n for n in ds.schema.names if (n == "caption" or n.startswith("caption_")) and not n.endswith("_error")
+                 and pa.types.is_string(ds.schema.field(n).type)]
+        if caption_col not in texts:  # a typo: refused as such, not "embed it" (which embed refuses in turn)
+            what = (f"no column {caption_col!r} in lake '{lake.uri}'" if caption_col not in ds.schema.names else
+                    f"column {caption_col!r} of lake '{lake.uri}' is not a caption (text) column")
+            raise LakeError(f"--caption-col: {what}; caption columns: {', '.join(texts)}")
         raise LakeError(f"the proxy needs {caption_col} through the {emb} text tower ({text_col}), which lake "
-                        f"'{lake.uri}' lacks; run: lakecurate embed {lake.shell} --model ... --caption-col {caption_col} "
-                        f"(the model that made {emb})")
+                        f"'{lake.uri}' lacks; run: {embed_command(lake, emb, prov)} --caption-col {caption_col}")
     # The vectors it trains on must be current too: captions rewritten after embed leave the text
     # vectors of the old ones (what curate and export refuse). At a tag they can never be made
     # current there: a warning.

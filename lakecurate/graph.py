@@ -1412,10 +1412,16 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
     all_states = states(lake, ds) if present else []  # one reading of the graph for every candidate
     notes = foreign_view_notes(lake, ds)
     for col in present:
-        bad = [s for s in not_current(lake, ds, [col], all_states) if blocks(s)]
+        behind = not_current(lake, ds, [col], all_states)  # (in stage order: the first is furthest upstream)
+        bad = [s for s in behind if blocks(s)]
         if not bad:
             return col, notes
         why = f"{bad[0].node.stage} is {bad[0].state} ({bad[0].reasons[0]}); re-run: {bad[0].fix}"
+        first = behind[0]
+        if first.node.stage != bad[0].node.stage and first.fix:
+            # an upstream stage not done (new rows not embedded): its fix first, else the re-run reads its gaps
+            why = (f"{bad[0].node.stage} is {bad[0].state} ({bad[0].reasons[0]}), and {first.node.stage} before it is "
+                   f"{first.state} ({first.reasons[0]}); run first: {first.fix}, then: {bad[0].fix}")
         # the last candidate is used all the same: the note says so (it said "skipped" while in use)
         notes.append(f"{col} skipped: {why}" if col != present[-1] else f"{col} used though no decision is current: {why}")
     return (present[-1] if present else None), notes

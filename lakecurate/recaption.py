@@ -24,7 +24,7 @@ import inspect
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pyarrow as pa
 
@@ -70,6 +70,7 @@ class RecaptionReport:
     elsewhere: list[str] = field(default_factory=list)
     endpoint_errors: int = 0  # endpoint: rows of the whole column without a caption because a request failed
     retry_command: str | None = None  # ...and the command that computes them again, when there are any
+    warnings: list[str] = field(default_factory=list)  # options taken but not read (--top-k when greedy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -287,16 +288,14 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     # the images with CoCa; --checkpoint /nonexistent with --endpoint went unread)
     given = {k: v for k, v in locals().items() if k in _DEFAULTS and v != _DEFAULTS[k]}  # options set to other than the default
     if endpoint is not None or isinstance(model, EndpointSpec):
-        local = [f"--{k.replace('_', '-')}" for k in ("model", "pretrained", "checkpoint", "top_k")
-                 if k in given and not (k == "model" and isinstance(model, EndpointSpec))]
-        if local:
-            raise LakeError(f"{', '.join(local)} do not apply with --endpoint (the server's model captions); drop them")
-    elif not isinstance(model, CaptionerSpec):
-        remote = [f"--{k.replace('_', '-')}" for k in ("mode", "api_model", "concurrency", "timeout", "retries",
-                                                       "api_key_env") if k in given]
-        if remote:
-            raise LakeError(f"{', '.join(remote)} need --endpoint (an OpenAI-compatible server); a local model "
-                            f"captions the images")
+        problem = misplaced_options([k for k in given if not (k == "model" and isinstance(model, EndpointSpec))], True)
+    else:
+        problem = misplaced_options(given, False) if not isinstance(model, CaptionerSpec) else None
+    if problem:
+        raise LakeError(problem)
+    notes = []
+    if "top_k" in given and not temperature > 0 and endpoint is None and not isinstance(model, EndpointSpec):
+        notes.append(TOP_K_GREEDY)
     if isinstance(model, (CaptionerSpec, EndpointSpec)):
         spec = model
     elif endpoint is not None:
@@ -339,7 +338,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
                           errors=sum(r.counts.get(f"{col}_error", 0) for r in both), retried=fixed.rows,
                           fragments=rep.fragments + fixed.fragments, meaningless=spec.meaningless,
                           model_load_seconds=rep.setup_seconds, seconds=rep.seconds + fixed.seconds,
-                          fragments_elsewhere=rep.fragments_elsewhere, elsewhere=rep.elsewhere)
+                          fragments_elsewhere=rep.fragments_elsewhere, elsewhere=rep.elsewhere, warnings=notes)
     if isinstance(spec, EndpointSpec):  # this run's rows (and those it resumed), not the whole column's
         tries = f"{col}_tries"
         out.retries = sum(r.sums.get(tries, 0) - r.nonzero.get(tries, 0) for r in both)  # past each row's first
@@ -351,6 +350,26 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
                                  f"{recaption_args({**stage.config, **spec.transport()})} --retry-errors")
     return out
 
+
+
+# (a warning, not a refusal: a column made so holds top_k in its config, and its fix command passes it)
+TOP_K_GREEDY = ("--top-k is read only when sampling: --temperature > 0; at --temperature 0 (greedy) the most "
+                "likely token is always taken, whatever --top-k says")
+
+
+def misplaced_options(given: Iterable[str], endpoint: bool) -> str | None:
+    """What is wrong with the options ``given`` (keyword names) for the kind of captioner a run uses
+    (``endpoint``: a server's model; else a local one), or None: those of the other kind were
+    silently ignored (--mode rephrase without --endpoint captioned the images with CoCa)."""
+    given = set(given)
+    if endpoint:
+        bad = [f"--{k.replace('_', '-')}" for k in ("model", "pretrained", "checkpoint", "top_k") if k in given]
+        return (f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply with --endpoint (the server's model "
+                f"captions); drop {'it' if len(bad) == 1 else 'them'}") if bad else None
+    bad = [f"--{k.replace('_', '-')}" for k in ("mode", "api_model", "concurrency", "timeout", "retries", "api_key_env")
+           if k in given]
+    return (f"{', '.join(bad)} {'needs' if len(bad) == 1 else 'need'} --endpoint (an OpenAI-compatible server); a "
+            "local model captions the images") if bad else None
 
 
 _DEFAULTS = {p.name: p.default for p in inspect.signature(recaption).parameters.values()

@@ -18,6 +18,7 @@ from lakecurate.columns import embedding_matrix  # noqa: F401 - re-exported for 
 from lakecurate.encoders import Encoder, spec_from_provenance
 from lakecurate.errors import LakeError
 from lakecurate.names import embedding_columns, embedding_prefixes, pick_embedding  # noqa: F401
+from lakecurate.options import flag
 from lakecurate.sqlcheck import check_where
 from lakecurate.store import INDEX_MIN_ROWS  # noqa: F401 - re-exported
 
@@ -38,21 +39,24 @@ def encoder_for(prov: dict[str, Any], device: str = "auto") -> Encoder:
 
 def query_vector(enc: Encoder, query: Any, *, text: bool = False) -> Any:
     """Text, an image file path, image bytes or a PIL image -> one normalised vector (a vector
-    already encoded, a numpy array, is returned as it is). ``text``: a str is the text itself,
-    even where a file of that name is in the working folder."""
+    already encoded, a numpy array, is normalised too: a cosine does not read its length). ``text``:
+    a str is the text itself, even where a file of that name is in the working folder."""
     import numpy as np
     from PIL import Image
 
     if isinstance(query, np.ndarray):
-        vec = np.asarray(query, np.float32).reshape(-1)
+        # in float64, scaled by its largest entry: 1e30s overflowed float32's squares (a numpy warning,
+        # then no nearest pair at all)
+        wide = np.asarray(query, np.float64).reshape(-1)
         dim = getattr(enc, "dim", None)
-        if dim and vec.shape[0] != dim:
-            raise LakeError(f"a query vector of {vec.shape[0]} numbers for embeddings of {dim}; pass a vector of "
+        if dim and wide.shape[0] != dim:
+            raise LakeError(f"a query vector of {wide.shape[0]} numbers for embeddings of {dim}; pass a vector of "
                             f"that embedding, or a text or an image")
-        norm = float(np.linalg.norm(vec)) if np.isfinite(vec).all() else float("nan")
-        if not norm > 0:  # zeros or NaN: no direction, so no nearest pair (it returned none without a word)
+        top = float(np.abs(wide).max()) if len(wide) and np.isfinite(wide).all() else float("nan")
+        if not top > 0:  # zeros or NaN: no direction, so no nearest pair (it returned none without a word)
             raise LakeError("the query vector is all zeros or not finite: it points nowhere; pass another")
-        return vec
+        scaled = wide / top
+        return (scaled / np.linalg.norm(scaled)).astype(np.float32)
     if isinstance(query, Image.Image):
         return enc.encode_images([query])[0].numpy()
     is_bytes = isinstance(query, (bytes, bytearray))
@@ -103,6 +107,21 @@ def _text_query(query: Any, words: bool = False) -> str:
     return text
 
 
+def _no_embedding_then(lake: "Store", version: int | str, prefix: str | None) -> None:
+    """Refuse a search at a ``version`` that has no embedding (``prefix``: none of that name),
+    saying whether the latest version has it (it said "run: lakecurate embed", which the latest
+    version may not need)."""
+    latest = embedding_prefixes(lake.dataset())
+    what = f"embedding '{prefix}'" if prefix else "embedding"
+    if (prefix in latest) if prefix else latest:
+        then = f"the latest version has {prefix or ', '.join(latest)}: search that one (no version)"
+    elif latest:
+        then = f"nor has the latest version (it has {', '.join(latest)})"
+    else:
+        then = f"nor has the latest version; run: lakecurate embed {lake.shell}, then search it"
+    raise LakeError(f"version {version} of lake '{lake.uri}' has no {what} (search compares against one); {then}")
+
+
 def search(
     lake: "Store",
     query: Any,
@@ -132,11 +151,18 @@ def search(
         raise LakeError(f"target {target!r}: search the image or the text vectors (target='image' or 'text')")
     if columns is not None and (not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns)):
         raise LakeError(f"columns {columns!r}: give a list of column names")
+    twice = sorted({c for c in columns or [] if list(columns).count(c) > 1})
+    if twice:  # (Lance refused it with a Rust source path)
+        raise LakeError(f"columns {list(columns)!r} name {', '.join(twice)} more than once; give each column once")
+    row_address = flag("row_address", row_address)  # "yes" reached Lance: a TypeError
     ds = lake.dataset(version)
     where = check_where(where, "--where", ds)
     missing = [c for c in columns or [] if c not in ds.schema.names]
     if missing:
         raise LakeError(f"no column {', '.join(missing)} in lake '{lake.uri}'; see its columns with lakecurate info {lake.shell}")
+    there = embedding_prefixes(ds)
+    if version is not None and ((prefix not in there) if prefix else not there):
+        _no_embedding_then(lake, version, prefix)
     prefix, prov = pick_embedding(lake, ds, prefix, need="search compares against them", option=option)
     col = embedding_columns(prefix)[target]
     if col not in ds.schema.names:  # (its sibling columns are there: this one was dropped by another writer)

@@ -175,6 +175,9 @@ def check_query(query: str) -> str:
         if isinstance(node, exp.Table):
             if not isinstance(node.this, exp.Identifier):
                 fn = node.this.name if isinstance(node.this, exp.Anonymous) else node.this.sql_name()
+                at = node.this.meta  # the name as written (generate_series is sqlglot's exploding_generate_series)
+                written = query[at["start"]: at["end"] + 1] if "start" in at and "end" in at else ""
+                fn = written if re.fullmatch(r"[A-Za-z_][\w$]*", written) else fn
                 raise LakeError(f"{what}: table functions such as {fn.lower()}(...) are not allowed; "
                                 f"query the table {TABLE}")
             if node.args.get("db") or node.args.get("catalog") or node.name.lower() not in {TABLE, *ctes}:

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from lakecurate import Lake, LakeError, columns, signals
 from lakecurate.cli import main
@@ -122,6 +123,26 @@ def test_a_stale_curation_in_use_is_named_so(lake_copy: Lake, tmp_path: Path):
                                                                            "curate is stale (dup_keep was written")
     res = CliRunner().invoke(main, ["diff", lake.uri, "1"])
     assert "keep used though no decision is current" in res.output and "skipped" not in res.output, res.output
+
+
+def test_a_stale_view_names_the_upstream_fix_first(lake_copy: Lake, tmp_path: Path):
+    """New rows not embedded: the note named dedup's (or curate's) command, which reads the rows'
+    missing vectors, not the embed that fills them first."""
+    lake = lake_copy
+    path = tmp_path / "sample.toml"
+    path.write_text(RECIPE)
+    lake.curate(path, progress=False)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i, color in enumerate([(10, 200, 30), (240, 240, 10)]):
+        Image.new("RGB", (64, 48), color).save(extra / f"new{i}.png")
+        (extra / f"new{i}.txt").write_text(f"a new picture number {i}")
+    lake.ingest(extra, progress=False)
+    note = lake.status()["view_notes"][-1]
+    assert "embed before it is incomplete" in note and "run first: lakecurate embed " in note, note
+    assert note.index("--model tiny-random") < note.index("then: "), note
+    res = CliRunner().invoke(main, ["diff", lake.uri, "1"])
+    assert "run first: lakecurate embed " in res.output, res.output
 
 
 def test_stale_signals_are_computed_again_and_stale_groups_refused(lake_copy: Lake):

@@ -1352,3 +1352,46 @@ def test_a_dedup_waits_for_groups_another_dedup_is_deciding_now(lake: Lake, tmp_
             other.kill()
             other.wait()
     assert not columns.stage_running(lake, "dedup")
+
+
+def test_no_flips_is_refused_for_a_run_without_phash_or_semantic(sample_lake_embedded: Lake, tmp_path: Path):
+    """``--method copy --no-flips`` was taken and ignored (no method it ran reads flips), and the
+    decision then recorded phash's groups as made without flips."""
+    uri = str(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    version = Lake.open(uri).version
+    for method in ("copy", "exact", "exact,copy"):
+        res = CliRunner().invoke(main, ["dedup", uri, "--method", method, "--no-flips"])
+        assert res.exit_code == 2, res.output
+        assert f"--no-flips is read by the phash/semantic method, which --method {method} does not run" in res.output
+    assert Lake.open(uri).version == version
+    with pytest.raises(LakeError, match="invalid flips 'no': expected True or False"):
+        Lake.open(uri).dedup("exact", flips="no", progress=False)  # a true string: mirrors were linked
+
+
+def test_the_decision_records_stored_settings_for_a_method_not_run(sample_lake_embedded: Lake, tmp_path: Path):
+    """dup_keep's provenance took a method's settings from this run's arguments even where that
+    method was not run: phash "flips: false" while its groups were made with flips."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lake.dedup(["exact", "phash"], workers=0, progress=False)
+    rep = lake.dedup(["exact"], flips=False, phash_distance=3, workers=0, progress=False)
+    ds = lake.dataset()
+    stored = field_provenance(ds.schema.field("dup_phash_group"))["config"]
+    recorded = field_provenance(ds.schema.field("dup_keep"))["config"]["methods"]["phash"]
+    assert stored["flips"] is True and recorded["flips"] is True and recorded["max_distance"] == stored["max_distance"] == 8
+    assert {m.method: m.config for m in rep.methods}["phash"]["flips"] is True
+
+
+def test_rows_without_a_vector_are_named_with_the_embed_command(tmp_path: Path):
+    """Rows ingested after the embed were left out of the semantic groups without a word (dup_keep
+    rewritten for every row all the same; only status said semantic was behind)."""
+    lake = sample_lake(tmp_path, exclude=tuple(COPIES))
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    ingest_copies(lake, tmp_path)
+    rep = lake.dedup(["semantic", "exact"], semantic_threshold=0.995, workers=0, progress=False)
+    assert any(w.startswith(f"{len(COPIES)} rows have no clip_tinyrandom_image vector (not embedded yet): semantic "
+                            "could not see them; embed them: lakecurate embed ") and "--model tiny-random" in w
+               for w in rep.warnings), rep.warnings
+    res = CliRunner().invoke(main, ["dedup", lake.uri, "--method", "semantic,exact", "--semantic-threshold", "0.995"])
+    assert res.exit_code == 0 and "rows have no clip_tinyrandom_image vector" in res.output, res.output
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    assert not [w for w in lake.dedup(["semantic"], semantic_threshold=0.995, progress=False).warnings if "vector" in w]

@@ -694,3 +694,27 @@ def test_a_name_that_makes_a_source_column_says_so(lake: Lake):
     with pytest.raises(LakeError, match="column ingest_error is a source column of lake .* run it with another --name"):
         lake.embed("tiny-random", name="ingest", workers=0, progress=False)
     assert lake.version == v
+
+
+def test_search_refuses_odd_python_arguments_in_one_line(sample_lake_embedded: Lake, tmp_path: Path):
+    """columns naming one twice gave Lance's ValueError with a Rust source path; row_address="yes" a
+    raw TypeError; a vector of 1e30s overflowed float32 (a numpy warning) and found nothing; a
+    version before the embed said to run embed, which the latest version had."""
+    import shutil
+    import warnings
+
+    lake = sample_lake_embedded
+    with pytest.raises(LakeError, match=r"columns \['key', 'key'\] name key more than once"):
+        lake.search("a dog", k=2, columns=["key", "key"])
+    with pytest.raises(LakeError, match="invalid row_address 'yes': expected True or False"):
+        lake.search("a dog", k=2, row_address="yes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huge = lake.search(np.full(32, 1e30), k=2)
+    plain = lake.search(np.ones(32, np.float32), k=2)
+    assert list(huge["id"]) == list(plain["id"]) and huge["similarity"].tolist() == pytest.approx(plain["similarity"].tolist())
+    copy = Lake.open(shutil.copytree(lake.uri, tmp_path / "lake"))
+    first = min(v["version"] for v in copy.dataset().versions())
+    with pytest.raises(LakeError, match=f"version {first} of lake .* has no embedding .*; the latest version has "
+                                        "clip_tinyrandom: search that one"):
+        copy.search("a dog", k=2, version=first)

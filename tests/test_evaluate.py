@@ -229,9 +229,14 @@ def test_evaluate_trains_on_a_synthetic_caption_column(small, tmp_path: Path, mo
     from lakecurate import evaluate as ev_mod
 
     lake, ev = small
-    with pytest.raises(LakeError, match="--caption-col caption_tinycoca"):
+    # no such column: refused as such (it said to embed it, with "--model ...", which embed then refused)
+    with pytest.raises(LakeError, match="--caption-col: no column 'caption_tinycoca' in lake .*; caption columns: caption"):
         lake.evaluate(eval_set=ev, seeds=1, steps=5, caption_col="caption_tinycoca", progress=False)
+    with pytest.raises(LakeError, match="--caption-col: column 'width' .* is not a caption"):
+        lake.evaluate(eval_set=ev, seeds=1, steps=5, caption_col="width", progress=False)
     lake.recaption("tiny-random-coca", workers=0, progress=False)
+    with pytest.raises(LakeError, match="run: lakecurate embed .* --model tiny-random --caption-col caption_tinycoca$"):
+        lake.evaluate(eval_set=ev, seeds=1, steps=5, caption_col="caption_tinycoca", progress=False)
     lake.embed("tiny-random", caption_col="caption_tinycoca", progress=False)
     seen = []
     real = ev_mod.train_heads

@@ -437,3 +437,29 @@ def test_a_checkpoint_directory_tuned_in_place_is_another_config(tiny_git_dir: P
     lake.append(pair_rows(0, 2, image=(SAMPLE_DATA / "coffee.jpg").read_bytes()))
     with pytest.raises(LakeError, match="config"):
         lake.recaption(str(here), name="git", max_tokens=4, workers=0, progress=False)
+
+
+def test_recaption_usage_errors_exit_2_and_top_k_when_greedy_is_said(tmp_path: Path):
+    """--name BAD-Name and --api-model/--concurrency without --endpoint exited 1 (README: usage errors
+    exit 2) and said "--api-model need --endpoint"; --top-k at temperature 0 (greedy) was taken
+    and never read, without a word."""
+    lake = Lake.create(tmp_path / "lake")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("coffee", "rocket"):
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", src / f"{name}.jpg")
+    lake.ingest(src, progress=False)
+    v = lake.version
+    for args, says in ((["--name", "BAD-Name"], "'BAD-Name': use only lowercase letters and digits"),
+                       (["--api-model", "llava"], "--api-model needs --endpoint (an OpenAI-compatible server)"),
+                       (["--concurrency", "4", "--timeout", "5"], "--concurrency, --timeout need --endpoint"),
+                       (["--endpoint", "http://127.0.0.1:1/v1", "--api-model", "m", "--top-k", "3"],
+                        "--top-k does not apply with --endpoint")):
+        res = CliRunner().invoke(main, ["recaption", lake.uri, *args])
+        assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, (args, res.output)
+    assert lake.version == v
+    greedy = "--top-k is read only when sampling: --temperature > 0"
+    res = CliRunner().invoke(main, ["recaption", lake.uri, "--top-k", "3", "--workers", "0", "--name", "k3"])
+    assert res.exit_code == 0 and f"warning: {greedy}" in res.output, res.output
+    rep = lake.recaption("tiny-random-coca", top_k=3, temperature=0.5, name="k3t", workers=0, progress=False)
+    assert rep.warnings == [] and rep.captioned == 2

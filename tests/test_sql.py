@@ -204,6 +204,18 @@ def test_deeply_nested_conditions_are_one_line_errors(small: Lake):
     assert small.count(long) == small.count("width > 1")
 
 
+@pytest.mark.parametrize("query, name", [("SELECT * FROM generate_series(1, 10)", "generate_series"),
+                                         ("SELECT * FROM Generate_Series(1, 3) t(x)", "generate_series"),
+                                         ("SELECT * FROM range(3)", "range"),
+                                         ("SELECT * FROM read_parquet('x.parquet')", "read_parquet")])
+def test_a_refused_table_function_is_named_as_written(query: str, name: str):
+    """generate_series was refused as sqlglot's internal "exploding_generate_series(...)"."""
+    from lakecurate.sqlcheck import check_query
+
+    with pytest.raises(LakeError, match=rf"table functions such as {name}\(\.\.\.\) are not allowed"):
+        check_query(query)
+
+
 def test_lake_count_and_to_pandas_refuse_trailing_text(small: Lake):
     wide = small.count("width > 400 AND height > 400")
     assert wide == len(small.to_pandas(["key"], where="width > 400 AND height > 400"))
