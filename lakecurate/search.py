@@ -6,10 +6,10 @@ model can be searched without saying which model made it.
 
 from __future__ import annotations
 
-import io
 import numbers
 import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -17,6 +17,7 @@ import pandas as pd
 from lakecurate.columns import embedding_matrix  # noqa: F401 - re-exported for older callers
 from lakecurate.encoders import Encoder, spec_from_provenance
 from lakecurate.errors import LakeError
+from lakecurate.images import decode_image
 from lakecurate.names import embedding_columns, embedding_prefixes, pick_embedding  # noqa: F401
 from lakecurate.options import flag
 from lakecurate.sqlcheck import check_where
@@ -62,16 +63,23 @@ def query_vector(enc: Encoder, query: Any, *, text: bool = False) -> Any:
     is_bytes = isinstance(query, (bytes, bytearray))
     if is_bytes or isinstance(query, os.PathLike) or (isinstance(query, str) and not text and os.path.isfile(query)):
         try:
-            with Image.open(io.BytesIO(query) if is_bytes else query) as im:
-                rgb = im.convert("RGB")
-        except Image.DecompressionBombError:
+            data = bytes(query) if is_bytes else Path(query).read_bytes()
+        except OSError as exc:
+            raise LakeError(f"query '{os.fspath(query)}' cannot be read: {exc.strerror or exc}") from None
+        # decoded as the lake's images are (upright as EXIF says, 16-bit scaled, the first frame), and its
+        # failures named as theirs: a truncated photo was "not an image Pillow can read; search the words"
+        rgb, reason = decode_image(data)
+        if rgb is None:
             what = "the image bytes given are" if is_bytes else f"query '{os.fspath(query)}' is"
-            raise LakeError(f"{what} an image of more pixels than Pillow decodes ({Image.MAX_IMAGE_PIXELS * 2:,} at "
-                            "most); pass a smaller copy of it") from None
-        except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
-            what = "the image bytes given" if is_bytes else f"query '{os.fspath(query)}' is a file but"
-            raise LakeError(f"{what} not an image Pillow can read ({type(exc).__name__}); pass an image file, "
-                            "or search for the words with --text (text=True)") from None
+            detail = reason.split(": ", 1)[-1]
+            if "DecompressionBombError" in reason or reason.startswith("image_too_large"):
+                raise LakeError(f"{what} an image of more pixels than Pillow decodes ({detail}); pass a smaller copy "
+                                "of it")
+            if "UnidentifiedImageError" in reason:
+                what = "the image bytes given are" if is_bytes else f"query '{os.fspath(query)}' is a file but"
+                raise LakeError(f"{what} not an image Pillow can read; pass an image file, or search for the words "
+                                "with --text (text=True)")
+            raise LakeError(f"{what} an image that cannot be decoded ({detail}); pass a whole copy of it")
         return enc.encode_images([rgb])[0].numpy()
     if not isinstance(query, str):  # None or a list were searched for as the caption "None", "['a cat']"
         raise LakeError(f"search for a text, an image (a file path, bytes, a PIL image) or a vector, not "

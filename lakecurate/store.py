@@ -214,8 +214,8 @@ class Store:
                 raise LakeError(f"lake '{lake.uri}' already exists; open it with Lake.open")
             return lake
         if (outer := lake._enclosing_lake()) is not None:  # (`ingest LAKE/pairs.lance SRC` made a lake in its table)
-            raise LakeError(f"'{lake.uri}' is inside the lake '{outer}'; a lake cannot hold another: give the lake "
-                            f"('{outer}') or a folder outside it")
+            raise LakeError(f"'{lake.uri}' is inside the table of the lake '{outer}'; a lake is not made there: give "
+                            f"the lake ('{outer}') or another folder")
         with lake._creating():
             if not lake.exists():  # (another process may have made it while this one waited)
                 lance.write_dataset(PAIRS_SCHEMA.empty_table(), lake.table_uri, schema=PAIRS_SCHEMA, mode="create",
@@ -262,7 +262,7 @@ class Store:
             return lake
         if not lake.exists():
             if (outer := lake._enclosing_lake()) is not None:
-                raise LakeError(f"no lake at '{lake.uri}': it is inside the lake '{outer}' (its table, or a folder of "
+                raise LakeError(f"no lake at '{lake.uri}': it is the table of the lake '{outer}' (or a folder in "
                                 f"it); give the lake: {shlex.quote(outer)}")
             raise LakeError(
                 f"no lake at '{lake.uri}' (expected a Lance table at '{lake.table_uri}'); "
@@ -271,14 +271,14 @@ class Store:
         return lake
 
     def _enclosing_lake(self) -> str | None:
-        """The local lake folder that holds this lake's folder (its table ``pairs.lance``, or a folder
-        below), if any: a lake is never made inside another."""
+        """The local lake whose table (``pairs.lance``) this lake's folder is, or is inside, if any: a
+        lake is never made in another's table (a lake's own folder holds others: evaluate's eval sets)."""
         if "://" in self.uri:
             return None
         path = Path(os.path.abspath(self.uri))
-        for parent in path.parents:
-            if (parent / f"{TABLE}.lance" / "_versions").is_dir():
-                return str(parent)
+        for folder in (path, *path.parents):
+            if folder.name == f"{TABLE}.lance" and (folder / "_versions").is_dir():
+                return str(folder.parent)
         return None
 
     def exists(self) -> bool:

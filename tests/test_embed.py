@@ -718,3 +718,14 @@ def test_search_refuses_odd_python_arguments_in_one_line(sample_lake_embedded: L
     with pytest.raises(LakeError, match=f"version {first} of lake .* has no embedding .*; the latest version has "
                                         "clip_tinyrandom: search that one"):
         copy.search("a dog", k=2, version=first)
+
+
+def test_a_truncated_query_image_is_named_as_such(sample_lake_embedded: Lake, tmp_path: Path):
+    """A truncated photo as a search query was "not an image Pillow can read ... search for the
+    words with --text": it is an image, cut short."""
+    data = (SAMPLE_DATA / "chelsea.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(LakeError, match=r"cut.jpg' is an image that cannot be decoded \(.*truncated.*\); pass a whole"):
+        sample_lake_embedded.search(str(tmp_path / "cut.jpg"), k=1)
+    with pytest.raises(LakeError, match=r"bytes given are an image that cannot be decoded"):
+        sample_lake_embedded.search(data[: len(data) // 2], k=1)

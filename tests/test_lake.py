@@ -38,16 +38,17 @@ def test_a_lake_is_never_made_inside_another(tmp_path: Path):
 
     outer = Lake.create(tmp_path / "lake")
     table = tmp_path / "lake" / "pairs.lance"
-    with pytest.raises(LakeError, match=r"no lake at .*pairs.lance': it is inside the lake '.*lake'.*give the lake") as err:
+    with pytest.raises(LakeError, match=r"no lake at .*pairs.lance': it is the table of the lake '.*lake'.*give the lake") as err:
         Lake.open(table)
     assert "lakecurate ingest" not in str(err.value)
-    for inside in (table, table / "x", tmp_path / "lake" / "sub"):
-        with pytest.raises(LakeError, match=r"is inside the lake '.*lake'; a lake cannot hold another"):
+    for inside in (table, table / "x"):
+        with pytest.raises(LakeError, match=r"is inside the table of the lake '.*lake'; a lake is not made there"):
             Lake.create(inside)
     res = CliRunner().invoke(main, ["ingest", str(table), str(SAMPLE_DATA), "--json"])
-    assert res.exit_code == 1 and "inside the lake" in res.output, res.output
+    assert res.exit_code == 1 and "inside the table of the lake" in res.output, res.output
     assert not (table / "pairs.lance").exists() and outer.count() == 0
     assert Lake.create(tmp_path / "lake2").count() == 0  # beside it: a lake
+    assert Lake.create(tmp_path / "lake" / "eval_sets" / "x").count() == 0  # in its folder (evaluate's eval sets)
 
 
 def test_create_of_an_existing_lake_and_images_of_unknown_ids(sample_lake: Lake, tmp_path: Path):
