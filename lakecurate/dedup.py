@@ -651,6 +651,53 @@ def _placed(own: pa.Array, valid: np.ndarray | None, at: np.ndarray, values: pa.
 DECISION_COLUMNS = {"dup_group": pa.string(), "dup_group_size": pa.int32(), "dup_keep": pa.bool_(), "dup_reason": pa.string()}
 
 
+def method_configs(methods: Sequence[str], emb: str | None, emb_prov: dict[str, Any] | None, *,
+                   phash_distance: int = PHASH_DISTANCE, flips: bool = True, phash_search: str = "all",
+                   phash_cosine: float | None = None, copy_distance: int = COPY_DISTANCE, copy_search: str = "all",
+                   copy_cosine: float | None = None, semantic_threshold: float | None = None,
+                   caption_threshold: float = CAPTION_THRESHOLD, minhash_threshold: float = MINHASH_THRESHOLD,
+                   confirm_cosine: float | None = None, confirm_distance: int = CONFIRM_DISTANCE,
+                   verify_inliers: int = MIN_INLIERS, verify_neighbors: int = VERIFY_NEIGHBORS,
+                   verify_cosine: float | None = None) -> dict[str, dict[str, Any]]:
+    """The config each method's group columns record (their provenance) for a run of ``methods``
+    with these settings over embedding ``emb`` (``emb_prov``: its provenance; None: no embedding,
+    and no method that reads one): a setting left None takes the default of the embedding's
+    encoder family. What :func:`dedup` records, and what a pipeline compares a [dedup] step's
+    options with (one derivation of the defaults for both)."""
+    configs: dict[str, dict[str, Any]] = {
+        "exact": {"on": ["content_hash", "caption"]},
+        "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash", "flat": FLAT_RULE},  # search="all"
+        "copy": {"max_distance": int(copy_distance), "hash": "copy_hashes", "flat": FLAT_RULE},
+        "minhash": {"threshold": float(minhash_threshold), "shingles": "5 characters, lower case, punctuation as space",
+                    "num_perm": 256, "candidates": "band buckets over 8 captions: each with its 16 of fewest shingles",
+                    "groups": "star: most connected caption first"},
+    }
+    if emb is None or emb_prov is None:
+        return configs
+    family = emb_prov["config"].get("family", "open_clip")
+    thr = semantic_threshold if semantic_threshold is not None else SEMANTIC_THRESHOLDS.get(family, 0.95)
+    confirm = confirm_cosine if confirm_cosine is not None else CONFIRM_COSINES.get(family, 0.85)
+    configs["semantic"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"], "threshold": float(thr),
+                           "confirm_cosine": float(min(confirm, thr)), "confirm_distance": int(confirm_distance),
+                           "flips": bool(flips), "flat": FLAT_RULE}
+    # hash methods searched among the semantic join's neighbours (linear) instead of all pairs
+    for m, search in (("phash", phash_search), ("copy", copy_search)):
+        if search == "clusters" and m in methods:
+            cosine = phash_cosine if m == "phash" else copy_cosine
+            default = (PHASH_COSINES if m == "phash" else COPY_COSINES).get(family, 0.8)
+            configs[m].update(search="clusters", embedding=emb, embedding_config=emb_prov["config_hash"],
+                              cosine=float(cosine if cosine is not None else default), per_row=CLUSTERED_PER_ROW)
+    configs["caption"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
+                          "threshold": float(caption_threshold)}
+    vcos = verify_cosine if verify_cosine is not None else VERIFY_COSINES.get(family, 0.7)
+    configs["verify"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
+                         "neighbors": verify_neighbors, "min_cosine": float(vcos), "min_inliers": verify_inliers,
+                         "features": VERIFY_CONFIG, "ratio": RATIO, "ransac_px": RANSAC_PX,
+                         "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE, "min_agree": MIN_AGREE,
+                         "agree_levels": AGREE_LEVELS, "gains": list(GAINS)}
+    return configs
+
+
 def dedup(
     lake: "Store",
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -735,46 +782,24 @@ def dedup(
     clustered = [m for m, search in (("phash", phash_search), ("copy", copy_search)) if search == "clusters" and m in methods]
     emb, emb_prov = _pick_embedding(lake, ds, embedding, embedding_need(methods, phash_search, copy_search))
 
-    configs: dict[str, dict[str, Any]] = {
-        "exact": {"on": ["content_hash", "caption"]},
-        "phash": {"max_distance": int(phash_distance), "flips": bool(flips), "hash": "phash", "flat": FLAT_RULE},  # search="all"
-        "copy": {"max_distance": int(copy_distance), "hash": "copy_hashes", "flat": FLAT_RULE},
-        "minhash": {"threshold": float(minhash_threshold), "shingles": "5 characters, lower case, punctuation as space",
-                    "num_perm": 256, "candidates": "band buckets over 8 captions: each with its 16 of fewest shingles",
-                    "groups": "star: most connected caption first"},
-    }
-    if emb is not None:
-        family = emb_prov["config"].get("family", "open_clip")
-        if meaningless(emb_prov) and semantic_threshold is None and \
-                {"semantic", "caption"} & set(methods):
+    if emb is not None and meaningless(emb_prov):
+        if semantic_threshold is None and {"semantic", "caption"} & set(methods):
             raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: its similarities are "
                             "meaningless, so semantic dedup would link unrelated pairs; embed with a real model, "
                             "or pass --semantic-threshold to do it anyway (tests)")
-        if meaningless(emb_prov):  # the keep rule still ranks, but which member it keeps means nothing
-            report.warnings.append(f"the keep rule ranks duplicates by '{embedding_columns(emb)['score']}', the score "
-                                   f"of a randomly initialised test model: which member is kept is arbitrary; embed "
-                                   f"with a real model and pass --embedding")
-        thr = semantic_threshold if semantic_threshold is not None else SEMANTIC_THRESHOLDS.get(family, 0.95)
-        confirm = confirm_cosine if confirm_cosine is not None else CONFIRM_COSINES.get(family, 0.85)
-        configs["semantic"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"], "threshold": float(thr),
-                               "confirm_cosine": float(min(confirm, thr)), "confirm_distance": int(confirm_distance),
-                               "flips": bool(flips), "flat": FLAT_RULE}
         for m in clustered:
-            if meaningless(emb_prov):
-                raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: it cannot say which "
-                                f"hashes to compare; embed with a real model, or use --{m}-search all")
-            cosine = phash_cosine if m == "phash" else copy_cosine
-            default = (PHASH_COSINES if m == "phash" else COPY_COSINES).get(family, 0.8)
-            configs[m].update(search="clusters", embedding=emb, embedding_config=emb_prov["config_hash"],
-                              cosine=float(cosine if cosine is not None else default), per_row=CLUSTERED_PER_ROW)
-        configs["caption"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
-                              "threshold": float(caption_threshold)}
-        vcos = verify_cosine if verify_cosine is not None else VERIFY_COSINES.get(family, 0.7)
-        configs["verify"] = {"embedding": emb, "embedding_config": emb_prov["config_hash"],
-                             "neighbors": verify_neighbors, "min_cosine": float(vcos), "min_inliers": verify_inliers,
-                             "features": VERIFY_CONFIG, "ratio": RATIO, "ransac_px": RANSAC_PX,
-                             "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE, "min_agree": MIN_AGREE,
-                             "agree_levels": AGREE_LEVELS, "gains": list(GAINS)}
+            raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: it cannot say which "
+                            f"hashes to compare; embed with a real model, or use --{m}-search all")
+        # the keep rule still ranks, but which member it keeps means nothing
+        report.warnings.append(f"the keep rule ranks duplicates by '{embedding_columns(emb)['score']}', the score "
+                               f"of a randomly initialised test model: which member is kept is arbitrary; embed "
+                               f"with a real model and pass --embedding")
+    configs = method_configs(
+        methods, emb, emb_prov, phash_distance=phash_distance, flips=flips, phash_search=phash_search,
+        phash_cosine=phash_cosine, copy_distance=copy_distance, copy_search=copy_search, copy_cosine=copy_cosine,
+        semantic_threshold=semantic_threshold, caption_threshold=caption_threshold,
+        minhash_threshold=minhash_threshold, confirm_cosine=confirm_cosine, confirm_distance=confirm_distance,
+        verify_inliers=verify_inliers, verify_neighbors=verify_neighbors, verify_cosine=verify_cosine)
 
     ds = _check_stored_current(lake, ds, methods, keep_from, progress)  # (before the signals it asks for are written)
     # the vectors the joins read, checked before anything is written (a NaN is refused, naming rows)

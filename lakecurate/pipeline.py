@@ -553,14 +553,15 @@ def _dedup_methods(opts: Mapping[str, Any]) -> list[str]:
 def _dedup_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> dict[str, str]:
     """{method: the first of its [dedup] options that asks otherwise than its group column's
     provenance records}: each option the method's config holds (``names.DEDUP_OPTIONS``, its flips
-    and the embedding it was made from), read back as keyword arguments by ``graph.dedup_args``. An
-    option the file leaves out asks its default (the semantic threshold and the cosines: the default
-    of the embedding's encoder family, as the stage picks it)."""
-    from lakecurate import dedup
-    from lakecurate.dedup import group_columns
+    and the embedding it was made from), compared with the config dedup would record for the
+    file's options (``dedup.method_configs``: an option the file leaves out asks its default, the
+    cosines and the semantic threshold the default of the embedding's encoder family)."""
+    from lakecurate.columns import field_provenance
+    from lakecurate.dedup import group_columns, method_configs
     from lakecurate.names import DEDUP_OPTIONS, dedup_keyword
 
-    defaults = _defaults("dedup")
+    takes = set(inspect.signature(method_configs).parameters) - {"methods", "emb", "emb_prov"}
+    settings = {k: v for k, v in {**_defaults("dedup"), **opts}.items() if k in takes}
     node_of = {n.columns[0]: n for n in graph.nodes(ds) if n.stage == "dedup" and n.columns}
     changed: dict[str, str] = {}
     for m in methods:
@@ -568,42 +569,18 @@ def _dedup_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> 
         if node is None:
             continue
         cfg = node.prov.get("config") or {}
-        stored = graph.dedup_args([node], None, ds)
-        keys = [dedup_keyword(flag) for flag in DEDUP_OPTIONS.get(m, {}).values()]
-        keys += [k for k in ("flips", "embedding") if k in cfg]
-        if m in ("phash", "copy") and opts.get(f"{m}_search", defaults[f"{m}_search"]) != "clusters":
-            keys.remove(f"{m}_cosine")  # (read only by the clusters search)
-        family = _family(ds, opts.get("embedding") or cfg.get("embedding"))
-
-        def want(key: str) -> Any:
-            value = opts.get(key, defaults.get(key))
-            if value is None and family is not None and key in _FAMILY_DEFAULTS:  # as the stage picks it
-                table, fallback = _FAMILY_DEFAULTS[key]
-                value = getattr(dedup, table).get(family, fallback)
-            if key == "confirm_cosine" and value is not None:  # the stage records it at most the threshold
-                thr = want("semantic_threshold")
-                value = min(value, thr) if thr is not None else value
-            return value
-
-        for key in keys:
-            asked = want(key)
-            if asked is not None and stored.get(key, defaults.get(key)) != asked:  # (a search "all": not stored)
-                changed.setdefault(m, key)
+        emb = opts.get("embedding") or cfg.get("embedding")
+        score = embedding_columns(emb)["score"] if emb else None
+        emb_prov = field_provenance(ds.schema.field(score), strict=False) if score in ds.schema.names else None
+        configs = method_configs(methods, emb if emb_prov else None, emb_prov or None, **settings)
+        if m not in configs:  # (its embedding is not on the lake: the run says so)
+            continue
+        want = configs[m]
+        names = {key: dedup_keyword(flag) for key, flag in DEDUP_OPTIONS.get(m, {}).items()}
+        for key in [*names, "flips", "embedding"]:
+            if (key in cfg or key in want) and cfg.get(key) != want.get(key):
+                changed.setdefault(m, names.get(key, key))
     return changed
-
-
-# The [dedup] options whose default is the embedding's encoder family's (the dedup module's table, and
-# the value of a family not in it), as the stage picks them.
-_FAMILY_DEFAULTS = {"semantic_threshold": ("SEMANTIC_THRESHOLDS", 0.95), "confirm_cosine": ("CONFIRM_COSINES", 0.85),
-                    "verify_cosine": ("VERIFY_COSINES", 0.7), "phash_cosine": ("PHASH_COSINES", 0.8),
-                    "copy_cosine": ("COPY_COSINES", 0.8)}
-
-
-def _family(ds: Any, embedding: str | None) -> str | None:
-    """The encoder family of an embedding on the lake (what dedup's defaults of its cosines follow);
-    None without one."""
-    cfg = _prov_config(ds, embedding_columns(embedding)["score"]) if embedding else None
-    return None if cfg is None else cfg.get("family", "open_clip")
 
 
 def _dedup_decision_changed(ds: Any, methods: Sequence[str], opts: Mapping[str, Any]) -> str | None:
