@@ -220,7 +220,7 @@ STRICT = """
 name = "strict"
 [[step]]
 filter = "caption_length"
-min_words = 6
+min_words = 8  # (6 dropped only the two ingest errors, which ingest_error drops first now)
 """
 
 
