@@ -417,6 +417,24 @@ def _field_ids(ds: lance.LanceDataset, name: str) -> set[int]:
     return out
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str) -> str:
+    """The sha256 of a weights file (its first 16 hex digits), read once per path, size and
+    modification time in a process (the stage graph asks on every status: a checkpoint replaced at
+    the same path is another config)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
 def has_data(ds: lance.LanceDataset, frag: lance.LanceFragment, column: str) -> bool:
     """Whether ``frag`` has a data file backing ``column`` (manifest only; no data is read)."""
     ids = _field_ids(ds, column)

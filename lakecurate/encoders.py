@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lakecurate.columns import file_digest  # noqa: F401 - re-exported: where it was
 from lakecurate.errors import EncoderError
 from lakecurate.images import ImageTransform, exif_upright  # noqa: F401 - re-exported
 from lakecurate.names import TINY_RANDOM
@@ -181,23 +181,6 @@ def spec_from_provenance(prov: dict[str, Any]) -> EncoderSpec:
                        f"which are not at {' or '.join(places)} on this machine"
                        + (" (this lakecurate's offline heads are others)" if cfg.get("family") == "offline" else "")
                        + "; embed again with the weights you have (--recompute), or run where those weights are")
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: str) -> str:
-    """The sha256 of a weights file (its first 16 hex digits), read once per path, size and
-    modification time in a process."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()[:16]
-    return _DIGESTS[key]
 
 
 def weights_file(path: str | None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, REPLACING_KEY, config_change, declared_columns, field_provenance, fragments_to_fill,
+from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, REPLACING_KEY, config_change, declared_columns, field_provenance, file_digest, fragments_to_fill,
                                 has_data, hash_config, node_records, stage_running, vector_rows)
 from lakecurate.errors import LakeError
 from lakecurate.names import (DEDUP_OPTIONS, dedup_keyword, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decided, decision, embedding_columns,
@@ -390,6 +390,21 @@ def _field_names(ds: "lance.LanceDataset") -> dict[int, str]:
     return out
 
 
+def _schema_ids(schema: Any) -> set[int]:
+    """The field ids of a transaction's ``LanceSchema`` (nested ones included); empty when it cannot
+    be read (then nothing is taken for dropped)."""
+    out: set[int] = set()
+    try:
+        stack = list(schema.fields())
+        while stack:
+            f = stack.pop()
+            out.add(f.id())
+            stack.extend(f.children())
+    except Exception:  # noqa: BLE001 - another Lance's schema object: tell nothing
+        return set()
+    return out
+
+
 def _file_fields(frag: Any) -> set[int]:
     return {i for df in frag.files for i in df.fields}
 
@@ -456,6 +471,25 @@ def by_other_code(prov: dict[str, Any], code: dict[str, dict[str, Any]] | None) 
     another (for the stages whose config is their code's: ``code``, as :func:`code_now`); else None."""
     now = ((code or {}).get(str(prov.get("stage"))) or {}).get("config")
     return now if now is not None and prov.get("config_hash") not in (None, hash_config(now)) else None
+
+
+def weights_changed(prov: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(path, recorded digest, digest now) where the weights file a node's run found (``weights``,
+    beside its config) is still there but holds other bytes than its config records
+    (``checkpoint_sha256``): other weights copied over it. None otherwise (a file that is gone, or
+    moved, tells nothing here: the stage's run says where it looks). The digest is cached by path,
+    size and modification time, so a status reads each file once."""
+    import os
+
+    want = (prov.get("config") or {}).get("checkpoint_sha256")
+    path = prov.get("weights")
+    if not want or not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    try:
+        now = file_digest(path)
+    except OSError:  # unreadable here: tells nothing
+        return None
+    return None if now == want else (path, str(want), now)
 
 
 def other_steps(prov: dict[str, Any], code: dict[str, dict[str, Any]] | None) -> list[str]:
@@ -622,11 +656,14 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                     put(_file_fields(frag), next(created, -1), w)
             elif kind == "Update":
                 modified = set(getattr(op, "fields_modified", None) or [])  # columns rewritten in place
+                carried = _carried(op, ids, state)  # (read before the fragments the rows left are changed)
                 for frag in op.updated_fragments:
                     put_deleted(_file_fields(frag) - modified, frag.id, w)
                     put(_file_fields(frag) & modified, frag.id, w)
                 for frag in op.new_fragments:
-                    put(_file_fields(frag), next(created, -1), w)
+                    fid = next(created, -1)
+                    for f in _file_fields(frag):
+                        put([f], fid, carried.get(f) or w)
                 for fid in op.removed_fragment_ids:
                     for per in state.values():
                         per.pop(fid, None)
@@ -662,6 +699,19 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                             holes.setdefault(f, set()).update(new_ids)
                         for o in old:
                             holes.get(f, set()).discard(o)
+            elif kind in ("Project", "Merge"):
+                # Columns dropped (a recompute's drop_replaced, Lance's drop_columns): their writes go
+                # with them. Lance numbers the next columns added from the highest id left, so the
+                # set declared again takes the dropped ids, which must read as never written (the
+                # old writes kept them "current" over all-null columns after a killed recompute).
+                kept = _schema_ids(op.schema)
+                if kept:
+                    for f in [f for f in state if f not in kept]:
+                        del state[f]
+                    for f in [f for f in holes if f not in kept]:
+                        del holes[f]
+                    for f in set(ids) - kept:  # (an id of the table now that this version lacked)
+                        stale.pop(ids[f], None)
             elif kind == "Restore":
                 then = snapshots.get(op.version, ({}, {}, {}))
                 state = {f: dict(per) for f, per in then[0].items()}
@@ -684,6 +734,32 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
         if frags and ids.get(f) is not None:
             merged.setdefault(ids[f], set()).update(frags)
     return out, merged, {c: frags for c, frags in stale.items() if frags and c in ids_of}
+
+
+def _carried(op: Any, ids: dict[int, str], state: dict[int, dict[int, Write]]) -> dict[int, Write]:
+    """Field id -> the write whose values an ``Update`` carried unchanged into its new fragments.
+
+    Lance's ``update`` (``rewrite_rows``) moves whole rows to a new fragment but records the columns
+    it set (``fields_for_preserving_frag_bitmap``): the other columns' values are those of the
+    fragments the rows left, so updating ``caption_coca`` is no write of ``caption`` (it made the
+    image embedding stale, "caption was rewritten"). A column is carried only where every such
+    fragment has a write of it (else: written now); ``merge_insert`` lists every column, so its
+    rows (inserted ones too) read as written."""
+    if getattr(op, "update_mode", None) != "rewrite_rows":
+        return {}
+    setting = set(getattr(op, "fields_for_preserving_frag_bitmap", None) or [])
+    origins = [frag.id for frag in op.updated_fragments] + list(op.removed_fragment_ids)
+    if not setting or not origins:
+        return {}
+    set_columns = {ids[f] for f in setting if f in ids}
+    out: dict[int, Write] = {}
+    for f in {f for frag in op.new_fragments for f in _file_fields(frag)}:
+        if f in setting or ids.get(f) in set_columns:
+            continue
+        got = [content_write(state.get(f, {}).get(o)) for o in origins]
+        if got and all(g is not None for g in got):
+            out[f] = max(got)  # type: ignore[type-var]
+    return out
 
 
 def _computed_from(tx: Any) -> int:
@@ -788,6 +864,12 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         if redo:  # (a stage run with these columns refuses them: "made with another config")
             _all_stale(ds, st, f"its code changed since it computed them "
                                f"({config_change(node.prov.get('config') or {}, now)}); its fix computes every row again")
+        swapped = weights_changed(node.prov) if node.stage not in MANUAL else None
+        if swapped is not None:  # (embed itself refuses them: "checkpoint_sha256 a -> b")
+            redo = True
+            _all_stale(ds, st, f"its checkpoint {swapped[0]} changed since it computed them (checkpoint_sha256 "
+                               f"{swapped[1]} -> {swapped[2]}: other weights at the same path); its fix computes "
+                               f"every row again")
         steps = other_steps(node.prov, code)
         if steps:  # (its fix, the stage's plain run, decides every row again: curate._already_done)
             _all_stale(ds, st, f"its step code changed since it decided them: {', '.join(steps)}; "
@@ -1273,14 +1355,19 @@ def embed_command(lake: "Store", prefix: str, prov: dict[str, Any]) -> str:
     import shlex
 
     args = embed_args(prefix, prov)
-    out = f"{lakecurate_on(lake)} embed {lake.shell} --model {args['model']}"
+    out = f"{lakecurate_on(lake)} embed {lake.shell} --model {shlex.quote(args['model'])}"
     out += f" --checkpoint {shlex.quote(args['checkpoint'])}" if "checkpoint" in args else ""
+    out += f" --precision {args['precision']}" if "precision" in args else ""
+    out += f" --decode {args['decode']}" if "decode" in args else ""
     return out + (f" --name {args['name']}" if "name" in args else "")
 
 
 def embed_args(prefix: str, prov: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of the embed run that fills the ``prefix`` columns, rebuilt from their
-    provenance (a checkpoint file where the run found it: its config names it by file name)."""
+    provenance: every recorded setting a run must repeat to be "the same config" (the model and its
+    weights, a checkpoint file where the run found it (its config names it by file name), the
+    precision, the decode, the column prefix). A pasted fix that dropped ``--precision bf16`` was
+    refused as "made with another config"."""
     import os
 
     cfg = prov.get("config", {})
@@ -1288,12 +1375,20 @@ def embed_args(prefix: str, prov: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if cfg.get("family") == "offline":
         model, default = "offline", "offline"
+    elif pretrained and ("checkpoint_bytes" in cfg or os.sep in pretrained):  # a local checkpoint file
+        # (before tiny-random: a checkpoint saved from the tiny random model is that model's file)
+        model = "tiny-random" if arch == TINY_RANDOM else str(arch)
+        default, extra = None, {"checkpoint": str(prov.get("weights") or pretrained)}
     elif arch == TINY_RANDOM:
         model, default = "tiny-random", "clip_tinyrandom"
-    elif pretrained and ("checkpoint_bytes" in cfg or os.sep in pretrained):  # a local checkpoint file
-        model, default, extra = str(arch), None, {"checkpoint": str(prov.get("weights") or pretrained)}
+    elif cfg.get("family") == "open_clip" and not pretrained:  # random weights of a real architecture
+        model, default = f"{arch}:random", None
     else:
         model, default = (f"{arch}:{pretrained}" if pretrained else str(arch)), None
+    if cfg.get("precision") not in (None, "fp32"):  # (the default, left out)
+        extra["precision"] = cfg["precision"]
+    if cfg.get("decode") not in (None, "cpu"):
+        extra["decode"] = cfg["decode"]
     return {"model": model, **extra, **({} if prefix == default else {"name": prefix})}
 
 

@@ -729,3 +729,74 @@ def test_a_truncated_query_image_is_named_as_such(sample_lake_embedded: Lake, tm
         sample_lake_embedded.search(str(tmp_path / "cut.jpg"), k=1)
     with pytest.raises(LakeError, match=r"bytes given are an image that cannot be decoded"):
         sample_lake_embedded.search(data[: len(data) // 2], k=1)
+
+
+def test_every_embed_fix_status_prints_is_accepted_when_pasted(tmp_path: Path):
+    """The fix of a stale embedding repeats every recorded setting a run must repeat: it dropped
+    --precision and --decode (pasted: "made with another config (precision bf16 -> fp32)"), and,
+    for a checkpoint of the tiny random model, --checkpoint (the tiny-random branch came first)."""
+    import shlex
+
+    import lance
+    import torch
+
+    from lakecurate import graph
+
+    path = tmp_path / "tiny.pt"
+    torch.save(Encoder(resolve("tiny-random"), device="cpu").model.state_dict(), path)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    runs = [["--precision", "bf16", "--name", "bf"], ["--decode", "device", "--name", "dev"],
+            ["--checkpoint", str(path)]]
+    runner = CliRunner()
+    for opts in runs:
+        res = runner.invoke(main, ["embed", str(lake.uri), "--model", "tiny-random", "--workers", "0", *opts])
+        assert res.exit_code == 0, res.output
+    lance.dataset(lake.table_uri).update({"caption": "'a brick'"}, where="key = 'camera.jpg'")
+    stale = [s for s in graph.states(lake) if s.node.stage == "embed"]
+    assert len(stale) == 3 and all(s.state == "stale" for s in stale), [(s.state, s.reasons) for s in stale]
+    fixes = sorted(s.fix for s in stale)
+    assert any("--precision bf16" in f for f in fixes) and any("--decode device" in f for f in fixes)
+    assert any(f"--checkpoint {shlex.quote(str(path))}" in f for f in fixes), fixes
+    for fix in fixes:
+        res = runner.invoke(main, shlex.split(fix)[1:] + ["--workers", "0"])
+        assert res.exit_code == 0 and "another config" not in res.output, (fix, res.output)
+    assert [s.state for s in graph.states(lake) if s.node.stage == "embed"] == ["current"] * 3
+
+
+def test_a_checkpoint_replaced_at_the_same_path_makes_its_embedding_stale(tmp_path: Path):
+    """Other weights copied over the --checkpoint file: embed refused "another config (checkpoint_sha256
+    a -> b)" while status said current; the graph compares the recorded digest with the file's."""
+    import shlex
+
+    import torch
+
+    from lakecurate import graph
+
+    path = tmp_path / "ck.pt"
+    state = Encoder(resolve("tiny-random"), device="cpu").model.state_dict()
+    torch.save(state, path)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("tiny-random", checkpoint=str(path), workers=0, progress=False)
+    assert [s.state for s in graph.states(lake)] == ["current"]
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, path)
+    st = graph.states(lake)[0]
+    assert st.state == "stale" and "checkpoint" in st.reasons[0] and str(path) in st.reasons[0], st.reasons
+    assert st.fix.endswith(" --recompute") and st.rows_stale == 28
+    res = CliRunner().invoke(main, shlex.split(st.fix)[1:] + ["--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert [s.state for s in graph.states(lake)] == ["current"]
+
+
+def test_a_caption_col_not_there_names_every_caption_column(sample_lake_embedded: Lake, tmp_path: Path):
+    """``--caption-col nope`` said "caption columns: none yet" beside ``caption`` (the default):
+    every text column that can be a caption is named, none of the others."""
+    import shutil
+
+    import lance
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lance.dataset(lake.table_uri).add_columns({"alt_text": "concat('alt: ', caption)"})
+    with pytest.raises(LakeError, match=r"caption columns: caption, alt_text$"):
+        lake.embed("tiny-random", caption_col="nope", progress=False)

@@ -93,7 +93,7 @@ def test_embed_scores_a_synthetic_caption_column(sample_lake_embedded: Lake, tmp
     from lakecurate.encoders import Encoder, resolve
 
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
-    with pytest.raises(LakeError, match="caption columns: none yet"):
+    with pytest.raises(LakeError, match=r"caption columns: caption \(lakecurate recaption makes another\)"):
         lake.embed("tiny-random", caption_col="caption_tinycoca", progress=False)
     lake.recaption("tiny-random-coca", workers=0, progress=False)
     res = CliRunner().invoke(main, ["embed", lake.uri, "--model", "tiny-random", "--caption-col", "caption_tinycoca",

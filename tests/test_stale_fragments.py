@@ -1026,3 +1026,39 @@ def test_pairs_added_beside_another_writers_column_of_values_are_refused_with_th
     subprocess.run([sys.executable, "-c", code], check=True)
     lake.append(synthetic_pairs(40, 2))
     assert lake.count() == 42 and lake.count("foo IS NULL") == 2
+
+
+def test_a_recompute_killed_after_its_declare_leaves_the_stage_incomplete(tmp_path: Path):
+    """A per-row stage's ``--recompute`` killed between the declare and its first fill: Lance gave
+    the set declared again the ids of the dropped columns, whose old writes the graph kept, so
+    status said current over all-null columns (no fix); a plain run then filled every row."""
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    ds = lake.dataset()
+    before = ds.to_table(columns=["n"])["n"].null_count  # (a row without a caption has none)
+    prov = {k: v for k, v in columns.field_provenance(ds.schema.field("n")).items() if k != columns.DECLARED_KEY}
+    columns.declare(lake, [pa.field("n", pa.int64())], prov, recompute=True)  # ...and killed here
+    assert lake.dataset().to_table(columns=["n"])["n"].null_count == 16
+    st = feature_state(lake)
+    assert (st.state, st.rows_missing) == ("incomplete", 16), st.reasons
+    assert graph.stale_fragments(lake.dataset(), ["n"], ["caption"]) == []  # (the fill finds them: no data)
+    add_n(lake)
+    assert feature_state(lake).state == "current" and wrong_rows(lake) == []
+    assert lake.dataset().to_table(columns=["n"])["n"].null_count == before
+
+
+def test_updating_another_column_is_no_write_of_the_inputs_its_rows_carried(tmp_path: Path):
+    """Lance's ``update`` of one column moves whole rows to a new fragment, but records the columns
+    it set: a stage that read only the others stays current (an update of ``caption_coca`` made the
+    image embedding stale, "caption was rewritten"); an update of its input still makes it stale."""
+    lake = lake_of(tmp_path / "lake", 8, 8)
+    ds = lance.dataset(lake.table_uri)
+    ds.add_columns({"note": "concat('n: ', key)"})
+    lance.dataset(lake.table_uri).update({"note": "'zzz'"}, where="id = '" + ds.to_table(columns=["id"])["id"][3].as_py() + "'")
+    st = feature_state(lake)
+    assert st.state == "current", st.reasons
+    assert graph.stale_fragments(lake.dataset(), ["n"], ["caption"]) == []
+    update(lake, "note = 'zzz'", "a new caption")
+    st = feature_state(lake)
+    assert st.state == "stale" and any("caption was rewritten" in r for r in st.reasons), st.reasons
+    add_n(lake)
+    assert feature_state(lake).state == "current" and wrong_rows(lake) == []
