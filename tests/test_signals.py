@@ -356,8 +356,9 @@ def test_signals_recompute_replaces_values_an_older_run_made(tmp_path, monkeypat
 
     lance.dataset(lake.table_uri).update({"caption": "'no address in this one'"}, where="cap_emails = 1")
     st = next(s for s in graph.states(lake) if "cap_emails" in s.node.columns)
-    # (the rows rewritten moved: their image signals are stale too, and one plain run redoes both kinds)
-    assert st.state == "stale" and st.fix == f"lakecurate signals {lake.uri}", st.fix
+    # (the rows rewritten moved, their images carried as they were: the image signals stay current)
+    assert next(s for s in graph.states(lake) if "img_sharpness" in s.node.columns).state == "current"
+    assert st.state == "stale" and st.fix == f"lakecurate signals {lake.uri} --no-image", st.fix
     assert CliRunner().invoke(main, shlex.split(st.fix)[1:]).exit_code == 0
     assert next(s for s in graph.states(lake) if "cap_emails" in s.node.columns).state == "current"
     assert lake.count("cap_emails = 1") == 0 and lake.count("cap_emails = 0") == lake.count("caption IS NOT NULL")
@@ -532,8 +533,13 @@ def test_caption_and_image_signals_both_stale_have_one_fix(tmp_path, monkeypatch
     with pytest.raises(LakeError) as err:
         lake.curate(recipe, dry_run=True, progress=False)
     assert str(err.value).count("lakecurate signals") == 1 and f"re-run it first: {one}" in str(err.value), err.value
-    # a kind stale otherwise (a row rewritten since: a plain run) keeps its own command
-    lake.dataset().update({"caption": "'a rewritten caption'"}, where="key LIKE '%coffee%'")
+    # a kind stale otherwise (a row rewritten since: a plain run) keeps its own command (by a merge
+    # insert, which Lance records as writing every column: an update records those it sets)
+    import pyarrow as pa
+
+    ids = lake.dataset().to_table(columns=["id"], filter="key LIKE '%coffee%'")["id"]
+    lake.dataset().merge_insert("id").when_matched_update_all().execute(
+        pa.table({"id": ids, "caption": pa.array(["a rewritten caption"] * len(ids))}))
     fixes = {s["stage"]: s["fix"] for s in lake.status()["stages"] if s["state"] != "current"}
     assert fixes == {"signals-caption": one, "signals-image": one,
                      "signals-faces": f"lakecurate signals {lake.uri} --faces --no-caption --no-image"}, fixes
