@@ -172,7 +172,10 @@ def test_stale_signals_are_computed_again_and_stale_groups_refused(lake_copy: La
     fix = str(err.value).rsplit("re-run it first: ", 1)[1]
     assert CliRunner().invoke(main, shlex.split(fix)[1:]).exit_code == 0
     lake.curate(dup, progress=False)
-    lance.dataset(lake.table_uri).update({"caption": "'two words'"}, where=f"key = '{key}'")
+    # (a merge insert, which Lance records as writing every column of the rows it moves: their image
+    # signals too; an update records the columns it sets, and the others' values moved unchanged)
+    lance.dataset(lake.table_uri).merge_insert("key").when_matched_update_all().execute(
+        pa.table({"key": [key], "caption": ["two words"]}))
     v = lake.version
     with pytest.raises(LakeError, match=r"recipe <dict> reads .*, which is stale: .*; re-run these first: "
                                         r"lakecurate embed \S+ .*; then lakecurate signals \S+; then lakecurate dedup "):
@@ -190,6 +193,11 @@ def test_dedup_has_stale_hashes_computed_again(lake_copy: Lake):
     lake.dedup(["phash"], keep_from=["phash"], progress=False)
     key = lake.to_pandas(["key"], limit=1)["key"][0]
     lance.dataset(lake.table_uri).update({"caption": "'moved'"}, where=f"key = '{key}'")
+    # (an update records the columns it sets: the row's hashes moved with it unchanged, and current)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["signals-image"] == "current"
+    # a merge insert records every column of the rows it moves as written: their hashes are stale
+    lance.dataset(lake.table_uri).merge_insert("key").when_matched_update_all().execute(
+        pa.table({"key": [key], "caption": ["moved again"]}))
     states = {s["stage"]: s["state"] for s in lake.status()["stages"]}
     assert states["signals-image"] == "stale"
     rep = lake.dedup(["phash"], keep_from=["phash"], progress=False)
