@@ -370,23 +370,6 @@ def embed(
     return report
 
 
-def caption_choices(schema: pa.Schema) -> list[str]:
-    """The text columns of ``schema`` that ``--caption-col`` can score: ``caption``, a recaption
-    column, another writer's text column; not the other columns ingest writes (id, key, source...),
-    an ``_error`` column, nor a text column another lakecurate stage derived (a drop reason)."""
-    from lakecurate.schema import PAIRS_SCHEMA
-
-    others = set(PAIRS_SCHEMA.names) - {"caption"}
-    out = []
-    for f in schema:
-        if not pa.types.is_string(f.type) or f.name in others or f.name.endswith("_error"):
-            continue
-        prov = columns.field_provenance(f, strict=False)
-        if prov is None or prov.get("stage") == "recaption":
-            out.append(f.name)
-    return out
-
-
 def check_caption_col(uri: str, schema: pa.Schema, caption: str) -> None:
     """Refuse a ``caption_col`` that is not a text column of ``schema`` (the lake's: ``lakecurate
     run`` asks before its first step), naming the caption columns there are (``caption`` among
@@ -394,6 +377,8 @@ def check_caption_col(uri: str, schema: pa.Schema, caption: str) -> None:
     from lakecurate.errors import LakeError
 
     if caption not in schema.names or not pa.types.is_string(schema.field(caption).type):
+        from lakecurate.names import caption_choices
+
         have = caption_choices(schema)
         raise LakeError(f"--caption-col {caption!r} is not a text column of lake '{uri}'; caption columns: "
                         f"{', '.join(have) or 'none'}"

@@ -42,7 +42,7 @@ from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import broken_vectors, check_current, check_decided, effective_view, embed_command, where_columns
-from lakecurate.names import EVAL_LR, EVAL_METRICS, default_view, embedding_columns, pick_embedding
+from lakecurate.names import EVAL_LR, EVAL_METRICS, caption_choices, default_view, embedding_columns, pick_embedding
 from lakecurate.schema import EVAL_TABLE
 from lakecurate.sqlcheck import check_where
 from lakecurate.store import retry_on_conflict
@@ -564,8 +564,7 @@ def evaluate(
     emb, prov = pick_embedding(lake, ds, embedding, need="the proxy trains on them")
     text_col = embedding_columns(emb)["text"] if caption_col == "caption" else f"{emb}_{caption_col}_text"
     if text_col not in ds.schema.names:
-        texts = [n for n in ds.schema.names if (n == "caption" or n.startswith("caption_")) and not n.endswith("_error")
-                 and pa.types.is_string(ds.schema.field(n).type)]
+        texts = caption_choices(ds.schema)
         if caption_col not in texts:  # a typo: refused as such, not "embed it" (which embed refuses in turn)
             what = (f"no column {caption_col!r} in lake '{lake.uri}'" if caption_col not in ds.schema.names else
                     f"column {caption_col!r} of lake '{lake.uri}' is not a caption (text) column")

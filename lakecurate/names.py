@@ -213,3 +213,23 @@ def pick_embedding(lake: "Store", ds: "lance.LanceDataset", name: str | None = N
     if need is None:
         return None, None
     raise LakeError(f"lake '{lake.uri}' has no embedding columns; run: lakecurate embed {lake.shell}" + (f" ({need})" if need else ""))
+
+
+def caption_choices(schema: "pa.Schema") -> list[str]:
+    """The text columns of ``schema`` that ``--caption-col`` can score: ``caption``, a recaption
+    column, another writer's text column; not the other columns ingest writes (id, key, source...),
+    an ``_error`` column, nor a text column another lakecurate stage derived (a drop reason). What
+    embed's and evaluate's ``--caption-col`` name when refused."""
+    import pyarrow as pa
+
+    from lakecurate.schema import PAIRS_SCHEMA
+
+    others = set(PAIRS_SCHEMA.names) - {"caption"}
+    out = []
+    for f in schema:
+        if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) or f.name in others or f.name.endswith("_error"):
+            continue
+        prov = field_provenance(f, strict=False)
+        if prov is None or prov.get("stage") == "recaption":
+            out.append(f.name)
+    return out
