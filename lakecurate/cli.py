@@ -25,7 +25,7 @@ from lakecurate.graph import lakecurate_on
 from lakecurate.lake import Lake, LakeError
 from lakecurate.names import DEDUP_OPTIONS, EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
-from lakecurate.options import MOST, MOST_WORKERS, canonical_uri
+from lakecurate.options import MOST, MOST_WORKERS, canonical_uri, half_the_memory
 
 
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -1461,14 +1461,6 @@ def info(lake: str, as_json: bool) -> None:
         click.echo("\n(full provenance: lakecurate info LAKE --json)")
 
 
-def _half_the_memory() -> float | None:
-    """Half of this machine's physical memory in bytes (None where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 @main.command()
 @lake_argument
 @click.argument("query")
@@ -1499,7 +1491,7 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, tim
     version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     # Read one row past the limit, a batch at a time: a cross join held 8M rows (5.7 GB) to print them.
     # In a thread of its own, bounded: `unnest(range(1, 300000000))` took 8.7 GB and Ctrl+C waited for it.
-    memory = max_memory * 2**30 if max_memory is not None else _half_the_memory()
+    memory = max_memory * 2**30 if max_memory is not None else half_the_memory()
     table = open_lake(lake).sql_table(query, version=version, limit=limit + 1 if limit else None, timeout=timeout,
                                       max_memory=memory)
     cut = bool(limit) and table.num_rows > limit

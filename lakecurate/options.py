@@ -223,6 +223,15 @@ def device(value: Any, option: str = "--device") -> str:
     return value
 
 
+def half_the_memory() -> float | None:
+    """Half of this machine's physical memory in bytes (None where the system does not say): the
+    default bound of a SQL query's memory (``lakecurate sql``, the browser app's SQL page)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def canonical_uri(uri: str) -> str:
     """The one spelling of a lake's location, so that every spelling of one lake shares its
     checkpoints, claims and locks: a local path or ``file://`` URI becomes an absolute path with '.'

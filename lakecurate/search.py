@@ -163,6 +163,7 @@ def search(
     if twice:  # (Lance refused it with a Rust source path)
         raise LakeError(f"columns {list(columns)!r} name {', '.join(twice)} more than once; give each column once")
     row_address = flag("row_address", row_address)  # "yes" reached Lance: a TypeError
+    text = flag("text", text)  # (1 or "no" was taken as true)
     ds = lake.dataset(version)
     where = check_where(where, "--where", ds)
     missing = [c for c in columns or [] if c not in ds.schema.names]

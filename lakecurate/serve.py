@@ -45,7 +45,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import where_columns
 from lakecurate.images import thumbnail_jpeg
 from lakecurate.names import DECISIONS
-from lakecurate.options import unicode
+from lakecurate.options import half_the_memory, unicode
 from lakecurate.sqlcheck import check_query, check_where, clean_message, in_list, literal
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ PAGE = 48  # rows a grid page shows
 SQL_ROWS = 1000  # rows a query from the UI may return
 QUERY_SECONDS = 20.0  # a filter or query from the UI that runs longer is abandoned with a 504
 SQL_WORKERS = 2  # SQL queries from the UI at once, in a pool of their own (the grid's is never theirs)
+SQL_MAX_MEMORY: float | None = None  # bytes a UI query may take (None: half the machine's memory)
 THUMB_PX = 160
 FACET_SYNC_ROWS = 200_000  # above this, filter menus are counted in the background (a first page never scans)
 LATEST_SECONDS = 1.0  # how stale "latest" may be for readers (another process's commit shows within this)
@@ -304,7 +305,9 @@ class Browser:
 
         def run() -> Any:
             try:
-                return self.lake.sql(query, version=at, limit=SQL_ROWS, stop=stop)
+                # (bounded: a query of a few rows can take the server's memory, `unnest(range(...))`)
+                memory = SQL_MAX_MEMORY if SQL_MAX_MEMORY is not None else half_the_memory()
+                return self.lake.sql(query, version=at, limit=SQL_ROWS, stop=stop, max_memory=memory)
             finally:
                 self.sql_slots.release()
 

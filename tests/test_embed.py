@@ -708,6 +708,8 @@ def test_search_refuses_odd_python_arguments_in_one_line(sample_lake_embedded: L
         lake.search("a dog", k=2, columns=["key", "key"])
     with pytest.raises(LakeError, match="invalid row_address 'yes': expected True or False"):
         lake.search("a dog", k=2, row_address="yes")
+    with pytest.raises(LakeError, match="invalid text 1: expected True or False"):  # (1 was taken as true)
+        lake.search("a dog", k=2, text=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         huge = lake.search(np.full(32, 1e30), k=2)

@@ -324,6 +324,24 @@ def test_sql_rows_are_limited(many: Lake, monkeypatch):
     assert r.status_code == 200 and r.text.count("<td>p") == 7
 
 
+def test_sql_past_its_memory_is_stopped_with_a_message(sample: Lake, monkeypatch):
+    """A query of a few rows from the SQL page could take the server's memory (`unnest(range(...))`
+    on 28 rows took 8.7 GB in `lakecurate sql`): the page's queries have a memory bound too."""
+    import threading
+
+    import lakecurate.serve as serve
+
+    monkeypatch.setattr(serve, "SQL_MAX_MEMORY", 50e6)
+    heavy = "SELECT x FROM (SELECT unnest(range(1, 1000000)) AS x FROM pairs) ORDER BY x DESC LIMIT 2"
+    try:
+        r = client(sample).get("/sql", params={"sql": heavy})
+    finally:
+        for t in threading.enumerate():
+            if t.name == "lakecurate-sql":
+                t.join(60)
+    assert r.status_code == 400 and "took more than 48 MiB of memory" in r.text, (r.status_code, r.text[-500:])
+
+
 def test_sql_past_its_time_never_starves_the_grid(many: Lake, monkeypatch):
     """Four /sql queries past QUERY_SECONDS held the 4 threads of the grid's pool: a sort of the grid
     then answered 504 "the filter ran longer ... narrow it down" until they ended."""
