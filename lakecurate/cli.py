@@ -1461,6 +1461,18 @@ def info(lake: str, as_json: bool) -> None:
         click.echo("\n(full provenance: lakecurate info LAKE --json)")
 
 
+def _not_current_notes(lake: Lake, query: str) -> None:
+    """A note on stderr for each stage behind the columns ``query`` names that is not current (a
+    caption rewritten since its embedding: the scores shown are of the old caption), with its fix."""
+    from lakecurate.graph import not_current, where_columns
+
+    ds = lake.dataset()
+    for st in not_current(lake, ds, where_columns(query, ds.schema.names)):
+        shown = ", ".join(st.node.columns[:3]) + (", ..." if len(st.node.columns) > 3 else "")
+        click.echo(f"note: {st.node.stage} ({shown}) is {st.state}: {st.reasons[0]}; its values may be missing or "
+                   f"old until this runs: {st.fix}", err=True)
+
+
 @main.command()
 @lake_argument
 @click.argument("query")
@@ -1492,8 +1504,11 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, tim
     # Read one row past the limit, a batch at a time: a cross join held 8M rows (5.7 GB) to print them.
     # In a thread of its own, bounded: `unnest(range(1, 300000000))` took 8.7 GB and Ctrl+C waited for it.
     memory = max_memory * 2**30 if max_memory is not None else half_the_memory()
-    table = open_lake(lake).sql_table(query, version=version, limit=limit + 1 if limit else None, timeout=timeout,
-                                      max_memory=memory)
+    target = open_lake(lake)
+    table = target.sql_table(query, version=version, limit=limit + 1 if limit else None, timeout=timeout,
+                             max_memory=memory)
+    if version is None:  # values of a stage that is not current are shown, said on stderr (as search says it)
+        _not_current_notes(target, query)
     cut = bool(limit) and table.num_rows > limit
     table = table.slice(0, limit) if cut else table
     twice = sorted({n for n in table.column_names if table.column_names.count(n) > 1})

@@ -438,3 +438,23 @@ def test_64_bit_hashes_are_exact_in_pandas(tmp_path: Path):
     for df in (lake.to_pandas(["key", "phash"]), lake.sql("SELECT key, phash FROM pairs")):
         got = {k: (None if v is pd.NA else int(v)) for k, v in zip(df["key"], df["phash"])}
         assert got == want
+
+
+def test_sql_says_when_the_values_it_shows_are_not_current(sample_lake_embedded: Lake, tmp_path: Path):
+    """`lakecurate sql` showed the alignment scores of a caption rewritten since it was embedded with
+    no word (search says it); a note on stderr names the stale stage and its fix, the JSON stays whole."""
+    import shutil
+
+    import lance
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    query = "SELECT key, clip_tinyrandom_score FROM pairs ORDER BY key"
+    quiet = CliRunner().invoke(main, ["sql", lake.uri, query, "--json"])
+    assert quiet.exit_code == 0 and "note:" not in quiet.stderr, quiet.stderr
+    lance.dataset(lake.table_uri).update({"caption": "'a brand new caption'"}, where="key = 'coffee.jpg'")
+    res = CliRunner().invoke(main, ["sql", lake.uri, query, "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)) == lake.count()
+    assert "note: embed (clip_tinyrandom_image, clip_tinyrandom_text, clip_tinyrandom_score, ...) is stale" in res.stderr
+    assert "lakecurate embed" in res.stderr, res.stderr
+    plain = CliRunner().invoke(main, ["sql", lake.uri, "SELECT key, width FROM pairs"])
+    assert "note:" not in plain.stderr  # (no column of a stage that is not current)
