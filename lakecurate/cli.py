@@ -1464,13 +1464,11 @@ def info(lake: str, as_json: bool) -> None:
 def _not_current_notes(lake: Lake, query: str) -> None:
     """A note on stderr for each stage behind the columns ``query`` names that is not current (a
     caption rewritten since its embedding: the scores shown are of the old caption), with its fix."""
-    from lakecurate.graph import not_current, where_columns
+    from lakecurate.graph import not_current_notes, where_columns
 
     ds = lake.dataset()
-    for st in not_current(lake, ds, where_columns(query, ds.schema.names)):
-        shown = ", ".join(st.node.columns[:3]) + (", ..." if len(st.node.columns) > 3 else "")
-        click.echo(f"note: {st.node.stage} ({shown}) is {st.state}: {st.reasons[0]}; its values may be missing or "
-                   f"old until this runs: {st.fix}", err=True)
+    for note in not_current_notes(lake, ds, where_columns(query, ds.schema.names), "its values may be missing or old"):
+        click.echo(f"note: {note}", err=True)
 
 
 @main.command()

@@ -1447,6 +1447,19 @@ def lakecurate_on(lake: "Store") -> str:
     return str(getattr(lake, "command", "lakecurate"))
 
 
+def not_current_notes(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str], effect: str,
+                      named: str | None = None) -> list[str]:
+    """One line for each node behind ``columns`` that is not current (:func:`not_current`): what it
+    is (its columns, or ``named``), why, ``effect`` (what a reader of those columns gets meanwhile)
+    and the command that fixes it. What ``search`` and ``lakecurate sql`` say beside values that may
+    be missing or old."""
+    out = []
+    for st in not_current(lake, ds, columns):
+        shown = named or ", ".join(st.node.columns[:3]) + (", ..." if len(st.node.columns) > 3 else "")
+        out.append(f"{st.node.stage} ({shown}) is {st.state}: {st.reasons[0]}; {effect} until this runs: {st.fix}")
+    return out
+
+
 def not_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str],
                 all_states: list[NodeState] | None = None,
                 kinds: Iterable[str] = ("stale", "incomplete", "dropped")) -> list[NodeState]:

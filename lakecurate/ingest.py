@@ -47,7 +47,8 @@ from lakecurate.errors import IngestError
 from lakecurate.images import orientation_of
 from lakecurate.options import canonical_uri, path
 from lakecurate.progress import progress_bar
-from lakecurate.schema import PAIRS_SCHEMA, REASONS, TABLE, severity
+from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
+from lakecurate.store import is_lake_folder, is_lance_table
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -572,20 +573,6 @@ def _pick(names: list[str], wanted: str | None, choices: tuple[str, ...], what: 
     if what == "caption":
         return None
     raise IngestError(f"{path}: cannot tell which column holds the {what} (columns: {', '.join(names)}); pass {opt} NAME")
-
-
-def is_lance_table(path: str) -> bool:
-    """Whether ``path`` is the folder of a Lance table (``export --format lance`` writes one): its
-    ``_versions`` folder holds the table's manifests. Walked as a folder, its own files were pairs."""
-    try:
-        return any(n.endswith(".manifest") for n in os.listdir(os.path.join(path, "_versions")))
-    except (OSError, ValueError):
-        return False
-
-
-def is_lake_folder(path: str) -> bool:
-    """Whether ``path`` is a lakecurate lake's folder: its table ``pairs.lance`` is there."""
-    return is_lance_table(os.path.join(path, f"{TABLE}.lance"))
 
 
 def _table_folder(path: str) -> str | None:

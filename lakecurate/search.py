@@ -192,8 +192,8 @@ def search(
     df["similarity"] = 1.0 - df.pop("_distance")
     # vectors not computed for some rows, or from inputs rewritten since: those rows are missed or
     # ranked by old vectors; said (the CLI: on stderr), never silent
-    from lakecurate.graph import not_current
+    from lakecurate.graph import not_current_notes
 
-    df.attrs["notes"] = [f"{st.node.stage} ({col}) is {st.state}: {st.reasons[0]}; the search misses those rows or "
-                         f"ranks them by old vectors until this runs: {st.fix}" for st in not_current(lake, ds, [col])]
+    df.attrs["notes"] = not_current_notes(lake, ds, [col], "the search misses those rows or ranks them by old vectors",
+                                          named=col)
     return df

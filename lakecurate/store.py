@@ -134,6 +134,21 @@ BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _EXACT = {pa.uint64(): pd.UInt64Dtype()}
 
 
+def is_lance_table(path: str) -> bool:
+    """Whether ``path`` is the folder of a Lance table (``export --format lance`` writes one): its
+    ``_versions`` folder holds the table's manifests. Walked as an ingest source, its own files were
+    pairs."""
+    try:
+        return any(n.endswith(".manifest") for n in os.listdir(os.path.join(path, "_versions")))
+    except (OSError, ValueError):
+        return False
+
+
+def is_lake_folder(path: str) -> bool:
+    """Whether ``path`` is a lakecurate lake's folder: its table ``pairs.lance`` is there."""
+    return is_lance_table(os.path.join(path, f"{TABLE}.lance"))
+
+
 def _memory_growth() -> Callable[[], float]:
     """A function giving how many bytes this process's resident memory grew by since this call (0
     where /proc/self/statm cannot be read: not Linux)."""
@@ -277,7 +292,7 @@ class Store:
             return None
         path = Path(os.path.abspath(self.uri))
         for folder in (path, *path.parents):
-            if folder.name == f"{TABLE}.lance" and (folder / "_versions").is_dir():
+            if folder.name == f"{TABLE}.lance" and is_lake_folder(str(folder.parent)):
                 return str(folder.parent)
         return None
 
