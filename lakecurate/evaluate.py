@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakecurate import options
+from lakecurate import offline, options
 from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
@@ -441,6 +441,20 @@ def _refused(side: "Store") -> str:
     return f"; {tbl.num_rows} rows refused at ingest: {'; '.join(parts)}{hint}"
 
 
+def _trained_on(prov: dict[str, Any], ev: EvalSet) -> list[str]:
+    """A warning when evaluation images are photos the offline encoder's heads were trained on:
+    every arm's scores (the frozen encoder's first) are then measured on memorised pairs."""
+    if (prov.get("config") or {}).get("arch") != offline.ARCH:
+        return []
+    seen = offline.trained_on()
+    n = sum(h[:16] in seen for h in ev.hashes)
+    if not n:
+        return []
+    return [f"{n} of {len(ev.hashes)} evaluation images trained the offline encoder's heads (Flickr8k photos outside "
+            f"its held-out split): every score is optimistic on them; evaluate on its held-out photos "
+            f"(split.held_out_images in {offline.RECORD.name}) or embed with a real model"]
+
+
 def parse_baselines(baseline: "str | Sequence[str]") -> list[str]:
     names = [baseline] if isinstance(baseline, str) else list(baseline)
     if not names or any(not isinstance(b, str) or not b.strip() for b in names):
@@ -589,6 +603,7 @@ def evaluate(
     ev, _side = load_eval_set(lake, eval_set, prov, progress=progress, root=root, engine=engine, held_out=held_out)
     if ev.left_out:
         warnings.append(ev.left_out)
+    warnings += _trained_on(prov, ev)
     pool = ds.to_table(columns=["id", embedding_columns(emb)["image"], text_col],
                        filter=f"{emb}_image IS NOT NULL AND {text_col} IS NOT NULL")
     ids = pool.column("id")

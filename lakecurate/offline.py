@@ -87,6 +87,17 @@ def _require() -> None:
         )
 
 
+TRAINED_ON_KEY = "train_images_sha256_16"  # in RECORD's split: the training photos' content_hash prefixes
+
+
+def trained_on() -> frozenset[str]:
+    """The first 16 hex digits of the sha256 (a lake's ``content_hash``) of every photo the heads
+    were trained on: an evaluation on them measures memory, not the encoder (empty: not recorded)."""
+    if not RECORD.exists():
+        return frozenset()
+    return frozenset(json.loads(RECORD.read_text()).get("split", {}).get(TRAINED_ON_KEY, ()))
+
+
 def heads_path_str() -> str:
     return str(HEADS)
 

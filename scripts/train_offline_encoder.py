@@ -152,7 +152,10 @@ def main() -> None:
                  "probabilities x MiniLM embeddings of 'a photo of a {class}.' through the text head, with a learned "
                  "gate; learned temperature; frozen towers (LiT)",
         "data": "Flickr8k subset in ../shared/data/flickr8k (800 photos x 5 captions)",
-        "split": {"by": "image", "seed": args.seed, "train_images": len(train_imgs), "held_out_images": test_imgs},
+        "split": {"by": "image", "seed": args.seed, "train_images": len(train_imgs), "held_out_images": test_imgs,
+                  # evaluate warns when an evaluation image is one of these (content_hash prefixes)
+                  offline.TRAINED_ON_KEY: sorted(hashlib.sha256((data / "images" / n).read_bytes()).hexdigest()[:16]
+                                                 for n in train_imgs)},
         "training": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "weight_decay": args.wd,
                      "loss": "symmetric InfoNCE", "augmentation": "horizontal flip of train photos",
                      "selection": "steps/lr/wd/batch chosen on a validation split of 128 train photos"},

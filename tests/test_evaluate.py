@@ -426,3 +426,34 @@ def test_evaluate_on_a_test_model_warns_its_scores_are_meaningless(small):
     out = CliRunner().invoke(main, ["evaluate", lake.uri, "--eval-set", str(ev), "--seeds", "1", "--steps", "4", "--no-record"])
     assert out.exit_code == 0, out.output
     assert "warning: embedding 'clip_tinyrandom' comes from a randomly initialised test model" in out.stderr
+
+
+@pytest.mark.shared
+def test_evaluate_warns_when_the_eval_set_trained_the_offline_heads(flickr8k: Path, tmp_path: Path):
+    """The offline encoder's heads were trained on 640 of the 800 Flickr8k photos: an evaluation set
+    of those measures memory (its frozen-encoder recall was 1.000), and says so; held-out photos do not."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from lakecurate import offline
+
+    record = json.loads(offline.RECORD.read_text())
+    held_out = record["split"]["held_out_images"]
+    trained = sorted({p.name for p in (flickr8k / "images").glob("*.jpg")} - set(held_out))
+    assert len(offline.trained_on()) == record["split"]["train_images"] == 640
+
+    def folder_of(name: str, photos: list[str]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, photo in enumerate(photos):
+            shutil.copy(flickr8k / "images" / photo, folder / photo)
+            (folder / photo).with_suffix(".txt").write_text(f"a photograph, number {i}")
+        return folder
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(folder_of("pool", held_out[10:18]), progress=False)
+    lake.embed("offline", workers=0, progress=False)
+
+    mixed = folder_of("mixed", trained[:3] + held_out[:3])
+    res = lake.evaluate(eval_set=mixed, view="width > 0", seeds=1, steps=4, record=False, progress=False)
+    assert any(w.startswith("3 of 6 evaluation images trained the offline encoder's heads") for w in res.warnings), res.warnings
+    res = lake.evaluate(eval_set=folder_of("clean", held_out[3:9]), view="width > 0", seeds=1, steps=4, record=False, progress=False)
+    assert not any("trained the offline encoder" in w for w in res.warnings), res.warnings
