@@ -29,6 +29,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, REPLACING_KEY, config_change, declared_columns, field_provenance, file_digest, fragments_to_fill,
@@ -534,7 +535,7 @@ def _storage_options(ds: "lance.LanceDataset") -> dict[str, str] | None:
 
 # The log up to a version never changes, so its reading is kept per (table, version): status,
 # export and diff each ask several questions of one version.
-_WRITES: dict[tuple[str, int, str], Any] = {}  # writes, merged holes, merged stale
+_WRITES: dict[tuple[str, int, str], Any] = {}  # writes, merged holes, merged stale, removed fragments
 
 
 def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
@@ -572,7 +573,16 @@ def merged_holes(ds: "lance.LanceDataset") -> dict[str, set[int]]:
     return _log(ds)[1]
 
 
-def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]], dict[str, set[int]]]:
+def removed_fragments(ds: "lance.LanceDataset") -> dict[int, int]:
+    """Fragment id -> the version that deleted every row of it (Lance then drops the fragment: no
+    fragment of the table is written, yet rows are gone, and a stage that read the whole table
+    before decided over them: a duplicate group's kept member among them leaves its group with
+    none). See :func:`_last_writes`."""
+    return _log(ds)[3]
+
+
+def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]], dict[str, set[int]],
+                                                     dict[int, int]]:
     """Column -> fragment id -> (version, read version) of the last commit that wrote that column's
     values in that fragment, from the commit log of ``ds``'s branch up to ``ds.version``.
 
@@ -588,13 +598,15 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
     held stale values of it (:func:`merged_stale`: the merged fragment keeps each column's latest
     write, which would read as current). A fill records the version its values were computed from
     (``COMPUTED_FROM``, beside Lance's read version: a fill committed after its input was rewritten
-    read as computed from the rewrite).
+    read as computed from the rewrite). Fourth: fragment id -> the version that deleted all its rows
+    (:func:`removed_fragments`).
     """
     ids = _field_names(ds)
     state: dict[int, dict[int, Write]] = {}  # field id -> fragment -> write
     holes: dict[int, set[int]] = {}  # field id -> fragments merged with rows that lacked it
     stale: dict[str, set[int]] = {}  # column -> fragments merged with rows whose values were stale
-    snapshots: dict[int, tuple[dict[int, dict[int, Write]], dict[int, set[int]], dict[str, set[int]]]] = {}
+    removed: dict[int, int] = {}  # fragment -> the version that deleted all its rows
+    snapshots: dict[int, tuple[dict[int, dict[int, Write]], dict[int, set[int]], dict[str, set[int]], dict[int, int]]] = {}
     ids_of: dict[str, list[int]] = {}
     for f, name in ids.items():
         ids_of.setdefault(name, []).append(f)
@@ -641,14 +653,14 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
             # written before what follows (a kept ingest commit must not read as newer than the
             # removed embed commit after it), and the fragments the next commit adds are its
             # highest ids, not those the kept version lacked (the removed ones added some too).
-            state, holes, stale = {}, {}, {}
+            state, holes, stale, removed = {}, {}, {}, {}
             before = None
             continue
         if tx is not None:
             op, w = tx.operation, (version, _computed_from(tx))
             kind = type(op).__name__
             if kind == "Overwrite":
-                state, holes, stale = {}, {}, {}
+                state, holes, stale, removed = {}, {}, {}, {}
                 for frag in op.fragments:
                     put(_file_fields(frag), next(created, -1), w)
             elif kind == "Append":
@@ -670,6 +682,10 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
             elif kind == "Delete":
                 for frag in op.updated_fragments:
                     put_deleted(_file_fields(frag), frag.id, w)
+                for fid in op.deleted_fragment_ids:  # every row of it deleted: the fragment is gone
+                    removed[fid] = version
+                    for per in state.values():
+                        per.pop(fid, None)
             elif kind == "DataReplacement":
                 for r in op.replacements:
                     put(r.new_file.fields, r.fragment_id, w)
@@ -713,13 +729,14 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                     for f in set(ids) - kept:  # (an id of the table now that this version lacked)
                         stale.pop(ids[f], None)
             elif kind == "Restore":
-                then = snapshots.get(op.version, ({}, {}, {}))
+                then = snapshots.get(op.version, ({}, {}, {}, {}))
                 state = {f: dict(per) for f, per in then[0].items()}
                 holes = {f: set(fr) for f, fr in then[1].items()}
                 stale = {c: set(fr) for c, fr in then[2].items()}
+                removed = dict(then[3])
         if version in restored:
             snapshots[version] = ({f: dict(per) for f, per in state.items()}, {f: set(fr) for f, fr in holes.items()},
-                                  {c: set(fr) for c, fr in stale.items()})
+                                  {c: set(fr) for c, fr in stale.items()}, dict(removed))
         if frag_ids is not None:
             before = set(frag_ids)
     out: dict[str, dict[int, Write]] = {}
@@ -733,7 +750,7 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
     for f, frags in holes.items():
         if frags and ids.get(f) is not None:
             merged.setdefault(ids[f], set()).update(frags)
-    return out, merged, {c: frags for c, frags in stale.items() if frags and c in ids_of}
+    return out, merged, {c: frags for c, frags in stale.items() if frags and c in ids_of}, removed
 
 
 def _carried(op: Any, ids: dict[int, str], state: dict[int, dict[int, Write]]) -> dict[int, Write]:
@@ -954,6 +971,15 @@ def _failed(lake: "Store", ds: "lance.LanceDataset", st: NodeState) -> None:
         st.retry = fix_command(lake, node, ds) + " --retry-errors"
 
 
+def _builtin_recipe(source: str) -> bool:
+    """Whether a recorded recipe file is a built-in recipe: this install's, or another install's
+    (``.../lakecurate/recipes/NAME.toml``: a lake curated with another copy of lakecurate, whose path
+    may be gone) naming one this install has."""
+    path = Path(source)
+    return path.parent == RECIPES or (path.parent.name == RECIPES.name and path.parent.parent.name == RECIPES.parent.name
+                                      and path.suffix == ".toml" and (RECIPES / path.name).is_file())
+
+
 def dedup_fix(lake: "Store", stale: Sequence[Node], final: Node | None, ds: "lance.LanceDataset") -> str:
     """The one dedup command that makes every ``stale`` dedup node current (:func:`dedup_args`, as
     a command). Pasted, it runs (tests/test_pipeline.py)."""
@@ -1153,10 +1179,14 @@ def _global(lake: "Store", ds: "lance.LanceDataset", node: Node, writes: dict[st
         decided = max(w[0] for w in data)
         whole -= {f.fragment_id for f in frags if f.fragment_id in whole and ids[f.fragment_id][0] < decided
                   and not f.count_rows("keep IS NOT NULL")}
-    if newer or whole:
+    gone = sorted(v for v in removed_fragments(ds).values() if v > read)
+    if newer or whole or gone:
         st.state = "stale"
         st.reasons += [f"{src} was written at version {v}, after {node.stage} read version {read}"
                        for src, v in sorted(newer.items())]
+    if gone and not whole:  # (with whole fragments changed too, the reason below says "removed" already)
+        st.reasons.append(f"rows were removed since {node.stage} read version {read} (whole fragments deleted; last at "
+                          f"version {gone[-1]}): its decisions were made over rows that are gone")
     if whole:  # one reason, not one per input column of the new rows ("caption was written ...")
         changed = [f for f in frags if f.fragment_id in whole]
         rows = sum(f.count_rows() for f in changed)
@@ -1249,7 +1279,6 @@ def fix_command(lake: "Store", node: Node, ds: "lance.LanceDataset | None" = Non
     pasted and runs as given (tests/test_pipeline.py runs them). ``ds``: the version the node is
     of (default: the latest), where a dedup method's embedding is looked up."""
     import shlex
-    from pathlib import Path
 
     q = shlex.quote
     cfg = node.prov.get("config") or {}
@@ -1267,7 +1296,7 @@ def fix_command(lake: "Store", node: Node, ds: "lance.LanceDataset | None" = Non
         source = str(cfg.get("source") or "")
         if not source or source.startswith("<"):  # a recipe given as a dict (the Python API): no file to name
             source = "RECIPE.toml"
-        elif Path(source).parent == RECIPES:  # a built-in recipe: its name
+        elif _builtin_recipe(source):  # a built-in recipe: its name
             source = Path(source).stem
         sets = dict(((cfg.get("recipe") or {}).get("set")) or {})
         scores = [c[: -len("_score")] for c in node.sources if c.endswith("_score")]
@@ -1598,8 +1627,6 @@ def unheeded_reviews(ds: "lance.LanceDataset", view: str | None) -> list[str]:
     decided ``keep`` has no ``review`` step: rows marked drop are still in the view, rows marked keep
     were dropped by the recipe (only a review step reads the verdicts; status called the view
     current, and export shipped the rows). Empty when nobody reviewed or the recipe reads them."""
-    from pathlib import Path
-
     names = ds.schema.names
     if not view or "review_verdict" not in names or "keep" not in names:
         return []

@@ -1062,3 +1062,49 @@ def test_updating_another_column_is_no_write_of_the_inputs_its_rows_carried(tmp_
     assert st.state == "stale" and any("caption was rewritten" in r for r in st.reasons), st.reasons
     add_n(lake)
     assert feature_state(lake).state == "current" and wrong_rows(lake) == []
+
+
+def test_a_whole_fragment_deleted_outside_makes_the_global_stages_stale(tmp_path: Path):
+    """LanceDB/Lance deleting every row of a fragment drops the fragment: nothing left in the table
+    reads as written, yet the kept members of duplicate groups may be gone (their groups then keep
+    none). Dedup and curate read stale, and export refuses, as for rows deleted inside a fragment."""
+    from .conftest import SAMPLE_DATA
+
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for name in ("astronaut", "brick"):
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", copies / f"{name}_copy.jpg")
+        shutil.copy(SAMPLE_DATA / f"{name}.txt", copies / f"{name}_copy.txt")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(copies, progress=False)
+    lake.ingest(SAMPLE_DATA, progress=False)
+    assert len(lake.dataset().get_fragments()) == 2
+    lake.dedup("exact", progress=False)
+    lake.curate({"name": "d", "step": [{"filter": "duplicate"}]}, progress=False)
+    kept = set(lake.sql("SELECT key FROM pairs WHERE dup_group IS NOT NULL AND dup_keep")["key"])
+    assert {"astronaut_copy.jpg", "brick_copy.jpg"} <= kept, kept  # (the first ingested member is kept)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["dedup"] == "current"
+    orphans = orphans_of(lake)
+    assert not orphans()
+    lance.dataset(lake.table_uri).delete(f"source = '{copies}'")
+    assert len(lake.dataset().get_fragments()) == 1
+    assert len(orphans()) == 2  # astronaut's and brick's groups: their kept members were deleted
+    states = {s["stage"]: s for s in lake.status()["stages"]}
+    for stage in ("dedup", "curate"):
+        assert states[stage]["state"] == "stale", states[stage]
+        assert any("rows were removed since" in r for r in states[stage]["reasons"]), states[stage]
+    with pytest.raises(LakeError, match="export would use stale decisions"):
+        lake.export(tmp_path / "out", "parquet", progress=False)
+    lake.dedup("exact", progress=False)  # the fix: groups decided again over the rows there are
+    lake.curate({"name": "d", "step": [{"filter": "duplicate"}]}, progress=False)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["dedup"] == "current"
+    assert not orphans(), orphans()
+
+
+def orphans_of(lake: Lake):
+    """Duplicate groups none of whose members is kept."""
+    def orphans() -> list[str]:
+        g = lake.sql("SELECT dup_group, count(*) AS n, sum(CASE WHEN dup_keep THEN 1 ELSE 0 END) AS kept FROM pairs "
+                     "WHERE dup_group IS NOT NULL GROUP BY dup_group")
+        return sorted(g[g["kept"] == 0]["dup_group"])
+    return orphans
