@@ -55,8 +55,8 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (Node, blocks, check_embedded, gone_whole, lakecurate_on, no_producer, not_current, states,
-                              where_columns)
+from lakecurate.graph import (Node, blocks, check_embedded, dedup_args, gone_whole, lakecurate_on, no_producer,
+                              not_current, states, where_columns)
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, condition_columns, in_list
@@ -902,8 +902,16 @@ def _compute_inputs(lake: "Store", rec: Recipe, needs: set[str], emb: str | None
             # Semantic dedup only with a real encoder: a random test model's similarities mean nothing.
             semantic = use is not None and not meaningless(found[use])
             # Not copy: its all-pairs search is hours at 10M rows (docs/scale.md); `lakecurate dedup` adds it.
-            produce("dedup", methods=["exact", "phash", "semantic"] if semantic else ["exact", "phash"], embedding=use,
-                    progress=progress, engine=engine)
+            args: dict[str, Any] = {"methods": ["exact", "phash", "semantic"] if semantic else ["exact", "phash"],
+                                    "embedding": use}
+            if "dup_keep" in ds.schema.names:  # a dedup decided before (rows arrived since): the same one again
+                # (its methods and settings, what status's fix runs: exact, phash, semantic alone were
+                # refused when the stored decision also reads copy or verify groups)
+                all_states = states(lake, ds)
+                final = next((st.node for st in all_states if st.node.stage == "dedup" and "dup_keep" in st.node.columns), None)
+                args = dedup_args([st.node for st in all_states if st.node.stage == "dedup" and st.state != "current"],
+                                  final, ds) or args
+            produce("dedup", progress=progress, engine=engine, **args)
             computed.append(DEDUP)
     if TEMPLATES in needs:
         ds = lake.dataset()

@@ -210,6 +210,36 @@ def test_dedup_has_stale_hashes_computed_again(lake_copy: Lake):
     assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["dedup"] == "current"
 
 
+def test_new_rows_are_grouped_by_the_dedup_the_lake_records(lake_copy: Lake, tmp_path: Path):
+    """A lake deduplicated with more methods than a recipe's duplicate step asks for (README's
+    `dedup all`): when rows arrive, curate regroups with the recorded methods and settings (what
+    status's dedup fix runs); with exact and phash alone it was refused, naming --keep-from, which
+    curate does not take, and the fix status printed for curate failed when pasted."""
+    lake = lake_copy
+    lake.dedup(["exact", "phash", "copy"], phash_distance=6, progress=False)
+    dup = {"name": "dup", "step": [{"filter": "duplicate"}]}
+    lake.curate(dup, progress=False)
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
+    (more / "cat.txt").write_text("a cat once more")
+    lake.ingest(more, progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+    rep = lake.curate(dup, progress=False)
+    assert "dedup" in rep.computed
+    states = {s["stage"]: s for s in lake.status()["stages"]}
+    assert {s["state"] for s in lake.status()["stages"] if s["stage"] in ("dedup", "curate")} == {"current"}, states
+    keep = lake.dataset().schema.field("dup_keep")
+    from lakecurate import columns
+
+    cfg = columns.field_provenance(keep)["config"]
+    assert cfg["keep_from"] == ["exact", "phash", "copy"], cfg  # the recorded methods, not exact and phash alone
+    assert columns.field_provenance(lake.dataset().schema.field("dup_phash_group"))["config"]["max_distance"] == 6
+    group = lake.sql("SELECT key, dup_keep FROM pairs WHERE dup_group = "
+                     "(SELECT dup_group FROM pairs WHERE key = 'cat.jpg')")  # the new row: grouped with its copies
+    assert {"cat.jpg", "chelsea.jpg"} <= set(group["key"]) and group["dup_keep"].sum() == 1, group
+
+
 def test_new_rows_are_judged_and_source_rows_stay(lake_copy: Lake, tmp_path: Path):
     lake = lake_copy
     recipe = {"name": "junk", "step": [{"filter": "caption_filename"}, {"filter": "caption_length", "min_words": 4}]}
