@@ -29,7 +29,7 @@ from lakecurate.options import keywords, texts, whole
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
 SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
                 "text": "text", "redact": "redact"}
-from lakecurate.schema import COLUMN_DOCS, TABLE
+from lakecurate.schema import TABLE, column_doc
 from lakecurate.store import (  # noqa: F401 - re-exported: the names users and older code import from here
     CONFLICTS_RETRIED,
     GUARD_FRAGMENT_ID,
@@ -403,9 +403,9 @@ class Lake(Store):
         from lakecurate.columns import field_provenance
 
         columns = [{"name": field.name, "type": "blob" if field.name == "image" else str(field.type),
-                    "doc": COLUMN_DOCS.get(field.name, ""),
-                    "provenance": field_provenance(field, strict=False)}  # what can be read, never a KeyError
-                   for field in ds.schema]
+                    "doc": column_doc(field.name, prov),
+                    "provenance": prov}  # what can be read, never a KeyError
+                   for field in ds.schema for prov in [field_provenance(field, strict=False)]]
         status = ds.to_table(columns=["ingest_status"]).column("ingest_status").value_counts()
         # this branch's tags: another branch's tag names a version of that branch (main has no v35 of exp's)
         tags = {name: t["version"] for name, t in ds.tags.list().items() if t.get("branch") == self.branch}

@@ -84,6 +84,79 @@ COLUMN_DOCS = {
     "ingested_at": "when the row was written (UTC)",
 }
 
+# What the stages write (decisions and signals), for `lakecurate info` and whoever opens the table
+# with LanceDB or Lance (the same words: README's sections of each stage say more).
+DERIVED_DOCS = {
+    "keep": "curate's decision: true = in the curated view (recipe in this column's provenance; null: not judged yet)",
+    "drop_reason": "the first recipe step a dropped row failed (null when kept)",
+    "dup_group": "dedup: the duplicate group's kept member's id (null for a row alone)",
+    "dup_group_size": "dedup: rows in this row's duplicate group",
+    "dup_keep": "dedup's decision: false = a duplicate of a better pair of its group",
+    "dup_reason": "dedup: the first method that puts the row with its group's kept member ('phash:<kept id>'; "
+                  "'linked:' for a chain of methods)",
+    "concept": "cluster: the concept (k-means cluster of the embedding) the row belongs to",
+    "concept_dist": "cluster: distance of the row's embedding to its concept's centre",
+    "rebalance_keep": "rebalance's decision: true = in the rebalanced set (each concept pruned or kept to its budget)",
+    "sample_weight": "rebalance: the row's weight when a trainer samples by weight",
+    "repeats": "rebalance: how many times the row is shown per epoch (rare concepts up-sampled)",
+    "seq_order": "sequence: the row's position in the training order (export writes rows in it)",
+    "seq_shard": "sequence: the shard the row is written to",
+    "caption_redacted": "signals --redact: the caption with e-mail addresses and phone numbers masked",
+    "copy_hashes": "signals --copy: 8 pHashes of the picture inside its uniform surround, turned and mirrored",
+    "phash": "signals: 64-bit DCT perceptual hash of the picture inside any uniform surround",
+    "phash_flip": "signals: the pHash of the picture mirrored",
+    "cap_words": "signals: words in the caption", "cap_chars": "signals: characters in the caption",
+    "cap_filename": "signals: the caption is a file name (IMG_1234.JPG)",
+    "cap_url": "signals: the caption contains a URL or a bare domain",
+    "cap_boilerplate": "signals: stock/alt-text boilerplate ('image may contain', 'stock photo', ...)",
+    "cap_max_repeat": "signals: the longest run of one repeated character ('!!!!!!!!' -> 8)",
+    "cap_nonprintable": "signals: control, format, private-use and replacement characters in the caption",
+    "cap_emails": "signals: e-mail addresses in the caption (privacy)",
+    "cap_phones": "signals: phone numbers in the caption (privacy)",
+    "cap_lang": "signals: the caption's language (ISO 639-1, py3langid)", "cap_lang_prob": "signals: its probability",
+    "img_sharpness": "signals: how sharp the edges are, 0..4 whatever the exposure (low: blurry)",
+    "img_entropy": "signals: grey-level histogram entropy in bits (low: near-uniform)",
+    "img_colorfulness": "signals: Hasler & Suesstrunk colourfulness (grayscale: ~0)",
+    "img_brightness": "signals: mean gray level, 0 black .. 1 white",
+    "img_contrast": "signals: RMS contrast, std of the gray levels / 255 (fogged, washed out: low)",
+    "img_faces": "faces: faces found in the image", "img_face_boxes": "faces: their boxes (x0, y0, x1, y1)",
+    "img_face_scores": "faces: the detector's confidence per box",
+    "img_text_share": "signals --text: share of the image covered by text", "img_text_lines": "signals --text: lines of text found",
+    "review_verdict": "review: a person's verdict (keep | drop), read by a recipe's review step",
+    "review_reason": "review: the reviewer's reason", "review_label": "review: a label the reviewer gave",
+    "review_by": "review: who reviewed", "review_at": "review: when (UTC)",
+}
+
+
+def column_doc(name: str, prov: "dict | None" = None) -> str:
+    """What a column holds: the source columns' docs, the stages' fixed names, and the columns named
+    by a prefix (embeddings, dedup methods' groups, synthetic captions, features) from their stage."""
+    if name in COLUMN_DOCS or name in DERIVED_DOCS:
+        return COLUMN_DOCS.get(name) or DERIVED_DOCS[name]
+    stage = str((prov or {}).get("stage") or "")
+    cfg = (prov or {}).get("config") or {}
+    if name.startswith("dup_") and name.endswith("_group"):
+        how = "exact (image bytes and caption identical)" if name == "dup_pair_group" else name[4:-6]
+        return f"dedup --method {how}: the id of the first member of the row's group (its own id when alone)"
+    if stage == "embed":
+        model = cfg.get("arch") or "the encoder"
+        for end, what in (("_image", f"image embedding ({model}), unit length"),
+                          ("_text", f"caption embedding ({model}), unit length"),
+                          ("_score", f"alignment: cosine of the image and caption embeddings ({model})"),
+                          ("_error", "why the row has no embedding (null: embedded)")):
+            if name.endswith(end):
+                return f"embed: {what}"
+    if stage == "recaption":
+        if name.endswith("_error"):
+            return "recaption: why the row has no synthetic caption"
+        if name.endswith("_tries"):
+            return "recaption: calls made for the row"
+        return f"recaption: a synthetic caption ({cfg.get('model') or cfg.get('arch') or 'a captioner'})"
+    if stage == "feature":
+        return f"feature {cfg.get('feature') or name}: a user's function of {', '.join(cfg.get('inputs') or []) or 'the row'}"
+    return ""
+
+
 # Reason code -> (severity, meaning). "error" means the image cannot be used for training;
 # "warning" means the row is usable but a person or a later stage may want to look; "info" is a
 # fact worth keeping that leaves the row ok.

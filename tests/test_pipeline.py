@@ -19,8 +19,10 @@ from click.testing import CliRunner
 from lakecurate import Lake, LakeError, graph
 from lakecurate.cli import main
 from lakecurate.pipeline import load_pipeline
+from lakecurate.names import RECIPES
 
 from .conftest import SAMPLE_DATA, pair_rows
+from .writers import scaled_len
 
 STRICT = {"name": "strict", "step": [{"filter": "ingest_error"}, {"filter": "caption_length", "min_words": 8, "max_words": 100}]}
 LOOSE = {"name": "loose", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"}]}
@@ -176,6 +178,15 @@ def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
     assert fix == f"lakecurate curate {shlex.quote(lake.uri)} {recipe} --set caption_length.min_words=2"
     lake.curate("basic", progress=False)
     assert {s.node.stage: s.fix for s in graph.states(lake)}["curate"] == f"lakecurate curate {shlex.quote(lake.uri)} basic"
+    # curated with another install's built-in (another venv): the built-in's name (its path, pasted once that
+    # venv was gone, was "recipe not found"); a file of the user's named as a built-in is the user's file
+    for folder, named in ((tmp_path / "old-venv/lakecurate/recipes", "basic"), (tmp_path / "mine", None)):
+        folder.mkdir(parents=True)
+        shutil.copy(RECIPES / "basic.toml", folder / "basic.toml")
+        lake.curate(recipe, progress=False)  # (another decision between: the same recipe again is a no-op)
+        lake.curate(folder / "basic.toml", progress=False)
+        fix = {s.node.stage: s.fix for s in graph.states(lake)}["curate"]
+        assert fix == f"lakecurate curate {shlex.quote(lake.uri)} {named or folder / 'basic.toml'}", fix
     # on a branch, embed's too names the branch (it embedded main's rows instead)
     branch = lake.create_branch("exp")
     shutil.copy(SAMPLE_DATA / "coffee.jpg", more / "cup.jpg")
@@ -1181,3 +1192,21 @@ def test_embed_recompute_and_curate_code_are_not_options_of_a_file(tmp_path: Pat
     })
     pipe.write_text('[embed]\nmodel = "offline"\nrecompute = false\n')
     assert load_pipeline(pipe).steps["embed"]["recompute"] is False
+
+
+def test_info_documents_every_column_the_stages_write(rebalanced: Lake):
+    """Whoever opens the shared table (lakecurate info, LanceDB users reading it) learns what each
+    decision and signal column holds: they had no doc, only the source columns did."""
+    lake = rebalanced
+    lake.sequence(progress=False)
+    lake.dedup(["exact", "phash", "copy"], progress=False)  # (the signals it needs, the groups, the decision)
+    lake.signals(["caption", "redact"], workers=0)
+    lake.add_feature("n_chars", scaled_len, inputs=["caption"], type="int64", progress=False)
+    lake.recaption("tiny-random-coca", workers=0, progress=False)
+    docs = {c["name"]: c["doc"] for c in lake.info()["columns"]}
+    assert {"keep", "rebalance_keep", "seq_order", "dup_keep", "dup_phash_group", "copy_hashes", "cap_emails",
+            "caption_redacted", "n_chars", "caption_tinycoca"} <= set(docs)
+    assert not [n for n, d in docs.items() if not d], docs
+    assert docs["clip_tinyrandom_score"].startswith("embed: alignment") and "caption" in docs["n_chars"]
+    res = CliRunner().invoke(main, ["info", lake.uri, "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["columns"][-1]["doc"], res.output
