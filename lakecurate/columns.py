@@ -853,6 +853,7 @@ class FragmentClaims:
     commits alone, as before)."""
 
     def __init__(self, lake: "Store", key: str, *, ttl: float = 120.0, refresh: float = 20.0):
+        self.lake = lake
         self.root = checkpoint_root(lake.uri, getattr(lake, "branch", None)) / "claims" / key
         self.ttl, self.every = ttl, refresh
         self.me = f"{host_name()} {os.getpid()} {os.urandom(4).hex()}"
@@ -876,6 +877,8 @@ class FragmentClaims:
 
     def take(self, fids: Sequence[int]) -> tuple[list[int], dict[int, str]]:
         """Claim what is free of ``fids``: (the ids claimed, {id: owner} of those another run holds)."""
+        if not self.root.is_dir():  # claims are made only beside a lake that is there (a LakeError if it is gone):
+            self.lake.dataset()     # a curate of a deleted lake made LAKE/_lakecurate/ again in its place
         self.root.mkdir(parents=True, exist_ok=True)
         got, elsewhere = [], {}
         for fid in fids:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from lakecurate.columns import StageRun
 from lakecurate.errors import LakeError
-from lakecurate.options import keywords, texts, whole
+from lakecurate.options import flag, flags, keywords, texts, whole
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
 SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
@@ -182,8 +182,7 @@ class Lake(Store):
         if unknown:
             raise LakeError(f"unknown signal kind(s) {', '.join(unknown)}; choose from {', '.join(SIGNAL_KINDS)}")
         keywords("signals", options, ["progress", "workers", "engine", "recompute"])  # (they were silently ignored)
-        if not isinstance(options.get("recompute", False), bool):
-            raise LakeError(f"recompute must be True or False, not {options['recompute']!r}")
+        flags(options, self._run_producer)  # progress="x", recompute="no": refused, not taken as true
         # a command by itself, like embed: fragments another run computes now are left to it, and said
         runs = {k: self._run_producer(SIGNAL_KINDS[k], **options) for k in kinds}
         return SignalCounts({k: rep.computed for k, rep in runs.items()}, runs)
@@ -375,8 +374,7 @@ class Lake(Store):
         its plain run computes nothing). ``allow_stale``: clean up anyway."""
         from lakecurate import graph
 
-        if not isinstance(allow_stale, bool):
-            raise LakeError(f"allow_stale must be True or False, not {allow_stale!r}")
+        allow_stale = flag("allow_stale", allow_stale)
         if not allow_stale:
             # (staleness that only the code shows, not the commits cleanup removes, stays as it is)
             stale = [s for s in graph.states(self) if s.state == "stale" and not s.by_code]

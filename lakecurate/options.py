@@ -120,8 +120,12 @@ def keywords(what: str, given: Iterable[str], allowed: "Iterable[str] | Callable
     """Refuse keyword options ``what`` does not take, in one line that lists those it does (a
     TypeError traceback otherwise, or worse, silently ignored). ``allowed``: the names, or a stage
     function whose parameters they are, less its first ``skip`` (the lake and what the caller
-    passes by position) and ``own`` (what the caller passes itself, such as ``produce``)."""
+    passes by position) and ``own`` (what the caller passes itself, such as ``produce``). Given as
+    a mapping (the call's options), their values are checked too where the function takes True or
+    False (:func:`flags`)."""
     if callable(allowed):
+        if isinstance(given, Mapping):  # the values too: every True/False option of the stage checked by flag
+            flags(given, allowed)
         taken = parameters(allowed, skip=skip, own=own)
         if taken is None:
             return
@@ -131,6 +135,25 @@ def keywords(what: str, given: Iterable[str], allowed: "Iterable[str] | Callable
     if unknown:
         listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names) or "no options"
         raise LakeError(f"{what} takes {listed}; not {', '.join(unknown)}")
+
+
+def takes_flag(param: inspect.Parameter) -> bool:
+    """Whether a function's parameter takes True or False: annotated ``bool`` (or ``bool | None``),
+    or unannotated with a True/False default."""
+    note = param.annotation
+    if note is inspect.Parameter.empty:
+        return isinstance(param.default, bool)
+    note = note if isinstance(note, str) else getattr(note, "__name__", str(note))
+    return note.replace(" ", "") in ("bool", "bool|None", "None|bool", "Optional[bool]")
+
+
+def flags(given: Mapping[str, Any], fn: "Callable[..., Any]") -> None:
+    """Check with :func:`flag` each option in ``given`` that ``fn`` takes as True or False (None too
+    where that is its default), before any work: ``embed(recompute="false")`` re-embedded every row,
+    ``curate(dry_run="no")`` did a dry run."""
+    for name, param in inspect.signature(fn).parameters.items():
+        if name in given and takes_flag(param) and not (given[name] is None and param.default is None):
+            flag(name, given[name])
 
 
 def positive(option: str, value: Any) -> float:

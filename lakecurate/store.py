@@ -35,7 +35,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError, QueryStopped
-from lakecurate.options import canonical_uri, texts, whole
+from lakecurate.options import canonical_uri, flag, texts, whole
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
@@ -216,8 +216,7 @@ class Store:
             lake = Lake.create("./lake")                  # new, or the one there
             Lake.create("./lake", exist_ok=False)         # LakeError: lake '.../lake' already exists
         """
-        if not isinstance(exist_ok, bool):  # ("no" is true)
-            raise LakeError(f"exist_ok must be True or False, not {exist_ok!r}")
+        exist_ok = flag("exist_ok", exist_ok)  # ("no" is true)
         lake = cls(uri, **kw)
         if lake.branch is not None:
             if not exist_ok:  # (it opened the branch: nothing new, and nothing said so)
@@ -339,14 +338,43 @@ class Store:
         if isinstance(number, int) and not 1 <= number < 1 << 64:  # Lance numbers versions from 1, in a u64
             raise LakeError(self._no_version(uri, number, branch))
         try:
-            return lance.dataset(uri, version=number, storage_options=self.storage_options)
+            return self._lance(uri, version=number)
         except (ValueError, OSError) as exc:
             if not isinstance(number, int) or "not found" not in str(exc).lower():
                 raise
             raise LakeError(self._no_version(uri, number, branch)) from None
 
+    def _lance(self, uri: str, version: int | str | None = None) -> lance.LanceDataset:
+        """``lance.dataset(uri)`` of this lake's table (main's or a branch's), every open of it here
+        going through this: a table that is not there (the lake folder deleted or moved after it was
+        opened, a branch another writer deleted, a path where no lake ever was) is one LakeError line,
+        not Lance's "Dataset at path ... was not found" with its Rust source lines."""
+        try:
+            return lance.dataset(uri, version=version, storage_options=self.storage_options)
+        except (ValueError, OSError) as exc:
+            if "not found" not in str(exc).lower() or not self._table_gone(uri):
+                raise  # (a version or tag that is not there: the callers say which)
+            raise LakeError(self._gone(uri)) from None
+
+    def _table_gone(self, uri: str) -> bool:
+        """Whether the table at ``uri`` is not there at all (no latest version to open)."""
+        try:
+            lance.dataset(uri, storage_options=self.storage_options)
+            return False
+        except (ValueError, OSError) as exc:
+            return "not found" in str(exc).lower()
+
+    def _gone(self, uri: str) -> str:
+        """What a missing table at ``uri`` means: the lake is gone, or one of its branches."""
+        branch = uri[len(self.main_uri) + len("/tree/"):] if uri != self.main_uri and uri.startswith(self.main_uri) else None
+        if branch and not self._table_gone(self.main_uri):
+            return (f"branch '{branch}' of lake '{self.uri}' was deleted (its branches now: "
+                    f"{', '.join(['main', *sorted(self.branches())])}); open another with Lake.open({self.uri!r}, branch=...)")
+        return (f"no lake at '{self.uri}': it was deleted or moved (or never made; expected a Lance table at "
+                f"'{self.main_uri}'); open an existing lake with Lake.open, or make one with Lake.create")
+
     def _no_version(self, uri: str, number: int, branch: str | None) -> str:
-        numbers = [v["version"] for v in lance.dataset(uri, storage_options=self.storage_options).versions()]
+        numbers = [v["version"] for v in self._lance(uri).versions()]
         spans: list[list[int]] = []  # runs of consecutive numbers: cleanup leaves gaps
         for n in sorted(numbers):
             if spans and n == spans[-1][1] + 1:
@@ -373,7 +401,7 @@ class Store:
     def _ref(self, ref: str) -> tuple[str | None, int | str | None]:
         """(branch, None for main; then a version number, a tag, or None for the branch's latest) of a
         version reference given as text: a tag, a branch name or ``branch:number``."""
-        ds = lance.dataset(self.table_uri, storage_options=self.storage_options)
+        ds = self._lance(self.table_uri)
         tags = ds.tags.list()
         if ref in tags:
             return tags[ref].get("branch"), ref
@@ -504,6 +532,9 @@ class Store:
 
         check_query(query)
         limit = whole("limit", limit, 0, none_ok=True)  # -1 returned no rows, 2.5 a Lance error
+        with_row_id = flag("with_row_id", with_row_id)  # ("no": a DataFusion error that blamed the query)
+        if stop is not None and not callable(getattr(stop, "is_set", None)):  # (True: an AttributeError in its thread)
+            raise LakeError(f"invalid stop {stop!r}: expected a threading.Event (or None)")
         for name, bound in (("timeout", timeout), ("max_memory", max_memory)):
             if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not bound > 0):
                 raise LakeError(f"{name} = {bound!r}: give a positive number (or None: no bound)")
@@ -566,6 +597,7 @@ class Store:
         commit, or a SQL condition: the rows of ``ds`` matching it are deleted in the same commit, so
         a replaced row is never visible twice.
         """
+        overwrite = flag("overwrite", overwrite)
         if not overwrite and self.exists():
             self._check_pairs_schema(self.dataset())
         frags = lance.fragment.write_fragments(
@@ -662,6 +694,7 @@ class Store:
         """A table beside ``pairs`` in the lake (``LAKE/<name>.lance``; LanceDB lists it too). With
         ``per_branch`` a branch gets its own (``<name>-<branch>``): what describes a branch's rows;
         ``branch`` names another branch's (None: main's) than this store's."""
+        per_branch = flag("per_branch", per_branch)  # (every side-table call comes here first)
         branch = self.branch if branch is False else branch
         return _join(self.uri, f"{name}-{branch}.lance" if per_branch and branch else f"{name}.lance")
 
@@ -669,8 +702,9 @@ class Store:
                      version: int | None = None) -> lance.LanceDataset | None:
         """The side table ``name`` (of ``branch``, see :meth:`side_uri`) at its latest version or at
         ``version``, or None when there is none (yet, or any more: cleanup removed that version)."""
+        uri = self.side_uri(name, per_branch=per_branch, branch=branch)
         try:
-            return lance.dataset(self.side_uri(name, per_branch=per_branch, branch=branch), version=version,
+            return lance.dataset(uri, version=version,
                                  storage_options=self.storage_options)
         except (ValueError, OSError, FileNotFoundError):
             return None
@@ -722,7 +756,7 @@ class Store:
 
     def branches(self) -> dict[str, dict[str, Any]]:
         """Branches of the lake: name -> {parent_branch, parent_version, ...} (``main`` is implied)."""
-        return dict(lance.dataset(self.main_uri, storage_options=self.storage_options).branches.list())
+        return dict(self._lance(self.main_uri).branches.list())
 
     def create_branch(self, name: str, source: int | str | None = None) -> "Store":
         """Start a branch at ``source`` (a version of this lake's branch, a tag, or None: the latest)
@@ -761,7 +795,7 @@ class Store:
                             f"deleted (to go back on main: lakecurate restore {self.shell} VERSION)")
         if name not in self.branches():
             raise LakeError(f"lake '{self.uri}' has no branch '{name}'")
-        ds = lance.dataset(self.main_uri, storage_options=self.storage_options)
+        ds = self._lance(self.main_uri)
         tags = sorted(t for t, meta in ds.tags.list().items() if meta.get("branch") == name)
         if tags:  # Lance refuses too; say which tags and how to drop them
             raise LakeError(f"branch '{name}' of lake '{self.uri}' is referenced by tags {', '.join(tags)}; "
@@ -821,6 +855,7 @@ class Store:
         rows, tags (a list of names), and with ``changes`` what each version changed (:func:`_change`: "embed: +4
         columns clip_vitb32_image, ...", "+28 rows"; each version's schema is read for it)."""
         limit = whole("limit", limit, 0, none_ok=True)  # a count of versions, or None for all
+        changes = flag("changes", changes)
         ds = self.dataset()
         every = ds.versions()
         versions = every[::-1][:limit]

@@ -225,3 +225,83 @@ def test_one_lake_spelled_several_ways_is_one_uri_with_one_folder_of_claims_and_
     assert {s.uri for s in on_s3} == {"s3://b/lake"} and on_s3[1].main_uri == "s3://b/lake/pairs.lance"
     assert len({checkpoint_root(u, None) for u in ("s3://b/lake", "s3://b/lake/")}) == 1
     assert os.fspath(checkpoint_root(f"file://{tmp_path}/lake/", "dev")) == str(tmp_path / "lake/_lakecurate/checkpoints/branch-dev")
+
+
+def test_a_lake_or_branch_gone_after_opening_is_one_line_and_nothing_is_written(sample_lake: Lake, tmp_path: Path):
+    import shutil
+
+    exp = sample_lake.create_branch("exp")
+    Lake.open(sample_lake.uri).delete_branch("exp")  # another Lake object deletes it
+    for call in (exp.count, lambda: exp.sql("SELECT COUNT(*) FROM pairs"), lambda: exp.tag("t1")):
+        with pytest.raises(LakeError, match=r"^branch 'exp' of lake '.*' was deleted"):
+            call()
+    shutil.move(sample_lake.uri, tmp_path / "moved")
+    for call in (sample_lake.count, lambda: sample_lake.curate("basic", progress=False),
+                 lambda: sample_lake.report(tmp_path / "r.html"), lambda: Lake(tmp_path / "never").count()):
+        with pytest.raises(LakeError, match=r"^no lake at '.*': it was deleted or moved"):
+            call()
+    assert not Path(sample_lake.uri).exists()  # (curate made LAKE/_lakecurate/ there again)
+    assert Lake.open(tmp_path / "moved").count() == 28
+
+
+def _flag_options(fn) -> list[str]:
+    import inspect
+
+    from lakecurate.options import takes_flag
+
+    return [n for n, p in inspect.signature(fn).parameters.items() if takes_flag(p)]
+
+
+def test_every_true_or_false_option_of_the_api_refuses_other_values_before_writing(sample_lake: Lake, tmp_path: Path,
+                                                                                   monkeypatch):
+    """Each public Lake method's True/False options, its own and those of the stage its **options go to
+    (found by the stage function it hands to options.keywords), given "no": a LakeError naming the
+    option, and the lake unchanged ("no" is a true string: recompute="false" re-embedded every row)."""
+    import inspect
+
+    import pyarrow as pa
+
+    import lakecurate.lake as lake_module
+
+    args = {"ingest": [str(SAMPLE_DATA)], "curate": ["basic"], "export": [str(tmp_path / "x"), "parquet"],
+            "report": [str(tmp_path / "r.html")], "add_feature": ["f", lambda b: b], "search": ["dog"],
+            "review": [["p0"]], "undo_review": ["a"], "restore_reviews": [1], "run": ["demo"], "diff": [1],
+            "sql": ["SELECT key FROM pairs"], "sql_table": ["SELECT key FROM pairs"], "append": [None], "side_uri": ["t"], "side_dataset": ["t"],
+            "ensure_side": ["t", pa.schema([("a", pa.int64())])], "write_side": ["t", pa.table({"a": [1]})]}
+
+    class Found(Exception):
+        pass
+
+    def stage_of(name: str):
+        def capture(what, given, allowed, **kw):
+            raise Found(allowed)
+        with monkeypatch.context() as m:
+            m.setattr(lake_module, "keywords", capture)
+            try:
+                getattr(sample_lake, name)(*args.get(name, []))
+            except Found as found:
+                return found.args[0] if callable(found.args[0]) else None
+            except Exception:
+                return None
+        return None
+
+    checked = set()
+    for name, method in inspect.getmembers(Lake, inspect.isfunction):
+        if name.startswith("_") or name in ("serve", "create", "open"):
+            continue
+        own = _flag_options(method)
+        stage = stage_of(name) if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(method).parameters.values()) else None
+        options = own + (_flag_options(stage) if stage is not None else [])
+        if name == "signals":
+            options += ["progress", "recompute"]
+        for option in dict.fromkeys(options):
+            before = sample_lake.version
+            with pytest.raises(LakeError, match=rf"\b{option}\b"):
+                getattr(sample_lake, name)(*args.get(name, []), **{option: "no"})
+            assert sample_lake.version == before, (name, option)
+            checked.add(f"{name}({option}=)")
+    with pytest.raises(LakeError, match="stop"):
+        sample_lake.sql("SELECT key FROM pairs", stop=True)
+    for expected in ("embed(recompute=)", "curate(dry_run=)", "history(changes=)", "signals(progress=)",
+                     "sql(with_row_id=)", "cleanup(allow_stale=)", "search(row_address=)"):
+        assert expected in checked, sorted(checked)
