@@ -257,18 +257,18 @@ def half_the_memory() -> float | None:
 
 def canonical_uri(uri: str) -> str:
     """The one spelling of a lake's location, so that every spelling of one lake shares its
-    checkpoints, claims and locks: a local path or ``file://`` URI becomes an absolute path with '.'
-    and '..' folded and no trailing '/'; an object-store URI loses its trailing '/' (a doubled '/'
+    checkpoints, claims and locks: a local path or ``file://`` URI becomes an absolute path with '~'
+    expanded, '.' and '..' folded and no trailing '/'; an object-store URI loses its trailing '/' (a doubled '/'
     inside stays: the store refuses it, in words).
 
     >>> canonical_uri("file:///tmp/x/"), canonical_uri("/tmp/y/../x"), canonical_uri("s3://b/lake/")
     ('/tmp/x', '/tmp/x', 's3://b/lake')
     """
     scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return os.path.abspath(uri)
+    if not sep:  # ("~/x" made a folder named '~' in the working directory)
+        return os.path.abspath(os.path.expanduser(uri))
     if scheme.lower() == "file":
-        return os.path.abspath(rest)
+        return os.path.abspath(os.path.expanduser(rest))
     return f"{scheme}://{rest.rstrip('/')}"
 
 

@@ -737,11 +737,18 @@ def report(
     import jinja2
 
     from lakecurate.errors import LakeError
-    from lakecurate.options import canonical_uri, flag, location, overlaps, path
+    from lakecurate.options import canonical_uri, flag, location, overlaps, path, whole
     from lakecurate.progress import progress_bar
 
-    if sample_rows < 1:  # a negative sample size fails deep inside numpy's choice otherwise
-        raise LakeError(f"sample_rows = {sample_rows}: sample at least 1 row for the plots")
+    # every number checked before any work: "100" was a TypeError, 2.5 a numpy one, max_groups=-3 an
+    # internal SQL error, thumb_px=0 a report of broken thumbnails (sample_rows < 1 failed in numpy's choice)
+    sample_rows = whole("sample_rows", sample_rows)
+    thumb_px = whole("thumb_px", thumb_px, high=4096)
+    per_group, per_reason, per_concept = (whole(n, v) for n, v in (("per_group", per_group), ("per_reason", per_reason),
+                                                                      ("per_concept", per_concept)))
+    max_groups, n_low, n_concepts, n_flagged, seed = (
+        whole(n, v, 0) for n, v in (("max_groups", max_groups), ("n_low", n_low), ("n_concepts", n_concepts),
+                                    ("n_flagged", n_flagged), ("seed", seed)))
     path("out", out)  # (None was a TypeError traceback)
     overwrite = flag("overwrite", overwrite)
     progress = None if progress is None else flag("progress", progress)

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 
 import lance
 import lance.fragment
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from lance.commit import CommitConflictError
@@ -132,6 +133,21 @@ BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # pandas types of Arrow types it would not hold exactly: a uint64 hash with a null in its column became
 # float64 (15173274023371857856 read back as ...7920: Hamming distances from it were wrong)
 _EXACT = {pa.uint64(): pd.UInt64Dtype()}
+
+
+def frame(tbl: pa.Table) -> pd.DataFrame:
+    """``tbl`` as pandas with uint64 kept exact: a uint64 column as pandas' nullable UInt64
+    (``_EXACT``), a list of uint64 (``copy_hashes``) as uint64 numpy arrays even where a row is null
+    (pyarrow made the whole column float64 then, the hashes rounded). What every frame of the
+    lake's rows here goes through."""
+    df = tbl.to_pandas(types_mapper=_EXACT.get)
+    for i, field in enumerate(tbl.schema):
+        t = field.type
+        if (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+                and t.value_type == pa.uint64() and tbl.column(i).null_count:
+            values = [None if v is None else np.array(v, dtype=np.uint64) for v in tbl.column(i).to_pylist()]
+            df.isetitem(i, pd.Series(values, index=df.index, dtype=object))  # (by position: names may repeat)
+    return df
 
 
 def is_lance_table(path: str) -> bool:
@@ -459,10 +475,10 @@ class Store:
         if "image" in columns:
             rest = [c for c in columns if c != "image"]
             tbl = ds.to_table(columns=rest, filter=where, limit=limit, with_row_id=True)
-            df = tbl.to_pandas(types_mapper=_EXACT.get)
+            df = frame(tbl)
             df["image"] = self._read_blobs(ds, df.pop("_rowid").tolist())
             return df[list(columns)]
-        return ds.to_table(columns=list(columns), filter=where, limit=limit).to_pandas(types_mapper=_EXACT.get)
+        return frame(ds.to_table(columns=list(columns), filter=where, limit=limit))
 
     def read_images(self, ids: str | Sequence[str]) -> list[bytes | None]:
         """Image bytes for the given pair ids, in the same order; None where a row has no image (an
@@ -512,8 +528,8 @@ class Store:
         (the browser app's bound on what a query may return); ``stop``, ``timeout``, ``max_memory``:
         see :meth:`sql_table`.
         """
-        return self.sql_table(query, version, with_row_id=with_row_id, limit=limit, stop=stop, timeout=timeout,
-                              max_memory=max_memory).to_pandas(types_mapper=_EXACT.get)
+        return frame(self.sql_table(query, version, with_row_id=with_row_id, limit=limit, stop=stop, timeout=timeout,
+                                    max_memory=max_memory))
 
     def sql_table(self, query: str, version: int | str | None = None, *, with_row_id: bool = False,
                   limit: int | None = None, stop: threading.Event | None = None, timeout: float | None = None,

@@ -305,3 +305,27 @@ def test_every_true_or_false_option_of_the_api_refuses_other_values_before_writi
     for expected in ("embed(recompute=)", "curate(dry_run=)", "history(changes=)", "signals(progress=)",
                      "sql(with_row_id=)", "cleanup(allow_stale=)", "search(row_address=)"):
         assert expected in checked, sorted(checked)
+
+
+def test_a_tilde_in_a_lake_path_is_the_home_folder(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    lake = Lake.create("~/tl")
+    assert lake.uri == str(tmp_path / "home" / "tl") and not (tmp_path / "~").exists()
+    assert Lake("file://~/tl").uri == lake.uri
+
+
+def test_a_list_of_uint64_stays_exact_with_a_null_row(sample_lake: Lake):
+    """copy_hashes came back float64 (rounded) from to_pandas and sql as soon as one row was null."""
+    import lance
+    import pyarrow as pa
+
+    big = 2**64 - 3
+    ds = lance.dataset(sample_lake.table_uri)
+    ids = sorted(ds.to_table(columns=["id"]).column("id").to_pylist())
+    values = pa.array([[big, 1] if i == ids[0] else None for i in ids], pa.list_(pa.uint64(), 2))
+    ds.merge(pa.table({"id": ids, "h": values}), "id")
+    for df in (sample_lake.to_pandas(["id", "h"]), sample_lake.sql("SELECT id, h FROM pairs")):
+        got = dict(zip(df["id"], df["h"]))
+        assert [int(x) for x in got[ids[0]]] == [big, 1] and got[ids[0]].dtype == np.uint64
+        assert got[ids[1]] is None

@@ -438,3 +438,15 @@ def test_a_file_uri_out_is_a_local_file_and_an_object_store_out_is_refused(tmp_p
     assert res.exit_code == 0 and "<html" in (tmp_path / "r.html").read_text()[:200].lower(), res.output
     res = CliRunner().invoke(main, ["report", str(tmp_path / "lake"), "s3://b/r.html"])
     assert res.exit_code == 1 and "report writes a local HTML file" in res.output, res.output
+
+
+def test_report_numbers_are_checked_before_any_work(tmp_path: Path):
+    from lakecurate import Lake, LakeError
+
+    lake = Lake.create(tmp_path / "lake")
+    for kw, option in (({"sample_rows": "100"}, "sample_rows"), ({"sample_rows": 2.5}, "sample_rows"),
+                       ({"thumb_px": 0}, "thumb_px"), ({"thumb_px": -1}, "thumb_px"),
+                       ({"max_groups": -3}, "max_groups"), ({"per_group": "8"}, "per_group")):
+        with pytest.raises(LakeError, match=rf"^invalid {option} "):
+            lake.report(tmp_path / "r.html", **kw)
+        assert not (tmp_path / "r.html").exists()
