@@ -338,6 +338,7 @@ class Store:
         """The pairs table at its latest version, or at ``version``: a number (on this lake's branch),
         a tag, a branch name (its latest version) or ``branch:number``."""
         if isinstance(version, str) and version.isdigit():
+            self._unambiguous(version, self._lance(self.table_uri).tags.list())
             version = int(version)
         if isinstance(version, numbers.Integral) and not isinstance(version, bool):
             version = int(version)  # a numpy integer (a version read from a frame) is a number too
@@ -419,15 +420,33 @@ class Store:
         version reference given as text: a tag, a branch name or ``branch:number``."""
         ds = self._lance(self.table_uri)
         tags = ds.tags.list()
+        branches = ds.branches.list()
         if ref in tags:
+            self._unambiguous(ref, tags, branches)
             return tags[ref].get("branch"), ref
         name, _, number = ref.partition(":")
-        branches = ds.branches.list()
         if (name == "main" or name in branches) and (not number or number.isdigit()):
             return (None if name == "main" else name), int(number) if number else None
         raise LakeError(f"'{ref}' is not a version, tag or branch of lake '{self.uri}' "
                         f"(tags: {', '.join(sorted(tags)) or 'none'}; branches: main{''.join(', ' + b for b in sorted(branches))}); "
                         f"see: lakecurate log {self.shell}")
+
+    def _unambiguous(self, ref: str, tags: dict[str, Any], branches: dict[str, Any] | None = None) -> None:
+        """Refuse a reference that is a tag and also a version number or a branch name (Lance and
+        LanceDB make tags of any name; lakecurate's :meth:`tag` refuses these): it read as the tag,
+        or as the version, silently, wherever a version is named."""
+        if ref not in tags:
+            return
+        at = f"{tags[ref].get('branch') or 'main'}:{tags[ref]['version']}"
+        if ref.isdigit():
+            other, pick = f"version {ref}", f"the number {ref} (an int) or 'main:{ref}' for the version"
+        elif ref == "main" or ref in (branches or {}):
+            other, pick = f"branch '{ref}' (its latest version)", f"'{ref}:N' for a version of the branch"
+        else:
+            return
+        raise LakeError(f"'{ref}' is both a tag of lake '{self.uri}' (version {at}, made outside lakecurate) and "
+                        f"{other}: give {pick}, or '{at}' for the tag's version; or delete the tag: "
+                        f"lakecurate tag {self.shell} {shlex.quote(ref)} --delete")
 
     @property
     def version(self) -> int:

@@ -329,3 +329,19 @@ def test_a_list_of_uint64_stays_exact_with_a_null_row(sample_lake: Lake):
         got = dict(zip(df["id"], df["h"]))
         assert [int(x) for x in got[ids[0]]] == [big, 1] and got[ids[0]].dtype == np.uint64
         assert got[ids[1]] is None
+
+
+def test_a_tag_named_like_a_branch_or_a_version_is_refused_as_ambiguous(sample_lake: Lake):
+    """Lance and LanceDB make tags of any name: 'main' read as the tag, '1' as the tag too."""
+    sample_lake.tag("t0")
+    first = sample_lake.version
+    sample_lake.ingest(SAMPLE_DATA, progress=False)  # (a second version, nothing new)
+    ds = lance.dataset(sample_lake.table_uri)
+    ds.tags.create("main", first)
+    ds.tags.create("1", first)
+    for ref, other in (("main", "branch 'main'"), ("1", "version 1")):
+        with pytest.raises(LakeError, match=rf"^'{ref}' is both a tag .* and {other}"):
+            sample_lake.dataset(ref)
+        with pytest.raises(LakeError, match="both a tag"):
+            sample_lake.sql("SELECT COUNT(*) FROM pairs", version=ref)
+    assert sample_lake.dataset(1).version == 1 and sample_lake.dataset(f"main:{first}").version == first
