@@ -68,7 +68,7 @@ def test_create_of_an_existing_lake_and_images_of_unknown_ids(sample_lake: Lake,
     with pytest.raises(LakeError, match=r"makes a new lake, not branch 'exp' of one; .*create_branch"):
         Lake.create(lake.uri, branch="exp", exist_ok=False)
     assert Lake.create(lake.uri, branch="exp").branch == "exp"
-    with pytest.raises(LakeError, match="exist_ok must be True or False, not 'no'"):
+    with pytest.raises(LakeError, match="invalid exist_ok 'no': expected True or False"):
         Lake.create(tmp_path / "new", exist_ok="no")
     assert not (tmp_path / "new").exists()
 

@@ -339,7 +339,7 @@ def test_signals_recompute_replaces_values_an_older_run_made(tmp_path, monkeypat
     monkeypatch.undo()
     assert lake.signals(["caption"], progress=False) == {"caption": 0}  # a re-run: new rows only
     assert lake.count("cap_emails = 1") == 0
-    with pytest.raises(LakeError, match="recompute must be True or False"):
+    with pytest.raises(LakeError, match="invalid recompute .*: expected True or False"):
         lake.signals(["caption"], recompute="yes")
     image_version = lake.dataset().schema.field("img_sharpness").metadata
     out = CliRunner().invoke(main, ["signals", lake.uri, "--no-image", "--recompute", "--json"])
