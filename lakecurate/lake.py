@@ -367,6 +367,20 @@ class Lake(Store):
         return {"fragments_before": before, "fragments_after": len(self.dataset().get_fragments()),
                 "left_incomplete": incomplete, "version": self.version}
 
+    def sql(self, query: str, version: int | str | None = None, **options: Any) -> pd.DataFrame:
+        """:meth:`Store.sql`; on the latest version the frame's ``attrs["notes"]`` says, as
+        :meth:`search`'s does (and ``lakecurate sql`` on stderr), each stage behind the columns the
+        query names that is not current (a caption rewritten since its embedding: the scores are of
+        the old caption), with its fix; a frame of values that may be missing or old said nothing."""
+        df = super().sql(query, version, **options)
+        if version is None:
+            from lakecurate.graph import not_current_notes, where_columns
+
+            ds = self.dataset()
+            df.attrs["notes"] = not_current_notes(self, ds, where_columns(query, ds.schema.names),
+                                                  "its values may be missing or old")
+        return df
+
     def cleanup(self, older_than: timedelta = timedelta(days=7), *, allow_stale: bool = False) -> dict[str, int]:
         """Delete untagged versions older than ``older_than`` (see :meth:`Store.cleanup`). Refused
         while a stage is stale and versions would go: their commits are what shows it stale (a

@@ -126,6 +126,10 @@ def keywords(what: str, given: Iterable[str], allowed: "Iterable[str] | Callable
     if callable(allowed):
         if isinstance(given, Mapping):  # the values too: every True/False option of the stage checked by flag
             flags(given, allowed)
+            needed = [p.name for p in inspect.signature(allowed).parameters.values() if p.kind is p.KEYWORD_ONLY
+                      and p.default is p.empty and p.name not in given and p.name not in set(own)]
+            if needed:  # (a bare TypeError: "missing 1 required keyword-only argument")
+                raise LakeError(f"{what} needs {', '.join(n + '=...' for n in needed)} (no default)")
         taken = parameters(allowed, skip=skip, own=own)
         if taken is None:
             return

@@ -19,7 +19,7 @@ from lakecurate.encoders import Encoder, spec_from_provenance
 from lakecurate.errors import LakeError
 from lakecurate.images import decode_image
 from lakecurate.names import embedding_columns, embedding_prefixes, pick_embedding  # noqa: F401
-from lakecurate.options import flag
+from lakecurate.options import flag, texts
 from lakecurate.sqlcheck import check_where
 from lakecurate.store import INDEX_MIN_ROWS  # noqa: F401 - re-exported
 
@@ -45,6 +45,9 @@ def query_vector(enc: Encoder, query: Any, *, text: bool = False) -> Any:
     import numpy as np
     from PIL import Image
 
+    if isinstance(query, (list, tuple)) and query and all(isinstance(x, numbers.Real) and not isinstance(x, bool)
+                                                          for x in query):
+        query = np.asarray(query, np.float64)  # a list of numbers is a vector, as an array is
     if isinstance(query, np.ndarray):
         # in float64, scaled by its largest entry: 1e30s overflowed float32's squares (a numpy warning,
         # then no nearest pair at all)
@@ -157,8 +160,7 @@ def search(
         raise LakeError(f"k = {k!r}: ask for at least 1 nearest pair (a whole number)")
     if target not in ("image", "text"):
         raise LakeError(f"target {target!r}: search the image or the text vectors (target='image' or 'text')")
-    if columns is not None and (not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns)):
-        raise LakeError(f"columns {columns!r}: give a list of column names")
+    columns = texts("columns", columns, none_ok=True)  # (one name is a list of one, as the README says)
     twice = sorted({c for c in columns or [] if list(columns).count(c) > 1})
     if twice:  # (Lance refused it with a Rust source path)
         raise LakeError(f"columns {list(columns)!r} name {', '.join(twice)} more than once; give each column once")

@@ -23,7 +23,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -193,6 +193,10 @@ class Store:
         # one spelling of the lake (file:// a local path, no trailing '/', '..' folded): claims, checkpoints and
         # locks are found by it, so a run given file:///x resumes one given ../x, and the two share fragments
         self.uri = canonical_uri(uri)
+        if storage_options is not None and (not isinstance(storage_options, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in storage_options.items())):
+            raise LakeError(f"invalid storage_options {storage_options!r}: expected a dict of text to text "
+                            "(such as {'aws_region': 'us-east-1'}) or None")  # (a Lance TypeError at first use)
         self.storage_options = storage_options
         self.main_uri = _join(self.uri, f"{TABLE}.lance")
         if branch is not None and (not isinstance(branch, str) or not BRANCH_RE.match(branch)):

@@ -345,3 +345,23 @@ def test_a_tag_named_like_a_branch_or_a_version_is_refused_as_ambiguous(sample_l
         with pytest.raises(LakeError, match="both a tag"):
             sample_lake.sql("SELECT COUNT(*) FROM pairs", version=ref)
     assert sample_lake.dataset(1).version == 1 and sample_lake.dataset(f"main:{first}").version == first
+
+
+def test_sql_notes_stale_columns_and_search_takes_a_column_name_and_a_list_vector(sample_lake_embedded: Lake,
+                                                                                  tmp_path: Path):
+    import shutil
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "l"))
+    assert lake.sql("SELECT key, clip_tinyrandom_score FROM pairs").attrs["notes"] == []
+    got = lake.search("a dog", k=1, columns="width")  # README: one name is a list of one
+    assert list(got.columns) == ["width", "similarity"]
+    dim = lance.dataset(lake.table_uri).schema.field("clip_tinyrandom_image").type.list_size
+    assert len(lake.search([0.1] * dim, k=1)) == 1  # a list of numbers is a vector
+    rid = lake.sql("SELECT id FROM pairs LIMIT 1").id[0]
+    lancedb.connect(lake.uri).open_table("pairs").update(where=f"id = '{rid}'", values={"caption": "a red bus"})
+    notes = lake.sql("SELECT key, clip_tinyrandom_score FROM pairs").attrs["notes"]
+    assert any(n.startswith("embed (") and "stale" in n for n in notes), notes  # as search's attrs and the CLI say
+    with pytest.raises(LakeError, match=r"^evaluate needs eval_set="):
+        lake.evaluate("x")
+    with pytest.raises(LakeError, match=r"^invalid storage_options 'x'"):
+        Lake.open(lake.uri, storage_options="x")
