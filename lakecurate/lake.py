@@ -372,6 +372,7 @@ class Lake(Store):
         :meth:`search`'s does (and ``lakecurate sql`` on stderr), each stage behind the columns the
         query names that is not current (a caption rewritten since its embedding: the scores are of
         the old caption), with its fix; a frame of values that may be missing or old said nothing."""
+        keywords("sql", options, Store.sql, skip=3)
         df = super().sql(query, version, **options)
         if version is None:
             from lakecurate.graph import not_current_notes, where_columns
