@@ -7,8 +7,9 @@ permutation per epoch. Each sample is a dict: ``id``, ``image`` (a decoded RGB P
 ``transform`` of it, or the stored bytes with ``decode=False``), ``caption`` (any caption column,
 ``caption="caption_coca"``), and the ``columns`` asked for.
 
-Sharding is deterministic and exact: the epoch's sample order is dealt to ranks (sample ``i`` to
-rank ``i % world_size``; with ``even``, the default, first repeated from its start to a multiple of
+Sharding is deterministic and exact: the epoch's sample order is dealt to ranks (torch.distributed's,
+else torchrun's ``RANK``/``WORLD_SIZE``, or ``rank=``/``world_size=``; a DataLoader worker reads for its
+main process's rank; sample ``i`` to rank ``i % world_size``; with ``even``, the default, first repeated from its start to a multiple of
 the ranks, as torch's DistributedSampler does, so each rank runs as many batches and DDP never waits
 on one that ended, even with more ranks than samples), and each rank's samples to its DataLoader
 workers a batch at a time (the run's batch ``b`` to worker ``b % num_workers``, the order in which a
@@ -95,6 +96,8 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         self._version_given = version
         self.epoch, self.start_step = 0, 0
         self._resume_world: int | None = None  # the world_size a loaded state was saved with
+        self._parent_rank_world: tuple[int, int] | None = None  # in a DataLoader worker: the main process's
+        self._iterated = 0  # epochs a worker's copy has read
         self._ds: Any = None
         self._plan(store, version)
 
@@ -227,6 +230,13 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         if "selection" in state and (state.get("samples"), state["selection"]) != (self.samples, self.selection()):
             raise LakeError(f"the samples of version {ref} of lake '{self.uri}' are not those the state was saved "
                             f"with ({self.samples} now, {state.get('samples')} then); make the dataset as the run did")
+        rank, world = self.rank_world()
+        world = self._resume_world or world
+        batches = -(-len(self._rank_order(min(rank, world - 1), world)) // self.batch_size)
+        if step > batches:  # (a state of another run, or corrupted: the epoch read nothing, without a word)
+            raise LakeError(f"the state's step {step} is past the end of epoch {epoch}: each rank has {batches} batches "
+                            f"of {self.batch_size} ({self.samples} samples, world_size {world}); load the state this "
+                            "run saved")
         self.epoch, self.start_step = epoch, step
 
     def _check_world(self, strict: bool = True) -> None:
@@ -240,8 +250,14 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
                             "with as many ranks (a step counts each rank's batches), or start the epoch again")
 
     def rank_world(self) -> tuple[int, int]:
+        """(rank, world size): as given, else torch.distributed's process group, else torchrun's
+        ``RANK``/``WORLD_SIZE`` (a run that reads them without a process group), else (0, 1). In a
+        DataLoader worker, the main process's: a worker has no process group of its own (each
+        rank's workers read the whole epoch, every sample once per rank)."""
         if self._world is not None:
             return int(self._rank), int(self._world)  # type: ignore[arg-type]
+        if self._parent_rank_world is not None:  # (a worker: what its main process saw when it sent the dataset)
+            return self._parent_rank_world
         try:
             import torch.distributed as dist
 
@@ -249,7 +265,7 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
                 return dist.get_rank(), dist.get_world_size()
         except ImportError:  # pragma: no cover
             pass
-        return 0, 1
+        return _env_rank_world()
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """The epoch's global sample order (positions in the view): curated, or a seeded permutation."""
@@ -289,8 +305,12 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         return self._ds
 
     def __getstate__(self) -> dict[str, Any]:
+        # pickled in the main process, for a DataLoader worker: the rank it reads for is the main
+        # process's (the worker's own torch.distributed is not initialised)
         state = dict(self.__dict__)
         state["_ds"] = None
+        state["_parent_rank_world"] = self.rank_world()
+        state["_iterated"] = 0
         return state
 
     def __iter__(self) -> Any:
@@ -298,6 +318,14 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
 
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            self._iterated += 1
+            if self._iterated == 2:  # this copy is read again: the DataLoader keeps its workers
+                warnings.warn(f"lake '{self.uri}': a DataLoader worker reads its copy of the dataset for a second epoch "
+                              "(persistent_workers=True): set_epoch, resume and load_state_dict made in the main "
+                              "process since the workers started do not reach it, so every epoch repeats the first "
+                              "one's order; leave persistent_workers False (lakecurate.loader.loader does)",
+                              LoaderWarning, stacklevel=2)
         rank, world = self.rank_world()
         if self.start_step:
             self._check_world()
@@ -333,6 +361,21 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         return out
 
 
+def _env_rank_world() -> tuple[int, int]:
+    """torchrun's ``RANK`` and ``WORLD_SIZE`` (both set, whole, 0 <= RANK < WORLD_SIZE), else (0, 1)."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None or world is None:
+        return 0, 1
+    try:
+        r, w = int(rank), int(world)
+    except ValueError:
+        r, w = -1, 0
+    if not 0 <= r < w:
+        raise LakeError(f"RANK={rank!r} and WORLD_SIZE={world!r} in the environment: expected whole numbers with "
+                        "0 <= RANK < WORLD_SIZE (torchrun sets them); or pass rank= and world_size=")
+    return r, w
+
+
 def _count(call: str, name: str, value: Any) -> int:
     """An epoch or a step: a whole number >= 0, else a one-line LakeError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -359,5 +402,8 @@ def loader(dataset: LakeDataset, num_workers: int = 0, **options: Any) -> Any:
 
     if num_workers:
         options.setdefault("multiprocessing_context", "spawn")
-        options.setdefault("persistent_workers", False)
+        if options.get("persistent_workers"):
+            raise LakeError("loader: persistent_workers=True keeps the workers' copy of the dataset of the first epoch: "
+                            "set_epoch, resume and load_state_dict would not reach them (every epoch the first "
+                            "one's order); leave it out (each epoch starts its workers)")
     return DataLoader(dataset, batch_size=dataset.batch_size, num_workers=num_workers, collate_fn=collate, **options)

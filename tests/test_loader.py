@@ -385,3 +385,68 @@ def test_set_epoch_takes_a_whole_number(seq_lake: Lake, epoch):
         ds.set_epoch(epoch)
     ds.set_epoch(np.int64(1))
     assert ds.epoch == 1 and type(ds.epoch) is int
+
+
+def test_dataloader_workers_read_for_their_main_process_s_rank(seq_lake: Lake, monkeypatch):
+    """Under torch.distributed (init_process_group, no rank=), a DataLoader worker has no process
+    group of its own: it read as rank 0 of 1, so every rank read the whole epoch (each sample once per
+    rank). Here the main process's group is faked; the spawned workers run without it, as they do."""
+    import torch.distributed as dist
+
+    want = expected(seq_lake)
+    got: Counter = Counter()
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "is_available", lambda: True)
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+        ds = LakeDataset(seq_lake, seed=3, batch_size=4, decode=False, even=False)
+        ids = ids_of(loader(ds, num_workers=2))
+        assert len(ids) == len(ds) < sum(want.values())
+        got.update(ids)
+    assert got == want
+
+
+def test_torchrun_s_environment_names_the_rank_without_a_process_group(seq_lake: Lake, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ds = LakeDataset(seq_lake, batch_size=4, decode=False)
+    assert ds.rank_world() == (1, 2)
+    assert len(ds) == len(LakeDataset(seq_lake, batch_size=4, decode=False, rank=1, world_size=2))
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(LakeError, match="RANK='2' and WORLD_SIZE='2' in the environment"):
+        ds.rank_world()
+
+
+def test_persistent_workers_are_refused_and_a_worker_s_second_epoch_is_warned(seq_lake: Lake, monkeypatch):
+    """Persistent workers keep the dataset copy of the first epoch: set_epoch never reached them and
+    every epoch repeated the first one's order, silently."""
+    import pickle
+
+    from torch.utils.data import _utils
+
+    from lakecurate.loader import LoaderWarning
+
+    ds = LakeDataset(seq_lake, batch_size=4, decode=False)
+    with pytest.raises(LakeError, match="persistent_workers=True keeps the workers' copy"):
+        loader(ds, num_workers=2, persistent_workers=True)
+    copy = pickle.loads(pickle.dumps(ds))  # what a worker holds (a DataLoader made by hand keeps it)
+
+    class Info:
+        id, num_workers = 0, 1
+
+    monkeypatch.setattr(_utils.worker, "_worker_info", Info())
+    first = [s["id"] for s in copy]
+    ds.set_epoch(1)  # in the main process: the worker's copy does not see it
+    with pytest.warns(LoaderWarning, match="reads its copy of the dataset for a second epoch"):
+        assert [s["id"] for s in copy] == first
+
+
+def test_a_state_whose_step_is_past_the_epoch_is_refused(seq_lake: Lake):
+    ds = LakeDataset(seq_lake, batch_size=4, decode=False)
+    state = ds.state_dict(step=2)
+    batches = -(-len(ds) // 4)
+    ds.load_state_dict({**state, "step": batches})  # (an epoch saved at its end: nothing left, and fine)
+    assert len(ds) == 0
+    with pytest.raises(LakeError, match=f"step {batches + 1} is past the end of epoch 0: each rank has {batches} batches"):
+        LakeDataset(seq_lake, batch_size=4, decode=False).load_state_dict({**state, "step": batches + 1})
