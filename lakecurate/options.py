@@ -262,18 +262,32 @@ def half_the_memory() -> float | None:
 def canonical_uri(uri: str) -> str:
     """The one spelling of a lake's location, so that every spelling of one lake shares its
     checkpoints, claims and locks: a local path or ``file://`` URI becomes an absolute path with '~'
-    expanded, '.' and '..' folded and no trailing '/'; an object-store URI loses its trailing '/' (a doubled '/'
-    inside stays: the store refuses it, in words).
+    expanded, '.' and '..' folded and no trailing '/'; an object-store URI has its '.' and '..' folded
+    and loses its trailing '/' (a doubled '/' inside stays: the store refuses it, in words; '..' above
+    the bucket is refused).
 
     >>> canonical_uri("file:///tmp/x/"), canonical_uri("/tmp/y/../x"), canonical_uri("s3://b/lake/")
     ('/tmp/x', '/tmp/x', 's3://b/lake')
+    >>> canonical_uri("s3://b/lake/."), canonical_uri("s3://b/./x/../lake")
+    ('s3://b/lake', 's3://b/lake')
     """
     scheme, sep, rest = uri.partition("://")
     if not sep:  # ("~/x" made a folder named '~' in the working directory)
         return os.path.abspath(os.path.expanduser(uri))
     if scheme.lower() == "file":
         return os.path.abspath(os.path.expanduser(rest))
-    return f"{scheme}://{rest.rstrip('/')}"
+    # (s3://b/x/. was another lake than s3://b/x: its own claims and checkpoints, both runs computed everything)
+    parts: list[str] = []
+    for part in rest.rstrip("/").split("/"):
+        if part == ".":
+            continue
+        if part == "..":
+            if len(parts) < 2:
+                raise LakeError(f"lake {uri!r}: '..' goes above the bucket; name the lake's folder in its bucket")
+            parts.pop()
+            continue
+        parts.append(part)
+    return f"{scheme}://{'/'.join(parts).rstrip('/')}"
 
 
 def location(uri: str) -> tuple[str, str]:

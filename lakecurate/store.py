@@ -306,8 +306,19 @@ class Store:
 
     def _enclosing_lake(self) -> str | None:
         """The local lake whose table (``pairs.lance``) this lake's folder is, or is inside, if any: a
-        lake is never made in another's table (a lake's own folder holds others: evaluate's eval sets)."""
+        lake is never made in another's table (a lake's own folder holds others: evaluate's eval sets).
+        On an object store, where a folder is only a prefix: a ``pairs.lance`` segment of the URI whose
+        table is there (asked of the store only then)."""
         if "://" in self.uri:
+            scheme, _, rest = self.uri.partition("://")
+            parts = rest.split("/")
+            for i in range(len(parts) - 1, 0, -1):
+                if parts[i] == f"{TABLE}.lance":
+                    try:
+                        lance.dataset(f"{scheme}://{'/'.join(parts[: i + 1])}", storage_options=self.storage_options)
+                    except (ValueError, OSError):
+                        continue
+                    return f"{scheme}://{'/'.join(parts[:i])}"
             return None
         path = Path(os.path.abspath(self.uri))
         for folder in (path, *path.parents):

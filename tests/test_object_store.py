@@ -184,3 +184,22 @@ def test_a_branch_of_an_s3_lake_opened_with_storage_options_only_reads_its_paren
     assert [s["state"] for s in branch.status()["stages"]] == ["current"]
     branch.dedup("exact", progress=False)
     assert {s["stage"]: s["state"] for s in branch.status()["stages"]} == {"embed": "current", "dedup": "current"}
+
+
+def test_one_s3_lake_is_one_lake_whatever_its_spelling_and_none_is_made_inside_its_table(s3, tmp_path: Path):
+    """s3://b/x/. was another lake than s3://b/x (its own claims and checkpoints: two runs both
+    computed everything); and a lake could be made inside another's table on S3 (refused on disk)."""
+    _, options, bucket = s3
+    b = bucket()
+    lake = Lake.create(f"s3://{b}/team/lake", storage_options=options)
+    lake.ingest(SAMPLE_DATA, progress=False)
+    for spelling in (f"s3://{b}/team/lake/.", f"s3://{b}/team/./lake/", f"s3://{b}/team/x/../lake"):
+        assert Lake.open(spelling, storage_options=options).uri == lake.uri == f"s3://{b}/team/lake"
+    with pytest.raises(LakeError, match="'..' goes above the bucket"):
+        Lake.open(f"s3://{b}/..", storage_options=options)
+    with pytest.raises(LakeError, match=f"is inside the table of the lake 's3://{b}/team/lake'"):
+        Lake.create(f"s3://{b}/team/lake/pairs.lance", storage_options=options)
+    with pytest.raises(LakeError, match=f"it is the table of the lake 's3://{b}/team/lake'"):
+        Lake.open(f"s3://{b}/team/lake/pairs.lance/data", storage_options=options)
+    other = Lake.create(f"s3://{b}/team/pairs.lance.old", storage_options=options)  # (a name like it: a lake)
+    assert other.count() == 0
