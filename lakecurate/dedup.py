@@ -973,6 +973,9 @@ def _not_embedded(lake: "Store", ds: Any, valid: dict[str, np.ndarray], methods:
     from lakecurate.graph import embed_command
 
     usable = ~_equals(ds, "ingest_status", "error")
+    error = embedding_columns(emb).get("error")
+    if error in ds.schema.names:  # rows the embed tried and could not embed (its error says why): not "yet"
+        usable &= _is_null(ds, error)  # (embed, pasted, computed nothing, and the warning came back)
     out = []
     for col, ok in valid.items():
         missing = int((~ok & usable).sum())
@@ -1579,6 +1582,13 @@ def _nearest_candidates(joins: _Joins, col: str, rows: np.ndarray, k: int, cosin
 def _equals(ds: Any, column: str, value: str, batch_rows: int = 65536) -> np.ndarray:
     """One bool per row: the column holds ``value`` there (read in batches, never whole)."""
     parts = [np.asarray(pc.fill_null(pc.equal(b.column(0), value), False).to_numpy(zero_copy_only=False), bool)
+             for b in ds.to_batches(columns=[column], batch_size=batch_rows)]
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
+def _is_null(ds: Any, column: str, batch_rows: int = 65536) -> np.ndarray:
+    """One bool per row: the column is null there (read in batches, never whole)."""
+    parts = [np.asarray(b.column(0).is_null().to_numpy(zero_copy_only=False), bool)
              for b in ds.to_batches(columns=[column], batch_size=batch_rows)]
     return np.concatenate(parts) if parts else np.zeros(0, bool)
 

@@ -1395,3 +1395,25 @@ def test_rows_without_a_vector_are_named_with_the_embed_command(tmp_path: Path):
     assert res.exit_code == 0 and "rows have no clip_tinyrandom_image vector" in res.output, res.output
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
     assert not [w for w in lake.dedup(["semantic"], semantic_threshold=0.995, progress=False).warnings if "vector" in w]
+
+
+def test_rows_the_embed_could_not_embed_are_not_named_as_not_embedded_yet(tmp_path: Path):
+    """A JPEG that passes ingest but cannot be decoded gets embed's error, never a vector: dedup said
+    "not embedded yet ... embed them", the pasted embed computed nothing, and the warning came back."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("coffee", "rocket"):
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", src)
+        (src / f"{name}.txt").write_text(f"a photo of {name}")
+    broken = bytearray((SAMPLE_DATA / "coffee.jpg").read_bytes())
+    for i in range(1500, len(broken) - 2, 7):
+        broken[i] = 0xFF if i % 2 else 0x00
+    (src / "broken.jpg").write_bytes(bytes(broken))
+    (src / "broken.txt").write_text("a photo")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+    assert lake.count("clip_tinyrandom_image IS NULL AND clip_tinyrandom_error IS NOT NULL") == 1
+    assert lake.count("ingest_status = 'error'") == 0
+    rep = lake.dedup(["semantic", "exact"], semantic_threshold=0.995, workers=0, progress=False)
+    assert not [w for w in rep.warnings if "not embedded yet" in w], rep.warnings
