@@ -185,6 +185,11 @@ def check_table(lake: "Store", ds: lance.LanceDataset | None = None) -> None:
     if not version.isdigit() or int(version) > int(PAIRS_SCHEMA.metadata[b"lakecurate.schema_version"]):
         raise LakeError(f"lake '{lake.uri}' was written by a newer lakecurate (table schema {version}); upgrade lakecurate")
     missing = [f.name for f in PAIRS_SCHEMA if f.name not in schema.names]
+    if missing and (schema.metadata or {}).get(b"lakecurate.table"):  # a lake's table another writer changed
+        many = len(missing) > 1
+        raise LakeError(f"lake '{lake.uri}' lacks its source column{'s' if many else ''} {', '.join(missing)} (renamed or "
+                        f"dropped by another writer: lakecurate status {lake.shell} names the rename and the command "
+                        f"that undoes it; or restore the version before it: lakecurate log {lake.shell})")
     if missing:
         raise LakeError(f"'{lake.table_uri}' is not a lakecurate table: missing columns {', '.join(missing)}")
     for want in PAIRS_SCHEMA:

@@ -37,6 +37,7 @@ from lakecurate.columns import (COMPUTED_FROM, DECLARED_KEY, REPLACING_KEY, conf
 from lakecurate.errors import LakeError
 from lakecurate.names import (DEDUP_OPTIONS, dedup_keyword, PRODUCERS, RECIPES, TINY_RANDOM, Produce, decided, decision, embedding_columns,
                               embedding_prefixes, foreign_decisions)
+from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.store import retry_on_conflict
 
 if TYPE_CHECKING:
@@ -213,6 +214,9 @@ def _schema_changes(ds: "lance.LanceDataset") -> Iterator[tuple[int, "pa.Schema 
     """:func:`_schema_versions`, each with its schema."""
     for n, then in _schema_versions(ds):
         yield n, (then.schema if then is not None else None)
+
+
+SOURCE_COLUMNS = frozenset(PAIRS_SCHEMA.names)  # what ingest writes: no stage computes them again
 
 
 def renamed(ds: "lance.LanceDataset", columns: Iterable[str]) -> dict[str, tuple[str, int | None]]:
@@ -852,9 +856,11 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
         else:
             _global(lake, ds, node, writes, list(frags.values()), st)
         gone = _dropped(ds, node, names, None if node.per_row else st.computed_from)
+        source_moved: dict[str, str] = {}  # a source column another writer renamed: no run makes it again
         if gone and node.stage not in MANUAL:  # an input dropped since (feature drop): the values built on it stand alone
             st.state = "stale"
             moved = {old: new for old, (new, _) in renamed(ds, gone).items()}
+            source_moved = {old: new for old, new in moved.items() if old in SOURCE_COLUMNS}
             st.reasons.append(f"its input {', '.join(gone)} is no longer in the table (dropped since)" if not moved else
                               f"its input {', '.join(gone)} is no longer in the table (" +
                               ", ".join(f"{old} renamed to {new}" for old, new in moved.items()) + " outside lakecurate)")
@@ -899,6 +905,8 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
                 st.state = "behind"
                 st.reasons.append(f"its input {src} comes from {up.stage}, which is {by_node[id(up)].state}")
         st.fix = fix_command(lake, node, ds) + (" --recompute" if redo else "")
+        if source_moved:  # (its own run is refused: "not a lakecurate table: missing columns caption")
+            st.fix = rename_back(ds, source_moved)
         if redo:
             recompute.add(id(node))
         _failed(lake, ds, st)

@@ -168,6 +168,10 @@ def search(
     text = flag("text", text)  # (1 or "no" was taken as true)
     ds = lake.dataset(version)
     where = check_where(where, "--where", ds)
+    if columns is None:  # (the default columns: a caption another writer renamed was a Lance error)
+        from lakecurate.columns import check_table
+
+        check_table(lake, ds)
     missing = [c for c in columns or [] if c not in ds.schema.names]
     if missing:
         raise LakeError(f"no column {', '.join(missing)} in lake '{lake.uri}'; see its columns with lakecurate info {lake.shell}")

@@ -147,6 +147,18 @@ def test_overwrite_refuses_what_no_export_wrote(seq_lake: Lake, tmp_path: Path, 
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_overwrite_of_another_format_s_export_names_that_format(seq_lake: Lake, tmp_path: Path):
+    """A WebDataset export overwritten as MDS was refused as "not an earlier mds export (no
+    manifest.json naming its files)", though its manifest.json was there: it names the format."""
+    dest = tmp_path / "wds"
+    seq_lake.export(dest, "webdataset", progress=False)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(LakeError, match="holds an earlier lakecurate webdataset export, not a mds one; --overwrite "
+                                        "replaces an export of the same format: give --format webdataset"):
+        seq_lake.export(dest, "mds", overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("bad", [0, -5, 2.5, True])
 def test_bad_shard_size_is_refused_before_writing(seq_lake: Lake, tmp_path: Path, bad):
     with pytest.raises(LakeError, match="--shard-size"):

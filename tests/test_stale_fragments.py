@@ -1108,3 +1108,26 @@ def orphans_of(lake: Lake):
                      "WHERE dup_group IS NOT NULL GROUP BY dup_group")
         return sorted(g[g["kept"] == 0]["dup_group"])
     return orphans
+
+
+def test_a_source_column_renamed_outside_is_undone_by_the_fix_status_prints(sample_lake_embedded: Lake, tmp_path: Path):
+    """LanceDB renamed caption: the fix status printed for embed was the embed command, which was
+    refused ("not a lakecurate table: missing columns caption"); search was a Lance error. No run
+    makes a source column again: the fix renames it back, and the refusals say so."""
+    import subprocess
+    import sys
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    lance.dataset(lake.table_uri).alter_columns({"path": "caption", "name": "text"})
+    embed = next(s for s in lake.status()["stages"] if s["stage"] == "embed")
+    assert embed["state"] == "stale" and any("caption renamed to text" in r for r in embed["reasons"]), embed
+    with pytest.raises(LakeError, match="lacks its source column caption \\(renamed or dropped by another writer: "
+                                        "lakecurate status .* names the rename and the command that undoes it"):
+        lake.search("a cat", k=1)
+    with pytest.raises(LakeError, match="lacks its source column caption"):
+        lake.embed("tiny-random", progress=False)
+    code = shlex.split(embed["fix"])
+    assert code[:2] == ["python", "-c"], embed["fix"]
+    subprocess.run([sys.executable, "-c", code[2]], check=True)
+    assert {s["state"] for s in lake.status()["stages"]} == {"current"}
+    assert len(lake.search("a cat", k=1)) == 1
