@@ -26,6 +26,7 @@ from lakecurate.lake import Lake, LakeError
 from lakecurate.names import DEDUP_OPTIONS, EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
 from lakecurate.options import MOST, MOST_WORKERS, canonical_uri, half_the_memory
+from lakecurate.store import CONFLICTS_RETRIED, conflicts_exhausted, store_problem
 
 
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,12 +42,23 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         as_json = bool(kwargs.get("as_json")) or kwargs.get("fmt") == "json"  # sql --format json too
-        with _prints_to_stderr(as_json):  # (the error's JSON too goes to the real stdout)
+        where = kwargs.get("dest") or kwargs.get("lake") or kwargs.get("lake_uri") or "the lake"
+        with _prints_to_stderr(as_json), _counts_conflicts():  # (the error's JSON too goes to the real stdout)
             try:
                 return fn(*args, **kwargs)
             except (LakeError, IngestError, EncoderError) as exc:
                 raise fail(str(exc), as_json) from None
             except (OSError, ValueError) as exc:
+                problem = store_problem(exc)
+                if problem is not None:  # the object store went away (or never answered) mid-command
+                    lake = kwargs.get("lake") or kwargs.get("lake_uri") or where
+                    raise fail(f"cannot use lake '{lake}': {problem}; what was committed is kept: run the command "
+                               "again when the store answers", as_json) from None
+                tries = conflicts_exhausted(exc)
+                if tries is not None:
+                    raise fail(f"{tries} commits conflicted; another writer kept committing to '{where}' at the same "
+                               "time (each try was made again at its latest version): what was committed is kept; "
+                               "run again", as_json) from None
                 gone = removed_meanwhile(exc)
                 if gone is not None:  # a version (or its files) cleanup removed while this command read it
                     raise fail(f"{gone} was removed while this command read it (a `lakecurate cleanup` in another "
@@ -58,8 +70,7 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 # was committed before the failed write is intact and a re-run resumes from it.
                 if exc.errno != errno.ENOSPC and "no space left on device" not in str(exc).lower():
                     raise
-                where = exc.filename or kwargs.get("dest") or kwargs.get("lake") or kwargs.get("lake_uri") or "the lake"
-                raise fail(f"no space left on device while writing {where}; free space and re-run: "
+                raise fail(f"no space left on device while writing {exc.filename or where}; free space and re-run: "
                            f"committed work is kept", as_json) from None
 
     return wrapper
@@ -83,6 +94,28 @@ def _plain(value: Any) -> Any:
 
 
 _JSON_OUT: list[Any] = []  # the real stdout, while a --json command sends every other print to stderr
+_CONFLICTS_AT: list[int] = []  # store.CONFLICTS_RETRIED when the running command started
+
+
+@contextlib.contextmanager
+def _counts_conflicts() -> Any:
+    """Commits a command retried after a conflict with another writer's (store.retry_on_conflict,
+    at most 12 tries each) shown, not only logged: ``conflicts_retried`` in its --json result
+    (:func:`echo_json`) and a line on stderr. Commits in this process (not a Ray worker's)."""
+    _CONFLICTS_AT.append(CONFLICTS_RETRIED[0])
+    try:
+        yield
+    finally:
+        n = CONFLICTS_RETRIED[0] - _CONFLICTS_AT.pop()
+        if n:
+            click.echo(f"note: {n} commit{'s' if n > 1 else ''} conflicted with another writer's and "
+                       f"{'were' if n > 1 else 'was'} made again at the latest version (a shared lake; "
+                       "each commit tries at most 12 times)", err=True)
+
+
+def _conflicts_retried() -> int | None:
+    """Commits retried after a conflict since the running command started (None outside one)."""
+    return CONFLICTS_RETRIED[0] - _CONFLICTS_AT[-1] if _CONFLICTS_AT else None
 
 
 @contextlib.contextmanager
@@ -109,6 +142,9 @@ def echo_json(value: Any) -> None:
         value = json.loads(value.to_json(orient="records", date_format="iso", default_handler=str))
     elif hasattr(value, "to_dict"):
         value = value.to_dict()
+    retried = _conflicts_retried()
+    if retried and isinstance(value, dict) and "error" not in value:  # (only where some were: see _counts_conflicts)
+        value = {**value, "conflicts_retried": retried}
     click.echo(json.dumps(_plain(value), indent=2, default=str), file=_JSON_OUT[-1] if _JSON_OUT else None)
 
 

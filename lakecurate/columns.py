@@ -783,7 +783,7 @@ def _undeclare_if_empty(lake: "Store", names: Sequence[str], config_hash: str | 
 
     try:
         retry_on_conflict(drop)
-    except OSError:
+    except (OSError, ValueError):  # (ValueError: Lance's, where the store went away meanwhile)
         pass  # best effort: the error being raised is the one to report
 
 

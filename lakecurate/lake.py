@@ -341,7 +341,9 @@ class Lake(Store):
         stale (an input rewritten since) would make the merged fragment's values all be computed
         again. (So do not run Lance's or LanceDB's own compaction on a lake whose columns are still
         being filled.) Retried on conflict, like every commit; rows and values are unchanged.
-        Returns fragments before/after and how many were left for later.
+        Returns fragments before/after (of the version it compacted, and what its own commit made of
+        them: a compaction that found another's done meanwhile reports no change) and how many were
+        left for later.
         """
         from lance.optimize import Compaction
 
@@ -358,13 +360,15 @@ class Lake(Store):
             excluded += sorted({fid for n in nodes(ds) if n.per_row and n.sources
                                 for fid in stale_fragments(ds, n.columns, n.sources)} - set(excluded))
             plan = Compaction.plan(ds, {"target_rows_per_fragment": target_rows, "excluded_fragment_ids": excluded})
+            counts["before"] = counts["after"] = len(ds.get_fragments())  # (a retry: of the version it retried on)
             if plan.num_tasks():
-                Compaction.commit(ds, [task.execute(ds) for task in plan.tasks])
+                done = Compaction.commit(ds, [task.execute(ds) for task in plan.tasks])
+                counts["after"] += done.fragments_added - done.fragments_removed
             return len(excluded)
 
-        before = len(self.dataset().get_fragments())
+        counts: dict[str, int] = {}
         incomplete = retry_on_conflict(run)
-        return {"fragments_before": before, "fragments_after": len(self.dataset().get_fragments()),
+        return {"fragments_before": counts["before"], "fragments_after": counts["after"],
                 "left_incomplete": incomplete, "version": self.version}
 
     def sql(self, query: str, version: int | str | None = None, **options: Any) -> pd.DataFrame:

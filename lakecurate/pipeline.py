@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from lakecurate import graph, options, runner
+from lakecurate.columns import field_provenance
 from lakecurate.errors import LakeError
 from lakecurate.names import DECISIONS, decided, default_view, embedding_columns
 
@@ -751,20 +752,72 @@ def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *,
     rep = RunReport(lake=lake.uri, pipeline=pipe.source, version_before=before, version_after=before)
     fns = {name: getattr(lake, name) for name in STEPS}
     implied: set[str] = set()  # the steps the file does not list that this run has run (or would)
+    mine: dict[str, tuple[str, dict[str, Any]]] = {}  # decision column -> (step of this run, its provenance)
     for step, opts in pipe.steps.items():
         for up, up_opts, up_why in _unlisted(lake, pipe, step, implied, dry_run) if exists else []:
             implied.add(up)
-            _record(rep, _execute(lake, pipe, fns, up, up_opts, up_why, dry_run, progress), on_step)
+            _still_mine(lake, pipe, mine, up)
+            up_res = _execute(lake, pipe, fns, up, up_opts, up_why, dry_run, progress)
+            _wrote(lake, up_res, mine)  # (read at once: the decision as the step left it)
+            _record(rep, up_res, on_step)
         why = why_run(lake, step, opts) if exists else "no lake yet"
+        _still_mine(lake, pipe, mine, step)
         res = _execute(lake, pipe, fns, step, opts, why, dry_run, progress)
         if dry_run and why is None and any(r.action == "would run" for r in rep.steps):
             # what an earlier step changes (the rows an ingest adds, say) may make this one stale: a dry
             # run cannot know without doing that step, so it says so (it said "current", then all ran)
             res.why = "current now; may run after the steps before it"
+        _wrote(lake, res, mine)
         _record(rep, res, on_step)
+    _still_mine(lake, pipe, mine, None)
     rep.version_after = lake.version if exists else 0
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+# The decisions a step may write through the producers it runs (curate regroups dedup's dup_keep
+# where its groups are stale: Lake._produce): this run's, not another writer's.
+_PRODUCES = {"curate": ("dedup",)}
+
+
+def _wrote(lake: "Lake", res: StepResult, mine: dict[str, tuple[str, dict[str, Any]]]) -> None:
+    """Note the decisions (keep/drop columns: dup_keep, keep, rebalance_keep) a step of this run
+    wrote, with their provenance as the lake holds them right after it."""
+    if res.action != "ran":
+        return
+    schema = lake.dataset().schema
+    for d in DECISIONS:
+        if d.stage in (res.step, *_PRODUCES.get(res.step, ())) and decided(schema, d.column):
+            mine[d.column] = (res.step, field_provenance(schema.field(d.column), strict=False) or {})
+
+
+def _still_mine(lake: "Lake", pipe: Pipeline, mine: dict[str, tuple[str, dict[str, Any]]], step: str | None) -> None:
+    """Stop before ``step`` (None: at the end of the run) where another writer replaced a decision
+    an earlier step of this run wrote: a curate of another recipe that landed between this run's
+    curate and its cluster, rebalance and sequence had them built on that recipe's keep, and the run
+    reported its own. It stops rather than decides again: deciding again would silently replace
+    the other person's decision (and theirs, run again, this one's); on a shared lake that is a
+    choice for the people, so the run says what happened and how to go on."""
+    if not mine:
+        return
+    schema = lake.dataset().schema
+    for column, (by, prov) in mine.items():
+        now = (field_provenance(schema.field(column), strict=False) or {}) if column in schema.names else {}
+        if now.get("config_hash") == prov.get("config_hash"):
+            continue
+        theirs = (f"with {_what(now)}" if now else "dropped it")
+        where = (f"before [{step}], which would build on it" if step is not None
+                 else "as its last steps ran: what they wrote may be built on the other decision")
+        raise LakeError(f"pipeline {pipe.source}: another writer replaced {column} after this run's [{by}] wrote it "
+                        f"({_what(prov)}; now {theirs}); stopped {where}. What this run committed is kept (version "
+                        f"{lake.version}); run it again to decide again, or leave the lake at the other decision")
+
+
+def _what(prov: dict[str, Any]) -> str:
+    """A decision's provenance in a few words: its stage, recipe name (curate) and config hash."""
+    recipe = ((prov.get("config") or {}).get("recipe") or {})
+    name = recipe.get("name") if isinstance(recipe, dict) else None
+    return f"{prov.get('stage', '?')}{' ' + repr(name) if name else ''}, config {str(prov.get('config_hash', '?'))[:8]}"
 
 
 def _record(rep: RunReport, res: StepResult, on_step: Callable[[StepResult], None] | None) -> None:

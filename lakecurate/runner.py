@@ -797,8 +797,10 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
             ds, todo, elsewhere = _wait_for_others(lake, stage, claims, elsewhere, progress, sources)
     except BaseException:
         if added and not elsewhere:
-            # a first run that failed before any fill leaves no column (but not another run's, declared meanwhile)
-            columns._undeclare_if_empty(lake, stage.names, prov["config_hash"])
+            # a first run that failed before any fill leaves no column (but not another run's, declared meanwhile);
+            # a cleanup that fails too (the store gone) never hides the error that made it
+            with contextlib.suppress(Exception):
+                columns._undeclare_if_empty(lake, stage.names, prov["config_hash"])
         raise
     finally:
         claims.release()

@@ -91,7 +91,10 @@ def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 12, base_delay: fl
         try:
             return fn()
         except OSError as exc:
-            if not is_conflict(exc) or attempt == attempts - 1:
+            if not is_conflict(exc):
+                raise
+            if attempt == attempts - 1:  # (the CLI says so in one line: conflicts_exhausted)
+                exc.lakecurate_conflicts = attempts  # type: ignore[attr-defined]
                 raise
             CONFLICTS_RETRIED[0] += 1
             log.debug("commit conflict, retry %d: %s", attempt + 1, str(exc).splitlines()[0][:200])
@@ -99,8 +102,15 @@ def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 12, base_delay: fl
     raise AssertionError("unreachable")
 
 
-# Commits redone after a conflict in this process (for tests and benchmarks of shared tables).
+# Commits redone after a conflict in this process: the CLI reads it before and after a command and
+# reports the difference (a line on stderr, ``conflicts_retried`` in --json); tests and benchmarks too.
 CONFLICTS_RETRIED = [0]
+
+
+def conflicts_exhausted(exc: BaseException) -> int | None:
+    """How many tries of one commit conflicted, where ``exc`` is the conflict that
+    :func:`retry_on_conflict` gave up on (None for any other error)."""
+    return getattr(exc, "lakecurate_conflicts", None) if isinstance(exc, OSError) else None
 
 # Below this many rows a flat vector scan is fast (a few ms per query); above it, embed builds an index.
 INDEX_MIN_ROWS = 100_000
@@ -918,7 +928,7 @@ class Store:
         for v in versions:
             tx = self._transaction(ds, v["version"])
             if tx is not None:
-                ops[v["version"]] = type(tx.operation).__name__
+                ops[v["version"]] = _op_name(tx, lambda n: _checkout(ds, n, opened), v["version"])
             if changes:
                 change[v["version"]] = _change(ds, v, listed.get(v["version"] - 1), tx, opened)
         tags: dict[int, list[str]] = {}
@@ -998,6 +1008,24 @@ def _store_problem(exc: BaseException) -> str:
     return clean_message(text.splitlines()[0])[:300]
 
 
+# What an object store's failure reads like in Lance's errors (S3, GCS, Azure: object_store's
+# "Generic <store> error", not a local disk's; a store that does not answer; no such bucket).
+_STORE_ERROR = re.compile(r"Generic (?!LocalFileSystem )\w+ error|error sending request|Connection refused|dns error|NoSuchBucket")
+
+
+def store_problem(exc: BaseException) -> str | None:
+    """Why an object store failed ``exc``, in :func:`_store_problem`'s words, where it (or the error
+    it was raised from) is one: a store that went away in the middle of a command failed with an
+    ArrowInvalid or ValueError traceback. None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _STORE_ERROR.search(str(exc)):
+            return _store_problem(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
 def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any,
             opened: dict[int, lance.LanceDataset] | None = None) -> str:
     """What ``version`` (an entry of ``ds.versions()``) changed against ``before`` (the one before
@@ -1006,13 +1034,13 @@ def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any,
     operation name where nothing else shows (an index, a compaction); "" where a version cannot be
     read (cleaned up). ``opened``: versions checked out already (a log compares each with the one
     before it: each is opened once)."""
-    op = type(tx.operation).__name__ if tx is not None else ""
     opened = {} if opened is None else opened
 
     def checkout(number: int) -> lance.LanceDataset:
-        if number not in opened:
-            opened[number] = ds.checkout_version(number)
-        return opened[number]
+        return _checkout(ds, number, opened)
+    op = _op_name(tx, checkout, version["version"]) if tx is not None else ""
+    if op == "ReserveFragments":
+        return _WORDS[op]
     try:
         now = checkout(version["version"])
         old = checkout(before["version"]) if before is not None else None
@@ -1065,6 +1093,29 @@ def _change(ds: lance.LanceDataset, version: dict, before: dict | None, tx: Any,
     return (", ".join(stages) + ": " if stages else "") + "; ".join(parts or [_WORDS.get(op, op)])
 
 
+def _checkout(ds: lance.LanceDataset, number: int, opened: dict[int, lance.LanceDataset]) -> lance.LanceDataset:
+    if number not in opened:
+        opened[number] = ds.checkout_version(number)
+    return opened[number]
+
+
+def _op_name(tx: Any, checkout: Callable[[int], lance.LanceDataset], number: int) -> str:
+    """Lance's name of the operation that made version ``number``. Its Python side names some
+    operations only by their base class ("BaseOperation"): a compaction's first commit, which
+    reserves the ids of the fragments it will write (each compact adds such a version) and changes
+    no fragment, is named "ReserveFragments"; another, "unnamed"."""
+    op = type(tx.operation).__name__
+    if op != "BaseOperation":
+        return op
+    try:
+        now, old = checkout(number), checkout(number - 1)
+        same = ([f.fragment_id for f in now.get_fragments()] == [f.fragment_id for f in old.get_fragments()]
+                and now.schema == old.schema and now.count_rows() == old.count_rows())
+    except Exception:  # noqa: BLE001 - the version before was cleaned up: not known
+        same = False
+    return "ReserveFragments" if same else "unnamed"
+
+
 def _rows_added(tx: Any) -> int:
     """The rows a commit added, from its transaction alone (the version before it is gone): the
     rows of its new fragments where it changed no fragment it kept (an ingest's guarded commit, an
@@ -1081,7 +1132,9 @@ def _rows_added(tx: Any) -> int:
 # Lance's operations in words, where a version's schema and rows do not say what it changed.
 _WORDS = {"Append": "rows appended", "Update": "rows rewritten", "Rewrite": "fragments compacted",
           "CreateIndex": "index built", "Project": "schema metadata", "UpdateConfig": "table config",
-          "Merge": "columns merged", "DataReplacement": "columns rewritten", "Delete": "rows deleted"}
+          "Merge": "columns merged", "DataReplacement": "columns rewritten", "Delete": "rows deleted",
+          "ReserveFragments": "fragment ids reserved (a compaction's first commit)",
+          "unnamed": "an operation Lance does not name"}
 
 
 def _iso(ts: datetime) -> str:

@@ -203,3 +203,53 @@ def test_one_s3_lake_is_one_lake_whatever_its_spelling_and_none_is_made_inside_i
         Lake.open(f"s3://{b}/team/lake/pairs.lance/data", storage_options=options)
     other = Lake.create(f"s3://{b}/team/pairs.lance.old", storage_options=options)  # (a name like it: a lake)
     assert other.count() == 0
+
+
+def test_a_store_that_goes_away_mid_run_is_one_line_and_json(tmp_path: Path, monkeypatch):
+    """The S3 server stopped during `embed --json`: an 84-line traceback and nothing on stdout (the
+    read failed with ArrowInvalid, then the run's cleanup, which opens the lake again, raised a
+    ValueError that hid it). Now one line naming the store problem, and {"error": ...} on stdout."""
+    import json
+
+    from click.testing import CliRunner
+
+    import lance.fragment
+
+    from lakecurate.cli import main
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    stopped = []
+    try:
+        import boto3
+
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket="flaky")
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+               "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        Lake.create("s3://flaky/lake").ingest(small_folder(tmp_path / "src", 6), progress=False)
+        read = lance.fragment.LanceFragment.to_table
+
+        def read_when_store_gone(self, *args, **kwargs):  # (the runner's first read of a batch)
+            if not stopped:
+                server.stop()
+                stopped.append(1)
+            return read(self, *args, **kwargs)
+
+        monkeypatch.setattr(lance.fragment.LanceFragment, "to_table", read_when_store_gone)
+        res = CliRunner().invoke(main, ["embed", "s3://flaky/lake", "--model", "tiny-random", "--workers", "0",
+                                        "--batch-size", "2", "--json"], env=env)
+    finally:
+        if not stopped:
+            server.stop()
+    assert stopped and res.exit_code == 1, res.output
+    error = json.loads(res.stdout)["error"]
+    assert error.startswith("cannot use lake 's3://flaky/lake': the store could not be reached; check the endpoint"), error
+    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)

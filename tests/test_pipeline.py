@@ -1210,3 +1210,29 @@ def test_info_documents_every_column_the_stages_write(rebalanced: Lake):
     assert docs["clip_tinyrandom_score"].startswith("embed: alignment") and "caption" in docs["n_chars"]
     res = CliRunner().invoke(main, ["info", lake.uri, "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["columns"][-1]["doc"], res.output
+
+
+def test_a_run_stops_where_another_writer_replaced_the_keep_its_curate_wrote(sample_lake_embedded: Lake, tmp_path: Path):
+    """Another person's curate (another recipe) landed between this run's curate and its cluster:
+    the run built cluster, rebalance and sequence on their keep, exited 0 and reported its own
+    curate's tag. Now it stops before the next step, naming what happened (and keeps what it wrote)."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    (tmp_path / "loose.toml").write_text('name = "loose"\n[[step]]\nfilter = "ingest_error"\n[[step]]\n'
+                                         'filter = "caption_missing"\n')
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[curate]\nrecipe = "loose.toml"\n[cluster]\nk = 3\n[rebalance]\ntarget = 0.7\n[sequence]\nmode = "random"\n')
+    done: list[str] = []
+
+    def another_curate_meanwhile(step) -> None:
+        done.append(step.step)
+        if step.step == "curate":
+            Lake.open(lake.uri).curate(STRICT, progress=False)  # (another process, another recipe)
+
+    with pytest.raises(LakeError, match=r"another writer replaced keep after this run's \[curate\] wrote it "
+                                        r"\(curate 'loose', .*now with curate 'strict'.*stopped before \[cluster\]"):
+        lake.run(pipe, progress=False, on_step=another_curate_meanwhile)
+    assert done == ["curate"]
+    assert "rebalance_keep" not in lake.dataset().schema.names
+    # run again: it decides again (the keep is not the file's recipe's) and goes on
+    again = lake.run(pipe, progress=False)
+    assert again.ran == ["curate", "cluster", "rebalance", "sequence"]

@@ -382,3 +382,73 @@ def test_why_excluded_follows_the_order_a_row_meets_the_stages():
     # a recipe that kept a row (it has no duplicate step): rebalancing left it out, not dedup
     df["keep"] = [True, True, True, False, True, False]
     assert why_excluded(df).tolist()[:3] == ["rebalance", "rebalance", "outside the view's condition"]
+
+
+# --------------------------------------------------------------------------- conflicts, seen from the CLI
+def _two_fragments(tmp_path: Path) -> Lake:
+    from .test_ingest import small_folder
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(small_folder(tmp_path / "a", 3), progress=False)
+    lake.ingest(small_folder(tmp_path / "b", 3, seed=9), progress=False)
+    assert len(lake.dataset().get_fragments()) > 1
+    return lake
+
+
+def _conflicting_commits(monkeypatch, fails: int | None, meanwhile=None) -> None:
+    """Compaction.commit loses its race ``fails`` times (None: every time), after ``meanwhile``."""
+    from lance.optimize import Compaction
+
+    commit, calls = Compaction.commit, []
+
+    def losing(ds, results, *args, **kwargs):
+        calls.append(1)
+        if fails is None or len(calls) <= fails:
+            if meanwhile is not None and len(calls) == 1:
+                monkeypatch.setattr(Compaction, "commit", commit)  # (the other writer commits for real)
+                meanwhile()
+                monkeypatch.setattr(Compaction, "commit", staticmethod(losing))
+            raise OSError("Retryable commit conflict for version 7: This Rewrite transaction was preempted")
+        return commit(ds, results, *args, **kwargs)
+
+    monkeypatch.setattr(Compaction, "commit", staticmethod(losing))
+
+
+def test_commits_retried_after_a_conflict_are_counted_in_json_and_on_stderr(tmp_path: Path, monkeypatch):
+    """A commit retried after a conflict was only store.CONFLICTS_RETRIED and a debug log line."""
+    lake = _two_fragments(tmp_path)
+    _conflicting_commits(monkeypatch, fails=2)
+    res = CliRunner().invoke(main, ["compact", lake.uri, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["conflicts_retried"] == 2
+    assert "2 commits conflicted with another writer's and were made again" in res.stderr
+    res = CliRunner().invoke(main, ["compact", lake.uri, "--json"])  # (nothing to retry: no key, no line)
+    assert "conflicts_retried" not in json.loads(res.stdout) and "conflicted" not in res.stderr
+
+
+def test_a_commit_that_conflicts_every_try_is_one_line(tmp_path: Path, monkeypatch):
+    """12 conflicted tries were re-raised as the last OSError: a traceback."""
+    lake = _two_fragments(tmp_path)
+    _conflicting_commits(monkeypatch, fails=None)
+    monkeypatch.setattr("lakecurate.store.time.sleep", lambda s: None)
+    res = CliRunner().invoke(main, ["compact", lake.uri, "--json"])
+    assert res.exit_code == 1 and not isinstance(res.exception, OSError), res.output
+    error = json.loads(res.stdout)["error"]
+    assert error.startswith(f"12 commits conflicted; another writer kept committing to '{lake.uri}'") and error.endswith("run again")
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 2  # (the note, the error)
+
+
+def test_racing_compacts_report_what_each_did_and_the_log_names_their_versions(tmp_path: Path, monkeypatch):
+    """Two compacts at once both said "fragments 4 -> 1" though the second, retried after the first
+    committed, did nothing; the log showed each compact's first version as "BaseOperation"."""
+    lake = _two_fragments(tmp_path)
+    n = len(lake.dataset().get_fragments())
+    _conflicting_commits(monkeypatch, fails=1, meanwhile=lambda: Lake.open(lake.uri).compact())
+    out = lake.compact()
+    assert (out["fragments_before"], out["fragments_after"]) == (1, 1), (n, out)
+    log = lake.history(None)
+    assert "BaseOperation" not in {h["operation"] for h in log}
+    reserved = [h for h in log if h["operation"] == "ReserveFragments"]
+    assert reserved and all(h["change"] == "fragment ids reserved (a compaction's first commit)" for h in reserved)
+    res = CliRunner().invoke(main, ["log", lake.uri])
+    assert "BaseOperation" not in res.output and "fragment ids reserved" in res.output, res.output
