@@ -501,7 +501,10 @@ class Store:
         self, columns: Sequence[str] | None = None, where: str | None = None, limit: int | None = None
     ) -> pd.DataFrame:
         """Rows as pandas. Image bytes are not read unless ``image`` is asked for by name. A uint64
-        column (an image hash) is pandas' nullable UInt64, exact where float64 would round it."""
+        column (an image hash) is pandas' nullable UInt64, exact where float64 would round it; a list
+        of uint64 (``copy_hashes``) uint64 arrays. Other columns as pyarrow gives them: an integer
+        column with nulls is float64 (``width``, ``concept``, ``repeats``), a boolean one with nulls
+        object (True, False, None), a vector a numpy array per row."""
         from lakecurate.sqlcheck import check_where
 
         ds = self.dataset()
@@ -540,7 +543,14 @@ class Store:
         from lakecurate.sqlcheck import in_list
 
         tbl = ds.to_table(columns=["id"], filter=f"id IN ({in_list(id_list)})", with_row_id=True)
-        rowids = dict(zip(tbl.column("id").to_pylist(), tbl.column("_rowid").to_pylist()))
+        found = tbl.column("id").to_pylist()
+        twice = sorted({i for i in found if found.count(i) > 1}) if len(set(found)) < len(found) else []
+        if twice:  # (rows another writer added with an id that was there: the last one's image was given, or None)
+            raise LakeError(f"id {', '.join(map(repr, twice[:5]))} of lake '{self.uri}' (version {ds.version}) is the id "
+                            f"of more than one row (added outside lakecurate: ingest never repeats an id); see them: "
+                            f"{self.command} sql {self.shell} \"SELECT id, key, source FROM pairs WHERE id = "
+                            f"'{twice[0]}'\", and delete the extra row, or restore the version before it")
+        rowids = dict(zip(found, tbl.column("_rowid").to_pylist()))
         unknown = list(dict.fromkeys(i for i in id_list if i not in rowids))
         if unknown:
             shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")

@@ -365,3 +365,17 @@ def test_sql_notes_stale_columns_and_search_takes_a_column_name_and_a_list_vecto
         lake.evaluate("x")
     with pytest.raises(LakeError, match=r"^invalid storage_options 'x'"):
         Lake.open(lake.uri, storage_options="x")
+
+
+def test_an_id_another_writer_repeated_is_named_not_read_as_no_image(tmp_path: Path):
+    """A row appended with LanceDB under an id the lake had (and no image): read_images gave None for
+    it, the last row of the id winning, as for a row without an image."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    row = lake.dataset().to_table(columns=["id", "caption", "source", "key", "ingest_status"], limit=1,
+                                  filter="ingest_status = 'ok'")
+    the_id = row.column("id")[0].as_py()
+    assert lake.read_images(the_id)[0]
+    lancedb.connect(str(tmp_path / "lake")).open_table("pairs").add(row.to_pylist())
+    with pytest.raises(LakeError, match=f"id '{the_id}' of lake .* is the id of more than one row"):
+        lake.read_images([the_id])
