@@ -661,6 +661,8 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
                                       "margin": BLUR_MARGIN, "encoding": "JPEG quality 95, other formats PNG",
                                       "faces": (columns.field_provenance(ds.schema.field(FACE_BOXES)) or {}).get("config")}
             report.blurred = blur["images"]
+        if format != "lance":  # (a copied export can be checked file by file: `sha256sum -c`, or in Python)
+            manifest["sha256"] = _digests(out)
         # never the name of the export itself, nor longer than it may be (DEST's name may take 255 bytes)
         staged_manifest = stage / ("manifest.json" if dest.name != "manifest.json" else "manifest.staged.json")
         staged_manifest.write_text(json.dumps(manifest, indent=2, default=str))
@@ -674,6 +676,22 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         shutil.rmtree(stage, ignore_errors=True)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _digests(out: Path) -> dict[str, str]:
+    """File name -> sha256 (hex) of each file an export wrote: the shards of a folder (its own
+    manifest aside), or the one Parquet file."""
+    import hashlib
+
+    files = [out] if out.is_file() else sorted(p for p in out.iterdir() if p.is_file())
+    got = {}
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        got[f.name] = h.hexdigest()
+    return got
 
 
 def _write_shards(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list[str], meta_cols: list[str],

@@ -3,6 +3,7 @@ checks, repeats spread through the order, shards as the sequence cut them, json 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -122,9 +123,15 @@ def test_overwrite_replaces_exactly_the_earlier_export(seq_lake: Lake, tmp_path:
         on_disk = sorted(p.name for p in dest.iterdir())
         assert on_disk == sorted(manifest["shards"] + ["README.txt", "manifest.json"])  # no stale shard
         assert manifest["samples"] == second.samples and len(manifest["shards"]) == -(-second.samples // 5)
+        # each file with its sha256: a copied export can be checked (the manifest had counts, no digests)
+        assert manifest["sha256"] == {n: hashlib.sha256((dest / n).read_bytes()).hexdigest() for n in manifest["shards"]}
     else:
         manifest = json.loads(Path(f"{dest}.manifest.json").read_text())
         assert manifest["samples"] == second.samples
+        if fmt == "parquet":
+            assert manifest["sha256"] == {dest.name: hashlib.sha256(dest.read_bytes()).hexdigest()}
+        else:
+            assert "sha256" not in manifest  # (a Lance table: its own files and versions)
     if fmt == "lance":
         assert len(lance.dataset(str(dest)).versions()) == 1  # a fresh table, not the old one's next version
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
