@@ -1490,7 +1490,7 @@ def info(lake: str, as_json: bool) -> None:
     click.echo(f"branch: {d['branch']}; branches: " + ", ".join(["main", *d["branches"]]))
     click.echo("")
     _echo_table(
-        [{"column": c["name"], "type": c["type"], "about": c["doc"] or describe_provenance(c["provenance"])}
+        [{"column": c["name"], "type": c["type"], "about": " ".join(filter(None, [c["doc"], c["provenance"] and f"[{describe_provenance(c['provenance'])}]"]))}
          for c in d["columns"]]
     )
     if any(c["provenance"] for c in d["columns"]):

@@ -207,7 +207,7 @@ def test_library_refuses_the_same_numbers(curated: str, tmp_path: Path):
     from lakecurate import LakeError
 
     lake = Lake.open(curated)
-    with pytest.raises(LakeError, match="sample at least 1 row"):
+    with pytest.raises(LakeError, match="invalid sample_rows -1: expected an integer >= 1"):
         lake.report(tmp_path / "r.html", sample_rows=-1)
     assert not (tmp_path / "r.html").exists()
     with pytest.raises(LakeError, match="at least 1 nearest pair"):
