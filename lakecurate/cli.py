@@ -23,7 +23,7 @@ from lakecurate.columns import describe_provenance
 from lakecurate.errors import Terminated, removed_meanwhile
 from lakecurate.graph import lakecurate_on
 from lakecurate.lake import Lake, LakeError
-from lakecurate.names import DEDUP_OPTIONS, EVAL_LR
+from lakecurate.names import DEDUP_DEFAULT_METHODS, DEDUP_METHODS, DEDUP_OPTIONS, DEDUP_TEXT_METHODS, EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
 from lakecurate.options import MOST, MOST_WORKERS, canonical_uri, half_the_memory
 from lakecurate.store import CONFLICTS_RETRIED, conflicts_exhausted, store_problem
@@ -627,10 +627,20 @@ def _methods(value: str) -> list[str]:
     return out
 
 
+def _decided_by(keep_from: list[str]) -> str:
+    """Which methods' groups made dup_keep; none when only caption links ran on a lake without image
+    groups (it printed "groups from " and nothing)."""
+    if keep_from:
+        return f"groups from {', '.join(keep_from)}"
+    return (f"no groups decide: {' and '.join(DEDUP_TEXT_METHODS)} links are reported only, unless in --keep-from; "
+            f"add an image method, e.g. --method {','.join(DEDUP_DEFAULT_METHODS)}")
+
+
 @main.command()
 @lake_argument
-@click.option("--method", "method", default="exact,phash,semantic,copy", show_default=True,
-              help="Comma-separated: exact, phash, semantic, caption, copy, verify, or all.")
+@click.option("--method", "method", default=",".join(DEDUP_DEFAULT_METHODS), show_default=True,
+              help=f"Comma-separated: {', '.join(DEDUP_METHODS)}, or all ({' and '.join(DEDUP_TEXT_METHODS)} link "
+              "captions: reported only, unless in --keep-from).")
 @click.option("--embedding", help="Embedding columns for semantic/caption dedup and the keep rule's score "
               "(default: the lake's only embedding).")
 @click.option("--phash-distance", type=click.IntRange(0, 64), default=8, show_default=True, help="Max differing bits of 64 for phash links.")
@@ -708,7 +718,7 @@ def dedup(lake: str, method: str, embedding: str | None, phash_distance: int, no
                   "duplicates": m.duplicates, "fragments written": m.fragments_written, "seconds": f"{m.seconds:.1f}"}
                  for m in rep.methods])
     click.echo(f"\nkeep: {rep.kept} of {rep.rows} rows; {rep.dropped} marked dup_keep = false "
-               f"(groups from {', '.join(rep.keep_from)}); {rep.hashed} images hashed; {rep.seconds:.1f} s")
+               f"({_decided_by(rep.keep_from)}); {rep.hashed} images hashed; {rep.seconds:.1f} s")
     if rep.flat:
         click.echo(f"note: {rep.flat} images have too little detail for a perceptual hash (a solid colour, a plain "
                    "gradient): phash and copy leave them out; exact and semantic still compare them")
@@ -1256,7 +1266,7 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
     """Mark pairs of LAKE by id (what the browser's review does), undo a mark, list marks, or write
     back the marks of an older version.
 
-    Example: lakecurate review ./lake p0000012 p0000040 --drop watermark --by ana
+    Example: lakecurate review ./lake 1655f610fee3ee5d a9fd79ccf602cf61 --drop watermark --by ana
     """
     from lakecurate.review import history as review_history
 
@@ -1321,7 +1331,7 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
 def feature() -> None:
     """User-defined feature columns: a Python function over a batch of columns, one commit per fragment.
 
-    Example: lakecurate feature add ./lake cap_chars --udf my_features:cap_chars --input caption
+    Example: lakecurate feature add ./lake caption_chars --udf my_features:caption_chars --input caption
     """
 
 
@@ -1867,8 +1877,10 @@ def run_cmd(lake: str, pipeline: str, dry_run: bool, as_json: bool) -> None:
 @json_option
 @_friendly_errors
 def demo(lake_uri: str, source: str, model: str, as_json: bool) -> None:
-    """Run the shipped demo pipeline (lakecurate/pipelines/demo.toml) on the bundled sample data and
-    show what it found. The same as: lakecurate run LAKE demo.
+    """Run the shipped demo pipeline (lakecurate/pipelines/demo.toml) on the photos of ./sample_data
+    (or --source) into --lake, and show what it found: flagged pairs, the lowest alignment, a search,
+    what curation dropped. lakecurate run LAKE demo runs the same steps, but always on the bundled
+    sample_data (wherever it is run from), with the offline encoder, and prints only each step's line.
 
     Example: lakecurate demo --lake ./demo-lake --source sample_data
     """

@@ -201,19 +201,22 @@ def check_table(lake: "Store", ds: lance.LanceDataset | None = None) -> None:
 
 def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False,
             fix: str = "use --name to write new columns beside it, or --recompute to replace it",
-            same: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None) -> bool:
+            same: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None,
+            rename: str = "pick another --name for this one") -> bool:
     """Make sure ``fields`` exist with provenance ``prov``. Metadata-only; returns True if it added them.
 
     The same config again is a no-op. A column that exists with another config is an error naming
     the two ways out (another name, or ``recompute``, which drops and re-declares the columns).
     ``same(recorded, this)``: configs whose hashes differ but that are one (the stage says).
+    ``rename``: how this run writes columns of its own when another stage's hold these names (the
+    CLI's stages take --name; a stage run from Python names its columns itself).
     """
     ds = lake.dataset()
     check_table(lake, ds)  # a foreign or newer table: refused before the first write of any stage
     names = [f.name for f in fields]
     present = [n for n in names if n in ds.schema.names]
     refuse_foreign(lake, ds, present)  # (before a recompute's drop: another writer's column went without a word)
-    refuse_others(lake, ds, names, prov)  # (...and another stage's: a recompute dropped a user's feature)
+    refuse_others(lake, ds, names, prov, rename)  # (...and another stage's: a recompute dropped a user's feature)
     if present and recompute:
         drop_replaced(lake, present)
         ds = lake.dataset()
@@ -270,12 +273,14 @@ def refuse_foreign(lake: "Store", ds: lance.LanceDataset, names: Sequence[str]) 
                         f"{'it' if one else 'them'} (Lance, LanceDB), or pick another --name where the stage takes one")
 
 
-def refuse_others(lake: "Store", ds: lance.LanceDataset, names: Sequence[str], prov: dict[str, Any]) -> None:
+def refuse_others(lake: "Store", ds: lance.LanceDataset, names: Sequence[str], prov: dict[str, Any],
+                  rename: str = "pick another --name for this one") -> None:
     """Refuse (LakeError) to declare ``names`` where ``ds`` has one that another stage declared, or
     that belongs to a larger set than these names (a feature's of several columns): no run
     replaces what it did not make. A feature named ``myenc_image``, then ``embed --name myenc``:
     the refusal said "--recompute to replace it", and the recompute dropped the feature; ``embed
-    --name caption`` beside ``recaption --name image`` replaced the image vectors with text."""
+    --name caption`` beside ``recaption --name image`` replaced the image vectors with text.
+    ``rename``: the way to a column of one's own (a RowStage run from Python has no --name)."""
     for name in names:
         if name not in ds.schema.names:
             continue
@@ -284,7 +289,7 @@ def refuse_others(lake: "Store", ds: lance.LanceDataset, names: Sequence[str], p
         if old.get("stage") != prov.get("stage") or not set(declared) <= set(names):
             raise LakeError(f"column '{name}' of lake '{lake.uri}' belongs to {old.get('stage')} "
                             f"({', '.join(declared)}), not to this {prov.get('stage')} run: a run (--recompute too) "
-                            f"replaces only its own columns; pick another --name for this one (or drop those first "
+                            f"replaces only its own columns; {rename} (or drop those first "
                             f"on purpose: lakecurate drop {lake.shell} {' '.join(declared)})")
 
 

@@ -89,7 +89,7 @@ from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
 from lakecurate.graph import commit_decisions, embedded_rows, lakecurate_on, no_producer
-from lakecurate.names import Produce, embedding_columns
+from lakecurate.names import DEDUP_DEFAULT_METHODS, DEDUP_METHODS, DEDUP_TEXT_METHODS, Produce, embedding_columns
 from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
 from lakecurate.options import cosine as check_cosine
@@ -107,9 +107,9 @@ if TYPE_CHECKING:
 
     from lakecurate.store import Store
 
-METHODS = ("exact", "phash", "semantic", "caption", "minhash", "copy", "verify")  # verify last: it skips pairs the others link
-TEXT_METHODS = ("caption", "minhash")  # caption links: reported, not image duplicates
-DEFAULT_METHODS = ("exact", "phash", "semantic", "copy")  # verify: opt-in (an embedding, ~3x the time)
+METHODS = DEDUP_METHODS  # verify last: it skips pairs the others link
+TEXT_METHODS = DEDUP_TEXT_METHODS  # caption links: reported, not image duplicates
+DEFAULT_METHODS = DEDUP_DEFAULT_METHODS  # verify: opt-in (an embedding, ~3x the time)
 DEFAULT_KEEP_FROM = ("exact", "phash", "semantic", "copy", "verify")  # those computed
 PHASH_DISTANCE = 8
 # How phash looks for near hashes: "all" against all (exact multi-index hashing, ~N^2 at 8 bits:

@@ -253,6 +253,10 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
     arch = ALIASES.get(model.lower(), ALIASES.get(model, model))
     known = open_clip.list_models()
     if arch not in known:
+        if "/" in model:  # "ViT-B-32/openai" (open_clip's own listing style, or a path-like guess)
+            arch_, _, tag = model.partition("/")
+            raise EncoderError(f"unknown model '{model}': a model and its weights are one name with ':', not '/'; "
+                               f"write ARCH:TAG (e.g. ViT-B-32:openai; here '{arch_}:{tag}')")
         close = [m for m in known if _slug(model) in _slug(m)][:8]
         raise EncoderError(
             f"unknown model '{model}'. Use 'offline' (pip install lakecurate[offline]), 'tiny-random' (tests), "

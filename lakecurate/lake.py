@@ -253,7 +253,7 @@ class Lake(Store):
     def review(self, ids: Sequence[str], **options: Any) -> dict[str, Any]:
         """Mark pairs keep/drop (with a reason) or with a label; see :func:`lakecurate.review.mark`.
 
-        Example: ``lake.review(["p0000012"], verdict="drop", reason="watermark", by="ana")``
+        Example: ``lake.review(["1655f610fee3ee5d"], verdict="drop", reason="watermark", by="ana")``
         """
         from lakecurate.review import mark
 

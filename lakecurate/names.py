@@ -71,6 +71,11 @@ BUILTIN_COLUMNS = frozenset({
 BUILTIN_PREFIXES = ("dup_", "seq_", "review_", "offline_", "clip_")
 
 
+# The dedup methods, in the order a run computes them (verify last: it skips pairs the others link),
+# and those a run computes when none is named: dedup's and the CLI's --method help read them here.
+DEDUP_METHODS = ("exact", "phash", "semantic", "caption", "minhash", "copy", "verify")
+DEDUP_TEXT_METHODS = ("caption", "minhash")  # caption links: reported, not image duplicates
+DEDUP_DEFAULT_METHODS = ("exact", "phash", "semantic", "copy")  # verify: opt-in (an embedding, ~3x the time)
 # The way out of a signal column made with another config (signals has no --name to write beside it).
 # A dedup method's provenance config key -> the `lakecurate dedup` option that sets it: what the CLI
 # refuses for a method a run does not compute, and what graph's fix command writes back.

@@ -712,6 +712,17 @@ def _refuse_source_columns(lake: "Store", ds: Any, stage: RowStage) -> None:
                         + (f"; run it {stage.own_column}" if stage.own_column else ""))
 
 
+def _rename(stage: RowStage) -> str:
+    """How ``stage`` writes columns of its own where another stage's hold its names: --name for the
+    CLI's stages that take it (embed, recaption); a user's feature by another feature name; any
+    other stage (a RowStage run from Python, a fixed-name stage) by another column name."""
+    if stage.own_column == NAME_OPTION:
+        return "pick another --name for this one"
+    if stage.own_column:
+        return f"write this one {stage.own_column}"
+    return f"pick another column name for this one (in {stage.name}'s fields)"
+
+
 # --------------------------------------------------------------------------- the entry point
 def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int | None = None,
         recompute: bool = False, progress: bool | None = None, max_fragments: int | None = None) -> RunReport:
@@ -751,7 +762,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     prov = stage.provenance(ds.version)
     try:
         added = columns.declare(lake, stage.fields, prov, recompute=recompute, same=stage.same_config,
-                                **({"fix": stage.fix} if stage.fix else {}))
+                                rename=_rename(stage), **({"fix": stage.fix} if stage.fix else {}))
     except BaseException:
         if started is not None:
             _close(started.loader)

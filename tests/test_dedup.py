@@ -343,6 +343,17 @@ def test_cli_dedup(sample_lake_embedded: Lake, tmp_path: Path):
     assert Lake.open(uri).version == version
 
 
+def test_cli_dedup_caption_links_alone_say_what_decides(lake: Lake):
+    """--method minhash on a lake without image groups: the summary printed "(groups from )"; it says
+    none decide and how one would. The --method help lists every method, minhash too."""
+    lake.ingest(SAMPLE_DATA, progress=False)
+    res = CliRunner().invoke(main, ["--no-progress", "dedup", str(lake.uri), "--method", "minhash"])
+    assert res.exit_code == 0, res.output
+    assert "groups from )" not in res.output and "no groups decide: caption and minhash links are reported" in res.output
+    help_text = " ".join(CliRunner().invoke(main, ["dedup", "--help"]).output.split())
+    assert "Comma-separated: exact, phash, semantic, caption, minhash, copy, verify, or all" in help_text
+
+
 # --------------------------------------------------------------------------- planted Flickr8k duplicates
 @pytest.fixture(scope="module")
 def planted_lake(flickr8k: Path, tmp_path_factory) -> tuple[Lake, list, list]:
