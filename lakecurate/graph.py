@@ -1271,6 +1271,9 @@ def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str],
         marker = computed_marker(ds, Node("", present, [], {}))
         recorded = max(data_read, marker if marker is not None else -1)
         newer = [w[0] for c in sources for w in writes.get(c, {}).values() if recorded < w[0] <= read]
+        # (rows deleted whole-fragment since: no input was written, yet the run decided over the rows
+        # left; unrecorded, its re-run, pasted from status, changed nothing and status still said stale)
+        newer += [v for v in removed_fragments(ds).values() if recorded < v <= read]
         if not newer:
             return None
         ds.update_field_metadata({c: {COMPUTED_KEY: json.dumps({"read_version": int(read)})} for c in present})

@@ -11,9 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import lance
+import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from lakecurate import Lake, LakeError, columns, graph, review
 from lakecurate.cli import main
@@ -1099,6 +1101,22 @@ def test_a_whole_fragment_deleted_outside_makes_the_global_stages_stale(tmp_path
     lake.curate({"name": "d", "step": [{"filter": "duplicate"}]}, progress=False)
     assert {s["stage"]: s["state"] for s in lake.status()["stages"]}["dedup"] == "current"
     assert not orphans(), orphans()
+    # rows deleted that no decision changes for (a photo of its own): the fixes status prints, pasted,
+    # change no value; they record what they read, and the stages are current (they stayed stale)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(alone / "noise.png")
+    (alone / "noise.txt").write_text("a picture of noise")
+    lake.ingest(alone, progress=False)
+    lake.dedup("exact", progress=False)
+    lake.curate({"name": "d", "step": [{"filter": "duplicate"}]}, progress=False)
+    lance.dataset(lake.table_uri).delete(f"source = '{alone}'")
+    fixes = {s["stage"]: s["fix"] for s in lake.status()["stages"] if s["state"] != "current"}
+    assert set(fixes) == {"dedup", "curate"}, fixes
+    res = CliRunner().invoke(main, shlex.split(fixes["dedup"])[1:])
+    assert res.exit_code == 0, res.output
+    lake.curate({"name": "d", "step": [{"filter": "duplicate"}]}, progress=False)  # (its fix names RECIPE.toml: a dict)
+    assert {s["stage"]: s["state"] for s in lake.status()["stages"]} == {"dedup": "current", "curate": "current"}
 
 
 def orphans_of(lake: Lake):
