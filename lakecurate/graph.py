@@ -637,6 +637,7 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
             per[frag] = (w[0], w[1], content_write(per.get(frag)))
 
     before: set[int] | None = None  # the fragment ids of the version before (None: not known)
+    top: int | None = None  # the highest field id of the schema before (None: not known)
     history = _history(ds, ds, ds.version)
     # Only the versions a later restore goes back to need their writes remembered.
     restored = {tx.operation.version for _, tx, _ in history
@@ -658,7 +659,7 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
             # removed embed commit after it), and the fragments the next commit adds are its
             # highest ids, not those the kept version lacked (the removed ones added some too).
             state, holes, stale, removed = {}, {}, {}, {}
-            before = None
+            before = top = None
             continue
         if tx is not None:
             op, w = tx.operation, (version, _computed_from(tx))
@@ -667,6 +668,9 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                 state, holes, stale, removed = {}, {}, {}, {}
                 for frag in op.fragments:
                     put(_file_fields(frag), next(created, -1), w)
+                # (its schema is pyarrow's, without ids: those of its files; an empty table's: not known)
+                top = max(_schema_ids(getattr(op, "new_schema", None)) | {f for fr in op.fragments for f in _file_fields(fr)},
+                          default=None)
             elif kind == "Append":
                 for frag in op.fragments:
                     put(_file_fields(frag), next(created, -1), w)
@@ -725,7 +729,16 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                 # set declared again takes the dropped ids, which must read as never written (the
                 # old writes kept them "current" over all-null columns after a killed recompute).
                 kept = _schema_ids(op.schema)
+                if kind == "Merge" and kept and top is not None:
+                    # columns added with their values (Lance's add_columns of an expression, LanceDB's):
+                    # written now where their files are (a caption renamed, then a new column named
+                    # caption added: every stage read the old values, and status called them current);
+                    # lakecurate's declare adds columns without files (filled later, recorded then)
+                    new = {f for f in kept if f > top}
+                    for frag in op.fragments:
+                        put(_file_fields(frag) & new, frag.id, w)
                 if kept:
+                    top = max(kept)
                     for f in [f for f in state if f not in kept]:
                         del state[f]
                     for f in [f for f in holes if f not in kept]:

@@ -1149,3 +1149,20 @@ def test_a_source_column_renamed_outside_is_undone_by_the_fix_status_prints(samp
     subprocess.run([sys.executable, "-c", code[2]], check=True)
     assert {s["state"] for s in lake.status()["stages"]} == {"current"}
     assert len(lake.search("a cat", k=1)) == 1
+
+
+def test_a_column_added_with_values_outside_is_a_write(sample_lake_embedded: Lake, tmp_path: Path):
+    """caption renamed, then a new column named caption added with Lance's add_columns: every stage
+    read the old captions, and status called them current (export shipped the new captions with
+    them). Columns lakecurate declares (no values yet) are no write."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    assert {s["state"] for s in lake.status()["stages"]} == {"current"}
+    lance.dataset(lake.table_uri).alter_columns({"path": "caption", "name": "alt_text"})
+    lance.dataset(lake.table_uri).add_columns({"caption": "'a new caption'"})
+    embed = next(s for s in lake.status()["stages"] if s["stage"] == "embed")
+    assert embed["state"] == "stale" and any("caption was written at version" in r or "caption" in r
+                                             for r in embed["reasons"]), embed
+    lake.embed("tiny-random", workers=0, progress=False)  # its fix: the new captions embedded
+    assert next(s for s in lake.status()["stages"] if s["stage"] == "embed")["state"] == "current"
+    add_n(lake)  # a declare, then fills: current, and the embedding stays current
+    assert {s["state"] for s in lake.status()["stages"]} == {"current"}
