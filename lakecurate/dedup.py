@@ -187,9 +187,9 @@ def recomputed_methods(methods: Sequence[str], recompute: bool | Sequence[str]) 
     """The methods whose groups this run drops and finds again from every row: all of ``methods``
     (``recompute=True``), none, or those named (a pipeline whose one threshold changed regroups that
     method alone; the others stay incremental: a semantic join again is hours at 10M rows)."""
-    if isinstance(recompute, bool):
+    if isinstance(recompute, (bool, np.bool_)):  # (numpy's too: it was "not iterable", a TypeError)
         return set(methods) if recompute else set()
-    if isinstance(recompute, str) or not all(isinstance(m, str) for m in recompute):
+    if isinstance(recompute, str) or not hasattr(recompute, "__iter__") or not all(isinstance(m, str) for m in recompute):
         raise LakeError(f"recompute must be true, false or a list of method names, got {recompute!r}")
     for m in recompute:
         group_columns(m)  # an unknown name: the message lists the methods

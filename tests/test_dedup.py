@@ -1428,3 +1428,13 @@ def test_rows_the_embed_could_not_embed_are_not_named_as_not_embedded_yet(tmp_pa
     assert lake.count("ingest_status = 'error'") == 0
     rep = lake.dedup(["semantic", "exact"], semantic_threshold=0.995, workers=0, progress=False)
     assert not [w for w in rep.warnings if "not embedded yet" in w], rep.warnings
+
+
+def test_recompute_takes_numpy_bools_and_refuses_numbers_in_one_line():
+    from lakecurate.dedup import recomputed_methods
+
+    assert recomputed_methods(["exact", "phash"], np.True_) == {"exact", "phash"}
+    assert recomputed_methods(["exact", "phash"], np.False_) == set()
+    for bad in (1, 2.5, None):  # (1 was "'int' object is not iterable", a TypeError)
+        with pytest.raises(LakeError, match="recompute must be true, false or a list of method names"):
+            recomputed_methods(["exact"], bad)
