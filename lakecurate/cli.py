@@ -1510,10 +1510,9 @@ def info(lake: str, as_json: bool) -> None:
 def _not_current_notes(lake: Lake, query: str) -> None:
     """A note on stderr for each stage behind the columns ``query`` names that is not current (a
     caption rewritten since its embedding: the scores shown are of the old caption), with its fix."""
-    from lakecurate.graph import not_current_notes, where_columns
+    from lakecurate.graph import query_notes
 
-    ds = lake.dataset()
-    for note in not_current_notes(lake, ds, where_columns(query, ds.schema.names), "its values may be missing or old"):
+    for note in query_notes(lake, lake.dataset(), query):
         click.echo(f"note: {note}", err=True)
 
 

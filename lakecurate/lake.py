@@ -379,11 +379,9 @@ class Lake(Store):
         keywords("sql", options, Store.sql, skip=3)
         df = super().sql(query, version, **options)
         if version is None:
-            from lakecurate.graph import not_current_notes, where_columns
+            from lakecurate.graph import query_notes
 
-            ds = self.dataset()
-            df.attrs["notes"] = not_current_notes(self, ds, where_columns(query, ds.schema.names),
-                                                  "its values may be missing or old")
+            df.attrs["notes"] = query_notes(self, self.dataset(), query)
         return df
 
     def cleanup(self, older_than: timedelta = timedelta(days=7), *, allow_stale: bool = False) -> dict[str, int]:

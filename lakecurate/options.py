@@ -268,8 +268,8 @@ def canonical_uri(uri: str) -> str:
 
     >>> canonical_uri("file:///tmp/x/"), canonical_uri("/tmp/y/../x"), canonical_uri("s3://b/lake/")
     ('/tmp/x', '/tmp/x', 's3://b/lake')
-    >>> canonical_uri("s3://b/lake/."), canonical_uri("s3://b/./x/../lake")
-    ('s3://b/lake', 's3://b/lake')
+    >>> canonical_uri("s3://b/lake/."), canonical_uri("s3://b/./x/../lake"), canonical_uri("S3://b/lake")
+    ('s3://b/lake', 's3://b/lake', 's3://b/lake')
     """
     scheme, sep, rest = uri.partition("://")
     if not sep:  # ("~/x" made a folder named '~' in the working directory)
@@ -278,16 +278,18 @@ def canonical_uri(uri: str) -> str:
         return os.path.abspath(os.path.expanduser(rest))
     # (s3://b/x/. was another lake than s3://b/x: its own claims and checkpoints, both runs computed everything)
     parts: list[str] = []
-    for part in rest.rstrip("/").split("/"):
+    for i, part in enumerate(rest.rstrip("/").split("/")):
+        if part in (".", "..") and (i == 0 or (part == ".." and len(parts) < 2)):  # (s3://./x was bucket x)
+            raise LakeError(f"lake {uri!r}: '{part}' {'is not a bucket' if i == 0 else 'goes above the bucket'}; "
+                            "name the lake's folder in its bucket (s3://BUCKET/FOLDER)")
         if part == ".":
             continue
         if part == "..":
-            if len(parts) < 2:
-                raise LakeError(f"lake {uri!r}: '..' goes above the bucket; name the lake's folder in its bucket")
             parts.pop()
             continue
         parts.append(part)
-    return f"{scheme}://{'/'.join(parts).rstrip('/')}"
+    # (the scheme in one case: S3://b/x and s3://b/x kept claims and checkpoints of their own)
+    return f"{scheme.lower()}://{'/'.join(parts).rstrip('/')}"
 
 
 def location(uri: str) -> tuple[str, str]:

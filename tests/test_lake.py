@@ -361,6 +361,9 @@ def test_sql_notes_stale_columns_and_search_takes_a_column_name_and_a_list_vecto
     lancedb.connect(lake.uri).open_table("pairs").update(where=f"id = '{rid}'", values={"caption": "a red bus"})
     notes = lake.sql("SELECT key, clip_tinyrandom_score FROM pairs").attrs["notes"]
     assert any(n.startswith("embed (") and "stale" in n for n in notes), notes  # as search's attrs and the CLI say
+    for star in ("SELECT * FROM pairs", "SELECT p.* FROM pairs p"):  # (every column read: it said nothing)
+        assert lake.sql(star).attrs["notes"] == notes, star
+    assert lake.sql("SELECT count(*) AS n FROM pairs").attrs["notes"] == []
     with pytest.raises(LakeError, match=r"^evaluate needs eval_set="):
         lake.evaluate("x")
     with pytest.raises(LakeError, match=r"^invalid storage_options 'x'"):

@@ -197,6 +197,9 @@ def test_one_s3_lake_is_one_lake_whatever_its_spelling_and_none_is_made_inside_i
         assert Lake.open(spelling, storage_options=options).uri == lake.uri == f"s3://{b}/team/lake"
     with pytest.raises(LakeError, match="'..' goes above the bucket"):
         Lake.open(f"s3://{b}/..", storage_options=options)
+    with pytest.raises(LakeError, match="'.' is not a bucket"):  # (s3://./x was the lake x/ of bucket x)
+        Lake.open(f"s3://./{b}/team/lake", storage_options=options)
+    assert Lake.open(f"S3://{b}/team/lake", storage_options=options).uri == lake.uri  # (the scheme in one case)
     with pytest.raises(LakeError, match=f"is inside the table of the lake 's3://{b}/team/lake'"):
         Lake.create(f"s3://{b}/team/lake/pairs.lance", storage_options=options)
     with pytest.raises(LakeError, match=f"it is the table of the lake 's3://{b}/team/lake'"):
