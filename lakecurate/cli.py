@@ -1072,8 +1072,9 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
 
     Example: lakecurate export ./lake shards/ --format webdataset --caption caption_redacted --blur-faces
     """
-    version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
-    rep = open_lake(lake).export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
+    target = open_lake(lake)
+    version = _version_arg(target, at_version)
+    rep = target.export(dest, fmt, where=where, version=version, repeats=not no_repeats, caption=caption,
                                  shard_size=shard_size, overwrite=overwrite, allow_stale=allow_stale,
                                  blur_faces=blur_faces, caption_mix=caption_mix, mix_seed=mix_seed,
                                  mix_both=caption_mix_both, engine=engine, image_ext=image_ext)
@@ -1199,8 +1200,9 @@ def report_cmd(lake: str, out: str, at_version: str | None, sample_rows: int, op
 
     Example: lakecurate report ./lake report.html
     """
-    version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
-    rep = open_lake(lake).report(out, version=version, sample_rows=sample_rows, overwrite=overwrite)
+    target = open_lake(lake)
+    version = _version_arg(target, at_version)
+    rep = target.report(out, version=version, sample_rows=sample_rows, overwrite=overwrite)
     empty = f"; no data yet for: {', '.join(rep.empty_sections)}" if rep.empty_sections else ""
     for note in rep.stale:
         click.echo(f"warning: {note}", err=True)
@@ -1457,7 +1459,8 @@ def status(lake: str, at_version: str | None, as_json: bool) -> None:
 
     Example: lakecurate status ./lake
     """
-    d = open_lake(lake).status(int(at_version) if at_version and at_version.isdigit() else at_version)
+    target = open_lake(lake)
+    d = target.status(_version_arg(target, at_version))
     if as_json:
         echo_json(d)
         return
@@ -1507,6 +1510,15 @@ def info(lake: str, as_json: bool) -> None:
         click.echo("\n(full provenance: lakecurate info LAKE --json)")
 
 
+def _version_arg(lake: Lake, at_version: str | None) -> int | str | None:
+    """--version as the lake reads it: a number (a tag named like one, made with Lance, is refused as
+    ambiguous, not read as the number without a word), else a tag, branch or branch:N."""
+    if at_version and at_version.isdigit():
+        lake.dataset(at_version)  # (Store.dataset refuses a number that is also a tag's name)
+        return int(at_version)
+    return at_version
+
+
 def _not_current_notes(lake: Lake, query: str) -> None:
     """A note on stderr for each stage behind the columns ``query`` names that is not current (a
     caption rewritten since its embedding: the scores shown are of the old caption), with its fix."""
@@ -1543,11 +1555,11 @@ def sql(lake: str, query: str, fmt: str, at_version: str | None, limit: int, tim
     if as_json and fmt not in ("table", "json"):
         raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one")
     fmt = "json" if as_json else fmt
-    version: int | str | None = int(at_version) if at_version and at_version.isdigit() else at_version
     # Read one row past the limit, a batch at a time: a cross join held 8M rows (5.7 GB) to print them.
     # In a thread of its own, bounded: `unnest(range(1, 300000000))` took 8.7 GB and Ctrl+C waited for it.
     memory = max_memory * 2**30 if max_memory is not None else half_the_memory()
     target = open_lake(lake)
+    version = _version_arg(target, at_version)
     table = target.sql_table(query, version=version, limit=limit + 1 if limit else None, timeout=timeout,
                              max_memory=memory)
     if version is None:  # values of a stage that is not current are shown, said on stderr (as search says it)

@@ -464,7 +464,7 @@ class Store:
             return
         at = f"{tags[ref].get('branch') or 'main'}:{tags[ref]['version']}"
         if ref.isdigit():
-            other, pick = f"version {ref}", f"the number {ref} (an int) or 'main:{ref}' for the version"
+            other, pick = f"version {int(ref)}", f"the number {int(ref)} (an int) or 'main:{int(ref)}' for the version"
         elif ref == "main" or ref in (branches or {}):
             other, pick = f"branch '{ref}' (its latest version)", f"'{ref}:N' for a version of the branch"
         else:

@@ -345,6 +345,17 @@ def test_a_tag_named_like_a_branch_or_a_version_is_refused_as_ambiguous(sample_l
         with pytest.raises(LakeError, match="both a tag"):
             sample_lake.sql("SELECT COUNT(*) FROM pairs", version=ref)
     assert sample_lake.dataset(1).version == 1 and sample_lake.dataset(f"main:{first}").version == first
+    from click.testing import CliRunner
+
+    from lakecurate.cli import main
+
+    for args in (["sql", sample_lake.uri, "SELECT COUNT(*) AS n FROM pairs"], ["status", sample_lake.uri],
+                 ["export", sample_lake.uri, str(sample_lake.uri) + "-out.parquet", "--format", "parquet"]):
+        res = CliRunner().invoke(main, [*args, "--version", "1"])  # (the CLI read '1' as the number, silently)
+        assert res.exit_code == 1 and "'1' is both a tag" in res.output, (args, res.output)
+    ds.tags.create("007", first)
+    with pytest.raises(LakeError, match=r"give the number 7 \(an int\) or 'main:7'"):
+        sample_lake.dataset("007")
 
 
 def test_sql_notes_stale_columns_and_search_takes_a_column_name_and_a_list_vector(sample_lake_embedded: Lake,
