@@ -81,3 +81,13 @@ def noisy_eval_set(folder: Path, n: int = 6) -> Path:
         Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / f"e{i}.png")
         (folder / f"e{i}.txt").write_text(f"a noisy test picture number {i}")
     return folder
+
+
+def undecodable_jpeg(path: Path) -> Path:
+    """A JPEG with a sound header and end marker but broken data (it passes ingest; decoding it
+    fails: embed records image_undecodable) written at ``path``."""
+    broken = bytearray((SAMPLE_DATA / "coffee.jpg").read_bytes())
+    for i in range(1500, len(broken) - 2, 7):
+        broken[i] = 0xFF if i % 2 else 0x00
+    path.write_bytes(bytes(broken))
+    return path

@@ -23,7 +23,7 @@ from lakecurate.neardup import components
 from lakecurate.plant import first_captions, plant_duplicates, split_in_halves, true_pairs
 from lakecurate.signals import phash_bytes, phash_pixels
 
-from .conftest import SAMPLE_DATA, refused_and_good_copies
+from .conftest import SAMPLE_DATA, refused_and_good_copies, undecodable_jpeg
 
 COPIES = {"chelsea_copy": "chelsea", "coffee_small_q40": "coffee", "astronaut_flip": "astronaut", "camera_bright": "camera"}
 
@@ -1416,10 +1416,7 @@ def test_rows_the_embed_could_not_embed_are_not_named_as_not_embedded_yet(tmp_pa
     for name in ("coffee", "rocket"):
         shutil.copy(SAMPLE_DATA / f"{name}.jpg", src)
         (src / f"{name}.txt").write_text(f"a photo of {name}")
-    broken = bytearray((SAMPLE_DATA / "coffee.jpg").read_bytes())
-    for i in range(1500, len(broken) - 2, 7):
-        broken[i] = 0xFF if i % 2 else 0x00
-    (src / "broken.jpg").write_bytes(bytes(broken))
+    undecodable_jpeg(src / "broken.jpg")
     (src / "broken.txt").write_text("a photo")
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(src, progress=False)

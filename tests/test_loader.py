@@ -13,7 +13,7 @@ import pytest
 from lakecurate import Lake, LakeError
 from lakecurate.loader import LakeDataset, loader
 
-from .conftest import SAMPLE_DATA
+from .conftest import SAMPLE_DATA, undecodable_jpeg
 
 torch = pytest.importorskip("torch")
 
@@ -221,10 +221,7 @@ def test_an_image_that_passed_ingest_but_cannot_be_decoded_is_left_out_not_fatal
     for name in ("coffee", "rocket", "chelsea"):
         shutil.copy(SAMPLE_DATA / f"{name}.jpg", src)
         (src / f"{name}.txt").write_text(f"a photo of {name}")
-    broken = bytearray((SAMPLE_DATA / "coffee.jpg").read_bytes())
-    for i in range(1500, len(broken) - 2, 7):
-        broken[i] = 0xFF if i % 2 else 0x00
-    (src / "broken.jpg").write_bytes(bytes(broken))
+    undecodable_jpeg(src / "broken.jpg")
     (src / "broken.txt").write_text("a photo")
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(src, progress=False)

@@ -28,17 +28,23 @@ pytestmark = pytest.mark.slow
 DECISIONS = ["id", "keep", "drop_reason", "concept", "rebalance_keep", "seq_order", "seq_shard"]
 
 
-@pytest.fixture(scope="module")
-def s3():
-    """A local S3 server: (endpoint, the storage options a lake needs, a fresh bucket maker)."""
-    import boto3
-
+def _start_server() -> tuple[object, int]:
+    """A local S3 server (moto) on a free port, started: (the server, its port)."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    return server, port
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A local S3 server: (endpoint, the storage options a lake needs, a fresh bucket maker)."""
+    import boto3
+
+    server, port = _start_server()
     endpoint = f"http://127.0.0.1:{port}"
     options = {"endpoint": endpoint, "allow_http": "true", "aws_access_key_id": "testing",
                "aws_secret_access_key": "testing", "region": "us-east-1"}
@@ -220,12 +226,7 @@ def test_a_store_that_goes_away_mid_run_is_one_line_and_json(tmp_path: Path, mon
 
     from lakecurate.cli import main
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server, port = _start_server()
     stopped = []
     try:
         import boto3
