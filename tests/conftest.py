@@ -83,11 +83,17 @@ def noisy_eval_set(folder: Path, n: int = 6) -> Path:
     return folder
 
 
-def undecodable_jpeg(path: Path) -> Path:
-    """A JPEG with a sound header and end marker but broken data (it passes ingest; decoding it
-    fails: embed records image_undecodable) written at ``path``."""
+def with_an_undecodable_jpeg(folder: Path, photos: tuple[str, ...]) -> Path:
+    """``folder`` made with sample_data's ``photos`` (captioned "a photo of NAME") and ``broken.jpg``:
+    a JPEG with a sound header and end marker but broken data (it passes ingest; decoding it fails:
+    embed records image_undecodable), captioned "a photo"."""
+    folder.mkdir()
+    for name in photos:
+        (folder / f"{name}.jpg").write_bytes((SAMPLE_DATA / f"{name}.jpg").read_bytes())
+        (folder / f"{name}.txt").write_text(f"a photo of {name}")
     broken = bytearray((SAMPLE_DATA / "coffee.jpg").read_bytes())
     for i in range(1500, len(broken) - 2, 7):
         broken[i] = 0xFF if i % 2 else 0x00
-    path.write_bytes(bytes(broken))
-    return path
+    (folder / "broken.jpg").write_bytes(bytes(broken))
+    (folder / "broken.txt").write_text("a photo")
+    return folder

@@ -23,7 +23,7 @@ from lakecurate.neardup import components
 from lakecurate.plant import first_captions, plant_duplicates, split_in_halves, true_pairs
 from lakecurate.signals import phash_bytes, phash_pixels
 
-from .conftest import SAMPLE_DATA, refused_and_good_copies, undecodable_jpeg
+from .conftest import SAMPLE_DATA, refused_and_good_copies, with_an_undecodable_jpeg
 
 COPIES = {"chelsea_copy": "chelsea", "coffee_small_q40": "coffee", "astronaut_flip": "astronaut", "camera_bright": "camera"}
 
@@ -1411,13 +1411,7 @@ def test_rows_without_a_vector_are_named_with_the_embed_command(tmp_path: Path):
 def test_rows_the_embed_could_not_embed_are_not_named_as_not_embedded_yet(tmp_path: Path):
     """A JPEG that passes ingest but cannot be decoded gets embed's error, never a vector: dedup said
     "not embedded yet ... embed them", the pasted embed computed nothing, and the warning came back."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("coffee", "rocket"):
-        shutil.copy(SAMPLE_DATA / f"{name}.jpg", src)
-        (src / f"{name}.txt").write_text(f"a photo of {name}")
-    undecodable_jpeg(src / "broken.jpg")
-    (src / "broken.txt").write_text("a photo")
+    src = with_an_undecodable_jpeg(tmp_path / "src", ("coffee", "rocket"))
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(src, progress=False)
     lake.embed("tiny-random", workers=0, progress=False)

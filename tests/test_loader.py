@@ -13,7 +13,7 @@ import pytest
 from lakecurate import Lake, LakeError
 from lakecurate.loader import LakeDataset, loader
 
-from .conftest import SAMPLE_DATA, undecodable_jpeg
+from .conftest import SAMPLE_DATA, with_an_undecodable_jpeg
 
 torch = pytest.importorskip("torch")
 
@@ -216,13 +216,7 @@ def test_an_image_that_passed_ingest_but_cannot_be_decoded_is_left_out_not_fatal
     (image_undecodable). Export shipped it and the loader stopped the training run on it, with
     advice that did not apply ("train on a view without ingest errors": it was the default view).
     Both leave it out now, with a warning; without an embedding the loader's error says how."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("coffee", "rocket", "chelsea"):
-        shutil.copy(SAMPLE_DATA / f"{name}.jpg", src)
-        (src / f"{name}.txt").write_text(f"a photo of {name}")
-    undecodable_jpeg(src / "broken.jpg")
-    (src / "broken.txt").write_text("a photo")
+    src = with_an_undecodable_jpeg(tmp_path / "src", ("coffee", "rocket", "chelsea"))
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(src, progress=False)
     assert lake.count("ingest_status = 'error'") == 0  # the header is sound
