@@ -256,8 +256,8 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         rank's workers read the whole epoch, every sample once per rank)."""
         if self._world is not None:
             return int(self._rank), int(self._world)  # type: ignore[arg-type]
-        if self._parent_rank_world is not None:  # (a worker: what its main process saw when it sent the dataset)
-            return self._parent_rank_world
+        if self._parent_rank_world is not None and _in_worker():  # what its main process saw when it sent it
+            return self._parent_rank_world  # (only there: a copy made before init_process_group kept (0, 1))
         try:
             import torch.distributed as dist
 
@@ -361,14 +361,24 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         return out
 
 
+def _in_worker() -> bool:
+    """Whether this process is a DataLoader worker."""
+    try:
+        from torch.utils.data import get_worker_info
+    except ImportError:  # pragma: no cover
+        return False
+    return get_worker_info() is not None
+
+
 def _env_rank_world() -> tuple[int, int]:
-    """torchrun's ``RANK`` and ``WORLD_SIZE`` (both set, whole, 0 <= RANK < WORLD_SIZE), else (0, 1)."""
+    """torchrun's ``RANK`` and ``WORLD_SIZE`` (both set, whole, 0 <= RANK < WORLD_SIZE), else (0, 1)
+    where neither is set; one without the other is refused (RANK alone read every sample on each rank)."""
     rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is None or world is None:
+    if rank is None and world is None:
         return 0, 1
     try:
-        r, w = int(rank), int(world)
-    except ValueError:
+        r, w = int(rank), int(world)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         r, w = -1, 0
     if not 0 <= r < w:
         raise LakeError(f"RANK={rank!r} and WORLD_SIZE={world!r} in the environment: expected whole numbers with "

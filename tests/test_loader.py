@@ -384,14 +384,19 @@ def test_dataloader_workers_read_for_their_main_process_s_rank(seq_lake: Lake, m
     rank). Here the main process's group is faked; the spawned workers run without it, as they do."""
     import torch.distributed as dist
 
+    import copy
+
     want = expected(seq_lake)
     got: Counter = Counter()
+    early = copy.deepcopy(LakeDataset(seq_lake, seed=3, batch_size=4, decode=False, even=False))
     for rank in (0, 1):
         monkeypatch.setattr(dist, "is_available", lambda: True)
         monkeypatch.setattr(dist, "is_initialized", lambda: True)
         monkeypatch.setattr(dist, "get_rank", lambda rank=rank: rank)
         monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-        ds = LakeDataset(seq_lake, seed=3, batch_size=4, decode=False, even=False)
+        # a copy made before init_process_group (a wrapper's deepcopy) read as rank 0 of 1 for good
+        ds = early if rank else LakeDataset(seq_lake, seed=3, batch_size=4, decode=False, even=False)
+        assert ds.rank_world() == (rank, 2)
         ids = ids_of(loader(ds, num_workers=2))
         assert len(ids) == len(ds) < sum(want.values())
         got.update(ids)
@@ -406,6 +411,9 @@ def test_torchrun_s_environment_names_the_rank_without_a_process_group(seq_lake:
     assert len(ds) == len(LakeDataset(seq_lake, batch_size=4, decode=False, rank=1, world_size=2))
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(LakeError, match="RANK='2' and WORLD_SIZE='2' in the environment"):
+        ds.rank_world()
+    monkeypatch.delenv("WORLD_SIZE")  # (RANK alone read every sample on each rank)
+    with pytest.raises(LakeError, match="RANK='2' and WORLD_SIZE=None in the environment"):
         ds.rank_world()
 
 
