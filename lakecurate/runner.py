@@ -724,6 +724,20 @@ def _rename(stage: RowStage) -> str:
 
 
 # --------------------------------------------------------------------------- the entry point
+def _whole_sizes(stage: RowStage, workers: Any) -> tuple[RowStage, int | None]:
+    """``stage`` with its batch size, and ``workers``, as the whole numbers the checks took them for
+    (a whole float, 16.0 from a pipeline file or a notebook, is 16; anything else one LakeError)."""
+    import dataclasses
+
+    from lakecurate.options import MOST_WORKERS, whole
+
+    size = whole("--batch-size", stage.batch_size, 1)
+    workers = whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
+    if type(stage.batch_size) is not int:
+        stage = dataclasses.replace(stage, batch_size=size)
+    return stage, workers
+
+
 def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int | None = None,
         recompute: bool = False, progress: bool | None = None, max_fragments: int | None = None) -> RunReport:
     """Declare ``stage``'s fields and fill every fragment that lacks them, or whose values are stale;
@@ -736,11 +750,11 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     A first run that fails before any fragment is committed leaves no declared column behind.
     """
     from lakecurate.engines import check_engine, gpu_actors
-    from lakecurate.options import MOST_WORKERS, whole
 
     check_engine(engine)  # before declaring anything
-    whole("--batch-size", stage.batch_size, 1)
-    whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
+    # the checked values are the ones used: 16.0 passed the checks, then range() failed after a
+    # recompute had dropped the stage's columns
+    stage, workers = _whole_sizes(stage, workers)
     gpus = engine == "ray" and gpu_actors(stage.device)
     t0 = time.perf_counter()
     report = RunReport()
@@ -890,10 +904,9 @@ def map_images(lake: "Store", stage: RowStage, addresses: Sequence[int], *, work
     :class:`Rows` (``offsets``: the batch's row addresses; ``images``: what ``image()`` made) in
     order. Nothing is written: the caller keeps what it needs (a cache of keypoints for some rows).
     """
-    from lakecurate.options import MOST_WORKERS, whole
     from lakecurate.progress import progress_bar
 
-    whole("--workers", workers, 0, none_ok=True, high=MOST_WORKERS)
+    stage, workers = _whole_sizes(stage, workers)
     addrs = [int(a) for a in addresses]
     items = [tuple(addrs[s:s + stage.batch_size]) for s in range(0, len(addrs), stage.batch_size)]
     if workers is None:

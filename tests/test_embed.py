@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 from click.testing import CliRunner
 
@@ -802,3 +805,17 @@ def test_a_caption_col_not_there_names_every_caption_column(sample_lake_embedded
     lance.dataset(lake.table_uri).add_columns({"alt_text": "concat('alt: ', caption)"})
     with pytest.raises(LakeError, match=r"caption columns: caption, alt_text$"):
         lake.embed("tiny-random", caption_col="nope", progress=False)
+
+
+def test_a_whole_float_batch_size_is_that_number(sample_lake_embedded: Lake, tmp_path: Path):
+    """batch_size=16.0 (a pipeline file, a notebook) passed the checks, then failed in range() with a
+    TypeError, after a recompute had dropped the embedding's columns."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    before = lake.count("clip_tinyrandom_image IS NOT NULL")
+    rep = lake.embed("tiny-random", batch_size=8.0, workers=0.0, recompute=True, progress=False)
+    assert rep.rows_embedded == lake.count() and lake.count("clip_tinyrandom_image IS NOT NULL") == before > 0
+    assert lake.add_feature("n", lambda b: pa.compute.utf8_length(b["caption"]), inputs=["caption"], type="int32",
+                            batch_size=8.0, progress=False).rows == lake.count()
+    with pytest.raises(LakeError, match="--batch-size"):
+        lake.embed("tiny-random", batch_size=8.5, recompute=True, progress=False)
+    assert lake.count("clip_tinyrandom_image IS NOT NULL") == before  # (refused before the drop)
