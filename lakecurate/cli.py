@@ -25,7 +25,7 @@ from lakecurate.graph import lakecurate_on
 from lakecurate.lake import Lake, LakeError
 from lakecurate.names import DEDUP_DEFAULT_METHODS, DEDUP_METHODS, DEDUP_OPTIONS, DEDUP_TEXT_METHODS, EVAL_LR
 from lakecurate.names import EVAL_METRICS as METRIC_NAMES
-from lakecurate.options import MOST, MOST_WORKERS, canonical_uri, half_the_memory
+from lakecurate.options import MOST, MOST_WORKERS, canonical_uri, half_the_memory, is_number
 from lakecurate.store import CONFLICTS_RETRIED, conflicts_exhausted, store_problem
 
 
@@ -1281,7 +1281,7 @@ def review_cmd(lake: str, ids: tuple[str, ...], verdict: str | None, reason: str
         if not from_version.strip():
             raise click.UsageError(f"--from-version: give a version number or tag (see: lakecurate log {shlex.quote(lake)})")
         lk = open_lake(lake)
-        back = lk.restore_reviews(int(from_version) if from_version.isdigit() else from_version, by=by)
+        back = lk.restore_reviews(_version_arg(lk, from_version), by=by)
         if as_json:
             echo_json(back)
         else:
@@ -1513,7 +1513,7 @@ def info(lake: str, as_json: bool) -> None:
 def _version_arg(lake: Lake, at_version: str | None) -> int | str | None:
     """--version as the lake reads it: a number (a tag named like one, made with Lance, is refused as
     ambiguous, not read as the number without a word), else a tag, branch or branch:N."""
-    if at_version and at_version.isdigit():
+    if at_version and is_number(at_version):
         lake.dataset(at_version)  # (Store.dataset refuses a number that is also a tag's name)
         return int(at_version)
     return at_version

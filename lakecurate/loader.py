@@ -50,6 +50,7 @@ import numpy as np
 
 from lakecurate.errors import LakeError, removed_meanwhile
 from lakecurate.images import decode_image
+from lakecurate.options import is_number
 
 if TYPE_CHECKING:
     from lakecurate.store import Store
@@ -118,7 +119,7 @@ class LakeDataset(_Base):  # type: ignore[misc,valid-type]
         self.uri, self.branch, self.version = store.uri, getattr(store, "branch", None), ds.version
         self.storage_options = getattr(store, "storage_options", None)
         # a tag or branch name is opened by name in the workers and must still be this version there
-        self.ref: int | str = version if isinstance(version, str) and not version.isdigit() else ds.version
+        self.ref: int | str = version if isinstance(version, str) and not is_number(version) else ds.version
         # the branch the version is on (a tag or branch:N may name another than the store's)
         self.on = store._ref(self.ref)[0] if isinstance(self.ref, str) and hasattr(store, "_ref") else self.branch
         if isinstance(self.ref, str) and hasattr(store, "_ref") and store._ref(self.ref)[1] is None:

@@ -41,6 +41,16 @@ def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False, high:
     return int(value)
 
 
+def is_number(text: str) -> bool:
+    """Whether ``text`` names a version number: ASCII digits only (``str.isdigit`` takes '²', which
+    ``int`` refuses, and '٣', which it reads as 3).
+
+    >>> is_number("12"), is_number("²"), is_number("٣"), is_number("")
+    (True, False, False, False)
+    """
+    return text.isascii() and text.isdigit()
+
+
 def flag(option: str, value: Any) -> bool:
     """``value`` as a bool (numpy's too), else a LakeError naming ``option``: ``shuffle="no"``
     is a true string, and shuffled; ``repeats="no"`` wrote every repeat without a word."""

@@ -36,7 +36,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.graph import lakecurate_on
-from lakecurate.options import clean_text, texts, unicode
+from lakecurate.options import clean_text, is_number, texts, unicode
 from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
 
@@ -239,7 +239,7 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     if read_only:
         raise LakeError("this lake is open read-only: reviews are not written")
     whose = None  # the branch whose version it is, where not this one's (a parent's before the branch)
-    if isinstance(version, str) and not version.isdigit():
+    if isinstance(version, str) and not is_number(version):
         branch, _ = lake._ref(version)  # (another branch's marks were copied and logged "from version N")
         if branch != lake.branch and not _grew_from(lake, branch, lake.dataset(version).version):
             whose, here = branch or "main", lake.branch or "main"

@@ -45,7 +45,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import where_columns
 from lakecurate.images import thumbnail_jpeg
 from lakecurate.names import DECISIONS
-from lakecurate.options import half_the_memory, unicode
+from lakecurate.options import half_the_memory, is_number, unicode
 from lakecurate.sqlcheck import check_query, check_where, clean_message, in_list, literal
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class Browser:
         at most every :data:`LATEST_SECONDS` (this server's own writes refresh it at once)."""
         ref = ref or self.version
         if ref:
-            return self.lake.dataset(int(ref) if isinstance(ref, str) and ref.isdigit() else ref)
+            return self.lake.dataset(ref)  # (a number's text too: a tag of that name is refused as ambiguous)
         return self.latest()
 
     def pin(self, ref: str | None, number: int) -> int | str:
@@ -218,7 +218,7 @@ class Browser:
         SQL, diff): the number on the lake's branch, or ``branch:number`` for another branch's view
         (a bare number is looked up on the lake's own branch: a branch's view searched main's
         version of that number)."""
-        if isinstance(ref, str) and not ref.isdigit():
+        if isinstance(ref, str) and not is_number(ref):
             branch, _ = self.lake._ref(ref)
             return f"{branch or 'main'}:{number}"
         return number
@@ -228,7 +228,7 @@ class Browser:
         ref = ref or self.version
         if not ref:
             return self.lake, True
-        if not isinstance(ref, str) or ref.isdigit():  # a number: the lake's own branch, a fixed version
+        if not isinstance(ref, str) or is_number(ref):  # a number: the lake's own branch, a fixed version
             return self.lake, False
         branch, number = self.lake._ref(ref)  # (one look at the tags and branches a request)
         return self.lake.on_branch(branch), number is None
@@ -691,8 +691,8 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         ds, ctx = common(request)
         if not a:
             return html(request, {**ctx, "view": "diff", "title": "compare two views", "d": None})
-        d = b.timed(lambda: view_diff(b.lake, int(a) if a.isdigit() else a,
-                                      int(bb) if bb and bb.isdigit() else bb, examples=PAGE), "the diff")
+        d = b.timed(lambda: view_diff(b.lake, int(a) if is_number(a) else a,
+                                      int(bb) if bb and is_number(bb) else bb, examples=PAGE), "the diff")
         ds_a, ds_b = b.lake.dataset(b.pin(a, d.version_a)), b.lake.dataset(b.pin(bb, d.version_b))
         return html(request, {**ctx, "view": "diff", "title": f"{d.a} → {d.b}", "d": d,
                               "added": _by_ids(b, ds_b, d.added_ids), "removed": _by_ids(b, ds_a, d.removed_ids),

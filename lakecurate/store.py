@@ -36,7 +36,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError, QueryStopped
-from lakecurate.options import canonical_uri, flag, texts, whole
+from lakecurate.options import canonical_uri, flag, is_number, texts, whole
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
@@ -362,7 +362,7 @@ class Store:
     def dataset(self, version: int | str | None = None) -> lance.LanceDataset:
         """The pairs table at its latest version, or at ``version``: a number (on this lake's branch),
         a tag, a branch name (its latest version) or ``branch:number``."""
-        if isinstance(version, str) and version.isdigit():
+        if isinstance(version, str) and is_number(version):
             self._unambiguous(version, self._lance(self.table_uri).tags.list())
             version = int(version)
         if isinstance(version, numbers.Integral) and not isinstance(version, bool):
@@ -432,7 +432,7 @@ class Store:
         """This lake on the branch the version reference ``ref`` names (a branch, ``branch:number``
         or a tag of a branch; a number or None: this store's branch), so that what it prints and
         writes for that version (a fix command, a review) goes to that branch."""
-        if not isinstance(ref, str) or ref.isdigit():
+        if not isinstance(ref, str) or is_number(ref):
             return self
         return self.on_branch(self._ref(ref)[0])
 
@@ -450,7 +450,7 @@ class Store:
             self._unambiguous(ref, tags, branches)
             return tags[ref].get("branch"), ref
         name, _, number = ref.partition(":")
-        if (name == "main" or name in branches) and (not number or number.isdigit()):
+        if (name == "main" or name in branches) and (not number or is_number(number)):
             return (None if name == "main" else name), int(number) if number else None
         raise LakeError(f"'{ref}' is not a version, tag or branch of lake '{self.uri}' "
                         f"(tags: {', '.join(sorted(tags)) or 'none'}; branches: main{''.join(', ' + b for b in sorted(branches))}); "
@@ -463,7 +463,7 @@ class Store:
         if ref not in tags:
             return
         at = f"{tags[ref].get('branch') or 'main'}:{tags[ref]['version']}"
-        if ref.isdigit():
+        if is_number(ref):
             other, pick = f"version {int(ref)}", f"the number {int(ref)} (an int) or 'main:{int(ref)}' for the version"
         elif ref == "main" or ref in (branches or {}):
             other, pick = f"branch '{ref}' (its latest version)", f"'{ref}:N' for a version of the branch"
@@ -484,7 +484,7 @@ class Store:
         when the caller has opened it (else it is opened here)."""
         if version is None:
             return True
-        if isinstance(version, str) and not version.isdigit():
+        if isinstance(version, str) and not is_number(version):
             branch, number = self._ref(version)
             return branch == self.branch and number is None
         ds = self.dataset(version) if ds is None else ds
@@ -846,7 +846,7 @@ class Store:
         if name in self.dataset().tags.list():
             raise LakeError(f"'{name}' is a tag of lake '{self.uri}'; a branch of that name would be hidden by it "
                             "wherever a version is named (--version, diff, restore): pick another name")
-        if isinstance(source, str) and not source.isdigit():
+        if isinstance(source, str) and not is_number(source):
             branch, number = self._ref(source)
             if isinstance(number, int):  # branch:N: a version of that branch (a Lance traceback when it is not)
                 self._open_version(self._branch_uri(branch), number, branch)
@@ -907,7 +907,7 @@ class Store:
             raise LakeError("restore needs a version: a number or a tag of this branch; see: "
                             f"{self.command} log {self.shell}")
         old = self.dataset(version)
-        branch = self._ref(version)[0] if isinstance(version, str) and not version.isdigit() else self.branch
+        branch = self._ref(version)[0] if isinstance(version, str) and not is_number(version) else self.branch
         if branch != self.branch:
             raise LakeError(f"'{version}' belongs to another branch than {self.branch or 'main'}; restore works "
                             f"within a branch (open the lake with --branch to restore there)")

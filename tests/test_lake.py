@@ -353,6 +353,11 @@ def test_a_tag_named_like_a_branch_or_a_version_is_refused_as_ambiguous(sample_l
                  ["export", sample_lake.uri, str(sample_lake.uri) + "-out.parquet", "--format", "parquet"]):
         res = CliRunner().invoke(main, [*args, "--version", "1"])  # (the CLI read '1' as the number, silently)
         assert res.exit_code == 1 and "'1' is both a tag" in res.output, (args, res.output)
+    res = CliRunner().invoke(main, ["review", sample_lake.uri, "--from-version", "1", "--by", "ana"])  # (read as 1)
+    assert res.exit_code == 1 and "'1' is both a tag" in res.output, res.output
+    for odd in ("\u00b2", "\u0663"):  # '²' was a ValueError traceback, '٣' read as version 3
+        with pytest.raises(LakeError, match="is not a version, tag or branch"):
+            sample_lake.dataset(odd)
     ds.tags.create("007", first)
     with pytest.raises(LakeError, match=r"give the number 7 \(an int\) or 'main:7'"):
         sample_lake.dataset("007")
