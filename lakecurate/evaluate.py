@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import shutil
 import time
@@ -557,14 +558,14 @@ def evaluate(
     t0 = time.perf_counter()
     check_engine(engine)
     eval_set = options.path("--eval-set", eval_set)
-    for opt, value in (("--seeds", seeds), ("--steps", steps), ("--batch", batch), ("--dim", dim)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise LakeError(f"{opt} = {value!r}: a whole number of at least 1")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr <= 1:
+    # (options.whole: numpy's integers and whole floats too, as every other stage takes them)
+    seeds, steps, batch, dim = (options.whole(opt, value, 1) for opt, value in
+                                (("--seeds", seeds), ("--steps", steps), ("--batch", batch), ("--dim", dim)))
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not 0 < lr <= 1:
         raise LakeError(f"--lr {lr!r}: a learning rate above 0 and at most 1 (default {DEFAULT_LR:g})")
-    every = eval_every if eval_every is not None else max(1, steps // CURVE_POINTS)
-    if not isinstance(every, int) or isinstance(every, bool) or not 1 <= every <= steps:
-        raise LakeError(f"--eval-every {eval_every!r}: a whole number of steps from 1 to --steps ({steps})")
+    lr = float(lr)
+    every = options.whole("--eval-every", eval_every, 1, high=steps) if eval_every is not None else \
+        max(1, steps // CURVE_POINTS)
     if metric not in METRICS:
         raise LakeError(f"--metric {metric!r}: one of {', '.join(METRICS)}")
     names = parse_baselines(baseline)

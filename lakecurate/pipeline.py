@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import numbers
 import os
 import re
 import time
@@ -47,6 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lakecurate import graph, options, runner
 from lakecurate.columns import field_provenance
@@ -180,6 +183,8 @@ def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_u
     if unknown:
         raise LakeError(f"{where}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     _check_types(where, fn, opts)
+    # numpy's scalars as Python's (np.False_ is not False: "recompute" read as set; TOML and the records are JSON)
+    opts = {k: v.item() if isinstance(v, np.generic) else v for k, v in opts.items()}
     for key, why in _NOTHING_WRITTEN.get(step, {}).items():
         if opts.get(key) is not None and opts[key] is not False:  # (max_fragments = 0: nothing embedded)
             raise LakeError(f"{where}: {key} = {json.dumps(opts[key])} is not an option of a pipeline: {why}")
@@ -201,12 +206,14 @@ def _check_step(source: str, step: str, opts: dict[str, Any], base: Path, lake_u
 
 # A TOML value's Python types for the annotations of the stage functions' options ("EncoderSpec"
 # and the like: none from a file); an option whose annotation names anything else is left to its stage.
+# (a pipeline given as a dict from Python takes numpy's numbers and bools, as the Lake methods do)
 _TOML_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "Path": (str,), "os.PathLike": (str,), "None": (type(None),), "bool": (bool,), "int": (int,),
-    "float": (int, float), "Sequence[str]": (list,), "Mapping[str, Any]": (dict,), "dict[str, float]": (dict,),
-    "EncoderSpec": (),
+    "str": (str,), "Path": (str,), "os.PathLike": (str,), "None": (type(None),), "bool": (bool, np.bool_),
+    "int": (numbers.Integral,), "float": (numbers.Real,), "Sequence[str]": (list, tuple), "Mapping[str, Any]": (dict,),
+    "dict[str, float]": (dict,), "EncoderSpec": (),
 }
-_TOML_WORDS = {str: "text", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
+_TOML_WORDS = {str: "text", numbers.Integral: "a whole number", numbers.Real: "a number", bool: "true or false",
+               list: "a list", dict: "a table"}
 
 
 def _check_types(where: str, fn: Callable[..., Any], opts: dict[str, Any]) -> None:
@@ -220,8 +227,8 @@ def _check_types(where: str, fn: Callable[..., Any], opts: dict[str, Any]) -> No
         if any(t not in _TOML_TYPES for t in parts):
             continue
         ok = tuple(c for t in parts for c in _TOML_TYPES[t])
-        whole_float = int in ok and isinstance(value, float) and value.is_integer()  # 1e4 rows, as the CLI takes it
-        if (isinstance(value, bool) and bool not in ok) or not (isinstance(value, ok) or whole_float):
+        whole_float = numbers.Integral in ok and isinstance(value, float) and value.is_integer()  # 1e4 rows, as the CLI takes it
+        if (isinstance(value, (bool, np.bool_)) and bool not in ok) or not (isinstance(value, ok) or whole_float):
             words = dict.fromkeys(_TOML_WORDS[c] for c in ok if c in _TOML_WORDS)
             raise LakeError(f"{where}: {key} = {value!r} must be {' or '.join(words)}")
 

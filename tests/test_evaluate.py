@@ -457,3 +457,11 @@ def test_evaluate_warns_when_the_eval_set_trained_the_offline_heads(flickr8k: Pa
     assert any(w.startswith("3 of 6 evaluation images trained the offline encoder's heads") for w in res.warnings), res.warnings
     res = lake.evaluate(eval_set=folder_of("clean", held_out[3:9]), view="width > 0", seeds=1, steps=4, record=False, progress=False)
     assert not any("trained the offline encoder" in w for w in res.warnings), res.warnings
+
+
+def test_evaluate_takes_numpy_integers_and_whole_floats(small):
+    """seeds=np.int64(1) was refused as "np.int64(1): a whole number of at least 1" (every other stage
+    takes numpy's integers)."""
+    lake, ev = small
+    res = lake.evaluate(eval_set=ev, seeds=np.int64(1), steps=4.0, eval_every=np.int32(2), record=False, progress=False)
+    assert res.steps == 4 and res.seeds == [0] and res.curve_steps == [0, 2, 4]

@@ -1236,3 +1236,17 @@ def test_a_run_stops_where_another_writer_replaced_the_keep_its_curate_wrote(sam
     # run again: it decides again (the keep is not the file's recipe's) and goes on
     again = lake.run(pipe, progress=False)
     assert again.ran == ["curate", "cluster", "rebalance", "sequence"]
+
+
+def test_a_pipeline_given_as_a_dict_takes_numpy_values(sample_lake_embedded: Lake, tmp_path: Path):
+    """lake.run({...}) refused np.False_ ("must be true or false") and np.int64(3) ("must be a whole
+    number"), which the Lake methods take."""
+    import numpy as np
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    rep = lake.run({"embed": {"model": "tiny-random", "recompute": np.False_, "batch_size": np.int64(8)},
+                    "cluster": {"k": np.int64(3)}})
+    assert [s.action for s in rep.steps] == ["skipped", "ran"], rep.steps
+    assert lake.sql("SELECT count(DISTINCT concept) AS n FROM pairs WHERE concept IS NOT NULL")["n"][0] == 3
+    with pytest.raises(LakeError, match="k = 'x' must be a whole number"):
+        lake.run({"cluster": {"k": "x"}})
