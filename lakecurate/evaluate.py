@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 import os
 import shutil
 import time
@@ -561,9 +560,7 @@ def evaluate(
     # (options.whole: numpy's integers and whole floats too, as every other stage takes them)
     seeds, steps, batch, dim = (options.whole(opt, value, 1) for opt, value in
                                 (("--seeds", seeds), ("--steps", steps), ("--batch", batch), ("--dim", dim)))
-    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not 0 < lr <= 1:
-        raise LakeError(f"--lr {lr!r}: a learning rate above 0 and at most 1 (default {DEFAULT_LR:g})")
-    lr = float(lr)
+    lr = options.real("--lr", lr, 0, 1, above=True)  # a learning rate
     every = options.whole("--eval-every", eval_every, 1, high=steps) if eval_every is not None else \
         max(1, steps // CURVE_POINTS)
     if metric not in METRICS:

@@ -585,6 +585,20 @@ def removed_fragments(ds: "lance.LanceDataset") -> dict[int, int]:
     return _log(ds)[3]
 
 
+@dataclass
+class _Walk:
+    """What :func:`_last_writes` carries through the commit log, one version at a time."""
+
+    state: dict[int, dict[int, Write]] = field(default_factory=dict)  # field id -> fragment -> write
+    holes: dict[int, set[int]] = field(default_factory=dict)  # field id -> fragments merged with rows that lacked it
+    stale: dict[str, set[int]] = field(default_factory=dict)  # column -> fragments merged with rows whose values were stale
+    removed: dict[int, int] = field(default_factory=dict)  # fragment -> the version that deleted all its rows
+
+    def copy(self) -> "_Walk":
+        return _Walk({f: dict(per) for f, per in self.state.items()}, {f: set(fr) for f, fr in self.holes.items()},
+                     {c: set(fr) for c, fr in self.stale.items()}, dict(self.removed))
+
+
 def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]], dict[str, set[int]],
                                                      dict[int, int]]:
     """Column -> fragment id -> (version, read version) of the last commit that wrote that column's
@@ -606,18 +620,15 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
     (:func:`removed_fragments`).
     """
     ids = _field_names(ds)
-    state: dict[int, dict[int, Write]] = {}  # field id -> fragment -> write
-    holes: dict[int, set[int]] = {}  # field id -> fragments merged with rows that lacked it
-    stale: dict[str, set[int]] = {}  # column -> fragments merged with rows whose values were stale
-    removed: dict[int, int] = {}  # fragment -> the version that deleted all its rows
-    snapshots: dict[int, tuple[dict[int, dict[int, Write]], dict[int, set[int]], dict[str, set[int]], dict[int, int]]] = {}
+    walk = _Walk()
+    snapshots: dict[int, _Walk] = {}  # version -> the walk then (for a later Restore)
     ids_of: dict[str, list[int]] = {}
     for f, name in ids.items():
         ids_of.setdefault(name, []).append(f)
     per_row = [(n.columns, n.sources) for n in nodes(ds) if n.per_row and n.sources]
 
     def col_write(name: str, frag: int) -> Write | None:
-        got = [content_write(state[f][frag]) for f in ids_of.get(name, ()) if frag in state.get(f, {})]
+        got = [content_write(walk.state[f][frag]) for f in ids_of.get(name, ()) if frag in walk.state.get(f, {})]
         return max((w for w in got if w is not None), default=None)
 
     def was_stale(cols: list[str], srcs: list[str], frag: int, held: set[int]) -> bool:
@@ -627,13 +638,13 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
 
     def put(fields: Iterable[int], frag: int, w: Write) -> None:
         for f in fields:
-            state.setdefault(f, {})[frag] = w
+            walk.state.setdefault(f, {})[frag] = w
 
     def put_deleted(fields: Iterable[int], frag: int, w: Write) -> None:
         # rows deleted: a write of the fragment for what reads the whole table, but the values of the
         # rows left are those of the last content write, kept third (see content_write)
         for f in fields:
-            per = state.setdefault(f, {})
+            per = walk.state.setdefault(f, {})
             per[frag] = (w[0], w[1], content_write(per.get(frag)))
 
     before: set[int] | None = None  # the fragment ids of the version before (None: not known)
@@ -658,14 +669,14 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
             # written before what follows (a kept ingest commit must not read as newer than the
             # removed embed commit after it), and the fragments the next commit adds are its
             # highest ids, not those the kept version lacked (the removed ones added some too).
-            state, holes, stale, removed = {}, {}, {}, {}
+            walk = _Walk()
             before = top = None
             continue
         if tx is not None:
             op, w = tx.operation, (version, _computed_from(tx))
             kind = type(op).__name__
             if kind == "Overwrite":
-                state, holes, stale, removed = {}, {}, {}, {}
+                walk = _Walk()
                 for frag in op.fragments:
                     put(_file_fields(frag), next(created, -1), w)
                 # (its schema is pyarrow's, without ids: those of its files; an empty table's: not known)
@@ -676,7 +687,7 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                     put(_file_fields(frag), next(created, -1), w)
             elif kind == "Update":
                 modified = set(getattr(op, "fields_modified", None) or [])  # columns rewritten in place
-                carried = _carried(op, ids, state)  # (read before the fragments the rows left are changed)
+                carried = _carried(op, ids, walk.state)  # (read before the fragments the rows left are changed)
                 for frag in op.updated_fragments:
                     put_deleted(_file_fields(frag) - modified, frag.id, w)
                     put(_file_fields(frag) & modified, frag.id, w)
@@ -685,44 +696,44 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                     for f in _file_fields(frag):
                         put([f], fid, carried.get(f) or w)
                 for fid in op.removed_fragment_ids:
-                    for per in state.values():
+                    for per in walk.state.values():
                         per.pop(fid, None)
             elif kind == "Delete":
                 for frag in op.updated_fragments:
                     put_deleted(_file_fields(frag), frag.id, w)
                 for fid in op.deleted_fragment_ids:  # every row of it deleted: the fragment is gone
-                    removed[fid] = version
-                    for per in state.values():
+                    walk.removed[fid] = version
+                    for per in walk.state.values():
                         per.pop(fid, None)
             elif kind == "DataReplacement":
                 for r in op.replacements:
                     put(r.new_file.fields, r.fragment_id, w)
                     for f in r.new_file.fields:
-                        holes.get(f, set()).discard(r.fragment_id)
-                        stale.get(ids.get(f, ""), set()).discard(r.fragment_id)
+                        walk.holes.get(f, set()).discard(r.fragment_id)
+                        walk.stale.get(ids.get(f, ""), set()).discard(r.fragment_id)
             elif kind == "Rewrite":
                 for group in op.groups:
                     old = [frag.id for frag in group.old_fragments]
                     new_ids = [next(created, -1) for _ in group.new_fragments]
                     held = [_file_fields(frag) for frag in group.old_fragments]
                     for cols, srcs in per_row:  # (before the writes of the merged fragments are combined)
-                        if any(o in stale.get(c, ()) for c in cols for o in old) or \
+                        if any(o in walk.stale.get(c, ()) for c in cols for o in old) or \
                                 any(was_stale(cols, srcs, o, h) for o, h in zip(old, held)):
                             for c in cols:
-                                stale.setdefault(c, set()).update(new_ids)
+                                walk.stale.setdefault(c, set()).update(new_ids)
                         for c in cols:
-                            stale.get(c, set()).difference_update(old)
-                    for f, per in state.items():
+                            walk.stale.get(c, set()).difference_update(old)
+                    for f, per in walk.state.items():
                         writes = [per.pop(o) for o in old if o in per]
                         if writes:
                             for new in new_ids:
                                 per[new] = max(writes)
                     for f in set().union(*held) if held else ():
-                        inherited = any(o in holes.get(f, ()) for o in old)
+                        inherited = any(o in walk.holes.get(f, ()) for o in old)
                         if inherited or any(f not in h for h in held):  # some rows had no value: now nulls
-                            holes.setdefault(f, set()).update(new_ids)
+                            walk.holes.setdefault(f, set()).update(new_ids)
                         for o in old:
-                            holes.get(f, set()).discard(o)
+                            walk.holes.get(f, set()).discard(o)
             elif kind in ("Project", "Merge"):
                 # Columns dropped (a recompute's drop_replaced, Lance's drop_columns): their writes go
                 # with them. Lance numbers the next columns added from the highest id left, so the
@@ -739,35 +750,30 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                         put(_file_fields(frag) & new, frag.id, w)
                 if kept:
                     top = max(kept)
-                    for f in [f for f in state if f not in kept]:
-                        del state[f]
-                    for f in [f for f in holes if f not in kept]:
-                        del holes[f]
+                    for f in [f for f in walk.state if f not in kept]:
+                        del walk.state[f]
+                    for f in [f for f in walk.holes if f not in kept]:
+                        del walk.holes[f]
                     for f in set(ids) - kept:  # (an id of the table now that this version lacked)
-                        stale.pop(ids[f], None)
+                        walk.stale.pop(ids[f], None)
             elif kind == "Restore":
-                then = snapshots.get(op.version, ({}, {}, {}, {}))
-                state = {f: dict(per) for f, per in then[0].items()}
-                holes = {f: set(fr) for f, fr in then[1].items()}
-                stale = {c: set(fr) for c, fr in then[2].items()}
-                removed = dict(then[3])
+                walk = snapshots.get(op.version, _Walk()).copy()
         if version in restored:
-            snapshots[version] = ({f: dict(per) for f, per in state.items()}, {f: set(fr) for f, fr in holes.items()},
-                                  {c: set(fr) for c, fr in stale.items()}, dict(removed))
+            snapshots[version] = walk.copy()
         if frag_ids is not None:
             before = set(frag_ids)
     out: dict[str, dict[int, Write]] = {}
-    for f, per in state.items():
+    for f, per in walk.state.items():
         name = ids.get(f)
         if name is not None:
             dest = out.setdefault(name, {})
             for frag, w in per.items():
                 dest[frag] = max(dest.get(frag, w), w)
     merged = {}
-    for f, frags in holes.items():
+    for f, frags in walk.holes.items():
         if frags and ids.get(f) is not None:
             merged.setdefault(ids[f], set()).update(frags)
-    return out, merged, {c: frags for c, frags in stale.items() if frags and c in ids_of}, removed
+    return out, merged, {c: frags for c, frags in walk.stale.items() if frags and c in ids_of}, walk.removed
 
 
 def _carried(op: Any, ids: dict[int, str], state: dict[int, dict[int, Write]]) -> dict[int, Write]:

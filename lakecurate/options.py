@@ -170,11 +170,29 @@ def flags(given: Mapping[str, Any], fn: "Callable[..., Any]") -> None:
             flag(name, given[name])
 
 
+def real(option: str, value: Any, low: float = -math.inf, high: float = math.inf, *, above: bool = False) -> float:
+    """``value`` as a finite float from ``low`` (or above it, with ``above``) to ``high`` (numpy's
+    numbers too), else a LakeError naming ``option`` and the range: the one wording of every
+    number check (a NaN, an infinity, True or the string "0.5" are refused).
+
+    >>> real("--lr", 0.01, 0, 1, above=True)
+    0.01
+    >>> real("--lr", float("nan"), 0, 1, above=True)
+    Traceback (most recent call last):
+    lakecurate.errors.LakeError: invalid --lr nan: expected a number above 0 and at most 1
+    """
+    fits = not isinstance(value, (bool, str)) and isinstance(value, numbers.Real) and math.isfinite(value) \
+        and (value > low if above else value >= low) and value <= high
+    if not fits:
+        bounds = [f"above {low:g}" if above else f"from {low:g}"] if math.isfinite(low) else []
+        bounds += [f"{'to' if bounds and not above else 'at most'} {high:g}"] if math.isfinite(high) else []
+        raise LakeError(f"invalid {option} {value!r}: expected a number {' and '.join(bounds) if above else ' '.join(bounds)}".rstrip())
+    return float(value)
+
+
 def positive(option: str, value: Any) -> float:
     """``value`` as a finite float > 0, else a LakeError naming ``option``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise LakeError(f"invalid {option} {value!r}: expected a finite number > 0")
-    return float(value)
+    return real(option, value, 0, above=True)
 
 
 def cosine(option: str, value: Any, *, low: float = -1.0, none_ok: bool = False) -> float | None:
@@ -182,10 +200,7 @@ def cosine(option: str, value: Any, *, low: float = -1.0, none_ok: bool = False)
     naming ``option``: a Python caller's or a pipeline's 85 (a percent) or NaN linked nothing."""
     if value is None and none_ok:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or not low <= value <= 1:
-        raise LakeError(f"invalid {option} {value!r}: expected a number from {low:g} to 1")
-    return float(value)
+    return real(option, value, low, 1)
 
 
 def target(value: Any, option: str = "--target") -> float | int:

@@ -264,7 +264,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
     """
     from lakecurate.engines import check_engine
     from lakecurate.options import device as check_device
-    from lakecurate.options import MOST_WORKERS, whole
+    from lakecurate.options import MOST_WORKERS, real, whole
 
     check_engine(engine)
     if not isinstance(retry_errors, bool):
@@ -276,8 +276,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
                        ("--endpoint", endpoint), ("--pretrained", pretrained), ("--checkpoint", checkpoint)):
         if value is not None and not isinstance(value, (str, os.PathLike) if opt == "--checkpoint" else str):
             raise LakeError(f"{opt} must be text, not {value!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise LakeError(f"--temperature must be a number from 0 (greedy) to 5, not {temperature!r}")
+    temperature = real("--temperature", temperature, 0, 5)  # 0: greedy
     # a batch is what one model call takes (CoCa), or what the request pool works through (endpoints)
     batch_size = batch_size if batch_size is not None else (256 if endpoint is not None or isinstance(model, EndpointSpec) else 16)
     whole("--batch-size", batch_size, 1)

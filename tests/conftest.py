@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,15 @@ def noisy_eval_set(folder: Path, n: int = 6) -> Path:
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / f"e{i}.png")
         (folder / f"e{i}.txt").write_text(f"a noisy test picture number {i}")
+    return folder
+
+
+def one_more_copy(folder: Path, caption: str, name: str = "cat") -> Path:
+    """``folder`` holding one more copy of sample_data's chelsea.jpg as ``name``.jpg with ``caption``:
+    a row that arrives after the lake was deduplicated or decided (ingest the folder)."""
+    folder.mkdir(exist_ok=True)
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", folder / f"{name}.jpg")
+    (folder / f"{name}.txt").write_text(caption)
     return folder
 
 

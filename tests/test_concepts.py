@@ -20,7 +20,7 @@ from lakecurate.concepts import budgets, complexity
 from lakecurate.export import spread_copies
 from lakecurate.plant import first_captions, plant_skew
 
-from .conftest import SAMPLE_DATA, pair_rows
+from .conftest import SAMPLE_DATA, one_more_copy, pair_rows
 
 
 def test_budgets_literal():
@@ -437,10 +437,7 @@ def test_cluster_refuses_rows_not_embedded_yet(sample_lake_embedded: Lake, tmp_p
     """Rows ingested after the embed got no concept from a cluster run (null, no warning), and
     what was built on it left them out. It is refused before a write, naming them and the embed."""
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
-    more = tmp_path / "more"
-    more.mkdir()
-    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "late.jpg")
-    (more / "late.txt").write_text("a photo ingested after the embed")
+    more = one_more_copy(tmp_path / "more", "a photo ingested after the embed", name="late")
     lake.ingest(more, progress=False)
     before = lake.version
     with pytest.raises(LakeError, match=r"1 rows of lake .* have no clip_tinyrandom image embedding yet \(.*late.*\) and every row "

@@ -26,7 +26,7 @@ from lakecurate.columns import field_provenance
 from lakecurate.curate import FILTERS, load_recipe
 from lakecurate.plant import first_captions, plant_junk
 
-from .conftest import REPO, SAMPLE_DATA, pair_rows
+from .conftest import REPO, SAMPLE_DATA, one_more_copy, pair_rows
 from .curate_reference import explain_one_frame, judge_one_frame
 from .writers import spawn
 
@@ -219,10 +219,7 @@ def test_new_rows_are_grouped_by_the_dedup_the_lake_records(lake_copy: Lake, tmp
     lake.dedup(["exact", "phash", "copy"], phash_distance=6, progress=False)
     dup = {"name": "dup", "step": [{"filter": "duplicate"}]}
     lake.curate(dup, progress=False)
-    more = tmp_path / "more"
-    more.mkdir()
-    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
-    (more / "cat.txt").write_text("a cat once more")
+    more = one_more_copy(tmp_path / "more", "a cat once more")
     lake.ingest(more, progress=False)
     lake.embed("tiny-random", workers=0, progress=False)
     rep = lake.curate(dup, progress=False)

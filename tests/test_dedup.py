@@ -23,7 +23,7 @@ from lakecurate.neardup import components
 from lakecurate.plant import first_captions, plant_duplicates, split_in_halves, true_pairs
 from lakecurate.signals import phash_bytes, phash_pixels
 
-from .conftest import SAMPLE_DATA, refused_and_good_copies, with_an_undecodable_jpeg
+from .conftest import SAMPLE_DATA, one_more_copy, refused_and_good_copies, with_an_undecodable_jpeg
 
 COPIES = {"chelsea_copy": "chelsea", "coffee_small_q40": "coffee", "astronaut_flip": "astronaut", "camera_bright": "camera"}
 
@@ -218,10 +218,7 @@ def test_config_change_needs_recompute(sample_lake_embedded: Lake, tmp_path: Pat
 
 def test_exact_pairs_and_no_embeddings(lake: Lake, tmp_path: Path):
     lake.ingest(SAMPLE_DATA, progress=False)
-    other = tmp_path / "other"
-    other.mkdir()
-    shutil.copy(SAMPLE_DATA / "chelsea.jpg", other / "cat.jpg")
-    (other / "cat.txt").write_text("my cat on the sofa")
+    other = one_more_copy(tmp_path / "other", "my cat on the sofa")
     lake.ingest(other, progress=False)
     with pytest.raises(LakeError, match="lakecurate embed"):
         lake.dedup(["semantic"], progress=False)
@@ -918,10 +915,7 @@ def test_a_restore_brings_back_the_evidence_of_the_decision_it_restores(lake: La
     first = lake.dup_pairs()
     assert len(first) and set(first["method"]) == {"exact"}
     before = lake.version
-    other = tmp_path / "other"
-    other.mkdir()
-    shutil.copy(SAMPLE_DATA / "chelsea.jpg", other / "cat.jpg")
-    (other / "cat.txt").write_text(SAMPLE_DATA.joinpath("chelsea.txt").read_text())  # an exact copy
+    other = one_more_copy(tmp_path / "other", SAMPLE_DATA.joinpath("chelsea.txt").read_text())  # an exact copy
     lake.ingest(other, progress=False)
     lake.dedup(["exact"], progress=False)
     cat = lake.sql("SELECT id FROM pairs WHERE key LIKE '%cat%'")["id"].tolist()
@@ -1089,10 +1083,7 @@ def test_one_image_posted_many_times_is_a_forest_of_links_not_every_pair(tmp_pat
     semantic = links[links["method"] == "semantic"]
     assert set(semantic["a"]) | set(semantic["b"]) == set(posts["id"])  # a tree over the 70 posts
 
-    more = tmp_path / "more"
-    more.mkdir()
-    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "post70.jpg")
-    (more / "post70.txt").write_text("the same cat, posted again")
+    more = one_more_copy(tmp_path / "more", "the same cat, posted again", name="post70")
     lake.ingest(more, progress=False)
     lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
     lake.dedup(["exact", "semantic", "caption"], semantic_threshold=0.99, keep_from=["exact", "semantic"],

@@ -155,7 +155,7 @@ def test_speedup_on_literal_curves():
     ({"budgets": "0,1"}, "above 0 and at most 16"),
     ({"eval_every": 99}, "--eval-every 99"),
     ({"metric": "R@5"}, "--metric 'R@5': one of"),
-    ({"lr": 0}, "--lr 0: a learning rate"),
+    ({"lr": 0}, "invalid --lr 0: expected a number above 0 and at most 1"),
 ])
 def test_bad_evaluation_options_write_nothing(small, kwargs, match):
     lake, ev = small

@@ -21,7 +21,7 @@ from lakecurate.cli import main
 from lakecurate.pipeline import load_pipeline
 from lakecurate.names import RECIPES
 
-from .conftest import SAMPLE_DATA, pair_rows
+from .conftest import SAMPLE_DATA, one_more_copy, pair_rows
 from .writers import scaled_len
 
 STRICT = {"name": "strict", "step": [{"filter": "ingest_error"}, {"filter": "caption_length", "min_words": 8, "max_words": 100}]}
@@ -157,10 +157,7 @@ def test_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path: Path):
         assert after[stage].node.prov["config"] == configs[stage], stage
     # a dedup method's: its settings, or the run is refused as "made with another config"
     lake.dedup(["phash", "minhash"], phash_distance=4, minhash_threshold=0.5, progress=False)
-    more = tmp_path / "more"
-    more.mkdir()
-    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
-    (more / "cat.txt").write_text("a cat once more")
+    more = one_more_copy(tmp_path / "more", "a cat once more")
     lake.ingest(more, progress=False)  # a new row: the groups are stale
     # (its score, for basic's alignment step and for the decision, which ranks by it: behind without it)
     lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
@@ -204,10 +201,7 @@ def test_signals_fix_commands_run_as_given(sample_lake_embedded: Lake, tmp_path:
     `lakecurate run LAKE PIPELINE.toml`, naming a file the user may not have)."""
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "a lake"))
     assert lake.signals(["caption", "image", "copy", "redact"], workers=0)["redact"] == lake.count()
-    more = tmp_path / "more"
-    more.mkdir()
-    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
-    (more / "cat.txt").write_text("a cat, mail me at cat@example.com")
+    more = one_more_copy(tmp_path / "more", "a cat, mail me at cat@example.com")
     lake.ingest(more, progress=False)
     stages = ("signals-caption", "signals-image", "signals-copy", "signals-redact")
     fixes = {s.node.stage: s.fix for s in graph.states(lake) if s.node.stage in stages and s.state == "incomplete"}
@@ -775,10 +769,7 @@ def test_status_fix_lines_pasted_in_order_make_every_stage_current(sample_lake_e
     lake.dedup(["exact", "phash", "semantic"], semantic_threshold=0.99, progress=False)
     lake.curate("basic", progress=False)
     lake.embed("tiny-random", name="second", workers=0, batch_size=8, progress=False)  # a second embedding
-    more = tmp_path / "more"
-    more.mkdir()
-    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "cat.jpg")
-    (more / "cat.txt").write_text("a cat once more on the sofa")
+    more = one_more_copy(tmp_path / "more", "a cat once more on the sofa")
     lake.ingest(more, progress=False)
     runner, ran = CliRunner(), []
     for _ in range(3):  # (a fix can make a later stage stale in turn: status again)

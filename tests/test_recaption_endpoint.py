@@ -234,7 +234,7 @@ def test_odd_replies_are_the_rows_errors_and_the_key_is_never_shown(server, tmp_
     ({"endpoint": "http://127.0.0.1:1/v1", "retry_errors": True, "recompute": True}, "--retry-errors .* drop one"),
     ({"endpoint": "http://127.0.0.1:1/v1", "retry_errors": "yes"}, "invalid retry_errors 'yes': expected True or False"),
     # wrong types through the Python API: ValueError, TypeError and AttributeError tracebacks
-    ({"endpoint": "http://127.0.0.1:1/v1", "temperature": "hot"}, "--temperature must be a number"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "temperature": "hot"}, "invalid --temperature .hot.: expected a number from 0 to 5"),
     ({"endpoint": "http://127.0.0.1:1/v1", "prompt": 5}, "--prompt must be text, not 5"),
     ({"endpoint": "http://127.0.0.1:1/v1", "api_key_env": 5}, "--api-key-env must be text"),
     ({"endpoint": "http://127.0.0.1:1/v1", "name": 5}, "--name must be text"),
