@@ -124,9 +124,12 @@ class EmbedRows:
         return runner.Deferred(lambda: _renamed(finish(), self.names))
 
 
-def _captions(cols: pa.RecordBatch) -> list[str | None]:
-    """A batch's captions, only their heads (encoders.MAX_TEXT_CHARS: what the tokenizer sees)."""
-    return [c if c is None else c[:MAX_TEXT_CHARS] for c in cols.column("caption").to_pylist()]
+def _captions(cols: pa.RecordBatch, column: str = "caption") -> list[str | None]:
+    """A batch's captions, only their heads (encoders.MAX_TEXT_CHARS: what the tokenizer sees); an
+    empty or whitespace-only caption is no caption (None: no text vector, no score, error
+    ``caption_missing``, as curate's caption_missing filter reads it): scored, an empty caption beat
+    its copy's real one in dedup's keep rule, and curate then dropped both."""
+    return [c[:MAX_TEXT_CHARS] if c is not None and c.strip() else None for c in cols.column(column).to_pylist()]
 
 
 class TokenizeCaptions:
@@ -229,7 +232,7 @@ class ScoreCaption:
         self.caption, self.image, self.names, self.dim = caption, image, names, dim
 
     def __call__(self, enc: Encoder, rows: Rows) -> pa.Table:
-        caps = [c if c is None else c[:MAX_TEXT_CHARS] for c in rows.columns.column(self.caption).to_pylist()]
+        caps = _captions(rows.columns, self.caption)
         img, img_ok = columns.embedding_matrix(rows.columns.column(self.image))
         txt_ok = np.array([c is not None for c in caps], bool)
         txt = np.zeros((len(caps), self.dim), np.float32)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
@@ -40,7 +41,7 @@ def test_columns_types_norms_and_scores(sample_lake_embedded: Lake):
     assert str(schema.field(COLS["score"]).type) == "float"
     df = lake.to_pandas(["key", COLS["image"], COLS["text"], COLS["score"], COLS["error"]]).set_index("key")
     ok = df[df[COLS["error"]].isna()]
-    assert len(ok) == 25
+    assert len(ok) == 24  # (brick_empty_caption's caption is empty: no caption, no score)
     img = np.array(ok[COLS["image"]].tolist(), dtype=np.float32)
     txt = np.array(ok[COLS["text"]].tolist(), dtype=np.float32)
     assert np.allclose(np.linalg.norm(img, axis=1), 1, atol=2e-3)
@@ -51,6 +52,7 @@ def test_columns_types_norms_and_scores(sample_lake_embedded: Lake):
     assert df.loc["notes_not_an_image.jpg", COLS["image"]] is None
     assert df.loc["horse_no_caption.jpg", COLS["error"]] == "caption_missing"
     assert df.loc["horse_no_caption.jpg", COLS["image"]] is not None  # the image still has its vector
+    assert df.loc["brick_empty_caption.jpg", COLS["error"]] == "caption_missing"
     # an exact copy embeds identically; different photos do not
     assert np.array_equal(df.loc["chelsea.jpg", COLS["image"]], df.loc["chelsea_copy.jpg", COLS["image"]])
     assert not np.array_equal(df.loc["chelsea.jpg", COLS["image"]], df.loc["rocket.jpg", COLS["image"]])
@@ -819,3 +821,27 @@ def test_a_whole_float_batch_size_is_that_number(sample_lake_embedded: Lake, tmp
     with pytest.raises(LakeError, match="--batch-size"):
         lake.embed("tiny-random", batch_size=8.5, recompute=True, progress=False)
     assert lake.count("clip_tinyrandom_image IS NOT NULL") == before  # (refused before the drop)
+
+
+def test_an_empty_or_blank_caption_is_no_caption(lake: Lake, tmp_path: Path):
+    """An empty or whitespace-only caption was embedded and scored like text: the empty copy of a
+    photo out-scored its captioned original, dedup kept it, and curate dropped it (caption_missing)
+    and the original (duplicate): the photo was gone from the curated set. It is no caption now:
+    no text vector, no score, error caption_missing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, caption in (("astronaut", "an astronaut in a white suit beside a flag"), ("empty", ""),
+                          ("blank", " \t\u3000\n")):
+        shutil.copy(SAMPLE_DATA / "astronaut.jpg", src / f"{name}.jpg")
+        (src / f"{name}.txt").write_text(caption)
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+    rows = lake.sql("SELECT key, clip_tinyrandom_text IS NULL AS no_text, clip_tinyrandom_score AS score, "
+                    "clip_tinyrandom_error AS error FROM pairs ORDER BY key").set_index("key")
+    for key in ("empty.jpg", "blank.jpg"):
+        assert rows.loc[key, "no_text"] and np.isnan(rows.loc[key, "score"]), rows
+        assert rows.loc[key, "error"] == "caption_missing", rows
+    assert not rows.loc["astronaut.jpg", "no_text"] and pd.isna(rows.loc["astronaut.jpg", "error"])
+    lake.dedup(["exact"], progress=False)  # one picture three times: the captioned row is the one kept
+    kept = lake.sql("SELECT key FROM pairs WHERE dup_keep")["key"].tolist()
+    assert kept == ["astronaut.jpg"], kept
