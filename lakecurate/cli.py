@@ -431,7 +431,7 @@ def _echo_elsewhere(rep: Any, stage: str) -> None:
 @click.option("--image-col", help="Manifest column with the image path (default: detected).")
 @click.option("--caption-col", help="Manifest column with the caption (default: detected).")
 @click.option("--key-col", help="Manifest column with a unique key (default: the image path).")
-@click.option("--max-pixels", type=Count(min=1), help="Images declaring more pixels are flagged decompression_bomb, not decoded.")
+@click.option("--max-pixels", type=Count(min=1), help="Images declaring more pixels are flagged decompression_bomb, not decoded (default and most: 89478485, what the image stages decode).")
 @click.option("--max-bytes", type=Count(min=1), help="Larger files are flagged file_too_large, not stored.")
 @click.option("--max-caption-chars", type=Count(min=1), help="Longer captions are flagged caption_too_long (kept whole).")
 @click.option("--verify", type=click.Choice(["header", "decode"]),

@@ -7,12 +7,31 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 MAX_DECODE_PIXELS = 89_478_485  # Pillow's own bomb limit: larger images are not decoded here
+
+
+def open_header(data: bytes) -> Any:
+    """Pillow's lazy open of ``data`` (the header only: nothing decoded yet), without Pillow's
+    DecompressionBombWarning, two raw lines on stderr: whoever decodes checks :func:`too_large`
+    first and says it in its own words. Pillow's error past twice its limit is raised."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def too_large(im: Any) -> bool:
+    """Whether an opened image has more than MAX_DECODE_PIXELS pixels: no stage decodes it (a
+    decompression bomb ingest took under a raised --max-pixels, say: the report decoded one of
+    144 MP for its thumbnail, 1.1 GB, and the signals took it as a sound image)."""
+    return im.width * im.height > MAX_DECODE_PIXELS
 
 
 def orientation_of(im: Any) -> int:
@@ -84,8 +103,8 @@ def decode_image(data: bytes | None) -> tuple[Any, str | None]:
     if data is None:
         return None, "image_missing"
     try:
-        im = Image.open(io.BytesIO(data))
-        if im.width * im.height > MAX_DECODE_PIXELS:
+        im = open_header(data)
+        if too_large(im):
             return None, f"image_too_large: {im.width}x{im.height}"
         im = exif_upright(im)  # as the photo is seen: a sideways phone picture is embedded upright
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -162,14 +181,16 @@ def thumbnail_jpeg(data: bytes | None, px: int = 112, quality: int = 72, oversam
     """
     if not data:
         return None
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     if data[:3] == b"\xff\xd8\xff":
         jpeg = _thumbnail_cv2(data, px * oversample, px, quality)
         if jpeg is not None:
             return jpeg
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_header(data) as im:
+            if too_large(im):
+                return None
             im.draft("RGB", (px * oversample, px * oversample))  # JPEG: decode at a reduced scale
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I", "F"):
@@ -188,10 +209,11 @@ def _thumbnail_cv2(data: bytes, least: int, px: int, quality: int) -> bytes | No
     EXIF orientation applied, the GIL released throughout): ~3x Pillow on small photos. None when
     OpenCV cannot read it (Pillow then tries)."""
     import cv2
-    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:  # the header only: the size picks the scale
+        with open_header(data) as im:  # the header only: the size picks the scale
+            if too_large(im):
+                return None
             side = max(im.size)
         scale = next((f for f in (8, 4, 2) if side / f >= least), 1)
         flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -213,13 +235,12 @@ def decode_small(data: bytes | None, side: int, mode: str = "RGB") -> tuple[Any,
     """(the upright image at most ``side`` pixels on its long side, full-size pixels per pixel of
     it), or None when undecodable. JPEGs decode at a reduced scale (``draft``): a fraction of the
     work of a full decode. Boxes found on it map back to the upright full image by the factor."""
-    from PIL import Image
 
     if data is None:
         return None
     try:
-        im = Image.open(io.BytesIO(data))
-        if im.width * im.height > MAX_DECODE_PIXELS:
+        im = open_header(data)
+        if too_large(im):
             return None
         try:
             turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
@@ -311,14 +332,13 @@ def device_decodable(data: bytes | None) -> bool:
 
 def _jpeg_pixels(data: bytes | None) -> int:
     """The pixel count of a JPEG :func:`device_decodable` passes, else 0."""
-    from PIL import Image
 
     if not data or data[:3] != b"\xff\xd8\xff":
         return 0
     if not data.endswith(b"\xff\xd9") and not data.rstrip(b"\0").endswith(b"\xff\xd9"):  # (padded: rarely)
         return 0
     try:
-        im = Image.open(io.BytesIO(data))
+        im = open_header(data)
         n = im.width * im.height
         if im.format != "JPEG" or im.mode not in ("RGB", "L") or not 0 < n <= MAX_DECODE_PIXELS:
             return 0

@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
-from lakecurate.images import orientation_of
+from lakecurate.images import MAX_DECODE_PIXELS, orientation_of
 from lakecurate.options import canonical_uri, path
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
@@ -74,7 +74,7 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 class IngestOptions:
     """Limits and parallelism of one ingest. Defaults suit web-scale image-text data."""
 
-    max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own bomb limit
+    max_pixels: int = MAX_DECODE_PIXELS  # Pillow's own bomb limit, and the image stages'
     max_bytes: int = 64 * 2**20
     max_caption_chars: int = 2000
     # "header": parse the header and check the end-of-image marker (cheap, catches truncation);
@@ -1277,11 +1277,11 @@ def check_options(opts: IngestOptions) -> None:
             raise IngestError(f"{name.replace('_', '-')} must be at least 1, not {getattr(opts, name)}")
     if opts.verify not in ("header", "decode"):
         raise IngestError(f"verify must be 'header' or 'decode', not '{opts.verify}'")
-    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # Pillow refuses to open more than this at all
-    if pillow_limit and opts.max_pixels > pillow_limit:
-        raise IngestError(f"max-pixels {opts.max_pixels} is above what Pillow opens ({pillow_limit} pixels, twice "
-                          "PIL.Image.MAX_IMAGE_PIXELS): larger images would be flagged decompression_bomb anyway; "
-                          f"pass at most {pillow_limit}, or raise PIL.Image.MAX_IMAGE_PIXELS in the Python API first")
+    if opts.max_pixels > MAX_DECODE_PIXELS:  # (it pointed at Pillow's own limit, twice this: such rows were
+        # ingested 'ok', then embed refused them as image_too_large and the signals decoded them)
+        raise IngestError(f"max-pixels {opts.max_pixels} is above what the image stages decode ({MAX_DECODE_PIXELS} "
+                          "pixels): a larger image would be ingested, then never embedded, hashed or shown; "
+                          f"pass at most {MAX_DECODE_PIXELS}")
 
 
 class _Claims:

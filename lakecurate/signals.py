@@ -38,7 +38,6 @@ Width, height and aspect ratio come from the ingest columns (image header), so n
 
 from __future__ import annotations
 
-import io
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -48,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import runner
-from lakecurate.images import eight_bit, exif_upright
+from lakecurate.images import eight_bit, exif_upright, open_header, too_large
 from lakecurate.names import SIGNALS_FIX
 from lakecurate.runner import Rows, RowStage
 
@@ -442,7 +441,9 @@ def image_signals_one(data: bytes | None) -> tuple[np.ndarray, float, float, flo
     if not data:
         return None
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_header(data) as im:
+            if too_large(im):
+                return None
             im.draft("RGB", (_WORK_SIDE, _WORK_SIDE))  # JPEG: decode at 1/2..1/8 scale, >= 128 px
             im.seek(0)
             rgb = eight_bit(exif_upright(im)).convert("RGB")  # hashed as seen: a sideways-tagged photo equals its upright twin
@@ -572,7 +573,9 @@ def copy_gray(data: bytes | None) -> np.ndarray | None:
     if not data:
         return None
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_header(data) as im:
+            if too_large(im):
+                return None
             im.draft("RGB", (_WORK_SIDE, _WORK_SIDE))
             im.seek(0)
             gray = eight_bit(exif_upright(im)).convert("L")

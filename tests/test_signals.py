@@ -644,3 +644,30 @@ def test_export_refuses_a_keep_decided_on_signals_an_older_lakecurate_computed(t
     with pytest.raises(LakeError, match=r"signals-caption.*its code changed"):
         lake.export(tmp_path / "out", format="parquet")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_no_stage_decodes_an_image_past_the_decode_limit(monkeypatch, fmt):
+    """An image over images.MAX_DECODE_PIXELS (a decompression bomb ingest took under a raised
+    --max-pixels, or one of an old lake) was refused by embed but decoded by the signals, the copy
+    hashes and the report's and the browser's thumbnails (144 MP: 1.1 GB for one thumbnail), each
+    printing Pillow's raw DecompressionBombWarning. Checked with the limits lowered to a small image."""
+    import warnings
+
+    from lakecurate import images
+    from lakecurate.report import thumbnail
+    from lakecurate.signals import copy_gray, image_signals_one
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 60)).save(buf, fmt)
+    data = buf.getvalue()
+    assert image_signals_one(data) is not None and images.thumbnail_jpeg(data) is not None  # under the limit: decoded
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 64 * 48 - 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 48 - 1)  # Pillow warns on open past its own
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw DecompressionBombWarning either
+        assert images.thumbnail_jpeg(data) is None and thumbnail(data) is None
+        assert images.thumbnail_jpeg(data, oversample=1) is None  # (the browser's)
+        assert image_signals_one(data) is None and copy_gray(data) is None
+        assert images.decode_small(data, 32) is None
+        assert images.decode_image(data) == (None, "image_too_large: 64x48")
