@@ -15,9 +15,23 @@ import os
 # set LANCE_LOG=warn (before importing lakecurate) to see warnings again.
 os.environ.setdefault("LANCE_LOG", "error")
 
+from typing import Any
+
 from lakecurate._version import __version__
 from lakecurate.errors import LakeError
-from lakecurate.features import feature
-from lakecurate.lake import Lake
 
 __all__ = ["Lake", "LakeError", "__version__", "feature"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Lake`` and ``feature``, imported when first asked for: the ``lakecurate`` program
+    (:mod:`lakecurate.program`) takes SIGTERM before Lance, pyarrow and pandas load (a second)."""
+    if name == "Lake":
+        from lakecurate.lake import Lake
+
+        return Lake
+    if name == "feature":
+        from lakecurate.features import feature
+
+        return feature
+    raise AttributeError(f"module 'lakecurate' has no attribute {name!r}")

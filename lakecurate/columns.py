@@ -841,6 +841,16 @@ class Checkpoint:
             writer.write_table(table)
         os.replace(tmp, d / f"{start:010d}.arrow")  # atomic: a kill never leaves half a batch
 
+    def prune(self, keep: set[int]) -> None:
+        """Drop the saved batches of every fragment but ``keep``'s (this run's and those other runs
+        hold): a run killed between a fragment's commit and the drop of its batches left them behind
+        for good, once a later run had other fragments to compute."""
+        for d in self.root.iterdir() if self.root.is_dir() else ():
+            fid = d.name.split("-")[0][1:]
+            if d.is_dir() and fid.isdigit() and int(fid) not in keep:
+                self.computed_from.pop(int(fid), None)
+                shutil.rmtree(d, ignore_errors=True)
+
     def drop(self, frag: lance.LanceFragment | None = None) -> None:
         target = self._dir(frag) if frag is not None else self.root
         if frag is None:
@@ -848,6 +858,9 @@ class Checkpoint:
         else:
             self.computed_from.pop(frag.fragment_id, None)
         shutil.rmtree(target, ignore_errors=True)
+
+
+CLAIM_WRITE_GRACE = 5.0  # seconds an empty claim file is its taker's (between its create and its write)
 
 
 class FragmentClaims:
@@ -879,6 +892,9 @@ class FragmentClaims:
             owner, age = path.read_text(), time.time() - path.stat().st_mtime
         except (OSError, UnicodeDecodeError):  # (gone meanwhile: free)
             return None
+        if not owner:  # made and not written yet (the taker writes at once), or its taker was killed
+            return "a run starting now" if age < CLAIM_WRITE_GRACE else None  # in between: free (it held
+            # a fragment for the whole ttl, naming no one)
         host, _, rest = owner.partition(" ")
         pid = rest.split(" ")[0]
         if host == host_name() and pid.isdigit() and not process_alive(int(pid)):

@@ -794,6 +794,7 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     sources = None if recompute else prov["source_columns"]  # (recomputing: every fragment lacks values)
     todo, stale = _to_compute(ds, stage, sources)
     report.fragments_total = len(todo)
+    unfilled = {f.fragment_id for f in todo}  # (saved batches of these are kept: max_fragments leaves some for later)
     if max_fragments is not None:
         todo = todo[:max_fragments]
     # Fragments another run of this stage is computing right now are left to it (see FragmentClaims).
@@ -804,6 +805,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         report.fragments_elsewhere = len(elsewhere)
         report.elsewhere = sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()})
     report.rows_refreshed = sum(f.count_rows() for f in todo if f.fragment_id in stale)
+    if todo:  # (nothing to do: all dropped below)
+        ckpt.prune(unfilled | set(elsewhere))
     where = _where(stage, lake)
     claims.hold()
     try:

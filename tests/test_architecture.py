@@ -24,7 +24,7 @@ FLOORS = {
     "models": {"encoders", "offline", "captioners"},
     "stages": {"ingest", "embed", "signals", "faces", "imagetext", "recaption", "dedup", "curate", "concepts", "features", "export", "plant", "review"},
     "views": {"search", "compare", "evaluate", "report", "loader"},
-    "top": {"lake", "pipeline", "serve", "cli", "__init__"},
+    "top": {"lake", "pipeline", "serve", "cli", "program", "__init__"},
 }
 ORDER = list(FLOORS)
 

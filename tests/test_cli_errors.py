@@ -25,7 +25,7 @@ from PIL import Image
 from lakecurate import Lake
 from lakecurate.cli import main
 
-from .conftest import SAMPLE_DATA
+from .conftest import REPO, SAMPLE_DATA
 
 TAG = "t-tag"
 NOT_IMAGE = str(SAMPLE_DATA / "notes_not_an_image.jpg")
@@ -324,3 +324,25 @@ def test_tag_delete_takes_no_version(tmp_path: Path):
     res = CliRunner().invoke(main, ["tag", lake.uri, "mine", "--delete", "--version", "1"])
     assert res.exit_code == 2 and "it takes no --version" in res.output, res.output
     assert "mine" in lake.dataset().tags.list()
+
+
+def test_sigterm_while_the_program_loads_is_exit_143_with_a_line():
+    """SIGTERM in the second the CLI takes to import (Lance, pyarrow, pandas) ended the process by
+    the signal (exit -15, no word): the program (pyproject's script) takes it from its first module."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["lakecurate"] == "lakecurate.program:entry"
+    child = ("import builtins, os, signal, sys\n"
+             "real = builtins.__import__\n"
+             "def imp(name, *a, **k):\n"
+             "    if name == 'lakecurate.cli':  # a SIGTERM lands while the CLI loads\n"
+             "        os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    return real(name, *a, **k)\n"
+             "builtins.__import__ = imp\n"
+             "sys.argv = ['lakecurate', '--help']\n"
+             "from lakecurate.program import entry\n"
+             "sys.exit(entry())\n")
+    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143 and "terminated (SIGTERM) while starting" in proc.stderr, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr

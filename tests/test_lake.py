@@ -398,3 +398,23 @@ def test_an_id_another_writer_repeated_is_named_not_read_as_no_image(tmp_path: P
     lancedb.connect(str(tmp_path / "lake")).open_table("pairs").add(row.to_pylist())
     with pytest.raises(LakeError, match=f"id '{the_id}' of lake .* is the id of more than one row"):
         lake.read_images([the_id])
+
+
+def test_an_empty_claim_left_by_a_killed_run_is_free(lake: Lake):
+    """A run killed between making a fragment's claim file and writing its name in it left an empty
+    claim: another run skipped that fragment for two minutes ("left to another run ... (: host and
+    process)"). An empty claim is its taker's for a few seconds, then free."""
+    import os
+    import time
+
+    from lakecurate.columns import CLAIM_WRITE_GRACE, FragmentClaims
+
+    claims = FragmentClaims(lake, "feature-x")
+    claims.root.mkdir(parents=True)
+    path = claims.root / "f0"
+    path.write_text("")
+    assert claims.take([0]) == ([], {0: "a run starting now"})  # (being written this instant)
+    old = time.time() - CLAIM_WRITE_GRACE - 1
+    os.utime(path, (old, old))
+    assert claims.take([0]) == ([0], {})
+    claims.release()

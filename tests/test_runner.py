@@ -534,3 +534,32 @@ def test_checkpoints_belong_to_the_table_that_made_them(tmp_path: Path, monkeypa
     columns.Checkpoint(old, "stage").save(frag_old, 0, batch)
     assert columns.Checkpoint(old, "stage").load(frag_old)[0].equals(batch)  # its own table resumes
     assert columns.Checkpoint(new, "stage").load(frag_new) == {}
+
+
+def test_saved_batches_of_a_committed_fragment_do_not_outlive_the_next_run(tmp_path: Path):
+    """A run killed after a fragment's commit and before it dropped that fragment's saved batches
+    left them for good (a probe found 68 KB under _lakecurate/checkpoints after every stage read
+    current): a later run with other fragments to compute drops them; the saved batches of a
+    fragment still to fill past --max-fragments are kept, and resumed."""
+    lake = Lake.create(tmp_path / "lake")
+    for f in range(3):
+        lake.append(pair_rows(f * 10, 10))
+
+    def words(setup, rows):
+        return pa.table({"nwords": pa.array([len((c or "").split()) for c in rows.columns["caption"].to_pylist()],
+                                            pa.int32())})
+
+    stage = RowStage("words", [pa.field("nwords", pa.int32())], {"v": 1}, ["caption"], batch=words, batch_size=4)
+    assert runner.run(lake, stage, workers=0, progress=False, max_fragments=1).fragments == 1
+    ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
+    f0, _, f2 = lake.dataset().get_fragments()
+    ckpt.save(f0, 0, pa.table({"nwords": pa.array([1] * 4, pa.int32()), "_offset": pa.array(range(4), pa.int64())}))
+    # (above: the killed run's leftover; below: f2's first batch, saved by a killed run)
+    planted = pa.table({"nwords": pa.array([7] * 4, pa.int32()), "_offset": pa.array(range(4), pa.int64())})
+    ckpt.save(f2, 0, planted)
+    assert runner.run(lake, stage, workers=0, progress=False, max_fragments=1).fragments == 1  # f1 only
+    assert not ckpt._dir(f0).exists()  # f0's leftover is gone
+    assert ckpt.load(lake.dataset().get_fragments()[2])[0].equals(planted)  # f2's, still to fill, is kept
+    runner.run(lake, stage, workers=0, progress=False)
+    assert lake.dataset().get_fragments()[2].to_table(columns=["nwords"]).column(0).to_pylist()[:4] == [7] * 4  # resumed
+    assert not ckpt.root.exists() or not any(ckpt.root.iterdir())
