@@ -802,6 +802,8 @@ def dedup(
         verify_inliers=verify_inliers, verify_neighbors=verify_neighbors, verify_cosine=verify_cosine)
 
     ds = _check_stored_current(lake, ds, methods, keep_from, progress)  # (before the signals it asks for are written)
+    if "verify" in configs and "verify" not in redo:
+        report.warnings += _kept_turn(lake, ds, configs["verify"])
     # the vectors the joins read, checked before anything is written (a NaN is refused, naming rows)
     before = ds
     vectors = ([embedding_columns(emb)["image"]] if {"semantic", "verify"} & set(methods) or clustered else []) + (
@@ -987,6 +989,28 @@ def _not_embedded(lake: "Store", ds: Any, valid: dict[str, np.ndarray], methods:
         out.append(f"{missing} rows have no {col} vector (not embedded yet): {', '.join(readers)} could not see them; "
                    f"embed them: {embed_command(lake, emb, emb_prov)}, then run this dedup again")
     return out
+
+
+def _kept_turn(lake: "Store", ds: Any, config: dict[str, Any]) -> list[str]:
+    """Verify groups made with another ``turn_tolerance`` than this code's default (an older
+    lakecurate's 10 degrees; no option sets it) and otherwise this run's config: this run keeps
+    theirs (``config`` updated), so new rows are verified as the stored ones were and a plain dedup
+    goes on as before (refused "made with another config" it named no setting to give); the
+    warning names the default now and the command that regroups every row by it."""
+    col = group_columns("verify")[0]
+    if col not in ds.schema.names:
+        return []
+    stored = _stored_config(ds, "verify")
+    was = stored.get("turn_tolerance")
+    if not isinstance(was, (int, float)) or was == config["turn_tolerance"] or \
+            {k: v for k, v in stored.items() if k != "turn_tolerance"} != {k: v for k, v in config.items() if k != "turn_tolerance"}:
+        return []
+    now = config["turn_tolerance"]
+    config["turn_tolerance"] = was
+    return [f"verify groups of lake '{lake.uri}' were made accepting copies turned up to {was:g} degrees off a quarter "
+            f"turn; this lakecurate's default is {now:g} (copies turned a few degrees, as a scan or a straightened "
+            f"photo is): new rows are verified at {was:g} like the rest; to apply {now:g} to every row: "
+            f"{lakecurate_on(lake)} dedup {lake.shell} --method verify --recompute"]
 
 
 def _stored_config(ds: Any, method: str) -> dict[str, Any]:
@@ -1501,6 +1525,7 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
     mr.keypoint_rows = len(np.unique(np.concatenate([i, j])))
     order = _chunk_order(i, j)  # a row's pairs in as few chunks as may be: its features loaded ~once
     i, j = i[order], j[order]
+    turn = float(config.get("turn_tolerance", TURN_TOLERANCE))  # the groups' own (a lake's older default: _kept_turn)
     cache = KeypointCache(lake)
     chunks = range(0, len(i), VERIFY_PAIRS_CHUNK)
     bar = progress_bar(total=len(i), desc="verify candidate pairs", unit="pair", progress=progress if len(chunks) > 1 else False)
@@ -1516,9 +1541,9 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
         mr.keypoints_computed += rep.computed
         mr.keypoint_seconds += rep.seconds
         t0 = time.perf_counter()
-        matches = match_pairs(dict(zip(need.tolist(), feats)), ci, cj, enough=config["min_inliers"], progress=inner)
+        matches = match_pairs(dict(zip(need.tolist(), feats)), ci, cj, enough=config["min_inliers"], turn=turn, progress=inner)
         mr.match_seconds += time.perf_counter() - t0
-        ok[lo:lo + len(ci)] = [accepted(m, config["min_inliers"]) for m in matches]
+        ok[lo:lo + len(ci)] = [accepted(m, config["min_inliers"], turn) for m in matches]
         good += [m for m, k in zip(matches, ok[lo:lo + len(ci)]) if k]
         del feats, matches
         bar.update(len(ci))

@@ -46,7 +46,8 @@ RANSAC_PX = 4.0      # reprojection error (pixels at SIDE) under which a match i
 MIN_INLIERS = 50     # inliers for a verified copy (distinct photos: <= 11; two shots of one scene: up to 42)
 SCALES = (0.2, 5.0)  # the copy is 1/5 to 5x the size of the other (a crop or a framed photo)
 FEW_MATCHES = 20     # fewer ratio-test matches than this one way round: the other way is not tried
-TURN_TOLERANCE = 10.0  # degrees from 0/90/180/270: copies are turned in quarter turns, if at all
+TURN_TOLERANCE = 20.0  # degrees from 0/90/180/270: quarter turns, and a scan or a straightened horizon's few degrees
+# (copies turned 3-15 degrees: 0.57-0.80 found at 10, 1.00 at 20, no false link: docs/benchmarks.md, 2026-12-07)
 THUMB = 96           # long side of the thumbnail the pixel check compares
 MIN_AGREE = 0.55     # share of the overlapping pixels that must agree for a verified copy (nan fails)
 GAINS = (0.6, 1.6)   # contrast change a copy may have (brightness edits, JPEG, colour to gray)
@@ -224,16 +225,18 @@ def _match_one(xa: np.ndarray, da: np.ndarray, xb: np.ndarray, db: np.ndarray) -
     return Match(int(mask.sum()), scale, angle, matched=len(good), transform=transform)
 
 
-def plausible(m: Match) -> bool:
-    """A transform a copy can have: scale within ``SCALES``, a quarter turn give or take ``TURN_TOLERANCE``."""
+def plausible(m: Match, turn: float | None = None) -> bool:
+    """A transform a copy can have: scale within ``SCALES``, a quarter turn give or take ``turn``
+    degrees (default ``TURN_TOLERANCE``; dedup passes the one its verify groups record)."""
     off = abs(((m.angle + 45.0) % 90.0) - 45.0)
-    return SCALES[0] <= m.scale <= SCALES[1] and off <= TURN_TOLERANCE
+    return SCALES[0] <= m.scale <= SCALES[1] and off <= (TURN_TOLERANCE if turn is None else turn)
 
 
-def match(a: Features, b: Features, enough: int | None = None) -> Match:
+def match(a: Features, b: Features, enough: int | None = None, turn: float | None = None) -> Match:
     """The best plausible match of ``a`` onto ``b`` and onto ``b``'s mirror, then of ``b`` onto
     ``a`` and its mirror (the ratio test is not symmetric: a framed or heavily cropped copy often
-    matches better one way); inliers 0: none. Stops at the first with >= ``enough`` inliers."""
+    matches better one way); inliers 0: none. Stops at the first with >= ``enough`` inliers.
+    ``turn``: :func:`plausible`'s."""
     best, most = Match(), 0
     for k, (mirrored, q, o, (xb, db)) in enumerate(((False, a, b, (b.xy, b.desc)), (True, a, b, (b.xy_m, b.desc_m)),
                                                     (False, b, a, (a.xy, a.desc)), (True, b, a, (a.xy_m, a.desc_m)))):
@@ -242,9 +245,9 @@ def match(a: Features, b: Features, enough: int | None = None) -> Match:
         m = _match_one(q.xy, q.desc, xb, db)
         m.mirrored = mirrored
         most = max(most, m.matched)
-        if plausible(m) and m.inliers >= (enough or MIN_INLIERS) // 2:
+        if plausible(m, turn) and m.inliers >= (enough or MIN_INLIERS) // 2:
             m.agree = agreement(q, o, m)
-        if plausible(m) and (m.agree >= MIN_AGREE, m.inliers) > (best.agree >= MIN_AGREE, best.inliers):
+        if plausible(m, turn) and (m.agree >= MIN_AGREE, m.inliers) > (best.agree >= MIN_AGREE, best.inliers):
             best = m  # a match whose pixels agree first, then the most inliers
         if enough is not None and best.inliers >= enough and best.agree >= MIN_AGREE:
             break
@@ -287,12 +290,12 @@ def agreement(q: Features, o: Features, m: Match) -> float:
     return float(np.mean(resid <= AGREE_LEVELS))
 
 
-def accepted(m: Match, min_inliers: int = MIN_INLIERS) -> bool:
-    return m.inliers >= min_inliers and plausible(m) and m.agree >= MIN_AGREE
+def accepted(m: Match, min_inliers: int = MIN_INLIERS, turn: float | None = None) -> bool:
+    return m.inliers >= min_inliers and plausible(m, turn) and m.agree >= MIN_AGREE
 
 
 def match_pairs(features: dict[int, Features], i: np.ndarray, j: np.ndarray, *, enough: int | None = None,
-                threads: int | None = None, progress: bool | None = None) -> list[Match]:
+                turn: float | None = None, threads: int | None = None, progress: bool | None = None) -> list[Match]:
     """:func:`match` for every pair (i[k], j[k]) of rows in ``features``, on ``threads`` threads
     (OpenCV's matcher and RANSAC release the GIL)."""
     from lakecurate.progress import progress_bar
@@ -308,7 +311,7 @@ def match_pairs(features: dict[int, Features], i: np.ndarray, j: np.ndarray, *, 
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)  # this thread's searches: the pool already uses every core
         try:
-            out = [match(features[int(a)], features[int(b)], enough) for a, b in zip(i[s:s + chunk], j[s:s + chunk])]
+            out = [match(features[int(a)], features[int(b)], enough, turn) for a, b in zip(i[s:s + chunk], j[s:s + chunk])]
         finally:
             faiss.omp_set_num_threads(before)
         bar.update(len(out))

@@ -118,6 +118,76 @@ def test_a_shared_banner_is_not_a_copy(flickr8k: Path):
     assert accepted(match(plain, feats[0]))
 
 
+def test_a_photo_turned_15_degrees_is_a_copy_and_another_photo_is_not():
+    """A copy turned a few degrees (a scan, a photo of a print, a straightened horizon) is one a
+    curator calls a copy: its similarity transform is 15 degrees off a quarter turn (it was refused
+    at 10, TURN_TOLERANCE's first value: 0.57 of such copies found in the probe of 2026-12-07)."""
+    sample = Path(__file__).resolve().parent.parent / "sample_data"
+    with Image.open(sample / "chelsea.jpg") as im:
+        im = im.convert("RGB")
+        original = extract(_jpeg(im))
+        for deg in (15, -15):  # with the bars a turn leaves, and cropped to fill
+            barred = extract(_jpeg(im.rotate(deg, resample=Image.Resampling.BICUBIC, expand=True)))
+            m = match(original, barred)
+            assert accepted(m) and abs(abs(m.angle) - 15) < 1, (deg, m.describe())
+        w, h = im.size
+        filled = im.rotate(15, resample=Image.Resampling.BICUBIC).crop((w // 5, h // 5, w - w // 5, h - h // 5))
+        assert accepted(match(original, extract(_jpeg(filled))))
+    with Image.open(sample / "coffee.jpg") as other:
+        other = other.convert("RGB")
+        assert not accepted(match(original, extract(_jpeg(other))))
+        assert not accepted(match(original, extract(_jpeg(other.rotate(15, resample=Image.Resampling.BICUBIC, expand=True)))))
+
+
+def test_verify_groups_made_at_an_older_turn_tolerance_keep_it_until_recomputed(tmp_path: Path, monkeypatch):
+    """A lake whose verify groups record turn_tolerance 10 (the default before 2026-12-07): a plain
+    dedup after the upgrade goes on at 10 for the new rows (their groups stay one config) and says
+    how to apply the new default; it was refused "made with another config", naming a setting no
+    option gives. --recompute regroups every row at the new default."""
+    import lakecurate.dedup as D
+    import lakecurate.verify as V
+
+    sample = Path(__file__).resolve().parent.parent / "sample_data"
+
+    def turned(folder: Path, name: str) -> Path:
+        folder.mkdir()
+        with Image.open(sample / "chelsea.jpg") as im:
+            (folder / f"{name}.jpg").write_bytes(_jpeg(im.convert("RGB").rotate(15, resample=Image.Resampling.BICUBIC, expand=True)))
+        (folder / f"{name}.txt").write_text("a cat, turned")
+        return folder
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(sample, progress=False)
+    lake.ingest(turned(tmp_path / "a", "turned_a"), progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    opts = {"verify_neighbors": 40, "verify_cosine": -1.0, "workers": 0, "progress": False}  # every pair a candidate
+    monkeypatch.setattr(D, "TURN_TOLERANCE", 10.0)
+    monkeypatch.setattr(V, "TURN_TOLERANCE", 10.0)
+    lake.dedup(["verify"], **opts)
+    monkeypatch.undo()  # the upgrade
+
+    def linked(name: str) -> bool:
+        df = lake.to_pandas(["key", "dup_verify_group"])
+        g = dict(zip(df["key"].map(lambda k: Path(k).stem), df["dup_verify_group"]))
+        return g[name] is not None and g[name] == g["chelsea"]
+
+    def recorded() -> float:
+        from lakecurate.columns import field_provenance
+
+        return field_provenance(lake.dataset().schema.field("dup_verify_group"))["config"]["turn_tolerance"]
+
+    assert not linked("turned_a") and recorded() == 10.0
+    lake.ingest(turned(tmp_path / "b", "turned_b"), progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    rep = lake.dedup(["verify"], **opts)  # a plain run: not refused
+    note = [w for w in rep.warnings if "turned" in w]
+    assert note and "10 degrees" in note[0] and "default is 20" in note[0] and "--method verify --recompute" in note[0]
+    assert not linked("turned_b") and recorded() == 10.0  # the new row verified as the others were
+    rep = lake.dedup(["verify"], recompute=True, **opts)
+    assert not [w for w in rep.warnings if "turned" in w]
+    assert linked("turned_a") and linked("turned_b") and recorded() == V.TURN_TOLERANCE == 20.0
+
+
 def test_undecodable_image_has_no_features_and_matches_nothing():
     f = extract(b"not an image")
     assert f.n == 0 and match(f, f).inliers == 0
