@@ -16,6 +16,7 @@ key -> original key, so precision and recall of a dedup method can be measured o
 from __future__ import annotations
 
 import io
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ EDITS = ("jpeg", "resize", "crop", "brightness", "flip", "text")
 # a quarter or half turn, bars to another aspect ratio, the photo framed inside a larger page with
 # UI-like content, and an overlay covering up to 20% of it.
 HARD_EDITS = ("crop_heavy", "rotate", "letterbox", "pillarbox", "frame", "overlay")
+# Copies no method was tuned on (a probe of 2026-12-07): colour and tone (hue turned, gray, sepia,
+# white balance, gamma, contrast), noise, blur, a few degrees' turn (with bars, or cropped to fill), a
+# stretch, a keystone, a corner logo or watermark, a phone screenshot around the photo, a thumbnail.
+WILD_EDITS = ("hue", "gray", "sepia", "white_balance", "gamma", "contrast", "noise", "blur", "turn_small",
+              "turn_crop", "stretch", "keystone", "logo", "screenshot", "tiny")
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,9 @@ def edit_image(im: Image.Image, edit: str, rng: random.Random) -> Image.Image:
         return out
     if edit in HARD_EDITS:
         return _hard_edit(im, edit, rng)
-    raise ValueError(f"unknown edit {edit!r}; choose from {EDITS + HARD_EDITS}")
+    if edit in WILD_EDITS:
+        return _wild_edit(im, edit, rng)
+    raise ValueError(f"unknown edit {edit!r}; choose from {EDITS + HARD_EDITS + WILD_EDITS}")
 
 
 def _pad(im: Image.Image, size: tuple[int, int], rng: random.Random) -> Image.Image:
@@ -140,6 +148,87 @@ def _hard_edit(im: Image.Image, edit: str, rng: random.Random) -> Image.Image:
     raise ValueError(edit)
 
 
+def _wild_edit(im: Image.Image, edit: str, rng: random.Random) -> Image.Image:
+    w, h = im.size
+    a = np.asarray(im, np.float64)
+    if edit == "hue":  # the hue wheel turned 30-90 or 150-210 degrees
+        hsv = np.asarray(im.convert("HSV")).astype(np.int32)
+        hsv[..., 0] = (hsv[..., 0] + round(rng.choice([rng.uniform(30, 90), rng.uniform(150, 210)]) * 256 / 360)) % 256
+        return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
+    if edit == "gray":
+        return ImageOps.grayscale(im).convert("RGB")
+    if edit == "sepia":
+        g = np.asarray(ImageOps.grayscale(im), np.float64)[..., None]
+        return Image.fromarray(np.clip(g * (1.07, 0.74, 0.43) + (30, 20, 10), 0, 255).astype(np.uint8))
+    if edit == "white_balance":
+        gains = rng.choice([(1.35, 1.0, 0.65), (0.7, 0.95, 1.4), (1.1, 1.3, 0.8)])
+        return Image.fromarray(np.clip(a * gains, 0, 255).astype(np.uint8))
+    if edit == "gamma":
+        g = rng.choice([0.5, 2.0])
+        return im.point([round(255 * (i / 255) ** g) for i in range(256)] * 3)
+    if edit == "contrast":
+        return ImageEnhance.Contrast(im).enhance(rng.choice([rng.uniform(0.4, 0.6), rng.uniform(1.6, 2.0)]))
+    if edit == "noise":
+        noise = np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(10, 25), a.shape)
+        return Image.fromarray(np.clip(a + noise, 0, 255).astype(np.uint8))
+    if edit == "blur":
+        from PIL import ImageFilter
+
+        return im.filter(ImageFilter.GaussianBlur(rng.uniform(2, 4)))
+    if edit in ("turn_small", "turn_crop"):  # 3-15 degrees either way
+        deg = rng.choice([-1, 1]) * rng.uniform(3, 15)
+        if edit == "turn_small":  # bars around the turned photo
+            return im.rotate(deg, Image.Resampling.BICUBIC, expand=True, fillcolor=rng.choice([(0, 0, 0), (255, 255, 255)]))
+        t = math.radians(abs(deg))  # the largest centred box inside the turned photo
+        f = min(w / (w * math.cos(t) + h * math.sin(t)), h / (w * math.sin(t) + h * math.cos(t)))
+        cw, ch = int(w * f), int(h * f)
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        return im.rotate(deg, Image.Resampling.BICUBIC).crop((x0, y0, x0 + cw, y0 + ch))
+    if edit == "stretch":  # 1.3x along one axis
+        return im.resize((round(w * 1.3), h) if rng.random() < 0.5 else (w, round(h * 1.3)), Image.Resampling.BICUBIC)
+    if edit == "keystone":  # one edge shrunk by 10-20%: a photo of a print or a screen taken at an angle
+        k = rng.uniform(0.10, 0.20)
+        corners = [(k * w, 0), (w - k * w, 0), (w, h), (0, h)] if rng.random() < 0.5 else \
+            [(0, 0), (w, k * h), (w, h - k * h), (0, h)]
+        rows = []
+        for (x, y), (u, v) in zip(corners, [(0, 0), (w, 0), (w, h), (0, h)]):
+            rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y, u], [0, 0, 0, x, y, 1, -v * x, -v * y, v]]
+        m = np.asarray(rows, np.float64)
+        coeffs = np.linalg.solve(m[:, :8], m[:, 8]).tolist()
+        return im.transform((w, h), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+    if edit == "logo":  # a block or a translucent watermark in a corner, 18-28% x 8-12% of the photo
+        bw, bh = round(w * rng.uniform(0.18, 0.28)), round(h * rng.uniform(0.08, 0.12))
+        corner = rng.choice(["tl", "tr", "bl", "br"])
+        x0, y0 = (8 if corner[1] == "l" else w - bw - 8), (8 if corner[0] == "t" else h - bh - 8)
+        layer = Image.new("RGBA", im.size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(layer)
+        if rng.random() < 0.5:
+            draw.rounded_rectangle((x0, y0, x0 + bw, y0 + bh), radius=6, fill=rng.choice([(200, 30, 40, 255), (20, 90, 200, 255)]))
+            draw.text((x0 + 6, y0 + 3), rng.choice(["LOGO", "stock.io", "NEWS 24"]), fill=(0, 0, 0, 255), font_size=max(8, bh // 2))
+        else:
+            draw.text((x0, y0), rng.choice(["\u00a9 getpix", "shutterfoto", "@myblog"]), fill=(255, 255, 255, 150), font_size=max(10, bh))
+        return Image.alpha_composite(im.convert("RGBA"), layer).convert("RGB")
+    if edit == "screenshot":  # a phone's page around the photo: status bar, app name, likes, tab bar
+        top, bottom = round(w * 0.12), round(w * 0.22)
+        ph = max(h + top + bottom, round(w * rng.choice([1.6, 2.0])))
+        bg = rng.choice([(255, 255, 255), (18, 18, 18)])
+        ink = (0, 0, 0) if bg[0] > 128 else (230, 230, 230)
+        page = Image.new("RGB", (w, ph), bg)
+        draw = ImageDraw.Draw(page)
+        size = max(10, top // 3)
+        draw.text((10, 6), "12:41", fill=ink, font_size=size)
+        draw.text((10, top // 2), rng.choice(["instaphoto", "< Back   Photo", "Gallery"]), fill=ink, font_size=size)
+        y0 = top + rng.randint(0, max(0, ph - h - top - bottom))
+        page.paste(im, (0, y0))
+        draw.text((10, y0 + h + 8), rng.choice(["1,204 likes", "Liked by friends", "View all 32 comments"]), fill=ink, font_size=size)
+        draw.rectangle((0, ph - top, w, ph), fill=(235, 235, 235) if bg[0] > 128 else (40, 40, 40))
+        return page
+    if edit == "tiny":  # 64-128 px on the long side
+        f = rng.randint(64, 128) / max(w, h)
+        return im.resize((max(8, round(w * f)), max(8, round(h * f))), Image.Resampling.LANCZOS)
+    raise ValueError(edit)
+
+
 def plant_duplicates(
     photos: Sequence[Path],
     captions: dict[str, str],
@@ -159,9 +248,9 @@ def plant_duplicates(
     (so caption-based methods cannot find them for free). ``edits``: the kinds used in turn
     (``EDITS``, ``HARD_EDITS`` or both). Returns one ``Planted`` per written file.
     """
-    unknown = [e for e in edits if e not in EDITS + HARD_EDITS]
+    unknown = [e for e in edits if e not in EDITS + HARD_EDITS + WILD_EDITS]
     if unknown or not edits:
-        raise ValueError(f"unknown edits {unknown}; choose from {EDITS + HARD_EDITS}")
+        raise ValueError(f"unknown edits {unknown}; choose from {EDITS + HARD_EDITS + WILD_EDITS}")
     rng = random.Random(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ a distinct hard negative), ingests it, embeds it with the offline encoder, runs 
 all`` and prints pair recall/precision per group column and recall per edit. With --incremental the
 photos arrive in two halves, as in tests/test_dedup.py. ``--edits hard`` plants the copies issue 17
 is about instead (heavy crops, quarter/half turns, letterbox/pillarbox bars, framing in a page,
-overlays; ``lakecurate.plant.HARD_EDITS``), ``--edits all`` both kinds.
+overlays; ``lakecurate.plant.HARD_EDITS``), ``--edits all`` both kinds; ``--edits wild`` the kinds no
+method was tuned on (colour and tone, noise, blur, turns of a few degrees, stretch, keystone, logo,
+screenshot, thumbnail; ``lakecurate.plant.WILD_EDITS``).
 
     python scripts/eval_dedup.py --data ../shared/data/flickr8k --seed 1 [--incremental] [--edits hard]
 """
@@ -22,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lakecurate import Lake
-from lakecurate.plant import EDITS, HARD_EDITS, first_captions, plant_duplicates, split_in_halves, true_pairs
+from lakecurate.plant import EDITS, HARD_EDITS, WILD_EDITS, first_captions, plant_duplicates, split_in_halves, true_pairs
 
 
 def main() -> None:
@@ -31,7 +33,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--originals", type=int, default=120)
     ap.add_argument("--incremental", action="store_true")
-    ap.add_argument("--edits", choices=["easy", "hard", "all"], default="easy")
+    ap.add_argument("--edits", choices=["easy", "hard", "all", "wild"], default="easy")
     ap.add_argument("--verify-neighbors", type=int, default=None, help="dedup's verify_neighbors (default: its own)")
     ap.add_argument("--verify-cosine", type=float, default=None, help="dedup's verify_cosine (default: per model)")
     ap.add_argument("--verify-inliers", type=int, default=None, help="dedup's verify_inliers (default: its own)")
@@ -41,7 +43,7 @@ def main() -> None:
     try:
         planted = plant_duplicates(sorted((args.data / "images").glob("*.jpg")), captions, tmp / "all",
                                    n_originals=args.originals, seed=args.seed,
-                                   edits={"easy": EDITS, "hard": HARD_EDITS, "all": EDITS + HARD_EDITS}[args.edits])
+                                   edits={"easy": EDITS, "hard": HARD_EDITS, "all": EDITS + HARD_EDITS, "wild": WILD_EDITS}[args.edits])
         truth = true_pairs(planted)
         print(f"{len(planted)} images: {sum(p.edit == 'original' for p in planted)} photos, "
               f"{sum(p.edit == 'exact' for p in planted)} exact copies, "
