@@ -1465,6 +1465,9 @@ def status(lake: str, at_version: str | None, as_json: bool) -> None:
         echo_json(d)
         return
     click.echo(f"lake {d['uri']} (branch {d['branch']}) at version {d['version']}")
+    if d["empty"] and not d["stages"]:
+        click.echo(d["empty"])
+        return
     if not d["stages"]:
         click.echo("no derived columns yet; next: lakecurate embed " + d["uri"])
         return
@@ -1480,6 +1483,9 @@ def status(lake: str, at_version: str | None, as_json: bool) -> None:
         if s["rows_failed"]:
             click.echo(f"{s['columns'][0]}: {s['rows_failed']} rows failed at the endpoint (no caption; the "
                        f"{s['columns'][0]}_error column says why); compute them again: {s['retry']}")
+    if d["empty"]:  # (one line for every stage: what the table says of each)
+        click.echo(f"curated view: none: {d['empty']}")
+        return
     click.echo(f"curated view: {d['view'] or 'none yet'}" + "".join(f"\n  note: {n}" for n in d["view_notes"]))
 
 

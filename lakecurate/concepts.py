@@ -33,8 +33,8 @@ from lakecurate import columns
 from lakecurate.columns import LanceVectors, embedding_matrix
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (check_current, check_decided, check_embedded, commit_decisions, embedded_rows,
-                              lakecurate_on, where_columns, write_decisions)
+from lakecurate.graph import (check_current, check_decided, check_embedded, check_has_rows, commit_decisions,
+                              embedded_rows, lakecurate_on, where_columns, write_decisions)
 from lakecurate.names import decided, default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
@@ -461,6 +461,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         embedding = had["embedding"]
     if seed is None:
         seed = had["seed"] if isinstance(had.get("seed"), int) and had["seed"] >= 0 else 0
+    check_has_rows(lake, ds)  # (before "no rows with an embedding; run: lakecurate embed", which embed cannot help)
     emb = _embedded(lake, embedding)
     col = embedding_columns(emb)["image"]
     # The vectors are sampled and streamed (columns.LanceVectors), never read whole.
@@ -570,6 +571,7 @@ def rebalance(
     seed = whole("--seed", seed, 0)
     check_engine(engine)
     ds = lake.dataset()
+    check_has_rows(lake, ds)
     where = check_where(where, "--where", ds)
     _not_own(where, REBALANCE_FIELDS, "rebalance")
     if "concept" not in ds.schema.names:
@@ -754,6 +756,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
                 msg += f"; {score!r} {'is not a number column' if score_col in names else 'is not in the lake'}"
             raise LakeError(msg)
     if not (ds.count_rows(filter=where) if where else ds.count_rows()):  # it wiped the order there was, exit 0
+        check_has_rows(lake, ds)
         raise LakeError(f"no rows to order in lake '{lake.uri}'" + (f" where {where}" if where else "")
                         + "; check --where (nothing was written)")
     if mode == "interleave" and not ds.count_rows(filter=f"({where}) AND concept IS NOT NULL" if where else "concept IS NOT NULL"):

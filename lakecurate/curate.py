@@ -55,8 +55,8 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (Node, blocks, check_embedded, dedup_args, gone_whole, lakecurate_on, no_producer,
-                              not_current, states, where_columns)
+from lakecurate.graph import (Node, blocks, check_embedded, check_has_rows, dedup_args, gone_whole, lakecurate_on,
+                              no_producer, not_current, states, where_columns)
 from lakecurate.names import RECIPES, Produce, embedding_columns
 from lakecurate.schema import PAIRS_SCHEMA
 from lakecurate.sqlcheck import check_where, condition_columns, in_list
@@ -1673,6 +1673,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     prefix = tag_prefix(lake, rec)
     needs = _needs(rec)
     ds = lake.dataset()
+    check_has_rows(lake, ds)  # (a tag of a curated set of 0 of 0 rows, without a warning, was made)
     _check_steps(lake, ds, rec)
     _check_reviews_there(lake, ds, rec)
     done = None if dry_run else _already_done(lake, rec, prefix)

@@ -1268,6 +1268,13 @@ def _unjudged(ds: "lance.LanceDataset") -> int:
     return _count(ds, "keep IS NULL" + (" AND (ingest_status IS NULL OR ingest_status <> 'error')" if status else ""))
 
 
+def check_has_rows(lake: "Store", ds: "lance.LanceDataset") -> None:
+    """Refuse (LakeError), before anything is written, a deciding stage on a lake without rows: a
+    decision (or a tag) of nothing is never made, and "run: lakecurate embed" was no way out."""
+    if not ds.count_rows():
+        raise LakeError(f"lake '{lake.uri}' has no rows; ingest some: {lakecurate_on(lake)} ingest {lake.shell} SOURCE")
+
+
 def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,
                   own: Sequence[int] = ()) -> int | None:
     """Record that a global stage's run read ``read_version`` when that run changed no value but its

@@ -75,8 +75,10 @@ class Lake(Store):
     def dedup(self, methods: Any = ("exact", "phash", "semantic", "copy"), **options: Any) -> Any:
         """Duplicate groups and ``dup_keep``/``dup_reason`` columns; see :func:`lakecurate.dedup.dedup`."""
         from lakecurate.dedup import dedup
+        from lakecurate.graph import check_has_rows
 
         keywords("dedup", options, dedup, skip=2, own=["produce"])
+        check_has_rows(self, self.dataset())  # (groups of nothing were declared and recorded as current)
         with StageRun(self, "dedup"):  # (a run in progress, told from one killed: columns.stage_running)
             return dedup(self, methods, produce=self._produce, **options)
 
@@ -313,8 +315,15 @@ class Lake(Store):
         states = graph.states(lake, ds, code=_code())
         curated = next((s for s in states if s.node.stage == "curate" and "keep" in s.node.columns), None)
         edited = _recipe_edited(curated) if curated is not None else None
-        return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version,
-                "stages": [s.to_dict() for s in states], "view": view,
+        stages = [s.to_dict() for s in states]
+        rows = ds.count_rows()
+        empty = "" if rows else (f"lake '{self.uri}' has no rows; ingest some: "
+                                 f"{graph.lakecurate_on(lake)} ingest {lake.shell} SOURCE")
+        for s in stages if empty else []:  # (every stage read "current" over no rows, a curated set of nothing)
+            if s["stage"] not in graph.MANUAL:
+                s.update(state="empty", reasons=["the lake has no rows"], fix=f"{graph.lakecurate_on(lake)} ingest {lake.shell} SOURCE")
+        return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version, "rows": rows,
+                "empty": empty, "stages": stages, "view": view,
                 "view_notes": notes + ([edited] if edited else []) + graph.unheeded_reviews(ds, view)}
 
     def drop_columns(self, names: str | Sequence[str]) -> dict[str, Any]:

@@ -657,3 +657,27 @@ def test_a_pruned_concept_is_not_up_weighted():
 
     assert concept_weights(np.array([6, 2, 20, 0]), np.array([5, 2, 1, 0]), np.array([6.3, 3.0, 0.5, 0.0])) == \
         [1.0, 1.5, 1.0, 1.0]
+
+
+def _lake_of(folder: Path, photos: tuple[str, ...], tmp_path: Path) -> Lake:
+    """A lake of ``photos`` from sample_data (none: an empty folder ingested), embedded."""
+    folder.mkdir(parents=True)
+    for name in photos:
+        for ext in (".jpg", ".txt"):
+            shutil.copy(SAMPLE_DATA / f"{name}{ext}", folder)
+    lake = Lake.create(tmp_path / f"lake_{folder.name}")
+    lake.ingest(folder, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    return lake
+
+
+def test_cluster_and_rebalance_refuse_a_lake_without_rows(tmp_path: Path):
+    """An empty folder ingested: cluster said "no rows with an embedding; run: lakecurate embed"
+    (embed had run: the advice looped). Both say the lake has no rows, before any write."""
+    lake = _lake_of(tmp_path / "empty", (), tmp_path)
+    before = lake.version
+    for call in (lambda: lake.cluster(), lambda: lake.cluster(3), lambda: lake.rebalance(0.5, progress=False)):
+        with pytest.raises(LakeError, match=r"lake '.*' has no rows; ingest some: lakecurate ingest .* SOURCE$"):
+            call()
+    assert lake.version == before and "concept" not in lake.dataset().schema.names
+

@@ -870,3 +870,25 @@ def test_a_branch_and_main_at_the_same_version_get_their_own_recipe_tags(tmp_pat
     assert keys == {"new_chelsea.jpg", "new_rocket.jpg"}, keys
     again = lake.curate(recipe, progress=False), exp.curate(recipe, progress=False)
     assert [r.nothing_to_do for r in again] == [True, True] and [r.tag for r in again] == [on_main.tag, on_branch.tag]
+
+
+def test_a_lake_without_rows_is_refused_by_curate_and_dedup_and_status_says_it_is_empty(tmp_path: Path):
+    """An empty folder ingested: curate tagged a curated set of 0 of 0 rows without a warning (0 of
+    2 warns), dedup recorded groups of nothing, and status called every stage current. Curate and
+    dedup refuse before any write, in one line; status says the lake has no rows."""
+    (tmp_path / "empty").mkdir()
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(tmp_path / "empty", progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    before, tags = lake.version, dict(lake.dataset().tags.list())
+    empty = r"^lake '.*' has no rows; ingest some: lakecurate ingest .* SOURCE$"
+    for call in (lambda: lake.curate("basic", progress=False), lambda: lake.curate("basic", dry_run=True),
+                 lambda: lake.dedup(["exact"], progress=False)):
+        with pytest.raises(LakeError, match=empty):
+            call()
+    ds = lake.dataset()
+    assert lake.version == before and dict(ds.tags.list()) == tags and "keep" not in ds.schema.names
+    status = lake.status()
+    assert status["empty"] and status["stages"] and all(s["state"] == "empty" for s in status["stages"])
+    res = CliRunner().invoke(main, ["status", str(tmp_path / "lake")])
+    assert res.exit_code == 0 and "current" not in res.output and "has no rows; ingest some" in res.output
