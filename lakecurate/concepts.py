@@ -33,8 +33,8 @@ from lakecurate import columns
 from lakecurate.columns import LanceVectors, embedding_matrix
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (check_current, check_decided, check_embedded, check_has_rows, commit_decisions,
-                              embedded_rows, lakecurate_on, where_columns, write_decisions)
+from lakecurate.graph import (check_current, check_decided, check_embedded, check_has_rows, check_view_not_empty,
+                              commit_decisions, embedded_rows, lakecurate_on, where_columns, write_decisions)
 from lakecurate.names import decided, default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
 from lakecurate.options import positive, whole
@@ -596,6 +596,7 @@ def rebalance(
         n += len(candidates(frag, where)[0])
         bar.update(frag.count_rows())
     if n == 0:
+        check_view_not_empty(lake, ds, where, "rebalance")  # (curate kept nothing: no --where or cluster helps)
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "
                         f"{where or 'true'}); check --where, or run: {lakecurate_on(lake)} cluster {lake.shell}")
     goal = int(round(target * n)) if isinstance(target, float) and target <= 1 else int(target)
@@ -757,6 +758,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
             raise LakeError(msg)
     if not (ds.count_rows(filter=where) if where else ds.count_rows()):  # it wiped the order there was, exit 0
         check_has_rows(lake, ds)
+        check_view_not_empty(lake, ds, where, "sequence")
         raise LakeError(f"no rows to order in lake '{lake.uri}'" + (f" where {where}" if where else "")
                         + "; check --where (nothing was written)")
     if mode == "interleave" and not ds.count_rows(filter=f"({where}) AND concept IS NOT NULL" if where else "concept IS NOT NULL"):

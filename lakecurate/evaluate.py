@@ -41,7 +41,7 @@ from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import broken_vectors, check_current, check_decided, effective_view, embed_command, where_columns
+from lakecurate.graph import broken_vectors, check_current, check_decided, check_view_not_empty, effective_view, embed_command, where_columns
 from lakecurate.names import EVAL_LR, EVAL_METRICS, caption_choices, default_view, embedding_columns, pick_embedding
 from lakecurate.schema import EVAL_TABLE
 from lakecurate.sqlcheck import check_where
@@ -317,6 +317,8 @@ def _selection(lake: "Store", view: str | None, option: str = "--view", *, allow
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
                         f"run: lakecurate curate {lake.shell} basic, or pass --view 'SQL condition'")
     warnings += check_current(lake, ds, where_columns(where, names), what="evaluate", allow_stale=allow_stale)
+    if version is None:  # (curate kept nothing: a proxy trained on no rows proves nothing)
+        check_view_not_empty(lake, ds, where, "evaluate")
     return version, where, label or where
 
 

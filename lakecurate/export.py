@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (check_current, check_ordered, lakecurate_on, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
+from lakecurate.graph import (check_current, check_ordered, check_view_not_empty, lakecurate_on, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
@@ -130,6 +130,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     names = ds.schema.names
     where = check_where(where, "--where", ds)
     notes: list[str] = []
+    lakes_view = where is None and version is None  # (the lake's curated view now: refused when empty)
     if where is None:
         view, notes = effective_view(lake, ds) if version is not None else (default_view(ds.schema),
                                                                              foreign_view_notes(lake, ds))
@@ -152,6 +153,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         order = [c for c in order if c not in left_out]
     warnings = notes + check_current(lake, ds, where_columns(where, names) + order, what=what, allow_stale=allow_stale,
                                      all_states=past, allow_hint=allow_hint)
+    if lakes_view:  # (curate kept nothing: an export of no rows, or a loop of "re-run rebalance")
+        check_view_not_empty(lake, ds, where, what)
     for c in (caption_mix or {caption: 1.0}):
         if c in META:
             raise LakeError(f"column '{c}' is the export's own metadata, not a caption; mix caption columns")

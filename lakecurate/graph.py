@@ -103,6 +103,7 @@ class NodeState:
     renamed: dict[str, str] = field(default_factory=dict)  # its columns another writer renamed: old -> new name
     by_code: bool = False  # stale only because this code computes it otherwise (not shown by the commit log)
     running: list[str] = field(default_factory=list)  # incomplete: the runs deciding it now ("host pid")
+    empty_view: str = ""  # built on a current curate that kept no row: why no run can make it current (its fix says so)
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.node.stage, "columns": self.node.columns, "sources": self.node.sources,
@@ -110,7 +111,8 @@ class NodeState:
                 "rows_missing": self.rows_missing, "rows_stale": self.rows_stale, "computed_from": self.computed_from,
                 "fix": self.fix,
                 "rows_failed": self.rows_failed, "retry": self.retry, "renamed": self.renamed,
-                **({"running": self.running} if self.running else {})}
+                **({"running": self.running} if self.running else {}),
+                **({"empty_view": self.empty_view} if self.empty_view else {})}
 
 
 def where_columns(where: str | None, names: Iterable[str]) -> list[str]:
@@ -952,7 +954,72 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
             fix = signals_command(lake, [st.node.stage for st in same]) + (" --recompute" if redo else "")
             for st in same:
                 st.fix = fix
+    _mark_empty_view(lake, ds, out)
     return out
+
+
+def empty_view(lake: "Store", ds: "lance.LanceDataset", all_states: list[NodeState] | None = None) -> str:
+    """Why the curated view is empty, when curate's current decision keeps no row of a lake that
+    has rows ("curate kept 0 of 10 rows of lake 'x' (recipe basic, tag basic-1a2b3c4d-v9)"); else
+    "". Nothing built on that view (rebalance, sequence, export, evaluate) can be made current until
+    the recipe keeps rows: their re-run only refuses again, so this is what they say instead."""
+    if "keep" not in ds.schema.names or "keep" in foreign_decisions(ds.schema):
+        return ""
+    judged = _count(ds, "keep IS NOT NULL")
+    if not judged or _count(ds, "keep"):
+        return ""
+    all_states = states(lake, ds) if all_states is None else all_states
+    cur = next((s for s in all_states if s.node.stage == "curate" and "keep" in s.node.columns), None)
+    if cur is None or cur.state != "current":  # (a stale decision: its own fix, curate again, comes first)
+        return ""
+    cfg = cur.node.prov.get("config") or {}
+    source = str(cfg.get("source") or "")
+    recipe = Path(source).stem if source and _builtin_recipe(source) else (source or "?")
+    short = str(cfg.get("hash") or "")[:8]
+    uri = ds.uri.rstrip("/")
+    branch = uri.split("/tree/", 1)[1] if "/tree/" in uri else None
+    tags = [(info["version"], name) for name, info in ds.tags.list().items()
+            if short and f"-{short}-" in name and info["version"] <= ds.version
+            and (info.get("branch") or None) == branch]
+    tag = f", tag {max(tags)[1]}" if tags else ""
+    return f"curate kept 0 of {judged} row{'' if judged == 1 else 's'} of lake '{lake.uri}' (recipe {recipe}{tag})"
+
+
+def empty_view_fix(lake: "Store", why: str, what: str | None = None) -> str:
+    """What to do about an empty curated view (``why``: :func:`empty_view`): loosen the recipe."""
+    return (f"{why}: the curated view is empty, " + (f"so {what} has no rows to use" if what else
+            "and nothing built on it can be made current") +
+            f"; loosen the recipe, see: {lakecurate_on(lake)} report {lake.shell}")
+
+
+def check_view_not_empty(lake: "Store", ds: "lance.LanceDataset", where: str | None, what: str) -> None:
+    """Refuse (LakeError) to let ``what`` choose among the rows of ``where`` when it reads the curated
+    decisions and curate kept no row (:func:`empty_view`): "no candidate rows; check --where, or run
+    cluster" named a way out that did not exist."""
+    if not {"keep", "rebalance_keep"} & set(where_columns(where, ds.schema.names)):
+        return
+    why = empty_view(lake, ds)
+    if why:
+        raise LakeError(empty_view_fix(lake, why, what))
+
+
+def _mark_empty_view(lake: "Store", ds: "lance.LanceDataset", out: list[NodeState]) -> None:
+    """The nodes built on an empty curated view that are not current get that as their fix: their
+    own command (rebalance again) was refused with "no candidate rows", and status said "stale: run
+    rebalance" for ever."""
+    built = {"keep", "drop_reason"}
+    after = []
+    for st in out:  # (in pipeline order: rebalance before sequence)
+        # (a rebalance without --where chooses among keep once it exists, even one run before any recipe)
+        plain = st.node.stage == "rebalance" and not (st.node.prov.get("config") or {}).get("where")
+        if st.node.stage not in ("curate", *MANUAL) and (plain or built & set(st.node.sources)):
+            built |= set(st.node.columns)
+            after.append(st)
+    todo = [st for st in after if st.state != "current"]
+    why = empty_view(lake, ds, out) if todo else ""
+    for st in todo if why else []:
+        st.empty_view = why
+        st.fix = empty_view_fix(lake, why)
 
 
 def _marks_lost(lake: "Store", ds: "lance.LanceDataset", node: Node, lost: list[str]) -> NodeState:
@@ -1596,6 +1663,9 @@ def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str
     blocking = [s for s in bad if blocks(s) or not incomplete_ok]
     if blocking and not allow_stale:
         first = blocking[0]
+        empty = next((s.empty_view for s in blocking if s.empty_view), "")
+        if empty:  # (re-running the stale stage is refused too: nothing is kept to choose from)
+            raise LakeError(empty_view_fix(lake, empty, what))
         raise LakeError(f"{what} would use stale decisions on lake '{lake.uri}': {msgs[bad.index(first)]}; "
                         f"re-run it: {first.fix} (or pass {allow_hint})")
     return msgs
@@ -1616,9 +1686,10 @@ def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None,
         bad = [s for s in behind if blocks(s)]
         if not bad:
             return col, notes
-        why = f"{bad[0].node.stage} is {bad[0].state} ({bad[0].reasons[0]}); re-run: {bad[0].fix}"
+        why = f"{bad[0].node.stage} is {bad[0].state} ({bad[0].reasons[0]}); " + (
+            bad[0].fix if bad[0].empty_view else f"re-run: {bad[0].fix}")  # (no re-run helps an empty view)
         first = behind[0]
-        if first.node.stage != bad[0].node.stage and first.fix:
+        if first.node.stage != bad[0].node.stage and first.fix and not bad[0].empty_view:
             # an upstream stage not done (new rows not embedded): its fix first, else the re-run reads its gaps
             why = (f"{bad[0].node.stage} is {bad[0].state} ({bad[0].reasons[0]}), and {first.node.stage} before it is "
                    f"{first.state} ({first.reasons[0]}); run first: {first.fix}, then: {bad[0].fix}")

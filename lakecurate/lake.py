@@ -315,6 +315,9 @@ class Lake(Store):
         states = graph.states(lake, ds, code=_code())
         curated = next((s for s in states if s.node.stage == "curate" and "keep" in s.node.columns), None)
         edited = _recipe_edited(curated) if curated is not None else None
+        empty_view = graph.empty_view(lake, ds, states)
+        if empty_view and not any(empty_view in n for n in notes):  # (said once: rebalance_keep's note may say it)
+            notes.append(graph.empty_view_fix(lake, empty_view))
         stages = [s.to_dict() for s in states]
         rows = ds.count_rows()
         empty = "" if rows else (f"lake '{self.uri}' has no rows; ingest some: "

@@ -659,6 +659,40 @@ def test_a_pruned_concept_is_not_up_weighted():
         [1.0, 1.5, 1.0, 1.0]
 
 
+NOTHING = {"name": "nothing", "step": [{"filter": "caption_missing"},
+                               {"filter": "caption_length", "min_words": 1000, "max_words": 2000}]}
+EMPTY_VIEW = (r"curate kept 0 of \d+ rows of lake .* \(recipe .*, tag nothing-[0-9a-f]+-v\d+\): the curated view is "
+              r"empty, so {} has no rows to use; loosen the recipe, see: lakecurate report ")
+
+
+def test_a_recipe_that_keeps_no_row_is_named_downstream_not_a_rebalance_loop(lake3: Lake, sample_lake_embedded: Lake,
+                                                                            tmp_path: Path):
+    """After a curate that kept nothing, sequence and export said "rebalance is stale; re-run it:
+    lakecurate rebalance ...", which said "no candidate rows; check --where, or run cluster", and
+    status listed rebalance stale (its fix that command) for ever. Each names the empty view."""
+    lake = lake3  # clustered, rebalanced, sequenced
+    lake.curate(NOTHING, progress=False)
+    with pytest.raises(LakeError, match=EMPTY_VIEW.format("sequence")):
+        lake.sequence("interleave", progress=False)
+    with pytest.raises(LakeError, match=EMPTY_VIEW.format("export")):
+        lake.export(tmp_path / "out", "webdataset")
+    with pytest.raises(LakeError, match=EMPTY_VIEW.format("rebalance")):  # (the fix status gave)
+        lake.rebalance(0.6, max_repeats=3, temperature=0.2, progress=False)
+    status = lake.status()
+    after = [s for s in status["stages"] if s["stage"] in ("rebalance", "sequence")]
+    assert [s["state"] for s in after] == ["stale", "behind"]
+    assert all("the curated view is empty" in s["fix"] and " rebalance " not in s["fix"] for s in after)
+    assert any("the curated view is empty" in n for n in status["view_notes"])
+    # a lake never rebalanced: rebalance names the empty view rather than --where or cluster
+    fresh = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "fresh"))
+    fresh.cluster(4)
+    fresh.curate(NOTHING, progress=False)
+    with pytest.raises(LakeError, match=EMPTY_VIEW.format("rebalance")):
+        fresh.rebalance(0.5, progress=False)
+    with pytest.raises(LakeError, match=EMPTY_VIEW.format("sequence")):
+        fresh.sequence("random", progress=False)
+
+
 def _lake_of(folder: Path, photos: tuple[str, ...], tmp_path: Path) -> Lake:
     """A lake of ``photos`` from sample_data (none: an empty folder ingested), embedded."""
     folder.mkdir(parents=True)
