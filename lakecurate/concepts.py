@@ -474,6 +474,10 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; " + (
             f"embed ran, and every row has none ({failed} say why in {error}: images ingest refused or that do not "
             "decode); ingest images that do" if failed else f"run: lakecurate embed {lake.shell}"))
+    if k is not None and k > n_valid < 2:  # (-k 1 is refused: "choose -k up to 1" was no way out)
+        raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); "
+                        "-k needs at least 2 embedded rows: leave -k out (k is then chosen from the rows: one "
+                        "row is one concept; in a pipeline file, a [cluster] step without k), or embed more rows")
     if k is not None and k > n_valid:  # k-means fit min(k, rows) centroids, and the rest were empty concepts
         raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); "
                         f"choose -k up to {n_valid}, or leave it out (default: "

@@ -1241,3 +1241,32 @@ def test_a_pipeline_given_as_a_dict_takes_numpy_values(sample_lake_embedded: Lak
     assert lake.sql("SELECT count(DISTINCT concept) AS n FROM pairs WHERE concept IS NOT NULL")["n"][0] == 3
     with pytest.raises(LakeError, match="k = 'x' must be a whole number"):
         lake.run({"cluster": {"k": "x"}})
+
+
+def _demo_of(folder: Path, tmp_path: Path, cluster: str) -> Path:
+    """The demo's steps over ``folder``, its [cluster] step ``cluster`` (TOML lines)."""
+    pipe = tmp_path / f"{folder.name}.toml"
+    pipe.write_text(f'[ingest]\nsources = ["{folder}"]\n[embed]\nmodel = "offline"\n'
+                    f'[dedup]\nmethods = ["exact", "phash", "semantic"]\n[curate]\nrecipe = "basic"\n'
+                    f'[cluster]\n{cluster}\n[rebalance]\ntarget = 0.6\n')
+    return pipe
+
+
+def test_the_demo_on_no_rows_or_one_row_stops_with_advice_that_can_be_followed(tmp_path: Path):
+    """An empty folder: the demo stopped at [cluster] with "no rows with an embedding; run:
+    lakecurate embed" (its own embed step had run). One row: "[cluster]: choose -k up to 1",
+    and k = 1 is refused (k >= 2)."""
+    (tmp_path / "empty").mkdir()
+    lake = Lake.create(tmp_path / "lake_empty")
+    with pytest.raises(LakeError, match=r"\[dedup\]: lake '.*' has no rows; ingest some: lakecurate ingest .* SOURCE$"):
+        lake.run(_demo_of(tmp_path / "empty", tmp_path, "k = 3"), progress=False)
+    (tmp_path / "one").mkdir()
+    for ext in (".jpg", ".txt"):
+        shutil.copy(SAMPLE_DATA / f"astronaut{ext}", tmp_path / "one")
+    lake = Lake.create(tmp_path / "lake_one")
+    with pytest.raises(LakeError, match=r"\[cluster\]: -k 3 asks .* \(1\); -k needs at least 2 embedded rows: leave -k "
+                                        r"out .* a \[cluster\] step without k") as err:
+        lake.run(_demo_of(tmp_path / "one", tmp_path, "k = 3"), progress=False)
+    assert "up to 1" not in str(err.value)
+    rep = lake.run(_demo_of(tmp_path / "one", tmp_path, "seed = 0"), progress=False)  # (the advice, followed)
+    assert [s.step for s in rep.steps][-2:] == ["cluster", "rebalance"] and lake.count("concept = 0") == 1
