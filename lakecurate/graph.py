@@ -1589,7 +1589,8 @@ def not_current_notes(lake: "Store", ds: "lance.LanceDataset", columns: Iterable
     out = []
     for st in not_current(lake, ds, columns):
         shown = named or ", ".join(st.node.columns[:3]) + (", ..." if len(st.node.columns) > 3 else "")
-        out.append(f"{st.node.stage} ({shown}) is {st.state}: {st.reasons[0]}; {effect} until this runs: {st.fix}")
+        out.append(f"{st.node.stage} ({shown}) is {st.state}: {st.reasons[0]}; {effect}" + (
+            f": {st.fix}" if st.empty_view else f" until this runs: {st.fix}"))  # (an empty view: no run helps)
     return out
 
 

@@ -301,7 +301,9 @@ class Lake(Store):
         """The stage graph at ``version`` (default: the latest): every stage's columns, whether they are
         current, stale (an input was rewritten after them), incomplete (rows without values) or
         behind (built on a stage that is not current), why, and the command that brings them up to
-        date; plus the effective curated view. See :mod:`lakecurate.graph`.
+        date; plus the effective curated view. A lake without rows: every stage ``empty``, and
+        ``empty`` says so (what to ingest); a curated view curate kept no row of: a note, and what is
+        built on it has that, not a command, as its fix. See :mod:`lakecurate.graph`.
 
         Example::
 
