@@ -88,7 +88,7 @@ from lakecurate.columns import LanceTexts, LanceVectors, column_valid
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import commit_decisions, embedded_rows, lakecurate_on, no_producer
+from lakecurate.graph import check_has_rows, commit_decisions, embedded_rows, lakecurate_on, no_producer
 from lakecurate.names import DEDUP_DEFAULT_METHODS, DEDUP_METHODS, DEDUP_TEXT_METHODS, Produce, embedding_columns
 from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
@@ -775,9 +775,7 @@ def dedup(
         raise LakeError(f"--keep-from {','.join(keep_from)}: lake '{lake.uri}' has none of these groups and this run "
                         f"computes none; add them: lakecurate dedup {lake.shell} --method {','.join(keep_from)} "
                         f"--keep-from {','.join(keep_from)}")
-    if ds.count_rows() == 0:
-        report.seconds = time.perf_counter() - t_start
-        return report
+    check_has_rows(lake, ds)  # (groups of nothing were declared and recorded as current)
     # hash methods searched among the semantic join's neighbours (linear) instead of all pairs
     clustered = [m for m, search in (("phash", phash_search), ("copy", copy_search)) if search == "clusters" and m in methods]
     emb, emb_prov = _pick_embedding(lake, ds, embedding, embedding_need(methods, phash_search, copy_search))

@@ -75,10 +75,8 @@ class Lake(Store):
     def dedup(self, methods: Any = ("exact", "phash", "semantic", "copy"), **options: Any) -> Any:
         """Duplicate groups and ``dup_keep``/``dup_reason`` columns; see :func:`lakecurate.dedup.dedup`."""
         from lakecurate.dedup import dedup
-        from lakecurate.graph import check_has_rows
 
         keywords("dedup", options, dedup, skip=2, own=["produce"])
-        check_has_rows(self, self.dataset())  # (groups of nothing were declared and recorded as current)
         with StageRun(self, "dedup"):  # (a run in progress, told from one killed: columns.stage_running)
             return dedup(self, methods, produce=self._produce, **options)
 
