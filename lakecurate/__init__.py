@@ -35,3 +35,8 @@ def __getattr__(name: str) -> Any:
 
         return feature
     raise AttributeError(f"module 'lakecurate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The names loaded on first use too (``dir(lakecurate)``, tab completion)."""
+    return sorted(set(globals()) | set(__all__))

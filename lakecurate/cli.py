@@ -898,6 +898,8 @@ def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], engine:
             r["first dropped"] = ", ".join(str(e.get("key") or e["id"]) + (f" ({e['value']:.3g})" if e["value"] is not None else "")
                                            for e in v.examples)
     _echo_table(rows, ["step", "dropped", "share"] + (["first dropped"] if dry_run else []))
+    for note in rep.warnings:
+        click.echo(f"warning: {note}", err=True)
     # kept is not a drop: its own line, not a row under "dropped"
     click.echo(f"{'would keep' if dry_run else 'kept'} {rep.kept} of {rep.rows} rows"
                + (f" ({rep.kept / rep.rows:.1%})" if rep.rows else ""))
@@ -1852,6 +1854,9 @@ def _step_line(res: Any) -> None:
     made = f", versions {res.versions[0]}-{res.versions[-1]}" if len(res.versions) > 1 else (
         f", version {res.versions[0]}" if res.versions else "")
     click.echo(f"{res.step:<10} {res.action:<9} {res.why}{took}{made}", err=True)
+    warned = res.result.get("warnings") if isinstance(res.result, dict) else None
+    for note in warned if isinstance(warned, list) else ():  # (only --json showed a step's warnings)
+        click.echo(f"warning: {note}", err=True)
 
 
 @main.command("run")

@@ -841,13 +841,14 @@ class Checkpoint:
             writer.write_table(table)
         os.replace(tmp, d / f"{start:010d}.arrow")  # atomic: a kill never leaves half a batch
 
-    def prune(self, keep: set[int]) -> None:
-        """Drop the saved batches of every fragment but ``keep``'s (this run's and those other runs
-        hold): a run killed between a fragment's commit and the drop of its batches left them behind
-        for good, once a later run had other fragments to compute."""
+    def prune(self, keep: set[int], claims: "FragmentClaims") -> None:
+        """Drop the saved batches of every fragment but ``keep``'s (this run's) and those a live run
+        holds a claim on (``claims``: a ``--recompute`` of fragments this run finds filled): a run
+        killed between a fragment's commit and the drop of its batches left them behind for good,
+        once a later run had other fragments to compute."""
         for d in self.root.iterdir() if self.root.is_dir() else ():
             fid = d.name.split("-")[0][1:]
-            if d.is_dir() and fid.isdigit() and int(fid) not in keep:
+            if d.is_dir() and fid.isdigit() and int(fid) not in keep and claims.holder(int(fid)) is None:
                 self.computed_from.pop(int(fid), None)
                 shutil.rmtree(d, ignore_errors=True)
 
@@ -900,6 +901,10 @@ class FragmentClaims:
         if host == host_name() and pid.isdigit() and not process_alive(int(pid)):
             return None  # its process is gone (kill -9): free at once
         return owner if age < self.ttl else None
+
+    def holder(self, fid: int) -> str | None:
+        """Who holds fragment ``fid``'s claim while it is fresh (this run included), else None."""
+        return self._owner(self._path(fid))
 
     def take(self, fids: Sequence[int]) -> tuple[list[int], dict[int, str]]:
         """Claim what is free of ``fids``: (the ids claimed, {id: owner} of those another run holds)."""

@@ -850,6 +850,7 @@ class CurateReport:
     dry_run: bool = False  # decided, nothing written (no signals computed, no columns, no tag)
     overrides: dict[str, Any] = field(default_factory=dict)  # --set for this run
     steps: list[StepView] = field(default_factory=list)  # a dry run's per-step detail (explain)
+    warnings: list[str] = field(default_factory=list)  # what the producers it ran said (a dedup's)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -378,12 +378,15 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
     side.embed(spec, precision=prov["config"].get("precision", "fp32"), progress=progress, engine=engine)
     names = embedding_columns(spec.prefix)
     tbl = side.dataset().to_table(columns=["content_hash", "caption", names["image"], names["text"]],
-                                  filter=f"{names['image']} IS NOT NULL AND {names['text']} IS NOT NULL")
+                                  filter=f"{names['image']} IS NOT NULL AND ingest_status != 'error'")
     captioned = np.array([bool(c and c.strip()) for c in tbl.column("caption").to_pylist()], bool)
-    blank = int((~captioned).sum())  # an empty caption is embedded as "": a pair of nothing, scored as one
+    blank = int((~captioned).sum())  # (embed gives a blank caption no text vector: counted here, not as unembedded)
     refused = _refused(side)
     unembedded = side.dataset().count_rows(filter="ingest_status != 'error'") - tbl.num_rows
     tbl = tbl.filter(pa.array(captioned))
+    texted = np.asarray(tbl.column(names["text"]).is_valid(), bool)
+    unembedded += int((~texted).sum())  # (a caption whose text vector failed)
+    tbl = tbl.filter(pa.array(texted))
     images = len(set(tbl.column("content_hash").to_pylist()))
     if images < 2:  # retrieval and the swapped-caption AUROC pair each caption with another image
         why = refused + (f"; {blank} rows have no caption" if blank else "")

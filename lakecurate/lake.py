@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from datetime import timedelta
@@ -102,11 +103,15 @@ class Lake(Store):
         from lakecurate.curate import curate
 
         keywords("curate", options, curate, skip=2, own=["produce", "code"])
+        warned: list[str] = []  # (what the producers it runs say: a dedup's warnings reached no one)
         with StageRun(self, "curate"):
-            return curate(self, recipe, produce=self._produce, code=_code(), **options)
+            rep = curate(self, recipe, produce=functools.partial(self._produce, warned=warned), code=_code(), **options)
+        rep.warnings += [w for w in warned if w not in rep.warnings]
+        return rep
 
     def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None,
-                 engine: str = "local", recompute: bool = False, **options: Any) -> int:
+                 engine: str = "local", recompute: bool = False, warned: list[str] | None = None,
+                 **options: Any) -> int:
         """Run the producer ``stage`` a consuming stage asked for (stages never call stages); returns
         the rows it computed (0: its columns were already filled). ``engine``: where per-row
         producers run ("local" or "ray"); ``recompute`` (per-row producers): every row again (without
@@ -120,7 +125,9 @@ class Lake(Store):
 
         with runner.waiting():
             if stage == "dedup":
-                self.dedup(progress=progress, workers=workers, engine=engine, recompute=recompute, **options)
+                rep = self.dedup(progress=progress, workers=workers, engine=engine, recompute=recompute, **options)
+                if warned is not None:  # (``warned``: where the consumer collects what its producers say)
+                    warned += rep.warnings
                 return 1
             return self._run_producer(stage, progress=progress, workers=workers, engine=engine,
                                       recompute=recompute or self._by_other_code(stage)).computed

@@ -180,9 +180,15 @@ def real(option: str, value: Any, low: float = -math.inf, high: float = math.inf
     >>> real("--lr", float("nan"), 0, 1, above=True)
     Traceback (most recent call last):
     lakecurate.errors.LakeError: invalid --lr nan: expected a number above 0 and at most 1
+    >>> real("--lr", 10**400, 0, 1, above=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    lakecurate.errors.LakeError: invalid --lr 1000...: expected a number above 0 and at most 1
     """
-    fits = not isinstance(value, (bool, str)) and isinstance(value, numbers.Real) and math.isfinite(value) \
-        and (value > low if above else value >= low) and value <= high
+    try:  # (an int past a float's range: OverflowError in isfinite)
+        fits = not isinstance(value, (bool, str)) and isinstance(value, numbers.Real) and math.isfinite(value) \
+            and (value > low if above else value >= low) and value <= high
+    except OverflowError:
+        fits = False
     if not fits:
         bounds = [f"above {low:g}" if above else f"from {low:g}"] if math.isfinite(low) else []
         bounds += [f"{'to' if bounds and not above else 'at most'} {high:g}"] if math.isfinite(high) else []

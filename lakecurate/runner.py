@@ -789,31 +789,30 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     recorded, prov = as_recorded(stage, ds, prov)
     if recorded is not stage:
         stage, ckpt = recorded, columns.Checkpoint(lake, recorded.checkpoint_key)
+    # Fragments another run of this stage is computing right now are left to it (see FragmentClaims);
+    # their saved batches are its own, never dropped here (Checkpoint.prune).
+    claims = columns.FragmentClaims(lake, stage.checkpoint_key)  # (by config: a run of another is not waited for)
     if recompute:  # recomputing: batches saved by an earlier run are not to be reused
-        ckpt.drop()
+        ckpt.prune(set(), claims)
     sources = None if recompute else prov["source_columns"]  # (recomputing: every fragment lacks values)
     todo, stale = _to_compute(ds, stage, sources)
     report.fragments_total = len(todo)
     unfilled = {f.fragment_id for f in todo}  # (saved batches of these are kept: max_fragments leaves some for later)
     if max_fragments is not None:
         todo = todo[:max_fragments]
-    # Fragments another run of this stage is computing right now are left to it (see FragmentClaims).
-    claims = columns.FragmentClaims(lake, stage.checkpoint_key)  # (by config: a run of another is not waited for)
     mine, elsewhere = claims.take([f.fragment_id for f in todo])
     if elsewhere:
         todo = [f for f in todo if f.fragment_id in set(mine)]
         report.fragments_elsewhere = len(elsewhere)
         report.elsewhere = sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()})
     report.rows_refreshed = sum(f.count_rows() for f in todo if f.fragment_id in stale)
-    if todo:  # (nothing to do: all dropped below)
-        ckpt.prune(unfilled | set(elsewhere))
+    ckpt.prune(unfilled, claims)  # (a kill between a fragment's commit and the drop of its batches left them)
     where = _where(stage, lake)
     claims.hold()
     try:
         while True:
             if not todo:
-                if not elsewhere:  # (another run's saved batches are its own)
-                    ckpt.drop()
+                ckpt.prune(set(), claims)  # (another run's saved batches are its own)
             elif engine == "ray":
                 first_actors, actors = actors, None  # (a run taking over another's builds its own)
                 _run_ray(lake, stage, ds, todo, report, progress, where, gpus, workers, first_actors)

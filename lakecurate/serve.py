@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 from lakecurate import review
 from lakecurate.errors import LakeError
 from lakecurate.graph import where_columns
-from lakecurate.images import thumbnail_jpeg
+from lakecurate.images import open_header, thumbnail_jpeg, too_large
 from lakecurate.names import DECISIONS
 from lakecurate.options import half_the_memory, is_number, unicode
 from lakecurate.sqlcheck import check_query, check_where, clean_message, in_list, literal
@@ -758,6 +758,14 @@ def create_app(lake: "Lake", **options: Any) -> Any:
         data = blobs[0][1] if blobs else None
         if not data:
             return Response(status_code=404)
+        try:
+            with open_header(data) as im:
+                size = (im.width, im.height) if too_large(im) else None
+        except Exception:  # (not an image Pillow reads: sent as it is, the browser's to show or not)
+            size = None
+        if size is not None:  # a decompression bomb ingest refused: the reviewer's browser decoded it
+            return Response(f"image of {size[0]}x{size[1]} pixels: more than lakecurate decodes or shows",
+                            status_code=422, media_type="text/plain")
         kind = next((t for magic, t in IMAGE_TYPES.items() if data.startswith(magic)), "application/octet-stream")
         return Response(data, media_type=kind, headers={"Content-Disposition": "inline", "X-Content-Type-Options": "nosniff"})
 
@@ -889,20 +897,22 @@ class _Http(Exception):
 
 
 def _image_vector(b: Browser, body: bytes, view: str | None) -> np.ndarray:
-    import io
-
     from PIL import Image
 
+    from lakecurate.images import MAX_DECODE_PIXELS
     from lakecurate.names import pick_embedding
     from lakecurate.search import encoder_for, query_vector
 
     _, prov = pick_embedding(b.lake, b.dataset(view), need="image search compares against them")
     enc = encoder_for(prov)
+    too_many = "that image has more pixels than the server decodes; upload a smaller copy of it"
     try:  # decoded here, in the page's words (the library's named --text (text=True), the command line's)
-        with Image.open(io.BytesIO(body)) as im:
+        with open_header(body) as im:
+            if too_large(im):  # (decoded up to Pillow's own error, twice the limit the stages keep)
+                raise LakeError(f"{too_many} ({im.width}x{im.height}; at most {MAX_DECODE_PIXELS} pixels)")
             rgb = im.convert("RGB")
     except Image.DecompressionBombError:
-        raise LakeError("that image has more pixels than the server decodes; upload a smaller copy of it") from None
+        raise LakeError(too_many) from None
     except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise LakeError(f"that file is not an image the server can read ({type(exc).__name__}); upload a JPEG, "
                         "PNG, GIF, WebP or BMP file, or type words in the search box") from None

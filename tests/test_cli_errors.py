@@ -346,3 +346,13 @@ def test_sigterm_while_the_program_loads_is_exit_143_with_a_line():
     proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143 and "terminated (SIGTERM) while starting" in proc.stderr, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
+
+
+def test_the_package_face_lists_what_it_loads_on_first_use():
+    """`Lake` and `feature` load on first use (the program takes SIGTERM first): dir() and tab
+    completion did not list them."""
+    import lakecurate
+
+    assert {"Lake", "feature", "LakeError"} <= set(dir(lakecurate)) and lakecurate.Lake.__name__ == "Lake"
+    with pytest.raises(AttributeError, match="no attribute 'Lak'"):
+        lakecurate.Lak  # noqa: B018

@@ -465,3 +465,19 @@ def test_evaluate_takes_numpy_integers_and_whole_floats(small):
     lake, ev = small
     res = lake.evaluate(eval_set=ev, seeds=np.int64(1), steps=4.0, eval_every=np.int32(2), record=False, progress=False)
     assert res.steps == 4 and res.seeds == [0] and res.curve_steps == [0, 2, 4]
+
+
+def test_blank_captions_left_out_of_an_eval_set_are_named_as_such(small, tmp_path: Path):
+    """Embed gives a blank caption no text vector now: evaluate counted those rows as having "no
+    offline vectors" (pointing at embedding) and "no caption" never, once they were filtered first."""
+    from lakecurate.columns import field_provenance
+    from lakecurate.evaluate import load_eval_set
+
+    lake, ev = small
+    pics = sorted(ev.glob("*.png"))
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("image,caption\n" + "".join(f"{p},picture {k}\n" for k, p in enumerate(pics[:4]))
+                     + "".join(f"{p}, \n" for p in pics[4:6]))
+    image = next(f for f in lake.dataset().schema if f.name.endswith("_image"))
+    got, _ = load_eval_set(lake, mixed, field_provenance(image), progress=False, root=tmp_path)
+    assert "2 rows have no caption" in got.left_out and "vectors" not in got.left_out, got.left_out

@@ -563,3 +563,32 @@ def test_saved_batches_of_a_committed_fragment_do_not_outlive_the_next_run(tmp_p
     runner.run(lake, stage, workers=0, progress=False)
     assert lake.dataset().get_fragments()[2].to_table(columns=["nwords"]).column(0).to_pylist()[:4] == [7] * 4  # resumed
     assert not ckpt.root.exists() or not any(ckpt.root.iterdir())
+
+
+def test_a_run_never_drops_the_saved_batches_of_a_fragment_another_live_run_holds(tmp_path: Path):
+    """A plain run pruned the saved batches of every fragment it found filled, but a `--recompute`
+    running beside it claims and recomputes exactly those (same checkpoint key): the live run lost
+    what it would resume from. A fragment whose claim a live run holds keeps its batches."""
+    lake = Lake.create(tmp_path / "lake")
+    for f in range(2):
+        lake.append(pair_rows(f * 10, 10))
+
+    def words(setup, rows):
+        return pa.table({"nwords": pa.array([len((c or "").split()) for c in rows.columns["caption"].to_pylist()],
+                                            pa.int32())})
+
+    stage = RowStage("words", [pa.field("nwords", pa.int32())], {"v": 1}, ["caption"], batch=words, batch_size=4)
+    runner.run(lake, stage, workers=0, progress=False)
+    other = columns.FragmentClaims(lake, stage.checkpoint_key)  # the live run (this process): f0 claimed,
+    assert other.take([0]) == ([0], {})                          # its first batch saved
+    ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
+    f0 = lake.dataset().get_fragments()[0]
+    saved = pa.table({"nwords": pa.array([3] * 4, pa.int32()), "_offset": pa.array(range(4), pa.int64())})
+    ckpt.save(f0, 0, saved)
+    lake.append(pair_rows(100, 10))  # a new fragment: the plain run has work to do
+    assert runner.run(lake, stage, workers=0, progress=False).fragments == 1
+    assert runner.run(lake, stage, workers=0, progress=False).fragments == 0  # (and with nothing to do)
+    assert ckpt.load(f0)[0].equals(saved)  # the live run's batch is still there
+    other.release()
+    runner.run(lake, stage, workers=0, progress=False)  # its claim gone: a later run drops what is left
+    assert not ckpt._dir(f0).exists()

@@ -680,3 +680,21 @@ def test_a_lake_made_again_at_its_path_shows_its_own_thumbnails(tmp_path: Path, 
     assert a in addrs(c.get("/").text)  # the same address, another picture
     after = c.get(f"/thumb/{a}", params={"px": 64})
     assert after.headers["x-cache"] != "hit" and after.content != before.content
+
+
+def test_the_browser_never_decodes_or_sends_an_image_past_the_decode_limit(sample: Lake, monkeypatch):
+    """An upload to search by image was decoded up to Pillow's own error (twice the limit every stage
+    keeps: a 100 MP PNG of 140 KB decoded in the server), and a pair's full view sent a refused
+    decompression bomb's bytes for the reviewer's browser to decode. Checked with the limit lowered."""
+    from lakecurate import images
+
+    sample.embed("tiny-random", workers=0, progress=False)
+    c = client(sample)
+    a = addrs(c.get("/").text)[0]
+    assert c.get(f"/image/{a}").status_code == 200
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 1)
+    full = c.get(f"/image/{a}")
+    assert full.status_code == 422 and "more than lakecurate decodes" in full.text, full.text
+    up = c.post("/api/search-image", content=(SAMPLE_DATA / "astronaut.jpg").read_bytes(),
+                headers={"X-CSRF-Token": csrf(c)})
+    assert up.status_code == 400 and "more pixels than the server decodes" in up.json()["error"], up.text

@@ -466,3 +466,33 @@ def test_planted_hard_copies_recall_and_precision(flickr8k: Path, tmp_path: Path
     v1, v2 = (next(m for m in r.methods if m.method == "verify") for r in reports)
     assert v2.new_rows == len(planted) // 2 and v2.keypoints_computed < v2.keypoint_rows
     assert v1.keypoints_computed + v2.keypoints_computed <= len(planted)
+
+
+def test_a_producers_warning_reaches_the_curate_that_ran_it_and_a_pipelines_step_line(tmp_path: Path, monkeypatch, capsys):
+    """Curate regroups new rows with the dedup the lake records (Lake._produce): that dedup's warning
+    (here: verify groups kept at an older turn tolerance) was dropped, and `lakecurate run` printed no
+    step's warnings at all (only --json had them)."""
+    import lakecurate.dedup as D
+    import lakecurate.verify as V
+    from lakecurate.cli import _step_line
+    from lakecurate.pipeline import StepResult
+
+    sample = Path(__file__).resolve().parent.parent / "sample_data"
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(sample, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    monkeypatch.setattr(D, "TURN_TOLERANCE", 10.0)
+    monkeypatch.setattr(V, "TURN_TOLERANCE", 10.0)
+    lake.dedup(["verify"], verify_neighbors=4, workers=0, progress=False)
+    monkeypatch.undo()  # the upgrade
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "late.jpg").write_bytes((sample / "chelsea.jpg").read_bytes())
+    (more / "late.txt").write_text("a cat once more")
+    lake.ingest(more, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    rep = lake.curate({"name": "dup", "step": [{"filter": "duplicate"}]}, progress=False)
+    assert "dedup" in rep.computed and any("--method verify --recompute" in w for w in rep.warnings), rep.warnings
+    _step_line(StepResult("curate", "ran", "stale", result=rep.to_dict()))
+    err = capsys.readouterr().err
+    assert err.startswith("curate") and "warning: verify groups of lake" in err, err
