@@ -536,26 +536,36 @@ def test_checkpoints_belong_to_the_table_that_made_them(tmp_path: Path, monkeypa
     assert columns.Checkpoint(new, "stage").load(frag_new) == {}
 
 
-def test_saved_batches_of_a_committed_fragment_do_not_outlive_the_next_run(tmp_path: Path):
-    """A run killed after a fragment's commit and before it dropped that fragment's saved batches
-    left them for good (a probe found 68 KB under _lakecurate/checkpoints after every stage read
-    current): a later run with other fragments to compute drops them; the saved batches of a
-    fragment still to fill past --max-fragments are kept, and resumed."""
-    lake = Lake.create(tmp_path / "lake")
-    for f in range(3):
+def words_in_fragments(root: Path, n: int) -> tuple[Lake, RowStage]:
+    """A lake of ``n`` fragments of 10 rows and a stage counting their captions' words, 4 rows a batch;
+    a saved batch of it: ``batch_of(value)``."""
+    lake = Lake.create(root / "lake")
+    for f in range(n):
         lake.append(pair_rows(f * 10, 10))
 
     def words(setup, rows):
         return pa.table({"nwords": pa.array([len((c or "").split()) for c in rows.columns["caption"].to_pylist()],
                                             pa.int32())})
 
-    stage = RowStage("words", [pa.field("nwords", pa.int32())], {"v": 1}, ["caption"], batch=words, batch_size=4)
+    return lake, RowStage("words", [pa.field("nwords", pa.int32())], {"v": 1}, ["caption"], batch=words, batch_size=4)
+
+
+def batch_of(value: int) -> pa.Table:
+    """A saved batch of :func:`words_in_fragments`' stage: its first 4 rows, each ``value``."""
+    return pa.table({"nwords": pa.array([value] * 4, pa.int32()), "_offset": pa.array(range(4), pa.int64())})
+
+
+def test_saved_batches_of_a_committed_fragment_do_not_outlive_the_next_run(tmp_path: Path):
+    """A run killed after a fragment's commit and before it dropped that fragment's saved batches
+    left them for good (a probe found 68 KB under _lakecurate/checkpoints after every stage read
+    current): a later run with other fragments to compute drops them; the saved batches of a
+    fragment still to fill past --max-fragments are kept, and resumed."""
+    lake, stage = words_in_fragments(tmp_path, 3)
     assert runner.run(lake, stage, workers=0, progress=False, max_fragments=1).fragments == 1
     ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
     f0, _, f2 = lake.dataset().get_fragments()
-    ckpt.save(f0, 0, pa.table({"nwords": pa.array([1] * 4, pa.int32()), "_offset": pa.array(range(4), pa.int64())}))
-    # (above: the killed run's leftover; below: f2's first batch, saved by a killed run)
-    planted = pa.table({"nwords": pa.array([7] * 4, pa.int32()), "_offset": pa.array(range(4), pa.int64())})
+    ckpt.save(f0, 0, batch_of(1))  # (the killed run's leftover; below: f2's first batch, saved by a killed run)
+    planted = batch_of(7)
     ckpt.save(f2, 0, planted)
     assert runner.run(lake, stage, workers=0, progress=False, max_fragments=1).fragments == 1  # f1 only
     assert not ckpt._dir(f0).exists()  # f0's leftover is gone
@@ -569,21 +579,13 @@ def test_a_run_never_drops_the_saved_batches_of_a_fragment_another_live_run_hold
     """A plain run pruned the saved batches of every fragment it found filled, but a `--recompute`
     running beside it claims and recomputes exactly those (same checkpoint key): the live run lost
     what it would resume from. A fragment whose claim a live run holds keeps its batches."""
-    lake = Lake.create(tmp_path / "lake")
-    for f in range(2):
-        lake.append(pair_rows(f * 10, 10))
-
-    def words(setup, rows):
-        return pa.table({"nwords": pa.array([len((c or "").split()) for c in rows.columns["caption"].to_pylist()],
-                                            pa.int32())})
-
-    stage = RowStage("words", [pa.field("nwords", pa.int32())], {"v": 1}, ["caption"], batch=words, batch_size=4)
+    lake, stage = words_in_fragments(tmp_path, 2)
     runner.run(lake, stage, workers=0, progress=False)
     other = columns.FragmentClaims(lake, stage.checkpoint_key)  # the live run (this process): f0 claimed,
     assert other.take([0]) == ([0], {})                          # its first batch saved
     ckpt = columns.Checkpoint(lake, stage.checkpoint_key)
     f0 = lake.dataset().get_fragments()[0]
-    saved = pa.table({"nwords": pa.array([3] * 4, pa.int32()), "_offset": pa.array(range(4), pa.int64())})
+    saved = batch_of(3)
     ckpt.save(f0, 0, saved)
     lake.append(pair_rows(100, 10))  # a new fragment: the plain run has work to do
     assert runner.run(lake, stage, workers=0, progress=False).fragments == 1
