@@ -354,19 +354,28 @@ def main(branch: str | None, progress: bool | None) -> None:
 
 
 def entry() -> Any:
-    """The ``lakecurate`` program: :func:`main` with SIGTERM turned into :class:`Terminated` (its
-    default ends the process at once: a killed run's claims held its fragments from other hosts'
-    runs for two minutes, its export left a staging folder for the next export to remove). Only
-    the program: a process that calls ``main`` (a test, a notebook) keeps its own handlers. A second
-    SIGTERM while it unwinds is ignored."""
-    def terminated(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        click.echo("lakecurate: terminated (SIGTERM); what was committed is kept: run the same command again to "
-                   "go on from there", err=True)
-        raise Terminated()
+    """The ``lakecurate`` program: :func:`main` with SIGTERM and Ctrl-C (SIGINT) turned into
+    :class:`Terminated` (exit 143 and 130, one line each): SIGTERM's default ends the process at
+    once (a killed run's claims held its fragments from other hosts' runs for two minutes, its
+    export left a staging folder for the next export to remove), and click read Ctrl-C as "Aborted!",
+    exit 1, as any failure. Only the program: a process that calls ``main`` (a test, a notebook)
+    keeps its own handlers. A second SIGTERM while it unwinds is ignored; a second Ctrl-C is
+    Python's own. Once ``main`` is done both are ignored: a signal in the ~0.2 s the interpreter
+    takes to exit ended it by the signal (-15, no word) after its work was committed."""
+    def stopped(signum: int, frame: Any) -> None:
+        term = signum == signal.SIGTERM
+        signal.signal(signum, signal.SIG_IGN if term else signal.default_int_handler)
+        click.echo(f"lakecurate: {'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'}; what was committed is "
+                   "kept: run the same command again to go on from there", err=True)
+        raise Terminated(143 if term else 130)
 
-    signal.signal(signal.SIGTERM, terminated)
-    return main()
+    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, stopped)
+    try:
+        return main()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # (done: what is left is the interpreter's exit)
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def open_lake(uri: str, *, create: bool = False) -> Lake:

@@ -902,6 +902,15 @@ class FragmentClaims:
             return None  # its process is gone (kill -9): free at once
         return owner if age < self.ttl else None
 
+    def sweep(self) -> None:
+        """Remove the claims whose run is gone (its process dead, or not refreshed for ``ttl``):
+        a killed run's claims on fragments it had committed, and its :class:`StageRun` slot, were
+        never taken again, so never removed (files piled up under the checkpoints)."""
+        for path in self.root.glob("f*") if self.root.is_dir() else ():
+            if self._owner(path) is None:
+                with _suppress(OSError):
+                    path.unlink()
+
     def holder(self, fid: int) -> str | None:
         """Who holds fragment ``fid``'s claim while it is fresh (this run included), else None."""
         return self._owner(self._path(fid))
@@ -968,6 +977,7 @@ class StageRun:
 
     def __enter__(self) -> "StageRun":
         with _suppress(OSError):  # (a lake this process cannot write claims beside: the run goes on unclaimed)
+            self.claims.sweep()  # (a killed run's slot)
             self.claims.take([int.from_bytes(os.urandom(6), "big")])
             self.claims.hold()
         return self

@@ -27,8 +27,8 @@ class Terminated(SystemExit):
     released, reader processes closed, an export's staging folder removed. What it committed
     stays; the same command resumes from there. Never wrapped as a stage's failure."""
 
-    def __init__(self) -> None:
-        super().__init__(143)  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+    def __init__(self, code: int = 143) -> None:
+        super().__init__(code)  # 128 + SIGTERM (130: Ctrl-C, SIGINT), what a shell reports for a process it ended
 
 
 _GONE = re.compile(r"(\S*?\.lance/(?:_versions/\d+\.manifest|data/[\w-]+\.lance))")

@@ -1,7 +1,8 @@
 """The ``lakecurate`` program's first module: SIGTERM is taken before the rest loads.
 
 Importing the CLI (Lance, pyarrow, pandas, click) takes about a second; a SIGTERM then ended the
-process by the signal (exit -15, no word), where the README promises exit 143 and a line.
+process by the signal (exit -15, no word), where the README promises exit 143 and a line, and
+Ctrl-C printed a KeyboardInterrupt traceback.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from typing import Any
 
 
 def entry() -> Any:
-    """Take SIGTERM while the CLI loads (nothing is written yet: exit 143 with a line), then run
-    :func:`lakecurate.cli.entry`, which takes it from there."""
+    """Take SIGTERM and Ctrl-C while the CLI loads (nothing is written yet: exit 143 or 130 with a
+    line; Ctrl-C was a KeyboardInterrupt traceback through the imports), then run
+    :func:`lakecurate.cli.entry`, which takes them from there."""
     def loading(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("lakecurate: terminated (SIGTERM) while starting; nothing was written", file=sys.stderr)
-        raise SystemExit(143)
+        signal.signal(signum, signal.SIG_IGN)
+        term = signum == signal.SIGTERM
+        print(f"lakecurate: {'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} while starting; nothing was "
+              "written", file=sys.stderr)
+        raise SystemExit(143 if term else 130)
 
     signal.signal(signal.SIGTERM, loading)
+    signal.signal(signal.SIGINT, loading)
     from lakecurate.cli import entry as run
 
     return run()

@@ -800,6 +800,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     unfilled = {f.fragment_id for f in todo}  # (saved batches of these are kept: max_fragments leaves some for later)
     if max_fragments is not None:
         todo = todo[:max_fragments]
+    with contextlib.suppress(OSError):
+        claims.sweep()  # (a killed run's claims on fragments it had committed: never taken again)
     mine, elsewhere = claims.take([f.fragment_id for f in todo])
     if elsewhere:
         todo = [f for f in todo if f.fragment_id in set(mine)]

@@ -326,9 +326,12 @@ def test_tag_delete_takes_no_version(tmp_path: Path):
     assert "mine" in lake.dataset().tags.list()
 
 
-def test_sigterm_while_the_program_loads_is_exit_143_with_a_line():
+@pytest.mark.parametrize("sig,code,says", [("SIGTERM", 143, "terminated (SIGTERM) while starting"),
+                                           ("SIGINT", 130, "interrupted (Ctrl-C) while starting")])
+def test_sigterm_while_the_program_loads_is_exit_143_with_a_line(sig, code, says):
     """SIGTERM in the second the CLI takes to import (Lance, pyarrow, pandas) ended the process by
-    the signal (exit -15, no word): the program (pyproject's script) takes it from its first module."""
+    the signal (exit -15, no word), Ctrl-C was a KeyboardInterrupt traceback: the program
+    (pyproject's script) takes them from its first module."""
     import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -337,14 +340,14 @@ def test_sigterm_while_the_program_loads_is_exit_143_with_a_line():
              "real = builtins.__import__\n"
              "def imp(name, *a, **k):\n"
              "    if name == 'lakecurate.cli':  # a SIGTERM lands while the CLI loads\n"
-             "        os.kill(os.getpid(), signal.SIGTERM)\n"
+             f"        os.kill(os.getpid(), signal.{sig})\n"
              "    return real(name, *a, **k)\n"
              "builtins.__import__ = imp\n"
              "sys.argv = ['lakecurate', '--help']\n"
              "from lakecurate.program import entry\n"
              "sys.exit(entry())\n")
     proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 143 and "terminated (SIGTERM) while starting" in proc.stderr, (proc.returncode, proc.stderr)
+    assert proc.returncode == code and says in proc.stderr, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
 
 
@@ -356,3 +359,18 @@ def test_the_package_face_lists_what_it_loads_on_first_use():
     assert {"Lake", "feature", "LakeError"} <= set(dir(lakecurate)) and lakecurate.Lake.__name__ == "Lake"
     with pytest.raises(AttributeError, match="no attribute 'Lak'"):
         lakecurate.Lak  # noqa: B018
+
+
+def test_a_signal_after_the_command_is_done_is_ignored():
+    """SIGTERM in the ~0.2 s the interpreter takes to exit after a command's work was committed ended
+    it by the signal (-15, no word), or once with exit 0 and a Terminated traceback: once main is
+    done, the program ignores SIGTERM and Ctrl-C."""
+    child = ("import signal, sys\n"
+             "from lakecurate.cli import entry\n"
+             "sys.argv = ['lakecurate', '--help']\n"
+             "try:\n"
+             "    entry()\n"
+             "except SystemExit as exc:\n"
+             "    print(exc.code, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n")
+    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "0 True True", (proc.stdout[-300:], proc.stderr)

@@ -451,10 +451,13 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_sigterm_mid_stage_releases_its_claims_and_readers_and_says_so(tmp_path: Path):
+@pytest.mark.parametrize("sig,code,says", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                           (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+def test_sigterm_mid_stage_releases_its_claims_and_readers_and_says_so(tmp_path: Path, sig, code, says):
     """SIGTERM (kill, timeout, a scheduler) ended the program at once: its claims held the fragments
     from other hosts' runs for two minutes, and the message was nothing, or the stage's "Error: ...
-    fragment 0 rows 896-959: Terminated" once a handler raised."""
+    fragment 0 rows 896-959: Terminated" once a handler raised. Ctrl-C was click's "Aborted!", exit 1,
+    as any failure."""
     lake = three_fragments(tmp_path / "lake")
     ckpt = Path(lake.uri) / "_lakecurate" / "checkpoints"
     program = CHILD.format(call="from lakecurate.cli import entry; sys.argv = ['lakecurate', 'signals', sys.argv[1], "
@@ -467,12 +470,12 @@ def test_sigterm_mid_stage_releases_its_claims_and_readers_and_says_so(tmp_path:
             time.sleep(0.05)
         assert proc.poll() is None and list(ckpt.glob("claims/signals*/f*")), "the run holds its fragments"
         readers = [p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 143, err
-    assert "terminated (SIGTERM)" in err and "Error" not in err and "Traceback" not in err, err
+    assert proc.returncode == code, err
+    assert says in err and "Error" not in err and "Traceback" not in err and "Aborted" not in err, err
     assert not list(ckpt.glob("claims/signals*/f*"))  # released: another run takes them at once
     time.sleep(1)
     assert readers and not [p for p in readers if Path(f"/proc/{p}").exists()]  # (none left behind)
@@ -594,3 +597,25 @@ def test_a_run_never_drops_the_saved_batches_of_a_fragment_another_live_run_hold
     other.release()
     runner.run(lake, stage, workers=0, progress=False)  # its claim gone: a later run drops what is left
     assert not ckpt._dir(f0).exists()
+
+
+def test_a_killed_runs_claims_are_swept_by_the_next_run(tmp_path: Path):
+    """A run killed with SIGKILL left its claims on the fragments it had committed and its StageRun
+    slot: no later run takes those again, so the files piled up for good. The next run removes the
+    claims of runs that are gone (a dead process), never a live run's."""
+    from lakecurate.columns import FragmentClaims, StageRun, host_name
+
+    lake, stage = words_in_fragments(tmp_path, 2)
+    runner.run(lake, stage, workers=0, progress=False, max_fragments=1)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    claims, slots = FragmentClaims(lake, stage.checkpoint_key), FragmentClaims(lake, "run-dedup")
+    for c, name in ((claims, "f0"), (slots, "f123456")):
+        c.root.mkdir(parents=True, exist_ok=True)
+        (c.root / name).write_text(f"{host_name()} {dead} 0badc0de")  # (the killed run's)
+    live = FragmentClaims(lake, "run-dedup")
+    live.take([7])  # a live run's slot (this process)
+    runner.run(lake, stage, workers=0, progress=False)
+    assert not (claims.root / "f0").exists()
+    with StageRun(lake, "dedup"):
+        assert not (slots.root / "f123456").exists() and (slots.root / "f7").exists()
+    live.release()
