@@ -76,7 +76,7 @@ def test_decoding_is_deterministic_and_seeded():
     ({"model": "coca_ViT-B-32", "pretrained": "bogus"}, "no pretrained weights 'bogus' for coca_ViT-B-32; known tags"),
     ({"model": "tiny-random-coca", "checkpoint": "/no/such.pt"}, "checkpoint '/no/such.pt' does not exist"),
     ({"model": "tiny-random-coca", "max_tokens": 0}, "--max-tokens must be a whole number from 1 to 75"),
-    ({"model": "tiny-random-coca", "temperature": -1}, "--temperature must be from 0"),
+    ({"model": "tiny-random-coca", "temperature": -1}, "invalid --temperature -1: expected a number from 0 to 5"),
     ({"model": "tiny-random-coca", "device": "gpu"}, "--device must be auto, cpu"),
     ({"model": "tiny-random-coca", "batch_size": 0}, "--batch-size"),
 ])
