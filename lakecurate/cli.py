@@ -359,23 +359,28 @@ def entry() -> Any:
     once (a killed run's claims held its fragments from other hosts' runs for two minutes, its
     export left a staging folder for the next export to remove), and click read Ctrl-C as "Aborted!",
     exit 1, as any failure. Only the program: a process that calls ``main`` (a test, a notebook)
-    keeps its own handlers. A second SIGTERM while it unwinds is ignored; a second Ctrl-C is
-    Python's own. Once ``main`` is done both are ignored: a signal in the ~0.2 s the interpreter
-    takes to exit ended it by the signal (-15, no word) after its work was committed."""
+    keeps its own handlers, and this puts back the ones it found when ``main`` is done. Once the
+    program is stopping, SIGTERM is ignored (its cleanup runs: a supervisor's SIGTERM after a
+    Ctrl-C raised again in it) and a second Ctrl-C exits at once, without cleaning up."""
     def stopped(signum: int, frame: Any) -> None:
         term = signum == signal.SIGTERM
-        signal.signal(signum, signal.SIG_IGN if term else signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, again)
         click.echo(f"lakecurate: {'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'}; what was committed is "
                    "kept: run the same command again to go on from there", err=True)
         raise Terminated(143 if term else 130)
 
-    signal.signal(signal.SIGTERM, stopped)
-    signal.signal(signal.SIGINT, stopped)
+    def again(signum: int, frame: Any) -> None:
+        click.echo("lakecurate: interrupted again: exiting now, without cleaning up (the next run takes over what "
+                   "this one held)", err=True)
+        os._exit(130)
+
+    before = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return main()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):  # (done: what is left is the interpreter's exit)
-            signal.signal(sig, signal.SIG_IGN)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def open_lake(uri: str, *, create: bool = False) -> Lake:

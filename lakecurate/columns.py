@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from contextlib import suppress as _suppress
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -894,20 +894,23 @@ class FragmentClaims:
         except (OSError, UnicodeDecodeError):  # (gone meanwhile: free)
             return None
         if not owner:  # made and not written yet (the taker writes at once), or its taker was killed
-            return "a run starting now" if age < CLAIM_WRITE_GRACE else None  # in between: free (it held
-            # a fragment for the whole ttl, naming no one)
+            # (host and process not known yet: "? starting"; it held a fragment for the whole ttl, naming no one)
+            return "? starting" if age < CLAIM_WRITE_GRACE else None
         host, _, rest = owner.partition(" ")
         pid = rest.split(" ")[0]
         if host == host_name() and pid.isdigit() and not process_alive(int(pid)):
             return None  # its process is gone (kill -9): free at once
         return owner if age < self.ttl else None
 
-    def sweep(self) -> None:
+    def sweep(self, keep: Iterable[int] = ()) -> None:
         """Remove the claims whose run is gone (its process dead, or not refreshed for ``ttl``):
         a killed run's claims on fragments it had committed, and its :class:`StageRun` slot, were
-        never taken again, so never removed (files piled up under the checkpoints)."""
+        never taken again, so never removed (files piled up under the checkpoints). ``keep``: the
+        fragments the caller will :meth:`take` (it takes a stale claim over itself: a sweep beside a
+        taker could remove the claim the taker had just made in its place)."""
+        kept = {f"f{fid}" for fid in keep}
         for path in self.root.glob("f*") if self.root.is_dir() else ():
-            if self._owner(path) is None:
+            if path.name not in kept and self._owner(path) is None:
                 with _suppress(OSError):
                     path.unlink()
 

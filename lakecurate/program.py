@@ -15,7 +15,7 @@ from typing import Any
 def entry() -> Any:
     """Take SIGTERM and Ctrl-C while the CLI loads (nothing is written yet: exit 143 or 130 with a
     line; Ctrl-C was a KeyboardInterrupt traceback through the imports), then run
-    :func:`lakecurate.cli.entry`, which takes them from there."""
+    :func:`lakecurate.cli.entry`, which takes them from there; once it is done, ignore them."""
     def loading(signum: int, frame: Any) -> None:
         signal.signal(signum, signal.SIG_IGN)
         term = signum == signal.SIGTERM
@@ -25,6 +25,10 @@ def entry() -> Any:
 
     signal.signal(signal.SIGTERM, loading)
     signal.signal(signal.SIGINT, loading)
-    from lakecurate.cli import entry as run
+    try:
+        from lakecurate.cli import entry as run
 
-    return run()
+        return run()
+    finally:  # done: what is left is the interpreter's exit (~0.2 s), which a signal ended by the
+        for sig in (signal.SIGTERM, signal.SIGINT):  # signal (-15, no word) after the work was committed
+            signal.signal(sig, signal.SIG_IGN)

@@ -227,9 +227,14 @@ _READER: dict[str, Any] = {}
 def _init_reader(table_uri: str, version: int, storage_options: dict | None, stage: RowStage,
                  parent: int = 0) -> None:
     if parent:  # a spawned reader (``parent``: the run's pid): it must not outlive a run that was killed
+        import signal
+
         from lakecurate.engines import die_with_parent
 
         die_with_parent(parent)
+        # Ctrl-C in a terminal reaches the whole process group: the run stops its readers itself (each
+        # printed a KeyboardInterrupt traceback before the run's one line)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         # One native thread per reader: the readers already take the cores, and detectors that
         # spread over every core (OpenMP in yuface, OpenCV's pool) fight each other, which made
         # 2 readers run faces at 33 img/s where one thread each gives ~90.
@@ -800,8 +805,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     unfilled = {f.fragment_id for f in todo}  # (saved batches of these are kept: max_fragments leaves some for later)
     if max_fragments is not None:
         todo = todo[:max_fragments]
-    with contextlib.suppress(OSError):
-        claims.sweep()  # (a killed run's claims on fragments it had committed: never taken again)
+    with contextlib.suppress(OSError):  # a killed run's claims on fragments it had committed: never taken
+        claims.sweep(keep={f.fragment_id for f in todo})  # again (those to compute: take() takes them over)
     mine, elsewhere = claims.take([f.fragment_id for f in todo])
     if elsewhere:
         todo = [f for f in todo if f.fragment_id in set(mine)]

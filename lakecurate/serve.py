@@ -1050,16 +1050,17 @@ class _Stopped(Exception):
 
 
 class _stop_on_sigterm:
-    """SIGTERM stops the server as Ctrl+C does, exit 0 (the program's own handler said "what was
-    committed is kept: run the same command again", exit 143). Only in the main thread, where
-    signal handlers live (a test serving from a thread keeps its own)."""
+    """SIGTERM and Ctrl+C stop the server quietly, exit 0 (the program's own handlers said "what was
+    committed is kept: run the same command again", exit 143 or 130: uvicorn puts back the handler it
+    found and raises the signal again). Only in the main thread, where signal handlers live (a test
+    serving from a thread keeps its own)."""
 
     def __enter__(self) -> None:
         import signal
 
-        self.before = None
+        self.before: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self.before = signal.signal(signal.SIGTERM, self._stop)
+            self.before = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     @staticmethod
     def _stop(signum: int, frame: Any) -> None:
@@ -1068,8 +1069,8 @@ class _stop_on_sigterm:
     def __exit__(self, *exc: Any) -> None:
         import signal
 
-        if self.before is not None:
-            signal.signal(signal.SIGTERM, self.before)
+        for sig, handler in self.before.items():
+            signal.signal(sig, handler)
 
 
 def _bind(host: str, port: int) -> "socket.socket":

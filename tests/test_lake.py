@@ -413,7 +413,7 @@ def test_an_empty_claim_left_by_a_killed_run_is_free(lake: Lake):
     claims.root.mkdir(parents=True)
     path = claims.root / "f0"
     path.write_text("")
-    assert claims.take([0]) == ([], {0: "a run starting now"})  # (being written this instant)
+    assert claims.take([0]) == ([], {0: "? starting"})  # (being written this instant)
     old = time.time() - CLAIM_WRITE_GRACE - 1
     os.utime(path, (old, old))
     assert claims.take([0]) == ([0], {})

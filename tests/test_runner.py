@@ -451,18 +451,20 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-@pytest.mark.parametrize("sig,code,says", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
-                                           (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
-def test_sigterm_mid_stage_releases_its_claims_and_readers_and_says_so(tmp_path: Path, sig, code, says):
+@pytest.mark.parametrize("sigs,code,says", [([signal.SIGTERM], 143, "terminated (SIGTERM)"),
+                                            ([signal.SIGINT], 130, "interrupted (Ctrl-C)"),
+                                            ([signal.SIGINT, signal.SIGTERM], 130, "interrupted (Ctrl-C)")])
+def test_sigterm_mid_stage_releases_its_claims_and_readers_and_says_so(tmp_path: Path, sigs, code, says):
     """SIGTERM (kill, timeout, a scheduler) ended the program at once: its claims held the fragments
     from other hosts' runs for two minutes, and the message was nothing, or the stage's "Error: ...
     fragment 0 rows 896-959: Terminated" once a handler raised. Ctrl-C was click's "Aborted!", exit 1,
-    as any failure."""
+    as any failure; sent to the process group (as a terminal does), each reader process printed a
+    KeyboardInterrupt traceback; a SIGTERM after it (a supervisor) raised again inside its cleanup."""
     lake = three_fragments(tmp_path / "lake")
     ckpt = Path(lake.uri) / "_lakecurate" / "checkpoints"
     program = CHILD.format(call="from lakecurate.cli import entry; sys.argv = ['lakecurate', 'signals', sys.argv[1], "
                                 "'--no-caption', '--workers', '2']; entry()")
-    proc = subprocess.Popen([sys.executable, "-c", program, lake.uri], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", program, lake.uri], cwd=REPO, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -470,12 +472,18 @@ def test_sigterm_mid_stage_releases_its_claims_and_readers_and_says_so(tmp_path:
             time.sleep(0.05)
         assert proc.poll() is None and list(ckpt.glob("claims/signals*/f*")), "the run holds its fragments"
         readers = [p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
-        proc.send_signal(sig)
+        for k, sig in enumerate(sigs):
+            time.sleep(0.05 * k)
+            if sig == signal.SIGINT:
+                os.killpg(proc.pid, sig)  # (a terminal's Ctrl-C: the whole process group)
+            else:
+                proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == code, err
     assert says in err and "Error" not in err and "Traceback" not in err and "Aborted" not in err, err
+    assert err.count("lakecurate:") == 1, err  # (one line: no second signal raised in the cleanup)
     assert not list(ckpt.glob("claims/signals*/f*"))  # released: another run takes them at once
     time.sleep(1)
     assert readers and not [p for p in readers if Path(f"/proc/{p}").exists()]  # (none left behind)
