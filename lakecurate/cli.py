@@ -917,11 +917,6 @@ def curate(lake: str, recipe: str, dry_run: bool, sets: tuple[str, ...], engine:
     # kept is not a drop: its own line, not a row under "dropped"
     click.echo(f"{'would keep' if dry_run else 'kept'} {rep.kept} of {rep.rows} rows"
                + (f" ({rep.kept / rep.rows:.1%})" if rep.rows else ""))
-    if rep.rows and not rep.kept:  # a threshold the wrong way round looked like any other run
-        worst = max(rep.dropped.items(), key=lambda kv: kv[1], default=(None, 0))
-        click.echo(f"warning: recipe {rep.recipe} keeps no row of {rep.rows}" + (
-            f" ({worst[0]} drops {worst[1]})" if worst[0] else "") + "; see what each step would drop with "
-            "--dry-run, and try --set STEP.PARAM=VALUE", err=True)
     if rep.overrides:
         click.echo("overrides: " + ", ".join(f"{k}={v!r}" for k, v in rep.overrides.items()))
     if dry_run:

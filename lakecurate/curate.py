@@ -855,6 +855,15 @@ class CurateReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def keeps_nothing(self) -> str | None:
+        """The warning when the recipe keeps no row of a lake that has some (a threshold the wrong
+        way round looked like any other run), else None."""
+        if not self.rows or self.kept:
+            return None
+        worst = max(self.dropped.items(), key=lambda kv: kv[1], default=(None, 0))
+        return (f"recipe {self.recipe} keeps no row of {self.rows}" + (f" ({worst[0]} drops {worst[1]})" if worst[0] else "")
+                + "; see what each step would drop with --dry-run, and try --set STEP.PARAM=VALUE")
+
 
 def embedding_need(rec: Recipe, what: str = "them") -> str:
     """Which steps of ``rec`` need an embedding, in words ("the zero_shot step needs them"): a

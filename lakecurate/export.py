@@ -152,7 +152,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
                 notes.append(f"{c} not used ({'rows in table order' if c == 'seq_order' else 'each row once'}): {gone[0]}")
         order = [c for c in order if c not in left_out]
     warnings = notes + check_current(lake, ds, where_columns(where, names) + order, what=what, allow_stale=allow_stale,
-                                     all_states=past, allow_hint=allow_hint)
+                                     all_states=past, allow_hint=allow_hint, view=lakes_view)
     if lakes_view:  # (curate kept nothing: an export of no rows, or a loop of "re-run rebalance")
         check_view_not_empty(lake, ds, where, what)
     for c in (caption_mix or {caption: 1.0}):

@@ -1339,7 +1339,9 @@ def check_has_rows(lake: "Store", ds: "lance.LanceDataset") -> None:
     """Refuse (LakeError), before anything is written, a deciding stage on a lake without rows: a
     decision (or a tag) of nothing is never made, and "run: lakecurate embed" was no way out."""
     if not ds.count_rows():
-        raise LakeError(f"lake '{lake.uri}' has no rows; ingest some: {lakecurate_on(lake)} ingest {lake.shell} SOURCE")
+        branch = getattr(lake, "branch", None)
+        raise LakeError(f"lake '{lake.uri}'{f' (branch {branch})' if branch else ''} has no rows; ingest some: "
+                        f"{lakecurate_on(lake)} ingest {lake.shell} SOURCE")
 
 
 def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,
@@ -1652,21 +1654,28 @@ def blocks(s: NodeState) -> bool:
 
 def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str], *, what: str,
                   allow_stale: bool = False, incomplete_ok: bool = True,
-                  all_states: list[NodeState] | None = None, allow_hint: str = "--allow-stale") -> list[str]:
+                  all_states: list[NodeState] | None = None, allow_hint: str = "--allow-stale",
+                  view: bool = True) -> list[str]:
     """Refuse (LakeError) to let ``what`` use ``columns`` when a node behind them is stale; with
     ``allow_stale``, return the problems as warnings instead. A node that is only incomplete (new
     rows not computed yet) is a warning unless ``incomplete_ok`` is False. ``all_states``: as
     :func:`not_current`'s. ``allow_hint``: how the caller allows it (the loader, Python only:
-    ``allow_stale=True``)."""
+    ``allow_stale=True``). ``view``: the caller chooses among the curated view's rows (False: a
+    selection of the caller's own, an export's ``--where``)."""
     bad = not_current(lake, ds, columns, all_states)
     msgs = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}{', ...' if len(s.node.columns) > 3 else ''}) is "
             f"{s.state}: {s.reasons[0]}" for s in bad]
     blocking = [s for s in bad if blocks(s) or not incomplete_ok]
     if blocking and not allow_stale:
         first = blocking[0]
+        if not ds.count_rows():  # (every fix named a stage that refuses a lake without rows)
+            check_has_rows(lake, ds)
         empty = next((s.empty_view for s in blocking if s.empty_view), "")
-        if empty:  # (re-running the stale stage is refused too: nothing is kept to choose from)
+        if empty and view:  # (re-running the stale stage is refused too: nothing is kept to choose from)
             raise LakeError(empty_view_fix(lake, empty, what))
+        if empty:  # a selection of its own: the stale columns may still serve it, if the caller says so
+            raise LakeError(f"{what} would use stale decisions on lake '{lake.uri}': {msgs[bad.index(first)]}, and no "
+                            f"run makes it current: {empty_view_fix(lake, empty)}; or pass {allow_hint} to use them")
         raise LakeError(f"{what} would use stale decisions on lake '{lake.uri}': {msgs[bad.index(first)]}; "
                         f"re-run it: {first.fix} (or pass {allow_hint})")
     return msgs

@@ -247,7 +247,8 @@ class _Builder:
         # Decisions a stage upstream has rewritten since: the funnel leaves them out and the page says so.
         self.not_current = [s for s in graph.states(self.lake, self.ds) if s.state in ("stale", "behind", "dropped")]
         self.stale_columns = {c for s in self.not_current for c in s.node.columns}
-        self.stale = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}) is {s.state}: {s.reasons[0]}; re-run: {s.fix}"
+        self.stale = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}) is {s.state}: {s.reasons[0]}; "
+                      f"{s.fix if s.empty_view else 're-run: ' + s.fix}"
                       for s in self.not_current]
 
     # ------------------------------------------------------------------ helpers

@@ -683,6 +683,13 @@ def test_a_recipe_that_keeps_no_row_is_named_downstream_not_a_rebalance_loop(lak
     assert [s["state"] for s in after] == ["stale", "behind"]
     assert all("the curated view is empty" in s["fix"] and " rebalance " not in s["fix"] for s in after)
     assert any("the curated view is empty" in n for n in status["view_notes"])
+    # an export of a selection of its own (not the view): told why the stale order cannot be made
+    # current, with --allow-stale to use it (it was told the empty view left "export no rows to use")
+    with pytest.raises(LakeError, match=r"no run makes it current: curate kept 0 of .*; or pass --allow-stale"):
+        lake.export(tmp_path / "mine", "parquet", where="NOT keep")
+    assert lake.export(tmp_path / "mine", "parquet", where="NOT keep", allow_stale=True).rows > 0
+    page = Path(lake.report(tmp_path / "r.html", progress=False).path).read_text()
+    assert "the curated view is empty" in page and "re-run: curate kept" not in page  # (no re-run helps)
     # a lake never rebalanced: rebalance names the empty view rather than --where or cluster
     fresh = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "fresh"))
     fresh.cluster(4)

@@ -892,3 +892,20 @@ def test_a_lake_without_rows_is_refused_by_curate_and_dedup_and_status_says_it_i
     assert status["empty"] and status["stages"] and all(s["state"] == "empty" for s in status["stages"])
     res = CliRunner().invoke(main, ["status", str(tmp_path / "lake")])
     assert res.exit_code == 0 and "current" not in res.output and "has no rows; ingest some" in res.output
+
+
+def test_no_rows_left_and_a_recipe_that_keeps_nothing_say_so_everywhere(lake_copy: Lake, tmp_path: Path):
+    """Every row deleted (Lance's delete): sequence and export said "dedup is stale; re-run it", which
+    refused a lake without rows; a branch without rows was called the lake; and a recipe keeping no
+    row warned on the command line only (not Lake.curate's report, not `lakecurate run`'s step)."""
+    lake = lake_copy
+    rep = lake.curate({"name": "none", "step": [{"filter": "sql", "where": "false"}]}, progress=False)
+    assert rep.kept == 0 and any(w.startswith("recipe none keeps no row of") for w in rep.warnings), rep.warnings
+    exp = lake.create_branch("exp")
+    exp.dataset().delete("true")
+    with pytest.raises(LakeError, match=r"lake '.*' \(branch exp\) has no rows; ingest some"):
+        exp.curate("basic", progress=False)
+    lake.dataset().delete("true")
+    for call in (lambda: lake.sequence("random", progress=False), lambda: lake.export(tmp_path / "o", "parquet")):
+        with pytest.raises(LakeError, match=r"has no rows; ingest some"):
+            call()
