@@ -982,14 +982,23 @@ def empty_view(lake: "Store", ds: "lance.LanceDataset", all_states: list[NodeSta
             if short and f"-{short}-" in name and info["version"] <= ds.version
             and (info.get("branch") or None) == branch]
     tag = f", tag {max(tags)[1]}" if tags else ""
-    return f"curate kept 0 of {judged} row{'' if judged == 1 else 's'} of lake '{lake.uri}' (recipe {recipe}{tag})"
+    refused = "ingest_status" in ds.schema.names and \
+        not _count(ds, "keep IS NOT NULL AND (ingest_status IS NULL OR ingest_status <> 'error')")
+    return f"curate kept 0 of {judged} row{'' if judged == 1 else 's'} of lake '{lake.uri}' (recipe {recipe}{tag})" + (
+        f"{INGEST_REFUSED_ALL}" if refused else "")
+
+
+# what :func:`empty_view` adds when every row it judged is one ingest refused: no recipe keeps those
+INGEST_REFUSED_ALL = ", every one of them refused at ingest (ingest_error says why)"
 
 
 def empty_view_fix(lake: "Store", why: str, what: str | None = None) -> str:
-    """What to do about an empty curated view (``why``: :func:`empty_view`): loosen the recipe."""
+    """What to do about an empty curated view (``why``: :func:`empty_view`): loosen the recipe, or,
+    where every row is one ingest refused (no recipe keeps those), ingest pairs that read."""
+    advice = (f"ingest pairs whose images read: {lakecurate_on(lake)} ingest {lake.shell} SOURCE"
+              if why.endswith(INGEST_REFUSED_ALL) else f"loosen the recipe, see: {lakecurate_on(lake)} report {lake.shell}")
     return (f"{why}: the curated view is empty, " + (f"so {what} has no rows to use" if what else
-            "and nothing built on it can be made current") +
-            f"; loosen the recipe, see: {lakecurate_on(lake)} report {lake.shell}")
+            "and nothing built on it can be made current") + f"; {advice}")
 
 
 def check_view_not_empty(lake: "Store", ds: "lance.LanceDataset", where: str | None, what: str) -> None:

@@ -909,3 +909,18 @@ def test_no_rows_left_and_a_recipe_that_keeps_nothing_say_so_everywhere(lake_cop
     for call in (lambda: lake.sequence("random", progress=False), lambda: lake.export(tmp_path / "o", "parquet")):
         with pytest.raises(LakeError, match=r"has no rows; ingest some"):
             call()
+
+
+def test_a_view_empty_because_ingest_refused_every_row_says_to_ingest_images_that_read(lake: Lake, tmp_path: Path):
+    """Every row refused at ingest (no image reads): curate keeps none whatever the recipe, and the
+    empty view's advice was "loosen the recipe"."""
+    src = tmp_path / "bad"
+    src.mkdir()
+    for k in range(3):
+        (src / f"p{k}.jpg").write_bytes(b"not an image")
+        (src / f"p{k}.txt").write_text(f"a caption number {k}")
+    lake.ingest(src, progress=False)
+    assert lake.curate({"name": "c", "step": [{"filter": "caption_missing"}]}, progress=False).kept == 0
+    notes = " ".join(lake.status()["view_notes"])
+    assert "every one of them refused at ingest" in notes and "ingest pairs whose images read" in notes, notes
+    assert "loosen the recipe" not in notes
