@@ -20,7 +20,8 @@ from typing import Any
 import click
 
 from lakecurate.columns import describe_provenance
-from lakecurate.errors import Terminated, removed_meanwhile
+from lakecurate.errors import Terminated, removed_meanwhile, stopped_by
+from lakecurate.images import MAX_DECODE_PIXELS
 from lakecurate.graph import lakecurate_on
 from lakecurate.lake import Lake, LakeError
 from lakecurate.names import DEDUP_DEFAULT_METHODS, DEDUP_METHODS, DEDUP_OPTIONS, DEDUP_TEXT_METHODS, EVAL_LR
@@ -363,12 +364,11 @@ def entry() -> Any:
     program is stopping, SIGTERM is ignored (its cleanup runs: a supervisor's SIGTERM after a
     Ctrl-C raised again in it) and a second Ctrl-C exits at once, without cleaning up."""
     def stopped(signum: int, frame: Any) -> None:
-        term = signum == signal.SIGTERM
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, again)
-        click.echo(f"lakecurate: {'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'}; what was committed is "
-                   "kept: run the same command again to go on from there", err=True)
-        raise Terminated(143 if term else 130)
+        click.echo(f"lakecurate: {stopped_by(signum)}; what was committed is kept: run the same command again to go "
+                   "on from there", err=True)
+        raise Terminated(128 + signum)
 
     def again(signum: int, frame: Any) -> None:
         click.echo("lakecurate: interrupted again: exiting now, without cleaning up (the next run takes over what "
@@ -445,7 +445,8 @@ def _echo_elsewhere(rep: Any, stage: str) -> None:
 @click.option("--image-col", help="Manifest column with the image path (default: detected).")
 @click.option("--caption-col", help="Manifest column with the caption (default: detected).")
 @click.option("--key-col", help="Manifest column with a unique key (default: the image path).")
-@click.option("--max-pixels", type=Count(min=1), help="Images declaring more pixels are flagged decompression_bomb, not decoded (default and most: 89478485, what the image stages decode).")
+@click.option("--max-pixels", type=Count(min=1), help=f"Images declaring more pixels are flagged decompression_bomb, not decoded (default and most: "
+              f"{MAX_DECODE_PIXELS}, what the image stages decode).")
 @click.option("--max-bytes", type=Count(min=1), help="Larger files are flagged file_too_large, not stored.")
 @click.option("--max-caption-chars", type=Count(min=1), help="Longer captions are flagged caption_too_long (kept whole).")
 @click.option("--verify", type=click.Choice(["header", "decode"]),

@@ -847,18 +847,21 @@ class Checkpoint:
         killed between a fragment's commit and the drop of its batches left them behind for good,
         once a later run had other fragments to compute."""
         for d in self.root.iterdir() if self.root.is_dir() else ():
-            fid = d.name.split("-")[0][1:]
-            if d.is_dir() and fid.isdigit() and int(fid) not in keep and claims.holder(int(fid)) is None:
-                self.computed_from.pop(int(fid), None)
+            fid = _fragment_of(d)
+            if d.is_dir() and fid is not None and fid not in keep and claims.holder(fid) is None:
+                self.computed_from.pop(fid, None)
                 shutil.rmtree(d, ignore_errors=True)
 
-    def drop(self, frag: lance.LanceFragment | None = None) -> None:
-        target = self._dir(frag) if frag is not None else self.root
-        if frag is None:
-            self.computed_from.clear()
-        else:
-            self.computed_from.pop(frag.fragment_id, None)
-        shutil.rmtree(target, ignore_errors=True)
+    def drop(self, frag: lance.LanceFragment) -> None:
+        """Drop the saved batches of ``frag`` (its values are committed)."""
+        self.computed_from.pop(frag.fragment_id, None)
+        shutil.rmtree(self._dir(frag), ignore_errors=True)
+
+
+def _fragment_of(folder: Path) -> int | None:
+    """The fragment id of a :class:`Checkpoint` folder (``f<id>-r<rows>-...``, as ``_dir`` names it)."""
+    fid = folder.name.split("-")[0][1:]
+    return int(fid) if fid.isdigit() else None
 
 
 CLAIM_WRITE_GRACE = 5.0  # seconds an empty claim file is its taker's (between its create and its write)

@@ -474,14 +474,12 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         raise LakeError(f"lake '{lake.uri}' has no rows with an '{emb}_image' embedding; " + (
             f"embed ran, and every row has none ({failed} say why in {error}: images ingest refused or that do not "
             "decode); ingest images that do" if failed else f"run: lakecurate embed {lake.shell}"))
-    if k is not None and k > n_valid < 2:  # (-k 1 is refused: "choose -k up to 1" was no way out)
-        raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); "
-                        "-k needs at least 2 embedded rows: leave -k out (k is then chosen from the rows: one "
-                        "row is one concept; in a pipeline file, a [cluster] step without k), or embed more rows")
     if k is not None and k > n_valid:  # k-means fit min(k, rows) centroids, and the rest were empty concepts
-        raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); "
-                        f"choose -k up to {n_valid}, or leave it out (default: "
-                        f"{min(default_k(n_valid), n_valid)}, about the square root of the rows)")
+        raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); " + (
+            "-k needs at least 2 embedded rows: leave -k out (k is then chosen from the rows: one row is one concept; "
+            "in a pipeline file, a [cluster] step without k), or embed more rows" if n_valid < 2 else  # (-k 1 is refused)
+            f"choose -k up to {n_valid}, or leave it out (default: {min(default_k(n_valid), n_valid)}, about the "
+            "square root of the rows)"))
     if k is None and had.get("embedding") == emb and isinstance(had.get("k"), int) and had["k"] <= n_valid:
         k = had["k"]
     k = int(k or min(default_k(n_valid), n_valid))  # (one row: one concept, not 2 with one empty)

@@ -1523,7 +1523,7 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
     mr.keypoint_rows = len(np.unique(np.concatenate([i, j])))
     order = _chunk_order(i, j)  # a row's pairs in as few chunks as may be: its features loaded ~once
     i, j = i[order], j[order]
-    turn = float(config.get("turn_tolerance", TURN_TOLERANCE))  # the groups' own (a lake's older default: _kept_turn)
+    turn = float(config["turn_tolerance"])  # the groups' own (a lake's older default: _kept_turn)
     cache = KeypointCache(lake)
     chunks = range(0, len(i), VERIFY_PAIRS_CHUNK)
     bar = progress_bar(total=len(i), desc="verify candidate pairs", unit="pair", progress=progress if len(chunks) > 1 else False)

@@ -21,6 +21,11 @@ class EncoderError(LakeError):
     """The encoder cannot be had as asked; the message lists what to do instead."""
 
 
+def stopped_by(signum: int) -> str:
+    """What the program says stopped it: "terminated (SIGTERM)" or "interrupted (Ctrl-C)"."""
+    return "interrupted (Ctrl-C)" if signum == 2 else "terminated (SIGTERM)"  # (2: SIGINT everywhere)
+
+
 class Terminated(SystemExit):
     """SIGTERM (``kill``, ``timeout``, a scheduler ending a job) raised where the ``lakecurate``
     program is (:func:`lakecurate.cli.entry`), so its ``finally`` blocks run: claims on fragments

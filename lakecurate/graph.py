@@ -965,8 +965,10 @@ def empty_view(lake: "Store", ds: "lance.LanceDataset", all_states: list[NodeSta
     the recipe keeps rows: their re-run only refuses again, so this is what they say instead."""
     if "keep" not in ds.schema.names or "keep" in foreign_decisions(ds.schema):
         return ""
+    if _count(ds, "keep"):  # (the usual case: one scan)
+        return ""
     judged = _count(ds, "keep IS NOT NULL")
-    if not judged or _count(ds, "keep"):
+    if not judged:
         return ""
     all_states = states(lake, ds) if all_states is None else all_states
     cur = next((s for s in all_states if s.node.stage == "curate" and "keep" in s.node.columns), None)
@@ -1677,8 +1679,7 @@ def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str
     blocking = [s for s in bad if blocks(s) or not incomplete_ok]
     if blocking and not allow_stale:
         first = blocking[0]
-        if not ds.count_rows():  # (every fix named a stage that refuses a lake without rows)
-            check_has_rows(lake, ds)
+        check_has_rows(lake, ds)  # (every fix named a stage that refuses a lake without rows)
         empty = next((s.empty_view for s in blocking if s.empty_view), "")
         if empty and view:  # (re-running the stale stage is refused too: nothing is kept to choose from)
             raise LakeError(empty_view_fix(lake, empty, what))

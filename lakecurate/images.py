@@ -183,14 +183,19 @@ def thumbnail_jpeg(data: bytes | None, px: int = 112, quality: int = 72, oversam
         return None
     from PIL import ImageOps
 
+    try:
+        with open_header(data) as im:  # (the header only: the size picks OpenCV's scale)
+            if too_large(im):
+                return None
+            side = max(im.size)
+    except Exception:
+        return None
     if data[:3] == b"\xff\xd8\xff":
-        jpeg = _thumbnail_cv2(data, px * oversample, px, quality)
+        jpeg = _thumbnail_cv2(data, side, px * oversample, px, quality)
         if jpeg is not None:
             return jpeg
     try:
         with open_header(data) as im:
-            if too_large(im):
-                return None
             im.draft("RGB", (px * oversample, px * oversample))  # JPEG: decode at a reduced scale
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I", "F"):
@@ -204,17 +209,13 @@ def thumbnail_jpeg(data: bytes | None, px: int = 112, quality: int = 72, oversam
     return buf.getvalue()
 
 
-def _thumbnail_cv2(data: bytes, least: int, px: int, quality: int) -> bytes | None:
+def _thumbnail_cv2(data: bytes, side: int, least: int, px: int, quality: int) -> bytes | None:
     """A JPEG's thumbnail through OpenCV (libjpeg's DCT scaling to 1/2, 1/4, 1/8 while decoding,
-    EXIF orientation applied, the GIL released throughout): ~3x Pillow on small photos. None when
-    OpenCV cannot read it (Pillow then tries)."""
+    EXIF orientation applied, the GIL released throughout): ~3x Pillow on small photos. ``side``:
+    its long side (from the header). None when OpenCV cannot read it (Pillow then tries)."""
     import cv2
 
     try:
-        with open_header(data) as im:  # the header only: the size picks the scale
-            if too_large(im):
-                return None
-            side = max(im.size)
         scale = next((f for f in (8, 4, 2) if side / f >= least), 1)
         flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2,
                 1: cv2.IMREAD_COLOR}[scale]

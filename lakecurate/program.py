@@ -16,12 +16,12 @@ def entry() -> Any:
     """Take SIGTERM and Ctrl-C while the CLI loads (nothing is written yet: exit 143 or 130 with a
     line; Ctrl-C was a KeyboardInterrupt traceback through the imports), then run
     :func:`lakecurate.cli.entry`, which takes them from there; once it is done, ignore them."""
+    from lakecurate.errors import stopped_by
+
     def loading(signum: int, frame: Any) -> None:
         signal.signal(signum, signal.SIG_IGN)
-        term = signum == signal.SIGTERM
-        print(f"lakecurate: {'terminated (SIGTERM)' if term else 'interrupted (Ctrl-C)'} while starting; nothing was "
-              "written", file=sys.stderr)
-        raise SystemExit(143 if term else 130)
+        print(f"lakecurate: {stopped_by(signum)} while starting; nothing was written", file=sys.stderr)
+        raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, loading)
     signal.signal(signal.SIGINT, loading)

@@ -813,7 +813,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
         report.fragments_elsewhere = len(elsewhere)
         report.elsewhere = sorted({" ".join(o.split(" ")[:2]) for o in elsewhere.values()})
     report.rows_refreshed = sum(f.count_rows() for f in todo if f.fragment_id in stale)
-    ckpt.prune(unfilled, claims)  # (a kill between a fragment's commit and the drop of its batches left them)
+    if not recompute:  # (a recompute pruned them all above; its own claims keep its fragments' now)
+        ckpt.prune(unfilled, claims)  # (a kill between a fragment's commit and the drop of its batches left them)
     where = _where(stage, lake)
     claims.hold()
     try:

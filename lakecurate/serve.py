@@ -1038,7 +1038,7 @@ def serve(lake: "Lake", *, host: str = "127.0.0.1", port: int = 8765, read_only:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}/" + (f"login?token={token}" if token else "")
     echo(f"lakecurate: serving {lake.uri} at {url}" + (" (read-only)" if read_only else "") + " — Ctrl+C stops")
-    with _stop_on_sigterm():
+    with _stop_on_signal():
         try:
             uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
         except (KeyboardInterrupt, _Stopped):  # uvicorn shuts down, then raises the signal again: the stop asked
@@ -1049,7 +1049,7 @@ class _Stopped(Exception):
     """SIGTERM while serving (``kill``, ``docker stop``, systemd): a stop like Ctrl+C, not a run cut short."""
 
 
-class _stop_on_sigterm:
+class _stop_on_signal:
     """SIGTERM and Ctrl+C stop the server quietly, exit 0 (the program's own handlers said "what was
     committed is kept: run the same command again", exit 143 or 130: uvicorn puts back the handler it
     found and raises the signal again). Only in the main thread, where signal handlers live (a test
