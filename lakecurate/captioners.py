@@ -27,7 +27,7 @@ from lakecurate.encoders import (EncoderError, EncoderSpec, _load_open_clip, _re
                                  resolve_device, weights_file)
 from lakecurate.errors import LakeError
 from lakecurate.names import TINY_COCA
-from lakecurate.options import clean_text
+from lakecurate.options import clean_text, real
 
 DEFAULT_MAX_TOKENS = 30
 MODES = ("caption",)
@@ -101,8 +101,7 @@ def resolve_captioner(model: str, pretrained: str | None = None, checkpoint: str
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= cap:
         raise EncoderError(f"--max-tokens must be a whole number from 1 to {cap}"
                            f"{'' if hf else ' (CoCa context)'}, not {max_tokens!r}")
-    if not 0.0 <= float(temperature) <= 5.0:
-        raise EncoderError(f"--temperature must be from 0 (greedy) to 5, not {temperature!r}")
+    temperature = real("--temperature", temperature, 0, 5)  # (0: greedy)
     if not isinstance(top_k, int) or top_k < 1:
         raise EncoderError(f"--top-k must be a whole number >= 1, not {top_k!r}")
     check_name(name)
@@ -529,8 +528,7 @@ def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", pr
             raise EncoderError(f"{opt} must be a whole number >= {lo}, not {value!r}")
     if not 0 < float(timeout) <= 3600:
         raise EncoderError(f"--timeout must be seconds in (0, 3600], not {timeout!r}")
-    if not 0.0 <= float(temperature) <= 5.0:
-        raise EncoderError(f"--temperature must be from 0 to 5, not {temperature!r}")
+    temperature = real("--temperature", temperature, 0, 5)  # (0: greedy)
     check_name(name)
     slug = name or _slug(f"{api_model}_{mode}")  # never empty: the mode is in it
     api_key(api_key_env)  # a key the request header cannot carry: refused here, never shown

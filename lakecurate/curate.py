@@ -855,14 +855,16 @@ class CurateReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def keeps_nothing(self) -> str | None:
-        """The warning when the recipe keeps no row of a lake that has some (a threshold the wrong
-        way round looked like any other run), else None."""
-        if not self.rows or self.kept:
-            return None
-        worst = max(self.dropped.items(), key=lambda kv: kv[1], default=(None, 0))
-        return (f"recipe {self.recipe} keeps no row of {self.rows}" + (f" ({worst[0]} drops {worst[1]})" if worst[0] else "")
-                + "; see what each step would drop with --dry-run, and try --set STEP.PARAM=VALUE")
+    def finished(self, t0: float) -> "CurateReport":
+        """This report with its time since ``t0`` and, when the recipe keeps no row of a lake that
+        has some (a threshold the wrong way round looked like any other run), that warning."""
+        self.seconds = time.perf_counter() - t0
+        if self.rows and not self.kept:
+            worst = max(self.dropped.items(), key=lambda kv: kv[1], default=(None, 0))
+            self.warnings.append(f"recipe {self.recipe} keeps no row of {self.rows}" + (
+                f" ({worst[0]} drops {worst[1]})" if worst[0] else "") +
+                "; see what each step would drop with --dry-run, and try --set STEP.PARAM=VALUE")
+        return self
 
 
 def embedding_need(rec: Recipe, what: str = "them") -> str:
@@ -1694,8 +1696,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         report.rows = report.kept + sum(by.values())
         report.dropped = {s.reason: by.get(s.reason, 0) for s in rec.steps}
         report.tag, report.version, report.nothing_to_do = tag, ds.version, True
-        report.seconds = time.perf_counter() - t0
-        return report
+        return report.finished(t0)
 
     emb, emb_prov = _embedding(lake, rec) if EMBEDDING in needs or (DEDUP in needs and rec.embedding) else (None, None)
     if EMBEDDING in needs:
@@ -1708,8 +1709,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
         _attach(ds, report.steps)
         report.version = ds.version
         report.unjudged = ds.count_rows() - report.rows
-        report.seconds = time.perf_counter() - t0
-        return report
+        return report.finished(t0)
     report.computed = _compute_inputs(lake, rec, needs, emb, progress, produce, engine)
     _check_inputs_current(lake, rec, _read_columns(lake.dataset(), rec, emb), needs)  # (what dedup grouped from)
     fields = [pa.field("keep", pa.bool_()), pa.field("drop_reason", pa.string())]
@@ -1760,5 +1760,4 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     _tag(lake, report.tag, version)
     report.unjudged = lake.dataset(version).count_rows(filter="keep IS NULL")  # arrived during the run
     report.rows, report.kept = n, kept
-    report.seconds = time.perf_counter() - t0
-    return report
+    return report.finished(t0)

@@ -197,7 +197,7 @@ def at_version(ds: "lance.LanceDataset", n: int) -> tuple["lance.LanceDataset", 
     if up is None:
         return None
     try:
-        return up[0].checkout_version(n), up[0].uri.rstrip("/").split("/tree/", 1)[1] if "/tree/" in up[0].uri else "main"
+        return up[0].checkout_version(n), _branch_of(up[0]) or "main"
     except Exception:  # noqa: BLE001 - cleaned up since
         return None
 
@@ -978,11 +978,9 @@ def empty_view(lake: "Store", ds: "lance.LanceDataset", all_states: list[NodeSta
     source = str(cfg.get("source") or "")
     recipe = Path(source).stem if source and _builtin_recipe(source) else (source or "?")
     short = str(cfg.get("hash") or "")[:8]
-    uri = ds.uri.rstrip("/")
-    branch = uri.split("/tree/", 1)[1] if "/tree/" in uri else None
     tags = [(info["version"], name) for name, info in ds.tags.list().items()
             if short and f"-{short}-" in name and info["version"] <= ds.version
-            and (info.get("branch") or None) == branch]
+            and (info.get("branch") or None) == _branch_of(ds)]
     tag = f", tag {max(tags)[1]}" if tags else ""
     refused = "ingest_status" in ds.schema.names and \
         not _count(ds, "keep IS NOT NULL AND (ingest_status IS NULL OR ingest_status <> 'error')")
@@ -1311,12 +1309,17 @@ def _global(lake: "Store", ds: "lance.LanceDataset", node: Node, writes: dict[st
                               f"curate ran); run it again to judge them")
 
 
+def _branch_of(ds: "lance.LanceDataset") -> str | None:
+    """The branch a dataset is opened on (Lance's ``.../tree/NAME`` URI), None for main."""
+    uri = ds.uri.rstrip("/")
+    return uri.split("/tree/", 1)[1] if "/tree/" in uri else None
+
+
 def _last_tagged(ds: "lance.LanceDataset", node: Node) -> str:
     """Where the last decision a run of a tagging stage (curate) finished is kept: its tag, if any."""
     if node.stage != "curate":
         return ""
-    uri = ds.uri.rstrip("/")
-    branch = uri.split("/tree/", 1)[1] if "/tree/" in uri else None  # (tags are the lake's: this branch's)
+    branch = _branch_of(ds)  # (tags are the lake's: this branch's)
     tagged = [(info["version"], name) for name, info in ds.tags.list().items()
               if re.fullmatch(r".+-[0-9a-f]+(-.+)?-v[0-9]+", name) and name.endswith(f"-v{info['version']}")
               and info["version"] < ds.version and (info.get("branch") or None) == branch]

@@ -106,7 +106,7 @@ class Lake(Store):
         warned: list[str] = []  # (what the producers it runs say: a dedup's warnings reached no one)
         with StageRun(self, "curate"):
             rep = curate(self, recipe, produce=functools.partial(self._produce, warned=warned), code=_code(), **options)
-        rep.warnings += [w for w in [*warned, rep.keeps_nothing()] if w and w not in rep.warnings]
+        rep.warnings += warned
         return rep
 
     def _produce(self, stage: str, *, progress: bool | None = None, workers: int | None = None,

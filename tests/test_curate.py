@@ -901,6 +901,10 @@ def test_no_rows_left_and_a_recipe_that_keeps_nothing_say_so_everywhere(lake_cop
     lake = lake_copy
     rep = lake.curate({"name": "none", "step": [{"filter": "sql", "where": "false"}]}, progress=False)
     assert rep.kept == 0 and any(w.startswith("recipe none keeps no row of") for w in rep.warnings), rep.warnings
+    from lakecurate.curate import curate as curate_stage  # (the stage itself, not only the facade: its report)
+
+    again = curate_stage(lake, {"name": "none", "step": [{"filter": "sql", "where": "false"}]}, progress=False)
+    assert again.nothing_to_do and [w for w in again.warnings if w.startswith("recipe none keeps no row")], again
     exp = lake.create_branch("exp")
     exp.dataset().delete("true")
     with pytest.raises(LakeError, match=r"lake '.*' \(branch exp\) has no rows; ingest some"):
