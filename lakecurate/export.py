@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 from lakecurate import columns
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.graph import (check_current, check_ordered, check_view_not_empty, lakecurate_on, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
+from lakecurate.graph import (check_current, check_has_rows, check_ordered, check_view_not_empty, lakecurate_on, check_decided, effective_view, foreign_view_notes, states, unheeded_reviews,
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
@@ -127,6 +127,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     if version is not None and lake.names_latest(version, ds):
         version = None  # the latest by its number (the loader pins it so): its stale decisions can be made
         # current by re-running their stage, so they are refused as without --version, not worked around
+    if version is None:
+        check_has_rows(lake, ds)  # (it said "no rows to export with --where 'keep'": see what the view holds)
     names = ds.schema.names
     where = check_where(where, "--where", ds)
     notes: list[str] = []

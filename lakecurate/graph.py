@@ -955,7 +955,21 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
             for st in same:
                 st.fix = fix
     _mark_empty_view(lake, ds, out)
+    if not ds.count_rows():  # (every stage read "current" or "stale" over no rows; their fixes refused it)
+        for st in out:
+            if st.node.stage not in MANUAL:
+                st.state, st.reasons, st.fix = "empty", ["the lake has no rows"], ingest_command(lake)
     return out
+
+
+def no_rows(lake: "Store") -> str:
+    """What is said of a lake (or branch) without rows: that, and the command that ingests some."""
+    branch = getattr(lake, "branch", None)
+    return f"lake '{lake.uri}'{f' (branch {branch})' if branch else ''} has no rows; ingest some: {ingest_command(lake)}"
+
+
+def ingest_command(lake: "Store") -> str:
+    return f"{lakecurate_on(lake)} ingest {lake.shell} SOURCE"
 
 
 def empty_view(lake: "Store", ds: "lance.LanceDataset", all_states: list[NodeState] | None = None) -> str:
@@ -1353,9 +1367,7 @@ def check_has_rows(lake: "Store", ds: "lance.LanceDataset") -> None:
     """Refuse (LakeError), before anything is written, a deciding stage on a lake without rows: a
     decision (or a tag) of nothing is never made, and "run: lakecurate embed" was no way out."""
     if not ds.count_rows():
-        branch = getattr(lake, "branch", None)
-        raise LakeError(f"lake '{lake.uri}'{f' (branch {branch})' if branch else ''} has no rows; ingest some: "
-                        f"{lakecurate_on(lake)} ingest {lake.shell} SOURCE")
+        raise LakeError(no_rows(lake))
 
 
 def mark_computed(lake: "Store", columns: Sequence[str], sources: Sequence[str], read_version: int,

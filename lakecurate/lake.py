@@ -327,11 +327,7 @@ class Lake(Store):
             notes.append(graph.empty_view_fix(lake, empty_view))
         stages = [s.to_dict() for s in states]
         rows = ds.count_rows()
-        empty = "" if rows else (f"lake '{self.uri}' has no rows; ingest some: "
-                                 f"{graph.lakecurate_on(lake)} ingest {lake.shell} SOURCE")
-        for s in stages if empty else []:  # (every stage read "current" over no rows, a curated set of nothing)
-            if s["stage"] not in graph.MANUAL:
-                s.update(state="empty", reasons=["the lake has no rows"], fix=f"{graph.lakecurate_on(lake)} ingest {lake.shell} SOURCE")
+        empty = "" if rows else graph.no_rows(lake)  # (each stage's state is "empty" then: graph.states)
         return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version, "rows": rows,
                 "empty": empty, "stages": stages, "view": view,
                 "view_notes": notes + ([edited] if edited else []) + graph.unheeded_reviews(ds, view)}

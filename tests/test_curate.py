@@ -913,6 +913,14 @@ def test_no_rows_left_and_a_recipe_that_keeps_nothing_say_so_everywhere(lake_cop
     for call in (lambda: lake.sequence("random", progress=False), lambda: lake.export(tmp_path / "o", "parquet")):
         with pytest.raises(LakeError, match=r"has no rows; ingest some"):
             call()
+    # the graph itself calls every stage empty (the report's box and sql's notes read it: they named
+    # fixes such as "lakecurate cluster", which refuse a lake without rows)
+    from lakecurate import graph
+
+    states = [s for s in graph.states(lake) if s.node.stage not in graph.MANUAL]
+    assert states and {s.state for s in states} == {"empty"} and all(" ingest " in s.fix for s in states)
+    notes = lake.sql("SELECT COUNT(*) AS n FROM pairs WHERE keep").attrs.get("notes") or []
+    assert not [n for n in notes if "lakecurate cluster" in n or "lakecurate curate" in n], notes
 
 
 def test_a_view_empty_because_ingest_refused_every_row_says_to_ingest_images_that_read(lake: Lake, tmp_path: Path):
