@@ -1009,7 +1009,7 @@ INGEST_REFUSED_ALL = ", every one of them refused at ingest (ingest_error says w
 def empty_view_fix(lake: "Store", why: str, what: str | None = None) -> str:
     """What to do about an empty curated view (``why``: :func:`empty_view`): loosen the recipe, or,
     where every row is one ingest refused (no recipe keeps those), ingest pairs that read."""
-    advice = (f"ingest pairs whose images read: {lakecurate_on(lake)} ingest {lake.shell} SOURCE"
+    advice = (f"ingest pairs whose images read: {ingest_command(lake)}"
               if why.endswith(INGEST_REFUSED_ALL) else f"loosen the recipe, see: {lakecurate_on(lake)} report {lake.shell}")
     return (f"{why}: the curated view is empty, " + (f"so {what} has no rows to use" if what else
             "and nothing built on it can be made current") + f"; {advice}")
