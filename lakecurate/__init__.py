@@ -18,9 +18,9 @@ os.environ.setdefault("LANCE_LOG", "error")
 from typing import Any
 
 from lakecurate._version import __version__
-from lakecurate.errors import LakeError
+from lakecurate.errors import LakeError, LakeWarning
 
-__all__ = ["Lake", "LakeError", "__version__", "feature"]
+__all__ = ["Lake", "LakeError", "LakeWarning", "__version__", "feature"]
 
 
 def __getattr__(name: str) -> Any:

@@ -325,13 +325,12 @@ def _one_line(ctx: click.Context, exc: click.UsageError) -> click.UsageError:
 def _branch_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """--branch (or LAKECURATE_BRANCH) checked as the group parses it: a bad name is a bad option,
     exit code 2 (the lake refused it later, exit code 1)."""
-    from lakecurate.store import BRANCH_RE
+    from lakecurate.store import BRANCH_RE, NAME_RULE
 
     if value is not None and not BRANCH_RE.match(value):
         where = ("in the environment variable LAKECURATE_BRANCH "
                  if ctx.get_parameter_source("branch") == click.core.ParameterSource.ENVIRONMENT else "")
-        raise click.BadParameter(f"branch name {value!r} {where}is not valid; use letters, digits, '.', '_' and '-'",
-                                 ctx, param)
+        raise click.BadParameter(f"branch name {value!r} {where}is not valid; use {NAME_RULE}", ctx, param)
     return value
 
 
@@ -585,16 +584,18 @@ def embed(lake: str, model: str, pretrained: str | None, checkpoint: str | None,
               help="Compare with the pairs' image vectors or caption vectors.")
 @click.option("--where", help="SQL filter applied before the search, e.g. \"ingest_status = 'ok'\".")
 @click.option("--text", "as_text", is_flag=True, help="QUERY is words, even where a file of that name is in this folder.")
+@click.option("--version", "at_version", help="Search an older version (number, tag or branch:number).")
 @json_option
 @_friendly_errors
 def search(lake: str, query: str, k: int, prefix: str | None, target: str, where: str | None, as_text: bool,
-           as_json: bool) -> None:
+           at_version: str | None, as_json: bool) -> None:
     """Find the pairs nearest to QUERY: a text, or the path of an image file.
 
     Example: lakecurate search ./lake "a cat looking to the side" -k 5
     """
-    df = open_lake(lake).search(query, k, prefix=prefix, target=target, where=where, option="--embedding NAME",
-                                text=as_text)
+    the_lake = open_lake(lake)
+    df = the_lake.search(query, k, prefix=prefix, target=target, where=where, option="--embedding NAME",
+                         text=as_text, version=_version_arg(the_lake, at_version))
     for note in df.attrs.get("notes", []):
         click.echo(f"note: {note}", err=True)
     if as_json:
@@ -1769,13 +1770,22 @@ def restore(lake: str, version: str, as_json: bool) -> None:
 
     Example: lakecurate restore ./lake before-dedup
     """
+    import warnings
+
+    from lakecurate.errors import LakeWarning
+
     the_lake = open_lake(lake)
     before = the_lake.version
-    new = the_lake.restore(version)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", LakeWarning)
+        new = the_lake.restore(version)
+    notes = [str(w.message) for w in said if issubclass(w.category, LakeWarning)]
     if as_json:
         echo_json({"restored": version, "version": new, "previous": before, "branch": the_lake.branch or "main",
-                   "changed": new != before})
+                   "changed": new != before, "notes": notes})
         return
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     if new == before:
         click.echo(f"the latest version ({new}) of {the_lake.branch or 'main'} is {version}'s state already: nothing to do")
         return

@@ -996,14 +996,29 @@ def tag_prefix(lake: "Store", rec: Recipe) -> str:
     return f"{rec.tag_prefix[:-2]}-{branch}-v"
 
 
-def _tag(lake: "Store", name: str, version: int) -> None:
-    try:
-        lake.tag(name, version)
-    except (OSError, ValueError, LakeError):  # (LakeError: the tag exists, e.g. a re-run that changed nothing)
-        info = lake.dataset().tags.list().get(name)
-        # not a same-recipe run tagging the same version of this branch
-        if not info or info["version"] != version or (info.get("branch") or None) != (lake.branch or None):
-            raise
+def _tag(lake: "Store", name: str, version: int) -> str:
+    """Tag ``version`` with the recipe's ``name`` (its prefix and the version), or find the tag a
+    same-recipe run gave it; returns the name used. A name already taken otherwise (a branch, or a
+    person's tag at another version) gets a suffix: the decision was written, and every run refused
+    to tag it after ("'...' is a branch: pick another name", a name the person never chose)."""
+    here = lake.branch or None
+    for n in range(1, 100):
+        cand = name if n == 1 else f"{name}-{n}"
+        for _ in range(2):  # (read again once: another run may have made it meanwhile)
+            info = lake.dataset().tags.list().get(cand)
+            if info is not None:
+                if info["version"] == version and (info.get("branch") or None) == here:
+                    return cand  # a same-recipe run tagged this version of this branch
+                break
+            if cand == "main" or cand in lake.branches():
+                break
+            try:
+                lake.tag(cand, version)
+                return cand
+            except (OSError, ValueError, LakeError):
+                continue
+    raise LakeError(f"curate decided version {version} of lake '{lake.uri}' but found no free tag name from "
+                    f"'{name}'; tag it yourself: {lakecurate_on(lake)} tag {lake.shell} NAME --version {version}")
 
 
 def _already_done(lake: "Store", rec: Recipe, prefix: str) -> tuple[str, "lance.LanceDataset"] | None:
@@ -1756,8 +1771,7 @@ def curate(lake: "Store", recipe: str | Path | Mapping[str, Any], *, progress: b
     else:
         raise LakeError(f"another curate kept changing keep/drop_reason of lake '{lake.uri}' while recipe "
                         f"{rec.name} ran ({problem}); run curate again when it is done")
-    report.version, report.tag = version, f"{prefix}{version}"
-    _tag(lake, report.tag, version)
+    report.version, report.tag = version, _tag(lake, f"{prefix}{version}", version)
     report.unjudged = lake.dataset(version).count_rows(filter="keep IS NULL")  # arrived during the run
     report.rows, report.kept = n, kept
     return report.finished(t0)

@@ -21,6 +21,11 @@ class EncoderError(LakeError):
     """The encoder cannot be had as asked; the message lists what to do instead."""
 
 
+class LakeWarning(UserWarning):
+    """What a call did that its caller may not expect and can undo (a restore that took review marks
+    out of the latest view): a Python warning; the CLI prints it as a note."""
+
+
 def stopped_by(signum: int) -> str:
     """What the program says stopped it: "terminated (SIGTERM)" or "interrupted (Ctrl-C)"."""
     return "interrupted (Ctrl-C)" if signum == 2 else "terminated (SIGTERM)"  # (2: SIGINT everywhere)

@@ -1273,7 +1273,9 @@ def _global(lake: "Store", ds: "lance.LanceDataset", node: Node, writes: dict[st
         if rows:
             st.state, st.rows_missing = "incomplete", rows
             busy = stage_running(lake, node.stage)  # (a run in progress, not one that stopped)
-            st.reasons.append(f"{node.columns[0]} was declared at version {node.prov.get('table_version')} and "
+            # (the version the declaring run read: it may have committed more before it declared)
+            st.reasons.append(f"{node.columns[0]} was declared by a {node.stage} run that read version "
+                              f"{node.prov.get('table_version')}, and "
                               + (f"a {node.stage} run is deciding it now ({', '.join(busy)}); wait for it" if busy else
                                  f"no run wrote its values: a {node.stage} stopped before writing its decision "
                                  f"(killed?); run the same {node.stage} command again") + _last_tagged(ds, node))

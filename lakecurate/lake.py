@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from lakecurate.columns import StageRun
-from lakecurate.errors import LakeError
+from lakecurate.errors import LakeError, LakeWarning
 from lakecurate.options import flag, flags, keywords, texts, whole
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
@@ -91,11 +91,20 @@ class Lake(Store):
 
     def restore(self, version: int | str) -> int:
         """Go back (see :meth:`lakecurate.store.Store.restore`); the ``dup_pairs`` table's latest
-        version becomes the evidence of the decision restored, for those who open it with LanceDB."""
-        from lakecurate.dedup import restore_evidence
+        version becomes the evidence of the decision restored, for those who open it with LanceDB.
+        Review marks made after ``version`` leave the latest view: a :class:`LakeWarning` says how
+        many and the ``review --from-version`` command that brings them back."""
+        import warnings
 
+        from lakecurate.dedup import restore_evidence
+        from lakecurate.review import taken_out
+
+        before = self.dataset() if version is not None else None
         new = super().restore(version)
         restore_evidence(self)
+        note = taken_out(self, before, self.dataset()) if before is not None and new != before.version else ""
+        if note:
+            warnings.warn(note, LakeWarning, stacklevel=2)
         return new
 
     def curate(self, recipe: Any, **options: Any) -> Any:

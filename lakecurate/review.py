@@ -474,6 +474,29 @@ def history(lake: "Store", limit: int = 50) -> list[dict[str, Any]]:
             for r in records]
 
 
+def taken_out(lake: "Store", before: "lance.LanceDataset", after: "lance.LanceDataset") -> str:
+    """What a restore from ``before`` to ``after`` did to the human marks: the rows marked at
+    ``before`` whose marks ``after`` lacks or holds otherwise (made or changed after it), and
+    the command that brings them back; "" when none. A restore past a review took them out of the
+    latest view without a word (``review --undo`` then called the columns "dropped since")."""
+    if "review_verdict" not in before.schema.names:
+        return ""
+    marked = before.to_table(columns=["id", "review_verdict"], filter="review_verdict IS NOT NULL")
+    if not marked.num_rows:
+        return ""
+    now: dict[Any, Any] = {}
+    if "review_verdict" in after.schema.names:
+        got = after.to_table(columns=["id", "review_verdict"], filter="review_verdict IS NOT NULL")
+        now = dict(zip(got.column("id").to_pylist(), got.column("review_verdict").to_pylist()))
+    gone = sum(now.get(i) != v for i, v in zip(marked.column("id").to_pylist(), marked.column("review_verdict").to_pylist()))
+    if not gone:
+        return ""
+    return (f"{gone} review mark{'s' if gone != 1 else ''} of version {before.version} {'are' if gone != 1 else 'is'} not "
+            f"in the restored state (made or changed after it): the latest view no longer has {'them' if gone != 1 else 'it'}; "
+            f"bring {'them' if gone != 1 else 'it'} back with: {lakecurate_on(lake)} review {lake.shell} "
+            f"--from-version {before.version}")
+
+
 def counts(ds: "lance.LanceDataset") -> dict[str, int]:
     """Reviewed rows per verdict at a version (empty before any review)."""
     if "review_verdict" not in ds.schema.names:

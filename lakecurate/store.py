@@ -36,7 +36,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError, QueryStopped
-from lakecurate.options import canonical_uri, flag, is_number, texts, whole
+from lakecurate.options import canonical_uri, flag, is_number, keywords, texts, whole
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
@@ -137,7 +137,23 @@ def _deletions(ds: lance.LanceDataset, where: str) -> tuple[list[Any], list[int]
     return updated, removed
 
 
-BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# A tag's or branch's name: what Lance takes as a ref (git's rules: no "..", no ending in "." or
+# ".lock": such names passed here and failed in Lance as "OSError: Ref is invalid", a traceback).
+# A lake opens at its latest version: what is said to a caller who asked for another
+PAST_VERSIONS = ("a lake opens at its latest version: read a past one (a number or tag) with lake.dataset(V), "
+                 "lake.sql(QUERY, version=V) or lake.status(V), or go back to it with lake.restore(V)")
+
+
+def _opening(what: str, kw: Mapping[str, Any]) -> None:
+    """Refuse what opening a lake does not take in one line (a TypeError traceback), a version
+    with the ways to read one."""
+    if "version" in kw:
+        raise LakeError(f"{what} takes no version; {PAST_VERSIONS}")
+    keywords(what, kw, ("storage_options", "branch"))
+
+
+BRANCH_RE = re.compile(r"^(?!.*\.\.)(?!.*\.$)(?!.*\.lock$)[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RULE = "up to 100 letters, digits, '.', '_' and '-' (no '..', not ending in '.' or '.lock')"
 
 
 # pandas types of Arrow types it would not hold exactly: a uint64 hash with a null in its column became
@@ -206,11 +222,12 @@ class Store:
         if storage_options is not None and (not isinstance(storage_options, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in storage_options.items())):
             raise LakeError(f"invalid storage_options {storage_options!r}: expected a dict of text to text "
-                            "(such as {'aws_region': 'us-east-1'}) or None")  # (a Lance TypeError at first use)
+                            "(such as {'aws_region': 'us-east-1'}) or None"  # (a Lance TypeError at first use)
+                            + (f"; {PAST_VERSIONS}" if isinstance(storage_options, (str, int)) else ""))
         self.storage_options = storage_options
         self.main_uri = _join(self.uri, f"{TABLE}.lance")
         if branch is not None and (not isinstance(branch, str) or not BRANCH_RE.match(branch)):
-            raise LakeError(f"branch name {branch!r} is not valid; use letters, digits, '.', '_' and '-'")
+            raise LakeError(f"branch name {branch!r} is not valid; use {NAME_RULE}")
         self.branch = branch if branch not in (None, "main") else None
         # A Lance branch is a table of its own under tree/<name> that shares main's data files, so
         # every stage works on it unchanged through this one path.
@@ -247,6 +264,7 @@ class Store:
             Lake.create("./lake", exist_ok=False)         # LakeError: lake '.../lake' already exists
         """
         exist_ok = flag("exist_ok", exist_ok)  # ("no" is true)
+        _opening("Lake.create", kw)
         lake = cls(uri, **kw)
         if lake.branch is not None:
             if not exist_ok:  # (it opened the branch: nothing new, and nothing said so)
@@ -294,6 +312,7 @@ class Store:
     @classmethod
     def open(cls, uri: str | os.PathLike, **kw: Any) -> "Store":
         """Open an existing lake (``branch=`` for one of its branches); fails with a hint if absent."""
+        _opening("Lake.open", kw)
         lake = cls(uri, **kw)
         if lake.branch is not None:
             main = cls(uri, storage_options=lake.storage_options)
@@ -809,8 +828,7 @@ class Store:
         On a branch the tag points at the branch's version; ``lake.dataset(name)`` reopens it.
         """
         if not isinstance(name, str) or not BRANCH_RE.match(name) or name.isdigit():  # a number would read as a version
-            raise LakeError(f"tag name {name!r} is not valid; use up to 100 letters, digits, '.', '_' and '-', "
-                            f"not only digits")
+            raise LakeError(f"tag name {name!r} is not valid; use {NAME_RULE}, not only digits")
         ds = self.dataset()
         tags = ds.tags.list()
         if name in tags:
@@ -839,8 +857,7 @@ class Store:
             exp.curate("strict")            # main's keep column is unchanged
         """
         if not isinstance(name, str) or not BRANCH_RE.match(name) or name == "main" or name.isdigit():  # a number reads as a version
-            raise LakeError(f"branch name {name!r} is not valid; use letters, digits, '.', '_' and '-' (not 'main', "
-                            "not only digits)")
+            raise LakeError(f"branch name {name!r} is not valid; use {NAME_RULE}, not 'main', not only digits")
         if name in self.branches():
             raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with --branch {name}")
         if name in self.dataset().tags.list():
@@ -906,11 +923,22 @@ class Store:
         if version is None:  # (it "restored" the latest version: nothing, silently)
             raise LakeError("restore needs a version: a number or a tag of this branch; see: "
                             f"{self.command} log {self.shell}")
-        old = self.dataset(version)
+        try:
+            old = self.dataset(version)
+        except LakeError:
+            made = self.branches().get(self.branch or "", {}) if self.branch else {}
+            start = made.get("parent_version")
+            if start is not None and is_number(str(version)) and int(version) < start:
+                ref = f"{made.get('parent_branch') or 'main'}:{int(version)}"
+                raise LakeError(self._past_the_start(f"version {int(version)}", start, ref)) from None
+            raise
         branch = self._ref(version)[0] if isinstance(version, str) and not is_number(version) else self.branch
         if branch != self.branch:
-            raise LakeError(f"'{version}' belongs to another branch than {self.branch or 'main'}; restore works "
-                            f"within a branch (open the lake with --branch to restore there)")
+            if self.branch is not None:  # (it said "open the lake with --branch", which the person had done)
+                start = self.branches().get(self.branch, {}).get("parent_version")
+                raise LakeError(self._past_the_start(f"'{version}' (a version of {branch or 'main'})", start, str(version)))
+            raise LakeError(f"'{version}' belongs to branch {branch}, not main; restore works within a branch: "
+                            f"lakecurate --branch {shlex.quote(branch or '')} restore {self.shell} {shlex.quote(str(version))}")
         latest = self.dataset()
         if latest.version == old.version:
             return latest.version
@@ -919,6 +947,15 @@ class Store:
             return latest.version
         old.restore()
         return self.version
+
+    def _past_the_start(self, what: str, start: int | None, ref: str) -> str:
+        """Why a branch cannot restore ``what`` (a state from before it began, or of another branch),
+        and the two ways to have that state on a branch."""
+        began = f" began at version {start} of its parent" if start is not None else " is another line of versions"
+        return (f"{what} is not on branch {self.branch} of lake '{self.uri}': the branch{began}, and restore works "
+                f"within a branch; start a branch from that state: lakecurate branch create {self.shell} NAME --from "
+                f"{shlex.quote(ref)} (to reuse the name {self.branch}, delete it first: lakecurate branch delete {self.shell} "
+                f"{shlex.quote(self.branch or '')})")
 
     def history(self, limit: int | None = 20, *, changes: bool = True) -> list[dict[str, Any]]:
         """The latest versions of this branch, newest first: number, time, operation (Lance's),

@@ -17,7 +17,7 @@ from PIL import Image
 from lakecurate import Lake, graph
 from lakecurate.cli import TargetType, main
 
-from .conftest import REPO, SAMPLE_DATA
+from .conftest import REPO, SAMPLE_DATA, one_more_copy
 
 
 @pytest.fixture
@@ -164,6 +164,25 @@ def test_json_outputs_parse_and_carry_the_text_outputs_facts(runner: CliRunner, 
     assert len(run("search", curated, "cat", "-k", "2")) == 2
     assert run("embed", curated, "--model", "tiny-random", "--workers", "0")["rows_embedded"] == 0  # nothing new
     assert run("dedup", curated, "--method", "exact", "--workers", "0")["rows"] == 28
+
+
+def test_search_reads_a_past_version_as_every_other_read_command(runner: CliRunner, curated: str, tmp_path: Path):
+    """`Lake.search(version=)` worked, but the command had no --version (sql, export, report,
+    status, serve and tag have one)."""
+    lake = Lake.open(curated)
+    lake.tag("before")
+    lake.ingest(one_more_copy(tmp_path / "more", "a cat once more", name="newcat"), progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+
+    def found(*args: str) -> list:
+        res = runner.invoke(main, ["search", curated, "cat", "--where", "key = 'newcat.jpg'", *args, "--json"])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    assert len(found()) == 1 and found("--version", "before") == []
+    assert found("--version", str(lake.dataset("before").version)) == []
+    res = runner.invoke(main, ["search", curated, "cat", "--version", "nosuch"])
+    assert res.exit_code == 1 and "nosuch" in res.output and "Traceback" not in res.output
 
 
 def test_target_is_a_fraction_or_a_whole_count():

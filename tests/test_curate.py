@@ -872,6 +872,23 @@ def test_a_branch_and_main_at_the_same_version_get_their_own_recipe_tags(tmp_pat
     assert [r.nothing_to_do for r in again] == [True, True] and [r.tag for r in again] == [on_main.tag, on_branch.tag]
 
 
+def test_a_recipe_tag_whose_name_is_taken_gets_a_suffix_not_a_failure_after_the_write(tmp_path: Path):
+    """A branch (or a person's tag) named like curate's next tag: keep was written, then curate failed
+    with "'...' is a branch: pick another name" (a name the person never chose), on every re-run,
+    and the decision never got its tag."""
+    recipe = {"name": "r", "step": [{"filter": "ingest_error"}]}
+    first = Lake.create(tmp_path / "a")
+    first.ingest(SAMPLE_DATA, progress=False)
+    second = Lake.open(shutil.copytree(first.uri, tmp_path / "b"))
+    name = first.curate(recipe, progress=False).tag  # what the same run on the copy will want
+    second.create_branch(name)
+    rep = second.curate(recipe, progress=False)
+    assert rep.tag == f"{name}-2" and second.dataset(rep.tag).version == rep.version
+    assert name in second.branches() and name not in second.dataset().tags.list()
+    again = second.curate(recipe, progress=False)
+    assert again.nothing_to_do and again.tag == rep.tag
+
+
 def test_a_lake_without_rows_is_refused_by_curate_and_dedup_and_status_says_it_is_empty(tmp_path: Path):
     """An empty folder ingested: curate tagged a curated set of 0 of 0 rows without a warning (0 of
     2 warns), dedup recorded groups of nothing, and status called every stage current. Curate and

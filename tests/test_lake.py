@@ -163,6 +163,10 @@ def test_api_argument_types_are_one_line_errors_naming_the_argument(sample_lake:
              (lambda: lake.restore(None), "restore needs a version"),
              (lambda: Lake.open(5), "the lake path is not a path"),
              (lambda: Lake.open(lake.uri, branch=5), "branch name 5 is not valid"),
+             # (a TypeError traceback; Lake(uri, "raw") read the tag as storage options)
+             (lambda: Lake.open(lake.uri, version="raw"), r"Lake.open takes no version; .*lake.dataset\(V\)"),
+             (lambda: Lake(lake.uri, "raw"), r"invalid storage_options 'raw'.*; a lake opens at its latest version"),
+             (lambda: Lake.create(lake.uri, brnch="x"), "Lake.create takes storage_options and branch; not brnch"),
              (lambda: lake.embed("tiny-random", bogus=1), r"embed takes pretrained, .* and tokenize; not bogus"),
              (lambda: lake.curate("basic", bogus=1, other=2), "curate takes progress, dry_run, overrides and engine; not bogus, other"),
              (lambda: lake.curate("basic", produce=None), "curate takes .*; not produce"),  # the facade passes its own

@@ -528,3 +528,41 @@ def test_a_dry_run_s_examples_are_rows_the_step_drops_in_the_end(sample: Lake):
     step = next(s for s in dry.steps if s.reason == "caption_length")
     shown = {e["id"] for e in step.examples}
     assert shown and not shown & set(rescued), (shown, rescued)
+
+
+def test_a_restore_past_a_review_says_which_marks_left_the_view_and_how_to_bring_them_back(sample: Lake):
+    """restore to a version before the marks printed nothing about them, status never named them,
+    and `review --undo` then called the columns "dropped since" (a restore, not a drop)."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from lakecurate import LakeWarning
+    from lakecurate.cli import main
+
+    ids = sorted(sample.to_pandas(["id"])["id"])[:3]
+    review.mark(sample, ids[:1], verdict="keep", by="ana")
+    sample.tag("one-mark")
+    review.mark(sample, ids[1:], verdict="drop", reason="watermark", by="ana")
+    review.mark(sample, ids[:1], verdict="drop", reason="blurry", by="bo")  # (changed since the tag, too)
+    marked = sample.version
+    with pytest.warns(LakeWarning, match=rf"3 review marks of version {marked} are not in the restored state .*"
+                                         rf"review {re.escape(sample.shell)} --from-version {marked}$"):
+        sample.restore("one-mark")
+    assert _values(sample, ids)[ids[1]]["review_verdict"] is None
+    res = CliRunner().invoke(main, ["restore", sample.uri, str(marked), "--json"])  # forward: ana's keep replaced
+    assert res.exit_code == 0, res.output
+    assert [n.split(" (")[0] for n in json.loads(res.stdout)["notes"]] == [
+        f"1 review mark of version {sample.version - 1} is not in the restored state"], res.output
+    res = CliRunner().invoke(main, ["restore", sample.uri, "one-mark"])
+    assert res.exit_code == 0, res.output
+    note = next(line for line in res.output.splitlines() if line.startswith("note: "))
+    assert "3 review marks" in note and "the latest view no longer has them" in note
+    res = CliRunner().invoke(main, note.split("bring them back with: ")[1].split()[1:])  # the command as printed
+    assert res.exit_code == 0, res.output
+    got = _values(sample, ids)
+    assert [got[i]["review_verdict"] for i in ids] == ["drop", "drop", "drop"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sample.restore(sample.version)  # (the latest already: no restore, no note)
+

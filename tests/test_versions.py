@@ -65,6 +65,15 @@ def test_tag_names_are_checked_before_lance_sees_them(versioned: Lake):
     for bad in ("bad name", "a/b", "", "123", "x" * 300):
         with pytest.raises(LakeError, match="not valid"):
             lake.tag(bad)
+    # names Lance refuses as refs (git's rules): a traceback "OSError: Ref is invalid" after the check passed
+    for bad in ("v..2", "x.lock", "x.", "a..b.c"):
+        with pytest.raises(LakeError, match=r"not valid; use .*no '\.\.', not ending in '\.' or '\.lock'"):
+            lake.tag(bad)
+        with pytest.raises(LakeError, match="not valid"):
+            lake.create_branch(bad)
+    assert sorted(lake.dataset().tags.list()) == ["raw"] and not lake.branches()
+    lake.tag("x.lock.1", 3)  # (only the endings are Lance's: a dot inside is a name)
+    lake.delete_tag("x.lock.1")
     with pytest.raises(LakeError, match=r"already has a tag 'raw' \(version 2\)"):
         lake.tag("raw")
     assert lake.dataset().tags.list()["raw"]["version"] == 2  # the existing tag is untouched
@@ -372,3 +381,23 @@ def test_status_json_counts_the_rows_a_stale_decision_has_not_seen(tmp_path: Pat
     assert res.exit_code == 0, res.output
     st = next(s for s in json.loads(res.stdout)["stages"] if s["stage"] == "curate")
     assert (st["state"], st["rows_missing"], st["rows_stale"]) == ("stale", 20, 0), st
+
+
+def test_a_branch_going_back_past_its_start_is_told_how_to_have_that_state(versioned: Lake):
+    """On branch exp, `restore raw` (main's tag from before the fork) said "open the lake with
+    --branch to restore there", which the person had done; `restore 2` said "branch exp has versions
+    4-5". Both name the branch's start and the command that makes a branch of that state, which works."""
+    lake = versioned
+    exp = lake.create_branch("exp")
+    exp.append(synthetic_pairs(500, 2))
+    for ref, start_from in (("raw", "raw"), (2, "main:2")):
+        with pytest.raises(LakeError, match=r"is not on branch exp .* began at version 4 of its parent") as err:
+            exp.restore(ref)
+        assert f"branch create {lake.uri} NAME --from {start_from} " in str(err.value), err.value
+        assert f"branch delete {lake.uri} exp" in str(err.value)
+    assert exp.dataset().count_rows() == 9 and lake.create_branch("back", "main:2").dataset().count_rows() == 10
+    with pytest.raises(LakeError, match=r"not a version .*branch exp has versions"):
+        exp.restore(99)  # (past the end: the versions it has)
+    exp.tag("on-exp")
+    with pytest.raises(LakeError, match="'on-exp' belongs to branch exp, not main; .*lakecurate --branch exp restore"):
+        lake.restore("on-exp")
