@@ -410,24 +410,58 @@ class Lake(Store):
 
     def cleanup(self, older_than: timedelta = timedelta(days=7), *, allow_stale: bool = False) -> dict[str, int]:
         """Delete untagged versions older than ``older_than`` (see :meth:`Store.cleanup`). Refused
-        while a stage is stale and versions would go: their commits are what shows it stale (a
-        caption rewritten after embed read it; without that commit, status calls embed current and
-        its plain run computes nothing). ``allow_stale``: clean up anyway."""
+        while a stage is stale, at the latest version, at a tagged one (of any branch) or at a branch's
+        head, and versions would go: their commits are what shows it stale (a caption rewritten after
+        embed read it; without that commit, status calls embed current and its plain run computes
+        nothing). ``allow_stale``: clean up anyway."""
+        allow_stale = flag("allow_stale", allow_stale)
+        if not allow_stale and isinstance(older_than, timedelta) and self.dataset().explain_cleanup_old_versions(
+                older_than=older_than, error_if_tagged_old_versions=False).stats.old_versions:
+            stale = self._stale_kept()
+            if stale:
+                what, todo = "; ".join(w for w, _ in stale), ". ".join(t for _, t in stale)
+                raise LakeError(f"{what}, and cleanup would remove versions whose commits show it: status would then "
+                                f"call it current. {todo}; or pass --allow-stale (allow_stale=True) to forget it")
+        return super().cleanup(older_than)
+
+    def _stale_kept(self) -> list[tuple[str, str]]:
+        """What cleanup would make read "current": each kept version of the lake (this branch's
+        latest, every branch's head, every tag of any branch: one reading each, a version named
+        twice read once) where a stage is stale by its commits, as (what, what to do). (Staleness
+        that only the code shows, not the commits cleanup removes, stays as it is.)"""
         from lakecurate import graph
 
-        allow_stale = flag("allow_stale", allow_stale)
-        if not allow_stale:
-            # (staleness that only the code shows, not the commits cleanup removes, stays as it is)
-            stale = [s for s in graph.states(self) if s.state == "stale" and not s.by_code]
-            ds = self.dataset()
-            if stale and isinstance(older_than, timedelta) and ds.explain_cleanup_old_versions(
-                    older_than=older_than, error_if_tagged_old_versions=False).stats.old_versions:
+        ds = self.dataset()
+        seen: dict[tuple[str | None, int], list[Any]] = {}
+
+        def stale_at(lake: "Lake", version: Any) -> list[Any]:
+            at = lake.dataset(version)
+            key = (lake.branch, at.version)
+            if key not in seen:
+                seen[key] = [s for s in graph.states(lake, at) if s.state == "stale" and not s.by_code]
+            return seen[key]
+
+        out = []
+        for branch in [self.branch] + [b for b in [None, *sorted(self.branches())] if b != self.branch]:
+            lake = self.on_branch(branch)
+            stale = stale_at(lake, None)
+            if stale:
                 fixes = list(dict.fromkeys(s.fix for s in stale))
-                raise LakeError(f"{stale[0].node.stage} ({', '.join(stale[0].node.columns[:3])}) of lake '{self.uri}' is "
-                                f"stale ({stale[0].reasons[0]}), and cleanup would remove versions whose commits show it: "
-                                f"status would then call it current. Run {'its fix' if len(fixes) == 1 else 'the fixes'} "
-                                f"first ({'; then '.join(fixes)}), or pass --allow-stale (allow_stale=True) to forget it")
-        return super().cleanup(older_than)
+                run = f"{'its fix' if len(fixes) == 1 else 'the fixes'} first ({'; then '.join(fixes)})"
+                if branch == self.branch:
+                    out.append((f"{_what(stale, f' of lake {self.uri!r}')} at its latest version", f"Run {run}"))
+                else:
+                    out.append((f"at branch '{branch or 'main'}' {_what(stale)}",
+                                f"For branch '{branch or 'main'}': run {run}"))
+        for name, meta in sorted(ds.tags.list().items()):
+            branch = meta.get("branch")
+            stale = stale_at(self.on_branch(branch), name)
+            if stale:
+                out.append((f"at tag '{name}' (version {meta['version']}{f' of branch {branch!r}' if branch else ''}) "
+                            f"{_what(stale)}",
+                            f"A tag's decisions can never be made current there (a run writes a new version): delete "
+                            f"tag '{name}' if it is not needed (lakecurate tag {self.shell} {name} --delete)"))
+        return out
 
     def diff(self, a: int | str, b: int | str | None = None, **options: Any) -> Any:
         """Rows added/removed between two curated views, per reason; see :func:`lakecurate.compare.diff`."""
@@ -463,6 +497,14 @@ class Lake(Store):
             "branch": self.branch or "main",
             "branches": sorted(self.branches()),
         }
+
+
+def _what(stale: list[Any], of: str = "") -> str:
+    """The stale stages of a version in words: "feature (n) is stale (its input ...)"; ``of``: after
+    the columns (" of lake 'x'")."""
+    first = stale[0]
+    more = f" (and {', '.join(dict.fromkeys(s.node.stage for s in stale[1:]))})" if len(stale) > 1 else ""
+    return f"{first.node.stage} ({', '.join(first.node.columns[:3])}){of} is stale ({first.reasons[0]}){more}"
 
 
 def _code() -> dict[str, dict[str, Any]]:

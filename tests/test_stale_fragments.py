@@ -1166,3 +1166,27 @@ def test_a_column_added_with_values_outside_is_a_write(sample_lake_embedded: Lak
     assert next(s for s in lake.status()["stages"] if s["stage"] == "embed")["state"] == "current"
     add_n(lake)  # a declare, then fills: current, and the embedding stays current
     assert {s["state"] for s in lake.status()["stages"]} == {"current"}
+
+
+def test_cleanup_refuses_while_a_tag_or_a_branch_head_is_stale(tmp_path: Path):
+    """Cleanup looked only at main's latest version: a tagged version (or a branch's head) whose
+    stage was stale lost the commits that show it, and then read "current" and exported without a
+    word. Every tag and branch head is checked, and the refusal names it and what to do."""
+    lake = lake_of(tmp_path / "lake", 6, 6)
+    update(lake, "id = 'p0000001'", "a brand new caption")
+    lake.tag("stale1")
+    lake.create_branch("work")
+    add_n(lake)  # main's latest is current again
+    lake.append(synthetic_pairs(100, 3))
+    add_n(lake)
+    assert feature_state(lake).state == "current"
+    with pytest.raises(LakeError, match=r"tag 'stale1' \(version \d+\).* feature \(n\) is stale.*never be made current "
+                                        r"there.*lakecurate tag .* stale1 --delete.*--allow-stale") as err:
+        lake.cleanup(timedelta(0))
+    assert "branch 'work'" in str(err.value) and "lakecurate --branch work feature add" in str(err.value)
+    lake.delete_tag("stale1")
+    with pytest.raises(LakeError, match=r"branch 'work'.*lakecurate --branch work feature add"):
+        lake.cleanup(timedelta(0))
+    add_n(lake.on_branch("work"))  # the branch's fix, run on it
+    assert lake.cleanup(timedelta(0))["old_versions"] > 0
+    assert feature_state(lake.on_branch("work")).state == "current"
