@@ -96,7 +96,7 @@ from lakecurate.options import cosine as check_cosine
 from lakecurate.options import flag, texts, whole
 from lakecurate.progress import progress_bar
 from lakecurate.runner import WAIT_POLL
-from lakecurate.schema import EVIDENCE_TABLE
+from lakecurate.schema import EVIDENCE_KEY, EVIDENCE_TABLE
 from lakecurate.sqlcheck import clean_message
 from lakecurate.store import retry_on_conflict
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
@@ -1055,11 +1055,6 @@ EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string
                              pa.field("version", pa.int64())])
 
 
-# dup_group's field metadata key naming the version of the evidence table (and whose table: main's or
-# a branch's) that its run wrote: the links that explain the decision a lake version holds.
-EVIDENCE_KEY = "lakecurate:evidence"
-
-
 def _pin_evidence(lake: "Store", version: int) -> int:
     pin = {EVIDENCE_KEY: json.dumps({"branch": lake.branch, "version": int(version)})}
 
@@ -1071,12 +1066,18 @@ def _pin_evidence(lake: "Store", version: int) -> int:
     return retry_on_conflict(commit)
 
 
-def evidence_dataset(lake: "Store", ds: Any) -> Any:
+class EvidenceGone(LakeError):
+    """The evidence a lake version's decision names was removed (by a cleanup of an older lakecurate)."""
+
+
+def evidence_dataset(lake: "Store", ds: Any, *, gone_ok: bool = True) -> Any:
     """The ``dup_pairs`` table that explains the decision of ``ds`` (a version of the lake), or
     None: the version its dedup run wrote, pinned in ``dup_group``'s metadata, so that after a
     restore (or on a branch made from main) the links are those of the decision held, not of a later
     run. Before any dedup there is none. A lake whose decision has no pin (an older lakecurate made
-    it), or whose pinned version cleanup removed: the latest of this branch's table."""
+    it): the latest of this branch's table. Where the pinned version is gone (a cleanup of an older
+    lakecurate removed it; cleanup keeps it now): with ``gone_ok`` the latest (what a dedup run
+    merges into), else an :class:`EvidenceGone` saying so (another run's links are not its)."""
     if "dup_group" not in ds.schema.names:
         return None
     raw = (ds.schema.field("dup_group").metadata or {}).get(EVIDENCE_KEY.encode())
@@ -1088,6 +1089,13 @@ def evidence_dataset(lake: "Store", ds: Any) -> Any:
         pinned = lake.side_dataset(EVIDENCE_TABLE, branch=pin["branch"], version=pin["version"])
         if pinned is not None:
             return pinned
+        if not gone_ok:
+            table = EVIDENCE_TABLE + (f"-{pin['branch']}" if pin["branch"] else "")
+            raise EvidenceGone(f"the duplicate links that explain the decision of lake '{lake.uri}' version {ds.version} "
+                               f"({table} version {pin['version']}) were removed by a cleanup (an older lakecurate's, "
+                               "which did not keep them); another run's links are not its. The latest version's "
+                               f"links: dup_pairs() without a version (to rebuild them: {lakecurate_on(lake)} dedup "
+                               f"{lake.shell} --method ... --recompute)")
     return lake.side_dataset(EVIDENCE_TABLE)
 
 
@@ -1161,7 +1169,7 @@ def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | st
     touching ``ids``; those that explain the decision of the lake's ``version`` (default: the
     latest). Empty (same columns) before the first dedup."""
     ids = texts("ids", ids, none_ok=True)  # one id, not its letters; 5 was a TypeError or no links at all
-    ds = evidence_dataset(lake, lake.dataset(version))
+    ds = evidence_dataset(lake, lake.dataset(version), gone_ok=False)
     if ds is None:
         return EVIDENCE_SCHEMA.empty_table().to_pandas()
     tbl = _read_evidence(lake, ds)

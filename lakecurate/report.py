@@ -412,9 +412,12 @@ class _Builder:
     def _links(self, members: pd.DataFrame) -> dict[str, list[str]]:
         """Group -> the links that made it (``dup_pairs``: method and evidence, e.g. "143 inliers"),
         strongest evidence first, as lines a person reads beside the thumbnails."""
-        from lakecurate.dedup import dup_pairs
+        from lakecurate.dedup import EvidenceGone, dup_pairs
 
-        links = dup_pairs(self.lake, members["id"].tolist(), version=self.version)
+        try:
+            links = dup_pairs(self.lake, members["id"].tolist(), version=self.version)
+        except EvidenceGone:  # (removed by an older lakecurate's cleanup: the groups are shown without their links)
+            return {}
         if links.empty:
             return {}
         group_of = dict(zip(members["id"], members["dup_group"]))

@@ -24,6 +24,9 @@ TABLE = "pairs"
 # The side table of dedup's evidence (the linked pairs), one a branch (Store.side_uri); the store
 # removes a deleted branch's.
 EVIDENCE_TABLE = "dup_pairs"
+# dup_group's field metadata key naming the version of the evidence table (and whose table: main's or
+# a branch's) that its run wrote: the links that explain the decision a lake version holds.
+EVIDENCE_KEY = "lakecurate:evidence"
 # The side table of recorded evaluations (lakecurate evaluate), one a branch as well.
 EVAL_TABLE = "evaluations"
 

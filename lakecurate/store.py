@@ -37,7 +37,7 @@ from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError, QueryStopped
 from lakecurate.options import canonical_uri, flag, is_number, keywords, texts, whole
-from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
+from lakecurate.schema import EVAL_TABLE, EVIDENCE_KEY, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
 log = logging.getLogger("lakecurate")
@@ -1019,16 +1019,58 @@ class Store:
                             "such as timedelta(days=7) (what the CLI's --older-than-days 7 passes)")
         # Tagged versions are kept (each recipe's tag is a curated set); Lance would refuse the whole
         # cleanup when a tagged version is old enough, so it is told to skip them instead.
+        cutoff = datetime.now() - older_than  # (Lance's version timestamps are local and naive)
         stats = self.dataset().cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)
         out = {"bytes_removed": stats.bytes_removed, "old_versions": stats.old_versions}
         if "://" not in self.uri:  # the side tables beside pairs (dup_pairs is rewritten by every dedup)
+            pinned = self._pinned_evidence(cutoff)
             for path in sorted(Path(self.uri).glob("*.lance")):
                 if path.name == f"{TABLE}.lance":
                     continue
-                side = lance.dataset(str(path)).cleanup_old_versions(older_than=older_than,
-                                                                     error_if_tagged_old_versions=False)
+                side_ds = lance.dataset(str(path))
+                if path.name in pinned:  # the evidence a kept lake version names stays (dup_pairs(version=TAG))
+                    old = [v["version"] for v in side_ds.versions()
+                           if v["timestamp"] < cutoff and v["version"] not in pinned[path.name]]
+                    if not old:
+                        continue
+                    side = side_ds.cleanup_old_versions(versions=old, error_if_tagged_old_versions=False)
+                else:
+                    side = side_ds.cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)
                 out["bytes_removed"] += side.bytes_removed
                 out["old_versions"] += side.old_versions
+        return out
+
+    def _pinned_evidence(self, cutoff: datetime) -> dict[str, set[int]]:
+        """Evidence table file name -> the versions of it that the lake versions a cleanup at
+        ``cutoff`` keeps name (``dup_group``'s :data:`EVIDENCE_KEY`): every branch's versions from
+        ``cutoff`` on and its latest, and every tag's. (A branch's older versions, untouched by a
+        cleanup of another branch, are not read: a later cleanup of it may leave them naming evidence
+        that is gone, which ``dup_pairs`` then says.)"""
+        main = self._lance(self.main_uri)
+        refs: list[tuple[str | None, int | str]] = [(t.get("branch"), name) for name, t in main.tags.list().items()]
+        for branch in [None, *sorted(self.branches())]:
+            ds = self._lance(self._branch_uri(branch))
+            refs += [(branch, v["version"]) for v in ds.versions() if v["timestamp"] >= cutoff or v["version"] == ds.version]
+        out: dict[str, set[int]] = {}
+        read: set[tuple[str | None, int | str]] = set()
+        for branch, ref in refs:
+            if (branch, ref) in read:
+                continue
+            read.add((branch, ref))
+            try:
+                ds = self._lance(self.table_uri if isinstance(ref, str) else self._branch_uri(branch), version=ref)
+            except (ValueError, OSError):  # (a version removed meanwhile by another writer)
+                continue
+            if "dup_group" not in ds.schema.names:
+                continue
+            raw = (ds.schema.field("dup_group").metadata or {}).get(EVIDENCE_KEY.encode())
+            try:
+                pin = json.loads(raw) if raw else None
+            except ValueError:
+                continue
+            if isinstance(pin, dict) and isinstance(pin.get("version"), int) and isinstance(pin.get("branch"), (str, type(None))):
+                name = Path(self.side_uri(EVIDENCE_TABLE, branch=pin["branch"])).name
+                out.setdefault(name, set()).add(pin["version"])
         return out
 
 def _store_problem(exc: BaseException) -> str:

@@ -932,6 +932,39 @@ def test_a_restore_brings_back_the_evidence_of_the_decision_it_restores(lake: La
     assert set(lake.dup_pairs()["method"]) <= {"exact", "phash"}
 
 
+def test_cleanup_keeps_the_evidence_that_kept_versions_name(lake: Lake, tmp_path: Path):
+    """Cleanup cleaned dup_pairs without regard to the versions that kept lake versions name: the
+    tag's decision then answered with a later run's links (silently), and a restore of the tag left
+    LanceDB's dup_pairs holding them. What a kept version names stays; where it is gone already (a
+    lake cleaned by an older lakecurate), dup_pairs says so instead of answering with other links."""
+    import lancedb
+    from datetime import timedelta
+
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.dedup(["exact"], progress=False)
+    first = lake.dup_pairs()
+    lake.tag("first")
+    other = one_more_copy(tmp_path / "other", SAMPLE_DATA.joinpath("chelsea.txt").read_text())
+    lake.ingest(other, progress=False)
+    lake.dedup(["exact"], progress=False)
+    assert len(lake.dup_pairs()) == len(first) + 1
+    lake.cleanup(timedelta(0))
+    assert len(lake.dup_pairs(version="first")) == len(first)  # its own links, not the later run's
+    assert len(lake.dup_pairs()) == len(first) + 1
+    assert lake.cleanup(timedelta(0))["old_versions"] == 0  # (nothing more to remove: it is stable)
+    lake.restore("first")
+    assert len(lancedb.connect(lake.uri).open_table("dup_pairs").to_pandas()) == len(first)
+    # an older lakecurate's cleanup removed the version the tag names: said, not answered with others
+    lake.tag("second")
+    lake.delete_tag("first")
+    lake.dedup(["exact", "phash"], progress=False)  # a new version of dup_pairs
+    side = lake.side_dataset("dup_pairs")
+    side.cleanup_old_versions(versions=[v["version"] for v in side.versions()][:-1])
+    with pytest.raises(LakeError, match=r"dup_pairs version \d+\) were removed by a cleanup.*--recompute"):
+        lake.dup_pairs(version="second")
+    assert {"exact", "phash"} <= set(lake.dup_pairs()["method"])
+
+
 def test_an_ingest_error_row_is_in_no_group_and_never_beats_its_good_copy(tmp_path: Path):
     """Rows ingest refused (a decompression bomb under --max-pixels: "not decoded") were hashed and
     embedded anyway, joined their good copies' groups and won the keep rule on ingest time: the
