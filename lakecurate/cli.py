@@ -1093,6 +1093,8 @@ def export_cmd(lake: str, dest: str, fmt: str, at_version: str | None, where: st
                                  mix_both=caption_mix_both, engine=engine, image_ext=image_ext)
     for note in rep.stale:
         click.echo(f"warning: exported{' with --allow-stale' if allow_stale else ''} although {note}", err=True)
+    for note in rep.notes:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         echo_json(rep)
         return

@@ -100,6 +100,7 @@ class ExportReport:
     stale: list[str] = field(default_factory=list)  # what was not current (exported with allow_stale)
     blurred: int = 0  # images written with faces blurred (blur_faces)
     removed_partial: int = 0  # staging folders of interrupted exports to this destination, removed
+    notes: list[str] = field(default_factory=list)  # said, not warned: the version exported is untagged
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,7 +343,7 @@ def _manifest(lake: "Store", ds: Any, fmt: str, where: str | None, tbl: pa.Table
         return columns.field_provenance(ds.schema.field(col)) if col in ds.schema.names else None
 
     # (a version number names other rows on another branch)
-    tags = [t for t, info in ds.tags.list().items() if info["version"] == ds.version and info.get("branch") == branch]
+    tags = sorted(t for t, info in ds.tags.list().items() if info["version"] == ds.version and info.get("branch") == branch)
     return {
         "source_lake": lake.uri, "branch": branch or "main", "version": ds.version, "tags": tags, "format": fmt, "where": where,
         "rows": int(len(np.unique(tbl.column("id").to_numpy(zero_copy_only=False)))) if tbl.num_rows else 0,
@@ -630,6 +631,11 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     blur = {"images": 0, "faces": 0} if blur_faces else None
     report.stale = stale
     report.rows = manifest["rows"]
+    if not manifest["tags"]:  # the manifest's number is all that names it, and cleanup removes untagged versions
+        on = lake.on_branch(branch := lake.on_branch_of(version).branch)
+        report.notes.append(f"version {ds.version}{f' of branch {branch!r}' if branch else ''} is untagged: a later "
+                            f"cleanup may remove it (the manifest names it by number only); to keep it: "
+                            f"{on.command} tag {lake.shell} NAME --version {ds.version}")
     keys = [f"{k:09d}" for k in range(tbl.num_rows)]  # order in the export: webdataset sorts by key within a shard
     meta_cols = [c for c in tbl.column_names if c not in ("_rowid", "seq_order", caption, FACE_BOXES)]
     # Written into a hidden sibling folder (same file system) and moved into place when complete:

@@ -637,3 +637,22 @@ def test_an_export_to_a_dest_another_export_is_writing_now_is_refused_at_once(se
         other.wait()
     rep = seq_lake.export(dest)
     assert rep.removed_partial == 1 and not stage.exists() and (dest / "manifest.json").is_file()
+
+
+def test_an_untagged_version_s_export_says_cleanup_may_remove_it_and_lists_tags_in_order(tmp_path: Path):
+    """An export of an untagged version recorded only its number, and a later cleanup removed that
+    version without a word; the manifest's tags came in another order on every export."""
+    lake = Lake.create(tmp_path / "lake")
+    lake.append(synthetic_pairs(0, 6))
+    rep = lake.export(tmp_path / "a.parquet", "parquet", where="true")
+    assert any(f"version {rep.version} is untagged" in n and "cleanup" in n and f"lakecurate tag {lake.shell} NAME "
+               f"--version {rep.version}" in n for n in rep.notes), rep.notes
+    res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "b.parquet"), "--format", "parquet",
+                                    "--where", "true"])
+    assert res.exit_code == 0 and "untagged" in res.output, res.output
+    for name in ("d4", "b2", "c3", "a1"):
+        lake.tag(name)
+    rep = lake.export(tmp_path / "c.parquet", "parquet", where="true", version="c3")
+    assert rep.notes == []
+    manifest = json.loads((tmp_path / "c.parquet.manifest.json").read_text())
+    assert manifest["tags"] == ["a1", "b2", "c3", "d4"]
