@@ -414,8 +414,11 @@ class Lake(Store):
         head, and versions would go: their commits are what shows it stale (a caption rewritten after
         embed read it; without that commit, status calls embed current and its plain run computes
         nothing). ``allow_stale``: clean up anyway."""
+        from lakecurate.store import check_older_than
+
         allow_stale = flag("allow_stale", allow_stale)
-        if not allow_stale and isinstance(older_than, timedelta) and self.dataset().explain_cleanup_old_versions(
+        check_older_than(older_than)  # (before Lance reads it: timedelta.max overflowed there)
+        if not allow_stale and self.dataset().explain_cleanup_old_versions(
                 older_than=older_than, error_if_tagged_old_versions=False).stats.old_versions:
             stale = self._stale_kept()
             if stale:

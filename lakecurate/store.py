@@ -1013,10 +1013,7 @@ class Store:
         Tagged versions and the latest stay readable. Overwrites and compactions keep the old files
         (time travel) until this runs.
         """
-        # 5: days? versions? (a TypeError); past ~10**8 days Lance panicked (a date before year 1)
-        if not isinstance(older_than, timedelta) or not timedelta(0) <= older_than <= timedelta(days=10**6):
-            raise LakeError(f"invalid older_than {older_than!r}: expected a datetime.timedelta from 0 to 10**6 days, "
-                            "such as timedelta(days=7) (what the CLI's --older-than-days 7 passes)")
+        check_older_than(older_than)
         # Tagged versions are kept (each recipe's tag is a curated set); Lance would refuse the whole
         # cleanup when a tagged version is old enough, so it is told to skip them instead.
         cutoff = datetime.now() - older_than  # (Lance's version timestamps are local and naive)
@@ -1072,6 +1069,14 @@ class Store:
                 name = Path(self.side_uri(EVIDENCE_TABLE, branch=pin["branch"])).name
                 out.setdefault(name, set()).add(pin["version"])
         return out
+
+def check_older_than(older_than: Any) -> None:
+    """Refuse a cleanup's ``older_than`` that is not a span from 0 to 10**6 days."""
+    # 5: days? versions? (a TypeError); past ~10**8 days Lance panicked (a date before year 1)
+    if not isinstance(older_than, timedelta) or not timedelta(0) <= older_than <= timedelta(days=10**6):
+        raise LakeError(f"invalid older_than {older_than!r}: expected a datetime.timedelta from 0 to 10**6 days, "
+                        "such as timedelta(days=7) (what the CLI's --older-than-days 7 passes)")
+
 
 def _store_problem(exc: BaseException) -> str:
     """Why an object store did not answer for a lake, in words (it was "no lake at ...", and the
