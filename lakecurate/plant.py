@@ -47,7 +47,8 @@ WILD_EDITS = ("hue", "gray", "sepia", "white_balance", "gamma", "contrast", "noi
 class Planted:
     key: str  # file stem in the output folder
     original: str  # key of the photo it was made from (itself for originals)
-    edit: str  # "original", "exact", or the near-copy edits joined by "+"
+    edit: str  # "original", "exact", or the near-copy edits joined by "+"; "collage" (``plant_collages``)
+    holds: tuple[str, ...] = ()  # a collage: the keys of the photos pasted into it (it is a copy of none)
 
 
 def write_pair(out: Path, key: str, image: bytes, caption: str) -> None:
@@ -287,6 +288,58 @@ def plant_duplicates(
                 caption = captions.get(stem, "") if rng.random() < 0.5 else captions.get(rng.choice(stems), "")
                 write(f"{stem}__near{c}", buf.getvalue(), caption, stem, "+".join(done))
     return planted
+
+
+COLLAGE_CELL = (320, 240)  # each photo of a collage, fitted (cropped to fill) to this size
+
+
+def plant_collages(photos: Sequence[Path], captions: dict[str, str], out_dir: str | Path, *, n: int = 20,
+                   seed: int = 0, per_collage: tuple[int, int] = (2, 4)) -> list[Planted]:
+    """Write ``n`` collages of 2-4 different ``photos`` each (every photo fitted to ``COLLAGE_CELL``,
+    side by side, or 2 x 2 for four, on white with 4-pixel gaps) to ``out_dir``: a collage is a copy of
+    none of the photos in it (its ``original`` is itself; ``holds`` names them), so dedup must not put
+    two of them in one group through it. Its own random stream (``seed``), so the photos and copies
+    ``plant_duplicates`` writes with the same seed are unchanged; the caption is one of its photos'.
+
+        planted += plant_collages(photos, captions, "planted/", n=20, seed=1)
+    """
+    rng = random.Random(f"collages {seed}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = sorted(photos)
+    cw, ch = COLLAGE_CELL
+    planted = []
+    for c in range(n):
+        k = rng.randint(*per_collage)
+        chosen = rng.sample(photos, k)
+        if k == 4:
+            canvas = Image.new("RGB", (2 * cw + 12, 2 * ch + 12), (255, 255, 255))
+            cells = [(4, 4), (cw + 8, 4), (4, ch + 8), (cw + 8, ch + 8)]
+        else:
+            canvas = Image.new("RGB", (k * cw + 4 * (k + 1), ch + 8), (255, 255, 255))
+            cells = [(4 + s * (cw + 4), 4) for s in range(k)]
+        for cell, path in zip(cells, chosen):
+            with Image.open(path) as im:
+                canvas.paste(ImageOps.fit(im.convert("RGB"), (cw, ch)), cell)
+        buf = io.BytesIO()
+        canvas.save(buf, "JPEG", quality=rng.randint(75, 95))
+        key = f"collage{c:03d}"
+        write_pair(out, key, buf.getvalue(), captions.get(rng.choice(chosen).stem, ""))
+        planted.append(Planted(key, key, "collage", tuple(p.stem for p in chosen)))
+    return planted
+
+
+def false_groups(planted: Sequence[Planted], groups: dict[str, str]) -> list[list[str]]:
+    """The groups (``groups``: key -> group label, e.g. ``dup_group``) that hold rows of two or more
+    different originals, each as the sorted keys of its non-collage members (a collage is counted
+    apart: it holds other photos, so any group of it is a wrong one only through the photos it joins)."""
+    original = {p.key: p.original for p in planted}
+    collage = {p.key for p in planted if p.edit == "collage"}
+    members: dict[str, list[str]] = {}
+    for key, g in groups.items():
+        if key not in collage and g is not None:
+            members.setdefault(g, []).append(key)
+    return [sorted(m) for m in members.values() if len({original[k] for k in m}) > 1]
 
 
 def split_in_halves(planted: Sequence[Planted], src: str | Path, root: str | Path) -> list[Path]:

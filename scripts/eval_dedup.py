@@ -8,9 +8,11 @@ photos arrive in two halves, as in tests/test_dedup.py. ``--edits hard`` plants 
 is about instead (heavy crops, quarter/half turns, letterbox/pillarbox bars, framing in a page,
 overlays; ``lakecurate.plant.HARD_EDITS``), ``--edits all`` both kinds; ``--edits wild`` the kinds no
 method was tuned on (colour and tone, noise, blur, turns of a few degrees, stretch, keystone, logo,
-screenshot, thumbnail; ``lakecurate.plant.WILD_EDITS``).
+screenshot, thumbnail; ``lakecurate.plant.WILD_EDITS``). ``--collages N`` adds N collages of 2-4 of the
+photos (``lakecurate.plant.plant_collages``: a copy of none of them) and counts the false groups: a
+group holding two different originals (a collage joining the photos it holds, or any other wrong link).
 
-    python scripts/eval_dedup.py --data ../shared/data/flickr8k --seed 1 [--incremental] [--edits hard]
+    python scripts/eval_dedup.py --data ../shared/data/flickr8k --seed 1 [--incremental] [--edits hard] [--collages 30]
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from lakecurate import Lake
-from lakecurate.plant import EDITS, HARD_EDITS, WILD_EDITS, first_captions, plant_duplicates, split_in_halves, true_pairs
+from lakecurate.plant import (EDITS, HARD_EDITS, WILD_EDITS, false_groups, first_captions, plant_collages, plant_duplicates,
+                              split_in_halves, true_pairs)
 
 
 def main() -> None:
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--originals", type=int, default=120)
     ap.add_argument("--incremental", action="store_true")
     ap.add_argument("--edits", choices=["easy", "hard", "all", "wild"], default="easy")
+    ap.add_argument("--collages", type=int, default=0, help="collages of 2-4 photos planted too (a copy of none)")
     ap.add_argument("--verify-neighbors", type=int, default=None, help="dedup's verify_neighbors (default: its own)")
     ap.add_argument("--verify-cosine", type=float, default=None, help="dedup's verify_cosine (default: per model)")
     ap.add_argument("--verify-inliers", type=int, default=None, help="dedup's verify_inliers (default: its own)")
@@ -44,10 +48,14 @@ def main() -> None:
         planted = plant_duplicates(sorted((args.data / "images").glob("*.jpg")), captions, tmp / "all",
                                    n_originals=args.originals, seed=args.seed,
                                    edits={"easy": EDITS, "hard": HARD_EDITS, "all": EDITS + HARD_EDITS, "wild": WILD_EDITS}[args.edits])
+        if args.collages:
+            planted += plant_collages(sorted((args.data / "images").glob("*.jpg")), captions, tmp / "all",
+                                      n=args.collages, seed=args.seed)
         truth = true_pairs(planted)
         print(f"{len(planted)} images: {sum(p.edit == 'original' for p in planted)} photos, "
               f"{sum(p.edit == 'exact' for p in planted)} exact copies, "
-              f"{sum(p.edit not in ('original', 'exact') for p in planted)} near copies; {len(truth)} true pairs")
+              f"{sum(p.edit not in ('original', 'exact', 'collage') for p in planted)} near copies, "
+              f"{sum(p.edit == 'collage' for p in planted)} collages; {len(truth)} true pairs")
         parts = [tmp / "all"]
         if args.incremental:
             parts = split_in_halves(planted, tmp / "all", tmp)
@@ -81,7 +89,7 @@ def main() -> None:
         print("\nrecall per edit (pairs of a copy and its original), phash / semantic / copy / verify / combined:")
         per = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
         for p in planted:
-            if p.edit == "original":
+            if p.edit in ("original", "collage"):
                 continue
             pair = tuple(sorted((p.key, p.original)))
             row = per[p.edit if "+" not in p.edit else "two edits"]
@@ -93,6 +101,20 @@ def main() -> None:
             row[5] += pair in found_by["dup_group"]
         for name, (n, *hits) in sorted(per.items()):
             print(f"  {name:12s} n={n:3d}   " + " / ".join(f"{h / n:.2f}" for h in hits))
+        hits = len(truth & found_by["dup_group"])
+        wrong_groups = {col: false_groups(planted, dict(zip(df["key"], df[col]))) for col in ("dup_verify_group", "dup_group")}
+        collage_pairs = sum(1 for a, b in found_by["dup_group"] if edit[a] == "collage" or edit[b] == "collage")
+        print(f"\ndup_group: recall {hits / len(truth):.3f}, precision {hits / max(1, len(found_by['dup_group'])):.3f}, "
+              f"precision without the collages' own pairs {hits / max(1, len(found_by['dup_group']) - collage_pairs):.3f}; "
+              f"false groups (two different originals): dup_verify_group {len(wrong_groups['dup_verify_group'])}, "
+              f"dup_group {len(wrong_groups['dup_group'])}")
+        for g in wrong_groups["dup_group"][:10]:
+            print("   false group:", g)
+        if args.collages:
+            grouped = df.set_index("key")["dup_group"]
+            joined = [sum(grouped[p.key] == grouped[h] for h in p.holds) for p in planted if p.edit == "collage"]
+            print(f"collages: {len(joined)}; grouped with none of their photos {joined.count(0)}, one {joined.count(1)}, "
+                  f"two or more {sum(j > 1 for j in joined)}")
         misses = [(a, b, edit[b] if edit[b] != "original" else edit[a]) for a, b in truth - found_by["dup_group"]]
         print(f"missed pairs: {misses[:10]}")
         links = lake.dup_pairs()
