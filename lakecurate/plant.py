@@ -337,7 +337,7 @@ def false_groups(planted: Sequence[Planted], groups: dict[str, str]) -> list[lis
     collage = {p.key for p in planted if p.edit == "collage"}
     members: dict[str, list[str]] = {}
     for key, g in groups.items():
-        if key not in collage and g is not None:
+        if key not in collage and isinstance(g, str):  # (no group: None, or NaN from pandas)
             members.setdefault(g, []).append(key)
     return [sorted(m) for m in members.values() if len({original[k] for k in m}) > 1]
 

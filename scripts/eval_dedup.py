@@ -112,7 +112,7 @@ def main() -> None:
             print("   false group:", g)
         if args.collages:
             grouped = df.set_index("key")["dup_group"]
-            joined = [sum(grouped[p.key] == grouped[h] for h in p.holds) for p in planted if p.edit == "collage"]
+            joined = [sum(isinstance(grouped[p.key], str) and grouped[p.key] == grouped[h] for h in p.holds) for p in planted if p.edit == "collage"]
             print(f"collages: {len(joined)}; grouped with none of their photos {joined.count(0)}, one {joined.count(1)}, "
                   f"two or more {sum(j > 1 for j in joined)}")
         misses = [(a, b, edit[b] if edit[b] != "original" else edit[a]) for a, b in truth - found_by["dup_group"]]
