@@ -164,6 +164,13 @@ VERIFY_NEIGHBORS = 5
 # Candidate pairs verified at once: their rows' keypoints (~45 KiB a row) are held together, so
 # memory is bounded by the chunk (<= 2 rows a pair: ~1.7 GiB), not by the lake.
 VERIFY_PAIRS_CHUNK = 20_000
+# A row whose verified matches lie in disjoint regions of it (inlier boxes overlapping by less than
+# this share of the smaller one) holds several pictures: a collage of 2-4 photos is verified against
+# each, and the union of those right links put the different photos in one group. Such a row keeps
+# its links into one region only (CONTAINER_REGIONS), unless the other neighbours are linked to that
+# region's without it; two crops of one photo both keep its middle, so their regions in it overlap.
+CONTAINER_REGIONS = 1
+DISJOINT = 0.1
 # Cells a row joins when verify's candidates come from the join (above KNN_EXACT_MAX rows): at
 # verify's loose cosines a row's nearest can sit several cells away, beyond the 4 that semantic's
 # high cosines need. bench_scale-style rows at 300k, recall of 1,000 rows' exact 5 nearest: at
@@ -282,6 +289,7 @@ class MethodReport:
     keypoints_computed: int = 0  # verify: of those, computed now (the rest came from the cache)
     keypoint_seconds: float = 0.0  # verify: reading the cache and computing the missing keypoints
     match_seconds: float = 0.0  # verify: matching the candidate pairs
+    container_links: int = 0  # verify: verified links not made, into a second region of a row that holds several pictures
 
 
 @dataclass
@@ -694,7 +702,8 @@ def method_configs(methods: Sequence[str], emb: str | None, emb_prov: dict[str, 
                          "neighbors": verify_neighbors, "min_cosine": float(vcos), "min_inliers": verify_inliers,
                          "features": VERIFY_CONFIG, "ratio": RATIO, "ransac_px": RANSAC_PX,
                          "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE, "min_agree": MIN_AGREE,
-                         "agree_levels": AGREE_LEVELS, "gains": list(GAINS)}
+                         "agree_levels": AGREE_LEVELS, "gains": list(GAINS), "container_regions": CONTAINER_REGIONS,
+                         "disjoint": DISJOINT}
     return configs
 
 
@@ -801,7 +810,7 @@ def dedup(
 
     ds = _check_stored_current(lake, ds, methods, keep_from, progress)  # (before the signals it asks for are written)
     if "verify" in configs and "verify" not in redo:
-        report.warnings += _kept_turn(lake, ds, configs["verify"])
+        report.warnings += _kept_older(lake, ds, configs["verify"])
     # the vectors the joins read, checked before anything is written (a NaN is refused, naming rows)
     before = ds
     vectors = ([embedding_columns(emb)["image"]] if {"semantic", "verify"} & set(methods) or clustered else []) + (
@@ -989,26 +998,45 @@ def _not_embedded(lake: "Store", ds: Any, valid: dict[str, np.ndarray], methods:
     return out
 
 
-def _kept_turn(lake: "Store", ds: Any, config: dict[str, Any]) -> list[str]:
+# Verify settings no option gives, whose default changed: stored groups made with an older one keep it
+_OLDER = ("turn_tolerance", "container_regions", "disjoint")
+
+
+def _kept_older(lake: "Store", ds: Any, config: dict[str, Any]) -> list[str]:
     """Verify groups made with another ``turn_tolerance`` than this code's default (an older
-    lakecurate's 10 degrees; no option sets it) and otherwise this run's config: this run keeps
-    theirs (``config`` updated), so new rows are verified as the stored ones were and a plain dedup
-    goes on as before (refused "made with another config" it named no setting to give); the
-    warning names the default now and the command that regroups every row by it."""
+    lakecurate's 10 degrees; no option sets it), or before the container rule (no
+    ``container_regions``: a row holding several pictures linked them all), and otherwise this
+    run's config: this run keeps theirs (``config`` updated), so new rows are verified as the stored
+    ones were and a plain dedup goes on as before (refused "made with another config" it named no
+    setting to give); the warning names the default now and the command that regroups every row by it."""
     col = group_columns("verify")[0]
     if col not in ds.schema.names:
         return []
     stored = _stored_config(ds, "verify")
     was = stored.get("turn_tolerance")
-    if not isinstance(was, (int, float)) or was == config["turn_tolerance"] or \
-            {k: v for k, v in stored.items() if k != "turn_tolerance"} != {k: v for k, v in config.items() if k != "turn_tolerance"}:
+    if not isinstance(was, (int, float)) or \
+            {k: v for k, v in stored.items() if k not in _OLDER} != {k: v for k, v in config.items() if k not in _OLDER}:
         return []
-    now = config["turn_tolerance"]
-    config["turn_tolerance"] = was
-    return [f"verify groups of lake '{lake.uri}' were made accepting copies turned up to {was:g} degrees off a quarter "
-            f"turn; this lakecurate's default is {now:g} (copies turned a few degrees, as a scan or a straightened "
-            f"photo is): new rows are verified at {was:g} like the rest; to apply {now:g} to every row: "
-            f"{lakecurate_on(lake)} dedup {lake.shell} --method verify --recompute"]
+    fix = f"{lakecurate_on(lake)} dedup {lake.shell} --method verify --recompute"
+    notes = []
+    if was != config["turn_tolerance"]:
+        now = config["turn_tolerance"]
+        config["turn_tolerance"] = was
+        notes.append(f"verify groups of lake '{lake.uri}' were made accepting copies turned up to {was:g} degrees off a "
+                     f"quarter turn; this lakecurate's default is {now:g} (copies turned a few degrees, as a scan or a "
+                     f"straightened photo is): new rows are verified at {was:g} like the rest; to apply {now:g} to every "
+                     f"row: {fix}")
+    if any(stored.get(k) != config.get(k) for k in ("container_regions", "disjoint")):
+        for k in ("container_regions", "disjoint"):  # (absent: made before the rule, which is then not applied)
+            config.pop(k, None)
+            if k in stored:
+                config[k] = stored[k]
+        notes.append(f"verify groups of lake '{lake.uri}' were made "
+                     + ("before a row holding several pictures (a collage) was kept from joining them"
+                        if "container_regions" not in stored else "with another rule for rows holding several pictures")
+                     + f": new rows are grouped as the rest were; to apply this lakecurate's rule (a collage does not "
+                     f"put the different photos in it in one group) to every row: {fix}")
+    return notes
 
 
 def _stored_config(ds: Any, method: str) -> dict[str, Any]:
@@ -1531,12 +1559,13 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
     mr.keypoint_rows = len(np.unique(np.concatenate([i, j])))
     order = _chunk_order(i, j)  # a row's pairs in as few chunks as may be: its features loaded ~once
     i, j = i[order], j[order]
-    turn = float(config["turn_tolerance"])  # the groups' own (a lake's older default: _kept_turn)
+    turn = float(config["turn_tolerance"])  # the groups' own (a lake's older default: _kept_older)
     cache = KeypointCache(lake)
     chunks = range(0, len(i), VERIFY_PAIRS_CHUNK)
     bar = progress_bar(total=len(i), desc="verify candidate pairs", unit="pair", progress=progress if len(chunks) > 1 else False)
     inner = progress if len(chunks) == 1 else False  # one chunk: the keypoint and matching bars themselves
     ok, good = np.zeros(len(i), bool), []  # a chunk's accepted matches kept, the rest let go
+    regions = config.get("container_regions")  # None: groups made before the rule (_kept_older)
     for lo in chunks:  # a chunk's keypoints held at once (computed ones are committed to the cache)
         ci, cj = i[lo:lo + VERIFY_PAIRS_CHUNK], j[lo:lo + VERIFY_PAIRS_CHUNK]
         need = np.unique(np.concatenate([ci, cj]))
@@ -1554,11 +1583,95 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
         del feats, matches
         bar.update(len(ci))
     bar.close()
+    if regions is not None and ok.any():
+        # (the links other image methods and stored groups make: neighbours joined without the container)
+        base = [*pairs, *((g.rows, g.best) for m, g in groups.items() if m not in TEXT_METHODS)]
+        made = one_region_links(i[ok], j[ok], [m.box_a for m in good], [m.box_b for m in good],
+                                np.array([m.inliers for m in good]), base, regions=int(regions),
+                                disjoint=float(config.get("disjoint", DISJOINT)))
+        mr.container_links = int((~made).sum())
+        where = np.flatnonzero(ok)
+        ok[where[~made]] = False
+        good = [m for m, k in zip(good, made) if k]
     mr.pairs = int(ok.sum())
     pairs.append((i[ok], j[ok]))
     a, b = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
     found = (a, b, np.array([m.inliers for m in good], np.float64), [m.describe() for m in good])
     return _group(eligible, pairs, ranks), found
+
+
+def one_region_links(i: np.ndarray, j: np.ndarray, box_i: Sequence[Any], box_j: Sequence[Any], inliers: np.ndarray,
+                     base: Sequence[tuple[np.ndarray, np.ndarray]] = (), *, regions: int = CONTAINER_REGIONS,
+                     disjoint: float = DISJOINT) -> np.ndarray:
+    """Which verified links (i[k], j[k]) to make: all but those that let a row holding several
+    pictures join different ones. ``box_i``/``box_j``: each link's inlier box in row i's and row j's
+    image (:attr:`lakecurate.verify.Match.box_a`, ``box_b``; None: unknown, never split). A row's
+    links whose boxes in it overlap (:func:`lakecurate.verify.overlap` >= ``disjoint``, transitively)
+    are one region of it; a row with more than ``regions`` regions keeps the links of the
+    ``regions`` whose largest box covers most of it (then the most inliers), and of the others only
+    those to a row that ``base`` (links: stored groups, other methods) and the links of rows with one
+    region join to a kept neighbour without it. A collage of photos A and B: its link to B is not
+    made, A and B stay apart; a photo and two heavy crops of it: both keep its middle, one region.
+
+    >>> one_region_links(np.array([0, 0]), np.array([1, 2]), [(0, 0, .4, 1), (.6, 0, 1, 1)],
+    ...                  [(0, 0, 1, 1), (0, 0, 1, 1)], np.array([90, 80])).tolist()
+    [True, False]
+    """
+    from lakecurate.verify import overlap
+
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    keep = np.ones(len(i), bool)
+    ends = np.concatenate([i, j])
+    boxes = list(box_i) + list(box_j)
+    link = np.concatenate([np.arange(len(i)), np.arange(len(i))])
+    order = np.argsort(ends, kind="stable")
+    starts = np.flatnonzero(np.r_[True, ends[order][1:] != ends[order][:-1]])
+    split: dict[int, list[list[int]]] = {}  # row -> its regions (ends of its links, largest first)
+    for lo, hi in zip(starts, np.r_[starts[1:], len(order)]):
+        if hi - lo < 2:
+            continue
+        mine = order[lo:hi]
+        if any(boxes[e] is None for e in mine):
+            continue
+        parent = list(range(len(mine)))
+
+        def root(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        for a in range(len(mine)):
+            for b in range(a + 1, len(mine)):
+                if overlap(boxes[mine[a]], boxes[mine[b]]) >= disjoint:
+                    parent[root(a)] = root(b)
+        found: dict[int, list[int]] = {}
+        for a in range(len(mine)):
+            found.setdefault(root(a), []).append(int(mine[a]))
+        if len(found) > regions:
+            def size(e: int) -> float:
+                b = boxes[e]
+                return (b[2] - b[0]) * (b[3] - b[1])
+            split[int(ends[mine[0]])] = sorted(found.values(), key=lambda r: (-max(size(e) for e in r),
+                                                                              -int(inliers[link[r]].sum())))
+    if not split:
+        return keep
+    # Neighbours joined without the rows that hold several regions
+    held = np.isin(i, list(split)) | np.isin(j, list(split))
+    bi = np.concatenate([np.asarray(b[0], np.int64) for b in base] + [i[~held]]) if base else i[~held]
+    bj = np.concatenate([np.asarray(b[1], np.int64) for b in base] + [j[~held]]) if base else j[~held]
+    nodes, at = np.unique(np.concatenate([bi, bj, i, j]), return_inverse=True)
+    label = components(len(nodes), at[: len(bi)], at[len(bi): 2 * len(bi)])
+    comp = dict(zip(nodes.tolist(), label.tolist()))
+    for row, found_regions in split.items():
+        def other(e: int) -> int:  # the row at a link's other end
+            return int(i[link[e]] + j[link[e]] - row)
+        kept = {comp[other(e)] for r in found_regions[:regions] for e in r}
+        for r in found_regions[regions:]:
+            for e in r:
+                if comp[other(e)] not in kept:
+                    keep[link[e]] = False
+    return keep
 
 
 def _chunk_order(i: np.ndarray, j: np.ndarray) -> np.ndarray:

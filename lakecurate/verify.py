@@ -74,6 +74,13 @@ class Features:
     def n(self) -> int:
         return len(self.xy)
 
+    @property
+    def size(self) -> tuple[float, float]:
+        """(width, height) of the reduced image the keypoints are on (0, 0: unknown)."""
+        if not self.scale or not self.thumb.size:
+            return 0.0, 0.0
+        return self.thumb.shape[1] / self.scale, self.thumb.shape[0] / self.scale
+
 
 @dataclass
 class Match:
@@ -84,6 +91,14 @@ class Match:
     matched: int = 0  # descriptor matches that passed the ratio test (RANSAC's input)
     agree: float = float("nan")  # correlation of the overlapping pixels under the transform (nan: not checked)
     transform: Any = None  # 2 x 3, keypoint pixels of the query image -> the other's (or its mirror's)
+    # The inliers' bounding box in each image, (x0, y0, x1, y1) as shares of its width and height, in
+    # the image's own (not mirrored) frame: ``box_a`` in the first image :func:`match` was given,
+    # ``box_b`` in the second. What a match covers of each: a crop covers most of itself and part of
+    # its photo; a collage holds each of its photos in a region of its own (:func:`overlap`).
+    box_a: tuple[float, float, float, float] | None = None
+    box_b: tuple[float, float, float, float] | None = None
+    # (inlier boxes of _match_one, in keypoint pixels: the query's, and the other's in the frame searched)
+    _boxes: Any = None
 
     def describe(self) -> str:
         turn = round(self.angle / 90) * 90 % 360
@@ -222,7 +237,32 @@ def _match_one(xa: np.ndarray, da: np.ndarray, xb: np.ndarray, db: np.ndarray) -
         return Match(matched=len(good))
     scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
     angle = float(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
-    return Match(int(mask.sum()), scale, angle, matched=len(good), transform=transform)
+    inl = mask.ravel().astype(bool)
+    pq, po = xa[good][inl], xb[nearest[good, 0]][inl]
+    boxes = ((*pq.min(0), *pq.max(0)), (*po.min(0), *po.max(0))) if inl.any() else None
+    return Match(int(mask.sum()), scale, angle, matched=len(good), transform=transform, _boxes=boxes)
+
+
+def _share(box: Any, f: Features, mirrored: bool) -> tuple[float, float, float, float] | None:
+    """A box in keypoint pixels of ``f`` (of its mirror when ``mirrored``) as shares of its size, unmirrored."""
+    w, h = f.size
+    if box is None or not w or not h:
+        return None
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if mirrored:  # the mirror's column x is the image's w - 1 - x
+        x0, x1 = w - 1 - x1, w - 1 - x0
+    return (min(max(x0 / w, 0.0), 1.0), min(max(y0 / h, 0.0), 1.0), min(max(x1 / w, 0.0), 1.0), min(max(y1 / h, 0.0), 1.0))
+
+
+def overlap(p: Sequence[float] | None, q: Sequence[float] | None) -> float:
+    """How much two boxes (x0, y0, x1, y1) overlap: the intersection's area over the smaller box's
+    (1.0: one holds the other; 0.0: disjoint; nan: a box is unknown)."""
+    if p is None or q is None:
+        return float("nan")
+    w = min(p[2], q[2]) - max(p[0], q[0])
+    h = min(p[3], q[3]) - max(p[1], q[1])
+    small = min((p[2] - p[0]) * (p[3] - p[1]), (q[2] - q[0]) * (q[3] - q[1]))
+    return max(w, 0.0) * max(h, 0.0) / small if small > 0 else float("nan")
 
 
 def plausible(m: Match, turn: float | None = None) -> bool:
@@ -244,6 +284,10 @@ def match(a: Features, b: Features, enough: int | None = None, turn: float | Non
             break
         m = _match_one(q.xy, q.desc, xb, db)
         m.mirrored = mirrored
+        if m._boxes is not None:  # the boxes as shares of a's and b's own frames
+            own, other = _share(m._boxes[0], q, False), _share(m._boxes[1], o, mirrored)
+            m.box_a, m.box_b = (own, other) if k < 2 else (other, own)
+            m._boxes = None
         most = max(most, m.matched)
         if plausible(m, turn) and m.inliers >= (enough or MIN_INLIERS) // 2:
             m.agree = agreement(q, o, m)

@@ -496,3 +496,54 @@ def test_a_producers_warning_reaches_the_curate_that_ran_it_and_a_pipelines_step
     _step_line(StepResult("curate", "ran", "stale", result=rep.to_dict()))
     err = capsys.readouterr().err
     assert err.startswith("curate") and "warning: verify groups of lake" in err, err
+
+
+# --------------------------------------------------------------------------- rows holding several pictures
+def test_a_collage_does_not_join_the_photos_it_holds(tmp_path: Path, flickr8k: Path):
+    """A collage of two photos is verified against each (each link right); their union put the two
+    different photos in one group, so dedup dropped one of them. The collage keeps its link into
+    one region of it; a photo with two heavy crops of it (both keep its middle) is still one group."""
+    from lakecurate.plant import plant_collages
+
+    photos = _photos(flickr8k, 3, start=310)
+    src = tmp_path / "src"
+    plant_collages(photos[:2], {}, src, n=1, seed=0, per_collage=(2, 2))
+    for p in photos:
+        shutil.copy(p, src / p.name)
+        (src / f"{p.stem}.txt").write_text("a photo")
+    rng = random.Random(3)
+    with Image.open(photos[2]) as im:
+        for c in range(2):
+            (src / f"crop{c}.jpg").write_bytes(_jpeg(edit_image(im, "crop_heavy", rng)))
+            (src / f"crop{c}.txt").write_text("a crop")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    rep = lake.dedup(["exact", "phash", "verify"], progress=False, verify_neighbors=40, verify_cosine=-1.0)
+    v = next(m for m in rep.methods if m.method == "verify")
+    assert v.container_links == 1  # the collage was verified against both photos; one link not made
+    group = _groups(lake)
+    a, b, c = (p.stem for p in photos)
+    assert group[a] != group[b], "a collage joined the two photos it holds"
+    assert group["collage000"] in (group[a], group[b])
+    assert group["crop0"] == group["crop1"] == group[c]
+    prov = {col["name"]: col["provenance"] for col in lake.info()["columns"]}
+    assert prov["dup_verify_group"]["config"]["container_regions"] == 1
+
+
+def test_a_row_with_disjoint_regions_keeps_one_unless_its_neighbours_are_linked_otherwise():
+    from lakecurate.dedup import one_region_links
+
+    left, right, whole, middle = (0, 0, .45, 1), (.55, 0, 1, 1), (0, 0, 1, 1), (.2, .2, .8, .8)
+    i, j = np.array([0, 0]), np.array([1, 2])
+    # a collage (row 0) of rows 1 and 2: the larger region's link is made
+    assert one_region_links(i, j, [left, (.5, 0, 1, 1)], [whole, whole], np.array([60, 90])).tolist() == [False, True]
+    # ... the same with the collage at the other end of its links
+    assert one_region_links(j, i, [whole, whole], [left, (.5, 0, 1, 1)], np.array([60, 90])).tolist() == [False, True]
+    # ... both, when rows 1 and 2 are linked without it (another method, a stored group)
+    assert one_region_links(i, j, [left, right], [whole, whole], np.array([60, 90]),
+                            [(np.array([1]), np.array([2]))]).tolist() == [True, True]
+    # two crops of one photo keep its middle: one region
+    assert one_region_links(i, j, [middle, (.3, .1, .9, .7)], [whole, whole], np.array([60, 90])).all()
+    # a box not known (a match from before the boxes were kept): never split
+    assert one_region_links(i, j, [left, None], [whole, whole], np.array([60, 90])).all()
