@@ -499,10 +499,8 @@ def test_a_producers_warning_reaches_the_curate_that_ran_it_and_a_pipelines_step
 
 
 # --------------------------------------------------------------------------- rows holding several pictures
-def test_a_collage_does_not_join_the_photos_it_holds(tmp_path: Path, flickr8k: Path):
-    """A collage of two photos is verified against each (each link right); their union put the two
-    different photos in one group, so dedup dropped one of them. The collage keeps its link into
-    one region of it; a photo with two heavy crops of it (both keep its middle) is still one group."""
+def _collage_lake(tmp_path: Path, flickr8k: Path) -> tuple[Lake, list[Path]]:
+    """Three photos, a collage of the first two, two heavy crops of the third; embedded."""
     from lakecurate.plant import plant_collages
 
     photos = _photos(flickr8k, 3, start=310)
@@ -519,6 +517,14 @@ def test_a_collage_does_not_join_the_photos_it_holds(tmp_path: Path, flickr8k: P
     lake = Lake.create(tmp_path / "lake")
     lake.ingest(src, progress=False)
     lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    return lake, photos
+
+
+def test_a_collage_does_not_join_the_photos_it_holds(tmp_path: Path, flickr8k: Path):
+    """A collage of two photos is verified against each (each link right); their union put the two
+    different photos in one group, so dedup dropped one of them. The collage keeps its link into
+    one region of it; a photo with two heavy crops of it (both keep its middle) is still one group."""
+    lake, photos = _collage_lake(tmp_path, flickr8k)
     rep = lake.dedup(["exact", "phash", "verify"], progress=False, verify_neighbors=40, verify_cosine=-1.0)
     v = next(m for m in rep.methods if m.method == "verify")
     assert v.container_links == 1  # the collage was verified against both photos; one link not made
@@ -547,3 +553,44 @@ def test_a_row_with_disjoint_regions_keeps_one_unless_its_neighbours_are_linked_
     assert one_region_links(i, j, [middle, (.3, .1, .9, .7)], [whole, whole], np.array([60, 90])).all()
     # a box not known (a match from before the boxes were kept): never split
     assert one_region_links(i, j, [left, None], [whole, whole], np.array([60, 90])).all()
+
+
+def test_verify_groups_made_before_the_collage_rule_keep_their_rule_until_recomputed(tmp_path: Path, flickr8k: Path,
+                                                                                     monkeypatch):
+    """Groups recorded without ``container_regions`` (made before the rule): a plain dedup goes on
+    as they were made (not refused "made with another config", which no option fixes) and says how
+    to apply the rule; --recompute applies it to every row."""
+    import lakecurate.dedup as D
+    from lakecurate.columns import field_provenance
+
+    lake, photos = _collage_lake(tmp_path, flickr8k)
+    opts = {"verify_neighbors": 40, "verify_cosine": -1.0, "progress": False}
+    made = D.method_configs
+
+    def older(*args, **kwargs):
+        configs = made(*args, **kwargs)
+        for k in ("container_regions", "disjoint"):
+            configs.get("verify", {}).pop(k, None)
+        return configs
+
+    monkeypatch.setattr(D, "method_configs", older)
+    lake.dedup(["verify"], **opts)
+    monkeypatch.undo()  # the upgrade
+
+    def recorded() -> dict:
+        return field_provenance(lake.dataset().schema.field("dup_verify_group"))["config"]
+
+    a, b, _ = (p.stem for p in photos)
+    assert _groups(lake)[a] == _groups(lake)[b] and "container_regions" not in recorded()
+    extra = tmp_path / "more"
+    extra.mkdir()
+    shutil.copy(_photos(flickr8k, 1, start=400)[0], extra / "late.jpg")
+    (extra / "late.txt").write_text("a photo")
+    lake.ingest(extra, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    rep = lake.dedup(["verify"], **opts)  # a plain run: not refused
+    note = [w for w in rep.warnings if "collage" in w]
+    assert note and "--method verify --recompute" in note[0], rep.warnings
+    assert "container_regions" not in recorded()
+    lake.dedup(["verify"], recompute=True, **opts)
+    assert _groups(lake)[a] != _groups(lake)[b] and recorded()["container_regions"] == D.CONTAINER_REGIONS
