@@ -15,7 +15,8 @@ Methods (each writes its own group column; rows are never deleted):
 
 A group column holds the ``id`` of the member that group keeps (a row alone holds its own id;
 null: the row has no signal for that method, e.g. an undecodable image). Groups are the connected
-components of the links, so a chain a~b~c is one group.
+components of the links, so a chain a~b~c is one group (but for verify's links of a row that holds
+several pictures, a collage: only those into one region of it, :func:`one_region_links`).
 
 Then the groups of the ``keep_from`` methods (default: exact, phash, semantic, copy and verify, those computed; caption
 and minhash near-duplicates are reported but do not drop rows unless asked, because two different

@@ -8,6 +8,8 @@ with caption sidecars in which some photos have exact copies and near copies (re
 cropped, brightened or darkened, flipped, overlaid with a line of text), while every other photo is a
 distinct photo, often of a similar scene (the hard negatives). The truth comes back as a mapping
 key -> original key, so precision and recall of a dedup method can be measured on real images.
+``plant_collages`` adds collages of 2-4 of the photos (a copy of none of them) and ``false_groups``
+names the groups that join different originals.
 
     truth = plant_duplicates(photos, captions, "planted/", n_originals=120, seed=0)
     lake.ingest("planted/")

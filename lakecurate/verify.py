@@ -14,7 +14,9 @@ seconds apart some tens at most (measured: docs/benchmarks.md, issue 17).
   whose rotation is within ``TURN_TOLERANCE`` degrees of a quarter turn, and under which the
   pixels agree (:func:`agreement`: the share of the overlap two 96-pixel thumbnails match up to
   brightness and contrast, >= ``MIN_AGREE``): keypoints alone are fooled by two photos that carry
-  the same logo, caption banner or page template (100-200 inliers on the banner alone);
+  the same logo, caption banner or page template (100-200 inliers on the banner alone); a match
+  records its inliers' box in each image (what dedup needs to tell a collage of photos from a copy:
+  :func:`overlap` of two matches' boxes in one image);
 * :class:`KeypointCache`: features are computed only for rows in a candidate pair, in the runner's
   reader processes, and kept in the lake's ``dup_keypoints`` table (by row id, image hash and
   config), so an incremental run computes them only for rows it has not seen.
