@@ -1644,7 +1644,7 @@ def one_region_links(i: np.ndarray, j: np.ndarray, box_i: Sequence[Any], box_j: 
 
         for a in range(len(mine)):
             for b in range(a + 1, len(mine)):
-                if overlap(boxes[mine[a]], boxes[mine[b]]) >= disjoint:
+                if not overlap(boxes[mine[a]], boxes[mine[b]]) < disjoint:  # (nan, a degenerate box: one region)
                     parent[root(a)] = root(b)
         found: dict[int, list[int]] = {}
         for a in range(len(mine)):

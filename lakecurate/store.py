@@ -1070,6 +1070,7 @@ class Store:
                 out.setdefault(name, set()).add(pin["version"])
         return out
 
+
 def check_older_than(older_than: Any) -> None:
     """Refuse a cleanup's ``older_than`` that is not a span from 0 to 10**6 days."""
     # 5: days? versions? (a TypeError); past ~10**8 days Lance panicked (a date before year 1)
