@@ -94,6 +94,8 @@ class EvalResult:
     curves: dict[str, list[list[float]]] = field(default_factory=dict)  # arm -> per seed -> metric at curve_steps
     budgets: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "0.5" -> arm -> metric per seed
     warnings: list[str] = field(default_factory=list)  # what makes the numbers mean less (the CLI's stderr)
+    near_copies: int = 0  # pool rows left out of every arm: near copies of evaluation images (held_out_cosine)
+    held_out_cosine: float | None = None  # the image cosine that counted as a near copy (None: not checked)
     notes: list[str] = field(default_factory=list)     # what was done other than asked (merged budgets)
 
     def table(self) -> pd.DataFrame:
@@ -535,6 +537,7 @@ def evaluate(
     metric: str = "t2i_R@5",
     lr: float = DEFAULT_LR,
     engine: str = "local",
+    held_out_cosine: float | None = None,
 ) -> EvalResult:
     """Train the proxy on ``view`` and on each baseline (same steps x batch) and score them.
 
@@ -547,6 +550,12 @@ def evaluate(
     same for every arm). ``root``: the folder the evaluation
     manifest's image paths must stay inside (default: the manifest's folder). ``caption_col``: train
     every arm on another caption column (a synthetic one, scored with ``embed --caption-col``).
+    ``held_out_cosine``: pool rows whose image embedding is this close (cosine) to an evaluation
+    image's are near copies of it (resized, re-encoded, lightly cropped) and are left out of every
+    arm's training, with a warning: else the proxy is scored on images it trained on (default: 0.75
+    for the offline encoder, measured; else the encoder's semantic-dedup threshold, 0.95 for CLIP;
+    not checked for a test model).
+    The evaluation set's exact copies (same bytes) in the lake are refused before it is embedded.
     ``engine="ray"``: the evaluation set is ingested and embedded on Ray (the first time: it is
     cached); the proxies train here, on the frozen embeddings.
 
@@ -566,6 +575,7 @@ def evaluate(
     seeds, steps, batch, dim = (options.whole(opt, value, 1) for opt, value in
                                 (("--seeds", seeds), ("--steps", steps), ("--batch", batch), ("--dim", dim)))
     lr = options.real("--lr", lr, 0, 1, above=True)  # a learning rate
+    held_out_cosine = options.cosine("--held-out-cosine", held_out_cosine, none_ok=True)
     every = options.whole("--eval-every", eval_every, 1, high=steps) if eval_every is not None else \
         max(1, steps // CURVE_POINTS)
     if metric not in METRICS:
@@ -617,18 +627,26 @@ def evaluate(
             rows = ds.to_table(columns=["id", "key"], filter=pc.field("id").isin(ids.take(broken[:3]))).to_pylist()
             raise broken_vectors(lake, ds, column, len(broken), rows, "evaluate")
 
+    near, said = _near_copies(ds, ids, x_img, ev, prov, held_out_cosine)
+    held = None if near is None else ~near  # the rows every arm may train on (None: every row)
+    if said:
+        warnings.append(said)
+
     def rows_of(at: int | str | None, condition: str) -> np.ndarray:
         try:
             sel = lake.dataset(at).to_table(columns=["id"], filter=condition).column("id")
         except Exception as exc:  # a bad SQL condition is a user error
             raise LakeError(f"view '{condition}' is not a tag of lake '{lake.uri}' nor a valid SQL condition: {exc}") from None
-        return np.flatnonzero(pc.is_in(ids, value_set=sel).to_numpy(zero_copy_only=False))
+        got = pc.is_in(ids, value_set=sel).to_numpy(zero_copy_only=False)
+        return np.flatnonzero(got if held is None else got & held)
 
     chosen = rows_of(version, where)
     if len(chosen) < 2:
-        raise LakeError(f"view '{label}' selects {len(chosen)} embedded rows; a proxy needs at least 2")
+        raise LakeError(f"view '{label}' selects {len(chosen)} embedded rows"
+                        + (f" once the {int(near.sum())} near copies of evaluation images are left out" if near is not None
+                           else "") + "; a proxy needs at least 2")
     fixed = {b: rows_of(*sel) for b, sel in views.items()}
-    fixed["all"] = np.arange(len(ids))
+    fixed["all"] = np.arange(len(ids)) if held is None else np.flatnonzero(held)
     for b, rows in fixed.items():
         if b in names and len(rows) < 2:
             raise LakeError(f"baseline '{b}' selects {len(rows)} embedded rows; a proxy needs at least 2")
@@ -638,7 +656,9 @@ def evaluate(
                      eval_set=os.path.abspath(os.fspath(eval_set)), eval_images=len(ev.hashes),
                      eval_captions=len(ev.text_image), pool_rows=len(ids), steps=steps,
                      seeds=list(range(seeds)), eval_id=uuid.uuid4().hex[:12], baselines=names, metric=metric,
-                     warnings=list(dict.fromkeys(warnings)), notes=merged)
+                     warnings=list(dict.fromkeys(warnings)), notes=merged,
+                     near_copies=0 if near is None else int(near.sum()),
+                     held_out_cosine=None if meaningless(prov) else _near_bar(prov, held_out_cosine))
     arms = ["view", *names]
     res.rows = {"view": len(chosen), **{b: len(chosen) if b == "random" else len(fixed[b]) for b in names}}
     res.metrics = {arm: {k: [] for k in METRICS} for arm in arms}
@@ -648,7 +668,9 @@ def evaluate(
     with progress_bar(runs, desc="evaluate", unit="run", progress=progress) as bar:
         for seed in range(seeds):
             rng = np.random.default_rng(10_000 + seed)
-            draw = rng.choice(len(ids), len(chosen), replace=False)  # the random arm's rows, one draw per seed
+            # the random arm's rows, one draw per seed (among the rows every arm may train on)
+            draw = rng.choice(len(ids), len(chosen), replace=False) if held is None else \
+                fixed["all"][rng.choice(len(fixed["all"]), len(chosen), replace=False)]
             for arm in arms:
                 rows = chosen if arm == "view" else draw if arm == "random" else fixed[arm]
                 for m in multiples:
@@ -676,6 +698,56 @@ def evaluate(
     if record:
         record_result(lake, res, recipe=_recipe_of(ds))
     return res
+
+
+# The image cosine at which a pool row is a near copy of an evaluation image, by encoder family; lower
+# than dedup's (a row left out of the proxy's training costs little, a copy trained on inflates every
+# score). offline: scripts/eval_held_out.py, seeds 0-2 (docs/benchmarks.md): 0.75 left out 114 of 180
+# planted copies and none of 2,073 pool rows of other photos; 0.85 (dedup's) 77 and none; 0.65 flagged
+# other photos. Other encoders: dedup's semantic threshold (not measured here: no CLIP weights).
+HELD_OUT_COSINES = {"offline": 0.75}
+
+
+def _near_bar(prov: dict[str, Any], cosine: float | None) -> float:
+    """The image cosine at which a pool row is a near copy of an evaluation image: ``cosine``, else
+    the encoder family's :data:`HELD_OUT_COSINES`, else its semantic-dedup threshold."""
+    from lakecurate.dedup import SEMANTIC_THRESHOLDS
+
+    if cosine is not None:
+        return cosine
+    family = prov["config"].get("family", "open_clip")
+    return HELD_OUT_COSINES.get(family, SEMANTIC_THRESHOLDS.get(family, 0.95))
+
+
+# pool rows x evaluation images compared at once (float32: 64 MiB), whatever the sizes
+NEAR_BLOCK = 1 << 24
+
+
+def _near_copies(ds: Any, ids: pa.ChunkedArray, x_img: np.ndarray, ev: EvalSet, prov: dict[str, Any],
+                 cosine: float | None) -> tuple[np.ndarray | None, str]:
+    """Which pool rows are near copies of an evaluation image (image cosine >= the bar), and the
+    warning that says they were left out; (None, "") when none is, or for a randomly initialised
+    test model (whose cosines say nothing: the sample photos are all >= 0.95 to each other there)."""
+    if meaningless(prov) or not len(x_img) or not len(ev.image):
+        return None, ""
+    bar = _near_bar(prov, cosine)
+    ref = np.asarray(ev.image, np.float32)
+    ref = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+    step = max(1, NEAR_BLOCK // len(ref))
+    near = np.zeros(len(x_img), bool)
+    for lo in range(0, len(x_img), step):
+        blk = np.asarray(x_img[lo:lo + step], np.float32)
+        blk = blk / np.maximum(np.linalg.norm(blk, axis=1, keepdims=True), 1e-12)
+        near[lo:lo + step] = (blk @ ref.T).max(axis=1) >= bar
+    n = int(near.sum())
+    if not n:
+        return None, ""
+    shown = ids.take(np.flatnonzero(near)[:5]).to_pylist()
+    keys = ds.to_table(columns=["id", "key"], filter=pc.field("id").isin(shown)).to_pylist()
+    named = ", ".join(f"{r['id']} ({r['key']})" for r in keys) + (", ..." if n > len(keys) else "")
+    return near, (f"{n} row{'s' if n != 1 else ''} of the pool {'are near copies' if n != 1 else 'is a near copy'} "
+                  f"of evaluation images (image cosine >= {bar:g}; ids {named}): left out of every arm's "
+                  "training, so the evaluation stays held out (--held-out-cosine sets the bar)")
 
 
 def _recipe_of(ds: Any) -> str | None:

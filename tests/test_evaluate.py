@@ -481,3 +481,46 @@ def test_blank_captions_left_out_of_an_eval_set_are_named_as_such(small, tmp_pat
     image = next(f for f in lake.dataset().schema if f.name.endswith("_image"))
     got, _ = load_eval_set(lake, mixed, field_provenance(image), progress=False, root=tmp_path)
     assert "2 rows have no caption" in got.left_out and "vectors" not in got.left_out, got.left_out
+
+
+def test_near_copies_of_evaluation_images_are_left_out_of_every_arm(tmp_path: Path, monkeypatch):
+    """Only exact copies (the same bytes) of an evaluation image were refused: a resized, re-encoded
+    copy in the pool trained every arm on an image it was then scored on, and nothing said so."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from PIL import Image
+
+    import lakecurate.evaluate as evaluate_mod
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("offline", workers=0, batch_size=8, progress=False)
+    lake.curate({"name": "t", "step": [{"filter": "ingest_error"}]}, progress=False)
+    ev = noisy_eval_set(tmp_path / "eval")
+    im = Image.open(SAMPLE_DATA / "horse.jpg").convert("RGB")
+    im.resize((im.width * 3 // 5, im.height * 3 // 5)).save(ev / "horse_small.jpg", quality=70)
+    (ev / "horse_small.txt").write_text("a brown horse standing in a field")
+    horse = lake.sql("SELECT id FROM pairs WHERE key = 'horse.jpg'")["id"].iloc[0]
+    usable = lake.count("offline_image IS NOT NULL AND offline_text IS NOT NULL")
+    trained: list[int] = []
+    real = evaluate_mod.train_heads
+
+    def spy(img, txt, **kw):  # every arm's training rows, by their image vectors
+        trained.append(len(img))
+        return real(img, txt, **kw)
+
+    monkeypatch.setattr(evaluate_mod, "train_heads", spy)
+    res = lake.evaluate(eval_set=ev, seeds=1, steps=4, record=False, progress=False)
+    assert res.near_copies == 1 and res.held_out_cosine == 0.75
+    assert res.rows["all"] == usable - 1 and res.rows["view"] == lake.count("keep AND offline_text IS NOT NULL") - 1
+    assert max(trained) == usable - 1
+    said = [w for w in res.warnings if "near cop" in w]
+    assert len(said) == 1 and f"ids {horse} (horse.jpg)" in said[0] and "left out of every arm" in said[0], res.warnings
+    # the bar is the caller's: at 1.0 the copy (cosine ~0.97) counts as another image
+    res = lake.evaluate(eval_set=ev, seeds=1, steps=4, record=False, progress=False, held_out_cosine=1.0)
+    assert res.near_copies == 0 and res.rows["all"] == usable and not any("near cop" in w for w in res.warnings)
+    with pytest.raises(LakeError, match="held-out-cosine"):
+        lake.evaluate(eval_set=ev, seeds=1, steps=4, record=False, progress=False, held_out_cosine=85)
+    out = CliRunner().invoke(main, ["evaluate", lake.uri, "--eval-set", str(ev), "--seeds", "1", "--steps", "4",
+                                    "--no-record", "--held-out-cosine", "0.9"])
+    assert out.exit_code == 0, out.output
+    assert "1 row of the pool is a near copy of evaluation images (image cosine >= 0.9" in out.output
