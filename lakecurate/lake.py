@@ -316,8 +316,9 @@ class Lake(Store):
         current, stale (an input was rewritten after them), incomplete (rows without values) or
         behind (built on a stage that is not current), why, and the command that brings them up to
         date; plus the effective curated view. A lake without rows: every stage ``empty``, and
-        ``empty`` says so (what to ingest); a curated view curate kept no row of: a note, and what is
-        built on it has that, not a command, as its fix. See :mod:`lakecurate.graph`.
+        ``empty`` says so (what to ingest); a curated view curate kept no row of: ``empty_view`` says
+        why ("" otherwise), a note says what to do, and what is built on it has that, not a command, as
+        its fix. See :mod:`lakecurate.graph`.
 
         Example::
 
@@ -338,7 +339,7 @@ class Lake(Store):
         rows = ds.count_rows()
         empty = "" if rows else graph.no_rows(lake)  # (each stage's state is "empty" then: graph.states)
         return {"uri": self.uri, "branch": lake.branch or "main", "version": ds.version, "rows": rows,
-                "empty": empty, "stages": stages, "view": view,
+                "empty": empty, "empty_view": empty_view, "stages": stages, "view": view,
                 "view_notes": notes + ([edited] if edited else []) + graph.unheeded_reviews(ds, view)}
 
     def drop_columns(self, names: str | Sequence[str]) -> dict[str, Any]:

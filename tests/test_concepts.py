@@ -671,6 +671,7 @@ def test_a_recipe_that_keeps_no_row_is_named_downstream_not_a_rebalance_loop(lak
     lakecurate rebalance ...", which said "no candidate rows; check --where, or run cluster", and
     status listed rebalance stale (its fix that command) for ever. Each names the empty view."""
     lake = lake3  # clustered, rebalanced, sequenced
+    assert lake.status()["empty_view"] == ""
     lake.curate(NOTHING, progress=False)
     with pytest.raises(LakeError, match=EMPTY_VIEW.format("sequence")):
         lake.sequence("interleave", progress=False)
@@ -683,6 +684,8 @@ def test_a_recipe_that_keeps_no_row_is_named_downstream_not_a_rebalance_loop(lak
     assert [s["state"] for s in after] == ["stale", "behind"]
     assert all("the curated view is empty" in s["fix"] and " rebalance " not in s["fix"] for s in after)
     assert any("the curated view is empty" in n for n in status["view_notes"])
+    # one field a program reads (it had to find the words in a stage's fix or a note)
+    assert status["empty_view"].startswith("curate kept 0 of ") and status["empty"] == ""  # (the lake has rows)
     # an export of a selection of its own (not the view): told why the stale order cannot be made
     # current, with --allow-stale to use it (it was told the empty view left "export no rows to use")
     with pytest.raises(LakeError, match=r"no run makes it current: curate kept 0 of .*; or pass --allow-stale"):
