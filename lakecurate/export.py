@@ -605,6 +605,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
                         f"it to finish (then export again with --overwrite to replace it), or export elsewhere")
     if blur_faces:
         _check_faces(lake, lake.dataset(version), allow_stale)
+    views = where is None  # (the version's curated view, not a selection of the caller's own)
     ds, tbl, copy, where, stale = plan(lake, where=where, version=version, repeats=repeats, caption=caption,
                                        allow_stale=allow_stale, extra=[FACE_BOXES] if blur_faces else [],
                                        caption_mix=caption_mix)
@@ -617,6 +618,8 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
                          f"({', '.join(caption_mix)}) is null")
         caption = MIX_CAPTION
     if tbl.num_rows == 0:  # in every format, before a folder is made (WebDataset and MDS wrote an empty export)
+        if version is not None and views:  # a past version's view its recipe kept nothing of: said as at the latest
+            check_view_not_empty(lake.on_branch_of(version), ds, where, "export")
         raise LakeError(f"no rows to export from lake '{lake.uri}' (version {ds.version}) with --where {where!r}; "
                         f"nothing was written: see what the view holds with lakecurate sql {lake.shell} "
                         "\"SELECT COUNT(*) FROM pairs WHERE ...\"")

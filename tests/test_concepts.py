@@ -734,3 +734,17 @@ def test_cluster_of_one_row_never_advises_k_up_to_1(tmp_path: Path):
         lake.cluster(50)
     assert "up to 1" not in str(err.value)
     assert lake.cluster().k == 1  # (the advice works)
+
+
+def test_an_export_of_a_past_version_whose_recipe_kept_nothing_names_it(sample_lake_embedded: Lake, tmp_path: Path):
+    """At the latest version an empty view is named ("curate kept 0 of N rows ... (recipe, tag)");
+    through the recipe's tag the same export said only "no rows to export ... with --where 'keep'"."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    tag = lake.curate(NOTHING, progress=False).tag
+    lake.curate({"name": "loose", "step": [{"filter": "ingest_error"}]}, progress=False)
+    with pytest.raises(LakeError, match=EMPTY_VIEW.format("export")) as err:
+        lake.export(tmp_path / "out", "parquet", version=tag)
+    assert f"tag {tag}" in str(err.value) and not (tmp_path / "out").exists()
+    with pytest.raises(LakeError, match="no rows to export .* with --where"):  # a selection of the caller's own
+        lake.export(tmp_path / "out", "parquet", version=tag, where="keep AND id = 'none'")
+    assert lake.export(tmp_path / "out", "parquet").rows > 0
