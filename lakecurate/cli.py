@@ -348,9 +348,12 @@ def main(branch: str | None, progress: bool | None) -> None:
     A LAKE is a folder (or object-store URI) holding the Lance table `pairs`; LanceDB opens it too:
     lancedb.connect(LAKE).open_table("pairs").
     """
+    from lakecurate.options import speaking
     from lakecurate.progress import set_default
 
     set_default(progress)  # every stage's bar follows it unless the command passes progress= itself
+    # the library's messages name the flags a person typed (the Lake methods it calls would say batch_size)
+    click.get_current_context().with_resource(speaking("cli"))
 
 
 def entry() -> Any:

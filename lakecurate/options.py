@@ -4,6 +4,10 @@ A bad value fails in one line naming the option, with the lake untouched (a k of
 one concept; a batch size of -4 marked fragments embedded with nothing in them). The CLI's click
 ranges say the same earlier; the library checks again for Python callers. Imports no stage.
 
+Each check names its option as the CLI spells it (``--batch-size``, ``-k``) and :func:`spell` words
+it for the interface that is speaking (:func:`speaking`): the CLI's flag, the Python parameter
+(``batch_size``, ``k``) for a :class:`~lakecurate.Lake` method, the TOML key for a pipeline step.
+
 >>> whole("--shard-size", 1e4)
 10000
 >>> target(300), target(0.5)
@@ -12,12 +16,16 @@ ranges say the same earlier; the library checks again for Python callers. Import
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import inspect
 import math
+import re
 import numbers
 import os
 import posixpath
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,57 @@ from lakecurate.errors import LakeError
 MOST = 2**53  # the largest count an option takes: past a C integer, a stage failed deep inside (OverflowError)
 MOST_WORKERS = 2**16  # processes or threads
 
+INTERFACES = ("cli", "python", "pipeline")
+# Which interface is speaking: "cli" (the default, and what the CLI sets), "python" (a Lake method
+# called by a notebook or script) or "pipeline" (a step of a pipeline file). None: none said yet.
+_SPEAKER: contextvars.ContextVar[str | None] = contextvars.ContextVar("lakecurate_speaker", default=None)
+# CLI flags whose Python parameter (and pipeline key) is not the flag's own name with '_' for '-'
+_PARAMETERS = {"--set": "overrides", "--budget": "budgets", "--caption-mix-both": "mix_both"}
+
+
+@contextlib.contextmanager
+def speaking(interface: str) -> Iterator[None]:
+    """Word options for ``interface`` (one of :data:`INTERFACES`) while the block runs."""
+    if interface not in INTERFACES:
+        raise ValueError(f"interface {interface!r}: one of {', '.join(INTERFACES)}")
+    token = _SPEAKER.set(interface)
+    try:
+        yield
+    finally:
+        _SPEAKER.reset(token)
+
+
+def speaker() -> str:
+    """The interface speaking now: "cli" unless a Lake method or the pipeline runner said otherwise."""
+    return _SPEAKER.get() or "cli"
+
+
+def python_api(fn: "Callable[..., Any]") -> "Callable[..., Any]":
+    """A Lake method speaks Python unless the CLI or the pipeline runner already speaks (they call it)."""
+    @functools.wraps(fn)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        if _SPEAKER.get() is not None:
+            return fn(*args, **kwargs)
+        with speaking("python"):
+            return fn(*args, **kwargs)
+    return method
+
+
+def spell(option: str) -> str:
+    """An option as the interface speaking now names it: a CLI flag as given on the CLI, else its
+    Python parameter, which is also a pipeline step's key (the pipeline's message names the step).
+    Anything but a flag (``ids``, ``column names``) is left as it is.
+
+    >>> spell("--batch-size"), spell("-k")
+    ('--batch-size', '-k')
+    >>> with speaking("python"):
+    ...     spell("--batch-size"), spell("-k"), spell("--set"), spell("ids")
+    ('batch_size', 'k', 'overrides', 'ids')
+    """
+    if speaker() == "cli" or not re.fullmatch(r"--?[a-z][a-z0-9-]*", option):
+        return option
+    return _PARAMETERS.get(option, option.lstrip("-").replace("-", "_"))
+
 
 def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False, high: int = MOST) -> int | None:
     """``value`` as an int from ``low`` to ``high`` (a whole float such as ``1e4`` is accepted; None
@@ -35,9 +94,9 @@ def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False, high:
         return None
     is_whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not is_whole or value < low:
-        raise LakeError(f"invalid {option} {value!r}: expected an integer >= {low}")
+        raise LakeError(f"invalid {spell(option)} {value!r}: expected an integer >= {low}")
     if value > high:
-        raise LakeError(f"invalid {option} {value!r}: expected an integer up to {high}")
+        raise LakeError(f"invalid {spell(option)} {value!r}: expected an integer up to {high}")
     return int(value)
 
 
@@ -57,7 +116,7 @@ def flag(option: str, value: Any) -> bool:
     import numpy as np
 
     if not isinstance(value, (bool, np.bool_)):
-        raise LakeError(f"invalid {option} {value!r}: expected True or False")
+        raise LakeError(f"invalid {spell(option)} {value!r}: expected True or False")
     return bool(value)
 
 
@@ -65,7 +124,7 @@ def text(option: str, value: Any) -> str:
     """``value`` as non-empty text, else a LakeError naming ``option`` (None or a number reached a
     regex or a path join, a TypeError traceback)."""
     if not isinstance(value, str) or not value:
-        raise LakeError(f"invalid {option} {value!r}: expected text")
+        raise LakeError(f"invalid {spell(option)} {value!r}: expected text")
     return unicode(option, value)
 
 
@@ -80,7 +139,7 @@ def unicode(option: str, value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise LakeError(f"invalid {option} {value!r}: not UTF-8 text (character {exc.start + 1} is "
+        raise LakeError(f"invalid {spell(option)} {value!r}: not UTF-8 text (character {exc.start + 1} is "
                         f"{value[exc.start]!r}, a lone surrogate: a byte of another encoding, such as Latin-1?)") from None
     return value
 
@@ -97,11 +156,11 @@ def texts(option: str, value: Any, *, none_ok: bool = False) -> list[str] | None
     if isinstance(value, str):
         return [value]
     if not isinstance(value, Iterable) or isinstance(value, (bytes, Mapping)):
-        raise LakeError(f"invalid {option} {value!r}: expected text or a list of texts")
+        raise LakeError(f"invalid {spell(option)} {value!r}: expected text or a list of texts")
     out = list(value)
     bad = [v for v in out if not isinstance(v, str)]
     if bad:
-        raise LakeError(f"invalid {option}: {bad[0]!r} is not text")
+        raise LakeError(f"invalid {spell(option)}: {bad[0]!r} is not text")
     for v in out:
         unicode(option, v)
     return out
@@ -111,7 +170,7 @@ def path(option: str, value: Any) -> "str | os.PathLike[str]":
     """``value`` as a path (text or ``os.PathLike``; an empty one is left to the caller, which says
     what it means there), else a LakeError naming ``option``."""
     if not isinstance(value, (str, os.PathLike)):
-        raise LakeError(f"invalid {option} {value!r}: expected a path")
+        raise LakeError(f"invalid {spell(option)} {value!r}: expected a path")
     return value
 
 
@@ -192,7 +251,7 @@ def real(option: str, value: Any, low: float = -math.inf, high: float = math.inf
     if not fits:
         bounds = [f"above {low:g}" if above else f"from {low:g}"] if math.isfinite(low) else []
         bounds += [f"{'to' if bounds and not above else 'at most'} {high:g}"] if math.isfinite(high) else []
-        raise LakeError(f"invalid {option} {value!r}: expected a number {' and '.join(bounds) if above else ' '.join(bounds)}".rstrip())
+        raise LakeError(f"invalid {spell(option)} {value!r}: expected a number {' and '.join(bounds) if above else ' '.join(bounds)}".rstrip())
     return float(value)
 
 
@@ -214,11 +273,11 @@ def target(value: Any, option: str = "--target") -> float | int:
     count of rows (an int, or a whole float above 1 such as ``300.0``, kept as given). ``1.5``, nan, inf and values
     <= 0 are refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise LakeError(f"invalid {option} {value!r}: expected a fraction in (0, 1] or a row count >= 1")
+        raise LakeError(f"invalid {spell(option)} {value!r}: expected a fraction in (0, 1] or a row count >= 1")
     if isinstance(value, numbers.Integral):
         return int(value)
     if value > 1 and not float(value).is_integer():
-        raise LakeError(f"invalid {option} {value!r}: a fraction must be in (0, 1], a row count a whole number")
+        raise LakeError(f"invalid {spell(option)} {value!r}: a fraction must be in (0, 1], a row count a whole number")
     return float(value)  # a whole float above 1 stays a float: rebalance reads it as a count
 
 
@@ -277,7 +336,7 @@ def device(value: Any, option: str = "--device") -> str:
     import re
 
     if not isinstance(value, str) or not re.fullmatch(_DEVICE, value):
-        raise LakeError(f"{option} must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
+        raise LakeError(f"{spell(option)} must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
     return value
 
 

@@ -126,6 +126,7 @@ def _stage_functions() -> dict[str, Callable[..., Any]]:
             "export": export.export, "report": report.report}
 
 
+@options.speaking("pipeline")  # an option is named by its key in the file (batch_size), not by a CLI flag
 def load_pipeline(spec: str | os.PathLike | Mapping[str, Any], *, lake_uri: str = "",
                   overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Pipeline:
     """Read and check a pipeline: a TOML path, a shipped name (``demo``) or a dict. Paths in it are
@@ -743,6 +744,7 @@ def why_run(lake: "Lake", step: str, opts: dict[str, Any]) -> str | None:
 
 
 # ----------------------------------------------------------------------------- run
+@options.speaking("pipeline")
 def run(lake: "Lake", spec: str | os.PathLike | Mapping[str, Any] | Pipeline, *, dry_run: bool = False,
         progress: bool | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
         on_step: Callable[[StepResult], None] | None = None) -> RunReport:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from lakecurate.errors import LakeError
+from lakecurate.options import spell
 from lakecurate.schema import TABLE
 
 # Where Lance's Rust sources were built: it ends many messages (", /home/runner/.../scanner.rs:839:33").
@@ -135,7 +136,7 @@ def _too_deep(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(text, *args, **kw)
         except RecursionError:
-            option = args[0] if args else kw.get("option", "the query" if fn.__name__ == "check_query" else "--where")
+            option = spell(args[0] if args else kw.get("option", "the query" if fn.__name__ == "check_query" else "--where"))
             raise LakeError(f"{option} {str(text)[:60]!r}...: it nests too deeply to check; write it flatter") from None
     return checked
 
@@ -208,6 +209,7 @@ def check_where(where: str | None, option: str = "--where", ds: Any = None, *, l
     """
     from sqlglot import exp
 
+    option = spell(option)  # (the Python parameter for a Lake method's caller)
     if where is not None and not isinstance(where, str):
         raise LakeError(f"{option} {where!r} is not one SQL condition: give it as text, e.g. \"width > 400\"")
     if where is None:

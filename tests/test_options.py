@@ -1,0 +1,55 @@
+"""An option is named as the interface a person used spells it: the CLI's flag, a Lake method's
+parameter, a pipeline file's key (a notebook user never typed "--batch-size")."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake, LakeError, options
+from lakecurate.cli import main
+
+
+def test_spell_follows_the_interface_speaking():
+    assert options.speaker() == "cli"
+    assert (options.spell("--batch-size"), options.spell("-k")) == ("--batch-size", "-k")
+    with options.speaking("python"):
+        assert [options.spell(o) for o in ("--batch-size", "-k", "--set", "--caption-mix-both", "ids", "column names")] \
+            == ["batch_size", "k", "overrides", "mix_both", "ids", "column names"]
+        with options.speaking("cli"):  # (the CLI calls Lake methods: its wording stays)
+            with pytest.raises(LakeError, match=r"^invalid --batch-size 0: expected an integer >= 1$"):
+                options.whole("--batch-size", 0)
+    assert options.speaker() == "cli"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda lake: lake.cluster(0), r"^invalid k 0: expected an integer >= 2$"),
+    (lambda lake: lake.embed(batch_size=0), r"^invalid batch_size 0: expected an integer >= 1$"),
+    (lambda lake: lake.embed(precision="fp8"), r"^precision must be one of "),
+    (lambda lake: lake.rebalance(target=1.5), r"^invalid target 1.5: a fraction must be in \(0, 1\]"),
+    (lambda lake: lake.rebalance(target=0), r"^invalid target 0: expected a fraction"),
+    (lambda lake: lake.sequence("random", score="x"), r"^score orders a curriculum; mode random does not read it"),
+])
+def test_the_python_api_names_its_parameters(lake: Lake, call, message):
+    with pytest.raises(LakeError, match=message) as err:
+        call(lake)
+    assert "--" not in str(err.value).split(":")[0], err.value
+
+
+def test_a_pipeline_step_names_its_key(lake: Lake, tmp_path: Path):
+    pipe = tmp_path / "p.toml"
+    pipe.write_text('[embed]\nmodel = "offline"\nbatch_size = 0\n')
+    with pytest.raises(LakeError, match=rf"^pipeline {re.escape(str(pipe))}, \[embed\]: invalid batch_size 0: "):
+        lake.run(pipe, progress=False)
+
+
+def test_the_cli_still_names_its_flags(lake: Lake):
+    out = CliRunner().invoke(main, ["sequence", lake.uri, "--mode", "random", "--score", "x"])
+    assert out.exit_code == 1, out.output
+    assert "--score orders a curriculum; --mode random does not read it: drop it or use --mode curriculum" in out.output
+    # and the Python API used after it in the same process speaks Python again
+    with pytest.raises(LakeError, match=r"^invalid k 0"):
+        lake.cluster(0)
