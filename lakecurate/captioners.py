@@ -27,7 +27,7 @@ from lakecurate.encoders import (EncoderError, EncoderSpec, _load_open_clip, _re
                                  resolve_device, weights_file)
 from lakecurate.errors import LakeError
 from lakecurate.names import TINY_COCA
-from lakecurate.options import clean_text, real
+from lakecurate.options import clean_text, real, spell
 
 DEFAULT_MAX_TOKENS = 30
 MODES = ("caption",)
@@ -84,8 +84,8 @@ class CaptionerSpec:
 def check_name(name: str | None) -> None:
     """A ``--name`` is the column's name after ``caption_`` as given: never rewritten into another."""
     if name is not None and (not name or _slug(name) != name):
-        hint = f" (e.g. --name {_slug(name)})" if _slug(name) else ""
-        raise EncoderError(f"--name {name!r}: use only lowercase letters and digits, a-z and 0-9, "
+        hint = f" (e.g. {spell('--name')} {_slug(name)})" if _slug(name) else ""
+        raise EncoderError(f"{spell('--name')} {name!r}: use only lowercase letters and digits, a-z and 0-9, "
                            f"as the column is caption_NAME{hint}")
 
 
@@ -99,17 +99,17 @@ def resolve_captioner(model: str, pretrained: str | None = None, checkpoint: str
     hf = isinstance(model, str) and os.path.isdir(model)
     cap = HF_MAX_TOKENS if hf else COCA_MAX_TOKENS
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= cap:
-        raise EncoderError(f"--max-tokens must be a whole number from 1 to {cap}"
+        raise EncoderError(f"{spell('--max-tokens')} must be a whole number from 1 to {cap}"
                            f"{'' if hf else ' (CoCa context)'}, not {max_tokens!r}")
     temperature = real("--temperature", temperature, 0, 5)  # (0: greedy)
     if not isinstance(top_k, int) or top_k < 1:
-        raise EncoderError(f"--top-k must be a whole number >= 1, not {top_k!r}")
+        raise EncoderError(f"{spell('--top-k')} must be a whole number >= 1, not {top_k!r}")
     check_name(name)
     if hf:
         return _resolve_hf(model, pretrained, checkpoint, name, prompt, max_tokens=max_tokens,
                            temperature=float(temperature), top_k=top_k, seed=seed)
     if prompt:
-        raise EncoderError("--prompt is for an endpoint or a Hugging Face checkpoint directory; "
+        raise EncoderError(f"{spell('--prompt')} is for an endpoint or a Hugging Face checkpoint directory; "
                            "an open_clip CoCa captions from the image alone")
     arch = TINY_COCA if model == "tiny-random-coca" else model
     cocas = [m for m in open_clip.list_models() if m.startswith("coca")] + [TINY_COCA]
@@ -254,7 +254,7 @@ def _resolve_hf(path: str, pretrained: str | None, checkpoint: str | None, name:
     import json
 
     if pretrained or checkpoint:
-        raise EncoderError("--pretrained and --checkpoint are for open_clip CoCa; a checkpoint directory is the weights")
+        raise EncoderError(f"{spell('--pretrained')} and {spell('--checkpoint')} are for open_clip CoCa; a checkpoint directory is the weights")
     config = os.path.join(path, "config.json")
     if not os.path.isfile(config):
         raise EncoderError(f"'{path}' is a directory without config.json: give a Hugging Face checkpoint directory "
@@ -270,14 +270,14 @@ def _resolve_hf(path: str, pretrained: str | None, checkpoint: str | None, name:
     text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
     positions = text_cfg.get("max_position_embeddings", cfg.get("max_position_embeddings"))
     if isinstance(positions, int) and options["max_tokens"] >= positions:  # generate() fails past them, mid-run
-        raise EncoderError(f"--max-tokens {options['max_tokens']} does not fit {model_type}'s {positions} text "
+        raise EncoderError(f"{spell('--max-tokens')} {options['max_tokens']} does not fit {model_type}'s {positions} text "
                            f"positions (the prompt's tokens take some too); pass fewer than {positions}")
     if prompt is not None and not isinstance(prompt, str):
-        raise EncoderError(f"--prompt must be text, not {prompt!r}")
+        raise EncoderError(f"{spell('--prompt')} must be text, not {prompt!r}")
     full = os.path.abspath(path)
     slug = _slug(name or os.path.basename(full.rstrip(os.sep)))
     if not slug:
-        raise EncoderError("--name: the directory name gives no column name; pass --name (caption_NAME)")
+        raise EncoderError(f"{spell('--name')}: the directory name gives no column name; pass --name (caption_NAME)")
     return CaptionerSpec("hf", model_type, full, slug, prompt=prompt or "", image_side=_hf_side(full), **options)
 
 
@@ -431,16 +431,16 @@ def _prompt_parts(prompt: str) -> list[tuple[str, str | None, str]]:
     try:
         parts = list(string.Formatter().parse(prompt))
     except ValueError as exc:
-        raise EncoderError(f"--prompt: {exc}; placeholders are {{column}}, literal braces are {{{{ and }}}}") from exc
+        raise EncoderError(f"{spell('--prompt')}: {exc}; placeholders are {{column}}, literal braces are {{{{ and }}}}") from exc
     out = []
     for literal, field, spec, conv in parts:
         if field is not None and (not field.isidentifier() or conv):
-            raise EncoderError(f"--prompt: {{{field}}} is not a column placeholder; write {{column}} or "
+            raise EncoderError(f"{spell('--prompt')}: {{{field}}} is not a column placeholder; write {{column}} or "
                                "{column:.2f}, and literal braces as {{ and }}")
         # a width or precision is a run of digits (a digit as fill stands alone, before the align
         # character): {caption:>99999999} would make every row's prompt 100 MB
         if field is not None and any(int(d) > MAX_FORMAT_WIDTH for d in re.findall(r"\d+", spec or "")):
-            raise EncoderError(f"--prompt: {{{field}:{spec}}} asks for more than {MAX_FORMAT_WIDTH} characters; "
+            raise EncoderError(f"{spell('--prompt')}: {{{field}:{spec}}} asks for more than {MAX_FORMAT_WIDTH} characters; "
                                f"a width or precision is at most {MAX_FORMAT_WIDTH}")
         out.append((literal, field, spec or ""))
     return out
@@ -475,19 +475,19 @@ def check_prompt_columns(spec: "EndpointSpec", schema: Any, lake: str = "the lak
     for field in spec.fields():
         if field not in schema.names:
             near = difflib.get_close_matches(field, schema.names, n=3)
-            raise EncoderError(f"--prompt names {{{field}}}, which is not a column of {lake}"
+            raise EncoderError(f"{spell('--prompt')} names {{{field}}}, which is not a column of {lake}"
                                + (f" (did you mean {', '.join(near)}?)" if near else "")
                                + "; literal braces are written {{ and }}")
         typ = schema.field(field).type
         if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)
                 or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
-            raise EncoderError(f"--prompt names {{{field}}}, a {typ} column; a placeholder needs one text, number "
+            raise EncoderError(f"{spell('--prompt')} names {{{field}}}, a {typ} column; a placeholder needs one text, number "
                                "or boolean per row")
         sample = samples.get(str(typ), 1 if pa.types.is_integer(typ) else 0.5)
         try:
             render_prompt(spec.prompt, {f: sample if f == field else None for f in spec.fields()})
         except (ValueError, TypeError) as exc:
-            raise EncoderError(f"--prompt: the format of {{{field}}} does not fit its {typ} values ({exc})") from exc
+            raise EncoderError(f"{spell('--prompt')}: the format of {{{field}}} does not fit its {typ} values ({exc})") from exc
 
 
 def _without_credentials(url: str) -> str:
@@ -511,23 +511,23 @@ def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", pr
     except (ValueError, TypeError, AttributeError):  # "http://[::1/v1", a port of 99999, not text
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise EncoderError(f"--endpoint {endpoint!r}: give the server's base URL, e.g. http://127.0.0.1:8000/v1")
+        raise EncoderError(f"{spell('--endpoint')} {endpoint!r}: give the server's base URL, e.g. http://127.0.0.1:8000/v1")
     if parts.username or parts.password or parts.query:
-        raise EncoderError("--endpoint must not carry credentials or a query string; put the key in an environment "
+        raise EncoderError(f"{spell('--endpoint')} must not carry credentials or a query string; put the key in an environment "
                            f"variable named by --api-key-env (now {api_key_env})")
     if not api_model or not isinstance(api_model, str):
-        raise EncoderError("--api-model: name the model the endpoint serves, e.g. --api-model llava-1.6")
+        raise EncoderError(f"{spell('--api-model')}: name the model the endpoint serves, e.g. --api-model llava-1.6")
     if mode not in ENDPOINT_MODES:
-        raise EncoderError(f"--mode must be one of {', '.join(ENDPOINT_MODES)}, not {mode!r}")
+        raise EncoderError(f"{spell('--mode')} must be one of {', '.join(ENDPOINT_MODES)}, not {mode!r}")
     prompt = prompt or (REPHRASE_PROMPT if mode == "rephrase" else CAPTION_PROMPT)
     if mode == "rephrase" and not _subject(prompt_fields(prompt)):
-        raise EncoderError("--prompt for --mode rephrase must name the caption to rewrite: {caption}, or another "
+        raise EncoderError(f"{spell('--prompt')} for --mode rephrase must name the caption to rewrite: {{caption}}, or another "
                            "caption column such as {caption_cocavitb32mscoco}")
     for opt, value, lo in (("--max-tokens", max_tokens, 1), ("--concurrency", concurrency, 1), ("--retries", retries, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-            raise EncoderError(f"{opt} must be a whole number >= {lo}, not {value!r}")
+            raise EncoderError(f"{spell(opt)} must be a whole number >= {lo}, not {value!r}")
     if not 0 < float(timeout) <= 3600:
-        raise EncoderError(f"--timeout must be seconds in (0, 3600], not {timeout!r}")
+        raise EncoderError(f"{spell('--timeout')} must be seconds in (0, 3600], not {timeout!r}")
     temperature = real("--temperature", temperature, 0, 5)  # (0: greedy)
     check_name(name)
     slug = name or _slug(f"{api_model}_{mode}")  # never empty: the mode is in it

@@ -37,7 +37,7 @@ from lakecurate.graph import (check_current, check_decided, check_embedded, chec
                               commit_decisions, embedded_rows, lakecurate_on, where_columns, write_decisions)
 from lakecurate.names import decided, default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
-from lakecurate.options import positive, whole
+from lakecurate.options import positive, spell, whole
 from lakecurate.progress import progress_bar
 from lakecurate.options import target as check_target
 from lakecurate.sqlcheck import check_where
@@ -281,7 +281,7 @@ def _not_own(where: str | None, fields: list[pa.Field], stage: str) -> None:
     and status still called it current."""
     own = where_columns(where, [f.name for f in fields]) if where else []
     if own:
-        raise LakeError(f"--where {where!r} reads {', '.join(own)}, which {stage} writes: each run would choose among "
+        raise LakeError(f"{spell('--where')} {where!r} reads {', '.join(own)}, which {stage} writes: each run would choose among "
                         f"the rows the last one chose; select by the columns they are made from (keep, concept, ...)")
 
 
@@ -475,10 +475,10 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
             f"embed ran, and every row has none ({failed} say why in {error}: images ingest refused or that do not "
             "decode); ingest images that do" if failed else f"run: lakecurate embed {lake.shell}"))
     if k is not None and k > n_valid:  # k-means fit min(k, rows) centroids, and the rest were empty concepts
-        raise LakeError(f"-k {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); " + (
-            "-k needs at least 2 embedded rows: leave -k out (k is then chosen from the rows: one row is one concept; "
-            "in a pipeline file, a [cluster] step without k), or embed more rows" if n_valid < 2 else  # (-k 1 is refused)
-            f"choose -k up to {n_valid}, or leave it out (default: {min(default_k(n_valid), n_valid)}, about the "
+        raise LakeError(f"{spell('-k')} {k} asks for more concepts than lake '{lake.uri}' has embedded rows ({n_valid}); " + (
+            f"{spell('-k')} needs at least 2 embedded rows: leave {spell('-k')} out (k is then chosen from the rows: one row "
+            "is one concept; in a pipeline file, a [cluster] step without k), or embed more rows" if n_valid < 2 else  # (-k 1 is refused)
+            f"choose {spell('-k')} up to {n_valid}, or leave it out (default: {min(default_k(n_valid), n_valid)}, about the "
             "square root of the rows)"))
     if k is None and had.get("embedding") == emb and isinstance(had.get("k"), int) and had["k"] <= n_valid:
         k = had["k"]
@@ -604,10 +604,10 @@ def rebalance(
     goal = int(round(target * n)) if isinstance(target, float) and target <= 1 else int(target)
     rows = f"{n} candidate row{'s' if n != 1 else ''}"
     if goal < 1:  # (a fraction: a count is at least 1)
-        raise LakeError(f"--target {target} of {rows} rounds to 0 rows; pass a fraction of at least {1 / n:.3g} "
+        raise LakeError(f"{spell('--target')} {target} of {rows} rounds to 0 rows; pass a fraction of at least {1 / n:.3g} "
                         f"or a count of rows up to {n}")
     if goal > n:
-        raise LakeError(f"--target {target} asks for {goal} rows, more than the {rows}; pass a count up to {n} "
+        raise LakeError(f"{spell('--target')} {target} asks for {goal} rows, more than the {rows}; pass a count up to {n} "
                         "or a fraction in (0, 1]")
     report = ConceptReport(lake=lake.uri, embedding=emb, k=k, rows=n, target=goal, stale=report_stale)
     # The candidates' vectors are read twice (sums, distances), a fragment at a time, never whole.
@@ -737,7 +737,8 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
         check_decided(lake, ds, where, what="sequence", allow_stale=allow_stale)
         where = where or "ingest_status != 'error'"
     if score is not None and mode != "curriculum":  # (ignored, yet recorded in the order's provenance)
-        raise LakeError(f"--score orders a curriculum; --mode {mode} does not read it: drop it or use --mode curriculum")
+        raise LakeError(f"{spell('--score')} orders a curriculum; {spell('--mode')} {mode} does not read it: drop it or use "
+                        f"{spell('--mode')} curriculum")
     if mode == "interleave" and "concept" not in names:
         raise LakeError(f"interleaving needs concepts; run: {lakecurate_on(lake)} cluster {lake.shell}")
     read = where_columns(where, names) + (["concept"] if mode == "interleave" else [])
@@ -746,7 +747,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
     desc = bool(score and score.startswith("-"))
     score_col = score.lstrip("-") if score else None
     if score is not None and (score.startswith("--") or score.lstrip("-") in ("seq_order", "seq_shard", "phash", "phash_flip")):
-        raise LakeError(f"--score {score!r} is not a score to order by: " + (
+        raise LakeError(f"{spell('--score')} {score!r} is not a score to order by: " + (
             "one '-' orders descending" if score.startswith("--") else
             "it is the order sequence writes" if "seq_" in score else "a perceptual hash, not a measure")
             + "; name a number column such as a *_score, cap_words or img_sharpness")

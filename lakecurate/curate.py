@@ -55,6 +55,7 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
+from lakecurate.options import spell
 from lakecurate.graph import (Node, blocks, check_embedded, check_has_rows, dedup_args, gone_whole, lakecurate_on,
                               no_producer, not_current, states, where_columns)
 from lakecurate.names import RECIPES, Produce, embedding_columns
@@ -760,7 +761,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     tomllib = _toml()
     key, eq, value = text.partition("=")
     if not eq or not key.strip():
-        raise LakeError(f"--set {text!r}: write STEP.PARAM=VALUE, e.g. --set alignment.min_percentile=20")
+        raise LakeError(f"{spell('--set')} {text!r}: write STEP.PARAM=VALUE, e.g. --set alignment.min_percentile=20")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -804,7 +805,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str
             continue
         target, dot, param = key.rpartition(".")
         if not dot or not target or not param:
-            raise LakeError(f"--set {key}={value!r}: name a step and a parameter, e.g. alignment.min_percentile "
+            raise LakeError(f"{spell('--set')} {key}={value!r}: name a step and a parameter, e.g. alignment.min_percentile "
                             f"(or embedding)")
         if not isinstance(steps, list):
             break  # load_recipe names the malformed steps
@@ -813,9 +814,9 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str
         if not hits:
             have = ", ".join(f"{k} {st.get('filter')}" + (f" ({st['reason']})" if st.get("reason") else "")
                              for k, st in enumerate(steps, 1) if isinstance(st, Mapping))
-            raise LakeError(f"--set {key}: recipe {source} has no step {target!r}; its steps: {have}")
+            raise LakeError(f"{spell('--set')} {key}: recipe {source} has no step {target!r}; its steps: {have}")
         if len(hits) > 1:
-            raise LakeError(f"--set {key}: steps {', '.join(map(str, hits))} of recipe {source} are all {target!r}; "
+            raise LakeError(f"{spell('--set')} {key}: steps {', '.join(map(str, hits))} of recipe {source} are all {target!r}; "
                             f"name one by its number, e.g. --set {hits[0]}.{param}=...")
         step = steps[hits[0] - 1]
         name = step.get("filter")
@@ -825,7 +826,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str
         steps[hits[0] - 1] = {**step, param: value}
         name_of = f"{_step_name(steps, hits[0])}.{param}"
         if name_of in applied and not same(applied[name_of], value):  # (one step named two ways: the last won)
-            raise LakeError(f"--set {key}={value!r}: {name_of} is set twice, to {applied[name_of]!r} and {value!r}; "
+            raise LakeError(f"{spell('--set')} {key}={value!r}: {name_of} is set twice, to {applied[name_of]!r} and {value!r}; "
                             f"give it once")
         applied[name_of] = value
     return dict(sorted(applied.items()))

@@ -94,7 +94,7 @@ from lakecurate.names import DEDUP_DEFAULT_METHODS, DEDUP_METHODS, DEDUP_TEXT_ME
 from lakecurate.neardup import (KNN_EXACT_MAX, HashFilter, Pairs, caption_pairs, clustered_hamming_pairs, components, hamming_pairs,
                                hash_distances, knn_pairs, nearest_pairs, semantic_pairs)
 from lakecurate.options import cosine as check_cosine
-from lakecurate.options import flag, texts, whole
+from lakecurate.options import flag, spell, texts, whole
 from lakecurate.progress import progress_bar
 from lakecurate.runner import WAIT_POLL
 from lakecurate.schema import EVIDENCE_KEY, EVIDENCE_TABLE
@@ -782,7 +782,7 @@ def dedup(
     chosen = keep_from_given is not None and tuple(keep_from) != DEFAULT_KEEP_FROM
     if chosen and not any(m in methods or group_columns(m)[0] in ds.schema.names for m in keep_from):
         # "among those computed" would leave none: dup_keep from no groups, every duplicate kept, silently
-        raise LakeError(f"--keep-from {','.join(keep_from)}: lake '{lake.uri}' has none of these groups and this run "
+        raise LakeError(f"{spell('--keep-from')} {','.join(keep_from)}: lake '{lake.uri}' has none of these groups and this run "
                         f"computes none; add them: lakecurate dedup {lake.shell} --method {','.join(keep_from)} "
                         f"--keep-from {','.join(keep_from)}")
     check_has_rows(lake, ds)  # (groups of nothing were declared and recorded as current)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns, runner
+from lakecurate.options import spell
 from lakecurate.encoders import (MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve, resolve_device,
                                  same_config)
 from lakecurate.images import MAX_DECODE_PIXELS, DevicePreprocess, ImageTransform, Preprocess, decode_image  # noqa: F401 - also imported from here
@@ -205,7 +206,7 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
     elif decode == "device":
         from lakecurate.errors import LakeError
 
-        raise LakeError(f"--decode device needs an image transform lakecurate can run on the device; {spec.arch}'s "
+        raise LakeError(f"{spell('--decode')} device needs an image transform lakecurate can run on the device; {spec.arch}'s "
                         f"is {type(transform).__name__}: use --decode cpu")
     reader = DevicePreprocess(transform) if decode == "device" else Preprocess(transform)
     return RowStage("embed", fields, config, ["image", "caption"], batch=EmbedRows(names, dim),
@@ -273,11 +274,11 @@ def check_options(*, batch_size: int, workers: int | None, precision: str, devic
     whole("max_fragments", max_fragments, 0, none_ok=True)
     whole("index_min_rows", index_min_rows, 0, none_ok=True)
     if precision not in PRECISIONS:
-        raise LakeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise LakeError(f"{spell('--precision')} must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if decode not in DECODES:
-        raise LakeError(f"--decode must be one of {', '.join(DECODES)}, not {decode!r}")
+        raise LakeError(f"{spell('--decode')} must be one of {', '.join(DECODES)}, not {decode!r}")
     if tokenize not in TOKENIZES:
-        raise LakeError(f"--tokenize must be one of {', '.join(TOKENIZES)}, not {tokenize!r}")
+        raise LakeError(f"{spell('--tokenize')} must be one of {', '.join(TOKENIZES)}, not {tokenize!r}")
     from lakecurate.options import device as check_device
 
     check_device(device)
@@ -344,10 +345,10 @@ def embed(
             from lakecurate.errors import LakeError
 
             if tokenize == "readers":
-                raise LakeError("--tokenize readers applies to embedding images and captions together; --caption-col "
-                                "scores a caption in the model's process: leave --tokenize out")
-            raise LakeError("--decode applies to embedding images; --caption-col scores a caption against the "
-                            "stored image embeddings and decodes none: leave --decode out")
+                raise LakeError(f"{spell('--tokenize')} readers applies to embedding images and captions together; "
+                                f"{spell('--caption-col')} scores a caption in the model's process: leave {spell('--tokenize')} out")
+            raise LakeError(f"{spell('--decode')} applies to embedding images; {spell('--caption-col')} scores a caption against "
+                            f"the stored image embeddings and decodes none: leave {spell('--decode')} out")
         return _embed_caption(lake, spec, caption_col, device=device, precision=precision, batch_size=batch_size,
                               workers=workers, recompute=recompute, progress=progress, engine=engine)
     on_gpu = engine == "local" and resolve_device(device).startswith("cuda")
@@ -383,7 +384,7 @@ def check_caption_col(uri: str, schema: pa.Schema, caption: str) -> None:
         from lakecurate.names import caption_choices
 
         have = caption_choices(schema)
-        raise LakeError(f"--caption-col {caption!r} is not a text column of lake '{uri}'; caption columns: "
+        raise LakeError(f"{spell('--caption-col')} {caption!r} is not a text column of lake '{uri}'; caption columns: "
                         f"{', '.join(have) or 'none'}"
                         f"{'' if any(n != 'caption' for n in have) else ' (lakecurate recaption makes another)'}")
 

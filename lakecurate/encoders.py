@@ -32,6 +32,7 @@ import numpy as np
 
 from lakecurate.columns import file_digest  # noqa: F401 - re-exported: where it was
 from lakecurate.errors import EncoderError
+from lakecurate.options import spell
 from lakecurate.images import ImageTransform, exif_upright  # noqa: F401 - re-exported
 from lakecurate.names import TINY_RANDOM
 from lakecurate.names import embedding_columns as column_names  # noqa: F401 - the older name
@@ -231,10 +232,10 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
     if not isinstance(model, str) or not model:  # (None was a TypeError traceback)
         raise EncoderError(f"invalid model {model!r}: expected a model name such as 'offline', 'tiny-random' or 'ViT-B-32'")
     if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(name)):  # it names columns in SQL
-        raise EncoderError(f"--name {name!r}: a column prefix is letters, digits and '_', not starting with a digit "
+        raise EncoderError(f"{spell('--name')} {name!r}: a column prefix is letters, digits and '_', not starting with a digit "
                            "(e.g. clip_mine)")
     if name is not None and name != name.lower():  # SQL folds unquoted names: SELECT Bad_score found no column
-        raise EncoderError(f"--name {name!r} has capitals, which SQL reads as {name.lower()!r} unless quoted; "
+        raise EncoderError(f"{spell('--name')} {name!r} has capitals, which SQL reads as {name.lower()!r} unless quoted; "
                            f"use {name.lower()!r}")
     if model == "offline":
         from lakecurate import offline
@@ -306,9 +307,9 @@ def resolve_device(device: str = "auto") -> str:
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         if index >= count:
             seen = f"{count} CUDA device{'s' if count != 1 else ''} (cuda:0-cuda:{count - 1})" if count else "no CUDA device"
-            raise EncoderError(f"--device {device} asked for, but torch sees {seen}; use --device cpu or auto")
+            raise EncoderError(f"{spell('--device')} {device} asked for, but torch sees {seen}; use --device cpu or auto")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise EncoderError("--device mps asked for, but torch has no Metal (MPS) device here; use --device cpu or auto")
+        raise EncoderError(f"{spell('--device')} mps asked for, but torch has no Metal (MPS) device here; use --device cpu or auto")
     return device
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from lakecurate.errors import LakeError
+from lakecurate.options import spell
 
 
 ENGINES = ("local", "ray")
@@ -304,11 +305,11 @@ def gpu_actors(device: str | None, address: str | None = None) -> bool:
     if device is None or device in ("cpu", "mps"):
         return False
     if device not in ("cuda", "auto"):
-        raise LakeError(f"--device {device} with --engine ray: Ray gives each actor a GPU of its own (and sets "
+        raise LakeError(f"{spell('--device')} {device} with {spell('--engine')} ray: Ray gives each actor a GPU of its own (and sets "
                         "CUDA_VISIBLE_DEVICES); use --device cuda (or auto), or --engine local for one GPU by number")
     has = bool(ray_init(address).cluster_resources().get("GPU"))
     if device == "cuda" and not has:
-        raise LakeError("--device cuda with --engine ray, but the Ray cluster has no GPUs; use --device cpu or auto")
+        raise LakeError(f"{spell('--device')} cuda with {spell('--engine')} ray, but the Ray cluster has no GPUs; use --device cpu or auto")
     return has
 
 

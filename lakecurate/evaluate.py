@@ -41,6 +41,7 @@ from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
+from lakecurate.options import spell
 from lakecurate.graph import broken_vectors, check_current, check_decided, check_view_not_empty, effective_view, embed_command, where_columns
 from lakecurate.names import EVAL_LR, EVAL_METRICS, caption_choices, default_view, embedding_columns, pick_embedding
 from lakecurate.schema import EVAL_TABLE
@@ -305,7 +306,7 @@ def _selection(lake: "Store", view: str | None, option: str = "--view", *, allow
         version, ds = view, lake.dataset(view)
         view = None
     if view:
-        lead = f"{option} '{view}' is not a tag of lake '{lake.uri}' nor a valid SQL condition"
+        lead = f"{spell(option)} '{view}' is not a tag of lake '{lake.uri}' nor a valid SQL condition"
         where = check_where(view, option, ds, lead=lead)
         warnings += check_current(lake, ds, where_columns(where, ds.schema.names), what="evaluate",
                                   allow_stale=allow_stale)
@@ -352,7 +353,7 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
     tag = fingerprint(src)
     if root is not None:  # another root admits other images: its own cached set
         if not os.path.isdir(os.fspath(root)):
-            raise LakeError(f"--root '{root}' is not a folder; give the folder that holds the evaluation set's images")
+            raise LakeError(f"{spell('--root')} '{root}' is not a folder; give the folder that holds the evaluation set's images")
         root = os.path.realpath(os.fspath(root))
         tag += "-" + hashlib.blake2b(root.encode(), digest_size=3).hexdigest()
     # The lake's own class (the facade) makes the side lake, so this view imports no stage.
@@ -465,10 +466,10 @@ def _trained_on(prov: dict[str, Any], ev: EvalSet) -> list[str]:
 def parse_baselines(baseline: "str | Sequence[str]") -> list[str]:
     names = [baseline] if isinstance(baseline, str) else list(baseline)
     if not names or any(not isinstance(b, str) or not b.strip() for b in names):
-        raise LakeError("--baseline: name at least one: all (every usable row), random (as many rows as the view), "
+        raise LakeError(f"{spell('--baseline')}: name at least one: all (every usable row), random (as many rows as the view), "
                         "or a tag / SQL condition")
     if len(set(names)) < len(names) or "view" in names:
-        raise LakeError(f"--baseline {', '.join(names)}: each baseline once, and none called 'view'")
+        raise LakeError(f"{spell('--baseline')} {', '.join(names)}: each baseline once, and none called 'view'")
     return names
 
 
@@ -486,9 +487,9 @@ def parse_budgets(budgets: "str | Sequence[float] | None") -> list[float]:
         try:
             value = float(item)
         except (TypeError, ValueError):
-            raise LakeError(f"--budget {budgets!r}: give multiples of --steps separated by commas, e.g. 0.25,0.5,1,2") from None
+            raise LakeError(f"{spell('--budget')} {budgets!r}: give multiples of --steps separated by commas, e.g. 0.25,0.5,1,2") from None
         if not 0 < value <= MAX_BUDGET or not np.isfinite(value):
-            raise LakeError(f"--budget {item}: each multiple of --steps must be above 0 and at most {MAX_BUDGET:g}")
+            raise LakeError(f"{spell('--budget')} {item}: each multiple of --steps must be above 0 and at most {MAX_BUDGET:g}")
         out.add(value)
     return sorted(out | {1.0})
 
@@ -579,7 +580,7 @@ def evaluate(
     every = options.whole("--eval-every", eval_every, 1, high=steps) if eval_every is not None else \
         max(1, steps // CURVE_POINTS)
     if metric not in METRICS:
-        raise LakeError(f"--metric {metric!r}: one of {', '.join(METRICS)}")
+        raise LakeError(f"{spell('--metric')} {metric!r}: one of {', '.join(METRICS)}")
     names = parse_baselines(baseline)
     multiples, merged = budget_steps(parse_budgets(budgets), steps)
     warnings: list[str] = []
@@ -595,7 +596,7 @@ def evaluate(
         if caption_col not in texts:  # a typo: refused as such, not "embed it" (which embed refuses in turn)
             what = (f"no column {caption_col!r} in lake '{lake.uri}'" if caption_col not in ds.schema.names else
                     f"column {caption_col!r} of lake '{lake.uri}' is not a caption (text) column")
-            raise LakeError(f"--caption-col: {what}; caption columns: {', '.join(texts)}")
+            raise LakeError(f"{spell('--caption-col')}: {what}; caption columns: {', '.join(texts)}")
         raise LakeError(f"the proxy needs {caption_col} through the {emb} text tower ({text_col}), which lake "
                         f"'{lake.uri}' lacks; run: {embed_command(lake, emb, prov)} --caption-col {caption_col}")
     # The vectors it trains on must be current too: captions rewritten after embed leave the text

@@ -51,7 +51,7 @@ from lakecurate.graph import (check_current, check_has_rows, check_ordered, chec
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
-from lakecurate.options import canonical_uri, flag, overlaps, path, whole, writable
+from lakecurate.options import canonical_uri, flag, overlaps, path, spell, whole, writable
 from lakecurate.progress import progress_bar
 from lakecurate.sqlcheck import check_where
 
@@ -76,10 +76,10 @@ def _check_faces(lake: "Store", ds: Any, allow_stale: bool) -> None:
     """--blur-faces needs every exported row's face boxes, current: else an error naming the fix."""
     fix = f"{lakecurate_on(lake)} signals {lake.shell} --faces --no-caption --no-image"
     if FACE_BOXES not in ds.schema.names:
-        raise LakeError(f"--blur-faces needs the face boxes of lake '{lake.uri}', which has none yet; run: {fix}")
+        raise LakeError(f"{spell('--blur-faces')} needs the face boxes of lake '{lake.uri}', which has none yet; run: {fix}")
     missing = sum(f.count_rows() for f in columns.fragments_to_fill(ds, FACE_BOXES))
     if missing:
-        raise LakeError(f"--blur-faces: {missing} rows of lake '{lake.uri}' have no face boxes yet (added since); "
+        raise LakeError(f"{spell('--blur-faces')}: {missing} rows of lake '{lake.uri}' have no face boxes yet (added since); "
                         f"run: {fix}")
     check_current(lake, ds, [FACE_BOXES], what="export --blur-faces", allow_stale=allow_stale)
 
@@ -230,13 +230,13 @@ def parse_mix(text: str) -> dict[str, float]:
         except ValueError:
             value = float("nan")
         if not eq or not name.strip() or not np.isfinite(value) or value < 0:
-            raise LakeError(f"--caption-mix {text!r}: write COLUMN=WEIGHT,... with weights >= 0, "
+            raise LakeError(f"{spell('--caption-mix')} {text!r}: write COLUMN=WEIGHT,... with weights >= 0, "
                             f"e.g. caption=0.5,caption_coca=0.5")
         if name.strip() in out:  # caption=1,caption=1 became {caption: 1} without a word
-            raise LakeError(f"--caption-mix {text!r} names {name.strip()} twice; give each column one weight")
+            raise LakeError(f"{spell('--caption-mix')} {text!r} names {name.strip()} twice; give each column one weight")
         out[name.strip()] = value
     if not out or sum(out.values()) <= 0:
-        raise LakeError(f"--caption-mix {text!r}: give at least one column a weight above 0")
+        raise LakeError(f"{spell('--caption-mix')} {text!r}: give at least one column a weight above 0")
     return out
 
 
@@ -510,7 +510,7 @@ def check_options(format: str, *, engine: str = "local", shard_size: int | None 
     and by a pipeline's [export] step before its first step: ``keys``, the messages name its TOML
     keys, not the CLI's options); the shard size as a whole number."""
     def opt(name: str) -> str:
-        return name if keys else "--" + name.replace("_", "-")
+        return name if keys else spell("--" + name.replace("_", "-"))
     check_engine(engine)
     if engine == "ray" and format != "webdataset":
         raise LakeError(f"{opt('engine')} ray writes WebDataset shards (one task a shard); {opt('format')} {format} is "
@@ -592,10 +592,10 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     if caption_mix is not None and caption != "caption":
         raise LakeError("give either --caption or --caption-mix, not both")
     if mix_both and caption_mix is None:
-        raise LakeError("--caption-mix-both needs --caption-mix")
+        raise LakeError(f"{spell('--caption-mix-both')} needs {spell('--caption-mix')}")
     mix_seed = whole("--mix-seed", mix_seed, 0)  # ("a" was recorded in the manifest as the seed)
     if mix_seed and caption_mix is None:  # (it was ignored without a word)
-        raise LakeError(f"--mix-seed {mix_seed} needs --caption-mix (it seeds the choice of caption per row)")
+        raise LakeError(f"{spell('--mix-seed')} {mix_seed} needs {spell('--caption-mix')} (it seeds the choice of caption per row)")
     if not str(dest).strip():  # "" was the working directory
         raise LakeError("the export destination is empty (''); give a folder (or a .parquet file)")
     dest, previous = _check_dest(lake, dest, format, overwrite)

@@ -45,7 +45,7 @@ from PIL import Image, UnidentifiedImageError
 from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
 from lakecurate.images import MAX_DECODE_PIXELS, orientation_of
-from lakecurate.options import canonical_uri, path
+from lakecurate.options import canonical_uri, path, spell
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
 from lakecurate.store import is_lake_folder, is_lance_table
@@ -564,7 +564,7 @@ def _read_small(path: str) -> bytes:
 def _pick(names: list[str], wanted: str | None, choices: tuple[str, ...], what: str, path: str, opt: str) -> str | None:
     if wanted:
         if wanted not in names:
-            raise IngestError(f"{path}: no column '{wanted}' (columns: {', '.join(names)}); fix {opt}")
+            raise IngestError(f"{path}: no column '{wanted}' (columns: {', '.join(names)}); fix {spell(opt)}")
         return wanted
     lower = {n.lower(): n for n in names}
     for c in choices:
@@ -572,7 +572,7 @@ def _pick(names: list[str], wanted: str | None, choices: tuple[str, ...], what: 
             return lower[c]
     if what == "caption":
         return None
-    raise IngestError(f"{path}: cannot tell which column holds the {what} (columns: {', '.join(names)}); pass {opt} NAME")
+    raise IngestError(f"{path}: cannot tell which column holds the {what} (columns: {', '.join(names)}); pass {spell(opt)} NAME")
 
 
 def _table_folder(path: str) -> str | None:
@@ -1205,13 +1205,13 @@ def open_source(
     src = local_source(os.fspath(source))
     kind = kind or detect_kind(src)
     if kind != "manifest":
-        given = [opt for opt, v in (("--image-dir", image_dir), ("--root", root), ("--image-col", image_col),
+        given = [spell(opt) for opt, v in (("--image-dir", image_dir), ("--root", root), ("--image-col", image_col),
                                     ("--caption-col", caption_col), ("--key-col", key_col)) if v is not None]
         if given:
             raise IngestError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to manifests only; "
                               f"'{src}' is a {kind}: drop {' and '.join(given)}")
     elif image_dir is not None and "://" not in image_dir and not os.path.isdir(image_dir):
-        raise IngestError(f"--image-dir '{image_dir}' is not a folder; pass the folder the manifest's image paths are relative to")
+        raise IngestError(f"{spell('--image-dir')} '{image_dir}' is not a folder; pass the folder the manifest's image paths are relative to")
     if kind == "folder":
         if not os.path.isdir(src):
             raise IngestError(f"'{src}' is not a folder")
@@ -1432,7 +1432,7 @@ def ingest(
     if mode not in ("append", "overwrite"):
         raise IngestError(f"mode must be 'append' or 'overwrite', not '{mode}'")
     if retry_errors and mode != "append":
-        raise IngestError("--retry-errors replaces error rows of an appended source; it cannot be used with --mode overwrite")
+        raise IngestError(f"{spell('--retry-errors')} replaces error rows of an appended source; it cannot be used with {spell('--mode')} overwrite")
     opts = options or IngestOptions()
     check_options(opts)
     check_engine(engine)

@@ -44,6 +44,7 @@ from lakecurate.captioners import (
 )
 from lakecurate.encoders import resolve_device, same_config
 from lakecurate.errors import LakeError
+from lakecurate.options import spell
 from lakecurate.images import Preprocess, decode_small
 from lakecurate.runner import Rows, RowStage
 
@@ -268,14 +269,14 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
 
     check_engine(engine)
     if not isinstance(retry_errors, bool):
-        raise LakeError(f"--retry-errors is a flag: True or False, not {retry_errors!r}")
+        raise LakeError(f"{spell('--retry-errors')} is a flag: True or False, not {retry_errors!r}")
     if retry_errors and recompute:
-        raise LakeError("--retry-errors computes the failed rows again; --recompute computes every row again: "
+        raise LakeError(f"{spell('--retry-errors')} computes the failed rows again; {spell('--recompute')} computes every row again: "
                         "drop one")
     for opt, value in (("--name", name), ("--prompt", prompt), ("--api-key-env", api_key_env), ("--api-model", api_model),
                        ("--endpoint", endpoint), ("--pretrained", pretrained), ("--checkpoint", checkpoint)):
         if value is not None and not isinstance(value, (str, os.PathLike) if opt == "--checkpoint" else str):
-            raise LakeError(f"{opt} must be text, not {value!r}")
+            raise LakeError(f"{spell(opt)} must be text, not {value!r}")
     temperature = real("--temperature", temperature, 0, 5)  # 0: greedy
     # a batch is what one model call takes (CoCa), or what the request pool works through (endpoints)
     batch_size = batch_size if batch_size is not None else (256 if endpoint is not None or isinstance(model, EndpointSpec) else 16)
@@ -306,7 +307,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
         spec = resolve_captioner(model, pretrained, checkpoint, name, max_tokens=max_tokens, temperature=temperature,
                                  top_k=top_k, seed=seed, prompt=prompt)
     if spec.column() == "caption_redacted":  # signals --redact and recipes write it: a caption model's would pass for it
-        raise LakeError(f"--name {spec.name!r}: caption_redacted is the redacted caption (lakecurate signals --redact, "
+        raise LakeError(f"{spell('--name')} {spec.name!r}: caption_redacted is the redacted caption (lakecurate signals --redact, "
                         "a recipe's redact = true); pick another name")
     columns.check_table(lake)
     if isinstance(spec, EndpointSpec):
@@ -362,12 +363,12 @@ def misplaced_options(given: Iterable[str], endpoint: bool) -> str | None:
     silently ignored (--mode rephrase without --endpoint captioned the images with CoCa)."""
     given = set(given)
     if endpoint:
-        bad = [f"--{k.replace('_', '-')}" for k in ("model", "pretrained", "checkpoint", "top_k") if k in given]
-        return (f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply with --endpoint (the server's model "
+        bad = [spell(f"--{k.replace('_', '-')}") for k in ("model", "pretrained", "checkpoint", "top_k") if k in given]
+        return (f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply with {spell('--endpoint')} (the server's model "
                 f"captions); drop {'it' if len(bad) == 1 else 'them'}") if bad else None
-    bad = [f"--{k.replace('_', '-')}" for k in ("mode", "api_model", "concurrency", "timeout", "retries", "api_key_env")
+    bad = [spell(f"--{k.replace('_', '-')}") for k in ("mode", "api_model", "concurrency", "timeout", "retries", "api_key_env")
            if k in given]
-    return (f"{', '.join(bad)} {'needs' if len(bad) == 1 else 'need'} --endpoint (an OpenAI-compatible server); a "
+    return (f"{', '.join(bad)} {'needs' if len(bad) == 1 else 'need'} {spell('--endpoint')} (an OpenAI-compatible server); a "
             "local model captions the images") if bad else None
 
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.graph import lakecurate_on
-from lakecurate.options import clean_text, is_number, texts, unicode
+from lakecurate.options import clean_text, is_number, spell, texts, unicode
 from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
 
@@ -243,7 +243,7 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
         branch, _ = lake._ref(version)  # (another branch's marks were copied and logged "from version N")
         if branch != lake.branch and not _grew_from(lake, branch, lake.dataset(version).version):
             whose, here = branch or "main", lake.branch or "main"
-            raise LakeError(f"--from-version {version} is a version of branch {whose}, not of {here}: marks are brought "
+            raise LakeError(f"{spell('--from-version')} {version} is a version of branch {whose}, not of {here}: marks are brought "
                             f"back from {here}'s own versions and those it grew from (a number or tag of it, or "
                             f"BRANCH:N of a branch it was made from, before it was made; see: {lakecurate_on(lake)} "
                             f"log {lake.shell}); nothing written")

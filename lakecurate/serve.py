@@ -45,7 +45,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import where_columns
 from lakecurate.images import open_header, thumbnail_jpeg, too_large
 from lakecurate.names import DECISIONS
-from lakecurate.options import half_the_memory, is_number, unicode
+from lakecurate.options import half_the_memory, is_number, spell, unicode
 from lakecurate.sqlcheck import check_query, check_where, clean_message, in_list, literal
 
 if TYPE_CHECKING:
@@ -1023,11 +1023,11 @@ def serve(lake: "Lake", *, host: str = "127.0.0.1", port: int = 8765, read_only:
     import uvicorn
 
     if not (0 < port < 65536):
-        raise LakeError(f"--port {port}: choose 1-65535")
+        raise LakeError(f"{spell('--port')} {port}: choose 1-65535")
     if not is_loopback(host) and not token:
         token = secrets.token_urlsafe(24)
     if token is not None and len(token) < 16:
-        raise LakeError("--token: use at least 16 characters (or leave it out: one is generated)")
+        raise LakeError(f"{spell('--token')}: use at least 16 characters (or leave it out: one is generated)")
     sock = _bind(host, port)  # before the URL is announced: a port in use was announced, then failed
     try:
         app = create_app(lake, read_only=read_only, token=token, version=version, host=host, port=port, labels=labels)
@@ -1080,7 +1080,7 @@ def _bind(host: str, port: int) -> "socket.socket":
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
-        raise LakeError(f"--host {host}: {exc.strerror}; give a name or address of this machine "
+        raise LakeError(f"{spell('--host')} {host}: {exc.strerror}; give a name or address of this machine "
                         "(127.0.0.1 for this machine only, 0.0.0.0 for every network)") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1088,5 +1088,5 @@ def _bind(host: str, port: int) -> "socket.socket":
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise LakeError(f"--port {port} on {host}: {exc.strerror}; pick another --port, or stop what uses it") from None
+        raise LakeError(f"{spell('--port')} {port} on {host}: {exc.strerror}; pick another --port, or stop what uses it") from None
     return sock
