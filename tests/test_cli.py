@@ -231,7 +231,7 @@ def test_library_refuses_the_same_numbers(curated: str, tmp_path: Path):
     assert not (tmp_path / "r.html").exists()
     with pytest.raises(LakeError, match="at least 1 nearest pair"):
         lake.search("cat", k=0)
-    with pytest.raises(LakeError, match="invalid --seeds 0: expected an integer >= 1"):
+    with pytest.raises(LakeError, match="invalid seeds 0: expected an integer >= 1"):
         lake.evaluate(eval_set=tmp_path, seeds=0)
     with pytest.raises(LakeError, match="not an image Pillow can read"):
         lake.search(SAMPLE_DATA / "notes_not_an_image.jpg", k=1)

@@ -238,7 +238,7 @@ def test_exact_pairs_and_no_embeddings(lake: Lake, tmp_path: Path):
     assert rows["cat"]["dup_reason"] == f"exact:{trio[0]['dup_exact_group']}"
     # keep_from naming only groups that neither exist nor are computed wiped every decision (all kept)
     before = lake.version
-    with pytest.raises(LakeError, match="--keep-from minhash: .* has none of these groups"):
+    with pytest.raises(LakeError, match="^keep_from minhash: .* has none of these groups"):
         lake.dedup(["exact"], keep_from=["minhash"], progress=False)
     assert lake.version == before and not by_key(lake, ["dup_keep"])["cat"]["dup_keep"]
     assert lake.dedup(["exact"], keep_from=["exact", "minhash"], progress=False).dropped == 2  # among those computed

@@ -818,7 +818,7 @@ def test_a_whole_float_batch_size_is_that_number(sample_lake_embedded: Lake, tmp
     assert rep.rows_embedded == lake.count() and lake.count("clip_tinyrandom_image IS NOT NULL") == before > 0
     assert lake.add_feature("n", lambda b: pa.compute.utf8_length(b["caption"]), inputs=["caption"], type="int32",
                             batch_size=8.0, progress=False).rows == lake.count()
-    with pytest.raises(LakeError, match="--batch-size"):
+    with pytest.raises(LakeError, match="^invalid batch_size 8.5"):
         lake.embed("tiny-random", batch_size=8.5, recompute=True, progress=False)
     assert lake.count("clip_tinyrandom_image IS NOT NULL") == before  # (refused before the drop)
 

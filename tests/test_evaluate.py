@@ -230,9 +230,9 @@ def test_evaluate_trains_on_a_synthetic_caption_column(small, tmp_path: Path, mo
 
     lake, ev = small
     # no such column: refused as such (it said to embed it, with "--model ...", which embed then refused)
-    with pytest.raises(LakeError, match="--caption-col: no column 'caption_tinycoca' in lake .*; caption columns: caption"):
+    with pytest.raises(LakeError, match="^caption_col: no column 'caption_tinycoca' in lake .*; caption columns: caption"):
         lake.evaluate(eval_set=ev, seeds=1, steps=5, caption_col="caption_tinycoca", progress=False)
-    with pytest.raises(LakeError, match="--caption-col: column 'width' .* is not a caption"):
+    with pytest.raises(LakeError, match="^caption_col: column 'width' .* is not a caption"):
         lake.evaluate(eval_set=ev, seeds=1, steps=5, caption_col="width", progress=False)
     lake.recaption("tiny-random-coca", workers=0, progress=False)
     with pytest.raises(LakeError, match="run: lakecurate embed .* --model tiny-random --caption-col caption_tinycoca$"):
@@ -317,7 +317,7 @@ def test_an_eval_set_ingest_refuses_leaves_no_cache_and_names_evaluates_own_fix(
     with pytest.raises(LakeError, match="cannot tell which column holds the image path .*name them image and caption") as err:
         lake.evaluate(eval_set=bad, seeds=1, steps=5, progress=False)
     assert "--image-col" not in str(err.value)
-    with pytest.raises(LakeError, match="--root '.*nowhere' is not a folder"):
+    with pytest.raises(LakeError, match="^root '.*nowhere' is not a folder"):
         lake.evaluate(eval_set=bad, seeds=1, steps=5, progress=False, root=tmp_path / "nowhere")
     assert (set(cache.glob("*")) if cache.exists() else set()) == before
 
@@ -389,7 +389,7 @@ def test_evaluate_option_errors_exit_2_before_the_lake_is_opened(tmp_path: Path,
 def test_evaluate_wrong_kind_arguments_are_one_line_errors(small):
     lake, _ev = small
     for bad in (None, 123):
-        with pytest.raises(LakeError, match=f"invalid --eval-set {bad!r}: expected a path"):
+        with pytest.raises(LakeError, match=f"invalid eval_set {bad!r}: expected a path"):
             lake.evaluate(eval_set=bad, record=False)
     with pytest.raises(LakeError, match=r"evaluate takes view, eval_set, .*; not bogus"):
         lake.evaluate(eval_set="x", bogus=1)

@@ -70,7 +70,7 @@ def test_boxes_are_in_full_image_pixels():
 
 def test_export_blur_faces(sample_lake_embedded: Lake, tmp_path: Path):
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
-    with pytest.raises(LakeError, match="--blur-faces needs the face boxes .* run: lakecurate signals .* --faces"):
+    with pytest.raises(LakeError, match="^blur_faces needs the face boxes .* run: lakecurate signals .* --faces"):
         lake.export(tmp_path / "none", "webdataset", blur_faces=True)
     assert not (tmp_path / "none").exists()
     lake.signals(["faces"], workers=0)

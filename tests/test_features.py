@@ -130,7 +130,7 @@ def test_clear_errors(multi: Lake):
         multi.add_feature("t", caption_chars, type="int33", progress=False)
     with pytest.raises(LakeError, match="unknown engine"):
         multi.add_feature("t", caption_chars, engine="spark", progress=False)
-    with pytest.raises(LakeError, match="invalid --batch-size 0"):
+    with pytest.raises(LakeError, match="invalid batch_size 0"):
         multi.add_feature("t", caption_chars, batch_size=0, progress=False)
     assert not {"x", "short", "t"} & set(multi.dataset().schema.names)  # nothing declared by a refused run
 

@@ -866,7 +866,7 @@ def test_a_late_error_names_the_file_and_step(sample_lake_embedded: Lake, tmp_pa
     lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
     pipe = tmp_path / "p.toml"
     pipe.write_text('[cluster]\nk = 2\n[rebalance]\ntarget = 100000\n')
-    with pytest.raises(LakeError, match=rf"^pipeline {re.escape(str(pipe))}, \[rebalance\]: --target 100000 asks for 100000 rows"):
+    with pytest.raises(LakeError, match=rf"^pipeline {re.escape(str(pipe))}, \[rebalance\]: target 100000 asks for 100000 rows"):
         lake.run(pipe, progress=False)
 
 
