@@ -245,6 +245,7 @@ def _path(value: Any, base: Path, lake_uri: str, *, keep_names: bool = False) ->
     return str((base / text).resolve())
 
 
+@options.speaking("pipeline")
 def check_against_lake(lake: "Lake", pipe: "Pipeline", exists: bool = True) -> None:
     """What only the lake can say, checked before the first step: a column a step reads that
     neither the lake (``exists``; else the columns ingest makes) nor a step before it makes (a
