@@ -367,8 +367,8 @@ def load_eval_set(lake: "Store", path: str | os.PathLike, prov: dict[str, Any], 
     except LakeError as exc:
         if new:  # (a cache of a set that could not be read)
             shutil.rmtree(where, ignore_errors=True)
-        raise LakeError(str(exc).replace("pass --image-col NAME", "name them image and caption")
-                        .replace("pass --caption-col NAME", "name them image and caption")) from None
+        raise LakeError(str(exc).replace(f"pass {spell('--image-col')} NAME", "name them image and caption")
+                        .replace(f"pass {spell('--caption-col')} NAME", "name them image and caption")) from None
     if held_out is not None:
         try:
             held_out(side.dataset().to_table(columns=["content_hash"], filter="content_hash IS NOT NULL")

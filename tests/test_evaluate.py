@@ -150,12 +150,12 @@ def test_speedup_on_literal_curves():
 @pytest.mark.parametrize("kwargs,match", [
     ({"baseline": []}, "name at least one"),
     ({"baseline": ["all", "all"]}, "each baseline once"),
-    ({"baseline": ["no_such_col > 1"]}, "--baseline 'no_such_col > 1' is not a tag"),
+    ({"baseline": ["no_such_col > 1"]}, "^baseline 'no_such_col > 1' is not a tag"),
     ({"budgets": "0.5,x"}, "multiples of --steps separated by commas"),
     ({"budgets": "0,1"}, "above 0 and at most 16"),
-    ({"eval_every": 99}, "--eval-every 99"),
-    ({"metric": "R@5"}, "--metric 'R@5': one of"),
-    ({"lr": 0}, "invalid --lr 0: expected a number above 0 and at most 1"),
+    ({"eval_every": 99}, "^invalid eval_every 99"),
+    ({"metric": "R@5"}, "^metric 'R@5': one of"),
+    ({"lr": 0}, "^invalid lr 0: expected a number above 0 and at most 1"),
 ])
 def test_bad_evaluation_options_write_nothing(small, kwargs, match):
     lake, ev = small

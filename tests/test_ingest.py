@@ -252,7 +252,7 @@ def test_manifest_column_detection_and_errors(lake: Lake, manifest_dir: Path):
     assert set(by_key(lake)) == {"k0", "k1"}
     bad = manifest_dir / "bad.csv"
     bad.write_text("foo,bar\n1,2\n")
-    with pytest.raises(IngestError, match=r"bad.csv: cannot tell which column holds the image path .*--image-col"):
+    with pytest.raises(IngestError, match=r"bad.csv: cannot tell which column holds the image path .*pass image_col NAME"):
         lake.ingest(bad, progress=False)
     with pytest.raises(IngestError, match="no column 'nope'"):
         lake.ingest(p, image_col="nope", progress=False)
