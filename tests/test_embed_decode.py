@@ -139,7 +139,7 @@ def embed_option_is_checked(lake: Lake, option: str, choices: tuple[str, ...], g
     refused before any write, the CLI refuses the bad value too, and embeds with ``good``."""
     lake.ingest(SAMPLE_DATA, progress=False)
     version = lake.version
-    with pytest.raises(LakeError, match=f"--{option} must be one of {', '.join(choices)}, not 'gpu'"):
+    with pytest.raises(LakeError, match=f"^{option} must be one of {', '.join(choices)}, not 'gpu'"):
         lake.embed("tiny-random", workers=0, progress=False, **{option: "gpu"})
     with pytest.raises(LakeError, match=clash):
         lake.embed("tiny-random", workers=0, progress=False, caption_col="caption_x", **{option: good})
@@ -152,7 +152,7 @@ def embed_option_is_checked(lake: Lake, option: str, choices: tuple[str, ...], g
 
 
 def test_bad_decode_options_are_refused_before_any_write(lake: Lake):
-    embed_option_is_checked(lake, "decode", ("cpu", "device"), "device", "--decode applies to embedding images")
+    embed_option_is_checked(lake, "decode", ("cpu", "device"), "device", "^decode applies to embedding images")
     assert field_provenance(lake.dataset().schema.field(COLS["image"]))["config"]["decode"] == "device"
 
 

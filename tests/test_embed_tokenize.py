@@ -120,7 +120,7 @@ def test_a_stages_prepare_runs_where_rows_are_read_and_its_failure_names_the_row
 
 def test_bad_tokenize_options_are_refused_before_any_write(lake: Lake):
     embed_option_is_checked(lake, "tokenize", ("auto", "model", "readers"), "readers",
-                            "--tokenize readers applies to embedding images and captions", workers="1")
+                            "^tokenize readers applies to embedding images and captions", workers="1")
     assert lake.dataset().to_table(columns=[COLS["text"]]).column(0).null_count < lake.dataset().count_rows()
     # the tokens are the same either way: not part of the columns' config
     assert embed_stage(resolve("tiny-random"), tokenize="readers").config == embed_stage(resolve("tiny-random")).config
