@@ -123,7 +123,7 @@ def test_python_api_mistakes_are_lake_errors(small: Lake, tmp_path: Path):
                       (lambda: small.sql("SELECT 1", version=[1]), "give a version number"),
                       (lambda: small.dedup("nope"), "unknown dedup method 'nope'"),
                       (lambda: small.search("a dog", k="5"), "ask for at least 1 nearest pair"),
-                      (lambda: small.embed("tiny-random", workers=10**20), "--workers .*expected an integer up to 65536"),
+                      (lambda: small.embed("tiny-random", workers=10**20), "^invalid workers .*expected an integer up to 65536"),
                       (lambda: small.embed("tiny-random", name="a b"), "a column prefix is letters"),
                       (lambda: small.report(tmp_path), "is a folder; give the HTML file")]:
         with pytest.raises(LakeError, match=msg):
