@@ -590,7 +590,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     elif caption_mix is not None:
         caption_mix = parse_mix(",".join(f"{k}={v}" for k, v in caption_mix.items()))
     if caption_mix is not None and caption != "caption":
-        raise LakeError("give either --caption or --caption-mix, not both")
+        raise LakeError(f"give either {spell('--caption')} or {spell('--caption-mix')}, not both")
     if mix_both and caption_mix is None:
         raise LakeError(f"{spell('--caption-mix-both')} needs {spell('--caption-mix')}")
     mix_seed = whole("--mix-seed", mix_seed, 0)  # ("a" was recorded in the manifest as the seed)
