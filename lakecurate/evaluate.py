@@ -748,7 +748,7 @@ def _near_copies(ds: Any, ids: pa.ChunkedArray, x_img: np.ndarray, ev: EvalSet, 
     named = ", ".join(f"{r['id']} ({r['key']})" for r in keys) + (", ..." if n > len(keys) else "")
     return near, (f"{n} row{'s' if n != 1 else ''} of the pool {'are near copies' if n != 1 else 'is a near copy'} "
                   f"of evaluation images (image cosine >= {bar:g}; ids {named}): left out of every arm's "
-                  "training, so the evaluation stays held out (--held-out-cosine sets the bar)")
+                  f"training, so the evaluation stays held out ({options.spell('--held-out-cosine')} sets the bar)")
 
 
 def _recipe_of(ds: Any) -> str | None:

@@ -515,12 +515,14 @@ def test_near_copies_of_evaluation_images_are_left_out_of_every_arm(tmp_path: Pa
     assert max(trained) == usable - 1
     said = [w for w in res.warnings if "near cop" in w]
     assert len(said) == 1 and f"ids {horse} (horse.jpg)" in said[0] and "left out of every arm" in said[0], res.warnings
+    assert said[0].endswith("(held_out_cosine sets the bar)")
     # the bar is the caller's: at 1.0 the copy (cosine ~0.97) counts as another image
     res = lake.evaluate(eval_set=ev, seeds=1, steps=4, record=False, progress=False, held_out_cosine=1.0)
     assert res.near_copies == 0 and res.rows["all"] == usable and not any("near cop" in w for w in res.warnings)
-    with pytest.raises(LakeError, match="held-out-cosine"):
+    with pytest.raises(LakeError, match="invalid held_out_cosine 85"):  # (the Python API's own name)
         lake.evaluate(eval_set=ev, seeds=1, steps=4, record=False, progress=False, held_out_cosine=85)
     out = CliRunner().invoke(main, ["evaluate", lake.uri, "--eval-set", str(ev), "--seeds", "1", "--steps", "4",
                                     "--no-record", "--held-out-cosine", "0.9"])
     assert out.exit_code == 0, out.output
     assert "1 row of the pool is a near copy of evaluation images (image cosine >= 0.9" in out.output
+    assert "(--held-out-cosine sets the bar)" in out.output
