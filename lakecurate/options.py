@@ -21,10 +21,10 @@ import contextvars
 import functools
 import inspect
 import math
-import re
 import numbers
 import os
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -333,8 +333,6 @@ _DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 def device(value: Any, option: str = "--device") -> str:
     """A torch device name a model stage may be given: auto, cpu, mps, cuda or cuda:N."""
-    import re
-
     if not isinstance(value, str) or not re.fullmatch(_DEVICE, value):
         raise LakeError(f"{spell(option)} must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
     return value
