@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from lakecurate.errors import LakeError
-from lakecurate.options import spell
+from lakecurate.options import given, spell
 
 
 ENGINES = ("local", "ray")
@@ -110,7 +110,7 @@ def ray_init(address: str | None = None) -> Any:
     try:
         import ray
     except ImportError:
-        raise LakeError("the ray engine needs Ray: pip install 'lakecurate[ray]' (or use --engine local)") from None
+        raise LakeError(f"the ray engine needs Ray: pip install 'lakecurate[ray]' (or use {given('--engine', 'local')})") from None
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from this tool
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
@@ -306,7 +306,7 @@ def gpu_actors(device: str | None, address: str | None = None) -> bool:
         return False
     if device not in ("cuda", "auto"):
         raise LakeError(f"{spell('--device')} {device} with {spell('--engine')} ray: Ray gives each actor a GPU of its own (and sets "
-                        "CUDA_VISIBLE_DEVICES); use --device cuda (or auto), or --engine local for one GPU by number")
+                        f"CUDA_VISIBLE_DEVICES); use {given('--device', 'cuda')} (or auto), or {given('--engine', 'local')} for one GPU by number")
     has = bool(ray_init(address).cluster_resources().get("GPU"))
     if device == "cuda" and not has:
         raise LakeError(f"{spell('--device')} cuda with {spell('--engine')} ray, but the Ray cluster has no GPUs; use --device cpu or auto")
@@ -417,4 +417,4 @@ def _task_error(exc: Exception) -> Exception:
     what = cause if isinstance(cause, Exception) else err
     first = f"{type(what).__name__}: {str(what).strip().splitlines()[0][:300] if str(what).strip() else ''}"
     return LakeError(f"the ray engine failed: {first}; fragments already committed are kept, "
-                     f"run the command again to do the rest (or use --engine local)")
+                     f"run the command again to do the rest (or use {given('--engine', 'local')})")

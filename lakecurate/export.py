@@ -34,7 +34,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +51,7 @@ from lakecurate.graph import (check_current, check_has_rows, check_ordered, chec
                               where_columns)
 from lakecurate.images import BLUR_MARGIN, blur_boxes
 from lakecurate.names import default_view, embedding_columns, embedding_prefixes
-from lakecurate.options import canonical_uri, flag, overlaps, path, spell, whole, writable
+from lakecurate.options import canonical_uri, flag, given, overlaps, path, spell, whole, writable
 from lakecurate.progress import progress_bar
 from lakecurate.sqlcheck import check_where
 
@@ -177,7 +177,7 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         tbl = ds.to_table(columns=list(dict.fromkeys(cols + errors + ["ingest_status"])), filter=f"({where})",
                           with_row_id=True)
     except Exception as exc:  # a bad filter is the user's to fix
-        raise LakeError(f"cannot select rows with --where {where!r} in lake '{lake.uri}': {exc}") from None
+        raise LakeError(f"cannot select rows with {spell('--where')} {where!r} in lake '{lake.uri}': {exc}") from None
     unusable = pc.fill_null(pc.equal(tbl.column("ingest_status"), "error"), False).to_numpy(zero_copy_only=False)
     undecodable = np.zeros(tbl.num_rows, bool)
     for c in errors:
@@ -408,7 +408,7 @@ def _existing(path: Path, fmt: str, overwrite: bool) -> list[Path] | None:
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return None
     if not overwrite:
-        raise LakeError(f"'{path}' exists{' and is not empty' if path.is_dir() else ''}; choose another destination or pass --overwrite")
+        raise LakeError(f"'{path}' exists{' and is not empty' if path.is_dir() else ''}; choose another destination or pass {given('--overwrite')}")
     previous = _previous_export(path, fmt)
     other = next((f for f in FORMATS if f != fmt and previous is None and _previous_export(path, f)), None)
     if other is not None:  # ("not an earlier mds export (no manifest.json ...)" of a folder whose manifest.json names one)
@@ -587,8 +587,11 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     shard_size = check_options(format, engine=engine, shard_size=shard_size, image_ext=image_ext)
     if isinstance(caption_mix, str):  # every option before the destination: one error after another, else
         caption_mix = parse_mix(caption_mix)
-    elif caption_mix is not None:
+    elif isinstance(caption_mix, Mapping):
         caption_mix = parse_mix(",".join(f"{k}={v}" for k, v in caption_mix.items()))
+    elif caption_mix is not None:  # (a float: AttributeError 'float' object has no attribute 'items')
+        raise LakeError(f"invalid {spell('--caption-mix')} {caption_mix!r}: expected text such as "
+                        "'caption=0.7,caption_coca=0.3' or a mapping of caption column to share")
     if caption_mix is not None and caption != "caption":
         raise LakeError(f"give either {spell('--caption')} or {spell('--caption-mix')}, not both")
     if mix_both and caption_mix is None:
@@ -620,7 +623,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     if tbl.num_rows == 0:  # in every format, before a folder is made (WebDataset and MDS wrote an empty export)
         if version is not None and views:  # a past version's view its recipe kept nothing of: said as at the latest
             check_view_not_empty(lake.on_branch_of(version), ds, where, "export")
-        raise LakeError(f"no rows to export from lake '{lake.uri}' (version {ds.version}) with --where {where!r}; "
+        raise LakeError(f"no rows to export from lake '{lake.uri}' (version {ds.version}) with {spell('--where')} {where!r}; "
                         f"nothing was written: see what the view holds with lakecurate sql {lake.shell} "
                         "\"SELECT COUNT(*) FROM pairs WHERE ...\"")
     shard_size = shard_size or sequence_shard_size(ds) or SHARD_SIZE
@@ -814,7 +817,7 @@ def _write_table(ds: Any, tbl: pa.Table, copy: np.ndarray, out: Path, keys: list
     gen = batches()
     head = next(gen, None)
     if head is None:
-        raise LakeError(f"no rows to export from lake '{lake.uri}' with --where {where!r}")
+        raise LakeError(f"no rows to export from lake '{lake.uri}' with {spell('--where')} {where!r}")
     schema = head.schema.with_metadata({"lakecurate.manifest": json.dumps(manifest, default=str)})
 
     def all_batches() -> Iterator[pa.RecordBatch]:

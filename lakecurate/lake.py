@@ -521,7 +521,12 @@ def _speak_python(cls: type) -> None:
         fn = vars(cls).get(name) or next(vars(c)[name] for c in cls.__mro__ if name in vars(c))
         if (name == "__init__" or not name.startswith("_")) and inspect.isfunction(fn) \
                 and not inspect.isgeneratorfunction(fn):
-            setattr(cls, name, python_api(fn))
+            method = python_api(fn)
+            # named as this class's, where pickle finds it: a Store method's wrapper said
+            # "lakecurate.store.Store.history", whose object is the unwrapped one, and pickle (a
+            # spawned pool's map(Lake.history, ...), Ray) refused it
+            method.__module__, method.__qualname__ = cls.__module__, f"{cls.__qualname__}.{name}"
+            setattr(cls, name, method)
 
 
 _speak_python(Lake)

@@ -87,6 +87,22 @@ def spell(option: str) -> str:
     return _PARAMETERS.get(option, option.lstrip("-").replace("-", "_"))
 
 
+def given(option: str, value: Any = True) -> str:
+    """An option given a value, as the interface speaking now writes it (advice such as "pass
+    --overwrite"): ``--overwrite`` / ``--engine local`` on the CLI, ``overwrite=True`` /
+    ``engine='local'`` in Python and a pipeline.
+
+    >>> given("--overwrite"), given("--engine", "local")
+    ('--overwrite', '--engine local')
+    >>> with speaking("python"):
+    ...     given("--overwrite"), given("--engine", "local")
+    ('overwrite=True', "engine='local'")
+    """
+    if speaker() == "cli":
+        return option if value is True else f"{option} {value}"
+    return f"{spell(option)}={value!r}"
+
+
 def whole(option: str, value: Any, low: int = 1, *, none_ok: bool = False, high: int = MOST) -> int | None:
     """``value`` as an int from ``low`` to ``high`` (a whole float such as ``1e4`` is accepted; None
     only with ``none_ok``), else a LakeError naming ``option``."""

@@ -45,7 +45,7 @@ from lakecurate.errors import LakeError
 from lakecurate.graph import where_columns
 from lakecurate.images import open_header, thumbnail_jpeg, too_large
 from lakecurate.names import DECISIONS
-from lakecurate.options import half_the_memory, is_number, spell, unicode
+from lakecurate.options import given, half_the_memory, is_number, spell, unicode
 from lakecurate.sqlcheck import check_query, check_where, clean_message, in_list, literal
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ class Browser:
         self._image_files: dict[int, tuple] = {}  # fragment id -> its image data files, at the latest seen
         self._meta: tuple[float, dict[str, Any]] | None = None
         if labels is not None and read_only:
-            raise LakeError("--labels writes the lake's review labels; leave it out with --read-only")
+            raise LakeError(f"{spell('--labels')} writes the lake's review labels; leave it out with {given('--read-only')}")
         if version is not None:
             self.dataset(None)  # a --version that is not one is an error before the server starts
         if labels is not None:  # (after every check: a failed start had replaced the labels)
@@ -1088,5 +1088,5 @@ def _bind(host: str, port: int) -> "socket.socket":
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise LakeError(f"{spell('--port')} {port} on {host}: {exc.strerror}; pick another --port, or stop what uses it") from None
+        raise LakeError(f"{spell('--port')} {port} on {host}: {exc.strerror}; pick another {spell('--port')}, or stop what uses it") from None
     return sock

@@ -36,7 +36,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError, QueryStopped
-from lakecurate.options import canonical_uri, flag, is_number, keywords, texts, whole
+from lakecurate.options import canonical_uri, flag, is_number, keywords, speaker, texts, whole
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_KEY, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
 
 T = TypeVar("T")
@@ -859,7 +859,8 @@ class Store:
         if not isinstance(name, str) or not BRANCH_RE.match(name) or name == "main" or name.isdigit():  # a number reads as a version
             raise LakeError(f"branch name {name!r} is not valid; use {NAME_RULE}, not 'main', not only digits")
         if name in self.branches():
-            raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with --branch {name}")
+            how = f"--branch {name}" if speaker() == "cli" else f"Lake.open({self.uri!r}, branch={name!r})"
+            raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with {how}")
         if name in self.dataset().tags.list():
             raise LakeError(f"'{name}' is a tag of lake '{self.uri}'; a branch of that name would be hidden by it "
                             "wherever a version is named (--version, diff, restore): pick another name")

@@ -745,6 +745,6 @@ def test_an_export_of_a_past_version_whose_recipe_kept_nothing_names_it(sample_l
     with pytest.raises(LakeError, match=EMPTY_VIEW.format("export")) as err:
         lake.export(tmp_path / "out", "parquet", version=tag)
     assert f"tag {tag}" in str(err.value) and not (tmp_path / "out").exists()
-    with pytest.raises(LakeError, match="no rows to export .* with --where"):  # a selection of the caller's own
+    with pytest.raises(LakeError, match="no rows to export .* with where"):  # a selection of the caller's own
         lake.export(tmp_path / "out", "parquet", version=tag, where="keep AND id = 'none'")
     assert lake.export(tmp_path / "out", "parquet").rows > 0

@@ -328,7 +328,7 @@ def test_mds_round_trip_equals_the_lake(seq_lake: Lake, tmp_path: Path):
 def test_an_existing_file_is_refused_in_plain_words(seq_lake: Lake, tmp_path: Path):
     dest = tmp_path / "out.parquet"
     dest.write_bytes(b"")  # an empty file is still a file of the user's: refused, and not called "not empty"
-    with pytest.raises(LakeError, match=r"out.parquet' exists; choose another destination or pass --overwrite"):
+    with pytest.raises(LakeError, match=r"out.parquet' exists; choose another destination or pass overwrite=True"):
         seq_lake.export(dest, "parquet")
     assert dest.read_bytes() == b""
 
@@ -360,7 +360,7 @@ def test_an_empty_selection_is_refused_in_every_format_before_a_folder_is_made(s
     Parquet refusal came after DEST's parent folders were made."""
     needs(fmt)
     dest = dest_for(tmp_path / "a" / "b", fmt)
-    with pytest.raises(LakeError, match=r"no rows to export from lake .* with --where 'false'; nothing was written"):
+    with pytest.raises(LakeError, match=r"no rows to export from lake .* with where 'false'; nothing was written"):
         seq_lake.export(dest, fmt, where="false")
     assert not (tmp_path / "a").exists()
 

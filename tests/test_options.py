@@ -53,3 +53,41 @@ def test_the_cli_still_names_its_flags(lake: Lake):
     # and the Python API used after it in the same process speaks Python again
     with pytest.raises(LakeError, match=r"^invalid k 0"):
         lake.cluster(0)
+
+
+def test_advice_that_gives_an_option_a_value_is_worded_for_the_interface(tmp_path):
+    """A Python caller was told to "pass --overwrite" or "open it with --branch bx" (a probe of the
+    rewording: the advice lines that give an option its value were left in the CLI's words)."""
+    from .conftest import SAMPLE_DATA
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    (tmp_path / "out.parquet").write_bytes(b"x")
+    with pytest.raises(LakeError, match=r"choose another destination or pass overwrite=True$"):
+        lake.export(tmp_path / "out.parquet", "parquet")
+    with pytest.raises(LakeError, match=r"no rows to export .* with where 'false'"):
+        lake.export(tmp_path / "none.parquet", "parquet", where="false")
+    with pytest.raises(LakeError, match=r"invalid caption_mix 0.5: expected text"):  # (an AttributeError)
+        lake.export(tmp_path / "mix.parquet", "parquet", caption_mix=0.5)
+    lake.create_branch("bx")
+    with pytest.raises(LakeError, match=r"open it with Lake.open\('.*lake', branch='bx'\)"):
+        lake.create_branch("bx")
+    res = CliRunner().invoke(main, ["branch", "create", lake.uri, "bx"])
+    assert res.exit_code == 1 and "open it with --branch bx" in res.output, res.output
+    res = CliRunner().invoke(main, ["export", lake.uri, str(tmp_path / "out.parquet"), "--format", "parquet"])
+    assert res.exit_code == 1 and "or pass --overwrite" in res.output, res.output
+
+
+def test_every_lake_method_pickles_by_reference_as_before_the_wrapping(tmp_path):
+    """The Python wording wraps every Lake method: a wrapper of a Store method carried Store's name,
+    pickle found the unwrapped original under it and refused (a spawned pool's map(Lake.history, ...),
+    Ray); cloudpickle then pickled the wrapper by value and failed on its ContextVar."""
+    import pickle
+
+    cloudpickle = pytest.importorskip("cloudpickle")
+    for name in ("history", "tag", "sql", "embed", "restore", "__init__"):
+        method = getattr(Lake, name)
+        assert pickle.loads(pickle.dumps(method)) is method, name
+        assert cloudpickle.loads(cloudpickle.dumps(method)) is method, name
+    lake = Lake.create(tmp_path / "lake")
+    assert pickle.loads(pickle.dumps(Lake.history))(lake, 1)[0]["version"] == lake.version
