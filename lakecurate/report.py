@@ -349,15 +349,21 @@ class _Builder:
         err = self.ds.to_table(columns=["ingest_flags"], filter="ingest_status = 'error'").column("ingest_flags")
         for flag, n in sorted(_value_counts(pc.list_flatten(err)).items(), key=lambda x: -x[1]):
             reasons.append({"stage": "ingest", "reason": flag, "rows": n})
-        if "dup_keep" in self.names and "dup_keep" not in self.stale_columns:
+        curated = decided(self.ds.schema, "keep") and "keep" not in self.stale_columns
+        prov = self.prov("keep") or {} if curated else {}
+        recipe_steps = ((prov.get("config") or {}).get("recipe") or {}).get("steps") or []
+        # dedup's line only where the recipe read dup_keep (its duplicate step, or a column/sql step): a
+        # recipe without one keeps duplicates, and charging dedup with them ended below the view's size
+        reads_dedup = "dup_keep" in (prov.get("source_columns") or []) or any(
+            st.get("filter") == "duplicate" for st in recipe_steps)
+        if "dup_keep" in self.names and "dup_keep" not in self.stale_columns and (not curated or reads_dedup):
             dropped("dedup", f"({left}) AND dup_keep IS NOT TRUE",
                     "CASE WHEN dup_keep IS NULL THEN NULL ELSE concat('duplicate (', split_part(dup_reason, ':', 1), ')') END",
                     "not grouped yet (added since dedup ran)")
             left = f"({left}) AND dup_keep"
             steps.append(("one per duplicate group (dedup)", count(left)))
         recipe = None
-        if decided(self.ds.schema, "keep") and "keep" not in self.stale_columns:
-            prov = self.prov("keep") or {}
+        if curated:
             recipe = (prov.get("config") or {}).get("recipe") or {}
             name = recipe.get("name", "?")
             order = [s.get("reason") for s in recipe.get("steps", [])]
@@ -369,11 +375,19 @@ class _Builder:
             left = f"({left}) AND keep"
             steps.append((f"kept by recipe '{name}' (curate)", count(left)))
         if "rebalance_keep" in self.names and "rebalance_keep" not in self.stale_columns:
-            where = (self.prov("rebalance_keep") or {}).get("config", {}).get("where")
+            where = ((self.prov("rebalance_keep") or {}).get("config") or {}).get("where")
             candidate = "concept IS NOT NULL" + (f" AND ({where})" if where else "")
-            dropped("rebalance", f"({left}) AND rebalance_keep IS NOT TRUE",
-                    f"CASE WHEN {candidate} THEN 'over its concept''s budget' ELSE 'not a rebalance candidate "
-                    f"(no concept{', or outside ' + where.replace(chr(39), chr(39) * 2) if where else ''})' END")
+            if count(f"rebalance_keep AND NOT ({left})"):
+                # rebalancing chose from other rows than the ones above (--where dup_keep, say): nested under
+                # them it read fewer rows than the view holds, so it starts from its own candidates
+                left = candidate
+                steps.append((f"rows rebalancing chose from (concept, {where or 'any row'}; not only the rows above)",
+                              count(left)))
+                dropped("rebalance", f"({left}) AND rebalance_keep IS NOT TRUE", "'over its concept''s budget'")
+            else:
+                dropped("rebalance", f"({left}) AND rebalance_keep IS NOT TRUE",
+                        f"CASE WHEN {candidate} THEN 'over its concept''s budget' ELSE 'not a rebalance candidate "
+                        f"(no concept{', or outside ' + where.replace(chr(39), chr(39) * 2) if where else ''})' END")
             left = f"({left}) AND rebalance_keep"
             r = self.sql(f"SELECT count(*) AS n, sum(repeats) AS shown FROM pairs WHERE {left}")
             kept, shown = int(r["n"][0]), r["shown"][0]

@@ -303,10 +303,11 @@ def test_the_funnel_leaves_out_what_is_not_current_and_loses_no_row(curated: Lak
     lake.report(tmp_path / "r2.html")
     page = Page((tmp_path / "r2.html").read_text())
     funnel = {(a["data-stage"].split(":")[0], a["data-reason"]): int(a["data-count"]) for a in page.attrs("funnel", "data-reason")}
-    over = lake.count("ingest_status <> 'error' AND dup_keep AND keep AND concept IS NOT NULL AND NOT rebalance_keep")
+    # (rebalancing chose among every usable row, not only the recipe's: its line starts from them)
+    over = lake.count("ingest_status <> 'error' AND concept IS NOT NULL AND NOT rebalance_keep")
     assert funnel[("rebalance", "over its concept's budget")] == over
     steps = [int(a["data-count"]) for a in page.attrs("funnel", "data-count") if "data-reason" not in a]
-    assert steps[4] == lake.count("ingest_status <> 'error' AND dup_keep AND keep AND rebalance_keep")
+    assert steps[4:6] == [lake.count("ingest_status <> 'error' AND concept IS NOT NULL"), lake.count("rebalance_keep")]
 
 
 def test_thresholds_badge_each_row_by_its_own_decision_and_plots_the_recipes_embedding(sample_lake_embedded: Lake,
@@ -450,3 +451,53 @@ def test_report_numbers_are_checked_before_any_work(tmp_path: Path):
         with pytest.raises(LakeError, match=rf"^invalid {option} "):
             lake.report(tmp_path / "r.html", **kw)
         assert not (tmp_path / "r.html").exists()
+
+
+def _builder(lake: Lake, version=None, sample_rows: int = 1000):
+    from lakecurate import report as report_mod
+
+    return report_mod._Builder(lake, version, sample_rows=sample_rows, thumb_px=32, seed=0, max_groups=5, per_group=4,
+                               n_low=5, per_reason=4, n_concepts=4, per_concept=4, n_flagged=4)
+
+
+def _text(path: Path, section: str | None = None) -> str:
+    import html as html_mod
+
+    raw = re.sub(r"<(style|script)\b.*?</\1>", "", path.read_text(), flags=re.S)
+    if section:
+        raw = re.search(rf'<section id="{section}".*?</section>', raw, re.S).group(0)
+    return " ".join(html_mod.unescape(re.sub(r"<[^>]+>", " ", raw)).split())
+
+
+def test_the_funnel_of_a_recipe_without_a_duplicate_step_ends_at_the_views_size(curated: Lake, tmp_path: Path):
+    """A recipe without a duplicate step kept duplicates dedup marked, and the funnel charged dedup
+    with them all the same ("one per duplicate group" before "kept by recipe"): it ended below the
+    curated view's size (118 where keep held 173)."""
+    lake = Lake.open(shutil.copytree(curated.uri, tmp_path / "lake"))
+    lake.curate({"name": "nodup", "step": [{"filter": "caption_length", "min_words": 3}]}, progress=False)
+    assert lake.count("keep AND NOT dup_keep") > 0  # duplicates the recipe kept
+    f = _builder(lake).funnel()
+    labels = [s["label"] for s in f["steps"]]
+    assert not any("dedup" in lbl for lbl in labels) and not any(r["stage"] == "dedup" for r in f["reasons"])
+    kept = next(s["rows"] for s in f["steps"] if s["label"].startswith("kept by recipe"))
+    assert kept == lake.count("keep")
+    # a recipe that reads dup_keep still has dedup's line
+    lake.curate(RECIPE, progress=False)
+    labels = [s["label"] for s in _builder(lake).funnel()["steps"]]
+    assert "one per duplicate group (dedup)" in labels
+
+
+def test_the_funnel_counts_a_rebalance_of_other_rows_than_the_recipes(curated: Lake, tmp_path: Path):
+    """rebalance --where dup_keep (not a subset of keep): the funnel nested rebalance_keep under keep
+    and said "kept by rebalancing 70" while the view held 100."""
+    lake = Lake.open(shutil.copytree(curated.uri, tmp_path / "lake"))
+    lake.rebalance(0.6, max_repeats=3, temperature=0.2, where="dup_keep")
+    assert lake.count("rebalance_keep AND NOT keep") > 0
+    f = _builder(lake).funnel()
+    steps = {s["label"]: s["rows"] for s in f["steps"]}
+    kept = next(n for lbl, n in steps.items() if lbl.startswith("kept by rebalancing"))
+    assert kept == lake.count("rebalance_keep")
+    chose = [lbl for lbl in steps if "dup_keep" in lbl and "rebalanc" in lbl]
+    assert chose and steps[chose[0]] == lake.count("concept IS NOT NULL AND dup_keep")
+    # its reasons add up to what it did not keep of what it chose from
+    assert sum(r["rows"] for r in f["reasons"] if r["stage"] == "rebalance") == steps[chose[0]] - kept
