@@ -251,6 +251,11 @@ class _Builder:
                       f"{s.fix if s.empty_view else 're-run: ' + s.fix}"
                       for s in self.not_current]
 
+    def stale_note(self, *columns: str | None) -> str:
+        """The header's line on the first decision among ``columns`` that is not current ("" when all
+        are): a section built on it shows it beside its numbers (they were shown as current)."""
+        return next((line for s, line in zip(self.not_current, self.stale) if set(s.node.columns) & set(columns)), "")
+
     # ------------------------------------------------------------------ helpers
     def sql(self, query: str, *, with_row_id: bool = False) -> pd.DataFrame:
         return self.lake.sql(query, version=self.version, with_row_id=with_row_id)
@@ -421,7 +426,8 @@ class _Builder:
                                "why": links.get(g, [])[: self.per_group]})
         # sum() over no groups is null (NaN in pandas), and NaN is truthy: `or 0` would not catch it.
         rows = stats["rows"][0]
-        return {"groups": int(stats["groups"][0]), "rows": 0 if pd.isna(rows) else int(rows), "top": groups}
+        return {"groups": int(stats["groups"][0]), "rows": 0 if pd.isna(rows) else int(rows), "top": groups,
+                "stale": self.stale_note("dup_group", "dup_keep")}
 
     def _links(self, members: pd.DataFrame) -> dict[str, list[str]]:
         """Group -> the links that made it (``dup_pairs``: method and evidence, e.g. "143 inliers"),
@@ -467,11 +473,14 @@ class _Builder:
             pct = 100.0 * np.searchsorted(ref, r["score"], side="right") / max(len(ref), 1)
             return f"score {r['score']:.3f} · {pct:.1f}th percentile"
 
-        def badge(r: dict[str, Any]) -> str:
-            reason = r.get("drop_reason")
-            return reason if isinstance(reason, str) else ("kept" if "drop_reason" in r else "")
+        stale = self.stale_note(self.score, "keep") if "drop_reason" in self.names else self.stale_note(self.score)
+        curated = "drop_reason" in self.names and "keep" not in self.stale_columns
 
-        out = {"column": self.score, "cards": self.cards(low, note=note, badge=badge)}
+        def badge(r: dict[str, Any]) -> str:  # curate's decision, not shown where it is not current
+            reason = r.get("drop_reason")
+            return "" if not curated else reason if isinstance(reason, str) else "kept"
+
+        out = {"column": self.score, "cards": self.cards(low, note=note, badge=badge), "stale": stale}
         if low.empty:  # no row scored (an errors-only lake, say): say why, not an empty strip
             error = self.score[: -len("_score")] + "_error" if self.score.endswith("_score") else ""
             failed = int(self.sql(f"SELECT count(*) AS n FROM pairs WHERE {error} IS NOT NULL")["n"].iloc[0]) \
@@ -493,7 +502,7 @@ class _Builder:
             rows = self.sql(f"SELECT _rowid, key, caption, width, height{score} FROM pairs WHERE drop_reason = {literal(reason)} "
                             f"ORDER BY id LIMIT {self.per_reason}", with_row_id=True)
             out.append({"reason": reason, "rows": int(n), "cards": self.cards(rows, note=self._note)})
-        return {"reasons": out}
+        return {"reasons": out, "stale": self.stale_note("keep", "drop_reason")}
 
     def cuts(self) -> dict[str, Any] | None:
         """Per thresholded step of the lake's recipe: the rows just failing and just passing its cut,
@@ -501,7 +510,12 @@ class _Builder:
         from lakecurate.curate import explain_version, recipe_of
         from lakecurate.errors import LakeError
 
-        rec = recipe_of(self.ds) if "keep" not in self.stale_columns else None
+        if "keep" in self.stale_columns:  # ran, but not current: no cut is shown (it said "No data yet")
+            name = (((self.prov("keep") or {}).get("config") or {}).get("recipe") or {}).get("name") or "?"
+            stale = self.stale_note("keep")
+            return {"recipe": name, "steps": [], "stale": stale,
+                    "note": f"Not shown: recipe {name}'s decision is not current ({stale})."}
+        rec = recipe_of(self.ds)
         if rec is None:
             return None
         out = []
@@ -593,7 +607,8 @@ class _Builder:
                 members, note=lambda r: f"distance {r['concept_dist']:.3f}",
                 badge=(lambda r: "kept" if r["rebalance_keep"] else "pruned") if rebal else None)})
         prov = self.prov("concept") or {}
-        return {"k": len(table), "rebalanced": rebal, "stale": stale, "where": where, "config": prov.get("config", {}),
+        return {"k": len(table), "rebalanced": rebal, "stale": stale, "where": where,
+                "stale_note": self.stale_note("concept", "rebalance_keep"), "config": prov.get("config", {}),
                 "plot": _concept_bars(table), "gallery": gallery,
                 "rebalance": (self.prov("rebalance_keep") or {}).get("config", {})}
 

@@ -501,3 +501,29 @@ def test_the_funnel_counts_a_rebalance_of_other_rows_than_the_recipes(curated: L
     assert chose and steps[chose[0]] == lake.count("concept IS NOT NULL AND dup_keep")
     # its reasons add up to what it did not keep of what it chose from
     assert sum(r["rows"] for r in f["reasons"] if r["stage"] == "rebalance") == steps[chose[0]] - kept
+
+
+def test_sections_built_on_a_decision_not_current_say_so(curated: Lake, tmp_path: Path):
+    """After rows were added (dedup and curate stale), the funnel left them out, but Duplicates,
+    Rejected, Alignment and the concept galleries showed their counts and badges as current with no
+    note, and Thresholds said "No data yet: run lakecurate curate" though curate had run."""
+    lake = Lake.open(shutil.copytree(curated.uri, tmp_path / "lake"))
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", more / "chelsea_again.jpg")
+    (more / "chelsea_again.txt").write_text("the cat once more, added later")
+    lake.ingest(more, progress=False)
+    lake.report(tmp_path / "r.html")
+    page = Page((tmp_path / "r.html").read_text())
+    for section, stage in (("duplicates", "dedup"), ("rejected", "curate"), ("cuts", "curate"),
+                           ("alignment", "curate"), ("concepts", "concepts|rebalance")):
+        text = _text(tmp_path / "r.html", section)
+        assert re.search(rf"({stage}) \([^)]*\) is (stale|behind)", text), (section, text[:300])
+        assert page.sections[section].get("data-stale") == "true", section
+    cuts = _text(tmp_path / "r.html", "cuts")
+    assert "No data yet" not in cuts and "lakecurate curate" in cuts
+    # dropped decision columns (curate stale by dedup's columns gone): the same
+    lake2 = Lake.open(shutil.copytree(curated.uri, tmp_path / "lake2"))
+    lake2.drop_columns(["dup_keep", "dup_group", "dup_group_size", "dup_reason"])
+    lake2.report(tmp_path / "r2.html")
+    assert re.search(r"curate \([^)]*\) is (stale|behind)", _text(tmp_path / "r2.html", "rejected"))
