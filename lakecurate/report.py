@@ -401,8 +401,11 @@ class _Builder:
                 steps.append(("training examples with repeats", int(shown)))
         for r in reasons:
             r["share"] = r["rows"] / self.rows if self.rows else 0.0
+        # the view status and export name (the latest current decision): reviewers' marks it does not heed
+        present = [c for c in ("keep", "rebalance_keep") if decided(self.ds.schema, c)]
+        view = next((c for c in reversed(present) if c not in self.stale_columns), present[-1] if present else None)
         return {"steps": [{"label": lbl, "rows": n, "share": n / self.rows if self.rows else 0.0} for lbl, n in steps],
-                "reasons": reasons, "recipe": recipe}
+                "reasons": reasons, "recipe": recipe, "notes": graph.unheeded_reviews(self.ds, view)}
 
     def duplicates(self) -> dict[str, Any] | None:
         if "dup_group" not in self.names:
@@ -497,11 +500,21 @@ class _Builder:
         counts = self.sql("SELECT drop_reason, count(*) AS n FROM pairs WHERE drop_reason IS NOT NULL "
                           "GROUP BY drop_reason ORDER BY n DESC, drop_reason")
         score = f", {self.score} AS score" if self.score else ""
+        steps = ((((self.prov("keep") or {}).get("config") or {}).get("recipe") or {}).get("steps")) or []
+        reviewed = {st.get("reason") or "review" for st in steps if st.get("filter") == "review"} \
+            if {"review_reason", "review_by"} <= self.names else set()
+
+        def note(r: dict[str, Any]) -> str:  # a review step's drops: the reviewer's reason beside the picture
+            said = f"reviewer: {r['review_reason']}" + (f" ({r['review_by']})" if r.get("review_by") else "") \
+                if isinstance(r.get("review_reason"), str) else ""
+            return " · ".join(x for x in (said, self._note(r)) if x)
+
         out = []
         for reason, n in zip(counts["drop_reason"], counts["n"]):
-            rows = self.sql(f"SELECT _rowid, key, caption, width, height{score} FROM pairs WHERE drop_reason = {literal(reason)} "
-                            f"ORDER BY id LIMIT {self.per_reason}", with_row_id=True)
-            out.append({"reason": reason, "rows": int(n), "cards": self.cards(rows, note=self._note)})
+            review = ", review_reason, review_by" if reason in reviewed else ""
+            rows = self.sql(f"SELECT _rowid, key, caption, width, height{score}{review} FROM pairs WHERE "
+                            f"drop_reason = {literal(reason)} ORDER BY id LIMIT {self.per_reason}", with_row_id=True)
+            out.append({"reason": reason, "rows": int(n), "cards": self.cards(rows, note=note)})
         return {"reasons": out, "stale": self.stale_note("keep", "drop_reason")}
 
     def cuts(self) -> dict[str, Any] | None:

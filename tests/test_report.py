@@ -527,3 +527,19 @@ def test_sections_built_on_a_decision_not_current_say_so(curated: Lake, tmp_path
     lake2.drop_columns(["dup_keep", "dup_group", "dup_group_size", "dup_reason"])
     lake2.report(tmp_path / "r2.html")
     assert re.search(r"curate \([^)]*\) is (stale|behind)", _text(tmp_path / "r2.html", "rejected"))
+
+
+def test_reviewers_marks_the_view_ignores_are_said_and_a_review_steps_reasons_shown(curated: Lake, tmp_path: Path):
+    """status warned "3 rows reviewers marked drop are still in the curated view"; the report said
+    nothing of reviews at all."""
+    lake = Lake.open(shutil.copytree(curated.uri, tmp_path / "lake"))
+    ids = lake.sql("SELECT id FROM pairs WHERE rebalance_keep ORDER BY id LIMIT 3")["id"].tolist()
+    lake.review(ids, verdict="drop", reason="watermark", by="probe")
+    lake.report(tmp_path / "r.html")
+    assert "3 rows reviewers marked drop are still in the curated view" in _text(tmp_path / "r.html", "funnel")
+    lake.curate({"name": "reviewed", "step": [{"filter": "review"}, {"filter": "caption_length", "min_words": 3}]},
+                progress=False)
+    b = _builder(lake)
+    strip = next(r for r in b.rejected()["reasons"] if r["reason"] == "review")
+    assert strip["cards"] and all("watermark" in c["note"] for c in strip["cards"])
+    assert not any("reviewers marked" in n for n in b.funnel().get("notes", []))
