@@ -470,11 +470,18 @@ class _Builder:
                        + (", drop_reason" if "drop_reason" in self.names else "")
                        + f" FROM pairs WHERE {self.score} IS NOT NULL ORDER BY {self.score}, id LIMIT {self.n_low}",
                        with_row_id=True)
-        ref = np.sort(self.sample[self.score].dropna().to_numpy(np.float64))
+        # each card's rank in the lake's whole column (as curate's min_percentile reads it), in one scan:
+        # ranked in the plot sample, --sample-rows 1 made every card "0.0th percentile"
+        xs = [float(x) for x in dict.fromkeys(low["score"]) if np.isfinite(x)] if len(low) else []
+        counts = self.sql(f"SELECT count({self.score}) AS n" + "".join(
+            f", sum(CASE WHEN {self.score} <= {x!r} THEN 1 ELSE 0 END) AS c{i}" for i, x in enumerate(xs))
+            + " FROM pairs").iloc[0] if xs else None
+        below = {x: int(counts[f"c{i}"]) for i, x in enumerate(xs)} if xs else {}
 
         def note(r: dict[str, Any]) -> str:
-            pct = 100.0 * np.searchsorted(ref, r["score"], side="right") / max(len(ref), 1)
-            return f"score {r['score']:.3f} · {pct:.1f}th percentile"
+            n = below.get(float(r["score"]))
+            pct = f" · {100.0 * n / max(int(counts['n']), 1):.1f}th percentile" if n is not None else ""
+            return f"score {r['score']:.3f}{pct}"
 
         stale = self.stale_note(self.score, "keep") if "drop_reason" in self.names else self.stale_note(self.score)
         curated = "drop_reason" in self.names and "keep" not in self.stale_columns

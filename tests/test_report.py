@@ -543,3 +543,15 @@ def test_reviewers_marks_the_view_ignores_are_said_and_a_review_steps_reasons_sh
     strip = next(r for r in b.rejected()["reasons"] if r["reason"] == "review")
     assert strip["cards"] and all("watermark" in c["note"] for c in strip["cards"])
     assert not any("reviewers marked" in n for n in b.funnel().get("notes", []))
+
+
+def test_alignment_percentiles_are_of_the_lakes_column_not_the_plot_sample(curated: Lake):
+    """With --sample-rows 1 every alignment card read "0.0th percentile" (ranked in the plot sample)."""
+    b = _builder(curated, sample_rows=1)
+    cards = b.alignment()["cards"]
+    scores = curated.sql(f"SELECT {b.score} AS s FROM pairs WHERE {b.score} IS NOT NULL")["s"].to_numpy()
+    for c in cards:
+        score = float(re.search(r"score (-?[0-9.]+)", c["note"]).group(1))
+        pct = float(re.search(r"([0-9.]+)th percentile", c["note"]).group(1))
+        assert abs(pct - 100 * np.mean(scores <= score + 5e-4)) < 100 * 2 / len(scores), c["note"]
+    assert any(not c["note"].endswith("0.0th percentile") for c in cards)
