@@ -657,7 +657,9 @@ class _Builder:
         where recorded, the learning curves with the speed-up over each baseline and the budget sweep."""
         from lakecurate.evaluate import METRICS, evaluations
 
-        df = evaluations(self.lake)
+        df = evaluations(self.lake)  # (this branch's: self.lake is the branch of the version shown)
+        if not df.empty:  # those recorded by the version shown: a later one evaluated rows (a view) not in it
+            df = df[df["lake_version"] <= self.version]
         if df.empty:
             return None
         for col in ("budget", "curve", "curve_steps", "curve_metric"):  # recorded before curves existed

@@ -555,3 +555,22 @@ def test_alignment_percentiles_are_of_the_lakes_column_not_the_plot_sample(curat
         pct = float(re.search(r"([0-9.]+)th percentile", c["note"]).group(1))
         assert abs(pct - 100 * np.mean(scores <= score + 5e-4)) < 100 * 2 / len(scores), c["note"]
     assert any(not c["note"].endswith("0.0th percentile") for c in cards)
+
+
+def test_a_reports_version_lists_only_evaluations_recorded_by_then(curated: Lake, monkeypatch):
+    """report --version V listed an evaluation recorded at a later version (of a view absent at V)."""
+    import pandas as pd
+
+    from lakecurate import evaluate as evaluate_mod
+
+    v = curated.version
+    rows = [{"eval_id": f"e{n}", "evaluated_at": pd.Timestamp(f"2026-01-0{n}", tz="UTC"), "lake_version": lv,
+             "view": "keep", "baseline": "all", "arm": arm, "seed": 0, "rows": 10, "pool_rows": 10, "recipe": "r",
+             "embedding": "x", "eval_set": "/e", "eval_images": 5, "eval_captions": 5, "steps": 10,
+             **{m: 0.5 for m in evaluate_mod.METRICS}, "budget": 1.0, "curve_metric": None, "curve": None,
+             "curve_steps": None}
+            for n, lv in ((1, v - 2), (2, v)) for arm in ("view", "all")]
+    monkeypatch.setattr(evaluate_mod, "evaluations", lambda lake: pd.DataFrame(rows))
+    assert [r["id"] for r in _builder(curated).evaluations()["runs"]] == ["e2", "e1"]
+    assert [r["id"] for r in _builder(curated, v - 1).evaluations()["runs"]] == ["e1"]
+    assert _builder(curated, v - 3).evaluations() is None
