@@ -495,7 +495,7 @@ class _Builder:
             error = self.score[: -len("_score")] + "_error" if self.score.endswith("_score") else ""
             failed = int(self.sql(f"SELECT count(*) AS n FROM pairs WHERE {error} IS NOT NULL")["n"].iloc[0]) \
                 if error in self.names else 0
-            out["note"] = f"No row has a {self.score}" + (
+            out["note"] = f"No row has {'an' if self.score[:1] in 'aeiou' else 'a'} {self.score}" + (
                 f": none of the {self.rows:,} rows could be embedded (see {error})." if failed == self.rows else
                 f" yet: {failed:,} of {self.rows:,} rows could not be embedded (see {error}); embed the rest "
                 f"to see this section." if failed else " yet: embed the lake's rows to see this section.")
@@ -835,8 +835,8 @@ def report(
     html = env.get_template(TEMPLATE).render(
         title=title or f"lakecurate report: {Path(str(lake.uri)).name}", sections=SECTIONS, d=data, uri=lake.uri,
         version=b.version, rows=b.rows, sampled=len(b.sample), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-        cmd_lake=json.dumps(str(lake.uri))[1:-1], stale=b.stale, branch=shown.branch,
-        lc="lakecurate" + (f" --branch {shown.branch}" if shown.branch else ""),  # the hints' commands: the branch's
+        cmd_lake=lake.shell, stale=b.stale, branch=shown.branch,  # (the lake quoted for a shell: JSON's \"x\" was not)
+        lc=shown.command,  # the hints' commands: the branch's (quoted for a shell)
         # what a pipeline compares to tell a current report from one of another lake, branch, version or settings
         meta=json.dumps({"lake": lake.uri, "branch": shown.branch or "main", "version": b.version, "settings": settings},
                         default=str),

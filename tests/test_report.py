@@ -574,3 +574,27 @@ def test_a_reports_version_lists_only_evaluations_recorded_by_then(curated: Lake
     assert [r["id"] for r in _builder(curated).evaluations()["runs"]] == ["e2", "e1"]
     assert [r["id"] for r in _builder(curated, v - 1).evaluations()["runs"]] == ["e1"]
     assert _builder(curated, v - 3).evaluations() is None
+
+
+def test_hints_quote_the_lake_for_a_shell_and_counts_read_right(tmp_path: Path):
+    """A lake path with a quote gave hints JSON-escaped (\\"x\\"), not shell-quoted; a one-row lake
+    read "From all 1 rows."; an offline_score read "No row has a offline_score"."""
+    import shlex
+
+    import pandas as pd
+
+    d = tmp_path / "data"
+    d.mkdir()
+    shutil.copy(SAMPLE_DATA / "chelsea.jpg", d / "chelsea.jpg")
+    (d / "chelsea.txt").write_text("a cat")
+    lake = Lake.create(tmp_path / "my lake's \"x\"")
+    lake.ingest(d, progress=False)
+    lake.report(tmp_path / "r.html")
+    text = _text(tmp_path / "r.html")
+    assert f"lakecurate dedup {shlex.quote(lake.uri)}" in text and '\\"x\\"' not in text
+    assert "From the 1 row." in text and "1 rows" not in text
+    b = _builder(lake)
+    b.score, b.names = "offline_score", b.names | {"offline_score"}
+    none = {c: [] for c in ("_rowid", "key", "caption", "width", "height", "score")}
+    b.sql = lambda q, **k: pd.DataFrame(none if "LIMIT" in q else {"n": [0]})  # no row scored
+    assert b.alignment()["note"].startswith("No row has an offline_score")
