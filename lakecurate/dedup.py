@@ -101,7 +101,8 @@ from lakecurate.schema import EVIDENCE_KEY, EVIDENCE_TABLE
 from lakecurate.sqlcheck import clean_message
 from lakecurate.store import retry_on_conflict
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
-from lakecurate.verify import AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, RANSAC_PX, RATIO, SCALES, TURN_TOLERANCE
+from lakecurate.verify import (AGREE_LEVELS, GAINS, MIN_AGREE, MIN_INLIERS, PERSPECTIVE, RANSAC_PX, RATIO, SCALES, STRETCH,
+                               TURN_TOLERANCE)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -704,7 +705,7 @@ def method_configs(methods: Sequence[str], emb: str | None, emb_prov: dict[str, 
                          "features": VERIFY_CONFIG, "ratio": RATIO, "ransac_px": RANSAC_PX,
                          "scales": list(SCALES), "turn_tolerance": TURN_TOLERANCE, "min_agree": MIN_AGREE,
                          "agree_levels": AGREE_LEVELS, "gains": list(GAINS), "container_regions": CONTAINER_REGIONS,
-                         "disjoint": DISJOINT}
+                         "disjoint": DISJOINT, "perspective": PERSPECTIVE, "stretch": STRETCH}
     return configs
 
 
@@ -1000,13 +1001,14 @@ def _not_embedded(lake: "Store", ds: Any, valid: dict[str, np.ndarray], methods:
 
 
 # Verify settings no option gives, whose default changed: stored groups made with an older one keep it
-_OLDER = ("turn_tolerance", "container_regions", "disjoint")
+_OLDER = ("turn_tolerance", "container_regions", "disjoint", "perspective", "stretch")
 
 
 def _kept_older(lake: "Store", ds: Any, config: dict[str, Any]) -> list[str]:
     """Verify groups made with another ``turn_tolerance`` than this code's default (an older
     lakecurate's 10 degrees; no option sets it), or before the container rule (no
-    ``container_regions``: a row holding several pictures linked them all), and otherwise this
+    ``container_regions``: a row holding several pictures linked them all) or before copies shot at an
+    angle were checked under a homography (no ``perspective``: similarity only), and otherwise this
     run's config: this run keeps theirs (``config`` updated), so new rows are verified as the stored
     ones were and a plain dedup goes on as before (refused "made with another config" it named no
     setting to give); the warning names the default now and the command that regroups every row by it."""
@@ -1037,6 +1039,16 @@ def _kept_older(lake: "Store", ds: Any, config: dict[str, Any]) -> list[str]:
                         if "container_regions" not in stored else "with another rule for rows holding several pictures")
                      + f": new rows are grouped as the rest were; to apply this lakecurate's rule (a collage does not "
                      f"put the different photos in it in one group) to every row: {fix}")
+    if any(stored.get(k) != config.get(k) for k in ("perspective", "stretch")):
+        for k in ("perspective", "stretch"):  # (absent: made before copies shot at an angle were checked)
+            config.pop(k, None)
+            if k in stored:
+                config[k] = stored[k]
+        notes.append(f"verify groups of lake '{lake.uri}' were made "
+                     + ("checking a similarity transform only" if "perspective" not in stored
+                        else f"accepting perspective up to {stored['perspective']:g}")
+                     + f": new rows are verified as the rest were; to verify every row as this lakecurate does (a copy "
+                     f"photographed at an angle, a keystone, checked under a homography too): {fix}")
     return notes
 
 
@@ -1567,6 +1579,7 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
     inner = progress if len(chunks) == 1 else False  # one chunk: the keypoint and matching bars themselves
     ok, good = np.zeros(len(i), bool), []  # a chunk's accepted matches kept, the rest let go
     regions = config.get("container_regions")  # None: groups made before the rule (_kept_older)
+    perspective = config.get("perspective")  # None: groups made before homographies were checked (_kept_older)
     for lo in chunks:  # a chunk's keypoints held at once (computed ones are committed to the cache)
         ci, cj = i[lo:lo + VERIFY_PAIRS_CHUNK], j[lo:lo + VERIFY_PAIRS_CHUNK]
         need = np.unique(np.concatenate([ci, cj]))
@@ -1577,7 +1590,8 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
         mr.keypoints_computed += rep.computed
         mr.keypoint_seconds += rep.seconds
         t0 = time.perf_counter()
-        matches = match_pairs(dict(zip(need.tolist(), feats)), ci, cj, enough=config["min_inliers"], turn=turn, progress=inner)
+        matches = match_pairs(dict(zip(need.tolist(), feats)), ci, cj, enough=config["min_inliers"], turn=turn,
+                              perspective=perspective, progress=inner)
         mr.match_seconds += time.perf_counter() - t0
         ok[lo:lo + len(ci)] = [accepted(m, config["min_inliers"], turn) for m in matches]
         good += [m for m, k in zip(matches, ok[lo:lo + len(ci)]) if k]

@@ -13,7 +13,9 @@ seconds apart some tens at most (measured: docs/benchmarks.md, issue 17).
   :func:`accepted` keeps a match with >= ``MIN_INLIERS`` inliers whose scale is within ``SCALES``,
   whose rotation is within ``TURN_TOLERANCE`` degrees of a quarter turn, and under which the
   pixels agree (:func:`agreement`: the share of the overlap two 96-pixel thumbnails match up to
-  brightness and contrast, >= ``MIN_AGREE``): keypoints alone are fooled by two photos that carry
+  brightness and contrast, >= ``MIN_AGREE``; where a similarity's pixels do not, a mild homography
+  fitted on the same matches is checked too: a copy photographed at an angle, ``Match.kind``
+  "perspective"): keypoints alone are fooled by two photos that carry
   the same logo, caption banner or page template (100-200 inliers on the banner alone); a match
   records its inliers' box in each image (what dedup needs to tell a collage of photos from a copy:
   :func:`overlap` of two matches' boxes in one image);
@@ -54,6 +56,14 @@ THUMB = 96           # long side of the thumbnail the pixel check compares
 MIN_AGREE = 0.55     # share of the overlapping pixels that must agree for a verified copy (nan fails)
 GAINS = (0.6, 1.6)   # contrast change a copy may have (brightness edits, JPEG, colour to gray)
 AGREE_LEVELS = 16    # gray levels (of 255) within which two thumbnail pixels agree
+# A copy photographed at an angle (a print, a screen: a keystone) is a perspective transform, which a
+# similarity cannot line up (agreement 0.41-0.54). Where the similarity's pixels disagree, a homography
+# fitted on the matches gets the pixel check again if it is one a copy can have: each pair of opposite
+# edges of the query's frame, mapped, within PERSPECTIVE of each other, the frame's orientation kept,
+# and locally a plausible scale and turn, stretched at most STRETCH. (plant's keystone, 10-20% off each
+# end of an edge, shrinks it 20-40%: measured edge ratios 0.58-0.80; a print shot 35 degrees off is ~0.7.)
+PERSPECTIVE = 0.45   # an edge at most this share shorter than its opposite; None: similarity only (groups before 2026-12-07)
+STRETCH = 1.5        # largest ratio of the homography's local axis scales (a 1.3x stretch copy, a keystone's ~1.1)
 CONFIG = {"features": "orb", "score": "fast", "n": FEATURES, "side": SIDE, "mirror": True, "thumb": THUMB, "grid": GRID, "v": 2}
 CACHE_TABLE = "dup_keypoints"
 _DESC = 32  # bytes per ORB descriptor
@@ -92,7 +102,8 @@ class Match:
     mirrored: bool = False
     matched: int = 0  # descriptor matches that passed the ratio test (RANSAC's input)
     agree: float = float("nan")  # correlation of the overlapping pixels under the transform (nan: not checked)
-    transform: Any = None  # 2 x 3, keypoint pixels of the query image -> the other's (or its mirror's)
+    transform: Any = None  # 2 x 3 (3 x 3: perspective), keypoint pixels of the query image -> the other's (or its mirror's)
+    kind: str = "similarity"  # the transform: "similarity" or "perspective" (a homography: a copy shot at an angle)
     # The inliers' bounding box in each image, (x0, y0, x1, y1) as shares of its width and height, in
     # the image's own (not mirrored) frame: ``box_a`` in the first image :func:`match` was given,
     # ``box_b`` in the second. What a match covers of each: a crop covers most of itself and part of
@@ -101,11 +112,13 @@ class Match:
     box_b: tuple[float, float, float, float] | None = None
     # (inlier boxes of _match_one, in keypoint pixels: the query's, and the other's in the frame searched)
     _boxes: Any = None
+    _pts: Any = None  # (the ratio test's matches, query's and other's keypoint pixels: what a homography is fitted on)
 
     def describe(self) -> str:
         turn = round(self.angle / 90) * 90 % 360
         return (f"{self.inliers} inliers, scale {self.scale:.2f}" + (f", turned {turn}" if turn else "")
-                + (", mirrored" if self.mirrored else "") + (f", pixels agree {self.agree:.2f}" if self.agree == self.agree else ""))
+                + (", mirrored" if self.mirrored else "") + (", perspective" if self.kind == "perspective" else "")
+                + (f", pixels agree {self.agree:.2f}" if self.agree == self.agree else ""))
 
 
 _EMPTY = Features(np.zeros((0, 2), np.float32), np.zeros((0, _DESC), np.uint8),
@@ -242,7 +255,52 @@ def _match_one(xa: np.ndarray, da: np.ndarray, xb: np.ndarray, db: np.ndarray) -
     inl = mask.ravel().astype(bool)
     pq, po = xa[good][inl], xb[nearest[good, 0]][inl]
     boxes = ((*pq.min(0), *pq.max(0)), (*po.min(0), *po.max(0))) if inl.any() else None
-    return Match(int(mask.sum()), scale, angle, matched=len(good), transform=transform, _boxes=boxes)
+    return Match(int(mask.sum()), scale, angle, matched=len(good), transform=transform, _boxes=boxes,
+                 _pts=(xa[good], xb[nearest[good, 0]]))
+
+
+def _perspective(q: Features, m: Match, perspective: float, turn: float | None) -> Match | None:
+    """A homography fitted (RANSAC, ``RANSAC_PX``) on the matches ``m`` was fitted on, as a
+    :class:`Match` (scale and angle: its local similarity at the query's centre), or None where no
+    copy can have it: an edge of the query's frame shrunk by more than ``perspective`` against the
+    opposite one, the frame flipped or folded (a mirror is matched on its own), a local stretch over
+    ``STRETCH``, or a scale or turn :func:`plausible` refuses."""
+    import cv2
+
+    pq, po = m._pts
+    h, mask = cv2.findHomography(pq, po, cv2.RANSAC, RANSAC_PX)
+    if h is None or mask is None or abs(h[2, 2]) < 1e-12:
+        return None
+    h = h / h[2, 2]
+    w, ht = q.size
+    if not w or not ht:
+        return None
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, ht, 1], [0, ht, 1]], np.float64) @ h.T
+    if (corners[:, 2] <= 0.1).any():  # a corner at (or past) the horizon
+        return None
+    quad = corners[:, :2] / corners[:, 2:]
+    edges = np.roll(quad, -1, axis=0) - quad
+    turns = edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1] - edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
+    if not (turns > 0).all():  # (image coordinates, y down: a frame keeps its corners' order, convex)
+        return None
+    length = np.hypot(edges[:, 0], edges[:, 1])
+    if min(min(length[0], length[2]) / max(length[0], length[2]), min(length[1], length[3]) / max(length[1], length[3])) \
+            < 1.0 - perspective:
+        return None
+    cx, cy = w / 2, ht / 2  # the homography's Jacobian at the centre: its local linear map
+    d = h[2, 0] * cx + h[2, 1] * cy + 1.0
+    u, v = (h[0, 0] * cx + h[0, 1] * cy + h[0, 2]) / d, (h[1, 0] * cx + h[1, 1] * cy + h[1, 2]) / d
+    jac = np.array([[h[0, 0] - u * h[2, 0], h[0, 1] - u * h[2, 1]], [h[1, 0] - v * h[2, 0], h[1, 1] - v * h[2, 1]]]) / d
+    sv = np.linalg.svd(jac, compute_uv=False)
+    if not sv[1] > 0 or sv[0] / sv[1] > STRETCH:
+        return None
+    inl = mask.ravel().astype(bool)
+    a, b = pq[inl], po[inl]
+    out = Match(int(inl.sum()), float(np.sqrt(abs(np.linalg.det(jac)))),
+                float(np.degrees(np.arctan2(jac[1, 0] - jac[0, 1], jac[0, 0] + jac[1, 1]))), m.mirrored, m.matched,
+                transform=h, kind="perspective",
+                _boxes=((*a.min(0), *a.max(0)), (*b.min(0), *b.max(0))) if inl.any() else None)
+    return out if plausible(out, turn) else None
 
 
 def _share(box: Any, f: Features, mirrored: bool) -> tuple[float, float, float, float] | None:
@@ -274,11 +332,13 @@ def plausible(m: Match, turn: float | None = None) -> bool:
     return SCALES[0] <= m.scale <= SCALES[1] and off <= (TURN_TOLERANCE if turn is None else turn)
 
 
-def match(a: Features, b: Features, enough: int | None = None, turn: float | None = None) -> Match:
+def match(a: Features, b: Features, enough: int | None = None, turn: float | None = None,
+          perspective: float | None = PERSPECTIVE) -> Match:
     """The best plausible match of ``a`` onto ``b`` and onto ``b``'s mirror, then of ``b`` onto
     ``a`` and its mirror (the ratio test is not symmetric: a framed or heavily cropped copy often
     matches better one way); inliers 0: none. Stops at the first with >= ``enough`` inliers.
-    ``turn``: :func:`plausible`'s."""
+    ``turn``: :func:`plausible`'s. Where a similarity's pixels disagree, a homography of at most
+    ``perspective`` (:func:`_perspective`; None: never) is checked too: a copy shot at an angle."""
     best, most = Match(), 0
     for k, (mirrored, q, o, (xb, db)) in enumerate(((False, a, b, (b.xy, b.desc)), (True, a, b, (b.xy_m, b.desc_m)),
                                                     (False, b, a, (a.xy, a.desc)), (True, b, a, (a.xy_m, a.desc_m)))):
@@ -286,13 +346,20 @@ def match(a: Features, b: Features, enough: int | None = None, turn: float | Non
             break
         m = _match_one(q.xy, q.desc, xb, db)
         m.mirrored = mirrored
+        most = max(most, m.matched)
+        if plausible(m, turn) and m.inliers >= (enough or MIN_INLIERS) // 2:
+            m.agree = agreement(q, o, m)
+            if perspective is not None and m.agree < MIN_AGREE:  # (nan: too small an overlap to tell, as before)
+                h = _perspective(q, m, perspective, turn)
+                if h is not None and h.inliers >= (enough or MIN_INLIERS) // 2:
+                    h.agree = agreement(q, o, h)
+                    if h.agree >= MIN_AGREE:
+                        m = h
+        m._pts = None
         if m._boxes is not None:  # the boxes as shares of a's and b's own frames
             own, other = _share(m._boxes[0], q, False), _share(m._boxes[1], o, mirrored)
             m.box_a, m.box_b = (own, other) if k < 2 else (other, own)
             m._boxes = None
-        most = max(most, m.matched)
-        if plausible(m, turn) and m.inliers >= (enough or MIN_INLIERS) // 2:
-            m.agree = agreement(q, o, m)
         if plausible(m, turn) and (m.agree >= MIN_AGREE, m.inliers) > (best.agree >= MIN_AGREE, best.inliers):
             best = m  # a match whose pixels agree first, then the most inliers
         if enough is not None and best.inliers >= enough and best.agree >= MIN_AGREE:
@@ -310,13 +377,14 @@ def agreement(q: Features, o: Features, m: Match) -> float:
     if m.transform is None or not q.thumb.size or not o.thumb.size or not q.scale or not o.scale:
         return float("nan")
     other = o.thumb[:, ::-1] if m.mirrored else o.thumb
-    t = np.asarray(m.transform, np.float64).copy()
-    t[:, :2] *= o.scale / q.scale  # keypoint pixels -> thumbnail pixels on both sides
-    t[:, 2] *= o.scale
+    t = np.asarray(m.transform, np.float64)
+    t = t if len(t) == 3 else np.vstack([t, [0.0, 0.0, 1.0]])
+    t = np.diag([o.scale, o.scale, 1.0]) @ t @ np.diag([1 / q.scale, 1 / q.scale, 1.0])  # keypoint -> thumbnail pixels, both sides
     h, w = q.thumb.shape
-    warped = cv2.warpAffine(np.ascontiguousarray(other), t, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    inside = cv2.warpAffine(np.full(other.shape, 255, np.uint8), t, (w, h),
-                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+    warp = (lambda src, flags: cv2.warpAffine(src, t[:2], (w, h), flags=flags | cv2.WARP_INVERSE_MAP)) if m.kind != "perspective" \
+        else (lambda src, flags: cv2.warpPerspective(src, t, (w, h), flags=flags | cv2.WARP_INVERSE_MAP))
+    warped = warp(np.ascontiguousarray(other), cv2.INTER_LINEAR)
+    inside = warp(np.full(other.shape, 255, np.uint8), cv2.INTER_NEAREST) > 0
     if inside.sum() < 0.05 * h * w or inside.sum() < 64:
         return float("nan")
     x, y = q.thumb[inside].astype(np.float32), warped[inside].astype(np.float32)
@@ -341,7 +409,8 @@ def accepted(m: Match, min_inliers: int = MIN_INLIERS, turn: float | None = None
 
 
 def match_pairs(features: dict[int, Features], i: np.ndarray, j: np.ndarray, *, enough: int | None = None,
-                turn: float | None = None, threads: int | None = None, progress: bool | None = None) -> list[Match]:
+                turn: float | None = None, perspective: float | None = PERSPECTIVE, threads: int | None = None,
+                progress: bool | None = None) -> list[Match]:
     """:func:`match` for every pair (i[k], j[k]) of rows in ``features``, on ``threads`` threads
     (OpenCV's matcher and RANSAC release the GIL)."""
     from lakecurate.progress import progress_bar
@@ -357,7 +426,8 @@ def match_pairs(features: dict[int, Features], i: np.ndarray, j: np.ndarray, *, 
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)  # this thread's searches: the pool already uses every core
         try:
-            out = [match(features[int(a)], features[int(b)], enough, turn) for a, b in zip(i[s:s + chunk], j[s:s + chunk])]
+            out = [match(features[int(a)], features[int(b)], enough, turn, perspective)
+                   for a, b in zip(i[s:s + chunk], j[s:s + chunk])]
         finally:
             faiss.omp_set_num_threads(before)
         bar.update(len(out))
