@@ -118,6 +118,48 @@ def test_a_shared_banner_is_not_a_copy(flickr8k: Path):
     assert accepted(match(plain, feats[0]))
 
 
+def test_a_keystone_copy_is_verified_under_a_homography_and_other_photos_are_not(flickr8k: Path):
+    """A photo of a print or a screen taken at an angle (plant's keystone: an edge 20-40% shorter)
+    cannot be lined up by a similarity (pixels agree 0.38-0.54 < MIN_AGREE: 4 of these 12 refused);
+    the homography fitted on the same matches lines it up. Other photos stay apart, keystoned or
+    not, and so do two photos that share a caption banner with one of them keystoned."""
+    from PIL import ImageDraw
+
+    photos = _photos(flickr8k, 12, start=100)
+    feats, copies = [], []
+    for k, path in enumerate(photos):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            feats.append(extract(_jpeg(im)))
+            copies.append(extract(_jpeg(edit_image(im, "keystone", random.Random(k)))))
+    found = [match(f, c) for f, c in zip(feats, copies)]
+    assert all(accepted(m) for m in found), [m.describe() for m in found]
+    assert sum(m.kind == "perspective" for m in found) >= 3 and all(
+        "perspective" in m.describe() for m in found if m.kind == "perspective")
+    # the similarity alone (a lake whose groups were made before) still refuses some of them
+    assert not all(accepted(match(f, c, perspective=None)) for f, c in zip(feats, copies))
+    for a in range(len(feats)):
+        for b in range(len(feats)):
+            if a != b:
+                assert not accepted(match(feats[a], copies[b])), (a, b)
+
+    def banner(im: Image.Image) -> Image.Image:
+        im = im.convert("RGB").resize((500, 375))
+        d = ImageDraw.Draw(im)
+        d.rectangle((62, 125, 362, 207), fill=(0, 0, 0))
+        d.text((68, 129), "LIMITED OFFER", fill=(235, 235, 235), font_size=34)
+        d.text((68, 166), "stock.example.com", fill=(235, 235, 235), font_size=26)
+        return im
+
+    others = _photos(flickr8k, 8, start=500)
+    plain = [extract(_jpeg(banner(Image.open(p)))) for p in others[::2]]
+    angled = [extract(_jpeg(edit_image(banner(Image.open(p)), "keystone", random.Random(k)))) for k, p in enumerate(others[1::2])]
+    pairs = [match(a, b) for a, b in zip(plain, angled)]
+    # the banner's letters match well enough for the pixel check to be run (and a homography tried)
+    assert any(m.agree == m.agree for m in pairs), [m.describe() for m in pairs]
+    assert not any(accepted(m) for m in pairs), [m.describe() for m in pairs]
+
+
 def test_a_photo_turned_15_degrees_is_a_copy_and_another_photo_is_not():
     """A copy turned a few degrees (a scan, a photo of a print, a straightened horizon) is one a
     curator calls a copy: its similarity transform is 15 degrees off a quarter turn (it was refused
@@ -594,3 +636,57 @@ def test_verify_groups_made_before_the_collage_rule_keep_their_rule_until_recomp
     assert "container_regions" not in recorded()
     lake.dedup(["verify"], recompute=True, **opts)
     assert _groups(lake)[a] != _groups(lake)[b] and recorded()["container_regions"] == D.CONTAINER_REGIONS
+
+
+def test_verify_groups_made_before_perspective_keep_their_rule_until_recomputed(tmp_path: Path, flickr8k: Path,
+                                                                                monkeypatch):
+    """Groups recorded without ``perspective`` (similarity only, before 2026-12-07): a plain dedup
+    verifies new rows as those were (a keystone copy a similarity refuses stays apart), says how to
+    apply the homography check; --recompute applies it to every row."""
+    import lakecurate.dedup as D
+    from lakecurate.columns import field_provenance
+
+    photo = _photos(flickr8k, 1, start=107)[0]
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(photo, src / "orig.jpg")
+    (src / "orig.txt").write_text("a photo")
+    for k, other in enumerate(_photos(flickr8k, 3, start=300)):
+        shutil.copy(other, src / f"other{k}.jpg")
+        (src / f"other{k}.txt").write_text("another photo")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    opts = {"verify_neighbors": 40, "verify_cosine": -1.0, "progress": False}
+    made = D.method_configs
+
+    def older(*args, **kwargs):
+        configs = made(*args, **kwargs)
+        for k in ("perspective", "stretch"):
+            configs.get("verify", {}).pop(k, None)
+        return configs
+
+    monkeypatch.setattr(D, "method_configs", older)
+    lake.dedup(["verify"], **opts)
+    monkeypatch.undo()  # the upgrade
+
+    def recorded() -> dict:
+        return field_provenance(lake.dataset().schema.field("dup_verify_group"))["config"]
+
+    extra = tmp_path / "more"
+    extra.mkdir()
+    with Image.open(photo) as im:  # (a similarity lines this one up at 0.42 agreement: refused)
+        (extra / "angled.jpg").write_bytes(_jpeg(edit_image(im, "keystone", random.Random(7))))
+    (extra / "angled.txt").write_text("a photo, shot at an angle")
+    lake.ingest(extra, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    rep = lake.dedup(["verify"], **opts)  # a plain run: not refused
+    note = [w for w in rep.warnings if "homography" in w]
+    assert note and "similarity transform only" in note[0] and "--method verify --recompute" in note[0], rep.warnings
+    assert "perspective" not in recorded()
+    assert _groups(lake)["angled"] is None or _groups(lake)["angled"] != _groups(lake)["orig"]
+    rep = lake.dedup(["verify"], recompute=True, **opts)
+    assert not [w for w in rep.warnings if "homography" in w]
+    assert _groups(lake)["angled"] is not None and _groups(lake)["angled"] == _groups(lake)["orig"]
+    assert recorded()["perspective"] == D.PERSPECTIVE
+    assert any("perspective" in d for d in lake.dup_pairs()["detail"])
