@@ -101,6 +101,11 @@ def main() -> None:
             row[5] += pair in found_by["dup_group"]
         for name, (n, *hits) in sorted(per.items()):
             print(f"  {name:12s} n={n:3d}   " + " / ".join(f"{h / n:.2f}" for h in hits))
+        angled = [p for p in planted if "keystone" in p.edit.split("+")]  # alone or with an easy edit on top
+        if angled:
+            pairs = [tuple(sorted((p.key, p.original))) for p in angled]
+            print(f"  keystone, alone or with another edit: n={len(pairs)}, verify {sum(q in found_by['dup_verify_group'] for q in pairs) / len(pairs):.2f}, "
+                  f"combined {sum(q in found_by['dup_group'] for q in pairs) / len(pairs):.2f}")
         hits = len(truth & found_by["dup_group"])
         wrong_groups = {col: false_groups(planted, dict(zip(df["key"], df[col]))) for col in ("dup_verify_group", "dup_group")}
         collage_pairs = sum(1 for a, b in found_by["dup_group"] if edit[a] == "collage" or edit[b] == "collage")
@@ -124,7 +129,11 @@ def main() -> None:
         wrong = [(m, Path(key_of[a]).stem, Path(key_of[b]).stem, d) for a, b, m, d in
                  zip(links["a"], links["b"], links["method"], links["detail"])
                  if m != "caption" and orig[Path(key_of[a]).stem] != orig[Path(key_of[b]).stem]]
-        print(f"false links (dup_pairs, not caption): {len(wrong)}")
+        by: dict[str, int] = defaultdict(int)
+        for m, *_ in wrong:
+            by[m] += 1
+        print(f"false links (dup_pairs, not caption): {len(wrong)} ("
+              + ", ".join(f"{m} {n}" for m, n in sorted(by.items())) + "; a collage's link to a photo it holds counts here)")
         for w in wrong[:20]:
             print("  ", *w)
     finally:
