@@ -1591,7 +1591,7 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
         mr.keypoint_seconds += rep.seconds
         t0 = time.perf_counter()
         matches = match_pairs(dict(zip(need.tolist(), feats)), ci, cj, enough=config["min_inliers"], turn=turn,
-                              perspective=perspective, progress=inner)
+                              perspective=perspective, stretch=float(config.get("stretch", STRETCH)), progress=inner)
         mr.match_seconds += time.perf_counter() - t0
         ok[lo:lo + len(ci)] = [accepted(m, config["min_inliers"], turn) for m in matches]
         good += [m for m, k in zip(matches, ok[lo:lo + len(ci)]) if k]

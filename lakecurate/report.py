@@ -355,7 +355,7 @@ class _Builder:
         for flag, n in sorted(_value_counts(pc.list_flatten(err)).items(), key=lambda x: -x[1]):
             reasons.append({"stage": "ingest", "reason": flag, "rows": n})
         curated = decided(self.ds.schema, "keep") and "keep" not in self.stale_columns
-        prov = self.prov("keep") or {} if curated else {}
+        prov = (self.prov("keep") or {}) if curated else {}
         recipe_steps = ((prov.get("config") or {}).get("recipe") or {}).get("steps") or []
         # dedup's line only where the recipe read dup_keep (its duplicate step, or a column/sql step): a
         # recipe without one keeps duplicates, and charging dedup with them ended below the view's size

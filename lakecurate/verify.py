@@ -259,12 +259,12 @@ def _match_one(xa: np.ndarray, da: np.ndarray, xb: np.ndarray, db: np.ndarray) -
                  _pts=(xa[good], xb[nearest[good, 0]]))
 
 
-def _perspective(q: Features, m: Match, perspective: float, turn: float | None) -> Match | None:
+def _perspective(q: Features, m: Match, perspective: float, turn: float | None, stretch: float = STRETCH) -> Match | None:
     """A homography fitted (RANSAC, ``RANSAC_PX``) on the matches ``m`` was fitted on, as a
     :class:`Match` (scale and angle: its local similarity at the query's centre), or None where no
     copy can have it: an edge of the query's frame shrunk by more than ``perspective`` against the
     opposite one, the frame flipped or folded (a mirror is matched on its own), a local stretch over
-    ``STRETCH``, or a scale or turn :func:`plausible` refuses."""
+    ``stretch``, or a scale or turn :func:`plausible` refuses."""
     import cv2
 
     pq, po = m._pts
@@ -292,7 +292,7 @@ def _perspective(q: Features, m: Match, perspective: float, turn: float | None) 
     u, v = (h[0, 0] * cx + h[0, 1] * cy + h[0, 2]) / d, (h[1, 0] * cx + h[1, 1] * cy + h[1, 2]) / d
     jac = np.array([[h[0, 0] - u * h[2, 0], h[0, 1] - u * h[2, 1]], [h[1, 0] - v * h[2, 0], h[1, 1] - v * h[2, 1]]]) / d
     sv = np.linalg.svd(jac, compute_uv=False)
-    if not sv[1] > 0 or sv[0] / sv[1] > STRETCH:
+    if not sv[1] > 0 or sv[0] / sv[1] > stretch:
         return None
     inl = mask.ravel().astype(bool)
     a, b = pq[inl], po[inl]
@@ -333,7 +333,7 @@ def plausible(m: Match, turn: float | None = None) -> bool:
 
 
 def match(a: Features, b: Features, enough: int | None = None, turn: float | None = None,
-          perspective: float | None = PERSPECTIVE) -> Match:
+          perspective: float | None = PERSPECTIVE, stretch: float = STRETCH) -> Match:
     """The best plausible match of ``a`` onto ``b`` and onto ``b``'s mirror, then of ``b`` onto
     ``a`` and its mirror (the ratio test is not symmetric: a framed or heavily cropped copy often
     matches better one way); inliers 0: none. Stops at the first with >= ``enough`` inliers.
@@ -350,7 +350,7 @@ def match(a: Features, b: Features, enough: int | None = None, turn: float | Non
         if plausible(m, turn) and m.inliers >= (enough or MIN_INLIERS) // 2:
             m.agree = agreement(q, o, m)
             if perspective is not None and m.agree < MIN_AGREE:  # (nan: too small an overlap to tell, as before)
-                h = _perspective(q, m, perspective, turn)
+                h = _perspective(q, m, perspective, turn, stretch)
                 if h is not None and h.inliers >= (enough or MIN_INLIERS) // 2:
                     h.agree = agreement(q, o, h)
                     if h.agree >= MIN_AGREE:
@@ -409,7 +409,8 @@ def accepted(m: Match, min_inliers: int = MIN_INLIERS, turn: float | None = None
 
 
 def match_pairs(features: dict[int, Features], i: np.ndarray, j: np.ndarray, *, enough: int | None = None,
-                turn: float | None = None, perspective: float | None = PERSPECTIVE, threads: int | None = None,
+                turn: float | None = None, perspective: float | None = PERSPECTIVE, stretch: float = STRETCH,
+                threads: int | None = None,
                 progress: bool | None = None) -> list[Match]:
     """:func:`match` for every pair (i[k], j[k]) of rows in ``features``, on ``threads`` threads
     (OpenCV's matcher and RANSAC release the GIL)."""
@@ -426,7 +427,7 @@ def match_pairs(features: dict[int, Features], i: np.ndarray, j: np.ndarray, *, 
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)  # this thread's searches: the pool already uses every core
         try:
-            out = [match(features[int(a)], features[int(b)], enough, turn, perspective)
+            out = [match(features[int(a)], features[int(b)], enough, turn, perspective, stretch)
                    for a, b in zip(i[s:s + chunk], j[s:s + chunk])]
         finally:
             faiss.omp_set_num_threads(before)
