@@ -597,30 +597,42 @@ def test_a_row_with_disjoint_regions_keeps_one_unless_its_neighbours_are_linked_
     assert one_region_links(i, j, [left, None], [whole, whole], np.array([60, 90])).all()
 
 
+def _dedup_as_before(lake: Lake, monkeypatch, keys: tuple[str, ...], opts: dict) -> None:
+    """dedup --method verify as a lakecurate whose verify config had no ``keys`` ran it (then the upgrade)."""
+    import lakecurate.dedup as D
+
+    made = D.method_configs
+
+    def older(*args, **kwargs):
+        configs = made(*args, **kwargs)
+        for k in keys:
+            configs.get("verify", {}).pop(k, None)
+        return configs
+
+    monkeypatch.setattr(D, "method_configs", older)
+    lake.dedup(["verify"], **opts)
+    monkeypatch.undo()
+
+
+def _verify_config(lake: Lake) -> dict:
+    from lakecurate.columns import field_provenance
+
+    return field_provenance(lake.dataset().schema.field("dup_verify_group"))["config"]
+
+
 def test_verify_groups_made_before_the_collage_rule_keep_their_rule_until_recomputed(tmp_path: Path, flickr8k: Path,
                                                                                      monkeypatch):
     """Groups recorded without ``container_regions`` (made before the rule): a plain dedup goes on
     as they were made (not refused "made with another config", which no option fixes) and says how
     to apply the rule; --recompute applies it to every row."""
     import lakecurate.dedup as D
-    from lakecurate.columns import field_provenance
 
     lake, photos = _collage_lake(tmp_path, flickr8k)
     opts = {"verify_neighbors": 40, "verify_cosine": -1.0, "progress": False}
-    made = D.method_configs
-
-    def older(*args, **kwargs):
-        configs = made(*args, **kwargs)
-        for k in ("container_regions", "disjoint"):
-            configs.get("verify", {}).pop(k, None)
-        return configs
-
-    monkeypatch.setattr(D, "method_configs", older)
-    lake.dedup(["verify"], **opts)
-    monkeypatch.undo()  # the upgrade
+    _dedup_as_before(lake, monkeypatch, ("container_regions", "disjoint"), opts)
 
     def recorded() -> dict:
-        return field_provenance(lake.dataset().schema.field("dup_verify_group"))["config"]
+        return _verify_config(lake)
 
     a, b, _ = (p.stem for p in photos)
     assert _groups(lake)[a] == _groups(lake)[b] and "container_regions" not in recorded()
@@ -644,7 +656,6 @@ def test_verify_groups_made_before_perspective_keep_their_rule_until_recomputed(
     verifies new rows as those were (a keystone copy a similarity refuses stays apart), says how to
     apply the homography check; --recompute applies it to every row."""
     import lakecurate.dedup as D
-    from lakecurate.columns import field_provenance
 
     photo = _photos(flickr8k, 1, start=107)[0]
     src = tmp_path / "src"
@@ -658,20 +669,10 @@ def test_verify_groups_made_before_perspective_keep_their_rule_until_recomputed(
     lake.ingest(src, progress=False)
     lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
     opts = {"verify_neighbors": 40, "verify_cosine": -1.0, "progress": False}
-    made = D.method_configs
-
-    def older(*args, **kwargs):
-        configs = made(*args, **kwargs)
-        for k in ("perspective", "stretch"):
-            configs.get("verify", {}).pop(k, None)
-        return configs
-
-    monkeypatch.setattr(D, "method_configs", older)
-    lake.dedup(["verify"], **opts)
-    monkeypatch.undo()  # the upgrade
+    _dedup_as_before(lake, monkeypatch, ("perspective", "stretch"), opts)
 
     def recorded() -> dict:
-        return field_provenance(lake.dataset().schema.field("dup_verify_group"))["config"]
+        return _verify_config(lake)
 
     extra = tmp_path / "more"
     extra.mkdir()
