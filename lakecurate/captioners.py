@@ -27,7 +27,7 @@ from lakecurate.encoders import (EncoderError, EncoderSpec, _load_open_clip, _re
                                  resolve_device, weights_file)
 from lakecurate.errors import LakeError
 from lakecurate.names import TINY_COCA
-from lakecurate.options import clean_text, real, spell
+from lakecurate.options import clean_text, given, real, spell
 
 DEFAULT_MAX_TOKENS = 30
 MODES = ("caption",)
@@ -277,7 +277,7 @@ def _resolve_hf(path: str, pretrained: str | None, checkpoint: str | None, name:
     full = os.path.abspath(path)
     slug = _slug(name or os.path.basename(full.rstrip(os.sep)))
     if not slug:
-        raise EncoderError(f"{spell('--name')}: the directory name gives no column name; pass --name (caption_NAME)")
+        raise EncoderError(f"{spell('--name')}: the directory name gives no column name; pass {spell('--name')} (caption_NAME)")
     return CaptionerSpec("hf", model_type, full, slug, prompt=prompt or "", image_side=_hf_side(full), **options)
 
 
@@ -516,12 +516,12 @@ def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", pr
         raise EncoderError(f"{spell('--endpoint')} must not carry credentials or a query string; put the key in an environment "
                            f"variable named by --api-key-env (now {api_key_env})")
     if not api_model or not isinstance(api_model, str):
-        raise EncoderError(f"{spell('--api-model')}: name the model the endpoint serves, e.g. --api-model llava-1.6")
+        raise EncoderError(f"{spell('--api-model')}: name the model the endpoint serves, e.g. {given('--api-model', 'llava-1.6')}")
     if mode not in ENDPOINT_MODES:
         raise EncoderError(f"{spell('--mode')} must be one of {', '.join(ENDPOINT_MODES)}, not {mode!r}")
     prompt = prompt or (REPHRASE_PROMPT if mode == "rephrase" else CAPTION_PROMPT)
     if mode == "rephrase" and not _subject(prompt_fields(prompt)):
-        raise EncoderError(f"{spell('--prompt')} for --mode rephrase must name the caption to rewrite: {{caption}}, or another "
+        raise EncoderError(f"{spell('--prompt')} for {given('--mode', 'rephrase')} must name the caption to rewrite: {{caption}}, or another "
                            "caption column such as {caption_cocavitb32mscoco}")
     for opt, value, lo in (("--max-tokens", max_tokens, 1), ("--concurrency", concurrency, 1), ("--retries", retries, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:

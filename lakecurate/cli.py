@@ -1791,6 +1791,9 @@ def restore(lake: str, version: str, as_json: bool) -> None:
         warnings.simplefilter("always", LakeWarning)
         new = the_lake.restore(version)
     notes = [str(w.message) for w in said if issubclass(w.category, LakeWarning)]
+    for w in said:  # (the others as they would have been shown: recording them all kept them from stderr)
+        if not issubclass(w.category, LakeWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if as_json:
         echo_json({"restored": version, "version": new, "previous": before, "branch": the_lake.branch or "main",
                    "changed": new != before, "notes": notes})

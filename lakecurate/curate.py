@@ -1017,7 +1017,8 @@ def _tag(lake: "Store", name: str, version: int) -> str:
                 lake.tag(cand, version)
                 return cand
             except (OSError, ValueError, LakeError):
-                continue
+                if cand not in lake.dataset().tags.list() and cand not in lake.branches():
+                    raise  # (not a name taken meanwhile: a store's error, said as it is)
     raise LakeError(f"curate decided version {version} of lake '{lake.uri}' but found no free tag name from "
                     f"'{name}'; tag it yourself: {lakecurate_on(lake)} tag {lake.shell} NAME --version {version}")
 

@@ -1000,55 +1000,51 @@ def _not_embedded(lake: "Store", ds: Any, valid: dict[str, np.ndarray], methods:
     return out
 
 
-# Verify settings no option gives, whose default changed: stored groups made with an older one keep it
-_OLDER = ("turn_tolerance", "container_regions", "disjoint", "perspective", "stretch")
+# Verify settings no option gives, whose default changed: stored groups made with an older one keep
+# theirs until --recompute. Each: its keys, how groups were made with the stored values (absent keys:
+# before the setting existed), and what this lakecurate does (``now``: this run's config).
+_OLDER: tuple[tuple[tuple[str, ...], Callable[[dict[str, Any]], str], Callable[[dict[str, Any]], str]], ...] = (
+    (("turn_tolerance",),
+     lambda s: f"accepting copies turned up to {s['turn_tolerance']:g} degrees off a quarter turn",
+     lambda now: f"its default is {now['turn_tolerance']:g} degrees: copies turned a few degrees, as a scan or a "
+                 "straightened photo is"),
+    (("container_regions", "disjoint"),
+     lambda s: "before a row holding several pictures (a collage) was kept from joining them"
+     if "container_regions" not in s else "with another rule for rows holding several pictures",
+     lambda now: "a collage does not put the different photos in it in one group"),
+    (("perspective", "stretch"),
+     lambda s: "checking a similarity transform only" if "perspective" not in s
+     else f"accepting perspective up to {s['perspective']:g}",
+     lambda now: "a copy photographed at an angle, a keystone, is checked under a homography too"),
+)
+_OLDER_KEYS = {k for keys, _, _ in _OLDER for k in keys}
 
 
 def _kept_older(lake: "Store", ds: Any, config: dict[str, Any]) -> list[str]:
-    """Verify groups made with another ``turn_tolerance`` than this code's default (an older
-    lakecurate's 10 degrees; no option sets it), or before the container rule (no
-    ``container_regions``: a row holding several pictures linked them all) or before copies shot at an
-    angle were checked under a homography (no ``perspective``: similarity only), and otherwise this
-    run's config: this run keeps theirs (``config`` updated), so new rows are verified as the stored
-    ones were and a plain dedup goes on as before (refused "made with another config" it named no
-    setting to give); the warning names the default now and the command that regroups every row by it."""
+    """Verify groups made with older settings no option gives (:data:`_OLDER`: an older
+    lakecurate's 10-degree turn tolerance, before the collage rule, before the homography check)
+    and otherwise this run's config: this run keeps theirs (``config`` updated), so new rows are
+    verified as the stored ones were and a plain dedup goes on as before (refused "made with another
+    config" it named no setting to give); each warning says how they were made, what this
+    lakecurate does, and the command that regroups every row by it."""
     col = group_columns("verify")[0]
     if col not in ds.schema.names:
         return []
     stored = _stored_config(ds, "verify")
-    was = stored.get("turn_tolerance")
-    if not isinstance(was, (int, float)) or \
-            {k: v for k, v in stored.items() if k not in _OLDER} != {k: v for k, v in config.items() if k not in _OLDER}:
+    if not isinstance(stored.get("turn_tolerance"), (int, float)) or \
+            {k: v for k, v in stored.items() if k not in _OLDER_KEYS} != {k: v for k, v in config.items() if k not in _OLDER_KEYS}:
         return []
     fix = f"{lakecurate_on(lake)} dedup {lake.shell} --method verify --recompute"
-    notes = []
-    if was != config["turn_tolerance"]:
-        now = config["turn_tolerance"]
-        config["turn_tolerance"] = was
-        notes.append(f"verify groups of lake '{lake.uri}' were made accepting copies turned up to {was:g} degrees off a "
-                     f"quarter turn; this lakecurate's default is {now:g} (copies turned a few degrees, as a scan or a "
-                     f"straightened photo is): new rows are verified at {was:g} like the rest; to apply {now:g} to every "
-                     f"row: {fix}")
-    if any(stored.get(k) != config.get(k) for k in ("container_regions", "disjoint")):
-        for k in ("container_regions", "disjoint"):  # (absent: made before the rule, which is then not applied)
+    now, notes = dict(config), []
+    for keys, made, does in _OLDER:
+        if all(stored.get(k) == config.get(k) for k in keys):
+            continue
+        for k in keys:  # (absent: made before the setting, which is then not applied)
             config.pop(k, None)
             if k in stored:
                 config[k] = stored[k]
-        notes.append(f"verify groups of lake '{lake.uri}' were made "
-                     + ("before a row holding several pictures (a collage) was kept from joining them"
-                        if "container_regions" not in stored else "with another rule for rows holding several pictures")
-                     + f": new rows are grouped as the rest were; to apply this lakecurate's rule (a collage does not "
-                     f"put the different photos in it in one group) to every row: {fix}")
-    if any(stored.get(k) != config.get(k) for k in ("perspective", "stretch")):
-        for k in ("perspective", "stretch"):  # (absent: made before copies shot at an angle were checked)
-            config.pop(k, None)
-            if k in stored:
-                config[k] = stored[k]
-        notes.append(f"verify groups of lake '{lake.uri}' were made "
-                     + ("checking a similarity transform only" if "perspective" not in stored
-                        else f"accepting perspective up to {stored['perspective']:g}")
-                     + f": new rows are verified as the rest were; to verify every row as this lakecurate does (a copy "
-                     f"photographed at an angle, a keystone, checked under a homography too): {fix}")
+        notes.append(f"verify groups of lake '{lake.uri}' were made {made(stored)}: new rows are verified as the rest "
+                     f"were; to verify every row as this lakecurate does ({does(now)}): {fix}")
     return notes
 
 

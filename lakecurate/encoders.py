@@ -32,7 +32,7 @@ import numpy as np
 
 from lakecurate.columns import file_digest  # noqa: F401 - re-exported: where it was
 from lakecurate.errors import EncoderError
-from lakecurate.options import spell
+from lakecurate.options import given, spell
 from lakecurate.images import ImageTransform, exif_upright  # noqa: F401 - re-exported
 from lakecurate.names import TINY_RANDOM
 from lakecurate.names import embedding_columns as column_names  # noqa: F401 - the older name
@@ -307,9 +307,9 @@ def resolve_device(device: str = "auto") -> str:
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         if index >= count:
             seen = f"{count} CUDA device{'s' if count != 1 else ''} (cuda:0-cuda:{count - 1})" if count else "no CUDA device"
-            raise EncoderError(f"{spell('--device')} {device} asked for, but torch sees {seen}; use --device cpu or auto")
+            raise EncoderError(f"{spell('--device')} {device} asked for, but torch sees {seen}; use {given('--device', 'cpu')} or auto")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise EncoderError(f"{spell('--device')} mps asked for, but torch has no Metal (MPS) device here; use --device cpu or auto")
+        raise EncoderError(f"{spell('--device')} mps asked for, but torch has no Metal (MPS) device here; use {given('--device', 'cpu')} or auto")
     return device
 
 

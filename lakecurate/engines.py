@@ -309,7 +309,7 @@ def gpu_actors(device: str | None, address: str | None = None) -> bool:
                         f"CUDA_VISIBLE_DEVICES); use {given('--device', 'cuda')} (or auto), or {given('--engine', 'local')} for one GPU by number")
     has = bool(ray_init(address).cluster_resources().get("GPU"))
     if device == "cuda" and not has:
-        raise LakeError(f"{spell('--device')} cuda with {spell('--engine')} ray, but the Ray cluster has no GPUs; use --device cpu or auto")
+        raise LakeError(f"{spell('--device')} cuda with {spell('--engine')} ray, but the Ray cluster has no GPUs; use {given('--device', 'cpu')} or auto")
     return has
 
 

@@ -487,9 +487,9 @@ def parse_budgets(budgets: "str | Sequence[float] | None") -> list[float]:
         try:
             value = float(item)
         except (TypeError, ValueError):
-            raise LakeError(f"{spell('--budget')} {budgets!r}: give multiples of --steps separated by commas, e.g. 0.25,0.5,1,2") from None
+            raise LakeError(f"{spell('--budget')} {budgets!r}: give multiples of {spell('--steps')} separated by commas, e.g. 0.25,0.5,1,2") from None
         if not 0 < value <= MAX_BUDGET or not np.isfinite(value):
-            raise LakeError(f"{spell('--budget')} {item}: each multiple of --steps must be above 0 and at most {MAX_BUDGET:g}")
+            raise LakeError(f"{spell('--budget')} {item}: each multiple of {spell('--steps')} must be above 0 and at most {MAX_BUDGET:g}")
         out.add(value)
     return sorted(out | {1.0})
 
@@ -769,7 +769,7 @@ def record_result(lake: "Store", res: EvalResult, recipe: str | None) -> None:
     common = {"eval_id": res.eval_id, "evaluated_at": now, "lake_version": res.version, "view": res.view,
               "baseline": res.baseline, "pool_rows": res.pool_rows, "recipe": recipe, "embedding": res.embedding,
               "eval_set": res.eval_set, "eval_images": res.eval_images, "eval_captions": res.eval_captions,
-              "curve_metric": res.metric}
+              "curve_metric": res.metric, "near_copies": res.near_copies, "held_out_cosine": res.held_out_cosine}
     for arm, m in res.metrics.items():
         for i in range(len(m[METRICS[0]])):
             frozen = arm == "frozen encoder"
@@ -831,4 +831,6 @@ EVAL_SCHEMA = pa.schema([
     pa.field("curve_metric", pa.string()),
     pa.field("curve_steps", pa.list_(pa.int64())),
     pa.field("curve", pa.list_(pa.float64())),   # curve_metric at curve_steps (budget 1)
+    pa.field("near_copies", pa.int64()),         # pool rows left out of every arm: near copies of evaluation images
+    pa.field("held_out_cosine", pa.float64()),   # the image cosine that counted as one (null: not checked)
 ], metadata={"lakecurate.table": EVAL_TABLE, "doc": json.dumps("one row per evaluation arm, seed and budget")})

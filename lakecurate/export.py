@@ -133,7 +133,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
     names = ds.schema.names
     where = check_where(where, "--where", ds)
     notes: list[str] = []
-    lakes_view = where is None and version is None  # (the lake's curated view now: refused when empty)
+    views = where is None  # the lake's curated view (now, or at a past version): refused when empty
+    lakes_view = views and version is None  # (now: its stale decisions are refused as such)
     if where is None:
         view, notes = effective_view(lake, ds) if version is not None else (default_view(ds.schema),
                                                                              foreign_view_notes(lake, ds))
@@ -156,8 +157,8 @@ def plan(lake: "Store", *, where: str | None = None, version: int | str | None =
         order = [c for c in order if c not in left_out]
     warnings = notes + check_current(lake, ds, where_columns(where, names) + order, what=what, allow_stale=allow_stale,
                                      all_states=past, allow_hint=allow_hint, view=lakes_view)
-    if lakes_view:  # (curate kept nothing: an export of no rows, or a loop of "re-run rebalance")
-        check_view_not_empty(lake, ds, where, what)
+    if views:  # (curate kept nothing: an export of no rows, or a loop of "re-run rebalance")
+        check_view_not_empty(lake if version is None else lake.on_branch_of(version), ds, where, what)
     for c in (caption_mix or {caption: 1.0}):
         if c in META:
             raise LakeError(f"column '{c}' is the export's own metadata, not a caption; mix caption columns")
@@ -608,7 +609,6 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
                         f"it to finish (then export again with --overwrite to replace it), or export elsewhere")
     if blur_faces:
         _check_faces(lake, lake.dataset(version), allow_stale)
-    views = where is None  # (the version's curated view, not a selection of the caller's own)
     ds, tbl, copy, where, stale = plan(lake, where=where, version=version, repeats=repeats, caption=caption,
                                        allow_stale=allow_stale, extra=[FACE_BOXES] if blur_faces else [],
                                        caption_mix=caption_mix)
@@ -621,8 +621,6 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
                          f"({', '.join(caption_mix)}) is null")
         caption = MIX_CAPTION
     if tbl.num_rows == 0:  # in every format, before a folder is made (WebDataset and MDS wrote an empty export)
-        if version is not None and views:  # a past version's view its recipe kept nothing of: said as at the latest
-            check_view_not_empty(lake.on_branch_of(version), ds, where, "export")
         raise LakeError(f"no rows to export from lake '{lake.uri}' (version {ds.version}) with {spell('--where')} {where!r}; "
                         f"nothing was written: see what the view holds with lakecurate sql {lake.shell} "
                         "\"SELECT COUNT(*) FROM pairs WHERE ...\"")

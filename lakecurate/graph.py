@@ -1337,7 +1337,8 @@ def _last_tagged(ds: "lance.LanceDataset", node: Node) -> str:
         return ""
     branch = _branch_of(ds)  # (tags are the lake's: this branch's)
     tagged = [(info["version"], name) for name, info in ds.tags.list().items()
-              if re.fullmatch(r".+-[0-9a-f]+(-.+)?-v[0-9]+", name) and name.endswith(f"-v{info['version']}")
+              # (recipe-hash[-branch]-vN, or -vN-K where that name was taken: curate._tag)
+              if re.fullmatch(rf".+-[0-9a-f]+(-.+)?-v{info['version']}(-[0-9]+)?", name)
               and info["version"] < ds.version and (info.get("branch") or None) == branch]
     if not tagged:
         return ""

@@ -25,7 +25,7 @@ import pandas as pd
 
 from lakecurate.columns import StageRun
 from lakecurate.errors import LakeError, LakeWarning
-from lakecurate.options import flag, flags, keywords, python_api, texts, whole
+from lakecurate.options import flag, flags, given, keywords, python_api, texts, whole
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
 SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
@@ -425,17 +425,23 @@ class Lake(Store):
             if stale:
                 what, todo = "; ".join(w for w, _ in stale), ". ".join(t for _, t in stale)
                 raise LakeError(f"{what}, and cleanup would remove versions whose commits show it: status would then "
-                                f"call it current. {todo}; or pass --allow-stale (allow_stale=True) to forget it")
+                                f"call it current. {todo}; or pass {given('--allow-stale')} to forget it")
         return super().cleanup(older_than)
 
     def _stale_kept(self) -> list[tuple[str, str]]:
-        """What cleanup would make read "current": each kept version of the lake (this branch's
-        latest, every branch's head, every tag of any branch: one reading each, a version named
-        twice read once) where a stage is stale by its commits, as (what, what to do). (Staleness
-        that only the code shows, not the commits cleanup removes, stays as it is.)"""
+        """What cleanup would make read "current": each kept version whose commit log runs through
+        this branch's (this branch's latest, the heads of the branches grown from it, their tags:
+        one reading each, a version named twice read once) where a stage is stale by its commits,
+        as (what, what to do). A cleanup of a branch removes its own versions only: main's or a
+        sibling's staleness does not refuse it. (Staleness that only the code shows, not the commits
+        cleanup removes, stays as it is.)"""
         from lakecurate import graph
 
         ds = self.dataset()
+        parents = {name: info.get("parent_branch") for name, info in self.branches().items()}
+        grown = [self.branch]  # this branch and those made from it (or from those), whose logs hold its versions
+        for b in grown:
+            grown += sorted(name for name, parent in parents.items() if parent == b and name not in grown)
         seen: dict[tuple[str | None, int], list[Any]] = {}
 
         def stale_at(lake: "Lake", version: Any) -> list[Any]:
@@ -446,7 +452,7 @@ class Lake(Store):
             return seen[key]
 
         out = []
-        for branch in [self.branch] + [b for b in [None, *sorted(self.branches())] if b != self.branch]:
+        for branch in grown:
             lake = self.on_branch(branch)
             stale = stale_at(lake, None)
             if stale:
@@ -459,6 +465,8 @@ class Lake(Store):
                                 f"For branch '{branch or 'main'}': run {run}"))
         for name, meta in sorted(ds.tags.list().items()):
             branch = meta.get("branch")
+            if branch not in grown:
+                continue
             stale = stale_at(self.on_branch(branch), name)
             if stale:
                 out.append((f"at tag '{name}' (version {meta['version']}{f' of branch {branch!r}' if branch else ''}) "

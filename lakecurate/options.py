@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import json
 import math
 import numbers
 import os
@@ -40,7 +41,7 @@ INTERFACES = ("cli", "python", "pipeline")
 # called by a notebook or script) or "pipeline" (a step of a pipeline file). None: none said yet.
 _SPEAKER: contextvars.ContextVar[str | None] = contextvars.ContextVar("lakecurate_speaker", default=None)
 # CLI flags whose Python parameter (and pipeline key) is not the flag's own name with '_' for '-'
-_PARAMETERS = {"--set": "overrides", "--budget": "budgets", "--caption-mix-both": "mix_both"}
+_PARAMETERS = {"--set": "overrides", "--budget": "budgets", "--caption-mix-both": "mix_both", "--from-version": "version"}
 
 
 @contextlib.contextmanager
@@ -97,9 +98,14 @@ def given(option: str, value: Any = True) -> str:
     >>> with speaking("python"):
     ...     given("--overwrite"), given("--engine", "local")
     ('overwrite=True', "engine='local'")
+    >>> with speaking("pipeline"):
+    ...     given("--overwrite"), given("--engine", "local")
+    ('overwrite = true', 'engine = "local"')
     """
     if speaker() == "cli":
         return option if value is True else f"{option} {value}"
+    if speaker() == "pipeline":  # a TOML key's line: true, "text"
+        return f"{spell(option)} = {json.dumps(value)}"
     return f"{spell(option)}={value!r}"
 
 

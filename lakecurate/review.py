@@ -36,7 +36,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.graph import lakecurate_on
-from lakecurate.options import clean_text, is_number, spell, texts, unicode
+from lakecurate.options import clean_text, is_number, speaker, spell, texts, unicode
 from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
 
@@ -253,9 +253,7 @@ def bring_back(lake: "Store", version: int | str, *, by: str | None = None, read
     if not set(NAMES) <= set(then.schema.names):
         raise LakeError(f"version {version} of lake '{lake.uri}' has no review columns (or not all {len(NAMES)}); "
                         f"see: {lakecurate_on(lake)} log {lake.shell}")
-    cond = " OR ".join(f"{n} IS NOT NULL" for n in NAMES)
-    rows = then.to_table(columns=["id", *NAMES], filter=cond).to_pylist()
-    marks = {r["id"]: {n: r[n] for n in NAMES} for r in rows if r["id"] is not None}
+    marks = _marks(then)
     if not marks:
         return {"action": None, "rows": 0, "not_found": [], "version": None, "replaced": []}
     present = [n for n in NAMES if n in lake.dataset().schema.names]
@@ -474,27 +472,33 @@ def history(lake: "Store", limit: int = 50) -> list[dict[str, Any]]:
             for r in records]
 
 
+def _marks(ds: "lance.LanceDataset") -> dict[Any, dict[str, Any]]:
+    """Row id -> its review values, for every row of ``ds`` with any (what ``review --from-version``
+    writes back); {} where ``ds`` has no review columns."""
+    if not set(NAMES) <= set(ds.schema.names):
+        return {}
+    cond = " OR ".join(f"{n} IS NOT NULL" for n in NAMES)
+    rows = ds.to_table(columns=["id", *NAMES], filter=cond).to_pylist()
+    return {r["id"]: {n: r[n] for n in NAMES} for r in rows if r["id"] is not None}
+
+
 def taken_out(lake: "Store", before: "lance.LanceDataset", after: "lance.LanceDataset") -> str:
     """What a restore from ``before`` to ``after`` did to the human marks: the rows marked at
     ``before`` whose marks ``after`` lacks or holds otherwise (made or changed after it), and
     the command that brings them back; "" when none. A restore past a review took them out of the
     latest view without a word (``review --undo`` then called the columns "dropped since")."""
-    if "review_verdict" not in before.schema.names:
+    marked = _marks(before)
+    if not marked:
         return ""
-    marked = before.to_table(columns=["id", "review_verdict"], filter="review_verdict IS NOT NULL")
-    if not marked.num_rows:
-        return ""
-    now: dict[Any, Any] = {}
-    if "review_verdict" in after.schema.names:
-        got = after.to_table(columns=["id", "review_verdict"], filter="review_verdict IS NOT NULL")
-        now = dict(zip(got.column("id").to_pylist(), got.column("review_verdict").to_pylist()))
-    gone = sum(now.get(i) != v for i, v in zip(marked.column("id").to_pylist(), marked.column("review_verdict").to_pylist()))
+    now = _marks(after)
+    gone = sum(now.get(i) != values for i, values in marked.items())
     if not gone:
         return ""
+    back = (f"{lakecurate_on(lake)} review {lake.shell} --from-version {before.version}" if speaker() == "cli"
+            else f"lake.restore_reviews({before.version})")
     return (f"{gone} review mark{'s' if gone != 1 else ''} of version {before.version} {'are' if gone != 1 else 'is'} not "
             f"in the restored state (made or changed after it): the latest view no longer has {'them' if gone != 1 else 'it'}; "
-            f"bring {'them' if gone != 1 else 'it'} back with: {lakecurate_on(lake)} review {lake.shell} "
-            f"--from-version {before.version}")
+            f"bring {'them' if gone != 1 else 'it'} back with: {back}")
 
 
 def counts(ds: "lance.LanceDataset") -> dict[str, int]:

@@ -151,7 +151,7 @@ def test_speedup_on_literal_curves():
     ({"baseline": []}, "name at least one"),
     ({"baseline": ["all", "all"]}, "each baseline once"),
     ({"baseline": ["no_such_col > 1"]}, "^baseline 'no_such_col > 1' is not a tag"),
-    ({"budgets": "0.5,x"}, "multiples of --steps separated by commas"),
+    ({"budgets": "0.5,x"}, "multiples of steps separated by commas"),
     ({"budgets": "0,1"}, "above 0 and at most 16"),
     ({"eval_every": 99}, "^invalid eval_every 99"),
     ({"metric": "R@5"}, "^metric 'R@5': one of"),
@@ -516,6 +516,9 @@ def test_near_copies_of_evaluation_images_are_left_out_of_every_arm(tmp_path: Pa
     said = [w for w in res.warnings if "near cop" in w]
     assert len(said) == 1 and f"ids {horse} (horse.jpg)" in said[0] and "left out of every arm" in said[0], res.warnings
     assert said[0].endswith("(held_out_cosine sets the bar)")
+    lake.evaluate(eval_set=ev, seeds=1, steps=4, progress=False)  # recorded: what was left out, by which bar
+    recorded = evaluations(lake)
+    assert set(recorded["near_copies"]) == {1} and set(recorded["held_out_cosine"]) == {0.75}
     # the bar is the caller's: at 1.0 the copy (cosine ~0.97) counts as another image
     res = lake.evaluate(eval_set=ev, seeds=1, steps=4, record=False, progress=False, held_out_cosine=1.0)
     assert res.near_copies == 0 and res.rows["all"] == usable and not any("near cop" in w for w in res.warnings)

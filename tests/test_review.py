@@ -547,7 +547,7 @@ def test_a_restore_past_a_review_says_which_marks_left_the_view_and_how_to_bring
     review.mark(sample, ids[:1], verdict="drop", reason="blurry", by="bo")  # (changed since the tag, too)
     marked = sample.version
     with pytest.warns(LakeWarning, match=rf"3 review marks of version {marked} are not in the restored state .*"
-                                         rf"review {re.escape(sample.shell)} --from-version {marked}$"):
+                                         rf"back with: lake.restore_reviews\({marked}\)$"):  # (Python's words)
         sample.restore("one-mark")
     assert _values(sample, ids)[ids[1]]["review_verdict"] is None
     res = CliRunner().invoke(main, ["restore", sample.uri, str(marked), "--json"])  # forward: ana's keep replaced

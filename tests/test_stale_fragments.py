@@ -1190,3 +1190,12 @@ def test_cleanup_refuses_while_a_tag_or_a_branch_head_is_stale(tmp_path: Path):
     add_n(lake.on_branch("work"))  # the branch's fix, run on it
     assert lake.cleanup(timedelta(0))["old_versions"] > 0
     assert feature_state(lake.on_branch("work")).state == "current"
+    # a cleanup of a branch removes its own versions only: main's staleness does not refuse it
+    work = lake.on_branch("work")
+    work.append(synthetic_pairs(200, 2))
+    add_n(work)
+    update(lake, "id = 'p0000002'", "another new caption")
+    assert feature_state(lake).state == "stale" and feature_state(work).state == "current"
+    assert work.cleanup(timedelta(0))["old_versions"] > 0
+    with pytest.raises(LakeError, match=r"feature \(n\) of lake .* is stale"):
+        lake.cleanup(timedelta(0))
