@@ -299,7 +299,7 @@ def test_restore_any_version_and_undo(curated: Lake):
     assert curated.restore(latest) == again and curated.restore(again) == again and curated.version == again
     res = CliRunner().invoke(main, ["restore", curated.uri, str(latest), "--json"])
     assert json.loads(res.stdout) == {"restored": str(latest), "version": again, "previous": again, "branch": "main",
-                                      "changed": False}
+                                      "changed": False, "notes": []}
 
 
 def test_cli_team_workflow(curated: Lake, tmp_path: Path):
