@@ -25,7 +25,7 @@ import pandas as pd
 
 from lakecurate.columns import StageRun
 from lakecurate.errors import LakeError, LakeWarning
-from lakecurate.options import flag, flags, given, keywords, python_api, texts, whole
+from lakecurate.options import flag, flags, given, keywords, texts, whole
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
 SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
@@ -104,7 +104,7 @@ class Lake(Store):
         restore_evidence(self)
         note = taken_out(self, before, self.dataset()) if before is not None and new != before.version else ""
         if note:
-            warnings.warn(note, LakeWarning, stacklevel=3)  # (the caller's line: python_api wraps it)
+            warnings.warn(note, LakeWarning, stacklevel=2)
         return new
 
     def curate(self, recipe: Any, **options: Any) -> Any:
@@ -517,27 +517,6 @@ def _what(stale: list[Any], of: str = "") -> str:
     first = stale[0]
     more = f" (and {', '.join(dict.fromkeys(s.node.stage for s in stale[1:]))})" if len(stale) > 1 else ""
     return f"{first.node.stage} ({', '.join(first.node.columns[:3])}){of} is stale ({first.reasons[0]}){more}"
-
-
-def _speak_python(cls: type) -> None:
-    """Every public method of ``cls`` (its own and the Store's it inherits) and its constructor word
-    their messages for a Python caller: ``invalid batch_size 0``, not the CLI's ``--batch-size``
-    (the CLI and the pipeline runner, which call them, keep their own wording)."""
-    import inspect
-
-    for name in {n for c in cls.__mro__[:-1] for n in vars(c)}:
-        fn = vars(cls).get(name) or next(vars(c)[name] for c in cls.__mro__ if name in vars(c))
-        if (name == "__init__" or not name.startswith("_")) and inspect.isfunction(fn) \
-                and not inspect.isgeneratorfunction(fn):
-            method = python_api(fn)
-            # named as this class's, where pickle finds it: a Store method's wrapper said
-            # "lakecurate.store.Store.history", whose object is the unwrapped one, and pickle (a
-            # spawned pool's map(Lake.history, ...), Ray) refused it
-            method.__module__, method.__qualname__ = cls.__module__, f"{cls.__qualname__}.{name}"
-            setattr(cls, name, method)
-
-
-_speak_python(Lake)
 
 
 def _code() -> dict[str, dict[str, Any]]:

@@ -5,8 +5,9 @@ one concept; a batch size of -4 marked fragments embedded with nothing in them).
 ranges say the same earlier; the library checks again for Python callers. Imports no stage.
 
 Each check names its option as the CLI spells it (``--batch-size``, ``-k``) and :func:`spell` words
-it for the interface that is speaking (:func:`speaking`): the CLI's flag, the Python parameter
-(``batch_size``, ``k``) for a :class:`~lakecurate.Lake` method, the TOML key for a pipeline step.
+it for the interface that is speaking (:func:`speaking`): the Python parameter (``batch_size``,
+``k``) for the library (a :class:`~lakecurate.Lake` method, the loader, a stage function), the CLI's
+flag within a command (the CLI says so), the TOML key for a pipeline step.
 
 >>> whole("--shard-size", 1e4)
 10000
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import inspect
 import json
 import math
@@ -37,9 +37,10 @@ MOST = 2**53  # the largest count an option takes: past a C integer, a stage fai
 MOST_WORKERS = 2**16  # processes or threads
 
 INTERFACES = ("cli", "python", "pipeline")
-# Which interface is speaking: "cli" (the default, and what the CLI sets), "python" (a Lake method
-# called by a notebook or script) or "pipeline" (a step of a pipeline file). None: none said yet.
-_SPEAKER: contextvars.ContextVar[str | None] = contextvars.ContextVar("lakecurate_speaker", default=None)
+# Which interface is speaking: "python" (the default: the library called from a notebook or a script,
+# the loader, a stage function), "cli" (what the CLI sets for its command) or "pipeline" (a step of a
+# pipeline file). A context variable: a thread or process the CLI starts speaks Python unless told.
+_SPEAKER: contextvars.ContextVar[str] = contextvars.ContextVar("lakecurate_speaker", default="python")
 # CLI flags whose Python parameter (and pipeline key) is not the flag's own name with '_' for '-'
 _PARAMETERS = {"--set": "overrides", "--budget": "budgets", "--caption-mix-both": "mix_both", "--from-version": "version"}
 
@@ -57,19 +58,8 @@ def speaking(interface: str) -> Iterator[None]:
 
 
 def speaker() -> str:
-    """The interface speaking now: "cli" unless a Lake method or the pipeline runner said otherwise."""
-    return _SPEAKER.get() or "cli"
-
-
-def python_api(fn: "Callable[..., Any]") -> "Callable[..., Any]":
-    """A Lake method speaks Python unless the CLI or the pipeline runner already speaks (they call it)."""
-    @functools.wraps(fn)
-    def method(*args: Any, **kwargs: Any) -> Any:
-        if _SPEAKER.get() is not None:
-            return fn(*args, **kwargs)
-        with speaking("python"):
-            return fn(*args, **kwargs)
-    return method
+    """The interface speaking now: "python" unless the CLI or the pipeline runner said otherwise."""
+    return _SPEAKER.get()
 
 
 def spell(option: str) -> str:
@@ -77,10 +67,10 @@ def spell(option: str) -> str:
     Python parameter, which is also a pipeline step's key (the pipeline's message names the step).
     Anything but a flag (``ids``, ``column names``) is left as it is.
 
-    >>> spell("--batch-size"), spell("-k")
+    >>> with speaking("cli"):
+    ...     spell("--batch-size"), spell("-k")
     ('--batch-size', '-k')
-    >>> with speaking("python"):
-    ...     spell("--batch-size"), spell("-k"), spell("--set"), spell("ids")
+    >>> spell("--batch-size"), spell("-k"), spell("--set"), spell("ids")
     ('batch_size', 'k', 'overrides', 'ids')
     """
     if speaker() == "cli" or not re.fullmatch(r"--?[a-z][a-z0-9-]*", option):
@@ -93,10 +83,10 @@ def given(option: str, value: Any = True) -> str:
     --overwrite"): ``--overwrite`` / ``--engine local`` on the CLI, ``overwrite=True`` /
     ``engine='local'`` in Python and a pipeline.
 
-    >>> given("--overwrite"), given("--engine", "local")
-    ('--overwrite', '--engine local')
-    >>> with speaking("python"):
+    >>> with speaking("cli"):
     ...     given("--overwrite"), given("--engine", "local")
+    ('--overwrite', '--engine local')
+    >>> given("--overwrite"), given("--engine", "local")
     ('overwrite=True', "engine='local'")
     >>> with speaking("pipeline"):
     ...     given("--overwrite"), given("--engine", "local")
@@ -260,10 +250,10 @@ def real(option: str, value: Any, low: float = -math.inf, high: float = math.inf
     0.01
     >>> real("--lr", float("nan"), 0, 1, above=True)
     Traceback (most recent call last):
-    lakecurate.errors.LakeError: invalid --lr nan: expected a number above 0 and at most 1
+    lakecurate.errors.LakeError: invalid lr nan: expected a number above 0 and at most 1
     >>> real("--lr", 10**400, 0, 1, above=True)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    lakecurate.errors.LakeError: invalid --lr 1000...: expected a number above 0 and at most 1
+    lakecurate.errors.LakeError: invalid lr 1000...: expected a number above 0 and at most 1
     """
     try:  # (an int past a float's range: OverflowError in isfinite)
         fits = not isinstance(value, (bool, str)) and isinstance(value, numbers.Real) and math.isfinite(value) \

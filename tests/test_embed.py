@@ -686,7 +686,7 @@ def test_options_a_model_does_not_take_are_refused(lake: Lake):
 
 def test_a_name_with_capitals_is_refused():
     """--name Bad made Bad_score, which SQL reads as bad_score (features refuse capitals)."""
-    with pytest.raises(EncoderError, match="--name 'Bad' has capitals, .* use 'bad'"):
+    with pytest.raises(EncoderError, match="^name 'Bad' has capitals, .* use 'bad'"):
         resolve("tiny-random", name="Bad")
     assert resolve("tiny-random", name="bad_1").prefix == "bad_1"
 

@@ -14,15 +14,14 @@ from lakecurate.cli import main
 
 
 def test_spell_follows_the_interface_speaking():
-    assert options.speaker() == "cli"
-    assert (options.spell("--batch-size"), options.spell("-k")) == ("--batch-size", "-k")
-    with options.speaking("python"):
-        assert [options.spell(o) for o in ("--batch-size", "-k", "--set", "--caption-mix-both", "ids", "column names")] \
-            == ["batch_size", "k", "overrides", "mix_both", "ids", "column names"]
-        with options.speaking("cli"):  # (the CLI calls Lake methods: its wording stays)
-            with pytest.raises(LakeError, match=r"^invalid --batch-size 0: expected an integer >= 1$"):
-                options.whole("--batch-size", 0)
-    assert options.speaker() == "cli"
+    assert options.speaker() == "python"  # (the library's default: a notebook, the loader, a stage function)
+    assert [options.spell(o) for o in ("--batch-size", "-k", "--set", "--caption-mix-both", "ids", "column names")] \
+        == ["batch_size", "k", "overrides", "mix_both", "ids", "column names"]
+    with options.speaking("cli"):  # (the CLI calls Lake methods: its wording stays)
+        assert (options.spell("--batch-size"), options.spell("-k")) == ("--batch-size", "-k")
+        with pytest.raises(LakeError, match=r"^invalid --batch-size 0: expected an integer >= 1$"):
+            options.whole("--batch-size", 0)
+    assert options.speaker() == "python"
 
 
 @pytest.mark.parametrize("call, message", [

@@ -91,10 +91,10 @@ def test_a_device_ray_cannot_give_is_refused_before_anything_is_written(tmp_path
     start(cpus=2, gpus=2)
     lake = small_lake(tmp_path / "lake", fragments=2)
     before = lake.dataset().version
-    with pytest.raises(LakeError, match="--device cuda:1.*use --device cuda"):
+    with pytest.raises(LakeError, match="device cuda:1.*use device='cuda'"):
         runner.run(lake, probe("cuda:1"), engine="ray", progress=False)
     start(cpus=2, gpus=0)
-    with pytest.raises(LakeError, match="no GPUs.*--device cpu"):
+    with pytest.raises(LakeError, match="no GPUs.*device='cpu'"):
         runner.run(lake, probe("cuda"), engine="ray", progress=False)
     assert lake.dataset().version == before and "ran_pid" not in lake.dataset().schema.names
     runner.run(lake, probe("auto"), engine="ray", progress=False)  # auto on a cluster without GPUs: the CPUs

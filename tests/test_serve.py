@@ -295,7 +295,7 @@ def test_read_only_refuses_writes(sample: Lake):
     assert c.post("/api/undo", json={"action": "abc"}, headers={"X-CSRF-Token": csrf(c)}).status_code == 403
     assert 'id="review"' not in c.get("/").text
     assert "review_verdict" not in sample.dataset().schema.names
-    with pytest.raises(LakeError, match="read-only"):
+    with pytest.raises(LakeError, match="leave it out with read_only=True"):
         create_app(sample, read_only=True, labels=["a"])
     assert sample.side_dataset(review.LABELS) is None
 

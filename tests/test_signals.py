@@ -291,7 +291,7 @@ def test_image_signal_options_are_checked_before_any_write(lake):
 
     lake.append(pair_rows(0, 3))
     version = lake.version
-    with pytest.raises(LakeError, match="--workers"):
+    with pytest.raises(LakeError, match="invalid workers"):
         compute_image_signals(lake, workers=-2)
     assert lake.version == version
 

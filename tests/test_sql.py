@@ -158,7 +158,7 @@ BAD_WHERE = ["width > 400 height > 400", "width > 1; DROP TABLE pairs", "width >
 def test_check_where_refuses_all_but_one_condition(where: str):
     from lakecurate.sqlcheck import check_where
 
-    with pytest.raises(LakeError, match=r"--where .* is not one SQL condition") as err:
+    with pytest.raises(LakeError, match=r"^where .* is not one SQL condition") as err:
         check_where(where)
     assert where in str(err.value) and "\n" not in str(err.value)
 
@@ -174,7 +174,7 @@ def test_check_where_accepts_conditions_and_checks_columns(small: Lake):
     for blank in ("", "  \n"):  # an empty text was every row to Lance, and no --where to a caller
         with pytest.raises(LakeError, match="an empty condition"):
             check_where(blank, "--where", ds)
-    with pytest.raises(LakeError, match=r"--where-b 'nope > 1' cannot select rows: .*nope"):
+    with pytest.raises(LakeError, match=r"where_b 'nope > 1' cannot select rows: .*nope"):
         check_where("nope > 1", "--where-b", ds)
     with pytest.raises(LakeError, match="boolean"):
         check_where("width", "--where", ds)
@@ -195,7 +195,7 @@ def test_deeply_nested_conditions_are_one_line_errors(small: Lake):
                        ("NOT " * 200 + "width > 1", "nests too deeply")):
         with pytest.raises(LakeError, match=says) as err:
             check_where(deep, "--where", ds)
-        assert str(err.value).startswith("--where") and "\n" not in str(err.value)
+        assert str(err.value).startswith("where ") and "\n" not in str(err.value)
         with pytest.raises(LakeError, match=says):
             check_query(f"SELECT id FROM pairs WHERE {deep}")
         res = CliRunner().invoke(main, ["sql", small.uri, f"SELECT id FROM pairs WHERE {deep}"])

@@ -137,7 +137,7 @@ def test_cleanup_refuses_to_remove_what_shows_a_stage_stale(tmp_path: Path):
     lake.append(synthetic_pairs(100, 3))
     v = lake.version
     with pytest.raises(LakeError, match=r"feature \(n\) .* is stale .*cleanup would remove versions whose commits "
-                                        r"show it.*lakecurate feature add .*--allow-stale"):
+                                        r"show it.*lakecurate feature add .*allow_stale=True"):
         lake.cleanup(timedelta(0))
     res = CliRunner().invoke(main, ["cleanup", lake.uri, "--older-than-days", "0"])
     assert res.exit_code == 1 and "--allow-stale" in res.output and "Traceback" not in res.output
@@ -1181,7 +1181,7 @@ def test_cleanup_refuses_while_a_tag_or_a_branch_head_is_stale(tmp_path: Path):
     add_n(lake)
     assert feature_state(lake).state == "current"
     with pytest.raises(LakeError, match=r"tag 'stale1' \(version \d+\).* feature \(n\) is stale.*never be made current "
-                                        r"there.*lakecurate tag .* stale1 --delete.*--allow-stale") as err:
+                                        r"there.*lakecurate tag .* stale1 --delete.*allow_stale=True") as err:
         lake.cleanup(timedelta(0))
     assert "branch 'work'" in str(err.value) and "lakecurate --branch work feature add" in str(err.value)
     lake.delete_tag("stale1")
