@@ -94,21 +94,23 @@ def test_local_features_accept_hard_copies_and_reject_other_photos(flickr8k: Pat
     assert max(worst, cross) < MIN_INLIERS, (worst, cross)
 
 
+def _banner(im: Image.Image) -> Image.Image:
+    """The photo at 500 x 375 with a black caption banner (the same one on every photo)."""
+    from PIL import ImageDraw
+
+    im = im.convert("RGB").resize((500, 375))
+    d = ImageDraw.Draw(im)
+    d.rectangle((62, 125, 362, 207), fill=(0, 0, 0))
+    d.text((68, 129), "LIMITED OFFER", fill=(235, 235, 235), font_size=34)
+    d.text((68, 166), "stock.example.com", fill=(235, 235, 235), font_size=26)
+    return im
+
+
 def test_a_shared_banner_is_not_a_copy(flickr8k: Path):
     """Two different photos carrying the same caption banner: the banner's text gives the keypoints
     a transform with 100+ inliers, but the pixels around it disagree (a copy's agree everywhere)."""
-    from PIL import ImageDraw
-
-    def banner(im: Image.Image) -> Image.Image:
-        im = im.convert("RGB").resize((500, 375))
-        d = ImageDraw.Draw(im)
-        d.rectangle((62, 125, 362, 207), fill=(0, 0, 0))
-        d.text((68, 129), "LIMITED OFFER", fill=(235, 235, 235), font_size=34)
-        d.text((68, 166), "stock.example.com", fill=(235, 235, 235), font_size=26)
-        return im
-
     photos = _photos(flickr8k, 12, start=500)
-    feats = [extract(_jpeg(banner(Image.open(p)))) for p in photos]
+    feats = [extract(_jpeg(_banner(Image.open(p)))) for p in photos]
     matches = [match(feats[a], feats[a + 1]) for a in range(0, len(feats), 2)]
     assert max(m.inliers for m in matches) >= 100  # the keypoints alone would call these copies
     assert not any(accepted(m) for m in matches), [m.describe() for m in matches]
@@ -123,8 +125,6 @@ def test_a_keystone_copy_is_verified_under_a_homography_and_other_photos_are_not
     cannot be lined up by a similarity (pixels agree 0.38-0.54 < MIN_AGREE: 4 of these 12 refused);
     the homography fitted on the same matches lines it up. Other photos stay apart, keystoned or
     not, and so do two photos that share a caption banner with one of them keystoned."""
-    from PIL import ImageDraw
-
     photos = _photos(flickr8k, 12, start=100)
     feats, copies = [], []
     for k, path in enumerate(photos):
@@ -143,17 +143,9 @@ def test_a_keystone_copy_is_verified_under_a_homography_and_other_photos_are_not
             if a != b:
                 assert not accepted(match(feats[a], copies[b])), (a, b)
 
-    def banner(im: Image.Image) -> Image.Image:
-        im = im.convert("RGB").resize((500, 375))
-        d = ImageDraw.Draw(im)
-        d.rectangle((62, 125, 362, 207), fill=(0, 0, 0))
-        d.text((68, 129), "LIMITED OFFER", fill=(235, 235, 235), font_size=34)
-        d.text((68, 166), "stock.example.com", fill=(235, 235, 235), font_size=26)
-        return im
-
     others = _photos(flickr8k, 8, start=500)
-    plain = [extract(_jpeg(banner(Image.open(p)))) for p in others[::2]]
-    angled = [extract(_jpeg(edit_image(banner(Image.open(p)), "keystone", random.Random(k)))) for k, p in enumerate(others[1::2])]
+    plain = [extract(_jpeg(_banner(Image.open(p)))) for p in others[::2]]
+    angled = [extract(_jpeg(edit_image(_banner(Image.open(p)), "keystone", random.Random(k)))) for k, p in enumerate(others[1::2])]
     pairs = [match(a, b) for a, b in zip(plain, angled)]
     # the banner's letters match well enough for the pixel check to be run (and a homography tried)
     assert any(m.agree == m.agree for m in pairs), [m.describe() for m in pairs]
