@@ -1104,7 +1104,8 @@ def _pin_evidence(lake: "Store", version: int) -> int:
 
 
 class EvidenceGone(LakeError):
-    """The evidence a lake version's decision names was removed (by a cleanup of an older lakecurate)."""
+    """The evidence a lake version's decision names was removed (by a cleanup that did not keep it:
+    an older lakecurate's, or one of a branch whose older versions it shares)."""
 
 
 def evidence_dataset(lake: "Store", ds: Any, *, gone_ok: bool = True) -> Any:
@@ -1129,8 +1130,8 @@ def evidence_dataset(lake: "Store", ds: Any, *, gone_ok: bool = True) -> Any:
         if not gone_ok:
             table = EVIDENCE_TABLE + (f"-{pin['branch']}" if pin["branch"] else "")
             raise EvidenceGone(f"the duplicate links that explain the decision of lake '{lake.uri}' version {ds.version} "
-                               f"({table} version {pin['version']}) were removed by a cleanup (an older lakecurate's, "
-                               "which did not keep them); another run's links are not its. The latest version's "
+                               f"({table} version {pin['version']}) were removed by a cleanup that did not keep them (an older "
+                               "lakecurate's, or one of a branch this version's history shares); another run's links are not its. The latest version's "
                                f"links: dup_pairs() without a version (to rebuild them: {lakecurate_on(lake)} dedup "
                                f"{lake.shell} --method ... --recompute)")
     return lake.side_dataset(EVIDENCE_TABLE)

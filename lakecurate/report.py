@@ -414,12 +414,12 @@ class _Builder:
                          "WHERE dup_group IS NOT NULL GROUP BY dup_group HAVING count(*) > 1)")
         top = self.sql("SELECT dup_group, count(*) AS n FROM pairs WHERE dup_group IS NOT NULL GROUP BY dup_group "
                        f"HAVING count(*) > 1 ORDER BY n DESC, dup_group LIMIT {self.max_groups}")
-        groups = []
+        groups, gone = [], ""
         if len(top):
             score = f", {self.score} AS score" if self.score else ""
             members = self.sql(f"SELECT _rowid, id, key, caption, dup_group, dup_keep, dup_reason, width, height{score} "
                                f"FROM pairs WHERE dup_group IN ({in_list(top['dup_group'])})", with_row_id=True)
-            links = self._links(members)
+            links, gone = self._links(members)
             for g, n in zip(top["dup_group"], top["n"]):
                 m = members[members["dup_group"] == g].sort_values(["dup_keep", "id"], ascending=[False, True])
                 method = next((r.split(":")[0] for r in m["dup_reason"] if isinstance(r, str)), "")
@@ -430,19 +430,20 @@ class _Builder:
         # sum() over no groups is null (NaN in pandas), and NaN is truthy: `or 0` would not catch it.
         rows = stats["rows"][0]
         return {"groups": int(stats["groups"][0]), "rows": 0 if pd.isna(rows) else int(rows), "top": groups,
-                "stale": self.stale_note("dup_group", "dup_keep")}
+                "stale": self.stale_note("dup_group", "dup_keep"), "links_gone": gone}
 
-    def _links(self, members: pd.DataFrame) -> dict[str, list[str]]:
+    def _links(self, members: pd.DataFrame) -> tuple[dict[str, list[str]], str]:
         """Group -> the links that made it (``dup_pairs``: method and evidence, e.g. "143 inliers"),
-        strongest evidence first, as lines a person reads beside the thumbnails."""
+        strongest evidence first, as lines a person reads beside the thumbnails; and why there are
+        none where the version's links were removed ("" otherwise)."""
         from lakecurate.dedup import EvidenceGone, dup_pairs
 
         try:
             links = dup_pairs(self.lake, members["id"].tolist(), version=self.version)
-        except EvidenceGone:  # (removed by an older lakecurate's cleanup: the groups are shown without their links)
-            return {}
+        except EvidenceGone as exc:  # (removed by a cleanup: the groups are shown without their links, saying why)
+            return {}, str(exc)
         if links.empty:
-            return {}
+            return {}, ""
         group_of = dict(zip(members["id"], members["dup_group"]))
         name = {i: Path(str(k)).name for i, k in zip(members["id"], members["key"])}
         out: dict[str, list[str]] = {}
@@ -453,7 +454,7 @@ class _Builder:
             g = group_of.get(a)
             if g is not None and g == group_of.get(b):
                 out.setdefault(g, []).append(f"{name[a]} ~ {name[b]}: {method}, {detail}")
-        return out
+        return out, ""
 
     def _note(self, row: dict[str, Any]) -> str:
         parts = []
@@ -533,8 +534,7 @@ class _Builder:
         if "keep" in self.stale_columns:  # ran, but not current: no cut is shown (it said "No data yet")
             name = (((self.prov("keep") or {}).get("config") or {}).get("recipe") or {}).get("name") or "?"
             stale = self.stale_note("keep")
-            return {"recipe": name, "steps": [], "stale": stale,
-                    "note": f"Not shown: recipe {name}'s decision is not current ({stale})."}
+            return {"recipe": name, "steps": [], "stale": stale}  # (the section's stale note says it)
         rec = recipe_of(self.ds)
         if rec is None:
             return None

@@ -963,6 +963,10 @@ def test_cleanup_keeps_the_evidence_that_kept_versions_name(lake: Lake, tmp_path
     with pytest.raises(LakeError, match=r"dup_pairs version \d+\) were removed by a cleanup.*--recompute"):
         lake.dup_pairs(version="second")
     assert {"exact", "phash"} <= set(lake.dup_pairs()["method"])
+    # the report at that version shows its groups without links, and says why (it said nothing)
+    page = Path(lake.report(tmp_path / "r.html", version="second", progress=False).path).read_text()
+    assert 'class="stale-warning links-gone">Shown without the links that made them: ' in page
+    assert "were removed by a cleanup" in page and 'class="strip dup-group"' in page
 
 
 def test_an_ingest_error_row_is_in_no_group_and_never_beats_its_good_copy(tmp_path: Path):
