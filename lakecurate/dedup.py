@@ -97,7 +97,7 @@ from lakecurate.options import cosine as check_cosine
 from lakecurate.options import flag, spell, texts, whole
 from lakecurate.progress import progress_bar
 from lakecurate.runner import WAIT_POLL
-from lakecurate.schema import EVIDENCE_KEY, EVIDENCE_TABLE
+from lakecurate.schema import EVIDENCE_KEY, EVIDENCE_TABLE, evidence_pin
 from lakecurate.sqlcheck import clean_message
 from lakecurate.store import retry_on_conflict
 from lakecurate.verify import CONFIG as VERIFY_CONFIG
@@ -1118,19 +1118,16 @@ def evidence_dataset(lake: "Store", ds: Any, *, gone_ok: bool = True) -> Any:
     merges into), else an :class:`EvidenceGone` saying so (another run's links are not its)."""
     if "dup_group" not in ds.schema.names:
         return None
-    raw = (ds.schema.field("dup_group").metadata or {}).get(EVIDENCE_KEY.encode())
-    try:
-        pin = json.loads(raw) if raw else None
-    except ValueError:
-        pin = None
-    if isinstance(pin, dict) and isinstance(pin.get("version"), int) and isinstance(pin.get("branch"), (str, type(None))):
-        pinned = lake.side_dataset(EVIDENCE_TABLE, branch=pin["branch"], version=pin["version"])
+    pin = evidence_pin(ds.schema)
+    if pin is not None:
+        branch, version = pin
+        pinned = lake.side_dataset(EVIDENCE_TABLE, branch=branch, version=version)
         if pinned is not None:
             return pinned
         if not gone_ok:
-            table = EVIDENCE_TABLE + (f"-{pin['branch']}" if pin["branch"] else "")
+            table = lake.side_uri(EVIDENCE_TABLE, branch=branch).rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance")
             raise EvidenceGone(f"the duplicate links that explain the decision of lake '{lake.uri}' version {ds.version} "
-                               f"({table} version {pin['version']}) were removed by a cleanup that did not keep them (an older "
+                               f"({table} version {version}) were removed by a cleanup that did not keep them (an older "
                                "lakecurate's, or one of a branch this version's history shares); another run's links are not its. The latest version's "
                                f"links: dup_pairs() without a version (to rebuild them: {lakecurate_on(lake)} dedup "
                                f"{lake.shell} --method ... --recompute)")

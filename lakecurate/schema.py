@@ -27,6 +27,24 @@ EVIDENCE_TABLE = "dup_pairs"
 # dup_group's field metadata key naming the version of the evidence table (and whose table: main's or
 # a branch's) that its run wrote: the links that explain the decision a lake version holds.
 EVIDENCE_KEY = "lakecurate:evidence"
+
+
+def evidence_pin(schema: pa.Schema) -> tuple[str | None, int] | None:
+    """(branch, version) of the evidence table that ``dup_group``'s run wrote, read from its field
+    metadata (:data:`EVIDENCE_KEY`); None without a dedup, or a pin an older lakecurate did not write."""
+    import json
+
+    if "dup_group" not in schema.names:
+        return None
+    raw = (schema.field("dup_group").metadata or {}).get(EVIDENCE_KEY.encode())
+    try:
+        pin = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if isinstance(pin, dict) and isinstance(pin.get("version"), int) and isinstance(pin.get("branch"), (str, type(None))):
+        return pin["branch"], pin["version"]
+    return None
+
 # The side table of recorded evaluations (lakecurate evaluate), one a branch as well.
 EVAL_TABLE = "evaluations"
 

@@ -37,7 +37,7 @@ from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError, QueryStopped
 from lakecurate.options import canonical_uri, flag, is_number, keywords, speaker, texts, whole
-from lakecurate.schema import EVAL_TABLE, EVIDENCE_KEY, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, is_blob
+from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, evidence_pin, is_blob
 
 T = TypeVar("T")
 log = logging.getLogger("lakecurate")
@@ -1059,16 +1059,9 @@ class Store:
                 ds = self._lance(self.table_uri if isinstance(ref, str) else self._branch_uri(branch), version=ref)
             except (ValueError, OSError):  # (a version removed meanwhile by another writer)
                 continue
-            if "dup_group" not in ds.schema.names:
-                continue
-            raw = (ds.schema.field("dup_group").metadata or {}).get(EVIDENCE_KEY.encode())
-            try:
-                pin = json.loads(raw) if raw else None
-            except ValueError:
-                continue
-            if isinstance(pin, dict) and isinstance(pin.get("version"), int) and isinstance(pin.get("branch"), (str, type(None))):
-                name = Path(self.side_uri(EVIDENCE_TABLE, branch=pin["branch"])).name
-                out.setdefault(name, set()).add(pin["version"])
+            pin = evidence_pin(ds.schema)
+            if pin is not None:
+                out.setdefault(Path(self.side_uri(EVIDENCE_TABLE, branch=pin[0])).name, set()).add(pin[1])
         return out
 
 
