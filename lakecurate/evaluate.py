@@ -96,6 +96,7 @@ class EvalResult:
     budgets: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "0.5" -> arm -> metric per seed
     warnings: list[str] = field(default_factory=list)  # what makes the numbers mean less (the CLI's stderr)
     near_copies: int = 0  # pool rows left out of every arm: near copies of evaluation images (held_out_cosine)
+    near_copy_ids: list[str] = field(default_factory=list)  # their ids
     held_out_cosine: float | None = None  # the image cosine that counted as a near copy (None: not checked)
     notes: list[str] = field(default_factory=list)     # what was done other than asked (merged budgets)
 
@@ -659,6 +660,7 @@ def evaluate(
                      seeds=list(range(seeds)), eval_id=uuid.uuid4().hex[:12], baselines=names, metric=metric,
                      warnings=list(dict.fromkeys(warnings)), notes=merged,
                      near_copies=0 if near is None else int(near.sum()),
+                     near_copy_ids=[] if near is None else ids.filter(pa.array(near)).to_pylist(),
                      held_out_cosine=None if meaningless(prov) else _near_bar(prov, held_out_cosine))
     arms = ["view", *names]
     res.rows = {"view": len(chosen), **{b: len(chosen) if b == "random" else len(fixed[b]) for b in names}}

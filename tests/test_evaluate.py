@@ -510,7 +510,7 @@ def test_near_copies_of_evaluation_images_are_left_out_of_every_arm(tmp_path: Pa
 
     monkeypatch.setattr(evaluate_mod, "train_heads", spy)
     res = lake.evaluate(eval_set=ev, seeds=1, steps=4, record=False, progress=False)
-    assert res.near_copies == 1 and res.held_out_cosine == 0.75
+    assert res.near_copies == 1 and res.held_out_cosine == 0.75 and res.near_copy_ids == [horse]
     assert res.rows["all"] == usable - 1 and res.rows["view"] == lake.count("keep AND offline_text IS NOT NULL") - 1
     assert max(trained) == usable - 1
     said = [w for w in res.warnings if "near cop" in w]
