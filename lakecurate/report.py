@@ -265,6 +265,12 @@ class _Builder:
         prov = field_provenance(self.ds.schema.field(name), strict=False) if name in self.names else None
         return {**prov, "config": {}} if prov is not None and not isinstance(prov.get("config"), dict) else prov
 
+    def recipe(self) -> dict[str, Any]:
+        """The recipe curate's ``keep`` was decided by, as its provenance records it (name, embedding,
+        steps: filter, reason, params); {} before any curate or where the record is not a dict."""
+        recipe = ((self.prov("keep") or {}).get("config") or {}).get("recipe")
+        return recipe if isinstance(recipe, dict) else {}
+
     def _score_column(self) -> tuple[str | None, str | None]:
         # search.embedding_prefixes, leniently: a column with odd provenance is shown, not fatal
         found = {n[: -len("_score")]: p for n in self.names if n.endswith("_score")
@@ -272,7 +278,7 @@ class _Builder:
         if not found:
             return None, None
         curate = self.prov("keep") or {}
-        emb = (curate.get("config", {}).get("recipe", {}) or {}).get("embedding")
+        emb = self.recipe().get("embedding")
         if emb not in found:  # the one the recipe read (its score among its sources), else the one dedup ranked by
             read = [c[: -len("_score")] for c in curate.get("source_columns") or [] if c.endswith("_score")]
             rank = str(((self.prov("dup_keep") or {}).get("config") or {}).get("rank_by") or "")
@@ -356,7 +362,7 @@ class _Builder:
             reasons.append({"stage": "ingest", "reason": flag, "rows": n})
         curated = decided(self.ds.schema, "keep") and "keep" not in self.stale_columns
         prov = (self.prov("keep") or {}) if curated else {}
-        recipe_steps = ((prov.get("config") or {}).get("recipe") or {}).get("steps") or []
+        recipe_steps = (self.recipe().get("steps") or []) if curated else []
         # dedup's line only where the recipe read dup_keep (its duplicate step, or a column/sql step): a
         # recipe without one keeps duplicates, and charging dedup with them ended below the view's size
         reads_dedup = "dup_keep" in (prov.get("source_columns") or []) or any(
@@ -369,7 +375,7 @@ class _Builder:
             steps.append(("one per duplicate group (dedup)", count(left)))
         recipe = None
         if curated:
-            recipe = (prov.get("config") or {}).get("recipe") or {}
+            recipe = self.recipe()
             name = recipe.get("name", "?")
             order = [s.get("reason") for s in recipe.get("steps", [])]
             before = len(reasons)
@@ -508,7 +514,7 @@ class _Builder:
         counts = self.sql("SELECT drop_reason, count(*) AS n FROM pairs WHERE drop_reason IS NOT NULL "
                           "GROUP BY drop_reason ORDER BY n DESC, drop_reason")
         score = f", {self.score} AS score" if self.score else ""
-        steps = ((((self.prov("keep") or {}).get("config") or {}).get("recipe") or {}).get("steps")) or []
+        steps = self.recipe().get("steps") or []
         reviewed = {st.get("reason") or "review" for st in steps if st.get("filter") == "review"} \
             if {"review_reason", "review_by"} <= self.names else set()
 
@@ -532,7 +538,7 @@ class _Builder:
         from lakecurate.errors import LakeError
 
         if "keep" in self.stale_columns:  # ran, but not current: no cut is shown (it said "No data yet")
-            name = (((self.prov("keep") or {}).get("config") or {}).get("recipe") or {}).get("name") or "?"
+            name = self.recipe().get("name") or "?"
             stale = self.stale_note("keep")
             return {"recipe": name, "steps": [], "stale": stale}  # (the section's stale note says it)
         rec = recipe_of(self.ds)
@@ -636,7 +642,7 @@ class _Builder:
         s, plots = self.sample, []
         if self.score and self.score in s:
             lines = {}
-            for step in ((self.prov("keep") or {}).get("config", {}).get("recipe", {}) or {}).get("steps", []):
+            for step in self.recipe().get("steps") or []:
                 p = step.get("params", {})
                 if step.get("filter") == "alignment" and p.get("min") is not None:
                     lines[f"recipe minimum {p['min']}"] = float(p["min"])
