@@ -84,7 +84,7 @@ class CaptionerSpec:
 def check_name(name: str | None) -> None:
     """A ``--name`` is the column's name after ``caption_`` as given: never rewritten into another."""
     if name is not None and (not name or _slug(name) != name):
-        hint = f" (e.g. {spell('--name')} {_slug(name)})" if _slug(name) else ""
+        hint = f" (e.g. {given('--name', _slug(name))})" if _slug(name) else ""
         raise EncoderError(f"{spell('--name')} {name!r}: use only lowercase letters and digits, a-z and 0-9, "
                            f"as the column is caption_NAME{hint}")
 

@@ -37,7 +37,7 @@ from lakecurate.graph import (check_current, check_decided, check_embedded, chec
                               commit_decisions, embedded_rows, lakecurate_on, where_columns, write_decisions)
 from lakecurate.names import decided, default_view, embedding_columns
 from lakecurate.neardup import ArrayVectors, in_value_order
-from lakecurate.options import positive, spell, whole
+from lakecurate.options import given, positive, spell, whole
 from lakecurate.progress import progress_bar
 from lakecurate.options import target as check_target
 from lakecurate.sqlcheck import check_where
@@ -513,7 +513,7 @@ def cluster(lake: "Store", k: int | None = None, *, embedding: str | None = None
         now = prov["config"]
         differ = ", ".join(f"{key} {old.get(key)} -> {now.get(key)}" for key in now if old.get(key) != now.get(key))
         raise LakeError(f"lake '{lake.uri}' has concepts made with other settings ({differ}); "
-                        "pass --recompute to replace them")
+                        f"pass {given('--recompute')} to replace them")
     added = columns.declare(lake, fields, prov, recompute=replace)
     if replace or added:  # (added: made again whole, one of them dropped by another writer: the old values are gone)
         tbl = tbl.drop_columns([c for c in ("concept", "concept_dist") if c in tbl.column_names])

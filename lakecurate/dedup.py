@@ -795,7 +795,7 @@ def dedup(
         if semantic_threshold is None and {"semantic", "caption"} & set(methods):
             raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: its similarities are "
                             "meaningless, so semantic dedup would link unrelated pairs; embed with a real model, "
-                            "or pass --semantic-threshold to do it anyway (tests)")
+                            f"or pass {spell('--semantic-threshold')} to do it anyway (tests)")
         for m in clustered:
             raise LakeError(f"embedding '{emb}' comes from a randomly initialised test model: it cannot say which "
                             f"hashes to compare; embed with a real model, or use --{m}-search all")

@@ -413,11 +413,11 @@ def _existing(path: Path, fmt: str, overwrite: bool) -> list[Path] | None:
     previous = _previous_export(path, fmt)
     other = next((f for f in FORMATS if f != fmt and previous is None and _previous_export(path, f)), None)
     if other is not None:  # ("not an earlier mds export (no manifest.json ...)" of a folder whose manifest.json names one)
-        raise LakeError(f"'{path}' holds an earlier lakecurate {other} export, not a {fmt} one; --overwrite replaces an "
-                        f"export of the same format: give --format {other}, or choose another destination")
+        raise LakeError(f"'{path}' holds an earlier lakecurate {other} export, not a {fmt} one; {spell('--overwrite')} replaces an "
+                        f"export of the same format: give {given('--format', other)}, or choose another destination")
     if previous is None:
         raise LakeError(f"'{path}' is not an earlier lakecurate {fmt} export (no {manifest_path(path, fmt).name} "
-                        "naming its files); --overwrite replaces only such an export: choose a new or empty destination")
+                        f"naming its files); {spell('--overwrite')} replaces only such an export: choose a new or empty destination")
     return previous
 
 

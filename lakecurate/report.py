@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from lakecurate import graph
 from lakecurate.columns import describe_provenance, field_provenance
 from lakecurate.names import decided, embedding_columns
+from lakecurate.options import given
 from lakecurate.sqlcheck import in_list, literal
 
 if TYPE_CHECKING:
@@ -762,7 +763,7 @@ def check_out(out: str | os.PathLike, overwrite: bool) -> Path:
         raise LakeError(f"report: '{out}' is not a regular file (a pipe or a device); give the HTML file to write")
     if target.is_file() and not overwrite and report_meta(target) is None:  # (it replaced an 8 MB Parquet file)
         raise LakeError(f"report: '{out}' exists and is not a lakecurate report (or one an older lakecurate wrote); "
-                        "choose another file, or pass --overwrite to replace it")
+                        f"choose another file, or pass {given('--overwrite')} to replace it")
     return target
 
 

@@ -160,8 +160,8 @@ def test_overwrite_of_another_format_s_export_names_that_format(seq_lake: Lake, 
     dest = tmp_path / "wds"
     seq_lake.export(dest, "webdataset", progress=False)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(LakeError, match="holds an earlier lakecurate webdataset export, not a mds one; --overwrite "
-                                        "replaces an export of the same format: give --format webdataset"):
+    with pytest.raises(LakeError, match="holds an earlier lakecurate webdataset export, not a mds one; overwrite "
+                                        "replaces an export of the same format: give format='webdataset'"):
         seq_lake.export(dest, "mds", overwrite=True)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 

@@ -90,3 +90,25 @@ def test_every_lake_method_pickles_by_reference_as_before_the_wrapping(tmp_path)
         assert cloudpickle.loads(cloudpickle.dumps(method)) is method, name
     lake = Lake.create(tmp_path / "lake")
     assert pickle.loads(pickle.dumps(Lake.history))(lake, 1)[0]["version"] == lake.version
+
+
+def test_common_re_run_advice_names_the_option_as_the_interface_does(tmp_path):
+    """A probe of the wording: re-run advice still spelled flags for Python and pipelines ("pass
+    --recompute", "pass --overwrite", "pass --semantic-threshold", "give --format X")."""
+    from .conftest import SAMPLE_DATA
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    lake.cluster(3)
+    with pytest.raises(LakeError, match=r"pass recompute=True to replace them$"):
+        lake.cluster(4)
+    with pytest.raises(LakeError, match=r"or pass semantic_threshold to do it anyway"):
+        lake.dedup(["semantic"], progress=False)
+    (tmp_path / "r.html").write_text("not a report")
+    with pytest.raises(LakeError, match=r"pass overwrite=True to replace it$"):
+        lake.report(tmp_path / "r.html", sample_rows=10)
+    res = CliRunner().invoke(main, ["cluster", lake.uri, "-k", "4"])
+    assert res.exit_code == 1 and "pass --recompute to replace them" in res.output, res.output
+    res = CliRunner().invoke(main, ["report", lake.uri, str(tmp_path / "r.html"), "--sample-rows", "10"])
+    assert res.exit_code == 1 and "pass --overwrite to replace it" in res.output, res.output

@@ -264,7 +264,7 @@ def test_a_pipeline_embed_step_with_caption_col_scores_it(sample_lake_embedded: 
 @pytest.mark.parametrize("kwargs,match", [({"seed": 2 ** 63 - 1}, "invalid seed"), ({"seed": "x"}, "invalid seed"),
                                           ({"name": "redacted"}, "caption_redacted is the redacted caption"),
                                           # '../x' was written as caption_x, '' as the default name
-                                          ({"name": "../x"}, r"^name '\.\./x': use only lowercase .*name x\)"),
+                                          ({"name": "../x"}, r"^name '\.\./x': use only lowercase .*name='x'\)"),
                                           ({"name": ""}, "^name '': use only lowercase letters and digits")])
 def test_recaption_seed_and_reserved_names_refused_before_a_write(tmp_path: Path, kwargs, match):
     lake = Lake.create(tmp_path / "lake")

@@ -243,7 +243,7 @@ def test_odd_replies_are_the_rows_errors_and_the_key_is_never_shown(server, tmp_
      r"\{caption:>99999999\} asks for more than 1000 characters"),
     ({"endpoint": "http://127.0.0.1:1/v1", "prompt": "Caption: {caption:.5000}"}, r"\{caption:\.5000\}.* at most 1000"),
     # a name was rewritten into another column's: '../x' wrote caption_x, 'a b' caption_ab, '' the default
-    ({"endpoint": "http://127.0.0.1:1/v1", "name": "../x"}, r"^name '\.\./x': use only lowercase .*name x\)"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "name": "../x"}, r"^name '\.\./x': use only lowercase .*name='x'\)"),
     ({"endpoint": "http://127.0.0.1:1/v1", "name": "a b"}, r"^name 'a b': use only lowercase letters and digits"),
     ({"endpoint": "http://127.0.0.1:1/v1", "name": ""}, r"^name '': use only lowercase letters and digits"),
     ({"endpoint": "http://127.0.0.1:1/v1", "name": "Llava_2"}, r"^name 'Llava_2'.*\(e\.g\. name llava2\)"),

@@ -412,7 +412,7 @@ def test_report_replaces_only_a_report_unless_told_and_says_long_names_and_progr
     lake.ingest(SAMPLE_DATA, progress=False)
     victim = tmp_path / "victim.parquet"
     victim.write_bytes(b"PAR1 not a report PAR1")
-    with pytest.raises(LakeError, match="exists and is not a lakecurate report .* pass --overwrite to replace it"):
+    with pytest.raises(LakeError, match="exists and is not a lakecurate report .* pass overwrite=True to replace it"):
         lake.report(victim, sample_rows=50)
     res = CliRunner().invoke(main, ["report", lake.uri, str(victim), "--sample-rows", "50", "--json"])
     assert res.exit_code == 1 and "not a lakecurate report" in json.loads(res.stdout)["error"]
