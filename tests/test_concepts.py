@@ -501,7 +501,7 @@ def test_a_plain_re_run_of_cluster_after_new_rows_keeps_its_k(sample_lake_embedd
     _more_rows(lake, tmp_path)
     again = lake.cluster()
     assert again.k == first.k and lake.count("concept IS NULL AND clip_tinyrandom_image IS NOT NULL") == 0
-    with pytest.raises(LakeError, match=rf"other settings \(k {first.k} -> {first.k + 1}\); pass --recompute"):
+    with pytest.raises(LakeError, match=rf"other settings \(k {first.k} -> {first.k + 1}\); pass recompute=True"):
         lake.cluster(first.k + 1)
 
 

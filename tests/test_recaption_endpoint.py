@@ -246,7 +246,7 @@ def test_odd_replies_are_the_rows_errors_and_the_key_is_never_shown(server, tmp_
     ({"endpoint": "http://127.0.0.1:1/v1", "name": "../x"}, r"^name '\.\./x': use only lowercase .*name='x'\)"),
     ({"endpoint": "http://127.0.0.1:1/v1", "name": "a b"}, r"^name 'a b': use only lowercase letters and digits"),
     ({"endpoint": "http://127.0.0.1:1/v1", "name": ""}, r"^name '': use only lowercase letters and digits"),
-    ({"endpoint": "http://127.0.0.1:1/v1", "name": "Llava_2"}, r"^name 'Llava_2'.*\(e\.g\. name llava2\)"),
+    ({"endpoint": "http://127.0.0.1:1/v1", "name": "Llava_2"}, r"^name 'Llava_2'.*\(e\.g\. name='llava2'\)"),
 ])
 def test_bad_endpoint_options_write_nothing(tmp_path: Path, kwargs, match):
     lake = caption_lake(tmp_path / "lake", ["a dog"])
