@@ -1955,12 +1955,17 @@ def demo(lake_uri: str, source: str, model: str, as_json: bool) -> None:
         # demo.toml's k fits the bundled photos; other photos get the cluster stage's own rule (about
         # the square root of the rows): 2 pairs stopped at "-k 3 asks for more concepts", and demo has no -k
         overrides["cluster"] = {"k": None}
+    if spec is not None and spec.meaningless:
+        # a test model's similarities mean nothing: semantic dedup refuses them (the demo stopped at its dedup step)
+        overrides["dedup"] = {"methods": ["exact", "phash"]}
     if "://" in Lake(lake_uri).uri:  # demo.toml writes the report into the lake's folder: a local file here instead
         overrides["report"] = {"out": os.path.abspath("demo-report.html")}
     pipe = load_pipeline("demo", lake_uri=Lake(lake_uri).uri, overrides={**overrides, "embed": {"model": model}})
     lake = open_lake(lake_uri, create=True)  # on --branch when given (it wrote to main, ignoring it)
     explain_encoder(spec.arch, spec.meaningless)
     say(f"== run pipeline {pipe.source} on {lake.uri}")
+    if "dedup" in overrides:
+        say(f"(dedup by exact and perceptual hashes only: semantic dedup needs a real model, not the test model '{model}')")
     rep = lake.run(pipe, on_step=None if as_json else _step_line)
     out["run"] = rep
     ingest = next((s for s in rep.steps if s.step == "ingest" and s.action == "ran"), None)

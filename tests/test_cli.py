@@ -273,6 +273,19 @@ def test_demo_on_a_small_folder_of_its_own_runs_through(runner: CliRunner, tmp_p
     assert Lake.open(tmp_path / "lake").count("concept IS NOT NULL") == 2
 
 
+def test_demo_with_the_test_model_runs_through(runner: CliRunner, tmp_path: Path, monkeypatch):
+    """`demo --model tiny-random` stopped at its dedup step: semantic dedup refuses a randomly
+    initialised model's embeddings, and demo has no option to leave the method out."""
+    monkeypatch.chdir(REPO)
+    res = runner.invoke(main, ["demo", "--lake", str(tmp_path / "demo"), "--model", "tiny-random"])
+    assert res.exit_code == 0, res.output
+    assert "semantic dedup needs a real model" in res.output and "== curate" in res.output, res.output
+    lake = Lake.open(tmp_path / "demo")
+    assert all(s.state == "current" for s in graph.states(lake)), res.output
+    names = lake.dataset().schema.names
+    assert "dup_phash_group" in names and "dup_semantic_group" not in names and lake.count("seq_order IS NOT NULL") > 0
+
+
 def test_a_caption_s_escape_codes_are_shown_not_sent_to_the_terminal(runner: CliRunner, tmp_path: Path):
     """Captions are scraped text: one holding "\\x1b]0;pwned\\x07\\x1b[2J" set the terminal's title
     and cleared it when `lakecurate sql` printed it (a bidi override reversed the rest of the row).
