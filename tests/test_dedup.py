@@ -969,6 +969,37 @@ def test_cleanup_keeps_the_evidence_that_kept_versions_name(lake: Lake, tmp_path
     assert "were removed by a cleanup" in page and 'class="strip dup-group"' in page
 
 
+def test_cleanup_keeps_the_evidence_of_every_version_left_not_of_a_prediction(lake: Lake, tmp_path: Path):
+    """Cleanup predicted the lake versions it would leave (those from now - older_than on, the
+    latest, the tags) and kept only their evidence: a version Lance kept though older than the cut
+    (the one a branch starts from) and main's old versions, which a cleanup of a branch leaves, lost
+    their links. The versions left are listed after the lake's cleanup, and what they name stays."""
+    from datetime import timedelta
+
+    lake.ingest(SAMPLE_DATA, progress=False)
+    lake.dedup(["exact"], progress=False)
+    start, links = lake.version, len(lake.dup_pairs())
+    exp = lake.create_branch("exp")  # at start: Lance keeps that version of main for it
+    exp.ingest(one_more_copy(tmp_path / "exp", "a cat on the branch"), progress=False)
+    exp.dedup(["exact"], progress=False)  # the branch's decision names its own dup_pairs-exp
+    lake.ingest(one_more_copy(tmp_path / "main", "a cat on main"), progress=False)
+    lake.dedup(["exact"], progress=False)
+    middle = lake.version
+    lake.ingest(one_more_copy(tmp_path / "more", "one more cat", name="more"), progress=False)
+    lake.dedup(["exact"], progress=False)
+    # a cleanup of the branch leaves main's versions, older than the cut: their links stay
+    exp.cleanup(timedelta(0))
+    assert middle in [v["version"] for v in lake.dataset().versions()]
+    assert len(lake.dup_pairs(version=start)) == links
+    assert len(lake.dup_pairs(version=middle)) == links + 1
+    # a cleanup of main keeps the version the branch starts from, older than the cut: its links stay
+    lake.cleanup(timedelta(0))
+    assert start in [v["version"] for v in lake.dataset().versions()]
+    assert middle not in [v["version"] for v in lake.dataset().versions()]
+    assert len(lake.dup_pairs(version=start)) == links
+    assert len(exp.dup_pairs()) == links + 1
+
+
 def test_an_ingest_error_row_is_in_no_group_and_never_beats_its_good_copy(tmp_path: Path):
     """Rows ingest refused (a decompression bomb under --max-pixels: "not decoded") were hashed and
     embedded anyway, joined their good copies' groups and won the keep rule on ingest time: the
