@@ -1011,8 +1011,10 @@ class Store:
     def cleanup(self, older_than: timedelta = timedelta(days=7)) -> dict[str, int]:
         """Delete untagged versions older than ``older_than`` and the files only they use.
 
-        Tagged versions and the latest stay readable. Overwrites and compactions keep the old files
-        (time travel) until this runs.
+        Tagged versions and the latest stay readable (and those Lance keeps for its own reasons: the
+        version a branch starts from), and so do the versions of the side table ``dup_pairs`` that
+        the lake versions left name. Overwrites and compactions keep the old files (time travel)
+        until this runs.
         """
         check_older_than(older_than)
         # Tagged versions are kept (each recipe's tag is a curated set); Lance would refuse the whole
@@ -1021,7 +1023,8 @@ class Store:
         stats = self.dataset().cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)
         out = {"bytes_removed": stats.bytes_removed, "old_versions": stats.old_versions}
         if "://" not in self.uri:  # the side tables beside pairs (dup_pairs is rewritten by every dedup)
-            pinned = self._pinned_evidence(cutoff)
+            # Read after the lake's cleanup, not predicted before it: what Lance left is what is kept.
+            pinned = self._pinned_evidence()
             for path in sorted(Path(self.uri).glob("*.lance")):
                 if path.name == f"{TABLE}.lance":
                     continue
@@ -1038,30 +1041,27 @@ class Store:
                 out["old_versions"] += side.old_versions
         return out
 
-    def _pinned_evidence(self, cutoff: datetime) -> dict[str, set[int]]:
-        """Evidence table file name -> the versions of it that the lake versions a cleanup at
-        ``cutoff`` keeps name (``dup_group``'s :data:`EVIDENCE_KEY`): every branch's versions from
-        ``cutoff`` on and its latest, and every tag's. (A branch's older versions, untouched by a
-        cleanup of another branch, are not read: a later cleanup of it may leave them naming evidence
-        that is gone, which ``dup_pairs`` then says.)"""
-        main = self._lance(self.main_uri)
-        refs: list[tuple[str | None, int | str]] = [(t.get("branch"), name) for name, t in main.tags.list().items()]
-        for branch in [None, *sorted(self.branches())]:
-            ds = self._lance(self._branch_uri(branch))
-            refs += [(branch, v["version"]) for v in ds.versions() if v["timestamp"] >= cutoff or v["version"] == ds.version]
+    def _pinned_evidence(self) -> dict[str, set[int]]:
+        """Evidence table file name -> the versions of it that the lake's versions name
+        (``dup_group``'s :data:`EVIDENCE_KEY`): every version of every branch that is there now
+        (a tag names one of them), so the lake is cleaned first. Each version's manifest is read
+        once, through one open of its branch (``checkout_version`` shares that open's cache; Lance's
+        version listing carries no schema)."""
         out: dict[str, set[int]] = {}
-        read: set[tuple[str | None, int | str]] = set()
-        for branch, ref in refs:
-            if (branch, ref) in read:
-                continue
-            read.add((branch, ref))
+        for branch in [None, *sorted(self.branches())]:
             try:
-                ds = self._lance(self.table_uri if isinstance(ref, str) else self._branch_uri(branch), version=ref)
-            except (ValueError, OSError):  # (a version removed meanwhile by another writer)
+                ds = self._lance(self._branch_uri(branch))
+                numbers = [ref["version"] for ref in ds.version_refs()]
+            except (ValueError, OSError, LakeError):  # (a branch deleted meanwhile by another writer)
                 continue
-            pin = evidence_pin(ds.schema)
-            if pin is not None:
-                out.setdefault(Path(self.side_uri(EVIDENCE_TABLE, branch=pin[0])).name, set()).add(pin[1])
+            for number in numbers:
+                try:
+                    at = ds if number == ds.version else ds.checkout_version(number)
+                except (ValueError, OSError):  # (a version removed meanwhile by another writer)
+                    continue
+                pin = evidence_pin(at.schema)
+                if pin is not None:
+                    out.setdefault(Path(self.side_uri(EVIDENCE_TABLE, branch=pin[0])).name, set()).add(pin[1])
         return out
 
 
