@@ -25,9 +25,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -421,6 +423,33 @@ _RESHAPING = {"Overwrite", "Append", "Update", "Delete", "Rewrite", "Restore", "
 
 _COMMITS: dict[tuple[str, int, str], tuple[Any, list[int] | None]] = {}
 _COMMITS_KEPT = 50_000
+# A branch's list of versions, shared by the readings of several of its versions inside
+# :func:`one_listing` (cleanup's stale check reads every tag, and each reading listed every manifest
+# again: most of its time). Per thread: another thread's questions list for themselves.
+_LISTINGS: ContextVar[dict[str, list[dict[str, Any]]] | None] = ContextVar("lakecurate_listings", default=None)
+
+
+@contextlib.contextmanager
+def one_listing() -> Iterator[None]:
+    """Within it, the commit log of each branch is listed once for all the versions asked about
+    (listed again where a version asked about is newer than the list: a commit made meanwhile).
+    Example: ``with one_listing(): [states(lake, lake.dataset(tag)) for tag in tags]``."""
+    token = _LISTINGS.set({})
+    try:
+        yield
+    finally:
+        _LISTINGS.reset(token)
+
+
+def _versions(uri_ds: "lance.LanceDataset", upto: int) -> list[dict[str, Any]]:
+    """``uri_ds.versions()``, from :func:`one_listing`'s list where one is open and reaches ``upto``."""
+    listings = _LISTINGS.get()
+    if listings is None:
+        return uri_ds.versions()
+    listed = listings.get(uri_ds.uri)
+    if not listed or listed[-1]["version"] < upto:
+        listed = listings[uri_ds.uri] = uri_ds.versions()
+    return listed
 
 
 def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) -> list[tuple[int, Any, list[int] | None]]:
@@ -428,7 +457,7 @@ def _history(ds: "lance.LanceDataset", uri_ds: "lance.LanceDataset", upto: int) 
     ``upto`` of the branch ``uri_ds`` is on, preceded by its parent branch's history up to where the
     branch was made."""
     out: list[tuple[int, Any, list[int] | None]] = []
-    for v in uri_ds.versions():
+    for v in _versions(uri_ds, upto):
         n = v["version"]
         if n > upto:
             continue

@@ -443,36 +443,42 @@ class Lake(Store):
         for b in grown:
             grown += sorted(name for name, parent in parents.items() if parent == b and name not in grown)
         seen: dict[tuple[str | None, int], list[Any]] = {}
+        heads: dict[str | None, tuple[Any, Any]] = {}  # branch -> (the lake on it, its latest version)
 
-        def stale_at(lake: "Lake", version: Any) -> list[Any]:
-            at = lake.dataset(version)
-            key = (lake.branch, at.version)
+        def stale_at(branch: str | None, version: int | None = None) -> list[Any]:
+            if branch not in heads:
+                lake = self.on_branch(branch)
+                heads[branch] = lake, lake.dataset()
+            lake, head = heads[branch]
+            key = (branch, head.version if version is None else version)
             if key not in seen:
+                # (a tag opened from its branch's head: Lance's cache is shared, no tag list read again)
+                at = head if key[1] == head.version else head.checkout_version(key[1])
                 seen[key] = [s for s in graph.states(lake, at) if s.state == "stale" and not s.by_code]
             return seen[key]
 
         out = []
-        for branch in grown:
-            lake = self.on_branch(branch)
-            stale = stale_at(lake, None)
-            if stale:
-                fixes = list(dict.fromkeys(s.fix for s in stale))
-                run = f"{'its fix' if len(fixes) == 1 else 'the fixes'} first ({'; then '.join(fixes)})"
-                if branch == self.branch:
-                    out.append((f"{_what(stale, f' of lake {self.uri!r}')} at its latest version", f"Run {run}"))
-                else:
-                    out.append((f"at branch '{branch or 'main'}' {_what(stale)}",
-                                f"For branch '{branch or 'main'}': run {run}"))
-        for name, meta in sorted(ds.tags.list().items()):
-            branch = meta.get("branch")
-            if branch not in grown:
-                continue
-            stale = stale_at(self.on_branch(branch), name)
-            if stale:
-                out.append((f"at tag '{name}' (version {meta['version']}{f' of branch {branch!r}' if branch else ''}) "
-                            f"{_what(stale)}",
-                            f"A tag's decisions can never be made current there (a run writes a new version): delete "
-                            f"tag '{name}' if it is not needed (lakecurate tag {self.shell} {name} --delete)"))
+        with graph.one_listing():  # each branch's commits listed once for all its versions read
+            for branch in grown:
+                stale = stale_at(branch)
+                if stale:
+                    fixes = list(dict.fromkeys(s.fix for s in stale))
+                    run = f"{'its fix' if len(fixes) == 1 else 'the fixes'} first ({'; then '.join(fixes)})"
+                    if branch == self.branch:
+                        out.append((f"{_what(stale, f' of lake {self.uri!r}')} at its latest version", f"Run {run}"))
+                    else:
+                        out.append((f"at branch '{branch or 'main'}' {_what(stale)}",
+                                    f"For branch '{branch or 'main'}': run {run}"))
+            for name, meta in sorted(ds.tags.list().items()):
+                branch = meta.get("branch")
+                if branch not in grown:
+                    continue
+                stale = stale_at(branch, meta["version"])
+                if stale:
+                    out.append((f"at tag '{name}' (version {meta['version']}{f' of branch {branch!r}' if branch else ''}) "
+                                f"{_what(stale)}",
+                                f"A tag's decisions can never be made current there (a run writes a new version): "
+                                f"delete tag '{name}' if it is not needed (lakecurate tag {self.shell} {name} --delete)"))
         return out
 
     def diff(self, a: int | str, b: int | str | None = None, **options: Any) -> Any:
