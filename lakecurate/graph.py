@@ -414,6 +414,22 @@ def _schema_ids(schema: Any) -> set[int]:
     return out
 
 
+_OP_IDS: dict[tuple[int, str], tuple[Any, frozenset[int]]] = {}
+
+
+def _op_schema_ids(op: Any, attr: str) -> frozenset[int]:
+    """:func:`_schema_ids` of a commit's operation's schema ``attr``, read once a process: the
+    commits are read once (``_COMMITS``) and walked again for every version asked about (cleanup's
+    stale check walks the log once a tag). Keyed by the operation, held so that its id stays its."""
+    key = (id(op), attr)
+    got = _OP_IDS.get(key)
+    if got is None or got[0] is not op:
+        if len(_OP_IDS) >= _COMMITS_KEPT:
+            _OP_IDS.pop(next(iter(_OP_IDS)))
+        got = _OP_IDS[key] = op, frozenset(_schema_ids(getattr(op, attr, None)))
+    return got[1]
+
+
 def _file_fields(frag: Any) -> set[int]:
     return {i for df in frag.files for i in df.fields}
 
@@ -711,7 +727,7 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                 for frag in op.fragments:
                     put(_file_fields(frag), next(created, -1), w)
                 # (its schema is pyarrow's, without ids: those of its files; an empty table's: not known)
-                top = max(_schema_ids(getattr(op, "new_schema", None)) | {f for fr in op.fragments for f in _file_fields(fr)},
+                top = max(_op_schema_ids(op, "new_schema") | {f for fr in op.fragments for f in _file_fields(fr)},
                           default=None)
             elif kind == "Append":
                 for frag in op.fragments:
@@ -770,7 +786,7 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
                 # with them. Lance numbers the next columns added from the highest id left, so the
                 # set declared again takes the dropped ids, which must read as never written (the
                 # old writes kept them "current" over all-null columns after a killed recompute).
-                kept = _schema_ids(op.schema)
+                kept = _op_schema_ids(op, "schema")
                 if kind == "Merge" and kept and top is not None:
                     # columns added with their values (Lance's add_columns of an expression, LanceDB's):
                     # written now where their files are (a caption renamed, then a new column named
