@@ -2,11 +2,11 @@
 
 Cleanup refuses while a stage is stale at any version whose commits it would remove the record of: the
 latest, the heads of the branches grown from the one cleaned, and their tags (one reading of the graph
-each). Curate tags every recipe run, so this grows with the tags. A lake of sample_data with --tags
+each, sharing one listing of each branch's commits). Curate tags every recipe run, so this grows with the tags. A lake of sample_data with --tags
 recipe runs (one tag each) is cleaned of every old version (three fresh copies); run it with the code
 of two trees (PYTHONPATH) to compare them.
 
-    PYTHONPATH=. python scripts/bench_cleanup.py [--tags 20] [--data sample_data]
+    PYTHONPATH=. python scripts/bench_cleanup.py [--tags 20] [--data sample_data]   # also --tags 100
 """
 
 from __future__ import annotations
