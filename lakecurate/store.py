@@ -444,6 +444,15 @@ class Store:
                 spans.append([n, n])
         have = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans) or "none"
         on = f" --branch {shlex.quote(branch)}" if branch else ""  # (the hint showed main's versions)
+        made = self.branches().get(branch, {}) if branch else {}
+        start = made.get("parent_version")
+        if start is not None and number <= int(start):
+            # A branch's versions up to where it began are its parent's; its own copy of the start goes
+            # with the branch's cleanup ("exp:3" opened, then said "not a version", the state still there).
+            parent = made.get("parent_branch") or "main"
+            return (f"version {number} is not on branch {branch} of lake '{self.uri}' (its versions: {have}): the "
+                    f"branch began at version {start} of {parent}, whose version it is; open it as "
+                    f"{shlex.quote(f'{parent}:{number}')}")
         return (f"version {number} is not a version of lake '{self.uri}' (branch {branch or 'main'} has versions {have}); "
                 f"see: lakecurate{on} log {self.shell}")
 
@@ -929,7 +938,7 @@ class Store:
         except LakeError:
             made = self.branches().get(self.branch or "", {}) if self.branch else {}
             start = made.get("parent_version")
-            if start is not None and is_number(str(version)) and int(version) < start:
+            if start is not None and is_number(str(version)) and int(version) <= start:  # (the start too, once a cleanup took its copy)
                 ref = f"{made.get('parent_branch') or 'main'}:{int(version)}"
                 raise LakeError(self._past_the_start(f"version {int(version)}", start, ref)) from None
             raise

@@ -43,6 +43,32 @@ def test_cleanup_keeps_tagged_versions_and_the_latest(versioned: Lake):
     assert [v["version"] for v in lake.dataset().versions()] == [3, 4]
 
 
+def test_a_branch_s_start_after_the_branch_s_cleanup_is_named_as_its_parent_s_version(versioned: Lake):
+    """`exp:3`, the version a branch started from, opened until the branch's own cleanup took its
+    copy of that manifest; then "version 3 is not a version of lake ... (branch exp has versions 4-5)",
+    as if the state were gone, though it is the parent's version 3, still there. It names that
+    version (a branch of a branch: its parent's), and restore says how to have that state."""
+    lake = versioned
+    exp = lake.create_branch("exp", 3)  # exp: 3 (main's), 4, 5
+    exp.append(synthetic_pairs(300, 2))
+    exp.append(synthetic_pairs(310, 2))
+    sub = exp.create_branch("sub", 4)  # sub: 4 (exp's), 5
+    sub.append(synthetic_pairs(400, 1))
+    assert {ref: lake.dataset(ref).count_rows() for ref in ("exp:3", "sub:4")} == {"exp:3": 4, "sub:4": 6}
+    sub.cleanup(timedelta(0))
+    exp.cleanup(timedelta(0))
+    assert [v["version"] for v in exp.dataset().versions()] == [4, 5] and [v["version"] for v in sub.dataset().versions()] == [5]
+    for ref, parent in (("exp:3", "main:3"), ("sub:4", "exp:4")):
+        with pytest.raises(LakeError, match=rf"not on branch .* the branch began at version \d of \w+, whose version it is; open it as {parent}$"):
+            lake.dataset(ref)
+        assert lake.dataset(parent).count_rows() == {"main:3": 4, "exp:4": 6}[parent]
+    with pytest.raises(LakeError, match=r"version 6 is not a version of lake .*branch sub has versions 5\)"):
+        lake.dataset("sub:6")  # (past the end: as before)
+    with pytest.raises(LakeError, match=r"is not on branch exp .* began at version 3 of its parent.* --from main:3 "):
+        exp.restore(3)
+    assert lake.version == 4 and exp.version == 5  # nothing restored, main least of all
+
+
 def test_a_number_that_is_not_a_version_is_a_lake_error(versioned: Lake):
     lake = versioned
     for ref in (9999, "9999", 0, -1, "main:77", 2**64, "99999999999999999999", "main:99999999999999999999"):
