@@ -409,8 +409,7 @@ class _Builder:
         for r in reasons:
             r["share"] = r["rows"] / self.rows if self.rows else 0.0
         # the view status and export name (the latest current decision): reviewers' marks it does not heed
-        present = [c for c in ("keep", "rebalance_keep") if decided(self.ds.schema, c)]
-        view = next((c for c in reversed(present) if c not in self.stale_columns), present[-1] if present else None)
+        view, _ = graph.effective_view(self.lake, self.ds)  # (status's and export's own choice, not a second rule)
         return {"steps": [{"label": lbl, "rows": n, "share": n / self.rows if self.rows else 0.0} for lbl, n in steps],
                 "reasons": reasons, "recipe": recipe, "notes": graph.unheeded_reviews(self.ds, view)}
 
