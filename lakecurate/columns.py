@@ -38,6 +38,7 @@ from lance.commit import CommitConflictError
 
 from lakecurate.engines import process_alive
 from lakecurate.errors import LakeError
+from lakecurate.options import given, spell
 from lakecurate.schema import NODE_KEY, PROVENANCE_KEY  # noqa: F401 - re-exported: where it was
 from lakecurate.store import checkpoint_root, retry_on_conflict
 
@@ -117,8 +118,8 @@ def field_provenance(field: pa.Field, *, strict: bool = True) -> dict[str, Any] 
         prov = None
     if not isinstance(prov, dict):
         if strict:
-            raise LakeError(f"column '{field.name}' has unreadable provenance; re-make it with the stage's --recompute, "
-                            "or restore a version from before it")
+            raise LakeError(f"column '{field.name}' has unreadable provenance; re-make it with the stage's "
+                            f"{given('--recompute')}, or restore a version from before it")
         return {"unreadable": raw.decode(errors="replace")[:200]}
     prov.setdefault("format", 1)
     if not strict:
@@ -130,8 +131,8 @@ def field_provenance(field: pa.Field, *, strict: bool = True) -> dict[str, Any] 
     missing = [k for k in PROVENANCE_REQUIRED if k not in prov]
     if missing or not isinstance(prov["config"], dict):
         raise LakeError(f"column '{field.name}' has provenance without {', '.join(missing) or 'a config'}: it was not "
-                        "written by a compatible lakecurate; re-make it with the stage's --recompute, or restore a "
-                        "version from before it")
+                        f"written by a compatible lakecurate; re-make it with the stage's {given('--recompute')}, or "
+                        "restore a version from before it")
     return prov
 
 
@@ -200,17 +201,18 @@ def check_table(lake: "Store", ds: lance.LanceDataset | None = None) -> None:
 
 
 def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, recompute: bool = False,
-            fix: str = "use --name to write new columns beside it, or --recompute to replace it",
-            same: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None,
-            rename: str = "pick another --name for this one") -> bool:
+            fix: str | None = None, same: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None,
+            rename: str | None = None) -> bool:
     """Make sure ``fields`` exist with provenance ``prov``. Metadata-only; returns True if it added them.
 
     The same config again is a no-op. A column that exists with another config is an error naming
     the two ways out (another name, or ``recompute``, which drops and re-declares the columns).
     ``same(recorded, this)``: configs whose hashes differ but that are one (the stage says).
     ``rename``: how this run writes columns of its own when another stage's hold these names (the
-    CLI's stages take --name; a stage run from Python names its columns itself).
+    CLI's stages take --name; a stage run from Python names its columns itself). ``fix`` and
+    ``rename`` default to advice naming ``name`` and ``recompute`` as the interface speaking does.
     """
+    fix = fix or f"use {spell('--name')} to write new columns beside it, or {given('--recompute')} to replace it"
     ds = lake.dataset()
     check_table(lake, ds)  # a foreign or newer table: refused before the first write of any stage
     names = [f.name for f in fields]
@@ -235,7 +237,7 @@ def declare(lake: "Store", fields: Sequence[pa.Field], prov: dict[str, Any], *, 
         drop_replaced(lake, present)
         present, missing = [], list(fields)
     if len(missing) not in (0, len(fields)):
-        raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with --recompute to rebuild them")
+        raise LakeError(f"lake '{lake.uri}' has only some of {names}; run with {given('--recompute')} to rebuild them")
     if not missing:
         return False
     # The column set is recorded beside the config (not in it: the config hash stays as it was), so
@@ -270,17 +272,18 @@ def refuse_foreign(lake: "Store", ds: lance.LanceDataset, names: Sequence[str]) 
         raise LakeError(f"column{'' if one else 's'} {', '.join(foreign)} in lake '{lake.uri}' {'was' if one else 'were'} "
                         f"not made by lakecurate (another writer added {'it' if one else 'them'}), and lakecurate does "
                         f"not drop another writer's columns: drop {'it' if one else 'them'} with the tool that added "
-                        f"{'it' if one else 'them'} (Lance, LanceDB), or pick another --name where the stage takes one")
+                        f"{'it' if one else 'them'} (Lance, LanceDB), or pick another {spell('--name')} where the stage takes one")
 
 
 def refuse_others(lake: "Store", ds: lance.LanceDataset, names: Sequence[str], prov: dict[str, Any],
-                  rename: str = "pick another --name for this one") -> None:
+                  rename: str | None = None) -> None:
     """Refuse (LakeError) to declare ``names`` where ``ds`` has one that another stage declared, or
     that belongs to a larger set than these names (a feature's of several columns): no run
     replaces what it did not make. A feature named ``myenc_image``, then ``embed --name myenc``:
     the refusal said "--recompute to replace it", and the recompute dropped the feature; ``embed
     --name caption`` beside ``recaption --name image`` replaced the image vectors with text.
     ``rename``: the way to a column of one's own (a RowStage run from Python has no --name)."""
+    rename = rename or f"pick another {spell('--name')} for this one"
     for name in names:
         if name not in ds.schema.names:
             continue
@@ -288,7 +291,7 @@ def refuse_others(lake: "Store", ds: lance.LanceDataset, names: Sequence[str], p
         declared = declared_columns(ds.schema.field(name)) or [name]
         if old.get("stage") != prov.get("stage") or not set(declared) <= set(names):
             raise LakeError(f"column '{name}' of lake '{lake.uri}' belongs to {old.get('stage')} "
-                            f"({', '.join(declared)}), not to this {prov.get('stage')} run: a run (--recompute too) "
+                            f"({', '.join(declared)}), not to this {prov.get('stage')} run: a run ({spell('--recompute')} too) "
                             f"replaces only its own columns; {rename} (or drop those first "
                             f"on purpose: lakecurate drop {lake.shell} {' '.join(declared)})")
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 from lakecurate import runner
 from lakecurate.errors import LakeError
 from lakecurate.images import decode_small
-from lakecurate.names import SIGNALS_FIX
+from lakecurate.names import signals_fix
 from lakecurate.runner import RowStage
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def _setup() -> None:
 
 
 STAGE = RowStage("signals-faces", FIELDS, CONFIG, ["image"], batch=runner.readers_output, image=find_faces, setup=_setup,
-                 batch_size=64, readers_do_all=True, desc="faces", unit="img", fix=SIGNALS_FIX)
+                 batch_size=64, readers_do_all=True, desc="faces", unit="img", fix=signals_fix)
 
 
 def compute_faces(lake: "Store", *, workers: int | None = None, progress: bool | None = None,

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 from lakecurate import columns, graph, runner
 from lakecurate.errors import LakeError, Terminated
 from lakecurate.names import builtin_column
+from lakecurate.options import given, speaker, spell
 from lakecurate.sqlcheck import bare_name_problem
 
 if TYPE_CHECKING:
@@ -108,12 +109,12 @@ def load_udf(spec: str) -> Callable:
     """``module:function`` (importable, or from the working directory) or ``path/file.py:function``."""
     mod_name, sep, attr = spec.rpartition(":")
     if not sep or not mod_name or not attr:
-        raise LakeError(f"--udf {spec!r} must look like module:function or path/to/file.py:function")
+        raise LakeError(f"{spell('--udf')} {spec!r} must look like module:function or path/to/file.py:function")
     try:
         path = _udf_file(mod_name)
         if path:
             if not os.path.isfile(path):
-                raise LakeError(f"--udf {spec!r}: no file {path}")
+                raise LakeError(f"{spell('--udf')} {spec!r}: no file {path}")
             name = "lakecurate_udf_" + hashlib.blake2b(path.encode(), digest_size=4).hexdigest()  # engines.FILE_UDF_PREFIX
             mod_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
@@ -126,14 +127,14 @@ def load_udf(spec: str) -> Callable:
     except LakeError:
         raise
     except (Exception, SystemExit) as exc:  # sys.exit() at import was lakecurate's silent exit with its code
-        raise LakeError(f"--udf {spec!r}: cannot import {mod_name}: {type(exc).__name__}: {exc}") from None
+        raise LakeError(f"{spell('--udf')} {spec!r}: cannot import {mod_name}: {type(exc).__name__}: {exc}") from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:
-            raise LakeError(f"--udf {spec!r}: {mod_name} has no {attr!r}")
+            raise LakeError(f"{spell('--udf')} {spec!r}: {mod_name} has no {attr!r}")
     if not callable(fn):
-        raise LakeError(f"--udf {spec!r}: {attr} is not a function")
+        raise LakeError(f"{spell('--udf')} {spec!r}: {attr} is not a function")
     return fn  # type: ignore[return-value]
 
 
@@ -299,6 +300,11 @@ def _types(fn: Callable, name: str, type: Any) -> dict[str, pa.DataType] | None:
     return {name: parse_type(t)}
 
 
+def _param_words(key: str, value: Any) -> str:
+    """A feature's parameter given ``value``, as the interface speaking writes it."""
+    return f"--param {key}={json.dumps(value)}" if speaker() == "cli" else f"params={{{key!r}: {value!r}}}"
+
+
 def _text_params(fn: Callable, params: dict[str, Any]) -> str:
     """For a failure: the parameters given as text where the function's default is not text
     (``--param n=abc``: a --param value that is not JSON stays text), so the message names them."""
@@ -316,11 +322,11 @@ def _text_params(fn: Callable, params: dict[str, Any]) -> str:
             notes.append(f"{key}={value!r} is text")
         else:
             notes.append(f"{key}={value!r} is text, not {type(default).__name__} like its default {default!r}")
-            example = example or f": e.g. --param {key}={json.dumps(default)}"
+            example = example or f": e.g. {_param_words(key, default)}"
     if not notes:
         return ""
     return (f"; {'parameters' if len(notes) > 1 else 'parameter'} {', '.join(notes)} "
-            f"(a --param value that is not JSON stays text{example})")
+            f"({'a --param value that is not JSON' if speaker() == 'cli' else 'a value given as text'} stays text{example})")
 
 
 def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str, pa.DataType] | None:
@@ -332,7 +338,7 @@ def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str
     if sample is None or sample.num_rows == 0:
         if udf.types:
             return None
-        raise LakeError(f"cannot infer the type of feature '{udf.name}' on an empty lake; give type= (--type)")
+        raise LakeError(f"cannot infer the type of feature '{udf.name}' on an empty lake; give its type ({given('--type', 'TYPE')})")
     try:
         out = udf(sample.combine_chunks().to_batches()[0])
     except (TypeMismatch, Terminated):
@@ -355,7 +361,7 @@ def _first_rows(lake: "Store", udf: BatchUdf, inputs: Sequence[str]) -> dict[str
     types = {}
     for f in out.schema:
         if pa.types.is_null(f.type):
-            raise LakeError(f"feature column '{f.name}' is all null on the first rows; give its type (--type)")
+            raise LakeError(f"feature column '{f.name}' is all null on the first rows; give its type ({given('--type', 'TYPE')})")
         types[f.name] = pa.list_(f.type.value_type, f.type.list_size) if pa.types.is_fixed_size_list(f.type) else f.type
     return types
 
@@ -394,7 +400,8 @@ def add_feature(
                         f"use {name.lower()!r}")
     inputs = list(dict.fromkeys(_column_list(inputs if inputs is not None else getattr(func, "lakecurate_inputs", None) or [])))
     if not inputs:
-        raise LakeError(f"feature '{name}': say which columns it reads (inputs=[...], --input COL, or @feature(inputs=...))")
+        raise LakeError(f"feature '{name}': say which columns it reads "
+                        f"({'--input COL' if speaker() == 'cli' else 'inputs=[...]'}, or @feature(inputs=...))")
     ds = lake.dataset()
     missing = [c for c in inputs if c not in ds.schema.names]
     if missing:
@@ -438,7 +445,8 @@ def add_feature(
                             f"(or drop that feature first: lakecurate feature drop {lake.shell} {owner})")
     # The feature's columns of an earlier run that this one does not write (one array then, a dict
     # now: feat, then feat_a and feat_b): two features of one name, listed twice and dropped together.
-    fix = "the function, its inputs or its parameters changed since; use another name, or --recompute to replace it"
+    fix = ("the function, its inputs or its parameters changed since; use another name, or "
+           f"{given('--recompute')} to replace it")
     stale = [f.name for f in ds.schema if f.name not in types and (columns.field_provenance(f) or {}).get("stage") == STAGE
              and (columns.field_provenance(f).get("config") or {}).get("feature") == name]
     if stale and not recompute:
@@ -450,7 +458,8 @@ def add_feature(
     stage = runner.RowStage(
         STAGE, fields, config, inputs, batch=runner.OnColumns(udf), batch_size=batch_size,
         extra={"udf": udf_spec(spec) if spec else udf_name(func)}, desc=f"feature {name}",
-        own_column="as a feature of another name (feature add LAKE OTHER_NAME ...)", fix=fix,
+        own_column="as a feature of another name " + ("(feature add LAKE OTHER_NAME ...)" if speaker() == "cli"
+                                                      else "(lake.add_feature(OTHER_NAME, ...))"), fix=fix,
     )
     out = runner.run(lake, stage, engine=engine, recompute=recompute, progress=progress)
     return FeatureReport(lake=lake.uri, feature=name, columns=list(types), inputs=inputs, engine=engine,

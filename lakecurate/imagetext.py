@@ -33,7 +33,7 @@ import pyarrow as pa
 from lakecurate import runner
 from lakecurate.errors import LakeError
 from lakecurate.images import decode_small
-from lakecurate.names import SIGNALS_FIX
+from lakecurate.names import signals_fix
 from lakecurate.runner import RowStage
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def _setup() -> None:
 
 
 STAGE = RowStage("signals-text", FIELDS, CONFIG, ["image"], batch=runner.readers_output, image=find_text, setup=_setup,
-                 batch_size=64, readers_do_all=True, desc="text in images", unit="img", fix=SIGNALS_FIX)
+                 batch_size=64, readers_do_all=True, desc="text in images", unit="img", fix=signals_fix)
 
 
 def compute_text(lake: "Store", *, workers: int | None = None, progress: bool | None = None,

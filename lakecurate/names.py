@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import field_provenance
 from lakecurate.errors import LakeError
+from lakecurate.options import given, speaker
 
 if TYPE_CHECKING:
     import lance
@@ -113,7 +114,11 @@ def language_identifier() -> Any:
     return _LANGID[0]
 
 
-SIGNALS_FIX = "its code or settings changed since it was computed; redo it with `lakecurate signals LAKE --recompute` (and the same kind options)"
+def signals_fix() -> str:
+    """A signal stage's way out of a column made with another config, in the words of the interface speaking."""
+    redo = ("`lakecurate signals LAKE --recompute` (and the same kind options)" if speaker() == "cli"
+            else "lake.signals(KINDS, recompute=True)")
+    return f"its code or settings changed since it was computed; redo it with {redo}"
 
 
 def builtin_column(name: str) -> bool:
@@ -198,10 +203,11 @@ def embedding_prefixes(ds: "lance.LanceDataset") -> dict[str, dict[str, Any]]:
 
 
 def pick_embedding(lake: "Store", ds: "lance.LanceDataset", name: str | None = None, *, need: str | None = "",
-                   option: str = "--embedding NAME") -> tuple[str | None, dict[str, Any] | None]:
+                   option: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
     """The embed columns' prefix to use and its provenance: ``name`` when given, else the lake's only one.
 
-    Several embeddings and no ``name`` is an error naming ``option``. No embedding at all is an
+    Several embeddings and no ``name`` is an error naming ``option`` (default: ``embedding``, as
+    the interface speaking gives it). No embedding at all is an
     error saying what needs one (``need``), or (None, None) when ``need`` is None (optional).
     """
     found = embedding_prefixes(ds)
@@ -211,7 +217,7 @@ def pick_embedding(lake: "Store", ds: "lance.LanceDataset", name: str | None = N
                             + ("" if found else f"; run: lakecurate embed {lake.shell}"))
         return name, found[name]
     if len(found) > 1:
-        raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); pass {option}")
+        raise LakeError(f"lake '{lake.uri}' has several embeddings ({', '.join(found)}); pass {option or given('--embedding', 'NAME')}")
     if found:
         name = next(iter(found))
         return name, found[name]

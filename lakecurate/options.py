@@ -26,6 +26,7 @@ import numbers
 import os
 import posixpath
 import re
+import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ INTERFACES = ("cli", "python", "pipeline")
 # pipeline file). A context variable: a thread or process the CLI starts speaks Python unless told.
 _SPEAKER: contextvars.ContextVar[str] = contextvars.ContextVar("lakecurate_speaker", default="python")
 # CLI flags whose Python parameter (and pipeline key) is not the flag's own name with '_' for '-'
-_PARAMETERS = {"--set": "overrides", "--budget": "budgets", "--caption-mix-both": "mix_both", "--from-version": "version"}
+_PARAMETERS = {"--set": "overrides", "--budget": "budgets", "--caption-mix-both": "mix_both", "--from-version": "version",
+               "--udf": "fn", "--input": "inputs", "--param": "params"}
 
 
 @contextlib.contextmanager
@@ -81,11 +83,11 @@ def spell(option: str) -> str:
 def given(option: str, value: Any = True) -> str:
     """An option given a value, as the interface speaking now writes it (advice such as "pass
     --overwrite"): ``--overwrite`` / ``--engine local`` on the CLI, ``overwrite=True`` /
-    ``engine='local'`` in Python and a pipeline.
+    ``engine='local'`` in Python and a pipeline (a value the shell would split, quoted for it).
 
     >>> with speaking("cli"):
-    ...     given("--overwrite"), given("--engine", "local")
-    ('--overwrite', '--engine local')
+    ...     given("--overwrite"), given("--engine", "local"), given("--view", "SQL condition")
+    ('--overwrite', '--engine local', "--view 'SQL condition'")
     >>> given("--overwrite"), given("--engine", "local")
     ('overwrite=True', "engine='local'")
     >>> with speaking("pipeline"):
@@ -93,7 +95,7 @@ def given(option: str, value: Any = True) -> str:
     ('overwrite = true', 'engine = "local"')
     """
     if speaker() == "cli":
-        return option if value is True else f"{option} {value}"
+        return option if value is True else f"{option} {shlex.quote(str(value))}"
     if speaker() == "pipeline":  # a TOML key's line: true, "text"
         return f"{spell(option)} = {json.dumps(value)}"
     return f"{spell(option)}={value!r}"

@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import multiprocessing
 import os
@@ -50,6 +51,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.errors import LakeError, Terminated
 from lakecurate.images import RefusedImage
+from lakecurate.options import spell
 from lakecurate.schema import PAIRS_SCHEMA
 
 if TYPE_CHECKING:
@@ -80,7 +82,7 @@ def waiting() -> Iterator[None]:
         _WAITING[0] = before
 
 
-NAME_OPTION = "with another --name"  # RowStage.own_column of a stage whose CLI takes --name (embed, recaption)
+NAME_OPTION = "with another --name"  # RowStage.own_column of a stage that takes --name (embed, recaption): own_words() words it
 
 
 @dataclass
@@ -132,7 +134,9 @@ class RowStage:
     extra: dict[str, Any] = field(default_factory=dict)
     desc: str = ""
     unit: str = "row"
-    fix: str | None = None  # the declare error's way out, when it is not the default
+    # the declare error's way out, when it is not the default; a function of none words it when refused
+    # (in the words of the interface speaking: a stage built at import could not know them)
+    fix: "str | Callable[[], str] | None" = None
     # (recorded config, this run's) -> whether they are one config though their hashes differ (an
     # embedding's weights file or a captioner's checkpoint recorded by its path before configs
     # recorded it by name, or found at another path)
@@ -467,7 +471,7 @@ def _commit(lake: "Store", ds: lance.LanceDataset, frag: lance.LanceFragment, st
     # the version its inputs were read at (a batch resumed from a killed run's checkpoint: earlier)
     read = min(ds.version, ckpt.computed_from.get(frag.fragment_id, ds.version))
     version = columns.fill_fragment(lake, frag.fragment_id, _assemble(ds, frag, stage, parts),
-                                    config_hash=stage.provenance(0)["config_hash"], own_column=stage.own_column,
+                                    config_hash=stage.provenance(0)["config_hash"], own_column=own_words(stage.own_column),
                                     computed_from=read)
     if version is not None:
         report.versions.append(version)
@@ -567,7 +571,8 @@ class _Writer:
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         while self.pending and (self.pending[0].done() or len(self.pending) >= self.depth):
             self.pending.popleft().result()  # raises the write's error here
-        self.pending.append(self.pool.submit(fn, *args))
+        # (in the caller's context: a refusal the write raises names options as the interface speaking does)
+        self.pending.append(self.pool.submit(contextvars.copy_context().run, fn, *args))
 
     def wait(self) -> None:
         while self.pending:
@@ -714,7 +719,13 @@ def _refuse_source_columns(lake: "Store", ds: Any, stage: RowStage) -> None:
         raise LakeError(f"column{'' if one else 's'} {', '.join(own)} {'is a source column' if one else 'are source columns'} "
                         f"of lake '{lake.uri}' (ingest wrote {'it' if one else 'them'}; lakecurate info --schema lists "
                         f"them), which no stage writes: {stage.desc or stage.name} needs columns of its own"
-                        + (f"; run it {stage.own_column}" if stage.own_column else ""))
+                        + (f"; run it {own_words(stage.own_column)}" if stage.own_column else ""))
+
+
+def own_words(own_column: str | None) -> str | None:
+    """A stage's ``own_column`` advice as the interface speaking words it: :data:`NAME_OPTION` names
+    ``--name`` on the CLI, ``name`` for Python and a pipeline."""
+    return f"with another {spell('--name')}" if own_column == NAME_OPTION else own_column
 
 
 def _rename(stage: RowStage) -> str:
@@ -722,7 +733,7 @@ def _rename(stage: RowStage) -> str:
     CLI's stages that take it (embed, recaption); a user's feature by another feature name; any
     other stage (a RowStage run from Python, a fixed-name stage) by another column name."""
     if stage.own_column == NAME_OPTION:
-        return "pick another --name for this one"
+        return f"pick another {spell('--name')} for this one"
     if stage.own_column:
         return f"write this one {stage.own_column}"
     return f"pick another column name for this one (in {stage.name}'s fields)"
@@ -781,7 +792,8 @@ def run(lake: "Store", stage: RowStage, *, engine: str = "local", workers: int |
     prov = stage.provenance(ds.version)
     try:
         added = columns.declare(lake, stage.fields, prov, recompute=recompute, same=stage.same_config,
-                                rename=_rename(stage), **({"fix": stage.fix} if stage.fix else {}))
+                                rename=_rename(stage), **({"fix": stage.fix() if callable(stage.fix) else stage.fix}
+                                                            if stage.fix else {}))
     except BaseException:
         if started is not None:
             _close(started.loader)

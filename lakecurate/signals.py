@@ -48,7 +48,7 @@ import pyarrow as pa
 
 from lakecurate import runner
 from lakecurate.images import eight_bit, exif_upright, open_header, too_large
-from lakecurate.names import SIGNALS_FIX
+from lakecurate.names import signals_fix
 from lakecurate.runner import Rows, RowStage
 
 if TYPE_CHECKING:
@@ -652,16 +652,16 @@ class RedactBatch:
 
 
 IMAGE_STAGE = RowStage("signals-image", IMAGE_FIELDS, IMAGE_CONFIG, ["image"], batch=runner.readers_output, image=image_signals,
-                       batch_size=IMAGE_BATCH, readers_do_all=True, desc="image signals", unit="img", fix=SIGNALS_FIX)
+                       batch_size=IMAGE_BATCH, readers_do_all=True, desc="image signals", unit="img", fix=signals_fix)
 COPY_STAGE = RowStage("signals-copy", COPY_FIELDS, COPY_CONFIG, ["image"], batch=runner.readers_output, image=copy_hashes,
-                      batch_size=IMAGE_BATCH, readers_do_all=True, desc="copy hashes", unit="img", fix=SIGNALS_FIX)
+                      batch_size=IMAGE_BATCH, readers_do_all=True, desc="copy hashes", unit="img", fix=signals_fix)
 CAPTION_STAGE = RowStage("signals-caption", CAPTION_FIELDS, CAPTION_CONFIG, ["caption"], batch=caption_batch,
-                         desc="caption signals", fix=SIGNALS_FIX)
+                         desc="caption signals", fix=signals_fix)
 
 
 def redact_stage(column: str = "caption_redacted") -> RowStage:
     return RowStage("signals-redact", [pa.field(column, pa.string())], REDACT_CONFIG, ["caption"],
-                    batch=RedactBatch(column), desc="redact", fix=SIGNALS_FIX)
+                    batch=RedactBatch(column), desc="redact", fix=signals_fix)
 
 
 def compute_image_signals(lake: "Store", *, workers: int | None = None, progress: bool | None = None,

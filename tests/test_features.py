@@ -368,10 +368,10 @@ def test_a_run_whose_columns_were_declared_again_meanwhile_gives_advice_its_comm
         return original(self)
 
     monkeypatch.setattr(columns.FragmentFiles, "commit", commit_after_another_declare)
-    ends = {"feature": "once the other run is done, or as a feature of another name (feature add LAKE OTHER_NAME ...) "
+    ends = {"feature": "once the other run is done, or as a feature of another name (lake.add_feature(OTHER_NAME, ...)) "
                        "for a column of its own",
             "signals": "once the other run is done",
-            "embed": "once the other run is done, or with another --name for a column of its own"}
+            "embed": "once the other run is done, or with another name for a column of its own"}
     for stage, run in [("feature", lambda: multi.add_feature("chars", caption_chars, progress=False)),
                        ("signals", lambda: multi.signals("caption", progress=False)),
                        ("embed", lambda: multi.embed("tiny-random", workers=0, progress=False))]:
@@ -399,6 +399,13 @@ def test_a_param_that_is_not_json_is_named_when_the_function_fails(multi: Lake, 
         out = r.invoke(main, ["feature", "add", multi.uri, "long", "--udf", udf, "--input", "caption", "--param", "n=abc"])
         assert out.exit_code == 1 and "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
         assert out.output.strip().endswith(named), out.output
+    with pytest.raises(LakeError, match=r"parameter n='abc' is text, not int like its default 10 \(a value given as "
+                                        r"text stays text: e.g. params=\{'n': 10\}\)$"):  # a Python caller's words
+        multi.add_feature("long", "params:longer_than", inputs="caption", params={"n": "abc"}, progress=False)
+    with pytest.raises(LakeError, match=r"^fn 'nocolon' must look like module:function"):
+        multi.add_feature("long", "nocolon", inputs="caption", progress=False)
+    out = r.invoke(main, ["feature", "add", multi.uri, "long", "--udf", "nocolon", "--input", "caption"])
+    assert out.exit_code == 1 and "--udf 'nocolon' must look like module:function" in out.output, out.output
     assert multi.version == v
     out = r.invoke(main, ["feature", "add", multi.uri, "long", "--udf", "params:longer_than", "--input", "caption",
                           "--param", "n=20", "--json"])
@@ -444,7 +451,7 @@ def test_a_stage_s_recompute_never_drops_another_stage_s_column(tmp_path: Path):
     before = lake.to_pandas(["id", "myenc_image"]).set_index("id")["myenc_image"]
     for recompute in (False, True):
         with pytest.raises(LakeError, match=r"column 'myenc_image' .* belongs to feature \(myenc_image\), not to this "
-                                            r"embed run: .*pick another --name"):
+                                            r"embed run: .*pick another name for this one"):
             lake.embed("tiny-random", name="myenc", workers=0, recompute=recompute, progress=False)
     after = lake.to_pandas(["id", "myenc_image"]).set_index("id")["myenc_image"]
     assert after.equals(before) and "myenc_text" not in lake.dataset().schema.names
