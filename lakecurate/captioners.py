@@ -115,7 +115,7 @@ def resolve_captioner(model: str, pretrained: str | None = None, checkpoint: str
     cocas = [m for m in open_clip.list_models() if m.startswith("coca")] + [TINY_COCA]
     if arch not in cocas:
         raise EncoderError(f"unknown captioner {model!r}; choose tiny-random-coca (tests), a local Hugging Face "
-                           "checkpoint directory (BLIP, GIT, Florence-2...), --endpoint URL, or an open_clip CoCa: "
+                           f"checkpoint directory (BLIP, GIT, Florence-2...), {given('--endpoint', 'URL')}, or an open_clip CoCa: "
                            f"{', '.join(m for m in cocas if m != TINY_COCA)}")
     options = {"max_tokens": max_tokens, "temperature": float(temperature), "top_k": top_k, "seed": seed}
     if checkpoint:
@@ -128,7 +128,7 @@ def resolve_captioner(model: str, pretrained: str | None = None, checkpoint: str
     pretrained = pretrained or (tags[0] if tags else None)
     if pretrained is None or pretrained not in tags:
         raise EncoderError(f"no pretrained weights '{pretrained}' for {arch}; known tags: {', '.join(tags) or 'none'}; "
-                           "or pass --checkpoint PATH")
+                           f"or pass {given('--checkpoint', 'PATH')}")
     return CaptionerSpec("open_clip", arch, pretrained, _slug(name or f"{arch}_{pretrained.split('_')[0]}"), **options)
 
 
@@ -514,7 +514,7 @@ def resolve_endpoint(endpoint: str, api_model: str, *, mode: str = "caption", pr
         raise EncoderError(f"{spell('--endpoint')} {endpoint!r}: give the server's base URL, e.g. http://127.0.0.1:8000/v1")
     if parts.username or parts.password or parts.query:
         raise EncoderError(f"{spell('--endpoint')} must not carry credentials or a query string; put the key in an environment "
-                           f"variable named by --api-key-env (now {api_key_env})")
+                           f"variable named by {spell('--api-key-env')} (now {api_key_env})")
     if not api_model or not isinstance(api_model, str):
         raise EncoderError(f"{spell('--api-model')}: name the model the endpoint serves, e.g. {given('--api-model', 'llava-1.6')}")
     if mode not in ENDPOINT_MODES:

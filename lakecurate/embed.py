@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from lakecurate import columns, runner
-from lakecurate.options import spell
+from lakecurate.options import given, spell
 from lakecurate.encoders import (MAX_TEXT_CHARS, Encoder, EncoderSpec, column_names, resolve, resolve_device,
                                  same_config)
 from lakecurate.images import MAX_DECODE_PIXELS, DevicePreprocess, ImageTransform, Preprocess, decode_image  # noqa: F401 - also imported from here
@@ -207,7 +207,7 @@ def embed_stage(spec: EncoderSpec, *, device: str = "auto", precision: str = "fp
         from lakecurate.errors import LakeError
 
         raise LakeError(f"{spell('--decode')} device needs an image transform lakecurate can run on the device; {spec.arch}'s "
-                        f"is {type(transform).__name__}: use --decode cpu")
+                        f"is {type(transform).__name__}: use {given('--decode', 'cpu')}")
     reader = DevicePreprocess(transform) if decode == "device" else Preprocess(transform)
     return RowStage("embed", fields, config, ["image", "caption"], batch=EmbedRows(names, dim),
                     extra=spec.weights(), same_config=same_config,

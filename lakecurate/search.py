@@ -19,7 +19,7 @@ from lakecurate.encoders import Encoder, spec_from_provenance
 from lakecurate.errors import LakeError
 from lakecurate.images import decode_image
 from lakecurate.names import embedding_columns, embedding_prefixes, pick_embedding  # noqa: F401
-from lakecurate.options import flag, texts
+from lakecurate.options import flag, given, texts
 from lakecurate.sqlcheck import check_where
 from lakecurate.store import INDEX_MIN_ROWS  # noqa: F401 - re-exported
 
@@ -81,7 +81,7 @@ def query_vector(enc: Encoder, query: Any, *, text: bool = False) -> Any:
             if "UnidentifiedImageError" in reason:
                 what = "the image bytes given are" if is_bytes else f"query '{os.fspath(query)}' is a file but"
                 raise LakeError(f"{what} not an image Pillow can read; pass an image file, or search for the words "
-                                "with --text (text=True)")
+                                f"with {given('--text')}")
             raise LakeError(f"{what} an image that cannot be decoded ({detail}); pass a whole copy of it")
         return enc.encode_images([rgb])[0].numpy()
     if not isinstance(query, str):  # None or a list were searched for as the caption "None", "['a cat']"
