@@ -25,6 +25,7 @@ import pandas as pd
 from lakecurate.errors import LakeError
 from lakecurate.graph import effective_view, where_columns
 from lakecurate.names import DECISIONS, VIEW_DECISIONS
+from lakecurate.options import spell
 from lakecurate.sqlcheck import check_where
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _side(lake: "Store", ref: str | int, where: str | None) -> tuple[Any, pd.Dat
 
         raise LakeError(f"cannot select rows with {where!r} at '{ref}' of lake '{lake.uri}': {clean_message(exc)}"
                         " (a column only one of the two versions has: give the other its own condition with "
-                        "--where-b)") from None
+                        f"{spell('--where-b')})") from None
     tbl["_in"] = tbl["_in"].fillna(False).astype(bool)  # a null condition leaves the row out, as a filter does
     return ds, tbl.set_index("id"), where, notes
 

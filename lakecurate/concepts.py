@@ -600,7 +600,7 @@ def rebalance(
     if n == 0:
         check_view_not_empty(lake, ds, where, "rebalance")  # (curate kept nothing: no --where or cluster helps)
         raise LakeError(f"no candidate rows to rebalance in lake '{lake.uri}' (rows with a concept where "
-                        f"{where or 'true'}); check --where, or run: {lakecurate_on(lake)} cluster {lake.shell}")
+                        f"{where or 'true'}); check {spell('--where')}, or run: {lakecurate_on(lake)} cluster {lake.shell}")
     goal = int(round(target * n)) if isinstance(target, float) and target <= 1 else int(target)
     rows = f"{n} candidate row{'s' if n != 1 else ''}"
     if goal < 1:  # (a fraction: a count is at least 1)
@@ -755,7 +755,7 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
         numeric = [f.name for f in ds.schema if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
                    or pa.types.is_boolean(f.type)) and f.name not in ("seq_order", "seq_shard", "phash", "phash_flip")]
         if not score_col or score_col not in numeric:  # a text or vector column failed in Arrow's cast, a traceback
-            msg = f"curriculum needs --score COLUMN, one of the lake's number columns ({', '.join(numeric)})"
+            msg = f"curriculum needs {given('--score', 'COLUMN')}, one of the lake's number columns ({', '.join(numeric)})"
             if score_col:
                 msg += f"; {score!r} {'is not a number column' if score_col in names else 'is not in the lake'}"
             raise LakeError(msg)
@@ -763,11 +763,11 @@ def sequence(lake: "Store", mode: str = "interleave", *, seed: int = 0, score: s
         check_has_rows(lake, ds)
         check_view_not_empty(lake, ds, where, "sequence")
         raise LakeError(f"no rows to order in lake '{lake.uri}'" + (f" where {where}" if where else "")
-                        + "; check --where (nothing was written)")
+                        + f"; check {spell('--where')} (nothing was written)")
     if mode == "interleave" and not ds.count_rows(filter=f"({where}) AND concept IS NOT NULL" if where else "concept IS NOT NULL"):
         raise LakeError(f"interleave takes turns among concepts, and no row to order in lake '{lake.uri}'"
                         + (f" (where {where})" if where else "") + " has one (rows without an image embedding get "
-                        f"none); run: {lakecurate_on(lake)} cluster {lake.shell}, or use --mode random (nothing was written)")
+                        f"none); run: {lakecurate_on(lake)} cluster {lake.shell}, or use {given('--mode', 'random')} (nothing was written)")
     cols = (["concept"] if mode == "interleave" else []) + ([score_col] if mode == "curriculum" else [])  # no ids: addresses
     frags = ds.get_fragments()
     bar = progress_bar(total=2 * ds.count_rows(), desc="sequence", unit="row", progress=progress)  # keyed, written

@@ -55,7 +55,7 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.options import spell
+from lakecurate.options import given, speaker, spell
 from lakecurate.graph import (Node, blocks, check_embedded, check_has_rows, dedup_args, gone_whole, lakecurate_on,
                               no_producer, not_current, states, where_columns)
 from lakecurate.names import RECIPES, Produce, embedding_columns
@@ -864,8 +864,22 @@ class CurateReport:
             worst = max(self.dropped.items(), key=lambda kv: kv[1], default=(None, 0))
             self.warnings.append(f"recipe {self.recipe} keeps no row of {self.rows}" + (
                 f" ({worst[0]} drops {worst[1]})" if worst[0] else "") +
-                "; see what each step would drop with --dry-run, and try --set STEP.PARAM=VALUE")
+                f"; see what each step would drop with {given('--dry-run')}, and try {set_words('STEP.PARAM', 'VALUE')}")
         return self
+
+
+def set_words(key: str, value: str) -> str:
+    """A one-run override of a recipe's parameter as the interface speaking writes it (``value`` as
+    TOML, or a placeholder).
+
+    >>> set_words("alignment.min_percentile", "20")
+    "overrides={'alignment.min_percentile': 20}"
+    """
+    if speaker() == "cli":
+        return f"--set {key}={value}"
+    if speaker() == "pipeline":
+        return f'overrides = {{"{key}" = {value}}}'
+    return f"overrides={{{key!r}: {value}}}"
 
 
 def embedding_need(rec: Recipe, what: str = "them") -> str:
@@ -880,9 +894,15 @@ def _embedding(lake: "Store", recipe: Recipe) -> tuple[str, dict]:
 
     source = recipe.source if recipe.source.startswith("<") or Path(recipe.source).parent != RECIPES else Path(recipe.source).stem
     return pick_embedding(lake, lake.dataset(), recipe.embedding, need=embedding_need(recipe),
-                          option=f"--set 'embedding=\"NAME\"' (Python: overrides={{'embedding': 'NAME'}}), or "
-                                 f'embedding = "NAME" in a copy of recipe {source}' if source != recipe.source else
-                                 f"--set 'embedding=\"NAME\"', or embedding = \"NAME\" in recipe {recipe.source}")
+                          option=f"{_embedding_words()}, or embedding = \"NAME\" in a copy of recipe {source}"
+                          if source != recipe.source else f"{_embedding_words()}, or embedding = \"NAME\" in recipe {recipe.source}")
+
+
+def _embedding_words() -> str:
+    """A run's choice of embedding as the interface speaking writes it (the shell quotes --set's TOML text)."""
+    if speaker() == "cli":
+        return "--set 'embedding=\"NAME\"'"
+    return set_words("embedding", '"NAME"' if speaker() == "pipeline" else "'NAME'")
 
 
 def _check_embedded(lake: "Store", prefix: str, prov: dict[str, Any], rec: Recipe) -> None:
@@ -1020,7 +1040,8 @@ def _tag(lake: "Store", name: str, version: int) -> str:
                 if cand not in lake.dataset().tags.list() and cand not in lake.branches():
                     raise  # (not a name taken meanwhile: a store's error, said as it is)
     raise LakeError(f"curate decided version {version} of lake '{lake.uri}' but found no free tag name from "
-                    f"'{name}'; tag it yourself: {lakecurate_on(lake)} tag {lake.shell} NAME --version {version}")
+                    f"'{name}'; tag it yourself: " + (f"{lakecurate_on(lake)} tag {lake.shell} NAME --version {version}"
+                                                       if speaker() == "cli" else f"lake.tag('NAME', {version})"))
 
 
 def _already_done(lake: "Store", rec: Recipe, prefix: str) -> tuple[str, "lance.LanceDataset"] | None:
@@ -1127,8 +1148,7 @@ def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe, later: Co
                 near = difflib.get_close_matches(unknown[0], [*schema.names, *SIGNAL_TYPES], n=3)
                 raise LakeError(f"{where}: where = {p['where']!r} names {unknown[0]}, which is not a column of lake "
                                 f"'{lake.uri}'" + (f" (did you mean {', '.join(near)}?)" if near else "")
-                                + f"; add a feature of your own with: lakecurate feature add {lake.shell} {unknown[0]} "
-                                "--udf ...")
+                                + f"; add a feature of your own with: {_feature_words(lake, unknown[0])}")
             _plan_where(ds, p["where"], lead=f"{where}: where = {p['where']!r} cannot select rows of lake '{lake.uri}'")
         if step.filter != "column":
             continue
@@ -1143,7 +1163,7 @@ def _check_steps(lake: "Store", ds: "lance.LanceDataset", rec: Recipe, later: Co
             near = difflib.get_close_matches(name, schema.names, n=3)
             raise LakeError(f"{where}: lake '{lake.uri}' has no column {name!r}"
                             + (f" (did you mean {', '.join(near)}?)" if near else "")
-                            + f"; add a feature of your own with: lakecurate feature add {lake.shell} {name} --udf ...")
+                            + f"; add a feature of your own with: {_feature_words(lake, name)}")
         if not any(is_(typ) for is_ in _SCALAR):
             raise LakeError(f"{where}: column {name!r} holds {typ}, not one value per row; test a scalar column")
         numeric = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)
@@ -1580,6 +1600,13 @@ def _judge_by_fragment(ds: "lance.LanceDataset", rec: Recipe, emb: str | None, e
     return judge
 
 
+def _feature_words(lake: "Store", name: str) -> str:
+    """How to add feature ``name``: the command on the CLI, the Lake method for Python and a pipeline."""
+    if speaker() == "cli":
+        return f"lakecurate feature add {lake.shell} {name} --udf ..."
+    return f"lake.add_feature({name!r}, FUNCTION)"
+
+
 def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str], read: set[str],
                          emb: str | None) -> None:
     """A dry run computes nothing: inputs the lake lacks are named with the command that makes them
@@ -1596,7 +1623,7 @@ def _missing_for_dry_run(lake: "Store", ds: "lance.LanceDataset", needs: set[str
         run = sorted({commands[n] for n in needs if n in commands})
         raise LakeError(f"a dry run writes nothing, and lake '{lake.uri}' lacks {', '.join(missing)}; "
                         f"compute {'them' if len(missing) > 1 else 'it'} first"
-                        + (f" ({'; '.join(run)})" if run else "") + ", or run curate without --dry-run")
+                        + (f" ({'; '.join(run)})" if run else "") + f", or run curate without {given('--dry-run')}")
 
 
 # The signal stages curate has computed (a stale one again: see ``Lake._produce``).

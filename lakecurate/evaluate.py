@@ -41,7 +41,7 @@ from lakecurate.columns import embedding_matrix, field_provenance
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.options import spell
+from lakecurate.options import given, spell
 from lakecurate.graph import broken_vectors, check_current, check_decided, check_view_not_empty, effective_view, embed_command, where_columns
 from lakecurate.names import EVAL_LR, EVAL_METRICS, caption_choices, default_view, embedding_columns, pick_embedding
 from lakecurate.schema import EVAL_TABLE
@@ -319,7 +319,7 @@ def _selection(lake: "Store", view: str | None, option: str = "--view", *, allow
     warnings += check_decided(lake, ds, where, what="evaluate", allow_stale=allow_stale or version is not None)
     if where is None:
         raise LakeError(f"lake '{lake.uri}' has no curated view yet (no keep or rebalance_keep column); "
-                        f"run: lakecurate curate {lake.shell} basic, or pass --view 'SQL condition'")
+                        f"run: lakecurate curate {lake.shell} basic, or pass {given('--view', 'SQL condition')}")
     warnings += check_current(lake, ds, where_columns(where, names), what="evaluate", allow_stale=allow_stale)
     if version is None:  # (curate kept nothing: a proxy trained on no rows proves nothing)
         check_view_not_empty(lake, ds, where, "evaluate")
@@ -446,7 +446,7 @@ def _refused(side: "Store") -> str:
     for key, uri, flags in zip(*(tbl.column(c).to_pylist() for c in ("key", "image_uri", "ingest_flags"))):
         by.setdefault((flags or ["error"])[0], []).append(uri or key)
     parts = [f"{reason} {len(items)} (e.g. {', '.join(items[:2])})" for reason, items in sorted(by.items())]
-    hint = "; pass --root with the folder that holds the images" if "path_outside_root" in by else ""
+    hint = f"; pass {spell('--root')} with the folder that holds the images" if "path_outside_root" in by else ""
     return f"; {tbl.num_rows} rows refused at ingest: {'; '.join(parts)}{hint}"
 
 
@@ -512,8 +512,8 @@ def budget_steps(multiples: Sequence[float], steps: int) -> tuple[list[float], l
         kept.append(keep)
         others = [m for m in group if m != keep]
         if others:
-            notes.append(f"--budget {', '.join(f'{m:g}' for m in others)} x --steps {steps} train{'s' if len(others) == 1 else ''} "
-                         f"{n} step{'s' if n != 1 else ''}, as {keep:g} does: trained once, as {keep:g} (raise --steps "
+            notes.append(f"{spell('--budget')} {', '.join(f'{m:g}' for m in others)} x {spell('--steps')} {steps} train{'s' if len(others) == 1 else ''} "
+                         f"{n} step{'s' if n != 1 else ''}, as {keep:g} does: trained once, as {keep:g} (raise {spell('--steps')} "
                          "to tell them apart)")
     return kept, notes
 
@@ -608,7 +608,7 @@ def evaluate(
                               allow_stale=allow_stale or not latest)
     if meaningless(prov):
         warnings.append(f"embedding '{emb}' comes from a randomly initialised test model: the proxy's scores and "
-                        "speed-ups are meaningless; embed with a real model and pass --embedding")
+                        f"speed-ups are meaningless; embed with a real model and pass {spell('--embedding')}")
     def held_out(hashes: list[str]) -> None:  # before the set is embedded (and cached)
         overlap = set(hashes) & set(ds.to_table(columns=["content_hash"]).column("content_hash").to_pylist())
         if overlap:

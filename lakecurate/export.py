@@ -81,7 +81,7 @@ def _check_faces(lake: "Store", ds: Any, allow_stale: bool) -> None:
     if missing:
         raise LakeError(f"{spell('--blur-faces')}: {missing} rows of lake '{lake.uri}' have no face boxes yet (added since); "
                         f"run: {fix}")
-    check_current(lake, ds, [FACE_BOXES], what="export --blur-faces", allow_stale=allow_stale)
+    check_current(lake, ds, [FACE_BOXES], what=f"export {spell('--blur-faces')}", allow_stale=allow_stale)
 
 
 @dataclass
@@ -606,7 +606,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
     busy = _running_here(dest)  # (the later of two was refused only at its swap, after writing every sample)
     if busy:
         raise LakeError(f"another export to '{dest}' is running now ({', '.join(busy)}); nothing was written: wait for "
-                        f"it to finish (then export again with --overwrite to replace it), or export elsewhere")
+                        f"it to finish (then export again with {given('--overwrite')} to replace it), or export elsewhere")
     if blur_faces:
         _check_faces(lake, lake.dataset(version), allow_stale)
     ds, tbl, copy, where, stale = plan(lake, where=where, version=version, repeats=repeats, caption=caption,
@@ -617,7 +617,7 @@ def export(lake: "Store", dest: str | Path, format: str = "webdataset", *, where
         tbl, copy, mixed = _mix(tbl, copy, caption_mix, mix_seed, mix_both)
         if mixed.get("rows_without_caption"):  # (they were left out without a word)
             k = mixed["rows_without_caption"]
-            stale.append(f"{k} row{'s' if k != 1 else ''} of the view left out: every caption of the --caption-mix "
+            stale.append(f"{k} row{'s' if k != 1 else ''} of the view left out: every caption of the {spell('--caption-mix')} "
                          f"({', '.join(caption_mix)}) is null")
         caption = MIX_CAPTION
     if tbl.num_rows == 0:  # in every format, before a folder is made (WebDataset and MDS wrote an empty export)

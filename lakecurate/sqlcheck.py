@@ -272,11 +272,11 @@ def bare_name_problem(name: str) -> str | None:
         (stmt,) = _parse(query, "", semicolon=False)
         (cond,) = _parse(f"{name} > 0", "", semicolon=False)
     except LakeError:
-        return "sqlglot, which checks every query and --where, reads it as a keyword"
+        return f"sqlglot, which checks every query and {spell('--where')}, reads it as a keyword"
     if not (len(stmt.expressions) == 1 and column(stmt.expressions[0]) and isinstance(cond, exp.GT)
             and column(cond.this) and isinstance(stmt.args.get("where").this, exp.GT)
             and column(stmt.args["where"].this.this)):
-        return "sqlglot, which checks every query and --where, reads it as a value or keyword"
+        return f"sqlglot, which checks every query and {spell('--where')}, reads it as a value or keyword"
     try:
         with tempfile.TemporaryDirectory(prefix="lakecurate-name-") as tmp:
             ds = lance.write_dataset(pa.table({name: pa.array([1, None], pa.int32())}), os.path.join(tmp, "probe.lance"),

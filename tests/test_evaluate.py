@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from lakecurate import Lake, LakeError
 from lakecurate.cli import main
+from lakecurate.options import speaking
 from lakecurate.evaluate import (
     METRICS,
     EvalSet,
@@ -400,10 +401,13 @@ def test_budgets_that_round_to_the_same_steps_are_trained_once(small, monkeypatc
     from lakecurate import evaluate as ev_mod
 
     assert ev_mod.budget_steps([0.05, 0.1, 0.2, 1.0, 1.1], 4) == (
-        [0.05, 1.0], ["--budget 0.1, 0.2 x --steps 4 train 1 step, as 0.05 does: trained once, as 0.05 (raise --steps "
+        [0.05, 1.0], ["budgets 0.1, 0.2 x steps 4 train 1 step, as 0.05 does: trained once, as 0.05 (raise steps "
                       "to tell them apart)",
-                      "--budget 1.1 x --steps 4 trains 4 steps, as 1 does: trained once, as 1 (raise --steps to tell "
+                      "budgets 1.1 x steps 4 trains 4 steps, as 1 does: trained once, as 1 (raise steps to tell "
                       "them apart)"])
+    with speaking("cli"):  # the CLI's words
+        assert ev_mod.budget_steps([0.05, 0.1], 4)[1] == ["--budget 0.1 x --steps 4 trains 1 step, as 0.05 does: trained "
+                                                          "once, as 0.05 (raise --steps to tell them apart)"]
     lake, ev = small
     trained: list[int] = []
     real = ev_mod.train_heads
