@@ -45,7 +45,8 @@ from PIL import Image, UnidentifiedImageError
 from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
 from lakecurate.images import MAX_DECODE_PIXELS, orientation_of
-from lakecurate.options import canonical_uri, path, spell
+from lakecurate.options import canonical_uri, path, speaker, spell
+from lakecurate.options import given as given_option  # ("given" names what a caller gave, below)
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
 from lakecurate.store import is_lake_folder, is_lance_table
@@ -856,7 +857,7 @@ def iter_manifest(
         icol = _pick(names, image_col, IMAGE_COLUMNS, "image path", path, "--image-col")
         ccol = _pick(names, caption_col, CAPTION_COLUMNS, "caption", path, "--caption-col")
         if key_col and key_col not in names:
-            raise IngestError(f"{path}: no column '{key_col}' (columns: {', '.join(names)}); fix --key-col")
+            raise IngestError(f"{path}: no column '{key_col}' (columns: {', '.join(names)}); fix {spell('--key-col')}")
     return _manifest_candidates(path, ext, base, root, icol, ccol, key_col, types)
 
 
@@ -906,7 +907,7 @@ def _manifest_candidates(path: str, ext: str, base: str, root: str, icol: str | 
                 c.path = full
             else:
                 c.flags.append("path_outside_root")
-                c.notes.append(f"row {rowno}: {value} resolves outside {root}; pass --root to allow it")
+                c.notes.append(f"row {rowno}: {value} resolves outside {root}; pass {spell('--root')} to allow it")
         yield c
 
 
@@ -1065,7 +1066,7 @@ def _tar_candidate(shard: str, key: str, sample: dict[str, bytes | None]) -> Can
     c = Candidate(source=shard, key=key, caption=sample.get("txt"), sidecar_json=sample.get("json"))
     for ext in ("txt", "json"):
         if ext in sample and sample[ext] is None:
-            c.notes.append(f"member '{key}.{ext}' is larger than --max-bytes; not read")
+            c.notes.append(f"member '{key}.{ext}' is larger than {spell('--max-bytes')}; not read")
     if key.startswith("/") or ".." in key.split("/"):  # tar permits such names; they must never become paths
         c.flags.append("member_name_unsafe")
         c.notes.append(f"member name '{key}' is absolute or climbs with '..'")
@@ -1080,7 +1081,7 @@ def _tar_candidate(shard: str, key: str, sample: dict[str, bytes | None]) -> Can
         c.image_uri = f"{shard}#{key}.{img_ext}"
         if sample[img_ext] is None:
             c.flags.append("file_too_large")
-            c.notes.append(f"member '{key}.{img_ext}' is larger than --max-bytes; not read")
+            c.notes.append(f"member '{key}.{img_ext}' is larger than {spell('--max-bytes')}; not read")
         else:
             c.data = sample[img_ext]
     return c
@@ -1121,7 +1122,7 @@ def detect_kind(source: str) -> str:
         return "manifest"
     raise IngestError(
         f"cannot tell what '{source}' is: expected a folder, a manifest ({', '.join(sorted(MANIFEST_EXTS))}) "
-        f"or WebDataset shards ({', '.join(TAR_SUFFIXES)}); pass --kind"
+        f"or WebDataset shards ({', '.join(TAR_SUFFIXES)}); pass {spell('--kind')}"
     )
 
 
@@ -1216,11 +1217,13 @@ def open_source(
         if not os.path.isdir(src):
             raise IngestError(f"'{src}' is not a folder")
         if is_lake_folder(src):  # its table's _versions/*.json became error rows
+            export = (f"lakecurate export {shlex.quote(src)} DEST --format lance" if speaker() == "cli"
+                      else f"Lake.open({src!r}).export(DEST, format='lance')")
             raise IngestError(f"'{src}' is a lakecurate lake, not a folder of pairs; to copy its rows, export them "
-                              f"(lakecurate export {shlex.quote(src)} DEST --format lance) and ingest DEST")
+                              f"({export}) and ingest DEST")
         if is_lance_table(src):  # its _versions/*.json and data files became error rows and "not pairs"
-            raise IngestError(f"'{src}' is a Lance table, not a folder of pairs; drop --kind folder: a Lance table "
-                              "(such as export --format lance writes) is read as a manifest")
+            raise IngestError(f"'{src}' is a Lance table, not a folder of pairs; drop {given_option('--kind', 'folder')}: a Lance "
+                              f"table (such as an export of {given_option('--format', 'lance')} writes) is read as a manifest")
         return SourcePlan(kind, [os.path.realpath(src)], lambda ignored: iter_folder(src, ignored), [(src, kind)])
     if kind == "manifest" and (files := _hf_arrow_files(src)):  # each Arrow file is a source of its own
         for f in files:
@@ -1232,7 +1235,7 @@ def open_source(
         lance_table = is_lance_table(src)
         if os.path.isdir(src) and not lance_table:
             raise IngestError(f"'{src}' is a folder, not a manifest file: name the manifest (CSV, Parquet, JSONL), "
-                              "or use --kind folder for a folder of images with caption files")
+                              f"or use {given_option('--kind', 'folder')} for a folder of images with caption files")
         if not os.path.isfile(src) and not lance_table:
             raise IngestError(f"manifest '{src}' does not exist")
         iter_manifest(src, root, image_col, caption_col, key_col, image_dir)  # checks the columns now
@@ -1245,8 +1248,8 @@ def open_source(
         odd = [s for s in shards if "://" not in s and os.path.isfile(s) and not is_shard(s) and not tarfile.is_tarfile(s)]
         if odd:  # --kind webdataset on a CSV made a lake holding one tar_corrupt row
             raise IngestError(f"'{odd[0]}' is not a tar shard (no tar header, and not named .tar/.tar.gz/.tgz); "
-                              f"drop --kind webdataset{'' if len(odd) == 1 else f' ({len(odd)} such files)'} "
-                              "(a manifest is --kind manifest)")
+                              f"drop {given_option('--kind', 'webdataset')}{'' if len(odd) == 1 else f' ({len(odd)} such files)'} "
+                              f"(a manifest is {given_option('--kind', 'manifest')})")
         missing = [s for s in shards if "://" not in s and not os.path.isfile(s)]
         if missing:  # as for a missing folder or manifest: refused, not a row that stays when it appears
             raise IngestError(f"{len(missing)} of the {len(shards)} shards named by '{src}' do not exist "

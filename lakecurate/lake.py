@@ -25,7 +25,7 @@ import pandas as pd
 
 from lakecurate.columns import StageRun
 from lakecurate.errors import LakeError, LakeWarning
-from lakecurate.options import flag, flags, given, keywords, texts, whole
+from lakecurate.options import flag, flags, given, keywords, speaker, texts, whole
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
 SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
@@ -478,7 +478,9 @@ class Lake(Store):
                     out.append((f"at tag '{name}' (version {meta['version']}{f' of branch {branch!r}' if branch else ''}) "
                                 f"{_what(stale)}",
                                 f"A tag's decisions can never be made current there (a run writes a new version): "
-                                f"delete tag '{name}' if it is not needed (lakecurate tag {self.shell} {name} --delete)"))
+                                f"delete tag '{name}' if it is not needed ("
+                                + (f"lakecurate tag {self.shell} {name} --delete" if speaker() == "cli"
+                                   else f"lake.delete_tag({name!r})") + ")"))
         return out
 
     def diff(self, a: int | str, b: int | str | None = None, **options: Any) -> Any:

@@ -44,7 +44,7 @@ from lakecurate.captioners import (
 )
 from lakecurate.encoders import resolve_device, same_config
 from lakecurate.errors import LakeError
-from lakecurate.options import spell
+from lakecurate.options import speaker, spell
 from lakecurate.images import Preprocess, decode_small
 from lakecurate.runner import Rows, RowStage
 
@@ -295,7 +295,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
         raise LakeError(problem)
     notes = []
     if "top_k" in given and not temperature > 0 and endpoint is None and not isinstance(model, EndpointSpec):
-        notes.append(TOP_K_GREEDY)
+        notes.append(top_k_greedy())
     if isinstance(model, (CaptionerSpec, EndpointSpec)):
         spec = model
     elif endpoint is not None:
@@ -307,8 +307,9 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
         spec = resolve_captioner(model, pretrained, checkpoint, name, max_tokens=max_tokens, temperature=temperature,
                                  top_k=top_k, seed=seed, prompt=prompt)
     if spec.column() == "caption_redacted":  # signals --redact and recipes write it: a caption model's would pass for it
-        raise LakeError(f"{spell('--name')} {spec.name!r}: caption_redacted is the redacted caption (lakecurate signals --redact, "
-                        "a recipe's redact = true); pick another name")
+        raise LakeError(f"{spell('--name')} {spec.name!r}: caption_redacted is the redacted caption ("
+                        + ("lakecurate signals --redact" if speaker() == "cli" else "lake.signals(['redact'])")
+                        + ", a recipe's redact = true); pick another name")
     columns.check_table(lake)
     if isinstance(spec, EndpointSpec):
         check_prompt_columns(spec, lake.dataset().schema, lake.uri)
@@ -353,8 +354,11 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
 
 
 # (a warning, not a refusal: a column made so holds top_k in its config, and its fix command passes it)
-TOP_K_GREEDY = ("--top-k is read only when sampling: --temperature > 0; at --temperature 0 (greedy) the most "
-                "likely token is always taken, whatever --top-k says")
+def top_k_greedy() -> str:
+    """The warning for a top-k given to greedy decoding, naming the options as the interface speaking does."""
+    k, t = spell("--top-k"), spell("--temperature")
+    return (f"{k} is read only when sampling: {t} > 0; at {t} 0 (greedy) the most likely token is always taken, "
+            f"whatever {k} says")
 
 
 def misplaced_options(given: Iterable[str], endpoint: bool) -> str | None:

@@ -113,8 +113,9 @@ def _partial(lake: "Store", ds: "lance.LanceDataset", present: list[str]) -> str
     whole = last_whole(ds, Node(STAGE, list(NAMES), [], {}))  # (the log's schema changes, not every version)
     head = lakecurate_on(lake)
     drop = f"{head} drop {lake.shell} {' '.join(shlex.quote(n) for n in present)}"
-    back = (f"{head} review {lake.shell} --from-version {whole} (the latest version that has them all: its marks "
-            f"written back), or " if whole is not None else "")
+    back = ((f"{head} review {lake.shell} --from-version {whole}" if speaker() == "cli"
+             else f"lake.restore_reviews({whole})") + " (the latest version that has them all: its marks "
+            "written back), or " if whole is not None else "")
     return (f"lake '{lake.uri}' has the review columns {', '.join(present)} without {', '.join(missing)} (dropped "
             f"outside lakecurate?); a mark writes all {len(NAMES)}. Go on with {back}drop the rest and mark again "
             f"(their verdicts stay in version {ds.version} and the review log): {drop}")
@@ -146,8 +147,8 @@ def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str |
         main = f"; main has {', '.join(labels(lake.on_branch(None)))}" \
             if branch and not allowed else ""
         raise LakeError(f"review label {label!r} is not one of {whose} labels ({', '.join(allowed) or 'none set'}{main}); "
-                        f"set them with: lakecurate {f'--branch {branch} ' if branch else ''}serve {lake.shell} "
-                        f"--labels a,b,c")
+                        "set them with: " + (f"lakecurate {f'--branch {branch} ' if branch else ''}serve {lake.shell} "
+                                             "--labels a,b,c" if speaker() == "cli" else "lake.serve(labels=['a', 'b', 'c'])"))
     return ids, verdict, reason, label, by or "anonymous"
 
 
@@ -320,7 +321,8 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
     if not set(NAMES) & set(lake.dataset().schema.names):  # (it said "restored 0 rows; changed since")
         raise LakeError(f"lake '{lake.uri}' has no review columns now (dropped since: lakecurate log says when): the "
                         f"marks of action {action} are in no row; nothing to undo (the versions before the drop "
-                        f"still have them: {lakecurate_on(lake)} review {lake.shell} --from-version N)")
+                        f"still have them: " + (f"{lakecurate_on(lake)} review {lake.shell} --from-version N" if speaker() == "cli"
+                                                 else "lake.restore_reviews(N)") + ")")
     if _landed(lake, {action: rows[0].get("read_version")}).get(action) is False:
         raise LakeError(f"review action {action!r} of lake '{lake.uri}' {NEVER_LANDED} (the review stopped between "
                         f"its log entry and its commit): nothing to undo")

@@ -112,3 +112,65 @@ def test_common_re_run_advice_names_the_option_as_the_interface_does(tmp_path):
     assert res.exit_code == 1 and "pass --recompute to replace them" in res.output, res.output
     res = CliRunner().invoke(main, ["report", lake.uri, str(tmp_path / "r.html"), "--sample-rows", "10"])
     assert res.exit_code == 1 and "pass --overwrite to replace it" in res.output, res.output
+
+
+def test_rarer_advice_names_options_and_commands_as_the_interface_does(tmp_path):
+    """The rarer library messages still spelled flags for every caller ("use --name ... or --recompute",
+    "drop --kind folder", "try --set STEP.PARAM=VALUE", "pass --embedding NAME", "--top-k is read
+    only when sampling"), or a command a Python caller cannot run ("lakecurate feature add ...")."""
+    import pyarrow as pa
+
+    from lakecurate import columns
+    from lakecurate.errors import IngestError
+    from lakecurate.names import signals_fix
+    from lakecurate.recaption import top_k_greedy
+
+    from .conftest import SAMPLE_DATA
+
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(SAMPLE_DATA, progress=False)
+    # a column made with another config: declare's default way out
+    field = [pa.field("probe_value", pa.int32())]
+    columns.declare(lake, field, columns.provenance("probe", {"a": 1}, ["caption"], lake.version))
+    other = columns.provenance("probe", {"a": 2}, ["caption"], lake.version)
+    with pytest.raises(LakeError, match=r"; use name to write new columns beside it, or recompute=True to replace it$"):
+        columns.declare(lake, field, other)
+    with options.speaking("cli"), pytest.raises(LakeError, match=r"; use --name to write new columns beside it, or "
+                                                                 r"--recompute to replace it$"):
+        columns.declare(lake, field, other)
+    assert signals_fix().endswith("redo it with lake.signals(KINDS, recompute=True)")
+    assert top_k_greedy().startswith("top_k is read only when sampling: temperature > 0; at temperature 0 (greedy)")
+    with options.speaking("cli"):
+        assert signals_fix().endswith("redo it with `lakecurate signals LAKE --recompute` (and the same kind options)")
+        assert top_k_greedy().startswith("--top-k is read only when sampling: --temperature > 0")
+    # ingest's kind advice
+    lake.export(tmp_path / "out", "lance")  # a Lance table, not a folder of pairs
+    with pytest.raises(IngestError, match=r"not a folder of pairs; drop kind='folder': a Lance table \(such as an "
+                                          r"export of format='lance' writes\)"):
+        Lake.create(tmp_path / "lake2").ingest(tmp_path / "out", kind="folder", progress=False)
+    (tmp_path / "notes").write_bytes(b"no manifest, no folder, no shard")
+    with pytest.raises(IngestError, match=r"cannot tell what .*; pass kind$"):
+        Lake.create(tmp_path / "lake3").ingest(tmp_path / "notes", progress=False)
+    res = CliRunner().invoke(main, ["ingest", str(tmp_path / "lake4"), str(tmp_path / "out"), "--kind", "folder"])
+    assert res.exit_code == 1 and "drop --kind folder: a Lance table (such as an export of --format lance writes)" \
+        in res.output, res.output
+    # curate's advice: a recipe that keeps nothing, a condition naming no column
+    recipe = tmp_path / "none.toml"
+    recipe.write_text('name = "none"\n[[step]]\nfilter = "sql"\nwhere = "width < 0"\n')
+    rep = lake.curate(str(recipe), progress=False)
+    assert any(w.endswith("see what each step would drop with dry_run=True, and try overrides={'STEP.PARAM': VALUE}")
+               for w in rep.warnings), rep.warnings
+    res = CliRunner().invoke(main, ["--no-progress", "curate", lake.uri, str(recipe)])
+    assert res.exit_code == 0 and "with --dry-run, and try --set STEP.PARAM=VALUE" in res.output, res.output
+    recipe.write_text('name = "nocol"\n[[step]]\nfilter = "sql"\nwhere = "nosuch > 1"\n')
+    with pytest.raises(LakeError, match=r"add a feature of your own with: lake.add_feature\('nosuch', FUNCTION\)$"):
+        lake.curate(str(recipe), progress=False)
+    res = CliRunner().invoke(main, ["curate", lake.uri, str(recipe)])
+    assert res.exit_code == 1 and "add a feature of your own with: lakecurate feature add" in res.output, res.output
+    # several embeddings and none named
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    lake.embed("tiny-random", name="other", workers=0, batch_size=8, progress=False)
+    with pytest.raises(LakeError, match=r"has several embeddings \(clip_tinyrandom, other\); pass embedding='NAME'$"):
+        lake.cluster(3)
+    res = CliRunner().invoke(main, ["cluster", lake.uri, "-k", "3"])
+    assert res.exit_code == 1 and "pass --embedding NAME" in res.output, res.output

@@ -1181,7 +1181,7 @@ def test_cleanup_refuses_while_a_tag_or_a_branch_head_is_stale(tmp_path: Path):
     add_n(lake)
     assert feature_state(lake).state == "current"
     with pytest.raises(LakeError, match=r"tag 'stale1' \(version \d+\).* feature \(n\) is stale.*never be made current "
-                                        r"there.*lakecurate tag .* stale1 --delete.*allow_stale=True") as err:
+                                        r"there.*lake.delete_tag\('stale1'\).*allow_stale=True") as err:
         lake.cleanup(timedelta(0))
     assert "branch 'work'" in str(err.value) and "lakecurate --branch work feature add" in str(err.value)
     lake.delete_tag("stale1")
