@@ -124,7 +124,7 @@ def test_kill_9_mid_embed_resumes_from_checkpoint(lake: Lake, sample_lake_embedd
 def test_config_conflicts_names_and_recompute(lake: Lake):
     lake.ingest(SAMPLE_DATA, progress=False)
     lake.embed("tiny-random", workers=0, progress=False)
-    with pytest.raises(LakeError, match="another config.*--name.*--recompute"):
+    with pytest.raises(LakeError, match="another config.*; use name to write new columns beside it, or recompute=True"):
         lake.embed("tiny-random", workers=0, precision="bf16", progress=False)
     rep = lake.embed("tiny-random", workers=0, precision="bf16", name="tiny_bf16", progress=False)
     assert rep.columns["score"] == "tiny_bf16_score" and rep.rows_embedded == 28
@@ -543,7 +543,7 @@ def test_search_words_that_name_a_file_here_and_a_url(sample_lake_embedded: Lake
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dog").write_text("not an image")
-    with pytest.raises(LakeError, match="is a file but not an image.*--text"):
+    with pytest.raises(LakeError, match="is a file but not an image.*search for the words with text=True$"):
         sample_lake_embedded.search("dog", 3)
     assert len(sample_lake_embedded.search("dog", 3, text=True)) == 3
     res = CliRunner().invoke(main, ["search", sample_lake_embedded.uri, "dog", "-k", "2", "--text", "--json"])
@@ -670,8 +670,8 @@ def test_a_shared_lake_embedded_by_another_install_is_the_same_config_here(tmp_p
 
 def test_options_a_model_does_not_take_are_refused(lake: Lake):
     """--model offline --checkpoint /nonexist.pt ran with the bundled weights and ignored the file."""
-    for opts, says in (({"checkpoint": "/nonexist.pt"}, "takes no --checkpoint"),
-                       ({"pretrained": "openai"}, "takes no --pretrained")):
+    for opts, says in (({"checkpoint": "/nonexist.pt"}, "takes no checkpoint"),
+                       ({"pretrained": "openai"}, "takes no pretrained")):
         with pytest.raises(EncoderError, match=f"model 'offline' {says} .*bundled weights"):
             resolve("offline", **opts)
     lake.ingest(SAMPLE_DATA, progress=False)

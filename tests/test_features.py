@@ -105,7 +105,7 @@ def test_several_columns_params_vectors_and_inferred_types(multi: Lake):
 
 def test_changed_function_is_refused_until_recompute(multi: Lake):
     multi.add_feature("w", word_stats, inputs=["caption"], progress=False)
-    with pytest.raises(LakeError, match="made with another config.*--recompute"):
+    with pytest.raises(LakeError, match="made with another config.*recompute=True to replace it$"):
         multi.add_feature("w", word_stats, inputs=["caption"], params={"scale": 2.0}, progress=False)
     rep = multi.add_feature("w", word_stats, inputs=["caption"], params={"scale": 2.0}, recompute=True, progress=False)
     assert rep.fragments == 4
@@ -467,7 +467,7 @@ def test_a_feature_name_is_one_feature_whether_it_writes_one_column_or_several(m
     multi.add_feature("solo", caption_chars, progress=False)
     v = multi.version
     for name, fn, old in (("feat", caption_chars, "columns feat_n, feat_scaled"), ("solo", word_stats, "column solo")):
-        with pytest.raises(LakeError, match=f"feature '{name}' .*\\({old}\\) was made with another config .*--recompute"):
+        with pytest.raises(LakeError, match=f"feature '{name}' .*\\({old}\\) was made with another config .*recompute=True"):
             multi.add_feature(name, fn, inputs=["caption"], progress=False)
     assert multi.version == v and len(list_features(multi)) == 3
     multi.add_feature("feat", caption_chars, recompute=True, progress=False)  # replaced whole

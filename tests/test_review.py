@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from lakecurate import Lake
-from lakecurate import review
+from lakecurate import options, review
 from lakecurate.errors import LakeError
 from tests.conftest import SAMPLE_DATA
 
@@ -70,7 +70,9 @@ def test_a_branch_without_labels_says_so_and_names_mains(sample: Lake):
     review.set_labels(sample, ["watermark", "nsfw"])
     exp = sample.create_branch("exp")
     with pytest.raises(LakeError, match=r"not one of branch exp's labels \(none set; main has watermark, nsfw\); "
-                                        r"set them with: lakecurate --branch exp serve"):
+                                        r"set them with: lake.serve\(labels=\['a', 'b', 'c'\]\)$"):
+        review.mark(exp, ids, label="watermark")
+    with options.speaking("cli"), pytest.raises(LakeError, match=r"set them with: lakecurate --branch exp serve"):
         review.mark(exp, ids, label="watermark")
 
 
@@ -215,9 +217,10 @@ def test_a_review_column_dropped_outside_says_what_works(sample: Lake):
         review.mark(sample, ids[1:], verdict="keep", by="bo")
     msg = str(err.value)
     assert "--recompute" not in msg and "without review_by" in msg and sample.version == version
-    back = re.search(r"Go on with (lakecurate review \S+ --from-version \d+) ", msg).group(1)
-    res = CliRunner().invoke(main, shlex.split(back)[1:])
-    assert res.exit_code == 0, res.output
+    back = int(re.search(r"Go on with lake\.restore_reviews\((\d+)\) ", msg).group(1))
+    with options.speaking("cli"), pytest.raises(LakeError, match=fr"Go on with lakecurate review \S+ --from-version {back} "):
+        review.mark(sample, ids[1:], verdict="keep", by="bo")
+    sample.restore_reviews(back)
     review.mark(sample, ids[1:], verdict="keep", by="bo")  # review_by is back, with ana's mark
     assert _values(sample, ids)[ids[0]]["review_by"] == "ana" and _values(sample, ids)[ids[1]]["review_by"] == "bo"
 
