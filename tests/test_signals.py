@@ -375,6 +375,11 @@ def test_a_signal_made_with_another_config_says_to_recompute(tmp_path, monkeypat
     monkeypatch.setattr(sig.CAPTION_STAGE, "config", {**sig.CAPTION_STAGE.config, "changed": 1})
     with pytest.raises(LakeError, match="made with another config") as err:
         lake.signals(["caption"], progress=False)
+    assert str(err.value).endswith("redo it with lake.signals(KINDS, recompute=True)") and "use name" not in str(err.value)
+    from lakecurate.options import speaking
+
+    with speaking("cli"), pytest.raises(LakeError, match="made with another config") as err:  # the CLI's words
+        lake.signals(["caption"], progress=False)
     assert "lakecurate signals LAKE --recompute" in str(err.value) and "--name" not in str(err.value)
 
 
