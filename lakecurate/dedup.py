@@ -26,7 +26,8 @@ photos may well share "a dog runs on the grass") are joined into ``dup_group`` (
 of methods does; "verify:<kept id> (143 inliers)": the most inliers of the row's verified pairs).
 
 **The evidence**: every link a run finds is a row of the lake's ``dup_pairs`` table (``a``, ``b``,
-``method``, ``score``: differing bits, cosine or inliers, ``detail``, ``version``), so a person (and
+``method``, ``score``: differing bits, cosine or inliers, ``detail``, ``version``; ``box_a``, ``box_b``: a
+verify link's inlier box in each image, which an incremental run's collage rule reads), so a person (and
 the report) can see why two rows are one group; the semantic and caption links are a spanning
 forest of the pairs from their threshold up (``semantic_pairs(span=)``: s copies of one picture are
 s - 1 links, not s (s - 1) / 2; a new row is linked once to a stored group it joins): ``lakecurate.Lake(...).dup_pairs()``, or
@@ -69,7 +70,9 @@ k-means and joins come from :mod:`lakecurate.neardup`.
 the new rows, joins only new rows against the rest for semantic methods (``semantic_pairs(new=)``),
 merges the result with the stored groups and rewrites group values only in fragments where they
 changed (a new member can be the better keeper of an old group). Each column family is written
-for all changed fragments in one commit.
+for all changed fragments in one commit. Verify's collage rule reads the stored links (and boxes)
+of the rows a new link touches with the new ones, so it decides as a full run would: a stored link
+the new ones outweigh is undone and its group made again from its other links.
 """
 
 from __future__ import annotations
@@ -182,7 +185,9 @@ KNN_ASSIGN = 12
 VERIFY_COSINES = {"offline": 0.4, "open_clip": 0.7}
 PHASH_COLUMNS = ("phash", "phash_flip")
 FINAL_COLUMNS = ("dup_group", "dup_group_size", "dup_keep", "dup_reason")
-Evidence = tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]  # a method's links: rows i < j, score, detail
+# a method's links: rows i < j, score, detail; verify's add (boxes in i's images, boxes in j's) and
+# (rows i, rows j) of the stored links it undid
+Evidence = tuple  # (np.ndarray, np.ndarray, np.ndarray, list[str][, (list, list), (np.ndarray, np.ndarray)])
 
 
 def group_columns(method: str) -> tuple[str, ...]:
@@ -916,7 +921,8 @@ def dedup(
     heads, size = np.unique(final.best, return_counts=True)
     final_size = size[np.searchsorted(heads, final.best)].astype(np.int32)
     ids = _Ids(ds, np.concatenate([final.rows, *(g.best for w in written.values() for g in w.values()),
-                                   *(e[c] for e in evidence.values() for c in (0, 1))]))
+                                   *(e[c] for e in evidence.values() for c in (0, 1)),
+                                   *(r for e in evidence.values() for r in (e[5] if len(e) > 5 else ()))]))
     linked_pairs, same_links = (_merged_evidence(lake, ds, ids, evidence, replaced, ds.version) if evidence or replaced
                                 else (None, True))
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
@@ -1087,9 +1093,14 @@ def _write(lake: "Store", ds: Any, families: list[_Family], final_old: bool) -> 
     return done
 
 
+# box_a/box_b: a verify link's inlier box in a's and b's image (x0, y0, x1, y1 in fractions of it,
+# lakecurate.verify.Match.box_a), so that a later incremental run sees which region of a collage a
+# stored link holds (one_region_links); null for other methods, and in tables written before them
+# (read back as null: unknown, never split).
+BOX = pa.list_(pa.float32(), 4)
 EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string()), pa.field("method", pa.string()),
                              pa.field("score", pa.float64()), pa.field("detail", pa.string()),
-                             pa.field("version", pa.int64())])
+                             pa.field("version", pa.int64()), pa.field("box_a", BOX), pa.field("box_b", BOX)])
 
 
 def _pin_evidence(lake: "Store", version: int) -> int:
@@ -1138,18 +1149,28 @@ def _read_evidence(lake: "Store", ds: Any) -> pa.Table:
     """The evidence table's rows, or a LakeError naming it and the way to rebuild it (its files
     damaged: every later dedup was a pyarrow traceback)."""
     try:
-        return ds.to_table().cast(EVIDENCE_SCHEMA)
+        return _evidence_columns(ds.to_table())
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise LakeError(f"dedup's evidence table {ds.uri} (version {ds.version}) cannot be read ({clean_message(exc)}); "
                         f"it holds only the links that explain the groups: delete that folder, then rebuild it with "
                         f"{lakecurate_on(lake)} dedup {lake.shell} --method ... --recompute (every method of the lake)") from None
 
 
+def _evidence_columns(tbl: pa.Table) -> pa.Table:
+    """``tbl`` (rows of an evidence table) with :data:`EVIDENCE_SCHEMA`'s columns: those a table
+    written before them lacks (the boxes) are null."""
+    for f in EVIDENCE_SCHEMA:
+        if f.name not in tbl.column_names:
+            tbl = tbl.append_column(f.name, pa.nulls(tbl.num_rows, f.type))
+    return tbl.select(EVIDENCE_SCHEMA.names).cast(EVIDENCE_SCHEMA)
+
+
 def _same_links(new: pa.Table, old: pa.Table) -> bool:
     """Whether two evidence tables hold the same links (the version a link was found at aside)."""
     if old.num_rows != new.num_rows:
         return False
-    cols, order = ["a", "b", "method", "score", "detail"], [("a", "ascending"), ("b", "ascending"), ("method", "ascending")]
+    cols, order = ["a", "b", "method", "score", "detail", "box_a", "box_b"], [("a", "ascending"), ("b", "ascending"),
+                                                                             ("method", "ascending")]
     return old.select(cols).sort_by(order).equals(new.select(cols).sort_by(order))
 
 
@@ -1163,7 +1184,7 @@ def restore_evidence(lake: "Store") -> int | None:
         return lake.write_side(EVIDENCE_TABLE, EVIDENCE_SCHEMA.empty_table(), mode="overwrite")  # before any dedup
     if held is None or (latest is not None and held.uri == latest.uri and held.version == latest.version):
         return None
-    return lake.write_side(EVIDENCE_TABLE, held.to_table().cast(EVIDENCE_SCHEMA), mode="overwrite")
+    return lake.write_side(EVIDENCE_TABLE, _evidence_columns(held.to_table()), mode="overwrite")
 
 
 def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evidence], replaced: set[str],
@@ -1172,16 +1193,25 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     recompute (those that explain the decision it read: :func:`evidence_dataset`), plus this run's
     (a pair found again keeps this run's row); and whether those are the stored links (the version
     a link was found at aside): then there is nothing to write."""
-    parts = []
-    for m, (i, j, score, detail) in evidence.items():
+    parts, unlinked = [], []
+    for m, (i, j, score, detail, *more) in evidence.items():
+        boxes = more[:1]
+        if len(more) > 1 and len(more[1][0]):  # stored links this run undid (verify: a collage's other region)
+            ui, uj = ids.of(more[1][0]).cast(pa.string()), ids.of(more[1][1]).cast(pa.string())
+            unlinked.append(pc.binary_join_element_wise(pc.min_element_wise(ui, uj), pc.max_element_wise(ui, uj),
+                                                        pa.array([m] * len(ui), pa.string()), "\x00"))
         a, b = ids.of(i), ids.of(j)
         swap = pc.greater(a, b)
         lo, hi = pc.if_else(swap, b, a), pc.if_else(swap, a, b)
+        box_i, box_j = (pa.array(list(k), BOX) for k in boxes[0]) if boxes else (pa.nulls(len(lo), BOX),) * 2
         parts.append(pa.table({"a": lo.cast(pa.string()), "b": hi.cast(pa.string()),
                                "method": pa.array([m] * len(lo), pa.string()),
                                "score": pa.array(score, pa.float64(), mask=np.isnan(score)),
                                "detail": pa.array(detail, pa.string()),
-                               "version": pa.array(np.full(len(lo), version), pa.int64())}, schema=EVIDENCE_SCHEMA))
+                               "version": pa.array(np.full(len(lo), version), pa.int64()),
+                               # (each box stays with its row's id when the ids are put in order)
+                               "box_a": pc.if_else(swap, box_j, box_i), "box_b": pc.if_else(swap, box_i, box_j)},
+                              schema=EVIDENCE_SCHEMA))
     new = pa.concat_tables(parts) if parts else EVIDENCE_SCHEMA.empty_table()
     old_ds = evidence_dataset(lake, ds)
     if old_ds is None:
@@ -1192,7 +1222,7 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     drop = pc.is_in(old.column("method"), pa.array(sorted(replaced | gone), pa.string()))
     fresh = pc.binary_join_element_wise(new.column("a"), new.column("b"), new.column("method"), "\x00")
     key = pc.binary_join_element_wise(old.column("a"), old.column("b"), old.column("method"), "\x00")
-    drop = pc.or_(drop, pc.is_in(key, fresh))
+    drop = pc.or_(drop, pc.is_in(key, pa.chunked_array([*fresh.chunks, *unlinked], pa.string())))
     merged = pa.concat_tables([old.filter(pc.invert(drop)), new])
     return merged, _same_links(merged, old)
 
@@ -1200,7 +1230,8 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
 def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | str | None = None) -> "pd.DataFrame":
     """Why rows are one group: every link the dedup runs found (``a`` < ``b`` ids, ``method``,
     ``score``: differing bits for phash/copy, cosine for semantic/caption, inliers for verify, null
-    for exact; ``detail`` in words; ``version``: the lake version the run read), or only the links
+    for exact; ``detail`` in words; ``version``: the lake version the run read; ``box_a``, ``box_b``:
+    a verify link's inlier box in a's and b's image, else null), or only the links
     touching ``ids``; those that explain the decision of the lake's ``version`` (default: the
     latest). Empty (same columns) before the first dedup."""
     ids = texts("ids", ids, none_ok=True)  # one id, not its letters; 5 was a TypeError or no links at all
@@ -1592,26 +1623,120 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
         del feats, matches
         bar.update(len(ci))
     bar.close()
+    unlinked = (np.empty(0, np.int64), np.empty(0, np.int64))  # stored links this run undoes
     if regions is not None and ok.any():
         # (the links other image methods and stored groups make: neighbours joined without the container)
         base = [*pairs, *((g.rows, g.best) for m, g in groups.items() if m not in TEXT_METHODS)]
-        made = one_region_links(i[ok], j[ok], [m.box_a for m in good], [m.box_b for m in good],
-                                np.array([m.inliers for m in good]), base, regions=int(regions),
-                                disjoint=float(config.get("disjoint", DISJOINT)))
+        # An incremental run: the stored verify links of the rows these touch count too, as in a full
+        # run (a collage's second photo arriving later was joined to the first it held already).
+        si, sj, sbi, sbj, sn = (_stored_verify_links(lake, ds, np.unique(np.concatenate([i[ok], j[ok]])), stored, eligible)
+                                if only_new is not None else _no_boxes())
+        args = (np.concatenate([i[ok], si]), np.concatenate([j[ok], sj]), [m.box_a for m in good] + sbi,
+                [m.box_b for m in good] + sbj, np.concatenate([np.array([m.inliers for m in good], np.float64), sn]), base)
+        rule = {"regions": int(regions), "disjoint": float(config.get("disjoint", DISJOINT))}
+        made = one_region_links(*args, **rule)
+        if not made[len(good):].all():  # a stored link the new ones outweigh: its group regrouped without it
+            regrouped = _regrouped(lake, ds, stored, pairs[0], si[~made[len(good):]], sj[~made[len(good):]])
+            if regrouped is None:  # its group's links are not all known: they stay, their regions first
+                made = one_region_links(*args, **rule, made=np.r_[np.zeros(len(good), bool), np.ones(len(si), bool)])
+            else:
+                pairs[:1] = regrouped
+                unlinked = (si[~made[len(good):]], sj[~made[len(good):]])
         mr.container_links = int((~made).sum())
+        made = made[: len(good)]
         where = np.flatnonzero(ok)
         ok[where[~made]] = False
         good = [m for m, k in zip(good, made) if k]
     mr.pairs = int(ok.sum())
     pairs.append((i[ok], j[ok]))
     a, b = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
-    found = (a, b, np.array([m.inliers for m in good], np.float64), [m.describe() for m in good])
+    flip = i[ok] > j[ok]  # each box stays with its row
+    boxes = ([m.box_b if f else m.box_a for m, f in zip(good, flip)], [m.box_a if f else m.box_b for m, f in zip(good, flip)])
+    found = (a, b, np.array([m.inliers for m in good], np.float64), [m.describe() for m in good], boxes, unlinked)
     return _group(eligible, pairs, ranks), found
+
+
+def _no_boxes() -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray]:
+    return np.empty(0, np.int64), np.empty(0, np.int64), [], [], np.empty(0)
+
+
+def _stored_keeper(stored: _Stored, r: np.ndarray) -> np.ndarray:
+    """The row that keeps each stored group of rows ``r`` (a row in none: itself)."""
+    r = np.asarray(r, np.int64)
+    if not len(stored.rows):
+        return r
+    k = np.minimum(np.searchsorted(stored.rows, r), len(stored.rows) - 1)  # (rows are in scan order)
+    return np.where(stored.rows[k] == r, stored.kept[k], r)
+
+
+def _verify_evidence(lake: "Store", ds: Any, rows: np.ndarray, *, both: bool = False) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The stored verify links (the evidence of the decision ``ds`` holds) with an end among ``rows``
+    (``both``: both ends), and the rows of their ends a and b (-1: gone). Their boxes are null where
+    not known (a table written before them)."""
+    ev = evidence_dataset(lake, ds)
+    none = EVIDENCE_SCHEMA.empty_table(), np.empty(0, np.int64), np.empty(0, np.int64)
+    if ev is None or not len(rows):
+        return none
+    tbl = _evidence_columns(ev.to_table(filter="method = 'verify'"))
+    want = ds.take(np.asarray(rows, np.int64), columns=["id"]).column("id").cast(pa.string())
+    tbl = tbl.filter((pc.and_ if both else pc.or_)(pc.is_in(tbl.column("a"), want), pc.is_in(tbl.column("b"), want)))
+    if not tbl.num_rows:
+        return none
+    named = pc.unique(pa.concat_arrays([tbl.column("a").combine_chunks(), tbl.column("b").combine_chunks()]))
+    row_of, lo = np.full(len(named), -1, np.int64), 0
+    for batch in ds.to_batches(columns=["id"], batch_size=_BATCH):  # (the first row holding an id, as _stored_groups)
+        at = pc.fill_null(pc.index_in(batch.column(0).cast(pa.string()), value_set=named), -1).to_numpy()
+        found = np.flatnonzero(at >= 0)
+        fresh = row_of[at[found]] < 0
+        row_of[at[found][fresh][::-1]] = lo + found[fresh][::-1]
+        lo += batch.num_rows
+    ri, rj = (row_of[pc.index_in(tbl.column(c), value_set=named).to_numpy()] for c in ("a", "b"))
+    return tbl, ri, rj
+
+
+def _stored_verify_links(lake: "Store", ds: Any, touched: np.ndarray, stored: _Stored,
+                         eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray]:
+    """The stored verify links of the rows ``touched`` that the stored groups hold (both rows
+    eligible, grouped, in one group): rows i, rows j, boxes in i's images, in j's (None: not known,
+    a table written before them; such a row is never split), inliers."""
+    tbl, ri, rj = _verify_evidence(lake, ds, touched)
+    on = (ri >= 0) & (rj >= 0)
+    on[on] = (eligible[ri[on]] & eligible[rj[on]] & ~stored.missing[ri[on]] & ~stored.missing[rj[on]]
+              & (_stored_keeper(stored, ri[on]) == _stored_keeper(stored, rj[on])))
+    where = np.flatnonzero(on)
+    box_a, box_b = tbl.column("box_a").to_pylist(), tbl.column("box_b").to_pylist()
+    def box(v: list | None) -> tuple | None:
+        return None if v is None else tuple(v)
+
+    return (ri[on], rj[on], [box(box_a[k]) for k in where], [box(box_b[k]) for k in where],
+            pc.fill_null(tbl.column("score"), 0.0).to_numpy()[on].astype(np.float64))
+
+
+def _regrouped(lake: "Store", ds: Any, stored: _Stored, links: tuple[np.ndarray, np.ndarray], ui: np.ndarray,
+               uj: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The stored groups as links (``links``: each grouped row to its kept row) with those of the
+    groups that the stored links (ui, uj) join made again from their verify links but those: the
+    groups a full run makes. None when a group's stored links do not join it whole (links lost, a
+    table another writer changed): what it is made of is not known."""
+    held = np.unique(_stored_keeper(stored, ui))
+    members = np.union1d(held, stored.rows[np.isin(stored.kept, held)])
+    _, ri, rj = _verify_evidence(lake, ds, members, both=True)
+    on = np.isin(ri, members) & np.isin(rj, members)
+    ri, rj = ri[on], rj[on]
+    at_i, at_j = np.searchsorted(members, ri), np.searchsorted(members, rj)
+    label = components(len(members), at_i, at_j)
+    if len(np.unique(label)) != len(held) or np.any(_stored_keeper(stored, ri) != _stored_keeper(stored, rj)):
+        return None
+    lo, hi = np.minimum(ri, rj), np.maximum(ri, rj)
+    cut = np.isin(lo * (members.max() + 1) + hi, np.minimum(ui, uj) * (members.max() + 1) + np.maximum(ui, uj))
+    rows, kept = links
+    other = ~np.isin(rows, members)
+    return [(rows[other], kept[other]), (ri[~cut], rj[~cut])]
 
 
 def one_region_links(i: np.ndarray, j: np.ndarray, box_i: Sequence[Any], box_j: Sequence[Any], inliers: np.ndarray,
                      base: Sequence[tuple[np.ndarray, np.ndarray]] = (), *, regions: int = CONTAINER_REGIONS,
-                     disjoint: float = DISJOINT) -> np.ndarray:
+                     disjoint: float = DISJOINT, made: np.ndarray | None = None) -> np.ndarray:
     """Which verified links (i[k], j[k]) to make: all but those that let a row holding several
     pictures join different ones. ``box_i``/``box_j``: each link's inlier box in row i's and row j's
     image (:attr:`lakecurate.verify.Match.box_a`, ``box_b``; None: unknown, never split). A row's
@@ -1621,6 +1746,8 @@ def one_region_links(i: np.ndarray, j: np.ndarray, box_i: Sequence[Any], box_j: 
     those to a row that ``base`` (links: stored groups, other methods) and the links of rows with one
     region join to a kept neighbour without it. A collage of photos A and B: its link to B is not
     made, A and B stay apart; a photo and two heavy crops of it: both keep its middle, one region.
+    ``made``: the links made already (an incremental run's stored ones, :func:`_stored_verify_links`):
+    the regions holding one come first, so a row's stored group is not left for another region.
 
     >>> one_region_links(np.array([0, 0]), np.array([1, 2]), [(0, 0, .4, 1), (.6, 0, 1, 1)],
     ...                  [(0, 0, 1, 1), (0, 0, 1, 1)], np.array([90, 80])).tolist()
@@ -1661,8 +1788,8 @@ def one_region_links(i: np.ndarray, j: np.ndarray, box_i: Sequence[Any], box_j: 
             def size(e: int) -> float:
                 b = boxes[e]
                 return (b[2] - b[0]) * (b[3] - b[1])
-            split[int(ends[mine[0]])] = sorted(found.values(), key=lambda r: (-max(size(e) for e in r),
-                                                                              -int(inliers[link[r]].sum())))
+            split[int(ends[mine[0]])] = sorted(found.values(), key=lambda r: (
+                made is None or not any(made[link[e]] for e in r), -max(size(e) for e in r), -int(inliers[link[r]].sum())))
     if not split:
         return keep
     # Neighbours joined without the rows that hold several regions

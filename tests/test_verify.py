@@ -571,6 +571,75 @@ def test_a_collage_does_not_join_the_photos_it_holds(tmp_path: Path, flickr8k: P
     assert prov["dup_verify_group"]["config"]["container_regions"] == 1
 
 
+def _collage_then_photo(tmp_path: Path, flickr8k: Path, later: int) -> tuple[Lake, list[str]]:
+    """A lake of a photo, a collage of it and another photo, and an unrelated photo; the collage's
+    other photo (``photos[later]``) kept aside in ``tmp_path / "later"``, to be ingested after a dedup."""
+    from lakecurate.plant import plant_collages
+
+    photos = _photos(flickr8k, 2, start=310)
+    src, late = tmp_path / "src", tmp_path / "later"
+    plant_collages(photos, {}, src, n=1, seed=0, per_collage=(2, 2))
+    late.mkdir()
+    for k, p in enumerate([*photos, *_photos(flickr8k, 1, start=400)]):
+        shutil.copy(p, (late if k == later else src) / p.name)
+        ((late if k == later else src) / f"{p.stem}.txt").write_text("a photo")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    return lake, [p.stem for p in photos]
+
+
+@pytest.mark.parametrize("later", [0, 1])
+def test_a_collages_second_photo_ingested_later_is_not_joined_to_its_first(tmp_path: Path, flickr8k: Path, later: int):
+    """An incremental run saw only its own verified links: the collage's link to its first photo was
+    stored (a group, no boxes), the second photo arriving later was linked to the collage alone, and
+    the two different photos became one group (a full run split them). The stored links keep their
+    inlier boxes in the evidence and count: the incremental groups are a full run's."""
+    lake, (a, b) = _collage_then_photo(tmp_path, flickr8k, later)
+    opts = {"verify_neighbors": 40, "verify_cosine": -1.0, "progress": False}
+    lake.dedup(["verify"], **opts)
+    stored = lake.dup_pairs()
+    assert len(stored) == 1 and stored["box_a"][0] is not None and stored["box_b"][0] is not None
+    lake.ingest(tmp_path / "later", progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    rep = lake.dedup(["verify"], **opts)
+    assert next(m for m in rep.methods if m.method == "verify").container_links == 1
+    incremental, links = _groups(lake), _links(lake)
+    assert incremental[a] != incremental[b], "the collage joined a photo ingested later to the one it held already"
+    lake.dedup(["verify"], recompute=True, **opts)
+    full = _groups(lake)
+    assert full[a] != full[b]
+    assert incremental == full and links == _links(lake)  # (a stored link the new one outweighs is undone)
+
+
+def test_evidence_written_before_the_boxes_is_read_merged_and_never_splits(tmp_path: Path, flickr8k: Path):
+    """A dup_pairs table an older lakecurate wrote (no boxes) reads with null boxes and takes this
+    run's links; its stored verify links are unknown to the collage rule: never split (the groups of
+    before), until --recompute."""
+    from lakecurate.dedup import _pin_evidence, evidence_dataset
+
+    lake, (a, b) = _collage_then_photo(tmp_path, flickr8k, 1)
+    opts = {"verify_neighbors": 40, "verify_cosine": -1.0, "progress": False}
+    lake.dedup(["verify"], **opts)
+    older = evidence_dataset(lake, lake.dataset()).to_table().drop_columns(["box_a", "box_b"])
+    _pin_evidence(lake, lake.write_side("dup_pairs", older, mode="overwrite"))
+    assert len(lake.dup_pairs()) == 1 and lake.dup_pairs()["box_a"].isna().all()
+    lake.ingest(tmp_path / "later", progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    rep = lake.dedup(["verify"], **opts)
+    assert next(m for m in rep.methods if m.method == "verify").container_links == 0
+    assert _groups(lake)[a] == _groups(lake)[b]  # (as before the boxes were kept)
+    pairs = lake.dup_pairs()
+    assert len(pairs) == 2 and pairs["box_a"].isna().sum() == 1 and pairs["box_b"].isna().sum() == 1
+    lake.dedup(["verify"], recompute=True, **opts)
+    assert _groups(lake)[a] != _groups(lake)[b] and lake.dup_pairs()["box_a"].notna().all()
+
+
+def _links(lake: Lake) -> set[tuple[str, str, str]]:
+    df = lake.dup_pairs()
+    return set(zip(df["a"], df["b"], df["method"]))
+
+
 def test_a_row_with_disjoint_regions_keeps_one_unless_its_neighbours_are_linked_otherwise():
     from lakecurate.dedup import one_region_links
 
@@ -587,6 +656,9 @@ def test_a_row_with_disjoint_regions_keeps_one_unless_its_neighbours_are_linked_
     assert one_region_links(i, j, [middle, (.3, .1, .9, .7)], [whole, whole], np.array([60, 90])).all()
     # a box not known (a match from before the boxes were kept): never split
     assert one_region_links(i, j, [left, None], [whole, whole], np.array([60, 90])).all()
+    # a link made already (stored: its region first) keeps its region when the other one is larger
+    assert one_region_links(i, j, [left, (.5, 0, 1, 1)], [whole, whole], np.array([60, 90]),
+                            made=np.array([True, False])).tolist() == [True, False]
 
 
 def _dedup_as_before(lake: Lake, monkeypatch, keys: tuple[str, ...], opts: dict) -> None:
