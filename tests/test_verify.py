@@ -612,6 +612,25 @@ def test_a_collages_second_photo_ingested_later_is_not_joined_to_its_first(tmp_p
     assert incremental == full and links == _links(lake)  # (a stored link the new one outweighs is undone)
 
 
+def test_a_stored_collage_link_whose_group_is_not_known_whole_keeps_its_region(tmp_path: Path, flickr8k: Path,
+                                                                               monkeypatch):
+    """Where a stored group cannot be made again from its links (some lost), the stored links stay
+    and their region comes first: the new photo is the one left out (not a full run's choice here,
+    which keeps the collage with it), still never both."""
+    import lakecurate.dedup as D
+
+    lake, (a, b) = _collage_then_photo(tmp_path, flickr8k, 1)
+    opts = {"verify_neighbors": 40, "verify_cosine": -1.0, "progress": False}
+    lake.dedup(["verify"], **opts)
+    lake.ingest(tmp_path / "later", progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+    monkeypatch.setattr(D, "_regrouped", lambda *args: None)
+    lake.dedup(["verify"], **opts)
+    group = _groups(lake)
+    assert group["collage000"] == group[a] != group[b]
+    assert len(lake.dup_pairs()) == 1  # (the collage's link to b not made)
+
+
 def test_evidence_written_before_the_boxes_is_read_merged_and_never_splits(tmp_path: Path, flickr8k: Path):
     """A dup_pairs table an older lakecurate wrote (no boxes) reads with null boxes and takes this
     run's links; its stored verify links are unknown to the collage rule: never split (the groups of
