@@ -852,10 +852,11 @@ def _unlisted(lake: "Lake", pipe: Pipeline, step: str, done: set[str], dry_run: 
     reads = [c for c in _READS.get(step, ()) if c in ds.schema.names]
     if not reads:
         return []
-    kinds = ("stale", "dropped", "incomplete") + (("behind",) if dry_run else ())
-    bad = [s for s in graph.not_current(lake, ds, reads, kinds=kinds)  # (every node they were computed from)
+    # (a dedup method only behind is run too: it computes the hashes it reads where new rows have none,
+    # and a dedup of the stale methods alone refused to decide from its groups, every run)
+    bad = [s for s in graph.not_current(lake, ds, reads, kinds=("stale", "dropped", "incomplete", "behind"))
            if (up := _IMPLIED.get(s.node.stage)) is not None and up not in pipe.steps and up not in done
-           and STEPS.index(up) < STEPS.index(step)]
+           and STEPS.index(up) < STEPS.index(step) and (s.state != "behind" or dry_run or up == "dedup")]
     out: list[tuple[str, dict[str, Any], str]] = []
     for up in sorted({_IMPLIED[s.node.stage] for s in bad}, key=STEPS.index):
         mine = [s for s in bad if _IMPLIED[s.node.stage] == up]

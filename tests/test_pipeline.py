@@ -976,6 +976,34 @@ def test_a_run_brings_a_stale_producer_the_file_does_not_list_up_to_date(sample_
     assert res.exit_code == 0 and [s["step"] for s in json.loads(res.stdout)["steps"]] == ["embed", "curate"]
 
 
+def test_a_run_brings_dedup_up_to_date_when_new_rows_have_no_hashes_yet(sample_lake_embedded: Lake, tmp_path: Path):
+    """The same file the day new photos arrive: the run's dedup (not in the file) regrouped only the
+    stale methods (exact), then refused: "would decide dup_keep from the stored phash groups too,
+    and dedup (dup_phash_group) is behind: its input phash ... is incomplete", every run from then
+    on (a probe's day 2). The methods only behind run too: dedup computes the hashes they read."""
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[[step]]\nfilter = "ingest_error"\n[[step]]\nfilter = "duplicate"\n')
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(f'[embed]\nmodel = "tiny-random"\nworkers = 0\n[curate]\nrecipe = "{recipe}"\n')
+    assert lake.run(pipe, progress=False).ran == ["curate"]
+    methods = {s.node.columns[0] for s in graph.states(lake) if s.node.stage == "dedup"}
+    assert "dup_phash_group" in methods, methods
+    day2 = tmp_path / "day2"
+    day2.mkdir()
+    for name in ("coffee", "rocket"):  # a copy of a photo the lake has, under another name
+        shutil.copy(SAMPLE_DATA / f"{name}.jpg", day2 / f"{name}_again.jpg")
+        (day2 / f"{name}_again.txt").write_text(f"a photo of a {name}, again")
+    lake.ingest(day2, progress=False)
+    rep = lake.run(pipe, progress=False)
+    assert rep.ran == ["embed", "dedup", "curate"], rep.steps
+    assert all(s.state == "current" for s in graph.states(lake)), lake.status()
+    assert {s.node.columns[0] for s in graph.states(lake) if s.node.stage == "dedup"} == methods
+    got = lake.sql("SELECT key, dup_keep, dup_group FROM pairs WHERE key IN ('coffee.jpg', 'coffee_again.jpg') ORDER BY key")
+    assert got["dup_keep"].tolist() == [True, False] and got["dup_group"].nunique() == 1, got  # the copy joined its photo
+    assert lake.run(pipe, progress=False).ran == []
+
+
 def test_a_run_killed_while_replacing_its_columns_leaves_them_listed_and_export_refuses(rebalanced: Lake, tmp_path: Path,
                                                                                         monkeypatch):
     """A decision made again with another config drops its columns, then declares them again, then
