@@ -903,7 +903,12 @@ def _execute(lake: "Lake", pipe: Pipeline, fns: dict[str, Callable[..., Any]], s
         res.result = out.to_dict() if hasattr(out, "to_dict") else out
         res.versions = sorted(h["version"] for h in lake.history(None, changes=False) if h["version"] > v)
         if step == "ingest" and not res.versions:
-            res.action, res.why = "skipped", "no new pairs"
+            seen = res.result.get("sources", [res.result]) if isinstance(res.result, dict) else []
+            errors = sum(int(r.get("skipped_errors") or 0) for r in seen if isinstance(r, dict))
+            # (plain ingest says so; the run said only "no new pairs", the broken files out of sight)
+            res.action, res.why = "skipped", "no new pairs" + (
+                f"; {errors} of those seen are error rows: set {options.given('--retry-errors')} in [ingest] to read them "
+                "again (after fixing the cause)" if errors else "")
     return res
 
 

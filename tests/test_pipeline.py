@@ -1004,6 +1004,19 @@ def test_a_run_brings_dedup_up_to_date_when_new_rows_have_no_hashes_yet(sample_l
     assert lake.run(pipe, progress=False).ran == []
 
 
+def test_a_run_that_ingests_nothing_new_names_the_error_rows_it_skipped(tmp_path: Path):
+    """Plain ingest says "2 of them errors: re-run with --retry-errors"; the run said only "no new
+    pairs", the two broken files of sample_data out of sight, every day."""
+    lake = Lake.create(tmp_path / "lake")
+    pipe = {"ingest": {"sources": [str(SAMPLE_DATA)]}}
+    assert lake.run(pipe, progress=False).ran == ["ingest"]
+    step = lake.run(pipe, progress=False).steps[0]
+    assert (step.action, step.why) == ("skipped", "no new pairs; 2 of those seen are error rows: set retry_errors = true "
+                                                  "in [ingest] to read them again (after fixing the cause)"), step
+    fixed = lake.run({"ingest": {"sources": [str(SAMPLE_DATA)], "retry_errors": True}}, progress=False).steps[0]
+    assert fixed.why.startswith("no new pairs") and "error rows" not in fixed.why, fixed  # (read again: still broken)
+
+
 def test_a_run_killed_while_replacing_its_columns_leaves_them_listed_and_export_refuses(rebalanced: Lake, tmp_path: Path,
                                                                                         monkeypatch):
     """A decision made again with another config drops its columns, then declares them again, then
