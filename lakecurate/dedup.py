@@ -1116,7 +1116,7 @@ def _pin_evidence(lake: "Store", version: int) -> int:
 
 class EvidenceGone(LakeError):
     """The evidence a lake version's decision names was removed (by a cleanup that did not keep it:
-    an older lakecurate's, or one of a branch whose older versions it shares)."""
+    an older lakecurate's, or another tool's; lakecurate's keeps what every version left names)."""
 
 
 def evidence_dataset(lake: "Store", ds: Any, *, gone_ok: bool = True) -> Any:
@@ -1139,7 +1139,7 @@ def evidence_dataset(lake: "Store", ds: Any, *, gone_ok: bool = True) -> Any:
             table = lake.side_uri(EVIDENCE_TABLE, branch=branch).rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance")
             raise EvidenceGone(f"the duplicate links that explain the decision of lake '{lake.uri}' version {ds.version} "
                                f"({table} version {version}) were removed by a cleanup that did not keep them (an older "
-                               "lakecurate's, or one of a branch this version's history shares); another run's links are not its. The latest version's "
+                               "lakecurate's, or another tool's); another run's links are not its. The latest version's "
                                f"links: dup_pairs() without a version (to rebuild them: {lakecurate_on(lake)} dedup "
                                f"{lake.shell} --method ... --recompute)")
     return lake.side_dataset(EVIDENCE_TABLE)
