@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from lakecurate import Lake, LakeError
 from lakecurate.cli import main
+from lakecurate.options import speaking
 from lakecurate.plant import synthetic_pairs
 
 
@@ -64,7 +65,7 @@ def test_a_branch_s_start_after_the_branch_s_cleanup_is_named_as_its_parent_s_ve
         assert lake.dataset(parent).count_rows() == {"main:3": 4, "exp:4": 6}[parent]
     with pytest.raises(LakeError, match=r"version 6 is not a version of lake .*branch sub has versions 5\)"):
         lake.dataset("sub:6")  # (past the end: as before)
-    with pytest.raises(LakeError, match=r"is not on branch exp .* began at version 3 of its parent.* --from main:3 "):
+    with pytest.raises(LakeError, match=r"is not on branch exp .* began at version 3 of its parent.*create_branch\(NAME, 'main:3'\)"):
         exp.restore(3)
     assert lake.version == 4 and exp.version == 5  # nothing restored, main least of all
 
@@ -100,7 +101,9 @@ def test_tag_names_are_checked_before_lance_sees_them(versioned: Lake):
     assert sorted(lake.dataset().tags.list()) == ["raw"] and not lake.branches()
     lake.tag("x.lock.1", 3)  # (only the endings are Lance's: a dot inside is a name)
     lake.delete_tag("x.lock.1")
-    with pytest.raises(LakeError, match=r"already has a tag 'raw' \(version 2\)"):
+    with pytest.raises(LakeError, match=r"already has a tag 'raw' \(version 2\); .* delete it first: lake.delete_tag\('raw'\)$"):
+        lake.tag("raw")
+    with speaking("cli"), pytest.raises(LakeError, match=r"delete it first: lakecurate tag \S+ raw --delete$"):
         lake.tag("raw")
     assert lake.dataset().tags.list()["raw"]["version"] == 2  # the existing tag is untouched
     lake.tag("v3.ok_name-1", 3)
@@ -419,11 +422,17 @@ def test_a_branch_going_back_past_its_start_is_told_how_to_have_that_state(versi
     for ref, start_from in (("raw", "raw"), (2, "main:2")):
         with pytest.raises(LakeError, match=r"is not on branch exp .* began at version 4 of its parent") as err:
             exp.restore(ref)
+        assert f"lake.create_branch(NAME, {start_from!r}) " in str(err.value), err.value  # (Python's words)
+        assert "lake.delete_branch('exp')" in str(err.value)
+        with speaking("cli"), pytest.raises(LakeError) as err:  # the CLI's: its commands
+            exp.restore(ref)
         assert f"branch create {lake.uri} NAME --from {start_from} " in str(err.value), err.value
         assert f"branch delete {lake.uri} exp" in str(err.value)
     assert exp.dataset().count_rows() == 9 and lake.create_branch("back", "main:2").dataset().count_rows() == 10
     with pytest.raises(LakeError, match=r"not a version .*branch exp has versions"):
         exp.restore(99)  # (past the end: the versions it has)
     exp.tag("on-exp")
-    with pytest.raises(LakeError, match="'on-exp' belongs to branch exp, not main; .*lakecurate --branch exp restore"):
+    with pytest.raises(LakeError, match=r"'on-exp' belongs to branch exp, not main; .*Lake.open\(.*, branch='exp'\).restore\('on-exp'\)"):
+        lake.restore("on-exp")
+    with speaking("cli"), pytest.raises(LakeError, match="'on-exp' belongs to branch exp, not main; .*lakecurate --branch exp restore"):
         lake.restore("on-exp")
