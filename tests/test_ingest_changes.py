@@ -1,0 +1,131 @@
+"""Ingest again after the source changed: a caption or image fixed in the source is noticed (and
+said), taken only with ``update``; a file deleted from the source is counted, never an error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lakecurate import Lake
+from lakecurate.cli import main
+from lakecurate.ingest import IngestError, pair_id
+
+from .test_ingest import noise_jpeg, small_folder
+
+
+def rows(lake: Lake, version: int | None = None) -> dict[str, dict]:
+    tbl = lake.dataset(version).to_table(columns=["id", "key", "caption", "byte_size", "ingest_status", "ingest_flags"])
+    return {r["key"]: r for r in tbl.to_pylist()}
+
+
+def embed_state(lake: Lake) -> dict:
+    return next(s for s in lake.status()["stages"] if s["stage"] == "embed")
+
+
+def test_an_edited_sidecar_is_noticed_then_taken_with_update(tmp_path: Path):
+    src = small_folder(tmp_path / "src", 4)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+    before, v = rows(lake), lake.version
+    (src / "001.txt").write_text("a fixed caption")
+    rep = lake.ingest(src, progress=False)  # noticed, said, nothing written
+    assert (rep.written, rep.changed, rep.changed_keys, rep.gone) == (0, 1, ["001.jpg"], 0)
+    assert lake.version == v and rows(lake)["001.jpg"]["caption"] == "pair 1"
+    assert "1 pair" in rep.warnings[0] and "update=True" in rep.warnings[0]
+    assert rep.to_dict()["changed"] == 1
+    rep = lake.ingest(src, update=True, progress=False)
+    assert (rep.updated, rep.written, len(rep.versions)) == (1, 1, 1) and not rep.warnings
+    after = rows(lake)
+    assert after["001.jpg"]["caption"] == "a fixed caption" and after["001.jpg"]["id"] == before["001.jpg"]["id"]
+    assert {k: r["id"] for k, r in after.items()} == {k: r["id"] for k, r in before.items()} and lake.count() == 4
+    assert rows(lake, v)["001.jpg"]["caption"] == "pair 1"  # the old value stays in the earlier version
+    st = embed_state(lake)
+    assert (st["state"], st["rows_missing"]) == ("incomplete", 1), st
+    assert lake.embed("tiny-random", workers=0, progress=False).rows_embedded == 1  # only that row
+    assert embed_state(lake)["state"] == "current"
+    again = lake.ingest(src, progress=False)
+    assert (again.changed, again.written) == (0, 0)
+
+
+def test_a_replaced_image_is_noticed_by_its_size_and_taken_as_a_new_row_would_be(tmp_path: Path):
+    src = small_folder(tmp_path / "src", 4)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    before = rows(lake)
+    (src / "002.jpg").write_bytes(noise_jpeg(seed=3))  # a better photo
+    (src / "003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")  # a broken one
+    rep = lake.ingest(src, progress=False)
+    assert (rep.changed, sorted(rep.changed_keys), rep.written) == (2, ["002.jpg", "003.jpg"], 0)
+    rep = lake.ingest(src, update=True, progress=False)
+    assert rep.updated == 2 and rep.status == {"ok": 1, "error": 1}
+    after = rows(lake)
+    assert after["002.jpg"]["byte_size"] == len(noise_jpeg(seed=3)) != before["002.jpg"]["byte_size"]
+    assert after["003.jpg"]["ingest_status"] == "error" and after["003.jpg"]["id"] == before["003.jpg"]["id"]
+    assert lake.count() == 4 and lake.ingest(src, progress=False).changed == 0
+
+
+def test_a_manifest_caption_changed_is_noticed_and_taken(tmp_path: Path):
+    d = tmp_path / "data"
+    small_folder(d, 3)
+    csv = d / "captions.csv"
+    csv.write_text("image,caption\n" + "".join(f"{i:03d}.jpg,pair {i}\n" for i in range(3)))
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(csv, progress=False)
+    csv.write_text("image,caption\n" + "".join(f"{i:03d}.jpg,{'Dog.' if i == 2 else f'pair {i}'}\n" for i in range(3)))
+    rep = lake.ingest(csv, progress=False)
+    assert (rep.changed, rep.changed_keys) == (1, ["002.jpg"])
+    runner = CliRunner()
+    res = runner.invoke(main, ["ingest", lake.uri, str(csv)])
+    assert res.exit_code == 0 and "1 pair in the lake changed in the source" in res.output and "--update" in res.output, res.output
+    res = runner.invoke(main, ["ingest", lake.uri, str(csv), "--update", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert (out["updated"], out["changed"]) == (1, 1)
+    assert rows(lake)["002.jpg"]["caption"] == "Dog." and lake.count() == 3
+
+
+def test_a_file_deleted_from_the_source_is_counted_and_its_row_stays(tmp_path: Path):
+    src = small_folder(tmp_path / "src", 4)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    v = lake.version
+    (src / "000.jpg").unlink()
+    (src / "000.txt").unlink()
+    for update in (False, True):
+        rep = lake.ingest(src, update=update, progress=False)
+        assert (rep.gone, rep.gone_keys, rep.changed, rep.written) == (1, ["000.jpg"], 0, 0)
+        assert "no longer in the source" in rep.warnings[0]
+        assert lake.version == v and lake.count() == 4
+
+
+def test_update_is_refused_where_it_does_not_apply(tmp_path: Path):
+    src = small_folder(tmp_path / "src", 2)
+    lake = Lake.create(tmp_path / "lake")
+    with pytest.raises(IngestError, match="update.*overwrite"):
+        lake.ingest(src, mode="overwrite", update=True, progress=False)
+    with pytest.raises(IngestError, match="invalid update .yes.: expected True or False"):
+        lake.ingest(src, update="yes", progress=False)
+    assert lake.count() == 0
+    res = CliRunner().invoke(main, ["ingest", str(tmp_path / "new"), str(src), "--mode", "overwrite", "--update"])
+    assert res.exit_code != 0 and "--update" in res.output and "--mode overwrite" in res.output, res.output
+    assert not (tmp_path / "new").exists()  # refused before the lake was made
+
+
+def test_the_pipeline_ingest_step_takes_update(tmp_path: Path):
+    src = small_folder(tmp_path / "photos", 3)
+    pipe = tmp_path / "pipe.toml"
+    pipe.write_text('[ingest]\nsources = ["photos/"]\n')
+    lake = Lake.create(tmp_path / "lake")
+    lake.run(pipe, progress=False)
+    (src / "001.txt").write_text("Dog.")
+    res = CliRunner().invoke(main, ["run", lake.uri, str(pipe)])
+    assert res.exit_code == 0 and "changed in the source" in res.output and "update = true" in res.output, res.output
+    assert rows(lake)["001.jpg"]["caption"] == "pair 1"
+    pipe.write_text('[ingest]\nsources = ["photos/"]\nupdate = true\n')
+    lake.run(pipe, progress=False)
+    assert rows(lake)["001.jpg"]["caption"] == "Dog." and lake.count() == 3
+    assert rows(lake)["001.jpg"]["id"] == pair_id(str(src.resolve()), "001.jpg")
