@@ -397,10 +397,15 @@ def print_ingest_report(report: Any) -> None:
     d = report.to_dict()
     rate = d["written"] / d["seconds"] if d["seconds"] else 0.0
     click.echo(
-        f"ingested {d['written'] - d['replaced']} new pairs from {d['kind']} '{d['source']}' in {d['seconds']:.1f}s "
+        f"ingested {d['written'] - d['replaced'] - d['updated']} new pairs from {d['kind']} '{d['source']}' in {d['seconds']:.1f}s "
         f"({rate:.0f} pairs/s); {d['skipped_existing']} already in the lake; "
         f"status: " + (", ".join(f"{k} {v}" for k, v in sorted(d["status"].items())) or "nothing written")
     )
+    if d["updated"]:
+        click.echo(f"updated {d['updated']} pairs that changed in the source, in place (same ids; the earlier version "
+                   "keeps their old values; their derived columns are computed by the next runs)")
+    for note in d["warnings"]:
+        click.echo(f"note: {note}")
     if d["replaced"]:
         click.echo(f"replaced {d['replaced']} error rows in place (same ids; their derived columns are computed by the next runs)")
     if d.get("errors_removed"):
@@ -442,6 +447,9 @@ def _echo_elsewhere(rep: Any, stage: str) -> None:
               help="append skips pairs already in the lake; overwrite makes a version holding only SOURCE.")
 @click.option("--retry-errors", is_flag=True,
               help="Re-read the pairs of SOURCE whose rows have ingest_status 'error' and replace those rows (same id).")
+@click.option("--update", is_flag=True,
+              help="Re-read the pairs of SOURCE whose caption or image file size changed since they were ingested "
+                   "and rewrite their rows in place (same id); without it they are only counted.")
 @click.option("--image-dir", help="Manifest only: folder that relative image paths resolve against (default: the manifest's folder).")
 @click.option("--root", help="Manifest only: image paths must stay inside this folder (default: the image dir).")
 @click.option("--image-col", help="Manifest column with the image path (default: detected).")
@@ -459,7 +467,7 @@ def _echo_elsewhere(rep: Any, stage: str) -> None:
                    "cluster whose nodes all reach SOURCE and LAKE.")
 @json_option
 @_friendly_errors
-def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bool, image_dir: str | None,
+def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bool, update: bool, image_dir: str | None,
            root: str | None, image_col: str | None, caption_col: str | None, key_col: str | None, engine: str,
            as_json: bool, **limits: Any) -> None:
     """Ingest image-text pairs from SOURCE into LAKE (created if missing).
@@ -468,7 +476,8 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bo
     manifest (a Parquet/Arrow image column may hold the bytes; a Parquet/Arrow file named without
     its extension and a Lance table's folder, as export writes them, are read as manifests too), or
     WebDataset .tar shards (a folder of them, a glob, or shard-{000..009}.tar). Bad inputs become rows flagged with a reason; re-running
-    adds nothing new; --retry-errors re-reads the rows that failed.
+    adds nothing new; --retry-errors re-reads the rows that failed; pairs whose caption or image
+    changed in SOURCE are counted, and --update rewrites them.
 
     Example: lakecurate ingest ./lake sample_data/   (or shards/ --engine ray: one task per shard)
     """
@@ -479,12 +488,15 @@ def ingest(lake: str, source: str, kind: str | None, mode: str, retry_errors: bo
     opts = replace(IngestOptions(), **{k: v for k, v in limits.items() if v is not None})
     if retry_errors and mode != "append":
         raise IngestError("--retry-errors replaces error rows of an appended source; drop --mode overwrite")
+    if update and mode != "append":
+        raise IngestError("--update rewrites the pairs of an appended source that changed in the source; it cannot be "
+                          "used with --mode overwrite (which reads every pair again): drop one of them")
     # An unusable source or option fails here, before the lake is created.
     check_options(opts)
     refuse_source_in_lake(lake, source)
     open_source(source, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
                 image_dir=image_dir)
-    report = open_lake(lake, create=True).ingest(source, kind=kind, mode=mode, retry_errors=retry_errors, root=root,
+    report = open_lake(lake, create=True).ingest(source, kind=kind, mode=mode, retry_errors=retry_errors, update=update, root=root,
                                                  image_col=image_col, caption_col=caption_col, key_col=key_col,
                                                  image_dir=image_dir, options=opts, engine=engine)
     if as_json:

@@ -45,7 +45,7 @@ from PIL import Image, UnidentifiedImageError
 from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
 from lakecurate.images import MAX_DECODE_PIXELS, orientation_of
-from lakecurate.options import canonical_uri, path, speaker, spell
+from lakecurate.options import canonical_uri, flag, path, speaker, spell
 from lakecurate.options import given as given_option  # ("given" names what a caller gave, below)
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
@@ -122,6 +122,12 @@ class IngestReport:
     errors_removed: int = 0  # error rows the source no longer gives (fixed under another key, or gone), removed
     errors_unchanged: int = 0  # retry_errors: error rows read again that are the same error (not rewritten)
     content_present: int = 0  # new pairs whose image bytes (content_hash) were already in the lake
+    changed: int = 0  # of skipped_existing: pairs whose caption or image size in the source differs from their row
+    changed_keys: list[str] = field(default_factory=list)  # the first few of them
+    updated: int = 0  # of written: changed pairs read again and rewritten in place (update=True)
+    gone: int = 0  # rows of the source that its reading no longer gives (files deleted): kept, only counted
+    gone_keys: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what a user should know: changed pairs not taken, gone ones
     status: Counter = field(default_factory=Counter)
     flags: Counter = field(default_factory=Counter)
     ignored_files: list[str] = field(default_factory=list)
@@ -147,6 +153,12 @@ class IngestReport:
             "errors_removed": self.errors_removed,
             "errors_unchanged": self.errors_unchanged,
             "content_present": self.content_present,
+            "changed": self.changed,
+            "changed_keys": self.changed_keys,
+            "updated": self.updated,
+            "gone": self.gone,
+            "gone_keys": self.gone_keys,
+            "warnings": self.warnings,
             "status": dict(self.status),
             "flags": dict(self.flags),
             "ignored_files": [_shown_name(f) for f in self.ignored_files],
@@ -350,10 +362,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]:
-    """Read, hash and probe one candidate into a row of the pairs table. Never raises."""
-    flags = list(c.flags)
-    notes = list(c.notes)
+def read_caption(c: Candidate, opts: IngestOptions) -> tuple[str | None, list[str], list[str], dict[str, Any]]:
+    """A candidate's caption as its row stores it, with the flags, notes and metadata found on the
+    way: (caption, flags, notes, meta). Reads its sidecars, never its image; never raises."""
+    flags: list[str] = []
+    notes: list[str] = []
     meta = dict(c.meta)
     caption_raw, sidecar_json = c.caption, c.sidecar_json
     try:
@@ -381,7 +394,14 @@ def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]
     cap_flags = cell_flags + [f for f in cap_flags if not (cell_flags and f == "caption_missing")]
     if c.sidecar_refused and caption_raw is None:  # path_outside_root already says why there is none
         cap_flags = [f for f in cap_flags if f != "caption_missing"]
-    flags += cap_flags
+    return caption, flags + cap_flags, notes, meta
+
+
+def make_row(c: Candidate, opts: IngestOptions, now: datetime) -> dict[str, Any]:
+    """Read, hash and probe one candidate into a row of the pairs table. Never raises."""
+    caption, cap_flags, cap_notes, meta = read_caption(c, opts)
+    flags = list(c.flags) + cap_flags
+    notes = list(c.notes) + cap_notes
 
     data = c.data
     if data is not None and len(data) > opts.max_bytes:  # image bytes inside a manifest cell
@@ -1347,14 +1367,16 @@ class _Chunk:
     ids: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     status: Counter = field(default_factory=Counter)
+    skip: set[str] = field(default_factory=set)  # ids whose content hash is not counted (rows rewritten in place)
     flags: Counter = field(default_factory=Counter)
 
     def track(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
 
         for b in batches:
-            self.ids += b.column("id").to_pylist()
-            self.hashes += [h for h in b.column("content_hash").to_pylist() if h is not None]
+            ids = b.column("id").to_pylist()
+            self.ids += ids
+            self.hashes += [h for i, h in zip(ids, b.column("content_hash").to_pylist()) if h is not None and i not in self.skip]
             self.status.update(b.column("ingest_status").to_pylist())
             self.flags.update(pc.list_flatten(b.column("ingest_flags")).to_pylist())
             yield b
@@ -1398,6 +1420,7 @@ def ingest(
     kind: str | None = None,
     mode: str = "append",
     retry_errors: bool = False,
+    update: bool = False,
     root: str | None = None,
     image_col: str | None = None,
     caption_col: str | None = None,
@@ -1423,7 +1446,17 @@ def ingest(
     lake (idempotent re-runs, and several ingests of one source at once add each pair once);
     ``retry_errors=True`` re-reads the pairs whose row has ``ingest_status = 'error'`` and replaces
     those rows in the same commit (same id; the new row has no derived columns yet, so the next
-    embed/signals/curate runs compute them). ``mode="overwrite"`` makes a new version holding only
+    embed/signals/curate runs compute them).
+
+    A pair already in the lake whose source changed since (its caption, read from the sidecar,
+    manifest cell or tar member, differs from the row's, or its image file's size from the row's
+    ``byte_size``: an ``os.stat``, no image is read again) is counted in ``changed`` and named in
+    ``warnings``, and left as it is; ``update=True`` reads those pairs again, with the checks of a
+    new pair, and rewrites their rows in place (same id; the commit that appends the new row deletes
+    the old one, so no version holds both or neither; the old values stay in the earlier versions).
+    Like a retried error row, a rewritten row has no derived columns: the next runs compute them for
+    it alone. A pair whose file is gone from the source is counted in ``gone`` and its row kept.
+    ``mode="overwrite"`` makes a new version holding only
     this source (old versions remain until ``lakecurate cleanup``). Bad pairs become rows with
     flags; only an unusable *source* raises, before anything is written.
 
@@ -1436,6 +1469,9 @@ def ingest(
         raise IngestError(f"mode must be 'append' or 'overwrite', not '{mode}'")
     if retry_errors and mode != "append":
         raise IngestError(f"{spell('--retry-errors')} replaces error rows of an appended source; it cannot be used with {spell('--mode')} overwrite")
+    if flag("update", update) and mode != "append":
+        raise IngestError(f"{spell('--update')} rewrites the pairs of an appended source that changed in the source; it cannot "
+                          f"be used with {spell('--mode')} overwrite (which reads every pair again): drop one of them")
     opts = options or IngestOptions()
     check_options(opts)
     check_engine(engine)
@@ -1446,7 +1482,8 @@ def ingest(
     plan = open_source(src, kind, root=root, image_col=image_col, caption_col=caption_col, key_col=key_col,
                        image_dir=image_dir, max_bytes=opts.max_bytes)
     if engine == "ray":
-        return _ingest_on_ray(lake, src, plan, mode=mode, retry_errors=retry_errors, progress=progress, options=opts,
+        return _ingest_on_ray(lake, src, plan, mode=mode, retry_errors=retry_errors, update=update, progress=progress,
+                              options=opts,
                               started=started or datetime.now(timezone.utc),
                               manifest={"root": root, "image_col": image_col, "caption_col": caption_col,
                                         "key_col": key_col, "image_dir": image_dir})
@@ -1460,7 +1497,10 @@ def ingest(
     errors = set(was) if retry_errors else (lake.existing_ids(plan.sources, where="ingest_status = 'error'")
                                             if appending else set())
     content: _ContentIndex | None = None  # read before the first commit, only if there is one
-    done: set[str] = set()  # with retry_errors: ids replaced by this run (a row may be an error again)
+    known = _Known(lake, plan.sources) if appending else None  # the rows' captions and sizes, to see changes
+    changing: set[str] = set()  # with update: ids of changed pairs to rewrite
+    listed: set[str] = set()  # ids of `known` this run's reading gave (the others are gone from the source)
+    done: set[str] = set()  # with retry_errors or update: ids replaced by this run (a row may be an error again)
     markers: set[str] = set()  # ids of the shard-error rows this run's reading gave
     given: set[str] = set()  # ids of `errors` this run's reading gave again
     broken: set[str] = set()  # sources (shards) this run could not read to their end
@@ -1489,10 +1529,23 @@ def ingest(
                     broken.add(c.source)
                 if cid in errors:
                     given.add(cid)
-                if cid in done or (claims is not None and cid in claims.ids):
+                if cid in done:
+                    continue
+                if claims is not None and cid in claims.ids:
                     if first and cid in errors:
                         report.skipped_errors += 1
-                    continue
+                    if first and known is not None and cid in known.rows:
+                        what = known.compare(cid, c, opts)
+                        if what != "gone":
+                            listed.add(cid)
+                        if what == "changed":
+                            report.changed += 1
+                            if len(report.changed_keys) < NAMED:
+                                report.changed_keys.append(_shown_name(c.key))
+                            if update:
+                                changing.add(cid)
+                    if cid not in changing:
+                        continue
                 yield c
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -1513,18 +1566,19 @@ def ingest(
 
         dropped = 0
         for chunk in _commit_chunks(batches(), opts.commit_rows, opts.commit_bytes):
-            acc = _Chunk()
+            acc = _Chunk(skip=changing)  # (a rewritten row's image was in the lake: its own old row's)
             reader = pa.RecordBatchReader.from_batches(PAIRS_SCHEMA, acc.track(chunk))
 
             def guard(ds: Any, acc: _Chunk = acc) -> bool | str:
                 # runs after the chunk's files are written (acc is complete), at the version committed on
                 claims.refresh(ds)
-                if not claims.ids.isdisjoint(acc.ids):
+                rewritten = sorted(changing.intersection(acc.ids))  # rows this commit replaces, whatever they hold
+                if not claims.ids.isdisjoint(set(acc.ids).difference(rewritten)):
                     return False  # another writer committed some of these pairs first: the next pass redoes the rest
                 replaced = sorted(errors.intersection(acc.ids)) if retry_errors else []
-                if not replaced:
-                    return True
-                return "ingest_status = 'error' AND id IN (" + ", ".join(f"'{i}'" for i in replaced) + ")"
+                conds = [f"ingest_status = 'error' AND id IN ({_quoted(replaced)})"] if replaced else []
+                conds += [f"id IN ({_quoted(rewritten)})"] if rewritten else []
+                return " OR ".join(f"({c})" for c in conds) if conds else True
 
             if appending and content is None:  # (an overwrite replaces what it would compare with)
                 content = _ContentIndex(lake, skip_errors=retry_errors)
@@ -1545,6 +1599,9 @@ def ingest(
             report.content_present += content.count(acc.hashes) if content is not None else 0
             if retry_errors:
                 report.replaced += len(errors.intersection(acc.ids))
+            if update:
+                report.updated += len(changing.intersection(acc.ids))
+            if retry_errors or update:
                 done.update(acc.ids)
         return dropped
 
@@ -1560,6 +1617,10 @@ def ingest(
             report.versions.append(lake.append(PAIRS_SCHEMA.empty_table(), overwrite=True))
         if appending:
             _drop_gone_errors(lake, errors - given, broken, report)
+        if known is not None and not broken:  # (a shard read only in part: what it did not reach is unknown)
+            gone = known.rows.keys() - listed
+            report.gone = len(gone)
+            report.gone_keys = _keys_of(lake, sorted(gone)[:NAMED]) if gone else []
     except OSError as exc:
         if not _no_space(exc):
             raise
@@ -1569,8 +1630,72 @@ def ingest(
     finally:
         bar.close()
     report.skipped_existing = report.seen - report.written
+    report.warnings = _changes_said(report, update)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+NAMED = 5  # keys of changed or gone pairs a report names
+
+
+def _quoted(ids: Iterable[str]) -> str:
+    return ", ".join(f"'{i}'" for i in ids)
+
+
+def _keys_of(lake: "Store", ids: list[str]) -> list[str]:
+    tbl = lake.dataset().to_table(columns=["key"], filter=f"id IN ({_quoted(ids)})")
+    return sorted(tbl.column("key").to_pylist())
+
+
+def _changes_said(report: IngestReport, update: bool) -> list[str]:
+    """What a user should know of the source's pairs that changed or went since they were ingested."""
+    notes = []
+    n, keys = report.changed - report.updated, report.changed_keys
+    if n > 0 and not update:
+        notes.append(f"{n} pair{'' if n == 1 else 's'} in the lake changed in the source since {'it was' if n == 1 else 'they were'} "
+                     f"ingested (caption or image size differs: {', '.join(keys)}{' ...' if n > len(keys) else ''}); the lake "
+                     f"keeps {'its' if n == 1 else 'their'} old values: ingest with {given_option('--update')} to read "
+                     f"{'it' if n == 1 else 'them'} again and rewrite {'its row' if n == 1 else 'their rows'} in place (same ids)")
+    elif n > 0:  # taken by a later pass's commit that another writer beat: said, not lost
+        notes.append(f"{n} changed pairs were not rewritten (another writer committed first); run the same command again")
+    if report.gone:
+        g, keys = report.gone, report.gone_keys
+        notes.append(f"{g} pair{'' if g == 1 else 's'} in the lake {'is' if g == 1 else 'are'} no longer in the source "
+                     f"({', '.join(keys)}{' ...' if g > len(keys) else ''}): {'its row stays' if g == 1 else 'their rows stay'} "
+                     "(ingest never deletes a pair; curate or drop it if it should not be used)")
+    return notes
+
+
+class _Known:
+    """What the lake holds of the source's rows that are not errors (``retry_errors`` reads those
+    again): a hash of each caption and the image's byte size, to tell which pairs the source changed
+    since. Cheap to compare: a sidecar or cell is read, an image file only stat'ed."""
+
+    def __init__(self, lake: "Store", sources: list[str]):
+        from lakecurate.sqlcheck import in_list
+
+        self.rows: dict[str, tuple[int, int | None]] = {}
+        where = f"ingest_status <> 'error' AND source IN ({in_list(sources)})"
+        for b in lake.dataset().to_batches(columns=["id", "caption", "byte_size"], filter=where):
+            ids, caps, sizes = (b.column(c).to_pylist() for c in ("id", "caption", "byte_size"))
+            self.rows.update(zip(ids, zip(map(hash, caps), sizes)))
+
+    def compare(self, cid: str, c: Candidate, opts: IngestOptions) -> str:
+        """'changed', 'same', or 'gone' (the image file named is no longer there)."""
+        cap_hash, size = self.rows[cid]
+        now: int | None = None
+        if c.data is not None:
+            now = len(c.data)
+        elif c.path is not None and not flags_block_read(c.flags):
+            try:
+                now = os.stat(c.path).st_size
+            except FileNotFoundError:
+                return "gone"
+            except OSError:
+                now = None  # unreadable now: said when it is read (update), not guessed here
+        if size is not None and now is not None and now != size:
+            return "changed"
+        return "changed" if hash(read_caption(c, opts)[0]) != cap_hash else "same"
 
 
 def _error_rows(lake: "Store", sources: list[str]) -> dict[str, tuple[Any, Any, Any]]:
@@ -1605,16 +1730,17 @@ def _drop_gone_errors(lake: "Store", gone: set[str], broken: set[str], report: I
 
 
 def _ingest_part(uri: str, storage_options: dict[str, str] | None, branch: str | None, path: str, kind: str,
-                 manifest: dict[str, Any], options: IngestOptions, retry_errors: bool, started: datetime) -> IngestReport:
+                 manifest: dict[str, Any], options: IngestOptions, retry_errors: bool, update: bool,
+                 started: datetime) -> IngestReport:
     """One Ray task: an ordinary (local, guarded, appending) ingest of one part, on the worker."""
     from lakecurate.store import Store
 
     lake = Store(uri, storage_options, branch=branch)
-    return ingest(lake, path, kind=kind, mode="append", retry_errors=retry_errors, options=options, progress=False,
-                  started=started, **manifest)
+    return ingest(lake, path, kind=kind, mode="append", retry_errors=retry_errors, update=update, options=options,
+                  progress=False, started=started, **manifest)
 
 
-def _ingest_on_ray(lake: "Store", src: str, plan: SourcePlan, *, mode: str, retry_errors: bool,
+def _ingest_on_ray(lake: "Store", src: str, plan: SourcePlan, *, mode: str, retry_errors: bool, update: bool,
                    progress: bool | None, options: IngestOptions, started: datetime,
                    manifest: dict[str, Any]) -> IngestReport:
     """Every part of the source as a Ray task; the reports merged (see :func:`ingest`)."""
@@ -1629,21 +1755,24 @@ def _ingest_on_ray(lake: "Store", src: str, plan: SourcePlan, *, mode: str, retr
              if k in ("root", "image_dir")}
     manifest = {**manifest, **local}
     calls = [(lake.uri, lake.storage_options, lake.branch, path if "://" in path else os.path.abspath(path), kind,
-              manifest, options, retry_errors, started) for path, kind in plan.units]
+              manifest, options, retry_errors, update, started) for path, kind in plan.units]
     bar = progress_bar(total=len(calls), desc=f"ingest {plan.kind} (ray)", unit="part", progress=progress)
     try:
         # A part is idempotent (it skips the ids it committed): a worker that died is rerun.
         for part in ray_task_map(_ingest_part, calls, retries=RAY_RETRIES):
             for name in ("seen", "written", "skipped_existing", "skipped_errors", "replaced", "markers_removed",
-                         "errors_removed", "errors_unchanged", "content_present"):
+                         "errors_removed", "errors_unchanged", "content_present", "changed", "updated", "gone"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
             report.status.update(part.status)
             report.flags.update(part.flags)
             report.ignored_files += part.ignored_files
+            report.changed_keys = (report.changed_keys + part.changed_keys)[:NAMED]
+            report.gone_keys = (report.gone_keys + part.gone_keys)[:NAMED]
             report.versions += part.versions
             bar.update(1)
     finally:
         bar.close()
     report.versions.sort()
+    report.warnings = _changes_said(report, update)
     report.seconds = time.perf_counter() - t0
     return report

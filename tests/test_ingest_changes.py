@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lakecurate import Lake
+from lakecurate import Lake, LakeError
 from lakecurate.cli import main
 from lakecurate.ingest import IngestError, pair_id
 
@@ -107,7 +107,7 @@ def test_update_is_refused_where_it_does_not_apply(tmp_path: Path):
     lake = Lake.create(tmp_path / "lake")
     with pytest.raises(IngestError, match="update.*overwrite"):
         lake.ingest(src, mode="overwrite", update=True, progress=False)
-    with pytest.raises(IngestError, match="invalid update .yes.: expected True or False"):
+    with pytest.raises(LakeError, match="invalid update .yes.: expected True or False"):
         lake.ingest(src, update="yes", progress=False)
     assert lake.count() == 0
     res = CliRunner().invoke(main, ["ingest", str(tmp_path / "new"), str(src), "--mode", "overwrite", "--update"])
