@@ -13,7 +13,7 @@ from lakecurate import Lake, LakeError
 from lakecurate.cli import main
 from lakecurate.ingest import IngestError, pair_id
 
-from .test_ingest import noise_jpeg, small_folder
+from .test_ingest import noise_jpeg, small_folder, write_shard
 
 
 def rows(lake: Lake, version: int | None = None) -> dict[str, dict]:
@@ -86,6 +86,20 @@ def test_a_manifest_caption_changed_is_noticed_and_taken(tmp_path: Path):
     out = json.loads(res.output)
     assert (out["updated"], out["changed"]) == (1, 1)
     assert rows(lake)["002.jpg"]["caption"] == "Dog." and lake.count() == 3
+
+
+def test_a_tar_member_caption_changed_is_noticed_and_taken(tmp_path: Path):
+    shard = tmp_path / "00000.tar"
+    samples = [{f"{i:04d}.jpg": noise_jpeg(seed=i), f"{i:04d}.txt": f"caption {i}".encode()} for i in range(3)]
+    write_shard(shard, samples)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(shard, progress=False)
+    samples[1]["0001.txt"] = b"a better caption"
+    write_shard(shard, samples)
+    rep = lake.ingest(shard, progress=False)
+    assert (rep.changed, rep.changed_keys, rep.gone) == (1, ["0001"], 0)
+    assert lake.ingest(shard, update=True, progress=False).updated == 1
+    assert rows(lake)["0001"]["caption"] == "a better caption" and lake.count() == 3
 
 
 def test_a_file_deleted_from_the_source_is_counted_and_its_row_stays(tmp_path: Path):
