@@ -902,9 +902,16 @@ def _execute(lake: "Lake", pipe: Pipeline, fns: dict[str, Callable[..., Any]], s
         res.seconds = time.perf_counter() - t
         res.result = out.to_dict() if hasattr(out, "to_dict") else out
         res.versions = sorted(h["version"] for h in lake.history(None, changes=False) if h["version"] > v)
+        seen = ([r for r in res.result.get("sources", [res.result]) if isinstance(r, dict)]
+                if step == "ingest" and isinstance(res.result, dict) else [])
+        if step == "ingest" and res.versions and seen:  # what it did, not what it may do
+            total = {k: sum(int(r.get(k) or 0) for r in seen) for k in ("written", "replaced", "updated")}
+            new = total["written"] - total["replaced"] - total["updated"]
+            res.why = ", ".join([f"{new} new pair{'' if new == 1 else 's'}"]
+                                + ([f"{total['updated']} changed in the source rewritten"] if total["updated"] else [])
+                                + ([f"{total['replaced']} error rows read again"] if total["replaced"] else []))
         if step == "ingest" and not res.versions:
-            seen = res.result.get("sources", [res.result]) if isinstance(res.result, dict) else []
-            errors = sum(int(r.get("skipped_errors") or 0) for r in seen if isinstance(r, dict))
+            errors = sum(int(r.get("skipped_errors") or 0) for r in seen)
             # (plain ingest says so; the run said only "no new pairs", the broken files out of sight)
             res.action, res.why = "skipped", "no new pairs" + (
                 f"; {errors} of those seen are error rows: set {options.given('--retry-errors')} in [ingest] to read them "
@@ -918,7 +925,11 @@ def _call(fn: Callable[..., Any], step: str, opts: dict[str, Any], progress: boo
         opts.setdefault("progress", progress)
     if step == "ingest":
         reports = [fn(src, **{k: v for k, v in opts.items() if k != "sources"}) for src in opts["sources"]]
-        return reports[0] if len(reports) == 1 else {"sources": [r.to_dict() if hasattr(r, "to_dict") else r for r in reports]}
+        if len(reports) == 1:
+            return reports[0]
+        each = [r.to_dict() if hasattr(r, "to_dict") else r for r in reports]
+        # (each source's notes, for the run's line: a changed pair of the second source went unsaid)
+        return {"sources": each, "warnings": [f"{d.get('source', '?')}: {w}" for d in each for w in d.get("warnings") or []]}
     if step == "export":
         return fn(opts.pop("dest"), opts.pop("format", "webdataset"), overwrite=opts.pop("overwrite", True), **opts)
     if step == "report":

@@ -140,6 +140,23 @@ def test_the_pipeline_ingest_step_takes_update(tmp_path: Path):
     assert res.exit_code == 0 and "changed in the source" in res.output and "update = true" in res.output, res.output
     assert rows(lake)["001.jpg"]["caption"] == "pair 1"
     pipe.write_text('[ingest]\nsources = ["photos/"]\nupdate = true\n')
-    lake.run(pipe, progress=False)
+    step = lake.run(pipe, progress=False).steps[0]
+    assert (step.action, step.why) == ("ran", "0 new pairs, 1 changed in the source rewritten"), step  # what it did
     assert rows(lake)["001.jpg"]["caption"] == "Dog." and lake.count() == 3
     assert rows(lake)["001.jpg"]["id"] == pair_id(str(src.resolve()), "001.jpg")
+
+
+def test_a_pipeline_of_two_sources_says_each_one_s_changed_pairs(tmp_path: Path):
+    """With two [ingest] sources, the step's result held each source's report and the run's line
+    said nothing of a changed pair (one source: its note was shown)."""
+    small_folder(tmp_path / "one", 2)
+    two = small_folder(tmp_path / "two", 2)
+    pipe = tmp_path / "pipe.toml"
+    pipe.write_text('[ingest]\nsources = ["one/", "two/"]\n')
+    lake = Lake.create(tmp_path / "lake")
+    lake.run(pipe, progress=False)
+    (two / "001.txt").write_text("Dog.")
+    res = CliRunner().invoke(main, ["run", lake.uri, str(pipe)])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if "changed in the source" in line]
+    assert len(notes) == 1 and str(two.resolve()) in notes[0] and "update = true" in notes[0], res.output

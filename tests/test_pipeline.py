@@ -445,7 +445,7 @@ def test_run_twice_does_nothing_and_a_threshold_reruns_only_what_follows(tmp_pat
     v = lake.version
     again = lake.run(pipe, progress=False)
     assert again.ran == [] and lake.version == v  # no new version
-    assert {s.why for s in again.steps} == {"current", "no new pairs"}
+    assert {s.why.split(";")[0] for s in again.steps} == {"current", "no new pairs"}
 
     kept = lake.count("keep")
     _pipeline(tmp_path, 9)  # one threshold of the recipe changes
