@@ -1498,6 +1498,7 @@ def ingest(
                                             if appending else set())
     content: _ContentIndex | None = None  # read before the first commit, only if there is one
     known = _Known(lake, plan.sources) if appending else None  # the rows' captions and sizes, to see changes
+    before = lake.dataset() if appending and flag("update", update) else None  # (the review marks a rewrite clears)
     changing: set[str] = set()  # with update: ids of changed pairs to rewrite
     listed: set[str] = set()  # ids of `known` this run's reading gave (the others are gone from the source)
     done: set[str] = set()  # with retry_errors or update: ids replaced by this run (a row may be an error again)
@@ -1631,6 +1632,11 @@ def ingest(
         bar.close()
     report.skipped_existing = report.seen - report.written
     report.warnings = _changes_said(report, update)
+    if before is not None and report.updated:
+        from lakecurate.review import cleared
+
+        note = cleared(lake, before, changing & done)
+        report.warnings += [note] if note else []
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -496,11 +496,28 @@ def taken_out(lake: "Store", before: "lance.LanceDataset", after: "lance.LanceDa
     gone = sum(now.get(i) != values for i, values in marked.items())
     if not gone:
         return ""
-    back = (f"{lakecurate_on(lake)} review {lake.shell} --from-version {before.version}" if speaker() == "cli"
-            else f"lake.restore_reviews({before.version})")
+    back = _back(lake, before.version)
     return (f"{gone} review mark{'s' if gone != 1 else ''} of version {before.version} {'are' if gone != 1 else 'is'} not "
             f"in the restored state (made or changed after it): the latest view no longer has {'them' if gone != 1 else 'it'}; "
             f"bring {'them' if gone != 1 else 'it'} back with: {back}")
+
+
+def _back(lake: "Store", version: int) -> str:
+    """The way to write back the marks of ``version``, in the words of the interface speaking."""
+    return (f"{lakecurate_on(lake)} review {lake.shell} --from-version {version}" if speaker() == "cli"
+            else f"lake.restore_reviews({version})")
+
+
+def cleared(lake: "Store", before: "lance.LanceDataset", ids: set[str]) -> str:
+    """What rewriting the rows ``ids`` in place (ingest's update: a pair changed in its source, read
+    again) did to their review marks at ``before``: a rewritten row has none (a person's verdict was
+    gone from the latest view without a word); "" when none of them had any."""
+    n = sum(i in ids for i in _marks(before))
+    if not n:
+        return ""
+    return (f"{n} of the rewritten pairs had review marks, which a row read again does not keep (version "
+            f"{before.version} holds them); where the change leaves the verdict true, bring them back with: "
+            f"{_back(lake, before.version)}")
 
 
 def counts(ds: "lance.LanceDataset") -> dict[str, int]:

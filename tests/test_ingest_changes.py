@@ -160,3 +160,25 @@ def test_a_pipeline_of_two_sources_says_each_one_s_changed_pairs(tmp_path: Path)
     assert res.exit_code == 0, res.output
     notes = [line for line in res.output.splitlines() if "changed in the source" in line]
     assert len(notes) == 1 and str(two.resolve()) in notes[0] and "update = true" in notes[0], res.output
+
+
+def test_an_update_says_which_review_marks_it_cleared_and_how_to_bring_them_back(tmp_path: Path):
+    """A rewritten row has no derived columns, a reviewer's verdict among them: the update cleared
+    it from the latest view without a word. It says how many and names the way back, which works."""
+    src = small_folder(tmp_path / "src", 3)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    marked = rows(lake)["001.jpg"]["id"]
+    lake.review([marked], verdict="keep", by="ana")
+    v = lake.version
+    (src / "001.txt").write_text("a fixed caption")
+    (src / "002.txt").write_text("another fixed caption")  # (not marked: not counted)
+    rep = lake.ingest(src, update=True, progress=False)
+    assert rep.updated == 2 and lake.count("review_verdict IS NOT NULL") == 0
+    note = next(w for w in rep.warnings if "review marks" in w)
+    assert note.startswith("1 of the rewritten pairs had review marks") and f"lake.restore_reviews({v})" in note, note
+    lake.restore_reviews(v)
+    got = lake.sql("SELECT caption, review_verdict FROM pairs WHERE review_verdict IS NOT NULL")
+    assert got.to_dict("records") == [{"caption": "a fixed caption", "review_verdict": "keep"}]
+    plain = lake.ingest(src, update=True, progress=False)  # nothing changed: nothing said
+    assert plain.updated == 0 and not any("review marks" in w for w in plain.warnings)
