@@ -594,7 +594,8 @@ def last_writes(ds: "lance.LanceDataset") -> dict[str, dict[int, Write]]:
     return {c: dict(per) for c, per in _log(ds)[0].items()}
 
 
-def _log(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]], dict[str, set[int]]]:
+def _log(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]], dict[str, set[int]],
+                                            dict[int, int], bool]:
     key = _version_key(ds)
     if key not in _WRITES:
         if len(_WRITES) > 16:
@@ -607,6 +608,12 @@ def _version_key(ds: "lance.LanceDataset") -> tuple[str, int, str]:
     """A version of a table, for the caches: its number and its commit's time (a lake made again at
     the same path numbers its versions again: keyed by number alone, its log was the old lake's)."""
     return ds.uri, ds.version, str(ds.get_version().get("timestamp"))
+
+
+def log_cut(ds: "lance.LanceDataset") -> bool:
+    """Whether cleanup removed commits of ``ds``'s log (its branch's, its parent's before it): what
+    they showed stale is then read from :func:`recorded_states`, not from them."""
+    return _log(ds)[4]
 
 
 def merged_stale(ds: "lance.LanceDataset") -> dict[str, set[int]]:
@@ -647,7 +654,7 @@ class _Walk:
 
 
 def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]], dict[str, set[int]], dict[str, set[int]],
-                                                     dict[int, int]]:
+                                                     dict[int, int], bool]:
     """Column -> fragment id -> (version, read version) of the last commit that wrote that column's
     values in that fragment, from the commit log of ``ds``'s branch up to ``ds.version``.
 
@@ -664,7 +671,7 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
     write, which would read as current). A fill records the version its values were computed from
     (``COMPUTED_FROM``, beside Lance's read version: a fill committed after its input was rewritten
     read as computed from the rewrite). Fourth: fragment id -> the version that deleted all its rows
-    (:func:`removed_fragments`).
+    (:func:`removed_fragments`). Fifth: whether part of the log is gone (:func:`log_cut`).
     """
     ids = _field_names(ds)
     walk = _Walk()
@@ -820,7 +827,9 @@ def _last_writes(ds: "lance.LanceDataset") -> tuple[dict[str, dict[int, Write]],
     for f, frags in walk.holes.items():
         if frags and ids.get(f) is not None:
             merged.setdefault(ids[f], set()).update(frags)
-    return out, merged, {c: frags for c, frags in walk.stale.items() if frags and c in ids_of}, walk.removed
+    # (Lance numbers a table's versions from 1: a log starting later lost its first commits to cleanup)
+    cut = bool(history) and (history[0][0] > 1 or any(tx is None for _, tx, _ in history))
+    return out, merged, {c: frags for c, frags in walk.stale.items() if frags and c in ids_of}, walk.removed, cut
 
 
 def _carried(op: Any, ids: dict[int, str], state: dict[int, dict[int, Write]]) -> dict[int, Write]:
@@ -985,6 +994,8 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
     out += [_input_gone(lake, ds, up, readers) for cols, (up, readers) in inputs.items()
             if not any(set(cols) & set(n.columns) for n in [*all_nodes, *recorded])]
     out.sort(key=lambda st: _order(st.node))
+    if log_cut(ds):  # what the commits cleanup removed showed, as recorded before it removed them
+        _apply_recorded(out, recorded_states(lake, ds))
     dedup = [st for st in out if st.node.stage == "dedup" and st.state != "current"]
     if dedup:  # one command for them all: a method's alone was refused when another its decision reads was stale
         final = next((st.node for st in out if st.node.stage == "dedup" and "dup_keep" in st.node.columns), None)
@@ -1005,6 +1016,134 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
             if st.node.stage not in MANUAL:
                 st.state, st.reasons, st.fix = "empty", ["the lake has no rows"], ingest_command(lake)
     return out
+
+
+# ----------------------------------------------------------------- states recorded at cleanup
+# Cleanup removes the commits that show a stage stale, and a tag's stages can never be made current
+# there (a run writes a new version): curate tags its result before cluster and rebalance re-run, so
+# from a lake's second daily run on, its tags read concepts and rebalance stale. Before it removes
+# versions, cleanup records the stages not current at each tag in this lake-wide side table (beside
+# ``pairs``, so on an object store too), and :func:`states` reads them back where the log is cut.
+RECORD_TABLE = "cleanup_states"
+_RECORDED: dict[tuple[str, int, str], tuple[float, dict[tuple[str, str, str], dict[str, Any]]]] = {}
+_RECORDED_TTL = 30.0  # seconds a reading is reused (status and export ask several times a second)
+
+
+def _record_schema() -> "pa.Schema":
+    import pyarrow as pa
+
+    return pa.schema([("branch", pa.string()), ("version", pa.int64()), ("timestamp", pa.string()),
+                      ("recorded", pa.string()), ("stage", pa.string()), ("columns", pa.list_(pa.string())),
+                      ("config_hash", pa.string()), ("state", pa.string()), ("reasons", pa.list_(pa.string())),
+                      ("rows_missing", pa.int64()), ("rows_stale", pa.int64()), ("computed_from", pa.int64())])
+
+
+def _record_key(ds: "lance.LanceDataset") -> tuple[str, int, str]:
+    """(branch, "" for main; version; its commit's time: a lake made again at the same path
+    numbers its versions again)."""
+    return _branch_of(ds) or "", ds.version, str(ds.get_version().get("timestamp"))
+
+
+def _node_key(stage: str, columns: Sequence[str], config_hash: Any) -> tuple[str, str, str]:
+    return stage, json.dumps(list(columns)), str(config_hash or "")
+
+
+def recorded_states(lake: "Store", ds: "lance.LanceDataset") -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(stage, columns, config hash) -> the state cleanup recorded for that node at ``ds``'s version
+    (:func:`record_states`); empty where none was recorded."""
+    import time
+
+    key = (lake.side_uri(RECORD_TABLE, per_branch=False), *_record_key(ds)[:2])
+    ts = _record_key(ds)[2]
+    hit = _RECORDED.get((*key, ts))  # type: ignore[arg-type]
+    if hit is not None and time.monotonic() - hit[0] < _RECORDED_TTL:
+        return hit[1]
+    side = lake.side_dataset(RECORD_TABLE, per_branch=False)
+    got: dict[tuple[str, str, str], dict[str, Any]] = {}
+    if side is not None:
+        branch, version = _record_key(ds)[:2]
+        quoted = branch.replace("'", "''")
+        rows = side.to_table(filter=f"branch = '{quoted}' AND version = {int(version)}").to_pylist()
+        for row in rows:
+            if row["timestamp"] == ts:
+                got.setdefault(_node_key(row["stage"], row["columns"], row["config_hash"]), row)
+    if len(_RECORDED) > 256:
+        _RECORDED.pop(next(iter(_RECORDED)))
+    _RECORDED[(*key, ts)] = (time.monotonic(), got)  # type: ignore[index]
+    return got
+
+
+def _apply_recorded(out: list[NodeState], recorded: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+    """A node the cut log reads as current takes the state recorded for it (the fix is computed as
+    ever: the same command)."""
+    if not recorded:
+        return
+    for st in out:
+        row = recorded.get(_node_key(st.node.stage, st.node.columns, st.node.prov.get("config_hash")))
+        if row is None or st.state != "current":
+            continue
+        st.state = row["state"]
+        st.reasons = [f"recorded at cleanup on {row['recorded']}: {r}" for r in row["reasons"] or []] or \
+                     [f"recorded at cleanup on {row['recorded']}"]
+        st.rows_missing, st.rows_stale = row["rows_missing"] or 0, row["rows_stale"] or 0
+        if row["computed_from"] is not None:
+            st.computed_from = row["computed_from"]
+
+
+def record_states(lake: "Store", readings: Sequence[tuple["lance.LanceDataset", list[NodeState]]]) -> int:
+    """Record, before cleanup removes the commits that show them, the states not current (read from
+    the commit log: not those only this code's changes make stale, which it reads again) at each
+    ``(version, its states)``; a version recorded already is left as it is. Returns how many
+    versions were recorded now. One append to :data:`RECORD_TABLE` (safe beside another writer)."""
+    import datetime
+
+    import pyarrow as pa
+
+    side = lake.side_dataset(RECORD_TABLE, per_branch=False)
+    have: set[tuple[str, int, str]] = set()
+    if side is not None:
+        have = {(r["branch"], r["version"], r["timestamp"])
+                for r in side.to_table(columns=["branch", "version", "timestamp"]).to_pylist()}
+    today = datetime.date.today().isoformat()
+    rows: list[dict[str, Any]] = []
+    recorded = 0
+    for ds, all_states in readings:
+        key = _record_key(ds)
+        off = [st for st in all_states if st.state != "current" and not st.by_code]
+        if key in have or not off:
+            continue
+        have.add(key)
+        recorded += 1
+        rows += [{"branch": key[0], "version": key[1], "timestamp": key[2], "recorded": today,
+                  "stage": st.node.stage, "columns": list(st.node.columns),
+                  "config_hash": str(st.node.prov.get("config_hash") or ""), "state": st.state,
+                  # (read again after a cleanup, a reason recorded then is not recorded twice)
+                  "reasons": [re.sub(r"^recorded at cleanup on [0-9-]+: ", "", r) for r in st.reasons],
+                  "rows_missing": st.rows_missing, "rows_stale": st.rows_stale, "computed_from": st.computed_from}
+                 for st in off]
+    if rows:
+        lake.write_side(RECORD_TABLE, pa.Table.from_pylist(rows, schema=_record_schema()), per_branch=False)
+        _RECORDED.clear()
+    return recorded
+
+
+def forget_records(lake: "Store", kept: dict[str, set[int]]) -> None:
+    """Delete the records of versions cleanup removed (``kept``: branch, "" for main -> the versions
+    each branch has left), then the record table's old versions: nothing names them."""
+    from datetime import timedelta
+
+    side = lake.side_dataset(RECORD_TABLE, per_branch=False)
+    if side is None:
+        return
+    held = {(r["branch"], r["version"]) for r in side.to_table(columns=["branch", "version"]).to_pylist()}
+    gone = sorted(key for key in held if key[1] not in kept.get(key[0], set()))
+    if gone:
+        cond = " OR ".join(f"(branch = '{b.replace(chr(39), chr(39) * 2)}' AND version = {int(v)})" for b, v in gone)
+        retry_on_conflict(lambda: lake.side_dataset(RECORD_TABLE, per_branch=False).delete(cond))
+        _RECORDED.clear()
+    side = lake.side_dataset(RECORD_TABLE, per_branch=False)
+    if side is not None and len(side.versions()) > 1:
+        side.cleanup_old_versions(older_than=timedelta(0), error_if_tagged_old_versions=False)
 
 
 def no_rows(lake: "Store") -> str:
