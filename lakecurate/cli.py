@@ -1862,15 +1862,16 @@ def compact(lake: str, target_rows: int, as_json: bool) -> None:
 @click.option("--older-than-days", type=FiniteFloat(min=0, max=1e6), default=7.0, show_default=True,
               help="Remove untagged versions older than this (0: every untagged one but the latest; a command "
               "reading one of them in another process then stops, and says so).")
-@click.option("--allow-stale", is_flag=True, help="Clean up although a stage is stale: the versions removed may be "
-              "what shows it stale (status then calls it current).")
+@click.option("--allow-stale", is_flag=True, help="Clean up although a stage is stale at the latest version or a "
+              "branch's head: the versions removed may be what shows it stale (status then calls it current).")
 @json_option
 @_friendly_errors
 def cleanup(lake: str, older_than_days: float, allow_stale: bool, as_json: bool) -> None:
     """Reclaim disk space: delete old, untagged versions and the files only they use.
 
-    Tagged versions (each recipe's tag), branches and the latest version stay readable. Overwrites
-    and compactions keep old files for time travel until this runs.
+    Tagged versions (each recipe's tag), branches and the latest version stay readable, and so does
+    what is stale at a tag: it is recorded first. Overwrites and compactions keep old files for time
+    travel until this runs.
 
     Example: lakecurate cleanup ./lake --older-than-days 0
     """
@@ -1878,7 +1879,10 @@ def cleanup(lake: str, older_than_days: float, allow_stale: bool, as_json: bool)
     if as_json:
         echo_json(stats)
         return
-    click.echo(f"removed {stats['old_versions']} old versions, {stats['bytes_removed']} bytes")
+    click.echo(f"removed {stats['old_versions']} old versions, {stats['bytes_removed']} bytes"
+               + (f"; recorded the stages not current at {stats['tags_recorded']} tag"
+                  f"{'s' if stats['tags_recorded'] != 1 else ''} first (status --version TAG reads them)"
+                  if stats["tags_recorded"] else ""))
 
 
 # --------------------------------------------------------------------------- demo

@@ -25,7 +25,7 @@ import pandas as pd
 
 from lakecurate.columns import StageRun
 from lakecurate.errors import LakeError, LakeWarning
-from lakecurate.options import flag, flags, given, keywords, speaker, texts, whole
+from lakecurate.options import flag, flags, given, keywords, texts, whole
 
 # lakecurate signals --KIND: the producer stage of each kind of per-row signal
 SIGNAL_KINDS = {"caption": "caption_signals", "image": "image_signals", "copy": "copy_signals", "faces": "faces",
@@ -411,76 +411,99 @@ class Lake(Store):
 
     def cleanup(self, older_than: timedelta = timedelta(days=7), *, allow_stale: bool = False) -> dict[str, int]:
         """Delete untagged versions older than ``older_than`` (see :meth:`Store.cleanup`). Refused
-        while a stage is stale, at the latest version, at a tagged one (of any branch) or at a branch's
-        head, and versions would go: their commits are what shows it stale (a caption rewritten after
-        embed read it; without that commit, status calls embed current and its plain run computes
-        nothing). ``allow_stale``: clean up anyway."""
+        while a stage is stale at the latest version or at a branch's head, and versions would go:
+        their commits are what shows it stale (a caption rewritten after embed read it; without that
+        commit, status calls embed current and its plain run computes nothing). ``allow_stale``: clean
+        up anyway. A tag's stages can never be made current there (a run writes a new version; curate
+        tags its result before cluster and rebalance re-run), so the stages not current at each tag
+        are recorded first (:func:`lakecurate.graph.record_states`): the tag's status, view and export
+        read as before. Returns also ``tags_recorded``: how many tags' states were recorded now.
+
+        Example::
+
+            lake.cleanup(timedelta(days=7))   # {'bytes_removed': ..., 'old_versions': 12, 'tags_recorded': 1}
+        """
+        from lakecurate import graph
         from lakecurate.store import check_older_than
 
         allow_stale = flag("allow_stale", allow_stale)
         check_older_than(older_than)  # (before Lance reads it: timedelta.max overflowed there)
-        if not allow_stale and self.dataset().explain_cleanup_old_versions(
-                older_than=older_than, error_if_tagged_old_versions=False).stats.old_versions:
-            stale = self._stale_kept()
-            if stale:
-                what, todo = "; ".join(w for w, _ in stale), ". ".join(t for _, t in stale)
-                raise LakeError(f"{what}, and cleanup would remove versions whose commits show it: status would then "
-                                f"call it current. {todo}; or pass {given('--allow-stale')} to forget it")
-        return super().cleanup(older_than)
+        recorded = 0
+        if self.dataset().explain_cleanup_old_versions(older_than=older_than,
+                                                       error_if_tagged_old_versions=False).stats.old_versions:
+            with graph.one_listing():  # each branch's commits listed once for all its versions read
+                stale = [] if allow_stale else self._stale_kept()
+                if stale:
+                    what, todo = "; ".join(w for w, _ in stale), ". ".join(t for _, t in stale)
+                    raise LakeError(f"{what}, and cleanup would remove versions whose commits show it: status would "
+                                    f"then call it current. {todo}; or pass {given('--allow-stale')} to forget it")
+                recorded = graph.record_states(self, self._tag_states())
+        out = super().cleanup(older_than)
+        graph.forget_records(self, self._versions_left())
+        return {**out, "tags_recorded": recorded}
 
-    def _stale_kept(self) -> list[tuple[str, str]]:
-        """What cleanup would make read "current": each kept version whose commit log runs through
-        this branch's (this branch's latest, the heads of the branches grown from it, their tags:
-        one reading each, a version named twice read once) where a stage is stale by its commits,
-        as (what, what to do). A cleanup of a branch removes its own versions only: main's or a
-        sibling's staleness does not refuse it. (Staleness that only the code shows, not the commits
-        cleanup removes, stays as it is.)"""
-        from lakecurate import graph
-
-        ds = self.dataset()
+    def _grown(self) -> list[str | None]:
+        """This branch and those made from it (or from those), whose logs hold its versions."""
         parents = {name: info.get("parent_branch") for name, info in self.branches().items()}
-        grown = [self.branch]  # this branch and those made from it (or from those), whose logs hold its versions
+        grown: list[str | None] = [self.branch]
         for b in grown:
             grown += sorted(name for name, parent in parents.items() if parent == b and name not in grown)
-        seen: dict[tuple[str | None, int], list[Any]] = {}
-        heads: dict[str | None, tuple[Any, Any]] = {}  # branch -> (the lake on it, its latest version)
+        return grown
 
-        def stale_at(branch: str | None, version: int | None = None) -> list[Any]:
+    def _stale_kept(self) -> list[tuple[str, str]]:
+        """What cleanup would make read "current" and no record keeps: each branch head whose commit
+        log runs through this branch's (this branch's latest, the heads of the branches grown from
+        it) where a stage is stale by its commits, as (what, what to do). A cleanup of a branch
+        removes its own versions only: main's or a sibling's staleness does not refuse it. (Staleness
+        that only the code shows, not the commits cleanup removes, stays as it is; a tag's is
+        recorded: :meth:`_tag_states`.)"""
+        from lakecurate import graph
+
+        out = []
+        for branch in self._grown():
+            lake = self.on_branch(branch)
+            stale = [s for s in graph.states(lake, lake.dataset()) if s.state == "stale" and not s.by_code]
+            if stale:
+                fixes = list(dict.fromkeys(s.fix for s in stale))
+                run = f"{'its fix' if len(fixes) == 1 else 'the fixes'} first ({'; then '.join(fixes)})"
+                if branch == self.branch:
+                    out.append((f"{_what(stale, f' of lake {self.uri!r}')} at its latest version", f"Run {run}"))
+                else:
+                    out.append((f"at branch '{branch or 'main'}' {_what(stale)}",
+                                f"For branch '{branch or 'main'}': run {run}"))
+        return out
+
+    def _tag_states(self) -> list[tuple[Any, list[Any]]]:
+        """(the version, its stage states) of each tag of this branch and of those grown from it:
+        one reading each, a version named twice read once."""
+        from lakecurate import graph
+
+        grown = self._grown()
+        heads: dict[str | None, tuple[Any, Any]] = {}  # branch -> (the lake on it, its latest version)
+        seen: dict[tuple[str | None, int], tuple[Any, list[Any]]] = {}
+        for _name, meta in sorted(self.dataset().tags.list().items()):
+            branch = meta.get("branch")
+            if branch not in grown:
+                continue
             if branch not in heads:
                 lake = self.on_branch(branch)
                 heads[branch] = lake, lake.dataset()
             lake, head = heads[branch]
-            key = (branch, head.version if version is None else version)
+            key = (branch, meta["version"])
             if key not in seen:
                 # (a tag opened from its branch's head: Lance's cache is shared, no tag list read again)
                 at = head if key[1] == head.version else head.checkout_version(key[1])
-                seen[key] = [s for s in graph.states(lake, at) if s.state == "stale" and not s.by_code]
-            return seen[key]
+                seen[key] = at, graph.states(lake, at)
+        return list(seen.values())
 
-        out = []
-        with graph.one_listing():  # each branch's commits listed once for all its versions read
-            for branch in grown:
-                stale = stale_at(branch)
-                if stale:
-                    fixes = list(dict.fromkeys(s.fix for s in stale))
-                    run = f"{'its fix' if len(fixes) == 1 else 'the fixes'} first ({'; then '.join(fixes)})"
-                    if branch == self.branch:
-                        out.append((f"{_what(stale, f' of lake {self.uri!r}')} at its latest version", f"Run {run}"))
-                    else:
-                        out.append((f"at branch '{branch or 'main'}' {_what(stale)}",
-                                    f"For branch '{branch or 'main'}': run {run}"))
-            for name, meta in sorted(ds.tags.list().items()):
-                branch = meta.get("branch")
-                if branch not in grown:
-                    continue
-                stale = stale_at(branch, meta["version"])
-                if stale:
-                    out.append((f"at tag '{name}' (version {meta['version']}{f' of branch {branch!r}' if branch else ''}) "
-                                f"{_what(stale)}",
-                                f"A tag's decisions can never be made current there (a run writes a new version): "
-                                f"delete tag '{name}' if it is not needed ("
-                                + (f"lakecurate tag {self.shell} {name} --delete" if speaker() == "cli"
-                                   else f"lake.delete_tag({name!r})") + ")"))
+    def _versions_left(self) -> dict[str, set[int]]:
+        """Branch ("" for main) -> its versions there now (after a cleanup: what it left)."""
+        out: dict[str, set[int]] = {}
+        for branch in [None, *sorted(self.branches())]:
+            try:
+                out[branch or ""] = {v["version"] for v in self.on_branch(branch).dataset().versions()}
+            except (ValueError, OSError, LakeError):  # (a branch deleted meanwhile by another writer)
+                continue
         return out
 
     def diff(self, a: int | str, b: int | str | None = None, **options: Any) -> Any:
