@@ -1168,10 +1168,12 @@ def test_a_column_added_with_values_outside_is_a_write(sample_lake_embedded: Lak
     assert {s["state"] for s in lake.status()["stages"]} == {"current"}
 
 
-def test_cleanup_refuses_while_a_tag_or_a_branch_head_is_stale(tmp_path: Path):
+def test_cleanup_refuses_while_a_branch_head_is_stale_and_records_a_stale_tag(tmp_path: Path):
     """Cleanup looked only at main's latest version: a tagged version (or a branch's head) whose
     stage was stale lost the commits that show it, and then read "current" and exported without a
-    word. Every tag and branch head is checked, and the refusal names it and what to do."""
+    word. Every branch head is checked, and the refusal names it and what to do; a tag, whose
+    stages can never be made current there, refused every cleanup until it was deleted: its states
+    are recorded instead, and read back after the cleanup."""
     lake = lake_of(tmp_path / "lake", 6, 6)
     update(lake, "id = 'p0000001'", "a brand new caption")
     lake.tag("stale1")
@@ -1180,16 +1182,23 @@ def test_cleanup_refuses_while_a_tag_or_a_branch_head_is_stale(tmp_path: Path):
     lake.append(synthetic_pairs(100, 3))
     add_n(lake)
     assert feature_state(lake).state == "current"
-    with pytest.raises(LakeError, match=r"tag 'stale1' \(version \d+\).* feature \(n\) is stale.*never be made current "
-                                        r"there.*lake.delete_tag\('stale1'\).*allow_stale=True") as err:
+    tagged = next(s for s in graph.states(lake, lake.dataset("stale1")) if s.node.stage == "feature")
+    assert tagged.state == "stale"
+    with pytest.raises(LakeError, match=r"branch 'work'.*lakecurate --branch work feature add") as err:
         lake.cleanup(timedelta(0))
-    assert "branch 'work'" in str(err.value) and "lakecurate --branch work feature add" in str(err.value)
-    lake.delete_tag("stale1")
-    with pytest.raises(LakeError, match=r"branch 'work'.*lakecurate --branch work feature add"):
-        lake.cleanup(timedelta(0))
+    assert "stale1" not in str(err.value)
     add_n(lake.on_branch("work"))  # the branch's fix, run on it
-    assert lake.cleanup(timedelta(0))["old_versions"] > 0
+    done = lake.cleanup(timedelta(0))
+    assert done["old_versions"] > 0 and done["tags_recorded"] == 1
     assert feature_state(lake.on_branch("work")).state == "current"
+    graph._WRITES.clear()  # as another process reads it
+    graph._COMMITS.clear()
+    after = next(s for s in graph.states(lake, lake.dataset("stale1")) if s.node.stage == "feature")
+    assert (after.state, after.rows_stale, after.fix) == ("stale", tagged.rows_stale, tagged.fix)
+    assert after.reasons[0].endswith(tagged.reasons[0])  # (its own commit, the tag's, still shows it)
+    lake.delete_tag("stale1")  # kept still: branch work starts there, and the record with it
+    lake.cleanup(timedelta(0))
+    assert lake.side_dataset(graph.RECORD_TABLE, per_branch=False).count_rows() == 1
     # a cleanup of a branch removes its own versions only: main's staleness does not refuse it
     work = lake.on_branch("work")
     work.append(synthetic_pairs(200, 2))
@@ -1199,3 +1208,7 @@ def test_cleanup_refuses_while_a_tag_or_a_branch_head_is_stale(tmp_path: Path):
     assert work.cleanup(timedelta(0))["old_versions"] > 0
     with pytest.raises(LakeError, match=r"feature \(n\) of lake .* is stale"):
         lake.cleanup(timedelta(0))
+    lake.delete_branch("work")  # its start goes at the next cleanup, and the record of it with it
+    lake.cleanup(timedelta(0), allow_stale=True)
+    side = lake.side_dataset(graph.RECORD_TABLE, per_branch=False)
+    assert side.count_rows() == 0 and len(side.versions()) == 1

@@ -436,3 +436,61 @@ def test_a_branch_going_back_past_its_start_is_told_how_to_have_that_state(versi
         lake.restore("on-exp")
     with speaking("cli"), pytest.raises(LakeError, match="'on-exp' belongs to branch exp, not main; .*lakecurate --branch exp restore"):
         lake.restore("on-exp")
+
+
+def test_cleanup_after_daily_runs_records_the_stale_stages_of_curate_s_tags(sample_lake_embedded: Lake, tmp_path: Path):
+    """Curate tags its result mid-run (cluster and rebalance re-run after it), so from the second day
+    on, the tag reads concepts and rebalance stale: cleanup refused until each such tag was deleted by
+    hand. It records the stages not current at each tag before it removes the commits that show them:
+    the tag's status, export and view read as before the cleanup, and a tag that was current stays so."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from lakecurate import graph
+
+    from .conftest import SAMPLE_DATA
+
+    lake = Lake.open(shutil.copytree(sample_lake_embedded.uri, tmp_path / "lake"))
+    recipe = {"name": "loose", "step": [{"filter": "ingest_error"}, {"filter": "caption_missing"}]}
+    first = lake.curate(recipe, progress=False).tag  # day 1: curate (tagged), then cluster and rebalance
+    lake.cluster(k=3)
+    lake.rebalance(0.7)
+    more = tmp_path / "more"
+    more.mkdir()
+    for f in sorted(SAMPLE_DATA.glob("brick*"))[:2]:
+        shutil.copy(f, more / f.name)
+    lake.ingest(more, progress=False)  # day 2: new photos, the same run again
+    lake.embed("tiny-random", workers=0, batch_size=8, progress=False)
+    second = lake.curate(recipe, progress=False).tag
+    lake.cluster(k=3)
+    lake.rebalance(0.7)
+    assert {s["state"] for s in lake.status()["stages"]} == {"current"}
+
+    def not_current(ref: str) -> dict[str, tuple[str, str]]:
+        return {s["stage"]: (s["state"], s["fix"]) for s in lake.status(version=ref)["stages"] if s["state"] != "current"}
+
+    stale = not_current(second)
+    assert set(stale) >= {"concepts", "rebalance"} and not_current(first) == {}, stale
+    before = {ref: lake.export(tmp_path / f"{ref}-before.parquet", "parquet", version=ref) for ref in (first, second)}
+    view = lake.status(version=second)
+    assert view["view"] == "keep" and any("rebalance_keep skipped" in n for n in view["view_notes"]), view
+    res = CliRunner().invoke(main, ["cleanup", lake.uri, "--older-than-days", "0"])
+    assert res.exit_code == 0, res.output
+    assert "recorded the stages not current at 1 tag" in res.output, res.output
+    graph._WRITES.clear()  # as another process reads it
+    graph._COMMITS.clear()
+    assert not_current(second) == stale and not_current(first) == {}
+    # (concepts read embeddings that day 2's removed embed commit rewrote: only the record shows it)
+    reasons = [r for s in lake.status(version=second)["stages"] if s["stage"] == "concepts" for r in s["reasons"]]
+    assert reasons and reasons[0].startswith("recorded at cleanup on "), reasons
+    assert {s["state"] for s in lake.status()["stages"]} == {"current"}
+    for ref in (first, second):
+        after = lake.export(tmp_path / f"{ref}-after.parquet", "parquet", version=ref)
+        assert after.rows == before[ref].rows, (ref, after.rows, before[ref].rows)
+        assert pq.read_table(tmp_path / f"{ref}-after.parquet").column("id").to_pylist() == \
+            pq.read_table(tmp_path / f"{ref}-before.parquet").column("id").to_pylist()
+    after = lake.status(version=second)
+    assert after["view"] == "keep" and any("rebalance_keep skipped" in n for n in after["view_notes"]), after
+    assert lake.cleanup(timedelta(0))["tags_recorded"] == 0  # a second cleanup: recorded already, nothing removed
+    assert not_current(second) == stale
