@@ -257,3 +257,45 @@ def test_a_store_that_goes_away_mid_run_is_one_line_and_json(tmp_path: Path, mon
     error = json.loads(res.stdout)["error"]
     assert error.startswith("cannot use lake 's3://flaky/lake': the store could not be reached; check the endpoint"), error
     assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_cleanup_records_a_stale_tag_s_states_on_s3(s3):
+    """Cleanup records the stages not current at a tag before it removes the commits that show
+    them: in a side table of the lake, so on an object store too (read back there after it)."""
+    from datetime import timedelta
+
+    import lance
+
+    from lakecurate import graph
+    from lakecurate.plant import synthetic_pairs
+
+    from .writers import scaled_len
+
+    _, options, bucket = s3
+    lake = Lake.create(f"s3://{bucket()}/lake", storage_options=options)
+    lake.append(synthetic_pairs(0, 6))
+    lake.add_feature("n", scaled_len, inputs=["caption"], type="int64", progress=False)
+    lance.dataset(lake.table_uri, storage_options=options).update({"caption": "'a brand new caption'"},
+                                                                  where="id = 'p0000001'")
+    def id_len(batch):
+        import pyarrow as pa
+
+        return pa.array([len(i) for i in batch["id"].to_pylist()], pa.int64())
+
+    lake.add_feature("m", id_len, inputs=["id"], type="int64", progress=False)  # (the update is not the tag's commit)
+    lake.tag("t")
+    lake.add_feature("n", scaled_len, inputs=["caption"], type="int64", progress=False)  # current again
+
+    def n_at_t() -> tuple[str, int]:
+        st = next(s for s in graph.states(lake, lake.dataset("t")) if s.node.columns == ["n"])
+        return st.state, st.rows_stale
+
+    before = n_at_t()
+    assert before[0] == "stale"
+    done = lake.cleanup(timedelta(0))
+    assert done["old_versions"] > 0 and done["tags_recorded"] == 1
+    graph._WRITES.clear()  # as another process reads it
+    graph._COMMITS.clear()
+    graph._RECORDED.clear()
+    assert n_at_t() == before
+    assert next(s for s in lake.status("t")["stages"] if s["columns"] == ["n"])["reasons"][0].startswith("recorded at")
