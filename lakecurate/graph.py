@@ -995,7 +995,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
             if not any(set(cols) & set(n.columns) for n in [*all_nodes, *recorded])]
     out.sort(key=lambda st: _order(st.node))
     if log_cut(ds):  # what the commits cleanup removed showed, as recorded before it removed them
-        _apply_recorded(out, recorded_states(lake, ds))
+        _apply_recorded(out, lake, ds)
     dedup = [st for st in out if st.node.stage == "dedup" and st.state != "current"]
     if dedup:  # one command for them all: a method's alone was refused when another its decision reads was stale
         final = next((st.node for st in out if st.node.stage == "dedup" and "dup_keep" in st.node.columns), None)
@@ -1025,7 +1025,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
 # versions, cleanup records the stages not current at each tag in this lake-wide side table (beside
 # ``pairs``, so on an object store too), and :func:`states` reads them back where the log is cut.
 RECORD_TABLE = "cleanup_states"
-_RECORDED: dict[tuple[str, int, str], tuple[float, dict[tuple[str, str, str], dict[str, Any]]]] = {}
+_RECORDED: dict[str, tuple[float, dict[tuple[str, int], dict[tuple[str, str, str], dict[str, Any]]]]] = {}
 _RECORDED_TTL = 30.0  # seconds a reading is reused (status and export ask several times a second)
 
 
@@ -1048,46 +1048,82 @@ def _node_key(stage: str, columns: Sequence[str], config_hash: Any) -> tuple[str
     return stage, json.dumps(list(columns)), str(config_hash or "")
 
 
-def recorded_states(lake: "Store", ds: "lance.LanceDataset") -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(stage, columns, config hash) -> the state cleanup recorded for that node at ``ds``'s version
-    (:func:`record_states`); empty where none was recorded."""
+def recorded_states(lake: "Store") -> dict[tuple[str, int], dict[tuple[str, str, str], dict[str, Any]]]:
+    """(branch, "" for main; version) -> (stage, columns, config hash) -> the state cleanup recorded
+    for that node at that version (:func:`record_states`); empty where none was recorded."""
     import time
 
-    key = (lake.side_uri(RECORD_TABLE, per_branch=False), *_record_key(ds)[:2])
-    ts = _record_key(ds)[2]
-    hit = _RECORDED.get((*key, ts))  # type: ignore[arg-type]
+    key = lake.side_uri(RECORD_TABLE, per_branch=False)
+    hit = _RECORDED.get(key)
     if hit is not None and time.monotonic() - hit[0] < _RECORDED_TTL:
         return hit[1]
     side = lake.side_dataset(RECORD_TABLE, per_branch=False)
-    got: dict[tuple[str, str, str], dict[str, Any]] = {}
-    if side is not None:
-        branch, version = _record_key(ds)[:2]
-        quoted = branch.replace("'", "''")
-        rows = side.to_table(filter=f"branch = '{quoted}' AND version = {int(version)}").to_pylist()
-        for row in rows:
-            if row["timestamp"] == ts:
-                got.setdefault(_node_key(row["stage"], row["columns"], row["config_hash"]), row)
-    if len(_RECORDED) > 256:
+    got: dict[tuple[str, int], dict[tuple[str, str, str], dict[str, Any]]] = {}
+    for row in side.to_table().to_pylist() if side is not None else []:
+        got.setdefault((row["branch"], row["version"]), {}).setdefault(
+            _node_key(row["stage"], row["columns"], row["config_hash"]), row)
+    if len(_RECORDED) > 64:
         _RECORDED.pop(next(iter(_RECORDED)))
-    _RECORDED[(*key, ts)] = (time.monotonic(), got)  # type: ignore[index]
+    _RECORDED[key] = (time.monotonic(), got)
     return got
 
 
-def _apply_recorded(out: list[NodeState], recorded: dict[tuple[str, str, str], dict[str, Any]]) -> None:
-    """A node the cut log reads as current takes the state recorded for it (the fix is computed as
-    ever: the same command)."""
-    if not recorded:
+def _lineage(lake: "Store", ds: "lance.LanceDataset") -> list[tuple[tuple[str, int], int | None]]:
+    """Where a record of what cleanup removed may tell ``ds``'s state, newest first: ``ds``'s own
+    version (branch, "" for main; number), then the version each restore in its log went back to,
+    with that restore's version (what ran after it is the log's to tell). Not the versions before
+    ``ds`` on its line: cleanup kept the latest and each branch head only where they were current,
+    and a tag has its own record."""
+    starts = {name: (meta.get("parent_branch") or "", int(meta["parent_version"]))
+              for name, meta in lake.branches().items() if meta.get("parent_version") is not None}
+
+    def line(v: int) -> str:  # (a branch's versions up to where it began are its parent's)
+        b = _branch_of(ds) or ""
+        while b in starts and v <= starts[b][1]:
+            b = starts[b][0]
+        return b
+
+    out: list[tuple[tuple[str, int], int | None]] = [((line(ds.version), ds.version), None)]
+    limit = ds.version
+    for v, tx, _ in reversed(_history(ds, ds, ds.version)):
+        if v > limit:
+            continue  # (undone by a restore to an earlier version)
+        if tx is not None and type(tx.operation).__name__ == "Restore":
+            limit = int(tx.operation.version)
+            out.append(((line(limit), limit), v))
+    return out
+
+
+def _apply_recorded(out: list[NodeState], lake: "Store", ds: "lance.LanceDataset") -> None:
+    """A node the cut log reads as current takes the state cleanup recorded for it at ``ds``'s
+    version, or at the version a restore in its log went back to where its stage has not run since
+    that restore (its columns neither declared nor written after it). The fix is computed as ever:
+    the same command. (Read at the tag's version only, a restore of a tag read every stage current:
+    the restore's version has no record, and its log is cut.)"""
+    records = recorded_states(lake)
+    lineage = _lineage(lake, ds) if records else []
+    if not any(key in records for key, _ in lineage):
         return
+    writes = _log(ds)[0]
     for st in out:
-        row = recorded.get(_node_key(st.node.stage, st.node.columns, st.node.prov.get("config_hash")))
-        if row is None or st.state != "current":
+        if st.state != "current":
             continue
-        st.state = row["state"]
-        st.reasons = [f"recorded at cleanup on {row['recorded']}: {r}" for r in row["reasons"] or []] or \
-                     [f"recorded at cleanup on {row['recorded']}"]
-        st.rows_missing, st.rows_stale = row["rows_missing"] or 0, row["rows_stale"] or 0
-        if row["computed_from"] is not None:
-            st.computed_from = row["computed_from"]
+        nk = _node_key(st.node.stage, st.node.columns, st.node.prov.get("config_hash"))
+        last = max((w[0] for c in st.node.columns for w in writes.get(c, {}).values()), default=0)
+        read = st.node.prov.get("table_version")
+        for key, since in lineage:
+            if since is not None and (last > since or (isinstance(read, int) and read >= since)):
+                break  # the stage ran after the restore: its state is the log's
+            row = records.get(key, {}).get(nk)
+            if row is None:
+                continue
+            st.state = row["state"]
+            st.reasons = [f"recorded at cleanup on {row['recorded']}: {r}" for r in row["reasons"] or []] or \
+                         [f"recorded at cleanup on {row['recorded']}"]
+            st.rows_missing, st.rows_stale = row["rows_missing"] or 0, row["rows_stale"] or 0
+            if row["computed_from"] is not None:
+                st.computed_from = row["computed_from"]
+            break
 
 
 def record_states(lake: "Store", readings: Sequence[tuple["lance.LanceDataset", list[NodeState]]]) -> int:

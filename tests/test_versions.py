@@ -484,7 +484,7 @@ def test_cleanup_after_daily_runs_records_the_stale_stages_of_curate_s_tags(samp
     # (concepts read embeddings that day 2's removed embed commit rewrote: only the record shows it)
     reasons = [r for s in lake.status(version=second)["stages"] if s["stage"] == "concepts" for r in s["reasons"]]
     assert reasons and reasons[0].startswith("recorded at cleanup on "), reasons
-    assert {s["state"] for s in lake.status()["stages"]} == {"current"}
+    assert {s["state"] for s in lake.status()["stages"]} == {"current"}, [(s["stage"], s["reasons"]) for s in lake.status()["stages"] if s["state"] != "current"]
     for ref in (first, second):
         after = lake.export(tmp_path / f"{ref}-after.parquet", "parquet", version=ref)
         assert after.rows == before[ref].rows, (ref, after.rows, before[ref].rows)
@@ -494,3 +494,19 @@ def test_cleanup_after_daily_runs_records_the_stale_stages_of_curate_s_tags(samp
     assert after["view"] == "keep" and any("rebalance_keep skipped" in n for n in after["view_notes"]), after
     assert lake.cleanup(timedelta(0))["tags_recorded"] == 0  # a second cleanup: recorded already, nothing removed
     assert not_current(second) == stale
+    # A restore of the tag carries its state, the record's part too (it read every stage current: the
+    # restore's version has no record and its log is cut), and so do the versions after it, until the
+    # stage runs again; a version restored from before the tag (day 1's) carries none of it.
+    lake.restore(second)
+    assert {st: state for st, (state, _) in not_current(lake.version).items()} == \
+        {st: state for st, (state, _) in stale.items()}, lake.status()
+    one = lake.sql("SELECT id FROM pairs LIMIT 1")["id"][0]
+    lake.review([one], verdict="keep", by="ana")  # a commit after the restore that runs no stage
+    assert "concepts" in not_current(lake.version), lake.status()
+    lake.cluster(k=3, recompute=True)
+    now = not_current(lake.version)
+    assert "concepts" not in now and "rebalance" in now, now  # concepts ran again; rebalance is built on them
+    lake.rebalance(0.7)
+    assert not_current(lake.version) == {}
+    lake.restore(first)
+    assert not_current(lake.version) == {}, lake.status()  # day 1's state: current then, current now
