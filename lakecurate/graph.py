@@ -1071,7 +1071,8 @@ def recorded_states(lake: "Store") -> dict[tuple[str, int], dict[tuple[str, str,
 def _lineage(lake: "Store", ds: "lance.LanceDataset") -> list[tuple[tuple[str, int], int | None]]:
     """Where a record of what cleanup removed may tell ``ds``'s state, newest first: ``ds``'s own
     version (branch, "" for main; number), then the version each restore in its log went back to,
-    with that restore's version (what ran after it is the log's to tell). Not the versions before
+    with that restore's version (what ran after it is the log's to tell), and the version a branch
+    began at, with that version. Not the versions before
     ``ds`` on its line: cleanup kept the latest and each branch head only where they were current,
     and a tag has its own record."""
     starts = {name: (meta.get("parent_branch") or "", int(meta["parent_version"]))
@@ -1084,10 +1085,13 @@ def _lineage(lake: "Store", ds: "lance.LanceDataset") -> list[tuple[tuple[str, i
         return b
 
     out: list[tuple[tuple[str, int], int | None]] = [((line(ds.version), ds.version), None)]
-    limit = ds.version
+    limit, branch = ds.version, _branch_of(ds) or ""
     for v, tx, _ in reversed(_history(ds, ds, ds.version)):
         if v > limit:
             continue  # (undone by a restore to an earlier version)
+        while branch in starts and v <= starts[branch][1]:  # a branch began at its parent's state: as a restore
+            branch, start = starts[branch]
+            out.append(((branch, start), start))
         if tx is not None and type(tx.operation).__name__ == "Restore":
             limit = int(tx.operation.version)
             out.append(((line(limit), limit), v))

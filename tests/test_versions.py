@@ -503,6 +503,9 @@ def test_cleanup_after_daily_runs_records_the_stale_stages_of_curate_s_tags(samp
     one = lake.sql("SELECT id FROM pairs LIMIT 1")["id"][0]
     lake.review([one], verdict="keep", by="ana")  # a commit after the restore that runs no stage
     assert "concepts" in not_current(lake.version), lake.status()
+    branch = lake.create_branch("from-tag", second)  # a branch begins at the tag's state: the same
+    branch.review([one], verdict="drop", reason="blurry", by="ana")
+    assert "concepts" in {s["stage"] for s in branch.status()["stages"] if s["state"] != "current"}, branch.status()
     lake.cluster(k=3, recompute=True)
     now = not_current(lake.version)
     assert "concepts" not in now and "rebalance" in now, now  # concepts ran again; rebalance is built on them
