@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from lakecurate import Lake, LakeError
 from lakecurate.cli import main
@@ -129,14 +129,21 @@ def test_update_is_refused_where_it_does_not_apply(tmp_path: Path):
     assert not (tmp_path / "new").exists()  # refused before the lake was made
 
 
-def test_the_pipeline_ingest_step_takes_update(tmp_path: Path):
-    src = small_folder(tmp_path / "photos", 3)
+def _run_then_edit(tmp_path: Path, sources: dict[str, int], edited: str) -> tuple[Lake, Path, Path, Result]:
+    """Folders (name -> pairs) ingested by a pipeline's run; then ``edited``'s first caption changed
+    and the same run made on the CLI: (lake, the pipeline file, the folder edited, the CLI's result)."""
+    for name, n in sources.items():
+        small_folder(tmp_path / name, n)
     pipe = tmp_path / "pipe.toml"
-    pipe.write_text('[ingest]\nsources = ["photos/"]\n')
+    pipe.write_text(f"[ingest]\nsources = {json.dumps([f'{name}/' for name in sources])}\n")
     lake = Lake.create(tmp_path / "lake")
     lake.run(pipe, progress=False)
-    (src / "001.txt").write_text("Dog.")
-    res = CliRunner().invoke(main, ["run", lake.uri, str(pipe)])
+    (tmp_path / edited / "001.txt").write_text("Dog.")
+    return lake, pipe, tmp_path / edited, CliRunner().invoke(main, ["run", lake.uri, str(pipe)])
+
+
+def test_the_pipeline_ingest_step_takes_update(tmp_path: Path):
+    lake, pipe, src, res = _run_then_edit(tmp_path, {"photos": 3}, "photos")
     assert res.exit_code == 0 and "changed in the source" in res.output and "update = true" in res.output, res.output
     assert rows(lake)["001.jpg"]["caption"] == "pair 1"
     pipe.write_text('[ingest]\nsources = ["photos/"]\nupdate = true\n')
@@ -149,14 +156,7 @@ def test_the_pipeline_ingest_step_takes_update(tmp_path: Path):
 def test_a_pipeline_of_two_sources_says_each_one_s_changed_pairs(tmp_path: Path):
     """With two [ingest] sources, the step's result held each source's report and the run's line
     said nothing of a changed pair (one source: its note was shown)."""
-    small_folder(tmp_path / "one", 2)
-    two = small_folder(tmp_path / "two", 2)
-    pipe = tmp_path / "pipe.toml"
-    pipe.write_text('[ingest]\nsources = ["one/", "two/"]\n')
-    lake = Lake.create(tmp_path / "lake")
-    lake.run(pipe, progress=False)
-    (two / "001.txt").write_text("Dog.")
-    res = CliRunner().invoke(main, ["run", lake.uri, str(pipe)])
+    _, _, two, res = _run_then_edit(tmp_path, {"one": 2, "two": 2}, "two")
     assert res.exit_code == 0, res.output
     notes = [line for line in res.output.splitlines() if "changed in the source" in line]
     assert len(notes) == 1 and str(two.resolve()) in notes[0] and "update = true" in notes[0], res.output
