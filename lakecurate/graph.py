@@ -1167,18 +1167,25 @@ def record_states(lake: "Store", readings: Sequence[tuple["lance.LanceDataset", 
     return recorded
 
 
-def forget_records(lake: "Store", kept: dict[str, set[int]]) -> None:
+def forget_records(lake: "Store", kept: dict[str, set[int] | None], branch: str | None = None) -> None:
     """Delete the records of versions cleanup removed (``kept``: branch, "" for main -> the versions
-    each branch has left), then the record table's old versions: nothing names them."""
+    each branch has left; None: not known, its records stay; a branch not in it is gone), or with
+    ``branch`` every record of that deleted branch; then the record table's old versions: nothing
+    names them."""
     from datetime import timedelta
+
+    from lakecurate.sqlcheck import literal
 
     side = lake.side_dataset(RECORD_TABLE, per_branch=False)
     if side is None:
         return
     held = {(r["branch"], r["version"]) for r in side.to_table(columns=["branch", "version"]).to_pylist()}
-    gone = sorted(key for key in held if key[1] not in kept.get(key[0], set()))
+    gone: dict[str, list[int]] = {}
+    for b, v in sorted(held):
+        if (b == branch) if branch is not None else (b not in kept or (kept[b] is not None and v not in kept[b])):
+            gone.setdefault(b, []).append(int(v))
     if gone:
-        cond = " OR ".join(f"(branch = '{b.replace(chr(39), chr(39) * 2)}' AND version = {int(v)})" for b, v in gone)
+        cond = " OR ".join(f"(branch = {literal(b)} AND version IN ({', '.join(map(str, vs))}))" for b, vs in gone.items())
         retry_on_conflict(lambda: lake.side_dataset(RECORD_TABLE, per_branch=False).delete(cond))
         _RECORDED.clear()
     side = lake.side_dataset(RECORD_TABLE, per_branch=False)

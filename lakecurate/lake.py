@@ -439,7 +439,8 @@ class Lake(Store):
                                     f"then call it current. {todo}; or pass {given('--allow-stale')} to forget it")
                 recorded = graph.record_states(self, self._tag_states())
         out = super().cleanup(older_than)
-        graph.forget_records(self, self._versions_left())
+        if out["old_versions"]:  # (nothing removed: every record still names a version)
+            graph.forget_records(self, self._versions_left())
         return {**out, "tags_recorded": recorded}
 
     def _grown(self) -> list[str | None]:
@@ -496,14 +497,23 @@ class Lake(Store):
                 seen[key] = at, graph.states(lake, at)
         return list(seen.values())
 
-    def _versions_left(self) -> dict[str, set[int]]:
-        """Branch ("" for main) -> its versions there now (after a cleanup: what it left)."""
-        out: dict[str, set[int]] = {}
+    def _forget_branch(self, name: str) -> None:
+        """The store's leftovers of a branch that is gone, and the states cleanup recorded at its
+        tags (a branch made again under the name would read them at its own version numbers)."""
+        from lakecurate import graph
+
+        super()._forget_branch(name)
+        graph.forget_records(self, {}, branch=name)
+
+    def _versions_left(self) -> dict[str, set[int] | None]:
+        """Branch ("" for main) -> its versions there now (after a cleanup: what it left); None where
+        they could not be listed (a store's request failed: its records are kept, not forgotten)."""
+        out: dict[str, set[int] | None] = {}
         for branch in [None, *sorted(self.branches())]:
             try:
                 out[branch or ""] = {v["version"] for v in self.on_branch(branch).dataset().versions()}
-            except (ValueError, OSError, LakeError):  # (a branch deleted meanwhile by another writer)
-                continue
+            except (ValueError, OSError, LakeError):  # (deleted meanwhile by another writer: its rows go with it)
+                out[branch or ""] = None
         return out
 
     def diff(self, a: int | str, b: int | str | None = None, **options: Any) -> Any:

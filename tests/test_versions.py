@@ -513,3 +513,34 @@ def test_cleanup_after_daily_runs_records_the_stale_stages_of_curate_s_tags(samp
     assert not_current(lake.version) == {}
     lake.restore(first)
     assert not_current(lake.version) == {}, lake.status()  # day 1's state: current then, current now
+
+
+def test_cleanup_s_records_go_with_their_branch_and_stay_where_a_listing_failed(versioned: Lake, monkeypatch):
+    """The states cleanup records at a branch's tags stayed when the branch was deleted, and a branch
+    made again under the name read them at its own version numbers; and cleanup forgot every record
+    of a branch whose versions it could not list (a store's request failed), though they cannot be
+    made again once the commits are gone."""
+    from lakecurate import graph
+
+    lake = versioned
+    exp = lake.create_branch("exp")
+    exp.append(synthetic_pairs(700, 2))
+    node = graph.Node("concepts", ["concept"], ["clip_image"], {"config_hash": "abc"})
+    stale = [graph.NodeState(node, "stale", ["clip_image was written after concepts read it"])]
+    for on in (lake, exp):
+        assert graph.record_states(lake, [(on.dataset(), stale)]) == 1
+    assert set(graph.recorded_states(lake)) == {("", lake.version), ("exp", exp.version)}
+    real = Lake._versions_left
+
+    def flaky(self):
+        return {**real(self), "exp": None}  # (its listing failed)
+
+    monkeypatch.setattr(Lake, "_versions_left", flaky)
+    lake.append(synthetic_pairs(800, 1))
+    lake.cleanup(timedelta(0))
+    assert ("exp", exp.version) in graph.recorded_states(lake)  # not forgotten for want of a listing
+    monkeypatch.setattr(Lake, "_versions_left", real)
+    lake.delete_branch("exp")
+    assert not any(b == "exp" for b, _ in graph.recorded_states(lake))
+    again = lake.create_branch("exp")
+    assert all(s.state == "current" for s in graph.states(again))
