@@ -1026,6 +1026,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
 # ``pairs``, so on an object store too), and :func:`states` reads them back where the log is cut.
 RECORD_TABLE = "cleanup_states"
 _RECORDED: dict[str, tuple[float, dict[tuple[str, int], dict[tuple[str, str, str], dict[str, Any]]]]] = {}
+_LINEAGES: dict[tuple[str, int, str], list[tuple[tuple[str, int], int | None]]] = {}
 _RECORDED_TTL = 30.0  # seconds a reading is reused (status and export ask several times a second)
 
 
@@ -1075,6 +1076,9 @@ def _lineage(lake: "Store", ds: "lance.LanceDataset") -> list[tuple[tuple[str, i
     began at, with that version. Not the versions before
     ``ds`` on its line: cleanup kept the latest and each branch head only where they were current,
     and a tag has its own record."""
+    key = _version_key(ds)  # (a version's log never changes: read once a process, not at every status)
+    if key in _LINEAGES:
+        return _LINEAGES[key]
     starts = {name: (meta.get("parent_branch") or "", int(meta["parent_version"]))
               for name, meta in lake.branches().items() if meta.get("parent_version") is not None}
 
@@ -1095,6 +1099,9 @@ def _lineage(lake: "Store", ds: "lance.LanceDataset") -> list[tuple[tuple[str, i
         if tx is not None and type(tx.operation).__name__ == "Restore":
             limit = int(tx.operation.version)
             out.append(((line(limit), limit), v))
+    if len(_LINEAGES) > 256:
+        _LINEAGES.pop(next(iter(_LINEAGES)))
+    _LINEAGES[key] = out
     return out
 
 
@@ -1940,15 +1947,17 @@ def check_current(lake: "Store", ds: "lance.LanceDataset", columns: Iterable[str
     return msgs
 
 
-def effective_view(lake: "Store", ds: "lance.LanceDataset") -> tuple[str | None, list[str]]:
+def effective_view(lake: "Store", ds: "lance.LanceDataset",
+                   all_states: list[NodeState] | None = None) -> tuple[str | None, list[str]]:
     """The curated view a person means: the latest decision column (``rebalance_keep``, then
     ``keep``) that is current, with notes on the later ones skipped as stale. When none is current,
     the earliest present one, with its problem noted (the caller decides whether that is an error).
-    None before any curation."""
+    None before any curation. ``all_states``: the graph's reading of ``ds`` where the caller has it."""
     from lakecurate.names import VIEW_DECISIONS
 
     present = [c for c in VIEW_DECISIONS if c in ds.schema.names and c not in foreign_decisions(ds.schema)]
-    all_states = states(lake, ds) if present else []  # one reading of the graph for every candidate
+    if all_states is None:
+        all_states = states(lake, ds) if present else []  # one reading of the graph for every candidate
     notes = foreign_view_notes(lake, ds)
     for col in present:
         behind = not_current(lake, ds, [col], all_states)  # (in stage order: the first is furthest upstream)

@@ -49,6 +49,7 @@ from lakecurate.options import canonical_uri, flag, path, speaker, spell
 from lakecurate.options import given as given_option  # ("given" names what a caller gave, below)
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
+from lakecurate.sqlcheck import in_list
 from lakecurate.store import is_lake_folder, is_lance_table
 
 if TYPE_CHECKING:
@@ -1469,7 +1470,8 @@ def ingest(
         raise IngestError(f"mode must be 'append' or 'overwrite', not '{mode}'")
     if retry_errors and mode != "append":
         raise IngestError(f"{spell('--retry-errors')} replaces error rows of an appended source; it cannot be used with {spell('--mode')} overwrite")
-    if flag("update", update) and mode != "append":
+    update = flag("update", update)
+    if update and mode != "append":
         raise IngestError(f"{spell('--update')} rewrites the pairs of an appended source that changed in the source; it cannot "
                           f"be used with {spell('--mode')} overwrite (which reads every pair again): drop one of them")
     opts = options or IngestOptions()
@@ -1498,7 +1500,7 @@ def ingest(
                                             if appending else set())
     content: _ContentIndex | None = None  # read before the first commit, only if there is one
     known = _Known(lake, plan.sources) if appending else None  # the rows' captions and sizes, to see changes
-    before = lake.dataset() if appending and flag("update", update) else None  # (the review marks a rewrite clears)
+    before = lake.dataset() if appending and update else None  # (the review marks a rewrite clears)
     changing: set[str] = set()  # with update: ids of changed pairs to rewrite
     listed: set[str] = set()  # ids of `known` this run's reading gave (the others are gone from the source)
     done: set[str] = set()  # with retry_errors or update: ids replaced by this run (a row may be an error again)
@@ -1577,8 +1579,8 @@ def ingest(
                 if not claims.ids.isdisjoint(set(acc.ids).difference(rewritten)):
                     return False  # another writer committed some of these pairs first: the next pass redoes the rest
                 replaced = sorted(errors.intersection(acc.ids)) if retry_errors else []
-                conds = [f"ingest_status = 'error' AND id IN ({_quoted(replaced)})"] if replaced else []
-                conds += [f"id IN ({_quoted(rewritten)})"] if rewritten else []
+                conds = [f"ingest_status = 'error' AND id IN ({in_list(replaced)})"] if replaced else []
+                conds += [f"id IN ({in_list(rewritten)})"] if rewritten else []
                 return " OR ".join(f"({c})" for c in conds) if conds else True
 
             if appending and content is None:  # (an overwrite replaces what it would compare with)
@@ -1644,12 +1646,8 @@ def ingest(
 NAMED = 5  # keys of changed or gone pairs a report names
 
 
-def _quoted(ids: Iterable[str]) -> str:
-    return ", ".join(f"'{i}'" for i in ids)
-
-
 def _keys_of(lake: "Store", ids: list[str]) -> list[str]:
-    tbl = lake.dataset().to_table(columns=["key"], filter=f"id IN ({_quoted(ids)})")
+    tbl = lake.dataset().to_table(columns=["key"], filter=f"id IN ({in_list(ids)})")
     return sorted(tbl.column("key").to_pylist())
 
 
@@ -1678,8 +1676,6 @@ class _Known:
     since. Cheap to compare: a sidecar or cell is read, an image file only stat'ed."""
 
     def __init__(self, lake: "Store", sources: list[str]):
-        from lakecurate.sqlcheck import in_list
-
         self.rows: dict[str, tuple[int, int | None]] = {}
         where = f"ingest_status <> 'error' AND source IN ({in_list(sources)})"
         for b in lake.dataset().to_batches(columns=["id", "caption", "byte_size"], filter=where):
@@ -1706,8 +1702,6 @@ class _Known:
 
 def _error_rows(lake: "Store", sources: list[str]) -> dict[str, tuple[Any, Any, Any]]:
     """id -> (ingest_error, content_hash, caption) of the sources' error rows."""
-    from lakecurate.sqlcheck import in_list
-
     tbl = lake.dataset().to_table(columns=["id", "ingest_error", "content_hash", "caption"],
                                   filter=f"ingest_status = 'error' AND source IN ({in_list(sources)})")
     cols = [tbl.column(c).to_pylist() for c in ("ingest_error", "content_hash", "caption")]

@@ -246,7 +246,8 @@ class _Builder:
         self.sample = self._sample()
         self.uri = lake.uri
         # Decisions a stage upstream has rewritten since: the funnel leaves them out and the page says so.
-        self.not_current = [s for s in graph.states(self.lake, self.ds) if s.state in ("stale", "behind", "dropped")]
+        self.states = graph.states(self.lake, self.ds)
+        self.not_current = [s for s in self.states if s.state in ("stale", "behind", "dropped")]
         self.stale_columns = {c for s in self.not_current for c in s.node.columns}
         self.stale = [f"{s.node.stage} ({', '.join(s.node.columns[:3])}) is {s.state}: {s.reasons[0]}; "
                       f"{s.fix if s.empty_view else 're-run: ' + s.fix}"
@@ -409,7 +410,7 @@ class _Builder:
         for r in reasons:
             r["share"] = r["rows"] / self.rows if self.rows else 0.0
         # the view status and export name (the latest current decision): reviewers' marks it does not heed
-        view, _ = graph.effective_view(self.lake, self.ds)  # (status's and export's own choice, not a second rule)
+        view, _ = graph.effective_view(self.lake, self.ds, self.states)  # (status's and export's choice, not a second rule)
         return {"steps": [{"label": lbl, "rows": n, "share": n / self.rows if self.rows else 0.0} for lbl, n in steps],
                 "reasons": reasons, "recipe": recipe, "notes": graph.unheeded_reviews(self.ds, view)}
 

@@ -113,8 +113,7 @@ def _partial(lake: "Store", ds: "lance.LanceDataset", present: list[str]) -> str
     whole = last_whole(ds, Node(STAGE, list(NAMES), [], {}))  # (the log's schema changes, not every version)
     head = lakecurate_on(lake)
     drop = f"{head} drop {lake.shell} {' '.join(shlex.quote(n) for n in present)}"
-    back = ((f"{head} review {lake.shell} --from-version {whole}" if speaker() == "cli"
-             else f"lake.restore_reviews({whole})") + " (the latest version that has them all: its marks "
+    back = (_back(lake, whole) + " (the latest version that has them all: its marks "
             "written back), or " if whole is not None else "")
     return (f"lake '{lake.uri}' has the review columns {', '.join(present)} without {', '.join(missing)} (dropped "
             f"outside lakecurate?); a mark writes all {len(NAMES)}. Go on with {back}drop the rest and mark again "
@@ -321,8 +320,7 @@ def undo(lake: "Store", action: str, *, by: str | None = None, read_only: bool =
     if not set(NAMES) & set(lake.dataset().schema.names):  # (it said "restored 0 rows; changed since")
         raise LakeError(f"lake '{lake.uri}' has no review columns now (dropped since: lakecurate log says when): the "
                         f"marks of action {action} are in no row; nothing to undo (the versions before the drop "
-                        f"still have them: " + (f"{lakecurate_on(lake)} review {lake.shell} --from-version N" if speaker() == "cli"
-                                                 else "lake.restore_reviews(N)") + ")")
+                        f"still have them: {_back(lake, 'N')})")
     if _landed(lake, {action: rows[0].get("read_version")}).get(action) is False:
         raise LakeError(f"review action {action!r} of lake '{lake.uri}' {NEVER_LANDED} (the review stopped between "
                         f"its log entry and its commit): nothing to undo")
@@ -502,7 +500,7 @@ def taken_out(lake: "Store", before: "lance.LanceDataset", after: "lance.LanceDa
             f"bring {'them' if gone != 1 else 'it'} back with: {back}")
 
 
-def _back(lake: "Store", version: int) -> str:
+def _back(lake: "Store", version: int | str) -> str:
     """The way to write back the marks of ``version``, in the words of the interface speaking."""
     return (f"{lakecurate_on(lake)} review {lake.shell} --from-version {version}" if speaker() == "cli"
             else f"lake.restore_reviews({version})")
