@@ -55,7 +55,7 @@ from lakecurate import columns, stream
 from lakecurate.encoders import meaningless
 from lakecurate.engines import check_engine
 from lakecurate.errors import LakeError
-from lakecurate.options import given, speaker, spell
+from lakecurate.options import given, speaker, spell, words
 from lakecurate.graph import (Node, blocks, check_embedded, check_has_rows, dedup_args, gone_whole, lakecurate_on,
                               no_producer, not_current, states, where_columns)
 from lakecurate.names import RECIPES, Produce, embedding_columns
@@ -1040,8 +1040,8 @@ def _tag(lake: "Store", name: str, version: int) -> str:
                 if cand not in lake.dataset().tags.list() and cand not in lake.branches():
                     raise  # (not a name taken meanwhile: a store's error, said as it is)
     raise LakeError(f"curate decided version {version} of lake '{lake.uri}' but found no free tag name from "
-                    f"'{name}'; tag it yourself: " + (f"{lakecurate_on(lake)} tag {lake.shell} NAME --version {version}"
-                                                       if speaker() == "cli" else f"lake.tag('NAME', {version})"))
+                    f"'{name}'; tag it yourself: " + words(f"{lakecurate_on(lake)} tag {lake.shell} NAME --version {version}",
+                                                             f"lake.tag('NAME', {version})"))
 
 
 def _already_done(lake: "Store", rec: Recipe, prefix: str) -> tuple[str, "lance.LanceDataset"] | None:

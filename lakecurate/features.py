@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 from lakecurate import columns, graph, runner
 from lakecurate.errors import LakeError, Terminated
 from lakecurate.names import builtin_column
-from lakecurate.options import given, speaker, spell
+from lakecurate.options import given, speaker, spell, words
 from lakecurate.sqlcheck import bare_name_problem
 
 if TYPE_CHECKING:
@@ -302,7 +302,7 @@ def _types(fn: Callable, name: str, type: Any) -> dict[str, pa.DataType] | None:
 
 def _param_words(key: str, value: Any) -> str:
     """A feature's parameter given ``value``, as the interface speaking writes it."""
-    return f"--param {key}={json.dumps(value)}" if speaker() == "cli" else f"params={{{key!r}: {value!r}}}"
+    return words(f"--param {key}={json.dumps(value)}", f"params={{{key!r}: {value!r}}}")
 
 
 def _text_params(fn: Callable, params: dict[str, Any]) -> str:
@@ -458,8 +458,8 @@ def add_feature(
     stage = runner.RowStage(
         STAGE, fields, config, inputs, batch=runner.OnColumns(udf), batch_size=batch_size,
         extra={"udf": udf_spec(spec) if spec else udf_name(func)}, desc=f"feature {name}",
-        own_column="as a feature of another name " + ("(feature add LAKE OTHER_NAME ...)" if speaker() == "cli"
-                                                      else "(lake.add_feature(OTHER_NAME, ...))"), fix=fix,
+        own_column="as a feature of another name " + words("(feature add LAKE OTHER_NAME ...)",
+                                                           "(lake.add_feature(OTHER_NAME, ...))"), fix=fix,
     )
     out = runner.run(lake, stage, engine=engine, recompute=recompute, progress=progress)
     return FeatureReport(lake=lake.uri, feature=name, columns=list(types), inputs=inputs, engine=engine,

@@ -45,7 +45,7 @@ from PIL import Image, UnidentifiedImageError
 from lakecurate.engines import check_engine
 from lakecurate.errors import IngestError
 from lakecurate.images import MAX_DECODE_PIXELS, orientation_of
-from lakecurate.options import canonical_uri, flag, path, speaker, spell
+from lakecurate.options import canonical_uri, flag, path, spell, words
 from lakecurate.options import given as given_option  # ("given" names what a caller gave, below)
 from lakecurate.progress import progress_bar
 from lakecurate.schema import PAIRS_SCHEMA, REASONS, severity
@@ -1238,8 +1238,8 @@ def open_source(
         if not os.path.isdir(src):
             raise IngestError(f"'{src}' is not a folder")
         if is_lake_folder(src):  # its table's _versions/*.json became error rows
-            export = (f"lakecurate export {shlex.quote(src)} DEST --format lance" if speaker() == "cli"
-                      else f"Lake.open({src!r}).export(DEST, format='lance')")
+            export = words(f"lakecurate export {shlex.quote(src)} DEST --format lance",
+                           f"Lake.open({src!r}).export(DEST, format='lance')")
             raise IngestError(f"'{src}' is a lakecurate lake, not a folder of pairs; to copy its rows, export them "
                               f"({export}) and ingest DEST")
         if is_lance_table(src):  # its _versions/*.json and data files became error rows and "not pairs"
@@ -1500,7 +1500,6 @@ def ingest(
                                             if appending else set())
     content: _ContentIndex | None = None  # read before the first commit, only if there is one
     known = _Known(lake, plan.sources) if appending else None  # the rows' captions and sizes, to see changes
-    before = lake.dataset() if appending and update else None  # (the review marks a rewrite clears)
     changing: set[str] = set()  # with update: ids of changed pairs to rewrite
     listed: set[str] = set()  # ids of `known` this run's reading gave (the others are gone from the source)
     done: set[str] = set()  # with retry_errors or update: ids replaced by this run (a row may be an error again)
@@ -1634,11 +1633,6 @@ def ingest(
         bar.close()
     report.skipped_existing = report.seen - report.written
     report.warnings = _changes_said(report, update)
-    if before is not None and report.updated:
-        from lakecurate.review import cleared
-
-        note = cleared(lake, before, changing & done)
-        report.warnings += [note] if note else []
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -62,9 +62,18 @@ class Lake(Store):
     def ingest(self, source: str | os.PathLike, **options: Any) -> "IngestReport":
         """Ingest a folder, manifest or WebDataset shards; see :func:`lakecurate.ingest.ingest`."""
         from lakecurate.ingest import ingest
+        from lakecurate.review import cleared
 
         keywords("ingest", options, ingest, skip=2)
-        return ingest(self, source, **options)
+        try:  # (an update rewrites rows: the review marks it clears are said, with the way back)
+            before = self.dataset() if options.get("update") is True else None
+        except LakeError:  # (no lake yet: nothing to clear)
+            before = None
+        report = ingest(self, source, **options)
+        if before is not None and report.updated:
+            note = cleared(self, before, self.dataset())
+            report.warnings += [note] if note else []
+        return report
 
     def embed(self, model: str = "offline", **options: Any) -> Any:
         """Add embedding and score columns; see :func:`lakecurate.embed.embed`."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakecurate.columns import field_provenance
 from lakecurate.errors import LakeError
-from lakecurate.options import given, speaker
+from lakecurate.options import given, words
 
 if TYPE_CHECKING:
     import lance
@@ -116,8 +116,7 @@ def language_identifier() -> Any:
 
 def signals_fix() -> str:
     """A signal stage's way out of a column made with another config, in the words of the interface speaking."""
-    redo = ("`lakecurate signals LAKE --recompute` (and the same kind options)" if speaker() == "cli"
-            else "lake.signals(KINDS, recompute=True)")
+    redo = words("`lakecurate signals LAKE --recompute` (and the same kind options)", "lake.signals(KINDS, recompute=True)")
     return f"its code or settings changed since it was computed; redo it with {redo}"
 
 

@@ -80,6 +80,12 @@ def spell(option: str) -> str:
     return _PARAMETERS.get(option, option.lstrip("-").replace("-", "_"))
 
 
+def words(cli: str, python: str) -> str:
+    """Advice that is a command on the CLI and a call in Python (a pipeline's caller's Python too),
+    as the interface speaking says it: ``words("lakecurate tag LAKE NAME --delete", "lake.delete_tag('NAME')")``."""
+    return cli if speaker() == "cli" else python
+
+
 def given(option: str, value: Any = True) -> str:
     """An option given a value, as the interface speaking now writes it (advice such as "pass
     --overwrite"): ``--overwrite`` / ``--engine local`` on the CLI, ``overwrite=True`` /

@@ -44,7 +44,7 @@ from lakecurate.captioners import (
 )
 from lakecurate.encoders import resolve_device, same_config
 from lakecurate.errors import LakeError
-from lakecurate.options import speaker, spell
+from lakecurate.options import spell, words
 from lakecurate.images import Preprocess, decode_small
 from lakecurate.runner import Rows, RowStage
 
@@ -308,7 +308,7 @@ def recaption(lake: "Store", model: "str | CaptionerSpec | EndpointSpec" = "tiny
                                  top_k=top_k, seed=seed, prompt=prompt)
     if spec.column() == "caption_redacted":  # signals --redact and recipes write it: a caption model's would pass for it
         raise LakeError(f"{spell('--name')} {spec.name!r}: caption_redacted is the redacted caption ("
-                        + ("lakecurate signals --redact" if speaker() == "cli" else "lake.signals(['redact'])")
+                        + words("lakecurate signals --redact", "lake.signals(['redact'])")
                         + ", a recipe's redact = true); pick another name")
     columns.check_table(lake)
     if isinstance(spec, EndpointSpec):

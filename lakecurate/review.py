@@ -36,7 +36,7 @@ import pyarrow as pa
 from lakecurate import columns
 from lakecurate.errors import LakeError
 from lakecurate.graph import lakecurate_on
-from lakecurate.options import clean_text, is_number, speaker, spell, texts, unicode
+from lakecurate.options import clean_text, is_number, spell, texts, unicode, words
 from lakecurate.sqlcheck import in_list
 from lakecurate.store import retry_on_conflict
 
@@ -146,8 +146,8 @@ def _check(lake: "Store", ids: Sequence[str], verdict: str | None, reason: str |
         main = f"; main has {', '.join(labels(lake.on_branch(None)))}" \
             if branch and not allowed else ""
         raise LakeError(f"review label {label!r} is not one of {whose} labels ({', '.join(allowed) or 'none set'}{main}); "
-                        "set them with: " + (f"lakecurate {f'--branch {branch} ' if branch else ''}serve {lake.shell} "
-                                             "--labels a,b,c" if speaker() == "cli" else "lake.serve(labels=['a', 'b', 'c'])"))
+                        "set them with: " + words(f"lakecurate {f'--branch {branch} ' if branch else ''}serve {lake.shell} "
+                                                  "--labels a,b,c", "lake.serve(labels=['a', 'b', 'c'])"))
     return ids, verdict, reason, label, by or "anonymous"
 
 
@@ -502,15 +502,16 @@ def taken_out(lake: "Store", before: "lance.LanceDataset", after: "lance.LanceDa
 
 def _back(lake: "Store", version: int | str) -> str:
     """The way to write back the marks of ``version``, in the words of the interface speaking."""
-    return (f"{lakecurate_on(lake)} review {lake.shell} --from-version {version}" if speaker() == "cli"
-            else f"lake.restore_reviews({version})")
+    return words(f"{lakecurate_on(lake)} review {lake.shell} --from-version {version}", f"lake.restore_reviews({version})")
 
 
-def cleared(lake: "Store", before: "lance.LanceDataset", ids: set[str]) -> str:
-    """What rewriting the rows ``ids`` in place (ingest's update: a pair changed in its source, read
-    again) did to their review marks at ``before``: a rewritten row has none (a person's verdict was
-    gone from the latest view without a word); "" when none of them had any."""
-    n = sum(i in ids for i in _marks(before))
+def cleared(lake: "Store", before: "lance.LanceDataset", after: "lance.LanceDataset") -> str:
+    """What rewriting rows in place (ingest's update: pairs changed in their source, read again)
+    from ``before`` to ``after`` did to their review marks: a rewritten row has none (a person's
+    verdict was gone from the latest view without a word); "" when none had any."""
+    marked = _marks(before)
+    now = _marks(after) if marked else {}
+    n = sum(i not in now for i in marked)
     if not n:
         return ""
     return (f"{n} of the rewritten pairs had review marks, which a row read again does not keep (version "

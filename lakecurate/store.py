@@ -36,7 +36,7 @@ import pyarrow as pa
 from lance.commit import CommitConflictError
 
 from lakecurate.errors import LakeError, QueryStopped
-from lakecurate.options import canonical_uri, flag, is_number, keywords, speaker, texts, whole
+from lakecurate.options import canonical_uri, flag, is_number, keywords, texts, whole, words
 from lakecurate.schema import EVAL_TABLE, EVIDENCE_TABLE, NODE_KEY, PAIRS_SCHEMA, PROVENANCE_KEY, TABLE, evidence_pin, is_blob
 
 T = TypeVar("T")
@@ -499,7 +499,7 @@ class Store:
             return
         raise LakeError(f"'{ref}' is both a tag of lake '{self.uri}' (version {at}, made outside lakecurate) and "
                         f"{other}: give {pick}, or '{at}' for the tag's version; or delete the tag: "
-                        + self._words(f"lakecurate tag {self.shell} {shlex.quote(ref)} --delete", f"lake.delete_tag({ref!r})"))
+                        + words(f"lakecurate tag {self.shell} {shlex.quote(ref)} --delete", f"lake.delete_tag({ref!r})"))
 
     @property
     def version(self) -> int:
@@ -842,20 +842,14 @@ class Store:
         tags = ds.tags.list()
         if name in tags:
             raise LakeError(f"lake '{self.uri}' already has a tag '{name}' (version {tags[name]['version']}); "
-                            f"pick another name, or delete it first: {self._words(f'lakecurate tag {self.shell} {name} --delete', f'lake.delete_tag({name!r})')}")
+                            f"pick another name, or delete it first: {words(f'lakecurate tag {self.shell} {name} --delete', f'lake.delete_tag({name!r})')}")
         if name == "main" or name in self.branches():  # a version named so would be the tag, never the branch
             raise LakeError(f"'{name}' is a branch of lake '{self.uri}'; a tag of that name would hide it wherever "
-                            f"a version is named ({self._words('--version', 'version=')}, diff, restore): pick another name")
+                            f"a version is named ({words('--version', 'version=')}, diff, restore): pick another name")
         number = self.dataset(version).version if version is not None else ds.version  # LakeError if not a version
         branch = self.on_branch_of(version).branch  # a ref of another branch: that branch's version
         ds.tags.create(name, (branch, number))  # (a bare number was read on ds's branch: main:3 from exp was exp:3)
         return number
-
-    @staticmethod
-    def _words(cli: str, python: str) -> str:
-        """Advice as the interface speaking says it: a command on the CLI, a call in Python (a
-        pipeline does not tag, branch or restore: its caller's Python)."""
-        return cli if speaker() == "cli" else python
 
     def branches(self) -> dict[str, dict[str, Any]]:
         """Branches of the lake: name -> {parent_branch, parent_version, ...} (``main`` is implied)."""
@@ -874,11 +868,11 @@ class Store:
         if not isinstance(name, str) or not BRANCH_RE.match(name) or name == "main" or name.isdigit():  # a number reads as a version
             raise LakeError(f"branch name {name!r} is not valid; use {NAME_RULE}, not 'main', not only digits")
         if name in self.branches():
-            how = f"--branch {name}" if speaker() == "cli" else f"Lake.open({self.uri!r}, branch={name!r})"
+            how = words(f"--branch {name}", f"Lake.open({self.uri!r}, branch={name!r})")
             raise LakeError(f"lake '{self.uri}' already has a branch '{name}'; open it with {how}")
         if name in self.dataset().tags.list():
             raise LakeError(f"'{name}' is a tag of lake '{self.uri}'; a branch of that name would be hidden by it "
-                            f"wherever a version is named ({self._words('--version', 'version=')}, diff, restore): pick another name")
+                            f"wherever a version is named ({words('--version', 'version=')}, diff, restore): pick another name")
         if isinstance(source, str) and not is_number(source):
             branch, number = self._ref(source)
             if isinstance(number, int):  # branch:N: a version of that branch (a Lance traceback when it is not)
@@ -895,18 +889,18 @@ class Store:
         """Delete a branch; the data files it shares with main stay (main's versions reference them)."""
         if name == "main":
             raise LakeError(f"main is lake '{self.uri}'s own line of versions, not a branch made from it: it cannot be "
-                            f"deleted (to go back on main: {self._words(f'lakecurate restore {self.shell} VERSION', 'lake.restore(VERSION)')})")
+                            f"deleted (to go back on main: {words(f'lakecurate restore {self.shell} VERSION', 'lake.restore(VERSION)')})")
         if name not in self.branches():
             raise LakeError(f"lake '{self.uri}' has no branch '{name}'")
         ds = self._lance(self.main_uri)
         tags = sorted(t for t, meta in ds.tags.list().items() if meta.get("branch") == name)
         if tags:  # Lance refuses too; say which tags and how to drop them
             raise LakeError(f"branch '{name}' of lake '{self.uri}' is referenced by tags {', '.join(tags)}; "
-                            f"delete them first: {self._words(f'lakecurate tag {self.shell} TAG --delete', 'lake.delete_tag(TAG)')}")
+                            f"delete them first: {words(f'lakecurate tag {self.shell} TAG --delete', 'lake.delete_tag(TAG)')}")
         children = sorted(b for b, meta in ds.branches.list().items() if meta.get("parent_branch") == name)
         if children:  # (a Lance "Ref conflict" traceback)
             raise LakeError(f"branch '{name}' of lake '{self.uri}' has branches made from it: {', '.join(children)}; "
-                            f"delete them first: {self._words(f'lakecurate branch delete {self.shell} BRANCH', 'lake.delete_branch(BRANCH)')}")
+                            f"delete them first: {words(f'lakecurate branch delete {self.shell} BRANCH', 'lake.delete_branch(BRANCH)')}")
         ds.branches.delete(name)
         self._forget_branch(name)
 
@@ -954,7 +948,7 @@ class Store:
                 start = self.branches().get(self.branch, {}).get("parent_version")
                 raise LakeError(self._past_the_start(f"'{version}' (a version of {branch or 'main'})", start, str(version)))
             raise LakeError(f"'{version}' belongs to branch {branch}, not main; restore works within a branch: "
-                            + self._words(f"lakecurate --branch {shlex.quote(branch or '')} restore {self.shell} "
+                            + words(f"lakecurate --branch {shlex.quote(branch or '')} restore {self.shell} "
                                           f"{shlex.quote(str(version))}",
                                           f"Lake.open({self.uri!r}, branch={branch!r}).restore({version!r})"))
         latest = self.dataset()
@@ -970,9 +964,9 @@ class Store:
         """Why a branch cannot restore ``what`` (a state from before it began, or of another branch),
         and the two ways to have that state on a branch."""
         began = f" began at version {start} of its parent" if start is not None else " is another line of versions"
-        create = self._words(f"lakecurate branch create {self.shell} NAME --from {shlex.quote(ref)}",
+        create = words(f"lakecurate branch create {self.shell} NAME --from {shlex.quote(ref)}",
                              f"lake.create_branch(NAME, {ref!r})")
-        delete = self._words(f"lakecurate branch delete {self.shell} {shlex.quote(self.branch or '')}",
+        delete = words(f"lakecurate branch delete {self.shell} {shlex.quote(self.branch or '')}",
                              f"lake.delete_branch({self.branch!r})")
         return (f"{what} is not on branch {self.branch} of lake '{self.uri}': the branch{began}, and restore works "
                 f"within a branch; start a branch from that state: {create} (to reuse the name {self.branch}, delete "
