@@ -774,3 +774,121 @@ def test_verify_groups_made_before_perspective_keep_their_rule_until_recomputed(
     assert _groups(lake)["angled"] is not None and _groups(lake)["angled"] == _groups(lake)["orig"]
     assert recorded()["perspective"] == D.PERSPECTIVE
     assert any("perspective" in d for d in lake.dup_pairs()["detail"])
+
+
+def _swapped_collages(tmp_path: Path, flickr8k: Path) -> Path:
+    """Photos p00, p01, four unrelated ones (f0..f3), and two collages of p00 and p01 in either order
+    (c_ab: p00 left; c_ba: p01 left), each to be ingested when a test says: ``tmp_path / "img"``."""
+    from lakecurate.plant import COLLAGE_CELL
+
+    out = tmp_path / "img"
+    out.mkdir()
+    photos = _photos(flickr8k, 2) + _photos(flickr8k, 4, start=20)
+    ims = []
+    for name, p in zip(["p00", "p01", "f0", "f1", "f2", "f3"], photos):
+        shutil.copy(p, out / f"{name}.jpg")
+        (out / f"{name}.txt").write_text("a photo")
+        with Image.open(p) as im:
+            ims.append(im.convert("RGB"))
+    cw, ch = COLLAGE_CELL
+    for name, order in (("c_ab", ims[:2]), ("c_ba", ims[1::-1])):
+        canvas = Image.new("RGB", (2 * cw + 12, ch + 8), (255, 255, 255))
+        for s, im in enumerate(order):
+            canvas.paste(ImageOps.fit(im, (cw, ch)), (4 + s * (cw + 4), 4))
+        (out / f"{name}.jpg").write_bytes(_jpeg(canvas))
+        (out / f"{name}.txt").write_text("a collage")
+    return out
+
+
+def _add(lake: Lake, img: Path, names: list[str], tmp_path: Path) -> None:
+    batch = tmp_path / f"batch_{'_'.join(names)}"
+    batch.mkdir()
+    for n in names:
+        for ext in (".jpg", ".txt"):
+            shutil.copy(img / f"{n}{ext}", batch / f"{n}{ext}")
+    lake.ingest(batch, progress=False)
+    lake.embed("tiny-random", workers=0, batch_size=16, progress=False)
+
+
+def _full_run(lake: Lake, tmp_path: Path, opts: dict) -> tuple[dict[str, str], set]:
+    """The groups and links of a --recompute of a copy of ``lake``."""
+    copy = tmp_path / f"full{len(list(tmp_path.glob('full*')))}"
+    shutil.copytree(lake.uri, copy)
+    full = Lake(copy)
+    full.dedup(["verify"], recompute=True, **opts)
+    return _groups(full), _links(full)
+
+
+def _same_groups(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Whether two {key: group} maps part the rows alike (group names aside)."""
+    return {frozenset(k for k in a if a[k] == g) for g in a.values()} == {frozenset(k for k in b if b[k] == g) for g in b.values()}
+
+
+def test_a_stored_link_undone_no_longer_joins_the_rows_the_new_links_are_judged_by(tmp_path: Path, flickr8k: Path):
+    """c_ba (p01 | p00) was one group with p01; c_ab (p00 | p01) arrives, linked to c_ba (its p00 half)
+    and to p01. The incremental run undid the stored link c_ba~p01 but judged c_ab's link to p01 as if
+    c_ba and p01 were still joined (without the collage), so kept it: a full run does not, and with p00
+    arriving next the two photos were one group. The new links are judged without the stored ones
+    a container holds, as a full run does."""
+    img = _swapped_collages(tmp_path, flickr8k)
+    opts = {"verify_neighbors": 12, "verify_cosine": -1.0, "progress": False}
+    lake = Lake.create(tmp_path / "lake")
+    for names in (["c_ba", "p01", "f0", "f1", "f2", "f3"], ["c_ab"], ["p00"]):
+        _add(lake, img, names, tmp_path)
+        lake.dedup(["verify"], **opts)
+        group, links = _groups(lake), _links(lake)
+        full_group, full_links = _full_run(lake, tmp_path, opts)
+        assert _same_groups(group, full_group) and links == full_links, names
+    assert group["p00"] != group["p01"]
+
+
+def test_a_dedup_killed_after_its_evidence_is_pinned_reruns_to_a_full_runs_groups(tmp_path: Path, flickr8k: Path,
+                                                                                 monkeypatch):
+    """A run that undoes a stored link (c_ab~p00: p01 outweighs it) killed after it pinned its evidence
+    and before it wrote the groups: the evidence no longer held the link, the stored groups still did,
+    and the re-run never undid it (c_ab, p00 and p01 one group). The link leaves the evidence only
+    once the groups without it are committed."""
+    import lakecurate.dedup as D
+
+    img = _swapped_collages(tmp_path, flickr8k)
+    opts = {"verify_neighbors": 12, "verify_cosine": -1.0, "progress": False}
+    lake = Lake.create(tmp_path / "lake")
+    for names in (["c_ab", "f0", "f1", "f2", "f3"], ["p00"]):
+        _add(lake, img, names, tmp_path)
+        lake.dedup(["verify"], **opts)
+    _add(lake, img, ["p01"], tmp_path)
+    full_group, full_links = _full_run(lake, tmp_path, opts)
+    assert full_group["p00"] != full_group["p01"]
+
+    class Killed(Exception):
+        pass
+
+    write = D._write
+    monkeypatch.setattr(D, "_write", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        lake.dedup(["verify"], **opts)
+    monkeypatch.setattr(D, "_write", write)
+    lake = Lake(tmp_path / "lake")
+    lake.dedup(["verify"], **opts)
+    assert _same_groups(_groups(lake), full_group) and _links(lake) == full_links
+
+
+def test_a_dedup_that_finds_no_links_pins_its_evidence(tmp_path: Path, flickr8k: Path):
+    """A run finding no links pinned nothing: dup_pairs(version=V) of its version answered a later
+    run's links (naming a row V does not hold), and after a restore to V an incremental run merged them."""
+    img = _swapped_collages(tmp_path, flickr8k)
+    opts = {"verify_neighbors": 12, "verify_cosine": -1.0, "progress": False}
+    lake = Lake.create(tmp_path / "lake")
+    _add(lake, img, ["c_ab", "f0", "f1", "f2", "f3"], tmp_path)
+    lake.dedup(["verify"], **opts)
+    v1 = lake.dataset().version
+    assert len(lake.dup_pairs()) == 0
+    _add(lake, img, ["p00"], tmp_path)
+    lake.dedup(["verify"], **opts)
+    assert len(lake.dup_pairs()) == 1
+    assert len(lake.dup_pairs(version=v1)) == 0
+    lake.restore(v1)
+    _add(lake, img, ["p01"], tmp_path)
+    lake.dedup(["verify"], **opts)
+    full_group, full_links = _full_run(lake, tmp_path, opts)
+    assert _same_groups(_groups(lake), full_group) and _links(lake) == full_links  # (not the later run's c_ab~p00)
