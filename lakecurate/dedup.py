@@ -1634,7 +1634,17 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
         args = (np.concatenate([i[ok], si]), np.concatenate([j[ok], sj]), [m.box_a for m in good] + sbi,
                 [m.box_b for m in good] + sbj, np.concatenate([np.array([m.inliers for m in good], np.float64), sn]), base)
         rule = {"regions": int(regions), "disjoint": float(config.get("disjoint", DISJOINT))}
-        made = one_region_links(*args, **rule)
+
+        def without_held(held: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+            # The stored groups join rows through a stored link at a row of several regions too; a full
+            # run joins neighbours without those (even one this call undoes): regroup them without.
+            at = held[len(good):]
+            if not at.any():
+                return base
+            regrouped = _regrouped(lake, ds, stored, pairs[0], si[at], sj[at])
+            return base if regrouped is None else [*regrouped, *base[1:]]
+
+        made = one_region_links(*args[:-1], without_held, **rule)
         if not made[len(good):].all():  # a stored link the new ones outweigh: its group regrouped without it
             regrouped = _regrouped(lake, ds, stored, pairs[0], si[~made[len(good):]], sj[~made[len(good):]])
             if regrouped is None:  # its group's links are not all known: they stay, their regions first
@@ -1735,7 +1745,7 @@ def _regrouped(lake: "Store", ds: Any, stored: _Stored, links: tuple[np.ndarray,
 
 
 def one_region_links(i: np.ndarray, j: np.ndarray, box_i: Sequence[Any], box_j: Sequence[Any], inliers: np.ndarray,
-                     base: Sequence[tuple[np.ndarray, np.ndarray]] = (), *, regions: int = CONTAINER_REGIONS,
+                     base: "Sequence[tuple[np.ndarray, np.ndarray]] | Callable[[np.ndarray], Sequence]" = (), *, regions: int = CONTAINER_REGIONS,
                      disjoint: float = DISJOINT, made: np.ndarray | None = None) -> np.ndarray:
     """Which verified links (i[k], j[k]) to make: all but those that let a row holding several
     pictures join different ones. ``box_i``/``box_j``: each link's inlier box in row i's and row j's
@@ -1748,6 +1758,9 @@ def one_region_links(i: np.ndarray, j: np.ndarray, box_i: Sequence[Any], box_j: 
     made, A and B stay apart; a photo and two heavy crops of it: both keep its middle, one region.
     ``made``: the links made already (an incremental run's stored ones, :func:`_stored_verify_links`):
     the regions holding one come first, so a row's stored group is not left for another region.
+    ``base`` may be a function of which links touch a row with several regions (a mask), returning
+    the links: an incremental run's stored groups without the stored links among those, which a
+    full run does not count either.
 
     >>> one_region_links(np.array([0, 0]), np.array([1, 2]), [(0, 0, .4, 1), (.6, 0, 1, 1)],
     ...                  [(0, 0, 1, 1), (0, 0, 1, 1)], np.array([90, 80])).tolist()
@@ -1794,6 +1807,8 @@ def one_region_links(i: np.ndarray, j: np.ndarray, box_i: Sequence[Any], box_j: 
         return keep
     # Neighbours joined without the rows that hold several regions
     held = np.isin(i, list(split)) | np.isin(j, list(split))
+    if callable(base):
+        base = base(held)
     bi = np.concatenate([np.asarray(b[0], np.int64) for b in base] + [i[~held]]) if base else i[~held]
     bj = np.concatenate([np.asarray(b[1], np.int64) for b in base] + [j[~held]]) if base else j[~held]
     nodes, at = np.unique(np.concatenate([bi, bj, i, j]), return_inverse=True)
