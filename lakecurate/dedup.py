@@ -923,8 +923,8 @@ def dedup(
     ids = _Ids(ds, np.concatenate([final.rows, *(g.best for w in written.values() for g in w.values()),
                                    *(e[c] for e in evidence.values() for c in (0, 1)),
                                    *(r for e in evidence.values() for r in (e[5] if len(e) > 5 else ()))]))
-    linked_pairs, same_links = (_merged_evidence(lake, ds, ids, evidence, replaced, ds.version) if evidence or replaced
-                                else (None, True))
+    linked_pairs, same_links, undoing = (_merged_evidence(lake, ds, ids, evidence, replaced, ds.version)
+                                         if evidence or replaced else (None, True, None))
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
     reason = _reasons(ids, final.rows[dropped], final.best[dropped], use, groups, inliers)
     rank_by = embedding_columns(emb)["score"] if emb else None
@@ -940,9 +940,16 @@ def dedup(
     # of a lake version reads that one's (after a restore too). A run killed after the pin and
     # before its decisions leaves links of rows not grouped yet; the re-run finds them again, since
     # those rows are still new to it (pinned after the decisions, a kill lost them for good).
-    # Links that equal the pinned ones (a re-run that changes nothing) write nothing.
+    # Links that equal the pinned ones (a re-run that changes nothing) write nothing, unless the decision
+    # names no evidence yet (a first run finding no links): a version's decision always names its own.
+    # Stored links this run undoes stay in the evidence until the groups without them are committed:
+    # a re-run after a kill in between still sees them (and undoes them again).
     if linked_pairs is not None and not same_links:
-        report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")))
+        written_pairs = undoing if undoing is not None else linked_pairs
+        report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, written_pairs, mode="overwrite")))
+    elif evidence_pin(ds.schema) is None:
+        none_yet = linked_pairs if linked_pairs is not None else EVIDENCE_SCHEMA.empty_table()
+        report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, none_yet, mode="overwrite")))
     best_ids = {c: ids.of(g.best) for w in written.values() for c, g in w.items()}
     final_ids, reason_at = ids.of(final.best), np.cumsum(dropped) - 1
 
@@ -976,6 +983,8 @@ def dedup(
         for mr in report.methods:
             if family.names[0] == group_columns(mr.method)[0]:
                 mr.fragments_written = fw
+    if undoing is not None and not same_links:  # the groups without the undone links committed: they go
+        report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")))
     report.dropped = int(dropped.sum())
     report.kept = n - report.dropped
     report.seconds = time.perf_counter() - t_start
@@ -1188,11 +1197,12 @@ def restore_evidence(lake: "Store") -> int | None:
 
 
 def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evidence], replaced: set[str],
-                     version: int) -> tuple[pa.Table, bool]:
+                     version: int) -> tuple[pa.Table, bool, pa.Table | None]:
     """The ``dup_pairs`` table after this run: the stored links of methods this run did not
     recompute (those that explain the decision it read: :func:`evidence_dataset`), plus this run's
-    (a pair found again keeps this run's row); and whether those are the stored links (the version
-    a link was found at aside): then there is nothing to write."""
+    (a pair found again keeps this run's row); whether those are the stored links (the version
+    a link was found at aside): then there is nothing to write; and, where this run undoes stored
+    links, the table that still holds them (written before the groups without them: None if none)."""
     parts, unlinked = [], []
     for m, (i, j, score, detail, *more) in evidence.items():
         boxes = more[:1]
@@ -1215,16 +1225,18 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     new = pa.concat_tables(parts) if parts else EVIDENCE_SCHEMA.empty_table()
     old_ds = evidence_dataset(lake, ds)
     if old_ds is None:
-        return new, new.num_rows == 0
+        return new, new.num_rows == 0, None
     old = _read_evidence(lake, old_ds)
     # (a method whose groups were dropped since, lakecurate drop or another writer: its links explain nothing)
     gone = {m for m in METHODS if m not in evidence and group_columns(m)[0] not in ds.schema.names}
     drop = pc.is_in(old.column("method"), pa.array(sorted(replaced | gone), pa.string()))
     fresh = pc.binary_join_element_wise(new.column("a"), new.column("b"), new.column("method"), "\x00")
     key = pc.binary_join_element_wise(old.column("a"), old.column("b"), old.column("method"), "\x00")
+    again = pc.or_(drop, pc.is_in(key, fresh))
     drop = pc.or_(drop, pc.is_in(key, pa.chunked_array([*fresh.chunks, *unlinked], pa.string())))
     merged = pa.concat_tables([old.filter(pc.invert(drop)), new])
-    return merged, _same_links(merged, old)
+    undoing = pa.concat_tables([old.filter(pc.invert(again)), new]) if unlinked else None
+    return merged, _same_links(merged, old), undoing
 
 
 def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | str | None = None) -> "pd.DataFrame":
