@@ -1165,6 +1165,20 @@ def _read_evidence(lake: "Store", ds: Any) -> pa.Table:
                         f"{lakecurate_on(lake)} dedup {lake.shell} --method ... --recompute (every method of the lake)") from None
 
 
+def _held_links(ds: Any, tbl: pa.Table) -> pa.Table:
+    """``tbl`` (links) less those naming a row that ``ds`` (a lake version) does not hold, where its
+    decision pins no evidence (an older lakecurate's: :func:`evidence_dataset` reads the latest links,
+    which may be a later run's, after a restore too). A pinned decision's links are its own: as read."""
+    if evidence_pin(ds.schema) is not None or not tbl.num_rows:
+        return tbl
+    named = pc.unique(pa.concat_arrays([tbl.column(c).combine_chunks() for c in ("a", "b")]))
+    held = np.zeros(len(named), bool)
+    for batch in ds.to_batches(columns=["id"], batch_size=_BATCH):
+        at = pc.fill_null(pc.index_in(batch.column(0).cast(pa.string()), value_set=named), -1).to_numpy()
+        held[at[at >= 0]] = True
+    return tbl.filter(pc.and_(pc.is_in(tbl.column("a"), named.filter(held)), pc.is_in(tbl.column("b"), named.filter(held))))
+
+
 def _evidence_columns(tbl: pa.Table) -> pa.Table:
     """``tbl`` (rows of an evidence table) with :data:`EVIDENCE_SCHEMA`'s columns: those a table
     written before them lacks (the boxes) are null."""
@@ -1226,7 +1240,7 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     old_ds = evidence_dataset(lake, ds)
     if old_ds is None:
         return new, new.num_rows == 0, None
-    old = _read_evidence(lake, old_ds)
+    old = _held_links(ds, _read_evidence(lake, old_ds))
     # (a method whose groups were dropped since, lakecurate drop or another writer: its links explain nothing)
     gone = {m for m in METHODS if m not in evidence and group_columns(m)[0] not in ds.schema.names}
     drop = pc.is_in(old.column("method"), pa.array(sorted(replaced | gone), pa.string()))
@@ -1247,10 +1261,11 @@ def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | st
     touching ``ids``; those that explain the decision of the lake's ``version`` (default: the
     latest). Empty (same columns) before the first dedup."""
     ids = texts("ids", ids, none_ok=True)  # one id, not its letters; 5 was a TypeError or no links at all
-    ds = evidence_dataset(lake, lake.dataset(version), gone_ok=False)
+    decision = lake.dataset(version)
+    ds = evidence_dataset(lake, decision, gone_ok=False)
     if ds is None:
         return EVIDENCE_SCHEMA.empty_table().to_pandas()
-    tbl = _read_evidence(lake, ds)
+    tbl = _held_links(decision, _read_evidence(lake, ds))
     if ids is not None:
         want = pa.array(ids, pa.string())
         tbl = tbl.filter(pc.or_(pc.is_in(tbl.column("a"), want), pc.is_in(tbl.column("b"), want)))

@@ -892,3 +892,28 @@ def test_a_dedup_that_finds_no_links_pins_its_evidence(tmp_path: Path, flickr8k:
     lake.dedup(["verify"], **opts)
     full_group, full_links = _full_run(lake, tmp_path, opts)
     assert _same_groups(_groups(lake), full_group) and _links(lake) == full_links  # (not the later run's c_ab~p00)
+
+
+def test_an_older_lakes_unpinned_decision_is_not_answered_with_links_to_rows_it_lacks(tmp_path: Path, flickr8k: Path,
+                                                                                    monkeypatch):
+    """A lake an older lakecurate deduped pins no evidence: its versions fall back to the latest
+    dup_pairs, but never with a link to a row the version does not hold (a later run's)."""
+    import lakecurate.dedup as D
+
+    img = _swapped_collages(tmp_path, flickr8k)
+    opts = {"verify_neighbors": 12, "verify_cosine": -1.0, "progress": False}
+    monkeypatch.setattr(D, "_pin_evidence", lambda lake, version: lake.dataset().version)  # (as before pins)
+    lake = Lake.create(tmp_path / "lake")
+    _add(lake, img, ["c_ab", "f0", "f1", "f2", "f3"], tmp_path)
+    lake.dedup(["verify"], **opts)
+    v1 = lake.dataset().version
+    _add(lake, img, ["p00"], tmp_path)
+    lake.dedup(["verify"], **opts)
+    assert len(lake.dup_pairs()) == 1
+    assert len(lake.dup_pairs(version=v1)) == 0
+    monkeypatch.undo()
+    lake.restore(v1)
+    _add(lake, img, ["p01"], tmp_path)
+    lake.dedup(["verify"], **opts)
+    full_group, full_links = _full_run(lake, tmp_path, opts)
+    assert _same_groups(_groups(lake), full_group) and _links(lake) == full_links  # (not the later run's c_ab~p00)
