@@ -945,8 +945,8 @@ def dedup(
     # Stored links this run undoes stay in the evidence until the groups without them are committed:
     # a re-run after a kill in between still sees them (and undoes them again).
     if linked_pairs is not None and not same_links:
-        written_pairs = undoing if undoing is not None else linked_pairs
-        report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, written_pairs, mode="overwrite")))
+        written_pairs, undo = undoing if undoing is not None else (linked_pairs, None)
+        report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, written_pairs, mode="overwrite"), undo))
     elif evidence_pin(ds.schema) is None:
         none_yet = linked_pairs if linked_pairs is not None else EVIDENCE_SCHEMA.empty_table()
         report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, none_yet, mode="overwrite")))
@@ -984,6 +984,7 @@ def dedup(
             if family.names[0] == group_columns(mr.method)[0]:
                 mr.fragments_written = fw
     if undoing is not None and not same_links:  # the groups without the undone links committed: they go
+        # (a kill before this pin: the next run drops them, :func:`_settled_undo`)
         report.versions.append(_pin_evidence(lake, lake.write_side(EVIDENCE_TABLE, linked_pairs, mode="overwrite")))
     report.dropped = int(dropped.sum())
     report.kept = n - report.dropped
@@ -1112,8 +1113,10 @@ EVIDENCE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string
                              pa.field("version", pa.int64()), pa.field("box_a", BOX), pa.field("box_b", BOX)])
 
 
-def _pin_evidence(lake: "Store", version: int) -> int:
-    pin = {EVIDENCE_KEY: json.dumps({"branch": lake.branch, "version": int(version)})}
+def _pin_evidence(lake: "Store", version: int, undo: list[list[str]] | None = None) -> int:
+    """Name evidence ``version`` in ``dup_group``'s metadata. ``undo``: the links [a, b, method] it
+    still holds that the run writing it undoes once its groups are committed."""
+    pin = {EVIDENCE_KEY: json.dumps({"branch": lake.branch, "version": int(version), **({"undo": undo} if undo else {})})}
 
     def commit() -> int:
         ds = lake.dataset()
@@ -1246,11 +1249,38 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     drop = pc.is_in(old.column("method"), pa.array(sorted(replaced | gone), pa.string()))
     fresh = pc.binary_join_element_wise(new.column("a"), new.column("b"), new.column("method"), "\x00")
     key = pc.binary_join_element_wise(old.column("a"), old.column("b"), old.column("method"), "\x00")
-    again = pc.or_(drop, pc.is_in(key, fresh))
-    drop = pc.or_(drop, pc.is_in(key, pa.chunked_array([*fresh.chunks, *unlinked], pa.string())))
+    # (again: links found again, of a method replaced, or undone by a killed run whose groups committed)
+    again = pc.or_(drop, pc.is_in(key, pa.chunked_array([*fresh.chunks, *_settled_undo(ds)], pa.string())))
+    drop = pc.or_(again, pc.is_in(key, pa.chunked_array(unlinked, pa.string())))
     merged = pa.concat_tables([old.filter(pc.invert(drop)), new])
-    undoing = pa.concat_tables([old.filter(pc.invert(again)), new]) if unlinked else None
+    undone = [k for u in unlinked for k in u.to_pylist()]
+    undoing = None if not undone else (pa.concat_tables([old.filter(pc.invert(again)), new]),
+                                       [k.split("\x00") for k in undone])
     return merged, _same_links(merged, old), undoing
+
+
+def _settled_undo(ds: Any) -> list[pa.Array]:
+    """The links (keys a, b, method) that the evidence ``ds`` pins still holds for a run that undid
+    them and was killed after committing the groups without them (the rows' groups are apart
+    now): they go. Where the groups were not committed, they stay for the re-run to undo again."""
+    import json
+
+    raw = (ds.schema.field("dup_group").metadata or {}).get(EVIDENCE_KEY.encode()) if "dup_group" in ds.schema.names else None
+    undo = (json.loads(raw) or {}).get("undo") if raw else None
+    if not undo:
+        return []
+    settled = []
+    for method in sorted({m for _, _, m in undo}):
+        links = [(a, b) for a, b, m in undo if m == method]
+        col = group_columns(method)[0]
+        group: dict[str, Any] = {}
+        if col in ds.schema.names:
+            tbl = ds.to_table(columns=["id", col], filter=pc.field("id").isin(sorted({x for k in links for x in k})))
+            for i, g in zip(tbl.column("id").to_pylist()[::-1], tbl.column(col).to_pylist()[::-1]):
+                group[i] = g  # (the first row holding an id)
+        settled += ["\x00".join((a, b, method)) for a, b in links
+                    if group.get(a) is None or group.get(a) != group.get(b)]
+    return [pa.array(settled, pa.string())] if settled else []
 
 
 def dup_pairs(lake: "Store", ids: Sequence[str] | None = None, version: int | str | None = None) -> "pd.DataFrame":

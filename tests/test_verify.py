@@ -842,12 +842,14 @@ def test_a_stored_link_undone_no_longer_joins_the_rows_the_new_links_are_judged_
     assert group["p00"] != group["p01"]
 
 
+@pytest.mark.parametrize("after_groups", [False, True])
 def test_a_dedup_killed_after_its_evidence_is_pinned_reruns_to_a_full_runs_groups(tmp_path: Path, flickr8k: Path,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, after_groups: bool):
     """A run that undoes a stored link (c_ab~p00: p01 outweighs it) killed after it pinned its evidence
     and before it wrote the groups: the evidence no longer held the link, the stored groups still did,
     and the re-run never undid it (c_ab, p00 and p01 one group). The link leaves the evidence only
-    once the groups without it are committed."""
+    once the groups without it are committed; a kill after those (before the evidence without it
+    is pinned): the re-run drops it."""
     import lakecurate.dedup as D
 
     img = _swapped_collages(tmp_path, flickr8k)
@@ -864,7 +866,12 @@ def test_a_dedup_killed_after_its_evidence_is_pinned_reruns_to_a_full_runs_group
         pass
 
     write = D._write
-    monkeypatch.setattr(D, "_write", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    def killed(*a, **k):
+        if after_groups:
+            write(*a, **k)
+        raise Killed()
+
+    monkeypatch.setattr(D, "_write", killed)
     with pytest.raises(Killed):
         lake.dedup(["verify"], **opts)
     monkeypatch.setattr(D, "_write", write)
