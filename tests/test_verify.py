@@ -909,7 +909,7 @@ def test_an_older_lakes_unpinned_decision_is_not_answered_with_links_to_rows_it_
 
     img = _swapped_collages(tmp_path, flickr8k)
     opts = {"verify_neighbors": 12, "verify_cosine": -1.0, "progress": False}
-    monkeypatch.setattr(D, "_pin_evidence", lambda lake, version: lake.dataset().version)  # (as before pins)
+    monkeypatch.setattr(D, "_pin_evidence", lambda lake, version, *undo: lake.dataset().version)  # (as before pins)
     lake = Lake.create(tmp_path / "lake")
     _add(lake, img, ["c_ab", "f0", "f1", "f2", "f3"], tmp_path)
     lake.dedup(["verify"], **opts)
