@@ -489,11 +489,12 @@ class Lake(Store):
         from lakecurate import graph
 
         grown = self._grown()
+        recorded = graph.recorded_states(self)  # (a tag recorded by an earlier cleanup: not read again)
         heads: dict[str | None, tuple[Any, Any]] = {}  # branch -> (the lake on it, its latest version)
         seen: dict[tuple[str | None, int], tuple[Any, list[Any]]] = {}
         for _name, meta in sorted(self.dataset().tags.list().items()):
             branch = meta.get("branch")
-            if branch not in grown:
+            if branch not in grown or (branch or "", meta["version"]) in recorded:
                 continue
             if branch not in heads:
                 lake = self.on_branch(branch)
