@@ -182,3 +182,21 @@ def test_an_update_says_which_review_marks_it_cleared_and_how_to_bring_them_back
     assert got.to_dict("records") == [{"caption": "a fixed caption", "review_verdict": "keep"}]
     plain = lake.ingest(src, update=True, progress=False)  # nothing changed: nothing said
     assert plain.updated == 0 and not any("review marks" in w for w in plain.warnings)
+
+
+def test_what_ingest_holds_of_the_rows_it_has_finds_each_and_names_the_ones_not_read(tmp_path: Path):
+    """The rows' captions and sizes are held as arrays sorted by id (a dict of them held ~190 bytes a
+    row): each row is found by its id, another id is not, and the rows no reading gave are named."""
+    from lakecurate.ingest import _Known
+
+    src = small_folder(tmp_path / "src", 5)
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    known = _Known(lake, [str(src.resolve())])
+    ids = sorted(r["id"] for r in rows(lake).values())
+    assert all(known.find(i) >= 0 for i in ids) and known.find("0" * 16) == -1 and known.find("not-an-id") == -1
+    assert sorted(known.gone()) == ids and len(known.keys) == 5
+    (src / "001.txt").write_text("changed")
+    (src / "002.jpg").unlink()
+    rep = lake.ingest(src, progress=False)
+    assert (rep.changed, rep.changed_keys, rep.gone, rep.gone_keys) == (1, ["001.jpg"], 1, ["002.jpg"])
