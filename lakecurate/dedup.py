@@ -464,6 +464,22 @@ class _Stored:
         return self.rows[on], self.kept[on]
 
 
+def _rows_of(ds: Any, wanted: pa.Array) -> np.ndarray:
+    """The row holding each id of ``wanted`` (the first, as ``pc.index_in`` would; -1: none), the id
+    column read a batch at a time."""
+    row_of = np.full(len(wanted), -1, np.int64)
+    if not len(wanted):
+        return row_of
+    lo = 0
+    for batch in ds.to_batches(columns=["id"], batch_size=_BATCH):
+        at = pc.fill_null(pc.index_in(batch.column(0).cast(pa.string()), value_set=wanted), -1).to_numpy()
+        found = np.flatnonzero(at >= 0)
+        fresh = row_of[at[found]] < 0
+        row_of[at[found][fresh][::-1]] = lo + found[fresh][::-1]
+        lo += batch.num_rows
+    return row_of
+
+
 def _stored_groups(ds: Any, methods: Sequence[str], n: int) -> dict[str, _Stored]:
     """Each method's stored groups, read a batch at a time (two passes: the group columns with the
     ids, then the ids again to find the rows that the stored values name); what is held is a bool
@@ -484,15 +500,7 @@ def _stored_groups(ds: Any, methods: Sequence[str], n: int) -> dict[str, _Stored
         lo += batch.num_rows
     named = {m: pa.chunked_array(names[m], pa.string()).combine_chunks() for m in methods}
     wanted = pc.unique(pa.chunked_array(list(named.values()), pa.string())) if methods else pa.array([], pa.string())
-    row_of = np.full(len(wanted), -1, np.int64)
-    if len(wanted):
-        lo = 0
-        for batch in ds.to_batches(columns=["id"], batch_size=_BATCH):
-            at = pc.fill_null(pc.index_in(batch.column(0).cast(pa.string()), value_set=wanted), -1).to_numpy()
-            found = np.flatnonzero(at >= 0)
-            fresh = row_of[at[found]] < 0  # the first row holding an id wins, as pc.index_in would
-            row_of[at[found][fresh][::-1]] = lo + found[fresh][::-1]
-            lo += batch.num_rows
+    row_of = _rows_of(ds, wanted)
     out = {}
     for m in methods:
         r = np.concatenate(rows[m]) if rows[m] else np.empty(0, np.int64)
@@ -1175,10 +1183,7 @@ def _held_links(ds: Any, tbl: pa.Table) -> pa.Table:
     if evidence_pin(ds.schema) is not None or not tbl.num_rows:
         return tbl
     named = pc.unique(pa.concat_arrays([tbl.column(c).combine_chunks() for c in ("a", "b")]))
-    held = np.zeros(len(named), bool)
-    for batch in ds.to_batches(columns=["id"], batch_size=_BATCH):
-        at = pc.fill_null(pc.index_in(batch.column(0).cast(pa.string()), value_set=named), -1).to_numpy()
-        held[at[at >= 0]] = True
+    held = _rows_of(ds, named) >= 0
     return tbl.filter(pc.and_(pc.is_in(tbl.column("a"), named.filter(held)), pc.is_in(tbl.column("b"), named.filter(held))))
 
 
@@ -1750,13 +1755,7 @@ def _verify_evidence(lake: "Store", ds: Any, rows: np.ndarray, *, both: bool = F
     if not tbl.num_rows:
         return none
     named = pc.unique(pa.concat_arrays([tbl.column("a").combine_chunks(), tbl.column("b").combine_chunks()]))
-    row_of, lo = np.full(len(named), -1, np.int64), 0
-    for batch in ds.to_batches(columns=["id"], batch_size=_BATCH):  # (the first row holding an id, as _stored_groups)
-        at = pc.fill_null(pc.index_in(batch.column(0).cast(pa.string()), value_set=named), -1).to_numpy()
-        found = np.flatnonzero(at >= 0)
-        fresh = row_of[at[found]] < 0
-        row_of[at[found][fresh][::-1]] = lo + found[fresh][::-1]
-        lo += batch.num_rows
+    row_of = _rows_of(ds, named)
     ri, rj = (row_of[pc.index_in(tbl.column(c), value_set=named).to_numpy()] for c in ("a", "b"))
     return tbl, ri, rj
 
