@@ -81,7 +81,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -185,9 +185,16 @@ KNN_ASSIGN = 12
 VERIFY_COSINES = {"offline": 0.4, "open_clip": 0.7}
 PHASH_COLUMNS = ("phash", "phash_flip")
 FINAL_COLUMNS = ("dup_group", "dup_group_size", "dup_keep", "dup_reason")
-# a method's links: rows i < j, score, detail; verify's add (boxes in i's images, boxes in j's) and
-# (rows i, rows j) of the stored links it undid
-Evidence = tuple  # (np.ndarray, np.ndarray, np.ndarray, list[str][, (list, list), (np.ndarray, np.ndarray)])
+class Evidence(NamedTuple):
+    """A method's links: rows ``i`` < ``j``, their scores and details; verify's also the inlier boxes
+    of each (in i's images, in j's) and the stored links this run undid (rows i, rows j)."""
+
+    i: np.ndarray
+    j: np.ndarray
+    score: np.ndarray
+    detail: list[str]
+    boxes: tuple[list, list] | None = None
+    unlinked: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def group_columns(method: str) -> tuple[str, ...]:
@@ -929,8 +936,7 @@ def dedup(
     heads, size = np.unique(final.best, return_counts=True)
     final_size = size[np.searchsorted(heads, final.best)].astype(np.int32)
     ids = _Ids(ds, np.concatenate([final.rows, *(g.best for w in written.values() for g in w.values()),
-                                   *(e[c] for e in evidence.values() for c in (0, 1)),
-                                   *(r for e in evidence.values() for r in (e[5] if len(e) > 5 else ()))]))
+                                   *(r for e in evidence.values() for r in (e.i, e.j, *(e.unlinked or ())))]))
     linked_pairs, same_links, undoing = (_merged_evidence(lake, ds, ids, evidence, replaced, ds.version)
                                          if evidence or replaced else (None, True, None))
     inliers = _most_inliers(linked_pairs) if "verify" in use else {}
@@ -1226,16 +1232,15 @@ def _merged_evidence(lake: "Store", ds: Any, ids: _Ids, evidence: dict[str, Evid
     a link was found at aside): then there is nothing to write; and, where this run undoes stored
     links, the table that still holds them (written before the groups without them: None if none)."""
     parts, unlinked = [], []
-    for m, (i, j, score, detail, *more) in evidence.items():
-        boxes = more[:1]
-        if len(more) > 1 and len(more[1][0]):  # stored links this run undid (verify: a collage's other region)
-            ui, uj = ids.of(more[1][0]).cast(pa.string()), ids.of(more[1][1]).cast(pa.string())
+    for m, (i, j, score, detail, boxes, undid) in evidence.items():
+        if undid is not None and len(undid[0]):  # stored links this run undid (verify: a collage's other region)
+            ui, uj = ids.of(undid[0]).cast(pa.string()), ids.of(undid[1]).cast(pa.string())
             unlinked.append(pc.binary_join_element_wise(pc.min_element_wise(ui, uj), pc.max_element_wise(ui, uj),
                                                         pa.array([m] * len(ui), pa.string()), "\x00"))
         a, b = ids.of(i), ids.of(j)
         swap = pc.greater(a, b)
         lo, hi = pc.if_else(swap, b, a), pc.if_else(swap, a, b)
-        box_i, box_j = (pa.array(list(k), BOX) for k in boxes[0]) if boxes else (pa.nulls(len(lo), BOX),) * 2
+        box_i, box_j = (pa.array(list(k), BOX) for k in boxes) if boxes else (pa.nulls(len(lo), BOX),) * 2
         parts.append(pa.table({"a": lo.cast(pa.string()), "b": hi.cast(pa.string()),
                                "method": pa.array([m] * len(lo), pa.string()),
                                "score": pa.array(score, pa.float64(), mask=np.isnan(score)),
@@ -1429,9 +1434,9 @@ def _method_groups(method: str, ds: Any, tbl: pa.Table, n: int, emb: str | None,
             both = usable[i] & usable[j]
             kept.append((i[both], j[both]))
         pairs = kept
-        a, b, score, detail = found
+        a, b, score, detail = found[:4]
         both = usable[a] & usable[b]
-        found = (a[both], b[both], score[both], [d for d, k in zip(detail, both) if k])
+        found = Evidence(a[both], b[both], score[both], [d for d, k in zip(detail, both) if k])
     mr.pairs = len(found[0])  # row pairs this run linked (not hash variants' matches)
     return _group(eligible, pairs, ranks), found
 
@@ -1611,7 +1616,7 @@ def _stored(eligible: np.ndarray, stored: _Stored, mr: MethodReport) -> tuple[np
 
 
 def _no_links() -> Evidence:
-    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), []
+    return Evidence(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), [])
 
 
 def _links(i: np.ndarray, j: np.ndarray, score: np.ndarray, detail: str, *, smaller_is_closer: bool = True) -> Evidence:
@@ -1625,7 +1630,7 @@ def _links(i: np.ndarray, j: np.ndarray, score: np.ndarray, detail: str, *, smal
     first = np.ones(len(a), bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
     a, b, score = a[first], b[first], score[first]
-    return a, b, score, [detail.format(v) if "{" in detail else detail for v in score]
+    return Evidence(a, b, score, [detail.format(v) if "{" in detail else detail for v in score])
 
 
 def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[str, Any], stored: _Stored,
@@ -1724,7 +1729,7 @@ def _verify_groups(lake: "Store", joins: _Joins, emb: str | None, config: dict[s
     a, b = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
     flip = i[ok] > j[ok]  # each box stays with its row
     boxes = ([m.box_b if f else m.box_a for m, f in zip(good, flip)], [m.box_a if f else m.box_b for m, f in zip(good, flip)])
-    found = (a, b, np.array([m.inliers for m in good], np.float64), [m.describe() for m in good], boxes, unlinked)
+    found = Evidence(a, b, np.array([m.inliers for m in good], np.float64), [m.describe() for m in good], boxes, unlinked)
     return _group(eligible, pairs, ranks), found
 
 
