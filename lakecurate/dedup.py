@@ -512,8 +512,10 @@ def _stored_groups(ds: Any, methods: Sequence[str], n: int) -> dict[str, _Stored
     for m in methods:
         r = np.concatenate(rows[m]) if rows[m] else np.empty(0, np.int64)
         kept = row_of[pc.fill_null(pc.index_in(named[m], value_set=wanted), -1).to_numpy()] if len(r) else r
-        gone = kept < 0
-        missing[m][r[gone]] = True  # its kept row was deleted: grouped again as a new row
+        # its kept row was deleted, or rewritten (ingest --update, a retried error row: no group of its
+        # own now, another image maybe): grouped again as a new row (it stayed joined to the old image's)
+        gone = (kept < 0) | missing[m][np.maximum(kept, 0)]
+        missing[m][r[gone]] = True
         out[m] = _Stored(missing[m], r[~gone], kept[~gone])
     return out
 

@@ -4,6 +4,7 @@ said), taken only with ``update``; a file deleted from the source is counted, ne
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from lakecurate import Lake, LakeError
 from lakecurate.cli import main
 from lakecurate.ingest import IngestError, pair_id
 
+from .conftest import SAMPLE_DATA as SAMPLE
 from .test_ingest import noise_jpeg, small_folder, write_shard
 
 
@@ -200,3 +202,35 @@ def test_what_ingest_holds_of_the_rows_it_has_finds_each_and_names_the_ones_not_
     (src / "002.jpg").unlink()
     rep = lake.ingest(src, progress=False)
     assert (rep.changed, rep.changed_keys, rep.gone, rep.gone_keys) == (1, ["001.jpg"], 1, ["002.jpg"])
+
+
+def test_a_group_s_kept_row_rewritten_by_update_is_grouped_again(tmp_path: Path):
+    """A copy grouped with the photo its group is named after: the photo replaced in the source and
+    taken with update, the next (incremental) semantic dedup kept the two in one group, one dropped
+    as a duplicate of a picture it no longer is (a recompute parted them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    photos = sorted(p for p in SAMPLE.glob("*.jpg") if p.stem in ("coffee", "rocket", "horse"))
+    for p in photos:
+        shutil.copy(p, src / p.name)
+        (src / f"{p.stem}.txt").write_text(f"a photo of a {p.stem}")
+    shutil.copy(src / "coffee.jpg", src / "zz_copy.jpg")
+    (src / "zz_copy.txt").write_text("a photo of a coffee, again")
+    lake = Lake.create(tmp_path / "lake")
+    lake.ingest(src, progress=False)
+    lake.embed("tiny-random", workers=0, progress=False)
+    lake.dedup(["semantic"], semantic_threshold=0.99, progress=False)
+
+    def group_of(key: str) -> str | None:
+        return lake.sql(f"SELECT dup_group FROM pairs WHERE key = '{key}'")["dup_group"][0]
+
+    keeper = next(k for k in ("coffee.jpg", "zz_copy.jpg") if lake.sql(
+        f"SELECT dup_keep FROM pairs WHERE key = '{k}'")["dup_keep"][0])
+    assert group_of("coffee.jpg") == group_of("zz_copy.jpg") is not None
+    shutil.copy(SAMPLE / "brick.jpg", src / keeper)  # the kept one replaced by another photo
+    assert lake.ingest(src, update=True, progress=False).updated == 1
+    lake.embed("tiny-random", workers=0, progress=False)
+    lake.dedup(["semantic"], semantic_threshold=0.99, progress=False)
+    apart = lake.sql("SELECT key, dup_group, dup_keep FROM pairs WHERE key IN ('coffee.jpg', 'zz_copy.jpg')")
+    groups = apart["dup_group"].tolist()
+    assert apart["dup_keep"].all() and not (isinstance(groups[0], str) and groups[0] == groups[1]), apart
