@@ -1026,7 +1026,7 @@ def states(lake: "Store", ds: "lance.LanceDataset | None" = None,
 # ``pairs``, so on an object store too), and :func:`states` reads them back where the log is cut.
 RECORD_TABLE = "cleanup_states"
 _RECORDED: dict[str, tuple[float, dict[tuple[str, int], dict[tuple[str, str, str], dict[str, Any]]]]] = {}
-_LINEAGES: dict[tuple[str, int, str], list[tuple[tuple[str, int], int | None]]] = {}
+_LINEAGES: dict[tuple[str, int, str], list[tuple[str, int]]] = {}
 _RECORDED_TTL = 30.0  # seconds a reading is reused (status and export ask several times a second)
 
 
@@ -1069,36 +1069,25 @@ def recorded_states(lake: "Store") -> dict[tuple[str, int], dict[tuple[str, str,
     return got
 
 
-def _lineage(lake: "Store", ds: "lance.LanceDataset") -> list[tuple[tuple[str, int], int | None]]:
-    """Where a record of what cleanup removed may tell ``ds``'s state, newest first: ``ds``'s own
-    version (branch, "" for main; number), then the version each restore in its log went back to,
-    with that restore's version (what ran after it is the log's to tell), and the version a branch
-    began at, with that version. Not the versions before
-    ``ds`` on its line: cleanup kept the latest and each branch head only where they were current,
-    and a tag has its own record."""
+def _lineage(lake: "Store", ds: "lance.LanceDataset") -> list[tuple[str, int]]:
+    """(branch, "" for main; number) of the versions whose state ``ds``'s state grew from, newest
+    first: its branch's log back to a restore, then the restored version's line, and so on, a
+    branch's before where it began being its parent's."""
     key = _version_key(ds)  # (a version's log never changes: read once a process, not at every status)
     if key in _LINEAGES:
         return _LINEAGES[key]
     starts = {name: (meta.get("parent_branch") or "", int(meta["parent_version"]))
               for name, meta in lake.branches().items() if meta.get("parent_version") is not None}
-
-    def line(v: int) -> str:  # (a branch's versions up to where it began are its parent's)
-        b = _branch_of(ds) or ""
-        while b in starts and v <= starts[b][1]:
-            b = starts[b][0]
-        return b
-
-    out: list[tuple[tuple[str, int], int | None]] = [((line(ds.version), ds.version), None)]
+    out: list[tuple[str, int]] = []
     limit, branch = ds.version, _branch_of(ds) or ""
     for v, tx, _ in reversed(_history(ds, ds, ds.version)):
         if v > limit:
             continue  # (undone by a restore to an earlier version)
-        while branch in starts and v <= starts[branch][1]:  # a branch began at its parent's state: as a restore
-            branch, start = starts[branch]
-            out.append(((branch, start), start))
+        while branch in starts and v <= starts[branch][1]:
+            branch = starts[branch][0]
+        out.append((branch, v))
         if tx is not None and type(tx.operation).__name__ == "Restore":
             limit = int(tx.operation.version)
-            out.append(((line(limit), limit), v))
     if len(_LINEAGES) > 256:
         _LINEAGES.pop(next(iter(_LINEAGES)))
     _LINEAGES[key] = out
@@ -1106,42 +1095,44 @@ def _lineage(lake: "Store", ds: "lance.LanceDataset") -> list[tuple[tuple[str, i
 
 
 def _apply_recorded(out: list[NodeState], lake: "Store", ds: "lance.LanceDataset") -> None:
-    """A node the cut log reads as current takes the state cleanup recorded for it at ``ds``'s
-    version, or at the version a restore in its log went back to where its stage has not run since
-    that restore (its columns neither declared nor written after it). The fix is computed as ever:
-    the same command. (Read at the tag's version only, a restore of a tag read every stage current:
-    the restore's version has no record, and its log is cut.)"""
+    """Where cleanup cut ``ds``'s log, what it recorded tells the states the removed commits showed:
+    the newest version ``ds``'s state grew from that has a record (:func:`_lineage`: itself; a
+    version before it on its line, the latest or a tag when cleanup ran; one a restore went back
+    to; the one a branch began at) is the anchor. A node its stage has not written since the anchor
+    takes the state recorded there (its reasons: those the cut log gives may name wrong versions),
+    unless its data shows it (incomplete, dropped); one written since, or not recorded (current
+    then), is the log's to tell.
+    (Read at a tag's own version only, a restore of the tag read every stage current; read without
+    an anchor, a stage that ran after a restore read stale once the run's commits were removed.)"""
     records = recorded_states(lake)
-    lineage = _lineage(lake, ds) if records else []
-    if not any(key in records for key, _ in lineage):
+    anchor = next((key for key in _lineage(lake, ds) if key in records), None) if records else None
+    if anchor is None:
         return
     writes = _log(ds)[0]
     for st in out:
-        if st.state != "current":
+        if st.state in ("incomplete", "dropped"):
             continue
-        nk = _node_key(st.node.stage, st.node.columns, st.node.prov.get("config_hash"))
-        last = max((w[0] for c in st.node.columns for w in writes.get(c, {}).values()), default=0)
-        read = st.node.prov.get("table_version")
-        for key, since in lineage:
-            if since is not None and (last > since or (isinstance(read, int) and read >= since)):
-                break  # the stage ran after the restore: its state is the log's
-            row = records.get(key, {}).get(nk)
-            if row is None:
-                continue
-            st.state = row["state"]
-            st.reasons = [f"recorded at cleanup on {row['recorded']}: {r}" for r in row["reasons"] or []] or \
-                         [f"recorded at cleanup on {row['recorded']}"]
-            st.rows_missing, st.rows_stale = row["rows_missing"] or 0, row["rows_stale"] or 0
-            if row["computed_from"] is not None:
-                st.computed_from = row["computed_from"]
-            break
+        if max((w[0] for c in st.node.columns for w in writes.get(c, {}).values()), default=0) > anchor[1]:
+            continue  # its stage ran since: its state is the log's
+        row = records[anchor].get(_node_key(st.node.stage, st.node.columns, st.node.prov.get("config_hash")))
+        if row is None:
+            continue  # current at the anchor: what the log shows since is its own
+        st.state = row["state"]
+        st.reasons = [f"recorded at cleanup on {row['recorded']}: {r}" for r in row["reasons"] or []] or \
+                     [f"recorded at cleanup on {row['recorded']}"]
+        st.rows_missing, st.rows_stale = row["rows_missing"] or 0, row["rows_stale"] or 0
+        if row["computed_from"] is not None:
+            st.computed_from = row["computed_from"]
 
 
-def record_states(lake: "Store", readings: Sequence[tuple["lance.LanceDataset", list[NodeState]]]) -> int:
+def record_states(lake: "Store", readings: Sequence[tuple["lance.LanceDataset", list[NodeState]]],
+                  markers: bool = True) -> int:
     """Record, before cleanup removes the commits that show them, the states not current (read from
     the commit log: not those only this code's changes make stale, which it reads again) at each
-    ``(version, its states)``; a version recorded already is left as it is. Returns how many
-    versions were recorded now. One append to :data:`RECORD_TABLE` (safe beside another writer)."""
+    ``(version, its states)``, and with ``markers`` that a version with none had none (a row of no
+    stage: the versions after it read it as their anchor, :func:`_apply_recorded`); a version
+    recorded already is left as it is. Returns how many versions with stages not current were recorded now. One
+    append to :data:`RECORD_TABLE` (safe beside another writer)."""
     import datetime
 
     import pyarrow as pa
@@ -1157,17 +1148,19 @@ def record_states(lake: "Store", readings: Sequence[tuple["lance.LanceDataset", 
     for ds, all_states in readings:
         key = _record_key(ds)
         off = [st for st in all_states if st.state != "current" and not st.by_code]
-        if key in have or not off:
+        if key in have or not (off or markers):
             continue
         have.add(key)
-        recorded += 1
+        recorded += bool(off)
         rows += [{"branch": key[0], "version": key[1], "timestamp": key[2], "recorded": today,
                   "stage": st.node.stage, "columns": list(st.node.columns),
                   "config_hash": str(st.node.prov.get("config_hash") or ""), "state": st.state,
                   # (read again after a cleanup, a reason recorded then is not recorded twice)
                   "reasons": [re.sub(r"^recorded at cleanup on [0-9-]+: ", "", r) for r in st.reasons],
                   "rows_missing": st.rows_missing, "rows_stale": st.rows_stale, "computed_from": st.computed_from}
-                 for st in off]
+                 for st in off] or [{"branch": key[0], "version": key[1], "timestamp": key[2], "recorded": today,
+                                     "stage": "", "columns": [], "config_hash": "", "state": "current", "reasons": [],
+                                     "rows_missing": 0, "rows_stale": 0, "computed_from": None}]
     if rows:
         lake.write_side(RECORD_TABLE, pa.Table.from_pylist(rows, schema=_record_schema()), per_branch=False)
         _RECORDED.clear()

@@ -441,12 +441,20 @@ class Lake(Store):
         if self.dataset().explain_cleanup_old_versions(older_than=older_than,
                                                        error_if_tagged_old_versions=False).stats.old_versions:
             with graph.one_listing():  # each branch's commits listed once for all its versions read
-                stale = [] if allow_stale else self._stale_kept()
-                if stale:
+                heads: list[tuple[Any, list[Any]]] = []
+                stale = self._stale_kept(heads)
+                if stale and not allow_stale:
                     what, todo = "; ".join(w for w, _ in stale), ". ".join(t for _, t in stale)
                     raise LakeError(f"{what}, and cleanup would remove versions whose commits show it: status would "
                                     f"then call it current. {todo}; or pass {given('--allow-stale')} to forget it")
-                recorded = graph.record_states(self, self._tag_states())
+                # (the heads' states too: the anchor the versions after them read, :func:`graph._apply_recorded`)
+                tags = self._tag_states()
+                # (where any stage is recorded not current, every version kept is an anchor: a restore of
+                # a tag current then, or the latest, must not read an older tag's record; else no table)
+                anchors = bool(graph.recorded_states(self)) or any(
+                    st.state != "current" and not st.by_code for _, states in [*tags, *heads] for st in states)
+                recorded = graph.record_states(self, tags, markers=anchors)
+                graph.record_states(self, heads, markers=anchors)
         out = super().cleanup(older_than)
         if out["old_versions"]:  # (nothing removed: every record still names a version)
             graph.forget_records(self, self._versions_left())
@@ -460,7 +468,7 @@ class Lake(Store):
             grown += sorted(name for name, parent in parents.items() if parent == b and name not in grown)
         return grown
 
-    def _stale_kept(self) -> list[tuple[str, str]]:
+    def _stale_kept(self, readings: list[tuple[Any, list[Any]]] | None = None) -> list[tuple[str, str]]:
         """What cleanup would make read "current" and no record keeps: each branch head whose commit
         log runs through this branch's (this branch's latest, the heads of the branches grown from
         it) where a stage is stale by its commits, as (what, what to do). A cleanup of a branch
@@ -472,7 +480,11 @@ class Lake(Store):
         out = []
         for branch in self._grown():
             lake = self.on_branch(branch)
-            stale = [s for s in graph.states(lake, lake.dataset()) if s.state == "stale" and not s.by_code]
+            head = lake.dataset()
+            states = graph.states(lake, head)
+            if readings is not None:  # (each head's reading, for cleanup's record)
+                readings.append((head, states))
+            stale = [s for s in states if s.state == "stale" and not s.by_code]
             if stale:
                 fixes = list(dict.fromkeys(s.fix for s in stale))
                 run = f"{'its fix' if len(fixes) == 1 else 'the fixes'} first ({'; then '.join(fixes)})"

@@ -506,11 +506,20 @@ def test_cleanup_after_daily_runs_records_the_stale_stages_of_curate_s_tags(samp
     branch = lake.create_branch("from-tag", second)  # a branch begins at the tag's state: the same
     branch.review([one], verdict="drop", reason="blurry", by="ana")
     assert "concepts" in {s["stage"] for s in branch.status()["stages"] if s["state"] != "current"}, branch.status()
-    lake.cluster(k=3, recompute=True)
+    lake.delete_branch("from-tag")  # (its stale head would refuse the cleanup below)
+    lake.tag("restored")  # (a tag on the restored state: the second cleanup records it)
+    lake.cluster(k=3)
     now = not_current(lake.version)
     assert "concepts" not in now and "rebalance" in now, now  # concepts ran again; rebalance is built on them
     lake.rebalance(0.7)
     assert not_current(lake.version) == {}
+    # A second cleanup removes the commits of that run: the latest read concepts stale by the restored
+    # tag's record (carried past the run it no longer saw); the latest's own reading is its anchor.
+    assert lake.cleanup(timedelta(0))["old_versions"] > 0
+    graph._WRITES.clear()
+    graph._COMMITS.clear()
+    assert not_current(lake.version) == {} and lake.status()["view"] == "rebalance_keep", lake.status()
+    assert "concepts" in not_current("restored")
     lake.restore(first)
     assert not_current(lake.version) == {}, lake.status()  # day 1's state: current then, current now
 
